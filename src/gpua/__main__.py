@@ -1,0 +1,2 @@
+from gpua.cli import main
+raise SystemExit(main())

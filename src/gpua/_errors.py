@@ -1,0 +1,19 @@
+"""Exceptions raised by gpua.
+
+Every error a user can cause is a :class:`GPUAError`, a subclass of :class:`ValueError`, whose
+message names the offending argument and says how to fix it.
+"""
+
+__all__ = ["GPUAError", "NotFittedError", "ModelFileError"]
+
+
+class GPUAError(ValueError):
+    """Bad input to gpua: the message names the argument and the fix."""
+
+
+class NotFittedError(GPUAError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+class ModelFileError(GPUAError):
+    """A model or feature file is missing, corrupt, truncated or from a newer gpua."""

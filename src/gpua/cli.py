@@ -1,0 +1,61 @@
+"""The ``gpua`` command line.
+
+Sub-commands live beside the code they drive: each module listed in ``_SUBCOMMAND_MODULES``
+exposes ``add_subcommands(subparsers)``, which adds its parsers with
+``set_defaults(func=handler)``; a handler takes the parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from ._errors import GPUAError
+
+_SUBCOMMAND_MODULES = (
+    "gpua._cli_core",  # fit, evaluate, predict, demo, bench
+    "gpua.extract",  # extract
+    "gpua.segment.cli",  # segment, evaluate-seg
+    "gpua.calibrate.cli",  # calibrate
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpua",
+        description="Geometry-Preserving Unsupervised Alignment: map vision foundation model "
+        "features into a vision-language model's text space, without labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpua {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
+                continue  # that part of gpua is not built yet
+            raise
+        module.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GPUAError as exc:
+        print(f"gpua {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpua {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
