@@ -1,2 +1,26 @@
-"""gpua: Geometry-Preserving Unsupervised Alignment of vision foundation models."""
+"""gpua: Geometry-Preserving Unsupervised Alignment of vision foundation models.
+
+Translate a vision foundation model's features (DINOv2, DINOv3...) into a vision-language
+model's text space (CLIP, SigLIP...) with one linear map learned without labels, for zero-shot
+classification and open-vocabulary segmentation.
+"""
+
 __version__ = "0.1.0"
+
+from ._base import load_model
+from ._errors import GPUAError, ModelFileError, NotFittedError
+from .baselines import LFAAlternation, VLMZeroShot, list_methods, make_method
+from .estimator import GPUA
+
+__all__ = [
+    "GPUA",
+    "VLMZeroShot",
+    "LFAAlternation",
+    "GPUAError",
+    "ModelFileError",
+    "NotFittedError",
+    "list_methods",
+    "load_model",
+    "make_method",
+    "__version__",
+]

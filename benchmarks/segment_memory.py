@@ -1,0 +1,95 @@
+"""Peak memory of sliding-window segmentation of one Cityscapes-size (1024 x 2048) image on CPU.
+
+Runs the full patch-level GPUA pipeline: both encoders on every crop (common grid), GPUA
+scores, VFM-affinity refinement, bilinear upsampling and overlap averaging into a
+(K, 1024, 2048) score map, with the 19 Cityscapes classes. The model is fitted first on patches
+of the image's own crops (no labels). Prints peak RSS of the process (``ru_maxrss``), which
+includes the Python interpreter, torch, both encoders' weights and the fit.
+
+Usage::
+
+    python benchmarks/segment_memory.py                       # offline stand-ins
+    python benchmarks/segment_memory.py --vfm planted:vfm --vlm planted:vlm --crop 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cityscapes_size_photo(height: int, width: int) -> np.ndarray:
+    """A real photo (scikit-image's coffee) resized to the Cityscapes frame."""
+    from PIL import Image
+    from skimage import data
+
+    return np.asarray(Image.fromarray(data.coffee()).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vfm", default="offline:dinov2-s")
+    ap.add_argument("--vlm", default="offline:semantic-lite0")
+    ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--stride", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=4, help="crops per encoder call")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from gpua.data.prompts import build_text_prototypes, get_templates
+    from gpua.segment.cli import make_encoder
+    from gpua.segment.datasets import CITYSCAPES_CLASSES, prompt_name
+    from gpua.segment.inference import DenseSegmenter, fit_patch_gpua, sliding_windows
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    vfm, vlm = make_encoder(args.vfm, "cpu"), make_encoder(args.vlm, "cpu")
+    image = _cityscapes_size_photo(args.height, args.width)
+    names = [prompt_name(c) for c in CITYSCAPES_CLASSES]
+    if args.vlm.startswith("planted:"):
+        names = vlm.classnames
+    Y = build_text_prototypes(vlm.encode_text, names, get_templates("simple"))
+    stride = args.stride or max(1, (2 * args.crop) // 3)
+    wins = sliding_windows(args.height, args.width, (args.crop, args.crop), (stride, stride))
+    pool = [image[y1:y2, x1:x2] for y1, y2, x1, x2 in wins[:: max(1, len(wins) // 24)]]
+    model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=32, seed=0)
+    t_fit = time.perf_counter() - t0
+    rss_before, peak_before = _rss_mb(), _peak_mb()
+
+    seg = DenseSegmenter(vfm, vlm, Y, model=model, crop_size=args.crop, stride=stride,
+                         refine="affinity", batch_size=args.batch_size)
+    t1 = time.perf_counter()
+    labels = seg.predict(image)
+    t_seg = time.perf_counter() - t1
+    peak = _peak_mb()
+
+    print(f"image {args.height}x{args.width}, {len(names)} classes, crop {args.crop}, stride {stride}: "
+          f"{len(wins)} windows, encoders {args.vfm} + {args.vlm}")
+    print(f"setup (encoders, prototypes, fit on {len(pool)} crops): {t_fit:.1f} s; RSS {rss_before:.0f} MB, peak {peak_before:.0f} MB")
+    print(f"segmentation: {t_seg:.1f} s; labels {labels.shape}, {len(np.unique(labels))} classes used")
+    print(f"peak RSS of the whole run: {peak:.0f} MB ({peak / 1024:.2f} GB; budget 4 GB)")
+    return 0 if peak < 4096 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+r"""Baselines and ablations in the same estimator API as :class:`~gpua.GPUA`.
+
+* :class:`VLMZeroShot`: the VLM alone, :math:`\arg\max_k x^\top y_k`.
+* :class:`LFAAlternation`: LFA-style hard alternation: pseudo-labels -> Procrustes -> relabel
+  with the map -> repeat (no OT, no VFM centres, no ranking loss).
+* Ablations of GPUA are parameter settings, named in :data:`METHODS`: Procrustes only
+  (``refine=False``), :math:`\lambda = 1` (VLM score only), :math:`\lambda = 0` (VFM centres
+  only after initialisation), no hubness term, hard assignment, and the two query modes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ._base import AlignmentEstimator
+from ._validation import check_classnames, check_triplet
+from .estimator import GPUA, QUERY_MODES, build_query
+from .procrustes import procrustes_from_assignment
+
+__all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_method"]
+
+
+class VLMZeroShot(AlignmentEstimator):
+    """Zero-shot classification with the VLM's own image features: cosine with the prototypes.
+
+    ``fit`` only stores the prototypes; VFM features are ignored.
+
+    Parameters
+    ----------
+    logit_scale : float
+    device : str
+    """
+
+    _tensor_attrs = ("text_prototypes_",)
+
+    def __init__(self, *, logit_scale: float = 100.0, device: str = "cpu"):
+        self.logit_scale = logit_scale
+        self.device = device
+
+    def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "VLMZeroShot":
+        Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
+        self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
+        self.classnames_ = check_classnames(classnames, Y.shape[0])
+        self.text_prototypes_ = torch.nn.functional.normalize(self._tensor(Y), dim=1)
+        return self
+
+    def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
+        _, X = self._check_query_inputs(None, vlm_features, needs_vfm=False, needs_vlm=True)
+        return torch.nn.functional.normalize(self._tensor(X), dim=1) @ self.text_prototypes_.T
+
+
+class LFAAlternation(AlignmentEstimator):
+    r"""LFA-style alternation: hard pseudo-labels and orthogonal Procrustes, repeated.
+
+    Round 0 labels each image by the VLM's zero-shot argmax; each round fits
+    :math:`W = \mathrm{polar}(Q^\top Y_{[l]})` and relabels by :math:`\arg\max_k \cos(q W, y_k)`,
+    until labels stop changing or ``n_rounds`` is reached.
+
+    Parameters
+    ----------
+    query : {"vfm", "fused"}
+    n_rounds : int
+    device : str
+    """
+
+    _tensor_attrs = ("W_", "text_prototypes_")
+
+    def __init__(self, *, query: str = "vfm", n_rounds: int = 10, logit_scale: float = 100.0, device: str = "cpu"):
+        self.query = query
+        self.n_rounds = n_rounds
+        self.logit_scale = logit_scale
+        self.device = device
+
+    def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "LFAAlternation":
+        Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
+        self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
+        self.classnames_ = check_classnames(classnames, Y.shape[0])
+        normalize = torch.nn.functional.normalize
+        Xt, Yt = normalize(self._tensor(X), dim=1), normalize(self._tensor(Y), dim=1)
+        Q = build_query(self._tensor(Z), Xt, self.query)
+        labels = (Xt @ Yt.T).argmax(1)
+        self.n_rounds_ = 0
+        for r in range(1, self.n_rounds + 1):
+            onehot = torch.nn.functional.one_hot(labels, Yt.shape[0]).to(Q.dtype)
+            W = procrustes_from_assignment(Q, onehot, Yt, "soft")
+            new = (Q @ W @ Yt.T).argmax(1)
+            self.n_rounds_ = r
+            if torch.equal(new, labels):
+                break
+            labels = new
+        self.W_, self.text_prototypes_ = W, Yt
+        return self
+
+    def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
+        Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
+        Q = build_query(self._tensor(Z), None if X is None else self._tensor(X), self.query)
+        return torch.nn.functional.normalize(Q @ self.W_, dim=1) @ self.text_prototypes_.T
+
+
+#: Named methods for tables: name -> (factory, one-line description). ``**overrides`` go to GPUA.
+METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
+    "zero_shot": (lambda **kw: VLMZeroShot(device=kw.get("device", "cpu")), "VLM zero-shot, X Y^T"),
+    "gpua": (lambda **kw: GPUA(**kw), "GPUA, default settings"),
+    "procrustes_only": (lambda **kw: GPUA(**{**kw, "refine": False}), "UCM + Procrustes, no THS refinement"),
+    "lambda_1": (lambda **kw: GPUA(**{**kw, "lam": 1.0}), "UCM on the VLM score only (lambda = 1)"),
+    "lambda_0": (lambda **kw: GPUA(**{**kw, "lam": 0.0}), "UCM on the VFM centres only (lambda = 0)"),
+    "no_hubness": (lambda **kw: GPUA(**{**kw, "hubness_weight": 0.0}), "THS without the hubness term"),
+    "hard_assignment": (lambda **kw: GPUA(**{**kw, "assignment": "hard"}), "Procrustes on argmax pseudo-labels"),
+    "query_vfm": (lambda **kw: GPUA(**{**kw, "query": "vfm"}), "query = VFM features alone"),
+    "query_fused": (lambda **kw: GPUA(**{**kw, "query": "fused"}), "query = [VFM, VLM] features"),
+    "lfa": (lambda **kw: LFAAlternation(query=kw.get("query", "vfm"), device=kw.get("device", "cpu")), "LFA-style hard alternation"),
+}
+
+
+def list_methods() -> list[str]:
+    """Names accepted by :func:`make_method` (and ``gpua evaluate --methods``)."""
+    return list(METHODS)
+
+
+def make_method(name: str, **overrides: Any) -> AlignmentEstimator:
+    """A fresh estimator for a named method; ``overrides`` are GPUA parameters."""
+    from ._errors import GPUAError
+
+    if name not in METHODS:
+        raise GPUAError(f"method {name!r} is unknown; choose from {list_methods()}.")
+    return METHODS[name][0](**overrides)

@@ -1,0 +1,291 @@
+r"""Distribution calibration: per-class covariances (own, shrunk or borrowed) and resampling.
+
+The estimator behind the long-tail experiment and the federated server. For each class
+:math:`k` with :math:`n_k` samples and sample covariance :math:`S_k`:
+
+* a class with no donor (none has more samples) keeps its own covariance, shrunk by OAS;
+* any other class mixes its own covariance with the covariance of its most similar, better
+  sampled classes (the "donors" :math:`D_k`) as a conjugate (normal-inverse-Wishart) posterior
+  would:
+
+  .. math::
+      \Sigma_k = \frac{n_k S_k + \nu B_k}{n_k + \nu},\qquad
+      B_k = \sum_{j \in D_k} w_{kj}\, \hat\Sigma_j^{\mathrm{OAS}},\qquad
+      w_{kj} \propto \max(\operatorname{sim}(k, j), 0)
+
+  so a one-sample class takes its donors' shape whole, and a head class (:math:`n_k \gg \nu`)
+  keeps essentially its own.
+
+Why donors are chosen by class similarity of *means* (or of text embeddings), not by shape
+similarity: the premise of the method is that similar classes share a shape, but a tail
+class's own shape (its leading eigenvectors from a handful of samples) is mostly noise, so
+:math:`S(A, B)` cannot pick its donors. A mean is estimated to :math:`O(\sigma/\sqrt{n})`
+from few samples, and a text embedding needs no samples at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from .._errors import GPUAError, NotFittedError
+from .._validation import check_labels, check_matrix
+from ._sampling import as_rng, fill_to_target
+from ._shape import oas_shrinkage, psd_factor
+from ._stats import ClassStatistics, as_float64
+
+__all__ = ["DistributionCalibrator", "class_similarity"]
+
+
+def class_similarity(vectors: np.ndarray, *, center: bool = True) -> np.ndarray:
+    r"""Cosine similarity between class vectors (means or text embeddings), (K, d) -> (K, K).
+
+    With ``center`` the mean vector over classes is removed first: foundation-model features
+    share a large common component, which makes every raw cosine close to 1 and the ranking
+    of neighbours noisy. Classes are averaged unweighted so head classes do not set the centre.
+    """
+    V = np.asarray(vectors, dtype=np.float64)
+    if center:
+        V = V - V.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(V, axis=1, keepdims=True)
+    V = V / np.maximum(norms, 1e-12)
+    return V @ V.T
+
+
+class DistributionCalibrator:
+    r"""Fill every class to a target count with samples drawn along calibrated class shapes.
+
+    Parameters
+    ----------
+    target : "max" or int
+        Count every class is filled to, real samples included (``"max"``: the largest class
+        count in the data passed to :meth:`sample`).
+    n_components : int, optional
+        Number of leading eigenpairs used to generate (all when omitted, as the paper does).
+    shrinkage : {"oas", None}
+        Shrink own covariances towards :math:`\operatorname{tr}(S)/d \cdot I` by OAS
+        (:func:`~gpua.calibrate.oas_shrinkage`): a class with fewer samples than dimensions has
+        a rank-deficient :math:`S` whose null directions would get no spread at all.
+    borrow : {"mean", "text", None}
+        How donors are found: cosine of centred class means, or of ``class_embeddings`` (text
+        prototypes) given to :meth:`fit`; ``None`` keeps every class's own covariance (one-sample
+        classes still borrow by mean when ``single_sample="borrow"``).
+    n_donors : int
+        Number of most similar better-sampled classes a class borrows from.
+    borrow_strength : "auto" or float
+        :math:`\nu`, the pseudo-count of the borrowed covariance (``"auto"``: the feature width
+        :math:`d`, the fewest samples for which an own covariance is full rank).
+    single_sample : {"borrow", "raise"}
+        A class with one sample has no covariance: borrow one, or raise a :class:`GPUAError`.
+    scale : float
+        Spread multiplier :math:`s` of the generated samples.
+    psd : {"clip", "raise"}
+        What to do with a covariance that is not positive semi-definite.
+    random_state : None, int or numpy.random.Generator
+        Seed of the generator; an int gives the same samples on every call.
+
+    Attributes
+    ----------
+    statistics_ : ClassStatistics
+        Counts, means, covariances the calibration was fitted on.
+    covariances_ : array of shape (n_classes, d, d)
+        Calibrated covariance :math:`\Sigma_k` per class (zero for a missing class).
+    factors_ : list of arrays of shape (d, r) or None
+        :math:`L_k` with :math:`L_k L_k^\top = \Sigma_k`, computed once per class.
+    donors_ : list of int arrays
+        Classes each class borrowed from (empty: own covariance).
+    donor_weights_ : list of float arrays
+        Their weights :math:`w_{kj}` (summing to 1).
+    own_weight_ : array of shape (n_classes,)
+        :math:`n_k / (n_k + \nu)` for borrowing classes, 1 for the others.
+    similarity_ : array of shape (n_classes, n_classes) or None
+        Class similarity used to pick donors.
+
+    Examples
+    --------
+    >>> cal = DistributionCalibrator(borrow="mean", random_state=0).fit(X, y)
+    >>> X_aug, y_aug = cal.fit_resample(X, y)   # real + generated, every class at the max count
+    """
+
+    def __init__(
+        self,
+        *,
+        target: Literal["max"] | int = "max",
+        n_components: int | None = None,
+        shrinkage: Literal["oas"] | None = "oas",
+        borrow: Literal["mean", "text"] | None = "mean",
+        n_donors: int = 3,
+        borrow_strength: Literal["auto"] | float = "auto",
+        single_sample: Literal["borrow", "raise"] = "borrow",
+        scale: float = 1.0,
+        psd: Literal["clip", "raise"] = "clip",
+        random_state=None,
+    ) -> None:
+        self.target = target
+        self.n_components = n_components
+        self.shrinkage = shrinkage
+        self.borrow = borrow
+        self.n_donors = n_donors
+        self.borrow_strength = borrow_strength
+        self.single_sample = single_sample
+        self.scale = scale
+        self.psd = psd
+        self.random_state = random_state
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, X, y, *, n_classes: int | None = None, class_embeddings=None) -> "DistributionCalibrator":
+        """Fit on features ``X`` (n, d) with labels ``y`` (n,).
+
+        ``class_embeddings`` (K, d_t): one vector per class (text prototypes), needed for
+        ``borrow="text"``.
+        """
+        stats = ClassStatistics(n_classes).fit(X, y)
+        return self.fit_statistics(stats, class_embeddings=class_embeddings)
+
+    def fit_statistics(
+        self,
+        statistics: ClassStatistics,
+        *,
+        class_embeddings=None,
+        missing: Literal["raise", "skip"] = "raise",
+    ) -> "DistributionCalibrator":
+        """Fit on statistics alone (merged from clients, or streamed): no raw features needed.
+
+        ``missing="skip"`` leaves classes with no sample ungenerated instead of raising.
+        """
+        self._check_params()
+        if not isinstance(statistics, ClassStatistics):
+            raise GPUAError(f"statistics is a {type(statistics).__name__}; pass a fitted ClassStatistics.")
+        statistics._check_fitted()
+        n = statistics.count_
+        K, d = statistics.mean_.shape
+        absent = np.nonzero(n == 0)[0]
+        if absent.size and missing != "skip":
+            raise GPUAError(
+                f"class(es) {absent.tolist()} have no samples, so no mean or covariance; give each class at "
+                "least one sample, lower n_classes, or pass missing='skip' to leave them out of generation."
+            )
+        single = np.nonzero(n == 1)[0]
+        if single.size and self.single_sample == "raise":
+            raise GPUAError(
+                f"class(es) {single.tolist()} have a single sample, so no covariance; pass "
+                "single_sample='borrow' to borrow one from similar classes, or add samples."
+            )
+        S = statistics.covariance_
+        own = np.empty_like(S)
+        for k in range(K):
+            own[k] = oas_shrinkage(S[k], int(n[k]))[0] if self.shrinkage == "oas" and n[k] >= 2 else S[k]
+
+        borrow = self.borrow
+        similarity = None
+        if borrow == "text":
+            E = check_matrix(class_embeddings, "class_embeddings", n_rows=K)
+            similarity = class_similarity(E)
+        elif borrow == "mean" or (single.size and borrow is None):
+            present = n > 0
+            similarity = np.full((K, K), -np.inf)
+            sub = class_similarity(statistics.mean_[present])
+            similarity[np.ix_(present, present)] = sub
+        nu = float(d) if self.borrow_strength == "auto" else float(self.borrow_strength)
+
+        cov = own.copy()
+        donors = [np.zeros(0, np.int64) for _ in range(K)]
+        weights = [np.zeros(0) for _ in range(K)]
+        own_weight = np.ones(K)
+        borrowers = np.arange(K) if borrow is not None else single
+        for k in borrowers:
+            if n[k] == 0:
+                continue
+            cand = np.nonzero((n > n[k]) & (n >= 2))[0]
+            if cand.size == 0:
+                if n[k] == 1:
+                    raise GPUAError(
+                        f"class {k} has a single sample and no class has two or more to borrow a "
+                        "covariance from; add samples (a covariance needs at least two per class somewhere)."
+                    )
+                continue
+            sims = similarity[k, cand]
+            top = cand[np.argsort(-sims, kind="stable")[: self.n_donors]]
+            w = np.maximum(similarity[k, top], 0.0)
+            w = w / w.sum() if w.sum() > 0 else np.full(top.size, 1.0 / top.size)
+            B = np.einsum("j,jab->ab", w, own[top])
+            a = n[k] / (n[k] + nu)
+            cov[k] = a * S[k] + (1 - a) * B  # the posterior mixes the *unshrunk* S: B is the prior
+            donors[k], weights[k], own_weight[k] = top, w, a
+
+        self.statistics_ = statistics
+        self.covariances_ = cov
+        self.donors_ = donors
+        self.donor_weights_ = weights
+        self.own_weight_ = own_weight
+        self.similarity_ = similarity
+        self.factors_ = [
+            None if n[k] == 0 else psd_factor(cov[k], self.n_components, psd=self.psd, name=f"covariance of class {k}")
+            for k in range(K)
+        ]
+        self.n_features_in_ = d
+        self.n_classes_ = K
+        return self
+
+    def _check_params(self) -> None:
+        if self.shrinkage not in ("oas", None):
+            raise GPUAError(f"shrinkage={self.shrinkage!r} is not an option; use 'oas' or None.")
+        if self.borrow not in ("mean", "text", None):
+            raise GPUAError(f"borrow={self.borrow!r} is not an option; use 'mean', 'text' or None.")
+        if self.single_sample not in ("borrow", "raise"):
+            raise GPUAError(f"single_sample={self.single_sample!r} is not an option; use 'borrow' or 'raise'.")
+        if not (isinstance(self.n_donors, (int, np.integer)) and self.n_donors >= 1):
+            raise GPUAError(f"n_donors={self.n_donors!r} must be a positive integer.")
+        if self.borrow_strength != "auto" and not (
+            isinstance(self.borrow_strength, (int, float, np.number)) and self.borrow_strength >= 0
+        ):
+            raise GPUAError(f"borrow_strength={self.borrow_strength!r} must be 'auto' or a non-negative number.")
+        if not (self.target == "max" or (isinstance(self.target, (int, np.integer)) and self.target >= 1)):
+            raise GPUAError(f"target={self.target!r} must be 'max' or a positive integer count.")
+        if not (isinstance(self.scale, (int, float, np.number)) and self.scale > 0):
+            raise GPUAError(f"scale={self.scale!r} must be positive.")
+
+    # -- generating ------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "factors_"):
+            raise NotFittedError("DistributionCalibrator is not fitted; call fit or fit_statistics first.")
+
+    def sample(
+        self, X, y, *, target: Literal["max"] | int | None = None, prototypes=None, random_state=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Generated samples only, around the real samples ``X`` (n, d) of each class.
+
+        Parameters
+        ----------
+        X, y : arrays of shape (n, d) and (n,)
+            Anchor samples (the data fitted on, or a client's local data).
+        target : "max" or int, optional
+            Overrides the ``target`` parameter.
+        prototypes : mapping class -> (anchors (P, d), weights (P,)), optional
+            Extra anchors per class (other clients' class means with their counts).
+        random_state : None, int or numpy.random.Generator, optional
+            Overrides the ``random_state`` parameter for this call.
+
+        Returns
+        -------
+        X_new : float32 array of shape (n_new, d)
+        y_new : int64 array of shape (n_new,)
+        """
+        self._check_fitted()
+        X = as_float64(X, "X", n_cols=self.n_features_in_)
+        y = check_labels(y, X.shape[0], self.n_classes_, name="y")
+        target = self.target if target is None else target
+        if target == "max":
+            target = int(np.bincount(y, minlength=self.n_classes_).max())
+        return fill_to_target(
+            X, y, self.factors_, target, prototypes=prototypes, scale=self.scale,
+            random_state=as_rng(self.random_state if random_state is None else random_state),
+        )
+
+    def fit_resample(self, X, y, **fit_params) -> tuple[np.ndarray, np.ndarray]:
+        """Fit, then return real and generated samples together: (n + n_new, d), (n + n_new,)."""
+        self.fit(X, y, **fit_params)
+        X_new, y_new = self.sample(X, y)
+        X_real = np.asarray(X, dtype=np.float32)
+        return np.concatenate([X_real, X_new]), np.concatenate([np.asarray(y, dtype=np.int64), y_new])

@@ -1,0 +1,417 @@
+r"""Long-tail and federated experiments: the protocols behind the CLI and the benchmark.
+
+Long tail: keep :math:`n_k = \lfloor n_{\max}\, r^{-k/(K-1)} \rfloor` training samples of class
+:math:`k` (at least one; CIFAR-10-LT's exponential profile, imbalance ratio :math:`r`), test on
+the untouched balanced test set, and report accuracy on all classes, on the head (the 30% of
+classes with the most training samples) and on the tail (the 30% with the fewest).
+
+Federated: split the training set among clients with :func:`dirichlet_split`, then compare
+FedAvg on real features with FedAvg on real + calibrated features, the one-shot LDA the merged
+statistics give for free, and a centralised logistic regression as a reference ceiling.
+
+Features are preprocessed once: optional L2 normalisation (foundation-model features are
+compared by cosine), then centring and a single global scale so the total variance per
+dimension is 1. A scalar scale keeps every covariance shape intact (whitening would not), and
+mean and scale follow from the merged statistics, so a federation can compute them too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .._errors import GPUAError
+from .._validation import check_labels, check_matrix
+from ._calibrator import DistributionCalibrator
+from ._classifier import LinearClassifier, ShrinkageLDA, balanced_sample_weight
+from ._federated import FederatedCalibration, client_statistics, dirichlet_split, fedavg
+from ._sampling import as_rng
+from ._stats import ClassStatistics, infer_n_classes, merge_statistics
+
+__all__ = [
+    "LONGTAIL_METHODS",
+    "FEDERATED_METHODS",
+    "longtail_indices",
+    "stratified_split",
+    "head_tail_classes",
+    "group_accuracy",
+    "global_standardizer",
+    "make_shape_gaussians",
+    "run_longtail",
+    "run_federated",
+    "format_table",
+]
+
+LONGTAIL_METHODS = ("plain", "reweight", "lda", "calibrate", "calibrate+borrow", "calibrate+borrow-text")
+FEDERATED_METHODS = ("fedavg", "fedavg+calibrate", "fedavg+calibrate+prototypes", "lda-merged", "centralised")
+
+
+def longtail_indices(y, imbalance: float, *, n_max: int | None = None, random_state=None) -> np.ndarray:
+    r"""Indices of a long-tailed subset: class :math:`k` keeps :math:`\lfloor n_{\max} r^{-k/(K-1)}\rfloor`.
+
+    Parameters
+    ----------
+    y : int array of shape (n,)
+    imbalance : float
+        :math:`r = n_0 / n_{K-1} \ge 1`.
+    n_max : int, optional
+        Count of the head class 0 (default: the smallest class count, so every class can give it).
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    int array
+        Sorted indices into ``y``.
+    """
+    rng = as_rng(random_state)
+    y = np.asarray(y)
+    y = check_labels(y, y.shape[0], infer_n_classes(y), name="y")
+    if not imbalance >= 1:
+        raise GPUAError(f"imbalance={imbalance!r} must be at least 1 (head count / tail count).")
+    counts = np.bincount(y)
+    K = counts.size
+    n_max = int(counts.min()) if n_max is None else int(n_max)
+    if n_max > counts.min():
+        raise GPUAError(f"n_max={n_max} exceeds the smallest class count {counts.min()}; lower it.")
+    keep = np.maximum((n_max * float(imbalance) ** (-np.arange(K) / max(K - 1, 1))).astype(np.int64), 1)
+    idx = [rng.choice(np.nonzero(y == k)[0], keep[k], replace=False) for k in range(K)]
+    return np.sort(np.concatenate(idx))
+
+
+def stratified_split(y, test_fraction: float, *, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+    """Train / test indices with the same class proportions (``test_fraction`` of each class)."""
+    if not 0 < test_fraction < 1:
+        raise GPUAError(f"test_fraction={test_fraction!r} must be between 0 and 1.")
+    rng = as_rng(random_state)
+    y = np.asarray(y)
+    train, test = [], []
+    for k in np.unique(y):
+        idx = rng.permutation(np.nonzero(y == k)[0])
+        n_test = int(round(test_fraction * idx.size))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def head_tail_classes(counts, fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Head and tail class indices: the ``fraction`` of classes with the most / fewest samples."""
+    counts = np.asarray(counts)
+    g = max(1, int(round(fraction * counts.size)))
+    order = np.argsort(-counts, kind="stable")
+    return np.sort(order[:g]), np.sort(order[-g:])
+
+
+def group_accuracy(y_true, y_pred, head=None, tail=None) -> dict[str, float]:
+    """Top-1 accuracy on all test samples, and on those whose true class is head / tail."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {"all": float(np.mean(y_true == y_pred))}
+    for name, group in (("head", head), ("tail", tail)):
+        if group is not None:
+            m = np.isin(y_true, group)
+            out[name] = float(np.mean(y_true[m] == y_pred[m])) if m.any() else float("nan")
+    return out
+
+
+def global_standardizer(statistics: ClassStatistics) -> tuple[np.ndarray, float]:
+    r"""Global mean :math:`\mu` and scalar scale :math:`\sqrt{\operatorname{tr}\Sigma / d}` from class statistics.
+
+    By the law of total covariance over classes,
+    :math:`n \operatorname{tr}\Sigma = \sum_k \operatorname{tr} M_k + \sum_k n_k \|\mu_k - \mu\|^2`.
+    """
+    n = statistics.count_.astype(np.float64)
+    total = max(n.sum(), 1.0)
+    mu = n @ statistics.mean_ / total
+    within = np.trace(statistics.scatter_, axis1=1, axis2=2).sum()
+    between = n @ np.sum((statistics.mean_ - mu) ** 2, axis=1)
+    d = mu.shape[0]
+    return mu, float(np.sqrt(max((within + between) / total / d, 1e-300)))
+
+
+def _preprocess(X, X_test, *, l2: bool):
+    if l2:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        X_test = X_test / np.maximum(np.linalg.norm(X_test, axis=1, keepdims=True), 1e-12)
+    return X, X_test
+
+
+def make_shape_gaussians(
+    n_classes: int = 10,
+    n_features: int = 32,
+    n_train_per_class: int = 500,
+    n_test_per_class: int = 200,
+    *,
+    n_domains: int = 1,
+    class_sep: float = 2.5,
+    shape_noise: float = 0.15,
+    decay: float = 1.0,
+    domain_shift: float = 2.0,
+    random_state=None,
+) -> dict[str, np.ndarray]:
+    r"""Gaussian classes whose covariances share one shape, with optional domain shifts.
+
+    Class :math:`k` has covariance :math:`c_k Q_k \Lambda Q_k^\top` with
+    :math:`\Lambda = \mathrm{diag}(j^{-\mathrm{decay}})`, :math:`Q_k` a random rotation ``Q``
+    perturbed by ``shape_noise`` per axis (so shapes are similar, not equal) and :math:`c_k \in [0.7,
+    1.3]`; means are spread ``class_sep`` apart on average along random directions. Domain
+    :math:`g` adds one offset of norm ``domain_shift`` to all its samples.
+
+    Returns
+    -------
+    dict with X (n, d), y (n,), domains (n,), X_test, y_test, domains_test, covariances (K, d, d)
+    """
+    rng = as_rng(random_state)
+    d, K = n_features, n_classes
+    lam = np.arange(1, d + 1, dtype=np.float64) ** -decay
+    lam *= d / lam.sum()  # total variance d: unit variance per dimension on average
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    covs, factors = [], []
+    for _ in range(K):
+        # noise / sqrt(d): each axis moves by about shape_noise in norm, whatever d is
+        Qk = np.linalg.qr(Q + shape_noise / np.sqrt(d) * rng.standard_normal((d, d)))[0]
+        Qk *= np.sign(np.sum(Qk * Q, axis=0))  # qr may flip columns; keep them near Q's
+        c = rng.uniform(0.7, 1.3)
+        covs.append(c * (Qk * lam) @ Qk.T)
+        factors.append(np.sqrt(c) * Qk * np.sqrt(lam))
+    means = rng.standard_normal((K, d)) * class_sep / np.sqrt(2.0 * d)  # E|mu_i - mu_j| ~ class_sep
+    offsets = rng.standard_normal((n_domains, d))
+    offsets *= domain_shift / np.maximum(np.linalg.norm(offsets, axis=1, keepdims=True), 1e-12)
+
+    def draw(n_per):
+        X, y, g = [], [], []
+        for k in range(K):
+            for dom in range(n_domains):
+                m = n_per // n_domains + (dom < n_per % n_domains)
+                X.append(means[k] + offsets[dom] + rng.standard_normal((m, d)) @ factors[k].T)
+                y.append(np.full(m, k))
+                g.append(np.full(m, dom))
+        return np.concatenate(X).astype(np.float32), np.concatenate(y), np.concatenate(g)
+
+    X, y, g = draw(n_train_per_class)
+    Xt, yt, gt = draw(n_test_per_class)
+    return {"X": X, "y": y, "domains": g, "X_test": Xt, "y_test": yt, "domains_test": gt, "covariances": np.stack(covs)}
+
+
+def _prepare(X, y, X_test, y_test, *, methods, known, l2, class_embeddings=None):
+    """Checked, optionally L2-normalised train / test arrays, class count and embeddings."""
+    unknown = set(methods) - set(known)
+    if unknown:
+        raise GPUAError(f"methods {sorted(unknown)} are unknown; choose from {list(known)}.")
+    X, y, X_test, y_test, K, emb = _check_split(X, y, X_test, y_test, class_embeddings)
+    X, X_test = _preprocess(X, X_test, l2=l2)
+    return X, y, X_test, y_test, K, emb
+
+
+def _check_split(X, y, X_test, y_test, class_embeddings=None):
+    X = check_matrix(X, "features", allow_zero_rows=True)
+    X_test = check_matrix(X_test, "test features", n_cols=X.shape[1], allow_zero_rows=True)
+    K = max(infer_n_classes(y, "labels"), infer_n_classes(y_test, "test labels"))
+    y = check_labels(y, X.shape[0], K, name="labels")
+    y_test = check_labels(y_test, X_test.shape[0], K, name="test labels")
+    if class_embeddings is not None:
+        K = max(K, np.shape(class_embeddings)[0])
+        class_embeddings = check_matrix(class_embeddings, "class_embeddings", n_rows=K)
+    return X, y, X_test, y_test, K, class_embeddings
+
+
+def run_longtail(
+    X,
+    y,
+    X_test,
+    y_test,
+    *,
+    imbalance_ratios: Sequence[float] = (10, 50, 100),
+    methods: Sequence[str] = LONGTAIL_METHODS,
+    class_embeddings=None,
+    l2: bool = False,
+    weight_decay: float = 1e-3,
+    n_donors: int = 3,
+    borrow_strength="auto",
+    random_state=0,
+) -> list[dict]:
+    """Long-tailed training subsets of (X, y), scored on the balanced (X_test, y_test).
+
+    Parameters
+    ----------
+    X, y : arrays of shape (n, d), (n,)
+        Full (balanced) training set; a long-tailed subset is drawn per imbalance ratio.
+    X_test, y_test : arrays of shape (m, d), (m,)
+    imbalance_ratios : sequence of float
+    methods : sequence of str
+        Any of :data:`LONGTAIL_METHODS`: ``plain`` logistic regression, ``reweight`` (balanced
+        class weights), ``lda`` (OAS-shrinkage LDA, uniform priors), ``calibrate`` (own class
+        shapes, OAS), ``calibrate+borrow`` (donors by class mean), ``calibrate+borrow-text``
+        (donors by ``class_embeddings``; skipped without them).
+    class_embeddings : array of shape (K, d_t), optional
+        Text prototypes.
+    l2 : bool
+        L2-normalise rows first.
+    weight_decay : float
+        Of the logistic regression.
+    random_state : int
+
+    Returns
+    -------
+    list of dict
+        One row per (imbalance, method): ``imbalance, method, all, head, tail, n_train,
+        n_generated, seconds``.
+    """
+    X, y, X_test, y_test, K, emb = _prepare(
+        X, y, X_test, y_test, methods=methods, known=LONGTAIL_METHODS, l2=l2, class_embeddings=class_embeddings
+    )
+    rows = []
+    for r in imbalance_ratios:
+        idx = longtail_indices(y, r, random_state=random_state)
+        Xr, yr = X[idx], y[idx]
+        stats = ClassStatistics(K).fit(Xr, yr)
+        mu, s = global_standardizer(stats)
+        Xr = ((Xr - mu) / s).astype(np.float32)
+        Xt = ((X_test - mu) / s).astype(np.float32)
+        counts = np.bincount(yr, minlength=K)
+        head, tail = head_tail_classes(counts)
+        for m in methods:
+            if m == "calibrate+borrow-text" and emb is None:
+                continue
+            t0 = time.perf_counter()
+            n_gen = 0
+            if m == "lda":
+                model = ShrinkageLDA(priors="uniform").fit(Xr, yr, n_classes=K)
+            elif m in ("plain", "reweight"):
+                model = LinearClassifier(weight_decay=weight_decay, class_weight="balanced" if m == "reweight" else None)
+                model.fit(Xr, yr, n_classes=K)
+            else:
+                borrow = {"calibrate": None, "calibrate+borrow": "mean", "calibrate+borrow-text": "text"}[m]
+                cal = DistributionCalibrator(
+                    borrow=borrow, n_donors=n_donors, borrow_strength=borrow_strength, random_state=random_state
+                )
+                cal.fit(Xr, yr, n_classes=K, class_embeddings=emb)
+                Xg, yg = cal.sample(Xr, yr)
+                n_gen = int(yg.size)
+                model = LinearClassifier(weight_decay=weight_decay).fit(
+                    np.concatenate([Xr, Xg]), np.concatenate([yr, yg]), n_classes=K
+                )
+            acc = group_accuracy(y_test, model.predict(Xt), head, tail)
+            rows.append({
+                "setting": "longtail", "imbalance": float(r), "method": m, **acc,
+                "n_train": int(yr.size), "n_generated": n_gen, "seconds": round(time.perf_counter() - t0, 3),
+            })
+    return rows
+
+
+def run_federated(
+    X,
+    y,
+    X_test,
+    y_test,
+    *,
+    n_clients: int = 10,
+    alphas: Sequence[float] = (0.1, 0.5),
+    domains=None,
+    methods: Sequence[str] = FEDERATED_METHODS,
+    share: str = "covariance",
+    n_components: int = 5,
+    target: int | str = "max",
+    rounds: int = 30,
+    local_epochs: int = 1,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    weight_decay: float = 1e-3,
+    l2: bool = False,
+    random_state=0,
+) -> list[dict]:
+    """Dirichlet-split federations of (X, y), scored on (X_test, y_test).
+
+    Parameters
+    ----------
+    X, y, X_test, y_test : arrays
+        Pooled training set (split among clients) and test set.
+    n_clients : int
+    alphas : sequence of float
+        Dirichlet concentrations, one federation each.
+    domains : int array of shape (n,), optional
+        Domain of each training sample: clients then hold one domain each (label and domain skew).
+    methods : sequence of str
+        Any of :data:`FEDERATED_METHODS`.
+    share : {"covariance", "shape"}
+        What clients send (see :func:`client_statistics`).
+    n_components : int
+        Eigenpairs sent with ``share="shape"``.
+    target : "max" or int
+        Per-class count each client fills to (``"max"``: its own largest class count).
+    rounds, local_epochs, lr, batch_size, weight_decay
+        FedAvg settings.
+    l2 : bool
+        L2-normalise rows first.
+    random_state : int
+
+    Returns
+    -------
+    list of dict
+        One row per (alpha, method): ``alpha, method, all, n_train, n_generated, seconds``.
+    """
+    X, y, X_test, y_test, K, _ = _prepare(X, y, X_test, y_test, methods=methods, known=FEDERATED_METHODS, l2=l2)
+    rows = []
+    for alpha in alphas:
+        split = dirichlet_split(y, n_clients, alpha, domains=domains, random_state=random_state)
+        messages = [client_statistics(X[i], y[i], K, share=share, n_components=n_components) for i in split]
+        mu, s = global_standardizer(merge_statistics(messages, n_classes=K))
+        Xs = ((X - mu) / s).astype(np.float32)
+        Xt = ((X_test - mu) / s).astype(np.float32)
+        # Clients standardise with the broadcast (mu, s); their statistics transform exactly.
+        messages = [m.affine(mu, s) for m in messages]
+        server = FederatedCalibration(
+            K, calibrator=DistributionCalibrator(borrow=None, random_state=random_state), missing="skip"
+        ).fit(messages)
+        fed_kw = dict(rounds=rounds, local_epochs=local_epochs, lr=lr, batch_size=batch_size,
+                      weight_decay=weight_decay, random_state=random_state)
+        for m in methods:
+            t0 = time.perf_counter()
+            n_gen = 0
+            n_train = int(y.size)
+            if m == "lda-merged":
+                model = ShrinkageLDA(priors="empirical").fit_statistics(server.statistics_)
+            elif m == "centralised":
+                model = LinearClassifier(weight_decay=weight_decay).fit(Xs, y, n_classes=K)
+            else:
+                clients = []
+                for c, i in enumerate(split):
+                    Xc, yc = Xs[i], y[i]
+                    if m != "fedavg":
+                        anchors = "prototypes" if m.endswith("prototypes") else "local"
+                        Xg, yg = server.augment(c, Xc, yc, target=target, anchors=anchors, random_state=np.random.default_rng((int(random_state), c)))
+                        n_gen += int(yg.size)
+                        Xc, yc = np.concatenate([Xc, Xg]), np.concatenate([yc, yg])
+                    clients.append((Xc, yc))
+                model = fedavg(clients, K, **fed_kw)
+            acc = group_accuracy(y_test, model.predict(Xt))
+            rows.append({
+                "setting": "federated", "alpha": float(alpha), "clients": n_clients, "method": m, **acc,
+                "n_train": n_train, "n_generated": n_gen, "seconds": round(time.perf_counter() - t0, 3),
+            })
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Plain-text table of result rows (accuracies in percent)."""
+    if not rows:
+        return "(no results)"
+    order = ("imbalance", "alpha", "clients", "method", "all", "all_std", "head", "tail", "n_train", "n_generated", "seconds")
+    keys = [k for k in order if any(k in r for r in rows)]
+
+    def cell(r, k):
+        v = r.get(k, "")
+        if k in ("all", "head", "tail", "all_std") and isinstance(v, float):
+            return ("+-" if k == "all_std" else "") + f"{100 * v:.1f}"
+        if k in ("imbalance", "alpha") and isinstance(v, float):
+            return f"{v:g}"
+        if k in ("seconds", "n_generated") and isinstance(v, float):
+            return f"{v:.2f}" if k == "seconds" else f"{v:.0f}"
+        return str(v)
+
+    table = [keys] + [[cell(r, k) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) if i != keys.index("method") else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+r"""Federated calibration (GGEUR, CVPR 2025): clients share statistics, never features.
+
+Protocol, one round before training:
+
+1. each client :math:`i` sends, per class :math:`k`, :math:`(n_{ik}, \mu_{ik}, \Sigma_{ik})`, or
+   :math:`\Sigma_{ik}` compressed to its top-:math:`m` shape and trace
+   (:func:`client_statistics`);
+2. the server merges them exactly by the law of total covariance and calibrates one global
+   covariance per class (:class:`FederatedCalibration`), then broadcasts the factors
+   :math:`L_k` and, for the multi-domain variant, the client prototypes :math:`\mu_{ik}`;
+3. each client fills its classes to a target count around its own samples (``anchors="local"``,
+   the single-domain algorithm) or around its own samples *and* the other clients' prototypes
+   (``anchors="prototypes"``, the multi-domain algorithm: a class a client never saw, or saw
+   only in its own domain, is generated where the other clients have it);
+4. FedAvg trains a linear classifier on real + generated features (:func:`fedavg`).
+
+Client splits: :func:`dirichlet_split` (label skew, :math:`p_k \sim \mathrm{Dir}(\alpha)` over
+clients per class) and :func:`domain_split` (each client holds one domain).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .._errors import GPUAError, NotFittedError
+from .._validation import check_labels
+from ._calibrator import DistributionCalibrator
+from ._classifier import LinearClassifier
+from ._sampling import as_rng
+from ._stats import ClassStatistics, check_parts, infer_n_classes, merge_statistics
+
+__all__ = ["dirichlet_split", "domain_split", "client_statistics", "FederatedCalibration", "fedavg"]
+
+
+def dirichlet_split(
+    y,
+    n_clients: int,
+    alpha: float,
+    *,
+    domains=None,
+    min_size: int = 2,
+    max_tries: int = 1000,
+    random_state=None,
+) -> list[np.ndarray]:
+    r"""Split sample indices among clients with Dirichlet label skew.
+
+    For every class, the fractions of its samples going to each client are drawn from
+    :math:`\mathrm{Dir}(\alpha, \dots, \alpha)`; small :math:`\alpha` (0.1) gives clients that
+    see one or two classes, large :math:`\alpha` approaches an i.i.d. split. Draws are repeated
+    until every client holds at least ``min_size`` samples (the usual protocol of Hsu et al.
+    2019 and of the GGEUR code).
+
+    Parameters
+    ----------
+    y : int array of shape (n,)
+        Labels.
+    n_clients : int
+    alpha : float
+        Concentration; ``numpy.inf`` splits each class evenly at random (no label skew).
+    domains : int array of shape (n,), optional
+        Domain of each sample. Client :math:`i` is then assigned domain :math:`i \bmod G` and
+        only that domain's samples are split among that domain's clients (label and domain
+        skew together).
+    min_size : int
+        Fewest samples a client may hold.
+    max_tries : int
+        Draws before giving up with a :class:`GPUAError`.
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    list of n_clients int arrays
+        Sample indices of each client (disjoint, covering all samples of the used domains).
+    """
+    rng = as_rng(random_state)
+    y = np.asarray(y)
+    y = check_labels(y, y.shape[0], infer_n_classes(y), name="y")
+    if not (isinstance(n_clients, (int, np.integer)) and n_clients >= 1):
+        raise GPUAError(f"n_clients={n_clients!r} must be a positive integer.")
+    if not alpha > 0:
+        raise GPUAError(f"alpha={alpha!r} must be positive (0.1: strong label skew, 100: nearly i.i.d.).")
+    dom = np.zeros(y.shape[0], np.int64) if domains is None else check_labels(
+        domains, y.shape[0], infer_n_classes(domains, "domains"), name="domains"
+    )
+    n_domains = int(dom.max()) + 1
+    if n_clients < n_domains:
+        raise GPUAError(f"n_clients={n_clients} is fewer than the {n_domains} domains; give each domain a client.")
+    owners = [np.arange(g, n_clients, n_domains) for g in range(n_domains)]
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for g in range(n_domains):
+            cl = owners[g]
+            for k in np.unique(y[dom == g]):
+                idx = rng.permutation(np.nonzero((dom == g) & (y == k))[0])
+                p = np.full(cl.size, 1.0 / cl.size) if np.isinf(alpha) else rng.dirichlet(np.full(cl.size, alpha))
+                cuts = (np.cumsum(p)[:-1] * idx.size).astype(np.int64)
+                for c, chunk in zip(cl, np.split(idx, cuts)):
+                    parts[c].append(chunk)
+        out = [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+        if min(o.size for o in out) >= min_size:
+            return out
+    raise GPUAError(
+        f"could not give every one of {n_clients} clients at least min_size={min_size} samples in "
+        f"{max_tries} draws at alpha={alpha}; lower min_size or n_clients, or raise alpha."
+    )
+
+
+def domain_split(domains, n_clients: int, *, random_state=None) -> list[np.ndarray]:
+    """Domain skew only: client :math:`i` holds a random share of domain :math:`i \\bmod G`."""
+    domains = np.asarray(domains)
+    return dirichlet_split(np.zeros(domains.shape[0], np.int64), n_clients, np.inf, domains=domains, min_size=1, random_state=random_state)
+
+
+def client_statistics(
+    X,
+    y,
+    n_classes: int,
+    *,
+    share: Literal["covariance", "shape"] = "covariance",
+    n_components: int = 5,
+) -> ClassStatistics:
+    """What one client sends: per-class count, mean and covariance (or its top-m shape + trace).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+    y : int array of shape (n,)
+    n_classes : int
+        The federation's class count (so that every message has the same classes).
+    share : {"covariance", "shape"}
+        Send the full :math:`d \\times d` covariance, or only ``n_components`` eigenpairs and the
+        trace (:math:`m(d + 1) + 1` numbers; the server rebuilds an isotropic remainder).
+    """
+    stats = ClassStatistics(n_classes).fit(X, y)
+    if share == "covariance":
+        return stats
+    if share == "shape":
+        return stats.compress(n_components)
+    raise GPUAError(f"share={share!r} is not an option; use 'covariance' or 'shape'.")
+
+
+class FederatedCalibration:
+    r"""The server: merges client statistics, calibrates global class shapes, guides clients.
+
+    Parameters
+    ----------
+    n_classes : int
+        The federation's class count.
+    calibrator : DistributionCalibrator, optional
+        Applied to the merged statistics (its settings: shrinkage, borrowing, components,
+        scale, seed). Default: ``DistributionCalibrator(borrow=None)``, since merged classes are
+        usually well sampled; give one with ``borrow="mean"`` for a long-tailed federation.
+    missing : {"raise", "skip"}
+        A class no client has any sample of: refuse, or leave it out of generation.
+
+    Attributes
+    ----------
+    statistics_ : ClassStatistics
+        Merged statistics (exactly those of the pooled data when clients share covariances).
+    calibrator_ : DistributionCalibrator
+        A fitted copy of ``calibrator``; its ``factors_`` are what is broadcast.
+    client_counts_ : int array of shape (n_clients, n_classes)
+    client_means_ : array of shape (n_clients, n_classes, d)
+        Client prototypes :math:`\mu_{ik}`.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        *,
+        calibrator: DistributionCalibrator | None = None,
+        missing: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        self.n_classes = n_classes
+        self.calibrator = calibrator
+        self.missing = missing
+
+    def fit(self, messages: Sequence[ClassStatistics], *, class_embeddings=None) -> "FederatedCalibration":
+        """Merge the clients' messages (one :class:`ClassStatistics` each) and calibrate.
+
+        ``class_embeddings`` (K, d_t): text prototypes, for a calibrator with ``borrow="text"``.
+        """
+        messages = check_parts(messages, "messages")
+        for i, m in enumerate(messages):
+            if m.n_classes_ > self.n_classes:
+                raise GPUAError(
+                    f"messages[{i}] has {m.n_classes_} classes but the server expects n_classes={self.n_classes}; "
+                    "build every client's statistics with the federation's n_classes."
+                )
+        if self.missing not in ("raise", "skip"):
+            raise GPUAError(f"missing={self.missing!r} is not an option; use 'raise' or 'skip'.")
+        merged = merge_statistics(messages, n_classes=self.n_classes)
+        absent = np.nonzero(merged.count_ == 0)[0]
+        if absent.size and self.missing == "raise":
+            raise GPUAError(
+                f"no client shared anything about class(es) {absent.tolist()}, so they have no mean or "
+                "covariance; check n_classes and the clients' labels, or pass missing='skip' to leave "
+                "them out of generation."
+            )
+        template = self.calibrator if self.calibrator is not None else DistributionCalibrator(borrow=None)
+        self.statistics_ = merged
+        self.calibrator_ = copy.deepcopy(template).fit_statistics(merged, class_embeddings=class_embeddings, missing="skip")
+        padded = [m._padded(self.n_classes) for m in messages]
+        self.client_counts_ = np.stack([p[0] for p in padded])
+        self.client_means_ = np.stack([p[1] for p in padded])
+        return self
+
+    def augment(
+        self,
+        client: int,
+        X,
+        y,
+        *,
+        target: Literal["max"] | int = "max",
+        anchors: Literal["local", "prototypes"] = "local",
+        random_state=None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Generated samples for client ``client`` holding ``X`` (n, d), ``y`` (n,).
+
+        ``anchors="local"`` fills the classes the client has; ``"prototypes"`` fills every class,
+        anchoring on local samples (weight 1 each) and other clients' prototypes (weight
+        :math:`n_{jk}` each).
+        """
+        if not hasattr(self, "calibrator_"):
+            raise NotFittedError("FederatedCalibration is not fitted; call fit(messages) first.")
+        if anchors not in ("local", "prototypes"):
+            raise GPUAError(f"anchors={anchors!r} is not an option; use 'local' or 'prototypes'.")
+        if not 0 <= client < self.client_counts_.shape[0]:
+            raise GPUAError(f"client={client} is out of range for {self.client_counts_.shape[0]} clients.")
+        protos = None
+        if anchors == "prototypes":
+            protos = {}
+            others = np.arange(self.client_counts_.shape[0]) != client
+            for k in range(self.n_classes):
+                has = others & (self.client_counts_[:, k] > 0)
+                if has.any():
+                    protos[k] = (self.client_means_[has, k], self.client_counts_[has, k].astype(np.float64))
+        return self.calibrator_.sample(X, y, target=target, prototypes=protos, random_state=random_state)
+
+
+def fedavg(
+    clients: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_classes: int,
+    *,
+    rounds: int = 30,
+    local_epochs: int = 1,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    weight_decay: float = 1e-4,
+    device: str | None = "cpu",
+    random_state=None,
+) -> LinearClassifier:
+    r"""FedAvg (McMahan et al. 2017) of a linear classifier.
+
+    Every round each client runs ``local_epochs`` of SGD from the global :math:`(W, b)`; the
+    server averages the results weighted by client sample counts,
+    :math:`W \leftarrow \sum_i n_i W_i / \sum_i n_i`.
+
+    Parameters
+    ----------
+    clients : sequence of (X_i (n_i, d), y_i (n_i,))
+        Each client's training features (real, or real + generated).
+    n_classes : int
+    rounds, local_epochs, lr, batch_size, weight_decay, device
+        Training settings (see :class:`LinearClassifier`, solver "sgd").
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    LinearClassifier
+        The global model.
+    """
+    rng = as_rng(random_state)
+    data = [(X, y) for X, y in clients if len(y) > 0]
+    if not data:
+        raise GPUAError("clients hold no samples; pass at least one non-empty (X, y).")
+    widths = {np.shape(X)[1] for X, _ in data}
+    if len(widths) > 1:
+        raise GPUAError(f"clients have features of widths {sorted(widths)}; all must use one feature space.")
+    d = widths.pop()
+    sizes = np.array([len(y) for _, y in data], dtype=np.float64)
+    W = np.zeros((n_classes, d), np.float32)
+    b = np.zeros(n_classes, np.float32)
+    local = LinearClassifier(
+        solver="sgd", epochs=local_epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+        device=device, random_state=rng,
+    )
+    for _ in range(int(rounds)):
+        Ws, bs = [], []
+        for X, y in data:
+            local.fit(X, y, n_classes=n_classes, coef_init=W, intercept_init=b)
+            Ws.append(local.coef_)
+            bs.append(local.intercept_)
+        W = np.einsum("c,ckd->kd", sizes, np.stack(Ws)) / sizes.sum()
+        b = np.einsum("c,ck->k", sizes, np.stack(bs)) / sizes.sum()
+    model = LinearClassifier(weight_decay=weight_decay, device=device)
+    model.coef_, model.intercept_ = W.astype(np.float32), b.astype(np.float32)
+    model.n_classes_, model.n_features_in_ = n_classes, d
+    return model
+
+
+# --- Extension point: federated GPUA from aggregated statistics ---------------------------
+# The merged statistics above (FederatedCalibration.statistics_: per-class n, mean, covariance
+# of the pooled data, exact) are what an unlabeled federated GPUA would consume: class means as
+# the VFM centres C_k of the fused score and the Procrustes cross-covariance from per-class
+# moments. That needs the core engine (gpua.ucm for the correspondences, gpua.procrustes for
+# the map) and pseudo-label-weighted statistics instead of labelled ones; it is deliberately
+# not implemented here. Add it as `federated_gpua(messages, text_prototypes, ...)` in this
+# module once those exist, reusing ClassStatistics / merge_statistics for the messages.

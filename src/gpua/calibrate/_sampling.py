@@ -1,0 +1,149 @@
+r"""Generate features along a class's covariance shape, around anchor points.
+
+.. math::
+    x_{\mathrm{new}} = a + s \sum_{j} \varepsilon_j \sqrt{\lambda_j}\, \xi_j
+                     = a + s\, L \varepsilon,\qquad \varepsilon \sim N(0, I)
+
+with :math:`a` a real sample of the class (or another client's class prototype) and
+:math:`L = [\sqrt{\lambda_j}\xi_j]_j` factorised once per class (:func:`~._shape.psd_factor`).
+The authors' code factorises the covariance again for every generated sample and scales by
+:math:`\lambda_j` taken in ascending order; here the factor is computed once and the
+eigenvalues are matched to their own eigenvectors.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .._errors import GPUAError
+
+__all__ = ["sample_around", "fill_to_target", "as_rng"]
+
+
+def as_rng(random_state) -> np.random.Generator:
+    """``None``, an int seed or a ``Generator`` -> a ``Generator`` (a given one is used as is)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(random_state)
+
+
+def sample_around(
+    anchors: np.ndarray,
+    factor: np.ndarray,
+    n_samples: int,
+    *,
+    anchor_weights: np.ndarray | None = None,
+    scale: float = 1.0,
+    random_state=None,
+) -> np.ndarray:
+    r"""Draw ``n_samples`` points :math:`a + s L\varepsilon` around ``anchors``.
+
+    Parameters
+    ----------
+    anchors : array of shape (n_anchors, d)
+        Centres (real samples of the class, or class prototypes).
+    factor : array of shape (d, r)
+        :math:`L` with :math:`L L^\top = \Sigma` (or its top-r part).
+    n_samples : int
+        How many points to draw.
+    anchor_weights : array of shape (n_anchors,), optional
+        Relative probability of each anchor. Without weights the anchors are used in turn
+        over random permutations, so each real sample anchors the same number of points (up
+        to one): the generated set then spreads over the class instead of clumping on a few
+        samples, which i.i.d. choice does at small counts.
+    scale : float
+        :math:`s`, multiplies the spread.
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    array of shape (n_samples, d), float32
+    """
+    rng = as_rng(random_state)
+    anchors = np.asarray(anchors)
+    n_anchors, d = anchors.shape
+    if factor.shape[0] != d:
+        raise GPUAError(f"factor has {factor.shape[0]} rows but anchors have width {d}; use one feature space.")
+    if n_samples <= 0:
+        return np.zeros((0, d), np.float32)
+    if anchor_weights is None:
+        reps = -(-n_samples // n_anchors)
+        idx = np.concatenate([rng.permutation(n_anchors) for _ in range(reps)])[:n_samples]
+    else:
+        w = np.asarray(anchor_weights, dtype=np.float64)
+        idx = rng.choice(n_anchors, size=n_samples, p=w / w.sum())
+    eps = rng.standard_normal((n_samples, factor.shape[1]))
+    out = anchors[idx].astype(np.float64) + scale * (eps @ factor.T)
+    return out.astype(np.float32)
+
+
+def fill_to_target(
+    X: np.ndarray,
+    y: np.ndarray,
+    factors: Sequence[np.ndarray | None],
+    target,
+    *,
+    prototypes: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    scale: float = 1.0,
+    random_state=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Generate features so that every class reaches ``target`` samples (real + generated).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Real features.
+    y : int array of shape (n,)
+        Their labels in ``[0, K)``.
+    factors : sequence of K arrays of shape (d, r), or None
+        Per-class factor :math:`L_k`; ``None`` for a class that cannot be generated.
+    target : int or array of shape (K,)
+        Wanted count per class; classes already at or above it get nothing.
+    prototypes : mapping class -> (anchors (P, d), weights (P,)), optional
+        Extra anchors for a class: other clients' (other domains') class means, each weighted
+        by its sample count. Anchors are then drawn with probability proportional to weight,
+        local real samples weighing 1 each, so the anchor mixture follows the global class
+        distribution. A class with no local sample is generated around prototypes alone.
+    scale : float
+        Spread multiplier :math:`s`.
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    X_new : float32 array of shape (n_new, d)
+    y_new : int64 array of shape (n_new,)
+        Generated samples only (concatenate with ``X``, ``y`` to train).
+    """
+    rng = as_rng(random_state)
+    K = len(factors)
+    d = X.shape[1]
+    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (K,))
+    counts = np.bincount(y, minlength=K)
+    prototypes = dict(prototypes or {})
+    out_X, out_y = [], []
+    for k in range(K):
+        need = int(targets[k] - counts[k])
+        if need <= 0:
+            continue
+        local = X[y == k]
+        extra = prototypes.get(k)
+        if local.shape[0] == 0 and (extra is None or len(extra[0]) == 0):
+            continue  # nothing of this class here to anchor on: left as it is
+        if factors[k] is None:
+            raise GPUAError(
+                f"class {k} has samples here but no covariance to generate from; fit the calibrator "
+                f"on statistics that include class {k}, or drop those samples."
+            )
+        if extra is None or len(extra[0]) == 0:
+            gen = sample_around(local, factors[k], need, scale=scale, random_state=rng)
+        else:
+            anchors = np.concatenate([local, np.asarray(extra[0], dtype=local.dtype if local.size else np.float64)])
+            weights = np.concatenate([np.ones(local.shape[0]), np.asarray(extra[1], dtype=np.float64)])
+            gen = sample_around(anchors, factors[k], need, anchor_weights=weights, scale=scale, random_state=rng)
+        out_X.append(gen)
+        out_y.append(np.full(need, k, dtype=np.int64))
+    if not out_X:
+        return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(out_X), np.concatenate(out_y)

@@ -1,0 +1,328 @@
+"""Image datasets: an ordered list of images with integer labels and class names.
+
+Two kinds share one interface, :class:`ImageDataset`: :class:`FileImageDataset` (image files
+under a root folder, decoded on demand) and :class:`ArrayImageDataset` (decoded uint8 arrays,
+e.g. the embedded CIFAR-10 demo). Images are decoded one at a time so that a dataset of a million
+files costs a list of paths, not a million images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
+
+import numpy as np
+
+from .._errors import GPUAError
+from .._validation import check_classnames
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
+    "ImageDataset",
+    "FileImageDataset",
+    "ArrayImageDataset",
+    "open_image",
+    "to_rgb",
+]
+
+#: File endings read as images (compared case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)
+
+_D = TypeVar("_D", bound="ImageDataset")
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def _pil() -> Any:
+    # Pillow is an optional dependency (extras "encoders", "seg"): class names, templates and
+    # .npz bookkeeping work without it; only decoding images needs it.
+    try:
+        from PIL import Image  # noqa: PLC0415
+    except ImportError:
+        raise GPUAError("reading images needs Pillow: pip install pillow (or gpua[encoders]).") from None
+    return Image
+
+
+class UnreadableImageError(GPUAError):
+    """An image file is missing, truncated, corrupt or not an image.
+
+    A :class:`~gpua.GPUAError`; catch this subclass to skip bad files (and count them) while
+    letting other input errors through. ``path`` is the file.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        # Keep ``path`` when the error crosses a process boundary (DataLoader workers).
+        return (type(self), (str(self), self.path))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    Grey, palette, CMYK and the like are converted by PIL. Transparent pixels are composited
+    onto white: their stored colour is invisible (often black) and should not reach an encoder.
+    16-bit and 32-bit grey images are scaled to 8 bits rather than clipped (PIL's plain
+    ``convert`` would saturate them).
+    """
+    if image.mode == "RGB":
+        return image
+    Image = _pil()
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # keeps a palette's transparency, which "RGB" would drop
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        a = np.asarray(image, dtype=np.float64)
+        hi = float(np.nanmax(a)) if a.size else 0.0
+        scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
+        image = Image.fromarray(np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file fully and return it in RGB.
+
+    Raises
+    ------
+    UnreadableImageError
+        Naming the file, when it is missing, truncated, corrupt or not an image.
+    """
+    p = os.fspath(path)
+    Image = _pil()
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now: truncation shows here, not later inside a transform
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"image file {p!r} does not exist.", p) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # PIL reports truncation and unknown formats (UnidentifiedImageError) as OSError, bad
+        # headers as SyntaxError/ValueError.
+        raise UnreadableImageError(
+            f"image file {p!r} could not be read ({type(exc).__name__}: {exc}); it is truncated, corrupt or "
+            "not an image. Skip it (catch gpua.data.UnreadableImageError) or replace the file.",
+            p,
+        ) from exc
+
+
+class ImageDataset:
+    """An ordered set of images with labels and class names.
+
+    Attributes
+    ----------
+    name : str
+        The dataset's name (canonical for known benchmarks, e.g. ``"oxford_pets"``).
+    split : str or None
+        The split it holds (``"train"``, ``"test"``...), if any.
+    classnames : list of str
+        Class names in label order; may be empty for an unlabeled set.
+    labels : ndarray of int64, shape (n_images,)
+        Class index per image, ``-1`` where unknown.
+    """
+
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        labels: Sequence[int] | np.ndarray | None,
+        classnames: Sequence[str] | None,
+        name: str,
+        split: str | None = None,
+    ):
+        ids = [str(i) for i in image_ids]
+        n = len(ids)
+        names = [] if classnames is None else [str(c) for c in classnames]
+        check_classnames(names, len(names))
+        if labels is None:
+            y = np.full(n, -1, dtype=np.int64)
+        else:
+            y = np.asarray(labels)
+            if y.shape != (n,):
+                raise GPUAError(f"labels has shape {y.shape} but there are {n} images; give one label per image.")
+            if n and y.dtype.kind not in "iu":
+                raise GPUAError(f"labels has dtype {y.dtype}; pass integer class indices (-1 for unknown).")
+            y = y.astype(np.int64)
+            if n and (y.min() < -1 or y.max() >= len(names)):
+                raise GPUAError(
+                    f"labels hold values outside [-1, {len(names)}); labels index classnames "
+                    f"({len(names)} names), -1 marks an unlabeled image."
+                )
+        self._ids = ids
+        self.labels: np.ndarray = y
+        self.classnames: list[str] = names
+        self.name = str(name)
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return f"{type(self).__name__}(name={self.name!r}{split}, n_images={len(self)}, n_classes={self.n_classes})"
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (``len(classnames)``)."""
+        return len(self.classnames)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Stable identifiers of the images, in order (a copy)."""
+        return list(self._ids)
+
+    def _index(self, i: int) -> int:
+        n = len(self._ids)
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            raise GPUAError(f"image index must be an integer, got {i!r}.")
+        if not -n <= i < n:
+            raise GPUAError(f"image index {i} is out of range for a dataset of {n} images.")
+        return int(i) % n
+
+    def image_id(self, i: int) -> str:
+        """Identifier of image ``i``: its path relative to the root, or its source id."""
+        return self._ids[self._index(i)]
+
+    def label(self, i: int) -> int:
+        """Class index of image ``i``, or -1 when unlabeled."""
+        return int(self.labels[self._index(i)])
+
+    def load_image(self, i: int) -> Image.Image:
+        """Image ``i`` as an RGB PIL image.
+
+        Raises
+        ------
+        UnreadableImageError
+            (a :class:`~gpua.GPUAError`) naming the file when it cannot be decoded.
+        """
+        raise NotImplementedError
+
+    def _take(self: _D, idx: np.ndarray) -> _D:
+        raise NotImplementedError
+
+    def subset(self: _D, indices: Sequence[int] | np.ndarray) -> _D:
+        """The images at ``indices`` (integers, or a boolean mask), as a dataset of the same kind.
+
+        Class names, name and split are kept, so labels keep their meaning.
+        """
+        idx = np.asarray(indices)
+        n = len(self)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise GPUAError(f"a boolean mask must have shape ({n},), got {idx.shape}.")
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)
+        elif idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise GPUAError(f"indices must be a 1-D array of integers or a boolean mask, got dtype {idx.dtype}, shape {idx.shape}.")
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise GPUAError(f"indices hold values outside [0, {n}).")
+        return self._take(idx.astype(np.int64) % max(n, 1))
+
+
+class FileImageDataset(ImageDataset):
+    """Images stored as files under a root folder.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Folder the relative paths start from.
+    relpaths : sequence of str
+        Image paths relative to ``root`` (``/``-separated); they are the image ids.
+    labels, classnames, name, split
+        As in :class:`ImageDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        relpaths: Sequence[str],
+        labels: Sequence[int] | np.ndarray | None,
+        classnames: Sequence[str] | None,
+        name: str,
+        split: str | None = None,
+    ):
+        super().__init__(relpaths, labels, classnames, name, split)
+        self.root = Path(root)
+
+    def path(self, i: int) -> Path:
+        """Absolute location of image ``i``."""
+        return self.root / self.image_id(i)
+
+    def load_image(self, i: int) -> Image.Image:
+        return open_image(self.path(i))
+
+    def _take(self, idx: np.ndarray) -> "FileImageDataset":
+        return FileImageDataset(
+            self.root, [self._ids[j] for j in idx], self.labels[idx], self.classnames, self.name, self.split
+        )
+
+
+class ArrayImageDataset(ImageDataset):
+    """Decoded images held as a uint8 array.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (N, H, W, 3), (N, H, W, 4), (N, H, W, 1) or (N, H, W)
+        RGB, RGBA or grey pixels.
+    labels, classnames, name, split
+        As in :class:`ImageDataset`.
+    image_ids : sequence of str, optional
+        One id per image (e.g. its source path); default ``"0"``, ``"1"``...
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int] | np.ndarray | None,
+        classnames: Sequence[str] | None,
+        name: str,
+        split: str | None = None,
+        image_ids: Sequence[str] | None = None,
+        *,
+        _rows: np.ndarray | None = None,
+    ):
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise GPUAError(f"images has dtype {images.dtype}; store 8-bit pixels (uint8, 0-255).")
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3, 4))):
+            raise GPUAError(
+                f"images has shape {images.shape}; expected (N, H, W, 3) RGB, (N, H, W, 4) RGBA or (N, H, W) grey."
+            )
+        # _rows maps this dataset's positions to rows of `images`, so subsets share the pixels
+        # instead of copying them.
+        rows = np.arange(images.shape[0]) if _rows is None else np.asarray(_rows, dtype=np.int64)
+        if image_ids is None:
+            image_ids = [str(r) for r in rows]
+        if len(image_ids) != rows.shape[0]:
+            raise GPUAError(f"image_ids has {len(image_ids)} entries but there are {rows.shape[0]} images.")
+        super().__init__(image_ids, labels, classnames, name, split)
+        self._images = images
+        self._rows = rows
+
+    def load_image(self, i: int) -> Image.Image:
+        a = self._images[self._rows[self._index(i)]]
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        # uint8 (H, W) / (H, W, 3) / (H, W, 4) become L / RGB / RGBA.
+        return to_rgb(_pil().fromarray(np.ascontiguousarray(a)))
+
+    def array(self) -> np.ndarray:
+        """The pixels of this dataset's images, (n_images, H, W[, C]) uint8 (a copy)."""
+        return self._images[self._rows]
+
+    def _take(self, idx: np.ndarray) -> "ArrayImageDataset":
+        return ArrayImageDataset(
+            self._images, self.labels[idx], self.classnames, self.name, self.split,
+            [self._ids[j] for j in idx], _rows=self._rows[idx],
+        )

@@ -1,0 +1,477 @@
+"""``load_dataset``: one entry point for every on-disk layout gpua reads.
+
+Layouts, tried in this order:
+
+1. ``"cifar10-mini"``: the CIFAR-10 sample embedded in the package (``split="train"/"test"``).
+2. An ``.npz`` file of arrays (``images``, optional ``labels``, ``classnames``, ``source_paths``).
+3. A CoOp split file ``split_zhou_<Dataset>.json`` (or a folder holding exactly one).
+4. A CoOp FGVC-Aircraft folder (``variants.txt`` + ``images_variant_<split>.txt``).
+5. A CoOp ImageNet folder (``classnames.txt`` + ``images/<split>/<wnid>/``).
+6. An image folder: ``root/<class>/...`` (labeled) or ``root/*.jpg`` (unlabeled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import IO, Sequence
+
+import numpy as np
+
+from .._errors import GPUAError
+from ._datasets import IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset
+from ._registry import DatasetInfo, dataset_info, split_file_info
+from .classnames import get_classnames, resolve_classnames
+
+__all__ = ["load_dataset", "DEMO_DATASET", "DEMO_SPLITS"]
+
+DEMO_DATASET = "cifar10-mini"
+DEMO_SPLITS = ("train", "test")
+
+# Sub-folder names that mean "a split", not "a class".
+_SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test", "trainval", "dev"})
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    split: str | None = None,
+    classnames: Sequence[str] | str | os.PathLike | None = None,
+    *,
+    image_root: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> ImageDataset:
+    """Open a dataset of images, whatever its layout.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``"cifar10-mini"`` (the embedded demo data), an ``.npz`` file, a CoOp split file
+        ``split_zhou_<Dataset>.json`` or its folder, a CoOp FGVC-Aircraft or ImageNet folder, or
+        an image folder (``root/<class>/*.jpg`` labeled, ``root/*.jpg`` unlabeled).
+    split : str, optional
+        Which split: a key of the split file, ``"train"``/``"test"`` for the demo data, the
+        ``images_variant_<split>.txt`` of FGVC-Aircraft, the ``images/<split>`` of ImageNet
+        (``"test"`` reads ``val``, as CoOp does), or a sub-folder of an image folder. Required
+        where the source holds several; an error lists the splits present.
+    classnames : list of str, str or path-like, optional
+        Class names in label order: a list, a class-name file, or a known dataset name (see
+        :func:`gpua.data.classnames.get_classnames`). Where the source names its classes (split
+        file, npz, variants.txt, classnames.txt) they must match it exactly, or a
+        :class:`~gpua.GPUAError` names the first mismatch. For a labeled image folder they must
+        be the class-folder names, in any order (their order then defines the labels), or, when
+        the folders are WordNet ids (``n01440764``), one name per folder in sorted-folder order.
+        For an unlabeled folder they are simply attached.
+    image_root : str or path-like, optional
+        Folder the split file's (or FGVC's) relative image paths start from. By default CoOp's
+        folder for the dataset beside the split file (``images/``, ``jpg/``,
+        ``101_ObjectCategories/``...), found by looking for the first image.
+    name : str, optional
+        Overrides the dataset name (default: the canonical benchmark name, or the folder / file
+        name).
+
+    Returns
+    -------
+    ImageDataset
+        :class:`FileImageDataset` for files on disk, :class:`ArrayImageDataset` for arrays.
+
+    Raises
+    ------
+    GPUAError
+        For a missing path, an empty folder, an unknown or missing split (listing those
+        present), class names that do not match the source, or a malformed file.
+    """
+    user_names = resolve_classnames(classnames)
+    if isinstance(path, str) and path.strip().lower() == DEMO_DATASET:
+        _no_image_root(image_root, "the embedded demo data")
+        ds: ImageDataset = _load_demo(split, user_names)
+    else:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise GPUAError(
+                f"dataset path {str(p)!r} does not exist; pass an image folder, a CoOp split file "
+                f"(split_zhou_*.json), an .npz file, or {DEMO_DATASET!r}."
+            )
+        ds = _load_path(p, split, user_names, image_root)
+    if name is not None:
+        ds.name = str(name)
+    return ds
+
+
+def _load_path(
+    p: Path, split: str | None, user_names: list[str] | None, image_root: str | os.PathLike | None
+) -> ImageDataset:
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix == ".json":
+            return _load_split_file(p, split, user_names, image_root)
+        if suffix == ".npz":
+            _no_image_root(image_root, "an .npz file")
+            return _load_npz_path(p, split, user_names)
+        raise GPUAError(
+            f"{str(p)!r} is a {suffix or 'suffix-less'} file; load_dataset reads folders, CoOp split files "
+            "(.json) and .npz files. To read one image use gpua.data.open_image."
+        )
+    split_files = sorted(p.glob("split_zhou_*.json"))
+    if len(split_files) > 1:
+        raise GPUAError(
+            f"folder {str(p)!r} holds several split files ({[f.name for f in split_files]}); pass the one to read."
+        )
+    if split_files:
+        return _load_split_file(split_files[0], split, user_names, image_root)
+    if (p / "variants.txt").is_file() and any(p.glob("images_variant_*.txt")):
+        return _load_fgvc(p, split, user_names, image_root)
+    _no_image_root(image_root, "an image folder")
+    if (p / "classnames.txt").is_file() and (p / "images").is_dir():
+        return _load_imagenet(p, split, user_names)
+    return _load_image_folder(p, split, user_names)
+
+
+def _no_image_root(image_root, what: str) -> None:
+    if image_root is not None:
+        raise GPUAError(f"image_root= applies to CoOp split files and FGVC-Aircraft; it means nothing for {what}.")
+
+
+def _pick_split(split: str | None, present: Sequence[str], source: str) -> str:
+    """The requested split, or an error listing the splits present."""
+    if split is None:
+        raise GPUAError(f"{source} holds the splits {list(present)}; pass split= one of them.")
+    if str(split) not in present:
+        raise GPUAError(f"{source} has no split {str(split)!r}; the splits present are {list(present)}.")
+    return str(split)
+
+
+def _match_classnames(given: list[str] | None, found: list[str], source: str) -> list[str]:
+    """``found`` (the source's names), after checking the user's ``given`` names against them."""
+    if given is None or given == found:
+        return found
+    for i, (g, f) in enumerate(zip(given, found)):
+        if g != f:
+            raise GPUAError(
+                f"classnames do not match {source}: class {i} is {g!r} in classnames but {f!r} in {source}. "
+                "Leave classnames=None to use the names of the source, or fix the list."
+            )
+    n = min(len(given), len(found))
+    extra = given[n] if len(given) > n else found[n]
+    raise GPUAError(
+        f"classnames has {len(given)} names but {source} has {len(found)} classes; the first {n} agree, "
+        f"then {extra!r} is only in {'classnames' if len(given) > n else source}."
+    )
+
+
+# ---------------------------------------------------------------- arrays (.npz, embedded demo)
+
+
+def _load_demo(split: str | None, user_names: list[str] | None) -> ArrayImageDataset:
+    s = _pick_split(split, DEMO_SPLITS, f"the embedded dataset {DEMO_DATASET!r}")
+    res = resources.files("gpua").joinpath("assets", f"cifar10_mini_{s}.npz")
+    with res.open("rb") as f:
+        return _dataset_from_npz(f, f"cifar10_mini_{s}.npz", DEMO_DATASET, s, user_names)
+
+
+def _load_npz_path(p: Path, split: str | None, user_names: list[str] | None) -> ArrayImageDataset:
+    if split is not None:
+        raise GPUAError(
+            f"{p.name!r} is one .npz file, which holds one split; pass the file of the split you want and no "
+            "split= (split= picks a split from folders and split files)."
+        )
+    with open(p, "rb") as f:
+        return _dataset_from_npz(f, p.name, p.stem, None, user_names)
+
+
+def _dataset_from_npz(
+    f: IO[bytes], source: str, name: str, split: str | None, user_names: list[str] | None
+) -> ArrayImageDataset:
+    try:
+        z = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise GPUAError(f"{source!r} could not be read as an .npz file ({exc}); it is truncated or not numpy data.") from exc
+    if not hasattr(z, "files"):
+        raise GPUAError(f"{source!r} holds a single array; save named arrays with np.savez(images=..., labels=...).")
+    with z:
+        keys = set(z.files)
+        if "images" not in keys:
+            raise GPUAError(f"{source!r} has no 'images' array (it holds {sorted(keys)}); save images=(N, H, W, 3) uint8.")
+        try:
+            # Read everything now: the file handle closes when this function returns.
+            images = z["images"]
+            labels = z["labels"] if "labels" in keys else None
+            file_names = [str(c) for c in z["classnames"].tolist()] if "classnames" in keys else None
+            id_key = next((k for k in ("source_paths", "image_ids") if k in keys), None)
+            ids = [str(i) for i in z[id_key].tolist()] if id_key else None
+        except ValueError as exc:  # object arrays need pickle, which we never enable
+            raise GPUAError(
+                f"{source!r} stores strings as Python objects ({exc}); save them as numpy string arrays, "
+                "e.g. np.asarray(names, dtype=str)."
+            ) from None
+    names = user_names if file_names is None else _match_classnames(user_names, file_names, source)
+    if labels is not None and names is None:
+        raise GPUAError(f"{source!r} has labels but no classnames; pass classnames= (one name per label).")
+    if ids is not None and len(ids) != images.shape[0]:
+        raise GPUAError(f"{source!r}: {id_key} has {len(ids)} entries but images has {images.shape[0]}.")
+    return ArrayImageDataset(images, labels, names, name, split, ids)
+
+
+# ---------------------------------------------------------------- CoOp split files
+
+
+def _load_split_file(p: Path, split: str | None, user_names: list[str] | None, image_root) -> FileImageDataset:
+    source = f"split file {p.name!r}"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GPUAError(f"{source} could not be read as JSON ({exc}).") from exc
+    if not isinstance(data, dict) or not any(isinstance(v, list) for v in data.values()):
+        raise GPUAError(f"{source} is not a CoOp split file: expected {{'train': [[path, label, classname], ...], ...}}.")
+    present = [k for k, v in data.items() if isinstance(v, list)]
+    s = _pick_split(split, present, source)
+    entries = {k: _split_entries(data[k], k, source) for k in present}
+    # Class names come from every split, so that train and test share one label space even when
+    # a split misses a class.
+    found = _split_classnames(entries, source)
+    names = _match_classnames(user_names, found, source)
+    relpaths = [e[0] for e in entries[s]]
+    labels = np.array([e[1] for e in entries[s]], dtype=np.int64)
+    info = split_file_info(p.name)
+    root = _find_image_root(p.parent, info, relpaths, image_root, source)
+    ds_name = info.name if info else re.sub(r"^split_zhou_", "", p.stem)
+    return FileImageDataset(root, relpaths, labels, names, ds_name, s)
+
+
+def _split_entries(items: list, split: str, source: str) -> list[tuple[str, int, str]]:
+    out = []
+    for i, e in enumerate(items):
+        ok = isinstance(e, (list, tuple)) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str)
+        if ok:
+            try:
+                label = int(e[1])
+                ok = label == e[1] and label >= 0
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise GPUAError(
+                f"{source}: entry {i} of split {split!r} is {e!r}; expected [relative_path, label >= 0, classname]."
+            )
+        out.append((e[0].replace("\\", "/"), label, e[2]))
+    return out
+
+
+def _split_classnames(entries: dict[str, list[tuple[str, int, str]]], source: str) -> list[str]:
+    by_label: dict[int, str] = {}
+    by_name: dict[str, int] = {}
+    for items in entries.values():
+        for _, label, cname in items:
+            if by_label.setdefault(label, cname) != cname:
+                raise GPUAError(f"{source} calls label {label} both {by_label[label]!r} and {cname!r}.")
+            if by_name.setdefault(cname, label) != label:
+                raise GPUAError(f"{source} gives class {cname!r} two labels, {by_name[cname]} and {label}.")
+    if not by_label:
+        raise GPUAError(f"{source} lists no images.")
+    missing = sorted(set(range(max(by_label) + 1)) - set(by_label))
+    if missing:
+        raise GPUAError(f"{source} has no image with label {missing[0]}, so that class has no name; labels must be 0..K-1.")
+    return [by_label[k] for k in range(len(by_label))]
+
+
+def _find_image_root(
+    base: Path, info: DatasetInfo | None, relpaths: list[str], image_root, source: str
+) -> Path:
+    if image_root is not None:
+        root = Path(image_root).expanduser()
+        if not root.is_dir():
+            raise GPUAError(f"image_root {str(root)!r} is not a folder.")
+        if relpaths and not (root / relpaths[0]).exists():
+            raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source}.")
+        return root
+    candidates = ([base / info.image_dir] if info else []) + [base / "images", base]
+    candidates = list(dict.fromkeys(candidates))  # unique, in order
+    if not relpaths:
+        return next((c for c in candidates if c.is_dir()), base)
+    for c in candidates:
+        if (c / relpaths[0]).exists():
+            return c
+    tried = ", ".join(repr(str(c)) for c in candidates)
+    raise GPUAError(
+        f"the first image of {source}, {relpaths[0]!r}, is not under {tried}; pass image_root= the folder its "
+        "paths start from."
+    )
+
+
+# ---------------------------------------------------------------- CoOp FGVC-Aircraft and ImageNet
+
+
+def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_root) -> FileImageDataset:
+    prefix = "images_variant_"
+    present = sorted(f.stem[len(prefix):] for f in p.glob(prefix + "*.txt"))
+    s = _pick_split(split, present, f"FGVC-Aircraft folder {str(p)!r}")
+    variants = [line.strip() for line in (p / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = _match_classnames(user_names, variants, "variants.txt")
+    lookup = {c: i for i, c in enumerate(variants)}
+    relpaths, labels = [], []
+    list_file = p / f"{prefix}{s}.txt"
+    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(" ", 1)  # "1025794 707-320": image id, then the variant
+        if len(parts) != 2 or parts[1].strip() not in lookup:
+            raise GPUAError(f"{list_file.name} line {lineno} {line!r}: expected '<image id> <variant from variants.txt>'.")
+        relpaths.append(parts[0] + ".jpg")
+        labels.append(lookup[parts[1].strip()])
+    root = _find_image_root(p, dataset_info("fgvc_aircraft"), relpaths, image_root, list_file.name)
+    return FileImageDataset(root, relpaths, labels, names, "fgvc_aircraft", s)
+
+
+def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> FileImageDataset:
+    images = p / "images"
+    present = _subdirs(images)
+    if split == "test" and "test" not in present and "val" in present:
+        split = "val"  # CoOp evaluates ImageNet on its validation set
+    s = _pick_split(split, present, f"ImageNet folder {str(images)!r}")
+    # CoOp's labels are the sorted WordNet-id folders, named through classnames.txt.
+    folders = _subdirs(images / s)
+    mapping = _read_wnid_names(p / "classnames.txt")
+    unknown = [f for f in folders if f not in mapping]
+    if unknown:
+        raise GPUAError(f"classnames.txt has no line for the folder {unknown[0]!r} of {str(images / s)!r}.")
+    names = _match_classnames(user_names, _dedupe_clip_imagenet([mapping[f] for f in folders]), "classnames.txt")
+    relpaths, labels = _collect_class_files(images / s, {f: _walk_images(images / s / f) for f in folders})
+    return FileImageDataset(images / s, relpaths, labels, names, "imagenet", s)
+
+
+def _read_wnid_names(path: Path) -> dict[str, str]:
+    mapping = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(" ", 1)
+        if len(parts) != 2:
+            raise GPUAError(f"{path.name} line {lineno} {line!r}: expected '<folder> <class name>'.")
+        mapping[parts[0]] = parts[1].strip()
+    return mapping
+
+
+def _dedupe_clip_imagenet(names: list[str]) -> list[str]:
+    """CLIP's ImageNet names (copied into CoOp's classnames.txt) call two pairs of classes alike;
+    the shipped list differs from them exactly there, so use it when that is the only difference."""
+    if len(set(names)) == len(names):
+        return names
+    shipped = get_classnames("imagenet")
+    dup = {n for n in names if names.count(n) > 1}
+    if len(names) == len(shipped) and all(a == b or a in dup for a, b in zip(names, shipped)):
+        return shipped
+    return names  # ImageDataset reports the duplicate
+
+
+def _match_count(names: list[str], folders: list[str], where: Path) -> list[str]:
+    if len(names) != len(folders):
+        raise GPUAError(
+            f"classnames has {len(names)} names but {str(where)!r} has {len(folders)} class folders; give one "
+            "name per folder, in sorted-folder order."
+        )
+    return names
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _is_image(filename: str) -> bool:
+    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_images(folder: Path) -> list[str]:
+    """Image files below ``folder`` (recursively, sorted), relative to it, ``/``-separated."""
+    out = []
+    # followlinks: CoOp's instructions symlink datasets into place.
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(folder)
+        out.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+    return out
+
+
+def _collect_class_files(
+    base: Path, files: dict[str, list[str]], order: list[int] | None = None
+) -> tuple[list[str], list[int]]:
+    """Relative paths and labels of ``files`` ({class folder: its images}, in label order)."""
+    relpaths: list[str] = []
+    labels: list[int] = []
+    for k, (folder, found) in enumerate(files.items()):
+        relpaths.extend(f"{folder}/{f}" for f in found)
+        labels.extend([k if order is None else order[k]] * len(found))
+    empty = [folder for folder, found in files.items() if not found]
+    if empty:
+        warnings.warn(
+            f"{len(empty)} class folder(s) of {str(base)!r} hold no images (first: {empty[0]!r}); they stay classes "
+            "with no images.",
+            stacklevel=5,  # _collect_class_files < loader < _load_path < load_dataset < caller
+        )
+    return relpaths, labels
+
+
+def _load_image_folder(root: Path, split: str | None, user_names: list[str] | None) -> FileImageDataset:
+    base = root
+    if split is not None:
+        base = root / str(split)
+        if not base.is_dir():
+            raise GPUAError(
+                f"image folder {str(root)!r} has no split folder {str(split)!r}; the sub-folders present are "
+                f"{_subdirs(root)}."
+            )
+    folders = _subdirs(base)
+    loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image(e.name))
+    if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
+        # root/train/<class>/x.jpg read without split= would silently make "train" a class.
+        if all(_subdirs(base / f) for f in folders):
+            raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
+    files = {f: _walk_images(base / f) for f in folders}  # the one walk of the tree
+    labeled = [f for f in folders if files[f]]
+    name = root.resolve().name or str(root)
+    if loose:
+        if labeled:
+            raise GPUAError(
+                f"image folder {str(base)!r} holds both {len(loose)} loose image(s) (first: {loose[0]!r}) and class "
+                f"folders (first: {labeled[0]!r}); move the loose images into class folders, or point at a folder "
+                "of one kind."
+            )
+        # A flat folder of images: an unlabeled pool; class names, if any, come from the user.
+        return FileImageDataset(base, loose, None, user_names or [], name, split)
+    if not labeled:
+        raise GPUAError(
+            f"image folder {str(base)!r} holds no images; put them in <folder>/<class>/ (labeled) or directly in "
+            f"the folder (unlabeled). Image files end in {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    names, order = _folder_classnames(folders, user_names, base)
+    relpaths, labels = _collect_class_files(base, files, order)
+    return FileImageDataset(base, relpaths, labels, names, name, split)
+
+
+def _folder_classnames(
+    folders: list[str], user_names: list[str] | None, base: Path
+) -> tuple[list[str], list[int] | None]:
+    """Class names and, when the user orders them, each folder's label."""
+    if user_names is None:
+        return folders, None
+    if set(user_names) == set(folders):
+        index = {c: i for i, c in enumerate(user_names)}
+        return user_names, [index[f] for f in folders]
+    if all(_WNID.match(f) for f in folders):
+        return _match_count(user_names, folders, base), None
+    missing = [f for f in folders if f not in user_names]
+    if missing:
+        raise GPUAError(
+            f"class folder {missing[0]!r} of {str(base)!r} is not in classnames; classnames must be the class-folder "
+            f"names (in any order). Folders: {folders[:5]}{'...' if len(folders) > 5 else ''}."
+        )
+    extra = [c for c in user_names if c not in folders]
+    raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}.")

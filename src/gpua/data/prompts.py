@@ -1,0 +1,345 @@
+"""Prompt templates and text prototypes.
+
+A template is a sentence with a ``{}`` placeholder for the class name (``{c}``, the spelling of
+open_clip and CLIP_benchmark, is accepted and normalised to ``{}``). A class's text prototype is
+the prompt-ensemble of CLIP (Radford et al., 2021): encode every template filled with the class
+name, L2-normalise each embedding, average over templates, L2-normalise again.
+
+Shipped template sets (all data, copied from their sources):
+
+* ``"openai_imagenet"``: the 80 ImageNet templates of CLIP's
+  ``notebooks/Prompt_Engineering_for_ImageNet.ipynb`` (as in open_clip's
+  ``zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES`` and CoOp's ``IMAGENET_TEMPLATES``).
+* ``"imagenet_select"``: the 7 of them CLIP's notebook selected (CoOp's
+  ``IMAGENET_TEMPLATES_SELECT``).
+* ``"simple"``: ``["a photo of a {}."]``.
+* one set per dataset (:data:`DATASET_TEMPLATES`): for the 11 CoOp datasets CoOp's single
+  hand-written prompt (``CUSTOM_TEMPLATES`` in CoOp's ``trainers/zsclip.py``), for CIFAR-10 and
+  CIFAR-100 the 18 templates of CLIP's ``data/prompts.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .._errors import GPUAError
+from .._validation import check_matrix
+from ._registry import KNOWN_DATASETS, canonical_name, dataset_info
+from ._textfiles import read_string_list
+from .classnames import resolve_classnames
+
+__all__ = [
+    "OPENAI_IMAGENET_TEMPLATES",
+    "IMAGENET_SELECT_TEMPLATES",
+    "SIMPLE_TEMPLATES",
+    "CIFAR_TEMPLATES",
+    "DATASET_TEMPLATES",
+    "TEMPLATE_SETS",
+    "get_templates",
+    "check_templates",
+    "fill_template",
+    "build_text_prototypes",
+]
+
+OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
+    'a bad photo of a {}.',
+    'a photo of many {}.',
+    'a sculpture of a {}.',
+    'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.',
+    'a rendering of a {}.',
+    'graffiti of a {}.',
+    'a bad photo of the {}.',
+    'a cropped photo of the {}.',
+    'a tattoo of a {}.',
+    'the embroidered {}.',
+    'a photo of a hard to see {}.',
+    'a bright photo of a {}.',
+    'a photo of a clean {}.',
+    'a photo of a dirty {}.',
+    'a dark photo of the {}.',
+    'a drawing of a {}.',
+    'a photo of my {}.',
+    'the plastic {}.',
+    'a photo of the cool {}.',
+    'a close-up photo of a {}.',
+    'a black and white photo of the {}.',
+    'a painting of the {}.',
+    'a painting of a {}.',
+    'a pixelated photo of the {}.',
+    'a sculpture of the {}.',
+    'a bright photo of the {}.',
+    'a cropped photo of a {}.',
+    'a plastic {}.',
+    'a photo of the dirty {}.',
+    'a jpeg corrupted photo of a {}.',
+    'a blurry photo of the {}.',
+    'a photo of the {}.',
+    'a good photo of the {}.',
+    'a rendering of the {}.',
+    'a {} in a video game.',
+    'a photo of one {}.',
+    'a doodle of a {}.',
+    'a close-up photo of the {}.',
+    'a photo of a {}.',
+    'the origami {}.',
+    'the {} in a video game.',
+    'a sketch of a {}.',
+    'a doodle of the {}.',
+    'a origami {}.',
+    'a low resolution photo of a {}.',
+    'the toy {}.',
+    'a rendition of the {}.',
+    'a photo of the clean {}.',
+    'a photo of a large {}.',
+    'a rendition of a {}.',
+    'a photo of a nice {}.',
+    'a photo of a weird {}.',
+    'a blurry photo of a {}.',
+    'a cartoon {}.',
+    'art of a {}.',
+    'a sketch of the {}.',
+    'a embroidered {}.',
+    'a pixelated photo of a {}.',
+    'itap of the {}.',
+    'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.',
+    'a plushie {}.',
+    'a photo of the nice {}.',
+    'a photo of the small {}.',
+    'a photo of the weird {}.',
+    'the cartoon {}.',
+    'art of the {}.',
+    'a drawing of the {}.',
+    'a photo of the large {}.',
+    'a black and white photo of a {}.',
+    'the plushie {}.',
+    'a dark photo of a {}.',
+    'itap of a {}.',
+    'graffiti of the {}.',
+    'a toy {}.',
+    'itap of my {}.',
+    'a photo of a cool {}.',
+    'a photo of a small {}.',
+    'a tattoo of the {}.',
+)
+
+IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+CIFAR_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low contrast photo of a {}.",
+    "a high contrast photo of a {}.",
+    "a bad photo of a {}.",
+    "a good photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a photo of the {}.",
+    "a blurry photo of the {}.",
+    "a black and white photo of the {}.",
+    "a low contrast photo of the {}.",
+    "a high contrast photo of the {}.",
+    "a bad photo of the {}.",
+    "a good photo of the {}.",
+    "a photo of the small {}.",
+    "a photo of the big {}.",
+)
+
+#: Per-dataset templates, keyed by canonical dataset name (aliases resolve in get_templates).
+DATASET_TEMPLATES: dict[str, tuple[str, ...]] = {
+    name: (CIFAR_TEMPLATES if name in ("cifar10", "cifar100") else (dataset_info(name).template,))  # type: ignore[union-attr]
+    for name in KNOWN_DATASETS
+}
+
+#: Named template sets that are not tied to one dataset.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "openai_imagenet": OPENAI_IMAGENET_TEMPLATES,
+    "imagenet_select": IMAGENET_SELECT_TEMPLATES,
+    "simple": SIMPLE_TEMPLATES,
+}
+
+# Any {...} field; after normalisation only the bare {} may remain.
+_FIELD = re.compile(r"\{[^{}]*\}")
+
+
+def check_templates(templates: Sequence[str], source: str = "templates") -> list[str]:
+    """Validate templates and normalise ``{c}`` to ``{}``.
+
+    Parameters
+    ----------
+    templates : sequence of str
+    source : str
+        Where they came from (a file name), for messages.
+
+    Raises
+    ------
+    GPUAError
+        When there are none, one is not a string, has no placeholder, or has a placeholder
+        other than ``{}`` / ``{c}``.
+    """
+    if isinstance(templates, str):
+        raise GPUAError(f"{source} is a single string; pass a list of templates (or a name/file to get_templates).")
+    out = []
+    for i, t in enumerate(templates):
+        if not isinstance(t, str):
+            raise GPUAError(f"{source}: template {i} is {t!r}, not a string.")
+        t = t.strip().replace("{c}", "{}")
+        fields = _FIELD.findall(t)
+        if not fields:
+            raise GPUAError(
+                f"{source}: template {i} {t!r} has no class-name placeholder; write {{}} (or {{c}}) where the "
+                "class name goes, e.g. 'a photo of a {}.'"
+            )
+        unknown = [f for f in fields if f != "{}"]
+        if unknown:
+            raise GPUAError(f"{source}: template {i} {t!r} has the placeholder {unknown[0]}; use {{}} or {{c}}.")
+        out.append(t)
+    if not out:
+        raise GPUAError(f"{source} is empty; give at least one template.")
+    return out
+
+
+def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Prompt templates by set name, dataset name, file, or as a list to check.
+
+    Parameters
+    ----------
+    name_or_path : str, path-like or sequence of str
+        ``"openai_imagenet"`` (80), ``"imagenet_select"`` (7), ``"simple"`` (1); a dataset name
+        or alias from :data:`DATASET_TEMPLATES` (``"oxford_pets"`` gives
+        ``["a photo of a {}, a type of pet."]``); a file (JSON list, or text with one template a
+        line) with ``{}`` or ``{c}`` placeholders; or a list of templates.
+
+    Returns
+    -------
+    list of str
+        Templates with ``{}`` placeholders.
+
+    Raises
+    ------
+    GPUAError
+        For an unknown name, a missing or empty file, or a template without a placeholder.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return check_templates(list(name_or_path))
+    text = os.fspath(name_or_path)
+    if os.path.isfile(text):
+        return check_templates(read_string_list(text, "templates"), source=f"template file {text!r}")
+    key = text.strip().lower().replace("-", "_")
+    if key in TEMPLATE_SETS:
+        return list(TEMPLATE_SETS[key])
+    canon = canonical_name(text)
+    if canon is not None:
+        return list(DATASET_TEMPLATES[canon])
+    if os.sep in text or "/" in text or os.path.splitext(text)[1]:
+        raise GPUAError(f"template file {text!r} does not exist.")
+    raise GPUAError(
+        f"unknown template set {text!r}; use one of {', '.join(TEMPLATE_SETS)}, a dataset name "
+        f"({', '.join(DATASET_TEMPLATES)}), or a file of templates."
+    )
+
+
+def fill_template(template: str, classname: str, *, underscores_to_spaces: bool = True) -> str:
+    """The prompt for one class.
+
+    ``str.replace`` rather than ``str.format``, so that braces elsewhere in a class name or
+    template cannot break formatting. With ``underscores_to_spaces`` (CoOp's convention, whose
+    class names keep the folder spelling ``"american_bulldog"``) ``_`` becomes a space.
+    """
+    name = classname.replace("_", " ") if underscores_to_spaces else classname
+    return template.replace("{}", name)
+
+
+def build_text_prototypes(
+    encode_text: Callable[[list[str]], np.ndarray],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+    *,
+    underscores_to_spaces: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Encode class prompts and ensemble them into one unit-norm prototype per class.
+
+    Parameters
+    ----------
+    encode_text : callable
+        ``encode_text(prompts: list[str]) -> array (len(prompts), d)``; numpy arrays or torch
+        tensors. Called with at most ``batch_size`` prompts at a time.
+    classnames : sequence of str, or str
+        One name per class, unique; or a dataset name / class-name file (see
+        :func:`gpua.data.classnames.resolve_classnames`).
+    templates : sequence of str
+        Templates with ``{}`` (or ``{c}``) placeholders, e.g. from :func:`get_templates`.
+    batch_size : int
+        Prompts per call of ``encode_text``; bounds memory (ImageNet x 80 templates = 80,000).
+    underscores_to_spaces : bool
+        Write ``"american bulldog"`` for the class ``"american_bulldog"`` (CoOp does).
+    progress : bool
+        Show a tqdm progress bar over batches.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_classes, d)
+        Row k = normalise(mean over templates of normalise(encode_text(prompt(k, t)))).
+
+    Raises
+    ------
+    GPUAError
+        For bad class names or templates, or when ``encode_text`` returns the wrong number of
+        rows, a changing width, NaN/inf, or an all-zero embedding.
+    """
+    # A str is a dataset name or class-name file (as in load_dataset), never a list of letters.
+    names = resolve_classnames(classnames if isinstance(classnames, (str, os.PathLike)) else list(classnames))
+    if not names:
+        raise GPUAError("classnames is empty; give at least one class name.")
+    temps = check_templates(templates)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise GPUAError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    n_t = len(temps)
+    total = len(names) * n_t
+    # Sum in float64: 80 templates of float16/32 embeddings would otherwise lose digits.
+    sums: np.ndarray | None = None
+    starts = range(0, total, int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415  (optional display only)
+
+        starts = tqdm(starts, desc="text prototypes", unit="batch")
+    for s in starts:
+        idx = np.arange(s, min(s + int(batch_size), total))
+        prompts = [fill_template(temps[j % n_t], names[j // n_t], underscores_to_spaces=underscores_to_spaces) for j in idx]
+        emb = check_matrix(
+            encode_text(prompts),
+            "encode_text output",
+            n_rows=len(prompts),
+            n_cols=None if sums is None else sums.shape[1],
+        ).astype(np.float64)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        if sums is None:
+            sums = np.zeros((len(names), emb.shape[1]), dtype=np.float64)
+        np.add.at(sums, idx // n_t, emb)
+    assert sums is not None  # total >= 1
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    if np.any(norms < 1e-12):
+        k = int(np.argmin(norms))
+        raise GPUAError(
+            f"the prompt embeddings of class {names[k]!r} cancel out (their mean is zero); check encode_text "
+            "or use other templates."
+        )
+    return (sums / norms).astype(np.float32)

@@ -1,0 +1,227 @@
+"""Hugging Face transformers back end: ``hf:HUB_ID`` or ``hf:/local/folder`` (alias ``transformers:``).
+
+Supported model types (``config.model_type``):
+
+==========================  =======  ==================================================  ==============
+model type                  VLM      image embedding                                     prefix tokens
+==========================  =======  ==================================================  ==============
+``clip``                    yes      ``visual_projection(post_layernorm(CLS))``          1 (CLS)
+``siglip``                  yes      attention-pooling head output                       0
+``dinov2``                  no       final-LayerNorm CLS token                            1
+``dinov2_with_registers``   no       final-LayerNorm CLS token                            1 + registers
+``dinov3_vit``              no       final-LayerNorm CLS token                            1 + registers
+==========================  =======  ==================================================  ==============
+
+Preprocessing is read from the model's ``preprocessor_config.json`` (resize, crop, resample,
+mean, std); a folder without one falls back to the family's defaults at the model's
+``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO), with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from .._errors import GPUAError
+from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
+from ._registry import cache_dir as _cache_dir
+from ._registry import file_fingerprint, hub_offline, missing_weights_error
+from ._torch import TorchEncoder, tokens_to_grid
+
+__all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
+
+# model_type -> (is_vlm, default mean, default std); the defaults serve folders without a processor file
+SUPPORTED_MODEL_TYPES: dict[str, tuple[bool, tuple, tuple]] = {
+    "clip": (True, CLIP_MEAN, CLIP_STD),
+    "siglip": (True, HALF, HALF),
+    "dinov2": (False, IMAGENET_MEAN, IMAGENET_STD),
+    "dinov2_with_registers": (False, IMAGENET_MEAN, IMAGENET_STD),
+    "dinov3_vit": (False, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+def _pooled(out) -> torch.Tensor:
+    """``get_image_features`` returns a tensor in transformers 4 and an output object in 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _hw(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, dict):
+        if "height" in v and "width" in v:
+            return (int(v["height"]), int(v["width"]))
+        if "shortest_edge" in v:
+            return (int(v["shortest_edge"]),) * 2
+    return None
+
+
+def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess) -> ImagePreprocess:
+    """An :class:`ImagePreprocess` equivalent to a Hugging Face image-processor configuration."""
+    size = d.get("size")
+    crop = _hw(d.get("crop_size")) if d.get("do_center_crop", "crop_size" in d) else None
+    resample = d.get("resample", 3)
+    interp = PIL_RESAMPLE_NAMES.get(resample, str(resample)) if isinstance(resample, int) else str(resample)
+    if d.get("do_normalize", True):
+        mean, std = d.get("image_mean", fallback.mean), d.get("image_std", fallback.std)
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if not d.get("do_resize", True) or size is None:
+        return ImagePreprocess(input_size=crop or fallback.input_size, resize=crop or fallback.input_size,
+                               resize_mode="squash", interpolation=interp, mean=mean, std=std)
+    if isinstance(size, dict) and "shortest_edge" in size:
+        s = int(size["shortest_edge"])
+        # Without a crop the outputs would differ in shape; crop the centre square, as CLIP does.
+        return ImagePreprocess(input_size=crop or (s, s), resize=s, resize_mode="shortest", interpolation=interp, mean=mean, std=std)
+    hw = _hw(size)
+    if hw is None:
+        raise GPUAError(f"the image-processor size {size!r} is not supported; pass an onnx/timm model or a processor with height/width.")
+    return ImagePreprocess(input_size=crop or hw, resize=hw, resize_mode="squash", interpolation=interp, mean=mean, std=std)
+
+
+class HFEncoder(TorchEncoder):
+    """A transformers vision(-language) model (see the module docstring for the table)."""
+
+    backend = "hf"
+
+    def __init__(self, spec: str, model, config, preprocess: ImagePreprocess, *, name: str, tokenizer=None,
+                 weights: dict[str, Any], device: Any = "cpu"):
+        self.model_type = config.model_type
+        self.is_vlm = SUPPORTED_MODEL_TYPES[self.model_type][0]
+        vcfg = getattr(config, "vision_config", config)
+        patch = vcfg.patch_size
+        patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+        if self.model_type == "clip":
+            embed_dim = config.projection_dim
+        elif self.model_type == "siglip":
+            embed_dim = vcfg.hidden_size
+        else:
+            embed_dim = config.hidden_size
+        super().__init__(spec, preprocess, embed_dim, model, device, patch_size=patch)
+        self.n_prefix = {"clip": 1, "siglip": 0}.get(self.model_type, 1 + int(getattr(config, "num_register_tokens", 0) or 0))
+        self.name = name
+        self.tokenizer = tokenizer
+        self._weights = weights
+        self._text_max_len = int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 77) or 77)
+
+    @classmethod
+    def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
+                  spec: str | None = None, revision: str | None = None, **options: Any) -> "HFEncoder":
+        from transformers import AutoConfig, AutoModel
+
+        if options:
+            raise GPUAError(f"hf encoder got unknown option(s) {sorted(options)}; known: revision.")
+        spec = spec or f"hf:{body}"
+        local = os.path.isdir(os.path.expanduser(body))
+        name = os.path.expanduser(body) if local else body
+        hub_cache = None if cache_dir is None else str(_cache_dir(cache_dir) / "hf")
+        kw: dict[str, Any] = {"cache_dir": hub_cache, "revision": revision}
+        if hub_offline():
+            kw["local_files_only"] = True
+        if not local and (body.startswith(("/", ".", "~")) or body.count("/") > 1):
+            raise GPUAError(f"hf model folder {body!r} does not exist; pass an existing folder (save_pretrained output) or a hub id 'org/name'.")
+        try:
+            config = AutoConfig.from_pretrained(name, **kw)
+        except (OSError, ValueError) as exc:
+            from huggingface_hub import constants
+
+            raise missing_weights_error(f"the transformers config of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
+                                        "hf:/path/to/folder/with/config.json") from None
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise GPUAError(
+                f"{spec!r} is a {config.model_type!r} model; the hf back end supports {sorted(SUPPORTED_MODEL_TYPES)}. "
+                "Use the timm:, open_clip: or onnx: back end for other models."
+            )
+        try:
+            model = AutoModel.from_pretrained(name, dtype=torch.float32, **kw)
+        except OSError as exc:
+            from huggingface_hub import constants
+
+            raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
+                                        "hf:/path/to/folder/with/model.safetensors") from None
+        is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
+        vcfg = getattr(config, "vision_config", config)
+        s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
+        fallback = ImagePreprocess(input_size=s, resize=s, resize_mode="shortest", mean=mean, std=std)
+        try:
+            from transformers.image_processing_base import ImageProcessingMixin
+
+            pdict, _ = ImageProcessingMixin.get_image_processor_dict(name, **kw)
+            pp = preprocess_from_processor_dict(pdict, fallback)
+        except OSError:
+            warnings.warn(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.",
+                          stacklevel=3)
+            pp = fallback
+        tokenizer = None
+        if is_vlm:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+            except (OSError, ValueError) as exc:
+                raise missing_weights_error(f"the tokenizer of {spec!r}", name, exc, "hf:/path/to/folder/with/tokenizer.json") from None
+        if local:
+            weights = {"folder": file_fingerprint(name)}
+        else:
+            weights = {"repo": body, "revision": revision or getattr(config, "_commit_hash", None)}
+        return cls(spec, model, config, pp, name=name, tokenizer=tokenizer, weights=weights, device=device)
+
+    # -- images --------------------------------------------------------------------------------
+    def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_vlm:
+            return _pooled(self.model.get_image_features(pixel_values=x))
+        return self.model(pixel_values=x).pooler_output
+
+    def _patches_t(self, x: torch.Tensor) -> torch.Tensor:
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        if self.model_type == "clip":
+            vm = self.model.vision_model
+            tokens = vm(pixel_values=x).last_hidden_state[:, 1:]
+            # The CLS token's path into the joint space, applied to each patch (MaskCLIP convention).
+            tokens = self.model.visual_projection(vm.post_layernorm(tokens))
+            return tokens_to_grid(tokens, 0, grid)
+        if self.model_type == "siglip":
+            vm = self.model.vision_model
+            tokens = vm(pixel_values=x).last_hidden_state  # post-LayerNorm, no prefix tokens
+            if getattr(vm, "head", None) is not None:
+                tokens = _siglip_head_per_token(vm.head, tokens)
+            return tokens_to_grid(tokens, 0, grid)
+        return tokens_to_grid(self.model(pixel_values=x).last_hidden_state, self.n_prefix, grid)
+
+    # -- text ----------------------------------------------------------------------------------
+    def _text_t(self, texts: list[str]) -> torch.Tensor:
+        # SigLIP was trained on max-length padded text; CLIP pools the EOS token, so padding is inert.
+        padding = "max_length" if self.model_type == "siglip" else True
+        tok = self.tokenizer(texts, padding=padding, truncation=True, max_length=self._text_max_len, return_tensors="pt")
+        tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        if self.model_type == "siglip":
+            tok.pop("attention_mask", None)  # SigLIP's reference text tower attends over the padding
+        return _pooled(self.model.get_text_features(**tok))
+
+    def _metadata(self) -> dict[str, Any]:
+        import transformers
+
+        meta = super()._metadata()
+        meta["versions"]["transformers"] = transformers.__version__
+        meta.update({"model": self.name, "model_type": self.model_type, "class": type(self.model).__name__,
+                     "weights": self._weights, "prefix_tokens": self.n_prefix})
+        return meta
+
+
+def _siglip_head_per_token(head, tokens: torch.Tensor) -> torch.Tensor:
+    """SigLIP's attention-pooling head applied to each token on its own.
+
+    Attention over a single key is the identity on its value, so this is exactly the embedding
+    the head would give an image made of that one patch: value and output projections, then the
+    head's residual MLP. It puts patches in the text space as the CLS path does for CLIP.
+    """
+    attn = head.attention
+    d = tokens.shape[-1]
+    v = torch.nn.functional.linear(tokens, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
+    h = attn.out_proj(v)
+    return h + head.mlp(head.layernorm(h))

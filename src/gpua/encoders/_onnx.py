@@ -1,0 +1,258 @@
+"""ONNX back end: ``onnx:PATH[?input=NAME&output=NAME&...]``, run with onnxruntime (vision only).
+
+Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder`):
+
+``input``
+    Input node (default: the graph's first input); it takes float32 ``(B, 3, H, W)``.
+``output``
+    Node whose value is used (default: the graph's first output). It may be any intermediate
+    node output: the graph is then cut there once with :func:`onnx.utils.extract_model` and the
+    cut model cached (see below). Its value may be ``(B, d)`` (an embedding; no patches),
+    ``(B, N, d)`` ViT tokens, or an NCHW feature map ``(B, d, h, w)``.
+``patch_output``
+    A second node for :meth:`encode_patches` when ``output`` is already pooled.
+``prefix_tokens``
+    For token outputs: leading non-patch tokens (CLS, registers). Default: ``N - h*w`` with
+    ``h, w`` from ``patch_size`` (or the largest square grid that fits).
+``pool``
+    For token outputs: ``"cls"`` (token 0; default when there are prefix tokens) or ``"mean"``
+    (of the patch tokens). Feature maps are always average-pooled.
+``patch_size``
+    Input pixels per token side (default: input size / grid side).
+``size``, ``resize``, ``resize_mode``, ``interpolation``, ``mean``, ``std``
+    Preprocessing, see :class:`~gpua.encoders.ImagePreprocess`. ``size`` defaults to the
+    graph's static input size or 224; ``mean``/``std`` to ImageNet's (comma-separated in a spec
+    string). Give the values the model was trained with: an ONNX file does not record them.
+
+Cut graphs go to ``<cache>/onnx/<name>-<key>.onnx`` where the key hashes the source file's
+path, size and modification time and the node names; they are written atomically, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._atomic import atomic_path
+from .._errors import GPUAError
+from ._base import Encoder
+from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from ._registry import cache_dir as _cache_dir
+from ._registry import file_fingerprint
+
+__all__ = ["OnnxEncoder", "cut_onnx_graph"]
+
+
+def _floats(v: Any, name: str) -> tuple[float, ...]:
+    if isinstance(v, str):
+        try:
+            return tuple(float(x) for x in v.replace(" ", "").split(",") if x)
+        except ValueError:
+            raise GPUAError(f"{name}={v!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406.") from None
+    return tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+
+
+def _ints(v: Any, name: str) -> Any:
+    if v is None:
+        return None
+    t = _floats(v, name)
+    if any(x != int(x) for x in t):
+        raise GPUAError(f"{name}={v!r} must hold integers.")
+    return int(t[0]) if len(t) == 1 else tuple(int(x) for x in t)
+
+
+def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Path:
+    """The sub-graph of ``source`` from ``input_name`` to ``output_names``, cut once and cached.
+
+    Parameters
+    ----------
+    source : path of an .onnx file
+    input_name : str
+    output_names : sequence of str
+        Node outputs (``"/backbone/layernorm/Add_1_output_0"``) that become the graph outputs.
+    cache_dir : path, optional
+        Default :func:`gpua.encoders.cache_dir`.
+
+    Returns
+    -------
+    Path
+        The cached cut model. It is reused while the source file keeps its path, size and
+        modification time; the write is atomic, so concurrent or killed runs never leave a
+        half-written model under the final name.
+    """
+    import onnx
+    import onnx.utils
+
+    src = Path(source).expanduser().resolve()
+    st = src.stat()
+    key_src = json.dumps([str(src), st.st_size, st.st_mtime_ns, input_name, list(output_names)])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    target = _cache_dir(cache_dir) / "onnx" / f"{src.stem}-{key}.onnx"
+    if target.is_file():
+        return target
+    with atomic_path(target, suffix=".onnx") as tmp:
+        try:
+            # Shape inference first (inside extract_model): the extractor needs the cut tensor's type.
+            onnx.utils.extract_model(str(src), str(tmp), [input_name], list(output_names), check_model=False)
+        except ValueError as exc:
+            raise GPUAError(
+                f"cannot cut ONNX file {str(src)!r} from {input_name!r} to {list(output_names)} ({exc}); name "
+                "existing node outputs, listed by [o for n in onnx.load(path).graph.node for o in n.output]."
+            ) from None
+    return target
+
+
+class OnnxEncoder(Encoder):
+    """An ONNX image model run with onnxruntime (see the module docstring for the options)."""
+
+    backend = "onnx"
+    is_vlm = False
+
+    def __init__(self, spec: str, path: str | os.PathLike, *, input: str | None = None, output: str | None = None,
+                 patch_output: str | None = None, prefix_tokens: Any = None, pool: str | None = None,
+                 patch_size: Any = None, size: Any = None, resize: Any = None, resize_mode: str = "shortest",
+                 interpolation: str = "bicubic", mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD,
+                 device: Any = "cpu", cache_dir: str | os.PathLike | None = None, provenance: dict | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        src = Path(path).expanduser()
+        if not src.is_file():
+            raise GPUAError(f"ONNX file {str(src)!r} does not exist; pass the path of an .onnx model, e.g. 'onnx:/models/vit.onnx'.")
+        graph = onnx.load(str(src), load_external_data=False).graph
+        inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+        outputs = [o.name for o in graph.output]
+        self.input_name = input or inputs[0]
+        self.output_name = output or outputs[0]
+        self.patch_output_name = patch_output
+        wanted = [self.output_name] + ([patch_output] if patch_output else [])
+        model_path = src
+        if self.input_name not in inputs or any(w not in outputs for w in wanted):
+            model_path = cut_onnx_graph(src, self.input_name, wanted, cache_dir)
+        # Static spatial input size, when the graph declares one.
+        static = None
+        for i in graph.input:
+            if i.name == self.input_name:
+                dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+                if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+                    static = (dims[2], dims[3])
+        hw = _ints(size, "size") if size is not None else (static or 224)
+        pp = ImagePreprocess(input_size=hw, resize=_ints(resize, "resize"), resize_mode=resize_mode,
+                             interpolation=interpolation, mean=_floats(mean, "mean"), std=_floats(std, "std"))
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise GPUAError(f"device={device!r} but this onnxruntime has no CUDA provider; use device='cpu' or install onnxruntime-gpu.")
+            dev_id = int(str(device).partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        # Same numbers whatever the batch size: no graph rewrites that fuse differently per shape.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        self.pool = pool
+        self._prefix = _ints(prefix_tokens, "prefix_tokens")
+        self._patch_px = _ints(patch_size, "patch_size")
+        self.source = src
+        self.model_path = model_path
+        self._provenance = provenance or {}
+        self.device = str(device)
+        self.preprocess = pp  # the probe below needs it before Encoder.__init__ runs
+        probe = self._run_nodes(np.zeros((1, 3, *pp.input_size), np.float32))
+        emb = self._pool(probe[0])
+        patch_px = None
+        if self._has_grid(probe):
+            grid = self._grid(probe)
+            patch_px = self._patch_px or pp.input_size[0] // grid.shape[1]
+        super().__init__(spec, pp, emb.shape[-1], patch_size=patch_px)
+
+    @classmethod
+    def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
+                  spec: str | None = None, **options: Any) -> "OnnxEncoder":
+        known = {"input", "output", "patch_output", "prefix_tokens", "pool", "patch_size", "size", "resize",
+                 "resize_mode", "interpolation", "mean", "std"}
+        unknown = set(options) - known
+        if unknown:
+            raise GPUAError(f"onnx encoder got unknown option(s) {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(spec or f"onnx:{body}", body, device=device, cache_dir=cache_dir, **options)
+
+    # -- graph outputs -> embedding / grid ----------------------------------------------------
+    def _run_nodes(self, pixels: np.ndarray) -> list[np.ndarray]:
+        names = [self.output_name] + ([self.patch_output_name] if self.patch_output_name else [])
+        return self.session.run(names, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+
+    def _prefix_for(self, n_tokens: int) -> int:
+        if self._prefix is not None:
+            return int(self._prefix)
+        if self._patch_px:
+            H, W = self.preprocess.input_size
+            return n_tokens - (H // self._patch_px) * (W // self._patch_px)
+        side = int(np.floor(np.sqrt(n_tokens)))
+        return n_tokens - side * side
+
+    def _pool(self, out: np.ndarray) -> np.ndarray:
+        if out.ndim == 2:
+            return out
+        if out.ndim == 3:
+            prefix = self._prefix_for(out.shape[1])
+            pool = self.pool or ("cls" if prefix > 0 else "mean")
+            if pool not in ("cls", "mean"):
+                raise GPUAError(f"pool={pool!r} must be 'cls' or 'mean'.")
+            if pool == "cls":
+                if prefix < 1:
+                    raise GPUAError("pool='cls' but the output has no prefix token; use pool='mean' or set prefix_tokens.")
+                return out[:, 0]
+            return out[:, prefix:].mean(axis=1)
+        if out.ndim == 4:
+            return out.mean(axis=(2, 3))
+        raise GPUAError(f"ONNX output {self.output_name!r} has shape {out.shape}; expected (B, d), (B, N, d) or (B, d, h, w).")
+
+    def _has_grid(self, outs: list[np.ndarray]) -> bool:
+        return (outs[-1] if self.patch_output_name else outs[0]).ndim in (3, 4)
+
+    def _grid(self, outs: list[np.ndarray]) -> np.ndarray:
+        out = outs[-1] if self.patch_output_name else outs[0]
+        if out.ndim == 4:  # NCHW feature map
+            return out.transpose(0, 2, 3, 1)
+        if out.ndim == 3:
+            prefix = self._prefix_for(out.shape[1])
+            n = out.shape[1] - prefix
+            H, W = self.preprocess.input_size
+            if self._patch_px:
+                h, w = H // self._patch_px, W // self._patch_px
+            else:
+                h = int(round(np.sqrt(n * H / W)))
+                w = n // max(h, 1)
+            if h * w != n:
+                raise GPUAError(f"{n} patch tokens do not form a grid for a {H}x{W} input; set patch_size or prefix_tokens.")
+            return out[:, prefix:].reshape(out.shape[0], h, w, out.shape[-1])
+        raise GPUAError(
+            f"ONNX output {self.output_name!r} is pooled (shape {out.shape}), so there is no patch grid; "
+            "pass patch_output=<node with (B, N, d) tokens or an NCHW map>."
+        )
+
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self._pool(self._run_nodes(pixels)[0])
+
+    def _patches(self, pixels: np.ndarray) -> np.ndarray:
+        return self._grid(self._run_nodes(pixels))
+
+    def _metadata(self) -> dict[str, Any]:
+        import onnxruntime
+
+        meta = {
+            "model": str(self.source),
+            "weights": {"file": file_fingerprint(self.source)},
+            "input": self.input_name,
+            "output": self.output_name,
+            "patch_output": self.patch_output_name,
+            "pool": self.pool,
+            "prefix_tokens": self._prefix,
+            "versions": {"onnxruntime": onnxruntime.__version__},
+        }
+        meta.update(self._provenance)
+        return meta

@@ -1,0 +1,181 @@
+"""open_clip back end: ``open_clip:ARCH/PRETRAINED``.
+
+Spec bodies:
+
+* ``ViT-B-16/openai`` — built-in architecture and pretrained tag (downloaded to the hub cache);
+* ``ViT-B-16//abs/path/ckpt.pt`` or ``ViT-B-16?pretrained=ckpt.pt`` — a local checkpoint;
+* ``hf-hub:org/repo`` — a hub repository with ``open_clip_config.json``;
+* ``/path/to/folder`` (or ``local-dir:/path``) — such a repository saved locally.
+
+The exact architecture and pretrained strings are recorded verbatim in the metadata with the
+model's ``quick_gelu`` flag: ``ViT-B-16`` with OpenAI weights and ``ViT-B-16-quickgelu`` are
+different functions, and open_clip only warns about the mismatch (the warning is kept too).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from .._errors import GPUAError
+from ._preprocess import ImagePreprocess
+from ._registry import cache_dir as _cache_dir
+from ._registry import file_fingerprint, missing_weights_error
+from ._torch import TorchEncoder, tokens_to_grid
+
+__all__ = ["OpenCLIPEncoder"]
+
+
+def _preprocess_from_cfg(cfg: dict[str, Any]) -> ImagePreprocess:
+    size = cfg.get("size", 224)
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    mode = cfg.get("resize_mode", "shortest") or "shortest"
+    interp = cfg.get("interpolation", "bicubic") or "bicubic"
+    interp = "bicubic" if interp == "random" else interp  # open_clip's eval transform does the same
+    resize: Any = hw[0] if mode == "shortest" and hw[0] == hw[1] else hw
+    return ImagePreprocess(
+        input_size=hw, resize=resize, resize_mode=mode, interpolation=interp,
+        mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        fill=int(cfg.get("fill_color", 0) or 0),
+    )
+
+
+class OpenCLIPEncoder(TorchEncoder):
+    """A CLIP-family model from open_clip: image and text towers in one space.
+
+    ``encode_images`` is ``model.encode_image`` (the projected pooled token); ``encode_patches``
+    passes the last block's patch tokens through the same final LayerNorm and projection, so
+    they live in the text space too (the MaskCLIP convention); ``encode_text`` is
+    ``model.encode_text`` on open_clip's own tokenizer.
+    """
+
+    backend = "open_clip"
+    is_vlm = True
+
+    def __init__(self, spec: str, model, tokenizer, preprocess: ImagePreprocess, *, model_name: str,
+                 pretrained: str | None, weights: dict[str, Any], device: Any = "cpu", notes: list[str] | None = None):
+        visual = model.visual
+        embed_dim = getattr(visual, "output_dim", None)
+        if embed_dim is None:  # towers without the attribute: measure it
+            with torch.inference_mode():
+                embed_dim = model.eval().encode_image(torch.zeros(1, 3, *preprocess.input_size)).shape[-1]
+        patch = getattr(visual, "patch_size", None)
+        patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
+        super().__init__(spec, preprocess, embed_dim, model, device, patch_size=patch)
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self._weights = weights
+        self._notes = notes or []
+
+    @classmethod
+    def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
+                  spec: str | None = None, pretrained: str | None = None, force_quick_gelu: Any = False,
+                  **options: Any) -> "OpenCLIPEncoder":
+        import open_clip
+
+        if options:
+            raise GPUAError(f"open_clip encoder got unknown option(s) {sorted(options)}; known: pretrained, force_quick_gelu.")
+        spec = spec or f"open_clip:{body}"
+        quick = str(force_quick_gelu).lower() in ("1", "true", "yes")
+        if body.startswith(("hf-hub:", "local-dir:")) or os.path.isdir(os.path.expanduser(body)):
+            model_name = body if body.startswith(("hf-hub:", "local-dir:")) else "local-dir:" + os.path.expanduser(body)
+            tag = None
+        else:
+            arch, _, tag = body.partition("/")
+            tag = pretrained or tag or None
+            model_name = arch
+            if arch not in open_clip.list_models():
+                import difflib
+
+                close = difflib.get_close_matches(arch, open_clip.list_models(), n=5)
+                raise GPUAError(
+                    f"open_clip has no architecture {arch!r} (in spec {spec!r}); close names: {close}. "
+                    "See open_clip.list_models(), or register a config with open_clip.add_model_config."
+                )
+            if not tag:
+                raise GPUAError(
+                    f"spec {spec!r} names no weights; write 'open_clip:{arch}/TAG' with a tag from "
+                    f"{open_clip.list_pretrained_tags_by_model(arch) or ['(none known)']} or a local checkpoint "
+                    f"'open_clip:{arch}//path/to/ckpt.pt'."
+                )
+            if not os.path.isfile(os.path.expanduser(tag)) and tag not in open_clip.list_pretrained_tags_by_model(arch):
+                raise GPUAError(
+                    f"pretrained {tag!r} of spec {spec!r} is neither a known open_clip tag for {arch} "
+                    f"({open_clip.list_pretrained_tags_by_model(arch)}) nor an existing checkpoint file."
+                )
+        ckpt = os.path.expanduser(tag) if tag and os.path.isfile(os.path.expanduser(tag)) else None
+        where = _cache_dir(cache_dir) / "open_clip" if cache_dir is not None else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model, _, _ = open_clip.create_model_and_transforms(
+                    model_name, pretrained=ckpt or tag,
+                    device="cpu", force_quick_gelu=quick, cache_dir=None if where is None else str(where),
+                )
+            except GPUAError:
+                raise
+            except Exception as exc:  # download failures surface as RuntimeError/OSError/HF errors
+                from huggingface_hub import constants
+
+                raise missing_weights_error(
+                    f"open_clip weights for {spec!r}", str(where or constants.HF_HUB_CACHE), exc,
+                    f"open_clip:{model_name}//path/to/open_clip_pytorch_model.bin",
+                ) from None
+            tokenizer = open_clip.get_tokenizer(model_name)
+        notes = [str(w.message) for w in caught if "gelu" in str(w.message).lower()]
+        for w in caught:  # let the user see them as well
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if ckpt:
+            weights = {"checkpoint": file_fingerprint(ckpt)}
+        elif model_name.startswith("local-dir:"):
+            weights = {"checkpoint": file_fingerprint(model_name[len("local-dir:"):])}
+        else:
+            weights = {"tag": tag or model_name}
+        pp = _preprocess_from_cfg(open_clip.get_model_preprocess_cfg(model))
+        return cls(spec, model, tokenizer, pp, model_name=model_name, pretrained=tag, weights=weights, device=device, notes=notes)
+
+    def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x)
+
+    def _patches_t(self, x: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "ln_post"):
+            raise GPUAError(
+                f"encode_patches supports open_clip VisionTransformer towers; {self.model_name!r} has a "
+                f"{type(visual).__name__}. Use a ViT model, or the timm: back end for patch features."
+            )
+        out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True, output_fmt="NLC", intermediates_only=True)
+        tokens = out["image_intermediates"][-1]  # (B, h*w, width), ln_post applied, CLS removed
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        H, W = x.shape[-2:]
+        return tokens_to_grid(tokens, 0, (H // visual.patch_size[0], W // visual.patch_size[1]))
+
+    def _text_t(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def _metadata(self) -> dict[str, Any]:
+        import open_clip
+
+        meta = super()._metadata()
+        meta["versions"]["open_clip"] = open_clip.__version__
+        meta.update({
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "weights": self._weights,
+            "quick_gelu": _uses_quick_gelu(self.model),
+        })
+        if self._notes:
+            meta["warnings"] = self._notes
+        return meta
+
+
+def _uses_quick_gelu(model) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())

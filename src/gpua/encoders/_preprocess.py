@@ -1,0 +1,228 @@
+"""Image input handling shared by every back end: RGB conversion, resize, crop, normalise.
+
+One implementation (PIL resampling, torchvision's rounding) serves every back end, so that the
+preprocessing an encoder reports in :meth:`~gpua.encoders.Encoder.metadata` is exactly the one
+it ran. Each back end fills an :class:`ImagePreprocess` from its model's own configuration
+(open_clip ``preprocess_cfg``, the Hugging Face image-processor file, timm's ``pretrained_cfg``):
+DINO models get ImageNet mean/std, CLIP models CLIP's, never one for the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._errors import GPUAError
+
+__all__ = ["ImagePreprocess", "as_image_list", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+_RESIZE_MODES = ("shortest", "squash", "longest")
+# PIL's integer resample codes, as Hugging Face image-processor files store them.
+PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    try:
+        h, w = (int(x) for x in v)
+    except (TypeError, ValueError):
+        raise GPUAError(f"{name}={v!r} must be an int or an (height, width) pair.") from None
+    if h < 1 or w < 1:
+        raise GPUAError(f"{name}={v!r} must be positive.")
+    return h, w
+
+
+def _triple(v: Sequence[float], name: str) -> tuple[float, float, float]:
+    if isinstance(v, (int, float)):
+        v = (float(v),) * 3
+    t = tuple(float(x) for x in v)
+    if len(t) == 1:
+        t = t * 3
+    if len(t) != 3:
+        raise GPUAError(f"{name}={v!r} must hold 3 values (one per RGB channel).")
+    return t  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize, centre-crop (or pad) and normalise RGB images into a float32 ``(B, 3, H, W)`` batch.
+
+    Parameters
+    ----------
+    input_size : int or (int, int)
+        The network's input ``(height, width)``.
+    resize : int or (int, int), optional
+        ``resize_mode="shortest"``: the shortest edge is resized to this (aspect kept), then the
+        centre ``input_size`` is cropped (``resize = input_size / crop_pct``, e.g. 256 for 224).
+        ``"squash"``: images are resized to exactly this ``(h, w)``, then centre-cropped.
+        Default: ``input_size``.
+    resize_mode : {"shortest", "squash", "longest"}
+        ``"longest"`` resizes the longest edge to ``input_size`` and pads the rest with ``fill``.
+    interpolation : str
+        PIL resampling filter: "bicubic", "bilinear", "nearest", "lanczos", "box", "hamming".
+    mean, std : 3 floats
+        Per-channel normalisation applied to pixels scaled to [0, 1].
+    fill : int
+        Padding value (0-255) for ``resize_mode="longest"``.
+    """
+
+    input_size: tuple[int, int]
+    resize: tuple[int, int] | int | None = None
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    fill: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", _pair(self.input_size, "input_size"))
+        if self.resize_mode not in _RESIZE_MODES:
+            raise GPUAError(f"resize_mode={self.resize_mode!r} is not one of {_RESIZE_MODES}.")
+        resize = self.resize if self.resize is not None else self.input_size
+        if self.resize_mode == "shortest":
+            if not isinstance(resize, (int, np.integer)):
+                h, w = _pair(resize, "resize")
+                resize = h if h == w else resize
+            if not isinstance(resize, (int, np.integer)):
+                raise GPUAError(f"resize={resize!r} must be one int (the shortest edge) for resize_mode='shortest'.")
+            resize = int(resize)
+        else:
+            resize = _pair(resize, "resize")
+        object.__setattr__(self, "resize", resize)
+        interp = str(self.interpolation).lower()
+        if interp not in _INTERPOLATIONS:
+            raise GPUAError(f"interpolation={self.interpolation!r} is not one of {_INTERPOLATIONS}.")
+        object.__setattr__(self, "interpolation", interp)
+        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+        std = _triple(self.std, "std")
+        if min(std) <= 0:
+            raise GPUAError(f"std={std} must be positive.")
+        object.__setattr__(self, "std", std)
+
+    @classmethod
+    def from_crop_pct(cls, input_size: int | Sequence[int], crop_pct: float | None, **kw: Any) -> "ImagePreprocess":
+        """The timm / DINO convention: resize the shortest edge to ``size / crop_pct``, crop ``size``."""
+        h, w = _pair(input_size, "input_size")
+        pct = 1.0 if not crop_pct else float(crop_pct)
+        resize = int(np.floor(h / pct)) if h == w else (int(np.floor(h / pct)), int(np.floor(w / pct)))
+        if not isinstance(resize, int):
+            kw.setdefault("resize_mode", "squash")
+        return cls(input_size=(h, w), resize=resize, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (what :meth:`Encoder.metadata` reports)."""
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        if isinstance(self.resize, tuple):
+            d["resize"] = list(self.resize)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    # -- the transform -------------------------------------------------------------------------
+    def _resample(self):
+        from PIL import Image
+
+        return getattr(Image.Resampling, self.interpolation.upper())
+
+    def transform_one(self, image) -> np.ndarray:
+        """One RGB PIL image -> float32 array of shape (3, H, W)."""
+        from PIL import Image
+
+        H, W = self.input_size
+        w0, h0 = image.size
+        if self.resize_mode == "longest":
+            scale = min(H / h0, W / w0)
+            nw, nh = max(1, int(round(w0 * scale))), max(1, int(round(h0 * scale)))
+            image = image.resize((nw, nh), self._resample())
+            canvas = Image.new("RGB", (W, H), (self.fill,) * 3)
+            canvas.paste(image, ((W - nw) // 2, (H - nh) // 2))
+            image = canvas
+        else:
+            if self.resize_mode == "shortest":
+                # torchvision.transforms.Resize(int): short side -> size, long side truncated.
+                short, long_ = (w0, h0) if w0 <= h0 else (h0, w0)
+                new_short, new_long = self.resize, int(self.resize * long_ / short)  # type: ignore[operator]
+                nw, nh = (new_short, new_long) if w0 <= h0 else (new_long, new_short)
+            else:
+                nh, nw = self.resize  # type: ignore[misc]
+            if (nw, nh) != (w0, h0):
+                image = image.resize((nw, nh), self._resample())
+            if (nh, nw) != (H, W):
+                image = _center_crop(image, H, W, self.fill)
+        a = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """Images (see :func:`as_image_list`) -> float32 array of shape (B, 3, H, W)."""
+        return np.stack([self.transform_one(im) for im in as_image_list(images)])
+
+
+def _center_crop(image, H: int, W: int, fill: int):
+    """torchvision's ``CenterCrop`` rounding; pads (centred) when the image is smaller."""
+    from PIL import Image
+
+    w, h = image.size
+    if w < W or h < H:
+        canvas = Image.new("RGB", (max(w, W), max(h, H)), (fill,) * 3)
+        canvas.paste(image, ((max(w, W) - w) // 2, (max(h, H) - h) // 2))
+        image, (w, h) = canvas, canvas.size
+    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
+    return image.crop((left, top, left + W, top + H))
+
+
+def as_image_list(images: Any, name: str = "images") -> list:
+    """Normalise the accepted image inputs to a list of RGB PIL images.
+
+    Accepted: a sequence of PIL images or uint8 arrays ``(H, W)``, ``(H, W, 1|3|4)``; a uint8
+    array ``(N, H, W, 3|4|1)`` or ``(N, H, W)``; a single PIL image. Grey, palette and RGBA
+    images become RGB (transparent pixels composited onto white, see
+    :func:`gpua.data.to_rgb`).
+    """
+    from PIL import Image
+
+    from ..data import to_rgb
+
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        if images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (3, 4)):
+            images = list(images)
+        else:
+            raise GPUAError(
+                f"{name} is one array of shape {images.shape}; pass a list of images, or a 4-D "
+                "(N, H, W, 3) uint8 array for a batch."
+            )
+    elif isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+        raise GPUAError(f"{name} must be a sequence of PIL images or uint8 arrays, got {type(images).__name__}.")
+    out = []
+    for i, im in enumerate(images):
+        if isinstance(im, Image.Image):
+            out.append(to_rgb(im))
+            continue
+        if hasattr(im, "detach"):
+            im = im.detach().cpu().numpy()
+        a = np.asarray(im)
+        if a.dtype != np.uint8:
+            raise GPUAError(
+                f"{name}[{i}] has dtype {a.dtype}; pass 8-bit pixels (uint8, 0-255), e.g. "
+                "(x * 255).round().astype(np.uint8) for floats in [0, 1]."
+            )
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+            raise GPUAError(f"{name}[{i}] has shape {a.shape}; pass (H, W), (H, W, 3) or (H, W, 4) pixels.")
+        out.append(to_rgb(Image.fromarray(np.ascontiguousarray(a))))
+    if not out:
+        raise GPUAError(f"{name} is empty; pass at least one image.")
+    return out

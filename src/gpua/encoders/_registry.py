@@ -1,0 +1,216 @@
+"""Encoder registry: spec strings ``"backend:name[?key=value&...]"`` -> :class:`Encoder`.
+
+Two kinds of entries:
+
+* a back end, registered as ``"open_clip:"`` (trailing colon): its factory gets the part after
+  the colon (``"ViT-B-16/openai"``, a hub id, or a local path);
+* a named encoder, registered as ``"offline:dinov2-s"``: its factory gets no name.
+
+Factories are referenced as ``"module:attribute"`` strings so that importing
+:mod:`gpua.encoders` does not import torch-side libraries (transformers, open_clip, timm,
+onnxruntime); a back end's module is imported the first time one of its encoders is created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from .._errors import GPUAError
+from ._base import Encoder
+
+__all__ = ["create_encoder", "list_encoders", "register_encoder", "parse_spec", "cache_dir", "file_fingerprint"]
+
+Factory = Callable[..., Encoder]
+_REGISTRY: dict[str, Factory | str] = {}
+
+
+def register_encoder(name: str, factory: Factory | str | None = None, *, overwrite: bool = False):
+    """Register a back end (``"name:"``) or a named encoder (``"backend:name"``).
+
+    Parameters
+    ----------
+    name : str
+        ``"mybackend:"`` for a back end whose factory is called as
+        ``factory(body, device=..., cache_dir=..., **options)``, or a full name
+        ``"mybackend:model"`` whose factory is called as ``factory(device=..., cache_dir=..., **options)``.
+    factory : callable or "module:attribute" str, optional
+        Omit it to use ``register_encoder`` as a decorator.
+    overwrite : bool
+        Replace an existing entry instead of raising.
+
+    Examples
+    --------
+    >>> @register_encoder("toy:random")  # doctest: +SKIP
+    ... def _toy(device="cpu", cache_dir=None, **options):
+    ...     return MyEncoder(...)
+    """
+    if not isinstance(name, str) or ":" not in name or name.startswith(":"):
+        raise GPUAError(f"encoder name {name!r} must look like 'backend:' or 'backend:model'.")
+
+    def _add(f: Factory | str) -> Factory | str:
+        key = name.strip().lower() if name.endswith(":") else name.strip()
+        if key in _REGISTRY and not overwrite:
+            raise GPUAError(f"encoder {key!r} is already registered; pass overwrite=True to replace it.")
+        _REGISTRY[key] = f
+        return f
+
+    if factory is None:
+        return _add
+    _add(factory)
+    return factory
+
+
+def list_encoders() -> list[str]:
+    """Known back ends (``"open_clip:"``...) and named encoders (``"offline:dinov2-s"``...), sorted."""
+    return sorted(_REGISTRY)
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """Split ``"backend:body?key=value&..."`` into ``(backend, body, options)``.
+
+    The query part is optional and is only split off when the text before ``?`` is not itself an
+    existing path. Option values stay strings; back ends convert them.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise GPUAError(f"encoder spec {spec!r} must be a non-empty string 'backend:name'; known: {list_encoders()}.")
+    spec = spec.strip()
+    backend, sep, body = spec.partition(":")
+    if not sep:
+        raise GPUAError(
+            f"encoder spec {spec!r} has no back end; write 'backend:name', e.g. 'open_clip:ViT-B-16/openai', "
+            f"'hf:facebook/dinov2-small' or 'offline:dinov2-s'. Known: {list_encoders()}."
+        )
+    options: dict[str, str] = {}
+    if "?" in body and not os.path.exists(body):
+        body, _, query = body.partition("?")
+        options = dict(parse_qsl(query, keep_blank_values=True))
+    return backend.strip().lower(), body, options
+
+
+def _resolve(factory: Factory | str) -> Factory:
+    if callable(factory):
+        return factory
+    module, _, attr = factory.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def create_encoder(spec: str | Encoder, device: str = "cpu", *, cache_dir: str | os.PathLike | None = None, **options: Any) -> Encoder:
+    """Create an encoder from a spec string.
+
+    Parameters
+    ----------
+    spec : str or Encoder
+        ``"backend:name"``; see :func:`list_encoders`. Examples: ``"open_clip:ViT-B-16/openai"``,
+        ``"open_clip:ViT-B-16//path/to/ckpt.pt"``, ``"hf:openai/clip-vit-base-patch16"``,
+        ``"hf:/path/to/saved/model"``, ``"timm:vit_small_patch14_dinov2.lvd142m"``,
+        ``"onnx:/path/model.onnx?input=pixel_values&output=last_hidden_state"``,
+        ``"offline:dinov2-s"``. An :class:`Encoder` is returned as is.
+    device : str
+        Torch device ("cpu", "cuda", "cuda:1"); ONNX models use the matching execution provider.
+    cache_dir : str or path-like, optional
+        Where downloads and derived model files go (default: ``$GPUA_CACHE_DIR`` or the user
+        cache folder, see :func:`cache_dir`).
+    **options
+        Back-end options (they override ``?key=value`` options of the spec).
+
+    Raises
+    ------
+    GPUAError
+        For an unknown back end or name (listing the known ones), or weights that cannot be
+        found offline (saying where it looked and how to pass a local path).
+    """
+    if isinstance(spec, Encoder):
+        return spec
+    backend, body, spec_options = parse_spec(spec)
+    spec_options.update(options)
+    full = f"{backend}:{body}"
+    if body and full in _REGISTRY:
+        return _resolve(_REGISTRY[full])(device=device, cache_dir=cache_dir, **spec_options)
+    if f"{backend}:" in _REGISTRY:
+        if not body:
+            raise GPUAError(f"encoder spec {spec!r} names no model after '{backend}:'; e.g. {_EXAMPLES.get(backend, backend + ':NAME')!r}.")
+        return _resolve(_REGISTRY[f"{backend}:"])(body, device=device, cache_dir=cache_dir, spec=spec, **spec_options)
+    close = difflib.get_close_matches(full, list_encoders(), n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise GPUAError(
+        f"encoder {spec!r} is not known.{hint} Pass one of {list_encoders()} (back ends end in ':' "
+        "and take a model name or local path, e.g. 'open_clip:ViT-B-16/openai'), or register your own "
+        "with gpua.encoders.register_encoder."
+    )
+
+
+_EXAMPLES = {
+    "open_clip": "open_clip:ViT-B-16/openai",
+    "hf": "hf:openai/clip-vit-base-patch16",
+    "transformers": "transformers:facebook/dinov2-small",
+    "timm": "timm:vit_small_patch14_dinov2.lvd142m",
+    "onnx": "onnx:/path/to/model.onnx",
+}
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The folder for downloads and derived model files.
+
+    ``override``, else ``$GPUA_CACHE_DIR``, else ``platformdirs.user_cache_dir("gpua")``.
+    """
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get("GPUA_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("gpua"))
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a local weights file or folder: resolved path, size in bytes, modification time.
+
+    Cheap (no hashing of gigabyte checkpoints); a copied file gets a new mtime, which only costs a
+    needless re-extraction, never a stale cache hit.
+    """
+    p = Path(path).expanduser().resolve()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    stats = [q.stat() for q in files]
+    return {
+        "path": str(p),
+        "bytes": int(sum(s.st_size for s in stats)),
+        "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0)),
+    }
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face hub access is switched off (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def missing_weights_error(what: str, looked: str, exc: BaseException, local_example: str) -> GPUAError:
+    """The error for weights that cannot be fetched (offline, or a bad name)."""
+    offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+    return GPUAError(
+        f"could not load {what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+        f"Looked in {looked}{offline}. Without internet access, download the weights elsewhere and pass "
+        f"a local path, e.g. {local_example!r}; or set GPUA_CACHE_DIR / HF_HOME to a cache that has them."
+    )
+
+
+for _name, _target in {
+    "open_clip:": "gpua.encoders._open_clip:OpenCLIPEncoder.from_spec",
+    "hf:": "gpua.encoders._hf:HFEncoder.from_spec",
+    "transformers:": "gpua.encoders._hf:HFEncoder.from_spec",
+    "timm:": "gpua.encoders._timm:TimmEncoder.from_spec",
+    "onnx:": "gpua.encoders._onnx:OnnxEncoder.from_spec",
+    "offline:dinov2-s": "gpua.encoders._offline:dinov2_s",
+    "offline:efficientnet-lite0": "gpua.encoders._offline:efficientnet_lite0",
+    "offline:efficientnet-lite2": "gpua.encoders._offline:efficientnet_lite2",
+    "offline:semantic-lite0": "gpua.encoders._offline:semantic_lite0",
+}.items():
+    register_encoder(_name, _target)

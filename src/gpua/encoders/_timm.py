@@ -1,0 +1,185 @@
+"""timm back end: ``timm:MODEL`` for any timm image backbone (vision only).
+
+Spec bodies:
+
+* ``vit_small_patch14_dinov2.lvd142m`` — architecture and pretrained tag (downloaded to the hub cache);
+* ``vit_small_patch14_dinov2//abs/path/weights.pth`` or ``...?checkpoint=weights.pth`` — a local
+  state dict (classifier weights in it are ignored; any backbone weight missing is an error);
+* ``hf-hub:timm/repo``, ``/path/to/folder`` or ``local-dir:/path`` — a timm hub layout
+  (``config.json`` + weights).
+
+The image embedding is the model's pooled pre-logits feature (``num_classes=0``): the CLS token
+after the final norm for DINOv2-style ViTs, the average-pooled map for CNNs. Patches are the
+final feature map; for ViTs the prefix tokens (CLS and registers, ``model.num_prefix_tokens``)
+are dropped. Preprocessing follows the model's ``pretrained_cfg`` (input size, ``crop_pct``,
+interpolation, mean, std).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .._errors import GPUAError
+from ._preprocess import ImagePreprocess
+from ._registry import cache_dir as _cache_dir
+from ._registry import file_fingerprint, missing_weights_error
+from ._torch import TorchEncoder, tokens_to_grid
+
+__all__ = ["TimmEncoder"]
+
+
+def _preprocess_from_model(model) -> ImagePreprocess:
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    _, H, W = cfg["input_size"]
+    mode = cfg.get("crop_mode") or "center"
+    common = {"interpolation": cfg.get("interpolation", "bicubic"), "mean": cfg["mean"], "std": cfg["std"]}
+    if mode == "border":  # timm: longest edge to size / crop_pct, then pad; crop_pct is ~1 for these models
+        return ImagePreprocess(input_size=(H, W), resize_mode="longest", fill=round(255 * cfg["mean"][0]), **common)
+    pp = ImagePreprocess.from_crop_pct((H, W), cfg.get("crop_pct"), **common)
+    if mode == "squash" and pp.resize_mode == "shortest":
+        return ImagePreprocess(input_size=(H, W), resize=(pp.resize, pp.resize), resize_mode="squash", **common)
+    return pp
+
+
+class TimmEncoder(TorchEncoder):
+    """A timm backbone with its classifier removed (``num_classes=0``)."""
+
+    backend = "timm"
+    is_vlm = False
+
+    def __init__(self, spec: str, model, *, name: str, weights: dict[str, Any], device: Any = "cpu"):
+        pp = _preprocess_from_model(model)
+        with torch.inference_mode():
+            embed_dim = int(model.eval()(torch.zeros(1, 3, *pp.input_size)).shape[-1])
+        pe = getattr(model, "patch_embed", None)
+        if pe is not None and hasattr(pe, "patch_size"):
+            ps = pe.patch_size
+            patch = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        else:
+            info = getattr(model, "feature_info", None)
+            patch = int(info[-1]["reduction"]) if info else None
+        super().__init__(spec, pp, embed_dim, model, device, patch_size=patch)
+        self.name = name
+        self.n_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        self._weights = weights
+
+    @classmethod
+    def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
+                  spec: str | None = None, checkpoint: str | None = None, **model_kwargs: Any) -> "TimmEncoder":
+        """Options other than ``checkpoint`` go to ``timm.create_model`` (``img_size=518``,
+        ``dynamic_img_size=True``...); numbers and booleans written in a spec string are parsed."""
+        import timm
+
+        spec = spec or f"timm:{body}"
+        kw: dict[str, Any] = {k: _literal(v) for k, v in model_kwargs.items()}
+        kw["num_classes"] = 0
+        if cache_dir is not None:
+            kw["cache_dir"] = str(_cache_dir(cache_dir) / "timm")
+        if os.path.isdir(os.path.expanduser(body)):
+            body = "local-dir:" + os.path.expanduser(body)
+        if body.startswith(("hf-hub:", "local-dir:")):
+            name, checkpoint = body, None
+        else:
+            name, _, path = body.partition("/")
+            checkpoint = checkpoint or path or None
+            if not timm.is_model(name):
+                import difflib
+
+                close = difflib.get_close_matches(name, timm.list_models(), n=5)
+                raise GPUAError(f"timm has no model {name!r} (in spec {spec!r}); close names: {close}. See timm.list_models().")
+        if checkpoint:
+            ckpt = os.path.expanduser(checkpoint)
+            if not os.path.isfile(ckpt):
+                raise GPUAError(f"checkpoint {checkpoint!r} of spec {spec!r} does not exist; pass a state-dict file (.pth/.safetensors).")
+            model = _create(timm, name, spec, pretrained=False, **kw)
+            _load_backbone_weights(model, ckpt, spec)
+            weights: dict[str, Any] = {"checkpoint": file_fingerprint(ckpt)}
+        else:
+            try:
+                model = _create(timm, name, spec, pretrained=True, **kw)
+            except GPUAError:
+                raise
+            except Exception as exc:  # offline hub errors, missing files
+                from huggingface_hub import constants
+
+                raise missing_weights_error(
+                    f"timm weights for {spec!r}", kw.get("cache_dir") or constants.HF_HUB_CACHE, exc,
+                    f"timm:{name.split(':')[-1]}//path/to/weights.pth",
+                ) from None
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            if name.startswith("local-dir:"):
+                weights = {"folder": file_fingerprint(name[len("local-dir:"):])}
+            else:
+                weights = {k: cfg.get(k) for k in ("architecture", "tag", "hf_hub_id", "url") if cfg.get(k)}
+        return cls(spec, model, name=name, weights=weights, device=device)
+
+    def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _patches_t(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x)
+        if feats.ndim == 3:  # ViT tokens (B, prefix + h*w, d)
+            pe = self.model.patch_embed
+            grid = tuple(pe.dynamic_feat_size(x.shape[-2:])) if hasattr(pe, "dynamic_feat_size") else tuple(pe.grid_size)
+            return tokens_to_grid(feats, self.n_prefix, grid)
+        if feats.ndim == 4:
+            fmt = str(getattr(self.model, "output_fmt", "NCHW"))
+            return feats if fmt == "NHWC" else feats.permute(0, 2, 3, 1)
+        raise GPUAError(f"timm model {self.name!r} returned features of shape {tuple(feats.shape)}; no patch grid to return.")
+
+    def _metadata(self) -> dict[str, Any]:
+        import timm
+
+        meta = super()._metadata()
+        meta["versions"]["timm"] = timm.__version__
+        meta.update({"model": self.name, "weights": self._weights, "prefix_tokens": self.n_prefix})
+        return meta
+
+
+def _literal(v: Any) -> Any:
+    """'518' -> 518, '0.5' -> 0.5, 'true' -> True; anything else unchanged (spec options are strings)."""
+    if not isinstance(v, str):
+        return v
+    low = v.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _create(timm, name: str, spec: str, **kw: Any):
+    try:
+        return timm.create_model(name, **kw)
+    except TypeError as exc:  # an option the architecture does not take
+        raise GPUAError(f"timm model of {spec!r} rejected an option: {exc}; check the spec's ?key=value options.") from None
+
+
+def _load_backbone_weights(model, path: str, spec: str) -> None:
+    """Load a state dict, ignoring classifier weights but refusing any missing backbone weight."""
+    from timm.models import load_state_dict
+
+    sd = load_state_dict(path)
+    heads = model.pretrained_cfg.get("classifier") or "head"
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    sd = {k: v for k, v in sd.items() if not any(k == h or k.startswith(h + ".") for h in heads)}
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when not strict
+        raise GPUAError(
+            f"checkpoint {path!r} does not fit the model of {spec!r} ({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
+            "pass the state dict of this exact architecture, with the same size options."
+        ) from None
+    if missing or unexpected:
+        raise GPUAError(
+            f"checkpoint {path!r} does not fit the model of {spec!r}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; pass the state dict of this exact architecture."
+        )

@@ -1,0 +1,138 @@
+r"""Topology-aware hubness suppression (THS) and hubness-aware retrieval.
+
+THS is GPA's fine-tuning loss, a ranking hinge over each sample's nearest wrong prototypes:
+
+.. math::
+    \mathcal L = \frac{1}{N k} \sum_{i=1}^{N} \sum_{c \in \mathcal N_k(i)}
+        \big[\, d_{i+} + m_{ic} + \beta\, h_c - d_{ic} \,\big]_+ ,
+    \qquad m_{ic} = \frac{1 - y_{l_i}^\top y_c}{s},
+
+with :math:`d_{ic} = 1 - \cos(q_i W, y_c)`, :math:`l_i` the pseudo-label, :math:`\mathcal N_k(i)`
+the :math:`k` nearest prototypes other than :math:`l_i` (a top-k, not a full sort), the semantic
+margin :math:`m_{ic}` (larger for classes whose names are far apart) and the hubness
+:math:`h_c`, the fraction of samples whose :math:`k` nearest prototypes include :math:`c`
+(recomputed per batch, without gradient): prototypes that attract everything must be beaten by
+a wider margin.
+
+CSLS (Conneau et al., 2018) rescores :math:`2\cos(x, y) - r_T(x) - r_S(y)` with the mean
+similarity to the :math:`k` nearest neighbours on the other side.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["semantic_margins", "hub_occupancy", "ths_loss", "csls_scores", "neighbourhood_radius"]
+
+
+def semantic_margins(Y: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+    r""":math:`m_{lc} = (1 - y_l^\top y_c) / s` for all class pairs.
+
+    Parameters
+    ----------
+    Y : tensor of shape (n_classes, d_t), rows L2-normalised
+
+    Returns
+    -------
+    tensor of shape (n_classes, n_classes)
+    """
+    return (1.0 - Y @ Y.T) / scale
+
+
+def hub_occupancy(sims: torch.Tensor, k: int) -> torch.Tensor:
+    r""":math:`h_c`: fraction of rows whose ``k`` most similar columns include ``c``.
+
+    Parameters
+    ----------
+    sims : tensor of shape (n_samples, n_classes)
+
+    Returns
+    -------
+    tensor of shape (n_classes,)
+    """
+    k = min(k, sims.shape[1])
+    top = sims.topk(k, dim=1).indices
+    counts = torch.zeros(sims.shape[1], dtype=sims.dtype, device=sims.device)
+    counts.scatter_add_(0, top.reshape(-1), torch.ones(top.numel(), dtype=sims.dtype, device=sims.device))
+    return counts / sims.shape[0]
+
+
+def ths_loss(
+    mapped: torch.Tensor,
+    Y: torch.Tensor,
+    labels: torch.Tensor,
+    margins: torch.Tensor,
+    *,
+    k: int = 3,
+    hubness_weight: float = 2.0,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The THS ranking loss for one batch.
+
+    Parameters
+    ----------
+    mapped : tensor of shape (batch, d_t)
+        :math:`Q W` for the batch (normalised here).
+    Y : tensor of shape (n_classes, d_t)
+        Text prototypes, rows L2-normalised.
+    labels : int tensor of shape (batch,)
+        Pseudo-labels :math:`l_i`.
+    margins : tensor of shape (n_classes, n_classes)
+        :func:`semantic_margins`.
+    k : int
+        Number of nearest wrong prototypes per sample.
+    hubness_weight : float
+        :math:`\beta`; 0 drops the hubness term.
+    sample_weight : tensor of shape (batch,), optional
+        Per-sample weights (e.g. pseudo-label confidence).
+
+    Returns
+    -------
+    scalar tensor
+    """
+    sims = torch.nn.functional.normalize(mapped, dim=1) @ Y.T  # (B, K)
+    k = min(k, Y.shape[0] - 1)
+    pos = sims.gather(1, labels[:, None])  # (B, 1)
+    # Nearest wrong prototypes: mask the positive, then a top-k (no full sort).
+    masked = sims.scatter(1, labels[:, None], float("-inf"))
+    neg_sims, neg_idx = masked.topk(k, dim=1)
+    margin = margins[labels[:, None], neg_idx]
+    if hubness_weight:
+        with torch.no_grad():
+            hub = hub_occupancy(sims, k)
+        margin = margin + hubness_weight * hub[neg_idx]
+    # d = 1 - cos, so d_pos + m - d_neg = cos_neg - cos_pos + m.
+    hinge = torch.relu(neg_sims - pos + margin)
+    per_sample = hinge.mean(1)
+    if sample_weight is not None:
+        return (per_sample * sample_weight).sum() / sample_weight.sum()
+    return per_sample.mean()
+
+
+def neighbourhood_radius(A: torch.Tensor, B: torch.Tensor, k: int = 10, chunk: int = 8192) -> torch.Tensor:
+    r""":math:`r(a) = \frac1k \sum_{b \in \mathcal N_k(a)} \cos(a, b)` for each row of ``A`` against ``B``.
+
+    Computed in row chunks so the (n_A, n_B) similarity never exists whole.
+
+    Returns
+    -------
+    tensor of shape (n_A,)
+    """
+    k = min(k, B.shape[0])
+    out = [(A[i : i + chunk] @ B.T).topk(k, dim=1).values.mean(1) for i in range(0, A.shape[0], chunk)]
+    return torch.cat(out)
+
+
+def csls_scores(sims: torch.Tensor, r_query: torch.Tensor, r_proto: torch.Tensor) -> torch.Tensor:
+    r"""CSLS: :math:`2 \cos(x, y) - r_T(x) - r_S(y)`.
+
+    Parameters
+    ----------
+    sims : tensor of shape (n_samples, n_classes)
+        Cosine similarities.
+    r_query : tensor of shape (n_samples,)
+        Each query's mean similarity to its nearest prototypes.
+    r_proto : tensor of shape (n_classes,)
+        Each prototype's mean similarity to its nearest (fit-pool) queries.
+    """
+    return 2.0 * sims - r_query[:, None] - r_proto[None, :]

@@ -1,0 +1,107 @@
+r"""Orthogonal and semi-orthogonal Procrustes: GPA's closed-form initial map.
+
+.. math::
+    W_0 = \arg\min_{W^\top W = I} \| Q W - P Y \|_F = U V^\top,
+    \qquad U \Sigma V^\top = \mathrm{SVD}(Q^\top P Y).
+
+:math:`Q` (n_samples, d_in) is the query representation, :math:`P` (n_samples, n_classes) the
+soft correspondence (rows summing to one) and :math:`Y` (n_classes, d_out) the text prototypes.
+When ``d_in > d_out`` the thin SVD gives a semi-orthogonal map (orthonormal columns,
+:math:`W^\top W = I_{d_{out}}`); when ``d_in < d_out``, orthonormal rows (:math:`W W^\top = I`).
+There is no pull toward the identity: the published code's blend of the top-left block with
+:math:`I` maps unrelated dimensions onto each other once the spaces differ.
+
+scipy's ``orthogonal_procrustes`` only handles square maps, hence the thin-SVD solver here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._errors import GPUAError
+
+__all__ = ["polar_factor", "cross_covariance", "orthogonal_procrustes", "procrustes_from_assignment", "orthogonality_error"]
+
+
+def polar_factor(M: torch.Tensor) -> torch.Tensor:
+    r"""The (semi-)orthogonal factor :math:`U V^\top` of :math:`M = U \Sigma V^\top` (thin SVD).
+
+    It is the (semi-)orthogonal matrix nearest to ``M`` in Frobenius norm.
+
+    Parameters
+    ----------
+    M : tensor of shape (d_in, d_out)
+
+    Returns
+    -------
+    W : tensor of shape (d_in, d_out)
+    """
+    dtype = M.dtype
+    U, _, Vh = torch.linalg.svd(M.double(), full_matrices=False)
+    return (U @ Vh).to(dtype)
+
+
+def cross_covariance(Q: torch.Tensor, P: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    r""":math:`Q^\top P Y`, accumulated in float64.
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_in)
+    P : tensor of shape (n_samples, n_classes)
+        Soft or one-hot correspondences.
+    Y : tensor of shape (n_classes, d_out)
+
+    Returns
+    -------
+    M : tensor of shape (d_in, d_out), float64
+    """
+    return Q.double().T @ (P.double() @ Y.double())
+
+
+def orthogonal_procrustes(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    r""":math:`\arg\min_{W^\top W = I} \|A W - B\|_F` for paired rows of ``A`` and ``B``.
+
+    Parameters
+    ----------
+    A : tensor of shape (n_samples, d_in)
+    B : tensor of shape (n_samples, d_out)
+
+    Returns
+    -------
+    W : tensor of shape (d_in, d_out)
+    """
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+        raise GPUAError(f"A and B must be 2-D with the same number of rows; got {tuple(A.shape)} and {tuple(B.shape)}.")
+    return polar_factor(A.double().T @ B.double()).to(A.dtype)
+
+
+def procrustes_from_assignment(
+    Q: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, assignment: str = "soft"
+) -> torch.Tensor:
+    r"""GPA's initial map :math:`W_0 = U V^\top` from :math:`\mathrm{SVD}(Q^\top P Y)`.
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_in)
+    P : tensor of shape (n_samples, n_classes)
+        UCM's soft assignment.
+    Y : tensor of shape (n_classes, d_out)
+    assignment : {"soft", "hard"}
+        ``"hard"`` replaces each row of ``P`` by the one-hot of its argmax (the published code's
+        choice); ``"soft"`` keeps the full transport plan.
+
+    Returns
+    -------
+    W0 : tensor of shape (d_in, d_out), dtype of ``Q``
+    """
+    if assignment == "hard":
+        P = torch.nn.functional.one_hot(P.argmax(1), P.shape[1]).to(Q.dtype)
+    elif assignment != "soft":
+        raise GPUAError(f"assignment={assignment!r} is unknown; use 'soft' or 'hard'.")
+    return polar_factor(cross_covariance(Q, P, Y)).to(Q.dtype)
+
+
+def orthogonality_error(W: torch.Tensor) -> float:
+    r""":math:`\|W^\top W - I\|_F` (or :math:`\|W W^\top - I\|_F` when ``d_in < d_out``)."""
+    G = W.T @ W if W.shape[0] >= W.shape[1] else W @ W.T
+    return float(torch.linalg.matrix_norm(G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device)))

@@ -1,0 +1,395 @@
+"""``gpua fit-seg``, ``gpua segment`` and ``gpua evaluate-seg``.
+
+- ``fit-seg``: fit patch-level GPUA on an unlabeled image folder and save the model.
+- ``segment``: write a PNG label mask and a colour overlay per image (GPUA or ``--zero-shot``).
+- ``evaluate-seg``: mIoU / pixel accuracy / per-class IoU of saved masks (``--pred``) or of a
+  model run on the fly, against a folder of masks (``--gt``) or an mmseg-layout dataset
+  (``--dataset``); ``--json`` prints the scores as JSON.
+
+A class-name file has one class per line; a line may list synonyms or a prompt set separated by
+commas (``background, sky, wall, floor``): the first name labels the class, every name gets a
+text prototype, and the class scores the best of them. Encoders are ``gpua.encoders`` specs
+(``offline:dinov2-s``, ``open_clip:ViT-B-16/openai``...) or ``planted:vfm`` / ``planted:vlm``,
+the planted stand-ins of :mod:`gpua.segment.planted` (a demo that needs no weights).
+
+Heavy imports (torch, encoders, PIL, imgviz) happen inside the handlers: every ``gpua``
+command imports this module to build its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .._errors import GPUAError
+
+__all__ = ["add_subcommands", "make_encoder", "write_label_png", "write_overlay_png"]
+
+_SEG_META_SUFFIX = ".seg.json"
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``fit-seg``, ``segment`` and ``evaluate-seg`` to the ``gpua`` parser."""
+    p = subparsers.add_parser(
+        "fit-seg",
+        help="fit patch-level GPUA on an unlabeled image folder (for segmentation)",
+        description="Fit GPUA on patch tokens sampled from unlabeled images; no masks are read.",
+    )
+    p.add_argument("--images", required=True, help="folder of unlabeled images (the fit pool)")
+    _add_class_args(p)
+    _add_encoder_args(p)
+    p.add_argument("--out", required=True, help="model file to write (e.g. model.gpua)")
+    p.add_argument("--patches-per-image", type=int, default=64, help="patch cells drawn per image (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
+    p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
+                   help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.set_defaults(func=_fit_seg)
+
+    p = subparsers.add_parser(
+        "segment",
+        help="segment images into the classes of a class-name file",
+        description="Write <stem>.png label masks (palette PNG, 255 = no class) and <stem>_overlay.png.",
+    )
+    _add_model_args(p)
+    p.add_argument("--images", required=True, help="folder of images to segment")
+    _add_class_args(p)
+    _add_encoder_args(p)
+    _add_inference_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-overlay", action="store_true", help="write the label masks only")
+    p.set_defaults(func=_segment)
+
+    p = subparsers.add_parser(
+        "evaluate-seg",
+        help="mIoU, pixel accuracy and per-class IoU of segmentations",
+        description="Score saved masks (--pred) or a model run on the fly (--model / --zero-shot) "
+        "against ground-truth masks (--gt) or an mmseg-layout dataset (--dataset).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pred", help="folder of predicted <stem>.png masks (as written by `gpua segment`)")
+    src.add_argument("--model", help="fitted model file from `gpua fit-seg`")
+    src.add_argument("--zero-shot", action="store_true", help="dense VLM zero-shot instead of a model")
+    p.add_argument("--dataset", help="mmseg dataset preset: voc, voc20, context59, context60, ade20k, coco_stuff, cityscapes, custom")
+    p.add_argument("--root", help="dataset root (with --dataset)")
+    p.add_argument("--split", default="val", help="dataset split (default val)")
+    p.add_argument("--gt", help="folder of ground-truth masks (instead of --dataset)")
+    p.add_argument("--images", help="folder of images (with --gt and --model / --zero-shot)")
+    p.add_argument("--gt-suffix", default=".png", help="ground-truth file = <stem><suffix> (default .png)")
+    p.add_argument("--reduce-zero-label", action="store_true", help="with --gt: 0 is unlabelled (0 -> 255, k -> k-1)")
+    p.add_argument("--classnames", help="class-name file (one class a line, synonyms comma-separated)")
+    p.add_argument("--templates", default="openai_imagenet", help="prompt templates (default openai_imagenet)")
+    p.add_argument("--vfm", help="VFM encoder spec (with --model)")
+    p.add_argument("--vlm", help="VLM encoder spec (with --model / --zero-shot)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    _add_inference_args(p)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--out", help="also write the JSON scores to this file")
+    p.set_defaults(func=_evaluate_seg)
+
+
+def _add_model_args(p) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="fitted model file from `gpua fit-seg`")
+    g.add_argument("--zero-shot", action="store_true", help="dense VLM zero-shot instead of a model")
+
+
+def _add_class_args(p) -> None:
+    p.add_argument("--classnames", required=True, help="class-name file (one class a line, synonyms comma-separated)")
+    p.add_argument("--templates", default="openai_imagenet", help="prompt templates: a set name or a file (default openai_imagenet)")
+
+
+def _add_encoder_args(p) -> None:
+    p.add_argument("--vfm", required=True, help="VFM encoder spec, e.g. offline:dinov2-s")
+    p.add_argument("--vlm", required=True, help="VLM encoder spec, e.g. offline:semantic-lite0")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+
+
+def _add_inference_args(p) -> None:
+    p.add_argument("--crop", type=int, default=None, help="sliding-window crop size in pixels (default: whole image)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 of --crop)")
+    p.add_argument("--refine", choices=("none", "affinity"), default="none", help="smooth patch scores by VFM affinity")
+    p.add_argument("--affinity-topk", type=int, default=8, help="neighbours used by --refine affinity (default 8)")
+    p.add_argument("--threshold", type=float, default=None, help="pixels whose top class probability is below this get --threshold-label")
+    p.add_argument("--threshold-label", type=int, default=255, help="label for those pixels: a background class index or 255 (default)")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_encoder(spec: str, device: str | None = None):
+    """An encoder from a spec: `planted:vfm` / `planted:vlm` (the planted demo world) or any
+    `gpua.encoders.create_encoder` spec."""
+    if spec.startswith("planted:"):
+        from .planted import make_planted_world
+
+        role = spec.split(":", 1)[1]
+        if role not in ("vfm", "vlm"):
+            raise GPUAError(f"--vfm/--vlm {spec!r}: the planted encoders are 'planted:vfm' and 'planted:vlm'.")
+        return getattr(make_planted_world(), role)
+    from ..encoders import create_encoder
+
+    return create_encoder(spec, device=device) if device else create_encoder(spec)
+
+
+def _class_prompts(path: str):
+    from ..data.classnames import load_classnames
+    from .inference import parse_class_prompts
+
+    return parse_class_prompts(load_classnames(path))
+
+
+def _prototypes(vlm, prompt_names: list[str], templates: str):
+    from ..data.prompts import build_text_prototypes, get_templates
+
+    if not getattr(vlm, "is_vlm", False):
+        raise GPUAError("--vlm is a vision-only encoder; text prototypes need a vision-language model.")
+    return build_text_prototypes(vlm.encode_text, prompt_names, get_templates(templates))
+
+
+def _list_images(folder: str, what: str = "--images") -> list[Path]:
+    from ..data import IMAGE_EXTENSIONS
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise GPUAError(f"{what} {folder!r} is not a folder; pass a folder of image files.")
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise GPUAError(f"{what} {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...).")
+    return files
+
+
+def _load_image(path: Path):
+    import numpy as np
+
+    from ..data import open_image
+
+    return np.asarray(open_image(path))
+
+
+def _save_model(model, path: str, meta: dict) -> None:
+    """The estimator's own file, plus a JSON sidecar with what segmentation needs to reuse it."""
+    from .._atomic import atomic_write_text
+
+    model.save(path)
+    atomic_write_text(path + _SEG_META_SUFFIX, json.dumps(meta, indent=2))
+
+
+def _load_model(path: str):
+    from .. import load_model
+
+    if not os.path.isfile(path):
+        raise GPUAError(f"--model {path!r} does not exist; fit one with `gpua fit-seg`.")
+    model = load_model(path)
+    meta_path = Path(path + _SEG_META_SUFFIX)
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return model, meta
+
+
+def _segmenter(args, prompt_names: list[str], class_of_prototype, meta: dict | None = None):
+    """A DenseSegmenter from the parsed arguments (model or zero-shot)."""
+    from .inference import DenseSegmenter
+
+    if not args.vlm:
+        raise GPUAError("--vlm is required to encode the class prompts; pass the VLM encoder spec.")
+    vlm = make_encoder(args.vlm, args.device)
+    Y = _prototypes(vlm, prompt_names, args.templates)
+    model, vfm = None, None
+    if getattr(args, "model", None):
+        model, meta = _load_model(args.model)
+        if not args.vfm:
+            raise GPUAError("--vfm is required with --model; pass the VFM encoder the model was fitted with.")
+        vfm = make_encoder(args.vfm, args.device)
+        fitted = getattr(model, "classnames_", None) or meta.get("prompt_names")
+        if fitted and list(fitted) != list(prompt_names):
+            raise GPUAError(
+                f"--classnames gives the prompts {prompt_names[:4]}... but the model was fitted with "
+                f"{list(fitted)[:4]}...; pass the class-name file used with `gpua fit-seg`."
+            )
+    elif args.refine == "affinity":
+        if not args.vfm:
+            raise GPUAError("--refine affinity needs --vfm (the VFM's patch affinities).")
+        vfm = make_encoder(args.vfm, args.device)
+    return DenseSegmenter(
+        vfm,
+        vlm,
+        Y,
+        model=model,
+        class_of_prototype=class_of_prototype,
+        crop_size=args.crop,
+        stride=args.stride,
+        grid=(meta or {}).get("grid", "coarser"),
+        refine=None if args.refine == "none" else args.refine,
+        affinity_topk=args.affinity_topk,
+        score_threshold=args.threshold,
+        threshold_label=args.threshold_label,
+    )
+
+
+def _write_png(path: Path, array, palette=None) -> None:
+    from PIL import Image
+
+    from .._atomic import atomic_path
+
+    im = Image.fromarray(array)
+    if palette is not None:
+        im.putpalette(palette)
+    with atomic_path(path, suffix=".png") as tmp:
+        im.save(tmp, format="PNG")
+
+
+def write_label_png(path: str | os.PathLike, label) -> None:
+    """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
+    a 16-bit greyscale PNG beyond."""
+    import numpy as np
+
+    label = np.asarray(label)
+    if label.max(initial=0) <= 255 and label.min(initial=0) >= 0:
+        import imgviz
+
+        _write_png(Path(path), label.astype(np.uint8), imgviz.label_colormap().flatten().tolist())
+    else:
+        _write_png(Path(path), label.astype(np.uint16))
+
+
+def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[str] | None = None) -> None:
+    """Save the image with its labels blended in colour (imgviz), atomically."""
+    import imgviz
+    import numpy as np
+
+    names = {k: n for k, n in enumerate(classnames or [])}  # 255 ("no class") stays unnamed
+    rgb = imgviz.label2rgb(np.asarray(label), image=image, alpha=0.5, label_names=names or None,
+                           font_size=max(10, image.shape[0] // 30))
+    _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _fit_seg(args: argparse.Namespace) -> int:
+    from .inference import fit_patch_gpua
+
+    classnames, prompt_names, owner = _class_prompts(args.classnames)
+    files = _list_images(args.images)[: args.max_images]
+    vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
+    Y = _prototypes(vlm, prompt_names, args.templates)
+    images = [_load_image(f) for f in files]
+    model = fit_patch_gpua(
+        vfm, vlm, images, Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names
+    )
+    meta = {
+        "classnames": classnames,
+        "prompt_names": prompt_names,
+        "class_of_prototype": owner.tolist(),
+        "templates": args.templates,
+        "vfm": args.vfm,
+        "vlm": args.vlm,
+        "grid": args.grid,
+        "patches_per_image": args.patches_per_image,
+        "seed": args.seed,
+        "n_images": len(images),
+    }
+    _save_model(model, args.out, meta)
+    print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}")
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    classnames, prompt_names, owner = _class_prompts(args.classnames)
+    files = _list_images(args.images)
+    seg = _segmenter(args, prompt_names, owner)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        image = _load_image(f)
+        label = seg.predict(image)
+        write_label_png(out / f"{f.stem}.png", label)
+        if not args.no_overlay:
+            write_overlay_png(out / f"{f.stem}_overlay.png", image, label, classnames)
+    print(f"segmented {len(files)} image(s) into {len(classnames)} classes; masks in {out}")
+    return 0
+
+
+def _ground_truth(args: argparse.Namespace):
+    """(classnames, label reader, [(stem, image path or None, mask path)]) from --dataset or --gt."""
+    from .datasets import load_dataset, read_label
+
+    if args.dataset:
+        if not args.root:
+            raise GPUAError("--dataset needs --root, the dataset's root folder.")
+        ds = load_dataset(args.dataset, args.root, args.split)
+        pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
+        return ds.classnames, ds.load_label, pairs
+    if not args.gt:
+        raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
+    if not args.classnames:
+        raise GPUAError("--gt needs --classnames (one class a line) to know the number of classes.")
+    entries, _, _ = _class_prompts(args.classnames)
+    gt_dir = Path(args.gt)
+    if not gt_dir.is_dir():
+        raise GPUAError(f"--gt {args.gt!r} is not a folder of masks.")
+    suffix = args.gt_suffix
+    reduce = bool(args.reduce_zero_label)
+    images = {p.stem: p for p in _list_images(args.images)} if args.images else {}
+    pairs = []
+    for ann in sorted(gt_dir.glob("*" + suffix)):
+        stem = ann.name[: -len(suffix)]
+        pairs.append((stem, images.get(stem), ann))
+    if not pairs:
+        raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r}.")
+    return entries, (lambda path: read_label(path, reduce_zero_label=reduce)), pairs
+
+
+def _evaluate_seg(args: argparse.Namespace) -> int:
+    from .._atomic import atomic_write_text
+    from .datasets import read_label
+    from .metrics import SegmentationMetric
+
+    classnames, load_gt, pairs = _ground_truth(args)
+    pairs = pairs[: args.limit]
+    metric = SegmentationMetric(len(classnames), classnames=classnames)
+    seg = None
+    if not args.pred:
+        if args.classnames:
+            names, prompt_names, owner = _class_prompts(args.classnames)
+            if len(names) != len(classnames):
+                raise GPUAError(f"--classnames has {len(names)} classes but the ground truth has {len(classnames)}; give one line per class.")
+        else:
+            from .datasets import prompt_name
+            from .inference import parse_class_prompts
+
+            _, prompt_names, owner = parse_class_prompts([prompt_name(c) for c in classnames])
+        seg = _segmenter(args, prompt_names, owner)
+    for stem, img_path, ann in pairs:
+        gt = load_gt(ann)
+        if seg is None:
+            # `gpua segment` names masks after the image file; mmseg names drop the image suffix
+            names = [f"{stem}.png"] + ([f"{Path(img_path).stem}.png"] if img_path is not None else [])
+            pred_path = next((Path(args.pred) / n for n in names if (Path(args.pred) / n).is_file()), Path(args.pred) / names[0])
+            if not pred_path.is_file():
+                raise GPUAError(f"--pred has no mask {pred_path.name} for ground truth {ann.name}; segment every image first.")
+            pred = read_label(pred_path)
+        else:
+            if img_path is None:
+                raise GPUAError(f"no image for ground truth {ann.name}; pass --images with the images of --gt.")
+            pred = seg.predict(_load_image(img_path))
+        try:
+            metric.update(pred, gt)
+        except GPUAError as exc:
+            raise GPUAError(f"{stem}: {exc}") from None
+    scores = metric.compute()
+    result = scores.to_dict()
+    result["n_images"] = metric.n_images
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(scores.table())
+        print(f"{metric.n_images} image(s)")
+    return 0

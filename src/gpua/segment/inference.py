@@ -1,0 +1,553 @@
+"""Patch-level GPUA for open-vocabulary semantic segmentation.
+
+Fitting
+    Both encoders are run on an unlabeled image pool. Their patch grids usually differ
+    (DINOv2-S/14 gives 16x16 at 224 pixels, a CLIP/stand-in 7x7 or 14x14), so both feature maps
+    are resampled to one common grid, by default the *coarser* one, by area pooling
+    (``adaptive_avg_pool2d``: each coarse cell is the mean of the fine patches it covers, the
+    feature of a larger region) and bilinearly where a grid must grow. A seeded random subset of
+    cells per image becomes the rows of ``Z`` (VFM) and ``X`` (VLM) that GPUA is fitted on.
+Prediction
+    Patch scores are cosines ``cos(Q W, Y_k)`` from the fitted model. A model whose query is the
+    VFM alone needs no VLM at test time and predicts on the VFM's own (finer) grid; a model that
+    also reads ``X`` predicts on the common grid. Scores may be smoothed by VFM patch affinities
+    (each patch takes the softmax-weighted mean of its ``top-k`` most similar patches' scores),
+    are upsampled bilinearly to pixels, and are averaged over overlapping windows when the
+    image is processed as sliding crops (mmseg's ``slide`` mode), which bounds memory on large
+    images. The dense VLM zero-shot baseline is the same pipeline with ``cos(X, Y_k)``.
+Classes and background
+    Several prompts may stand for one class (synonyms, or a background prompt set: "sky, wall,
+    floor, ..." all mapping to ``background``): ``class_of_prototype`` maps prototype rows to
+    classes and a class scores the max over its prompts. Optionally, pixels whose top
+    probability ``softmax(scores / temperature)`` falls below ``score_threshold`` get
+    ``threshold_label`` (background, or 255 for "no class").
+
+Encoders are anything with ``encode_patches(images) -> (N, h, w, d)`` (numpy or torch), e.g.
+``gpua.encoders.create_encoder(spec)`` or :class:`gpua.segment.planted.PlantedPatchEncoder`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._errors import GPUAError
+from .._validation import check_matrix
+
+__all__ = [
+    "DenseSegmenter",
+    "common_grid",
+    "dense_view",
+    "encode_grids",
+    "fit_patch_gpua",
+    "parse_class_prompts",
+    "resample_grid",
+    "sample_patch_features",
+    "sliding_windows",
+]
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def resample_grid(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a batch of feature maps to ``size``.
+
+    Parameters
+    ----------
+    feats : torch.Tensor of shape (N, h, w, d)
+    size : (int, int)
+        Target grid ``(h', w')``.
+
+    Returns
+    -------
+    torch.Tensor of shape (N, h', w', d)
+        Area pooling (mean of the covered cells) where both axes shrink, bilinear
+        (``align_corners=False``, antialiased) otherwise; the input itself when sizes match.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(feats.shape[1:3]) == size:
+        return feats
+    x = feats.permute(0, 3, 1, 2)
+    if size[0] <= x.shape[2] and size[1] <= x.shape[3]:
+        x = F.adaptive_avg_pool2d(x, size)
+    else:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def common_grid(a: tuple[int, int], b: tuple[int, int], how: str = "coarser") -> tuple[int, int]:
+    """The grid both feature maps are resampled to: per axis the smaller ("coarser") or larger."""
+    if how == "coarser":
+        return (min(a[0], b[0]), min(a[1], b[1]))
+    if how == "finer":
+        return (max(a[0], b[0]), max(a[1], b[1]))
+    raise GPUAError(f"grid={how!r} is not a grid rule; use 'coarser', 'finer' or an (h, w) pair.")
+
+
+def _as_images(images) -> list[np.ndarray]:
+    """Images -> list of uint8 (H, W, 3) arrays (accepts one image, a stack, a list, PIL images)."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    out = []
+    for i, im in enumerate(images):
+        a = np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im)
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=-1)
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise GPUAError(f"images[{i}] has shape {a.shape}; pass (H, W, 3) RGB images.")
+        if a.dtype != np.uint8:
+            a = np.clip(a * 255 if a.dtype.kind == "f" and a.max() <= 1 else a, 0, 255).astype(np.uint8)
+        out.append(a)
+    if not out:
+        raise GPUAError("images is empty; pass at least one image.")
+    return out
+
+
+def _patch_size(encoder) -> int:
+    p = getattr(encoder, "patch_size", None)
+    if p is None:
+        p = (getattr(encoder, "metadata", lambda: {})() or {}).get("patch_size", 1)
+    return int(p[0] if isinstance(p, (tuple, list)) else p or 1)
+
+
+def _check_image_size(images: list[np.ndarray], encoders: Sequence, what: str = "images") -> None:
+    need = max(_patch_size(e) for e in encoders)
+    for i, im in enumerate(images):
+        if im.shape[0] < need or im.shape[1] < need:
+            raise GPUAError(
+                f"{what}[{i}] is {im.shape[0]}x{im.shape[1]} pixels, smaller than one {need}x{need} "
+                "encoder patch; drop it or upscale it first."
+            )
+
+
+def dense_view(encoder):
+    """The encoder, or a shallow copy of it whose preprocessing tiles the whole input.
+
+    Classification preprocessing resizes the short side and centre-crops (DINO even resizes to
+    256 and crops 224), so patches would cover only the middle of a crop and would no longer
+    line up with its pixels. The copy resizes each input to exactly the network's input size
+    instead ("squash", no crop): the grid then covers the whole crop, a square crop is not
+    distorted, and a non-square one is stretched rather than cut. Encoders without a
+    ``preprocess`` attribute (e.g. the planted ones) are used as they are.
+    """
+    pre = getattr(encoder, "preprocess", None)
+    if pre is None or not dataclasses.is_dataclass(pre) or not hasattr(pre, "input_size"):
+        return encoder
+    size = tuple(pre.input_size)
+    if getattr(pre, "resize_mode", None) == "squash" and tuple(getattr(pre, "resize", ()) or ()) == size:
+        return encoder
+    view = copy.copy(encoder)
+    view.preprocess = dataclasses.replace(pre, resize_mode="squash", resize=size)
+    return view
+
+
+def _patches(encoder, images: list[np.ndarray], name: str) -> torch.Tensor:
+    out = dense_view(encoder).encode_patches(np.stack(images))
+    t = out.detach().float().cpu() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out, dtype=np.float32))
+    if t.ndim != 4 or t.shape[0] != len(images) or min(t.shape[1:3]) < 1:
+        raise GPUAError(f"the {name} encoder returned patch features of shape {tuple(t.shape)}; expected (N, h, w, d).")
+    return t
+
+
+def encode_grids(vfm, vlm, images, *, grid: str | tuple[int, int] = "coarser") -> tuple[torch.Tensor, torch.Tensor]:
+    """Both encoders' patch features of same-size images, resampled to one grid.
+
+    Parameters
+    ----------
+    vfm, vlm : encoders with ``encode_patches``
+    images : sequence of uint8 (H, W, 3) arrays of one size
+    grid : "coarser", "finer" or (h, w)
+
+    Returns
+    -------
+    Z : torch.Tensor of shape (N, h, w, d_vfm)
+    X : torch.Tensor of shape (N, h, w, d_vlm)
+    """
+    imgs = _as_images(images)
+    _check_image_size(imgs, (vfm, vlm))
+    Z, X = _patches(vfm, imgs, "vfm"), _patches(vlm, imgs, "vlm")
+    hw = tuple(grid) if isinstance(grid, (tuple, list)) else common_grid(tuple(Z.shape[1:3]), tuple(X.shape[1:3]), grid)
+    return resample_grid(Z, hw), resample_grid(X, hw)
+
+
+def _same_size_batches(images: list[np.ndarray], batch_size: int):
+    """Consecutive runs of same-size images, at most ``batch_size`` long, in input order."""
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while end < len(images) and end - start < batch_size and images[end].shape == images[start].shape:
+            end += 1
+        yield images[start:end]
+        start = end
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def sample_patch_features(
+    vfm,
+    vlm,
+    images,
+    *,
+    patches_per_image: int = 64,
+    seed: int = 0,
+    grid: str | tuple[int, int] = "coarser",
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paired VFM/VLM patch features sampled from an unlabeled image pool.
+
+    Parameters
+    ----------
+    vfm, vlm : encoders with ``encode_patches``
+    images : sequence of uint8 (H, W, 3) arrays
+    patches_per_image : int
+        Cells drawn per image without replacement (all of them when the grid is smaller).
+    seed : int
+        Seeds the cell draws; the result depends only on it and the inputs.
+    grid : "coarser", "finer" or (h, w)
+        Common grid (see :func:`encode_grids`).
+    batch_size : int
+        Images per encoder call.
+
+    Returns
+    -------
+    Z : np.ndarray of shape (M, d_vfm), float32
+    X : np.ndarray of shape (M, d_vlm), float32
+        Row ``i`` of both describes the same image cell.
+    """
+    if int(patches_per_image) < 1:
+        raise GPUAError(f"patches_per_image={patches_per_image}; draw at least 1 patch per image.")
+    imgs = _as_images(images)
+    rng = np.random.default_rng(seed)
+    zs, xs = [], []
+    for batch in _same_size_batches(imgs, batch_size):
+        Zg, Xg = encode_grids(vfm, vlm, batch, grid=grid)
+        n_cells = Zg.shape[1] * Zg.shape[2]
+        for z, x in zip(Zg.reshape(len(batch), n_cells, -1), Xg.reshape(len(batch), n_cells, -1)):
+            idx = np.sort(rng.choice(n_cells, size=min(int(patches_per_image), n_cells), replace=False))
+            zs.append(z[idx].numpy())
+            xs.append(x[idx].numpy())
+    return np.concatenate(zs), np.concatenate(xs)
+
+
+def fit_patch_gpua(
+    vfm,
+    vlm,
+    images,
+    prototypes,
+    *,
+    patches_per_image: int = 64,
+    seed: int = 0,
+    grid: str | tuple[int, int] = "coarser",
+    estimator=None,
+    batch_size: int = 16,
+    classnames: Sequence[str] | None = None,
+):
+    """Fit GPUA on patch tokens of an unlabeled image pool.
+
+    Parameters
+    ----------
+    vfm, vlm : encoders with ``encode_patches``
+    images : sequence of uint8 (H, W, 3) arrays
+        The unlabeled pool; no masks are used.
+    prototypes : array of shape (M, d_vlm)
+        Text prototypes (one row per prompt set; see :class:`DenseSegmenter` for synonyms).
+    patches_per_image, seed, grid, batch_size
+        See :func:`sample_patch_features`.
+    estimator : object with ``fit(Z, X, Y)``, optional
+        Default ``gpua.GPUA(query="vfm")``.
+    classnames : sequence of str, optional
+        One name per prototype row, stored in the model (``fit(..., classnames=...)``).
+
+    Returns
+    -------
+    The fitted estimator.
+    """
+    Z, X = sample_patch_features(vfm, vlm, images, patches_per_image=patches_per_image, seed=seed, grid=grid, batch_size=batch_size)
+    if estimator is None:
+        from .. import GPUA  # the core estimator; imported late so this module loads without it
+
+        estimator = GPUA(query="vfm")
+    Y = check_matrix(prototypes, "prototypes", n_cols=X.shape[1])
+    if classnames is not None:
+        return estimator.fit(Z, X, Y, classnames=list(classnames))
+    return estimator.fit(Z, X, Y)
+
+
+def parse_class_prompts(entries: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Class entries with comma-separated synonyms -> class names, prompt names, class of each.
+
+    Parameters
+    ----------
+    entries : sequence of str
+        One entry per class, e.g. ``["background, sky, wall, floor", "cat", "dog, puppy"]``.
+
+    Returns
+    -------
+    classnames : list of str
+        The first name of each entry (``["background", "cat", "dog"]``).
+    prompt_names : list of str
+        Every name, in order (one text prototype each).
+    class_of_prototype : np.ndarray of shape (len(prompt_names),), int64
+        The class index of each prompt name.
+    """
+    classnames, prompts, owner = [], [], []
+    seen: dict[str, int] = {}
+    for k, entry in enumerate(entries):
+        names = [n.strip() for n in str(entry).split(",") if n.strip()]
+        if not names:
+            raise GPUAError(f"class entry {k} ({entry!r}) holds no name; give at least one name per class.")
+        classnames.append(names[0])
+        for n in names:
+            if n in seen:
+                if seen[n] != k:
+                    raise GPUAError(f"the name {n!r} stands for class {seen[n]} and class {k}; a prompt name may belong to one class only.")
+                continue  # a repeat within one entry adds nothing
+            seen[n] = k
+            prompts.append(n)
+            owner.append(k)
+    return classnames, prompts, np.asarray(owner, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def sliding_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """mmseg ``slide`` windows ``(y1, y2, x1, x2)`` of one size covering an image.
+
+    Windows step by ``stride``; the last one in each direction is shifted back to end at the
+    border, so every window has size ``min(crop, image)`` and the image is covered exactly.
+    """
+    ch, cw = min(crop[0], height), min(crop[1], width)
+    sh, sw = stride
+    n_y = max(height - ch + sh - 1, 0) // sh + 1
+    n_x = max(width - cw + sw - 1, 0) // sw + 1
+    out = []
+    for iy in range(n_y):
+        for ix in range(n_x):
+            y2, x2 = min(iy * sh + ch, height), min(ix * sw + cw, width)
+            out.append((y2 - ch, y2, x2 - cw, x2))
+    return out
+
+
+def _pair(v, name: str) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    a = (int(v), int(v)) if np.isscalar(v) else tuple(int(t) for t in v)
+    if len(a) != 2 or min(a) < 1:
+        raise GPUAError(f"{name}={v!r}; give a positive int or an (h, w) pair of positive ints.")
+    return a  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- segmenter
+
+
+class DenseSegmenter:
+    """Per-pixel class scores and labels from patch-level GPUA or dense VLM zero-shot.
+
+    Parameters
+    ----------
+    vfm : encoder or None
+        Needed by a GPUA model and by ``refine="affinity"``.
+    vlm : encoder or None
+        Needed for zero-shot and by models whose query reads the VLM features.
+    prototypes : array of shape (M, d_vlm)
+        Text prototypes, one row per prompt set.
+    model : fitted GPUA (or any object with ``decision_function(Z, X)``), optional
+        ``None`` gives dense VLM zero-shot: ``cos(X, Y)``.
+    class_of_prototype : sequence of int of shape (M,), optional
+        The class each prototype row stands for (default: row ``i`` is class ``i``). A class
+        scores the max over its rows.
+    uses_vlm : bool, optional
+        Whether the model reads ``X``; inferred from ``model.query`` when not given ("vfm" means
+        no). A model that does not is run on the VFM's own grid.
+    crop_size, stride : int or (int, int), optional
+        Sliding-window inference; ``None`` processes each image whole. ``stride`` defaults to
+        two thirds of the crop.
+    grid : "coarser", "finer" or (h, w)
+        Common grid when both encoders are needed.
+    refine : {None, "affinity"}
+        Smooth patch scores with the VFM patch affinity (top-k neighbours, softmax weights).
+    affinity_topk : int
+    affinity_temperature : float
+        Temperature of the softmax over the top-k cosine affinities.
+    score_threshold : float, optional
+        Pixels whose top probability is below it get ``threshold_label``.
+    threshold_label : int
+        Label for those pixels (a background class index, or 255 "no class").
+    temperature : float
+        Score temperature for probabilities (0.01: CLIP's logit scale of 100).
+    batch_size : int
+        Crops per encoder call.
+    """
+
+    def __init__(
+        self,
+        vfm=None,
+        vlm=None,
+        prototypes=None,
+        *,
+        model=None,
+        class_of_prototype: Sequence[int] | None = None,
+        uses_vlm: bool | None = None,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        grid: str | tuple[int, int] = "coarser",
+        refine: str | None = None,
+        affinity_topk: int = 8,
+        affinity_temperature: float = 0.05,
+        score_threshold: float | None = None,
+        threshold_label: int = 255,
+        temperature: float = 0.01,
+        batch_size: int = 4,
+    ) -> None:
+        self.model = model
+        if model is not None and uses_vlm is None:
+            uses_vlm = str(getattr(model, "query", "vfm")).lower() != "vfm"
+        self.uses_vlm = bool(uses_vlm) if model is not None else True
+        self.uses_vfm = model is not None or refine == "affinity"
+        if self.uses_vfm and vfm is None:
+            raise GPUAError("vfm is None but a GPUA model or refine='affinity' needs the VFM encoder; pass vfm=.")
+        if self.uses_vlm and vlm is None:
+            raise GPUAError("vlm is None but zero-shot (model=None) or a model reading X needs the VLM encoder; pass vlm=.")
+        self.vfm, self.vlm = vfm, vlm
+        self.Y = None if prototypes is None else torch.as_tensor(check_matrix(prototypes, "prototypes"))
+        if self.Y is None and model is None:
+            raise GPUAError("prototypes is None; zero-shot segmentation needs the text prototypes.")
+        m = self.Y.shape[0] if self.Y is not None else None
+        cop = np.arange(m) if class_of_prototype is None else np.asarray(class_of_prototype, dtype=np.int64)
+        if cop.ndim != 1 or (m is not None and cop.size != m) or cop.size == 0 or cop.min() < 0:
+            raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({m}).")
+        self.class_of_prototype = torch.as_tensor(cop)
+        self.n_classes = int(cop.max()) + 1
+        self.crop_size = _pair(crop_size, "crop_size")
+        self.stride = _pair(stride, "stride") or (
+            None if self.crop_size is None else tuple(max(1, math.ceil(c * 2 / 3)) for c in self.crop_size)
+        )
+        self.grid = grid
+        if refine not in (None, "none", "affinity"):
+            raise GPUAError(f"refine={refine!r}; use None or 'affinity'.")
+        self.refine = None if refine == "none" else refine
+        self.affinity_topk = int(affinity_topk)
+        self.affinity_temperature = float(affinity_temperature)
+        if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
+            raise GPUAError(f"score_threshold={score_threshold}; it is a probability, between 0 and 1.")
+        self.score_threshold = score_threshold
+        self.threshold_label = int(threshold_label)
+        self.temperature = float(temperature)
+        self.batch_size = max(1, int(batch_size))
+
+    # -- scores on the patch grid
+
+    def _encoders(self) -> list:
+        return [e for e, used in ((self.vfm, self.uses_vfm), (self.vlm, self.uses_vlm)) if used]
+
+    def grid_scores(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """Class scores of same-size crops on the patch grid.
+
+        Returns
+        -------
+        torch.Tensor of shape (B, K, h, w)
+        """
+        Z = X = None
+        if self.uses_vfm and self.uses_vlm:
+            Z, X = encode_grids(self.vfm, self.vlm, crops, grid=self.grid)
+        elif self.uses_vlm:
+            X = _patches(self.vlm, crops, "vlm")
+        else:
+            Z = _patches(self.vfm, crops, "vfm")
+        B, h, w = (Z if Z is not None else X).shape[:3]
+        if self.model is None:
+            Xn = F.normalize(X.reshape(B * h * w, -1), dim=-1)
+            s = Xn @ F.normalize(self.Y, dim=-1).T
+        else:
+            Zf = Z.reshape(B * h * w, -1).numpy()
+            Xf = X.reshape(B * h * w, -1).numpy() if self.uses_vlm else None
+            s = torch.as_tensor(np.asarray(self.model.decision_function(Zf, Xf), dtype=np.float32))
+        s = self._per_class(s).reshape(B, h, w, -1)
+        if self.refine == "affinity":
+            if Z is None or tuple(Z.shape[1:3]) != (h, w):
+                Z = resample_grid(_patches(self.vfm, crops, "vfm"), (h, w))
+            s = torch.stack([self._affinity_smooth(si.reshape(h * w, -1), zi.reshape(h * w, -1)) for si, zi in zip(s, Z)])
+            s = s.reshape(B, h, w, -1)
+        return s.permute(0, 3, 1, 2).contiguous()
+
+    def _per_class(self, s: torch.Tensor) -> torch.Tensor:
+        """(P, M) prompt scores -> (P, K) class scores, the max over each class's prompts."""
+        if s.shape[1] != self.class_of_prototype.numel():
+            raise GPUAError(
+                f"the model scores {s.shape[1]} prototypes but class_of_prototype has "
+                f"{self.class_of_prototype.numel()} entries; use the class list the model was fitted with."
+            )
+        if s.shape[1] == self.n_classes and bool((self.class_of_prototype == torch.arange(self.n_classes)).all()):
+            return s
+        out = torch.full((s.shape[0], self.n_classes), -torch.inf)
+        return out.scatter_reduce(1, self.class_of_prototype.expand_as(s), s, reduce="amax")
+
+    def _affinity_smooth(self, s: torch.Tensor, z: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Each patch's scores become the softmax(affinity / T)-weighted mean over its top-k
+        most VFM-similar patches (itself included); chunked so large grids stay in memory."""
+        zn = F.normalize(z, dim=-1)
+        k = min(self.affinity_topk, zn.shape[0])
+        out = torch.empty_like(s)
+        for a in range(0, zn.shape[0], chunk):
+            sim = zn[a : a + chunk] @ zn.T
+            val, idx = sim.topk(k, dim=1)
+            wgt = torch.softmax(val / self.affinity_temperature, dim=1)
+            out[a : a + chunk] = (wgt[..., None] * s[idx]).sum(1)
+        return out
+
+    # -- pixels
+
+    def predict_scores(self, image) -> torch.Tensor:
+        """Per-pixel class scores of one image.
+
+        Parameters
+        ----------
+        image : uint8 array of shape (H, W, 3)
+
+        Returns
+        -------
+        torch.Tensor of shape (K, H, W), float32
+            Patch scores upsampled bilinearly to each window's pixels and averaged over
+            overlapping windows.
+        """
+        (img,) = _as_images([image])
+        _check_image_size([img], self._encoders(), what="image")
+        H, W = img.shape[:2]
+        if self.crop_size is None:
+            s = self.grid_scores([img])
+            return F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)[0]
+        windows = sliding_windows(H, W, self.crop_size, self.stride)
+        acc = torch.zeros((self.n_classes, H, W), dtype=torch.float32)
+        count = torch.zeros((1, H, W), dtype=torch.float32)
+        for b in range(0, len(windows), self.batch_size):
+            wins = windows[b : b + self.batch_size]
+            crops = [img[y1:y2, x1:x2] for y1, y2, x1, x2 in wins]
+            s = self.grid_scores(crops)
+            s = F.interpolate(s, size=crops[0].shape[:2], mode="bilinear", align_corners=False)
+            for (y1, y2, x1, x2), si in zip(wins, s):
+                acc[:, y1:y2, x1:x2] += si
+                count[:, y1:y2, x1:x2] += 1
+        return acc.div_(count)
+
+    def labels_from_scores(self, scores: torch.Tensor) -> np.ndarray:
+        """(K, H, W) scores -> (H, W) int64 labels, with the score threshold applied."""
+        labels = scores.argmax(0)
+        if self.score_threshold is not None:
+            top = torch.softmax(scores / self.temperature, dim=0).amax(0)
+            labels[top < float(self.score_threshold)] = self.threshold_label
+        return labels.numpy().astype(np.int64)
+
+    def predict(self, image) -> np.ndarray:
+        """(H, W) int64 class labels of one uint8 (H, W, 3) image."""
+        return self.labels_from_scores(self.predict_scores(image))
