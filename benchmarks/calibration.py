@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pca", type=int, default=64)
     p.add_argument("--synthetic-dim", type=int, default=32)
     p.add_argument("--imbalance", type=float, nargs="+", default=[10, 50, 100])
+    p.add_argument("--class-order", choices=("index", "random"), default="index",
+                   help="which classes are the head: class 0 first (CIFAR-10-LT), or random per seed")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.5])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=20)
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             if "longtail" not in args.skip:
                 t0 = time.perf_counter()
                 lt_runs.append(run_longtail(D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance,
-                                            class_embeddings=D["emb"], l2=l2, random_state=seed))
+                                            class_embeddings=D["emb"], l2=l2, class_order=args.class_order,
+                                            random_state=seed))
                 t_lt += time.perf_counter() - t0
             if "federated" not in args.skip:
                 t0 = time.perf_counter()

@@ -146,7 +146,7 @@ def sinkhorn(
 
 
 def _sinkhorn_torch(S, eps, a64, b64, rho, tol, max_iter, init_log_v, absorb_at: float = 30.0) -> SinkhornResult:
-    """Stabilised Sinkhorn: log-domain potentials absorbed into an exp-domain kernel.
+    r"""Stabilised Sinkhorn: log-domain potentials absorbed into an exp-domain kernel.
 
     Each plain iteration is two matrix-vector products on the (N, K) kernel
     :math:`K = \exp(S/\varepsilon + f \oplus g)`; a log-domain pass costs an ``exp`` over

@@ -8,6 +8,9 @@ r"""Orthogonal and semi-orthogonal Procrustes: GPA's closed-form initial map.
 soft correspondence (rows summing to one) and :math:`Y` (n_classes, d_out) the text prototypes.
 When ``d_in > d_out`` the thin SVD gives a semi-orthogonal map (orthonormal columns,
 :math:`W^\top W = I_{d_{out}}`); when ``d_in < d_out``, orthonormal rows (:math:`W W^\top = I`).
+For a semi-orthogonal map :math:`U V^\top` maximises :math:`\mathrm{tr}(W^\top Q^\top P Y)`,
+which equals the least-squares solution when the queries are whitened
+(:math:`Q^\top Q \propto I`); it is the standard closed form and the one GPUA uses.
 There is no pull toward the identity: the published code's blend of the top-left block with
 :math:`I` maps unrelated dimensions onto each other once the spaces differ.
 

@@ -23,6 +23,10 @@ def test_longtail_profile():
     assert counts[0] == 100 and counts[-1] == 1 and np.all(np.diff(counts) <= 0)
     assert np.unique(idx).size == idx.size
     assert np.bincount(y[longtail_indices(y, 10, n_max=50)])[-1] == 5
+    shuffled = np.bincount(y[longtail_indices(y, 100, class_order="random", random_state=1)])
+    assert sorted(shuffled.tolist()) == sorted(counts.tolist()) and not np.all(np.diff(shuffled) <= 0)
+    with pytest.raises(GPUAError, match="class_order"):
+        longtail_indices(y, 10, class_order="size")
     with pytest.raises(GPUAError, match="imbalance"):
         longtail_indices(y, 0.5)
     with pytest.raises(GPUAError, match="n_max"):

@@ -25,7 +25,7 @@ import numpy as np
 from .._errors import GPUAError
 from .._validation import check_labels, check_matrix
 from ._calibrator import DistributionCalibrator
-from ._classifier import LinearClassifier, ShrinkageLDA, balanced_sample_weight
+from ._classifier import LinearClassifier, ShrinkageLDA
 from ._federated import FederatedCalibration, client_statistics, dirichlet_split, fedavg
 from ._sampling import as_rng
 from ._stats import ClassStatistics, infer_n_classes, merge_statistics
@@ -48,7 +48,9 @@ LONGTAIL_METHODS = ("plain", "reweight", "lda", "calibrate", "calibrate+borrow",
 FEDERATED_METHODS = ("fedavg", "fedavg+calibrate", "fedavg+calibrate+prototypes", "lda-merged", "centralised")
 
 
-def longtail_indices(y, imbalance: float, *, n_max: int | None = None, random_state=None) -> np.ndarray:
+def longtail_indices(
+    y, imbalance: float, *, n_max: int | None = None, class_order: str = "index", random_state=None
+) -> np.ndarray:
     r"""Indices of a long-tailed subset: class :math:`k` keeps :math:`\lfloor n_{\max} r^{-k/(K-1)}\rfloor`.
 
     Parameters
@@ -57,7 +59,11 @@ def longtail_indices(y, imbalance: float, *, n_max: int | None = None, random_st
     imbalance : float
         :math:`r = n_0 / n_{K-1} \ge 1`.
     n_max : int, optional
-        Count of the head class 0 (default: the smallest class count, so every class can give it).
+        Count of the head class (default: the smallest class count, so every class can give it).
+    class_order : {"index", "random"}
+        Rank of each class in the profile: class index (CIFAR-10-LT's convention: class 0 is
+        the head), or a seeded random permutation (so that which classes are the tail, and how
+        hard they happen to be, varies with the seed).
     random_state : None, int or numpy.random.Generator
 
     Returns
@@ -75,7 +81,11 @@ def longtail_indices(y, imbalance: float, *, n_max: int | None = None, random_st
     n_max = int(counts.min()) if n_max is None else int(n_max)
     if n_max > counts.min():
         raise GPUAError(f"n_max={n_max} exceeds the smallest class count {counts.min()}; lower it.")
+    if class_order not in ("index", "random"):
+        raise GPUAError(f"class_order={class_order!r} is not an option; use 'index' or 'random'.")
     keep = np.maximum((n_max * float(imbalance) ** (-np.arange(K) / max(K - 1, 1))).astype(np.int64), 1)
+    if class_order == "random":
+        keep = keep[rng.permutation(K)]
     idx = [rng.choice(np.nonzero(y == k)[0], keep[k], replace=False) for k in range(K)]
     return np.sort(np.concatenate(idx))
 
@@ -228,6 +238,7 @@ def run_longtail(
     weight_decay: float = 1e-3,
     n_donors: int = 3,
     borrow_strength="auto",
+    class_order: str = "index",
     random_state=0,
 ) -> list[dict]:
     """Long-tailed training subsets of (X, y), scored on the balanced (X_test, y_test).
@@ -249,6 +260,10 @@ def run_longtail(
         L2-normalise rows first.
     weight_decay : float
         Of the logistic regression.
+    n_donors, borrow_strength
+        Of :class:`DistributionCalibrator`.
+    class_order : {"index", "random"}
+        Which classes form the head (see :func:`longtail_indices`).
     random_state : int
 
     Returns
@@ -262,7 +277,7 @@ def run_longtail(
     )
     rows = []
     for r in imbalance_ratios:
-        idx = longtail_indices(y, r, random_state=random_state)
+        idx = longtail_indices(y, r, class_order=class_order, random_state=random_state)
         Xr, yr = X[idx], y[idx]
         stats = ClassStatistics(K).fit(Xr, yr)
         mu, s = global_standardizer(stats)

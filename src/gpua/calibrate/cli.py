@@ -15,7 +15,6 @@ import json
 import math
 import time
 
-import numpy as np
 
 from .._atomic import atomic_write_text
 from .._errors import GPUAError
@@ -49,6 +48,8 @@ def add_subcommands(subparsers) -> None:
     lt.add_argument("--imbalance", type=float, nargs="+", default=[10, 50, 100], help="head/tail count ratios")
     lt.add_argument("--methods", nargs="+", choices=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS))
     lt.add_argument("--donors", type=int, default=3, help="classes a class borrows its shape from")
+    lt.add_argument("--class-order", choices=("index", "random"), default="index",
+                    help="head = class 0 (CIFAR-10-LT convention), or a seeded random order")
     lt.set_defaults(func=_longtail)
 
     fl = sub.add_parser("federated", parents=[common], help="Dirichlet-split clients, FedAvg with/without calibration")
@@ -113,7 +114,7 @@ def _longtail(args) -> int:
     rows = run_longtail(
         D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance, methods=args.methods,
         class_embeddings=emb, l2=not args.no_l2, weight_decay=args.weight_decay, n_donors=args.donors,
-        random_state=args.seed,
+        class_order=args.class_order, random_state=args.seed,
     )
     return _finish(args, "longtail", rows, time.perf_counter() - t0)
 

@@ -223,16 +223,19 @@ class SemanticLite0Encoder(EfficientNetLiteEncoder):
             self._sentence = (tok, model.to(self.device), folder)
         return self._sentence
 
-    def _embed_sentences(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def _embed_sentences(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
         """all-MiniLM-L6-v2 sentence embeddings: mean of token states over the mask, L2-normalised."""
         tok, model, _ = self._sentence_model()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            b = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
+        # Batches of similar length waste less compute on padding; the order is restored below.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), model.config.hidden_size, device=self.device)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            b = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
             h = model(**b).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1))
-        return torch.cat(out)
+            out[idx] = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
+        return out
 
     def _imagenet_name_embeddings(self) -> torch.Tensor:
         """(1000, 384) embeddings of the templated ImageNet names, cached on disk (MiniLM costs ~10 s on CPU)."""

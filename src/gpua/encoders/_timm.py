@@ -36,6 +36,10 @@ def _preprocess_from_model(model) -> ImagePreprocess:
 
     cfg = timm.data.resolve_model_data_config(model)
     _, H, W = cfg["input_size"]
+    pe = getattr(model, "patch_embed", None)
+    fixed = getattr(pe, "img_size", None)
+    if fixed and not getattr(pe, "dynamic_img_size", False) and tuple(fixed) != (H, W):
+        H, W = fixed  # created with img_size=...: the pretrained_cfg still names the original size
     mode = cfg.get("crop_mode") or "center"
     common = {"interpolation": cfg.get("interpolation", "bicubic"), "mean": cfg["mean"], "std": cfg["std"]}
     if mode == "border":  # timm: longest edge to size / crop_pct, then pad; crop_pct is ~1 for these models

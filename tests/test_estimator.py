@@ -1,0 +1,187 @@
+import numpy as np
+import pytest
+import torch
+
+from gpua import GPUA, GPUAError, ModelFileError, NotFittedError, VLMZeroShot, load_model
+from gpua.procrustes import orthogonality_error
+
+FAST = dict(n_steps=40, eval_every=10)
+
+
+def _fit(train, **kw):
+    return GPUA(**{**FAST, **kw}).fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
+
+
+def test_gpua_beats_zero_shot_on_planted_data(planted):
+    train, test = planted
+    zs = VLMZeroShot().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+    model = _fit(train)
+    acc_zs = zs.score(None, test.labels, test.vlm_features)
+    acc = model.score(test.vfm_features, test.labels)
+    assert acc_zs < 0.7
+    assert acc > acc_zs + 0.25
+    assert acc > 0.9
+
+
+def test_fit_uses_no_labels(planted):
+    train, test = planted
+    a = _fit(train).predict(test.vfm_features)
+    shuffled = train.labels.copy()
+    np.random.default_rng(0).shuffle(shuffled)
+    b = GPUA(**FAST).fit(train.vfm_features, train.vlm_features, train.text_prototypes).predict(test.vfm_features)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("query", ["vfm", "fused"])
+def test_query_modes_shapes(planted, query):
+    train, test = planted
+    m = _fit(train, query=query)
+    d_q = train.vfm_features.shape[1] + (train.vlm_features.shape[1] if query == "fused" else 0)
+    assert tuple(m.W_.shape) == (d_q, train.vlm_features.shape[1])
+    T = m.transform(test.vfm_features, test.vlm_features)
+    np.testing.assert_allclose(np.linalg.norm(T, axis=1), 1.0, rtol=1e-5)
+    P = m.predict_proba(test.vfm_features, test.vlm_features)
+    np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-5)
+
+
+def test_fused_query_requires_vlm_at_predict(planted):
+    train, test = planted
+    m = _fit(train, query="fused", refine=False)
+    with pytest.raises(GPUAError, match="vlm_features is required"):
+        m.predict(test.vfm_features)
+
+
+@pytest.mark.parametrize("mode", ["project", "none", "penalty"])
+def test_orthogonality_modes(planted, mode):
+    train, _ = planted
+    m = _fit(train, orthogonality=mode, n_steps=30, patience=100)
+    err = orthogonality_error(m.W_)
+    if mode == "project":
+        assert err < 1e-4
+    assert orthogonality_error(m.W0_) < 1e-4
+    assert m.history_["orthogonality_error"] == pytest.approx(err)
+
+
+def test_procrustes_only_is_semi_orthogonal(planted):
+    train, _ = planted
+    m = _fit(train, refine=False)
+    W = m.W_.double()
+    torch.testing.assert_close(W.T @ W, torch.eye(W.shape[1], dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_early_stopping_keeps_best_validation_map(planted):
+    train, _ = planted
+    m = _fit(train, n_steps=200, eval_every=5, patience=2)
+    curve = m.history_["refine"]
+    vals = [c["val_loss"] for c in curve]
+    assert len(curve) < 200 // 5 + 1  # stopped early or ran out; never more checkpoints
+    assert min(vals) <= vals[0]
+
+
+def test_reproducible_with_seed(planted):
+    train, test = planted
+    a = _fit(train, random_state=7).decision_function(test.vfm_features)
+    b = _fit(train, random_state=7).decision_function(test.vfm_features)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_csls_retrieval(planted):
+    train, test = planted
+    m = _fit(train, refine=False, retrieval="csls", csls_k=5)
+    assert m.proto_radius_.shape == (train.text_prototypes.shape[0],)
+    assert m.score(test.vfm_features, test.labels) > 0.9
+
+
+def test_sklearn_contract(planted):
+    from sklearn.base import clone
+
+    m = GPUA(lam=0.7, query="fused")
+    params = m.get_params()
+    assert params["lam"] == 0.7 and params["query"] == "fused"
+    c = clone(m)
+    assert c.get_params() == params and c is not m
+    assert m.set_params(lam=0.5) is m and m.lam == 0.5
+    with pytest.raises(GPUAError, match="not a parameter"):
+        m.set_params(lambda_=0.3)
+    assert "lam=0.5" in repr(m)
+    train, _ = planted
+    fitted = _fit(train)
+    assert fitted.n_classes_ == train.text_prototypes.shape[0]
+    assert not hasattr(GPUA(), "W_")
+
+
+def test_save_load_roundtrip(planted, tmp_path):
+    train, test = planted
+    m = _fit(train, query="fused", retrieval="csls")
+    path = m.save(tmp_path / "model.gpua")
+    m2 = GPUA.load(path)
+    np.testing.assert_allclose(m2.decision_function(test.vfm_features, test.vlm_features), m.decision_function(test.vfm_features, test.vlm_features), atol=1e-6)
+    assert m2.classnames_ == train.classnames
+    assert m2.get_params() == m.get_params()
+    assert isinstance(load_model(path), GPUA)
+
+
+def test_save_is_atomic_and_keeps_old_model(planted, tmp_path, monkeypatch):
+    train, test = planted
+    m = _fit(train, refine=False)
+    path = m.save(tmp_path / "model.gpua")
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def boom(*a, **k):
+        with open(a[1], "wb") as fh:
+            fh.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gpua"]
+
+
+def test_corrupt_truncated_and_newer_model_files(planted, tmp_path):
+    train, _ = planted
+    path = _fit(train, refine=False).save(tmp_path / "m.gpua")
+    data = path.read_bytes()
+    (tmp_path / "trunc.gpua").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(tmp_path / "trunc.gpua")
+    (tmp_path / "junk.gpua").write_bytes(b"not a model at all")
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "junk.gpua")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.gpua")
+    # A file from a future format version.
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["gpua"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["format_version"] = 99
+    save_file(tensors, str(tmp_path / "new.gpua"), metadata={"gpua": json.dumps(meta)})
+    with pytest.raises(ModelFileError, match="upgrade gpua"):
+        load_model(tmp_path / "new.gpua")
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        GPUA().predict(np.ones((3, 4)))
+    with pytest.raises(NotFittedError):
+        GPUA().save("x.gpua")
+
+
+def test_lambda_extremes_and_hard_assignment_run(planted):
+    train, test = planted
+    for kw in ({"lam": 1.0}, {"lam": 0.0}, {"assignment": "hard"}, {"similarity": "neg_euclidean"}, {"center": True}, {"rho": 1.0}):
+        m = _fit(train, refine=False, **kw)
+        assert m.score(test.vfm_features, test.labels) > 0.5, kw
+
+
+def test_class_prior_length_checked(planted):
+    train, _ = planted
+    with pytest.raises(GPUAError, match="class_prior"):
+        _fit(train, class_prior=[0.5, 0.5])

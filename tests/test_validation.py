@@ -1,0 +1,110 @@
+"""Every bad input named in the engine issue gets a clear GPUAError naming the argument."""
+
+import numpy as np
+import pytest
+
+from gpua import GPUA, GPUAError
+from gpua.features import load_features, save_features
+
+
+@pytest.fixture
+def good(rng):
+    Z = rng.standard_normal((40, 8)).astype(np.float32)
+    X = rng.standard_normal((40, 6)).astype(np.float32)
+    Y = rng.standard_normal((4, 6)).astype(np.float32)
+    return Z, X, Y
+
+
+def _fit(Z, X, Y, **kw):
+    return GPUA(n_steps=5, **kw).fit(Z, X, Y, classnames=kw.pop("classnames", None))
+
+
+def test_row_count_mismatch(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="vfm_features has 39 rows but vlm_features has 40"):
+        GPUA().fit(Z[:-1], X, Y)
+
+
+def test_prototype_width_mismatch(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="text_prototypes has width 5 but vlm_features has width 6"):
+        GPUA().fit(Z, X, Y[:, :5])
+
+
+def test_fewer_than_two_classes(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="at least 2 classes"):
+        GPUA().fit(Z, X, Y[:1])
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_anywhere(good, which, bad):
+    arrs = [a.copy() for a in good]
+    arrs[which][1, 2] = bad
+    name = ["vfm_features", "vlm_features", "text_prototypes"][which]
+    with pytest.raises(GPUAError, match=f"{name} contains NaN or inf"):
+        GPUA().fit(*arrs)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_all_zero_row(good, which):
+    arrs = [a.copy() for a in good]
+    arrs[which][3] = 0
+    with pytest.raises(GPUAError, match="all-zero row"):
+        GPUA().fit(*arrs)
+
+
+def test_not_2d_and_empty(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="must be 2-D"):
+        GPUA().fit(Z[0], X, Y)
+    with pytest.raises(GPUAError, match="must be 2-D"):
+        GPUA().fit(Z[None], X, Y)
+    with pytest.raises(GPUAError, match="empty"):
+        GPUA().fit(Z[:0], X[:0], Y)
+
+
+def test_duplicate_classnames(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="duplicate name 'cat'"):
+        GPUA().fit(Z, X, Y, classnames=["cat", "dog", "cat", "eel"])
+
+
+def test_too_few_rows_for_classes(good):
+    Z, X, Y = good
+    with pytest.raises(GPUAError, match="at least one image per class"):
+        GPUA().fit(Z[:3], X[:3], Y)
+
+
+@pytest.mark.parametrize("param,value", [("query", "both"), ("lam", 1.5), ("eps", -1), ("orthogonality", "x"), ("n_steps", -3), ("similarity", "dot")])
+def test_bad_parameters(good, param, value):
+    with pytest.raises(GPUAError, match=param):
+        GPUA(**{param: value}).fit(*good)
+
+
+def test_predict_width_mismatch(good):
+    m = _fit(*good)
+    with pytest.raises(GPUAError, match="vfm_features has width 7 but 8 was expected"):
+        m.predict(np.ones((2, 7)))
+
+
+def test_missing_npz_key_lists_existing(tmp_path, good):
+    Z, X, Y = good
+    np.savez(tmp_path / "f.npz", vfm_features=Z, text_prototypes=Y)
+    with pytest.raises(GPUAError, match=r"no 'vlm_features'.*holds \['vfm_features', 'text_prototypes'\]"):
+        load_features(tmp_path / "f.npz", require=("vfm_features", "vlm_features", "text_prototypes"))
+
+
+def test_positional_npz_keys_refused(tmp_path, good):
+    np.savez(tmp_path / "f.npz", *good)
+    with pytest.raises(GPUAError, match="positional"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_corrupt_feature_file(tmp_path, good):
+    Z, X, Y = good
+    p = save_features(tmp_path / "f.npz", vfm_features=Z, vlm_features=X, text_prototypes=Y)
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(GPUAError, match="corrupt or truncated"):
+        load_features(p)
