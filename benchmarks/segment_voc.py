@@ -14,7 +14,7 @@ pipeline runs on a real photo end to end and here is what it did", nothing more.
 
 Usage::
 
-    python benchmarks/segment_voc.py docs/voc_overlay.png [--pool self,skimage,cifar] [--json]
+    python benchmarks/segment_voc.py docs/voc_overlay.png [--pool self,skimage] [--json]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="where to save the overlay PNG (image | truth | zero-shot | GPUA)")
     ap.add_argument("--vfm", default="offline:dinov2-s")
     ap.add_argument("--vlm", default="offline:semantic-lite0")
-    ap.add_argument("--pool", default="self,skimage,cifar", help="fit pool: any of self, skimage, cifar")
+    ap.add_argument("--pool", default="self,skimage", help="fit pool, comma-separated: self (crops of the photo), skimage, cifar")
     ap.add_argument("--n-cifar", type=int, default=300)
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--templates", default="imagenet_select")

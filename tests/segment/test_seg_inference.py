@@ -193,3 +193,14 @@ def test_dense_view_tiles_the_whole_crop_instead_of_centre_cropping():
     assert grid.shape == (7, 7) and grid[:, 0].min() == 1.0 and grid[:, -1].max() == 0.0
     assert enc.preprocess.resize == 32 and view is not enc  # the caller's encoder is untouched
     assert dense_view(view) is view and dense_view(make_planted_world(2).vfm).patch_size == 4
+
+
+def test_fused_query_model_reads_the_vlm_on_the_common_grid(world):
+    from gpua import GPUA
+
+    imgs, _ = world.sample(8, (32, 32), seed=1)
+    model = fit_patch_gpua(world.vfm, world.vlm, imgs, world.prototypes, patches_per_image=16, estimator=GPUA(query="fused"))
+    seg = DenseSegmenter(world.vfm, world.vlm, world.prototypes, model=model)
+    assert seg.uses_vlm and seg.grid_scores([imgs[0]]).shape == (1, 5, 4, 4)  # the VLM's coarser grid
+    with pytest.raises(GPUAError, match="vlm is None"):
+        DenseSegmenter(world.vfm, None, world.prototypes, model=model)

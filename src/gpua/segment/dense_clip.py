@@ -161,6 +161,14 @@ def _adapt(model) -> _ViT:
     )
 
 
+def _check_patch(px: torch.Tensor, patch: tuple[int, int]) -> None:
+    if px.shape[-2] < patch[0] or px.shape[-1] < patch[1]:
+        raise GPUAError(
+            f"pixel_values are {px.shape[-2]}x{px.shape[-1]} pixels, smaller than one {patch[0]}x{patch[1]} "
+            "patch; use larger images."
+        )
+
+
 def _interpolate_pos(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
     """(1 + gh*gw, D) position table -> (1 + h*w, D), bicubic on the patch part."""
     if tuple(old) == tuple(new):
@@ -190,8 +198,7 @@ def _adapt_open_clip(visual) -> _ViT:
     patch = visual.conv1.kernel_size
 
     def embed(px: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        if px.shape[-2] < patch[0] or px.shape[-1] < patch[1]:
-            raise GPUAError(f"pixel_values are {tuple(px.shape[-2:])} pixels, smaller than one {tuple(patch)} patch; use larger images.")
+        _check_patch(px, patch)
         x = visual.conv1(px)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
@@ -253,8 +260,7 @@ def _adapt_hf(model) -> _ViT:
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def embed(px: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        if px.shape[-2] < patch or px.shape[-1] < patch:
-            raise GPUAError(f"pixel_values are {tuple(px.shape[-2:])} pixels, smaller than one {patch}x{patch} patch; use larger images.")
+        _check_patch(px, (patch, patch))
         x = vm.embeddings(px, interpolate_pos_encoding=True)
         return vm.pre_layrnorm(x), px.shape[-2] // patch, px.shape[-1] // patch
 

@@ -443,6 +443,8 @@ class DenseSegmenter:
             raise GPUAError(f"score_threshold={score_threshold}; it is a probability, between 0 and 1.")
         self.score_threshold = score_threshold
         self.threshold_label = int(threshold_label)
+        if self.threshold_label != 255 and not 0 <= self.threshold_label < self.n_classes:
+            raise GPUAError(f"threshold_label={threshold_label}; use a class index in [0, {self.n_classes}) or 255 (no class).")
         self.temperature = float(temperature)
         self.batch_size = max(1, int(batch_size))
 

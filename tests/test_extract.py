@@ -1,0 +1,246 @@
+"""gpua.extract: images -> feature file, with resumable shards, caching and bad-image handling."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
+
+import numpy as np
+import pytest
+
+from gpua._errors import GPUAError
+from gpua.data import ArrayImageDataset, load_dataset
+from gpua.encoders import Encoder, ImagePreprocess, register_encoder
+from gpua.extract import extract_features
+from gpua.features import load_features
+
+CLASSES = ["cat", "dog", "car"]
+
+
+class Toy(Encoder):
+    """Deterministic toy encoder: per-channel means of a 2x2 grid (+ a text hash for the VLM).
+
+    ``calls`` counts encoded images, to see what a resumed or cached run recomputes.
+    """
+
+    backend = "toy"
+
+    def __init__(self, spec: str = "toy:vfm", vlm: bool = False, scale: float = 1.0):
+        super().__init__(spec, ImagePreprocess(input_size=8, resize=8, mean=0.5, std=0.25), 12, patch_size=4)
+        self.is_vlm = vlm
+        self.scale = scale
+        self.calls = 0
+
+    def _patches(self, pixels):
+        B = pixels.shape[0]
+        return self.scale * pixels.reshape(B, 3, 2, 4, 2, 4).mean(axis=(3, 5)).transpose(0, 2, 3, 1).repeat(4, axis=-1)
+
+    def _embed(self, pixels):
+        self.calls += pixels.shape[0]
+        return self._patches(pixels).reshape(pixels.shape[0], -1)[:, :12] + 0.01
+
+    def _encode_text_batch(self, texts):
+        rng = [np.random.default_rng(sum(map(ord, t))) for t in texts]
+        return np.stack([r.normal(size=12) for r in rng]).astype(np.float32)
+
+
+def _dataset(n=10, seed=0, labels=True):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, n) if labels else None
+    return ArrayImageDataset(images, y, CLASSES, name="toyset", split="train", image_ids=[f"img{i:03d}" for i in range(n)])
+
+
+def _run(ds, out, vfm=None, vlm=None, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("templates", ["a photo of a {}.", "a drawing of a {}."])
+    return extract_features(vfm or Toy(), vlm or Toy("toy:vlm", vlm=True, scale=2.0), ds, out=out, **kw)
+
+
+def test_writes_a_complete_feature_file(tmp_path):
+    ds = _dataset()
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    path = _run(ds, tmp_path / "f.npz", vfm, vlm, batch_size=3)
+    fs = load_features(path)
+    assert fs.vfm_features.shape == (10, 12) and fs.vlm_features.shape == (10, 12) and fs.text_prototypes.shape == (3, 12)
+    assert fs.classnames == CLASSES and fs.image_ids == ds.image_ids
+    np.testing.assert_array_equal(fs.labels, ds.labels)
+    np.testing.assert_allclose(fs.vfm_features, vfm.encode_images(ds.array()), atol=1e-6)
+    np.testing.assert_allclose(fs.vlm_features, vlm.encode_images(ds.array()), atol=1e-6)
+    # Prompt ensemble: normalise each prompt embedding, average over templates, normalise again.
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    T = np.stack([unit(vlm.encode_text([f"a photo of a {c}.", f"a drawing of a {c}."])).mean(0) for c in CLASSES])
+    np.testing.assert_allclose(fs.text_prototypes, unit(T), atol=1e-6)
+    meta = fs.meta
+    assert meta["vfm"]["spec"] == "toy:vfm" and meta["vlm"]["spec"] == "toy:vlm"
+    assert meta["vfm"]["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert meta["templates"] == ["a photo of a {}.", "a drawing of a {}."] and meta["skipped"]["count"] == 0
+    assert meta["dataset"]["name"] == "toyset" and meta["dataset"]["n_images"] == 10 and len(meta["cache_key"]) == 64
+    assert not (tmp_path / "f.npz.parts").exists()
+
+
+def test_cache_hit_returns_without_encoding(tmp_path):
+    ds = _dataset()
+    path = _run(ds, tmp_path / "f.npz")
+    mtime = path.stat().st_mtime_ns
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    assert _run(ds, path, vfm, vlm) == path
+    assert vfm.calls == vlm.calls == 0 and path.stat().st_mtime_ns == mtime
+    # Anything that changes the numbers changes the key: here the templates, then the pixels.
+    _run(ds, path, vfm, vlm, templates=["itap of a {}."])
+    assert vfm.calls == 10 and load_features(path).meta["templates"] == ["itap of a {}."]
+    _run(_dataset(seed=1), path, vfm, vlm, templates=["itap of a {}."])
+    assert vfm.calls == 20
+    _run(_dataset(seed=1), path, vfm, vlm, templates=["itap of a {}."], resume=False)  # forced
+    assert vfm.calls == 30
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+    ds = _dataset(n=11)
+    ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second_shard(i, done):
+        if i == 1:
+            raise Killed
+
+    out = tmp_path / "f.npz"
+    with pytest.raises(Killed):
+        _run(ds, out, shard_size=4, on_shard=kill_after_second_shard)
+    assert not out.exists() and len(list((tmp_path / "f.npz.parts").glob("shard-*.npz"))) == 2
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    _run(ds, out, vfm, vlm, shard_size=4)
+    assert vfm.calls == vlm.calls == 3  # only the last shard was encoded
+    got = load_features(out)
+    for k in ("vfm_features", "vlm_features", "text_prototypes", "labels"):
+        np.testing.assert_array_equal(getattr(got, k), getattr(ref, k))
+    assert got.image_ids == ref.image_ids and got.meta["cache_key"] == ref.meta["cache_key"]
+    assert not (tmp_path / "f.npz.parts").exists()
+
+
+def test_stale_or_disabled_resume_discards_old_shards(tmp_path):
+    out = tmp_path / "f.npz"
+
+    def stop(i, done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(_dataset(), out, shard_size=4, on_shard=stop)
+    vfm = Toy()
+    _run(_dataset(), out, vfm, shard_size=4, resume=False)
+    assert vfm.calls == 10
+    with pytest.raises(KeyboardInterrupt):
+        _run(_dataset(), tmp_path / "g.npz", shard_size=4, on_shard=stop)
+    vfm = Toy()
+    _run(_dataset(seed=3), tmp_path / "g.npz", vfm, shard_size=4)  # other images: the shard is not reused
+    assert vfm.calls == 10
+
+
+def _folder_with_a_bad_image(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    good = (root / "dog" / "2.png").read_bytes()
+    (root / "dog" / "2.png").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "cat" / "9.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_unreadable_images_are_skipped_with_names(tmp_path):
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable.*(cat/9\.jpg|dog/2\.png)"):
+        path = _run(str(root), tmp_path / "f.npz")
+    fs = load_features(path)
+    assert fs.n_samples == 5 and "dog/2.png" not in fs.image_ids and "cat/9.jpg" not in fs.image_ids
+    assert fs.classnames == ["cat", "dog"]
+    assert fs.meta["skipped"]["count"] == 2
+    assert {s["image_id"] for s in fs.meta["skipped"]["images"]} == {"dog/2.png", "cat/9.jpg"}
+
+
+def test_unreadable_image_fails_when_asked(tmp_path):
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.raises(GPUAError, match=r"(cat/9\.jpg|dog/2\.png).*on_error='skip'"):
+        _run(str(root), tmp_path / "f.npz", on_error="fail")
+
+
+def test_float16_storage_and_safetensors(tmp_path):
+    ds = _dataset()
+    path = _run(ds, tmp_path / "f.npz", float16=True)
+    with np.load(path) as raw:
+        assert raw["vfm_features"].dtype == np.float16
+    fs = load_features(path)
+    ref = load_features(_run(ds, tmp_path / "g.safetensors"))
+    assert fs.vfm_features.dtype == np.float32
+    np.testing.assert_allclose(fs.vfm_features, ref.vfm_features, rtol=2e-3, atol=1e-3)
+
+
+def test_unlabeled_dataset_and_classnames(tmp_path):
+    ds = _dataset(labels=False)
+    fs = load_features(_run(ds, tmp_path / "f.npz", classnames=["a", "b", "c"]))
+    assert fs.labels is None and fs.classnames == ["a", "b", "c"]
+    unnamed = ArrayImageDataset(ds.array(), None, None, name="x")
+    with pytest.raises(GPUAError, match="classnames="):
+        _run(unnamed, tmp_path / "g.npz")
+
+
+def test_argument_errors(tmp_path):
+    ds = _dataset()
+    with pytest.raises(GPUAError, match="vision-only"):
+        _run(ds, tmp_path / "f.npz", vlm=Toy("toy:v2"))
+    with pytest.raises(GPUAError, match="on_error"):
+        _run(ds, tmp_path / "f.npz", on_error="ignore")
+    with pytest.raises(GPUAError, match=".npz or .safetensors"):
+        _run(ds, tmp_path / "f.csv")
+    with pytest.raises(GPUAError, match="shard_size"):
+        _run(ds, tmp_path / "f.npz", shard_size=0)
+    with pytest.raises(GPUAError, match="classnames has 2 names"):
+        _run(ds, tmp_path / "f.npz", classnames=["a", "b"])
+
+
+# -- command line ------------------------------------------------------------------------------
+@pytest.fixture
+def toy_specs():
+    register_encoder("toy-extract:vfm", lambda device="cpu", cache_dir=None: Toy("toy-extract:vfm"), overwrite=True)
+    register_encoder("toy-extract:vlm", lambda device="cpu", cache_dir=None: Toy("toy-extract:vlm", vlm=True, scale=2.0),
+                     overwrite=True)
+    return "toy-extract:vfm", "toy-extract:vlm"
+
+
+def test_cli_extract(tmp_path, toy_specs, capsys):
+    from gpua.cli import main
+
+    ds = _dataset()
+    data = tmp_path / "toy.npz"
+    np.savez(data, images=ds.array(), labels=ds.labels, classnames=np.asarray(CLASSES))
+    (tmp_path / "t.txt").write_text("a photo of a {}.\nart of the {}.\n")
+    out = tmp_path / "feats.npz"
+    argv = ["extract", "--vfm", toy_specs[0], "--vlm", toy_specs[1], "--data", str(data), "--templates",
+            str(tmp_path / "t.txt"), "--out", str(out), "--batch-size", "4", "--float16", "--quiet"]
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    fs = load_features(out)
+    assert fs.n_samples == 10 and fs.meta["templates"] == ["a photo of a {}.", "art of the {}."] and fs.meta["float16"]
+    assert main(argv + ["--no-resume", "--on-error", "fail"]) == 0
+    assert main(["extract", "--vfm", "nope:x", "--vlm", toy_specs[1], "--data", str(data), "--out", str(out)]) == 2
+    assert "not known" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_offline_encoders_end_to_end(tmp_path):
+    """DINOv2-S and the semantic stand-in on 6 CIFAR-10 images, with the dataset's own templates."""
+    pytest.importorskip("onnxruntime")
+    ds = load_dataset("cifar10-mini", split="test").subset(range(6))
+    path = extract_features("offline:dinov2-s", "offline:semantic-lite0", ds, out=tmp_path / "c.npz", progress=False)
+    fs = load_features(path)
+    assert fs.vfm_features.shape == (6, 384) and fs.vlm_features.shape == (6, 1280) and fs.text_prototypes.shape == (10, 1280)
+    assert len(fs.meta["templates"]) == 18 and fs.meta["vlm"]["closed_vocabulary"] is True
+    assert json.loads(json.dumps(fs.meta))  # metadata is plain JSON

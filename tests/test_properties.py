@@ -1,0 +1,70 @@
+"""Property-based checks of the estimator (hypothesis)."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gpua import GPUA
+
+FAST = dict(n_steps=8, eval_every=4, max_outer=3, sinkhorn_max_iter=300)
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def triplets(draw):
+    n = draw(st.integers(6, 40))
+    k = draw(st.integers(2, 5))
+    d_v = draw(st.integers(2, 8))
+    d_t = draw(st.integers(2, 6))
+    finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+    Z = draw(arrays(np.float32, (n, d_v), elements=finite))
+    X = draw(arrays(np.float32, (n, d_t), elements=finite))
+    Y = draw(arrays(np.float32, (k, d_t), elements=finite))
+    # Zero rows are refused by design (they cannot be normalised); keep each row non-zero.
+    for A in (Z, X, Y):
+        A[~np.any(A != 0, axis=1), 0] = 1.0
+    return Z, X, Y
+
+
+@SETTINGS
+@given(triplets(), st.sampled_from(["vfm", "fused"]))
+def test_no_nan_on_random_finite_inputs(t, query):
+    Z, X, Y = t
+    m = GPUA(query=query, **FAST).fit(Z, X, Y)
+    scores = m.decision_function(Z, X)
+    assert np.all(np.isfinite(scores))
+    assert np.all(np.isfinite(m.predict_proba(Z, X)))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1))
+def test_predictions_invariant_to_permuting_samples(seed):
+    from gpua.datasets import make_planted
+
+    d = make_planted(n_samples=200, n_classes=4, d_vfm=12, d_vlm=10, d_latent=6, random_state=seed % 1000)
+    perm = np.random.default_rng(seed).permutation(200)
+    # Refinement samples mini-batches by position; Procrustes and UCM are order-free.
+    kw = dict(refine=False, max_outer=5)
+    a = GPUA(**kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    b = GPUA(**kw).fit(d.vfm_features[perm], d.vlm_features[perm], d.text_prototypes)
+    np.testing.assert_array_equal(a.pseudo_labels_[perm], b.pseudo_labels_)
+    # With K < d_vlm the polar factor is free on span(Y)'s complement, which Y^T then kills:
+    # predictions are invariant, cosine magnitudes may not be.
+    np.testing.assert_array_equal(a.predict(d.vfm_features), b.predict(d.vfm_features))
+    np.testing.assert_array_equal(a.predict(d.vfm_features)[perm], a.predict(d.vfm_features[perm]))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1))
+def test_permuting_classes_permutes_predictions(seed):
+    from gpua.datasets import make_planted
+
+    d = make_planted(n_samples=200, n_classes=5, d_vfm=12, d_vlm=10, d_latent=6, random_state=seed % 1000)
+    perm = np.random.default_rng(seed).permutation(5)
+    kw = dict(n_steps=10, eval_every=5)
+    a = GPUA(**kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes).predict(d.vfm_features)
+    b = GPUA(**kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes[perm]).predict(d.vfm_features)
+    # Class perm[j] of the original is class j of the permuted problem.
+    agree = np.mean(perm[b] == a)
+    assert agree > 0.99
