@@ -15,7 +15,8 @@ from . import __version__
 from ._errors import GPUAError
 
 _SUBCOMMAND_MODULES = (
-    "gpua._cli_core",  # fit, evaluate, predict, demo, bench
+    "gpua._cli_core",  # fit, evaluate, predict, compare
+    "gpua.demo",  # demo
     "gpua.extract",  # extract
     "gpua.segment.cli",  # segment, evaluate-seg
     "gpua.calibrate.cli",  # calibrate

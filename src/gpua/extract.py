@@ -152,15 +152,22 @@ class _Parts:
     def shard_path(self, i: int) -> Path:
         return self.dir / f"shard-{i:06d}.npz"
 
-    def load(self, i: int) -> dict[str, np.ndarray] | None:
+    def load(self, i: int, ids: list[str]) -> dict[str, np.ndarray] | None:
+        """Shard ``i``, or None when missing, unreadable or not about these images (then it is redone)."""
         p = self.shard_path(i)
         if not p.is_file():
             return None
         try:
             with np.load(p, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        except Exception:  # a shard the OS lost half of: redo it
+                shard = {k: f[k] for k in f.files}
+        except Exception:  # a shard the OS lost half of
             return None
+        try:
+            rows = {len(shard[k]) for k in ("index", "image_ids", "vfm", "vlm")}
+            same = [str(v) for v in shard["image_ids"]] == [ids[j] for j in shard["index"]]
+        except (KeyError, IndexError, TypeError):
+            return None
+        return shard if len(rows) == 1 and same else None
 
     def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
         with atomic_path(self.shard_path(i), suffix=".npz") as tmp:
@@ -203,13 +210,19 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
         if images:
             # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
-            Z.append(vfm.encode_images(images, batch_size=batch_size))
-            X.append(vlm.encode_images(images, batch_size=batch_size))
+            z = vfm.encode_images(images, batch_size=batch_size)
+            x = vlm.encode_images(images, batch_size=batch_size)
+            if z.shape[0] != len(rows) or x.shape[0] != len(rows):
+                raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
+                                "an encoder must return one row per image, in order.")
+            Z.append(z)
+            X.append(x)
             kept.extend(rows)
         if bar is not None:
             bar.update(min(start + batch_size, indices.stop) - start)
     return {
         "index": np.asarray(kept, dtype=np.int64),
+        "image_ids": np.asarray([ids[i] for i in kept], dtype=str),
         "vfm": np.concatenate(Z) if Z else np.zeros((0, vfm.embed_dim), np.float32),
         "vlm": np.concatenate(X) if X else np.zeros((0, vlm.embed_dim), np.float32),
         "skipped_index": np.asarray(bad_idx, dtype=np.int64),
@@ -317,7 +330,9 @@ def extract_features(
         raise GPUAError("dataset holds no images; check the path and split.")
     ids = [str(ds.image_id(i)) for i in range(n)]
     if len(set(ids)) != n:
-        dup = next(i for i in ids if ids.count(i) > 1)
+        from collections import Counter
+
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise GPUAError(f"dataset image ids are not unique ({dup!r} repeats); feature rows are keyed by image id.")
     labels = [_label(ds, i) for i in range(n)]
 
@@ -341,7 +356,7 @@ def extract_features(
 
     parts = _Parts(out, key, int(shard_size), resume)
     shards = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-    results: list[dict[str, np.ndarray] | None] = [parts.load(i) for i in range(len(shards))]
+    results: list[dict[str, np.ndarray] | None] = [parts.load(i, ids) for i in range(len(shards))]
     done = sum(len(r) for r, res in zip(shards, results) if res is not None)
     bar = None
     if progress:
@@ -391,7 +406,8 @@ def extract_features(
         "cache_key": key,
         "vfm": vfm.metadata(),
         "vlm": vlm.metadata(),
-        "dataset": identity,
+        # Where the images came from is provenance, not identity (a moved file keeps its cache key).
+        "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
         "templates": temps,
         "float16": bool(float16),
         "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},

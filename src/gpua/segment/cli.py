@@ -164,11 +164,9 @@ def _list_images(folder: str, what: str = "--images") -> list[Path]:
 
 
 def _load_image(path: Path):
-    import numpy as np
+    from .datasets import read_image
 
-    from ..data import open_image
-
-    return np.asarray(open_image(path))
+    return read_image(path)
 
 
 def _save_model(model, path: str, meta: dict) -> None:
@@ -190,7 +188,7 @@ def _load_model(path: str):
     return model, meta
 
 
-def _segmenter(args, prompt_names: list[str], class_of_prototype, meta: dict | None = None):
+def _segmenter(args, prompt_names: list[str], class_of_prototype):
     """A DenseSegmenter from the parsed arguments (model or zero-shot)."""
     from .inference import DenseSegmenter
 
@@ -198,7 +196,7 @@ def _segmenter(args, prompt_names: list[str], class_of_prototype, meta: dict | N
         raise GPUAError("--vlm is required to encode the class prompts; pass the VLM encoder spec.")
     vlm = make_encoder(args.vlm, args.device)
     Y = _prototypes(vlm, prompt_names, args.templates)
-    model, vfm = None, None
+    model, vfm, meta = None, None, {}
     if getattr(args, "model", None):
         model, meta = _load_model(args.model)
         if not args.vfm:
@@ -222,7 +220,7 @@ def _segmenter(args, prompt_names: list[str], class_of_prototype, meta: dict | N
         class_of_prototype=class_of_prototype,
         crop_size=args.crop,
         stride=args.stride,
-        grid=(meta or {}).get("grid", "coarser"),
+        grid=meta.get("grid", "coarser"),
         refine=None if args.refine == "none" else args.refine,
         affinity_topk=args.affinity_topk,
         score_threshold=args.threshold,

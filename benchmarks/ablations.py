@@ -1,0 +1,69 @@
+"""Design choices measured: query mode, orthogonality handling, refinement, lambda.
+
+On planted data (several seeds) and, when given, on real feature files (e.g. the demo's cached
+CIFAR-10 features). Labels of the train file are never used; test labels only score.
+
+    python benchmarks/ablations.py                                  # planted only
+    python benchmarks/ablations.py --train T.npz --test S.npz       # plus real features
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from gpua import GPUA, VLMZeroShot
+from gpua.datasets import make_planted
+from gpua.features import load_features
+
+VARIANTS = {
+    "zero_shot": None,
+    "vfm, penalty (default)": dict(query="vfm", orthogonality="penalty"),
+    "vfm, project": dict(query="vfm", orthogonality="project"),
+    "vfm, unconstrained": dict(query="vfm", orthogonality="none"),
+    "vfm, procrustes only": dict(query="vfm", refine=False),
+    "fused, penalty": dict(query="fused", orthogonality="penalty"),
+    "fused, procrustes only": dict(query="fused", refine=False),
+    "vfm, lambda 0.5": dict(query="vfm", lam=0.5),
+    "vfm, lambda 1": dict(query="vfm", lam=1.0),
+}
+
+
+def run(train, test, base: dict) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name, kw in VARIANTS.items():
+        t0 = time.perf_counter()
+        if kw is None:
+            m = VLMZeroShot().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+        else:
+            m = GPUA(**{**base, **kw}).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+        out[name] = (m.score(test.vfm_features, test.labels, test.vlm_features), time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--train")
+    ap.add_argument("--test")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    args = ap.parse_args()
+    from gpua._cli_core import parse_params
+
+    base = parse_params(args.param)
+    tables = {}
+    planted = [run(*make_planted(n_samples=4000, n_classes=20, d_vfm=96, d_vlm=48, d_latent=24, random_state=s).split(2000), base) for s in range(args.seeds)]
+    tables[f"planted (20 classes, {args.seeds} seeds, mean)"] = {k: (float(np.mean([p[k][0] for p in planted])), float(np.mean([p[k][1] for p in planted]))) for k in VARIANTS}
+    if args.train and args.test:
+        tables[args.train.split("/")[-1]] = run(load_features(args.train), load_features(args.test), base)
+    for title, rows in tables.items():
+        print(f"\n{title}")
+        print(f"  {'variant':<26} {'acc1':>7} {'fit s':>7}")
+        for k, (acc, sec) in rows.items():
+            print(f"  {k:<26} {100 * acc:7.2f} {sec:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+r"""The memory budget of a streaming fit: chunk size, and what of the kernel to keep in RAM.
+
+Peak memory of a streamed fit, for :math:`N` rows, :math:`K` classes, feature widths
+:math:`d_v, d_t` and query width :math:`d_q`, is modelled as
+
+.. math::
+    M = M_0 + M_{\text{fixed}}(N, K, d) + n_c\, m_{\text{row}}(K, d) + M_{\text{cache}},
+
+with :math:`M_0` the interpreter and libraries, :math:`M_{\text{fixed}}` the :math:`O(K d + N)`
+state (centres, cross-covariance, pseudo-labels), :math:`n_c` rows of one chunk in flight with
+their score temporaries, and :math:`M_{\text{cache}}` the Sinkhorn kernel chunks kept between
+passes. The chunk size is chosen first (as large as helps, at most :data:`MAX_CHUNK_ROWS`);
+whatever budget is left caches kernel chunks, so that a Sinkhorn pass is two matrix-vector
+products instead of a score matrix product (hundreds of times more work) per chunk:
+
+* ``"float64"`` tiles and the previous round's plan: exactly the in-memory arithmetic;
+* ``"float32"`` tiles (float64 accumulation in blocks), with or without the previous plan;
+* the first chunks only, the rest recomputed every pass (``"partial"``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .._errors import GPUAError
+
+__all__ = ["parse_memory", "MemoryPlan", "plan_memory", "MIN_CHUNK_ROWS", "MAX_CHUNK_ROWS", "RESERVE_BYTES"]
+
+MIN_CHUNK_ROWS = 256
+MAX_CHUNK_ROWS = 8192
+# Python, numpy and torch themselves (resident after import, measured at ~0.35 GB on CPU).
+RESERVE_BYTES = 400 * 2**20
+
+_UNITS = {
+    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_memory(value) -> int:
+    """``"4GB"``, ``"512 MiB"``, ``4e9`` or ``4_000_000_000`` -> bytes (decimal and binary units).
+
+    Raises
+    ------
+    GPUAError
+        For anything that is not a positive size.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise GPUAError(f"max_memory={value!r} is not a size; write it like '4GB', '512MiB' or a number of bytes.")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not n > 0:
+        raise GPUAError(f"max_memory={value!r} must be positive (e.g. '4GB').")
+    return int(n)
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+@dataclass
+class MemoryPlan:
+    """How a streamed fit uses its budget.
+
+    Attributes
+    ----------
+    budget : int
+        Bytes allowed (per process: the driver and each worker).
+    chunk_rows : int
+        Rows per chunk (one task).
+    n_chunks : int
+    tile_dtype : {"float64", "float32"}
+        Storage of cached kernel chunks.
+    cached_chunks : int
+        How many chunks (per process, the first ones) keep their kernel between passes.
+    keep_previous : bool
+        Whether cached chunks also keep the previous round's plan (else it is recomputed once a
+        round to measure the plan change).
+    estimate : int
+        Modelled peak bytes.
+    """
+
+    budget: int
+    chunk_rows: int
+    n_chunks: int
+    tile_dtype: str
+    cached_chunks: int
+    keep_previous: bool
+    estimate: int
+
+    @property
+    def mode(self) -> str:
+        """``"float64"``, ``"float32"``, ``"partial"`` or ``"recompute"``."""
+        if self.cached_chunks == 0:
+            return "recompute"
+        return self.tile_dtype if self.cached_chunks >= self.n_chunks else "partial"
+
+    def cache_bytes_per_row(self, n_classes: int) -> int:
+        return n_classes * ((8 if self.tile_dtype == "float64" else 4) + (4 if self.keep_previous else 0))
+
+
+def _row_bytes(k: int, d_v: int, d_t: int, d_q: int, itemsize: int) -> int:
+    # One chunk in flight: score, log-kernel and kernel (float32 + 2 float64), plan (float32) and
+    # the previous plan; raw and float32 features, the query and its normalised copy.
+    return k * (4 + 8 + 8 + 4 + 4) + (d_v + d_t) * (itemsize + 4) + 2 * d_q * 4
+
+
+def _fixed_bytes(n: int, k: int, d_t: int, d_q: int) -> int:
+    # Centres (current, previous, next, sums in float64), prototypes, the cross-covariance, and
+    # per-row pseudo-labels and confidences (int64 + float32, twice while they are gathered).
+    return 8 * k * d_q * 4 + 8 * k * d_t + 16 * d_q * d_t + 2 * n * (8 + 4)
+
+
+def refine_bytes(n: int, k: int, d_q: int, d_t: int, val_fraction: float, batch_size: int) -> int:
+    """Peak of THS refinement: the held-out slice and a batch, with their (rows, K) temporaries."""
+    rows = int(round(val_fraction * n)) + min(batch_size, n)
+    return rows * (2 * d_q * 4 + d_t * 4 + 5 * k * 4)
+
+
+def plan_memory(
+    budget,
+    n: int,
+    k: int,
+    d_v: int,
+    d_t: int,
+    d_q: int,
+    *,
+    itemsize: int = 4,
+    refine: int = 0,
+    n_processes: int = 1,
+) -> MemoryPlan:
+    """Choose the chunk size and the kernel cache for a budget.
+
+    Parameters
+    ----------
+    budget : str or int
+        ``max_memory`` (per process).
+    n, k, d_v, d_t, d_q : int
+        Rows, classes, VFM, VLM and query widths.
+    itemsize : int
+        Bytes per stored feature value (2 for float16/bfloat16 shards).
+    refine : int
+        Peak bytes of the refinement (:func:`refine_bytes`), which must fit too.
+    n_processes : int
+        Processes that share the chunks (Dask workers); each caches only its own.
+
+    Returns
+    -------
+    MemoryPlan
+
+    Raises
+    ------
+    GPUAError
+        When not even one chunk of :data:`MIN_CHUNK_ROWS` rows fits; the message gives the
+        minimum budget.
+    """
+    total = parse_memory(budget)
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q)
+    per_row = _row_bytes(k, d_v, d_t, d_q, itemsize)
+    min_rows = min(n, MIN_CHUNK_ROWS)
+    need = max(fixed + min_rows * per_row, RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q))
+    if need > total:
+        what = "THS refinement's held-out slice" if RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q) > fixed + min_rows * per_row else f"one chunk of {min_rows} rows"
+        raise GPUAError(
+            f"max_memory={budget!r} ({_fmt(total)}) is too small: this fit (N={n}, K={k}, widths {d_v}/{d_t}) needs at "
+            f"least {_fmt(need)} for {what}; raise max_memory (--max-memory) to {_fmt(need * 1.05)} or more"
+            + (", or lower val_fraction" if "refinement" in what else "")
+            + "."
+        )
+    chunk = max(min_rows, min(MAX_CHUNK_ROWS, n, (total - fixed) // (2 * per_row)))
+    n_chunks = -(-n // chunk)
+    left = total - fixed - chunk * per_row
+    rows_here = -(-n // max(1, n_processes))
+    tile_dtype, keep_prev, cached = "float32", False, 0
+    for dtype, prev in (("float64", True), ("float32", True), ("float32", False)):
+        per = k * ((8 if dtype == "float64" else 4) + (4 if prev else 0))
+        if rows_here * per <= left:
+            tile_dtype, keep_prev, cached = dtype, prev, n_chunks
+            break
+    else:
+        cached = int(max(0, left) // (chunk * k * 4))
+    cache = min(cached, n_chunks) * chunk * k * ((8 if tile_dtype == "float64" else 4) + (4 if keep_prev else 0))
+    estimate = max(fixed + chunk * per_row + min(cache, rows_here * k * 12), RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q))
+    return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate))

@@ -1,0 +1,187 @@
+"""Where chunk tasks run: this process, or the workers of a Dask cluster.
+
+Both executors map a task over the chunks and return the results in chunk order, so the driver
+reduces them in a fixed order and a distributed fit computes what a local one does. On Dask each
+chunk is pinned to one worker (``index mod n_workers``) so that the worker keeps that chunk's
+Sinkhorn tile between passes; a chunk that lands elsewhere (its worker died) is rebuilt there
+from the shards, which every worker reads from shared storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from .._errors import GPUAError
+from . import _kernels
+from ._kernels import Part, merge_stats
+
+__all__ = ["LocalExecutor", "DaskExecutor", "connect"]
+
+
+class LocalExecutor:
+    """Runs every chunk task in this process, in order."""
+
+    n_processes = 1
+
+    def owners(self, parts: Sequence[Part]) -> list[int]:
+        return [0] * len(parts)
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def map(self, fn: Callable, parts: Sequence[Part], *args, on_done: Callable[[], None] | None = None) -> list:
+        out = []
+        for p in parts:
+            out.append(fn(p, *args))
+            if on_done is not None:
+                on_done()
+        return out
+
+    def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
+        return merge_stats(self.map(_kernels.part_stats, parts, *args, on_done=on_done))
+
+    def drop(self, token: str) -> None:
+        _kernels.drop(token)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """Runs chunk tasks on a ``distributed.Client``'s workers.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    own_cluster : object, optional
+        A cluster this executor started (closed with it).
+    """
+
+    def __init__(self, client, own_cluster=None):
+        self.client = client
+        self._cluster = own_cluster
+        self.workers = sorted(client.scheduler_info()["workers"])
+        if not self.workers:
+            raise GPUAError("the Dask cluster has no workers; start some (dask worker ADDRESS) and retry.")
+        self.n_processes = len(self.workers)
+
+    def owners(self, parts: Sequence[Part]) -> list[int]:
+        return [p.index % self.n_processes for p in parts]
+
+    def broadcast(self, obj: Any) -> Any:
+        # One copy per worker instead of one per task; hash=False skips hashing large tensors.
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def _submit(self, fn, parts, args):
+        return [
+            self.client.submit(fn, p, *args, workers=[self.workers[o]], allow_other_workers=True, pure=False)
+            for p, o in zip(parts, self.owners(parts))
+        ]
+
+    def map(self, fn: Callable, parts: Sequence[Part], *args, on_done=None) -> list:
+        from distributed import as_completed
+
+        futures = self._submit(fn, parts, args)
+        if on_done is not None:
+            for _ in as_completed(futures):
+                on_done()
+        return self.client.gather(futures)
+
+    def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
+        # Centre sums are K x d_q per chunk: add them up on each worker before anything moves.
+        futures = self._submit(_kernels.part_stats, parts, args)
+        if on_done is not None:
+            from distributed import as_completed
+
+            for _ in as_completed(futures):
+                on_done()
+        owners = self.owners(parts)
+        merged = []
+        for w in range(self.n_processes):
+            mine = [f for f, o in zip(futures, owners) if o == w]
+            if mine:
+                merged.append(self.client.submit(merge_stats, mine, workers=[self.workers[w]], allow_other_workers=True, pure=False))
+        return merge_stats(self.client.gather(merged))
+
+    def drop(self, token: str) -> None:
+        try:
+            self.client.run(_kernels.drop, token)
+        except Exception:  # a worker gone away holds nothing to free
+            pass
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self.client.close()
+            self._cluster.close()
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def connect(cluster, *, timeout: float = 10.0, n_workers: int | None = None):
+    """An executor for ``cluster``.
+
+    Parameters
+    ----------
+    cluster : None, "local", int, str, distributed.Client or a cluster object
+        ``None``: this process (no Dask). ``"local"`` or an int: a new ``LocalCluster`` of worker
+        processes (that many; default one per core, one thread each). A string
+        ``"tcp://host:8786"``: that scheduler. A ``Client`` or a cluster object: used as given.
+    timeout : float
+        Seconds to wait for a scheduler to answer before a :class:`GPUAError`.
+
+    Returns
+    -------
+    LocalExecutor or DaskExecutor
+    """
+    if cluster is None:
+        return LocalExecutor()
+    try:
+        import distributed
+    except ImportError:
+        raise GPUAError("cluster= needs dask.distributed: pip install 'gpua[dist]', or fit without a cluster.") from None
+    if isinstance(cluster, distributed.Client):
+        return DaskExecutor(cluster)
+    if cluster == "local" or (isinstance(cluster, int) and not isinstance(cluster, bool)):
+        import os
+
+        n = int(cluster) if isinstance(cluster, int) else (n_workers or os.cpu_count() or 1)
+        if n < 1:
+            raise GPUAError(f"cluster={cluster!r}: a local cluster needs at least one worker.")
+        lc = distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+        client = distributed.Client(lc, set_as_default=False)
+        client.run(_set_threads, 1)  # one BLAS thread per single-threaded worker: no oversubscription
+        return DaskExecutor(client, own_cluster=lc)
+    if isinstance(cluster, str):
+        try:
+            client = distributed.Client(cluster, timeout=f"{float(timeout)}s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise GPUAError(
+                f"cluster {cluster!r} did not answer within {float(timeout):g} s ({exc}); check the scheduler address "
+                "(tcp://HOST:8786) and that `dask scheduler` runs there, or fit without --cluster."
+            ) from None
+        try:
+            client.wait_for_workers(1, timeout=float(timeout))
+        except Exception:
+            client.close()
+            raise GPUAError(f"cluster {cluster!r} answered but has no workers after {float(timeout):g} s; start `dask worker {cluster}`.") from None
+        return DaskExecutor(client, own_cluster=_ClientOnly(client))
+    if hasattr(cluster, "scheduler_address"):
+        return DaskExecutor(distributed.Client(cluster, set_as_default=False), own_cluster=_ClientOnly(None))
+    raise GPUAError(f"cluster={cluster!r} is not understood; pass None, 'local', a worker count, 'tcp://host:port' or a distributed.Client.")
+
+
+class _ClientOnly:
+    """Closing a remote cluster's executor closes our client, never the cluster."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,267 @@
+r"""``fit_streaming``: GPUA on more rows than fit in memory, in this process or on Dask.
+
+The three stages of :meth:`gpua.GPUA.fit`, each linear in :math:`N` with memory bounded by the
+budget:
+
+1. UCM (:func:`gpua.stream._ucm.streamed_ucm`): Sinkhorn with only the class potential kept,
+   centres and the Procrustes cross-covariance accumulated chunk by chunk;
+2. Procrustes: :math:`W_0 = \mathrm{polar}(Q^\top P Y)` (:func:`gpua.procrustes.polar_factor`)
+   from the accumulated :math:`(d_q, d_t)` matrix;
+3. THS refinement (:meth:`gpua.GPUA._refine`) on mini-batches read from the source.
+
+On data that fits both ways the learned attributes equal those of ``GPUA.fit`` (to float
+rounding, about 1e-7 here).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._errors import GPUAError
+from .._validation import check_classnames, check_prototypes
+from ..estimator import build_query
+from ..ot import check_marginal
+from ..procrustes import orthogonality_error, polar_factor
+from . import _kernels as K_
+from ._budget import MemoryPlan, plan_memory, refine_bytes
+from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
+from ._executor import connect
+from ._progress import Bar
+from ._shards import ShardedFeatures
+from ._ucm import streamed_ucm
+
+__all__ = ["fit_streaming", "as_source", "is_streaming_source"]
+
+
+def is_streaming_source(obj) -> bool:
+    """True for what :func:`fit_streaming` reads in chunks: a :class:`ShardedFeatures`."""
+    return bool(getattr(obj, "_gpua_streaming_source", False))
+
+
+def as_source(source):
+    """A chunk-readable source from a shard set, its folder, or a ``(vfm, vlm)`` pair of arrays."""
+    if isinstance(source, (ShardedFeatures, K_.ArraySource)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return ShardedFeatures(source)
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        return K_.ArraySource(*source)
+    raise GPUAError(
+        f"source must be a ShardedFeatures, a shard folder or a (vfm_features, vlm_features) pair, not {type(source).__name__}; "
+        "write features with gpua.stream.write_shards."
+    )
+
+
+def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
+    """Chunks of ``plan.chunk_rows`` rows; each process caches its first ``plan.cached_chunks``."""
+    bounds = [(s, min(n, s + plan.chunk_rows)) for s in range(0, n, plan.chunk_rows)]
+    plain = [K_.Part(i, source, s, e) for i, (s, e) in enumerate(bounds)]
+    seen: dict[int, int] = {}
+    parts = []
+    for p, owner in zip(plain, owners_fn(plain)):
+        seen[owner] = seen.get(owner, 0) + 1
+        cache = seen[owner] <= plan.cached_chunks
+        parts.append(K_.Part(p.index, source, p.start, p.stop, cache, cache and plan.keep_previous))
+    return parts
+
+
+def _rows_fn(source, query: str, mean, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``rows(idx)`` -> query rows for :meth:`GPUA._refine`, read from the source.
+
+    The held-out slice is requested with the same index tensor at every evaluation: it is read once
+    and kept (it is in the memory plan), while training batches are read as they come.
+    """
+    memo: list = [None, None]
+
+    def rows(idx: torch.Tensor) -> torch.Tensor:
+        if memo[0] is idx:
+            return memo[1]
+        Z = source.take("vfm_features", idx, device=device)
+        X = source.take("vlm_features", idx, device=device) if query == "fused" else None
+        Q = build_query(Z, X, query, mean)
+        if idx.numel() > memo_above:
+            memo[0], memo[1] = idx, Q
+        return Q
+
+    return rows
+
+
+def fit_streaming(
+    estimator,
+    source,
+    text_prototypes=None,
+    *,
+    classnames=None,
+    max_memory="4GB",
+    cluster=None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    callback: Callable | None = None,
+    connect_timeout: float = 10.0,
+):
+    r"""Fit a :class:`gpua.GPUA` on features read chunk by chunk, within ``max_memory``.
+
+    Parameters
+    ----------
+    estimator : GPUA
+        Its parameters are used as for ``GPUA.fit`` (``solver`` must be ``"torch"``); its
+        learned attributes are set as ``GPUA.fit`` sets them.
+    source : ShardedFeatures, str, Path or (array, array)
+        A shard set (or its folder), or in-memory ``(vfm_features, vlm_features)`` (read in chunks
+        all the same; useful for patch tokens already in memory).
+    text_prototypes : array of shape (n_classes, d_vlm), optional
+        Default: the prototypes stored with the shard set.
+    classnames : sequence of str, optional
+        Default: the shard set's.
+    max_memory : str or int
+        Budget per process (this one, and each Dask worker), e.g. ``"4GB"``; it sets the chunk
+        size and how much of the Sinkhorn kernel stays in memory between passes
+        (:func:`gpua.stream.plan_memory`).
+    cluster : None, "local", int, str or distributed.Client
+        ``None``: compute here. Otherwise chunk sums run as Dask tasks: ``"local"`` (or a worker
+        count) starts a ``LocalCluster``; ``"tcp://host:8786"`` connects to a scheduler whose
+        workers read the shard paths from shared storage.
+    checkpoint : str or Path, optional
+        Folder for the UCM state, written atomically after every outer round; a fit started
+        again with the same folder resumes after the last completed round.
+    progress : bool
+        tqdm bars with ETA.
+    callback : callable, optional
+        As in ``GPUA.fit``: a dict after each UCM round and each refinement evaluation.
+    connect_timeout : float
+        Seconds to wait for a scheduler.
+
+    Returns
+    -------
+    estimator
+        Fitted; ``history_["streaming"]`` records the memory plan and pass counts.
+
+    Raises
+    ------
+    GPUAError
+        Missing or mismatched shards, a budget below the minimum (the message gives it), a
+        cluster that does not answer, or inputs ``GPUA.fit`` would refuse.
+    """
+    est = estimator
+    est._check_params()
+    if est.solver != "torch":
+        raise GPUAError(f"solver={est.solver!r}: streaming fits run their own chunked Sinkhorn; use solver='torch'.")
+    src = as_source(source)
+    n = len(src)
+    d_v, d_t = src.widths["vfm_features"], src.widths["vlm_features"]
+    if text_prototypes is None:
+        text_prototypes = src.text_prototypes()
+        if text_prototypes is None:
+            raise GPUAError("text_prototypes is None and the source stores none; pass text_prototypes=(K, d_vlm) array.")
+    Y = check_prototypes(text_prototypes, d_t)
+    k = Y.shape[0]
+    est.classnames_ = check_classnames(classnames if classnames is not None else getattr(src, "classnames", None), k)
+    if est.class_prior is not None and len(np.asarray(est.class_prior)) != k:
+        raise GPUAError(f"class_prior has {len(np.asarray(est.class_prior))} entries for {k} classes; give one per class.")
+    if n < k:
+        raise GPUAError(
+            f"vfm_features has {n} rows but there are {k} classes; the unlabeled pool needs "
+            "at least one image per class (16 per class is the paper's few-shot pool)."
+        )
+    dev = est.device_
+    d_q = d_v + (d_t if est.query == "fused" else 0)
+    itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2
+    refine_on = bool(est.refine and est.n_steps > 0)
+    r_bytes = refine_bytes(n, k, d_q, d_t, est.val_fraction, est.batch_size) if refine_on else 0
+    Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
+    b = check_marginal(est.class_prior, k, "class_prior", torch.device("cpu"))
+    ck = None
+    if checkpoint is not None:
+        params = {p: getattr(est, p) for p in UCM_PARAMS}
+        ck = Checkpoint(checkpoint, fingerprint(params, src.fingerprint(), Yt))
+    ex = connect(cluster, timeout=connect_timeout)
+    token = uuid.uuid4().hex
+    timings: dict[str, float] = {}
+    try:
+        plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes)
+        if isinstance(src, K_.ArraySource) and ex.n_processes > 1 and cluster is not None:
+            raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
+        parts = make_parts(src, plan, ex.owners, n)
+        fit = K_.FitSpec(
+            token, Yt, est.query, None, float(est.lam), float(est.eps), est.similarity, float(est.temperature), 100.0,
+            n, str(dev), plan.tile_dtype, est.assignment,
+        )
+        t0 = time.perf_counter()
+        state = ck.load() if ck is not None else None
+        if est.center:
+            if state is not None and "vfm_mean" in state:
+                fit.vfm_mean = state["vfm_mean"]
+            else:
+                with Bar(progress, "VFM mean", len(parts)) as bar:
+                    sums = ex.map(K_.part_mean, parts, fit, on_done=bar.update)
+                fit.vfm_mean = (sum(sums[1:], sums[0].clone()) / n).float()
+        if ck is not None:
+            ck.extra["vfm_mean"] = fit.vfm_mean
+        fit_b = ex.broadcast(fit)
+        ucm = streamed_ucm(
+            ex, parts, fit, fit_b, b=b, rho=est.rho, tol=float(est.tol), sinkhorn_tol=float(est.sinkhorn_tol),
+            sinkhorn_max_iter=int(est.sinkhorn_max_iter), max_outer=int(est.max_outer),
+            n_init_per_class=int(est.n_init_per_class), checkpoint=ck,
+            callback=callback, progress=progress,
+        )
+        timings["ucm_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        W0 = polar_factor(ucm.cross_covariance).float()
+        timings["procrustes_s"] = time.perf_counter() - t1
+        ex.drop(token)  # the Sinkhorn tiles are done with: free them before refinement
+        labels = ucm.labels.to(dev)
+        est.n_features_vfm_, est.n_features_vlm_, est.n_classes_ = d_v, d_t, k
+        est.vfm_mean_ = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
+        est.pseudo_labels_ = ucm.labels.numpy()
+        est.pseudo_confidence_ = ucm.confidence.numpy()
+        est.centres_ = ucm.centres.to(dev)
+        est.W0_ = W0.to(dev)
+        Yd = Yt.to(dev)
+        t2 = time.perf_counter()
+        if refine_on:
+            rows = _rows_fn(src, est.query, est.vfm_mean_, dev, memo_above=int(est.batch_size))
+            with Bar(progress, "THS refinement", int(est.n_steps), unit="step") as bar:
+                def on_eval(entry):
+                    bar.update(int(entry["step"]) - bar.n)
+                    bar.postfix(val=f"{entry['val_loss']:.4f}")
+                    if callback is not None:
+                        callback(entry)
+
+                est.W_, curve = est._refine(rows, n, Yd, labels, on_eval)
+        else:
+            est.W_, curve = est.W0_.clone(), []
+        timings["refine_s"] = time.perf_counter() - t2
+        k_csls = int(est.csls_k) if est.retrieval == "csls" else 0
+        with Bar(progress, "final pass", len(parts)) as bar:
+            res = ex.map(K_.part_final, parts, fit_b, est.W_.detach().cpu(), k_csls, on_done=bar.update)
+        pool_pred = torch.cat([p for p, _ in res])
+        est.proto_radius_ = None
+        if k_csls:
+            tops = torch.cat([t for _, t in res], dim=1)
+            est.proto_radius_ = tops.topk(min(k_csls, tops.shape[1]), dim=1).values.mean(1).to(dev)
+    finally:
+        ex.drop(token)
+        ex.close()
+    est.text_prototypes_ = Yd
+    est.history_ = {
+        "pseudo_label_agreement": float((pool_pred == ucm.labels).float().mean()),
+        "ucm": ucm.history,
+        "ucm_converged": ucm.converged,
+        "refine": curve,
+        "orthogonality_error": orthogonality_error(est.W_),
+        "timings": timings,
+        "streaming": {
+            "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
+            "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
+            "passes": ucm.passes, "processes": ex.n_processes,
+        },
+    }
+    return est
+

@@ -1,0 +1,439 @@
+r"""Per-chunk work of a streamed fit: pure functions of (chunk, small broadcast state).
+
+Each function reads its chunk of rows itself (from shards on shared storage, or from arrays held
+by the calling process), so the same code runs in the driver process, on Dask workers, or on a
+federated client, and returns only :math:`O(K d)` sums: column sums of the plan, centre sums
+:math:`P^\top Q`, counts. Nothing of size :math:`N \times K` leaves a chunk.
+
+The Sinkhorn kernel of a chunk is the *tile*
+
+.. math::
+    T_{ik} = \exp\big(S_{ik}/\varepsilon + g^{\text{ref}}_k - m_i\big),
+    \qquad m_i = \max_k (S_{ik}/\varepsilon + g^{\text{ref}}_k),
+
+so that for the current class potential :math:`g` (a :math:`K`-vector) the plan with exact row
+marginals :math:`a_i = 1/N` is
+
+.. math::
+    P_{ik} = a_i \frac{T_{ik} w_k}{\sum_l T_{il} w_l},\qquad w = e^{g - g^{\text{ref}}}:
+
+the row potential is recomputed, never stored. A tile is kept in this process's memory
+between passes when the budget allows (``Part.cache``), else rebuilt from the features each
+pass; when :math:`\max |g - g^{\text{ref}}|` grows past ``absorb_at`` the scaling is absorbed
+into the tile (rows renormalised), as :func:`gpua.ot.sinkhorn` does for the whole matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import GPUAError
+from ..estimator import build_query
+from ..ucm import fused_score
+
+__all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats"]
+
+# Rows per float64 block when a float32 tile is reduced (a few MB: stays in cache).
+_BLOCK = 512
+
+
+@dataclass
+class FitSpec:
+    """What every chunk task of one fit needs (broadcast once).
+
+    Attributes
+    ----------
+    token : str
+        Names this fit's cached tiles in each process.
+    Y : tensor of shape (n_classes, d_vlm), float32, CPU
+        L2-normalised prototypes.
+    query : {"vfm", "fused"}
+    vfm_mean : tensor of shape (d_vfm,) or None
+    lam, eps, temperature, logit_scale : float
+    similarity : str
+    n_total : int
+        :math:`N`, for the row marginal :math:`1/N`.
+    device : str
+    tile_dtype : {"float64", "float32"}
+    assignment : {"soft", "hard"}
+    absorb_at : float
+    """
+
+    token: str
+    Y: torch.Tensor
+    query: str
+    vfm_mean: torch.Tensor | None
+    lam: float
+    eps: float
+    similarity: str
+    temperature: float
+    logit_scale: float
+    n_total: int
+    device: str
+    tile_dtype: str = "float64"
+    assignment: str = "soft"
+    absorb_at: float = 30.0
+
+
+@dataclass
+class RoundSpec:
+    """Broadcast once per UCM round.
+
+    Attributes
+    ----------
+    round : int
+    centres : tensor of shape (n_classes, d_q), float32
+    prev_centres, prev_g : tensors or None
+        The previous round's centres and final class potential (float64), to rebuild its plan
+        when it was not kept.
+    """
+
+    round: int
+    centres: torch.Tensor
+    prev_centres: torch.Tensor | None = None
+    prev_g: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One chunk of rows ``[start, stop)`` of a source, and whether its tile stays in memory."""
+
+    index: int
+    source: Any
+    start: int
+    stop: int
+    cache: bool = False
+    keep_previous: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+
+class ArraySource:
+    """In-memory features with the reading interface of :class:`~gpua.stream.ShardedFeatures`.
+
+    Parameters
+    ----------
+    vfm_features : array of shape (n_samples, d_vfm)
+    vlm_features : array of shape (n_samples, d_vlm)
+    """
+
+    def __init__(self, vfm_features, vlm_features):
+        from .._validation import check_matrix
+
+        Z = check_matrix(vfm_features, "vfm_features")
+        X = check_matrix(vlm_features, "vlm_features", n_rows=Z.shape[0])
+        self._data = {"vfm_features": torch.from_numpy(Z), "vlm_features": torch.from_numpy(X)}
+        self.n_samples = Z.shape[0]
+        self.widths = {k: int(v.shape[1]) for k, v in self._data.items()}
+        self.dtype = "float32"
+        self.classnames = None
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def read(self, key: str, start: int, stop: int, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        return self._data[key][start:stop].to(device=device, dtype=dtype)
+
+    def take(self, key: str, indices, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        return self._data[key][torch.as_tensor(indices, dtype=torch.long).cpu()].to(device=device, dtype=dtype)
+
+    def text_prototypes(self):
+        return None
+
+    def fingerprint(self) -> str:
+        # Shapes and a strided sample of values: cheap, and different data gives a different string.
+        Z, X = self._data["vfm_features"], self._data["vlm_features"]
+        step = max(1, Z.shape[0] // 64)
+        return f"arrays{tuple(Z.shape)}{tuple(X.shape)}:{float(Z[::step].double().sum()):.12e}:{float(X[::step].double().sum()):.12e}"
+
+
+# --- the per-process store of tiles -----------------------------------------------------------
+@dataclass
+class _State:
+    round: int = -1
+    tile: torch.Tensor | None = None
+    g_ref: torch.Tensor | None = None
+    prev_round: int = -1
+    prev_plan: torch.Tensor | None = None
+
+
+_STORE: dict[tuple[str, int], _State] = {}
+
+
+def drop(token: str) -> int:
+    """Free this process's tiles of fit ``token``; returns how many chunks were held."""
+    keys = [k for k in _STORE if k[0] == token]
+    for k in keys:
+        del _STORE[k]
+    return len(keys)
+
+
+def _device(fit: FitSpec) -> torch.device:
+    return torch.device(fit.device)
+
+
+def _read(part: Part, fit: FitSpec, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(raw Z, query Q, normalised X) of the chunk, float32 on ``dev``."""
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
+    return Z, build_query(Z, X, fit.query, mean), torch.nn.functional.normalize(X, dim=1)
+
+
+def _tile(Q: torch.Tensor, Xn: torch.Tensor, fit: FitSpec, C: torch.Tensor, g: torch.Tensor, dev) -> torch.Tensor:
+    r"""Row-max-normalised kernel :math:`\exp(S/\varepsilon + g - m)` in float64, shape (n_rows, K)."""
+    S = fused_score(Q, C.to(dev), Xn, fit.Y.to(dev), fit.lam, fit.similarity, fit.temperature)
+    A = S.div_(fit.eps).double().add_(g.to(dev))
+    del S
+    return A.sub_(A.amax(1, keepdim=True)).exp_()
+
+
+def _blocks(T: torch.Tensor):
+    """Row blocks of ``T`` in float64 (the whole tile when it is float64 already)."""
+    if T.dtype == torch.float64:
+        yield 0, T
+        return
+    for i in range(0, T.shape[0], _BLOCK):
+        yield i, T[i : i + _BLOCK].double()
+
+
+def _columns(T: torch.Tensor, w: torch.Tensor | None, a: float) -> torch.Tensor:
+    r"""Column sums :math:`\sum_i P_{ik}` of the row-exact plan for scaling ``w`` (None = ones)."""
+    col = torch.zeros(T.shape[1], dtype=torch.float64, device=T.device)
+    for _, B in _blocks(T):
+        s = B.sum(1) if w is None else B @ w
+        col += B.T @ (a / s)
+    return col if w is None else col * w
+
+
+def _plan(T: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """The plan with rows summing to one (float32, shape (n_rows, K))."""
+    P = torch.empty(T.shape, dtype=torch.float32, device=T.device)
+    for i, B in _blocks(T):
+        B = B if w is None else B * w
+        P[i : i + B.shape[0]] = B.div_(B.sum(1, keepdim=True))
+    return P
+
+
+def _scaling(st: _State, g: torch.Tensor, fit: FitSpec) -> torch.Tensor:
+    """:math:`w = e^{g - g^{ref}}` for a cached tile, absorbing it first when it grew large."""
+    diff = g.to(st.g_ref.device) - st.g_ref
+    if float(diff.abs().max()) > fit.absorb_at:
+        # Scalings this large would overflow exp(); fold them into the tile and renormalise rows.
+        st.tile.mul_(diff.exp().to(st.tile.dtype))
+        st.tile.div_(st.tile.amax(1, keepdim=True))
+        st.g_ref = g.to(st.g_ref.device).clone()
+        diff = torch.zeros_like(diff)
+    return diff.exp()
+
+
+def _current(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor, dev, features=None):
+    """(tile, scaling, features) for this round: the cached tile, or one rebuilt with g_ref = g."""
+    st = _STORE.get((fit.token, part.index))
+    if st is not None and st.round == rnd.round and st.tile is not None:
+        return st.tile, _scaling(st, g, fit), features
+    features = features or _read(part, fit, dev)
+    return _tile(features[1], features[2], fit, rnd.centres, g, dev), None, features
+
+
+def _check_rows(part: Part, Z: torch.Tensor, X: torch.Tensor) -> None:
+    """Finite, non-zero rows, or a GPUAError naming the first bad global row (and its shard)."""
+    for name, A in (("vfm_features", Z), ("vlm_features", X)):
+        bad = ~torch.isfinite(A).all(1)
+        zero = ~(A != 0).any(1)
+        for what, mask, fix in (("NaN or inf", bad, "drop or re-extract those rows"), ("an all-zero row", zero, "remove it or re-extract it")):
+            if bool(mask.any()):
+                row = part.start + int(mask.nonzero()[0, 0])
+                where = ""
+                offsets = getattr(part.source, "offsets", None)
+                if offsets is not None:
+                    shard = int(np.searchsorted(offsets, row, side="right")) - 1
+                    where = f" (shard {shard}, local row {row - int(offsets[shard])})"
+                raise GPUAError(f"{name} has {what} at row {row}{where}; {fix}.")
+
+
+# --- tasks --------------------------------------------------------------------------------------
+def part_mean(part: Part, fit: FitSpec) -> torch.Tensor:
+    """Sum of the L2-normalised VFM rows, float64 of shape (d_vfm,) (for ``center=True``)."""
+    dev = _device(fit)
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    _check_rows(part, Z, X)
+    return torch.nn.functional.normalize(Z, dim=1).sum(0, dtype=torch.float64).cpu()
+
+
+def top_rows(vals: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per column, the ``m`` largest values, ties broken by the smaller row id.
+
+    :func:`torch.topk` picks arbitrarily among equal values, and a saturated
+    :math:`\mathrm{softmax}(100\, X Y^\top)` has many rows at exactly 1.0: a fixed rule makes the
+    selection independent of how the rows are chunked (the union of the chunks' candidates,
+    selected again with this function, is the global selection).
+
+    Parameters
+    ----------
+    vals : tensor of shape (n, K)
+    ids : int64 tensor of shape (n, K) or (n,)
+        Row ids; a 1-D ``ids`` must be ascending (a chunk's rows).
+    m : int
+
+    Returns
+    -------
+    values, ids : tensors of shape (min(m, n), K), by decreasing value then increasing id
+    """
+    if ids.ndim == 2:
+        # Put each column in id order first, so that a stable sort breaks ties by id.
+        order = ids.argsort(dim=0)
+        vals, ids = vals.gather(0, order), ids.gather(0, order)
+    m = min(int(m), vals.shape[0])
+    v, pos = vals.topk(m, dim=0)
+    tied = ((vals >= v[-1]).sum(0) > m).nonzero().flatten()
+    if tied.numel():  # only the columns with ties at the boundary pay for a full stable sort
+        tv, tp = vals[:, tied].sort(dim=0, descending=True, stable=True)
+        v[:, tied], pos[:, tied] = tv[:m], tp[:m]
+    out = ids[pos] if ids.ndim == 1 else ids.gather(0, pos)
+    order = out.argsort(dim=0)
+    v, out = v.gather(0, order), out.gather(0, order)
+    order = v.sort(dim=0, descending=True, stable=True).indices
+    return v.gather(0, order), out.gather(0, order)
+
+
+def part_candidates(part: Part, fit: FitSpec, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""This chunk's ``m`` most confident rows per class under :math:`\mathrm{softmax}(s X Y^\top)`.
+
+    Also checks the rows (finite, non-zero). The union over chunks holds the global top ``m``
+    (:func:`gpua.ucm.confident_centres`, with ties broken by row: :func:`top_rows`).
+
+    Returns
+    -------
+    values : tensor of shape (min(m, n_rows), n_classes), float32
+    rows : int64 tensor of the same shape: global row indices
+    """
+    dev = _device(fit)
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    _check_rows(part, Z, X)
+    Xn = torch.nn.functional.normalize(X, dim=1)
+    probs = torch.softmax(fit.logit_scale * (Xn @ fit.Y.to(dev).T), dim=1)
+    ids = torch.arange(part.start, part.stop, device=dev)
+    top_p, top_i = top_rows(probs, ids, m)
+    return top_p.cpu(), top_i.cpu()
+
+
+def part_init_sums(part: Part, fit: FitSpec, rows: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum p\, Q_i` per class over the selected ``(row, class, p)`` that fall in this chunk.
+
+    Returns
+    -------
+    tensor of shape (n_classes, d_q), float64
+    """
+    dev = _device(fit)
+    _, Q, _ = _read(part, fit, dev)
+    mine = (rows >= part.start) & (rows < part.stop)
+    rows, classes, weights = rows[mine], classes[mine], weights[mine]
+    out = torch.zeros(fit.Y.shape[0], Q.shape[1], dtype=torch.float64, device=dev)
+    if rows.numel():
+        local = (rows - part.start).to(dev)
+        out.index_add_(0, classes.to(dev), Q[local].double() * weights.to(dev).double()[:, None])
+    return out.cpu()
+
+
+def part_build(part: Part, fit: FitSpec, rnd: RoundSpec, g0: torch.Tensor) -> torch.Tensor:
+    """Build this round's tile (kept if ``part.cache``); return the plan's column sums for ``g0``."""
+    dev = _device(fit)
+    _, Q, Xn = _read(part, fit, dev)
+    T = _tile(Q, Xn, fit, rnd.centres, g0, dev)
+    col = _columns(T, None, 1.0 / fit.n_total)
+    if part.cache:
+        st = _STORE.setdefault((fit.token, part.index), _State())
+        st.tile = T if fit.tile_dtype == "float64" else T.float()
+        st.g_ref = g0.to(dev, torch.float64).clone()
+        st.round = rnd.round
+    return col.cpu()
+
+
+def part_pass(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> torch.Tensor:
+    """One Sinkhorn pass on this chunk: rows made exact for ``g``; return the column sums."""
+    dev = _device(fit)
+    T, w, _ = _current(part, fit, rnd, g, dev)
+    return _columns(T, w, 1.0 / fit.n_total).cpu()
+
+
+def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dict:
+    r"""End-of-round sums of this chunk's plan for the final class potential ``g``.
+
+    Returns
+    -------
+    dict with
+        ``col`` (K,) float64: :math:`\sum_i P_{ik} / N`;
+        ``centre_sums`` (K, d_q) float64: :math:`P^\top Q` (rows of P summing to one);
+        ``hard_sums`` (K, d_q) float64 or None: the same for the one-hot argmax plan;
+        ``change`` float or None: :math:`\sum_{ik} |P_{ik} - P^{\text{prev}}_{ik}|`;
+        ``parts`` {index: (labels int64 (n_rows,), confidence float32 (n_rows,))}.
+    """
+    dev = _device(fit)
+    features = _read(part, fit, dev)
+    T, w, _ = _current(part, fit, rnd, g, dev, features)
+    P = _plan(T, w)
+    del T
+    _, Q, Xn = features
+    conf, labels = P.max(1)
+    out = {
+        "col": P.sum(0, dtype=torch.float64).div_(fit.n_total).cpu(),
+        "centre_sums": (P.T @ Q).double().cpu(),
+        "hard_sums": None,
+        "change": None,
+        "parts": {part.index: (labels.cpu(), conf.cpu())},
+    }
+    if fit.assignment == "hard":
+        hard = torch.zeros(P.shape[1], Q.shape[1], dtype=torch.float64, device=dev)
+        out["hard_sums"] = hard.index_add_(0, labels, Q.double()).cpu()
+    st = _STORE.get((fit.token, part.index))
+    if rnd.prev_centres is not None:
+        if st is not None and st.prev_round == rnd.round - 1 and st.prev_plan is not None:
+            prev = st.prev_plan
+        else:
+            prev = _plan(_tile(Q, Xn, fit, rnd.prev_centres, rnd.prev_g, dev), None)
+        out["change"] = float((P - prev).abs_().sum(dtype=torch.float64))
+        del prev
+    if part.keep_previous and st is not None:
+        st.prev_plan, st.prev_round = P, rnd.round
+    return out
+
+
+def part_final(part: Part, fit: FitSpec, W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Predictions of the fitted map on this chunk, and each prototype's top-``k`` cosines.
+
+    Returns
+    -------
+    pred : int64 tensor of shape (n_rows,)
+        :math:`\arg\max_k \cos(Q_i W, Y_k)`.
+    top : tensor of shape (n_classes, min(k, n_rows)) or None (``k = 0``)
+        For CSLS radii (:func:`gpua.hubness.neighbourhood_radius` over the whole pool).
+    """
+    dev = _device(fit)
+    _, Q, _ = _read(part, fit, dev)
+    M = torch.nn.functional.normalize(Q @ W.to(dev), dim=1)
+    sims = M @ fit.Y.to(dev).T
+    top = None
+    if k:
+        top = sims.T.topk(min(k, sims.shape[0]), dim=1).values.cpu()
+    return sims.argmax(1).cpu(), top
+
+
+def merge_stats(results: list[dict]) -> dict:
+    """Sum the :func:`part_stats` dicts of several chunks (labels kept per chunk index)."""
+    out = {"col": None, "centre_sums": None, "hard_sums": None, "change": None, "parts": {}}
+    for r in results:
+        for key in ("col", "centre_sums", "hard_sums", "change"):
+            if r[key] is not None:
+                out[key] = r[key] if out[key] is None else out[key] + r[key]
+        out["parts"].update(r["parts"])
+    return out
+
