@@ -268,6 +268,9 @@ class GPUA(AlignmentEstimator):
         -------
         self
         """
+        if getattr(vfm_features, "_gpua_streaming_source", False):  # a gpua.stream.ShardedFeatures
+            from .stream import fit_streaming
+            return fit_streaming(self, vfm_features, text_prototypes, vlm_features=vlm_features, classnames=classnames, callback=callback, progress=self.verbose)
         self._check_params()
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
         self.classnames_ = check_classnames(classnames, Y.shape[0])

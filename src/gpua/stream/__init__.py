@@ -10,9 +10,9 @@
 Dask is imported only when a cluster is asked for.
 """
 
-from ._budget import MemoryPlan, parse_memory, plan_memory
+from ._budget import MemoryPlan, minimum_budget, parse_memory, plan_memory
 from ._federated import fit_federated
-from ._fit import as_source, fit_streaming, is_streaming_source
+from ._fit import as_source, fit_streaming, is_streaming_source, minimum_budget_for
 from ._kernels import ArraySource
 from ._shards import FEATURE_DTYPES, ShardedFeatures, ShardWriter, write_shards
 
@@ -29,4 +29,6 @@ __all__ = [
     "MemoryPlan",
     "plan_memory",
     "parse_memory",
+    "minimum_budget",
+    "minimum_budget_for",
 ]

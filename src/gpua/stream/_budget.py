@@ -20,12 +20,13 @@ products instead of a score matrix product (hundreds of times more work) per chu
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .._errors import GPUAError
 
-__all__ = ["parse_memory", "MemoryPlan", "plan_memory", "MIN_CHUNK_ROWS", "MAX_CHUNK_ROWS", "RESERVE_BYTES"]
+__all__ = ["parse_memory", "MemoryPlan", "plan_memory", "minimum_budget", "refine_bytes", "MIN_CHUNK_ROWS", "MAX_CHUNK_ROWS", "RESERVE_BYTES"]
 
 MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 8192
@@ -59,7 +60,8 @@ def parse_memory(value) -> int:
 
 
 def _fmt(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+    """Bytes as GB/MB, rounded up (a minimum printed rounded down would not be enough)."""
+    return f"{math.ceil(n / 1e6) / 1e3:.3f} GB" if n >= 1e9 else f"{math.ceil(n / 1e5) / 10:.1f} MB"
 
 
 @dataclass
@@ -121,6 +123,12 @@ def refine_bytes(n: int, k: int, d_q: int, d_t: int, val_fraction: float, batch_
     return rows * (2 * d_q * 4 + d_t * 4 + 5 * k * 4)
 
 
+def minimum_budget(n: int, k: int, d_v: int, d_t: int, d_q: int, *, itemsize: int = 4, refine: int = 0) -> int:
+    """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes."""
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q)
+    return int(max(fixed + min(n, MIN_CHUNK_ROWS) * _row_bytes(k, d_v, d_t, d_q, itemsize), fixed + refine))
+
+
 def plan_memory(
     budget,
     n: int,
@@ -132,6 +140,7 @@ def plan_memory(
     itemsize: int = 4,
     refine: int = 0,
     n_processes: int = 1,
+    chunk_rows: int | None = None,
 ) -> MemoryPlan:
     """Choose the chunk size and the kernel cache for a budget.
 
@@ -147,6 +156,8 @@ def plan_memory(
         Peak bytes of the refinement (:func:`refine_bytes`), which must fit too.
     n_processes : int
         Processes that share the chunks (Dask workers); each caches only its own.
+    chunk_rows : int, optional
+        Force the chunk size (rows per task) instead of choosing it from the budget.
 
     Returns
     -------
@@ -162,16 +173,22 @@ def plan_memory(
     fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q)
     per_row = _row_bytes(k, d_v, d_t, d_q, itemsize)
     min_rows = min(n, MIN_CHUNK_ROWS)
-    need = max(fixed + min_rows * per_row, RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q))
+    need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine)
     if need > total:
-        what = "THS refinement's held-out slice" if RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q) > fixed + min_rows * per_row else f"one chunk of {min_rows} rows"
+        what = "THS refinement's held-out slice" if fixed + refine > fixed + min_rows * per_row else f"one chunk of {min_rows} rows"
         raise GPUAError(
             f"max_memory={budget!r} ({_fmt(total)}) is too small: this fit (N={n}, K={k}, widths {d_v}/{d_t}) needs at "
-            f"least {_fmt(need)} for {what}; raise max_memory (--max-memory) to {_fmt(need * 1.05)} or more"
+            f"least {_fmt(need)} ({need} bytes) for {what}; raise max_memory (--max-memory) to {_fmt(need)} or more"
             + (", or lower val_fraction" if "refinement" in what else "")
             + "."
         )
     chunk = max(min_rows, min(MAX_CHUNK_ROWS, n, (total - fixed) // (2 * per_row)))
+    if chunk_rows is not None:
+        if not (isinstance(chunk_rows, int) and chunk_rows >= 1):
+            raise GPUAError(f"chunk_rows={chunk_rows!r} must be a positive integer.")
+        chunk = min(n, chunk_rows)
+        if fixed + chunk * per_row > total:
+            raise GPUAError(f"chunk_rows={chunk_rows} needs {_fmt(fixed + chunk * per_row)} but max_memory={budget!r} is {_fmt(total)}; lower chunk_rows or raise max_memory.")
     n_chunks = -(-n // chunk)
     left = total - fixed - chunk * per_row
     rows_here = -(-n // max(1, n_processes))
@@ -184,5 +201,5 @@ def plan_memory(
     else:
         cached = int(max(0, left) // (chunk * k * 4))
     cache = min(cached, n_chunks) * chunk * k * ((8 if tile_dtype == "float64" else 4) + (4 if keep_prev else 0))
-    estimate = max(fixed + chunk * per_row + min(cache, rows_here * k * 12), RESERVE_BYTES + refine + _fixed_bytes(n, k, d_t, d_q))
+    estimate = max(fixed + chunk * per_row + cache, fixed + refine)
     return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate))

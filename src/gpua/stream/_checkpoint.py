@@ -94,6 +94,7 @@ class Checkpoint:
         from safetensors.torch import save_file
 
         meta = {**meta, "fingerprint": self.fingerprint, "version": 1}
-        data = {k: v.detach().cpu().contiguous() for k, v in {**self.extra, **tensors}.items() if v is not None}
+        # Clones: safetensors refuses two names for one storage (e.g. final centres = next centres).
+        data = {k: v.detach().cpu().clone().contiguous() for k, v in {**self.extra, **tensors}.items() if v is not None}
         with atomic_path(self.file) as tmp:
             save_file(data, str(tmp), metadata={"gpua_stream": json.dumps(meta)})

@@ -79,23 +79,22 @@ class DaskExecutor:
             for p, o in zip(parts, self.owners(parts))
         ]
 
-    def map(self, fn: Callable, parts: Sequence[Part], *args, on_done=None) -> list:
-        from distributed import as_completed
-
-        futures = self._submit(fn, parts, args)
+    @staticmethod
+    def _wait(futures, on_done) -> None:
         if on_done is not None:
-            for _ in as_completed(futures):
+            for f in futures:  # in submission order: a progress count, not a completion order
+                f.exception()  # blocks until done; an error is raised by gather below
                 on_done()
+
+    def map(self, fn: Callable, parts: Sequence[Part], *args, on_done=None) -> list:
+        futures = self._submit(fn, parts, args)
+        self._wait(futures, on_done)
         return self.client.gather(futures)
 
     def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
         # Centre sums are K x d_q per chunk: add them up on each worker before anything moves.
         futures = self._submit(_kernels.part_stats, parts, args)
-        if on_done is not None:
-            from distributed import as_completed
-
-            for _ in as_completed(futures):
-                on_done()
+        self._wait(futures, on_done)
         owners = self.owners(parts)
         merged = []
         for w in range(self.n_processes):

@@ -30,14 +30,14 @@ from ..estimator import build_query
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from . import _kernels as K_
-from ._budget import MemoryPlan, plan_memory, refine_bytes
+from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes
 from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
 from ._executor import connect
 from ._progress import Bar
 from ._shards import ShardedFeatures
 from ._ucm import streamed_ucm
 
-__all__ = ["fit_streaming", "as_source", "is_streaming_source"]
+__all__ = ["fit_streaming", "as_source", "is_streaming_source", "minimum_budget_for"]
 
 
 def is_streaming_source(obj) -> bool:
@@ -57,6 +57,28 @@ def as_source(source):
         f"source must be a ShardedFeatures, a shard folder or a (vfm_features, vlm_features) pair, not {type(source).__name__}; "
         "write features with gpua.stream.write_shards."
     )
+
+
+def _widths(est, n: int, k: int, d_v: int, d_t: int) -> tuple[int, int]:
+    """(query width d_q, peak bytes of the refinement) for an estimator's parameters."""
+    d_q = d_v + (d_t if est.query == "fused" else 0)
+    refine = refine_bytes(n, k, d_q, d_t, est.val_fraction, est.batch_size) if est.refine and est.n_steps > 0 else 0
+    return d_q, refine
+
+
+def minimum_budget_for(estimator, n: int, k: int, d_vfm: int, d_vlm: int, *, dtype: str = "float32") -> int:
+    """The smallest ``max_memory`` (bytes) :func:`fit_streaming` accepts for this estimator and sizes.
+
+    Parameters
+    ----------
+    estimator : GPUA
+    n, k, d_vfm, d_vlm : int
+        Rows, classes and feature widths.
+    dtype : str
+        Storage dtype of the features.
+    """
+    d_q, refine = _widths(estimator, n, k, d_vfm, d_vlm)
+    return minimum_budget(n, k, d_vfm, d_vlm, d_q, itemsize=4 if dtype == "float32" else 2, refine=refine)
 
 
 def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
@@ -98,6 +120,7 @@ def fit_streaming(
     source,
     text_prototypes=None,
     *,
+    vlm_features=None,
     classnames=None,
     max_memory="4GB",
     cluster=None,
@@ -105,6 +128,7 @@ def fit_streaming(
     progress: bool = True,
     callback: Callable | None = None,
     connect_timeout: float = 10.0,
+    chunk_rows: int | None = None,
 ):
     r"""Fit a :class:`gpua.GPUA` on features read chunk by chunk, within ``max_memory``.
 
@@ -118,6 +142,9 @@ def fit_streaming(
         all the same; useful for patch tokens already in memory).
     text_prototypes : array of shape (n_classes, d_vlm), optional
         Default: the prototypes stored with the shard set.
+    vlm_features : None
+        Must be None: the source holds both feature matrices (the argument exists so that
+        ``GPUA.fit(shards, None, Y)`` can forward its arguments).
     classnames : sequence of str, optional
         Default: the shard set's.
     max_memory : str or int
@@ -137,6 +164,8 @@ def fit_streaming(
         As in ``GPUA.fit``: a dict after each UCM round and each refinement evaluation.
     connect_timeout : float
         Seconds to wait for a scheduler.
+    chunk_rows : int, optional
+        Rows per chunk (one task); default: chosen from ``max_memory``.
 
     Returns
     -------
@@ -153,6 +182,8 @@ def fit_streaming(
     est._check_params()
     if est.solver != "torch":
         raise GPUAError(f"solver={est.solver!r}: streaming fits run their own chunked Sinkhorn; use solver='torch'.")
+    if vlm_features is not None:
+        raise GPUAError("vlm_features must be None when the features come from a shard set (it holds both); pass GPUA.fit(shards, None, text_prototypes).")
     src = as_source(source)
     n = len(src)
     d_v, d_t = src.widths["vfm_features"], src.widths["vlm_features"]
@@ -171,23 +202,22 @@ def fit_streaming(
             "at least one image per class (16 per class is the paper's few-shot pool)."
         )
     dev = est.device_
-    d_q = d_v + (d_t if est.query == "fused" else 0)
+    d_q, r_bytes = _widths(est, n, k, d_v, d_t)
     itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2
     refine_on = bool(est.refine and est.n_steps > 0)
-    r_bytes = refine_bytes(n, k, d_q, d_t, est.val_fraction, est.batch_size) if refine_on else 0
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     b = check_marginal(est.class_prior, k, "class_prior", torch.device("cpu"))
     ck = None
     if checkpoint is not None:
         params = {p: getattr(est, p) for p in UCM_PARAMS}
         ck = Checkpoint(checkpoint, fingerprint(params, src.fingerprint(), Yt))
+    if isinstance(src, K_.ArraySource) and cluster is not None:
+        raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
     ex = connect(cluster, timeout=connect_timeout)
     token = uuid.uuid4().hex
     timings: dict[str, float] = {}
     try:
-        plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes)
-        if isinstance(src, K_.ArraySource) and ex.n_processes > 1 and cluster is not None:
-            raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
+        plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes, chunk_rows=chunk_rows)
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec(
             token, Yt, est.query, None, float(est.lam), float(est.eps), est.similarity, float(est.temperature), 100.0,
@@ -200,7 +230,7 @@ def fit_streaming(
                 fit.vfm_mean = state["vfm_mean"]
             else:
                 with Bar(progress, "VFM mean", len(parts)) as bar:
-                    sums = ex.map(K_.part_mean, parts, fit, on_done=bar.update)
+                    sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
                 fit.vfm_mean = (sum(sums[1:], sums[0].clone()) / n).float()
         if ck is not None:
             ck.extra["vfm_mean"] = fit.vfm_mean
@@ -240,7 +270,7 @@ def fit_streaming(
         timings["refine_s"] = time.perf_counter() - t2
         k_csls = int(est.csls_k) if est.retrieval == "csls" else 0
         with Bar(progress, "final pass", len(parts)) as bar:
-            res = ex.map(K_.part_final, parts, fit_b, est.W_.detach().cpu(), k_csls, on_done=bar.update)
+            res = ex.map(K_.part_final, parts, fit_b, est.W_.detach().cpu(), k_csls, on_done=bar.tick)
         pool_pred = torch.cat([p for p, _ in res])
         est.proto_radius_ = None
         if k_csls:

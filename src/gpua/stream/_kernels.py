@@ -108,6 +108,7 @@ class Part:
     stop: int
     cache: bool = False
     keep_previous: bool = False
+    client: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -121,15 +122,19 @@ class ArraySource:
     ----------
     vfm_features : array of shape (n_samples, d_vfm)
     vlm_features : array of shape (n_samples, d_vlm)
+    offset : int
+        Global index of the first row (a federated client's rows sit at
+        ``[offset, offset + n_samples)`` of the union); reads take global rows.
     """
 
-    def __init__(self, vfm_features, vlm_features):
+    def __init__(self, vfm_features, vlm_features, offset: int = 0):
         from .._validation import check_matrix
 
         Z = check_matrix(vfm_features, "vfm_features")
         X = check_matrix(vlm_features, "vlm_features", n_rows=Z.shape[0])
         self._data = {"vfm_features": torch.from_numpy(Z), "vlm_features": torch.from_numpy(X)}
         self.n_samples = Z.shape[0]
+        self.offset = int(offset)
         self.widths = {k: int(v.shape[1]) for k, v in self._data.items()}
         self.dtype = "float32"
         self.classnames = None
@@ -138,10 +143,11 @@ class ArraySource:
         return self.n_samples
 
     def read(self, key: str, start: int, stop: int, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
-        return self._data[key][start:stop].to(device=device, dtype=dtype)
+        return self._data[key][start - self.offset : stop - self.offset].to(device=device, dtype=dtype)
 
     def take(self, key: str, indices, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
-        return self._data[key][torch.as_tensor(indices, dtype=torch.long).cpu()].to(device=device, dtype=dtype)
+        idx = torch.as_tensor(indices, dtype=torch.long).cpu() - self.offset
+        return self._data[key][idx].to(device=device, dtype=dtype)
 
     def text_prototypes(self):
         return None

@@ -30,6 +30,11 @@ class Bar:
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
+    @property
+    def tick(self):
+        """``update`` when the bar is shown, else None (so executors skip progress bookkeeping)."""
+        return None if self._bar is None else self.update
+
     def update(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)

@@ -39,9 +39,9 @@ class StreamedUCM:
     Attributes
     ----------
     centres : tensor of shape (n_classes, d_q), float32
-    labels : int64 tensor of shape (n_samples,)
-        Argmax of the final plan.
-    confidence : float32 tensor of shape (n_samples,)
+    labels : int64 tensor of shape (n_samples,) or None
+        Argmax of the final plan (None when the rows' results stay with federated clients).
+    confidence : float32 tensor of shape (n_samples,) or None
         Max of the final plan's rows (rows sum to one).
     cross_covariance : float64 tensor of shape (d_q, d_vlm)
         :math:`Q^\top P Y` (soft) or with the one-hot plan (``assignment="hard"``).
@@ -54,8 +54,8 @@ class StreamedUCM:
     """
 
     centres: torch.Tensor
-    labels: torch.Tensor
-    confidence: torch.Tensor
+    labels: torch.Tensor | None
+    confidence: torch.Tensor | None
     cross_covariance: torch.Tensor
     n_outer: int
     converged: bool
@@ -82,13 +82,13 @@ def confident_centres_streamed(ex, parts, fit_b, n_classes: int, n_samples: int,
     -------
     C : tensor of shape (n_classes, d_q), rows L2-normalised
     """
-    res = ex.map(K_.part_candidates, parts, fit_b, m, on_done=bar.update)
+    res = ex.map(K_.part_candidates, parts, fit_b, m, on_done=bar.tick)
     vals = torch.cat([v for v, _ in res])
     rows = torch.cat([r for _, r in res])
     top_p, top_i = K_.top_rows(vals, rows, m)  # (m, K)
     classes = torch.arange(n_classes).expand_as(top_i)
     sel = (top_i.reshape(-1), classes.reshape(-1), top_p.reshape(-1))
-    sums = ex.map(K_.part_init_sums, parts, fit_b, *sel, on_done=bar.update)
+    sums = ex.map(K_.part_init_sums, parts, fit_b, *sel, on_done=bar.tick)
     return torch.nn.functional.normalize(_total(sums).float(), dim=1)
 
 
@@ -162,13 +162,13 @@ def streamed_ucm(
         rnd_b = ex.broadcast(K_.RoundSpec(r, C, C_prev, g_prev))
         with Bar(progress, f"UCM round {r}/{max_outer}", n_chunks * 4) as bar:
             # The first pass builds the tiles and is the log-domain sweep of gpua.ot.sinkhorn.
-            col = _total(ex.map(K_.part_build, parts, fit_b, rnd_b, g, on_done=bar.update))
+            col = _total(ex.map(K_.part_build, parts, fit_b, rnd_b, g, on_done=bar.tick))
             g = damp * (log_b - col.log() + g)
             errors: list[float] = []
             it = 0
             while it < sinkhorn_max_iter:
                 it += 1
-                col = _total(ex.map(K_.part_pass, parts, fit_b, rnd_b, g, on_done=bar.update))
+                col = _total(ex.map(K_.part_pass, parts, fit_b, rnd_b, g, on_done=bar.tick))
                 g_new = damp * (log_b - col.log() + g)
                 err = float(((col - b).abs() / b).max()) if rho is None else float((g_new - g).abs().max())
                 g = g_new
@@ -180,7 +180,7 @@ def streamed_ucm(
             if not torch.isfinite(g).all():
                 raise GPUAError(f"Sinkhorn diverged at eps={eps}: the scores span too wide a range for this eps; raise eps.")
             bar.set_total(bar.n + n_chunks)
-            stats = ex.map_stats(parts, fit_b, rnd_b, g, on_done=bar.update)
+            stats = ex.map_stats(parts, fit_b, rnd_b, g, on_done=bar.tick)
         passes += it + 2
         change = float("inf") if stats["change"] is None else 0.5 * stats["change"] / n
         marginal = float(((stats["col"] - b).abs() / b).max()) if rho is None else err
@@ -189,9 +189,10 @@ def streamed_ucm(
         counts = (stats["col"] * n).clamp_min(torch.finfo(torch.float32).tiny)
         C_next = None if converged else torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
         sums = stats["hard_sums"] if fit.assignment == "hard" else stats["centre_sums"]
+        # Per-row results (absent when they stay with federated clients), in row order.
         order = sorted(stats["parts"])
-        labels = torch.cat([stats["parts"][i][0] for i in order])
-        conf = torch.cat([stats["parts"][i][1] for i in order])
+        labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
+        conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
         result = StreamedUCM(C if converged else C_next, labels, conf, sums.T @ Y64, r, converged, history, g.clone(), passes)
         if checkpoint is not None:
             checkpoint.save(

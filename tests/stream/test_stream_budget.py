@@ -1,0 +1,44 @@
+"""Memory budgets: parsing, planning, and the error that gives the minimum."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpua import GPUA, GPUAError
+from gpua.stream import fit_streaming, minimum_budget, parse_memory, plan_memory
+
+
+@pytest.mark.parametrize(
+    "text, n",
+    [("4GB", 4 * 10**9), ("4 GiB", 4 * 2**30), ("512MiB", 512 * 2**20), ("1.5gb", 1_500_000_000), (123456, 123456), ("2e9", 2 * 10**9)],
+)
+def test_parse_memory(text, n):
+    assert parse_memory(text) == n
+
+
+@pytest.mark.parametrize("bad", ["lots", "4 XB", "-1GB", 0, "GB"])
+def test_parse_memory_refuses_nonsense(bad):
+    with pytest.raises(GPUAError, match="max_memory"):
+        parse_memory(bad)
+
+
+def test_plan_modes_follow_the_budget():
+    n, k, d_v, d_t = 1_000_000, 1000, 1280, 512
+    big = plan_memory("64GB", n, k, d_v, d_t, d_v, itemsize=2)
+    assert big.mode == "float64" and big.keep_previous
+    four = plan_memory("4GB", n, k, d_v, d_t, d_v, itemsize=2)
+    assert four.mode == "partial" and 0 < four.cached_chunks < four.n_chunks
+    assert four.estimate <= four.budget
+    # Four workers share the chunks: each caches its quarter, all of it fits.
+    dist = plan_memory("4GB", n, k, d_v, d_t, d_v, itemsize=2, n_processes=4)
+    assert dist.cached_chunks == dist.n_chunks
+    small = plan_memory(minimum_budget(n, k, d_v, d_t, d_v, itemsize=2), n, k, d_v, d_t, d_v, itemsize=2)
+    assert small.mode == "recompute" and small.chunk_rows == 256
+
+
+def test_budget_too_small_gives_the_minimum(case):
+    Z, X, Y, _ = case
+    with pytest.raises(GPUAError, match=r"too small: .*needs at least .* bytes\) for one chunk of 256 rows; raise max_memory"):
+        fit_streaming(GPUA(refine=False), (Z, X), Y, max_memory="100MB", progress=False)
+    with pytest.raises(GPUAError, match="refinement's held-out slice.*val_fraction"):
+        plan_memory("1GB", 10_000_000, 1000, 1280, 512, 1280, refine=10**10)

@@ -1,0 +1,38 @@
+"""The ``gpua fit --shards`` options and their dispatch."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from gpua import GPUA, GPUAError, load_model
+from gpua.stream import write_shards
+from gpua.stream.cli import add_cli_arguments, parse_cluster, run_fit
+
+
+def test_fit_from_shards_writes_a_model(case, tmp_path, capsys):
+    Z, X, Y, labels = case
+    write_shards(tmp_path / "s", Z, X, dtype="float16", text_prototypes=Y)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--shards", str(tmp_path / "s"), "--out", str(tmp_path / "m.gpua"), "--max-memory", "1GB",
+                              "--checkpoint", str(tmp_path / "ck"), "--no-progress"])
+    assert run_fit(args, GPUA(refine=False)) == 0
+    out = capsys.readouterr().out
+    assert "fitted on 1500 images (1 shards), 32 classes" in out
+    model = load_model(tmp_path / "m.gpua")
+    assert model.score(Z, labels) > 0.8
+    assert (tmp_path / "ck" / "ucm_state.safetensors").is_file()
+
+
+@pytest.mark.parametrize("value, parsed", [(None, None), ("local", "local"), ("4", 4), ("tcp://h:8786", "tcp://h:8786"), ("h:8786", "h:8786")])
+def test_parse_cluster(value, parsed):
+    assert parse_cluster(value) == parsed
+
+
+def test_parse_cluster_refuses_nonsense():
+    with pytest.raises(GPUAError, match="--cluster"):
+        parse_cluster("somewhere")

@@ -1,0 +1,50 @@
+"""Federated GPUA: equal to the centralised fit without refinement, close to it with FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpua import GPUA, GPUAError
+from gpua.procrustes import orthogonality_error
+from gpua.stream import fit_federated
+from stream_helpers import assert_same_fit, reference_fit
+
+CUTS = [0, 350, 1100, 1500]  # three clients of unequal size
+
+
+def clients_of(Z, X):
+    return [(Z[a:b], X[a:b]) for a, b in zip(CUTS[:-1], CUTS[1:])]
+
+
+@pytest.mark.parametrize("params", [dict(refine=False), dict(refine=False, center=True, query="fused", retrieval="csls")])
+def test_without_refinement_equals_the_centralised_fit(case, params):
+    Z, X, Y, _ = case
+    fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, max_memory="440MB")
+    assert_same_fit(reference_fit(case, **params), fed)
+
+
+def test_with_refinement_stays_close_and_orthogonal(case):
+    Z, X, Y, labels = case
+    params = dict(n_steps=30)
+    central = reference_fit(case, **params)
+    seen = []
+    fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=3, callback=seen.append)
+    assert [e["round"] for e in seen if "mean_orthogonality_error" in e] == [1, 2, 3]
+    assert orthogonality_error(fed.W_) < 1e-4  # re-orthogonalised after averaging
+    np.testing.assert_array_equal(fed.W0_.numpy(), fed.W0_.numpy())
+    assert float((fed.W0_ - central.W0_).abs().max()) < 1e-5
+    gap = abs(fed.score(Z, labels) - central.score(Z, labels))
+    assert gap < 0.03, gap
+
+
+def test_bad_clients(case):
+    Z, X, Y, _ = case
+    with pytest.raises(GPUAError, match="clients is empty"):
+        fit_federated(GPUA(), [], Y)
+    with pytest.raises(GPUAError, match=r"clients\[1\] has widths"):
+        fit_federated(GPUA(), [(Z[:500], X[:500]), (Z[500:, :10], X[500:])], Y)
+    with pytest.raises(GPUAError, match=r"clients\[0\]: vlm_features has 10 rows"):
+        fit_federated(GPUA(), [(Z[:500], X[:10])], Y)
+    with pytest.raises(GPUAError, match="rounds"):
+        fit_federated(GPUA(), clients_of(Z, X), Y, rounds=0)

@@ -1,0 +1,144 @@
+"""fit_streaming equals GPUA.fit, whatever the chunking, cache mode, storage or interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpua import GPUA, GPUAError, load_model
+from gpua.stream import fit_streaming, minimum_budget_for, write_shards
+
+from stream_helpers import assert_same_fit, planted_case, reference_fit
+
+FAST = dict(refine=False)
+
+
+def budget(data, extra_rows: int, **params) -> int:
+    """A budget just above the minimum: ``extra_rows`` of chunk work beyond the smallest chunk."""
+    Z, X, Y, _ = data
+    return minimum_budget_for(GPUA(**params), len(Z), Y.shape[0], Z.shape[1], X.shape[1]) + extra_rows
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(refine=False),
+        dict(refine=False, center=True, query="fused", retrieval="csls"),
+        dict(refine=False, assignment="hard", rho=1.0),
+        dict(refine=True, n_steps=20),
+    ],
+    ids=["default", "center-fused-csls", "hard-semirelaxed", "refine"],
+)
+def test_equals_in_memory_fit(case, params):
+    Z, X, Y, _ = case
+    ref = reference_fit(case, **params)
+    got = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", progress=False)
+    assert got.history_["streaming"]["cache"] == "float64"
+    assert_same_fit(ref, got)
+    assert set(ref.history_) <= set(got.history_)
+
+
+@pytest.mark.parametrize("extra, mode", [(500_000, "float32"), (100_000, "partial"), (0, "recompute")])
+def test_equals_in_memory_fit_on_a_tight_budget(case, extra, mode):
+    # Many small chunks; float32 tiles, some tiles recomputed every pass, or all of them.
+    Z, X, Y, _ = case
+    got = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory=budget(case, extra, **FAST), progress=False)
+    s = got.history_["streaming"]
+    assert s["cache"] == mode and s["n_chunks"] > 1
+    assert s["estimated_peak_bytes"] <= s["budget_bytes"]
+    assert_same_fit(reference_fit(case, **FAST), got)
+
+
+def test_chunking_does_not_change_the_result_even_with_ties():
+    # make_planted's defaults saturate softmax(100 X Y^T): many exact ties for the confident
+    # centres, which the streamed selection breaks by row index, the same for any chunking.
+    data = planted_case(1200, 24, 32, 16, 12, ties=True)
+    Z, X, Y, _ = data
+    whole = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory="2GB", progress=False)
+    assert whole.history_["streaming"]["n_chunks"] == 1
+    chunked = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory=budget(data, 300_000, **FAST), progress=False)
+    assert chunked.history_["streaming"]["n_chunks"] > 2
+    assert_same_fit(whole, chunked)
+
+
+@pytest.mark.parametrize("dtype, storage", [("float16", "npy"), ("bfloat16", "safetensors"), ("float32", "safetensors")])
+def test_shards_equal_in_memory_fit_on_the_stored_values(case, tmp_path, dtype, storage):
+    Z, X, Y, _ = case
+    shards = write_shards(tmp_path / "s", Z, X, rows_per_shard=400, dtype=dtype, storage=storage, text_prototypes=Y)
+    # The reference sees what the shards hold: the features rounded to the storage dtype.
+    tdt = getattr(torch, dtype)
+    Zs, Xs = (torch.from_numpy(A).to(tdt).float().numpy() for A in (Z, X))
+    if dtype == "bfloat16":
+        # Rounding to 8 bits of mantissa ties two confidences here: compare with the streamed
+        # fit of the same values in one chunk (ties broken by row), not with torch.topk's pick.
+        ref = fit_streaming(GPUA(**FAST), (Zs, Xs), Y, max_memory="2GB", progress=False)
+    else:
+        ref = GPUA(**FAST).fit(Zs, Xs, Y)
+    got = fit_streaming(GPUA(**FAST), shards, max_memory=budget(case, 1_000_000, **FAST), progress=False)
+    assert got.history_["streaming"]["n_chunks"] > 1
+    assert_same_fit(ref, got)
+
+
+def test_gpua_fit_accepts_a_shard_set(case, tmp_path):
+    Z, X, Y, _ = case
+    shards = write_shards(tmp_path / "s", Z, X, dtype="float32", text_prototypes=Y)
+    got = GPUA(**FAST).fit(shards, None, Y)
+    assert "streaming" in got.history_
+    assert_same_fit(reference_fit(case, **FAST), got)
+    with pytest.raises(GPUAError, match="vlm_features must be None"):
+        GPUA(**FAST).fit(shards, X, Y)
+
+
+def test_streamed_model_saves_and_predicts(case, tmp_path):
+    Z, X, Y, labels = case
+    got = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory="2GB", progress=True)  # bars on stderr
+    model = load_model(got.save(tmp_path / "m.gpua"))
+    np.testing.assert_array_equal(model.predict(Z), got.predict(Z))
+    assert got.score(Z, labels) > 0.8
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(case, tmp_path):
+    Z, X, Y, _ = case
+    params = dict(refine=True, n_steps=10, center=True)
+    whole = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", progress=False)
+
+    def stop_at_round_3(entry):
+        if entry.get("round") == 3:
+            raise _Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False, callback=stop_at_round_3)
+    seen = []
+    resumed = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False, callback=seen.append)
+    assert [e["round"] for e in seen if "round" in e][0] == 4  # rounds 1-3 were not run again
+    assert_same_fit(whole, resumed, atol=1e-6)
+    assert resumed.history_["ucm"] == whole.history_["ucm"]
+    # A finished checkpoint skips UCM; one from another fit is refused.
+    again = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False)
+    assert_same_fit(whole, again, atol=1e-6)
+    with pytest.raises(GPUAError, match="another fit"):
+        fit_streaming(GPUA(**params, lam=0.8), (Z, X), Y, checkpoint=ck, progress=False)
+
+
+def test_bad_inputs_are_clear_errors(case, tmp_path):
+    Z, X, Y, _ = case
+    with pytest.raises(GPUAError, match="solver"):
+        fit_streaming(GPUA(solver="pot"), (Z, X), Y, progress=False)
+    with pytest.raises(GPUAError, match="text_prototypes"):
+        fit_streaming(GPUA(), (Z, X), None, progress=False)
+    with pytest.raises(GPUAError, match="width"):
+        fit_streaming(GPUA(), (Z, X), Y[:, :-1], progress=False)
+    with pytest.raises(GPUAError, match="source must be"):
+        fit_streaming(GPUA(), Z, Y, progress=False)
+    bad = Z.copy()
+    bad[777, 3] = np.nan
+    shards = write_shards(tmp_path / "s", Z, X, rows_per_shard=500, dtype="float32")
+    np.save(tmp_path / "s" / "shard-000001.vfm_features.npy", bad[500:1000])  # corrupt after writing
+    with pytest.raises(GPUAError, match=r"row 777 \(shard 1, local row 277\)"):
+        fit_streaming(GPUA(**FAST), shards, Y, progress=False)
