@@ -7,7 +7,8 @@ iterations and UCM rounds), so time per sample isolates the scaling of the imple
 
 Each fit runs in its own process, so that its peak resident memory (sampled every 5 ms, and
 ``ru_maxrss``) is its own: the in-memory fit reads the shards into float32 arrays first (counted),
-the streaming fit reads chunks within ``--max-memory``. Both use ``GPUA()``'s defaults.
+the streaming fit reads chunks within ``--max-memory``. Both fit ``GPUA(query="vfm")`` (the
+1280 -> 512 map; every other parameter at the library default; ``--query fused`` for [Z, X]).
 
 Usage::
 
@@ -70,16 +71,16 @@ def run_one(args) -> dict:
             Z = shards.read("vfm_features", 0, shards.n_samples).numpy()
             X = shards.read("vlm_features", 0, shards.n_samples).numpy()
             t_read = time.perf_counter() - t0
-            model = GPUA().fit(Z, X, Y)
+            model = GPUA(query=args.query).fit(Z, X, Y)
         else:
             t_read = 0.0
-            model = fit_streaming(GPUA(), shards, max_memory=args.max_memory, cluster=args.cluster, progress=args.progress)
+            model = fit_streaming(GPUA(query=args.query), shards, max_memory=args.max_memory, cluster=args.cluster, progress=args.progress)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = mem.window(t0, time.perf_counter())
     labels = shards.labels()
     h = model.history_
     return {
-        "mode": args.one, "n": shards.n_samples, "seconds": seconds, "cpu_seconds": cpu, "read_seconds": t_read,
+        "mode": args.one, "query": args.query, "n": shards.n_samples, "seconds": seconds, "cpu_seconds": cpu, "read_seconds": t_read,
         "us_per_sample": 1e6 * seconds / shards.n_samples, "peak_rss_gb": peak / GB, "ru_maxrss_gb": peak_rss_bytes() / GB,
         "start_rss_gb": base_rss / GB, "timings": h["timings"], "ucm_rounds": len(h["ucm"]),
         "sinkhorn_iters": [r["sinkhorn_iter"] for r in h["ucm"]], "refine_evals": len(h["refine"]),
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-vlm", type=int, default=512)
     ap.add_argument("--d-latent", type=int, default=128)
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--query", choices=["vfm", "fused"], default="vfm")
     ap.add_argument("--mode", choices=["both", "stream", "memory"], default="both")
     ap.add_argument("--max-memory", default="4GB")
     ap.add_argument("--cluster", default=None)
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         path = make_shards(Path(args.root), n, args.k, args.d_vfm, args.d_vlm, args.d_latent, args.dtype)
         print(f"N={n}: shards at {path} ({time.perf_counter() - t:.0f} s)", flush=True)
         for mode in (["memory", "stream"] if args.mode == "both" else [args.mode]):
-            cmd = [sys.executable, __file__, "--one", mode, "--shards", str(path), "--max-memory", args.max_memory]
+            cmd = [sys.executable, __file__, "--one", mode, "--shards", str(path), "--max-memory", args.max_memory, "--query", args.query]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--cluster", args.cluster] if args.cluster else []
             cmd += ["--progress"] if args.progress else []

@@ -16,7 +16,7 @@ def test_zero_shot_is_xyt(planted):
 
 def test_lfa_alternation_improves_and_roundtrips(planted, tmp_path):
     train, test = planted
-    m = LFAAlternation().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+    m = LFAAlternation(query="vfm").fit(train.vfm_features, train.vlm_features, train.text_prototypes)
     assert m.n_rounds_ >= 1
     zs = VLMZeroShot().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
     assert m.score(test.vfm_features, test.labels) > zs.score(None, test.labels, test.vlm_features)

@@ -12,12 +12,13 @@ def _fit(train, **kw):
     return GPUA(**{**FAST, **kw}).fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
 
 
-def test_gpua_beats_zero_shot_on_planted_data(planted):
+@pytest.mark.parametrize("query", ["fused", "vfm"])
+def test_gpua_beats_zero_shot_on_planted_data(planted, query):
     train, test = planted
     zs = VLMZeroShot().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
-    model = _fit(train)
+    model = _fit(train, query=query)
     acc_zs = zs.score(None, test.labels, test.vlm_features)
-    acc = model.score(test.vfm_features, test.labels)
+    acc = model.score(test.vfm_features, test.labels, test.vlm_features)
     assert acc_zs < 0.7
     assert acc > acc_zs + 0.25
     assert acc > 0.9
@@ -25,10 +26,10 @@ def test_gpua_beats_zero_shot_on_planted_data(planted):
 
 def test_fit_uses_no_labels(planted):
     train, test = planted
-    a = _fit(train).predict(test.vfm_features)
+    a = _fit(train).predict(test.vfm_features, test.vlm_features)
     shuffled = train.labels.copy()
     np.random.default_rng(0).shuffle(shuffled)
-    b = GPUA(**FAST).fit(train.vfm_features, train.vlm_features, train.text_prototypes).predict(test.vfm_features)
+    b = GPUA(**FAST).fit(train.vfm_features, train.vlm_features, train.text_prototypes).predict(test.vfm_features, test.vlm_features)
     np.testing.assert_array_equal(a, b)
 
 
@@ -46,7 +47,8 @@ def test_query_modes_shapes(planted, query):
 
 def test_fused_query_requires_vlm_at_predict(planted):
     train, test = planted
-    m = _fit(train, query="fused", refine=False)
+    m = _fit(train, refine=False)
+    assert m.query == "fused"
     with pytest.raises(GPUAError, match="vlm_features is required"):
         m.predict(test.vfm_features)
 
@@ -80,14 +82,14 @@ def test_early_stopping_keeps_best_validation_map(planted):
 
 def test_reproducible_with_seed(planted):
     train, test = planted
-    a = _fit(train, random_state=7).decision_function(test.vfm_features)
-    b = _fit(train, random_state=7).decision_function(test.vfm_features)
+    a = _fit(train, random_state=7).decision_function(test.vfm_features, test.vlm_features)
+    b = _fit(train, random_state=7).decision_function(test.vfm_features, test.vlm_features)
     np.testing.assert_array_equal(a, b)
 
 
 def test_csls_retrieval(planted):
     train, test = planted
-    m = _fit(train, refine=False, retrieval="csls", csls_k=5)
+    m = _fit(train, refine=False, retrieval="csls", csls_k=5, query="vfm")
     assert m.proto_radius_.shape == (train.text_prototypes.shape[0],)
     assert m.score(test.vfm_features, test.labels) > 0.9
 
@@ -178,7 +180,7 @@ def test_lambda_extremes_and_hard_assignment_run(planted):
     train, test = planted
     for kw in ({"lam": 1.0}, {"lam": 0.0}, {"assignment": "hard"}, {"similarity": "neg_euclidean"}, {"center": True}, {"rho": 1.0}):
         m = _fit(train, refine=False, **kw)
-        assert m.score(test.vfm_features, test.labels) > 0.5, kw
+        assert m.score(test.vfm_features, test.labels, test.vlm_features) > 0.5, kw
 
 
 def test_class_prior_length_checked(planted):

@@ -27,7 +27,7 @@ __all__ = ["DEMO_METHODS", "DEMO_VFMS", "run_demo", "add_subcommands"]
 
 DEMO_VFMS = ("offline:dinov2-s", "offline:efficientnet-lite2")
 DEMO_VLM = "offline:semantic-lite0"
-DEMO_METHODS = ("zero_shot", "gpua", "procrustes_only", "lambda_1", "no_hubness", "query_vfm", "query_fused", "lfa")
+DEMO_METHODS = ("zero_shot", "gpua", "procrustes_only", "lambda_1", "no_hubness", "query_vfm", "lfa")
 
 
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:

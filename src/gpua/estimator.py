@@ -3,7 +3,7 @@ r"""The GPUA estimator: UCM -> Procrustes -> THS refinement, and prediction.
 .. code-block:: python
 
     model = GPUA().fit(vfm_features, vlm_features, text_prototypes)   # no labels
-    pred = model.predict(vfm_test)            # query="vfm": VFM features alone at test time
+    pred = model.predict(vfm_test, vlm_test)  # the default query="fused" reads both
 
 Query modes: ``query="vfm"`` maps :math:`Q = Z` (the paper's text); ``query="fused"`` maps
 :math:`Q = [Z, X]` (the published code's choice, a learned fusion that needs VLM features at
@@ -76,8 +76,10 @@ class GPUA(AlignmentEstimator):
 
     Parameters
     ----------
-    query : {"vfm", "fused"}
-        Map :math:`Z` alone, or :math:`[Z, X]`.
+    query : {"fused", "vfm"}
+        Map :math:`[Z, X]` (default: on the demo's real CIFAR-10 features it beats ``"vfm"``
+        by about 20 points; see the README) or :math:`Z` alone (the paper's text; needs no VLM
+        at prediction).
     lam : float
         Weight :math:`\lambda` of the VLM term in UCM's fused score.
     eps : float
@@ -106,9 +108,11 @@ class GPUA(AlignmentEstimator):
         AdamW with a cosine schedule to ``lr * 1e-3``.
     k, margin_scale, hubness_weight : int, float, float
         THS: wrong prototypes per sample, :math:`s`, :math:`\beta`.
-    orthogonality : {"penalty", "project", "none"}
-        Keep :math:`W` near (semi-)orthogonal by :math:`\gamma\|W^\top W - I\|_F^2`, by
-        projecting on the nearest (semi-)orthogonal map after every step, or not at all.
+    orthogonality : {"none", "penalty", "project"}
+        Leave :math:`W` free during refinement (default; the label-free early stopping guards
+        against memorising pseudo-labels and measured best), keep it near (semi-)orthogonal by
+        :math:`\gamma\|W^\top W - I\|_F^2`, or project it on the nearest (semi-)orthogonal
+        map after every step (an SVD per step: slow for wide maps).
     ortho_weight : float
         :math:`\gamma`.
     noise_std, dropout : float
@@ -147,7 +151,7 @@ class GPUA(AlignmentEstimator):
     def __init__(
         self,
         *,
-        query: str = "vfm",
+        query: str = "fused",
         lam: float = 0.9,
         eps: float = 0.05,
         similarity: str = "cosine",
@@ -170,7 +174,7 @@ class GPUA(AlignmentEstimator):
         k: int = 3,
         margin_scale: float = 2.0,
         hubness_weight: float = 2.0,
-        orthogonality: str = "penalty",
+        orthogonality: str = "none",
         ortho_weight: float = 1.0,
         noise_std: float = 0.035,
         dropout: float = 0.05,

@@ -42,3 +42,19 @@ def test_budget_too_small_gives_the_minimum(case):
         fit_streaming(GPUA(refine=False), (Z, X), Y, max_memory="100MB", progress=False)
     with pytest.raises(GPUAError, match="refinement's held-out slice.*val_fraction"):
         plan_memory("1GB", 10_000_000, 1000, 1280, 512, 1280, refine=10**10)
+
+
+def test_freed_memory_goes_back_to_the_os():
+    import platform
+
+    from gpua.stream import release_freed_memory
+
+    assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_sinkhorn_eta_from_the_convergence_rate():
+    from gpua.stream._progress import passes_left
+
+    assert passes_left([1e-1, 1e-2], 1e-5, 100) == 3  # a decade per pass, three more decades
+    assert passes_left([1e-6], 1e-5, 100) == 0
+    assert passes_left([1e-1, 2e-1], 1e-5, 7) == 7  # not converging: capped

@@ -34,7 +34,7 @@ def test_with_refinement_stays_close_and_orthogonal(case):
     assert orthogonality_error(fed.W_) < 1e-4  # re-orthogonalised after averaging
     np.testing.assert_array_equal(fed.W0_.numpy(), fed.W0_.numpy())
     assert float((fed.W0_ - central.W0_).abs().max()) < 1e-5
-    gap = abs(fed.score(Z, labels) - central.score(Z, labels))
+    gap = abs(fed.score(Z, labels, X) - central.score(Z, labels, X))
     assert gap < 0.03, gap
 
 

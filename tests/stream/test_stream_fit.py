@@ -94,8 +94,8 @@ def test_streamed_model_saves_and_predicts(case, tmp_path):
     Z, X, Y, labels = case
     got = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory="2GB", progress=True)  # bars on stderr
     model = load_model(got.save(tmp_path / "m.gpua"))
-    np.testing.assert_array_equal(model.predict(Z), got.predict(Z))
-    assert got.score(Z, labels) > 0.8
+    np.testing.assert_array_equal(model.predict(Z, X), got.predict(Z, X))
+    assert got.score(Z, labels, X) > 0.8
 
 
 class _Stop(Exception):

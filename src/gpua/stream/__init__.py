@@ -10,7 +10,7 @@
 Dask is imported only when a cluster is asked for.
 """
 
-from ._budget import MemoryPlan, minimum_budget, parse_memory, plan_memory
+from ._budget import MemoryPlan, minimum_budget, parse_memory, plan_memory, release_freed_memory
 from ._federated import fit_federated
 from ._fit import as_source, fit_streaming, is_streaming_source, minimum_budget_for
 from ._kernels import ArraySource
@@ -31,4 +31,5 @@ __all__ = [
     "parse_memory",
     "minimum_budget",
     "minimum_budget_for",
+    "release_freed_memory",
 ]

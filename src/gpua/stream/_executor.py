@@ -65,6 +65,10 @@ class DaskExecutor:
         if not self.workers:
             raise GPUAError("the Dask cluster has no workers; start some (dask worker ADDRESS) and retry.")
         self.n_processes = len(self.workers)
+        try:
+            client.run(_kernels.prepare_worker)  # each worker honours its budget like the driver
+        except Exception:  # a worker that cannot run it still computes correctly
+            pass
 
     def owners(self, parts: Sequence[Part]) -> list[int]:
         return [p.index % self.n_processes for p in parts]

@@ -30,7 +30,7 @@ from ..estimator import build_query
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from . import _kernels as K_
-from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes
+from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
 from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
 from ._executor import connect
 from ._progress import Bar
@@ -213,6 +213,7 @@ def fit_streaming(
         ck = Checkpoint(checkpoint, fingerprint(params, src.fingerprint(), Yt))
     if isinstance(src, K_.ArraySource) and cluster is not None:
         raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
+    release_freed_memory()  # freed chunk buffers must leave the process for the budget to hold
     ex = connect(cluster, timeout=connect_timeout)
     token = uuid.uuid4().hex
     timings: dict[str, float] = {}
@@ -246,6 +247,7 @@ def fit_streaming(
         W0 = polar_factor(ucm.cross_covariance).float()
         timings["procrustes_s"] = time.perf_counter() - t1
         ex.drop(token)  # the Sinkhorn tiles are done with: free them before refinement
+        release_freed_memory()
         labels = ucm.labels.to(dev)
         est.n_features_vfm_, est.n_features_vlm_, est.n_classes_ = d_v, d_t, k
         est.vfm_mean_ = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)

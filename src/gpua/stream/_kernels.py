@@ -180,6 +180,13 @@ def drop(token: str) -> int:
     return len(keys)
 
 
+def prepare_worker() -> bool:
+    """Run once on each Dask worker: the same allocator setting as the driver's."""
+    from ._budget import release_freed_memory
+
+    return release_freed_memory()
+
+
 def _device(fit: FitSpec) -> torch.device:
     return torch.device(fit.device)
 
