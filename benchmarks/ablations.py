@@ -20,12 +20,13 @@ from gpua.features import load_features
 
 VARIANTS = {
     "zero_shot": None,
-    "vfm, penalty (default)": dict(query="vfm", orthogonality="penalty"),
-    "vfm, project": dict(query="vfm", orthogonality="project"),
-    "vfm, unconstrained": dict(query="vfm", orthogonality="none"),
-    "vfm, procrustes only": dict(query="vfm", refine=False),
+    "fused, free W (default)": dict(query="fused", orthogonality="none"),
     "fused, penalty": dict(query="fused", orthogonality="penalty"),
     "fused, procrustes only": dict(query="fused", refine=False),
+    "vfm, free W": dict(query="vfm", orthogonality="none"),
+    "vfm, penalty": dict(query="vfm", orthogonality="penalty"),
+    "vfm, project": dict(query="vfm", orthogonality="project"),
+    "vfm, procrustes only": dict(query="vfm", refine=False),
     "vfm, lambda 0.5": dict(query="vfm", lam=0.5),
     "vfm, lambda 1": dict(query="vfm", lam=1.0),
 }

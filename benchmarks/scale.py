@@ -2,8 +2,9 @@
 
 N = 50k, 200k, 1M images, K = 1000 classes, VFM width 1280 -> VLM width 512 (``--n`` picks).
 The rows are the planted 50k set (``make_planted``, latent width 128) repeated N / 50k times,
-stored as float16 shards: every N then poses the same transport problem per row (same Sinkhorn
-iterations and UCM rounds), so time per sample isolates the scaling of the implementation.
+stored as float16 shards: every N holds the same rows, so time per sample isolates the scaling
+of the implementation. (The confident-centre initialisation may pick copies of a row, which
+can change the number of UCM rounds: the table also gives UCM time per sample and round.)
 
 Each fit runs in its own process, so that its peak resident memory (sampled every 5 ms, and
 ``ru_maxrss``) is its own: the in-memory fit reads the shards into float32 arrays first (counted),
@@ -108,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--one", choices=["stream", "memory"], help=argparse.SUPPRESS)
     ap.add_argument("--shards", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.one:  # child process: one fit, JSON on the last line
-        print(json.dumps(run_one(args)))
+    if args.one:  # child process: one fit, its figures to --result
+        Path(args.result).write_text(json.dumps(run_one(args)), encoding="utf-8")
         return 0
 
     results = []
@@ -119,26 +121,31 @@ def main(argv: list[str] | None = None) -> int:
         path = make_shards(Path(args.root), n, args.k, args.d_vfm, args.d_vlm, args.d_latent, args.dtype)
         print(f"N={n}: shards at {path} ({time.perf_counter() - t:.0f} s)", flush=True)
         for mode in (["memory", "stream"] if args.mode == "both" else [args.mode]):
-            cmd = [sys.executable, __file__, "--one", mode, "--shards", str(path), "--max-memory", args.max_memory, "--query", args.query]
+            result = Path(args.root) / f"result-{mode}-n{n}-{os.getpid()}.json"
+            cmd = [sys.executable, __file__, "--one", mode, "--shards", str(path), "--max-memory", args.max_memory, "--query", args.query,
+                   "--result", str(result)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--cluster", args.cluster] if args.cluster else []
             cmd += ["--progress"] if args.progress else []
+            log = result.with_suffix(".log")  # the child's own output survives whatever happens here
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                with open(log, "w", encoding="utf-8") as fh:
+                    proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                print(f"  {mode:<7} stopped after {args.timeout:.0f} s", flush=True)
+                print(f"  {mode:<7} stopped after {args.timeout:.0f} s (log {log})", flush=True)
                 results.append({"mode": mode, "n": n, "timeout": args.timeout})
                 continue
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                print(f"  {mode:<7} failed (exit {proc.returncode}): {' | '.join(tail)}", flush=True)
+            if proc.returncode != 0 or not result.is_file():
+                tail = log.read_text(encoding="utf-8").strip().splitlines()[-3:]
+                print(f"  {mode:<7} failed (exit {proc.returncode}): {' | '.join(tail)} (log {log})", flush=True)
                 results.append({"mode": mode, "n": n, "failed": proc.returncode, "error": tail})
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = json.loads(result.read_text(encoding="utf-8"))
             results.append(r)
             s = r["streaming"] or {}
             extra = f", {s['n_chunks']} chunks of {s['chunk_rows']}, cache {s['cache']}, {s['passes']} passes" if s else f", read {r['read_seconds']:.0f} s"
-            print(f"  {mode:<7} {r['seconds']:8.1f} s  {r['us_per_sample']:7.1f} us/sample  peak {r['peak_rss_gb']:.2f} GB "
+            ucm_us = 1e6 * r["timings"]["ucm_s"] / r["n"] / max(1, r["ucm_rounds"])
+            print(f"  {mode:<7} {r['seconds']:8.1f} s  {r['us_per_sample']:7.1f} us/sample ({ucm_us:.0f} us/sample/UCM round)  peak {r['peak_rss_gb']:.2f} GB "
                   f"(ru_maxrss {r['ru_maxrss_gb']:.2f})  UCM {r['ucm_rounds']} rounds {r['sinkhorn_iters']}  stages "
                   + " ".join(f"{k[:-2]} {v:.0f}" for k, v in r["timings"].items()) + extra, flush=True)
     by = {(r["mode"], r["n"]): r for r in results if "seconds" in r}

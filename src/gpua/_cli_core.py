@@ -57,12 +57,18 @@ def _cmd_fit(args) -> int:
     from .estimator import GPUA
     from .features import load_features
 
-    train = load_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
     kw = _overrides(args)
     try:
         model = GPUA(**kw)
     except TypeError as exc:
         raise GPUAError(f"--param: {exc}; see `help(gpua.GPUA)` for the parameter names.") from None
+    if getattr(args, "shards", None):
+        from .stream.cli import run_fit
+
+        return run_fit(args, model)
+    if not args.train:
+        raise GPUAError("give --train FILE (a feature file) or --shards DIR (a shard set).")
+    train = load_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
     t0 = time.perf_counter()
     model.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
     dt = time.perf_counter() - t0
@@ -131,9 +137,12 @@ def _cmd_compare(args) -> int:
 
 def add_subcommands(sub) -> None:
     p = sub.add_parser("fit", help="learn the map from an unlabeled feature file", description="Fit GPUA on vfm_features, vlm_features and text_prototypes (labels, if present, are ignored).")
-    p.add_argument("--train", required=True, help="feature file (.npz or .safetensors)")
+    p.add_argument("--train", help="feature file (.npz or .safetensors)")
     p.add_argument("--out", required=True, help="model file to write (.gpua)")
     _estimator_args(p)
+    from .stream.cli import add_cli_arguments
+
+    add_cli_arguments(p)
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled feature file", description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images.")

@@ -20,7 +20,7 @@ def test_fit_from_shards_writes_a_model(case, tmp_path, capsys):
     add_cli_arguments(parser)
     args = parser.parse_args(["--shards", str(tmp_path / "s"), "--out", str(tmp_path / "m.gpua"), "--max-memory", "1GB",
                               "--checkpoint", str(tmp_path / "ck"), "--no-progress"])
-    assert run_fit(args, GPUA(refine=False)) == 0
+    assert run_fit(args, GPUA(refine=False, query="vfm")) == 0
     out = capsys.readouterr().out
     assert "fitted on 1500 images (1 shards), 32 classes" in out
     model = load_model(tmp_path / "m.gpua")

@@ -26,7 +26,7 @@ def test_without_refinement_equals_the_centralised_fit(case, params):
 
 def test_with_refinement_stays_close_and_orthogonal(case):
     Z, X, Y, labels = case
-    params = dict(n_steps=30)
+    params = dict(n_steps=30, query="vfm")
     central = reference_fit(case, **params)
     seen = []
     fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=3, callback=seen.append)

@@ -1,10 +1,11 @@
 """Where chunk tasks run: this process, or the workers of a Dask cluster.
 
-Both executors map a task over the chunks and return the results in chunk order, so the driver
-reduces them in a fixed order and a distributed fit computes what a local one does. On Dask each
-chunk is pinned to one worker (``index mod n_workers``) so that the worker keeps that chunk's
-Sinkhorn tile between passes; a chunk that lands elsewhere (its worker died) is rebuilt there
-from the shards, which every worker reads from shared storage.
+Two operations: :meth:`map` returns every chunk's (small, :math:`O(K)`) result in chunk order,
+so the driver reduces them in a fixed order; :meth:`reduce` folds large per-chunk results
+(:math:`K \times d` sums) as they arrive, so that at most a few of them exist at once, here or
+on a worker. On Dask each chunk is pinned to one worker (``index mod n_workers``) so that the
+worker keeps that chunk's Sinkhorn tile between passes; a chunk that lands elsewhere (its worker
+died) is rebuilt there from the shards, which every worker reads from shared storage.
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ class LocalExecutor:
                 on_done()
         return out
 
+    def reduce(self, fn: Callable, parts: Sequence[Part], *args, merge: Callable, on_done=None):
+        acc = None
+        for p in parts:
+            r = fn(p, *args)
+            acc = r if acc is None else merge([acc, r])  # fold now: one chunk's sums at a time
+            if on_done is not None:
+                on_done()
+        return acc
+
     def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
-        return merge_stats(self.map(_kernels.part_stats, parts, *args, on_done=on_done))
+        return self.reduce(_kernels.part_stats, parts, *args, merge=merge_stats, on_done=on_done)
 
     def drop(self, token: str) -> None:
         _kernels.drop(token)
@@ -95,17 +105,41 @@ class DaskExecutor:
         self._wait(futures, on_done)
         return self.client.gather(futures)
 
-    def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
-        # Centre sums are K x d_q per chunk: add them up on each worker before anything moves.
-        futures = self._submit(_kernels.part_stats, parts, args)
-        self._wait(futures, on_done)
+    #: Chunk results merged per task on a worker: bounds what waits there to be summed.
+    fan_in = 4
+
+    def reduce(self, fn: Callable, parts: Sequence[Part], *args, merge: Callable, on_done=None):
+        # Per worker, a chain of merge tasks (high priority, so each runs as soon as its inputs
+        # are ready) folds that worker's chunk results in groups of fan_in: a worker holds a few
+        # K x d sums at a time, and only one per worker travels to the driver.
         owners = self.owners(parts)
-        merged = []
+        chains = []
         for w in range(self.n_processes):
-            mine = [f for f, o in zip(futures, owners) if o == w]
-            if mine:
-                merged.append(self.client.submit(merge_stats, mine, workers=[self.workers[w]], allow_other_workers=True, pure=False))
-        return merge_stats(self.client.gather(merged))
+            mine = [p for p, o in zip(parts, owners) if o == w]
+            acc, links = None, []
+            for i in range(0, len(mine), self.fan_in):
+                group = self._submit(fn, mine[i : i + self.fan_in], args)
+                acc = self.client.submit(
+                    merge, ([acc] if acc is not None else []) + group, workers=[self.workers[w]],
+                    allow_other_workers=True, pure=False, priority=1,
+                )
+                links.append((acc, len(group)))
+            chains.append(links)
+        heads = [links[-1][0] for links in chains if links]
+        # Wait link by link, interleaving workers, and drop each finished link so that its
+        # data can be released once the next link has consumed it.
+        for j in range(max((len(c) for c in chains), default=0)):
+            for links in chains:
+                if j < len(links):
+                    if on_done is not None:
+                        links[j][0].exception()
+                        for _ in range(links[j][1]):
+                            on_done()
+                    links[j] = None
+        return merge(self.client.gather(heads))
+
+    def map_stats(self, parts: Sequence[Part], *args, on_done=None) -> dict:
+        return self.reduce(_kernels.part_stats, parts, *args, merge=merge_stats, on_done=on_done)
 
     def drop(self, token: str) -> None:
         try:

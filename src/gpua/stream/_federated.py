@@ -43,13 +43,6 @@ from ._ucm import streamed_ucm
 __all__ = ["fit_federated", "FederatedExecutor"]
 
 
-def _sum(results: list):
-    out = results[0].clone()
-    for r in results[1:]:
-        out += r
-    return out
-
-
 class FederatedExecutor(LocalExecutor):
     """Runs each client's chunk tasks "on the client" and hands the server per-client aggregates.
 
@@ -62,7 +55,7 @@ class FederatedExecutor(LocalExecutor):
     ----------
     private : dict
         ``{client: {chunk index: (labels, confidence)}}``: per-row results that stay with the
-        clients (never part of what :meth:`map` or :meth:`map_stats` return).
+        clients (never part of what :meth:`map` or :meth:`reduce` return).
     """
 
     def __init__(self, parts: Sequence[K_.Part]):
@@ -81,19 +74,20 @@ class FederatedExecutor(LocalExecutor):
         if fn is K_.part_candidates:
             # A client sends its own top-m per class (confidences and row ids), not every chunk's.
             return [K_.top_rows(torch.cat([v for v, _ in rs]), torch.cat([i for _, i in rs]), args[-1]) for rs in groups.values()]
-        if fn in (K_.part_mean, K_.part_init_sums, K_.part_build, K_.part_pass):
-            return [_sum(rs) for rs in groups.values()]
+        if fn in (K_.part_mean, K_.part_build, K_.part_pass):
+            return [K_.sum_tensors(rs) for rs in groups.values()]
         raise GPUAError(f"{fn.__name__} has no federated aggregate.")  # pragma: no cover - internal
 
-    def map_stats(self, parts, *args, on_done=None) -> dict:
-        per_part = super().map(K_.part_stats, parts, *args, on_done=on_done)
+    def reduce(self, fn: Callable, parts, *args, merge: Callable, on_done=None):
         aggregates = []
-        for client, rs in self._by_client(parts, per_part).items():
-            merged = K_.merge_stats(rs)
-            self.private[client] = merged.pop("parts")  # labels stay on the client
-            merged["parts"] = {}
+        for client in sorted({p.client for p in parts}):
+            mine = [p for p in parts if p.client == client]
+            merged = super().reduce(fn, mine, *args, merge=merge, on_done=on_done)  # on the client
+            if fn is K_.part_stats:
+                self.private[client] = merged["parts"]  # labels stay on the client
+                merged = {**merged, "parts": {}}
             aggregates.append(merged)
-        return K_.merge_stats(aggregates)
+        return merge(aggregates)  # on the server: one aggregate per client
 
 
 def fit_federated(
@@ -183,7 +177,7 @@ def fit_federated(
     t0 = time.perf_counter()
     try:
         if est.center:
-            fit.vfm_mean = (_sum(ex.map(K_.part_mean, parts, fit)) / n).float()
+            fit.vfm_mean = (K_.sum_tensors(ex.map(K_.part_mean, parts, fit)) / n).float()
         ucm = streamed_ucm(
             ex, parts, fit, fit, b=check_marginal(est.class_prior, k, "class_prior", torch.device("cpu")), rho=est.rho,
             tol=float(est.tol), sinkhorn_tol=float(est.sinkhorn_tol), sinkhorn_max_iter=int(est.sinkhorn_max_iter),

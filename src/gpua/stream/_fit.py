@@ -177,6 +177,16 @@ def fit_streaming(
     GPUAError
         Missing or mismatched shards, a budget below the minimum (the message gives it), a
         cluster that does not answer, or inputs ``GPUA.fit`` would refuse.
+
+    Notes
+    -----
+    Everything runs on ``estimator.device``: with ``device="cuda"`` the chunks are converted
+    from their storage dtype on the GPU and the cached kernel tiles live in GPU memory, so
+    ``max_memory`` should then be the GPU memory to use. Sums accumulate in float64 (float32
+    for matrix products within a chunk) whatever the storage.
+
+    On glibc this sets the process's mmap threshold to 1 MiB
+    (:func:`gpua.stream.release_freed_memory`) so that freed chunk buffers leave the process.
     """
     est = estimator
     est._check_params()
@@ -232,7 +242,7 @@ def fit_streaming(
             else:
                 with Bar(progress, "VFM mean", len(parts)) as bar:
                     sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
-                fit.vfm_mean = (sum(sums[1:], sums[0].clone()) / n).float()
+                fit.vfm_mean = (K_.sum_tensors(sums) / n).float()
         if ck is not None:
             ck.extra["vfm_mean"] = fit.vfm_mean
         fit_b = ex.broadcast(fit)

@@ -440,6 +440,14 @@ def part_final(part: Part, fit: FitSpec, W: torch.Tensor, k: int) -> tuple[torch
     return sims.argmax(1).cpu(), top
 
 
+def sum_tensors(results: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of same-shaped tensors, in list order (the merge of :func:`part_init_sums`)."""
+    out = results[0].clone()
+    for r in results[1:]:
+        out += r
+    return out
+
+
 def merge_stats(results: list[dict]) -> dict:
     """Sum the :func:`part_stats` dicts of several chunks (labels kept per chunk index)."""
     out = {"col": None, "centre_sums": None, "hard_sums": None, "change": None, "parts": {}}

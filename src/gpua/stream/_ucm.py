@@ -64,13 +64,6 @@ class StreamedUCM:
     passes: int = 0
 
 
-def _total(cols: list[torch.Tensor]) -> torch.Tensor:
-    out = cols[0].clone()
-    for c in cols[1:]:
-        out += c  # chunk order, float64: the same sum on one machine or many
-    return out
-
-
 def confident_centres_streamed(ex, parts, fit_b, n_classes: int, n_samples: int, m: int, bar: Bar) -> torch.Tensor:
     r""":func:`gpua.ucm.confident_centres` in two passes: per-chunk top-``m`` candidates, then sums.
 
@@ -88,8 +81,8 @@ def confident_centres_streamed(ex, parts, fit_b, n_classes: int, n_samples: int,
     top_p, top_i = K_.top_rows(vals, rows, m)  # (m, K)
     classes = torch.arange(n_classes).expand_as(top_i)
     sel = (top_i.reshape(-1), classes.reshape(-1), top_p.reshape(-1))
-    sums = ex.map(K_.part_init_sums, parts, fit_b, *sel, on_done=bar.tick)
-    return torch.nn.functional.normalize(_total(sums).float(), dim=1)
+    sums = ex.reduce(K_.part_init_sums, parts, fit_b, *sel, merge=K_.sum_tensors, on_done=bar.tick)
+    return torch.nn.functional.normalize(sums.float(), dim=1)
 
 
 def streamed_ucm(
@@ -162,13 +155,13 @@ def streamed_ucm(
         rnd_b = ex.broadcast(K_.RoundSpec(r, C, C_prev, g_prev))
         with Bar(progress, f"UCM round {r}/{max_outer}", n_chunks * 4) as bar:
             # The first pass builds the tiles and is the log-domain sweep of gpua.ot.sinkhorn.
-            col = _total(ex.map(K_.part_build, parts, fit_b, rnd_b, g, on_done=bar.tick))
+            col = K_.sum_tensors(ex.map(K_.part_build, parts, fit_b, rnd_b, g, on_done=bar.tick))
             g = damp * (log_b - col.log() + g)
             errors: list[float] = []
             it = 0
             while it < sinkhorn_max_iter:
                 it += 1
-                col = _total(ex.map(K_.part_pass, parts, fit_b, rnd_b, g, on_done=bar.tick))
+                col = K_.sum_tensors(ex.map(K_.part_pass, parts, fit_b, rnd_b, g, on_done=bar.tick))
                 g_new = damp * (log_b - col.log() + g)
                 err = float(((col - b).abs() / b).max()) if rho is None else float((g_new - g).abs().max())
                 g = g_new
