@@ -7,6 +7,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread per test process: the suite runs as `pytest -n 2` on 2 cores, and the
+    tests' small tensors gain nothing from more threads but contention (up to 50x slower on a
+    busy machine). Restored at the end of the session."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def planted():
     """A planted train/test pair (zero-shot about 50%, an exact linear map exists)."""

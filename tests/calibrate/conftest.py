@@ -2,18 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
 from gpua.calibrate import make_shape_gaussians
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    # Small full-batch and SGD steps: threads only add contention on the 2-core CI machines.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

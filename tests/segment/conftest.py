@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from gpua.segment.planted import make_planted_world
 
@@ -19,13 +18,3 @@ def make_estimator():
 @pytest.fixture(scope="session")
 def world():
     return make_planted_world(5, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests run tiny tensors, where intra-op threads only add spin-waiting (50x slower on a
-    busy 2-core machine); restored afterwards so other test folders are unaffected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
