@@ -20,7 +20,7 @@ def clients_of(Z, X):
 @pytest.mark.parametrize("params", [dict(refine=False), dict(refine=False, center=True, query="fused", retrieval="csls")])
 def test_without_refinement_equals_the_centralised_fit(case, params):
     Z, X, Y, _ = case
-    fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, max_memory="440MB")
+    fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, max_memory="1GB")
     assert_same_fit(reference_fit(case, **params), fed)
 
 
