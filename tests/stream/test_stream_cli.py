@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pytest
 
 from gpua import GPUA, GPUAError, load_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from gpua import GPUA, GPUAError
@@ -32,7 +31,6 @@ def test_with_refinement_stays_close_and_orthogonal(case):
     fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=3, callback=seen.append)
     assert [e["round"] for e in seen if "mean_orthogonality_error" in e] == [1, 2, 3]
     assert orthogonality_error(fed.W_) < 1e-4  # re-orthogonalised after averaging
-    np.testing.assert_array_equal(fed.W0_.numpy(), fed.W0_.numpy())
     assert float((fed.W0_ - central.W0_).abs().max()) < 1e-5
     gap = abs(fed.score(Z, labels, X) - central.score(Z, labels, X))
     assert gap < 0.03, gap

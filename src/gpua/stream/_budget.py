@@ -134,9 +134,6 @@ class MemoryPlan:
             return "recompute"
         return self.tile_dtype if self.cached_chunks >= self.n_chunks else "partial"
 
-    def cache_bytes_per_row(self, n_classes: int) -> int:
-        return n_classes * ((8 if self.tile_dtype == "float64" else 4) + (4 if self.keep_previous else 0))
-
 
 def _row_bytes(k: int, d_v: int, d_t: int, d_q: int, itemsize: int) -> int:
     # One chunk in flight: score, log-kernel and kernel (float32 + 2 float64), plan (float32) and

@@ -159,7 +159,7 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def connect(cluster, *, timeout: float = 10.0, n_workers: int | None = None):
+def connect(cluster, *, timeout: float = 10.0):
     """An executor for ``cluster``.
 
     Parameters
@@ -186,7 +186,7 @@ def connect(cluster, *, timeout: float = 10.0, n_workers: int | None = None):
     if cluster == "local" or (isinstance(cluster, int) and not isinstance(cluster, bool)):
         import os
 
-        n = int(cluster) if isinstance(cluster, int) else (n_workers or os.cpu_count() or 1)
+        n = int(cluster) if isinstance(cluster, int) else (os.cpu_count() or 1)
         if n < 1:
             raise GPUAError(f"cluster={cluster!r}: a local cluster needs at least one worker.")
         lc = distributed.LocalCluster(

@@ -110,10 +110,6 @@ class Part:
     keep_previous: bool = False
     client: int = 0
 
-    @property
-    def n_rows(self) -> int:
-        return self.stop - self.start
-
 
 class ArraySource:
     """In-memory features with the reading interface of :class:`~gpua.stream.ShardedFeatures`.
