@@ -80,6 +80,33 @@ def test_early_stopping_keeps_best_validation_map(planted):
     assert min(vals) <= vals[0]
 
 
+@pytest.mark.parametrize("tol", [0.0, 0.05])
+def test_early_stopping_follows_the_tolerance_rule(planted, tol):
+    """Replay the recorded held-out curve: the fit stops exactly where the rule says."""
+    train, _ = planted
+    patience = 3
+    m = _fit(train, n_steps=200, eval_every=5, patience=patience, refine_tol=tol)
+    vals = [c["val_loss"] for c in m.history_["refine"]]
+    best, bad, stop_at = vals[0], 0, None
+    for i, v in enumerate(vals[1:], start=1):
+        bad = 0 if v < best - max(1e-6, tol * abs(best)) else bad + 1
+        best = min(best, v)
+        if bad >= patience:
+            stop_at = i
+            break
+    if m.history_["refine"][-1]["step"] < 200:  # stopped early: exactly at the rule's first stop
+        assert stop_at == len(vals) - 1
+    else:  # ran out of steps: the rule never fired before the last evaluation
+        assert stop_at in (None, len(vals) - 1)
+
+
+def test_larger_refine_tol_never_steps_more(planted):
+    train, _ = planted
+    steps = [_fit(train, n_steps=200, eval_every=5, patience=3, refine_tol=t).history_["refine"][-1]["step"] for t in (0.0, 0.2)]
+    assert steps[1] <= steps[0]
+    assert steps[1] < 200  # a 20% gain per evaluation cannot last
+
+
 def test_reproducible_with_seed(planted):
     train, test = planted
     a = _fit(train, random_state=7).decision_function(test.vfm_features, test.vlm_features)

@@ -77,7 +77,7 @@ def test_too_few_rows_for_classes(good):
         GPUA().fit(Z[:3], X[:3], Y)
 
 
-@pytest.mark.parametrize("param,value", [("query", "both"), ("lam", 1.5), ("eps", -1), ("orthogonality", "x"), ("n_steps", -3), ("similarity", "dot")])
+@pytest.mark.parametrize("param,value", [("query", "both"), ("lam", 1.5), ("eps", -1), ("orthogonality", "x"), ("n_steps", -3), ("similarity", "dot"), ("refine_tol", -0.1), ("refine_tol", 1.0)])
 def test_bad_parameters(good, param, value):
     with pytest.raises(GPUAError, match=param):
         GPUA(**{param: value}).fit(*good)

@@ -121,6 +121,10 @@ class GPUA(AlignmentEstimator):
         Label-free early stopping: hold out this fraction of the pool, evaluate its THS loss
         every ``eval_every`` steps, keep the best map, stop after ``patience`` evaluations
         without improvement.
+    refine_tol : float
+        Relative decrease of the held-out loss that counts as an improvement for early stopping
+        (scikit-learn's ``tol`` with ``n_iter_no_change``): 0 keeps stepping while the loss
+        creeps down; the default stops once ``patience`` evaluations gain less than 1% each.
     retrieval : {"cosine", "csls"}
         Prediction by cosine, or CSLS with prototype radii measured on the fit pool.
     csls_k : int
@@ -181,6 +185,7 @@ class GPUA(AlignmentEstimator):
         val_fraction: float = 0.1,
         eval_every: int = 10,
         patience: int = 5,
+        refine_tol: float = 0.01,
         retrieval: str = "cosine",
         csls_k: int = 10,
         logit_scale: float = 100.0,
@@ -218,6 +223,7 @@ class GPUA(AlignmentEstimator):
         self.val_fraction = val_fraction
         self.eval_every = eval_every
         self.patience = patience
+        self.refine_tol = refine_tol
         self.retrieval = retrieval
         self.csls_k = csls_k
         self.logit_scale = logit_scale
@@ -249,6 +255,8 @@ class GPUA(AlignmentEstimator):
                 raise GPUAError(f"{name}={v!r} must be a positive integer.")
         if not 0.0 <= self.val_fraction < 0.5:
             raise GPUAError(f"val_fraction={self.val_fraction!r} must lie in [0, 0.5).")
+        if not (isinstance(self.refine_tol, (int, float)) and 0.0 <= self.refine_tol < 1.0):
+            raise GPUAError(f"refine_tol={self.refine_tol!r} must lie in [0, 1) (relative loss decrease; 0 disables it).")
 
     def _query(self, Z, X) -> torch.Tensor:
         Zt = self._tensor(Z)
@@ -373,8 +381,8 @@ class GPUA(AlignmentEstimator):
             if self.noise_std and torch.rand((), generator=gen) < 0.5:
                 q = q + self.noise_std * torch.randn(q.shape, generator=gen).to(q.device)
             if self.dropout and torch.rand((), generator=gen) < 0.5:
-                keep = (torch.rand(q.shape, generator=gen) >= self.dropout).to(q.device)
-                q = q * keep / (1.0 - self.dropout)
+                drop = (torch.rand(q.shape, generator=gen) < self.dropout).to(q.device)
+                q = q.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - self.dropout))  # half the time of q * keep / (1 - p)
             loss = ths_loss(q @ W, Y, labels[pick].to(dev), margins, k=self.k, hubness_weight=self.hubness_weight)
             if self.orthogonality == "penalty":
                 loss = loss + self.ortho_weight * ((gram(W) - eye) ** 2).sum() / eye.shape[0]
@@ -392,12 +400,13 @@ class GPUA(AlignmentEstimator):
                 curve.append(entry)
                 if callback is not None:
                     callback(entry)
-                if val < best_val - 1e-6:
-                    best_val, best_W, bad = val, W.detach().clone(), 0
-                else:
-                    bad += 1
-                    if bad >= self.patience:
-                        break
+                # As scikit-learn's early stopping: any decrease updates the kept map, but only a
+                # decrease of more than refine_tol (relative) resets the patience counter.
+                bad = 0 if val < best_val - max(1e-6, self.refine_tol * abs(best_val)) else bad + 1
+                if val < best_val:
+                    best_val, best_W = val, W.detach().clone()
+                if bad >= self.patience:
+                    break
         if not n_val:
             best_W = W.detach().clone()
         return best_W, curve

@@ -19,7 +19,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import optimize
 
 from .._backend import as_tensor, resolve_device, to_numpy
 from .._errors import GPUAError, NotFittedError
@@ -170,6 +169,8 @@ class LinearClassifier(_LinearModel):
                 loss = (wt * ce).sum() + 0.5 * gamma * (Wt * Wt).sum()
                 loss.backward()
                 return float(loss.detach()), to_numpy(t.grad)
+
+            from scipy import optimize  # lazily: scipy.optimize pulls scipy.stats (0.6 s at CLI start)
 
             res = optimize.minimize(
                 value_and_grad, np.concatenate([W0.ravel(), b0]), jac=True, method="L-BFGS-B",

@@ -1,0 +1,56 @@
+"""The demo's pieces that run without extracting real features: method comparison, plot, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpua import cli
+from gpua import demo as demo_mod
+from gpua.features import FeatureSet
+from gpua.report import compare_methods
+
+
+def _feature_set(d) -> FeatureSet:
+    return FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
+                      labels=d.labels, classnames=d.classnames)
+
+
+def test_compare_methods_returns_the_fitted_estimators(planted):
+    train, test = map(_feature_set, planted)
+    rows, fitted = compare_methods(train, test, ["zero_shot", "procrustes_only"], return_estimators=True)
+    assert [r["method"] for r in rows] == list(fitted) == ["zero_shot", "procrustes_only"]
+    for row in rows:
+        est = fitted[row["method"]]
+        assert est.score(test.vfm_features, test.labels, test.vlm_features) == pytest.approx(row["acc1"])
+    assert isinstance(compare_methods(train, test, ["zero_shot"]), list)  # default: rows only
+
+
+def test_embedding_plot_subsamples_and_writes_png(planted, tmp_path):
+    _, test = planted
+    out = tmp_path / "plot.png"
+    out.write_bytes(b"old")  # replaced atomically, never left half-written
+    demo_mod.embedding_plot(out, [("vfm", test.vfm_features), ("vlm", test.vlm_features)], test.labels,
+                            test.classnames or [str(i) for i in range(test.text_prototypes.shape[0])],
+                            prototypes=test.text_prototypes, max_points=80)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("argv,vfms,methods", [
+    ([], demo_mod.DEMO_VFMS, demo_mod.DEMO_METHODS),
+    (["--vfm", "all", "--methods", "all"], demo_mod.ALL_DEMO_VFMS, demo_mod.ALL_DEMO_METHODS),
+    (["--vfm", "offline:efficientnet-lite2", "--methods", "gpua,lfa"], ("offline:efficientnet-lite2",), ("gpua", "lfa")),
+])
+def test_demo_command_line(monkeypatch, argv, vfms, methods):
+    seen = {}
+    monkeypatch.setattr(demo_mod, "run_demo", lambda out, **kw: seen.update(out=out, **kw))
+    assert cli.main(["demo", "--no-plot", *argv]) == 0
+    assert tuple(seen["vfms"]) == tuple(vfms) and tuple(seen["methods"]) == tuple(methods)
+    assert seen["plot"] is False
+
+
+def test_default_demo_is_the_table_the_issue_names():
+    assert demo_mod.DEMO_VFMS == ("offline:dinov2-s",)
+    assert set(demo_mod.DEMO_METHODS) == {"zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm"}
+    assert set(demo_mod.ALL_DEMO_VFMS) >= set(demo_mod.DEMO_VFMS) and np.all([m in demo_mod.ALL_DEMO_METHODS for m in demo_mod.DEMO_METHODS])
