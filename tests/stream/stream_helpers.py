@@ -37,7 +37,7 @@ def reference_fit(data, **params) -> GPUA:
     return _REFERENCE[key]
 
 
-def assert_same_fit(a: GPUA, b: GPUA, atol: float = 1e-5) -> None:
+def assert_same_fit(a: GPUA, b: GPUA, atol: float = 1e-5, exact_iterations: bool = True) -> None:
     """The learned attributes of two fits agree (maps to ``atol``, pseudo-labels exactly)."""
     import torch
 
@@ -52,7 +52,8 @@ def assert_same_fit(a: GPUA, b: GPUA, atol: float = 1e-5) -> None:
     assert (a.proto_radius_ is None) == (b.proto_radius_ is None)
     if a.proto_radius_ is not None:
         assert torch.allclose(a.proto_radius_.cpu(), b.proto_radius_.cpu(), atol=atol)
-    assert [h["sinkhorn_iter"] for h in a.history_["ucm"]] == [h["sinkhorn_iter"] for h in b.history_["ucm"]]
+    if exact_iterations:
+        assert [h["sinkhorn_iter"] for h in a.history_["ucm"]] == [h["sinkhorn_iter"] for h in b.history_["ucm"]]
     assert a.history_["ucm_converged"] == b.history_["ucm_converged"]
     assert abs(a.history_["pseudo_label_agreement"] - b.history_["pseudo_label_agreement"]) < 1e-6
     for attr in ("n_features_vfm_", "n_features_vlm_", "n_classes_"):

@@ -27,8 +27,11 @@ def test_plan_modes_follow_the_budget():
     big = plan_memory("64GB", n, k, d_v, d_t, d_v, itemsize=2)
     assert big.mode == "float64" and big.keep_previous
     four = plan_memory("4GB", n, k, d_v, d_t, d_v, itemsize=2)
-    assert four.mode == "partial" and 0 < four.cached_chunks < four.n_chunks
+    assert four.mode == "float16" and four.cached_chunks == four.n_chunks  # 2 GB of half tiles fit
     assert four.estimate <= four.budget
+    three = plan_memory("3GB", n, k, d_v, d_t, d_v, itemsize=2)
+    assert three.mode == "partial" and three.tile_dtype == "float16" and 0 < three.cached_chunks < three.n_chunks
+    assert three.estimate <= three.budget
     # Four workers share the chunks: each caches its quarter, all of it fits.
     dist = plan_memory("4GB", n, k, d_v, d_t, d_v, itemsize=2, n_processes=4)
     assert dist.cached_chunks == dist.n_chunks

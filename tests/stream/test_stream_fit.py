@@ -39,15 +39,17 @@ def test_equals_in_memory_fit(case, params):
     assert set(ref.history_) <= set(got.history_)
 
 
-@pytest.mark.parametrize("extra, mode", [(500_000, "float32"), (100_000, "partial"), (0, "recompute")])
+@pytest.mark.parametrize("extra, mode", [(500_000, "float32"), (100_000, "float16"), (30_000, "partial"), (0, "recompute")])
 def test_equals_in_memory_fit_on_a_tight_budget(case, extra, mode):
-    # Many small chunks; float32 tiles, some tiles recomputed every pass, or all of them.
+    # Many small chunks; float32 or float16 tiles, some tiles recomputed every pass, or all of them.
     Z, X, Y, _ = case
     got = fit_streaming(GPUA(**FAST), (Z, X), Y, max_memory=budget(case, extra, **FAST), progress=False)
     s = got.history_["streaming"]
     assert s["cache"] == mode and s["n_chunks"] > 1
     assert s["estimated_peak_bytes"] <= s["budget_bytes"]
-    assert_same_fit(reference_fit(case, **FAST), got)
+    # Half-precision tiles hold kernel entries to a relative 5e-4: the fit moves by ~3e-5, not 1e-5.
+    half = mode in ("float16", "partial")
+    assert_same_fit(reference_fit(case, **FAST), got, atol=1e-4 if half else 1e-5, exact_iterations=not half)
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():

@@ -15,7 +15,11 @@ products instead of a score matrix product (hundreds of times more work) per chu
 
 * ``"float64"`` tiles and the previous round's plan: exactly the in-memory arithmetic;
 * ``"float32"`` tiles (float64 accumulation in blocks), with or without the previous plan;
-* the first chunks only, the rest recomputed every pass (``"partial"``).
+* ``"float16"`` tiles: the kernel is row-max normalised, so its entries lie in (0, 1] and half
+  precision keeps them to a relative 5e-4 (entries under 6e-8 of their row's largest flush to
+  zero; they weigh less than that in every sum); at N = 1M, K = 1000 this is the mode that
+  keeps a whole Sinkhorn pass cheap under a 4 GB budget (2 GB of tiles instead of 4);
+* the first chunks only (as float16), the rest recomputed every pass (``"partial"``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ MAX_CHUNK_ROWS = 8192
 # 2-core CPU box (benchmarks/scale.py, every run), with headroom. At 1M rows a 400 MiB reserve
 # let the resident peak reach 4.07 GB under max_memory="4GB".
 RESERVE_BYTES = 600 * 2**20
+
+_TILE_BYTES = {"float64": 8, "float32": 4, "float16": 2}
 
 _UNITS = {
     "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
@@ -108,7 +114,7 @@ class MemoryPlan:
     chunk_rows : int
         Rows per chunk (one task).
     n_chunks : int
-    tile_dtype : {"float64", "float32"}
+    tile_dtype : {"float64", "float32", "float16"}
         Storage of cached kernel chunks.
     cached_chunks : int
         How many chunks (per process, the first ones) keep their kernel between passes.
@@ -129,7 +135,7 @@ class MemoryPlan:
 
     @property
     def mode(self) -> str:
-        """``"float64"``, ``"float32"``, ``"partial"`` or ``"recompute"``."""
+        """``"float64"``, ``"float32"``, ``"float16"``, ``"partial"`` or ``"recompute"``."""
         if self.cached_chunks == 0:
             return "recompute"
         return self.tile_dtype if self.cached_chunks >= self.n_chunks else "partial"
@@ -222,14 +228,14 @@ def plan_memory(
     n_chunks = -(-n // chunk)
     left = total - fixed - chunk * per_row
     rows_here = -(-n // max(1, n_processes))
-    tile_dtype, keep_prev, cached = "float32", False, 0
-    for dtype, prev in (("float64", True), ("float32", True), ("float32", False)):
-        per = k * ((8 if dtype == "float64" else 4) + (4 if prev else 0))
+    tile_dtype, keep_prev, cached = "float16", False, 0
+    for dtype, prev in (("float64", True), ("float32", True), ("float32", False), ("float16", False)):
+        per = k * (_TILE_BYTES[dtype] + (4 if prev else 0))
         if rows_here * per <= left:
             tile_dtype, keep_prev, cached = dtype, prev, n_chunks
             break
     else:
-        cached = int(max(0, left) // (chunk * k * 4))
-    cache = min(cached, n_chunks) * chunk * k * ((8 if tile_dtype == "float64" else 4) + (4 if keep_prev else 0))
+        cached = int(max(0, left) // (chunk * k * _TILE_BYTES["float16"]))
+    cache = min(cached, n_chunks) * chunk * k * (_TILE_BYTES[tile_dtype] + (4 if keep_prev else 0))
     estimate = max(fixed + chunk * per_row + cache, fixed + refine)
     return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate))

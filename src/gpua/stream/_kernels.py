@@ -58,7 +58,7 @@ class FitSpec:
     n_total : int
         :math:`N`, for the row marginal :math:`1/N`.
     device : str
-    tile_dtype : {"float64", "float32"}
+    tile_dtype : {"float64", "float32", "float16"}
     assignment : {"soft", "hard"}
     absorb_at : float
     """
@@ -234,9 +234,11 @@ def _scaling(st: _State, g: torch.Tensor, fit: FitSpec) -> torch.Tensor:
     """:math:`w = e^{g - g^{ref}}` for a cached tile, absorbing it first when it grew large."""
     diff = g.to(st.g_ref.device) - st.g_ref
     if float(diff.abs().max()) > fit.absorb_at:
-        # Scalings this large would overflow exp(); fold them into the tile and renormalise rows.
-        st.tile.mul_(diff.exp().to(st.tile.dtype))
-        st.tile.div_(st.tile.amax(1, keepdim=True))
+        # Scalings this large would overflow exp(); fold them into the tile and renormalise rows
+        # (in float64: e^30 overflows a half-precision tile before the renormalisation).
+        T = st.tile.double().mul_(diff.exp())
+        st.tile = T.div_(T.amax(1, keepdim=True)).to(st.tile.dtype)
+        del T
         st.g_ref = g.to(st.g_ref.device).clone()
         diff = torch.zeros_like(diff)
     return diff.exp()
@@ -361,7 +363,7 @@ def part_build(part: Part, fit: FitSpec, rnd: RoundSpec, g0: torch.Tensor) -> to
     col = _columns(T, None, 1.0 / fit.n_total)
     if part.cache:
         st = _STORE.setdefault((fit.token, part.index), _State())
-        st.tile = T if fit.tile_dtype == "float64" else T.float()
+        st.tile = T if fit.tile_dtype == "float64" else T.to(getattr(torch, fit.tile_dtype))
         st.g_ref = g0.to(dev, torch.float64).clone()
         st.round = rnd.round
     return col.cpu()
