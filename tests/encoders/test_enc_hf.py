@@ -192,3 +192,62 @@ def test_unsupported_model_type(tmp_path):
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
     with pytest.raises(GPUAError, match="'bert'.*supports"):
         create_encoder(f"hf:{tmp_path}")
+
+
+# --------------------------------------------------------------------------- dense features
+
+@pytest.mark.parametrize("method", ["maskclip", "sclip", "none"])
+def test_clip_dense_option_equals_dense_clip_features(clip_dir, images, method):
+    from gpua.segment.dense_clip import dense_clip_features
+
+    enc = create_encoder(f"hf:{clip_dir}?dense={method}")
+    assert enc.dense == method and enc.metadata()["dense"] == method
+    pixels = torch.from_numpy(enc.preprocess(images))  # the encoder's own preprocessing, exactly
+    ref = dense_clip_features(enc.model, pixels, method=method).numpy()
+    P = enc.encode_patches(images, batch_size=2)
+    assert P.shape == (len(images), 4, 4, 16) and P.dtype == np.float32
+    np.testing.assert_allclose(P, ref, atol=1e-5)
+    if method == "none":  # the old encode_patches: last tokens through post_layernorm and the projection
+        vm = enc.model.vision_model
+        with torch.no_grad():
+            old = enc.model.visual_projection(vm.post_layernorm(vm(pixel_values=pixels).last_hidden_state[:, 1:]))
+        np.testing.assert_allclose(P, old.reshape(len(images), 4, 4, 16).numpy(), atol=1e-5)
+
+
+def test_clip_dense_default_is_maskclip_and_images_unchanged(clip_dir, images):
+    enc = create_encoder(f"hf:{clip_dir}")
+    assert enc.dense == "maskclip" and enc.metadata()["dense"] == "maskclip"
+    none = create_encoder(f"hf:{clip_dir}", dense="none")  # keyword form
+    assert none.metadata()["dense"] == "none"
+    assert np.abs(enc.encode_patches(images[:2]) - none.encode_patches(images[:2])).max() > 1e-3
+    np.testing.assert_array_equal(enc.encode_images(images[:2]), none.encode_images(images[:2]))
+
+
+def test_dense_errors(clip_dir, siglip_dir, dinov2_reg_dir):
+    with pytest.raises(GPUAError, match=r"dense='foo'.*must be one of 'maskclip', 'sclip', 'none'"):
+        create_encoder(f"hf:{clip_dir}?dense=foo")
+    with pytest.raises(GPUAError, match=r"known: revision, dense"):
+        create_encoder(f"hf:{clip_dir}?colour=red")
+    for method in ("maskclip", "sclip"):
+        with pytest.raises(GPUAError, match=rf"dense='{method}' is not available.*SigLIP.*dense='none'"):
+            create_encoder(f"hf:{siglip_dir}?dense={method}")
+    with pytest.warns(UserWarning, match="preprocessor_config"):
+        with pytest.raises(GPUAError, match=r"dense='maskclip' is not available.*vision-only"):
+            create_encoder(f"hf:{dinov2_reg_dir}", dense="maskclip")
+
+
+def test_siglip_and_dino_dense_default_is_their_own_path(siglip_dir, dinov2_reg_dir, images):
+    from gpua.encoders._hf import _siglip_head_per_token
+
+    enc = create_encoder(f"hf:{siglip_dir}")
+    assert enc.dense == "none" and enc.metadata()["dense"] == "none"
+    pixels = torch.from_numpy(enc.preprocess(images[:2]))
+    vm = enc.model.vision_model
+    with torch.no_grad():
+        ref = _siglip_head_per_token(vm.head, vm(pixel_values=pixels).last_hidden_state)
+    np.testing.assert_allclose(enc.encode_patches(images[:2]), ref.reshape(2, 4, 4, 32).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(create_encoder(f"hf:{siglip_dir}", dense="none").encode_patches(images[:2]),
+                                  enc.encode_patches(images[:2]))
+    with pytest.warns(UserWarning, match="preprocessor_config"):
+        dino = create_encoder(f"hf:{dinov2_reg_dir}")
+    assert dino.dense == "none" and "dense" not in dino.metadata()  # vision-only: metadata unchanged

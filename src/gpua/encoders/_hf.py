@@ -15,6 +15,23 @@ model type                  VLM      image embedding                            
 Preprocessing is read from the model's ``preprocessor_config.json`` (resize, crop, resample,
 mean, std); a folder without one falls back to the family's defaults at the model's
 ``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO), with a warning.
+
+Options (``?key=value`` in the spec, or keyword arguments of ``create_encoder``): ``revision``
+(a hub revision) and ``dense``, how ``encode_patches`` of a vision-language model puts patches
+in the joint image-text space:
+
+* CLIP: :func:`gpua.segment.dense_clip.dense_clip_features` with ``dense`` = ``"maskclip"``
+  (the default: the last block's value path, then ``post_layernorm`` and
+  ``visual_projection``, the standard training-free dense CLIP; the raw last-block tokens
+  segment poorly), ``"sclip"`` (correlative self-attention in the last block) or ``"none"``
+  (the unmodified last block's tokens through the same head);
+* SigLIP: only ``"none"``, also its default: each final token through the attention-pooling
+  head on its own (:func:`_siglip_head_per_token`). MaskCLIP/SCLIP surgery is defined for a
+  class-token CLIP, so ``"maskclip"`` or ``"sclip"`` is an error;
+* DINO models are vision-only and take only ``"none"`` (their normed patch tokens).
+
+``encode_images`` is unaffected by ``dense``. For CLIP and SigLIP the method is recorded as
+``metadata()["dense"]``, so feature caches keyed by the metadata tell the methods apart.
 """
 
 from __future__ import annotations
@@ -30,6 +47,7 @@ from .._errors import GPUAError
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, hub_offline, missing_weights_error
+from ._open_clip import resolve_dense
 from ._torch import TorchEncoder, tokens_to_grid
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
@@ -100,12 +118,23 @@ def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess)
 
 
 class HFEncoder(TorchEncoder):
-    """A transformers vision(-language) model (see the module docstring for the table)."""
+    """A transformers vision(-language) model (see the module docstring for the table).
+
+    ``encode_images`` is the model's own pooled embedding. For CLIP, ``encode_patches`` is
+    :func:`gpua.segment.dense_clip.dense_clip_features` with method ``dense`` (default
+    ``"maskclip"``); for SigLIP it is the attention-pooling head applied to each patch token
+    (``dense="none"``, its default and only method); for DINO the normed patch tokens.
+
+    Attributes
+    ----------
+    dense : str
+        The dense method ``encode_patches`` uses: ``"maskclip"``, ``"sclip"`` or ``"none"``.
+    """
 
     backend = "hf"
 
     def __init__(self, spec: str, model, config, preprocess: ImagePreprocess, *, name: str, tokenizer=None,
-                 weights: dict[str, Any], device: Any = "cpu"):
+                 weights: dict[str, Any], device: Any = "cpu", dense: str | None = None):
         self.model_type = config.model_type
         self.is_vlm = SUPPORTED_MODEL_TYPES[self.model_type][0]
         vcfg = getattr(config, "vision_config", config)
@@ -123,15 +152,20 @@ class HFEncoder(TorchEncoder):
         self.tokenizer = tokenizer
         self._weights = weights
         self._text_max_len = int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 77) or 77)
+        self.dense = resolve_dense(dense, spec=spec, unsupported=_DENSE_UNSUPPORTED.get(self.model_type))
 
     @classmethod
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
-                  spec: str | None = None, revision: str | None = None, **options: Any) -> "HFEncoder":
+                  spec: str | None = None, revision: str | None = None, dense: str | None = None,
+                  **options: Any) -> "HFEncoder":
         from transformers import AutoConfig, AutoModel
 
         if options:
-            raise GPUAError(f"hf encoder got unknown option(s) {sorted(options)}; known: revision.")
+            raise GPUAError(f"hf encoder got unknown option(s) {sorted(options)}; known: revision, dense.")
         spec = spec or f"hf:{body}"
+        # A bad value fails before any loading; whether the model type allows it is checked in
+        # __init__, once the config is known.
+        resolve_dense(dense, spec=spec, unsupported=None)
         local = os.path.isdir(os.path.expanduser(body))
         name = os.path.expanduser(body) if local else body
         hub_cache = None if cache_dir is None else str(_cache_dir(cache_dir) / "hf")
@@ -185,7 +219,7 @@ class HFEncoder(TorchEncoder):
             weights = {"folder": file_fingerprint(name)}
         else:
             weights = {"repo": body, "revision": revision or getattr(config, "_commit_hash", None)}
-        return cls(spec, model, config, pp, name=name, tokenizer=tokenizer, weights=weights, device=device)
+        return cls(spec, model, config, pp, name=name, tokenizer=tokenizer, weights=weights, device=device, dense=dense)
 
     # -- images --------------------------------------------------------------------------------
     def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,12 +230,10 @@ class HFEncoder(TorchEncoder):
     def _patches_t(self, x: torch.Tensor) -> torch.Tensor:
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         if self.model_type == "clip":
-            vm = self.model.vision_model
-            tokens = vm(pixel_values=x).last_hidden_state[:, 1:]
-            # The CLS token's path into the joint space, applied to each patch (MaskCLIP convention).
-            tokens = self.model.visual_projection(vm.post_layernorm(tokens))
-            return tokens_to_grid(tokens, 0, grid)
-        if self.model_type == "siglip":
+            from ..segment.dense_clip import dense_clip_features
+
+            return dense_clip_features(self.model, x, method=self.dense)  # (B, h, w, d) already
+        if self.model_type == "siglip":  # dense is "none" here (the only method SigLIP allows)
             vm = self.model.vision_model
             tokens = vm(pixel_values=x).last_hidden_state  # post-LayerNorm, no prefix tokens
             if getattr(vm, "head", None) is not None:
@@ -226,7 +258,19 @@ class HFEncoder(TorchEncoder):
         meta["versions"]["transformers"] = transformers.__version__
         meta.update({"model": self.name, "model_type": self.model_type, "class": type(self.model).__name__,
                      "weights": self._weights, "prefix_tokens": self.n_prefix})
+        if self.is_vlm:  # DINO metadata (and its feature-cache keys) stay as they were
+            meta["dense"] = self.dense
         return meta
+
+
+# model_type -> why MaskCLIP/SCLIP surgery does not apply (types absent here support it)
+_DENSE_UNSUPPORTED = {
+    "siglip": "SigLIP has no class token and pools with an attention head, while MaskCLIP/SCLIP modify a "
+              "class-token CLIP's last block; SigLIP patches go through its pooling head per token instead.",
+    "dinov2": "DINOv2 is a vision-only model, with no image-text space for dense CLIP features.",
+    "dinov2_with_registers": "DINOv2 is a vision-only model, with no image-text space for dense CLIP features.",
+    "dinov3_vit": "DINOv3 is a vision-only model, with no image-text space for dense CLIP features.",
+}
 
 
 def _siglip_head_per_token(head, tokens: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,29 @@ Spec bodies:
 * ``hf-hub:org/repo`` — a hub repository with ``open_clip_config.json``;
 * ``/path/to/folder`` (or ``local-dir:/path``) — such a repository saved locally.
 
+Options (``?key=value`` in the spec, or keyword arguments of ``create_encoder``):
+``pretrained`` (a tag or checkpoint path, instead of the ``/TAG`` part), ``force_quick_gelu``
+and ``dense``.
+
+``dense`` picks how ``encode_patches`` turns the last block into per-patch features in the
+joint image-text space (:func:`gpua.segment.dense_clip.dense_clip_features`):
+
+* ``"maskclip"`` — the default for class-token ViT CLIPs: the last block's value path only,
+  then the final LayerNorm and the image projection (MaskCLIP, the standard training-free dense
+  CLIP; the raw last-block tokens are dominated by a few global tokens and segment poorly);
+* ``"sclip"`` — correlative self-attention in the last block (SCLIP);
+* ``"none"`` — the unmodified last block's patch tokens through the same LayerNorm and
+  projection. It is the default (and the only choice) for towers the surgery does not apply
+  to: non-ViT towers (ResNet, timm) and ViTs with attentional pooling (CoCa-style); asking
+  those for ``"maskclip"`` or ``"sclip"`` is an error.
+
+``encode_images`` is unaffected by ``dense``: it is always the model's own pooled embedding.
+
 The exact architecture and pretrained strings are recorded verbatim in the metadata with the
 model's ``quick_gelu`` flag: ``ViT-B-16`` with OpenAI weights and ``ViT-B-16-quickgelu`` are
 different functions, and open_clip only warns about the mismatch (the warning is kept too).
+The dense method is recorded as ``metadata()["dense"]``, so feature caches keyed by the
+metadata tell the methods apart.
 """
 
 from __future__ import annotations
@@ -26,7 +46,52 @@ from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, missing_weights_error
 from ._torch import TorchEncoder, tokens_to_grid
 
-__all__ = ["OpenCLIPEncoder"]
+__all__ = ["OpenCLIPEncoder", "resolve_dense"]
+
+
+def resolve_dense(dense: Any, *, spec: str, unsupported: str | None) -> str:
+    """The dense-feature method an encoder will use, from its ``dense`` option.
+
+    Parameters
+    ----------
+    dense : str or None
+        The option as given (``None`` when it was not given): ``"maskclip"``, ``"sclip"`` or
+        ``"none"``, case-insensitive.
+    spec : str
+        The encoder spec, for the error messages.
+    unsupported : str or None
+        ``None`` when :func:`~gpua.segment.dense_clip.dense_clip_features` handles the model,
+        else one sentence saying why it does not.
+
+    Returns
+    -------
+    str
+        ``"maskclip"`` by default where supported, ``"none"`` by default elsewhere, else the
+        requested method.
+
+    Raises
+    ------
+    GPUAError
+        For a value that is not a method, or ``"maskclip"`` / ``"sclip"`` on a model the
+        surgery does not apply to.
+    """
+    from ..segment.dense_clip import DENSE_METHODS
+
+    if dense is None:
+        return "none" if unsupported else "maskclip"
+    method = dense.strip().lower() if isinstance(dense, str) else dense
+    if method not in DENSE_METHODS:
+        raise GPUAError(
+            f"dense={dense!r} (encoder {spec!r}) must be one of {', '.join(map(repr, DENSE_METHODS))}; "
+            "e.g. '?dense=maskclip' in the spec or create_encoder(spec, dense='sclip')."
+        )
+    if method != "none" and unsupported:
+        raise GPUAError(
+            f"dense={method!r} is not available for encoder {spec!r}: {unsupported} "
+            "Pass dense='none' (or leave the option out) to use the model's own per-patch features, "
+            "or use a class-token ViT CLIP for MaskCLIP/SCLIP features."
+        )
+    return method
 
 
 def _preprocess_from_cfg(cfg: dict[str, Any]) -> ImagePreprocess:
@@ -47,17 +112,26 @@ def _preprocess_from_cfg(cfg: dict[str, Any]) -> ImagePreprocess:
 class OpenCLIPEncoder(TorchEncoder):
     """A CLIP-family model from open_clip: image and text towers in one space.
 
-    ``encode_images`` is ``model.encode_image`` (the projected pooled token); ``encode_patches``
-    passes the last block's patch tokens through the same final LayerNorm and projection, so
-    they live in the text space too (the MaskCLIP convention); ``encode_text`` is
+    ``encode_images`` is ``model.encode_image`` (the projected pooled token), whatever ``dense``
+    is. ``encode_patches`` is :func:`gpua.segment.dense_clip.dense_clip_features` with method
+    ``dense``, so the patches live in the text space too: by default ``"maskclip"`` (the last
+    block's value path, then the final LayerNorm and projection) for class-token ViT towers, and
+    ``"none"`` (the unmodified last block's tokens through the same LayerNorm and projection)
+    for towers the surgery does not apply to (see the module docstring). ``encode_text`` is
     ``model.encode_text`` on open_clip's own tokenizer.
+
+    Attributes
+    ----------
+    dense : str
+        The dense method ``encode_patches`` uses: ``"maskclip"``, ``"sclip"`` or ``"none"``.
     """
 
     backend = "open_clip"
     is_vlm = True
 
     def __init__(self, spec: str, model, tokenizer, preprocess: ImagePreprocess, *, model_name: str,
-                 pretrained: str | None, weights: dict[str, Any], device: Any = "cpu", notes: list[str] | None = None):
+                 pretrained: str | None, weights: dict[str, Any], device: Any = "cpu", notes: list[str] | None = None,
+                 dense: str | None = None):
         visual = model.visual
         embed_dim = getattr(visual, "output_dim", None)
         if embed_dim is None:  # towers without the attribute: measure it
@@ -71,16 +145,22 @@ class OpenCLIPEncoder(TorchEncoder):
         self.pretrained = pretrained
         self._weights = weights
         self._notes = notes or []
+        # Checked once: dense_clip_features handles this tower, or why not (None when it does).
+        self._dense_unsupported = _dense_unsupported(model)
+        self.dense = resolve_dense(dense, spec=spec, unsupported=self._dense_unsupported)
 
     @classmethod
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                   spec: str | None = None, pretrained: str | None = None, force_quick_gelu: Any = False,
-                  **options: Any) -> "OpenCLIPEncoder":
+                  dense: str | None = None, **options: Any) -> "OpenCLIPEncoder":
         import open_clip
 
         if options:
-            raise GPUAError(f"open_clip encoder got unknown option(s) {sorted(options)}; known: pretrained, force_quick_gelu.")
+            raise GPUAError(f"open_clip encoder got unknown option(s) {sorted(options)}; known: pretrained, force_quick_gelu, dense.")
         spec = spec or f"open_clip:{body}"
+        # Reject a bad value before loading weights; whether the tower supports it is checked
+        # once the model exists (in __init__).
+        resolve_dense(dense, spec=spec, unsupported=None)
         quick = str(force_quick_gelu).lower() in ("1", "true", "yes")
         if body.startswith(("hf-hub:", "local-dir:")) or os.path.isdir(os.path.expanduser(body)):
             model_name = body if body.startswith(("hf-hub:", "local-dir:")) else "local-dir:" + os.path.expanduser(body)
@@ -137,17 +217,29 @@ class OpenCLIPEncoder(TorchEncoder):
         else:
             weights = {"tag": tag or model_name}
         pp = _preprocess_from_cfg(open_clip.get_model_preprocess_cfg(model))
-        return cls(spec, model, tokenizer, pp, model_name=model_name, pretrained=tag, weights=weights, device=device, notes=notes)
+        return cls(spec, model, tokenizer, pp, model_name=model_name, pretrained=tag, weights=weights, device=device, notes=notes,
+                   dense=dense)
 
     def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
 
     def _patches_t(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense_unsupported is None:
+            from ..segment.dense_clip import dense_clip_features
+
+            return dense_clip_features(self.model, x, method=self.dense)  # (B, h, w, d) already
+        # Towers the surgery does not apply to (dense is "none" there): the last block's tokens.
         visual = self.model.visual
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "ln_post"):
             raise GPUAError(
                 f"encode_patches supports open_clip VisionTransformer towers; {self.model_name!r} has a "
                 f"{type(visual).__name__}. Use a ViT model, or the timm: back end for patch features."
+            )
+        if getattr(visual, "attn_pool", None) is not None:
+            # Its ln_post is sized for the pooled queries, not for the width of the patch tokens.
+            raise GPUAError(
+                f"encode_patches does not support {self.model_name!r}: its ViT pools with attentional pooling "
+                "(CoCa-style), which gives no per-patch features in the text space. Use a class-token ViT CLIP."
             )
         out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True, output_fmt="NLC", intermediates_only=True)
         tokens = out["image_intermediates"][-1]  # (B, h*w, width), ln_post applied, CLS removed
@@ -169,10 +261,25 @@ class OpenCLIPEncoder(TorchEncoder):
             "pretrained": self.pretrained,
             "weights": self._weights,
             "quick_gelu": _uses_quick_gelu(self.model),
+            "dense": self.dense,
         })
         if self._notes:
             meta["warnings"] = self._notes
         return meta
+
+
+def _dense_unsupported(model) -> str | None:
+    """Why :func:`~gpua.segment.dense_clip.dense_clip_features` cannot run ``model``, or None if it can."""
+    from ..segment.dense_clip import _adapt  # the function's own model check, without a forward pass
+
+    visual = getattr(model, "visual", model)
+    if not all(hasattr(visual, a) for a in ("conv1", "transformer", "class_embedding", "ln_post")):
+        return f"its vision tower is a {type(visual).__name__}, not a class-token open_clip VisionTransformer."
+    try:
+        _adapt(model)
+    except GPUAError as exc:
+        return str(exc)
+    return None
 
 
 def _uses_quick_gelu(model) -> bool:
