@@ -1,13 +1,21 @@
-"""From images to a feature file: ``extract_features`` and the ``gpua extract`` command.
+"""From images to features on disk: ``extract_features`` and the ``gpua extract`` command.
 
 Every image of a dataset is encoded by a vision foundation model (VFM) and a vision-language
 model (VLM); the VLM's text tower turns the class names into prompt-ensembled text prototypes.
-The result is one feature file (:func:`gpua.features.save_features`) holding
-``vfm_features``, ``vlm_features``, ``text_prototypes``, ``labels``, ``classnames`` and
-``image_ids``, with both encoders' metadata.
+The result holds ``vfm_features``, ``vlm_features``, ``text_prototypes``, ``labels``,
+``classnames`` and ``image_ids``, with both encoders' metadata, as either
 
-Long runs are safe to interrupt: work is written in shards under ``<out>.parts/`` (each shard
-atomically), and a re-run with the same inputs continues after the last complete shard. A
+* one feature file (:func:`gpua.features.save_features`), when ``out`` ends in ``.npz`` or
+  ``.safetensors``, or
+* a shard set (:class:`gpua.stream.ShardedFeatures`: memory-mapped row shards and an index),
+  when ``out`` is a folder name without a suffix (or ``format="shards"``). That is the form
+  for datasets whose features do not fit in memory: ``gpua fit --shards DIR`` reads it in
+  row chunks.
+
+Long runs are safe to interrupt: work is written in parts of ``shard_size`` images under
+``<out>.parts/`` (each part atomically), and a re-run with the same inputs continues after the
+last complete part. The parts can be encoded by the workers of a Dask cluster (``cluster=``);
+they then write to ``<out>.parts/`` themselves, so it must lie on storage the workers share. A
 re-run whose output already exists with the same cache key returns at once. The key hashes both
 encoders' metadata (model, weights, preprocessing, library versions), the dataset's identity
 (name, split, image ids, labels, and the files' sizes and modification times or the pixel
@@ -22,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +47,8 @@ __all__ = ["extract_features", "add_subcommands", "FORMAT_VERSION"]
 #: Bumped when the feature-file layout or the extraction procedure changes (invalidates caches).
 FORMAT_VERSION = 1
 _ON_ERROR = ("skip", "fail")
+_FORMATS = ("auto", "file", "shards")
+_FILE_SUFFIXES = (".npz", ".safetensors")
 _DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -114,9 +125,35 @@ def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
     return ident
 
 
+def _output_kind(out: Path, format: str) -> str:
+    """``"file"`` or ``"shards"``: what ``out`` names, by the rule documented in extract_features."""
+    if format not in _FORMATS:
+        raise GPUAError(f"format={format!r} must be one of {_FORMATS}.")
+    suffix = out.suffix.lower()
+    if format == "file" or (format == "auto" and suffix in _FILE_SUFFIXES):
+        if suffix not in _FILE_SUFFIXES:
+            raise GPUAError(f"out={str(out)!r} must end in .npz or .safetensors for format='file'.")
+        if out.is_dir():
+            raise GPUAError(f"out={str(out)!r} is an existing folder; a feature file needs a file name (or use a shard set: drop the suffix).")
+        return "file"
+    if suffix in _FILE_SUFFIXES:  # format="shards" with a file name: a contradiction, not a guess
+        raise GPUAError(f"out={str(out)!r} ends in {out.suffix} but format='shards' writes a folder; drop the suffix, or pass format='file'.")
+    if format == "auto" and suffix:
+        raise GPUAError(
+            f"out={str(out)!r} must end in .npz or .safetensors (one feature file) or be a folder name without a "
+            f"suffix (a shard set); for a folder whose name contains a dot, pass format='shards' (--format shards)."
+        )
+    return "shards"
+
+
 def _read_cache_key(path: Path) -> str | None:
-    """The ``cache_key`` stored in an existing feature file's metadata, without reading its arrays."""
+    """The ``cache_key`` stored in an existing output's metadata, without reading its arrays."""
     try:
+        if path.is_dir():
+            from .stream._shards import ShardedFeatures
+
+            # check=True: a set with a missing or truncated shard file is not a cache hit.
+            return ShardedFeatures(path, check=True).meta.get("cache_key")
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as f:
                 return json.loads(str(f["meta"])).get("cache_key") if "meta" in f.files else None
@@ -124,50 +161,70 @@ def _read_cache_key(path: Path) -> str | None:
 
         with safe_open(str(path), framework="numpy") as f:
             return json.loads((f.metadata() or {}).get("meta", "{}")).get("cache_key")
-    except Exception:  # unreadable or foreign file: not a cache hit, it will be rewritten
+    except Exception:  # unreadable or foreign output: not a cache hit, it will be rewritten
         return None
 
 
 # -- shards -------------------------------------------------------------------------------------
 class _Parts:
-    """The ``<out>.parts/`` folder: a manifest with the cache key, and one npz per shard."""
+    """The ``<out>.parts/`` folder: a manifest with the cache key, and one npz per part.
 
-    def __init__(self, out: Path, key: str, shard_size: int, resume: bool):
-        self.dir = Path(str(out) + ".parts")
-        self.shard_size = shard_size
-        manifest = self.dir / "manifest.json"
+    ``_Parts(folder)`` only names the folder (what a Dask worker needs to write a part);
+    :meth:`open` prepares it for a run.
+    """
+
+    #: The small arrays of a part: which images it holds and which it skipped.
+    SUMMARY = ("index", "image_ids", "skipped_index", "skipped_error")
+
+    def __init__(self, folder: str | os.PathLike):
+        self.dir = Path(folder)
+
+    @classmethod
+    def open(cls, out: Path, key: str, shard_size: int, resume: bool) -> "_Parts":
+        """The parts folder of ``out``, emptied unless it holds this run's (``key``) resumable work."""
+        parts = cls(str(out) + ".parts")
+        manifest = parts.dir / "manifest.json"
         want = {"cache_key": key, "shard_size": shard_size, "format": FORMAT_VERSION}
-        have = None
-        if manifest.is_file():
-            try:
-                have = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                have = None
-        if self.dir.exists() and (not resume or have != want):
-            shutil.rmtree(self.dir)  # another run's (or a stale) work: never mix it in
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if parts.dir.exists() and (not resume or parts.manifest() != want):
+            shutil.rmtree(parts.dir)  # another run's (or a stale) work: never mix it in
+        parts.dir.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
             atomic_write_text(manifest, json.dumps(want))
+        return parts
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def shard_path(self, i: int) -> Path:
         return self.dir / f"shard-{i:06d}.npz"
 
-    def load(self, i: int, ids: list[str]) -> dict[str, np.ndarray] | None:
-        """Shard ``i``, or None when missing, unreadable or not about these images (then it is redone)."""
+    def _read(self, i: int, ids, keys: Sequence[str] | None) -> dict[str, np.ndarray] | None:
+        """``keys`` (None: all) of part ``i``, or None when missing, unreadable or not about these images."""
         p = self.shard_path(i)
         if not p.is_file():
             return None
         try:
-            with np.load(p, allow_pickle=False) as f:
-                shard = {k: f[k] for k in f.files}
-        except Exception:  # a shard the OS lost half of
+            with np.load(p, allow_pickle=False) as f:  # an npz reads only the members asked for
+                part = {k: f[k] for k in (f.files if keys is None else keys)}
+        except Exception:  # a part the OS lost half of, or one from an older layout
             return None
         try:
-            rows = {len(shard[k]) for k in ("index", "image_ids", "vfm", "vlm")}
-            same = [str(v) for v in shard["image_ids"]] == [ids[j] for j in shard["index"]]
+            rows = {len(part[k]) for k in ("index", "image_ids", "vfm", "vlm") if k in part}
+            same = [str(v) for v in part["image_ids"]] == [ids[j] for j in part["index"]]
         except (KeyError, IndexError, TypeError):
             return None
-        return shard if len(rows) == 1 and same else None
+        return part if len(rows) == 1 and same else None
+
+    def load(self, i: int, ids) -> dict[str, np.ndarray] | None:
+        """Part ``i`` with its features, or None when it must be (re)done."""
+        return self._read(i, ids, None)
+
+    def summary(self, i: int, ids) -> dict[str, np.ndarray] | None:
+        """Part ``i``'s :attr:`SUMMARY` arrays without its features (cheap), or None when it must be (re)done."""
+        return self._read(i, ids, self.SUMMARY)
 
     def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
         with atomic_path(self.shard_path(i), suffix=".npz") as tmp:
@@ -230,6 +287,104 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
     }
 
 
+# -- Dask ---------------------------------------------------------------------------------------
+#: Encoders built on this (worker) process, keyed by (spec, device, cache_dir): a worker loads
+#: each model once, not once per part.
+_WORKER_ENCODERS: dict[tuple[str, str, str | None], Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _registry_entries(specs: Sequence[str]) -> dict[str, Any]:
+    """The registry entries the specs resolve to here, to register on workers that lack them.
+
+    A worker process starts with the built-in entries only; shipping these lets an encoder
+    registered in the client's script (``register_encoder``) be built there too.
+    """
+    from .encoders import _registry
+
+    entries = {}
+    for spec in specs:
+        backend, body, _ = _registry.parse_spec(spec)
+        for name in (f"{backend}:{body}", f"{backend}:"):  # create_encoder's lookup order
+            if name in _registry._REGISTRY:
+                entries[name] = _registry._REGISTRY[name]
+                break
+    return entries
+
+
+def _worker_encoder(spec: str, device: str, cache_dir, entries: dict[str, Any]):
+    from .encoders import create_encoder, list_encoders, register_encoder
+
+    key = (spec, device, None if cache_dir is None else str(cache_dir))
+    with _WORKER_LOCK:
+        if key not in _WORKER_ENCODERS:
+            known = set(list_encoders())
+            for name, factory in entries.items():
+                if name not in known:
+                    register_encoder(name, factory)
+            _WORKER_ENCODERS[key] = create_encoder(spec, device=device, cache_dir=cache_dir)
+        return _WORKER_ENCODERS[key]
+
+
+def _encode_part_task(i: int, start: int, stop: int, ds, specs: tuple[str, str], device: str, cache_dir,
+                      entries: dict[str, Any], batch_size: int, on_error: str, parts_dir: str, key: str) -> dict[str, Any]:
+    """Run on a Dask worker: encode images ``[start, stop)`` as part ``i`` and write it to ``parts_dir``.
+
+    Returns only small metadata (rows kept and skipped, and the hashes of the worker's encoder
+    metadata); the features travel through the shared folder, not the scheduler.
+    """
+    vfm, vlm = (_worker_encoder(s, device, cache_dir, entries) for s in specs)
+    ids = {j: str(ds.image_id(j)) for j in range(start, stop)}  # this part's ids only, not the dataset's
+    arrays = _encode_shard(vfm, vlm, ds, range(start, stop), ids, batch_size, on_error, None)
+    parts = _Parts(parts_dir)
+    if (parts.manifest() or {}).get("cache_key") != key:
+        # The client restarted with other inputs (or the folder is not shared): do not mix this part in.
+        raise GPUAError(f"the parts folder {parts_dir!r} does not belong to this extraction (its manifest has another "
+                        "cache key, or this worker does not see it); it must lie on storage every worker shares.")
+    parts.save(i, arrays)
+    return {"kept": int(arrays["index"].size), "skipped": int(arrays["skipped_index"].size),
+            "metadata": (_sha(vfm.metadata()), _sha(vlm.metadata()))}
+
+
+def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges: list[range], ds, specs: tuple[str, str],
+                       metadata: tuple[dict, dict], device: str, cache_dir, batch_size: int, on_error: str,
+                       parts: _Parts, key: str, on_part: Callable[[int], None]) -> None:
+    """Encode parts ``todo`` on a Dask cluster; ``on_part(i)`` as each finishes (completion order)."""
+    from .stream._executor import connect
+
+    ex = connect(cluster, timeout=connect_timeout)
+    try:
+        from distributed import as_completed
+
+        client = ex.client
+        ds_ref = ex.broadcast(ds)  # one copy per worker, not one per task
+        entries = _registry_entries(specs)
+        parts_dir = str(parts.dir.resolve())  # workers may run elsewhere: no relative paths
+        futures = {
+            client.submit(_encode_part_task, i, ranges[i].start, ranges[i].stop, ds_ref, specs, device, cache_dir, entries,
+                          batch_size, on_error, parts_dir, key, pure=False): i
+            for i in todo
+        }
+        want = (_sha(metadata[0]), _sha(metadata[1]))
+        differ = set()
+        try:
+            for fut in as_completed(list(futures), loop=client.loop):  # loop: our client is not the default one
+                info = fut.result()  # re-raises a task's error here (its finished parts are kept)
+                differ.update(name for name, a, b in zip(("vfm", "vlm"), info["metadata"], want) if a != b)
+                on_part(futures[fut])
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+        if differ:
+            warnings.warn(
+                f"the workers' {' and '.join(sorted(differ))} metadata differs from this process's (library versions, "
+                "weights or model files); the features may not match the cache key. Install the same versions and "
+                "model files on every worker.", stacklevel=3,
+            )
+    finally:
+        ex.close()
+
+
 # -- the entry point ----------------------------------------------------------------------------
 def extract_features(
     vfm: Any,
@@ -239,6 +394,7 @@ def extract_features(
     templates: Sequence[str] | str | os.PathLike | None = None,
     *,
     out: str | os.PathLike,
+    format: str = "auto",
     batch_size: int = 64,
     device: str = "cpu",
     float16: bool = False,
@@ -248,15 +404,20 @@ def extract_features(
     progress: bool = True,
     split: str | None = None,
     shard_size: int = 1024,
+    rows_per_shard: int = 65536,
+    shard_storage: str = "npy",
+    cluster: Any = None,
+    connect_timeout: float = 10.0,
     on_shard: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Encode a dataset with a VFM and a VLM and write a GPUA feature file.
+    """Encode a dataset with a VFM and a VLM and write a feature file or a shard set.
 
     Parameters
     ----------
     vfm, vlm : str or Encoder
         Encoder specs (``"offline:dinov2-s"``, ``"open_clip:ViT-B-16/openai"``, see
         :func:`gpua.encoders.list_encoders`) or encoder objects. ``vlm`` must have a text tower.
+        With ``cluster``, specs only (each worker builds its own encoders from them).
     dataset : path, str or dataset object
         Anything :func:`gpua.data.load_dataset` opens (image folder, CoOp split file, ``.npz``,
         ``"cifar10-mini"``), or a dataset object with ``len``, ``image_id(i)``, ``label(i)``,
@@ -268,15 +429,23 @@ def extract_features(
         default: the dataset's own templates when it is a known benchmark, else
         ``["a photo of a {}."]``.
     out : path
-        ``.npz`` or ``.safetensors`` output file.
+        Where to write. With ``format="auto"``: a name ending in ``.npz`` or ``.safetensors`` is
+        one feature file; a name without a suffix is a shard-set folder
+        (:class:`gpua.stream.ShardedFeatures`); any other suffix is refused as ambiguous. An
+        existing folder is replaced only when it is a shard set (or empty): any other folder is
+        refused, never deleted.
+    format : {"auto", "file", "shards"}
+        ``"shards"`` writes a shard set whatever the folder name (say ``"feats.v2"``), but
+        refuses ``.npz`` / ``.safetensors`` names; ``"file"`` insists on a feature file.
     batch_size : int
         Images per forward pass.
     device : str
-        Device for encoders created from specs.
+        Device for encoders created from specs (on every worker too, with ``cluster``).
     float16 : bool
-        Store the feature matrices in half precision (half the file size).
+        Store the feature matrices in half precision (half the size; shard sets then have dtype
+        ``"float16"``, else ``"float32"``).
     resume : bool
-        Continue from the shards of an interrupted run and return at once when ``out`` already
+        Continue from the parts of an interrupted run and return at once when ``out`` already
         holds these features. ``False`` recomputes everything.
     on_error : {"skip", "fail"}
         Unreadable or truncated images are left out (counted, named in a warning and in
@@ -289,24 +458,45 @@ def extract_features(
     split : str, optional
         The split to read when ``dataset`` is a path (``"train"``, ``"test"``...).
     shard_size : int
-        Images per resumable shard.
+        Images per resumable part under ``<out>.parts/`` (the unit of resumption, and one task
+        on a cluster).
+    rows_per_shard : int
+        Rows per file of a shard set (:class:`gpua.stream.ShardWriter`); ignored for a file.
+    shard_storage : {"npy", "safetensors"}
+        File format of a shard set's shards; ignored for a file.
+    cluster : None, "local", int, str or distributed.Client
+        Encode the parts on Dask workers (:func:`gpua.stream.fit_streaming` takes the same
+        values): ``"local"`` or a worker count starts a ``LocalCluster`` of processes,
+        ``"tcp://host:8786"`` connects to a scheduler. Each worker builds the encoders once
+        from their specs and writes its parts to ``<out>.parts/``, which must therefore lie on
+        storage shared by this process and every worker; this process builds the encoders too
+        (for the cache key and the text prototypes) and assembles the output. The result
+        equals a run without ``cluster``. The dataset object is sent to each worker once (an
+        image folder as its list of paths, an in-memory array whole).
+    connect_timeout : float
+        Seconds to wait for a ``cluster`` scheduler before a :class:`GPUAError`.
     on_shard : callable, optional
-        Called as ``on_shard(shard_index, n_images_done)`` after each shard is written (progress
-        reporting; an exception raised there stops the run with the shard kept).
+        Called as ``on_shard(part_index, n_images_done)`` after each part is written (progress
+        reporting; in completion order on a cluster; an exception raised there stops the run
+        with the parts kept).
 
     Returns
     -------
     Path
-        ``out``.
+        ``out``: the feature file (:func:`gpua.features.load_features`) or the shard-set folder
+        (:class:`gpua.stream.ShardedFeatures`; its ``meta`` and ``image_ids()`` hold what the
+        file's do).
 
     Raises
     ------
     GPUAError
-        For bad arguments, a vision-only ``vlm``, missing class names, an unreadable image with
-        ``on_error="fail"``, or a dataset none of whose images can be read.
+        For bad arguments, an ambiguous or occupied ``out``, encoder objects with ``cluster``, a
+        vision-only ``vlm``, missing class names, an unreadable image with ``on_error="fail"``,
+        a cluster that does not answer, or a dataset none of whose images can be read.
     """
     from .encoders import create_encoder
     from .encoders._base import _check_batch_size
+    from .stream._shards import _check_writer_options, check_destination
 
     if on_error not in _ON_ERROR:
         raise GPUAError(f"on_error={on_error!r} must be one of {_ON_ERROR}.")
@@ -314,8 +504,18 @@ def extract_features(
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()
-    if out.suffix.lower() not in (".npz", ".safetensors"):
-        raise GPUAError(f"out={str(out)!r} must end in .npz or .safetensors.")
+    kind = _output_kind(out, format)
+    if kind == "shards":  # checked now, not after hours of encoding
+        _check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
+        check_destination(out, overwrite=True, name="out")
+    if cluster is not None:
+        for name, enc in (("vfm", vfm), ("vlm", vlm)):
+            if not isinstance(enc, str):
+                raise GPUAError(
+                    f"{name} is a {type(enc).__name__} object, but cluster= needs encoder specs (strings such as "
+                    "'open_clip:ViT-B-16/openai') so that each worker can build its own; register a custom encoder "
+                    "with gpua.encoders.register_encoder and pass its name."
+                )
 
     ds = _open_dataset(dataset, split, classnames)
     names = list(getattr(ds, "classnames", []) or [])
@@ -336,12 +536,14 @@ def extract_features(
         raise GPUAError(f"dataset image ids are not unique ({dup!r} repeats); feature rows are keyed by image id.")
     labels = [_label(ds, i) for i in range(n)]
 
+    specs = (vfm, vlm)
     vfm = create_encoder(vfm, device=device, cache_dir=cache_dir)
     vlm = create_encoder(vlm, device=device, cache_dir=cache_dir)
     if not vlm.is_vlm:
         raise GPUAError(f"vlm={vlm.spec!r} is vision-only; the VLM must encode text, e.g. 'open_clip:ViT-B-16/openai'.")
 
     identity = _dataset_identity(ds, ids, labels)
+    # The same key for a file and a shard set: it identifies the features, not their container.
     key = _sha({
         "format": FORMAT_VERSION,
         "vfm": vfm.metadata(),
@@ -351,37 +553,48 @@ def extract_features(
         "templates": temps,
         "float16": bool(float16),
     })
-    if resume and out.is_file() and _read_cache_key(out) == key:
+    if resume and out.exists() and _read_cache_key(out) == key:
         return out
 
-    parts = _Parts(out, key, int(shard_size), resume)
-    shards = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-    results: list[dict[str, np.ndarray] | None] = [parts.load(i, ids) for i in range(len(shards))]
-    done = sum(len(r) for r, res in zip(shards, results) if res is not None)
+    parts = _Parts.open(out, key, int(shard_size), resume)
+    ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    # Only the parts' small arrays are read to see what is done; features stay on disk until assembly.
+    todo = [i for i in range(len(ranges)) if parts.summary(i, ids) is None]
+    done = n - sum(len(ranges[i]) for i in todo)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, initial=done, desc=f"extract {getattr(ds, 'name', '')}", unit="img")
+
+    def part_done(i: int) -> None:
+        nonlocal done
+        done += len(ranges[i])
+        if bar is not None and cluster is not None:  # locally, _encode_shard ticks per batch
+            bar.update(len(ranges[i]))
+        if on_shard is not None:
+            on_shard(i, done)
+
     try:
-        for i, rng in enumerate(shards):
-            if results[i] is not None:
-                continue
-            results[i] = _encode_shard(vfm, vlm, ds, rng, ids, batch_size, on_error, bar)
-            parts.save(i, results[i])
-            done += len(rng)
-            if on_shard is not None:
-                on_shard(i, done)
+        if cluster is None:
+            for i in todo:
+                parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar))
+                part_done(i)
+        elif todo:
+            _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
+                               cache_dir, batch_size, on_error, parts, key, part_done)
     finally:
         if bar is not None:
             bar.close()
 
-    index = np.concatenate([r["index"] for r in results])
-    Z = np.concatenate([r["vfm"] for r in results])
-    X = np.concatenate([r["vlm"] for r in results])
-    if not (Z.shape[0] == X.shape[0] == index.shape[0]) or Z.shape[1] != vfm.embed_dim or X.shape[1] != vlm.embed_dim:
-        raise GPUAError(f"the shards in {str(parts.dir)!r} are inconsistent; delete that folder and run again.")
-    skipped = [(int(j), str(e)) for r in results for j, e in zip(r["skipped_index"], r["skipped_error"])]
+    summaries = [parts.summary(i, ids) for i in range(len(ranges))]
+    missing = [i for i, s in enumerate(summaries) if s is None]
+    if missing:
+        where = " (written by the workers: the folder must lie on storage this process and every worker share)" if cluster is not None else ""
+        raise GPUAError(f"part {missing[0]} is missing or unreadable in {str(parts.dir)!r}{where}; run again to redo it.")
+    index = np.concatenate([s["index"] for s in summaries])
+    skipped = [(int(j), str(e)) for s in summaries for j, e in zip(s["skipped_index"], s["skipped_error"])]
+    del summaries
     if index.size == 0:
         raise GPUAError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
     if skipped:
@@ -398,7 +611,7 @@ def extract_features(
     y = np.asarray([labels[j] for j in index], dtype=np.int64)
     if (y < 0).any():
         if (y >= 0).any():
-            warnings.warn(f"{int((y < 0).sum())} of {y.size} images have no label; the file stores no labels.", stacklevel=2)
+            warnings.warn(f"{int((y < 0).sum())} of {y.size} images have no label; the output stores no labels.", stacklevel=2)
         y = None
     meta = {
         "gpua_version": __version__,
@@ -412,12 +625,43 @@ def extract_features(
         "float16": bool(float16),
         "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
     }
-    save_features(
-        out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
-        image_ids=[ids[j] for j in index], meta=meta, float16=float16,
-    )
+    widths = (vfm.embed_dim, vlm.embed_dim)
+    if kind == "file":
+        # One matrix per encoder, filled part by part: the parts are never all in memory at once.
+        Z = np.empty((index.size, widths[0]), np.float32)
+        X = np.empty((index.size, widths[1]), np.float32)
+        for r0, r1, part in _assemble(parts, ranges, ids, widths):
+            Z[r0:r1], X[r0:r1] = part["vfm"], part["vlm"]
+        save_features(
+            out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
+            image_ids=[ids[j] for j in index], meta=meta, float16=float16,
+        )
+    else:
+        from .stream._shards import ShardWriter
+
+        # atomic: the rows go to a hidden sibling folder, renamed onto `out` once complete.
+        with ShardWriter(
+            out, dtype="float16" if float16 else "float32", rows_per_shard=rows_per_shard, storage=shard_storage,
+            text_prototypes=Y, classnames=names, meta=meta, overwrite=True, atomic=True,
+        ) as writer:
+            for r0, r1, part in _assemble(parts, ranges, ids, widths):
+                if r1 > r0:  # a part whose images were all unreadable adds no rows
+                    writer.append(part["vfm"], part["vlm"], labels=None if y is None else y[r0:r1], image_ids=part["image_ids"])
     parts.remove()
     return out
+
+
+def _assemble(parts: _Parts, ranges: list[range], ids: list[str], widths: tuple[int, int]):
+    """Yield ``(first row, last row + 1, part)`` for every part in order, one part in memory at a time."""
+    row = 0
+    for i in range(len(ranges)):
+        part = parts.load(i, ids)
+        if part is None or part["vfm"].shape[1:] != (widths[0],) or part["vlm"].shape[1:] != (widths[1],):
+            raise GPUAError(f"part {i} in {str(parts.dir)!r} is unreadable or inconsistent; delete that folder and run again.")
+        m = part["index"].size
+        yield row, row + m, part
+        row += m
+        del part  # drop it before the next is read
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -425,9 +669,11 @@ def add_subcommands(subparsers) -> None:
     """Add ``gpua extract`` to the ``gpua`` command line."""
     p = subparsers.add_parser(
         "extract",
-        help="encode a dataset with a VFM and a VLM into a feature file",
+        help="encode a dataset with a VFM and a VLM into a feature file or a shard set",
         description="Encode every image with both encoders, build text prototypes from the class names, "
-        "and write a feature file (.npz or .safetensors). Interrupted runs resume; finished ones are cached.",
+        "and write a feature file (--out FILE.npz or FILE.safetensors) or a shard set for datasets too large "
+        "for memory (--out DIR, a folder name without a suffix; read by gpua fit --shards DIR). "
+        "Interrupted runs resume; finished ones are cached.",
     )
     p.add_argument("--vfm", required=True, metavar="ENCODER", help="vision foundation model, e.g. offline:dinov2-s, timm:vit_small_patch14_dinov2.lvd142m")
     p.add_argument("--vlm", required=True, metavar="ENCODER", help="vision-language model, e.g. open_clip:ViT-B-16/openai, offline:semantic-lite0")
@@ -435,35 +681,57 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--split", default=None, help="split to read (train, test, ...)")
     p.add_argument("--classnames", default=None, metavar="FILE", help="class names (file or dataset name); default: the dataset's")
     p.add_argument("--templates", default=None, metavar="NAME|FILE", help="prompt templates: openai_imagenet, simple, a dataset name, or a file")
-    p.add_argument("--out", required=True, metavar="FILE", help="output feature file (.npz or .safetensors)")
+    p.add_argument("--out", required=True, metavar="FILE|DIR",
+                   help="output: a feature file (.npz or .safetensors) or a shard-set folder (a name without a suffix)")
+    p.add_argument("--format", choices=_FORMATS, default="auto",
+                   help="auto (by --out's suffix), file, or shards (a shard set even when the folder name has a dot)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
+    p.add_argument("--rows-per-shard", type=int, default=65536, help="rows per file of a shard set (default 65536)")
+    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--float16", action="store_true", help="store features in half precision")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
     p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_extract)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from .stream.cli import parse_cluster
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = extract_features(
             args.vfm, args.vlm, args.data, classnames=args.classnames, templates=args.templates, out=args.out,
-            batch_size=args.batch_size, device=args.device, float16=args.float16, resume=args.resume,
-            on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet, split=args.split,
-            shard_size=args.shard_size,
+            format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
+            resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
+            split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
+            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=args.connect_timeout,
         )
     for w in caught:
         print(f"gpua extract: warning: {w.message}", file=sys.stderr)
-    from .features import load_features
+    if path.is_dir():
+        from .stream._shards import ShardedFeatures
 
-    fs = load_features(path, validate=False)
-    skipped = fs.meta.get("skipped", {}).get("count", 0)
+        sf = ShardedFeatures(path)
+        meta, n_rows, d_vfm, d_vlm = sf.meta, sf.n_samples, sf.widths["vfm_features"], sf.widths["vlm_features"]
+        n_classes = len(sf.classnames or [])
+        what = f"shard set of {sf.n_shards} shard(s) ({sf.dtype}, {sf.storage}), "
+        hint = f"; fit with: gpua fit --shards {path} --out MODEL.gpua"
+    else:
+        from .features import load_features
+
+        fs = load_features(path, validate=False)
+        meta, n_rows, d_vfm, d_vlm = fs.meta, fs.n_samples, fs.vfm_features.shape[1], fs.vlm_features.shape[1]
+        n_classes, what, hint = fs.text_prototypes.shape[0], "", ""
+    skipped = meta.get("skipped", {}).get("count", 0)
     print(
-        f"wrote {path}: {fs.n_samples} images, vfm {fs.vfm_features.shape[1]}-d, vlm {fs.vlm_features.shape[1]}-d, "
-        f"{fs.text_prototypes.shape[0]} classes" + (f", {skipped} unreadable image(s) skipped" if skipped else "")
+        f"wrote {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes"
+        + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
     )
     return 0

@@ -1,7 +1,9 @@
 """Streaming, bounded-memory and distributed GPUA fits.
 
 * :class:`ShardedFeatures`, :class:`ShardWriter`, :func:`write_shards`: features on disk as
-  memory-mapped row shards (npy or safetensors; float16, bfloat16 or float32).
+  memory-mapped row shards (npy or safetensors; float16, bfloat16 or float32), with labels and
+  image ids. ``gpua extract --out DIR`` (:func:`gpua.extract.extract_features` with a folder
+  ``out``) writes them straight from images.
 * :func:`fit_streaming`: ``GPUA.fit`` over chunks, within a memory budget, here or on a Dask
   cluster, resumable from a checkpoint folder.
 * :func:`fit_federated`: the same fit from clients' aggregated statistics only.

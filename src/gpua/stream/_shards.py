@@ -6,18 +6,21 @@ A shard set is a folder::
     shard-000000.vfm_features.npy       (n_0, d_vfm)   storage "npy": one file per key
     shard-000000.vlm_features.npy       (n_0, d_vlm)
     shard-000000.labels.npy             (n_0,) int64    optional, never read by a fit
+    shard-000000.image_ids.json         n_0 strings     optional (JSON list), never read by a fit
     shard-000001....
     text_prototypes.npy                 (K, d_vlm)      optional, float32
 
 or, with storage ``"safetensors"``, one ``shard-000000.safetensors`` per shard holding the
-keys. Feature dtypes: ``float16``, ``bfloat16`` or ``float32`` (``npy`` has no bfloat16, so
+feature and label keys (image ids stay in their JSON files). Feature dtypes: ``float16``, ``bfloat16`` or ``float32`` (``npy`` has no bfloat16, so
 bfloat16 shards hold the raw 16-bit patterns as ``uint16`` and the index says ``bfloat16``).
 Reads convert to float32 on the target device, so computation accumulates in float32 or
 float64 whatever the storage.
 
 Every shard file is written atomically (:func:`gpua._atomic.atomic_path`) and the index last,
 so a crash never leaves a half-written shard under its final name, and a folder without
-``index.json`` is an unfinished set. Readers never keep a mapping open between calls: a read
+``index.json`` is an unfinished set. ``ShardWriter(..., atomic=True)`` goes further: it writes
+into a hidden sibling folder and renames the finished set into place, so the destination is
+always either the old set or the complete new one. Readers never keep a mapping open between calls: a read
 maps the file, copies the rows out and unmaps, so pages touched by a pass over a million rows
 do not stay in the process's resident memory.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,7 @@ STORAGES = ("npy", "safetensors")
 _FEATURE_KEYS = ("vfm_features", "vlm_features")
 INDEX_NAME = "index.json"
 PROTOTYPES_NAME = "text_prototypes.npy"
+IDS_KEY = "image_ids"
 
 # numpy dtype of the bytes on disk, and the torch dtype they are reinterpreted as.
 _DISK = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.bfloat16), "float32": (np.float32, torch.float32)}
@@ -54,7 +59,66 @@ _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I64": "in
 
 
 def _shard_file(i: int, key: str, storage: str) -> str:
+    if key == IDS_KEY:  # strings: JSON whatever the storage (neither npy nor safetensors holds them well)
+        return f"shard-{i:06d}.{IDS_KEY}.json"
     return f"shard-{i:06d}.safetensors" if storage == "safetensors" else f"shard-{i:06d}.{key}.npy"
+
+
+def _check_writer_options(dtype: str, storage: str, rows_per_shard) -> None:
+    """The ShardWriter arguments that can be checked before any row exists."""
+    if dtype not in FEATURE_DTYPES:
+        raise GPUAError(f"dtype={dtype!r} is unknown; use one of {FEATURE_DTYPES}.")
+    if storage not in STORAGES:
+        raise GPUAError(f"storage={storage!r} is unknown; use one of {STORAGES}.")
+    if isinstance(rows_per_shard, bool) or not (isinstance(rows_per_shard, (int, np.integer)) and rows_per_shard >= 1):
+        raise GPUAError(f"rows_per_shard={rows_per_shard!r} must be a positive integer (try 65536).")
+
+
+def _is_shard_set(path: Path) -> bool:
+    """Whether ``path`` holds a gpua shard index."""
+    try:
+        return json.loads((path / INDEX_NAME).read_text(encoding="utf-8")).get("format") == SHARD_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _only_shard_files(path: Path) -> bool:
+    """Whether every entry of folder ``path`` is a name a shard writer makes (an unfinished set)."""
+    return all(
+        p.name in (INDEX_NAME, PROTOTYPES_NAME) or p.name.startswith("shard-") or (p.name.startswith(".") and ".tmp" in p.name)
+        for p in path.iterdir()
+    )
+
+
+def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "path") -> None:
+    """Refuse a destination that replacing with a shard set would destroy.
+
+    A missing path, an empty folder, or a folder of shard files only (with ``overwrite=True``
+    when it holds a finished set) may be replaced; a file or any other folder may not: nothing a
+    user made is deleted by a writer.
+
+    Parameters
+    ----------
+    path : str or Path
+    overwrite : bool
+        Whether an existing shard set may be replaced.
+    name : str
+        The argument's name, used in the messages.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise GPUAError(f"{name}={str(path)!r} is an existing file, but a shard set is a folder; pass a folder name (or delete the file).")
+    if _is_shard_set(path):
+        if not overwrite:
+            raise GPUAError(f"{str(path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
+        return
+    if not _only_shard_files(path):
+        raise GPUAError(
+            f"{name}={str(path)!r} is a folder that is not a gpua shard set (it has no {INDEX_NAME} and holds other "
+            "files); refusing to replace it. Pass a new or empty folder, or move that folder away."
+        )
 
 
 def _to_disk(A: np.ndarray, dtype: str) -> np.ndarray:
@@ -115,6 +179,8 @@ class ShardedFeatures:
     offsets : int array of shape (n_shards + 1,)
         First global row of each shard, and ``n_samples`` last.
     has_labels : bool
+    has_image_ids : bool
+        Whether :meth:`image_ids` can name the rows (sets written with ``image_ids``).
     classnames : list of str or None
     meta : dict
     """
@@ -130,7 +196,7 @@ class ShardedFeatures:
         index_path = path / INDEX_NAME
         if not index_path.is_file():
             hint = " (it holds shard files but no index: the writer did not finish; re-run it)" if path.is_dir() and any(path.glob("shard-*")) else ""
-            raise ModelFileError(f"shard set {str(path)!r} has no {INDEX_NAME}{hint}; write one with gpua.stream.write_shards.")
+            raise ModelFileError(f"shard set {str(path)!r} has no {INDEX_NAME}{hint}; write one with `gpua extract --out DIR` or gpua.stream.write_shards.")
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -144,6 +210,7 @@ class ShardedFeatures:
         self.storage = index["storage"]
         self.widths = {k: int(index["widths"][k]) for k in _FEATURE_KEYS}
         self.has_labels = bool(index.get("labels", False))
+        self.has_image_ids = bool(index.get(IDS_KEY, False))  # absent from sets written before ids existed
         self.shard_rows = [int(s) for s in index["shard_rows"]]
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
         self.n_samples = int(self.offsets[-1])
@@ -239,6 +306,8 @@ class ShardedFeatures:
                         f"shard {i} ({Path(arr.path).name}): {key} is stored as {np.dtype(arr.dtype).name} but the index "
                         f"says {self.dtype if key != 'labels' else 'int64'}; re-write shard {i}."
                     )
+            if self.has_image_ids:
+                self._require_file(i, self.path / _shard_file(i, IDS_KEY, self.storage))
             out.append(arrays)
         self._arrays = out
         return out
@@ -339,6 +408,31 @@ class ShardedFeatures:
         """All labels (for scoring only), int64 array of shape (n_samples,)."""
         return self.read("labels", 0, self.n_samples).numpy()
 
+    def image_ids(self, start: int = 0, stop: int | None = None) -> list[str] | None:
+        """The image ids of rows ``[start, stop)`` (default: all), or None for a set stored without ids.
+
+        Returns
+        -------
+        list of str of length stop - start, or None
+        """
+        if not self.has_image_ids:
+            return None
+        stop = self.n_samples if stop is None else stop
+        if not 0 <= start <= stop <= self.n_samples:
+            raise GPUAError(f"rows [{start}, {stop}) are outside the shard set's [0, {self.n_samples}).")
+        ids: list[str] = []
+        for i, lo, hi in self._locate(start, stop):
+            f = self.path / _shard_file(i, IDS_KEY, self.storage)
+            self._require_file(i, f)
+            try:
+                names = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ModelFileError(f"shard {i} file {str(f)!r} is corrupt ({exc}); re-write shard {i}.") from None
+            if len(names) != self.shard_rows[i]:
+                raise ModelFileError(f"shard {i} file {str(f)!r} names {len(names)} images but the index says {self.shard_rows[i]} rows; re-write shard {i}.")
+            ids.extend(names[lo:hi])
+        return ids
+
     def text_prototypes(self) -> np.ndarray | None:
         """The prototypes stored with the set, float32 array of shape (n_classes, d_vlm), or None."""
         p = self.path / PROTOTYPES_NAME
@@ -374,9 +468,16 @@ class ShardWriter:
         Stored beside the shards (float32) so that a fit needs only the folder.
     classnames : sequence of str, optional
     meta : dict, optional
-        Free-form provenance (encoders, weights, preprocessing).
+        Free-form provenance (encoders, weights, preprocessing). The writer's ``meta`` attribute
+        may be updated until :meth:`close`, which stores it in the index.
     overwrite : bool
         Replace an existing shard set at ``path``.
+    atomic : bool
+        Write into a hidden sibling folder (``.<name>.partial``) and rename the finished set onto
+        ``path`` at :meth:`close`: readers of ``path`` see the old set or the complete new one,
+        never a mix, and an error inside the ``with`` block removes the partial folder. ``path``
+        must then be new, an empty folder, or a shard set (with ``overwrite=True``); any other
+        folder or a file is refused (``check_destination``). One writer per path at a time.
     """
 
     def __init__(
@@ -390,14 +491,18 @@ class ShardWriter:
         classnames: Sequence[str] | None = None,
         meta: dict | None = None,
         overwrite: bool = False,
+        atomic: bool = False,
     ):
-        if dtype not in FEATURE_DTYPES:
-            raise GPUAError(f"dtype={dtype!r} is unknown; use one of {FEATURE_DTYPES}.")
-        if storage not in STORAGES:
-            raise GPUAError(f"storage={storage!r} is unknown; use one of {STORAGES}.")
-        if not (isinstance(rows_per_shard, (int, np.integer)) and rows_per_shard >= 1):
-            raise GPUAError(f"rows_per_shard={rows_per_shard!r} must be a positive integer (try 65536).")
+        _check_writer_options(dtype, storage, rows_per_shard)
         self.path = Path(path)
+        self._final: Path | None = None
+        self._overwrite = bool(overwrite)
+        if atomic:
+            check_destination(self.path, overwrite=overwrite)
+            self._final = self.path
+            self.path = self.path.parent / f".{self.path.name}.partial"
+            if self.path.exists():  # what a killed atomic writer of this path left
+                shutil.rmtree(self.path)
         old = self.path / INDEX_NAME
         self._stale: list[Path] = []
         if old.is_file():
@@ -415,7 +520,7 @@ class ShardWriter:
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         self._widths: dict[str, int] | None = None
-        self._labels: bool | None = None
+        self._given: dict[str, bool] = {}  # optional key -> given with the first batch
         self._shard_rows: list[int] = []
         self._written: set[Path] = set()
         self.result: ShardedFeatures | None = None
@@ -426,13 +531,15 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif self._final is not None and self.result is None:
+            shutil.rmtree(self.path, ignore_errors=True)  # the destination was never touched
 
     @property
     def n_written(self) -> int:
         """Rows in completed shard files."""
         return int(sum(self._shard_rows))
 
-    def append(self, vfm_features, vlm_features, labels=None) -> None:
+    def append(self, vfm_features, vlm_features, labels=None, image_ids=None) -> None:
         """Add rows (the same images in both matrices, same order).
 
         Parameters
@@ -441,6 +548,8 @@ class ShardWriter:
         vlm_features : array of shape (m, d_vlm)
         labels : int array of shape (m,), optional
             Give labels with every batch or with none.
+        image_ids : sequence of m str, optional
+            The rows' image ids (:meth:`ShardedFeatures.image_ids`); with every batch or none.
         """
         if self.result is not None:
             raise GPUAError("this ShardWriter is closed; open a new one to write more rows.")
@@ -454,14 +563,18 @@ class ShardWriter:
                 check_prototypes(self.text_prototypes, X.shape[1])
         elif widths != self._widths:
             raise GPUAError(f"rows from {row0} have widths {widths} but earlier rows had {self._widths}; every batch must come from the same models.")
-        has = labels is not None
-        if self._labels is None:
-            self._labels = has
-        elif has != self._labels:
-            raise GPUAError(f"labels were {'given' if self._labels else 'not given'} for earlier rows but {'given' if has else 'not'} at row {row0}; give labels with every batch or none.")
+        for name, value in (("labels", labels), (IDS_KEY, image_ids)):
+            has, had = value is not None, self._given.setdefault(name, value is not None)
+            if has != had:
+                raise GPUAError(f"{name} were {'given' if had else 'not given'} for earlier rows but {'given' if has else 'not'} at row {row0}; give {name} with every batch or none.")
         batch = {"vfm_features": Z, "vlm_features": X}
-        if has:
+        if labels is not None:
             batch["labels"] = check_labels(labels, Z.shape[0], np.iinfo(np.int64).max)
+        if image_ids is not None:
+            ids = np.asarray([str(s) for s in image_ids], dtype=object)  # object: no fixed-width padding
+            if ids.shape != (Z.shape[0],):
+                raise GPUAError(f"image_ids has {ids.size} entries for {Z.shape[0]} rows (from row {row0}); give one id per row.")
+            batch[IDS_KEY] = ids
         for k, v in batch.items():
             self._buf.setdefault(k, []).append(v)
         self._buffered += Z.shape[0]
@@ -475,6 +588,11 @@ class ShardWriter:
             whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
             arrays[k], rest = whole[:n], whole[n:]
             self._buf[k] = [rest] if len(rest) else []
+        ids = arrays.pop(IDS_KEY, None)
+        if ids is not None:
+            f = self.path / _shard_file(i, IDS_KEY, self.storage)
+            atomic_write_text(f, json.dumps(ids.tolist()))
+            self._written.add(f)
         out = {k: (v if k == "labels" else _to_disk(v, self.dtype)) for k, v in arrays.items()}
         if self.storage == "safetensors":
             from safetensors.torch import save_file
@@ -513,7 +631,8 @@ class ShardWriter:
             "storage": self.storage,
             "dtype": self.dtype,
             "widths": self._widths,
-            "labels": bool(self._labels),
+            "labels": bool(self._given.get("labels")),
+            IDS_KEY: bool(self._given.get(IDS_KEY)),
             "shard_rows": self._shard_rows,
             "n_samples": self.n_written,
             "classnames": self.classnames,
@@ -523,8 +642,25 @@ class ShardWriter:
         for p in self._stale:  # shards of the replaced set that the new one does not reuse
             if p not in self._written and p.exists():
                 p.unlink()
+        if self._final is not None:
+            self._install()
         self.result = ShardedFeatures(self.path)
         return self.result
+
+    def _install(self) -> None:
+        """Rename the finished partial folder onto the destination (atomic mode)."""
+        final = self._final
+        check_destination(final, overwrite=self._overwrite)  # again: something may have appeared there meanwhile
+        old = final.parent / f".{final.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            # A folder cannot be renamed onto a non-empty one: move the old set aside first. A
+            # crash between the two renames leaves the old set in .<name>.old, not deleted.
+            os.replace(final, old)
+        os.replace(self.path, final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.path, self._final = final, None
 
 
 def write_shards(
@@ -533,6 +669,7 @@ def write_shards(
     vlm_features,
     labels=None,
     *,
+    image_ids: Sequence[str] | None = None,
     rows_per_shard: int = 65536,
     dtype: str = "float16",
     storage: str = "npy",
@@ -549,6 +686,7 @@ def write_shards(
     vfm_features : array of shape (n_samples, d_vfm)
     vlm_features : array of shape (n_samples, d_vlm)
     labels : int array of shape (n_samples,), optional
+    image_ids : sequence of n_samples str, optional
 
     Returns
     -------
@@ -561,5 +699,8 @@ def write_shards(
     ) as w:
         step = max(1, int(rows_per_shard))
         for s in range(0, n, step):
-            w.append(vfm_features[s : s + step], vlm_features[s : s + step], None if labels is None else labels[s : s + step])
+            w.append(
+                vfm_features[s : s + step], vlm_features[s : s + step], None if labels is None else labels[s : s + step],
+                None if image_ids is None else image_ids[s : s + step],
+            )
     return w.result
