@@ -214,3 +214,75 @@ def test_class_prior_length_checked(planted):
     train, _ = planted
     with pytest.raises(GPUAError, match="class_prior"):
         _fit(train, class_prior=[0.5, 0.5])
+
+
+# --- pool_augment: calibrated synthetic rows per pseudo-class before refinement ------------------
+
+
+def test_pool_augment_off_reproduces_the_plain_fit(planted):
+    train, test = planted
+    plain = _fit(train, query="vfm")
+    off = _fit(train, query="vfm", pool_augment=0)
+    torch.testing.assert_close(off.W_, plain.W_, atol=0, rtol=0)
+    assert off.history_["refine"] == plain.history_["refine"]
+    assert off.history_["pool_augment"] == {"n_rows": 0}
+
+
+def test_pool_augment_adds_rows_per_pseudo_class_to_training_only(planted):
+    train, _ = planted
+    m = _fit(train, query="vfm", pool_augment=5)
+    record = m.history_["pool_augment"]
+    k = train.text_prototypes.shape[0]
+    # The held-out 10% is drawn as in the plain fit; the classes of the other 90% get 5 rows each.
+    n = train.vfm_features.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    train_counts = np.bincount(m.pseudo_labels_[perm[int(round(0.1 * n)):].numpy()], minlength=k)
+    assert record["per_class"] == [5 if c >= 2 else 0 for c in train_counts]
+    assert record["n_rows"] == 5 * int((train_counts >= 2).sum())
+    assert all(r is None or 0.0 <= r <= 1.0 for r in record["oas_shrinkage"])
+    assert not torch.equal(m.W_, _fit(train, query="vfm").W_)
+
+
+def test_pool_augment_is_deterministic_with_random_state(planted):
+    train, test = planted
+    a = _fit(train, pool_augment=8, random_state=3).decision_function(test.vfm_features, test.vlm_features)
+    b = _fit(train, pool_augment=8, random_state=3).decision_function(test.vfm_features, test.vlm_features)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_oas_factor_reproduces_the_shrunk_covariance(rng):
+    from gpua.calibrate import ClassStatistics, oas_shrinkage
+    from gpua.calibrate import oas_factor
+
+    X = rng.standard_normal((12, 30)) @ rng.standard_normal((30, 30))  # n < d: S is rank-deficient
+    L, rho = oas_factor(X)
+    S = ClassStatistics(1).fit(X, np.zeros(12, np.int64)).covariance_[0]
+    shrunk, rho_ref = oas_shrinkage(S, 12)
+    assert rho == pytest.approx(rho_ref) and 0.0 < rho < 1.0
+    np.testing.assert_allclose(L @ L.T, shrunk, atol=1e-10 * np.abs(shrunk).max())
+    with pytest.raises(GPUAError, match="at least 2 rows"):
+        oas_factor(X[:1])
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "16", True])
+def test_pool_augment_bad_values(planted, value):
+    train, _ = planted
+    with pytest.raises(GPUAError, match="pool_augment"):
+        _fit(train, pool_augment=value)
+
+
+def test_pool_augment_params_and_save_load(planted, tmp_path):
+    train, test = planted
+    m = _fit(train, query="vfm", pool_augment=4)
+    assert m.get_params()["pool_augment"] == 4 and "pool_augment=4" in repr(m)
+    m2 = GPUA.load(m.save(tmp_path / "aug.gpua"))
+    assert m2.pool_augment == 4 and m2.history_["pool_augment"]["n_rows"] == m.history_["pool_augment"]["n_rows"]
+    np.testing.assert_allclose(m2.decision_function(test.vfm_features), m.decision_function(test.vfm_features), atol=1e-6)
+
+
+def test_pool_augment_is_refused_by_the_streamed_fit(planted):
+    from gpua.stream import fit_streaming
+
+    train, _ = planted
+    with pytest.raises(GPUAError, match="pool_augment=4: augmenting the pool is in-memory only"):
+        fit_streaming(GPUA(pool_augment=4), (train.vfm_features, train.vlm_features), train.text_prototypes, progress=False)

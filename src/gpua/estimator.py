@@ -125,6 +125,21 @@ class GPUA(AlignmentEstimator):
         Relative decrease of the held-out loss that counts as an improvement for early stopping
         (scikit-learn's ``tol`` with ``n_iter_no_change``): 0 keeps stepping while the loss
         creeps down; the default stops once ``patience`` evaluations gain less than 1% each.
+    pool_augment : int
+        Synthetic query rows per pseudo-class added to the refinement's training rows (0, the
+        default, adds none; used only when refinement runs). For a few-shot pool: each
+        pseudo-class :math:`k` (the plan's argmax) is calibrated from its training rows
+        :math:`\{q_i\}` alone, as in geometric distribution calibration (:mod:`gpua.calibrate`):
+        :math:`\tilde q = q_a + L_k \varepsilon`, :math:`\varepsilon \sim N(0, I)`, with anchors
+        :math:`q_a` the class's rows in turn, :math:`L_k L_k^\top = (1-\rho_k) S_k + \rho_k
+        \tfrac{\operatorname{tr} S_k}{d_q} I` the OAS-shrunk covariance (:func:`gpua.calibrate.oas_factor`:
+        :math:`d_q` is up to 1664 with about 100 rows per class, so the raw :math:`S_k` is
+        rank-deficient), then :math:`\tilde q` is L2-normalised like every real query. The
+        held-out rows of early stopping neither anchor nor shape them, and never include them.
+        A pseudo-class with fewer than two training rows gets none. ``history_["pool_augment"]``
+        records the counts and each class's :math:`\rho_k`. In-memory fits only:
+        :func:`gpua.stream.fit_streaming` refuses it; in :func:`gpua.stream.fit_federated`
+        each client augments its own rows in its local refinement.
     retrieval : {"cosine", "csls"}
         Prediction by cosine, or CSLS with prototype radii measured on the fit pool.
     csls_k : int
@@ -186,6 +201,7 @@ class GPUA(AlignmentEstimator):
         eval_every: int = 10,
         patience: int = 5,
         refine_tol: float = 0.01,
+        pool_augment: int = 0,
         retrieval: str = "cosine",
         csls_k: int = 10,
         logit_scale: float = 100.0,
@@ -224,6 +240,7 @@ class GPUA(AlignmentEstimator):
         self.eval_every = eval_every
         self.patience = patience
         self.refine_tol = refine_tol
+        self.pool_augment = pool_augment
         self.retrieval = retrieval
         self.csls_k = csls_k
         self.logit_scale = logit_scale
@@ -257,6 +274,11 @@ class GPUA(AlignmentEstimator):
             raise GPUAError(f"val_fraction={self.val_fraction!r} must lie in [0, 0.5).")
         if not (isinstance(self.refine_tol, (int, float)) and 0.0 <= self.refine_tol < 1.0):
             raise GPUAError(f"refine_tol={self.refine_tol!r} must lie in [0, 1) (relative loss decrease; 0 disables it).")
+        if isinstance(self.pool_augment, bool) or not (isinstance(self.pool_augment, (int, np.integer)) and self.pool_augment >= 0):
+            raise GPUAError(
+                f"pool_augment={self.pool_augment!r} must be a non-negative integer: synthetic query rows per "
+                "pseudo-class added before refinement (0 turns it off; 16 to 64 for a few-shot pool)."
+            )
 
     def _query(self, Z, X) -> torch.Tensor:
         Zt = self._tensor(Z)
@@ -322,8 +344,9 @@ class GPUA(AlignmentEstimator):
         del plan, ucm.plan
         timings["procrustes_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
+        augment: dict[str, Any] = {"n_rows": 0}
         if self.refine and self.n_steps > 0:
-            self.W_, curve = self._refine(lambda idx: Q[idx], Q.shape[0], Yt, labels, callback)
+            self.W_, curve = self._refine(lambda idx: Q[idx], Q.shape[0], Yt, labels, callback, augment)
         else:
             self.W_, curve = self.W0_.clone(), []
         timings["refine_s"] = time.perf_counter() - t2
@@ -338,18 +361,27 @@ class GPUA(AlignmentEstimator):
             "ucm": ucm.history,
             "ucm_converged": ucm.converged,
             "refine": curve,
+            "pool_augment": augment,
             "orthogonality_error": orthogonality_error(self.W_),
             "timings": timings,
         }
         return self
 
     def _refine(
-        self, rows: Callable[[torch.Tensor], torch.Tensor], n: int, Y: torch.Tensor, labels: torch.Tensor, callback
+        self,
+        rows: Callable[[torch.Tensor], torch.Tensor],
+        n: int,
+        Y: torch.Tensor,
+        labels: torch.Tensor,
+        callback,
+        augment: dict | None = None,
     ) -> tuple[torch.Tensor, list[dict]]:
         """THS fine-tuning of W0 with label-free early stopping (see the class docstring).
 
         ``rows(idx)`` returns the query rows ``idx`` (an index tensor) on the model's device, so
-        the pool may live in memory or be streamed from shards.
+        the pool may live in memory or be streamed from shards. With ``pool_augment`` the
+        training rows are read once and extended by :meth:`_synthetic_rows`; ``augment``, when
+        given, is updated with its record.
         """
         gen = torch.Generator(device="cpu")
         gen.manual_seed(0 if self.random_state is None else int(self.random_state))
@@ -363,9 +395,19 @@ class GPUA(AlignmentEstimator):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.n_steps), eta_min=self.lr * 1e-3)
         eye = torch.eye(min(W.shape), dtype=W.dtype, device=W.device)
         gram = (lambda M: M.T @ M) if W.shape[0] >= W.shape[1] else (lambda M: M @ M.T)
-        bs = min(int(self.batch_size), train_idx.numel())
-
         labels = labels.cpu()
+        train_rows, train_labels = rows, labels
+        if self.pool_augment:
+            # From the training rows only: the held-out rows that decide early stopping must
+            # neither anchor nor shape the synthetic rows.
+            real = rows(train_idx)
+            Q_syn, y_syn, record = self._synthetic_rows(real, labels[train_idx], Y.shape[0])
+            bank = torch.cat([real, Q_syn.to(device=real.device, dtype=real.dtype)])
+            train_labels = torch.cat([labels[train_idx], y_syn])
+            train_rows, train_idx = bank.__getitem__, torch.arange(bank.shape[0])
+            if augment is not None:
+                augment.update(record)
+        bs = min(int(self.batch_size), train_idx.numel())
 
         def loss_on(idx, Wm):
             return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, k=self.k, hubness_weight=self.hubness_weight)
@@ -377,13 +419,13 @@ class GPUA(AlignmentEstimator):
             curve.append({"step": 0, "val_loss": best_val})
         for step in range(1, self.n_steps + 1):
             pick = train_idx[torch.randint(train_idx.numel(), (bs,), generator=gen)]
-            q = rows(pick)
+            q = train_rows(pick)
             if self.noise_std and torch.rand((), generator=gen) < 0.5:
                 q = q + self.noise_std * torch.randn(q.shape, generator=gen).to(q.device)
             if self.dropout and torch.rand((), generator=gen) < 0.5:
                 drop = (torch.rand(q.shape, generator=gen) < self.dropout).to(q.device)
                 q = q.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - self.dropout))  # half the time of q * keep / (1 - p)
-            loss = ths_loss(q @ W, Y, labels[pick].to(dev), margins, k=self.k, hubness_weight=self.hubness_weight)
+            loss = ths_loss(q @ W, Y, train_labels[pick].to(dev), margins, k=self.k, hubness_weight=self.hubness_weight)
             if self.orthogonality == "penalty":
                 loss = loss + self.ortho_weight * ((gram(W) - eye) ** 2).sum() / eye.shape[0]
             opt.zero_grad(set_to_none=True)
@@ -410,6 +452,51 @@ class GPUA(AlignmentEstimator):
         if not n_val:
             best_W = W.detach().clone()
         return best_W, curve
+
+    def _synthetic_rows(self, Q: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        r"""``pool_augment`` calibrated rows per pseudo-class around the rows ``Q`` (see the class docstring).
+
+        Parameters
+        ----------
+        Q : tensor of shape (n, d_q)
+            The refinement's training rows.
+        labels : int tensor of shape (n,)
+            Their hard pseudo-labels.
+        n_classes : int
+
+        Returns
+        -------
+        Q_syn : float32 tensor of shape (n_syn, d_q)
+            Rows L2-normalised.
+        y_syn : int64 tensor of shape (n_syn,)
+        record : dict
+            ``n_rows`` (n_syn), ``per_class`` (rows per class), ``oas_shrinkage`` (:math:`\rho_k`,
+            None for a class with fewer than two rows).
+        """
+        from .calibrate import oas_factor, sample_around  # late: gpua.calibrate imports the package
+
+        # Its own stream: refinement's torch generator is not touched, so the batches drawn
+        # afterwards depend on the pool size only.
+        rng = np.random.default_rng(0 if self.random_state is None else int(self.random_state))
+        X = Q.detach().cpu().double().numpy()
+        y = labels.cpu().numpy()
+        m = int(self.pool_augment)
+        out, per_class, rhos = [], [], []
+        for k in range(n_classes):
+            Xk = X[y == k]
+            if Xk.shape[0] < 2:  # no covariance to calibrate from
+                per_class.append(0)
+                rhos.append(None)
+                continue
+            L, rho = oas_factor(Xk)
+            out.append(sample_around(Xk, L, m, random_state=rng))
+            per_class.append(m)
+            rhos.append(rho)
+        d = X.shape[1]
+        Q_syn = torch.from_numpy(np.concatenate(out) if out else np.zeros((0, d), np.float32))
+        y_syn = torch.repeat_interleave(torch.arange(n_classes), torch.tensor(per_class))
+        record = {"n_rows": int(sum(per_class)), "per_class": per_class, "oas_shrinkage": rhos}
+        return torch.nn.functional.normalize(Q_syn, dim=1), y_syn, record
 
     # ------------------------------------------------------------------------------------------
     def transform(self, vfm_features, vlm_features=None) -> np.ndarray:

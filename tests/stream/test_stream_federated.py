@@ -46,3 +46,14 @@ def test_bad_clients(case):
         fit_federated(GPUA(), [(Z[:500], X[:10])], Y)
     with pytest.raises(GPUAError, match="rounds"):
         fit_federated(GPUA(), clients_of(Z, X), Y, rounds=0)
+
+
+def test_pool_augment_runs_on_each_client(case):
+    """Each client augments its own rows in its local refinement (statistics never leave it)."""
+    Z, X, Y, labels = case
+    params = dict(n_steps=30, query="vfm")
+    plain = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=2)
+    aug = fit_federated(GPUA(pool_augment=4, **params), clients_of(Z, X), Y, rounds=2)
+    assert not bool((aug.W_ == plain.W_).all())
+    assert orthogonality_error(aug.W_) < 1e-4
+    assert abs(aug.score(Z, labels, X) - plain.score(Z, labels, X)) < 0.05

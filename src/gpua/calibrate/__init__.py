@@ -8,7 +8,7 @@ Pieces:
 
 * statistics: :class:`ClassStatistics` (streamed per-class n, mean, covariance in float64) and
   :func:`merge_statistics` (exact merge by the law of total covariance);
-* shape: :func:`covariance_shape`, :func:`shape_similarity`, :func:`oas_shrinkage`;
+* shape: :func:`covariance_shape`, :func:`shape_similarity`, :func:`oas_shrinkage`, :func:`oas_factor`;
 * generation: :class:`DistributionCalibrator` (own, shrunk or borrowed covariances; fills every
   class to a target count), :func:`sample_around`, :func:`fill_to_target`;
 * classifiers: :class:`LinearClassifier` (logistic regression, torch), :class:`ShrinkageLDA`;
@@ -37,6 +37,7 @@ from ._sampling import fill_to_target, sample_around
 from ._shape import (
     CovarianceShape,
     covariance_shape,
+    oas_factor,
     oas_shrinkage,
     psd_factor,
     shape_similarity,
@@ -51,6 +52,7 @@ __all__ = [
     "covariance_shape",
     "shape_similarity",
     "shape_similarity_matrix",
+    "oas_factor",
     "oas_shrinkage",
     "psd_factor",
     "sample_around",

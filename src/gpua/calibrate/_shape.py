@@ -13,6 +13,7 @@ the absolute value because an eigenvector's sign is arbitrary (arXiv 2508.13518,
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,7 @@ __all__ = [
     "shape_similarity",
     "shape_similarity_matrix",
     "oas_shrinkage",
+    "oas_factor",
     "psd_factor",
 ]
 
@@ -242,3 +244,42 @@ def oas_shrinkage(cov, n_samples: int) -> tuple[np.ndarray, float]:
     shrunk = (1.0 - rho) * S
     shrunk.flat[:: d + 1] += rho * mu
     return shrunk, rho
+
+
+def oas_factor(X: np.ndarray) -> tuple[np.ndarray, float]:
+    r"""A factor of the OAS-shrunk covariance of the rows ``X``, without an eigendecomposition.
+
+    With :math:`D` the centred rows, :math:`S = D^\top D / n`, :math:`\mu = \operatorname{tr} S / d`
+    and :math:`\rho` the OAS intensity (:func:`oas_shrinkage`),
+
+    .. math::
+        \hat\Sigma = (1 - \rho) S + \rho \mu I = L L^\top,\qquad
+        L = \Big[\sqrt{(1 - \rho)/n}\, D^\top,\ \sqrt{\rho \mu}\, I_d\Big].
+
+    :func:`gpua.calibrate.sample_around` takes any :math:`L` with :math:`L L^\top = \hat\Sigma`, so
+    this draws from the same Gaussian as :func:`gpua.calibrate.psd_factor` of the shrunk
+    covariance; it avoids that factor's :math:`O(d^3)` eigendecomposition (5 to 10 s per class at
+    the fused query's :math:`d = 1664` on a 2-core machine, against 0.2 s here).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Rows of one class, :math:`n \ge 2`.
+
+    Returns
+    -------
+    L : float64 array of shape (d, n + d)
+    rho : float
+        The shrinkage intensity :math:`\rho \in [0, 1]`.
+    """
+    from ._stats import ClassStatistics
+
+    n, d = X.shape
+    if n < 2:
+        raise GPUAError(f"X has {n} row(s); a covariance needs at least 2 rows of the class.")
+    stats = ClassStatistics(n_classes=1).fit(X, np.zeros(n, np.int64))
+    S = stats.covariance_[0]
+    _, rho = oas_shrinkage(S, n)
+    mu = float(np.trace(S)) / d
+    D = np.asarray(X, dtype=np.float64) - stats.mean_[0]
+    return np.hstack([math.sqrt((1.0 - rho) / n) * D.T, math.sqrt(rho * mu) * np.eye(d)]), float(rho)

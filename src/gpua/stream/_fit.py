@@ -175,7 +175,8 @@ def fit_streaming(
     ------
     GPUAError
         Missing or mismatched shards, a budget below the minimum (the message gives it), a
-        cluster that does not answer, or inputs ``GPUA.fit`` would refuse.
+        cluster that does not answer, ``pool_augment > 0`` (in-memory fits only), or inputs
+        ``GPUA.fit`` would refuse.
 
     Notes
     -----
@@ -191,6 +192,12 @@ def fit_streaming(
     est._check_params()
     if est.solver != "torch":
         raise GPUAError(f"solver={est.solver!r}: streaming fits run their own chunked Sinkhorn; use solver='torch'.")
+    if est.pool_augment:
+        raise GPUAError(
+            f"pool_augment={est.pool_augment}: augmenting the pool is in-memory only (its per-pseudo-class "
+            "statistics need every training row at once, which a streamed fit never holds); set pool_augment=0, "
+            "or fit GPUA on in-memory arrays."
+        )
     if vlm_features is not None:
         raise GPUAError("vlm_features must be None when the features come from a shard set (it holds both); pass GPUA.fit(shards, None, text_prototypes).")
     src = as_source(source)
@@ -296,6 +303,7 @@ def fit_streaming(
         "ucm": ucm.history,
         "ucm_converged": ucm.converged,
         "refine": curve,
+        "pool_augment": {"n_rows": 0},  # as GPUA.fit records it; augmenting is refused above
         "orthogonality_error": orthogonality_error(est.W_),
         "timings": timings,
         "streaming": {
