@@ -47,8 +47,7 @@ from .._errors import GPUAError
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, hub_offline, missing_weights_error
-from ._open_clip import resolve_dense
-from ._torch import TorchEncoder, tokens_to_grid
+from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
 

@@ -44,54 +44,9 @@ from .._errors import GPUAError
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, missing_weights_error
-from ._torch import TorchEncoder, tokens_to_grid
+from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
 
-__all__ = ["OpenCLIPEncoder", "resolve_dense"]
-
-
-def resolve_dense(dense: Any, *, spec: str, unsupported: str | None) -> str:
-    """The dense-feature method an encoder will use, from its ``dense`` option.
-
-    Parameters
-    ----------
-    dense : str or None
-        The option as given (``None`` when it was not given): ``"maskclip"``, ``"sclip"`` or
-        ``"none"``, case-insensitive.
-    spec : str
-        The encoder spec, for the error messages.
-    unsupported : str or None
-        ``None`` when :func:`~gpua.segment.dense_clip.dense_clip_features` handles the model,
-        else one sentence saying why it does not.
-
-    Returns
-    -------
-    str
-        ``"maskclip"`` by default where supported, ``"none"`` by default elsewhere, else the
-        requested method.
-
-    Raises
-    ------
-    GPUAError
-        For a value that is not a method, or ``"maskclip"`` / ``"sclip"`` on a model the
-        surgery does not apply to.
-    """
-    from ..segment.dense_clip import DENSE_METHODS
-
-    if dense is None:
-        return "none" if unsupported else "maskclip"
-    method = dense.strip().lower() if isinstance(dense, str) else dense
-    if method not in DENSE_METHODS:
-        raise GPUAError(
-            f"dense={dense!r} (encoder {spec!r}) must be one of {', '.join(map(repr, DENSE_METHODS))}; "
-            "e.g. '?dense=maskclip' in the spec or create_encoder(spec, dense='sclip')."
-        )
-    if method != "none" and unsupported:
-        raise GPUAError(
-            f"dense={method!r} is not available for encoder {spec!r}: {unsupported} "
-            "Pass dense='none' (or leave the option out) to use the model's own per-patch features, "
-            "or use a class-token ViT CLIP for MaskCLIP/SCLIP features."
-        )
-    return method
+__all__ = ["OpenCLIPEncoder"]
 
 
 def _preprocess_from_cfg(cfg: dict[str, Any]) -> ImagePreprocess:
