@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from gpua import GPUA, VLMZeroShot
-from gpua.datasets import make_planted
+from gpua.synthetic import make_planted
 from gpua.features import load_features
 
 VARIANTS = {
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--test")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
-    from gpua._cli_core import parse_params
+    from gpua.cli._common import parse_params
 
     base = parse_params(args.param)
     tables = {}

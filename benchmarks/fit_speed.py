@@ -1,6 +1,6 @@
 """Seconds and peak memory per stage of ``GPUA().fit`` in memory, against a naive implementation.
 
-Data: planted (``gpua.datasets.make_planted``), N = 50k images, K = 1000 classes, VFM width
+Data: planted (``gpua.synthetic.make_planted``), N = 50k images, K = 1000 classes, VFM width
 1280, VLM width 512, latent width 128. The model is ``GPUA(query="vfm")`` (a 1280 -> 512 map;
 every other parameter at the library default; ``--query fused`` maps [Z, X], 1792 -> 512).
 Stages: UCM, Procrustes, THS refinement, predict (on the pool). Peak memory is the process's resident set size sampled every 5 ms inside each stage
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from gpua import GPUA
-from gpua.datasets import make_planted
-from gpua.estimator import build_query
+from gpua.synthetic import make_planted
+from gpua.query import build_query
 from gpua.hubness import hub_occupancy, semantic_margins
 from gpua.procrustes import procrustes_from_assignment
 from gpua.stream._measure import PeakRSS, rss_bytes

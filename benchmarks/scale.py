@@ -34,7 +34,7 @@ GB = 1e9
 
 def make_shards(root: Path, n: int, k: int, d_vfm: int, d_vlm: int, d_latent: int, dtype: str) -> Path:
     """Write (once) the shard set of ``n`` rows: the planted base set repeated."""
-    from gpua.datasets import make_planted
+    from gpua.synthetic import make_planted
     from gpua.stream import ShardedFeatures, ShardWriter
 
     path = root / f"planted-n{n}-k{k}-{d_vfm}x{d_vlm}-{dtype}"

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from gpua.data.prompts import build_text_prototypes, get_templates
-    from gpua.segment.cli import make_encoder
+    from gpua.segment import make_encoder
     from gpua.segment.datasets import CITYSCAPES_CLASSES, prompt_name
     from gpua.segment.inference import DenseSegmenter, fit_patch_gpua, sliding_windows
 

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gpua._atomic import atomic_path
     from gpua.data.prompts import build_text_prototypes, get_templates
-    from gpua.segment.cli import make_encoder
+    from gpua.segment import make_encoder
     from gpua.segment.datasets import VOC_CLASSES, prompt_name
     from gpua.segment.inference import DenseSegmenter, fit_patch_gpua, parse_class_prompts
     from gpua.segment.metrics import SegmentationMetric

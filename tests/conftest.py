@@ -23,7 +23,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def planted():
     """A planted train/test pair (zero-shot about 50%, an exact linear map exists)."""
-    from gpua.datasets import make_planted
+    from gpua.synthetic import make_planted
 
     data = make_planted(n_samples=2400, random_state=3)
     return data.split(1200)

@@ -40,7 +40,7 @@ def test_no_nan_on_random_finite_inputs(t, query):
 @SETTINGS
 @given(st.integers(0, 2**31 - 1))
 def test_predictions_invariant_to_permuting_samples(seed):
-    from gpua.datasets import make_planted
+    from gpua.synthetic import make_planted
 
     d = make_planted(n_samples=200, n_classes=4, d_vfm=12, d_vlm=10, d_latent=6, random_state=seed % 1000)
     perm = np.random.default_rng(seed).permutation(200)
@@ -62,7 +62,7 @@ def test_predictions_invariant_to_permuting_samples(seed):
 @SETTINGS
 @given(st.integers(0, 2**31 - 1))
 def test_permuting_classes_permutes_predictions(seed):
-    from gpua.datasets import make_planted
+    from gpua.synthetic import make_planted
 
     d = make_planted(n_samples=200, n_classes=5, d_vfm=12, d_vlm=10, d_latent=6, random_state=seed % 1000)
     perm = np.random.default_rng(seed).permutation(5)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ._base import AlignmentEstimator
 from ._validation import check_classnames, check_triplet
-from .estimator import GPUA, QUERY_MODES, build_query
+from .estimator import GPUA
+from .query import build_query
 from .procrustes import procrustes_from_assignment
 
 __all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_method"]

@@ -1,4 +1,4 @@
-"""``gpua demo``: the whole pipeline on real weights and real images, offline.
+"""The demo (``gpua demo``): the whole pipeline on real weights and real images, offline.
 
 1. The 2,000 CIFAR-10 photos shipped in the package (1,000 train, 1,000 test; Krizhevsky, 2009).
 2. Features from the offline real stand-ins (nothing downloaded): VFMs ``offline:dinov2-s``
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["ALL_DEMO_METHODS", "ALL_DEMO_VFMS", "DEMO_METHODS", "DEMO_VFMS", "run_demo", "add_subcommands"]
+__all__ = ["ALL_DEMO_METHODS", "ALL_DEMO_VFMS", "DEMO_METHODS", "DEMO_VFMS", "DEMO_VLM", "run_demo", "demo_features"]
 
 # The default run (one VFM, the table the issue asks for) stays under a minute once the features
 # are cached on a 2-core CPU; ``--vfm all --methods all`` adds EfficientNet-Lite2 and two more
@@ -158,29 +158,3 @@ def run_demo(
     path = write_json(out_dir / "results.json", results)
     print(f"wrote {path}" + (f" and {results['plot']}" if "plot" in results else "") + f" ({results['total_seconds']:.0f} s)")
     return results
-
-
-def _cmd_demo(args) -> int:
-    from ._cli_core import parse_params
-
-    vfms = args.vfm or DEMO_VFMS
-    if "all" in vfms:
-        vfms = ALL_DEMO_VFMS
-    methods = DEMO_METHODS if not args.methods else ALL_DEMO_METHODS if args.methods == "all" else args.methods.split(",")
-    run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,
-             overrides=parse_params(args.param))
-    return 0
-
-
-def add_subcommands(sub) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on shipped CIFAR-10 photos with offline real weights",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="results/demo", help="folder for results.json and the plot")
-    p.add_argument("--vfm", action="append",
-                   help=f"VFM encoder, repeatable; 'all' = {', '.join(ALL_DEMO_VFMS)} (default: {', '.join(DEMO_VFMS)})")
-    p.add_argument("--methods", help=f"comma-separated, or 'all' (adds {','.join(ALL_DEMO_METHODS[len(DEMO_METHODS):])}); "
-                                     f"default: {','.join(DEMO_METHODS)}")
-    p.add_argument("--cache-dir", help="feature and model cache (default $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="GPUA parameter override (repeatable)")
-    p.set_defaults(func=_cmd_demo)

@@ -19,45 +19,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._backend import as_tensor
 from ._base import AlignmentEstimator
 from ._errors import GPUAError
 from ._validation import check_classnames, check_triplet
 from .hubness import csls_scores, neighbourhood_radius, semantic_margins, ths_loss
 from .procrustes import orthogonality_error, polar_factor, procrustes_from_assignment
+from .query import QUERY_MODES, build_query
 from .ucm import SIMILARITIES, mine_correspondences
 
-__all__ = ["GPUA", "QUERY_MODES", "ORTHOGONALITY", "build_query"]
+__all__ = ["GPUA", "ORTHOGONALITY"]
 
-QUERY_MODES = ("vfm", "fused")
 ORTHOGONALITY = ("penalty", "project", "none")
-
-
-def build_query(Z: torch.Tensor, X: torch.Tensor | None, mode: str, mean: torch.Tensor | None = None) -> torch.Tensor:
-    r"""The query :math:`Q` that the map acts on, rows L2-normalised.
-
-    Parameters
-    ----------
-    Z : tensor of shape (n_samples, d_vfm)
-    X : tensor of shape (n_samples, d_vlm) or None
-        Needed for ``mode="fused"``.
-    mode : {"vfm", "fused"}
-    mean : tensor of shape (d_vfm,), optional
-        Subtracted from the normalised VFM features before renormalising (centering).
-
-    Returns
-    -------
-    Q : tensor of shape (n_samples, d_vfm) or (n_samples, d_vfm + d_vlm)
-    """
-    normalize = torch.nn.functional.normalize
-    Zn = normalize(Z, dim=1)
-    if mean is not None:
-        Zn = normalize(Zn - mean, dim=1)
-    if mode == "vfm":
-        return Zn
-    if mode == "fused":
-        return normalize(torch.cat([Zn, normalize(X, dim=1)], dim=1), dim=1)
-    raise GPUAError(f"query={mode!r} is unknown; use one of {QUERY_MODES}.")
 
 
 class GPUA(AlignmentEstimator):

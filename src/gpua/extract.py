@@ -1,4 +1,4 @@
-"""From images to features on disk: ``extract_features`` and the ``gpua extract`` command.
+"""From images to features on disk: ``extract_features`` (the ``gpua extract`` command).
 
 Every image of a dataset is encoded by a vision foundation model (VFM) and a vision-language
 model (VLM); the VLM's text tower turns the class names into prompt-ensembled text prototypes.
@@ -24,12 +24,10 @@ array), the class names and the templates.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -42,12 +40,12 @@ from ._atomic import atomic_path, atomic_write_text
 from ._errors import GPUAError
 from .features import save_features
 
-__all__ = ["extract_features", "add_subcommands", "FORMAT_VERSION"]
+__all__ = ["extract_features", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
 
 #: Bumped when the feature-file layout or the extraction procedure changes (invalidates caches).
 FORMAT_VERSION = 1
-_ON_ERROR = ("skip", "fail")
-_FORMATS = ("auto", "file", "shards")
+ON_ERROR = ("skip", "fail")
+FORMATS = ("auto", "file", "shards")
 _FILE_SUFFIXES = (".npz", ".safetensors")
 _DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -127,8 +125,8 @@ def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
 
 def _output_kind(out: Path, format: str) -> str:
     """``"file"`` or ``"shards"``: what ``out`` names, by the rule documented in extract_features."""
-    if format not in _FORMATS:
-        raise GPUAError(f"format={format!r} must be one of {_FORMATS}.")
+    if format not in FORMATS:
+        raise GPUAError(f"format={format!r} must be one of {FORMATS}.")
     suffix = out.suffix.lower()
     if format == "file" or (format == "auto" and suffix in _FILE_SUFFIXES):
         if suffix not in _FILE_SUFFIXES:
@@ -150,7 +148,7 @@ def _read_cache_key(path: Path) -> str | None:
     """The ``cache_key`` stored in an existing output's metadata, without reading its arrays."""
     try:
         if path.is_dir():
-            from .stream._shards import ShardedFeatures
+            from .features import ShardedFeatures
 
             # check=True: a set with a missing or truncated shard file is not a cache hit.
             return ShardedFeatures(path, check=True).meta.get("cache_key")
@@ -496,17 +494,17 @@ def extract_features(
     """
     from .encoders import create_encoder
     from .encoders._base import _check_batch_size
-    from .stream._shards import _check_writer_options, check_destination
+    from .features import check_destination, check_writer_options
 
-    if on_error not in _ON_ERROR:
-        raise GPUAError(f"on_error={on_error!r} must be one of {_ON_ERROR}.")
+    if on_error not in ON_ERROR:
+        raise GPUAError(f"on_error={on_error!r} must be one of {ON_ERROR}.")
     batch_size = _check_batch_size(batch_size)
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()
     kind = _output_kind(out, format)
     if kind == "shards":  # checked now, not after hours of encoding
-        _check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
+        check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
         check_destination(out, overwrite=True, name="out")
     if cluster is not None:
         for name, enc in (("vfm", vfm), ("vlm", vlm)):
@@ -637,7 +635,7 @@ def extract_features(
             image_ids=[ids[j] for j in index], meta=meta, float16=float16,
         )
     else:
-        from .stream._shards import ShardWriter
+        from .features import ShardWriter
 
         # atomic: the rows go to a hidden sibling folder, renamed onto `out` once complete.
         with ShardWriter(
@@ -662,76 +660,3 @@ def _assemble(parts: _Parts, ranges: list[range], ids: list[str], widths: tuple[
         yield row, row + m, part
         row += m
         del part  # drop it before the next is read
-
-
-# -- command line -------------------------------------------------------------------------------
-def add_subcommands(subparsers) -> None:
-    """Add ``gpua extract`` to the ``gpua`` command line."""
-    p = subparsers.add_parser(
-        "extract",
-        help="encode a dataset with a VFM and a VLM into a feature file or a shard set",
-        description="Encode every image with both encoders, build text prototypes from the class names, "
-        "and write a feature file (--out FILE.npz or FILE.safetensors) or a shard set for datasets too large "
-        "for memory (--out DIR, a folder name without a suffix; read by gpua fit --shards DIR). "
-        "Interrupted runs resume; finished ones are cached.",
-    )
-    p.add_argument("--vfm", required=True, metavar="ENCODER", help="vision foundation model, e.g. offline:dinov2-s, timm:vit_small_patch14_dinov2.lvd142m")
-    p.add_argument("--vlm", required=True, metavar="ENCODER", help="vision-language model, e.g. open_clip:ViT-B-16/openai, offline:semantic-lite0")
-    p.add_argument("--data", required=True, metavar="PATH", help="image folder, CoOp split file, .npz, or cifar10-mini")
-    p.add_argument("--split", default=None, help="split to read (train, test, ...)")
-    p.add_argument("--classnames", default=None, metavar="FILE", help="class names (file or dataset name); default: the dataset's")
-    p.add_argument("--templates", default=None, metavar="NAME|FILE", help="prompt templates: openai_imagenet, simple, a dataset name, or a file")
-    p.add_argument("--out", required=True, metavar="FILE|DIR",
-                   help="output: a feature file (.npz or .safetensors) or a shard-set folder (a name without a suffix)")
-    p.add_argument("--format", choices=_FORMATS, default="auto",
-                   help="auto (by --out's suffix), file, or shards (a shard set even when the folder name has a dot)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
-    p.add_argument("--rows-per-shard", type=int, default=65536, help="rows per file of a shard set (default 65536)")
-    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--float16", action="store_true", help="store features in half precision")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
-    p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_extract)
-
-
-def _cmd_extract(args: argparse.Namespace) -> int:
-    from .stream.cli import parse_cluster
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path = extract_features(
-            args.vfm, args.vlm, args.data, classnames=args.classnames, templates=args.templates, out=args.out,
-            format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
-            resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
-            split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
-            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=args.connect_timeout,
-        )
-    for w in caught:
-        print(f"gpua extract: warning: {w.message}", file=sys.stderr)
-    if path.is_dir():
-        from .stream._shards import ShardedFeatures
-
-        sf = ShardedFeatures(path)
-        meta, n_rows, d_vfm, d_vlm = sf.meta, sf.n_samples, sf.widths["vfm_features"], sf.widths["vlm_features"]
-        n_classes = len(sf.classnames or [])
-        what = f"shard set of {sf.n_shards} shard(s) ({sf.dtype}, {sf.storage}), "
-        hint = f"; fit with: gpua fit --shards {path} --out MODEL.gpua"
-    else:
-        from .features import load_features
-
-        fs = load_features(path, validate=False)
-        meta, n_rows, d_vfm, d_vlm = fs.meta, fs.n_samples, fs.vfm_features.shape[1], fs.vlm_features.shape[1]
-        n_classes, what, hint = fs.text_prototypes.shape[0], "", ""
-    skipped = meta.get("skipped", {}).get("count", 0)
-    print(
-        f"wrote {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes"
-        + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
-    )
-    return 0

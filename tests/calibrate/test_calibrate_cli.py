@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpua._errors import GPUAError
-from gpua.calibrate.cli import add_subcommands
+from gpua.cli.calibrate import add_subcommands
 from gpua.features import save_features
 
 

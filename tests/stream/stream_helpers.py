@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpua import GPUA
-from gpua.datasets._planted import make_planted
+from gpua.synthetic._planted import make_planted
 
 
 def planted_case(n: int = 1500, k: int = 32, d_vfm: int = 40, d_vlm: int = 20, d_latent: int = 16, seed: int = 0, *, ties: bool = False):

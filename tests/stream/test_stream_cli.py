@@ -8,7 +8,8 @@ import pytest
 
 from gpua import GPUA, GPUAError, load_model
 from gpua.stream import write_shards
-from gpua.stream.cli import add_cli_arguments, parse_cluster, run_fit
+from gpua.cli._common import parse_cluster
+from gpua.cli.features import add_streaming_arguments, run_streamed_fit
 
 
 def test_fit_from_shards_writes_a_model(case, tmp_path, capsys):
@@ -16,10 +17,10 @@ def test_fit_from_shards_writes_a_model(case, tmp_path, capsys):
     write_shards(tmp_path / "s", Z, X, dtype="float16", text_prototypes=Y)
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
-    add_cli_arguments(parser)
+    add_streaming_arguments(parser)
     args = parser.parse_args(["--shards", str(tmp_path / "s"), "--out", str(tmp_path / "m.gpua"), "--max-memory", "1GB",
                               "--checkpoint", str(tmp_path / "ck"), "--no-progress"])
-    assert run_fit(args, GPUA(refine=False, query="vfm")) == 0
+    assert run_streamed_fit(args, GPUA(refine=False, query="vfm")) == 0
     out = capsys.readouterr().out
     assert "fitted on 1500 images (1 shards), 32 classes" in out
     model = load_model(tmp_path / "m.gpua")

@@ -32,7 +32,7 @@ from ._experiments import (
     run_longtail,
     stratified_split,
 )
-from ._federated import FederatedCalibration, client_statistics, dirichlet_split, domain_split, fedavg
+from ._federated_calibration import FederatedCalibration, client_statistics, dirichlet_split, domain_split, fedavg
 from ._sampling import fill_to_target, sample_around
 from ._shape import (
     CovarianceShape,

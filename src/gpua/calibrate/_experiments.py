@@ -26,7 +26,7 @@ from .._errors import GPUAError
 from .._validation import check_labels, check_matrix
 from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier, ShrinkageLDA
-from ._federated import FederatedCalibration, client_statistics, dirichlet_split, fedavg
+from ._federated_calibration import FederatedCalibration, client_statistics, dirichlet_split, fedavg
 from ._sampling import as_rng
 from ._stats import ClassStatistics, infer_n_classes, merge_statistics
 

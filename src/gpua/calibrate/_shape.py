@@ -272,14 +272,12 @@ def oas_factor(X: np.ndarray) -> tuple[np.ndarray, float]:
     rho : float
         The shrinkage intensity :math:`\rho \in [0, 1]`.
     """
-    from ._stats import ClassStatistics
-
     n, d = X.shape
     if n < 2:
         raise GPUAError(f"X has {n} row(s); a covariance needs at least 2 rows of the class.")
-    stats = ClassStatistics(n_classes=1).fit(X, np.zeros(n, np.int64))
-    S = stats.covariance_[0]
+    D = np.asarray(X, dtype=np.float64)
+    D = D - D.mean(0)
+    S = D.T @ D / n  # the population covariance, as ClassStatistics.covariance_
     _, rho = oas_shrinkage(S, n)
     mu = float(np.trace(S)) / d
-    D = np.asarray(X, dtype=np.float64) - stats.mean_[0]
     return np.hstack([math.sqrt((1.0 - rho) / n) * D.T, math.sqrt(rho * mu) * np.eye(d)]), float(rho)

@@ -7,11 +7,12 @@
   whole-image or by sliding window, with VFM-affinity refinement and background handling.
 - :mod:`~gpua.segment.metrics`: mmseg-style mIoU / pixel accuracy (``SegmentationMetric``).
 - :mod:`~gpua.segment.datasets`: readers for VOC, PASCAL Context, ADE20K, COCO-Stuff and
-  Cityscapes in mmseg layouts (``load_dataset``).
+  Cityscapes in mmseg layouts (``load_segmentation_dataset``).
+- :mod:`~gpua.segment.io`: label PNGs, colour overlays, and encoder specs with the planted
+  stand-ins (``make_encoder``).
 - :mod:`~gpua.segment.planted`: a planted dense world with a known answer, for tests and demos.
 
-Names are loaded on first use, so ``import gpua.segment.cli`` (done by every ``gpua`` command)
-does not pull torch in.
+Names are loaded on first use: ``import gpua.segment`` is cheap.
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ _EXPORTS = {
     "confusion_matrix": "metrics",
     "DATASET_PRESETS": "datasets",
     "SegmentationDataset": "datasets",
-    "load_dataset": "datasets",
+    "load_segmentation_dataset": "datasets",
     "prompt_name": "datasets",
     "read_image": "datasets",
     "read_label": "datasets",
     "PlantedPatchEncoder": "planted",
     "PlantedSegmentationWorld": "planted",
     "make_planted_world": "planted",
-    "write_label_png": "cli",
-    "write_overlay_png": "cli",
+    "make_encoder": "io",
+    "write_label_png": "io",
+    "write_overlay_png": "io",
 }
 
 __all__ = sorted(_EXPORTS)

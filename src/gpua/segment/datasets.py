@@ -41,7 +41,7 @@ from .._errors import GPUAError
 __all__ = [
     "DATASET_PRESETS",
     "SegmentationDataset",
-    "load_dataset",
+    "load_segmentation_dataset",
     "prompt_name",
     "read_image",
     "read_label",
@@ -311,7 +311,7 @@ class SegmentationDataset(Sequence):
         return [prompt_name(c) for c in self.classnames]
 
 
-def load_dataset(
+def load_segmentation_dataset(
     name: str,
     root: str | os.PathLike,
     split: str = "val",

@@ -25,7 +25,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
-from ..estimator import build_query
+from ..query import build_query
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from . import _kernels as K_
@@ -33,7 +33,7 @@ from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, rele
 from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
 from ._executor import connect
 from ._progress import Bar
-from ._shards import ShardedFeatures
+from ..features import ShardedFeatures
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_streaming", "as_source", "is_streaming_source", "minimum_budget_for"]

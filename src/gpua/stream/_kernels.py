@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .._errors import GPUAError
-from ..estimator import build_query
+from ..query import build_query
 from ..ucm import fused_score
 
 __all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats"]

@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 
 from .._errors import GPUAError
+from ..segment.io import make_encoder, write_label_png, write_overlay_png
 
-__all__ = ["add_subcommands", "make_encoder", "write_label_png", "write_overlay_png"]
+__all__ = ["add_subcommands"]
 
 _SEG_META_SUFFIX = ".seg.json"
 
@@ -121,24 +122,9 @@ def _add_inference_args(p) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def make_encoder(spec: str, device: str | None = None):
-    """An encoder from a spec: `planted:vfm` / `planted:vlm` (the planted demo world) or any
-    `gpua.encoders.create_encoder` spec."""
-    if spec.startswith("planted:"):
-        from .planted import make_planted_world
-
-        role = spec.split(":", 1)[1]
-        if role not in ("vfm", "vlm"):
-            raise GPUAError(f"--vfm/--vlm {spec!r}: the planted encoders are 'planted:vfm' and 'planted:vlm'.")
-        return getattr(make_planted_world(), role)
-    from ..encoders import create_encoder
-
-    return create_encoder(spec, device=device) if device else create_encoder(spec)
-
-
 def _class_prompts(path: str):
     from ..data.classnames import load_classnames
-    from .inference import parse_class_prompts
+    from ..segment.inference import parse_class_prompts
 
     return parse_class_prompts(load_classnames(path))
 
@@ -164,7 +150,7 @@ def _list_images(folder: str, what: str = "--images") -> list[Path]:
 
 
 def _load_image(path: Path):
-    from .datasets import read_image
+    from ..segment.datasets import read_image
 
     return read_image(path)
 
@@ -190,7 +176,7 @@ def _load_model(path: str):
 
 def _segmenter(args, prompt_names: list[str], class_of_prototype):
     """A DenseSegmenter from the parsed arguments (model or zero-shot)."""
-    from .inference import DenseSegmenter
+    from ..segment.inference import DenseSegmenter
 
     if not args.vlm:
         raise GPUAError("--vlm is required to encode the class prompts; pass the VLM encoder spec.")
@@ -228,48 +214,11 @@ def _segmenter(args, prompt_names: list[str], class_of_prototype):
     )
 
 
-def _write_png(path: Path, array, palette=None) -> None:
-    from PIL import Image
-
-    from .._atomic import atomic_path
-
-    im = Image.fromarray(array)
-    if palette is not None:
-        im.putpalette(palette)
-    with atomic_path(path, suffix=".png") as tmp:
-        im.save(tmp, format="PNG")
-
-
-def write_label_png(path: str | os.PathLike, label) -> None:
-    """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
-    a 16-bit greyscale PNG beyond."""
-    import numpy as np
-
-    label = np.asarray(label)
-    if label.max(initial=0) <= 255 and label.min(initial=0) >= 0:
-        import imgviz
-
-        _write_png(Path(path), label.astype(np.uint8), imgviz.label_colormap().flatten().tolist())
-    else:
-        _write_png(Path(path), label.astype(np.uint16))
-
-
-def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[str] | None = None) -> None:
-    """Save the image with its labels blended in colour (imgviz), atomically."""
-    import imgviz
-    import numpy as np
-
-    names = {k: n for k, n in enumerate(classnames or [])}  # 255 ("no class") stays unnamed
-    rgb = imgviz.label2rgb(np.asarray(label), image=image, alpha=0.5, label_names=names or None,
-                           font_size=max(10, image.shape[0] // 30))
-    _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8))
-
-
 # --------------------------------------------------------------------------- handlers
 
 
 def _fit_seg(args: argparse.Namespace) -> int:
-    from .inference import fit_patch_gpua
+    from ..segment.inference import fit_patch_gpua
 
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     files = _list_images(args.images)[: args.max_images]
@@ -314,12 +263,12 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _ground_truth(args: argparse.Namespace):
     """(classnames, label reader, [(stem, image path or None, mask path)]) from --dataset or --gt."""
-    from .datasets import load_dataset, read_label
+    from ..segment.datasets import load_segmentation_dataset, read_label
 
     if args.dataset:
         if not args.root:
             raise GPUAError("--dataset needs --root, the dataset's root folder.")
-        ds = load_dataset(args.dataset, args.root, args.split)
+        ds = load_segmentation_dataset(args.dataset, args.root, args.split)
         pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
         return ds.classnames, ds.load_label, pairs
     if not args.gt:
@@ -344,8 +293,8 @@ def _ground_truth(args: argparse.Namespace):
 
 def _evaluate_seg(args: argparse.Namespace) -> int:
     from .._atomic import atomic_write_text
-    from .datasets import read_label
-    from .metrics import SegmentationMetric
+    from ..segment.datasets import read_label
+    from ..segment.metrics import SegmentationMetric
 
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
@@ -357,8 +306,8 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
             if len(names) != len(classnames):
                 raise GPUAError(f"--classnames has {len(names)} classes but the ground truth has {len(classnames)}; give one line per class.")
         else:
-            from .datasets import prompt_name
-            from .inference import parse_class_prompts
+            from ..segment.datasets import prompt_name
+            from ..segment.inference import parse_class_prompts
 
             _, prompt_names, owner = parse_class_prompts([prompt_name(c) for c in classnames])
         seg = _segmenter(args, prompt_names, owner)

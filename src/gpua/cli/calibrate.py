@@ -18,7 +18,7 @@ import time
 
 from .._atomic import atomic_write_text
 from .._errors import GPUAError
-from ._experiments import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
+from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
 
 __all__ = ["add_subcommands"]
 

@@ -42,7 +42,7 @@ from .._atomic import atomic_path, atomic_write_text
 from .._errors import GPUAError, ModelFileError
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
 
-__all__ = ["SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards"]
+__all__ = ["SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination", "check_writer_options"]
 
 SHARD_FORMAT = "gpua-shards"
 SHARD_FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ def _shard_file(i: int, key: str, storage: str) -> str:
     return f"shard-{i:06d}.safetensors" if storage == "safetensors" else f"shard-{i:06d}.{key}.npy"
 
 
-def _check_writer_options(dtype: str, storage: str, rows_per_shard) -> None:
+def check_writer_options(dtype: str, storage: str, rows_per_shard) -> None:
     """The ShardWriter arguments that can be checked before any row exists."""
     if dtype not in FEATURE_DTYPES:
         raise GPUAError(f"dtype={dtype!r} is unknown; use one of {FEATURE_DTYPES}.")
@@ -493,7 +493,7 @@ class ShardWriter:
         overwrite: bool = False,
         atomic: bool = False,
     ):
-        _check_writer_options(dtype, storage, rows_per_shard)
+        check_writer_options(dtype, storage, rows_per_shard)
         self.path = Path(path)
         self._final: Path | None = None
         self._overwrite = bool(overwrite)

@@ -1,8 +1,10 @@
 """The ``gpua`` command line.
 
-Sub-commands live beside the code they drive: each module listed in ``_SUBCOMMAND_MODULES``
-exposes ``add_subcommands(subparsers)``, which adds its parsers with
+Every sub-command lives in this package, one module per family (``_SUBCOMMAND_MODULES``); each
+module exposes ``add_subcommands(subparsers)``, which adds its parsers with
 ``set_defaults(func=handler)``; a handler takes the parsed arguments and returns an exit code.
+Handlers import the library (torch, encoders...) inside their bodies, so building the parser
+stays cheap.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from ._errors import GPUAError
+from .. import __version__
+from .._errors import GPUAError
 
 _SUBCOMMAND_MODULES = (
-    "gpua._cli_core",  # fit, evaluate, predict, compare
-    "gpua.demo",  # demo
-    "gpua.extract",  # extract
-    "gpua.segment.cli",  # segment, evaluate-seg
-    "gpua.calibrate.cli",  # calibrate
+    "gpua.cli.extract",  # extract
+    "gpua.cli.features",  # fit, evaluate, predict, compare
+    "gpua.cli.demo",  # demo
+    "gpua.cli.segment",  # fit-seg, segment, evaluate-seg
+    "gpua.cli.calibrate",  # calibrate longtail | federated
 )
 
 
@@ -32,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpua {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
-                continue  # that part of gpua is not built yet
-            raise
-        module.add_subcommands(sub)
+        importlib.import_module(name).add_subcommands(sub)
     return parser
 
 

@@ -1,71 +1,35 @@
-"""``gpua fit | evaluate | predict | compare``: the feature-level commands."""
+"""``gpua fit | evaluate | predict | compare``: the commands that work on feature files.
+
+``gpua fit --shards DIR [--max-memory 4GB] [--cluster ADDR] [--checkpoint DIR]`` fits on a shard
+set with :func:`gpua.stream.fit_streaming`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import sys
 import time
 
 import numpy as np
 
-from ._atomic import atomic_path
-from ._errors import GPUAError
+from .._atomic import atomic_path
+from .._errors import GPUAError
+from ._common import add_estimator_arguments, estimator_overrides, parse_cluster
 
-__all__ = ["add_subcommands", "parse_params"]
-
-
-def parse_params(pairs: list[str] | None) -> dict:
-    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}`` (values parsed as JSON)."""
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise GPUAError(f"--param {p!r} must look like NAME=VALUE, e.g. --param lam=0.8.")
-        k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = {"true": True, "false": False, "none": None}.get(v.lower(), v)
-    return out
-
-
-def _estimator_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("GPUA parameters (defaults are the library's)")
-    g.add_argument("--query", choices=["vfm", "fused"], help="map VFM features alone, or [VFM, VLM]")
-    g.add_argument("--lam", type=float, help="weight of the VLM term in UCM (default 0.9)")
-    g.add_argument("--eps", type=float, help="entropic regularisation of the OT step")
-    g.add_argument("--n-steps", type=int, help="refinement steps at most")
-    g.add_argument("--no-refine", action="store_true", help="Procrustes only, no THS refinement")
-    g.add_argument("--device", help="cpu or cuda")
-    g.add_argument("--seed", type=int, help="random_state")
-    g.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other GPUA parameter (repeatable)")
-
-
-def _overrides(args) -> dict:
-    kw = parse_params(args.param)
-    for name, attr in (("query", "query"), ("lam", "lam"), ("eps", "eps"), ("n_steps", "n_steps"), ("device", "device"), ("random_state", "seed")):
-        v = getattr(args, attr, None)
-        if v is not None:
-            kw[name] = v
-    if getattr(args, "no_refine", False):
-        kw["refine"] = False
-    return kw
+__all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
 
 def _cmd_fit(args) -> int:
-    from .estimator import GPUA
-    from .features import load_features
+    from ..estimator import GPUA
+    from ..features import load_features
 
-    kw = _overrides(args)
+    kw = estimator_overrides(args)
     try:
         model = GPUA(**kw)
     except TypeError as exc:
         raise GPUAError(f"--param: {exc}; see `help(gpua.GPUA)` for the parameter names.") from None
     if getattr(args, "shards", None):
-        from .stream.cli import run_fit
-
-        return run_fit(args, model)
+        return run_streamed_fit(args, model)
     if not args.train:
         raise GPUAError("give --train FILE (a feature file) or --shards DIR (a shard set).")
     train = load_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
@@ -82,10 +46,57 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the streaming options to ``gpua fit``'s parser."""
+    g = parser.add_argument_group("streaming and distributed fits (gpua.stream)")
+    g.add_argument("--shards", metavar="DIR", help="fit on a shard set (gpua extract / gpua.stream.write_shards) instead of --train")
+    g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
+    g.add_argument("--max-memory", default="4GB", metavar="SIZE", help="memory budget per process, e.g. 4GB (default 4GB)")
+    g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    g.add_argument("--checkpoint", metavar="DIR", help="save UCM state after every round; re-run with the same DIR to resume")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_streamed_fit(args: argparse.Namespace, model) -> int:
+    """Fit ``model`` (a configured GPUA) on ``args.shards`` and save it to ``args.out``.
+
+    Returns
+    -------
+    int
+        Exit code 0 (errors are raised as :class:`GPUAError` for the CLI to print).
+    """
+    from ..stream import fit_streaming
+    from ..features import ShardedFeatures
+
+    shards = ShardedFeatures(args.shards)
+    prototypes = classnames = None
+    if getattr(args, "prototypes", None):
+        from ..features import load_features
+
+        fs = load_features(args.prototypes, require=("text_prototypes",))
+        prototypes, classnames = fs.text_prototypes, fs.classnames
+    t0 = time.perf_counter()
+    fit_streaming(
+        model, shards, prototypes, classnames=classnames, max_memory=args.max_memory, cluster=parse_cluster(args.cluster),
+        checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=args.connect_timeout,
+    )
+    dt = time.perf_counter() - t0
+    model.save(args.out)
+    h = model.history_
+    s = h["streaming"]
+    print(
+        f"fitted on {s['n_samples']} images ({shards.n_shards} shards), {model.n_classes_} classes in {dt:.1f} s "
+        f"(UCM {len(h['ucm'])} rounds, {s['passes']} chunk passes, {s['n_chunks']} chunks of {s['chunk_rows']} rows, "
+        f"cache {s['cache']}, {s['processes']} process(es)); pseudo-label agreement {h['pseudo_label_agreement']:.3f}; saved {args.out}"
+    )
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
-    from ._base import load_model
-    from .features import load_features
-    from .report import evaluate_model, format_table, write_json
+    from .._base import load_model
+    from ..features import load_features
+    from ..report import evaluate_model, format_table, write_json
 
     model = load_model(args.model)
     test = load_features(args.test, require=("labels",))
@@ -101,8 +112,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from ._base import load_model
-    from .features import load_features
+    from .._base import load_model
+    from ..features import load_features
 
     model = load_model(args.model)
     fs = load_features(args.features)
@@ -120,14 +131,14 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .baselines import list_methods
-    from .features import load_features
-    from .report import compare_methods, format_table, write_json
+    from ..baselines import list_methods
+    from ..features import load_features
+    from ..report import compare_methods, format_table, write_json
 
     train = load_features(args.train)
     test = load_features(args.test, require=("labels",))
     methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    rows = compare_methods(train, test, methods, overrides=_overrides(args), progress=True)
+    rows = compare_methods(train, test, methods, overrides=estimator_overrides(args), progress=True)
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     if args.json:
         write_json(args.json, {"train": str(args.train), "test": str(args.test), "results": rows})
@@ -139,10 +150,8 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("fit", help="learn the map from an unlabeled feature file", description="Fit GPUA on vfm_features, vlm_features and text_prototypes (labels, if present, are ignored).")
     p.add_argument("--train", help="feature file (.npz or .safetensors)")
     p.add_argument("--out", required=True, help="model file to write (.gpua)")
-    _estimator_args(p)
-    from .stream.cli import add_cli_arguments
-
-    add_cli_arguments(p)
+    add_estimator_arguments(p)
+    add_streaming_arguments(p)
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled feature file", description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images.")
@@ -163,5 +172,5 @@ def add_subcommands(sub) -> None:
     p.add_argument("--test", required=True)
     p.add_argument("--methods", default="all", help="comma-separated names or 'all' (see gpua.list_methods())")
     p.add_argument("--json")
-    _estimator_args(p)
+    add_estimator_arguments(p)
     p.set_defaults(func=_cmd_compare)

@@ -1,0 +1,86 @@
+"""``gpua extract``: encode a dataset into a feature file or a shard set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ._common import parse_cluster
+
+__all__ = ["add_subcommands"]
+
+_FORMATS = ("auto", "file", "shards")  # as gpua.extract.FORMATS (not imported: it loads numpy)
+_ON_ERROR = ("skip", "fail")
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``gpua extract`` to the ``gpua`` command line."""
+    p = subparsers.add_parser(
+        "extract",
+        help="encode a dataset with a VFM and a VLM into a feature file or a shard set",
+        description="Encode every image with both encoders, build text prototypes from the class names, "
+        "and write a feature file (--out FILE.npz or FILE.safetensors) or a shard set for datasets too large "
+        "for memory (--out DIR, a folder name without a suffix; read by gpua fit --shards DIR). "
+        "Interrupted runs resume; finished ones are cached.",
+    )
+    p.add_argument("--vfm", required=True, metavar="ENCODER", help="vision foundation model, e.g. offline:dinov2-s, timm:vit_small_patch14_dinov2.lvd142m")
+    p.add_argument("--vlm", required=True, metavar="ENCODER", help="vision-language model, e.g. open_clip:ViT-B-16/openai, offline:semantic-lite0")
+    p.add_argument("--data", required=True, metavar="PATH", help="image folder, CoOp split file, .npz, or cifar10-mini")
+    p.add_argument("--split", default=None, help="split to read (train, test, ...)")
+    p.add_argument("--classnames", default=None, metavar="FILE", help="class names (file or dataset name); default: the dataset's")
+    p.add_argument("--templates", default=None, metavar="NAME|FILE", help="prompt templates: openai_imagenet, simple, a dataset name, or a file")
+    p.add_argument("--out", required=True, metavar="FILE|DIR",
+                   help="output: a feature file (.npz or .safetensors) or a shard-set folder (a name without a suffix)")
+    p.add_argument("--format", choices=_FORMATS, default="auto",
+                   help="auto (by --out's suffix), file, or shards (a shard set even when the folder name has a dot)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
+    p.add_argument("--rows-per-shard", type=int, default=65536, help="rows per file of a shard set (default 65536)")
+    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
+    p.add_argument("--float16", action="store_true", help="store features in half precision")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
+    p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from ..extract import extract_features
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = extract_features(
+            args.vfm, args.vlm, args.data, classnames=args.classnames, templates=args.templates, out=args.out,
+            format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
+            resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
+            split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
+            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=args.connect_timeout,
+        )
+    for w in caught:
+        print(f"gpua extract: warning: {w.message}", file=sys.stderr)
+    if path.is_dir():
+        from ..features import ShardedFeatures
+
+        sf = ShardedFeatures(path)
+        meta, n_rows, d_vfm, d_vlm = sf.meta, sf.n_samples, sf.widths["vfm_features"], sf.widths["vlm_features"]
+        n_classes = len(sf.classnames or [])
+        what = f"shard set of {sf.n_shards} shard(s) ({sf.dtype}, {sf.storage}), "
+        hint = f"; fit with: gpua fit --shards {path} --out MODEL.gpua"
+    else:
+        from ..features import load_features
+
+        fs = load_features(path, validate=False)
+        meta, n_rows, d_vfm, d_vlm = fs.meta, fs.n_samples, fs.vfm_features.shape[1], fs.vlm_features.shape[1]
+        n_classes, what, hint = fs.text_prototypes.shape[0], "", ""
+    skipped = meta.get("skipped", {}).get("count", 0)
+    print(
+        f"wrote {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes"
+        + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
+    )
+    return 0

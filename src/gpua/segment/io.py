@@ -1,0 +1,66 @@
+"""Segmentation files and encoders: label PNGs, colour overlays, and encoder specs.
+
+:func:`make_encoder` accepts the planted stand-ins (``planted:vfm``, ``planted:vlm``, from
+:mod:`gpua.segment.planted`) beside every :func:`gpua.encoders.create_encoder` spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .._errors import GPUAError
+
+__all__ = ["make_encoder", "write_label_png", "write_overlay_png"]
+
+
+def make_encoder(spec: str, device: str | None = None):
+    """An encoder from a spec: `planted:vfm` / `planted:vlm` (the planted demo world) or any
+    `gpua.encoders.create_encoder` spec."""
+    if spec.startswith("planted:"):
+        from .planted import make_planted_world
+
+        role = spec.split(":", 1)[1]
+        if role not in ("vfm", "vlm"):
+            raise GPUAError(f"--vfm/--vlm {spec!r}: the planted encoders are 'planted:vfm' and 'planted:vlm'.")
+        return getattr(make_planted_world(), role)
+    from ..encoders import create_encoder
+
+    return create_encoder(spec, device=device) if device else create_encoder(spec)
+
+
+def _write_png(path: Path, array, palette=None) -> None:
+    from PIL import Image
+
+    from .._atomic import atomic_path
+
+    im = Image.fromarray(array)
+    if palette is not None:
+        im.putpalette(palette)
+    with atomic_path(path, suffix=".png") as tmp:
+        im.save(tmp, format="PNG")
+
+
+def write_label_png(path: str | os.PathLike, label) -> None:
+    """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
+    a 16-bit greyscale PNG beyond."""
+    import numpy as np
+
+    label = np.asarray(label)
+    if label.max(initial=0) <= 255 and label.min(initial=0) >= 0:
+        import imgviz
+
+        _write_png(Path(path), label.astype(np.uint8), imgviz.label_colormap().flatten().tolist())
+    else:
+        _write_png(Path(path), label.astype(np.uint16))
+
+
+def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[str] | None = None) -> None:
+    """Save the image with its labels blended in colour (imgviz), atomically."""
+    import imgviz
+    import numpy as np
+
+    names = {k: n for k, n in enumerate(classnames or [])}  # 255 ("no class") stays unnamed
+    rgb = imgviz.label2rgb(np.asarray(label), image=image, alpha=0.5, label_names=names or None,
+                           font_size=max(10, image.shape[0] // 30))
+    _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8))
