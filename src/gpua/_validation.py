@@ -12,7 +12,7 @@ import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["check_matrix", "check_triplet", "check_classnames", "check_labels", "l2_normalize"]
+__all__ = ["check_matrix", "check_triplet", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def check_matrix(
@@ -46,20 +46,27 @@ def check_matrix(
     if A.dtype.kind not in "fiub":
         raise GPUAError(f"{name} has dtype {A.dtype}; pass a numeric (float16/float32/float64) array.")
     if A.ndim != 2:
-        raise GPUAError(
-            f"{name} must be 2-D (n, d) but has shape {A.shape}; "
-            + ("reshape it with .reshape(1, -1) for a single row." if A.ndim == 1 else "flatten the extra axes first.")
+        hint = (
+            "reshape it with .reshape(1, -1) if it is one row (one sample), or .reshape(-1, 1) if it is one column "
+            "(one feature per sample)."
+            if A.ndim == 1
+            else "flatten the extra axes first." if A.ndim > 2 else "pass a 2-D array."
         )
+        raise GPUAError(f"{name} must be 2-D (n, d) but has shape {A.shape}; {hint}")
     if A.shape[0] == 0 or A.shape[1] == 0:
         raise GPUAError(f"{name} is empty (shape {A.shape}); pass at least one row and one column.")
+    if A.dtype.kind == "f":
+        # Checked in the input's own precision: float64 values beyond float32's range are
+        # reported as too large below, not as the inf the cast would make of them.
+        bad = ~np.isfinite(A)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise GPUAError(
+                f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); "
+                "drop or re-extract those rows."
+            )
+    _check_row_scale(A, name)
     A = np.ascontiguousarray(A, dtype=np.float32)
-    bad = ~np.isfinite(A)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise GPUAError(
-            f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); "
-            "drop or re-extract those rows."
-        )
     if n_rows is not None and A.shape[0] != n_rows:
         raise GPUAError(f"{name} has {A.shape[0]} rows but {n_rows} were expected; pass one row per image, in the same order.")
     if n_cols is not None and A.shape[1] != n_cols:
@@ -73,6 +80,37 @@ def check_matrix(
                 "normalised; remove them or re-extract those features."
             )
     return A
+
+
+#: Row L2 norms outside this range cannot be normalised in float32 (squares overflow above it,
+#: and below it the norm falls under torch's normalisation epsilon, 1e-12): refused, not zeroed.
+ROW_NORM_RANGE = (1e-10, 1e18)
+
+
+def _check_row_scale(A: np.ndarray, name: str) -> None:
+    """Refuse rows whose scale would make float32 normalisation return zeros (or non-unit rows)."""
+    lo, hi = ROW_NORM_RANGE
+    # Each row's norm lies in [max |x|, max |x| sqrt(d)]: only rows near either end need a look.
+    amax = np.maximum(A.max(axis=1).astype(np.float64), -A.min(axis=1).astype(np.float64))
+    suspect = np.nonzero((amax * np.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo)))[0]
+    if suspect.size == 0:
+        return
+    # Exact norms in float64 after dividing each row by its largest entry: no overflow for any input.
+    scale = amax[suspect]
+    norms = np.full(A.shape[0], 1.0)
+    norms[suspect] = np.linalg.norm(A[suspect].astype(np.float64) / scale[:, None], axis=1) * scale
+    big, small = norms > hi, (norms > 0) & (norms < lo)
+    for mask, what, fix in (
+        (big, "too large", f"above {hi:g}"),
+        (small, "too small", f"below {lo:g}"),
+    ):
+        if mask.any():
+            first = int(np.nonzero(mask)[0][0])
+            raise GPUAError(
+                f"{name} has {int(mask.sum())} row(s) whose L2 norm is {what} for float32 arithmetic (row {first}: "
+                f"{norms[first]:.3g}, {fix}): normalising them would give zeros. Divide the features by a constant "
+                "(the direction of each row is what counts), e.g. A / np.abs(A).max(), or drop those rows."
+            )
 
 
 def check_triplet(Z, X, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,10 +150,18 @@ def check_prototypes(Y, d_vlm: int) -> np.ndarray:
 
 
 def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[str] | None:
-    """Check class names: one per class, all distinct."""
+    """Check class names: a flat sequence of strings, one per class, all distinct."""
     if classnames is None:
         return None
-    names = [str(c) for c in np.asarray(classnames).tolist()]
+    if isinstance(classnames, (str, bytes)):
+        raise GPUAError(f"classnames is one string ({classnames[:40]!r}); pass a list with one name per class.")
+    arr = np.asarray(classnames, dtype=object) if not isinstance(classnames, np.ndarray) else classnames
+    if arr.ndim != 1:
+        raise GPUAError(f"classnames must be a flat list (one name per class) but has shape {arr.shape}; flatten it first.")
+    kinds = {type(c).__name__ for c in arr.tolist() if not isinstance(c, (str, np.str_))}
+    if kinds:
+        raise GPUAError(f"classnames must hold strings but holds {sorted(kinds)}; pass one name (a str) per class.")
+    names = [str(c) for c in arr.tolist()]
     if len(names) != n_classes:
         raise GPUAError(f"classnames has {len(names)} entries but there are {n_classes} text prototypes; give one name per class.")
     seen: dict[str, int] = {}
@@ -145,3 +191,47 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -
 def l2_normalize(A: np.ndarray, axis: int = -1) -> np.ndarray:
     """Rows scaled to unit L2 norm (inputs already checked to have no zero rows)."""
     return A / np.linalg.norm(A, axis=axis, keepdims=True)
+
+
+def check_number(
+    value,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    fix: str = "",
+) -> float | int:
+    """Check a scalar option: a finite number (an integer if asked) within ``[low, high]``.
+
+    Parameters
+    ----------
+    value : the option's value
+    name : str
+        The option's name, for the message.
+    integer : bool
+        Require an integer (booleans are refused either way).
+    low, high : float, optional
+        Bounds, inclusive; ``low_open=True`` excludes ``low``.
+    fix : str
+        Appended to the message (a typical value, say).
+
+    Returns
+    -------
+    int or float
+    """
+    ok_type = (np.integer, int) if integer else (np.integer, int, np.floating, float)
+    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type) or not np.isfinite(value)
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value > high
+    if bad:
+        kind = "an integer" if integer else "a finite number"
+        rng = ""
+        if low is not None or high is not None:
+            left = "(" if low_open else "["
+            rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise GPUAError(f"{name}={value!r} must be {kind}{rng}{'; ' + fix if fix else ''}.")
+    return int(value) if integer else float(value)
