@@ -183,6 +183,7 @@ def check_output(
     *,
     kind: str = "file",
     inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+    distinct_from: Iterable[tuple[str, str | os.PathLike | None]] = (),
 ) -> Path:
     """Refuse an output path that would destroy an input or cannot be written; call before the work.
 
@@ -198,6 +199,8 @@ def check_output(
     inputs : iterable of (name, path)
         What the command reads. ``None`` paths and paths that do not exist (dataset names,
         template set names) are skipped.
+    distinct_from : iterable of (name, path)
+        Other outputs of the same command: the output may not be any of them.
 
     Returns
     -------
@@ -215,6 +218,9 @@ def check_output(
     if kind not in _KINDS:
         raise ValueError(f"kind={kind!r}; use one of {_KINDS}.")
     out = _resolve(path)
+    for other_name, value in distinct_from:
+        if value is not None and str(value) != "" and _same(out, _resolve(value)):
+            raise GPUAError(f"{name} {str(path)!r} is the same path as {other_name} {str(value)!r}; give each output its own path.")
     for in_name, value in inputs:
         if value is None or str(value) == "":
             continue
