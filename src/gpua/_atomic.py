@@ -88,6 +88,20 @@ def _temp_name(target: Path, suffix: str) -> Path:
     return target.parent / f".{target.name}{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every platform opens folders)."""
     try:
@@ -122,6 +136,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     try:
         yield tmp_path
+        # Some writers replace the temp file with their own (safetensors writes 0o600 files):
+        # give the result the mode any other program's output would have.
+        mode = 0o666 & ~_umask()
+        if tmp_path.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

@@ -132,7 +132,7 @@ def read_npy_header(fh: BinaryIO, available: int, what: str) -> tuple[tuple[int,
         major, _ = np.lib.format.read_magic(fh)
         read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(fh, max_header_size=1 << 16)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as exc:
+    except Exception as exc:  # numpy parses the header with Python's tokenizer: any error means a bad header
         raise ModelFileError(f"{what} has an unreadable array header ({exc}); it is corrupt.") from None
     if dtype.hasobject:
         raise ModelFileError(
@@ -146,6 +146,18 @@ def read_npy_header(fh: BinaryIO, available: int, what: str) -> tuple[tuple[int,
             "bytes of data; it is truncated or corrupt."
         )
     return tuple(shape), bool(fortran), dtype, header
+
+
+def _zip_declared_entries(path: str | os.PathLike, size: int) -> int | None:
+    """The entry count an archive's end-of-central-directory record declares (None: not found, or ZIP64)."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - (22 + 65535)))
+        tail = fh.read()
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or len(tail) < i + 12:
+        return None
+    (count,) = struct.unpack("<H", tail[i + 10 : i + 12])
+    return None if count == 0xFFFF else count
 
 
 def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
@@ -162,6 +174,11 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf:
+            declared = _zip_declared_entries(path, size)
+            if declared is not None and declared != len(zf.infolist()):
+                # zipfile lists what its central directory parse reached, silently: a damaged
+                # length field there hides members.
+                raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(zf.infolist())}; it is corrupt.")
             for info in zf.infolist():
                 if not info.filename.endswith(".npy"):
                     raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array; it is not an npz feature file.")

@@ -33,7 +33,12 @@ def check_matrix(
     n_rows, n_cols : int, optional
         Required sizes (checked only when given).
     allow_zero_rows : bool
-        All-zero rows cannot be L2-normalised; they are refused unless this is set.
+        All-zero rows cannot be L2-normalised; they are refused unless this is set. Without it
+        the rows are taken to be L2-normalised later (their scale carries no information), and a
+        row whose norm float32 cannot normalise (outside :data:`ROW_NORM_RANGE`, say 1e20 or
+        1e-20 entries) is multiplied by a power of two: exactly the same direction, a usable
+        scale. With it, rows are used at their own scale and rows too large for float32
+        arithmetic are refused.
     """
     if A is None:
         raise GPUAError(f"{name} is None: pass an array of shape (n, d).")
@@ -57,7 +62,7 @@ def check_matrix(
         raise GPUAError(f"{name} is empty (shape {A.shape}); pass at least one row and one column.")
     if A.dtype.kind == "f":
         # Checked in the input's own precision: float64 values beyond float32's range are
-        # reported as too large below, not as the inf the cast would make of them.
+        # rescaled or reported as too large below, not turned into the inf the cast would make.
         bad = ~np.isfinite(A)
         if bad.any():
             rows = np.unique(np.nonzero(bad)[0])
@@ -65,8 +70,7 @@ def check_matrix(
                 f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); "
                 "drop or re-extract those rows."
             )
-    _check_row_scale(A, name)
-    A = np.ascontiguousarray(A, dtype=np.float32)
+    A = np.ascontiguousarray(_fix_row_scale(A, name, rescale=not allow_zero_rows), dtype=np.float32)
     if n_rows is not None and A.shape[0] != n_rows:
         raise GPUAError(f"{name} has {A.shape[0]} rows but {n_rows} were expected; pass one row per image, in the same order.")
     if n_cols is not None and A.shape[1] != n_cols:
@@ -83,34 +87,40 @@ def check_matrix(
 
 
 #: Row L2 norms outside this range cannot be normalised in float32 (squares overflow above it,
-#: and below it the norm falls under torch's normalisation epsilon, 1e-12): refused, not zeroed.
+#: and below it the norm falls under torch's normalisation epsilon, 1e-12).
 ROW_NORM_RANGE = (1e-10, 1e18)
 
 
-def _check_row_scale(A: np.ndarray, name: str) -> None:
-    """Refuse rows whose scale would make float32 normalisation return zeros (or non-unit rows)."""
+def _fix_row_scale(A: np.ndarray, name: str, rescale: bool) -> np.ndarray:
+    """Rows whose scale float32 normalisation cannot handle: rescaled exactly, or refused.
+
+    With ``rescale`` (rows that will be L2-normalised, whose scale carries no information), such
+    a row is multiplied by the power of two that brings its largest entry into [0.5, 1): the
+    direction is kept bit for bit and normalising no longer returns zeros. Otherwise (features
+    used at their own scale) rows too large for float32 arithmetic are refused.
+    """
     lo, hi = ROW_NORM_RANGE
     # Each row's norm lies in [max |x|, max |x| sqrt(d)]: only rows near either end need a look.
     amax = np.maximum(A.max(axis=1).astype(np.float64), -A.min(axis=1).astype(np.float64))
     suspect = np.nonzero((amax * np.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo)))[0]
     if suspect.size == 0:
-        return
+        return A
     # Exact norms in float64 after dividing each row by its largest entry: no overflow for any input.
     scale = amax[suspect]
-    norms = np.full(A.shape[0], 1.0)
-    norms[suspect] = np.linalg.norm(A[suspect].astype(np.float64) / scale[:, None], axis=1) * scale
-    big, small = norms > hi, (norms > 0) & (norms < lo)
-    for mask, what, fix in (
-        (big, "too large", f"above {hi:g}"),
-        (small, "too small", f"below {lo:g}"),
-    ):
-        if mask.any():
-            first = int(np.nonzero(mask)[0][0])
-            raise GPUAError(
-                f"{name} has {int(mask.sum())} row(s) whose L2 norm is {what} for float32 arithmetic (row {first}: "
-                f"{norms[first]:.3g}, {fix}): normalising them would give zeros. Divide the features by a constant "
-                "(the direction of each row is what counts), e.g. A / np.abs(A).max(), or drop those rows."
-            )
+    norms = np.linalg.norm(A[suspect].astype(np.float64) / scale[:, None], axis=1) * scale
+    bad = (norms > hi) | ((norms > 0) & (norms < lo)) if rescale else norms > hi
+    rows = suspect[bad]
+    if rows.size == 0:
+        return A
+    if not rescale:
+        raise GPUAError(
+            f"{name} has {rows.size} row(s) whose L2 norm is too large for float32 arithmetic (row {rows[0]}: "
+            f"{norms[bad][0]:.3g}, above {hi:g}); divide the features by a constant, e.g. A / np.abs(A).max()."
+        )
+    out = np.array(A, dtype=np.float64 if A.dtype.kind != "f" or A.dtype.itemsize > 4 else np.float32)
+    _, exponent = np.frexp(amax[rows])
+    out[rows] = np.ldexp(out[rows], -exponent[:, None])
+    return out
 
 
 def check_triplet(Z, X, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -182,6 +182,10 @@ _SIDECAR_CHECKS = {
 }
 
 
+#: Every key `gpua fit-seg` writes to the sidecar (a key outside this list means a damaged file).
+_SIDECAR_KEYS = (*_SIDECAR_CHECKS, "templates", "vfm", "vlm", "patches_per_image", "seed", "n_images")
+
+
 def _read_sidecar(meta_path: Path) -> dict:
     """The ``.seg.json`` sidecar of a model: a JSON object whose keys are checked before use."""
     from .._errors import ModelFileError
@@ -197,6 +201,9 @@ def _read_sidecar(meta_path: Path) -> dict:
         raise ModelFileError(f"{where} holds a JSON {type(meta).__name__}, not an object; {fix}.")
     stored = meta.pop(CHECKSUM_KEY, None)
     verify(stored, digest(meta) if stored is not None else "", where, fix)
+    unknown = sorted(set(meta) - set(_SIDECAR_KEYS))
+    if unknown:
+        raise ModelFileError(f"{where} has unknown keys {unknown}; {fix}.")
     for key, (ok, want) in _SIDECAR_CHECKS.items():
         if key in meta and not ok(meta[key]):
             raise ModelFileError(f"{where} has {key}={str(meta[key])[:60]!r} where {want} is needed; {fix}.")

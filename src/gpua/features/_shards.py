@@ -176,6 +176,11 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
     if _is_shard_set(path):
         if not overwrite:
             raise GPUAError(f"{str(path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
+        if not _only_shard_files(path):
+            raise GPUAError(
+                f"{name}={str(path)!r} is a shard set that also holds other files (not written by gpua); refusing to "
+                "replace it with everything in it. Move those files away, or write to another folder."
+            )
         return
     if not _only_shard_files(path):
         raise GPUAError(

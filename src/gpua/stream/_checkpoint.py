@@ -119,6 +119,9 @@ _OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean")
 
 def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
     """Every key a resumed fit reads: present, of its type, tensors finite and consistent in size."""
+    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version"})
+    if unknown_meta:
+        raise ModelFileError(f"{where} has unknown metadata keys {unknown_meta}; it is corrupt: {fix}.")
     for key, kind in _META.items():
         v = meta.get(key)
         if not isinstance(v, kind) or (kind is int and (isinstance(v, bool) or v < 0)):
