@@ -278,6 +278,8 @@ def load_model(path: str | Path) -> AlignmentEstimator:
 
     path = Path(path)
     where = f"model file {str(path)!r}"
+    if path.is_dir():
+        raise ModelFileError(f"{where} is a folder, not a model file; pass the .gpua file `gpua fit` wrote.")
     if not path.is_file():
         raise ModelFileError(f"{where} does not exist; check the path or run `gpua fit` first.")
 

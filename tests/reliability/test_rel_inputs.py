@@ -260,3 +260,21 @@ def test_malformed_seg_sidecar(files, tmp_path, capsys, text, needle):
     argv = ["segment", "--model", str(model), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
             "--classnames", str(tmp_path / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple"]
     _one_line_error(argv, capsys, "seg.gpua.seg.json", needle)
+
+
+def test_a_failing_write_is_one_line_and_leaves_no_temp(files, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "p.csv"
+    _one_line_error(["predict", "--model", str(files["model"]), "--features", str(files["test"]), "--out", str(out)], capsys,
+                    "No space left on device", "p.csv")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".gpua-" in p.name]
+    with pytest.raises(ModelFileError, match="is a folder, not a model file"):
+        from gpua import load_model
+
+        load_model(tmp_path)

@@ -14,7 +14,7 @@ __all__ = ["add_subcommands"]
 
 
 def _cmd_demo(args) -> int:
-    check_paths(args, inputs=("cache_dir",), outputs=(("out", "folder"),))
+    check_paths(args, outputs=(("out", "folder"),))
     vfms = args.vfm or demo.DEMO_VFMS
     if "all" in vfms:
         vfms = demo.ALL_DEMO_VFMS

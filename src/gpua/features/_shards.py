@@ -18,9 +18,16 @@ float64 whatever the storage.
 
 Every shard file is written atomically (:func:`gpua._atomic.atomic_path`) and the index last,
 so a crash never leaves a half-written shard under its final name, and a folder without
-``index.json`` is an unfinished set. ``ShardWriter(..., atomic=True)`` goes further: it writes
-into a hidden sibling folder and renames the finished set into place, so the destination is
-always either the old set or the complete new one. Readers never keep a mapping open between calls: a read
+``index.json`` is an unfinished set. The index records a SHA-256 checksum of every file of the
+set (``files``) and of itself (``checksum``); readers check the index at once and each file the
+first time they map it, and check every header against the file's size, so a truncated or
+damaged shard is named instead of read (sets written before checksums existed are read with the
+structural checks alone). ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always)
+goes further: it writes into a hidden sibling folder and renames the finished set into place,
+so the destination is always either the old set or the complete new one; a writer killed
+between the two renames of that swap leaves both sets complete and hidden, and the next reader
+or writer puts the new one in place (:func:`recover_shard_set`). Only folders that hold nothing
+but shard files are ever deleted. Readers never keep a mapping open between calls: a read
 maps the file, copies the rows out and unmaps, so pages touched by a pass over a million rows
 do not stay in the process's resident memory.
 """
@@ -256,6 +263,10 @@ class ShardedFeatures:
     check : bool
         Check at once that every shard file exists with the row count, width and dtype the index
         gives (headers only, no data read). Errors name the shard and the file.
+    verify : bool
+        Verify each file against the checksum the index records for it, the first time it is
+        read (one extra read of each file per reader). ``False`` skips that (the structural
+        checks stay).
 
     Attributes
     ----------
@@ -624,8 +635,9 @@ class ShardWriter:
         Write into a hidden sibling folder (``.<name>.partial``) and rename the finished set onto
         ``path`` at :meth:`close`: readers of ``path`` see the old set or the complete new one,
         never a mix, and an error inside the ``with`` block removes the partial folder. ``path``
-        must then be new, an empty folder, or a shard set (with ``overwrite=True``); any other
-        folder or a file is refused (``check_destination``). One writer per path at a time.
+        must then be new, an empty folder, or a shard set of gpua's files only (with
+        ``overwrite=True``); any other folder or a file is refused (``check_destination``). A set
+        that a writer killed mid-swap left hidden is put back first. One writer per path at a time.
     """
 
     def __init__(
@@ -848,7 +860,10 @@ def write_shards(
     meta: dict | None = None,
     overwrite: bool = False,
 ) -> ShardedFeatures:
-    """Write in-memory features as a shard set (see :class:`ShardWriter` for the parameters).
+    """Write in-memory features as a shard set, atomically (see :class:`ShardWriter` for the parameters).
+
+    The set is written beside ``path`` and swapped in when complete: killed at any point, ``path``
+    holds the old set whole (or, killed mid-swap, the next reader puts the new one in place).
 
     Parameters
     ----------
