@@ -19,7 +19,7 @@ import math
 import os
 import struct
 import zipfile
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 import numpy as np
 
@@ -160,8 +160,8 @@ def _zip_declared_entries(path: str | os.PathLike, size: int) -> int | None:
     return None if count == 0xFFFF else count
 
 
-def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, each header checked before its data is read.
+def read_npz(path: str | os.PathLike, what: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (all, or ``keys``), each header checked before its data is read.
 
     Raises
     ------
@@ -171,6 +171,7 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
         pickled (object) arrays.
     """
     size = os.path.getsize(path)
+    wanted = None if keys is None else set(keys)
     out: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -185,6 +186,8 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
                 if info.compress_size > size:
                     raise ModelFileError(f"{what}: member {info.filename!r} declares more bytes than the file holds; it is truncated.")
                 name = info.filename[:-4]
+                if wanted is not None and name not in wanted:
+                    continue
                 with zf.open(info) as fh:
                     shape, fortran, dtype, _ = read_npy_header(fh, info.file_size, f"{what} member {name!r}")
                     a = np.empty(shape, dtype=dtype, order="F" if fortran else "C")

@@ -38,6 +38,7 @@ import numpy as np
 from . import __version__
 from ._atomic import TEMP_MARK, atomic_path, atomic_write_text, check_output
 from ._errors import GPUAError
+from ._integrity import read_npz
 from .features import save_features
 
 __all__ = ["extract_features", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
@@ -243,10 +244,11 @@ class _Parts:
         p = self.shard_path(i)
         if not p.is_file():
             return None
-        try:
-            with np.load(p, allow_pickle=False) as f:  # an npz reads only the members asked for
-                part = {k: f[k] for k in (f.files if keys is None else keys)}
-        except Exception:  # a part the OS lost half of, or one from an older layout
+        try:  # only the members asked for, each header checked against the member's size
+            part = read_npz(p, f"part {i}", keys)
+        except GPUAError:  # a part the OS lost half of, or one from an older layout
+            return None
+        if keys is not None and set(part) != set(keys):
             return None
         try:
             rows = {len(part[k]) for k in ("index", "image_ids", "vfm", "vlm") if k in part}

@@ -278,3 +278,12 @@ def test_a_failing_write_is_one_line_and_leaves_no_temp(files, tmp_path, capsys,
         from gpua import load_model
 
         load_model(tmp_path)
+
+
+def test_nan_in_a_feature_payload_is_named(files, tmp_path, capsys, rng):
+    Z = rng.standard_normal((6, 12)).astype(np.float32)
+    Z[4, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", vfm_features=Z, vlm_features=rng.standard_normal((6, 8)))  # hand-written: no checksum
+    _one_line_error(["predict", "--model", str(files["model"]), "--features", str(tmp_path / "nan.npz"),
+                     "--out", str(tmp_path / "p.csv")], capsys, "vfm_features", "NaN or inf", "row 4")
+    assert not (tmp_path / "p.csv").exists()

@@ -675,10 +675,11 @@ class ShardWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         self.dtype, self.storage, self.rows_per_shard = dtype, storage, int(rows_per_shard)
         self.meta = dict(meta or {})
-        self.classnames = None if classnames is None else [str(c) for c in classnames]
         self.text_prototypes = None if text_prototypes is None else check_matrix(text_prototypes, "text_prototypes")
-        if self.classnames is not None and self.text_prototypes is not None:
-            check_classnames(self.classnames, self.text_prototypes.shape[0])
+        self.classnames = None
+        if classnames is not None:
+            k = len(classnames) if self.text_prototypes is None else self.text_prototypes.shape[0]
+            self.classnames = check_classnames(classnames, k)
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         self._widths: dict[str, int] | None = None
