@@ -37,7 +37,19 @@ __all__ = ["atomic_path", "atomic_write_text", "check_output", "clean_stale_temp
 STALE_AFTER_S = 24 * 3600
 #: What every gpua temp file name holds (``.<target>.gpua-...``).
 TEMP_MARK = ".gpua-"
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _host_tag() -> str:
+    """Who can check a pid: the host name and, on Linux, the pid namespace (containers sharing a
+    host name and a volume see different pids, so their temp files count as another host's)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:8]
+
+
+_HOST = _host_tag()
 _TEMP_RE = re.compile(r"^\..+\.gpua-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-z]+\.tmp")
 _KINDS = ("file", "folder", "tree")
 
