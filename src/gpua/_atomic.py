@@ -1,36 +1,162 @@
-"""Atomic file writes: a temp file in the target's folder, fsync, then rename over the target.
+"""Safe writes: atomic files, and output paths checked before any work.
 
-An interrupted write leaves the old file intact (and at worst a stray ``.tmp`` file), never a
-half-written file under the final name.
+:func:`atomic_path` writes a temp file in the target's folder, fsyncs it and renames it over the
+target: an interrupted write leaves the old file intact, never a half-written file under the
+final name. The temp file is created with mode ``0o666`` less the process umask, so the output
+gets the permissions any other program's output would get (not ``mkstemp``'s ``0o600``).
+
+Temp files carry gpua's own name, ``.<target>.gpua-<host>-<pid>-<random>.tmp<suffix>``: a save
+killed before its rename leaves one behind, and the next save in that folder removes it once its
+writer is gone (same host and that process no longer runs) or it is older than
+:data:`STALE_AFTER_S`. No other file is ever removed.
+
+:func:`check_output` refuses, before a command does any work, an output path that would destroy
+one of its inputs (the same file, through links too, or a file inside an input folder), that is
+a folder where a file is wanted (or the reverse), that lies under a file, or whose folder cannot
+be written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import socket
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text"]
+from ._errors import GPUAError
+
+__all__ = ["atomic_path", "atomic_write_text", "check_output", "clean_stale_temps", "STALE_AFTER_S", "TEMP_MARK"]
+
+#: Temp files of a writer on another host (whose process cannot be checked) are stale after this.
+STALE_AFTER_S = 24 * 3600
+#: What every gpua temp file name holds (``.<target>.gpua-...``).
+TEMP_MARK = ".gpua-"
+
+
+def _host_tag() -> str:
+    """Who can check a pid: the host name and, on Linux, the pid namespace (containers sharing a
+    host name and a volume see different pids, so their temp files count as another host's)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:8]
+
+
+_HOST = _host_tag()
+_TEMP_RE = re.compile(r"^\..+\.gpua-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-z]+\.tmp")
+_KINDS = ("file", "folder", "tree")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # someone else's process, or not a pid
+        return pid > 0
+    return True
+
+
+def clean_stale_temps(folder: str | os.PathLike, *, now: float | None = None) -> list[Path]:
+    """Remove the temp files that killed gpua writers left in ``folder``; return what was removed.
+
+    Only names of gpua's own pattern are touched, and only when their writer is dead (same host)
+    or they are older than :data:`STALE_AFTER_S` (another host's writer cannot be checked).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if not (e.name.startswith(".") and TEMP_MARK in e.name):
+            continue
+        m = _TEMP_RE.match(e.name)
+        if m is None:
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            age = now - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        dead = m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+        if dead or age > STALE_AFTER_S:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
+
+
+def _temp_name(target: Path, suffix: str) -> Path:
+    return target.parent / f".{target.name}{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform opens folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    ``suffix`` keeps the extension some writers insist on (``np.savez`` appends ``.npz``).
+    ``suffix`` keeps the extension some writers insist on (``np.savez`` appends ``.npz``). The
+    temp file exists (empty) when the block starts, with the umask's permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    clean_stale_temps(path.parent)
+    while True:
+        tmp_path = _temp_name(path, suffix)
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+            break
+        except FileExistsError:  # pragma: no cover - a 32-bit random clash
+            continue
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # Some writers replace the temp file with their own (safetensors writes 0o600 files):
+        # give the result the mode any other program's output would have.
+        mode = 0o666 & ~_umask()
+        if tmp_path.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -39,3 +165,111 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# -- output paths checked before the work -------------------------------------------------------
+def _resolve(p: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(Path(p).expanduser())).resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    return folder in p.parents
+
+
+def _check_writable(path: Path, name: str, kind: str) -> None:
+    if kind == "file" and path.is_dir():
+        raise GPUAError(f"{name} {str(path)!r} is an existing folder, but a file is written there; give a file name.")
+    if kind != "file" and path.exists() and not path.is_dir():
+        raise GPUAError(f"{name} {str(path)!r} is an existing file, but a folder is written there; give a folder name.")
+    folder = path if kind != "file" else path.parent
+    anc = folder
+    while not anc.exists() and not anc.is_symlink():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise GPUAError(f"{name} {str(path)!r} lies under {str(anc)!r}, which is a file, not a folder; choose another path.")
+    probe = _temp_name(anc / "write-probe", "")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        why = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
+        raise GPUAError(
+            f"{name} {str(path)!r} cannot be written: {str(anc)!r} is not writable ({why.get(exc.errno, exc.strerror)}); "
+            "choose a folder you can write to."
+        ) from None
+
+
+def check_output(
+    path: str | os.PathLike,
+    name: str,
+    *,
+    kind: str = "file",
+    inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+    distinct_from: Iterable[tuple[str, str | os.PathLike | None]] = (),
+) -> Path:
+    """Refuse an output path that would destroy an input or cannot be written; call before the work.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output.
+    name : str
+        The argument that gave it (``"--out"``), used in the messages.
+    kind : {"file", "folder", "tree"}
+        ``"file"``: one file, replaced. ``"folder"``: a folder that files are written into.
+        ``"tree"``: a folder replaced as a whole (a shard set, a parts folder).
+    inputs : iterable of (name, path)
+        What the command reads. ``None`` paths and paths that do not exist (dataset names,
+        template set names) are skipped.
+    distinct_from : iterable of (name, path)
+        Other outputs of the same command: the output may not be any of them.
+
+    Returns
+    -------
+    Path
+        ``path``, resolved.
+
+    Raises
+    ------
+    GPUAError
+        When the output is an input (also through links), when a file output would replace an
+        existing file inside an input folder, when a folder output is an input or (a tree)
+        holds one, or when the output is a folder where a file is wanted (or the reverse),
+        lies under a file, or cannot be written.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind={kind!r}; use one of {_KINDS}.")
+    out = _resolve(path)
+    for other_name, value in distinct_from:
+        if value is not None and str(value) != "" and _same(out, _resolve(value)):
+            raise GPUAError(f"{name} {str(path)!r} is the same path as {other_name} {str(value)!r}; give each output its own path.")
+    for in_name, value in inputs:
+        if value is None or str(value) == "":
+            continue
+        src = Path(value).expanduser()
+        if not (src.exists() or src.is_symlink()):
+            continue
+        src = _resolve(src)
+        clash = None
+        if _same(out, src):
+            clash = "is the same path as"
+        elif kind == "file" and src.is_dir() and _inside(out, src) and out.exists():
+            clash = "would overwrite a file inside"
+        elif kind == "tree" and _inside(src, out):
+            clash = "is a folder that would be replaced with everything in it, including"
+        if clash:
+            raise GPUAError(
+                f"{name} {str(path)!r} {clash} {in_name} {str(value)!r}; writing there would destroy the input. "
+                f"Choose another {name}."
+            )
+    _check_writable(out, name, kind)
+    return out

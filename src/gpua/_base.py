@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -14,12 +15,54 @@ from . import __version__
 from ._atomic import atomic_path
 from ._backend import as_tensor, resolve_device, to_numpy
 from ._errors import GPUAError, ModelFileError, NotFittedError
-from ._validation import check_matrix
+from ._integrity import CHECKSUM_KEY, digest, verify
+from ._validation import check_classnames, check_matrix
+from .query import query_width
 
-__all__ = ["AlignmentEstimator", "FORMAT_VERSION", "load_model"]
+__all__ = ["AlignmentEstimator", "FORMAT_VERSION", "ModelSchema", "load_model"]
 
 FORMAT_VERSION = 1
 _REGISTRY: dict[str, type] = {}
+#: The sizes a :class:`ModelSchema` shape may name (``n_features_query``: estimators with a
+#: ``query`` parameter; a subclass may add its own in ``_model_dims``).
+SCHEMA_DIMS = ("n_features_vfm", "n_features_vlm", "n_classes", "n_features_query")
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    """What a fitted estimator class keeps in its model file; declared once, as ``_schema``.
+
+    :meth:`AlignmentEstimator.save` writes exactly these attributes and
+    :func:`load_model` accepts nothing else: a tensor of another name, of another shape, or a
+    state key the class does not declare makes the file invalid.
+
+    Parameters
+    ----------
+    tensors : dict of str to tuple
+        Fitted tensor attribute -> its shape, each entry an int or a size name from
+        ``SCHEMA_DIMS`` (``("n_features_query", "n_features_vlm")``).
+    optional : tuple of str
+        Names of ``tensors`` that may be None after a fit (then absent from the file).
+    state : dict of str to type
+        JSON state attributes saved in the metadata -> their JSON type (``dict``, ``list``,
+        ``int``...). They may be absent from older files.
+    """
+
+    tensors: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
+    state: Mapping[str, type] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, shape in self.tensors.items():
+            bad = [d for d in shape if not (isinstance(d, int) or d in SCHEMA_DIMS)]
+            if not name.endswith("_") or bad:
+                raise TypeError(f"ModelSchema: tensor {name!r} must end in '_' and use sizes from {SCHEMA_DIMS} (got {bad}).")
+        if set(self.optional) - set(self.tensors):
+            raise TypeError(f"ModelSchema: optional {sorted(set(self.optional) - set(self.tensors))} are not declared tensors.")
+
+    def shape(self, name: str, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """The expected shape of tensor ``name`` for the sizes ``dims``."""
+        return tuple(d if isinstance(d, int) else int(dims[d]) for d in self.tensors[name])
 
 
 class AlignmentEstimator:
@@ -29,7 +72,8 @@ class AlignmentEstimator:
     (cosines of the mapped queries with the prototypes). Learned attributes end in ``_``.
     """
 
-    _tensor_attrs: tuple[str, ...] = ()
+    #: The fitted tensors and JSON state a model file holds (see :class:`ModelSchema`).
+    _schema: ModelSchema = ModelSchema()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -131,23 +175,43 @@ class AlignmentEstimator:
         return float(np.mean(pred == y))
 
     # --- persistence ---------------------------------------------------------------------------
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
+    def _model_dims(self) -> dict[str, int]:
+        """The sizes the shapes in :attr:`_schema` are written in (a subclass may add its own)."""
+        dims = {"n_features_vfm": self.n_features_vfm_, "n_features_vlm": self.n_features_vlm_, "n_classes": self.n_classes_}
+        if "query" in self._get_param_names():
+            dims["n_features_query"] = query_width(self.query, self.n_features_vfm_, self.n_features_vlm_)
+        return dims
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model atomically (safetensors arrays + JSON metadata).
 
-        An interrupted save leaves any previous file at ``path`` intact.
+        The tensors are those the class declares in :attr:`_schema` (checked finite and of the
+        declared shapes), the metadata holds the parameters, the sizes, the class names, the
+        declared state, ``provenance_`` when set (a JSON object), and a SHA-256 checksum of all
+        of it, verified by :func:`load_model`. An interrupted save leaves any previous file at
+        ``path`` intact.
         """
         from safetensors.torch import save_file
 
         self._check_fitted()
         path = Path(path)
-        tensors = {
-            name: getattr(self, name).detach().cpu().contiguous()
-            for name in self._tensor_attrs
-            if getattr(self, name, None) is not None
-        }
+        schema = self._schema
+        dims = self._model_dims()
+        tensors = {}
+        for name, shape in schema.tensors.items():
+            t = getattr(self, name, None)
+            if t is None:
+                if name in schema.optional:
+                    continue
+                raise GPUAError(f"this {type(self).__name__} has no {name}; it is not fully fitted, so it cannot be saved.")
+            t = torch.as_tensor(t).detach().cpu().float().contiguous()
+            want = schema.shape(name, dims)
+            if tuple(t.shape) != want or not bool(torch.isfinite(t).all()):
+                raise GPUAError(
+                    f"{type(self).__name__}.{name} has shape {tuple(t.shape)} (expected {want}) or non-finite values; "
+                    "the fit went wrong, so the model is not saved. Re-fit it."
+                )
+            tensors[name] = t
         params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.get_params().items()}
         meta = {
             "format": "gpua",
@@ -159,10 +223,18 @@ class AlignmentEstimator:
             "n_features_vlm": self.n_features_vlm_,
             "n_classes": self.n_classes_,
             "classnames": self.classnames_,
-            "state": self._extra_state(),
+            "state": {k: getattr(self, k) for k in schema.state if hasattr(self, k)},
         }
+        provenance = getattr(self, "provenance_", None)
+        if provenance is not None:
+            meta["provenance"] = _check_provenance(provenance, f"{type(self).__name__}.provenance_")
+        try:
+            meta[CHECKSUM_KEY] = digest(meta, tensors)
+            header = json.dumps(meta)
+        except (TypeError, ValueError) as exc:
+            raise GPUAError(f"the model's metadata cannot be written as JSON ({exc}); parameters and provenance_ must be JSON values.") from None
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"gpua": json.dumps(meta)})
+            save_file(tensors, str(tmp), metadata={"gpua": header})
         return path
 
     @classmethod
@@ -174,41 +246,141 @@ class AlignmentEstimator:
         return model
 
 
+def _check_provenance(value, what: str) -> dict:
+    """``value`` if it is a JSON object (a dict with string keys, JSON values), else a GPUAError."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise GPUAError(f"{what} must be a JSON object (a dict with string keys), not {type(value).__name__}.")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GPUAError(f"{what} must hold JSON values only ({exc}).") from None
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def load_model(path: str | Path) -> AlignmentEstimator:
-    """Load any gpua model file; corrupt, truncated or newer files give a :class:`ModelFileError`."""
+    """Load any gpua model file.
+
+    Everything is checked before it is used: the metadata's structure, the parameters (known to
+    the estimator class, valid values), the sizes and class names, every tensor (a name the class
+    declares, of its declared shape, finite), the state keys, ``provenance_`` (a JSON object) and
+    the checksum (files written before checksums existed load without one).
+
+    Raises
+    ------
+    ModelFileError
+        For a missing, corrupt, truncated, edited or newer file, naming the file and the fix.
+    """
     from safetensors import safe_open
 
     path = Path(path)
+    where = f"model file {str(path)!r}"
+    if path.is_dir():
+        raise ModelFileError(f"{where} is a folder, not a model file; pass the .gpua file `gpua fit` wrote.")
     if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist; check the path or run `gpua fit` first.")
+        raise ModelFileError(f"{where} does not exist; check the path or run `gpua fit` first.")
+
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{where} {what}; it is corrupt or was edited: re-run `gpua fit` (or the command that wrote it).")
+
     try:
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(md["gpua"])
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ModelFileError(f"model file {str(path)!r} is corrupt or truncated ({type(exc).__name__}: {exc}); re-run `gpua fit`.") from None
+        raise ModelFileError(f"{where} is corrupt or truncated ({type(exc).__name__}: {exc}); re-run `gpua fit`.") from None
+    if "gpua" not in md:
+        raise ModelFileError(f"{str(path)!r} is a safetensors file but not a gpua model (no gpua metadata).")
+    try:
+        meta = json.loads(md["gpua"])
+    except (ValueError, RecursionError):
+        raise bad("has metadata that is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise bad(f"has metadata that is a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != "gpua":
         raise ModelFileError(f"{str(path)!r} is a safetensors file but not a gpua model.")
-    version = int(meta.get("format_version", -1))
+    version = meta.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise bad(f"has format_version {version!r}, not a positive integer")
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{str(path)!r} was written by gpua {meta.get('gpua_version')} (model format {version}); this gpua "
             f"{__version__} reads format {FORMAT_VERSION} and older: upgrade gpua."
         )
-    cls = _REGISTRY.get(meta.get("estimator", ""))
+    stored = meta.pop(CHECKSUM_KEY, None)
+    try:
+        actual = digest(meta, tensors) if stored is not None else ""
+    except (TypeError, ValueError):
+        raise bad("holds metadata that cannot be checked") from None
+    verify(stored, actual, where, "re-run `gpua fit` (or the command that wrote it)")
+    name = meta.get("estimator")
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ModelFileError(f"{str(path)!r} holds an unknown estimator {meta.get('estimator')!r}.")
-    model = cls(**meta["params"])
-    for name, t in tensors.items():
-        setattr(model, name, t.to(model.device_))
-    model.n_features_vfm_ = meta["n_features_vfm"]
-    model.n_features_vlm_ = meta["n_features_vlm"]
-    model.n_classes_ = meta["n_classes"]
-    model.classnames_ = meta["classnames"]
-    for k, v in meta.get("state", {}).items():
-        setattr(model, k, v)
-    missing = [n for n in ("text_prototypes_",) if not hasattr(model, n)]
-    if missing:
-        raise ModelFileError(f"{str(path)!r} lacks {missing}; it is corrupt, re-run `gpua fit`.")
+        raise ModelFileError(f"{where} holds an unknown estimator {name!r}; it was written by another gpua version or edited.")
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise bad(f"has {'no' if params is None else 'malformed'} 'params'")
+    unknown = sorted(set(params) - set(cls._get_param_names()))
+    if unknown:
+        raise ModelFileError(
+            f"{where} sets {unknown}, which are not parameters of {cls.__name__} in gpua {__version__}; "
+            "it was written by a newer gpua (upgrade) or edited (re-run `gpua fit`)."
+        )
+    try:
+        model = cls(**params)
+        check = getattr(model, "_check_params", None)
+        if check is not None:
+            check()
+    except (GPUAError, TypeError, ValueError) as exc:
+        raise bad(f"holds invalid parameters ({exc})") from None
+    device = model.device_  # its own clear error (say, a CUDA model on a machine without a GPU)
+    for key in ("n_features_vfm", "n_features_vlm", "n_classes"):
+        if not _is_int(meta.get(key)) or meta[key] < 1:
+            raise bad(f"has {key}={meta.get(key)!r}, not a positive integer")
+    model.n_features_vfm_, model.n_features_vlm_, model.n_classes_ = meta["n_features_vfm"], meta["n_features_vlm"], meta["n_classes"]
+    names = meta.get("classnames")
+    if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+        raise bad("has class names that are not a list of strings")
+    try:
+        model.classnames_ = check_classnames(names, model.n_classes_)
+    except GPUAError as exc:
+        raise bad(f"has inconsistent class names ({exc})") from None
+    try:
+        dims = model._model_dims()
+    except GPUAError as exc:
+        raise bad(f"holds invalid parameters ({exc})") from None
+    schema = cls._schema
+    extra = sorted(set(tensors) - set(schema.tensors))
+    if extra:
+        raise bad(f"holds tensors {extra} that a {cls.__name__} does not have")
+    for tname in schema.tensors:
+        if tname not in tensors:
+            if tname in schema.optional:
+                setattr(model, tname, None)
+                continue
+            raise bad(f"lacks the tensor {tname!r}")
+        t, want = tensors[tname], schema.shape(tname, dims)
+        if not t.is_floating_point() or tuple(t.shape) != want:
+            raise bad(f"holds {tname!r} of shape {tuple(t.shape)} ({t.dtype}) where a {cls.__name__} of these sizes has {want}")
+        if not bool(torch.isfinite(t).all()):
+            raise bad(f"holds NaN or inf in {tname!r}")
+        setattr(model, tname, t.float().to(device))
+    state = meta.get("state", {})
+    if not isinstance(state, dict):
+        raise bad("has a malformed 'state'")
+    for key, value in state.items():
+        kind = schema.state.get(key)
+        if kind is None:
+            raise bad(f"holds the state {key!r}, which a {cls.__name__} does not have")
+        if not isinstance(value, kind):
+            raise bad(f"holds the state {key!r} as a {type(value).__name__}, not a {kind.__name__}")
+        setattr(model, key, value)
+    if "provenance" in meta:
+        try:
+            model.provenance_ = _check_provenance(meta["provenance"], "its provenance")
+        except GPUAError as exc:
+            raise bad(str(exc).rstrip(".")) from None
     return model

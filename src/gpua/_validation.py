@@ -12,7 +12,7 @@ import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["check_matrix", "check_triplet", "check_classnames", "check_labels", "l2_normalize"]
+__all__ = ["check_matrix", "check_triplet", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def check_matrix(
@@ -33,7 +33,12 @@ def check_matrix(
     n_rows, n_cols : int, optional
         Required sizes (checked only when given).
     allow_zero_rows : bool
-        All-zero rows cannot be L2-normalised; they are refused unless this is set.
+        All-zero rows cannot be L2-normalised; they are refused unless this is set. Without it
+        the rows are taken to be L2-normalised later (their scale carries no information), and a
+        row whose norm float32 cannot normalise (outside :data:`ROW_NORM_RANGE`, say 1e20 or
+        1e-20 entries) is multiplied by a power of two: exactly the same direction, a usable
+        scale. With it, rows are used at their own scale and rows too large for float32
+        arithmetic are refused.
     """
     if A is None:
         raise GPUAError(f"{name} is None: pass an array of shape (n, d).")
@@ -46,20 +51,26 @@ def check_matrix(
     if A.dtype.kind not in "fiub":
         raise GPUAError(f"{name} has dtype {A.dtype}; pass a numeric (float16/float32/float64) array.")
     if A.ndim != 2:
-        raise GPUAError(
-            f"{name} must be 2-D (n, d) but has shape {A.shape}; "
-            + ("reshape it with .reshape(1, -1) for a single row." if A.ndim == 1 else "flatten the extra axes first.")
+        hint = (
+            "reshape it with .reshape(1, -1) if it is one row (one sample), or .reshape(-1, 1) if it is one column "
+            "(one feature per sample)."
+            if A.ndim == 1
+            else "flatten the extra axes first." if A.ndim > 2 else "pass a 2-D array."
         )
+        raise GPUAError(f"{name} must be 2-D (n, d) but has shape {A.shape}; {hint}")
     if A.shape[0] == 0 or A.shape[1] == 0:
         raise GPUAError(f"{name} is empty (shape {A.shape}); pass at least one row and one column.")
-    A = np.ascontiguousarray(A, dtype=np.float32)
-    bad = ~np.isfinite(A)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise GPUAError(
-            f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); "
-            "drop or re-extract those rows."
-        )
+    if A.dtype.kind == "f":
+        # Checked in the input's own precision: float64 values beyond float32's range are
+        # rescaled or reported as too large below, not turned into the inf the cast would make.
+        bad = ~np.isfinite(A)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise GPUAError(
+                f"{name} contains NaN or inf in {rows.size} row(s) (first: row {rows[0]}); "
+                "drop or re-extract those rows."
+            )
+    A = np.ascontiguousarray(_fix_row_scale(A, name, rescale=not allow_zero_rows), dtype=np.float32)
     if n_rows is not None and A.shape[0] != n_rows:
         raise GPUAError(f"{name} has {A.shape[0]} rows but {n_rows} were expected; pass one row per image, in the same order.")
     if n_cols is not None and A.shape[1] != n_cols:
@@ -73,6 +84,43 @@ def check_matrix(
                 "normalised; remove them or re-extract those features."
             )
     return A
+
+
+#: Row L2 norms outside this range cannot be normalised in float32 (squares overflow above it,
+#: and below it the norm falls under torch's normalisation epsilon, 1e-12).
+ROW_NORM_RANGE = (1e-10, 1e18)
+
+
+def _fix_row_scale(A: np.ndarray, name: str, rescale: bool) -> np.ndarray:
+    """Rows whose scale float32 normalisation cannot handle: rescaled exactly, or refused.
+
+    With ``rescale`` (rows that will be L2-normalised, whose scale carries no information), such
+    a row is multiplied by the power of two that brings its largest entry into [0.5, 1): the
+    direction is kept bit for bit and normalising no longer returns zeros. Otherwise (features
+    used at their own scale) rows too large for float32 arithmetic are refused.
+    """
+    lo, hi = ROW_NORM_RANGE
+    # Each row's norm lies in [max |x|, max |x| sqrt(d)]: only rows near either end need a look.
+    amax = np.maximum(A.max(axis=1).astype(np.float64), -A.min(axis=1).astype(np.float64))
+    suspect = np.nonzero((amax * np.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo)))[0]
+    if suspect.size == 0:
+        return A
+    # Exact norms in float64 after dividing each row by its largest entry: no overflow for any input.
+    scale = amax[suspect]
+    norms = np.linalg.norm(A[suspect].astype(np.float64) / scale[:, None], axis=1) * scale
+    bad = (norms > hi) | ((norms > 0) & (norms < lo)) if rescale else norms > hi
+    rows = suspect[bad]
+    if rows.size == 0:
+        return A
+    if not rescale:
+        raise GPUAError(
+            f"{name} has {rows.size} row(s) whose L2 norm is too large for float32 arithmetic (row {rows[0]}: "
+            f"{norms[bad][0]:.3g}, above {hi:g}); divide the features by a constant, e.g. A / np.abs(A).max()."
+        )
+    out = np.array(A, dtype=np.float64 if A.dtype.kind != "f" or A.dtype.itemsize > 4 else np.float32)
+    _, exponent = np.frexp(amax[rows])
+    out[rows] = np.ldexp(out[rows], -exponent[:, None])
+    return out
 
 
 def check_triplet(Z, X, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,10 +160,18 @@ def check_prototypes(Y, d_vlm: int) -> np.ndarray:
 
 
 def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[str] | None:
-    """Check class names: one per class, all distinct."""
+    """Check class names: a flat sequence of strings, one per class, all distinct."""
     if classnames is None:
         return None
-    names = [str(c) for c in np.asarray(classnames).tolist()]
+    if isinstance(classnames, (str, bytes)):
+        raise GPUAError(f"classnames is one string ({classnames[:40]!r}); pass a list with one name per class.")
+    arr = np.asarray(classnames, dtype=object) if not isinstance(classnames, np.ndarray) else classnames
+    if arr.ndim != 1:
+        raise GPUAError(f"classnames must be a flat list (one name per class) but has shape {arr.shape}; flatten it first.")
+    kinds = {type(c).__name__ for c in arr.tolist() if not isinstance(c, (str, np.str_))}
+    if kinds:
+        raise GPUAError(f"classnames must hold strings but holds {sorted(kinds)}; pass one name (a str) per class.")
+    names = [str(c) for c in arr.tolist()]
     if len(names) != n_classes:
         raise GPUAError(f"classnames has {len(names)} entries but there are {n_classes} text prototypes; give one name per class.")
     seen: dict[str, int] = {}
@@ -145,3 +201,47 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -
 def l2_normalize(A: np.ndarray, axis: int = -1) -> np.ndarray:
     """Rows scaled to unit L2 norm (inputs already checked to have no zero rows)."""
     return A / np.linalg.norm(A, axis=axis, keepdims=True)
+
+
+def check_number(
+    value,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    fix: str = "",
+) -> float | int:
+    """Check a scalar option: a finite number (an integer if asked) within ``[low, high]``.
+
+    Parameters
+    ----------
+    value : the option's value
+    name : str
+        The option's name, for the message.
+    integer : bool
+        Require an integer (booleans are refused either way).
+    low, high : float, optional
+        Bounds, inclusive; ``low_open=True`` excludes ``low``.
+    fix : str
+        Appended to the message (a typical value, say).
+
+    Returns
+    -------
+    int or float
+    """
+    ok_type = (np.integer, int) if integer else (np.integer, int, np.floating, float)
+    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type) or not np.isfinite(value)
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value > high
+    if bad:
+        kind = "an integer" if integer else "a finite number"
+        rng = ""
+        if low is not None or high is not None:
+            left = "(" if low_open else "["
+            rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise GPUAError(f"{name}={value!r} must be {kind}{rng}{'; ' + fix if fix else ''}.")
+    return int(value) if integer else float(value)

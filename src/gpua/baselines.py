@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._base import AlignmentEstimator
+from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
 from .query import build_query
@@ -34,7 +34,7 @@ class VLMZeroShot(AlignmentEstimator):
     device : str
     """
 
-    _tensor_attrs = ("text_prototypes_",)
+    _schema = ModelSchema(tensors={"text_prototypes_": ("n_classes", "n_features_vlm")})
 
     def __init__(self, *, logit_scale: float = 100.0, device: str = "cpu"):
         self.logit_scale = logit_scale
@@ -66,7 +66,10 @@ class LFAAlternation(AlignmentEstimator):
     device : str
     """
 
-    _tensor_attrs = ("W_", "text_prototypes_")
+    _schema = ModelSchema(
+        tensors={"W_": ("n_features_query", "n_features_vlm"), "text_prototypes_": ("n_classes", "n_features_vlm")},
+        state={"n_rounds_": int},
+    )
 
     def __init__(self, *, query: str = "vfm", n_rounds: int = 10, logit_scale: float = 100.0, device: str = "cpu"):
         self.query = query

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._base import AlignmentEstimator
+from ._base import AlignmentEstimator, ModelSchema
 from ._errors import GPUAError
 from ._validation import check_classnames, check_triplet
 from .hubness import csls_scores, neighbourhood_radius, semantic_margins, ths_loss
@@ -137,7 +137,18 @@ class GPUA(AlignmentEstimator):
     classnames_ : list of str or None
     """
 
-    _tensor_attrs = ("W_", "W0_", "text_prototypes_", "centres_", "vfm_mean_", "proto_radius_")
+    _schema = ModelSchema(
+        tensors={
+            "W_": ("n_features_query", "n_features_vlm"),
+            "W0_": ("n_features_query", "n_features_vlm"),
+            "text_prototypes_": ("n_classes", "n_features_vlm"),
+            "centres_": ("n_classes", "n_features_query"),
+            "vfm_mean_": ("n_features_vfm",),
+            "proto_radius_": ("n_classes",),
+        },
+        optional=("vfm_mean_", "proto_radius_"),
+        state={"history_": dict},
+    )
 
     def __init__(
         self,
@@ -489,6 +500,3 @@ class GPUA(AlignmentEstimator):
             r_query = sims.topk(min(self.csls_k, sims.shape[1]), dim=1).values.mean(1)
             return csls_scores(sims, r_query, self.proto_radius_)
         return sims
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"history_": getattr(self, "history_", {})}

@@ -36,8 +36,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
-from ._atomic import atomic_path, atomic_write_text
+from ._atomic import TEMP_MARK, atomic_path, atomic_write_text, check_output
 from ._errors import GPUAError
+from ._integrity import read_npz
 from .features import save_features
 
 __all__ = ["extract_features", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
@@ -177,14 +178,52 @@ class _Parts:
     def __init__(self, folder: str | os.PathLike):
         self.dir = Path(folder)
 
+    #: The mark of a parts folder: its manifest says who wrote it.
+    MARK = "gpua extract parts"
+
+    @classmethod
+    def of(cls, out: Path) -> "_Parts":
+        return cls(str(out) + ".parts")
+
+    def check(self) -> None:
+        """Refuse, before any work, a ``<out>.parts`` that gpua did not make (it would be deleted)."""
+        if not self.dir.exists() and not self.dir.is_symlink():
+            return
+        if not self.is_ours():
+            raise GPUAError(
+                f"{str(self.dir)!r} exists but is not a parts folder written by gpua extract (no gpua manifest, or "
+                "files gpua does not write); gpua uses that name for its resumable work and never deletes what it did "
+                "not make. Move that folder away, or choose another --out."
+            )
+
+    def is_ours(self) -> bool:
+        """A folder with gpua's manifest that holds nothing but the files gpua writes there."""
+        if not self.dir.is_dir() or self.dir.is_symlink():
+            return False
+        m = self.manifest()
+        if not (isinstance(m, dict) and isinstance(m.get("cache_key"), str)):
+            return False
+        return all(p.is_file() and not p.is_symlink() and self._own_name(p.name) for p in self.dir.iterdir())
+
+    @staticmethod
+    def _own_name(name: str) -> bool:
+        return (
+            name in ("manifest.json", "text_prototypes.npy")
+            or (name.startswith("shard-") and name.endswith(".npz"))
+            or (name.startswith(".") and TEMP_MARK in name)
+        )
+
     @classmethod
     def open(cls, out: Path, key: str, shard_size: int, resume: bool) -> "_Parts":
         """The parts folder of ``out``, emptied unless it holds this run's (``key``) resumable work."""
-        parts = cls(str(out) + ".parts")
+        parts = cls.of(out)
+        parts.check()
         manifest = parts.dir / "manifest.json"
-        want = {"cache_key": key, "shard_size": shard_size, "format": FORMAT_VERSION}
-        if parts.dir.exists() and (not resume or parts.manifest() != want):
-            shutil.rmtree(parts.dir)  # another run's (or a stale) work: never mix it in
+        want = {"cache_key": key, "shard_size": shard_size, "format": FORMAT_VERSION, "written_by": cls.MARK}
+        have = parts.manifest()
+        if parts.dir.exists() and (not resume or have is None or {k: have.get(k) for k in want if k != "written_by"}
+                                   != {k: v for k, v in want.items() if k != "written_by"}):
+            parts.remove()  # another run's (or a stale) work: never mix it in
         parts.dir.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
             atomic_write_text(manifest, json.dumps(want))
@@ -192,9 +231,10 @@ class _Parts:
 
     def manifest(self) -> dict | None:
         try:
-            return json.loads((self.dir / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            m = json.loads((self.dir / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return None
+        return m if isinstance(m, dict) else None
 
     def shard_path(self, i: int) -> Path:
         return self.dir / f"shard-{i:06d}.npz"
@@ -204,10 +244,11 @@ class _Parts:
         p = self.shard_path(i)
         if not p.is_file():
             return None
-        try:
-            with np.load(p, allow_pickle=False) as f:  # an npz reads only the members asked for
-                part = {k: f[k] for k in (f.files if keys is None else keys)}
-        except Exception:  # a part the OS lost half of, or one from an older layout
+        try:  # only the members asked for, each header checked against the member's size
+            part = read_npz(p, f"part {i}", keys)
+        except GPUAError:  # a part the OS lost half of, or one from an older layout
+            return None
+        if keys is not None and set(part) != set(keys):
             return None
         try:
             rows = {len(part[k]) for k in ("index", "image_ids", "vfm", "vlm") if k in part}
@@ -240,7 +281,11 @@ class _Parts:
             np.save(tmp, Y)
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete the folder, which must be gpua's own (:meth:`is_ours`); anything else is refused."""
+        if not self.dir.exists():
+            return
+        self.check()
+        shutil.rmtree(self.dir)
 
 
 def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar) -> dict[str, np.ndarray]:
@@ -503,7 +548,14 @@ def extract_features(
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()
     kind = _output_kind(out, format)
-    if kind == "shards":  # checked now, not after hours of encoding
+    # Checked now, not after hours of encoding: the output may not destroy an input, its parts
+    # folder must be gpua's own, and both must be writable.
+    inputs = [(name, v) for name, v in (("dataset", dataset), ("classnames", classnames), ("templates", templates))
+              if isinstance(v, (str, os.PathLike))]
+    check_output(out, "out", kind="file" if kind == "file" else "tree", inputs=inputs)
+    check_output(_Parts.of(out).dir, "out's parts folder", kind="tree", inputs=inputs)
+    _Parts.of(out).check()
+    if kind == "shards":
         check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
         check_destination(out, overwrite=True, name="out")
     if cluster is not None:

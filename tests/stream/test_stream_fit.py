@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpua import GPUA, GPUAError, load_model
-from gpua.stream import fit_streaming, minimum_budget_for, write_shards
+from gpua.stream import ShardedFeatures, fit_streaming, minimum_budget_for, write_shards
 
 from stream_helpers import assert_same_fit, planted_case, reference_fit
 
@@ -142,5 +142,9 @@ def test_bad_inputs_are_clear_errors(case, tmp_path):
     bad[777, 3] = np.nan
     shards = write_shards(tmp_path / "s", Z, X, rows_per_shard=500, dtype="float32")
     np.save(tmp_path / "s" / "shard-000001.vfm_features.npy", bad[500:1000])  # corrupt after writing
-    with pytest.raises(GPUAError, match=r"row 777 \(shard 1, local row 277\)"):
+    with pytest.raises(GPUAError, match="shard 1 .* does not match its checksum"):
         fit_streaming(GPUA(**FAST), shards, Y, progress=False)
+    # A set without checksums (written by hand, or by an older gpua) is still checked row by row.
+    unverified = ShardedFeatures(tmp_path / "s", verify=False)
+    with pytest.raises(GPUAError, match=r"row 777 \(shard 1, local row 277\)"):
+        fit_streaming(GPUA(**FAST), unverified, Y, progress=False)

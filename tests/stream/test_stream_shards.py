@@ -107,6 +107,11 @@ def test_wrong_rows_or_dtype_and_missing_index(tmp_path, arrays):
     index = json.loads((tmp_path / "b" / "index.json").read_text())
     index["shard_rows"][0] = 299
     (tmp_path / "b" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFileError, match="does not match its checksum"):  # an edited index is noticed
+        ShardedFeatures(tmp_path / "b")
+    index.pop("checksum")  # as the message advises for an edit on purpose
+    index["n_samples"] = 999
+    (tmp_path / "b" / "index.json").write_text(json.dumps(index))
     with pytest.raises(ModelFileError, match="shape"):
         ShardedFeatures(tmp_path / "b")
     (tmp_path / "b" / "index.json").unlink()

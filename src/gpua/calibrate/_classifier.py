@@ -22,7 +22,7 @@ import torch
 
 from .._backend import as_tensor, resolve_device, to_numpy
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_labels, check_matrix
+from .._validation import check_labels, check_matrix, check_number
 from ._sampling import as_rng
 from ._shape import oas_shrinkage
 from ._stats import ClassStatistics, infer_n_classes
@@ -122,6 +122,13 @@ class LinearClassifier(_LinearModel):
         self.device = device
         self.random_state = random_state
 
+    def _check_numbers(self) -> None:
+        check_number(self.weight_decay, "weight_decay", low=0, fix="an L2 penalty such as 1e-4")
+        check_number(self.lr, "lr", low=0, low_open=True, fix="a step size such as 0.1")
+        check_number(self.momentum, "momentum", low=0, high=0.999)
+        for name in ("max_iter", "epochs", "batch_size"):
+            check_number(getattr(self, name), name, integer=True, low=1)
+
     def fit(
         self,
         X,
@@ -137,6 +144,7 @@ class LinearClassifier(_LinearModel):
             raise GPUAError(f"solver={self.solver!r} is not an option; use 'lbfgs' or 'sgd'.")
         if self.class_weight not in (None, "balanced"):
             raise GPUAError(f"class_weight={self.class_weight!r} is not an option; use None or 'balanced'.")
+        self._check_numbers()
         X = check_matrix(X, "X", allow_zero_rows=True)
         K = int(n_classes) if n_classes is not None else infer_n_classes(y)
         if K < 2:

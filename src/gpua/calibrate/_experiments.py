@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import GPUAError
-from .._validation import check_labels, check_matrix
+from .._validation import check_labels, check_matrix, check_number
 from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier, ShrinkageLDA
 from ._federated_calibration import FederatedCalibration, client_statistics, dirichlet_split, fedavg
@@ -203,6 +203,16 @@ def make_shape_gaussians(
     return {"X": X, "y": y, "domains": g, "X_test": Xt, "y_test": yt, "domains_test": gt, "covariances": np.stack(covs)}
 
 
+def _check_training_options(*, weight_decay, lr=None, rounds=None, local_epochs=None, batch_size=None) -> None:
+    """The classifier and FedAvg numbers, checked before any data is touched."""
+    check_number(weight_decay, "weight_decay", low=0, fix="an L2 penalty such as 1e-3")
+    if lr is not None:
+        check_number(lr, "lr", low=0, low_open=True, fix="a step size such as 0.05")
+    for name, v in (("rounds", rounds), ("local_epochs", local_epochs), ("batch_size", batch_size)):
+        if v is not None:
+            check_number(v, name, integer=True, low=1)
+
+
 def _prepare(X, y, X_test, y_test, *, methods, known, l2, class_embeddings=None):
     """Checked, optionally L2-normalised train / test arrays, class count and embeddings."""
     unknown = set(methods) - set(known)
@@ -272,6 +282,10 @@ def run_longtail(
         One row per (imbalance, method): ``imbalance, method, all, head, tail, n_train,
         n_generated, seconds``.
     """
+    for r in imbalance_ratios:
+        check_number(r, "imbalance ratio", low=1, fix="the head/tail count ratio, e.g. 10, 50 or 100")
+    _check_training_options(weight_decay=weight_decay)
+    check_number(n_donors, "n_donors", integer=True, low=1)
     X, y, X_test, y_test, K, emb = _prepare(
         X, y, X_test, y_test, methods=methods, known=LONGTAIL_METHODS, l2=l2, class_embeddings=class_embeddings
     )
@@ -365,6 +379,11 @@ def run_federated(
     list of dict
         One row per (alpha, method): ``alpha, method, all, n_train, n_generated, seconds``.
     """
+    check_number(n_clients, "n_clients", integer=True, low=1)
+    for a in alphas:
+        check_number(a, "alpha", low=0, low_open=True, fix="a Dirichlet concentration (0.1: strong label skew)")
+    check_number(n_components, "n_components", integer=True, low=1)
+    _check_training_options(weight_decay=weight_decay, lr=lr, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size)
     X, y, X_test, y_test, K, _ = _prepare(X, y, X_test, y_test, methods=methods, known=FEDERATED_METHODS, l2=l2)
     rows = []
     for alpha in alphas:

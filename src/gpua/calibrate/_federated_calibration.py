@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_labels
+from .._validation import check_labels, check_number
 from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier
 from ._sampling import as_rng
@@ -273,6 +273,7 @@ def fedavg(
     LinearClassifier
         The global model.
     """
+    check_number(rounds, "rounds", integer=True, low=1, fix="FedAvg needs at least one round (30 is typical)")
     rng = as_rng(random_state)
     data = [(X, y) for X, y in clients if len(y) > 0]
     if not data:

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except GPUAError as exc:
         print(f"gpua {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the system refused a read or write (disk full, permissions): one line too
+        print(f"gpua {args.command}: error: {exc.strerror or exc} ({exc.filename or 'no file named'}); "
+              "free space or fix the permissions and run again.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"gpua {args.command}: interrupted", file=sys.stderr)
         return 130

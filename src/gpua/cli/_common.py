@@ -4,10 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Sequence
 
 from .._errors import GPUAError
 
-__all__ = ["parse_params", "add_estimator_arguments", "estimator_overrides", "parse_cluster"]
+__all__ = ["parse_params", "add_estimator_arguments", "estimator_overrides", "parse_cluster", "check_paths"]
+
+
+def _flag(attr: str) -> str:
+    return "--" + attr.replace("_", "-")
+
+
+def check_paths(
+    args: argparse.Namespace,
+    *,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[tuple[str, str]] = (),
+    extra_inputs: Sequence[tuple[str, str | None]] = (),
+    extra_outputs: Sequence[tuple[str, str | None, str]] = (),
+) -> None:
+    """Refuse, before any work, outputs that would destroy an input or cannot be written.
+
+    Every handler calls it first: an output equal to an input (also through links), a file
+    output that would replace a file inside an input folder, a folder output that holds an
+    input, two outputs on one path, an output that is a folder where a file is written (or the
+    reverse), that lies under a file or in a folder that cannot be written, all stop the command
+    with one line naming both arguments (:func:`gpua._atomic.check_output`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+    inputs : sequence of str
+        Attributes of ``args`` holding paths the command reads (unset ones are skipped).
+    outputs : sequence of (attribute, kind)
+        Attributes holding paths the command writes; kind ``"file"``, ``"folder"`` (files are
+        written into it) or ``"tree"`` (replaced as a whole).
+    extra_inputs : sequence of (name, path)
+        Paths read that no argument names directly (a model's sidecar file).
+    extra_outputs : sequence of (name, path, kind)
+        Paths written that no argument names directly.
+    """
+    from .._atomic import check_output
+
+    ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
+    outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
+    outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != ""]
+    for i, (name, path, kind) in enumerate(outs):
+        check_output(path, name, kind=kind, inputs=ins, distinct_from=[(n, p) for n, p, _ in outs[:i]])
 
 
 def parse_params(pairs: list[str] | None) -> dict:

@@ -18,6 +18,7 @@ import time
 
 from .._atomic import atomic_write_text
 from .._errors import GPUAError
+from ._common import check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
 
 __all__ = ["add_subcommands"]
@@ -68,6 +69,7 @@ def add_subcommands(subparsers) -> None:
 def _load(args) -> dict:
     from ..features import load_features
 
+    check_paths(args, inputs=("features", "test"), outputs=(("json", "file"),))
     key = f"{args.space}_features"
     train = load_features(args.features, require=(key, "labels"))
     X, y = getattr(train, key), train.labels

@@ -8,12 +8,13 @@ a table, results.json and a before/after embedding plot.
 from __future__ import annotations
 
 from .. import demo
-from ._common import parse_params
+from ._common import check_paths, parse_params
 
 __all__ = ["add_subcommands"]
 
 
 def _cmd_demo(args) -> int:
+    check_paths(args, outputs=(("out", "folder"),))
     vfms = args.vfm or demo.DEMO_VFMS
     if "all" in vfms:
         vfms = demo.ALL_DEMO_VFMS

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from .._errors import GPUAError
-from ._common import add_estimator_arguments, estimator_overrides, parse_cluster
+from ._common import add_estimator_arguments, check_paths, estimator_overrides, parse_cluster
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -23,6 +23,7 @@ def _cmd_fit(args) -> int:
     from ..estimator import GPUA
     from ..features import load_features
 
+    check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "file"), ("checkpoint", "folder")))
     kw = estimator_overrides(args)
     try:
         model = GPUA(**kw)
@@ -98,6 +99,7 @@ def _cmd_evaluate(args) -> int:
     from ..features import load_features
     from ..report import evaluate_model, format_table, write_json
 
+    check_paths(args, inputs=("model", "test"), outputs=(("json", "file"),))
     model = load_model(args.model)
     test = load_features(args.test, require=("labels",))
     res = evaluate_model(model, test, dataset=args.dataset or str(args.test), model_name=str(args.model))
@@ -115,6 +117,7 @@ def _cmd_predict(args) -> int:
     from .._base import load_model
     from ..features import load_features
 
+    check_paths(args, inputs=("model", "features"), outputs=(("out", "file"),))
     model = load_model(args.model)
     fs = load_features(args.features)
     proba = model.predict_proba(fs.vfm_features, fs.vlm_features)
@@ -135,6 +138,7 @@ def _cmd_compare(args) -> int:
     from ..features import load_features
     from ..report import compare_methods, format_table, write_json
 
+    check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
     train = load_features(args.train)
     test = load_features(args.test, require=("labels",))
     methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]

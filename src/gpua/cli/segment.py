@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from ..segment.io import make_encoder, write_label_png, write_overlay_png
+from ._common import check_paths
 
 __all__ = ["add_subcommands"]
 
@@ -155,12 +156,60 @@ def _load_image(path: Path):
     return read_image(path)
 
 
+def _sidecar(args) -> list[tuple[str, str]]:
+    model = getattr(args, "model", None)
+    return [("--model's sidecar", model + _SEG_META_SUFFIX)] if model else []
+
+
 def _save_model(model, path: str, meta: dict) -> None:
-    """The estimator's own file, plus a JSON sidecar with what segmentation needs to reuse it."""
+    """The estimator's own file, plus a JSON sidecar (with a checksum) with what segmentation needs to reuse it."""
     from .._atomic import atomic_write_text
+    from .._integrity import CHECKSUM_KEY, digest
 
     model.save(path)
-    atomic_write_text(path + _SEG_META_SUFFIX, json.dumps(meta, indent=2))
+    atomic_write_text(path + _SEG_META_SUFFIX, json.dumps({**meta, CHECKSUM_KEY: digest(meta)}, indent=2))
+
+
+#: Sidecar keys segmentation reads, and what each must be.
+_SIDECAR_CHECKS = {
+    "grid": (lambda v: v in ("coarser", "finer"), "'coarser' or 'finer'"),
+    "prompt_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "classnames": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "class_of_prototype": (
+        lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v),
+        "a list of class indices",
+    ),
+}
+
+
+#: Every key `gpua fit-seg` writes to the sidecar (a key outside this list means a damaged file).
+_SIDECAR_KEYS = (*_SIDECAR_CHECKS, "templates", "vfm", "vlm", "patches_per_image", "seed", "n_images")
+
+
+def _read_sidecar(meta_path: Path) -> dict:
+    """The ``.seg.json`` sidecar of a model: a JSON object whose keys are checked before use."""
+    from .._errors import ModelFileError
+    from .._integrity import CHECKSUM_KEY, digest, verify
+
+    where = f"segmentation sidecar {str(meta_path)!r}"
+    fix = "re-run `gpua fit-seg`, or delete the sidecar to use the model with default settings"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelFileError(f"{where} is not readable JSON ({type(exc).__name__}: {exc}); {fix}.") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{where} holds a JSON {type(meta).__name__}, not an object; {fix}.")
+    stored = meta.pop(CHECKSUM_KEY, None)
+    verify(stored, digest(meta) if stored is not None else "", where, fix)
+    unknown = sorted(set(meta) - set(_SIDECAR_KEYS))
+    if unknown:
+        raise ModelFileError(f"{where} has unknown keys {unknown}; {fix}.")
+    for key, (ok, want) in _SIDECAR_CHECKS.items():
+        if key in meta and not ok(meta[key]):
+            raise ModelFileError(f"{where} has {key}={str(meta[key])[:60]!r} where {want} is needed; {fix}.")
+    if "prompt_names" in meta and "class_of_prototype" in meta and len(meta["prompt_names"]) != len(meta["class_of_prototype"]):
+        raise ModelFileError(f"{where} has {len(meta['prompt_names'])} prompt names but {len(meta['class_of_prototype'])} class indices; {fix}.")
+    return meta
 
 
 def _load_model(path: str):
@@ -170,7 +219,7 @@ def _load_model(path: str):
         raise GPUAError(f"--model {path!r} does not exist; fit one with `gpua fit-seg`.")
     model = load_model(path)
     meta_path = Path(path + _SEG_META_SUFFIX)
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = _read_sidecar(meta_path) if meta_path.is_file() else {}
     return model, meta
 
 
@@ -220,6 +269,8 @@ def _segmenter(args, prompt_names: list[str], class_of_prototype):
 def _fit_seg(args: argparse.Namespace) -> int:
     from ..segment.inference import fit_patch_gpua
 
+    check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
+                extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     files = _list_images(args.images)[: args.max_images]
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
@@ -246,6 +297,8 @@ def _fit_seg(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    check_paths(args, inputs=("model", "images", "classnames", "templates"), outputs=(("out", "folder"),),
+                extra_inputs=_sidecar(args))
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     files = _list_images(args.images)
     seg = _segmenter(args, prompt_names, owner)
@@ -296,6 +349,8 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     from ..segment.datasets import read_label
     from ..segment.metrics import SegmentationMetric
 
+    check_paths(args, inputs=("pred", "model", "gt", "images", "classnames", "templates", "root"),
+                outputs=(("out", "file"),), extra_inputs=_sidecar(args))
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
     metric = SegmentationMetric(len(classnames), classnames=classnames)

@@ -16,6 +16,7 @@ from ._shards import (
     ShardWriter,
     check_destination,
     check_writer_options,
+    recover_shard_set,
     write_shards,
 )
 
@@ -31,4 +32,5 @@ __all__ = [
     "write_shards",
     "check_destination",
     "check_writer_options",
+    "recover_shard_set",
 ]

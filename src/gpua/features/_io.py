@@ -20,7 +20,6 @@ Arrays may be float16 or float32; they are returned as float32.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from .._errors import GPUAError, ModelFileError
+from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
 
 __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
@@ -36,6 +36,7 @@ __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
 FEATURE_KEYS = ("vfm_features", "vlm_features", "text_prototypes")
 _ARRAY_KEYS = FEATURE_KEYS + ("labels",)
 _STRING_KEYS = ("classnames", "image_ids")
+_FIX = "re-create it (gpua extract, or gpua.features.save_features)"
 
 
 @dataclass
@@ -99,7 +100,7 @@ class FeatureSet:
             self.classnames = check_classnames(self.classnames, k if k is not None else len(self.classnames))
             k = len(self.classnames) if k is None else k
         if self.labels is not None and n is not None:
-            self.labels = check_labels(self.labels, n, k if k is not None else int(np.max(self.labels)) + 1)
+            self.labels = check_labels(self.labels, n, k if k is not None else np.iinfo(np.int64).max)
         if self.image_ids is not None and n is not None and len(self.image_ids) != n:
             raise GPUAError(f"image_ids has {len(self.image_ids)} entries for {n} feature rows; give one id per row.")
         return self
@@ -133,17 +134,70 @@ def save_features(path: str | Path, features: FeatureSet | None = None, **arrays
         for k, v in strings.items():
             out[k] = np.asarray(v, dtype=str)
         out["meta"] = np.asarray(json.dumps(features.meta))
+        out[CHECKSUM_KEY] = np.asarray(digest(None, out))
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **out)
     elif suffix == ".safetensors":
         from safetensors.numpy import save_file
 
         metadata = {"meta": json.dumps(features.meta), **{k: json.dumps(v) for k, v in strings.items()}}
+        arrays = {k: np.ascontiguousarray(v) for k, v in out.items()}
+        metadata[CHECKSUM_KEY] = digest(metadata, arrays)
         with atomic_path(path) as tmp:
-            save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(tmp), metadata=metadata)
+            save_file(arrays, str(tmp), metadata=metadata)
     else:
         raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
     return path
+
+
+def _read_npz(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    arrays: dict[str, Any] = read_npz(path, where)
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if stored is not None:
+        stored = str(stored) if stored.ndim == 0 and stored.dtype.kind == "U" else repr(stored)
+        verify(stored, digest(None, arrays), where, _FIX)
+    meta: Any = {}
+    if "meta" in arrays:
+        m = arrays.pop("meta")
+        if m.ndim != 0 or m.dtype.kind != "U":
+            raise ModelFileError(f"{where} has a 'meta' entry that is not one JSON string; {_FIX}.")
+        meta = _json(str(m), where, "meta")
+    for k in _STRING_KEYS:
+        if k in arrays:
+            a = arrays[k]
+            if a.ndim != 1 or a.dtype.kind != "U":
+                raise ModelFileError(f"{where} holds {k!r} of shape {a.shape} ({a.dtype}); it must be a 1-D array of strings, one per entry.")
+            arrays[k] = [str(x) for x in a.tolist()]
+    return arrays, meta
+
+
+def _read_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            arrays: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}
+            md = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises SafetensorError (and others) for bad headers and short files
+        raise ModelFileError(f"{where} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}.") from None
+    stored = md.pop(CHECKSUM_KEY, None)
+    if stored is not None:
+        verify(stored, digest(md, arrays), where, _FIX)
+    meta = _json(md.get("meta", "{}"), where, "meta")
+    for k in _STRING_KEYS:
+        if k in md:
+            v = _json(md[k], where, k)
+            if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise ModelFileError(f"{where} holds {k!r} that is not a JSON list of strings; {_FIX}.")
+            arrays[k] = v
+    return arrays, meta
+
+
+def _json(text: str, where: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ModelFileError(f"{where} holds {key!r} that is not valid JSON; {_FIX}.") from None
 
 
 def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: bool = True) -> FeatureSet:
@@ -159,35 +213,20 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
         Check shapes, finiteness and label ranges.
     """
     path = Path(path)
+    where = f"feature file {str(path)!r}"
     if not path.exists():
-        raise GPUAError(f"feature file {str(path)!r} does not exist; check the path.")
-    arrays: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
+        raise GPUAError(f"{where} does not exist; check the path.")
+    if path.is_dir():
+        raise GPUAError(f"{where} is a folder; a shard set is read with gpua.features.ShardedFeatures (gpua fit --shards DIR).")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                for k in f.files:
-                    arrays[k] = f[k]
-            if "meta" in arrays:
-                meta = json.loads(str(arrays.pop("meta")))
-        elif suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                for k in f.keys():
-                    arrays[k] = f.get_tensor(k)
-                md = f.metadata() or {}
-            meta = json.loads(md.get("meta", "{}"))
-            for k in _STRING_KEYS:
-                if k in md:
-                    arrays[k] = json.loads(md[k])
-        else:
-            raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
-    except GPUAError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"feature file {str(path)!r} is corrupt or truncated ({exc}); re-create it.") from None
+    if suffix == ".npz":
+        arrays, meta = _read_npz(path, where)
+    elif suffix == ".safetensors":
+        arrays, meta = _read_safetensors(path, where)
+    else:
+        raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{where} has a 'meta' that is a JSON {type(meta).__name__}, not an object; {_FIX}.")
     if "text_embeddings" in arrays and "text_prototypes" not in arrays:
         arrays["text_prototypes"] = arrays.pop("text_embeddings")
     positional = [k for k in arrays if k.startswith("arr_")]
@@ -201,8 +240,8 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
         vlm_features=arrays.get("vlm_features"),
         text_prototypes=arrays.get("text_prototypes"),
         labels=arrays.get("labels"),
-        classnames=None if arrays.get("classnames") is None else [str(s) for s in np.asarray(arrays["classnames"]).tolist()],
-        image_ids=None if arrays.get("image_ids") is None else [str(s) for s in np.asarray(arrays["image_ids"]).tolist()],
+        classnames=arrays.get("classnames"),
+        image_ids=arrays.get("image_ids"),
         meta=meta,
     )
     fs.require(*require, source=f"feature file {str(path)!r}")

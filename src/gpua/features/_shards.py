@@ -18,19 +18,27 @@ float64 whatever the storage.
 
 Every shard file is written atomically (:func:`gpua._atomic.atomic_path`) and the index last,
 so a crash never leaves a half-written shard under its final name, and a folder without
-``index.json`` is an unfinished set. ``ShardWriter(..., atomic=True)`` goes further: it writes
-into a hidden sibling folder and renames the finished set into place, so the destination is
-always either the old set or the complete new one. Readers never keep a mapping open between calls: a read
+``index.json`` is an unfinished set. The index records a SHA-256 checksum of every file of the
+set (``files``) and of itself (``checksum``); readers check the index at once and each file the
+first time they map it, and check every header against the file's size, so a truncated or
+damaged shard is named instead of read (sets written before checksums existed are read with the
+structural checks alone). ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always)
+goes further: it writes into a hidden sibling folder and renames the finished set into place,
+so the destination is always either the old set or the complete new one; a writer killed
+between the two renames of that swap leaves both sets complete and hidden, and the next reader
+or writer puts the new one in place (:func:`recover_shard_set`). Only folders that hold nothing
+but shard files are ever deleted. Readers never keep a mapping open between calls: a read
 maps the file, copies the rows out and unmaps, so pages touched by a pass over a million rows
 do not stay in the process's resident memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,11 +46,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .._atomic import atomic_path, atomic_write_text
+from .._atomic import TEMP_MARK, atomic_path, atomic_write_text
 from .._errors import GPUAError, ModelFileError
+from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
+from .._integrity import verify as verify_checksum
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
 
-__all__ = ["SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination", "check_writer_options"]
+__all__ = [
+    "SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination",
+    "check_writer_options", "recover_shard_set",
+]
 
 SHARD_FORMAT = "gpua-shards"
 SHARD_FORMAT_VERSION = 1
@@ -56,6 +69,8 @@ IDS_KEY = "image_ids"
 # numpy dtype of the bytes on disk, and the torch dtype they are reinterpreted as.
 _DISK = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.bfloat16), "float32": (np.float32, torch.float32)}
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I64": "int64"}
+_SHARD_RE = re.compile(r"^shard-(\d{6,})\.")
+_FIX_INDEX = "re-write the shard set (or, if you edited index.json on purpose, delete its 'checksum' entry)"
 
 
 def _shard_file(i: int, key: str, storage: str) -> str:
@@ -75,7 +90,7 @@ def check_writer_options(dtype: str, storage: str, rows_per_shard) -> None:
 
 
 def _is_shard_set(path: Path) -> bool:
-    """Whether ``path`` holds a gpua shard index."""
+    """Whether ``path`` holds a gpua shard index (a finished set: the index is written last)."""
     try:
         return json.loads((path / INDEX_NAME).read_text(encoding="utf-8")).get("format") == SHARD_FORMAT
     except (OSError, ValueError, AttributeError):
@@ -83,14 +98,65 @@ def _is_shard_set(path: Path) -> bool:
 
 
 def _only_shard_files(path: Path) -> bool:
-    """Whether every entry of folder ``path`` is a name a shard writer makes (an unfinished set)."""
+    """Whether every entry of folder ``path`` is a file of a name a shard writer makes (gpua's marker)."""
     return all(
-        p.name in (INDEX_NAME, PROTOTYPES_NAME) or p.name.startswith("shard-") or (p.name.startswith(".") and ".tmp" in p.name)
+        p.is_file() and not p.is_symlink()
+        and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or p.name.startswith("shard-") or (p.name.startswith(".") and TEMP_MARK in p.name))
         for p in path.iterdir()
     )
 
 
-def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "path") -> None:
+def _hidden(final: Path, tag: str) -> Path:
+    """The sibling folder an atomic writer of ``final`` uses: ``.<name>.partial`` or ``.<name>.old``."""
+    return final.parent / f".{final.name}.{tag}"
+
+
+def _remove_set(path: Path) -> None:
+    """Delete a folder of shard files (a set, or a writer's leftovers); anything else is refused."""
+    if not path.exists():
+        return
+    if not path.is_dir() or path.is_symlink() or not _only_shard_files(path):
+        raise GPUAError(
+            f"{str(path)!r} holds files that gpua did not write; refusing to delete it. Move it away and run again."
+        )
+    shutil.rmtree(path)
+
+
+def recover_shard_set(path: str | os.PathLike) -> bool:
+    """Put back a finished set that an atomic writer killed mid-swap left hidden beside ``path``.
+
+    An atomic :class:`ShardWriter` installs its set with two renames (the old set to
+    ``.<name>.old``, the new one from ``.<name>.partial``); killed between them, ``path`` is
+    missing while both sets are complete. When ``path`` holds no finished set (missing, or an
+    empty folder), the new set is renamed into place (and the old one, which it replaces,
+    removed), or failing that the old one is. Readers and writers call this first.
+
+    Returns
+    -------
+    bool
+        Whether a set was put back.
+    """
+    final = Path(path)
+    if final.exists() and not (final.is_dir() and not final.is_symlink() and not any(final.iterdir())):
+        return False  # a finished set, or something else that is not ours to move
+    for tag in ("partial", "old"):  # the newer set first: its writer had finished writing it
+        hidden = _hidden(final, tag)
+        if not (_is_shard_set(hidden) and _only_shard_files(hidden)):
+            continue
+        try:
+            if final.exists():
+                final.rmdir()
+            os.replace(hidden, final)
+        except OSError:
+            if not _is_shard_set(final):  # not another process restoring it at the same moment
+                raise GPUAError(f"a finished shard set is hidden in {str(hidden)!r} but could not be moved to {str(final)!r}; rename it yourself.") from None
+        if tag == "partial" and _is_shard_set(_hidden(final, "old")):
+            _remove_set(_hidden(final, "old"))  # the set the installed one was written to replace
+        return True
+    return False
+
+
+def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "path", recover: bool = True) -> None:
     """Refuse a destination that replacing with a shard set would destroy.
 
     A missing path, an empty folder, or a folder of shard files only (with ``overwrite=True``
@@ -104,8 +170,12 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
         Whether an existing shard set may be replaced.
     name : str
         The argument's name, used in the messages.
+    recover : bool
+        First put back a set that a killed atomic writer left hidden (:func:`recover_shard_set`).
     """
     path = Path(path)
+    if recover:
+        recover_shard_set(path)
     if not path.exists():
         return
     if not path.is_dir():
@@ -113,6 +183,11 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
     if _is_shard_set(path):
         if not overwrite:
             raise GPUAError(f"{str(path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
+        if not _only_shard_files(path):
+            raise GPUAError(
+                f"{name}={str(path)!r} is a shard set that also holds other files (not written by gpua); refusing to "
+                "replace it with everything in it. Move those files away, or write to another folder."
+            )
         return
     if not _only_shard_files(path):
         raise GPUAError(
@@ -128,17 +203,39 @@ def _to_disk(A: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(A, dtype=_DISK[dtype][0])
 
 
-def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """Parse a safetensors header: ``{name: {"dtype", "shape", "data_offsets"}}`` and the data start.
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-    The format is an 8-byte little-endian header length, a JSON header, then the raw data; reading
-    it here lets a shard be memory-mapped by numpy exactly like an ``.npy`` file.
-    """
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
+
+def _check_index(index: dict, where: str) -> None:
+    """Check every key of a shard index a reader uses: present (when required) and of its type."""
+
+    def bad(key: str, want: str) -> ModelFileError:
+        return ModelFileError(f"{where} has {key}={str(index.get(key, '<missing>'))[:80]!r} where {want} is needed; {_FIX_INDEX}.")
+
+    if index.get("storage") not in STORAGES:
+        raise bad("storage", f"one of {STORAGES}")
+    if index.get("dtype") not in FEATURE_DTYPES:
+        raise bad("dtype", f"one of {FEATURE_DTYPES}")
+    widths = index.get("widths")
+    if not (isinstance(widths, dict) and all(_is_int(widths.get(k)) and widths[k] >= 1 for k in _FEATURE_KEYS)):
+        raise bad("widths", f"an object with positive integer {list(_FEATURE_KEYS)}")
+    rows = index.get("shard_rows")
+    if not (isinstance(rows, list) and rows and all(_is_int(r) and r >= 1 for r in rows)):
+        raise bad("shard_rows", "a non-empty list of positive row counts")
+    if "n_samples" in index and not (_is_int(index["n_samples"]) and index["n_samples"] == sum(rows)):
+        raise bad("n_samples", f"the sum of shard_rows ({sum(rows)})")
+    for key in ("labels", IDS_KEY):
+        if not isinstance(index.get(key, False), bool):
+            raise bad(key, "true or false")
+    names = index.get("classnames")
+    if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+        raise bad("classnames", "a list of strings (or null)")
+    if not isinstance(index.get("meta", {}), dict):
+        raise bad("meta", "an object")
+    files = index.get("files", {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        raise bad("files", "an object of file checksums")
 
 
 @dataclass(frozen=True)
@@ -166,6 +263,10 @@ class ShardedFeatures:
     check : bool
         Check at once that every shard file exists with the row count, width and dtype the index
         gives (headers only, no data read). Errors name the shard and the file.
+    verify : bool
+        Verify each file against the checksum the index records for it, the first time it is
+        read (one extra read of each file per reader). ``False`` skips that (the structural
+        checks stay).
 
     Attributes
     ----------
@@ -188,23 +289,34 @@ class ShardedFeatures:
     # Lets ``GPUA.fit`` recognise a streaming source without importing this package.
     _gpua_streaming_source = True
 
-    def __init__(self, path: str | os.PathLike, *, check: bool = True):
+    def __init__(self, path: str | os.PathLike, *, check: bool = True, verify: bool = True):
         path = Path(path)
         if path.name == INDEX_NAME:
             path = path.parent
         self.path = path
         index_path = path / INDEX_NAME
         if not index_path.is_file():
+            recover_shard_set(path)
+        if not index_path.is_file():
             hint = " (it holds shard files but no index: the writer did not finish; re-run it)" if path.is_dir() and any(path.glob("shard-*")) else ""
             raise ModelFileError(f"shard set {str(path)!r} has no {INDEX_NAME}{hint}; write one with `gpua extract --out DIR` or gpua.stream.write_shards.")
+        where = f"shard index {str(index_path)!r}"
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{str(index_path)!r} is unreadable ({exc}); re-write the shard set.") from None
-        if index.get("format") != SHARD_FORMAT:
-            raise ModelFileError(f"{str(index_path)!r} is not a gpua shard index (format {index.get('format')!r}).")
-        if int(index.get("format_version", -1)) > SHARD_FORMAT_VERSION:
-            raise ModelFileError(f"{str(index_path)!r} has shard format {index.get('format_version')}; this gpua reads {SHARD_FORMAT_VERSION} and older: upgrade gpua.")
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelFileError(f"{where} is unreadable ({exc}); re-write the shard set.") from None
+        if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
+            fmt = index.get("format") if isinstance(index, dict) else type(index).__name__
+            raise ModelFileError(f"{str(index_path)!r} is not a gpua shard index (format {fmt!r}).")
+        version = index.get("format_version", 1)
+        if not _is_int(version) or version < 1:
+            raise ModelFileError(f"{where} has format_version {version!r}, not a positive integer; {_FIX_INDEX}.")
+        if version > SHARD_FORMAT_VERSION:
+            raise ModelFileError(f"{str(index_path)!r} has shard format {version}; this gpua reads {SHARD_FORMAT_VERSION} and older: upgrade gpua.")
+        stored = index.pop(CHECKSUM_KEY, None)
+        if stored is not None:
+            verify_checksum(stored, digest(index), where, _FIX_INDEX)
+        _check_index(index, where)
         self._index = index
         self.dtype = index["dtype"]
         self.storage = index["storage"]
@@ -216,8 +328,9 @@ class ShardedFeatures:
         self.n_samples = int(self.offsets[-1])
         self.classnames = index.get("classnames")
         self.meta = index.get("meta", {})
-        if self.dtype not in FEATURE_DTYPES or self.storage not in STORAGES:
-            raise ModelFileError(f"{str(index_path)!r} names dtype {self.dtype!r} / storage {self.storage!r}; known: {FEATURE_DTYPES} / {STORAGES}.")
+        self._files: dict[str, str] = index.get("files", {})  # file name -> checksum (absent in older sets)
+        self._verify = bool(verify)
+        self._verified: set[str] = set()
         self._arrays: list[dict[str, _Array]] | None = None
         if check:
             self._layout()
@@ -260,21 +373,21 @@ class ShardedFeatures:
         """Locate every key of every shard and check its shape and dtype against the index."""
         if self._arrays is not None:
             return self._arrays
+        self._check_no_extra_shards()
         out = []
         for i in range(self.n_shards):
             arrays: dict[str, _Array] = {}
             if self.storage == "safetensors":
                 f = self.path / _shard_file(i, "", "safetensors")
                 self._require_file(i, f)
-                try:
-                    header, start = _safetensors_header(f)
-                except (OSError, ValueError, struct.error) as exc:
-                    raise ModelFileError(f"shard {i} file {str(f)!r} is corrupt ({exc}); re-write shard {i}.") from None
+                header, _, start = safetensors_layout(f, f"shard {i} file {str(f)!r}")
                 for key in self.keys:
                     if key not in header:
                         raise ModelFileError(f"shard {i} file {str(f)!r} has no {key!r}; re-write shard {i}.")
                     h = header[key]
-                    dt = _ST_DTYPES.get(h["dtype"], h["dtype"])
+                    dt = _ST_DTYPES.get(h["dtype"])
+                    if dt is None:
+                        raise ModelFileError(f"shard {i} file {str(f)!r} stores {key!r} as {h['dtype']}; re-write shard {i}.")
                     np_dt = np.dtype(np.int64 if dt == "int64" else _DISK[dt][0]).str
                     arrays[key] = _Array(str(f), np_dt, tuple(h["shape"]), start + int(h["data_offsets"][0]))
             else:
@@ -282,12 +395,12 @@ class ShardedFeatures:
                     f = self.path / _shard_file(i, key, "npy")
                     self._require_file(i, f)
                     try:
-                        with open(f, "rb") as fh:
-                            major, _ = np.lib.format.read_magic(fh)
-                            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                            shape, _, dt = read_header(fh)  # header only, no data
-                    except (OSError, ValueError) as exc:
-                        raise ModelFileError(f"shard {i} file {str(f)!r} is corrupt ({exc}); re-write shard {i}.") from None
+                        with open(f, "rb") as fh:  # header only, no data; its declared size is checked against the file's
+                            shape, fortran, dt, _ = read_npy_header(fh, os.path.getsize(f), f"shard {i} file {str(f)!r}")
+                    except OSError as exc:
+                        raise ModelFileError(f"shard {i} file {str(f)!r} is unreadable ({exc}); re-write shard {i}.") from None
+                    if fortran and len(shape) > 1:
+                        raise ModelFileError(f"shard {i} file {str(f)!r} is stored in Fortran order; re-write shard {i} (np.save of a C-ordered array).")
                     arrays[key] = _Array(str(f), dt.str, tuple(shape), None)
             for key, arr in arrays.items():
                 shape, dt = self._expected(key, i)
@@ -311,6 +424,33 @@ class ShardedFeatures:
             out.append(arrays)
         self._arrays = out
         return out
+
+    def _check_no_extra_shards(self) -> None:
+        """Refuse shard files the index does not list: fitting on a subset would be silent."""
+        extra = sorted({int(m[1]) for p in self.path.iterdir() if (m := _SHARD_RE.match(p.name)) and int(m[1]) >= self.n_shards})
+        if extra:
+            raise ModelFileError(
+                f"shard set {str(self.path)!r}: its index lists {self.n_shards} shard(s) but the folder also holds shard "
+                f"{extra[0]}{' and others' if len(extra) > 1 else ''}; the index is stale or was edited. Re-write the "
+                "shard set, or move the extra shard files away."
+            )
+
+    def _checked(self, f: Path, i: int | None = None) -> None:
+        """Verify file ``f`` against the checksum the index records for it (once per file and reader)."""
+        if not self._verify or f.name in self._verified or f.name not in self._files:
+            return
+        what = f"shard {i} file {str(f)!r}" if i is not None else f"{str(f)!r} of shard set {str(self.path)!r}"
+        try:
+            actual = file_digest(f)
+        except OSError as exc:
+            raise ModelFileError(f"{what} is unreadable ({exc}); re-write the shard set.") from None
+        verify_checksum(self._files[f.name], actual, what, "re-write the shard set (or re-extract those rows)")
+        self._verified.add(f.name)
+
+    def _map(self, i: int, key: str) -> np.ndarray:
+        arr = self._layout()[i][key]
+        self._checked(Path(arr.path), i)
+        return arr.map()
 
     def _require_file(self, i: int, f: Path) -> None:
         if not f.is_file():
@@ -359,10 +499,9 @@ class ShardedFeatures:
         self._check_key(key)
         if not 0 <= start <= stop <= self.n_samples:
             raise GPUAError(f"rows [{start}, {stop}) are outside the shard set's [0, {self.n_samples}).")
-        layout = self._layout()
         pieces = []
         for i, lo, hi in self._locate(start, stop):
-            m = layout[i][key].map()
+            m = self._map(i, key)
             pieces.append(np.array(m[lo:hi]))  # copy, then drop the mapping
             del m
         if not pieces:
@@ -389,13 +528,13 @@ class ShardedFeatures:
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
         shard_of = np.searchsorted(self.offsets, sorted_idx, side="right") - 1
-        layout = self._layout()
+        self._layout()
         width = () if key == "labels" else (self.widths[key],)
         raw = np.empty((idx.size,) + width, dtype=np.int64 if key == "labels" else _DISK[self.dtype][0])
         bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
         for i in np.unique(shard_of):
             a, b = bounds[i], bounds[i + 1]
-            m = layout[i][key].map()
+            m = self._map(i, key)
             raw[order[a:b]] = m[sorted_idx[a:b] - self.offsets[i]]
             del m
         return self._as_tensor(raw, key, device, dtype)
@@ -424,10 +563,13 @@ class ShardedFeatures:
         for i, lo, hi in self._locate(start, stop):
             f = self.path / _shard_file(i, IDS_KEY, self.storage)
             self._require_file(i, f)
+            self._checked(f, i)
             try:
                 names = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
                 raise ModelFileError(f"shard {i} file {str(f)!r} is corrupt ({exc}); re-write shard {i}.") from None
+            if not (isinstance(names, list) and all(isinstance(x, str) for x in names)):
+                raise ModelFileError(f"shard {i} file {str(f)!r} is not a JSON list of strings; re-write shard {i}.")
             if len(names) != self.shard_rows[i]:
                 raise ModelFileError(f"shard {i} file {str(f)!r} names {len(names)} images but the index says {self.shard_rows[i]} rows; re-write shard {i}.")
             ids.extend(names[lo:hi])
@@ -436,7 +578,24 @@ class ShardedFeatures:
     def text_prototypes(self) -> np.ndarray | None:
         """The prototypes stored with the set, float32 array of shape (n_classes, d_vlm), or None."""
         p = self.path / PROTOTYPES_NAME
-        return np.load(p).astype(np.float32) if p.is_file() else None
+        if not p.is_file():
+            return None
+        what = f"{str(p)!r} of shard set {str(self.path)!r}"
+        self._checked(p)
+        try:
+            with open(p, "rb") as fh:
+                shape, fortran, dt, _ = read_npy_header(fh, os.path.getsize(p), what)
+                Y = np.load(p, allow_pickle=False)
+        except OSError as exc:
+            raise ModelFileError(f"{what} is unreadable ({exc}); re-write the shard set.") from None
+        if Y.ndim != 2 or Y.dtype.kind != "f" or Y.shape[1] != self.widths["vlm_features"] or not np.all(np.isfinite(Y)):
+            raise ModelFileError(
+                f"{what} holds an array of shape {Y.shape} ({Y.dtype}) where finite (K, {self.widths['vlm_features']}) "
+                "float prototypes were expected; re-write the shard set."
+            )
+        if self.classnames is not None and len(self.classnames) != Y.shape[0]:
+            raise ModelFileError(f"{what} holds {Y.shape[0]} prototypes but the index names {len(self.classnames)} classes; re-write the shard set.")
+        return Y.astype(np.float32)
 
     def iter_rows(self, chunk_rows: int, keys: Sequence[str] = _FEATURE_KEYS, *, device="cpu") -> Iterator[tuple[int, int, tuple[torch.Tensor, ...]]]:
         """Yield ``(start, stop, tensors)`` over consecutive row chunks of at most ``chunk_rows``."""
@@ -476,8 +635,9 @@ class ShardWriter:
         Write into a hidden sibling folder (``.<name>.partial``) and rename the finished set onto
         ``path`` at :meth:`close`: readers of ``path`` see the old set or the complete new one,
         never a mix, and an error inside the ``with`` block removes the partial folder. ``path``
-        must then be new, an empty folder, or a shard set (with ``overwrite=True``); any other
-        folder or a file is refused (``check_destination``). One writer per path at a time.
+        must then be new, an empty folder, or a shard set of gpua's files only (with
+        ``overwrite=True``); any other folder or a file is refused (``check_destination``). A set
+        that a writer killed mid-swap left hidden is put back first. One writer per path at a time.
     """
 
     def __init__(
@@ -498,11 +658,13 @@ class ShardWriter:
         self._final: Path | None = None
         self._overwrite = bool(overwrite)
         if atomic:
-            check_destination(self.path, overwrite=overwrite)
+            check_destination(self.path, overwrite=overwrite)  # puts back a set a killed writer left hidden
             self._final = self.path
-            self.path = self.path.parent / f".{self.path.name}.partial"
-            if self.path.exists():  # what a killed atomic writer of this path left
-                shutil.rmtree(self.path)
+            self.path = _hidden(self.path, "partial")
+            # What a killed atomic writer of this path left: removed only if it holds shard files
+            # alone (and after check_destination, which refuses to replace a finished set unless
+            # overwrite=True).
+            _remove_set(self.path)
         old = self.path / INDEX_NAME
         self._stale: list[Path] = []
         if old.is_file():
@@ -513,16 +675,18 @@ class ShardWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         self.dtype, self.storage, self.rows_per_shard = dtype, storage, int(rows_per_shard)
         self.meta = dict(meta or {})
-        self.classnames = None if classnames is None else [str(c) for c in classnames]
         self.text_prototypes = None if text_prototypes is None else check_matrix(text_prototypes, "text_prototypes")
-        if self.classnames is not None and self.text_prototypes is not None:
-            check_classnames(self.classnames, self.text_prototypes.shape[0])
+        self.classnames = None
+        if classnames is not None:
+            k = len(classnames) if self.text_prototypes is None else self.text_prototypes.shape[0]
+            self.classnames = check_classnames(classnames, k)
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         self._widths: dict[str, int] | None = None
         self._given: dict[str, bool] = {}  # optional key -> given with the first batch
         self._shard_rows: list[int] = []
         self._written: set[Path] = set()
+        self._digests: dict[str, str] = {}  # file name -> checksum, stored in the index
         self.result: ShardedFeatures | None = None
 
     def __enter__(self) -> "ShardWriter":
@@ -531,8 +695,8 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif self._final is not None and self.result is None:
-            shutil.rmtree(self.path, ignore_errors=True)  # the destination was never touched
+        elif self._final is not None and self.result is None and self.path.exists():
+            _remove_set(self.path)  # the destination was never touched
 
     @property
     def n_written(self) -> int:
@@ -591,8 +755,8 @@ class ShardWriter:
         ids = arrays.pop(IDS_KEY, None)
         if ids is not None:
             f = self.path / _shard_file(i, IDS_KEY, self.storage)
-            atomic_write_text(f, json.dumps(ids.tolist()))
-            self._written.add(f)
+            with self._file(f) as tmp:
+                tmp.write_text(json.dumps(ids.tolist()), encoding="utf-8")
         out = {k: (v if k == "labels" else _to_disk(v, self.dtype)) for k, v in arrays.items()}
         if self.storage == "safetensors":
             from safetensors.torch import save_file
@@ -602,17 +766,23 @@ class ShardWriter:
                 return t.view(torch.int16).view(torch.bfloat16) if k != "labels" and self.dtype == "bfloat16" else t
 
             f = self.path / _shard_file(i, "", "safetensors")
-            with atomic_path(f) as tmp:
+            with self._file(f) as tmp:
                 save_file({k: tensor(k, v) for k, v in out.items()}, str(tmp))
-            self._written.add(f)
         else:
             for k, v in out.items():
                 f = self.path / _shard_file(i, k, "npy")
-                with atomic_path(f, suffix=".npy") as tmp:
+                with self._file(f, suffix=".npy") as tmp:
                     np.save(tmp, v)
-                self._written.add(f)
         self._shard_rows.append(n)
         self._buffered -= n
+
+    @contextlib.contextmanager
+    def _file(self, f: Path, suffix: str = ""):
+        """Write one file of the set atomically and record its checksum for the index."""
+        with atomic_path(f, suffix=suffix) as tmp:
+            yield tmp
+            self._digests[f.name] = file_digest(tmp)
+        self._written.add(f)
 
     def close(self) -> ShardedFeatures:
         """Write the last (short) shard and the index; return the readable set."""
@@ -623,8 +793,11 @@ class ShardWriter:
         if not self._shard_rows:
             raise GPUAError("no rows were appended; a shard set needs at least one row.")
         if self.text_prototypes is not None:
-            with atomic_path(self.path / PROTOTYPES_NAME, suffix=".npy") as tmp:
+            with self._file(self.path / PROTOTYPES_NAME, suffix=".npy") as tmp:
                 np.save(tmp, self.text_prototypes)
+        for p in self._stale:  # shards of the replaced set that the new one does not reuse (before the index lands)
+            if p not in self._written and p.exists():
+                p.unlink()
         index = {
             "format": SHARD_FORMAT,
             "format_version": SHARD_FORMAT_VERSION,
@@ -637,29 +810,39 @@ class ShardWriter:
             "n_samples": self.n_written,
             "classnames": self.classnames,
             "meta": self.meta,
+            "files": dict(sorted(self._digests.items())),
         }
+        try:
+            index[CHECKSUM_KEY] = digest(index)
+        except (TypeError, ValueError) as exc:
+            raise GPUAError(f"the shard set's meta cannot be written as JSON ({exc}); give JSON values only.") from None
         atomic_write_text(self.path / INDEX_NAME, json.dumps(index, indent=1))
-        for p in self._stale:  # shards of the replaced set that the new one does not reuse
-            if p not in self._written and p.exists():
-                p.unlink()
         if self._final is not None:
             self._install()
         self.result = ShardedFeatures(self.path)
         return self.result
 
     def _install(self) -> None:
-        """Rename the finished partial folder onto the destination (atomic mode)."""
+        """Rename the finished partial folder onto the destination (atomic mode).
+
+        Two renames: the old set (if any) to ``.<name>.old``, then the new one into place. Killed
+        between them, both sets are complete and hidden; :func:`recover_shard_set` (run by every
+        reader and writer of the path) installs the new one.
+        """
         final = self._final
-        check_destination(final, overwrite=self._overwrite)  # again: something may have appeared there meanwhile
-        old = final.parent / f".{final.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
+        # Again: something may have appeared there meanwhile. (No recovery: the finished set
+        # hidden beside the destination is this writer's own.)
+        check_destination(final, overwrite=self._overwrite, recover=False)
+        old = _hidden(final, "old")
+        _remove_set(old)  # a set replaced earlier whose writer was killed before removing it
         if final.exists():
-            # A folder cannot be renamed onto a non-empty one: move the old set aside first. A
-            # crash between the two renames leaves the old set in .<name>.old, not deleted.
-            os.replace(final, old)
-        os.replace(self.path, final)
-        shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)  # a folder cannot be renamed onto a non-empty one: move the old set aside
+        try:
+            os.replace(self.path, final)
+        except FileNotFoundError:
+            if not _is_shard_set(final):  # a reader's recover_shard_set may have installed it first
+                raise
+        _remove_set(old)
         self.path, self._final = final, None
 
 
@@ -678,7 +861,10 @@ def write_shards(
     meta: dict | None = None,
     overwrite: bool = False,
 ) -> ShardedFeatures:
-    """Write in-memory features as a shard set (see :class:`ShardWriter` for the parameters).
+    """Write in-memory features as a shard set, atomically (see :class:`ShardWriter` for the parameters).
+
+    The set is written beside ``path`` and swapped in when complete: killed at any point, ``path``
+    holds the old set whole (or, killed mid-swap, the next reader puts the new one in place).
 
     Parameters
     ----------
@@ -693,9 +879,10 @@ def write_shards(
     ShardedFeatures
     """
     n = np.shape(vfm_features)[0] if hasattr(vfm_features, "shape") else len(vfm_features)
+    # Atomic: a set being replaced stays whole until the new one is complete, even if killed.
     with ShardWriter(
         path, dtype=dtype, rows_per_shard=rows_per_shard, storage=storage, text_prototypes=text_prototypes,
-        classnames=classnames, meta=meta, overwrite=overwrite,
+        classnames=classnames, meta=meta, overwrite=overwrite, atomic=True,
     ) as w:
         step = max(1, int(rows_per_shard))
         for s in range(0, n, step):

@@ -23,6 +23,7 @@ import torch
 
 from .._atomic import atomic_path
 from .._errors import GPUAError, ModelFileError
+from .._integrity import CHECKSUM_KEY, digest, verify
 
 __all__ = ["Checkpoint", "UCM_PARAMS"]
 
@@ -76,17 +77,25 @@ class Checkpoint:
             return None
         from safetensors import safe_open
 
+        where = f"checkpoint {str(self.file)!r}"
+        fix = "delete it to start over"
         try:
             with safe_open(str(self.file), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["gpua_stream"])
+                raw = (f.metadata() or {})["gpua_stream"]
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own types on a bad header
-            raise ModelFileError(f"checkpoint {str(self.file)!r} is corrupt ({type(exc).__name__}: {exc}); delete it to start over.") from None
+            meta = json.loads(raw)
+        except Exception as exc:  # safetensors raises its own types on a bad header; KeyError, JSON errors
+            raise ModelFileError(f"{where} is corrupt ({type(exc).__name__}: {exc}); {fix}.") from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{where} has metadata that is not a JSON object; it is corrupt: {fix}.")
+        stored = meta.pop(CHECKSUM_KEY, None)
+        verify(stored, digest(meta, tensors) if stored is not None else "", where, fix)
         if meta.get("fingerprint") != self.fingerprint:
             raise GPUAError(
                 f"checkpoint {str(self.path)!r} was written by another fit (other data, prototypes or UCM parameters); "
                 "pass a new folder, or delete this one to start over."
             )
+        _check_state(meta, tensors, where, fix)
         return {"meta": meta, **tensors}
 
     def save(self, meta: dict, **tensors: torch.Tensor | None) -> None:
@@ -96,5 +105,34 @@ class Checkpoint:
         meta = {**meta, "fingerprint": self.fingerprint, "version": 1}
         # Clones: safetensors refuses two names for one storage (e.g. final centres = next centres).
         data = {k: v.detach().cpu().clone().contiguous() for k, v in {**self.extra, **tensors}.items() if v is not None}
+        meta[CHECKSUM_KEY] = digest(meta, data)
         with atomic_path(self.file) as tmp:
             save_file(data, str(tmp), metadata={"gpua_stream": json.dumps(meta)})
+
+
+#: What a resumed fit reads from a checkpoint: meta keys and their types, and the tensors
+#: (those that may be absent: None at save time).
+_META = {"round": int, "converged": bool, "done": bool, "history": list, "passes": int}
+_TENSORS = ("centres", "centres_final", "g", "cross_covariance")
+_OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean")
+
+
+def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
+    """Every key a resumed fit reads: present, of its type, tensors finite and consistent in size."""
+    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version"})
+    if unknown_meta:
+        raise ModelFileError(f"{where} has unknown metadata keys {unknown_meta}; it is corrupt: {fix}.")
+    for key, kind in _META.items():
+        v = meta.get(key)
+        if not isinstance(v, kind) or (kind is int and (isinstance(v, bool) or v < 0)):
+            raise ModelFileError(f"{where} has {key}={str(v)[:40]!r}, not a {kind.__name__}; it is corrupt: {fix}.")
+    unknown = sorted(set(tensors) - set(_TENSORS) - set(_OPTIONAL))
+    missing = [k for k in _TENSORS if k not in tensors]
+    if unknown or missing:
+        raise ModelFileError(f"{where} holds tensors {sorted(tensors)} ({'lacking ' + str(missing) if missing else 'unknown ' + str(unknown)}); it is corrupt: {fix}.")
+    k = tensors["g"].shape[0] if tensors["g"].ndim == 1 else -1
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{where} holds NaN or inf in {name!r}; it is corrupt: {fix}.")
+        if name in ("centres", "centres_final", "centres_next") and (t.ndim != 2 or t.shape[0] != k):
+            raise ModelFileError(f"{where} holds {name!r} of shape {tuple(t.shape)} for {k} classes; it is corrupt: {fix}.")

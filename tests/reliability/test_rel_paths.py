@@ -1,0 +1,219 @@
+"""No command destroys its own input: an output on an input's path is refused before any work.
+
+Each case runs the real command line (``gpua.cli.main``) with an output path equal to one of its
+inputs, and checks: exit status 2, one line on stderr naming both arguments, and the input
+byte-for-byte unchanged. Links (symbolic and hard) count as the same path; outputs that are
+folders, that lie under a file or in an unwritable folder are refused before the work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpua.cli import main
+from rel_helpers import tree_bytes
+
+
+def _refused(argv: list[str], capsys, protected: Path, *names: str) -> str:
+    before = tree_bytes(protected)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"gpua {argv[0]}: error: "), err
+    for name in names:
+        assert name in err, (name, err)
+    assert tree_bytes(protected) == before  # not one byte of the input changed
+    return err
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "fit --out = --train",
+        "predict --out = --features",
+        "predict --out = --model",
+        "evaluate --json = --test",
+        "evaluate --json = --model",
+        "compare --json = --train",
+        "compare --json = --test",
+        "calibrate longtail --json = --features",
+        "calibrate federated --json = --test",
+    ],
+)
+def test_feature_commands_refuse_to_overwrite_an_input(files, capsys, case):
+    tr, te, m = str(files["train"]), str(files["test"]), str(files["model"])
+    argv, protected, names = {
+        "fit --out = --train": (["fit", "--train", tr, "--out", tr], tr, ("--out", "--train")),
+        "predict --out = --features": (["predict", "--model", m, "--features", te, "--out", te], te, ("--out", "--features")),
+        "predict --out = --model": (["predict", "--model", m, "--features", te, "--out", m], m, ("--out", "--model")),
+        "evaluate --json = --test": (["evaluate", "--model", m, "--test", te, "--json", te], te, ("--json", "--test")),
+        "evaluate --json = --model": (["evaluate", "--model", m, "--test", te, "--json", m], m, ("--json", "--model")),
+        "compare --json = --train": (["compare", "--train", tr, "--test", te, "--methods", "zero_shot", "--json", tr], tr, ("--json", "--train")),
+        "compare --json = --test": (["compare", "--train", tr, "--test", te, "--methods", "zero_shot", "--json", te], te, ("--json", "--test")),
+        "calibrate longtail --json = --features": (
+            ["calibrate", "longtail", "--features", tr, "--test", te, "--imbalance", "2", "--methods", "plain", "--json", tr], tr,
+            ("--json", "--features"),
+        ),
+        "calibrate federated --json = --test": (
+            ["calibrate", "federated", "--features", tr, "--test", te, "--clients", "2", "--rounds", "1", "--methods", "fedavg",
+             "--json", te], te, ("--json", "--test"),
+        ),
+    }[case]
+    _refused(argv, capsys, Path(protected), *names)
+
+
+def test_links_to_an_input_are_the_input(files, tmp_path, capsys):
+    tr, te, m = str(files["train"]), str(files["test"]), str(files["model"])
+    sym = tmp_path / "sub" / "link.csv"
+    sym.parent.mkdir()
+    sym.symlink_to(files["test"])
+    _refused(["predict", "--model", m, "--features", te, "--out", str(sym)], capsys, files["test"], "--out", "--features")
+    # A path that reaches the input through a linked folder, and a hard link.
+    (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)
+    _refused(["fit", "--train", tr, "--out", str(tmp_path / "alias" / "train.npz")], capsys, files["train"], "--train")
+    hard = tmp_path / "hard.npz"
+    os.link(files["train"], hard)
+    _refused(["fit", "--train", tr, "--out", str(hard)], capsys, files["train"], "--train")
+
+
+def test_bad_outputs_are_refused_before_the_fit(files, tmp_path, capsys, monkeypatch):
+    from gpua import GPUA
+
+    def no_fit(*a, **k):  # the checks must come first: a 10-minute fit must not run for nothing
+        raise AssertionError("fit ran before the output path was checked")
+
+    monkeypatch.setattr(GPUA, "fit", no_fit)
+    tr = str(files["train"])
+    (tmp_path / "folder").mkdir()
+    err = _refused(["fit", "--train", tr, "--out", str(tmp_path / "folder")], capsys, files["train"], "--out")
+    assert "is an existing folder" in err
+    err = _refused(["fit", "--train", tr, "--out", str(files["test"] / Path("x") / "m.gpua")], capsys, files["train"], "--out")
+    assert "which is a file" in err
+    if sys.platform.startswith("linux") and os.path.isdir("/sys/kernel"):
+        unwritable = "/sys/kernel/gpua-test-model.gpua"  # not writable even by root
+    elif os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        unwritable = str(ro / "m.gpua")
+    else:  # pragma: no cover
+        pytest.skip("no unwritable folder available")
+    err = _refused(["fit", "--train", tr, "--out", unwritable], capsys, files["train"], "--out")
+    assert "cannot be written" in err
+    # Two outputs on one path.
+    err = _refused(["fit", "--train", tr, "--out", str(tmp_path / "x"), "--checkpoint", str(tmp_path / "x")], capsys, files["train"])
+    assert "--checkpoint" in err and "--out" in err
+
+
+# -- segmentation -------------------------------------------------------------------------------
+@pytest.fixture
+def seg_dirs(tmp_path):
+    from gpua.segment.planted import make_planted_world
+
+    world = make_planted_world(3, seed=0)
+    images, labels = world.sample(2, (32, 32), seed=2)
+    for sub in ("imgs", "gt", "pred"):
+        (tmp_path / sub).mkdir()
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        Image.fromarray(im).save(tmp_path / "imgs" / f"t{i}.png")
+        Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "gt" / f"t{i}.png")
+        Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "pred" / f"t{i}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(world.classnames) + "\n")
+    return tmp_path
+
+
+def test_segment_refuses_to_write_masks_over_the_images(seg_dirs, capsys):
+    d = seg_dirs
+    argv = ["segment", "--zero-shot", "--images", str(d / "imgs"), "--out", str(d / "imgs"), "--classnames",
+            str(d / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple"]
+    _refused(argv, capsys, d / "imgs", "--out", "--images")
+
+
+def test_evaluate_seg_refuses_to_write_over_a_ground_truth_file(seg_dirs, capsys):
+    d = seg_dirs
+    argv = ["evaluate-seg", "--pred", str(d / "pred"), "--gt", str(d / "gt"), "--classnames", str(d / "classes.txt"),
+            "--out", str(d / "gt" / "t0.png")]
+    _refused(argv, capsys, d / "gt", "--out", "--gt")
+    # A new file beside the ground truth is fine: only existing input files are protected.
+    assert main(argv[:-1] + [str(d / "gt" / "scores.json")]) == 0
+
+
+def test_fit_seg_refuses_an_output_over_the_class_file(seg_dirs, capsys):
+    d = seg_dirs
+    argv = ["fit-seg", "--images", str(d / "imgs"), "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", "--templates", "simple", "--out", str(d / "classes.txt")]
+    _refused(argv, capsys, d / "classes.txt", "--out", "--classnames")
+
+
+# -- extract --------------------------------------------------------------------------------------
+class _Mean:
+    """A tiny deterministic encoder pair for extract: per-channel means of a 2x2 grid."""
+
+    @staticmethod
+    def register():
+        from gpua.encoders import Encoder, ImagePreprocess, register_encoder
+
+        class Mean(Encoder):
+            backend = "relmean"
+
+            def __init__(self, spec, vlm):
+                super().__init__(spec, ImagePreprocess(input_size=8, resize=8, mean=0.5, std=0.25), 12, patch_size=4)
+                self.is_vlm = vlm
+
+            def _patches(self, pixels):
+                B = pixels.shape[0]
+                return pixels.reshape(B, 3, 2, 4, 2, 4).mean(axis=(3, 5)).transpose(0, 2, 3, 1).repeat(4, axis=-1)
+
+            def _embed(self, pixels):
+                return self._patches(pixels).reshape(pixels.shape[0], -1)[:, :12] + 0.01
+
+            def _encode_text_batch(self, texts):
+                return np.stack([np.random.default_rng(sum(map(ord, t))).normal(size=12) for t in texts]).astype(np.float32)
+
+        register_encoder("relmean:vfm", lambda device="cpu", cache_dir=None: Mean("relmean:vfm", False), overwrite=True)
+        register_encoder("relmean:vlm", lambda device="cpu", cache_dir=None: Mean("relmean:vlm", True), overwrite=True)
+        return ["--vfm", "relmean:vfm", "--vlm", "relmean:vlm", "--quiet"]
+
+
+def _image_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), labels=np.arange(6) % 3,
+             classnames=np.asarray(["cat", "dog", "car"]))
+    return path
+
+
+def test_extract_refuses_to_overwrite_its_dataset(tmp_path, capsys):
+    enc = _Mean.register()
+    data = _image_npz(tmp_path / "imgs.npz")
+    _refused(["extract", *enc, "--data", str(data), "--out", str(data)], capsys, data, "out", "dataset")
+    # A shard-set output folder that holds the dataset would be replaced with it.
+    (tmp_path / "ds").mkdir()
+    inner = _image_npz(tmp_path / "ds" / "imgs.npz")
+    _refused(["extract", *enc, "--data", str(inner), "--out", str(tmp_path / "ds"), "--format", "shards"], capsys,
+             tmp_path / "ds", "dataset")
+    assert main(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "f.npz")]) == 0  # a free path works
+
+
+def test_extract_never_deletes_a_parts_folder_it_did_not_make(tmp_path, capsys):
+    enc = _Mean.register()
+    data = _image_npz(tmp_path / "imgs.npz")
+    parts = tmp_path / "results.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("my notes")
+    _refused(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "results"), "--no-resume"], capsys, parts,
+             "results.parts")
+    assert (parts / "notes.txt").read_text() == "my notes"
+    # A folder that looks like gpua's (a manifest) but holds a user's file is not deleted either.
+    (parts / "manifest.json").write_text('{"cache_key": "x", "shard_size": 1, "format": 1}')
+    _refused(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "results"), "--no-resume"], capsys, parts,
+             "results.parts")
+    # gpua's own stale parts folder is replaced as before.
+    shutil.rmtree(parts)
+    assert main(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "results")]) == 0
+    assert not parts.exists()
