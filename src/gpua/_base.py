@@ -160,6 +160,8 @@ class AlignmentEstimator:
             "n_classes": self.n_classes_,
             "classnames": self.classnames_,
             "state": self._extra_state(),
+            # Where the model came from (encoders, templates, feature file): a JSON object.
+            "provenance": _check_provenance(getattr(self, "provenance_", None)),
         }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"gpua": json.dumps(meta)})
@@ -172,6 +174,19 @@ class AlignmentEstimator:
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
+
+
+def _check_provenance(provenance) -> dict[str, Any]:
+    """``provenance_`` as saved: a JSON object (dict with string keys); None saves as {}."""
+    if provenance is None:
+        return {}
+    if not isinstance(provenance, dict) or not all(isinstance(k, str) for k in provenance):
+        raise GPUAError(f"provenance_ must be a dict with string keys, got {type(provenance).__name__}.")
+    try:
+        json.dumps(provenance)
+    except (TypeError, ValueError) as exc:
+        raise GPUAError(f"provenance_ must hold JSON values only ({exc}).") from None
+    return provenance
 
 
 def load_model(path: str | Path) -> AlignmentEstimator:
@@ -206,6 +221,7 @@ def load_model(path: str | Path) -> AlignmentEstimator:
     model.n_features_vlm_ = meta["n_features_vlm"]
     model.n_classes_ = meta["n_classes"]
     model.classnames_ = meta["classnames"]
+    model.provenance_ = dict(meta.get("provenance") or {})
     for k, v in meta.get("state", {}).items():
         setattr(model, k, v)
     missing = [n for n in ("text_prototypes_",) if not hasattr(model, n)]
