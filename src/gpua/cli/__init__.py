@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .. import __version__
 from .._errors import GPUAError
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # A library warning (classes matched by index, encoders that differ...) is one line.
+            warnings.showwarning = lambda message, *_a, **_k: print(f"gpua {args.command}: warning: {message}", file=sys.stderr)
+            return int(args.func(args) or 0)
     except GPUAError as exc:
         print(f"gpua {args.command}: error: {exc}", file=sys.stderr)
         return 2
