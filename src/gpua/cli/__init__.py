@@ -23,6 +23,8 @@ _SUBCOMMAND_MODULES = (
     "gpua.cli.demo",  # demo
     "gpua.cli.segment",  # fit-seg, segment, evaluate-seg
     "gpua.cli.calibrate",  # calibrate longtail | federated
+    "gpua.cli.classify",  # classify
+    "gpua.cli.benchmark",  # benchmark
 )
 
 

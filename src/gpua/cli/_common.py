@@ -67,10 +67,11 @@ class FitProgress:
     Use as ``with FitProgress(model, enabled) as cb: model.fit(..., callback=cb)``.
     """
 
-    def __init__(self, model, enabled: bool = True):
+    def __init__(self, model=None, enabled: bool = True):
+        # Without the model (built later by a library call), GPUA's defaults size the bars.
         self.enabled = bool(enabled)
         self.max_rounds = int(getattr(model, "max_outer", 10))
-        self.n_steps = int(getattr(model, "n_steps", 0)) if getattr(model, "refine", False) else 0
+        self.n_steps = int(getattr(model, "n_steps", 300)) if getattr(model, "refine", True) else 0
         self._ucm = self._refine = None
 
     def _bar(self, desc: str, total: int, unit: str):
