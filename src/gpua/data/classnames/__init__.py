@@ -186,7 +186,8 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
 def _json_mapping(path: str | os.PathLike) -> dict[str, list[str]] | None:
     """``{"name": ["word", ...] | "word", ...}`` from a JSON file, or None for any other content."""
     try:
-        text = open(path, encoding="utf-8-sig").read()
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
         data = json.loads(text) if text.lstrip()[:1] == "{" else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # read_string_list reports it
