@@ -82,6 +82,8 @@ def test_segment_reads_encoders_templates_and_classes_from_the_model(planted_dir
     d = planted_dirs
     model = d / "seg.gpua"
     assert main(["fit-seg", "--images", str(d / "pool"), "--out", str(model), "--patches-per-image", "16", *_common(d)]) == 0
+    err = capsys.readouterr().err
+    assert "patch features" in err and "UCM rounds" in err  # progress, as the streamed fit shows
     prov = load_model(model).provenance_
     assert (prov["vfm"], prov["vlm"], prov["templates"], prov["classnames"]) == ("planted:vfm", "planted:vlm", ["a photo of a {}."], ["sky", "grass", "road", "water", "sand"])
     assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--classnames", str(d / "classes.txt"), "--out", str(d / "m1")]) == 0

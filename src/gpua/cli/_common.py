@@ -7,7 +7,7 @@ import json
 
 from .._errors import GPUAError
 
-__all__ = ["parse_params", "add_estimator_arguments", "estimator_overrides", "parse_cluster", "FitProgress"]
+__all__ = ["parse_params", "add_estimator_arguments", "add_extraction_arguments", "estimator_overrides", "parse_cluster", "FitProgress"]
 
 
 def parse_params(pairs: list[str] | None) -> dict:
@@ -34,6 +34,15 @@ def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--seed", type=int, help="random_state")
     g.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other GPUA parameter (repeatable)")
+
+
+def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of commands that extract features on the way (classify, benchmark)."""
+    p.add_argument("--templates", default="auto", metavar="NAME|FILE",
+                   help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
+    p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def estimator_overrides(args) -> dict:

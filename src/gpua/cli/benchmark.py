@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_estimator_arguments, estimator_overrides
+from ._common import add_estimator_arguments, add_extraction_arguments, estimator_overrides
 
 __all__ = ["add_subcommands"]
 
@@ -37,13 +37,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pool", default="16-shot", help="fit pool from the train split: 16-shot (any N-shot) or full")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl, results.md and results.csv")
     p.add_argument("--dataset-root", metavar="DIR", help="CoOp's data folder (for CoOp datasets given by name)")
-    p.add_argument("--templates", default="auto", metavar="NAME|FILE", help="prompt templates ('auto': each dataset's own)")
     p.add_argument("--test-per-class", type=int, default=None, metavar="N",
                    help="score on N test images per class (a quick run; default: the whole test split)")
     p.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (and of --test-per-class)")
-    p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_extraction_arguments(p)
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_benchmark)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import add_estimator_arguments, estimator_overrides
+from ._common import add_estimator_arguments, add_extraction_arguments, estimator_overrides
 
 __all__ = ["add_subcommands"]
 
@@ -33,15 +33,11 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FILE.csv", help="predictions CSV to write")
     p.add_argument("--vfm", default=_DEFAULT_VFM, metavar="ENCODER", help="vision foundation model")
     p.add_argument("--vlm", default=_DEFAULT_VLM, metavar="ENCODER", help="vision-language model")
-    p.add_argument("--templates", default="auto", metavar="NAME|FILE",
-                   help="prompt templates ('auto': a benchmark's own, else CLIP's 80 ImageNet templates)")
     p.add_argument("--pool", metavar="DIR", help="folder of unlabeled photos to fit on (default: --images itself)")
     p.add_argument("--method", default="gpua", help="a method of gpua.list_methods(): gpua, zero_shot, procrustes_only...")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per photo")
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
-    p.add_argument("--cache-dir", help="feature and model cache (default: $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_extraction_arguments(p)
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_classify)
 
