@@ -94,6 +94,11 @@ def test_segment_reads_encoders_templates_and_classes_from_the_model(planted_dir
     # an override is said (here a 16-d encoder for the model's 24-d one: then refused)
     assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m3"), "--vfm", "planted:vlm"]) == 2
     assert "--vfm 'planted:vlm' overrides 'planted:vfm'" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m4"), "--templates", "openai_imagenet",
+                 "--vlm", "planted:vlm"]) == 0
+    err = capsys.readouterr().err
+    assert "--templates is not used" in err and "--vlm is not used" in err
     # zero-shot needs the VLM only (it demanded --vfm too)
     assert main(["segment", "--zero-shot", "--images", str(d / "test"), "--classnames", str(d / "classes.txt"), "--vlm", "planted:vlm",
                  "--templates", "simple", "--out", str(d / "zs")]) == 0

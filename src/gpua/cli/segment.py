@@ -15,8 +15,9 @@ the planted stand-ins of :mod:`gpua.segment.planted` (a demo that needs no weigh
 
 A model from ``fit-seg`` records its encoders, templates and classes (``provenance_``, and the
 ``.seg.json`` sidecar): ``segment --model`` and ``evaluate-seg --model`` read them from it, so
-``--vfm``, ``--vlm``, ``--templates`` and ``--classnames`` are needed only to override them (a
-different value is reported).
+``--vfm`` and ``--vlm`` are needed only to override them (a different value is reported),
+``--classnames`` must name the model's classes, and ``--templates`` (the model holds its own
+text prototypes) or a ``--vlm`` the model does not read are reported as unused.
 
 Heavy imports (torch, encoders, PIL, imgviz) happen inside the handlers: every ``gpua``
 command imports this module to build its parser.
@@ -157,6 +158,10 @@ def _recorded(given, recorded, option: str, model_path: str):
     return given if given is not None else recorded
 
 
+def _show_templates(t: list[str]) -> str:
+    return f"{len(t)} template(s): {t[0]!r}{', ...' if len(t) > 1 else ''}"
+
+
 def _list_images(folder: str, what: str = "--images") -> list[Path]:
     from ..data import IMAGE_EXTENSIONS
 
@@ -240,8 +245,15 @@ def _segmenter(args, classes=None):
         vfm = make_encoder(spec, args.device)
     if model is None:
         Y = _prototypes(vlm, prompt_names, resolve_templates(args.templates))
-    elif args.templates is not None:
-        _recorded(resolve_templates(args.templates), rec.get("templates"), "--templates", args.model)
+    else:
+        fitted_templates = rec.get("templates")
+        if isinstance(fitted_templates, str):  # older sidecars record the set's name
+            fitted_templates = resolve_templates(fitted_templates)
+        if args.templates is not None and fitted_templates and resolve_templates(args.templates) != fitted_templates:
+            warnings.warn(f"--templates is not used with --model: the model holds its text prototypes, built from "
+                          f"{_show_templates(fitted_templates)}.", stacklevel=2)
+        if args.vlm is not None and not uses_vlm:
+            warnings.warn("--vlm is not used with this model: it maps the VFM's patch features alone (query='vfm').", stacklevel=2)
     seg = DenseSegmenter(
         vfm,
         vlm,
