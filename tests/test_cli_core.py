@@ -32,8 +32,9 @@ def test_fit_evaluate_predict(files, tmp_path, capsys):
     pred = tmp_path / "p.csv"
     assert main(["predict", "--model", str(model), "--features", str(files["test"]), "--out", str(pred)]) == 0
     rows = list(csv.DictReader(pred.open()))
-    assert len(rows) == 1200 and rows[0]["classname"].startswith("class_")
-    assert abs(sum(float(r["label"] == r["label"]) for r in rows) - 1200) == 0
+    assert len(rows) == 1200 and rows[0]["prediction"].startswith("class_")
+    assert rows[0]["prediction"] == rows[0]["top1"] and float(rows[0]["top1_probability"]) >= float(rows[0]["top2_probability"])
+    assert list(rows[0])[:3] == ["image", "prediction", "probability"]
 
 
 def test_compare_table(files, tmp_path, capsys):
@@ -61,3 +62,154 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("fit", "evaluate", "predict", "compare"):
         assert cmd in out
+
+
+def _save(path, part, order=None, classnames=True, k=None):
+    """The planted test set saved with its classes renumbered by ``order`` (new class j = old order[j])."""
+    names = list(part.classnames)
+    Y, y, keep = part.text_prototypes, part.labels, np.ones(len(part.labels), bool)
+    if k is not None:  # only the first k classes
+        keep = y < k
+        names, Y = names[:k], Y[:k]
+    y = y[keep]
+    if order is not None:
+        inv = np.argsort(order)
+        names, Y, y = [names[o] for o in order], Y[order], inv[y]
+    return save_features(path, vfm_features=part.vfm_features[keep], vlm_features=part.vlm_features[keep], text_prototypes=Y,
+                         labels=y, classnames=names if classnames else None)
+
+
+@pytest.fixture
+def fitted(files, tmp_path):
+    model = tmp_path / "m.gpua"
+    assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--n-steps", "20", "--no-progress"]) == 0
+    return model
+
+
+def _acc1(model, test, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--model", str(model), "--test", str(test), "--json", str(out)])
+    captured = capsys.readouterr()
+    return code, (json.loads(out.read_text())["metrics"]["acc1"] if code == 0 else None), captured.err
+
+
+def test_evaluate_matches_test_classes_to_the_model_by_name(planted, files, fitted, tmp_path, capsys):
+    _, test = planted
+    code, base, _ = _acc1(fitted, files["test"], tmp_path, capsys)
+    assert code == 0 and base > 0.5
+    order = np.random.default_rng(0).permutation(10)
+    shuffled = _save(tmp_path / "shuffled.npz", test, order)
+    code, acc, err = _acc1(fitted, shuffled, tmp_path, capsys)
+    assert code == 0 and acc == pytest.approx(base)  # by index this scores about 1/10 of it
+    assert json.loads((tmp_path / "r.json").read_text())["gpua"]["classes_matched"] == "by name (reordered)"
+
+
+def test_evaluate_refuses_other_classes_and_warns_without_names(planted, fitted, tmp_path, capsys):
+    _, test = planted
+    code, _, err = _acc1(fitted, _save(tmp_path / "five.npz", test, k=5), tmp_path, capsys)
+    assert code == 2 and "5 classes" in err and "10" in err and "'class_9'" in err
+    renamed = _save(tmp_path / "renamed.npz", test)
+    from gpua.features import load_features
+
+    fs = load_features(renamed)
+    fs.classnames[3] = "zebra"
+    save_features(renamed, fs)
+    code, _, err = _acc1(fitted, renamed, tmp_path, capsys)
+    assert code == 2 and "'zebra'" in err and "'class_3'" in err and "gpua evaluate: error:" in err
+    code, acc, err = _acc1(fitted, _save(tmp_path / "nonames.npz", test, classnames=False), tmp_path, capsys)
+    assert code == 0 and acc > 0.5 and "gpua evaluate: warning:" in err and "by index" in err
+
+
+def test_compare_matches_classes_by_name(planted, files, tmp_path, capsys):
+    _, test = planted
+    shuffled = _save(tmp_path / "shuffled.npz", test, np.random.default_rng(1).permutation(10))
+    accs = []
+    for t in (files["test"], shuffled):
+        out = tmp_path / "c.json"
+        assert main(["compare", "--train", str(files["train"]), "--test", str(t), "--methods", "zero_shot,procrustes_only", "--json", str(out)]) == 0
+        accs.append([r["acc1"] for r in json.loads(out.read_text())["results"]])
+    assert accs[0] == pytest.approx(accs[1])
+    assert main(["compare", "--train", str(files["train"]), "--test", str(_save(tmp_path / "five.npz", test, k=5))]) == 2
+    assert main(["compare", "--train", str(files["train"]), "--test", str(files["test"]), "--methods", "gpua,nope"]) == 2
+    assert "'nope'" in capsys.readouterr().err
+
+
+def test_compare_prints_one_unit_and_flags_acc5(planted, tmp_path, capsys):
+    train, test = planted
+    paths = [_save(tmp_path / f"{n}.npz", part, k=4) for n, part in (("tr", train), ("te", test))]
+    assert main(["compare", "--train", str(paths[0]), "--test", str(paths[1]), "--methods", "zero_shot"]) == 0
+    out = capsys.readouterr().out
+    progress = next(line for line in out.splitlines() if line.strip().startswith("zero_shot") and "%" in line)
+    table = next(line for line in out.splitlines() if line.startswith("zero_shot") and "%" not in line)
+    assert progress.split("acc1")[1].split("%")[0].strip() == table.split()[1]  # the same number, in percent
+    assert "acc1 (%)" in out and "100.00*" in out and "by construction" in out
+
+
+def test_predict_warns_when_the_file_names_other_classes(planted, fitted, tmp_path, capsys):
+    _, test = planted
+    shuffled = _save(tmp_path / "shuffled.npz", test, np.random.default_rng(2).permutation(10))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(fitted), "--features", str(_save(tmp_path / "five.npz", test, k=5)), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert main(["predict", "--model", str(fitted), "--features", str(shuffled), "--out", str(tmp_path / "p.csv"), "--top-k", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err  # same classes, other order: the model's names are right
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert "top3" not in rows[0] and rows[0]["top2"].startswith("class_")
+
+
+def test_fit_records_provenance_and_evaluate_names_the_encoders(files, tmp_path, capsys):
+    from gpua import load_model
+    from gpua.features import load_features
+
+    fs = load_features(files["train"])
+    fs.meta = {"vfm": {"spec": "offline:dinov2-s"}, "vlm": {"spec": "offline:semantic-lite0"}, "templates": ["a {}."],
+               "cache_key": "abc", "dataset": {"name": "planted", "split": "train"}}
+    save_features(tmp_path / "train.npz", fs)
+    test = load_features(files["test"])
+    test.meta = {**fs.meta, "dataset": {"name": "planted", "split": "test"}}
+    save_features(tmp_path / "test.npz", test)
+    model = tmp_path / "m.gpua"
+    assert main(["fit", "--train", str(tmp_path / "train.npz"), "--out", str(model), "--n-steps", "10"]) == 0
+    out = capsys.readouterr()
+    assert "UCM rounds" in out.err  # progress bars, as the streamed fit shows
+    assert "not an accuracy" in out.out
+    prov = load_model(model).provenance_
+    assert prov["vfm"] == "offline:dinov2-s" and prov["vlm"] == "offline:semantic-lite0" and prov["templates"] == ["a {}."]
+    assert prov["features"]["cache_key"] == "abc" and prov["classnames"] == fs.classnames
+    assert main(["evaluate", "--model", str(model), "--test", str(tmp_path / "test.npz"), "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert (res["dataset"], res["vfm"], res["vlm"], res["task"]) == ("planted/test", "offline:dinov2-s", "offline:semantic-lite0", "zeroshot_classification")
+    assert set(res["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    test.meta["vfm"] = {"spec": "offline:efficientnet-lite2"}
+    save_features(tmp_path / "test2.npz", test)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--test", str(tmp_path / "test2.npz")]) == 0
+    assert "offline:efficientnet-lite2" in capsys.readouterr().err
+
+
+def test_evaluate_report_and_plot(files, fitted, tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "cm.png"
+    assert main(["evaluate", "--model", str(fitted), "--test", str(files["test"]), "--report", "--plot", str(png), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "precision (%)" in printed and "confusion matrix" in printed and "class_9" in printed
+    res = json.loads(out.read_text())
+    assert set(res["per_class"]["class_0"]) == {"precision", "recall", "f1-score", "support"}
+    C = np.asarray(res["confusion_matrix"]["rows_true_columns_predicted"])
+    assert C.shape == (10, 10) and C.sum() == 1200
+    assert np.trace(C) / C.sum() == pytest.approx(res["metrics"]["acc1"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_and_predict_read_shard_sets(planted, files, fitted, tmp_path, capsys):
+    from gpua.features import write_shards
+
+    _, test = planted
+    shards = tmp_path / "test_shards"
+    write_shards(shards, test.vfm_features, test.vlm_features, labels=test.labels, text_prototypes=test.text_prototypes,
+                 classnames=test.classnames, rows_per_shard=500, dtype="float32")
+    r1, r2 = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["evaluate", "--model", str(fitted), "--test", str(files["test"]), "--json", str(r1)]) == 0
+    assert main(["evaluate", "--model", str(fitted), "--test", str(shards), "--json", str(r2)]) == 0
+    assert json.loads(r1.read_text())["metrics"] == pytest.approx(json.loads(r2.read_text())["metrics"])
+    assert main(["predict", "--model", str(fitted), "--features", str(shards), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 1200

@@ -54,3 +54,27 @@ def test_default_demo_is_the_table_the_issue_names():
     assert demo_mod.DEMO_VFMS == ("offline:dinov2-s",)
     assert set(demo_mod.DEMO_METHODS) == {"zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm"}
     assert set(demo_mod.ALL_DEMO_VFMS) >= set(demo_mod.DEMO_VFMS) and np.all([m in demo_mod.ALL_DEMO_METHODS for m in demo_mod.DEMO_METHODS])
+
+
+def test_demo_checks_methods_first_and_says_where_its_features_are(planted, tmp_path, monkeypatch, capsys):
+    from gpua.features import save_features
+
+    paths = {}
+    for split, part in zip(("train", "test"), planted):
+        paths[split] = save_features(tmp_path / f"{split}.npz", _feature_set(part))
+    calls = []
+    monkeypatch.setattr(demo_mod, "demo_features", lambda *a, **k: calls.append(a) or paths)
+    with pytest.raises(Exception, match="'gpau'"):
+        demo_mod.run_demo(tmp_path / "out", methods=["zero_shot", "gpau"], plot=False, progress=False)
+    assert not calls  # refused before any extraction
+    demo_mod.run_demo(tmp_path / "out", methods=["zero_shot"], plot=False, progress=False)
+    out = capsys.readouterr().out
+    assert f"features: {paths['train']} and {paths['test']}" in out and "cached" in out
+
+
+def test_demo_cache_paths_are_stable(tmp_path):
+    """The demo's feature files keep their names (the README's calibration commands read them)."""
+    from gpua.classify import feature_cache_path
+
+    p = feature_cache_path("demo", "cifar10-mini_train", "offline:dinov2-s", "offline:semantic-lite0", tmp_path)
+    assert p == tmp_path / "demo" / "cifar10-mini_train__offline-dinov2-s__offline-semantic-lite0.npz"

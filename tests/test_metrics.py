@@ -1,28 +1,64 @@
 import numpy as np
 import pytest
 
+from gpua._errors import GPUAError
 from gpua.metrics import (
     classification_report,
+    confusion_matrix,
     hubness_skewness,
     k_occurrence,
     mean_per_class_recall,
     robin_hood_index,
+    score_summary,
     topk_accuracy,
 )
 
 
-def test_topk_by_hand():
+def test_topk_by_hand_in_sklearn_order():
     S = np.array([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1]])
     y = np.array([0, 1, 1, 2])
-    assert topk_accuracy(S, y, 1) == 0.5
-    assert topk_accuracy(S, y, 2) == 0.75
-    assert topk_accuracy(S, y, 3) == 1.0
+    assert topk_accuracy(y, S, 1) == 0.5
+    assert topk_accuracy(y, S, 2) == 0.75
+    assert topk_accuracy(y, S, k=(1, 2, 3)) == (0.5, 0.75, 1.0)
+    assert topk_accuracy(y, S, k=(1, 5)) == (0.5, 1.0)  # k above K: 1.0
+    with pytest.raises(GPUAError, match="scikit-learn's order"):
+        topk_accuracy(S, y)
+    with pytest.raises(GPUAError, match="positive integer"):
+        topk_accuracy(y, S, k=0)
+
+
+def test_topk_matches_sklearn():
+    from sklearn.metrics import top_k_accuracy_score
+
+    rng = np.random.default_rng(0)
+    S = rng.random((300, 12))
+    y = rng.integers(0, 12, 300)
+    for k in (1, 2, 5):
+        assert topk_accuracy(y, S, k) == pytest.approx(top_k_accuracy_score(y, S, k=k, labels=np.arange(12)))
 
 
 def test_mean_per_class_recall_weights_classes_equally():
     y = np.array([0] * 9 + [1])
     pred = np.zeros(10, dtype=int)
-    assert mean_per_class_recall(pred, y) == pytest.approx(0.5)
+    assert mean_per_class_recall(y, pred) == pytest.approx(0.5)
+    # the order matters: swapped, this would be the mean precision over predicted classes (0.9)
+    assert mean_per_class_recall(pred, y) != pytest.approx(0.5)
+
+
+def test_confusion_and_per_class_report_match_sklearn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 200)
+    p = np.where(rng.random(200) < 0.6, y, rng.integers(0, 4, 200))
+    p[p == 3] = 2  # class 3 never predicted: precision 0, as zero_division=0
+    np.testing.assert_array_equal(confusion_matrix(y, p, 4), skm.confusion_matrix(y, p, labels=range(4)))
+    ours = classification_report(y, p, classnames=["a", "b", "c", "d"])
+    ref = skm.classification_report(y, p, labels=range(4), target_names=["a", "b", "c", "d"], output_dict=True, zero_division=0)
+    for name in ("a", "b", "c", "d", "macro avg", "weighted avg"):
+        for key in ("precision", "recall", "f1-score", "support"):
+            assert ours[name][key] == pytest.approx(ref[name][key]), (name, key)
+    assert ours["accuracy"] == pytest.approx(ref["accuracy"])
 
 
 def test_k_occurrence_and_hubs():
@@ -39,6 +75,7 @@ def test_k_occurrence_and_hubs():
     assert hubness_skewness(S2, 2) > hubness_skewness(np.random.default_rng(0).random((200, 20)), 2)
 
 
-def test_report_keys():
-    rep = classification_report(np.eye(4), np.arange(4))
+def test_summary_keys():
+    rep = score_summary(np.arange(4), np.eye(4))
     assert rep["acc1"] == rep["acc5"] == rep["mean_per_class_recall"] == 1.0
+    assert rep["n_classes"] == 4

@@ -35,26 +35,20 @@ DEMO_METHODS = ("zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm")
 ALL_DEMO_METHODS = DEMO_METHODS + ("no_hubness", "lfa")
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get("GPUA_CACHE_DIR"):
-        return Path(os.environ["GPUA_CACHE_DIR"])
-    from platformdirs import user_cache_dir
+def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: str | None = None, progress: bool = True) -> dict[str, Path]:
+    """Extract (or reuse) the train and test feature files of the embedded CIFAR-10 photos.
 
-    return Path(user_cache_dir("gpua"))
-
-
-def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: str = "cifar10", progress: bool = True) -> dict[str, Path]:
-    """Extract (or reuse) the train and test feature files of the embedded CIFAR-10 photos."""
+    They live in ``<cache>/demo/`` (``<cache>``: ``cache_dir``, ``$GPUA_CACHE_DIR`` or the user
+    cache, see :func:`gpua.classify.feature_cache_path`); ``templates`` defaults to ``"auto"``,
+    CLIP's 18 CIFAR templates here.
+    """
+    from .classify import feature_cache_path
     from .extract import extract_features
 
-    root = _cache_root(cache_dir) / "demo"
-    tag = f"{vfm}__{vlm}".replace(":", "-").replace("/", "-")
     paths = {}
     for split in ("train", "test"):
         paths[split] = extract_features(
-            vfm, vlm, "cifar10-mini", split=split, templates=templates, out=root / f"cifar10-mini_{split}__{tag}.npz",
+            vfm, vlm, "cifar10-mini", split=split, templates=templates, out=feature_cache_path("demo", f"cifar10-mini_{split}", vfm, vlm, cache_dir),
             cache_dir=cache_dir, progress=progress,
         )
     return paths
@@ -116,9 +110,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns (and writes) the results dictionary."""
     from .baselines import make_method
+    from .classify import check_methods
     from .features import load_features
     from .report import compare_methods, format_table, write_json
 
+    methods = check_methods(list(methods), "methods")  # before any extraction
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     results: dict[str, Any] = {
@@ -136,6 +132,7 @@ def run_demo(
             print(f"[{vfm} + {vlm}] features (cached after the first run)...", flush=True)
         paths = demo_features(vfm, vlm, cache_dir=cache_dir, progress=progress)
         extract_s = time.perf_counter() - t0
+        print(f"features: {paths['train']} and {paths['test']} (cached: a re-run reads them back; delete them to re-extract)", flush=True)
         train, test = load_features(paths["train"]), load_features(paths["test"])
         rows, fitted = compare_methods(train, test, methods, overrides=overrides, progress=progress, return_estimators=True)
         print(f"\n{vfm} (VFM) + {vlm} (VLM stand-in): fit on {train.n_samples} unlabeled train photos, scored on {test.n_samples} test photos")
@@ -144,7 +141,7 @@ def run_demo(
         results["runs"].append({"vfm": vfm, "extract_seconds": extract_s, "features": {k: str(v) for k, v in paths.items()}, "results": rows})
         if plot and not plot_done:
             model = fitted.get("gpua") or make_method("gpua", **(overrides or {})).fit(
-                train.vfm_features, train.vlm_features, train.text_prototypes)
+                train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
             mapped = model.transform(test.vfm_features, test.vlm_features)
             png = embedding_plot(
                 out_dir / "embedding_before_after.png",

@@ -48,7 +48,6 @@ FORMAT_VERSION = 1
 ON_ERROR = ("skip", "fail")
 FORMATS = ("auto", "file", "shards")
 _FILE_SUFFIXES = (".npz", ".safetensors")
-_DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -76,6 +75,17 @@ def _open_dataset(dataset: Any, split: str | None, classnames: Any):
     return dataset
 
 
+def _class_words(classnames: Any, names: list[str]) -> list[list[str]] | None:
+    """The prompt words of each class from a class-name file or dict (``automobile: car, automobile``),
+    or None when every class is prompted by its own name."""
+    from .data.classnames import resolve_class_prompts
+
+    resolved = None if classnames is None or isinstance(classnames, (list, tuple)) else resolve_class_prompts(classnames)
+    if resolved is None or resolved[0] != names or all(w == [n] for n, w in zip(*resolved)):
+        return None
+    return resolved[1]
+
+
 def _label(ds, i: int) -> int:
     """Image ``i``'s class index, -1 when unknown (unlabeled sets, or objects without ``label``)."""
     y = ds.label(i) if hasattr(ds, "label") else None
@@ -83,14 +93,9 @@ def _label(ds, i: int) -> int:
 
 
 def _resolve_templates(templates: Any, ds) -> list[str]:
-    from .data.prompts import get_templates
+    from .data.prompts import resolve_templates
 
-    if templates is not None:
-        return get_templates(templates)
-    try:  # a known benchmark has its own templates (CoOp's, or CLIP's for CIFAR)
-        return get_templates(getattr(ds, "name", "") or "")
-    except GPUAError:
-        return list(_DEFAULT_TEMPLATES)
+    return resolve_templates(templates, getattr(ds, "name", None))
 
 
 def _sha(obj: Any) -> str:
@@ -469,8 +474,8 @@ def extract_features(
         Class names in label order; default: the dataset's.
     templates : name, file or list of str, optional
         Prompt templates with a ``{}`` placeholder (:func:`gpua.data.prompts.get_templates`);
-        default: the dataset's own templates when it is a known benchmark, else
-        ``["a photo of a {}."]``.
+        default (``None`` or ``"auto"``, :func:`gpua.data.prompts.resolve_templates`): the
+        dataset's own templates when it is a known benchmark, else CLIP's 80 ImageNet templates.
     out : path
         Where to write. With ``format="auto"``: a name ending in ``.npz`` or ``.safetensors`` is
         one feature file; a name without a suffix is a shard-set folder
@@ -569,6 +574,7 @@ def extract_features(
 
     ds = _open_dataset(dataset, split, classnames)
     names = list(getattr(ds, "classnames", []) or [])
+    words = _class_words(classnames, names)
     if not names:
         raise GPUAError(
             f"dataset {getattr(ds, 'name', '')!r} has no class names, so there is nothing to build text prototypes "
@@ -602,6 +608,7 @@ def extract_features(
         "classnames": names,
         "templates": temps,
         "float16": bool(float16),
+        **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
     })
     if resume and out.exists() and _read_cache_key(out) == key:
         return out
@@ -655,7 +662,7 @@ def extract_features(
     if Y is None or Y.shape != (len(names), vlm.embed_dim):
         from .data.prompts import build_text_prototypes
 
-        Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress)
+        Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
         parts.save_text(Y)
 
     y = np.asarray([labels[j] for j in index], dtype=np.int64)
@@ -672,6 +679,7 @@ def extract_features(
         # Where the images came from is provenance, not identity (a moved file keeps its cache key).
         "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
         "templates": temps,
+        "class_prompts": words or [[n] for n in names],
         "float16": bool(float16),
         "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
     }

@@ -1,10 +1,20 @@
 """Scores for zero-shot classification and alignment diagnostics.
 
-Labels enter here and nowhere in fitting. The accuracy names follow CLIP_benchmark
-(``acc1``, ``acc5``, ``mean_per_class_recall``).
+Labels enter here and nowhere in fitting. Arguments come in scikit-learn's order: the truth
+first (``y_true``), then the predictions (``y_pred``) or the class scores (``y_score``, shape
+``(n_samples, n_classes)``). The accuracy names follow CLIP_benchmark (``acc1``, ``acc5``,
+``mean_per_class_recall``).
+
+* :func:`topk_accuracy`, :func:`mean_per_class_recall`, :func:`score_summary`: the headline
+  figures of one evaluation.
+* :func:`confusion_matrix`, :func:`classification_report`: per class (precision, recall, F1,
+  support), as scikit-learn's functions of the same names.
+* :func:`k_occurrence`, :func:`hubness_skewness`, :func:`robin_hood_index`: hubness.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -13,41 +23,158 @@ from ._errors import GPUAError
 __all__ = [
     "topk_accuracy",
     "mean_per_class_recall",
+    "confusion_matrix",
+    "classification_report",
+    "score_summary",
     "k_occurrence",
     "hubness_skewness",
     "robin_hood_index",
-    "classification_report",
 ]
 
 
-def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    S = np.asarray(scores)
-    y = np.asarray(labels)
+def _labels_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    S = np.asarray(y_score)
+    if y.ndim == 2 and S.ndim == 1:
+        raise GPUAError(
+            f"y_true has shape {y.shape} and y_score {S.shape}: pass (y_true, y_score) in scikit-learn's order, "
+            "the labels first."
+        )
     if S.ndim != 2 or y.ndim != 1 or S.shape[0] != y.shape[0]:
-        raise GPUAError(f"scores (n, K) and labels (n,) do not match: {S.shape} vs {y.shape}.")
-    return S, y.astype(np.int64)
+        raise GPUAError(f"y_true (n,) and y_score (n, K) do not match: {y.shape} vs {S.shape}.")
+    return y.astype(np.int64), S
 
 
-def topk_accuracy(scores, labels, k: int = 1) -> float:
+def _labels_pred(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y, p = np.asarray(y_true), np.asarray(y_pred)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise GPUAError(
+            f"y_true and y_pred must be 1-D arrays of the same length, got {y.shape} and {p.shape} "
+            "(for class scores use topk_accuracy / score_summary)."
+        )
+    return y.astype(np.int64), p.astype(np.int64)
+
+
+def topk_accuracy(y_true, y_score, k: int | Sequence[int] = 1) -> float | tuple[float, ...]:
     """Fraction of rows whose true label is among the ``k`` highest scores.
 
     Parameters
     ----------
-    scores : array of shape (n_samples, n_classes)
-    labels : int array of shape (n_samples,)
+    y_true : int array of shape (n_samples,)
+    y_score : array of shape (n_samples, n_classes)
+    k : int or sequence of int
+        One ``k``, or several (``k=(1, 5)`` gives the pair ``(acc1, acc5)``). A ``k`` at or
+        above ``n_classes`` gives 1.0: the figure says nothing then.
+
+    Returns
+    -------
+    float, or a tuple of floats (one per ``k``) when ``k`` is a sequence
     """
-    S, y = _scores_labels(scores, labels)
-    k = min(k, S.shape[1])
-    top = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    return float(np.mean(np.any(top == y[:, None], axis=1)))
+    y, S = _labels_scores(y_true, y_score)
+    ks = (k,) if np.isscalar(k) else tuple(k)
+    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in ks):
+        raise GPUAError(f"k={k!r} must be a positive integer or a sequence of them, e.g. k=(1, 5).")
+    out = []
+    for v in ks:
+        v = min(int(v), S.shape[1])
+        top = np.argpartition(-S, v - 1, axis=1)[:, :v]
+        out.append(float(np.mean(np.any(top == y[:, None], axis=1))))
+    out = tuple(out)
+    return out[0] if np.isscalar(k) else out
 
 
-def mean_per_class_recall(pred, labels, n_classes: int | None = None) -> float:
-    """Recall averaged over the classes present in ``labels``."""
-    pred = np.asarray(pred)
-    y = np.asarray(labels)
-    classes = np.unique(y)
-    return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
+def mean_per_class_recall(y_true, y_pred) -> float:
+    """Recall averaged over the classes present in ``y_true`` (CLIP_benchmark's figure).
+
+    Parameters
+    ----------
+    y_true, y_pred : int arrays of shape (n_samples,)
+    """
+    y, p = _labels_pred(y_true, y_pred)
+    return float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)]))
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int | None = None) -> np.ndarray:
+    """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (scikit-learn's layout).
+
+    Parameters
+    ----------
+    y_true, y_pred : int arrays of shape (n_samples,)
+    n_classes : int, optional
+        Default: one more than the largest label or prediction.
+
+    Returns
+    -------
+    int array of shape (n_classes, n_classes)
+    """
+    y, p = _labels_pred(y_true, y_pred)
+    K = int(max(y.max(initial=-1), p.max(initial=-1)) + 1) if n_classes is None else int(n_classes)
+    if y.size and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= K):
+        raise GPUAError(f"labels and predictions must lie in [0, {K}); got [{min(y.min(), p.min())}, {max(y.max(), p.max())}].")
+    return np.bincount(y * K + p, minlength=K * K).reshape(K, K)
+
+
+def classification_report(y_true, y_pred, *, classnames: Sequence[str] | None = None, n_classes: int | None = None) -> dict:
+    """Precision, recall, F1 and support per class, as scikit-learn's ``output_dict=True`` form.
+
+    Parameters
+    ----------
+    y_true, y_pred : int arrays of shape (n_samples,)
+    classnames : sequence of str, optional
+        Keys of the per-class entries (default ``"0"``, ``"1"``...); their count fixes ``n_classes``.
+    n_classes : int, optional
+
+    Returns
+    -------
+    dict
+        ``{name: {"precision", "recall", "f1-score", "support"}}`` for every class, then
+        ``"accuracy"``, ``"macro avg"`` and ``"weighted avg"``. A class never predicted has
+        precision 0 (scikit-learn's ``zero_division=0``); a class absent from ``y_true`` has
+        support 0 and recall 0.
+    """
+    if classnames is not None:
+        n_classes = len(classnames)
+    C = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    tp, support, predicted = np.diag(C), C.sum(1), C.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    names = [str(c) for c in classnames] if classnames is not None else [str(k) for k in range(C.shape[0])]
+    out: dict = {
+        n: {"precision": float(precision[k]), "recall": float(recall[k]), "f1-score": float(f1[k]), "support": int(support[k])}
+        for k, n in enumerate(names)
+    }
+    total = support.sum()
+    out["accuracy"] = float(tp.sum() / total) if total else 0.0
+    w = support / total if total else np.zeros_like(support)
+    for key, avg in (("macro avg", lambda a: float(a.mean())), ("weighted avg", lambda a: float((a * w).sum()))):
+        out[key] = {"precision": avg(precision), "recall": avg(recall), "f1-score": avg(f1), "support": int(total)}
+    return out
+
+
+def score_summary(y_true, y_score, *, hubness_k: int = 10) -> dict[str, float]:
+    """The headline figures of one evaluation from the class scores.
+
+    Returns
+    -------
+    dict
+        ``acc1``, ``acc5``, ``mean_per_class_recall``, ``hubness_skewness``,
+        ``robin_hood_index`` and ``n_classes`` (with 5 classes or fewer ``acc5`` is 1.0 by
+        construction; :func:`gpua.report.format_table` flags it).
+    """
+    y, S = _labels_scores(y_true, y_score)
+    acc1, acc5 = topk_accuracy(y, S, k=(1, 5))
+    # k-occurrence over k >= K columns is flat by construction: cap k at half the classes.
+    hubness_k = max(1, min(hubness_k, S.shape[1] // 2))
+    return {
+        "acc1": acc1,
+        "acc5": acc5,
+        "mean_per_class_recall": mean_per_class_recall(y, S.argmax(1)),
+        "hubness_skewness": hubness_skewness(S, hubness_k),
+        "robin_hood_index": robin_hood_index(S, hubness_k),
+        "n_classes": int(S.shape[1]),
+    }
 
 
 def k_occurrence(scores, k: int = 10) -> np.ndarray:
@@ -84,18 +211,3 @@ def robin_hood_index(scores, k: int = 10) -> float:
     """
     counts = k_occurrence(scores, k).astype(np.float64)
     return float(0.5 * np.abs(counts - counts.mean()).sum() / counts.sum())
-
-
-def classification_report(scores, labels, *, hubness_k: int = 10) -> dict[str, float]:
-    """``acc1``, ``acc5``, ``mean_per_class_recall``, hubness skewness and Robin Hood index."""
-    S, y = _scores_labels(scores, labels)
-    pred = S.argmax(1)
-    # k-occurrence over k >= K columns is flat by construction: cap k at half the classes.
-    hubness_k = max(1, min(hubness_k, S.shape[1] // 2))
-    return {
-        "acc1": topk_accuracy(S, y, 1),
-        "acc5": topk_accuracy(S, y, 5),
-        "mean_per_class_recall": mean_per_class_recall(pred, y),
-        "hubness_skewness": hubness_skewness(S, hubness_k),
-        "robin_hood_index": robin_hood_index(S, hubness_k),
-    }

@@ -1,63 +1,199 @@
-"""Result tables and JSON: fit several methods on one pool, score them on a test set.
+"""Result tables and JSON: score a model, fit several methods on one pool, say where a model came from.
 
-The JSON of one evaluation follows CLIP_benchmark's shape (``metrics: {acc1, acc5,
-mean_per_class_recall}``) and adds gpua's own diagnostics beside it.
+The JSON of one evaluation follows CLIP_benchmark's shape (``dataset``, ``task``, ``metrics:
+{acc1, acc5, mean_per_class_recall}``), names the two encoders (``vfm``, ``vlm``) as
+CLIP_benchmark names its model, and adds gpua's own diagnostics beside it. Test labels are
+matched to the model's classes by name (:func:`gpua.data.classnames.match_classes`) before
+anything is scored.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_write_text
+from ._atomic import atomic_path, atomic_write_text
 from ._errors import GPUAError
 from .baselines import list_methods, make_method
+from .data.classnames import match_classes
 from .features import FeatureSet
-from .metrics import classification_report
+from .metrics import classification_report, confusion_matrix, score_summary
 
-__all__ = ["evaluate_model", "compare_methods", "format_table", "write_json"]
+__all__ = [
+    "evaluate_model",
+    "compare_methods",
+    "format_table",
+    "format_class_report",
+    "plot_confusion_matrix",
+    "provenance_from_features",
+    "encoders_of",
+    "write_json",
+    "write_predictions",
+]
+
+_PCT = {"acc1", "acc5", "mean_per_class_recall", "pseudo_label_acc"}
 
 
-def evaluate_model(model, test: FeatureSet, *, dataset: str = "", model_name: str = "") -> dict[str, Any]:
-    """Score a fitted model on a labelled feature set; CLIP_benchmark-shaped dict."""
-    test.require("labels", source="the test feature file (labels are needed to score)")
-    needs_vlm = getattr(model, "query", "vfm") == "fused" or type(model).__name__ == "VLMZeroShot"
-    if needs_vlm:
-        test.require("vlm_features", source="the test feature file")
-    if type(model).__name__ != "VLMZeroShot":
-        test.require("vfm_features", source="the test feature file")
+def provenance_from_features(meta: dict[str, Any], *, classnames: Sequence[str] | None = None, source: str | None = None) -> dict[str, Any]:
+    """The ``provenance_`` of a model fitted on features with this metadata (what ``gpua extract`` writes).
+
+    Parameters
+    ----------
+    meta : dict
+        A feature file's or shard set's ``meta``.
+    classnames : sequence of str, optional
+        The class names the model was fitted with.
+    source : str, optional
+        The feature file or shard set's path.
+
+    Returns
+    -------
+    dict
+        ``vfm`` and ``vlm`` (encoder specs), ``templates``, ``classnames``, ``class_prompts``
+        (the prompt words of each class), and ``features`` (``path``, ``cache_key``,
+        ``dataset``, ``split``, ``n_images``); keys whose value is unknown are left out.
+    """
+    ds = meta.get("dataset") or {}
+    feats = {
+        "path": source,
+        "cache_key": meta.get("cache_key"),
+        "dataset": ds.get("name"),
+        "split": ds.get("split"),
+        "n_images": ds.get("n_images"),
+    }
+    out = {
+        "vfm": (meta.get("vfm") or {}).get("spec"),
+        "vlm": (meta.get("vlm") or {}).get("spec"),
+        "templates": meta.get("templates"),
+        "classnames": None if classnames is None else list(classnames),
+        "class_prompts": meta.get("class_prompts"),
+        "features": {k: v for k, v in feats.items() if v is not None},
+    }
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+def encoders_of(meta: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The (VFM, VLM) encoder specs recorded in a model's ``provenance_`` or a feature file's ``meta``."""
+    def spec(v):
+        return v.get("spec") if isinstance(v, dict) else v
+
+    return spec(meta.get("vfm")), spec(meta.get("vlm"))
+
+
+def _n_classes(fs: FeatureSet) -> int | None:
+    if fs.classnames is not None:
+        return len(fs.classnames)
+    if fs.text_prototypes is not None:
+        return int(fs.text_prototypes.shape[0])
+    return None
+
+
+def _dataset_name(fs: FeatureSet) -> str:
+    ds = fs.meta.get("dataset") or {}
+    return "/".join(str(ds[k]) for k in ("name", "split") if ds.get(k)) or ""
+
+
+def evaluate_model(
+    model,
+    test: FeatureSet,
+    *,
+    dataset: str = "",
+    model_name: str = "",
+    test_name: str = "the test features",
+    report: bool = False,
+) -> dict[str, Any]:
+    """Score a fitted model on a labelled feature set; a CLIP_benchmark-shaped dict.
+
+    The test labels are matched to the model's classes by name when both sides have names
+    (reordered if needed), refused when the names or class counts differ, and matched by index
+    with a warning when a side has no names.
+
+    Parameters
+    ----------
+    model : fitted estimator
+    test : FeatureSet
+        With ``labels``.
+    dataset : str
+        The dataset's name in the result (default: the test file's dataset and split).
+    model_name : str
+        How to call the model (its file), for messages and the ``model_file`` key.
+    test_name : str
+        How to call the test features in messages.
+    report : bool
+        Add ``per_class`` (precision, recall, F1, support by class name) and
+        ``confusion_matrix`` (rows: true class, columns: predicted, in the model's class order).
+
+    Returns
+    -------
+    dict
+        ``dataset``, ``vfm``, ``vlm``, ``task``, ``metrics`` and ``gpua`` (diagnostics).
+    """
+    test.require("labels", source=f"{test_name} (labels are needed to score)")
+    is_zero_shot = type(model).__name__ == "VLMZeroShot"
+    if getattr(model, "query", "vfm") == "fused" or is_zero_shot:
+        test.require("vlm_features", source=test_name)
+    if not is_zero_shot:
+        test.require("vfm_features", source=test_name)
+    model_src = f"model {model_name!r}" if model_name else "the model"
+    match = match_classes(
+        getattr(model, "classnames_", None), test.classnames, n_model=model.n_classes_, n_data=_n_classes(test) or model.n_classes_,
+        model_source=model_src, data_source=test_name,
+    )
+    if match.note:
+        warnings.warn(match.note, stacklevel=2)
+    y = match.map_labels(test.labels)
+    prov = dict(getattr(model, "provenance_", None) or {})
+    vfm, vlm = encoders_of(prov)
+    test_vfm, test_vlm = encoders_of(test.meta)
+    for role, fitted, used in (("VFM", vfm, test_vfm), ("VLM", vlm, test_vlm)):
+        if fitted and used and fitted != used:
+            warnings.warn(f"{test_name} holds {role} features of {used!r} but {model_src} was fitted on {fitted!r}; "
+                          "the scores compare features of different encoders.", stacklevel=2)
     t0 = time.perf_counter()
     scores = model.decision_function(test.vfm_features, test.vlm_features)
     seconds = time.perf_counter() - t0
-    rep = classification_report(scores, test.labels)
+    rep = score_summary(y, scores)
     out: dict[str, Any] = {
-        "dataset": dataset,
-        "model": model_name or type(model).__name__,
+        "dataset": dataset or _dataset_name(test),
+        "vfm": vfm or test_vfm,
+        "vlm": vlm or test_vlm,
         "task": "zeroshot_classification",
         "metrics": {k: rep[k] for k in ("acc1", "acc5", "mean_per_class_recall")},
+        "model_file": model_name or None,
         "gpua": {
+            "method": type(model).__name__,
             "hubness_skewness": rep["hubness_skewness"],
             "robin_hood_index": rep["robin_hood_index"],
             "n_samples": int(scores.shape[0]),
             "n_classes": int(scores.shape[1]),
+            "classes_matched": "by name" + (" (reordered)" if match.reordered else "") if match.by_name else "by index (no names)",
             "predict_seconds": seconds,
+            "templates": prov.get("templates"),
+            "fit_features": prov.get("features"),
             "params": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in model.get_params().items()},
         },
     }
     if test.vlm_features is not None and hasattr(model, "text_prototypes_"):
         zs = test.vlm_features / np.linalg.norm(test.vlm_features, axis=1, keepdims=True)
         zs_scores = zs @ model.text_prototypes_.cpu().numpy().T
-        zs_rep = classification_report(zs_scores, test.labels)
+        zs_rep = score_summary(y, zs_scores)
         out["gpua"]["zero_shot_metrics"] = {k: zs_rep[k] for k in ("acc1", "acc5", "mean_per_class_recall")}
         out["gpua"]["agreement_with_zero_shot"] = float(np.mean(zs_scores.argmax(1) == scores.argmax(1)))
     hist = getattr(model, "history_", None)
     if hist:
         out["gpua"]["pseudo_label_agreement"] = hist.get("pseudo_label_agreement")
         out["gpua"]["fit_timings"] = hist.get("timings")
+    if report:
+        names = list(getattr(model, "classnames_", None) or [str(k) for k in range(scores.shape[1])])
+        pred = scores.argmax(1)
+        out["per_class"] = classification_report(y, pred, classnames=names)
+        out["confusion_matrix"] = {"classnames": names, "rows_true_columns_predicted": confusion_matrix(y, pred, len(names)).tolist()}
     return out
 
 
@@ -69,17 +205,29 @@ def compare_methods(
     overrides: dict[str, Any] | None = None,
     progress: bool = False,
     return_estimators: bool = False,
+    train_name: str = "the training features",
+    test_name: str = "the test features",
 ):
     """Fit each named method on ``train`` (no labels) and score it on ``test``.
 
     Returns one row per method: name, acc1, acc5, mean_per_class_recall, hubness, fit seconds
     and, for GPUA variants, pseudo-label accuracy against the train labels when those exist (a
-    diagnostic; labels never reach ``fit``). With ``return_estimators``, also a dictionary of
-    the fitted estimators by method name (as scikit-learn's ``cross_validate``).
+    diagnostic; labels never reach ``fit``). The test labels are matched to the training
+    classes by name first (:func:`gpua.data.classnames.match_classes`), and every method name is
+    checked before the first fit. With ``return_estimators``, also a dictionary of the fitted
+    estimators by method name (as scikit-learn's ``cross_validate``).
     """
-    train.require("vfm_features", "vlm_features", "text_prototypes", source="the training feature file")
-    test.require("vfm_features", "vlm_features", "labels", source="the test feature file")
+    train.require("vfm_features", "vlm_features", "text_prototypes", source=train_name)
+    test.require("vfm_features", "vlm_features", "labels", source=test_name)
     methods = list(methods) if methods else list_methods()
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        raise GPUAError(f"method(s) {unknown} are unknown; choose from {list_methods()}.")
+    match = match_classes(train.classnames, test.classnames, n_model=_n_classes(train), n_data=_n_classes(test) or _n_classes(train),
+                          model_source=train_name, data_source=test_name)
+    if match.note:
+        warnings.warn(match.note, stacklevel=2)
+    y = match.map_labels(test.labels)
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
@@ -87,32 +235,163 @@ def compare_methods(
         est.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
         fit_s = time.perf_counter() - t0
         fitted[name] = est
-        rep = classification_report(est.decision_function(test.vfm_features, test.vlm_features), test.labels)
+        rep = score_summary(y, est.decision_function(test.vfm_features, test.vlm_features))
         row = {"method": name, **rep, "fit_seconds": fit_s}
         if hasattr(est, "pseudo_labels_") and train.labels is not None:
             row["pseudo_label_acc"] = float(np.mean(est.pseudo_labels_ == train.labels))
         rows.append(row)
         if progress:
-            print(f"  {name:<16} acc1 {rep['acc1']:.4f}  ({fit_s:.1f} s)", flush=True)
+            print(f"  {name:<16} acc1 {100 * rep['acc1']:6.2f}%  fit {fit_s:.1f} s", flush=True)
     return (rows, fitted) if return_estimators else rows
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "fit_seconds")) -> str:
-    """A plain-text table (percentages for accuracies)."""
-    pct = {"acc1", "acc5", "mean_per_class_recall", "pseudo_label_acc"}
-    head = [c for c in columns]
-    body = []
+    """A plain-text table: accuracies in percent (their headers say so), seconds with ``s``.
+
+    A row with ``n_classes`` of 5 or fewer has its ``acc5`` marked ``*`` and a footnote: every
+    label is among 5 guesses then.
+    """
+    head = [f"{c} (%)" if c in _PCT else c for c in columns]
+    body, flagged = [], False
     for r in rows:
         cells = []
         for c in columns:
             v = r.get(c, "")
             if isinstance(v, float):
-                v = f"{100 * v:.2f}" if c in pct else f"{v:.2f}"
+                if c in _PCT:
+                    v = f"{100 * v:.2f}"
+                    if c == "acc5" and 0 < int(r.get("n_classes") or 99) <= 5:
+                        v, flagged = v + "*", True
+                else:
+                    v = f"{v:.1f}" if c.endswith("seconds") else f"{v:.2f}"
             cells.append(str(v))
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    if flagged:
+        out.append("* acc5 with 5 classes or fewer is 100% by construction: it says nothing.")
+    return "\n".join(out)
+
+
+def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None = None, *, max_confusion_classes: int = 20) -> str:
+    """Per-class precision / recall / F1 / support (percent), then the confusion matrix as a table.
+
+    Parameters
+    ----------
+    report : dict
+        :func:`gpua.metrics.classification_report`'s output.
+    confusion : dict, optional
+        ``{"classnames": [...], "rows_true_columns_predicted": [[...]]}`` (``evaluate_model``'s
+        ``confusion_matrix``); shown when it has at most ``max_confusion_classes`` classes.
+    """
+    rows = [{"class": k, **{m: v[m] for m in ("precision", "recall", "f1-score")}, "support": v["support"]}
+            for k, v in report.items() if isinstance(v, dict)]
+    names = [r["class"] for r in rows]
+    w = max(len(n) for n in names + ["class"])
+    lines = [f"{'class':<{w}}  precision (%)  recall (%)  f1 (%)  support", "-" * (w + 42)]
+    for r in rows:
+        if r["class"] == "macro avg":
+            lines.append(f"{'accuracy':<{w}}  {'':>13}  {'':>10}  {100 * report['accuracy']:6.2f}  {r['support']:7d}")
+        lines.append(f"{r['class']:<{w}}  {100 * r['precision']:13.2f}  {100 * r['recall']:10.2f}  {100 * r['f1-score']:6.2f}  {r['support']:7d}")
+    if confusion is not None:
+        cn, C = confusion["classnames"], confusion["rows_true_columns_predicted"]
+        if len(cn) <= max_confusion_classes:
+            short = [n[:8] for n in cn]
+            cw = max(6, *(len(s) for s in short), *(len(str(v)) for row in C for v in row))
+            lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+                      f"{'':<{w}}  " + " ".join(f"{s:>{cw}}" for s in short)]
+            lines += [f"{n:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row) for n, row in zip(cn, C)]
+        else:
+            lines += ["", f"confusion matrix: {len(cn)} classes, too many to print (it is in the JSON and the plot)."]
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title: str = "") -> Path:
+    """Write the confusion matrix as a PNG (rows normalised to recall; counts annotated up to 20 classes).
+
+    Needs matplotlib (``pip install gpua[plots]``). Written atomically.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GPUAError("the confusion-matrix plot needs matplotlib: pip install 'gpua[plots]'.") from None
+    names, C = confusion["classnames"], np.asarray(confusion["rows_true_columns_predicted"], dtype=np.float64)
+    R = C / np.maximum(C.sum(1, keepdims=True), 1)
+    K = len(names)
+    size = min(4 + 0.45 * K, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(R, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(K), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(K), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if K <= 20:
+        for i in range(K):
+            for j in range(K):
+                if C[i, j]:
+                    ax.text(j, i, int(C[i, j]), ha="center", va="center", fontsize=7, color="white" if R[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_predictions(
+    path: str | Path,
+    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray | None]],
+    classnames: Sequence[str] | None,
+    *,
+    top_k: int = 5,
+) -> int:
+    """Write a predictions CSV atomically, chunk by chunk.
+
+    Columns: ``image``, ``prediction`` (a class name, or the class index without names),
+    ``probability``, then ``top1``, ``top1_probability`` ... ``topK``, ``topK_probability``,
+    and ``label`` (the true class) when the chunks carry labels.
+
+    Parameters
+    ----------
+    path : str or Path
+    chunks : iterable of (image ids, probabilities of shape (n, K), labels of shape (n,) or None)
+        Labels, when given, are class indices of the same K classes.
+    classnames : sequence of str, optional
+    top_k : int
+        At least 1; capped at K.
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise GPUAError(f"top_k={top_k!r} must be a positive integer.")
+    name = (lambda k: str(classnames[k])) if classnames else (lambda k: str(int(k)))  # noqa: E731
+    n = 0
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            header_done = False
+            for ids, proba, labels in chunks:
+                proba = np.asarray(proba)
+                k = min(int(top_k), proba.shape[1])
+                if not header_done:
+                    tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
+                    w.writerow(["image", "prediction", "probability", *tops] + (["label"] if labels is not None else []))
+                    header_done, with_labels = True, labels is not None
+                order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+                for i, row in enumerate(order):
+                    tops = [c for j in row for c in (name(j), f"{proba[i, j]:.6f}")]
+                    extra = [name(labels[i])] if with_labels and labels is not None else []
+                    w.writerow([ids[i], name(row[0]), f"{proba[i, row[0]]:.6f}", *tops, *extra])
+                n += proba.shape[0]
+    return n
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -102,3 +102,24 @@ def test_shrinkage_makes_small_sample_covariance_full_rank(rng):
     assert np.linalg.matrix_rank(S) < 10
     shrunk, rho = oas_shrinkage(S, 4)
     assert 0 < rho <= 1 and np.linalg.eigvalsh(shrunk).min() > 0
+
+
+def test_psd_factor_does_not_depend_on_the_eigenbasis(rng):
+    """An OAS-shrunk covariance of few samples has many equal eigenvalues, whose eigenvectors LAPACK picks
+    differently with another thread count: the factor must not depend on that pick (the calibration
+    table did not reproduce)."""
+    from scipy.linalg import sqrtm
+
+    X = rng.normal(size=(4, 12))
+    S = np.cov(X.T)
+    C = 0.6 * S + 0.4 * np.trace(S) / 12 * np.eye(12)  # 9 equal eigenvalues
+    L = psd_factor(C)
+    np.testing.assert_allclose(L, L.T, atol=1e-12)
+    np.testing.assert_allclose(L @ L.T, C, atol=1e-10)
+    np.testing.assert_allclose(L, np.real(sqrtm(C)), atol=1e-8)  # unique, whatever basis eigh returned
+    # the same covariance written through a rotated basis of its repeated eigenspace gives the same factor
+    w, V = np.linalg.eigh(C)
+    R, _ = np.linalg.qr(rng.normal(size=(9, 9)))
+    V2 = V.copy()
+    V2[:, :9] = V[:, :9] @ R
+    np.testing.assert_allclose(psd_factor((V2 * w) @ V2.T), L, atol=1e-10)

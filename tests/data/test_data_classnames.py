@@ -93,3 +93,50 @@ def test_lists_are_declared_package_data():
     assert len(shipped) == len(EXPECTED)
     undeclared = [f for f in shipped if not any(fnmatch.fnmatch(f, p) for p in patterns)]
     assert not undeclared, f"add 'data/classnames/*.txt' to [tool.setuptools.package-data] gpua; missing {undeclared[:2]}"
+
+
+def test_one_format_with_synonyms_and_folder_mapping(tmp_path):
+    from gpua.data.classnames import load_class_prompts, parse_class_entries
+
+    f = tmp_path / "classes.txt"
+    f.write_text("# my classes\nairplane\nautomobile: car, automobile\nbackground, sky, wall\n\n")
+    assert load_classnames(f) == ["airplane", "automobile", "background"]
+    names, words = load_class_prompts(f)
+    assert words == [["airplane"], ["car", "automobile"], ["background", "sky", "wall"]]
+    (tmp_path / "c.json").write_text(json.dumps({"automobile": ["car", "automobile"], "cat": "kitten"}))
+    assert load_class_prompts(tmp_path / "c.json") == (["automobile", "cat"], [["car", "automobile"], ["kitten"]])
+    with pytest.raises(GPUAError, match="'car' stands for class 0 and class 1"):
+        parse_class_entries(["automobile: car", "truck: car, lorry"])
+    with pytest.raises(GPUAError, match="no class name"):
+        parse_class_entries(["cat", ": kitten"])
+
+
+def test_match_classes_by_name():
+    from gpua.data.classnames import match_classes
+
+    m = match_classes(["cat", "dog", "american_bulldog"], ["American bulldog", "cat", "dog"])
+    assert m.by_name and m.reordered and m.index.tolist() == [2, 0, 1]
+    assert m.map_labels([0, 1, 2]).tolist() == [2, 0, 1]
+    assert match_classes(["a", "b"], ["a", "b"]).index is None
+    with pytest.raises(GPUAError, match="only in the data: 'c'; only in the model: 'b'"):
+        match_classes(["a", "b"], ["a", "c"])
+    with pytest.raises(GPUAError, match="2 classes but the model has 3"):
+        match_classes(None, ["a", "b"], n_model=3)
+    m = match_classes(None, ["a", "b"], n_model=2)
+    assert not m.by_name and m.index is None and "by index" in m.note
+
+
+def test_flat_folder_and_class_folders_read_the_format(tmp_path):
+    """extract refused what fit-seg accepted, and read 'automobile, car' on a flat folder as one class."""
+    from PIL import Image
+
+    from gpua.data import load_dataset
+
+    (tmp_path / "classes.txt").write_text("automobile: car, automobile\ncat, kitten\n")
+    for folder in ("flat", "labelled/automobile", "labelled/cat"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "x.png")
+    flat = load_dataset(tmp_path / "flat", classnames=tmp_path / "classes.txt")
+    assert flat.classnames == ["automobile", "cat"]
+    labelled = load_dataset(tmp_path / "labelled", classnames=tmp_path / "classes.txt")
+    assert labelled.classnames == ["automobile", "cat"] and [labelled.label(i) for i in range(2)] == [0, 1]

@@ -141,3 +141,30 @@ def test_prototype_errors():
         build_text_prototypes(lambda p: np.array([[1.0, 0], [-1.0, 0]]), ["a"], ["x {}", "y {}"])
     with pytest.raises(GPUAError, match="batch_size"):
         build_text_prototypes(enc, ["a"], ["{}"], batch_size=0)
+
+
+def test_one_default_for_every_command():
+    from gpua.data.prompts import CIFAR_TEMPLATES, DEFAULT_TEMPLATES, resolve_templates
+
+    assert DEFAULT_TEMPLATES == "auto"
+    assert resolve_templates(None, "cifar10-mini") == resolve_templates("auto", "cifar10") == list(CIFAR_TEMPLATES)
+    assert resolve_templates("auto", "oxford_pets") == ["a photo of a {}, a type of pet."]
+    assert resolve_templates(None, "my_holiday_photos") == resolve_templates() == list(OPENAI_IMAGENET_TEMPLATES)
+    assert resolve_templates("simple", "cifar10") == ["a photo of a {}."]
+
+
+def test_synonyms_average_their_word_prototypes():
+    rng = np.random.default_rng(0)
+    table = {}
+
+    def encode(prompts):
+        return np.stack([table.setdefault(p, rng.normal(size=6)) for p in prompts])
+
+    temps = ["a {}.", "the {}."]
+    one = build_text_prototypes(encode, ["car", "automobile", "cat"], temps)
+    both = build_text_prototypes(encode, ["automobile", "cat"], temps, synonyms=[["car", "automobile"], ["cat"]])
+    want = one[0] + one[1]
+    np.testing.assert_allclose(both[0], want / np.linalg.norm(want), atol=1e-6)
+    np.testing.assert_allclose(both[1], one[2], atol=1e-6)
+    with pytest.raises(GPUAError, match="synonyms has 1 entries for 2 classes"):
+        build_text_prototypes(encode, ["automobile", "cat"], temps, synonyms=[["car"]])

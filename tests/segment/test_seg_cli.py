@@ -63,11 +63,47 @@ def test_fit_segment_evaluate_with_gpua(planted_dirs, capsys):
     capsys.readouterr()
     scores = {}
     for how in (["--zero-shot"], ["--model", str(model)]):
-        argv = ["evaluate-seg", *how, "--gt", str(d / "gt"), "--images", str(d / "test"), *_common(d), "--json", "--out", str(d / "s.json")]
+        argv = ["evaluate-seg", *how, "--gt", str(d / "gt"), "--images", str(d / "test"), *_common(d), "--json"]
         assert main(argv) == 0
         scores[how[0]] = json.loads(capsys.readouterr().out)["mIoU"]
-    assert json.loads((d / "s.json").read_text())["mIoU"] == scores["--model"]
     assert scores["--model"] > 0.85 and scores["--model"] > scores["--zero-shot"] + 0.2
+    # --json FILE writes the file (as gpua evaluate --json does); the model supplies its encoders and classes
+    argv = ["evaluate-seg", "--model", str(model), "--gt", str(d / "gt"), "--images", str(d / "test"),
+            "--classnames", str(d / "classes.txt"), "--json", str(d / "s.json")]
+    assert main(argv) == 0
+    assert json.loads((d / "s.json").read_text())["mIoU"] == scores["--model"]
+    assert "mIoU" in capsys.readouterr().out  # the table is printed too
+
+
+def test_segment_reads_encoders_templates_and_classes_from_the_model(planted_dirs, capsys):
+    """The README's `gpua segment --model seg.gpua --images DIR --classnames classes.txt --out masks/` demanded --vfm/--vlm."""
+    from gpua import load_model
+
+    d = planted_dirs
+    model = d / "seg.gpua"
+    assert main(["fit-seg", "--images", str(d / "pool"), "--out", str(model), "--patches-per-image", "16", *_common(d)]) == 0
+    err = capsys.readouterr().err
+    assert "patch features" in err and "UCM rounds" in err  # progress, as the streamed fit shows
+    prov = load_model(model).provenance_
+    assert (prov["vfm"], prov["vlm"], prov["templates"], prov["classnames"]) == ("planted:vfm", "planted:vlm", ["a photo of a {}."], ["sky", "grass", "road", "water", "sand"])
+    assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--classnames", str(d / "classes.txt"), "--out", str(d / "m1")]) == 0
+    assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m2")]) == 0
+    for f in ("t0.png", "t3.png"):
+        assert (d / "m1" / f).read_bytes() == (d / "m2" / f).read_bytes()
+    capsys.readouterr()
+    # an override is said (here a 16-d encoder for the model's 24-d one: then refused)
+    assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m3"), "--vfm", "planted:vlm"]) == 2
+    assert "--vfm 'planted:vlm' overrides 'planted:vfm'" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m4"), "--templates", "openai_imagenet",
+                 "--vlm", "planted:vlm"]) == 0
+    err = capsys.readouterr().err
+    assert "--templates is not used" in err and "--vlm is not used" in err
+    # zero-shot needs the VLM only (it demanded --vfm too)
+    assert main(["segment", "--zero-shot", "--images", str(d / "test"), "--classnames", str(d / "classes.txt"), "--vlm", "planted:vlm",
+                 "--templates", "simple", "--out", str(d / "zs")]) == 0
+    assert main(["segment", "--zero-shot", "--images", str(d / "test"), "--out", str(d / "zs")]) == 2
+    assert "--classnames" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_argument(planted_dirs, capsys):
@@ -90,7 +126,10 @@ def test_class_prompt_files_with_synonyms():
     assert names == ["background", "cat", "dog"]
     assert prompts == ["background", "sky", "wall", "cat", "dog", "puppy"]
     assert owner.tolist() == [0, 0, 0, 1, 2, 2]
-    with pytest.raises(GPUAError, match="'cat' stands for class 0 and class 1"):
+    with pytest.raises(GPUAError, match="duplicate name 'cat'"):
         parse_class_prompts(["cat", "cat"])
-    with pytest.raises(GPUAError, match="holds no name"):
+    with pytest.raises(GPUAError, match="'sky' stands for class 0 and class 1"):
+        parse_class_prompts(["background, sky", "sky"])
+    with pytest.raises(GPUAError, match="holds no class name"):
         parse_class_prompts(["cat", " , "])
+    assert parse_class_prompts(["automobile: car, automobile"])[1] == ["car", "automobile"]

@@ -5,7 +5,7 @@ r"""Generate features along a class's covariance shape, around anchor points.
                      = a + s\, L \varepsilon,\qquad \varepsilon \sim N(0, I)
 
 with :math:`a` a real sample of the class (or another client's class prototype) and
-:math:`L = [\sqrt{\lambda_j}\xi_j]_j` factorised once per class (:func:`~._shape.psd_factor`).
+:math:`L` the symmetric square root of the covariance, factorised once per class (:func:`~._shape.psd_factor`).
 The authors' code factorises the covariance again for every generated sample and scales by
 :math:`\lambda_j` taken in ascending order; here the factor is computed once and the
 eigenvalues are matched to their own eigenvectors.

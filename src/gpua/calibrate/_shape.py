@@ -148,14 +148,21 @@ def covariance_shape(
 
 
 def psd_factor(cov, n_components: int | None = None, *, psd: PSDPolicy = "clip", name: str = "covariance") -> np.ndarray:
-    r"""Factor :math:`L = [\sqrt{\lambda_1}\xi_1, \dots, \sqrt{\lambda_m}\xi_m]` of shape (d, m).
+    r"""The symmetric square root :math:`L = \sum_{j \le m} \sqrt{\lambda_j}\, \xi_j \xi_j^\top`, shape (d, d).
 
-    :math:`L L^\top` is the covariance (exactly when :math:`m = d`), so
-    :math:`x + L\varepsilon`, :math:`\varepsilon \sim N(0, I_m)`, has covariance
-    :math:`\Sigma` around :math:`x`. Computed once per class and reused for every sample.
+    :math:`L L^\top = \sum_{j \le m} \lambda_j \xi_j \xi_j^\top` is the covariance (exactly when
+    :math:`m = d`), so :math:`x + L\varepsilon`, :math:`\varepsilon \sim N(0, I_d)`, has that
+    covariance around :math:`x`. Computed once per class and reused for every sample.
+
+    Why not :math:`[\sqrt{\lambda_1}\xi_1, \dots]` (d x m): where eigenvalues repeat (an OAS-shrunk
+    covariance of n < d samples has d - n + 1 equal ones), the eigenvectors of that eigenspace are
+    any orthonormal basis of it, and LAPACK picks a different one with a different thread count;
+    the draws then differ while their distribution does not. :math:`V f(\Lambda) V^\top` is the same
+    whatever basis was picked, so the samples are reproducible to rounding (1e-15).
     """
     shape = covariance_shape(cov, n_components, psd=psd, name=name)
-    return shape.eigenvectors * np.sqrt(shape.eigenvalues)
+    V = shape.eigenvectors
+    return (V * np.sqrt(shape.eigenvalues)) @ V.T
 
 
 def _as_shape(a, n_components: int, name: str) -> CovarianceShape:

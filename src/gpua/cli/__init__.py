@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .. import __version__
 from .._errors import GPUAError
@@ -22,7 +23,36 @@ _SUBCOMMAND_MODULES = (
     "gpua.cli.demo",  # demo
     "gpua.cli.segment",  # fit-seg, segment, evaluate-seg
     "gpua.cli.calibrate",  # calibrate longtail | federated
+    "gpua.cli.classify",  # classify
+    "gpua.cli.benchmark",  # benchmark
 )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the text already names one.
+
+    Options whose default is None or False (a switch) get nothing appended: there the help says
+    what happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        default = action.default
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+def iter_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every sub-command parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from iter_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).add_subcommands(sub)
+    for p in iter_parsers(parser):
+        p.formatter_class = HelpFormatter
     return parser
 
 
@@ -45,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # A library warning (classes matched by index, encoders that differ...) is one line.
+            warnings.showwarning = lambda message, *_a, **_k: print(f"gpua {args.command}: warning: {message}", file=sys.stderr)
+            return int(args.func(args) or 0)
     except GPUAError as exc:
         print(f"gpua {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""What several ``gpua`` commands share: GPUA parameters and Dask cluster addresses."""
+"""What several ``gpua`` commands share: GPUA parameters, Dask cluster addresses, fit progress."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Sequence
 
 from .._errors import GPUAError
 
-__all__ = ["parse_params", "add_estimator_arguments", "estimator_overrides", "parse_cluster", "check_paths"]
+__all__ = [
+    "parse_params",
+    "add_estimator_arguments",
+    "add_extraction_arguments",
+    "estimator_overrides",
+    "parse_cluster",
+    "check_paths",
+    "FitProgress",
+]
 
 
 def _flag(attr: str) -> str:
@@ -79,6 +87,15 @@ def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other GPUA parameter (repeatable)")
 
 
+def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of commands that extract features on the way (classify, benchmark)."""
+    p.add_argument("--templates", default="auto", metavar="NAME|FILE",
+                   help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
+    p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def estimator_overrides(args) -> dict:
     kw = parse_params(args.param)
     for name, attr in (("query", "query"), ("lam", "lam"), ("eps", "eps"), ("n_steps", "n_steps"), ("device", "device"), ("random_state", "seed")):
@@ -100,3 +117,48 @@ def parse_cluster(value: str | None):
     if value == "local" or "://" in value or ":" in value:
         return value
     raise GPUAError(f"--cluster {value!r} is not understood; use 'local', a worker count, or tcp://HOST:8786.")
+
+
+class FitProgress:
+    """Progress bars for an in-memory fit, fed by ``GPUA.fit(..., callback=...)``.
+
+    One bar counts UCM rounds (with the plan change), the next refinement steps (with the
+    held-out THS loss), as the streamed fit shows them; ``enabled=False`` shows nothing.
+    Use as ``with FitProgress(model, enabled) as cb: model.fit(..., callback=cb)``.
+    """
+
+    def __init__(self, model=None, enabled: bool = True):
+        # Without the model (built later by a library call), GPUA's defaults size the bars.
+        self.enabled = bool(enabled)
+        self.max_rounds = int(getattr(model, "max_outer", 10))
+        self.n_steps = int(getattr(model, "n_steps", 300)) if getattr(model, "refine", True) else 0
+        self._ucm = self._refine = None
+
+    def _bar(self, desc: str, total: int, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+    def __call__(self, entry: dict) -> None:
+        if not self.enabled:
+            return
+        if "round" in entry:
+            if self._ucm is None:
+                self._ucm = self._bar("UCM rounds", self.max_rounds, "round")
+            self._ucm.update(1)
+            self._ucm.set_postfix(plan_change=f"{entry.get('plan_change', float('nan')):.2g}", refresh=False)
+        elif "step" in entry:
+            if self._ucm is not None:
+                self._ucm.close()
+            if self._refine is None:
+                self._refine = self._bar("refinement", max(self.n_steps, 1), "step")
+            self._refine.update(int(entry["step"]) - self._refine.n)
+            self._refine.set_postfix(val_loss=f"{entry.get('val_loss', float('nan')):.4f}", refresh=False)
+
+    def __enter__(self) -> "FitProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in (self._ucm, self._refine):
+            if bar is not None:
+                bar.close()

@@ -42,27 +42,27 @@ def add_subcommands(subparsers) -> None:
     common.add_argument("--space", choices=("vfm", "vlm"), default="vfm", help="feature matrix to calibrate (default vfm)")
     common.add_argument("--no-l2", action="store_true", help="do not L2-normalise feature rows first")
     common.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty of the logistic regression")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=0, help="seed of every random draw (subsets, splits, generated samples)")
     common.add_argument("--json", help="write the result rows here (atomically)")
 
     lt = sub.add_parser("longtail", parents=[common], help="long-tailed training subsets, balanced test")
     lt.add_argument("--imbalance", type=float, nargs="+", default=[10, 50, 100], help="head/tail count ratios")
-    lt.add_argument("--methods", nargs="+", choices=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS))
+    lt.add_argument("--methods", nargs="+", choices=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS), help="rows to compute")
     lt.add_argument("--donors", type=int, default=3, help="classes a class borrows its shape from")
     lt.add_argument("--class-order", choices=("index", "random"), default="index",
                     help="head = class 0 (CIFAR-10-LT convention), or a seeded random order")
     lt.set_defaults(func=_longtail)
 
     fl = sub.add_parser("federated", parents=[common], help="Dirichlet-split clients, FedAvg with/without calibration")
-    fl.add_argument("--clients", type=int, default=10)
+    fl.add_argument("--clients", type=int, default=10, help="number of simulated clients")
     fl.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.5], help="Dirichlet concentrations")
-    fl.add_argument("--methods", nargs="+", choices=FEDERATED_METHODS, default=list(FEDERATED_METHODS))
+    fl.add_argument("--methods", nargs="+", choices=FEDERATED_METHODS, default=list(FEDERATED_METHODS), help="columns to compute")
     fl.add_argument("--share", choices=("covariance", "shape"), default="covariance",
                     help="clients send full covariances or only their top-m shape")
     fl.add_argument("--components", type=int, default=5, help="m, eigenpairs sent with --share shape")
     fl.add_argument("--rounds", type=int, default=30, help="FedAvg rounds")
-    fl.add_argument("--local-epochs", type=int, default=1)
-    fl.add_argument("--lr", type=float, default=0.05)
+    fl.add_argument("--local-epochs", type=int, default=1, help="epochs each client trains per FedAvg round")
+    fl.add_argument("--lr", type=float, default=0.05, help="learning rate of the clients' logistic regression")
     fl.set_defaults(func=_federated)
 
 

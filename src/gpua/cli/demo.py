@@ -33,6 +33,6 @@ def add_subcommands(sub) -> None:
     p.add_argument("--methods", help=f"comma-separated, or 'all' (adds {','.join(demo.ALL_DEMO_METHODS[len(demo.DEMO_METHODS):])}); "
                                      f"default: {','.join(demo.DEMO_METHODS)}")
     p.add_argument("--cache-dir", help="feature and model cache (default $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plot", action="store_true", help="skip the before/after embedding plot")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="GPUA parameter override (repeatable)")
     p.set_defaults(func=_cmd_demo)

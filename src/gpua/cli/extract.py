@@ -28,17 +28,21 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--vlm", required=True, metavar="ENCODER", help="vision-language model, e.g. open_clip:ViT-B-16/openai, offline:semantic-lite0")
     p.add_argument("--data", required=True, metavar="PATH", help="image folder, CoOp split file, .npz, or cifar10-mini")
     p.add_argument("--split", default=None, help="split to read (train, test, ...)")
-    p.add_argument("--classnames", default=None, metavar="FILE", help="class names (file or dataset name); default: the dataset's")
-    p.add_argument("--templates", default=None, metavar="NAME|FILE", help="prompt templates: openai_imagenet, simple, a dataset name, or a file")
+    p.add_argument("--classnames", default=None, metavar="FILE",
+                   help="class-name file (one class a line, 'name' or 'name: word, word') or a dataset name; default: the dataset's")
+    p.add_argument("--templates", default="auto", metavar="NAME|FILE",
+                   help="prompt templates: openai_imagenet (80), imagenet_select (7), simple (1), a dataset name, or a file; "
+                        "default 'auto': a known benchmark's own (CLIP's 18 for cifar10-mini, CoOp's prompt for its 11 "
+                        "datasets), else CLIP's 80 ImageNet templates")
     p.add_argument("--out", required=True, metavar="FILE|DIR",
                    help="output: a feature file (.npz or .safetensors) or a shard-set folder (a name without a suffix)")
     p.add_argument("--format", choices=_FORMATS, default="auto",
                    help="auto (by --out's suffix), file, or shards (a shard set even when the folder name has a dot)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--shard-size", type=int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
     p.add_argument("--rows-per-shard", type=int, default=65536, help="rows per file of a shard set (default 65536)")
-    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards (default npy)")
+    p.add_argument("--device", default="cpu", help="torch device for the encoders: cpu, cuda, cuda:1")
     p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--float16", action="store_true", help="store features in half precision")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
@@ -53,6 +57,7 @@ def add_subcommands(subparsers) -> None:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from ..extract import extract_features
 
+    before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = extract_features(
@@ -64,6 +69,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"gpua extract: warning: {w.message}", file=sys.stderr)
+    unchanged = before is not None and before == _stamp(path)
     if path.is_dir():
         from ..features import ShardedFeatures
 
@@ -79,8 +85,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         meta, n_rows, d_vfm, d_vlm = fs.meta, fs.n_samples, fs.vfm_features.shape[1], fs.vlm_features.shape[1]
         n_classes, what, hint = fs.text_prototypes.shape[0], "", ""
     skipped = meta.get("skipped", {}).get("count", 0)
+    if unchanged:
+        hint += " (same encoders, images, class names and templates: nothing was extracted; --no-resume recomputes)"
     print(
-        f"wrote {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes"
+        f"{'up to date' if unchanged else 'wrote'} {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes, "
+        f"{len(meta.get('templates') or [])} prompt template(s)"
         + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
     )
     return 0
+
+
+def _stamp(path) -> tuple | None:
+    """What changes when an output is rewritten: the file's (or the shard index's) inode and mtime."""
+    from pathlib import Path
+
+    p = Path(path)
+    target = p / "index.json" if p.is_dir() else p
+    try:
+        st = target.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns

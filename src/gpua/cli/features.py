@@ -1,27 +1,55 @@
 """``gpua fit | evaluate | predict | compare``: the commands that work on feature files.
 
-``gpua fit --shards DIR [--max-memory 4GB] [--cluster ADDR] [--checkpoint DIR]`` fits on a shard
-set with :func:`gpua.stream.fit_streaming`.
+Every command that reads features takes a feature file (``.npz`` / ``.safetensors``) or a
+shard set (a folder written by ``gpua extract --out DIR``). ``gpua fit --shards DIR
+[--max-memory 4GB] [--cluster ADDR] [--checkpoint DIR]`` fits on a shard set with
+:func:`gpua.stream.fit_streaming`. Test labels are matched to the model's classes by name
+(:func:`gpua.data.classnames.match_classes`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
+import warnings
+from pathlib import Path
 
-import numpy as np
-
-from .._atomic import atomic_path
 from .._errors import GPUAError
-from ._common import add_estimator_arguments, check_paths, estimator_overrides, parse_cluster
+from ._common import FitProgress, add_estimator_arguments, check_paths, estimator_overrides, parse_cluster
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
+
+_CHUNK_ROWS = 65536  # rows scored at a time when predicting from a shard set
+
+
+def _read_features(path: str, require: tuple[str, ...] = ()):
+    """A feature file or a shard set (read whole) as a FeatureSet."""
+    from ..features import FeatureSet, ShardedFeatures, load_features
+
+    if Path(path).is_dir():
+        sf = ShardedFeatures(path)
+        fs = FeatureSet(
+            vfm_features=sf.read("vfm_features", 0, sf.n_samples).numpy(),
+            vlm_features=sf.read("vlm_features", 0, sf.n_samples).numpy(),
+            text_prototypes=sf.text_prototypes(),
+            labels=sf.labels() if sf.has_labels else None,
+            classnames=sf.classnames,
+            image_ids=sf.image_ids(),
+            meta=sf.meta,
+        )
+        fs.require(*require, source=f"shard set {path!r}")
+        return fs.validate()
+    return load_features(path, require=require)
+
+
+def _agreement_note(h: dict) -> str:
+    return (f"the map agrees with its own UCM pseudo-labels on {100 * h['pseudo_label_agreement']:.1f}% of the pool "
+            "(a label-free consistency check, not an accuracy)")
 
 
 def _cmd_fit(args) -> int:
     from ..estimator import GPUA
-    from ..features import load_features
+    from ..report import provenance_from_features
 
     check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "file"), ("checkpoint", "folder")))
     kw = estimator_overrides(args)
@@ -33,17 +61,22 @@ def _cmd_fit(args) -> int:
         return run_streamed_fit(args, model)
     if not args.train:
         raise GPUAError("give --train FILE (a feature file) or --shards DIR (a shard set).")
-    train = load_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
+    if Path(args.train).is_dir():
+        raise GPUAError(f"--train {args.train!r} is a folder; for a shard set use --shards {args.train}.")
+    train = _read_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
     t0 = time.perf_counter()
-    model.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
+    with FitProgress(model, not args.no_progress) as progress:
+        model.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames, callback=progress)
     dt = time.perf_counter() - t0
+    model.provenance_ = provenance_from_features(train.meta, classnames=train.classnames, source=str(args.train))
     model.save(args.out)
     h = model.history_
     print(
         f"fitted on {train.n_samples} images, {model.n_classes_} classes in {dt:.1f} s "
-        f"(UCM {len(h['ucm'])} rounds, {len(h['refine'])} refinement checkpoints); "
-        f"pseudo-label agreement {h['pseudo_label_agreement']:.3f}; saved {args.out}"
+        f"(UCM {len(h['ucm'])} rounds, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}; saved {args.out}"
     )
+    if train.classnames is None:
+        print("note: the feature file names no classes, so neither does the model; evaluate will match classes by index.")
     return 0
 
 
@@ -52,11 +85,11 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming and distributed fits (gpua.stream)")
     g.add_argument("--shards", metavar="DIR", help="fit on a shard set (gpua extract / gpua.stream.write_shards) instead of --train")
     g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
-    g.add_argument("--max-memory", default="4GB", metavar="SIZE", help="memory budget per process, e.g. 4GB (default 4GB)")
+    g.add_argument("--max-memory", default="4GB", metavar="SIZE", help="memory budget per process, e.g. 4GB")
     g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
-    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster")
     g.add_argument("--checkpoint", metavar="DIR", help="save UCM state after every round; re-run with the same DIR to resume")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (in-memory fits too)")
 
 
 def run_streamed_fit(args: argparse.Namespace, model) -> int:
@@ -69,80 +102,125 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     """
     from ..stream import fit_streaming
     from ..features import ShardedFeatures
+    from ..report import provenance_from_features
 
     shards = ShardedFeatures(args.shards)
-    prototypes = classnames = None
+    prototypes, classnames, meta = None, shards.classnames, shards.meta
     if getattr(args, "prototypes", None):
         from ..features import load_features
 
         fs = load_features(args.prototypes, require=("text_prototypes",))
         prototypes, classnames = fs.text_prototypes, fs.classnames
+        meta = {**meta, **{k: fs.meta[k] for k in ("templates", "class_prompts", "vlm") if k in fs.meta}}
     t0 = time.perf_counter()
     fit_streaming(
         model, shards, prototypes, classnames=classnames, max_memory=args.max_memory, cluster=parse_cluster(args.cluster),
         checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=args.connect_timeout,
     )
     dt = time.perf_counter() - t0
+    model.provenance_ = provenance_from_features(meta, classnames=model.classnames_, source=str(args.shards))
     model.save(args.out)
     h = model.history_
     s = h["streaming"]
     print(
         f"fitted on {s['n_samples']} images ({shards.n_shards} shards), {model.n_classes_} classes in {dt:.1f} s "
         f"(UCM {len(h['ucm'])} rounds, {s['passes']} chunk passes, {s['n_chunks']} chunks of {s['chunk_rows']} rows, "
-        f"cache {s['cache']}, {s['processes']} process(es)); pseudo-label agreement {h['pseudo_label_agreement']:.3f}; saved {args.out}"
+        f"cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"
     )
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     from .._base import load_model
-    from ..features import load_features
-    from ..report import evaluate_model, format_table, write_json
+    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix, write_json
 
-    check_paths(args, inputs=("model", "test"), outputs=(("json", "file"),))
+    check_paths(args, inputs=("model", "test"), outputs=(("json", "file"), ("plot", "file")))
     model = load_model(args.model)
-    test = load_features(args.test, require=("labels",))
-    res = evaluate_model(model, test, dataset=args.dataset or str(args.test), model_name=str(args.model))
-    rows = [{"method": "model", **res["metrics"], "hubness_skewness": res["gpua"]["hubness_skewness"]}]
+    test = _read_features(args.test, require=("labels",))
+    res = evaluate_model(model, test, dataset=args.dataset or "", model_name=str(args.model), test_name=f"--test {args.test!r}",
+                         report=args.report or bool(args.plot))
+    n_classes = res["gpua"]["n_classes"]
+    rows = [{"method": f"model ({res['gpua']['method']})", **res["metrics"], "hubness_skewness": res["gpua"]["hubness_skewness"], "n_classes": n_classes}]
     if "zero_shot_metrics" in res["gpua"]:
-        rows.insert(0, {"method": "vlm_zero_shot", **res["gpua"]["zero_shot_metrics"]})
+        rows.insert(0, {"method": "vlm_zero_shot", **res["gpua"]["zero_shot_metrics"], "n_classes": n_classes})
+    print(f"dataset {res['dataset'] or '?'}: {res['gpua']['n_samples']} images, {n_classes} classes (matched {res['gpua']['classes_matched']}); "
+          f"VFM {res['vfm'] or '?'}, VLM {res['vlm'] or '?'}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness")))
+    if args.report:
+        print()
+        print(format_class_report(res["per_class"], res["confusion_matrix"]))
+    if args.plot:
+        plot_confusion_matrix(args.plot, res["confusion_matrix"], title=f"{res['dataset'] or Path(args.test).name}: {Path(args.model).name}")
+        print(f"wrote {args.plot}")
     if args.json:
+        if not args.report:
+            res.pop("per_class", None)
+            res.pop("confusion_matrix", None)
         write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0
 
 
+def _prediction_chunks(model, source: str):
+    """``(image ids, probabilities, None)`` chunks of a feature file or a shard set, and its class names."""
+    from ..features import ShardedFeatures, load_features
+
+    if Path(source).is_dir():
+        sf = ShardedFeatures(source)
+        names = sf.classnames
+
+        def gen():
+            for s, e, (Z, X) in sf.iter_rows(_CHUNK_ROWS):
+                ids = sf.image_ids(s, e) or [str(i) for i in range(s, e)]
+                yield ids, model.predict_proba(Z.numpy(), X.numpy()), None
+
+        return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0])
+    fs = load_features(source, require=("vfm_features",))
+    ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
+    n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
+    return iter([(ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None)]), fs.classnames, n_k
+
+
 def _cmd_predict(args) -> int:
     from .._base import load_model
-    from ..features import load_features
+    from ..data.classnames import match_classes
+    from ..report import write_predictions
 
     check_paths(args, inputs=("model", "features"), outputs=(("out", "file"),))
     model = load_model(args.model)
-    fs = load_features(args.features)
-    proba = model.predict_proba(fs.vfm_features, fs.vlm_features)
-    pred = proba.argmax(1)
-    names = model.classnames_ or fs.classnames
-    with atomic_path(args.out) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["row", "image_id", "label", "classname", "probability"])
-            for i, (p, pr) in enumerate(zip(pred, proba[np.arange(len(pred)), pred])):
-                w.writerow([i, fs.image_ids[i] if fs.image_ids else "", int(p), names[p] if names else "", f"{pr:.6f}"])
-    print(f"wrote {len(pred)} predictions to {args.out}")
+    chunks, file_names, file_k = _prediction_chunks(model, args.features)
+    names = model.classnames_
+    if file_names is not None or file_k is not None:
+        try:
+            match_classes(names, file_names, n_model=model.n_classes_, n_data=len(file_names) if file_names else file_k,
+                          model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
+        except GPUAError as exc:
+            warnings.warn(f"{exc} The predictions are the model's classes; the file's class list is not used.", stacklevel=1)
+    if names is None:
+        if file_names is not None and len(file_names) == model.n_classes_:
+            warnings.warn("the model names no classes; naming its predictions with the feature file's class names, "
+                          "assumed to be in the model's order.", stacklevel=1)
+            names = file_names
+        else:
+            warnings.warn("the model names no classes; the predictions are class indices.", stacklevel=1)
+    n = write_predictions(args.out, chunks, names, top_k=args.top_k)
+    print(f"wrote {n} predictions to {args.out} (columns image, prediction, probability, top-{args.top_k} classes)")
     return 0
 
 
 def _cmd_compare(args) -> int:
     from ..baselines import list_methods
-    from ..features import load_features
     from ..report import compare_methods, format_table, write_json
 
     check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
-    train = load_features(args.train)
-    test = load_features(args.test, require=("labels",))
-    methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    rows = compare_methods(train, test, methods, overrides=estimator_overrides(args), progress=True)
+    methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:  # before any file is read
+        raise GPUAError(f"--methods: {unknown} unknown; choose from {list_methods()} or 'all'.")
+    train = _read_features(args.train)
+    test = _read_features(args.test, require=("labels",))
+    rows = compare_methods(train, test, methods, overrides=estimator_overrides(args), progress=True,
+                           train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     if args.json:
         write_json(args.json, {"train": str(args.train), "test": str(args.test), "results": rows})
@@ -158,23 +236,29 @@ def add_subcommands(sub) -> None:
     add_streaming_arguments(p)
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled feature file", description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images.")
-    p.add_argument("--model", required=True)
-    p.add_argument("--test", required=True, help="feature file with labels")
-    p.add_argument("--json", help="write CLIP_benchmark-shaped results here")
-    p.add_argument("--dataset", help="dataset name recorded in the JSON")
+    p = sub.add_parser("evaluate", help="score a model on a labelled feature file",
+                       description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images. "
+                       "Test labels are matched to the model's classes by name.")
+    p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
+    p.add_argument("--test", required=True, help="labelled feature file or shard set")
+    p.add_argument("--json", help="write CLIP_benchmark-shaped results (dataset, vfm, vlm, task, metrics) here")
+    p.add_argument("--dataset", help="dataset name recorded in the JSON (default: the one the test features record)")
+    p.add_argument("--report", action="store_true", help="also per-class precision, recall, F1 and the confusion matrix")
+    p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict classes for a feature file", description="Write a CSV: row, image_id, label, classname, probability.")
-    p.add_argument("--model", required=True)
-    p.add_argument("--features", required=True)
+    p = sub.add_parser("predict", help="predict classes for a feature file or shard set",
+                       description="Write a CSV: image, prediction, probability, and the top-k classes with their probabilities.")
+    p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
+    p.add_argument("--features", required=True, help="feature file or shard set")
     p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per image")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("compare", help="fit and score GPUA, its ablations and baselines", description="Fit each method on --train (no labels) and score it on --test.")
-    p.add_argument("--train", required=True)
-    p.add_argument("--test", required=True)
+    p.add_argument("--train", required=True, help="feature file or shard set to fit on (labels unused)")
+    p.add_argument("--test", required=True, help="labelled feature file or shard set to score on")
     p.add_argument("--methods", default="all", help="comma-separated names or 'all' (see gpua.list_methods())")
-    p.add_argument("--json")
+    p.add_argument("--json", help="write the result rows here")
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_compare)

@@ -4,13 +4,20 @@
 - ``segment``: write a PNG label mask and a colour overlay per image (GPUA or ``--zero-shot``).
 - ``evaluate-seg``: mIoU / pixel accuracy / per-class IoU of saved masks (``--pred``) or of a
   model run on the fly, against a folder of masks (``--gt``) or an mmseg-layout dataset
-  (``--dataset``); ``--json`` prints the scores as JSON.
+  (``--dataset``); ``--json FILE`` writes the scores as JSON (``--json -`` or ``--json`` alone
+  prints them).
 
-A class-name file has one class per line; a line may list synonyms or a prompt set separated by
-commas (``background, sky, wall, floor``): the first name labels the class, every name gets a
-text prototype, and the class scores the best of them. Encoders are ``gpua.encoders`` specs
+The class-name file is the one every command reads (:mod:`gpua.data.classnames`): one class per
+line, ``name`` or ``name: word, word`` or ``first, word, word``; every word gets a text
+prototype, and a class scores the best of its words. Encoders are ``gpua.encoders`` specs
 (``offline:dinov2-s``, ``open_clip:ViT-B-16/openai``...) or ``planted:vfm`` / ``planted:vlm``,
 the planted stand-ins of :mod:`gpua.segment.planted` (a demo that needs no weights).
+
+A model from ``fit-seg`` records its encoders, templates and classes (``provenance_``, and the
+``.seg.json`` sidecar): ``segment --model`` and ``evaluate-seg --model`` read them from it, so
+``--vfm`` and ``--vlm`` are needed only to override them (a different value is reported),
+``--classnames`` must name the model's classes, and ``--templates`` (the model holds its own
+text prototypes) or a ``--vlm`` the model does not read are reported as unused.
 
 Heavy imports (torch, encoders, PIL, imgviz) happen inside the handlers: every ``gpua``
 command imports this module to build its parser.
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
@@ -41,14 +49,15 @@ def add_subcommands(subparsers) -> None:
         description="Fit GPUA on patch tokens sampled from unlabeled images; no masks are read.",
     )
     p.add_argument("--images", required=True, help="folder of unlabeled images (the fit pool)")
-    _add_class_args(p)
-    _add_encoder_args(p)
+    _add_class_args(p, required=True)
+    _add_encoder_args(p, required=True)
     p.add_argument("--out", required=True, help="model file to write (e.g. model.gpua)")
     p.add_argument("--patches-per-image", type=int, default=64, help="patch cells drawn per image (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
     p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_fit_seg)
 
     p = subparsers.add_parser(
@@ -58,8 +67,8 @@ def add_subcommands(subparsers) -> None:
     )
     _add_model_args(p)
     p.add_argument("--images", required=True, help="folder of images to segment")
-    _add_class_args(p)
-    _add_encoder_args(p)
+    _add_class_args(p, required=False)
+    _add_encoder_args(p, required=False)
     _add_inference_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="write the label masks only")
@@ -82,15 +91,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--images", help="folder of images (with --gt and --model / --zero-shot)")
     p.add_argument("--gt-suffix", default=".png", help="ground-truth file = <stem><suffix> (default .png)")
     p.add_argument("--reduce-zero-label", action="store_true", help="with --gt: 0 is unlabelled (0 -> 255, k -> k-1)")
-    p.add_argument("--classnames", help="class-name file (one class a line, synonyms comma-separated)")
-    p.add_argument("--templates", default="openai_imagenet", help="prompt templates (default openai_imagenet)")
-    p.add_argument("--vfm", help="VFM encoder spec (with --model)")
-    p.add_argument("--vlm", help="VLM encoder spec (with --model / --zero-shot)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    _add_class_args(p, required=False)
+    _add_encoder_args(p, required=False)
     _add_inference_args(p)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
-    p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    p.add_argument("--out", help="also write the JSON scores to this file")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images (default: all)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the scores as JSON to FILE ('-' or no value: print them instead of the table)")
     p.set_defaults(func=_evaluate_seg)
 
 
@@ -100,14 +106,21 @@ def _add_model_args(p) -> None:
     g.add_argument("--zero-shot", action="store_true", help="dense VLM zero-shot instead of a model")
 
 
-def _add_class_args(p) -> None:
-    p.add_argument("--classnames", required=True, help="class-name file (one class a line, synonyms comma-separated)")
-    p.add_argument("--templates", default="openai_imagenet", help="prompt templates: a set name or a file (default openai_imagenet)")
+def _add_class_args(p, required: bool) -> None:
+    from ..data.prompts import DEFAULT_TEMPLATES
+
+    recorded = "" if required else "; default: the model's, with --model"
+    p.add_argument("--classnames", required=required, metavar="FILE",
+                   help=f"class-name file: one class a line, 'name' or 'name: word, word' (see gpua.data.classnames){recorded}")
+    p.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help=f"prompt templates: a set name (openai_imagenet, simple...) or a file; default '{DEFAULT_TEMPLATES}' "
+                        f"(CLIP's 80 ImageNet templates for folders{recorded})")
 
 
-def _add_encoder_args(p) -> None:
-    p.add_argument("--vfm", required=True, help="VFM encoder spec, e.g. offline:dinov2-s")
-    p.add_argument("--vlm", required=True, help="VLM encoder spec, e.g. offline:semantic-lite0")
+def _add_encoder_args(p, required: bool) -> None:
+    recorded = "" if required else " (default: the one the model records)"
+    p.add_argument("--vfm", required=required, metavar="ENCODER", help=f"VFM encoder spec, e.g. offline:dinov2-s{recorded}")
+    p.add_argument("--vlm", required=required, metavar="ENCODER", help=f"VLM encoder spec, e.g. offline:semantic-lite0{recorded}")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
 
 
@@ -124,18 +137,30 @@ def _add_inference_args(p) -> None:
 
 
 def _class_prompts(path: str):
-    from ..data.classnames import load_classnames
-    from ..segment.inference import parse_class_prompts
+    """(class names, prompt words flat, class of each word) of a class-name file."""
+    from ..data.classnames import load_class_prompts
+    from ..segment.inference import flatten_class_prompts
 
-    return parse_class_prompts(load_classnames(path))
+    return flatten_class_prompts(*load_class_prompts(path))
 
 
-def _prototypes(vlm, prompt_names: list[str], templates: str):
-    from ..data.prompts import build_text_prototypes, get_templates
+def _prototypes(vlm, prompt_names: list[str], templates: list[str]):
+    from ..data.prompts import build_text_prototypes
 
     if not getattr(vlm, "is_vlm", False):
         raise GPUAError("--vlm is a vision-only encoder; text prototypes need a vision-language model.")
-    return build_text_prototypes(vlm.encode_text, prompt_names, get_templates(templates))
+    return build_text_prototypes(vlm.encode_text, prompt_names, templates)
+
+
+def _recorded(given, recorded, option: str, model_path: str):
+    """``given`` when set (saying so when the model records another value), else what the model records."""
+    if given is not None and recorded is not None and given != recorded:
+        warnings.warn(f"{option} {given!r} overrides {recorded!r}, which the model {model_path!r} was fitted with.", stacklevel=2)
+    return given if given is not None else recorded
+
+
+def _show_templates(t: list[str]) -> str:
+    return f"{len(t)} template(s): {t[0]!r}{', ...' if len(t) > 1 else ''}"
 
 
 def _list_images(folder: str, what: str = "--images") -> list[Path]:
@@ -213,6 +238,7 @@ def _read_sidecar(meta_path: Path) -> dict:
 
 
 def _load_model(path: str):
+    """The model and what it records (its ``provenance_``, over the ``.seg.json`` sidecar of older files)."""
     from .. import load_model
 
     if not os.path.isfile(path):
@@ -220,77 +246,119 @@ def _load_model(path: str):
     model = load_model(path)
     meta_path = Path(path + _SEG_META_SUFFIX)
     meta = _read_sidecar(meta_path) if meta_path.is_file() else {}
-    return model, meta
+    return model, {**meta, **(getattr(model, "provenance_", None) or {})}
 
 
-def _segmenter(args, prompt_names: list[str], class_of_prototype):
-    """A DenseSegmenter from the parsed arguments (model or zero-shot)."""
+def _segmenter(args, classes=None):
+    """A DenseSegmenter from the parsed arguments (model or zero-shot), and the class names.
+
+    ``classes`` is ``(classnames, prompt_names, class_of_prototype)`` from ``--classnames`` or the
+    ground truth; with ``--model`` and none given, the model's own.
+    """
+    import numpy as np
+
+    from ..data.prompts import resolve_templates
     from ..segment.inference import DenseSegmenter
 
-    if not args.vlm:
-        raise GPUAError("--vlm is required to encode the class prompts; pass the VLM encoder spec.")
-    vlm = make_encoder(args.vlm, args.device)
-    Y = _prototypes(vlm, prompt_names, args.templates)
-    model, vfm, meta = None, None, {}
+    model, rec = None, {}
     if getattr(args, "model", None):
-        model, meta = _load_model(args.model)
-        if not args.vfm:
-            raise GPUAError("--vfm is required with --model; pass the VFM encoder the model was fitted with.")
-        vfm = make_encoder(args.vfm, args.device)
-        fitted = getattr(model, "classnames_", None) or meta.get("prompt_names")
-        if fitted and list(fitted) != list(prompt_names):
+        model, rec = _load_model(args.model)
+        fitted = rec.get("prompt_names") or getattr(model, "classnames_", None)
+        if classes is None:
+            if not rec.get("classnames") or rec.get("class_of_prototype") is None:
+                raise GPUAError(f"the model {args.model!r} records no class list; pass --classnames (the file used with `gpua fit-seg`).")
+            classes = (list(rec["classnames"]), list(rec["prompt_names"]), np.asarray(rec["class_of_prototype"], dtype=np.int64))
+        elif fitted and list(fitted) != list(classes[1]):
             raise GPUAError(
-                f"--classnames gives the prompts {prompt_names[:4]}... but the model was fitted with "
-                f"{list(fitted)[:4]}...; pass the class-name file used with `gpua fit-seg`."
+                f"--classnames gives the prompts {classes[1][:4]}... but the model was fitted with "
+                f"{list(fitted)[:4]}...; pass the class-name file used with `gpua fit-seg` (or leave --classnames out)."
             )
-    elif args.refine == "affinity":
-        if not args.vfm:
-            raise GPUAError("--refine affinity needs --vfm (the VFM's patch affinities).")
-        vfm = make_encoder(args.vfm, args.device)
-    return DenseSegmenter(
+        uses_vlm = str(getattr(model, "query", "vfm")).lower() != "vfm"
+        uses_vfm = True
+    else:
+        if classes is None:
+            raise GPUAError("--zero-shot needs --classnames (one class a line), the classes to segment into.")
+        uses_vlm, uses_vfm = True, args.refine == "affinity"
+    classnames, prompt_names, owner = classes
+    vlm = vfm = Y = None
+    if uses_vlm or model is None:
+        spec = _recorded(args.vlm, rec.get("vlm"), "--vlm", args.model) if model is not None else args.vlm
+        if not spec:
+            raise GPUAError("--vlm is required" + (" (the model records none)" if model is not None else "") + "; pass the VLM encoder spec.")
+        vlm = make_encoder(spec, args.device)
+    if uses_vfm:
+        spec = _recorded(args.vfm, rec.get("vfm"), "--vfm", args.model) if model is not None else args.vfm
+        if not spec:
+            why = "the model records none" if model is not None else "--refine affinity uses the VFM's patch affinities"
+            raise GPUAError(f"--vfm is required ({why}); pass the VFM encoder spec.")
+        vfm = make_encoder(spec, args.device)
+    if model is None:
+        Y = _prototypes(vlm, prompt_names, resolve_templates(args.templates))
+    else:
+        fitted_templates = rec.get("templates")
+        if isinstance(fitted_templates, str):  # older sidecars record the set's name
+            fitted_templates = resolve_templates(fitted_templates)
+        if args.templates is not None and fitted_templates and resolve_templates(args.templates) != fitted_templates:
+            warnings.warn(f"--templates is not used with --model: the model holds its text prototypes, built from "
+                          f"{_show_templates(fitted_templates)}.", stacklevel=2)
+        if args.vlm is not None and not uses_vlm:
+            warnings.warn("--vlm is not used with this model: it maps the VFM's patch features alone (query='vfm').", stacklevel=2)
+    seg = DenseSegmenter(
         vfm,
         vlm,
         Y,
         model=model,
-        class_of_prototype=class_of_prototype,
+        class_of_prototype=owner,
+        uses_vlm=uses_vlm if model is not None else None,
         crop_size=args.crop,
         stride=args.stride,
-        grid=meta.get("grid", "coarser"),
+        grid=rec.get("grid", "coarser"),
         refine=None if args.refine == "none" else args.refine,
         affinity_topk=args.affinity_topk,
         score_threshold=args.threshold,
         threshold_label=args.threshold_label,
     )
+    return seg, classnames
 
 
 # --------------------------------------------------------------------------- handlers
 
 
 def _fit_seg(args: argparse.Namespace) -> int:
+    from ..data.prompts import resolve_templates
+    from ..estimator import GPUA
     from ..segment.inference import fit_patch_gpua
+    from ._common import FitProgress
 
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     files = _list_images(args.images)[: args.max_images]
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
-    Y = _prototypes(vlm, prompt_names, args.templates)
+    templates = resolve_templates(args.templates)
+    Y = _prototypes(vlm, prompt_names, templates)
     images = [_load_image(f) for f in files]
-    model = fit_patch_gpua(
-        vfm, vlm, images, Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names
-    )
+    estimator = GPUA(query="vfm")
+    with FitProgress(estimator, not args.no_progress) as progress:
+        model = fit_patch_gpua(
+            vfm, vlm, images, Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names,
+            estimator=estimator, callback=progress, progress=not args.no_progress,
+        )
     meta = {
+        "task": "segmentation",
         "classnames": classnames,
         "prompt_names": prompt_names,
         "class_of_prototype": owner.tolist(),
-        "templates": args.templates,
+        "templates": templates,
         "vfm": args.vfm,
         "vlm": args.vlm,
         "grid": args.grid,
         "patches_per_image": args.patches_per_image,
         "seed": args.seed,
         "n_images": len(images),
+        "images": str(args.images),
     }
+    model.provenance_ = meta
     _save_model(model, args.out, meta)
     print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}")
     return 0
@@ -299,9 +367,9 @@ def _fit_seg(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     check_paths(args, inputs=("model", "images", "classnames", "templates"), outputs=(("out", "folder"),),
                 extra_inputs=_sidecar(args))
-    classnames, prompt_names, owner = _class_prompts(args.classnames)
+    classes = _class_prompts(args.classnames) if args.classnames else None
     files = _list_images(args.images)
-    seg = _segmenter(args, prompt_names, owner)
+    seg, classnames = _segmenter(args, classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -357,15 +425,20 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     seg = None
     if not args.pred:
         if args.classnames:
-            names, prompt_names, owner = _class_prompts(args.classnames)
-            if len(names) != len(classnames):
-                raise GPUAError(f"--classnames has {len(names)} classes but the ground truth has {len(classnames)}; give one line per class.")
+            classes = _class_prompts(args.classnames)
+            if len(classes[0]) != len(classnames):
+                raise GPUAError(f"--classnames has {len(classes[0])} classes but the ground truth has {len(classnames)}; give one line per class.")
+        elif args.model:
+            classes = None  # the model's own
         else:
             from ..segment.datasets import prompt_name
             from ..segment.inference import parse_class_prompts
 
-            _, prompt_names, owner = parse_class_prompts([prompt_name(c) for c in classnames])
-        seg = _segmenter(args, prompt_names, owner)
+            classes = parse_class_prompts([prompt_name(c) for c in classnames])
+        seg, model_classes = _segmenter(args, classes)
+        if len(model_classes) != len(classnames):
+            raise GPUAError(f"the model segments into {len(model_classes)} classes but the ground truth has {len(classnames)}; "
+                            "pass --classnames with one line per ground-truth class.")
     for stem, img_path, ann in pairs:
         gt = load_gt(ann)
         if seg is None:
@@ -386,12 +459,13 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     scores = metric.compute()
     result = scores.to_dict()
     result["n_images"] = metric.n_images
-    if args.out:
-        atomic_write_text(args.out, json.dumps(result, indent=2))
-    if args.json:
+    if args.json == "-":
         json.dump(result, sys.stdout, indent=2)
         print()
-    else:
-        print(scores.table())
-        print(f"{metric.n_images} image(s)")
+        return 0
+    print(scores.table())
+    print(f"{metric.n_images} image(s)")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
     return 0

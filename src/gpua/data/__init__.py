@@ -22,7 +22,7 @@ from ._datasets import (
 )
 from ._loaders import DEMO_DATASET, DEMO_SPLITS, load_dataset
 from ._pool import sample_pool
-from ._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name
+from ._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name, dataset_info
 
 __all__ = [
     "load_dataset",
@@ -39,6 +39,7 @@ __all__ = [
     "COOP_DATASETS",
     "KNOWN_DATASETS",
     "canonical_name",
+    "dataset_info",
     "classnames",
     "prompts",
 ]

@@ -16,6 +16,14 @@ Shipped template sets (all data, copied from their sources):
 * one set per dataset (:data:`DATASET_TEMPLATES`): for the 11 CoOp datasets CoOp's single
   hand-written prompt (``CUSTOM_TEMPLATES`` in CoOp's ``trainers/zsclip.py``), for CIFAR-10 and
   CIFAR-100 the 18 templates of CLIP's ``data/prompts.md``.
+
+**The default** (:data:`DEFAULT_TEMPLATES` = ``"auto"``, the same in every command and function
+that builds prototypes: ``gpua extract``, ``classify``, ``benchmark``, ``demo``, ``fit-seg``,
+``segment``, ``evaluate-seg``): a known benchmark's own templates (its name, or the dataset's),
+as the published protocols use them (CoOp's prompt for its 11 datasets, CLIP's 18 for CIFAR),
+and for any other data CLIP's 80 ImageNet templates, the general-purpose ensemble (CLIP's paper:
++3.5 points on ImageNet over the single "a photo of a {}."). Text prototypes are built once
+per class, so 80 templates cost seconds, not a re-extraction of images.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from .._errors import GPUAError
 from .._validation import check_matrix
 from ._registry import KNOWN_DATASETS, canonical_name, dataset_info
 from ._textfiles import read_string_list
-from .classnames import resolve_classnames
+from .classnames import resolve_class_prompts
 
 __all__ = [
     "OPENAI_IMAGENET_TEMPLATES",
@@ -39,7 +47,9 @@ __all__ = [
     "CIFAR_TEMPLATES",
     "DATASET_TEMPLATES",
     "TEMPLATE_SETS",
+    "DEFAULT_TEMPLATES",
     "get_templates",
+    "resolve_templates",
     "check_templates",
     "fill_template",
     "build_text_prototypes",
@@ -174,6 +184,9 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "simple": SIMPLE_TEMPLATES,
 }
 
+#: The default of every ``templates=`` argument: see the module docstring and :func:`resolve_templates`.
+DEFAULT_TEMPLATES = "auto"
+
 # Any {...} field; after normalisation only the bare {} may remain.
 _FIELD = re.compile(r"\{[^{}]*\}")
 
@@ -255,6 +268,29 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
     )
 
 
+def resolve_templates(templates: str | os.PathLike | Sequence[str] | None = DEFAULT_TEMPLATES, dataset: str | None = None) -> list[str]:
+    """The templates a command uses: ``templates`` as :func:`get_templates` reads it, or the default.
+
+    Parameters
+    ----------
+    templates : str, path-like, sequence of str or None
+        ``None`` or ``"auto"`` (:data:`DEFAULT_TEMPLATES`) picks the default: the templates of
+        ``dataset`` when it names a known benchmark (:data:`DATASET_TEMPLATES`, aliases such as
+        ``"cifar10-mini"`` included), else the 80 ``"openai_imagenet"`` templates. Anything else
+        goes to :func:`get_templates`.
+    dataset : str, optional
+        The data's name.
+
+    Returns
+    -------
+    list of str
+    """
+    if templates is None or (isinstance(templates, str) and templates.strip().lower() == DEFAULT_TEMPLATES):
+        canon = canonical_name(dataset) if dataset else None
+        return list(DATASET_TEMPLATES[canon] if canon else OPENAI_IMAGENET_TEMPLATES)
+    return get_templates(templates)
+
+
 def fill_template(template: str, classname: str, *, underscores_to_spaces: bool = True) -> str:
     """The prompt for one class.
 
@@ -274,6 +310,7 @@ def build_text_prototypes(
     *,
     underscores_to_spaces: bool = True,
     progress: bool = False,
+    synonyms: Sequence[Sequence[str]] | None = None,
 ) -> np.ndarray:
     """Encode class prompts and ensemble them into one unit-norm prototype per class.
 
@@ -293,11 +330,16 @@ def build_text_prototypes(
         Write ``"american bulldog"`` for the class ``"american_bulldog"`` (CoOp does).
     progress : bool
         Show a tqdm progress bar over batches.
+    synonyms : sequence of sequence of str, optional
+        The prompt words of each class (``[["car", "automobile"], ...]``, from a class-name
+        file's ``automobile: car, automobile`` line, see :mod:`gpua.data.classnames`); default:
+        each class's own name. A class-name file passed as ``classnames`` gives its own words.
 
     Returns
     -------
     ndarray of float32, shape (n_classes, d)
-        Row k = normalise(mean over templates of normalise(encode_text(prompt(k, t)))).
+        Row k = normalise(mean over templates of normalise(encode_text(prompt(k, t)))); with
+        several words per class, normalise(mean over words of that per-word prototype).
 
     Raises
     ------
@@ -306,9 +348,27 @@ def build_text_prototypes(
         rows, a changing width, NaN/inf, or an all-zero embedding.
     """
     # A str is a dataset name or class-name file (as in load_dataset), never a list of letters.
-    names = resolve_classnames(classnames if isinstance(classnames, (str, os.PathLike)) else list(classnames))
-    if not names:
+    resolved = resolve_class_prompts(classnames if isinstance(classnames, (str, os.PathLike)) else list(classnames))
+    if not resolved or not resolved[0]:
         raise GPUAError("classnames is empty; give at least one class name.")
+    names, words = resolved
+    if synonyms is not None:
+        words = [[str(w) for w in ws] for ws in synonyms]
+        if len(words) != len(names) or any(not ws for ws in words):
+            raise GPUAError(f"synonyms has {len(words)} entries for {len(names)} classes; give each class a non-empty list of words.")
+    if any(ws != [n] for n, ws in zip(names, words)):
+        flat = [w for ws in words for w in ws]
+        per_word = build_text_prototypes(encode_text, flat, templates, batch_size, underscores_to_spaces=underscores_to_spaces,
+                                         progress=progress) if len(set(flat)) == len(flat) else None
+        if per_word is None:
+            raise GPUAError("a prompt word is given to two classes; each word may stand for one class only.")
+        owner = np.repeat(np.arange(len(names)), [len(ws) for ws in words])
+        sums = np.zeros((len(names), per_word.shape[1]), dtype=np.float64)
+        np.add.at(sums, owner, per_word.astype(np.float64))
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        if np.any(norms < 1e-12):
+            raise GPUAError(f"the prompt words of class {names[int(np.argmin(norms))]!r} cancel out; use other words.")
+        return (sums / norms).astype(np.float32)
     temps = check_templates(templates)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise GPUAError(f"batch_size must be a positive integer, got {batch_size!r}.")

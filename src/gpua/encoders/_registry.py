@@ -212,5 +212,6 @@ for _name, _target in {
     "offline:efficientnet-lite0": "gpua.encoders._offline:efficientnet_lite0",
     "offline:efficientnet-lite2": "gpua.encoders._offline:efficientnet_lite2",
     "offline:semantic-lite0": "gpua.encoders._offline:semantic_lite0",
+    "planted:": "gpua.segment.planted:planted_encoder",  # weight-free stand-ins of the planted world
 }.items():
     register_encoder(_name, _target)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from .._errors import GPUAError
 from .._validation import check_matrix
+from ..data.classnames import parse_class_entries
 
 __all__ = [
     "DenseSegmenter",
@@ -47,6 +48,7 @@ __all__ = [
     "encode_grids",
     "fit_patch_gpua",
     "parse_class_prompts",
+    "flatten_class_prompts",
     "resample_grid",
     "sample_patch_features",
     "sliding_windows",
@@ -200,6 +202,7 @@ def sample_patch_features(
     seed: int = 0,
     grid: str | tuple[int, int] = "coarser",
     batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paired VFM/VLM patch features sampled from an unlabeled image pool.
 
@@ -215,6 +218,8 @@ def sample_patch_features(
         Common grid (see :func:`encode_grids`).
     batch_size : int
         Images per encoder call.
+    progress : bool
+        Show a tqdm bar over the images.
 
     Returns
     -------
@@ -227,13 +232,22 @@ def sample_patch_features(
     imgs = _as_images(images)
     rng = np.random.default_rng(seed)
     zs, xs = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(imgs), desc="patch features", unit="img", leave=False, dynamic_ncols=True)
     for batch in _same_size_batches(imgs, batch_size):
         Zg, Xg = encode_grids(vfm, vlm, batch, grid=grid)
+        if bar is not None:
+            bar.update(len(batch))
         n_cells = Zg.shape[1] * Zg.shape[2]
         for z, x in zip(Zg.reshape(len(batch), n_cells, -1), Xg.reshape(len(batch), n_cells, -1)):
             idx = np.sort(rng.choice(n_cells, size=min(int(patches_per_image), n_cells), replace=False))
             zs.append(z[idx].numpy())
             xs.append(x[idx].numpy())
+    if bar is not None:
+        bar.close()
     return np.concatenate(zs), np.concatenate(xs)
 
 
@@ -249,6 +263,8 @@ def fit_patch_gpua(
     estimator=None,
     batch_size: int = 16,
     classnames: Sequence[str] | None = None,
+    callback=None,
+    progress: bool = False,
 ):
     """Fit GPUA on patch tokens of an unlabeled image pool.
 
@@ -265,55 +281,55 @@ def fit_patch_gpua(
         Default ``gpua.GPUA(query="vfm")``.
     classnames : sequence of str, optional
         One name per prototype row, stored in the model (``fit(..., classnames=...)``).
+    callback : callable, optional
+        Passed to the estimator's ``fit`` (GPUA calls it after each UCM round and refinement
+        evaluation: progress display).
+    progress : bool
+        Show a progress bar while the patch features are encoded.
 
     Returns
     -------
     The fitted estimator.
     """
-    Z, X = sample_patch_features(vfm, vlm, images, patches_per_image=patches_per_image, seed=seed, grid=grid, batch_size=batch_size)
+    Z, X = sample_patch_features(vfm, vlm, images, patches_per_image=patches_per_image, seed=seed, grid=grid, batch_size=batch_size,
+                                 progress=progress)
     if estimator is None:
         from .. import GPUA  # the core estimator; imported late so this module loads without it
 
         estimator = GPUA(query="vfm")
     Y = check_matrix(prototypes, "prototypes", n_cols=X.shape[1])
+    kw = {} if callback is None else {"callback": callback}
     if classnames is not None:
-        return estimator.fit(Z, X, Y, classnames=list(classnames))
-    return estimator.fit(Z, X, Y)
+        return estimator.fit(Z, X, Y, classnames=list(classnames), **kw)
+    return estimator.fit(Z, X, Y, **kw)
 
 
 def parse_class_prompts(entries: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
-    """Class entries with comma-separated synonyms -> class names, prompt names, class of each.
+    """Lines of a class-name file -> class names, prompt names, class of each.
 
     Parameters
     ----------
     entries : sequence of str
-        One entry per class, e.g. ``["background, sky, wall, floor", "cat", "dog, puppy"]``.
+        One entry per class in the format of :mod:`gpua.data.classnames`, e.g.
+        ``["background, sky, wall, floor", "cat", "dog: dog, puppy"]``.
 
     Returns
     -------
     classnames : list of str
-        The first name of each entry (``["background", "cat", "dog"]``).
+        The name of each class (``["background", "cat", "dog"]``).
     prompt_names : list of str
-        Every name, in order (one text prototype each).
+        Every prompt word, in order (one text prototype each).
     class_of_prototype : np.ndarray of shape (len(prompt_names),), int64
         The class index of each prompt name.
     """
-    classnames, prompts, owner = [], [], []
-    seen: dict[str, int] = {}
-    for k, entry in enumerate(entries):
-        names = [n.strip() for n in str(entry).split(",") if n.strip()]
-        if not names:
-            raise GPUAError(f"class entry {k} ({entry!r}) holds no name; give at least one name per class.")
-        classnames.append(names[0])
-        for n in names:
-            if n in seen:
-                if seen[n] != k:
-                    raise GPUAError(f"the name {n!r} stands for class {seen[n]} and class {k}; a prompt name may belong to one class only.")
-                continue  # a repeat within one entry adds nothing
-            seen[n] = k
-            prompts.append(n)
-            owner.append(k)
-    return classnames, prompts, np.asarray(owner, dtype=np.int64)
+    return flatten_class_prompts(*parse_class_entries(entries))
+
+
+def flatten_class_prompts(classnames: Sequence[str], words: Sequence[Sequence[str]]) -> tuple[list[str], list[str], np.ndarray]:
+    """Class names and each class's prompt words -> class names, every word, the class of each word."""
+    prompts = [w for ws in words for w in ws]
+    owner = np.repeat(np.arange(len(words), dtype=np.int64), [len(ws) for ws in words])
+    return list(classnames), prompts, owner
 
 
 # --------------------------------------------------------------------------- windows

@@ -9,21 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .._errors import GPUAError
-
 __all__ = ["make_encoder", "write_label_png", "write_overlay_png"]
 
 
 def make_encoder(spec: str, device: str | None = None):
-    """An encoder from a spec: `planted:vfm` / `planted:vlm` (the planted demo world) or any
-    `gpua.encoders.create_encoder` spec."""
-    if spec.startswith("planted:"):
-        from .planted import make_planted_world
-
-        role = spec.split(":", 1)[1]
-        if role not in ("vfm", "vlm"):
-            raise GPUAError(f"--vfm/--vlm {spec!r}: the planted encoders are 'planted:vfm' and 'planted:vlm'.")
-        return getattr(make_planted_world(), role)
+    """An encoder from a spec: any :func:`gpua.encoders.create_encoder` spec, the planted
+    stand-ins ``planted:vfm`` / ``planted:vlm`` included."""
     from ..encoders import create_encoder
 
     return create_encoder(spec, device=device) if device else create_encoder(spec)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._errors import GPUAError
 
-__all__ = ["PlantedPatchEncoder", "PlantedSegmentationWorld", "make_planted_world"]
+__all__ = ["PlantedPatchEncoder", "PlantedSegmentationWorld", "make_planted_world", "planted_encoder"]
 
 _DEFAULT_NAMES = ("sky", "grass", "road", "water", "sand", "building", "tree", "snow")
 # Corners of the [0.2, 0.8]^3 cube: any two differ by 0.6 in at least one channel, far more than
@@ -80,6 +80,7 @@ class PlantedPatchEncoder:
         self.prototypes = None if prototypes is None else np.asarray(prototypes, dtype=np.float32)
         self.classnames = list(classnames) if classnames is not None else None
         self.name = name
+        self.spec = name  # the encoder-spec string when built by planted_encoder ("planted:vfm")
 
     @property
     def embed_dim(self) -> int:
@@ -90,7 +91,7 @@ class PlantedPatchEncoder:
         return self.prototypes is not None
 
     def metadata(self) -> dict:
-        return {"name": self.name, "embed_dim": self.embed_dim, "patch_size": self.patch_size, "is_vlm": self.is_vlm}
+        return {"spec": self.spec, "name": self.name, "embed_dim": self.embed_dim, "patch_size": self.patch_size, "is_vlm": self.is_vlm}
 
     def pixel_features(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (H, W, d) float64 per-pixel features."""
@@ -117,8 +118,9 @@ class PlantedPatchEncoder:
             out[i] = f.reshape(h, p, w, p, -1).mean(axis=(1, 3))
         return out
 
-    def encode_images(self, images) -> np.ndarray:
-        """(N, d) float32: the mean patch feature of each image."""
+    def encode_images(self, images, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """(N, d) float32: the mean patch feature of each image (``batch_size``/``progress`` accepted
+        for the :class:`gpua.encoders.Encoder` interface; images are encoded one by one)."""
         return np.stack([self.encode_patches([im]).mean(axis=(0, 1, 2)) for im in _as_image_list(images)])
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -259,3 +261,20 @@ def make_planted_world(
         jitter=jitter, name="planted-vfm",
     )  # fmt: skip
     return PlantedSegmentationWorld(names, colours, Y.astype(np.float32), vfm, vlm, jitter)
+
+
+def planted_encoder(role: str, device: str = "cpu", cache_dir=None, spec: str | None = None, **options) -> PlantedPatchEncoder:
+    """The encoder spec ``"planted:vfm"`` / ``"planted:vlm"``: an encoder of the default planted world.
+
+    Registered in :mod:`gpua.encoders`, so every command that takes ``--vfm`` / ``--vlm`` accepts
+    them: a fast, weight-free stand-in for tests and demos. Its VLM knows only the planted class
+    names (``sky``, ``grass``, ``road``, ``water``, ``sand``) and encodes any prompt containing one.
+    ``device`` and ``cache_dir`` are accepted and ignored (numpy, no files).
+    """
+    if role not in ("vfm", "vlm"):
+        raise GPUAError(f"encoder 'planted:{role}' is unknown; the planted encoders are 'planted:vfm' and 'planted:vlm'.")
+    if options:
+        raise GPUAError(f"the planted encoders take no options; got {sorted(options)}.")
+    enc = getattr(make_planted_world(), role)
+    enc.spec = f"planted:{role}"
+    return enc

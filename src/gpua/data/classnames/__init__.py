@@ -1,4 +1,4 @@
-"""Class names of the CoOp benchmark datasets and of CIFAR, and class-name files.
+"""Class names of the CoOp benchmark datasets and of CIFAR, class-name files, and class matching.
 
 The lists ship as text files beside this module (one name per line, in label order); their
 sources are in ``SOURCES.md`` there. For the CoOp datasets the names are those CoOp stores in its
@@ -7,22 +7,57 @@ split files (``split_zhou_<Dataset>.json``), underscores included: CoOp, and
 prompt. ImageNet's are CLIP's cleaned names, except that the two pairs CLIP names identically get
 their WordNet lemma (index 744 ``"projectile"``, 836 ``"sunglass"``), because gpua refuses
 duplicate class names.
+
+**The class-name file** (one format for every ``gpua`` command; :func:`load_class_prompts`): a
+text file with one class per line, in label order (blank lines and lines starting with ``#`` are
+skipped). A line is
+
+* ``cat``: the class ``cat``, prompted as "cat";
+* ``automobile: car, automobile``: the class ``automobile`` (a class folder's name, the name in
+  results) prompted by the words after the colon, here "car" and "automobile";
+* ``background, sky, wall``: shorthand for ``background: background, sky, wall`` (the first
+  word names the class, every word is a prompt).
+
+A prompt word belongs to one class only. Classification averages a class's prompts into one
+text prototype (each word ensembled over the templates, then the words averaged);
+segmentation keeps one prototype per word and scores a class by its best word. A JSON list of
+such lines, a JSON object ``{"automobile": ["car", "automobile"], ...}``, a JSON object keyed
+by class index (Flowers-102's ``cat_to_name.json``) and CoOp's ImageNet ``classnames.txt``
+(``n01440764 tench``) are read too. Names cannot contain ``,`` or ``:`` in the text form.
+
+:func:`match_classes` is the one place where two class lists are matched (a model's and a test
+file's): by name whenever both sides have names.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from ..._errors import GPUAError
 from ..._validation import check_classnames
 from .._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name
 from .._textfiles import read_string_list
 
-__all__ = ["COOP_DATASETS", "KNOWN_DATASETS", "get_classnames", "load_classnames", "resolve_classnames"]
+__all__ = [
+    "COOP_DATASETS",
+    "KNOWN_DATASETS",
+    "ClassMatch",
+    "get_classnames",
+    "load_classnames",
+    "load_class_prompts",
+    "parse_class_entries",
+    "resolve_classnames",
+    "resolve_class_prompts",
+    "match_classes",
+]
 
 # CoOp's ImageNet classnames.txt prefixes every line with the WordNet id: "n01440764 tench".
 _WNID_LINE = re.compile(r"^n\d{8}\s+(\S.*)$")
@@ -65,51 +100,275 @@ def get_classnames(dataset_name: str) -> list[str]:
     return list(_read_shipped(canon))
 
 
+def parse_class_entries(entries: Sequence[str], source: str = "class names") -> tuple[list[str], list[list[str]]]:
+    """Lines of the class-name format -> class names and each class's prompt words.
+
+    Parameters
+    ----------
+    entries : sequence of str
+        One class per entry: ``"cat"``, ``"automobile: car, automobile"`` or
+        ``"background, sky, wall"`` (see the module docstring).
+    source : str
+        Where the entries came from, for messages.
+
+    Returns
+    -------
+    names : list of str
+        One per class, unique.
+    prompts : list of list of str
+        The prompt words of each class, none shared between classes.
+
+    Raises
+    ------
+    GPUAError
+        For an entry without a name, a duplicate class name, or a word given to two classes.
+    """
+    parsed: list[tuple[str, list[str]]] = []
+    for k, entry in enumerate(entries):
+        text = str(entry).strip()
+        if ":" in text:
+            name, _, rest = text.partition(":")
+            name = name.strip()
+            words = [w.strip() for w in rest.split(",") if w.strip()] or [name]
+        else:
+            words = [w.strip() for w in text.split(",") if w.strip()]
+            name = words[0] if words else ""
+        if not name:
+            raise GPUAError(f"{source}: entry {k} ({entry!r}) holds no class name; write 'name' or 'name: word, word'.")
+        parsed.append((name, words))
+    names = [n for n, _ in parsed]
+    try:
+        check_classnames(names, len(names))
+    except GPUAError as exc:
+        raise GPUAError(f"{source}: {exc}") from None
+    prompts: list[list[str]] = []
+    owner: dict[str, int] = {}
+    for k, (_, words) in enumerate(parsed):
+        unique = []
+        for w in words:
+            if owner.get(w, k) != k:
+                raise GPUAError(f"{source}: the prompt word {w!r} stands for class {owner[w]} and class {k}; a word may belong to one class only.")
+            if w not in unique:
+                owner[w] = k
+                unique.append(w)
+        prompts.append(unique)
+    return names, prompts
+
+
+def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """Read a class-name file (the format of the module docstring): names and prompt words.
+
+    Returns
+    -------
+    names : list of str
+    prompts : list of list of str
+
+    Raises
+    ------
+    GPUAError
+        When the file is missing, empty or malformed, names a class twice, or gives a word to
+        two classes.
+    """
+    source = f"class-name file {str(path)!r}"
+    mapping = _json_mapping(path)
+    if mapping is not None:
+        entries = [f"{name}: {', '.join(words)}" for name, words in mapping.items()]
+    else:
+        entries = [e for e in read_string_list(path, "class names", index_dict=True) if not e.startswith("#")]
+        if not entries:
+            raise GPUAError(f"{source} holds only comments; write one class per line.")
+        matches = [_WNID_LINE.match(n) for n in entries]
+        if all(matches):
+            entries = [m.group(1).strip() for m in matches]  # type: ignore[union-attr]
+    return parse_class_entries(entries, source)
+
+
+def _json_mapping(path: str | os.PathLike) -> dict[str, list[str]] | None:
+    """``{"name": ["word", ...] | "word", ...}`` from a JSON file, or None for any other content."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+        data = json.loads(text) if text.lstrip()[:1] == "{" else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # read_string_list reports it
+    if not isinstance(data, dict) or not data or all(str(k).strip().lstrip("-").isdigit() for k in data):
+        return None
+    out = {}
+    for name, words in data.items():
+        words = [words] if isinstance(words, str) else words
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise GPUAError(f"class-name file {str(path)!r}: class {name!r} maps to {words!r}; give a word or a list of words.")
+        out[str(name)] = [w.strip() for w in words]
+    return out
+
+
 def load_classnames(path: str | os.PathLike) -> list[str]:
-    """Read class names from a file, in label order.
+    """Read the class names of a class-name file, in label order (see :func:`load_class_prompts`).
 
     Parameters
     ----------
     path : str or path-like
-        A text file with one name per line (blank lines skipped; CoOp's ImageNet
+        A text file with one class per line (``automobile: car, automobile`` gives the name
+        ``automobile``; blank lines and ``#`` comments skipped; CoOp's ImageNet
         ``classnames.txt`` lines ``"n01440764 tench"`` lose their WordNet id when every line has
-        one), a JSON list of strings, or a JSON object keyed by class index (Flowers-102's
-        ``cat_to_name.json``).
+        one), a JSON list of such lines, or a JSON object keyed by class name or by class index
+        (Flowers-102's ``cat_to_name.json``).
 
     Raises
     ------
     GPUAError
         When the file is missing, empty or malformed, or names a class twice.
     """
-    names = read_string_list(path, "class names", index_dict=True)
-    matches = [_WNID_LINE.match(n) for n in names]
-    if all(matches):
-        names = [m.group(1).strip() for m in matches]  # type: ignore[union-attr]
-    try:
-        check_classnames(names, len(names))
-    except GPUAError as exc:
-        raise GPUAError(f"class-name file {str(path)!r}: {exc}") from None
-    return names
+    return load_class_prompts(path)[0]
 
 
-def resolve_classnames(classnames: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
-    """Turn a user's ``classnames=`` argument into a checked list (or None).
+def resolve_class_prompts(
+    classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike | None,
+) -> tuple[list[str], list[list[str]]] | None:
+    """Turn a user's ``classnames=`` argument into class names and prompt words (or None).
 
-    A list is used as given; a path to an existing file is read with :func:`load_classnames`; any
-    other string is taken as a dataset name for :func:`get_classnames`.
+    A list holds literal names (each its own prompt); a dict maps each name to its prompt words;
+    a path to an existing file is read with :func:`load_class_prompts`; any other string is
+    taken as a dataset name for :func:`get_classnames`.
     """
     if classnames is None:
         return None
     if isinstance(classnames, (str, os.PathLike)):
         if os.path.isfile(classnames):
-            return load_classnames(classnames)
+            return load_class_prompts(classnames)
         if canonical_name(str(classnames)) is not None:
-            return get_classnames(str(classnames))
+            names = get_classnames(str(classnames))
+            return names, [[n] for n in names]
         raise GPUAError(
             f"classnames={str(classnames)!r} is neither a file nor a known dataset ({', '.join(KNOWN_DATASETS)}); "
             "pass a list of names, a class-name file, or a dataset name."
         )
+    if isinstance(classnames, Mapping):
+        entries = [(str(k), [v] if isinstance(v, str) else [str(w) for w in v]) for k, v in classnames.items()]
+        for name, words in entries:
+            if not words or any(not w.strip() for w in words):
+                raise GPUAError(f"classnames maps {name!r} to {words!r}; give each class at least one non-empty word.")
+        names = check_classnames([n for n, _ in entries], len(entries))
+        return names, [w for _, w in entries]
     names = [str(c) for c in classnames]
     if any(not n.strip() for n in names):
         raise GPUAError("classnames holds an empty name; every class needs a non-empty name.")
-    return check_classnames(names, len(names))
+    return check_classnames(names, len(names)), [[n] for n in names]
+
+
+def resolve_classnames(classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike | None) -> list[str] | None:
+    """Turn a user's ``classnames=`` argument into a checked list of names (or None).
+
+    A list is used as given; a dict gives its keys; a path to an existing file is read with
+    :func:`load_classnames`; any other string is taken as a dataset name for
+    :func:`get_classnames`.
+    """
+    resolved = resolve_class_prompts(classnames)
+    return None if resolved is None else resolved[0]
+
+
+# ------------------------------------------------------------------------------- matching
+def _name_key(name: str) -> str:
+    # "american_bulldog" (CoOp's folders) and "American bulldog" name one class.
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How the classes of some data map onto a model's classes (:func:`match_classes`).
+
+    Attributes
+    ----------
+    index : int array of shape (n_classes,) or None
+        ``index[k]`` is the model's class for the data's class ``k``; None means the identity.
+    by_name : bool
+        Whether the classes were matched by name (else by index).
+    note : str or None
+        What the caller should tell the user (classes matched by index only), or None.
+    """
+
+    index: np.ndarray | None
+    by_name: bool
+    note: str | None = None
+
+    @property
+    def reordered(self) -> bool:
+        return self.index is not None
+
+    def map_labels(self, labels) -> np.ndarray:
+        """The data's labels as the model's class indices."""
+        y = np.asarray(labels, dtype=np.int64)
+        return y if self.index is None else self.index[y]
+
+
+def match_classes(
+    model_classnames: Sequence[str] | None,
+    data_classnames: Sequence[str] | None,
+    *,
+    n_model: int | None = None,
+    n_data: int | None = None,
+    model_source: str = "the model",
+    data_source: str = "the data",
+) -> ClassMatch:
+    """Match the classes of some data (a test file) to a model's classes, by name when possible.
+
+    Parameters
+    ----------
+    model_classnames, data_classnames : sequence of str or None
+        The two class lists, in each side's label order (None: that side has no names).
+    n_model, n_data : int, optional
+        Class counts (default: the lengths of the lists); a side without names needs its count.
+    model_source, data_source : str
+        How to call the two sides in messages (``"model 'cifar.gpua'"``, ``"test file 'test.npz'"``).
+
+    Returns
+    -------
+    ClassMatch
+        The data-to-model class index (None when the orders already agree), and a ``note`` when
+        the classes could only be matched by index (one side, or both, has no names).
+
+    Raises
+    ------
+    GPUAError
+        When the class counts differ, or both sides name their classes and the names differ
+        (the message lists the names found on one side only). Names are compared ignoring case,
+        ``_`` versus space and repeated white space.
+    """
+    n_model = len(model_classnames) if n_model is None and model_classnames is not None else n_model
+    n_data = len(data_classnames) if n_data is None and data_classnames is not None else n_data
+    if n_model is None or n_data is None:
+        raise GPUAError("match_classes needs class names or a class count for both sides (n_model=, n_data=).")
+    both = model_classnames is not None and data_classnames is not None
+    if both:
+        m_keys = [_name_key(c) for c in model_classnames]  # type: ignore[union-attr]
+        d_keys = [_name_key(c) for c in data_classnames]  # type: ignore[union-attr]
+        if len(set(m_keys)) != len(m_keys) or len(set(d_keys)) != len(d_keys):  # names that differ only in spelling
+            m_keys, d_keys = [str(c) for c in model_classnames], [str(c) for c in data_classnames]  # type: ignore[union-attr]
+        only_data = [c for c, k in zip(data_classnames, d_keys) if k not in set(m_keys)]  # type: ignore[arg-type]
+        only_model = [c for c, k in zip(model_classnames, m_keys) if k not in set(d_keys)]  # type: ignore[arg-type]
+        if only_data or only_model or n_model != n_data:
+            raise GPUAError(
+                f"{data_source} has {n_data} classes and {model_source} {n_model}, named differently: "
+                f"only in {data_source}: {_shown(only_data)}; only in {model_source}: {_shown(only_model)}. "
+                "Scores would compare unrelated classes; evaluate on data extracted with the model's class names."
+            )
+        if m_keys == d_keys:
+            return ClassMatch(None, True)
+        pos = {k: i for i, k in enumerate(m_keys)}
+        return ClassMatch(np.asarray([pos[k] for k in d_keys], dtype=np.int64), True)
+    if n_model != n_data:
+        raise GPUAError(
+            f"{data_source} has {n_data} classes but {model_source} has {n_model}; scores would compare unrelated "
+            "classes. Evaluate on data with the model's classes."
+        )
+    missing = [s for s, names in ((model_source, model_classnames), (data_source, data_classnames)) if names is None]
+    note = (
+        f"{' and '.join(missing)} {'name' if len(missing) > 1 else 'names'} no classes, so class k of {data_source} is "
+        f"taken to be class k of {model_source} (matched by index, unchecked); store class names to match them by name."
+    )
+    return ClassMatch(None, False, note)
+
+
+def _shown(names: Sequence[str], n: int = 8) -> str:
+    names = list(names)
+    return "none" if not names else ", ".join(repr(c) for c in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

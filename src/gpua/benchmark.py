@@ -1,0 +1,309 @@
+"""The paper's protocol over many datasets and models, resumable: ``run_benchmark`` (``gpua benchmark``).
+
+For every dataset, every VFM, every VLM and every method: fit on an unlabeled pool of the train
+split (``"16-shot"``: 16 images per class, the paper's few-shot pool; ``"full"``: the whole train
+split; ``"N-shot"`` for any N), score on the test split. Labels choose a class-balanced pool, as
+the paper's (CoOp's) protocol does, and score; they never reach a fit.
+
+Like CLIP_benchmark's ``eval`` and ``build``:
+
+* ``DIR/results.jsonl``: one JSON object per (dataset, vfm, vlm, method, pool) with
+  ``metrics: {acc1, acc5, mean_per_class_recall}`` and ``seconds: {extract, fit, predict}``;
+  rewritten atomically after every row, so an interrupted run loses at most the row in progress,
+  and a re-run skips the rows already there (features are cached per dataset and model, too).
+* ``DIR/results.md`` and ``DIR/results.csv``: acc1 across datasets (one column per method and
+  encoder pair) with a mean row, built from every row of the jsonl.
+
+Datasets: anything :func:`gpua.data.load_dataset` opens by name (the embedded ``cifar10-mini``,
+and further named loaders as they are added) or by path (an image folder with ``train/`` and
+``test/`` split folders, a CoOp split file), and the 11 CoOp datasets by name under
+``dataset_root`` (CoOp's layout: ``ROOT/oxford_pets/split_zhou_OxfordPets.json`` ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._atomic import atomic_write_text
+from ._errors import GPUAError
+
+__all__ = ["BENCHMARK_METRICS", "parse_pool", "open_benchmark_dataset", "run_benchmark", "build_tables", "read_results"]
+
+#: The metrics of every row (CLIP_benchmark's names).
+BENCHMARK_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+_POOL = re.compile(r"^(\d+)-?shots?$")
+
+
+def parse_pool(pool: str) -> int | None:
+    """``"16-shot"`` -> 16 images per class; ``"full"`` -> None (the whole train split)."""
+    p = str(pool).strip().lower()
+    if p == "full":
+        return None
+    m = _POOL.match(p)
+    if not m or int(m.group(1)) < 1:
+        raise GPUAError(f"pool={pool!r} is not understood; use '16-shot' (any N-shot, N >= 1) or 'full'.")
+    return int(m.group(1))
+
+
+def open_benchmark_dataset(name: str, split: str, dataset_root: str | Path | None = None):
+    """Open one split of a benchmark dataset by name or path (see the module docstring).
+
+    Returns
+    -------
+    ImageDataset
+    """
+    from .data import COOP_DATASETS, canonical_name, dataset_info, load_dataset
+
+    p = Path(name).expanduser()
+    if p.exists():
+        return load_dataset(p, split=split)
+    canon = canonical_name(name)
+    if canon in COOP_DATASETS:
+        if dataset_root is None:
+            raise GPUAError(f"dataset {name!r} is a CoOp dataset; pass --dataset-root, the folder that holds CoOp's dataset folders.")
+        root = Path(dataset_root).expanduser()
+        info = dataset_info(canon)
+        tried = [root / n for n in dict.fromkeys([name, canon, *info.aliases, canon.replace("_", "-")])]
+        folder = next((t for t in tried if t.is_dir()), None)
+        if folder is None:
+            raise GPUAError(f"dataset {name!r}: none of {[str(t) for t in tried[:4]]} is a folder under --dataset-root {str(root)!r}.")
+        return load_dataset(folder, split=split, name=canon)
+    return load_dataset(name, split=split)
+
+
+def _slug(name: str) -> str:
+    p = Path(name).expanduser()
+    if p.exists():  # a path: its name plus a hash of where it is
+        import hashlib
+
+        return f"{p.resolve().name}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]}"
+    return re.sub(r"[^0-9A-Za-z_.-]+", "-", name)
+
+
+@dataclass
+class _Prepared:
+    name: str
+    pool: Any
+    test: Any
+    pool_tag: str
+    test_tag: str
+
+
+def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root) -> _Prepared:
+    from .data import sample_pool
+
+    train = open_benchmark_dataset(name, "train", dataset_root)
+    test = open_benchmark_dataset(name, "test", dataset_root)
+    pool = train if n_shot is None else sample_pool(train, n_per_class=n_shot, seed=seed)
+    pool_tag = "train" if n_shot is None else f"train-{n_shot}shot-seed{seed}"
+    test_tag = "test"
+    if test_per_class is not None:
+        test = sample_pool(test, n_per_class=test_per_class, seed=seed)
+        test_tag = f"test-{test_per_class}pc-seed{seed}"
+    return _Prepared(name, pool, test, pool_tag, test_tag)
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset"))
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl`` (a line that does not parse is skipped with a warning)."""
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: line {i} is not JSON; it is skipped (and dropped when the file is next written).", stacklevel=2)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+
+
+def run_benchmark(
+    datasets: Sequence[str],
+    vfms: Sequence[str],
+    vlms: Sequence[str],
+    methods: Sequence[str],
+    out_dir: str | Path,
+    *,
+    pool: str = "16-shot",
+    seed: int = 0,
+    test_per_class: int | None = None,
+    dataset_root: str | Path | None = None,
+    templates: Any = None,
+    overrides: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Run (or resume) a benchmark; returns every row of ``out_dir/results.jsonl``.
+
+    Parameters
+    ----------
+    datasets : sequence of str
+        Dataset names or paths (see the module docstring).
+    vfms, vlms : sequence of str
+        Encoder specs; every pair is run.
+    methods : sequence of str
+        Names of :func:`gpua.list_methods`; checked before anything is read.
+    out_dir : path
+        Gets ``results.jsonl``, ``results.md`` and ``results.csv``.
+    pool : str
+        ``"16-shot"`` (default), any ``"N-shot"``, or ``"full"``.
+    seed : int
+        Seed of the pool draw (and of the test subset).
+    test_per_class : int, optional
+        Score on a class-balanced subset of the test split with this many images per class (a
+        quick run; recorded in each row as ``test_subset``); default: the whole test split.
+    dataset_root : path, optional
+        CoOp's data folder, for the CoOp datasets by name.
+    templates : optional
+        Prompt templates; default ``"auto"``: each dataset's own (CoOp's prompt, CLIP's CIFAR
+        templates), else CLIP's 80 ImageNet templates.
+    overrides : dict, optional
+        GPUA parameters for every GPUA-based method.
+    cache_dir : path, optional
+        Feature cache root (features go to ``<cache>/benchmark/``).
+    device, batch_size, progress
+        As :func:`gpua.extract.extract_features`.
+    log : callable or None
+        Where progress lines go (default ``print``).
+
+    Returns
+    -------
+    list of dict
+    """
+    from .classify import check_methods, feature_cache_path
+    from .extract import extract_features
+    from .features import load_features
+    say = log or (lambda s: None)
+    methods = check_methods(list(methods), "methods")
+    n_shot = parse_pool(pool)
+    if test_per_class is not None and (isinstance(test_per_class, bool) or int(test_per_class) < 1):
+        raise GPUAError(f"test_per_class={test_per_class!r} must be a positive integer.")
+    if not datasets or not vfms or not vlms:
+        raise GPUAError("give at least one dataset, one VFM and one VLM.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "results.jsonl"
+    rows = read_results(jsonl)
+    done = {_key(r) for r in rows}
+    test_subset = None if test_per_class is None else f"{int(test_per_class)} per class"
+    # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
+    prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root) for d in datasets]
+    for prep in prepared:
+        for vfm in vfms:
+            for vlm in vlms:
+                base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset}
+                todo = [m for m in methods if _key({**base, "method": m}) not in done]
+                if not todo:
+                    say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl}; skipped")
+                    continue
+                t0 = time.perf_counter()
+                files = {}
+                for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
+                    files[part] = extract_features(
+                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{_slug(prep.name)}_{tag}", vfm, vlm, cache_dir),
+                        device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                    )
+                extract_s = time.perf_counter() - t0
+                train_fs, test_fs = load_features(files["pool"]), load_features(files["test"], require=("labels",))
+                say(f"{prep.name}  {vfm} + {vlm}: pool {train_fs.n_samples} images ({pool}), test {test_fs.n_samples}, "
+                    f"{len(train_fs.classnames or [])} classes; features in {files['pool'].parent} ({extract_s:.1f} s)")
+                for method in todo:
+                    row = _run_method(method, train_fs, test_fs, files["pool"], prep.name, overrides)
+                    row = {**base, "method": method, "task": "zeroshot_classification", **row,
+                           "seconds": {"extract": extract_s, **row["seconds"]}, "gpua_version": __version__}
+                    rows.append(row)
+                    done.add(_key(row))
+                    _write_rows(jsonl, rows)
+                    say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s")
+                    extract_s = 0.0  # counted once per (dataset, encoders)
+    md, table_csv = build_tables(rows)
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.csv", table_csv)
+    say(f"wrote {jsonl}, {out / 'results.md'} and {out / 'results.csv'}")
+    return rows
+
+
+def _run_method(method: str, train_fs, test_fs, pool_file: Path, name: str, overrides) -> dict[str, Any]:
+    """Fit one method on the pool features (no labels) and score it on the test features."""
+    from .baselines import make_method
+    from .report import evaluate_model, provenance_from_features
+
+    est = make_method(method, **(overrides or {}))
+    t0 = time.perf_counter()
+    est.fit(train_fs.vfm_features, train_fs.vlm_features, train_fs.text_prototypes, classnames=train_fs.classnames)
+    fit_s = time.perf_counter() - t0
+    est.provenance_ = provenance_from_features(train_fs.meta, classnames=train_fs.classnames, source=str(pool_file))
+    res = evaluate_model(est, test_fs, dataset=name, test_name=f"the test features of {name!r}")
+    return {
+        "metrics": res["metrics"],
+        "n_classes": res["gpua"]["n_classes"],
+        "n_pool": int(train_fs.n_samples),
+        "n_test": int(test_fs.n_samples),
+        "templates": len(train_fs.meta.get("templates") or []),
+        "seconds": {"fit": fit_s, "predict": res["gpua"]["predict_seconds"]},
+    }
+
+
+def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[str, str]:
+    """acc1 (percent) by dataset (rows, then ``mean``) and run (columns), as Markdown and CSV.
+
+    A column is one (method, VFM, VLM, pool, seed, test subset); the parts that are the same
+    for every column are said once above the Markdown table instead of in every header. The
+    mean of a column covers the datasets it has; a column missing some says how many it has.
+    """
+    if metric not in BENCHMARK_METRICS:
+        raise GPUAError(f"metric={metric!r}; choose from {BENCHMARK_METRICS}.")
+    parts = ("method", "vfm", "vlm", "pool", "seed", "test_subset")
+    runs = list(dict.fromkeys(tuple(r.get(p) for p in parts) for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    varying = [i for i, p in enumerate(parts) if len({run[i] for run in runs}) > 1] or [0]
+    fixed = [(p, runs[0][i]) for i, p in enumerate(parts) if i not in varying and runs and runs[0][i] is not None]
+    header = [" / ".join(str(run[i]) for i in varying) for run in runs]
+    value = {(r["dataset"], tuple(r.get(p) for p in parts)): r["metrics"][metric] for r in rows}
+    table = []
+    for d in datasets:
+        table.append([d] + [value.get((d, run)) for run in runs])
+    means = []
+    for j, run in enumerate(runs):
+        vals = [value[(d, run)] for d in datasets if (d, run) in value]
+        means.append(None if not vals else (float(np.mean(vals)), len(vals)))
+    def fmt(v):
+        return "" if v is None else f"{100 * v:.2f}"
+
+    mean_cells = ["" if m is None else fmt(m[0]) + ("" if m[1] == len(datasets) else f" ({m[1]} of {len(datasets)})") for m in means]
+    md = [f"{metric} (%) by dataset" + ("; " + ", ".join(f"{p} {v}" for p, v in fixed) if fixed else ""), "",
+          "| dataset | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    md += ["| " + " | ".join([row[0]] + [fmt(v) for v in row[1:]]) + " |" for row in table]
+    md.append("| **mean** | " + " | ".join(mean_cells) + " |")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset"] + header)
+    for row in table:
+        w.writerow([row[0]] + [fmt(v) for v in row[1:]])
+    w.writerow(["mean"] + mean_cells)
+    return "\n".join(md) + "\n", buf.getvalue()

@@ -1,0 +1,220 @@
+"""From a folder of photos to predictions in one call: ``classify_folder`` (the ``gpua classify`` command).
+
+1. Both encoders encode the photos (cached: a re-run with the same photos, encoders, class
+   names and templates reads the features back, see :func:`gpua.extract.extract_features`).
+2. A method (GPUA by default) is fitted on the pool: the folder itself by default
+   (transductive: the photos to classify are also the unlabeled pool; no label is read), or
+   another folder (``pool=``).
+3. Every photo gets its class probabilities; the result writes a CSV.
+
+The folder is flat (``DIR/*.jpg``: unlabeled) or has one sub-folder per class (``DIR/<class>/``:
+labelled, the labels are then reported against, never fitted on). The class-name file is the
+format of :mod:`gpua.data.classnames`: ``automobile: car, automobile`` names the folder
+``automobile`` and prompts with "car" and "automobile". The default encoders are the offline
+ones (``offline:dinov2-s`` and ``offline:semantic-lite0``): they install from PyPI and need no
+network, so this runs on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._errors import GPUAError
+
+__all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods"]
+
+DEFAULT_VFM = "offline:dinov2-s"
+DEFAULT_VLM = "offline:semantic-lite0"
+
+
+def check_methods(methods: Sequence[str], option: str = "method") -> list[str]:
+    """The method names, checked against :func:`gpua.list_methods` before any work starts."""
+    from .baselines import list_methods
+
+    methods = [m.strip() for m in methods if m and m.strip()]
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown or not methods:
+        raise GPUAError(f"{option}: {unknown or 'no method'} {'is' if len(unknown) == 1 else 'are'} unknown; choose from {list_methods()}.")
+    return methods
+
+
+def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a command caches the features of one image set: ``<cache>/<kind>/<name>__<vfm>__<vlm>.npz``.
+
+    ``<cache>`` is ``cache_dir``, else ``$GPUA_CACHE_DIR``, else the user cache folder
+    (:func:`gpua.encoders.cache_dir`). The file is only a location: whether it still holds the
+    right features is decided by its cache key (:func:`gpua.extract.extract_features`).
+    """
+    from .encoders import cache_dir as cache_root
+
+    tag = f"{name}__{vfm}__{vlm}"
+    for ch in ':/\\?&=" ':
+        tag = tag.replace(ch, "-")
+    return cache_root(cache_dir) / kind / f"{tag}.npz"
+
+
+def _folder_tag(folder: Path) -> str:
+    """A readable, unique cache name for a folder: its name plus a hash of its absolute path."""
+    resolved = str(folder.expanduser().resolve())
+    return f"{folder.expanduser().resolve().name or 'root'}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Classification:
+    """The result of :func:`classify_folder`.
+
+    Attributes
+    ----------
+    image_ids : list of str
+        The photos, relative to the folder.
+    proba : array of shape (n_images, n_classes)
+        Class probabilities (the model's ``predict_proba``).
+    classnames : list of str
+    labels : int array of shape (n_images,) or None
+        The true classes of a labelled folder (class sub-folders); never used to fit.
+    model : fitted estimator
+        With ``provenance_`` (encoders, templates, class names, the pool's feature file).
+    features, pool_features : Path
+        The cached feature files of the photos and of the pool.
+    seconds : dict
+        ``extract``, ``fit`` and ``predict`` times.
+    """
+
+    image_ids: list[str]
+    proba: np.ndarray
+    classnames: list[str]
+    labels: np.ndarray | None
+    model: Any
+    features: Path
+    pool_features: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Class index per photo, int array of shape (n_images,)."""
+        return self.proba.argmax(1)
+
+    def scores(self) -> dict[str, float] | None:
+        """acc1, acc5 and mean per-class recall against the folder's labels (None when unlabelled)."""
+        if self.labels is None:
+            return None
+        from .metrics import score_summary
+
+        s = score_summary(self.labels, self.proba)
+        return {k: s[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n_classes")}
+
+    def to_csv(self, path: str | os.PathLike, top_k: int = 5) -> int:
+        """Write ``image, prediction, probability, top1, top1_probability, ..., label`` (label when known)."""
+        from .report import write_predictions
+
+        return write_predictions(path, [(self.image_ids, self.proba, self.labels)], self.classnames, top_k=top_k)
+
+
+def classify_folder(
+    images: str | os.PathLike,
+    classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike,
+    *,
+    vfm: str = DEFAULT_VFM,
+    vlm: str = DEFAULT_VLM,
+    templates: str | os.PathLike | Sequence[str] | None = None,
+    pool: str | os.PathLike | None = None,
+    method: str = "gpua",
+    overrides: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+    callback=None,
+) -> Classification:
+    """Classify every photo of a folder into the given classes.
+
+    Parameters
+    ----------
+    images : path
+        A flat folder of photos, or one with a sub-folder per class (named as the classes).
+    classnames : file, list, dict or dataset name
+        The classes (:func:`gpua.data.classnames.resolve_class_prompts`); a class-name file may
+        give each class its prompt words (``automobile: car, automobile``).
+    vfm, vlm : str
+        Encoder specs (:func:`gpua.encoders.list_encoders`); default the offline ones.
+    templates : name, file or list, optional
+        Prompt templates; default ``"auto"`` (:func:`gpua.data.prompts.resolve_templates`: CLIP's
+        80 ImageNet templates for a folder).
+    pool : path, optional
+        Folder of unlabeled photos to fit on (flat or with class folders; its labels are never
+        read); default ``images`` itself.
+    method : str
+        A name of :func:`gpua.list_methods` (``"gpua"``, ``"zero_shot"``...).
+    overrides : dict, optional
+        GPUA parameters.
+    cache_dir : path, optional
+        Root of the feature cache (default ``$GPUA_CACHE_DIR`` or the user cache); features go to
+        ``<cache>/classify/``.
+    device, batch_size, progress
+        As :func:`gpua.extract.extract_features`.
+    callback : callable, optional
+        Passed to GPUA's ``fit`` (progress display).
+
+    Returns
+    -------
+    Classification
+
+    Raises
+    ------
+    GPUAError
+        For an unknown method (before any image is read), a folder that is missing or holds no
+        photos, class folders that are not the class names, or a pool smaller than the number of
+        classes.
+    """
+    from .baselines import make_method
+    from .extract import extract_features
+    from .features import load_features
+    from .report import provenance_from_features
+
+    check_methods([method])
+    folder = Path(images)
+    if not folder.is_dir():
+        raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
+    pool_folder = Path(pool) if pool is not None else folder
+    if not pool_folder.is_dir():
+        raise GPUAError(f"pool={str(pool_folder)!r} is not a folder of photos.")
+    t0 = time.perf_counter()
+    paths = {}
+    for key, where in (("images", folder), ("pool", pool_folder)):
+        if key == "pool" and pool_folder.resolve() == folder.resolve():
+            paths["pool"] = paths["images"]
+            continue
+        out = feature_cache_path("classify", _folder_tag(where), vfm, vlm, cache_dir)
+        paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
+                                      batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    extract_s = time.perf_counter() - t0
+    feats = load_features(paths["images"])
+    pool_fs = feats if paths["pool"] == paths["images"] else load_features(paths["pool"])
+    t1 = time.perf_counter()
+    est = make_method(method, **(overrides or {}))
+    kw = {"callback": callback} if callback is not None and "callback" in inspect.signature(est.fit).parameters else {}
+    # Labels, when the pool has them, are never passed: fit sees the features and prototypes only.
+    est.fit(pool_fs.vfm_features, pool_fs.vlm_features, pool_fs.text_prototypes, classnames=pool_fs.classnames, **kw)
+    fit_s = time.perf_counter() - t1
+    est.provenance_ = provenance_from_features(pool_fs.meta, classnames=pool_fs.classnames, source=str(paths["pool"]))
+    t2 = time.perf_counter()
+    proba = est.predict_proba(feats.vfm_features, feats.vlm_features)
+    predict_s = time.perf_counter() - t2
+    return Classification(
+        image_ids=feats.image_ids or [str(i) for i in range(feats.n_samples)],
+        proba=proba,
+        classnames=list(feats.classnames or []),
+        labels=feats.labels,
+        model=est,
+        features=paths["images"],
+        pool_features=paths["pool"],
+        seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
+    )

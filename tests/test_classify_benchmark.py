@@ -1,0 +1,147 @@
+"""`gpua classify` and `gpua benchmark` end to end, on planted photos and a cifar10-mini subset, with fast encoders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from gpua.cli import main
+
+FAST = ["--n-steps", "20", "--param", "eval_every=5"]
+
+
+class TinyEncoder:
+    """A weight-free encoder for the pipeline's plumbing: 4x4 colour thumbnails, hashed prompts."""
+
+    def __init__(self, spec: str, vlm: bool):
+        self.spec, self.is_vlm, self.embed_dim = spec, vlm, 12
+        self._proj = np.random.default_rng(1 if vlm else 2).normal(size=(48, 12))
+
+    def metadata(self):
+        return {"spec": self.spec, "embed_dim": self.embed_dim, "is_vlm": self.is_vlm}
+
+    def encode_images(self, images, batch_size=None, progress=False):
+        return np.stack([np.asarray(im.convert("RGB").resize((4, 4)), np.float32).ravel() / 255 @ self._proj for im in images]).astype(np.float32)
+
+    def encode_text(self, texts):
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=12) for t in texts]).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_encoders():
+    from gpua.encoders import register_encoder
+
+    register_encoder("tiny:", lambda body, device="cpu", cache_dir=None, spec=None: TinyEncoder(spec, body == "vlm"), overwrite=True)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Planted photos: one colour (and jitter) per class, train/ and test/ class folders, a flat copy, a class-name file."""
+    from PIL import Image
+
+    from gpua.segment.planted import make_planted_world
+
+    w = make_planted_world()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 3)):
+        for k, name in enumerate(w.classnames):
+            d = tmp_path / "photos" / split / name
+            d.mkdir(parents=True)
+            for j in range(n):
+                c = w.colours[k] + rng.uniform(-w.jitter, w.jitter, 3)
+                im = Image.fromarray(np.round(np.clip(np.broadcast_to(c, (16, 16, 3)), 0, 1) * 255).astype(np.uint8))
+                im.save(d / f"{name}_{j}.png")
+                if split == "test":
+                    (tmp_path / "flat").mkdir(exist_ok=True)
+                    im.save(tmp_path / "flat" / f"{name}_{j}.png")
+    (tmp_path / "classes.txt").write_text("sky: sky, blue sky\ngrass\nroad\nwater\nsand\n")
+    return tmp_path
+
+
+def _classify(d, *extra):
+    return main(["classify", "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple",
+                 "--cache-dir", str(d / "cache"), "--quiet", *FAST, *extra])
+
+
+def test_classify_a_labelled_folder(photos, capsys):
+    d = photos
+    assert _classify(d, "--images", str(d / "photos" / "test"), "--out", str(d / "p.csv"), "--top-k", "3", "--model-out", str(d / "m.gpua")) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((d / "p.csv").open()))
+    assert len(rows) == 15 and list(rows[0])[:3] == ["image", "prediction", "probability"]
+    assert {"top3", "top3_probability", "label"} <= set(rows[0]) and "top4" not in rows[0]
+    assert rows[0]["image"] == "grass/grass_0.png" and rows[0]["label"] == "grass"
+    acc = np.mean([r["prediction"] == r["label"] for r in rows])
+    assert acc >= 0.6 and f"acc1 {100 * acc:.2f}%" in out and "labels used only to score" in out
+    assert "features cached in" in out and (d / "cache" / "classify").is_dir()
+    from gpua import load_model
+
+    prov = load_model(d / "m.gpua").provenance_
+    assert prov["vfm"] == "planted:vfm" and prov["class_prompts"][0] == ["sky", "blue sky"]
+
+
+def test_classify_a_flat_folder_with_a_pool(photos, capsys):
+    d = photos
+    assert _classify(d, "--images", str(d / "flat"), "--pool", str(d / "photos" / "train"), "--out", str(d / "p.csv")) == 0
+    rows = list(csv.DictReader((d / "p.csv").open()))
+    assert len(rows) == 15 and "label" not in rows[0]  # flat: no labels
+    assert np.mean([r["prediction"] == r["image"].split("_")[0] for r in rows]) >= 0.6
+    assert "--pool" in capsys.readouterr().out
+    # a second run reads the cached features back
+    assert _classify(d, "--images", str(d / "flat"), "--pool", str(d / "photos" / "train"), "--out", str(d / "p2.csv"), "--method", "zero_shot") == 0
+
+
+def test_classify_checks_the_method_before_extracting(photos, capsys):
+    d = photos
+    assert _classify(d, "--images", str(d / "flat"), "--out", str(d / "p.csv"), "--method", "gpau") == 2
+    assert "'gpau'" in capsys.readouterr().err and not (d / "cache").exists() and not (d / "p.csv").exists()
+
+
+def test_benchmark_runs_resumes_and_tables(photos, capsys):
+    d = photos
+    argv = ["benchmark", "--datasets", f"{d / 'photos'},cifar10-mini", "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+            "--methods", "zero_shot,gpua", "--pool", "3-shot", "--out", str(d / "bench"), "--cache-dir", str(d / "cache"),
+            "--templates", "simple", "--quiet", *FAST]
+    # cifar10-mini's class names mean nothing to the planted VLM: only the photos run with it, then tiny encoders on both
+    argv_photos = list(argv)
+    argv_photos[2] = str(d / "photos")
+    assert main(argv_photos) == 0
+    rows = [json.loads(line) for line in (d / "bench" / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["zero_shot", "gpua"]
+    r = rows[1]
+    assert (r["vfm"], r["vlm"], r["pool"], r["n_pool"], r["n_test"], r["n_classes"]) == ("planted:vfm", "planted:vlm", "3-shot", 15, 15, 5)
+    assert set(r["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"} and set(r["seconds"]) == {"extract", "fit", "predict"}
+    capsys.readouterr()
+    assert main(argv_photos) == 0  # resumed: nothing to redo
+    assert "already in" in capsys.readouterr().out
+    assert len((d / "bench" / "results.jsonl").read_text().splitlines()) == 2
+    tiny = [a if a not in ("planted:vfm", "planted:vlm") else a.replace("planted", "tiny") for a in argv] + ["--test-per-class", "2"]
+    assert main(tiny) == 0
+    rows = [json.loads(line) for line in (d / "bench" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["dataset"] for r in rows} == {str(d / "photos"), "cifar10-mini"}
+    cifar = [r for r in rows if r["dataset"] == "cifar10-mini"]
+    assert all(r["n_pool"] == 30 and r["n_test"] == 20 and r["test_subset"] == "2 per class" for r in cifar)
+    md = (d / "bench" / "results.md").read_text()
+    assert "| **mean** |" in md and "cifar10-mini" in md
+    table = list(csv.reader((d / "bench" / "results.csv").open()))
+    assert table[-1][0] == "mean" and len(table[0]) == 5  # dataset + 4 runs: 2 methods x (planted, tiny encoders)
+    col = table[0].index(next(h for h in table[0] if "gpua" in h and "tiny" in h))
+    vals = [float(row[col]) for row in table[1:-1] if row[col]]
+    assert float(table[-1][col].split()[0]) == pytest.approx(np.mean(vals), abs=0.01)
+
+
+def test_benchmark_checks_names_before_extracting(photos, capsys):
+    d = photos
+    base = ["benchmark", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--out", str(d / "b"), "--cache-dir", str(d / "cache")]
+    assert main([*base, "--datasets", str(d / "photos"), "--methods", "gpua,zeroshot"]) == 2
+    assert "'zeroshot'" in capsys.readouterr().err
+    assert main([*base, "--datasets", f"{d / 'photos'},nope-dataset"]) == 2
+    assert "nope-dataset" in capsys.readouterr().err
+    assert main([*base, "--datasets", "oxford_pets"]) == 2
+    assert "--dataset-root" in capsys.readouterr().err
+    assert main([*base, "--datasets", str(d / "photos"), "--pool", "sixteen"]) == 2
+    assert not (d / "cache").exists()

@@ -1,0 +1,38 @@
+"""Every option of every command has help text, and shows its default."""
+
+import argparse
+
+from gpua.cli import build_parser
+from gpua.cli import iter_parsers as walk_parsers
+
+
+def _options():
+    for parser in walk_parsers(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                yield parser, action
+
+
+def test_every_option_has_help():
+    missing = [f"{p.prog} {a.option_strings[0]}" for p, a in _options() if not (a.help or "").strip()]
+    assert not missing, missing
+
+
+def test_every_default_is_shown():
+    hidden = []
+    for p, a in _options():
+        if a.default in (None, False, argparse.SUPPRESS):
+            continue
+        text = p.formatter_class(p.prog)._get_help_string(a) % {"default": a.default, "prog": p.prog}
+        if "default" not in text.lower():
+            hidden.append(f"{p.prog} {a.option_strings[0]}")
+    assert not hidden, hidden
+    helped = build_parser()._subparsers._group_actions[0].choices["extract"].format_help()
+    assert "(default: 64)" in helped  # --batch-size
+    assert "auto" in helped and "80" in helped  # the templates default is named
+
+
+def test_every_command_is_walked():
+    names = {p.prog.split()[-1] for p in walk_parsers(build_parser())}
+    assert {"extract", "fit", "evaluate", "predict", "compare", "classify", "benchmark", "fit-seg", "segment", "evaluate-seg",
+            "longtail", "federated", "demo"} <= names
