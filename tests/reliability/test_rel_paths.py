@@ -138,8 +138,8 @@ def test_segment_refuses_to_write_masks_over_the_images(seg_dirs, capsys):
 def test_evaluate_seg_refuses_to_write_over_a_ground_truth_file(seg_dirs, capsys):
     d = seg_dirs
     argv = ["evaluate-seg", "--pred", str(d / "pred"), "--gt", str(d / "gt"), "--classnames", str(d / "classes.txt"),
-            "--out", str(d / "gt" / "t0.png")]
-    _refused(argv, capsys, d / "gt", "--out", "--gt")
+            "--json", str(d / "gt" / "t0.png")]
+    _refused(argv, capsys, d / "gt", "--json", "--gt")
     # A new file beside the ground truth is fine: only existing input files are protected.
     assert main(argv[:-1] + [str(d / "gt" / "scores.json")]) == 0
 

@@ -208,7 +208,7 @@ _SIDECAR_CHECKS = {
 
 
 #: Every key `gpua fit-seg` writes to the sidecar (a key outside this list means a damaged file).
-_SIDECAR_KEYS = (*_SIDECAR_CHECKS, "templates", "vfm", "vlm", "patches_per_image", "seed", "n_images")
+_SIDECAR_KEYS = (*_SIDECAR_CHECKS, "task", "templates", "vfm", "vlm", "patches_per_image", "seed", "n_images", "images")
 
 
 def _read_sidecar(meta_path: Path) -> dict:
@@ -229,6 +229,13 @@ def _read_sidecar(meta_path: Path) -> dict:
     unknown = sorted(set(meta) - set(_SIDECAR_KEYS))
     if unknown:
         raise ModelFileError(f"{where} has unknown keys {unknown}; {fix}.")
+    return _check_seg_meta(meta, where, fix)
+
+
+def _check_seg_meta(meta: dict, where: str, fix: str) -> dict:
+    """``meta`` (a sidecar's, or a model's ``provenance_``) if the keys segmentation reads are well formed."""
+    from .._errors import ModelFileError
+
     for key, (ok, want) in _SIDECAR_CHECKS.items():
         if key in meta and not ok(meta[key]):
             raise ModelFileError(f"{where} has {key}={str(meta[key])[:60]!r} where {want} is needed; {fix}.")
@@ -246,7 +253,8 @@ def _load_model(path: str):
     model = load_model(path)
     meta_path = Path(path + _SEG_META_SUFFIX)
     meta = _read_sidecar(meta_path) if meta_path.is_file() else {}
-    return model, {**meta, **(getattr(model, "provenance_", None) or {})}
+    meta = {**meta, **(getattr(model, "provenance_", None) or {})}
+    return model, _check_seg_meta(meta, f"model {path!r}", "re-run `gpua fit-seg`")
 
 
 def _segmenter(args, classes=None):
@@ -418,7 +426,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     from ..segment.metrics import SegmentationMetric
 
     check_paths(args, inputs=("pred", "model", "gt", "images", "classnames", "templates", "root"),
-                outputs=(("out", "file"),), extra_inputs=_sidecar(args))
+                extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "file")] if args.json not in (None, "-") else [])
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
     metric = SegmentationMetric(len(classnames), classnames=classnames)
