@@ -15,6 +15,7 @@ from ._atomic import atomic_path
 from ._backend import as_tensor, resolve_device, to_numpy
 from ._errors import GPUAError, ModelFileError, NotFittedError
 from ._validation import check_matrix
+from .params import check_params, suggest_name
 
 __all__ = ["AlignmentEstimator", "FORMAT_VERSION", "load_model"]
 
@@ -30,6 +31,8 @@ class AlignmentEstimator:
     """
 
     _tensor_attrs: tuple[str, ...] = ()
+    #: ``{parameter: gpua.params.Constraint}``: each parameter's admissible values, declared once.
+    _parameter_constraints: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -48,9 +51,13 @@ class AlignmentEstimator:
         valid = self._get_param_names()
         for key, value in params.items():
             if key not in valid:
-                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}; valid parameters: {valid}.")
+                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}{suggest_name(key, valid)}; valid parameters: {valid}.")
             setattr(self, key, value)
         return self
+
+    def _validate_params(self) -> None:
+        """Check every parameter against :attr:`_parameter_constraints` (called at fit)."""
+        check_params(self._parameter_constraints, self.get_params(), type(self).__name__)
 
     def __repr__(self) -> str:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
