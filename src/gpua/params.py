@@ -41,6 +41,7 @@ __all__ = [
     "parameter_table",
     "format_parameter_table",
     "parse_param",
+    "parse_params",
     "suggest_name",
 ]
 
@@ -133,13 +134,17 @@ class Options(Constraint):
 
 @dataclass(frozen=True)
 class Boolean(Constraint):
-    """True or False (numpy bools too)."""
+    """True or False (numpy bools too); on the command line also 1/0, yes/no, on/off."""
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, (bool, np.bool_))
 
     def describe(self) -> str:
         return "a bool"
+
+    def parse(self, name: str, text: str) -> Any:
+        word = {"1": "true", "0": "false", "yes": "true", "no": "false", "on": "true", "off": "false"}.get(text.strip().lower(), text)
+        return super().parse(name, word)
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,12 @@ def check_param(name: str, value: Any, constraint: Constraint) -> None:
 
 
 def suggest_name(name: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'lam'?)`` for the closest valid name, or an empty string."""
-    close = difflib.get_close_matches(name, list(valid), n=1)
+    """`` (did you mean 'lam'?)``: the closest valid name by :mod:`difflib`'s ratio (empty if none).
+
+    >>> suggest_name("lamda", ["lam", "eps", "tol"])
+    " (did you mean 'lam'?)"
+    """
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.0)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -249,6 +258,11 @@ def format_parameter_table(cls) -> str:
     d = max(len(repr(r["default"])) for r in rows)
     head = f"{cls.__name__} parameters (--param NAME=VALUE):"
     return "\n".join([head] + [f"  {r['name']:<{w}}  default={r['default']!r:<{d}}  {r['constraint']}" for r in rows])
+
+
+def parse_params(pairs: Sequence[str] | None, constraints: dict[str, Constraint], owner: str = "GPUA") -> dict[str, Any]:
+    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}``, each checked (:func:`parse_param`)."""
+    return dict(parse_param(constraints, p, owner) for p in pairs or [])
 
 
 def parse_param(constraints: dict[str, Constraint], pair: str, owner: str = "GPUA") -> tuple[str, Any]:

@@ -23,11 +23,7 @@ def _cmd_fit(args) -> int:
     from ..estimator import GPUA
     from ..features import load_features
 
-    kw = estimator_overrides(args)
-    try:
-        model = GPUA(**kw)
-    except TypeError as exc:
-        raise GPUAError(f"--param: {exc}; see `help(gpua.GPUA)` for the parameter names.") from None
+    model = GPUA(**estimator_overrides(args))  # names and values checked against gpua.fitting.PARAMETERS
     if getattr(args, "shards", None):
         return run_streamed_fit(args, model)
     if not args.train:
