@@ -21,7 +21,7 @@ def _fit(train, **kw):
 
 
 # --- self-learning rounds ------------------------------------------------------------------------
-def test_self_learning_rounds_keep_or_improve_accuracy(planted):
+def test_self_learning_rounds_keep_or_improve_accuracy(planted, tmp_path):
     train, test = planted
     plain = _fit(train)
     sl = _fit(train, self_learning=3)
@@ -37,6 +37,7 @@ def test_self_learning_rounds_keep_or_improve_accuracy(planted):
     assert [r["criterion"] for r in kept] == sorted(r["criterion"] for r in kept)  # a kept round never lowers it
     assert plain.history_["self_learning"] == []
     assert sl.history_["timings"]["self_learning_s"] > 0
+    assert GPUA.load(sl.save(tmp_path / "sl.gpua")).history_["self_learning"] == rec  # the record survives a model file
 
 
 def test_self_learning_stops_when_labels_settle(planted):

@@ -729,7 +729,7 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     if config.self_learning:
         V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
     widths = (Z.shape[1], X.shape[1])
-    del Z
     Xn, Yn = normalize(X, dim=1), normalize(Y, dim=1)
+    del Z, X  # only the query, the normalised rows (and V) live on through the fit
     pool = ArrayPool(Q, Xn, Yn, V, config)
     return run_fit(config, pool, Y=Yn, vfm_mean=mean, widths=widths, classnames=names, callback=callback)

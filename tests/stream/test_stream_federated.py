@@ -55,6 +55,7 @@ def test_pool_augment_runs_on_each_client(case):
     plain = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=2)
     aug = fit_federated(GPUA(pool_augment=4, **params), clients_of(Z, X), Y, rounds=2)
     assert not bool((aug.W_ == plain.W_).all())
+    assert aug.history_["pool_augment"]["n_rows"] > 0 and plain.history_["pool_augment"] == {"n_rows": 0}
     assert orthogonality_error(aug.W_) < 1e-4
     assert abs(aug.score(Z, labels, X) - plain.score(Z, labels, X)) < 0.05
 
