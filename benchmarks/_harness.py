@@ -160,9 +160,9 @@ def machine() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - torch is a gpua dependency
         pass
     try:
-        import gpua
+        from gpua import __version__ as gpua_version
 
-        rec["gpua"] = gpua.__version__
+        rec["gpua"] = gpua_version
     except ImportError:  # pragma: no cover
         pass
     return rec
