@@ -5,18 +5,22 @@ CIFAR-10 features). Labels of the train file are never used; test labels only sc
 
     python benchmarks/ablations.py                                  # planted only
     python benchmarks/ablations.py --train T.npz --test S.npz       # plus real features
+
+Fits are timed by ``benchmarks/_harness.py``; ``--param`` is checked against gpua's parameter table.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _harness import add_arguments, measure, setup, write_json
 
 from gpua import GPUA, VLMZeroShot
-from gpua.synthetic import make_planted
 from gpua.features import load_features
+from gpua.fitting import PARAMETERS
+from gpua.params import parse_params
+from gpua.synthetic import make_planted
 
 VARIANTS = {
     "zero_shot": None,
@@ -32,15 +36,12 @@ VARIANTS = {
 }
 
 
-def run(train, test, base: dict) -> dict[str, tuple[float, float]]:
+def run(train, test, base: dict, repeats: int = 1) -> dict[str, tuple[float, float]]:
     out = {}
     for name, kw in VARIANTS.items():
-        t0 = time.perf_counter()
-        if kw is None:
-            m = VLMZeroShot().fit(train.vfm_features, train.vlm_features, train.text_prototypes)
-        else:
-            m = GPUA(**{**base, **kw}).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
-        out[name] = (m.score(test.vfm_features, test.labels, test.vlm_features), time.perf_counter() - t0)
+        est = (lambda: VLMZeroShot()) if kw is None else (lambda kw=kw: GPUA(**{**base, **kw}))
+        m, timing = measure(lambda: est().fit(train.vfm_features, train.vlm_features, train.text_prototypes), repeats=repeats)
+        out[name] = (m.score(test.vfm_features, test.labels, test.vlm_features), timing.seconds)
     return out
 
 
@@ -50,20 +51,23 @@ def main() -> None:
     ap.add_argument("--train")
     ap.add_argument("--test")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    add_arguments(ap)
     args = ap.parse_args()
-    from gpua.cli._common import parse_params
-
-    base = parse_params(args.param)
+    setup(args)
+    base = parse_params(args.param, PARAMETERS)
     tables = {}
-    planted = [run(*make_planted(n_samples=4000, n_classes=20, d_vfm=96, d_vlm=48, d_latent=24, random_state=s).split(2000), base) for s in range(args.seeds)]
+    planted = [run(*make_planted(n_samples=4000, n_classes=20, d_vfm=96, d_vlm=48, d_latent=24, random_state=s).split(2000), base, args.repeats)
+               for s in range(args.seeds)]
     tables[f"planted (20 classes, {args.seeds} seeds, mean)"] = {k: (float(np.mean([p[k][0] for p in planted])), float(np.mean([p[k][1] for p in planted]))) for k in VARIANTS}
     if args.train and args.test:
-        tables[args.train.split("/")[-1]] = run(load_features(args.train), load_features(args.test), base)
+        tables[args.train.split("/")[-1]] = run(load_features(args.train), load_features(args.test), base, args.repeats)
     for title, rows in tables.items():
         print(f"\n{title}")
         print(f"  {'variant':<26} {'acc1':>7} {'fit s':>7}")
         for k, (acc, sec) in rows.items():
             print(f"  {k:<26} {100 * acc:7.2f} {sec:7.1f}")
+    if args.json:
+        write_json(args.json, {"params": base, "tables": {t: {k: {"acc1": a, "fit_seconds": s} for k, (a, s) in r.items()} for t, r in tables.items()}})
 
 
 if __name__ == "__main__":

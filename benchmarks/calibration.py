@@ -19,21 +19,21 @@ Data sets (``--data``, several allowed):
 Usage::
 
     python benchmarks/calibration.py --data synthetic digits [--json results.json]
+
+Timing, the machine record and the JSON file come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _harness import machine_line, timer, write_json
 
-from gpua._atomic import atomic_write_text
 from gpua.calibrate import (
     ClassStatistics,
     format_table,
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(machine_line(), flush=True)
     results = {"argv": sys.argv[1:], "seeds": args.seeds, "data": {}}
     for name in args.data:
         lt_runs, fl_runs = [], []
@@ -164,17 +165,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(_shape_premise(D["X"], D["y"]))
             l2 = D.get("l2", False)
             if "longtail" not in args.skip:
-                t0 = time.perf_counter()
-                lt_runs.append(run_longtail(D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance,
-                                            class_embeddings=D["emb"], l2=l2, class_order=args.class_order,
-                                            random_state=seed))
-                t_lt += time.perf_counter() - t0
+                with timer() as t:
+                    lt_runs.append(run_longtail(D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance,
+                                                class_embeddings=D["emb"], l2=l2, class_order=args.class_order,
+                                                random_state=seed))
+                t_lt += t.seconds
             if "federated" not in args.skip:
-                t0 = time.perf_counter()
-                fl_runs.append(run_federated(D["X"], D["y"], D["X_test"], D["y_test"], n_clients=args.clients,
-                                             alphas=args.alpha, domains=D["domains"], rounds=args.rounds, l2=l2,
-                                             random_state=seed))
-                t_fl += time.perf_counter() - t0
+                with timer() as t:
+                    fl_runs.append(run_federated(D["X"], D["y"], D["X_test"], D["y_test"], n_clients=args.clients,
+                                                 alphas=args.alpha, domains=D["domains"], rounds=args.rounds, l2=l2,
+                                                 random_state=seed))
+                t_fl += t.seconds
         out = results["data"][name] = {"note": D["note"]}
         seeds = f"mean of {len(args.seeds)} seeds"
         if lt_runs:
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = out["federated"] = _average(fl_runs)
             print(f"-- federated, {args.clients} clients, {seeds} ({t_fl:.0f} s)\n" + format_table(rows))
     if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

@@ -34,22 +34,21 @@ Defaults keep a run of 1,000 training rows under about 5 minutes on a shared 2-c
 the estimator's default and more accurate, but each averaging round then needs a 1664 x 1280
 SVD and the 10 clients' local steps cost about 4 times as much: 4 minutes for DINOv2-S against 1
 with ``vfm``) and one torch thread (two threads on two busy cores ran the refinement 10 times
-slower).
+slower). Timing, the machine record and the JSON file come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _harness import machine_line, measure, timer, write_json
+
 from gpua import GPUA
-from gpua._atomic import atomic_write_text
 from gpua.calibrate import dirichlet_split
 from gpua.features import load_features
 from gpua.stream import fit_federated
@@ -72,12 +71,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     return ap.parse_args(argv)
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def compare(central: GPUA, fed: GPUA, test) -> dict:
@@ -104,7 +97,8 @@ def run(args) -> dict:
     base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed)
     central = {}
     for refine in (False, True):
-        central[refine] = _timed(lambda: GPUA(refine=refine, **base).fit(Z, X, Y))
+        model, m = measure(lambda: GPUA(refine=refine, **base).fit(Z, X, Y))
+        central[refine] = model, m.seconds
     rows = []
     for alpha in args.alpha:
         parts = dirichlet_split(train.labels, args.clients, alpha, random_state=args.seed)  # labels: the split only
@@ -112,7 +106,8 @@ def run(args) -> dict:
         # How skewed the clients are: classes holding at least 5% of a client's rows.
         seen = [int((np.bincount(train.labels[p], minlength=Y.shape[0]) >= 0.05 * p.size).sum()) for p in parts]
         for refine in (False, True):
-            fed, secs = _timed(lambda: fit_federated(GPUA(refine=refine, **base), clients, Y, rounds=args.rounds, local_steps=args.local_steps))
+            fed, m = measure(lambda: fit_federated(GPUA(refine=refine, **base), clients, Y, rounds=args.rounds, local_steps=args.local_steps))
+            secs = m.seconds
             c_model, c_secs = central[refine]
             rows.append({
                 "alpha": alpha, "refine": refine, **compare(c_model, fed, test), "central_s": c_secs, "federated_s": secs,
@@ -142,9 +137,10 @@ def format_rows(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
-    result = run(args)
-    result["total_s"] = time.perf_counter() - t0
+    print(machine_line(), flush=True)
+    with timer() as total:
+        result = run(args)
+    result["total_s"] = total.seconds
     print(
         f"Federated vs central GPUA: {Path(result['train']).name} ({result['n_train']} rows) -> test {result['n_test']} rows; "
         f"{result['clients']} clients, {result['rounds']} rounds, query={result['query']}, n_steps={result['n_steps']}, "
@@ -153,7 +149,7 @@ def main(argv=None) -> int:
     print(format_rows(result))
     print(f"total {result['total_s']:.0f} s")
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
 
 

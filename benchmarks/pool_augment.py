@@ -29,22 +29,22 @@ Usage::
         --test ~/.cache/gpua/demo/cifar10-mini_test__offline-efficientnet-lite2__offline-semantic-lite0.npz
 
 The labels of the training file are used only to draw the 16-shot pool and to report the
-pseudo-label accuracy of the pool; the test labels only to score.
+pseudo-label accuracy of the pool; the test labels only to score. Timing, the machine record and
+the JSON file come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _harness import machine_line, measure, timer, write_json
+
 from gpua import GPUA
-from gpua._atomic import atomic_write_text
 from gpua.features import load_features
 
 DEMO = Path.home() / ".cache" / "gpua" / "demo"
@@ -85,10 +85,9 @@ def run(args) -> dict:
         for seed in range(1 if kind == "full" else args.seeds):
             idx = draw_pool(kind, train.labels, seed)
             for m in args.augment:
-                t = time.perf_counter()
-                model = GPUA(query=args.query, n_steps=args.n_steps, pool_augment=m, random_state=0)
-                model.fit(train.vfm_features[idx], train.vlm_features[idx], Y)
-                secs = time.perf_counter() - t
+                est = GPUA(query=args.query, n_steps=args.n_steps, pool_augment=m, random_state=0)
+                model, timing = measure(lambda: est.fit(train.vfm_features[idx], train.vlm_features[idx], Y))
+                secs = timing.seconds
                 aug = model.history_["pool_augment"]
                 rhos = [r for r in aug.get("oas_shrinkage", []) if r is not None]
                 records.append({
@@ -145,10 +144,11 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
-    result = run(args)
+    print(machine_line(), flush=True)
+    with timer() as total:
+        result = run(args)
     result["summary"] = summarise(result["records"])
-    result["total_s"] = time.perf_counter() - t0
+    result["total_s"] = total.seconds
     print(
         f"GPUA pool_augment: {Path(result['train']).name} -> test; query={result['query']}, n_steps={result['n_steps']}, "
         f"GPUA random_state 0, {result['threads']} thread(s); change = paired acc1 difference against m=0 on the same draw"
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     print(format_rows(result["summary"]))
     print(f"total {result['total_s']:.0f} s")
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
 
 

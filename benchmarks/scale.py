@@ -16,6 +16,8 @@ Usage::
     python benchmarks/scale.py                          # 50k: both fits, and the ratio
     python benchmarks/scale.py --n 200000 --n 1000000 --mode stream
     python benchmarks/scale.py --n 1000000 --mode stream --timeout 7200 --json out.json
+
+Memory sampling, the machine record and the JSON file come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ def run_one(args) -> dict:
     import numpy as np
     import torch
 
+    from _harness import PeakRSS, peak_rss_bytes, rss_bytes
+
     from gpua import GPUA
     from gpua.stream import ShardedFeatures, fit_streaming
-    from gpua.stream._measure import PeakRSS, peak_rss_bytes, rss_bytes
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(run_one(args)), encoding="utf-8")
         return 0
 
+    from _harness import machine_line, write_json
+
+    print(machine_line(), flush=True)
     results = []
     for n in args.n or [BASE]:
         t = time.perf_counter()
@@ -153,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if ("memory", n) in by and ("stream", n) in by:
             print(f"N={n}: streaming / in-memory time ratio {by['stream', n]['seconds'] / by['memory', n]['seconds']:.2f}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
-        print(f"wrote {args.json}")
+        write_json(args.json, {"results": results})
     return 0
 
 

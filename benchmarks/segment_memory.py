@@ -10,27 +10,18 @@ Usage::
 
     python benchmarks/segment_memory.py                       # offline stand-ins
     python benchmarks/segment_memory.py --vfm planted:vfm --vlm planted:vlm --crop 64
+
+Timing, RSS and the machine record come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 
 import numpy as np
+from _harness import machine_line, peak_rss_bytes, rss_bytes, timer
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+MB = 2**20
 
 
 def _cityscapes_size_photo(height: int, width: int) -> np.ndarray:
@@ -62,26 +53,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    vfm, vlm = make_encoder(args.vfm, "cpu"), make_encoder(args.vlm, "cpu")
-    image = _cityscapes_size_photo(args.height, args.width)
-    names = [prompt_name(c) for c in CITYSCAPES_CLASSES]
-    if args.vlm.startswith("planted:"):
-        names = vlm.classnames
-    Y = build_text_prototypes(vlm.encode_text, names, get_templates("simple"))
-    stride = args.stride or max(1, (2 * args.crop) // 3)
-    wins = sliding_windows(args.height, args.width, (args.crop, args.crop), (stride, stride))
-    pool = [image[y1:y2, x1:x2] for y1, y2, x1, x2 in wins[:: max(1, len(wins) // 24)]]
-    model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=32, seed=0)
-    t_fit = time.perf_counter() - t0
-    rss_before, peak_before = _rss_mb(), _peak_mb()
+    print(machine_line(), flush=True)
+    with timer() as fit_time:
+        vfm, vlm = make_encoder(args.vfm, "cpu"), make_encoder(args.vlm, "cpu")
+        image = _cityscapes_size_photo(args.height, args.width)
+        names = [prompt_name(c) for c in CITYSCAPES_CLASSES]
+        if args.vlm.startswith("planted:"):
+            names = vlm.classnames
+        Y = build_text_prototypes(vlm.encode_text, names, get_templates("simple"))
+        stride = args.stride or max(1, (2 * args.crop) // 3)
+        wins = sliding_windows(args.height, args.width, (args.crop, args.crop), (stride, stride))
+        pool = [image[y1:y2, x1:x2] for y1, y2, x1, x2 in wins[:: max(1, len(wins) // 24)]]
+        model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=32, seed=0)
+    t_fit = fit_time.seconds
+    rss_before, peak_before = rss_bytes() / MB, peak_rss_bytes() / MB
 
     seg = DenseSegmenter(vfm, vlm, Y, model=model, crop_size=args.crop, stride=stride,
                          refine="affinity", batch_size=args.batch_size)
-    t1 = time.perf_counter()
-    labels = seg.predict(image)
-    t_seg = time.perf_counter() - t1
-    peak = _peak_mb()
+    with timer() as seg_time:
+        labels = seg.predict(image)
+    t_seg = seg_time.seconds
+    peak = peak_rss_bytes() / MB
 
     print(f"image {args.height}x{args.width}, {len(names)} classes, crop {args.crop}, stride {stride}: "
           f"{len(wins)} windows, encoders {args.vfm} + {args.vlm}")

@@ -15,16 +15,18 @@ pipeline runs on a real photo end to end and here is what it did", nothing more.
 Usage::
 
     python benchmarks/segment_voc.py docs/voc_overlay.png [--pool self,skimage] [--json]
+
+Timing, the machine record and the atomic PNG write come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
+from _harness import atomic_path, machine_line, timer
 
 # VOC's background is everything else: a prompt set of common scene stuff stands for it
 # (the first name labels the class).
@@ -84,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import imgviz
 
-    from gpua._atomic import atomic_path
     from gpua.data.prompts import build_text_prototypes, get_templates
     from gpua.segment import make_encoder
     from gpua.segment.datasets import VOC_CLASSES, prompt_name
@@ -97,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     _, prompts, owner = parse_class_prompts(entries)
     classnames = list(VOC_CLASSES)
 
-    t0 = time.perf_counter()
-    vfm, vlm = make_encoder(args.vfm), make_encoder(args.vlm)
-    Y = build_text_prototypes(vlm.encode_text, prompts, get_templates(args.templates))
-    pool = _pool(args.pool.split(","), photo, args.crop, args.n_cifar)
-    model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=args.patches_per_image, seed=args.seed)
-    t_fit = time.perf_counter() - t0
+    print(machine_line(), flush=True)
+    with timer() as fit_time:
+        vfm, vlm = make_encoder(args.vfm), make_encoder(args.vlm)
+        Y = build_text_prototypes(vlm.encode_text, prompts, get_templates(args.templates))
+        pool = _pool(args.pool.split(","), photo, args.crop, args.n_cifar)
+        model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=args.patches_per_image, seed=args.seed)
+    t_fit = fit_time.seconds
 
     common = dict(class_of_prototype=owner, crop_size=args.crop, stride=2 * args.crop // 3)
     runs = {
@@ -112,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     results, preds = {}, {}
     for name, seg in runs.items():
-        t = time.perf_counter()
-        pred = seg.predict(photo)
+        with timer() as t:
+            pred = seg.predict(photo)
         metric = SegmentationMetric(len(classnames), classnames=classnames)
         metric.update(pred, truth)
         s = metric.compute()
         present = {c: round(float(s.iou[k]), 4) for k, c in enumerate(classnames) if (truth == k).any()}
         results[name] = {"mIoU": round(s.mIoU, 4), "aAcc": round(s.aAcc, 4), "IoU_of_present_classes": present,
-                         "n_classes_predicted": int(len(np.unique(pred))), "seconds": round(time.perf_counter() - t, 1)}
+                         "n_classes_predicted": int(len(np.unique(pred))), "seconds": round(t.seconds, 1)}
         preds[name] = pred
 
     print(f"VOC photo {photo.shape[1]}x{photo.shape[0]}, 21 classes ({len(prompts)} prompts), "

@@ -29,6 +29,17 @@ def planted():
     return data.split(1200)
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """The torch device a test runs on, as POT parametrises its tests over backends: "cpu"
+    always, "cuda" when a GPU is there (skipped otherwise)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    return request.param
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -24,13 +24,37 @@ def test_gpua_beats_zero_shot_on_planted_data(planted, query):
     assert acc > 0.9
 
 
-def test_fit_uses_no_labels(planted):
-    train, test = planted
-    a = _fit(train).predict(test.vfm_features, test.vlm_features)
-    shuffled = train.labels.copy()
-    np.random.default_rng(0).shuffle(shuffled)
-    b = GPUA(**FAST).fit(train.vfm_features, train.vlm_features, train.text_prototypes).predict(test.vfm_features, test.vlm_features)
-    np.testing.assert_array_equal(a, b)
+def test_fit_uses_no_labels(planted, tmp_path):
+    """Fitting from a feature file with its labels, with them permuted, or without them gives the same map."""
+    from gpua.cli import main
+    from gpua.features import save_features
+
+    train, _ = planted
+    base = dict(vfm_features=train.vfm_features, vlm_features=train.vlm_features, text_prototypes=train.text_prototypes,
+                classnames=train.classnames)
+    shuffled = np.random.default_rng(0).permutation(train.labels)
+    assert (shuffled != train.labels).mean() > 0.5
+    maps = []
+    for name, extra in (("labels", {"labels": train.labels}), ("permuted", {"labels": shuffled}), ("none", {})):
+        path = save_features(tmp_path / f"{name}.npz", **base, **extra)
+        model = tmp_path / f"{name}.gpua"
+        assert main(["fit", "--train", str(path), "--out", str(model), "--n-steps", "40", "--param", "eval_every=10"]) == 0
+        maps.append(GPUA.load(model).W_)
+    torch.testing.assert_close(maps[1], maps[0], atol=0, rtol=0)
+    torch.testing.assert_close(maps[2], maps[0], atol=0, rtol=0)
+
+
+def test_streamed_fit_uses_no_labels(planted, tmp_path):
+    """A shard set that stores labels fits to the same map as one that does not."""
+    from gpua.stream import write_shards
+
+    train, _ = planted
+    args = (train.vfm_features, train.vlm_features)
+    with_labels = write_shards(tmp_path / "a", *args, labels=train.labels, text_prototypes=train.text_prototypes, rows_per_shard=500)
+    without = write_shards(tmp_path / "b", *args, text_prototypes=train.text_prototypes, rows_per_shard=500)
+    a = GPUA(**FAST).fit(with_labels, None, None)
+    b = GPUA(**FAST).fit(without, None, None)
+    torch.testing.assert_close(a.W_, b.W_, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("query", ["vfm", "fused"])
@@ -72,12 +96,24 @@ def test_procrustes_only_is_semi_orthogonal(planted):
 
 
 def test_early_stopping_keeps_best_validation_map(planted):
+    """The kept map's held-out loss is the minimum of the recorded curve (not the last point's)."""
+    from gpua.query import build_query
+    from gpua.refinement import RefineConfig, heldout_loss, split_pool
+
     train, _ = planted
-    m = _fit(train, n_steps=200, eval_every=5, patience=2)
+    # refine_tol=0: every decrease resets the patience, so an early stop ends on evaluations that
+    # did not improve and the last point of the curve is not its minimum.
+    m = _fit(train, n_steps=200, eval_every=5, patience=2, refine_tol=0.0)
     curve = m.history_["refine"]
     vals = [c["val_loss"] for c in curve]
-    assert len(curve) < 200 // 5 + 1  # stopped early or ran out; never more checkpoints
-    assert min(vals) <= vals[0]
+    assert curve[-1]["step"] < 200  # stopped early
+    assert vals[-1] > min(vals)
+    config = RefineConfig.from_params(m.get_params())
+    _, val_idx, _ = split_pool(train.vfm_features.shape[0], config)
+    Q = build_query(torch.from_numpy(train.vfm_features), torch.from_numpy(train.vlm_features), m.query)
+    labels = torch.from_numpy(m.pseudo_labels_)
+    kept = heldout_loss(m.W_, Q[val_idx], m.text_prototypes_, labels[val_idx], config)
+    assert kept == pytest.approx(min(vals), abs=1e-6)
 
 
 @pytest.mark.parametrize("tol", [0.0, 0.05])
@@ -139,11 +175,13 @@ def test_sklearn_contract(planted):
     assert not hasattr(GPUA(), "W_")
 
 
-def test_save_load_roundtrip(planted, tmp_path):
+def test_save_load_roundtrip(planted, tmp_path, device):
     train, test = planted
-    m = _fit(train, query="fused", retrieval="csls")
+    m = _fit(train, query="fused", retrieval="csls", device=device)
+    assert m.W_.device.type == device and m.proto_radius_.device.type == device
     path = m.save(tmp_path / "model.gpua")
     m2 = GPUA.load(path)
+    assert m2.W_.device.type == device
     np.testing.assert_allclose(m2.decision_function(test.vfm_features, test.vlm_features), m.decision_function(test.vfm_features, test.vlm_features), atol=1e-6)
     assert m2.classnames_ == train.classnames
     assert m2.get_params() == m.get_params()
@@ -286,3 +324,26 @@ def test_pool_augment_is_refused_by_the_streamed_fit(planted):
     train, _ = planted
     with pytest.raises(GPUAError, match="pool_augment=4: augmenting the pool is in-memory only"):
         fit_streaming(GPUA(pool_augment=4), (train.vfm_features, train.vlm_features), train.text_prototypes, progress=False)
+
+
+def test_tensor_inputs_are_checked_where_they_are(planted, device, monkeypatch):
+    """Torch tensors skip the numpy checks (no copy through the host) and fit to the arrays' map."""
+    import gpua.fitting
+
+    train, test = planted
+    ref = _fit(train, device=device)
+
+    def host_copy(*a, **k):
+        raise AssertionError("tensor inputs went through the numpy checks")
+
+    monkeypatch.setattr(gpua.fitting, "check_triplet", host_copy)
+    Z, X, Y = (torch.from_numpy(A).to(device) for A in (train.vfm_features, train.vlm_features, train.text_prototypes))
+    got = GPUA(**FAST, device=device).fit(Z, X, Y, classnames=train.classnames)
+    torch.testing.assert_close(got.W_, ref.W_, atol=1e-5, rtol=0)
+    assert got.W_.device.type == device
+    bad = Z.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(GPUAError, match=r"vfm_features contains NaN or inf in 1 row\(s\) \(first: row 3\)"):
+        GPUA(**FAST, device=device).fit(bad, X, Y)
+    with pytest.raises(GPUAError, match="vlm_features has 10 rows"):
+        GPUA(**FAST, device=device).fit(Z, X[:10], Y)

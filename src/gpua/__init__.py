@@ -8,7 +8,7 @@ classification and open-vocabulary segmentation.
 __version__ = "0.1.0"
 
 from ._base import load_model
-from ._errors import GPUAError, ModelFileError, NotFittedError
+from ._errors import ConvergenceWarning, GPUAError, ModelFileError, NotFittedError
 from .baselines import LFAAlternation, VLMZeroShot, list_methods, make_method
 from .estimator import GPUA
 
@@ -17,6 +17,7 @@ __all__ = [
     "VLMZeroShot",
     "LFAAlternation",
     "GPUAError",
+    "ConvergenceWarning",
     "ModelFileError",
     "NotFittedError",
     "list_methods",

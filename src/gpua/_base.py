@@ -18,6 +18,7 @@ from ._errors import GPUAError, ModelFileError, NotFittedError
 from ._integrity import CHECKSUM_KEY, digest, verify
 from ._validation import check_classnames, check_matrix
 from .query import query_width
+from .params import check_params, suggest_name
 
 __all__ = ["AlignmentEstimator", "FORMAT_VERSION", "ModelSchema", "load_model"]
 
@@ -74,6 +75,8 @@ class AlignmentEstimator:
 
     #: The fitted tensors and JSON state a model file holds (see :class:`ModelSchema`).
     _schema: ModelSchema = ModelSchema()
+    #: ``{parameter: gpua.params.Constraint}``: each parameter's admissible values, declared once.
+    _parameter_constraints: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -92,9 +95,13 @@ class AlignmentEstimator:
         valid = self._get_param_names()
         for key, value in params.items():
             if key not in valid:
-                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}; valid parameters: {valid}.")
+                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}{suggest_name(key, valid)}; valid parameters: {valid}.")
             setattr(self, key, value)
         return self
+
+    def _validate_params(self) -> None:
+        """Check every parameter against :attr:`_parameter_constraints` (called at fit)."""
+        check_params(self._parameter_constraints, self.get_params(), type(self).__name__)
 
     def __repr__(self) -> str:
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}

@@ -1,10 +1,10 @@
-"""Exceptions raised by gpua.
+"""Exceptions and warnings raised by gpua.
 
 Every error a user can cause is a :class:`GPUAError`, a subclass of :class:`ValueError`, whose
 message names the offending argument and says how to fix it.
 """
 
-__all__ = ["GPUAError", "NotFittedError", "ModelFileError"]
+__all__ = ["GPUAError", "NotFittedError", "ModelFileError", "ConvergenceWarning"]
 
 
 class GPUAError(ValueError):
@@ -17,3 +17,11 @@ class NotFittedError(GPUAError, AttributeError):
 
 class ModelFileError(GPUAError):
     """A model or feature file is missing, corrupt, truncated or from a newer gpua."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative step stopped at its cap before its tolerance (as in scikit-learn and POT).
+
+    The message names the parameter to raise (``sinkhorn_max_iter``, ``max_outer``...). Turn it
+    into an error with ``warnings.simplefilter("error", gpua.ConvergenceWarning)``.
+    """

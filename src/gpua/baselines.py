@@ -17,7 +17,8 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
-from .query import build_query
+from .params import DeviceName, Interval, Options
+from .query import QUERY_MODES, build_query
 from .procrustes import procrustes_from_assignment
 
 __all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_method"]
@@ -30,17 +31,21 @@ class VLMZeroShot(AlignmentEstimator):
 
     Parameters
     ----------
-    logit_scale : float
-    device : str
+    logit_scale : float > 0, default=100.0
+        Scale of :meth:`predict_proba`'s softmax.
+    device : str, default="cpu"
+        Torch device of the prototypes.
     """
 
     _schema = ModelSchema(tensors={"text_prototypes_": ("n_classes", "n_features_vlm")})
+    _parameter_constraints = {"logit_scale": Interval(float, 0, None, closed="neither"), "device": DeviceName()}
 
     def __init__(self, *, logit_scale: float = 100.0, device: str = "cpu"):
         self.logit_scale = logit_scale
         self.device = device
 
     def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "VLMZeroShot":
+        self._validate_params()
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
         self.classnames_ = check_classnames(classnames, Y.shape[0])
@@ -61,15 +66,26 @@ class LFAAlternation(AlignmentEstimator):
 
     Parameters
     ----------
-    query : {"vfm", "fused"}
-    n_rounds : int
-    device : str
+    query : {"vfm", "fused"}, default="vfm"
+        The query the map acts on (:func:`gpua.query.build_query`).
+    n_rounds : int >= 1, default=10
+        Relabel-and-refit rounds at most.
+    logit_scale : float > 0, default=100.0
+        Scale of :meth:`predict_proba`'s softmax.
+    device : str, default="cpu"
+        Torch device of the fit.
     """
 
     _schema = ModelSchema(
         tensors={"W_": ("n_features_query", "n_features_vlm"), "text_prototypes_": ("n_classes", "n_features_vlm")},
         state={"n_rounds_": int},
     )
+    _parameter_constraints = {
+        "query": Options(QUERY_MODES),
+        "n_rounds": Interval(int, 1, None),
+        "logit_scale": Interval(float, 0, None, closed="neither"),
+        "device": DeviceName(),
+    }
 
     def __init__(self, *, query: str = "vfm", n_rounds: int = 10, logit_scale: float = 100.0, device: str = "cpu"):
         self.query = query
@@ -78,6 +94,7 @@ class LFAAlternation(AlignmentEstimator):
         self.device = device
 
     def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "LFAAlternation":
+        self._validate_params()
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
         self.classnames_ = check_classnames(classnames, Y.shape[0])

@@ -38,6 +38,13 @@ def polar_factor(M: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     W : tensor of shape (d_in, d_out)
+
+    Examples
+    --------
+    >>> import torch
+    >>> W = polar_factor(torch.tensor([[2.0, 0.0], [0.0, -3.0]]))
+    >>> W.tolist()
+    [[1.0, 0.0], [0.0, -1.0]]
     """
     dtype = M.dtype
     U, _, Vh = torch.linalg.svd(M.double(), full_matrices=False)

@@ -32,6 +32,13 @@ def build_query(Z: torch.Tensor, X: torch.Tensor | None, mode: str, mean: torch.
     Returns
     -------
     Q : tensor of shape (n_samples, d_vfm) or (n_samples, d_vfm + d_vlm)
+
+    Examples
+    --------
+    >>> import torch
+    >>> Q = build_query(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]]), "fused")
+    >>> [round(v, 4) for v in Q[0].tolist()]
+    [0.4243, 0.5657, 0.0, 0.7071]
     """
     normalize = torch.nn.functional.normalize
     Zn = normalize(Z, dim=1)

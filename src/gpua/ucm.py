@@ -27,6 +27,7 @@ from .ot import sinkhorn
 
 __all__ = [
     "SIMILARITIES",
+    "INIT_LOGIT_SCALE",
     "similarity",
     "fused_score",
     "confident_centres",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 SIMILARITIES = ("cosine", "neg_euclidean")
+#: CLIP's logit scale: :math:`s` of the confident-centre posterior :math:`\mathrm{softmax}(s X Y^\top)`.
+INIT_LOGIT_SCALE = 100.0
 
 
 def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperature: float = 0.1) -> torch.Tensor:
@@ -112,7 +115,7 @@ def class_centres(Q: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
 
 
 def confident_centres(
-    Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n_per_class: int = 8, logit_scale: float = 100.0
+    Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n_per_class: int = 8, logit_scale: float = INIT_LOGIT_SCALE
 ) -> torch.Tensor:
     r"""Initial centres: for each class, the confidence-weighted mean of its most confident samples.
 

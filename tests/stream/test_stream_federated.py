@@ -55,5 +55,20 @@ def test_pool_augment_runs_on_each_client(case):
     plain = fit_federated(GPUA(**params), clients_of(Z, X), Y, rounds=2)
     aug = fit_federated(GPUA(pool_augment=4, **params), clients_of(Z, X), Y, rounds=2)
     assert not bool((aug.W_ == plain.W_).all())
+    assert aug.history_["pool_augment"]["n_rows"] > 0 and plain.history_["pool_augment"] == {"n_rows": 0}
     assert orthogonality_error(aug.W_) < 1e-4
     assert abs(aug.score(Z, labels, X) - plain.score(Z, labels, X)) < 0.05
+
+
+def test_self_learning_rounds_run_on_the_clients(case):
+    """The server broadcasts the map, each client scores its own rows with it and measures its own
+    pseudo-labels' consistency; the rounds are recorded as in the other fits."""
+    Z, X, Y, labels = case
+    params = dict(refine=False, query="vfm")
+    plain = fit_federated(GPUA(**params), clients_of(Z, X), Y)
+    sl = fit_federated(GPUA(self_learning=2, **params), clients_of(Z, X), Y)
+    rec = sl.history_["self_learning"]
+    assert [r["round"] for r in rec][:2] == [0, 1] and rec[0]["kept"]
+    assert sl.score(Z, labels, X) >= plain.score(Z, labels, X) - 0.01
+    if any(r["kept"] for r in rec[1:]):
+        assert not (sl.pseudo_labels_ == plain.pseudo_labels_).all()

@@ -27,16 +27,26 @@ def budget(data, extra_rows: int, **params) -> int:
         dict(refine=False, center=True, query="fused", retrieval="csls"),
         dict(refine=False, assignment="hard", rho=1.0),
         dict(refine=True, n_steps=20),
+        dict(refine=True, n_steps=20, self_learning=2),
+        dict(refine=False, center=True, retrieval="csls", self_learning=2),
     ],
-    ids=["default", "center-fused-csls", "hard-semirelaxed", "refine"],
+    ids=["default", "center-fused-csls", "hard-semirelaxed", "refine", "self-learning", "self-learning-center-csls"],
 )
-def test_equals_in_memory_fit(case, params):
+def test_equals_in_memory_fit(case, params, device):
     Z, X, Y, _ = case
+    params = {**params, "device": device}
     ref = reference_fit(case, **params)
     got = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", progress=False)
     assert got.history_["streaming"]["cache"] == "float64"
+    assert got.W_.device.type == device
     assert_same_fit(ref, got)
     assert set(ref.history_) <= set(got.history_)
+    if params.get("self_learning"):
+        rounds = got.history_["self_learning"]
+        assert len(rounds) > 1 and any(r["kept"] for r in rounds[1:])  # the rounds ran and changed the fit
+        for a, b in zip(ref.history_["self_learning"], rounds):
+            assert a["kept"] == b["kept"] and a["label_change"] == b["label_change"]
+            assert a["criterion"] == pytest.approx(b["criterion"], abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, mode", [(500_000, "float32"), (100_000, "float16"), (30_000, "partial"), (0, "recompute")])

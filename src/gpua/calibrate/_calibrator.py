@@ -104,8 +104,13 @@ class DistributionCalibrator:
 
     Examples
     --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((60, 5)), np.repeat([0, 1, 2], [30, 20, 10])
     >>> cal = DistributionCalibrator(borrow="mean", random_state=0).fit(X, y)
     >>> X_aug, y_aug = cal.fit_resample(X, y)   # real + generated, every class at the max count
+    >>> np.bincount(y_aug).tolist()
+    [30, 30, 30]
     """
 
     def __init__(

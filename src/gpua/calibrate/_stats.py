@@ -99,9 +99,12 @@ class ClassStatistics:
 
     Examples
     --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((200, 4)), rng.integers(0, 3, 200)
     >>> stats = ClassStatistics(n_classes=3).partial_fit(X[:100], y[:100]).partial_fit(X[100:], y[100:])
     >>> stats.covariance_.shape
-    (3, d, d)
+    (3, 4, 4)
     """
 
     def __init__(self, n_classes: int | None = None) -> None:

@@ -1,15 +1,20 @@
-"""What several ``gpua`` commands share: GPUA parameters, Dask cluster addresses, fit progress."""
+"""What several ``gpua`` commands share: GPUA parameters, output-path checks, Dask cluster addresses, fit progress.
+
+``--param NAME=VALUE`` is checked against :data:`gpua.fitting.PARAMETERS` (the table every fit
+checks), and ``--list-params`` prints that table with the defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Sequence
 
 from .._errors import GPUAError
 
 __all__ = [
     "parse_params",
+    "add_param_arguments",
+    "parameter_listing",
     "add_estimator_arguments",
     "add_extraction_arguments",
     "estimator_overrides",
@@ -62,17 +67,40 @@ def check_paths(
 
 
 def parse_params(pairs: list[str] | None) -> dict:
-    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}`` (values parsed as JSON)."""
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise GPUAError(f"--param {p!r} must look like NAME=VALUE, e.g. --param lam=0.8.")
-        k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = {"true": True, "false": False, "none": None}.get(v.lower(), v)
-    return out
+    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}``, each name and value checked.
+
+    Values are read as JSON (or the bare word: ``query=vfm``, ``random_state=none``) and checked
+    against the parameter's constraint; an unknown name gets the closest valid one suggested.
+    """
+    from ..fitting import PARAMETERS
+    from ..params import parse_params as parse_checked
+
+    return parse_checked(pairs, PARAMETERS, "GPUA")
+
+
+def parameter_listing() -> str:
+    """Every GPUA parameter with its default and admissible values (``--list-params``)."""
+    from ..estimator import GPUA
+    from ..params import format_parameter_table
+
+    return format_parameter_table(GPUA)
+
+
+class _ListParams(argparse.Action):
+    """``--list-params``: print :func:`parameter_listing` and exit, whatever else is missing."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(parameter_listing())
+        parser.exit(0)
+
+
+def add_param_arguments(p) -> None:
+    """``--param NAME=VALUE`` (repeatable) and ``--list-params`` on a parser or argument group."""
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="any GPUA parameter (repeatable); see --list-params")
+    p.add_argument("--list-params", action=_ListParams, help="list the GPUA parameters with their defaults and ranges, and exit")
 
 
 def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,7 +112,7 @@ def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-refine", action="store_true", help="Procrustes only, no THS refinement")
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--seed", type=int, help="random_state")
-    g.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other GPUA parameter (repeatable)")
+    add_param_arguments(g)
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:

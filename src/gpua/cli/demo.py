@@ -8,7 +8,7 @@ a table, results.json and a before/after embedding plot.
 from __future__ import annotations
 
 from .. import demo
-from ._common import check_paths, parse_params
+from ._common import add_param_arguments, check_paths, parse_params
 
 __all__ = ["add_subcommands"]
 
@@ -34,5 +34,5 @@ def add_subcommands(sub) -> None:
                                      f"default: {','.join(demo.DEMO_METHODS)}")
     p.add_argument("--cache-dir", help="feature and model cache (default $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--no-plot", action="store_true", help="skip the before/after embedding plot")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="GPUA parameter override (repeatable)")
+    add_param_arguments(p)
     p.set_defaults(func=_cmd_demo)

@@ -52,11 +52,7 @@ def _cmd_fit(args) -> int:
     from ..report import provenance_from_features
 
     check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "file"), ("checkpoint", "folder")))
-    kw = estimator_overrides(args)
-    try:
-        model = GPUA(**kw)
-    except TypeError as exc:
-        raise GPUAError(f"--param: {exc}; see `help(gpua.GPUA)` for the parameter names.") from None
+    model = GPUA(**estimator_overrides(args))  # names and values checked against gpua.fitting.PARAMETERS
     if getattr(args, "shards", None):
         return run_streamed_fit(args, model)
     if not args.train:

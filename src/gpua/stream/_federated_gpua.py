@@ -12,19 +12,24 @@ play the part of chunks:
 * centres and Procrustes: each client returns :math:`P^\top Q` (:math:`K \times d_q`) and the
   plan change; the server forms :math:`C` and :math:`Q^\top P Y = (P^\top Q)^\top Y`;
 * refinement: federated averaging. Each round every client runs ``local_steps`` of THS
-  (:meth:`gpua.GPUA._refine`, on its own pseudo-labels) from the broadcast map, the server
+  (:func:`gpua.refinement.refine`, on its own pseudo-labels) from the broadcast map, the server
   averages the maps weighted by client size and projects the mean back onto the
   (semi-)orthogonal maps with :func:`gpua.procrustes.polar_factor` (an average of orthogonal
   maps is not orthogonal).
 
-Without refinement the result equals the centralised ``GPUA.fit`` on the union of the clients'
-rows (the statistics are the same sums, added in another order). Pseudo-labels stay on the
+* self-learning rounds: the server broadcasts the map, each client scores its own rows with it,
+  and UCM runs as above; each client measures its pseudo-labels' neighbourhood consistency
+  among its own rows and sends the number.
+
+The sequence is :func:`gpua.fitting.run_fit`, as for ``GPUA.fit``; :class:`FederatedPool` is this
+driver. Without refinement the result equals the centralised ``GPUA.fit`` on the union of the
+clients' rows (the statistics are the same sums, added in another order). Pseudo-labels stay on the
 clients; this in-process simulation gathers them into ``pseudo_labels_`` for inspection only.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,12 +37,15 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
+from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
+from ..query import build_query
+from ..refinement import RefineConfig, refine
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
-from ._fit import _rows_fn
+from ._fit import on_device, rows_reader
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_federated", "FederatedExecutor"]
@@ -59,6 +67,7 @@ class FederatedExecutor(LocalExecutor):
     """
 
     def __init__(self, parts: Sequence[K_.Part]):
+        self.parts = list(parts)
         self.client_of = {p.index: p.client for p in parts}
         self.private: dict[int, dict] = {}
 
@@ -131,11 +140,10 @@ def fit_federated(
         refinement record.
     """
     est = estimator
-    est._check_params()
-    if est.solver != "torch":
-        raise GPUAError(f"solver={est.solver!r}: federated fits run their own Sinkhorn; use solver='torch'.")
-    if not isinstance(rounds, (int, np.integer)) or rounds < 1:
+    if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
         raise GPUAError(f"rounds={rounds!r} must be a positive integer.")
+    if local_steps is not None and (not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1):
+        raise GPUAError(f"local_steps={local_steps!r} must be a positive integer or None.")
     if not clients:
         raise GPUAError("clients is empty; pass a list of (vfm_features, vlm_features) pairs, one per client.")
     sources, offset = [], 0
@@ -154,13 +162,9 @@ def fit_federated(
     d_v, d_t = sources[0].widths["vfm_features"], sources[0].widths["vlm_features"]
     Y = check_prototypes(text_prototypes, d_t)
     k = Y.shape[0]
-    est.classnames_ = check_classnames(classnames, k)
-    if est.class_prior is not None and len(np.asarray(est.class_prior)) != k:
-        raise GPUAError(f"class_prior has {len(np.asarray(est.class_prior))} entries for {k} classes; give one per class.")
-    if n < k:
-        raise GPUAError(f"the clients hold {n} rows in all but there are {k} classes; the pool needs at least one image per class.")
-    dev = est.device_
-    d_q = d_v + (d_t if est.query == "fused" else 0)
+    config = check_entry(est.get_params(), n, k, driver="federated")
+    names = check_classnames(classnames, k)
+    d_q = d_v + (d_t if config.query == "fused" else 0)
     plan = plan_memory(max_memory, max(s.n_samples for s in sources), k, d_v, d_t, d_q)
     parts = []
     for c, src in enumerate(sources):
@@ -169,81 +173,121 @@ def fit_federated(
             parts.append(K_.Part(len(parts), src, s, e, cache=True, keep_previous=plan.keep_previous, client=c))
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
-    fit = K_.FitSpec(
-        f"federated-{id(ex)}", Yt, est.query, None, float(est.lam), float(est.eps), est.similarity, float(est.temperature),
-        100.0, n, str(dev), plan.tile_dtype, est.assignment,
-    )
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    try:
-        if est.center:
-            fit.vfm_mean = (K_.sum_tensors(ex.map(K_.part_mean, parts, fit)) / n).float()
-        ucm = streamed_ucm(
-            ex, parts, fit, fit, b=check_marginal(est.class_prior, k, "class_prior", torch.device("cpu")), rho=est.rho,
-            tol=float(est.tol), sinkhorn_tol=float(est.sinkhorn_tol), sinkhorn_max_iter=int(est.sinkhorn_max_iter),
-            max_outer=int(est.max_outer), n_init_per_class=int(est.n_init_per_class), callback=callback, progress=progress,
-        )
-    finally:
-        ex.drop(fit.token)
-    timings["ucm_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    W0 = polar_factor(ucm.cross_covariance).float().to(dev)
-    timings["procrustes_s"] = time.perf_counter() - t1
-    # Per-client pseudo-labels, from the clients' private results.
-    client_labels = []
-    for c in range(len(sources)):
-        mine = ex.private.get(c, {})
-        client_labels.append((torch.cat([mine[i][0] for i in sorted(mine)]), torch.cat([mine[i][1] for i in sorted(mine)])))
-    est.n_features_vfm_, est.n_features_vlm_, est.n_classes_ = d_v, d_t, k
-    est.vfm_mean_ = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
-    est.W0_ = W0
-    Yd = Yt.to(dev)
-    t2 = time.perf_counter()
-    W, fed_history = W0.clone(), []
-    if est.refine and est.n_steps > 0:
-        steps = int(local_steps) if local_steps is not None else max(1, int(est.n_steps) // int(rounds))
-        base_seed = 0 if est.random_state is None else int(est.random_state)
-        for t in range(1, int(rounds) + 1):
+    fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)
+    if config.center:
+        fit.vfm_mean = (K_.sum_tensors(ex.map(K_.part_mean, parts, fit)) / n).float()
+    b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
+    pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
+    fitted = run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, widths=(d_v, d_t), classnames=names, callback=callback)
+    fitted.history["federated"] = {"clients": [s.n_samples for s in sources], "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
+    return set_fitted_state(est, fitted)
+
+
+class FederatedPool:
+    """The driver of a federated fit (:class:`gpua.fitting.FitDriver`): each client's rows stay with it.
+
+    UCM runs on the clients' aggregates (:class:`FederatedExecutor`); refinement is federated
+    averaging of the clients' local :func:`gpua.refinement.refine` runs, projected back onto
+    the (semi-)orthogonal maps; the self-learning criterion is each client's own
+    :func:`gpua.fitting.knn_label_consistency` (its rows against its rows), averaged by size.
+
+    Parameters
+    ----------
+    ex : FederatedExecutor
+    sources : list of ArraySource
+        One per client.
+    fit : FitSpec
+    b : float64 tensor of shape (n_classes,)
+    config : FitConfig
+    rounds : int
+        Averaging rounds of the refinement.
+    local_steps : int or None
+        THS steps per client and round (None: ``n_steps // rounds``, at least 1).
+    progress : bool
+    """
+
+    def __init__(self, ex: FederatedExecutor, sources, fit: K_.FitSpec, b: torch.Tensor, config: FitConfig, *,
+                 rounds: int, local_steps: int | None, progress: bool = False):
+        self.ex, self.sources, self.fit, self.b, self.config = ex, sources, fit, b, config
+        self.rounds, self.local_steps, self.progress = rounds, local_steps, progress
+        self.parts = [p for p in ex.parts]
+        self.dev = config.device
+        self.n = fit.n_total
+        self.n_mined = 0
+
+    def _client_parts(self, c: int) -> list[K_.Part]:
+        return [p for p in self.parts if p.client == c]
+
+    def mine(self, score_map, callback) -> Mined:
+        fit = self.fit
+        if score_map is not None:  # a self-learning round: the broadcast map scores each client's rows
+            self.n_mined += 1
+            fit = replace(self.fit, token=f"{self.fit.token}-{self.n_mined}", score_map=score_map.detach().float().cpu())
+        m = self.config.mining
+        try:
+            ucm = streamed_ucm(
+                self.ex, self.parts, fit, fit, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
+                sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer),
+                n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress,
+            )
+        finally:
+            self.ex.drop(fit.token)
+        # Per-client pseudo-labels, from the clients' private results (gathered for inspection only).
+        labels, conf = [], []
+        for c in range(len(self.sources)):
+            mine = self.ex.private.get(c, {})
+            labels.append(torch.cat([mine[i][0] for i in sorted(mine)]))
+            conf.append(torch.cat([mine[i][1] for i in sorted(mine)]))
+        return Mined(torch.cat(labels), torch.cat(conf), ucm.centres.to(self.dev), ucm.history, ucm.converged, payload=ucm.cross_covariance)
+
+    def procrustes(self, mined: Mined) -> torch.Tensor:
+        return polar_factor(mined.payload).float().to(self.dev)
+
+    def _client_rows(self, src):
+        rows = rows_reader(src, self.config.query, on_device(self.fit.vfm_mean, self.dev), self.dev, memo_above=int(self.config.refinement.batch_size))
+        return lambda idx: rows(idx + src.offset)  # a client's rows are global ids [offset, offset + n_c)
+
+    def refine(self, W0, labels, config: RefineConfig, callback):
+        steps = int(self.local_steps) if self.local_steps is not None else max(1, int(config.n_steps) // self.rounds)
+        Yd = self.fit.Y.to(self.dev)
+        W, history, augment = W0.clone(), [], {"n_rows": 0}
+        for t in range(1, self.rounds + 1):
             total = torch.zeros_like(W, dtype=torch.float64)
-            for c, src in enumerate(sources):
-                local = type(est)(**est.get_params())
-                local.n_steps, local.random_state, local.W0_ = steps, base_seed + 1000 * t + c, W
-                rows = _rows_fn(src, est.query, est.vfm_mean_, dev, memo_above=int(est.batch_size))
-                # A client's rows are global ids [offset, offset + n_c); _refine draws 0..n_c-1.
-                W_c, _ = local._refine(lambda idx, r=rows, o=src.offset: r(idx + o), src.n_samples, Yd, client_labels[c][0].to(dev), None)
+            augment = {"n_rows": 0}
+            for c, src in enumerate(self.sources):
+                local = replace(config, n_steps=steps, random_state=config.seed + 1000 * t + c)
+                record: dict = {}
+                mine = labels[src.offset : src.offset + src.n_samples]
+                W_c, _ = refine(W, self._client_rows(src), src.n_samples, Yd, mine, local, None, record)
+                augment["n_rows"] += int(record.get("n_rows", 0))
                 total += src.n_samples * W_c.double()
-            W_mean = (total / n).float()
+            W_mean = (total / self.n).float()
             W = polar_factor(W_mean)
             entry = {"round": t, "mean_orthogonality_error": orthogonality_error(W_mean), "step_norm": float((W - W0).norm())}
-            fed_history.append(entry)
+            history.append(entry)
             if callback is not None:
                 callback(entry)
-    timings["refine_s"] = time.perf_counter() - t2
-    est.W_ = W
-    est.text_prototypes_ = Yd
-    labels = torch.cat([lab for lab, _ in client_labels])
-    est.pseudo_labels_ = labels.numpy()
-    est.pseudo_confidence_ = torch.cat([conf for _, conf in client_labels]).numpy()
-    est.centres_ = ucm.centres.to(dev)
-    est.proto_radius_ = None
-    agree, tops, k_csls = 0, [], int(est.csls_k) if est.retrieval == "csls" else 0
-    for src, (lab, _) in zip(sources, client_labels):  # each client counts its own agreements
-        for s in range(src.offset, src.offset + src.n_samples, plan.chunk_rows):
-            part = K_.Part(-1, src, s, min(src.offset + src.n_samples, s + plan.chunk_rows))
-            pred, top = K_.part_final(part, fit, W.cpu(), k_csls)
-            agree += int((pred == lab[s - src.offset : part.stop - src.offset]).sum())
+        return W, history, augment
+
+    def consistency(self, labels: torch.Tensor) -> float:
+        total = 0.0
+        for c, src in enumerate(self.sources):  # each client scores its own rows; only the number leaves it
+            idx = consistency_sample(src.n_samples, random_state=self.config.refinement.seed) + src.offset
+            mean = on_device(self.fit.vfm_mean, self.dev)
+            sample = build_query(src.take("vfm_features", idx, device=self.dev), None, "vfm", mean)
+            chunks = ((p.start, K_.part_vfm_rows(p, self.fit), labels[p.start : p.stop]) for p in self._client_parts(c))
+            total += src.n_samples * knn_label_consistency(sample, labels[idx], idx, chunks)
+        return total / self.n
+
+    def finish(self, W, labels):
+        agree, tops, k_csls = 0, [], self.config.csls_k_used
+        for p in self.parts:  # each client counts its own agreements
+            pred, top = K_.part_final(p, self.fit, W.cpu(), k_csls)
+            agree += int((pred == labels[p.start : p.stop]).sum())
             if k_csls:
                 tops.append(top)  # top-k cosines per prototype: K x k numbers, no rows
-    if k_csls:
-        allk = torch.cat(tops, dim=1)
-        est.proto_radius_ = allk.topk(min(k_csls, allk.shape[1]), dim=1).values.mean(1).to(dev)
-    est.history_ = {
-        "pseudo_label_agreement": agree / n,
-        "ucm": ucm.history,
-        "ucm_converged": ucm.converged,
-        "refine": [],
-        "orthogonality_error": orthogonality_error(W),
-        "timings": timings,
-        "federated": {"clients": [s.n_samples for s in sources], "rounds": fed_history, "chunk_rows": plan.chunk_rows},
-    }
-    return est
+        radius = None
+        if k_csls:
+            allk = torch.cat(tops, dim=1)
+            radius = allk.topk(min(k_csls, allk.shape[1]), dim=1).values.mean(1)
+        return agree / self.n, radius

@@ -7,8 +7,10 @@ budget:
    centres and the Procrustes cross-covariance accumulated chunk by chunk;
 2. Procrustes: :math:`W_0 = \mathrm{polar}(Q^\top P Y)` (:func:`gpua.procrustes.polar_factor`)
    from the accumulated :math:`(d_q, d_t)` matrix;
-3. THS refinement (:meth:`gpua.GPUA._refine`) on mini-batches read from the source.
+3. THS refinement (:func:`gpua.refinement.refine`) on mini-batches read from the source;
 
+and the self-learning rounds, with the map's scores computed chunk by chunk. The sequence is
+:func:`gpua.fitting.run_fit`, the same as ``GPUA.fit``'s; :class:`StreamedPool` is this driver.
 On data that fits both ways the learned attributes equal those of ``GPUA.fit`` (to float
 rounding, about 1e-7 here).
 """
@@ -16,18 +18,19 @@ rounding, about 1e-7 here).
 from __future__ import annotations
 
 import os
-import time
 import uuid
+from dataclasses import replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
-from ..query import build_query
+from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state
 from ..ot import check_marginal
-from ..procrustes import orthogonality_error, polar_factor
+from ..procrustes import polar_factor
+from ..query import build_query
+from ..refinement import RefineConfig, refine
 from . import _kernels as K_
 from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
 from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
@@ -93,8 +96,8 @@ def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
     return parts
 
 
-def _rows_fn(source, query: str, mean, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``rows(idx)`` -> query rows for :meth:`GPUA._refine`, read from the source.
+def rows_reader(source, query: str, mean, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``rows(idx)`` -> query rows for :func:`gpua.refinement.refine`, read from the source.
 
     The held-out slice is requested with the same index tensor at every evaluation: it is read once
     and kept (it is in the memory plan), while training batches are read as they come.
@@ -189,15 +192,7 @@ def fit_streaming(
     (:func:`gpua.stream.release_freed_memory`) so that freed chunk buffers leave the process.
     """
     est = estimator
-    est._check_params()
-    if est.solver != "torch":
-        raise GPUAError(f"solver={est.solver!r}: streaming fits run their own chunked Sinkhorn; use solver='torch'.")
-    if est.pool_augment:
-        raise GPUAError(
-            f"pool_augment={est.pool_augment}: augmenting the pool is in-memory only (its per-pseudo-class "
-            "statistics need every training row at once, which a streamed fit never holds); set pool_augment=0, "
-            "or fit GPUA on in-memory arrays."
-        )
+    params = est.get_params()
     if vlm_features is not None:
         raise GPUAError("vlm_features must be None when the features come from a shard set (it holds both); pass GPUA.fit(shards, None, text_prototypes).")
     src = as_source(source)
@@ -209,40 +204,27 @@ def fit_streaming(
             raise GPUAError("text_prototypes is None and the source stores none; pass text_prototypes=(K, d_vlm) array.")
     Y = check_prototypes(text_prototypes, d_t)
     k = Y.shape[0]
-    est.classnames_ = check_classnames(classnames if classnames is not None else getattr(src, "classnames", None), k)
-    if est.class_prior is not None and len(np.asarray(est.class_prior)) != k:
-        raise GPUAError(f"class_prior has {len(np.asarray(est.class_prior))} entries for {k} classes; give one per class.")
-    if n < k:
-        raise GPUAError(
-            f"vfm_features has {n} rows but there are {k} classes; the unlabeled pool needs "
-            "at least one image per class (16 per class is the paper's few-shot pool)."
-        )
-    dev = est.device_
+    config = check_entry(params, n, k, driver="streamed")
+    names = check_classnames(classnames if classnames is not None else getattr(src, "classnames", None), k)
+    dev = config.device
     d_q, r_bytes = _widths(est, n, k, d_v, d_t)
     itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2
-    refine_on = bool(est.refine and est.n_steps > 0)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
-    b = check_marginal(est.class_prior, k, "class_prior", torch.device("cpu"))
+    b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     ck = None
     if checkpoint is not None:
-        params = {p: getattr(est, p) for p in UCM_PARAMS}
-        ck = Checkpoint(checkpoint, fingerprint(params, src.fingerprint(), Yt))
+        ck = Checkpoint(checkpoint, fingerprint({p: params[p] for p in UCM_PARAMS}, src.fingerprint(), Yt))
     if isinstance(src, K_.ArraySource) and cluster is not None:
         raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
     release_freed_memory()  # freed chunk buffers must leave the process for the budget to hold
     ex = connect(cluster, timeout=connect_timeout)
     token = uuid.uuid4().hex
-    timings: dict[str, float] = {}
     try:
         plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes, chunk_rows=chunk_rows)
         parts = make_parts(src, plan, ex.owners, n)
-        fit = K_.FitSpec(
-            token, Yt, est.query, None, float(est.lam), float(est.eps), est.similarity, float(est.temperature), 100.0,
-            n, str(dev), plan.tile_dtype, est.assignment,
-        )
-        t0 = time.perf_counter()
+        fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
-        if est.center:
+        if config.center:
             if state is not None and "vfm_mean" in state:
                 fit.vfm_mean = state["vfm_mean"]
             else:
@@ -251,66 +233,96 @@ def fit_streaming(
                 fit.vfm_mean = (K_.sum_tensors(sums) / n).float()
         if ck is not None:
             ck.extra["vfm_mean"] = fit.vfm_mean
-        fit_b = ex.broadcast(fit)
-        ucm = streamed_ucm(
-            ex, parts, fit, fit_b, b=b, rho=est.rho, tol=float(est.tol), sinkhorn_tol=float(est.sinkhorn_tol),
-            sinkhorn_max_iter=int(est.sinkhorn_max_iter), max_outer=int(est.max_outer),
-            n_init_per_class=int(est.n_init_per_class), checkpoint=ck,
-            callback=callback, progress=progress,
-        )
-        timings["ucm_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        W0 = polar_factor(ucm.cross_covariance).float()
-        timings["procrustes_s"] = time.perf_counter() - t1
-        ex.drop(token)  # the Sinkhorn tiles are done with: free them before refinement
-        release_freed_memory()
-        labels = ucm.labels.to(dev)
-        est.n_features_vfm_, est.n_features_vlm_, est.n_classes_ = d_v, d_t, k
-        est.vfm_mean_ = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
-        est.pseudo_labels_ = ucm.labels.numpy()
-        est.pseudo_confidence_ = ucm.confidence.numpy()
-        est.centres_ = ucm.centres.to(dev)
-        est.W0_ = W0.to(dev)
-        Yd = Yt.to(dev)
-        t2 = time.perf_counter()
-        if refine_on:
-            rows = _rows_fn(src, est.query, est.vfm_mean_, dev, memo_above=int(est.batch_size))
-            with Bar(progress, "THS refinement", int(est.n_steps), unit="step") as bar:
-                def on_eval(entry):
-                    bar.update(int(entry["step"]) - bar.n)
-                    bar.postfix(val=f"{entry['val_loss']:.4f}")
-                    if callback is not None:
-                        callback(entry)
-
-                est.W_, curve = est._refine(rows, n, Yd, labels, on_eval)
-        else:
-            est.W_, curve = est.W0_.clone(), []
-        timings["refine_s"] = time.perf_counter() - t2
-        k_csls = int(est.csls_k) if est.retrieval == "csls" else 0
-        with Bar(progress, "final pass", len(parts)) as bar:
-            res = ex.map(K_.part_final, parts, fit_b, est.W_.detach().cpu(), k_csls, on_done=bar.tick)
-        pool_pred = torch.cat([p for p, _ in res])
-        est.proto_radius_ = None
-        if k_csls:
-            tops = torch.cat([t for _, t in res], dim=1)
-            est.proto_radius_ = tops.topk(min(k_csls, tops.shape[1]), dim=1).values.mean(1).to(dev)
+        pool = StreamedPool(ex, parts, src, fit, b, config, checkpoint=ck, progress=progress)
+        fitted = run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, widths=(d_v, d_t), classnames=names, callback=callback)
     finally:
         ex.drop(token)
         ex.close()
-    est.text_prototypes_ = Yd
-    est.history_ = {
-        "pseudo_label_agreement": float((pool_pred == ucm.labels).float().mean()),
-        "ucm": ucm.history,
-        "ucm_converged": ucm.converged,
-        "refine": curve,
-        "pool_augment": {"n_rows": 0},  # as GPUA.fit records it; augmenting is refused above
-        "orthogonality_error": orthogonality_error(est.W_),
-        "timings": timings,
-        "streaming": {
-            "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
-            "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
-            "passes": ucm.passes, "processes": ex.n_processes,
-        },
+    fitted.history["streaming"] = {
+        "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
+        "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
+        "passes": pool.passes, "processes": ex.n_processes,
     }
-    return est
+    return set_fitted_state(est, fitted)
 
+
+class StreamedPool:
+    """The driver of a streamed fit (:class:`gpua.fitting.FitDriver`): chunk tasks on an executor.
+
+    Parameters
+    ----------
+    ex : LocalExecutor or DaskExecutor
+    parts : list of Part
+    source : ShardedFeatures or ArraySource
+    fit : FitSpec
+        The fit's spec (its ``vfm_mean`` set); self-learning rounds broadcast copies with a map.
+    b : float64 tensor of shape (n_classes,)
+        Class marginal.
+    config : FitConfig
+    checkpoint : Checkpoint, optional
+        For the first UCM (self-learning rounds are not checkpointed).
+    progress : bool
+    """
+
+    def __init__(self, ex, parts, source, fit: K_.FitSpec, b: torch.Tensor, config: FitConfig, *, checkpoint=None, progress: bool = False):
+        self.ex, self.parts, self.source, self.fit, self.b, self.config = ex, parts, source, fit, b, config
+        self.checkpoint, self.progress = checkpoint, progress
+        self.fit_b = ex.broadcast(fit)
+        self.dev = config.device
+        self.n = fit.n_total
+        self.passes = 0
+
+    def mine(self, score_map, callback) -> Mined:
+        fit, fit_b, ck = self.fit, self.fit_b, self.checkpoint
+        if score_map is not None:  # a self-learning round: new tiles, scored by the map
+            fit = replace(self.fit, token=uuid.uuid4().hex, score_map=score_map.detach().float().cpu())
+            fit_b, ck = self.ex.broadcast(fit), None
+        m = self.config.mining
+        try:
+            ucm = streamed_ucm(
+                self.ex, self.parts, fit, fit_b, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
+                sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer), n_init_per_class=int(m.n_init_per_class),
+                checkpoint=ck, callback=callback, progress=self.progress,
+            )
+        finally:
+            self.ex.drop(fit.token)  # the Sinkhorn tiles are done with: free them before refinement
+            release_freed_memory()
+        self.passes += ucm.passes
+        return Mined(ucm.labels, ucm.confidence, ucm.centres.to(self.dev), ucm.history, ucm.converged, payload=ucm.cross_covariance)
+
+    def procrustes(self, mined: Mined) -> torch.Tensor:
+        return polar_factor(mined.payload).float().to(self.dev)
+
+    def refine(self, W0, labels, config: RefineConfig, callback):
+        rows = rows_reader(self.source, self.config.query, on_device(self.fit.vfm_mean, self.dev), self.dev, memo_above=int(config.batch_size))
+        with Bar(self.progress, "THS refinement", int(config.n_steps), unit="step") as bar:
+            def on_eval(entry):
+                bar.update(int(entry["step"]) - bar.n)
+                bar.postfix(val=f"{entry['val_loss']:.4f}")
+                if callback is not None:
+                    callback(entry)
+
+            W, curve = refine(W0, rows, self.n, self.fit.Y.to(self.dev), labels, config, on_eval)
+        return W, curve, {"n_rows": 0}  # augmenting is refused by check_entry
+
+    def consistency(self, labels: torch.Tensor) -> float:
+        idx = consistency_sample(self.n, random_state=self.config.refinement.seed)
+        sample = build_query(self.source.take("vfm_features", idx, device=self.dev), None, "vfm", on_device(self.fit.vfm_mean, self.dev))
+        chunks = ((p.start, K_.part_vfm_rows(p, self.fit), labels[p.start : p.stop]) for p in self.parts)
+        return knn_label_consistency(sample, labels[idx], idx, chunks)
+
+    def finish(self, W, labels):
+        k_csls = self.config.csls_k_used
+        with Bar(self.progress, "final pass", len(self.parts)) as bar:
+            res = self.ex.map(K_.part_final, self.parts, self.fit_b, W.detach().cpu(), k_csls, on_done=bar.tick)
+        pool_pred = torch.cat([p for p, _ in res])
+        radius = None
+        if k_csls:
+            tops = torch.cat([t for _, t in res], dim=1)
+            radius = tops.topk(min(k_csls, tops.shape[1]), dim=1).values.mean(1)
+        return float((pool_pred == labels).double().mean()), radius
+
+
+def on_device(t: torch.Tensor | None, dev) -> torch.Tensor | None:
+    """``t`` on ``dev`` (None stays None)."""
+    return None if t is None else t.to(dev)

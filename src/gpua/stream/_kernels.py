@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from .._errors import GPUAError
+from ..fitting import FitConfig
 from ..query import build_query
-from ..ucm import fused_score
+from ..ucm import INIT_LOGIT_SCALE, fused_score
 
-__all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats"]
+__all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats", "part_vfm_rows"]
 
 # Rows per float64 block when a float32 tile is reduced (a few MB: stays in cache).
 _BLOCK = 512
@@ -43,7 +44,10 @@ _BLOCK = 512
 
 @dataclass
 class FitSpec:
-    """What every chunk task of one fit needs (broadcast once).
+    r"""What every chunk task of one fit needs (broadcast once).
+
+    Build it with :meth:`from_config`; a self-learning round broadcasts a copy with another
+    ``token`` and its ``score_map`` (``dataclasses.replace``).
 
     Attributes
     ----------
@@ -53,13 +57,18 @@ class FitSpec:
         L2-normalised prototypes.
     query : {"vfm", "fused"}
     vfm_mean : tensor of shape (d_vfm,) or None
-    lam, eps, temperature, logit_scale : float
+    lam, eps, temperature : float
     similarity : str
     n_total : int
         :math:`N`, for the row marginal :math:`1/N`.
     device : str
     tile_dtype : {"float64", "float32", "float16"}
     assignment : {"soft", "hard"}
+    score_map : tensor of shape (d_q, d_vlm) or None
+        None: UCM's VLM term scores the chunk's normalised VLM rows :math:`X`; a map :math:`W`
+        (a self-learning round): it scores :math:`\mathrm{normalize}(Q W)` instead.
+    init_logit_scale : float
+        :math:`s` of the confident-centre initialisation :math:`\mathrm{softmax}(s\, X Y^\top)`.
     absorb_at : float
     """
 
@@ -71,12 +80,23 @@ class FitSpec:
     eps: float
     similarity: str
     temperature: float
-    logit_scale: float
     n_total: int
     device: str
     tile_dtype: str = "float64"
     assignment: str = "soft"
+    score_map: torch.Tensor | None = None
+    init_logit_scale: float = INIT_LOGIT_SCALE
     absorb_at: float = 30.0
+
+    @classmethod
+    def from_config(cls, token: str, Y: torch.Tensor, config: FitConfig, n_total: int, tile_dtype: str = "float64") -> "FitSpec":
+        """The spec of a fit with the checked settings ``config`` (:func:`gpua.fitting.check_entry`)."""
+        m = config.mining
+        return cls(
+            token=token, Y=Y, query=config.query, vfm_mean=None, lam=float(m.lam), eps=float(m.eps), similarity=m.similarity,
+            temperature=float(m.temperature), n_total=int(n_total), device=str(config.device), tile_dtype=tile_dtype,
+            assignment=m.assignment,
+        )
 
 
 @dataclass
@@ -187,17 +207,32 @@ def _device(fit: FitSpec) -> torch.device:
     return torch.device(fit.device)
 
 
-def _read(part: Part, fit: FitSpec, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(raw Z, query Q, normalised X) of the chunk, float32 on ``dev``."""
+def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""(raw Z, query Q, score rows S) of the chunk, float32 on ``dev``; rows checked when ``check``.
+
+    :math:`S` is what UCM's VLM term compares with the prototypes: the normalised VLM rows
+    :math:`X`, or :math:`\mathrm{normalize}(Q W)` when ``fit.score_map`` is a map :math:`W`.
+    """
     Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
     X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    if check:
+        _check_rows(part, Z, X)
     mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
-    return Z, build_query(Z, X, fit.query, mean), torch.nn.functional.normalize(X, dim=1)
+    Q = build_query(Z, X, fit.query, mean)
+    S = X if fit.score_map is None else Q @ fit.score_map.to(dev)
+    return Z, Q, torch.nn.functional.normalize(S, dim=1)
 
 
-def _tile(Q: torch.Tensor, Xn: torch.Tensor, fit: FitSpec, C: torch.Tensor, g: torch.Tensor, dev) -> torch.Tensor:
+def part_vfm_rows(part: Part, fit: FitSpec) -> torch.Tensor:
+    """The chunk's VFM rows as the self-learning criterion sees them: normalised (and centred), on the fit's device."""
+    dev = _device(fit)
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    return build_query(Z, None, "vfm", None if fit.vfm_mean is None else fit.vfm_mean.to(dev))
+
+
+def _tile(Q: torch.Tensor, S_rows: torch.Tensor, fit: FitSpec, C: torch.Tensor, g: torch.Tensor, dev) -> torch.Tensor:
     r"""Row-max-normalised kernel :math:`\exp(S/\varepsilon + g - m)` in float64, shape (n_rows, K)."""
-    S = fused_score(Q, C.to(dev), Xn, fit.Y.to(dev), fit.lam, fit.similarity, fit.temperature)
+    S = fused_score(Q, C.to(dev), S_rows, fit.Y.to(dev), fit.lam, fit.similarity, fit.temperature)
     A = S.div_(fit.eps).double().add_(g.to(dev))
     del S
     return A.sub_(A.amax(1, keepdim=True)).exp_()
@@ -318,7 +353,7 @@ def top_rows(vals: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[torch.Tenso
 def part_candidates(part: Part, fit: FitSpec, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""This chunk's ``m`` most confident rows per class under :math:`\mathrm{softmax}(s X Y^\top)`.
 
-    Also checks the rows (finite, non-zero). The union over chunks holds the global top ``m``
+    (:math:`X` is the score rows of :func:`_read`.) Also checks the rows (finite, non-zero). The union over chunks holds the global top ``m``
     (:func:`gpua.ucm.confident_centres`, with ties broken by row: :func:`top_rows`).
 
     Returns
@@ -327,11 +362,8 @@ def part_candidates(part: Part, fit: FitSpec, m: int) -> tuple[torch.Tensor, tor
     rows : int64 tensor of the same shape: global row indices
     """
     dev = _device(fit)
-    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
-    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
-    _check_rows(part, Z, X)
-    Xn = torch.nn.functional.normalize(X, dim=1)
-    probs = torch.softmax(fit.logit_scale * (Xn @ fit.Y.to(dev).T), dim=1)
+    _, _, S_rows = _read(part, fit, dev, check=True)
+    probs = torch.softmax(fit.init_logit_scale * (S_rows @ fit.Y.to(dev).T), dim=1)
     ids = torch.arange(part.start, part.stop, device=dev)
     top_p, top_i = top_rows(probs, ids, m)
     return top_p.cpu(), top_i.cpu()
@@ -358,8 +390,8 @@ def part_init_sums(part: Part, fit: FitSpec, rows: torch.Tensor, classes: torch.
 def part_build(part: Part, fit: FitSpec, rnd: RoundSpec, g0: torch.Tensor) -> torch.Tensor:
     """Build this round's tile (kept if ``part.cache``); return the plan's column sums for ``g0``."""
     dev = _device(fit)
-    _, Q, Xn = _read(part, fit, dev)
-    T = _tile(Q, Xn, fit, rnd.centres, g0, dev)
+    _, Q, S_rows = _read(part, fit, dev)
+    T = _tile(Q, S_rows, fit, rnd.centres, g0, dev)
     col = _columns(T, None, 1.0 / fit.n_total)
     if part.cache:
         st = _STORE.setdefault((fit.token, part.index), _State())
@@ -393,7 +425,7 @@ def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dic
     T, w, _ = _current(part, fit, rnd, g, dev, features)
     P = _plan(T, w)
     del T
-    _, Q, Xn = features
+    _, Q, S_rows = features
     conf, labels = P.max(1)
     out = {
         "col": P.sum(0, dtype=torch.float64).div_(fit.n_total).cpu(),
@@ -410,7 +442,7 @@ def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dic
         if st is not None and st.prev_round == rnd.round - 1 and st.prev_plan is not None:
             prev = st.prev_plan
         else:
-            prev = _plan(_tile(Q, Xn, fit, rnd.prev_centres, rnd.prev_g, dev), None)
+            prev = _plan(_tile(Q, S_rows, fit, rnd.prev_centres, rnd.prev_g, dev), None)
         out["change"] = float((P - prev).abs_().sum(dtype=torch.float64))
         del prev
     if part.keep_previous and st is not None:

@@ -1,0 +1,218 @@
+"""What every benchmark script shares: timing (warm-up, repeats, median), memory, machine load, JSON.
+
+Each script in ``benchmarks/`` measures through this module and imports only gpua's public API
+for what it measures, so a figure means the same thing in every script:
+
+* :func:`measure`: ``warmup`` untimed calls, then ``repeats`` timed ones; the median wall time,
+  every time, CPU time and the peak resident set size sampled during the timed calls;
+* :class:`PeakRSS`: a thread sampling the resident set size every few milliseconds; a stage's
+  peak is the largest sample in its time window (``ru_maxrss`` only ever grows);
+* :func:`machine`: torch version and threads, cores, the 1/5/15-minute load averages (a busy
+  machine's figures are not an idle machine's: every report carries them);
+* :func:`write_json`: results plus the machine record, written atomically;
+* :func:`add_arguments` / :func:`setup`: ``--threads``, ``--warmup``, ``--repeats``, ``--json``.
+
+Scripts run as ``python benchmarks/NAME.py``; Python puts ``benchmarks/`` on the path, so they
+``import _harness``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
+    "write_json", "atomic_path", "add_arguments", "setup",
+]
+
+GB = 1e9
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Largest resident set size of this process so far (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRSS:
+    """Sample RSS in a background thread; report per-stage seconds and peaks.
+
+    Attributes
+    ----------
+    stages : dict
+        ``{name: {"seconds", "cpu_seconds", "peak_rss", "start_rss"}}`` for :meth:`stage` blocks.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self.stages: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), rss_bytes()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def window(self, t0: float, t1: float) -> int:
+        """Peak RSS sampled in ``[t0, t1]`` (perf_counter times), or the RSS now if none."""
+        inside = [r for t, r in list(self.samples) if t0 <= t <= t1]
+        return max(inside) if inside else rss_bytes()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Time the block and record its peak RSS under ``name``."""
+        start_rss, c0, t0 = rss_bytes(), time.process_time(), time.perf_counter()
+        yield
+        t1 = time.perf_counter()
+        self.samples.append((t1, rss_bytes()))
+        self.stages[name] = {
+            "seconds": t1 - t0, "cpu_seconds": time.process_time() - c0, "peak_rss": self.window(t0, t1), "start_rss": start_rss,
+        }
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` and :func:`timer` report."""
+
+    seconds: float = 0.0  # median of the timed calls
+    times: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # total over the timed calls
+    peak_rss: int = 0
+    warmup: int = 0
+    repeats: int = 1
+    start: float = 0.0  # perf_counter at the first timed call (to window other samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 0, repeats: int = 1) -> tuple[Any, Measurement]:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    Returns
+    -------
+    result : the last call's return value
+    Measurement
+        Median seconds, every time, CPU seconds and peak RSS of the timed calls.
+    """
+    for _ in range(max(0, warmup)):
+        fn()
+    times, out = [], None
+    with PeakRSS() as mem:
+        c0 = time.process_time()
+        start = time.perf_counter()
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        cpu, end = time.process_time() - c0, time.perf_counter()
+    return out, Measurement(statistics.median(times), times, cpu, mem.window(start, end), warmup, max(1, repeats), start)
+
+
+@contextlib.contextmanager
+def timer():
+    """``with timer() as m: ...`` -> ``m.seconds``, ``m.cpu_seconds``, ``m.peak_rss`` of the block (one run)."""
+    m = Measurement()
+    with PeakRSS() as mem:
+        c0, m.start = time.process_time(), time.perf_counter()
+        yield m
+        end = time.perf_counter()
+    m.seconds, m.times, m.cpu_seconds, m.peak_rss = end - m.start, [end - m.start], time.process_time() - c0, mem.window(m.start, end)
+
+
+def machine() -> dict[str, Any]:
+    """Versions, threads, cores and load averages, recorded with every result."""
+    rec: dict[str, Any] = {"python": platform.python_version(), "cores": os.cpu_count(), "load_avg": list(os.getloadavg())}
+    try:
+        import torch
+
+        rec.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a gpua dependency
+        pass
+    try:
+        from gpua import __version__ as gpua_version
+
+        rec["gpua"] = gpua_version
+    except ImportError:  # pragma: no cover
+        pass
+    return rec
+
+
+def machine_line() -> str:
+    """One line for the top of a report: torch, threads, cores, load averages."""
+    m = machine()
+    load = "/".join(f"{x:.1f}" for x in m["load_avg"])
+    return f"torch {m.get('torch', '?')}, {m.get('torch_threads', '?')} threads, {m['cores']} cores, load {load}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``path``, renamed onto it when the block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, result: Any) -> Path:
+    """Write ``result`` (with ``"machine": machine()`` added to a dict) as JSON, atomically."""
+    if isinstance(result, dict):
+        result = {**result, "machine": machine()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    print(f"wrote {path}")
+    return Path(path)
+
+
+def add_arguments(ap, *, threads: int | None = None, repeats: int = 1, warmup: int = 0, json_out: bool = True) -> None:
+    """``--threads``, ``--warmup``, ``--repeats`` (and ``--json``) with a script's own defaults."""
+    ap.add_argument("--threads", type=int, default=threads, help=f"torch intra-op threads (default {threads or 'torch’s choice'})")
+    ap.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls before timing (default {warmup})")
+    ap.add_argument("--repeats", type=int, default=repeats, help=f"timed calls; the median is reported (default {repeats})")
+    if json_out:
+        ap.add_argument("--json", type=Path, default=None, help="write the figures here (with the machine record)")
+
+
+def setup(args) -> None:
+    """Apply ``--threads`` and print :func:`machine_line`."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(machine_line(), flush=True)

@@ -1,0 +1,735 @@
+r"""The GPUA fit, written once for every driver: check, mine, map, refine, self-learn, set state.
+
+``GPUA.fit`` (arrays in memory), :func:`gpua.stream.fit_streaming` (chunks within a memory
+budget, here or on Dask) and :func:`gpua.stream.fit_federated` (clients' aggregates) differ only
+in *where the rows are*. Each is a thin driver (an object with the methods of
+:class:`FitDriver`) around :func:`run_fit`, which holds the one sequence of the method, as
+dask-ml's ``KMeans.fit`` delegates to ``k_means(...)``:
+
+1. :func:`check_entry`: every parameter against :data:`PARAMETERS` (its type and range,
+   declared once), and the pool against the classes;
+2. UCM (``driver.mine``): soft correspondences on the fused score
+   :math:`(1-\lambda)\,\mathrm{sim}(Q, C) + \lambda\,\mathrm{sim}(X, Y)`;
+3. Procrustes (``driver.procrustes``): :math:`W_0 = \mathrm{polar}(Q^\top P Y)`;
+4. THS refinement (``driver.refine``, which calls :func:`gpua.refinement.refine`);
+5. optional **self-learning rounds** (:func:`self_learning_rounds`): mine again with the fitted
+   map's own scores :math:`\mathrm{normalize}(Q W) Y^\top` in place of the VLM term
+   :math:`X Y^\top` (VecMap's self-learning), then Procrustes and refinement again; a round
+   whose pseudo-labels are less consistent with the VFM's neighbourhoods
+   (:func:`knn_label_consistency`, label-free) is rolled back and the rounds stop;
+6. :class:`~gpua.ConvergenceWarning` when Sinkhorn or UCM stopped at their caps;
+7. :func:`set_fitted_state`: the same learned attributes and ``history_`` keys for every driver.
+
+This module imports neither :mod:`gpua.estimator` nor :mod:`gpua.stream`; both import it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+
+from ._backend import as_tensor, resolve_device
+from ._errors import ConvergenceWarning, GPUAError
+from ._validation import check_classnames, check_triplet
+from .hubness import neighbourhood_radius
+from .params import Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .procrustes import orthogonality_error, procrustes_from_assignment
+from .query import QUERY_MODES, build_query
+from .refinement import RefineConfig, refine
+from .ucm import SIMILARITIES, mine_correspondences
+
+__all__ = [
+    "PARAMETERS",
+    "ORTHOGONALITY",
+    "MiningConfig",
+    "FitConfig",
+    "check_entry",
+    "check_fit_arrays",
+    "Mined",
+    "FitDriver",
+    "FitState",
+    "run_fit",
+    "self_learning_rounds",
+    "consistency_sample",
+    "knn_label_consistency",
+    "label_consistency",
+    "convergence_problems",
+    "set_fitted_state",
+    "ArrayPool",
+    "fit_arrays",
+]
+
+ORTHOGONALITY = ("penalty", "project", "none")
+
+_POSITIVE = Interval(float, 0, None, closed="neither")
+_NON_NEGATIVE = Interval(float, 0, None)
+_COUNT = Interval(int, 1, None)
+
+#: Every :class:`gpua.GPUA` parameter's admissible values (defaults: the signature's).
+PARAMETERS: dict[str, Constraint] = {
+    "query": Options(QUERY_MODES),
+    "lam": Interval(float, 0, 1),
+    "eps": _POSITIVE,
+    "similarity": Options(SIMILARITIES),
+    "temperature": _POSITIVE,
+    "class_prior": OptionalOf(Weights()),
+    "rho": OptionalOf(_POSITIVE),
+    "n_init_per_class": _COUNT,
+    "max_outer": _COUNT,
+    "tol": _POSITIVE,
+    "sinkhorn_tol": _POSITIVE,
+    "sinkhorn_max_iter": _COUNT,
+    "solver": Options(("torch", "pot")),
+    "assignment": Options(("soft", "hard")),
+    "center": Boolean(),
+    "refine": Boolean(),
+    "n_steps": Interval(int, 0, None),
+    "batch_size": _COUNT,
+    "lr": _POSITIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "k": _COUNT,
+    "margin_scale": _POSITIVE,
+    "hubness_weight": _NON_NEGATIVE,
+    "orthogonality": Options(ORTHOGONALITY),
+    "ortho_weight": _NON_NEGATIVE,
+    "noise_std": _NON_NEGATIVE,
+    "dropout": Interval(float, 0, 1, closed="left"),
+    "val_fraction": Interval(float, 0, 0.5, closed="left"),
+    "eval_every": _COUNT,
+    "patience": _COUNT,
+    "refine_tol": Interval(float, 0, 1, closed="left"),
+    "pool_augment": Interval(int, 0, None),
+    "self_learning": Interval(int, 0, None),
+    "self_learning_tol": Interval(float, 0, 1, closed="left"),
+    "retrieval": Options(("cosine", "csls")),
+    "csls_k": _COUNT,
+    "logit_scale": _POSITIVE,
+    "device": DeviceName(),
+    "random_state": OptionalOf(Interval(int, 0, None)),
+    "verbose": Boolean(),
+}
+
+#: Neighbours per row of the self-learning criterion, and its subsample's size at most.
+CONSISTENCY_K = 10
+CONSISTENCY_ROWS = 2000
+
+
+# --- configuration and the one entry check ---------------------------------------------------
+@dataclass(frozen=True)
+class MiningConfig:
+    """UCM's settings (the :class:`gpua.GPUA` parameters of the same names)."""
+
+    lam: float
+    eps: float
+    similarity: str
+    temperature: float
+    class_prior: Any
+    rho: float | None
+    n_init_per_class: int
+    max_outer: int
+    tol: float
+    sinkhorn_tol: float
+    sinkhorn_max_iter: int
+    solver: str
+    assignment: str
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "MiningConfig":
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+    def ucm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`gpua.ucm.mine_correspondences`."""
+        return dict(
+            lam=float(self.lam), eps=float(self.eps), similarity_kind=self.similarity, temperature=float(self.temperature),
+            class_prior=self.class_prior, rho=self.rho, n_init_per_class=int(self.n_init_per_class),
+            max_outer=int(self.max_outer), tol=float(self.tol), sinkhorn_tol=float(self.sinkhorn_tol),
+            sinkhorn_max_iter=int(self.sinkhorn_max_iter), solver=self.solver,
+        )
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """A checked parameter set, split by stage (built by :func:`check_entry`)."""
+
+    query: str
+    center: bool
+    refine: bool
+    retrieval: str
+    csls_k: int
+    device: torch.device
+    verbose: bool
+    self_learning: int
+    self_learning_tol: float
+    mining: MiningConfig
+    refinement: RefineConfig
+
+    @property
+    def refine_on(self) -> bool:
+        return bool(self.refine and self.refinement.n_steps > 0)
+
+    @property
+    def csls_k_used(self) -> int:
+        """``csls_k`` when prototype radii are needed (``retrieval="csls"``), else 0."""
+        return int(self.csls_k) if self.retrieval == "csls" else 0
+
+
+_DRIVERS = ("memory", "streamed", "federated")
+
+
+def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, driver: str = "memory") -> FitConfig:
+    """The entry check of every GPUA fit: parameters, then the pool against the classes.
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's ``get_params()``.
+    n_samples, n_classes : int
+        Rows of the unlabeled pool (all clients together) and text prototypes.
+    driver : {"memory", "streamed", "federated"}
+        Streamed and federated fits run their own chunked Sinkhorn (``solver="torch"``); a
+        streamed fit cannot augment the pool (it never holds every row of a pseudo-class).
+
+    Returns
+    -------
+    FitConfig
+
+    Raises
+    ------
+    GPUAError
+        A parameter outside its range (the message names it and the range), a ``class_prior``
+        of the wrong length, a pool smaller than the number of classes, or a setting the driver
+        cannot run.
+    """
+    if driver not in _DRIVERS:
+        raise GPUAError(f"driver={driver!r} is unknown; use one of {_DRIVERS}.")  # pragma: no cover - internal
+    check_params(PARAMETERS, params, "GPUA")
+    if params["class_prior"] is not None and len(np.asarray(params["class_prior"])) != n_classes:
+        raise GPUAError(f"class_prior has {len(np.asarray(params['class_prior']))} entries for {n_classes} classes; give one per class.")
+    if n_samples < n_classes:
+        raise GPUAError(
+            f"the unlabeled pool has {n_samples} rows but there are {n_classes} classes; it needs "
+            "at least one image per class (16 per class is the paper's few-shot pool)."
+        )
+    if driver != "memory" and params["solver"] != "torch":
+        raise GPUAError(f"solver={params['solver']!r}: {driver} fits run their own chunked Sinkhorn; use solver='torch'.")
+    if driver == "streamed" and params["pool_augment"]:
+        raise GPUAError(
+            f"pool_augment={params['pool_augment']}: augmenting the pool is in-memory only (its per-pseudo-class "
+            "statistics need every training row at once, which a streamed fit never holds); set pool_augment=0, "
+            "or fit GPUA on in-memory arrays."
+        )
+    return FitConfig(
+        query=params["query"], center=bool(params["center"]), refine=bool(params["refine"]), retrieval=params["retrieval"],
+        csls_k=int(params["csls_k"]), device=resolve_device(params["device"]), verbose=bool(params["verbose"]),
+        self_learning=int(params["self_learning"]), self_learning_tol=float(params["self_learning_tol"]),
+        mining=MiningConfig.from_params(params), refinement=RefineConfig.from_params(params),
+    )
+
+
+def _device_matrix(A: torch.Tensor, name: str, device: torch.device, n_rows: int | None = None, n_cols: int | None = None) -> torch.Tensor:
+    """A torch tensor checked where it lives (no copy through the host), as float32 on ``device``."""
+    if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
+        raise GPUAError(f"{name} must be a non-empty 2-D (n, d) tensor but has shape {tuple(A.shape)}.")
+    if A.is_complex() or A.dtype == torch.bool:
+        raise GPUAError(f"{name} has dtype {A.dtype}; pass a real floating-point tensor.")
+    A = A.detach().to(device=device, dtype=torch.float32)
+    bad = ~torch.isfinite(A).all(1)
+    if bool(bad.any()):
+        raise GPUAError(f"{name} contains NaN or inf in {int(bad.sum())} row(s) (first: row {int(bad.nonzero()[0, 0])}); drop or re-extract those rows.")
+    zero = ~(A != 0).any(1)
+    if bool(zero.any()):
+        raise GPUAError(f"{name} has {int(zero.sum())} all-zero row(s) (first: row {int(zero.nonzero()[0, 0])}) that cannot be normalised; remove them.")
+    if n_rows is not None and A.shape[0] != n_rows:
+        raise GPUAError(f"{name} has {A.shape[0]} rows but {n_rows} were expected; pass one row per image, in the same order.")
+    if n_cols is not None and A.shape[1] != n_cols:
+        raise GPUAError(f"{name} has width {A.shape[1]} but {n_cols} was expected; use features from the same model.")
+    return A
+
+
+def check_fit_arrays(Z, X, Y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three inputs of an in-memory fit as float32 tensors on ``device``, checked.
+
+    Arrays are checked by :func:`gpua._validation.check_triplet`; torch tensors are checked on
+    their own device and moved to ``device`` at most once (CUDA tensors given to a CUDA fit never
+    pass through the host).
+    """
+    if not any(isinstance(A, torch.Tensor) for A in (Z, X, Y)):
+        Z, X, Y = check_triplet(Z, X, Y)
+        return as_tensor(Z, device), as_tensor(X, device), as_tensor(Y, device)
+    Zt = _device_matrix(torch.as_tensor(Z), "vfm_features", device)
+    Xt = _device_matrix(torch.as_tensor(X), "vlm_features", device, n_rows=Zt.shape[0])
+    Yt = _device_matrix(torch.as_tensor(Y), "text_prototypes", device, n_cols=Xt.shape[1])
+    if Yt.shape[0] < 2:
+        raise GPUAError(f"text_prototypes has {Yt.shape[0]} class; at least 2 classes are needed.")
+    return Zt, Xt, Yt
+
+
+# --- what a driver provides ------------------------------------------------------------------
+@dataclass
+class Mined:
+    """One UCM run as the core needs it, whichever driver ran it.
+
+    Attributes
+    ----------
+    labels : int64 tensor of shape (n_samples,), CPU
+        Argmax of the plan (pseudo-labels).
+    confidence : float32 tensor of shape (n_samples,), CPU
+        Max of the plan's rows (rows sum to one).
+    centres : tensor of shape (n_classes, d_q)
+    history : list of dict
+        Per UCM round: ``round``, ``plan_change``, ``sinkhorn_iter``, ``marginal_error``.
+    converged : bool
+    payload : object
+        The driver's own input to :meth:`FitDriver.procrustes` (the plan, or
+        :math:`Q^\\top P Y`); dropped once used.
+    """
+
+    labels: torch.Tensor
+    confidence: torch.Tensor
+    centres: torch.Tensor
+    history: list[dict]
+    converged: bool
+    payload: Any = None
+
+
+class FitDriver(Protocol):
+    """Where the rows are: the operations :func:`run_fit` asks of a driver."""
+
+    def mine(self, score_map: torch.Tensor | None, callback: Callable | None) -> Mined:
+        """UCM with the VLM term :math:`X Y^\\top`, or with :math:`\\mathrm{normalize}(Q W) Y^\\top` for ``score_map=W``."""
+
+    def procrustes(self, mined: Mined) -> torch.Tensor:
+        """:math:`W_0` from the mined correspondences."""
+
+    def refine(self, W0: torch.Tensor, labels: torch.Tensor, config: RefineConfig, callback: Callable | None) -> tuple[torch.Tensor, list[dict], dict]:
+        """(map, refinement record, ``pool_augment`` record)."""
+
+    def consistency(self, labels: torch.Tensor) -> float:
+        """:func:`knn_label_consistency` of the pool's pseudo-labels."""
+
+    def finish(self, W: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        """(agreement of the map's pool predictions with ``labels``, CSLS prototype radii or None)."""
+
+
+@dataclass
+class _Round:
+    mined: Mined
+    W0: torch.Tensor
+    W: torch.Tensor
+    curve: list[dict]
+    augment: dict
+
+
+@dataclass
+class FitState:
+    """Everything a fit learns; :func:`set_fitted_state` sets each as ``<name>_`` on the estimator."""
+
+    W: torch.Tensor
+    W0: torch.Tensor
+    centres: torch.Tensor
+    text_prototypes: torch.Tensor
+    vfm_mean: torch.Tensor | None
+    proto_radius: torch.Tensor | None
+    pseudo_labels: np.ndarray
+    pseudo_confidence: np.ndarray
+    n_features_vfm: int
+    n_features_vlm: int
+    n_classes: int
+    classnames: list[str] | None
+    history: dict = field(default_factory=dict)
+
+
+def set_fitted_state(estimator, state: FitState):
+    """Set ``W_``, ``W0_``, ``centres_``... ``history_`` from ``state``; return ``estimator``.
+
+    The one place where a fit's learned attributes are written, for every driver.
+    """
+    for f in fields(state):
+        setattr(estimator, f.name + "_", getattr(state, f.name))
+    return estimator
+
+
+# --- verbose lines ---------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _stage_callback(stage: str, verbose: bool, callback: Callable | None) -> Callable | None:
+    """The user's callback, preceded by a line on stderr per entry when ``verbose``."""
+    if not verbose:
+        return callback
+
+    def say(entry: dict) -> None:
+        print(f"[GPUA] {stage}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if not isinstance(v, (list, dict))),
+              file=sys.stderr, flush=True)
+        if callback is not None:
+            callback(entry)
+
+    return say
+
+
+# --- the core --------------------------------------------------------------------------------
+def _one_round(driver: FitDriver, config: FitConfig, score_map, callback, timings: dict[str, float]) -> _Round:
+    t0 = time.perf_counter()
+    mined = driver.mine(score_map, _stage_callback("UCM round", config.verbose, callback))
+    t1 = time.perf_counter()
+    W0 = driver.procrustes(mined)
+    mined.payload = None
+    t2 = time.perf_counter()
+    if config.refine_on:
+        W, curve, augment = driver.refine(W0, mined.labels, config.refinement, _stage_callback("refinement", config.verbose, callback))
+    else:
+        W, curve, augment = W0.clone(), [], {"n_rows": 0}
+    t3 = time.perf_counter()
+    for key, dt in (("ucm_s", t1 - t0), ("procrustes_s", t2 - t1), ("refine_s", t3 - t2)):
+        timings[key] = timings.get(key, 0.0) + dt
+    return _Round(mined, W0, W, curve, augment)
+
+
+def self_learning_rounds(
+    first,
+    run_round: Callable[[Any], Any],
+    labels_of: Callable[[Any], torch.Tensor],
+    criterion: Callable[[torch.Tensor], float],
+    rounds: int,
+    tol: float,
+    callback: Callable | None = None,
+) -> tuple[Any, list[dict]]:
+    r"""Re-mine, re-map, keep or roll back: the self-learning loop, whatever a round holds.
+
+    Round :math:`r` runs ``run_round(previous)``; with :math:`\hat l^{(r)}` its pseudo-labels it
+    records the changed fraction :math:`\frac1N \#\{i: \hat l^{(r)}_i \ne \hat l^{(r-1)}_i\}` and
+    the label-free ``criterion`` :math:`c^{(r)}`. If :math:`c^{(r)} < c^{(r-1)}` the round is
+    rolled back (the previous round is kept) and the loop stops; otherwise it is kept, and the
+    loop stops once the changed fraction is below ``tol`` (or nothing changed).
+
+    Parameters
+    ----------
+    first : object
+        Round 0 (the plain fit).
+    run_round : callable
+        ``previous -> next`` round.
+    labels_of : callable
+        A round's pseudo-labels, int64 tensor of shape (n_samples,).
+    criterion : callable
+        Pseudo-labels -> consistency score (higher is better), e.g. :func:`knn_label_consistency`.
+    rounds : int
+        Rounds at most (0: none).
+    tol : float in [0, 1)
+    callback : callable, optional
+        Called with each round's record.
+
+    Returns
+    -------
+    kept : object
+        The last kept round.
+    records : list of dict
+        Round 0 then one per round run: ``round``, ``label_change`` (None for round 0),
+        ``criterion``, ``kept``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> labels = {0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 1, 1, 1]), 2: torch.tensor([1, 1, 1, 1])}
+    >>> score = {0: 0.5, 1: 0.75, 2: 0.25}   # a criterion by round, for the example
+    >>> kept, rec = self_learning_rounds(0, lambda r: r + 1, labels.get, lambda l: score[int(l.sum()) - 2], 5, 0.0)
+    >>> kept, [(r["round"], r["kept"]) for r in rec]
+    (1, [(0, True), (1, True), (2, False)])
+    """
+    prev = first
+    prev_labels = labels_of(first).cpu()
+    prev_score = float(criterion(prev_labels))
+    records = [{"round": 0, "label_change": None, "criterion": prev_score, "kept": True}]
+    for r in range(1, int(rounds) + 1):
+        cand = run_round(prev)
+        labels = labels_of(cand).cpu()
+        change = float((labels != prev_labels).double().mean())
+        score = float(criterion(labels))
+        kept = score >= prev_score
+        records.append({"round": r, "label_change": change, "criterion": score, "kept": kept})
+        if callback is not None:
+            callback(records[-1])
+        if not kept:
+            break
+        prev, prev_labels, prev_score = cand, labels, score
+        if change < tol or change == 0.0:
+            break
+    return prev, records
+
+
+def convergence_problems(ucm_runs: Iterable[tuple[list[dict], bool]], mining: MiningConfig) -> list[str]:
+    """What a :class:`~gpua.ConvergenceWarning` should say about these UCM runs (empty: nothing).
+
+    Parameters
+    ----------
+    ucm_runs : iterable of (history, converged)
+    mining : MiningConfig
+    """
+    capped, unconverged = [], []
+    for history, converged in ucm_runs:
+        capped += [h for h in history if h["sinkhorn_iter"] >= mining.sinkhorn_max_iter and h["marginal_error"] > mining.sinkhorn_tol]
+        if not converged and history:
+            unconverged.append(history[-1])
+    out = []
+    if capped:
+        worst = max(h["marginal_error"] for h in capped)
+        out.append(
+            f"Sinkhorn reached sinkhorn_max_iter={mining.sinkhorn_max_iter} above sinkhorn_tol={mining.sinkhorn_tol:g} in "
+            f"{len(capped)} UCM round(s) (class-marginal error up to {worst:.2g}); raise sinkhorn_max_iter, or eps "
+            "(a smoother plan converges in fewer iterations)"
+        )
+    if unconverged:
+        last = unconverged[-1]["plan_change"]
+        out.append(
+            f"UCM ended after max_outer={mining.max_outer} rounds with the plan still moving (last change {last:.2g} "
+            f"> tol={mining.tol:g}); raise max_outer, or tol"
+        )
+    return out
+
+
+def run_fit(
+    config: FitConfig,
+    driver: FitDriver,
+    *,
+    Y: torch.Tensor,
+    vfm_mean: torch.Tensor | None,
+    widths: tuple[int, int],
+    classnames: list[str] | None,
+    callback: Callable | None = None,
+) -> FitState:
+    """UCM -> Procrustes -> refinement -> self-learning rounds on ``driver``'s rows; the fitted state.
+
+    Parameters
+    ----------
+    config : FitConfig
+        From :func:`check_entry`.
+    driver : FitDriver
+    Y : tensor of shape (n_classes, d_vlm)
+        L2-normalised prototypes on ``config.device``.
+    vfm_mean : tensor of shape (d_vfm,) or None
+        The pool's mean normalised VFM row (``center=True``).
+    widths : (int, int)
+        ``(d_vfm, d_vlm)``.
+    classnames : list of str or None
+        Checked already.
+    callback : callable, optional
+        Called with a dict after each UCM round, refinement evaluation and self-learning round.
+
+    Returns
+    -------
+    FitState
+        ``history`` holds ``pseudo_label_agreement``, ``ucm``, ``ucm_converged``, ``refine``,
+        ``pool_augment`` (of the kept round), ``self_learning`` (per round records, empty when
+        off), ``orthogonality_error`` and ``timings``; a driver adds its own key after.
+    """
+    timings: dict[str, float] = {}
+    first = _one_round(driver, config, None, callback, timings)
+    runs = [(first.mined.history, first.mined.converged)]
+    kept, records = first, []
+    if config.self_learning:
+        t = time.perf_counter()
+        sl_times: dict[str, float] = {}
+
+        def next_round(prev: _Round) -> _Round:
+            rnd = _one_round(driver, config, prev.W, callback, sl_times)
+            runs.append((rnd.mined.history, rnd.mined.converged))
+            return rnd
+
+        kept, records = self_learning_rounds(
+            first, next_round, lambda r: r.mined.labels, driver.consistency, config.self_learning, config.self_learning_tol,
+            _stage_callback("self-learning round", config.verbose, callback),
+        )
+        timings["self_learning_s"] = time.perf_counter() - t
+    problems = convergence_problems(runs, config.mining)
+    if problems:
+        warnings.warn("; ".join(problems) + ".", ConvergenceWarning, stacklevel=3)
+    agreement, radius = driver.finish(kept.W, kept.mined.labels)
+    dev = config.device
+    history = {
+        "pseudo_label_agreement": float(agreement),
+        "ucm": kept.mined.history,
+        "ucm_converged": kept.mined.converged,
+        "refine": kept.curve,
+        "pool_augment": kept.augment,
+        "self_learning": records,
+        "orthogonality_error": orthogonality_error(kept.W),
+        "timings": timings,
+    }
+    return FitState(
+        W=kept.W.to(dev), W0=kept.W0.to(dev), centres=kept.mined.centres.to(dev), text_prototypes=Y.to(dev),
+        vfm_mean=None if vfm_mean is None else vfm_mean.to(dev), proto_radius=None if radius is None else radius.to(dev),
+        pseudo_labels=kept.mined.labels.cpu().numpy(), pseudo_confidence=kept.mined.confidence.cpu().numpy(),
+        n_features_vfm=int(widths[0]), n_features_vlm=int(widths[1]), n_classes=int(Y.shape[0]), classnames=classnames,
+        history=history,
+    )
+
+
+# --- the label-free criterion of self-learning -------------------------------------------------
+def consistency_sample(n: int, max_rows: int = CONSISTENCY_ROWS, random_state: int = 0) -> torch.Tensor:
+    """Sorted row ids of a seeded subsample of at most ``max_rows`` of ``n`` rows (all when fewer).
+
+    >>> consistency_sample(5, 3, random_state=0).tolist()
+    [0, 1, 4]
+    """
+    if n <= max_rows:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(int(random_state))
+    return torch.randperm(n, generator=gen)[:max_rows].sort().values
+
+
+def knn_label_consistency(
+    sample: torch.Tensor,
+    sample_labels: torch.Tensor,
+    sample_ids: torch.Tensor,
+    chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
+    k: int = CONSISTENCY_K,
+) -> float:
+    r"""Mean fraction of each sampled row's :math:`k` nearest neighbours that share its pseudo-label.
+
+    .. math::
+        c(\hat l) = \frac{1}{|S|} \sum_{i \in S} \frac{1}{k} \sum_{j \in \mathcal N_k(i)} [\hat l_j = \hat l_i],
+
+    with :math:`\mathcal N_k(i)` the :math:`k` rows of the whole pool (``i`` itself excluded)
+    most cosine-similar to row :math:`i` in the VFM space. The pool is read in chunks and only a
+    running top-:math:`k` per sampled row is kept, so :math:`N = 50\,000` costs one pass of
+    :math:`|S| \times N` products. Label-free: a pseudo-labelling that cuts across the VFM's
+    neighbourhoods scores lower.
+
+    Parameters
+    ----------
+    sample : tensor of shape (m, d)
+        The sampled rows, L2-normalised.
+    sample_labels : int tensor of shape (m,)
+    sample_ids : int tensor of shape (m,)
+        Their row ids in the pool (to exclude each row from its own neighbours).
+    chunks : iterable of (start, rows, labels)
+        The pool in order: ``rows`` (c, d) L2-normalised on ``sample``'s device, ``labels`` (c,),
+        row ids ``start .. start + c - 1``.
+    k : int
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Examples
+    --------
+    >>> import torch
+    >>> V = torch.nn.functional.normalize(torch.tensor([[1., 0], [1, .1], [0, 1], [.1, 1]]), dim=1)
+    >>> ids = torch.arange(4)
+    >>> knn_label_consistency(V, torch.tensor([0, 0, 1, 1]), ids, [(0, V, torch.tensor([0, 0, 1, 1]))], k=1)
+    1.0
+    >>> knn_label_consistency(V, torch.tensor([0, 1, 0, 1]), ids, [(0, V, torch.tensor([0, 1, 0, 1]))], k=1)
+    0.0
+    """
+    m = sample.shape[0]
+    dev = sample.device
+    best_v = torch.full((m, 0), float("-inf"), device=dev)
+    best_l = torch.zeros((m, 0), dtype=torch.long, device=dev)
+    sample_ids = sample_ids.to(dev)
+    for start, rows, labels in chunks:
+        s = sample @ rows.T
+        ids = torch.arange(start, start + rows.shape[0], device=dev)
+        s.masked_fill_(sample_ids[:, None] == ids[None, :], float("-inf"))
+        top = s.topk(min(k, s.shape[1]), dim=1)
+        v = torch.cat([best_v, top.values], 1)
+        lab = torch.cat([best_l, labels.to(dev)[top.indices]], 1)
+        keep = v.topk(min(k, v.shape[1]), dim=1)
+        best_v, best_l = keep.values, lab.gather(1, keep.indices)
+    valid = torch.isfinite(best_v)
+    agree = (best_l == sample_labels.to(dev)[:, None]) & valid
+    return float(agree.sum()) / max(1, int(valid.sum()))
+
+
+def label_consistency(V: torch.Tensor, labels: torch.Tensor, *, k: int = CONSISTENCY_K, max_rows: int = CONSISTENCY_ROWS,
+                      chunk: int = 8192, random_state: int = 0) -> float:
+    """:func:`knn_label_consistency` of in-memory rows ``V`` (L2-normalised) on a seeded subsample."""
+    idx = consistency_sample(V.shape[0], max_rows, random_state)
+    labels = labels.to(V.device)
+    chunks = ((s, V[s : s + chunk], labels[s : s + chunk]) for s in range(0, V.shape[0], chunk))
+    return knn_label_consistency(V[idx.to(V.device)], labels[idx.to(V.device)], idx, chunks, k)
+
+
+# --- the in-memory driver ---------------------------------------------------------------------
+class ArrayPool:
+    """The driver of an in-memory fit: the pool as tensors on the fit's device.
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+        Query rows, L2-normalised.
+    X : tensor of shape (n_samples, d_vlm)
+        VLM image features, L2-normalised.
+    Y : tensor of shape (n_classes, d_vlm)
+    V : tensor of shape (n_samples, d_vfm) or None
+        Normalised VFM rows for the self-learning criterion (None when self-learning is off).
+    config : FitConfig
+    """
+
+    def __init__(self, Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, V: torch.Tensor | None, config: FitConfig):
+        self.Q, self.X, self.Y, self.V, self.config = Q, X, Y, V, config
+
+    def mine(self, score_map, callback) -> Mined:
+        S_rows = self.X if score_map is None else torch.nn.functional.normalize(self.Q @ score_map.to(self.Q.device), dim=1)
+        ucm = mine_correspondences(self.Q, S_rows, self.Y, callback=callback, **self.config.mining.ucm_kwargs())
+        conf, labels = ucm.plan.max(1)
+        return Mined(labels.cpu(), conf.cpu(), ucm.centres, ucm.history, ucm.converged, payload=ucm.plan)
+
+    def procrustes(self, mined: Mined) -> torch.Tensor:
+        return procrustes_from_assignment(self.Q, mined.payload, self.Y, self.config.mining.assignment)
+
+    def refine(self, W0, labels, config: RefineConfig, callback):
+        augment: dict[str, Any] = {"n_rows": 0}
+        W, curve = refine(W0, lambda idx: self.Q[idx], self.Q.shape[0], self.Y, labels, config, callback, augment)
+        return W, curve, augment
+
+    def consistency(self, labels: torch.Tensor) -> float:
+        return label_consistency(self.V, labels, random_state=self.config.refinement.seed)
+
+    def finish(self, W, labels):
+        with torch.no_grad():
+            M = torch.nn.functional.normalize(self.Q @ W, dim=1)
+            pool_pred = (M @ self.Y.T).argmax(1).cpu()
+            radius = neighbourhood_radius(self.Y, M, self.config.csls_k) if self.config.csls_k_used else None
+        return float((pool_pred == labels.cpu()).double().mean()), radius
+
+
+def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototypes, classnames=None,
+               callback: Callable | None = None) -> FitState:
+    """The in-memory GPUA fit as a function of its parameters and data (``GPUA.fit`` calls it).
+
+    Parameters
+    ----------
+    params : dict
+        A :class:`gpua.GPUA`'s ``get_params()``.
+    vfm_features : array or tensor of shape (n_samples, d_vfm)
+    vlm_features : array or tensor of shape (n_samples, d_vlm)
+    text_prototypes : array or tensor of shape (n_classes, d_vlm)
+    classnames : sequence of str, optional
+    callback : callable, optional
+
+    Returns
+    -------
+    FitState
+    """
+    check_params(PARAMETERS, params, "GPUA")
+    dev = resolve_device(params["device"])
+    Z, X, Y = check_fit_arrays(vfm_features, vlm_features, text_prototypes, dev)
+    config = check_entry(params, Z.shape[0], Y.shape[0], driver="memory")
+    names = check_classnames(classnames, Y.shape[0])
+    normalize = torch.nn.functional.normalize
+    mean = normalize(Z, dim=1).mean(0) if config.center else None
+    Q = build_query(Z, X, config.query, mean)
+    V = None
+    if config.self_learning:
+        V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
+    widths = (Z.shape[1], X.shape[1])
+    Xn, Yn = normalize(X, dim=1), normalize(Y, dim=1)
+    del Z, X  # only the query, the normalised rows (and V) live on through the fit
+    pool = ArrayPool(Q, Xn, Yn, V, config)
+    return run_fit(config, pool, Y=Yn, vfm_mean=mean, widths=widths, classnames=names, callback=callback)

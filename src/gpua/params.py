@@ -1,0 +1,284 @@
+r"""Parameter constraints: each estimator parameter's type and range, declared once.
+
+In the spirit of scikit-learn's ``_parameter_constraints``: an estimator class holds a dict
+``{name: constraint}`` (:attr:`AlignmentEstimator._parameter_constraints`), and every fit,
+``set_params``, the command line's ``--param NAME=VALUE`` and ``gpua fit --list-params`` read it.
+Defaults are not repeated here: they are the ``__init__`` signature's (:func:`parameter_table`
+joins the two), and a test checks that each class docstring shows the same ``default=``.
+
+>>> check_param("lam", 0.5, Interval(float, 0, 1))
+>>> check_param("lam", 1.5, Interval(float, 0, 1))
+Traceback (most recent call last):
+...
+gpua._errors.GPUAError: lam=1.5 must be a float in [0, 1].
+>>> Interval(int, 0, None).parse("n_steps", "300")
+300
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._errors import GPUAError
+
+__all__ = [
+    "Constraint",
+    "Interval",
+    "Options",
+    "Boolean",
+    "OptionalOf",
+    "Weights",
+    "DeviceName",
+    "check_param",
+    "check_params",
+    "parameter_table",
+    "format_parameter_table",
+    "parse_param",
+    "parse_params",
+    "suggest_name",
+]
+
+
+class Constraint:
+    """A parameter's admissible values; :meth:`describe` names them for messages and listings."""
+
+    def accepts(self, value: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parse(self, name: str, text: str) -> Any:
+        """The value a command-line string stands for (JSON, or the bare word), then checked."""
+        value = _from_text(text)
+        check_param(name, value, self)
+        return value
+
+
+def _from_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"true": True, "false": False, "none": None, "null": None}.get(text.strip().lower(), text)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v: Any) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(float(v)))
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """An int (``kind=int``; bools refused) or a finite real (``kind=float``; ints accepted) in a range.
+
+    ``low`` / ``high`` of None are unbounded; ``closed`` says which ends are included.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"  # "both", "left", "right", "neither"
+
+    def accepts(self, value: Any) -> bool:
+        if not (_is_int(value) if self.kind is int else _is_real(value)):
+            return False
+        v = float(value)
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.low is not None and not (v >= self.low if left else v > self.low):
+            return False
+        if self.high is not None and not (v <= self.high if right else v < self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        what = "an int" if self.kind is int else "a float"
+        if self.low is None and self.high is None:
+            return what
+        if self.high is None:
+            return f"{what} {'>=' if self.closed in ('both', 'left') else '>'} {_num(self.low)}"
+        if self.low is None:
+            return f"{what} {'<=' if self.closed in ('both', 'right') else '<'} {_num(self.high)}"
+        lb = "[" if self.closed in ("both", "left") else "("
+        rb = "]" if self.closed in ("both", "right") else ")"
+        return f"{what} in {lb}{_num(self.low)}, {_num(self.high)}{rb}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a few strings."""
+
+    values: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class Boolean(Constraint):
+    """True or False (numpy bools too); on the command line also 1/0, yes/no, on/off."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, (bool, np.bool_))
+
+    def describe(self) -> str:
+        return "a bool"
+
+    def parse(self, name: str, text: str) -> Any:
+        word = {"1": "true", "0": "false", "yes": "true", "no": "false", "on": "true", "off": "false"}.get(text.strip().lower(), text)
+        return super().parse(name, word)
+
+
+@dataclass(frozen=True)
+class OptionalOf(Constraint):
+    """None, or a value the inner constraint accepts."""
+
+    inner: Constraint
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or self.inner.accepts(value)
+
+    def describe(self) -> str:
+        return f"None or {self.inner.describe()}"
+
+
+@dataclass(frozen=True)
+class Weights(Constraint):
+    """A 1-D sequence of positive finite numbers (its length is checked against the data at fit)."""
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (str, bytes, dict)):
+            return False
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        try:
+            a = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return False
+        return a.ndim == 1 and a.size >= 1 and bool(np.all(np.isfinite(a))) and bool(np.all(a > 0))
+
+    def describe(self) -> str:
+        return "a list of positive weights, one per class"
+
+
+@dataclass(frozen=True)
+class DeviceName(Constraint):
+    """A torch device string: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``... (availability is checked at fit)."""
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if value == "auto":
+            return True
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, TypeError):
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "a device string ('cpu', 'cuda', 'cuda:N' or 'auto')"
+
+
+def check_param(name: str, value: Any, constraint: Constraint) -> None:
+    """Raise a :class:`~gpua.GPUAError` naming ``name`` unless ``constraint`` accepts ``value``."""
+    if not constraint.accepts(value):
+        raise GPUAError(f"{name}={value!r} must be {constraint.describe()}.")
+
+
+def suggest_name(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'lam'?)``: the closest valid name by :mod:`difflib`'s ratio (empty if none).
+
+    >>> suggest_name("lamda", ["lam", "eps", "tol"])
+    " (did you mean 'lam'?)"
+    """
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.0)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_params(constraints: dict[str, Constraint], values: dict[str, Any], owner: str = "the estimator") -> None:
+    """Check every value against its constraint; unknown names are refused with a suggestion.
+
+    >>> check_params({"k": Interval(int, 1)}, {"k": 3})
+    >>> check_params({"k": Interval(int, 1)}, {"kk": 3}, "GPUA")
+    Traceback (most recent call last):
+    ...
+    gpua._errors.GPUAError: 'kk' is not a parameter of GPUA (did you mean 'k'?); list them with `gpua fit --list-params`.
+    """
+    for name, value in values.items():
+        if name not in constraints:
+            raise GPUAError(
+                f"{name!r} is not a parameter of {owner}{suggest_name(name, constraints)}; list them with `gpua fit --list-params`."
+            )
+        check_param(name, value, constraints[name])
+
+
+def parameter_table(cls) -> list[dict[str, Any]]:
+    """``[{"name", "default", "constraint"}]`` for an estimator class, in signature order.
+
+    The defaults come from the ``__init__`` signature, the constraints from
+    ``cls._parameter_constraints``; a parameter missing from either is an error (caught by the
+    test suite for every estimator).
+    """
+    sig = inspect.signature(cls.__init__)
+    params = [p for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+    table = cls._parameter_constraints
+    names = [p.name for p in params]
+    if set(names) != set(table):
+        raise GPUAError(
+            f"{cls.__name__}: the signature and _parameter_constraints disagree on {sorted(set(names) ^ set(table))}."
+        )
+    return [{"name": p.name, "default": p.default, "constraint": table[p.name].describe()} for p in params]
+
+
+def format_parameter_table(cls) -> str:
+    """The :func:`parameter_table` as aligned text lines (``gpua fit --list-params``)."""
+    rows = parameter_table(cls)
+    w = max(len(r["name"]) for r in rows)
+    d = max(len(repr(r["default"])) for r in rows)
+    head = f"{cls.__name__} parameters (--param NAME=VALUE):"
+    return "\n".join([head] + [f"  {r['name']:<{w}}  default={r['default']!r:<{d}}  {r['constraint']}" for r in rows])
+
+
+def parse_params(pairs: Sequence[str] | None, constraints: dict[str, Constraint], owner: str = "GPUA") -> dict[str, Any]:
+    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}``, each checked (:func:`parse_param`)."""
+    return dict(parse_param(constraints, p, owner) for p in pairs or [])
+
+
+def parse_param(constraints: dict[str, Constraint], pair: str, owner: str = "GPUA") -> tuple[str, Any]:
+    """``"lam=0.8"`` -> ``("lam", 0.8)``, checked against ``constraints``.
+
+    >>> parse_param({"refine": Boolean()}, "refine=false")
+    ('refine', False)
+    """
+    if "=" not in pair:
+        raise GPUAError(f"--param {pair!r} must look like NAME=VALUE, e.g. --param lam=0.8.")
+    name, text = (s.strip() for s in pair.split("=", 1))
+    if name not in constraints:
+        raise GPUAError(
+            f"--param {name}: not a parameter of {owner}{suggest_name(name, constraints)}; list them with --list-params."
+        )
+    try:
+        return name, constraints[name].parse(name, text)
+    except GPUAError as exc:
+        raise GPUAError(f"--param {pair}: {exc}") from None

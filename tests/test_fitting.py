@@ -1,0 +1,183 @@
+"""The one fit core (gpua.fitting): self-learning rounds, their criterion, convergence warnings,
+the fitted state and history shared by the three drivers, verbose lines, shard sets through GPUA.fit."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import gpua.fitting
+from gpua import ConvergenceWarning, GPUA, GPUAError
+from gpua.fitting import knn_label_consistency, label_consistency
+
+FAST = dict(n_steps=40, eval_every=10)
+
+
+def _fit(train, **kw):
+    return GPUA(**{**FAST, **kw}).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+
+
+# --- self-learning rounds ------------------------------------------------------------------------
+def test_self_learning_rounds_keep_or_improve_accuracy(planted, tmp_path):
+    train, test = planted
+    plain = _fit(train)
+    sl = _fit(train, self_learning=3)
+    acc = [m.score(test.vfm_features, test.labels, test.vlm_features) for m in (plain, sl)]
+    assert acc[1] >= acc[0]
+    # Labels score the pseudo-labels here, after the fit; the fit never saw them.
+    pseudo = [np.mean(m.pseudo_labels_ == train.labels) for m in (plain, sl)]
+    assert pseudo[1] > pseudo[0] + 0.1  # planted: the map's scores are far better correspondences than X Y^T
+    rec = sl.history_["self_learning"]
+    assert rec[0] == {"round": 0, "label_change": None, "criterion": rec[0]["criterion"], "kept": True}
+    assert 1 <= len(rec) - 1 <= 3 and all(0.0 <= r["label_change"] <= 1.0 for r in rec[1:])
+    kept = [r for r in rec if r["kept"]]
+    assert [r["criterion"] for r in kept] == sorted(r["criterion"] for r in kept)  # a kept round never lowers it
+    assert plain.history_["self_learning"] == []
+    assert sl.history_["timings"]["self_learning_s"] > 0
+    assert GPUA.load(sl.save(tmp_path / "sl.gpua")).history_["self_learning"] == rec  # the record survives a model file
+
+
+def test_self_learning_stops_when_labels_settle(planted):
+    train, _ = planted
+    m = _fit(train, self_learning=10, self_learning_tol=0.5)
+    rec = m.history_["self_learning"]
+    stopped_at = rec[-1]
+    assert stopped_at["round"] < 10
+    assert (not stopped_at["kept"]) or stopped_at["label_change"] < 0.5
+
+
+def test_a_worse_round_is_rolled_back(planted, monkeypatch):
+    """A round whose pseudo-labels cut across the VFM's neighbourhoods is not kept: the map and
+    labels of the round before stay, and the rounds stop."""
+    train, test = planted
+    plain = _fit(train)
+    real_mine = gpua.fitting.ArrayPool.mine
+
+    def scrambled_round(self, score_map, callback):
+        mined = real_mine(self, score_map, callback)
+        if score_map is not None:  # a self-learning round gone bad: rows and correspondences shuffled
+            perm = torch.randperm(mined.labels.shape[0], generator=torch.Generator().manual_seed(0))
+            mined.labels, mined.payload = mined.labels[perm], mined.payload[perm.to(mined.payload.device)]
+        return mined
+
+    monkeypatch.setattr(gpua.fitting.ArrayPool, "mine", scrambled_round)
+    m = _fit(train, self_learning=3)
+    rec = m.history_["self_learning"]
+    assert [r["round"] for r in rec] == [0, 1] and rec[1]["kept"] is False
+    assert rec[1]["criterion"] < rec[0]["criterion"]
+    torch.testing.assert_close(m.W_, plain.W_, atol=0, rtol=0)
+    np.testing.assert_array_equal(m.pseudo_labels_, plain.pseudo_labels_)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"self_learning": -1}, r"self_learning=-1 must be an int >= 0"),
+    ({"self_learning": 1.5}, r"self_learning=1\.5 must be an int >= 0"),
+    ({"self_learning": True}, r"self_learning=True must be an int"),
+    ({"self_learning_tol": 1.0}, r"self_learning_tol=1\.0 must be a float in \[0, 1\)"),
+    ({"self_learning_tol": -0.1}, r"self_learning_tol=-0\.1 must be a float in \[0, 1\)"),
+])
+def test_self_learning_settings_that_make_no_sense(planted, params, match):
+    train, _ = planted
+    with pytest.raises(GPUAError, match=match):
+        _fit(train, **params)
+
+
+def test_knn_label_consistency_is_chunking_free_and_label_free(rng):
+    V = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((500, 6)).astype(np.float32)), dim=1)
+    labels = (V[:, 0] > 0).long() + 2 * (V[:, 1] > 0).long()  # neighbourhoods agree with these labels
+    a = label_consistency(V, labels, chunk=37, max_rows=200)
+    b = label_consistency(V, labels, chunk=10_000, max_rows=200)
+    assert a == pytest.approx(b, abs=1e-12)
+    shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    assert label_consistency(V, shuffled, max_rows=200) < a - 0.3
+    # A row is not its own neighbour.
+    one = knn_label_consistency(V[:1], torch.tensor([5]), torch.tensor([0]), [(0, V[:3], torch.tensor([5, 6, 6]))], k=1)
+    assert one == 0.0
+
+
+# --- convergence warnings ----------------------------------------------------------------------
+def test_default_fit_does_not_warn(planted):
+    train, _ = planted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(train)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_sinkhorn_at_its_cap_warns_once(planted):
+    train, _ = planted
+    with pytest.warns(ConvergenceWarning, match=r"Sinkhorn reached sinkhorn_max_iter=3 .*raise sinkhorn_max_iter") as caught:
+        m = _fit(train, sinkhorn_max_iter=3)
+    assert len([w for w in caught if issubclass(w.category, ConvergenceWarning)]) == 1
+    assert all(h["sinkhorn_iter"] == 3 for h in m.history_["ucm"])
+
+
+def test_unconverged_ucm_warns(planted):
+    from gpua.stream import fit_streaming
+
+    train, _ = planted
+    with pytest.warns(ConvergenceWarning, match=r"UCM ended after max_outer=1 rounds .*raise max_outer"):
+        _fit(train, max_outer=1, refine=False)
+    with pytest.warns(ConvergenceWarning, match=r"raise max_outer"):  # the streamed driver too
+        fit_streaming(GPUA(max_outer=1, refine=False), (train.vfm_features, train.vlm_features), train.text_prototypes, progress=False)
+    assert issubclass(ConvergenceWarning, UserWarning)
+
+
+# --- one fitted state, one history, three drivers -----------------------------------------------
+def _learned(model) -> set[str]:
+    return {k for k in vars(model) if k.endswith("_") and not k.startswith("_")}
+
+
+def test_three_drivers_set_the_same_attributes_and_history_keys(planted):
+    from gpua.stream import fit_federated, fit_streaming
+
+    train, _ = planted
+    Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
+    mem = _fit(train, self_learning=1)
+    streamed = fit_streaming(GPUA(**FAST, self_learning=1), (Z, X), Y, progress=False)
+    fed = fit_federated(GPUA(**FAST, self_learning=1), [(Z[:500], X[:500]), (Z[500:], X[500:])], Y, rounds=2)
+    assert _learned(mem) == _learned(streamed) == _learned(fed)
+    assert set(mem.history_) == set(streamed.history_) - {"streaming"} == set(fed.history_) - {"federated"}
+    assert fed.history_["pool_augment"] == {"n_rows": 0}
+
+
+@pytest.mark.parametrize("driver", ["memory", "streamed", "federated"])
+def test_verbose_prints_a_line_per_round(planted, driver, capsys):
+    from gpua.stream import fit_federated, fit_streaming
+
+    train, _ = planted
+    Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
+    for verbose in (False, True):
+        model = GPUA(**FAST, self_learning=1, verbose=verbose)
+        if driver == "memory":
+            model.fit(Z, X, Y)
+        elif driver == "streamed":
+            fit_streaming(model, (Z, X), Y, progress=False)
+        else:
+            fit_federated(model, [(Z[:500], X[:500]), (Z[500:], X[500:])], Y, rounds=2)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("[GPUA] ")]
+        if not verbose:
+            assert lines == []
+            continue
+        assert any(ln.startswith("[GPUA] UCM round: round=1, plan_change=inf") for ln in lines)
+        assert any(ln.startswith("[GPUA] refinement: ") for ln in lines)
+        assert any(ln.startswith("[GPUA] self-learning round: round=1, label_change=") for ln in lines)
+
+
+def test_gpua_fit_forwards_streaming_options_for_a_shard_set(planted, tmp_path):
+    from gpua.stream import minimum_budget_for, write_shards
+
+    train, _ = planted
+    Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
+    shards = write_shards(tmp_path / "s", Z, X, dtype="float32", text_prototypes=Y, rows_per_shard=400)
+    model = GPUA(refine=False)
+    budget = minimum_budget_for(model, len(Z), Y.shape[0], Z.shape[1], X.shape[1]) + 300_000
+    model.fit(shards, None, None, max_memory=budget, checkpoint=tmp_path / "ck")
+    assert model.history_["streaming"]["budget_bytes"] == budget and model.history_["streaming"]["n_chunks"] > 1
+    assert (tmp_path / "ck" / "ucm_state.safetensors").is_file()
+    with pytest.raises(GPUAError, match=r"max_memory, checkpoint apply to a shard set .*fit_streaming"):
+        GPUA().fit(Z, X, Y, max_memory="1GB", checkpoint=tmp_path / "ck2")
