@@ -338,9 +338,7 @@ def load_model(path: str | Path) -> AlignmentEstimator:
         )
     try:
         model = cls(**params)
-        check = getattr(model, "_check_params", None)
-        if check is not None:
-            check()
+        model._validate_params()
     except (GPUAError, TypeError, ValueError) as exc:
         raise bad(f"holds invalid parameters ({exc})") from None
     device = model.device_  # its own clear error (say, a CUDA model on a machine without a GPU)

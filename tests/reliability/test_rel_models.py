@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from gpua import GPUA, GPUAError, ModelFileError, load_model
 from gpua._base import AlignmentEstimator, ModelSchema
 from gpua.cli import main
+from gpua.params import DeviceName
 
 
 def _read(path):
@@ -141,6 +142,7 @@ def test_a_new_estimator_class_only_declares_its_schema(small, tmp_path):
             tensors={"text_prototypes_": ("n_classes", "n_features_vlm"), "shift_": ("n_features_vlm",)},
             state={"note_": str},
         )
+        _parameter_constraints = {"device": DeviceName()}  # every estimator declares its parameters' ranges
 
         def __init__(self, *, device: str = "cpu"):
             self.device = device
