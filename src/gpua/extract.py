@@ -295,7 +295,7 @@ class _Parts:
 
 def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar) -> dict[str, np.ndarray]:
     """Encode images ``indices`` with both encoders; unreadable images are skipped or fail."""
-    from .encoders._preprocess import as_image_list
+    from .encoders import as_image_list
 
     Z, X, kept, bad_idx, bad_err = [], [], [], [], []
     for start in range(indices.start, indices.stop, batch_size):
@@ -342,24 +342,6 @@ _WORKER_ENCODERS: dict[tuple[str, str, str | None], Any] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _registry_entries(specs: Sequence[str]) -> dict[str, Any]:
-    """The registry entries the specs resolve to here, to register on workers that lack them.
-
-    A worker process starts with the built-in entries only; shipping these lets an encoder
-    registered in the client's script (``register_encoder``) be built there too.
-    """
-    from .encoders import _registry
-
-    entries = {}
-    for spec in specs:
-        backend, body, _ = _registry.parse_spec(spec)
-        for name in (f"{backend}:{body}", f"{backend}:"):  # create_encoder's lookup order
-            if name in _registry._REGISTRY:
-                entries[name] = _registry._REGISTRY[name]
-                break
-    return entries
-
-
 def _worker_encoder(spec: str, device: str, cache_dir, entries: dict[str, Any]):
     from .encoders import create_encoder, list_encoders, register_encoder
 
@@ -398,7 +380,8 @@ def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges:
                        metadata: tuple[dict, dict], device: str, cache_dir, batch_size: int, on_error: str,
                        parts: _Parts, key: str, on_part: Callable[[int], None]) -> None:
     """Encode parts ``todo`` on a Dask cluster; ``on_part(i)`` as each finishes (completion order)."""
-    from .stream._executor import connect
+    from .encoders import registry_entries
+    from .stream import connect
 
     ex = connect(cluster, timeout=connect_timeout)
     try:
@@ -406,7 +389,7 @@ def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges:
 
         client = ex.client
         ds_ref = ex.broadcast(ds)  # one copy per worker, not one per task
-        entries = _registry_entries(specs)
+        entries = registry_entries(specs)
         parts_dir = str(parts.dir.resolve())  # workers may run elsewhere: no relative paths
         futures = {
             client.submit(_encode_part_task, i, ranges[i].start, ranges[i].stop, ds_ref, specs, device, cache_dir, entries,
@@ -542,13 +525,12 @@ def extract_features(
         vision-only ``vlm``, missing class names, an unreadable image with ``on_error="fail"``,
         a cluster that does not answer, or a dataset none of whose images can be read.
     """
-    from .encoders import create_encoder
-    from .encoders._base import _check_batch_size
+    from .encoders import check_batch_size, create_encoder
     from .features import check_destination, check_writer_options
 
     if on_error not in ON_ERROR:
         raise GPUAError(f"on_error={on_error!r} must be one of {ON_ERROR}.")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()

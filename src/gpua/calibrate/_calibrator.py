@@ -162,7 +162,7 @@ class DistributionCalibrator:
         self._check_params()
         if not isinstance(statistics, ClassStatistics):
             raise GPUAError(f"statistics is a {type(statistics).__name__}; pass a fitted ClassStatistics.")
-        statistics._check_fitted()
+        statistics.check_fitted()
         n = statistics.count_
         K, d = statistics.mean_.shape
         absent = np.nonzero(n == 0)[0]

@@ -254,7 +254,7 @@ class ShrinkageLDA(_LinearModel):
             raise GPUAError(f"priors={self.priors!r} is not an option; use 'empirical' or 'uniform'.")
         if self.shrinkage not in ("oas", None):
             raise GPUAError(f"shrinkage={self.shrinkage!r} is not an option; use 'oas' or None.")
-        statistics._check_fitted()
+        statistics.check_fitted()
         n = statistics.count_
         present = n > 0
         if present.sum() < 2:

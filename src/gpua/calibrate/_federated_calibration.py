@@ -203,7 +203,7 @@ class FederatedCalibration:
         template = self.calibrator if self.calibrator is not None else DistributionCalibrator(borrow=None)
         self.statistics_ = merged
         self.calibrator_ = copy.deepcopy(template).fit_statistics(merged, class_embeddings=class_embeddings, missing="skip")
-        padded = [m._padded(self.n_classes) for m in messages]
+        padded = [m.padded_moments(self.n_classes) for m in messages]
         self.client_counts_ = np.stack([p[0] for p in padded])
         self.client_means_ = np.stack([p[1] for p in padded])
         return self

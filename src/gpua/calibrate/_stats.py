@@ -169,7 +169,7 @@ class ClassStatistics:
             self.count_, self.mean_, self.scatter_ = batch
             self.n_features_in_ = X.shape[1]
         else:
-            own = self._padded(k)
+            own = self.padded_moments(k)
             self.count_, self.mean_, self.scatter_ = merge_moments(
                 *(np.stack([a, b]) for a, b in zip(own, batch))
             )
@@ -199,13 +199,14 @@ class ClassStatistics:
     def _k(self) -> int:
         return 0 if "count_" not in self.__dict__ else int(self.count_.shape[0])
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise :class:`~gpua.NotFittedError` when no rows have been added yet."""
         if "count_" not in self.__dict__:
             raise NotFittedError("ClassStatistics is empty; call fit or partial_fit first.")
 
-    def _padded(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def padded_moments(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Moments padded with empty classes up to ``k`` classes."""
-        self._check_fitted()
+        self.check_fitted()
         extra = k - self._k()
         if extra < 0:
             raise GPUAError(f"statistics hold {self._k()} classes but n_classes={k}; pass the larger n_classes.")
@@ -218,7 +219,7 @@ class ClassStatistics:
 
     @property
     def n_classes_(self) -> int:
-        self._check_fitted()
+        self.check_fitted()
         return self._k()
 
     @property
@@ -228,7 +229,7 @@ class ClassStatistics:
 
     def covariance(self, ddof: int = 0) -> np.ndarray:
         """Covariances :math:`M_k / (n_k - \\mathrm{ddof})`, zero where that is not positive."""
-        self._check_fitted()
+        self.check_fitted()
         denom = self.count_ - ddof
         out = np.zeros_like(self.scatter_)
         ok = denom > 0
@@ -237,7 +238,7 @@ class ClassStatistics:
 
     def affine(self, shift, scale: float) -> "ClassStatistics":
         r"""Statistics of :math:`(x - \mathrm{shift}) / \mathrm{scale}`, from these alone (a new object)."""
-        self._check_fitted()
+        self.check_fitted()
         shift = np.asarray(shift, dtype=np.float64)
         if shift.shape not in ((), (self.n_features_in_,)):
             raise GPUAError(f"shift has shape {shift.shape}; pass a scalar or a ({self.n_features_in_},) vector.")
@@ -276,7 +277,7 @@ def check_parts(parts, name: str = "parts") -> list[ClassStatistics]:
     for i, p in enumerate(parts):
         if not isinstance(p, ClassStatistics):
             raise GPUAError(f"{name}[{i}] is a {type(p).__name__}; pass ClassStatistics objects (see client_statistics).")
-        p._check_fitted()
+        p.check_fitted()
     return parts
 
 
@@ -307,7 +308,7 @@ def merge_statistics(parts: Sequence[ClassStatistics], n_classes: int | None = N
             "and feature space."
         )
     k = max(p._k() for p in parts) if n_classes is None else n_classes
-    padded = [p._padded(k) for p in parts]
+    padded = [p.padded_moments(k) for p in parts]
     count, mean, scatter = merge_moments(*(np.stack(a) for a in zip(*padded)))
     out = ClassStatistics(n_classes=k)
     out.count_, out.mean_, out.scatter_ = count, mean, scatter

@@ -15,8 +15,19 @@ DINOv2, DINOv3), ``timm:``, ``onnx:``, and the offline stand-ins ``offline:dinov
 Heavy libraries are imported only when an encoder of that back end is created.
 """
 
-from ._base import Encoder
-from ._preprocess import ImagePreprocess
-from ._registry import cache_dir, create_encoder, list_encoders, parse_spec, register_encoder
+from ._base import Encoder, check_batch_size
+from ._preprocess import ImagePreprocess, as_image_list
+from ._registry import cache_dir, create_encoder, list_encoders, parse_spec, register_encoder, registry_entries
 
-__all__ = ["Encoder", "ImagePreprocess", "create_encoder", "list_encoders", "register_encoder", "parse_spec", "cache_dir"]
+__all__ = [
+    "Encoder",
+    "ImagePreprocess",
+    "create_encoder",
+    "list_encoders",
+    "register_encoder",
+    "registry_entries",
+    "parse_spec",
+    "cache_dir",
+    "check_batch_size",
+    "as_image_list",
+]

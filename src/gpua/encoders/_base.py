@@ -16,10 +16,11 @@ import numpy as np
 from .._errors import GPUAError
 from ._preprocess import ImagePreprocess, as_image_list
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "check_batch_size"]
 
 
-def _check_batch_size(batch_size: int) -> int:
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as an int, or a GPUAError when it is not a positive integer."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise GPUAError(f"batch_size must be a positive integer, got {batch_size!r}.")
     return int(batch_size)
@@ -149,7 +150,7 @@ class Encoder(abc.ABC):
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise GPUAError(f"texts[{bad[0]}] is {texts[bad[0]]!r}, not a string; pass a list of prompts.")
-        bs = _check_batch_size(batch_size)
+        bs = check_batch_size(batch_size)
         out = [self._as_output(self._encode_text_batch(texts[i : i + bs]), (min(bs, len(texts) - i), self.embed_dim))
                for i in range(0, len(texts), bs)]
         return np.concatenate(out)
@@ -176,7 +177,7 @@ class Encoder(abc.ABC):
 
     # -- plumbing ------------------------------------------------------------------------------
     def _run(self, images, batch_size, progress, hook, what: str) -> np.ndarray:
-        bs = _check_batch_size(batch_size)
+        bs = check_batch_size(batch_size)
         if isinstance(images, np.ndarray) and images.ndim == 4:
             n = images.shape[0]  # keep big arrays as arrays: convert one batch at a time
         else:

@@ -225,16 +225,12 @@ class OpenCLIPEncoder(TorchEncoder):
 
 def _dense_unsupported(model) -> str | None:
     """Why :func:`~gpua.segment.dense_clip.dense_clip_features` cannot run ``model``, or None if it can."""
-    from ..segment.dense_clip import _adapt  # the function's own model check, without a forward pass
+    from ..segment.dense_clip import dense_support  # the function's own model check, without a forward pass
 
     visual = getattr(model, "visual", model)
     if not all(hasattr(visual, a) for a in ("conv1", "transformer", "class_embedding", "ln_post")):
         return f"its vision tower is a {type(visual).__name__}, not a class-token open_clip VisionTransformer."
-    try:
-        _adapt(model)
-    except GPUAError as exc:
-        return str(exc)
-    return None
+    return dense_support(model)
 
 
 def _uses_quick_gelu(model) -> bool:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from .._errors import GPUAError
 from ._base import Encoder
 
-__all__ = ["create_encoder", "list_encoders", "register_encoder", "parse_spec", "cache_dir", "file_fingerprint"]
+__all__ = ["create_encoder", "list_encoders", "register_encoder", "registry_entries", "parse_spec", "cache_dir", "file_fingerprint"]
 
 Factory = Callable[..., Encoder]
 _REGISTRY: dict[str, Factory | str] = {}
@@ -154,6 +154,31 @@ _EXAMPLES = {
     "timm": "timm:vit_small_patch14_dinov2.lvd142m",
     "onnx": "onnx:/path/to/model.onnx",
 }
+
+
+def registry_entries(specs) -> dict[str, Factory | str]:
+    """The registry entries ``specs`` resolve to here, to register on workers that lack them.
+
+    A worker process starts with the built-in entries only; shipping these lets an encoder
+    registered in the client's script (:func:`register_encoder`) be built there too.
+
+    Parameters
+    ----------
+    specs : sequence of str
+
+    Returns
+    -------
+    dict
+        ``{registered name: factory}``, one entry per spec, in :func:`create_encoder`'s lookup order.
+    """
+    entries = {}
+    for spec in specs:
+        backend, body, _ = parse_spec(spec)
+        for name in (f"{backend}:{body}", f"{backend}:"):  # create_encoder's lookup order
+            if name in _REGISTRY:
+                entries[name] = _REGISTRY[name]
+                break
+    return entries
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:

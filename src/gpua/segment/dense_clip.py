@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .._errors import GPUAError
 
-__all__ = ["DENSE_METHODS", "dense_clip_features"]
+__all__ = ["DENSE_METHODS", "dense_clip_features", "dense_support"]
 
 DENSE_METHODS = ("maskclip", "sclip", "none")
 
@@ -159,6 +159,25 @@ def _adapt(model) -> _ViT:
         f"model is a {type(model).__name__}, not a ViT CLIP this function knows; pass an open_clip "
         "CLIP (ViT) or a transformers CLIPModel / CLIPVisionModelWithProjection."
     )
+
+
+def dense_support(model) -> str | None:
+    """Why :func:`dense_clip_features` cannot run ``model``, or None when it can (no forward pass).
+
+    Parameters
+    ----------
+    model : open_clip CLIP or transformers CLIPModel / CLIPVisionModelWithProjection
+
+    Returns
+    -------
+    str or None
+        The reason, worded as the error :func:`dense_clip_features` would raise.
+    """
+    try:
+        _adapt(model)
+    except GPUAError as exc:
+        return str(exc)
+    return None
 
 
 def _check_patch(px: torch.Tensor, patch: tuple[int, int]) -> None:

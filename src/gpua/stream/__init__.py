@@ -13,12 +13,14 @@ Dask is imported only when a cluster is asked for.
 """
 
 from ._budget import MemoryPlan, minimum_budget, parse_memory, plan_memory, release_freed_memory
+from ._executor import connect
 from ._federated_gpua import fit_federated
 from ._fit import as_source, fit_streaming, is_streaming_source, minimum_budget_for
 from ._kernels import ArraySource
 from ..features import FEATURE_DTYPES, ShardedFeatures, ShardWriter, write_shards
 
 __all__ = [
+    "connect",
     "ShardedFeatures",
     "ShardWriter",
     "write_shards",
