@@ -77,6 +77,9 @@ class AlignmentEstimator:
     _schema: ModelSchema = ModelSchema()
     #: ``{parameter: gpua.params.Constraint}``: each parameter's admissible values, declared once.
     _parameter_constraints: dict = {}
+    #: ``{parameter: value}`` for parameters added after model files were first written: a file
+    #: without one was fitted as this value behaves, whatever today's default.
+    _params_before_added: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -337,7 +340,7 @@ def load_model(path: str | Path) -> AlignmentEstimator:
             "it was written by a newer gpua (upgrade) or edited (re-run `gpua fit`)."
         )
     try:
-        model = cls(**params)
+        model = cls(**{**cls._params_before_added, **params})
         model._validate_params()
     except (GPUAError, TypeError, ValueError) as exc:
         raise bad(f"holds invalid parameters ({exc})") from None

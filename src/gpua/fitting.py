@@ -40,7 +40,7 @@ from ._validation import check_classnames, check_triplet
 from .hubness import neighbourhood_radius
 from .params import Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
-from .query import QUERY_MODES, build_query
+from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes
 from .refinement import RefineConfig, refine
 from .ucm import SIMILARITIES, mine_correspondences
 
@@ -88,6 +88,7 @@ PARAMETERS: dict[str, Constraint] = {
     "solver": Options(("torch", "pot")),
     "assignment": Options(("soft", "hard")),
     "center": Boolean(),
+    "center_vlm": Boolean(),
     "refine": Boolean(),
     "n_steps": Interval(int, 0, None),
     "batch_size": _COUNT,
@@ -159,6 +160,7 @@ class FitConfig:
 
     query: str
     center: bool
+    center_vlm: bool
     refine: bool
     retrieval: str
     csls_k: int
@@ -216,6 +218,11 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
             f"the unlabeled pool has {n_samples} rows but there are {n_classes} classes; it needs "
             "at least one image per class (16 per class is the paper's few-shot pool)."
         )
+    if params["center_vlm"] and n_classes < 2:
+        raise GPUAError(
+            "center_vlm=True centres the text prototypes on their mean, which needs at least 2 classes; "
+            "pass more text prototypes, or set center_vlm=False."
+        )
     if driver != "memory" and params["solver"] != "torch":
         raise GPUAError(f"solver={params['solver']!r}: {driver} fits run their own chunked Sinkhorn; use solver='torch'.")
     if driver == "streamed" and params["pool_augment"]:
@@ -225,7 +232,8 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
             "or fit GPUA on in-memory arrays."
         )
     return FitConfig(
-        query=params["query"], center=bool(params["center"]), refine=bool(params["refine"]), retrieval=params["retrieval"],
+        query=params["query"], center=bool(params["center"]), center_vlm=bool(params["center_vlm"]),
+        refine=bool(params["refine"]), retrieval=params["retrieval"],
         csls_k=int(params["csls_k"]), device=resolve_device(params["device"]), verbose=bool(params["verbose"]),
         self_learning=int(params["self_learning"]), self_learning_tol=float(params["self_learning_tol"]),
         mining=MiningConfig.from_params(params), refinement=RefineConfig.from_params(params),
@@ -335,6 +343,7 @@ class FitState:
     centres: torch.Tensor
     text_prototypes: torch.Tensor
     vfm_mean: torch.Tensor | None
+    vlm_mean: torch.Tensor | None
     proto_radius: torch.Tensor | None
     pseudo_labels: np.ndarray
     pseudo_confidence: np.ndarray
@@ -499,6 +508,7 @@ def run_fit(
     *,
     Y: torch.Tensor,
     vfm_mean: torch.Tensor | None,
+    vlm_mean: torch.Tensor | None = None,
     widths: tuple[int, int],
     classnames: list[str] | None,
     callback: Callable | None = None,
@@ -511,9 +521,12 @@ def run_fit(
         From :func:`check_entry`.
     driver : FitDriver
     Y : tensor of shape (n_classes, d_vlm)
-        L2-normalised prototypes on ``config.device``.
+        The user's prototypes, L2-normalised, on ``config.device`` (kept as ``text_prototypes_``;
+        the driver fits to :func:`gpua.query.target_prototypes` of them).
     vfm_mean : tensor of shape (d_vfm,) or None
         The pool's mean normalised VFM row (``center=True``).
+    vlm_mean : tensor of shape (d_vlm,) or None
+        The pool's mean normalised VLM row (``center_vlm=True``).
     widths : (int, int)
         ``(d_vfm, d_vlm)``.
     classnames : list of str or None
@@ -563,7 +576,8 @@ def run_fit(
     }
     return FitState(
         W=kept.W.to(dev), W0=kept.W0.to(dev), centres=kept.mined.centres.to(dev), text_prototypes=Y.to(dev),
-        vfm_mean=None if vfm_mean is None else vfm_mean.to(dev), proto_radius=None if radius is None else radius.to(dev),
+        vfm_mean=None if vfm_mean is None else vfm_mean.to(dev), vlm_mean=None if vlm_mean is None else vlm_mean.to(dev),
+        proto_radius=None if radius is None else radius.to(dev),
         pseudo_labels=kept.mined.labels.cpu().numpy(), pseudo_confidence=kept.mined.confidence.cpu().numpy(),
         n_features_vfm=int(widths[0]), n_features_vlm=int(widths[1]), n_classes=int(Y.shape[0]), classnames=classnames,
         history=history,
@@ -664,8 +678,9 @@ class ArrayPool:
     Q : tensor of shape (n_samples, d_q)
         Query rows, L2-normalised.
     X : tensor of shape (n_samples, d_vlm)
-        VLM image features, L2-normalised.
+        VLM image features, L2-normalised (and centred: :func:`gpua.query.centre_rows`).
     Y : tensor of shape (n_classes, d_vlm)
+        The prototypes the map is fitted to (:func:`gpua.query.target_prototypes`).
     V : tensor of shape (n_samples, d_vfm) or None
         Normalised VFM rows for the self-learning criterion (None when self-learning is off).
     config : FitConfig
@@ -723,13 +738,15 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     config = check_entry(params, Z.shape[0], Y.shape[0], driver="memory")
     names = check_classnames(classnames, Y.shape[0])
     normalize = torch.nn.functional.normalize
-    mean = normalize(Z, dim=1).mean(0) if config.center else None
-    Q = build_query(Z, X, config.query, mean)
+    mean = pool_mean(Z) if config.center else None
+    vlm_mean = pool_mean(X) if config.center_vlm else None
+    Xc = centre_rows(X, vlm_mean)
+    Q = build_query(Z, Xc, config.query, mean)
     V = None
     if config.self_learning:
         V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
     widths = (Z.shape[1], X.shape[1])
-    Xn, Yn = normalize(X, dim=1), normalize(Y, dim=1)
     del Z, X  # only the query, the normalised rows (and V) live on through the fit
-    pool = ArrayPool(Q, Xn, Yn, V, config)
-    return run_fit(config, pool, Y=Yn, vfm_mean=mean, widths=widths, classnames=names, callback=callback)
+    pool = ArrayPool(Q, Xc, target_prototypes(Y, config.center_vlm), V, config)
+    return run_fit(config, pool, Y=normalize(Y, dim=1), vfm_mean=mean, vlm_mean=vlm_mean, widths=widths, classnames=names,
+                   callback=callback)

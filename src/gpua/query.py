@@ -4,6 +4,11 @@ r"""The query :math:`Q` that GPUA's map acts on.
 :math:`Q = [Z, X]`, VFM and VLM image features concatenated (the published code's choice, a
 learned fusion that needs the VLM features at prediction too). Each part is L2-normalised,
 and the concatenation is normalised again.
+
+Centering (VecMap's "center"; the modality-gap correction of Liang et al., 2022): a modality's
+normalised rows share a common direction that carries no class information, and it dominates
+their cosines. Subtracting the pool mean and renormalising (:func:`centre_rows`) removes it;
+:func:`target_prototypes` does the same for the text prototypes with their own mean.
 """
 
 from __future__ import annotations
@@ -12,12 +17,71 @@ import torch
 
 from ._errors import GPUAError
 
-__all__ = ["QUERY_MODES", "build_query", "query_width"]
+__all__ = ["QUERY_MODES", "build_query", "centre_rows", "pool_mean", "query_width", "target_prototypes"]
 
 QUERY_MODES = ("vfm", "fused")
 
 
-def build_query(Z: torch.Tensor, X: torch.Tensor | None, mode: str, mean: torch.Tensor | None = None) -> torch.Tensor:
+def pool_mean(A: torch.Tensor) -> torch.Tensor:
+    """Mean of the L2-normalised rows of ``A``, summed in float64 (as the streamed fits sum chunks), float32."""
+    return (torch.nn.functional.normalize(A, dim=1).sum(0, dtype=torch.float64) / A.shape[0]).float()
+
+
+def centre_rows(A: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    r"""Rows L2-normalised, then centred on ``mean`` and normalised again.
+
+    .. math:: \tilde a_i = \frac{\bar a_i - \mu}{\lVert \bar a_i - \mu \rVert},
+        \quad \bar a_i = \frac{a_i}{\lVert a_i \rVert}
+
+    Parameters
+    ----------
+    A : tensor of shape (n_samples, d)
+    mean : tensor of shape (d,) or None
+        The pool mean of the normalised rows; None only normalises.
+
+    Returns
+    -------
+    tensor of shape (n_samples, d)
+
+    Examples
+    --------
+    >>> import torch
+    >>> centre_rows(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), torch.tensor([0.5, 0.5])).tolist()
+    [[0.7071067690849304, -0.7071067690849304], [-0.7071067690849304, 0.7071067690849304]]
+    """
+    normalize = torch.nn.functional.normalize
+    An = normalize(A, dim=1)
+    return An if mean is None else normalize(An - mean.to(An.dtype), dim=1)
+
+
+def target_prototypes(Y: torch.Tensor, center: bool) -> torch.Tensor:
+    r"""The prototypes the map is fitted to and scored against: normalised, centred when ``center``.
+
+    .. math:: \tilde y_k = \mathrm{normalize}\Big(\bar y_k - \frac{1}{K}\sum_l \bar y_l\Big)
+
+    The mean is the prototypes' own (the text modality's), so it needs no pool and the same
+    prototypes give the same targets at fit and at prediction.
+
+    Parameters
+    ----------
+    Y : tensor of shape (n_classes, d_vlm)
+    center : bool
+
+    Returns
+    -------
+    tensor of shape (n_classes, d_vlm)
+    """
+    Yn = torch.nn.functional.normalize(Y, dim=1)
+    return centre_rows(Yn, Yn.mean(0)) if center else Yn
+
+
+def build_query(
+    Z: torch.Tensor,
+    X: torch.Tensor | None,
+    mode: str,
+    mean: torch.Tensor | None = None,
+    vlm_mean: torch.Tensor | None = None,
+) -> torch.Tensor:
     r"""The query :math:`Q` that the map acts on, rows L2-normalised.
 
     Parameters
@@ -28,6 +92,8 @@ def build_query(Z: torch.Tensor, X: torch.Tensor | None, mode: str, mean: torch.
     mode : {"vfm", "fused"}
     mean : tensor of shape (d_vfm,), optional
         Subtracted from the normalised VFM features before renormalising (centering).
+    vlm_mean : tensor of shape (d_vlm,), optional
+        The same for the VLM features (:func:`centre_rows`).
 
     Returns
     -------
@@ -40,14 +106,11 @@ def build_query(Z: torch.Tensor, X: torch.Tensor | None, mode: str, mean: torch.
     >>> [round(v, 4) for v in Q[0].tolist()]
     [0.4243, 0.5657, 0.0, 0.7071]
     """
-    normalize = torch.nn.functional.normalize
-    Zn = normalize(Z, dim=1)
-    if mean is not None:
-        Zn = normalize(Zn - mean, dim=1)
+    Zn = centre_rows(Z, mean)
     if mode == "vfm":
         return Zn
     if mode == "fused":
-        return normalize(torch.cat([Zn, normalize(X, dim=1)], dim=1), dim=1)
+        return torch.nn.functional.normalize(torch.cat([Zn, centre_rows(X, vlm_mean)], dim=1), dim=1)
     raise GPUAError(f"query={mode!r} is unknown; use one of {QUERY_MODES}.")
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "INIT_LOGIT_SCALE",
     "similarity",
     "fused_score",
+    "top_rows",
     "confident_centres",
     "class_centres",
     "UCMResult",
@@ -114,6 +115,42 @@ def class_centres(Q: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(C, dim=1)
 
 
+def top_rows(vals: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per column, the ``m`` largest values, ties broken by the smaller row id.
+
+    :func:`torch.topk` picks arbitrarily among equal values, and a saturated
+    :math:`\mathrm{softmax}(100\, X Y^\top)` has many rows at exactly 1.0: a fixed rule makes the
+    selection independent of how the rows are chunked (the union of the chunks' candidates,
+    selected again with this function, is the global selection).
+
+    Parameters
+    ----------
+    vals : tensor of shape (n, K)
+    ids : int64 tensor of shape (n, K) or (n,)
+        Row ids; a 1-D ``ids`` must be ascending (a chunk's rows).
+    m : int
+
+    Returns
+    -------
+    values, ids : tensors of shape (min(m, n), K), by decreasing value then increasing id
+    """
+    if ids.ndim == 2:
+        # Put each column in id order first, so that a stable sort breaks ties by id.
+        order = ids.argsort(dim=0)
+        vals, ids = vals.gather(0, order), ids.gather(0, order)
+    m = min(int(m), vals.shape[0])
+    v, pos = vals.topk(m, dim=0)
+    tied = ((vals >= v[-1]).sum(0) > m).nonzero().flatten()
+    if tied.numel():  # only the columns with ties at the boundary pay for a full stable sort
+        tv, tp = vals[:, tied].sort(dim=0, descending=True, stable=True)
+        v[:, tied], pos[:, tied] = tv[:m], tp[:m]
+    out = ids[pos] if ids.ndim == 1 else ids.gather(0, pos)
+    order = out.argsort(dim=0)
+    v, out = v.gather(0, order), out.gather(0, order)
+    order = v.sort(dim=0, descending=True, stable=True).indices
+    return v.gather(0, order), out.gather(0, order)
+
+
 def confident_centres(
     Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, n_per_class: int = 8, logit_scale: float = INIT_LOGIT_SCALE
 ) -> torch.Tensor:
@@ -122,15 +159,15 @@ def confident_centres(
     Confidence is the VLM's zero-shot posterior :math:`\mathrm{softmax}(s X Y^\top)` with the
     CLIP logit scale :math:`s`; each class takes the ``n_per_class`` samples with the highest
     posterior for it (a sample may serve several classes), so every class has a centre even
-    when the zero-shot argmax never picks it.
+    when the zero-shot argmax never picks it. Ties (a saturated posterior of exactly 1) go to the
+    smaller row id (:func:`top_rows`), as in the streamed fits.
 
     Returns
     -------
     C : tensor of shape (n_classes, d_q)
     """
     probs = torch.softmax(logit_scale * (X @ Y.T), dim=1)
-    m = min(int(n_per_class), Q.shape[0])
-    top_p, top_i = probs.topk(m, dim=0)  # (m, K)
+    top_p, top_i = top_rows(probs, torch.arange(Q.shape[0], device=probs.device), n_per_class)  # (m, K)
     C = torch.einsum("mk,mkd->kd", top_p, Q[top_i])
     return torch.nn.functional.normalize(C, dim=1)
 

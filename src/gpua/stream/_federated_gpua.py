@@ -42,6 +42,7 @@ from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from ..query import build_query
 from ..refinement import RefineConfig, refine
+from ..ucm import top_rows
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
@@ -82,7 +83,7 @@ class FederatedExecutor(LocalExecutor):
         groups = self._by_client(parts, results)
         if fn is K_.part_candidates:
             # A client sends its own top-m per class (confidences and row ids), not every chunk's.
-            return [K_.top_rows(torch.cat([v for v, _ in rs]), torch.cat([i for _, i in rs]), args[-1]) for rs in groups.values()]
+            return [top_rows(torch.cat([v for v, _ in rs]), torch.cat([i for _, i in rs]), args[-1]) for rs in groups.values()]
         if fn in (K_.part_mean, K_.part_build, K_.part_pass):
             return [K_.sum_tensors(rs) for rs in groups.values()]
         raise GPUAError(f"{fn.__name__} has no federated aggregate.")  # pragma: no cover - internal
@@ -174,11 +175,12 @@ def fit_federated(
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)
-    if config.center:
-        fit.vfm_mean = (K_.sum_tensors(ex.map(K_.part_mean, parts, fit)) / n).float()
+    if config.center or config.center_vlm:
+        K_.set_pool_means(fit, config, ex.map(K_.part_mean, parts, fit), n, d_v)
     b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
-    fitted = run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, widths=(d_v, d_t), classnames=names, callback=callback)
+    fitted = run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
+                     classnames=names, callback=callback)
     fitted.history["federated"] = {"clients": [s.n_samples for s in sources], "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
     return set_fitted_state(est, fitted)
 
@@ -244,7 +246,7 @@ class FederatedPool:
         return polar_factor(mined.payload).float().to(self.dev)
 
     def _client_rows(self, src):
-        rows = rows_reader(src, self.config.query, on_device(self.fit.vfm_mean, self.dev), self.dev, memo_above=int(self.config.refinement.batch_size))
+        rows = rows_reader(src, self.fit, self.dev, memo_above=int(self.config.refinement.batch_size))
         return lambda idx: rows(idx + src.offset)  # a client's rows are global ids [offset, offset + n_c)
 
     def refine(self, W0, labels, config: RefineConfig, callback):

@@ -96,20 +96,23 @@ def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
     return parts
 
 
-def rows_reader(source, query: str, mean, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def rows_reader(source, fit: K_.FitSpec, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``rows(idx)`` -> query rows for :func:`gpua.refinement.refine`, read from the source.
+
+    The query is ``fit.query``'s, centred on ``fit.vfm_mean`` / ``fit.vlm_mean`` where set.
 
     The held-out slice is requested with the same index tensor at every evaluation: it is read once
     and kept (it is in the memory plan), while training batches are read as they come.
     """
     memo: list = [None, None]
+    query, mean, vlm_mean = fit.query, on_device(fit.vfm_mean, device), on_device(fit.vlm_mean, device)
 
     def rows(idx: torch.Tensor) -> torch.Tensor:
         if memo[0] is idx:
             return memo[1]
         Z = source.take("vfm_features", idx, device=device)
         X = source.take("vlm_features", idx, device=device) if query == "fused" else None
-        Q = build_query(Z, X, query, mean)
+        Q = build_query(Z, X, query, mean, vlm_mean)
         if idx.numel() > memo_above:
             memo[0], memo[1] = idx, Q
         return Q
@@ -224,17 +227,18 @@ def fit_streaming(
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
-        if config.center:
-            if state is not None and "vfm_mean" in state:
-                fit.vfm_mean = state["vfm_mean"]
-            else:
-                with Bar(progress, "VFM mean", len(parts)) as bar:
-                    sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
-                fit.vfm_mean = (K_.sum_tensors(sums) / n).float()
+        wanted = [name for name, on in (("vfm_mean", config.center), ("vlm_mean", config.center_vlm)) if on]
+        if wanted and state is not None and all(name in state for name in wanted):
+            fit.vfm_mean, fit.vlm_mean = state.get("vfm_mean"), state.get("vlm_mean")
+        elif wanted:
+            with Bar(progress, "pool means", len(parts)) as bar:
+                sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
+            K_.set_pool_means(fit, config, sums, n, d_v)
         if ck is not None:
-            ck.extra["vfm_mean"] = fit.vfm_mean
+            ck.extra.update(vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean)
         pool = StreamedPool(ex, parts, src, fit, b, config, checkpoint=ck, progress=progress)
-        fitted = run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, widths=(d_v, d_t), classnames=names, callback=callback)
+        fitted = run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
+                         classnames=names, callback=callback)
     finally:
         ex.drop(token)
         ex.close()
@@ -294,7 +298,7 @@ class StreamedPool:
         return polar_factor(mined.payload).float().to(self.dev)
 
     def refine(self, W0, labels, config: RefineConfig, callback):
-        rows = rows_reader(self.source, self.config.query, on_device(self.fit.vfm_mean, self.dev), self.dev, memo_above=int(config.batch_size))
+        rows = rows_reader(self.source, self.fit, self.dev, memo_above=int(config.batch_size))
         with Bar(self.progress, "THS refinement", int(config.n_steps), unit="step") as bar:
             def on_eval(entry):
                 bar.update(int(entry["step"]) - bar.n)

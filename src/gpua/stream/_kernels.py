@@ -33,8 +33,8 @@ import torch
 
 from .._errors import GPUAError
 from ..fitting import FitConfig
-from ..query import build_query
-from ..ucm import INIT_LOGIT_SCALE, fused_score
+from ..query import build_query, centre_rows, target_prototypes
+from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
 __all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats", "part_vfm_rows"]
 
@@ -54,7 +54,7 @@ class FitSpec:
     token : str
         Names this fit's cached tiles in each process.
     Y : tensor of shape (n_classes, d_vlm), float32, CPU
-        L2-normalised prototypes.
+        The prototypes the map is fitted to (:func:`gpua.query.target_prototypes`).
     query : {"vfm", "fused"}
     vfm_mean : tensor of shape (d_vfm,) or None
     lam, eps, temperature : float
@@ -70,6 +70,8 @@ class FitSpec:
     init_logit_scale : float
         :math:`s` of the confident-centre initialisation :math:`\mathrm{softmax}(s\, X Y^\top)`.
     absorb_at : float
+    vlm_mean : tensor of shape (d_vlm,) or None
+        The pool's mean normalised VLM row (``center_vlm``): every chunk's VLM rows are centred on it.
     """
 
     token: str
@@ -87,13 +89,14 @@ class FitSpec:
     score_map: torch.Tensor | None = None
     init_logit_scale: float = INIT_LOGIT_SCALE
     absorb_at: float = 30.0
+    vlm_mean: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, token: str, Y: torch.Tensor, config: FitConfig, n_total: int, tile_dtype: str = "float64") -> "FitSpec":
         """The spec of a fit with the checked settings ``config`` (:func:`gpua.fitting.check_entry`)."""
         m = config.mining
         return cls(
-            token=token, Y=Y, query=config.query, vfm_mean=None, lam=float(m.lam), eps=float(m.eps), similarity=m.similarity,
+            token=token, Y=target_prototypes(Y, config.center_vlm), query=config.query, vfm_mean=None, lam=float(m.lam), eps=float(m.eps), similarity=m.similarity,
             temperature=float(m.temperature), n_total=int(n_total), device=str(config.device), tile_dtype=tile_dtype,
             assignment=m.assignment,
         )
@@ -218,9 +221,10 @@ def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False) -> t
     if check:
         _check_rows(part, Z, X)
     mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
+    X = centre_rows(X, None if fit.vlm_mean is None else fit.vlm_mean.to(dev))
     Q = build_query(Z, X, fit.query, mean)
-    S = X if fit.score_map is None else Q @ fit.score_map.to(dev)
-    return Z, Q, torch.nn.functional.normalize(S, dim=1)
+    S = X if fit.score_map is None else torch.nn.functional.normalize(Q @ fit.score_map.to(dev), dim=1)
+    return Z, Q, S
 
 
 def part_vfm_rows(part: Part, fit: FitSpec) -> torch.Tensor:
@@ -306,48 +310,20 @@ def _check_rows(part: Part, Z: torch.Tensor, X: torch.Tensor) -> None:
 
 # --- tasks --------------------------------------------------------------------------------------
 def part_mean(part: Part, fit: FitSpec) -> torch.Tensor:
-    """Sum of the L2-normalised VFM rows, float64 of shape (d_vfm,) (for ``center=True``)."""
+    """Sums of the L2-normalised VFM and VLM rows, float64 of shape (d_vfm + d_vlm,) (for centering)."""
     dev = _device(fit)
     Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
     X = part.source.read("vlm_features", part.start, part.stop, device=dev)
     _check_rows(part, Z, X)
-    return torch.nn.functional.normalize(Z, dim=1).sum(0, dtype=torch.float64).cpu()
+    normalize = torch.nn.functional.normalize
+    return torch.cat([normalize(Z, dim=1), normalize(X, dim=1)], dim=1).sum(0, dtype=torch.float64).cpu()
 
 
-def top_rows(vals: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per column, the ``m`` largest values, ties broken by the smaller row id.
-
-    :func:`torch.topk` picks arbitrarily among equal values, and a saturated
-    :math:`\mathrm{softmax}(100\, X Y^\top)` has many rows at exactly 1.0: a fixed rule makes the
-    selection independent of how the rows are chunked (the union of the chunks' candidates,
-    selected again with this function, is the global selection).
-
-    Parameters
-    ----------
-    vals : tensor of shape (n, K)
-    ids : int64 tensor of shape (n, K) or (n,)
-        Row ids; a 1-D ``ids`` must be ascending (a chunk's rows).
-    m : int
-
-    Returns
-    -------
-    values, ids : tensors of shape (min(m, n), K), by decreasing value then increasing id
-    """
-    if ids.ndim == 2:
-        # Put each column in id order first, so that a stable sort breaks ties by id.
-        order = ids.argsort(dim=0)
-        vals, ids = vals.gather(0, order), ids.gather(0, order)
-    m = min(int(m), vals.shape[0])
-    v, pos = vals.topk(m, dim=0)
-    tied = ((vals >= v[-1]).sum(0) > m).nonzero().flatten()
-    if tied.numel():  # only the columns with ties at the boundary pay for a full stable sort
-        tv, tp = vals[:, tied].sort(dim=0, descending=True, stable=True)
-        v[:, tied], pos[:, tied] = tv[:m], tp[:m]
-    out = ids[pos] if ids.ndim == 1 else ids.gather(0, pos)
-    order = out.argsort(dim=0)
-    v, out = v.gather(0, order), out.gather(0, order)
-    order = v.sort(dim=0, descending=True, stable=True).indices
-    return v.gather(0, order), out.gather(0, order)
+def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n: int, d_vfm: int) -> None:
+    """Set ``fit.vfm_mean`` / ``fit.vlm_mean`` (as ``config.center`` / ``center_vlm`` ask) from :func:`part_mean` sums."""
+    total = sum_tensors(sums) / n
+    fit.vfm_mean = total[:d_vfm].float() if config.center else None
+    fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
 
 
 def part_candidates(part: Part, fit: FitSpec, m: int) -> tuple[torch.Tensor, torch.Tensor]:

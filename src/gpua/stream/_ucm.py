@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._errors import GPUAError
+from ..ucm import top_rows
 from . import _kernels as K_
 from ._checkpoint import Checkpoint
 from ._progress import Bar, passes_left
@@ -78,7 +79,7 @@ def confident_centres_streamed(ex, parts, fit_b, n_classes: int, n_samples: int,
     res = ex.map(K_.part_candidates, parts, fit_b, m, on_done=bar.tick)
     vals = torch.cat([v for v, _ in res])
     rows = torch.cat([r for _, r in res])
-    top_p, top_i = K_.top_rows(vals, rows, m)  # (m, K)
+    top_p, top_i = top_rows(vals, rows, m)  # (m, K)
     classes = torch.arange(n_classes).expand_as(top_i)
     sel = (top_i.reshape(-1), classes.reshape(-1), top_p.reshape(-1))
     sums = ex.reduce(K_.part_init_sums, parts, fit_b, *sel, merge=K_.sum_tensors, on_done=bar.tick)
