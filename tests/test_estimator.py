@@ -244,7 +244,7 @@ def test_predict_before_fit():
 
 def test_lambda_extremes_and_hard_assignment_run(planted):
     train, test = planted
-    for kw in ({"lam": 1.0}, {"lam": 0.0}, {"assignment": "hard"}, {"similarity": "neg_euclidean"}, {"center": True}, {"rho": 1.0}):
+    for kw in ({"lam": 1.0}, {"lam": 0.0, "eps": 0.05}, {"assignment": "hard"}, {"similarity": "neg_euclidean", "eps": 0.2}, {"center": True}, {"rho": 1.0}):
         m = _fit(train, refine=False, **kw)
         assert m.score(test.vfm_features, test.labels, test.vlm_features) > 0.5, kw
 

@@ -23,7 +23,7 @@ def _fit(train, **kw):
 # --- self-learning rounds ------------------------------------------------------------------------
 def test_self_learning_rounds_keep_or_improve_accuracy(planted, tmp_path):
     train, test = planted
-    plain = _fit(train)
+    plain = _fit(train, self_learning=0)
     sl = _fit(train, self_learning=3)
     acc = [m.score(test.vfm_features, test.labels, test.vlm_features) for m in (plain, sl)]
     assert acc[1] >= acc[0]
@@ -53,7 +53,7 @@ def test_a_worse_round_is_rolled_back(planted, monkeypatch):
     """A round whose pseudo-labels cut across the VFM's neighbourhoods is not kept: the map and
     labels of the round before stay, and the rounds stop."""
     train, test = planted
-    plain = _fit(train)
+    plain = _fit(train, self_learning=0)
     real_mine = gpua.fitting.ArrayPool.mine
 
     def scrambled_round(self, score_map, callback):

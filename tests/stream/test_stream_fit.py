@@ -57,9 +57,10 @@ def test_equals_in_memory_fit_on_a_tight_budget(case, extra, mode):
     s = got.history_["streaming"]
     assert s["cache"] == mode and s["n_chunks"] > 1
     assert s["estimated_peak_bytes"] <= s["budget_bytes"]
-    # Half-precision tiles hold kernel entries to a relative 5e-4: the fit moves by ~3e-5, not 1e-5.
+    # Half-precision tiles hold kernel entries to a relative 5e-4: at the default eps = 0.02 the
+    # fit moves by ~1.5e-4 (the plan's sensitivity grows as 1/eps), not 1e-5.
     half = mode in ("float16", "partial")
-    assert_same_fit(reference_fit(case, **FAST), got, atol=1e-4 if half else 1e-5, exact_iterations=not half)
+    assert_same_fit(reference_fit(case, **FAST), got, atol=3e-4 if half else 1e-5, exact_iterations=not half)
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():
