@@ -9,7 +9,7 @@ import pytest
 
 from gpua import GPUAError
 from gpua.data import load_dataset
-from gpua.data._fashion_mnist import FASHION_MNIST_DIR, read_idx
+from gpua.data import FASHION_MNIST_DIR, read_fashion_mnist, read_idx
 from gpua.data.classnames import get_classnames
 from gpua.data.prompts import get_templates
 
@@ -109,3 +109,12 @@ def test_real_files():
     np.testing.assert_array_equal(np.bincount(test.labels), np.full(10, 1000))
     train_labels = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
     np.testing.assert_array_equal(np.bincount(train_labels), np.full(10, 6000))
+
+
+def test_read_fashion_mnist_arrays(tmp_path, idx_files):
+    truth = idx_files.make_folder(tmp_path, compress=False)
+    images, labels = read_fashion_mnist("train", tmp_path)
+    np.testing.assert_array_equal(images, truth["train"][0])
+    assert labels.dtype == np.int64 and labels.tolist() == truth["train"][1].tolist()
+    with pytest.raises(GPUAError, match="splits"):
+        read_fashion_mnist("val", tmp_path)

@@ -9,7 +9,7 @@ stored as four gzip-compressed idx files::
 Debian and Ubuntu ship them in the package ``dataset-fashion-mnist`` under
 ``/usr/share/datasets/fashion-mnist/`` (:data:`FASHION_MNIST_DIR`, the default folder); any
 folder holding the four files (gzip-compressed or not) works, e.g. a download from
-https://github.com/zalandoresearch/fashion-mnist. Images become an
+https://github.com/zalandoresearch/fashion-mnist. ``load_dataset("fashion-mnist", split=...)`` makes the images an
 :class:`~gpua.data.ArrayImageDataset` (grey, converted to RGB when read) with the class names of
 ``classnames/fashion_mnist.txt``.
 
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import GPUAError
-from ._datasets import ArrayImageDataset
 
-__all__ = ["FASHION_MNIST_DIR", "FASHION_MNIST_SPLITS", "FASHION_MNIST_FILES", "read_idx", "load_fashion_mnist"]
+__all__ = ["FASHION_MNIST_DIR", "FASHION_MNIST_SPLITS", "FASHION_MNIST_FILES", "FASHION_MNIST_CLASSES", "read_idx", "read_fashion_mnist"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_SPLITS = ("train", "test")
+FASHION_MNIST_CLASSES = 10
 #: split -> (images file, labels file), without the ``.gz`` suffix.
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -93,34 +93,34 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(split: str | None, root: str | os.PathLike | None = None, classnames=None) -> ArrayImageDataset:
-    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) images with labels.
+def read_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split.
+
+    :func:`gpua.data.load_dataset` (``"fashion-mnist"``) wraps them in a dataset.
 
     Parameters
     ----------
     split : {"train", "test"}
     root : str or path-like, optional
         Folder of the four idx files (default :data:`FASHION_MNIST_DIR`).
-    classnames : list of str, optional
-        Must equal the shipped names (``T-shirt/top``, ``Trouser``, ...) when given.
 
     Returns
     -------
-    ArrayImageDataset
-        Name ``"fashion_mnist"``, images (n, 28, 28) uint8, image ids ``"<split>/<index>"``.
+    images : uint8 array of shape (n, 28, 28)
+    labels : int64 array of shape (n,)
+        Class indices 0-9 (Zalando's order, ``classnames/fashion_mnist.txt``).
 
     Raises
     ------
     GPUAError
         For an unknown split, a folder without the files (naming ``apt-get install
-        dataset-fashion-mnist``), malformed files, or images and labels that disagree.
+        dataset-fashion-mnist``), malformed files, images and labels that disagree, or a label
+        outside 0-9.
     """
-    from ._loaders import _match_classnames, _pick_split
-    from .classnames import get_classnames
-
-    s = _pick_split(split, FASHION_MNIST_SPLITS, "Fashion-MNIST")
+    if split not in FASHION_MNIST_FILES:
+        raise GPUAError(f"split={split!r}; Fashion-MNIST has the splits {list(FASHION_MNIST_SPLITS)}.")
     folder = FASHION_MNIST_DIR if root is None else Path(root).expanduser()
-    img_stem, lab_stem = FASHION_MNIST_FILES[s]
+    img_stem, lab_stem = FASHION_MNIST_FILES[split]
     img_path, lab_path = _find(folder, img_stem), _find(folder, lab_stem)
     if img_path is None or lab_path is None:
         missing = img_stem if img_path is None else lab_stem
@@ -138,8 +138,6 @@ def load_fashion_mnist(split: str | None, root: str | os.PathLike | None = None,
             f"{str(lab_path)!r} holds {labels.shape} labels for {images.shape[0]} images in {str(img_path)!r}; "
             "the files belong to different sets or one is corrupt."
         )
-    names = _match_classnames(classnames, get_classnames("fashion_mnist"), "Fashion-MNIST's class list")
-    if labels.size and int(labels.max()) >= len(names):
-        raise GPUAError(f"{str(lab_path)!r} holds label {int(labels.max())}; Fashion-MNIST has {len(names)} classes (0-9).")
-    ids = [f"{s}/{i}" for i in range(images.shape[0])]
-    return ArrayImageDataset(images, labels.astype(np.int64), names, "fashion_mnist", s, ids)
+    if labels.size and int(labels.max()) >= FASHION_MNIST_CLASSES:
+        raise GPUAError(f"{str(lab_path)!r} holds label {int(labels.max())}; Fashion-MNIST has {FASHION_MNIST_CLASSES} classes (0-9).")
+    return images, labels.astype(np.int64)

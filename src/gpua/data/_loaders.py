@@ -97,9 +97,7 @@ def load_dataset(
         _no_image_root(image_root, "the embedded demo data")
         ds: ImageDataset = _load_demo(split, user_names)
     elif isinstance(path, str) and canonical_name(path) == "fashion_mnist" and not Path(path).expanduser().exists():
-        from ._fashion_mnist import load_fashion_mnist
-
-        ds = load_fashion_mnist(split, image_root, user_names)
+        ds = _load_fashion_mnist(split, image_root, user_names)
     else:
         p = Path(path).expanduser()
         if not p.exists():
@@ -172,6 +170,15 @@ def _match_classnames(given: list[str] | None, found: list[str], source: str) ->
         f"classnames has {len(given)} names but {source} has {len(found)} classes; the first {n} agree, "
         f"then {extra!r} is only in {'classnames' if len(given) > n else source}."
     )
+
+
+def _load_fashion_mnist(split: str | None, root, user_names: list[str] | None) -> ArrayImageDataset:
+    from ._fashion_mnist import FASHION_MNIST_SPLITS, read_fashion_mnist
+
+    s = _pick_split(split, FASHION_MNIST_SPLITS, "Fashion-MNIST")
+    images, labels = read_fashion_mnist(s, root)
+    names = _match_classnames(user_names, get_classnames("fashion_mnist"), "Fashion-MNIST's class list")
+    return ArrayImageDataset(images, labels, names, "fashion_mnist", s, [f"{s}/{i}" for i in range(images.shape[0])])
 
 
 # ---------------------------------------------------------------- arrays (.npz, embedded demo)
