@@ -27,11 +27,10 @@ record (``benchmarks/_harness.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
-from _harness import setup, write_json
+from _harness import gpua_params, setup, write_json
 from devsets import SETS, load_devset
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
@@ -39,24 +38,11 @@ BASE_METHODS = ("zero_shot", "reference", "gpua")
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """``NAME={"self_learning": 2}`` -> ``("NAME", {...})``, each parameter checked against GPUA's table."""
-    from gpua.fitting import PARAMETERS
-    from gpua.params import check_params
-
     name, sep, body = text.partition("=")
     name = name.strip()
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--variant {text!r} must look like NAME='{{\"self_learning\": 2}}'")
-    try:
-        params = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--variant {name}: {body!r} is not JSON ({exc.msg})") from None
-    if not isinstance(params, dict):
-        raise argparse.ArgumentTypeError(f"--variant {name}: give a JSON object of GPUA parameters, not {body!r}")
-    try:
-        check_params(PARAMETERS, params, "GPUA")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--variant {name}: {exc}") from None
-    return name, params
+    return name, gpua_params(body, f"--variant {name}")
 
 
 def make_estimator(method: str, seed: int, variants: dict[str, dict]):

@@ -1,4 +1,4 @@
-"""benchmarks/devsets.py and benchmarks/accuracy.py on a small cache written here (no extraction)."""
+"""benchmarks/devsets.py and accuracy.py on a small cache written here (no extraction); fit_speed.py on a small problem."""
 
 from __future__ import annotations
 
@@ -115,3 +115,24 @@ def test_accuracy_reference_row_and_bad_arguments(scripts, tmp_path, capsys):
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "lam=2" in err and "not JSON" in err and "new and distinct" in err and "mnist" in err
+
+
+def test_fit_speed_times_the_reference_in_the_same_run(scripts, tmp_path, capsys):
+    import fit_speed
+
+    out = tmp_path / "speed.json"
+    argv = ["--n", "400", "--k", "8", "--d-vfm", "24", "--d-vlm", "12", "--d-latent", "6", "--query", "fused",
+            "--params", '{"n_steps": 20, "self_learning": 1}', "--reference-timed-steps", "2", "--reference-steps", "40", "--json", str(out)]
+    assert fit_speed.main(argv) == 0
+    res = json.loads(out.read_text())
+    ref = res["reference"]
+    assert res["params"] == {"query": "fused", "n_steps": 20, "self_learning": 1}
+    assert res["reference_info"]["refine_steps_timed"] == 2 and res["reference_info"]["refine_steps_extrapolated_to"] == 40
+    assert ref["refine"]["seconds"] == pytest.approx(40 * ref["refine"]["seconds_per_step"])
+    assert ref["fit"]["seconds"] == pytest.approx(ref["ucm"]["seconds"] + ref["procrustes"]["seconds"] + ref["refine"]["seconds"])
+    assert res["reference_over_gpua"] == pytest.approx(ref["fit"]["seconds"] / res["gpua"]["fit"]["seconds"])
+    assert "self_learning" in res["gpua"]  # the rounds are a stage of GPUA's whole fit
+    assert "issue 12 target" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        fit_speed.main(["--params", '{"self_learnin": 2}'])
+    assert "did you mean 'self_learning'" in capsys.readouterr().err
