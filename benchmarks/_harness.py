@@ -10,7 +10,8 @@ for what it measures, so a figure means the same thing in every script:
 * :func:`machine`: torch version and threads, cores, the 1/5/15-minute load averages (a busy
   machine's figures are not an idle machine's: every report carries them);
 * :func:`write_json`: results plus the machine record, written atomically;
-* :func:`add_arguments` / :func:`setup`: ``--threads``, ``--warmup``, ``--repeats``, ``--json``.
+* :func:`add_arguments` / :func:`setup`: ``--threads``, ``--warmup``, ``--repeats``, ``--json``;
+* :func:`gpua_params`: GPUA parameters given as a JSON object on the command line, checked.
 
 Scripts run as ``python benchmarks/NAME.py``; Python puts ``benchmarks/`` on the path, so they
 ``import _harness``.
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
-    "write_json", "atomic_path", "add_arguments", "setup",
+    "write_json", "atomic_path", "add_arguments", "setup", "gpua_params",
 ]
 
 GB = 1e9
@@ -216,3 +217,26 @@ def setup(args) -> None:
 
         torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
+
+
+def gpua_params(text: str, what: str = "--params") -> dict[str, Any]:
+    """``'{"self_learning": 2}'`` -> a dict of GPUA parameters, each checked against GPUA's table.
+
+    For ``argparse`` ``type=``: a bad value raises ``argparse.ArgumentTypeError`` naming ``what``.
+    """
+    import argparse
+
+    from gpua.fitting import PARAMETERS
+    from gpua.params import check_params
+
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not JSON ({exc.msg})") from None
+    if not isinstance(params, dict):
+        raise argparse.ArgumentTypeError(f"{what}: give a JSON object of GPUA parameters, not {text!r}")
+    try:
+        check_params(PARAMETERS, params, "GPUA")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{what}: {exc}") from None
+    return params

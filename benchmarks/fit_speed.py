@@ -1,26 +1,26 @@
-"""Seconds and peak memory per stage of ``GPUA().fit`` in memory, against a naive implementation.
+"""Seconds and peak memory per stage of ``GPUA().fit`` in memory, against the published method.
 
 Data: planted (``gpua.synthetic.make_planted``), N = 50k images, K = 1000 classes, VFM width
-1280, VLM width 512, latent width 128. The model is ``GPUA(query="vfm")`` (a 1280 -> 512 map;
-every other parameter at the library default; ``--query fused`` maps [Z, X], 1792 -> 512).
-Stages: UCM, Procrustes, THS refinement, predict (on the pool). Peak memory is the process's resident set size sampled every 5 ms inside each stage
-(absolute: it includes Python, torch and the data, whose size is printed as the baseline).
+1280, VLM width 512, latent width 128 (``--n``, ``--k``, ``--d-vfm``... for smaller runs). The
+model is ``GPUA(query="vfm")`` (a 1280 -> 512 map; every other parameter at the library
+default; ``--query fused`` maps [Z, X], 1792 -> 512, GPUA's default; ``--params`` sets any GPUA
+parameter as JSON, e.g. ``'{"self_learning": 2}'``). Stages: UCM, Procrustes, THS refinement,
+self-learning rounds (when on), predict (on the pool). Peak memory is the process's resident set
+size sampled every 5 ms inside each stage (absolute: it includes Python, torch and the data,
+whose size is printed as the baseline).
 
-NAIVE, run in the same process on the same data, is what the published code does:
-
-* UCM with exponential-domain Sinkhorn (SwAV style, float32) stopped by an absolute tolerance
-  of 1e-5 on the row sums of a plan summing to one (at most 50 iterations), for as many outer
-  rounds as GPUA ran;
-* Procrustes on the hard (argmax) plan;
-* refinement with the THS loss computed by a full sort of all K similarities per sample, on
-  full batches of 75% of N per step, no orthogonality term. It is timed over ``--naive-steps``
-  steps and extrapolated (labelled) to the number of steps GPUA ran.
+REFERENCE, run in the same process on the same data, is :class:`gpua.ReferenceGPUA`, the
+published code's method (query [Z, X]; SwAV-style Sinkhorn with an absolute tolerance, 3 UCM
+rounds; hard Procrustes; 400 refinement steps on batches of 75% of N with a full sort of the K
+distances). Its UCM and Procrustes run whole; its refinement runs ``--reference-timed-steps``
+steps and is extrapolated (labelled) to ``--reference-steps`` (400, its own count). The last
+line gives issue 12's target: GPUA's whole fit (rounds included) under 1/10 of the reference's.
 
 Usage::
 
     python benchmarks/fit_speed.py                         # the 50k x 1000 benchmark
     python benchmarks/fit_speed.py --n 5000 --k 100        # a quick run
-    python benchmarks/fit_speed.py --threads 2 --json out.json
+    python benchmarks/fit_speed.py --query fused --params '{"self_learning": 2}' --json out.json
 
 Timing, memory sampling, the machine record and the JSON file come from ``benchmarks/_harness.py``.
 """
@@ -32,81 +32,35 @@ import time
 
 import numpy as np
 import torch
-from _harness import GB, PeakRSS, add_arguments, measure, rss_bytes, setup, write_json
+from _harness import GB, PeakRSS, add_arguments, gpua_params, measure, rss_bytes, setup, write_json
 
-from gpua import GPUA
-from gpua.hubness import hub_occupancy, semantic_margins
-from gpua.procrustes import procrustes_from_assignment
-from gpua.query import build_query
+from gpua import GPUA, ReferenceGPUA
 from gpua.synthetic import make_planted
-from gpua.ucm import class_centres, confident_centres, fused_score
 
 
-def naive_sinkhorn(S: torch.Tensor, eps: float, tol: float = 1e-5, max_iter: int = 50) -> tuple[torch.Tensor, int, float]:
-    """SwAV-style Sinkhorn in the exponential domain; returns (plan with rows summing to 1, iters, rel. marginal error)."""
-    n, k = S.shape
-    Qt = torch.exp(S / eps).T  # (K, N), float32
-    Qt /= Qt.sum()
-    it = 0
-    for it in range(1, max_iter + 1):
-        rows = Qt.sum(1, keepdim=True)
-        if float((rows - 1.0 / k).abs().max()) < tol:  # absolute, on a matrix summing to one
-            break
-        Qt /= rows
-        Qt /= k
-        Qt /= Qt.sum(0, keepdim=True)
-        Qt /= n
-    P = (Qt / Qt.sum(0, keepdim=True)).T.contiguous()
-    col = P.sum(0, dtype=torch.float64) / n
-    return P, it, float(((col - 1.0 / k).abs() * k).max())
-
-
-def naive_ucm(Q, X, Y, rounds: int, eps: float, lam: float):
-    C = confident_centres(Q, X, Y)
-    iters, err = [], 0.0
-    for _ in range(rounds):
-        P, it, err = naive_sinkhorn(fused_score(Q, C, X, Y, lam), eps)
-        iters.append(it)
-        C = class_centres(Q, P)
-    return P, iters, err
-
-
-def naive_ths_loss(mapped, Y, labels, margins, k: int = 3, hubness_weight: float = 2.0):
-    """THS with a full sort of the K similarities (the published code's way)."""
-    sims = torch.nn.functional.normalize(mapped, dim=1) @ Y.T
-    pos = sims.gather(1, labels[:, None])
-    masked = sims.scatter(1, labels[:, None], float("-inf"))
-    neg_all, idx_all = masked.sort(dim=1, descending=True)
-    neg_sims, neg_idx = neg_all[:, :k], idx_all[:, :k]
-    margin = margins[labels[:, None], neg_idx]
-    with torch.no_grad():
-        hub = hub_occupancy(sims, k)
-    margin = margin + hubness_weight * hub[neg_idx]
-    return torch.relu(neg_sims - pos + margin).mean()
-
-
-def naive_refine(Q, Y, labels, W0, steps: int, seed: int = 0) -> float:
-    """Full-batch (75% of N) AdamW steps; returns seconds per step."""
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.nn.Parameter(W0.clone())
-    opt = torch.optim.AdamW([W], lr=5e-4, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps), eta_min=1e-7)
-    margins = semantic_margins(Y, 2.0)
-    bs = int(0.75 * Q.shape[0])
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        pick = torch.randperm(Q.shape[0], generator=gen)[:bs]
-        q = Q[pick]
-        if torch.rand((), generator=gen) < 0.5:
-            q = q + 0.035 * torch.randn(q.shape, generator=gen)
-        if torch.rand((), generator=gen) < 0.5:
-            q = q * (torch.rand(q.shape, generator=gen) >= 0.05) / 0.95
-        loss = naive_ths_loss(q @ W, Y, labels[pick], margins)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return (time.perf_counter() - t0) / max(1, steps)
+def time_reference(Z, X, Y, timed_steps: int, total_steps: int) -> tuple[dict, dict]:
+    """Stage seconds and peaks of ``ReferenceGPUA`` (refinement timed over ``timed_steps``, extrapolated to ``total_steps``)."""
+    model = ReferenceGPUA(n_steps=min(timed_steps, total_steps))
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        model.fit(Z, X, Y)
+        t_fit = time.perf_counter() - t0
+        with mem.stage("predict"):
+            model.predict(Z, X)
+    tm = model.history_["timings"]
+    bounds = np.cumsum([0.0, tm["ucm_s"], tm["procrustes_s"], tm["refine_s"]]) + t0
+    ref = {name: {"seconds": tm[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])}
+           for i, name in enumerate(("ucm", "procrustes", "refine"))}
+    steps_run = model.n_steps
+    per_step = tm["refine_s"] / max(1, steps_run)
+    ref["refine"]["seconds_per_step"] = per_step
+    ref["refine"]["seconds"] = per_step * total_steps  # extrapolated when fewer steps ran
+    ref["predict"] = {k: mem.stages["predict"][k] for k in ("seconds", "peak_rss")}
+    ref["fit"] = {"seconds": tm["ucm_s"] + tm["procrustes_s"] + ref["refine"]["seconds"], "measured_seconds": t_fit,
+                  "peak_rss": mem.window(t0, t0 + t_fit)}
+    info = {"sinkhorn_iters": [h["sinkhorn_iter"] for h in model.history_["ucm"]], "marginal_error": model.history_["ucm"][-1]["marginal_error"],
+            "refine_steps_timed": steps_run, "refine_steps_extrapolated_to": total_steps, "pseudo_labels": model.pseudo_labels_}
+    return ref, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-vlm", type=int, default=512)
     ap.add_argument("--d-latent", type=int, default=128)
     ap.add_argument("--query", choices=["vfm", "fused"], default="vfm", help="GPUA's query (vfm: the 1280 -> 512 map)")
-    ap.add_argument("--naive-steps", type=int, default=5, help="naive refinement steps actually run (then extrapolated)")
-    ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--params", type=gpua_params, default={}, metavar="JSON", help="further GPUA parameters, e.g. '{\"self_learning\": 2}'")
+    ap.add_argument("--reference-timed-steps", type=int, default=3, help="reference refinement steps actually run (then extrapolated)")
+    ap.add_argument("--reference-steps", type=int, default=400, help="the reference's refinement steps (400, the published count)")
+    ap.add_argument("--no-reference", action="store_true")
     add_arguments(ap, json_out=True)
     args = ap.parse_args(argv)
+    if args.reference_timed_steps < 1 or args.reference_steps < 0:
+        ap.error("--reference-timed-steps must be at least 1 and --reference-steps at least 0")
     setup(args)
 
     t = time.perf_counter()
@@ -128,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: N={args.n} K={args.k} {args.d_vfm}->{args.d_vlm} (latent {args.d_latent}) made in {time.perf_counter() - t:.1f} s; "
           f"RSS with data {rss_bytes() / GB:.2f} GB")
     Z, X, Y, labels = d.vfm_features, d.vlm_features, d.text_prototypes, d.labels
-    out: dict = {"n": args.n, "k": args.k, "query": args.query, "threads": torch.get_num_threads(), "baseline_rss_gb": rss_bytes() / GB}
+    params = {"query": args.query, **args.params}
+    out: dict = {"n": args.n, "k": args.k, "query": params["query"], "params": params, "threads": torch.get_num_threads(),
+                 "baseline_rss_gb": rss_bytes() / GB}
 
     # --- GPUA ----------------------------------------------------------------------------------
     for _ in range(args.warmup):  # untimed fits (a cold first fit pays for allocator and kernel set-up)
-        GPUA(query=args.query).fit(Z, X, Y)
-    model = GPUA(query=args.query)
+        GPUA(**params).fit(Z, X, Y)
+    model = GPUA(**params)
     with PeakRSS() as mem:
         c0, t0 = time.process_time(), time.perf_counter()
         model.fit(Z, X, Y)
@@ -141,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         with mem.stage("predict"):
             pred = model.predict(Z, X)
     tm = model.history_["timings"]
-    bounds = np.cumsum([0.0, tm["ucm_s"], tm["procrustes_s"], tm["refine_s"]]) + t0
-    gpua = {name: {"seconds": tm[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])}
-            for i, name in enumerate(("ucm", "procrustes", "refine"))}
+    stages = ["ucm", "procrustes", "refine"] + (["self_learning"] if "self_learning_s" in tm else [])
+    bounds = np.cumsum([0.0] + [tm[f"{name}_s"] for name in stages]) + t0
+    gpua = {name: {"seconds": tm[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])} for i, name in enumerate(stages)}
     gpua["predict"] = {k: mem.stages["predict"][k] for k in ("seconds", "peak_rss")}
     gpua["fit"] = {"seconds": t_fit, "cpu_seconds": c_fit, "peak_rss": mem.window(t0, t0 + t_fit)}
     if args.repeats > 1:  # more whole fits: the median of all of them beside the staged one
-        _, again = measure(lambda: GPUA(query=args.query).fit(Z, X, Y), repeats=args.repeats - 1)
+        _, again = measure(lambda: GPUA(**params).fit(Z, X, Y), repeats=args.repeats - 1)
         gpua["fit"]["seconds_all"] = [t_fit] + again.times
         gpua["fit"]["seconds_median"] = float(np.median(gpua["fit"]["seconds_all"]))
     ucm_rounds = len(model.history_["ucm"])
@@ -156,55 +116,45 @@ def main(argv: list[str] | None = None) -> int:
     out["gpua_info"] = {
         "ucm_rounds": ucm_rounds, "sinkhorn_iters": [h["sinkhorn_iter"] for h in model.history_["ucm"]],
         "marginal_error": model.history_["ucm"][-1]["marginal_error"], "refine_steps": steps_run,
+        "self_learning": model.history_["self_learning"],
         "pseudo_label_acc": float(np.mean(model.pseudo_labels_ == labels)), "acc": float(np.mean(pred == labels)),
     }
 
-    # --- NAIVE ---------------------------------------------------------------------------------
-    if not args.no_naive:
-        nt = torch.nn.functional.normalize
-        with PeakRSS() as mem:
-            with mem.stage("ucm"):
-                Zt, Xt, Yt = torch.from_numpy(Z), nt(torch.from_numpy(X), dim=1), nt(torch.from_numpy(Y), dim=1)
-                Q = build_query(Zt, Xt, args.query)
-                P, iters, err = naive_ucm(Q, Xt, Yt, ucm_rounds, 0.05, 0.9)
-            with mem.stage("procrustes"):
-                W0 = procrustes_from_assignment(Q, P, Yt, "hard")
-            plabels = P.argmax(1)
-            del P
-            with mem.stage("refine"):
-                per_step = naive_refine(Q, Yt, plabels, W0, args.naive_steps)
-        naive = {k: {m: v[m] for m in ("seconds", "peak_rss")} for k, v in mem.stages.items()}
-        naive["refine"]["seconds_per_step"] = per_step
-        naive["refine"]["seconds"] = per_step * max(steps_run, 1)  # extrapolated to GPUA's step count
-        naive["predict"] = dict(gpua["predict"])  # the same argmax of cosines
-        naive["fit"] = {"seconds": sum(naive[s]["seconds"] for s in ("ucm", "procrustes", "refine")),
-                        "peak_rss": max(naive[s]["peak_rss"] for s in ("ucm", "procrustes", "refine"))}
-        out["naive"] = naive
-        out["naive_info"] = {"sinkhorn_iters": iters, "marginal_error": err, "pseudo_label_acc": float((plabels.numpy() == labels).mean()),
-                             "refine_steps_timed": args.naive_steps, "refine_steps_extrapolated_to": max(steps_run, 1)}
+    # --- REFERENCE -----------------------------------------------------------------------------
+    if not args.no_reference:
+        ref, info = time_reference(Z, X, Y, args.reference_timed_steps, args.reference_steps)
+        info["pseudo_label_acc"] = float(np.mean(info.pop("pseudo_labels") == labels))
+        out["reference"], out["reference_info"] = ref, info
 
     # --- table ---------------------------------------------------------------------------------
-    print(f"\nGPUA: {ucm_rounds} UCM rounds, Sinkhorn iterations {out['gpua_info']['sinkhorn_iters']}, final relative marginal error "
-          f"{out['gpua_info']['marginal_error']:.1e}; {steps_run} refinement steps; pseudo-label acc {out['gpua_info']['pseudo_label_acc']:.3f}, "
-          f"pool acc {out['gpua_info']['acc']:.3f}; fit CPU time {c_fit:.1f} s")
-    if "naive" in out:
-        ni = out["naive_info"]
-        print(f"NAIVE: Sinkhorn iterations {ni['sinkhorn_iters']}, relative marginal error {ni['marginal_error']:.2f}, pseudo-label acc "
-              f"{ni['pseudo_label_acc']:.3f}; refinement {ni['refine_steps_timed']} steps timed "
-              f"({out['naive']['refine']['seconds_per_step']:.2f} s/step), extrapolated to {ni['refine_steps_extrapolated_to']}")
-    print(f"\n{'stage':<11}{'GPUA s':>9}{'peak GB':>9}{'naive s':>10}{'peak GB':>9}{'naive/GPUA':>12}")
-    for stage in ("ucm", "procrustes", "refine", "predict", "fit"):
+    print(f"\nGPUA ({', '.join(f'{k}={v!r}' for k, v in params.items())}): {ucm_rounds} UCM rounds, Sinkhorn iterations "
+          f"{out['gpua_info']['sinkhorn_iters']}, final relative marginal error {out['gpua_info']['marginal_error']:.1e}; {steps_run} "
+          f"refinement steps; self-learning rounds {max(0, len(model.history_['self_learning']) - 1)}; pseudo-label acc "
+          f"{out['gpua_info']['pseudo_label_acc']:.3f}, pool acc {out['gpua_info']['acc']:.3f}; fit CPU time {c_fit:.1f} s")
+    if "reference" in out:
+        ri = out["reference_info"]
+        print(f"REFERENCE: Sinkhorn iterations {ri['sinkhorn_iters']}, relative marginal error {ri['marginal_error']:.2f}, pseudo-label acc "
+              f"{ri['pseudo_label_acc']:.3f}; refinement {ri['refine_steps_timed']} steps timed "
+              f"({out['reference']['refine']['seconds_per_step']:.2f} s/step), extrapolated to {ri['refine_steps_extrapolated_to']}")
+    print(f"\n{'stage':<14}{'GPUA s':>9}{'peak GB':>9}{'reference s':>13}{'peak GB':>9}{'ref/GPUA':>10}")
+    for stage in [*stages, "predict", "fit"]:
         g = out["gpua"][stage]
-        row = f"{stage:<11}{g['seconds']:>9.1f}{g['peak_rss'] / GB:>9.2f}"
-        if "naive" in out:
-            nv = out["naive"][stage]
-            row += f"{nv['seconds']:>10.1f}{nv['peak_rss'] / GB:>9.2f}{nv['seconds'] / max(g['seconds'], 1e-9):>12.2f}"
+        row = f"{stage:<14}{g['seconds']:>9.1f}{g['peak_rss'] / GB:>9.2f}"
+        r = out.get("reference", {}).get(stage)
+        if r is not None:
+            row += f"{r['seconds']:>13.1f}{r['peak_rss'] / GB:>9.2f}{r['seconds'] / max(g['seconds'], 1e-9):>10.2f}"
         print(row)
     target = "met" if gpua["fit"]["seconds"] < 60 and gpua["fit"]["peak_rss"] < 3e9 else "missed"
     if "seconds_median" in gpua["fit"]:
         print(f"whole fit over {args.repeats} runs: median {gpua['fit']['seconds_median']:.1f} s "
               f"({', '.join(f'{t:.1f}' for t in gpua['fit']['seconds_all'])})")
     print(f"\ntarget (whole fit < 60 s and < 3 GB peak): {target} ({gpua['fit']['seconds']:.1f} s, {gpua['fit']['peak_rss'] / GB:.2f} GB)")
+    if "reference" in out:
+        ratio = out["reference"]["fit"]["seconds"] / max(gpua["fit"]["seconds"], 1e-9)
+        out["reference_over_gpua"] = ratio
+        print(f"issue 12 target (GPUA's whole fit under 1/10 of the reference's {args.reference_steps}-step fit): "
+              f"{'met' if ratio > 10 else 'missed'}; GPUA / reference = 1/{ratio:.1f} "
+              f"({gpua['fit']['seconds']:.1f} s against {out['reference']['fit']['seconds']:.1f} s)")
     if args.json:
         write_json(args.json, out)
     return 0

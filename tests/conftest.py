@@ -43,3 +43,43 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+class IdxFiles:
+    """Writes Fashion-MNIST-shaped idx files (magic 0x0000 08 <n_dims>, big-endian sizes, uint8 data)."""
+
+    @staticmethod
+    def write_idx(path, array, compress: bool = True):
+        import gzip
+        import struct
+
+        a = np.ascontiguousarray(array, dtype=np.uint8)
+        raw = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if compress:
+            with gzip.open(path, "wb") as f:
+                f.write(raw)
+        else:
+            path.write_bytes(raw)
+        return path
+
+    def make_folder(self, root, n_train: int = 6, n_test: int = 4, compress: bool = True, images=None):
+        """The four files of a tiny Fashion-MNIST in ``root``; labels cycle 0, 3, 6, 9, 2...
+        ``images(split, labels)`` makes the images (default: uniform noise). Returns
+        ``{split: (images, labels)}``."""
+        rng = np.random.default_rng(0)
+        out = {}
+        for split, stem, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+            labels = (np.arange(n) * 3 % 10).astype(np.uint8)
+            ims = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8) if images is None else images(split, labels)
+            ext = ".gz" if compress else ""
+            self.write_idx(root / f"{stem}-images-idx3-ubyte{ext}", ims, compress)
+            self.write_idx(root / f"{stem}-labels-idx1-ubyte{ext}", labels, compress)
+            out[split] = (ims, labels)
+        return out
+
+
+@pytest.fixture
+def idx_files():
+    """Tiny Fashion-MNIST idx files: ``idx_files.make_folder(root)``, ``idx_files.write_idx(path, array)``."""
+    return IdxFiles()

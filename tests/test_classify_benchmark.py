@@ -145,3 +145,21 @@ def test_benchmark_checks_names_before_extracting(photos, capsys):
     assert "--dataset-root" in capsys.readouterr().err
     assert main([*base, "--datasets", str(d / "photos"), "--pool", "sixteen"]) == 2
     assert not (d / "cache").exists()
+
+
+def test_benchmark_fashion_mnist_from_idx_files(tmp_path, idx_files, capsys):
+    """`--datasets fashion-mnist` reads the idx files of --dataset-root/fashion-mnist/ (tiny ones here)."""
+    # one grey level per class (the tiny encoder sees 4x4 thumbnails): 3 train and 2 test images of each class
+    idx_files.make_folder(tmp_path / "data" / "fashion-mnist", n_train=30, n_test=20,
+                          images=lambda split, labels: np.repeat(20 + 20 * labels, 28 * 28).reshape(-1, 28, 28).astype(np.uint8))
+    argv = ["benchmark", "--datasets", "fashion-mnist", "--dataset-root", str(tmp_path / "data"), "--vfm", "tiny:vfm", "--vlm", "tiny:vlm",
+            "--methods", "zero_shot,gpua", "--pool", "2-shot", "--out", str(tmp_path / "bench"), "--cache-dir", str(tmp_path / "cache"),
+            "--quiet", *FAST]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["zero_shot", "gpua"]
+    assert all((r["dataset"], r["n_pool"], r["n_test"], r["n_classes"]) == ("fashion-mnist", 20, 20, 10) for r in rows)
+    assert "fashion-mnist" in capsys.readouterr().out
+    # the files are cached under their own key (not the system's /usr/share/datasets copy)
+    cached = {p.name for p in (tmp_path / "cache" / "benchmark").iterdir()}
+    assert cached and all(name.startswith("fashion-mnist-") for name in cached)

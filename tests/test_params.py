@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pytest
 
-from gpua import GPUA, GPUAError, LFAAlternation, VLMZeroShot
+from gpua import GPUA, GPUAError, LFAAlternation, ReferenceGPUA, VLMZeroShot
 from gpua.cli import main
 from gpua.fitting import PARAMETERS
 from gpua.params import Boolean, DeviceName, Interval, OptionalOf, Options, Weights, parameter_table
 
-ESTIMATORS = [GPUA, LFAAlternation, VLMZeroShot]
+ESTIMATORS = [GPUA, LFAAlternation, VLMZeroShot, ReferenceGPUA]
 
 # One value outside each GPUA parameter's range or type.
 BAD = {

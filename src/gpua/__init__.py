@@ -11,11 +11,13 @@ from ._base import load_model
 from ._errors import ConvergenceWarning, GPUAError, ModelFileError, NotFittedError
 from .baselines import LFAAlternation, VLMZeroShot, list_methods, make_method
 from .estimator import GPUA
+from .reference import ReferenceGPUA
 
 __all__ = [
     "GPUA",
     "VLMZeroShot",
     "LFAAlternation",
+    "ReferenceGPUA",
     "GPUAError",
     "ConvergenceWarning",
     "ModelFileError",

@@ -3,6 +3,8 @@ r"""Baselines and ablations in the same estimator API as :class:`~gpua.GPUA`.
 * :class:`VLMZeroShot`: the VLM alone, :math:`\arg\max_k x^\top y_k`.
 * :class:`LFAAlternation`: LFA-style hard alternation: pseudo-labels -> Procrustes -> relabel
   with the map -> repeat (no OT, no VFM centres, no ranking loss).
+* ``"reference"``: :class:`gpua.reference.ReferenceGPUA`, the published code's method, the
+  yardstick for gpua's defaults.
 * Ablations of GPUA are parameter settings, named in :data:`METHODS`: Procrustes only
   (``refine=False``), :math:`\lambda = 1` (VLM score only), :math:`\lambda = 0` (VFM centres
   only after initialisation), no hubness term, hard assignment, and the two query modes.
@@ -20,6 +22,7 @@ from .estimator import GPUA
 from .params import DeviceName, Interval, Options
 from .query import QUERY_MODES, build_query
 from .procrustes import procrustes_from_assignment
+from .reference import ReferenceGPUA
 
 __all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_method"]
 
@@ -120,10 +123,15 @@ class LFAAlternation(AlignmentEstimator):
         return torch.nn.functional.normalize(Q @ self.W_, dim=1) @ self.text_prototypes_.T
 
 
-#: Named methods for tables: name -> (factory, one-line description). ``**overrides`` go to GPUA.
+#: Named methods for tables: name -> (factory, one-line description). ``**overrides`` go to GPUA
+#: (the baselines and the reference take only ``device`` and ``random_state`` from them).
 METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
     "zero_shot": (lambda **kw: VLMZeroShot(device=kw.get("device", "cpu")), "VLM zero-shot, X Y^T"),
     "gpua": (lambda **kw: GPUA(**kw), "GPUA, default settings"),
+    "reference": (
+        lambda **kw: ReferenceGPUA(device=kw.get("device", "cpu"), random_state=kw.get("random_state", 0)),
+        "the published code's method (gpua.reference.ReferenceGPUA), the yardstick",
+    ),
     "procrustes_only": (lambda **kw: GPUA(**{**kw, "refine": False}), "UCM + Procrustes, no THS refinement"),
     "lambda_1": (lambda **kw: GPUA(**{**kw, "lam": 1.0}), "UCM on the VLM score only (lambda = 1)"),
     "lambda_0": (lambda **kw: GPUA(**{**kw, "lam": 0.0}), "UCM on the VFM centres only (lambda = 0)"),

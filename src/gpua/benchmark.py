@@ -14,10 +14,11 @@ Like CLIP_benchmark's ``eval`` and ``build``:
 * ``DIR/results.md`` and ``DIR/results.csv``: acc1 across datasets (one column per method and
   encoder pair) with a mean row, built from every row of the jsonl.
 
-Datasets: anything :func:`gpua.data.load_dataset` opens by name (the embedded ``cifar10-mini``,
-and further named loaders as they are added) or by path (an image folder with ``train/`` and
-``test/`` split folders, a CoOp split file), and the 11 CoOp datasets by name under
-``dataset_root`` (CoOp's layout: ``ROOT/oxford_pets/split_zhou_OxfordPets.json`` ...).
+Datasets: anything :func:`gpua.data.load_dataset` opens by name (the embedded ``cifar10-mini``;
+``fashion-mnist``, read from its idx files in ``dataset_root/fashion-mnist/`` when that folder
+exists, else from Debian's ``/usr/share/datasets/fashion-mnist``) or by path (an image folder
+with ``train/`` and ``test/`` split folders, a CoOp split file), and the 11 CoOp datasets by
+name under ``dataset_root`` (CoOp's layout: ``ROOT/oxford_pets/split_zhou_OxfordPets.json`` ...).
 """
 
 from __future__ import annotations
@@ -78,16 +79,32 @@ def open_benchmark_dataset(name: str, split: str, dataset_root: str | Path | Non
         if folder is None:
             raise GPUAError(f"dataset {name!r}: none of {[str(t) for t in tried[:4]]} is a folder under --dataset-root {str(root)!r}.")
         return load_dataset(folder, split=split, name=canon)
-    return load_dataset(name, split=split)
+    folder = _idx_folder(name, dataset_root)
+    return load_dataset(name, split=split, image_root=folder)
 
 
-def _slug(name: str) -> str:
+def _idx_folder(name: str, dataset_root: str | Path | None) -> Path | None:
+    """Fashion-MNIST's idx folder under ``dataset_root`` (``fashion-mnist/`` or an alias), if there is one."""
+    from .data import canonical_name, dataset_info
+
+    if dataset_root is None or canonical_name(name) != "fashion_mnist":
+        return None
+    info = dataset_info("fashion_mnist")
+    root = Path(dataset_root).expanduser()
+    return next((root / n for n in dict.fromkeys([name, "fashion-mnist", *info.aliases, info.name]) if (root / n).is_dir()), None)
+
+
+def _slug(name: str, dataset_root: str | Path | None = None) -> str:
+    import hashlib
+
     p = Path(name).expanduser()
     if p.exists():  # a path: its name plus a hash of where it is
-        import hashlib
-
         return f"{p.resolve().name}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]}"
-    return re.sub(r"[^0-9A-Za-z_.-]+", "-", name)
+    slug = re.sub(r"[^0-9A-Za-z_.-]+", "-", name)
+    folder = _idx_folder(name, dataset_root)
+    if folder is not None:  # files other than the system's: their own cache entry
+        slug += "-" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:10]
+    return slug
 
 
 @dataclass
@@ -97,6 +114,7 @@ class _Prepared:
     test: Any
     pool_tag: str
     test_tag: str
+    slug: str
 
 
 def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root) -> _Prepared:
@@ -110,7 +128,7 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
     if test_per_class is not None:
         test = sample_pool(test, n_per_class=test_per_class, seed=seed)
         test_tag = f"test-{test_per_class}pc-seed{seed}"
-    return _Prepared(name, pool, test, pool_tag, test_tag)
+    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root))
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -225,7 +243,7 @@ def run_benchmark(
                 files = {}
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
-                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{_slug(prep.name)}_{tag}", vfm, vlm, cache_dir),
+                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}", vfm, vlm, cache_dir),
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                     )
                 extract_s = time.perf_counter() - t0

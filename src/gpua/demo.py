@@ -32,7 +32,7 @@ DEMO_VFMS = ("offline:dinov2-s",)
 ALL_DEMO_VFMS = ("offline:dinov2-s", "offline:efficientnet-lite2")
 DEMO_VLM = "offline:semantic-lite0"
 DEMO_METHODS = ("zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm")
-ALL_DEMO_METHODS = DEMO_METHODS + ("no_hubness", "lfa")
+ALL_DEMO_METHODS = DEMO_METHODS + ("no_hubness", "lfa", "reference")
 
 
 def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: str | None = None, progress: bool = True) -> dict[str, Path]:

@@ -25,6 +25,12 @@ Two solvers: ``"torch"`` (our float32 kernel, CPU or GPU, memory ``O(N K)`` for 
 one temporary) and ``"pot"`` (POT's ``ot.sinkhorn(..., method="sinkhorn_log")`` in float64 on
 the CPU). ``benchmarks/sinkhorn_speed.py`` compares them; the torch kernel is the default because
 it is several times faster there at equal accuracy.
+
+A third, ``"swav"``, reproduces the published GPUA code (SwAV's ``distributed_sinkhorn``, Caron
+et al., 2020) for :class:`gpua.reference.ReferenceGPUA`: exponential domain, float32, rows
+shifted by their maximum, and the *absolute* stopping rule
+:math:`\max_{ik} |P^{(t)}_{ik} - P^{(t-1)}_{ik}| < \mathrm{tol}` on a plan summing to one
+(which ends it early with class marginals far off on large problems; a yardstick only).
 """
 
 from __future__ import annotations
@@ -118,7 +124,10 @@ def sinkhorn(
     max_iter : int
     init_log_v : tensor of shape (n_classes,), optional
         Warm start for the class potential.
-    solver : {"torch", "pot"}
+    solver : {"torch", "pot", "swav"}
+        ``"swav"`` (the published code's exponential-domain iteration, see the module docstring)
+        stops when the largest change of a plan entry falls below ``tol`` (absolute, the plan
+        summing to one), ignores ``init_log_v`` and refuses ``rho``.
 
     Returns
     -------
@@ -142,7 +151,11 @@ def sinkhorn(
         return _sinkhorn_torch(S, float(eps), a64, b64, rho, tol, max_iter, init_log_v)
     if solver == "pot":
         return _sinkhorn_pot(S, float(eps), a64, b64, rho, tol, max_iter)
-    raise GPUAError(f"solver={solver!r} is unknown; use 'torch' or 'pot'.")
+    if solver == "swav":
+        if rho is not None:
+            raise GPUAError("solver='swav' solves the balanced problem only; pass rho=None or use solver='torch'.")
+        return _sinkhorn_swav(S, float(eps), a64, b64, tol, max_iter)
+    raise GPUAError(f"solver={solver!r} is unknown; use 'torch', 'pot' or 'swav'.")
 
 
 def _sinkhorn_torch(S, eps, a64, b64, rho, tol, max_iter, init_log_v, absorb_at: float = 30.0) -> SinkhornResult:
@@ -238,3 +251,43 @@ def _sinkhorn_pot(S, eps, a64, b64, rho, tol, max_iter) -> SinkhornResult:
     err = marginal_error(P, b64.to(S.device)) if rho is None else float("nan")
     converged = err < tol if rho is None else n_iter < max_iter
     return SinkhornResult(P, log_u, log_v, n_iter, err, bool(converged), [])
+
+
+def _sinkhorn_swav(S, eps, a64, b64, tol, max_iter) -> SinkhornResult:
+    r"""The published code's Sinkhorn (SwAV style), kept for :class:`gpua.reference.ReferenceGPUA`.
+
+    .. math::
+        P^{(0)} \propto \exp\big((S_{ik} - \max_j S_{ij}) / \varepsilon\big),\quad
+        \textstyle\sum_{ik} P^{(0)}_{ik} = 1;
+
+    then, per iteration, scale each class column to :math:`b_k` and each sample row to
+    :math:`a_i`; stop once :math:`\max_{ik} |P^{(t)}_{ik} - P^{(t-1)}_{ik}| <` ``tol`` or after
+    ``max_iter`` iterations. Float32 like the original (entries below float32's range are 0).
+    The scalings are accumulated in the log domain so that the potentials
+    (:math:`\log P = S/\varepsilon + \log u \oplus \log v`) are reported like the other
+    solvers'; ``marginal_error`` is the relative class-marginal error, ``history`` the absolute
+    changes, ``converged`` whether the absolute rule stopped it.
+    """
+    S32 = S.float()
+    shift = S32.max(dim=1, keepdim=True).values
+    P = torch.exp((S32 - shift) / eps)
+    total = P.sum()
+    P /= total
+    a = a64.to(P.device, torch.float32)
+    b = b64.to(P.device, torch.float32)
+    log_u = (-shift[:, 0] / eps - total.log()).double()
+    log_v = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
+    change, it, history = float("inf"), 0, []
+    for it in range(1, max_iter + 1):
+        prev = P.clone()
+        col = b / P.sum(0)  # class columns to b_k
+        P *= col
+        row = a / P.sum(1)  # sample rows to a_i
+        P *= row[:, None]
+        log_v += col.double().log()
+        log_u += row.double().log()
+        change = float((P - prev).abs().max())
+        history.append(change)
+        if change < tol:
+            break
+    return SinkhornResult(P, log_u, log_v, it, marginal_error(P, b64.to(P.device)), change < tol, history)

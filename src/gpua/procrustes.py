@@ -11,8 +11,9 @@ When ``d_in > d_out`` the thin SVD gives a semi-orthogonal map (orthonormal colu
 For a semi-orthogonal map :math:`U V^\top` maximises :math:`\mathrm{tr}(W^\top Q^\top P Y)`,
 which equals the least-squares solution when the queries are whitened
 (:math:`Q^\top Q \propto I`); it is the standard closed form and the one GPUA uses.
-There is no pull toward the identity: the published code's blend of the top-left block with
-:math:`I` maps unrelated dimensions onto each other once the spaces differ.
+GPUA applies no pull toward the identity: the published code's blend of the top-left block
+with :math:`I` (:func:`identity_pull`, used only by :class:`gpua.reference.ReferenceGPUA`) maps
+unrelated dimensions onto each other once the spaces differ.
 
 scipy's ``orthogonal_procrustes`` only handles square maps, hence the thin-SVD solver here.
 """
@@ -23,7 +24,14 @@ import torch
 
 from ._errors import GPUAError
 
-__all__ = ["polar_factor", "cross_covariance", "orthogonal_procrustes", "procrustes_from_assignment", "orthogonality_error"]
+__all__ = [
+    "polar_factor",
+    "cross_covariance",
+    "orthogonal_procrustes",
+    "procrustes_from_assignment",
+    "orthogonality_error",
+    "identity_pull",
+]
 
 
 def polar_factor(M: torch.Tensor) -> torch.Tensor:
@@ -115,3 +123,38 @@ def orthogonality_error(W: torch.Tensor) -> float:
     r""":math:`\|W^\top W - I\|_F` (or :math:`\|W W^\top - I\|_F` when ``d_in < d_out``)."""
     G = W.T @ W if W.shape[0] >= W.shape[1] else W @ W.T
     return float(torch.linalg.matrix_norm(G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device)))
+
+
+def identity_pull(W: torch.Tensor, beta: float) -> torch.Tensor:
+    r"""The published code's blend of :math:`W`'s top-left square block with the identity.
+
+    .. math::
+        W_{[:m, :m]} \leftarrow (1 - \beta)\, W_{[:m, :m]} + \beta I_m,
+        \qquad m = \min(d_{in}, d_{out}),
+
+    other entries unchanged (``beta = 0.9`` there). A leftover from a square image-to-text map:
+    with a :math:`[Z, X]` query the block maps VFM dimensions to text dimensions, so the pull is
+    arbitrary; kept for :class:`gpua.reference.ReferenceGPUA` only.
+
+    Parameters
+    ----------
+    W : tensor of shape (d_in, d_out)
+    beta : float in [0, 1]
+
+    Returns
+    -------
+    tensor of shape (d_in, d_out)
+        A new tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> identity_pull(torch.zeros(3, 2), 0.9).tolist()
+    [[0.8999999761581421, 0.0], [0.0, 0.8999999761581421], [0.0, 0.0]]
+    """
+    if not 0.0 <= float(beta) <= 1.0:
+        raise GPUAError(f"beta={beta!r} must lie in [0, 1] (the published code uses 0.9).")
+    out = W.clone()
+    m = min(W.shape)
+    out[:m, :m] = (1.0 - beta) * W[:m, :m] + beta * torch.eye(m, dtype=W.dtype, device=W.device)
+    return out

@@ -51,15 +51,29 @@ class RefineConfig:
     refine_tol: float
     pool_augment: int
     random_state: int | None
+    # The published code's variants (:class:`gpua.reference.ReferenceGPUA`); GPUA keeps these defaults.
+    #: Rows per step as a fraction of the training rows, drawn without replacement (None: ``batch_size`` rows, with replacement).
+    batch_fraction: float | None = None
+    #: End of the cosine schedule (None: ``lr * 1e-3``).
+    lr_min: float | None = None
+    #: :func:`gpua.hubness.ths_loss`'s ``distance``, ``include_positive`` and ``full_sort``.
+    distance: str = "cosine"
+    include_positive: bool = False
+    full_sort: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "RefineConfig":
-        """The fields of ``params`` that refinement reads (others are ignored)."""
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
+        """The fields of ``params`` that refinement reads (others are ignored; the variants may be absent)."""
+        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
     @property
     def seed(self) -> int:
         return 0 if self.random_state is None else int(self.random_state)
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`gpua.hubness.ths_loss`."""
+        return dict(k=self.k, hubness_weight=self.hubness_weight, distance=self.distance,
+                    include_positive=self.include_positive, full_sort=self.full_sort)
 
 
 def split_pool(n: int, config: RefineConfig) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
@@ -84,7 +98,7 @@ def heldout_loss(W: torch.Tensor, Q: torch.Tensor, Y: torch.Tensor, labels: torc
     """THS loss of the map ``W`` on query rows ``Q`` against their pseudo-labels: early stopping's measure."""
     margins = semantic_margins(Y, config.margin_scale)
     with torch.no_grad():
-        return float(ths_loss(Q @ W, Y, labels.to(Y.device), margins, k=config.k, hubness_weight=config.hubness_weight))
+        return float(ths_loss(Q @ W, Y, labels.to(Y.device), margins, **config.loss_kwargs()))
 
 
 def refine(
@@ -144,7 +158,8 @@ def refine(
     margins = semantic_margins(Y, config.margin_scale)
     W = torch.nn.Parameter(W0.clone())
     opt = torch.optim.AdamW([W], lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.n_steps), eta_min=config.lr * 1e-3)
+    eta_min = config.lr * 1e-3 if config.lr_min is None else config.lr_min
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.n_steps), eta_min=eta_min)
     eye = torch.eye(min(W.shape), dtype=W.dtype, device=W.device)
     gram = (lambda M: M.T @ M) if W.shape[0] >= W.shape[1] else (lambda M: M @ M.T)
     labels = labels.cpu()
@@ -159,11 +174,14 @@ def refine(
         train_rows, train_idx = bank.__getitem__, torch.arange(bank.shape[0])
         if augment is not None:
             augment.update(record)
-    bs = min(int(config.batch_size), train_idx.numel())
+    if config.batch_fraction is None:
+        bs = min(int(config.batch_size), train_idx.numel())
+    else:
+        bs = max(1, int(config.batch_fraction * train_idx.numel()))
     dropout = float(config.dropout)
 
     def loss_on(idx, Wm):
-        return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, k=config.k, hubness_weight=config.hubness_weight)
+        return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, **config.loss_kwargs())
 
     best_W, best_val, bad, curve = W.detach().clone(), float("inf"), 0, []
     if n_val:
@@ -171,14 +189,17 @@ def refine(
             best_val = float(loss_on(val_idx, W))
         curve.append({"step": 0, "val_loss": best_val})
     for step in range(1, config.n_steps + 1):
-        pick = train_idx[torch.randint(train_idx.numel(), (bs,), generator=gen)]
+        if config.batch_fraction is None:
+            pick = train_idx[torch.randint(train_idx.numel(), (bs,), generator=gen)]
+        else:
+            pick = train_idx[torch.randperm(train_idx.numel(), generator=gen)[:bs]]
         q = train_rows(pick)
         if config.noise_std and torch.rand((), generator=gen) < 0.5:
             q = q + config.noise_std * torch.randn(q.shape, generator=gen).to(q.device)
         if dropout and torch.rand((), generator=gen) < 0.5:
             drop = (torch.rand(q.shape, generator=gen) < dropout).to(q.device)
             q = q.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - dropout))  # half the time of q * keep / (1 - p)
-        loss = ths_loss(q @ W, Y, train_labels[pick].to(dev), margins, k=config.k, hubness_weight=config.hubness_weight)
+        loss = ths_loss(q @ W, Y, train_labels[pick].to(dev), margins, **config.loss_kwargs())
         if config.orthogonality == "penalty":
             loss = loss + config.ortho_weight * ((gram(W) - eye) ** 2).sum() / eye.shape[0]
         opt.zero_grad(set_to_none=True)

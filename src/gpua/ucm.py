@@ -43,10 +43,13 @@ INIT_LOGIT_SCALE = 100.0
 
 
 def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperature: float = 0.1) -> torch.Tensor:
-    r"""Pairwise similarity of L2-normalised rows.
+    r"""Pairwise similarity of (normally L2-normalised) rows.
 
     ``"cosine"``: :math:`A B^\top`. ``"neg_euclidean"``: :math:`-\|a - b\|_2 / \tau` (the
-    published code's form, with :math:`\tau` = ``temperature``).
+    published code's form, with :math:`\tau` = ``temperature``), computed as
+    :math:`-\sqrt{\|a\|^2 + \|b\|^2 - 2 a^\top b} / \tau`: exact for rows of any norm too,
+    such as the published code's unnormalised :math:`[\hat Z, \hat X]` queries (norm
+    :math:`\sqrt 2`) against unit centres (:class:`gpua.reference.ReferenceGPUA`).
 
     Parameters
     ----------
@@ -61,7 +64,8 @@ def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperatu
     if kind == "cosine":
         return G
     if kind == "neg_euclidean":
-        return -(2.0 - 2.0 * G).clamp_min_(0.0).sqrt_() / temperature
+        G.mul_(-2.0).add_((A * A).sum(1)[:, None]).add_((B * B).sum(1)[None, :])  # ||a - b||^2, in place
+        return G.clamp_min_(0.0).sqrt_().div_(-temperature)
     raise GPUAError(f"similarity={kind!r} is unknown; use one of {SIMILARITIES}.")
 
 

@@ -16,7 +16,7 @@ from gpua.data.classnames import COOP_DATASETS, KNOWN_DATASETS, get_classnames, 
 EXPECTED = {
     "imagenet": 1000, "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102,
     "food101": 101, "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101,
-    "cifar10": 10, "cifar100": 100,
+    "cifar10": 10, "cifar100": 100, "fashion_mnist": 10,
 }
 
 

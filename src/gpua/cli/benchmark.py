@@ -36,7 +36,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--methods", default="zero_shot,gpua", type=_names, metavar="M,...", help="methods of gpua.list_methods()")
     p.add_argument("--pool", default="16-shot", help="fit pool from the train split: 16-shot (any N-shot) or full")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl, results.md and results.csv")
-    p.add_argument("--dataset-root", metavar="DIR", help="CoOp's data folder (for CoOp datasets given by name)")
+    p.add_argument("--dataset-root", metavar="DIR", help="CoOp's data folder (for CoOp datasets given by name); fashion-mnist reads its idx files from DIR/fashion-mnist/ when that folder exists")
     p.add_argument("--test-per-class", type=int, default=None, metavar="N",
                    help="score on N test images per class (a quick run; default: the whole test split)")
     p.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (and of --test-per-class)")

@@ -7,7 +7,7 @@
 (160, ['airplane', 'automobile'])
 
 Submodules: :mod:`gpua.data.prompts` (templates, text prototypes) and
-:mod:`gpua.data.classnames` (class-name lists of the CoOp benchmark and CIFAR).
+:mod:`gpua.data.classnames` (class-name lists of the CoOp benchmark, CIFAR and Fashion-MNIST).
 """
 
 from . import classnames, prompts
@@ -20,6 +20,7 @@ from ._datasets import (
     open_image,
     to_rgb,
 )
+from ._fashion_mnist import FASHION_MNIST_DIR, read_fashion_mnist, read_idx
 from ._loaders import DEMO_DATASET, DEMO_SPLITS, load_dataset
 from ._pool import sample_pool
 from ._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name, dataset_info
@@ -36,6 +37,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DEMO_DATASET",
     "DEMO_SPLITS",
+    "FASHION_MNIST_DIR",
+    "read_fashion_mnist",
+    "read_idx",
     "COOP_DATASETS",
     "KNOWN_DATASETS",
     "canonical_name",

@@ -2,7 +2,9 @@
 
 Layouts, tried in this order:
 
-1. ``"cifar10-mini"``: the CIFAR-10 sample embedded in the package (``split="train"/"test"``).
+1. ``"cifar10-mini"``: the CIFAR-10 sample embedded in the package (``split="train"/"test"``);
+   ``"fashion-mnist"``: Fashion-MNIST's idx files (``/usr/share/datasets/fashion-mnist`` from
+   Debian's ``dataset-fashion-mnist``, or the folder given as ``image_root``).
 2. An ``.npz`` file of arrays (``images``, optional ``labels``, ``classnames``, ``source_paths``).
 3. A CoOp split file ``split_zhou_<Dataset>.json`` (or a folder holding exactly one).
 4. A CoOp FGVC-Aircraft folder (``variants.txt`` + ``images_variant_<split>.txt``).
@@ -25,7 +27,7 @@ import numpy as np
 
 from .._errors import GPUAError
 from ._datasets import IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset
-from ._registry import DatasetInfo, dataset_info, split_file_info
+from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
 from .classnames import get_classnames, resolve_classnames
 
 __all__ = ["load_dataset", "DEMO_DATASET", "DEMO_SPLITS"]
@@ -51,11 +53,13 @@ def load_dataset(
     Parameters
     ----------
     path : str or path-like
-        ``"cifar10-mini"`` (the embedded demo data), an ``.npz`` file, a CoOp split file
+        ``"cifar10-mini"`` (the embedded demo data), ``"fashion-mnist"`` (its idx files, see
+        ``image_root``), an ``.npz`` file, a CoOp split file
         ``split_zhou_<Dataset>.json`` or its folder, a CoOp FGVC-Aircraft or ImageNet folder, or
         an image folder (``root/<class>/*.jpg`` labeled, ``root/*.jpg`` unlabeled).
     split : str, optional
-        Which split: a key of the split file, ``"train"``/``"test"`` for the demo data, the
+        Which split: a key of the split file, ``"train"``/``"test"`` for the demo data and
+        Fashion-MNIST, the
         ``images_variant_<split>.txt`` of FGVC-Aircraft, the ``images/<split>`` of ImageNet
         (``"test"`` reads ``val``, as CoOp does), or a sub-folder of an image folder. Required
         where the source holds several; an error lists the splits present.
@@ -70,7 +74,9 @@ def load_dataset(
     image_root : str or path-like, optional
         Folder the split file's (or FGVC's) relative image paths start from. By default CoOp's
         folder for the dataset beside the split file (``images/``, ``jpg/``,
-        ``101_ObjectCategories/``...), found by looking for the first image.
+        ``101_ObjectCategories/``...), found by looking for the first image. For
+        ``"fashion-mnist"``: the folder of its four idx files (default
+        ``/usr/share/datasets/fashion-mnist``).
     name : str, optional
         Overrides the dataset name (default: the canonical benchmark name, or the folder / file
         name).
@@ -90,6 +96,8 @@ def load_dataset(
     if isinstance(path, str) and path.strip().lower() == DEMO_DATASET:
         _no_image_root(image_root, "the embedded demo data")
         ds: ImageDataset = _load_demo(split, user_names)
+    elif isinstance(path, str) and canonical_name(path) == "fashion_mnist" and not Path(path).expanduser().exists():
+        ds = _load_fashion_mnist(split, image_root, user_names)
     else:
         p = Path(path).expanduser()
         if not p.exists():
@@ -162,6 +170,15 @@ def _match_classnames(given: list[str] | None, found: list[str], source: str) ->
         f"classnames has {len(given)} names but {source} has {len(found)} classes; the first {n} agree, "
         f"then {extra!r} is only in {'classnames' if len(given) > n else source}."
     )
+
+
+def _load_fashion_mnist(split: str | None, root, user_names: list[str] | None) -> ArrayImageDataset:
+    from ._fashion_mnist import FASHION_MNIST_SPLITS, read_fashion_mnist
+
+    s = _pick_split(split, FASHION_MNIST_SPLITS, "Fashion-MNIST")
+    images, labels = read_fashion_mnist(s, root)
+    names = _match_classnames(user_names, get_classnames("fashion_mnist"), "Fashion-MNIST's class list")
+    return ArrayImageDataset(images, labels, names, "fashion_mnist", s, [f"{s}/{i}" for i in range(images.shape[0])])
 
 
 # ---------------------------------------------------------------- arrays (.npz, embedded demo)
@@ -446,6 +463,11 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             )
         # A flat folder of images: an unlabeled pool; class names, if any, come from the user.
         return FileImageDataset(base, loose, None, user_names or [], name, split)
+    if not labeled and any(base.glob("*-idx3-ubyte*")):
+        raise GPUAError(
+            f"folder {str(base)!r} holds idx files, not images; for Fashion-MNIST use "
+            f"load_dataset('fashion-mnist', split='train' or 'test', image_root={str(base)!r})."
+        )
     if not labeled:
         raise GPUAError(
             f"image folder {str(base)!r} holds no images; put them in <folder>/<class>/ (labeled) or directly in "

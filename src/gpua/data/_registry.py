@@ -60,10 +60,13 @@ _COOP = (
     DatasetInfo("ucf101", "a photo of a person doing {}.", "split_zhou_UCF101.json", "UCF-101-midframes",
                 ("UCF101", "ucf-101")),
 )
-# Not in CoOp's benchmark, but shipped (class names from CLIP's data/prompts.md).
+# Not in CoOp's benchmark, but shipped (CIFAR class names from CLIP's data/prompts.md).
 _OTHER = (
     DatasetInfo("cifar10", "a photo of a {}.", aliases=("CIFAR10", "cifar-10", "cifar10-mini")),
     DatasetInfo("cifar100", "a photo of a {}.", aliases=("CIFAR100", "cifar-100")),
+    # Zalando's class names (github.com/zalandoresearch/fashion-mnist); read by
+    # load_dataset("fashion-mnist") from the idx files (gpua.data._fashion_mnist).
+    DatasetInfo("fashion_mnist", "a photo of a {}.", aliases=("FashionMNIST", "fashion-mnist", "fmnist")),
 )
 
 COOP_DATASETS: tuple[str, ...] = tuple(d.name for d in _COOP)

@@ -1,0 +1,157 @@
+"""Accuracy on the development sets (issue 12): zero-shot, the published method, GPUA and its variants.
+
+For each development set of ``benchmarks/devsets.py`` (cached features; never extracted here),
+each seed and each method: fit on the unlabeled pool, then report
+
+* ``test``: top-1 on the test split (the number we report; never used to choose anything);
+* ``dev``: the criterion defaults are chosen by: top-1 on the labelled dev split (Fashion-MNIST,
+  planted) or, for CIFAR-10 (no dev split), the transductive top-1 on the pool scored with the
+  pool's own labels;
+* ``pl``: accuracy of the fit's pseudo-labels on the pool (a diagnostic: labels never reach a
+  fit; for ``zero_shot``, its own argmax on the pool).
+
+Methods: ``zero_shot`` (:class:`gpua.VLMZeroShot`), ``reference`` (:class:`gpua.ReferenceGPUA`,
+the published code's method), ``gpua`` (``GPUA()`` defaults), and any number of GPUA variants
+``--variant NAME='{"param": value, ...}'`` (GPUA parameters as JSON, checked before anything
+runs). Seeds: ``--seeds S`` runs seeds 0..S-1 and prints means (and standard deviations); a seed
+is the estimators' ``random_state`` and, for ``planted``, also the draw of the data and its pool.
+
+    python benchmarks/accuracy.py --sets planted                          # quick
+    python benchmarks/accuracy.py --sets cifar-lite2,fmnist-lite2 --variant sl2='{"self_learning": 2}'
+    python benchmarks/accuracy.py --seeds 3 --json results/accuracy.json  # every set, written atomically
+
+``--json`` gets every row (set, seed, method) and the per-(set, method) means, with the machine
+record (``benchmarks/_harness.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _harness import gpua_params, setup, write_json
+from devsets import SETS, load_devset
+
+BASE_METHODS = ("zero_shot", "reference", "gpua")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME={"self_learning": 2}`` -> ``("NAME", {...})``, each parameter checked against GPUA's table."""
+    name, sep, body = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--variant {text!r} must look like NAME='{{\"self_learning\": 2}}'")
+    return name, gpua_params(body, f"--variant {name}")
+
+
+def make_estimator(method: str, seed: int, variants: dict[str, dict]):
+    """A fresh estimator for a base method or a variant, seeded with ``seed``."""
+    from gpua import GPUA, make_method
+
+    if method in variants:
+        return GPUA(**{"random_state": seed, **variants[method]})
+    return make_method(method, random_state=seed)
+
+
+def _acc(model, fs) -> float:
+    return float(np.mean(model.predict(fs.vfm_features, fs.vlm_features) == fs.labels))
+
+
+def evaluate(ds, method: str, seed: int, variants: dict[str, dict]) -> dict:
+    """Fit ``method`` on ``ds.pool`` (no labels) and score it: one row."""
+    pool = ds.pool
+    model = make_estimator(method, seed, variants)
+    t0 = time.perf_counter()
+    model.fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames)
+    seconds = time.perf_counter() - t0
+    pool_acc = _acc(model, pool)
+    pseudo = getattr(model, "pseudo_labels_", None)
+    return {
+        "set": ds.name, "seed": seed, "method": method, "test": _acc(model, ds.test),
+        "dev": _acc(model, ds.dev) if ds.dev is not None else pool_acc,
+        "pl": pool_acc if pseudo is None else float(np.mean(pseudo == pool.labels)),
+        "fit_seconds": seconds,
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (set, method), in first-seen order."""
+    keys = list(dict.fromkeys((r["set"], r["method"]) for r in rows))
+    out = []
+    for s, m in keys:
+        group = [r for r in rows if (r["set"], r["method"]) == (s, m)]
+        entry = {"set": s, "method": m, "seeds": [r["seed"] for r in group]}
+        for field in ("test", "dev", "pl", "fit_seconds"):
+            vals = np.array([r[field] for r in group], dtype=float)
+            entry[field], entry[f"{field}_std"] = float(vals.mean()), float(vals.std())
+        out.append(entry)
+    return out
+
+
+def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
+    """One Markdown table per set: test, difference to the reference, dev, pseudo-labels, fit seconds."""
+    lines = []
+    for s in dict.fromkeys(e["set"] for e in summary):
+        group = [e for e in summary if e["set"] == s]
+        ref = next((e["test"] for e in group if e["method"] == "reference"), None)
+        n = len(group[0]["seeds"])
+        lines += ["", f"{s}  (dev: {dev_notes[s]}; {n} seed{'s' if n > 1 else ''}, mean" + (" ± std)" if n > 1 else ")"), "",
+                  "| method | test acc1 | vs reference | dev | pseudo-label acc | fit s |", "|---|---|---|---|---|---|"]
+
+        def cell(e, f):
+            return f"{100 * e[f]:.2f}" + (f" ± {100 * e[f + '_std']:.2f}" if n > 1 else "")
+
+        for e in group:
+            delta = "" if ref is None or e["method"] == "reference" else f"{100 * (e['test'] - ref):+.2f}"
+            lines.append(f"| {e['method']} | {cell(e, 'test')} | {delta} | {cell(e, 'dev')} | {cell(e, 'pl')} | {e['fit_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
+    ap.add_argument("--methods", default=",".join(BASE_METHODS), help=f"comma-separated subset of {BASE_METHODS} (variants are added)")
+    ap.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=JSON",
+                    help="a GPUA variant: NAME='{\"self_learning\": 2}' (repeatable)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (random_state; planted: also the data draw)")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: these sets are small, and two threads on a busy 2-core machine run many times slower)")
+    ap.add_argument("--json", default=None, help="write every row and the means here (atomically)")
+    args = ap.parse_args(argv)
+    sets = [s for s in args.sets.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    variants = dict(args.variant)
+    bad = [s for s in sets if s not in SETS] + [m for m in methods if m not in BASE_METHODS]
+    if bad:
+        ap.error(f"unknown set or method {bad}; sets {SETS}, methods {BASE_METHODS}")
+    clash = sorted(set(variants) & set(BASE_METHODS)) or (len(variants) < len(args.variant) and ["a repeated name"])
+    if clash:
+        ap.error(f"--variant names must be new and distinct ({clash})")
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
+    setup(args)
+    rows, notes = [], {}
+    for s in sets:
+        for seed in range(args.seeds):
+            try:
+                ds = load_devset(s, cache_dir=args.cache_dir, seed=seed)
+            except FileNotFoundError as exc:
+                print(f"skipping {s}: {exc}", flush=True)
+                break
+            notes[s] = ds.dev_note
+            for m in methods + list(variants):
+                row = evaluate(ds, m, seed, variants)
+                rows.append(row)
+                print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
+                      f"pl {100 * row['pl']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+    summary = summarise(rows)
+    print(table(summary, notes))
+    if args.json:
+        write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds},
+                               "rows": rows, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""benchmarks/devsets.py and accuracy.py on a small cache written here (no extraction); fit_speed.py on a small problem."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import accuracy
+        import devsets
+
+        yield devsets, accuracy
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _write_fmnist_cache(devsets, cache: Path, set_name: str = "fmnist-lite2", bad_ids: bool = False) -> dict:
+    """Planted features saved under the Fashion-MNIST file names, with the image ids the split assigns."""
+    from gpua.features import save_features
+    from gpua.synthetic import make_planted
+
+    pool_idx, dev_idx = devsets.fmnist_indices()
+    n_test = 300
+    d = make_planted(n_samples=len(pool_idx) + len(dev_idx) + n_test, n_classes=10, d_vfm=12, d_vlm=8, d_latent=4, random_state=0)
+    ids = {"pool": [f"train/{i}" for i in pool_idx], "dev": [f"train/{i}" for i in dev_idx], "test": [f"test/{i}" for i in range(n_test)]}
+    if bad_ids:
+        ids["pool"] = [f"train/{i}" for i in range(len(pool_idx))]
+    start = 0
+    paths = devsets.feature_paths(set_name, cache)
+    for part in ("pool", "dev", "test"):
+        rows = slice(start, start + len(ids[part]))
+        start += len(ids[part])
+        save_features(paths[part], vfm_features=d.vfm_features[rows], vlm_features=d.vlm_features[rows],
+                      text_prototypes=d.text_prototypes, labels=d.labels[rows], classnames=list(d.classnames), image_ids=ids[part])
+    return paths
+
+
+def test_loads_the_cache_without_extracting(scripts, tmp_path, monkeypatch):
+    devsets, _ = scripts
+    paths = _write_fmnist_cache(devsets, tmp_path)
+    assert all(p.parent == tmp_path / "devsets" for p in paths.values())
+    monkeypatch.setattr("gpua.extract.extract_features", lambda *a, **k: pytest.fail("a cached set was re-extracted"))
+    ds = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path, extract_missing=True)
+    assert (ds.pool.n_samples, ds.dev.n_samples, ds.test.n_samples) == (2000, 2000, 300)
+    assert "dev split" in ds.dev_note
+    pool_idx, dev_idx = devsets.fmnist_indices()
+    assert len(set(pool_idx) & set(dev_idx)) == 0 and len(pool_idx) == len(dev_idx) == 2000  # disjoint, class-blind draw
+
+
+def test_missing_and_stale_caches(scripts, tmp_path):
+    devsets, _ = scripts
+    with pytest.raises(FileNotFoundError, match="--extract"):
+        devsets.load_devset("cifar-dinov2", cache_dir=tmp_path)
+    _write_fmnist_cache(devsets, tmp_path, bad_ids=True)
+    with pytest.raises(ValueError, match="other images"):
+        devsets.load_devset("fmnist-lite2", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown development set"):
+        devsets.load_devset("mnist-lite2", cache_dir=tmp_path)
+
+
+def test_planted_set_splits_16_per_class(scripts):
+    devsets, _ = scripts
+    ds = devsets.planted_devset(0)
+    assert ds.pool.n_samples == ds.dev.n_samples == 800 and ds.test.n_samples == 2400
+    np.testing.assert_array_equal(np.bincount(ds.pool.labels), np.full(50, 16))
+    np.testing.assert_array_equal(np.bincount(ds.dev.labels), np.full(50, 16))
+
+
+def test_accuracy_rows_seeds_variants_and_json(scripts, tmp_path, capsys):
+    devsets, accuracy = scripts
+    _write_fmnist_cache(devsets, tmp_path)
+    out = tmp_path / "acc.json"
+    argv = ["--sets", "fmnist-lite2", "--methods", "zero_shot,gpua", "--seeds", "2", "--cache-dir", str(tmp_path),
+            "--variant", 'short={"n_steps": 5}', "--json", str(out)]
+    assert accuracy.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert [(r["method"], r["seed"]) for r in res["rows"]] == [("zero_shot", 0), ("gpua", 0), ("short", 0),
+                                                               ("zero_shot", 1), ("gpua", 1), ("short", 1)]
+    means = {e["method"]: e for e in res["summary"]}
+    assert means["gpua"]["seeds"] == [0, 1]
+    assert means["gpua"]["test"] == pytest.approx(np.mean([r["test"] for r in res["rows"] if r["method"] == "gpua"]))
+    assert means["zero_shot"]["test_std"] == 0.0  # no randomness in zero-shot
+    assert means["gpua"]["test"] > means["zero_shot"]["test"] + 0.05  # planted features: the map must help
+    # dev is the dev split here (not the pool); zero-shot's "pseudo-labels" are its pool argmax
+    zs = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path)
+    from gpua import VLMZeroShot
+
+    model = VLMZeroShot().fit(zs.pool.vfm_features, zs.pool.vlm_features, zs.pool.text_prototypes)
+    assert res["rows"][0]["dev"] == pytest.approx(model.score(None, zs.dev.labels, zs.dev.vlm_features))
+    assert res["rows"][0]["pl"] == pytest.approx(model.score(None, zs.pool.labels, zs.pool.vlm_features))
+    assert res["args"]["variants"] == {"short": {"n_steps": 5}} and "machine" in res
+    text = capsys.readouterr().out
+    assert "| short |" in text and "± " in text
+
+
+def test_accuracy_reference_row_and_bad_arguments(scripts, tmp_path, capsys):
+    devsets, accuracy = scripts
+    _write_fmnist_cache(devsets, tmp_path)
+    assert accuracy.main(["--sets", "fmnist-lite2", "--methods", "zero_shot,reference", "--cache-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| reference |" in text and "| zero_shot |" in text
+    for bad in (["--variant", 'x={"lam": 2}'], ["--variant", "x=lam"], ["--variant", 'gpua={"lam": 0.5}'], ["--sets", "mnist"]):
+        with pytest.raises(SystemExit) as exc:
+            accuracy.main(bad)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lam=2" in err and "not JSON" in err and "new and distinct" in err and "mnist" in err
+
+
+def test_fit_speed_times_the_reference_in_the_same_run(scripts, tmp_path, capsys):
+    import fit_speed
+
+    out = tmp_path / "speed.json"
+    argv = ["--n", "400", "--k", "8", "--d-vfm", "24", "--d-vlm", "12", "--d-latent", "6", "--query", "fused",
+            "--params", '{"n_steps": 20, "self_learning": 1}', "--reference-timed-steps", "2", "--reference-steps", "40", "--json", str(out)]
+    assert fit_speed.main(argv) == 0
+    res = json.loads(out.read_text())
+    ref = res["reference"]
+    assert res["params"] == {"query": "fused", "n_steps": 20, "self_learning": 1}
+    assert res["reference_info"]["refine_steps_timed"] == 2 and res["reference_info"]["refine_steps_extrapolated_to"] == 40
+    assert ref["refine"]["seconds"] == pytest.approx(40 * ref["refine"]["seconds_per_step"])
+    assert ref["fit"]["seconds"] == pytest.approx(ref["ucm"]["seconds"] + ref["procrustes"]["seconds"] + ref["refine"]["seconds"])
+    assert res["reference_over_gpua"] == pytest.approx(ref["fit"]["seconds"] / res["gpua"]["fit"]["seconds"])
+    assert "self_learning" in res["gpua"]  # the rounds are a stage of GPUA's whole fit
+    assert "issue 12 target" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        fit_speed.main(["--params", '{"self_learnin": 2}'])
+    assert "did you mean 'self_learning'" in capsys.readouterr().err
