@@ -104,11 +104,16 @@ def add_param_arguments(p) -> None:
 
 
 def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
+    import inspect
+
+    from ..estimator import GPUA
+
+    default = {n: q.default for n, q in inspect.signature(GPUA.__init__).parameters.items()}
     g = p.add_argument_group("GPUA parameters (defaults are the library's)")
-    g.add_argument("--query", choices=["vfm", "fused"], help="map VFM features alone, or [VFM, VLM]")
-    g.add_argument("--lam", type=float, help="weight of the VLM term in UCM (default 0.9)")
-    g.add_argument("--eps", type=float, help="entropic regularisation of the OT step")
-    g.add_argument("--n-steps", type=int, help="refinement steps at most")
+    g.add_argument("--query", choices=["vfm", "fused"], help=f"map VFM features alone, or [VFM, VLM] (default {default['query']})")
+    g.add_argument("--lam", type=float, help=f"weight of the VLM term in UCM (default {default['lam']})")
+    g.add_argument("--eps", type=float, help=f"entropic regularisation of the OT step (default {default['eps']})")
+    g.add_argument("--n-steps", type=int, help=f"refinement steps at most (default {default['n_steps']})")
     g.add_argument("--no-refine", action="store_true", help="Procrustes only, no THS refinement")
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--seed", type=int, help="random_state")
