@@ -58,6 +58,28 @@ def test_mining_improves_on_zero_shot(planted):
     assert res.history[-1]["plan_change"] < 1e-3
 
 
+def test_confident_centres_break_ties_by_row():
+    # A saturated posterior (exactly 1.0 for several rows) must pick the same rows in any order
+    # of computation: the smaller row ids, as the streamed fits do.
+    X = _norm(torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4))
+    C = confident_centres(torch.eye(8), X, torch.eye(2), n_per_class=2)
+    assert set(C[0].nonzero().flatten().tolist()) == {0, 1}
+    assert set(C[1].nonzero().flatten().tolist()) == {4, 5}
+
+
+def test_warm_started_mining_needs_fewer_iterations(planted):
+    """A self-learning round starts Sinkhorn from the previous mining's class potential."""
+    train, _ = planted
+    Q, X, Y = (_norm(torch.as_tensor(a)) for a in (train.vfm_features, train.vlm_features, train.text_prototypes))
+    kw = dict(lam=0.7, eps=0.02, sinkhorn_tol=1e-6, sinkhorn_max_iter=20000, tol=1e-4)
+    cold = mine_correspondences(Q, X, Y, **kw)
+    assert cold.log_v is not None and cold.log_v.shape == (Y.shape[0],)
+    warm = mine_correspondences(Q, X, Y, init_log_v=cold.log_v, **kw)
+    assert warm.history[0]["sinkhorn_iter"] < cold.history[0]["sinkhorn_iter"]
+    assert sum(h["sinkhorn_iter"] for h in warm.history) < sum(h["sinkhorn_iter"] for h in cold.history)
+    torch.testing.assert_close(warm.plan, cold.plan, atol=1e-3, rtol=0)
+
+
 def test_bad_lambda():
     Q = _norm(torch.randn(10, 3))
     with pytest.raises(GPUAError, match="lam"):

@@ -148,7 +148,8 @@ class GPUA(AlignmentEstimator):
     self_learning : int >= 0, default=2
         Self-learning rounds at most after the fit (0: none). Each round re-mines the
         correspondences with :math:`\mathrm{normalize}(Q W) Y^\top` as UCM's VLM term, then
-        Procrustes and refinement again; a round that lowers the label-free criterion (the
+        Procrustes and refinement again (its Sinkhorn starts from the previous round's class
+        potential); a round that lowers the label-free criterion (the
         fraction of each row's 10 nearest VFM neighbours sharing its pseudo-label, on up to
         2,000 sampled rows) is rolled back and the rounds stop. ``history_["self_learning"]``
         records each round.

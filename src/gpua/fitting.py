@@ -688,10 +688,12 @@ class ArrayPool:
 
     def __init__(self, Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, V: torch.Tensor | None, config: FitConfig):
         self.Q, self.X, self.Y, self.V, self.config = Q, X, Y, V, config
+        self.log_v: torch.Tensor | None = None  # the last mining's class potential: the next one starts there
 
     def mine(self, score_map, callback) -> Mined:
         S_rows = self.X if score_map is None else torch.nn.functional.normalize(self.Q @ score_map.to(self.Q.device), dim=1)
-        ucm = mine_correspondences(self.Q, S_rows, self.Y, callback=callback, **self.config.mining.ucm_kwargs())
+        ucm = mine_correspondences(self.Q, S_rows, self.Y, callback=callback, init_log_v=self.log_v, **self.config.mining.ucm_kwargs())
+        self.log_v = ucm.log_v
         conf, labels = ucm.plan.max(1)
         return Mined(labels.cpu(), conf.cpu(), ucm.centres, ucm.history, ucm.converged, payload=ucm.plan)
 

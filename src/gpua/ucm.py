@@ -189,6 +189,8 @@ class UCMResult:
     converged : bool
     history : list of dict
         Per outer round: plan change, Sinkhorn iterations and marginal error.
+    log_v : tensor of shape (n_classes,) or None
+        The last Sinkhorn solve's class potential (warm-starts a later mining of the same pool).
     """
 
     plan: torch.Tensor
@@ -196,6 +198,7 @@ class UCMResult:
     n_outer: int
     converged: bool
     history: list[dict] = field(default_factory=list)
+    log_v: torch.Tensor | None = None
 
 
 def mine_correspondences(
@@ -216,6 +219,7 @@ def mine_correspondences(
     sinkhorn_max_iter: int = 2000,
     solver: str = "torch",
     callback=None,
+    init_log_v: torch.Tensor | None = None,
 ) -> UCMResult:
     r"""Alternate entropic OT on the fused score with closed-form centres until the plan settles.
 
@@ -236,6 +240,9 @@ def mine_correspondences(
         Semi-relaxed class marginal (KL weight); ``None`` keeps it exact.
     max_outer, tol : int, float
         At most ``max_outer`` rounds; stop once the plan moves less than ``tol``.
+    init_log_v : tensor of shape (n_classes,), optional
+        Class potential the first Sinkhorn solve starts from (a self-learning round passes the
+        previous round's: the class marginals it balances are the same, so fewer iterations).
 
     Returns
     -------
@@ -246,7 +253,7 @@ def mine_correspondences(
     C = confident_centres(Q, X, Y, n_init_per_class)
     n = Q.shape[0]
     plan = None
-    log_v = None
+    log_v = init_log_v
     history: list[dict] = []
     converged = False
     r = 0
@@ -267,4 +274,4 @@ def mine_correspondences(
             converged = True
             break
         C = class_centres(Q, plan)
-    return UCMResult(plan, C, r, converged, history)
+    return UCMResult(plan, C, r, converged, history, log_v)

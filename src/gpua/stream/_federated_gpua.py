@@ -216,6 +216,7 @@ class FederatedPool:
         self.dev = config.device
         self.n = fit.n_total
         self.n_mined = 0
+        self.log_v: torch.Tensor | None = None
 
     def _client_parts(self, c: int) -> list[K_.Part]:
         return [p for p in self.parts if p.client == c]
@@ -230,8 +231,9 @@ class FederatedPool:
             ucm = streamed_ucm(
                 self.ex, self.parts, fit, fit, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer),
-                n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress,
+                n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress, init_log_v=self.log_v,
             )
+            self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:
             self.ex.drop(fit.token)
         # Per-client pseudo-labels, from the clients' private results (gathered for inspection only).

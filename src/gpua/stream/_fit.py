@@ -275,6 +275,7 @@ class StreamedPool:
         self.dev = config.device
         self.n = fit.n_total
         self.passes = 0
+        self.log_v: torch.Tensor | None = None
 
     def mine(self, score_map, callback) -> Mined:
         fit, fit_b, ck = self.fit, self.fit_b, self.checkpoint
@@ -286,8 +287,9 @@ class StreamedPool:
             ucm = streamed_ucm(
                 self.ex, self.parts, fit, fit_b, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer), n_init_per_class=int(m.n_init_per_class),
-                checkpoint=ck, callback=callback, progress=self.progress,
+                checkpoint=ck, callback=callback, progress=self.progress, init_log_v=self.log_v,
             )
+            self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:
             self.ex.drop(fit.token)  # the Sinkhorn tiles are done with: free them before refinement
             release_freed_memory()

@@ -102,6 +102,7 @@ def streamed_ucm(
     checkpoint: Checkpoint | None = None,
     callback=None,
     progress: bool = False,
+    init_log_v: torch.Tensor | None = None,
 ) -> StreamedUCM:
     r"""Alternate streamed Sinkhorn and closed-form centres until the plan settles.
 
@@ -120,6 +121,8 @@ def streamed_ucm(
         Resume from its state and save after every round.
     callback : callable, optional
         Called with each round's history entry (after the checkpoint is written).
+    init_log_v : float64 tensor of shape (n_classes,), optional
+        Class potential the first Sinkhorn pass starts from (as in :func:`gpua.ucm.mine_correspondences`).
 
     Returns
     -------
@@ -135,7 +138,7 @@ def streamed_ucm(
     passes = 0
     state = checkpoint.load() if checkpoint is not None else None
     C_prev = g_prev = None
-    g = torch.zeros(k, dtype=torch.float64)
+    g = torch.zeros(k, dtype=torch.float64) if init_log_v is None else init_log_v.detach().double().cpu().clone()
     r0 = 1
     if state is not None:
         meta = state["meta"]
