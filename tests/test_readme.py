@@ -27,6 +27,7 @@ NOT_RUNNABLE = {
     "--dataset voc": "needs PASCAL VOC on disk (tests/segment covers the dataset readers)",
     "--cluster tcp://": "needs a Dask scheduler (tests/stream runs a LocalCluster)",
     "--dataset-root": "needs CoOp's datasets on disk (tests/data covers split files)",
+    "--datasets fashion-mnist": "reads Debian's dataset-fashion-mnist (test_classify_benchmark runs the loader on tiny idx files)",
 }
 
 ENCODERS = {"offline:dinov2-s": "planted:vfm", "offline:efficientnet-lite2": "planted:vfm", "offline:semantic-lite0": "planted:vlm"}
