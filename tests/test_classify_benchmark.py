@@ -101,6 +101,9 @@ def test_classify_checks_the_method_before_extracting(photos, capsys):
     assert "'gpau'" in capsys.readouterr().err and not (d / "cache").exists() and not (d / "p.csv").exists()
 
 
+# The tiny random encoders give 30-image pools with no class structure, on which UCM's sharp default
+# plan may still be moving after max_outer rounds: the warning is right there, and beside the point.
+@pytest.mark.filterwarnings("ignore::gpua.ConvergenceWarning")
 def test_benchmark_runs_resumes_and_tables(photos, capsys):
     d = photos
     argv = ["benchmark", "--datasets", f"{d / 'photos'},cifar10-mini", "--vfm", "planted:vfm", "--vlm", "planted:vlm",
