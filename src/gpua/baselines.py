@@ -19,7 +19,7 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
-from .params import DeviceName, Interval, Options
+from .params import COUNT, POSITIVE, DeviceName, Options
 from .query import QUERY_MODES, build_query
 from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
@@ -41,7 +41,7 @@ class VLMZeroShot(AlignmentEstimator):
     """
 
     _schema = ModelSchema(tensors={"text_prototypes_": ("n_classes", "n_features_vlm")})
-    _parameter_constraints = {"logit_scale": Interval(float, 0, None, closed="neither"), "device": DeviceName()}
+    _parameter_constraints = {"logit_scale": POSITIVE, "device": DeviceName()}
 
     def __init__(self, *, logit_scale: float = 100.0, device: str = "cpu"):
         self.logit_scale = logit_scale
@@ -85,8 +85,8 @@ class LFAAlternation(AlignmentEstimator):
     )
     _parameter_constraints = {
         "query": Options(QUERY_MODES),
-        "n_rounds": Interval(int, 1, None),
-        "logit_scale": Interval(float, 0, None, closed="neither"),
+        "n_rounds": COUNT,
+        "logit_scale": POSITIVE,
         "device": DeviceName(),
     }
 

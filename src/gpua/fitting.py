@@ -38,7 +38,7 @@ from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
 from ._validation import check_classnames, check_triplet
 from .hubness import neighbourhood_radius
-from .params import Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .params import COUNT, NON_NEGATIVE, POSITIVE, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
 from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes
 from .refinement import RefineConfig, refine
@@ -67,50 +67,46 @@ __all__ = [
 
 ORTHOGONALITY = ("penalty", "project", "none")
 
-_POSITIVE = Interval(float, 0, None, closed="neither")
-_NON_NEGATIVE = Interval(float, 0, None)
-_COUNT = Interval(int, 1, None)
-
 #: Every :class:`gpua.GPUA` parameter's admissible values (defaults: the signature's).
 PARAMETERS: dict[str, Constraint] = {
     "query": Options(QUERY_MODES),
     "lam": Interval(float, 0, 1),
-    "eps": _POSITIVE,
+    "eps": POSITIVE,
     "similarity": Options(SIMILARITIES),
-    "temperature": _POSITIVE,
+    "temperature": POSITIVE,
     "class_prior": OptionalOf(Weights()),
-    "rho": OptionalOf(_POSITIVE),
-    "n_init_per_class": _COUNT,
-    "max_outer": _COUNT,
-    "tol": _POSITIVE,
-    "sinkhorn_tol": _POSITIVE,
-    "sinkhorn_max_iter": _COUNT,
+    "rho": OptionalOf(POSITIVE),
+    "n_init_per_class": COUNT,
+    "max_outer": COUNT,
+    "tol": POSITIVE,
+    "sinkhorn_tol": POSITIVE,
+    "sinkhorn_max_iter": COUNT,
     "solver": Options(("torch", "pot")),
     "assignment": Options(("soft", "hard")),
     "center": Boolean(),
     "center_vlm": Boolean(),
     "refine": Boolean(),
     "n_steps": Interval(int, 0, None),
-    "batch_size": _COUNT,
-    "lr": _POSITIVE,
-    "weight_decay": _NON_NEGATIVE,
-    "k": _COUNT,
-    "margin_scale": _POSITIVE,
-    "hubness_weight": _NON_NEGATIVE,
+    "batch_size": COUNT,
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "k": COUNT,
+    "margin_scale": POSITIVE,
+    "hubness_weight": NON_NEGATIVE,
     "orthogonality": Options(ORTHOGONALITY),
-    "ortho_weight": _NON_NEGATIVE,
-    "noise_std": _NON_NEGATIVE,
+    "ortho_weight": NON_NEGATIVE,
+    "noise_std": NON_NEGATIVE,
     "dropout": Interval(float, 0, 1, closed="left"),
     "val_fraction": Interval(float, 0, 0.5, closed="left"),
-    "eval_every": _COUNT,
-    "patience": _COUNT,
+    "eval_every": COUNT,
+    "patience": COUNT,
     "refine_tol": Interval(float, 0, 1, closed="left"),
     "pool_augment": Interval(int, 0, None),
     "self_learning": Interval(int, 0, None),
     "self_learning_tol": Interval(float, 0, 1, closed="left"),
     "retrieval": Options(("cosine", "csls")),
-    "csls_k": _COUNT,
-    "logit_scale": _POSITIVE,
+    "csls_k": COUNT,
+    "logit_scale": POSITIVE,
     "device": DeviceName(),
     "random_state": OptionalOf(Interval(int, 0, None)),
     "verbose": Boolean(),

@@ -36,6 +36,9 @@ __all__ = [
     "OptionalOf",
     "Weights",
     "DeviceName",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
     "check_param",
     "check_params",
     "parameter_table",
@@ -198,6 +201,12 @@ class DeviceName(Constraint):
 
     def describe(self) -> str:
         return "a device string ('cpu', 'cuda', 'cuda:N' or 'auto')"
+
+
+#: The ranges most parameters share: a real > 0, a real >= 0, an integer >= 1.
+POSITIVE = Interval(float, 0, None, closed="neither")
+NON_NEGATIVE = Interval(float, 0, None)
+COUNT = Interval(int, 1, None)
 
 
 def check_param(name: str, value: Any, constraint: Constraint) -> None:

@@ -24,17 +24,13 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from ._errors import GPUAError
-from .params import DeviceName, Interval, OptionalOf
+from .params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf
 from .procrustes import identity_pull, procrustes_from_assignment
 from .query import build_query
 from .refinement import RefineConfig, refine
 from .ucm import mine_correspondences
 
 __all__ = ["ReferenceGPUA", "reference_query"]
-
-_POSITIVE = Interval(float, 0, None, closed="neither")
-_NON_NEGATIVE = Interval(float, 0, None)
-_COUNT = Interval(int, 1, None)
 
 
 def reference_query(Z: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -205,24 +201,24 @@ class ReferenceGPUA(AlignmentEstimator):
     )
     _parameter_constraints = {
         "lam": Interval(float, 0, 1),
-        "temperature": _POSITIVE,
-        "eps": _POSITIVE,
-        "n_init_per_class": _COUNT,
-        "n_rounds": _COUNT,
-        "sinkhorn_max_iter": _COUNT,
-        "sinkhorn_tol": _POSITIVE,
+        "temperature": POSITIVE,
+        "eps": POSITIVE,
+        "n_init_per_class": COUNT,
+        "n_rounds": COUNT,
+        "sinkhorn_max_iter": COUNT,
+        "sinkhorn_tol": POSITIVE,
         "identity_pull": Interval(float, 0, 1),
         "n_steps": Interval(int, 0, None),
         "batch_fraction": Interval(float, 0, 1, closed="right"),
-        "lr": _POSITIVE,
-        "lr_min": _NON_NEGATIVE,
-        "weight_decay": _NON_NEGATIVE,
-        "noise_std": _NON_NEGATIVE,
+        "lr": POSITIVE,
+        "lr_min": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE,
+        "noise_std": NON_NEGATIVE,
         "dropout": Interval(float, 0, 1, closed="left"),
-        "k": _COUNT,
-        "margin_scale": _POSITIVE,
-        "hubness_weight": _NON_NEGATIVE,
-        "logit_scale": _POSITIVE,
+        "k": COUNT,
+        "margin_scale": POSITIVE,
+        "hubness_weight": NON_NEGATIVE,
+        "logit_scale": POSITIVE,
         "device": DeviceName(),
         "random_state": OptionalOf(Interval(int, 0, None)),
     }
