@@ -104,11 +104,10 @@ def add_param_arguments(p) -> None:
 
 
 def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
-    import inspect
-
     from ..estimator import GPUA
+    from ..params import parameter_table
 
-    default = {n: q.default for n, q in inspect.signature(GPUA.__init__).parameters.items()}
+    default = {row["name"]: row["default"] for row in parameter_table(GPUA)}
     g = p.add_argument_group("GPUA parameters (defaults are the library's)")
     g.add_argument("--query", choices=["vfm", "fused"], help=f"map VFM features alone, or [VFM, VLM] (default {default['query']})")
     g.add_argument("--lam", type=float, help=f"weight of the VLM term in UCM (default {default['lam']})")
