@@ -20,8 +20,14 @@ is the estimators' ``random_state`` and, for ``planted``, also the draw of the d
     python benchmarks/accuracy.py --sets cifar-lite2,fmnist-lite2 --variant sl2='{"self_learning": 2}'
     python benchmarks/accuracy.py --seeds 3 --json results/accuracy.json  # every set, written atomically
 
-``--json`` gets every row (set, seed, method) and the per-(set, method) means, with the machine
-record (``benchmarks/_harness.py``).
+Each method's difference to the ``reference`` row on the test split comes with a 95% paired
+bootstrap interval over the test images (:func:`paired_difference`: both methods score the same
+images, so the interval is of the difference, not of each accuracy; with several seeds, of the
+per-image difference averaged over the seeds). An interval that holds 0 is a difference the
+test split cannot tell from noise.
+
+``--json`` gets every row (set, seed, method) and the per-(set, method) means (with
+``vs_reference`` and ``vs_reference_ci95``), with the machine record (``benchmarks/_harness.py``).
 """
 
 from __future__ import annotations
@@ -54,29 +60,67 @@ def make_estimator(method: str, seed: int, variants: dict[str, dict]):
     return make_method(method, random_state=seed)
 
 
-def _acc(model, fs) -> float:
-    return float(np.mean(model.predict(fs.vfm_features, fs.vlm_features) == fs.labels))
+def _correct(model, fs) -> np.ndarray:
+    return model.predict(fs.vfm_features, fs.vlm_features) == fs.labels
 
 
-def evaluate(ds, method: str, seed: int, variants: dict[str, dict]) -> dict:
-    """Fit ``method`` on ``ds.pool`` (no labels) and score it: one row."""
+def evaluate(ds, method: str, seed: int, variants: dict[str, dict]) -> tuple[dict, np.ndarray]:
+    """Fit ``method`` on ``ds.pool`` (no labels) and score it: one row, and which test images it got right."""
     pool = ds.pool
     model = make_estimator(method, seed, variants)
     t0 = time.perf_counter()
     model.fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames)
     seconds = time.perf_counter() - t0
-    pool_acc = _acc(model, pool)
+    pool_acc = float(np.mean(_correct(model, pool)))
     pseudo = getattr(model, "pseudo_labels_", None)
-    return {
-        "set": ds.name, "seed": seed, "method": method, "test": _acc(model, ds.test),
-        "dev": _acc(model, ds.dev) if ds.dev is not None else pool_acc,
+    test_correct = _correct(model, ds.test)
+    row = {
+        "set": ds.name, "seed": seed, "method": method, "test": float(np.mean(test_correct)),
+        "dev": float(np.mean(_correct(model, ds.dev))) if ds.dev is not None else pool_acc,
         "pl": pool_acc if pseudo is None else float(np.mean(pseudo == pool.labels)),
         "fit_seconds": seconds,
     }
+    return row, test_correct
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds per (set, method), in first-seen order."""
+def paired_difference(correct: np.ndarray, baseline: np.ndarray, *, n_resamples: int = 2000,
+                      random_state: int = 0) -> tuple[float, float, float]:
+    r"""Accuracy difference to a baseline on the same test images, with a 95% paired bootstrap interval.
+
+    With :math:`c^{(s)}_i, b^{(s)}_i \in \{0, 1\}` whether the method and the baseline got
+    image :math:`i` right in seed :math:`s`, the difference is the mean of the per-image
+    :math:`e_i = \frac1S \sum_s (c^{(s)}_i - b^{(s)}_i)`; the interval is the BCa bootstrap
+    (:func:`scipy.stats.bootstrap`) of that mean, images resampled with replacement.
+
+    Parameters
+    ----------
+    correct, baseline : bool arrays of shape (n_seeds, n_test) or (n_test,)
+
+    Returns
+    -------
+    (difference, low, high) : floats, fractions (not %)
+    """
+    from scipy.stats import bootstrap
+
+    c, b = np.atleast_2d(correct).astype(float), np.atleast_2d(baseline).astype(float)
+    if c.shape != b.shape:
+        raise ValueError(f"paired_difference needs the same seeds and test images ({c.shape} vs {b.shape})")
+    e = (c - b).mean(0)
+    diff = float(e.mean())
+    if np.all(e == e[0]):  # no spread: the bootstrap has nothing to resample (BCa would be NaN)
+        return diff, diff, diff
+    res = bootstrap((e,), np.mean, n_resamples=n_resamples, confidence_level=0.95, method="BCa",
+                    random_state=np.random.default_rng(random_state))
+    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summarise(rows: list[dict], correct: dict[tuple[str, int, str], np.ndarray] | None = None) -> list[dict]:
+    """Mean and standard deviation over seeds per (set, method), in first-seen order.
+
+    With ``correct`` (``(set, seed, method) -> `` bool array over the test images), each method
+    that shares its seeds with a ``reference`` row also gets ``vs_reference`` and
+    ``vs_reference_ci95`` (:func:`paired_difference`).
+    """
     keys = list(dict.fromkeys((r["set"], r["method"]) for r in rows))
     out = []
     for s, m in keys:
@@ -85,25 +129,33 @@ def summarise(rows: list[dict]) -> list[dict]:
         for field in ("test", "dev", "pl", "fit_seconds"):
             vals = np.array([r[field] for r in group], dtype=float)
             entry[field], entry[f"{field}_std"] = float(vals.mean()), float(vals.std())
+        seeds = entry["seeds"]
+        if correct and m != "reference" and all((s, seed, "reference") in correct for seed in seeds):
+            diff, low, high = paired_difference(np.stack([correct[s, seed, m] for seed in seeds]),
+                                                np.stack([correct[s, seed, "reference"] for seed in seeds]))
+            entry["vs_reference"], entry["vs_reference_ci95"] = diff, [low, high]
         out.append(entry)
     return out
 
 
 def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
-    """One Markdown table per set: test, difference to the reference, dev, pseudo-labels, fit seconds."""
+    """One Markdown table per set: test, difference to the reference [95% interval], dev, pseudo-labels, fit seconds."""
     lines = []
     for s in dict.fromkeys(e["set"] for e in summary):
         group = [e for e in summary if e["set"] == s]
         ref = next((e["test"] for e in group if e["method"] == "reference"), None)
         n = len(group[0]["seeds"])
         lines += ["", f"{s}  (dev: {dev_notes[s]}; {n} seed{'s' if n > 1 else ''}, mean" + (" ± std)" if n > 1 else ")"), "",
-                  "| method | test acc1 | vs reference | dev | pseudo-label acc | fit s |", "|---|---|---|---|---|---|"]
+                  "| method | test acc1 | vs reference [95% CI] | dev | pseudo-label acc | fit s |", "|---|---|---|---|---|---|"]
 
         def cell(e, f):
             return f"{100 * e[f]:.2f}" + (f" ± {100 * e[f + '_std']:.2f}" if n > 1 else "")
 
         for e in group:
             delta = "" if ref is None or e["method"] == "reference" else f"{100 * (e['test'] - ref):+.2f}"
+            if "vs_reference_ci95" in e:
+                low, high = e["vs_reference_ci95"]
+                delta += f" [{100 * low:+.2f}, {100 * high:+.2f}]"
             lines.append(f"| {e['method']} | {cell(e, 'test')} | {delta} | {cell(e, 'dev')} | {cell(e, 'pl')} | {e['fit_seconds']:.1f} |")
     return "\n".join(lines)
 
@@ -131,7 +183,7 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
     setup(args)
-    rows, notes = [], {}
+    rows, notes, correct = [], {}, {}
     for s in sets:
         for seed in range(args.seeds):
             try:
@@ -141,11 +193,11 @@ def main(argv=None) -> int:
                 break
             notes[s] = ds.dev_note
             for m in methods + list(variants):
-                row = evaluate(ds, m, seed, variants)
+                row, correct[s, seed, m] = evaluate(ds, m, seed, variants)
                 rows.append(row)
                 print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
                       f"pl {100 * row['pl']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
-    summary = summarise(rows)
+    summary = summarise(rows, correct)
     print(table(summary, notes))
     if args.json:
         write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds},

@@ -109,12 +109,33 @@ def test_accuracy_reference_row_and_bad_arguments(scripts, tmp_path, capsys):
     assert accuracy.main(["--sets", "fmnist-lite2", "--methods", "zero_shot,reference", "--cache-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "| reference |" in text and "| zero_shot |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| zero_shot |"))
+    diff, interval = row.split("|")[3].strip().split(" ", 1)
+    low, high = (float(v) for v in interval.strip("[]").split(","))
+    assert low <= float(diff) <= high and low < high  # zero-shot and the fitted reference differ on some images
     for bad in (["--variant", 'x={"lam": 2}'], ["--variant", "x=lam"], ["--variant", 'gpua={"lam": 0.5}'], ["--sets", "mnist"]):
         with pytest.raises(SystemExit) as exc:
             accuracy.main(bad)
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "lam=2" in err and "not JSON" in err and "new and distinct" in err and "mnist" in err
+
+
+def test_paired_difference_interval(scripts):
+    _, accuracy = scripts
+    rng = np.random.default_rng(0)
+    base = rng.random((2, 2000)) < 0.6
+    assert accuracy.paired_difference(base, base) == (0.0, 0.0, 0.0)
+    better = base.copy()
+    better[:, :200] = True  # right on every image of the first 200 in both seeds
+    diff, low, high = accuracy.paired_difference(better, base)
+    assert diff == pytest.approx(np.mean(better) - np.mean(base)) and 0 < low < diff < high
+    # an unrelated method of the same accuracy: the interval holds 0 and is wider than the paired one above
+    other = rng.random((2, 2000)) < 0.6
+    d2, low2, high2 = accuracy.paired_difference(other, base)
+    assert low2 < 0 < high2 and high2 - low2 > high - low
+    with pytest.raises(ValueError, match="same seeds"):
+        accuracy.paired_difference(base[:1], base)
 
 
 def test_fit_speed_times_the_reference_in_the_same_run(scripts, tmp_path, capsys):
@@ -136,3 +157,40 @@ def test_fit_speed_times_the_reference_in_the_same_run(scripts, tmp_path, capsys
     with pytest.raises(SystemExit):
         fit_speed.main(["--params", '{"self_learnin": 2}'])
     assert "did you mean 'self_learning'" in capsys.readouterr().err
+
+
+def test_headroom_ceilings_on_planted_features(scripts, tmp_path, capsys):
+    devsets, _ = scripts
+    import headroom
+
+    _write_fmnist_cache(devsets, tmp_path)
+    out = tmp_path / "headroom.json"
+    assert headroom.main(["--sets", "fmnist-lite2", "--cache-dir", str(tmp_path), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]["fmnist-lite2"]
+    assert set(res) == {"zero-shot", "zero-shot, centred"} | {f"{c} {v}" for c in ("probe", "10-NN") for v in ("Z", "X", "[Z, X]")}
+    ds = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path)
+    from gpua import VLMZeroShot
+
+    zs = VLMZeroShot().fit(ds.pool.vfm_features, ds.pool.vlm_features, ds.pool.text_prototypes)
+    assert res["zero-shot"] == pytest.approx(zs.score(None, ds.test.labels, ds.test.vlm_features))
+    # planted: the VFM holds the classes (a linear map of the latent), the VLM only a noisy view of them
+    assert res["probe Z"] > res["probe X"] + 0.1 and res["probe [Z, X]"] > res["zero-shot"] + 0.1
+    assert "10-NN [Z, X]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        headroom.main(["--sets", "planted"])
+    assert exc.value.code == 2
+
+
+def test_centred_zero_shot_is_the_fit_targets_argmax(scripts):
+    import headroom
+
+    from gpua.features import FeatureSet
+
+    rng = np.random.default_rng(0)
+    classes = rng.normal(size=(3, 6))
+    Y = classes + 4.0 * rng.normal(size=6)  # each modality adds its own class-free direction
+    X = np.repeat(classes, 20, axis=0) + rng.normal(scale=0.3, size=(60, 6)) + 4.0 * rng.normal(size=6)
+    labels = np.repeat(np.arange(3), 20)
+    fs = FeatureSet(vfm_features=X, vlm_features=X, text_prototypes=Y, labels=labels)
+    raw = np.mean((X / np.linalg.norm(X, axis=1, keepdims=True) @ (Y / np.linalg.norm(Y, axis=1, keepdims=True)).T).argmax(1) == labels)
+    assert raw < 0.8 and headroom.centred_zero_shot(fs, fs) == 1.0

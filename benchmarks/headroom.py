@@ -1,0 +1,97 @@
+"""How much room a label-free method has on each development set: supervised ceilings beside the zero-shot floor.
+
+For each set of ``benchmarks/devsets.py`` (cached features; never extracted here), test top-1 of
+
+* ``zero-shot``: :class:`gpua.VLMZeroShot` (cosine of the VLM image features with the prototypes);
+* ``zero-shot, centred``: the same after removing each modality's own mean (the image
+  features' pool mean, the prototypes' mean: :func:`gpua.query.centre_rows` and
+  :func:`gpua.query.target_prototypes`, what ``GPUA(center_vlm=True)`` fits to);
+* ``probe`` / ``10-NN`` on the VFM rows Z, the VLM rows X and the fused query [Z, X]
+  (:func:`gpua.query.build_query`): a logistic-regression probe and a cosine 10-nearest-neighbour
+  classifier **trained with the pool's labels**. These are ceilings for reading the other
+  numbers, never an input to a label-free fit: a map fitted without labels on the same pool
+  rarely beats a supervised linear probe on the same query.
+
+    python benchmarks/headroom.py                        # every real set with a cache
+    python benchmarks/headroom.py --sets cifar-dinov2 --json results/headroom.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from _harness import setup, write_json
+from devsets import REAL_SETS, load_devset
+
+from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
+
+
+def _rows(A) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.as_tensor(np.asarray(A), dtype=torch.float32), dim=1)
+
+
+def centred_zero_shot(pool, test) -> float:
+    """Top-1 of cosine(centred X, centred Y) on ``test``, the image mean taken on ``pool``."""
+    mean = pool_mean(_rows(pool.vlm_features))
+    X = centre_rows(_rows(test.vlm_features), mean)
+    Y = target_prototypes(_rows(test.text_prototypes), True)
+    return float(((X @ Y.T).argmax(1).numpy() == test.labels).mean())
+
+
+def views(fs) -> dict[str, np.ndarray]:
+    """The rows a supervised ceiling is measured on: Z, X and the fused query [Z, X], each part normalised."""
+    Z, X = _rows(fs.vfm_features), _rows(fs.vlm_features)
+    return {"Z": Z.numpy(), "X": X.numpy(), "[Z, X]": build_query(Z, X, "fused", None).numpy()}
+
+
+def headroom(ds) -> dict[str, float]:
+    """Every figure of this script for one development set (fractions)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from gpua import VLMZeroShot
+
+    pool, test = ds.pool, ds.test
+    zs = VLMZeroShot().fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes)
+    out = {"zero-shot": zs.score(None, test.labels, test.vlm_features), "zero-shot, centred": centred_zero_shot(pool, test)}
+    train, held = views(pool), views(test)
+    for name in train:
+        probe = LogisticRegression(max_iter=3000).fit(train[name], pool.labels)
+        knn = KNeighborsClassifier(10, metric="cosine").fit(train[name], pool.labels)
+        out[f"probe {name}"] = float(probe.score(held[name], test.labels))
+        out[f"10-NN {name}"] = float(knn.score(held[name], test.labels))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default=",".join(REAL_SETS), help=f"comma-separated subset of {REAL_SETS}")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--json", default=None, help="write the figures here (atomically)")
+    args = ap.parse_args(argv)
+    sets = [s for s in args.sets.split(",") if s]
+    bad = [s for s in sets if s not in REAL_SETS]
+    if bad:
+        ap.error(f"unknown set {bad}; choose from {REAL_SETS}")
+    setup(args)
+    results = {}
+    for s in sets:
+        try:
+            ds = load_devset(s, cache_dir=args.cache_dir)
+        except FileNotFoundError as exc:
+            print(f"skipping {s}: {exc}", flush=True)
+            continue
+        results[s] = headroom(ds)
+        print(f"\n{s}  (pool {ds.pool.n_samples}, test {ds.test.n_samples}; test top-1 %)")
+        for name, acc in results[s].items():
+            print(f"  {name:<20} {100 * acc:6.2f}")
+    if args.json:
+        write_json(args.json, {"sets": sets, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
