@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 from _harness import gpua_params, setup, write_json
-from devsets import SETS, load_devset
+from devsets import add_set_arguments, chosen_sets, load_devset
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
 
@@ -162,21 +162,19 @@ def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
+    add_set_arguments(ap)
     ap.add_argument("--methods", default=",".join(BASE_METHODS), help=f"comma-separated subset of {BASE_METHODS} (variants are added)")
     ap.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=JSON",
                     help="a GPUA variant: NAME='{\"self_learning\": 2}' (repeatable)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (random_state; planted: also the data draw)")
-    ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: these sets are small, and two threads on a busy 2-core machine run many times slower)")
     ap.add_argument("--json", default=None, help="write every row and the means here (atomically)")
     args = ap.parse_args(argv)
-    sets = [s for s in args.sets.split(",") if s]
+    sets = chosen_sets(ap, args)
     methods = [m for m in args.methods.split(",") if m]
     variants = dict(args.variant)
-    bad = [s for s in sets if s not in SETS] + [m for m in methods if m not in BASE_METHODS]
+    bad = [m for m in methods if m not in BASE_METHODS]
     if bad:
-        ap.error(f"unknown set or method {bad}; sets {SETS}, methods {BASE_METHODS}")
+        ap.error(f"unknown method(s) {bad}; choose from {BASE_METHODS}")
     clash = sorted(set(variants) & set(BASE_METHODS)) or (len(variants) < len(args.variant) and ["a repeated name"])
     if clash:
         ap.error(f"--variant names must be new and distinct ({clash})")

@@ -182,17 +182,28 @@ def zero_shot_accuracy(fs) -> float:
     return VLMZeroShot().fit(fs.vfm_features, fs.vlm_features, fs.text_prototypes).score(None, fs.labels, fs.vlm_features)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {SETS}")
-    ap.add_argument("--extract", action="store_true", help="extract the missing feature files (slow; cached ones are kept)")
+def add_set_arguments(ap: argparse.ArgumentParser, choices: tuple[str, ...] = SETS) -> None:
+    """``--sets``, ``--cache-dir`` and ``--threads``: what every development-set script takes."""
+    ap.add_argument("--sets", default=",".join(choices), help=f"comma-separated subset of {choices}")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: these sets are small, and two threads on a busy 2-core machine run many times slower)")
-    args = ap.parse_args(argv)
+
+
+def chosen_sets(ap: argparse.ArgumentParser, args: argparse.Namespace, choices: tuple[str, ...] = SETS) -> list[str]:
+    """The names ``--sets`` gave, each checked (an unknown one is a usage error: exit 2)."""
     names = [s for s in args.sets.split(",") if s]
-    unknown = [s for s in names if s not in SETS]
+    unknown = [s for s in names if s not in choices]
     if unknown:
-        ap.error(f"unknown set(s) {unknown}; choose from {SETS}")
+        ap.error(f"unknown set(s) {unknown}; choose from {choices}")
+    return names
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_set_arguments(ap)
+    ap.add_argument("--extract", action="store_true", help="extract the missing feature files (slow; cached ones are kept)")
+    args = ap.parse_args(argv)
+    names = chosen_sets(ap, args)
     setup(args)
     if args.extract:
         # Cheapest first, so experiments can start while DINOv2-S runs.

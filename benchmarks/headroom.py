@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 import torch
 from _harness import setup, write_json
-from devsets import REAL_SETS, load_devset
+from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
 
 from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
 
@@ -67,15 +67,10 @@ def headroom(ds) -> dict[str, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default=",".join(REAL_SETS), help=f"comma-separated subset of {REAL_SETS}")
-    ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    add_set_arguments(ap, REAL_SETS)
     ap.add_argument("--json", default=None, help="write the figures here (atomically)")
     args = ap.parse_args(argv)
-    sets = [s for s in args.sets.split(",") if s]
-    bad = [s for s in sets if s not in REAL_SETS]
-    if bad:
-        ap.error(f"unknown set {bad}; choose from {REAL_SETS}")
+    sets = chosen_sets(ap, args, REAL_SETS)
     setup(args)
     results = {}
     for s in sets:
