@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
-    "write_json", "atomic_path", "add_arguments", "setup", "gpua_params",
+    "write_json", "atomic_path", "add_arguments", "setup", "gpua_param", "gpua_params",
 ]
 
 GB = 1e9
@@ -217,6 +217,23 @@ def setup(args) -> None:
 
         torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
+
+
+def gpua_param(text: str) -> dict[str, Any]:
+    """``"lam=0.9"`` -> ``{"lam": 0.9}``, checked against GPUA's table (:func:`gpua.params.parse_params`).
+
+    For ``argparse`` ``type=`` with ``action="append"`` (``--param NAME=VALUE``, repeatable; merge the
+    dicts): a bad pair raises ``argparse.ArgumentTypeError``, so the script exits 2 with one line.
+    """
+    import argparse
+
+    from gpua.fitting import PARAMETERS
+    from gpua.params import parse_params
+
+    try:
+        return parse_params([text], PARAMETERS)
+    except ValueError as exc:  # parse_params names "--param PAIR:" itself; argparse names the option
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--param ")) from None
 
 
 def gpua_params(text: str, what: str = "--params") -> dict[str, Any]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _harness import add_arguments, measure, setup, write_json
+from _harness import add_arguments, gpua_param, measure, setup, write_json
 
 from gpua import GPUA, VLMZeroShot
 from gpua.features import load_features
-from gpua.fitting import PARAMETERS
-from gpua.params import parse_params
 from gpua.synthetic import make_planted
 
 VARIANTS = {
@@ -45,16 +43,17 @@ def run(train, test, base: dict, repeats: int = 1) -> dict[str, tuple[float, flo
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--train")
     ap.add_argument("--test")
-    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
+                    help="a GPUA parameter under every variant (repeatable)")
     add_arguments(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     setup(args)
-    base = parse_params(args.param, PARAMETERS)
+    base = {k: v for pair in args.param for k, v in pair.items()}
     tables = {}
     planted = [run(*make_planted(n_samples=4000, n_classes=20, d_vfm=96, d_vlm=48, d_latent=24, random_state=s).split(2000), base, args.repeats)
                for s in range(args.seeds)]

