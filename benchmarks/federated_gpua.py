@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import machine_line, measure, timer, write_json
+from _harness import gpua_param, machine_line, measure, timer, write_json
 
 from gpua import GPUA
 from gpua.calibrate import dirichlet_split
 from gpua.features import load_features
+from gpua.query import target_prototypes
 from gpua.stream import fit_federated
 
 DEMO = Path.home() / ".cache" / "gpua" / "demo"
@@ -68,14 +69,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--query", choices=("vfm", "fused"), default="vfm", help="GPUA query (default vfm: see the module docstring)")
     ap.add_argument("--n-steps", type=int, default=300, help="GPUA n_steps (default 300, the estimator's)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the client split and of GPUA")
+    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
+                    help="another GPUA parameter for both fits (repeatable), e.g. self_learning=0")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    taken = {"refine", "query", "n_steps", "random_state"} & {k for pair in args.param for k in pair}
+    if taken:
+        ap.error(f"--param {sorted(taken)}: set by the script itself (refine both ways) or by its own option (--query, --n-steps, --seed)")
+    return args
 
 
 def compare(central: GPUA, fed: GPUA, test) -> dict:
-    """Accuracies, map differences and prediction agreement of two fits on the test set."""
-    Y = central.text_prototypes_
+    """Accuracies, map differences and prediction agreement of two fits on the test set.
+
+    The map is determined on the span of the prototypes it was fitted to: the centred ones with
+    ``center_vlm`` (:func:`gpua.query.target_prototypes`), so ``max_abs_dWYt`` is taken on those.
+    """
+    Y = target_prototypes(central.text_prototypes_, bool(central.center_vlm))
     acc_c = central.score(test.vfm_features, test.labels, test.vlm_features)
     acc_f = fed.score(test.vfm_features, test.labels, test.vlm_features)
     agree = float(np.mean(central.predict(test.vfm_features, test.vlm_features) == fed.predict(test.vfm_features, test.vlm_features)))
@@ -95,6 +106,8 @@ def run(args) -> dict:
     train, test = load_features(args.train), load_features(args.test)
     Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
     base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed)
+    for pair in args.param:
+        base.update(pair)
     central = {}
     for refine in (False, True):
         model, m = measure(lambda: GPUA(refine=refine, **base).fit(Z, X, Y))

@@ -75,6 +75,22 @@ def test_fit_segment_evaluate_with_gpua(planted_dirs, capsys):
     assert "mIoU" in capsys.readouterr().out  # the table is printed too
 
 
+def test_fit_seg_takes_gpua_parameters(planted_dirs, capsys):
+    """`gpua fit-seg --param NAME=VALUE` reaches the patch fit; a bad one is refused before any encoder loads."""
+    from gpua import load_model
+
+    d = planted_dirs
+    model = d / "seg_p.gpua"
+    base = ["fit-seg", "--images", str(d / "pool"), "--out", str(model), "--patches-per-image", "16", "--no-progress", *_common(d)]
+    assert main([*base, "--param", "lam=0.9", "--param", "eps=0.05", "--param", "self_learning=0"]) == 0
+    fitted = load_model(model)
+    assert (fitted.query, fitted.lam, fitted.eps, fitted.self_learning) == ("vfm", 0.9, 0.05, 0)
+    capsys.readouterr()
+    model.unlink()
+    assert main([*base, "--param", "eps=-1"]) == 2
+    assert "eps=-1" in capsys.readouterr().err and not model.exists()
+
+
 def test_segment_reads_encoders_templates_and_classes_from_the_model(planted_dirs, capsys):
     """The README's `gpua segment --model seg.gpua --images DIR --classnames classes.txt --out masks/` demanded --vfm/--vlm."""
     from gpua import load_model

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from ..segment.io import make_encoder, write_label_png, write_overlay_png
-from ._common import check_paths
+from ._common import add_param_arguments, check_paths, parse_params
 
 __all__ = ["add_subcommands"]
 
@@ -58,6 +58,7 @@ def add_subcommands(subparsers) -> None:
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_param_arguments(p)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
 
     p = subparsers.add_parser(
@@ -340,13 +341,14 @@ def _fit_seg(args: argparse.Namespace) -> int:
 
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
+    params = {"query": "vfm", **parse_params(args.param)}  # checked before any encoder loads
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     files = _list_images(args.images)[: args.max_images]
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
     templates = resolve_templates(args.templates)
     Y = _prototypes(vlm, prompt_names, templates)
     images = [_load_image(f) for f in files]
-    estimator = GPUA(query="vfm")
+    estimator = GPUA(**params)
     with FitProgress(estimator, not args.no_progress) as progress:
         model = fit_patch_gpua(
             vfm, vlm, images, Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names,
