@@ -139,6 +139,15 @@ def fit_federated(
     estimator
         With the attributes ``GPUA.fit`` sets; ``history_["federated"]`` has the per-round
         refinement record.
+
+    Notes
+    -----
+    Self-learning rounds (``self_learning``, on by default) run federated too, but each re-mines
+    with a map refined by federated averaging, and a round's rollback criterion is the kNN label
+    consistency within each client (rows never leave one), so the fit can keep another round
+    than the central fit would. On non-IID clients this costs accuracy (README, "Federated
+    GPUA": -8 to -11 points from the central fit on the demo's features, -3 to -4 with
+    ``self_learning=0``): pass ``GPUA(self_learning=0)`` for federated fits.
     """
     est = estimator
     if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
