@@ -31,7 +31,7 @@ def test_self_learning_rounds_keep_or_improve_accuracy(planted, tmp_path):
     pseudo = [np.mean(m.pseudo_labels_ == train.labels) for m in (plain, sl)]
     assert pseudo[1] > pseudo[0] + 0.1  # planted: the map's scores are far better correspondences than X Y^T
     rec = sl.history_["self_learning"]
-    assert rec[0] == {"round": 0, "label_change": None, "criterion": rec[0]["criterion"], "kept": True}
+    assert rec[0] == {"round": 0, "label_change": None, "criterion": rec[0]["criterion"], "kept": True, "refit": True}
     assert 1 <= len(rec) - 1 <= 3 and all(0.0 <= r["label_change"] <= 1.0 for r in rec[1:])
     kept = [r for r in rec if r["kept"]]
     assert [r["criterion"] for r in kept] == sorted(r["criterion"] for r in kept)  # a kept round never lowers it
@@ -47,6 +47,22 @@ def test_self_learning_stops_when_labels_settle(planted):
     stopped_at = rec[-1]
     assert stopped_at["round"] < 10
     assert (not stopped_at["kept"]) or stopped_at["label_change"] < 0.5
+
+
+def test_a_settled_round_is_not_refitted(planted, monkeypatch):
+    """A round whose re-mined labels barely moved ends the rounds without Procrustes or refinement:
+    the previous round's map and labels stay."""
+    train, _ = planted
+    refits = []
+    real_procrustes = gpua.fitting.ArrayPool.procrustes
+    monkeypatch.setattr(gpua.fitting.ArrayPool, "procrustes", lambda self, mined: refits.append(mined.labels) or real_procrustes(self, mined))
+    m = _fit(train, self_learning=10, self_learning_tol=0.2)
+    rec = m.history_["self_learning"]
+    last = rec[-1]
+    assert last["refit"] is False and last["kept"] is False and last["criterion"] is None and last["label_change"] < 0.2
+    assert all(r["refit"] and r["label_change"] >= 0.2 for r in rec[1:-1])
+    assert len(refits) == len(rec) - 1  # round 0 and every round but the settled one
+    np.testing.assert_array_equal(m.pseudo_labels_, refits[-1].numpy())  # the last refitted round is the one kept
 
 
 def test_a_worse_round_is_rolled_back(planted, monkeypatch):

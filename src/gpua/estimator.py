@@ -154,8 +154,9 @@ class GPUA(AlignmentEstimator):
         2,000 sampled rows) is rolled back and the rounds stop. ``history_["self_learning"]``
         records each round.
     self_learning_tol : float in [0, 1), default=0.01
-        The rounds also stop once the fraction of the pool's pseudo-labels that changed in a
-        round falls below it (or none changed).
+        A round whose re-mining changed fewer than this fraction of the pool's pseudo-labels (or
+        none) has settled: it is not refitted (its map would barely move), the previous round is
+        kept and the rounds stop.
     retrieval : {"cosine", "csls"}, default="cosine"
         Prediction by cosine, or CSLS with prototype radii measured on the fit pool.
     csls_k : int >= 1, default=10

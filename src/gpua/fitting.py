@@ -380,9 +380,15 @@ def _stage_callback(stage: str, verbose: bool, callback: Callable | None) -> Cal
 
 
 # --- the core --------------------------------------------------------------------------------
-def _one_round(driver: FitDriver, config: FitConfig, score_map, callback, timings: dict[str, float]) -> _Round:
+def _mine(driver: FitDriver, config: FitConfig, score_map, callback, timings: dict[str, float]) -> Mined:
     t0 = time.perf_counter()
     mined = driver.mine(score_map, _stage_callback("UCM round", config.verbose, callback))
+    timings["ucm_s"] = timings.get("ucm_s", 0.0) + time.perf_counter() - t0
+    return mined
+
+
+def _map(driver: FitDriver, config: FitConfig, mined: Mined, callback, timings: dict[str, float]) -> _Round:
+    """Procrustes and refinement on ``mined``'s correspondences: a round."""
     t1 = time.perf_counter()
     W0 = driver.procrustes(mined)
     mined.payload = None
@@ -392,14 +398,16 @@ def _one_round(driver: FitDriver, config: FitConfig, score_map, callback, timing
     else:
         W, curve, augment = W0.clone(), [], {"n_rows": 0}
     t3 = time.perf_counter()
-    for key, dt in (("ucm_s", t1 - t0), ("procrustes_s", t2 - t1), ("refine_s", t3 - t2)):
+    for key, dt in (("procrustes_s", t2 - t1), ("refine_s", t3 - t2)):
         timings[key] = timings.get(key, 0.0) + dt
     return _Round(mined, W0, W, curve, augment)
 
 
 def self_learning_rounds(
     first,
-    run_round: Callable[[Any], Any],
+    first_labels: torch.Tensor,
+    remine: Callable[[Any], Any],
+    refit: Callable[[Any], Any],
     labels_of: Callable[[Any], torch.Tensor],
     criterion: Callable[[torch.Tensor], float],
     rounds: int,
@@ -408,20 +416,27 @@ def self_learning_rounds(
 ) -> tuple[Any, list[dict]]:
     r"""Re-mine, re-map, keep or roll back: the self-learning loop, whatever a round holds.
 
-    Round :math:`r` runs ``run_round(previous)``; with :math:`\hat l^{(r)}` its pseudo-labels it
-    records the changed fraction :math:`\frac1N \#\{i: \hat l^{(r)}_i \ne \hat l^{(r-1)}_i\}` and
-    the label-free ``criterion`` :math:`c^{(r)}`. If :math:`c^{(r)} < c^{(r-1)}` the round is
-    rolled back (the previous round is kept) and the loop stops; otherwise it is kept, and the
-    loop stops once the changed fraction is below ``tol`` (or nothing changed).
+    Round :math:`r` re-mines with the previous round's map (``remine(previous)``), giving the
+    pseudo-labels :math:`\hat l^{(r)}` and the changed fraction
+    :math:`\delta^{(r)} = \frac1N \#\{i: \hat l^{(r)}_i \ne \hat l^{(r-1)}_i\}`. If
+    :math:`\delta^{(r)} < ` ``tol`` (or nothing changed) the labels have settled: the loop stops
+    and keeps the previous round, without refitting a map that would barely move. Otherwise
+    ``refit`` maps the new correspondences and the label-free ``criterion`` :math:`c^{(r)}` is
+    taken; if :math:`c^{(r)} < c^{(r-1)}` the round is rolled back (the previous round is kept)
+    and the loop stops, else it is kept and the next round runs.
 
     Parameters
     ----------
     first : object
         Round 0 (the plain fit).
-    run_round : callable
-        ``previous -> next`` round.
+    first_labels : int64 tensor of shape (n_samples,)
+        Its pseudo-labels.
+    remine : callable
+        ``previous round -> correspondences`` mined with its map.
+    refit : callable
+        ``correspondences -> round``: the map fitted to them.
     labels_of : callable
-        A round's pseudo-labels, int64 tensor of shape (n_samples,).
+        Correspondences -> their pseudo-labels, int64 tensor of shape (n_samples,).
     criterion : callable
         Pseudo-labels -> consistency score (higher is better), e.g. :func:`knn_label_consistency`.
     rounds : int
@@ -436,35 +451,43 @@ def self_learning_rounds(
         The last kept round.
     records : list of dict
         Round 0 then one per round run: ``round``, ``label_change`` (None for round 0),
-        ``criterion``, ``kept``.
+        ``criterion`` (None for a settled round, which is not refitted), ``kept``, ``refit``.
 
     Examples
     --------
     >>> import torch
     >>> labels = {0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 1, 1, 1]), 2: torch.tensor([1, 1, 1, 1])}
     >>> score = {0: 0.5, 1: 0.75, 2: 0.25}   # a criterion by round, for the example
-    >>> kept, rec = self_learning_rounds(0, lambda r: r + 1, labels.get, lambda l: score[int(l.sum()) - 2], 5, 0.0)
+    >>> kept, rec = self_learning_rounds(0, labels[0], lambda r: r + 1, lambda m: m, labels.get,
+    ...                                  lambda l: score[int(l.sum()) - 2], 5, 0.0)
     >>> kept, [(r["round"], r["kept"]) for r in rec]
     (1, [(0, True), (1, True), (2, False)])
+    >>> kept, rec = self_learning_rounds(0, labels[0], lambda r: 0, lambda m: m, labels.get, len, 5, 0.0)
+    >>> kept, rec[-1]                       # round 1 re-mines the same labels: settled, not refitted
+    (0, {'round': 1, 'label_change': 0.0, 'criterion': None, 'kept': False, 'refit': False})
     """
     prev = first
-    prev_labels = labels_of(first).cpu()
+    prev_labels = first_labels.cpu()
     prev_score = float(criterion(prev_labels))
-    records = [{"round": 0, "label_change": None, "criterion": prev_score, "kept": True}]
+    records = [{"round": 0, "label_change": None, "criterion": prev_score, "kept": True, "refit": True}]
     for r in range(1, int(rounds) + 1):
-        cand = run_round(prev)
-        labels = labels_of(cand).cpu()
+        mined = remine(prev)
+        labels = labels_of(mined).cpu()
         change = float((labels != prev_labels).double().mean())
+        if change < tol or change == 0.0:
+            records.append({"round": r, "label_change": change, "criterion": None, "kept": False, "refit": False})
+            if callback is not None:
+                callback(records[-1])
+            break
+        cand = refit(mined)
         score = float(criterion(labels))
         kept = score >= prev_score
-        records.append({"round": r, "label_change": change, "criterion": score, "kept": kept})
+        records.append({"round": r, "label_change": change, "criterion": score, "kept": kept, "refit": True})
         if callback is not None:
             callback(records[-1])
         if not kept:
             break
         prev, prev_labels, prev_score = cand, labels, score
-        if change < tol or change == 0.0:
-            break
     return prev, records
 
 
@@ -538,20 +561,21 @@ def run_fit(
         off), ``orthogonality_error`` and ``timings``; a driver adds its own key after.
     """
     timings: dict[str, float] = {}
-    first = _one_round(driver, config, None, callback, timings)
+    first = _map(driver, config, _mine(driver, config, None, callback, timings), callback, timings)
     runs = [(first.mined.history, first.mined.converged)]
     kept, records = first, []
     if config.self_learning:
         t = time.perf_counter()
         sl_times: dict[str, float] = {}
 
-        def next_round(prev: _Round) -> _Round:
-            rnd = _one_round(driver, config, prev.W, callback, sl_times)
-            runs.append((rnd.mined.history, rnd.mined.converged))
-            return rnd
+        def remine(prev: _Round) -> Mined:
+            mined = _mine(driver, config, prev.W, callback, sl_times)
+            runs.append((mined.history, mined.converged))
+            return mined
 
         kept, records = self_learning_rounds(
-            first, next_round, lambda r: r.mined.labels, driver.consistency, config.self_learning, config.self_learning_tol,
+            first, first.mined.labels, remine, lambda mined: _map(driver, config, mined, callback, sl_times),
+            lambda mined: mined.labels, driver.consistency, config.self_learning, config.self_learning_tol,
             _stage_callback("self-learning round", config.verbose, callback),
         )
         timings["self_learning_s"] = time.perf_counter() - t
