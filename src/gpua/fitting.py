@@ -16,7 +16,8 @@ dask-ml's ``KMeans.fit`` delegates to ``k_means(...)``:
    map's own scores :math:`\mathrm{normalize}(Q W) Y^\top` in place of the VLM term
    :math:`X Y^\top` (VecMap's self-learning), then Procrustes and refinement again; a round
    whose pseudo-labels are less consistent with the VFM's neighbourhoods
-   (:func:`knn_label_consistency`, label-free) is rolled back and the rounds stop;
+   (:func:`knn_label_consistency`, label-free) is rolled back and the rounds stop, and a round
+   whose re-mined labels barely moved (``self_learning_tol``) ends them without a refit;
 6. :class:`~gpua.ConvergenceWarning` when Sinkhorn or UCM stopped at their caps;
 7. :func:`set_fitted_state`: the same learned attributes and ``history_`` keys for every driver.
 
