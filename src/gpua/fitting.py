@@ -475,15 +475,13 @@ def self_learning_rounds(
         mined = remine(prev)
         labels = labels_of(mined).cpu()
         change = float((labels != prev_labels).double().mean())
-        if change < tol or change == 0.0:
-            records.append({"round": r, "label_change": change, "criterion": None, "kept": False, "refit": False})
-            if callback is not None:
-                callback(records[-1])
-            break
-        cand = refit(mined)
-        score = float(criterion(labels))
-        kept = score >= prev_score
-        records.append({"round": r, "label_change": change, "criterion": score, "kept": kept, "refit": True})
+        settled = change < tol or change == 0.0
+        if settled:
+            cand, score, kept = None, None, False
+        else:
+            cand, score = refit(mined), float(criterion(labels))
+            kept = score >= prev_score
+        records.append({"round": r, "label_change": change, "criterion": score, "kept": kept, "refit": not settled})
         if callback is not None:
             callback(records[-1])
         if not kept:
