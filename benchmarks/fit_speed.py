@@ -38,6 +38,12 @@ from gpua import GPUA, ReferenceGPUA
 from gpua.synthetic import make_planted
 
 
+def stage_records(mem: PeakRSS, timings: dict, stages: list[str], t0: float) -> dict:
+    """``{stage: {"seconds", "peak_rss"}}`` for stages that ran back to back from ``t0`` (a fit's ``history_["timings"]``)."""
+    bounds = np.cumsum([0.0] + [timings[f"{name}_s"] for name in stages]) + t0
+    return {name: {"seconds": timings[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])} for i, name in enumerate(stages)}
+
+
 def time_reference(Z, X, Y, timed_steps: int, total_steps: int) -> tuple[dict, dict]:
     """Stage seconds and peaks of ``ReferenceGPUA`` (refinement timed over ``timed_steps``, extrapolated to ``total_steps``)."""
     model = ReferenceGPUA(n_steps=min(timed_steps, total_steps))
@@ -48,9 +54,7 @@ def time_reference(Z, X, Y, timed_steps: int, total_steps: int) -> tuple[dict, d
         with mem.stage("predict"):
             model.predict(Z, X)
     tm = model.history_["timings"]
-    bounds = np.cumsum([0.0, tm["ucm_s"], tm["procrustes_s"], tm["refine_s"]]) + t0
-    ref = {name: {"seconds": tm[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])}
-           for i, name in enumerate(("ucm", "procrustes", "refine"))}
+    ref = stage_records(mem, tm, ["ucm", "procrustes", "refine"], t0)
     steps_run = model.n_steps
     per_step = tm["refine_s"] / max(1, steps_run)
     ref["refine"]["seconds_per_step"] = per_step
@@ -102,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             pred = model.predict(Z, X)
     tm = model.history_["timings"]
     stages = ["ucm", "procrustes", "refine"] + (["self_learning"] if "self_learning_s" in tm else [])
-    bounds = np.cumsum([0.0] + [tm[f"{name}_s"] for name in stages]) + t0
-    gpua = {name: {"seconds": tm[f"{name}_s"], "peak_rss": mem.window(bounds[i], bounds[i + 1])} for i, name in enumerate(stages)}
+    gpua = stage_records(mem, tm, stages, t0)
     gpua["predict"] = {k: mem.stages["predict"][k] for k in ("seconds", "peak_rss")}
     gpua["fit"] = {"seconds": t_fit, "cpu_seconds": c_fit, "peak_rss": mem.window(t0, t0 + t_fit)}
     if args.repeats > 1:  # more whole fits: the median of all of them beside the staged one
