@@ -28,22 +28,23 @@ from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
 from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
 
 
-def _rows(A) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.as_tensor(np.asarray(A), dtype=torch.float32), dim=1)
+def _tensor(A) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
 
 
 def centred_zero_shot(pool, test) -> float:
     """Top-1 of cosine(centred X, centred Y) on ``test``, the image mean taken on ``pool``."""
-    mean = pool_mean(_rows(pool.vlm_features))
-    X = centre_rows(_rows(test.vlm_features), mean)
-    Y = target_prototypes(_rows(test.text_prototypes), True)
+    mean = pool_mean(_tensor(pool.vlm_features))  # each of these normalises the rows first
+    X = centre_rows(_tensor(test.vlm_features), mean)
+    Y = target_prototypes(_tensor(test.text_prototypes), True)
     return float(((X @ Y.T).argmax(1).numpy() == test.labels).mean())
 
 
 def views(fs) -> dict[str, np.ndarray]:
     """The rows a supervised ceiling is measured on: Z, X and the fused query [Z, X], each part normalised."""
-    Z, X = _rows(fs.vfm_features), _rows(fs.vlm_features)
-    return {"Z": Z.numpy(), "X": X.numpy(), "[Z, X]": build_query(Z, X, "fused", None).numpy()}
+    Z, X = _tensor(fs.vfm_features), _tensor(fs.vlm_features)
+    normalize = torch.nn.functional.normalize
+    return {"Z": normalize(Z, dim=1).numpy(), "X": normalize(X, dim=1).numpy(), "[Z, X]": build_query(Z, X, "fused").numpy()}
 
 
 def headroom(ds) -> dict[str, float]:
