@@ -197,3 +197,59 @@ def test_gpua_fit_forwards_streaming_options_for_a_shard_set(planted, tmp_path):
     assert (tmp_path / "ck" / "ucm_state.safetensors").is_file()
     with pytest.raises(GPUAError, match=r"max_memory, checkpoint apply to a shard set .*fit_streaming"):
         GPUA().fit(Z, X, Y, max_memory="1GB", checkpoint=tmp_path / "ck2")
+
+
+# --- whitening the query -------------------------------------------------------------------------
+def test_a_whitened_fit_is_the_fit_on_whitened_rows_folded_into_W(planted):
+    """GPUA(whiten=d) = the map fitted on normalize(Q M), stored as M W on Q: the same predictions.
+
+    Not the same W to the last digit: with fewer classes than dimensions the Procrustes factor is
+    free outside span(Y), so rounding (the by-hand rows are normalised once more) moves that part
+    and, through the cosines' norms, the refinement a little.
+    """
+    from gpua.query import build_query, whitening_map
+
+    train, test = planted
+    Z, X, Y = (torch.as_tensor(a, dtype=torch.float32) for a in (train.vfm_features, train.vlm_features, train.text_prototypes))
+    common = dict(center_vlm=False, self_learning=0)
+    model = _fit(train, whiten=16, whiten_shrink=1.0, **common)
+    Q = build_query(Z, X, "fused")
+    M = whitening_map(Q, 16, 1.0)
+    by_hand = GPUA(**FAST, **common, query="vfm").fit(torch.nn.functional.normalize(Q @ M, dim=1), X, Y)
+    assert model.W_.shape == (Q.shape[1], Y.shape[1]) and model.centres_.shape == (Y.shape[0], Q.shape[1])
+    np.testing.assert_array_equal(model.pseudo_labels_, by_hand.pseudo_labels_)
+    Qt = build_query(*(torch.as_tensor(a, dtype=torch.float32) for a in (test.vfm_features, test.vlm_features)), "fused")
+    ours = model.predict(test.vfm_features, test.vlm_features)
+    assert np.mean(ours == by_hand.predict(torch.nn.functional.normalize(Qt @ M, dim=1), test.vlm_features)) >= 0.99
+    plain = _fit(train, **common)
+    assert not np.allclose(model.W_, plain.W_, atol=1e-2)  # whitening changed the fit
+
+
+def test_a_whitened_model_round_trips_through_its_file(planted, tmp_path):
+    train, test = planted
+    model = _fit(train, whiten=8)
+    again = GPUA.load(model.save(tmp_path / "whitened.safetensors"))
+    assert again.whiten == 8 and again.whiten_shrink == 2.0
+    np.testing.assert_array_equal(again.predict(test.vfm_features, test.vlm_features), model.predict(test.vfm_features, test.vlm_features))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"whiten": 0}, r"whiten=0 must be"),
+    ({"whiten": 2.5}, r"whiten=2\.5 must be"),
+    ({"whiten": 8, "whiten_shrink": -1.0}, r"whiten_shrink=-1\.0 must be"),
+])
+def test_whitening_settings_that_make_no_sense(planted, params, match):
+    train, _ = planted
+    with pytest.raises(GPUAError, match=match):
+        _fit(train, **params)
+
+
+def test_streamed_and_federated_fits_refuse_whitening(planted):
+    from gpua.stream import fit_federated, fit_streaming
+
+    train, _ = planted
+    Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
+    with pytest.raises(GPUAError, match=r"whiten=8: whitening the query is in-memory only.*streamed fit"):
+        fit_streaming(GPUA(**FAST, whiten=8), (Z, X), Y, progress=False)
+    with pytest.raises(GPUAError, match=r"whiten=8: .*federated fit"):
+        fit_federated(GPUA(**FAST, whiten=8), [(Z[:500], X[:500]), (Z[500:], X[500:])], Y, rounds=2)

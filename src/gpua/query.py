@@ -9,6 +9,10 @@ Centering (VecMap's "center"; the modality-gap correction of Liang et al., 2022)
 normalised rows share a common direction that carries no class information, and it dominates
 their cosines. Subtracting the pool mean and renormalising (:func:`centre_rows`) removes it;
 :func:`target_prototypes` does the same for the text prototypes with their own mean.
+
+Whitening (VecMap's "whiten"; ``GPUA(whiten=d)``): :func:`whitening_map` rescales the query's
+top principal directions on the pool, so that no few directions of large variance dominate
+UCM's centres and the map's cosines.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from ._errors import GPUAError
 
-__all__ = ["QUERY_MODES", "build_query", "centre_rows", "pool_mean", "query_width", "target_prototypes"]
+__all__ = ["QUERY_MODES", "build_query", "centre_rows", "pool_mean", "query_width", "target_prototypes", "whitening_map"]
 
 QUERY_MODES = ("vfm", "fused")
 
@@ -119,3 +123,47 @@ def query_width(mode: str, d_vfm: int, d_vlm: int) -> int:
     if mode not in QUERY_MODES:
         raise GPUAError(f"query={mode!r} is unknown; use one of {QUERY_MODES}.")
     return d_vfm + (d_vlm if mode == "fused" else 0)
+
+
+def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Tensor:
+    r"""The pool's whitening of the query: its top principal directions, each scaled to unit variance (shrunk).
+
+    .. math::
+        M = V_d\,\mathrm{diag}\big((\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}\big)_{j \le d},
+        \qquad \sigma_j^2 = \frac{s_j^2}{n},\quad \bar\sigma^2 = \frac1d \sum_{j \le d} \sigma_j^2,
+
+    with :math:`Q = U\,\mathrm{diag}(s)\,V^\top` the SVD of the pool's query rows (not centred:
+    their second moment, so that a map :math:`W` fitted on :math:`\mathrm{normalize}(Q M)`
+    is the map :math:`M W` on :math:`Q`: row scaling does not change a cosine's argmax after the
+    final normalisation). :math:`s` = ``shrink`` interpolates between full whitening of the
+    :math:`d` directions (0) and a plain projection on them (large).
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+        The pool's query rows (:func:`build_query`).
+    n_components : int
+        :math:`d`, at most ``min(n_samples, d_q)`` (larger values are clipped to it).
+    shrink : float
+        :math:`s \ge 0`.
+
+    Returns
+    -------
+    M : tensor of shape (d_q, d), dtype of ``Q``
+
+    Examples
+    --------
+    >>> import torch
+    >>> Q = torch.nn.functional.normalize(torch.randn(200, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor([5.0, 1, 1, 1, 1, 0.1]), dim=1)
+    >>> M = whitening_map(Q, 3, 0.0)
+    >>> tuple(M.shape), torch.allclose((Q @ M).T @ (Q @ M) / 200, torch.eye(3), atol=1e-4)
+    ((6, 3), True)
+    """
+    if n_components < 1:
+        raise GPUAError(f"whiten={n_components!r} must be a positive number of principal directions (try 128).")
+    if not shrink >= 0:
+        raise GPUAError(f"whiten_shrink={shrink!r} must be >= 0 (try 2.0).")
+    d = min(int(n_components), Q.shape[0], Q.shape[1])
+    _, s, Vh = torch.linalg.svd(Q.double(), full_matrices=False)
+    var = s[:d] ** 2 / Q.shape[0]
+    return (Vh[:d].T / (var + shrink * var.mean()).sqrt()).to(Q.dtype)
