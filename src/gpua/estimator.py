@@ -94,14 +94,16 @@ class GPUA(AlignmentEstimator):
         every cosine; the map targets the centred prototypes.
     whiten : int >= 1 or None, default=None
         Whiten the query on the pool before mining and mapping (VecMap's whitening,
-        :func:`gpua.query.whitening_map`): keep its top ``whiten`` principal directions, each
-        scaled by :math:`(\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}` with :math:`s` = ``whiten_shrink``.
+        :func:`gpua.query.whitening_map`): keep its top ``whiten`` principal directions (at most
+        the pool size and the query's width), each scaled by
+        :math:`(\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}` with :math:`s` = ``whiten_shrink``.
         The fitted ``W_`` includes the whitening, so prediction and files are as without it.
         The directions come from the rows' second moment, so use it with ``center=True`` (as
         VecMap centres before whitening). In-memory fits only (a streamed or federated fit
         refuses it). On the development sets ``whiten=128, center=True`` raised the dev
         accuracy on every set and test top-1 by up to 1.7 points (README, "Defaults and what
-        we measured"); not the default while the other drivers lack it.
+        we measured"); not the default while the other drivers lack it. ``history_`` describes
+        the fit in the whitened space (its ``orthogonality_error`` is of the map before folding).
     whiten_shrink : float >= 0, default=2.0
         :math:`s`: 0 whitens the kept directions fully, large values only project on them.
     refine : bool, default=True
