@@ -101,8 +101,9 @@ class GPUA(AlignmentEstimator):
         The directions come from the rows' second moment, so use it with ``center=True`` (as
         VecMap centres before whitening). In-memory fits only (a streamed or federated fit
         refuses it). On the development sets ``whiten=128, center=True`` raised the dev
-        accuracy on every set and test top-1 by up to 1.7 points (README, "Defaults and what
-        we measured"); not the default while the other drivers lack it. ``history_`` describes
+        accuracy on four of five sets (level on the fifth) and test top-1 by up to 1.6 points
+        (README, "Defaults and what we measured"); ``whiten`` must exceed the number of
+        classes. Not the default while the other drivers lack it. ``history_`` describes
         the fit in the whitened space (its ``orthogonality_error`` is of the map before folding).
     whiten_shrink : float >= 0, default=2.0
         :math:`s`: 0 whitens the kept directions fully, large values only project on them.

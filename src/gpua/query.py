@@ -132,7 +132,8 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
         M = V_d\,\mathrm{diag}\big((\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}\big)_{j \le d},
         \qquad \sigma_j^2 = \frac{s_j^2}{n},\quad \bar\sigma^2 = \frac1d \sum_{j \le d} \sigma_j^2,
 
-    with :math:`Q = U\,\mathrm{diag}(s)\,V^\top` the SVD of the pool's query rows (not centred:
+    with :math:`Q = U\,\mathrm{diag}(s)\,V^\top` the SVD of the pool's query rows, found as the
+    eigenvectors of :math:`Q^\top Q / n` (not centred:
     their second moment, so that a map :math:`W` fitted on :math:`\mathrm{normalize}(Q M)`
     is the map :math:`M W` on :math:`Q`: row scaling does not change a cosine's argmax after the
     final normalisation). :math:`s` = ``shrink`` interpolates between full whitening of the
@@ -164,6 +165,11 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
     if not shrink >= 0:
         raise GPUAError(f"whiten_shrink={shrink!r} must be >= 0 (try 2.0).")
     d = min(int(n_components), Q.shape[0], Q.shape[1])
-    _, s, Vh = torch.linalg.svd(Q.double(), full_matrices=False)
-    var = s[:d] ** 2 / Q.shape[0]
-    return (Vh[:d].T / (var + shrink * var.mean()).sqrt()).to(Q.dtype)
+    # The (d_q, d_q) second moment summed over row blocks in float64: no (n, d_q) copy or SVD factor.
+    gram = torch.zeros(Q.shape[1], Q.shape[1], dtype=torch.float64, device=Q.device)
+    for start in range(0, Q.shape[0], 8192):
+        block = Q[start:start + 8192].double()
+        gram.addmm_(block.T, block)
+    second, vectors = torch.linalg.eigh(gram / Q.shape[0])  # ascending
+    var, V = second.flip(0)[:d].clamp_min(0.0), vectors.flip(1)[:, :d]
+    return (V / (var + shrink * var.mean()).sqrt()).to(Q.dtype)
