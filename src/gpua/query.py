@@ -130,14 +130,14 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
 
     .. math::
         M = V_d\,\mathrm{diag}\big((\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}\big)_{j \le d},
-        \qquad \sigma_j^2 = \frac{s_j^2}{n},\quad \bar\sigma^2 = \frac1d \sum_{j \le d} \sigma_j^2,
+        \qquad \bar\sigma^2 = \frac1d \sum_{j \le d} \sigma_j^2,
 
-    with :math:`Q = U\,\mathrm{diag}(s)\,V^\top` the SVD of the pool's query rows, found as the
-    eigenvectors of :math:`Q^\top Q / n` (not centred:
-    their second moment, so that a map :math:`W` fitted on :math:`\mathrm{normalize}(Q M)`
-    is the map :math:`M W` on :math:`Q`: row scaling does not change a cosine's argmax after the
-    final normalisation). :math:`s` = ``shrink`` interpolates between full whitening of the
-    :math:`d` directions (0) and a plain projection on them (large).
+    with :math:`(\sigma_j^2, v_j)` the top :math:`d` eigenpairs of the pool rows' second moment
+    :math:`Q^\top Q / n` (not their covariance, so that a map :math:`W` fitted on
+    :math:`\mathrm{normalize}(Q M)` is the map :math:`M W` on :math:`Q`: a row's scale does not
+    change its cosines after the final normalisation) and :math:`s` = ``shrink``, which
+    interpolates between full whitening of the :math:`d` directions (0) and a plain projection
+    on them (large).
 
     Parameters
     ----------
