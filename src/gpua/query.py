@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ._errors import GPUAError
+from .params import COUNT, NON_NEGATIVE, check_param
 
 __all__ = ["QUERY_MODES", "build_query", "centre_rows", "pool_mean", "query_width", "target_prototypes", "whitening_map"]
 
@@ -160,10 +161,8 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
     >>> tuple(M.shape), torch.allclose((Q @ M).T @ (Q @ M) / 200, torch.eye(3), atol=1e-4)
     ((6, 3), True)
     """
-    if n_components < 1:
-        raise GPUAError(f"whiten={n_components!r} must be a positive number of principal directions (try 128).")
-    if not shrink >= 0:
-        raise GPUAError(f"whiten_shrink={shrink!r} must be >= 0 (try 2.0).")
+    check_param("n_components", n_components, COUNT)
+    check_param("shrink", shrink, NON_NEGATIVE)
     d = min(int(n_components), Q.shape[0], Q.shape[1])
     # The (d_q, d_q) second moment summed over row blocks in float64: no (n, d_q) copy or SVD factor.
     gram = torch.zeros(Q.shape[1], Q.shape[1], dtype=torch.float64, device=Q.device)
