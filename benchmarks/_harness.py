@@ -19,6 +19,7 @@ Scripts run as ``python benchmarks/NAME.py``; Python puts ``benchmarks/`` on the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,7 +35,7 @@ from typing import Any, Callable
 
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
-    "write_json", "atomic_path", "add_arguments", "setup", "gpua_param", "gpua_params",
+    "write_json", "atomic_path", "add_arguments", "add_param_argument", "setup", "gpua_param", "gpua_params",
 ]
 
 GB = 1e9
@@ -222,11 +223,9 @@ def setup(args) -> None:
 def gpua_param(text: str) -> dict[str, Any]:
     """``"lam=0.9"`` -> ``{"lam": 0.9}``, checked against GPUA's table (:func:`gpua.params.parse_params`).
 
-    For ``argparse`` ``type=`` with ``action="append"`` (``--param NAME=VALUE``, repeatable; merge the
-    dicts): a bad pair raises ``argparse.ArgumentTypeError``, so the script exits 2 with one line.
+    The ``argparse`` ``type=`` of :func:`add_param_argument`: a bad pair raises
+    ``argparse.ArgumentTypeError``, so the script exits 2 with one line.
     """
-    import argparse
-
     from gpua.fitting import PARAMETERS
     from gpua.params import parse_params
 
@@ -236,13 +235,23 @@ def gpua_param(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--param ")) from None
 
 
+class _MergeParams(argparse.Action):
+    """Each ``--param NAME=VALUE`` (a dict from :func:`gpua_param`) merged into one dict, later pairs winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest), **values})
+
+
+def add_param_argument(ap: argparse.ArgumentParser, help: str) -> None:
+    """``--param NAME=VALUE`` (repeatable), each pair checked as it is parsed; ``args.param`` is one dict."""
+    ap.add_argument("--param", action=_MergeParams, type=gpua_param, default={}, metavar="NAME=VALUE", help=help)
+
+
 def gpua_params(text: str, what: str = "--params") -> dict[str, Any]:
     """``'{"self_learning": 2}'`` -> a dict of GPUA parameters, each checked against GPUA's table.
 
     For ``argparse`` ``type=``: a bad value raises ``argparse.ArgumentTypeError`` naming ``what``.
     """
-    import argparse
-
     from gpua.fitting import PARAMETERS
     from gpua.params import check_params
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _harness import add_arguments, gpua_param, measure, setup, write_json
+from _harness import add_arguments, add_param_argument, measure, setup, write_json
 
 from gpua import GPUA, VLMZeroShot
 from gpua.features import load_features
@@ -48,12 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--train")
     ap.add_argument("--test")
-    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
-                    help="a GPUA parameter under every variant (repeatable)")
+    add_param_argument(ap, "a GPUA parameter under every variant (repeatable)")
     add_arguments(ap)
     args = ap.parse_args(argv)
     setup(args)
-    base = {k: v for pair in args.param for k, v in pair.items()}
+    base = args.param
     tables = {}
     planted = [run(*make_planted(n_samples=4000, n_classes=20, d_vfm=96, d_vlm=48, d_latent=24, random_state=s).split(2000), base, args.repeats)
                for s in range(args.seeds)]

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import gpua_param, machine_line, measure, timer, write_json
+from _harness import add_param_argument, machine_line, measure, timer, write_json
 
 from gpua import GPUA
 from gpua.calibrate import dirichlet_split
@@ -69,12 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--query", choices=("vfm", "fused"), default="vfm", help="GPUA query (default vfm: see the module docstring)")
     ap.add_argument("--n-steps", type=int, default=300, help="GPUA n_steps (default 300, the estimator's)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the client split and of GPUA")
-    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
-                    help="another GPUA parameter for both fits (repeatable), e.g. self_learning=0")
+    add_param_argument(ap, "another GPUA parameter for both fits (repeatable), e.g. self_learning=0")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
-    taken = {"refine", "query", "n_steps", "random_state"} & {k for pair in args.param for k in pair}
+    taken = {"refine", "query", "n_steps", "random_state"} & set(args.param)
     if taken:
         ap.error(f"--param {sorted(taken)}: set by the script itself (refine both ways) or by its own option (--query, --n-steps, --seed)")
     return args
@@ -105,9 +104,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     train, test = load_features(args.train), load_features(args.test)
     Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
-    base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed)
-    for pair in args.param:
-        base.update(pair)
+    base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed, **args.param)
     central = {}
     for refine in (False, True):
         model, m = measure(lambda: GPUA(refine=refine, **base).fit(Z, X, Y))

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _harness import atomic_path, gpua_param, machine_line, timer
+from _harness import add_param_argument, atomic_path, machine_line, timer
 
 # VOC's background is everything else: a prompt set of common scene stuff stands for it
 # (the first name labels the class).
@@ -81,13 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--templates", default="imagenet_select")
     ap.add_argument("--patches-per-image", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--param", action="append", type=gpua_param, default=[], metavar="NAME=VALUE",
-                    help="a GPUA parameter for the patch fit (repeatable; default GPUA(query='vfm'))")
+    add_param_argument(ap, "a GPUA parameter for the patch fit (repeatable; default GPUA(query='vfm'))")
     ap.add_argument("--json", action="store_true", help="print the scores as JSON too")
     args = ap.parse_args(argv)
-    params = {"query": "vfm"}
-    for pair in args.param:  # each checked by argparse already, before any encoder loads
-        params.update(pair)
+    params = {"query": "vfm", **args.param}  # each pair checked by argparse already, before any encoder loads
 
     import imgviz
 
