@@ -80,7 +80,8 @@ def test_fused_query_requires_vlm_at_predict(planted):
 @pytest.mark.parametrize("mode", ["project", "none", "penalty"])
 def test_orthogonality_modes(planted, mode):
     train, _ = planted
-    m = _fit(train, orthogonality=mode, n_steps=30, patience=100)
+    # Unwhitened: W_ is then the refined map itself (a whitened W_ = M W is orthogonal in M's coordinates).
+    m = _fit(train, orthogonality=mode, n_steps=30, patience=100, whiten=None)
     err = orthogonality_error(m.W_)
     if mode == "project":
         assert err < 1e-4
@@ -90,9 +91,23 @@ def test_orthogonality_modes(planted, mode):
 
 def test_procrustes_only_is_semi_orthogonal(planted):
     train, _ = planted
-    m = _fit(train, refine=False)
+    m = _fit(train, refine=False, whiten=None)
     W = m.W_.double()
     torch.testing.assert_close(W.T @ W, torch.eye(W.shape[1], dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_a_whitened_map_is_orthogonal_in_the_whitened_coordinates(planted):
+    """The default fit whitens the query: W_ = M W with W (semi-)orthogonal, M the pool's whitening."""
+    from gpua.query import build_query, whitening_map
+
+    train, _ = planted
+    m = _fit(train, refine=False, self_learning=0)
+    Q = build_query(torch.as_tensor(train.vfm_features), torch.as_tensor(train.vlm_features), m.query, m.vfm_mean_, m.vlm_mean_)
+    M = whitening_map(Q, m.history_["whiten_components"], m.whiten_shrink).double()
+    W = torch.linalg.pinv(M) @ m.W_.double()  # M has full column rank: pinv(M) M = I
+    torch.testing.assert_close(M @ W, m.W_.double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(W.T @ W, torch.eye(W.shape[1], dtype=torch.float64), atol=1e-4, rtol=0)
+    assert orthogonality_error(m.W_) > 1.0  # and not orthogonal in the query's own coordinates
 
 
 def test_early_stopping_keeps_best_validation_map(planted):

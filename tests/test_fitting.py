@@ -211,18 +211,29 @@ def test_a_whitened_fit_is_the_fit_on_whitened_rows_folded_into_W(planted):
 
     train, test = planted
     Z, X, Y = (torch.as_tensor(a, dtype=torch.float32) for a in (train.vfm_features, train.vlm_features, train.text_prototypes))
-    common = dict(center_vlm=False, self_learning=0)
+    common = dict(center=False, center_vlm=False, self_learning=0)
     model = _fit(train, whiten=16, whiten_shrink=1.0, **common)
     Q = build_query(Z, X, "fused")
     M = whitening_map(Q, 16, 1.0)
-    by_hand = GPUA(**FAST, **common, query="vfm").fit(torch.nn.functional.normalize(Q @ M, dim=1), X, Y)
+    by_hand = GPUA(**FAST, **common, query="vfm", whiten=None).fit(torch.nn.functional.normalize(Q @ M, dim=1), X, Y)
     assert model.W_.shape == (Q.shape[1], Y.shape[1]) and model.centres_.shape == (Y.shape[0], Q.shape[1])
     np.testing.assert_array_equal(model.pseudo_labels_, by_hand.pseudo_labels_)
     Qt = build_query(*(torch.as_tensor(a, dtype=torch.float32) for a in (test.vfm_features, test.vlm_features)), "fused")
     ours = model.predict(test.vfm_features, test.vlm_features)
     assert np.mean(ours == by_hand.predict(torch.nn.functional.normalize(Qt @ M, dim=1), test.vlm_features)) >= 0.99
-    plain = _fit(train, **common)
+    plain = _fit(train, whiten=None, **common)
     assert not np.allclose(model.W_, plain.W_, atol=1e-2)  # whitening changed the fit
+
+
+def test_the_default_whitening_width_follows_the_classes_and_the_query(planted):
+    """whiten="auto" (the default): min(d_q, n, max(128, 2K)) directions, recorded in history_."""
+    train, _ = planted
+    n, d_q, k = len(train.labels), train.vfm_features.shape[1] + train.vlm_features.shape[1], train.text_prototypes.shape[0]
+    model = _fit(train, self_learning=0)
+    assert model.whiten == "auto" and model.center
+    assert model.history_["whiten_components"] == min(d_q, n, max(128, 2 * k))
+    assert _fit(train, whiten=5, self_learning=0).history_["whiten_components"] == 5
+    assert "whiten_components" not in _fit(train, whiten=None, self_learning=0).history_
 
 
 def test_a_whitened_model_round_trips_through_its_file(planted, tmp_path):
@@ -236,20 +247,10 @@ def test_a_whitened_model_round_trips_through_its_file(planted, tmp_path):
 @pytest.mark.parametrize("params, match", [
     ({"whiten": 0}, r"whiten=0 must be"),
     ({"whiten": 2.5}, r"whiten=2\.5 must be"),
+    ({"whiten": "full"}, r"whiten='full' must be None or an int >= 1 or one of 'auto'"),
     ({"whiten": 8, "whiten_shrink": -1.0}, r"whiten_shrink=-1\.0 must be"),
 ])
 def test_whitening_settings_that_make_no_sense(planted, params, match):
     train, _ = planted
     with pytest.raises(GPUAError, match=match):
         _fit(train, **params)
-
-
-def test_streamed_and_federated_fits_refuse_whitening(planted):
-    from gpua.stream import fit_federated, fit_streaming
-
-    train, _ = planted
-    Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
-    with pytest.raises(GPUAError, match=r"whiten=8: whitening the query is in-memory only.*streamed fit"):
-        fit_streaming(GPUA(**FAST, whiten=8), (Z, X), Y, progress=False)
-    with pytest.raises(GPUAError, match=r"whiten=8: .*federated fit"):
-        fit_federated(GPUA(**FAST, whiten=8), [(Z[:500], X[:500]), (Z[500:], X[500:])], Y, rounds=2)

@@ -13,7 +13,7 @@ import pytest
 from gpua import GPUA, GPUAError, LFAAlternation, ReferenceGPUA, VLMZeroShot
 from gpua.cli import main
 from gpua.fitting import PARAMETERS
-from gpua.params import Boolean, DeviceName, Interval, OptionalOf, Options, Weights, parameter_table
+from gpua.params import AnyOf, Boolean, DeviceName, Interval, OptionalOf, Options, Weights, parameter_table
 
 ESTIMATORS = [GPUA, LFAAlternation, VLMZeroShot, ReferenceGPUA]
 
@@ -126,6 +126,10 @@ def test_docstring_defaults_and_ranges_match_the_table(cls):
             assert kind == "bool", name
         elif isinstance(inner, DeviceName):
             assert kind == "str", name
+        elif isinstance(inner, AnyOf):  # e.g. whiten : "auto", int >= 1 or None
+            for option in inner.options:
+                words = [f'"{v}"' for v in option.values] if isinstance(option, Options) else [_strip(option.describe())]
+                assert all(w in kind for w in words), (name, kind)
         else:
             assert isinstance(inner, Weights) and kind.startswith("array"), name
 

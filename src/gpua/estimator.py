@@ -85,26 +85,28 @@ class GPUA(AlignmentEstimator):
         Sinkhorn kernel: gpua's own, or POT's ``sinkhorn_log`` (in-memory fits only).
     assignment : {"soft", "hard"}, default="soft"
         Procrustes target from the full plan or its argmax.
-    center : bool, default=False
-        Subtract the pool mean of the normalised VFM features (VecMap's "center").
+    center : bool, default=True
+        Subtract the pool mean of the normalised VFM features (VecMap's "center"). The
+        whitening's directions come from the query's second moment, so it is meant to run on
+        centred rows (VecMap centres before whitening).
     center_vlm : bool, default=True
         Centre each VLM modality on its own mean (:func:`gpua.query.centre_rows`): the image
         features on the pool's, the text prototypes on theirs. It removes the direction the two
         modalities share across all classes (the "modality gap"), which otherwise dominates
         every cosine; the map targets the centred prototypes.
-    whiten : int >= 1 or None, default=None
+    whiten : "auto", int >= 1 or None, default="auto"
         Whiten the query on the pool before mining and mapping (VecMap's whitening,
-        :func:`gpua.query.whitening_map`): keep its top ``whiten`` principal directions (at most
-        the pool size and the query's width), each scaled by
-        :math:`(\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}` with :math:`s` = ``whiten_shrink``.
-        The fitted ``W_`` includes the whitening, so prediction and files are as without it.
-        The directions come from the rows' second moment, so use it with ``center=True`` (as
-        VecMap centres before whitening). In-memory fits only (a streamed or federated fit
-        refuses it). On the development sets ``whiten=128, center=True`` raised the dev
-        accuracy on four of five sets (level on the fifth) and test top-1 by up to 1.6 points
-        (README, "Defaults and what we measured"); ``whiten`` must exceed the number of
-        classes. Not the default while the other drivers lack it. ``history_`` describes
-        the fit in the whitened space (its ``orthogonality_error`` is of the map before folding).
+        :func:`gpua.query.whitening_map`): keep its top :math:`d` principal directions, each
+        scaled by :math:`(\sigma_j^2 + s\,\bar\sigma^2)^{-1/2}` with :math:`s` = ``whiten_shrink``.
+        ``"auto"``: :math:`d = \min(d_q, n, \max(128, 2K))` (:func:`gpua.query.whitening_width`;
+        a narrower projection merges classes when they are many); an int: that :math:`d`
+        (clipped to the pool size and the query's width); None: no whitening. The fitted ``W_``
+        includes the whitening, so prediction and model files are as without it; streamed and
+        federated fits sum the query's second moment over chunks and clients. Chosen on the
+        development sets with ``center=True`` (dev accuracy up on four of five sets, level on
+        the fifth; README, "Defaults and what we measured"), and it makes the fit several times
+        faster where :math:`d < d_q`. ``history_`` describes the fit in the whitened space (its
+        ``orthogonality_error`` is of the map before folding).
     whiten_shrink : float >= 0, default=2.0
         :math:`s`: 0 whitens the kept directions fully, large values only project on them.
     refine : bool, default=True
@@ -189,9 +191,11 @@ class GPUA(AlignmentEstimator):
     Attributes
     ----------
     W_ : tensor of shape (d_q, d_vlm)
-        The learned map.
+        The learned map. Whitened (the default): :math:`M W` with :math:`M` the pool's
+        whitening and :math:`W` the (semi-)orthogonal map fitted in the whitened coordinates
+        (``history_["whiten_components"]`` is :math:`M`'s width).
     W0_ : tensor of shape (d_q, d_vlm)
-        The Procrustes map before refinement (of the kept self-learning round).
+        The Procrustes map before refinement (of the kept self-learning round), :math:`M W_0` when whitened.
     text_prototypes_ : tensor of shape (n_classes, d_vlm)
     centres_ : tensor of shape (n_classes, d_q)
     vfm_mean_ : tensor of shape (d_vfm,) or None
@@ -235,7 +239,8 @@ class GPUA(AlignmentEstimator):
         state={"history_": dict},
     )
     _parameter_constraints = PARAMETERS
-    _params_before_added = {"center_vlm": False}
+    # Parameters a model file may lack (saved before they existed): the value those fits ran with.
+    _params_before_added = {"center_vlm": False, "whiten": None}
 
     def __init__(
         self,
@@ -254,9 +259,9 @@ class GPUA(AlignmentEstimator):
         sinkhorn_max_iter: int = 2000,
         solver: str = "torch",
         assignment: str = "soft",
-        center: bool = False,
+        center: bool = True,
         center_vlm: bool = True,
-        whiten: int | None = None,
+        whiten: int | str | None = "auto",
         whiten_shrink: float = 2.0,
         refine: bool = True,
         n_steps: int = 300,

@@ -39,9 +39,9 @@ from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
 from ._validation import check_classnames, check_triplet
 from .hubness import neighbourhood_radius
-from .params import COUNT, NON_NEGATIVE, POSITIVE, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
-from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes, whitening_map
+from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes, whitening_map, whitening_width
 from .refinement import RefineConfig, refine
 from .ucm import SIMILARITIES, mine_correspondences
 
@@ -86,7 +86,7 @@ PARAMETERS: dict[str, Constraint] = {
     "assignment": Options(("soft", "hard")),
     "center": Boolean(),
     "center_vlm": Boolean(),
-    "whiten": OptionalOf(COUNT),
+    "whiten": OptionalOf(AnyOf((COUNT, Options(("auto",))))),
     "whiten_shrink": NON_NEGATIVE,
     "refine": Boolean(),
     "n_steps": Interval(int, 0, None),
@@ -160,6 +160,8 @@ class FitConfig:
     query: str
     center: bool
     center_vlm: bool
+    whiten: int | str | None
+    whiten_shrink: float
     refine: bool
     retrieval: str
     csls_k: int
@@ -224,11 +226,6 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         )
     if driver != "memory" and params["solver"] != "torch":
         raise GPUAError(f"solver={params['solver']!r}: {driver} fits run their own chunked Sinkhorn; use solver='torch'.")
-    if driver != "memory" and params["whiten"] is not None:
-        raise GPUAError(
-            f"whiten={params['whiten']}: whitening the query is in-memory only for now (its principal directions "
-            f"come from every pool row at once); set whiten=None for a {driver} fit, or fit GPUA on in-memory arrays."
-        )
     if driver == "streamed" and params["pool_augment"]:
         raise GPUAError(
             f"pool_augment={params['pool_augment']}: augmenting the pool is in-memory only (its per-pseudo-class "
@@ -237,6 +234,7 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         )
     return FitConfig(
         query=params["query"], center=bool(params["center"]), center_vlm=bool(params["center_vlm"]),
+        whiten=params["whiten"], whiten_shrink=float(params["whiten_shrink"]),
         refine=bool(params["refine"]), retrieval=params["retrieval"],
         csls_k=int(params["csls_k"]), device=resolve_device(params["device"]), verbose=bool(params["verbose"]),
         self_learning=int(params["self_learning"]), self_learning_tol=float(params["self_learning_tol"]),
@@ -774,23 +772,27 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     if config.self_learning:
         V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
     M = None
-    if params["whiten"] is not None:
-        M = whitening_map(Q, params["whiten"], float(params["whiten_shrink"]))
+    if config.whiten is not None:
+        M = whitening_map(Q, whitening_width(config.whiten, Q.shape[0], Y.shape[0], Q.shape[1]), config.whiten_shrink)
         Q = normalize(Q @ M, dim=1)
     widths = (Z.shape[1], X.shape[1])
     del Z, X  # only the query, the normalised rows (and V) live on through the fit
     pool = ArrayPool(Q, Xc, target_prototypes(Y, config.center_vlm), V, config)
     state = run_fit(config, pool, Y=normalize(Y, dim=1), vfm_mean=mean, vlm_mean=vlm_mean, widths=widths, classnames=names,
                     callback=callback)
-    return state if M is None else unwhiten(state, M)
+    return unwhiten(state, M)
 
 
-def unwhiten(state: FitState, M: torch.Tensor) -> FitState:
+def unwhiten(state: FitState, M: torch.Tensor | None) -> FitState:
     """A fit on the whitened rows ``normalize(Q M)`` as a fit on ``Q``: maps ``M W``, centres back in Q's space.
 
     Predictions are unchanged (:func:`gpua.query.whitening_map`), so the model keeps the shapes,
-    the prediction path and the file format of an unwhitened one.
+    the prediction path and the file format of an unwhitened one; ``history["whiten_components"]``
+    records :math:`d`. ``M=None`` (no whitening): ``state``.
     """
+    if M is None:
+        return state
+    state.history["whiten_components"] = int(M.shape[1])
     M = M.to(state.W.device)
     back = torch.linalg.pinv(M.double()).to(M.dtype)  # (d, d_q): the whitened centres in Q's coordinates
     return replace(state, W=M @ state.W, W0=M @ state.W0,

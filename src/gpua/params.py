@@ -34,6 +34,7 @@ __all__ = [
     "Options",
     "Boolean",
     "OptionalOf",
+    "AnyOf",
     "Weights",
     "DeviceName",
     "POSITIVE",
@@ -161,6 +162,19 @@ class OptionalOf(Constraint):
 
     def describe(self) -> str:
         return f"None or {self.inner.describe()}"
+
+
+@dataclass(frozen=True)
+class AnyOf(Constraint):
+    """A value that one of several constraints accepts (e.g. a count or the word ``"auto"``)."""
+
+    options: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return any(c.accepts(value) for c in self.options)
+
+    def describe(self) -> str:
+        return " or ".join(c.describe() for c in self.options)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def test_header_declaring_huge_arrays_is_refused(files, tmp_path):
 def _old_format_writer(model, path):
     """A model file laid out as gpua wrote format 1 before this change (no checksum, no provenance)."""
     tensors = {n: getattr(model, n).detach().cpu().contiguous() for n in ("W_", "W0_", "text_prototypes_", "centres_")}
-    params = {k: v for k, v in model.get_params().items() if k != "center_vlm"}  # added after format 1's files
+    added_later = ("center_vlm", "whiten", "whiten_shrink")  # parameters added after format 1's files
+    params = {k: v for k, v in model.get_params().items() if k not in added_later}
     meta = {
         "format": "gpua", "format_version": 1, "gpua_version": "0.1.0", "estimator": "GPUA",
         "params": params, "n_features_vfm": model.n_features_vfm_, "n_features_vlm": model.n_features_vlm_,
@@ -114,10 +115,12 @@ def _old_format_writer(model, path):
 
 def test_format_1_files_without_checksum_still_load(small, tmp_path):
     train, test = small
-    model = GPUA(refine=False, center_vlm=False).fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
+    # Fitted as format 1's gpua fitted: no centering, no whitening.
+    model = GPUA(refine=False, center=False, center_vlm=False, whiten=None).fit(
+        train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
     _old_format_writer(model, tmp_path / "old.gpua")
     back = load_model(tmp_path / "old.gpua")
-    assert back.center_vlm is False  # a file from before the parameter was fitted without it
+    assert back.center_vlm is False and back.whiten is None  # a file from before a parameter was fitted without it
     np.testing.assert_array_equal(back.predict_proba(test.vfm_features, test.vlm_features),
                                   model.predict_proba(test.vfm_features, test.vlm_features))
     assert back.vfm_mean_ is None and back.proto_radius_ is None and not hasattr(back, "provenance_")

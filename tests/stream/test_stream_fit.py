@@ -29,8 +29,11 @@ def budget(data, extra_rows: int, **params) -> int:
         dict(refine=True, n_steps=20),
         dict(refine=True, n_steps=20, self_learning=2),
         dict(refine=False, center=True, retrieval="csls", self_learning=2),
+        dict(refine=True, n_steps=20, center=True, query="fused", whiten=24, self_learning=2),
+        dict(refine=False, query="fused", whiten="auto", whiten_shrink=0.5),
     ],
-    ids=["default", "center-fused-csls", "hard-semirelaxed", "refine", "self-learning", "self-learning-center-csls"],
+    ids=["default", "center-fused-csls", "hard-semirelaxed", "refine", "self-learning", "self-learning-center-csls",
+         "whiten-self-learning", "whiten-auto"],
 )
 def test_equals_in_memory_fit(case, params, device):
     Z, X, Y, _ = case
@@ -61,6 +64,17 @@ def test_equals_in_memory_fit_on_a_tight_budget(case, extra, mode):
     # fit moves by ~1.5e-4 (the plan's sensitivity grows as 1/eps), not 1e-5.
     half = mode in ("float16", "partial")
     assert_same_fit(reference_fit(case, **FAST), got, atol=3e-4 if half else 1e-5, exact_iterations=not half)
+
+
+def test_a_whitened_fit_on_many_chunks_equals_the_in_memory_fit(case):
+    """The query's second moment summed chunk by chunk gives the in-memory whitening, folded into W_ the same way."""
+    Z, X, Y, _ = case
+    params = dict(refine=False, center=True, query="fused", whiten=24)
+    got = fit_streaming(GPUA(**params), (Z, X), Y, max_memory=budget(case, 500_000, **params), progress=False)
+    assert got.history_["streaming"]["n_chunks"] > 1
+    ref = reference_fit(case, **params)
+    assert_same_fit(ref, got)
+    assert got.W_.shape == (Z.shape[1] + X.shape[1], Y.shape[1])  # the whitening folded in: a map on the query
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():
@@ -117,7 +131,7 @@ class _Stop(Exception):
 
 def test_interrupted_fit_resumes_to_the_uninterrupted_result(case, tmp_path):
     Z, X, Y, _ = case
-    params = dict(refine=True, n_steps=10, center=True)
+    params = dict(refine=True, n_steps=10, center=True, whiten=24)
     whole = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", progress=False)
 
     def stop_at_round_3(entry):

@@ -32,7 +32,7 @@ STATE_NAME = "ucm_state.safetensors"
 UCM_PARAMS = (
     "query", "lam", "eps", "similarity", "temperature", "class_prior", "rho", "n_init_per_class",
     "max_outer", "tol", "sinkhorn_tol", "sinkhorn_max_iter", "assignment", "center",
-    "center_vlm",
+    "center_vlm", "whiten", "whiten_shrink",
 )
 
 
@@ -115,7 +115,7 @@ class Checkpoint:
 #: (those that may be absent: None at save time).
 _META = {"round": int, "converged": bool, "done": bool, "history": list, "passes": int}
 _TENSORS = ("centres", "centres_final", "g", "cross_covariance")
-_OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean")
+_OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean", "whiten")
 
 
 def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:

@@ -37,7 +37,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state
+from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from ..query import build_query
@@ -46,7 +46,7 @@ from ..ucm import top_rows
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
-from ._fit import on_device, rows_reader
+from ._fit import on_device, pool_statistics, rows_reader
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_federated", "FederatedExecutor"]
@@ -184,12 +184,11 @@ def fit_federated(
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)
-    if config.center or config.center_vlm:
-        K_.set_pool_means(fit, config, ex.map(K_.part_mean, parts, fit), n, d_v)
+    pool_statistics(ex, parts, fit, config, n, k, d_v)
     b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
-    fitted = run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
-                     classnames=names, callback=callback)
+    fitted = unwhiten(run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean,
+                              widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten)
     fitted.history["federated"] = {"clients": [s.n_samples for s in sources], "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
     return set_fitted_state(est, fitted)
 

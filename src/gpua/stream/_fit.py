@@ -26,10 +26,10 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state
+from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import polar_factor
-from ..query import build_query
+from ..query import build_query, whitening_from_moment, whitening_width
 from ..refinement import RefineConfig, refine
 from . import _kernels as K_
 from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
@@ -99,20 +99,22 @@ def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
 def rows_reader(source, fit: K_.FitSpec, device, memo_above: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``rows(idx)`` -> query rows for :func:`gpua.refinement.refine`, read from the source.
 
-    The query is ``fit.query``'s, centred on ``fit.vfm_mean`` / ``fit.vlm_mean`` where set.
+    The query is ``fit.query``'s, centred on ``fit.vfm_mean`` / ``fit.vlm_mean`` and whitened
+    by ``fit.whiten`` where set.
 
     The held-out slice is requested with the same index tensor at every evaluation: it is read once
     and kept (it is in the memory plan), while training batches are read as they come.
     """
     memo: list = [None, None]
     query, mean, vlm_mean = fit.query, on_device(fit.vfm_mean, device), on_device(fit.vlm_mean, device)
+    whiten = on_device(fit.whiten, device)
 
     def rows(idx: torch.Tensor) -> torch.Tensor:
         if memo[0] is idx:
             return memo[1]
         Z = source.take("vfm_features", idx, device=device)
         X = source.take("vlm_features", idx, device=device) if query == "fused" else None
-        Q = build_query(Z, X, query, mean, vlm_mean)
+        Q = build_query(Z, X, query, mean, vlm_mean, whiten)
         if idx.numel() > memo_above:
             memo[0], memo[1] = idx, Q
         return Q
@@ -227,18 +229,16 @@ def fit_streaming(
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
-        wanted = [name for name, on in (("vfm_mean", config.center), ("vlm_mean", config.center_vlm)) if on]
+        wanted = [name for name, on in (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None)) if on]
         if wanted and state is not None and all(name in state for name in wanted):
-            fit.vfm_mean, fit.vlm_mean = state.get("vfm_mean"), state.get("vlm_mean")
-        elif wanted:
-            with Bar(progress, "pool means", len(parts)) as bar:
-                sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
-            K_.set_pool_means(fit, config, sums, n, d_v)
+            fit.vfm_mean, fit.vlm_mean, fit.whiten = state.get("vfm_mean"), state.get("vlm_mean"), state.get("whiten")
+        else:
+            pool_statistics(ex, parts, fit, config, n, k, d_v, progress=progress)
         if ck is not None:
-            ck.extra.update(vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean)
+            ck.extra.update(vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, whiten=fit.whiten)
         pool = StreamedPool(ex, parts, src, fit, b, config, checkpoint=ck, progress=progress)
-        fitted = run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
-                         classnames=names, callback=callback)
+        fitted = unwhiten(run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
+                                  classnames=names, callback=callback), fit.whiten)
     finally:
         ex.drop(token)
         ex.close()
@@ -248,6 +248,22 @@ def fit_streaming(
         "passes": pool.passes, "processes": ex.n_processes,
     }
     return set_fitted_state(est, fitted)
+
+
+def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, progress: bool = False) -> None:
+    """Set ``fit``'s pool means (centering) and whitening map (``whiten``) from chunk sums, a pass over the pool each.
+
+    A federated executor sums each client's chunks on the client: the server sees one
+    :math:`d`-vector of means and one :math:`d_q \times d_q` second moment per client, no rows.
+    """
+    if config.center or config.center_vlm:
+        with Bar(progress, "pool means", len(parts)) as bar:
+            sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
+        K_.set_pool_means(fit, config, sums, n, d_vfm)
+    if config.whiten is not None:
+        with Bar(progress, "query second moment", len(parts)) as bar:
+            gram = ex.reduce(K_.part_second_moment, parts, fit, merge=K_.sum_tensors, on_done=bar.tick)
+        fit.whiten = whitening_from_moment(gram, n, whitening_width(config.whiten, n, k, gram.shape[0]), config.whiten_shrink)
 
 
 class StreamedPool:

@@ -25,7 +25,7 @@ into the tile (rows renormalised), as :func:`gpua.ot.sinkhorn` does for the whol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ import torch
 
 from .._errors import GPUAError
 from ..fitting import FitConfig
-from ..query import build_query, centre_rows, target_prototypes
+from ..query import build_query, centre_rows, second_moment_sum, target_prototypes
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
 __all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats", "part_vfm_rows"]
@@ -72,6 +72,9 @@ class FitSpec:
     absorb_at : float
     vlm_mean : tensor of shape (d_vlm,) or None
         The pool's mean normalised VLM row (``center_vlm``): every chunk's VLM rows are centred on it.
+    whiten : tensor of shape (d_q, d) or None
+        The pool's whitening map (``GPUA(whiten=...)``, :func:`gpua.query.whitening_from_moment`
+        on the chunks' :func:`part_second_moment`): every chunk's query is :math:`\mathrm{normalize}(Q M)`.
     """
 
     token: str
@@ -90,6 +93,7 @@ class FitSpec:
     init_logit_scale: float = INIT_LOGIT_SCALE
     absorb_at: float = 30.0
     vlm_mean: torch.Tensor | None = None
+    whiten: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, token: str, Y: torch.Tensor, config: FitConfig, n_total: int, tile_dtype: str = "float64") -> "FitSpec":
@@ -222,7 +226,7 @@ def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False) -> t
         _check_rows(part, Z, X)
     mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
     X = centre_rows(X, None if fit.vlm_mean is None else fit.vlm_mean.to(dev))
-    Q = build_query(Z, X, fit.query, mean)
+    Q = build_query(Z, X, fit.query, mean, whiten=fit.whiten)
     S = X if fit.score_map is None else torch.nn.functional.normalize(Q @ fit.score_map.to(dev), dim=1)
     return Z, Q, S
 
@@ -324,6 +328,12 @@ def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n:
     total = sum_tensors(sums) / n
     fit.vfm_mean = total[:d_vfm].float() if config.center else None
     fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
+
+
+def part_second_moment(part: Part, fit: FitSpec) -> torch.Tensor:
+    r""":math:`Q^\top Q` of the chunk's query (centred as the fit's means say, not whitened), float64 of shape (d_q, d_q)."""
+    _, Q, _ = _read(part, replace(fit, whiten=None), _device(fit))
+    return second_moment_sum(Q).cpu()
 
 
 def part_candidates(part: Part, fit: FitSpec, m: int) -> tuple[torch.Tensor, torch.Tensor]:
