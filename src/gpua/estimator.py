@@ -30,7 +30,9 @@ __all__ = ["GPUA", "ORTHOGONALITY"]
 class GPUA(AlignmentEstimator):
     r"""Geometry-Preserving Unsupervised Alignment of a VFM into a VLM's text space.
 
-    Fits a linear map :math:`W` (d_q x d_vlm) from unlabeled paired features, in three steps:
+    Fits a linear map :math:`W` (d_q x d_vlm) from unlabeled paired features. The query
+    :math:`Q` (:func:`gpua.query.build_query`) is first centred and whitened on the pool
+    (``center``, ``whiten``: :func:`gpua.query.whitening_map`); then three steps:
 
     1. UCM: soft correspondences :math:`P` by entropic OT on
        :math:`(1-\lambda)\,\mathrm{sim}(Q, C) + \lambda\, \mathrm{sim}(X, Y)`, alternating with

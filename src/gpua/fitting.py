@@ -21,6 +21,11 @@ dask-ml's ``KMeans.fit`` delegates to ``k_means(...)``:
 6. :class:`~gpua.ConvergenceWarning` when Sinkhorn or UCM stopped at their caps;
 7. :func:`set_fitted_state`: the same learned attributes and ``history_`` keys for every driver.
 
+Before step 2 each driver centres and whitens the query on the pool (``center``, ``whiten``:
+:func:`gpua.query.whitening_map` in memory, chunk sums in the others), and the
+whitening is folded into the maps when :func:`run_fit` returns (:func:`unwhiten`, before
+:func:`set_fitted_state`), so steps 2-6 never know of it.
+
 This module imports neither :mod:`gpua.estimator` nor :mod:`gpua.stream`; both import it.
 """
 
@@ -771,29 +776,34 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     V = None
     if config.self_learning:
         V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
-    M = None
+    M, t_whiten = None, time.perf_counter()
     if config.whiten is not None:
         M = whitening_map(Q, whitening_width(config.whiten, Q.shape[0], Y.shape[0], Q.shape[1]), config.whiten_shrink)
         Q = normalize(Q @ M, dim=1)
+    t_whiten = time.perf_counter() - t_whiten
     widths = (Z.shape[1], X.shape[1])
     del Z, X  # only the query, the normalised rows (and V) live on through the fit
     pool = ArrayPool(Q, Xc, target_prototypes(Y, config.center_vlm), V, config)
     state = run_fit(config, pool, Y=normalize(Y, dim=1), vfm_mean=mean, vlm_mean=vlm_mean, widths=widths, classnames=names,
                     callback=callback)
-    return unwhiten(state, M)
+    return unwhiten(state, M, t_whiten)
 
 
-def unwhiten(state: FitState, M: torch.Tensor | None) -> FitState:
+def unwhiten(state: FitState, M: torch.Tensor | None, seconds: float = 0.0) -> FitState:
     """A fit on the whitened rows ``normalize(Q M)`` as a fit on ``Q``: maps ``M W``, centres back in Q's space.
 
     Predictions are unchanged (:func:`gpua.query.whitening_map`), so the model keeps the shapes,
     the prediction path and the file format of an unwhitened one; ``history["whiten_components"]``
-    records :math:`d`. ``M=None`` (no whitening): ``state``.
+    records :math:`d`, and ``history["timings"]["whiten_s"]`` the ``seconds`` the driver spent
+    whitening plus this folding. ``M=None`` (no whitening): ``state``.
     """
     if M is None:
         return state
+    t0 = time.perf_counter()
     state.history["whiten_components"] = int(M.shape[1])
     M = M.to(state.W.device)
     back = torch.linalg.pinv(M.double()).to(M.dtype)  # (d, d_q): the whitened centres in Q's coordinates
-    return replace(state, W=M @ state.W, W0=M @ state.W0,
-                   centres=torch.nn.functional.normalize(state.centres.to(M.device) @ back, dim=1))
+    folded = replace(state, W=M @ state.W, W0=M @ state.W0,
+                     centres=torch.nn.functional.normalize(state.centres.to(M.device) @ back, dim=1))
+    folded.history.setdefault("timings", {})["whiten_s"] = seconds + time.perf_counter() - t0
+    return folded

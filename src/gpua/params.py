@@ -133,6 +133,8 @@ class Options(Constraint):
         return isinstance(value, str) and value in self.values
 
     def describe(self) -> str:
+        if len(self.values) == 1:
+            return repr(self.values[0])
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 

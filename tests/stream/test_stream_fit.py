@@ -75,6 +75,7 @@ def test_a_whitened_fit_on_many_chunks_equals_the_in_memory_fit(case):
     ref = reference_fit(case, **params)
     assert_same_fit(ref, got)
     assert got.W_.shape == (Z.shape[1] + X.shape[1], Y.shape[1])  # the whitening folded in: a map on the query
+    assert got.history_["whiten_components"] == 24 and got.history_["timings"]["whiten_s"] > 0.0
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():

@@ -3,6 +3,9 @@ r"""Federated GPUA: clients keep their features; the server sees aggregated stat
 The streamed fit already reduces every stage to sums over rows, so the clients of a federation
 play the part of chunks:
 
+* centering and whitening (once, before mining): each client sends the sums of its normalised
+  VFM and VLM rows, then its query's second moment :math:`Q^\top Q` (:math:`d_q \times d_q`);
+  the server forms the pool means and the whitening map and broadcasts them;
 * confident centres: each client sends its top-``m`` confidences per class (no features); the
   server picks the global top ``m`` and each client returns :math:`\sum p\, Q_i` over its
   selected rows;
@@ -146,8 +149,12 @@ def fit_federated(
     with a map refined by federated averaging, and a round's rollback criterion is the kNN label
     consistency within each client (rows never leave one), so the fit can keep another round
     than the central fit would. On non-IID clients this costs accuracy (README, "Federated
-    GPUA": -8 to -11 points from the central fit on the demo's features, -3 to -4 with
+    GPUA": -2.6 to -3.4 points from the central fit on the demo's features, -0.3 to -0.7 with
     ``self_learning=0``): pass ``GPUA(self_learning=0)`` for federated fits.
+
+    With ``center`` / ``center_vlm`` and ``whiten`` (the defaults) each client also sends, once,
+    the sums of its normalised rows and its query's second moment :math:`Q^\top Q`
+    (:func:`gpua.stream._fit.pool_statistics`): aggregates of its features, no row.
     """
     est = estimator
     if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
@@ -184,11 +191,11 @@ def fit_federated(
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)
-    pool_statistics(ex, parts, fit, config, n, k, d_v)
+    t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v)
     b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
     fitted = unwhiten(run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean,
-                              widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten)
+                              widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten, t_whiten)
     fitted.history["federated"] = {"clients": [s.n_samples for s in sources], "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
     return set_fitted_state(est, fitted)
 

@@ -1,7 +1,8 @@
 r"""``fit_streaming``: GPUA on more rows than fit in memory, in this process or on Dask.
 
 The three stages of :meth:`gpua.GPUA.fit`, each linear in :math:`N` with memory bounded by the
-budget:
+budget, after a pass for the pool means (centering) and one for the query's second moment
+(whitening; :func:`pool_statistics`, a :math:`d_q \times d_q` sum):
 
 1. UCM (:func:`gpua.stream._ucm.streamed_ucm`): Sinkhorn with only the class potential kept,
    centres and the Procrustes cross-covariance accumulated chunk by chunk;
@@ -18,6 +19,7 @@ rounding, about 1e-7 here).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import replace
 from typing import Callable
@@ -230,15 +232,16 @@ def fit_streaming(
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
         wanted = [name for name, on in (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None)) if on]
+        t_whiten = 0.0
         if wanted and state is not None and all(name in state for name in wanted):
             fit.vfm_mean, fit.vlm_mean, fit.whiten = state.get("vfm_mean"), state.get("vlm_mean"), state.get("whiten")
         else:
-            pool_statistics(ex, parts, fit, config, n, k, d_v, progress=progress)
+            t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v, progress=progress)
         if ck is not None:
             ck.extra.update(vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, whiten=fit.whiten)
         pool = StreamedPool(ex, parts, src, fit, b, config, checkpoint=ck, progress=progress)
         fitted = unwhiten(run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
-                                  classnames=names, callback=callback), fit.whiten)
+                                  classnames=names, callback=callback), fit.whiten, t_whiten)
     finally:
         ex.drop(token)
         ex.close()
@@ -250,8 +253,10 @@ def fit_streaming(
     return set_fitted_state(est, fitted)
 
 
-def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, progress: bool = False) -> None:
+def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, progress: bool = False) -> float:
     """Set ``fit``'s pool means (centering) and whitening map (``whiten``) from chunk sums, a pass over the pool each.
+
+    Returns the seconds spent on the whitening (its pass and eigendecomposition).
 
     A federated executor sums each client's chunks on the client: the server sees one
     :math:`d`-vector of means and one :math:`d_q \times d_q` second moment per client, no rows.
@@ -260,10 +265,12 @@ def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: in
         with Bar(progress, "pool means", len(parts)) as bar:
             sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
         K_.set_pool_means(fit, config, sums, n, d_vfm)
+    t0 = time.perf_counter()
     if config.whiten is not None:
         with Bar(progress, "query second moment", len(parts)) as bar:
             gram = ex.reduce(K_.part_second_moment, parts, fit, merge=K_.sum_tensors, on_done=bar.tick)
         fit.whiten = whitening_from_moment(gram, n, whitening_width(config.whiten, n, k, gram.shape[0]), config.whiten_shrink)
+    return time.perf_counter() - t0
 
 
 class StreamedPool:
