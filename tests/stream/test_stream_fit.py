@@ -31,9 +31,10 @@ def budget(data, extra_rows: int, **params) -> int:
         dict(refine=False, center=True, retrieval="csls", self_learning=2),
         dict(refine=True, n_steps=20, center=True, query="fused", whiten=24, self_learning=2),
         dict(refine=False, query="fused", whiten="auto", whiten_shrink=0.5),
+        dict(refine=False, similarity="neg_euclidean", eps=0.5, self_learning=1),  # -distance/0.1: ten times cosine units
     ],
     ids=["default", "center-fused-csls", "hard-semirelaxed", "refine", "self-learning", "self-learning-center-csls",
-         "whiten-self-learning", "whiten-auto"],
+         "whiten-self-learning", "whiten-auto", "whiten-neg-euclidean"],
 )
 def test_equals_in_memory_fit(case, params, device):
     Z, X, Y, _ = case
@@ -76,6 +77,21 @@ def test_a_whitened_fit_on_many_chunks_equals_the_in_memory_fit(case):
     assert_same_fit(ref, got)
     assert got.W_.shape == (Z.shape[1] + X.shape[1], Y.shape[1])  # the whitening folded in: a map on the query
     assert got.history_["whiten_components"] == 24 and got.history_["timings"]["whiten_s"] > 0.0
+
+
+def test_whitened_rows_are_never_formed_but_multiply_as_if_they_were():
+    """WhitenedRows: Q B, A Q and rows(idx) equal the products with normalize(Q0 M) formed."""
+    from gpua.stream._kernels import WhitenedRows
+
+    g = torch.Generator().manual_seed(0)
+    Q0, M = torch.randn(50, 12, generator=g), torch.randn(12, 7, generator=g)
+    Q = torch.nn.functional.normalize(Q0 @ M, dim=1)
+    lazy = WhitenedRows(Q0, M, 1.0 / (Q0 @ M).norm(dim=1))
+    B, A = torch.randn(7, 5, generator=g), torch.randn(4, 50, generator=g)
+    assert lazy.shape == (50, 7)
+    torch.testing.assert_close(lazy @ B, Q @ B)
+    torch.testing.assert_close(lazy.left(A), A @ Q)
+    torch.testing.assert_close(lazy.rows(torch.tensor([3, 1])), Q[[3, 1]])
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():

@@ -231,7 +231,8 @@ def fit_streaming(
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
-        wanted = [name for name, on in (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None)) if on]
+        pool_stats = (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None))
+        wanted = [name for name, on in pool_stats if on]
         t_whiten = 0.0
         if wanted and state is not None and all(name in state for name in wanted):
             fit.vfm_mean, fit.vlm_mean, fit.whiten = state.get("vfm_mean"), state.get("vlm_mean"), state.get("whiten")
@@ -254,7 +255,7 @@ def fit_streaming(
 
 
 def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, progress: bool = False) -> float:
-    """Set ``fit``'s pool means (centering) and whitening map (``whiten``) from chunk sums, a pass over the pool each.
+    r"""Set ``fit``'s pool means (centering) and whitening map (``whiten``) from chunk sums, a pass over the pool each.
 
     Returns the seconds spent on the whitening (its pass and eigendecomposition).
 

@@ -36,7 +36,7 @@ from ..fitting import FitConfig
 from ..query import build_query, centre_rows, second_moment_sum, target_prototypes
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
-__all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "merge_stats", "part_vfm_rows"]
+__all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "WhitenedRows", "merge_stats", "part_vfm_rows"]
 
 # Rows per float64 block when a float32 tile is reduced (a few MB: stays in cache).
 _BLOCK = 512
@@ -190,6 +190,7 @@ class _State:
     g_ref: torch.Tensor | None = None
     prev_round: int = -1
     prev_plan: torch.Tensor | None = None
+    inv_norm: torch.Tensor | None = None  # 1 / ||Q0_i M|| of the chunk's whitened rows (WhitenedRows)
 
 
 _STORE: dict[tuple[str, int], _State] = {}
@@ -214,9 +215,68 @@ def _device(fit: FitSpec) -> torch.device:
     return torch.device(fit.device)
 
 
-def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class WhitenedRows:
+    r"""A chunk's whitened query rows :math:`\mathrm{normalize}(Q_0 M)`, kept as :math:`Q_0`, :math:`M` and :math:`1 / \lVert Q_0 M \rVert`.
+
+    A streamed fit reads each chunk some twenty times (the rounds' tiles and sums, the
+    self-learning rounds' scores), and every use of the query there is a product with a small
+    matrix: :math:`Q B = \mathrm{diag}(r^{-1})\, Q_0 (M B)` and
+    :math:`A Q = ((A\,\mathrm{diag}(r^{-1})) Q_0) M` cost what they cost unwhitened, where
+    forming :math:`Q_0 M` on every read would add a :math:`d_q \times d` product per row (at
+    :math:`K = 1000`, where :math:`d = d_q`, it doubled the UCM time). The row norms are
+    computed once per chunk and fit (:func:`_inverse_norms`).
+
+    Parameters
+    ----------
+    Q0 : tensor of shape (n_rows, d_q)
+        The unwhitened query rows (:func:`gpua.query.build_query` without ``whiten``).
+    M : tensor of shape (d_q, d)
+    inv_norm : tensor of shape (n_rows,)
+    """
+
+    def __init__(self, Q0: torch.Tensor, M: torch.Tensor, inv_norm: torch.Tensor):
+        self.Q0, self.M, self.inv_norm = Q0, M, inv_norm
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.Q0.shape[0], self.M.shape[1])
+
+    def __matmul__(self, B: torch.Tensor) -> torch.Tensor:
+        """:math:`Q B` for ``B`` of shape (d, m)."""
+        return (self.Q0 @ (self.M @ B)).mul_(self.inv_norm[:, None])
+
+    def left(self, A: torch.Tensor) -> torch.Tensor:
+        """:math:`A Q` for ``A`` of shape (m, n_rows)."""
+        return ((A * self.inv_norm[None, :]) @ self.Q0) @ self.M
+
+    def rows(self, idx) -> torch.Tensor:
+        """The whitened rows ``idx``, formed."""
+        return (self.Q0[idx] @ self.M).mul_(self.inv_norm[idx, None])
+
+
+def _inverse_norms(part: Part, fit: FitSpec, Q0: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    r""":math:`1 / \lVert Q_0 M \rVert` per row, computed once per chunk and fit token (kept with its tiles)."""
+    st = _STORE.setdefault((fit.token, part.index), _State())
+    if st.inv_norm is None or st.inv_norm.device != Q0.device:
+        norms = torch.cat([(Q0[i : i + _BLOCK * 8] @ M).norm(dim=1) for i in range(0, Q0.shape[0], _BLOCK * 8)])
+        st.inv_norm = 1.0 / norms.clamp_min(1e-12)  # the floor of torch.nn.functional.normalize
+    return st.inv_norm
+
+
+def _left(A: torch.Tensor, Q) -> torch.Tensor:
+    """:math:`A Q` for a query held whole or as :class:`WhitenedRows`."""
+    return Q.left(A) if isinstance(Q, WhitenedRows) else A @ Q
+
+
+def _formed(Q) -> torch.Tensor:
+    """The query rows as one tensor (:class:`WhitenedRows` formed: only where a product will not do)."""
+    return Q.rows(slice(None)) if isinstance(Q, WhitenedRows) else Q
+
+
+def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False):
     r"""(raw Z, query Q, score rows S) of the chunk, float32 on ``dev``; rows checked when ``check``.
 
+    :math:`Q` is a tensor, or :class:`WhitenedRows` when the fit whitens the query.
     :math:`S` is what UCM's VLM term compares with the prototypes: the normalised VLM rows
     :math:`X`, or :math:`\mathrm{normalize}(Q W)` when ``fit.score_map`` is a map :math:`W`.
     """
@@ -226,7 +286,10 @@ def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False) -> t
         _check_rows(part, Z, X)
     mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
     X = centre_rows(X, None if fit.vlm_mean is None else fit.vlm_mean.to(dev))
-    Q = build_query(Z, X, fit.query, mean, whiten=fit.whiten)
+    Q = build_query(Z, X, fit.query, mean)
+    if fit.whiten is not None:
+        M = fit.whiten.to(dev)
+        Q = WhitenedRows(Q, M, _inverse_norms(part, fit, Q, M))
     S = X if fit.score_map is None else torch.nn.functional.normalize(Q @ fit.score_map.to(dev), dim=1)
     return Z, Q, S
 
@@ -240,6 +303,7 @@ def part_vfm_rows(part: Part, fit: FitSpec) -> torch.Tensor:
 
 def _tile(Q: torch.Tensor, S_rows: torch.Tensor, fit: FitSpec, C: torch.Tensor, g: torch.Tensor, dev) -> torch.Tensor:
     r"""Row-max-normalised kernel :math:`\exp(S/\varepsilon + g - m)` in float64, shape (n_rows, K)."""
+    Q = Q if fit.similarity == "cosine" else _formed(Q)  # -distance needs the rows' norms too
     S = fused_score(Q, C.to(dev), S_rows, fit.Y.to(dev), fit.lam, fit.similarity, fit.temperature)
     A = S.div_(fit.eps).double().add_(g.to(dev))
     del S
@@ -369,7 +433,8 @@ def part_init_sums(part: Part, fit: FitSpec, rows: torch.Tensor, classes: torch.
     out = torch.zeros(fit.Y.shape[0], Q.shape[1], dtype=torch.float64, device=dev)
     if rows.numel():
         local = (rows - part.start).to(dev)
-        out.index_add_(0, classes.to(dev), Q[local].double() * weights.to(dev).double()[:, None])
+        rows = Q.rows(local) if isinstance(Q, WhitenedRows) else Q[local]
+        out.index_add_(0, classes.to(dev), rows.double() * weights.to(dev).double()[:, None])
     return out.cpu()
 
 
@@ -415,14 +480,14 @@ def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dic
     conf, labels = P.max(1)
     out = {
         "col": P.sum(0, dtype=torch.float64).div_(fit.n_total).cpu(),
-        "centre_sums": (P.T @ Q).double().cpu(),
+        "centre_sums": _left(P.T, Q).double().cpu(),
         "hard_sums": None,
         "change": None,
         "parts": {part.index: (labels.cpu(), conf.cpu())},
     }
     if fit.assignment == "hard":
         hard = torch.zeros(P.shape[1], Q.shape[1], dtype=torch.float64, device=dev)
-        out["hard_sums"] = hard.index_add_(0, labels, Q.double()).cpu()
+        out["hard_sums"] = hard.index_add_(0, labels, _formed(Q).double()).cpu()
     st = _STORE.get((fit.token, part.index))
     if rnd.prev_centres is not None:
         if st is not None and st.prev_round == rnd.round - 1 and st.prev_plan is not None:
