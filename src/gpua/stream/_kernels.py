@@ -224,7 +224,7 @@ class WhitenedRows:
     :math:`A Q = ((A\,\mathrm{diag}(r^{-1})) Q_0) M` cost what they cost unwhitened, where
     forming :math:`Q_0 M` on every read would add a :math:`d_q \times d` product per row (at
     :math:`K = 1000`, where :math:`d = d_q`, it doubled the UCM time). The row norms are
-    computed once per chunk and fit (:func:`_inverse_norms`).
+    computed once per chunk and mining (:func:`_inverse_norms`, kept with the mining's tiles).
 
     Parameters
     ----------
@@ -255,7 +255,7 @@ class WhitenedRows:
 
 
 def _inverse_norms(part: Part, fit: FitSpec, Q0: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    r""":math:`1 / \lVert Q_0 M \rVert` per row, computed once per chunk and fit token (kept with its tiles)."""
+    r""":math:`1 / \lVert Q_0 M \rVert` per row, once per chunk and fit token (a mining's: freed with its tiles by :func:`drop`)."""
     st = _STORE.setdefault((fit.token, part.index), _State())
     if st.inv_norm is None or st.inv_norm.device != Q0.device:
         norms = torch.cat([(Q0[i : i + _BLOCK * 8] @ M).norm(dim=1) for i in range(0, Q0.shape[0], _BLOCK * 8)])
