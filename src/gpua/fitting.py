@@ -776,11 +776,11 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     V = None
     if config.self_learning:
         V = Q if config.query == "vfm" else build_query(Z, None, "vfm", mean)
-    M, t_whiten = None, time.perf_counter()
+    M, t0 = None, time.perf_counter()
     if config.whiten is not None:
         M = whitening_map(Q, whitening_width(config.whiten, Q.shape[0], Y.shape[0], Q.shape[1]), config.whiten_shrink)
         Q = normalize(Q @ M, dim=1)
-    t_whiten = time.perf_counter() - t_whiten
+    t_whiten = time.perf_counter() - t0
     widths = (Z.shape[1], X.shape[1])
     del Z, X  # only the query, the normalised rows (and V) live on through the fit
     pool = ArrayPool(Q, Xc, target_prototypes(Y, config.center_vlm), V, config)

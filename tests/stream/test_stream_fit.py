@@ -80,7 +80,7 @@ def test_a_whitened_fit_on_many_chunks_equals_the_in_memory_fit(case):
 
 
 def test_whitened_rows_are_never_formed_but_multiply_as_if_they_were():
-    """WhitenedRows: Q B, A Q and rows(idx) equal the products with normalize(Q0 M) formed."""
+    """WhitenedRows: Q B, A Q and Q[idx] equal the products with normalize(Q0 M) formed."""
     from gpua.stream._kernels import WhitenedRows
 
     g = torch.Generator().manual_seed(0)
@@ -91,7 +91,7 @@ def test_whitened_rows_are_never_formed_but_multiply_as_if_they_were():
     assert lazy.shape == (50, 7)
     torch.testing.assert_close(lazy @ B, Q @ B)
     torch.testing.assert_close(lazy.left(A), A @ Q)
-    torch.testing.assert_close(lazy.rows(torch.tensor([3, 1])), Q[[3, 1]])
+    torch.testing.assert_close(lazy[torch.tensor([3, 1])], Q[[3, 1]])
 
 
 def test_chunking_does_not_change_the_result_even_with_ties():

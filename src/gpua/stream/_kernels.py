@@ -249,8 +249,8 @@ class WhitenedRows:
         """:math:`A Q` for ``A`` of shape (m, n_rows)."""
         return ((A * self.inv_norm[None, :]) @ self.Q0) @ self.M
 
-    def rows(self, idx) -> torch.Tensor:
-        """The whitened rows ``idx``, formed."""
+    def __getitem__(self, idx) -> torch.Tensor:
+        """The whitened rows ``idx``, formed (indexing as a tensor of the rows would)."""
         return (self.Q0[idx] @ self.M).mul_(self.inv_norm[idx, None])
 
 
@@ -270,7 +270,7 @@ def _left(A: torch.Tensor, Q) -> torch.Tensor:
 
 def _formed(Q) -> torch.Tensor:
     """The query rows as one tensor (:class:`WhitenedRows` formed: only where a product will not do)."""
-    return Q.rows(slice(None)) if isinstance(Q, WhitenedRows) else Q
+    return Q[:] if isinstance(Q, WhitenedRows) else Q
 
 
 def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False):
@@ -433,8 +433,7 @@ def part_init_sums(part: Part, fit: FitSpec, rows: torch.Tensor, classes: torch.
     out = torch.zeros(fit.Y.shape[0], Q.shape[1], dtype=torch.float64, device=dev)
     if rows.numel():
         local = (rows - part.start).to(dev)
-        rows = Q.rows(local) if isinstance(Q, WhitenedRows) else Q[local]
-        out.index_add_(0, classes.to(dev), rows.double() * weights.to(dev).double()[:, None])
+        out.index_add_(0, classes.to(dev), Q[local].double() * weights.to(dev).double()[:, None])
     return out.cpu()
 
 
