@@ -129,13 +129,17 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     ``suffix`` keeps the extension some writers insist on (``np.savez`` appends ``.npz``). The
-    temp file exists (empty) when the block starts, with the umask's permissions.
+    temp file exists (empty) when the block starts, with the umask's permissions. ``~`` is
+    expanded; a path that is a folder, lies under a file, sits in a folder that cannot be written
+    or names a read-only file is refused (:class:`GPUAError` naming ``name``) before the block
+    runs, so no work is spent on a write that would fail or replace a file its owner protected.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    _check_writable(path, name, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     while True:
@@ -188,6 +192,10 @@ def _inside(p: Path, folder: Path) -> bool:
 def _check_writable(path: Path, name: str, kind: str) -> None:
     if kind == "file" and path.is_dir():
         raise GPUAError(f"{name} {str(path)!r} is an existing folder, but a file is written there; give a file name.")
+    # The rename would replace a read-only file as readily as any other: its owner's protection
+    # is honoured here instead (root passes os.access, as it passes the permission itself).
+    if kind == "file" and path.is_file() and not os.access(path, os.W_OK):
+        raise GPUAError(f"{name} {str(path)!r} is a read-only file; make it writable (chmod u+w) if it may be replaced, or choose another path.")
     if kind != "file" and path.exists() and not path.is_dir():
         raise GPUAError(f"{name} {str(path)!r} is an existing file, but a folder is written there; give a folder name.")
     folder = path if kind != "file" else path.parent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -18,16 +20,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise GPUAError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise GPUAError(f"device={device!r}: gpua runs on 'cpu' or 'cuda' devices; use device='cpu', 'cuda' or 'auto'.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GPUAError(f"device={device!r} but no CUDA GPU is available here; use device='cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GPUAError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}'.")
     return dev
 
 
 def as_tensor(A, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Array-like -> tensor on ``device`` (no copy when already there)."""
+    """Array-like -> tensor on ``device`` (no copy when already there).
+
+    A read-only array (a memory map opened ``mode="r"``) is shared as it is: nothing in gpua
+    writes into its inputs, so torch's warning about non-writable arrays is not passed on.
+    """
     if isinstance(A, torch.Tensor):
         return A.to(device=device, dtype=dtype)
-    return torch.as_tensor(np.asarray(A), dtype=dtype, device=device)
+    A = np.asarray(A)
+    if A.flags.writeable:
+        return torch.as_tensor(A, dtype=dtype, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(A, dtype=dtype, device=device)
 
 
 def to_numpy(T: torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ from ._errors import GPUAError, ModelFileError, NotFittedError
 from ._integrity import CHECKSUM_KEY, digest, verify
 from ._validation import check_classnames, check_matrix
 from .query import query_width
-from .params import check_params, suggest_name
+from .params import LOGIT_SCALE, ParamsMixin, check_param
 
 __all__ = ["AlignmentEstimator", "FORMAT_VERSION", "ModelSchema", "load_model"]
 
@@ -66,8 +66,8 @@ class ModelSchema:
         return tuple(d if isinstance(d, int) else int(dims[d]) for d in self.tensors[name])
 
 
-class AlignmentEstimator:
-    """Base of every aligner: scikit-learn parameter handling, prediction and model files.
+class AlignmentEstimator(ParamsMixin):
+    """Base of every aligner: scikit-learn parameter handling (:class:`~gpua.params.ParamsMixin`), prediction and model files.
 
     A subclass sets the learned state in ``fit`` and implements :meth:`_scores`
     (cosines of the mapped queries with the prototypes). Learned attributes end in ``_``.
@@ -75,51 +75,33 @@ class AlignmentEstimator:
 
     #: The fitted tensors and JSON state a model file holds (see :class:`ModelSchema`).
     _schema: ModelSchema = ModelSchema()
-    #: ``{parameter: gpua.params.Constraint}``: each parameter's admissible values, declared once.
-    _parameter_constraints: dict = {}
     #: ``{parameter: value}`` for parameters added after model files were first written: a file
     #: without one was fitted as this value behaves, whatever today's default.
     _params_before_added: dict = {}
+    #: Parameters the learned state is laid out for (the query's width, the targets' centring):
+    #: prediction reads the state through them, so a change after fit is refused until the next
+    #: fit (a change to any other parameter takes effect at the next fit, as in scikit-learn).
+    _fitted_layout: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
-    # --- scikit-learn parameter contract ---------------------------------------------------
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params) -> "AlignmentEstimator":
-        valid = self._get_param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}{suggest_name(key, valid)}; valid parameters: {valid}.")
-            setattr(self, key, value)
-        return self
-
-    def _validate_params(self) -> None:
-        """Check every parameter against :attr:`_parameter_constraints` (called at fit)."""
-        check_params(self._parameter_constraints, self.get_params(), type(self).__name__)
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = []
-        for k, v in self.get_params().items():
-            d = defaults.get(k, inspect.Parameter.empty)
-            same = v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d)
-            if not same:
-                changed.append(f"{k}={v!r}")
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     # --- fitted state ------------------------------------------------------------------------
+    def _record_fit(self) -> None:
+        """Remember the :attr:`_fitted_layout` values the learned state was made with (end of a fit or a load)."""
+        self._layout_at_fit = {name: getattr(self, name) for name in self._fitted_layout}
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "text_prototypes_"):
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(vfm_features, vlm_features, text_prototypes) first.")
+        at_fit = self.__dict__.get("_layout_at_fit", {})
+        changed = [f"{k}={getattr(self, k)!r} (fitted with {v!r})" for k, v in at_fit.items() if getattr(self, k) != v]
+        if changed:
+            raise GPUAError(
+                f"{type(self).__name__}: {', '.join(changed)} was changed after fit, and the fitted map is laid out for the "
+                "value it was fitted with; set it back with set_params, or fit again."
+            )
 
     @property
     def device_(self) -> torch.device:
@@ -173,7 +155,8 @@ class AlignmentEstimator:
         -------
         proba : array of shape (n_samples, n_classes), rows summing to one
         """
-        scale = float(getattr(self, "logit_scale", 100.0))
+        scale = getattr(self, "logit_scale", 100.0)
+        check_param("logit_scale", scale, LOGIT_SCALE)  # set_params after fit is not checked by fit
         return to_numpy(torch.softmax(scale * self._scores(vfm_features, vlm_features), dim=1))
 
     def score(self, vfm_features, labels, vlm_features=None) -> float:
@@ -204,7 +187,7 @@ class AlignmentEstimator:
         from safetensors.torch import save_file
 
         self._check_fitted()
-        path = Path(path)
+        path = Path(path).expanduser()
         schema = self._schema
         dims = self._model_dims()
         tensors = {}
@@ -222,7 +205,7 @@ class AlignmentEstimator:
                     "the fit went wrong, so the model is not saved. Re-fit it."
                 )
             tensors[name] = t
-        params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.get_params().items()}
+        params = {k: _json_param(v) for k, v in self.get_params().items()}
         meta = {
             "format": "gpua",
             "format_version": FORMAT_VERSION,
@@ -254,6 +237,20 @@ class AlignmentEstimator:
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
+
+
+def _json_param(value):
+    """A parameter as its JSON value: numpy scalars and arrays, and tensors, as Python numbers and lists.
+
+    ``np.arange`` grids give ``np.int64`` values and ``class_prior`` may be a tensor; the
+    parameter checks accept them, so the model file must too.
+
+    >>> _json_param(np.int64(3)), _json_param(np.float32(0.5)), _json_param(np.bool_(True)), _json_param(np.arange(2))
+    (3, 0.5, True, [0, 1])
+    """
+    if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
+        return value.tolist()
+    return value
 
 
 def _check_provenance(value, what: str) -> dict:
@@ -391,4 +388,5 @@ def load_model(path: str | Path) -> AlignmentEstimator:
             model.provenance_ = _check_provenance(meta["provenance"], "its provenance")
         except GPUAError as exc:
             raise bad(str(exc).rstrip(".")) from None
+    model._record_fit()
     return model

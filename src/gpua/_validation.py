@@ -6,13 +6,14 @@ any arithmetic can hide them as NaN or as a shape error deep inside torch.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["check_matrix", "check_triplet", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
+__all__ = ["check_matrix", "check_triplet", "check_prototypes", "check_distinct_rows", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def check_matrix(
@@ -156,7 +157,30 @@ def check_prototypes(Y, d_vlm: int) -> np.ndarray:
         )
     if Y.shape[0] < 2:
         raise GPUAError(f"text_prototypes has {Y.shape[0]} class; at least 2 classes are needed.")
+    check_distinct_rows(Y, "text_prototypes")
     return Y
+
+
+def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
+    """Warn when two rows point the same way (cosine above ``1 - tol``): their classes cannot be told apart.
+
+    Scores against normalised prototypes tie for such classes on every image, and the argmax
+    then never predicts the later one: a class silently missing from the predictions. A warning,
+    not an error: two synonyms of one class (segmentation's prompt sets) may coincide harmlessly.
+    """
+    Yn = l2_normalize(np.asarray(Y, dtype=np.float64))
+    cos = Yn @ Yn.T
+    np.fill_diagonal(cos, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(cos)), cos.shape)
+    if cos[i, j] > 1.0 - tol:
+        i, j = sorted((int(i), int(j)))
+        warnings.warn(
+            f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart "
+            "and the later is never predicted. Give each class its own prompt, or merge the two classes "
+            "(harmless if both rows are prompts of one class).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[str] | None:
@@ -189,7 +213,7 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -
         raise GPUAError(f"{name} must have shape ({n_samples},) but has shape {y.shape}; give one label per row.")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise GPUAError(f"{name} must hold integer class indices.")
+            raise GPUAError(f"{name} must hold integer class indices; cast them with .astype(int) if they are indices stored as floats.")
     elif y.dtype.kind not in "iu":
         raise GPUAError(f"{name} has dtype {y.dtype}; pass integer class indices.")
     y = y.astype(np.int64)

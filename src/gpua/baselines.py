@@ -19,7 +19,7 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
-from .params import COUNT, POSITIVE, DeviceName, Options
+from .params import COUNT, LOGIT_SCALE, DeviceName, Options, check_params
 from .query import QUERY_MODES, build_query
 from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
@@ -34,14 +34,14 @@ class VLMZeroShot(AlignmentEstimator):
 
     Parameters
     ----------
-    logit_scale : float > 0, default=100.0
+    logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
     device : str, default="cpu"
         Torch device of the prototypes.
     """
 
     _schema = ModelSchema(tensors={"text_prototypes_": ("n_classes", "n_features_vlm")})
-    _parameter_constraints = {"logit_scale": POSITIVE, "device": DeviceName()}
+    _parameter_constraints = {"logit_scale": LOGIT_SCALE, "device": DeviceName()}
 
     def __init__(self, *, logit_scale: float = 100.0, device: str = "cpu"):
         self.logit_scale = logit_scale
@@ -73,7 +73,7 @@ class LFAAlternation(AlignmentEstimator):
         The query the map acts on (:func:`gpua.query.build_query`).
     n_rounds : int >= 1, default=10
         Relabel-and-refit rounds at most.
-    logit_scale : float > 0, default=100.0
+    logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
     device : str, default="cpu"
         Torch device of the fit.
@@ -83,10 +83,11 @@ class LFAAlternation(AlignmentEstimator):
         tensors={"W_": ("n_features_query", "n_features_vlm"), "text_prototypes_": ("n_classes", "n_features_vlm")},
         state={"n_rounds_": int},
     )
+    _fitted_layout = ("query",)
     _parameter_constraints = {
         "query": Options(QUERY_MODES),
         "n_rounds": COUNT,
-        "logit_scale": POSITIVE,
+        "logit_scale": LOGIT_SCALE,
         "device": DeviceName(),
     }
 
@@ -115,6 +116,7 @@ class LFAAlternation(AlignmentEstimator):
                 break
             labels = new
         self.W_, self.text_prototypes_ = W, Yt
+        self._record_fit()
         return self
 
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
@@ -154,4 +156,5 @@ def make_method(name: str, **overrides: Any) -> AlignmentEstimator:
 
     if name not in METHODS:
         raise GPUAError(f"method {name!r} is unknown; choose from {list_methods()}.")
+    check_params(GPUA._parameter_constraints, overrides, "GPUA")  # a typo gets a suggestion, not a TypeError
     return METHODS[name][0](**overrides)

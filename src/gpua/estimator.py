@@ -12,6 +12,8 @@ prediction too). Both are L2-normalised per part, concatenated, normalised again
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,6 +27,18 @@ from .hubness import csls_scores
 from .query import build_query, target_prototypes
 
 __all__ = ["GPUA", "ORTHOGONALITY"]
+
+
+def _shard_set_at(path: str | os.PathLike) -> ShardedFeatures:
+    """The shard set in folder ``path`` (``fit``'s ``vfm_features`` given as a path), or a clear error."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return ShardedFeatures(folder)
+    what = "is a file" if folder.exists() else "does not exist"
+    raise GPUAError(
+        f"vfm_features={str(path)!r} {what}; a path given to fit must be a shard set folder (gpua.stream.write_shards). "
+        "For a feature file, pass its arrays: fs = gpua.features.load_features(path); model.fit(fs.vfm_features, fs.vlm_features, fs.text_prototypes)."
+    )
 
 
 class GPUA(AlignmentEstimator):
@@ -180,12 +194,13 @@ class GPUA(AlignmentEstimator):
         Prediction by cosine, or CSLS with prototype radii measured on the fit pool.
     csls_k : int >= 1, default=10
         Neighbours of the CSLS radii.
-    logit_scale : float > 0, default=100.0
+    logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
     device : str, default="cpu"
         Torch device of the fit and the learned tensors (``"cuda"``, ``"cuda:1"``, ``"auto"``).
-    random_state : int >= 0 or None, default=0
+    random_state : int in [0, 9223372036854775807] or None, default=0
         Seed of refinement (batches, noise, the held-out split) and of the criterion's sample.
+        None draws a fresh seed each fit (kept in ``history_["random_state"]``).
     verbose : bool, default=False
         Print a line per UCM round, refinement evaluation and self-learning round on stderr
         (and progress bars in a streamed fit).
@@ -206,12 +221,15 @@ class GPUA(AlignmentEstimator):
     proto_radius_ : tensor of shape (n_classes,) or None
         CSLS prototype radii (``retrieval="csls"``).
     pseudo_labels_ : int array of shape (n_samples,)
+        The pool's mined pseudo-labels (of the kept round). A diagnostic of the fit: model files
+        do not hold them (a loaded model has none; predict the pool to label it).
     pseudo_confidence_ : array of shape (n_samples,)
+        Their plan mass (not in model files either).
     history_ : dict
         ``ucm`` (rounds), ``ucm_converged``, ``refine`` (held-out curve), ``pool_augment``,
         ``self_learning`` (per round: ``label_change``, ``criterion``, ``kept``),
-        ``pseudo_label_agreement``, ``orthogonality_error``, ``timings``; ``streaming`` or
-        ``federated`` from those drivers.
+        ``pseudo_label_agreement``, ``orthogonality_error``, ``random_state`` (the seed used),
+        ``timings``; ``streaming`` or ``federated`` from those drivers.
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None
 
@@ -243,6 +261,7 @@ class GPUA(AlignmentEstimator):
     _parameter_constraints = PARAMETERS
     # Parameters a model file may lack (saved before they existed): the value those fits ran with.
     _params_before_added = {"center_vlm": False, "whiten": None}
+    _fitted_layout = ("query", "center_vlm", "csls_k")
 
     def __init__(
         self,
@@ -345,7 +364,7 @@ class GPUA(AlignmentEstimator):
         self,
         vfm_features,
         vlm_features,
-        text_prototypes,
+        text_prototypes=None,
         classnames=None,
         callback: Callable | None = None,
         *,
@@ -358,9 +377,9 @@ class GPUA(AlignmentEstimator):
         Parameters
         ----------
         vfm_features : array or tensor of shape (n_samples, d_vfm), or ShardedFeatures
-            A shard set (:class:`gpua.features.ShardedFeatures`) is fitted chunk by chunk by
-            :func:`gpua.stream.fit_streaming`, with ``vlm_features=None`` (the shards hold both)
-            and the streaming options below.
+            A shard set (:class:`gpua.features.ShardedFeatures`, or the path of its folder) is
+            fitted chunk by chunk by :func:`gpua.stream.fit_streaming`, with
+            ``vlm_features=None`` (the shards hold both) and the streaming options below.
         vlm_features : array or tensor of shape (n_samples, d_vlm), or None
             Same images, same order.
         text_prototypes : array or tensor of shape (n_classes, d_vlm)
@@ -383,6 +402,8 @@ class GPUA(AlignmentEstimator):
         -------
         self
         """
+        if isinstance(vfm_features, (str, os.PathLike)):
+            vfm_features = _shard_set_at(vfm_features)
         if isinstance(vfm_features, ShardedFeatures):
             from .stream import fit_streaming  # gpua.stream imports the core, never this module
 
@@ -416,6 +437,11 @@ class GPUA(AlignmentEstimator):
         M = torch.nn.functional.normalize(self._query(Z, X) @ self.W_, dim=1)
         sims = M @ target_prototypes(self.text_prototypes_, self.center_vlm).T
         if self.retrieval == "csls":
+            if self.proto_radius_ is None:
+                raise GPUAError(
+                    "retrieval='csls' needs the prototypes' CSLS radii, which a fit computes only with retrieval='csls'; "
+                    "fit again with retrieval='csls', or set retrieval='cosine'."
+                )
             r_query = sims.topk(min(self.csls_k, sims.shape[1]), dim=1).values.mean(1)
             return csls_scores(sims, r_query, self.proto_radius_)
         return sims

@@ -31,6 +31,7 @@ This module imports neither :mod:`gpua.estimator` nor :mod:`gpua.stream`; both i
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -42,9 +43,9 @@ import torch
 
 from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
-from ._validation import check_classnames, check_triplet
+from ._validation import ROW_NORM_RANGE, _fix_row_scale, check_classnames, check_distinct_rows, check_triplet
 from .hubness import neighbourhood_radius
-from .params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
 from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes, whitening_map, whitening_width
 from .refinement import RefineConfig, refine
@@ -114,9 +115,9 @@ PARAMETERS: dict[str, Constraint] = {
     "self_learning_tol": Interval(float, 0, 1, closed="left"),
     "retrieval": Options(("cosine", "csls")),
     "csls_k": COUNT,
-    "logit_scale": POSITIVE,
+    "logit_scale": LOGIT_SCALE,
     "device": DeviceName(),
-    "random_state": OptionalOf(Interval(int, 0, None)),
+    "random_state": OptionalOf(SEED),
     "verbose": Boolean(),
 }
 
@@ -247,16 +248,38 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
     )
 
 
+def _rescaled_rows(A: torch.Tensor, name: str) -> torch.Tensor:
+    """``A`` with the rows float32 cannot normalise rescaled exactly, as arrays are (:func:`gpua._validation._fix_row_scale`).
+
+    Only the suspect rows (largest entry near either end of :data:`gpua._validation.ROW_NORM_RANGE`)
+    visit the host; the tensor is returned as it is when there are none.
+    """
+    lo, hi = ROW_NORM_RANGE
+    amax = A.abs().amax(1).double()
+    suspect = ((amax * math.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo))).nonzero()[:, 0]
+    if suspect.numel() == 0:
+        return A
+    rows = _fix_row_scale(A[suspect].cpu().numpy(), name, rescale=True)
+    out = A.to(torch.float64 if A.dtype == torch.float64 else torch.float32, copy=True)
+    out[suspect] = torch.from_numpy(np.asarray(rows)).to(device=out.device, dtype=out.dtype)
+    return out
+
+
 def _device_matrix(A: torch.Tensor, name: str, device: torch.device, n_rows: int | None = None, n_cols: int | None = None) -> torch.Tensor:
     """A torch tensor checked where it lives (no copy through the host), as float32 on ``device``."""
     if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
         raise GPUAError(f"{name} must be a non-empty 2-D (n, d) tensor but has shape {tuple(A.shape)}.")
     if A.is_complex() or A.dtype == torch.bool:
         raise GPUAError(f"{name} has dtype {A.dtype}; pass a real floating-point tensor.")
-    A = A.detach().to(device=device, dtype=torch.float32)
-    bad = ~torch.isfinite(A).all(1)
-    if bool(bad.any()):
-        raise GPUAError(f"{name} contains NaN or inf in {int(bad.sum())} row(s) (first: row {int(bad.nonzero()[0, 0])}); drop or re-extract those rows.")
+    A = A.detach()
+    if A.is_floating_point():
+        # Checked in the tensor's own precision: float64 values beyond float32's range are
+        # rescaled below, not turned into the inf the cast would make.
+        bad = ~torch.isfinite(A).all(1)
+        if bool(bad.any()):
+            raise GPUAError(f"{name} contains NaN or inf in {int(bad.sum())} row(s) (first: row {int(bad.nonzero()[0, 0])}); drop or re-extract those rows.")
+        A = _rescaled_rows(A, name)
+    A = A.to(device=device, dtype=torch.float32)
     zero = ~(A != 0).any(1)
     if bool(zero.any()):
         raise GPUAError(f"{name} has {int(zero.sum())} all-zero row(s) (first: row {int(zero.nonzero()[0, 0])}) that cannot be normalised; remove them.")
@@ -282,6 +305,7 @@ def check_fit_arrays(Z, X, Y, device: torch.device) -> tuple[torch.Tensor, torch
     Yt = _device_matrix(torch.as_tensor(Y), "text_prototypes", device, n_cols=Xt.shape[1])
     if Yt.shape[0] < 2:
         raise GPUAError(f"text_prototypes has {Yt.shape[0]} class; at least 2 classes are needed.")
+    check_distinct_rows(Yt.cpu().numpy(), "text_prototypes")
     return Zt, Xt, Yt
 
 
@@ -368,6 +392,7 @@ def set_fitted_state(estimator, state: FitState):
     """
     for f in fields(state):
         setattr(estimator, f.name + "_", getattr(state, f.name))
+    estimator._record_fit()
     return estimator
 
 
@@ -601,6 +626,7 @@ def run_fit(
         "pool_augment": kept.augment,
         "self_learning": records,
         "orthogonality_error": orthogonality_error(kept.W),
+        "random_state": config.refinement.seed,
         "timings": timings,
     }
     return FitState(

@@ -223,6 +223,11 @@ class DeviceName(Constraint):
 POSITIVE = Interval(float, 0, None, closed="neither")
 NON_NEGATIVE = Interval(float, 0, None)
 COUNT = Interval(int, 1, None)
+#: A random seed: torch's generators take a signed 64-bit integer.
+SEED = Interval(int, 0, 2**63 - 1)
+#: A softmax temperature's inverse on cosine-like scores: CLIP's is 100; beyond 1e4 every row is
+#: one-hot already, and far beyond it ``scale * score`` overflows float32 into NaN probabilities.
+LOGIT_SCALE = Interval(float, 0, 1e4, closed="right")
 
 
 def check_param(name: str, value: Any, constraint: Constraint) -> None:
@@ -256,6 +261,49 @@ def check_params(constraints: dict[str, Constraint], values: dict[str, Any], own
                 f"{name!r} is not a parameter of {owner}{suggest_name(name, constraints)}; list them with `gpua fit --list-params`."
             )
         check_param(name, value, constraints[name])
+
+
+class ParamsMixin:
+    """The scikit-learn parameter contract of gpua's estimators (aligners and calibrators alike).
+
+    ``__init__`` stores each parameter as an attribute of the same name; ``get_params`` /
+    ``set_params`` / ``repr`` read them from the signature (so :func:`sklearn.base.clone` works
+    without scikit-learn being a dependency), and :meth:`_validate_params` checks them all
+    against the class's ``_parameter_constraints`` at fit.
+    """
+
+    #: ``{parameter: gpua.params.Constraint}``: each parameter's admissible values, declared once.
+    _parameter_constraints: dict = {}
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params) -> "ParamsMixin":
+        valid = self._get_param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise GPUAError(f"{key!r} is not a parameter of {type(self).__name__}{suggest_name(key, valid)}; valid parameters: {valid}.")
+            setattr(self, key, value)
+        return self
+
+    def _validate_params(self) -> None:
+        """Check every parameter against :attr:`_parameter_constraints` (called at fit)."""
+        check_params(self._parameter_constraints, self.get_params(), type(self).__name__)
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = []
+        for k, v in self.get_params().items():
+            d = defaults.get(k, inspect.Parameter.empty)
+            same = v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d)
+            if not same:
+                changed.append(f"{k}={v!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
 
 
 def parameter_table(cls) -> list[dict[str, Any]]:

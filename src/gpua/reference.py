@@ -24,7 +24,7 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema
 from ._validation import check_classnames, check_triplet
 from ._errors import GPUAError
-from .params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf
+from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, DeviceName, Interval, OptionalOf
 from .procrustes import identity_pull, procrustes_from_assignment
 from .query import build_query
 from .refinement import RefineConfig, refine
@@ -158,12 +158,13 @@ class ReferenceGPUA(AlignmentEstimator):
         THS: :math:`s` of the semantic margin.
     hubness_weight : float >= 0, default=2.0
         THS: :math:`\beta_h` of the hubness term.
-    logit_scale : float > 0, default=100.0
+    logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax (not used in fitting).
     device : str, default="cpu"
         Torch device of the fit and the learned tensors.
-    random_state : int >= 0 or None, default=0
-        Seed of the batches, noise and dropout (the original draws them from the global RNGs).
+    random_state : int in [0, 9223372036854775807] or None, default=0
+        Seed of the batches, noise and dropout (the original draws them from the global RNGs);
+        None draws a fresh seed each fit.
 
     Attributes
     ----------
@@ -218,9 +219,9 @@ class ReferenceGPUA(AlignmentEstimator):
         "k": COUNT,
         "margin_scale": POSITIVE,
         "hubness_weight": NON_NEGATIVE,
-        "logit_scale": POSITIVE,
+        "logit_scale": LOGIT_SCALE,
         "device": DeviceName(),
-        "random_state": OptionalOf(Interval(int, 0, None)),
+        "random_state": OptionalOf(SEED),
     }
     #: Prediction reads both feature sets (report and CLI look at ``query``).
     query = "fused"

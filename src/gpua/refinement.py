@@ -66,9 +66,15 @@ class RefineConfig:
         """The fields of ``params`` that refinement reads (others are ignored; the variants may be absent)."""
         return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
+    def __post_init__(self):
+        # scikit-learn's None: another fit, other randomness. The seed is drawn once, here, so
+        # every stage of one fit shares it (and a GPUA fit keeps it, history_["random_state"]).
+        if self.random_state is None:
+            object.__setattr__(self, "random_state", int(np.random.SeedSequence().generate_state(1)[0]))
+
     @property
     def seed(self) -> int:
-        return 0 if self.random_state is None else int(self.random_state)
+        return int(self.random_state)
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`gpua.hubness.ths_loss`."""

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,60 @@ def test_not_fitted_and_width(rng):
     cal = DistributionCalibrator().fit(rng.normal(size=(10, 2)), np.repeat([0, 1], 5))
     with pytest.raises(GPUAError, match="width 3"):
         cal.sample(rng.normal(size=(4, 3)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("scale", [np.inf, np.nan])
+def test_non_finite_scale_is_refused(scale, rng):
+    X, y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], [15, 10, 5])
+    with pytest.raises(GPUAError, match="scale="):
+        DistributionCalibrator(scale=scale).fit_resample(X, y)
+
+
+def test_overflowing_generation_is_an_error_naming_scale(rng):
+    # A finite scale whose samples overflow float32 used to return inf rows (and a numpy warning).
+    X, y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], [15, 10, 5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(GPUAError, match=r"scale=1e\+200"):
+            DistributionCalibrator(scale=1e200, random_state=0).fit_resample(X, y)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"target": True},  # a bool is not a count
+        {"target": 20.5},
+        {"n_components": 2.5},
+        {"n_donors": True},
+        {"random_state": -1},
+        {"random_state": 1.5},
+    ],
+    ids=str,
+)
+def test_integer_parameters_refuse_bools_and_fractions(kw, rng):
+    (name,) = kw
+    X, y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], [15, 10, 5])
+    with pytest.raises(GPUAError, match=f"{name}="):
+        DistributionCalibrator(**kw).fit_resample(X, y)
+
+
+def test_sample_checks_its_overrides(rng):
+    X, y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], [15, 10, 5])
+    cal = DistributionCalibrator(random_state=0).fit(X, y)
+    with pytest.raises(GPUAError, match="target="):
+        cal.sample(X, y, target=True)
+    with pytest.raises(GPUAError, match="random_state="):
+        cal.sample(X, y, random_state=-1)
+
+
+def test_calibrator_parameter_contract(rng):
+    cal = DistributionCalibrator(scale=2.0, random_state=0)
+    assert cal.get_params()["scale"] == 2.0 and repr(cal) == "DistributionCalibrator(random_state=0, scale=2.0)"
+    assert cal.set_params(scale=0.5).scale == 0.5
+    with pytest.raises(GPUAError, match="did you mean 'scale'"):
+        cal.set_params(scal=1.0)
+    base = pytest.importorskip("sklearn.base")
+    X, y = rng.normal(size=(30, 3)), np.repeat([0, 1, 2], [15, 10, 5])
+    twin = base.clone(cal)
+    assert twin is not cal and twin.get_params() == cal.get_params()
+    np.testing.assert_array_equal(twin.fit_resample(X, y)[0], cal.fit_resample(X, y)[0])

@@ -95,3 +95,61 @@ def test_lda_bad_options(rng):
         ShrinkageLDA(priors="flat").fit(X, y)
     with pytest.raises(GPUAError, match="at least 2 classes"):
         ShrinkageLDA().fit(X[y == 0], y[y == 0])
+
+
+def test_diverged_sgd_fit_is_an_error_naming_lr(rng):
+    # A step far too large for the feature scale overflows the weights to inf / NaN, which
+    # used to come back as coef_ (predicting class 0 everywhere, NaN probabilities).
+    X, y = _blobs(rng)
+    with pytest.raises(GPUAError, match=r"diverged.*lr=1e\+30.*smaller lr"):
+        LinearClassifier(solver="sgd", lr=1e30, random_state=0).fit(100 * X, y)
+    model = LinearClassifier(solver="sgd", epochs=5, lr=0.05, random_state=0).fit(X, y)
+    assert np.all(np.isfinite(model.coef_)) and model.score(X, y) > 0.9
+
+
+def test_sgd_batch_of_zero_weight_samples_adds_only_the_penalty(rng):
+    # Batches of one: the zero-weight sample's batch was 0 / 0 = NaN (now reported as divergence).
+    X, y = _blobs(rng, n=(5, 5))
+    w = np.r_[0.0, np.ones(9)]
+    model = LinearClassifier(solver="sgd", batch_size=1, lr=0.01, random_state=0).fit(X, y, sample_weight=w)
+    assert np.all(np.isfinite(model.coef_))
+
+
+@pytest.mark.parametrize("cls", [LinearClassifier, ShrinkageLDA])
+def test_scikit_learn_parameter_contract(cls):
+    model = cls()
+    params = model.get_params()
+    assert set(params) == set(cls._parameter_constraints)
+    assert model.set_params(**params) is model
+    with pytest.raises(GPUAError, match="not a parameter"):
+        model.set_params(no_such_parameter=1)
+    base = pytest.importorskip("sklearn.base")
+    assert base.clone(model).get_params() == params
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"device": "mps"},  # parsed by torch, but not a device this package computes on
+        {"device": "cuda:99"},  # past the last GPU (or no GPU at all)
+        {"random_state": -1},
+        {"max_iter": True},
+        {"epochs": 2.5},
+    ],
+    ids=str,
+)
+def test_classifier_bad_parameters_name_themselves(kw, rng):
+    X, y = _blobs(rng, n=(5, 5))
+    (name,) = kw
+    with pytest.raises(GPUAError, match=f"{name}="):
+        LinearClassifier(solver="sgd", **kw).fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2.5, True], ids=repr)
+def test_n_classes_must_be_an_int(n_classes, rng):
+    # int(2.5) used to fit 2 classes silently; True was taken as 1.
+    X, y = _blobs(rng, n=(5, 5))
+    with pytest.raises(GPUAError, match="n_classes="):
+        LinearClassifier().fit(X, y, n_classes=n_classes)
+    with pytest.raises(GPUAError, match="n_classes="):
+        ClassStatistics(n_classes).fit(X, y)

@@ -84,3 +84,10 @@ def test_factorised_once_per_class(rng, monkeypatch):
     assert calls["n"] == 3  # one factorisation per class, at fit
     cal.sample(X, y, target=5000)  # thousands of samples, no further factorisation
     assert calls["n"] == 3
+
+
+@pytest.mark.parametrize("random_state", [-1, True, 1.5, "0"], ids=repr)
+def test_bad_seed_is_an_error_naming_random_state(random_state):
+    # numpy's own error for a negative seed ("expected non-negative integer") names no parameter.
+    with pytest.raises(GPUAError, match="random_state="):
+        sample_around(np.zeros((1, 2)), np.eye(2), 3, random_state=random_state)

@@ -204,3 +204,96 @@ def test_fused_query_model_reads_the_vlm_on_the_common_grid(world):
     assert seg.uses_vlm and seg.grid_scores([imgs[0]]).shape == (1, 5, 4, 4)  # the VLM's coarser grid
     with pytest.raises(GPUAError, match="vlm is None"):
         DenseSegmenter(world.vfm, None, world.prototypes, model=model)
+
+
+# --------------------------------------------------------------------------- silent NaN labels
+
+
+def test_a_stride_larger_than_the_crop_is_refused_rather_than_leaving_pixels_unscored(world):
+    # stride 100 over 16-pixel crops scored only the four corner windows of a 64x64 image: the
+    # other 3,072 pixels had 0/0 = NaN scores and still got labels
+    with pytest.raises(GPUAError, match=r"stride=\(100, 100\) is larger than crop_size=\(16, 16\)"):
+        DenseSegmenter(None, world.vlm, world.prototypes, crop_size=16, stride=100)
+    with pytest.raises(GPUAError, match=r"stride=\(16, 9\) is larger than crop=\(8, 8\)"):
+        sliding_windows(64, 64, (8, 8), (16, 9))
+    img, _ = world.sample(1, (64, 64), seed=2)
+    seg = DenseSegmenter(None, world.vlm, world.prototypes, crop_size=16, stride=16)  # stride == crop: tiles
+    assert torch.isfinite(seg.predict_scores(img[0])).all()
+
+
+def test_a_class_without_a_prototype_is_refused_rather_than_predicted_from_nan(world):
+    # class 4 had no row: its -inf score turned into NaN under bilinear upsampling and won the argmax
+    with pytest.raises(GPUAError, match=r"class_of_prototype .*class 4 has no prototype"):
+        DenseSegmenter(None, world.vlm, world.prototypes, class_of_prototype=[0, 1, 2, 3, 5])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"affinity_temperature": 0},
+        {"affinity_temperature": -0.1},
+        {"affinity_temperature": float("nan")},
+        {"affinity_topk": 0},
+        {"affinity_topk": -3},
+        {"temperature": 0},
+    ],
+)
+def test_temperatures_and_topk_out_of_range_are_refused(world, bad):
+    # affinity temperature 0 gave NaN for every score (every pixel class 0); topk -3 a raw torch
+    # RuntimeError; score temperature 0 a NaN probability that no threshold catches
+    (name,) = bad
+    with pytest.raises(GPUAError, match=name):
+        DenseSegmenter(world.vfm, world.vlm, world.prototypes, refine="affinity", **bad)
+
+
+def test_tiny_temperatures_still_give_finite_scores_and_probabilities(world):
+    img, _ = world.sample(1, (32, 32), seed=2)
+    seg = DenseSegmenter(world.vfm, world.vlm, world.prototypes, refine="affinity", affinity_temperature=1e-40)
+    assert torch.isfinite(seg.grid_scores([img[0]])).all()
+    # at a vanishing score temperature every top probability is 1: nothing falls below 0.9
+    sharp = DenseSegmenter(None, world.vlm, world.prototypes, score_threshold=0.9, temperature=1e-40)
+    assert (sharp.predict(img[0]) != 255).all()
+
+
+def test_zero_shot_prototypes_of_the_wrong_width_name_both_widths(world):
+    img, _ = world.sample(1, (32, 32), seed=2)
+    Y = np.random.default_rng(0).normal(size=(5, 7))  # the planted VLM's features are 16 wide
+    seg = DenseSegmenter(None, world.vlm, Y)
+    with pytest.raises(GPUAError, match=r"prototypes has width 7 but the vlm encoder's patch features have width 16"):
+        seg.predict(img[0])
+
+
+class _NaNModel:
+    """A fitted model whose scores are NaN (e.g. fitted on non-finite features)."""
+
+    query = "vfm"
+
+    def decision_function(self, Z, X):
+        return np.full((Z.shape[0], 5), np.nan, dtype=np.float32)
+
+
+def test_non_finite_scores_are_an_error_not_a_label(world):
+    img, _ = world.sample(1, (32, 32), seed=2)
+    seg = DenseSegmenter(world.vfm, None, world.prototypes, model=_NaNModel())
+    with pytest.raises(GPUAError, match="NaN or inf"):
+        seg.predict(img[0])
+
+
+def test_a_model_alone_segments_into_its_own_classes(world, make_estimator):
+    # without prototypes or class_of_prototype, np.arange(None) was a raw TypeError
+    imgs, _ = world.sample(8, (32, 32), seed=1)
+    model = fit_patch_gpua(world.vfm, world.vlm, imgs, world.prototypes, patches_per_image=16, estimator=make_estimator())
+    alone = DenseSegmenter(world.vfm, world.vlm, model=model)
+    given = DenseSegmenter(world.vfm, world.vlm, world.prototypes, model=model)
+    assert alone.n_classes == model.n_classes_
+    np.testing.assert_array_equal(alone.predict(imgs[0]), given.predict(imgs[0]))
+
+
+def test_a_stride_without_a_crop_is_refused_rather_than_ignored(world):
+    with pytest.raises(GPUAError, match="stride=8 is given without crop_size"):
+        DenseSegmenter(None, world.vlm, world.prototypes, stride=8)
+
+
+def test_segmentation_metric_refuses_a_fractional_class_count():
+    with pytest.raises(GPUAError, match="n_classes=2.7 must be an int"):
+        SegmentationMetric(2.7)

@@ -31,6 +31,9 @@ import numpy as np
 
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_matrix
+from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, check_param
+from ..params import ParamsMixin
+from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
 from ._shape import oas_shrinkage, psd_factor
 from ._stats import ClassStatistics, as_float64
@@ -53,7 +56,7 @@ def class_similarity(vectors: np.ndarray, *, center: bool = True) -> np.ndarray:
     return V @ V.T
 
 
-class DistributionCalibrator:
+class DistributionCalibrator(ParamsMixin):
     r"""Fill every class to a target count with samples drawn along calibrated class shapes.
 
     Parameters
@@ -79,10 +82,10 @@ class DistributionCalibrator:
     single_sample : {"borrow", "raise"}
         A class with one sample has no covariance: borrow one, or raise a :class:`GPUAError`.
     scale : float
-        Spread multiplier :math:`s` of the generated samples.
+        Spread multiplier :math:`s` of the generated samples (finite, > 0).
     psd : {"clip", "raise"}
         What to do with a covariance that is not positive semi-definite.
-    random_state : None, int or numpy.random.Generator
+    random_state : None, int >= 0 or numpy.random.Generator
         Seed of the generator; an int gives the same samples on every call.
 
     Attributes
@@ -112,6 +115,19 @@ class DistributionCalibrator:
     >>> np.bincount(y_aug).tolist()
     [30, 30, 30]
     """
+
+    _parameter_constraints = {
+        "target": AnyOf((Options(("max",)), COUNT)),
+        "n_components": OptionalOf(COUNT),
+        "shrinkage": OptionalOf(Options(("oas",))),
+        "borrow": OptionalOf(Options(("mean", "text"))),
+        "n_donors": COUNT,
+        "borrow_strength": AnyOf((Options(("auto",)), NON_NEGATIVE)),
+        "single_sample": Options(("borrow", "raise")),
+        "scale": POSITIVE,
+        "psd": Options(("clip", "raise")),
+        "random_state": RANDOM_STATE,
+    }
 
     def __init__(
         self,
@@ -159,7 +175,7 @@ class DistributionCalibrator:
 
         ``missing="skip"`` leaves classes with no sample ungenerated instead of raising.
         """
-        self._check_params()
+        self._validate_params()
         if not isinstance(statistics, ClassStatistics):
             raise GPUAError(f"statistics is a {type(statistics).__name__}; pass a fitted ClassStatistics.")
         statistics.check_fitted()
@@ -233,24 +249,6 @@ class DistributionCalibrator:
         self.n_classes_ = K
         return self
 
-    def _check_params(self) -> None:
-        if self.shrinkage not in ("oas", None):
-            raise GPUAError(f"shrinkage={self.shrinkage!r} is not an option; use 'oas' or None.")
-        if self.borrow not in ("mean", "text", None):
-            raise GPUAError(f"borrow={self.borrow!r} is not an option; use 'mean', 'text' or None.")
-        if self.single_sample not in ("borrow", "raise"):
-            raise GPUAError(f"single_sample={self.single_sample!r} is not an option; use 'borrow' or 'raise'.")
-        if not (isinstance(self.n_donors, (int, np.integer)) and self.n_donors >= 1):
-            raise GPUAError(f"n_donors={self.n_donors!r} must be a positive integer.")
-        if self.borrow_strength != "auto" and not (
-            isinstance(self.borrow_strength, (int, float, np.number)) and self.borrow_strength >= 0
-        ):
-            raise GPUAError(f"borrow_strength={self.borrow_strength!r} must be 'auto' or a non-negative number.")
-        if not (self.target == "max" or (isinstance(self.target, (int, np.integer)) and self.target >= 1)):
-            raise GPUAError(f"target={self.target!r} must be 'max' or a positive integer count.")
-        if not (isinstance(self.scale, (int, float, np.number)) and self.scale > 0):
-            raise GPUAError(f"scale={self.scale!r} must be positive.")
-
     # -- generating ------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "factors_"):
@@ -281,6 +279,8 @@ class DistributionCalibrator:
         X = as_float64(X, "X", n_cols=self.n_features_in_)
         y = check_labels(y, X.shape[0], self.n_classes_, name="y")
         target = self.target if target is None else target
+        # The override is checked as fit checks the parameter (scale and the seed are checked where they are used).
+        check_param("target", target, self._parameter_constraints["target"])
         if target == "max":
             target = int(np.bincount(y, minlength=self.n_classes_).max())
         return fill_to_target(

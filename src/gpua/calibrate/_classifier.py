@@ -22,7 +22,10 @@ import torch
 
 from .._backend import as_tensor, resolve_device, to_numpy
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_labels, check_matrix, check_number
+from .._validation import check_labels, check_matrix
+from ..params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf, Options, check_param
+from ..params import ParamsMixin
+from ._params import RANDOM_STATE
 from ._sampling import as_rng
 from ._shape import oas_shrinkage
 from ._stats import ClassStatistics, infer_n_classes
@@ -68,7 +71,7 @@ class _LinearModel:
         return float(np.mean(self.predict(X) == y))
 
 
-class LinearClassifier(_LinearModel):
+class LinearClassifier(ParamsMixin, _LinearModel):
     r"""Multinomial logistic regression (torch), optionally class re-weighted.
 
     Parameters
@@ -84,9 +87,9 @@ class LinearClassifier(_LinearModel):
         SGD settings.
     class_weight : {None, "balanced"}
         ``"balanced"`` weighs each sample by :math:`n / (K n_{y_i})` (the re-weighting baseline).
-    device : str, optional
-        Torch device ("cpu", "cuda"); default: cuda when available.
-    random_state : None, int or numpy.random.Generator
+    device : str or None
+        Torch device ("cpu", "cuda", "cuda:N"); None: cuda when available.
+    random_state : None, int >= 0 or numpy.random.Generator
         Seeds the SGD batch order.
 
     Attributes
@@ -96,6 +99,19 @@ class LinearClassifier(_LinearModel):
     n_classes_ : int
     n_features_in_ : int
     """
+
+    _parameter_constraints = {
+        "weight_decay": NON_NEGATIVE,
+        "solver": Options(("lbfgs", "sgd")),
+        "max_iter": COUNT,
+        "epochs": COUNT,
+        "lr": POSITIVE,
+        "batch_size": COUNT,
+        "momentum": Interval(float, 0, 0.999),
+        "class_weight": OptionalOf(Options(("balanced",))),
+        "device": OptionalOf(DeviceName()),
+        "random_state": RANDOM_STATE,
+    }
 
     def __init__(
         self,
@@ -122,13 +138,6 @@ class LinearClassifier(_LinearModel):
         self.device = device
         self.random_state = random_state
 
-    def _check_numbers(self) -> None:
-        check_number(self.weight_decay, "weight_decay", low=0, fix="an L2 penalty such as 1e-4")
-        check_number(self.lr, "lr", low=0, low_open=True, fix="a step size such as 0.1")
-        check_number(self.momentum, "momentum", low=0, high=0.999)
-        for name in ("max_iter", "epochs", "batch_size"):
-            check_number(getattr(self, name), name, integer=True, low=1)
-
     def fit(
         self,
         X,
@@ -140,11 +149,9 @@ class LinearClassifier(_LinearModel):
         intercept_init=None,
     ) -> "LinearClassifier":
         """Fit on ``X`` (n, d), ``y`` (n,); ``coef_init`` (K, d) / ``intercept_init`` (K,) warm-start."""
-        if self.solver not in ("lbfgs", "sgd"):
-            raise GPUAError(f"solver={self.solver!r} is not an option; use 'lbfgs' or 'sgd'.")
-        if self.class_weight not in (None, "balanced"):
-            raise GPUAError(f"class_weight={self.class_weight!r} is not an option; use None or 'balanced'.")
-        self._check_numbers()
+        self._validate_params()
+        check_param("n_classes", n_classes, OptionalOf(COUNT))
+        dev = resolve_device(self.device)  # an unknown or absent device is refused before any work
         X = check_matrix(X, "X", allow_zero_rows=True)
         K = int(n_classes) if n_classes is not None else infer_n_classes(y)
         if K < 2:
@@ -156,7 +163,6 @@ class LinearClassifier(_LinearModel):
             raise GPUAError("sample_weight must be n finite non-negative weights, not all zero.")
         if self.class_weight == "balanced":
             w = w * balanced_sample_weight(y, K)
-        dev = resolve_device(self.device)
         W0 = np.zeros((K, d)) if coef_init is None else np.array(coef_init, dtype=np.float64)
         b0 = np.zeros(K) if intercept_init is None else np.array(intercept_init, dtype=np.float64)
         if W0.shape != (K, d) or b0.shape != (K,):
@@ -202,7 +208,8 @@ class LinearClassifier(_LinearModel):
                     idx = perm[start : start + bs]
                     wb = wt[idx]
                     ce = torch.nn.functional.cross_entropy(Xt[idx] @ W.T + b, yt[idx], reduction="none")
-                    loss = (wb * ce).sum() / wb.sum() + 0.5 * gamma * (W * W).sum()
+                    # A batch of zero-weight samples adds only the penalty (0 / 0 would be NaN).
+                    loss = (wb * ce).sum() / wb.sum().clamp_min(1e-30) + 0.5 * gamma * (W * W).sum()
                     gW, gb = torch.autograd.grad(loss, (W, b))
                     with torch.no_grad():  # heavy-ball momentum, as torch.optim.SGD (dampening 0)
                         for p_, buf, g in zip((W, b), bufs, (gW, gb)):
@@ -210,6 +217,17 @@ class LinearClassifier(_LinearModel):
                             p_.sub_(lr * buf)
             W_out, b_out = to_numpy(W), to_numpy(b)
             self.n_iter_ = int(self.epochs) * (-(-n // bs))
+        if not (np.all(np.isfinite(W_out)) and np.all(np.isfinite(b_out))):
+            # A diverged fit would otherwise predict class 0 everywhere and NaN probabilities.
+            if self.solver == "sgd":
+                raise GPUAError(
+                    f"the SGD fit diverged (its weights became NaN or inf) with lr={self.lr!r}; use a smaller lr "
+                    f"(try lr={min(float(self.lr) / 10, 0.1):g}), or standardise the features."
+                )
+            raise GPUAError(
+                "the L-BFGS fit produced NaN or inf weights; standardise the features and check that "
+                "coef_init / intercept_init are finite and of a sensible scale."
+            )
         self.coef_ = np.asarray(W_out, dtype=np.float32)
         self.intercept_ = np.asarray(b_out, dtype=np.float32)
         self.n_classes_ = K
@@ -217,7 +235,7 @@ class LinearClassifier(_LinearModel):
         return self
 
 
-class ShrinkageLDA(_LinearModel):
+class ShrinkageLDA(ParamsMixin, _LinearModel):
     r"""Linear discriminant analysis with an OAS-shrunk pooled covariance.
 
     .. math::
@@ -240,6 +258,11 @@ class ShrinkageLDA(_LinearModel):
         The shrunk pooled covariance.
     """
 
+    _parameter_constraints = {
+        "priors": Options(("empirical", "uniform")),
+        "shrinkage": OptionalOf(Options(("oas",))),
+    }
+
     def __init__(self, *, priors: Literal["empirical", "uniform"] = "empirical", shrinkage: Literal["oas"] | None = "oas") -> None:
         self.priors = priors
         self.shrinkage = shrinkage
@@ -250,10 +273,7 @@ class ShrinkageLDA(_LinearModel):
 
     def fit_statistics(self, statistics: ClassStatistics) -> "ShrinkageLDA":
         """Fit from per-class statistics (e.g. merged from federated clients)."""
-        if self.priors not in ("empirical", "uniform"):
-            raise GPUAError(f"priors={self.priors!r} is not an option; use 'empirical' or 'uniform'.")
-        if self.shrinkage not in ("oas", None):
-            raise GPUAError(f"shrinkage={self.shrinkage!r} is not an option; use 'oas' or None.")
+        self._validate_params()
         statistics.check_fitted()
         n = statistics.count_
         present = n > 0

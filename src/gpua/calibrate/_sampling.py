@@ -18,12 +18,19 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .._errors import GPUAError
+from ..params import POSITIVE, check_param
+from ._params import RANDOM_STATE
 
 __all__ = ["sample_around", "fill_to_target", "as_rng"]
 
 
 def as_rng(random_state) -> np.random.Generator:
-    """``None``, an int seed or a ``Generator`` -> a ``Generator`` (a given one is used as is)."""
+    """``None``, an int seed or a ``Generator`` -> a ``Generator`` (a given one is used as is).
+
+    Anything else is a :class:`GPUAError` naming ``random_state`` (numpy's own error for a
+    negative seed names nothing, and a bool or float would be taken as a seed).
+    """
+    check_param("random_state", random_state, RANDOM_STATE)
     if isinstance(random_state, np.random.Generator):
         return random_state
     return np.random.default_rng(random_state)
@@ -54,13 +61,14 @@ def sample_around(
         to one): the generated set then spreads over the class instead of clumping on a few
         samples, which i.i.d. choice does at small counts.
     scale : float
-        :math:`s`, multiplies the spread.
+        :math:`s`, multiplies the spread (finite, > 0).
     random_state : None, int or numpy.random.Generator
 
     Returns
     -------
     array of shape (n_samples, d), float32
     """
+    check_param("scale", scale, POSITIVE)
     rng = as_rng(random_state)
     anchors = np.asarray(anchors)
     n_anchors, d = anchors.shape
@@ -75,8 +83,14 @@ def sample_around(
         w = np.asarray(anchor_weights, dtype=np.float64)
         idx = rng.choice(n_anchors, size=n_samples, p=w / w.sum())
     eps = rng.standard_normal((n_samples, factor.shape[1]))
-    out = anchors[idx].astype(np.float64) + scale * (eps @ factor.T)
-    return out.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming scale
+        out = (anchors[idx].astype(np.float64) + scale * (eps @ factor.T)).astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise GPUAError(
+            f"generated features are NaN or inf: scale={scale!r} times the class spread, added to the anchors, "
+            "overflows float32; use a smaller scale (1.0 keeps the calibrated spread), or standardise the features."
+        )
+    return out
 
 
 def fill_to_target(

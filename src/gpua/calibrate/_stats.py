@@ -14,6 +14,7 @@ import numpy as np
 
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_matrix
+from ..params import COUNT, OptionalOf, check_param
 
 __all__ = ["ClassStatistics", "merge_statistics"]
 
@@ -155,6 +156,7 @@ class ClassStatistics:
 
     def partial_fit(self, X, y) -> "ClassStatistics":
         """Add one batch: ``X`` of shape (n, d), integer labels ``y`` of shape (n,). Returns self."""
+        check_param("n_classes", self.n_classes, OptionalOf(COUNT))
         d_seen = getattr(self, "n_features_in_", None)
         X = as_float64(X, "X")
         if d_seen is not None and X.shape[1] != d_seen:

@@ -20,13 +20,13 @@ Arrays may be float16 or float32; they are returned as float32.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
@@ -109,45 +109,197 @@ class FeatureSet:
 def save_features(path: str | Path, features: FeatureSet | None = None, **arrays: Any) -> Path:
     """Write a feature file atomically (``.npz`` or ``.safetensors``, chosen by the suffix).
 
-    Either pass a :class:`FeatureSet` or the arrays by keyword (``vfm_features=...``).
-    ``float16=True`` stores the feature matrices in half precision.
+    Everything is checked before the file is touched: with the checks :func:`load_features`
+    applies (:meth:`FeatureSet.validate`), and for what the cast to the stored precision and
+    the string and JSON encodings would change. Whatever is written loads back, with the values
+    given; a refused save leaves a file already at ``path`` as it was.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write, ending in ``.npz`` or ``.safetensors``; an existing file is replaced.
+    features : FeatureSet, optional
+        What to write; or pass the arrays by keyword instead (not both).
+    **arrays
+        ``vfm_features``, ``vlm_features``, ``text_prototypes``, ``labels``, ``classnames``,
+        ``image_ids`` (see the module's table) and ``meta`` (a dict stored as JSON; numpy
+        scalars and arrays in it are stored as plain numbers and lists).
+        ``float16=True`` stores the feature matrices in half precision.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    GPUAError
+        When the file would not load back or would hold other values than those given: shapes
+        that disagree, NaN or inf, all-zero rows, values beyond the stored precision (float16's
+        65504, float32's 3.4e38) or rows that become all zeros in it, labels that are not integer
+        class indices, class names or image ids that are not strings (bytes, None) or hold a NUL
+        character, ``meta`` that JSON cannot store; and when ``path`` is a folder, lies under a
+        file or cannot be written.
     """
     float16 = bool(arrays.pop("float16", False))
     if features is None:
-        meta = arrays.pop("meta", {}) or {}
+        meta = arrays.pop("meta", {})
         unknown = set(arrays) - set(_ARRAY_KEYS + _STRING_KEYS)
         if unknown:
             raise GPUAError(f"save_features got unknown key(s) {sorted(unknown)}; known keys: {list(_ARRAY_KEYS + _STRING_KEYS)}.")
-        features = FeatureSet(meta=meta, **arrays)
-    path = Path(path)
-    out: dict[str, np.ndarray] = {}
-    for k in FEATURE_KEYS:
-        a = getattr(features, k)
-        if a is not None:
-            a = np.asarray(a)
-            out[k] = a.astype(np.float16 if float16 else np.float32)
-    if features.labels is not None:
-        out["labels"] = np.asarray(features.labels, dtype=np.int64)
-    strings = {k: [str(s) for s in getattr(features, k)] for k in _STRING_KEYS if getattr(features, k) is not None}
+        features = FeatureSet(meta={} if meta is None else meta, **arrays)
+    elif not isinstance(features, FeatureSet):
+        raise GPUAError(
+            f"features must be a FeatureSet, not a {type(features).__name__}; pass the arrays by keyword "
+            "(save_features(path, vfm_features=Z, ...)) or as FeatureSet(...)."
+        )
+    elif arrays:
+        raise GPUAError(
+            f"save_features got either a FeatureSet or the arrays by keyword, not both (also got {sorted(arrays)}); "
+            "set them on the FeatureSet (dataclasses.replace(features, ...)) or pass everything by keyword."
+        )
+    path = Path(path).expanduser()
     suffix = path.suffix.lower()
+    if suffix not in (".npz", ".safetensors"):
+        raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
+    # A folder, a path under a file or an unwritable folder is refused before the checks and the
+    # casts of large arrays, as the commands refuse their outputs before any work.
+    check_output(path, "path", kind="file")
+    out, strings, meta_json = _stored_contents(features, float16)
     if suffix == ".npz":
         for k, v in strings.items():
             out[k] = np.asarray(v, dtype=str)
-        out["meta"] = np.asarray(json.dumps(features.meta))
+        out["meta"] = np.asarray(meta_json)
         out[CHECKSUM_KEY] = np.asarray(digest(None, out))
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **out)
-    elif suffix == ".safetensors":
+    else:
         from safetensors.numpy import save_file
 
-        metadata = {"meta": json.dumps(features.meta), **{k: json.dumps(v) for k, v in strings.items()}}
-        arrays = {k: np.ascontiguousarray(v) for k, v in out.items()}
-        metadata[CHECKSUM_KEY] = digest(metadata, arrays)
+        metadata = {"meta": meta_json, **{k: json.dumps(v) for k, v in strings.items()}}
+        tensors = {k: np.ascontiguousarray(v) for k, v in out.items()}
+        metadata[CHECKSUM_KEY] = digest(metadata, tensors)
         with atomic_path(path) as tmp:
-            save_file(arrays, str(tmp), metadata=metadata)
-    else:
-        raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
+            save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def _stored_contents(features: FeatureSet, float16: bool) -> tuple[dict[str, np.ndarray], dict[str, list[str]], str]:
+    """The arrays, string lists and meta JSON to write, each checked to load back as given.
+
+    The caller's :class:`FeatureSet` is left as it is: the checks run on a copy, and the feature
+    matrices are stored from the caller's values (not from the copy, whose rows validation may
+    have rescaled).
+    """
+    image_ids = None if features.image_ids is None else _check_strings(features.image_ids, "image_ids", "row")
+    meta_json = _meta_json({} if features.meta is None else features.meta)
+    checked = replace(features, image_ids=image_ids).validate()  # replace: validate() sets the copy's attributes
+    if checked.classnames is not None:
+        _check_strings(checked.classnames, "classnames", "class")
+    labels = checked.labels
+    if labels is not None and checked.vfm_features is None and checked.vlm_features is None:
+        # validate() checks labels against the feature rows; without them, their type and range still matter.
+        n_classes = np.iinfo(np.int64).max
+        if checked.text_prototypes is not None:
+            n_classes = checked.text_prototypes.shape[0]
+        elif checked.classnames is not None:
+            n_classes = len(checked.classnames)
+        labels = check_labels(labels, np.size(labels), n_classes)
+    out: dict[str, np.ndarray] = {}
+    dtype = np.dtype(np.float16 if float16 else np.float32)
+    for k in FEATURE_KEYS:
+        given = getattr(features, k)
+        if given is None:
+            continue
+        given = given.detach().cpu().numpy() if hasattr(given, "detach") else np.asarray(given)
+        with np.errstate(over="ignore", under="ignore"):  # overflow and underflow are reported below, by name
+            stored = given.astype(dtype, copy=False)  # no copy of float32 input: nothing writes to it
+        _check_precision(stored, given, k, float16)
+        out[k] = stored
+    if labels is not None:
+        out["labels"] = labels
+    strings = {"classnames": checked.classnames, "image_ids": image_ids}
+    return out, {k: v for k, v in strings.items() if v is not None}, meta_json
+
+
+def _check_precision(stored: np.ndarray, given: np.ndarray, name: str, float16: bool) -> None:
+    """Refuse a cast to the stored dtype that makes a row unreadable.
+
+    ``given`` passed :func:`~gpua._validation.check_matrix` (finite, no all-zero row), so a
+    non-finite stored entry is an overflow of the cast and an all-zero stored row an underflow:
+    either file would be refused by :func:`load_features`.
+    """
+    dt = stored.dtype.name
+    fix = (
+        "divide each row by its largest entry first, e.g. A / np.abs(A).max(axis=1, keepdims=True) (rows are "
+        "L2-normalised when used, so this keeps what they mean)" + ("; or save without float16=True" if float16 else "")
+    )
+    overflow = ~np.isfinite(stored).all(axis=1)
+    if overflow.any():
+        rows = np.nonzero(overflow)[0]
+        largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
+        raise GPUAError(
+            f"{name} has {rows.size} row(s) with values too large for {dt} (first: row {rows[0]}, largest |value| "
+            f"{largest:.3g}; {dt} holds at most {float(np.finfo(stored.dtype).max):.5g}); {fix}."
+        )
+    zero = ~np.any(stored != 0, axis=1)
+    if zero.any():
+        rows = np.nonzero(zero)[0]
+        largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
+        raise GPUAError(
+            f"{name} has {rows.size} row(s) that become all zeros in {dt} (first: row {rows[0]}, largest |value| "
+            f"{largest:.3g}; {dt}'s smallest is {float(np.finfo(stored.dtype).smallest_subnormal):.3g}), and a zero row "
+            f"cannot be normalised; {fix}."
+        )
+
+
+def _check_strings(values: Any, name: str, per: str) -> list[str]:
+    """``values`` as a list of str, refusing what would be stored as something else.
+
+    ``str()`` would store bytes as ``"b'cat'"`` and None as ``'None'``, and numpy drops the
+    trailing NUL characters of a string array when it reads one back.
+    """
+    if isinstance(values, (str, bytes)):
+        raise GPUAError(f"{name} is one string ({values[:40]!r}); pass a list with one entry per {per}.")
+    try:
+        arr = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
+    except TypeError:
+        raise GPUAError(f"{name} is of type {type(values).__name__}; pass a list with one string per {per}.") from None
+    if arr.ndim != 1:
+        raise GPUAError(f"{name} must be a flat list (one string per {per}) but has shape {arr.shape}; flatten it first.")
+    strings = arr.tolist()
+    kinds = sorted({type(s).__name__ for s in strings if not isinstance(s, str)})
+    if kinds:
+        raise GPUAError(
+            f"{name} must hold strings but holds {kinds}; pass one str per {per} (decode bytes with .decode(), "
+            "write numbers with str(), give every entry a value)."
+        )
+    for i, s in enumerate(strings):
+        if "\0" in s:
+            raise GPUAError(
+                f"{name} entry {i} ({s[:40]!r}) holds a NUL character, which feature files cannot keep; remove it "
+                "(e.g. s.replace('\\0', ''))."
+            )
+    return [str(s) for s in strings]
+
+
+def _meta_json(meta: Any) -> str:
+    """``meta`` as JSON; numpy scalars and arrays become plain numbers and lists."""
+    if not isinstance(meta, dict):
+        raise GPUAError(f"meta must be a dict (stored as a JSON object) but is a {type(meta).__name__}; wrap it, e.g. {{'info': ...}}.")
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (np.generic, np.ndarray)):
+            return value.tolist()  # np.bytes_ and datetimes stay unserialisable: refused below
+        raise TypeError(f"it holds a value of type {type(value).__name__}: {repr(value)[:60]}")
+
+    try:
+        return json.dumps(meta, default=plain)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GPUAError(
+            f"meta cannot be stored as JSON ({exc}); keep it to str, int, float, bool, None, lists and dicts "
+            "(convert other values with str())."
+        ) from None
 
 
 def _read_npz(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -212,7 +364,7 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
     validate : bool
         Check shapes, finiteness and label ranges.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     where = f"feature file {str(path)!r}"
     if not path.exists():
         raise GPUAError(f"{where} does not exist; check the path.")

@@ -361,8 +361,38 @@ class ShardedFeatures:
         self.__init__(state["path"], check=False)
 
     def fingerprint(self) -> str:
-        """A string that changes when the index (rows, widths, dtype, files) changes."""
-        return json.dumps({k: self._index[k] for k in ("shard_rows", "widths", "dtype", "storage")}, sort_keys=True) + str(self.path.resolve())
+        """A string that changes when the features a fit reads change, in value or row order.
+
+        It holds the layout (shard rows, widths, dtype, storage) and the SHA-256 checksum of
+        every feature file (``"files"`` in the index, recorded at write time), so it costs no
+        read of shard data; readers check each file against that checksum the first time they
+        map it. A set written before the index recorded checksums has its feature files hashed
+        here instead (one read of their bytes). The files of labels (``npy`` storage) and
+        image ids are left out, since a fit does not read them, and so is ``text_prototypes.npy``:
+        a checkpoint fingerprints the prototypes the fit is given. So is the folder's path: a set
+        moved or copied elsewhere holds the same data.
+
+        Returns
+        -------
+        str
+        """
+        files = {_shard_file(i, key, self.storage): i for i in range(self.n_shards) for key in _FEATURE_KEYS}
+        return json.dumps(
+            {
+                **{k: self._index[k] for k in ("shard_rows", "widths", "dtype", "storage")},
+                "files": {name: self._files.get(name) or self._file_checksum(i, name) for name, i in files.items()},
+            },
+            sort_keys=True,
+        )
+
+    def _file_checksum(self, i: int, name: str) -> str:
+        """SHA-256 of shard ``i``'s file ``name``, read from disk (for sets whose index records none)."""
+        f = self.path / name
+        self._require_file(i, f)
+        try:
+            return file_digest(f)
+        except OSError as exc:
+            raise ModelFileError(f"shard {i} file {str(f)!r} is unreadable ({exc}); re-write the shard set.") from None
 
     def _expected(self, key: str, i: int) -> tuple[tuple[int, ...], str]:
         if key == "labels":

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .._errors import GPUAError
 from .._validation import check_matrix
 from ..data.classnames import parse_class_entries
+from ..params import COUNT, POSITIVE, check_param
 
 __all__ = [
     "DenseSegmenter",
@@ -342,7 +343,14 @@ def sliding_windows(
 
     Windows step by ``stride``; the last one in each direction is shifted back to end at the
     border, so every window has size ``min(crop, image)`` and the image is covered exactly.
+
+    Raises
+    ------
+    GPUAError
+        If ``stride`` exceeds ``crop`` along an axis: the windows would skip the pixels between
+        them (see :func:`_check_stride`).
     """
+    _check_stride(crop, stride, "crop", "stride")
     ch, cw = min(crop[0], height), min(crop[1], width)
     sh, sw = stride
     n_y = max(height - ch + sh - 1, 0) // sh + 1
@@ -353,6 +361,21 @@ def sliding_windows(
             y2, x2 = min(iy * sh + ch, height), min(ix * sw + cw, width)
             out.append((y2 - ch, y2, x2 - cw, x2))
     return out
+
+
+def _check_stride(crop: tuple[int, int], stride: tuple[int, int], crop_name: str, stride_name: str, hint: str = "") -> None:
+    """Refuse a stride larger than the crop: windows that far apart leave unscored pixels.
+
+    The last window is already flush with the border, so a stride up to the crop covers every
+    pixel; beyond it no placement of windows ``stride`` apart can, and the pixels between them
+    would get 0/0 = NaN scores. Refusing is clearer than silently shrinking the stride.
+    """
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise GPUAError(
+            f"{stride_name}={tuple(stride)} is larger than {crop_name}={tuple(crop)}: windows that far apart "
+            f"skip the pixels between them; use a {stride_name} of at most the crop size (overlapping windows "
+            f"are averaged){hint}."
+        )
 
 
 def _pair(v, name: str) -> tuple[int, int] | None:
@@ -382,26 +405,27 @@ class DenseSegmenter:
         ``None`` gives dense VLM zero-shot: ``cos(X, Y)``.
     class_of_prototype : sequence of int of shape (M,), optional
         The class each prototype row stands for (default: row ``i`` is class ``i``). A class
-        scores the max over its rows.
+        scores the max over its rows; the classes are ``0 .. max``, each with at least one row.
     uses_vlm : bool, optional
         Whether the model reads ``X``; inferred from ``model.query`` when not given ("vfm" means
         no). A model that does not is run on the VFM's own grid.
     crop_size, stride : int or (int, int), optional
         Sliding-window inference; ``None`` processes each image whole. ``stride`` defaults to
-        two thirds of the crop.
+        two thirds of the crop and may not exceed it (the windows must cover the image).
     grid : "coarser", "finer" or (h, w)
         Common grid when both encoders are needed.
     refine : {None, "affinity"}
         Smooth patch scores with the VFM patch affinity (top-k neighbours, softmax weights).
     affinity_topk : int
+        Neighbours each patch averages over (itself included), at least 1.
     affinity_temperature : float
-        Temperature of the softmax over the top-k cosine affinities.
+        Temperature of the softmax over the top-k cosine affinities, > 0.
     score_threshold : float, optional
         Pixels whose top probability is below it get ``threshold_label``.
     threshold_label : int
         Label for those pixels (a background class index, or 255 "no class").
     temperature : float
-        Score temperature for probabilities (0.01: CLIP's logit scale of 100).
+        Score temperature for probabilities (0.01: CLIP's logit scale of 100), > 0.
     batch_size : int
         Crops per encoder call.
     """
@@ -439,20 +463,42 @@ class DenseSegmenter:
         self.Y = None if prototypes is None else torch.as_tensor(check_matrix(prototypes, "prototypes"))
         if self.Y is None and model is None:
             raise GPUAError("prototypes is None; zero-shot segmentation needs the text prototypes.")
-        m = self.Y.shape[0] if self.Y is not None else None
+        # Without prototypes the model's own classes are the rows (one class each, by default).
+        m = self.Y.shape[0] if self.Y is not None else getattr(model, "n_classes_", None)
+        if m is None and class_of_prototype is None:
+            raise GPUAError("the model has no n_classes_ (is it fitted?) and no prototypes or class_of_prototype were given; "
+                            "pass a fitted model, or class_of_prototype with the class of each of its prototype rows.")
         cop = np.arange(m) if class_of_prototype is None else np.asarray(class_of_prototype, dtype=np.int64)
         if cop.ndim != 1 or (m is not None and cop.size != m) or cop.size == 0 or cop.min() < 0:
             raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({m}).")
+        # A class with no row would score -inf everywhere, and bilinear upsampling turns -inf
+        # into NaN, which argmax then picks: a gap in the numbering is refused instead.
+        missing = np.setdiff1d(np.arange(int(cop.max()) + 1), cop)
+        if missing.size:
+            shown = ", ".join(str(k) for k in missing[:8]) + (", ..." if missing.size > 8 else "")
+            raise GPUAError(
+                f"class_of_prototype numbers the classes 0..{int(cop.max())} but class {shown} has no prototype row; "
+                "give every class at least one prompt, or renumber the classes without gaps."
+            )
         self.class_of_prototype = torch.as_tensor(cop)
         self.n_classes = int(cop.max()) + 1
         self.crop_size = _pair(crop_size, "crop_size")
+        if self.crop_size is None and stride is not None:
+            raise GPUAError(f"stride={stride!r} is given without crop_size, and whole images have no windows to step; "
+                            "pass crop_size too (sliding-window inference), or drop stride.")
         self.stride = _pair(stride, "stride") or (
             None if self.crop_size is None else tuple(max(1, math.ceil(c * 2 / 3)) for c in self.crop_size)
         )
+        if self.crop_size is not None:
+            _check_stride(self.crop_size, self.stride, "crop_size", "stride", ", or leave it unset for two thirds of the crop")
         self.grid = grid
         if refine not in (None, "none", "affinity"):
             raise GPUAError(f"refine={refine!r}; use None or 'affinity'.")
         self.refine = None if refine == "none" else refine
+        # Checked even without refine="affinity": a bad value is a mistake either way, and
+        # temperature 0 or top-0 would otherwise turn every score into NaN.
+        check_param("affinity_topk", affinity_topk, COUNT)
+        check_param("affinity_temperature", affinity_temperature, POSITIVE)
         self.affinity_topk = int(affinity_topk)
         self.affinity_temperature = float(affinity_temperature)
         if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
@@ -461,6 +507,7 @@ class DenseSegmenter:
         self.threshold_label = int(threshold_label)
         if self.threshold_label != 255 and not 0 <= self.threshold_label < self.n_classes:
             raise GPUAError(f"threshold_label={threshold_label}; use a class index in [0, {self.n_classes}) or 255 (no class).")
+        check_param("temperature", temperature, POSITIVE)
         self.temperature = float(temperature)
         self.batch_size = max(1, int(batch_size))
 
@@ -485,6 +532,11 @@ class DenseSegmenter:
             Z = _patches(self.vfm, crops, "vfm")
         B, h, w = (Z if Z is not None else X).shape[:3]
         if self.model is None:
+            if X.shape[-1] != self.Y.shape[1]:
+                raise GPUAError(
+                    f"prototypes has width {self.Y.shape[1]} but the vlm encoder's patch features have width "
+                    f"{X.shape[-1]}; encode the class prompts with the same vision-language model as the images."
+                )
             Xn = F.normalize(X.reshape(B * h * w, -1), dim=-1)
             s = Xn @ F.normalize(self.Y, dim=-1).T
         else:
@@ -520,7 +572,9 @@ class DenseSegmenter:
         for a in range(0, zn.shape[0], chunk):
             sim = zn[a : a + chunk] @ zn.T
             val, idx = sim.topk(k, dim=1)
-            wgt = torch.softmax(val / self.affinity_temperature, dim=1)
+            # Shifted by each row's top affinity (topk sorts it first) before the division: the
+            # softmax is unchanged, but a tiny temperature gives -inf (weight 0), never inf - inf.
+            wgt = torch.softmax((val - val[:, :1]) / self.affinity_temperature, dim=1)
             out[a : a + chunk] = (wgt[..., None] * s[idx]).sum(1)
         return out
 
@@ -559,10 +613,25 @@ class DenseSegmenter:
         return acc.div_(count)
 
     def labels_from_scores(self, scores: torch.Tensor) -> np.ndarray:
-        """(K, H, W) scores -> (H, W) int64 labels, with the score threshold applied."""
+        """(K, H, W) scores -> (H, W) int64 labels, with the score threshold applied.
+
+        Raises
+        ------
+        GPUAError
+            If a pixel's scores hold NaN or inf: argmax would pick a label from them silently.
+        """
+        bad = ~torch.isfinite(scores).all(0)
+        if bool(bad.any()):
+            raise GPUAError(
+                f"the class scores hold NaN or inf at {int(bad.sum())} of {bad.numel()} pixels, which cannot be "
+                "labelled; check that the encoders' patch features and the model's decision_function are finite "
+                "(e.g. refit a model fitted on non-finite features)."
+            )
         labels = scores.argmax(0)
         if self.score_threshold is not None:
-            top = torch.softmax(scores / self.temperature, dim=0).amax(0)
+            # Shifted by each pixel's top score first (same softmax): a tiny temperature then
+            # gives -inf, weight 0, rather than inf - inf = NaN, which no threshold would catch.
+            top = torch.softmax((scores - scores.amax(0)) / self.temperature, dim=0).amax(0)
             labels[top < float(self.score_threshold)] = self.threshold_label
         return labels.numpy().astype(np.int64)
 

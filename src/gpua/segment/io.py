@@ -34,11 +34,42 @@ def _write_png(path: Path, array, palette=None) -> None:
 
 def write_label_png(path: str | os.PathLike, label) -> None:
     """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
-    a 16-bit greyscale PNG beyond."""
+    a 16-bit greyscale PNG beyond.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    label : array-like of shape (H, W)
+        Integer class indices in ``[0, 65535]`` (255, the datasets' ignore / "no class" label,
+        included); integer-valued floats and bools are accepted.
+
+    Raises
+    ------
+    GPUAError
+        If ``label`` is not 2-D or holds values a PNG cannot store exactly (negative, above
+        65535, fractional, NaN): casting would wrap or truncate them silently (-1 -> 65535).
+    """
     import numpy as np
 
+    from .._errors import GPUAError
+
     label = np.asarray(label)
-    if label.max(initial=0) <= 255 and label.min(initial=0) >= 0:
+    if label.ndim != 2:
+        raise GPUAError(f"label must be a 2-D (H, W) map of class indices but has shape {label.shape}; "
+                        "pass one image's labels (e.g. scores.argmax(0)).")
+    if label.dtype.kind == "f":
+        fractional = ~np.isfinite(label) | (label != np.round(label))
+        if fractional.any():
+            raise GPUAError(f"label must hold integer class indices but holds {float(label[fractional][0])}; "
+                            "round it (np.rint) or pass the argmax of the scores.")
+    elif label.dtype.kind not in "iub":
+        raise GPUAError(f"label has dtype {label.dtype}; pass integer class indices.")
+    lo, hi = label.min(initial=0), label.max(initial=0)
+    if lo < 0 or hi > 65535:
+        shown = ", ".join(str(v) for v in np.unique(label[(label < 0) | (label > 65535)])[:8])
+        raise GPUAError(f"label holds {shown} outside [0, 65535], which a PNG cannot store (a 16-bit one at most); "
+                        "map such pixels to a class index first, e.g. 255 for \"no class\".")
+    if hi <= 255:
         import imgviz
 
         _write_png(Path(path), label.astype(np.uint8), imgviz.label_colormap().flatten().tolist())

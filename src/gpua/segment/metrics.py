@@ -19,6 +19,7 @@ import numpy as np
 
 from .._errors import GPUAError
 from .._validation import check_classnames
+from ..params import COUNT, check_param
 
 __all__ = ["SegmentationMetric", "SegmentationScores", "check_label_map", "confusion_matrix"]
 
@@ -180,8 +181,7 @@ class SegmentationMetric:
     """
 
     def __init__(self, n_classes: int, *, ignore_index: int = 255, classnames: Sequence[str] | None = None) -> None:
-        if int(n_classes) < 1:
-            raise GPUAError(f"n_classes={n_classes}; at least one class is needed.")
+        check_param("n_classes", n_classes, COUNT)  # 2.7 classes is a mistake, not 2
         self.n_classes = int(n_classes)
         self.ignore_index = int(ignore_index)
         self.classnames = check_classnames(classnames, self.n_classes)

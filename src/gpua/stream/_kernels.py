@@ -25,6 +25,7 @@ into the tile (rows renormalised), as :func:`gpua.ot.sinkhorn` does for the whol
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -176,10 +177,33 @@ class ArraySource:
         return None
 
     def fingerprint(self) -> str:
-        # Shapes and a strided sample of values: cheap, and different data gives a different string.
-        Z, X = self._data["vfm_features"], self._data["vlm_features"]
-        step = max(1, Z.shape[0] // 64)
-        return f"arrays{tuple(Z.shape)}{tuple(X.shape)}:{float(Z[::step].double().sum()):.12e}:{float(X[::step].double().sum()):.12e}"
+        """A string that changes when any value of the features, or their row order, changes.
+
+        The shapes, the offset and every byte of both float32 matrices (the values a fit reads),
+        hashed with SHA-256 in blocks of rows, so no copy of a matrix is made (about 1 GB/s on
+        CPUs with SHA instructions, which make it faster there than BLAKE2b: 0.4 s for
+        50,000 x 1,792 float32). Every row counts: a sample of rows misses data that differs
+        elsewhere, such as rows permuted except the sampled ones, and a checkpoint of another
+        fit would then be resumed without a word.
+
+        Returns
+        -------
+        str
+        """
+        h = hashlib.sha256()
+        h.update(f"arrays:{self.offset}:{self.dtype}".encode())
+        for key in ("vfm_features", "vlm_features"):
+            A = self._data[key].numpy()  # a view of the tensor's memory
+            h.update(f":{key}{tuple(A.shape)}:".encode())
+            block = max(1, _HASH_BLOCK_BYTES // max(1, A.shape[1] * A.itemsize))
+            for start in range(0, A.shape[0], block):
+                h.update(np.ascontiguousarray(A[start : start + block]))  # a view when A is C-ordered (check_matrix makes it so)
+        return "arrays:sha256:" + h.hexdigest()
+
+
+#: Bytes hashed per call by :meth:`ArraySource.fingerprint` (whole rows of a matrix): a block that
+#: has to be made contiguous is a small copy, and 1 MiB hashed faster than 16 MiB.
+_HASH_BLOCK_BYTES = 1 << 20
 
 
 # --- the per-process store of tiles -----------------------------------------------------------
