@@ -234,23 +234,17 @@ def _check_precision(stored: np.ndarray, given: np.ndarray, name: str, float16: 
         "divide each row by its largest entry first, e.g. A / np.abs(A).max(axis=1, keepdims=True) (rows are "
         "L2-normalised when used, so this keeps what they mean)" + ("; or save without float16=True" if float16 else "")
     )
-    overflow = ~np.isfinite(stored).all(axis=1)
-    if overflow.any():
-        rows = np.nonzero(overflow)[0]
-        largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
-        raise GPUAError(
-            f"{name} has {rows.size} row(s) with values too large for {dt} (first: row {rows[0]}, largest |value| "
-            f"{largest:.3g}; {dt} holds at most {float(np.finfo(stored.dtype).max):.5g}); {fix}."
-        )
-    zero = ~np.any(stored != 0, axis=1)
-    if zero.any():
-        rows = np.nonzero(zero)[0]
-        largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
-        raise GPUAError(
-            f"{name} has {rows.size} row(s) that become all zeros in {dt} (first: row {rows[0]}, largest |value| "
-            f"{largest:.3g}; {dt}'s smallest is {float(np.finfo(stored.dtype).smallest_subnormal):.3g}), and a zero row "
-            f"cannot be normalised; {fix}."
-        )
+    limits = np.finfo(stored.dtype)
+    problems = (
+        (~np.isfinite(stored).all(axis=1), f"with values too large for {dt}", f"{dt} holds at most {float(limits.max):.5g}", ""),
+        (~np.any(stored != 0, axis=1), f"that become all zeros in {dt}", f"{dt}'s smallest is {float(limits.smallest_subnormal):.3g}",
+         ", and a zero row cannot be normalised"),
+    )
+    for bad, what, limit, why in problems:
+        if bad.any():
+            rows = np.nonzero(bad)[0]
+            largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
+            raise GPUAError(f"{name} has {rows.size} row(s) {what} (first: row {rows[0]}, largest |value| {largest:.3g}; {limit}){why}; {fix}.")
 
 
 def _check_strings(values: Any, name: str, per: str) -> list[str]:
