@@ -101,7 +101,7 @@ def test_arrays_permuted_except_the_sampled_rows_refuse_the_checkpoint(small, tm
     assert_same_fit(again, fit_streaming(GPUA(**FAST), (Z, X), Y, progress=False))
 
 
-@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # torch, on the read-only memmap
+@pytest.mark.filterwarnings("error:The given NumPy array is not writable")  # torch, on a read-only memmap: not passed on
 def test_array_fingerprint_sees_every_value(small, tmp_path):
     Z, X, _, _ = small
     base = ArraySource(Z, X).fingerprint()

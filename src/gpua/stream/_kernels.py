@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig
 from ..query import build_query, centre_rows, second_moment_sum, target_prototypes
@@ -156,7 +157,8 @@ class ArraySource:
 
         Z = check_matrix(vfm_features, "vfm_features")
         X = check_matrix(vlm_features, "vlm_features", n_rows=Z.shape[0])
-        self._data = {"vfm_features": torch.from_numpy(Z), "vlm_features": torch.from_numpy(X)}
+        cpu = torch.device("cpu")
+        self._data = {"vfm_features": as_tensor(Z, cpu), "vlm_features": as_tensor(X, cpu)}  # shared, not copied
         self.n_samples = Z.shape[0]
         self.offset = int(offset)
         self.widths = {k: int(v.shape[1]) for k, v in self._data.items()}
