@@ -13,7 +13,7 @@ import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["check_matrix", "check_triplet", "check_prototypes", "check_distinct_rows", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
+__all__ = ["check_matrix", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def check_matrix(
@@ -181,6 +181,36 @@ def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+def check_strings(values, name: str, per: str) -> list[str]:
+    """``values`` as a list of str, refusing what would be stored as something else.
+
+    ``str()`` would store bytes as ``"b'cat'"`` and None as ``'None'``, and numpy drops the
+    trailing NUL characters of a string array when it reads one back.
+    """
+    if isinstance(values, (str, bytes)):
+        raise GPUAError(f"{name} is one string ({values[:40]!r}); pass a list with one entry per {per}.")
+    try:
+        arr = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
+    except TypeError:
+        raise GPUAError(f"{name} is of type {type(values).__name__}; pass a list with one string per {per}.") from None
+    if arr.ndim != 1:
+        raise GPUAError(f"{name} must be a flat list (one string per {per}) but has shape {arr.shape}; flatten it first.")
+    strings = arr.tolist()
+    kinds = sorted({type(s).__name__ for s in strings if not isinstance(s, str)})
+    if kinds:
+        raise GPUAError(
+            f"{name} must hold strings but holds {kinds}; pass one str per {per} (decode bytes with .decode(), "
+            "write numbers with str(), give every entry a value)."
+        )
+    for i, s in enumerate(strings):
+        if "\0" in s:
+            raise GPUAError(
+                f"{name} entry {i} ({s[:40]!r}) holds a NUL character, which feature files cannot keep; remove it "
+                "(e.g. s.replace('\\0', ''))."
+            )
+    return [str(s) for s in strings]
 
 
 def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[str] | None:

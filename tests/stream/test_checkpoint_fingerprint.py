@@ -116,3 +116,14 @@ def test_array_fingerprint_sees_every_value(small, tmp_path):
         assert ArraySource(*((A, X) if A_is_Z else (Z, A))).fingerprint() != base
     # The same bytes in other shapes are other data.
     assert ArraySource(Z.reshape(N // 2, -1), X.reshape(N // 2, -1)).fingerprint() != base
+
+
+@pytest.mark.parametrize("bad", [[None] * 4, [b"a", b"b", b"c", b"d"], ["a", "b\0", "c", "d"]])
+def test_shard_image_ids_must_be_strings_that_survive_the_file(tmp_path, bad):
+    # str() stored None as 'None' and bytes as "b'a'"; numpy drops trailing NULs on reading
+    from gpua.stream import write_shards
+    from gpua.synthetic import make_planted
+
+    data = make_planted(n_samples=4, n_classes=2, random_state=0)
+    with pytest.raises(GPUAError, match="image_ids"):
+        write_shards(tmp_path / "s", data.vfm_features, data.vlm_features, image_ids=bad, dtype="float32")

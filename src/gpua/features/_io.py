@@ -29,7 +29,7 @@ import numpy as np
 from .._atomic import atomic_path, check_output
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
-from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
+from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
 __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
 
@@ -191,11 +191,11 @@ def _stored_contents(features: FeatureSet, float16: bool) -> tuple[dict[str, np.
     matrices are stored from the caller's values (not from the copy, whose rows validation may
     have rescaled).
     """
-    image_ids = None if features.image_ids is None else _check_strings(features.image_ids, "image_ids", "row")
+    image_ids = None if features.image_ids is None else check_strings(features.image_ids, "image_ids", "row")
     meta_json = _meta_json({} if features.meta is None else features.meta)
     checked = replace(features, image_ids=image_ids).validate()  # replace: validate() sets the copy's attributes
     if checked.classnames is not None:
-        _check_strings(checked.classnames, "classnames", "class")
+        check_strings(checked.classnames, "classnames", "class")
     labels = checked.labels
     if labels is not None and checked.vfm_features is None and checked.vlm_features is None:
         # validate() checks labels against the feature rows; without them, their type and range still matter.
@@ -245,36 +245,6 @@ def _check_precision(stored: np.ndarray, given: np.ndarray, name: str, float16: 
             rows = np.nonzero(bad)[0]
             largest = float(np.abs(given[rows[0]].astype(np.float64)).max())
             raise GPUAError(f"{name} has {rows.size} row(s) {what} (first: row {rows[0]}, largest |value| {largest:.3g}; {limit}){why}; {fix}.")
-
-
-def _check_strings(values: Any, name: str, per: str) -> list[str]:
-    """``values`` as a list of str, refusing what would be stored as something else.
-
-    ``str()`` would store bytes as ``"b'cat'"`` and None as ``'None'``, and numpy drops the
-    trailing NUL characters of a string array when it reads one back.
-    """
-    if isinstance(values, (str, bytes)):
-        raise GPUAError(f"{name} is one string ({values[:40]!r}); pass a list with one entry per {per}.")
-    try:
-        arr = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
-    except TypeError:
-        raise GPUAError(f"{name} is of type {type(values).__name__}; pass a list with one string per {per}.") from None
-    if arr.ndim != 1:
-        raise GPUAError(f"{name} must be a flat list (one string per {per}) but has shape {arr.shape}; flatten it first.")
-    strings = arr.tolist()
-    kinds = sorted({type(s).__name__ for s in strings if not isinstance(s, str)})
-    if kinds:
-        raise GPUAError(
-            f"{name} must hold strings but holds {kinds}; pass one str per {per} (decode bytes with .decode(), "
-            "write numbers with str(), give every entry a value)."
-        )
-    for i, s in enumerate(strings):
-        if "\0" in s:
-            raise GPUAError(
-                f"{name} entry {i} ({s[:40]!r}) holds a NUL character, which feature files cannot keep; remove it "
-                "(e.g. s.replace('\\0', ''))."
-            )
-    return [str(s) for s in strings]
 
 
 def _meta_json(meta: Any) -> str:

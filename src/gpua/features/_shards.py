@@ -50,7 +50,7 @@ from .._atomic import TEMP_MARK, atomic_path, atomic_write_text
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
-from .._validation import check_classnames, check_labels, check_matrix, check_prototypes
+from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
 __all__ = [
     "SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination",
@@ -765,7 +765,7 @@ class ShardWriter:
         if labels is not None:
             batch["labels"] = check_labels(labels, Z.shape[0], np.iinfo(np.int64).max)
         if image_ids is not None:
-            ids = np.asarray([str(s) for s in image_ids], dtype=object)  # object: no fixed-width padding
+            ids = np.asarray(check_strings(image_ids, "image_ids", "row"), dtype=object)  # object: no fixed-width padding
             if ids.shape != (Z.shape[0],):
                 raise GPUAError(f"image_ids has {ids.size} entries for {Z.shape[0]} rows (from row {row0}); give one id per row.")
             batch[IDS_KEY] = ids
