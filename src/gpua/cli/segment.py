@@ -2,6 +2,11 @@
 
 - ``fit-seg``: fit patch-level GPUA on an unlabeled image folder and save the model.
 - ``segment``: write a PNG label mask and a colour overlay per image (GPUA or ``--zero-shot``).
+  Masks are ``<stem>.png`` and ``<stem>_overlay.png``; images whose names would clash
+  (``pic.jpg`` and ``pic.png``, or ``pic_overlay.jpg`` beside ``pic.jpg``) keep their extension
+  (``pic_jpg.png``, ``pic_png.png``), and names that clash even so (``A.png`` and ``a.png`` on a
+  case-insensitive disk) are refused. Files already in ``--out`` are refused before any work
+  unless ``--overwrite``; an input image never is replaced.
 - ``evaluate-seg``: mIoU / pixel accuracy / per-class IoU of saved masks (``--pred``) or of a
   model run on the fly, against a folder of masks (``--gt``) or an mmseg-layout dataset
   (``--dataset``); ``--json FILE`` writes the scores as JSON (``--json -`` or ``--json`` alone
@@ -18,6 +23,11 @@ A model from ``fit-seg`` records its encoders, templates and classes (``provenan
 ``--vfm`` and ``--vlm`` are needed only to override them (a different value is reported),
 ``--classnames`` must name the model's classes, and ``--templates`` (the model holds its own
 text prototypes) or a ``--vlm`` the model does not read are reported as unused.
+
+``fit-seg`` and ``segment`` read the image files directly in ``--images``: hidden files
+(``._x.jpg`` AppleDouble files, as ``classify`` and ``extract`` do) and sub-folders are left out
+(the summary says how many sub-folders), and an unreadable image is skipped with a warning
+naming it and counted; only a folder with no readable image is an error.
 
 Heavy imports (torch, encoders, PIL, imgviz) happen inside the handlers: every ``gpua``
 command imports this module to build its parser.
@@ -48,7 +58,9 @@ def add_subcommands(subparsers) -> None:
         help="fit patch-level GPUA on an unlabeled image folder (for segmentation)",
         description="Fit GPUA on patch tokens sampled from unlabeled images; no masks are read.",
     )
-    p.add_argument("--images", required=True, help="folder of unlabeled images (the fit pool)")
+    p.add_argument("--images", required=True,
+                   help="folder of unlabeled images (the fit pool): the files directly in it; hidden files and sub-folders "
+                        "are not read, unreadable images are skipped with a warning")
     _add_class_args(p, required=True)
     _add_encoder_args(p, required=True)
     p.add_argument("--out", required=True, help="model file to write (e.g. model.gpua)")
@@ -56,7 +68,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
     p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images (default: all)")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N readable images (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_param_arguments(p)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
@@ -64,15 +76,23 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "segment",
         help="segment images into the classes of a class-name file",
-        description="Write <stem>.png label masks (palette PNG, 255 = no class) and <stem>_overlay.png.",
+        description="Write <stem>.png label masks (palette PNG, 255 = no class) and <stem>_overlay.png into --out, "
+        "one pair per image directly in --images (hidden files and sub-folders are not read; unreadable images are "
+        "skipped with a warning). Images whose output names would clash (pic.jpg and pic.png, or pic_overlay.jpg beside "
+        "pic.jpg) keep their extension: pic_jpg.png, pic_png.png. Files already in --out are refused before any work "
+        "unless --overwrite; an input image is never replaced.",
     )
     _add_model_args(p)
-    p.add_argument("--images", required=True, help="folder of images to segment")
+    p.add_argument("--images", required=True,
+                   help="folder of images to segment: the files directly in it (hidden files and sub-folders are not read)")
     _add_class_args(p, required=False)
     _add_encoder_args(p, required=False)
     _add_inference_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="write the label masks only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files of the same names already in --out (e.g. an earlier run's masks); without it they "
+                        "are refused before any work. Input images are never replaced.")
     p.set_defaults(func=_segment)
 
     p = subparsers.add_parser(
@@ -165,15 +185,132 @@ def _show_templates(t: list[str]) -> str:
 
 
 def _list_images(folder: str, what: str = "--images") -> list[Path]:
+    """The image files directly in ``folder``, sorted; hidden files (``._x.jpg``) are left out, as
+    ``classify`` and ``extract`` leave them out (:mod:`gpua.data`'s own test), and sub-folders are
+    not searched (:func:`_subfolder_note` says how many)."""
     from ..data import IMAGE_EXTENSIONS
+    from ..data._loaders import _is_image, _subdirs
 
     d = Path(folder)
     if not d.is_dir():
         raise GPUAError(f"{what} {folder!r} is not a folder; pass a folder of image files.")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(d / e.name for e in os.scandir(d) if _is_image(e.name) and e.is_file())
     if not files:
-        raise GPUAError(f"{what} {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...).")
+        subs = _subdirs(d)
+        where = (f"; its {len(subs)} sub-folder(s) (first: {subs[0]!r}) are not searched: pass the sub-folder itself as {what}"
+                 if subs else "")
+        raise GPUAError(f"{what} {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...; hidden files "
+                        f"are left out){where}.")
     return files
+
+
+def _subfolder_note(folder: str, what: str = "--images", skip: Path | None = None) -> str:
+    """``"; 2 sub-folder(s) of --images not searched (a, b)"``, or ``""`` (``skip``: a folder not to count, --out)."""
+    from ..data._loaders import _subdirs
+
+    d = Path(folder)
+    subs = [s for s in _subdirs(d) if skip is None or (d / s).resolve() != skip.resolve()]
+    if not subs:
+        return ""
+    shown = ", ".join(subs[:5]) + (", ..." if len(subs) > 5 else "")
+    return f"; {len(subs)} sub-folder(s) of {what} not searched ({shown})"
+
+
+def _read_images(files: list[Path], folder: str, skipped: list[Path], limit: int | None = None):
+    """Yield ``(file, RGB array)`` for each readable file, at most ``limit``; an unreadable one
+    (:class:`gpua.data.UnreadableImageError`) is skipped with a warning naming it and appended to
+    ``skipped``. When none is readable, a :class:`GPUAError` says so at the end."""
+    from ..data import UnreadableImageError
+
+    n = 0
+    for f in files:
+        if limit is not None and n >= limit:
+            break
+        try:
+            image = _load_image(f)
+        except UnreadableImageError as exc:
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            warnings.warn(f"skipped {str(f)!r}, which is not a readable image ({why}).", stacklevel=2)
+            skipped.append(f)
+            continue
+        n += 1
+        yield f, image
+    if n == 0:
+        first = f" (first: {skipped[0].name!r})" if skipped else ""
+        raise GPUAError(f"none of the {len(skipped)} image(s) in --images {folder!r} could be read{first}; they are truncated, "
+                        "corrupt or not images: replace them, or point --images at a folder of readable images.")
+
+
+def _skipped_note(skipped: list[Path]) -> str:
+    return f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
+
+
+def _output_names(files: list[Path], overlay: bool) -> list[list[str]]:
+    """The file names ``segment`` writes for each image: ``[mask]`` or ``[mask, overlay]``.
+
+    ``<stem>.png`` and ``<stem>_overlay.png``; an image whose names would equal another image's
+    (compared ignoring case, as macOS and Windows disks do) keeps its extension:
+    ``<stem>_<ext>.png`` and ``<stem>_<ext>_overlay.png`` (repeated until nothing more changes).
+    Names that clash even so are refused (:class:`GPUAError` listing the images), before any work.
+    """
+    from collections import defaultdict
+
+    qualified: set[int] = set()
+
+    def names(i: int) -> list[str]:
+        f = files[i]
+        base = f"{f.stem}_{f.suffix[1:]}" if i in qualified else f.stem
+        return [f"{base}.png"] + ([f"{base}_overlay.png"] if overlay else [])
+
+    while True:
+        owners: dict[str, set[int]] = defaultdict(set)
+        for i in range(len(files)):
+            for n in names(i):
+                owners[n.casefold()].add(i)
+        clashes = [sorted(o) for o in owners.values() if len(o) > 1]
+        clashing = {i for o in clashes for i in o}
+        if not clashing - qualified:
+            break
+        qualified |= clashing
+    if clashes:
+        shown = "; ".join(" and ".join(files[i].name for i in group) for group in clashes[:5])
+        raise GPUAError(f"--images holds images whose masks would get the same file name even with their extension kept "
+                        f"(names are compared ignoring case): {shown}; rename one of each.")
+    return [names(i) for i in range(len(files))]
+
+
+def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], overwrite: bool) -> None:
+    """Refuse, before any work, an output that is one of the input images (also through links,
+    even with --overwrite) and, without --overwrite, any output file that already exists."""
+    from .._atomic import check_output
+
+    if not out.is_dir():
+        return
+    by_id = {}
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        by_id[(st.st_dev, st.st_ino)] = f
+    existing = []
+    for n in (n for ns in names for n in ns):
+        p = out / n
+        if not os.path.lexists(p):
+            continue
+        existing.append(p)
+        try:
+            st = p.stat()
+            image = by_id.get((st.st_dev, st.st_ino))
+        except OSError:
+            image = None
+        if image is not None or overwrite:  # the same file as an input: check_output names both
+            check_output(p, "--out", kind="file", inputs=[("--images", str(image))] if image is not None else ())
+    if existing and not overwrite:
+        shown = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise GPUAError(f"--out {str(out)!r} already holds {len(existing)} of the files this run writes ({shown}); "
+                        "pass --overwrite to replace them, or choose another --out.")
 
 
 def _load_image(path: Path):
@@ -343,11 +480,14 @@ def _fit_seg(args: argparse.Namespace) -> int:
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     params = {"query": "vfm", **parse_params(args.param)}  # checked before any encoder loads
     classnames, prompt_names, owner = _class_prompts(args.classnames)
-    files = _list_images(args.images)[: args.max_images]
+    files = _list_images(args.images)
+    if args.max_images is not None and args.max_images < 1:
+        raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
+    skipped: list[Path] = []
+    images = [image for _, image in _read_images(files, args.images, skipped, args.max_images)]  # before the encoders load
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
     templates = resolve_templates(args.templates)
     Y = _prototypes(vlm, prompt_names, templates)
-    images = [_load_image(f) for f in files]
     estimator = GPUA(**params)
     with FitProgress(estimator, not args.no_progress) as progress:
         model = fit_patch_gpua(
@@ -370,7 +510,8 @@ def _fit_seg(args: argparse.Namespace) -> int:
     }
     model.provenance_ = meta
     _save_model(model, args.out, meta)
-    print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}")
+    print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
+          f"{_skipped_note(skipped)}{_subfolder_note(args.images)}")
     return 0
 
 
@@ -378,17 +519,28 @@ def _segment(args: argparse.Namespace) -> int:
     check_paths(args, inputs=("model", "images", "classnames", "templates"), outputs=(("out", "folder"),),
                 extra_inputs=_sidecar(args))
     classes = _class_prompts(args.classnames) if args.classnames else None
+    if classes is None and not args.model:  # said before the output checks, as _segmenter says it
+        raise GPUAError("--zero-shot needs --classnames (one class a line), the classes to segment into.")
     files = _list_images(args.images)
-    seg, classnames = _segmenter(args, classes)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        image = _load_image(f)
+    names = _output_names(files, overlay=not args.no_overlay)
+    _check_mask_outputs(out, files, names, args.overwrite)
+    renamed = [(f, ns[0]) for f, ns in zip(files, names) if ns[0] != f"{f.stem}.png"]
+    if renamed:
+        shown = ", ".join(f"{f.name} -> {n}" for f, n in renamed[:6]) + (", ..." if len(renamed) > 6 else "")
+        print(f"note: {len(renamed)} image(s) would share output names, so their masks keep the extension: {shown}")
+    seg, classnames = _segmenter(args, classes)
+    by_file = dict(zip(files, names))
+    skipped: list[Path] = []
+    n = 0
+    for f, image in _read_images(files, args.images, skipped):
         label = seg.predict(image)
-        write_label_png(out / f"{f.stem}.png", label)
+        write_label_png(out / by_file[f][0], label)  # creates --out with the first mask
         if not args.no_overlay:
-            write_overlay_png(out / f"{f.stem}_overlay.png", image, label, classnames)
-    print(f"segmented {len(files)} image(s) into {len(classnames)} classes; masks in {out}")
+            write_overlay_png(out / by_file[f][1], image, label, classnames)
+        n += 1
+    print(f"segmented {n} image(s) into {len(classnames)} classes; masks in {out}"
+          f"{_skipped_note(skipped)}{_subfolder_note(args.images, skip=out)}")
     return 0
 
 
