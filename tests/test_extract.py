@@ -98,6 +98,18 @@ def test_cache_hit_returns_without_encoding(tmp_path):
     assert vfm.calls == 30
 
 
+def test_a_new_image_decoding_invalidates_cached_features(tmp_path, monkeypatch):
+    # Features of pixels decoded the old way (say, before EXIF orientation) are not served again.
+    import gpua.extract
+
+    ds = _dataset()
+    path = _run(ds, tmp_path / "f.npz")
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    monkeypatch.setattr(gpua.extract, "DECODE_VERSION", gpua.extract.DECODE_VERSION + 1)
+    _run(ds, path, vfm, vlm)
+    assert vfm.calls == 10
+
+
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     ds = _dataset(n=11)
     ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))

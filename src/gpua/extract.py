@@ -39,6 +39,7 @@ from . import __version__
 from ._atomic import TEMP_MARK, atomic_path, atomic_write_text, check_output
 from ._errors import GPUAError
 from ._integrity import read_npz
+from .data._datasets import DECODE_VERSION
 from .features import save_features
 
 __all__ = ["extract_features", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
@@ -584,6 +585,7 @@ def extract_features(
     # The same key for a file and a shard set: it identifies the features, not their container.
     key = _sha({
         "format": FORMAT_VERSION,
+        "decode": DECODE_VERSION,
         "vfm": vfm.metadata(),
         "vlm": vlm.metadata(),
         "dataset": identity,

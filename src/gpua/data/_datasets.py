@@ -25,7 +25,13 @@ __all__ = [
     "ArrayImageDataset",
     "open_image",
     "to_rgb",
+    "DECODE_VERSION",
 ]
+
+#: How image files become pixels (:func:`open_image`, :func:`to_rgb`): part of the feature cache
+#: key, bumped when decoding changes so that features of the old pixels are not served again
+#: (2: EXIF orientation applied, float images in [0, 1] scaled to [0, 255]).
+DECODE_VERSION = 2
 
 #: File endings read as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -65,20 +71,48 @@ class UnreadableImageError(GPUAError):
         return (type(self), (str(self), self.path))
 
 
+# A float image whose values lie in [0, 1] up to this much rounding is read as [0, 1].
+_UNIT_RANGE_TOL = 1e-6
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """A float grey image as uint8: [0, 1] -> [0, 255], [0, 255] kept, other ranges min-max stretched."""
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        return np.zeros(a.shape, dtype=np.uint8)  # all NaN (or empty): nothing to show
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= -_UNIT_RANGE_TOL and hi <= 1.0 + _UNIT_RANGE_TOL:
+        out = a * 255.0  # the usual convention for float images
+    elif lo >= 0.0 and hi <= 255.0:
+        out = a  # float-typed 8-bit values
+    elif hi > lo:
+        # Negative, or beyond 8 bits (depth, counts, HDR): no convention to follow, so show the range.
+        out = (a - lo) * (255.0 / (hi - lo))
+    else:
+        out = a  # one value outside [0, 255]: clipped to 0 or 255 below
+    # +inf/-inf saturate to 255/0; NaN becomes 0.
+    out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to 8-bit RGB.
 
     Grey, palette, CMYK and the like are converted by PIL. Transparent pixels are composited
     onto white: their stored colour is invisible (often black) and should not reach an encoder.
     16-bit and 32-bit grey images are scaled to 8 bits rather than clipped (PIL's plain
-    ``convert`` would saturate them).
+    ``convert`` would saturate them). Floating-point grey images (mode ``"F"``, e.g. float
+    TIFFs) are read by their range: values in [0, 1] are scaled to [0, 255], values in
+    [0, 255] are kept, and any other range is stretched (min to 0, max to 255); NaN becomes 0.
     """
     if image.mode == "RGB":
         return image
     Image = _pil()
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # keeps a palette's transparency, which "RGB" would drop
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    if image.mode == "F":
+        image = Image.fromarray(_float_to_uint8(np.asarray(image, dtype=np.float64)))
+    elif image.mode == "I" or image.mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64)
         hi = float(np.nanmax(a)) if a.size else 0.0
         scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
@@ -91,8 +125,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# EXIF's Orientation tag (274): 1 is "stored upright"; 2-8 say how to turn the stored pixels.
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned the way its EXIF Orientation tag says it is shown (phone photos are
+    often stored sideways), or ``image`` itself when it has no such tag or the EXIF is unreadable."""
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+            return image  # the common case: no copy
+        from PIL import ImageOps  # noqa: PLC0415
+
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001
+        # A malformed EXIF block can make Pillow raise almost anything (SyntaxError, KeyError,
+        # struct.error, TypeError...); the pixels decoded fine, so keep their stored orientation.
+        return image
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully and return it in RGB.
+    """Decode an image file fully and return it in RGB, turned upright.
+
+    An EXIF Orientation tag (as phones write) is applied, so the pixels are those a viewer
+    shows; a file whose EXIF block is malformed is returned as stored.
 
     Raises
     ------
@@ -104,7 +160,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(p) as im:
             im.load()  # decode now: truncation shows here, not later inside a transform
-            return to_rgb(im)
+            return to_rgb(_upright(im))
     except FileNotFoundError:
         raise UnreadableImageError(f"image file {p!r} does not exist.", p) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 import warnings
 import zipfile
 from importlib import resources
@@ -356,7 +357,7 @@ def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> 
     if unknown:
         raise GPUAError(f"classnames.txt has no line for the folder {unknown[0]!r} of {str(images / s)!r}.")
     names = _match_classnames(user_names, _dedupe_clip_imagenet([mapping[f] for f in folders]), "classnames.txt")
-    relpaths, labels = _collect_class_files(images / s, {f: _walk_images(images / s / f) for f in folders})
+    relpaths, labels = _collect_class_files(images / s, _walk_class_folders(images / s, folders))
     return FileImageDataset(images / s, relpaths, labels, names, "imagenet", s)
 
 
@@ -406,14 +407,64 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _walk_images(folder: Path) -> list[str]:
-    """Image files below ``folder`` (recursively, sorted), relative to it, ``/``-separated."""
-    out = []
-    # followlinks: CoOp's instructions symlink datasets into place.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(folder)
-        out.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+def _dir_identity(path: str) -> tuple | None:
+    """What makes a directory the same one whatever path reaches it; None when it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_ino:
+        return (st.st_dev, st.st_ino)
+    return ("path", os.path.normcase(os.path.realpath(path)))  # file systems without inode numbers
+
+
+def _within(path: str, top: str) -> bool:
+    """Whether real path ``path`` is ``top`` or lies below it."""
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
+    """{class folder: its image files (recursively, sorted, relative to it, ``/``-separated)}.
+
+    Symlinks are followed (CoOp's instructions symlink datasets into place), but every real
+    directory is read once: a folder is skipped, with one warning naming it, when it is a
+    symlink to a folder that encloses it (a loop) or into a class folder (whose images are
+    listed there), or when it was already read through another path.
+    """
+    tops = {f: base / f for f in folders}
+    visited = {i for i in (_dir_identity(os.fspath(t)) for t in tops.values()) if i is not None}
+    class_trees = [os.path.realpath(t) for t in tops.values()]
+    skipped: list[str] = []
+    out: dict[str, list[str]] = {}
+    for name, top in tops.items():
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            rel = Path(dirpath).relative_to(top)
+            keep = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                sub = os.path.join(dirpath, d)
+                if os.path.islink(sub):
+                    target, here = os.path.realpath(sub), os.path.realpath(dirpath)
+                    if _within(here, target) or any(_within(target, t) for t in class_trees):
+                        skipped.append((Path(name) / rel / d).as_posix())
+                        continue
+                ident = _dir_identity(sub)
+                if ident is not None and ident in visited:
+                    skipped.append((Path(name) / rel / d).as_posix())
+                    continue
+                if ident is not None:
+                    visited.add(ident)
+                keep.append(d)
+            dirnames[:] = keep
+            found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+        out[name] = found
+    if skipped:
+        shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(
+            f"skipped {len(skipped)} folder(s) of {str(base)!r} that symlinks lead back to (a symlink loop, or a "
+            f"second path to folders read elsewhere): {shown}. Each image is listed once.",
+            stacklevel=5,  # _walk_class_folders < loader < _load_path < load_dataset < caller
+        )
     return out
 
 
@@ -451,7 +502,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
         # root/train/<class>/x.jpg read without split= would silently make "train" a class.
         if all(_subdirs(base / f) for f in folders):
             raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
-    files = {f: _walk_images(base / f) for f in folders}  # the one walk of the tree
+    files = _walk_class_folders(base, folders)  # the one walk of the tree
     labeled = [f for f in folders if files[f]]
     name = root.resolve().name or str(root)
     if loose:
@@ -478,22 +529,47 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     return FileImageDataset(base, relpaths, labels, names, name, split)
 
 
+def _nfc(name: str) -> str:
+    # macOS writes file names decomposed (NFD: "e" + combining accent); class-name files and
+    # code usually hold them composed (NFC). They look identical, so compare them alike.
+    return unicodedata.normalize("NFC", name)
+
+
 def _folder_classnames(
     folders: list[str], user_names: list[str] | None, base: Path
 ) -> tuple[list[str], list[int] | None]:
-    """Class names and, when the user orders them, each folder's label."""
+    """Class names and, when the user orders them, each folder's label.
+
+    Folder names match class names up to Unicode normalisation; the user's spelling is kept.
+    """
     if user_names is None:
         return folders, None
     if set(user_names) == set(folders):
         index = {c: i for i, c in enumerate(user_names)}
         return user_names, [index[f] for f in folders]
+    by_form: dict[str, str] = {}
+    for f in folders:
+        other = by_form.setdefault(_nfc(f), f)
+        if other != f:
+            raise GPUAError(
+                f"class folders {other!r} and {f!r} of {str(base)!r} have names that differ only in their Unicode "
+                "form (composed vs decomposed accents); rename one of them."
+            )
+    index = {_nfc(c): i for i, c in enumerate(user_names)}
+    if len(index) == len(user_names) and set(index) == set(by_form):
+        return user_names, [index[_nfc(f)] for f in folders]
     if all(_WNID.match(f) for f in folders):
         return _match_count(user_names, folders, base), None
-    missing = [f for f in folders if f not in user_names]
+    missing = [f for f in folders if _nfc(f) not in index]
     if missing:
         raise GPUAError(
             f"class folder {missing[0]!r} of {str(base)!r} is not in classnames; classnames must be the class-folder "
             f"names (in any order). Folders: {folders[:5]}{'...' if len(folders) > 5 else ''}."
         )
-    extra = [c for c in user_names if c not in folders]
-    raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}.")
+    extra = [c for c in user_names if _nfc(c) not in by_form]
+    if extra:
+        raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}.")
+    raise GPUAError(
+        f"classnames holds names that differ only in their Unicode form (composed vs decomposed accents), so they "
+        f"cannot each name one class folder of {str(base)!r}; give each name once."
+    )
