@@ -78,6 +78,10 @@ def test_classify_a_labelled_folder(photos, capsys):
     acc = np.mean([r["prediction"] == r["label"] for r in rows])
     assert acc >= 0.6 and f"acc1 {100 * acc:.2f}%" in out and "labels used only to score" in out
     assert "features cached in" in out and (d / "cache" / "classify").is_dir()
+    # the VLM's own zero-shot counts beside GPUA's, which assume balanced classes
+    zs = next(line for line in out.splitlines() if line.startswith("VLM zero-shot would predict: "))
+    counts = [int(part.rsplit(" ", 1)[1]) for part in zs.split(": ", 1)[1].split(" (")[0].split(", ")]
+    assert sum(counts) == 15 and "Imbalanced folders" in zs
     from gpua import load_model
 
     prov = load_model(d / "m.gpua").provenance_

@@ -256,3 +256,12 @@ def test_offline_encoders_end_to_end(tmp_path):
     assert fs.vfm_features.shape == (6, 384) and fs.vlm_features.shape == (6, 1280) and fs.text_prototypes.shape == (10, 1280)
     assert len(fs.meta["templates"]) == 18 and fs.meta["vlm"]["closed_vocabulary"] is True
     assert json.loads(json.dumps(fs.meta))  # metadata is plain JSON
+
+
+def test_one_class_is_refused_before_encoding(tmp_path):
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    rng = np.random.default_rng(0)
+    ds = ArrayImageDataset(rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), np.zeros(4, int), CLASSES[:1], name="one")
+    with pytest.raises(GPUAError, match="classnames name 1 class"):
+        _run(ds, tmp_path / "f.npz", vfm, vlm)
+    assert vfm.calls == vlm.calls == 0

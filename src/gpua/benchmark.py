@@ -8,11 +8,17 @@ the paper's (CoOp's) protocol does, and score; they never reach a fit.
 Like CLIP_benchmark's ``eval`` and ``build``:
 
 * ``DIR/results.jsonl``: one JSON object per (dataset, vfm, vlm, method, pool) with
-  ``metrics: {acc1, acc5, mean_per_class_recall}`` and ``seconds: {extract, fit, predict}``;
-  rewritten atomically after every row, so an interrupted run loses at most the row in progress,
-  and a re-run skips the rows already there (features are cached per dataset and model, too).
+  ``metrics: {acc1, acc5, mean_per_class_recall}`` and ``seconds: {extract, fit, predict}``,
+  and the settings that made its numbers: ``params`` (the GPUA parameters given, without
+  ``device`` and ``verbose``), ``prompt_templates`` (the template set's name, or a file's name
+  and the hash of its templates) and ``data`` (the folder the dataset was read from, None for
+  the embedded and system copies). Rewritten atomically after every row, so an interrupted run
+  loses at most the row in progress, and a re-run skips the rows already there with the same
+  settings (features are cached per dataset and model, too); a row of other settings is kept
+  and the run is done again. Rows written before gpua recorded the settings (no ``params``)
+  load, but their settings are unknown: they are kept, and never taken for a run's.
 * ``DIR/results.md`` and ``DIR/results.csv``: acc1 across datasets (one column per method and
-  encoder pair) with a mean row, built from every row of the jsonl.
+  encoder pair) with a mean row, built from the rows of the jsonl with this run's settings.
 
 Datasets: anything :func:`gpua.data.load_dataset` opens by name (the embedded ``cifar10-mini``;
 ``fashion-mnist``, read from its idx files in ``dataset_root/fashion-mnist/`` when that folder
@@ -63,24 +69,41 @@ def open_benchmark_dataset(name: str, split: str, dataset_root: str | Path | Non
     -------
     ImageDataset
     """
-    from .data import COOP_DATASETS, canonical_name, dataset_info, load_dataset
+    from .data import canonical_name, load_dataset
 
     p = Path(name).expanduser()
     if p.exists():
         return load_dataset(p, split=split)
-    canon = canonical_name(name)
-    if canon in COOP_DATASETS:
-        if dataset_root is None:
-            raise GPUAError(f"dataset {name!r} is a CoOp dataset; pass --dataset-root, the folder that holds CoOp's dataset folders.")
-        root = Path(dataset_root).expanduser()
-        info = dataset_info(canon)
-        tried = [root / n for n in dict.fromkeys([name, canon, *info.aliases, canon.replace("_", "-")])]
-        folder = next((t for t in tried if t.is_dir()), None)
-        if folder is None:
-            raise GPUAError(f"dataset {name!r}: none of {[str(t) for t in tried[:4]]} is a folder under --dataset-root {str(root)!r}.")
-        return load_dataset(folder, split=split, name=canon)
+    folder = _coop_folder(name, dataset_root)
+    if folder is not None:
+        return load_dataset(folder, split=split, name=canonical_name(name))
     folder = _idx_folder(name, dataset_root)
     return load_dataset(name, split=split, image_root=folder)
+
+
+def _coop_folder(name: str, dataset_root: str | Path | None) -> Path | None:
+    """The folder of a CoOp dataset given by name under ``dataset_root`` (None for other names)."""
+    from .data import COOP_DATASETS, canonical_name, dataset_info
+
+    canon = canonical_name(name)
+    if canon not in COOP_DATASETS:
+        return None
+    if dataset_root is None:
+        raise GPUAError(f"dataset {name!r} is a CoOp dataset; pass --dataset-root, the folder that holds CoOp's dataset folders.")
+    root = Path(dataset_root).expanduser()
+    info = dataset_info(canon)
+    tried = [root / n for n in dict.fromkeys([name, canon, *info.aliases, canon.replace("_", "-")])]
+    folder = next((t for t in tried if t.is_dir()), None)
+    if folder is None:
+        raise GPUAError(f"dataset {name!r}: none of {[str(t) for t in tried[:4]]} is a folder under --dataset-root {str(root)!r}.")
+    return folder
+
+
+def _data_source(name: str, dataset_root: str | Path | None) -> str | None:
+    """Where a dataset's files are read from (resolved), None for the embedded and system copies."""
+    p = Path(name).expanduser()
+    folder = p if p.exists() else _coop_folder(name, dataset_root) or _idx_folder(name, dataset_root)
+    return None if folder is None else str(folder.resolve())
 
 
 def _idx_folder(name: str, dataset_root: str | Path | None) -> Path | None:
@@ -115,12 +138,15 @@ class _Prepared:
     pool_tag: str
     test_tag: str
     slug: str
+    data: str | None
 
 
 def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root) -> _Prepared:
+    from .classify import check_classes
     from .data import sample_pool
 
     train = open_benchmark_dataset(name, "train", dataset_root)
+    check_classes(list(train.classnames or []), f"--datasets {name!r}", "use a dataset of two or more classes")
     test = open_benchmark_dataset(name, "test", dataset_root)
     pool = train if n_shot is None else sample_pool(train, n_per_class=n_shot, seed=seed)
     pool_tag = "train" if n_shot is None else f"train-{n_shot}shot-seed{seed}"
@@ -128,11 +154,58 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
     if test_per_class is not None:
         test = sample_pool(test, n_per_class=test_per_class, seed=seed)
         test_tag = f"test-{test_per_class}pc-seed{seed}"
-    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root))
+    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root))
+
+
+#: What a row's numbers depend on: a re-run skips a row only when all of these are the same.
+_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "params", "prompt_templates")
+#: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
+_NOT_SETTINGS = ("device", "verbose")
 
 
 def _key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(k) for k in ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset"))
+    # A field the row lacks (an older file) is unknown, never equal to a value, None included.
+    return tuple((k in row, json.dumps(row.get(k), sort_keys=True, default=str)) for k in _KEY)
+
+
+def _settings(row: dict[str, Any]) -> tuple:
+    """The run-wide settings of a row (parameters and templates), comparable; unknown for older rows."""
+    return _key(row)[-2:]
+
+
+def _param_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The GPUA parameters as a row records them (JSON values; ``device`` and ``verbose`` left out)."""
+    return json.loads(json.dumps({k: v for k, v in (overrides or {}).items() if k not in _NOT_SETTINGS}, default=str))
+
+
+def _templates_setting(templates: Any) -> str:
+    """How a row names its templates: a set's name (``auto``: each dataset's own), or a file or list with their hash.
+
+    Read now, so an unknown name or a missing file fails before anything is encoded.
+    """
+    import hashlib
+    import os
+
+    from .data.prompts import DEFAULT_TEMPLATES, get_templates
+
+    if templates is None or (isinstance(templates, str) and templates.strip().lower() == DEFAULT_TEMPLATES):
+        return DEFAULT_TEMPLATES
+    listed = get_templates(templates)
+    if isinstance(templates, (str, os.PathLike)) and not os.path.isfile(templates):
+        return os.fspath(templates).strip().lower().replace("-", "_")
+    sha = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:12]
+    what = f"file {Path(templates).name}" if isinstance(templates, (str, os.PathLike)) else f"{len(listed)} given"
+    return f"{what} (sha256 {sha})"
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else "none" if value is None else json.dumps(value)
+
+
+def _params_label(row: dict[str, Any]) -> str:
+    if "params" not in row:
+        return "unknown"
+    return " ".join(f"{k}={_label(v)}" for k, v in sorted(row["params"].items())) or "default"
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -201,7 +274,8 @@ def run_benchmark(
         Prompt templates; default ``"auto"``: each dataset's own (CoOp's prompt, CLIP's CIFAR
         templates), else CLIP's 80 ImageNet templates.
     overrides : dict, optional
-        GPUA parameters for every GPUA-based method.
+        GPUA parameters for every GPUA-based method (recorded in each row as ``params``, and
+        part of what a re-run compares).
     cache_dir : path, optional
         Feature cache root (features go to ``<cache>/benchmark/``).
     device, batch_size, progress
@@ -229,15 +303,17 @@ def run_benchmark(
     rows = read_results(jsonl)
     done = {_key(r) for r in rows}
     test_subset = None if test_per_class is None else f"{int(test_per_class)} per class"
+    settings = {"params": _param_settings(overrides), "prompt_templates": _templates_setting(templates)}
     # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
     prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root) for d in datasets]
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
-                base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset}
+                base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
+                        "data": prep.data, **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
-                    say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl}; skipped")
+                    say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
                     continue
                 t0 = time.perf_counter()
                 files = {}
@@ -259,7 +335,13 @@ def run_benchmark(
                     _write_rows(jsonl, rows)
                     say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s")
                     extract_s = 0.0  # counted once per (dataset, encoders)
-    md, table_csv = build_tables(rows)
+    # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
+    ours, data = _settings(settings), {p.name: p.data for p in prepared}
+    shown = [r for r in rows if _settings(r) == ours and (r.get("dataset") not in data or r.get("data") == data[r.get("dataset")])]
+    if len(shown) < len(rows):
+        say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates or data, or "
+            "written before gpua recorded them); kept there, left out of the tables")
+    md, table_csv = build_tables(shown)
     atomic_write_text(out / "results.md", md)
     atomic_write_text(out / "results.csv", table_csv)
     say(f"wrote {jsonl}, {out / 'results.md'} and {out / 'results.csv'}")
@@ -290,19 +372,25 @@ def _run_method(method: str, train_fs, test_fs, pool_file: Path, name: str, over
 def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[str, str]:
     """acc1 (percent) by dataset (rows, then ``mean``) and run (columns), as Markdown and CSV.
 
-    A column is one (method, VFM, VLM, pool, seed, test subset); the parts that are the same
-    for every column are said once above the Markdown table instead of in every header. The
-    mean of a column covers the datasets it has; a column missing some says how many it has.
+    A column is one (method, VFM, VLM, pool, seed, test subset, GPUA parameters, templates); the
+    parts that are the same for every column are said once above the Markdown table instead of
+    in every header (``params default``: none given; ``unknown``: a row written before gpua
+    recorded them). The mean of a column covers the datasets it has; a column missing some says
+    how many it has.
     """
     if metric not in BENCHMARK_METRICS:
         raise GPUAError(f"metric={metric!r}; choose from {BENCHMARK_METRICS}.")
-    parts = ("method", "vfm", "vlm", "pool", "seed", "test_subset")
-    runs = list(dict.fromkeys(tuple(r.get(p) for p in parts) for r in rows))
+    parts = ("method", "vfm", "vlm", "pool", "seed", "test_subset", "params", "templates")
+
+    def run_of(r):
+        return tuple(r.get(p) for p in parts[:-2]) + (_params_label(r), r.get("prompt_templates", "unknown"))
+
+    runs = list(dict.fromkeys(run_of(r) for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     varying = [i for i, p in enumerate(parts) if len({run[i] for run in runs}) > 1] or [0]
     fixed = [(p, runs[0][i]) for i, p in enumerate(parts) if i not in varying and runs and runs[0][i] is not None]
     header = [" / ".join(str(run[i]) for i in varying) for run in runs]
-    value = {(r["dataset"], tuple(r.get(p) for p in parts)): r["metrics"][metric] for r in rows}
+    value = {(r["dataset"], run_of(r)): r["metrics"][metric] for r in rows}
     table = []
     for d in datasets:
         table.append([d] + [value.get((d, run)) for run in runs])

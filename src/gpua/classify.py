@@ -29,7 +29,8 @@ import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods"]
+__all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods", "check_classes",
+           "unlabeled_pool"]
 
 DEFAULT_VFM = "offline:dinov2-s"
 DEFAULT_VLM = "offline:semantic-lite0"
@@ -44,6 +45,51 @@ def check_methods(methods: Sequence[str], option: str = "method") -> list[str]:
     if unknown or not methods:
         raise GPUAError(f"{option}: {unknown or 'no method'} {'is' if len(unknown) == 1 else 'are'} unknown; choose from {list_methods()}.")
     return methods
+
+
+def check_classes(classnames: Any, option: str = "classnames", hint: str = "give two or more classes, one a line") -> list[str]:
+    """The class names (a file, list, dict or dataset name), read and checked before any image is encoded.
+
+    Raises
+    ------
+    GPUAError
+        Naming ``option`` when they hold fewer than 2 classes (no text prototypes to choose
+        between), or as :func:`gpua.data.classnames.resolve_classnames` for a file it cannot read.
+    """
+    from .data.classnames import resolve_classnames
+
+    names = resolve_classnames(classnames) or []
+    if len(names) < 2:
+        shown = f" {str(classnames)!r}" if isinstance(classnames, (str, os.PathLike)) else ""
+        raise GPUAError(f"{option}{shown} names {len(names)} class ({', '.join(map(repr, names)) or 'none'}); at least 2 classes are "
+                        f"needed to classify anything: {hint}.")
+    return names
+
+
+def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
+    """Every image file below ``folder`` (recursively), as one unlabeled pool.
+
+    Sub-folders are not read as classes: a pool's labels are never used, so ``photos/2023/``
+    and ``photos/2024/`` are as good as class folders. The image ids are the paths relative to
+    ``folder``.
+
+    Returns
+    -------
+    gpua.data.FileImageDataset
+        Without labels or class names (the caller's class names are given to the extraction).
+    """
+    from .data import IMAGE_EXTENSIONS, FileImageDataset
+    from .data._loaders import _walk_class_folders
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise GPUAError(f"{option} {str(root)!r} is not a folder; pass a folder of photos (any layout, no labels read).")
+    top = root.resolve()
+    files = _walk_class_folders(top.parent, [top.name])[top.name]  # the image-folder walk, the pool as one "folder"
+    if not files:
+        raise GPUAError(f"{option} {str(root)!r} holds no images (looked in every sub-folder); image files end in "
+                        f"{', '.join(IMAGE_EXTENSIONS)}.")
+    return FileImageDataset(root, files, None, [], top.name or str(root))
 
 
 def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -86,6 +132,9 @@ class Classification:
         The cached feature files of the photos and of the pool.
     seconds : dict
         ``extract``, ``fit`` and ``predict`` times.
+    zero_shot : int array of shape (n_images,) or None
+        The VLM's own zero-shot class per photo, for comparison: GPUA's fit assumes the classes
+        about equally frequent among the photos it is fitted on, zero-shot assumes nothing.
     """
 
     image_ids: list[str]
@@ -96,6 +145,7 @@ class Classification:
     features: Path
     pool_features: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    zero_shot: np.ndarray | None = None
 
     @property
     def predictions(self) -> np.ndarray:
@@ -148,9 +198,10 @@ def classify_folder(
     templates : name, file or list, optional
         Prompt templates; default ``"auto"`` (:func:`gpua.data.prompts.resolve_templates`: CLIP's
         80 ImageNet templates for a folder).
-    pool : path, optional
-        Folder of unlabeled photos to fit on (flat or with class folders; its labels are never
-        read); default ``images`` itself.
+    pool : path or dataset, optional
+        Folder of photos to fit on, read as one unlabeled pool (every image below it, whatever
+        its sub-folders are called: :func:`unlabeled_pool`), or what :func:`unlabeled_pool`
+        returns; default ``images`` itself.
     method : str
         A name of :func:`gpua.list_methods` (``"gpua"``, ``"zero_shot"``...).
     overrides : dict, optional
@@ -170,9 +221,9 @@ def classify_folder(
     Raises
     ------
     GPUAError
-        For an unknown method (before any image is read), a folder that is missing or holds no
-        photos, class folders that are not the class names, or a pool smaller than the number of
-        classes.
+        For an unknown method or fewer than 2 classes (before any image is read), a folder that
+        is missing or holds no photos, class folders of ``images`` that are not the class names,
+        or a pool smaller than the number of classes.
     """
     from .baselines import make_method
     from .extract import extract_features
@@ -180,21 +231,23 @@ def classify_folder(
     from .report import provenance_from_features
 
     check_methods([method])
+    check_classes(classnames)
     folder = Path(images)
     if not folder.is_dir():
         raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
-    pool_folder = Path(pool) if pool is not None else folder
-    if not pool_folder.is_dir():
-        raise GPUAError(f"pool={str(pool_folder)!r} is not a folder of photos.")
+    if pool is not None and not isinstance(pool, (str, os.PathLike)) and getattr(pool, "root", None) is None:
+        raise GPUAError(f"pool= is a {type(pool).__name__}; pass a folder of photos or gpua.classify.unlabeled_pool(folder).")
+    pool_root = None if pool is None else Path(getattr(pool, "root", pool))
+    same = pool_root is None or (pool_root.is_dir() and pool_root.resolve() == folder.resolve())
+    # Another pool is read as unlabeled images: its sub-folders need not be the classes.
+    sources = {"images": folder} if same else {"images": folder, "pool": pool if getattr(pool, "root", None) else unlabeled_pool(pool)}
     t0 = time.perf_counter()
     paths = {}
-    for key, where in (("images", folder), ("pool", pool_folder)):
-        if key == "pool" and pool_folder.resolve() == folder.resolve():
-            paths["pool"] = paths["images"]
-            continue
-        out = feature_cache_path("classify", _folder_tag(where), vfm, vlm, cache_dir)
+    for key, where in sources.items():
+        out = feature_cache_path("classify", _folder_tag(Path(getattr(where, "root", where))), vfm, vlm, cache_dir)
         paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
                                       batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    paths.setdefault("pool", paths["images"])
     extract_s = time.perf_counter() - t0
     feats = load_features(paths["images"])
     pool_fs = feats if paths["pool"] == paths["images"] else load_features(paths["pool"])
@@ -208,6 +261,7 @@ def classify_folder(
     t2 = time.perf_counter()
     proba = est.predict_proba(feats.vfm_features, feats.vlm_features)
     predict_s = time.perf_counter() - t2
+    zero_shot = make_method("zero_shot").fit(feats.vfm_features, feats.vlm_features, feats.text_prototypes)
     return Classification(
         image_ids=feats.image_ids or [str(i) for i in range(feats.n_samples)],
         proba=proba,
@@ -217,4 +271,5 @@ def classify_folder(
         features=paths["images"],
         pool_features=paths["pool"],
         seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
+        zero_shot=zero_shot.predict(feats.vfm_features, feats.vlm_features),
     )

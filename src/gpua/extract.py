@@ -563,6 +563,11 @@ def extract_features(
             f"dataset {getattr(ds, 'name', '')!r} has no class names, so there is nothing to build text prototypes "
             "from; pass classnames= (a list, a file, or a dataset name such as 'cifar10')."
         )
+    if len(names) < 2:  # checked before any image is encoded: the feature file could not be written
+        raise GPUAError(
+            f"classnames name {len(names)} class ({names[0]!r}); a feature file holds text prototypes of at least 2 classes "
+            "to tell apart: pass classnames= with every class the images may belong to."
+        )
     temps = _resolve_templates(templates, ds)
     n = len(ds)
     if n == 0:

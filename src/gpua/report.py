@@ -33,6 +33,7 @@ __all__ = [
     "plot_confusion_matrix",
     "provenance_from_features",
     "encoders_of",
+    "check_encoders",
     "write_json",
     "write_predictions",
 ]
@@ -84,6 +85,29 @@ def encoders_of(meta: dict[str, Any]) -> tuple[str | None, str | None]:
         return v.get("spec") if isinstance(v, dict) else v
 
     return spec(meta.get("vfm")), spec(meta.get("vlm"))
+
+
+def check_encoders(
+    model, meta: dict[str, Any], *, model_source: str = "the model", data_source: str = "the features", stacklevel: int = 2
+) -> tuple[tuple[str | None, str | None], tuple[str | None, str | None]]:
+    """Warn when features come from other encoders than the ones ``model`` was fitted on.
+
+    The encoders are those its ``provenance_`` and the features' ``meta`` record (a side that
+    records none is not checked): a map learnt on one VFM's features means nothing on another's,
+    even one of the same width. ``gpua evaluate`` and ``gpua predict`` both check with this.
+
+    Returns
+    -------
+    ((vfm, vlm) of the model, (vfm, vlm) of the features)
+        Encoder specs, None where unknown.
+    """
+    fitted_on = encoders_of(dict(getattr(model, "provenance_", None) or {}))
+    used = encoders_of(meta or {})
+    for role, fitted, given in zip(("VFM", "VLM"), fitted_on, used):
+        if fitted and given and fitted != given:
+            warnings.warn(f"{data_source} holds {role} features of {given!r} but {model_source} was fitted on {fitted!r}; "
+                          f"features of different encoders do not fit the model: extract them with {fitted!r}.", stacklevel=stacklevel)
+    return fitted_on, used
 
 
 def _n_classes(fs: FeatureSet) -> int | None:
@@ -149,12 +173,7 @@ def evaluate_model(
         warnings.warn(match.note, stacklevel=2)
     y = match.map_labels(test.labels)
     prov = dict(getattr(model, "provenance_", None) or {})
-    vfm, vlm = encoders_of(prov)
-    test_vfm, test_vlm = encoders_of(test.meta)
-    for role, fitted, used in (("VFM", vfm, test_vfm), ("VLM", vlm, test_vlm)):
-        if fitted and used and fitted != used:
-            warnings.warn(f"{test_name} holds {role} features of {used!r} but {model_src} was fitted on {fitted!r}; "
-                          "the scores compare features of different encoders.", stacklevel=2)
+    (vfm, vlm), (test_vfm, test_vlm) = check_encoders(model, test.meta, model_source=model_src, data_source=test_name, stacklevel=3)
     t0 = time.perf_counter()
     scores = model.decision_function(test.vfm_features, test.vlm_features)
     seconds = time.perf_counter() - t0

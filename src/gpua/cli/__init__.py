@@ -70,7 +70,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status when stdout's reader has gone (``gpua ... | head -1``): 128 + SIGPIPE, what a shell
+#: reports for a program that the closed pipe stopped (``cat``, ``yes``), and not gpua's error status 2.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush has nowhere to fail.
+
+    The recipe of the Python docs ("Note on SIGPIPE", :mod:`signal`); a replaced stdout without a
+    file descriptor (a test's capture) is left alone.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that left shows here (and is handled), not at interpreter exit
+    except BrokenPipeError:  # the reader of stdout stopped early (| head): the Unix way is to stop quietly
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -84,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except GPUAError as exc:
         print(f"gpua {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # not a file-system error: main() ends quietly
     except OSError as exc:  # the system refused a read or write (disk full, permissions): one line too
         print(f"gpua {args.command}: error: {exc.strerror or exc} ({exc.filename or 'no file named'}); "
               "free space or fix the permissions and run again.", file=sys.stderr)

@@ -7,6 +7,7 @@ checks), and ``--list-params`` prints that table with the defaults.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from .._errors import GPUAError
@@ -94,6 +95,7 @@ class _ListParams(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(parameter_listing())
+        sys.stdout.flush()  # a closed pipe (| head) raises here, for gpua.cli.main to end quietly, not at exit
         parser.exit(0)
 
 

@@ -2,7 +2,8 @@
 
 See :func:`gpua.benchmark.run_benchmark`: one JSON line per (dataset, vfm, vlm, method) in
 ``OUT/results.jsonl``, and an acc1 table across datasets with a mean row in ``OUT/results.md``
-and ``OUT/results.csv``. A re-run with the same ``--out`` skips the rows already there.
+and ``OUT/results.csv``. A re-run with the same ``--out`` skips the rows already there with the same
+settings (GPUA parameters, templates, data); the tables show the rows of the run's settings.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def add_subcommands(subparsers) -> None:
         help="the paper's protocol over many datasets, encoders and methods (resumable)",
         description="For every dataset, VFM, VLM and method: extract features (cached), fit on an unlabeled pool of the "
         "train split (16 images per class, or the whole split), score on the test split. Writes OUT/results.jsonl (one "
-        "line per run; a re-run skips those present), OUT/results.md and OUT/results.csv (acc1 by dataset, mean row).",
+        "line per run, with its GPUA parameters and templates; a re-run skips those present with the same settings), "
+        "OUT/results.md and OUT/results.csv (acc1 by dataset, mean row, for this run's settings).",
     )
     p.add_argument("--datasets", required=True, type=_names, metavar="A,B,...",
                    help="comma-separated: cifar10-mini, other names gpua.data.load_dataset knows, image folders with train/ and "

@@ -33,7 +33,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FILE.csv", help="predictions CSV to write")
     p.add_argument("--vfm", default=_DEFAULT_VFM, metavar="ENCODER", help="vision foundation model")
     p.add_argument("--vlm", default=_DEFAULT_VLM, metavar="ENCODER", help="vision-language model")
-    p.add_argument("--pool", metavar="DIR", help="folder of unlabeled photos to fit on (default: --images itself)")
+    p.add_argument("--pool", metavar="DIR", help="folder of photos to fit on, read as unlabeled: every image below it, whatever its "
+                   "sub-folders are called (default: --images itself)")
     p.add_argument("--method", default="gpua", help="a method of gpua.list_methods(): gpua, zero_shot, procrustes_only...")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per photo")
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
@@ -43,16 +44,18 @@ def add_subcommands(subparsers) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from ..classify import check_methods, classify_folder
+    from ..classify import check_classes, check_methods, classify_folder, unlabeled_pool
     from ._common import FitProgress
 
     check_paths(args, inputs=("images", "classnames", "templates", "pool"), outputs=(("out", "file"), ("model_out", "file")))
     check_methods([args.method], "--method")
+    check_classes(args.classnames, "--classnames")  # before any photo is encoded
+    pool = None if args.pool is None else unlabeled_pool(args.pool, "--pool")  # every image below it, no labels read
     overrides = estimator_overrides(args)
     device = overrides.pop("device", "cpu")
     with FitProgress(None, not args.quiet) as progress:
         res = classify_folder(
-            args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=args.pool, method=args.method,
+            args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
             progress=not args.quiet, callback=progress,
         )
@@ -61,11 +64,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         res.model.save(args.model_out)
     counts = Counter(res.classnames[k] for k in res.predictions.tolist())
     shown = ", ".join(f"{name} {c}" for name, c in counts.most_common(6))
+    zero_shot = Counter(res.classnames[k] for k in res.zero_shot.tolist())
     s = res.seconds
     print(f"classified {n} photos into {len(res.classnames)} classes with {args.method} "
           f"(VFM {args.vfm}, VLM {args.vlm}; fitted on {'--pool ' + args.pool if args.pool else 'the photos themselves, no labels'}); "
           f"extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
+    if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not
+        print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
+              + (" ..." if len(zero_shot) > 6 else "") + " (far apart on a folder whose classes are far from equally frequent: "
+              "see 'Imbalanced folders' in the README)")
     scores = res.scores()
     if scores is not None:
         flag = " (acc5 says nothing with 5 classes or fewer)" if scores["n_classes"] <= 5 else ""

@@ -158,7 +158,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _prediction_chunks(model, source: str):
-    """``(image ids, probabilities, None)`` chunks of a feature file or a shard set, and its class names."""
+    """``(image ids, probabilities, None)`` chunks of a feature file or a shard set, its class names, class count and meta."""
     from ..features import ShardedFeatures, load_features
 
     if Path(source).is_dir():
@@ -170,21 +170,22 @@ def _prediction_chunks(model, source: str):
                 ids = sf.image_ids(s, e) or [str(i) for i in range(s, e)]
                 yield ids, model.predict_proba(Z.numpy(), X.numpy()), None
 
-        return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0])
+        return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta
     fs = load_features(source, require=("vfm_features",))
     ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
     n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
-    return iter([(ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None)]), fs.classnames, n_k
+    return iter([(ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None)]), fs.classnames, n_k, fs.meta
 
 
 def _cmd_predict(args) -> int:
     from .._base import load_model
     from ..data.classnames import match_classes
-    from ..report import write_predictions
+    from ..report import check_encoders, write_predictions
 
     check_paths(args, inputs=("model", "features"), outputs=(("out", "file"),))
     model = load_model(args.model)
-    chunks, file_names, file_k = _prediction_chunks(model, args.features)
+    chunks, file_names, file_k, meta = _prediction_chunks(model, args.features)
+    check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
     names = model.classnames_
     if file_names is not None or file_k is not None:
         try:
@@ -244,7 +245,8 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict classes for a feature file or shard set",
-                       description="Write a CSV: image, prediction, probability, and the top-k classes with their probabilities.")
+                       description="Write a CSV: image, prediction, probability, and the top-k classes with their probabilities. "
+                       "Warns when the features name other classes, or come from other encoders, than the model's.")
     p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
     p.add_argument("--features", required=True, help="feature file or shard set")
     p.add_argument("--out", required=True, help="CSV file to write")
