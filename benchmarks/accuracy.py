@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 from _harness import gpua_params, setup, write_json
-from devsets import add_set_arguments, chosen_sets, load_devset
+from devsets import add_set_arguments, chosen_sets, load_devset, long_tailed
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
 
@@ -78,6 +78,7 @@ def evaluate(ds, method: str, seed: int, variants: dict[str, dict]) -> tuple[dic
         "set": ds.name, "seed": seed, "method": method, "test": float(np.mean(test_correct)),
         "dev": float(np.mean(_correct(model, ds.dev))) if ds.dev is not None else pool_acc,
         "pl": pool_acc if pseudo is None else float(np.mean(pseudo == pool.labels)),
+        "pool": pool_acc,
         "fit_seconds": seconds,
     }
     return row, test_correct
@@ -126,8 +127,8 @@ def summarise(rows: list[dict], correct: dict[tuple[str, int, str], np.ndarray] 
     for s, m in keys:
         group = [r for r in rows if (r["set"], r["method"]) == (s, m)]
         entry = {"set": s, "method": m, "seeds": [r["seed"] for r in group]}
-        for field in ("test", "dev", "pl", "fit_seconds"):
-            vals = np.array([r[field] for r in group], dtype=float)
+        for field in ("test", "dev", "pl", "pool", "fit_seconds"):
+            vals = np.array([r.get(field, np.nan) for r in group], dtype=float)  # rows of older files lack "pool"
             entry[field], entry[f"{field}_std"] = float(vals.mean()), float(vals.std())
         seeds = entry["seeds"]
         if correct and m != "reference" and all((s, seed, "reference") in correct for seed in seeds):
@@ -146,7 +147,8 @@ def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
         ref = next((e["test"] for e in group if e["method"] == "reference"), None)
         n = len(group[0]["seeds"])
         lines += ["", f"{s}  (dev: {dev_notes[s]}; {n} seed{'s' if n > 1 else ''}, mean" + (" ± std)" if n > 1 else ")"), "",
-                  "| method | test acc1 | vs reference [95% CI] | dev | pseudo-label acc | fit s |", "|---|---|---|---|---|---|"]
+                  "| method | test acc1 | vs reference [95% CI] | dev | pseudo-label acc | pool (transductive) | fit s |",
+                  "|---|---|---|---|---|---|---|"]
 
         def cell(e, f):
             return f"{100 * e[f]:.2f}" + (f" ± {100 * e[f + '_std']:.2f}" if n > 1 else "")
@@ -156,7 +158,8 @@ def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
             if "vs_reference_ci95" in e:
                 low, high = e["vs_reference_ci95"]
                 delta += f" [{100 * low:+.2f}, {100 * high:+.2f}]"
-            lines.append(f"| {e['method']} | {cell(e, 'test')} | {delta} | {cell(e, 'dev')} | {cell(e, 'pl')} | {e['fit_seconds']:.1f} |")
+            lines.append(f"| {e['method']} | {cell(e, 'test')} | {delta} | {cell(e, 'dev')} | {cell(e, 'pl')} | {cell(e, 'pool')} | "
+                         f"{e['fit_seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -167,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=JSON",
                     help="a GPUA variant: NAME='{\"self_learning\": 2}' (repeatable)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (random_state; planted: also the data draw)")
+    ap.add_argument("--pool-imbalance", type=float, default=1.0, metavar="R",
+                    help="fit on a long-tailed subset of each pool, the largest class R times the smallest (devsets.long_tailed; "
+                         "drawn with the seed); 'pool' is then the transductive accuracy on it, what `gpua classify` reports")
     ap.add_argument("--json", default=None, help="write every row and the means here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args)
@@ -180,12 +186,14 @@ def main(argv=None) -> int:
         ap.error(f"--variant names must be new and distinct ({clash})")
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    if args.pool_imbalance < 1:
+        ap.error("--pool-imbalance must be at least 1 (the largest class over the smallest)")
     setup(args)
     rows, notes, correct = [], {}, {}
     for s in sets:
         for seed in range(args.seeds):
             try:
-                ds = load_devset(s, cache_dir=args.cache_dir, seed=seed)
+                ds = long_tailed(load_devset(s, cache_dir=args.cache_dir, seed=seed), args.pool_imbalance, seed)
             except FileNotFoundError as exc:
                 print(f"skipping {s}: {exc}", flush=True)
                 break
@@ -194,11 +202,12 @@ def main(argv=None) -> int:
                 row, correct[s, seed, m] = evaluate(ds, m, seed, variants)
                 rows.append(row)
                 print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
-                      f"pl {100 * row['pl']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+                      f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
     summary = summarise(rows, correct)
     print(table(summary, notes))
     if args.json:
-        write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds},
+        write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds,
+                                        "pool_imbalance": args.pool_imbalance},
                                "rows": rows, "summary": summary})
     return 0
 

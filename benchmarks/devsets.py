@@ -182,6 +182,32 @@ def zero_shot_accuracy(fs) -> float:
     return VLMZeroShot().fit(fs.vfm_features, fs.vlm_features, fs.text_prototypes).score(None, fs.labels, fs.vlm_features)
 
 
+def long_tailed(ds: DevSet, ratio: float, seed: int = 0) -> DevSet:
+    """``ds`` with a long-tailed pool: class ``c`` (in a seeded random order) keeps ``n r^{-c/(K-1)}`` rows.
+
+    ``n`` is the smallest class's count, ``r`` = ``ratio`` (the largest class over the smallest;
+    1 keeps ``ds`` as it is); each class keeps at least 2 rows. The labels choose the rows only,
+    as a user's folder happens to hold more of some classes: the fit never sees them. The dev
+    and test splits are unchanged (a set without a dev split is then scored on this pool).
+    """
+    if ratio < 1:
+        raise ValueError(f"ratio={ratio}; the largest class over the smallest is at least 1.")
+    if ratio == 1:
+        return ds
+    pool = ds.pool
+    classes = np.unique(pool.labels)
+    rng = np.random.default_rng(seed)
+    n = min(int((pool.labels == c).sum()) for c in classes)
+    order = rng.permutation(classes)
+    keep = {c: max(2, int(round(n * ratio ** (-i / (len(classes) - 1))))) for i, c in enumerate(order)}
+    idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), keep[c], replace=False) for c in classes]))
+    from dataclasses import replace
+
+    rows = replace(pool, vfm_features=pool.vfm_features[idx], vlm_features=pool.vlm_features[idx], labels=pool.labels[idx],
+                   image_ids=None if pool.image_ids is None else [pool.image_ids[i] for i in idx])
+    return DevSet(ds.name, rows, ds.dev, ds.test, ds.dev_note + f"; pool long-tailed, ratio {ratio:g}")
+
+
 def add_set_arguments(ap: argparse.ArgumentParser, choices: tuple[str, ...] = SETS) -> None:
     """``--sets``, ``--cache-dir`` and ``--threads``: what every development-set script takes."""
     ap.add_argument("--sets", default=",".join(choices), help=f"comma-separated subset of {choices}")

@@ -113,7 +113,8 @@ def test_accuracy_reference_row_and_bad_arguments(scripts, tmp_path, capsys):
     diff, interval = row.split("|")[3].strip().split(" ", 1)
     low, high = (float(v) for v in interval.strip("[]").split(","))
     assert low <= float(diff) <= high and low < high  # zero-shot and the fitted reference differ on some images
-    for bad in (["--variant", 'x={"lam": 2}'], ["--variant", "x=lam"], ["--variant", 'gpua={"lam": 0.5}'], ["--sets", "mnist"]):
+    for bad in (["--variant", 'x={"lam": 2}'], ["--variant", "x=lam"], ["--variant", 'gpua={"lam": 0.5}'], ["--sets", "mnist"],
+                ["--pool-imbalance", "0.5"]):
         with pytest.raises(SystemExit) as exc:
             accuracy.main(bad)
         assert exc.value.code == 2
@@ -194,3 +195,22 @@ def test_centred_zero_shot_is_the_fit_targets_argmax(scripts):
     fs = FeatureSet(vfm_features=X, vlm_features=X, text_prototypes=Y, labels=labels)
     raw = np.mean((X / np.linalg.norm(X, axis=1, keepdims=True) @ (Y / np.linalg.norm(Y, axis=1, keepdims=True)).T).argmax(1) == labels)
     assert raw < 0.8 and headroom.centred_zero_shot(fs, fs) == 1.0
+
+
+def test_accuracy_on_a_long_tailed_pool(scripts, tmp_path):
+    devsets, accuracy = scripts
+    _write_fmnist_cache(devsets, tmp_path)
+    full = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path)
+    ds = devsets.long_tailed(full, 10.0, seed=0)
+    n = np.bincount(full.pool.labels).min()
+    counts = np.sort(np.bincount(ds.pool.labels, minlength=10))
+    assert counts[-1] == n and counts[0] == round(n / 10)  # the smallest class is a tenth of the largest
+    assert ds.dev.n_samples == 2000 and "long-tailed" in ds.dev_note  # dev and test as they were
+    out = tmp_path / "lt.json"
+    assert accuracy.main(["--sets", "fmnist-lite2", "--methods", "zero_shot", "--pool-imbalance", "10", "--cache-dir", str(tmp_path),
+                          "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    from gpua import VLMZeroShot
+
+    zs = VLMZeroShot().fit(ds.pool.vfm_features, ds.pool.vlm_features, ds.pool.text_prototypes)
+    assert row["pool"] == pytest.approx(zs.score(None, ds.pool.labels, ds.pool.vlm_features))
