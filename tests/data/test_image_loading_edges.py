@@ -157,6 +157,17 @@ def _two_classes(root: Path, write_image) -> None:
             write_image(root / cls / f"{j}.png", value=10 * j)
 
 
+def _outside_and_dataset(tmp_path: Path, write_image, *outside_files: str) -> tuple[Path, Path]:
+    """A folder ``elsewhere`` holding ``outside_files`` and a two-class dataset ``ds`` beside it (symlinks possible)."""
+    _need_symlinks(tmp_path)
+    outside = tmp_path / "elsewhere"
+    for name in outside_files:
+        write_image(outside / name)
+    root = tmp_path / "ds"
+    _two_classes(root, write_image)
+    return outside, root
+
+
 def test_symlink_loop_lists_each_image_once(tmp_path, make_image):
     write_image = make_image
     _need_symlinks(tmp_path)
@@ -195,29 +206,33 @@ def test_symlink_into_another_class_is_not_listed_twice(tmp_path, make_image):
     assert "dog/puppies/p.png" in ds.image_ids and ds.label(ds.image_ids.index("dog/puppies/p.png")) == 1
 
 
-def test_loop_outside_the_tree_is_cut(tmp_path, make_image):
-    write_image = make_image
-    _need_symlinks(tmp_path)
-    outside = tmp_path / "elsewhere"
-    write_image(outside / "sub" / "e.png")
-    os.symlink("..", outside / "sub" / "back", target_is_directory=True)
-    root = tmp_path / "ds"
-    _two_classes(root, write_image)
-    os.symlink(outside, root / "cat" / "more", target_is_directory=True)
-    with pytest.warns(UserWarning, match=r"cat/more/sub/back"):
+@pytest.mark.parametrize(
+    "outside_files, links, warned, n_images, listed",
+    [
+        # a loop outside the tree is cut where it closes
+        (["sub/e.png"], [("elsewhere/sub/back", ".."), ("ds/cat/more", "elsewhere")], "cat/more/sub/back", 13,
+         ["cat/more/sub/e.png"]),
+        # a folder reached both as a linked class and through another link is listed once, as the class
+        (["x.png", "birds/b.png"], [("ds/bird", "elsewhere/birds"), ("ds/cat/ext", "elsewhere")], "cat/ext/birds", 14,
+         ["bird/b.png", "cat/ext/x.png"]),
+        # two links to the same outside folder: the first is read
+        (["x.png"], [("ds/cat/ext1", "elsewhere"), ("ds/cat/ext2", "elsewhere")], "cat/ext2", 13, ["cat/ext1/x.png"]),
+    ],
+    ids=["loop-outside", "linked-class-twice", "two-links"],
+)
+def test_a_folder_reached_twice_is_read_once_and_named(tmp_path, make_image, outside_files, links, warned, n_images, listed):
+    _, root = _outside_and_dataset(tmp_path, make_image, *outside_files)
+    for link, target in links:  # ".." stays relative; other targets are paths under tmp_path
+        os.symlink(target if target == ".." else tmp_path / target, tmp_path / link, target_is_directory=True)
+    with pytest.warns(UserWarning, match=warned):
         ds = load_dataset(root)
-    assert len(ds) == 13 and "cat/more/sub/e.png" in ds.image_ids
+    assert len(ds) == n_images and all(i in ds.image_ids for i in listed)
 
 
 def test_symlinks_to_outside_folders_and_files_still_work(tmp_path, make_image):
     write_image = make_image
-    _need_symlinks(tmp_path)
-    outside = tmp_path / "elsewhere"
-    write_image(outside / "x.png")
-    write_image(outside / "deeper" / "y.png")
+    outside, root = _outside_and_dataset(tmp_path, write_image, "x.png", "deeper/y.png")
     single = write_image(tmp_path / "single.png")
-    root = tmp_path / "ds"
-    _two_classes(root, write_image)
     os.symlink(outside, root / "cat" / "ext", target_is_directory=True)
     os.symlink(single, root / "dog" / "linked.png")
     write_image(tmp_path / "birds" / "b.png")
@@ -229,36 +244,6 @@ def test_symlinks_to_outside_folders_and_files_still_work(tmp_path, make_image):
     assert "cat/ext/x.png" in ids and "cat/ext/deeper/y.png" in ids
     assert "dog/linked.png" in ids and "bird/b.png" in ids
     assert len(ds) == 12 + 4
-
-
-def test_link_to_a_folder_holding_a_linked_class_lists_it_once(tmp_path, make_image):
-    write_image = make_image
-    _need_symlinks(tmp_path)
-    outside = tmp_path / "elsewhere"
-    write_image(outside / "x.png")
-    write_image(outside / "birds" / "b.png")
-    root = tmp_path / "ds"
-    _two_classes(root, write_image)
-    os.symlink(outside / "birds", root / "bird", target_is_directory=True)
-    os.symlink(outside, root / "cat" / "ext", target_is_directory=True)  # also leads to the birds
-    with pytest.warns(UserWarning, match=r"cat/ext/birds"):
-        ds = load_dataset(root)
-    assert len(ds) == 12 + 2
-    assert "bird/b.png" in ds.image_ids and "cat/ext/x.png" in ds.image_ids
-
-
-def test_two_links_to_the_same_outside_folder_list_it_once(tmp_path, make_image):
-    write_image = make_image
-    _need_symlinks(tmp_path)
-    outside = tmp_path / "elsewhere"
-    write_image(outside / "x.png")
-    root = tmp_path / "ds"
-    _two_classes(root, write_image)
-    os.symlink(outside, root / "cat" / "ext1", target_is_directory=True)
-    os.symlink(outside, root / "cat" / "ext2", target_is_directory=True)
-    with pytest.warns(UserWarning, match=r"cat/ext2"):
-        ds = load_dataset(root)
-    assert len(ds) == 13 and "cat/ext1/x.png" in ds.image_ids
 
 
 # ---------------------------------------------------------------- Unicode folder names
