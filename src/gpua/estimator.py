@@ -92,8 +92,8 @@ class GPUA(AlignmentEstimator):
     n_init_per_class : int >= 1, default=8
         Samples per class for the confident centre initialisation.
     max_outer : int >= 1, default=20
-        UCM rounds at most (the semi-relaxed marginal settles more slowly than an exact one;
-        small pools needed up to about 15 rounds).
+        UCM rounds at most (10 until ``rho``'s default: with the relaxed marginal small pools,
+        such as a folder of a few hundred photos or a patch pool, took more than 10 to settle).
     tol : float > 0, default=0.005
         Plan change (the fraction of the pool's mass that moves between rounds) that ends UCM;
         a few times ``sinkhorn_tol``, below which the change is the Sinkhorn solutions' own slack.
