@@ -49,6 +49,13 @@ def test_benchmark_rerun_with_other_settings_recomputes(photos, capsys):
     assert "already in" in capsys.readouterr().out and len(_rows(jsonl)) == 4
     assert main([*base, "--templates", "auto"]) == 0  # other templates: run again
     assert "already in" not in capsys.readouterr().out and len(_rows(jsonl)) == 6
+    # a release whose defaults differ (say rho's) is another setting too, though --param is the same
+    import gpua.benchmark
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpua.benchmark, "_defaults_setting", lambda: "other")
+        assert main(changed) == 0
+    assert "already in" not in capsys.readouterr().out and len(_rows(jsonl)) == 8
 
 
 @pytest.mark.filterwarnings("ignore::gpua.ConvergenceWarning")

@@ -10,7 +10,7 @@ Like CLIP_benchmark's ``eval`` and ``build``:
 * ``DIR/results.jsonl``: one JSON object per (dataset, vfm, vlm, method, pool) with
   ``metrics: {acc1, acc5, mean_per_class_recall}`` and ``seconds: {extract, fit, predict}``,
   and the settings that made its numbers: ``params`` (the GPUA parameters given, without
-  ``device`` and ``verbose``), ``prompt_templates`` (the template set's name, or a file's name
+  ``device`` and ``verbose``), ``gpua_defaults`` (a hash of GPUA's defaults), ``prompt_templates`` (the template set's name, or a file's name
   and the hash of its templates) and ``data`` (the folder the dataset was read from, None for
   the embedded and system copies). Rewritten atomically after every row, so an interrupted run
   loses at most the row in progress, and a re-run skips the rows already there with the same
@@ -158,7 +158,7 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
 
 
 #: What a row's numbers depend on: a re-run skips a row only when all of these are the same.
-_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "params", "prompt_templates")
+_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "gpua_defaults", "params", "prompt_templates")
 #: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
 _NOT_SETTINGS = ("device", "verbose")
 
@@ -169,8 +169,22 @@ def _key(row: dict[str, Any]) -> tuple:
 
 
 def _settings(row: dict[str, Any]) -> tuple:
-    """The run-wide settings of a row (parameters and templates), comparable; unknown for older rows."""
-    return _key(row)[-2:]
+    """The run-wide settings of a row (defaults, parameters and templates), comparable; unknown for older rows."""
+    return _key(row)[-3:]
+
+
+def _defaults_setting() -> str:
+    """A short hash of GPUA's default parameters (``device`` and ``verbose`` left out).
+
+    ``params`` records only the parameters given; a release that changes a default (say, ``rho``)
+    changes the numbers too, so its rows are not taken for an older release's.
+    """
+    import hashlib
+
+    from .estimator import GPUA
+
+    defaults = _param_settings(GPUA().get_params())
+    return hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _param_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -303,7 +317,7 @@ def run_benchmark(
     rows = read_results(jsonl)
     done = {_key(r) for r in rows}
     test_subset = None if test_per_class is None else f"{int(test_per_class)} per class"
-    settings = {"params": _param_settings(overrides), "prompt_templates": _templates_setting(templates)}
+    settings = {"gpua_defaults": _defaults_setting(), "params": _param_settings(overrides), "prompt_templates": _templates_setting(templates)}
     # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
     prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root) for d in datasets]
     for prep in prepared:
