@@ -20,8 +20,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise GPUAError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'.") from None
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda", "mps"):
         raise GPUAError(f"device={device!r}: gpua runs on 'cpu' or 'cuda' devices; use device='cpu', 'cuda' or 'auto'.")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise GPUAError(f"device={device!r} but this torch has no MPS device here; gpua runs on 'cpu' or 'cuda': use device='cpu'.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GPUAError(f"device={device!r} but no CUDA GPU is available here; use device='cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
