@@ -12,19 +12,23 @@ from ._errors import GPUAError
 __all__ = ["resolve_device", "as_tensor", "to_numpy"]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> cuda when available else cpu; "cuda" without a GPU is a clear error."""
+def resolve_device(device: str | torch.device | None, *, allow_mps: bool = False) -> torch.device:
+    """``None``/"auto" -> cuda when available else cpu; "cuda" without a GPU is a clear error.
+
+    ``allow_mps``: Apple's MPS device, for the encoders only (where this torch has it); the fits
+    keep their Sinkhorn kernels and sums in float64, which MPS does not have.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise GPUAError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'.") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise GPUAError(f"device={device!r}: gpua runs on 'cpu' or 'cuda' devices; use device='cpu', 'cuda' or 'auto'.")
+    if dev.type not in (("cpu", "cuda", "mps") if allow_mps else ("cpu", "cuda")):
+        raise GPUAError(f"device={device!r}: gpua fits run on 'cpu' or 'cuda' devices (float64 sums); use device='cpu', 'cuda' or 'auto'.")
     mps = getattr(torch.backends, "mps", None)
     if dev.type == "mps" and not (mps is not None and mps.is_available()):
-        raise GPUAError(f"device={device!r} but this torch has no MPS device here; gpua runs on 'cpu' or 'cuda': use device='cpu'.")
+        raise GPUAError(f"device={device!r} but this torch has no MPS device here; use device='cpu' (or 'cuda').")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GPUAError(f"device={device!r} but no CUDA GPU is available here; use device='cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

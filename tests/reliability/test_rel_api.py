@@ -103,6 +103,17 @@ def test_unsupported_devices_are_refused(small, device):
         GPUA(**FAST, device=device).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
 
 
+def test_encoders_may_ask_for_mps_where_torch_has_it():
+    from gpua._backend import resolve_device
+
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():  # pragma: no cover - Apple machines
+        assert resolve_device("mps", allow_mps=True).type == "mps"
+    else:
+        with pytest.raises(GPUAError, match="no MPS device here"):
+            resolve_device("mps", allow_mps=True)
+
+
 def test_make_method_suggests_a_misspelt_parameter():
     with pytest.raises(GPUAError, match="'lamda' is not a parameter of GPUA \\(did you mean 'lam'\\?\\)"):
         make_method("gpua", lamda=0.3)

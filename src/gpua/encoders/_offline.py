@@ -279,7 +279,7 @@ class SemanticLite0Encoder(Encoder):
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise GPUAError(f"temperature={temperature!r} must be positive.")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, allow_mps=True)
         self._cache_dir = cache_dir
         state = torch.load(_lite_weights("efficientnet-lite0"), map_location="cpu", weights_only=True)
         self.head = state["_fc.weight"].float().to(self.device)  # (1000, 1280) ImageNet classifier rows

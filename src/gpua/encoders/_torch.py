@@ -69,7 +69,7 @@ class TorchEncoder(Encoder):
 
     def __init__(self, spec: str, preprocess: ImagePreprocess, embed_dim: int, model: torch.nn.Module, device: Any = "cpu", **kw: Any):
         super().__init__(spec, preprocess, embed_dim, **kw)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, allow_mps=True)
         self.model = model.eval().to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
