@@ -37,6 +37,11 @@ def test_plan_modes_follow_the_budget():
     assert dist.cached_chunks == dist.n_chunks
     small = plan_memory(minimum_budget(n, k, d_v, d_t, d_v, itemsize=2), n, k, d_v, d_t, d_v, itemsize=2)
     assert small.mode == "recompute" and small.chunk_rows == 256
+    # Decoded rows and queries are kept between passes only when every tile is cached and they fit too.
+    assert big.keep_rows and not four.keep_rows and not three.keep_rows and not small.keep_rows
+    at_50k = plan_memory("4GB", 50_000, k, d_v, d_t, d_v, itemsize=2)
+    assert at_50k.keep_rows and at_50k.estimate <= at_50k.budget
+    assert not plan_memory("4GB", 200_000, k, d_v, d_t, d_v + d_t, itemsize=2).keep_rows  # 200k: tiles first
 
 
 def test_budget_too_small_gives_the_minimum(case):

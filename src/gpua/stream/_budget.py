@@ -123,6 +123,10 @@ class MemoryPlan:
         round to measure the plan change).
     estimate : int
         Modelled peak bytes.
+    keep_rows : bool
+        Whether cached chunks also keep their decoded rows and built query between passes of a
+        mining (else each pass reads, normalises, centres and whitens them again): only when
+        every tile is cached and the rows fit in what is left.
     """
 
     budget: int
@@ -132,6 +136,7 @@ class MemoryPlan:
     cached_chunks: int
     keep_previous: bool
     estimate: int
+    keep_rows: bool = False
 
     @property
     def mode(self) -> str:
@@ -237,5 +242,9 @@ def plan_memory(
     else:
         cached = int(max(0, left) // (chunk * k * _TILE_BYTES["float16"]))
     cache = min(cached, n_chunks) * chunk * k * (_TILE_BYTES[tile_dtype] + (4 if keep_prev else 0))
+    # The rows a pass reads (raw VFM, centred VLM, the query): float32, kept when all else is cached.
+    rows = rows_here * (d_v + d_t + d_q) * 4
+    keep_rows = cached >= n_chunks and cache + rows <= left
+    cache += rows if keep_rows else 0
     estimate = max(fixed + chunk * per_row + cache, fixed + refine)
-    return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate))
+    return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate), keep_rows)

@@ -187,7 +187,7 @@ def fit_federated(
     for c, src in enumerate(sources):
         for s in range(src.offset, src.offset + src.n_samples, plan.chunk_rows):
             e = min(src.offset + src.n_samples, s + plan.chunk_rows)
-            parts.append(K_.Part(len(parts), src, s, e, cache=True, keep_previous=plan.keep_previous, client=c))
+            parts.append(K_.Part(len(parts), src, s, e, cache=True, keep_previous=plan.keep_previous, client=c, keep_rows=plan.keep_rows))
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)

@@ -94,7 +94,7 @@ def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
     for p, owner in zip(plain, owners_fn(plain)):
         seen[owner] = seen.get(owner, 0) + 1
         cache = seen[owner] <= plan.cached_chunks
-        parts.append(K_.Part(p.index, source, p.start, p.stop, cache, cache and plan.keep_previous))
+        parts.append(K_.Part(p.index, source, p.start, p.stop, cache, cache and plan.keep_previous, keep_rows=cache and plan.keep_rows))
     return parts
 
 
