@@ -6,6 +6,7 @@ any arithmetic can hide them as NaN or as a shape error deep inside torch.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
@@ -92,6 +93,15 @@ def check_matrix(
 ROW_NORM_RANGE = (1e-10, 1e18)
 
 
+def row_scale_suspects(amax, width: int):
+    """Rows whose largest |entry| ``amax`` (array or tensor, float64) may put their norm outside :data:`ROW_NORM_RANGE`.
+
+    A row's norm lies in ``[amax, amax sqrt(width)]``: only rows near either end need a look.
+    """
+    lo, hi = ROW_NORM_RANGE
+    return (amax * math.sqrt(width) > hi) | ((amax > 0) & (amax < lo))
+
+
 def _fix_row_scale(A: np.ndarray, name: str, rescale: bool) -> np.ndarray:
     """Rows whose scale float32 normalisation cannot handle: rescaled exactly, or refused.
 
@@ -101,9 +111,8 @@ def _fix_row_scale(A: np.ndarray, name: str, rescale: bool) -> np.ndarray:
     used at their own scale) rows too large for float32 arithmetic are refused.
     """
     lo, hi = ROW_NORM_RANGE
-    # Each row's norm lies in [max |x|, max |x| sqrt(d)]: only rows near either end need a look.
     amax = np.maximum(A.max(axis=1).astype(np.float64), -A.min(axis=1).astype(np.float64))
-    suspect = np.nonzero((amax * np.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo)))[0]
+    suspect = np.nonzero(row_scale_suspects(amax, A.shape[1]))[0]
     if suspect.size == 0:
         return A
     # Exact norms in float64 after dividing each row by its largest entry: no overflow for any input.

@@ -31,7 +31,6 @@ This module imports neither :mod:`gpua.estimator` nor :mod:`gpua.stream`; both i
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
@@ -43,7 +42,7 @@ import torch
 
 from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
-from ._validation import ROW_NORM_RANGE, _fix_row_scale, check_classnames, check_distinct_rows, check_triplet
+from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_triplet, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
@@ -251,12 +250,10 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
 def _rescaled_rows(A: torch.Tensor, name: str) -> torch.Tensor:
     """``A`` with the rows float32 cannot normalise rescaled exactly, as arrays are (:func:`gpua._validation._fix_row_scale`).
 
-    Only the suspect rows (largest entry near either end of :data:`gpua._validation.ROW_NORM_RANGE`)
-    visit the host; the tensor is returned as it is when there are none.
+    Only the suspect rows (:func:`gpua._validation.row_scale_suspects`) visit the host; the
+    tensor is returned as it is when there are none.
     """
-    lo, hi = ROW_NORM_RANGE
-    amax = A.abs().amax(1).double()
-    suspect = ((amax * math.sqrt(A.shape[1]) > hi) | ((amax > 0) & (amax < lo))).nonzero()[:, 0]
+    suspect = row_scale_suspects(A.abs().amax(1).double(), A.shape[1]).nonzero()[:, 0]
     if suspect.numel() == 0:
         return A
     rows = _fix_row_scale(A[suspect].cpu().numpy(), name, rescale=True)

@@ -31,8 +31,7 @@ import numpy as np
 
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_matrix
-from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, check_param
-from ..params import ParamsMixin
+from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
 from ._shape import oas_shrinkage, psd_factor

@@ -23,8 +23,7 @@ import torch
 from .._backend import as_tensor, resolve_device, to_numpy
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_matrix
-from ..params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf, Options, check_param
-from ..params import ParamsMixin
+from ..params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng
 from ._shape import oas_shrinkage

@@ -218,7 +218,7 @@ class _State:
     prev_round: int = -1
     prev_plan: torch.Tensor | None = None
     inv_norm: torch.Tensor | None = None  # 1 / ||Q0_i M|| of the chunk's whitened rows (WhitenedRows)
-    rows: tuple | None = None  # (stage, (Z, Q, X)) as _read builds them, when the plan keeps rows (Part.keep_rows)
+    rows: tuple | None = None  # (stage, (Z, Q, S)) as _read builds them, when the plan keeps rows (Part.keep_rows)
 
 
 _STORE: dict[tuple[str, int], _State] = {}
@@ -309,25 +309,25 @@ def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False):
     :math:`X`, or :math:`\mathrm{normalize}(Q W)` when ``fit.score_map`` is a map :math:`W`.
     """
     # A fit's means and whitening are set once, from None, by the passes before its first mining
-    # (which read the rows without them): kept rows are used only for the same stage of the spec.
-    stage = (fit.query, fit.vfm_mean is None, fit.vlm_mean is None, fit.whiten is None)
+    # (which read the rows without them), and a mining's score map is fixed with its token: kept
+    # rows are used only for the same stage of the spec.
+    stage = (fit.query, fit.vfm_mean is None, fit.vlm_mean is None, fit.whiten is None, fit.score_map is None)
     st = _STORE.get((fit.token, part.index)) if part.keep_rows else None
     if st is not None and st.rows is not None and st.rows[0] == stage and not check:
-        Z, Q, X = st.rows[1]  # built by an earlier pass of this mining (the plan had room for them)
-    else:
-        Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
-        X = part.source.read("vlm_features", part.start, part.stop, device=dev)
-        if check:
-            _check_rows(part, Z, X)
-        mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
-        X = centre_rows(X, None if fit.vlm_mean is None else fit.vlm_mean.to(dev))
-        Q = build_query(Z, X, fit.query, mean)
-        if fit.whiten is not None:
-            M = fit.whiten.to(dev)
-            Q = WhitenedRows(Q, M, _inverse_norms(part, fit, Q, M))
-        if part.keep_rows:
-            _STORE.setdefault((fit.token, part.index), _State()).rows = (stage, (Z, Q, X))
+        return st.rows[1]  # built by an earlier pass of this mining (the plan had room for them)
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    if check:
+        _check_rows(part, Z, X)
+    mean = None if fit.vfm_mean is None else fit.vfm_mean.to(dev)
+    X = centre_rows(X, None if fit.vlm_mean is None else fit.vlm_mean.to(dev))
+    Q = build_query(Z, X, fit.query, mean)
+    if fit.whiten is not None:
+        M = fit.whiten.to(dev)
+        Q = WhitenedRows(Q, M, _inverse_norms(part, fit, Q, M))
     S = X if fit.score_map is None else torch.nn.functional.normalize(Q @ fit.score_map.to(dev), dim=1)
+    if part.keep_rows:  # the score rows too: a self-learning mining's cost a product per read
+        _STORE.setdefault((fit.token, part.index), _State()).rows = (stage, (Z, Q, S))
     return Z, Q, S
 
 
