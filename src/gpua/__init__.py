@@ -8,7 +8,7 @@ classification and open-vocabulary segmentation.
 __version__ = "0.1.0"
 
 from ._base import load_model
-from ._errors import ConvergenceWarning, GPUAError, ModelFileError, NotFittedError
+from ._errors import ConvergenceWarning, GPUAError, MissingDependencyError, ModelFileError, NotFittedError
 from .baselines import LFAAlternation, VLMZeroShot, list_methods, make_method
 from .estimator import GPUA
 from .reference import ReferenceGPUA
@@ -22,6 +22,7 @@ __all__ = [
     "ConvergenceWarning",
     "ModelFileError",
     "NotFittedError",
+    "MissingDependencyError",
     "list_methods",
     "load_model",
     "make_method",

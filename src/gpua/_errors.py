@@ -4,7 +4,7 @@ Every error a user can cause is a :class:`GPUAError`, a subclass of :class:`Valu
 message names the offending argument and says how to fix it.
 """
 
-__all__ = ["GPUAError", "NotFittedError", "ModelFileError", "ConvergenceWarning"]
+__all__ = ["GPUAError", "NotFittedError", "ModelFileError", "MissingDependencyError", "ConvergenceWarning"]
 
 
 class GPUAError(ValueError):
@@ -17,6 +17,14 @@ class NotFittedError(GPUAError, AttributeError):
 
 class ModelFileError(GPUAError):
     """A model or feature file is missing, corrupt, truncated or from a newer gpua."""
+
+
+class MissingDependencyError(GPUAError, ImportError):
+    """A feature needs an optional package that is not installed (or does not import).
+
+    The message names the package and the ``pip install 'gpua[extra]'`` that provides it. Also an
+    :class:`ImportError`, so code that already catches import failures keeps working.
+    """
 
 
 class ConvergenceWarning(UserWarning):

@@ -61,11 +61,12 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
     At most ``max_points`` rows (a seeded random subset, the same in every panel) are embedded:
     t-SNE's cost grows faster than linearly and 600 points already fill a panel.
     """
-    import matplotlib
+    from ._optional import import_optional
 
-    matplotlib.use("Agg")
+    import_optional("matplotlib", "the demo's embedding plot").use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
+
+    TSNE = import_optional("sklearn.manifold", "the demo's embedding plot (t-SNE)").TSNE
 
     from ._atomic import atomic_path
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._atomic import atomic_path, atomic_write_text
 from ._errors import GPUAError
+from ._optional import import_optional
 from .baselines import list_methods, make_method
 from .data.classnames import match_classes
 from .features import FeatureSet
@@ -331,13 +332,8 @@ def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title:
 
     Needs matplotlib (``pip install gpua[plots]``). Written atomically.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GPUAError("the confusion-matrix plot needs matplotlib: pip install 'gpua[plots]'.") from None
+    import_optional("matplotlib", "the confusion-matrix plot").use("Agg")
+    import matplotlib.pyplot as plt
     names, C = confusion["classnames"], np.asarray(confusion["rows_true_columns_predicted"], dtype=np.float64)
     R = C / np.maximum(C.sum(1, keepdims=True), 1)
     K = len(names)

@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from ..segment.io import make_encoder, write_label_png, write_overlay_png
 from ._common import add_param_arguments, check_paths, parse_params
 
@@ -525,6 +526,7 @@ def _segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = _output_names(files, overlay=not args.no_overlay)
     _check_mask_outputs(out, files, names, args.overwrite)
+    import_optional("imgviz", "gpua segment (its masks' palette and overlays)")  # said before any model loads
     renamed = [(f, ns[0]) for f, ns in zip(files, names) if ns[0] != f"{f.stem}.png"]
     if renamed:
         shown = ", ".join(f"{f.name} -> {n}" for f, n in renamed[:6]) + (", ..." if len(renamed) > 6 else "")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 import numpy as np
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from .._validation import check_classnames
 
 __all__ = [
@@ -48,11 +49,7 @@ if TYPE_CHECKING:
 def _pil() -> Any:
     # Pillow is an optional dependency (extras "encoders", "seg"): class names, templates and
     # .npz bookkeeping work without it; only decoding images needs it.
-    try:
-        from PIL import Image  # noqa: PLC0415
-    except ImportError:
-        raise GPUAError("reading images needs Pillow: pip install pillow (or gpua[encoders]).") from None
-    return Image
+    return import_optional("PIL.Image", "reading images")
 
 
 class UnreadableImageError(GPUAError):

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, hub_offline, missing_weights_error
@@ -157,7 +158,8 @@ class HFEncoder(TorchEncoder):
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                   spec: str | None = None, revision: str | None = None, dense: str | None = None,
                   **options: Any) -> "HFEncoder":
-        from transformers import AutoConfig, AutoModel
+        transformers = import_optional("transformers", "the hf: encoders")
+        AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel
 
         if options:
             raise GPUAError(f"hf encoder got unknown option(s) {sorted(options)}; known: revision, dense.")

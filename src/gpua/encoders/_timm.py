@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint, missing_weights_error
@@ -77,7 +78,7 @@ class TimmEncoder(TorchEncoder):
                   spec: str | None = None, checkpoint: str | None = None, **model_kwargs: Any) -> "TimmEncoder":
         """Options other than ``checkpoint`` go to ``timm.create_model`` (``img_size=518``,
         ``dynamic_img_size=True``...); numbers and booleans written in a spec string are parsed."""
-        import timm
+        timm = import_optional("timm", "the timm: encoders")
 
         spec = spec or f"timm:{body}"
         kw: dict[str, Any] = {k: _literal(v) for k, v in model_kwargs.items()}

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .._errors import GPUAError
+from .._optional import import_optional
 
 __all__ = [
     "DATASET_PRESETS",
@@ -187,8 +188,7 @@ def read_label(path: str | os.PathLike, *, reduce_zero_label: bool = False, igno
     -------
     np.ndarray of shape (H, W), int64
     """
-    from PIL import Image
-
+    Image = import_optional("PIL.Image", "reading label maps")
     try:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):

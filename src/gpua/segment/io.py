@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._optional import import_optional
+
 __all__ = ["make_encoder", "write_label_png", "write_overlay_png"]
 
 
@@ -21,11 +23,9 @@ def make_encoder(spec: str, device: str | None = None):
 
 
 def _write_png(path: Path, array, palette=None) -> None:
-    from PIL import Image
-
     from .._atomic import atomic_path
 
-    im = Image.fromarray(array)
+    im = import_optional("PIL.Image", "writing PNGs").fromarray(array)
     if palette is not None:
         im.putpalette(palette)
     with atomic_path(path, suffix=".png") as tmp:
@@ -70,17 +70,17 @@ def write_label_png(path: str | os.PathLike, label) -> None:
         raise GPUAError(f"label holds {shown} outside [0, 65535], which a PNG cannot store (a 16-bit one at most); "
                         "map such pixels to a class index first, e.g. 255 for \"no class\".")
     if hi <= 255:
-        import imgviz
-
-        _write_png(Path(path), label.astype(np.uint8), imgviz.label_colormap().flatten().tolist())
+        colours = import_optional("imgviz", "writing label PNGs (their VOC palette)").label_colormap()
+        _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist())
     else:
         _write_png(Path(path), label.astype(np.uint16))
 
 
 def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[str] | None = None) -> None:
     """Save the image with its labels blended in colour (imgviz), atomically."""
-    import imgviz
     import numpy as np
+
+    imgviz = import_optional("imgviz", "writing overlay PNGs")
 
     names = {k: n for k, n in enumerate(classnames or [])}  # 255 ("no class") stays unnamed
     rgb = imgviz.label2rgb(np.asarray(label), image=image, alpha=0.5, label_names=names or None,

@@ -14,6 +14,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from .._errors import GPUAError
+from .._optional import import_optional
 from . import _kernels
 from ._kernels import Part, merge_stats
 
@@ -177,10 +178,7 @@ def connect(cluster, *, timeout: float = 10.0):
     """
     if cluster is None:
         return LocalExecutor()
-    try:
-        import distributed
-    except ImportError:
-        raise GPUAError("cluster= needs dask.distributed: pip install 'gpua[dist]', or fit without a cluster.") from None
+    distributed = import_optional("distributed", "cluster= (fitting on a Dask cluster; leave it None to fit here)")
     if isinstance(cluster, distributed.Client):
         return DaskExecutor(cluster)
     if cluster == "local" or (isinstance(cluster, int) and not isinstance(cluster, bool)):

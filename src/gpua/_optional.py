@@ -1,0 +1,63 @@
+"""Optional dependencies: imported where a feature first needs them, named with their install command.
+
+gpua's core (the fits, feature files, the command line's parsing) needs numpy, scipy, torch, POT,
+safetensors, tqdm and platformdirs only. Reading images, the model back ends, segmentation's
+PNGs, plots and Dask clusters need packages of the extras in ``pyproject.toml``; a user who
+installed ``gpua`` without them gets one :class:`MissingDependencyError` naming the feature and the
+``pip`` command, not a ``ModuleNotFoundError`` from deep inside (the command line prints it as
+one line).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ._errors import MissingDependencyError
+
+__all__ = ["OPTIONAL_DEPENDENCIES", "import_optional"]
+
+#: top-level module -> (the PyPI distribution that provides it, the gpua extra that installs it)
+OPTIONAL_DEPENDENCIES: dict[str, tuple[str, str]] = {
+    "PIL": ("pillow", "encoders"),
+    "onnx": ("onnx", "encoders"),
+    "onnxruntime": ("onnxruntime", "encoders"),
+    "transformers": ("transformers", "encoders"),
+    "open_clip": ("open-clip-torch", "encoders"),
+    "timm": ("timm", "encoders"),
+    "imgviz": ("imgviz", "seg"),
+    "matplotlib": ("matplotlib", "plots"),
+    "sklearn": ("scikit-learn", "plots"),
+    "distributed": ("dask[distributed]", "dist"),
+    "efficientnet_lite_pytorch": ("efficientnet-lite-pytorch", "offline"),
+}
+
+
+def import_optional(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` (e.g. ``"PIL.Image"``), or say which package ``purpose`` needs and how to install it.
+
+    Parameters
+    ----------
+    module : str
+        Dotted module name; its top-level package must be a key of :data:`OPTIONAL_DEPENDENCIES`.
+    purpose : str
+        What needs it, as the start of a sentence: ``"writing label PNGs"``.
+
+    Returns
+    -------
+    module : types.ModuleType
+
+    Raises
+    ------
+    MissingDependencyError
+        The import failed; the message names the distribution, the extra and the reason
+        (a package that is installed but broken shows its own import error there).
+    """
+    distribution, extra = OPTIONAL_DEPENDENCIES[module.partition(".")[0]]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs {distribution}, which does not import here ({exc}); install it with "
+            f"pip install '{distribution}' or pip install 'gpua[{extra}]'."
+        ) from exc
