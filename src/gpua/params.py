@@ -324,13 +324,19 @@ def parameter_table(cls) -> list[dict[str, Any]]:
     return [{"name": p.name, "default": p.default, "constraint": table[p.name].describe()} for p in params]
 
 
-def format_parameter_table(cls) -> str:
-    """The :func:`parameter_table` as aligned text lines (``gpua fit --list-params``)."""
-    rows = parameter_table(cls)
+def format_parameter_table(cls, defaults: dict[str, Any] | None = None) -> str:
+    """The :func:`parameter_table` as aligned text lines (``gpua fit --list-params``).
+
+    ``defaults`` replaces the listed default of the parameters a command sets otherwise
+    (``gpua fit-seg``'s ``query="vfm"``); those rows say "(this command's)".
+    """
+    defaults = defaults or {}
+    rows = [{**r, "default": defaults.get(r["name"], r["default"])} for r in parameter_table(cls)]
     w = max(len(r["name"]) for r in rows)
     d = max(len(repr(r["default"])) for r in rows)
     head = f"{cls.__name__} parameters (--param NAME=VALUE):"
-    return "\n".join([head] + [f"  {r['name']:<{w}}  default={r['default']!r:<{d}}  {r['constraint']}" for r in rows])
+    return "\n".join([head] + [f"  {r['name']:<{w}}  default={r['default']!r:<{d}}  {r['constraint']}"
+                                + ("  (this command's)" if r["name"] in defaults else "") for r in rows])
 
 
 def parse_params(pairs: Sequence[str] | None, constraints: dict[str, Constraint], owner: str = "GPUA") -> dict[str, Any]:

@@ -79,30 +79,34 @@ def parse_params(pairs: list[str] | None) -> dict:
     return parse_checked(pairs, PARAMETERS, "GPUA")
 
 
-def parameter_listing() -> str:
-    """Every GPUA parameter with its default and admissible values (``--list-params``)."""
+def parameter_listing(defaults: dict | None = None) -> str:
+    """Every GPUA parameter with its default and admissible values (``--list-params``);
+    ``defaults``: the values a command sets differently (``fit-seg``'s ``query="vfm"``)."""
     from ..estimator import GPUA
     from ..params import format_parameter_table
 
-    return format_parameter_table(GPUA)
+    return format_parameter_table(GPUA, defaults)
 
 
 class _ListParams(argparse.Action):
     """``--list-params``: print :func:`parameter_listing` and exit, whatever else is missing."""
 
-    def __init__(self, option_strings, dest, **kwargs):
+    def __init__(self, option_strings, dest, defaults=None, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+        self.defaults = defaults
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(parameter_listing())
+        print(parameter_listing(self.defaults))
         sys.stdout.flush()  # a closed pipe (| head) raises here, for gpua.cli.main to end quietly, not at exit
         parser.exit(0)
 
 
-def add_param_arguments(p) -> None:
-    """``--param NAME=VALUE`` (repeatable) and ``--list-params`` on a parser or argument group."""
+def add_param_arguments(p, defaults: dict | None = None) -> None:
+    """``--param NAME=VALUE`` (repeatable) and ``--list-params`` on a parser or argument group
+    (``defaults``: parameters the command sets differently from the library, listed as its)."""
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="any GPUA parameter (repeatable); see --list-params")
-    p.add_argument("--list-params", action=_ListParams, help="list the GPUA parameters with their defaults and ranges, and exit")
+    p.add_argument("--list-params", action=_ListParams, defaults=defaults,
+                   help="list the GPUA parameters with their defaults and ranges, and exit")
 
 
 def add_estimator_arguments(p: argparse.ArgumentParser) -> None:

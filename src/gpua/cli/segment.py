@@ -44,10 +44,15 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from .._optional import import_optional
-from ..segment.io import make_encoder, write_label_png, write_overlay_png
+from ..segment.io import NO_CLASS, NO_CLASS_16BIT, make_encoder, write_label_png, write_overlay_png
+from ..params import COUNT
 from ._common import add_param_arguments, check_paths, parse_params
 
 __all__ = ["add_subcommands"]
+
+#: GPUA parameters `gpua fit-seg` sets differently from the library (patch rows map the VFM
+#: alone: at prediction the VLM's patch tokens are coarse and noisy); --param overrides them.
+FIT_SEG_DEFAULTS = {"query": "vfm"}
 
 _SEG_META_SUFFIX = ".seg.json"
 
@@ -71,7 +76,7 @@ def add_subcommands(subparsers) -> None:
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N readable images (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_param_arguments(p)  # the patch fit is GPUA(query="vfm", **params)
+    add_param_arguments(p, defaults=FIT_SEG_DEFAULTS)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
 
     p = subparsers.add_parser(
@@ -106,13 +111,19 @@ def add_subcommands(subparsers) -> None:
     src.add_argument("--pred", help="folder of predicted <stem>.png masks (as written by `gpua segment`)")
     src.add_argument("--model", help="fitted model file from `gpua fit-seg`")
     src.add_argument("--zero-shot", action="store_true", help="dense VLM zero-shot instead of a model")
-    p.add_argument("--dataset", help="mmseg dataset preset: voc, voc20, context59, context60, ade20k, coco_stuff, cityscapes, custom")
+    p.add_argument("--dataset", help="mmseg dataset preset: voc, voc20, context59, context60, ade20k, coco_stuff, cityscapes, "
+                                      "custom (img_dir/SPLIT, ann_dir/SPLIT; its classes from --classnames)")
     p.add_argument("--root", help="dataset root (with --dataset)")
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--gt", help="folder of ground-truth masks (instead of --dataset)")
     p.add_argument("--images", help="folder of images (with --gt and --model / --zero-shot)")
-    p.add_argument("--gt-suffix", default=".png", help="ground-truth file = <stem><suffix> (default .png)")
-    p.add_argument("--reduce-zero-label", action="store_true", help="with --gt: 0 is unlabelled (0 -> 255, k -> k-1)")
+    p.add_argument("--gt-suffix", default=None,
+                   help="with --gt or --dataset custom: ground-truth file = <stem><suffix>, compared ignoring case (default .png)")
+    p.add_argument("--reduce-zero-label", action="store_true",
+                   help="with --gt or --dataset custom: 0 is unlabelled (0 -> 255, k -> k-1); the other presets set it themselves")
+    p.add_argument("--ignore-index", type=int, default=None,
+                   help="ground-truth value left unscored (default 255, mmseg's; with more than 255 classes 255 is a class, "
+                        "and the default is 65535)")
     _add_class_args(p, required=False)
     _add_encoder_args(p, required=False)
     _add_inference_args(p)
@@ -120,6 +131,21 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the scores as JSON to FILE ('-' or no value: print them instead of the table)")
     p.set_defaults(func=_evaluate_seg)
+
+
+def _prior_per_prompt(prior, owner, n_classes: int) -> list[float]:
+    """``--param class_prior``: one weight per class, spread evenly over that class's prompt words
+    (the patch fit has one prototype per word), or already one per word."""
+    import numpy as np
+
+    p = np.asarray(prior, dtype=np.float64).ravel()
+    if p.size == len(owner):
+        return p.tolist()
+    if p.size != n_classes:
+        raise GPUAError(f"--param class_prior has {p.size} entries; give one per class ({n_classes}) or one per prompt word "
+                        f"({len(owner)}, in the class file's order).")
+    words = np.bincount(owner, minlength=n_classes)
+    return (p[owner] / words[owner]).tolist()
 
 
 def _add_model_args(p) -> None:
@@ -243,8 +269,21 @@ def _read_images(files: list[Path], folder: str, skipped: list[Path], limit: int
                         "corrupt or not images: replace them, or point --images at a folder of readable images.")
 
 
-def _skipped_note(skipped: list[Path]) -> str:
-    return f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
+def _skipped_note(skipped: list[Path], small: list[Path] = ()) -> str:
+    return ((f"; {len(skipped)} unreadable image(s) skipped" if skipped else "")
+            + (f"; {len(small)} image(s) smaller than one encoder patch skipped" if small else ""))
+
+
+def _too_small(f: Path, image, side: int, small: list[Path]) -> bool:
+    """Whether ``image`` (read from ``f``) is smaller than one ``side`` x ``side`` encoder patch; if
+    so it is skipped with a warning naming the file, and appended to ``small``."""
+    h, w = image.shape[:2]
+    if h >= side and w >= side:
+        return False
+    warnings.warn(f"skipped {str(f)!r}: {h}x{w} pixels is smaller than one {side}x{side} encoder patch (upscale it to segment it).",
+                  stacklevel=2)
+    small.append(f)
+    return True
 
 
 def _output_names(files: list[Path], overlay: bool) -> list[list[str]]:
@@ -426,6 +465,9 @@ def _segmenter(args, classes=None):
         if classes is None:
             raise GPUAError("--zero-shot needs --classnames (one class a line), the classes to segment into.")
         uses_vlm, uses_vfm = True, args.refine == "affinity"
+        if args.vfm is not None and not uses_vfm:
+            warnings.warn("--vfm is not used by --zero-shot without --refine affinity (the VLM segments alone); "
+                          "add --refine affinity to smooth its scores by the VFM's patch affinities.", stacklevel=2)
     classnames, prompt_names, owner = classes
     vlm = vfm = Y = None
     if uses_vlm or model is None:
@@ -450,22 +492,33 @@ def _segmenter(args, classes=None):
                           f"{_show_templates(fitted_templates)}.", stacklevel=2)
         if args.vlm is not None and not uses_vlm:
             warnings.warn("--vlm is not used with this model: it maps the VFM's patch features alone (query='vfm').", stacklevel=2)
-    seg = DenseSegmenter(
-        vfm,
-        vlm,
-        Y,
-        model=model,
-        class_of_prototype=owner,
-        uses_vlm=uses_vlm if model is not None else None,
-        crop_size=args.crop,
-        stride=args.stride,
-        grid=rec.get("grid", "coarser"),
-        refine=None if args.refine == "none" else args.refine,
-        affinity_topk=args.affinity_topk,
-        score_threshold=args.threshold,
-        threshold_label=args.threshold_label,
-    )
+    try:
+        seg = DenseSegmenter(
+            vfm,
+            vlm,
+            Y,
+            model=model,
+            class_of_prototype=owner,
+            uses_vlm=uses_vlm if model is not None else None,
+            crop_size=args.crop,
+            stride=args.stride,
+            grid=rec.get("grid", "coarser"),
+            refine=None if args.refine == "none" else args.refine,
+            affinity_topk=args.affinity_topk,
+            score_threshold=args.threshold,
+            threshold_label=args.threshold_label,
+        )
+    except GPUAError as exc:  # said with the command's flags, not the Python arguments
+        message = str(exc)
+        for name, flag in _SEGMENTER_FLAGS.items():
+            message = message.replace(f"{name}=", f"{flag} ").replace(name, flag)
+        raise GPUAError(message) from None
     return seg, classnames
+
+
+#: DenseSegmenter's arguments and the flags that set them, for its error messages.
+_SEGMENTER_FLAGS = {"crop_size": "--crop", "stride": "--stride", "affinity_topk": "--affinity-topk",
+                    "score_threshold": "--threshold", "threshold_label": "--threshold-label"}
 
 
 # --------------------------------------------------------------------------- handlers
@@ -479,14 +532,27 @@ def _fit_seg(args: argparse.Namespace) -> int:
 
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
-    params = {"query": "vfm", **parse_params(args.param)}  # checked before any encoder loads
+    from ..params import SEED, check_param
+    from ..segment.inference import min_image_side
+
+    params = {**FIT_SEG_DEFAULTS, **parse_params(args.param)}  # checked before any encoder loads
+    check_param("--seed", args.seed, SEED)
+    check_param("--patches-per-image", args.patches_per_image, COUNT)
     classnames, prompt_names, owner = _class_prompts(args.classnames)
+    if params.get("class_prior") is not None:
+        params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
     if args.max_images is not None and args.max_images < 1:
         raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
     skipped: list[Path] = []
-    images = [image for _, image in _read_images(files, args.images, skipped, args.max_images)]  # before the encoders load
+    read = list(_read_images(files, args.images, skipped, args.max_images))  # before the encoders load
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
+    small: list[Path] = []
+    side = min_image_side((vfm, vlm))
+    images = [image for f, image in read if not _too_small(f, image, side, small)]
+    if not images:
+        raise GPUAError(f"every readable image in --images {args.images!r} is smaller than one {side}x{side} encoder patch; "
+                        "upscale them or pass larger images.")
     templates = resolve_templates(args.templates)
     Y = _prototypes(vlm, prompt_names, templates)
     estimator = GPUA(**params)
@@ -512,7 +578,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
     model.provenance_ = meta
     _save_model(model, args.out, meta)
     print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
-          f"{_skipped_note(skipped)}{_subfolder_note(args.images)}")
+          f"{_skipped_note(skipped, small)}{_subfolder_note(args.images)}")
     return 0
 
 
@@ -534,15 +600,19 @@ def _segment(args: argparse.Namespace) -> int:
     seg, classnames = _segmenter(args, classes)
     by_file = dict(zip(files, names))
     skipped: list[Path] = []
+    small: list[Path] = []
+    side = seg.min_image_side
     n = 0
     for f, image in _read_images(files, args.images, skipped):
+        if _too_small(f, image, side, small):
+            continue
         label = seg.predict(image)
         write_label_png(out / by_file[f][0], label)  # creates --out with the first mask
         if not args.no_overlay:
             write_overlay_png(out / by_file[f][1], image, label, classnames)
         n += 1
     print(f"segmented {n} image(s) into {len(classnames)} classes; masks in {out}"
-          f"{_skipped_note(skipped)}{_subfolder_note(args.images, skip=out)}")
+          f"{_skipped_note(skipped, small)}{_subfolder_note(args.images, skip=out)}")
     return 0
 
 
@@ -550,30 +620,79 @@ def _ground_truth(args: argparse.Namespace):
     """(classnames, label reader, [(stem, image path or None, mask path)]) from --dataset or --gt."""
     from ..segment.datasets import load_segmentation_dataset, read_label
 
+    if args.gt_suffix is not None and not args.gt_suffix.strip():
+        raise GPUAError("--gt-suffix is empty; it ends each ground-truth file's name after the image's stem, e.g. .png.")
+    entries = _class_prompts(args.classnames)[0] if args.classnames else None
     if args.dataset:
+        from ..segment.datasets import DATASET_PRESETS
+
         if not args.root:
             raise GPUAError("--dataset needs --root, the dataset's root folder.")
-        ds = load_segmentation_dataset(args.dataset, args.root, args.split)
+        overrides = {}
+        if args.dataset == "custom":
+            if entries is None:
+                raise GPUAError("--dataset custom needs --classnames, a file naming its classes in label order (one a line).")
+            overrides = {"reduce_zero_label": bool(args.reduce_zero_label)}
+            if args.gt_suffix is not None:
+                overrides["seg_map_suffix"] = args.gt_suffix
+        else:
+            given = [flag for flag, on in (("--gt-suffix", args.gt_suffix is not None), ("--reduce-zero-label", args.reduce_zero_label)) if on]
+            if given:
+                raise GPUAError(f"{' and '.join(given)} apply to --gt and --dataset custom; --dataset {args.dataset} sets its own. "
+                                "Leave them out (or describe the layout with --dataset custom).")
+            preset = DATASET_PRESETS.get(args.dataset)
+            if entries is not None and preset is not None and len(entries) != len(preset.classnames):
+                raise GPUAError(f"--classnames has {len(entries)} classes but --dataset {args.dataset} has {len(preset.classnames)}; "
+                                "give one line per dataset class, in its label order (or leave --classnames out).")
+        ds = load_segmentation_dataset(args.dataset, args.root, args.split, classnames=entries, **overrides)
         pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
         return ds.classnames, ds.load_label, pairs
     if not args.gt:
         raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
-    if not args.classnames:
+    if entries is None:
         raise GPUAError("--gt needs --classnames (one class a line) to know the number of classes.")
-    entries, _, _ = _class_prompts(args.classnames)
     gt_dir = Path(args.gt)
     if not gt_dir.is_dir():
         raise GPUAError(f"--gt {args.gt!r} is not a folder of masks.")
-    suffix = args.gt_suffix
+    suffix = args.gt_suffix if args.gt_suffix is not None else ".png"
     reduce = bool(args.reduce_zero_label)
     images = {p.stem: p for p in _list_images(args.images)} if args.images else {}
     pairs = []
-    for ann in sorted(gt_dir.glob("*" + suffix)):
-        stem = ann.name[: -len(suffix)]
-        pairs.append((stem, images.get(stem), ann))
+    # Hidden files (macOS's ._x.png) are left out, as --images leaves them out; suffixes match
+    # ignoring case (X.PNG is a mask too).
+    for entry in sorted(os.scandir(gt_dir), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.name.lower().endswith(suffix.lower()) or not entry.is_file():
+            continue
+        stem = entry.name[: -len(suffix)]
+        pairs.append((stem, images.get(stem), gt_dir / entry.name))
     if not pairs:
-        raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r}.")
+        raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out).")
     return entries, (lambda path: read_label(path, reduce_zero_label=reduce)), pairs
+
+
+def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what: str) -> None:
+    """Refuse a model whose classes are the ground truth's in another order; warn where names differ.
+
+    Masks hold class indices, so a model fitted with its class file in another order would be
+    scored against the wrong classes without a word. Names are compared as prompts spell them
+    (``pottedplant`` = ``potted plant``), ignoring case.
+    """
+    from ..segment.datasets import prompt_name
+
+    def key(name: str) -> str:
+        return " ".join(prompt_name(name).replace("_", " ").casefold().split())
+
+    model_keys, gt_keys = [key(c) for c in model_classes], [key(c) for c in gt_classes]
+    moved = [(i, model_classes[i], gt_keys.index(k)) for i, k in enumerate(model_keys) if k in gt_keys and gt_keys[i] != k]
+    if moved:
+        shown = "; ".join(f"the model's class {i} is {name!r}, which is class {j} of {gt_what}" for i, name, j in moved[:3])
+        raise GPUAError(f"the model's classes are {gt_what}'s in another order ({shown}): its masks would be scored against the "
+                        f"wrong classes. Fit it with a class file in {gt_what}'s label order.")
+    differ = [(m, g) for m, g, km, kg in zip(model_classes, gt_classes, model_keys, gt_keys) if km != kg]
+    if differ:
+        shown = ", ".join(f"{m!r} as {g!r}" for m, g in differ[:4]) + (", ..." if len(differ) > 4 else "")
+        warnings.warn(f"{len(differ)} of the model's class names differ from {gt_what}'s; classes are matched by their "
+                      f"index, so it scores {shown}.", stacklevel=2)
 
 
 def _evaluate_seg(args: argparse.Namespace) -> int:
@@ -583,9 +702,15 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
 
     check_paths(args, inputs=("pred", "model", "gt", "images", "classnames", "templates", "root"),
                 extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "file")] if args.json not in (None, "-") else [])
+    if args.limit is not None and args.limit < 1:
+        raise GPUAError(f"--limit {args.limit} must be 1 or more (leave it out to score every image).")
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
-    metric = SegmentationMetric(len(classnames), classnames=classnames)
+    ignore = args.ignore_index if args.ignore_index is not None else (NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT)
+    if 0 <= ignore < len(classnames):
+        raise GPUAError(f"--ignore-index {ignore} is also class {ignore}'s index ({len(classnames)} classes): its pixels would "
+                        f"go unscored. Pass a value outside [0, {len(classnames)}), e.g. --ignore-index {NO_CLASS_16BIT}.")
+    metric = SegmentationMetric(len(classnames), classnames=classnames, ignore_index=ignore)
     seg = None
     if not args.pred:
         if args.classnames:
@@ -603,6 +728,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
         if len(model_classes) != len(classnames):
             raise GPUAError(f"the model segments into {len(model_classes)} classes but the ground truth has {len(classnames)}; "
                             "pass --classnames with one line per ground-truth class.")
+        _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
     for stem, img_path, ann in pairs:
         gt = load_gt(ann)
         if seg is None:

@@ -92,6 +92,25 @@ def _float_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def _int_to_uint8(a: np.ndarray) -> np.ndarray:
+    """An integer image as uint8: values up to 255 kept, 16-bit ranges scaled by 255 / 65535,
+    wider ones by 255 / max (clipping would turn a 16-bit photo white)."""
+    a = np.asarray(a, dtype=np.float64)
+    hi = float(np.nanmax(a)) if a.size else 0.0
+    scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
+    return np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8)
+
+
+def as_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values of any numeric dtype as uint8, by the rules :func:`to_rgb` applies to image files."""
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8) * 255
+    return _float_to_uint8(a.astype(np.float64)) if a.dtype.kind == "f" else _int_to_uint8(a)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to 8-bit RGB.
 
@@ -110,10 +129,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         image = Image.fromarray(_float_to_uint8(np.asarray(image, dtype=np.float64)))
     elif image.mode == "I" or image.mode.startswith("I;16"):
-        a = np.asarray(image, dtype=np.float64)
-        hi = float(np.nanmax(a)) if a.size else 0.0
-        scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
-        image = Image.fromarray(np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+        image = Image.fromarray(_int_to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

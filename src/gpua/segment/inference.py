@@ -41,6 +41,7 @@ from .._errors import GPUAError
 from .._validation import check_matrix
 from ..data.classnames import parse_class_entries
 from ..params import COUNT, POSITIVE, check_param
+from .io import NO_CLASS, NO_CLASS_16BIT
 
 __all__ = [
     "DenseSegmenter",
@@ -48,6 +49,7 @@ __all__ = [
     "dense_view",
     "encode_grids",
     "fit_patch_gpua",
+    "min_image_side",
     "parse_class_prompts",
     "flatten_class_prompts",
     "resample_grid",
@@ -95,7 +97,13 @@ def common_grid(a: tuple[int, int], b: tuple[int, int], how: str = "coarser") ->
 
 
 def _as_images(images) -> list[np.ndarray]:
-    """Images -> list of uint8 (H, W, 3) arrays (accepts one image, a stack, a list, PIL images)."""
+    """Images -> list of uint8 (H, W, 3) arrays (accepts one image, a stack, a list, PIL images).
+
+    Other dtypes are scaled as image files are (:func:`gpua.data.to_rgb`): 16-bit values by
+    255 / 65535, floats in [0, 1] by 255; clipping would turn a 16-bit photo white.
+    """
+    from ..data._datasets import as_uint8
+
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     out = []
@@ -105,9 +113,9 @@ def _as_images(images) -> list[np.ndarray]:
             a = np.repeat(a[..., None], 3, axis=-1)
         if a.ndim != 3 or a.shape[-1] != 3:
             raise GPUAError(f"images[{i}] has shape {a.shape}; pass (H, W, 3) RGB images.")
-        if a.dtype != np.uint8:
-            a = np.clip(a * 255 if a.dtype.kind == "f" and a.max() <= 1 else a, 0, 255).astype(np.uint8)
-        out.append(a)
+        if a.dtype.kind not in "buif":
+            raise GPUAError(f"images[{i}] has dtype {a.dtype}; pass numeric pixel values (uint8, uint16 or float).")
+        out.append(as_uint8(a))
     if not out:
         raise GPUAError("images is empty; pass at least one image.")
     return out
@@ -120,8 +128,13 @@ def _patch_size(encoder) -> int:
     return int(p[0] if isinstance(p, (tuple, list)) else p or 1)
 
 
+def min_image_side(encoders: Sequence) -> int:
+    """The smallest height and width an image may have for ``encoders``: one patch of the coarsest."""
+    return max(_patch_size(e) for e in encoders if e is not None)
+
+
 def _check_image_size(images: list[np.ndarray], encoders: Sequence, what: str = "images") -> None:
-    need = max(_patch_size(e) for e in encoders)
+    need = min_image_side(encoders)
     for i, im in enumerate(images):
         if im.shape[0] < need or im.shape[1] < need:
             raise GPUAError(
@@ -231,6 +244,7 @@ def sample_patch_features(
     if int(patches_per_image) < 1:
         raise GPUAError(f"patches_per_image={patches_per_image}; draw at least 1 patch per image.")
     imgs = _as_images(images)
+    _check_image_size(imgs, (vfm, vlm))  # all first: the batches' own check would number images within a batch
     rng = np.random.default_rng(seed)
     zs, xs = [], []
     bar = None
@@ -423,7 +437,8 @@ class DenseSegmenter:
     score_threshold : float, optional
         Pixels whose top probability is below it get ``threshold_label``.
     threshold_label : int
-        Label for those pixels (a background class index, or 255 "no class").
+        Label for those pixels (a background class index, or 255 "no class"; with 256 classes
+        or more, 255 is a class and "no class" is 65535).
     temperature : float
         Score temperature for probabilities (0.01: CLIP's logit scale of 100), > 0.
     batch_size : int
@@ -505,8 +520,13 @@ class DenseSegmenter:
             raise GPUAError(f"score_threshold={score_threshold}; it is a probability, between 0 and 1.")
         self.score_threshold = score_threshold
         self.threshold_label = int(threshold_label)
-        if self.threshold_label != 255 and not 0 <= self.threshold_label < self.n_classes:
-            raise GPUAError(f"threshold_label={threshold_label}; use a class index in [0, {self.n_classes}) or 255 (no class).")
+        no_class = NO_CLASS if self.n_classes <= NO_CLASS else NO_CLASS_16BIT
+        if self.threshold_label != no_class and not 0 <= self.threshold_label < self.n_classes:
+            raise GPUAError(f"threshold_label={threshold_label}; use a class index in [0, {self.n_classes}) or {no_class} (no class).")
+        if score_threshold is not None and self.n_classes > NO_CLASS and self.threshold_label == NO_CLASS:
+            raise GPUAError(f"threshold_label=255 is class 255's index here ({self.n_classes} classes), not \"no class\"; pass "
+                            f"threshold_label={NO_CLASS_16BIT} for no class (masks of this many classes are 16-bit), or a "
+                            "background class's index.")
         check_param("temperature", temperature, POSITIVE)
         self.temperature = float(temperature)
         self.batch_size = max(1, int(batch_size))
@@ -515,6 +535,11 @@ class DenseSegmenter:
 
     def _encoders(self) -> list:
         return [e for e, used in ((self.vfm, self.uses_vfm), (self.vlm, self.uses_vlm)) if used]
+
+    @property
+    def min_image_side(self) -> int:
+        """The smallest height and width :meth:`predict` takes: one patch of the coarsest encoder used."""
+        return min_image_side(self._encoders())
 
     def grid_scores(self, crops: list[np.ndarray]) -> torch.Tensor:
         """Class scores of same-size crops on the patch grid.

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from .._optional import import_optional
 
-__all__ = ["make_encoder", "write_label_png", "write_overlay_png"]
+__all__ = ["NO_CLASS", "NO_CLASS_16BIT", "make_encoder", "write_label_png", "write_overlay_png"]
+
+#: "No class" in a label mask: mmseg's 255 in 8-bit masks (at most 255 classes); with 256
+#: classes or more, 255 is a class and the masks are 16-bit, so "no class" is 65535.
+NO_CLASS, NO_CLASS_16BIT = 255, 65535
 
 
 def make_encoder(spec: str, device: str | None = None):

@@ -78,6 +78,19 @@ def check_label_map(
     return y
 
 
+def check_ignore_index(ignore_index: int, n_classes: int, name: str = "ignore_index") -> int:
+    """``ignore_index`` as an int, unless it is also a class index (then its pixels would silently go unscored).
+
+    With 256 classes or more, 255 (mmseg's "no class") is class 255: such label maps are 16-bit
+    and mark "no class" with another value, e.g. 65535.
+    """
+    value = int(ignore_index)
+    if 0 <= value < int(n_classes):
+        raise GPUAError(f"{name}={value} is also the index of class {value} of the {n_classes}: that class's pixels would be "
+                        f"left out of the scores. Pass a value outside [0, {n_classes}) as {name}, e.g. 65535 for 16-bit masks.")
+    return value
+
+
 def confusion_matrix(pred, target, n_classes: int, *, ignore_index: int = 255) -> np.ndarray:
     """Pixel confusion counts of one image.
 
@@ -93,6 +106,7 @@ def confusion_matrix(pred, target, n_classes: int, *, ignore_index: int = 255) -
         ``counts[t, p]``: pixels of true class ``t`` predicted as ``p``; the last column counts
         true-class pixels predicted as ``ignore_index``.
     """
+    check_ignore_index(ignore_index, n_classes)
     t = check_label_map(target, n_classes, "target", ignore_index=ignore_index)
     p = check_label_map(pred, n_classes, "pred", ignore_index=ignore_index, shape=t.shape)
     keep = t != ignore_index
@@ -168,7 +182,8 @@ class SegmentationMetric:
     ----------
     n_classes : int
     ignore_index : int
-        Ground-truth value that is not scored (255 in every mmseg dataset).
+        Ground-truth value that is not scored (255 in every mmseg dataset); it may not be a class
+        index (with 256 classes or more, use e.g. 65535).
     classnames : sequence of str, optional
         Used in reports.
 
@@ -183,7 +198,7 @@ class SegmentationMetric:
     def __init__(self, n_classes: int, *, ignore_index: int = 255, classnames: Sequence[str] | None = None) -> None:
         check_param("n_classes", n_classes, COUNT)  # 2.7 classes is a mistake, not 2
         self.n_classes = int(n_classes)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index, self.n_classes)
         self.classnames = check_classnames(classnames, self.n_classes)
         self.confusion = np.zeros((self.n_classes, self.n_classes + 1), dtype=np.int64)
         self.n_images = 0
