@@ -64,3 +64,78 @@ def test_through_gpua_main(feature_files, capsys):
     assert main(["calibrate", "longtail", "--features", str(feature_files / "unlabelled.npz")]) == 2
     assert "labels" in capsys.readouterr().err
     assert main(["calibrate"]) == 2
+
+
+def _rows(argv, out):
+    assert _run(argv + ["--json", str(out)]) == 0
+    return json.loads(out.read_text())["rows"]
+
+
+@pytest.fixture(scope="module")
+def reordered_test(tmp_path_factory, gaussians):
+    """The test split stored with its classes in another order (names permuted, labels remapped)."""
+    d = tmp_path_factory.mktemp("calib_perm")
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(16, 8))
+    protos = rng.normal(size=(10, 8))
+    names = [f"class{k}" for k in range(10)]
+    perm = np.random.default_rng(1).permutation(10)  # old class k is stored as class perm[k]
+    new_names = [None] * 10
+    for k in range(10):
+        new_names[perm[k]] = names[k]
+    Xt = gaussians["X_test"]
+    save_features(d / "perm.npz", vfm_features=Xt, vlm_features=Xt @ P, text_prototypes=protos[np.argsort(perm)],
+                  labels=perm[gaussians["y_test"]], classnames=new_names)
+    other = list(names)
+    other[3] = "zebra"
+    save_features(d / "other.npz", vfm_features=Xt, vlm_features=Xt @ P, text_prototypes=protos,
+                  labels=gaussians["y_test"], classnames=other)
+    return d
+
+
+@pytest.mark.parametrize("command", [
+    ["longtail", "--imbalance", "10", "--methods", "plain"],
+    ["federated", "--clients", "2", "--alpha", "0.5", "--rounds", "1", "--methods", "centralised"],
+], ids=["longtail", "federated"])
+def test_test_file_classes_are_matched_by_name(feature_files, reordered_test, tmp_path, command):
+    # --test used to compare only the widths: a test file storing the same classes in another
+    # order was scored against the wrong classes (20% where the same order gave 100%).
+    base = ["calibrate", *command, "--features", str(feature_files / "train.npz"), "--test"]
+    same = _rows(base + [str(feature_files / "test.npz")], tmp_path / "same.json")
+    perm = _rows(base + [str(reordered_test / "perm.npz")], tmp_path / "perm.json")
+    assert same[0]["all"] > 0.5
+    assert [r["all"] for r in perm] == [r["all"] for r in same]
+    with pytest.raises(GPUAError, match=r"only in --test .*'zebra'.*only in --features .*'class3'"):
+        _run(base + [str(reordered_test / "other.npz")])
+
+
+def test_test_file_from_other_encoders_is_flagged(gaussians, tmp_path):
+    X, Xt = gaussians["X"], gaussians["X_test"]
+    names = [f"class{k}" for k in range(10)]
+    save_features(tmp_path / "a.npz", vfm_features=X, labels=gaussians["y"], classnames=names,
+                  meta={"vfm": {"spec": "dinov2:vits14"}})
+    save_features(tmp_path / "b.npz", vfm_features=Xt, labels=gaussians["y_test"], classnames=names,
+                  meta={"vfm": {"spec": "dinov2:vitl14"}})
+    with pytest.warns(UserWarning, match=r"--test .*VFM features of 'dinov2:vitl14'.*'dinov2:vits14'"):
+        _run(["calibrate", "longtail", "--features", str(tmp_path / "a.npz"), "--test", str(tmp_path / "b.npz"),
+              "--imbalance", "10", "--methods", "plain"])
+
+
+def test_held_out_fraction_that_leaves_nothing_names_the_flag(feature_files):
+    # It used to report "features is empty (shape (0, 16))".
+    with pytest.raises(GPUAError, match=r"--test-fraction=0\.999 would hold out every sample .*0 of the 2000 rows.*at most 0\.995"):
+        _run(["calibrate", "longtail", "--features", str(feature_files / "train.npz"), "--test-fraction", "0.999"])
+
+
+def test_negative_labels_name_the_file_and_the_fix(feature_files, gaussians, tmp_path):
+    np.savez(tmp_path / "neg.npz", vfm_features=gaussians["X"], labels=gaussians["y"] - 1)
+    # It used to say "labels holds values outside [0, 9223372036854775807)".
+    with pytest.raises(GPUAError, match=r"--features .*neg\.npz.* labels has negative values \(smallest: -1\); labels must be class indices >= 0"):
+        _run(["calibrate", "longtail", "--features", str(tmp_path / "neg.npz")])
+    with pytest.raises(GPUAError, match=r"--test .*neg\.npz.* labels has negative values"):
+        _run(["calibrate", "federated", "--features", str(feature_files / "train.npz"), "--test", str(tmp_path / "neg.npz")])
+
+
+def test_imbalance_flag_is_named(feature_files):
+    with pytest.raises(GPUAError, match=r"--imbalance=inf must be a finite number >= 1; "):
+        _run(["calibrate", "longtail", "--features", str(feature_files / "train.npz"), "--imbalance", "10", "inf"])

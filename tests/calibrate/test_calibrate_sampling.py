@@ -91,3 +91,11 @@ def test_bad_seed_is_an_error_naming_random_state(random_state):
     # numpy's own error for a negative seed ("expected non-negative integer") names no parameter.
     with pytest.raises(GPUAError, match="random_state="):
         sample_around(np.zeros((1, 2)), np.eye(2), 3, random_state=random_state)
+
+
+@pytest.mark.parametrize("anchors", [np.zeros(3), np.zeros((0, 3)), np.zeros((1, 1, 3))], ids=["1-D", "no rows", "3-D"])
+def test_anchors_of_the_wrong_shape_are_an_error_naming_anchors(anchors):
+    # A 1-D anchor made numpy's tuple unpacking fail ("not enough values to unpack"), and an
+    # empty one divided by zero, neither naming the argument.
+    with pytest.raises(GPUAError, match=r"anchors must be .*\(n_anchors, d\).*reshape\(1, -1\)"):
+        sample_around(anchors, np.eye(3), 5, random_state=0)

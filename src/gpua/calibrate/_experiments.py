@@ -1,7 +1,8 @@
 r"""Long-tail and federated experiments: the protocols behind the CLI and the benchmark.
 
 Long tail: keep :math:`n_k = \lfloor n_{\max}\, r^{-k/(K-1)} \rfloor` training samples of class
-:math:`k` (at least one; CIFAR-10-LT's exponential profile, imbalance ratio :math:`r`), test on
+:math:`k` (at least one; CIFAR-10-LT's exponential profile, imbalance ratio :math:`r`; the head
+count :math:`n_{\max}` is the largest every class can give its share of), test on
 the untouched balanced test set, and report accuracy on all classes, on the head (the 30% of
 classes with the most training samples) and on the tail (the 30% with the fewest).
 
@@ -17,6 +18,7 @@ mean and scale follow from the merged statistics, so a federation can compute th
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from .._errors import GPUAError
 from .._validation import check_labels, check_matrix, check_number
+from ..params import Interval
 from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier, ShrinkageLDA
 from ._federated_calibration import FederatedCalibration, client_statistics, dirichlet_split, fedavg
@@ -49,7 +52,13 @@ FEDERATED_METHODS = ("fedavg", "fedavg+calibrate", "fedavg+calibrate+prototypes"
 
 
 def longtail_indices(
-    y, imbalance: float, *, n_max: int | None = None, class_order: str = "index", random_state=None
+    y,
+    imbalance: float,
+    *,
+    n_max: int | None = None,
+    n_classes: int | None = None,
+    class_order: str = "index",
+    random_state=None,
 ) -> np.ndarray:
     r"""Indices of a long-tailed subset: class :math:`k` keeps :math:`\lfloor n_{\max} r^{-k/(K-1)}\rfloor`.
 
@@ -57,9 +66,15 @@ def longtail_indices(
     ----------
     y : int array of shape (n,)
     imbalance : float
-        :math:`r = n_0 / n_{K-1} \ge 1`.
+        :math:`r = n_0 / n_{K-1} \ge 1` (finite).
     n_max : int, optional
-        Count of the head class (default: the smallest class count, so every class can give it).
+        Count of the head class. Default: the largest count for which every class can give
+        its share at its rank, :math:`\lfloor \min_k c_k\, r^{\mathrm{rank}_k/(K-1)} \rfloor`
+        for class counts :math:`c_k`. On balanced classes that is the class count (the head
+        keeps all its samples); a small class low in the profile limits the head to what keeps
+        the profile's ratio exact, no further.
+    n_classes : int, optional
+        Number of classes :math:`K` (default: ``max(y) + 1``).
     class_order : {"index", "random"}
         Rank of each class in the profile: class index (CIFAR-10-LT's convention: class 0 is
         the head), or a seeded random permutation (so that which classes are the tail, and how
@@ -70,38 +85,128 @@ def longtail_indices(
     -------
     int array
         Sorted indices into ``y``.
+
+    Raises
+    ------
+    GPUAError
+        When a class in ``[0, K)`` has no sample, when the default head count would be a
+        single sample (a class with too few samples for its rank: named, with the fix), or
+        when an explicit ``n_max`` asks a class for more samples than it has.
     """
     rng = as_rng(random_state)
     y = np.asarray(y)
-    y = check_labels(y, y.shape[0], infer_n_classes(y), name="y")
-    if not imbalance >= 1:
-        raise GPUAError(f"imbalance={imbalance!r} must be at least 1 (head count / tail count).")
-    counts = np.bincount(y)
-    K = counts.size
-    n_max = int(counts.min()) if n_max is None else int(n_max)
-    if n_max > counts.min():
-        raise GPUAError(f"n_max={n_max} exceeds the smallest class count {counts.min()}; lower it.")
+    K = infer_n_classes(y, "y") if n_classes is None else check_number(n_classes, "n_classes", integer=True, low=1)
+    y = check_labels(y, y.shape[0], K, name="y")
+    imbalance = _check_imbalance(imbalance, "imbalance")
     if class_order not in ("index", "random"):
         raise GPUAError(f"class_order={class_order!r} is not an option; use 'index' or 'random'.")
-    keep = np.maximum((n_max * float(imbalance) ** (-np.arange(K) / max(K - 1, 1))).astype(np.int64), 1)
-    if class_order == "random":
-        keep = keep[rng.permutation(K)]
+    counts = np.bincount(y, minlength=K)
+    _check_every_class(counts, "y")
+    rank = np.arange(K) if class_order == "index" else rng.permutation(K)
+    share = imbalance ** (-rank / max(K - 1, 1))  # of the head count, per class
+    room = counts / share  # the largest head count class k can give its share of
+    if n_max is None:
+        n_max = int(np.floor(room.min()))
+        if n_max < 2 and K > 1:
+            few = np.nonzero(room < 2)[0]
+            raise GPUAError(
+                f"class(es) {few.tolist()} have {counts[few].tolist()} sample(s), too few for their place in the "
+                f"long-tail profile: the head could keep only {n_max} sample, which cuts every class to one. "
+                "Add samples of those classes, or leave them out (and number the other classes 0..K-1)."
+            )
+    else:
+        n_max = check_number(n_max, "n_max", integer=True, low=1)
+    keep = np.maximum(np.floor(n_max * share).astype(np.int64), 1)
+    over = np.nonzero(keep > counts)[0]
+    if over.size:
+        raise GPUAError(
+            f"n_max={n_max} asks class(es) {over.tolist()} for {keep[over].tolist()} sample(s) but they have "
+            f"{counts[over].tolist()}; lower n_max, or leave it unset (the default, {int(np.floor(room.min()))}, "
+            "is the largest that keeps the profile's ratio exact)."
+        )
     idx = [rng.choice(np.nonzero(y == k)[0], keep[k], replace=False) for k in range(K)]
     return np.sort(np.concatenate(idx))
 
 
-def stratified_split(y, test_fraction: float, *, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-    """Train / test indices with the same class proportions (``test_fraction`` of each class)."""
-    if not 0 < test_fraction < 1:
-        raise GPUAError(f"test_fraction={test_fraction!r} must be between 0 and 1.")
+def _check_imbalance(value, name: str) -> float:
+    """An imbalance ratio: a finite number >= 1, or a :class:`GPUAError` naming ``name``."""
+    if not Interval(float, 1, None).accepts(value):
+        raise GPUAError(
+            f"{name}={value!r} must be a finite number >= 1; the head/tail count ratio, e.g. 10, 50 or 100."
+        )
+    return float(value)
+
+
+def _check_every_class(counts: np.ndarray, name: str) -> None:
+    """Refuse classes with no sample: a long-tail profile gives every class a rank and a count."""
+    empty = np.nonzero(counts == 0)[0]
+    if empty.size:
+        raise GPUAError(
+            f"no sample of class(es) {empty.tolist()} in {name} (of {counts.size} classes), so the long-tail "
+            "profile cannot give them their count; add training samples of those classes, or leave the classes "
+            "out (and number the others 0..K-1)."
+        )
+
+
+def stratified_split(
+    y, test_fraction: float, *, random_state=None, name: str = "test_fraction"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train / test indices with the same class proportions (``test_fraction`` of each class).
+
+    Parameters
+    ----------
+    y : int array of shape (n,)
+    test_fraction : float
+        Share of each class held out, in (0, 1): ``round(test_fraction * n_k)`` samples of
+        class :math:`k`.
+    random_state : None, int or numpy.random.Generator
+    name : str
+        What to call ``test_fraction`` in messages (the CLI passes its flag).
+
+    Returns
+    -------
+    train, test : int arrays
+        Sorted indices into ``y``.
+
+    Raises
+    ------
+    GPUAError
+        When ``test_fraction`` is not in (0, 1), would hold out every sample of a class
+        (leaving it nothing to train on), or would hold out nothing at all; the message says
+        which fraction works.
+    """
+    if not Interval(float, 0, 1, closed="neither").accepts(test_fraction):
+        raise GPUAError(
+            f"{name}={test_fraction!r} must be a number between 0 and 1 (exclusive): the share of each class "
+            "held out, e.g. 0.3."
+        )
     rng = as_rng(random_state)
     y = np.asarray(y)
+    classes, counts = np.unique(y, return_counts=True)
+    n_test = np.array([int(round(test_fraction * c)) for c in counts], dtype=np.int64)
+    # round(f c) <= c - 1 for f <= (c - 1) / c (a one-sample class stays for f < 0.5), and
+    # round(f c_max) >= 1 for f >= 1 / c_max: three decimals, rounded inwards.
+    hi = math.floor(min((c - 1) / c if c >= 2 else 0.49 for c in counts) * 1000 + 1e-9) / 1000
+    lo = math.ceil(1000 / counts.max() - 1e-9) / 1000
+    too_small = "the classes are too small to split; use a separate test set"
+    lost = np.nonzero(n_test == counts)[0]
+    if lost.size:
+        raise GPUAError(
+            f"{name}={test_fraction!r} would hold out every sample of class(es) {classes[lost].tolist()} "
+            f"({counts[lost].tolist()} sample(s)), leaving them nothing to train on "
+            f"({int((counts - n_test).sum())} of the {y.size} rows left for training); "
+            + (f"use a smaller {name}, at most {hi:g}." if lo <= hi else too_small + ".")
+        )
+    if n_test.sum() == 0:
+        raise GPUAError(
+            f"{name}={test_fraction!r} holds out no row (the largest class has {counts.max()} samples); "
+            + (f"use a larger {name}, at least {lo:g}." if lo <= hi else too_small + ".")
+        )
     train, test = [], []
-    for k in np.unique(y):
+    for k, n_k in zip(classes, n_test):
         idx = rng.permutation(np.nonzero(y == k)[0])
-        n_test = int(round(test_fraction * idx.size))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
+        test.append(idx[:n_k])
+        train.append(idx[n_k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
@@ -281,17 +386,24 @@ def run_longtail(
     list of dict
         One row per (imbalance, method): ``imbalance, method, all, head, tail, n_train,
         n_generated, seconds``.
+
+    Raises
+    ------
+    GPUAError
+        For an option out of range, and when a class (of the ``K`` the labels, test labels and
+        ``class_embeddings`` imply) has no training sample: the profile must give it a count.
     """
     for r in imbalance_ratios:
-        check_number(r, "imbalance ratio", low=1, fix="the head/tail count ratio, e.g. 10, 50 or 100")
+        _check_imbalance(r, "imbalance ratio")
     _check_training_options(weight_decay=weight_decay)
     check_number(n_donors, "n_donors", integer=True, low=1)
     X, y, X_test, y_test, K, emb = _prepare(
         X, y, X_test, y_test, methods=methods, known=LONGTAIL_METHODS, l2=l2, class_embeddings=class_embeddings
     )
+    _check_every_class(np.bincount(y, minlength=K), "labels")
     rows = []
     for r in imbalance_ratios:
-        idx = longtail_indices(y, r, class_order=class_order, random_state=random_state)
+        idx = longtail_indices(y, r, n_classes=K, class_order=class_order, random_state=random_state)
         Xr, yr = X[idx], y[idx]
         stats = ClassStatistics(K).fit(Xr, yr)
         mu, s = global_standardizer(stats)

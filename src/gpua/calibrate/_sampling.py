@@ -50,7 +50,8 @@ def sample_around(
     Parameters
     ----------
     anchors : array of shape (n_anchors, d)
-        Centres (real samples of the class, or class prototypes).
+        Centres (real samples of the class, or class prototypes); at least one row. A single
+        anchor is a ``(1, d)`` array too (``anchor.reshape(1, -1)``).
     factor : array of shape (d, r)
         :math:`L` with :math:`L L^\top = \Sigma` (or its top-r part).
     n_samples : int
@@ -67,10 +68,21 @@ def sample_around(
     Returns
     -------
     array of shape (n_samples, d), float32
+
+    Raises
+    ------
+    GPUAError
+        When ``anchors`` is not a 2-D array with at least one row, or ``factor`` is for
+        another width.
     """
     check_param("scale", scale, POSITIVE)
     rng = as_rng(random_state)
     anchors = np.asarray(anchors)
+    if anchors.ndim != 2 or anchors.shape[0] == 0:
+        raise GPUAError(
+            f"anchors must be a 2-D array of shape (n_anchors, d) with at least one row but has shape "
+            f"{anchors.shape}; pass a single anchor as anchor.reshape(1, -1)."
+        )
     n_anchors, d = anchors.shape
     if factor.shape[0] != d:
         raise GPUAError(f"factor has {factor.shape[0]} rows but anchors have width {d}; use one feature space.")

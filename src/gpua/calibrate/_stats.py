@@ -33,13 +33,22 @@ def as_float64(X, name: str, *, n_cols: int | None = None) -> np.ndarray:
 
 
 def infer_n_classes(y, name: str = "y") -> int:
-    """``max(y) + 1`` for integer labels ``y``, or a :class:`GPUAError` naming ``name``."""
+    """``max(y) + 1`` for class indices ``y``, or a :class:`GPUAError` naming ``name``.
+
+    Negative values are refused here, by name: the generic range check would report them as
+    outside ``[0, K)`` with whatever ``K`` its caller had to hand.
+    """
     y = np.asarray(y)
     if y.ndim != 1 or y.size == 0:
         raise GPUAError(f"{name} must be a non-empty 1-D array of class indices but has shape {y.shape}.")
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
         raise GPUAError(f"{name} has dtype {y.dtype} or non-finite values; pass integer class indices.")
-    return max(int(y.max()), 0) + 1
+    if y.min() < 0:
+        raise GPUAError(
+            f"{name} has negative values (smallest: {y.min():g}); labels must be class indices >= 0: "
+            "number the classes 0, 1, ..., K-1."
+        )
+    return int(y.max()) + 1
 
 
 def merge_moments(

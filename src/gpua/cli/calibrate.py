@@ -14,12 +14,14 @@ import argparse
 import json
 import math
 import time
-
+import warnings
 
 from .._atomic import atomic_write_text
 from .._errors import GPUAError
 from ._common import check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
+from ..calibrate._experiments import _check_imbalance
+from ..calibrate._stats import infer_n_classes
 
 __all__ = ["add_subcommands"]
 
@@ -67,24 +69,55 @@ def add_subcommands(subparsers) -> None:
 
 
 def _load(args) -> dict:
-    from ..features import load_features
+    """The training and test arrays of the chosen space, the test labels in the training file's class order.
+
+    With ``--test``, the test file's classes are matched to the training file's by name, as
+    ``gpua evaluate`` matches a test file to a model's (:func:`~gpua.data.classnames.match_classes`:
+    reordered if stored in another order, refused if the names differ), and its encoders are
+    checked against the training file's (:func:`~gpua.report.check_encoders`: a warning when
+    another VFM or VLM made it). Without ``--test`` a stratified ``--test-fraction`` is held out.
+    """
+    from types import SimpleNamespace
+
+    from ..data.classnames import match_classes
+    from ..report import _n_classes, check_encoders
 
     check_paths(args, inputs=("features", "test"), outputs=(("json", "file"),))
     key = f"{args.space}_features"
-    train = load_features(args.features, require=(key, "labels"))
+    train_name = f"--features {str(args.features)!r}"
+    train = _read(args.features, key, train_name)
     X, y = getattr(train, key), train.labels
     if args.test:
-        test = load_features(args.test, require=(key, "labels"))
-        X_test, y_test = getattr(test, key), test.labels
+        test_name = f"--test {str(args.test)!r}"
+        test = _read(args.test, key, test_name)
+        X_test = getattr(test, key)
         if X_test.shape[1] != X.shape[1]:
             raise GPUAError(
-                f"--test {key} has width {X_test.shape[1]} but --features has {X.shape[1]}; "
+                f"{test_name} {key} has width {X_test.shape[1]} but {train_name} has {X.shape[1]}; "
                 "extract both with the same encoders."
             )
+        n_train, n_test = _n_classes(train), _n_classes(test)
+        match = match_classes(train.classnames, test.classnames, n_model=n_train or n_test or 0,
+                              n_data=n_test or n_train or 0, model_source=train_name, data_source=test_name)
+        if match.note:
+            warnings.warn(match.note, stacklevel=2)
+        y_test = match.map_labels(test.labels)
+        # check_encoders reads a model's provenance_; the training file's meta records the same specs.
+        check_encoders(SimpleNamespace(provenance_=train.meta), test.meta, model_source=train_name,
+                       data_source=test_name, stacklevel=2)
     else:
-        tr, te = stratified_split(y, args.test_fraction, random_state=args.seed)
+        tr, te = stratified_split(y, args.test_fraction, random_state=args.seed, name="--test-fraction")
         X, X_test, y, y_test = X[tr], X[te], y[tr], y[te]
     return {"X": X, "y": y, "X_test": X_test, "y_test": y_test, "emb": train.text_prototypes, "names": train.classnames}
+
+
+def _read(path, key: str, name: str):
+    """A labelled feature file; negative labels are named with the flag (the generic range check would not)."""
+    from ..features import load_features
+
+    fs = load_features(path, require=(key, "labels"), validate=False)
+    infer_n_classes(fs.labels, f"{name} labels")
+    return fs.validate()
 
 
 def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
@@ -107,6 +140,8 @@ def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
 
 
 def _longtail(args) -> int:
+    for r in args.imbalance:  # before any file is read, naming the flag
+        _check_imbalance(r, "--imbalance")
     D = _load(args)
     emb = D["emb"]
     if emb is not None and emb.shape[0] != int(max(D["y"].max(), D["y_test"].max())) + 1:
