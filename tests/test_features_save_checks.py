@@ -80,7 +80,8 @@ def test_float64_values_beyond_float32_are_refused(good_file, planted):
 def test_invalid_labels_are_refused(good_file, planted, bad):
     labels = planted.labels.astype(np.float64)
     labels[4] = {"one -1": -1, "one NaN": np.nan, "out of range": 5}.get(bad, 0)
-    expected = {"scalar -1": r"labels must have shape \(40,\)", "one NaN": "labels must hold integer"}.get(bad, r"outside \[0, 5\)")
+    expected = {"scalar -1": r"labels must have shape \(40,\)", "one NaN": "labels must hold integer",
+                "one -1": r"negative values \(smallest: -1\); labels must be class indices >= 0"}.get(bad, r"outside \[0, 5\) \(largest: 5\)")
     _refused(good_file, expected, **_base(planted), labels=-1 if bad == "scalar -1" else labels)
 
 

@@ -256,8 +256,12 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -
     elif y.dtype.kind not in "iu":
         raise GPUAError(f"{name} has dtype {y.dtype}; pass integer class indices.")
     y = y.astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise GPUAError(f"{name} holds values outside [0, {n_classes}); labels index the text prototypes.")
+    if y.size and y.min() < 0:
+        raise GPUAError(f"{name} holds negative values (smallest: {int(y.min())}); labels must be class indices >= 0: "
+                        "number the classes 0, 1, ..., K-1.")
+    if y.size and y.max() >= n_classes:
+        raise GPUAError(f"{name} holds values outside [0, {n_classes}) (largest: {int(y.max())}); labels index the "
+                        "text prototypes.")
     return y
 
 
