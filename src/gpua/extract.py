@@ -103,6 +103,34 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _check_up_to_date(out: Path, kind: str, rows_per_shard: int, storage: str, on_error: str) -> None:
+    """What an up-to-date output's options say but its stored features cannot honour, said rather than ignored.
+
+    ``on_error="fail"`` with images the stored features skipped is an error (a changed image
+    file changes the cache key, so replacing it re-extracts); a shard set of another layout
+    (rows per shard, storage) is kept, with a warning: its features are the same.
+    """
+    from .features import ShardedFeatures
+
+    meta = _read_meta(out)
+    if kind == "shards":
+        sf = ShardedFeatures(out)
+        # the last shard holds the remainder: every other one has exactly rows_per_shard rows
+        layout_rows = sf.shard_rows[0] if sf.n_shards > 1 else None
+        if (layout_rows is not None and layout_rows != rows_per_shard) or (sf.n_shards == 1 and sf.shard_rows[0] > rows_per_shard) \
+                or sf.storage != storage:
+            warnings.warn(f"{str(out)!r} already holds these features ({layout_rows or sf.shard_rows[0]} rows per shard, "
+                          f"{sf.storage}); rows_per_shard={rows_per_shard} and shard_storage={storage!r} apply when a set is "
+                          "written and change nothing here. Pass another out (or delete this set) to write that layout.",
+                          stacklevel=3)
+    skipped = (meta.get("skipped") or {}).get("count", 0)
+    if on_error == "fail" and skipped:
+        first = ((meta.get("skipped") or {}).get("images") or [{}])[0].get("image_id")
+        raise GPUAError(f"on_error='fail', but the up-to-date features in {str(out)!r} were extracted skipping {skipped} "
+                        f"unreadable image(s) (first: {first!r}); replace or remove them (a changed file is re-extracted), "
+                        "or allow skipping with on_error='skip'.")
+
+
 def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
     """What identifies the images: names, ids, labels, and the files' stat or the pixels."""
     ident: dict[str, Any] = {
@@ -151,21 +179,26 @@ def _output_kind(out: Path, format: str) -> str:
     return "shards"
 
 
+def _read_meta(path: Path) -> dict:
+    """An existing output's ``meta``, without reading its arrays."""
+    if path.is_dir():
+        from .features import ShardedFeatures
+
+        # check=True: a set with a missing or truncated shard file is not a cache hit.
+        return ShardedFeatures(path, check=True).meta
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f["meta"])) if "meta" in f.files else {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return json.loads((f.metadata() or {}).get("meta", "{}"))
+
+
 def _read_cache_key(path: Path) -> str | None:
     """The ``cache_key`` stored in an existing output's metadata, without reading its arrays."""
     try:
-        if path.is_dir():
-            from .features import ShardedFeatures
-
-            # check=True: a set with a missing or truncated shard file is not a cache hit.
-            return ShardedFeatures(path, check=True).meta.get("cache_key")
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                return json.loads(str(f["meta"])).get("cache_key") if "meta" in f.files else None
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            return json.loads((f.metadata() or {}).get("meta", "{}")).get("cache_key")
+        return _read_meta(path).get("cache_key")
     except Exception:  # unreadable or foreign output: not a cache hit, it will be rewritten
         return None
 
@@ -600,6 +633,7 @@ def extract_features(
         **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
     })
     if resume and out.exists() and _read_cache_key(out) == key:
+        _check_up_to_date(out, kind, rows_per_shard, shard_storage, on_error)
         return out
 
     parts = _Parts.open(out, key, int(shard_size), resume)

@@ -20,6 +20,7 @@ from ._common import FitProgress, add_estimator_arguments, check_paths, estimato
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
 _CHUNK_ROWS = 65536  # rows scored at a time when predicting from a shard set
+DEFAULT_MAX_MEMORY = "4GB"  # --max-memory of a streamed fit
 
 
 def _read_features(path: str, require: tuple[str, ...] = ()):
@@ -53,10 +54,17 @@ def _cmd_fit(args) -> int:
 
     check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "file"), ("checkpoint", "folder")))
     model = GPUA(**estimator_overrides(args))  # names and values checked against gpua.fitting.PARAMETERS
+    if args.train and getattr(args, "shards", None):
+        raise GPUAError("give --train FILE or --shards DIR, not both: the fit reads one of them.")
     if getattr(args, "shards", None):
         return run_streamed_fit(args, model)
     if not args.train:
         raise GPUAError("give --train FILE (a feature file) or --shards DIR (a shard set).")
+    given = [flag for flag, value in (("--prototypes", args.prototypes), ("--max-memory", args.max_memory),
+                                      ("--cluster", args.cluster), ("--checkpoint", args.checkpoint)) if value is not None]
+    if given:  # the in-memory fit would ignore them without a word
+        raise GPUAError(f"{', '.join(given)} apply to a streamed fit of a shard set (--shards DIR); --train fits in memory. "
+                        "Leave them out, or write the features as a shard set (gpua extract --out DIR).")
     if Path(args.train).is_dir():
         raise GPUAError(f"--train {args.train!r} is a folder; for a shard set use --shards {args.train}.")
     train = _read_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
@@ -81,7 +89,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming and distributed fits (gpua.stream)")
     g.add_argument("--shards", metavar="DIR", help="fit on a shard set (gpua extract / gpua.stream.write_shards) instead of --train")
     g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
-    g.add_argument("--max-memory", default="4GB", metavar="SIZE", help="memory budget per process, e.g. 4GB")
+    g.add_argument("--max-memory", default=None, metavar="SIZE", help=f"memory budget per process (default {DEFAULT_MAX_MEMORY})")
     g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster")
     g.add_argument("--checkpoint", metavar="DIR", help="save UCM state after every round; re-run with the same DIR to resume")
@@ -100,17 +108,29 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     from ..features import ShardedFeatures
     from ..report import provenance_from_features
 
+    where = Path(args.shards)
+    if not where.exists():
+        raise GPUAError(f"--shards {args.shards!r} does not exist; pass the folder `gpua extract --out DIR` wrote.")
+    if not where.is_dir():
+        raise GPUAError(f"--shards {args.shards!r} is a file; a feature file is fitted with --train {args.shards}.")
     shards = ShardedFeatures(args.shards)
     prototypes, classnames, meta = None, shards.classnames, shards.meta
     if getattr(args, "prototypes", None):
         from ..features import load_features
+        from ..report import encoders_of
 
         fs = load_features(args.prototypes, require=("text_prototypes",))
         prototypes, classnames = fs.text_prototypes, fs.classnames
-        meta = {**meta, **{k: fs.meta[k] for k in ("templates", "class_prompts", "vlm") if k in fs.meta}}
+        (_, shard_vlm), (_, prototype_vlm) = encoders_of(meta), encoders_of(fs.meta)
+        if shard_vlm and prototype_vlm and shard_vlm != prototype_vlm:
+            raise GPUAError(f"--prototypes {args.prototypes!r} were encoded by {prototype_vlm} but the shards' image features by "
+                            f"{shard_vlm}: text and image features must come from one VLM. Encode the prompts with {shard_vlm}.")
+        # the model records the shards' encoders (what made its image features), the file's prompts
+        meta = {**meta, **{k: fs.meta[k] for k in ("templates", "class_prompts") if k in fs.meta}}
     t0 = time.perf_counter()
     fit_streaming(
-        model, shards, prototypes, classnames=classnames, max_memory=args.max_memory, cluster=parse_cluster(args.cluster),
+        model, shards, prototypes, classnames=classnames, max_memory=args.max_memory or DEFAULT_MAX_MEMORY,
+        cluster=parse_cluster(args.cluster),
         checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=args.connect_timeout,
     )
     dt = time.perf_counter() - t0

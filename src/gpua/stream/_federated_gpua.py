@@ -167,6 +167,9 @@ def fit_federated(
     for c, pair in enumerate(clients):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise GPUAError(f"clients[{c}] must be a (vfm_features, vlm_features) pair.")
+        if any(hasattr(part, "read") and hasattr(part, "n_shards") for part in pair):
+            raise GPUAError(f"clients[{c}] holds a shard set; a client is a pair of arrays or tensors (read a client's "
+                            "rows with ShardedFeatures.read), or fit one shard set with GPUA().fit(shards) instead.")
         try:
             src = K_.ArraySource(*pair, offset=offset)
         except GPUAError as exc:

@@ -1,0 +1,100 @@
+"""`gpua fit` flags that were ignored, provenance from the wrong VLM, and up-to-date extractions that
+ignored their options: each test failed before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpua._errors import GPUAError
+from gpua.cli import main
+from gpua.features import save_features
+from gpua.synthetic import make_planted
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A feature file and the same rows as a shard set (meta naming the encoders)."""
+    from gpua.stream import write_shards
+
+    root = tmp_path_factory.mktemp("fit_flags")
+    d = make_planted(300, 5, 16, 8, 4, random_state=0)
+    meta = {"vfm": {"spec": "toy:vfm"}, "vlm": {"spec": "toy:vlm"}}
+    save_features(root / "train.npz", vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
+                  labels=d.labels, meta=meta)
+    write_shards(root / "sh", d.vfm_features, d.vlm_features, d.labels, text_prototypes=d.text_prototypes, meta=meta,
+                 dtype="float32")
+    return root, d
+
+
+FAST = ["--param", "n_steps=10", "--param", "self_learning=0", "--no-progress"]
+
+
+@pytest.mark.parametrize("flags", [["--checkpoint", "ck"], ["--max-memory", "0"], ["--cluster", "local"], ["--prototypes", "train.npz"]])
+def test_streaming_flags_with_train_are_refused(data, flags, capsys):
+    root, _ = data
+    flags = [str(root / f) if f in ("ck", "train.npz") else f for f in flags]
+    assert main(["fit", "--train", str(root / "train.npz"), "--out", str(root / "m.gpua"), *flags, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]} apply to a streamed fit of a shard set (--shards DIR)" in err  # was: ignored, fit in memory
+    assert not (root / "ck").exists() and not (root / "m.gpua").exists()
+
+
+def test_train_and_shards_together_are_refused(data, capsys):
+    root, _ = data
+    argv = ["fit", "--train", str(root / "train.npz"), "--shards", str(root / "sh"), "--out", str(root / "m.gpua"), *FAST]
+    assert main(argv) == 2  # was: fitted the shards, --train ignored
+    assert "give --train FILE or --shards DIR, not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where, message", [("train.npz", "is a file; a feature file is fitted with --train"),
+                                            ("nowhere", "does not exist")])
+def test_shards_that_are_not_a_set_are_named(data, where, message, capsys):
+    root, _ = data
+    assert main(["fit", "--shards", str(root / where), "--out", str(root / "m.gpua"), *FAST]) == 2
+    assert message in capsys.readouterr().err  # was: "has no index.json" for both
+
+
+def test_prototypes_of_another_vlm_are_refused_and_provenance_keeps_the_shards(data, capsys):
+    from gpua import load_model
+
+    root, d = data
+    save_features(root / "other.npz", text_prototypes=d.text_prototypes, meta={"vlm": {"spec": "open_clip:ViT-L-14/openai"}})
+    argv = ["fit", "--shards", str(root / "sh"), "--out", str(root / "m.gpua"), *FAST]
+    assert main([*argv, "--prototypes", str(root / "other.npz")]) == 2  # was: fitted, model recorded ViT-L-14
+    assert "encoded by open_clip:ViT-L-14/openai but the shards' image features by toy:vlm" in capsys.readouterr().err
+    save_features(root / "same.npz", text_prototypes=d.text_prototypes, meta={"vlm": {"spec": "toy:vlm"}, "templates": ["a {}."]})
+    assert main([*argv, "--prototypes", str(root / "same.npz")]) == 0
+    from gpua.report import encoders_of
+
+    prov = load_model(str(root / "m.gpua")).provenance_
+    assert encoders_of(prov)[1] == "toy:vlm" and prov["templates"] == ["a {}."]
+
+
+def test_a_federated_client_given_a_shard_set_is_named():
+    from gpua import GPUA
+    from gpua.stream import ShardedFeatures, fit_federated
+
+    class FakeShards(ShardedFeatures):  # only its type matters: refused before any read
+        def __init__(self):
+            pass
+
+        n_shards = 1
+
+    d = make_planted(60, 3, 8, 4, 2, random_state=0)
+    with pytest.raises(GPUAError, match=r"clients\[0\] holds a shard set"):
+        fit_federated(GPUA(), [(FakeShards(), d.vlm_features)], d.text_prototypes)
+
+
+def test_up_to_date_extraction_says_what_its_options_cannot_change(tmp_path):
+    from test_extract import _dataset, _folder_with_a_bad_image, _run
+
+    ds = _dataset(n=10)
+    out = _run(ds, tmp_path / "sh", format="shards", rows_per_shard=4)
+    with pytest.warns(UserWarning, match=r"already holds these features \(4 rows per shard, npy\); rows_per_shard=3"):
+        assert _run(ds, tmp_path / "sh", format="shards", rows_per_shard=3) == out  # was: "up to date", layout silently kept
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        _run(str(root), tmp_path / "f.npz")
+    with pytest.raises(GPUAError, match=r"on_error='fail', but the up-to-date features .* skipping 2 unreadable"):
+        _run(str(root), tmp_path / "f.npz", on_error="fail")  # was: returned the skipped set as up to date
