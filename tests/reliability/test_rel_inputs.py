@@ -212,7 +212,7 @@ def test_one_d_hint_covers_a_column():
     "args,needle",
     [
         (["longtail", "--weight-decay", "-1"], "weight_decay=-1.0"),
-        (["longtail", "--imbalance", "0.5"], "imbalance ratio=0.5"),
+        (["longtail", "--imbalance", "0.5"], "--imbalance=0.5 must be a finite number >= 1"),
         (["federated", "--lr", "nan"], "lr=nan"),
         (["federated", "--rounds", "0"], "rounds=0"),
         (["federated", "--local-epochs", "0"], "local_epochs=0"),

@@ -22,14 +22,15 @@ so a crash never leaves a half-written shard under its final name, and a folder 
 set (``files``) and of itself (``checksum``); readers check the index at once and each file the
 first time they map it, and check every header against the file's size, so a truncated or
 damaged shard is named instead of read (sets written before checksums existed are read with the
-structural checks alone). ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always)
-goes further: it writes into a hidden sibling folder and renames the finished set into place,
-so the destination is always either the old set or the complete new one; a writer killed
-between the two renames of that swap leaves both sets complete and hidden, and the next reader
-or writer puts the new one in place (:func:`recover_shard_set`). Only folders that hold nothing
-but shard files are ever deleted. Readers never keep a mapping open between calls: a read
-maps the file, copies the rows out and unmaps, so pages touched by a pass over a million rows
-do not stay in the process's resident memory.
+structural checks alone). ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always,
+and any writer that replaces an existing set) goes further: it writes into a hidden sibling
+folder and renames the finished set into place, so the destination is always either the old
+set or the complete new one; a writer killed between the two renames of that swap leaves both
+sets complete and hidden, and the next reader or writer puts the new one in place
+(:func:`recover_shard_set`). Only folders that hold nothing but shard files are ever deleted.
+Readers never keep a mapping open between calls: a read maps the file, copies the rows out and
+unmaps, so pages touched by a pass over a million rows do not stay in the process's resident
+memory.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
+from ._io import _check_precision
 
 __all__ = [
     "SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination",
@@ -660,7 +662,10 @@ class ShardWriter:
         Free-form provenance (encoders, weights, preprocessing). The writer's ``meta`` attribute
         may be updated until :meth:`close`, which stores it in the index.
     overwrite : bool
-        Replace an existing shard set at ``path``.
+        Replace an existing shard set at ``path``. The replacement is always atomic (as with
+        ``atomic=True``): the old set stays whole and readable until :meth:`close` installs the
+        complete new one, whatever happens before (an error in the ``with`` block, a writer
+        never closed or killed).
     atomic : bool
         Write into a hidden sibling folder (``.<name>.partial``) and rename the finished set onto
         ``path`` at :meth:`close`: readers of ``path`` see the old set or the complete new one,
@@ -687,6 +692,12 @@ class ShardWriter:
         self.path = Path(path)
         self._final: Path | None = None
         self._overwrite = bool(overwrite)
+        if not atomic:
+            recover_shard_set(self.path)  # a set a killed atomic writer left hidden is the user's
+            if (self.path / INDEX_NAME).is_file():
+                if not overwrite:
+                    raise GPUAError(f"{str(self.path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
+                atomic = True  # replacing a set in place would destroy it before the new one exists
         if atomic:
             check_destination(self.path, overwrite=overwrite)  # puts back a set a killed writer left hidden
             self._final = self.path
@@ -695,13 +706,6 @@ class ShardWriter:
             # alone (and after check_destination, which refuses to replace a finished set unless
             # overwrite=True).
             _remove_set(self.path)
-        old = self.path / INDEX_NAME
-        self._stale: list[Path] = []
-        if old.is_file():
-            if not overwrite:
-                raise GPUAError(f"{str(self.path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
-            self._stale = [p for p in self.path.glob("shard-*") if p.is_file()]
-            old.unlink()  # the folder is an unfinished set until the new index lands
         self.path.mkdir(parents=True, exist_ok=True)
         self.dtype, self.storage, self.rows_per_shard = dtype, storage, int(rows_per_shard)
         self.meta = dict(meta or {})
@@ -710,12 +714,17 @@ class ShardWriter:
         if classnames is not None:
             k = len(classnames) if self.text_prototypes is None else self.text_prototypes.shape[0]
             self.classnames = check_classnames(classnames, k)
+        # Labels index the classes: K when the prototypes or the class names give it (as save_features).
+        self._n_classes = np.iinfo(np.int64).max
+        if self.text_prototypes is not None:
+            self._n_classes = self.text_prototypes.shape[0]
+        elif self.classnames is not None:
+            self._n_classes = len(self.classnames)
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         self._widths: dict[str, int] | None = None
         self._given: dict[str, bool] = {}  # optional key -> given with the first batch
         self._shard_rows: list[int] = []
-        self._written: set[Path] = set()
         self._digests: dict[str, str] = {}  # file name -> checksum, stored in the index
         self.result: ShardedFeatures | None = None
 
@@ -741,9 +750,17 @@ class ShardWriter:
         vfm_features : array of shape (m, d_vfm)
         vlm_features : array of shape (m, d_vlm)
         labels : int array of shape (m,), optional
-            Give labels with every batch or with none.
+            Give labels with every batch or with none; in ``[0, K)`` when ``text_prototypes``
+            (K rows) or ``classnames`` (K names) were given.
         image_ids : sequence of m str, optional
             The rows' image ids (:meth:`ShardedFeatures.image_ids`); with every batch or none.
+
+        Raises
+        ------
+        GPUAError
+            For a batch that cannot be stored as given (a feature row that ``dtype`` turns into
+            inf or all zeros included); nothing of a refused batch is kept and the writer stays
+            usable.
         """
         if self.result is not None:
             raise GPUAError("this ShardWriter is closed; open a new one to write more rows.")
@@ -752,28 +769,50 @@ class ShardWriter:
         X = check_matrix(vlm_features, "vlm_features", n_rows=Z.shape[0])
         widths = {"vfm_features": Z.shape[1], "vlm_features": X.shape[1]}
         if self._widths is None:
-            self._widths = widths
             if self.text_prototypes is not None:
                 check_prototypes(self.text_prototypes, X.shape[1])
         elif widths != self._widths:
             raise GPUAError(f"rows from {row0} have widths {widths} but earlier rows had {self._widths}; every batch must come from the same models.")
         for name, value in (("labels", labels), (IDS_KEY, image_ids)):
-            has, had = value is not None, self._given.setdefault(name, value is not None)
+            has, had = value is not None, self._given.get(name, value is not None)
             if has != had:
                 raise GPUAError(f"{name} were {'given' if had else 'not given'} for earlier rows but {'given' if has else 'not'} at row {row0}; give {name} with every batch or none.")
-        batch = {"vfm_features": Z, "vlm_features": X}
+        batch = {k: self._stored(A, k, row0) for k, A in (("vfm_features", Z), ("vlm_features", X))}
         if labels is not None:
-            batch["labels"] = check_labels(labels, Z.shape[0], np.iinfo(np.int64).max)
+            batch["labels"] = check_labels(labels, Z.shape[0], self._n_classes)
         if image_ids is not None:
             ids = np.asarray(check_strings(image_ids, "image_ids", "row"), dtype=object)  # object: no fixed-width padding
             if ids.shape != (Z.shape[0],):
                 raise GPUAError(f"image_ids has {ids.size} entries for {Z.shape[0]} rows (from row {row0}); give one id per row.")
             batch[IDS_KEY] = ids
+        # Every check passed: only now does the batch change the writer's state.
+        self._widths = widths
+        for name, value in (("labels", labels), (IDS_KEY, image_ids)):
+            self._given.setdefault(name, value is not None)
         for k, v in batch.items():
             self._buf.setdefault(k, []).append(v)
         self._buffered += Z.shape[0]
         while self._buffered >= self.rows_per_shard:
             self._flush(self.rows_per_shard)
+
+    def _stored(self, A: np.ndarray, key: str, row0: int) -> np.ndarray:
+        """Checked float32 rows ``A`` (from row ``row0``) as stored on disk, refused if a row is lost.
+
+        float16 turns entries above 65504 into inf and rows of tiny entries into zeros, which no
+        fit can use; the check is :func:`gpua.features._io._check_precision`, as for
+        ``save_features(..., float16=True)``. bfloat16 has float32's exponent range and
+        :func:`~gpua._validation.check_matrix` keeps every row's norm within what float32
+        normalises, so neither can happen there (nor in float32).
+        """
+        with np.errstate(over="ignore", under="ignore"):  # overflow and underflow are reported below, by row
+            out = _to_disk(A, self.dtype)
+        if self.dtype == "float16":
+            name = key if row0 == 0 else f"{key}[{row0}:{row0 + A.shape[0]}]"  # rows are numbered within the batch
+            try:
+                _check_precision(out, A, name, float16=False)
+            except GPUAError as exc:
+                raise GPUAError(f"{str(exc).rstrip('.')}; or store the features as float32 (dtype='float32').") from None
+        return out
 
     def _flush(self, n: int) -> None:
         i = len(self._shard_rows)
@@ -787,7 +826,7 @@ class ShardWriter:
             f = self.path / _shard_file(i, IDS_KEY, self.storage)
             with self._file(f) as tmp:
                 tmp.write_text(json.dumps(ids.tolist()), encoding="utf-8")
-        out = {k: (v if k == "labels" else _to_disk(v, self.dtype)) for k, v in arrays.items()}
+        out = arrays  # already in the on-disk representation (append)
         if self.storage == "safetensors":
             from safetensors.torch import save_file
 
@@ -812,7 +851,6 @@ class ShardWriter:
         with atomic_path(f, suffix=suffix) as tmp:
             yield tmp
             self._digests[f.name] = file_digest(tmp)
-        self._written.add(f)
 
     def close(self) -> ShardedFeatures:
         """Write the last (short) shard and the index; return the readable set."""
@@ -825,9 +863,6 @@ class ShardWriter:
         if self.text_prototypes is not None:
             with self._file(self.path / PROTOTYPES_NAME, suffix=".npy") as tmp:
                 np.save(tmp, self.text_prototypes)
-        for p in self._stale:  # shards of the replaced set that the new one does not reuse (before the index lands)
-            if p not in self._written and p.exists():
-                p.unlink()
         index = {
             "format": SHARD_FORMAT,
             "format_version": SHARD_FORMAT_VERSION,
