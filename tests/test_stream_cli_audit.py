@@ -98,3 +98,39 @@ def test_up_to_date_extraction_says_what_its_options_cannot_change(tmp_path):
         _run(str(root), tmp_path / "f.npz")
     with pytest.raises(GPUAError, match=r"on_error='fail', but the up-to-date features .* skipping 2 unreadable"):
         _run(str(root), tmp_path / "f.npz", on_error="fail")  # was: returned the skipped set as up to date
+
+
+def test_a_part_damaged_on_disk_is_redone_alone(tmp_path):
+    import zipfile
+
+    from test_extract import Toy, _dataset, _run
+
+    from gpua.features import load_features
+
+    ds = _dataset(n=11)
+    ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_the_end(i, done):
+        if done == 11:
+            raise Killed
+
+    out = tmp_path / "f.npz"
+    with pytest.raises(Killed):
+        _run(ds, out, shard_size=4, on_shard=kill_at_the_end)
+    part = tmp_path / "f.npz.parts" / "shard-000001.npz"
+    with zipfile.ZipFile(part) as z:
+        info = z.getinfo("vfm.npy")
+    raw = bytearray(part.read_bytes())
+    data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[data_start + info.compress_size - 1] ^= 0xFF  # one byte of the features: the summary still reads
+    part.write_bytes(bytes(raw))
+    with pytest.raises(GPUAError, match=r"part 1 .* \(4 images\) was damaged on disk and has been removed"):
+        _run(ds, out, shard_size=4)  # was: "delete that folder and run again", every part redone
+    assert not part.exists() and len(list((tmp_path / "f.npz.parts").glob("shard-*.npz"))) == 2
+    vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
+    _run(ds, out, vfm, vlm, shard_size=4)
+    assert vfm.calls == vlm.calls == 4  # that part alone
+    np.testing.assert_array_equal(load_features(out).vfm_features, ref.vfm_features)

@@ -738,7 +738,11 @@ def _assemble(parts: _Parts, ranges: list[range], ids: list[str], widths: tuple[
     for i in range(len(ranges)):
         part = parts.load(i, ids)
         if part is None or part["vfm"].shape[1:] != (widths[0],) or part["vlm"].shape[1:] != (widths[1],):
-            raise GPUAError(f"part {i} in {str(parts.dir)!r} is unreadable or inconsistent; delete that folder and run again.")
+            # Its summary read fine, its features did not (a damaged byte): only this part is
+            # redone, so remove it rather than have the user delete every finished part.
+            parts.shard_path(i).unlink(missing_ok=True)
+            raise GPUAError(f"part {i} in {str(parts.dir)!r} ({len(ranges[i])} images) was damaged on disk and has been "
+                            "removed; run the same command again: it re-encodes that part only and resumes the rest.")
         m = part["index"].size
         yield row, row + m, part
         row += m
