@@ -231,3 +231,12 @@ def test_segmenter_errors_name_the_command_flags(scenes, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--stride" in err and "--crop" in err and "crop_size" not in err
+
+
+def test_a_crop_smaller_than_a_patch_names_the_crop(scenes, capsys):
+    argv = ["segment", "--zero-shot", "--images", str(scenes / "test"), "--out", str(scenes / "zs"), "--classnames",
+            str(scenes / "classes.txt"), "--vlm", "planted:vlm", "--templates", "simple", "--crop", "3"]
+    assert main(argv) == 2  # was: "images are 3x3 pixels ...; use larger images", after the first image
+    err = capsys.readouterr().err
+    assert "--crop 3 is smaller than one" in err and "use a crop of at least" in err
+    assert not (scenes / "zs").exists()

@@ -506,6 +506,10 @@ class DenseSegmenter:
         )
         if self.crop_size is not None:
             _check_stride(self.crop_size, self.stride, "crop_size", "stride", ", or leave it unset for two thirds of the crop")
+            side = self.min_image_side
+            if min(self.crop_size) < side:
+                raise GPUAError(f"crop_size={crop_size!r} is smaller than one {side}x{side} encoder patch, so no window could be "
+                                f"encoded; use a crop of at least {side} pixels (a few patches wide), or leave it unset.")
         self.grid = grid
         if refine not in (None, "none", "affinity"):
             raise GPUAError(f"refine={refine!r}; use None or 'affinity'.")
