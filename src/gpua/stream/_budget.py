@@ -9,9 +9,14 @@ Peak memory of a streamed fit, for :math:`N` rows, :math:`K` classes, feature wi
 with :math:`M_0` the interpreter and libraries, :math:`M_{\text{fixed}}` the :math:`O(K d + N)`
 state (centres, cross-covariance, pseudo-labels), :math:`n_c` rows of one chunk in flight with
 their score temporaries, and :math:`M_{\text{cache}}` the Sinkhorn kernel chunks kept between
-passes. The chunk size is chosen first (as large as helps, at most :data:`MAX_CHUNK_ROWS`);
-whatever budget is left caches kernel chunks, so that a Sinkhorn pass is two matrix-vector
-products instead of a score matrix product (hundreds of times more work) per chunk:
+passes. A fit that whitens (``GPUA(whiten=...)``) first has a phase of its own: the query's
+float64 :math:`d_q \times d_q` second moment, summed over chunks, and its eigendecomposition
+(:func:`whitening_bytes`: five such matrices at once, 160 MB at :math:`d_q = 2000` and 16 GB at
+:math:`d_q = 20000`), which must fit beside :math:`M_0 + M_{\text{fixed}}` too; the plan's
+estimate is the larger of the two phases. The chunk size is chosen first (as large as helps, at
+most :data:`MAX_CHUNK_ROWS`); whatever budget is left caches kernel chunks, so that a Sinkhorn
+pass is two matrix-vector products instead of a score matrix product (hundreds of times more
+work) per chunk:
 
 * ``"float64"`` tiles and the previous round's plan: exactly the in-memory arithmetic;
 * ``"float32"`` tiles (float64 accumulation in blocks), with or without the previous plan;
@@ -30,7 +35,10 @@ from dataclasses import dataclass
 
 from .._errors import GPUAError
 
-__all__ = ["release_freed_memory", "parse_memory", "MemoryPlan", "plan_memory", "minimum_budget", "refine_bytes", "MIN_CHUNK_ROWS", "MAX_CHUNK_ROWS", "RESERVE_BYTES"]
+__all__ = [
+    "release_freed_memory", "parse_memory", "MemoryPlan", "plan_memory", "minimum_budget", "refine_bytes", "whitening_bytes",
+    "MIN_CHUNK_ROWS", "MAX_CHUNK_ROWS", "RESERVE_BYTES",
+]
 
 MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 8192
@@ -40,6 +48,9 @@ MAX_CHUNK_ROWS = 8192
 RESERVE_BYTES = 600 * 2**20
 
 _TILE_BYTES = {"float64": 8, "float32": 4, "float16": 2}
+
+# Chunk results a Dask worker folds per merge task (gpua.stream._executor.DaskExecutor.fan_in).
+_DASK_FAN_IN = 4
 
 _UNITS = {
     "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
@@ -158,16 +169,53 @@ def _fixed_bytes(n: int, k: int, d_t: int, d_q: int) -> int:
     return 8 * k * d_q * 4 + 8 * k * d_t + 16 * d_q * d_t + 2 * n * (8 + 4)
 
 
+def _map_bytes(whiten, n: int, k: int, d_q: int) -> int:
+    # The whitening map M (float32, d_q x d), held from the moment pass to the end of the fit.
+    if whiten is None:
+        return 0
+    from ..query import whitening_width
+
+    return 4 * d_q * whitening_width(whiten, n, k, d_q)
+
+
+def _moment_row_bytes(d_v: int, d_t: int, d_q: int, itemsize: int) -> int:
+    # One chunk in the second-moment pass: raw and float32 features, the query and its
+    # normalised copy, and its float64 copy (gpua.query.second_moment_sum).
+    return (d_v + d_t) * (itemsize + 4) + 2 * d_q * 4 + 8 * d_q
+
+
+def whitening_bytes(d_q: int, chunk_bytes: int = 0, n_processes: int = 1) -> int:
+    r"""Peak bytes of the whitening's float64 :math:`d_q \times d_q` matrices, with a chunk's ``chunk_bytes`` beside them.
+
+    The pass that sums the second moment holds the running sum and the chunk's own (a chunk in
+    flight beside them), then their merged copy: three matrices; on Dask a worker folds
+    :data:`_DASK_FAN_IN` chunk sums into its running sum at once, and the driver the
+    ``n_processes`` workers' sums. The eigendecomposition
+    (:func:`gpua.query.whitening_from_moment`) holds the moment, its scaled copy, the
+    eigenvectors and LAPACK ``syevd``'s :math:`2 d_q^2` workspace: five (measured: 5.04 matrices
+    of resident growth at :math:`d_q = 4000`).
+    """
+    g = 8 * int(d_q) ** 2
+    held = 5 if n_processes <= 1 else max(5, _DASK_FAN_IN + 2, n_processes + 1)
+    return int(max(held * g, 2 * g + chunk_bytes))
+
+
 def refine_bytes(n: int, k: int, d_q: int, d_t: int, val_fraction: float, batch_size: int) -> int:
     """Peak of THS refinement: the held-out slice and a batch, with their (rows, K) temporaries."""
     rows = int(round(val_fraction * n)) + min(batch_size, n)
     return rows * (2 * d_q * 4 + d_t * 4 + 5 * k * 4)
 
 
-def minimum_budget(n: int, k: int, d_v: int, d_t: int, d_q: int, *, itemsize: int = 4, refine: int = 0) -> int:
-    """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes."""
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q)
-    return int(max(fixed + min(n, MIN_CHUNK_ROWS) * _row_bytes(k, d_v, d_t, d_q, itemsize), fixed + refine))
+def minimum_budget(
+    n: int, k: int, d_v: int, d_t: int, d_q: int, *, itemsize: int = 4, refine: int = 0, whiten=None, n_processes: int = 1,
+) -> int:
+    """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes (and ``whiten``, the estimator's)."""
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q)
+    min_rows = min(n, MIN_CHUNK_ROWS)
+    need = max(fixed + min_rows * _row_bytes(k, d_v, d_t, d_q, itemsize), fixed + refine)
+    if whiten is not None:
+        need = max(need, fixed + whitening_bytes(d_q, min_rows * _moment_row_bytes(d_v, d_t, d_q, itemsize), n_processes))
+    return int(need)
 
 
 def plan_memory(
@@ -182,6 +230,7 @@ def plan_memory(
     refine: int = 0,
     n_processes: int = 1,
     chunk_rows: int | None = None,
+    whiten=None,
 ) -> MemoryPlan:
     """Choose the chunk size and the kernel cache for a budget.
 
@@ -199,6 +248,10 @@ def plan_memory(
         Processes that share the chunks (Dask workers); each caches only its own.
     chunk_rows : int, optional
         Force the chunk size (rows per task) instead of choosing it from the budget.
+    whiten : "auto", int or None
+        The estimator's ``whiten``: when not None the whitening's d_q x d_q float64
+        second moment and eigendecomposition (:func:`whitening_bytes`) must fit too, with the
+        map it leaves; the chunk is made smaller where its pass would not fit otherwise.
 
     Returns
     -------
@@ -207,29 +260,45 @@ def plan_memory(
     Raises
     ------
     GPUAError
-        When not even one chunk of :data:`MIN_CHUNK_ROWS` rows fits; the message gives the
-        minimum budget.
+        When not even one chunk of :data:`MIN_CHUNK_ROWS` rows fits (or, when whitening, the
+        whitening's matrices); the message gives the minimum budget.
     """
     total = parse_memory(budget)
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q)
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q)
     per_row = _row_bytes(k, d_v, d_t, d_q, itemsize)
     min_rows = min(n, MIN_CHUNK_ROWS)
-    need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine)
+    moment_row = _moment_row_bytes(d_v, d_t, d_q, itemsize)
+
+    def whitening_peak(rows: int) -> int:  # the moment pass and eigendecomposition, chunks of `rows`
+        return fixed + whitening_bytes(d_q, rows * moment_row, n_processes) if whiten is not None else 0
+
+    need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine, whiten=whiten, n_processes=n_processes)
     if need > total:
-        what = "THS refinement's held-out slice" if fixed + refine > fixed + min_rows * per_row else f"one chunk of {min_rows} rows"
+        if whitening_peak(min_rows) >= max(fixed + refine, fixed + min_rows * per_row):
+            what = f"the whitening's second moment and eigendecomposition (float64 {d_q} x {d_q} matrices, query width {d_q})"
+        elif fixed + refine > fixed + min_rows * per_row:
+            what = "THS refinement's held-out slice"
+        else:
+            what = f"one chunk of {min_rows} rows"
         raise GPUAError(
             f"max_memory={budget!r} ({_fmt(total)}) is too small: this fit (N={n}, K={k}, widths {d_v}/{d_t}) needs at "
             f"least {_fmt(need)} ({need} bytes) for {what}; raise max_memory (--max-memory) to {_fmt(need)} or more"
             + (", or lower val_fraction" if "refinement" in what else "")
+            + (", or fit without whitening (whiten=None)" if "whitening" in what else "")
             + "."
         )
     chunk = max(min_rows, min(MAX_CHUNK_ROWS, n, (total - fixed) // (2 * per_row)))
+    if whiten is not None and whitening_peak(chunk) > total:
+        # The second-moment pass holds two d_q x d_q sums beside its chunk: a smaller chunk
+        # (at least min_rows, which minimum_budget let fit).
+        chunk = max(min_rows, min(chunk, (total - fixed - 2 * 8 * d_q * d_q) // moment_row))
     if chunk_rows is not None:
         if not (isinstance(chunk_rows, int) and chunk_rows >= 1):
             raise GPUAError(f"chunk_rows={chunk_rows!r} must be a positive integer.")
         chunk = min(n, chunk_rows)
-        if fixed + chunk * per_row > total:
-            raise GPUAError(f"chunk_rows={chunk_rows} needs {_fmt(fixed + chunk * per_row)} but max_memory={budget!r} is {_fmt(total)}; lower chunk_rows or raise max_memory.")
+        need_chunk = max(fixed + chunk * per_row, whitening_peak(chunk))
+        if need_chunk > total:
+            raise GPUAError(f"chunk_rows={chunk_rows} needs {_fmt(need_chunk)} but max_memory={budget!r} is {_fmt(total)}; lower chunk_rows or raise max_memory.")
     n_chunks = -(-n // chunk)
     left = total - fixed - chunk * per_row
     rows_here = -(-n // max(1, n_processes))
@@ -244,7 +313,8 @@ def plan_memory(
     cache = min(cached, n_chunks) * chunk * k * (_TILE_BYTES[tile_dtype] + (4 if keep_prev else 0))
     # The rows a pass reads (raw VFM, centred VLM, the query): float32, kept when all else is cached.
     rows = rows_here * (d_v + d_t + d_q) * 4
-    keep_rows = cached >= n_chunks and cache + rows <= left
+    # (Kept rows are built by the whitening's pass already, and held through its eigendecomposition.)
+    keep_rows = cached >= n_chunks and cache + rows <= left and whitening_peak(chunk) + rows <= total
     cache += rows if keep_rows else 0
-    estimate = max(fixed + chunk * per_row + cache, fixed + refine)
+    estimate = max(fixed + chunk * per_row + cache, fixed + refine, whitening_peak(chunk) + (rows if keep_rows else 0))
     return MemoryPlan(total, int(chunk), int(n_chunks), tile_dtype, int(min(cached, n_chunks)), keep_prev, int(estimate), keep_rows)

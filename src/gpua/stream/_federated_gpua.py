@@ -185,7 +185,7 @@ def fit_federated(
     config = check_entry(est.get_params(), n, k, driver="federated")
     names = check_classnames(classnames, k)
     d_q = d_v + (d_t if config.query == "fused" else 0)
-    plan = plan_memory(max_memory, max(s.n_samples for s in sources), k, d_v, d_t, d_q)
+    plan = plan_memory(max_memory, max(s.n_samples for s in sources), k, d_v, d_t, d_q, whiten=config.whiten)
     parts = []
     for c, src in enumerate(sources):
         for s in range(src.offset, src.offset + src.n_samples, plan.chunk_rows):

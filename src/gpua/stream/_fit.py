@@ -82,7 +82,8 @@ def minimum_budget_for(estimator, n: int, k: int, d_vfm: int, d_vlm: int, *, dty
         Storage dtype of the features.
     """
     d_q, refine = _widths(estimator, n, k, d_vfm, d_vlm)
-    return minimum_budget(n, k, d_vfm, d_vlm, d_q, itemsize=4 if dtype == "float32" else 2, refine=refine)
+    return minimum_budget(n, k, d_vfm, d_vlm, d_q, itemsize=4 if dtype == "float32" else 2, refine=refine,
+                          whiten=estimator.get_params()["whiten"])
 
 
 def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
@@ -227,7 +228,8 @@ def fit_streaming(
     ex = connect(cluster, timeout=connect_timeout)
     token = uuid.uuid4().hex
     try:
-        plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes, chunk_rows=chunk_rows)
+        plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes,
+                           chunk_rows=chunk_rows, whiten=config.whiten)
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         state = ck.load() if ck is not None else None
