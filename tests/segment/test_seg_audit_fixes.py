@@ -90,7 +90,7 @@ def test_class_255_of_300_is_scored_not_ignored(tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["aAcc"] == pytest.approx(0.5)  # was 1.0: the class-255 pixels were dropped as "no class"
     assert main([*argv, "--ignore-index", "255"]) == 2
-    assert "--ignore-index 255 is also class 255's index" in capsys.readouterr().err
+    assert "--ignore-index=255 is also the index of class 255 of the 300" in capsys.readouterr().err
 
 
 def test_ignore_index_that_is_a_class_is_refused_in_python():

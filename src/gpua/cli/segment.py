@@ -698,7 +698,7 @@ def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what
 def _evaluate_seg(args: argparse.Namespace) -> int:
     from .._atomic import atomic_write_text
     from ..segment.datasets import read_label
-    from ..segment.metrics import SegmentationMetric
+    from ..segment.metrics import SegmentationMetric, check_ignore_index
 
     check_paths(args, inputs=("pred", "model", "gt", "images", "classnames", "templates", "root"),
                 extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "file")] if args.json not in (None, "-") else [])
@@ -707,9 +707,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
     ignore = args.ignore_index if args.ignore_index is not None else (NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT)
-    if 0 <= ignore < len(classnames):
-        raise GPUAError(f"--ignore-index {ignore} is also class {ignore}'s index ({len(classnames)} classes): its pixels would "
-                        f"go unscored. Pass a value outside [0, {len(classnames)}), e.g. --ignore-index {NO_CLASS_16BIT}.")
+    ignore = check_ignore_index(ignore, len(classnames), "--ignore-index")  # a class index would go unscored
     metric = SegmentationMetric(len(classnames), classnames=classnames, ignore_index=ignore)
     seg = None
     if not args.pred:
