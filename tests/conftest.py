@@ -41,6 +41,25 @@ def device(request):
 
 
 @pytest.fixture
+def interrupt():
+    """``interrupt(run, *args, stop=..., **kw)``: start an extraction ``run(*args, **kw)`` and stop it
+    as a kill would, from its ``on_shard`` callback, once ``stop(part, images_done)`` holds."""
+
+    class Killed(Exception):
+        pass
+
+    def interrupted(run, *args, stop, **kw):
+        def on_shard(i, done):
+            if stop(i, done):
+                raise Killed
+
+        with pytest.raises(Killed):
+            run(*args, on_shard=on_shard, **kw)
+
+    return interrupted
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -110,20 +110,11 @@ def test_a_new_image_decoding_invalidates_cached_features(tmp_path, monkeypatch)
     assert vfm.calls == 10
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, interrupt):
     ds = _dataset(n=11)
     ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_second_shard(i, done):
-        if i == 1:
-            raise Killed
-
     out = tmp_path / "f.npz"
-    with pytest.raises(Killed):
-        _run(ds, out, shard_size=4, on_shard=kill_after_second_shard)
+    interrupt(_run, ds, out, shard_size=4, stop=lambda i, done: i == 1)  # killed after the second shard
     assert not out.exists() and len(list((tmp_path / "f.npz.parts").glob("shard-*.npz"))) == 2
     vfm, vlm = Toy(), Toy("toy:vlm", vlm=True, scale=2.0)
     _run(ds, out, vfm, vlm, shard_size=4)

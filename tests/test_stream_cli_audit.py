@@ -100,7 +100,7 @@ def test_up_to_date_extraction_says_what_its_options_cannot_change(tmp_path):
         _run(str(root), tmp_path / "f.npz", on_error="fail")  # was: returned the skipped set as up to date
 
 
-def test_a_part_damaged_on_disk_is_redone_alone(tmp_path):
+def test_a_part_damaged_on_disk_is_redone_alone(tmp_path, interrupt):
     import zipfile
 
     from test_extract import Toy, _dataset, _run
@@ -109,17 +109,8 @@ def test_a_part_damaged_on_disk_is_redone_alone(tmp_path):
 
     ds = _dataset(n=11)
     ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_the_end(i, done):
-        if done == 11:
-            raise Killed
-
     out = tmp_path / "f.npz"
-    with pytest.raises(Killed):
-        _run(ds, out, shard_size=4, on_shard=kill_at_the_end)
+    interrupt(_run, ds, out, shard_size=4, stop=lambda i, done: done == 11)  # killed with every part written
     part = tmp_path / "f.npz.parts" / "shard-000001.npz"
     with zipfile.ZipFile(part) as z:
         info = z.getinfo("vfm.npy")

@@ -16,13 +16,16 @@ def _run(argv):
     return args.func(args)
 
 
+def _projection_prototypes_names():
+    """The stand-in VLM projection, text prototypes and class names every feature file here shares."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(16, 8)), rng.normal(size=(10, 8)), [f"class{k}" for k in range(10)]
+
+
 @pytest.fixture(scope="module")
 def feature_files(tmp_path_factory, gaussians):
     d = tmp_path_factory.mktemp("calib")
-    rng = np.random.default_rng(0)
-    P = rng.normal(size=(16, 8))
-    protos = rng.normal(size=(10, 8))
-    names = [f"class{k}" for k in range(10)]
+    P, protos, names = _projection_prototypes_names()
     for split, X, y in (("train", gaussians["X"], gaussians["y"]), ("test", gaussians["X_test"], gaussians["y_test"])):
         save_features(d / f"{split}.npz", vfm_features=X, vlm_features=X @ P, text_prototypes=protos, labels=y, classnames=names)
     save_features(d / "unlabelled.npz", vfm_features=gaussians["X"], vlm_features=gaussians["X"] @ P, text_prototypes=protos)
@@ -75,10 +78,7 @@ def _rows(argv, out):
 def reordered_test(tmp_path_factory, gaussians):
     """The test split stored with its classes in another order (names permuted, labels remapped)."""
     d = tmp_path_factory.mktemp("calib_perm")
-    rng = np.random.default_rng(0)
-    P = rng.normal(size=(16, 8))
-    protos = rng.normal(size=(10, 8))
-    names = [f"class{k}" for k in range(10)]
+    P, protos, names = _projection_prototypes_names()
     perm = np.random.default_rng(1).permutation(10)  # old class k is stored as class perm[k]
     new_names = [None] * 10
     for k in range(10):

@@ -124,20 +124,11 @@ def test_safetensors_storage_and_float16(tmp_path):
     assert st.image_ids() == ref.image_ids()
 
 
-def test_resume_after_a_kill(tmp_path):
+def test_resume_after_a_kill(tmp_path, interrupt):
     ds = _dataset()
     ref = load_features(_run(ds, tmp_path / "ref.npz", shard_size=4))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_second_part(i, done):
-        if i == 1:
-            raise Killed
-
     out = tmp_path / "feats"
-    with pytest.raises(Killed):
-        _run(ds, out, shard_size=4, on_shard=kill_after_second_part)
+    interrupt(_run, ds, out, shard_size=4, stop=lambda i, done: i == 1)  # killed after the second part
     assert not out.exists() and len(list((tmp_path / "feats.parts").glob("shard-*.npz"))) == 2
     vfm, vlm = make_vfm(), make_vlm()
     _run(ds, out, vfm, vlm, shard_size=4, rows_per_shard=4)
