@@ -63,7 +63,7 @@ def test_npz_subset_shares_pixels(npz_file):
 
 def test_npz_without_ids_or_labels_grey(tmp_path):
     p = tmp_path / "grey.npz"
-    np.savez(p, images=np.full((3, 4, 4), 9, dtype=np.uint8))
+    np.savez(p, images=np.full((3, 4, 6), 9, dtype=np.uint8))  # (3, 4, 4) would read as one RGBA image
     ds = load_dataset(p)
     assert ds.image_ids == ["0", "1", "2"] and ds.labels.tolist() == [-1, -1, -1] and ds.classnames == []
     assert np.all(np.asarray(ds.load_image(1)) == 9) and ds.load_image(1).mode == "RGB"

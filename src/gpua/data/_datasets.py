@@ -368,6 +368,13 @@ class ArrayImageDataset(ImageDataset):
             raise GPUAError(
                 f"images has shape {images.shape}; expected (N, H, W, 3) RGB, (N, H, W, 4) RGBA or (N, H, W) grey."
             )
+        if images.ndim == 3 and images.shape[-1] in (3, 4):
+            # One colour image without its batch axis would be read as N grey images 3 or 4 pixels wide.
+            raise GPUAError(
+                f"images has shape {images.shape}: one {'RGB' if images.shape[-1] == 3 else 'RGBA'} image without a batch axis, "
+                f"or {images.shape[0]} grey images {images.shape[-1]} pixels wide? Store a batch: images[None] for one "
+                "image, shape (1, H, W, C)."
+            )
         # _rows maps this dataset's positions to rows of `images`, so subsets share the pixels
         # instead of copying them.
         rows = np.arange(images.shape[0]) if _rows is None else np.asarray(_rows, dtype=np.int64)

@@ -499,9 +499,9 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     folders = _subdirs(base)
     loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image(e.name))
     if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
-        # root/train/<class>/x.jpg read without split= would silently make "train" a class.
-        if all(_subdirs(base / f) for f in folders):
-            raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
+        # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
+        # make "train" and "test" classes.
+        raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
     files = _walk_class_folders(base, folders)  # the one walk of the tree
     labeled = [f for f in folders if files[f]]
     name = root.resolve().name or str(root)

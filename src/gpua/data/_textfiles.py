@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def read_string_list(path: str | os.PathLike, what: str, *, index_dict: bool = F
     except (OSError, UnicodeDecodeError) as exc:
         raise GPUAError(f"{what} file {str(p)!r} could not be read as UTF-8 text ({exc}).") from exc
     stripped = text.lstrip()
-    if p.suffix.lower() == ".json" or stripped[:1] in ("[", "{"):
+    # A JSON list or object; a text file of templates may start with a placeholder ("{} in the
+    # wild.", "{c}, a type of pet."), which is not JSON: an object starts with '{"'.
+    if p.suffix.lower() == ".json" or stripped[:1] == "[" or re.match(r'\{\s*("|$)', stripped):
         entries = _parse_json(text, p, what, index_dict)
     else:
         entries = [line.strip() for line in text.splitlines()]
