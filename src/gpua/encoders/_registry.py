@@ -18,7 +18,6 @@ import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qsl
 
 from .._errors import GPUAError
 from ._base import Encoder
@@ -74,7 +73,10 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """Split ``"backend:body?key=value&..."`` into ``(backend, body, options)``.
 
     The query part is optional and is only split off when the text before ``?`` is not itself an
-    existing path. Option values stay strings; back ends convert them.
+    existing path. Options are split on ``&`` and each on its first ``=``, without URL decoding:
+    ``?checkpoint=/models/c++/vit.pth`` keeps its ``+`` and ``%`` characters (a path is passed as
+    written). A key without ``=`` gets the value ``""``. Option values stay strings; back ends
+    convert them.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise GPUAError(f"encoder spec {spec!r} must be a non-empty string 'backend:name'; known: {list_encoders()}.")
@@ -88,7 +90,13 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     options: dict[str, str] = {}
     if "?" in body and not os.path.exists(body):
         body, _, query = body.partition("?")
-        options = dict(parse_qsl(query, keep_blank_values=True))
+        for item in query.split("&"):
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            if not key:
+                raise GPUAError(f"encoder spec {spec!r} has an option {item!r} without a name; write '?key=value&key2=value2'.")
+            options[key] = value
     return backend.strip().lower(), body, options
 
 
@@ -217,14 +225,62 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def error_summary(exc: BaseException, max_lines: int = 1, width: int = 300) -> str:
+    """``"Type: text"`` of an exception for a message: its first ``max_lines`` non-blank lines.
+
+    Parameters
+    ----------
+    exc : BaseException
+    max_lines : int
+        Lines of the exception's text to keep (joined with ``" / "``); a state-dict error needs
+        three, its header and the first missing and unexpected keys.
+    width : int
+        Characters kept of each line.
+
+    Returns
+    -------
+    str
+    """
+    lines = [ln.strip().rstrip(".") for ln in str(exc).splitlines() if ln.strip()][:max_lines]
+    text = " / ".join(ln if len(ln) <= width else ln[:width] + "..." for ln in lines)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def missing_weights_error(what: str, looked: str, exc: BaseException, local_example: str) -> GPUAError:
-    """The error for weights that cannot be fetched (offline, or a bad name)."""
+    """The error for weights that cannot be fetched (offline, or a bad name).
+
+    For a local file or folder that exists but cannot be loaded use :func:`bad_local_error`:
+    there the offline advice would be wrong.
+    """
     offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
     return GPUAError(
-        f"could not load {what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+        f"could not load {what}: {error_summary(exc)}. "
         f"Looked in {looked}{offline}. Without internet access, download the weights elsewhere and pass "
         f"a local path, e.g. {local_example!r}; or set GPUA_CACHE_DIR / HF_HOME to a cache that has them."
     )
+
+
+def bad_local_error(what: str, path: str | os.PathLike, exc: BaseException, fix: str) -> GPUAError:
+    """The error for a local file or folder that exists but does not hold what the spec needs.
+
+    Parameters
+    ----------
+    what : str
+        What was being loaded, naming the spec (``"the transformers config of 'hf:/m'"``).
+    path : path-like
+        The local file or folder.
+    exc : BaseException
+        The loader's error; its first meaningful lines (up to three: the header and the first
+        missing / unexpected keys of a state-dict error) are kept.
+    fix : str
+        What the file or folder must be, or what to pass instead.
+
+    Returns
+    -------
+    GPUAError
+    """
+    return GPUAError(f"could not load {what} from the local {'folder' if os.path.isdir(path) else 'file'} "
+                     f"{str(path)!r}: {error_summary(exc, max_lines=3)}. {fix}")
 
 
 for _name, _target in {

@@ -13,6 +13,10 @@ after the final norm for DINOv2-style ViTs, the average-pooled map for CNNs. Pat
 final feature map; for ViTs the prefix tokens (CLS and registers, ``model.num_prefix_tokens``)
 are dropped. Preprocessing follows the model's ``pretrained_cfg`` (input size, ``crop_pct``,
 interpolation, mean, std).
+
+Every ``timm.create_model`` option the encoder was built with (from the spec's ``?key=value``
+part or from keyword arguments of ``create_encoder``) is recorded as ``metadata()["options"]``,
+so feature caches keyed by the metadata tell differently configured models apart.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import file_fingerprint, missing_weights_error
+from ._registry import bad_local_error, error_summary, file_fingerprint, missing_weights_error
 from ._torch import TorchEncoder, tokens_to_grid
 
 __all__ = ["TimmEncoder"]
@@ -57,7 +61,8 @@ class TimmEncoder(TorchEncoder):
     backend = "timm"
     is_vlm = False
 
-    def __init__(self, spec: str, model, *, name: str, weights: dict[str, Any], device: Any = "cpu"):
+    def __init__(self, spec: str, model, *, name: str, weights: dict[str, Any], device: Any = "cpu",
+                 options: dict[str, Any] | None = None):
         pp = _preprocess_from_model(model)
         with torch.inference_mode():
             embed_dim = int(model.eval()(torch.zeros(1, 3, *pp.input_size)).shape[-1])
@@ -72,6 +77,8 @@ class TimmEncoder(TorchEncoder):
         self.name = name
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self._weights = weights
+        # create_model options other than the fixed ones: they change the numbers, not the spec
+        self._options = {k: _json_safe(v) for k, v in sorted((options or {}).items()) if k not in ("num_classes", "cache_dir")}
 
     @classmethod
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
@@ -112,6 +119,14 @@ class TimmEncoder(TorchEncoder):
             except Exception as exc:  # offline hub errors, missing files
                 from huggingface_hub import constants
 
+                if name.startswith("local-dir:"):  # an existing folder: what is wrong is the folder, not the network
+                    raise bad_local_error(
+                        f"the timm model of {spec!r}", name[len("local-dir:"):], exc,
+                        "A timm model folder holds config.json (with 'architecture') and model.safetensors or "
+                        "pytorch_model.bin, as timm's save_for_hf writes; for a bare state dict pass "
+                        "'timm:ARCH//path/to/weights.pth' instead.",
+                    ) from None
+
                 raise missing_weights_error(
                     f"timm weights for {spec!r}", kw.get("cache_dir") or constants.HF_HUB_CACHE, exc,
                     f"timm:{name.split(':')[-1]}//path/to/weights.pth",
@@ -121,7 +136,7 @@ class TimmEncoder(TorchEncoder):
                 weights = {"folder": file_fingerprint(name[len("local-dir:"):])}
             else:
                 weights = {k: cfg.get(k) for k in ("architecture", "tag", "hf_hub_id", "url") if cfg.get(k)}
-        return cls(spec, model, name=name, weights=weights, device=device)
+        return cls(spec, model, name=name, weights=weights, device=device, options=kw)
 
     def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -143,7 +158,23 @@ class TimmEncoder(TorchEncoder):
         meta = super()._metadata()
         meta["versions"]["timm"] = timm.__version__
         meta.update({"model": self.name, "weights": self._weights, "prefix_tokens": self.n_prefix})
+        if self._options:  # absent without options: the metadata (and cache keys) of plain specs stay as they were
+            meta["options"] = self._options
         return meta
+
+
+def _json_safe(v: Any) -> Any:
+    """An option value as JSON: numbers, strings, booleans and None as they are, sequences as
+    lists, mappings with string keys, anything else (a layer class, a function) by its qualified name."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    name = getattr(v, "__qualname__", None) or getattr(type(v), "__qualname__", "")
+    module = getattr(v, "__module__", None) or type(v).__module__
+    return f"{module}.{name}" if callable(v) or isinstance(v, type) else repr(v)
 
 
 def _literal(v: Any) -> Any:
@@ -172,7 +203,18 @@ def _load_backbone_weights(model, path: str, spec: str) -> None:
     """Load a state dict, ignoring classifier weights but refusing any missing backbone weight."""
     from timm.models import load_state_dict
 
-    sd = load_state_dict(path)
+    try:
+        sd = load_state_dict(path)
+    except Exception as exc:  # not a checkpoint at all: a config, an archive of something else, a pickled module
+        raise GPUAError(
+            f"checkpoint {path!r} of spec {spec!r} could not be read as a state dict ({error_summary(exc)}); "
+            "pass a file of parameter tensors (.pth/.pt from torch.save(model.state_dict()), or .safetensors)."
+        ) from None
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise GPUAError(
+            f"checkpoint {path!r} of spec {spec!r} holds a {type(sd).__name__}, not a state dict; "
+            "pass a file of parameter tensors (.pth/.pt from torch.save(model.state_dict()), or .safetensors)."
+        )
     heads = model.pretrained_cfg.get("classifier") or "head"
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     sd = {k: v for k, v in sd.items() if not any(k == h or k.startswith(h + ".") for h in heads)}
@@ -180,7 +222,7 @@ def _load_backbone_weights(model, path: str, spec: str) -> None:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when not strict
         raise GPUAError(
-            f"checkpoint {path!r} does not fit the model of {spec!r} ({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
+            f"checkpoint {path!r} does not fit the model of {spec!r} ({error_summary(exc, max_lines=3)}); "
             "pass the state dict of this exact architecture, with the same size options."
         ) from None
     if missing or unexpected:
