@@ -41,6 +41,30 @@ def device(request):
 
 
 @pytest.fixture
+def photos(tmp_path):
+    """Planted photos: one colour (and jitter) per class, train/ and test/ class folders, a flat copy, a class-name file."""
+    from PIL import Image
+
+    from gpua.segment.planted import make_planted_world
+
+    w = make_planted_world()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 3)):
+        for k, name in enumerate(w.classnames):
+            d = tmp_path / "photos" / split / name
+            d.mkdir(parents=True)
+            for j in range(n):
+                c = w.colours[k] + rng.uniform(-w.jitter, w.jitter, 3)
+                im = Image.fromarray(np.round(np.clip(np.broadcast_to(c, (16, 16, 3)), 0, 1) * 255).astype(np.uint8))
+                im.save(d / f"{name}_{j}.png")
+                if split == "test":
+                    (tmp_path / "flat").mkdir(exist_ok=True)
+                    im.save(tmp_path / "flat" / f"{name}_{j}.png")
+    (tmp_path / "classes.txt").write_text("sky: sky, blue sky\ngrass\nroad\nwater\nsand\n")
+    return tmp_path
+
+
+@pytest.fixture
 def interrupt():
     """``interrupt(run, *args, stop=..., **kw)``: start an extraction ``run(*args, **kw)`` and stop it
     as a kill would, from its ``on_shard`` callback, once ``stop(part, images_done)`` holds."""

@@ -38,30 +38,6 @@ def tiny_encoders():
     register_encoder("tiny:", lambda body, device="cpu", cache_dir=None, spec=None: TinyEncoder(spec, body == "vlm"), overwrite=True)
 
 
-@pytest.fixture
-def photos(tmp_path):
-    """Planted photos: one colour (and jitter) per class, train/ and test/ class folders, a flat copy, a class-name file."""
-    from PIL import Image
-
-    from gpua.segment.planted import make_planted_world
-
-    w = make_planted_world()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5), ("test", 3)):
-        for k, name in enumerate(w.classnames):
-            d = tmp_path / "photos" / split / name
-            d.mkdir(parents=True)
-            for j in range(n):
-                c = w.colours[k] + rng.uniform(-w.jitter, w.jitter, 3)
-                im = Image.fromarray(np.round(np.clip(np.broadcast_to(c, (16, 16, 3)), 0, 1) * 255).astype(np.uint8))
-                im.save(d / f"{name}_{j}.png")
-                if split == "test":
-                    (tmp_path / "flat").mkdir(exist_ok=True)
-                    im.save(tmp_path / "flat" / f"{name}_{j}.png")
-    (tmp_path / "classes.txt").write_text("sky: sky, blue sky\ngrass\nroad\nwater\nsand\n")
-    return tmp_path
-
-
 def _classify(d, *extra):
     return main(["classify", "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple",
                  "--cache-dir", str(d / "cache"), "--quiet", *FAST, *extra])

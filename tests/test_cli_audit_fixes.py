@@ -14,7 +14,7 @@ import pytest
 
 from gpua.cli import main
 from gpua.features import load_features, save_features
-from test_classify_benchmark import FAST, _classify, photos  # noqa: F401  (the planted-photo folders and their fixture)
+from test_classify_benchmark import FAST, _classify  # the planted-photo folders come from conftest's photos fixture
 
 
 def _rows(path):

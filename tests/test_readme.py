@@ -15,7 +15,6 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gpua.cli import build_parser, main
 

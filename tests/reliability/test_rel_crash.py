@@ -14,10 +14,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from gpua import GPUAError, load_model
-from gpua.features import ShardedFeatures, load_features, save_features, write_shards
+from gpua.features import ShardedFeatures, save_features, write_shards
 from rel_helpers import kill_on, run_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
