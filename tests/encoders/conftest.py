@@ -75,6 +75,33 @@ def check_grey_rgba(enc) -> None:
         np.testing.assert_allclose(enc.encode_images([variant]), ref, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """``(path, token node, feature-map node)`` of :class:`tiny_models.TinyTokens` exported to ONNX."""
+    pytest.importorskip("onnx")
+    from tiny_models import export_tiny_onnx
+
+    return export_tiny_onnx(tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """Checkpoint of open_clip's ``gpua-tiny-vit`` (registered, with its QuickGELU twin)."""
+    pytest.importorskip("open_clip")
+    from tiny_models import save_open_clip_tiny
+
+    return save_open_clip_tiny(tmp_path_factory.mktemp("open_clip"))
+
+
+@pytest.fixture(scope="module")
+def reg_ckpt(tmp_path_factory):
+    """State dict of timm's shrunk ``tiny_models.REG_ARCH`` (create it with ``**REG_KW``)."""
+    pytest.importorskip("timm")
+    from tiny_models import save_timm_reg_ckpt
+
+    return save_timm_reg_ckpt(tmp_path_factory.mktemp("timm"))
+
+
 @pytest.fixture
 def contract():
     return check_contract

@@ -1,53 +1,20 @@
-"""The ONNX back end on a tiny exported torch module: node selection, graph cutting, caching."""
+"""The ONNX back end on a tiny exported torch module: node selection, graph cutting, caching.
+
+The model is ``tiny_models.TinyTokens``, exported by the ``tiny_onnx`` fixture of ``conftest.py``.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from gpua._errors import GPUAError
 from gpua.encoders import create_encoder
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-class TinyTokens(torch.nn.Module):
-    """8x8 patches of a 32x32 image -> CLS + 16 tokens -> per-token MLP -> LayerNorm -> CLS @ proj."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 16, 8, 8)
-        self.cls = torch.nn.Parameter(torch.randn(1, 1, 16))
-        self.pos = torch.nn.Parameter(torch.randn(1, 17, 16) * 0.1)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
-        self.norm = torch.nn.LayerNorm(16)
-        self.proj = torch.nn.Linear(16, 8)
-
-    def forward(self, x):
-        t = self.conv(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
-        t = self.norm(t + self.mlp(t))
-        return self.proj(t[:, 0])
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(TinyTokens().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                          input_names=["pixel_values"], output_names=["embedding"],
-                          dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}})
-    nodes = [o for n in onnx.load(str(path)).graph.node for o in n.output]
-    tokens = [o for o in nodes if o.startswith("/norm/")][-1]
-    fmap = [o for o in nodes if o.startswith("/conv/")][0]
-    return str(path), tokens, fmap
 
 
 def test_pooled_output_has_no_patches(tiny_onnx, images):
@@ -98,12 +65,10 @@ def test_feature_map_output_and_preprocess_options(tiny_onnx, images, tmp_path):
 
 def test_patch_output_beside_pooled_output(tiny_onnx, images, tmp_path):
     path, tokens, _ = tiny_onnx
-    enc = create_encoder(f"onnx:{path}", output="embedding", patch_output=tokens, size=32, resize=32, cache_dir=tmp_path)
-    assert enc.embed_dim == 8
-    assert enc.encode_images(images[:2]).shape == (2, 8)
-    # Patch width differs from the pooled width here: the contract (same d) is enforced.
-    with pytest.raises(GPUAError, match="width"):
-        enc.encode_patches(images[:2])
+    # Patch width (16) differs from the pooled width (8) here: the contract (same d) is enforced
+    # when the encoder is built, naming both nodes, not at the first encode_patches.
+    with pytest.raises(GPUAError, match=f"patch_output='{tokens}' has width 16 but output='embedding' has width 8"):
+        create_encoder(f"onnx:{path}", output="embedding", patch_output=tokens, size=32, resize=32, cache_dir=tmp_path)
 
 
 def test_errors(tiny_onnx, tmp_path):

@@ -11,30 +11,9 @@ import torch
 
 from gpua._errors import GPUAError
 from gpua.encoders import create_encoder
+from tiny_models import TINY  # the tiny_ckpt fixture (conftest.py) registers it as gpua-tiny-vit
 
 open_clip = pytest.importorskip("open_clip")
-
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """Register ``gpua-tiny-vit`` (and a QuickGELU twin) and save random weights for it."""
-    d = tmp_path_factory.mktemp("open_clip")
-    (d / "gpua-tiny-vit.json").write_text(json.dumps(TINY))
-    (d / "gpua-tiny-vit-quickgelu.json").write_text(json.dumps({**TINY, "quick_gelu": True}))
-    open_clip.add_model_config(d / "gpua-tiny-vit.json")
-    open_clip.add_model_config(d / "gpua-tiny-vit-quickgelu.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("gpua-tiny-vit")
-    ckpt = d / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return str(ckpt)
-
 
 def test_contract_text_and_metadata(tiny_ckpt, images, contract, patch_layout, grey_rgba):
     enc = create_encoder(f"open_clip:gpua-tiny-vit/{tiny_ckpt}")  # ARCH//abs/path: the tag is a path

@@ -8,22 +8,9 @@ import torch
 
 from gpua._errors import GPUAError
 from gpua.encoders import create_encoder
+from tiny_models import REG_ARCH, REG_KW  # reg_ckpt (conftest.py) holds its weights
 
 timm = pytest.importorskip("timm")
-
-# A DINOv2-style ViT with 4 register tokens, shrunk: the prefix (CLS + registers) must be stripped.
-REG_ARCH = "vit_small_patch14_reg4_dinov2"
-REG_KW = dict(img_size=28, patch_size=7, depth=1, embed_dim=32, num_heads=2)
-
-
-@pytest.fixture(scope="module")
-def reg_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model(REG_ARCH, pretrained=False, num_classes=10, **REG_KW)  # with a head: it must be ignored
-    path = tmp_path_factory.mktemp("timm") / "reg.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
-
 
 def test_vit_with_registers(reg_ckpt, images, contract, patch_layout, grey_rgba):
     enc = create_encoder(f"timm:{REG_ARCH}?checkpoint={reg_ckpt}", **REG_KW)

@@ -47,7 +47,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import file_fingerprint, hub_offline, missing_weights_error
+from ._registry import bad_local_error, file_fingerprint, hub_offline, missing_weights_error
 from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
@@ -60,6 +60,10 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[bool, tuple, tuple]] = {
     "dinov2_with_registers": (False, IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": (False, IMAGENET_MEAN, IMAGENET_STD),
 }
+
+# Fewer tokens than this is no text vocabulary: transformers builds a CLIP tokenizer of only its
+# special tokens (2) from a folder without tokenizer files, and every prompt then maps to UNK.
+_MIN_VOCAB = 16
 
 
 @contextlib.contextmanager
@@ -180,6 +184,10 @@ class HFEncoder(TorchEncoder):
         except (OSError, ValueError) as exc:
             from huggingface_hub import constants
 
+            if local:
+                raise bad_local_error(f"the transformers config of {spec!r}", name, exc,
+                                      "The folder must hold a transformers model saved with save_pretrained: config.json "
+                                      "(with its 'model_type') and model.safetensors.") from None
             raise missing_weights_error(f"the transformers config of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/config.json") from None
         if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -193,6 +201,10 @@ class HFEncoder(TorchEncoder):
         except OSError as exc:
             from huggingface_hub import constants
 
+            if local:
+                raise bad_local_error(f"the transformers weights of {spec!r}", name, exc,
+                                      "Save the model there with model.save_pretrained(folder) (model.safetensors "
+                                      "or pytorch_model.bin next to config.json).") from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
         is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
@@ -208,14 +220,7 @@ class HFEncoder(TorchEncoder):
             warnings.warn(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.",
                           stacklevel=3)
             pp = fallback
-        tokenizer = None
-        if is_vlm:
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(name, **kw)
-            except (OSError, ValueError) as exc:
-                raise missing_weights_error(f"the tokenizer of {spec!r}", name, exc, "hf:/path/to/folder/with/tokenizer.json") from None
+        tokenizer = _load_tokenizer(name, spec, local, kw) if is_vlm else None
         if local:
             weights = {"folder": file_fingerprint(name)}
         else:
@@ -262,6 +267,47 @@ class HFEncoder(TorchEncoder):
         if self.is_vlm:  # DINO metadata (and its feature-cache keys) stay as they were
             meta["dense"] = self.dense
         return meta
+
+
+def _load_tokenizer(name: str, spec: str, local: bool, kw: dict[str, Any]):
+    """The text tokenizer of a vision-language model, refusing one without a vocabulary.
+
+    Parameters
+    ----------
+    name : str
+        Local folder or hub id.
+    spec : str
+        The encoder spec, for the messages.
+    local : bool
+        Whether ``name`` is a local folder.
+    kw : dict
+        ``from_pretrained`` keyword arguments (cache folder, revision, offline flag).
+
+    Raises
+    ------
+    GPUAError
+        When the tokenizer cannot be loaded, or when it has fewer than ``_MIN_VOCAB`` tokens:
+        transformers quietly builds an empty CLIP tokenizer for a folder without tokenizer
+        files, which maps every prompt to the same tokens (and so the same embedding).
+    """
+    from transformers import AutoTokenizer
+
+    fix = (f"Save the model's tokenizer there: AutoTokenizer.from_pretrained(<the model's hub id>).save_pretrained({name!r}) "
+           "(tokenizer.json, or vocab.json + merges.txt, vocab.txt, spiece.model).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kw)
+    except (OSError, ValueError) as exc:
+        if local:
+            raise bad_local_error(f"the tokenizer of {spec!r}", name, exc, fix) from None
+        raise missing_weights_error(f"the tokenizer of {spec!r}", name, exc, "hf:/path/to/folder/with/tokenizer.json") from None
+    if len(tokenizer) < _MIN_VOCAB:
+        where = f"folder {name!r}" if local else f"hub repository {name!r}"
+        raise GPUAError(
+            f"the tokenizer of {spec!r} has only {len(tokenizer)} tokens ({sorted(tokenizer.get_vocab())}): the {where} "
+            f"has no tokenizer files, so every prompt would map to the same tokens and get the same embedding. "
+            + (fix if local else "Save the model with its tokenizer in a local folder and pass 'hf:/path/to/folder'.")
+        )
+    return tokenizer
 
 
 # model_type -> why MaskCLIP/SCLIP surgery does not apply (types absent here support it)

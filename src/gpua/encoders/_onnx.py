@@ -26,8 +26,14 @@ Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder
     graph's static input size or 224; ``mean``/``std`` to ImageNet's (comma-separated in a spec
     string). Give the values the model was trained with: an ONNX file does not record them.
 
+Models whose weights live in external-data files (every export over 2 GB) are supported: those
+files (the initialisers' ``location`` entries, next to the model) are part of the weights
+fingerprint in :meth:`~gpua.encoders.Encoder.metadata` and of the cut-graph cache key, so new
+weights in a ``model.onnx.data`` file are never served from a cache made with the old ones.
+
 Cut graphs go to ``<cache>/onnx/<name>-<key>.onnx`` where the key hashes the source file's
-path, size and modification time and the node names; they are written atomically, once.
+path, size and modification time (and those of its external-data files) and the node names;
+they are written atomically, once.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._atomic import atomic_path
+from .._backend import resolve_device
 from .._errors import GPUAError
 from .._optional import import_optional
 from ._base import Encoder
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import file_fingerprint
+from ._registry import error_summary, file_fingerprint
 
-__all__ = ["OnnxEncoder", "cut_onnx_graph"]
+__all__ = ["OnnxEncoder", "cut_onnx_graph", "external_data_files"]
 
 
 def _floats(v: Any, name: str) -> tuple[float, ...]:
@@ -69,6 +76,67 @@ def _ints(v: Any, name: str) -> Any:
     return int(t[0]) if len(t) == 1 else tuple(int(x) for x in t)
 
 
+def _load_graph_proto(src: Path):
+    """The model proto of ``src`` without its external data (names, shapes and data locations only)."""
+    import onnx
+
+    try:
+        return onnx.load(str(src), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError / json ParseError for a file that is not ONNX
+        raise GPUAError(
+            f"ONNX file {str(src)!r} could not be read as an ONNX model ({error_summary(exc)}); pass an .onnx "
+            "model file (torch.onnx.export or optimum output), e.g. 'onnx:/models/vit.onnx'."
+        ) from None
+
+
+def _graph_tensors(graph):
+    """Every tensor stored in ``graph``: initialisers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graph_tensors(sub)
+
+
+def external_data_files(src: str | os.PathLike, model=None) -> list[Path]:
+    """The external-data files an ONNX model reads its weights from, resolved next to it.
+
+    Parameters
+    ----------
+    src : path of an .onnx file
+    model : onnx.ModelProto, optional
+        ``src`` already loaded (``load_external_data=False`` is enough); read from ``src`` if omitted.
+
+    Returns
+    -------
+    list of Path
+        Sorted, without repeats; empty for a model that holds its weights itself.
+
+    Raises
+    ------
+    GPUAError
+        When a file the model names is missing.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    src = Path(src).expanduser()
+    model = _load_graph_proto(src) if model is None else model
+    base = src.resolve().parent
+    files = sorted({(base / ExternalDataInfo(t).location).resolve() for t in _graph_tensors(model.graph) if uses_external_data(t)})
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise GPUAError(
+            f"ONNX file {str(src)!r} keeps weights in external-data file(s) {missing} that do not exist; "
+            "keep the .onnx file and its data files together in one folder, as they were saved."
+        )
+    return files
+
+
 def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Path:
     """The sub-graph of ``source`` from ``input_name`` to ``output_names``, cut once and cached.
 
@@ -84,16 +152,20 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
     Returns
     -------
     Path
-        The cached cut model. It is reused while the source file keeps its path, size and
-        modification time; the write is atomic, so concurrent or killed runs never leave a
-        half-written model under the final name.
+        The cached cut model. It is reused while the source file and its external-data files
+        (:func:`external_data_files`) keep their paths, sizes and modification times; the write is
+        atomic, so concurrent or killed runs never leave a half-written model under the final name.
     """
     import_optional("onnx", "cutting an ONNX model at a node")
     import onnx.utils
 
     src = Path(source).expanduser().resolve()
     st = src.stat()
-    key_src = json.dumps([str(src), st.st_size, st.st_mtime_ns, input_name, list(output_names)])
+    key_parts: list[Any] = [str(src), st.st_size, st.st_mtime_ns, input_name, list(output_names)]
+    external = external_data_files(src)
+    if external:  # only then: the keys of self-contained models (and their cached cuts) stay as they were
+        key_parts.append([file_fingerprint(f) for f in external])
+    key_src = json.dumps(key_parts)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     target = _cache_dir(cache_dir) / "onnx" / f"{src.stem}-{key}.onnx"
     if target.is_file():
@@ -122,13 +194,15 @@ class OnnxEncoder(Encoder):
                  interpolation: str = "bicubic", mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD,
                  optimize: str = "all", device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                  provenance: dict | None = None):
-        onnx = import_optional("onnx", "ONNX encoders")
+        import_optional("onnx", "ONNX encoders")
         ort = import_optional("onnxruntime", "ONNX encoders")
 
         src = Path(path).expanduser()
         if not src.is_file():
             raise GPUAError(f"ONNX file {str(src)!r} does not exist; pass the path of an .onnx model, e.g. 'onnx:/models/vit.onnx'.")
-        graph = onnx.load(str(src), load_external_data=False).graph
+        proto = _load_graph_proto(src)
+        graph = proto.graph
+        self._external_data = external_data_files(src, proto)
         inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
         outputs = [o.name for o in graph.output]
         self.input_name = input or inputs[0]
@@ -146,16 +220,15 @@ class OnnxEncoder(Encoder):
                 if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
                     static = (dims[2], dims[3])
         hw = _ints(size, "size") if size is not None else (static or 224)
+        if static and size is not None and ((hw, hw) if isinstance(hw, int) else tuple(hw)) != static:
+            raise GPUAError(
+                f"size={size!r} but input {self.input_name!r} of ONNX file {str(src)!r} has the fixed size "
+                f"{static[0]}x{static[1]}; drop size= (it defaults to {static[0]},{static[1]}) or export the model with "
+                "dynamic height and width axes."
+            )
         pp = ImagePreprocess(input_size=hw, resize=_ints(resize, "resize"), resize_mode=resize_mode,
                              interpolation=interpolation, mean=_floats(mean, "mean"), std=_floats(std, "std"))
-        providers = ["CPUExecutionProvider"]
-        if device in (None, "auto"):  # as gpua's torch back ends: the GPU when there is one
-            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-        if str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise GPUAError(f"device={device!r} but this onnxruntime has no CUDA provider; use device='cpu' or install onnxruntime-gpu.")
-            dev_id = int(str(device).partition(":")[2] or 0)
-            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+        device, providers = _providers(device, ort)
         levels = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
         if optimize not in levels:
             raise GPUAError(f"optimize={optimize!r} must be one of {list(levels)}.")
@@ -172,12 +245,29 @@ class OnnxEncoder(Encoder):
         self._provenance = provenance or {}
         self.device = str(device)
         self.preprocess = pp  # the probe below needs it before Encoder.__init__ runs
-        probe = self._run_nodes(np.zeros((1, 3, *pp.input_size), np.float32))
+        try:
+            probe = self._run_nodes(np.zeros((1, 3, *pp.input_size), np.float32))
+        except Exception as exc:  # onnxruntime's InvalidArgument / Fail: shapes the graph does not take
+            raise GPUAError(
+                f"ONNX model {str(src)!r} failed on a (1, 3, {pp.input_size[0]}, {pp.input_size[1]}) input "
+                f"{self.input_name!r} ({error_summary(exc)}); check input=, output= and size= (spec {spec!r})."
+            ) from None
         emb = self._pool(probe[0])
         patch_px = None
         if self._has_grid(probe):
             grid = self._grid(probe)
             patch_px = self._patch_px or pp.input_size[0] // grid.shape[1]
+            if patch_output and grid.shape[-1] != emb.shape[-1]:
+                raise GPUAError(
+                    f"patch_output={patch_output!r} has width {grid.shape[-1]} but output={self.output_name!r} has "
+                    f"width {emb.shape[-1]}; patches and embeddings must share one space: pass a patch_output "
+                    f"of width {emb.shape[-1]}, or pass output={patch_output!r} alone (its pooled tokens become the embedding)."
+                )
+        elif patch_output:
+            raise GPUAError(
+                f"patch_output={patch_output!r} is pooled (shape {probe[-1].shape}); pass a node with (B, N, d) "
+                "tokens or an NCHW feature map."
+            )
         super().__init__(spec, pp, emb.shape[-1], patch_size=patch_px)
 
     @classmethod
@@ -251,12 +341,19 @@ class OnnxEncoder(Encoder):
     def _patches(self, pixels: np.ndarray) -> np.ndarray:
         return self._grid(self._run_nodes(pixels))
 
+    def _weights(self) -> dict[str, Any]:
+        """Fingerprints of the model file and, when it has them, of its external-data files."""
+        weights: dict[str, Any] = {"file": file_fingerprint(self.source)}
+        if self._external_data:  # only then: self-contained models keep their metadata (and cache keys)
+            weights["external_data"] = [file_fingerprint(f) for f in self._external_data]
+        return weights
+
     def _metadata(self) -> dict[str, Any]:
         import onnxruntime
 
         meta = {
             "model": str(self.source),
-            "weights": {"file": file_fingerprint(self.source)},
+            "weights": self._weights(),
             "input": self.input_name,
             "output": self.output_name,
             "patch_output": self.patch_output_name,
@@ -267,3 +364,26 @@ class OnnxEncoder(Encoder):
         }
         meta.update(self._provenance)
         return meta
+
+
+def _providers(device: Any, ort) -> tuple[str, list]:
+    """``device`` as a string and the onnxruntime execution providers that run it.
+
+    ``None``/``"auto"`` is CUDA when this onnxruntime has it, else the CPU; ``"cuda"``/``"cuda:N"``
+    needs the CUDA provider; anything else goes through the torch back ends' device check
+    (:func:`gpua._backend.resolve_device`), so ``"gpu"`` or ``"mps"`` is refused, not run on the CPU.
+    """
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device in (None, "auto"):  # as gpua's torch back ends: the GPU when there is one
+        device = "cuda" if has_cuda else "cpu"
+    name = str(device)
+    if name == "cuda" or name.startswith("cuda:"):
+        if not has_cuda:
+            raise GPUAError(f"device={device!r} but this onnxruntime has no CUDA provider; use device='cpu' or install onnxruntime-gpu.")
+        index = name.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise GPUAError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'.")
+        return name, [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    if resolve_device(device, allow_mps=True).type != "cpu":
+        raise GPUAError(f"device={device!r}: ONNX encoders run on onnxruntime's CPU or CUDA provider; use device='cpu' or 'cuda'.")
+    return name, ["CPUExecutionProvider"]

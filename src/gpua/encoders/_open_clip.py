@@ -44,7 +44,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import file_fingerprint, missing_weights_error
+from ._registry import bad_local_error, file_fingerprint, missing_weights_error
 from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
 
 __all__ = ["OpenCLIPEncoder"]
@@ -158,6 +158,16 @@ class OpenCLIPEncoder(TorchEncoder):
             except Exception as exc:  # download failures surface as RuntimeError/OSError/HF errors
                 from huggingface_hub import constants
 
+                local = ckpt or (model_name[len("local-dir:"):] if model_name.startswith("local-dir:") else None)
+                if local:  # an existing file or folder: what is wrong is the file, not the network
+                    raise bad_local_error(
+                        f"open_clip weights for {spec!r}", local, exc,
+                        f"Pass the checkpoint of this exact architecture ({model_name!r}; an architecture's QuickGELU "
+                        "variant is ARCH-quickgelu), a state dict saved from open_clip.create_model(...)."
+                        if ckpt else
+                        "An open_clip model folder holds open_clip_config.json and open_clip_pytorch_model.bin "
+                        "(or open_clip_model.safetensors), as open_clip's push_to_hf_hub writes.",
+                    ) from None
                 raise missing_weights_error(
                     f"open_clip weights for {spec!r}", str(where or constants.HF_HUB_CACHE), exc,
                     f"open_clip:{model_name}//path/to/open_clip_pytorch_model.bin",

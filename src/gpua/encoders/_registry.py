@@ -280,7 +280,7 @@ def bad_local_error(what: str, path: str | os.PathLike, exc: BaseException, fix:
     GPUAError
     """
     return GPUAError(f"could not load {what} from the local {'folder' if os.path.isdir(path) else 'file'} "
-                     f"{str(path)!r}: {error_summary(exc, max_lines=3)}. {fix}")
+                     f"{os.path.realpath(os.path.expanduser(path))!r}: {error_summary(exc, max_lines=3)}. {fix}")
 
 
 for _name, _target in {

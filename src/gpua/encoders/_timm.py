@@ -126,7 +126,6 @@ class TimmEncoder(TorchEncoder):
                         "pytorch_model.bin, as timm's save_for_hf writes; for a bare state dict pass "
                         "'timm:ARCH//path/to/weights.pth' instead.",
                     ) from None
-
                 raise missing_weights_error(
                     f"timm weights for {spec!r}", kw.get("cache_dir") or constants.HF_HUB_CACHE, exc,
                     f"timm:{name.split(':')[-1]}//path/to/weights.pth",
@@ -164,17 +163,20 @@ class TimmEncoder(TorchEncoder):
 
 
 def _json_safe(v: Any) -> Any:
-    """An option value as JSON: numbers, strings, booleans and None as they are, sequences as
-    lists, mappings with string keys, anything else (a layer class, a function) by its qualified name."""
+    """A ``timm.create_model`` option value as JSON, for the metadata.
+
+    Numbers, strings, booleans and None stay as they are, sequences become lists, mappings get
+    string keys, a class or function (``act_layer=nn.GELU``) is named by its qualified name and
+    anything else by its ``repr``.
+    """
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _json_safe(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
-    name = getattr(v, "__qualname__", None) or getattr(type(v), "__qualname__", "")
-    module = getattr(v, "__module__", None) or type(v).__module__
-    return f"{module}.{name}" if callable(v) or isinstance(v, type) else repr(v)
+    name = getattr(v, "__qualname__", None)
+    return f"{getattr(v, '__module__', None)}.{name}" if name else repr(v)
 
 
 def _literal(v: Any) -> Any:
@@ -210,9 +212,10 @@ def _load_backbone_weights(model, path: str, spec: str) -> None:
             f"checkpoint {path!r} of spec {spec!r} could not be read as a state dict ({error_summary(exc)}); "
             "pass a file of parameter tensors (.pth/.pt from torch.save(model.state_dict()), or .safetensors)."
         ) from None
-    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+    odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if odd:  # e.g. a training checkpoint of epochs and optimizer states without a 'state_dict'/'model' entry
         raise GPUAError(
-            f"checkpoint {path!r} of spec {spec!r} holds a {type(sd).__name__}, not a state dict; "
+            f"checkpoint {path!r} of spec {spec!r} is not a state dict: entries {odd[:5]} are not tensors; "
             "pass a file of parameter tensors (.pth/.pt from torch.save(model.state_dict()), or .safetensors)."
         )
     heads = model.pretrained_cfg.get("classifier") or "head"
