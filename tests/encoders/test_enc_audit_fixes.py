@@ -275,3 +275,24 @@ def test_open_clip_checkpoint_of_another_architecture(tiny_ckpt, tmp_path):
     _no_offline_advice(msg)
     assert "Missing key(s)" in msg and "resblocks.2" in msg and os.path.realpath(tiny_ckpt) in msg
     assert "exact architecture" in msg
+
+
+def test_hf_checkpoint_missing_weights_is_warned(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _dino_folder(tmp_path / "dino")
+    weights = os.path.join(folder, "model.safetensors")
+    sd = load_file(weights)
+    gone = next(k for k in sd if "attention" in k and k.endswith("weight"))
+    del sd[gone]
+    save_file(sd, weights, metadata={"format": "pt"})
+    # (named as the model calls it: transformers renames some checkpoint keys on loading)
+    with pytest.warns(UserWarning, match=r"1 weight\(s\) of the dinov2 model are not in its checkpoint .*attention"):
+        create_encoder(f"hf:{folder}")  # was: loaded with that weight at random, a load report on stdout only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the defaults warning (no preprocessor_config.json) only
+        _dino_folder(tmp_path / "whole")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            create_encoder(f"hf:{tmp_path / 'whole'}")
+    assert not [w for w in seen if "not in its checkpoint" in str(w.message)]

@@ -197,7 +197,7 @@ class HFEncoder(TorchEncoder):
             )
         try:
             with quiet_loading():
-                model = AutoModel.from_pretrained(name, dtype=torch.float32, **kw)
+                model, loading = AutoModel.from_pretrained(name, dtype=torch.float32, output_loading_info=True, **kw)
         except OSError as exc:
             from huggingface_hub import constants
 
@@ -207,6 +207,12 @@ class HFEncoder(TorchEncoder):
                                       "or pytorch_model.bin next to config.json).") from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
+        missing = sorted(loading.get("missing_keys") or ())
+        if missing:  # transformers fills them at random and only prints a report: the features would be part noise
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            warnings.warn(f"{spec!r}: {len(missing)} weight(s) of the {config.model_type} model are not in its checkpoint and "
+                          f"were initialised at random ({shown}); features that use them are noise. Save the whole "
+                          "model (model.save_pretrained) or pass the checkpoint this architecture was trained as.", stacklevel=3)
         is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
         vcfg = getattr(config, "vision_config", config)
         s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
