@@ -296,3 +296,10 @@ def test_hf_checkpoint_missing_weights_is_warned(tmp_path):
             warnings.simplefilter("always")
             create_encoder(f"hf:{tmp_path / 'whole'}")
     assert not [w for w in seen if "not in its checkpoint" in str(w.message)]
+
+
+def test_open_clip_pretrained_is_not_silently_ignored(tiny_ckpt, tmp_path):
+    with pytest.raises(GPUAError, match="pretrained='openai' applies to 'open_clip:ARCH' specs"):
+        create_encoder(f"open_clip:{tmp_path}?pretrained=openai")  # a folder holds its own weights: was ignored
+    with pytest.raises(GPUAError, match="names the weights twice"):
+        create_encoder(f"open_clip:gpua-tiny-vit/{tiny_ckpt}?pretrained=openai")

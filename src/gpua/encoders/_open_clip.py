@@ -120,9 +120,15 @@ class OpenCLIPEncoder(TorchEncoder):
         quick = str(force_quick_gelu).lower() in ("1", "true", "yes")
         if body.startswith(("hf-hub:", "local-dir:")) or os.path.isdir(os.path.expanduser(body)):
             model_name = body if body.startswith(("hf-hub:", "local-dir:")) else "local-dir:" + os.path.expanduser(body)
+            if pretrained is not None:  # it would be ignored: the folder or hub model holds its own weights
+                raise GPUAError(f"pretrained={pretrained!r} applies to 'open_clip:ARCH' specs, but {spec!r} names a model that "
+                                "holds its own weights; leave pretrained out (or write 'open_clip:ARCH?pretrained=TAG').")
             tag = None
         else:
             arch, _, tag = body.partition("/")
+            if pretrained is not None and tag and pretrained != tag:
+                raise GPUAError(f"spec {spec!r} names the weights twice, {tag!r} after the '/' and pretrained={pretrained!r}; "
+                                "give one of them.")
             tag = pretrained or tag or None
             model_name = arch
             if arch not in open_clip.list_models():
