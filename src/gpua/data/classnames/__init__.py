@@ -350,7 +350,7 @@ def match_classes(
             raise GPUAError(
                 f"{data_source} has {n_data} classes and {model_source} {n_model}, named differently: "
                 f"only in {data_source}: {_shown(only_data)}; only in {model_source}: {_shown(only_model)}. "
-                "Scores would compare unrelated classes; evaluate on data extracted with the model's class names."
+                f"Scores would compare unrelated classes; use {data_source} extracted with the class names of {model_source}."
             )
         if m_keys == d_keys:
             return ClassMatch(None, True)
