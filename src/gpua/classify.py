@@ -123,6 +123,9 @@ class Classification:
         The photos, relative to the folder.
     proba : array of shape (n_images, n_classes)
         Class probabilities (the model's ``predict_proba``).
+    class_scores : array of shape (n_images, n_classes) or None
+        Class scores (its ``decision_function``): predictions, rankings and :meth:`scores` use
+        them (probabilities can tie at 0 where scores do not).
     classnames : list of str
     labels : int array of shape (n_images,) or None
         The true classes of a labelled folder (class sub-folders); never used to fit.
@@ -146,11 +149,16 @@ class Classification:
     pool_features: Path
     seconds: dict[str, float] = field(default_factory=dict)
     zero_shot: np.ndarray | None = None
+    class_scores: np.ndarray | None = None
+
+    @property
+    def _ranked(self) -> np.ndarray:
+        return self.class_scores if self.class_scores is not None else self.proba
 
     @property
     def predictions(self) -> np.ndarray:
         """Class index per photo, int array of shape (n_images,)."""
-        return self.proba.argmax(1)
+        return self._ranked.argmax(1)
 
     def scores(self) -> dict[str, float] | None:
         """acc1, acc5 and mean per-class recall against the folder's labels (None when unlabelled)."""
@@ -158,14 +166,14 @@ class Classification:
             return None
         from .metrics import score_summary
 
-        s = score_summary(self.labels, self.proba)
+        s = score_summary(self.labels, self._ranked)
         return {k: s[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n_classes")}
 
     def to_csv(self, path: str | os.PathLike, top_k: int = 5) -> int:
         """Write ``image, prediction, probability, top1, top1_probability, ..., label`` (label when known)."""
         from .report import write_predictions
 
-        return write_predictions(path, [(self.image_ids, self.proba, self.labels)], self.classnames, top_k=top_k)
+        return write_predictions(path, [(self.image_ids, self.proba, self.labels, self._ranked)], self.classnames, top_k=top_k)
 
 
 def classify_folder(
@@ -260,6 +268,7 @@ def classify_folder(
     est.provenance_ = provenance_from_features(pool_fs.meta, classnames=pool_fs.classnames, source=str(paths["pool"]))
     t2 = time.perf_counter()
     proba = est.predict_proba(feats.vfm_features, feats.vlm_features)
+    scores = est.decision_function(feats.vfm_features, feats.vlm_features)
     predict_s = time.perf_counter() - t2
     zero_shot = make_method("zero_shot").fit(feats.vfm_features, feats.vlm_features, feats.text_prototypes)
     return Classification(
@@ -272,4 +281,5 @@ def classify_folder(
         pool_features=paths["pool"],
         seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
         zero_shot=zero_shot.predict(feats.vfm_features, feats.vlm_features),
+        class_scores=scores,
     )

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ._errors import GPUAError
+from ._validation import check_labels
 
 __all__ = [
     "topk_accuracy",
@@ -42,7 +43,7 @@ def _labels_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
         )
     if S.ndim != 2 or y.ndim != 1 or S.shape[0] != y.shape[0]:
         raise GPUAError(f"y_true (n,) and y_score (n, K) do not match: {y.shape} vs {S.shape}.")
-    return y.astype(np.int64), S
+    return check_labels(y, y.shape[0], S.shape[1], name="y_true"), S
 
 
 def _labels_pred(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +53,28 @@ def _labels_pred(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
             f"y_true and y_pred must be 1-D arrays of the same length, got {y.shape} and {p.shape} "
             "(for class scores use topk_accuracy / score_summary)."
         )
-    return y.astype(np.int64), p.astype(np.int64)
+    unbounded = np.iinfo(np.int64).max  # no class count here: integers >= 0, checked as such
+    return check_labels(y, y.shape[0], unbounded, name="y_true"), check_labels(p, p.shape[0], unbounded, name="y_pred")
+
+
+#: The summary entries of :func:`classification_report` (scikit-learn's keys).
+_SUMMARY_KEYS = ("accuracy", "macro avg", "weighted avg")
+
+
+def _ranks_above(y_score: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r"""How many classes rank above the true class in each row: a higher score, or an equal score
+    and a lower index.
+
+    That is the estimators' ``predict`` order (``argmax`` takes the first of tied maxima), so a row is a
+    top-1 hit exactly when it is predicted right, whatever ties the scores hold.
+
+    Returns
+    -------
+    int array of shape (n_samples,)
+    """
+    true = y_score[np.arange(y.shape[0]), y][:, None]
+    earlier = np.arange(y_score.shape[1])[None, :] < y[:, None]
+    return ((y_score > true) | ((y_score == true) & earlier)).sum(1)
 
 
 def topk_accuracy(y_true, y_score, k: int | Sequence[int] = 1) -> float | tuple[float, ...]:
@@ -74,12 +96,8 @@ def topk_accuracy(y_true, y_score, k: int | Sequence[int] = 1) -> float | tuple[
     ks = (k,) if np.isscalar(k) else tuple(k)
     if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in ks):
         raise GPUAError(f"k={k!r} must be a positive integer or a sequence of them, e.g. k=(1, 5).")
-    out = []
-    for v in ks:
-        v = min(int(v), S.shape[1])
-        top = np.argpartition(-S, v - 1, axis=1)[:, :v]
-        out.append(float(np.mean(np.any(top == y[:, None], axis=1))))
-    out = tuple(out)
+    above = _ranks_above(S, y)
+    out = tuple(float(np.mean(above < int(v))) for v in ks)
     return out[0] if np.isscalar(k) else out
 
 
@@ -130,7 +148,8 @@ def classification_report(y_true, y_pred, *, classnames: Sequence[str] | None = 
         ``{name: {"precision", "recall", "f1-score", "support"}}`` for every class, then
         ``"accuracy"``, ``"macro avg"`` and ``"weighted avg"``. A class never predicted has
         precision 0 (scikit-learn's ``zero_division=0``); a class absent from ``y_true`` has
-        support 0 and recall 0.
+        support 0 and recall 0. A class named like a summary entry (``"accuracy"``...) is keyed
+        ``"accuracy (class 3)"``, so neither overwrites the other.
     """
     if classnames is not None:
         n_classes = len(classnames)
@@ -141,6 +160,7 @@ def classification_report(y_true, y_pred, *, classnames: Sequence[str] | None = 
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     names = [str(c) for c in classnames] if classnames is not None else [str(k) for k in range(C.shape[0])]
+    names = [f"{n} (class {k})" if n in _SUMMARY_KEYS else n for k, n in enumerate(names)]
     out: dict = {
         n: {"precision": float(precision[k]), "recall": float(recall[k]), "f1-score": float(f1[k]), "support": int(support[k])}
         for k, n in enumerate(names)
@@ -189,7 +209,9 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
     """
     S = np.asarray(scores)
     k = min(k, S.shape[1])
-    top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    # a stable sort: tied scores go to the lower index, as predict()'s argmax does (argpartition
+    # would break them arbitrarily)
+    top = np.argsort(-S, axis=1, kind="stable")[:, :k]
     return np.bincount(top.ravel(), minlength=S.shape[1])
 
 

@@ -124,6 +124,18 @@ def _dataset_name(fs: FeatureSet) -> str:
     return "/".join(str(ds[k]) for k in ("name", "split") if ds.get(k)) or ""
 
 
+def _scored_labels(match, test: FeatureSet, n_classes: int, test_name: str) -> np.ndarray:
+    """The test labels in the model's class indices, each one of its ``n_classes`` classes.
+
+    A file without class names or prototypes is matched by index, and its labels were checked
+    against no class count: one beyond the model's would be scored as a class that does not exist.
+    """
+    from ._validation import check_labels
+
+    y = match.map_labels(test.labels)
+    return check_labels(y, y.shape[0], n_classes, name=f"{test_name}'s labels (mapped onto the model's {n_classes} classes)")
+
+
 def evaluate_model(
     model,
     test: FeatureSet,
@@ -172,7 +184,7 @@ def evaluate_model(
     )
     if match.note:
         warnings.warn(match.note, stacklevel=2)
-    y = match.map_labels(test.labels)
+    y = _scored_labels(match, test, model.n_classes_, test_name)
     prov = dict(getattr(model, "provenance_", None) or {})
     (vfm, vlm), (test_vfm, test_vlm) = check_encoders(model, test.meta, model_source=model_src, data_source=test_name, stacklevel=3)
     t0 = time.perf_counter()
@@ -247,7 +259,7 @@ def compare_methods(
                           model_source=train_name, data_source=test_name)
     if match.note:
         warnings.warn(match.note, stacklevel=2)
-    y = match.map_labels(test.labels)
+    y = _scored_labels(match, test, _n_classes(train) or train.text_prototypes.shape[0], test_name)
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
@@ -360,7 +372,7 @@ def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title:
 
 def write_predictions(
     path: str | Path,
-    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray | None]],
+    chunks: Iterable[tuple],
     classnames: Sequence[str] | None,
     *,
     top_k: int = 5,
@@ -374,8 +386,11 @@ def write_predictions(
     Parameters
     ----------
     path : str or Path
-    chunks : iterable of (image ids, probabilities of shape (n, K), labels of shape (n,) or None)
-        Labels, when given, are class indices of the same K classes.
+    chunks : iterable of (image ids, probabilities of shape (n, K), labels of shape (n,) or None[, scores of shape (n, K)])
+        Labels, when given, are class indices of the same K classes. The classes are ranked by
+        the scores when a chunk carries them (the model's ``decision_function``): float32
+        probabilities tie at 0 once a large logit scale separates the scores, and ties would be
+        listed in class order. Without scores, by the probabilities.
     classnames : sequence of str, optional
     top_k : int
         At least 1; capped at K.
@@ -393,14 +408,15 @@ def write_predictions(
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             header_done = False
-            for ids, proba, labels in chunks:
+            for ids, proba, labels, *scores in chunks:
                 proba = np.asarray(proba)
+                rank_by = np.asarray(scores[0]) if scores else proba
                 k = min(int(top_k), proba.shape[1])
                 if not header_done:
                     tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
                     w.writerow(["image", "prediction", "probability", *tops] + (["label"] if labels is not None else []))
                     header_done, with_labels = True, labels is not None
-                order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+                order = np.argsort(-rank_by, axis=1, kind="stable")[:, :k]
                 for i, row in enumerate(order):
                     tops = [c for j in row for c in (name(j), f"{proba[i, j]:.6f}")]
                     extra = [name(labels[i])] if with_labels and labels is not None else []

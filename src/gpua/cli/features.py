@@ -178,7 +178,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _prediction_chunks(model, source: str):
-    """``(image ids, probabilities, None)`` chunks of a feature file or a shard set, its class names, class count and meta."""
+    """``(image ids, probabilities, None, scores)`` chunks of a feature file or a shard set, its class names, class count and meta."""
     from ..features import ShardedFeatures, load_features
 
     if Path(source).is_dir():
@@ -188,13 +188,15 @@ def _prediction_chunks(model, source: str):
         def gen():
             for s, e, (Z, X) in sf.iter_rows(_CHUNK_ROWS):
                 ids = sf.image_ids(s, e) or [str(i) for i in range(s, e)]
-                yield ids, model.predict_proba(Z.numpy(), X.numpy()), None
+                Z_, X_ = Z.numpy(), X.numpy()
+                yield ids, model.predict_proba(Z_, X_), None, model.decision_function(Z_, X_)
 
         return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta
     fs = load_features(source, require=("vfm_features",))
     ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
     n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
-    return iter([(ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None)]), fs.classnames, n_k, fs.meta
+    chunk = (ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None, model.decision_function(fs.vfm_features, fs.vlm_features))
+    return iter([chunk]), fs.classnames, n_k, fs.meta
 
 
 def _cmd_predict(args) -> int:
@@ -221,7 +223,7 @@ def _cmd_predict(args) -> int:
         else:
             warnings.warn("the model names no classes; the predictions are class indices.", stacklevel=1)
     n = write_predictions(args.out, chunks, names, top_k=args.top_k)
-    print(f"wrote {n} predictions to {args.out} (columns image, prediction, probability, top-{args.top_k} classes)")
+    print(f"wrote {n} predictions to {args.out} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} classes)")
     return 0
 
 
