@@ -107,6 +107,15 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
     return cache_root(cache_dir) / kind / f"{tag}.npz"
 
 
+def _folder_of(source) -> Path:
+    """The folder of a path (str or path-like) or of a dataset object (its ``root``).
+
+    Paths are told apart by type, not by a ``root`` attribute: every :class:`pathlib.Path` has
+    one too (``""`` for a relative path), which once named the working directory for them.
+    """
+    return Path(source) if isinstance(source, (str, os.PathLike)) else Path(source.root)
+
+
 def _folder_tag(folder: Path) -> str:
     """A readable, unique cache name for a folder: its name plus a hash of its absolute path."""
     resolved = str(folder.expanduser().resolve())
@@ -245,14 +254,15 @@ def classify_folder(
         raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     if pool is not None and not isinstance(pool, (str, os.PathLike)) and getattr(pool, "root", None) is None:
         raise GPUAError(f"pool= is a {type(pool).__name__}; pass a folder of photos or gpua.classify.unlabeled_pool(folder).")
-    pool_root = None if pool is None else Path(getattr(pool, "root", pool))
+    pool_root = None if pool is None else _folder_of(pool)
     same = pool_root is None or (pool_root.is_dir() and pool_root.resolve() == folder.resolve())
-    # Another pool is read as unlabeled images: its sub-folders need not be the classes.
-    sources = {"images": folder} if same else {"images": folder, "pool": pool if getattr(pool, "root", None) else unlabeled_pool(pool)}
+    # Another pool folder is read as unlabeled images: its sub-folders need not be the classes.
+    sources = {"images": folder} if same else {
+        "images": folder, "pool": unlabeled_pool(pool) if isinstance(pool, (str, os.PathLike)) else pool}
     t0 = time.perf_counter()
     paths = {}
     for key, where in sources.items():
-        out = feature_cache_path("classify", _folder_tag(Path(getattr(where, "root", where))), vfm, vlm, cache_dir)
+        out = feature_cache_path("classify", _folder_tag(_folder_of(where)), vfm, vlm, cache_dir)
         paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
                                       batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     paths.setdefault("pool", paths["images"])

@@ -1,0 +1,39 @@
+"""`gpua classify` paths an end-to-end audit found wrong (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gpua.classify import classify_folder
+
+PLANTED = {"vfm": "planted:vfm", "vlm": "planted:vlm", "templates": "simple", "progress": False,
+           "overrides": {"n_steps": 10, "self_learning": 0}}
+
+
+@pytest.fixture
+def folders(photos, monkeypatch):
+    """From inside the photos' parent: labelled test photos in `mine/`, a flat pool in `more/2023/`."""
+    shutil.copytree(photos / "photos" / "test", photos / "mine")
+    (photos / "more").mkdir()
+    shutil.copytree(photos / "flat", photos / "more" / "2023")
+    monkeypatch.chdir(photos)
+    return photos
+
+
+def test_relative_folders_get_their_own_cache_files(folders):
+    n_mine = sum(1 for _ in Path("mine").rglob("*.png"))
+    res = classify_folder("mine", "classes.txt", pool=".", cache_dir="cache", **PLANTED)
+    # was: both cache files named after the working directory, the pool's features overwrote the photos'
+    assert res.features != res.pool_features
+    assert len(res.image_ids) == n_mine and res.labels is not None
+    again = classify_folder(Path("mine"), "classes.txt", cache_dir="cache", **PLANTED)
+    assert again.features == res.features  # the folder's own file, found again from a Path
+
+
+def test_a_path_pool_with_other_sub_folders_is_read_as_unlabeled(folders):
+    res = classify_folder("mine", "classes.txt", pool=(folders / "more").resolve(), cache_dir="cache", **PLANTED)
+    # was: an absolute Path pool was read as class folders ("class folder '2023' ... is not in classnames")
+    assert res.pool_features != res.features and res.labels is not None
