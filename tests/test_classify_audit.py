@@ -37,3 +37,33 @@ def test_a_path_pool_with_other_sub_folders_is_read_as_unlabeled(folders):
     res = classify_folder("mine", "classes.txt", pool=(folders / "more").resolve(), cache_dir="cache", **PLANTED)
     # was: an absolute Path pool was read as class folders ("class folder '2023' ... is not in classnames")
     assert res.pool_features != res.features and res.labels is not None
+
+
+@pytest.mark.parametrize("flags, message", [(["--lam", "2"], "--lam=2.0 must be"), (["--eps", "-1"], "--eps=-1.0 must be"),
+                                            (["--n-steps", "-5"], "--n-steps=-5 must be")])
+def test_estimator_flags_are_checked_before_any_photo_is_encoded(folders, flags, message, monkeypatch, capsys):
+    from gpua.cli import main
+
+    monkeypatch.setattr("gpua.classify.classify_folder", lambda *a, **k: pytest.fail("photos were encoded first"))
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", *flags]
+    assert main(argv) == 2  # was: every photo encoded, then the error (without the flag's name)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["classify", "predict"])
+def test_top_k_below_one_is_refused_while_parsing(command, capsys):
+    from gpua.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--top-k", "0"])  # was: refused by the CSV writer, after the whole run
+    assert e.value.code == 2 and "argument --top-k: 0 must be 1 or more" in capsys.readouterr().err
+
+
+def test_trailing_comments_in_a_class_file_are_dropped(tmp_path):
+    from gpua.data.classnames import load_class_prompts
+
+    path = tmp_path / "classes.txt"
+    path.write_text("# my classes\ncat   # my pet\ndog\nC#\nship  # boats too\n")
+    names, prompts = load_class_prompts(path)
+    assert names == ["cat", "dog", "C#", "ship"]  # was: 'cat   # my pet' the class and its prompt

@@ -134,11 +134,28 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer of 1 or more (``--top-k 0`` refused while parsing, not after the work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
 def estimator_overrides(args) -> dict:
+    """The GPUA parameters given by ``--param`` and the named flags, each checked now (naming the
+    flag), before any image is encoded or file read."""
+    from ..fitting import PARAMETERS
+    from ..params import check_param
+
     kw = parse_params(args.param)
     for name, attr in (("query", "query"), ("lam", "lam"), ("eps", "eps"), ("n_steps", "n_steps"), ("device", "device"), ("random_state", "seed")):
         v = getattr(args, attr, None)
         if v is not None:
+            check_param(f"--{attr.replace('_', '-')}", v, PARAMETERS[name])
             kw[name] = v
     if getattr(args, "no_refine", False):
         kw["refine"] = False

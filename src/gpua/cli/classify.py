@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides
+from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, positive_int
 
 __all__ = ["add_subcommands"]
 
@@ -36,7 +36,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pool", metavar="DIR", help="folder of photos to fit on, read as unlabeled: every image below it, whatever its "
                    "sub-folders are called (default: --images itself)")
     p.add_argument("--method", default="gpua", help="a method of gpua.list_methods(): gpua, zero_shot, procrustes_only...")
-    p.add_argument("--top-k", type=int, default=5, help="classes listed per photo")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes listed per photo")
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
     add_extraction_arguments(p)
     add_estimator_arguments(p)

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
-from ._common import FitProgress, add_estimator_arguments, check_paths, estimator_overrides, parse_cluster
+from ._common import FitProgress, add_estimator_arguments, check_paths, estimator_overrides, parse_cluster, positive_int
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -272,7 +272,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
     p.add_argument("--features", required=True, help="feature file or shard set")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--top-k", type=int, default=5, help="classes listed per image")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes listed per image")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("compare", help="fit and score GPUA, its ablations and baselines", description="Fit each method on --train (no labels) and score it on --test.")

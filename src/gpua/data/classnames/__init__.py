@@ -174,7 +174,11 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
     if mapping is not None:
         entries = [f"{name}: {', '.join(words)}" for name, words in mapping.items()]
     else:
-        entries = [e for e in read_string_list(path, "class names", index_dict=True) if not e.startswith("#")]
+        # "# ..." lines and trailing " # ..." comments are dropped ("cat  # my pet" is the class cat);
+        # a '#' inside a word stays ("C#").
+        entries = [re.split(r"\s#", e, maxsplit=1)[0].strip() for e in read_string_list(path, "class names", index_dict=True)
+                   if not e.startswith("#")]
+        entries = [e for e in entries if e]
         if not entries:
             raise GPUAError(f"{source} holds only comments; write one class per line.")
         matches = [_WNID_LINE.match(n) for n in entries]
