@@ -67,3 +67,22 @@ def test_trailing_comments_in_a_class_file_are_dropped(tmp_path):
     path.write_text("# my classes\ncat   # my pet\ndog\nC#\nship  # boats too\n")
     names, prompts = load_class_prompts(path)
     assert names == ["cat", "dog", "C#", "ship"]  # was: 'cat   # my pet' the class and its prompt
+
+
+def test_benchmark_reruns_rows_when_the_folder_changes(photos, capsys):
+    import json
+
+    from gpua.cli import main
+
+    argv = ["benchmark", "--datasets", str(photos / "photos"), "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+            "--methods", "zero_shot", "--pool", "full", "--out", str(photos / "bench"), "--cache-dir", str(photos / "cache"),
+            "--templates", "simple", "--quiet"]
+    assert main(argv) == 0
+    sky = photos / "photos" / "test" / "sky"
+    shutil.copy(next(sky.iterdir()), sky / "one_more.png")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already in" not in capsys.readouterr().out  # was: skipped, the row kept its old n_test
+    rows = [json.loads(line) for line in (photos / "bench" / "results.jsonl").read_text().splitlines()]
+    assert [r["n_test"] for r in rows] == [15, 16] and rows[0]["contents"] != rows[1]["contents"]
+    assert main(argv) == 0 and "already in" in capsys.readouterr().out  # unchanged folder: resumed

@@ -139,6 +139,19 @@ class _Prepared:
     test_tag: str
     slug: str
     data: str | None
+    contents: str
+
+
+def _contents(train, test) -> str:
+    """A hash of what a dataset's train and test splits hold (ids, labels, each file's size and
+    time, or the pixels: :func:`gpua.extract._dataset_identity`), before any pool or subset is
+    drawn: photos added to or replaced in a folder change it."""
+    from .extract import _dataset_identity, _label, _sha
+
+    def identity(ds) -> dict:
+        return _dataset_identity(ds, list(ds.image_ids), [_label(ds, i) for i in range(len(ds))])
+
+    return _sha([identity(train), identity(test)])[:16]
 
 
 def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root) -> _Prepared:
@@ -148,17 +161,19 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
     train = open_benchmark_dataset(name, "train", dataset_root)
     check_classes(list(train.classnames or []), f"--datasets {name!r}", "use a dataset of two or more classes")
     test = open_benchmark_dataset(name, "test", dataset_root)
+    contents = _contents(train, test)
     pool = train if n_shot is None else sample_pool(train, n_per_class=n_shot, seed=seed)
     pool_tag = "train" if n_shot is None else f"train-{n_shot}shot-seed{seed}"
     test_tag = "test"
     if test_per_class is not None:
         test = sample_pool(test, n_per_class=test_per_class, seed=seed)
         test_tag = f"test-{test_per_class}pc-seed{seed}"
-    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root))
+    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root), contents)
 
 
 #: What a row's numbers depend on: a re-run skips a row only when all of these are the same.
-_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "gpua_defaults", "params", "prompt_templates")
+_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "gpua_defaults", "params",
+        "prompt_templates")
 #: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
 _NOT_SETTINGS = ("device", "verbose")
 
@@ -320,11 +335,12 @@ def run_benchmark(
     settings = {"gpua_defaults": _defaults_setting(), "params": _param_settings(overrides), "prompt_templates": _templates_setting(templates)}
     # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
     prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root) for d in datasets]
+    contents = {prep.name: prep.contents for prep in prepared}
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
                 base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
-                        "data": prep.data, **settings}
+                        "data": prep.data, "contents": contents[prep.name], **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
@@ -351,7 +367,8 @@ def run_benchmark(
                     extract_s = 0.0  # counted once per (dataset, encoders)
     # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
     ours, data = _settings(settings), {p.name: p.data for p in prepared}
-    shown = [r for r in rows if _settings(r) == ours and (r.get("dataset") not in data or r.get("data") == data[r.get("dataset")])]
+    shown = [r for r in rows if _settings(r) == ours and (r.get("dataset") not in data or (
+        r.get("data") == data[r.get("dataset")] and r.get("contents") == contents[r.get("dataset")]))]
     if len(shown) < len(rows):
         say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates or data, or "
             "written before gpua recorded them); kept there, left out of the tables")
