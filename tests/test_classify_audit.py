@@ -86,3 +86,22 @@ def test_benchmark_reruns_rows_when_the_folder_changes(photos, capsys):
     rows = [json.loads(line) for line in (photos / "bench" / "results.jsonl").read_text().splitlines()]
     assert [r["n_test"] for r in rows] == [15, 16] and rows[0]["contents"] != rows[1]["contents"]
     assert main(argv) == 0 and "already in" in capsys.readouterr().out  # unchanged folder: resumed
+
+
+def test_macos_archive_leftovers_are_not_classes(photos):
+    from gpua.data import load_dataset
+
+    leftover = photos / "photos" / "test" / "__MACOSX" / "sky"
+    leftover.mkdir(parents=True)
+    (leftover / "._x.png").write_bytes(b"Mac OS X  ")
+    ds = load_dataset(str(photos / "photos"), split="test")  # was: "class folder '__MACOSX' ... is not in classnames"
+    assert "__MACOSX" not in ds.classnames and len(ds.classnames) == 5
+
+
+def test_a_listed_class_without_a_folder_says_how_to_keep_it(photos):
+    from gpua._errors import GPUAError
+    from gpua.data import load_dataset
+
+    names = ["sky", "grass", "road", "water", "sand", "truck"]
+    with pytest.raises(GPUAError, match=r"'truck', which is not a class folder .*create an \(empty\) folder 'truck'"):
+        load_dataset(str(photos / "photos"), split="test", classnames=names)

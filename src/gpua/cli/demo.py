@@ -26,7 +26,7 @@ def _cmd_demo(args) -> int:
 
 def add_subcommands(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on shipped CIFAR-10 photos with offline real weights",
-                       description=__doc__)
+                       description=" ".join(__doc__.replace("``", "").split()))
     p.add_argument("--out", default="results/demo", help="folder for results.json and the plot")
     p.add_argument("--vfm", action="append",
                    help=f"VFM encoder, repeatable; 'all' = {', '.join(demo.ALL_DEMO_VFMS)} (default: {', '.join(demo.DEMO_VFMS)})")

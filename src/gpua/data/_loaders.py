@@ -401,10 +401,15 @@ def _is_image(filename: str) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
 
 
+#: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.
+_ARCHIVE_LEFTOVERS = ("__MACOSX",)
+
+
 def _subdirs(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(folder)
+                  if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS)
 
 
 def _dir_identity(path: str) -> tuple | None:
@@ -568,7 +573,8 @@ def _folder_classnames(
         )
     extra = [c for c in user_names if _nfc(c) not in by_form]
     if extra:
-        raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}.")
+        raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}; create an (empty) "
+                        f"folder {extra[0]!r} there to keep the class, or drop it from the class names.")
     raise GPUAError(
         f"classnames holds names that differ only in their Unicode form (composed vs decomposed accents), so they "
         f"cannot each name one class folder of {str(base)!r}; give each name once."
