@@ -105,3 +105,14 @@ def test_a_listed_class_without_a_folder_says_how_to_keep_it(photos):
     names = ["sky", "grass", "road", "water", "sand", "truck"]
     with pytest.raises(GPUAError, match=r"'truck', which is not a class folder .*create an \(empty\) folder 'truck'"):
         load_dataset(str(photos / "photos"), split="test", classnames=names)
+
+
+def test_an_interrupted_classify_keeps_its_work_in_small_parts(folders, monkeypatch):
+    import gpua.extract
+    from gpua.classify import CLASSIFY_PART_IMAGES
+
+    seen = []
+    real = gpua.extract.extract_features
+    monkeypatch.setattr(gpua.extract, "extract_features", lambda *a, **k: seen.append(k.get("shard_size")) or real(*a, **k))
+    classify_folder("mine", "classes.txt", cache_dir="cache", **PLANTED)
+    assert seen == [CLASSIFY_PART_IMAGES] and CLASSIFY_PART_IMAGES <= 256  # was extract's 1,024 (restarted from 0)
