@@ -125,3 +125,17 @@ def test_a_part_damaged_on_disk_is_redone_alone(tmp_path, interrupt):
     _run(ds, out, vfm, vlm, shard_size=4)
     assert vfm.calls == vlm.calls == 4  # that part alone
     np.testing.assert_array_equal(load_features(out).vfm_features, ref.vfm_features)
+
+
+def test_extract_names_its_flags_when_out_is_the_data(tmp_path, capsys):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for c in ("cat", "dog"):
+        (photos / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / c / "a.png")
+    argv = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(photos), "--out", str(photos), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--data" in err and "dataset" not in err  # was: "out ... is the same path as dataset ..."
+    assert (photos / "cat" / "a.png").is_file()

@@ -191,12 +191,12 @@ def _image_npz(path: Path) -> Path:
 def test_extract_refuses_to_overwrite_its_dataset(tmp_path, capsys):
     enc = _Mean.register()
     data = _image_npz(tmp_path / "imgs.npz")
-    _refused(["extract", *enc, "--data", str(data), "--out", str(data)], capsys, data, "out", "dataset")
+    _refused(["extract", *enc, "--data", str(data), "--out", str(data)], capsys, data, "--out", "--data")  # the flags
     # A shard-set output folder that holds the dataset would be replaced with it.
     (tmp_path / "ds").mkdir()
     inner = _image_npz(tmp_path / "ds" / "imgs.npz")
     _refused(["extract", *enc, "--data", str(inner), "--out", str(tmp_path / "ds"), "--format", "shards"], capsys,
-             tmp_path / "ds", "dataset")
+             tmp_path / "ds", "--data")
     assert main(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "f.npz")]) == 0  # a free path works
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
-from ._common import parse_cluster
+from ._common import check_paths, parse_cluster
 
 __all__ = ["add_subcommands"]
 
@@ -55,8 +56,11 @@ def add_subcommands(subparsers) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from ..extract import extract_features
+    from ..extract import _output_kind, extract_features
 
+    # The library checks these too, naming its own arguments (out, dataset); here the flags.
+    kind = _output_kind(Path(args.out).expanduser(), args.format)
+    check_paths(args, inputs=("data", "classnames", "templates"), outputs=(("out", "file" if kind == "file" else "tree"),))
     before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
