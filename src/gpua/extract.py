@@ -103,18 +103,18 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _check_up_to_date(out: Path, kind: str, rows_per_shard: int, storage: str, on_error: str) -> None:
+def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, storage: str, on_error: str) -> None:
     """What an up-to-date output's options say but its stored features cannot honour, said rather than ignored.
 
     ``on_error="fail"`` with images the stored features skipped is an error (a changed image
     file changes the cache key, so replacing it re-extracts); a shard set of another layout
-    (rows per shard, storage) is kept, with a warning: its features are the same.
+    (rows per shard, storage) is kept, with a warning: its features are the same. ``meta`` is
+    the output's, as :func:`_stored_meta` read it (the set's files checked then).
     """
     from .features import ShardedFeatures
 
-    meta = _read_meta(out)
     if kind == "shards":
-        sf = ShardedFeatures(out)
+        sf = ShardedFeatures(out, check=False)  # its layout, from the index alone
         # the last shard holds the remainder: every other one has exactly rows_per_shard rows
         layout_rows = sf.shard_rows[0] if sf.n_shards > 1 else None
         if (layout_rows is not None and layout_rows != rows_per_shard) or (sf.n_shards == 1 and sf.shard_rows[0] > rows_per_shard) \
@@ -195,12 +195,13 @@ def _read_meta(path: Path) -> dict:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
-def _read_cache_key(path: Path) -> str | None:
-    """The ``cache_key`` stored in an existing output's metadata, without reading its arrays."""
+def _stored_meta(path: Path) -> dict | None:
+    """An existing output's metadata (its ``cache_key`` says whose features it holds), or None."""
     try:
-        return _read_meta(path).get("cache_key")
+        meta = _read_meta(path)
     except Exception:  # unreadable or foreign output: not a cache hit, it will be rewritten
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 # -- shards -------------------------------------------------------------------------------------
@@ -632,8 +633,9 @@ def extract_features(
         "float16": bool(float16),
         **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
     })
-    if resume and out.exists() and _read_cache_key(out) == key:
-        _check_up_to_date(out, kind, rows_per_shard, shard_storage, on_error)
+    stored = _stored_meta(out) if resume and out.exists() else None
+    if stored is not None and stored.get("cache_key") == key:
+        _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
         return out
 
     parts = _Parts.open(out, key, int(shard_size), resume)
