@@ -154,9 +154,23 @@ class AlignmentEstimator(ParamsMixin):
         -------
         proba : array of shape (n_samples, n_classes), rows summing to one
         """
+        return self.proba_from_scores(self._scores(vfm_features, vlm_features))
+
+    def proba_from_scores(self, scores) -> np.ndarray:
+        """:meth:`predict_proba` of :meth:`decision_function`'s ``scores``, for a caller that needs both
+        (a predictions file ranks by the scores and shows the probabilities) without scoring twice.
+
+        Parameters
+        ----------
+        scores : array or tensor of shape (n_samples, n_classes)
+
+        Returns
+        -------
+        proba : array of shape (n_samples, n_classes), rows summing to one
+        """
         scale = getattr(self, "logit_scale", 100.0)
         check_param("logit_scale", scale, LOGIT_SCALE)  # set_params after fit is not checked by fit
-        return to_numpy(torch.softmax(scale * self._scores(vfm_features, vlm_features), dim=1))
+        return to_numpy(torch.softmax(scale * torch.as_tensor(scores), dim=1))
 
     def score(self, vfm_features, labels, vlm_features=None) -> float:
         """Top-1 accuracy against ``labels`` (labels are used here only)."""

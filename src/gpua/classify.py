@@ -283,8 +283,8 @@ def classify_folder(
     fit_s = time.perf_counter() - t1
     est.provenance_ = provenance_from_features(pool_fs.meta, classnames=pool_fs.classnames, source=str(paths["pool"]))
     t2 = time.perf_counter()
-    proba = est.predict_proba(feats.vfm_features, feats.vlm_features)
     scores = est.decision_function(feats.vfm_features, feats.vlm_features)
+    proba = est.proba_from_scores(scores)
     predict_s = time.perf_counter() - t2
     zero_shot = make_method("zero_shot").fit(feats.vfm_features, feats.vlm_features, feats.text_prototypes)
     return Classification(

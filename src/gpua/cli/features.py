@@ -188,15 +188,15 @@ def _prediction_chunks(model, source: str):
         def gen():
             for s, e, (Z, X) in sf.iter_rows(_CHUNK_ROWS):
                 ids = sf.image_ids(s, e) or [str(i) for i in range(s, e)]
-                Z_, X_ = Z.numpy(), X.numpy()
-                yield ids, model.predict_proba(Z_, X_), None, model.decision_function(Z_, X_)
+                scores = model.decision_function(Z.numpy(), X.numpy())
+                yield ids, model.proba_from_scores(scores), None, scores
 
         return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta
     fs = load_features(source, require=("vfm_features",))
     ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
     n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
-    chunk = (ids, model.predict_proba(fs.vfm_features, fs.vlm_features), None, model.decision_function(fs.vfm_features, fs.vlm_features))
-    return iter([chunk]), fs.classnames, n_k, fs.meta
+    scores = model.decision_function(fs.vfm_features, fs.vlm_features)
+    return iter([(ids, model.proba_from_scores(scores), None, scores)]), fs.classnames, n_k, fs.meta
 
 
 def _cmd_predict(args) -> int:
