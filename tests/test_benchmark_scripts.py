@@ -170,7 +170,9 @@ def test_headroom_ceilings_on_planted_features(scripts, tmp_path, capsys):
     out = tmp_path / "headroom.json"
     assert headroom.main(["--sets", "fmnist-lite2", "--cache-dir", str(tmp_path), "--json", str(out)]) == 0
     res = json.loads(out.read_text())["results"]["fmnist-lite2"]
-    assert set(res) == {"zero-shot", "zero-shot, centred"} | {f"{c} {v}" for c in ("probe", "10-NN") for v in ("Z", "X", "[Z, X]")}
+    assert set(res) == ({"zero-shot", "zero-shot, centred", "k-means [Z, X], matched (pool)"}
+                        | {f"{c} {v}" for c in ("probe", "10-NN") for v in ("Z", "X", "[Z, X]")})
+    assert 0.1 <= res["k-means [Z, X], matched (pool)"] <= 1.0
     ds = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path)
     from gpua import VLMZeroShot
 
@@ -182,6 +184,19 @@ def test_headroom_ceilings_on_planted_features(scripts, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         headroom.main(["--sets", "planted"])
     assert exc.value.code == 2
+
+
+def test_matched_clusters_names_clusters_with_the_best_permutation(scripts):
+    import headroom
+
+    rng = np.random.default_rng(0)
+    centres = 10.0 * rng.normal(size=(4, 8))
+    labels = np.repeat(np.arange(4), 25)
+    Q = centres[labels] + rng.normal(size=(100, 8))
+    assert headroom.matched_clusters(Q, labels, 4) == 1.0
+    assert headroom.matched_clusters(Q, (labels + 1) % 4, 4) == 1.0  # cluster ids carry no names
+    noise = rng.normal(size=(100, 8))  # no structure: about chance, far from 1
+    assert headroom.matched_clusters(noise, labels, 4) < 0.6
 
 
 def test_centred_zero_shot_is_the_fit_targets_argmax(scripts):
