@@ -116,3 +116,36 @@ def test_an_interrupted_classify_keeps_its_work_in_small_parts(folders, monkeypa
     monkeypatch.setattr(gpua.extract, "extract_features", lambda *a, **k: seen.append(k.get("shard_size")) or real(*a, **k))
     classify_folder("mine", "classes.txt", cache_dir="cache", **PLANTED)
     assert seen == [CLASSIFY_PART_IMAGES] and CLASSIFY_PART_IMAGES <= 256  # was extract's 1,024 (restarted from 0)
+
+
+def test_unreadable_photos_get_a_csv_row_with_the_error(folders, capsys):
+    import csv
+
+    from gpua.cli import main
+
+    (folders / "mine" / "sky" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        res = classify_folder("mine", "classes.txt", cache_dir="cache", **PLANTED)
+    assert [i for i, _ in res.unreadable] == ["sky/broken.png"] and "sky/broken.png" not in res.image_ids
+    n = res.to_csv("out.csv", top_k=2)
+    rows = list(csv.DictReader(open("out.csv", encoding="utf-8")))
+    # was: the photo was missing from the CSV, with only a warning on the terminal
+    assert n == len(res.image_ids) and len(rows) == n + 1
+    broken = rows[-1]
+    assert broken["image"] == "sky/broken.png" and broken["prediction"] == "" and broken["error"]
+    assert all(r["error"] == "" and r["prediction"] for r in rows[:-1])
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "cli.csv", "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 photo(s) could not be read" in out and "'sky/broken.png'" in out and "scores below leave them out" in out
+
+
+def test_predictions_csv_without_unreadable_images_has_no_error_column(tmp_path):
+    import numpy as np
+
+    from gpua.report import write_predictions
+
+    path = tmp_path / "p.csv"
+    write_predictions(path, [(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), None)], ["x", "y"], top_k=1)
+    assert path.read_text().splitlines()[0] == "image,prediction,probability,top1,top1_probability"

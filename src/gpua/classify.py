@@ -152,6 +152,9 @@ class Classification:
     zero_shot : int array of shape (n_images,) or None
         The VLM's own zero-shot class per photo, for comparison: GPUA's fit assumes the classes
         about equally frequent among the photos it is fitted on, zero-shot assumes nothing.
+    unreadable : list of (str, str)
+        The photos of the folder that could not be read (image id, error): not classified, not
+        in ``image_ids``; :meth:`to_csv` lists them with an empty prediction and the error.
     """
 
     image_ids: list[str]
@@ -164,6 +167,7 @@ class Classification:
     seconds: dict[str, float] = field(default_factory=dict)
     zero_shot: np.ndarray | None = None
     class_scores: np.ndarray | None = None
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def _ranked(self) -> np.ndarray:
@@ -184,10 +188,15 @@ class Classification:
         return {k: s[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n_classes")}
 
     def to_csv(self, path: str | os.PathLike, top_k: int = 5) -> int:
-        """Write ``image, prediction, probability, top1, top1_probability, ..., label`` (label when known)."""
+        """Write ``image, prediction, probability, top1, top1_probability, ..., label`` (label when known).
+
+        Unreadable photos get a row too, with empty predictions and an ``error`` column; the
+        count returned is of the classified photos.
+        """
         from .report import write_predictions
 
-        return write_predictions(path, [(self.image_ids, self.proba, self.labels, self._ranked)], self.classnames, top_k=top_k)
+        return write_predictions(path, [(self.image_ids, self.proba, self.labels, self._ranked)], self.classnames, top_k=top_k,
+                                 unreadable=self.unreadable)
 
 
 def classify_folder(
@@ -298,4 +307,5 @@ def classify_folder(
         seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
         zero_shot=zero_shot.predict(feats.vfm_features, feats.vlm_features),
         class_scores=scores,
+        unreadable=[(str(e.get("image_id")), str(e.get("error", ""))) for e in (feats.meta.get("skipped") or {}).get("images", [])],
     )

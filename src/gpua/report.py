@@ -376,12 +376,15 @@ def write_predictions(
     classnames: Sequence[str] | None,
     *,
     top_k: int = 5,
+    unreadable: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Write a predictions CSV atomically, chunk by chunk.
 
     Columns: ``image``, ``prediction`` (a class name, or the class index without names),
     ``probability``, then ``top1``, ``top1_probability`` ... ``topK``, ``topK_probability``,
-    and ``label`` (the true class) when the chunks carry labels.
+    and ``label`` (the true class) when the chunks carry labels. With ``unreadable`` images, a
+    last column ``error``: each of them gets a row with empty predictions and the reason, so the
+    file lists every image a user gave (empty for the others).
 
     Parameters
     ----------
@@ -394,11 +397,14 @@ def write_predictions(
     classnames : sequence of str, optional
     top_k : int
         At least 1; capped at K.
+    unreadable : sequence of (image id, error message), optional
+        Images that could not be read (an extraction's ``meta["skipped"]``), listed after the
+        predicted ones.
 
     Returns
     -------
     int
-        Rows written.
+        Rows with a prediction written (the unreadable images' rows not counted).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise GPUAError(f"top_k={top_k!r} must be a positive integer.")
@@ -414,14 +420,20 @@ def write_predictions(
                 k = min(int(top_k), proba.shape[1])
                 if not header_done:
                     tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
-                    w.writerow(["image", "prediction", "probability", *tops] + (["label"] if labels is not None else []))
+                    header = ["image", "prediction", "probability", *tops] + (["label"] if labels is not None else [])
+                    w.writerow(header + (["error"] if unreadable else []))
                     header_done, with_labels = True, labels is not None
                 order = np.argsort(-rank_by, axis=1, kind="stable")[:, :k]
                 for i, row in enumerate(order):
                     tops = [c for j in row for c in (name(j), f"{proba[i, j]:.6f}")]
                     extra = [name(labels[i])] if with_labels and labels is not None else []
-                    w.writerow([ids[i], name(row[0]), f"{proba[i, row[0]]:.6f}", *tops, *extra])
+                    w.writerow([ids[i], name(row[0]), f"{proba[i, row[0]]:.6f}", *tops, *extra] + ([""] if unreadable else []))
                 n += proba.shape[0]
+            if unreadable:
+                if not header_done:
+                    raise GPUAError("write_predictions: no predicted rows to write beside the unreadable images.")
+                for image_id, error in unreadable:
+                    w.writerow([image_id] + [""] * (len(header) - 1) + [error])
     return n
 
 

@@ -70,6 +70,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
           f"(VFM {args.vfm}, VLM {args.vlm}; fitted on {'--pool ' + args.pool if args.pool else 'the photos themselves, no labels'}); "
           f"extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
+    if res.unreadable:
+        first, error = res.unreadable[0]
+        print(f"{len(res.unreadable)} photo(s) could not be read and were not classified (first: {first!r}: {error}); "
+              f"{args.out} lists them with an empty prediction and the error" + (", and the scores below leave them out"
+                                                                                  if res.labels is not None else ""))
     if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
               + (" ..." if len(zero_shot) > 6 else "") + " (far apart on a folder whose classes are far from equally frequent: "
