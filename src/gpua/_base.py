@@ -88,8 +88,14 @@ class AlignmentEstimator(ParamsMixin):
 
     # --- fitted state ------------------------------------------------------------------------
     def _record_fit(self) -> None:
-        """Remember the :attr:`_fitted_layout` values the learned state was made with (end of a fit or a load)."""
+        """Remember the :attr:`_fitted_layout` values the learned state was made with (end of a fit or a load).
+
+        The learned state is new, so a ``provenance_`` describing the data of an earlier fit is
+        dropped: a refitted model would otherwise save (and check features against) the encoders
+        and files of data it no longer was fitted on. Whoever fitted it sets the new one after.
+        """
         self._layout_at_fit = {name: getattr(self, name) for name in self._fitted_layout}
+        self.__dict__.pop("provenance_", None)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "text_prototypes_"):
@@ -255,14 +261,19 @@ class AlignmentEstimator(ParamsMixin):
 def _json_param(value):
     """A parameter as its JSON value: numpy scalars and arrays, and tensors, as Python numbers and lists.
 
-    ``np.arange`` grids give ``np.int64`` values and ``class_prior`` may be a tensor; the
-    parameter checks accept them, so the model file must too.
+    ``np.arange`` grids give ``np.int64`` values and ``class_prior`` may be a tensor, or a list
+    of numpy scalars (``list(counts / counts.sum())``); the parameter checks accept them, so the
+    model file must too.
 
     >>> _json_param(np.int64(3)), _json_param(np.float32(0.5)), _json_param(np.bool_(True)), _json_param(np.arange(2))
     (3, 0.5, True, [0, 1])
+    >>> _json_param([np.float32(0.5), np.int64(2)]), _json_param((1, np.float64(2.0)))
+    ([0.5, 2], [1, 2.0])
     """
     if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
         return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_param(v) for v in value]
     return value
 
 
@@ -296,7 +307,7 @@ def load_model(path: str | Path) -> AlignmentEstimator:
     """
     from safetensors import safe_open
 
-    path = Path(path)
+    path = Path(path).expanduser()  # as save() and the writers expand it
     where = f"model file {str(path)!r}"
     if path.is_dir():
         raise ModelFileError(f"{where} is a folder, not a model file; pass the .gpua file `gpua fit` wrote.")
@@ -396,10 +407,10 @@ def load_model(path: str | Path) -> AlignmentEstimator:
         if not isinstance(value, kind):
             raise bad(f"holds the state {key!r} as a {type(value).__name__}, not a {kind.__name__}")
         setattr(model, key, value)
+    model._record_fit()
     if "provenance" in meta:
         try:
             model.provenance_ = _check_provenance(meta["provenance"], "its provenance")
         except GPUAError as exc:
             raise bad(str(exc).rstrip(".")) from None
-    model._record_fit()
     return model

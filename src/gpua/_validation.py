@@ -45,7 +45,12 @@ def check_matrix(
     if A is None:
         raise GPUAError(f"{name} is None: pass an array of shape (n, d).")
     if hasattr(A, "detach"):  # torch tensor
-        A = A.detach().cpu().numpy()
+        import torch  # loaded already: A is a tensor
+
+        A = A.detach().cpu()
+        if A.is_floating_point() and A.dtype not in (torch.float16, torch.float32, torch.float64):
+            A = A.float()  # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly
+        A = A.numpy()
     try:
         A = np.asarray(A)
     except Exception as exc:  # ragged lists and the like
@@ -270,6 +275,14 @@ def l2_normalize(A: np.ndarray, axis: int = -1) -> np.ndarray:
     return A / np.linalg.norm(A, axis=axis, keepdims=True)
 
 
+def _finite(value) -> bool:
+    """Whether a number is finite as a float (an int beyond float's range, 10**400, is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def check_number(
     value,
     name: str,
@@ -299,7 +312,7 @@ def check_number(
     int or float
     """
     ok_type = (np.integer, int) if integer else (np.integer, int, np.floating, float)
-    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type) or not np.isfinite(value)
+    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type) or not _finite(value)
     if not bad and low is not None:
         bad = value <= low if low_open else value < low
     if not bad and high is not None:

@@ -53,6 +53,7 @@ class VLMZeroShot(AlignmentEstimator):
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
         self.classnames_ = check_classnames(classnames, Y.shape[0])
         self.text_prototypes_ = torch.nn.functional.normalize(self._tensor(Y), dim=1)
+        self._record_fit()
         return self
 
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:

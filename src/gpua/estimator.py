@@ -24,6 +24,7 @@ from ._errors import GPUAError
 from .features import ShardedFeatures
 from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
 from .hubness import csls_scores
+from .params import check_param
 from .query import build_query, target_prototypes
 
 __all__ = ["GPUA", "ORTHOGONALITY"]
@@ -439,6 +440,7 @@ class GPUA(AlignmentEstimator):
 
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
+        check_param("retrieval", self.retrieval, PARAMETERS["retrieval"])  # set_params after fit is not checked by fit
         M = torch.nn.functional.normalize(self._query(Z, X) @ self.W_, dim=1)
         sims = M @ target_prototypes(self.text_prototypes_, self.center_vlm).T
         if self.retrieval == "csls":

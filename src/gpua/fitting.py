@@ -42,7 +42,7 @@ import torch
 
 from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
-from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_triplet, row_scale_suspects
+from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
@@ -297,9 +297,12 @@ def check_fit_arrays(Z, X, Y, device: torch.device) -> tuple[torch.Tensor, torch
     if not any(isinstance(A, torch.Tensor) for A in (Z, X, Y)):
         Z, X, Y = check_triplet(Z, X, Y)
         return as_tensor(Z, device), as_tensor(X, device), as_tensor(Y, device)
-    Zt = _device_matrix(torch.as_tensor(Z), "vfm_features", device)
-    Xt = _device_matrix(torch.as_tensor(X), "vlm_features", device, n_rows=Zt.shape[0])
-    Yt = _device_matrix(torch.as_tensor(Y), "text_prototypes", device, n_cols=Xt.shape[1])
+    def tensor(A, name: str) -> torch.Tensor:  # the inputs given as arrays or lists get the array checks' messages
+        return A if isinstance(A, torch.Tensor) else torch.as_tensor(check_matrix(A, name))
+
+    Zt = _device_matrix(tensor(Z, "vfm_features"), "vfm_features", device)
+    Xt = _device_matrix(tensor(X, "vlm_features"), "vlm_features", device, n_rows=Zt.shape[0])
+    Yt = _device_matrix(tensor(Y, "text_prototypes"), "text_prototypes", device, n_cols=Xt.shape[1])
     if Yt.shape[0] < 2:
         raise GPUAError(f"text_prototypes has {Yt.shape[0]} class; at least 2 classes are needed.")
     check_distinct_rows(Yt.cpu().numpy(), "text_prototypes")

@@ -67,10 +67,26 @@ class Constraint:
 
 
 def _from_text(text: str) -> Any:
+    """A command-line value: JSON, else a number as Python writes it (``.5``, ``1.``, ``+2``, ``010``,
+    ``1_000``, which JSON refuses), else a bare word (``true``, ``none``...) or the text itself.
+
+    >>> [_from_text(t) for t in ("0.5", ".5", "2.", "010", "[1, 2]", "None", "vfm")]
+    [0.5, 0.5, 2.0, 10, [1, 2], None, 'vfm']
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return {"true": True, "false": False, "none": None, "null": None}.get(text.strip().lower(), text)
+        pass
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            continue
+    return {"true": True, "false": False, "none": None, "null": None}.get(text.strip().lower(), text)
+
+
+#: The largest integer a parameter may hold: torch and numpy take signed 64-bit integers.
+INT64_MAX = 2**63 - 1
 
 
 def _is_int(v: Any) -> bool:
@@ -78,8 +94,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_real(v: Any) -> bool:
-    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            and math.isfinite(float(v)))
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float's range (10**400): no finite float
+        return False
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,10 @@ class Interval(Constraint):
     closed: str = "both"  # "both", "left", "right", "neither"
 
     def accepts(self, value: Any) -> bool:
-        if not (_is_int(value) if self.kind is int else _is_real(value)):
+        if self.kind is int:
+            if not _is_int(value) or abs(int(value)) > INT64_MAX:
+                return False
+        elif not _is_real(value):
             return False
         v = float(value)
         left = self.closed in ("both", "left")
@@ -190,7 +213,7 @@ class Weights(Constraint):
             value = value.detach().cpu().numpy()
         try:
             a = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return False
         return a.ndim == 1 and a.size >= 1 and bool(np.all(np.isfinite(a))) and bool(np.all(a > 0))
 
@@ -233,7 +256,8 @@ LOGIT_SCALE = Interval(float, 0, 1e4, closed="right")
 def check_param(name: str, value: Any, constraint: Constraint) -> None:
     """Raise a :class:`~gpua.GPUAError` naming ``name`` unless ``constraint`` accepts ``value``."""
     if not constraint.accepts(value):
-        raise GPUAError(f"{name}={value!r} must be {constraint.describe()}.")
+        big = _is_int(value) and abs(int(value)) > INT64_MAX
+        raise GPUAError(f"{name}={value!r} must be {constraint.describe()}{' (it is beyond a 64-bit integer)' if big else ''}.")
 
 
 def suggest_name(name: str, valid: Sequence[str]) -> str:

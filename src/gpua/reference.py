@@ -343,6 +343,7 @@ class ReferenceGPUA(AlignmentEstimator):
             "pseudo_label_agreement": float((pool_pred == labels).float().mean()),
             "timings": timings,
         }
+        self._record_fit()  # as every estimator's fit: a refit forgets the provenance of the data fitted before
         return self
 
     def transform(self, vfm_features, vlm_features=None) -> np.ndarray:

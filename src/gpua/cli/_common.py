@@ -147,18 +147,28 @@ def positive_int(text: str) -> int:
 
 def estimator_overrides(args) -> dict:
     """The GPUA parameters given by ``--param`` and the named flags, each checked now (naming the
-    flag), before any image is encoded or file read."""
+    flag), before any image is encoded or file read.
+
+    A flag and a ``--param`` that set one parameter to different values (``--seed 1 --param
+    random_state=2``) are refused: neither would say which one the fit used.
+    """
     from ..fitting import PARAMETERS
     from ..params import check_param
 
     kw = parse_params(args.param)
-    for name, attr in (("query", "query"), ("lam", "lam"), ("eps", "eps"), ("n_steps", "n_steps"), ("device", "device"), ("random_state", "seed")):
-        v = getattr(args, attr, None)
-        if v is not None:
-            check_param(f"--{attr.replace('_', '-')}", v, PARAMETERS[name])
-            kw[name] = v
+    flags = [(name, _flag(attr), getattr(args, attr, None))
+             for name, attr in (("query", "query"), ("lam", "lam"), ("eps", "eps"), ("n_steps", "n_steps"), ("device", "device"), ("random_state", "seed"))]
     if getattr(args, "no_refine", False):
-        kw["refine"] = False
+        flags.append(("refine", "--no-refine", False))
+    for name, flag, v in flags:
+        if v is None:
+            continue
+        if name != "refine":
+            check_param(flag, v, PARAMETERS[name])
+        if name in kw and kw[name] != v:
+            raise GPUAError(f"{flag if name == 'refine' else f'{flag} {v}'} and --param {name}={kw[name]!r} both set {name}, "
+                            "to different values; give one of them.")
+        kw[name] = v
     return kw
 
 

@@ -232,7 +232,9 @@ def _cmd_compare(args) -> int:
     from ..report import compare_methods, format_table, write_json
 
     check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
-    methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list_methods() if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:  # the library reads an empty list as every method: a typo would start them all
+        raise GPUAError(f"--methods {args.methods!r} names no method; give comma-separated names from {list_methods()}, or 'all'.")
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:  # before any file is read
         raise GPUAError(f"--methods: {unknown} unknown; choose from {list_methods()} or 'all'.")
