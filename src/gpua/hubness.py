@@ -110,6 +110,13 @@ def ths_loss(
     """
     if distance not in ("cosine", "euclidean"):
         raise GPUAError(f"distance={distance!r} is unknown; use 'cosine' or 'euclidean'.")
+    if int(k) < 1:
+        raise GPUAError(f"k={k!r} must be at least 1 (the number of nearest wrong prototypes per sample; try 3).")
+    if Y.shape[0] < 2 and not include_positive:
+        # No wrong prototype to rank against: the mean over an empty neighbourhood was NaN.
+        raise GPUAError(f"Y has {Y.shape[0]} prototype; the ranking loss needs at least 2 classes.")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise GPUAError(f"labels has dtype {labels.dtype}; pass integer class indices (labels.long()).")
     M = torch.nn.functional.normalize(mapped, dim=1)
     # Similarities, larger = nearer: cos, or -d for the Euclidean distance (d_pos + m - d_c = s_c - s_pos + m either way).
     sims = M @ Y.T if distance == "cosine" else -torch.cdist(M, Y)  # (B, K)
@@ -143,6 +150,8 @@ def neighbourhood_radius(A: torch.Tensor, B: torch.Tensor, k: int = 10, chunk: i
     -------
     tensor of shape (n_A,)
     """
+    if int(k) < 1:
+        raise GPUAError(f"k={k!r} must be at least 1 (the neighbours averaged per row; try 10).")
     k = min(k, B.shape[0])
     out = [(A[i : i + chunk] @ B.T).topk(k, dim=1).values.mean(1) for i in range(0, A.shape[0], chunk)]
     return torch.cat(out)
@@ -160,4 +169,9 @@ def csls_scores(sims: torch.Tensor, r_query: torch.Tensor, r_proto: torch.Tensor
     r_proto : tensor of shape (n_classes,)
         Each prototype's mean similarity to its nearest (fit-pool) queries.
     """
+    if sims.ndim != 2 or r_query.shape != sims.shape[:1] or r_proto.shape != sims.shape[1:]:
+        raise GPUAError(
+            f"sims (n_samples, n_classes), r_query (n_samples,) and r_proto (n_classes,) do not match: got shapes "
+            f"{tuple(sims.shape)}, {tuple(r_query.shape)} and {tuple(r_proto.shape)}."
+        )
     return 2.0 * sims - r_query[:, None] - r_proto[None, :]

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ._errors import GPUAError
-from ._validation import check_labels
+from ._validation import check_classnames, check_labels, check_number
 
 __all__ = [
     "topk_accuracy",
@@ -43,6 +43,18 @@ def _labels_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
         )
     if S.ndim != 2 or y.ndim != 1 or S.shape[0] != y.shape[0]:
         raise GPUAError(f"y_true (n,) and y_score (n, K) do not match: {y.shape} vs {S.shape}.")
+    if y.shape[0] == 0:
+        raise GPUAError("y_true and y_score have no rows: there is nothing to score; pass at least one sample.")
+    if S.dtype.kind not in "fiub":
+        # strings compare alphabetically, and the ranks would be of the text
+        raise GPUAError(f"y_score has dtype {S.dtype}; pass numeric class scores (one float per class).")
+    if S.dtype.kind == "f" and np.isnan(S).any():
+        rows = np.unique(np.nonzero(np.isnan(S))[0])
+        # NaN compares False with everything: such a row ranked its true class first, a sure top-1 hit
+        raise GPUAError(
+            f"y_score holds NaN in {rows.size} row(s) (first: row {rows[0]}); the scores cannot rank the classes: "
+            "re-extract or drop those rows."
+        )
     return check_labels(y, y.shape[0], S.shape[1], name="y_true"), S
 
 
@@ -109,6 +121,8 @@ def mean_per_class_recall(y_true, y_pred) -> float:
     y_true, y_pred : int arrays of shape (n_samples,)
     """
     y, p = _labels_pred(y_true, y_pred)
+    if y.size == 0:
+        raise GPUAError("y_true is empty: there is no class to average the recall over; pass at least one sample.")
     return float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)]))
 
 
@@ -126,6 +140,9 @@ def confusion_matrix(y_true, y_pred, n_classes: int | None = None) -> np.ndarray
     int array of shape (n_classes, n_classes)
     """
     y, p = _labels_pred(y_true, y_pred)
+    if n_classes is not None:
+        # 3.5 used to be truncated to 3 classes without a word
+        n_classes = check_number(n_classes, "n_classes", integer=True, low=0, fix="the number of classes, e.g. len(classnames)")
     K = int(max(y.max(initial=-1), p.max(initial=-1)) + 1) if n_classes is None else int(n_classes)
     if y.size and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= K):
         raise GPUAError(f"labels and predictions must lie in [0, {K}); got [{min(y.min(), p.min())}, {max(y.max(), p.max())}].")
@@ -152,6 +169,9 @@ def classification_report(y_true, y_pred, *, classnames: Sequence[str] | None = 
         ``"accuracy (class 3)"``, so neither overwrites the other.
     """
     if classnames is not None:
+        # a repeated name used to key two classes to one entry (the earlier one lost without a word),
+        # and one string was read as one class per character
+        classnames = check_classnames(classnames, len(classnames) if not isinstance(classnames, (str, bytes)) else 1)
         n_classes = len(classnames)
     C = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
     tp, support, predicted = np.diag(C), C.sum(1), C.sum(0)
@@ -208,6 +228,11 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
     counts : int array of shape (n_classes,)
     """
     S = np.asarray(scores)
+    if S.ndim != 2 or S.shape[0] == 0 or S.dtype.kind not in "fiub":
+        raise GPUAError(f"scores must be a non-empty numeric (n_samples, n_classes) matrix, got shape {S.shape} and dtype {S.dtype}.")
+    k = check_number(k, "k", integer=True, low=1, fix="the number of nearest columns counted per row, e.g. 10")
+    if S.dtype.kind == "f" and np.isnan(S).any():
+        raise GPUAError("scores hold NaN; they cannot rank the classes: re-extract or drop those rows.")
     k = min(k, S.shape[1])
     # a stable sort: tied scores go to the lower index, as predict()'s argmax does (argpartition
     # would break them arbitrarily)

@@ -36,6 +36,7 @@ shifted by their maximum, and the *absolute* stopping rule
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,7 @@ import torch
 
 from ._backend import as_tensor
 from ._errors import GPUAError
+from ._validation import check_number
 
 __all__ = ["SinkhornResult", "sinkhorn", "marginal_error", "check_marginal"]
 
@@ -61,7 +63,8 @@ class SinkhornResult:
     n_iter : int
     marginal_error : float
         Final relative class-marginal error (balanced) or relative potential change
-        (semi-relaxed).
+        (semi-relaxed; with ``solver="pot"``, POT's own measure, the relative change of the row
+        scaling).
     converged : bool
     """
 
@@ -120,7 +123,8 @@ def sinkhorn(
         Semi-relaxed class marginal: KL weight :math:`\rho`; ``None`` = balanced (exact).
     tol : float
         Stop when the relative class-marginal error (balanced) or the largest change of the
-        class potential, :math:`\max_k |\Delta v_k|` (semi-relaxed), falls below ``tol``.
+        class potential, :math:`\max_k |\Delta v_k|` (semi-relaxed; ``solver="pot"``: POT's
+        relative change of the row scaling), falls below ``tol``.
     max_iter : int
     init_log_v : tensor of shape (n_classes,), optional
         Warm start for the class potential.
@@ -133,13 +137,18 @@ def sinkhorn(
     -------
     SinkhornResult
     """
-    if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
+    # numpy scalars (np.float32(0.05), a value read from an array) are numbers too; booleans are not.
+    if isinstance(eps, (bool, np.bool_)) or not (isinstance(eps, (int, float, np.integer, np.floating)) and eps > 0 and math.isfinite(eps)):
         raise GPUAError(f"eps={eps!r} must be a positive number (try 0.05).")
-    if rho is not None and not (rho > 0):
-        raise GPUAError(f"rho={rho!r} must be positive, or None for exact class marginals.")
-    if max_iter < 1:
-        raise GPUAError(f"max_iter={max_iter!r} must be at least 1.")
-    S = scores if isinstance(scores, torch.Tensor) else as_tensor(scores, torch.device("cpu"))
+    if rho is not None:
+        # rho = inf is the balanced problem, but its damping inf / (inf + eps) is NaN: say so.
+        check_number(rho, "rho", low=0.0, low_open=True, fix="a finite KL weight such as 0.03, or None for exact class marginals")
+    check_number(tol, "tol", low=0.0, fix="a small positive number such as 1e-6 (0 runs all max_iter iterations)")
+    max_iter = check_number(max_iter, "max_iter", integer=True, low=1, fix="e.g. 2000")
+    if not isinstance(scores, torch.Tensor):
+        scores = np.asarray(scores)
+    # float64 scores stay float64 until their rows are shifted below (float32 would round them first).
+    S = scores if isinstance(scores, torch.Tensor) else as_tensor(scores, torch.device("cpu"), torch.float64 if scores.dtype == np.float64 else torch.float32)
     if S.ndim != 2 or S.shape[0] == 0 or S.shape[1] == 0:
         raise GPUAError(f"scores must be a non-empty 2-D (n_samples, n_classes) matrix, got shape {tuple(S.shape)}.")
     if not torch.isfinite(S).all():
@@ -147,15 +156,41 @@ def sinkhorn(
     n, k = S.shape
     a64 = check_marginal(a, n, "sample_weight", S.device)
     b64 = check_marginal(b, k, "class_prior", S.device)
+    if init_log_v is not None:
+        init_log_v = torch.as_tensor(init_log_v.detach() if isinstance(init_log_v, torch.Tensor) else np.asarray(init_log_v, dtype=np.float64))
+        if init_log_v.shape != (k,) or not torch.isfinite(init_log_v).all():
+            raise GPUAError(
+                f"init_log_v must be a finite vector of shape ({k},) (one potential per class, the log_v of an earlier "
+                f"solve on the same classes) but has shape {tuple(init_log_v.shape)}; pass None to start cold."
+            )
+    if solver not in ("torch", "pot", "swav"):
+        raise GPUAError(f"solver={solver!r} is unknown; use 'torch', 'pot' or 'swav'.")
+    if solver == "swav" and rho is not None:
+        raise GPUAError("solver='swav' solves the balanced problem only; pass rho=None or use solver='torch'.")
+    eps = float(eps)
+    shift = None
+    if S.dtype == torch.float64 or float(S.abs().max()) > _SHIFT_ABOVE * eps:
+        # The plan does not change when a row's scores move by a constant. Taking each row's
+        # maximum out, in the scores' own precision, keeps the differences that float32 S / eps
+        # rounds away when the scores sit far from zero (1e4 + N(0, 0.3) at eps = 0.05 put
+        # plan entries 0.4% off, 1e5 + ... 3%); the row potentials take the shift back.
+        shift = S.amax(dim=1, keepdim=True)
+        S = S - shift
     if solver == "torch":
-        return _sinkhorn_torch(S, float(eps), a64, b64, rho, tol, max_iter, init_log_v)
-    if solver == "pot":
-        return _sinkhorn_pot(S, float(eps), a64, b64, rho, tol, max_iter)
-    if solver == "swav":
-        if rho is not None:
-            raise GPUAError("solver='swav' solves the balanced problem only; pass rho=None or use solver='torch'.")
-        return _sinkhorn_swav(S, float(eps), a64, b64, tol, max_iter)
-    raise GPUAError(f"solver={solver!r} is unknown; use 'torch', 'pot' or 'swav'.")
+        res = _sinkhorn_torch(S, eps, a64, b64, rho, tol, max_iter, init_log_v)
+    elif solver == "pot":
+        res = _sinkhorn_pot(S, eps, a64, b64, rho, tol, max_iter)
+    else:
+        res = _sinkhorn_swav(S, eps, a64, b64, tol, max_iter)
+    if shift is not None:
+        res.log_u = res.log_u - shift[:, 0].to(res.log_u.device, torch.float64) / eps
+    return res
+
+
+#: :func:`sinkhorn` shifts each row of the scores by its maximum when ``max |S| / eps`` exceeds this
+#: (float32 then resolves ``S / eps`` to 5e-4 or coarser) or when the scores are float64; GPUA's
+#: cosine scores stay far below it (``|S| / eps <= 20`` at the default ``eps``).
+_SHIFT_ABOVE = 4096.0
 
 
 def _sinkhorn_torch(S, eps, a64, b64, rho, tol, max_iter, init_log_v, absorb_at: float = 30.0) -> SinkhornResult:
@@ -241,15 +276,27 @@ def _sinkhorn_pot(S, eps, a64, b64, rho, tol, max_iter) -> SinkhornResult:
         log_u = torch.as_tensor(log["log_u"])
         log_v = torch.as_tensor(log["log_v"])
     else:
-        plan, log = ot.unbalanced.sinkhorn_unbalanced(
-            a, b, M, eps, reg_m=(float("inf"), rho), method="sinkhorn_stabilized", numItermax=max_iter, stopThr=tol, log=True
-        )
-        n_iter = len(log.get("err", [])) or max_iter
-        log_u = torch.as_tensor(np.log(np.maximum(log["logu"] if "logu" in log else log["u"], 1e-300)))
-        log_v = torch.as_tensor(np.log(np.maximum(log["logv"] if "logv" in log else log["v"], 1e-300)))
+        # reg_type="entropy": the module's H(P). POT >= 0.9.5 defaults to "kl", KL(P | a b^T), another
+        # problem once b is not uniform (class marginals ~1e-2 off the torch solver's at a skewed prior).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="If reg_type = entropy", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Stabilized Unbalanced Sinkhorn did not converge", category=UserWarning)
+            kwargs = dict(reg_m=(float("inf"), rho), method="sinkhorn_stabilized", numItermax=max_iter, stopThr=tol, log=True)
+            try:
+                plan, log = ot.unbalanced.sinkhorn_unbalanced(a, b, M, eps, reg_type="entropy", **kwargs)
+            except TypeError:  # a POT without reg_type: its only regulariser is the entropy
+                plan, log = ot.unbalanced.sinkhorn_unbalanced(a, b, M, eps, **kwargs)
+        # POT records its stopping measure (relative change of u) at iterations 0, 10, 20... and
+        # stops after the first record below stopThr: that record's iteration + 1, or max_iter.
+        errs = [float(e) for e in log.get("err", [])]
+        solved = bool(errs) and errs[-1] <= tol
+        n_iter = 10 * (len(errs) - 1) + 1 if solved else max_iter
+        # log P = S / eps + log_u + log_v, as the other solvers report them.
+        log_u = torch.as_tensor(np.asarray(log["logu"], dtype=np.float64))
+        log_v = torch.as_tensor(np.asarray(log["logv"], dtype=np.float64))
     P = torch.as_tensor(plan, dtype=torch.float32, device=S.device)
-    err = marginal_error(P, b64.to(S.device)) if rho is None else float("nan")
-    converged = err < tol if rho is None else n_iter < max_iter
+    err = marginal_error(P, b64.to(S.device)) if rho is None else (errs[-1] if errs else float("inf"))
+    converged = err < tol if rho is None else solved
     return SinkhornResult(P, log_u, log_v, n_iter, err, bool(converged), [])
 
 

@@ -54,6 +54,10 @@ def polar_factor(M: torch.Tensor) -> torch.Tensor:
     >>> W.tolist()
     [[1.0, 0.0], [0.0, -1.0]]
     """
+    if M.ndim != 2:
+        raise GPUAError(f"M must be a 2-D (d_in, d_out) matrix; got shape {tuple(M.shape)}.")
+    if not torch.isfinite(M).all():
+        raise GPUAError("M contains NaN or inf (no nearest orthogonal matrix); check the features it was built from.")
     dtype = M.dtype
     U, _, Vh = torch.linalg.svd(M.double(), full_matrices=False)
     return (U @ Vh).to(dtype)
@@ -112,6 +116,11 @@ def procrustes_from_assignment(
     -------
     W0 : tensor of shape (d_in, d_out), dtype of ``Q``
     """
+    if Q.ndim != 2 or P.ndim != 2 or Y.ndim != 2 or P.shape[0] != Q.shape[0] or P.shape[1] != Y.shape[0]:
+        raise GPUAError(
+            f"Q (n_samples, d_in), P (n_samples, n_classes) and Y (n_classes, d_out) do not match: got shapes "
+            f"{tuple(Q.shape)}, {tuple(P.shape)} and {tuple(Y.shape)}."
+        )
     if assignment == "hard":
         P = torch.nn.functional.one_hot(P.argmax(1), P.shape[1]).to(Q.dtype)
     elif assignment != "soft":

@@ -118,6 +118,12 @@ def build_query(
     [0.4243, 0.5657, 0.0, 0.7071]
     """
     normalize = torch.nn.functional.normalize
+    if mode == "fused" and (X is None or X.ndim != 2 or X.shape[0] != Z.shape[0]):
+        got = "None" if X is None else f"shape {tuple(X.shape)}"
+        raise GPUAError(
+            f"query='fused' needs the VLM features X, one row per row of Z ({Z.shape[0]}), but X is {got}; pass them, "
+            "or use query='vfm'."
+        )
     Zn = centre_rows(Z, mean)
     if mode == "vfm":
         Q = Zn
@@ -168,6 +174,8 @@ def whitening_width(n_components: int | str, n_samples: int, n_classes: int, d_q
     >>> whitening_width("auto", 2000, 10, 1664), whitening_width("auto", 50000, 1000, 1792), whitening_width(64, 30, 3, 96)
     (128, 1792, 30)
     """
+    if n_components != "auto":
+        check_param("n_components", n_components, COUNT)  # "auto2" or 0: a clear error, not int()'s or an empty map
     d = max(128, 2 * int(n_classes)) if n_components == "auto" else int(n_components)
     return min(d, int(n_samples), int(d_q))
 
@@ -228,6 +236,7 @@ def whitening_from_moment(gram: torch.Tensor, n_samples: int, n_components: int,
     """
     check_param("n_components", n_components, COUNT)
     check_param("shrink", shrink, NON_NEGATIVE)
+    check_param("n_samples", n_samples, COUNT)  # 0 rows: a NaN moment that eigh cannot decompose
     d = min(int(n_components), int(n_samples), gram.shape[0])
     second, vectors = torch.linalg.eigh(gram.double() / n_samples)  # ascending
     var, V = second.flip(0)[:d].clamp_min(0.0), vectors.flip(1)[:, :d]

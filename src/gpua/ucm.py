@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._errors import GPUAError
+from ._validation import check_number
 from .ot import sinkhorn
 
 __all__ = [
@@ -60,6 +61,13 @@ def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperatu
     -------
     tensor of shape (n, m)
     """
+    if kind not in SIMILARITIES:
+        raise GPUAError(f"similarity={kind!r} is unknown; use one of {SIMILARITIES}.")
+    if len(A.shape) != 2 or len(B.shape) != 2 or A.shape[1] != B.shape[1]:  # shape, not ndim: streamed rows are duck-typed
+        raise GPUAError(f"similarity needs 2-D rows of one width; got shapes {tuple(A.shape)} and {tuple(B.shape)}.")
+    if kind == "neg_euclidean" and not 0.0 < float(temperature) < float("inf"):
+        # temperature = 0 made every score -inf, and a zero distance 0 / -0 = NaN.
+        raise GPUAError(f"temperature={temperature!r} must be a positive number (the published code uses 0.1).")
     G = A @ B.T
     if kind == "cosine":
         return G
@@ -115,6 +123,7 @@ def class_centres(Q: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     -------
     C : tensor of shape (n_classes, d_q)
     """
+    P = P.to(Q.dtype)  # a float32 Sinkhorn plan with float64 (or float16) queries
     C = P.T @ Q / P.sum(0).clamp_min(torch.finfo(P.dtype).tiny)[:, None]
     return torch.nn.functional.normalize(C, dim=1)
 
@@ -142,6 +151,8 @@ def top_rows(vals: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[torch.Tenso
         # Put each column in id order first, so that a stable sort breaks ties by id.
         order = ids.argsort(dim=0)
         vals, ids = vals.gather(0, order), ids.gather(0, order)
+    if int(m) < 1:
+        raise GPUAError(f"m={m!r} must be at least 1 (the number of rows kept per column).")
     m = min(int(m), vals.shape[0])
     v, pos = vals.topk(m, dim=0)
     tied = ((vals >= v[-1]).sum(0) > m).nonzero().flatten()
@@ -170,6 +181,8 @@ def confident_centres(
     -------
     C : tensor of shape (n_classes, d_q)
     """
+    if int(n_per_class) < 1:
+        raise GPUAError(f"n_per_class={n_per_class!r} must be at least 1 (samples averaged into each initial centre; try 8).")
     probs = torch.softmax(logit_scale * (X @ Y.T), dim=1)
     top_p, top_i = top_rows(probs, torch.arange(Q.shape[0], device=probs.device), n_per_class)  # (m, K)
     C = torch.einsum("mk,mkd->kd", top_p, Q[top_i])
@@ -250,6 +263,13 @@ def mine_correspondences(
     """
     if not 0.0 <= lam <= 1.0:
         raise GPUAError(f"lam={lam!r} must lie in [0, 1] (the weight of the VLM term; try 0.9).")
+    check_number(max_outer, "max_outer", integer=True, low=1, fix="at least one assignment round, e.g. 10")
+    if len(Q.shape) != 2 or len(X.shape) != 2 or len(Y.shape) != 2:
+        raise GPUAError(f"Q, X and Y must be 2-D; got shapes {tuple(Q.shape)}, {tuple(X.shape)} and {tuple(Y.shape)}.")
+    if Q.shape[0] != X.shape[0]:
+        raise GPUAError(f"Q has {Q.shape[0]} rows but X has {X.shape[0]}; both must hold the same images in the same order.")
+    if X.shape[1] != Y.shape[1]:
+        raise GPUAError(f"X has width {X.shape[1]} but Y has width {Y.shape[1]}; encode the prompts with the images' VLM.")
     C = confident_centres(Q, X, Y, n_init_per_class)
     n = Q.shape[0]
     plan = None
