@@ -169,3 +169,26 @@ def test_the_reference_refit_forgets_the_previous_provenance():
     m.provenance_ = {"vfm": "old-encoder"}
     m.fit(Z, X, Y)
     assert not hasattr(m, "provenance_")
+
+
+@pytest.mark.parametrize("query", ["fused", "vfm"])
+def test_a_pool_of_one_image_copied_is_refused(query):
+    rng = np.random.default_rng(0)
+    z, x = rng.normal(size=(1, 6)), rng.normal(size=(1, 5))
+    Z, X = np.repeat(z, 30, axis=0) * rng.uniform(0.5, 2, size=(30, 1)), np.repeat(x, 30, axis=0)  # same directions
+    with pytest.raises(GPUAError, match="points the same way"):  # was: fitted, every image predicted class 0
+        GPUA(n_steps=2, query=query).fit(Z, X, rng.normal(size=(3, 5)))
+    X[0] += 1.0  # one photo differs in the VLM's view: a (poor) fused pool, but not one image
+    if query == "fused":
+        GPUA(n_steps=2, query=query).fit(Z, X, rng.normal(size=(3, 5)))
+
+
+def test_a_streamed_pool_of_one_image_copied_is_refused():
+    from gpua.stream import fit_federated, fit_streaming
+
+    rng = np.random.default_rng(0)
+    Z, X = np.repeat(rng.normal(size=(1, 6)), 30, axis=0), np.repeat(rng.normal(size=(1, 5)), 30, axis=0)
+    with pytest.raises(GPUAError, match="points the same way"):
+        fit_streaming(GPUA(n_steps=2), (Z, X), rng.normal(size=(3, 5)), max_memory="1GB")
+    with pytest.raises(GPUAError, match="points the same way"):
+        fit_federated(GPUA(n_steps=2), [(Z[:15], X[:15]), (Z[15:], X[15:])], rng.normal(size=(3, 5)))

@@ -30,7 +30,9 @@ __all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_met
 class VLMZeroShot(AlignmentEstimator):
     """Zero-shot classification with the VLM's own image features: cosine with the prototypes.
 
-    ``fit`` only stores the prototypes; VFM features are ignored.
+    ``fit`` stores the prototypes; its VFM and VLM features are checked (and their widths
+    recorded, as a model file needs them) but take no part in the scores. At prediction the VFM
+    features are not used and may be None.
 
     Parameters
     ----------

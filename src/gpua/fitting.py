@@ -287,6 +287,22 @@ def _device_matrix(A: torch.Tensor, name: str, device: torch.device, n_rows: int
     return A
 
 
+def check_not_one_image(n_samples: int, vfm_mean: torch.Tensor, vlm_mean: torch.Tensor | None) -> None:
+    """Refuse a pool whose query rows all point one way (one photo copied, a constant feature file).
+
+    Every row would get the same scores, so the fit could only give every image one class; with
+    ``center=True`` the centred rows are all zero and the map learns nothing, silently. Told from
+    the pool means of the normalised rows (:func:`gpua.query.pool_mean`), whose norm is 1 exactly
+    when every row is the same direction: no copy of the rows. ``vlm_mean`` is None for
+    ``query="vfm"`` (only the VFM rows make the query then).
+    """
+    same = all(float(m.double().norm()) >= 1 - 1e-6 for m in (vfm_mean, vlm_mean) if m is not None)
+    if same and n_samples > 1:
+        what = "vfm_features" + (" and vlm_features" if vlm_mean is not None else "")
+        raise GPUAError(f"every row of {what} points the same way ({n_samples} copies of one image?): there is nothing to align "
+                        "and every image would get one class; fit on a pool of distinct images.")
+
+
 def check_fit_arrays(Z, X, Y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three inputs of an in-memory fit as float32 tensors on ``device``, checked.
 
@@ -795,8 +811,11 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     config = check_entry(params, Z.shape[0], Y.shape[0], driver="memory")
     names = check_classnames(classnames, Y.shape[0])
     normalize = torch.nn.functional.normalize
-    mean = pool_mean(Z) if config.center else None
-    vlm_mean = pool_mean(X) if config.center_vlm else None
+    mean = pool_mean(Z)
+    vlm_mean = pool_mean(X)
+    check_not_one_image(Z.shape[0], mean, vlm_mean if config.query == "fused" else None)
+    mean = mean if config.center else None
+    vlm_mean = vlm_mean if config.center_vlm else None
     Xc = centre_rows(X, vlm_mean)
     Q = build_query(Z, Xc, config.query, mean)
     V = None

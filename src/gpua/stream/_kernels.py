@@ -34,7 +34,7 @@ import torch
 
 from .._backend import as_tensor
 from .._errors import GPUAError
-from ..fitting import FitConfig
+from ..fitting import FitConfig, check_not_one_image
 from ..query import build_query, centre_rows, second_moment_sum, target_prototypes
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
@@ -425,8 +425,13 @@ def part_mean(part: Part, fit: FitSpec) -> torch.Tensor:
 
 
 def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n: int, d_vfm: int) -> None:
-    """Set ``fit.vfm_mean`` / ``fit.vlm_mean`` (as ``config.center`` / ``center_vlm`` ask) from :func:`part_mean` sums."""
+    """Set ``fit.vfm_mean`` / ``fit.vlm_mean`` (as ``config.center`` / ``center_vlm`` ask) from :func:`part_mean` sums.
+
+    A pool of one image copied is refused here, as the in-memory fit refuses it
+    (:func:`gpua.fitting.check_not_one_image`).
+    """
     total = sum_tensors(sums) / n
+    check_not_one_image(n, total[:d_vfm], total[d_vfm:] if config.query == "fused" else None)
     fit.vfm_mean = total[:d_vfm].float() if config.center else None
     fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
 
