@@ -19,3 +19,44 @@ def test_a_cached_extract_says_up_to_date(tmp_path, capsys):
     assert second.startswith("up to date ") and "nothing was extracted" in second
     assert main(argv + ["--templates", "simple"]) == 0  # other templates: extracted again
     assert capsys.readouterr().out.startswith("wrote ")
+
+
+def test_fit_progress_gives_each_self_learning_round_its_own_bars(capsys):
+    import numpy as np
+
+    from gpua import GPUA
+    from gpua.cli._common import FitProgress
+    from gpua.synthetic import make_planted
+
+    made = []
+
+    class Bar:
+        def __init__(self, desc, total, unit):
+            self.desc, self.n, self.closed = desc, 0, False
+            made.append(self)
+
+        def update(self, k):
+            assert k >= 0 and not self.closed, f"{self.desc}: moved by {k} (closed: {self.closed})"
+            self.n += k
+
+        def set_postfix(self, **kw):
+            assert not self.closed
+
+        def close(self):
+            self.closed = True
+
+    data = make_planted(200, 16, 12, 8, 5, random_state=0)
+    model = GPUA(n_steps=20, self_learning=2, self_learning_tol=0.0, random_state=0)
+    progress = FitProgress(model)
+    progress._bar = Bar
+    with progress:
+        model.fit(data.vfm_features, data.vlm_features, data.text_prototypes, callback=progress)
+    records = model.history_["self_learning"][1:]
+    descs = [b.desc for b in made]
+    # was: the self-learning rounds' UCM updated the closed first bar and their refinement moved it backwards
+    assert descs[:2] == ["UCM rounds", "refinement"]
+    for r in range(1, len(records) + 1):
+        assert f"self-learning {r}: UCM rounds" in descs
+    assert all(b.closed for b in made)
+    out = capsys.readouterr().out
+    assert all(f"self-learning round {rec['round']}:" in out for rec in records)

@@ -188,42 +188,68 @@ class FitProgress:
     """Progress bars for an in-memory fit, fed by ``GPUA.fit(..., callback=...)``.
 
     One bar counts UCM rounds (with the plan change), the next refinement steps (with the
-    held-out THS loss), as the streamed fit shows them; ``enabled=False`` shows nothing.
+    held-out THS loss), as the streamed fit shows them; each self-learning round gets its own
+    pair of bars (``self-learning 1: UCM`` ...) and a line saying how many pseudo-labels it
+    changed and whether it was kept. ``enabled=False`` shows nothing.
     Use as ``with FitProgress(model, enabled) as cb: model.fit(..., callback=cb)``.
     """
 
     def __init__(self, model=None, enabled: bool = True):
         # Without the model (built later by a library call), GPUA's defaults size the bars.
         self.enabled = bool(enabled)
-        self.max_rounds = int(getattr(model, "max_outer", 10))
+        self.max_rounds = int(getattr(model, "max_outer", 20))
         self.n_steps = int(getattr(model, "n_steps", 300)) if getattr(model, "refine", True) else 0
         self._ucm = self._refine = None
+        self._pass = 0  # 0: the plain fit; r: self-learning round r
+        self._stage = None  # the last entry's kind: "ucm", "refine" or "record"
 
     def _bar(self, desc: str, total: int, unit: str):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
+    def _prefix(self) -> str:
+        return f"self-learning {self._pass}: " if self._pass else ""
+
+    def _close(self) -> None:
+        for bar in (self._ucm, self._refine):
+            if bar is not None:
+                bar.close()
+        self._ucm = self._refine = None
+
     def __call__(self, entry: dict) -> None:
         if not self.enabled:
             return
-        if "round" in entry:
+        if "label_change" in entry:  # a self-learning round's record (after its UCM and refinement)
+            from tqdm.auto import tqdm
+
+            self._close()
+            self._stage = "record"
+            if entry.get("round"):
+                what = ("kept" if entry.get("kept") else "rolled back") if entry.get("refit") else "settled, not refitted"
+                tqdm.write(f"self-learning round {entry['round']}: {100 * float(entry['label_change']):.1f}% of the "
+                           f"pseudo-labels changed; {what}")
+        elif "round" in entry:
+            if self._stage in ("refine", "record"):  # a UCM after a refinement: the next self-learning round mines
+                self._close()
+                self._pass += 1
+            self._stage = "ucm"
             if self._ucm is None:
-                self._ucm = self._bar("UCM rounds", self.max_rounds, "round")
+                self._ucm = self._bar(self._prefix() + "UCM rounds", self.max_rounds, "round")
             self._ucm.update(1)
             self._ucm.set_postfix(plan_change=f"{entry.get('plan_change', float('nan')):.2g}", refresh=False)
         elif "step" in entry:
             if self._ucm is not None:
                 self._ucm.close()
+                self._ucm = None
+            self._stage = "refine"
             if self._refine is None:
-                self._refine = self._bar("refinement", max(self.n_steps, 1), "step")
-            self._refine.update(int(entry["step"]) - self._refine.n)
+                self._refine = self._bar(self._prefix() + "refinement", max(self.n_steps, 1), "step")
+            self._refine.update(max(int(entry["step"]) - self._refine.n, 0))
             self._refine.set_postfix(val_loss=f"{entry.get('val_loss', float('nan')):.4f}", refresh=False)
 
     def __enter__(self) -> "FitProgress":
         return self
 
     def __exit__(self, *exc) -> None:
-        for bar in (self._ucm, self._refine):
-            if bar is not None:
-                bar.close()
+        self._close()
