@@ -92,15 +92,18 @@ class FederatedExecutor(LocalExecutor):
         raise GPUAError(f"{fn.__name__} has no federated aggregate.")  # pragma: no cover - internal
 
     def reduce(self, fn: Callable, parts, *args, merge: Callable, on_done=None):
-        aggregates = []
+        total = None
         for client in sorted({p.client for p in parts}):
             mine = [p for p in parts if p.client == client]
             merged = super().reduce(fn, mine, *args, merge=merge, on_done=on_done)  # on the client
             if fn is K_.part_stats:
                 self.private[client] = merged["parts"]  # labels stay on the client
                 merged = {**merged, "parts": {}}
-            aggregates.append(merged)
-        return merge(aggregates)  # on the server: one aggregate per client
+            # On the server, each client's aggregate is folded in as it arrives (in client order,
+            # the order a merge of the list would sum them): one d_q x d_q second moment is held
+            # at a time, not one per client, as the memory plan assumes.
+            total = merged if total is None else merge([total, merged])
+        return total
 
 
 def fit_federated(
