@@ -149,3 +149,11 @@ def test_predictions_csv_without_unreadable_images_has_no_error_column(tmp_path)
     path = tmp_path / "p.csv"
     write_predictions(path, [(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), None)], ["x", "y"], top_k=1)
     assert path.read_text().splitlines()[0] == "image,prediction,probability,top1,top1_probability"
+
+
+def test_an_empty_method_list_says_so():
+    from gpua._errors import GPUAError
+    from gpua.classify import check_methods
+
+    with pytest.raises(GPUAError, match="^--methods names no method; choose from"):  # was: "no method are unknown"
+        check_methods(["", " "], "--methods")

@@ -132,9 +132,11 @@ def test_benchmark_checks_names_before_extracting(photos, capsys):
 
 def test_benchmark_fashion_mnist_from_idx_files(tmp_path, idx_files, capsys):
     """`--datasets fashion-mnist` reads the idx files of --dataset-root/fashion-mnist/ (tiny ones here)."""
-    # one grey level per class (the tiny encoder sees 4x4 thumbnails): 3 train and 2 test images of each class
+    # two grey stripes per class (the tiny encoder sees 4x4 thumbnails): 3 train and 2 test images of each class. (One
+    # flat grey level per class gave features that differ only in length: one direction, a pool GPUA now refuses.)
     idx_files.make_folder(tmp_path / "data" / "fashion-mnist", n_train=30, n_test=20,
-                          images=lambda split, labels: np.repeat(20 + 20 * labels, 28 * 28).reshape(-1, 28, 28).astype(np.uint8))
+                          images=lambda split, labels: np.stack([np.tile(np.repeat([20 + 20 * k, 235 - 20 * k], 14), (28, 1))
+                                                                 for k in labels]).astype(np.uint8))
     argv = ["benchmark", "--datasets", "fashion-mnist", "--dataset-root", str(tmp_path / "data"), "--vfm", "tiny:vfm", "--vlm", "tiny:vlm",
             "--methods", "zero_shot,gpua", "--pool", "2-shot", "--out", str(tmp_path / "bench"), "--cache-dir", str(tmp_path / "cache"),
             "--quiet", *FAST]

@@ -11,14 +11,18 @@ Like CLIP_benchmark's ``eval`` and ``build``:
   ``metrics: {acc1, acc5, mean_per_class_recall}`` and ``seconds: {extract, fit, predict}``,
   and the settings that made its numbers: ``params`` (the GPUA parameters given, without
   ``device`` and ``verbose``), ``gpua_defaults`` (a hash of GPUA's defaults), ``prompt_templates`` (the template set's name, or a file's name
-  and the hash of its templates) and ``data`` (the folder the dataset was read from, None for
-  the embedded and system copies). Rewritten atomically after every row, so an interrupted run
-  loses at most the row in progress, and a re-run skips the rows already there with the same
-  settings (features are cached per dataset and model, too); a row of other settings is kept
-  and the run is done again. Rows written before gpua recorded the settings (no ``params``)
-  load, but their settings are unknown: they are kept, and never taken for a run's.
+  and the hash of its templates), ``data`` (the folder the dataset was read from, None for
+  the embedded and system copies), ``contents`` (a hash of what its splits hold) and
+  ``prompts`` (a hash of its class names and the templates they fill: a renamed class runs
+  again). Rewritten atomically after every row (merged with the rows another run has written
+  there meanwhile), so an interrupted run loses at most the row in progress, and a re-run skips
+  the rows already there with the same settings (features are cached per dataset and model,
+  too); a row of other settings is kept and the run is done again. Rows written before gpua
+  recorded the settings (no ``params``, or no ``prompts``) load, but their settings are unknown:
+  they are kept, and never taken for a run's.
 * ``DIR/results.md`` and ``DIR/results.csv``: acc1 across datasets (one column per method and
-  encoder pair) with a mean row, built from the rows of the jsonl with this run's settings.
+  encoder pair) with a mean row, built from the rows of the jsonl with this run's settings
+  (where several rows fall into one cell, the latest is shown and a note under the table says so).
 
 Datasets: anything :func:`gpua.data.load_dataset` opens by name (the embedded ``cifar10-mini``;
 ``fashion-mnist``, read from its idx files in ``dataset_root/fashion-mnist/`` when that folder
@@ -140,6 +144,7 @@ class _Prepared:
     slug: str
     data: str | None
     contents: str
+    prompts: str
 
 
 def _contents(train, test) -> str:
@@ -154,7 +159,18 @@ def _contents(train, test) -> str:
     return _sha([identity(train), identity(test)])[:16]
 
 
-def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root) -> _Prepared:
+def _prompts(train, test, templates: Any) -> str:
+    """A hash of what the text prototypes are built from: the class names of both splits and the
+    templates they fill (``auto`` resolved for this dataset). A split file whose classes are
+    renamed holds the same images and labels (same ``contents``) but gives other prompts."""
+    from .data.prompts import resolve_templates
+    from .extract import _sha
+
+    return _sha({"classnames": [list(train.classnames or []), list(test.classnames or [])],
+                 "templates": resolve_templates(templates, getattr(train, "name", None))})[:16]
+
+
+def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | None, dataset_root, templates: Any = None) -> _Prepared:
     from .classify import check_classes
     from .data import sample_pool
 
@@ -162,18 +178,20 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
     check_classes(list(train.classnames or []), f"--datasets {name!r}", "use a dataset of two or more classes")
     test = open_benchmark_dataset(name, "test", dataset_root)
     contents = _contents(train, test)
+    prompts = _prompts(train, test, templates)
     pool = train if n_shot is None else sample_pool(train, n_per_class=n_shot, seed=seed)
     pool_tag = "train" if n_shot is None else f"train-{n_shot}shot-seed{seed}"
     test_tag = "test"
     if test_per_class is not None:
         test = sample_pool(test, n_per_class=test_per_class, seed=seed)
         test_tag = f"test-{test_per_class}pc-seed{seed}"
-    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root), contents)
+    return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root), contents,
+                     prompts)
 
 
 #: What a row's numbers depend on: a re-run skips a row only when all of these are the same.
-_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "gpua_defaults", "params",
-        "prompt_templates")
+_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "prompts", "gpua_defaults",
+        "params", "prompt_templates")
 #: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
 _NOT_SETTINGS = ("device", "verbose")
 
@@ -227,6 +245,17 @@ def _templates_setting(templates: Any) -> str:
     return f"{what} (sha256 {sha})"
 
 
+def _templates_tag(setting: str) -> str:
+    """The part of a feature cache file's name that tells template sets apart ('' for the default
+    ``auto``, whose files keep their names): two sets on one dataset and encoder pair keep
+    their own cached features instead of re-encoding every image at each switch."""
+    import hashlib
+
+    from .data.prompts import DEFAULT_TEMPLATES
+
+    return "" if setting == DEFAULT_TEMPLATES else "_templates-" + hashlib.sha256(setting.encode()).hexdigest()[:10]
+
+
 def _label(value: Any) -> str:
     return value if isinstance(value, str) else "none" if value is None else json.dumps(value)
 
@@ -257,6 +286,28 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+
+
+def _current_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows the file holds now (another run into the same folder may have added some since
+    this one read it); its unreadable lines were warned about when the run first read it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_results(path)
+
+
+def _add_row(path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append ``row`` to the rows the file holds now and rewrite it atomically; returns them all.
+
+    Read again just before the write, so that two runs into one folder (two configurations
+    started side by side) keep each other's rows instead of the last writer's list winning.
+    """
+    rows = _current_rows(path)
+    rows.append(row)
+    _write_rows(path, rows)
+    return rows
 
 
 def run_benchmark(
@@ -306,7 +357,8 @@ def run_benchmark(
         GPUA parameters for every GPUA-based method (recorded in each row as ``params``, and
         part of what a re-run compares).
     cache_dir : path, optional
-        Feature cache root (features go to ``<cache>/benchmark/``).
+        Feature cache root (features go to ``<cache>/benchmark/``, one file per dataset, split,
+        pool, encoder pair and template set).
     device, batch_size, progress
         As :func:`gpua.extract.extract_features`.
     log : callable or None
@@ -320,10 +372,14 @@ def run_benchmark(
     from .extract import extract_features
     from .features import load_features
     say = log or (lambda s: None)
-    methods = check_methods(list(methods), "methods")
+    methods = list(dict.fromkeys(check_methods(list(methods), "methods")))  # a name given twice runs once
     n_shot = parse_pool(pool)
+    pool = "full" if n_shot is None else f"{n_shot}-shot"  # one spelling: '16shot' is '16-shot', in the rows and the tables
     if test_per_class is not None and (isinstance(test_per_class, bool) or int(test_per_class) < 1):
         raise GPUAError(f"test_per_class={test_per_class!r} must be a positive integer.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GPUAError(f"seed={seed!r} must be a non-negative integer (the seed of the pool draw).")
+    datasets, vfms, vlms = (list(dict.fromkeys(v)) for v in (datasets, vfms, vlms))
     if not datasets or not vfms or not vlms:
         raise GPUAError("give at least one dataset, one VFM and one VLM.")
     out = Path(out_dir)
@@ -333,14 +389,17 @@ def run_benchmark(
     done = {_key(r) for r in rows}
     test_subset = None if test_per_class is None else f"{int(test_per_class)} per class"
     settings = {"gpua_defaults": _defaults_setting(), "params": _param_settings(overrides), "prompt_templates": _templates_setting(templates)}
+    templates_tag = _templates_tag(settings["prompt_templates"])
     # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
-    prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root) for d in datasets]
+    prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root, templates)
+                for d in datasets]
     contents = {prep.name: prep.contents for prep in prepared}
+    prompts = {prep.name: prep.prompts for prep in prepared}
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
                 base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
-                        "data": prep.data, "contents": contents[prep.name], **settings}
+                        "data": prep.data, "contents": contents[prep.name], "prompts": prompts[prep.name], **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
@@ -349,7 +408,7 @@ def run_benchmark(
                 files = {}
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
-                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}", vfm, vlm, cache_dir),
+                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                     )
                 extract_s = time.perf_counter() - t0
@@ -357,21 +416,24 @@ def run_benchmark(
                 say(f"{prep.name}  {vfm} + {vlm}: pool {train_fs.n_samples} images ({pool}), test {test_fs.n_samples}, "
                     f"{len(train_fs.classnames or [])} classes; features in {files['pool'].parent} ({extract_s:.1f} s)")
                 for method in todo:
+                    if _key({**base, "method": method}) in done:  # written meanwhile by another run into this folder
+                        continue
                     row = _run_method(method, train_fs, test_fs, files["pool"], prep.name, overrides)
                     row = {**base, "method": method, "task": "zeroshot_classification", **row,
                            "seconds": {"extract": extract_s, **row["seconds"]}, "gpua_version": __version__}
-                    rows.append(row)
-                    done.add(_key(row))
-                    _write_rows(jsonl, rows)
+                    rows = _add_row(jsonl, row)
+                    done = {_key(r) for r in rows}
                     say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s")
                     extract_s = 0.0  # counted once per (dataset, encoders)
     # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
+    rows = _current_rows(jsonl)  # with the rows another run into this folder may have written meanwhile
     ours, data = _settings(settings), {p.name: p.data for p in prepared}
     shown = [r for r in rows if _settings(r) == ours and (r.get("dataset") not in data or (
-        r.get("data") == data[r.get("dataset")] and r.get("contents") == contents[r.get("dataset")]))]
+        r.get("data") == data[r.get("dataset")] and r.get("contents") == contents[r.get("dataset")]
+        and r.get("prompts") == prompts[r.get("dataset")]))]
     if len(shown) < len(rows):
-        say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates or data, or "
-            "written before gpua recorded them); kept there, left out of the tables")
+        say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates, class names or "
+            "data, or written before gpua recorded them); kept there, left out of the tables")
     md, table_csv = build_tables(shown)
     atomic_write_text(out / "results.md", md)
     atomic_write_text(out / "results.csv", table_csv)
@@ -407,7 +469,10 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[
     parts that are the same for every column are said once above the Markdown table instead of
     in every header (``params default``: none given; ``unknown``: a row written before gpua
     recorded them). The mean of a column covers the datasets it has; a column missing some says
-    how many it has.
+    how many it has. Rows that fall into one cell (one dataset and run, but other data, contents,
+    class names or GPUA defaults: photos replaced between runs) are not averaged: the cell shows
+    the latest row, marked ``*`` in the Markdown table, and a note under it says how many rows
+    the cell had.
     """
     if metric not in BENCHMARK_METRICS:
         raise GPUAError(f"metric={metric!r}; choose from {BENCHMARK_METRICS}.")
@@ -421,7 +486,11 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[
     varying = [i for i, p in enumerate(parts) if len({run[i] for run in runs}) > 1] or [0]
     fixed = [(p, runs[0][i]) for i, p in enumerate(parts) if i not in varying and runs and runs[0][i] is not None]
     header = [" / ".join(str(run[i]) for i in varying) for run in runs]
-    value = {(r["dataset"], run_of(r)): r["metrics"][metric] for r in rows}
+    value = {(r["dataset"], run_of(r)): r["metrics"][metric] for r in rows}  # the latest row of a cell wins
+    n_rows: dict[tuple, int] = {}
+    for r in rows:
+        n_rows[(r["dataset"], run_of(r))] = n_rows.get((r["dataset"], run_of(r)), 0) + 1
+    several = {cell: n for cell, n in n_rows.items() if n > 1}
     table = []
     for d in datasets:
         table.append([d] + [value.get((d, run)) for run in runs])
@@ -435,8 +504,13 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[
     mean_cells = ["" if m is None else fmt(m[0]) + ("" if m[1] == len(datasets) else f" ({m[1]} of {len(datasets)})") for m in means]
     md = [f"{metric} (%) by dataset" + ("; " + ", ".join(f"{p} {v}" for p, v in fixed) if fixed else ""), "",
           "| dataset | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    md += ["| " + " | ".join([row[0]] + [fmt(v) for v in row[1:]]) + " |" for row in table]
+    md += ["| " + " | ".join([row[0]] + [fmt(v) + ("*" if (row[0], run) in several else "") for v, run in zip(row[1:], runs)]) + " |"
+           for row in table]
     md.append("| **mean** | " + " | ".join(mean_cells) + " |")
+    if several:
+        cells = "; ".join(f"{d} / {header[runs.index(run)]}: {n} rows" for (d, run), n in several.items())
+        md += ["", f"\\* several rows in one cell ({cells}): rows of other data, contents, class names or GPUA defaults; "
+                   "the latest is shown (all are in results.jsonl)."]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["dataset"] + header)

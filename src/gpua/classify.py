@@ -42,8 +42,10 @@ def check_methods(methods: Sequence[str], option: str = "method") -> list[str]:
 
     methods = [m.strip() for m in methods if m and m.strip()]
     unknown = [m for m in methods if m not in list_methods()]
-    if unknown or not methods:
-        raise GPUAError(f"{option}: {unknown or 'no method'} {'is' if len(unknown) == 1 else 'are'} unknown; choose from {list_methods()}.")
+    if not methods:
+        raise GPUAError(f"{option} names no method; choose from {list_methods()}.")
+    if unknown:
+        raise GPUAError(f"{option}: {unknown} {'is' if len(unknown) == 1 else 'are'} unknown; choose from {list_methods()}.")
     return methods
 
 

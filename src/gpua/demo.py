@@ -13,6 +13,7 @@ Features are cached (keyed by model, data and prompts), so a re-run only fits an
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -115,7 +116,9 @@ def run_demo(
     from .features import load_features
     from .report import compare_methods, format_table, write_json
 
-    methods = check_methods(list(methods), "methods")  # before any extraction
+    methods = list(dict.fromkeys(check_methods(list(methods), "methods")))  # before any extraction; a name given twice runs once
+    vfms = list(dict.fromkeys(vfms))
+    overrides = dict(overrides or {})
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     results: dict[str, Any] = {
@@ -124,6 +127,8 @@ def run_demo(
         "vlm": vlm,
         "vlm_note": "image-text stand-in: EfficientNet-Lite0 ImageNet head weighted by MiniLM similarity; closed-vocabulary",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        # The GPUA parameters given (--param): without them a run of other settings reads as the defaults'.
+        "params": json.loads(json.dumps(overrides, default=str)),
         "runs": [],
     }
     plot_done = False
@@ -136,7 +141,9 @@ def run_demo(
         print(f"features: {paths['train']} and {paths['test']} (cached: a re-run reads them back; delete them to re-extract)", flush=True)
         train, test = load_features(paths["train"]), load_features(paths["test"])
         rows, fitted = compare_methods(train, test, methods, overrides=overrides, progress=progress, return_estimators=True)
-        print(f"\n{vfm} (VFM) + {vlm} (VLM stand-in): fit on {train.n_samples} unlabeled train photos, scored on {test.n_samples} test photos")
+        given = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        print(f"\n{vfm} (VFM) + {vlm} (VLM stand-in): fit on {train.n_samples} unlabeled train photos, scored on {test.n_samples} test photos"
+              + (f"; GPUA parameters given: {given}" if given else ""))
         print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
         print()
         results["runs"].append({"vfm": vfm, "extract_seconds": extract_s, "features": {k: str(v) for k, v in paths.items()}, "results": rows})

@@ -11,13 +11,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides
+from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, positive_int
 
 __all__ = ["add_subcommands"]
 
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _seed(text: str) -> int:
+    """An argparse ``type``: a seed of 0 or more (numpy's generators refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
 
 
 def add_subcommands(subparsers) -> None:
@@ -39,9 +50,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pool", default="16-shot", help="fit pool from the train split: 16-shot (any N-shot) or full")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl, results.md and results.csv")
     p.add_argument("--dataset-root", metavar="DIR", help="CoOp's data folder (for CoOp datasets given by name); fashion-mnist reads its idx files from DIR/fashion-mnist/ when that folder exists")
-    p.add_argument("--test-per-class", type=int, default=None, metavar="N",
+    p.add_argument("--test-per-class", type=positive_int, default=None, metavar="N",
                    help="score on N test images per class (a quick run; default: the whole test split)")
-    p.add_argument("--pool-seed", type=int, default=0, help="seed of the pool draw (and of --test-per-class)")
+    p.add_argument("--pool-seed", type=_seed, default=0, help="seed of the pool draw (and of --test-per-class), 0 or more")
     add_extraction_arguments(p)
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_benchmark)

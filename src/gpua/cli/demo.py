@@ -15,10 +15,10 @@ __all__ = ["add_subcommands"]
 
 def _cmd_demo(args) -> int:
     check_paths(args, outputs=(("out", "folder"),))
-    vfms = args.vfm or demo.DEMO_VFMS
-    if "all" in vfms:
-        vfms = demo.ALL_DEMO_VFMS
-    methods = demo.DEMO_METHODS if not args.methods else demo.ALL_DEMO_METHODS if args.methods == "all" else args.methods.split(",")
+    # 'all' stands for its list where it is given, beside any other name (which is kept, not dropped).
+    vfms = [v for given in args.vfm or demo.DEMO_VFMS for v in (demo.ALL_DEMO_VFMS if given == "all" else (given,))]
+    names = [m.strip() for m in (args.methods or "").split(",")]
+    methods = [m for given in names for m in (demo.ALL_DEMO_METHODS if given == "all" else (given,))] if args.methods else demo.DEMO_METHODS
     demo.run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,
              overrides=parse_params(args.param))
     return 0
@@ -30,7 +30,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", default="results/demo", help="folder for results.json and the plot")
     p.add_argument("--vfm", action="append",
                    help=f"VFM encoder, repeatable; 'all' = {', '.join(demo.ALL_DEMO_VFMS)} (default: {', '.join(demo.DEMO_VFMS)})")
-    p.add_argument("--methods", help=f"comma-separated, or 'all' (adds {','.join(demo.ALL_DEMO_METHODS[len(demo.DEMO_METHODS):])}); "
+    p.add_argument("--methods", help=f"comma-separated; 'all' = the default ones and {','.join(demo.ALL_DEMO_METHODS[len(demo.DEMO_METHODS):])}; "
                                      f"default: {','.join(demo.DEMO_METHODS)}")
     p.add_argument("--cache-dir", help="feature and model cache (default $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--no-plot", action="store_true", help="skip the before/after embedding plot")

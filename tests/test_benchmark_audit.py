@@ -1,0 +1,187 @@
+"""Audit of `gpua benchmark` and `gpua demo`: resumed rows that must not be reused, rows that must not
+be lost, tables that must say what they show, and flags that fail with one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gpua import benchmark as bench_mod
+from gpua import demo as demo_mod
+from gpua.cli import main
+
+FAST = ["--n-steps", "20", "--param", "eval_every=5"]
+
+pytestmark = pytest.mark.filterwarnings("ignore::gpua.ConvergenceWarning")
+
+
+def _argv(d, dataset, *extra):
+    return ["benchmark", "--datasets", str(dataset), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--methods", "zero_shot",
+            "--pool", "2-shot", "--out", str(d / "bench"), "--cache-dir", str(d / "cache"), "--templates", "simple", "--quiet", *FAST, *extra]
+
+
+def _rows(d):
+    return [json.loads(line) for line in (d / "bench" / "results.jsonl").read_text().splitlines()]
+
+
+def _split_file(d, names):
+    """A CoOp split file over the planted photos, naming the classes ``names`` (label order)."""
+    entries = {}
+    for split in ("train", "test"):
+        entries[split] = [[f"{split}/{c}/{p.name}", k, names[k]] for k, c in enumerate(("sky", "grass", "road", "water", "sand"))
+                          for p in sorted((d / "photos" / split / c).iterdir())]
+    path = d / "photos" / "split_zhou_Planted.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_renamed_classes_run_again(photos, capsys):
+    """A split file whose class names change (same images, same labels) gives other prompts: its rows are not reused."""
+    d = photos
+    split = _split_file(d, ["sky", "grass", "road", "water", "sand"])
+    assert main(_argv(d, split)) == 0
+    first = _rows(d)
+    assert [r["method"] for r in first] == ["zero_shot"]
+    _split_file(d, ["blue sky", "grass", "road", "water", "sand"])
+    capsys.readouterr()
+    assert main(_argv(d, split)) == 0
+    assert "already in" not in capsys.readouterr().out
+    rows = _rows(d)
+    assert len(rows) == 2 and rows[0]["prompts"] != rows[1]["prompts"]
+    # the table shows the run's own row, not the stale one
+    md = (d / "bench" / "results.md").read_text()
+    assert f"{100 * rows[1]['metrics']['acc1']:.2f}" in md
+
+
+def test_two_runs_into_one_folder_keep_each_others_rows(photos, monkeypatch):
+    """Two benchmarks writing one results.jsonl (two configurations started side by side): neither loses the other's rows."""
+    d = photos
+    real = bench_mod._run_method
+    other_ran = []
+
+    def run_method(*a, **k):
+        if not other_ran:  # the other run finishes while this one is fitting its first method
+            other_ran.append(True)
+            assert main(_argv(d, d / "photos", "--param", "lam=0.5")) == 0
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_mod, "_run_method", run_method)
+    assert main(_argv(d, d / "photos")) == 0
+    rows = _rows(d)
+    assert len(rows) == 2 and sorted(json.dumps(r["params"], sort_keys=True) for r in rows) == [
+        '{"eval_every": 5, "lam": 0.5, "n_steps": 20}', '{"eval_every": 5, "n_steps": 20}']
+
+
+def test_repeated_method_runs_once(photos):
+    d = photos
+    argv = _argv(d, d / "photos")
+    argv[argv.index("--methods") + 1] = "zero_shot,zero_shot"
+    assert main(argv) == 0
+    assert [r["method"] for r in _rows(d)] == ["zero_shot"]
+
+
+def test_pool_spellings_are_one_setting(photos, capsys):
+    """`--pool 2shot` is `--pool 2-shot`: the resumed run skips, and the table has one column."""
+    d = photos
+    assert main(_argv(d, d / "photos")) == 0
+    argv = _argv(d, d / "photos")
+    argv[argv.index("--pool") + 1] = "2shot"
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already in" in capsys.readouterr().out
+    assert len(_rows(d)) == 1
+
+
+def test_negative_pool_seed_is_one_line(photos, capsys):
+    d = photos
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: usage line, then one line naming the flag
+        main(_argv(d, d / "photos", "--pool-seed", "-1"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--pool-seed" in err and "Traceback" not in err
+    assert not (d / "cache").exists()
+
+
+def test_non_positive_test_per_class_names_the_flag(photos, capsys):
+    d = photos
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(d, d / "photos", "--test-per-class", "0"))
+    assert exc.value.code == 2 and "--test-per-class" in capsys.readouterr().err
+    with pytest.raises(bench_mod.GPUAError, match="seed"):  # the library says it too
+        bench_mod.run_benchmark([str(d / "photos")], ["planted:vfm"], ["planted:vlm"], ["zero_shot"], d / "b", seed=-1, log=None)
+
+
+def _row(contents, acc1, **kw):
+    return {"dataset": "photos", "vfm": "v", "vlm": "l", "pool": "16-shot", "seed": 0, "test_subset": None, "data": None,
+            "contents": contents, "gpua_defaults": "x", "params": {}, "prompt_templates": "auto", "method": "gpua",
+            "metrics": {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1}, **kw}
+
+
+def test_table_says_when_one_cell_has_several_rows():
+    """Rows of one dataset and run that differ in data or contents (photos replaced between runs) fall into one
+    cell: the table says the latest is shown, rather than picking one silently."""
+    md, table_csv = bench_mod.build_tables([_row("a", 0.5), _row("b", 0.75)])
+    assert "75.00" in md and "50.00" not in md
+    assert "2 rows" in md
+    md, _ = bench_mod.build_tables([_row("a", 0.5)])
+    assert "rows" not in md.split("\n", 1)[0] and "latest" not in md
+
+
+def _feature_paths(planted, tmp_path):
+    from gpua.features import FeatureSet, save_features
+
+    paths = {}
+    for split, d in zip(("train", "test"), planted):
+        fs = FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
+                        labels=d.labels, classnames=d.classnames)
+        paths[split] = save_features(tmp_path / f"{split}.npz", fs)
+    return paths
+
+
+def test_demo_records_its_parameters(planted, tmp_path, monkeypatch, capsys):
+    """`gpua demo --param lam=0.5`: results.json and the printed table say which parameters made the numbers."""
+    paths = _feature_paths(planted, tmp_path)
+    monkeypatch.setattr(demo_mod, "demo_features", lambda *a, **k: paths)
+    res = demo_mod.run_demo(tmp_path / "out", methods=["zero_shot", "procrustes_only"], plot=False, progress=False, overrides={"lam": 0.5})
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["params"] == res["params"] == {"lam": 0.5}
+    assert "lam=0.5" in capsys.readouterr().out
+    res = demo_mod.run_demo(tmp_path / "out", methods=["zero_shot"], plot=False, progress=False)
+    assert res["params"] == {}
+
+
+def test_demo_runs_a_repeated_vfm_or_method_once(planted, tmp_path, monkeypatch):
+    paths = _feature_paths(planted, tmp_path)
+    calls = []
+    monkeypatch.setattr(demo_mod, "demo_features", lambda *a, **k: calls.append(a) or paths)
+    res = demo_mod.run_demo(tmp_path / "out", vfms=["a", "a"], methods=["zero_shot", "zero_shot"], plot=False, progress=False)
+    assert len(calls) == 1 and len(res["runs"]) == 1 and [r["method"] for r in res["runs"][0]["results"]] == ["zero_shot"]
+
+
+def test_demo_command_line_all_among_others(monkeypatch):
+    """`--vfm all --vfm X` runs X too (it was dropped silently), `--methods all,M` adds M (it ran a method named 'all')."""
+    seen = {}
+    monkeypatch.setattr(demo_mod, "run_demo", lambda out, **kw: seen.update(kw))
+    from gpua import cli
+
+    assert cli.main(["demo", "--no-plot", "--vfm", "all", "--vfm", "planted:vfm", "--methods", "all,hard_assignment"]) == 0
+    assert list(seen["vfms"]) == [*demo_mod.ALL_DEMO_VFMS, "planted:vfm"]
+    assert list(seen["methods"]) == [*demo_mod.ALL_DEMO_METHODS, "hard_assignment"]
+
+
+def test_other_templates_do_not_overwrite_the_cached_features(photos):
+    """Two template sets on one dataset and encoder pair (a researcher comparing prompts): each keeps its own cached
+    features; they shared one file, so every switch re-encoded every image and replaced the other's cache."""
+    d = photos
+    assert main(_argv(d, d / "photos")) == 0
+    files = sorted((d / "cache" / "benchmark").glob("*.npz"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    argv = _argv(d, d / "photos")
+    argv[argv.index("--templates") + 1] = "auto"
+    assert main(argv) == 0
+    assert main(_argv(d, d / "photos")) == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    assert len(list((d / "cache" / "benchmark").glob("*.npz"))) == 2 * len(files)
+    assert len(_rows(d)) == 2
