@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gpua import GPUA
+from gpua import GPUA, GPUAError
 
 # Random inputs with capped UCM and Sinkhorn: convergence is not what these properties are about.
 pytestmark = pytest.mark.filterwarnings("ignore::gpua.ConvergenceWarning")
@@ -36,7 +36,16 @@ def triplets(draw):
 @given(triplets(), st.sampled_from(["vfm", "fused"]))
 def test_no_nan_on_random_finite_inputs(t, query):
     Z, X, Y = t
-    m = GPUA(query=query, **FAST).fit(Z, X, Y)
+    try:
+        m = GPUA(query=query, **FAST).fit(Z, X, Y)
+    except GPUAError as exc:
+        # A pool whose rows all point one way is refused by design (nothing to align); only that.
+        def one_direction(A):
+            U = A / np.linalg.norm(A.astype(np.float64), axis=1, keepdims=True)
+            return np.linalg.norm(U.mean(0)) >= 1 - 1e-6
+
+        assert "points the same way" in str(exc) and one_direction(Z) and (query == "vfm" or one_direction(X))
+        return
     scores = m.decision_function(Z, X)
     assert np.all(np.isfinite(scores))
     assert np.all(np.isfinite(m.predict_proba(Z, X)))

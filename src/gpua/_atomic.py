@@ -3,7 +3,12 @@
 :func:`atomic_path` writes a temp file in the target's folder, fsyncs it and renames it over the
 target: an interrupted write leaves the old file intact, never a half-written file under the
 final name. The temp file is created with mode ``0o666`` less the process umask, so the output
-gets the permissions any other program's output would get (not ``mkstemp``'s ``0o600``).
+gets the permissions any other program's output would get (not ``mkstemp``'s ``0o600``); a file
+that is replaced keeps its own permission bits (and, where the system allows, its owner and
+group), as a file rewritten in place would. A target that is a symbolic link is written through:
+the file it points to is replaced (atomically, in that file's folder) and the link is kept.
+A write that the system refuses (disk full, quota) raises an :class:`OSError` naming the target,
+not the temp file, and leaves the old file as it was.
 
 Temp files carry gpua's own name, ``.<target>.gpua-<host>-<pid>-<random>.tmp<suffix>``: a save
 killed before its rename leaves one behind, and the next save in that folder removes it once its
@@ -25,6 +30,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -96,8 +102,16 @@ def clean_stale_temps(folder: str | os.PathLike, *, now: float | None = None) ->
     return removed
 
 
+#: The longest file name (bytes) most file systems allow: a temp name is kept within it.
+_NAME_MAX = 255
+
+
 def _temp_name(target: Path, suffix: str) -> Path:
-    return target.parent / f".{target.name}{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}"
+    """``.<target>.gpua-<host>-<pid>-<random>.tmp<suffix>``, the target's name shortened so that
+    the whole name fits in :data:`_NAME_MAX` bytes (a target named near the limit stays writable)."""
+    tail = f"{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}"
+    room = max(1, _NAME_MAX - 1 - len(os.fsencode(tail)))
+    return target.parent / f".{os.fsdecode(os.fsencode(target.name)[:room])}{tail}"
 
 
 def _umask() -> int:
@@ -128,20 +142,63 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _os_error_code(exc: BaseException) -> int | None:
+    """The system error number inside a writer's non-OSError failure (safetensors reports a full
+    disk as ``SafetensorError('... I/O error: No space left on device (os error 28)')``)."""
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(m[1]) if m else None
+
+
+def _keep_owner_and_mode(tmp_path: Path, old: os.stat_result | None) -> None:
+    """Give the temp file the permission bits of the file it replaces (the umask's for a new
+    file), and that file's owner and group where the system allows (best effort)."""
+    mode = 0o666 & ~_umask() if old is None else stat.S_IMODE(old.st_mode) & 0o777
+    st = tmp_path.stat()
+    if old is not None and hasattr(os, "chown"):
+        # One at a time: a user may set the group (one of theirs) but not the owner.
+        if st.st_gid != old.st_gid:
+            with contextlib.suppress(OSError):
+                os.chown(tmp_path, -1, old.st_gid)
+        if st.st_uid != old.st_uid:
+            with contextlib.suppress(OSError):
+                os.chown(tmp_path, old.st_uid, -1)
+    if st.st_mode & 0o7777 != mode:
+        os.chmod(tmp_path, mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     ``suffix`` keeps the extension some writers insist on (``np.savez`` appends ``.npz``). The
-    temp file exists (empty) when the block starts, with the umask's permissions. ``~`` is
-    expanded; a path that is a folder, lies under a file, sits in a folder that cannot be written
-    or names a read-only file is refused (:class:`GPUAError` naming ``name``) before the block
-    runs, so no work is spent on a write that would fail or replace a file its owner protected.
+    temp file exists (empty) when the block starts, with the umask's permissions; the result
+    gets those of the file it replaces, if any. ``~`` is expanded; a symbolic link is written
+    through (its target is replaced, the link kept). A path that is a folder, lies under a
+    file, sits in a folder that cannot be written or names a read-only file is refused
+    (:class:`GPUAError` naming ``name``) before the block runs, so no work is spent on a write
+    that would fail or replace a file its owner protected. A write the system refuses raises
+    an :class:`OSError` naming ``path``; the old file is left as it was.
     """
     path = Path(path).expanduser()
+    if path.is_symlink():
+        # Replacing the link itself would turn it into a copy and leave the file it points to
+        # (which other links may share) stale: write that file instead, as open() would.
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise GPUAError(
+                f"{name} {str(path)!r} is a link to {str(target)!r}, whose folder does not exist; "
+                "fix or remove the link, or choose another path."
+            )
+        path = target
     _check_writable(path, name, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
+    try:
+        old = os.stat(path) if path.is_file() else None
+    except OSError:
+        old = None
     while True:
         tmp_path = _temp_name(path, suffix)
         try:
@@ -152,15 +209,23 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path"
     os.close(fd)
     try:
         yield tmp_path
-        # Some writers replace the temp file with their own (safetensors writes 0o600 files):
-        # give the result the mode any other program's output would have.
-        mode = 0o666 & ~_umask()
-        if tmp_path.stat().st_mode & 0o777 != mode:
-            os.chmod(tmp_path, mode)
-        with open(tmp_path, "rb+") as fh:
+        with open(tmp_path, "rb+") as fh:  # before the mode change, which may make it read-only
             os.fsync(fh.fileno())
+        # Some writers replace the temp file with their own (safetensors writes 0o600 files):
+        # give the result the mode of the file it replaces, or the one any program's new file has.
+        _keep_owner_and_mode(tmp_path, old)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        # A full disk surfaces deep inside the writer, naming the temp file or nothing.
+        if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp_path)):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    except Exception as exc:
+        code = _os_error_code(exc)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -14,7 +14,9 @@ key                     shape               meaning
 ======================  ==================  ===========================================
 
 Formats: ``.npz`` (numpy) and ``.safetensors`` (string arrays go to the JSON metadata there).
-Arrays may be float16 or float32; they are returned as float32.
+Arrays may be float16 or float32; they are returned as float32. (A safetensors file written by
+another tool may also hold bfloat16 or float8 arrays, which numpy has no type for: they are
+read through torch, exactly.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ FEATURE_KEYS = ("vfm_features", "vlm_features", "text_prototypes")
 _ARRAY_KEYS = FEATURE_KEYS + ("labels",)
 _STRING_KEYS = ("classnames", "image_ids")
 _FIX = "re-create it (gpua extract, or gpua.features.save_features)"
+#: The largest JSON header a safetensors reader accepts (the ``safetensors`` package's
+#: ``MAX_HEADER_SIZE``): class names, image ids and meta are stored there.
+_ST_HEADER_MAX = 100_000_000
 
 
 @dataclass
@@ -179,9 +184,27 @@ def save_features(path: str | Path, features: FeatureSet | None = None, **arrays
         metadata = {"meta": meta_json, **{k: json.dumps(v) for k, v in strings.items()}}
         tensors = {k: np.ascontiguousarray(v) for k, v in out.items()}
         metadata[CHECKSUM_KEY] = digest(metadata, tensors)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        _check_header_size(path, metadata, len(tensors))
+        try:
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as exc:  # safetensors' own error type; its size check, should ours miss
+            if "header too large" not in str(exc).lower():
+                raise
+            _check_header_size(path, metadata, len(tensors), limit=0)
     return path
+
+
+def _check_header_size(path: Path, metadata: dict[str, str], n_tensors: int, limit: int = _ST_HEADER_MAX) -> None:
+    """Refuse strings that would overflow a safetensors header: the file could not be written (or read)."""
+    size = len(json.dumps({"__metadata__": metadata}, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    size += 256 * n_tensors  # each tensor's entry: name, dtype, shape, offsets
+    if size > limit:
+        raise GPUAError(
+            f"path {str(path)!r}: the class names, image ids and meta take {size:,} bytes, more than the "
+            f"{_ST_HEADER_MAX:,} a safetensors header holds; save to a .npz file (no such limit), or write a "
+            "shard set (gpua.features.write_shards), or shorten meta."
+        )
 
 
 def _stored_contents(features: FeatureSet, float16: bool) -> tuple[dict[str, np.ndarray], dict[str, list[str]], str]:
@@ -257,9 +280,23 @@ def _meta_json(meta: Any) -> str:
             return value.tolist()  # np.bytes_ and datetimes stay unserialisable: refused below
         raise TypeError(f"it holds a value of type {type(value).__name__}: {repr(value)[:60]}")
 
+    def one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise GPUAError(
+                f"meta has two keys that JSON stores as the same string {dup!r} (such as 1 and '1', or True and "
+                "'true'): one value would be lost; rename one of them."
+            )
+        return dict(pairs)
+
     try:
-        return json.dumps(meta, default=plain)
+        text = json.dumps(meta, default=plain)
+        json.loads(text, object_pairs_hook=one_value_per_key)  # JSON keys are strings: 1 and "1" would collide
+        return text
     except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, GPUAError):
+            raise
         raise GPUAError(
             f"meta cannot be stored as JSON ({exc}); keep it to str, int, float, bool, None, lists and dicts "
             "(convert other values with str())."
@@ -290,15 +327,29 @@ def _read_npz(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _read_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors import safe_open
 
+    arrays: dict[str, Any] = {}
+    torch_only: list[str] = []  # bfloat16, float8: numpy has no such type
     try:
         with safe_open(str(path), framework="numpy") as f:
-            arrays: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}
+            for k in f.keys():
+                try:
+                    arrays[k] = f.get_tensor(k)
+                except (TypeError, AttributeError):  # "data type 'bfloat16' not understood", "no attribute 'float8_e4m3fn'"
+                    torch_only.append(k)
             md = dict(f.metadata() or {})
+        if torch_only:
+            with safe_open(str(path), framework="pt") as f:
+                arrays.update({k: f.get_tensor(k) for k in torch_only})
     except Exception as exc:  # safetensors raises SafetensorError (and others) for bad headers and short files
         raise ModelFileError(f"{where} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}.") from None
     stored = md.pop(CHECKSUM_KEY, None)
     if stored is not None:
         verify(stored, digest(md, arrays), where, _FIX)
+    for k in torch_only:  # float32 holds every bfloat16 and float8 value exactly
+        t = arrays[k]
+        if not t.is_floating_point():
+            raise ModelFileError(f"{where} holds {k!r} of type {t.dtype}, which numpy cannot hold; store it as a numpy type.")
+        arrays[k] = t.float().numpy()
     meta = _json(md.get("meta", "{}"), where, "meta")
     for k in _STRING_KEYS:
         if k in md:

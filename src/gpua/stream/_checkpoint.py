@@ -9,7 +9,9 @@ fit ends: every later round is a function of that state alone.
 The file is ``<dir>/ucm_state.safetensors`` (tensors, with the JSON part in the metadata),
 replaced atomically, so an interruption during a write leaves the previous round's state. A
 fingerprint of the data, the prototypes and the parameters that shape UCM guards against
-resuming a different fit.
+resuming a different fit, and the checkpoint format and gpua version recorded with the state
+against resuming one that another gpua computed (its rounds and the remaining ones would not
+add up to either version's fit).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from .._atomic import atomic_path
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, verify
@@ -28,6 +31,8 @@ from .._integrity import CHECKSUM_KEY, digest, verify
 __all__ = ["Checkpoint", "UCM_PARAMS"]
 
 STATE_NAME = "ucm_state.safetensors"
+#: The layout of the state this gpua writes and reads.
+STATE_VERSION = 1
 # Estimator parameters that change what UCM computes (refinement ones do not).
 UCM_PARAMS = (
     "query", "lam", "eps", "similarity", "temperature", "class_prior", "rho", "n_init_per_class",
@@ -72,7 +77,8 @@ class Checkpoint:
         Raises
         ------
         GPUAError
-            When the state belongs to another fit (other data, prototypes or parameters).
+            When the state belongs to another fit (other data, prototypes or parameters), or was
+            written by another gpua version.
         """
         if not self.file.is_file():
             return None
@@ -91,6 +97,14 @@ class Checkpoint:
             raise ModelFileError(f"{where} has metadata that is not a JSON object; it is corrupt: {fix}.")
         stored = meta.pop(CHECKSUM_KEY, None)
         verify(stored, digest(meta, tensors) if stored is not None else "", where, fix)
+        if meta.get("version") != STATE_VERSION or meta.get("gpua_version") != __version__:
+            by = meta.get("gpua_version")
+            by = f"gpua {str(by)[:40]}" if by is not None else "a gpua that did not record its version"
+            raise GPUAError(
+                f"checkpoint {str(self.path)!r} was written by {by} (state format {str(meta.get('version'))[:20]}; this is "
+                f"gpua {__version__}, format {STATE_VERSION}), whose rounds may not continue into this one's; "
+                "pass a new folder, or delete this one to start over."
+            )
         if meta.get("fingerprint") != self.fingerprint:
             raise GPUAError(
                 f"checkpoint {str(self.path)!r} was written by another fit (other data, prototypes or UCM parameters); "
@@ -103,7 +117,7 @@ class Checkpoint:
         """Replace the state atomically."""
         from safetensors.torch import save_file
 
-        meta = {**meta, "fingerprint": self.fingerprint, "version": 1}
+        meta = {**meta, "fingerprint": self.fingerprint, "version": STATE_VERSION, "gpua_version": __version__}
         # Clones: safetensors refuses two names for one storage (e.g. final centres = next centres).
         data = {k: v.detach().cpu().clone().contiguous() for k, v in {**self.extra, **tensors}.items() if v is not None}
         meta[CHECKSUM_KEY] = digest(meta, data)
@@ -120,7 +134,7 @@ _OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean", "wh
 
 def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
     """Every key a resumed fit reads: present, of its type, tensors finite and consistent in size."""
-    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version"})
+    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version", "gpua_version"})
     if unknown_meta:
         raise ModelFileError(f"{where} has unknown metadata keys {unknown_meta}; it is corrupt: {fix}.")
     for key, kind in _META.items():
