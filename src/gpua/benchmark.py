@@ -149,7 +149,7 @@ class _Prepared:
 
 def _contents(train, test) -> str:
     """A hash of what a dataset's train and test splits hold (ids, labels, each file's size and
-    time, or the pixels: :func:`gpua.extract._dataset_identity`), before any pool or subset is
+    times, or the pixels: :func:`gpua.extract._dataset_identity`), before any pool or subset is
     drawn: photos added to or replaced in a folder change it."""
     from .extract import _dataset_identity, _label, _sha
 

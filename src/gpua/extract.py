@@ -18,8 +18,8 @@ last complete part. The parts can be encoded by the workers of a Dask cluster (`
 they then write to ``<out>.parts/`` themselves, so it must lie on storage the workers share. A
 re-run whose output already exists with the same cache key returns at once. The key hashes both
 encoders' metadata (model, weights, preprocessing, library versions), the dataset's identity
-(name, split, image ids, labels, and the files' sizes and modification times or the pixel
-array), the class names and the templates.
+(name, split, image ids, labels, and the files' sizes, modification and status-change times,
+or the pixel array and its shape), the class names and the templates.
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ _FILE_SUFFIXES = (".npz", ".safetensors")
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def _open_dataset(dataset: Any, split: str | None, classnames: Any):
+def _open_dataset(dataset: Any, split: str | None, classnames: Any, image_root: Any = None):
     """A dataset object (``len``, ``image_id``, ``label``, ``load_image``, ``classnames``, ``name``)."""
     from .data import load_dataset
     from .data.classnames import resolve_classnames
 
     if isinstance(dataset, (str, os.PathLike)):
-        return load_dataset(dataset, split=split, classnames=classnames)
+        return load_dataset(dataset, split=split, classnames=classnames, image_root=image_root)
+    if image_root is not None:
+        raise GPUAError("image_root= applies to a dataset path; a dataset object already knows where its images are.")
     for attr in ("__len__", "image_id", "load_image"):
         if not hasattr(dataset, attr):
             raise GPUAError(
@@ -148,14 +150,24 @@ def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
         for i in range(len(ids)):
             try:
                 st = os.stat(ds.path(i))
-                stats.append((st.st_size, st.st_mtime_ns))
+                stats.append(_file_stamp(st))
             except OSError:
                 stats.append(None)
         ident["files_sha256"] = _sha(stats)
     elif callable(getattr(ds, "array", None)):
         a = np.ascontiguousarray(ds.array())
-        ident["pixels_sha256"] = hashlib.sha256(a.view(np.uint8).reshape(-1).data).hexdigest()
+        # The shape too: the same bytes read as other image sizes are other images.
+        ident["pixels_sha256"] = hashlib.sha256(repr(a.shape).encode() + a.view(np.uint8).reshape(-1).data).hexdigest()
     return ident
+
+
+def _file_stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when an image file's content does: size, modification time and, where the
+    OS keeps one, the status-change time. Tools that edit a photo but keep its modification
+    time (``exiftool -P``, ``cp -p``, ``rsync -t``; an EXIF rotation keeps the size too) cannot
+    set the latter, which a write or a rename onto the file always renews. (Windows reports the
+    creation time there, which a file replaced by a new one renews too.)"""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _output_kind(out: Path, format: str) -> str:
@@ -475,6 +487,7 @@ def extract_features(
     cluster: Any = None,
     connect_timeout: float = 10.0,
     on_shard: Callable[[int, int], None] | None = None,
+    image_root: str | os.PathLike | None = None,
 ) -> Path:
     """Encode a dataset with a VFM and a VLM and write a feature file or a shard set.
 
@@ -545,6 +558,10 @@ def extract_features(
         Called as ``on_shard(part_index, n_images_done)`` after each part is written (progress
         reporting; in completion order on a cluster; an exception raised there stops the run
         with the parts kept).
+    image_root : path, optional
+        Where the images of a dataset path lie (:func:`gpua.data.load_dataset`): the folder a
+        CoOp split file's relative paths start from, or the folder of Fashion-MNIST's idx files
+        (``dataset="fashion-mnist"``).
 
     Returns
     -------
@@ -572,7 +589,8 @@ def extract_features(
     kind = _output_kind(out, format)
     # Checked now, not after hours of encoding: the output may not destroy an input, its parts
     # folder must be gpua's own, and both must be writable.
-    inputs = [(name, v) for name, v in (("dataset", dataset), ("classnames", classnames), ("templates", templates))
+    inputs = [(name, v) for name, v in (("dataset", dataset), ("classnames", classnames), ("templates", templates),
+                                        ("image_root", image_root))
               if isinstance(v, (str, os.PathLike))]
     check_output(out, "out", kind="file" if kind == "file" else "tree", inputs=inputs)
     check_output(_Parts.of(out).dir, "out's parts folder", kind="tree", inputs=inputs)
@@ -589,7 +607,7 @@ def extract_features(
                     "with gpua.encoders.register_encoder and pass its name."
                 )
 
-    ds = _open_dataset(dataset, split, classnames)
+    ds = _open_dataset(dataset, split, classnames, image_root)
     names = list(getattr(ds, "classnames", []) or [])
     words = _class_words(classnames, names)
     if not names:

@@ -29,6 +29,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--vlm", required=True, metavar="ENCODER", help="vision-language model, e.g. open_clip:ViT-B-16/openai, offline:semantic-lite0")
     p.add_argument("--data", required=True, metavar="PATH", help="image folder, CoOp split file, .npz, or cifar10-mini")
     p.add_argument("--split", default=None, help="split to read (train, test, ...)")
+    p.add_argument("--image-root", default=None, metavar="DIR",
+                   help="where the images lie: the folder a CoOp split file's paths start from, or the folder of "
+                        "Fashion-MNIST's idx files (--data fashion-mnist); default: found beside the split file, "
+                        "/usr/share/datasets/fashion-mnist")
     p.add_argument("--classnames", default=None, metavar="FILE",
                    help="class-name file (one class a line, 'name' or 'name: word, word') or a dataset name; default: the dataset's")
     p.add_argument("--templates", default="auto", metavar="NAME|FILE",
@@ -60,7 +64,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     # The library checks these too, naming its own arguments (out, dataset); here the flags.
     kind = _output_kind(Path(args.out).expanduser(), args.format)
-    check_paths(args, inputs=("data", "classnames", "templates"), outputs=(("out", "file" if kind == "file" else "tree"),))
+    check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "file" if kind == "file" else "tree"),))
     before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -70,6 +74,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
             split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
             shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=args.connect_timeout,
+            image_root=args.image_root,
         )
     for w in caught:
         print(f"gpua extract: warning: {w.message}", file=sys.stderr)

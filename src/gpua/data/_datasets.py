@@ -31,13 +31,14 @@ __all__ = [
 
 #: How image files become pixels (:func:`open_image`, :func:`to_rgb`): part of the feature cache
 #: key, bumped when decoding changes so that features of the old pixels are not served again
-#: (2: EXIF orientation applied, float images in [0, 1] scaled to [0, 255]).
-DECODE_VERSION = 2
+#: (2: EXIF orientation applied, float images in [0, 1] scaled to [0, 255]; 3: 16-bit images
+#: always scaled by 255 / 65535, also when their values are all <= 255).
+DECODE_VERSION = 3
 
 #: File endings read as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
 )
 
 _D = TypeVar("_D", bound="ImageDataset")
@@ -92,12 +93,16 @@ def _float_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _int_to_uint8(a: np.ndarray) -> np.ndarray:
+def _int_to_uint8(a: np.ndarray, bits: int | None = None) -> np.ndarray:
     """An integer image as uint8: values up to 255 kept, 16-bit ranges scaled by 255 / 65535,
-    wider ones by 255 / max (clipping would turn a 16-bit photo white)."""
+    wider ones by 255 / max (clipping would turn a 16-bit photo white). ``bits=16``: the image
+    is known to be 16-bit, scaled by 255 / 65535 whatever its values."""
     a = np.asarray(a, dtype=np.float64)
     hi = float(np.nanmax(a)) if a.size else 0.0
-    scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
+    if bits == 16:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0 if hi <= 255 else (255.0 / 65535.0 if hi <= 65535 else 255.0 / hi)
     return np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8)
 
 
@@ -117,7 +122,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Grey, palette, CMYK and the like are converted by PIL. Transparent pixels are composited
     onto white: their stored colour is invisible (often black) and should not reach an encoder.
     16-bit and 32-bit grey images are scaled to 8 bits rather than clipped (PIL's plain
-    ``convert`` would saturate them). Floating-point grey images (mode ``"F"``, e.g. float
+    ``convert`` would saturate them); a 16-bit image (mode ``"I;16"``: 16-bit PNG or TIFF) by
+    255 / 65535 always, a 32-bit one (mode ``"I"``) only when its values exceed 255. Floating-point grey images (mode ``"F"``, e.g. float
     TIFFs) are read by their range: values in [0, 1] are scaled to [0, 255], values in
     [0, 255] are kept, and any other range is stretched (min to 0, max to 255); NaN becomes 0.
     """
@@ -128,7 +134,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")  # keeps a palette's transparency, which "RGB" would drop
     if image.mode == "F":
         image = Image.fromarray(_float_to_uint8(np.asarray(image, dtype=np.float64)))
-    elif image.mode == "I" or image.mode.startswith("I;16"):
+    elif image.mode.startswith("I;16"):
+        # 16 bits by the file's own account (16-bit PNG, TIFF): always 65535 -> 255. Guessing
+        # from the values would show a dark frame (max <= 255) at full brightness, and a frame
+        # one level brighter almost black.
+        image = Image.fromarray(_int_to_uint8(np.asarray(image), bits=16))
+    elif image.mode == "I":
         image = Image.fromarray(_int_to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
         rgba = image.convert("RGBA")
@@ -176,7 +187,16 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(_upright(im))
     except FileNotFoundError:
         raise UnreadableImageError(f"image file {p!r} does not exist.", p) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Not a damaged file: more pixels than Pillow's guard against decompression bombs allows
+        # (about 179 million; 200-megapixel phone photos exceed it).
+        raise UnreadableImageError(
+            f"image file {p!r} was not decoded: {exc} It is larger than Pillow's guard against decompression bombs "
+            "allows (PIL.Image.MAX_IMAGE_PIXELS, doubled). If it is a genuine photo, downscale it, or raise the guard "
+            "in Python before reading: PIL.Image.MAX_IMAGE_PIXELS = None.",
+            p,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports truncation and unknown formats (UnidentifiedImageError) as OSError, bad
         # headers as SyntaxError/ValueError.
         raise UnreadableImageError(

@@ -401,15 +401,71 @@ def _is_image(filename: str) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
 
 
+#: Photo formats cameras and phones write that gpua does not decode (Apple's HEIC, JPEG XL, raw
+#: files): left out of a folder's images, but counted and named, not silently.
+_UNREAD_PHOTO_EXTENSIONS = frozenset({
+    ".heic", ".heif", ".hif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".raf", ".rw2", ".pef", ".srw",
+})
+
+
+def _is_unread_photo(filename: str) -> bool:
+    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in _UNREAD_PHOTO_EXTENSIONS
+
+
+def _warn_unread_photos(base: Path, unread: list[str], stacklevel: int) -> None:
+    """One warning naming the photos of a format gpua cannot decode that were left out."""
+    if not unread:
+        return
+    from collections import Counter
+
+    kinds = Counter(os.path.splitext(u)[1].lower() for u in unread)
+    warnings.warn(
+        f"left out {len(unread)} photo(s) of {str(base)!r} in formats gpua does not read "
+        f"({', '.join(f'{k}: {c}' for k, c in sorted(kinds.items()))}; first: {unread[0]!r}); convert them to JPEG or "
+        "PNG to include them.",
+        stacklevel=stacklevel + 1,
+    )
+
+
 #: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.
 _ARCHIVE_LEFTOVERS = ("__MACOSX",)
+
+
+#: What marks a folder gpua wrote (file, key, value): a shard set's index, an extraction's parts
+#: manifest. Such a folder beside the class folders (``--out photos/feats``, or the
+#: ``photos/feats.npz.parts`` an interrupted run leaves) holds features, not a class.
+_GPUA_OUTPUT_MARKS = (("index.json", "format", "gpua-shards"), ("manifest.json", "written_by", "gpua extract parts"))
+
+
+def _is_gpua_output(folder: str) -> bool:
+    """Whether ``folder`` is a shard set or an extraction's parts folder written by gpua."""
+    for marker, key, value in _GPUA_OUTPUT_MARKS:
+        p = os.path.join(folder, marker)
+        if not os.path.isfile(p):
+            continue
+        try:
+            with open(p, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and data.get(key) == value:
+            return True
+    return False
+
+
+def _class_order(name: str) -> tuple[str, str]:
+    """Sort key of folder names: by their composed (NFC) form, so that a copy made on macOS
+    (decomposed names, NFD) lists its classes, hence its labels, in the same order as one made
+    elsewhere; the name itself breaks ties."""
+    return unicodedata.normalize("NFC", name), name
 
 
 def _subdirs(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(folder)
-                  if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS)
+    return sorted((e.name for e in os.scandir(folder)
+                   if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
+                   and not _is_gpua_output(e.path)), key=_class_order)
 
 
 def _dir_identity(path: str) -> tuple | None:
@@ -440,6 +496,7 @@ def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
     visited = {i for i in (_dir_identity(os.fspath(t)) for t in tops.values()) if i is not None}
     class_trees = [os.path.realpath(t) for t in tops.values()]
     skipped: list[str] = []
+    unread: list[str] = []
     out: dict[str, list[str]] = {}
     for name, top in tops.items():
         found: list[str] = []
@@ -462,7 +519,9 @@ def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
                 keep.append(d)
             dirnames[:] = keep
             found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+            unread.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_unread_photo(f))
         out[name] = found
+    _warn_unread_photos(base, unread, stacklevel=5)  # _walk_class_folders < loader < _load_path < load_dataset < caller
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
@@ -496,6 +555,8 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     base = root
     if split is not None:
         base = root / str(split)
+        if not base.is_dir() and not _subdirs(root) and any(root.glob("*-idx3-ubyte*")):
+            _idx_folder_error(root, split)
         if not base.is_dir():
             raise GPUAError(
                 f"image folder {str(root)!r} has no split folder {str(split)!r}; the sub-folders present are "
@@ -503,6 +564,8 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             )
     folders = _subdirs(base)
     loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image(e.name))
+    _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)),
+                        stacklevel=4)  # _load_image_folder < _load_path < load_dataset < caller
     if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.
@@ -520,10 +583,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
         # A flat folder of images: an unlabeled pool; class names, if any, come from the user.
         return FileImageDataset(base, loose, None, user_names or [], name, split)
     if not labeled and any(base.glob("*-idx3-ubyte*")):
-        raise GPUAError(
-            f"folder {str(base)!r} holds idx files, not images; for Fashion-MNIST use "
-            f"load_dataset('fashion-mnist', split='train' or 'test', image_root={str(base)!r})."
-        )
+        _idx_folder_error(base, split)
     if not labeled:
         raise GPUAError(
             f"image folder {str(base)!r} holds no images; put them in <folder>/<class>/ (labeled) or directly in "
@@ -532,6 +592,17 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     names, order = _folder_classnames(folders, user_names, base)
     relpaths, labels = _collect_class_files(base, files, order)
     return FileImageDataset(base, relpaths, labels, names, name, split)
+
+
+def _idx_folder_error(folder: Path, split: str | None) -> None:
+    """The error for a folder of idx files read as an image folder: how to read it as Fashion-MNIST."""
+    one = split if split in ("train", "test") else None
+    api_split = repr(one) if one else "'train' or 'test'"
+    raise GPUAError(
+        f"folder {str(folder)!r} holds idx files, not images; for Fashion-MNIST use load_dataset('fashion-mnist', "
+        f"split={api_split}, image_root={str(folder)!r}) (gpua extract: --data fashion-mnist --split {one or 'train'} "
+        f"--image-root {str(folder)})."
+    )
 
 
 def _nfc(name: str) -> str:
@@ -546,12 +617,9 @@ def _folder_classnames(
     """Class names and, when the user orders them, each folder's label.
 
     Folder names match class names up to Unicode normalisation; the user's spelling is kept.
+    Without user names, the folder names are the class names, composed (NFC): a dataset copied
+    from macOS (decomposed names) gets the same class names as the original.
     """
-    if user_names is None:
-        return folders, None
-    if set(user_names) == set(folders):
-        index = {c: i for i, c in enumerate(user_names)}
-        return user_names, [index[f] for f in folders]
     by_form: dict[str, str] = {}
     for f in folders:
         other = by_form.setdefault(_nfc(f), f)
@@ -560,6 +628,11 @@ def _folder_classnames(
                 f"class folders {other!r} and {f!r} of {str(base)!r} have names that differ only in their Unicode "
                 "form (composed vs decomposed accents); rename one of them."
             )
+    if user_names is None:
+        return [_nfc(f) for f in folders], None
+    if set(user_names) == set(folders):
+        index = {c: i for i, c in enumerate(user_names)}
+        return user_names, [index[f] for f in folders]
     index = {_nfc(c): i for i, c in enumerate(user_names)}
     if len(index) == len(user_names) and set(index) == set(by_form):
         return user_names, [index[_nfc(f)] for f in folders]
