@@ -649,6 +649,8 @@ def _ground_truth(args: argparse.Namespace):
         return ds.classnames, ds.load_label, pairs
     if not args.gt:
         raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
+    if entries is None and getattr(args, "model", None):
+        entries = _load_model(args.model)[1].get("classnames")  # the classes the model records, as `segment` reads them
     if entries is None:
         raise GPUAError("--gt needs --classnames (one class a line) to know the number of classes.")
     gt_dir = Path(args.gt)
@@ -656,15 +658,24 @@ def _ground_truth(args: argparse.Namespace):
         raise GPUAError(f"--gt {args.gt!r} is not a folder of masks.")
     suffix = args.gt_suffix if args.gt_suffix is not None else ".png"
     reduce = bool(args.reduce_zero_label)
-    images = {p.stem: p for p in _list_images(args.images)} if args.images else {}
-    pairs = []
+    images: dict[str, list[Path]] = {}
+    for p in _list_images(args.images) if args.images else []:
+        images.setdefault(p.stem, []).append(p)
+    pairs, seen = [], {}
     # Hidden files (macOS's ._x.png) are left out, as --images leaves them out; suffixes match
     # ignoring case (X.PNG is a mask too).
     for entry in sorted(os.scandir(gt_dir), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.name.lower().endswith(suffix.lower()) or not entry.is_file():
             continue
         stem = entry.name[: -len(suffix)]
-        pairs.append((stem, images.get(stem), gt_dir / entry.name))
+        if stem in seen:  # x.png and x.PNG: one image (or predicted mask) would be scored twice
+            raise GPUAError(f"--gt holds {seen[stem]} and {entry.name}, two masks of one image {stem!r}; keep one of them.")
+        seen[stem] = entry.name
+        found = images.get(stem, [])
+        if len(found) > 1 and not args.pred:  # pic.jpg and pic.png: which one pic.png's mask describes is a guess
+            raise GPUAError(f"--images holds {' and '.join(f.name for f in found)}, {len(found)} images for the ground truth "
+                            f"{entry.name}; keep one image per mask name in --images.")
+        pairs.append((stem, found[0] if found else None, gt_dir / entry.name))
     if not pairs:
         raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out).")
     return entries, (lambda path: read_label(path, reduce_zero_label=reduce)), pairs
@@ -696,6 +707,8 @@ def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what
 
 
 def _evaluate_seg(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .._atomic import atomic_write_text
     from ..segment.datasets import read_label
     from ..segment.metrics import SegmentationMetric, check_ignore_index
@@ -708,6 +721,10 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     pairs = pairs[: args.limit]
     ignore = args.ignore_index if args.ignore_index is not None else (NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT)
     ignore = check_ignore_index(ignore, len(classnames), "--ignore-index")  # a class index would go unscored
+    # "No class" in predictions (a --threshold's pixels, masks written by `segment`): a miss for the
+    # ground truth's class whatever --ignore-index says about the ground truth.
+    no_class = NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT
+    n_ignored = 0
     metric = SegmentationMetric(len(classnames), classnames=classnames, ignore_index=ignore)
     seg = None
     if not args.pred:
@@ -739,12 +756,24 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
         else:
             if img_path is None:
                 raise GPUAError(f"no image for ground truth {ann.name}; pass --images with the images of --gt.")
-            pred = seg.predict(_load_image(img_path))
+            image = _load_image(img_path)
+            try:
+                pred = seg.predict(image)
+            except GPUAError as exc:  # e.g. "image[0] is 3x60 pixels, smaller than one patch": name the file
+                raise GPUAError(f"{img_path}: {exc}") from None
+        if ignore != no_class:
+            pred = np.where(np.asarray(pred) == no_class, ignore, pred)
         try:
             metric.update(pred, gt)
         except GPUAError as exc:
             raise GPUAError(f"{stem}: {exc}") from None
+        n_ignored += int(np.count_nonzero(np.asarray(gt) == ignore))
     scores = metric.compute()
+    binary_suspect = args.gt and not args.reduce_zero_label and len(classnames) > 1  # --gt: one's own masks
+    if binary_suspect and n_ignored and metric.confusion[0].sum() and not metric.confusion[1:].sum():
+        warnings.warn(f"every scored ground-truth pixel is class 0 ({classnames[0]!r}) and {n_ignored} pixel(s) hold the ignore "
+                      f"index {ignore}, which are not scored; if {ignore} marks the foreground (binary 0/{ignore} masks), map it to "
+                      "its class index first (e.g. mask // 255 for class 1).", stacklevel=2)
     result = scores.to_dict()
     result["n_images"] = metric.n_images
     if args.json == "-":

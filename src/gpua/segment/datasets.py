@@ -176,6 +176,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_label(path: str | os.PathLike, *, reduce_zero_label: bool = False, ignore_index: int = 255) -> np.ndarray:
     """A label map file as class indices: palette PNGs give their palette indices, not colours.
 
+    A mask with an EXIF Orientation tag is turned the way it is shown, as :func:`read_image` turns
+    its photo (:func:`gpua.data.open_image`): a phone's raw-orientation mask then lines up with
+    the upright photo the prediction is made on.
+
     Parameters
     ----------
     path : path
@@ -188,9 +192,12 @@ def read_label(path: str | os.PathLike, *, reduce_zero_label: bool = False, igno
     -------
     np.ndarray of shape (H, W), int64
     """
+    from ..data._datasets import _upright
+
     Image = import_optional("PIL.Image", "reading label maps")
     try:
         with Image.open(path) as im:
+            im = _upright(im)  # transposing keeps the mode (a palette stays indices)
             if im.mode in ("RGB", "RGBA"):
                 raise GPUAError(
                     f"label map {path} is a colour image; pass class-index masks (palette or "
@@ -215,7 +222,9 @@ class SegmentationDataset(Sequence):
     img_dir, ann_dir : str
         Image and label folders relative to ``root``; images are found recursively.
     img_suffix, seg_map_suffix : str
-        An image ``<rel>/<stem><img_suffix>`` pairs with ``<rel>/<stem><seg_map_suffix>``.
+        An image ``<rel>/<stem><img_suffix>`` pairs with ``<rel>/<stem><seg_map_suffix>``. Without
+        a split file, images are found by ``img_suffix`` ignoring case (``.JPG`` is a ``.jpg``)
+        and hidden files (``._x.jpg``) are left out.
     classnames : sequence of str
         One name per class index (after ``reduce_zero_label``).
     split_file : path, optional
@@ -263,16 +272,24 @@ class SegmentationDataset(Sequence):
             if not split_file.is_file():
                 raise GPUAError(f"split file {split_file} does not exist; check the dataset root and split name.")
             stems = [s.strip() for s in split_file.read_text().splitlines() if s.strip()]
+            found = [(stem, self.img_dir / (stem + self.img_suffix)) for stem in stems]
         else:
-            n = len(self.img_suffix)
-            stems = sorted(
-                str(p.relative_to(self.img_dir))[:-n]
-                for p in self.img_dir.rglob("*" + self.img_suffix)
-                if p.is_file()
-            )
+            n, suffix = len(self.img_suffix), self.img_suffix.lower()
+            # The suffix matches ignoring case (a phone's IMG_1.JPG is a .jpg image), as `--gt`
+            # folders match theirs. Hidden files (macOS's ._x.jpg AppleDouble files) are left out,
+            # as `--gt` folders and `--images` leave them out: they have no label map and are not images.
+            found = []
+            for p in self.img_dir.rglob("*"):
+                rel = p.relative_to(self.img_dir)
+                if p.name.lower().endswith(suffix) and not any(part.startswith(".") for part in rel.parts) and p.is_file():
+                    found.append((str(rel)[:-n], p))
+            found.sort()
+            for (a, pa), (b, pb) in zip(found, found[1:]):
+                if a == b:
+                    raise GPUAError(f"{pa} and {pb} are two images of one name (their suffixes differ only in case), "
+                                    "which would share one label map; keep one of them.")
         items, missing = [], []
-        for stem in stems:
-            img = self.img_dir / (stem + self.img_suffix)
+        for stem, img in found:
             ann = self.ann_dir / (stem + self.seg_map_suffix)
             if not img.is_file() or not ann.is_file():
                 missing.append(str(ann if img.is_file() else img))

@@ -100,15 +100,19 @@ def _as_images(images) -> list[np.ndarray]:
     """Images -> list of uint8 (H, W, 3) arrays (accepts one image, a stack, a list, PIL images).
 
     Other dtypes are scaled as image files are (:func:`gpua.data.to_rgb`): 16-bit values by
-    255 / 65535, floats in [0, 1] by 255; clipping would turn a 16-bit photo white.
+    255 / 65535, floats in [0, 1] by 255; clipping would turn a 16-bit photo white. PIL images
+    are converted by that same function (PIL's own ``convert("RGB")`` saturates 16-bit grey and
+    puts transparent pixels on black, where image files put them on white). They are taken as
+    stored, as encoders take them: an EXIF orientation is not applied (read files with
+    :func:`gpua.segment.read_image` for the upright photo a viewer shows).
     """
-    from ..data._datasets import as_uint8
+    from ..data._datasets import as_uint8, to_rgb
 
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     out = []
     for i, im in enumerate(images):
-        a = np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im)
+        a = np.asarray(to_rgb(im)) if hasattr(im, "convert") else np.asarray(im)
         if a.ndim == 2:
             a = np.repeat(a[..., None], 3, axis=-1)
         if a.ndim != 3 or a.shape[-1] != 3:

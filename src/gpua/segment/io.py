@@ -80,13 +80,34 @@ def write_label_png(path: str | os.PathLike, label) -> None:
         _write_png(Path(path), label.astype(np.uint16))
 
 
+def _label_colours(n: int):
+    """(n, 3) uint8 colours of labels ``0 .. n - 1``: the VOC palette (imgviz's, that of the mask
+    PNGs) extended past 256 by the same bit interleaving, for 16-bit masks (more than 255 classes,
+    "no class" 65535)."""
+    import numpy as np
+
+    ids = np.arange(int(n), dtype=np.int64)
+    cmap = np.zeros((ids.size, 3), dtype=np.int64)
+    for j in range(8):
+        for c in range(3):
+            cmap[:, c] |= ((ids >> (3 * j + c)) & 1) << (7 - j)
+    return cmap.astype(np.uint8)
+
+
 def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[str] | None = None) -> None:
-    """Save the image with its labels blended in colour (imgviz), atomically."""
+    """Save the image with its labels blended in colour (imgviz), atomically.
+
+    Labels take the colours of :func:`write_label_png`'s palette (VOC's); labels of 256 and above
+    (16-bit masks: more than 255 classes, "no class" 65535) get colours by the same rule.
+    """
     import numpy as np
 
     imgviz = import_optional("imgviz", "writing overlay PNGs")
 
-    names = {k: n for k, n in enumerate(classnames or [])}  # 255 ("no class") stays unnamed
-    rgb = imgviz.label2rgb(np.asarray(label), image=image, alpha=0.5, label_names=names or None,
-                           font_size=max(10, image.shape[0] // 30))
+    label = np.asarray(label)
+    hi = int(label.max(initial=0))
+    colours = None if hi < 256 else _label_colours(hi + 1)  # imgviz's own palette stops at 256 labels
+    names = {k: n for k, n in enumerate(classnames or [])}  # 255 / 65535 ("no class") stays unnamed
+    rgb = imgviz.label2rgb(label, image=image, alpha=0.5, label_names=names or None,
+                           font_size=max(10, image.shape[0] // 30), colormap=colours)
     _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8))

@@ -39,7 +39,9 @@ _PALETTE = np.array(
 
 
 class PlantedPatchEncoder:
-    """Per-pixel planted features, average-pooled over ``patch_size`` x ``patch_size`` patches.
+    """Per-pixel planted features, average-pooled over ``patch_size`` x ``patch_size`` patches
+    (over ``H // patch_size`` x ``W // patch_size`` cells covering the whole image when the patch
+    does not divide its size).
 
     A pixel of colour ``c`` gets ``s(c) @ centres + (j(c) / jitter) @ noise_map`` where ``s`` is
     a sharp soft assignment to the class colours and ``j = c - s @ colours`` the jitter.
@@ -103,7 +105,13 @@ class PlantedPatchEncoder:
         return s @ self.centres + (j / self.jitter) @ self.noise_map
 
     def encode_patches(self, images) -> np.ndarray:
-        """Images of one size -> (N, H // p, W // p, d) float32 patch features."""
+        """Images of one size -> (N, H // p, W // p, d) float32 patch features.
+
+        The grid covers the whole image, as a real encoder's covers its (squash-resized) input:
+        ``p`` x ``p`` patches when ``p`` divides the size, else cells of ``H / (H // p)`` by
+        ``W / (W // p)`` pixels (area pooling). Dropping the last ``H % p`` rows and ``W % p``
+        columns instead would stretch the mask over pixels the grid never saw.
+        """
         imgs = _as_image_list(images)
         H, W = imgs[0].shape[:2]
         p = self.patch_size
@@ -114,8 +122,7 @@ class PlantedPatchEncoder:
         for i, im in enumerate(imgs):
             if im.shape[:2] != (H, W):
                 raise GPUAError("images in one encode_patches call must share one size; encode them one by one.")
-            f = self.pixel_features(im[: h * p, : w * p])
-            out[i] = f.reshape(h, p, w, p, -1).mean(axis=(1, 3))
+            out[i] = _area_pool(self.pixel_features(im), h, w)
         return out
 
     def encode_images(self, images, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
@@ -135,6 +142,21 @@ class PlantedPatchEncoder:
                 raise GPUAError(f"prompt {t!r} names none of the planted classes {self.classnames}.")
             rows.append(self.prototypes[hit])
         return np.stack(rows)
+
+
+def _area_pool(f: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, d) -> (h, w, d): the mean over each cell of an h x w split of the whole map, cell
+    ``i`` spanning rows ``floor(i H / h)`` to ``ceil((i + 1) H / h)`` (torch's
+    ``adaptive_avg_pool2d``; plain ``H / h`` x ``W / w`` blocks when they divide the size)."""
+    H, W = f.shape[:2]
+    if H % h == 0 and W % w == 0:
+        return f.reshape(h, H // h, w, W // w, -1).mean(axis=(1, 3))
+    y0, y1 = np.arange(h) * H // h, -(-np.arange(1, h + 1) * H // h)
+    x0, x1 = np.arange(w) * W // w, -(-np.arange(1, w + 1) * W // w)
+    S = np.zeros((H + 1, W + 1, f.shape[-1]))
+    S[1:, 1:] = f.cumsum(0).cumsum(1)  # S[y, x]: the sum of f[:y, :x]
+    total = S[y1][:, x1] - S[y0][:, x1] - S[y1][:, x0] + S[y0][:, x0]
+    return total / ((y1 - y0)[:, None] * (x1 - x0)[None, :])[..., None]
 
 
 def _as_image_list(images) -> list[np.ndarray]:
