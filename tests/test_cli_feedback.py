@@ -22,8 +22,6 @@ def test_a_cached_extract_says_up_to_date(tmp_path, capsys):
 
 
 def test_fit_progress_gives_each_self_learning_round_its_own_bars(capsys):
-    import numpy as np
-
     from gpua import GPUA
     from gpua.cli._common import FitProgress
     from gpua.synthetic import make_planted

@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import unicodedata
-import warnings
 from pathlib import Path
 
 import numpy as np
