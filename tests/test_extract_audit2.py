@@ -15,32 +15,9 @@ from PIL import Image
 
 from gpua._errors import GPUAError
 from gpua.data import ArrayImageDataset, UnreadableImageError, load_dataset, open_image
-from gpua.encoders import Encoder, ImagePreprocess
 from gpua.extract import extract_features
 from gpua.features import load_features
-
-
-class Toy(Encoder):
-    """Per-channel means of a 2x2 grid; ``calls`` counts encoded images."""
-
-    backend = "toy"
-
-    def __init__(self, spec: str = "toy:vfm", vlm: bool = False):
-        super().__init__(spec, ImagePreprocess(input_size=8, resize=8, mean=0.5, std=0.25), 12, patch_size=4)
-        self.is_vlm = vlm
-        self.calls = 0
-
-    def _patches(self, pixels):
-        B = pixels.shape[0]
-        return pixels.reshape(B, 3, 2, 4, 2, 4).mean(axis=(3, 5)).transpose(0, 2, 3, 1).repeat(4, axis=-1)
-
-    def _embed(self, pixels):
-        self.calls += pixels.shape[0]
-        return self._patches(pixels).reshape(pixels.shape[0], -1)[:, :12] + 0.01
-
-    def _encode_text_batch(self, texts):
-        rng = [np.random.default_rng(sum(map(ord, t))) for t in texts]
-        return np.stack([r.normal(size=12) for r in rng]).astype(np.float32)
+from test_extract import Toy  # the extraction tests' toy encoder (per-channel means; ``calls`` counts images)
 
 
 def _run(ds, out, **kw):

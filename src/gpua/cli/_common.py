@@ -134,15 +134,23 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def positive_int(text: str) -> int:
-    """An argparse ``type``: an integer of 1 or more (``--top-k 0`` refused while parsing, not after the work)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+def int_at_least(minimum: int):
+    """An argparse ``type``: an integer of ``minimum`` or more, refused while parsing, not after the work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
+        return value
+
+    return parse
+
+
+#: ``--top-k 0`` and the like, refused while parsing.
+positive_int = int_at_least(1)
 
 
 def estimator_overrides(args) -> dict:

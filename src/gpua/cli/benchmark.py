@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, positive_int
+from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, int_at_least, positive_int
 
 __all__ = ["add_subcommands"]
 
@@ -20,15 +20,8 @@ def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _seed(text: str) -> int:
-    """An argparse ``type``: a seed of 0 or more (numpy's generators refuse negative ones)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+#: A seed of 0 or more (numpy's generators refuse negative ones).
+_seed = int_at_least(0)
 
 
 def add_subcommands(subparsers) -> None:
