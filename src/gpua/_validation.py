@@ -250,8 +250,13 @@ def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[s
     return names
 
 
-def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -> np.ndarray:
-    """Check integer class labels in ``[0, n_classes)``."""
+def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels",
+                 beyond: str = "labels index the text prototypes") -> np.ndarray:
+    """Check integer class labels in ``[0, n_classes)``.
+
+    ``beyond`` is the fix a label of ``n_classes`` or more is told; ``{needed}`` in it becomes
+    the largest label plus one.
+    """
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise GPUAError(f"{name} must have shape ({n_samples},) but has shape {y.shape}; give one label per row.")
@@ -265,8 +270,8 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels") -
         raise GPUAError(f"{name} holds negative values (smallest: {int(y.min())}); labels must be class indices >= 0: "
                         "number the classes 0, 1, ..., K-1.")
     if y.size and y.max() >= n_classes:
-        raise GPUAError(f"{name} holds values outside [0, {n_classes}) (largest: {int(y.max())}); labels index the "
-                        "text prototypes.")
+        raise GPUAError(f"{name} holds values outside [0, {n_classes}) (largest: {int(y.max())}); "
+                        + beyond.format(needed=int(y.max()) + 1) + ".")
     return y
 
 

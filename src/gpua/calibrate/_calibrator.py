@@ -30,12 +30,12 @@ from typing import Literal
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_labels, check_matrix
+from .._validation import check_matrix
 from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
 from ._shape import oas_shrinkage, psd_factor
-from ._stats import ClassStatistics, as_float64
+from ._stats import ClassStatistics, as_float64, check_class_labels
 
 __all__ = ["DistributionCalibrator", "class_similarity"]
 
@@ -93,8 +93,10 @@ class DistributionCalibrator(ParamsMixin):
         Counts, means, covariances the calibration was fitted on.
     covariances_ : array of shape (n_classes, d, d)
         Calibrated covariance :math:`\Sigma_k` per class (zero for a missing class).
-    factors_ : list of arrays of shape (d, r) or None
-        :math:`L_k` with :math:`L_k L_k^\top = \Sigma_k`, computed once per class.
+    factors_ : list of arrays of shape (d, d) or None
+        :math:`L_k`, the symmetric square root of :math:`\Sigma_k` (of its top-``n_components``
+        part when given; :func:`~gpua.calibrate.psd_factor`), computed once per class; None for a
+        class with no sample.
     donors_ : list of int arrays
         Classes each class borrowed from (empty: own covariance).
     donor_weights_ : list of float arrays
@@ -154,14 +156,23 @@ class DistributionCalibrator(ParamsMixin):
         self.random_state = random_state
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, X, y, *, n_classes: int | None = None, class_embeddings=None) -> "DistributionCalibrator":
+    def fit(
+        self,
+        X,
+        y,
+        *,
+        n_classes: int | None = None,
+        class_embeddings=None,
+        missing: Literal["raise", "skip"] = "raise",
+    ) -> "DistributionCalibrator":
         """Fit on features ``X`` (n, d) with labels ``y`` (n,).
 
         ``class_embeddings`` (K, d_t): one vector per class (text prototypes), needed for
-        ``borrow="text"``.
+        ``borrow="text"``. ``missing``: as in :meth:`fit_statistics`, for a class of
+        ``n_classes`` with no sample in ``y``.
         """
         stats = ClassStatistics(n_classes).fit(X, y)
-        return self.fit_statistics(stats, class_embeddings=class_embeddings)
+        return self.fit_statistics(stats, class_embeddings=class_embeddings, missing=missing)
 
     def fit_statistics(
         self,
@@ -178,6 +189,7 @@ class DistributionCalibrator(ParamsMixin):
         if not isinstance(statistics, ClassStatistics):
             raise GPUAError(f"statistics is a {type(statistics).__name__}; pass a fitted ClassStatistics.")
         statistics.check_fitted()
+        check_param("missing", missing, Options(("raise", "skip")))
         n = statistics.count_
         K, d = statistics.mean_.shape
         absent = np.nonzero(n == 0)[0]
@@ -276,7 +288,7 @@ class DistributionCalibrator(ParamsMixin):
         """
         self._check_fitted()
         X = as_float64(X, "X", n_cols=self.n_features_in_)
-        y = check_labels(y, X.shape[0], self.n_classes_, name="y")
+        y = check_class_labels(y, X.shape[0], self.n_classes_, name="y")
         target = self.target if target is None else target
         # The override is checked as fit checks the parameter (scale and the seed are checked where they are used).
         check_param("target", target, self._parameter_constraints["target"])

@@ -27,13 +27,17 @@ from ..params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, Option
 from ._params import RANDOM_STATE
 from ._sampling import as_rng
 from ._shape import oas_shrinkage
-from ._stats import ClassStatistics, infer_n_classes
+from ._stats import ClassStatistics, check_class_labels, infer_n_classes
 
 __all__ = ["LinearClassifier", "ShrinkageLDA", "balanced_sample_weight"]
 
 
 def balanced_sample_weight(y: np.ndarray, n_classes: int) -> np.ndarray:
-    r"""Class re-weighting :math:`\omega_i = n / (K\, n_{y_i})`: every class weighs the same in total."""
+    r"""Class re-weighting :math:`\omega_i = n / (K\, n_{y_i})`: every class weighs the same in total.
+
+    :math:`K` is the number of classes present in ``y`` (a class of ``n_classes`` with no sample
+    gets no weight), so the weights average to 1 and each present class weighs :math:`n / K`.
+    """
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     present = int((counts > 0).sum())
     return (y.shape[0] / (present * counts[y])).astype(np.float64)
@@ -85,7 +89,8 @@ class LinearClassifier(ParamsMixin, _LinearModel):
     epochs, lr, batch_size, momentum
         SGD settings.
     class_weight : {None, "balanced"}
-        ``"balanced"`` weighs each sample by :math:`n / (K n_{y_i})` (the re-weighting baseline).
+        ``"balanced"`` weighs each sample by :math:`n / (K n_{y_i})`, :math:`K` the classes present
+        (the re-weighting baseline, :func:`balanced_sample_weight`).
     device : str or None
         Torch device ("cpu", "cuda", "cuda:N"); None: cuda when available.
     random_state : None, int >= 0 or numpy.random.Generator
@@ -155,7 +160,7 @@ class LinearClassifier(ParamsMixin, _LinearModel):
         K = int(n_classes) if n_classes is not None else infer_n_classes(y)
         if K < 2:
             raise GPUAError(f"n_classes={K}; a classifier needs at least 2 classes (pass n_classes).")
-        y = check_labels(y, X.shape[0], K, name="y")
+        y = check_class_labels(y, X.shape[0], K, name="y")
         n, d = X.shape
         w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
@@ -273,6 +278,8 @@ class ShrinkageLDA(ParamsMixin, _LinearModel):
     def fit_statistics(self, statistics: ClassStatistics) -> "ShrinkageLDA":
         """Fit from per-class statistics (e.g. merged from federated clients)."""
         self._validate_params()
+        if not isinstance(statistics, ClassStatistics):
+            raise GPUAError(f"statistics is a {type(statistics).__name__}; pass a fitted ClassStatistics.")
         statistics.check_fitted()
         n = statistics.count_
         present = n > 0
@@ -280,6 +287,13 @@ class ShrinkageLDA(ParamsMixin, _LinearModel):
             raise GPUAError("ShrinkageLDA needs samples of at least 2 classes.")
         total = int(n.sum())
         pooled = statistics.scatter_.sum(axis=0) / total
+        if not np.trace(pooled) > 0:
+            # Its inverse would be inf: NaN coef_, class 0 predicted everywhere, NaN probabilities.
+            raise GPUAError(
+                "the pooled within-class covariance is zero: every class has a single sample or identical "
+                "rows, so LDA has no spread to whiten by; add samples of the classes (two distinct rows of "
+                "one class suffice), or use LinearClassifier."
+            )
         if self.shrinkage == "oas":
             pooled = oas_shrinkage(pooled, max(total - int(present.sum()), 1))[0]
         lam, V = np.linalg.eigh(pooled)

@@ -267,7 +267,7 @@ def make_shape_gaussians(
     r"""Gaussian classes whose covariances share one shape, with optional domain shifts.
 
     Class :math:`k` has covariance :math:`c_k Q_k \Lambda Q_k^\top` with
-    :math:`\Lambda = \mathrm{diag}(j^{-\mathrm{decay}})`, :math:`Q_k` a random rotation ``Q``
+    :math:`\Lambda \propto \mathrm{diag}(j^{-\mathrm{decay}})` scaled to trace :math:`d`, :math:`Q_k` a random rotation ``Q``
     perturbed by ``shape_noise`` per axis (so shapes are similar, not equal) and :math:`c_k \in [0.7,
     1.3]`; means are spread ``class_sep`` apart on average along random directions. Domain
     :math:`g` adds one offset of norm ``domain_shift`` to all its samples.
@@ -485,6 +485,8 @@ def run_federated(
     l2 : bool
         L2-normalise rows first.
     random_state : int
+        Seed (>= 0) of the split, the generated samples (client :math:`c` draws from the stream
+        seeded with ``(random_state, c)``) and FedAvg.
 
     Returns
     -------
@@ -492,6 +494,8 @@ def run_federated(
         One row per (alpha, method): ``alpha, method, all, n_train, n_generated, seconds``.
     """
     check_number(n_clients, "n_clients", integer=True, low=1)
+    # An int: each client's stream is seeded with (random_state, client), so None cannot do.
+    check_number(random_state, "random_state", integer=True, low=0, fix="a seed such as 0")
     for a in alphas:
         check_number(a, "alpha", low=0, low_open=True, fix="a Dirichlet concentration (0.1: strong label skew)")
     check_number(n_components, "n_components", integer=True, low=1)

@@ -80,8 +80,10 @@ def dirichlet_split(
     y = check_labels(y, y.shape[0], infer_n_classes(y), name="y")
     if not (isinstance(n_clients, (int, np.integer)) and n_clients >= 1):
         raise GPUAError(f"n_clients={n_clients!r} must be a positive integer.")
-    if not alpha > 0:
-        raise GPUAError(f"alpha={alpha!r} must be positive (0.1: strong label skew, 100: nearly i.i.d.).")
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not alpha > 0:
+        raise GPUAError(f"alpha={alpha!r} must be a positive number (0.1: strong label skew, 100: nearly i.i.d.).")
+    check_number(min_size, "min_size", integer=True, low=0, fix="the fewest samples a client may hold, e.g. 2")
+    check_number(max_tries, "max_tries", integer=True, low=1)
     dom = np.zeros(y.shape[0], np.int64) if domains is None else check_labels(
         domains, y.shape[0], infer_n_classes(domains, "domains"), name="domains"
     )
@@ -183,6 +185,7 @@ class FederatedCalibration:
 
         ``class_embeddings`` (K, d_t): text prototypes, for a calibrator with ``borrow="text"``.
         """
+        check_number(self.n_classes, "n_classes", integer=True, low=1, fix="the federation's class count")
         messages = check_parts(messages, "messages")
         for i, m in enumerate(messages):
             if m.n_classes_ > self.n_classes:
@@ -274,10 +277,18 @@ def fedavg(
         The global model.
     """
     check_number(rounds, "rounds", integer=True, low=1, fix="FedAvg needs at least one round (30 is typical)")
+    check_number(n_classes, "n_classes", integer=True, low=2, fix="the federation's class count")
     rng = as_rng(random_state)
+    clients = list(clients)
     data = [(X, y) for X, y in clients if len(y) > 0]
     if not data:
         raise GPUAError("clients hold no samples; pass at least one non-empty (X, y).")
+    for i, (X, y) in enumerate(clients):
+        if len(y) > 0 and np.ndim(X) != 2:
+            raise GPUAError(
+                f"clients[{i}] has features of shape {np.shape(X)}; each client's X must be 2-D (n_i, d) "
+                "(reshape one row with .reshape(1, -1))."
+            )
     widths = {np.shape(X)[1] for X, _ in data}
     if len(widths) > 1:
         raise GPUAError(f"clients have features of widths {sorted(widths)}; all must use one feature space.")

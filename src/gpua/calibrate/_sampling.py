@@ -72,8 +72,9 @@ def sample_around(
     Raises
     ------
     GPUAError
-        When ``anchors`` is not a 2-D array with at least one row, or ``factor`` is for
-        another width.
+        When ``anchors`` is not a 2-D array with at least one row, ``anchors`` or ``factor``
+        holds NaN or inf, ``factor`` is for another width, ``n_samples`` is not an integer, or
+        ``anchor_weights`` are not ``n_anchors`` finite non-negative numbers with a positive sum.
     """
     check_param("scale", scale, POSITIVE)
     rng = as_rng(random_state)
@@ -84,8 +85,17 @@ def sample_around(
             f"{anchors.shape}; pass a single anchor as anchor.reshape(1, -1)."
         )
     n_anchors, d = anchors.shape
+    factor = np.asarray(factor.detach().cpu().numpy() if hasattr(factor, "detach") else factor)
+    if factor.ndim != 2:
+        raise GPUAError(f"factor must be a 2-D (d, r) array L with L L^T the covariance, but has shape {factor.shape}.")
     if factor.shape[0] != d:
         raise GPUAError(f"factor has {factor.shape[0]} rows but anchors have width {d}; use one feature space.")
+    # Named here: NaN in either would otherwise surface as the overflow error below, blaming scale.
+    for name, a in (("anchors", anchors), ("factor", factor)):
+        if a.dtype.kind not in "fiub" or not np.all(np.isfinite(a)):
+            raise GPUAError(f"{name} contains NaN or inf (or is not numeric); compute it from finite features.")
+    if isinstance(n_samples, (bool, np.bool_)) or not isinstance(n_samples, (int, np.integer)):
+        raise GPUAError(f"n_samples={n_samples!r} must be an integer (the number of points to draw).")
     if n_samples <= 0:
         return np.zeros((0, d), np.float32)
     if anchor_weights is None:
@@ -93,6 +103,11 @@ def sample_around(
         idx = np.concatenate([rng.permutation(n_anchors) for _ in range(reps)])[:n_samples]
     else:
         w = np.asarray(anchor_weights, dtype=np.float64)
+        if w.shape != (n_anchors,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+            raise GPUAError(
+                f"anchor_weights has {w.size} value(s) for {n_anchors} anchors; give one finite, non-negative "
+                "weight per anchor, not all zero (or none, to use the anchors in turn)."
+            )
         idx = rng.choice(n_anchors, size=n_samples, p=w / w.sum())
     eps = rng.standard_normal((n_samples, factor.shape[1]))
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming scale
@@ -155,6 +170,13 @@ def fill_to_target(
             continue
         local = X[y == k]
         extra = prototypes.get(k)
+        if extra is not None and len(extra[0]) > 0:
+            P, w = np.asarray(extra[0]), np.asarray(extra[1])
+            if P.ndim != 2 or P.shape[1] != d or w.shape != (P.shape[0],):
+                raise GPUAError(
+                    f"prototypes for class {k} are anchors of shape {P.shape} with weights of shape {w.shape}; "
+                    f"give (anchors (P, {d}), weights (P,)): class means of this feature space, one weight each."
+                )
         if local.shape[0] == 0 and (extra is None or len(extra[0]) == 0):
             continue  # nothing of this class here to anchor on: left as it is
         if factors[k] is None:

@@ -198,7 +198,8 @@ def shape_similarity(a, b, n_components: int = 5) -> float:
     if A.n_features != B.n_features:
         raise GPUAError(f"a has width {A.n_features} but b has width {B.n_features}; compare shapes of one feature space.")
     dots = np.einsum("dj,dj->j", A.eigenvectors[:, :n_components], B.eigenvectors[:, :n_components])
-    return float(np.abs(dots).sum())
+    # |cos| <= 1 for unit vectors; rounding can exceed it by an ulp, and S then exceeds m.
+    return float(np.minimum(np.abs(dots), 1.0).sum())
 
 
 def shape_similarity_matrix(covariances, n_components: int = 5) -> np.ndarray:
@@ -207,7 +208,7 @@ def shape_similarity_matrix(covariances, n_components: int = 5) -> np.ndarray:
     if covs.ndim != 3:
         raise GPUAError(f"covariances must have shape (K, d, d) but has shape {covs.shape}.")
     V = np.stack([covariance_shape(c, n_components, name=f"covariances[{i}]").eigenvectors for i, c in enumerate(covs)])
-    return np.abs(np.einsum("adj,bdj->abj", V, V)).sum(axis=-1)
+    return np.minimum(np.abs(np.einsum("adj,bdj->abj", V, V)), 1.0).sum(axis=-1)  # in [0, m], as shape_similarity
 
 
 def oas_shrinkage(cov, n_samples: int) -> tuple[np.ndarray, float]:
@@ -238,8 +239,8 @@ def oas_shrinkage(cov, n_samples: int) -> tuple[np.ndarray, float]:
         Shrinkage intensity in [0, 1].
     """
     S = _check_square(cov, "cov")
-    if n_samples < 1:
-        raise GPUAError(f"n_samples={n_samples}; a covariance needs at least 1 sample behind it.")
+    if not (isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, (bool, np.bool_)) and n_samples >= 1):
+        raise GPUAError(f"n_samples={n_samples!r} must be an integer >= 1: the number of samples behind the covariance.")
     d = S.shape[0]
     if d == 1:
         return S.copy(), 0.0
@@ -279,10 +280,12 @@ def oas_factor(X: np.ndarray) -> tuple[np.ndarray, float]:
     rho : float
         The shrinkage intensity :math:`\rho \in [0, 1]`.
     """
-    n, d = X.shape
+    from ._stats import as_float64  # late: _stats imports this module lazily too
+
+    D = as_float64(X, "X")  # finite, 2-D, kept in float64
+    n, d = D.shape
     if n < 2:
         raise GPUAError(f"X has {n} row(s); a covariance needs at least 2 rows of the class.")
-    D = np.asarray(X, dtype=np.float64)
     D = D - D.mean(0)
     S = D.T @ D / n  # the population covariance, as ClassStatistics.covariance_
     _, rho = oas_shrinkage(S, n)

@@ -22,14 +22,27 @@ __all__ = ["ClassStatistics", "merge_statistics"]
 def as_float64(X, name: str, *, n_cols: int | None = None) -> np.ndarray:
     """Check ``X`` with :func:`~gpua._validation.check_matrix`, return it as float64.
 
-    ``check_matrix`` returns float32; float64 input is taken as given so that accumulated
-    moments keep their precision (zero rows are legal features here: nothing is normalised).
+    ``check_matrix`` returns float32; float64 input is taken as given, and integer input is
+    converted to float64 directly (float32 holds integers only up to :math:`2^{24}`), so that
+    accumulated moments keep their precision (zero rows are legal features here: nothing is
+    normalised).
     """
     if hasattr(X, "detach"):  # torch tensor
         X = X.detach().cpu().numpy()
     checked = check_matrix(X, name, n_cols=n_cols, allow_zero_rows=True)
     raw = np.asarray(X)
-    return raw if raw.dtype == np.float64 else checked.astype(np.float64)
+    if raw.dtype == np.float64:
+        return raw
+    return raw.astype(np.float64) if raw.dtype.kind in "iu" else checked.astype(np.float64)
+
+
+def check_class_labels(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
+    """:func:`~gpua._validation.check_labels`, telling labels beyond ``n_classes`` the fix for class statistics.
+
+    (The generic message speaks of text prototypes, which class statistics and classifiers do not index.)
+    """
+    return check_labels(y, n_samples, n_classes, name=name, beyond="pass n_classes={needed} or more (the number of classes, "
+                        "the same for every part), or number the classes 0, 1, ..., K-1")
 
 
 def infer_n_classes(y, name: str = "y") -> int:
@@ -174,7 +187,7 @@ class ClassStatistics:
                 "all parts must come from the same encoder and feature space."
             )
         k = self.n_classes if self.n_classes is not None else max(infer_n_classes(y), self._k())
-        y = check_labels(y, X.shape[0], k, name="y")
+        y = check_class_labels(y, X.shape[0], k, name="y")
         batch = self._batch_moments(X, y, k)
         if d_seen is None:
             self.count_, self.mean_, self.scatter_ = batch
@@ -253,8 +266,10 @@ class ClassStatistics:
         shift = np.asarray(shift, dtype=np.float64)
         if shift.shape not in ((), (self.n_features_in_,)):
             raise GPUAError(f"shift has shape {shift.shape}; pass a scalar or a ({self.n_features_in_},) vector.")
-        if not float(scale) > 0:
-            raise GPUAError(f"scale={scale!r} must be positive.")
+        if not np.all(np.isfinite(shift)):
+            raise GPUAError("shift contains NaN or inf; pass a finite centre (see global_standardizer).")
+        if not (float(scale) > 0 and np.isfinite(float(scale))):
+            raise GPUAError(f"scale={scale!r} must be a finite positive number.")
         out = ClassStatistics(self.n_classes)
         out.count_ = self.count_.copy()
         out.mean_ = np.where(self.count_[:, None] > 0, (self.mean_ - shift) / scale, 0.0)

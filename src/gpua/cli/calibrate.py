@@ -18,6 +18,7 @@ import warnings
 
 from .._atomic import atomic_write_text
 from .._errors import GPUAError
+from .._validation import check_number
 from ._common import check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
 from ..calibrate._experiments import _check_imbalance
@@ -139,9 +140,21 @@ def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
     return 0
 
 
+def _check_flags(args, *flags: tuple[str, str, dict]) -> None:
+    """The numeric flags, checked before any file is read and named as typed (the library names
+    its parameters: ``n_donors``, ``random_state``...)."""
+    checks = (("--seed", "seed", dict(integer=True, low=0, fix="a seed such as 0")),
+              ("--weight-decay", "weight_decay", dict(low=0, fix="an L2 penalty such as 1e-3")), *flags)
+    for flag, attr, kw in checks:
+        values = getattr(args, attr)
+        for v in values if isinstance(values, list) else [values]:
+            check_number(v, flag, **kw)
+
+
 def _longtail(args) -> int:
     for r in args.imbalance:  # before any file is read, naming the flag
         _check_imbalance(r, "--imbalance")
+    _check_flags(args, ("--donors", "donors", dict(integer=True, low=1, fix="3 is typical")))
     D = _load(args)
     emb = D["emb"]
     if emb is not None and emb.shape[0] != int(max(D["y"].max(), D["y_test"].max())) + 1:
@@ -157,6 +170,15 @@ def _longtail(args) -> int:
 
 
 def _federated(args) -> int:
+    _check_flags(
+        args,
+        ("--clients", "clients", dict(integer=True, low=1, fix="10 is typical")),
+        ("--alpha", "alpha", dict(low=0, low_open=True, fix="a Dirichlet concentration (0.1: strong label skew)")),
+        ("--components", "components", dict(integer=True, low=1, fix="5 is typical")),
+        ("--rounds", "rounds", dict(integer=True, low=1, fix="30 is typical")),
+        ("--local-epochs", "local_epochs", dict(integer=True, low=1)),
+        ("--lr", "lr", dict(low=0, low_open=True, fix="a step size such as 0.05")),
+    )
     D = _load(args)
     t0 = time.perf_counter()
     rows = run_federated(
