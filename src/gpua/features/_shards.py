@@ -20,9 +20,11 @@ Every shard file is written atomically (:func:`gpua._atomic.atomic_path`) and th
 so a crash never leaves a half-written shard under its final name, and a folder without
 ``index.json`` is an unfinished set. The index records a SHA-256 checksum of every file of the
 set (``files``) and of itself (``checksum``); readers check the index at once and each file the
-first time they map it, and check every header against the file's size, so a truncated or
+first time they map it (once per process and version of the file: a Dask worker's per-task
+readers do not hash it again), and check every header against the file's size, so a truncated or
 damaged shard is named instead of read (sets written before checksums existed are read with the
-structural checks alone). ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always,
+structural checks alone). A file removed, truncated or replaced after a reader read its layout
+is refused by that reader, never read as rows of the set it opened. ``ShardWriter(..., atomic=True)`` (and :func:`write_shards`, always,
 and any writer that replaces an existing set) goes further: it writes into a hidden sibling
 folder and renames the finished set into place, so the destination is always either the old
 set or the complete new one; a writer killed between the two renames of that swap leaves both
@@ -73,6 +75,18 @@ _DISK = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.b
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I64": "int64"}
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.")
 _FIX_INDEX = "re-write the shard set (or, if you edited index.json on purpose, delete its 'checksum' entry)"
+
+#: Files verified against their recorded checksum in this process, as ``(path, checksum, identity)``
+#: (:func:`_identity`). A Dask worker unpickles a new reader for every task; without this memo each
+#: task would hash every shard file it reads once more (a whole shard per chunk read, every pass).
+#: A file replaced or rewritten since has another identity and is hashed again.
+_VERIFIED: set[tuple[str, str, tuple[int, ...]]] = set()
+
+
+def _identity(f: Path) -> tuple[int, ...]:
+    """Device, inode, size and modification time of ``f``: changes when the file is replaced or rewritten."""
+    st = os.stat(f)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _shard_file(i: int, key: str, storage: str) -> str:
@@ -334,6 +348,7 @@ class ShardedFeatures:
         self._verify = bool(verify)
         self._verified: set[str] = set()
         self._arrays: list[dict[str, _Array]] | None = None
+        self._identities: dict[str, tuple[int, ...]] = {}  # file name -> _identity when its layout was read
         if check:
             self._layout()
 
@@ -453,6 +468,9 @@ class ShardedFeatures:
                     )
             if self.has_image_ids:
                 self._require_file(i, self.path / _shard_file(i, IDS_KEY, self.storage))
+            for arr in arrays.values():
+                with contextlib.suppress(OSError):  # gone since its header was read: _map says so
+                    self._identities.setdefault(Path(arr.path).name, _identity(Path(arr.path)))
             out.append(arrays)
         self._arrays = out
         return out
@@ -473,16 +491,35 @@ class ShardedFeatures:
             return
         what = f"shard {i} file {str(f)!r}" if i is not None else f"{str(f)!r} of shard set {str(self.path)!r}"
         try:
-            actual = file_digest(f)
+            memo = (str(f.absolute()), self._files[f.name], _identity(f))
+            if memo not in _VERIFIED:  # this version of the file was not verified in this process yet
+                actual = file_digest(f)
+                verify_checksum(self._files[f.name], actual, what, "re-write the shard set (or re-extract those rows)")
+                _VERIFIED.add(memo)
         except OSError as exc:
             raise ModelFileError(f"{what} is unreadable ({exc}); re-write the shard set.") from None
-        verify_checksum(self._files[f.name], actual, what, "re-write the shard set (or re-extract those rows)")
         self._verified.add(f.name)
 
     def _map(self, i: int, key: str) -> np.ndarray:
+        """Shard ``i``'s array ``key``, memory-mapped; a file changed since its layout was read is refused.
+
+        The layout (shapes, offsets) and the checksum were checked once, so a file removed,
+        truncated or replaced afterwards (a set re-written in place while a fit reads it) would
+        otherwise fail deep inside numpy, or silently mix rows of two sets.
+        """
         arr = self._layout()[i][key]
-        self._checked(Path(arr.path), i)
-        return arr.map()
+        f = Path(arr.path)
+        self._checked(f, i)
+        changed = f"shard {i} file {str(f)!r} was removed, truncated or replaced after this reader opened the shard set"
+        fix = "open the shard set again (and restart a fit that was reading it), or re-write it"
+        try:
+            same = f.name not in self._identities or _identity(f) == self._identities[f.name]
+            m = arr.map() if same else None
+        except (OSError, ValueError) as exc:  # gone, or shorter than its header says (numpy's mmap)
+            raise ModelFileError(f"{changed} ({exc}); {fix}.") from None
+        if m is None:
+            raise ModelFileError(f"{changed}; {fix}.")
+        return m
 
     def _require_file(self, i: int, f: Path) -> None:
         if not f.is_file():

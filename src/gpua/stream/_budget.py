@@ -30,6 +30,7 @@ work) per chunk:
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -92,20 +93,30 @@ def release_freed_memory(threshold: int = 2**20) -> bool:
 def parse_memory(value) -> int:
     """``"4GB"``, ``"512 MiB"``, ``4e9`` or ``4_000_000_000`` -> bytes (decimal and binary units).
 
+    A string is a number (``"0.5"``, ``".5"``, ``"2e9"``) and an optional unit, case-insensitive,
+    with or without a space between them and around them: ``"4GB"``, ``"4gb"``, ``"4 GB "``,
+    ``"4G"`` (10**9), ``"4 GiB"`` (2**30), ``"0.5GB"``; ``B``, ``k``/``kB``, ``M``/``MB``, ``G``/``GB``,
+    ``T``/``TB`` and ``KiB``, ``MiB``, ``GiB``, ``TiB``. A number is bytes.
+
     Raises
     ------
     GPUAError
-        For anything that is not a positive size.
+        For anything that is not a positive, finite size of at least one byte (``"-1GB"``,
+        ``"0"``, ``float("inf")``, ``"4 XB"``, ``"4,000"``).
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        n = int(value)  # exact, however large
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         n = float(value)
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _UNITS:
             raise GPUAError(f"max_memory={value!r} is not a size; write it like '4GB', '512MiB' or a number of bytes.")
         n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if not n > 0:
+    if not n >= 1:  # negative, zero, NaN, or under one byte ("0.1")
         raise GPUAError(f"max_memory={value!r} must be positive (e.g. '4GB').")
+    if isinstance(n, float) and not math.isfinite(n):
+        raise GPUAError(f"max_memory={value!r} is not a finite size; give a number of bytes or a size like '4GB'.")
     return int(n)
 
 
@@ -206,6 +217,18 @@ def refine_bytes(n: int, k: int, d_q: int, d_t: int, val_fraction: float, batch_
     return rows * (2 * d_q * 4 + d_t * 4 + 5 * k * 4)
 
 
+def rows_per_process(n: int, chunk: int, n_processes: int = 1) -> int:
+    """Rows of the chunks the busiest process owns, chunk ``i`` going to process ``i mod n_processes``.
+
+    That is how the executors pin chunks (:meth:`gpua.stream._executor.DaskExecutor.owners`), so
+    with 3 chunks on 2 workers one worker holds two: more than ``n / n_processes`` rows, which
+    the tiles it caches must fit. ``n`` for one process.
+    """
+    n_chunks = -(-n // chunk)
+    p = max(1, min(int(n_processes), n_chunks))
+    return max(sum(min(chunk, n - i * chunk) for i in range(w, n_chunks, p)) for w in range(p))
+
+
 def minimum_budget(
     n: int, k: int, d_v: int, d_t: int, d_q: int, *, itemsize: int = 4, refine: int = 0, whiten=None, n_processes: int = 1,
 ) -> int:
@@ -293,15 +316,15 @@ def plan_memory(
         # (at least min_rows, which minimum_budget let fit).
         chunk = max(min_rows, min(chunk, (total - fixed - 2 * 8 * d_q * d_q) // moment_row))
     if chunk_rows is not None:
-        if not (isinstance(chunk_rows, int) and chunk_rows >= 1):
+        if isinstance(chunk_rows, bool) or not (isinstance(chunk_rows, numbers.Integral) and chunk_rows >= 1):
             raise GPUAError(f"chunk_rows={chunk_rows!r} must be a positive integer.")
-        chunk = min(n, chunk_rows)
+        chunk = min(n, int(chunk_rows))
         need_chunk = max(fixed + chunk * per_row, whitening_peak(chunk))
         if need_chunk > total:
             raise GPUAError(f"chunk_rows={chunk_rows} needs {_fmt(need_chunk)} but max_memory={budget!r} is {_fmt(total)}; lower chunk_rows or raise max_memory.")
     n_chunks = -(-n // chunk)
     left = total - fixed - chunk * per_row
-    rows_here = -(-n // max(1, n_processes))
+    rows_here = rows_per_process(n, chunk, n_processes)
     tile_dtype, keep_prev, cached = "float16", False, 0
     for dtype, prev in (("float64", True), ("float32", True), ("float32", False), ("float16", False)):
         per = k * (_TILE_BYTES[dtype] + (4 if prev else 0))
@@ -310,7 +333,8 @@ def plan_memory(
             break
     else:
         cached = int(max(0, left) // (chunk * k * _TILE_BYTES["float16"]))
-    cache = min(cached, n_chunks) * chunk * k * (_TILE_BYTES[tile_dtype] + (4 if keep_prev else 0))
+    # Per process: the tiles of its own chunks (all of them, or its first `cached`).
+    cache = min(rows_here, min(cached, n_chunks) * chunk) * k * (_TILE_BYTES[tile_dtype] + (4 if keep_prev else 0))
     # The rows a pass reads (raw VFM, centred VLM, the query): float32, kept when all else is cached.
     rows = rows_here * (d_v + d_t + d_q) * 4
     # (Kept rows are built by the whitening's pass already, and held through its eigendecomposition.)
