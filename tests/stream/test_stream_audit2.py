@@ -205,3 +205,16 @@ def test_labels_and_ids_stay_aligned_across_shard_boundaries(small, tmp_path):
     idx = np.array([300, 0, 6, 7, 7, 150])
     assert torch.equal(sf.take("vfm_features", idx), rows[idx])
     np.testing.assert_array_equal(sf.take("labels", idx).numpy(), lab[idx])
+
+
+def test_a_set_replaced_between_pickling_and_unpickling_is_refused(tmp_path):
+    """A Dask task re-opens the set from its path: a set replaced meanwhile was read as if it were the same."""
+    from gpua._errors import ModelFileError
+
+    rng = np.random.default_rng(0)
+    write_shards(tmp_path / "s", rng.normal(size=(20, 4)), rng.normal(size=(20, 3)), rows_per_shard=8)
+    sent = pickle.dumps(ShardedFeatures(tmp_path / "s"))
+    assert pickle.loads(sent).n_samples == 20  # the same set: fine
+    write_shards(tmp_path / "s", rng.normal(size=(24, 4)), rng.normal(size=(24, 3)), rows_per_shard=8, overwrite=True)
+    with pytest.raises(ModelFileError, match="was replaced after the fit opened it"):
+        pickle.loads(sent)

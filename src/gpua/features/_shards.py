@@ -334,6 +334,7 @@ class ShardedFeatures:
             verify_checksum(stored, digest(index), where, _FIX_INDEX)
         _check_index(index, where)
         self._index = index
+        self._index_checksum = stored if stored is not None else digest(index)
         self.dtype = index["dtype"]
         self.storage = index["storage"]
         self.widths = {k: int(index["widths"][k]) for k in _FEATURE_KEYS}
@@ -371,11 +372,18 @@ class ShardedFeatures:
         )
 
     def __getstate__(self):
-        # Workers re-open the set from its path (shared storage); the layout is re-read there.
-        return {"path": str(self.path)}
+        # Workers re-open the set from its path (shared storage); the layout is re-read there,
+        # and the index's checksum tells them whether it is still the set the fit started on.
+        return {"path": str(self.path), "index_checksum": self._index_checksum}
 
     def __setstate__(self, state):
         self.__init__(state["path"], check=False)
+        expected = state.get("index_checksum")
+        if expected is not None and expected != self._index_checksum:
+            raise ModelFileError(
+                f"shard set {str(self.path)!r} was replaced after the fit opened it (its index changed), so this task "
+                "would read other rows than the others; re-run the fit on the set as it is now."
+            )
 
     def fingerprint(self) -> str:
         """A string that changes when the features a fit reads change, in value or row order.
