@@ -13,8 +13,10 @@ model type                  VLM      image embedding                            
 ==========================  =======  ==================================================  ==============
 
 Preprocessing is read from the model's ``preprocessor_config.json`` (resize, crop, resample,
-mean, std); a folder without one falls back to the family's defaults at the model's
-``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO), with a warning.
+mean, std), a bare ``"size": 224`` read as the processor class reads it (the shortest edge for
+CLIP and DINOv2); a folder without one falls back to the family's defaults at the model's
+``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO; SigLIP and DINOv3
+squash to the square input, CLIP and DINOv2 crop the centre), with a warning.
 
 Options (``?key=value`` in the spec, or keyword arguments of ``create_encoder``): ``revision``
 (a hub revision) and ``dense``, how ``encode_patches`` of a vision-language model puts patches
@@ -47,8 +49,8 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, file_fingerprint, hub_offline, missing_weights_error
-from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
+from ._registry import bad_local_error, file_fingerprint, hub_offline, layout_hint, missing_weights_error
+from ._torch import TorchEncoder, resolve_dense, tokens_to_grid, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
 
@@ -60,6 +62,11 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[bool, tuple, tuple]] = {
     "dinov2_with_registers": (False, IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": (False, IMAGENET_MEAN, IMAGENET_STD),
 }
+
+# model_type -> (resize mode, interpolation) of the family's image processor, for folders without a
+# processor file: SigLIP's and DINOv3's processors resize to the square input (no crop), SigLIP
+# bicubic, DINOv3 bilinear; CLIP and DINOv2 resize the shortest edge and crop the centre.
+_FALLBACK_RESIZE = {"siglip": ("squash", "bicubic"), "dinov3_vit": ("squash", "bilinear")}
 
 # Fewer tokens than this is no text vocabulary: transformers builds a CLIP tokenizer of only its
 # special tokens (2) from a folder without tokenizer files, and every prompt then maps to UNK.
@@ -96,6 +103,45 @@ def _hw(v: Any) -> tuple[int, int] | None:
         if "shortest_edge" in v:
             return (int(v["shortest_edge"]),) * 2
     return None
+
+
+def _normalised_sizes(d: dict[str, Any], name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``size`` / ``crop_size`` as the model's image-processor class reads them.
+
+    A bare number means different things to different classes: CLIP's and DINOv2's processors
+    (``CLIPImageProcessor``, ``BitImageProcessor``) read ``"size": 224`` (the format of the
+    ``openai/clip-vit-*`` repositories) as the shortest edge, then centre-crop, where a
+    ``height``/``width`` reading would squash the photo to a square. The processor itself is
+    asked; when it cannot be built, ``d`` is returned unchanged.
+
+    Parameters
+    ----------
+    d : dict
+        The image-processor configuration as stored.
+    name : str
+        Local folder or hub id.
+    kw : dict
+        ``from_pretrained`` keyword arguments (cache folder, revision, offline flag).
+
+    Returns
+    -------
+    dict
+    """
+    if not any(isinstance(d.get(k), (int, float, list, tuple)) for k in ("size", "crop_size")):
+        return d  # already (height, width) / shortest_edge dicts: nothing to interpret
+    try:
+        from transformers import AutoImageProcessor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = AutoImageProcessor.from_pretrained(name, **kw).to_dict()
+    except Exception:  # a processor class this transformers lacks: keep the stored values
+        return d
+    out = dict(d)
+    for key in ("size", "crop_size", "do_center_crop"):
+        if built.get(key) is not None:
+            out[key] = built[key]
+    return out
 
 
 def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess) -> ImagePreprocess:
@@ -177,6 +223,9 @@ class HFEncoder(TorchEncoder):
         kw: dict[str, Any] = {"cache_dir": hub_cache, "revision": revision}
         if hub_offline():
             kw["local_files_only"] = True
+        if os.path.isfile(os.path.expanduser(body)):
+            raise GPUAError(f"{spec!r} names the file {body!r}; the hf back end takes a folder (save_pretrained output: "
+                            f"config.json next to the weights) or a hub id 'org/name'.{layout_hint(body, 'hf')}")
         if not local and (body.startswith(("/", ".", "~")) or body.count("/") > 1):
             raise GPUAError(f"hf model folder {body!r} does not exist; pass an existing folder (save_pretrained output) or a hub id 'org/name'.")
         try:
@@ -187,13 +236,13 @@ class HFEncoder(TorchEncoder):
             if local:
                 raise bad_local_error(f"the transformers config of {spec!r}", name, exc,
                                       "The folder must hold a transformers model saved with save_pretrained: config.json "
-                                      "(with its 'model_type') and model.safetensors.") from None
+                                      "(with its 'model_type') and model.safetensors.", backend="hf") from None
             raise missing_weights_error(f"the transformers config of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/config.json") from None
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise GPUAError(
                 f"{spec!r} is a {config.model_type!r} model; the hf back end supports {sorted(SUPPORTED_MODEL_TYPES)}. "
-                "Use the timm:, open_clip: or onnx: back end for other models."
+                "Use the timm:, open_clip: or onnx: back end for other models." + (layout_hint(name, "hf") if local else "")
             )
         try:
             with quiet_loading():
@@ -204,7 +253,7 @@ class HFEncoder(TorchEncoder):
             if local:
                 raise bad_local_error(f"the transformers weights of {spec!r}", name, exc,
                                       "Save the model there with model.save_pretrained(folder) (model.safetensors "
-                                      "or pytorch_model.bin next to config.json).") from None
+                                      "or pytorch_model.bin next to config.json).", backend="hf") from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
         missing = sorted(loading.get("missing_keys") or ())
@@ -216,12 +265,14 @@ class HFEncoder(TorchEncoder):
         is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
         vcfg = getattr(config, "vision_config", config)
         s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
-        fallback = ImagePreprocess(input_size=s, resize=s, resize_mode="shortest", mean=mean, std=std)
+        mode, interp = _FALLBACK_RESIZE.get(config.model_type, ("shortest", "bicubic"))
+        fallback = ImagePreprocess(input_size=s, resize=s if mode == "shortest" else (s, s), resize_mode=mode,
+                                   interpolation=interp, mean=mean, std=std)
         try:
             from transformers.image_processing_base import ImageProcessingMixin
 
             pdict, _ = ImageProcessingMixin.get_image_processor_dict(name, **kw)
-            pp = preprocess_from_processor_dict(pdict, fallback)
+            pp = preprocess_from_processor_dict(_normalised_sizes(pdict, name, kw), fallback)
         except OSError:
             warnings.warn(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.",
                           stacklevel=3)
@@ -257,6 +308,8 @@ class HFEncoder(TorchEncoder):
     def _text_t(self, texts: list[str]) -> torch.Tensor:
         # SigLIP was trained on max-length padded text; CLIP pools the EOS token, so padding is inert.
         padding = "max_length" if self.model_type == "siglip" else True
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        warn_truncated(self.spec, texts, [n > self._text_max_len for n in lengths], self._text_max_len)
         tok = self.tokenizer(texts, padding=padding, truncation=True, max_length=self._text_max_len, return_tensors="pt")
         tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         if self.model_type == "siglip":

@@ -3,7 +3,8 @@
 Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder`):
 
 ``input``
-    Input node (default: the graph's first input); it takes float32 ``(B, 3, H, W)``.
+    Input node (default: the graph's first input); it takes float ``(B, 3, H, W)`` pixels (fed as
+    float16 to a half-precision export, whose outputs are read back as float32).
 ``output``
     Node whose value is used (default: the graph's first output). It may be any intermediate
     node output: the graph is then cut there once with :func:`onnx.utils.extract_model` and the
@@ -53,7 +54,7 @@ from .._optional import import_optional
 from ._base import Encoder
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import error_summary, file_fingerprint
+from ._registry import error_summary, file_fingerprint, layout_hint, local_layout
 
 __all__ = ["OnnxEncoder", "cut_onnx_graph", "external_data_files"]
 
@@ -198,6 +199,11 @@ class OnnxEncoder(Encoder):
         ort = import_optional("onnxruntime", "ONNX encoders")
 
         src = Path(path).expanduser()
+        if src.is_dir():
+            found = local_layout(src) or ""
+            raise GPUAError(f"{spec!r} names the folder {str(src)!r}; the onnx back end takes an .onnx file"
+                            + (f": pass {found!r}." if found.startswith("onnx:") else
+                               f", e.g. 'onnx:/models/vit.onnx'.{layout_hint(src, 'onnx')}"))
         if not src.is_file():
             raise GPUAError(f"ONNX file {str(src)!r} does not exist; pass the path of an .onnx model, e.g. 'onnx:/models/vit.onnx'.")
         proto = _load_graph_proto(src)
@@ -212,13 +218,15 @@ class OnnxEncoder(Encoder):
         model_path = src
         if self.input_name not in inputs or any(w not in outputs for w in wanted):
             model_path = cut_onnx_graph(src, self.input_name, wanted, cache_dir)
-        # Static spatial input size, when the graph declares one.
+        # Static spatial input size, when the graph declares one, and the input's float type.
         static = None
+        self._input_dtype = np.dtype(np.float32)
         for i in graph.input:
             if i.name == self.input_name:
                 dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
                 if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
                     static = (dims[2], dims[3])
+                self._input_dtype = _float_input_dtype(i.type.tensor_type.elem_type)
         hw = _ints(size, "size") if size is not None else (static or 224)
         if static and size is not None and ((hw, hw) if isinstance(hw, int) else tuple(hw)) != static:
             raise GPUAError(
@@ -282,8 +290,11 @@ class OnnxEncoder(Encoder):
 
     # -- graph outputs -> embedding / grid ----------------------------------------------------
     def _run_nodes(self, pixels: np.ndarray) -> list[np.ndarray]:
+        # Fed in the input's own float type (float16 exports take float16), read back as float32
+        # so that pooling and everything after it run in float32.
         names = [self.output_name] + ([self.patch_output_name] if self.patch_output_name else [])
-        return self.session.run(names, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        outs = self.session.run(names, {self.input_name: np.ascontiguousarray(pixels, dtype=self._input_dtype)})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
 
     def _prefix_for(self, n_tokens: int) -> int:
         if self._prefix is not None:
@@ -364,6 +375,17 @@ class OnnxEncoder(Encoder):
         }
         meta.update(self._provenance)
         return meta
+
+
+def _float_input_dtype(elem_type: int) -> np.dtype:
+    """The numpy dtype to feed an ONNX input of ``elem_type``: float16 or float64 as declared, else float32.
+
+    Half-precision exports (``model.half()`` before ``torch.onnx.export``) refuse float32 pixels;
+    other element types get float32, and onnxruntime's error names the mismatch.
+    """
+    from onnx import TensorProto
+
+    return np.dtype({TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}.get(elem_type, np.float32))
 
 
 def _providers(device: Any, ort) -> tuple[str, list]:

@@ -25,6 +25,10 @@ joint image-text space (:func:`gpua.segment.dense_clip.dense_clip_features`):
 
 ``encode_images`` is unaffected by ``dense``: it is always the model's own pooled embedding.
 
+Preprocessing is the model's own (``open_clip.get_model_preprocess_cfg``). A checkpoint file
+gets the mean, std, interpolation and resize mode its architecture's pretrained tags share
+(mean = std = 0.5 and a squash resize for SigLIP), not open_clip's generic CLIP defaults.
+
 The exact architecture and pretrained strings are recorded verbatim in the metadata with the
 model's ``quick_gelu`` flag: ``ViT-B-16`` with OpenAI weights and ``ViT-B-16-quickgelu`` are
 different functions, and open_clip only warns about the mismatch (the warning is kept too).
@@ -44,8 +48,8 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, file_fingerprint, missing_weights_error
-from ._torch import TorchEncoder, resolve_dense, tokens_to_grid
+from ._registry import bad_local_error, file_fingerprint, layout_hint, missing_weights_error
+from ._torch import TorchEncoder, resolve_dense, tokens_to_grid, warn_truncated
 
 __all__ = ["OpenCLIPEncoder"]
 
@@ -63,6 +67,49 @@ def _preprocess_from_cfg(cfg: dict[str, Any]) -> ImagePreprocess:
         std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
         fill=int(cfg.get("fill_color", 0) or 0),
     )
+
+
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _tags_preprocess(open_clip, arch: str, spec: str) -> dict[str, Any]:
+    """The preprocessing the pretrained tags of ``arch`` agree on, for a checkpoint file of it.
+
+    ``open_clip.create_model(arch, pretrained=<file>)`` preprocesses with open_clip's generic
+    defaults (OpenAI CLIP's mean/std, shortest-edge resize and crop), while SigLIP, PE-Core,
+    MobileCLIP or CLIPA weights were trained with their own (SigLIP: mean = std = 0.5, squash
+    to the square input). A checkpoint file of such an architecture is one of those weights, so
+    the values all its tags share are used.
+
+    Parameters
+    ----------
+    open_clip : module
+    arch : str
+        The architecture name (``"ViT-B-16-SigLIP"``).
+    spec : str
+        The encoder spec, for the warning.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std``, ``interpolation``, ``resize_mode`` where every tag of ``arch`` gives the
+        same value; empty without tags. Where the tags disagree the architecture's defaults
+        stay, with a warning naming the variants.
+    """
+    cfgs = {t: open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)}
+    agreed: dict[str, Any] = {}
+    differ: dict[str, dict[str, Any]] = {}
+    for key in _PREPROCESS_KEYS:
+        values = {tuple(v) if isinstance(v, (list, tuple)) else v for v in (c.get(key) for c in cfgs.values()) if v is not None}
+        if len(values) == 1:
+            agreed[key] = values.pop()
+        elif len(values) > 1:
+            differ[key] = {t: c.get(key) for t, c in cfgs.items()}
+    if differ:
+        warnings.warn(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({differ}); the checkpoint file gets "
+                      f"open_clip's default {', '.join(differ)}. If it holds the weights of one of these tags, check that "
+                      "metadata()['preprocess'] is what they were trained with.", stacklevel=4)
+    return agreed
 
 
 class OpenCLIPEncoder(TorchEncoder):
@@ -118,6 +165,10 @@ class OpenCLIPEncoder(TorchEncoder):
         # once the model exists (in __init__).
         resolve_dense(dense, spec=spec, unsupported=None)
         quick = str(force_quick_gelu).lower() in ("1", "true", "yes")
+        if os.path.isfile(os.path.expanduser(body)):  # a checkpoint without its architecture: open_clip needs both
+            hint = layout_hint(body, "open_clip")
+            raise GPUAError(f"{spec!r} names the file {body!r} but no architecture;"
+                            + (hint or f" write 'open_clip:ARCH/{body}' with the architecture it was trained as (see open_clip.list_models())."))
         if body.startswith(("hf-hub:", "local-dir:")) or os.path.isdir(os.path.expanduser(body)):
             model_name = body if body.startswith(("hf-hub:", "local-dir:")) else "local-dir:" + os.path.expanduser(body)
             if pretrained is not None:  # it would be ignored: the folder or hub model holds its own weights
@@ -173,6 +224,7 @@ class OpenCLIPEncoder(TorchEncoder):
                         if ckpt else
                         "An open_clip model folder holds open_clip_config.json and open_clip_pytorch_model.bin "
                         "(or open_clip_model.safetensors), as open_clip's push_to_hf_hub writes.",
+                        backend="open_clip",
                     ) from None
                 raise missing_weights_error(
                     f"open_clip weights for {spec!r}", str(where or constants.HF_HUB_CACHE), exc,
@@ -188,7 +240,10 @@ class OpenCLIPEncoder(TorchEncoder):
             weights = {"checkpoint": file_fingerprint(model_name[len("local-dir:"):])}
         else:
             weights = {"tag": tag or model_name}
-        pp = _preprocess_from_cfg(open_clip.get_model_preprocess_cfg(model))
+        pp_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        if ckpt:  # open_clip gives a checkpoint file its generic CLIP preprocessing: take the tags' own
+            pp_cfg.update(_tags_preprocess(open_clip, model_name, spec))
+        pp = _preprocess_from_cfg(pp_cfg)
         return cls(spec, model, tokenizer, pp, model_name=model_name, pretrained=tag, weights=weights, device=device, notes=notes,
                    dense=dense)
 
@@ -221,7 +276,22 @@ class OpenCLIPEncoder(TorchEncoder):
         return tokens_to_grid(tokens, 0, (H // visual.patch_size[0], W // visual.patch_size[1]))
 
     def _text_t(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+        ids = self.tokenizer(texts)
+        self._warn_truncated(texts, ids)
+        return self.model.encode_text(ids.to(self.device))
+
+    def _warn_truncated(self, texts: list[str], ids: torch.Tensor) -> None:
+        """Warn about prompts the tokenizer cut at the context length (open_clip does it silently).
+
+        A prompt that fits is tokenized the same with one more position; one that was cut is not
+        (its last kept token becomes the end token, or the next token appears).
+        """
+        L = int(ids.shape[-1])
+        try:
+            longer = self.tokenizer(texts, context_length=L + 1)
+        except TypeError:  # a tokenizer without the context_length argument: nothing to compare
+            return
+        warn_truncated(self.spec, texts, (ids != longer[:, :L]).any(dim=-1).tolist(), L)
 
     def _metadata(self) -> dict[str, Any]:
         import open_clip

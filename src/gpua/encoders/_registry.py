@@ -260,7 +260,62 @@ def missing_weights_error(what: str, looked: str, exc: BaseException, local_exam
     )
 
 
-def bad_local_error(what: str, path: str | os.PathLike, exc: BaseException, fix: str) -> GPUAError:
+def local_layout(path: str | os.PathLike) -> str | None:
+    """The spec that loads the local file or folder ``path``, from what it holds, or None.
+
+    An ``.onnx`` file (or a folder holding exactly one) is ``onnx:``; a folder with
+    ``open_clip_config.json`` is ``open_clip:``; a ``config.json`` with timm's ``architecture``
+    is ``timm:``, one with a ``model_type`` ``hf:``. A bare checkpoint file needs an architecture
+    and gets None, as does anything unrecognised.
+    """
+    import json
+
+    p = Path(path).expanduser()
+    if p.is_file():
+        return f"onnx:{p}" if p.suffix.lower() == ".onnx" else None
+    if not p.is_dir():
+        return None
+    if (p / "open_clip_config.json").is_file():
+        return f"open_clip:{p}"
+    if (p / "config.json").is_file():
+        try:
+            cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = None
+        if isinstance(cfg, dict):
+            if "architecture" in cfg and cfg.get("model_type") in (None, "timm_wrapper"):
+                return f"timm:{p}"
+            if "model_type" in cfg:
+                return f"hf:{p}"
+    graphs = sorted(p.glob("*.onnx"))
+    return f"onnx:{graphs[0]}" if len(graphs) == 1 else None
+
+
+def layout_hint(path: str | os.PathLike, backend: str) -> str:
+    """A sentence naming the back end that loads ``path`` when it is not ``backend``, else ``""``.
+
+    Parameters
+    ----------
+    path : path-like
+        A local file or folder given to the ``backend`` back end.
+    backend : str
+        ``"hf"``, ``"open_clip"``, ``"timm"`` or ``"onnx"``.
+
+    Returns
+    -------
+    str
+        E.g. ``" It holds a timm model: pass 'timm:/models/vit'."`` (with a leading space).
+    """
+    spec = local_layout(path)
+    if spec is None or spec.partition(":")[0] == backend:
+        return ""
+    kind = {"onnx": "an ONNX model", "open_clip": "an open_clip model", "timm": "a timm model",
+            "hf": "a transformers model"}[spec.partition(":")[0]]
+    return f" It holds {kind}: pass {spec!r}."
+
+
+def bad_local_error(what: str, path: str | os.PathLike, exc: BaseException, fix: str, *,
+                    backend: str | None = None) -> GPUAError:
     """The error for a local file or folder that exists but does not hold what the spec needs.
 
     Parameters
@@ -274,13 +329,17 @@ def bad_local_error(what: str, path: str | os.PathLike, exc: BaseException, fix:
         missing / unexpected keys of a state-dict error) are kept.
     fix : str
         What the file or folder must be, or what to pass instead.
+    backend : str, optional
+        The back end that tried (``"hf"``...): when ``path`` holds another back end's model the
+        message names the spec that loads it (:func:`layout_hint`).
 
     Returns
     -------
     GPUAError
     """
+    hint = layout_hint(path, backend) if backend else ""
     return GPUAError(f"could not load {what} from the local {'folder' if os.path.isdir(path) else 'file'} "
-                     f"{os.path.realpath(os.path.expanduser(path))!r}: {error_summary(exc, max_lines=3)}. {fix}")
+                     f"{os.path.realpath(os.path.expanduser(path))!r}: {error_summary(exc, max_lines=3)}. {fix}{hint}")
 
 
 for _name, _target in {

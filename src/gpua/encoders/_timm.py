@@ -4,7 +4,9 @@ Spec bodies:
 
 * ``vit_small_patch14_dinov2.lvd142m`` — architecture and pretrained tag (downloaded to the hub cache);
 * ``vit_small_patch14_dinov2//abs/path/weights.pth`` or ``...?checkpoint=weights.pth`` — a local
-  state dict (classifier weights in it are ignored; any backbone weight missing is an error);
+  state dict, timm's or the original release's (converted by timm's checkpoint filter, as timm
+  does for hub weights; classifier weights in it are ignored; any backbone weight missing is an
+  error);
 * ``hf-hub:timm/repo``, ``/path/to/folder`` or ``local-dir:/path`` — a timm hub layout
   (``config.json`` + weights).
 
@@ -30,7 +32,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, error_summary, file_fingerprint, missing_weights_error
+from ._registry import bad_local_error, error_summary, file_fingerprint, layout_hint, missing_weights_error
 from ._torch import TorchEncoder, tokens_to_grid
 
 __all__ = ["TimmEncoder"]
@@ -92,6 +94,10 @@ class TimmEncoder(TorchEncoder):
         kw["num_classes"] = 0
         if cache_dir is not None:
             kw["cache_dir"] = str(_cache_dir(cache_dir) / "timm")
+        if os.path.isfile(os.path.expanduser(body)):  # a state dict without its architecture: timm needs both
+            hint = layout_hint(body, "timm")
+            raise GPUAError(f"{spec!r} names the file {body!r} but no architecture;"
+                            + (hint or f" write 'timm:ARCH/{body}' with the timm model it was saved from (see timm.list_models())."))
         if os.path.isdir(os.path.expanduser(body)):
             body = "local-dir:" + os.path.expanduser(body)
         if body.startswith(("hf-hub:", "local-dir:")):
@@ -125,6 +131,7 @@ class TimmEncoder(TorchEncoder):
                         "A timm model folder holds config.json (with 'architecture') and model.safetensors or "
                         "pytorch_model.bin, as timm's save_for_hf writes; for a bare state dict pass "
                         "'timm:ARCH//path/to/weights.pth' instead.",
+                        backend="timm",
                     ) from None
                 raise missing_weights_error(
                     f"timm weights for {spec!r}", kw.get("cache_dir") or constants.HF_HUB_CACHE, exc,
@@ -201,8 +208,33 @@ def _create(timm, name: str, spec: str, **kw: Any):
         raise GPUAError(f"timm model of {spec!r} rejected an option: {exc}; check the spec's ?key=value options.") from None
 
 
+def _timm_filter(model, sd: dict[str, Any]) -> dict[str, Any]:
+    """``sd`` through the ``checkpoint_filter_fn`` of the model's timm module, as timm loads weights.
+
+    The filter converts the released checkpoints of the original code bases to timm's layout
+    (DINOv2's ``mask_token`` / ``register_tokens`` / class-token position, OpenAI CLIP's
+    ``visual.*``, SwiGLU ``w12``/``w3``) and resamples position embeddings to the model's grid;
+    a state dict saved from timm passes through it unchanged, as timm's own hub weights do.
+    Without a filter, or when it fails, ``sd`` is returned as is (the key check names the misfit).
+    """
+    import sys
+
+    filt = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filt is None:
+        return sd
+    try:
+        out = filt(dict(sd), model)
+    except Exception:  # not a layout this filter knows: the strict key check reports what does not fit
+        return sd
+    return out if isinstance(out, dict) and out else sd
+
+
 def _load_backbone_weights(model, path: str, spec: str) -> None:
-    """Load a state dict, ignoring classifier weights but refusing any missing backbone weight."""
+    """Load a state dict, ignoring classifier weights but refusing any missing backbone weight.
+
+    It goes through timm's ``checkpoint_filter_fn`` first (:func:`_timm_filter`), so the original
+    releases of e.g. DINOv2 load as they do with ``timm.create_model(..., pretrained=True)``.
+    """
     from timm.models import load_state_dict
 
     try:
@@ -218,6 +250,7 @@ def _load_backbone_weights(model, path: str, spec: str) -> None:
             f"checkpoint {path!r} of spec {spec!r} is not a state dict: entries {odd[:5]} are not tensors; "
             "pass a file of parameter tensors (.pth/.pt from torch.save(model.state_dict()), or .safetensors)."
         )
+    sd = _timm_filter(model, sd)
     heads = model.pretrained_cfg.get("classifier") or "head"
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     sd = {k: v for k, v in sd.items() if not any(k == h or k.startswith(h + ".") for h in heads)}

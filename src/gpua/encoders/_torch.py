@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from .._errors import GPUAError
 from ._base import Encoder
 from ._preprocess import ImagePreprocess
 
-__all__ = ["TorchEncoder", "resolve_dense", "tokens_to_grid"]
+__all__ = ["TorchEncoder", "resolve_dense", "tokens_to_grid", "warn_truncated"]
 
 
 def resolve_dense(dense: Any, *, spec: str, unsupported: str | None) -> str:
@@ -102,6 +103,29 @@ class TorchEncoder(Encoder):
 
     def _metadata(self) -> dict[str, Any]:
         return {"versions": {"torch": torch.__version__}}
+
+
+def warn_truncated(spec: str, texts: Sequence[str], cut: Sequence[bool], context_length: int) -> None:
+    """Warn that prompts were cut at the text tower's context length (tokenizers do it silently).
+
+    Parameters
+    ----------
+    spec : str
+        The encoder spec, for the message.
+    texts : sequence of str
+        The prompts of one batch.
+    cut : sequence of bool
+        Which of ``texts`` did not fit.
+    context_length : int
+        Tokens the text tower reads, special tokens included.
+    """
+    idx = [i for i, c in enumerate(cut) if c]
+    if idx:
+        warnings.warn(
+            f"{spec!r}: {len(idx)} of {len(texts)} prompt(s) are longer than the text tower's {context_length}-token "
+            f"context and were cut to it, so the words past it do not count (first: {texts[idx[0]]!r}); shorten "
+            "the template or the class name.", stacklevel=5,
+        )
 
 
 def tokens_to_grid(tokens: torch.Tensor, n_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
