@@ -250,6 +250,23 @@ def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[s
     return names
 
 
+def as_float64(X, name: str, *, n_cols: int | None = None) -> np.ndarray:
+    """Check ``X`` with :func:`check_matrix`, return it as float64.
+
+    ``check_matrix`` returns float32; float64 input is taken as given, and integer input is
+    converted to float64 directly (float32 holds integers only up to :math:`2^{24}`), so that
+    accumulated moments keep their precision. Zero rows are accepted: the calibration statistics
+    that use this normalise nothing.
+    """
+    if hasattr(X, "detach"):  # torch tensor
+        X = X.detach().cpu().numpy()
+    checked = check_matrix(X, name, n_cols=n_cols, allow_zero_rows=True)
+    raw = np.asarray(X)
+    if raw.dtype == np.float64:
+        return raw
+    return raw.astype(np.float64) if raw.dtype.kind in "iu" else checked.astype(np.float64)
+
+
 def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels",
                  beyond: str = "labels index the text prototypes") -> np.ndarray:
     """Check integer class labels in ``[0, n_classes)``.

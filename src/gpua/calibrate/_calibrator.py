@@ -30,12 +30,12 @@ from typing import Literal
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_matrix
+from .._validation import as_float64, check_matrix
 from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
 from ._shape import oas_shrinkage, psd_factor
-from ._stats import ClassStatistics, as_float64, check_class_labels
+from ._stats import ClassStatistics, check_class_labels
 
 __all__ = ["DistributionCalibrator", "class_similarity"]
 

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from .._errors import GPUAError
+from .._validation import as_float64
 
 __all__ = [
     "CovarianceShape",
@@ -280,8 +281,6 @@ def oas_factor(X: np.ndarray) -> tuple[np.ndarray, float]:
     rho : float
         The shrinkage intensity :math:`\rho \in [0, 1]`.
     """
-    from ._stats import as_float64  # late: _stats imports this module lazily too
-
     D = as_float64(X, "X")  # finite, 2-D, kept in float64
     n, d = D.shape
     if n < 2:

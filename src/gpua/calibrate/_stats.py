@@ -13,27 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import check_labels, check_matrix
+from .._validation import as_float64, check_labels
 from ..params import COUNT, OptionalOf, check_param
 
 __all__ = ["ClassStatistics", "merge_statistics"]
-
-
-def as_float64(X, name: str, *, n_cols: int | None = None) -> np.ndarray:
-    """Check ``X`` with :func:`~gpua._validation.check_matrix`, return it as float64.
-
-    ``check_matrix`` returns float32; float64 input is taken as given, and integer input is
-    converted to float64 directly (float32 holds integers only up to :math:`2^{24}`), so that
-    accumulated moments keep their precision (zero rows are legal features here: nothing is
-    normalised).
-    """
-    if hasattr(X, "detach"):  # torch tensor
-        X = X.detach().cpu().numpy()
-    checked = check_matrix(X, name, n_cols=n_cols, allow_zero_rows=True)
-    raw = np.asarray(X)
-    if raw.dtype == np.float64:
-        return raw
-    return raw.astype(np.float64) if raw.dtype.kind in "iu" else checked.astype(np.float64)
 
 
 def check_class_labels(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
