@@ -19,7 +19,7 @@ import torch
 from gpua._errors import GPUAError
 from gpua.encoders import create_encoder
 
-from test_enc_hf import VISION, _save  # the hf tests' tiny vision tower and folder writer
+from test_enc_hf import VISION, _save, tiny_clip_config  # the hf tests' tiny towers and folder writer
 from tiny_models import REG_ARCH, REG_KW
 
 transformers = pytest.importorskip("transformers")
@@ -36,14 +36,9 @@ def bert_tokenizer():
 
 
 def _tiny_clip(folder, tok, processor=None) -> str:
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
 
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=tok.sep_token_id,
-                         bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=VISION, projection_dim=16,
-    )
+    cfg = tiny_clip_config(tok, text_layers=1)
     torch.manual_seed(0)
     return _save(folder, CLIPModel(cfg), processor, tok)
 

@@ -38,17 +38,24 @@ def _save(folder, model, processor=None, tokenizer=None):
     return str(folder)
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, bert_tokenizer):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+def tiny_clip_config(tok, text_layers: int = 2):
+    """A tiny CLIPConfig whose text tower uses ``tok``'s vocabulary and special tokens (32-token context)."""
+    from transformers import CLIPConfig
 
-    tok = bert_tokenizer
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    return CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
                          num_attention_heads=2, max_position_embeddings=32, eos_token_id=tok.sep_token_id,
                          bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id),
         vision_config=VISION, projection_dim=16,
     )
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, bert_tokenizer):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    tok = bert_tokenizer
+    cfg = tiny_clip_config(tok)
     torch.manual_seed(0)
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD)
     return _save(tmp_path_factory.mktemp("clip"), CLIPModel(cfg), proc, tok)
