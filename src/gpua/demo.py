@@ -64,8 +64,10 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
     """
     from ._optional import import_optional
 
-    import_optional("matplotlib", "the demo's embedding plot").use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: matplotlib.use("Agg") would switch the caller's backend (a
+    # notebook would stop showing figures) for the rest of the process.
+    Figure = import_optional("matplotlib.figure", "the demo's embedding plot").Figure
+    from matplotlib.lines import Line2D
 
     TSNE = import_optional("sklearn.manifold", "the demo's embedding plot (t-SNE)").TSNE
 
@@ -76,7 +78,8 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), max_points, replace=False))
         panels = [(title, feats[keep]) for title, feats in panels]
         labels = labels[keep]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5))
+    fig = Figure(figsize=(5.2 * len(panels), 5))
+    axes = fig.subplots(1, len(panels))
     for ax, (title, feats) in zip(np.atleast_1d(axes), panels):
         pts = feats
         n_proto = 0
@@ -90,12 +93,11 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=c) for i, c in enumerate(classnames)]
+    handles = [Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=c) for i, c in enumerate(classnames)]
     fig.legend(handles=handles, loc="lower center", ncol=min(10, len(classnames)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return Path(path)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ._atomic import atomic_path, atomic_write_text
 from ._errors import GPUAError
 from ._optional import import_optional
+from ._validation import check_classnames
 from .baselines import list_methods, make_method
 from .data.classnames import match_classes
 from .features import FeatureSet
@@ -104,11 +105,15 @@ def check_encoders(
     """
     fitted_on = encoders_of(dict(getattr(model, "provenance_", None) or {}))
     used = encoders_of(meta or {})
-    for role, fitted, given in zip(("VFM", "VLM"), fitted_on, used):
-        if fitted and given and fitted != given:
-            warnings.warn(f"{data_source} holds {role} features of {given!r} but {model_source} was fitted on {fitted!r}; "
-                          f"features of different encoders do not fit the model: extract them with {fitted!r}.", stacklevel=stacklevel)
+    for role, fitted, given in _other_encoders(fitted_on, used):
+        warnings.warn(f"{data_source} holds {role} features of {given!r} but {model_source} was fitted on {fitted!r}; "
+                      f"features of different encoders do not fit the model: extract them with {fitted!r}.", stacklevel=stacklevel)
     return fitted_on, used
+
+
+def _other_encoders(fitted_on, used) -> list[tuple[str, str, str]]:
+    """``(role, fitted, given)`` for each of VFM, VLM whose specs both sides record, and differ."""
+    return [(role, f, g) for role, f, g in zip(("VFM", "VLM"), fitted_on, used) if f and g and f != g]
 
 
 def _n_classes(fs: FeatureSet) -> int | None:
@@ -246,7 +251,8 @@ def compare_methods(
     and, for GPUA variants, pseudo-label accuracy against the train labels when those exist (a
     diagnostic; labels never reach ``fit``). The test labels are matched to the training
     classes by name first (:func:`gpua.data.classnames.match_classes`), and every method name is
-    checked before the first fit. With ``return_estimators``, also a dictionary of the fitted
+    checked before the first fit; a warning says when the two files record other encoders (as
+    :func:`check_encoders` does for a model). With ``return_estimators``, also a dictionary of the fitted
     estimators by method name (as scikit-learn's ``cross_validate``).
     """
     train.require("vfm_features", "vlm_features", "text_prototypes", source=train_name)
@@ -260,6 +266,10 @@ def compare_methods(
     if match.note:
         warnings.warn(match.note, stacklevel=2)
     y = _scored_labels(match, test, _n_classes(train) or train.text_prototypes.shape[0], test_name)
+    # as evaluate and predict check a model's encoders against the features it scores
+    for role, fitted_with, given in _other_encoders(encoders_of(train.meta or {}), encoders_of(test.meta or {})):
+        warnings.warn(f"{test_name} holds {role} features of {given!r} but the methods are fitted on {train_name}, extracted with "
+                      f"{fitted_with!r}; features of different encoders do not fit them: extract both with one.", stacklevel=2)
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
@@ -315,7 +325,12 @@ def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None
         :func:`gpua.metrics.classification_report`'s output.
     confusion : dict, optional
         ``{"classnames": [...], "rows_true_columns_predicted": [[...]]}`` (``evaluate_model``'s
-        ``confusion_matrix``); shown when it has at most ``max_confusion_classes`` classes.
+        ``confusion_matrix``); shown when it has at most ``max_confusion_classes`` classes,
+        its columns headed by the names' first 8 characters, or numbered (and the rows too)
+        when two names share those.
+
+    Classes without test images (support 0) are counted and a line says that they pull the
+    macro average down (their recall is 0 by convention, as scikit-learn's).
     """
     rows = [{"class": k, **{m: v[m] for m in ("precision", "recall", "f1-score")}, "support": v["support"]}
             for k, v in report.items() if isinstance(v, dict)]
@@ -326,14 +341,23 @@ def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None
         if r["class"] == "macro avg":
             lines.append(f"{'accuracy':<{w}}  {'':>13}  {'':>10}  {100 * report['accuracy']:6.2f}  {r['support']:7d}")
         lines.append(f"{r['class']:<{w}}  {100 * r['precision']:13.2f}  {100 * r['recall']:10.2f}  {100 * r['f1-score']:6.2f}  {r['support']:7d}")
+    absent = sum(1 for r in rows if r["class"] not in ("macro avg", "weighted avg") and r["support"] == 0)
+    if absent:  # the macro avg then differs from evaluate's mean_per_class_recall, which averages the classes present
+        lines.append(f"{absent} {'class has' if absent == 1 else 'classes have'} no test images (support 0): recall and F1 0 "
+                     "by convention, counted in the macro avg; mean_per_class_recall averages only the classes present.")
     if confusion is not None:
         cn, C = confusion["classnames"], confusion["rows_true_columns_predicted"]
         if len(cn) <= max_confusion_classes:
             short = [n[:8] for n in cn]
+            labels = list(cn)
+            if len(set(short)) < len(short):  # names alike in their first 8 characters: number the columns
+                short = [str(k) for k in range(len(cn))]
+                labels = [f"{k:>{len(short[-1])}} {n}" for k, n in enumerate(cn)]
+                w = max(w, *(len(n) for n in labels))
             cw = max(6, *(len(s) for s in short), *(len(str(v)) for row in C for v in row))
             lines += ["", "confusion matrix (rows: true class, columns: predicted)",
                       f"{'':<{w}}  " + " ".join(f"{s:>{cw}}" for s in short)]
-            lines += [f"{n:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row) for n, row in zip(cn, C)]
+            lines += [f"{n:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row) for n, row in zip(labels, C)]
         else:
             lines += ["", f"confusion matrix: {len(cn)} classes, too many to print (it is in the JSON and the plot)."]
     return "\n".join(lines)
@@ -342,18 +366,21 @@ def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None
 def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title: str = "") -> Path:
     """Write the confusion matrix as a PNG (rows normalised to recall; counts annotated up to 20 classes).
 
-    Needs matplotlib (``pip install gpua[plots]``). Written atomically.
+    Needs matplotlib (``pip install gpua[plots]``). Written atomically. The figure is drawn
+    without pyplot, so the caller's backend (a notebook's, say) is left as it was; class names
+    and the title are written as they are (a ``$`` is not read as TeX math).
     """
-    import_optional("matplotlib", "the confusion-matrix plot").use("Agg")
-    import matplotlib.pyplot as plt
+    Figure = import_optional("matplotlib.figure", "the confusion-matrix plot").Figure
     names, C = confusion["classnames"], np.asarray(confusion["rows_true_columns_predicted"], dtype=np.float64)
     R = C / np.maximum(C.sum(1, keepdims=True), 1)
     K = len(names)
     size = min(4 + 0.45 * K, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     im = ax.imshow(R, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(K), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(K), names, fontsize=8)
+    # parse_math=False: "$5 or $10" was drawn as math, and a name like "$\foo$" stopped the plot
+    ax.set_xticks(range(K), [str(n) for n in names], rotation=90, fontsize=8, parse_math=False)
+    ax.set_yticks(range(K), [str(n) for n in names], fontsize=8, parse_math=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if K <= 20:
@@ -362,11 +389,10 @@ def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title:
                 if C[i, j]:
                     ax.text(j, i, int(C[i, j]), ha="center", va="center", fontsize=7, color="white" if R[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    ax.set_title(title or "confusion matrix")
+    ax.set_title(title or "confusion matrix", parse_math=False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return Path(path)
 
 
@@ -386,6 +412,11 @@ def write_predictions(
     last column ``error``: each of them gets a row with empty predictions and the reason, so the
     file lists every image a user gave (empty for the others).
 
+    Image ids and class names are written as they are (CSV-quoted where they hold commas, quotes
+    or line breaks), so the file joins back to the images: no spreadsheet formula escaping, which
+    would change an id such as ``=a.jpg`` or ``-1.png``. A spreadsheet may read a cell starting
+    with ``=``, ``+``, ``-`` or ``@`` as a formula: import the file with its columns as text.
+
     Parameters
     ----------
     path : str or Path
@@ -395,6 +426,7 @@ def write_predictions(
         probabilities tie at 0 once a large logit scale separates the scores, and ties would be
         listed in class order. Without scores, by the probabilities.
     classnames : sequence of str, optional
+        One per class (K of them, checked); without them, classes are named by index.
     top_k : int
         At least 1; capped at K.
     unreadable : sequence of (image id, error message), optional
@@ -408,7 +440,6 @@ def write_predictions(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise GPUAError(f"top_k={top_k!r} must be a positive integer.")
-    name = (lambda k: str(classnames[k])) if classnames else (lambda k: str(int(k)))  # noqa: E731
     n = 0
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -419,6 +450,10 @@ def write_predictions(
                 rank_by = np.asarray(scores[0]) if scores else proba
                 k = min(int(top_k), proba.shape[1])
                 if not header_done:
+                    # one name per column: too few names stopped on an IndexError, more named the classes
+                    # from a longer list without a word (and a numpy array of names stopped on its truth value)
+                    names = check_classnames(classnames, proba.shape[1])
+                    name = (lambda c: names[c]) if names is not None else (lambda c: str(int(c)))  # noqa: E731
                     tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
                     header = ["image", "prediction", "probability", *tops] + (["label"] if labels is not None else [])
                     w.writerow(header + (["error"] if unreadable else []))
@@ -438,11 +473,29 @@ def write_predictions(
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically."""
+    """Write JSON atomically: strict JSON, NaN and inf as ``null``, numpy scalars and arrays as plain numbers and lists."""
     if path is None:
         raise GPUAError("path is None; give a file name for the JSON output.")
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    # json.dumps writes NaN / Infinity, which strict readers (JavaScript, jq) refuse
+    atomic_write_text(path, json.dumps(_plain(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
     return Path(path)
+
+
+def _plain(o):
+    """``o`` with numpy scalars and arrays as Python's, non-finite floats as None."""
+    if isinstance(o, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _plain(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
 
 
 def _json_default(o):
