@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import os
@@ -9,7 +10,115 @@ from pathlib import Path
 
 from .._errors import GPUAError
 
-__all__ = ["read_string_list"]
+__all__ = ["read_string_list", "read_located", "read_text", "load_json", "is_json", "clean_edges"]
+
+# White space and the invisible characters editors leave at a line's ends: a byte-order mark
+# (two Windows-saved files concatenated put one before a line), zero-width spaces and word joiners.
+_EDGES = re.compile(r"^[\s\ufeff\u200b\u2060]+|[\s\ufeff\u200b\u2060]+$")
+
+
+def clean_edges(text: str) -> str:
+    """``text`` without white space, byte-order marks or zero-width spaces at either end."""
+    return _EDGES.sub("", text)
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a user's list file: UTF-8, or UTF-16/UTF-32 with a byte-order mark.
+
+    Parameters
+    ----------
+    path : str or path-like
+    what : str
+        What the file holds ("class names", "templates"), for messages.
+
+    Returns
+    -------
+    str
+        The decoded text, without a leading byte-order mark.
+
+    Raises
+    ------
+    GPUAError
+        When the file is missing, not UTF-8 (the message names the line and says to save it as
+        UTF-8), or holds NUL characters (UTF-16 without a byte-order mark, or not text).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GPUAError(f"{what} file {str(p)!r} does not exist; pass the path of a text or JSON file.")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise GPUAError(f"{what} file {str(p)!r} could not be read ({exc}).") from exc
+    # Windows Notepad's "Unicode" and Excel's "Unicode Text" are UTF-16 with a byte-order mark;
+    # utf-8-sig drops the mark Windows editors put before UTF-8. (UTF-32's mark begins with UTF-16's.)
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        encoding = "utf-32"
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if encoding != "utf-8-sig":
+            raise GPUAError(f"{what} file {str(p)!r} starts with a {encoding.upper()} byte-order mark but is not valid "
+                            f"{encoding.upper()} ({exc.reason}); save it again as UTF-8.") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise GPUAError(
+            f"{what} file {str(p)!r} is not UTF-8 text: line {line} holds the byte 0x{raw[exc.start]:02x} ({exc.reason}), "
+            "as a file saved as Latin-1 / Windows-1252 ('ANSI') would. Save it as UTF-8 (Notepad: Save as, Encoding "
+            "UTF-8; Excel: 'CSV UTF-8'; iconv -f cp1252 -t utf-8)."
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise GPUAError(
+            f"{what} file {str(p)!r} holds NUL characters (first on line {line}): it is UTF-16 without a byte-order mark, "
+            "or not a text file. Save it as UTF-8."
+        )
+    return text
+
+
+def is_json(path: str | os.PathLike, text: str) -> bool:
+    """Whether a list file is read as JSON: a ``.json`` name, or text starting with ``[`` or ``{"``."""
+    stripped = text.lstrip()
+    # A text file of templates may start with a placeholder ("{} in the wild.", "{c}, a type of
+    # pet."), which is not JSON: an object starts with '{"'.
+    return Path(path).suffix.lower() == ".json" or stripped[:1] == "[" or bool(re.match(r'\{\s*("|$)', stripped))
+
+
+def load_json(text: str, path: str | os.PathLike, what: str):
+    """``json.loads(text)``, with a file's errors (bad JSON, absurd nesting) as a :class:`GPUAError`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GPUAError(f"{what} file {str(path)!r} is not valid JSON ({exc}); write a JSON list of strings.") from None
+    except RecursionError:
+        raise GPUAError(f"{what} file {str(path)!r} holds JSON nested too deeply to read; write a JSON list of strings.") from None
+
+
+def read_located(path: str | os.PathLike, what: str, *, index_dict: bool = False) -> tuple[list[tuple[str, str]], bool]:
+    """Like :func:`read_string_list`, with where each entry stands in the file.
+
+    Returns
+    -------
+    entries : list of (str, str)
+        ``(where, entry)`` pairs: ``where`` is ``"line 3"`` (text files, counting every line)
+        or ``"entry 2"`` (JSON lists, from 0).
+    from_json : bool
+        Whether the file was read as JSON (text files may hold comments; JSON files never do).
+    """
+    text = read_text(path, what)
+    p = Path(path)
+    if is_json(p, text):
+        located = [(f"entry {i}", e) for i, e in enumerate(_json_strings(load_json(text, p, what), p, what, index_dict))]
+        from_json = True
+    else:
+        located = [(f"line {i + 1}", clean_edges(line)) for i, line in enumerate(text.splitlines())]
+        located = [(w, e) for w, e in located if e]
+        from_json = False
+    if not located:
+        raise GPUAError(f"{what} file {str(p)!r} is empty; write one entry per line or a JSON list.")
+    return located, from_json
 
 
 def read_string_list(path: str | os.PathLike, what: str, *, index_dict: bool = False) -> list[str]:
@@ -18,9 +127,9 @@ def read_string_list(path: str | os.PathLike, what: str, *, index_dict: bool = F
     Parameters
     ----------
     path : str or path-like
-        ``.json`` files (or any file whose text starts with ``[`` or ``{``) are parsed as JSON;
+        ``.json`` files (or any file whose text starts with ``[`` or ``{"``) are parsed as JSON;
         anything else is read line by line, surrounding white space stripped, blank lines
-        skipped.
+        skipped. UTF-8, or UTF-16/UTF-32 with a byte-order mark (:func:`read_text`).
     what : str
         What the entries are ("class names", "templates"), for messages.
     index_dict : bool
@@ -32,32 +141,10 @@ def read_string_list(path: str | os.PathLike, what: str, *, index_dict: bool = F
     list of str
         Non-empty entries, in file order.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise GPUAError(f"{what} file {str(p)!r} does not exist; pass the path of a text or JSON file.")
-    try:
-        # utf-8-sig: files saved by Windows editors start with a byte-order mark.
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GPUAError(f"{what} file {str(p)!r} could not be read as UTF-8 text ({exc}).") from exc
-    stripped = text.lstrip()
-    # A JSON list or object; a text file of templates may start with a placeholder ("{} in the
-    # wild.", "{c}, a type of pet."), which is not JSON: an object starts with '{"'.
-    if p.suffix.lower() == ".json" or stripped[:1] == "[" or re.match(r'\{\s*("|$)', stripped):
-        entries = _parse_json(text, p, what, index_dict)
-    else:
-        entries = [line.strip() for line in text.splitlines()]
-        entries = [e for e in entries if e]
-    if not entries:
-        raise GPUAError(f"{what} file {str(p)!r} is empty; write one entry per line or a JSON list.")
-    return entries
+    return [e for _, e in read_located(path, what, index_dict=index_dict)[0]]
 
 
-def _parse_json(text: str, p: Path, what: str, index_dict: bool) -> list[str]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GPUAError(f"{what} file {str(p)!r} is not valid JSON ({exc}); write a JSON list of strings.") from None
+def _json_strings(data, p: Path, what: str, index_dict: bool) -> list[str]:
     if isinstance(data, dict):
         keys = list(data)
         if index_dict and keys and all(str(k).strip().lstrip("-").isdigit() for k in keys):
@@ -71,7 +158,7 @@ def _parse_json(text: str, p: Path, what: str, index_dict: bool) -> list[str]:
         raise GPUAError(f"{what} file {str(p)!r} holds a JSON {type(data).__name__}; write a JSON list of strings.")
     out = []
     for i, entry in enumerate(data):
-        if not isinstance(entry, str) or not entry.strip():
+        if not isinstance(entry, str) or not clean_edges(entry):
             raise GPUAError(f"{what} file {str(p)!r}: entry {i} is {entry!r}; every entry must be a non-empty string.")
-        out.append(entry.strip())
+        out.append(clean_edges(entry))
     return out

@@ -1,9 +1,15 @@
 """Prompt templates and text prototypes.
 
 A template is a sentence with a ``{}`` placeholder for the class name (``{c}``, the spelling of
-open_clip and CLIP_benchmark, is accepted and normalised to ``{}``). A class's text prototype is
-the prompt-ensemble of CLIP (Radford et al., 2021): encode every template filled with the class
-name, L2-normalise each embedding, average over templates, L2-normalise again.
+open_clip and CLIP_benchmark, is accepted and normalised to ``{}``; ``{{`` and ``}}`` are
+literal braces, as in ``str.format``). A template file is a JSON list, or text with one template
+a line: blank lines and lines starting with ``#`` are skipped (``#{} of the day`` is a
+template), and a line in quotes copied from Python (``'a bad photo of a {}.',``) is read without
+its quotes and comma.
+
+A class's text prototype is the prompt-ensemble of CLIP (Radford et al., 2021): encode every
+template filled with the class name, L2-normalise each embedding, average over templates,
+L2-normalise again.
 
 Shipped template sets (all data, copied from their sources):
 
@@ -37,7 +43,7 @@ import numpy as np
 from .._errors import GPUAError
 from .._validation import check_matrix
 from ._registry import KNOWN_DATASETS, canonical_name, dataset_info
-from ._textfiles import read_string_list
+from ._textfiles import read_located
 from .classnames import resolve_class_prompts
 
 __all__ = [
@@ -187,12 +193,19 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 #: The default of every ``templates=`` argument: see the module docstring and :func:`resolve_templates`.
 DEFAULT_TEMPLATES = "auto"
 
-# Any {...} field; after normalisation only the bare {} may remain.
-_FIELD = re.compile(r"\{[^{}]*\}")
+# str.format's literal braces "{{" and "}}", or any {...} field; after normalisation only the bare {} may remain.
+_TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}")
+# What fill_template replaces: literal braces, and the placeholder.
+_FILL = re.compile(r"\{\{|\}\}|\{\}")
+# A template line copied from Python source in quotes: "'a photo of a {}.',", '"a photo of a {}."'.
+_QUOTED = re.compile(r"""^(['"])(.*)\1\s*,?$""")
 
 
 def check_templates(templates: Sequence[str], source: str = "templates") -> list[str]:
     """Validate templates and normalise ``{c}`` to ``{}``.
+
+    ``{{`` and ``}}`` are literal braces, as in ``str.format`` (:func:`fill_template` writes
+    them as ``{`` and ``}``).
 
     Parameters
     ----------
@@ -208,24 +221,58 @@ def check_templates(templates: Sequence[str], source: str = "templates") -> list
     """
     if isinstance(templates, str):
         raise GPUAError(f"{source} is a single string; pass a list of templates (or a name/file to get_templates).")
+    return _checked(list(enumerate(templates)), source)
+
+
+def _checked(located: Sequence[tuple[int | str, object]], source: str) -> list[str]:
+    """:func:`check_templates` of ``(i, template)`` pairs; ``i`` is an index or a file's ``"line 3"``."""
     out = []
-    for i, t in enumerate(templates):
+    for n, (i, t) in enumerate(located):
+        what = f"{source}: template {i}" if isinstance(i, int) else f"{source}, {i}: template {n}"
         if not isinstance(t, str):
-            raise GPUAError(f"{source}: template {i} is {t!r}, not a string.")
-        t = t.strip().replace("{c}", "{}")
-        fields = _FIELD.findall(t)
+            raise GPUAError(f"{what} is {t!r}, not a string.")
+        fields: list[str] = []
+
+        def field(m: re.Match) -> str:
+            if m.group() in ("{{", "}}"):
+                return m.group()
+            fields.append(m.group())
+            return "{}" if m.group() == "{c}" else m.group()
+
+        t = _TOKEN.sub(field, t.strip())
         if not fields:
+            hint = " ('%s' is printf style; write {} instead)" if "%s" in t else ""
             raise GPUAError(
-                f"{source}: template {i} {t!r} has no class-name placeholder; write {{}} (or {{c}}) where the "
+                f"{what} {t!r} has no class-name placeholder{hint}; write {{}} (or {{c}}) where the "
                 "class name goes, e.g. 'a photo of a {}.'"
             )
-        unknown = [f for f in fields if f != "{}"]
+        unknown = [f for f in fields if f not in ("{}", "{c}")]
         if unknown:
-            raise GPUAError(f"{source}: template {i} {t!r} has the placeholder {unknown[0]}; use {{}} or {{c}}.")
+            raise GPUAError(f"{what} {t!r} has the placeholder {unknown[0]}; use {{}} or {{c}} "
+                            "({{ and }} for literal braces).")
         out.append(t)
     if not out:
         raise GPUAError(f"{source} is empty; give at least one template.")
     return out
+
+
+def _read_template_file(path: str, source: str) -> list[str]:
+    """The templates of a file: a JSON list, or text with one template a line and ``#`` comment lines."""
+    located, from_json = read_located(path, "templates")
+    if from_json:
+        return _checked(list(enumerate(e for _, e in located)), source)
+    lines = []
+    for where, line in located:
+        if line.startswith("#") and not line.startswith("#{"):  # a comment; "#{} of the day" is a template
+            continue
+        if line.startswith("lambda ") or line.startswith("lambda:"):
+            raise GPUAError(f"{source}, {where}: {line!r} is Python code; write the template itself, one a line "
+                            "('a bad photo of a {}.').")
+        quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook
+        lines.append((where, quoted.group(2).strip() if quoted else line))
+    if not lines:
+        raise GPUAError(f"{source} holds only comments; write one template a line ('a photo of a {{}}.').")
+    return _checked(lines, source)
 
 
 def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -237,7 +284,7 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
         ``"openai_imagenet"`` (80), ``"imagenet_select"`` (7), ``"simple"`` (1); a dataset name
         or alias from :data:`DATASET_TEMPLATES` (``"oxford_pets"`` gives
         ``["a photo of a {}, a type of pet."]``); a file (JSON list, or text with one template a
-        line) with ``{}`` or ``{c}`` placeholders; or a list of templates.
+        line and ``#`` comment lines) with ``{}`` or ``{c}`` placeholders; or a list of templates.
 
     Returns
     -------
@@ -253,7 +300,7 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
         return check_templates(list(name_or_path))
     text = os.fspath(name_or_path)
     if os.path.isfile(text):
-        return check_templates(read_string_list(text, "templates"), source=f"template file {text!r}")
+        return _read_template_file(text, f"template file {text!r}")
     key = text.strip().lower().replace("-", "_")
     if key in TEMPLATE_SETS:
         return list(TEMPLATE_SETS[key])
@@ -294,12 +341,14 @@ def resolve_templates(templates: str | os.PathLike | Sequence[str] | None = DEFA
 def fill_template(template: str, classname: str, *, underscores_to_spaces: bool = True) -> str:
     """The prompt for one class.
 
-    ``str.replace`` rather than ``str.format``, so that braces elsewhere in a class name or
-    template cannot break formatting. With ``underscores_to_spaces`` (CoOp's convention, whose
-    class names keep the folder spelling ``"american_bulldog"``) ``_`` becomes a space.
+    Every ``{}`` becomes the class name, ``{{`` and ``}}`` become ``{`` and ``}`` (as in
+    ``str.format``); other braces stay as they are, and the class name is inserted as written
+    (never parsed), so braces in it or elsewhere in the template cannot break formatting. With
+    ``underscores_to_spaces`` (CoOp's convention, whose class names keep the folder spelling
+    ``"american_bulldog"``) ``_`` becomes a space.
     """
     name = classname.replace("_", " ") if underscores_to_spaces else classname
-    return template.replace("{}", name)
+    return _FILL.sub(lambda m: name if m.group() == "{}" else m.group()[0], template)
 
 
 def build_text_prototypes(

@@ -23,7 +23,16 @@ text prototype (each word ensembled over the templates, then the words averaged)
 segmentation keeps one prototype per word and scores a class by its best word. A JSON list of
 such lines, a JSON object ``{"automobile": ["car", "automobile"], ...}``, a JSON object keyed
 by class index (Flowers-102's ``cat_to_name.json``) and CoOp's ImageNet ``classnames.txt``
-(``n01440764 tench``) are read too. Names cannot contain ``,`` or ``:`` in the text form.
+(``n01440764 tench``) are read too. Names cannot contain ``,`` or ``:`` in the text form (a
+``:`` inside a name, ``12:00 clock`` or a URL, is refused rather than split); a JSON object
+takes its names, and the words of its lists, as written.
+
+Files are UTF-8, or UTF-16/UTF-32 with a byte-order mark (Windows Notepad's "Unicode"); other
+encodings are refused naming the line. Quotes around a line or a word (a Python list copied
+line by line, ``'cat',``; a spreadsheet's CSV, ``"cat, kitten"``) are not part of the names; a
+tab inside a name (spreadsheet columns saved as text) is refused. Two names, or two words of
+different classes, that differ only in case, ``_`` versus space, white space or Unicode form
+give the same prompt, and are refused as duplicates; within a class they count once.
 
 :func:`match_classes` is the one place where two class lists are matched (a model's and a test
 file's): by name whenever both sides have names.
@@ -31,9 +40,9 @@ file's): by name whenever both sides have names.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -44,7 +53,7 @@ import numpy as np
 from ..._errors import GPUAError
 from ..._validation import check_classnames
 from .._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name
-from .._textfiles import read_string_list
+from .._textfiles import clean_edges, is_json, load_json, read_located, read_text
 
 __all__ = [
     "COOP_DATASETS",
@@ -121,35 +130,100 @@ def parse_class_entries(entries: Sequence[str], source: str = "class names") -> 
     Raises
     ------
     GPUAError
-        For an entry without a name, a duplicate class name, or a word given to two classes.
+        For an entry without a name, a ``:`` inside a name (a time, a URL), a tab inside a name or
+        word, a duplicate class name (also up to case, ``_`` versus space, white space and Unicode
+        form: such names give the same prompt), or a word given to two classes.
     """
-    parsed: list[tuple[str, list[str]]] = []
-    for k, entry in enumerate(entries):
-        text = str(entry).strip()
+    return _parse_located([(f"entry {k}", str(e)) for k, e in enumerate(entries)], source)
+
+
+# A ':' that cannot be the name/words separator: a time ("12:00 clock"), a ratio ("16:9"), a URL.
+_INNER_COLON = re.compile(r"\d:\d|://")
+# Quotes around a name or word: a Python list copied line by line ("'cat',"), a spreadsheet's CSV
+# export ('"cat, kitten"'). A double quote cannot be part of a Windows folder name.
+_QUOTES = "\"\u201c\u201d"
+
+
+def _unquote(text: str) -> str:
+    text = clean_edges(text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = clean_edges(text[1:-1])
+    return clean_edges(text.strip(_QUOTES))
+
+
+def _parse_located(located: Sequence[tuple[str, str]], source: str) -> tuple[list[str], list[list[str]]]:
+    """:func:`parse_class_entries` of ``(where, line)`` pairs (``where``: "line 3", "entry 2") for messages."""
+    parsed: list[tuple[str, str, list[str]]] = []
+    for where, entry in located:
+        text = clean_edges(entry)
+        if text.endswith(",") and text[:-1].rstrip()[-1:] in ("'", '"'):  # "'cat'," from a Python list
+            text = text[:-1]
+        text = _unquote(text)  # a whole line in quotes ('"cat, kitten"')
         if ":" in text:
+            if _INNER_COLON.search(text) or text.count(":") > 1:
+                raise GPUAError(
+                    f"{source}, {where}: {entry!r} has a ':' inside a name or word (a time, a URL?), but ':' separates a "
+                    f"class name from its prompt words. Write such classes in a JSON object file, "
+                    f'{{"12:00 clock": ["12:00 clock"]}}, whose names and words are taken as written.'
+                )
             name, _, rest = text.partition(":")
-            name = name.strip()
-            words = [w.strip() for w in rest.split(",") if w.strip()] or [name]
+            name = _unquote(name)
+            words = [w for w in (_unquote(w) for w in rest.split(",")) if w] or [name]
         else:
-            words = [w.strip() for w in text.split(",") if w.strip()]
+            words = [w for w in (_unquote(w) for w in text.split(",")) if w]
             name = words[0] if words else ""
         if not name:
-            raise GPUAError(f"{source}: entry {k} ({entry!r}) holds no class name; write 'name' or 'name: word, word'.")
-        parsed.append((name, words))
-    names = [n for n, _ in parsed]
+            raise GPUAError(f"{source}, {where}: {entry!r} holds no class name; write 'name' or 'name: word, word'.")
+        tabbed = next((w for w in [name, *words] if "\t" in w), None)
+        if tabbed is not None:
+            raise GPUAError(
+                f"{source}, {where}: {entry!r} has a tab inside {tabbed!r} (a spreadsheet's columns saved as text?); "
+                "write 'name' or 'name: word, word', with ':' after the class name and ',' between its words."
+            )
+        parsed.append((where, name, words))
+    return _checked_classes(parsed, source)
+
+
+def _prompt_key(text: str) -> str:
+    # Spellings that give one prompt: case (CLIP's tokenizer, and most others, lower-case), "_"
+    # (written as a space), runs of white space, Unicode form (macOS's decomposed accents).
+    return " ".join(unicodedata.normalize("NFC", text).replace("_", " ").casefold().split())
+
+
+def _checked_classes(parsed: Sequence[tuple[str, str, list[str]]], source: str) -> tuple[list[str], list[list[str]]]:
+    """Names and words of ``(where, name, words)`` classes, refusing names and words that collide."""
+    first: dict[str, tuple[str, str]] = {}
+    for where, name, _ in parsed:
+        key = _prompt_key(name)
+        if key in first:
+            where0, name0 = first[key]
+            if name0 == name:
+                raise GPUAError(f"{source}: the duplicate name {name!r} ({where0} and {where}); class names must be unique.")
+            raise GPUAError(
+                f"{source}: the class names {name0!r} ({where0}) and {name!r} ({where}) differ only in case, '_' versus "
+                "space, white space or Unicode form, so their prompts are the same and the two classes cannot be told "
+                "apart; merge them or rename one."
+            )
+        first[key] = (where, name)
+    names = [n for _, n, _ in parsed]
     try:
         check_classnames(names, len(names))
     except GPUAError as exc:
         raise GPUAError(f"{source}: {exc}") from None
     prompts: list[list[str]] = []
-    owner: dict[str, int] = {}
-    for k, (_, words) in enumerate(parsed):
+    owner: dict[str, tuple[int, str]] = {}
+    for k, (where, name, words) in enumerate(parsed):
         unique = []
         for w in words:
-            if owner.get(w, k) != k:
-                raise GPUAError(f"{source}: the prompt word {w!r} stands for class {owner[w]} and class {k}; a word may belong to one class only.")
-            if w not in unique:
-                owner[w] = k
+            k0, w0 = owner.setdefault(_prompt_key(w), (k, w))
+            if k0 != k:
+                where0, name0 = parsed[k0][0], parsed[k0][1]
+                said = f"prompt word {w!r} stands" if w0 == w else f"prompt words {w0!r} and {w!r} (the same prompt) stand"
+                raise GPUAError(
+                    f"{source}: the {said} for class {k0} and class {k} ({name0!r}, {where0}; {name!r}, {where}); "
+                    "a word may belong to one class only."
+                )
+            if w0 == w and w not in unique:  # "cat, Cat" is one word, spelled as first written
                 unique.append(w)
         prompts.append(unique)
     return names, prompts
@@ -167,42 +241,42 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
     ------
     GPUAError
         When the file is missing, empty or malformed, names a class twice, or gives a word to
-        two classes.
+        two classes; the message names the line.
     """
     source = f"class-name file {str(path)!r}"
-    mapping = _json_mapping(path)
-    if mapping is not None:
-        entries = [f"{name}: {', '.join(words)}" for name, words in mapping.items()]
-    else:
+    text = read_text(path, "class names")
+    if is_json(path, text):
+        data = load_json(text, path, "class names")
+        if isinstance(data, dict) and data and not all(str(k).strip().lstrip("-").isdigit() for k in data):
+            return _checked_classes(_json_mapping(data, path), source)
+    located, from_json = read_located(path, "class names", index_dict=True)
+    if not from_json:
         # "# ..." lines and trailing " # ..." comments are dropped ("cat  # my pet" is the class cat);
-        # a '#' inside a word stays ("C#").
-        entries = [re.split(r"\s#", e, maxsplit=1)[0].strip() for e in read_string_list(path, "class names", index_dict=True)
-                   if not e.startswith("#")]
-        entries = [e for e in entries if e]
-        if not entries:
+        # a '#' inside a word stays ("C#"). JSON has no comments: its strings are taken whole.
+        located = [(w, clean_edges(re.split(r"\s#", e, maxsplit=1)[0])) for w, e in located if not e.startswith("#")]
+        located = [(w, e) for w, e in located if e]
+        if not located:
             raise GPUAError(f"{source} holds only comments; write one class per line.")
-        matches = [_WNID_LINE.match(n) for n in entries]
-        if all(matches):
-            entries = [m.group(1).strip() for m in matches]  # type: ignore[union-attr]
-    return parse_class_entries(entries, source)
+    matches = [_WNID_LINE.match(e) for _, e in located]
+    if all(matches):
+        located = [(w, m.group(1).strip()) for (w, _), m in zip(located, matches)]  # type: ignore[union-attr]
+    return _parse_located(located, source)
 
 
-def _json_mapping(path: str | os.PathLike) -> dict[str, list[str]] | None:
-    """``{"name": ["word", ...] | "word", ...}`` from a JSON file, or None for any other content."""
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            text = fh.read()
-        data = json.loads(text) if text.lstrip()[:1] == "{" else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # read_string_list reports it
-    if not isinstance(data, dict) or not data or all(str(k).strip().lstrip("-").isdigit() for k in data):
-        return None
-    out = {}
-    for name, words in data.items():
-        words = [words] if isinstance(words, str) else words
-        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+def _json_mapping(data: dict, path: str | os.PathLike) -> list[tuple[str, str, list[str]]]:
+    """``{"name": ["word", ...] | "word, word", ...}`` as ``(where, name, words)``.
+
+    Names and the words of a list are taken as written (``:`` and ``,`` included); a string value
+    is the words part of a line (``"car, automobile"``).
+    """
+    out = []
+    for i, (name, words) in enumerate(data.items()):
+        words = [w for w in words.split(",") if clean_edges(w)] if isinstance(words, str) else words  # "car, automobile"
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and clean_edges(w) for w in words):
             raise GPUAError(f"class-name file {str(path)!r}: class {name!r} maps to {words!r}; give a word or a list of words.")
-        out[str(name)] = [w.strip() for w in words]
+        if not clean_edges(str(name)):
+            raise GPUAError(f"class-name file {str(path)!r}: entry {i} ({name!r}) holds no class name; give each class a name.")
+        out.append((f"entry {i}", clean_edges(str(name)), [clean_edges(w) for w in words]))
     return out
 
 
@@ -273,8 +347,9 @@ def resolve_classnames(classnames: Sequence[str] | Mapping[str, Sequence[str]] |
 
 # ------------------------------------------------------------------------------- matching
 def _name_key(name: str) -> str:
-    # "american_bulldog" (CoOp's folders) and "American bulldog" name one class.
-    return " ".join(str(name).replace("_", " ").lower().split())
+    # "american_bulldog" (CoOp's folders) and "American bulldog" name one class; so do "café"
+    # typed (composed, NFC) and "café" from a macOS folder name (decomposed, NFD).
+    return " ".join(unicodedata.normalize("NFC", str(name)).replace("_", " ").lower().split())
 
 
 @dataclass(frozen=True)
@@ -336,7 +411,7 @@ def match_classes(
     GPUAError
         When the class counts differ, or both sides name their classes and the names differ
         (the message lists the names found on one side only). Names are compared ignoring case,
-        ``_`` versus space and repeated white space.
+        ``_`` versus space, repeated white space and Unicode form (composed or decomposed accents).
     """
     n_model = len(model_classnames) if n_model is None and model_classnames is not None else n_model
     n_data = len(data_classnames) if n_data is None and data_classnames is not None else n_data
