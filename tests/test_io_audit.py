@@ -252,3 +252,17 @@ def test_checkpoint_of_another_state_format_is_refused(tmp_path):
     save_file(tensors, str(ck.file), metadata={"gpua_stream": json.dumps(meta)})
     with pytest.raises(GPUAError, match="state format 2.*format 1"):
         Checkpoint(tmp_path / "ck", "fp").load()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_bfloat16_safetensors_are_read_once_ml_dtypes_is_loaded(tmp_path, dtype):
+    # onnx imports ml_dtypes, which teaches numpy bfloat16: safetensors then returned bfloat16
+    # arrays, which the feature checks refused ("pass a numeric array").
+    pytest.importorskip("ml_dtypes")
+    from safetensors.torch import save_file
+
+    t = torch.tensor([[0.5, -1.25, 2.0], [3.0, 0.75, -0.5]]).to(dtype)
+    save_file({"vfm_features": t}, str(tmp_path / "f.safetensors"))
+    fs = load_features(tmp_path / "f.safetensors")
+    assert fs.vfm_features.dtype == np.float32
+    np.testing.assert_array_equal(fs.vfm_features, t.float().numpy())

@@ -211,13 +211,13 @@ def test_one_d_hint_covers_a_column():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["longtail", "--weight-decay", "-1"], "weight_decay=-1.0"),
+        (["longtail", "--weight-decay", "-1"], "--weight-decay=-1.0"),  # the flags as typed, checked before any file is read
         (["longtail", "--imbalance", "0.5"], "--imbalance=0.5 must be a finite number >= 1"),
         (["federated", "--lr", "nan"], "lr=nan"),
         (["federated", "--rounds", "0"], "rounds=0"),
-        (["federated", "--local-epochs", "0"], "local_epochs=0"),
+        (["federated", "--local-epochs", "0"], "--local-epochs=0"),
         (["federated", "--alpha", "-1"], "alpha=-1.0"),
-        (["federated", "--components", "0", "--share", "shape"], "n_components=0"),
+        (["federated", "--components", "0", "--share", "shape"], "--components=0"),
     ],
 )
 def test_calibrate_options_that_make_no_sense(files, capsys, args, needle):

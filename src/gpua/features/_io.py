@@ -350,6 +350,11 @@ def _read_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str,
         if not t.is_floating_point():
             raise ModelFileError(f"{where} holds {k!r} of type {t.dtype}, which numpy cannot hold; store it as a numpy type.")
         arrays[k] = t.float().numpy()
+    for k, a in arrays.items():
+        # Once a package has imported ml_dtypes (onnx does), numpy reads bfloat16 and float8 itself,
+        # as types the checks downstream do not take: the same exact float32 conversion.
+        if isinstance(a, np.ndarray) and a.dtype.kind == "V" and a.dtype.name.startswith(("bfloat16", "float8")):
+            arrays[k] = a.astype(np.float32)
     meta = _json(md.get("meta", "{}"), where, "meta")
     for k in _STRING_KEYS:
         if k in md:
