@@ -125,3 +125,15 @@ def test_predictions_csv_keeps_ids_and_names_exactly(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="", encoding="utf-8")))
     assert [r["image"] for r in rows] == ids
     assert [rows[0][f"top{i}"] for i in (1, 2, 3)] == names
+
+
+def test_benchmark_rows_and_calibrate_json_are_strict_json(tmp_path):
+    from gpua.benchmark import _write_rows
+    from gpua.report import json_text
+
+    assert json_text({"a": float("inf"), "b": np.float32(0.5), "c": [np.nan]}, indent=None) == '{"a": null, "b": 0.5, "c": [null]}'
+    _write_rows(tmp_path / "r.jsonl", [{"metrics": {"acc1": float("nan")}}, {"metrics": {"acc1": 0.5}}])
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    # was: json.dumps wrote NaN, which strict readers (jq, JavaScript) refuse
+    assert [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) for line in lines] == [
+        {"metrics": {"acc1": None}}, {"metrics": {"acc1": 0.5}}]

@@ -285,7 +285,9 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+    from .report import json_text
+
+    atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in rows))  # strict JSON lines
 
 
 def _current_rows(path: Path) -> list[dict[str, Any]]:

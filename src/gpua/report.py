@@ -472,12 +472,19 @@ def write_predictions(
     return n
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON: NaN and inf as ``null``, numpy scalars and arrays as plain numbers and lists.
+
+    (``json.dumps`` writes ``NaN`` / ``Infinity``, which strict readers such as JavaScript and jq refuse.)
+    """
+    return json.dumps(_plain(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically: strict JSON, NaN and inf as ``null``, numpy scalars and arrays as plain numbers and lists."""
+    """Write :func:`json_text` of ``obj`` atomically."""
     if path is None:
         raise GPUAError("path is None; give a file name for the JSON output.")
-    # json.dumps writes NaN / Infinity, which strict readers (JavaScript, jq) refuse
-    atomic_write_text(path, json.dumps(_plain(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+    atomic_write_text(path, json_text(obj) + "\n")
     return Path(path)
 
 

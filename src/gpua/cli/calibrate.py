@@ -11,12 +11,9 @@ Without ``--test`` a stratified 30% of the feature file is held out for scoring.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
 import warnings
 
-from .._atomic import atomic_write_text
 from .._errors import GPUAError
 from .._validation import check_number
 from ._common import check_paths
@@ -125,7 +122,8 @@ def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
     print(format_table(rows))
     print(f"({seconds:.1f} s)")
     if args.json:
-        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        from ..report import write_json
+
         payload = {
             "command": f"calibrate {command}",
             "features": str(args.features),
@@ -133,9 +131,9 @@ def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
             "space": args.space,
             "l2": not args.no_l2,
             "seed": args.seed,
-            "rows": clean,
+            "rows": rows,
         }
-        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
+        write_json(args.json, payload)  # strict JSON: NaN and inf as null
         print(f"wrote {args.json}")
     return 0
 
