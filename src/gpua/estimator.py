@@ -142,7 +142,7 @@ class GPUA(AlignmentEstimator):
     weight_decay : float >= 0, default=0.0005
         AdamW weight decay.
     k : int >= 1, default=3
-        THS: wrong prototypes per sample.
+        THS: wrong prototypes per sample (at most ``n_classes - 1`` are used).
     margin_scale : float > 0, default=2.0
         THS: :math:`s` of the semantic margin :math:`(1 - y_l^\top y_c)/s`.
     hubness_weight : float >= 0, default=2.0
@@ -150,8 +150,9 @@ class GPUA(AlignmentEstimator):
     orthogonality : {"none", "penalty", "project"}, default="none"
         Leave :math:`W` free during refinement (the label-free early stopping guards against
         memorising pseudo-labels and measured best), keep it near (semi-)orthogonal by
-        :math:`\gamma\|W^\top W - I\|_F^2`, or project it on the nearest (semi-)orthogonal map
-        after every step (an SVD per step: slow for wide maps).
+        :math:`\gamma\|W^\top W - I\|_F^2 / d` (:math:`d` the map's smaller side), or project it
+        on the nearest (semi-)orthogonal map after every step (an SVD per step: slow for wide
+        maps).
     ortho_weight : float >= 0, default=1.0
         :math:`\gamma`.
     noise_std : float >= 0, default=0.035
@@ -160,7 +161,9 @@ class GPUA(AlignmentEstimator):
         Input dropout, applied to a batch with probability 1/2.
     val_fraction : float in [0, 0.5), default=0.1
         Label-free early stopping: the fraction of the pool held out; its THS loss against its
-        pseudo-labels is evaluated every ``eval_every`` steps and the best map is kept.
+        pseudo-labels is evaluated every ``eval_every`` steps and the best map is kept. No row is
+        held out when this is 0, when it rounds to no row, or when the pool has fewer than 50
+        rows: refinement then runs all ``n_steps`` and keeps the last map.
     eval_every : int >= 1, default=10
         Steps between held-out evaluations.
     patience : int >= 1, default=5
@@ -205,7 +208,8 @@ class GPUA(AlignmentEstimator):
     device : str, default="cpu"
         Torch device of the fit and the learned tensors (``"cuda"``, ``"cuda:1"``, ``"auto"``).
     random_state : int in [0, 9223372036854775807] or None, default=0
-        Seed of refinement (batches, noise, the held-out split) and of the criterion's sample.
+        Seed of refinement (batches, noise, the held-out split, ``pool_augment``'s rows) and of
+        the self-learning criterion's sample.
         None draws a fresh seed each fit (kept in ``history_["random_state"]``).
     verbose : bool, default=False
         Print a line per UCM round, refinement evaluation and self-learning round on stderr
@@ -215,8 +219,10 @@ class GPUA(AlignmentEstimator):
     ----------
     W_ : tensor of shape (d_q, d_vlm)
         The learned map. Whitened (the default): :math:`M W` with :math:`M` the pool's
-        whitening and :math:`W` the (semi-)orthogonal map fitted in the whitened coordinates
-        (``history_["whiten_components"]`` is :math:`M`'s width).
+        whitening and :math:`W` the map fitted in the whitened coordinates: its Procrustes start
+        :math:`W_0` is (semi-)orthogonal, and refinement leaves :math:`W` free unless
+        ``orthogonality`` says otherwise (``history_["orthogonality_error"]``;
+        ``history_["whiten_components"]`` is :math:`M`'s width).
     W0_ : tensor of shape (d_q, d_vlm)
         The Procrustes map before refinement (of the kept self-learning round), :math:`M W_0` when whitened.
     text_prototypes_ : tensor of shape (n_classes, d_vlm)
@@ -233,8 +239,10 @@ class GPUA(AlignmentEstimator):
         Their plan mass (not in model files either).
     history_ : dict
         ``ucm`` (rounds), ``ucm_converged``, ``refine`` (held-out curve), ``pool_augment``,
-        ``self_learning`` (per round: ``label_change``, ``criterion``, ``kept``),
-        ``pseudo_label_agreement``, ``orthogonality_error``, ``random_state`` (the seed used),
+        ``self_learning`` (per round: ``round``, ``label_change``, ``criterion``, ``kept``,
+        ``refit``), ``pseudo_label_agreement`` (the fraction of the pool whose cosine argmax under
+        ``W_`` is its pseudo-label, whatever ``retrieval``), ``orthogonality_error`` (of the map
+        in the whitened coordinates), ``random_state`` (the seed used),
         ``timings``; ``streaming`` or ``federated`` from those drivers.
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None

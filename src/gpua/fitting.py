@@ -369,7 +369,7 @@ class FitDriver(Protocol):
         """:func:`knn_label_consistency` of the pool's pseudo-labels."""
 
     def finish(self, W: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor | None]:
-        """(agreement of the map's pool predictions with ``labels``, CSLS prototype radii or None)."""
+        """(agreement of the map's cosine-argmax pool predictions with ``labels``, whatever ``retrieval``; CSLS prototype radii or None)."""
 
 
 @dataclass

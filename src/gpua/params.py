@@ -120,7 +120,8 @@ class Interval(Constraint):
                 return False
         elif not _is_real(value):
             return False
-        v = float(value)
+        # Integers compared as integers: float(2**63 - 1) rounds up to 2**63, past an int64 bound.
+        v = int(value) if self.kind is int else float(value)
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
         if self.low is not None and not (v >= self.low if left else v > self.low):

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._errors import GPUAError
 from .hubness import semantic_margins, ths_loss
 from .procrustes import polar_factor
 
@@ -145,6 +146,11 @@ def refine(
     curve : list of dict
         The held-out evaluations, step 0 (``W0``) first.
 
+    Raises
+    ------
+    GPUAError
+        When no rows are held out and the map became NaN or inf (``lr`` too large).
+
     Examples
     --------
     >>> import torch
@@ -189,7 +195,7 @@ def refine(
     def loss_on(idx, Wm):
         return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, **config.loss_kwargs())
 
-    best_W, best_val, bad, curve = W.detach().clone(), float("inf"), 0, []
+    best_W, best_val, bad, curve, step = W.detach().clone(), float("inf"), 0, [], 0
     if n_val:
         with torch.no_grad():
             best_val = float(loss_on(val_idx, W))
@@ -231,6 +237,14 @@ def refine(
                 break
     if not n_val:
         best_W = W.detach().clone()
+    if not bool(torch.isfinite(best_W).all()):
+        # Only a run without held-out rows gets here (early stopping keeps a finite map): a NaN
+        # map would otherwise be fitted silently, or fail later as "scores contain NaN".
+        raise GPUAError(
+            f"THS refinement diverged: the map holds NaN or inf after {step} step(s) at lr={config.lr:g}, and no rows "
+            "were held out for early stopping to fall back on (val_fraction=0 or rounding to no row, or a pool under 50 rows); lower lr "
+            "(the default is 5e-4), or set refine=False."
+        )
     return best_W, curve
 
 
