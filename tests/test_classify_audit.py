@@ -157,3 +157,65 @@ def test_an_empty_method_list_says_so():
 
     with pytest.raises(GPUAError, match="^--methods names no method; choose from"):  # was: "no method are unknown"
         check_methods(["", " "], "--methods")
+
+
+def test_a_method_that_would_not_apply_a_flag_is_refused_before_encoding(folders, monkeypatch, capsys):
+    from gpua.cli import main
+
+    monkeypatch.setattr("gpua.classify.classify_folder", lambda *a, **k: pytest.fail("photos were encoded first"))
+    base = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm"]
+    # was: lambda_1 kept lam=1 and zero_shot ignored rho, without a word, and the model file said otherwise
+    assert main(base + ["--method", "lambda_1", "--lam", "0.5"]) == 2
+    assert "does not apply lam=0.5" in capsys.readouterr().err
+    assert main(base + ["--method", "zero_shot", "--param", "rho=0.1"]) == 2
+    assert "does not apply rho=0.1" in capsys.readouterr().err
+    assert main(base + ["--param", "class_prior=[1, 2]"]) == 2  # five classes: was found after every photo was encoded
+    assert "class_prior has 2 weight(s) for 5 classes" in capsys.readouterr().err
+    assert main(base[:2] + ["classes.txt"] + base[3:]) == 2  # --images a file
+    assert "--images 'classes.txt' is not a folder" in capsys.readouterr().err
+    assert main(base + ["--cache-dir", "classes.txt"]) == 2
+    assert "--cache-dir 'classes.txt' is a file" in capsys.readouterr().err
+
+
+def test_zero_shot_encodes_no_pool_and_says_nothing_was_fitted(folders, capsys):
+    from gpua.cli import main
+
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "z.csv", "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", "--templates", "simple", "--cache-dir", "cache", "--quiet", "--method", "zero_shot",
+            "--pool", "more"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot: nothing fitted; --pool not used" in out and "features cached in" in out and " and " not in out.split("features cached in")[1]
+    assert not any("pool" in p.name for p in (folders / "cache" / "classify").iterdir())  # was: the pool encoded for nothing
+
+
+def test_one_folder_as_photos_and_as_pool_keeps_two_cache_files(folders):
+    a = classify_folder("mine", "classes.txt", cache_dir="cache", **PLANTED)
+    b = classify_folder("more/2023", "classes.txt", pool="mine", cache_dir="cache", **PLANTED)
+    # was: both roles wrote one file whose keys differ (labels read or not): each run re-encoded the other's
+    assert b.pool_features != a.features and a.features.is_file() and b.pool_features.is_file()
+
+
+def test_too_few_photos_for_the_classes_is_said_before_encoding(folders, monkeypatch):
+    from gpua._errors import GPUAError
+
+    few = folders / "few"
+    few.mkdir()
+    for p in sorted((folders / "more" / "2023").glob("*.png"))[:3]:
+        shutil.copy(p, few / p.name)
+    monkeypatch.setattr("gpua.extract.extract_features", lambda *a, **k: pytest.fail("photos were encoded first"))
+    with pytest.raises(GPUAError, match="holds 3 photo\\(s\\) for 5 classes"):
+        classify_folder("few", "classes.txt", cache_dir="cache", **PLANTED)
+
+
+def test_an_interrupted_classify_says_the_same_command_resumes(folders, monkeypatch, capsys):
+    from gpua.cli import main
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gpua.classify.classify_folder", stop)
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm", "--vlm", "planted:vlm"]
+    assert main(argv) == 130
+    assert "interrupted; the photos encoded so far are saved (every 256); the same command resumes" in capsys.readouterr().err

@@ -24,7 +24,8 @@ from .query import QUERY_MODES, build_query
 from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
 
-__all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "list_methods", "make_method"]
+__all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "GPUA_VARIANTS", "OTHER_METHOD_PARAMS", "list_methods", "make_method",
+           "unused_overrides"]
 
 
 class VLMZeroShot(AlignmentEstimator):
@@ -128,24 +129,60 @@ class LFAAlternation(AlignmentEstimator):
         return torch.nn.functional.normalize(Q @ self.W_, dim=1) @ self.text_prototypes_.T
 
 
+#: The GPUA variants among the named methods: the parameters each one sets itself.
+GPUA_VARIANTS: dict[str, dict[str, Any]] = {
+    "gpua": {},
+    "procrustes_only": {"refine": False},
+    "lambda_1": {"lam": 1.0},
+    "lambda_0": {"lam": 0.0},
+    "no_hubness": {"hubness_weight": 0.0},
+    "hard_assignment": {"assignment": "hard"},
+    "query_vfm": {"query": "vfm"},
+    "query_fused": {"query": "fused"},
+}
+#: The GPUA parameters the other named methods take from ``overrides`` (the rest they do not use).
+OTHER_METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "zero_shot": ("device",),
+    "reference": ("device", "random_state"),
+    "lfa": ("query", "device"),
+}
+
+
+def _gpua_variant(fixed: dict[str, Any]) -> Callable[..., AlignmentEstimator]:
+    return lambda **kw: GPUA(**{**kw, **fixed})
+
+
 #: Named methods for tables: name -> (factory, one-line description). ``**overrides`` go to GPUA
-#: (the baselines and the reference take only ``device`` and ``random_state`` from them).
+#: (the baselines and the reference take only what :data:`OTHER_METHOD_PARAMS` lists; a GPUA
+#: variant's own setting wins over an override: :func:`unused_overrides` says which).
 METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
     "zero_shot": (lambda **kw: VLMZeroShot(device=kw.get("device", "cpu")), "VLM zero-shot, X Y^T"),
-    "gpua": (lambda **kw: GPUA(**kw), "GPUA, default settings"),
+    "gpua": (_gpua_variant(GPUA_VARIANTS["gpua"]), "GPUA, default settings"),
     "reference": (
         lambda **kw: ReferenceGPUA(device=kw.get("device", "cpu"), random_state=kw.get("random_state", 0)),
         "the published code's method (gpua.reference.ReferenceGPUA), the yardstick",
     ),
-    "procrustes_only": (lambda **kw: GPUA(**{**kw, "refine": False}), "UCM + Procrustes, no THS refinement"),
-    "lambda_1": (lambda **kw: GPUA(**{**kw, "lam": 1.0}), "UCM on the VLM score only (lambda = 1)"),
-    "lambda_0": (lambda **kw: GPUA(**{**kw, "lam": 0.0}), "UCM on the VFM centres only (lambda = 0)"),
-    "no_hubness": (lambda **kw: GPUA(**{**kw, "hubness_weight": 0.0}), "THS without the hubness term"),
-    "hard_assignment": (lambda **kw: GPUA(**{**kw, "assignment": "hard"}), "Procrustes on argmax pseudo-labels"),
-    "query_vfm": (lambda **kw: GPUA(**{**kw, "query": "vfm"}), "query = VFM features alone"),
-    "query_fused": (lambda **kw: GPUA(**{**kw, "query": "fused"}), "query = [VFM, VLM] features"),
+    "procrustes_only": (_gpua_variant(GPUA_VARIANTS["procrustes_only"]), "UCM + Procrustes, no THS refinement"),
+    "lambda_1": (_gpua_variant(GPUA_VARIANTS["lambda_1"]), "UCM on the VLM score only (lambda = 1)"),
+    "lambda_0": (_gpua_variant(GPUA_VARIANTS["lambda_0"]), "UCM on the VFM centres only (lambda = 0)"),
+    "no_hubness": (_gpua_variant(GPUA_VARIANTS["no_hubness"]), "THS without the hubness term"),
+    "hard_assignment": (_gpua_variant(GPUA_VARIANTS["hard_assignment"]), "Procrustes on argmax pseudo-labels"),
+    "query_vfm": (_gpua_variant(GPUA_VARIANTS["query_vfm"]), "query = VFM features alone"),
+    "query_fused": (_gpua_variant(GPUA_VARIANTS["query_fused"]), "query = [VFM, VLM] features"),
     "lfa": (lambda **kw: LFAAlternation(query=kw.get("query", "vfm"), device=kw.get("device", "cpu")), "LFA-style hard alternation"),
 }
+
+
+def unused_overrides(name: str, overrides: dict[str, Any]) -> list[str]:
+    """The ``overrides`` that method ``name`` would not apply: parameters it does not take, or
+    that it sets itself to another value (``lambda_1`` keeps ``lam=1``).
+
+    >>> unused_overrides("lambda_1", {"lam": 0.5, "eps": 0.02}), unused_overrides("zero_shot", {"device": "cpu", "rho": 0.1})
+    (['lam'], ['rho'])
+    """
+    takes = OTHER_METHOD_PARAMS.get(name)
+    fixed = GPUA_VARIANTS.get(name, {})
+    return [k for k, v in overrides.items() if (takes is not None and k not in takes) or (k in fixed and v != fixed[k])]
 
 
 def list_methods() -> list[str]:
@@ -154,7 +191,11 @@ def list_methods() -> list[str]:
 
 
 def make_method(name: str, **overrides: Any) -> AlignmentEstimator:
-    """A fresh estimator for a named method; ``overrides`` are GPUA parameters."""
+    """A fresh estimator for a named method; ``overrides`` are GPUA parameters.
+
+    Overrides a method does not use are left out (so that one set can be given to every row of
+    a comparison); :func:`unused_overrides` names them, for callers that run one method.
+    """
     from ._errors import GPUAError
 
     if name not in METHODS:

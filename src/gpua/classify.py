@@ -30,7 +30,7 @@ import numpy as np
 from ._errors import GPUAError
 
 __all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods", "check_classes",
-           "unlabeled_pool"]
+           "check_method_overrides", "unlabeled_pool"]
 
 DEFAULT_VFM = "offline:dinov2-s"
 DEFAULT_VLM = "offline:semantic-lite0"
@@ -47,6 +47,31 @@ def check_methods(methods: Sequence[str], option: str = "method") -> list[str]:
     if unknown:
         raise GPUAError(f"{option}: {unknown} {'is' if len(unknown) == 1 else 'are'} unknown; choose from {list_methods()}.")
     return methods
+
+
+def check_method_overrides(method: str, overrides: Mapping[str, Any] | None, n_classes: int, option: str = "overrides") -> None:
+    """Refuse, before any photo is encoded, overrides that ``method`` would not apply or that
+    cannot fit ``n_classes`` classes.
+
+    One method runs here, so an override it leaves out (``zero_shot`` takes no ``lam``;
+    ``lambda_1`` keeps ``lam=1``) would be a setting the output claims without having run it.
+    A ``class_prior`` must give one weight per class (checked at fit time otherwise, after
+    the encoding).
+    """
+    from .baselines import unused_overrides
+
+    overrides = dict(overrides or {})
+    unused = unused_overrides(method, overrides)
+    if unused:
+        shown = ", ".join(f"{k}={overrides[k]!r}" for k in unused)
+        raise GPUAError(f"{option}: method {method!r} does not apply {shown} (it takes no such parameter, or sets it itself); "
+                        "drop it, or use --method gpua.")
+    prior = overrides.get("class_prior")
+    if prior is not None and not isinstance(prior, str):
+        size = int(np.asarray(prior.detach().cpu() if hasattr(prior, "detach") else prior, dtype=object).size)
+        if size != n_classes:
+            raise GPUAError(f"{option}: class_prior has {size} weight(s) for {n_classes} classes; give one weight per class, "
+                            "in the order of the class-name file.")
 
 
 def check_classes(classnames: Any, option: str = "classnames", hint: str = "give two or more classes, one a line") -> list[str]:
@@ -264,7 +289,8 @@ def classify_folder(
     from .report import provenance_from_features
 
     check_methods([method])
-    check_classes(classnames)
+    names = check_classes(classnames)
+    check_method_overrides(method, overrides, len(names))
     folder = Path(images)
     if not folder.is_dir():
         raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
@@ -272,13 +298,27 @@ def classify_folder(
         raise GPUAError(f"pool= is a {type(pool).__name__}; pass a folder of photos or gpua.classify.unlabeled_pool(folder).")
     pool_root = None if pool is None else _folder_of(pool)
     same = pool_root is None or (pool_root.is_dir() and pool_root.resolve() == folder.resolve())
+    # Zero-shot fits nothing: a pool would be encoded for no use.
+    same = same or method == "zero_shot"
     # Another pool folder is read as unlabeled images: its sub-folders need not be the classes.
     sources = {"images": folder} if same else {
         "images": folder, "pool": unlabeled_pool(pool) if isinstance(pool, (str, os.PathLike)) else pool}
+    if method != "zero_shot":  # before any photo is encoded: a fit needs a photo per class at least
+        from .data import load_dataset
+
+        fit_on = sources.get("pool", folder)
+        n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=names))
+        if n_photos < len(names):
+            raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s) "
+                            f"for {len(names)} classes; a fit needs at least one per class: add photos, fit on a larger folder "
+                            "(pool=), or use method='zero_shot'.")
     t0 = time.perf_counter()
     paths = {}
     for key, where in sources.items():
-        out = feature_cache_path("classify", _folder_tag(_folder_of(where)), vfm, vlm, cache_dir)
+        # The pool role has its own file: the same folder read as photos (with their labels)
+        # and as a pool (unlabeled) has two cache keys, which would overwrite each other.
+        tag = _folder_tag(_folder_of(where)) + ("-pool" if key == "pool" else "")
+        out = feature_cache_path("classify", tag, vfm, vlm, cache_dir)
         paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
                                       batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                       shard_size=CLASSIFY_PART_IMAGES)

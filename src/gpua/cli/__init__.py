@@ -123,7 +123,8 @@ def _main(argv: list[str] | None) -> int:
               "free space or fix the permissions and run again.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gpua {args.command}: interrupted", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"gpua {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

@@ -130,8 +130,19 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", default="auto", metavar="NAME|FILE",
                    help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
     p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def check_cache_dir(args) -> None:
+    """``--cache-dir`` must be a folder (or not exist yet): a file there is named now, not as a deep output path later."""
+    from pathlib import Path
+
+    from .._errors import GPUAError
+
+    where = getattr(args, "cache_dir", None)
+    if where is not None and Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
+        raise GPUAError(f"--cache-dir {where!r} is a file; pass a folder for the feature cache (it is created if missing).")
 
 
 def int_at_least(minimum: int):

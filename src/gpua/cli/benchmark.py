@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, int_at_least, positive_int
+from ._common import add_estimator_arguments, add_extraction_arguments, check_cache_dir, check_paths, estimator_overrides, int_at_least, positive_int
 
 __all__ = ["add_subcommands"]
 
@@ -48,13 +48,14 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pool-seed", type=_seed, default=0, help="seed of the pool draw (and of --test-per-class), 0 or more")
     add_extraction_arguments(p)
     add_estimator_arguments(p)
-    p.set_defaults(func=_cmd_benchmark)
+    p.set_defaults(func=_cmd_benchmark, on_interrupt="finished rows are in results.jsonl; the same command skips them and goes on")
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ..benchmark import run_benchmark
 
     check_paths(args, inputs=("dataset_root", "templates"), outputs=(("out", "folder"),))
+    check_cache_dir(args)
     overrides = estimator_overrides(args)
     run_benchmark(
         args.datasets, args.vfm, args.vlm, args.methods, args.out, pool=args.pool, seed=args.pool_seed,

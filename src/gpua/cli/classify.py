@@ -40,20 +40,36 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
     add_extraction_arguments(p)
     add_estimator_arguments(p)
-    p.set_defaults(func=_cmd_classify)
+    p.set_defaults(func=_cmd_classify, on_interrupt="the photos encoded so far are saved (every 256); the same command "
+                   "resumes from them")
+
+
+def _zero_shot_differs(ours: Counter, zero_shot: Counter, n: int) -> bool:
+    """Whether the two methods' class counts are far apart (total variation above 0.2)."""
+    return n > 0 and sum(abs(ours[k] - zero_shot[k]) for k in set(ours) | set(zero_shot)) / (2 * n) > 0.2
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from ..classify import check_classes, check_methods, classify_folder, unlabeled_pool
-    from ._common import FitProgress
+    import warnings
+    from pathlib import Path
+
+    from .._errors import GPUAError
+    from ..classify import check_classes, check_method_overrides, check_methods, classify_folder, unlabeled_pool
+    from ._common import FitProgress, check_cache_dir
 
     check_paths(args, inputs=("images", "classnames", "templates", "pool"), outputs=(("out", "file"), ("model_out", "file")))
+    if not Path(args.images).expanduser().is_dir():
+        raise GPUAError(f"--images {args.images!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
+    check_cache_dir(args)
     check_methods([args.method], "--method")
-    check_classes(args.classnames, "--classnames")  # before any photo is encoded
+    names = check_classes(args.classnames, "--classnames")  # before any photo is encoded
     pool = None if args.pool is None else unlabeled_pool(args.pool, "--pool")  # every image below it, no labels read
     overrides = estimator_overrides(args)
+    check_method_overrides(args.method, overrides, len(names), f"--method {args.method}")
     device = overrides.pop("device", "cpu")
-    with FitProgress(None, not args.quiet) as progress:
+    with FitProgress(None, not args.quiet) as progress, warnings.catch_warnings():
+        # The summary below names the unreadable photos (and the CSV lists them): not twice.
+        warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable image")
         res = classify_folder(
             args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
@@ -66,9 +82,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{name} {c}" for name, c in counts.most_common(6))
     zero_shot = Counter(res.classnames[k] for k in res.zero_shot.tolist())
     s = res.seconds
+    fitted = ("zero-shot: nothing fitted" + ("; --pool not used" if args.pool else "") if args.method == "zero_shot"
+              else "fitted on " + ("--pool " + args.pool if args.pool else "the photos themselves, no labels"))
     print(f"classified {n} photos into {len(res.classnames)} classes with {args.method} "
-          f"(VFM {args.vfm}, VLM {args.vlm}; fitted on {'--pool ' + args.pool if args.pool else 'the photos themselves, no labels'}); "
-          f"extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
+          f"(VFM {args.vfm}, VLM {args.vlm}; {fitted}); extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
     if res.unreadable:
         first, error = res.unreadable[0]
@@ -76,14 +93,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
               f"{args.out} lists them with an empty prediction and the error" + (", and the scores below leave them out"
                                                                                   if res.labels is not None else ""))
     if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not
+        far = _zero_shot_differs(counts, zero_shot, n)
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
-              + (" ..." if len(zero_shot) > 6 else "") + " (far apart on a folder whose classes are far from equally frequent: "
-              "see 'Imbalanced folders' in the README)")
+              + (" ..." if len(zero_shot) > 6 else "")
+              + (" (far apart: a folder whose classes are far from equally frequent can do that, see 'Imbalanced folders' "
+                 "in the README)" if far else ""))
     scores = res.scores()
     if scores is not None:
         flag = " (acc5 says nothing with 5 classes or fewer)" if scores["n_classes"] <= 5 else ""
+        zs = "" if args.method == "zero_shot" else f"; VLM zero-shot acc1 {100 * float((res.zero_shot == res.labels).mean()):.2f}%"
         print(f"the folder is labelled (class sub-folders): acc1 {100 * scores['acc1']:.2f}%, acc5 {100 * scores['acc5']:.2f}%{flag}, "
-              f"mean per-class recall {100 * scores['mean_per_class_recall']:.2f}% (labels used only to score)")
+              f"mean per-class recall {100 * scores['mean_per_class_recall']:.2f}%{zs} (labels used only to score)")
     print(f"features cached in {res.features}" + ("" if res.pool_features == res.features else f" and {res.pool_features}"))
     print(f"wrote {args.out}" + (f" and {args.model_out}" if args.model_out else ""))
     return 0

@@ -56,7 +56,7 @@ def add_subcommands(subparsers) -> None:
                    help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_extract)
+    p.set_defaults(func=_cmd_extract, on_interrupt="the finished parts are kept; the same command resumes from them")
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
