@@ -16,9 +16,11 @@ writer is gone (same host and that process no longer runs) or it is older than
 :data:`STALE_AFTER_S`. No other file is ever removed.
 
 :func:`check_output` refuses, before a command does any work, an output path that would destroy
-one of its inputs (the same file, through links too, or a file inside an input folder), that is
-a folder where a file is wanted (or the reverse), that lies under a file, or whose folder cannot
-be written.
+one of its inputs (the same file, through links too, or a file inside an input folder that the
+command may read: an image, a feature or shard file), that would add a class folder to a labelled
+image folder, that is a folder where a file is wanted (or the reverse), that lies under a file,
+or whose folder cannot be written. Other files inside an input folder (last run's predictions
+CSV or model) may be replaced.
 """
 
 from __future__ import annotations
@@ -254,6 +256,76 @@ def _inside(p: Path, folder: Path) -> bool:
     return folder in p.parents
 
 
+#: Files of an input folder that a command may read, beside its images: gpua's feature and shard
+#: files (a shard set's ``shard-*`` files and ``index.json``, an extraction's parts
+#: ``manifest.json``), the files that name a CoOp dataset folder's images and classes, and
+#: Fashion-MNIST's idx files. A model (``.gpua``) is only ever read as a file argument, never
+#: out of a folder, so the same-path test protects it: a ``--model-out`` inside the photo folder
+#: may be replaced by the next run.
+_INPUT_SUFFIXES = frozenset({".npz", ".npy", ".safetensors"})
+_INPUT_NAMES = frozenset({"index.json", "manifest.json", "classnames.txt", "variants.txt"})
+_INPUT_PREFIXES = ("shard-", "split_zhou_", "images_variant_")
+
+
+def _may_be_input(p: Path) -> bool:
+    """Whether a file inside an input folder may be one the command reads: an image of the
+    folder (any image ending, case-insensitive, also the photo formats counted but not decoded)
+    or a feature, shard or dataset-index file. Other files (a predictions CSV, a JSON
+    report, notes) are never read as input, so an output may replace them."""
+    from .data._datasets import IMAGE_EXTENSIONS
+    from .data._loaders import _UNREAD_PHOTO_EXTENSIONS
+
+    name = p.name.lower()
+    suffix = p.suffix.lower()
+    return (suffix in IMAGE_EXTENSIONS or suffix in _UNREAD_PHOTO_EXTENSIONS or suffix in _INPUT_SUFFIXES
+            or name in _INPUT_NAMES or name.startswith(_INPUT_PREFIXES) or "-ubyte" in name)
+
+
+#: Inputs read as an image folder whose sub-folders are classes (``classify --images``,
+#: ``extract --data``): a new sub-folder written there would be a new class on the next run.
+_CLASS_FOLDER_INPUTS = frozenset({"--images", "--data", "images", "data", "dataset"})
+#: How many directory entries the labelled-folder test looks at before giving up (then: not known).
+_LABELLED_SCAN_LIMIT = 20000
+
+
+def _is_labelled_folder(folder: Path) -> bool:
+    """Whether ``folder`` reads as a labelled image folder: no loose images, and a sub-folder (not
+    hidden, not one gpua wrote) with an image somewhere below it. Stops at the first image found
+    (or after :data:`_LABELLED_SCAN_LIMIT` entries: then False, not known)."""
+    from .data._loaders import _is_image, _subdirs
+
+    try:
+        if any(e.is_file() and _is_image(e.name) for e in os.scandir(folder)):
+            return False  # loose images: a flat (unlabelled) folder
+        subs = _subdirs(folder)
+    except OSError:
+        return False
+    seen = 0
+    for sub in subs:
+        for _dirpath, dirnames, filenames in os.walk(folder / sub):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if any(_is_image(f) for f in filenames):
+                return True
+            seen += len(filenames) + len(dirnames)
+            if seen > _LABELLED_SCAN_LIMIT:
+                return False
+    return False
+
+
+def _new_class_folder(out: Path, src: Path, kind: str) -> str | None:
+    """The sub-folder of input folder ``src`` that writing ``out`` would create directly inside
+    it, and that the folder's loader would read as a class (not hidden); None when there is none.
+    A folder output replaced whole (a shard set) directly inside ``src`` is one gpua marks as its
+    own, which the loader skips."""
+    rel = out.relative_to(src).parts
+    if not rel or (kind == "tree" and len(rel) == 1) or (kind == "file" and len(rel) == 1):
+        return None
+    first = rel[0]
+    if first.startswith(".") or (src / first).exists() or (src / first).is_symlink():
+        return None
+    return first
+
+
 def _check_writable(path: Path, name: str, kind: str) -> None:
     if kind == "file" and path.is_dir():
         raise GPUAError(f"{name} {str(path)!r} is an existing folder, but a file is written there; give a file name.")
@@ -315,9 +387,12 @@ def check_output(
     ------
     GPUAError
         When the output is an input (also through links), when a file output would replace an
-        existing file inside an input folder, when a folder output is an input or (a tree)
-        holds one, or when the output is a folder where a file is wanted (or the reverse),
-        lies under a file, or cannot be written.
+        existing file inside an input folder that the command may read (an image, a feature,
+        shard or dataset-index file; a CSV, JSON or model file there may be replaced), when a
+        folder output is an input or (a tree) holds one, when the output would create a new
+        sub-folder (a new class) directly inside a labelled ``--images`` / ``--data`` folder,
+        or when the output is a folder where a file is wanted (or the reverse), lies under a
+        file, or cannot be written.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind={kind!r}; use one of {_KINDS}.")
@@ -335,7 +410,7 @@ def check_output(
         clash = None
         if _same(out, src):
             clash = "is the same path as"
-        elif kind == "file" and src.is_dir() and _inside(out, src) and out.exists():
+        elif kind == "file" and src.is_dir() and _inside(out, src) and out.exists() and _may_be_input(out):
             clash = "would overwrite a file inside"
         elif kind == "tree" and _inside(src, out):
             clash = "is a folder that would be replaced with everything in it, including"
@@ -344,5 +419,13 @@ def check_output(
                 f"{name} {str(path)!r} {clash} {in_name} {str(value)!r}; writing there would destroy the input. "
                 f"Choose another {name}."
             )
+        if in_name in _CLASS_FOLDER_INPUTS and src.is_dir() and _inside(out, src):
+            new = _new_class_folder(out, src, kind)
+            if new is not None and _is_labelled_folder(src):
+                raise GPUAError(
+                    f"{name} {str(path)!r} would create the folder {new!r} inside {in_name} {str(value)!r}, whose sub-folders "
+                    f"are its classes: the next run would read {new!r} as a class. Write {name} outside {in_name}, "
+                    f"directly beside its class folders, or under a hidden folder ('.{new}')."
+                )
     _check_writable(out, name, kind)
     return out

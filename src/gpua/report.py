@@ -60,15 +60,27 @@ def provenance_from_features(meta: dict[str, Any], *, classnames: Sequence[str] 
     dict
         ``vfm`` and ``vlm`` (encoder specs), ``templates``, ``classnames``, ``class_prompts``
         (the prompt words of each class), and ``features`` (``path``, ``cache_key``,
-        ``dataset``, ``split``, ``n_images``); keys whose value is unknown are left out.
+        ``dataset``, ``split``, ``n_images``: the images whose rows the features hold, that is
+        the rows a model fitted on them saw, and ``n_skipped``: the images of the dataset that
+        could not be read, hence have no row); keys whose value is unknown are left out.
     """
     ds = meta.get("dataset") or {}
+    # meta["dataset"]["n_images"] counts the dataset's images, the unreadable ones included (it is
+    # part of the cache key); the rows are those less the ones extraction skipped.
+    n_images = ds.get("n_images")
+    skipped = meta.get("skipped")
+    n_skipped = skipped.get("count") if isinstance(skipped, dict) else None
+    if not (isinstance(n_skipped, int) and not isinstance(n_skipped, bool) and n_skipped >= 0):
+        n_skipped = None
+    if n_skipped is not None and isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= n_skipped:
+        n_images -= n_skipped
     feats = {
         "path": source,
         "cache_key": meta.get("cache_key"),
         "dataset": ds.get("name"),
         "split": ds.get("split"),
-        "n_images": ds.get("n_images"),
+        "n_images": n_images,
+        "n_skipped": n_skipped,
     }
     out = {
         "vfm": (meta.get("vfm") or {}).get("spec"),
