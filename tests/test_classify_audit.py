@@ -133,6 +133,7 @@ def test_unreadable_photos_get_a_csv_row_with_the_error(folders, capsys):
     assert n == len(res.image_ids) and len(rows) == n + 1
     broken = rows[-1]
     assert broken["image"] == "sky/broken.png" and broken["prediction"] == "" and broken["error"]
+    assert broken["label"] == "sky"  # its class folder says so (was empty)
     assert all(r["error"] == "" and r["prediction"] for r in rows[:-1])
     argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "cli.csv", "--vfm", "planted:vfm",
             "--vlm", "planted:vlm", "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]

@@ -443,7 +443,7 @@ def write_predictions(
         At least 1; capped at K.
     unreadable : sequence of (image id, error message), optional
         Images that could not be read (an extraction's ``meta["skipped"]``), listed after the
-        predicted ones.
+        predicted ones; with labels, an id ``<class>/<file>`` of a class folder gets that label.
 
     Returns
     -------
@@ -480,7 +480,13 @@ def write_predictions(
                 if not header_done:
                     raise GPUAError("write_predictions: no predicted rows to write beside the unreadable images.")
                 for image_id, error in unreadable:
-                    w.writerow([image_id] + [""] * (len(header) - 1) + [error])
+                    # A labelled folder names the class of an unreadable photo too: <class>/<file>.
+                    parts = str(image_id).replace("\\", "/").split("/")
+                    label = parts[0] if with_labels and classnames and len(parts) > 1 and parts[0] in list(classnames) else ""
+                    cells = [image_id] + [""] * (len(header) - 1)
+                    if with_labels:
+                        cells[-1] = label
+                    w.writerow(cells + [error])
     return n
 
 
