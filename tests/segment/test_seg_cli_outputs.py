@@ -153,3 +153,13 @@ def test_no_readable_image_is_a_clear_error(tmp_path, classes, capsys):
     assert main(_zs(d, tmp_path / "m", classes)) == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and "sub" in err
+
+
+def test_no_overlay_over_an_earlier_run_says_its_overlays_are_stale(tmp_path, world, classes, capsys):
+    scenes = tmp_path / "scenes"
+    _save(world, scenes / "a.png", (32, 32), seed=0)
+    assert main(_zs(scenes, tmp_path / "masks", classes)) == 0
+    capsys.readouterr()
+    assert main(_zs(scenes, tmp_path / "masks", classes, "--overwrite", "--no-overlay")) == 0
+    # was: a_overlay.png of the first run stayed beside the new mask without a word
+    assert "1 overlay(s) from an earlier run stay" in capsys.readouterr().out

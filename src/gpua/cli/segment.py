@@ -613,6 +613,12 @@ def _segment(args: argparse.Namespace) -> int:
         n += 1
     print(f"segmented {n} image(s) into {len(classnames)} classes; masks in {out}"
           f"{_skipped_note(skipped, small)}{_subfolder_note(args.images, skip=out)}")
+    if args.no_overlay:  # an earlier run's overlays would show other masks than the ones just written
+        stale = [out / f"{ns[0][:-len('.png')]}_overlay.png" for ns in names]
+        stale = [p for p in stale if p.is_file()]
+        if stale:
+            print(f"note: {len(stale)} overlay(s) from an earlier run stay in {out} (first: {stale[0].name}) and show its masks, "
+                  "not these; delete them, or run without --no-overlay")
     return 0
 
 
