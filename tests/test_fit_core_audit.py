@@ -203,3 +203,9 @@ def test_the_largest_int64_seed_is_accepted():
     check_param("random_state", 2**63 - 1, SEED)  # was refused: float(2**63 - 1) rounds to 2**63
     with pytest.raises(GPUAError, match="random_state"):
         check_param("random_state", 2**63, SEED)
+
+
+def test_a_whitening_narrower_than_the_classes_is_warned():
+    data = make_planted(120, 8, 16, 12, 6, random_state=0)
+    with pytest.warns(UserWarning, match="whiten=4 keeps fewer directions than the 8 classes"):
+        gpua.GPUA(whiten=4, n_steps=2, self_learning=0).fit(data.vfm_features, data.vlm_features, data.text_prototypes)

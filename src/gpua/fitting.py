@@ -231,6 +231,12 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         )
     if driver != "memory" and params["solver"] != "torch":
         raise GPUAError(f"solver={params['solver']!r}: {driver} fits run their own chunked Sinkhorn; use solver='torch'.")
+    whiten = params["whiten"]
+    if whiten is not None and not isinstance(whiten, str) and int(whiten) < n_classes:
+        # Fewer whitened directions than classes cannot keep the classes apart (README: "The
+        # width must exceed the classes"); a user's choice, so said, not refused.
+        warnings.warn(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
+                      f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.", UserWarning, stacklevel=3)
     if driver == "streamed" and params["pool_augment"]:
         raise GPUAError(
             f"pool_augment={params['pool_augment']}: augmenting the pool is in-memory only (its per-pseudo-class "
