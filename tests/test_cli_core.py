@@ -213,3 +213,14 @@ def test_evaluate_and_predict_read_shard_sets(planted, files, fitted, tmp_path, 
     assert json.loads(r1.read_text())["metrics"] == pytest.approx(json.loads(r2.read_text())["metrics"])
     assert main(["predict", "--model", str(fitted), "--features", str(shards), "--out", str(tmp_path / "p.csv")]) == 0
     assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 1200
+
+
+def test_compare_says_which_overrides_a_method_does_not_apply(files, tmp_path, capsys):
+    base = ["compare", "--train", str(files["train"]), "--test", str(files["test"])]
+    # was: --lam 0.5 and rho applied by neither method, the table unchanged and nothing said
+    assert main(base + ["--methods", "lambda_1,zero_shot", "--lam", "0.5", "--param", "rho=0.1"]) == 2
+    assert "none of --methods lambda_1,zero_shot applies it" in capsys.readouterr().err
+    out = tmp_path / "c.json"
+    assert main(base + ["--methods", "zero_shot,procrustes_only", "--n-steps", "5", "--json", str(out)]) == 0
+    assert "note: zero_shot does not apply n_steps=5" in capsys.readouterr().out
+    assert json.loads(out.read_text())["params"] == {"n_steps": 5}

@@ -36,7 +36,7 @@ def test_streaming_flags_with_train_are_refused(data, flags, capsys):
     flags = [str(root / f) if f in ("ck", "train.npz") else f for f in flags]
     assert main(["fit", "--train", str(root / "train.npz"), "--out", str(root / "m.gpua"), *flags, *FAST]) == 2
     err = capsys.readouterr().err
-    assert f"{flags[0]} apply to a streamed fit of a shard set (--shards DIR)" in err  # was: ignored, fit in memory
+    assert f"{flags[0]} applies to a streamed fit of a shard set (--shards DIR)" in err  # was: ignored, fit in memory
     assert not (root / "ck").exists() and not (root / "m.gpua").exists()
 
 

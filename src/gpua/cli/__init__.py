@@ -31,13 +31,15 @@ _SUBCOMMAND_MODULES = (
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, unless the text already names one.
 
-    Options whose default is None or False (a switch) get nothing appended: there the help says
-    what happens without them.
+    Options whose default is None, and switches (``--no-resume``, whatever their stored default),
+    get nothing appended: there the help says what happens without them.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # a switch (store_true/false/const): its help says what it does; "(default: True)" misleads
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text

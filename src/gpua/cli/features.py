@@ -63,7 +63,8 @@ def _cmd_fit(args) -> int:
     given = [flag for flag, value in (("--prototypes", args.prototypes), ("--max-memory", args.max_memory),
                                       ("--cluster", args.cluster), ("--checkpoint", args.checkpoint)) if value is not None]
     if given:  # the in-memory fit would ignore them without a word
-        raise GPUAError(f"{', '.join(given)} apply to a streamed fit of a shard set (--shards DIR); --train fits in memory. "
+        raise GPUAError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a streamed fit of a shard set "
+                        "(--shards DIR); --train fits in memory. "
                         "Leave them out, or write the features as a shard set (gpua extract --out DIR).")
     if Path(args.train).is_dir():
         raise GPUAError(f"--train {args.train!r} is a folder; for a shard set use --shards {args.train}.")
@@ -72,7 +73,8 @@ def _cmd_fit(args) -> int:
     with FitProgress(model, not args.no_progress) as progress:
         model.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames, callback=progress)
     dt = time.perf_counter() - t0
-    model.provenance_ = provenance_from_features(train.meta, classnames=train.classnames, source=str(args.train))
+    # Resolved: the model may be moved, and a relative path would then name nothing.
+    model.provenance_ = provenance_from_features(train.meta, classnames=train.classnames, source=str(Path(args.train).resolve()))
     model.save(args.out)
     h = model.history_
     print(
@@ -134,7 +136,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
         checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=args.connect_timeout,
     )
     dt = time.perf_counter() - t0
-    model.provenance_ = provenance_from_features(meta, classnames=model.classnames_, source=str(args.shards))
+    model.provenance_ = provenance_from_features(meta, classnames=model.classnames_, source=str(Path(args.shards).resolve()))
     model.save(args.out)
     h = model.history_
     s = h["streaming"]
@@ -228,7 +230,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from ..baselines import list_methods
+    from ..baselines import list_methods, unused_overrides
     from ..report import compare_methods, format_table, write_json
 
     check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
@@ -238,13 +240,24 @@ def _cmd_compare(args) -> int:
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:  # before any file is read
         raise GPUAError(f"--methods: {unknown} unknown; choose from {list_methods()} or 'all'.")
+    overrides = estimator_overrides(args)
+    # One set of overrides serves every row; a setting that no listed method applies would be
+    # claimed by the command line and run by none (lambda_1 keeps lam=1, zero_shot takes no rho).
+    applied_by_none = [k for k in overrides if all(k in unused_overrides(m, overrides) for m in methods)]
+    if applied_by_none:
+        raise GPUAError(f"{', '.join(f'{k}={overrides[k]!r}' for k in applied_by_none)}: none of --methods {','.join(methods)} "
+                        "applies it (they take no such parameter, or set it themselves); drop it, or add --methods gpua.")
+    for m in methods:
+        skipped = [k for k in unused_overrides(m, overrides) if k != "device"]
+        if skipped:
+            print(f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its parameter)")
     train = _read_features(args.train)
     test = _read_features(args.test, require=("labels",))
-    rows = compare_methods(train, test, methods, overrides=estimator_overrides(args), progress=True,
+    rows = compare_methods(train, test, methods, overrides=overrides, progress=True,
                            train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     if args.json:
-        write_json(args.json, {"train": str(args.train), "test": str(args.test), "results": rows})
+        write_json(args.json, {"train": str(args.train), "test": str(args.test), "params": overrides, "results": rows})
         print(f"wrote {args.json}")
     return 0
 
@@ -255,7 +268,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", required=True, help="model file to write (.gpua)")
     add_estimator_arguments(p)
     add_streaming_arguments(p)
-    p.set_defaults(func=_cmd_fit)
+    p.set_defaults(func=_cmd_fit, on_interrupt="with --checkpoint, the UCM rounds done are saved there; the same command resumes "
+                   "from them")
 
     p = sub.add_parser("evaluate", help="score a model on a labelled feature file",
                        description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images. "

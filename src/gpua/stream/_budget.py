@@ -297,17 +297,21 @@ def plan_memory(
 
     need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine, whiten=whiten, n_processes=n_processes)
     if need > total:
-        if whitening_peak(min_rows) >= max(fixed + refine, fixed + min_rows * per_row):
-            what = f"the whitening's second moment and eigendecomposition (float64 {d_q} x {d_q} matrices, query width {d_q})"
-        elif fixed + refine > fixed + min_rows * per_row:
-            what = "THS refinement's held-out slice"
-        else:
-            what = f"one chunk of {min_rows} rows"
+        # The process itself (RESERVE_BYTES) is most of a small fit's need: a component is named,
+        # with its own fix, only where it is a real share of what the budget lacks.
+        parts = {"whitening": whitening_peak(min_rows) - fixed if whiten is not None else 0,
+                 "refinement": refine, "chunk": min_rows * per_row}
+        biggest = max(parts, key=parts.get)
+        what = {"whitening": f"the whitening's second moment and eigendecomposition (float64 {d_q} x {d_q} matrices, query width {d_q})",
+                "refinement": "THS refinement's held-out slice", "chunk": f"one chunk of {min_rows} rows"}[biggest]
+        named = parts[biggest] >= 0.25 * (need - RESERVE_BYTES) and parts[biggest] >= 0.1 * need
         raise GPUAError(
             f"max_memory={budget!r} ({_fmt(total)}) is too small: this fit (N={n}, K={k}, widths {d_v}/{d_t}) needs at "
-            f"least {_fmt(need)} ({need} bytes) for {what}; raise max_memory (--max-memory) to {_fmt(need)} or more"
-            + (", or lower val_fraction" if "refinement" in what else "")
-            + (", or fit without whitening (whiten=None)" if "whitening" in what else "")
+            f"least {_fmt(need)} ({need} bytes): {_fmt(RESERVE_BYTES)} for the process itself, the rest mostly for "
+            + (what if named else "its fixed arrays (class potentials, centres, the map)")
+            + f"; raise max_memory (--max-memory) to {_fmt(need)} or more"
+            + (", or lower val_fraction" if named and biggest == "refinement" else "")
+            + (", or fit without whitening (whiten=None)" if named and biggest == "whitening" else "")
             + "."
         )
     chunk = max(min_rows, min(MAX_CHUNK_ROWS, n, (total - fixed) // (2 * per_row)))
