@@ -163,3 +163,36 @@ def test_no_overlay_over_an_earlier_run_says_its_overlays_are_stale(tmp_path, wo
     assert main(_zs(scenes, tmp_path / "masks", classes, "--overwrite", "--no-overlay")) == 0
     # was: a_overlay.png of the first run stayed beside the new mask without a word
     assert "1 overlay(s) from an earlier run stay" in capsys.readouterr().out
+
+
+def test_segmenter_errors_name_each_flag_once(tmp_path, world, classes, capsys):
+    scenes = tmp_path / "scenes"
+    _save(world, scenes / "a.png", (32, 32), seed=0)
+    assert main(_zs(scenes, tmp_path / "masks", classes, "--stride", "10")) == 2
+    err = capsys.readouterr().err
+    assert "--stride 10 is given without --crop" in err and "----" not in err  # was: "----stride 10"
+
+
+def test_a_fit_seg_model_loaded_in_python_segments_into_its_classes_not_its_prompts(tmp_path, world):
+    """Synonyms give more prompt rows than classes: the API labelled rows, shifting every class after a synonym."""
+    import gpua
+    from gpua.segment import DenseSegmenter
+    from gpua.segment.io import make_encoder
+
+    scenes = tmp_path / "scenes"
+    for k in range(4):
+        _save(world, scenes / f"s{k}.png", (48, 48), seed=k)
+    words = {name: [name] for name in world.classnames}
+    words[world.classnames[0]] = [world.classnames[0], f"bright {world.classnames[0]}"]  # one synonym: one more row
+    syn = tmp_path / "syn.txt"
+    syn.write_text("".join(f"{name}: {', '.join(ws)}\n" for name, ws in words.items()))
+    assert main(_fit(scenes, tmp_path / "m.gpua", syn)) == 0
+    model = gpua.load_model(tmp_path / "m.gpua")
+    assert model.n_classes_ == len(world.classnames) + 1  # prompt rows
+    seg = DenseSegmenter(make_encoder("planted:vfm"), make_encoder("planted:vlm"), model=model)
+    image = np.asarray(Image.open(scenes / "s0.png").convert("RGB"))
+    labels = seg.predict(image)
+    assert labels.max() < len(world.classnames)  # classes, not rows
+    assert main(["segment", "--model", str(tmp_path / "m.gpua"), "--images", str(scenes), "--out", str(tmp_path / "masks"),
+                 "--no-overlay"]) == 0
+    np.testing.assert_array_equal(labels, read_label(tmp_path / "masks" / "s0.png"))  # as the command line segments it

@@ -253,3 +253,27 @@ def test_dataset_image_suffixes_match_ignoring_case(scenes, capsys):
         Image.open(scenes / "test" / "t1.png").save(scenes / "custom/img_dir/val/t0.jpg", quality=100)
         assert main(argv) == 2
         assert "are two images of one name" in capsys.readouterr().err
+
+
+def test_reduce_zero_label_uses_the_ignore_index_in_effect(tmp_path, capsys):
+    """With 300 classes 255 is a class: --reduce-zero-label turned unlabelled 0 into 255 and scored it as that class."""
+    import json
+
+    from PIL import Image
+
+    from gpua.cli import main
+
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    g = np.zeros((20, 20), np.uint16)
+    g[:10] = 256  # raw 256 = class 255 after the shift; the bottom half is 0 = unlabelled
+    Image.fromarray(g).save(tmp_path / "gt" / "a.png")
+    p = np.full((20, 20), 255, np.uint16)
+    Image.fromarray(p).save(tmp_path / "pred" / "a.png")
+    (tmp_path / "c.txt").write_text("\n".join(f"c{i}" for i in range(300)) + "\n")
+    out = tmp_path / "s.json"
+    assert main(["evaluate-seg", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--classnames",
+                 str(tmp_path / "c.txt"), "--reduce-zero-label", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_pixels"] == 200  # the unlabelled half is not scored (was: 400, as class 255)
+

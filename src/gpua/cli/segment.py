@@ -509,9 +509,13 @@ def _segmenter(args, classes=None):
             threshold_label=args.threshold_label,
         )
     except GPUAError as exc:  # said with the command's flags, not the Python arguments
+        import re
+
         message = str(exc)
         for name, flag in _SEGMENTER_FLAGS.items():
-            message = message.replace(f"{name}=", f"{flag} ").replace(name, flag)
+            # Whole names only: a flag already written (--stride) is not rewritten (was "----stride").
+            message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
         raise GPUAError(message) from None
     return seg, classnames
 
@@ -652,7 +656,8 @@ def _ground_truth(args: argparse.Namespace):
                                 "give one line per dataset class, in its label order (or leave --classnames out).")
         ds = load_segmentation_dataset(args.dataset, args.root, args.split, classnames=entries, **overrides)
         pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
-        return ds.classnames, ds.load_label, pairs
+        return ds.classnames, (lambda path, ignore_index: read_label(path, reduce_zero_label=ds.reduce_zero_label,
+                                                                     ignore_index=ignore_index)), pairs
     if not args.gt:
         raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
     if entries is None and getattr(args, "model", None):
@@ -684,7 +689,7 @@ def _ground_truth(args: argparse.Namespace):
         pairs.append((stem, found[0] if found else None, gt_dir / entry.name))
     if not pairs:
         raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out).")
-    return entries, (lambda path: read_label(path, reduce_zero_label=reduce)), pairs
+    return entries, (lambda path, ignore_index: read_label(path, reduce_zero_label=reduce, ignore_index=ignore_index)), pairs
 
 
 def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what: str) -> None:
@@ -751,7 +756,9 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                             "pass --classnames with one line per ground-truth class.")
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
     for stem, img_path, ann in pairs:
-        gt = load_gt(ann)
+        # Read with the ignore index in effect: --reduce-zero-label turns 0 into it (it turned 0
+        # into 255, a class of its own past 255 classes, and left --ignore-index's pixels scored).
+        gt = load_gt(ann, ignore_index=ignore)
         if seg is None:
             # `gpua segment` names masks after the image file; mmseg names drop the image suffix
             names = [f"{stem}.png"] + ([f"{Path(img_path).stem}.png"] if img_path is not None else [])

@@ -422,8 +422,9 @@ class DenseSegmenter:
     model : fitted GPUA (or any object with ``decision_function(Z, X)``), optional
         ``None`` gives dense VLM zero-shot: ``cos(X, Y)``.
     class_of_prototype : sequence of int of shape (M,), optional
-        The class each prototype row stands for (default: row ``i`` is class ``i``). A class
-        scores the max over its rows; the classes are ``0 .. max``, each with at least one row.
+        The class each prototype row stands for (default: a ``gpua fit-seg`` model's recorded
+        ``provenance_["class_of_prototype"]``, else row ``i`` is class ``i``). A class scores the
+        max over its rows; the classes are ``0 .. max``, each with at least one row.
     uses_vlm : bool, optional
         Whether the model reads ``X``; inferred from ``model.query`` when not given ("vfm" means
         no). A model that does not is run on the VFM's own grid.
@@ -487,6 +488,12 @@ class DenseSegmenter:
         if m is None and class_of_prototype is None:
             raise GPUAError("the model has no n_classes_ (is it fitted?) and no prototypes or class_of_prototype were given; "
                             "pass a fitted model, or class_of_prototype with the class of each of its prototype rows.")
+        if class_of_prototype is None and self.Y is None and model is not None:
+            # A `gpua fit-seg` model records which class each of its prompt rows belongs to
+            # (synonyms share one); one class per row would shift every class after a synonym.
+            recorded = (getattr(model, "provenance_", None) or {}).get("class_of_prototype")
+            if recorded is not None and len(recorded) == m:
+                class_of_prototype = recorded
         cop = np.arange(m) if class_of_prototype is None else np.asarray(class_of_prototype, dtype=np.int64)
         if cop.ndim != 1 or (m is not None and cop.size != m) or cop.size == 0 or cop.min() < 0:
             raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({m}).")
