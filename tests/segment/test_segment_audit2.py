@@ -277,3 +277,20 @@ def test_reduce_zero_label_uses_the_ignore_index_in_effect(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["n_pixels"] == 200  # the unlabelled half is not scored (was: 400, as class 255)
 
+
+
+def test_overlay_of_a_float_or_16_bit_image_shows_the_photo(tmp_path):
+    from PIL import Image
+
+    from gpua._errors import GPUAError
+    from gpua.segment.io import write_overlay_png
+
+    label = np.zeros((16, 16), np.uint8)
+    ref = np.full((16, 16, 3), 200, np.uint8)
+    write_overlay_png(tmp_path / "u8.png", ref, label)
+    for name, image in (("f.png", ref / 255.0), ("u16.png", (ref.astype(np.uint16) * 257))):
+        write_overlay_png(tmp_path / name, image, label)
+        # was: the float photo cast to 0 (black), the 16-bit one saturated to white
+        np.testing.assert_allclose(np.asarray(Image.open(tmp_path / name), float), np.asarray(Image.open(tmp_path / "u8.png"), float), atol=2)
+    with pytest.raises(GPUAError, match="label has shape"):
+        write_overlay_png(tmp_path / "x.png", ref, np.zeros((8, 8), np.uint8))

@@ -98,13 +98,29 @@ def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[st
     """Save the image with its labels blended in colour (imgviz), atomically.
 
     Labels take the colours of :func:`write_label_png`'s palette (VOC's); labels of 256 and above
-    (16-bit masks: more than 255 classes, "no class" 65535) get colours by the same rule.
+    (16-bit masks: more than 255 classes, "no class" 65535) get colours by the same rule. The
+    image is scaled as image files are (16-bit by 255 / 65535, floats in [0, 1] by 255; an alpha
+    channel dropped), as the segmenter reads it.
     """
     import numpy as np
 
+    from .._errors import GPUAError
+    from ..data._datasets import as_uint8, to_rgb
+
     imgviz = import_optional("imgviz", "writing overlay PNGs")
 
+    a = np.asarray(to_rgb(image)) if hasattr(image, "convert") else np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.ndim != 3 or a.shape[-1] != 3 or a.dtype.kind not in "buif":
+        raise GPUAError(f"image has shape {a.shape} and dtype {a.dtype}; pass an (H, W, 3) RGB image of numeric pixels.")
+    image = as_uint8(a)  # a float image in [0, 1] was cast to 0 (a black photo), a 16-bit one saturated
     label = np.asarray(label)
+    if label.shape != image.shape[:2]:
+        raise GPUAError(f"label has shape {label.shape} but the image is {image.shape[0]}x{image.shape[1]}; "
+                        "pass the mask the segmenter predicted for this image.")
     hi = int(label.max(initial=0))
     colours = None if hi < 256 else _label_colours(hi + 1)  # imgviz's own palette stops at 256 labels
     names = {k: n for k, n in enumerate(classnames or [])}  # 255 / 65535 ("no class") stays unnamed
