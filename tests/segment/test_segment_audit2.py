@@ -294,3 +294,13 @@ def test_overlay_of_a_float_or_16_bit_image_shows_the_photo(tmp_path):
         np.testing.assert_allclose(np.asarray(Image.open(tmp_path / name), float), np.asarray(Image.open(tmp_path / "u8.png"), float), atol=2)
     with pytest.raises(GPUAError, match="label has shape"):
         write_overlay_png(tmp_path / "x.png", ref, np.zeros((8, 8), np.uint8))
+
+
+def test_a_prediction_turned_90_degrees_from_its_mask_is_not_told_to_resize():
+    from gpua._errors import GPUAError
+    from gpua.segment.metrics import check_label_map
+
+    with pytest.raises(GPUAError, match="turned 90 degrees, not resized"):  # was: "resize with nearest-neighbour"
+        check_label_map(np.zeros((30, 40), np.uint8), 3, "pred", shape=(40, 30))
+    with pytest.raises(GPUAError, match="resize with nearest-neighbour"):
+        check_label_map(np.zeros((30, 40), np.uint8), 3, "pred", shape=(60, 80))

@@ -61,6 +61,14 @@ def check_label_map(
     elif y.dtype.kind not in "iub":
         raise GPUAError(f"{name} has dtype {y.dtype}; pass integer class indices.")
     if shape is not None and tuple(y.shape) != tuple(shape):
+        if tuple(y.shape) == tuple(shape)[::-1]:
+            # Turned, not resized: a phone photo stored sideways whose mask was drawn on the stored
+            # pixels (the prediction is of the upright photo); resizing would score a wrong mask.
+            raise GPUAError(
+                f"{name} is {y.shape[0]}x{y.shape[1]} but the ground truth is {shape[0]}x{shape[1]}: the same image turned "
+                "90 degrees, not resized. Photos are read upright by their EXIF orientation; turn the mask the same way "
+                "(or re-export the photo upright, without the tag) rather than resizing."
+            )
         raise GPUAError(
             f"{name} is {y.shape[0]}x{y.shape[1]} but the ground truth is {shape[0]}x{shape[1]}; "
             "predict at the ground truth's resolution (resize with nearest-neighbour if needed)."
