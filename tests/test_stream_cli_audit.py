@@ -91,8 +91,10 @@ def test_up_to_date_extraction_says_what_its_options_cannot_change(tmp_path):
 
     ds = _dataset(n=10)
     out = _run(ds, tmp_path / "sh", format="shards", rows_per_shard=4)
-    with pytest.warns(UserWarning, match=r"already holds these features \(4 rows per shard, npy\); rows_per_shard=3"):
+    with pytest.warns(UserWarning, match=r"already holds these features \(4 rows per shard, npy\); rows_per_shard=3 "
+                                         r"\(--rows-per-shard\) applies when") as rec:
         assert _run(ds, tmp_path / "sh", format="shards", rows_per_shard=3) == out  # was: "up to date", layout silently kept
+    assert "shard_storage" not in str(rec[0].message)  # unchanged: not named (it was)
     root = _folder_with_a_bad_image(tmp_path / "imgs")
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
         _run(str(root), tmp_path / "f.npz")

@@ -119,10 +119,12 @@ def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, sto
         sf = ShardedFeatures(out, check=False)  # its layout, from the index alone
         # the last shard holds the remainder: every other one has exactly rows_per_shard rows
         layout_rows = sf.shard_rows[0] if sf.n_shards > 1 else None
-        if (layout_rows is not None and layout_rows != rows_per_shard) or (sf.n_shards == 1 and sf.shard_rows[0] > rows_per_shard) \
-                or sf.storage != storage:
+        rows_differ = (layout_rows is not None and layout_rows != rows_per_shard) or (sf.n_shards == 1 and sf.shard_rows[0] > rows_per_shard)
+        asked = ([f"rows_per_shard={rows_per_shard} (--rows-per-shard)"] if rows_differ else []) \
+            + ([f"shard_storage={storage!r} (--shard-storage)"] if sf.storage != storage else [])
+        if asked:  # only the settings that differ from the stored set's are named
             warnings.warn(f"{str(out)!r} already holds these features ({layout_rows or sf.shard_rows[0]} rows per shard, "
-                          f"{sf.storage}); rows_per_shard={rows_per_shard} and shard_storage={storage!r} apply when a set is "
+                          f"{sf.storage}); {' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} when a set is "
                           "written and change nothing here. Pass another out (or delete this set) to write that layout.",
                           stacklevel=3)
     skipped = (meta.get("skipped") or {}).get("count", 0)
