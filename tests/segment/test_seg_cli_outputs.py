@@ -65,6 +65,7 @@ def test_names_that_still_clash_are_refused_before_any_work(tmp_path, world, cla
     assert main(_zs(scenes, tmp_path / "masks", classes)) == 2
     err = capsys.readouterr().err
     assert "Pic.png" in err and "pic.png" in err and "rename" in err
+    assert err.count("Pic.png and pic.png") == 1  # was listed twice (the mask's name and the overlay's)
     assert not (tmp_path / "masks").exists()
 
 

@@ -314,7 +314,8 @@ def _output_names(files: list[Path], overlay: bool) -> list[list[str]]:
             break
         qualified |= clashing
     if clashes:
-        shown = "; ".join(" and ".join(files[i].name for i in group) for group in clashes[:5])
+        groups = list(dict.fromkeys(tuple(group) for group in clashes))  # the mask and the overlay name clash alike: once
+        shown = "; ".join(" and ".join(files[i].name for i in group) for group in groups[:5])
         raise GPUAError(f"--images holds images whose masks would get the same file name even with their extension kept "
                         f"(names are compared ignoring case): {shown}; rename one of each.")
     return [names(i) for i in range(len(files))]
