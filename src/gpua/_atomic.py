@@ -318,7 +318,7 @@ def _new_class_folder(out: Path, src: Path, kind: str) -> str | None:
     A folder output replaced whole (a shard set) directly inside ``src`` is one gpua marks as its
     own, which the loader skips."""
     rel = out.relative_to(src).parts
-    if not rel or (kind == "tree" and len(rel) == 1) or (kind == "file" and len(rel) == 1):
+    if not rel or (kind in ("file", "tree") and len(rel) == 1):
         return None
     first = rel[0]
     if first.startswith(".") or (src / first).exists() or (src / first).is_symlink():

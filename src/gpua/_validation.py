@@ -17,6 +17,19 @@ from ._errors import GPUAError
 __all__ = ["check_matrix", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
 
+def _tensor_to_numpy(A):
+    """A torch tensor as a numpy array (anything else as it is). bfloat16 and the float8 types have
+    no numpy dtype: they become float32, which holds them exactly."""
+    if not hasattr(A, "detach"):
+        return A
+    import torch  # loaded already: A is a tensor
+
+    A = A.detach().cpu()
+    if A.is_floating_point() and A.dtype not in (torch.float16, torch.float32, torch.float64):
+        A = A.float()
+    return A.numpy()
+
+
 def check_matrix(
     A,
     name: str,
@@ -44,13 +57,7 @@ def check_matrix(
     """
     if A is None:
         raise GPUAError(f"{name} is None: pass an array of shape (n, d).")
-    if hasattr(A, "detach"):  # torch tensor
-        import torch  # loaded already: A is a tensor
-
-        A = A.detach().cpu()
-        if A.is_floating_point() and A.dtype not in (torch.float16, torch.float32, torch.float64):
-            A = A.float()  # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly
-        A = A.numpy()
+    A = _tensor_to_numpy(A)
     try:
         A = np.asarray(A)
     except Exception as exc:  # ragged lists and the like
@@ -258,8 +265,7 @@ def as_float64(X, name: str, *, n_cols: int | None = None) -> np.ndarray:
     accumulated moments keep their precision. Zero rows are accepted: the calibration statistics
     that use this normalise nothing.
     """
-    if hasattr(X, "detach"):  # torch tensor
-        X = X.detach().cpu().numpy()
+    X = _tensor_to_numpy(X)
     checked = check_matrix(X, name, n_cols=n_cols, allow_zero_rows=True)
     raw = np.asarray(X)
     if raw.dtype == np.float64:

@@ -59,6 +59,7 @@ def check_method_overrides(method: str, overrides: Mapping[str, Any] | None, n_c
     the encoding).
     """
     from .baselines import unused_overrides
+    from .fitting import check_class_prior_size
 
     overrides = dict(overrides or {})
     unused = unused_overrides(method, overrides)
@@ -66,12 +67,7 @@ def check_method_overrides(method: str, overrides: Mapping[str, Any] | None, n_c
         shown = ", ".join(f"{k}={overrides[k]!r}" for k in unused)
         raise GPUAError(f"{option}: method {method!r} does not apply {shown} (it takes no such parameter, or sets it itself); "
                         "drop it, or use --method gpua.")
-    prior = overrides.get("class_prior")
-    if prior is not None and not isinstance(prior, str):
-        size = int(np.asarray(prior.detach().cpu() if hasattr(prior, "detach") else prior, dtype=object).size)
-        if size != n_classes:
-            raise GPUAError(f"{option}: class_prior has {size} weight(s) for {n_classes} classes; give one weight per class, "
-                            "in the order of the class-name file.")
+    check_class_prior_size(overrides.get("class_prior"), n_classes, f"{option}: class_prior")
 
 
 def check_classes(classnames: Any, option: str = "classnames", hint: str = "give two or more classes, one a line") -> list[str]:

@@ -190,6 +190,16 @@ class FitConfig:
 _DRIVERS = ("memory", "streamed", "federated")
 
 
+def check_class_prior_size(prior, n_classes: int, name: str = "class_prior") -> None:
+    """Refuse a ``class_prior`` that does not give one weight per class (None or a string, which
+    the parameter check refuses by name, pass here)."""
+    if prior is None or isinstance(prior, str):
+        return
+    size = int(np.asarray(prior.detach().cpu() if hasattr(prior, "detach") else prior, dtype=object).size)
+    if size != n_classes:
+        raise GPUAError(f"{name} has {size} weight(s) for {n_classes} classes; give one weight per class, in the order of the classes.")
+
+
 def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, driver: str = "memory") -> FitConfig:
     """The entry check of every GPUA fit: parameters, then the pool against the classes.
 
@@ -217,8 +227,7 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
     if driver not in _DRIVERS:
         raise GPUAError(f"driver={driver!r} is unknown; use one of {_DRIVERS}.")  # pragma: no cover - internal
     check_params(PARAMETERS, params, "GPUA")
-    if params["class_prior"] is not None and len(np.asarray(params["class_prior"])) != n_classes:
-        raise GPUAError(f"class_prior has {len(np.asarray(params['class_prior']))} entries for {n_classes} classes; give one per class.")
+    check_class_prior_size(params["class_prior"], n_classes)
     if n_samples < n_classes:
         raise GPUAError(
             f"the unlabeled pool has {n_samples} rows but there are {n_classes} classes; it needs "

@@ -20,13 +20,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._errors import GPUAError
+from ._validation import _finite
 
 __all__ = [
     "Constraint",
@@ -94,12 +94,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_real(v: Any) -> bool:
-    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:  # an int beyond float's range (10**400): no finite float
-        return False
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and _finite(v)
 
 
 @dataclass(frozen=True)

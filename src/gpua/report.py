@@ -482,7 +482,7 @@ def write_predictions(
                 for image_id, error in unreadable:
                     # A labelled folder names the class of an unreadable photo too: <class>/<file>.
                     parts = str(image_id).replace("\\", "/").split("/")
-                    label = parts[0] if with_labels and classnames and len(parts) > 1 and parts[0] in list(classnames) else ""
+                    label = parts[0] if with_labels and names and len(parts) > 1 and parts[0] in names else ""
                     cells = [image_id] + [""] * (len(header) - 1)
                     if with_labels:
                         cells[-1] = label

@@ -58,3 +58,14 @@ def assert_same_fit(a: GPUA, b: GPUA, atol: float = 1e-5, exact_iterations: bool
     assert abs(a.history_["pseudo_label_agreement"] - b.history_["pseudo_label_agreement"]) < 1e-6
     for attr in ("n_features_vfm_", "n_features_vlm_", "n_classes_"):
         assert getattr(a, attr) == getattr(b, attr)
+
+
+def random_shard_arrays(n: int, k: int, seed: int = 0):
+    """(Z of shape (n, 12), X of shape (n, 8), labels in [0, k), prototypes (k, 8)): float32 Gaussian rows for shard tests."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((n, 12)).astype(np.float32),
+        rng.standard_normal((n, 8)).astype(np.float32),
+        rng.integers(0, k, n),
+        rng.standard_normal((k, 8)).astype(np.float32),
+    )

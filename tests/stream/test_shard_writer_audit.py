@@ -14,17 +14,12 @@ import pytest
 
 from gpua import GPUAError
 from gpua.stream import ShardedFeatures, ShardWriter, write_shards
+from stream_helpers import random_shard_arrays
 
 
 @pytest.fixture
 def arrays():
-    rng = np.random.default_rng(0)
-    return (
-        rng.standard_normal((500, 12)).astype(np.float32),
-        rng.standard_normal((500, 8)).astype(np.float32),
-        rng.integers(0, 10, 500),
-        rng.standard_normal((10, 8)).astype(np.float32),
-    )
+    return random_shard_arrays(500, 10)
 
 
 def _old_set(path, arrays):

@@ -10,17 +10,12 @@ import torch
 
 from gpua import GPUAError, ModelFileError
 from gpua.stream import ShardedFeatures, ShardWriter, write_shards
+from stream_helpers import random_shard_arrays
 
 
 @pytest.fixture
 def arrays():
-    rng = np.random.default_rng(0)
-    return (
-        rng.standard_normal((1000, 12)).astype(np.float32),
-        rng.standard_normal((1000, 8)).astype(np.float32),
-        rng.integers(0, 5, 1000),
-        rng.standard_normal((5, 8)).astype(np.float32),
-    )
+    return random_shard_arrays(1000, 5)
 
 
 @pytest.mark.parametrize("storage", ["npy", "safetensors"])

@@ -243,12 +243,13 @@ def _cmd_compare(args) -> int:
     overrides = estimator_overrides(args)
     # One set of overrides serves every row; a setting that no listed method applies would be
     # claimed by the command line and run by none (lambda_1 keeps lam=1, zero_shot takes no rho).
-    applied_by_none = [k for k in overrides if all(k in unused_overrides(m, overrides) for m in methods)]
+    unused = {m: unused_overrides(m, overrides) for m in methods}
+    applied_by_none = [k for k in overrides if all(k in unused[m] for m in methods)]
     if applied_by_none:
         raise GPUAError(f"{', '.join(f'{k}={overrides[k]!r}' for k in applied_by_none)}: none of --methods {','.join(methods)} "
                         "applies it (they take no such parameter, or set it themselves); drop it, or add --methods gpua.")
     for m in methods:
-        skipped = [k for k in unused_overrides(m, overrides) if k != "device"]
+        skipped = [k for k in unused[m] if k != "device"]
         if skipped:
             print(f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its parameter)")
     train = _read_features(args.train)

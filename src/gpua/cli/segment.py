@@ -36,6 +36,7 @@ command imports this module to build its parser.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from .._optional import import_optional
-from ..segment.io import NO_CLASS, NO_CLASS_16BIT, make_encoder, write_label_png, write_overlay_png
+from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
 from ..params import COUNT
 from ._common import add_param_arguments, check_paths, parse_params
 
@@ -628,7 +629,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _ground_truth(args: argparse.Namespace):
-    """(classnames, label reader, [(stem, image path or None, mask path)]) from --dataset or --gt."""
+    """(classnames, label reader ``(path, ignore_index=...)``, [(stem, image path or None, mask path)]) from --dataset or --gt."""
     from ..segment.datasets import load_segmentation_dataset, read_label
 
     if args.gt_suffix is not None and not args.gt_suffix.strip():
@@ -657,8 +658,7 @@ def _ground_truth(args: argparse.Namespace):
                                 "give one line per dataset class, in its label order (or leave --classnames out).")
         ds = load_segmentation_dataset(args.dataset, args.root, args.split, classnames=entries, **overrides)
         pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
-        return ds.classnames, (lambda path, ignore_index: read_label(path, reduce_zero_label=ds.reduce_zero_label,
-                                                                     ignore_index=ignore_index)), pairs
+        return ds.classnames, functools.partial(read_label, reduce_zero_label=ds.reduce_zero_label), pairs
     if not args.gt:
         raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
     if entries is None and getattr(args, "model", None):
@@ -690,7 +690,7 @@ def _ground_truth(args: argparse.Namespace):
         pairs.append((stem, found[0] if found else None, gt_dir / entry.name))
     if not pairs:
         raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out).")
-    return entries, (lambda path, ignore_index: read_label(path, reduce_zero_label=reduce, ignore_index=ignore_index)), pairs
+    return entries, functools.partial(read_label, reduce_zero_label=reduce), pairs
 
 
 def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what: str) -> None:
@@ -731,11 +731,11 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
         raise GPUAError(f"--limit {args.limit} must be 1 or more (leave it out to score every image).")
     classnames, load_gt, pairs = _ground_truth(args)
     pairs = pairs[: args.limit]
-    ignore = args.ignore_index if args.ignore_index is not None else (NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT)
+    # "No class" in predictions (a --threshold's pixels, masks written by `segment`), and the ground
+    # truth's default ignore index: a miss for the ground truth's class whatever --ignore-index says.
+    no_class = no_class_label(len(classnames))
+    ignore = args.ignore_index if args.ignore_index is not None else no_class
     ignore = check_ignore_index(ignore, len(classnames), "--ignore-index")  # a class index would go unscored
-    # "No class" in predictions (a --threshold's pixels, masks written by `segment`): a miss for the
-    # ground truth's class whatever --ignore-index says about the ground truth.
-    no_class = NO_CLASS if len(classnames) <= NO_CLASS else NO_CLASS_16BIT
     n_ignored = 0
     metric = SegmentationMetric(len(classnames), classnames=classnames, ignore_index=ignore)
     seg = None

@@ -41,7 +41,7 @@ from .._errors import GPUAError
 from .._validation import check_matrix
 from ..data.classnames import parse_class_entries
 from ..params import COUNT, POSITIVE, check_param
-from .io import NO_CLASS, NO_CLASS_16BIT
+from .io import NO_CLASS, NO_CLASS_16BIT, no_class_label
 
 __all__ = [
     "DenseSegmenter",
@@ -535,7 +535,7 @@ class DenseSegmenter:
             raise GPUAError(f"score_threshold={score_threshold}; it is a probability, between 0 and 1.")
         self.score_threshold = score_threshold
         self.threshold_label = int(threshold_label)
-        no_class = NO_CLASS if self.n_classes <= NO_CLASS else NO_CLASS_16BIT
+        no_class = no_class_label(self.n_classes)
         if self.threshold_label != no_class and not 0 <= self.threshold_label < self.n_classes:
             raise GPUAError(f"threshold_label={threshold_label}; use a class index in [0, {self.n_classes}) or {no_class} (no class).")
         if score_threshold is not None and self.n_classes > NO_CLASS and self.threshold_label == NO_CLASS:

@@ -11,11 +11,16 @@ from pathlib import Path
 
 from .._optional import import_optional
 
-__all__ = ["NO_CLASS", "NO_CLASS_16BIT", "make_encoder", "write_label_png", "write_overlay_png"]
+__all__ = ["NO_CLASS", "NO_CLASS_16BIT", "no_class_label", "make_encoder", "write_label_png", "write_overlay_png"]
 
 #: "No class" in a label mask: mmseg's 255 in 8-bit masks (at most 255 classes); with 256
 #: classes or more, 255 is a class and the masks are 16-bit, so "no class" is 65535.
 NO_CLASS, NO_CLASS_16BIT = 255, 65535
+
+
+def no_class_label(n_classes: int) -> int:
+    """The "no class" label of a mask of ``n_classes`` classes: 255, or 65535 once 255 is a class (16-bit masks)."""
+    return NO_CLASS if n_classes <= NO_CLASS else NO_CLASS_16BIT
 
 
 def make_encoder(spec: str, device: str | None = None):
