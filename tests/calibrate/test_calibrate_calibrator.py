@@ -37,6 +37,18 @@ def test_single_sample_class_borrow_or_refuse(rng):
     np.testing.assert_allclose(cal.covariances_[1], oas_shrinkage(np.cov(X[y == 1].T, ddof=0), 40)[0])
 
 
+def test_single_sample_class_with_zero_borrow_strength_is_refused(rng):
+    # nu = 0 gave the one sample's zero covariance all the weight: every generated sample was the mean
+    X = np.concatenate([rng.normal(size=(30, 4)), [[0.1, 0.1, 0.1, 0.1]]])
+    y = np.repeat([0, 1], [30, 1])
+    with pytest.raises(GPUAError, match=r"borrow_strength=0 .*class\(es\) \[1\].*borrow_strength='auto'"):
+        DistributionCalibrator(borrow_strength=0).fit(X, y)
+    cal = DistributionCalibrator(borrow_strength=0.5).fit(X, y)  # any weight for the borrowed covariance spreads it
+    assert np.linalg.eigvalsh(cal.covariances_[1]).min() > 0
+    cal = DistributionCalibrator(borrow_strength=0).fit(X[:30], np.repeat([0, 1], 15))  # no single-sample class: allowed
+    assert np.all(cal.own_weight_ == 1.0)
+
+
 def test_single_sample_with_nobody_to_borrow_from():
     with pytest.raises(GPUAError, match="no class has two or more"):
         DistributionCalibrator().fit(np.eye(3), [0, 1, 2])

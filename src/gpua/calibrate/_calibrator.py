@@ -220,6 +220,12 @@ class DistributionCalibrator(ParamsMixin):
             sub = class_similarity(statistics.mean_[present])
             similarity[np.ix_(present, present)] = sub
         nu = float(d) if self.borrow_strength == "auto" else float(self.borrow_strength)
+        if nu == 0 and single.size:
+            # n / (n + 0) = 1 keeps all the weight on the one sample's zero covariance: no spread at all
+            raise GPUAError(
+                f"borrow_strength=0 gives a borrowed covariance no weight, so class(es) {single.tolist()}, with a single "
+                "sample, would get no spread; pass borrow_strength='auto' or a value > 0, or add samples."
+            )
 
         cov = own.copy()
         donors = [np.zeros(0, np.int64) for _ in range(K)]
