@@ -27,7 +27,23 @@ text prototypes) or a ``--vlm`` the model does not read are reported as unused.
 ``fit-seg`` and ``segment`` read the image files directly in ``--images``: hidden files
 (``._x.jpg`` AppleDouble files, as ``classify`` and ``extract`` do) and sub-folders are left out
 (the summary says how many sub-folders), and an unreadable image is skipped with a warning
-naming it and counted; only a folder with no readable image is an error.
+naming it and counted; only a folder with no readable image is an error. When ``segment`` skips
+an image whose mask an earlier run left in ``--out`` (``--overwrite``), a note says so: that
+mask is not this run's. ``evaluate-seg`` stops at an unreadable image instead, with one line
+naming it and how to replace it or leave it out (its ground truth too): a score without one
+image is not the ground truth's score, as a missing ``--pred`` mask is refused.
+
+``--dataset custom`` finds its images by any image suffix (``.jpg``, ``.jpeg``, ``.png``...,
+any case; two images of one stem are refused) where mmseg's default is ``.jpg``;
+``--img-suffix`` names one (mmseg's ``img_suffix``: ``.png``, ``_leftImg8bit.png``), also for
+the ``--images`` of ``--gt``, as ``--gt-suffix`` names the masks' (``seg_map_suffix``).
+
+``--threshold P`` is a probability, not a cosine: pixels whose top class probability,
+``softmax(100 x score)`` over the classes (a ``--model``'s own ``logit_scale``), is below ``P``
+get ``--threshold-label``; the summary says how many pixels it labelled, or the lowest top
+probability when it labelled none. ``evaluate-seg --pred`` warns about inference flags
+(``--threshold``, ``--crop``...) that cannot change saved masks, refuses a ``--pred`` mask that
+is the ground-truth file itself, and warns that ``--images`` is unused with ``--dataset``.
 
 Heavy imports (torch, encoders, PIL, imgviz) happen inside the handlers: every ``gpua``
 command imports this module to build its parser.
@@ -113,11 +129,15 @@ def add_subcommands(subparsers) -> None:
     src.add_argument("--model", help="fitted model file from `gpua fit-seg`")
     src.add_argument("--zero-shot", action="store_true", help="dense VLM zero-shot instead of a model")
     p.add_argument("--dataset", help="mmseg dataset preset: voc, voc20, context59, context60, ade20k, coco_stuff, cityscapes, "
-                                      "custom (img_dir/SPLIT, ann_dir/SPLIT; its classes from --classnames)")
+                                      "custom (img_dir/SPLIT/<stem>.<any image suffix>, ann_dir/SPLIT/<stem>.png; its classes "
+                                      "from --classnames)")
     p.add_argument("--root", help="dataset root (with --dataset)")
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--gt", help="folder of ground-truth masks (instead of --dataset)")
     p.add_argument("--images", help="folder of images (with --gt and --model / --zero-shot)")
+    p.add_argument("--img-suffix", default=None,
+                   help="with --dataset custom or --gt: image file = <stem><suffix>, compared ignoring case, e.g. .jpg or "
+                        "_leftImg8bit.png (default: any image suffix, .jpg .jpeg .png ...; two images of one stem are refused)")
     p.add_argument("--gt-suffix", default=None,
                    help="with --gt or --dataset custom: ground-truth file = <stem><suffix>, compared ignoring case (default .png)")
     p.add_argument("--reduce-zero-label", action="store_true",
@@ -178,8 +198,16 @@ def _add_inference_args(p) -> None:
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 of --crop)")
     p.add_argument("--refine", choices=("none", "affinity"), default="none", help="smooth patch scores by VFM affinity")
     p.add_argument("--affinity-topk", type=int, default=8, help="neighbours used by --refine affinity (default 8)")
-    p.add_argument("--threshold", type=float, default=None, help="pixels whose top class probability is below this get --threshold-label")
-    p.add_argument("--threshold-label", type=int, default=255, help="label for those pixels: a background class index or 255 (default)")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="a probability in [0, 1], not a cosine: pixels whose top class probability is below P get "
+                        "--threshold-label. That probability is softmax(100 x score) over the classes (100: CLIP's logit "
+                        "scale; with --model, the model's logit_scale, 100 unless fitted otherwise), and the scores are "
+                        "cosines with the text prototypes (often 0.1-0.3, a few hundredths apart): a class 0.01 above the "
+                        "next gets about 0.73, 0.03 above about 0.95. The summary says how many pixels it labelled "
+                        "(default: off)")
+    p.add_argument("--threshold-label", type=int, default=255,
+                   help="label for those pixels: a background class index, or 255, no class (default; with more than 255 "
+                        "classes pass 65535, the no class of 16-bit masks)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,9 +285,7 @@ def _read_images(files: list[Path], folder: str, skipped: list[Path], limit: int
         try:
             image = _load_image(f)
         except UnreadableImageError as exc:
-            cause = exc.__cause__
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            warnings.warn(f"skipped {str(f)!r}, which is not a readable image ({why}).", stacklevel=2)
+            warnings.warn(f"skipped {str(f)!r}, which is not a readable image ({_unreadable_why(exc)}).", stacklevel=2)
             skipped.append(f)
             continue
         n += 1
@@ -268,6 +294,15 @@ def _read_images(files: list[Path], folder: str, skipped: list[Path], limit: int
         first = f" (first: {skipped[0].name!r})" if skipped else ""
         raise GPUAError(f"none of the {len(skipped)} image(s) in --images {folder!r} could be read{first}; they are truncated, "
                         "corrupt or not images: replace them, or point --images at a folder of readable images.")
+
+
+def _unreadable_why(exc) -> str:
+    """Why an image could not be read, in a few words: the decoder's own error (``OSError: cannot
+    identify image file ...``), without :class:`gpua.data.UnreadableImageError`'s Python advice."""
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc).rstrip(".")
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _skipped_note(skipped: list[Path], small: list[Path] = ()) -> str:
@@ -511,15 +546,46 @@ def _segmenter(args, classes=None):
             threshold_label=args.threshold_label,
         )
     except GPUAError as exc:  # said with the command's flags, not the Python arguments
-        import re
-
-        message = str(exc)
-        for name, flag in _SEGMENTER_FLAGS.items():
-            # Whole names only: a flag already written (--stride) is not rewritten (was "----stride").
-            message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
-            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
-        raise GPUAError(message) from None
+        # Whole names only: a flag already written (--stride) is not rewritten (was "----stride").
+        raise GPUAError(_with_flags(str(exc), _SEGMENTER_FLAGS)) from None
     return seg, classnames
+
+
+class _Labeller:
+    """Labels of one image after another from a DenseSegmenter, counting the pixels ``--threshold``
+    labels (their top class probability is below it) for the summary: a threshold on the wrong
+    scale (a cosine) labels none, and the summary says so with the lowest probability seen."""
+
+    def __init__(self, seg, classnames) -> None:
+        self.seg, self.classnames = seg, list(classnames)
+        self.below = self.pixels = 0
+        self.lowest = 1.0
+
+    def __call__(self, image):
+        seg = self.seg
+        scores = seg.predict_scores(image)
+        labels = seg.labels_from_scores(scores)
+        if seg.score_threshold is not None:
+            top = seg.top_probability(scores)
+            self.below += int((top < float(seg.score_threshold)).sum())
+            self.pixels += int(top.numel())
+            self.lowest = min(self.lowest, float(top.min()))
+        return labels
+
+    def note(self) -> str:
+        """``"; --threshold 0.5 labelled 812 of 5,376 pixels (15.1%) as no class (255)"`` (or that it labelled
+        none, with the lowest top probability seen), or ``""`` without a threshold."""
+        seg = self.seg
+        if seg.score_threshold is None or not self.pixels:
+            return ""
+        k = seg.threshold_label
+        what = f"as {self.classnames[k]!r}" if 0 <= k < len(self.classnames) else f"as no class ({k})"
+        if not self.below:
+            return (f"; --threshold {seg.score_threshold:g} labelled no pixel: every top class probability was at least "
+                    f"{self.lowest:.3f} (softmax({1 / seg.temperature:g} x score) over the classes, not a cosine), so only a "
+                    "--threshold above that labels some")
+        return (f"; --threshold {seg.score_threshold:g} labelled {self.below:,} of {self.pixels:,} pixels "
+                f"({100 * self.below / self.pixels:.1f}%) {what}")
 
 
 #: DenseSegmenter's arguments and the flags that set them, for its error messages.
@@ -604,6 +670,7 @@ def _segment(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{f.name} -> {n}" for f, n in renamed[:6]) + (", ..." if len(renamed) > 6 else "")
         print(f"note: {len(renamed)} image(s) would share output names, so their masks keep the extension: {shown}")
     seg, classnames = _segmenter(args, classes)
+    labeller = _Labeller(seg, classnames)
     by_file = dict(zip(files, names))
     skipped: list[Path] = []
     small: list[Path] = []
@@ -612,13 +679,19 @@ def _segment(args: argparse.Namespace) -> int:
     for f, image in _read_images(files, args.images, skipped):
         if _too_small(f, image, side, small):
             continue
-        label = seg.predict(image)
+        label = labeller(image)
         write_label_png(out / by_file[f][0], label)  # creates --out with the first mask
         if not args.no_overlay:
             write_overlay_png(out / by_file[f][1], image, label, classnames)
         n += 1
     print(f"segmented {n} image(s) into {len(classnames)} classes; masks in {out}"
-          f"{_skipped_note(skipped, small)}{_subfolder_note(args.images, skip=out)}")
+          f"{_skipped_note(skipped, small)}{labeller.note()}{_subfolder_note(args.images, skip=out)}")
+    # Without --overwrite an existing output is refused before any work, so a mask of a skipped
+    # image in --out is an earlier run's: `evaluate-seg --pred` would score it as this run's.
+    old = [out / name for f in (*skipped, *small) for name in by_file[f] if (out / name).is_file()]
+    if old:
+        print(f"note: {len(old)} file(s) from an earlier run stay in {out} for image(s) skipped now (first: {old[0].name}); "
+              "they are not this run's masks: delete them, or `gpua evaluate-seg --pred` scores them")
     if args.no_overlay:  # an earlier run's overlays would show other masks than the ones just written
         stale = [out / f"{ns[0][:-len('.png')]}_overlay.png" for ns in names]
         stale = [p for p in stale if p.is_file()]
@@ -628,12 +701,59 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the Python argument names in ``flags`` written as the command's flags
+    (``crop_size=8`` -> ``--crop 8``); whole names only, so a flag already written is kept."""
+    import re
+
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+    return message
+
+
+#: SegmentationDataset's arguments that `--dataset custom` sets by flags, for its error messages.
+_CUSTOM_DATASET_FLAGS = {"img_suffix": "--img-suffix", "seg_map_suffix": "--gt-suffix"}
+
+
+def _open_dataset(args: argparse.Namespace, entries, overrides: dict):
+    """``load_segmentation_dataset`` with its errors said in the command's flags: ``--dataset
+    custom``'s suffix flags, and no suffix advice for a preset (which sets its own suffixes)."""
+    import re
+
+    from ..segment.datasets import load_segmentation_dataset
+
+    try:
+        return load_segmentation_dataset(args.dataset, args.root, args.split, classnames=entries, **overrides)
+    except GPUAError as exc:
+        message = str(exc)
+        if args.dataset == "custom":
+            message = _with_flags(message, _CUSTOM_DATASET_FLAGS)
+        else:
+            message = re.sub(r", or set img_suffix(?:=\S+?| to the one to read)(?=\.$)", "", message)
+            message = re.sub(r" \(img_suffix names [^)]*\)", "", message)
+            message = message.replace(": set seg_map_suffix if yours end otherwise", "")
+        raise GPUAError(message) from None
+
+
 def _ground_truth(args: argparse.Namespace):
-    """(classnames, label reader ``(path, ignore_index=...)``, [(stem, image path or None, mask path)]) from --dataset or --gt."""
-    from ..segment.datasets import load_segmentation_dataset, read_label
+    """What ``evaluate-seg`` scores against, from ``--dataset`` or ``--gt``.
+
+    Returns
+    -------
+    classnames : list of str
+    load_gt : callable ``(path, ignore_index=...)`` -> label map
+    pairs : list of (stem, image path or None, mask path)
+    leave_out : callable ``(stem, image path, mask path)`` -> str
+        How to leave one image out of the evaluation (said when it cannot be read).
+    """
+    from ..segment.datasets import read_label
 
     if args.gt_suffix is not None and not args.gt_suffix.strip():
         raise GPUAError("--gt-suffix is empty; it ends each ground-truth file's name after the image's stem, e.g. .png.")
+    if args.img_suffix is not None and not args.img_suffix.strip():
+        raise GPUAError("--img-suffix is empty; it ends each image file's name after its stem, e.g. .jpg (leave it out for "
+                        "any image suffix).")
     entries = _class_prompts(args.classnames)[0] if args.classnames else None
     if args.dataset:
         from ..segment.datasets import DATASET_PRESETS
@@ -647,8 +767,11 @@ def _ground_truth(args: argparse.Namespace):
             overrides = {"reduce_zero_label": bool(args.reduce_zero_label)}
             if args.gt_suffix is not None:
                 overrides["seg_map_suffix"] = args.gt_suffix
+            if args.img_suffix is not None:
+                overrides["img_suffix"] = args.img_suffix
         else:
-            given = [flag for flag, on in (("--gt-suffix", args.gt_suffix is not None), ("--reduce-zero-label", args.reduce_zero_label)) if on]
+            given = [flag for flag, on in (("--img-suffix", args.img_suffix is not None), ("--gt-suffix", args.gt_suffix is not None),
+                                           ("--reduce-zero-label", args.reduce_zero_label)) if on]
             if given:
                 raise GPUAError(f"{' and '.join(given)} apply to --gt and --dataset custom; --dataset {args.dataset} sets its own. "
                                 "Leave them out (or describe the layout with --dataset custom).")
@@ -656,9 +779,17 @@ def _ground_truth(args: argparse.Namespace):
             if entries is not None and preset is not None and len(entries) != len(preset.classnames):
                 raise GPUAError(f"--classnames has {len(entries)} classes but --dataset {args.dataset} has {len(preset.classnames)}; "
                                 "give one line per dataset class, in its label order (or leave --classnames out).")
-        ds = load_segmentation_dataset(args.dataset, args.root, args.split, classnames=entries, **overrides)
-        pairs = [(img.name[: -len(ds.img_suffix)], img, ann) for img, ann in ds.items]
-        return ds.classnames, functools.partial(read_label, reduce_zero_label=ds.reduce_zero_label), pairs
+        ds = _open_dataset(args, entries, overrides)
+        pairs = [(stem, img, ann) for stem, (img, ann) in zip(ds.stems, ds.items)]
+        preset = DATASET_PRESETS.get(args.dataset)
+        split_file = Path(args.root) / preset.split_file.format(split=args.split) if preset and preset.split_file else None
+
+        def leave_out(stem, img, ann) -> str:
+            if split_file is not None:
+                return f"remove its line {stem!r} from the split file {str(split_file)!r} to score the others"
+            return f"remove it (and its label map {ann.name}) from the dataset to score the others"
+
+        return ds.classnames, functools.partial(read_label, reduce_zero_label=ds.reduce_zero_label), pairs, leave_out
     if not args.gt:
         raise GPUAError("give the ground truth: --dataset NAME --root DIR, or --gt DIR --classnames FILE.")
     if entries is None and getattr(args, "model", None):
@@ -671,8 +802,8 @@ def _ground_truth(args: argparse.Namespace):
     suffix = args.gt_suffix if args.gt_suffix is not None else ".png"
     reduce = bool(args.reduce_zero_label)
     images: dict[str, list[Path]] = {}
-    for p in _list_images(args.images) if args.images else []:
-        images.setdefault(p.stem, []).append(p)
+    for stem, p in _image_stems(args.images, args.img_suffix) if args.images else []:
+        images.setdefault(stem, []).append(p)
     pairs, seen = [], {}
     # Hidden files (macOS's ._x.png) are left out, as --images leaves them out; suffixes match
     # ignoring case (X.PNG is a mask too).
@@ -686,11 +817,32 @@ def _ground_truth(args: argparse.Namespace):
         found = images.get(stem, [])
         if len(found) > 1 and not args.pred:  # pic.jpg and pic.png: which one pic.png's mask describes is a guess
             raise GPUAError(f"--images holds {' and '.join(f.name for f in found)}, {len(found)} images for the ground truth "
-                            f"{entry.name}; keep one image per mask name in --images.")
+                            f"{entry.name}; keep one image per mask name in --images, or choose one with --img-suffix.")
         pairs.append((stem, found[0] if found else None, gt_dir / entry.name))
     if not pairs:
-        raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out).")
-    return entries, functools.partial(read_label, reduce_zero_label=reduce), pairs
+        raise GPUAError(f"--gt {args.gt!r} holds no files ending in {suffix!r} (hidden files are left out); "
+                        "name the masks' ending with --gt-suffix.")
+
+    def leave_out(stem, img, ann) -> str:
+        return f"remove it and its ground truth {str(ann)!r} to score the others"
+
+    return entries, functools.partial(read_label, reduce_zero_label=reduce), pairs, leave_out
+
+
+def _image_stems(folder: str, suffix: str | None) -> list[tuple[str, Path]]:
+    """``(stem, file)`` of the images in ``folder`` (:func:`_list_images`): the name without its
+    extension, or without ``suffix`` (``--img-suffix``, compared ignoring case) when given, when
+    only images ending in it are kept."""
+    files = _list_images(folder)
+    if suffix is None:
+        return [(f.stem, f) for f in files]
+    n, low = len(suffix), suffix.lower()
+    kept = [(f.name[:-n], f) for f in files if f.name.lower().endswith(low) and len(f.name) > n]
+    if not kept:
+        raise GPUAError(f"--images {folder!r} holds no image ending in {suffix!r} (ignoring case), --img-suffix; its {len(files)} "
+                        f"image(s) end otherwise (first: {files[0].name}): change --img-suffix, or leave it out for any image "
+                        "suffix.")
+    return kept
 
 
 def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what: str) -> None:
@@ -718,10 +870,52 @@ def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what
                       f"index, so it scores {shown}.", stacklevel=2)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -> str:
+    """The error for a ground truth without its mask in --pred; when its image is unreadable
+    (`gpua segment` skipped it) it says so, and what to do with the image."""
+    from ..data import UnreadableImageError
+
+    message = f"--pred has no mask {pred_path.name} for ground truth {ann.name}"
+    if img_path is not None and Path(img_path).is_file():
+        try:
+            _load_image(img_path)
+        except UnreadableImageError as exc:
+            return (f"{message}: its image {str(img_path)!r} is not a readable image ({_unreadable_why(exc)}), which `gpua "
+                    f"segment` skipped; replace it with a readable copy and segment it, or {leave_out(stem, img_path, ann)}.")
+    return f"{message}; segment every image first."
+
+
+#: evaluate-seg's flags that only a model run on the fly reads, with their defaults.
+_INFERENCE_DEFAULTS = {"vfm": None, "vlm": None, "templates": None, "device": None, "crop": None, "stride": None,
+                       "refine": "none", "affinity_topk": 8, "threshold": None, "threshold_label": 255}
+
+
+def _warn_unused_evaluate_flags(args: argparse.Namespace) -> None:
+    """Warn about flags that change nothing: inference flags with --pred (the masks are made; a
+    --threshold there left the score as it was without a word), and --images with --dataset."""
+    if args.pred:
+        given = [f"--{k.replace('_', '-')}" for k, default in _INFERENCE_DEFAULTS.items() if getattr(args, k, default) != default]
+        if given:
+            warnings.warn(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not used with --pred: its masks are scored as "
+                          "they are. Pass them to `gpua segment` (or score a model on the fly with --model / --zero-shot).",
+                          stacklevel=2)
+    if args.dataset and args.images:
+        warnings.warn(f"--images is not used with --dataset: the images are read from --root {args.root!r}; leave it out.",
+                      stacklevel=2)
+
+
 def _evaluate_seg(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .._atomic import atomic_write_text
+    from ..data import UnreadableImageError
     from ..segment.datasets import read_label
     from ..segment.metrics import SegmentationMetric, check_ignore_index
 
@@ -729,8 +923,14 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                 extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "file")] if args.json not in (None, "-") else [])
     if args.limit is not None and args.limit < 1:
         raise GPUAError(f"--limit {args.limit} must be 1 or more (leave it out to score every image).")
-    classnames, load_gt, pairs = _ground_truth(args)
+    _warn_unused_evaluate_flags(args)
+    classnames, load_gt, pairs, leave_out = _ground_truth(args)
     pairs = pairs[: args.limit]
+    lossy = [ann for _, _, ann in pairs if Path(ann).suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")]
+    if lossy:  # JPEG's compression blurs class indices at every edge: pixels scored against wrong classes
+        warnings.warn(f"{len(lossy)} ground-truth mask(s) are JPEG files (first: {Path(lossy[0]).name}), whose lossy compression "
+                      "changes class indices along class edges, so those pixels are scored against the wrong classes; export "
+                      "the masks as PNG.", stacklevel=2)
     # "No class" in predictions (a --threshold's pixels, masks written by `segment`), and the ground
     # truth's default ignore index: a miss for the ground truth's class whatever --ignore-index says.
     no_class = no_class_label(len(classnames))
@@ -738,7 +938,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     ignore = check_ignore_index(ignore, len(classnames), "--ignore-index")  # a class index would go unscored
     n_ignored = 0
     metric = SegmentationMetric(len(classnames), classnames=classnames, ignore_index=ignore)
-    seg = None
+    seg = labeller = None
     if not args.pred:
         if args.classnames:
             classes = _class_prompts(args.classnames)
@@ -756,6 +956,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
             raise GPUAError(f"the model segments into {len(model_classes)} classes but the ground truth has {len(classnames)}; "
                             "pass --classnames with one line per ground-truth class.")
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
+        labeller = _Labeller(seg, classnames)
     for stem, img_path, ann in pairs:
         # Read with the ignore index in effect: --reduce-zero-label turns 0 into it (it turned 0
         # into 255, a class of its own past 255 classes, and left --ignore-index's pixels scored).
@@ -765,14 +966,23 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
             names = [f"{stem}.png"] + ([f"{Path(img_path).stem}.png"] if img_path is not None else [])
             pred_path = next((Path(args.pred) / n for n in names if (Path(args.pred) / n).is_file()), Path(args.pred) / names[0])
             if not pred_path.is_file():
-                raise GPUAError(f"--pred has no mask {pred_path.name} for ground truth {ann.name}; segment every image first.")
+                raise GPUAError(_no_prediction(pred_path, img_path, stem, ann, leave_out))
+            if _same_file(pred_path, ann):  # --pred pointed at the ground truth: 100% without a word
+                raise GPUAError(f"--pred's mask {str(pred_path)!r} is the ground truth {str(ann)!r} itself, which would score "
+                                "100%; pass the folder `gpua segment` wrote as --pred (to check the masks, score a copy).")
             pred = read_label(pred_path)
         else:
             if img_path is None:
                 raise GPUAError(f"no image for ground truth {ann.name}; pass --images with the images of --gt.")
-            image = _load_image(img_path)
             try:
-                pred = seg.predict(image)
+                image = _load_image(img_path)
+            except UnreadableImageError as exc:
+                # Refused, where `segment` skips it: a score without one image is not the ground
+                # truth's score, as --pred refuses a missing mask. One line, no Python advice.
+                raise GPUAError(f"{str(img_path)!r} is not a readable image ({_unreadable_why(exc)}); it is truncated, corrupt "
+                                f"or not an image: replace it with a readable copy, or {leave_out(stem, img_path, ann)}.") from None
+            try:
+                pred = labeller(image)
             except GPUAError as exc:  # e.g. "image[0] is 3x60 pixels, smaller than one patch": name the file
                 raise GPUAError(f"{img_path}: {exc}") from None
         if ignore != no_class:
@@ -790,12 +1000,15 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                       "its class index first (e.g. mask // 255 for class 1).", stacklevel=2)
     result = scores.to_dict()
     result["n_images"] = metric.n_images
+    threshold_note = labeller.note() if labeller is not None else ""
     if args.json == "-":
         json.dump(result, sys.stdout, indent=2)
         print()
+        if threshold_note:
+            print(f"gpua evaluate-seg: note: {threshold_note[2:]}", file=sys.stderr)
         return 0
     print(scores.table())
-    print(f"{metric.n_images} image(s)")
+    print(f"{metric.n_images} image(s){threshold_note}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")

@@ -21,10 +21,17 @@ name              root                            layout (``{split}`` as listed)
                                                   ``annotations/.../*_labelTrainIds.png`` (171)
 ``cityscapes``    ``cityscapes``                  ``leftImg8bit/{split}/<city>/*_leftImg8bit.png``,
                                                   ``gtFine/{split}/<city>/*_gtFine_labelTrainIds.png``
-``custom``        any                             ``img_dir/{split}/*.jpg``, ``ann_dir/{split}/*.png``
+``custom``        any                             ``img_dir/{split}/<stem>.<any image suffix>``,
+                                                  ``ann_dir/{split}/<stem>.png``
 ================  ==============================  =============================================
 
 Label maps are read as stored (palette PNGs give their indices); 255 is the ignore index.
+
+``custom`` reads any image file gpua decodes (``.jpg``, ``.jpeg``, ``.png``... of
+:data:`gpua.data.IMAGE_EXTENSIONS`, in any case) where mmsegmentation reads ``.jpg`` only, and
+refuses two images of one stem (``a.jpg`` and ``a.png``) rather than picking one;
+``img_suffix=".png"`` (``gpua evaluate-seg --img-suffix``) reads one suffix only, as mmseg's
+``img_suffix`` does, and ``seg_map_suffix`` (``--gt-suffix``) names the label maps' ending.
 """
 
 from __future__ import annotations
@@ -139,7 +146,7 @@ def prompt_name(classname: str) -> str:
 class _Preset:
     img_dir: str  # relative to root; "{split}" is replaced
     ann_dir: str
-    img_suffix: str
+    img_suffix: str | None  # None: any image suffix gpua reads (see SegmentationDataset)
     seg_map_suffix: str
     classnames: tuple[str, ...]
     split_file: str | None = None
@@ -162,8 +169,21 @@ DATASET_PRESETS: dict[str, _Preset] = {
                           COCO_STUFF_CLASSES, split_names={"val": "val2017", "train": "train2017"}),
     "cityscapes": _Preset("leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
                           "_gtFine_labelTrainIds.png", CITYSCAPES_CLASSES),
-    "custom": _Preset("img_dir/{split}", "ann_dir/{split}", ".jpg", ".png", ()),
+    "custom": _Preset("img_dir/{split}", "ann_dir/{split}", None, ".png", ()),
 }  # fmt: skip
+
+
+def _image_suffixes(img_suffix) -> tuple[str, ...]:
+    """``img_suffix`` as a tuple of suffixes: ``None`` is every image suffix gpua decodes."""
+    if img_suffix is None:
+        from ..data import IMAGE_EXTENSIONS
+
+        return tuple(IMAGE_EXTENSIONS)
+    suffixes = (img_suffix,) if isinstance(img_suffix, str) else tuple(img_suffix)
+    if not suffixes or not all(isinstance(x, str) and x.strip() for x in suffixes):
+        raise GPUAError(f"img_suffix={img_suffix!r}; give the images' ending after the stem, e.g. '.jpg' (None: every "
+                        "image suffix).")
+    return suffixes
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -204,8 +224,13 @@ def read_label(path: str | os.PathLike, *, reduce_zero_label: bool = False, igno
                     "greyscale PNGs such as mmseg's *_labelTrainIds.png), not colour renderings."
                 )
             arr = np.asarray(im)
-    except OSError as exc:
-        raise GPUAError(f"label map {path} could not be read ({exc}); check that it is a PNG mask.") from None
+    except GPUAError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        # PIL reports truncation and unknown formats as OSError, but a damaged PNG header or chunk
+        # as ValueError ("Truncated IHDR chunk") or SyntaxError ("broken PNG file"): a traceback.
+        raise GPUAError(f"label map {path} could not be read ({type(exc).__name__}: {exc}); it is truncated, corrupt "
+                        "or not a mask: replace it with a PNG mask.") from None
     y = (arr[..., 0] if arr.ndim == 3 else arr).astype(np.int64)
     if reduce_zero_label:
         y = np.where((y == 0) | (y == ignore_index), ignore_index, y - 1)
@@ -221,10 +246,16 @@ class SegmentationDataset(Sequence):
         Dataset root (see the module docstring for each preset's root).
     img_dir, ann_dir : str
         Image and label folders relative to ``root``; images are found recursively.
-    img_suffix, seg_map_suffix : str
-        An image ``<rel>/<stem><img_suffix>`` pairs with ``<rel>/<stem><seg_map_suffix>``. Without
-        a split file, images are found by ``img_suffix`` ignoring case (``.JPG`` is a ``.jpg``)
-        and hidden files (``._x.jpg``) are left out.
+    img_suffix : str, sequence of str or None
+        An image ``<rel>/<stem><img_suffix>`` pairs with ``<rel>/<stem><seg_map_suffix>``. Several
+        suffixes: an image may end in any of them (the longest that matches ends the stem).
+        ``None``: any image suffix gpua decodes (:data:`gpua.data.IMAGE_EXTENSIONS`), the
+        ``custom`` preset's default. Without a split file, images are found by suffix ignoring
+        case (``.JPG`` is a ``.jpg``), hidden files (``._x.jpg``) are left out, and two images of
+        one stem (``a.jpg`` and ``a.png``, or ``a.jpg`` and ``a.JPG``) are refused: they would
+        share one label map.
+    seg_map_suffix : str
+        The label maps' ending (``.png``, ``_labelTrainIds.png``).
     classnames : sequence of str
         One name per class index (after ``reduce_zero_label``).
     split_file : path, optional
@@ -232,6 +263,23 @@ class SegmentationDataset(Sequence):
     reduce_zero_label : bool
         mmseg's convention for datasets whose 0 means "unlabelled": 0 -> 255, k -> k - 1.
     ignore_index : int
+
+    Attributes
+    ----------
+    items : list of (Path, Path)
+        ``(image, label map)`` paths, in dataset order.
+    stems : list of str
+        Each image's file name without its image suffix (``a`` for ``img_dir/val/x/a.jpg``,
+        ``frankfurt_000000_000294`` for Cityscapes' ``..._leftImg8bit.png``).
+    img_suffixes : tuple of str
+        The suffixes images are found by.
+
+    Raises
+    ------
+    GPUAError
+        A folder or split file that does not exist, no image found (the message names the
+        suffixes looked for and, when the folder holds files of another suffix, the
+        ``img_suffix`` to pass), two images of one stem, or an image without its label map.
 
     ``dataset[i]`` is ``(image uint8 (H, W, 3), label int64 (H, W))``; ``dataset.items[i]`` the
     pair of paths.
@@ -243,7 +291,7 @@ class SegmentationDataset(Sequence):
         *,
         img_dir: str,
         ann_dir: str,
-        img_suffix: str,
+        img_suffix: str | Sequence[str] | None,
         seg_map_suffix: str,
         classnames: Sequence[str],
         split_file: str | os.PathLike | None = None,
@@ -254,6 +302,9 @@ class SegmentationDataset(Sequence):
         self.img_dir = self.root / img_dir
         self.ann_dir = self.root / ann_dir
         self.img_suffix, self.seg_map_suffix = img_suffix, seg_map_suffix
+        self.img_suffixes = _image_suffixes(img_suffix)
+        if not isinstance(seg_map_suffix, str) or not seg_map_suffix.strip():
+            raise GPUAError(f"seg_map_suffix={seg_map_suffix!r}; give the label maps' ending after the image's stem, e.g. '.png'.")
         self.classnames = [str(c).strip() for c in classnames]
         if not self.classnames:
             raise GPUAError("classnames is empty; give the dataset's class names (one per class index).")
@@ -263,43 +314,95 @@ class SegmentationDataset(Sequence):
             raise GPUAError(f"image folder {self.img_dir} does not exist; check the dataset root and split.")
         if not self.ann_dir.is_dir():
             raise GPUAError(f"label folder {self.ann_dir} does not exist; check the dataset root and split.")
-        self.items = self._pair(Path(split_file) if split_file is not None else None)
-        if not self.items:
-            raise GPUAError(f"no images ending in {img_suffix!r} under {self.img_dir}; check the layout and suffixes.")
+        found = self._pair(Path(split_file) if split_file is not None else None)
+        self.items = [(img, ann) for img, ann, _ in found]
+        self.stems = [stem for _, _, stem in found]
 
-    def _pair(self, split_file: Path | None) -> list[tuple[Path, Path]]:
+    def _looked_for(self) -> str:
+        """The image suffixes, as a message shows them."""
+        if self.img_suffix is None:
+            from ..data import IMAGE_EXTENSIONS
+
+            return f"image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...; any case)"
+        return f"files ending in {' or '.join(repr(s) for s in self.img_suffixes)} (any case)"
+
+    def _nothing_found(self, others: list[Path]) -> GPUAError:
+        """The error for an image folder where no file ends in an image suffix: what was looked
+        for, and what the folder holds instead (the ``img_suffix`` to set, when it holds images)."""
+        from collections import Counter
+
+        from ..data import IMAGE_EXTENSIONS
+
+        head = f"no {self._looked_for()} under {self.img_dir}"
+        others = sorted(p for p in others if p.is_file())
+        if not others:
+            return GPUAError(f"{head}; the folder holds no files: check the dataset root and split.")
+        ext = Counter(p.suffix.lower() for p in others if p.suffix.lower() in IMAGE_EXTENSIONS).most_common(1)
+        if ext and self.img_suffix is not None:
+            return GPUAError(f"{head}; it holds {len(others)} other file(s) (first: {others[0].name}), most ending in "
+                             f"{ext[0][0]!r}: check the layout, or set img_suffix={ext[0][0]!r}.")
+        return GPUAError(f"{head}; none of its {len(others)} file(s) ends in an image suffix gpua reads (first: "
+                         f"{others[0].name}): check the dataset root and split, or convert the images to .png or .jpg "
+                         "(img_suffix names another ending, of a format Pillow decodes).")
+
+    def _pair(self, split_file: Path | None) -> list[tuple[Path, Path, str]]:
+        """``(image, label map, stem)`` of every image, in dataset order."""
         if split_file is not None:
             if not split_file.is_file():
                 raise GPUAError(f"split file {split_file} does not exist; check the dataset root and split name.")
             stems = [s.strip() for s in split_file.read_text().splitlines() if s.strip()]
-            found = [(stem, self.img_dir / (stem + self.img_suffix)) for stem in stems]
-        else:
-            n, suffix = len(self.img_suffix), self.img_suffix.lower()
-            # The suffix matches ignoring case (a phone's IMG_1.JPG is a .jpg image), as `--gt`
-            # folders match theirs. Hidden files (macOS's ._x.jpg AppleDouble files) are left out,
-            # as `--gt` folders and `--images` leave them out: they have no label map and are not images.
             found = []
+            for stem in stems:
+                candidates = [self.img_dir / (stem + s) for s in self.img_suffixes]
+                hits = [c for c in candidates if c.is_file()]
+                if len(hits) > 1:
+                    raise GPUAError(f"{' and '.join(str(h) for h in hits[:2])} are two images of one name {stem!r}, which would "
+                                    "share one label map; keep one of them, or set img_suffix to the one to read.")
+                found.append((stem, hits[0] if hits else candidates[0], Path(stem).name))
+        else:
+            # The suffix matches ignoring case (a phone's IMG_1.JPG is a .jpg image), as `--gt`
+            # folders match theirs; the longest suffix that matches ends the stem. Hidden files
+            # (macOS's ._x.jpg AppleDouble files) are left out, as `--gt` folders and `--images`
+            # leave them out: they have no label map and are not images.
+            suffixes = sorted({s.lower() for s in self.img_suffixes}, key=len, reverse=True)
+            found, others = [], []
             for p in self.img_dir.rglob("*"):
                 rel = p.relative_to(self.img_dir)
-                if p.name.lower().endswith(suffix) and not any(part.startswith(".") for part in rel.parts) and p.is_file():
-                    found.append((str(rel)[:-n], p))
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                name = p.name.lower()
+                n = next((len(s) for s in suffixes if name.endswith(s) and len(name) > len(s)), 0)
+                if not n:
+                    others.append(p)
+                elif p.is_file():
+                    found.append((str(rel)[:-n], p, p.name[:-n]))
+            if not found:
+                raise self._nothing_found(others)
             found.sort()
-            for (a, pa), (b, pb) in zip(found, found[1:]):
+            for (a, pa, _), (b, pb, _) in zip(found, found[1:]):
                 if a == b:
-                    raise GPUAError(f"{pa} and {pb} are two images of one name (their suffixes differ only in case), "
-                                    "which would share one label map; keep one of them.")
+                    if pa.name.lower() == pb.name.lower():  # img_suffix matches ignoring case: it cannot choose
+                        raise GPUAError(f"{pa} and {pb} are two images of one name (their suffixes differ only in case), "
+                                        "which would share one label map; keep one of them.")
+                    raise GPUAError(f"{pa} and {pb} are two images of one name, which would share one label map; keep one "
+                                    "of them, or set img_suffix to the one to read.")
         items, missing = [], []
-        for stem, img in found:
+        for stem, img, name in found:
             ann = self.ann_dir / (stem + self.seg_map_suffix)
             if not img.is_file() or not ann.is_file():
-                missing.append(str(ann if img.is_file() else img))
+                missing.append(ann if img.is_file() else img)
                 continue
-            items.append((img, ann))
+            items.append((img, ann, name))
         if missing:
+            first = missing[0]
+            hint = (f" (label maps are <stem>{self.seg_map_suffix}: set seg_map_suffix if yours end otherwise)"
+                    if first.parent == self.ann_dir or self.ann_dir in first.parents else "")
             raise GPUAError(
-                f"{len(missing)} image/label file(s) are missing (first: {missing[0]}); every listed "
-                "image needs its label map with the same name."
+                f"{len(missing)} image/label file(s) are missing (first: {first}); every listed "
+                f"image needs its label map with the same name{hint}."
             )
+        if not items:
+            raise GPUAError(f"no {self._looked_for()} under {self.img_dir}; check the layout and suffixes.")
         return items
 
     def __len__(self) -> int:
@@ -348,7 +451,8 @@ def load_segmentation_dataset(
     classnames : sequence of str, optional
         Required for ``"custom"``; overrides the preset's names otherwise.
     **overrides
-        Any :class:`SegmentationDataset` argument (``img_suffix=".png"`` and the like).
+        Any :class:`SegmentationDataset` argument: ``img_suffix=".png"`` (``None``: every image
+        suffix, ``"custom"``'s default), ``seg_map_suffix="_mask.png"`` and the like.
     """
     if name not in DATASET_PRESETS:
         raise GPUAError(f"dataset {name!r} is not known; use one of {', '.join(DATASET_PRESETS)}.")

@@ -20,7 +20,10 @@ Classes and background
     floor, ..." all mapping to ``background``): ``class_of_prototype`` maps prototype rows to
     classes and a class scores the max over its prompts. Optionally, pixels whose top
     probability ``softmax(scores / temperature)`` falls below ``score_threshold`` get
-    ``threshold_label`` (background, or 255 for "no class").
+    ``threshold_label`` (background, or 255 for "no class"). The threshold is a probability,
+    not a score: the temperature is CLIP's (0.01, a logit scale of 100) or a model's own
+    ``1 / logit_scale``, the scale of its ``predict_proba``; cosines of 0.1-0.3 a few
+    hundredths apart then give top probabilities from about 1 / K to near 1.
 
 Encoders are anything with ``encode_patches(images) -> (N, h, w, d)`` (numpy or torch), e.g.
 ``gpua.encoders.create_encoder(spec)`` or :class:`gpua.segment.planted.PlantedPatchEncoder`.
@@ -439,13 +442,17 @@ class DenseSegmenter:
         Neighbours each patch averages over (itself included), at least 1.
     affinity_temperature : float
         Temperature of the softmax over the top-k cosine affinities, > 0.
-    score_threshold : float, optional
-        Pixels whose top probability is below it get ``threshold_label``.
+    score_threshold : float in [0, 1], optional
+        Pixels whose top class probability (:meth:`top_probability`: ``softmax(scores /
+        temperature)`` over the classes, not the cosine scores themselves) is below it get
+        ``threshold_label``.
     threshold_label : int
         Label for those pixels (a background class index, or 255 "no class"; with 256 classes
         or more, 255 is a class and "no class" is 65535).
-    temperature : float
-        Score temperature for probabilities (0.01: CLIP's logit scale of 100), > 0.
+    temperature : float > 0, optional
+        Score temperature for probabilities. Default: ``1 / model.logit_scale`` for a model that
+        has one (the scale of its ``predict_proba``; GPUA's default 100 gives 0.01), else 0.01,
+        CLIP's logit scale of 100.
     batch_size : int
         Crops per encoder call.
     """
@@ -467,7 +474,7 @@ class DenseSegmenter:
         affinity_temperature: float = 0.05,
         score_threshold: float | None = None,
         threshold_label: int = 255,
-        temperature: float = 0.01,
+        temperature: float | None = None,
         batch_size: int = 4,
     ) -> None:
         self.model = model
@@ -542,6 +549,12 @@ class DenseSegmenter:
             raise GPUAError(f"threshold_label=255 is class 255's index here ({self.n_classes} classes), not \"no class\"; pass "
                             f"threshold_label={NO_CLASS_16BIT} for no class (masks of this many classes are 16-bit), or a "
                             "background class's index.")
+        if temperature is None:
+            # The scale the model's own predict_proba uses (fit-seg --param logit_scale=...): a
+            # fixed 0.01 thresholded another probability than the model reports.
+            scale = getattr(model, "logit_scale", None) if model is not None else None
+            ok = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool) and 0 < float(scale) < math.inf
+            temperature = 1.0 / float(scale) if ok else 0.01
         check_param("temperature", temperature, POSITIVE)
         self.temperature = float(temperature)
         self.batch_size = max(1, int(batch_size))
@@ -669,11 +682,25 @@ class DenseSegmenter:
             )
         labels = scores.argmax(0)
         if self.score_threshold is not None:
-            # Shifted by each pixel's top score first (same softmax): a tiny temperature then
-            # gives -inf, weight 0, rather than inf - inf = NaN, which no threshold would catch.
-            top = torch.softmax((scores - scores.amax(0)) / self.temperature, dim=0).amax(0)
-            labels[top < float(self.score_threshold)] = self.threshold_label
+            labels[self.top_probability(scores) < float(self.score_threshold)] = self.threshold_label
         return labels.numpy().astype(np.int64)
+
+    def top_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        """The probability ``score_threshold`` is compared with: each pixel's top class probability.
+
+        Parameters
+        ----------
+        scores : torch.Tensor of shape (K, H, W)
+            Class scores (:meth:`predict_scores`: cosines, or the model's decision scores).
+
+        Returns
+        -------
+        torch.Tensor of shape (H, W), float32
+            ``max_k softmax(scores / temperature)_k``, in ``[1 / K, 1]``.
+        """
+        # Shifted by each pixel's top score first (same softmax): a tiny temperature then
+        # gives -inf, weight 0, rather than inf - inf = NaN, which no threshold would catch.
+        return torch.softmax((scores - scores.amax(0)) / self.temperature, dim=0).amax(0)
 
     def predict(self, image) -> np.ndarray:
         """(H, W) int64 class labels of one uint8 (H, W, 3) image."""
