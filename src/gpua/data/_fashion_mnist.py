@@ -61,6 +61,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         For a missing, truncated or malformed file, naming it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise GPUAError(f"idx file {str(p)!r} is a folder; pass one idx file (e.g. train-images-idx3-ubyte.gz).")
     opener = gzip.open if p.suffix == ".gz" else open
     try:
         with opener(p, "rb") as f:
@@ -114,12 +116,14 @@ def read_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tup
     ------
     GPUAError
         For an unknown split, a folder without the files (naming ``apt-get install
-        dataset-fashion-mnist``), malformed files, images and labels that disagree, or a label
-        outside 0-9.
+        dataset-fashion-mnist``), malformed files, images and labels that disagree, no images,
+        labels that are not integers, or a label outside 0-9.
     """
-    if split not in FASHION_MNIST_FILES:
+    if not isinstance(split, str) or split not in FASHION_MNIST_FILES:
         raise GPUAError(f"split={split!r}; Fashion-MNIST has the splits {list(FASHION_MNIST_SPLITS)}.")
     folder = FASHION_MNIST_DIR if root is None else Path(root).expanduser()
+    if folder.is_file():
+        raise GPUAError(f"image_root {str(folder)!r} is a file; pass the folder that holds Fashion-MNIST's four idx files.")
     img_stem, lab_stem = FASHION_MNIST_FILES[split]
     img_path, lab_path = _find(folder, img_stem), _find(folder, lab_stem)
     if img_path is None or lab_path is None:
@@ -138,6 +142,13 @@ def read_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tup
             f"{str(lab_path)!r} holds {labels.shape} labels for {images.shape[0]} images in {str(img_path)!r}; "
             "the files belong to different sets or one is corrupt."
         )
-    if labels.size and int(labels.max()) >= FASHION_MNIST_CLASSES:
-        raise GPUAError(f"{str(lab_path)!r} holds label {int(labels.max())}; Fashion-MNIST has {FASHION_MNIST_CLASSES} classes (0-9).")
+    if labels.dtype.kind not in "iu":
+        raise GPUAError(f"{str(lab_path)!r} holds {labels.dtype} labels; Fashion-MNIST's are integer class indices "
+                        "(uint8, 0-9): the file is not a labels file.")
+    if not images.shape[0]:
+        raise GPUAError(f"{str(img_path)!r} holds no images; the file is truncated or not Fashion-MNIST's.")
+    if int(labels.min()) < 0 or int(labels.max()) >= FASHION_MNIST_CLASSES:
+        # A negative label would read as -1, "unlabeled", downstream.
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise GPUAError(f"{str(lab_path)!r} holds label {bad}; Fashion-MNIST has {FASHION_MNIST_CLASSES} classes (0-9).")
     return images, labels.astype(np.int64)

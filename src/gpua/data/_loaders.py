@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import unicodedata
 import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
 from .._errors import GPUAError
 from ._datasets import IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset
 from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
-from .classnames import get_classnames, resolve_classnames
+from ._textfiles import read_text
+from .classnames import _prompt_key, get_classnames, resolve_classnames
 
 __all__ = ["load_dataset", "DEMO_DATASET", "DEMO_SPLITS"]
 
@@ -240,10 +242,11 @@ def _dataset_from_npz(
 
 def _load_split_file(p: Path, split: str | None, user_names: list[str] | None, image_root) -> FileImageDataset:
     source = f"split file {p.name!r}"
+    text = read_text(p, "split")  # UTF-8 (or UTF-16/32 with a byte-order mark); other encodings named with the fix
     try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GPUAError(f"{source} could not be read as JSON ({exc}).") from exc
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise GPUAError(f"{source} could not be read as JSON ({exc}).") from None
     if not isinstance(data, dict) or not any(isinstance(v, list) for v in data.values()):
         raise GPUAError(f"{source} is not a CoOp split file: expected {{'train': [[path, label, classname], ...], ...}}.")
     present = [k for k, v in data.items() if isinstance(v, list)]
@@ -253,12 +256,52 @@ def _load_split_file(p: Path, split: str | None, user_names: list[str] | None, i
     # a split misses a class.
     found = _split_classnames(entries, source)
     names = _match_classnames(user_names, found, source)
+    if not entries[s]:
+        listed = [k for k in present if entries[k]]
+        raise GPUAError(f"split {s!r} of {source} lists no images; the splits with images are {listed}.")
+    _no_repeated_images([(f"entry {i}", e[0], e[1]) for i, e in enumerate(entries[s])], f"{source}, split {s!r}")
     relpaths = [e[0] for e in entries[s]]
     labels = np.array([e[1] for e in entries[s]], dtype=np.int64)
     info = split_file_info(p.name)
     root = _find_image_root(p.parent, info, relpaths, image_root, source)
+    _all_listed_files_exist(root, relpaths, f"{source}, split {s!r}")
     ds_name = info.name if info else re.sub(r"^split_zhou_", "", p.stem)
     return FileImageDataset(root, relpaths, labels, names, ds_name, s)
+
+
+def _no_repeated_images(located: list[tuple[str, str, int]], source: str) -> None:
+    """Refuse a list that names one image twice (``(where, relative path, label)`` items).
+
+    Paths are compared as the file system resolves them (``./a.jpg`` is ``a.jpg``): a repeat
+    would count the image twice in a pool and a score, or, with another label, contradict itself.
+    """
+    seen: dict[str, tuple[str, int]] = {}
+    for where, rel, label in located:
+        key = posixpath.normpath(rel)
+        if key in seen:
+            where0, label0 = seen[key]
+            labels = f" with the labels {label0} and {label}" if label0 != label else ""
+            raise GPUAError(f"{source} lists the image {rel!r} twice ({where0} and {where}{labels}); list each image once "
+                            "(remove the repeated entry).")
+        seen[key] = (where, label)
+
+
+def _all_listed_files_exist(root: Path, relpaths: list[str], source: str) -> None:
+    """Refuse a list of images some of which are not files under ``root``, naming them.
+
+    Read lazily, a missing image would surface only when encoded, as an image to skip; a path
+    of the list that is wrong (a typo, another letter case, a folder) is a mistake in the list.
+    """
+    top = os.fspath(root)
+    missing = [r for r in relpaths if not os.path.isfile(os.path.join(top, r))]
+    if not missing:
+        return
+    shown = ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    raise GPUAError(
+        f"{source}: {len(missing)} of its {len(relpaths)} images are not files under {top!r}: {shown}. "
+        "Fix those paths in the list (letter case counts), restore the files, or remove their entries; "
+        "if the images lie elsewhere, pass image_root= the folder the paths start from."
+    )
 
 
 def _split_entries(items: list, split: str, source: str) -> list[tuple[str, int, str]]:
@@ -268,14 +311,18 @@ def _split_entries(items: list, split: str, source: str) -> list[tuple[str, int,
         if ok:
             try:
                 label = int(e[1])
-                ok = label == e[1] and label >= 0
-            except (TypeError, ValueError):
+                ok = label == e[1] and label >= 0 and not isinstance(e[1], bool)  # true is not class 1
+            except (TypeError, ValueError, OverflowError):
                 ok = False
         if not ok:
             raise GPUAError(
                 f"{source}: entry {i} of split {split!r} is {e!r}; expected [relative_path, label >= 0, classname]."
             )
-        out.append((e[0].replace("\\", "/"), label, e[2]))
+        if not e[0].strip() or not e[2].strip():
+            what = "image path" if not e[0].strip() else "class name"
+            raise GPUAError(f"{source}: entry {i} of split {split!r} is {e!r}, whose {what} is empty; give every entry "
+                            "[relative_path, label, classname].")
+        out.append((e[0].replace("\\", "/"), label, e[2]))  # paths written on Windows
     return out
 
 
@@ -290,10 +337,30 @@ def _split_classnames(entries: dict[str, list[tuple[str, int, str]]], source: st
                 raise GPUAError(f"{source} gives class {cname!r} two labels, {by_name[cname]} and {label}.")
     if not by_label:
         raise GPUAError(f"{source} lists no images.")
-    missing = sorted(set(range(max(by_label) + 1)) - set(by_label))
-    if missing:
-        raise GPUAError(f"{source} has no image with label {missing[0]}, so that class has no name; labels must be 0..K-1.")
-    return [by_label[k] for k in range(len(by_label))]
+    # K labels are 0..K-1 exactly when none below K is missing (no set of range(max label): a
+    # stray label of 10**12 would fill the memory).
+    missing = next((k for k in range(len(by_label)) if k not in by_label), None)
+    if missing is not None:
+        raise GPUAError(f"{source} has no image with label {missing}, so that class has no name (its labels run up to "
+                        f"{max(by_label)}); labels must be 0..K-1.")
+    names = [by_label[k] for k in range(len(by_label))]
+    _distinct_prompts(names, lambda i, j: f"{source} names label {i} {names[i]!r} and label {j} {names[j]!r}")
+    return names
+
+
+def _distinct_prompts(names: list[str], pair: Callable[[int, int], str]) -> None:
+    """Refuse class names that give one prompt (case, ``_`` versus space, white space, Unicode form).
+
+    Such classes get the same text prototype, so no fit can tell their images apart; the class-name
+    files refuse them the same way (:mod:`gpua.data.classnames`). ``pair(i, j)`` says where.
+    """
+    first: dict[str, int] = {}
+    for j, name in enumerate(names):
+        i = first.setdefault(_prompt_key(name), j)
+        if i != j:
+            raise GPUAError(f"{pair(i, j)}, which differ only in case, '_' versus space, white space or Unicode form: "
+                            "they give the same prompt, so the two classes cannot be told apart. Give them one name "
+                            "(and one label), or rename one.")
 
 
 def _find_image_root(
@@ -327,12 +394,17 @@ def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_r
     prefix = "images_variant_"
     present = sorted(f.stem[len(prefix):] for f in p.glob(prefix + "*.txt"))
     s = _pick_split(split, present, f"FGVC-Aircraft folder {str(p)!r}")
-    variants = [line.strip() for line in (p / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    variants = [line.strip() for line in read_text(p / "variants.txt", "FGVC-Aircraft variants").splitlines() if line.strip()]
+    repeated = next((v for i, v in enumerate(variants) if v in variants[:i]), None)
+    if repeated is not None:
+        raise GPUAError(f"variants.txt of {str(p)!r} names the variant {repeated!r} twice; name each class once.")
+    _distinct_prompts(variants, lambda i, j: f"variants.txt of {str(p)!r} names class {i} {variants[i]!r} and class {j} "
+                                             f"{variants[j]!r}")
     names = _match_classnames(user_names, variants, "variants.txt")
     lookup = {c: i for i, c in enumerate(variants)}
-    relpaths, labels = [], []
+    located, relpaths, labels = [], [], []
     list_file = p / f"{prefix}{s}.txt"
-    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(list_file, "FGVC-Aircraft image list").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.strip().split(" ", 1)  # "1025794 707-320": image id, then the variant
@@ -340,7 +412,12 @@ def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_r
             raise GPUAError(f"{list_file.name} line {lineno} {line!r}: expected '<image id> <variant from variants.txt>'.")
         relpaths.append(parts[0] + ".jpg")
         labels.append(lookup[parts[1].strip()])
+        located.append((f"line {lineno}", relpaths[-1], labels[-1]))
+    if not relpaths:
+        raise GPUAError(f"{list_file.name} of {str(p)!r} lists no images; the split {s!r} is empty.")
+    _no_repeated_images(located, list_file.name)
     root = _find_image_root(p, dataset_info("fgvc_aircraft"), relpaths, image_root, list_file.name)
+    _all_listed_files_exist(root, relpaths, list_file.name)
     return FileImageDataset(root, relpaths, labels, names, "fgvc_aircraft", s)
 
 
@@ -350,26 +427,34 @@ def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> 
     if split == "test" and "test" not in present and "val" in present:
         split = "val"  # CoOp evaluates ImageNet on its validation set
     s = _pick_split(split, present, f"ImageNet folder {str(images)!r}")
-    # CoOp's labels are the sorted WordNet-id folders, named through classnames.txt.
-    folders = _subdirs(images / s)
+    # CoOp's labels are the sorted WordNet-id folders, named through classnames.txt; those of
+    # every split, so that a label means one class in all of them.
+    folders, absent = _split_class_folders(images, present, s)
     mapping = _read_wnid_names(p / "classnames.txt")
     unknown = [f for f in folders if f not in mapping]
     if unknown:
-        raise GPUAError(f"classnames.txt has no line for the folder {unknown[0]!r} of {str(images / s)!r}.")
-    names = _match_classnames(user_names, _dedupe_clip_imagenet([mapping[f] for f in folders]), "classnames.txt")
-    relpaths, labels = _collect_class_files(images / s, _walk_class_folders(images / s, folders))
+        where = images / s if unknown[0] not in absent else images
+        raise GPUAError(f"classnames.txt has no line for the folder {unknown[0]!r} of {str(where)!r}.")
+    found = _dedupe_clip_imagenet([mapping[f] for f in folders])
+    _distinct_prompts(found, lambda i, j: f"classnames.txt names {folders[i]!r} {found[i]!r} and {folders[j]!r} {found[j]!r}")
+    names = _match_classnames(user_names, found, "classnames.txt")
+    relpaths, labels = _collect_class_files(images / s, _walk_class_folders(images / s, folders), absent=absent)
+    _utf8_names(images / s, relpaths)
     return FileImageDataset(images / s, relpaths, labels, names, "imagenet", s)
 
 
 def _read_wnid_names(path: Path) -> dict[str, str]:
-    mapping = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    mapping: dict[str, str] = {}
+    for lineno, line in enumerate(read_text(path, "ImageNet class names").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.strip().split(" ", 1)
         if len(parts) != 2:
             raise GPUAError(f"{path.name} line {lineno} {line!r}: expected '<folder> <class name>'.")
-        mapping[parts[0]] = parts[1].strip()
+        name = parts[1].strip()
+        if mapping.setdefault(parts[0], name) != name:
+            raise GPUAError(f"{path.name} line {lineno} names the folder {parts[0]!r} {name!r}, but an earlier line "
+                            f"{mapping[parts[0]]!r}; give each folder one line.")
     return mapping
 
 
@@ -405,6 +490,10 @@ def _is_image(filename: str) -> bool:
 #: files): left out of a folder's images, but counted and named, not silently.
 _UNREAD_PHOTO_EXTENSIONS = frozenset({
     ".heic", ".heif", ".hif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".raf", ".rw2", ".pef", ".srw",
+    # Other image formats found in image collections (icons, textures, scans, layered and vector
+    # files, JPEG 2000, HDR, stereo JPEG): not read either, so named rather than left out unseen.
+    ".ico", ".icns", ".cur", ".tga", ".dds", ".psd", ".svg", ".svgz", ".jp2", ".j2k", ".jpx", ".jpf", ".jxr", ".wdp",
+    ".apng", ".mpo", ".pcx", ".qoi", ".sgi", ".xbm", ".xpm", ".hdr", ".exr",
 })
 
 
@@ -468,6 +557,30 @@ def _subdirs(folder: Path) -> list[str]:
                    and not _is_gpua_output(e.path)), key=_class_order)
 
 
+def _split_class_folders(root: Path, present: Sequence[str], split: str) -> tuple[list[str], list[str]]:
+    """Class folders of split ``split`` of ``root``, and those of its sibling splits it lacks.
+
+    Labels index the class folders of every split (``root/train``, ``root/test``... and
+    ``split`` itself) so that a label means one class in all of them: a test split without one
+    class's folder would otherwise shift every later class's label by one. Siblings are the
+    sub-folders of ``root`` named like splits (``train``, ``val``, ``test``...).
+    """
+    own = _subdirs(root / split)
+    if split not in present:  # a deeper path ("train/extra"): no siblings to agree with
+        return own, []
+    siblings = [d for d in present if d != split and d.lower() in _SPLIT_NAMES]
+    own_forms = {_nfc(f) for f in own}  # a sibling copied from macOS spells the same folders decomposed
+    extra: dict[str, str] = {}
+    for d in siblings:
+        for f in _subdirs(root / d):
+            if _nfc(f) not in own_forms:
+                extra.setdefault(_nfc(f), f)
+    if not extra:
+        return own, []
+    absent = sorted(extra.values(), key=_class_order)
+    return sorted([*own, *absent], key=_class_order), absent
+
+
 def _dir_identity(path: str) -> tuple | None:
     """What makes a directory the same one whatever path reaches it; None when it cannot be stat-ed."""
     try:
@@ -484,19 +597,22 @@ def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
+def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None = None) -> dict[str, list[str]]:
     """{class folder: its image files (recursively, sorted, relative to it, ``/``-separated)}.
 
     Symlinks are followed (CoOp's instructions symlink datasets into place), but every real
     directory is read once: a folder is skipped, with one warning naming it, when it is a
     symlink to a folder that encloses it (a loop) or into a class folder (whose images are
-    listed there), or when it was already read through another path.
+    listed there), or when it was already read through another path. Photos of formats gpua
+    does not decode (:func:`_is_unread_photo`) are warned about, or, when ``unread`` is given,
+    appended to it (relative to ``base``) for the caller to report.
     """
+    report = unread is None
+    unread = [] if unread is None else unread
     tops = {f: base / f for f in folders}
     visited = {i for i in (_dir_identity(os.fspath(t)) for t in tops.values()) if i is not None}
     class_trees = [os.path.realpath(t) for t in tops.values()]
     skipped: list[str] = []
-    unread: list[str] = []
     out: dict[str, list[str]] = {}
     for name, top in tops.items():
         found: list[str] = []
@@ -521,7 +637,8 @@ def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
             found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
             unread.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_unread_photo(f))
         out[name] = found
-    _warn_unread_photos(base, unread, stacklevel=5)  # _walk_class_folders < loader < _load_path < load_dataset < caller
+    if report:
+        _warn_unread_photos(base, unread, stacklevel=5)  # _walk_class_folders < loader < _load_path < load_dataset < caller
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
@@ -533,15 +650,24 @@ def _walk_class_folders(base: Path, folders: list[str]) -> dict[str, list[str]]:
 
 
 def _collect_class_files(
-    base: Path, files: dict[str, list[str]], order: list[int] | None = None
+    base: Path, files: dict[str, list[str]], order: list[int] | None = None, absent: Sequence[str] = ()
 ) -> tuple[list[str], list[int]]:
-    """Relative paths and labels of ``files`` ({class folder: its images}, in label order)."""
+    """Relative paths and labels of ``files`` ({class folder: its images}, in label order).
+
+    ``absent``: class folders of the other splits that this split lacks (named in one warning).
+    """
     relpaths: list[str] = []
     labels: list[int] = []
     for k, (folder, found) in enumerate(files.items()):
         relpaths.extend(f"{folder}/{f}" for f in found)
         labels.extend([k if order is None else order[k]] * len(found))
-    empty = [folder for folder, found in files.items() if not found]
+    if absent:
+        warnings.warn(
+            f"{str(base)!r} has no folder for {len(absent)} class(es) of its sibling split folders (first: {absent[0]!r}); "
+            "they stay classes with no images here, so that a label means the same class in every split.",
+            stacklevel=5,  # _collect_class_files < loader < _load_path < load_dataset < caller
+        )
+    empty = [folder for folder, found in files.items() if not found and folder not in absent]
     if empty:
         warnings.warn(
             f"{len(empty)} class folder(s) of {str(base)!r} hold no images (first: {empty[0]!r}); they stay classes "
@@ -562,7 +688,8 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
                 f"image folder {str(root)!r} has no split folder {str(split)!r}; the sub-folders present are "
                 f"{_subdirs(root)}."
             )
-    folders = _subdirs(base)
+    folders, absent = _split_class_folders(root, _subdirs(root), str(split)) if split is not None else (_subdirs(base), [])
+    _utf8_names(base, folders)  # before they become class names
     loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image(e.name))
     _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)),
                         stacklevel=4)  # _load_image_folder < _load_path < load_dataset < caller
@@ -581,6 +708,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
                 "of one kind."
             )
         # A flat folder of images: an unlabeled pool; class names, if any, come from the user.
+        _utf8_names(base, loose)
         return FileImageDataset(base, loose, None, user_names or [], name, split)
     if not labeled and any(base.glob("*-idx3-ubyte*")):
         _idx_folder_error(base, split)
@@ -590,8 +718,28 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             f"the folder (unlabeled). Image files end in {', '.join(IMAGE_EXTENSIONS)}."
         )
     names, order = _folder_classnames(folders, user_names, base)
-    relpaths, labels = _collect_class_files(base, files, order)
+    relpaths, labels = _collect_class_files(base, files, order, absent)
+    _utf8_names(base, relpaths)
     return FileImageDataset(base, relpaths, labels, names, name, split)
+
+
+def _utf8_names(base: Path, names: Sequence[str]) -> None:
+    """Refuse file and folder names that are not UTF-8 (read undecodable: with surrogate escapes).
+
+    Such a name (written under a Latin-1 / Windows-1252 locale, or unpacked from an old zip)
+    opens, but as a class name it cannot be prompted, and as an image id it cannot be written
+    to a results file; the error shows its bytes.
+    """
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(name)
+            raise GPUAError(
+                f"the name {raw!r} in {str(base)!r} is not UTF-8 (saved under a Latin-1 / Windows-1252 locale, or "
+                "unpacked from an old zip?), so it cannot become a class name or an image id. Rename it in UTF-8, e.g. "
+                f"convmv -r -f cp1252 -t utf-8 --notest {str(base)!r}, and load the folder again."
+            ) from None
 
 
 def _idx_folder_error(folder: Path, split: str | None) -> None:
@@ -629,7 +777,9 @@ def _folder_classnames(
                 "form (composed vs decomposed accents); rename one of them."
             )
     if user_names is None:
-        return [_nfc(f) for f in folders], None
+        names = [_nfc(f) for f in folders]
+        _distinct_prompts(names, lambda i, j: f"class folders {folders[i]!r} and {folders[j]!r} of {str(base)!r} are two classes")
+        return names, None
     if set(user_names) == set(folders):
         index = {c: i for i, c in enumerate(user_names)}
         return user_names, [index[f] for f in folders]

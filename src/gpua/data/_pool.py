@@ -31,8 +31,8 @@ def sample_pool(
         The dataset to draw from.
     n_per_class : int
         Images per class: 16 reproduces the paper's 16-shot pool (CoOp's few-shot protocol).
-    seed : int
-        Seed of the draw; the same seed gives the same pool.
+    seed : int or None
+        Seed of the draw; the same seed gives the same pool (None: a fresh draw each call).
     class_balanced : bool
         ``True``: ``n_per_class`` images of every class, drawn at random within each class.
         **This uses the labels** to balance the pool, as the paper's 16-shot protocol does (the
@@ -44,7 +44,8 @@ def sample_pool(
         whose class proportions follow the data.
     size : int, optional
         Pool size for ``class_balanced=False`` (default ``n_per_class * n_classes``, capped at
-        ``len(ds)``). Needed when the dataset has no class names.
+        ``len(ds)``; a ``size`` above ``len(ds)`` takes every image, with a warning). Needed when
+        the dataset has no class names.
 
     Returns
     -------
@@ -54,11 +55,21 @@ def sample_pool(
     Raises
     ------
     GPUAError
-        For a non-positive ``n_per_class``/``size``, or a class-balanced pool of a dataset
-        without labels.
+        For something other than a dataset, an empty dataset, a non-positive
+        ``n_per_class``/``size``, a ``seed`` that is not an integer, a ``class_balanced`` that is
+        not a bool, or a class-balanced pool of a dataset without labels.
     """
+    if not isinstance(ds, ImageDataset):
+        raise GPUAError(f"ds is a {type(ds).__name__}; pass a dataset of gpua.data.load_dataset.")
     if not isinstance(n_per_class, (int, np.integer)) or isinstance(n_per_class, bool) or n_per_class < 1:
         raise GPUAError(f"n_per_class must be a positive integer, got {n_per_class!r}.")
+    if not isinstance(class_balanced, (bool, np.bool_)):
+        # "no" or "False" would read as true: a balanced pool, which uses the labels.
+        raise GPUAError(f"class_balanced must be True or False, got {class_balanced!r}.")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+        raise GPUAError(f"seed must be a non-negative integer or None, got {seed!r}.")
+    if not len(ds):
+        raise GPUAError(f"the dataset {ds.name!r} holds no images; draw the pool from a split that has some.")
     rng = np.random.default_rng(seed)
     if not class_balanced:
         n_total = size if size is not None else int(n_per_class) * ds.n_classes
@@ -66,6 +77,9 @@ def sample_pool(
             raise GPUAError("the dataset has no class names, so n_per_class * n_classes is undefined; pass size=.")
         if not isinstance(n_total, (int, np.integer)) or isinstance(n_total, bool) or n_total < 1:
             raise GPUAError(f"size must be a positive integer, got {size!r}.")
+        if size is not None and size > len(ds):
+            warnings.warn(f"size={size} is more than the {len(ds)} images of the dataset; the pool takes all of them.",
+                          stacklevel=2)
         picked = rng.choice(len(ds), size=min(int(n_total), len(ds)), replace=False)
         return ds.subset(np.sort(picked))
     if size is not None:

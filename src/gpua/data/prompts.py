@@ -301,6 +301,9 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
     text = os.fspath(name_or_path)
     if os.path.isfile(text):
         return _read_template_file(text, f"template file {text!r}")
+    if os.path.isdir(text):
+        raise GPUAError(f"templates {text!r} is a folder; pass a file of templates (a JSON list, or one template a line), "
+                        "or a template set's name.")
     key = text.strip().lower().replace("-", "_")
     if key in TEMPLATE_SETS:
         return list(TEMPLATE_SETS[key])
