@@ -32,6 +32,7 @@ clients; this in-process simulation gathers them into ``pseudo_labels_`` for ins
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -49,7 +50,7 @@ from ..ucm import top_rows
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
-from ._fit import on_device, pool_statistics, rows_reader
+from ._fit import check_gpua_instance, on_device, pool_statistics, rows_reader
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_federated", "FederatedExecutor"]
@@ -126,7 +127,10 @@ def fit_federated(
         Its parameters as for ``GPUA.fit``; ``refine``, ``n_steps`` and the THS settings govern
         the federated refinement.
     clients : sequence of (array, array)
-        Each client's ``(vfm_features (n_c, d_vfm), vlm_features (n_c, d_vlm))``.
+        Each client's ``(vfm_features (n_c, d_vfm), vlm_features (n_c, d_vlm))``: numpy arrays or
+        torch tensors, of any float dtype (read as float32, as ``GPUA.fit`` reads them). A client
+        with no rows (``n_c = 0``, the widths of the others) takes part and changes nothing; at
+        least one client must have rows.
     text_prototypes : array of shape (n_classes, d_vlm)
         Shared by all clients.
     rounds : int
@@ -143,8 +147,10 @@ def fit_federated(
     Returns
     -------
     estimator
-        With the attributes ``GPUA.fit`` sets; ``history_["federated"]`` has the per-round
-        refinement record.
+        With the attributes ``GPUA.fit`` sets; ``history_["federated"]`` has the clients' sizes
+        (``"clients"``, in the order given) and the per-round refinement record (``"rounds"``).
+        The clients' arrays are not modified, and nothing of a fit stays in the process after it
+        returns: the same estimator and clients can be fitted again.
 
     Notes
     -----
@@ -159,28 +165,47 @@ def fit_federated(
     the sums of its normalised rows and its query's second moment :math:`Q^\top Q`
     (:func:`gpua.stream._fit.pool_statistics`): aggregates of its features, no row.
     """
+    check_gpua_instance(estimator, "fit_federated", "fit_federated(GPUA(self_learning=0), clients, text_prototypes)")
     est = estimator
     if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
         raise GPUAError(f"rounds={rounds!r} must be a positive integer.")
     if local_steps is not None and (not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1):
         raise GPUAError(f"local_steps={local_steps!r} must be a positive integer or None.")
-    if not clients:
-        raise GPUAError("clients is empty; pass a list of (vfm_features, vlm_features) pairs, one per client.")
-    sources, offset = [], 0
+    clients = _client_list(clients)
+    sources, sizes, empty, offset, first = [], [], [], 0, 0
     for c, pair in enumerate(clients):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise GPUAError(f"clients[{c}] must be a (vfm_features, vlm_features) pair.")
         if any(hasattr(part, "read") and hasattr(part, "n_shards") for part in pair):
             raise GPUAError(f"clients[{c}] holds a shard set; a client is a pair of arrays or tensors (read a client's "
                             "rows with ShardedFeatures.read), or fit one shard set with GPUA().fit(shards) instead.")
+        shapes = [_shape(part) for part in pair]
+        if all(len(sh) == 2 for sh in shapes) and min(shapes[0][0], shapes[1][0]) == 0 < max(shapes[0][0], shapes[1][0]):
+            raise GPUAError(f"clients[{c}]: vfm_features has {shapes[0][0]} rows but vlm_features has {shapes[1][0]}; "
+                            "give both one row per image, in the same order.")
+        if all(len(sh) == 2 and sh[0] == 0 for sh in shapes):
+            # A client without rows sends zero sums: it takes part, and changes nothing.
+            empty.append((c, {"vfm_features": shapes[0][1], "vlm_features": shapes[1][1]}))
+            sizes.append(0)
+            continue
         try:
             src = K_.ArraySource(*pair, offset=offset)
         except GPUAError as exc:
             raise GPUAError(f"clients[{c}]: {exc}") from None
         if sources and src.widths != sources[0].widths:
-            raise GPUAError(f"clients[{c}] has widths {src.widths} but clients[0] has {sources[0].widths}; all clients must use the same encoders.")
+            raise GPUAError(f"clients[{c}] has widths {src.widths} but clients[{first}] has {sources[0].widths}; all clients "
+                            "must use the same encoders.")
+        if not sources:
+            first = c
         sources.append(src)
+        sizes.append(src.n_samples)
         offset += src.n_samples
+    if not sources:
+        raise GPUAError(f"all {len(clients)} clients are empty (no rows); a fit needs at least one client with features.")
+    for c, widths in empty:
+        if widths != sources[0].widths:
+            raise GPUAError(f"clients[{c}] (no rows) has widths {widths} but clients[{first}] has {sources[0].widths}; "
+                            "all clients must use the same encoders.")
     n = offset
     d_v, d_t = sources[0].widths["vfm_features"], sources[0].widths["vlm_features"]
     Y = check_prototypes(text_prototypes, d_t)
@@ -188,7 +213,11 @@ def fit_federated(
     config = check_entry(est.get_params(), n, k, driver="federated")
     names = check_classnames(classnames, k)
     d_q = d_v + (d_t if config.query == "fused" else 0)
-    plan = plan_memory(max_memory, max(s.n_samples for s in sources), k, d_v, d_t, d_q, whiten=config.whiten)
+    n_max = max(s.n_samples for s in sources)
+    try:
+        plan = plan_memory(max_memory, n_max, k, d_v, d_t, d_q, whiten=config.whiten)
+    except GPUAError as exc:  # the plan is of one client: say so, or "N=" reads as the whole federation's
+        raise GPUAError(f"max_memory is the budget of each client (the largest holds {n_max} rows): {exc}") from None
     parts = []
     for c, src in enumerate(sources):
         for s in range(src.offset, src.offset + src.n_samples, plan.chunk_rows):
@@ -196,14 +225,50 @@ def fit_federated(
             parts.append(K_.Part(len(parts), src, s, e, cache=True, keep_previous=plan.keep_previous, client=c, keep_rows=plan.keep_rows))
     ex = FederatedExecutor(parts)
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
-    fit = K_.FitSpec.from_config(f"federated-{id(ex)}", Yt, config, n, plan.tile_dtype)
-    t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v)
-    b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
-    pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
-    fitted = unwhiten(run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean,
-                              widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten, t_whiten)
-    fitted.history["federated"] = {"clients": [s.n_samples for s in sources], "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
+    # A fresh name for this fit's per-chunk state in the process-wide store (tiles, kept rows, the
+    # whitened rows' norms), freed when the fit ends: a name another fit could hold (id() of an
+    # object freed since) would hand this fit that fit's rows.
+    token = f"federated-{uuid.uuid4().hex}"  # a self-learning mining's is this one and its number
+    try:
+        fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
+        t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v)
+        b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
+        pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
+        fitted = unwhiten(run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean,
+                                  widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten, t_whiten)
+    finally:
+        ex.drop(token)  # a mining frees its own tiles; what the refinement and the last scores kept is freed here
+    fitted.history["federated"] = {"clients": sizes, "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
     return set_fitted_state(est, fitted)
+
+
+def _shape(a) -> tuple:
+    """The shape of a client's array (numpy, torch or nested lists), without copying it."""
+    shape = getattr(a, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    try:
+        return np.shape(a)
+    except ValueError:  # ragged lists: ArraySource names what is wrong with them
+        return ()
+
+
+def _client_list(clients) -> list:
+    """``clients`` as a list of pairs, refusing the shapes a caller may pass by mistake."""
+    if isinstance(clients, (np.ndarray, torch.Tensor, str, bytes)) or hasattr(clients, "n_shards"):
+        raise GPUAError(f"clients is of type {type(clients).__name__}; pass a list of (vfm_features, vlm_features) "
+                        "pairs, one per client.")
+    try:
+        clients = list(clients)
+    except TypeError:
+        raise GPUAError(f"clients is of type {type(clients).__name__}; pass a list of (vfm_features, vlm_features) "
+                        "pairs, one per client.") from None
+    if not clients:
+        raise GPUAError("clients is empty; pass a list of (vfm_features, vlm_features) pairs, one per client.")
+    if len(clients) == 2 and all(hasattr(a, "shape") and len(a.shape) == 2 for a in clients):
+        raise GPUAError("clients is one (vfm_features, vlm_features) pair of arrays; pass a list of such pairs, one per "
+                        "client: [(vfm_features, vlm_features)] for a single client.")
+    return clients
 
 
 class FederatedPool:

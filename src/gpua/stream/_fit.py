@@ -29,7 +29,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
+from ..fitting import PARAMETERS, FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import polar_factor
 from ..query import build_query, whitening_from_moment, whitening_width
@@ -126,6 +126,21 @@ def rows_reader(source, fit: K_.FitSpec, device, memo_above: int) -> Callable[[t
     return rows
 
 
+def check_gpua_instance(estimator, function: str, example: str) -> None:
+    """A :class:`GPUAError` unless ``estimator`` is a :class:`gpua.GPUA` instance (what ``function`` fits).
+
+    The class itself, a baseline (``make_method("zero_shot")``) or ``ReferenceGPUA`` would
+    otherwise fail deep inside on a parameter GPUA has and they lack. Told by GPUA's parameter
+    table (:data:`gpua.fitting.PARAMETERS`), not by importing the estimator module, which
+    imports this package.
+    """
+    from .._base import AlignmentEstimator
+
+    if isinstance(estimator, type) or not isinstance(estimator, AlignmentEstimator) or not set(PARAMETERS) <= set(estimator.get_params()):
+        what = f"the class {estimator.__name__} itself" if isinstance(estimator, type) else f"of type {type(estimator).__name__}"
+        raise GPUAError(f"estimator is {what}; {function} fits a GPUA instance only, e.g. {example}.")
+
+
 def fit_streaming(
     estimator,
     source,
@@ -200,6 +215,7 @@ def fit_streaming(
     On glibc this sets the process's mmap threshold to 1 MiB
     (:func:`gpua.stream.release_freed_memory`) so that freed chunk buffers leave the process.
     """
+    check_gpua_instance(estimator, "fit_streaming", "fit_streaming(GPUA(), shards, text_prototypes)")
     est = estimator
     params = est.get_params()
     if vlm_features is not None:
