@@ -14,12 +14,16 @@ Like CLIP_benchmark's ``eval`` and ``build``:
   and the hash of its templates), ``data`` (the folder the dataset was read from, None for
   the embedded and system copies), ``contents`` (a hash of what its splits hold) and
   ``prompts`` (a hash of its class names and the templates they fill: a renamed class runs
-  again). Rewritten atomically after every row (merged with the rows another run has written
-  there meanwhile), so an interrupted run loses at most the row in progress, and a re-run skips
-  the rows already there with the same settings (features are cached per dataset and model,
-  too); a row of other settings is kept and the run is done again. Rows written before gpua
-  recorded the settings (no ``params``, or no ``prompts``) load, but their settings are unknown:
-  they are kept, and never taken for a run's.
+  again), and ``unreadable: {pool, test}`` (how many images of each the extraction could not
+  read: they are left out of the numbers). Rewritten atomically after every row (temp file and
+  rename), merged with the rows another run has written there meanwhile: runs into one folder
+  take turns through a lock file, ``DIR/results.jsonl.lock``, so none loses another's rows. An
+  interrupted run loses at most the row in progress, and a re-run skips the rows already there
+  with the same settings (features are cached per dataset and model, too); a row of other
+  settings is kept and the run is done again. Rows written before gpua recorded the settings
+  (no ``params``, or no ``prompts``) load, but their settings are unknown: they are kept, and
+  never taken for a run's. A line that is not a JSON row (a hand edit gone wrong) is skipped
+  with a warning and, at the next write, moved as it was to ``DIR/results.jsonl.rejected``.
 * ``DIR/results.md`` and ``DIR/results.csv``: acc1 across datasets (one column per method and
   encoder pair) with a mean row, built from the rows of the jsonl with this run's settings
   (where several rows fall into one cell, the latest is shown and a note under the table says so).
@@ -33,6 +37,7 @@ name under ``dataset_root`` (CoOp's layout: ``ROOT/oxford_pets/split_zhou_Oxford
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -266,21 +271,45 @@ def _params_label(row: dict[str, Any]) -> str:
     return " ".join(f"{k}={_label(v)}" for k, v in sorted(row["params"].items())) or "default"
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``results.jsonl`` (a line that does not parse is skipped with a warning)."""
-    import warnings
+def _rejected_path(path: Path) -> Path:
+    """Where the lines of a results file that are not rows go before it is rewritten: ``<name>.rejected``."""
+    return path.with_name(path.name + ".rejected")
 
-    path = Path(path)
+
+def _read_lines(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """The rows of a results file, and its lines that are not rows (line number, text): not JSON
+    (a hand edit, a file cut short), or JSON that is not an object."""
     if not path.is_file():
-        return []
-    rows = []
+        return [], []
+    rows, bad = [], []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}: line {i} is not JSON; it is skipped (and dropped when the file is next written).", stacklevel=2)
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append((i, line))
+    return rows, bad
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl``.
+
+    A line that is not a row (not JSON, or not a JSON object) is skipped with a warning; when
+    the file is next written, such lines are moved, as they were, to ``results.jsonl.rejected``
+    beside it rather than dropped.
+    """
+    import warnings
+
+    path = Path(path)
+    rows, bad = _read_lines(path)
+    for i, _ in bad:
+        warnings.warn(f"{path}: line {i} is not a JSON row; it is skipped (and moved to {_rejected_path(path).name} when the "
+                      "file is next written).", stacklevel=2)
     return rows
 
 
@@ -293,23 +322,80 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def _current_rows(path: Path) -> list[dict[str, Any]]:
     """The rows the file holds now (another run into the same folder may have added some since
     this one read it); its unreadable lines were warned about when the run first read it."""
+    return _read_lines(path)[0]
+
+
+#: Seconds a run waits for another run's hold on a results file before a :class:`GPUAError`
+#: (a hold lasts one read and one write of the file).
+RESULTS_LOCK_TIMEOUT_S = 600.0
+@contextlib.contextmanager
+def _results_lock(path: Path, timeout: float | None = None):
+    """Hold ``<path>.lock`` exclusively: one run at a time reads, merges and rewrites ``path``.
+
+    Runs into one folder (processes, or threads of one) wait for each other. The lock is the
+    ``filelock`` package's (``flock`` on POSIX, ``msvcrt`` on Windows), so a run that dies while
+    holding it releases it with its process; the lock file stays in the folder, empty.
+
+    Raises
+    ------
+    GPUAError
+        When the lock is not obtained within ``timeout`` seconds (default
+        :data:`RESULTS_LOCK_TIMEOUT_S`), naming the lock file.
+    """
+    import os
+
+    import filelock
+
+    timeout = RESULTS_LOCK_TIMEOUT_S if timeout is None else float(timeout)
+    lock = path.with_name(path.name + ".lock")
+    held = filelock.FileLock(os.fspath(lock), timeout=timeout)
+    try:
+        held.acquire()
+    except filelock.Timeout:
+        raise GPUAError(f"{str(lock)!r} has been held for over {timeout:g} s by another gpua benchmark writing into that folder "
+                        "(a running one: a stopped run's hold ends with it); wait for it to finish, or stop it, and run "
+                        "again.") from None
+    try:
+        yield
+    finally:
+        held.release()
+
+
+def _set_aside(path: Path, bad: list[tuple[int, str]]) -> None:
+    """Append the lines of ``path`` that are not rows to ``<path>.rejected`` (those not there yet), before a rewrite drops them."""
+    if not bad:
+        return
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return read_results(path)
+    rejected = _rejected_path(path)
+    have = set(rejected.read_text(encoding="utf-8").splitlines()) if rejected.is_file() else set()
+    new = [line for _, line in bad if line not in have]
+    if new:
+        old = rejected.read_text(encoding="utf-8") if rejected.is_file() else ""
+        atomic_write_text(rejected, old + ("" if not old or old.endswith("\n") else "\n") + "".join(f"{line}\n" for line in new))
+    warnings.warn(f"{path}: {len(bad)} line(s) that are not JSON rows (first: line {bad[0][0]}) moved to {rejected} as they were; "
+                  f"{path.name} keeps the rows.", stacklevel=3)
 
 
-def _add_row(path: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Append ``row`` to the rows the file holds now and rewrite it atomically; returns them all.
+def _add_row(path: Path, row: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Append ``row`` to the rows the file holds now and rewrite it atomically; returns them all,
+    and whether ``row`` was added.
 
-    Read again just before the write, so that two runs into one folder (two configurations
-    started side by side) keep each other's rows instead of the last writer's list winning.
+    The file is read again just before the write, and the read, merge and rewrite happen under
+    :func:`_results_lock`, so that two runs into one folder (two configurations started side by
+    side) keep each other's rows instead of the last writer's list winning. A row with the same
+    settings that another run wrote meanwhile is kept, and ``row`` is not added (one row per run).
+    The rewrite is atomic (temp file and rename): an interrupted run leaves the old file whole.
     """
-    rows = _current_rows(path)
-    rows.append(row)
-    _write_rows(path, rows)
-    return rows
+    with _results_lock(path):
+        rows, bad = _read_lines(path)
+        key = _key(row)
+        if all(known for known, _ in key) and key in {_key(r) for r in rows}:  # a row of unknown settings is no one's
+            return rows, False
+        _set_aside(path, bad)
+        rows.append(row)
+        _write_rows(path, rows)
+    return rows, True
 
 
 def run_benchmark(
@@ -415,17 +501,24 @@ def run_benchmark(
                     )
                 extract_s = time.perf_counter() - t0
                 train_fs, test_fs = load_features(files["pool"]), load_features(files["test"], require=("labels",))
+                # Images the extraction could not read are left out of the scores: said on every run (cached
+                # features included) and recorded in each row, never a silently smaller test split.
+                unreadable = {"pool": _n_skipped(train_fs), "test": _n_skipped(test_fs)}
+                left_out = "" if not any(unreadable.values()) else (
+                    f"; {unreadable['pool']} pool and {unreadable['test']} test image(s) could not be read and are left out "
+                    "(the rows' 'unreadable')")
                 say(f"{prep.name}  {vfm} + {vlm}: pool {train_fs.n_samples} images ({pool}), test {test_fs.n_samples}, "
-                    f"{len(train_fs.classnames or [])} classes; features in {files['pool'].parent} ({extract_s:.1f} s)")
+                    f"{len(train_fs.classnames or [])} classes; features in {files['pool'].parent} ({extract_s:.1f} s){left_out}")
                 for method in todo:
                     if _key({**base, "method": method}) in done:  # written meanwhile by another run into this folder
                         continue
                     row = _run_method(method, train_fs, test_fs, files["pool"], prep.name, overrides)
-                    row = {**base, "method": method, "task": "zeroshot_classification", **row,
+                    row = {**base, "method": method, "task": "zeroshot_classification", **row, "unreadable": unreadable,
                            "seconds": {"extract": extract_s, **row["seconds"]}, "gpua_version": __version__}
-                    rows = _add_row(jsonl, row)
+                    rows, added = _add_row(jsonl, row)
                     done = {_key(r) for r in rows}
-                    say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s")
+                    say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s"
+                        + ("" if added else f"  (another run wrote this row into {jsonl} meanwhile: its row is kept)"))
                     extract_s = 0.0  # counted once per (dataset, encoders)
     # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
     rows = _current_rows(jsonl)  # with the rows another run into this folder may have written meanwhile
@@ -441,6 +534,12 @@ def run_benchmark(
     atomic_write_text(out / "results.csv", table_csv)
     say(f"wrote {jsonl}, {out / 'results.md'} and {out / 'results.csv'}")
     return rows
+
+
+def _n_skipped(fs) -> int:
+    """How many images of a feature file's dataset the extraction could not read (its ``meta["skipped"]``)."""
+    skipped = (fs.meta or {}).get("skipped") or {}
+    return int(skipped.get("count", 0) or 0) if isinstance(skipped, dict) else 0
 
 
 def _run_method(method: str, train_fs, test_fs, pool_file: Path, name: str, overrides) -> dict[str, Any]:

@@ -17,10 +17,12 @@ network, so this runs on a fresh machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,7 +32,7 @@ import numpy as np
 from ._errors import GPUAError
 
 __all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods", "check_classes",
-           "check_method_overrides", "unlabeled_pool"]
+           "check_method_overrides", "unlabeled_pool", "undecoded_photos", "is_undecoded_format"]
 
 DEFAULT_VFM = "offline:dinov2-s"
 DEFAULT_VLM = "offline:semantic-lite0"
@@ -110,9 +112,103 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
     top = root.resolve()
     files = _walk_class_folders(top.parent, [top.name])[top.name]  # the image-folder walk, the pool as one "folder"
     if not files:
+        undecoded = _scan_folder(root)[0]
+        if undecoded:
+            raise GPUAError(f"{option} {str(root)!r} holds no photo gpua decodes: its {len(undecoded)} photo(s) are in formats it "
+                            f"does not read ({_format_counts(undecoded)}; first: {undecoded[0]!r}); convert them to JPEG or PNG.")
         raise GPUAError(f"{option} {str(root)!r} holds no images (looked in every sub-folder); image files end in "
                         f"{', '.join(IMAGE_EXTENSIONS)}.")
     return FileImageDataset(root, files, None, [], top.name or str(root))
+
+
+#: Endings among the formats gpua's image listing leaves out (``gpua.data._loaders._UNREAD_PHOTO_EXTENSIONS``:
+#: HEIC/HEIF, JPEG XL, camera raw, and others), told apart in the reason the CSV row of such a photo gives.
+_HEIF = (".heic", ".heif", ".hif")
+_RAW = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".raf", ".rw2", ".pef", ".srw")
+
+
+def is_undecoded_format(image_id: str | os.PathLike) -> bool:
+    """Whether a photo is of a format gpua counts but does not decode (HEIC/HEIF, JPEG XL, camera raw...)."""
+    from .data._loaders import _is_unread_photo
+
+    return _is_unread_photo(Path(image_id).name)
+
+
+def _undecoded_reason(image_id: str) -> str:
+    """The CSV ``error`` of a photo of a format gpua does not decode: the format, and how to include it."""
+    ext = Path(image_id).suffix
+    low = ext.lower()
+    if low in _HEIF:
+        return (f"UnsupportedFormat: {ext} is HEIC/HEIF (a phone's photo format), which gpua does not decode (installing "
+                "pillow-heif does not change that); convert it to JPEG or PNG (macOS: sips -s format jpeg; Linux: heif-convert) "
+                "and run again.")
+    if low == ".jxl":
+        return (f"UnsupportedFormat: {ext} is JPEG XL, which gpua does not decode; convert it to JPEG or PNG (djxl FILE OUT.png) "
+                "and run again.")
+    if low in _RAW:
+        return (f"UnsupportedFormat: {ext} is a camera raw file, which gpua does not decode; export it as JPEG or PNG (darktable, "
+                "RawTherapee, your camera's software) and run again.")
+    return f"UnsupportedFormat: {ext} is an image format gpua does not decode; convert it to JPEG or PNG and run again."
+
+
+def _pillow_reads_avif() -> bool:
+    """Whether the installed Pillow decodes AVIF (its own ``avif`` module: recent releases)."""
+    try:
+        from PIL import features
+    except ImportError:
+        return False
+    return "avif" in getattr(features, "modules", {}) and bool(features.check_module("avif"))
+
+
+def _explain_unreadable(image_id: str, error: str) -> str:
+    """An extraction's error for an unreadable photo, with the cause when it is a missing decoder (AVIF)."""
+    if Path(image_id).suffix.lower() == ".avif" and not _pillow_reads_avif():
+        return (f"{error} This Pillow cannot decode AVIF at all: upgrade it (pip install -U pillow; recent releases read "
+                "AVIF) and run again.")
+    return error
+
+
+def undecoded_photos(folder: str | os.PathLike) -> list[str]:
+    """The photos below an image folder that its listing leaves out for their format (HEIC/HEIF, JPEG XL, raw).
+
+    The folder is read as :func:`gpua.data.load_dataset` reads an image folder: its loose files,
+    then every sub-folder (not hidden, not ``__MACOSX``, not one gpua wrote) recursively,
+    symlinks followed but every real folder read once. The listing itself only warns about them;
+    here each one is named so that :func:`classify_folder` can give it a row.
+
+    Returns
+    -------
+    list of str
+        Their paths relative to ``folder`` (``/``-separated, as image ids), in the listing's order.
+    """
+    return _scan_folder(folder)[0]
+
+
+def _scan_folder(folder: str | os.PathLike) -> tuple[list[str], int]:
+    """``(undecoded photos, number of image files)`` below ``folder``, read as :func:`undecoded_photos` says."""
+    from .data._loaders import _is_image, _is_unread_photo, _subdirs, _walk_class_folders
+
+    base = Path(folder).expanduser()
+    if not base.is_dir():
+        return [], 0
+    loose = [e.name for e in os.scandir(base) if e.is_file()]
+    found = sorted(f for f in loose if _is_unread_photo(f))
+    with warnings.catch_warnings():  # the folder's listing says these (symlink loops); here only counted
+        warnings.simplefilter("ignore")
+        files = _walk_class_folders(base, _subdirs(base), unread=found)  # the listing's own walk
+    return found, sum(map(_is_image, loose)) + sum(map(len, files.values()))
+
+
+def _format_counts(image_ids: Sequence[str]) -> str:
+    """``.cr2: 1, .heic: 2``: how many photos of each ending."""
+    from collections import Counter
+
+    return ", ".join(f"{k}: {c}" for k, c in sorted(Counter(Path(i).suffix.lower() for i in image_ids).items()))
+
+
+#: The listing's own warning about photos of formats gpua does not decode (one per listing:
+#: classify lists its folder twice); classify_folder says it once, naming where each one is.
+_LISTING_WARNING = r"left out \d+ photo\(s\) of .* in formats gpua does not read"
 
 
 def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -176,8 +272,11 @@ class Classification:
         The VLM's own zero-shot class per photo, for comparison: GPUA's fit assumes the classes
         about equally frequent among the photos it is fitted on, zero-shot assumes nothing.
     unreadable : list of (str, str)
-        The photos of the folder that could not be read (image id, error): not classified, not
-        in ``image_ids``; :meth:`to_csv` lists them with an empty prediction and the error.
+        The photos of the folder that were not classified (image id, reason), not in
+        ``image_ids``: those that could not be read (the extraction's error), then those of a
+        format gpua does not decode (HEIC/HEIF, JPEG XL, camera raw: :func:`undecoded_photos`),
+        whose reason names the format and how to convert it. :meth:`to_csv` lists every one
+        with an empty prediction and the reason, so each photo of the folder has a row.
     """
 
     image_ids: list[str]
@@ -213,8 +312,10 @@ class Classification:
     def to_csv(self, path: str | os.PathLike, top_k: int = 5) -> int:
         """Write ``image, prediction, probability, top1, top1_probability, ..., label`` (label when known).
 
-        Unreadable photos get a row too, with empty predictions and an ``error`` column; the
-        count returned is of the classified photos.
+        The photos that were not classified (:attr:`unreadable`: unreadable, or of a format gpua
+        does not decode) get a row too, with empty predictions and the reason in an ``error``
+        column: every photo of the folder has exactly one row. The count returned is of the
+        classified photos.
         """
         from .report import write_predictions
 
@@ -271,13 +372,17 @@ def classify_folder(
     Returns
     -------
     Classification
+        Every photo of ``images`` is in its ``image_ids`` (classified) or its ``unreadable``
+        (with the reason): unreadable files, and photos of a format gpua does not decode
+        (HEIC/HEIF, JPEG XL, camera raw), which a warning counts once.
 
     Raises
     ------
     GPUAError
         For an unknown method or fewer than 2 classes (before any image is read), a folder that
-        is missing or holds no photos, class folders of ``images`` that are not the class names,
-        or a pool smaller than the number of classes.
+        is missing or holds no photos (or only photos of formats gpua does not decode), class
+        folders of ``images`` that are not the class names, or a pool smaller than the number
+        of classes.
     """
     from .baselines import make_method
     from .extract import extract_features
@@ -299,15 +404,23 @@ def classify_folder(
     # Another pool folder is read as unlabeled images: its sub-folders need not be the classes.
     sources = {"images": folder} if same else {
         "images": folder, "pool": unlabeled_pool(pool) if isinstance(pool, (str, os.PathLike)) else pool}
+    # Photos the listing leaves out for their format (HEIC, raw...) get a row too: found now, said once.
+    undecoded, n_images = _scan_folder(folder)
+    if undecoded and not n_images:
+        raise GPUAError(f"images={str(folder)!r} holds no photo gpua decodes: its {len(undecoded)} photo(s) are in formats it "
+                        f"does not read ({_format_counts(undecoded)}; first: {undecoded[0]!r}); convert them to JPEG or PNG.")
     if method != "zero_shot":  # before any photo is encoded: a fit needs a photo per class at least
         from .data import load_dataset
 
         fit_on = sources.get("pool", folder)
-        n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=names))
+        with _quiet_listing():
+            n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=names))
         if n_photos < len(names):
-            raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s) "
-                            f"for {len(names)} classes; a fit needs at least one per class: add photos, fit on a larger folder "
-                            "(pool=), or use method='zero_shot'.")
+            more = (f" (and {len(undecoded)} in formats gpua does not decode: {_format_counts(undecoded)}; convert them to JPEG "
+                    "or PNG)" if undecoded and "pool" not in sources else "")
+            raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s)"
+                            f"{more} for {len(names)} classes; a fit needs at least one per class: add photos, fit on a larger "
+                            "folder (pool=), or use method='zero_shot'.")
     t0 = time.perf_counter()
     paths = {}
     for key, where in sources.items():
@@ -315,9 +428,14 @@ def classify_folder(
         # and as a pool (unlabeled) has two cache keys, which would overwrite each other.
         tag = _folder_tag(_folder_of(where)) + ("-pool" if key == "pool" else "")
         out = feature_cache_path("classify", tag, vfm, vlm, cache_dir)
-        paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
-                                      batch_size=batch_size, cache_dir=cache_dir, progress=progress,
-                                      shard_size=CLASSIFY_PART_IMAGES)
+        with _quiet_listing() if key == "images" else contextlib.nullcontext():
+            paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
+                                          batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                                          shard_size=CLASSIFY_PART_IMAGES)
+    if undecoded:
+        warnings.warn(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
+                      f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "
+                      "with the reason. Convert them to JPEG or PNG to include them.", stacklevel=2)
     paths.setdefault("pool", paths["images"])
     extract_s = time.perf_counter() - t0
     feats = load_features(paths["images"])
@@ -345,5 +463,15 @@ def classify_folder(
         seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
         zero_shot=zero_shot.predict(feats.vfm_features, feats.vlm_features),
         class_scores=scores,
-        unreadable=[(str(e.get("image_id")), str(e.get("error", ""))) for e in (feats.meta.get("skipped") or {}).get("images", [])],
+        unreadable=[(str(e.get("image_id")), _explain_unreadable(str(e.get("image_id")), str(e.get("error", ""))))
+                    for e in (feats.meta.get("skipped") or {}).get("images", [])]
+        + [(image_id, _undecoded_reason(image_id)) for image_id in undecoded],
     )
+
+
+@contextlib.contextmanager
+def _quiet_listing():
+    """Hold back the listing's warning about photos of formats gpua does not decode (classify says it once, itself)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LISTING_WARNING)
+        yield

@@ -54,7 +54,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .._errors import GPUAError
-    from ..classify import check_classes, check_method_overrides, check_methods, classify_folder, unlabeled_pool
+    from ..classify import (_format_counts, check_classes, check_method_overrides, check_methods, classify_folder, is_undecoded_format,
+                            unlabeled_pool)
     from ._common import FitProgress, check_cache_dir
 
     check_paths(args, inputs=("images", "classnames", "templates", "pool"), outputs=(("out", "file"), ("model_out", "file")))
@@ -68,8 +69,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     check_method_overrides(args.method, overrides, len(names), f"--method {args.method}")
     device = overrides.pop("device", "cpu")
     with FitProgress(None, not args.quiet) as progress, warnings.catch_warnings():
-        # The summary below names the unreadable photos (and the CSV lists them): not twice.
+        # The summary below names the unreadable photos and those of formats gpua does not decode
+        # (and the CSV lists them): not twice.
         warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable image")
+        warnings.filterwarnings("ignore", message=r"\d+ photo\(s\) of .* are in formats gpua does not decode")
         res = classify_folder(
             args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
@@ -84,14 +87,21 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     s = res.seconds
     fitted = ("zero-shot: nothing fitted" + ("; --pool not used" if args.pool else "") if args.method == "zero_shot"
               else "fitted on " + ("--pool " + args.pool if args.pool else "the photos themselves, no labels"))
-    print(f"classified {n} photos into {len(res.classnames)} classes with {args.method} "
+    of = f" of {n + len(res.unreadable)}" if res.unreadable else ""  # the others are named below, and in the CSV
+    print(f"classified {n}{of} photos into {len(res.classnames)} classes with {args.method} "
           f"(VFM {args.vfm}, VLM {args.vlm}; {fitted}); extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
-    if res.unreadable:
-        first, error = res.unreadable[0]
-        print(f"{len(res.unreadable)} photo(s) could not be read and were not classified (first: {first!r}: {error}); "
-              f"{args.out} lists them with an empty prediction and the error" + (", and the scores below leave them out"
-                                                                                  if res.labels is not None else ""))
+    scored = ", and the scores below leave them out" if res.labels is not None else ""
+    undecoded = [image_id for image_id, _ in res.unreadable if is_undecoded_format(image_id)]
+    unreadable = [(image_id, error) for image_id, error in res.unreadable if not is_undecoded_format(image_id)]
+    if unreadable:
+        first, error = unreadable[0]
+        print(f"{len(unreadable)} photo(s) could not be read and were not classified (first: {first!r}: {error}); "
+              f"{args.out} lists them with an empty prediction and the error{scored}")
+    if undecoded:
+        print(f"{len(undecoded)} photo(s) are in formats gpua does not decode and were not classified "
+              f"({_format_counts(undecoded)}; first: {undecoded[0]!r}): convert them to JPEG or PNG to include them; "
+              f"{args.out} lists them with an empty prediction and the reason{scored}")
     if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not
         far = _zero_shot_differs(counts, zero_shot, n)
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
