@@ -18,3 +18,4 @@ def make_estimator():
 @pytest.fixture(scope="session")
 def world():
     return make_planted_world(5, seed=0)
+

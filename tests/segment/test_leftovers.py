@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from gpua._errors import GPUAError
+from segment_helpers import write_scenes
 from gpua.cli import build_parser, main
 from gpua.segment.datasets import load_segmentation_dataset, read_label
 
@@ -27,14 +28,7 @@ ZERO_SHOT = ["--zero-shot", "--vlm", "planted:vlm", "--templates", "simple"]
 @pytest.fixture
 def scenes(tmp_path, world):
     """Three test photos (PNG) with their masks, and the class file."""
-    test, labels = world.sample(3, (40, 48), seed=2)
-    for name in ("test", "gt"):
-        (tmp_path / name).mkdir()
-    for i, (im, lab) in enumerate(zip(test, labels)):
-        Image.fromarray(im).save(tmp_path / "test" / f"t{i}.png")
-        Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "gt" / f"t{i}.png")
-    (tmp_path / "classes.txt").write_text("\n".join(world.classnames) + "\n")
-    return tmp_path
+    return write_scenes(tmp_path, world, 3, (40, 48))
 
 
 def _custom(scenes, suffixes=(".png", ".png", ".png"), root="custom"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segment_helpers import write_scenes
 from gpua.cli import main
 
 PLANTED = ["sky", "grass", "road", "water", "sand"]
@@ -18,14 +19,7 @@ _ORIENTATION = 0x0112
 @pytest.fixture
 def scenes(tmp_path, world):
     """Test photos (40x56, not square) with their masks, and the class file."""
-    test, labels = world.sample(2, (40, 56), seed=2)
-    for name in ("test", "gt"):
-        (tmp_path / name).mkdir()
-    for i, (im, lab) in enumerate(zip(test, labels)):
-        Image.fromarray(im).save(tmp_path / "test" / f"t{i}.png")
-        Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "gt" / f"t{i}.png")
-    (tmp_path / "classes.txt").write_text("\n".join(world.classnames) + "\n")
-    return tmp_path
+    return write_scenes(tmp_path, world, 2, (40, 56))
 
 
 def _stored_sideways(array: np.ndarray, path, **save) -> None:
