@@ -17,7 +17,7 @@ from ._errors import GPUAError, ModelFileError, NotFittedError
 from ._integrity import CHECKSUM_KEY, digest, verify
 from ._validation import check_classnames, check_matrix
 from .query import query_width
-from .params import LOGIT_SCALE, ParamsMixin, check_param
+from .params import LOGIT_SCALE, DeviceName, ParamsMixin, check_param
 
 __all__ = ["AlignmentEstimator", "FORMAT_VERSION", "ModelSchema", "load_model"]
 
@@ -97,6 +97,10 @@ class AlignmentEstimator(ParamsMixin):
         self._layout_at_fit = {name: getattr(self, name) for name in self._fitted_layout}
         self.__dict__.pop("provenance_", None)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether a fit (or a load) has set the learned state: :func:`sklearn.utils.validation.check_is_fitted` asks this."""
+        return hasattr(self, "text_prototypes_")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "text_prototypes_"):
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(vfm_features, vlm_features, text_prototypes) first.")
@@ -124,9 +128,14 @@ class AlignmentEstimator(ParamsMixin):
             n = Z.shape[0]
         if needs_vlm:
             if vlm_features is None:
+                fix = (
+                    "pass them, or fit with query='vfm'."
+                    if "query" in self._get_param_names()
+                    else f"pass them (a {type(self).__name__} always reads them)."
+                )
                 raise GPUAError(
                     f"vlm_features is required: this {type(self).__name__} uses the VLM image features at "
-                    "prediction (query='fused' or zero-shot); pass them, or fit with query='vfm'."
+                    f"prediction (query='fused' or zero-shot); {fix}"
                 )
             X = check_matrix(vlm_features, "vlm_features", n_rows=n, n_cols=self.n_features_vlm_)
         return Z, X
@@ -182,6 +191,11 @@ class AlignmentEstimator(ParamsMixin):
         """Top-1 accuracy against ``labels`` (labels are used here only)."""
         from ._validation import check_labels
 
+        if vlm_features is not None and _ndim(labels) == 2 and _ndim(vlm_features) == 1:
+            raise GPUAError(
+                "score takes (vfm_features, labels, vlm_features), labels second, as scikit-learn's score(X, y): "
+                "here labels is 2-D and vlm_features 1-D; call score(vfm_features, labels, vlm_features)."
+            )
         pred = self.predict(vfm_features, vlm_features)
         y = check_labels(labels, pred.shape[0], self.n_classes_)
         return float(np.mean(pred == y))
@@ -250,9 +264,14 @@ class AlignmentEstimator(ParamsMixin):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AlignmentEstimator":
-        """Read a model written by :meth:`save` (any aligner class; checked against ``cls``)."""
-        model = load_model(path)
+    def load(cls, path: str | Path, *, device: str | None = None) -> "AlignmentEstimator":
+        """Read a model written by :meth:`save` (any aligner class; checked against ``cls``).
+
+        ``device``: where to put the learned tensors and predict (its ``device`` parameter);
+        None keeps the device the model was saved with. A model fitted on a GPU loads on a
+        machine without one with ``device="cpu"`` (see :func:`load_model`).
+        """
+        model = load_model(path, device=device)
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
@@ -292,7 +311,59 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_model(path: str | Path) -> AlignmentEstimator:
+def _other_file_kind(path: Path) -> str:
+    """What a file that is not a safetensors file is, from its first bytes ("" when unknown)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a .npz feature file or a torch checkpoint)"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy array"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (a pickled model loads with pickle.load)"
+    return ""
+
+
+def _ndim(A) -> int | None:
+    """``A``'s number of axes (arrays, tensors, nested lists), or None when it cannot be told (ragged lists)."""
+    if hasattr(A, "ndim") and isinstance(getattr(A, "ndim"), int):
+        return A.ndim
+    try:
+        return int(np.ndim(A))
+    except Exception:  # ragged lists and the like: check_matrix says what is wrong with them
+        return None
+
+
+def check_fit_arguments(vlm_features, text_prototypes) -> None:
+    """Refuse a 1-D ``vlm_features`` or ``text_prototypes`` at fit with the likely cause: class labels.
+
+    A scikit-learn habit (``fit(X, y)``, or an estimator in a ``Pipeline``) puts labels where
+    the VLM features or the prototypes go, and the plain "must be 2-D" message would advise
+    reshaping them. Neither can be one row at fit (the pool needs an image per class, and there
+    are at least two classes), so a 1-D value is always a mistake.
+    """
+    if text_prototypes is None:
+        raise GPUAError(
+            "text_prototypes is None: fit needs the class prompts' text embeddings, an array of shape (n_classes, d_vlm). "
+            "fit learns without labels: it takes "
+            "(vfm_features, vlm_features, text_prototypes), not scikit-learn's (X, y), so it is no Pipeline step."
+        )
+    for name, A, layout in (
+        ("vlm_features", vlm_features, "(n_samples, d_vlm): the VLM image features of the same images, same order"),
+        ("text_prototypes", text_prototypes, "(n_classes, d_vlm): one text embedding per class"),
+    ):
+        if A is not None and _ndim(A) == 1:
+            raise GPUAError(
+                f"{name} has shape {tuple(np.shape(A))} but must be 2-D, {layout}. fit learns without labels: it takes "
+                "(vfm_features, vlm_features, text_prototypes), not scikit-learn's (X, y), so it is no Pipeline step; "
+                "class labels go to score(vfm_features, labels, vlm_features)."
+            )
+
+
+def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstimator:
     """Load any gpua model file.
 
     Everything is checked before it is used: the metadata's structure, the parameters (known to
@@ -300,13 +371,27 @@ def load_model(path: str | Path) -> AlignmentEstimator:
     declares, of its declared shape, finite), the state keys, ``provenance_`` (a JSON object) and
     the checksum (files written before checksums existed load without one).
 
+    Parameters
+    ----------
+    path : str or Path
+    device : str, optional
+        Torch device of the loaded model (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``): its
+        ``device`` parameter is set to it. None (the default) keeps the device the model was
+        saved with; a model saved with ``device="cuda"`` then needs a GPU, and loads on a
+        machine without one with ``device="cpu"`` (the file holds CPU tensors either way).
+
     Raises
     ------
     ModelFileError
-        For a missing, corrupt, truncated, edited or newer file, naming the file and the fix.
+        For a missing, corrupt, truncated, edited or newer file, naming the file and the fix,
+        and for a file whose device this machine does not have (pass ``device``).
     """
     from safetensors import safe_open
 
+    if device is not None:
+        device = str(device) if isinstance(device, torch.device) else device
+        check_param("device", device, DeviceName())
+        resolve_device(device)  # its own clear error (say, device="cuda" on a machine without a GPU)
     path = Path(path).expanduser()  # as save() and the writers expand it
     where = f"model file {str(path)!r}"
     if path.is_dir():
@@ -322,6 +407,12 @@ def load_model(path: str | Path) -> AlignmentEstimator:
             md = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for bad headers
+        kind = _other_file_kind(path)
+        if kind:
+            raise ModelFileError(
+                f"{where} cannot be read as a gpua model (corrupt, or another kind of file): it is {kind}; pass the .gpua "
+                "file model.save or `gpua fit` wrote (feature files load with gpua.features.load_features)."
+            ) from None
         raise ModelFileError(f"{where} is corrupt or truncated ({type(exc).__name__}: {exc}); re-run `gpua fit`.") from None
     if "gpua" not in md:
         raise ModelFileError(f"{str(path)!r} is a safetensors file but not a gpua model (no gpua metadata).")
@@ -365,7 +456,15 @@ def load_model(path: str | Path) -> AlignmentEstimator:
         model._validate_params()
     except (GPUAError, TypeError, ValueError) as exc:
         raise bad(f"holds invalid parameters ({exc})") from None
-    device = model.device_  # its own clear error (say, a CUDA model on a machine without a GPU)
+    if device is not None:
+        model.device = device  # the caller's device, checked above, in place of the saved one
+    try:
+        device = model.device_
+    except GPUAError as exc:  # a model saved with device="cuda", loaded on a machine without that GPU
+        raise ModelFileError(
+            f"{where} holds a {cls.__name__} saved with device={model.device!r}, which this machine cannot use ({str(exc).rstrip('.')}); "
+            f"load it onto another device: gpua.load_model(path, device='cpu') or {cls.__name__}.load(path, device='cpu')."
+        ) from None
     for key in ("n_features_vfm", "n_features_vlm", "n_classes"):
         if not _is_int(meta.get(key)) or meta[key] < 1:
             raise bad(f"has {key}={meta.get(key)!r}, not a positive integer")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._base import AlignmentEstimator, ModelSchema
+from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
 from .params import COUNT, LOGIT_SCALE, DeviceName, Options, check_params
@@ -52,10 +52,13 @@ class VLMZeroShot(AlignmentEstimator):
 
     def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "VLMZeroShot":
         self._validate_params()
+        check_fit_arguments(vlm_features, text_prototypes)
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
+        names = check_classnames(classnames, Y.shape[0])
+        prototypes = torch.nn.functional.normalize(self._tensor(Y), dim=1)
+        # Learned state set only once every check has passed: a refused refit leaves the previous fit whole.
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
-        self.classnames_ = check_classnames(classnames, Y.shape[0])
-        self.text_prototypes_ = torch.nn.functional.normalize(self._tensor(Y), dim=1)
+        self.classnames_, self.text_prototypes_ = names, prototypes
         self._record_fit()
         return self
 
@@ -103,22 +106,25 @@ class LFAAlternation(AlignmentEstimator):
 
     def fit(self, vfm_features, vlm_features, text_prototypes, classnames=None) -> "LFAAlternation":
         self._validate_params()
+        check_fit_arguments(vlm_features, text_prototypes)
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
-        self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
-        self.classnames_ = check_classnames(classnames, Y.shape[0])
+        names = check_classnames(classnames, Y.shape[0])
         normalize = torch.nn.functional.normalize
         Xt, Yt = normalize(self._tensor(X), dim=1), normalize(self._tensor(Y), dim=1)
         Q = build_query(self._tensor(Z), Xt, self.query)
         labels = (Xt @ Yt.T).argmax(1)
-        self.n_rounds_ = 0
+        n_rounds = 0
         for r in range(1, self.n_rounds + 1):
             onehot = torch.nn.functional.one_hot(labels, Yt.shape[0]).to(Q.dtype)
             W = procrustes_from_assignment(Q, onehot, Yt, "soft")
             new = (Q @ W @ Yt.T).argmax(1)
-            self.n_rounds_ = r
+            n_rounds = r
             if torch.equal(new, labels):
                 break
             labels = new
+        # Learned state set only once every check has passed: a refused refit leaves the previous fit whole.
+        self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
+        self.classnames_, self.n_rounds_ = names, n_rounds
         self.W_, self.text_prototypes_ = W, Yt
         self._record_fit()
         return self

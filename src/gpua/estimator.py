@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._base import AlignmentEstimator, ModelSchema
+from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._errors import GPUAError
 from .features import ShardedFeatures
 from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
@@ -432,6 +432,7 @@ class GPUA(AlignmentEstimator):
                 f"{', '.join(given)} apply to a shard set (gpua.features.ShardedFeatures) only; for arrays, call "
                 "gpua.stream.fit_streaming(model, (vfm_features, vlm_features), text_prototypes, max_memory=...) to fit them in chunks."
             )
+        check_fit_arguments(vlm_features, text_prototypes)
         state = fit_arrays(self.get_params(), vfm_features, vlm_features, text_prototypes, classnames, callback)
         return set_fitted_state(self, state)
 

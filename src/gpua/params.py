@@ -311,6 +311,18 @@ class ParamsMixin:
             setattr(self, key, value)
         return self
 
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (scikit-learn >= 1.6 reads them in ``check_is_fitted``, ``is_classifier``...).
+
+        Without them those functions raise an AttributeError on every gpua estimator, since it
+        does not inherit ``sklearn.base.BaseEstimator`` (scikit-learn is not a dependency: it is
+        imported here only when scikit-learn itself asks). The tags are BaseEstimator's defaults:
+        no estimator type, 2-D numeric input.
+        """
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), input_tags=InputTags())
+
     def _validate_params(self) -> None:
         """Check every parameter against :attr:`_parameter_constraints` (called at fit)."""
         check_params(self._parameter_constraints, self.get_params(), type(self).__name__)

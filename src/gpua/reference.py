@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ._base import AlignmentEstimator, ModelSchema
+from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._validation import check_classnames, check_triplet
 from ._errors import GPUAError
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, DeviceName, Interval, OptionalOf
@@ -302,6 +302,7 @@ class ReferenceGPUA(AlignmentEstimator):
         self
         """
         self._validate_params()
+        check_fit_arguments(vlm_features, text_prototypes)
         Z, X, Y = check_triplet(vfm_features, vlm_features, text_prototypes)
         names = check_classnames(classnames, Y.shape[0])
         if X.shape[0] < Y.shape[0]:
