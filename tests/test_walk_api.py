@@ -255,3 +255,24 @@ def test_same_seed_same_map_and_seeds_that_are_not_ints_are_refused(data):
     assert isinstance(GPUA(n_steps=3, self_learning=0, random_state=None).fit(*data).history_["random_state"], int)
     with pytest.raises(GPUAError, match="random_state=Generator.*must be None or an int"):
         GPUA(random_state=np.random.default_rng(0)).fit(*data)
+
+
+def test_the_command_line_loads_a_cuda_model_with_device_cpu(data, tmp_path, monkeypatch, capsys):
+    """`gpua predict`/`evaluate` had no --device, so a model fitted on a GPU could not be used on
+    a machine without one from the command line."""
+    from gpua.cli import main
+    from gpua.features import save_features
+
+    Z, X, Y = data
+    labels = np.arange(N) % K
+    feats = save_features(tmp_path / "f.npz", vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=labels,
+                          classnames=[f"c{k}" for k in range(K)])
+    model = GPUA(n_steps=3, self_learning=0).fit(Z, X, Y, classnames=[f"c{k}" for k in range(K)]).set_params(device="cuda")
+    path = model.save(tmp_path / "cuda.gpua")
+    _without_cuda(monkeypatch)
+    assert main(["predict", "--model", str(path), "--features", str(feats), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "--device cpu" in capsys.readouterr().err
+    assert main(["predict", "--model", str(path), "--features", str(feats), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 0
+    assert main(["evaluate", "--model", str(path), "--test", str(feats), "--device", "cpu"]) == 0
+    assert main(["predict", "--model", str(path), "--features", str(feats), "--out", str(tmp_path / "q.csv"), "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()

@@ -463,7 +463,8 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
     except GPUAError as exc:  # a model saved with device="cuda", loaded on a machine without that GPU
         raise ModelFileError(
             f"{where} holds a {cls.__name__} saved with device={model.device!r}, which this machine cannot use ({str(exc).rstrip('.')}); "
-            f"load it onto another device: gpua.load_model(path, device='cpu') or {cls.__name__}.load(path, device='cpu')."
+            f"load it onto another device: gpua.load_model(path, device='cpu') or {cls.__name__}.load(path, device='cpu') "
+            "(on the command line, --device cpu)."
         ) from None
     for key in ("n_features_vfm", "n_features_vlm", "n_classes"):
         if not _is_int(meta.get(key)) or meta[key] < 1:

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua._errors import GPUAError
@@ -308,3 +309,29 @@ def test_jpeg_ground_truth_is_warned_about(scenes, gt_copy, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["mIoU"] < 1.0  # the same masks, scored below 100% by JPEG's changes alone
     assert "3 ground-truth mask(s) are JPEG files (first: t0.jpg)" in err and "export the masks as PNG" in err  # was: nothing said
+
+
+def test_segment_commands_share_the_cli_conventions(scenes, capsys):
+    """--quiet on fit-seg, --device and --seed checked before any work, a folder as --model named,
+    and evaluate-seg --json -: the JSON alone on stdout (before: the table was dropped, the JSON
+    not strict, and fit-seg refused --quiet)."""
+    classes = str(scenes / "classes.txt")
+    fit = ["fit-seg", "--images", str(scenes / "test"), "--classnames", classes, "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+           "--templates", "simple"]
+    assert build_parser().parse_args([*fit, "--out", "m.gpua", "--quiet"]).no_progress
+    capsys.readouterr()
+    assert main([*fit, "--out", str(scenes / "m.gpua"), "--seed", "-1"]) == 2
+    assert "--seed=-1 must be an integer, 0 or more" in capsys.readouterr().err
+    assert main([*fit, "--out", str(scenes / "m.gpua"), "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err and not (scenes / "m.gpua").exists()
+    assert main(["segment", *ZERO_SHOT, "--classnames", classes, "--images", str(scenes / "test"), "--out", str(scenes / "o"),
+                 "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err and not (scenes / "o").exists()
+    assert main(["segment", "--model", str(scenes / "gt"), "--images", str(scenes / "test"), "--out", str(scenes / "o")]) == 2
+    assert "is a folder, not a model file" in capsys.readouterr().err
+    assert main(["segment", *ZERO_SHOT, "--classnames", classes, "--images", str(scenes / "test"), "--out", str(scenes / "o")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate-seg", "--pred", str(scenes / "o"), "--gt", str(scenes / "gt"), "--classnames", classes, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)  # stdout holds the JSON alone
+    assert result["n_images"] == 3 and "mIoU" in err

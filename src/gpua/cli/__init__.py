@@ -32,19 +32,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, unless the text already names one.
 
     Options whose default is None, and switches (``--no-resume``, whatever their stored default),
-    get nothing appended: there the help says what happens without them.
+    get nothing appended: there the help says what happens without them. A default of 0 is shown
+    (``--seed``: ``0 == False``, and it was hidden). A list default is shown as it is typed: values
+    of an option that takes several (``nargs="+"``) separated by spaces, others by commas.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        default = action.default
+        # Identity, not ==: 0 and 0.0 equal False, and a seed's default 0 was left unsaid.
+        if "%(default)" in text or "default" in text.lower() or default is None or default is False or default is argparse.SUPPRESS:
             return text
         if action.nargs == 0:  # a switch (store_true/false/const): its help says what it does; "(default: True)" misleads
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text
-        default = action.default
-        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        if isinstance(default, (list, tuple)):
+            shown = (" " if action.nargs in ("+", "*") else ",").join(map(str, default)).replace("%", "%%")
+        else:
+            shown = "%(default)s"
         return f"{text} (default: {shown})"
 
 

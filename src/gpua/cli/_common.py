@@ -21,6 +21,14 @@ __all__ = [
     "estimator_overrides",
     "parse_cluster",
     "check_paths",
+    "check_cache_dir",
+    "check_device_flag",
+    "check_seed_flag",
+    "add_quiet_argument",
+    "add_json_argument",
+    "JsonOutput",
+    "positive_int",
+    "positive_seconds",
     "FitProgress",
 ]
 
@@ -62,7 +70,8 @@ def check_paths(
 
     ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
-    outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != ""]
+    # --json - is stdout, not a file named "-"
+    outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != "" and not (n == "--json" and str(p) == STDOUT)]
     for i, (name, path, kind) in enumerate(outs):
         check_output(path, name, kind=kind, inputs=ins, distinct_from=[(n, p) for n, p, _ in outs[:i]])
 
@@ -120,8 +129,8 @@ def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eps", type=float, help=f"entropic regularisation of the OT step (default {default['eps']})")
     g.add_argument("--n-steps", type=int, help=f"refinement steps at most (default {default['n_steps']})")
     g.add_argument("--no-refine", action="store_true", help="Procrustes only, no THS refinement")
-    g.add_argument("--device", help="cpu or cuda")
-    g.add_argument("--seed", type=int, help="random_state")
+    g.add_argument("--device", help=f"torch device of the fit: cpu, cuda, cuda:N or auto (default {default['device']})")
+    g.add_argument("--seed", type=int, help=f"seed of the fit's random draws, 0 or more (GPUA's random_state; default {default['random_state']})")
     add_param_arguments(g)
 
 
@@ -131,7 +140,13 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
     p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
+
+
+def add_quiet_argument(p, dest: str = "quiet") -> None:
+    """``--quiet`` and ``--no-progress``, one switch under two names: ``extract``, ``classify`` and
+    ``benchmark`` said ``--quiet``, ``fit`` and ``fit-seg`` ``--no-progress``, and each refused the other."""
+    p.add_argument("--quiet", "--no-progress", dest=dest, action="store_true", help="no progress bars")
 
 
 def check_cache_dir(args) -> None:
@@ -142,7 +157,7 @@ def check_cache_dir(args) -> None:
 
     where = getattr(args, "cache_dir", None)
     if where is not None and Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
-        raise GPUAError(f"--cache-dir {where!r} is a file; pass a folder for the feature cache (it is created if missing).")
+        raise GPUAError(f"--cache-dir {where!r} is a file; pass a folder for the cache (it is created if missing).")
 
 
 def int_at_least(minimum: int):
@@ -164,6 +179,94 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds above 0 (``--connect-timeout``), refused while parsing."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0, e.g. 10")
+    return value
+
+
+#: ``--json -``: the JSON is printed on stdout instead of written to a file.
+STDOUT = "-"
+
+
+def add_json_argument(p, help: str) -> None:
+    """``--json FILE``, ``--json -`` or ``--json`` alone (stdout), as ``evaluate-seg`` takes it."""
+    p.add_argument("--json", nargs="?", const=STDOUT, metavar="FILE",
+                   help=f"{help} ('-' or no value: print the JSON on stdout, and the rest of the output on stderr)")
+
+
+class JsonOutput:
+    """Where a command's ``--json`` goes: a file (written atomically), or stdout alone.
+
+    With ``--json -`` everything the command prints inside the ``with`` block (tables, notes,
+    ``wrote ...``) goes to stderr, so that stdout holds the JSON alone (``gpua evaluate ... --json
+    - | jq .metrics``)::
+
+        with JsonOutput(args.json) as out:
+            ...  # prints
+            out.write(result)
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.to_stdout = path == STDOUT
+        self._stdout = sys.stdout  # the real one, before the redirection
+        self._redirect = None
+
+    def __enter__(self) -> "JsonOutput":
+        if self.to_stdout:
+            import contextlib
+
+            self._redirect = contextlib.redirect_stdout(sys.stderr)
+            self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(*exc)
+            self._redirect = None
+
+    def write(self, obj) -> None:
+        """Strict JSON of ``obj`` (non-finite numbers as null) to the file or to stdout; nothing without ``--json``."""
+        from ..report import json_text, write_json
+
+        if self.path is None:
+            return
+        if self.to_stdout:
+            self._stdout.write(json_text(obj) + "\n")
+            self._stdout.flush()
+        else:
+            write_json(self.path, obj)
+            print(f"wrote {self.path}")
+
+
+def check_seed_flag(value: int, flag: str = "--seed") -> None:
+    """A seed flag's value: an integer, 0 or more (the parameter table's wording, "None or an int in
+    [0, 2**63-1]", names a None no flag can give)."""
+    from ..params import SEED, check_param
+
+    if isinstance(value, int) and value < 0:
+        raise GPUAError(f"{flag}={value} must be an integer, 0 or more (a seed such as 0).")
+    check_param(flag, value, SEED)
+
+
+def check_device_flag(value: str | None, flag: str = "--device") -> None:
+    """A ``--device`` given on the command line (cpu, cuda, cuda:N, auto), checked before any work:
+    a typo such as ``tpu`` is said even where no tensor would reach the device."""
+    from ..fitting import PARAMETERS
+    from ..params import check_param
+
+    if value is not None:
+        check_param(flag, value, PARAMETERS["device"])
+
+
 def estimator_overrides(args) -> dict:
     """The GPUA parameters given by ``--param`` and the named flags, each checked now (naming the
     flag), before any image is encoded or file read.
@@ -182,6 +285,8 @@ def estimator_overrides(args) -> dict:
     for name, flag, v in flags:
         if v is None:
             continue
+        if name == "random_state":
+            check_seed_flag(v, flag)
         if name != "refine":
             check_param(flag, v, PARAMETERS[name])
         if name in kw and kw[name] != v:

@@ -16,12 +16,41 @@ import warnings
 
 from .._errors import GPUAError
 from .._validation import check_number
-from ._common import check_paths
+from ._common import JsonOutput, add_json_argument, check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
 from ..calibrate._experiments import _check_imbalance
 from ..calibrate._stats import infer_n_classes
 
 __all__ = ["add_subcommands"]
+
+
+class _Several(argparse.Action):
+    """An option of several values, separated by spaces or commas (``--methods plain lda`` =
+    ``--methods plain,lda``, as ``compare``'s and ``benchmark``'s ``--methods`` take them; the help
+    showed the defaults comma-separated, and ``--imbalance 10,50,100`` was refused).
+
+    ``convert`` reads each value (``float``); ``allowed`` lists the admissible ones.
+    """
+
+    def __init__(self, option_strings, dest, convert=str, allowed=None, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+        self.convert, self.allowed = convert, allowed
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        out = []
+        for part in (v.strip() for given in values for v in given.split(",")):
+            if not part:
+                continue
+            try:
+                value = self.convert(part)
+            except ValueError:
+                parser.error(f"argument {option_string}: {part!r} is not a number")
+            if self.allowed is not None and value not in self.allowed:
+                parser.error(f"argument {option_string}: invalid choice: {part!r} (choose from {', '.join(self.allowed)})")
+            out.append(value)
+        if not out:
+            parser.error(f"argument {option_string}: expected at least one value")
+        setattr(namespace, self.dest, out)
 
 
 def add_subcommands(subparsers) -> None:
@@ -36,18 +65,21 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--features", required=True, help="labelled training feature file (.npz / .safetensors)")
+    common.add_argument("--features", "--train", dest="features", required=True,
+                        help="labelled training feature file (.npz / .safetensors); --train is the same option, as compare names it")
     common.add_argument("--test", help="labelled test feature file (default: hold out a stratified part of --features)")
     common.add_argument("--test-fraction", type=float, default=0.3, help="held-out fraction without --test (default 0.3)")
     common.add_argument("--space", choices=("vfm", "vlm"), default="vfm", help="feature matrix to calibrate (default vfm)")
     common.add_argument("--no-l2", action="store_true", help="do not L2-normalise feature rows first")
     common.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty of the logistic regression")
     common.add_argument("--seed", type=int, default=0, help="seed of every random draw (subsets, splits, generated samples)")
-    common.add_argument("--json", help="write the result rows here (atomically)")
+    add_json_argument(common, "write the result rows to FILE (atomically)")
 
     lt = sub.add_parser("longtail", parents=[common], help="long-tailed training subsets, balanced test")
-    lt.add_argument("--imbalance", type=float, nargs="+", default=[10, 50, 100], help="head/tail count ratios")
-    lt.add_argument("--methods", nargs="+", choices=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS), help="rows to compute")
+    lt.add_argument("--imbalance", action=_Several, convert=float, default=[10, 50, 100], metavar="R",
+                    help="head/tail count ratios, space- or comma-separated")
+    lt.add_argument("--methods", action=_Several, allowed=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS), metavar="M",
+                    help=f"rows to compute, space- or comma-separated: {', '.join(LONGTAIL_METHODS)} (default: all of them)")
     lt.add_argument("--donors", type=int, default=3, help="classes a class borrows its shape from")
     lt.add_argument("--class-order", choices=("index", "random"), default="index",
                     help="head = class 0 (CIFAR-10-LT convention), or a seeded random order")
@@ -55,8 +87,10 @@ def add_subcommands(subparsers) -> None:
 
     fl = sub.add_parser("federated", parents=[common], help="Dirichlet-split clients, FedAvg with/without calibration")
     fl.add_argument("--clients", type=int, default=10, help="number of simulated clients")
-    fl.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.5], help="Dirichlet concentrations")
-    fl.add_argument("--methods", nargs="+", choices=FEDERATED_METHODS, default=list(FEDERATED_METHODS), help="columns to compute")
+    fl.add_argument("--alpha", action=_Several, convert=float, default=[0.1, 0.5], metavar="A",
+                    help="Dirichlet concentrations, space- or comma-separated")
+    fl.add_argument("--methods", action=_Several, allowed=FEDERATED_METHODS, default=list(FEDERATED_METHODS), metavar="M",
+                    help=f"columns to compute, space- or comma-separated: {', '.join(FEDERATED_METHODS)} (default: all of them)")
     fl.add_argument("--share", choices=("covariance", "shape"), default="covariance",
                     help="clients send full covariances or only their top-m shape")
     fl.add_argument("--components", type=int, default=5, help="m, eigenpairs sent with --share shape")
@@ -118,12 +152,10 @@ def _read(path, key: str, name: str):
     return fs.validate()
 
 
-def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
+def _finish(args, command: str, rows: list[dict], seconds: float, out: JsonOutput) -> int:
     print(format_table(rows))
     print(f"({seconds:.1f} s)")
     if args.json:
-        from ..report import write_json
-
         payload = {
             "command": f"calibrate {command}",
             "features": str(args.features),
@@ -133,8 +165,7 @@ def _finish(args, command: str, rows: list[dict], seconds: float) -> int:
             "seed": args.seed,
             "rows": rows,
         }
-        write_json(args.json, payload)  # strict JSON: NaN and inf as null
-        print(f"wrote {args.json}")
+        out.write(payload)  # strict JSON: NaN and inf as null; --json -: on stdout, alone
     return 0
 
 
@@ -150,6 +181,16 @@ def _check_flags(args, *flags: tuple[str, str, dict]) -> None:
 
 
 def _longtail(args) -> int:
+    with JsonOutput(args.json) as out:  # --json -: the table and notes go to stderr, the JSON alone to stdout
+        return _run_longtail(args, out)
+
+
+def _federated(args) -> int:
+    with JsonOutput(args.json) as out:
+        return _run_federated(args, out)
+
+
+def _run_longtail(args, out: JsonOutput) -> int:
     for r in args.imbalance:  # before any file is read, naming the flag
         _check_imbalance(r, "--imbalance")
     _check_flags(args, ("--donors", "donors", dict(integer=True, low=1, fix="3 is typical")))
@@ -164,10 +205,10 @@ def _longtail(args) -> int:
         class_embeddings=emb, l2=not args.no_l2, weight_decay=args.weight_decay, n_donors=args.donors,
         class_order=args.class_order, random_state=args.seed,
     )
-    return _finish(args, "longtail", rows, time.perf_counter() - t0)
+    return _finish(args, "longtail", rows, time.perf_counter() - t0, out)
 
 
-def _federated(args) -> int:
+def _run_federated(args, out: JsonOutput) -> int:
     _check_flags(
         args,
         ("--clients", "clients", dict(integer=True, low=1, fix="10 is typical")),
@@ -184,4 +225,4 @@ def _federated(args) -> int:
         share=args.share, n_components=args.components, rounds=args.rounds, local_epochs=args.local_epochs,
         lr=args.lr, weight_decay=args.weight_decay, l2=not args.no_l2, random_state=args.seed,
     )
-    return _finish(args, "federated", rows, time.perf_counter() - t0)
+    return _finish(args, "federated", rows, time.perf_counter() - t0, out)

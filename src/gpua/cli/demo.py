@@ -8,19 +8,45 @@ a table, results.json and a before/after embedding plot.
 from __future__ import annotations
 
 from .. import demo
-from ._common import add_param_arguments, check_paths, parse_params
+from ._common import add_param_arguments, add_quiet_argument, check_cache_dir, check_paths, parse_params
 
 __all__ = ["add_subcommands"]
 
 
+def _names(values) -> list[str]:
+    """Repeated and comma-separated values as one list (``--vfm a --vfm b`` = ``--vfm a,b``, as benchmark's ``--vfm a,b``)."""
+    return [v.strip() for given in values for v in given.split(",") if v.strip()]
+
+
+def _check_encoders(specs: list[str]) -> None:
+    """Refuse an unknown encoder before the first one encodes the photos (minutes), naming ``--vfm``."""
+    from .._errors import GPUAError
+    from ..encoders import list_encoders, parse_spec, registry_entries
+
+    for spec in specs:
+        try:
+            parse_spec(spec)
+        except GPUAError as exc:
+            raise GPUAError(f"--vfm: {exc}") from None
+        if not registry_entries([spec]):
+            raise GPUAError(f"--vfm {spec!r} is not a known encoder; pass one of {list_encoders()} (back ends end in ':' and "
+                            "take a model name, e.g. 'timm:vit_small_patch14_dinov2.lvd142m'), or 'all'.")
+
+
 def _cmd_demo(args) -> int:
+    from ..classify import check_methods
+
     check_paths(args, outputs=(("out", "folder"),))
+    check_cache_dir(args)
     # 'all' stands for its list where it is given, beside any other name (which is kept, not dropped).
-    vfms = [v for given in args.vfm or demo.DEMO_VFMS for v in (demo.ALL_DEMO_VFMS if given == "all" else (given,))]
+    vfms = [v for given in (_names(args.vfm) if args.vfm else demo.DEMO_VFMS)
+            for v in (demo.ALL_DEMO_VFMS if given == "all" else (given,))]
     names = [m.strip() for m in (args.methods or "").split(",")]
     methods = [m for given in names for m in (demo.ALL_DEMO_METHODS if given == "all" else (given,))] if args.methods else demo.DEMO_METHODS
+    check_methods(list(methods), "--methods")  # the library names its argument, methods
+    _check_encoders(vfms)
     demo.run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,
-             overrides=parse_params(args.param))
+                  overrides=parse_params(args.param), progress=not args.quiet)
     return 0
 
 
@@ -29,10 +55,12 @@ def add_subcommands(sub) -> None:
                        description=" ".join(__doc__.replace("``", "").split()))
     p.add_argument("--out", default="results/demo", help="folder for results.json and the plot")
     p.add_argument("--vfm", action="append",
-                   help=f"VFM encoder, repeatable; 'all' = {', '.join(demo.ALL_DEMO_VFMS)} (default: {', '.join(demo.DEMO_VFMS)})")
+                   help=f"VFM encoder, repeatable or comma-separated; 'all' = {', '.join(demo.ALL_DEMO_VFMS)} "
+                        f"(default: {', '.join(demo.DEMO_VFMS)})")
     p.add_argument("--methods", help=f"comma-separated; 'all' = the default ones and {','.join(demo.ALL_DEMO_METHODS[len(demo.DEMO_METHODS):])}; "
                                      f"default: {','.join(demo.DEMO_METHODS)}")
     p.add_argument("--cache-dir", help="feature and model cache (default $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--no-plot", action="store_true", help="skip the before/after embedding plot")
+    add_quiet_argument(p)
     add_param_arguments(p)
     p.set_defaults(func=_cmd_demo)

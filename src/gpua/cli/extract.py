@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import check_paths, parse_cluster
+from ._common import add_quiet_argument, check_cache_dir, check_device_flag, check_paths, parse_cluster, positive_int, positive_seconds
 
 __all__ = ["add_subcommands"]
 
@@ -43,30 +43,39 @@ def add_subcommands(subparsers) -> None:
                    help="output: a feature file (.npz or .safetensors) or a shard-set folder (a name without a suffix)")
     p.add_argument("--format", choices=_FORMATS, default="auto",
                    help="auto (by --out's suffix), file, or shards (a shard set even when the folder name has a dot)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
-    p.add_argument("--rows-per-shard", type=int, default=65536, help="rows per file of a shard set (default 65536)")
+    # Counts are refused while parsing, naming the flag, as classify's and benchmark's --batch-size
+    # (the library said "batch_size must be a positive integer").
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
+    p.add_argument("--rows-per-shard", type=positive_int, default=65536, help="rows per file of a shard set (default 65536)")
     p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards (default npy)")
-    p.add_argument("--device", default="cpu", help="torch device for the encoders: cpu, cuda, cuda:1")
+    p.add_argument("--device", default="cpu", help="torch device for the encoders: cpu, cuda, cuda:N or auto")
     p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--float16", action="store_true", help="store features in half precision")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
     p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    add_quiet_argument(p)
     p.set_defaults(func=_cmd_extract, on_interrupt="the finished parts are kept; the same command resumes from them")
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from .._errors import GPUAError
     from ..extract import _output_kind, extract_features
 
-    # The library checks these too, naming its own arguments (out, dataset); here the flags.
-    kind = _output_kind(Path(args.out).expanduser(), args.format)
+    # The library checks these too, naming its own arguments (out, format, dataset); here the flags.
+    try:
+        kind = _output_kind(Path(args.out).expanduser(), args.format)
+    except GPUAError as exc:
+        raise GPUAError(_as_flags(str(exc))) from None
     check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "file" if kind == "file" else "tree"),))
+    # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
+    check_device_flag(args.device)
+    check_cache_dir(args)
     before = _stamp(args.out)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _flags_named():
         warnings.simplefilter("always")
         path = extract_features(
             args.vfm, args.vlm, args.data, classnames=args.classnames, templates=args.templates, out=args.out,
@@ -102,6 +111,43 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
     )
     return 0
+
+
+#: gpua.extract's argument names that its messages write as ``name=value``, and the flags that set them.
+_FLAGS = {"out": "--out", "classnames": "--classnames", "vlm": "--vlm", "vfm": "--vfm", "on_error": "--on-error",
+          "shard_storage": "--shard-storage", "rows_per_shard": "--rows-per-shard"}
+
+
+def _as_flags(message: str) -> str:
+    """``gpua.extract``'s ``out='x.txt' ... format='shards'`` written as the flags: ``--out 'x.txt' ... --format shards``
+    (``classnames='x'`` as ``--classnames 'x'``...): the command line has no ``out=``."""
+    import re
+
+    # "format='shards' (--format shards)" names both already (and is kept as it is); a bare one is the flag
+    message = re.sub(r"(?<![\w-])format='(\w+)'(?! \(--format)", r"--format \1", message)
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+    return message
+
+
+class _flags_named:
+    """Re-raise a :class:`GPUAError` of the library with its argument names written as the flags (:func:`_as_flags`)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from .._errors import GPUAError
+
+        if isinstance(exc, GPUAError):
+            text = _as_flags(str(exc))
+            if text != str(exc):
+                try:
+                    renamed = type(exc)(text)
+                except TypeError:  # a subclass with other arguments
+                    renamed = GPUAError(text)
+                raise renamed from None
+        return False
 
 
 def _stamp(path) -> tuple | None:

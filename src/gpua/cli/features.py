@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
-from ._common import FitProgress, add_estimator_arguments, check_paths, estimator_overrides, parse_cluster, positive_int
+from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths,
+                      estimator_overrides, parse_cluster, positive_int, positive_seconds)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -41,6 +42,26 @@ def _read_features(path: str, require: tuple[str, ...] = ()):
         fs.require(*require, source=f"shard set {path!r}")
         return fs.validate()
     return load_features(path, require=require)
+
+
+def _check_widths(data, data_name: str, reference, reference_name: str) -> None:
+    """Refuse features whose widths differ from the model's (or the training file's), naming both.
+
+    ``reference`` is a fitted model (``n_features_vfm_``, ``n_features_vlm_``) or a FeatureSet;
+    the library's own check said "vfm_features has width 20 but 64 was expected" without saying
+    which file or which model.
+    """
+    for key, attr in (("vfm_features", "n_features_vfm_"), ("vlm_features", "n_features_vlm_")):
+        arr = getattr(data, key, None)
+        want = getattr(reference, attr, None)
+        if want is None:
+            ref = getattr(reference, key, None)
+            want = None if ref is None or getattr(ref, "ndim", 0) != 2 else ref.shape[1]
+        if arr is None or getattr(arr, "ndim", 0) != 2 or want is None or int(arr.shape[1]) == int(want):
+            continue
+        raise GPUAError(f"{data_name} {key} has width {arr.shape[1]} but {reference_name} has {int(want)}; they come from "
+                        "different encoders. Use features extracted with the encoders of "
+                        f"{reference_name} (gpua extract, same --vfm and --vlm).")
 
 
 def _agreement_note(h: dict) -> str:
@@ -93,9 +114,9 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
     g.add_argument("--max-memory", default=None, metavar="SIZE", help=f"memory budget per process (default {DEFAULT_MAX_MEMORY})")
     g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
-    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for --cluster")
+    g.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
     g.add_argument("--checkpoint", metavar="DIR", help="save UCM state after every round; re-run with the same DIR to resume")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (in-memory fits too)")
+    g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars (in-memory fits too)")
 
 
 def run_streamed_fit(args: argparse.Namespace, model) -> int:
@@ -110,6 +131,14 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     from ..features import ShardedFeatures
     from ..report import provenance_from_features
 
+    if args.max_memory is not None:  # checked now, by its flag, not after the shard set is opened
+        from ..stream import parse_memory
+
+        try:
+            parse_memory(args.max_memory)
+        except GPUAError as exc:
+            raise GPUAError(str(exc).replace("max_memory=", "--max-memory ", 1)) from None
+    parse_cluster(args.cluster)
     where = Path(args.shards)
     if not where.exists():
         raise GPUAError(f"--shards {args.shards!r} does not exist; pass the folder `gpua extract --out DIR` wrote.")
@@ -149,12 +178,19 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .._base import load_model
-    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix, write_json
-
     check_paths(args, inputs=("model", "test"), outputs=(("json", "file"), ("plot", "file")))
-    model = load_model(args.model)
+    with JsonOutput(args.json) as out:  # --json -: the table goes to stderr, the JSON alone to stdout
+        return _evaluate(args, out)
+
+
+def _evaluate(args, out: JsonOutput) -> int:
+    from .._base import load_model
+    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix
+
+    check_device_flag(args.device)
+    model = load_model(args.model, device=args.device)
     test = _read_features(args.test, require=("labels",))
+    _check_widths(test, f"--test {args.test!r}", model, f"the model {args.model!r}")
     res = evaluate_model(model, test, dataset=args.dataset or "", model_name=str(args.model), test_name=f"--test {args.test!r}",
                          report=args.report or bool(args.plot))
     n_classes = res["gpua"]["n_classes"]
@@ -174,18 +210,18 @@ def _cmd_evaluate(args) -> int:
         if not args.report:
             res.pop("per_class", None)
             res.pop("confusion_matrix", None)
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+        out.write(res)
     return 0
 
 
-def _prediction_chunks(model, source: str):
+def _prediction_chunks(model, source: str, model_name: str = "the model"):
     """``(image ids, probabilities, None, scores)`` chunks of a feature file or a shard set, its class names, class count and meta."""
     from ..features import ShardedFeatures, load_features
 
     if Path(source).is_dir():
         sf = ShardedFeatures(source)
         names = sf.classnames
+        _check_widths(_Widths(sf.widths), f"--features {source!r}", model, model_name)
 
         def gen():
             for s, e, (Z, X) in sf.iter_rows(_CHUNK_ROWS):
@@ -195,10 +231,22 @@ def _prediction_chunks(model, source: str):
 
         return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta
     fs = load_features(source, require=("vfm_features",))
+    _check_widths(fs, f"--features {source!r}", model, model_name)
     ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
     n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
     scores = model.decision_function(fs.vfm_features, fs.vlm_features)
     return iter([(ids, model.proba_from_scores(scores), None, scores)]), fs.classnames, n_k, fs.meta
+
+
+class _Widths:
+    """A shard set's widths, shaped as :func:`_check_widths` reads them (``.vfm_features.shape[1]``)."""
+
+    def __init__(self, widths: dict) -> None:
+        import numpy as np
+
+        for key in ("vfm_features", "vlm_features"):
+            if widths.get(key) is not None:
+                setattr(self, key, np.empty((0, int(widths[key]))))
 
 
 def _cmd_predict(args) -> int:
@@ -207,8 +255,9 @@ def _cmd_predict(args) -> int:
     from ..report import check_encoders, write_predictions
 
     check_paths(args, inputs=("model", "features"), outputs=(("out", "file"),))
-    model = load_model(args.model)
-    chunks, file_names, file_k, meta = _prediction_chunks(model, args.features)
+    check_device_flag(args.device)
+    model = load_model(args.model, device=args.device)
+    chunks, file_names, file_k, meta = _prediction_chunks(model, args.features, f"the model {args.model!r}")
     check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
     names = model.classnames_
     if file_names is not None or file_k is not None:
@@ -230,10 +279,15 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from ..baselines import list_methods, unused_overrides
-    from ..report import compare_methods, format_table, write_json
-
     check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
+    with JsonOutput(args.json) as out:  # --json -: the table and notes go to stderr, the JSON alone to stdout
+        return _compare(args, out)
+
+
+def _compare(args, out: JsonOutput) -> int:
+    from ..baselines import list_methods, unused_overrides
+    from ..report import compare_methods, format_table
+
     methods = list_methods() if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:  # the library reads an empty list as every method: a typo would start them all
         raise GPUAError(f"--methods {args.methods!r} names no method; give comma-separated names from {list_methods()}, or 'all'.")
@@ -254,13 +308,17 @@ def _cmd_compare(args) -> int:
             print(f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its parameter)")
     train = _read_features(args.train)
     test = _read_features(args.test, require=("labels",))
-    rows = compare_methods(train, test, methods, overrides=overrides, progress=True,
+    _check_widths(test, f"--test {args.test!r}", train, f"--train {args.train!r}")
+    rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet,
                            train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
-    if args.json:
-        write_json(args.json, {"train": str(args.train), "test": str(args.test), "params": overrides, "results": rows})
-        print(f"wrote {args.json}")
+    out.write({"train": str(args.train), "test": str(args.test), "params": overrides, "results": rows})
     return 0
+
+
+def _add_model_device_argument(p) -> None:
+    p.add_argument("--device", help="torch device to predict on: cpu, cuda, cuda:N or auto (default: the one the model was "
+                                    "fitted with; --device cpu loads a model fitted on a GPU on a machine without one)")
 
 
 def add_subcommands(sub) -> None:
@@ -277,10 +335,11 @@ def add_subcommands(sub) -> None:
                        "Test labels are matched to the model's classes by name.")
     p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
     p.add_argument("--test", required=True, help="labelled feature file or shard set")
-    p.add_argument("--json", help="write CLIP_benchmark-shaped results (dataset, vfm, vlm, task, metrics) here")
+    add_json_argument(p, "write CLIP_benchmark-shaped results (dataset, vfm, vlm, task, metrics) to FILE")
     p.add_argument("--dataset", help="dataset name recorded in the JSON (default: the one the test features record)")
     p.add_argument("--report", action="store_true", help="also per-class precision, recall, F1 and the confusion matrix")
     p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
+    _add_model_device_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict classes for a feature file or shard set",
@@ -290,12 +349,14 @@ def add_subcommands(sub) -> None:
     p.add_argument("--features", required=True, help="feature file or shard set")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes listed per image")
+    _add_model_device_argument(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("compare", help="fit and score GPUA, its ablations and baselines", description="Fit each method on --train (no labels) and score it on --test.")
     p.add_argument("--train", required=True, help="feature file or shard set to fit on (labels unused)")
     p.add_argument("--test", required=True, help="labelled feature file or shard set to score on")
     p.add_argument("--methods", default="all", help="comma-separated names or 'all' (see gpua.list_methods())")
-    p.add_argument("--json", help="write the result rows here")
+    add_json_argument(p, "write the result rows to FILE")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress lines (one per method as it is scored)")
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_compare)

@@ -55,7 +55,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -63,7 +62,8 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
 from ..params import COUNT
-from ._common import add_param_arguments, check_paths, parse_params
+from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag,
+                      parse_params)
 
 __all__ = ["add_subcommands"]
 
@@ -92,7 +92,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N readable images (default: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_argument(p, dest="no_progress")
     add_param_arguments(p, defaults=FIT_SEG_DEFAULTS)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
 
@@ -463,6 +463,8 @@ def _load_model(path: str):
     """The model and what it records (its ``provenance_``, over the ``.seg.json`` sidecar of older files)."""
     from .. import load_model
 
+    if os.path.isdir(path):
+        raise GPUAError(f"--model {path!r} is a folder, not a model file; pass the .gpua file `gpua fit-seg --out` wrote.")
     if not os.path.isfile(path):
         raise GPUAError(f"--model {path!r} does not exist; fit one with `gpua fit-seg`.")
     model = load_model(path)
@@ -604,11 +606,12 @@ def _fit_seg(args: argparse.Namespace) -> int:
 
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
-    from ..params import SEED, check_param
+    from ..params import check_param
     from ..segment.inference import min_image_side
 
     params = {**FIT_SEG_DEFAULTS, **parse_params(args.param)}  # checked before any encoder loads
-    check_param("--seed", args.seed, SEED)
+    check_seed_flag(args.seed)
+    check_device_flag(args.device)
     check_param("--patches-per-image", args.patches_per_image, COUNT)
     classnames, prompt_names, owner = _class_prompts(args.classnames)
     if params.get("class_prior") is not None:
@@ -657,6 +660,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     check_paths(args, inputs=("model", "images", "classnames", "templates"), outputs=(("out", "folder"),),
                 extra_inputs=_sidecar(args))
+    check_device_flag(args.device)
     classes = _class_prompts(args.classnames) if args.classnames else None
     if classes is None and not args.model:  # said before the output checks, as _segmenter says it
         raise GPUAError("--zero-shot needs --classnames (one class a line), the classes to segment into.")
@@ -914,7 +918,6 @@ def _warn_unused_evaluate_flags(args: argparse.Namespace) -> None:
 def _evaluate_seg(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .._atomic import atomic_write_text
     from ..data import UnreadableImageError
     from ..segment.datasets import read_label
     from ..segment.metrics import SegmentationMetric, check_ignore_index
@@ -924,6 +927,8 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise GPUAError(f"--limit {args.limit} must be 1 or more (leave it out to score every image).")
     _warn_unused_evaluate_flags(args)
+    if not args.pred:
+        check_device_flag(args.device)
     classnames, load_gt, pairs, leave_out = _ground_truth(args)
     pairs = pairs[: args.limit]
     lossy = [ann for _, _, ann in pairs if Path(ann).suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")]
@@ -1001,15 +1006,8 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     result = scores.to_dict()
     result["n_images"] = metric.n_images
     threshold_note = labeller.note() if labeller is not None else ""
-    if args.json == "-":
-        json.dump(result, sys.stdout, indent=2)
-        print()
-        if threshold_note:
-            print(f"gpua evaluate-seg: note: {threshold_note[2:]}", file=sys.stderr)
-        return 0
-    print(scores.table())
-    print(f"{metric.n_images} image(s){threshold_note}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    with JsonOutput(args.json) as out:  # --json -: the JSON alone on stdout, the table on stderr
+        print(scores.table())
+        print(f"{metric.n_images} image(s){threshold_note}")
+        out.write(result)
     return 0
