@@ -320,3 +320,14 @@ def test_a_negative_seed_is_refused_as_calibrate_refuses_it(command, tmp_path, c
     assert main([*command, "--seed", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--seed=-1 must be an integer, 0 or more" in err and "None" not in err
+
+
+def test_class_name_errors_name_the_flag_and_a_folder(tmp_path, capsys):
+    """`classify --classnames x` said ``classnames='x'`` (no such argument on the command line); a
+    folder given as a class-name file was said not to exist."""
+    (tmp_path / "imgs").mkdir()
+    assert main(["classify", "--images", str(tmp_path / "imgs"), "--classnames", "x", "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "--classnames 'x' is neither a file" in err and "classnames=" not in err
+    assert main(["evaluate-seg", "--pred", str(tmp_path), "--gt", str(tmp_path), "--classnames", str(tmp_path / "imgs")]) == 2
+    assert "is a folder; pass the path of a text or JSON file" in capsys.readouterr().err

@@ -81,9 +81,16 @@ def check_classes(classnames: Any, option: str = "classnames", hint: str = "give
         Naming ``option`` when they hold fewer than 2 classes (no text prototypes to choose
         between), or as :func:`gpua.data.classnames.resolve_classnames` for a file it cannot read.
     """
+    import re
+
     from .data.classnames import resolve_classnames
 
-    names = resolve_classnames(classnames) or []
+    try:
+        names = resolve_classnames(classnames) or []
+    except GPUAError as exc:  # said with the caller's name for the argument (the flag, on the command line)
+        if option == "classnames":
+            raise
+        raise GPUAError(re.sub(r"(?<![\w-])classnames=", f"{option} ", str(exc))) from None
     if len(names) < 2:
         shown = f" {str(classnames)!r}" if isinstance(classnames, (str, os.PathLike)) else ""
         raise GPUAError(f"{option}{shown} names {len(names)} class ({', '.join(map(repr, names)) or 'none'}); at least 2 classes are "

@@ -43,6 +43,8 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         UTF-8), or holds NUL characters (UTF-16 without a byte-order mark, or not text).
     """
     p = Path(path)
+    if p.is_dir():
+        raise GPUAError(f"{what} file {str(p)!r} is a folder; pass the path of a text or JSON file.")
     if not p.is_file():
         raise GPUAError(f"{what} file {str(p)!r} does not exist; pass the path of a text or JSON file.")
     try:
