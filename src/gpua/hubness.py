@@ -1,6 +1,7 @@
 r"""Topology-aware hubness suppression (THS) and hubness-aware retrieval.
 
-THS is GPA's fine-tuning loss, a ranking hinge over each sample's nearest wrong prototypes:
+THS is GPA's fine-tuning loss (:func:`ths_loss`), a ranking hinge over each sample's nearest
+wrong prototypes, on a batch of :math:`N` rows:
 
 .. math::
     \mathcal L = \frac{1}{N k} \sum_{i=1}^{N} \sum_{c \in \mathcal N_k(i)}
@@ -28,11 +29,13 @@ __all__ = ["semantic_margins", "hub_occupancy", "ths_loss", "csls_scores", "neig
 
 
 def semantic_margins(Y: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
-    r""":math:`m_{lc} = (1 - y_l^\top y_c) / s` for all class pairs.
+    r"""THS's semantic margins :math:`m_{lc} = (1 - y_l^\top y_c) / s` for all class pairs.
 
     Parameters
     ----------
     Y : tensor of shape (n_classes, d_t), rows L2-normalised
+    scale : float
+        :math:`s` (``margin_scale``).
 
     Returns
     -------
@@ -42,11 +45,17 @@ def semantic_margins(Y: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
 
 
 def hub_occupancy(sims: torch.Tensor, k: int) -> torch.Tensor:
-    r""":math:`h_c`: fraction of rows whose ``k`` most similar columns include ``c``.
+    r"""THS's hubness :math:`h_c = \frac1N \#\{i : c \in \mathrm{top}_k(s_{i\cdot})\}`.
+
+    The fraction of rows whose ``k`` most similar columns include ``c`` (the positive included;
+    ties as :func:`torch.topk` breaks them). :func:`gpua.metrics.k_occurrence` counts the same
+    thing, unnormalised, for evaluation.
 
     Parameters
     ----------
     sims : tensor of shape (n_samples, n_classes)
+    k : int
+        Clipped to ``n_classes``.
 
     Returns
     -------
@@ -72,7 +81,19 @@ def ths_loss(
     include_positive: bool = False,
     full_sort: bool = False,
 ) -> torch.Tensor:
-    r"""The THS ranking loss for one batch.
+    r"""The THS ranking loss for one batch (defaults: the module's form).
+
+    .. math::
+        \mathcal L = \frac{1}{B k} \sum_{i=1}^{B} \sum_{c \in \mathcal N_k(i)}
+            \big[\, d_{i+} + m_{ic} + \beta\, h_c - d_{ic} \,\big]_+ ,
+        \qquad d_{ic} = 1 - \cos(q_i W, y_c),\quad d_{i+} = d_{i l_i},
+
+    :math:`B` the batch rows, :math:`\mathcal N_k(i)` the :math:`k` nearest prototypes other
+    than the pseudo-label :math:`l_i` (found with a top-k), :math:`m_{ic}` = ``margins[l_i, c]``
+    (:func:`semantic_margins`) and :math:`h_c` = :func:`hub_occupancy` of the batch's
+    similarities, without gradient. :math:`k` is clipped to :math:`K - 1` (:math:`K` with
+    ``include_positive``). With ``sample_weight`` :math:`w` the per-row means are averaged with
+    weights :math:`w_i / \sum_j w_j` instead of :math:`1/B`.
 
     Parameters
     ----------
@@ -93,7 +114,7 @@ def ths_loss(
     distance : {"cosine", "euclidean"}
         :math:`d_{ic} = 1 - \cos(q_i W, y_c)` (default), or the published code's
         :math:`d_{ic} = \|\widehat{q_i W} - y_c\|_2` between the normalised mapped row and the
-        prototype.
+        prototype (then the neighbours and :math:`h_c` are by that distance too).
     include_positive : bool
         The published code's neighbourhood: :math:`\mathcal N_k(i)` = the :math:`k` nearest
         prototypes *including* the pseudo-label's own, whose hinge is then
@@ -144,7 +165,18 @@ def ths_loss(
 def neighbourhood_radius(A: torch.Tensor, B: torch.Tensor, k: int = 10, chunk: int = 8192) -> torch.Tensor:
     r""":math:`r(a) = \frac1k \sum_{b \in \mathcal N_k(a)} \cos(a, b)` for each row of ``A`` against ``B``.
 
-    Computed in row chunks so the (n_A, n_B) similarity never exists whole.
+    CSLS's radius (:func:`csls_scores`): with ``A`` the prototypes and ``B`` the fit pool's
+    mapped queries it is :math:`r_S(y)`. Computed in row chunks so the (n_A, n_B) similarity
+    never exists whole.
+
+    Parameters
+    ----------
+    A : tensor of shape (n_A, d), rows L2-normalised
+    B : tensor of shape (n_B, d), rows L2-normalised
+    k : int
+        Clipped to ``n_B``.
+    chunk : int
+        Rows of ``A`` per product.
 
     Returns
     -------
@@ -158,7 +190,14 @@ def neighbourhood_radius(A: torch.Tensor, B: torch.Tensor, k: int = 10, chunk: i
 
 
 def csls_scores(sims: torch.Tensor, r_query: torch.Tensor, r_proto: torch.Tensor) -> torch.Tensor:
-    r"""CSLS: :math:`2 \cos(x, y) - r_T(x) - r_S(y)`.
+    r"""CSLS retrieval scores (Conneau et al., 2018).
+
+    .. math::
+        \mathrm{CSLS}(x_i, y_k) = 2 \cos(x_i, y_k) - r_T(x_i) - r_S(y_k),
+
+    :math:`r_T(x)` the mean cosine of the mapped query :math:`x = \mathrm{normalize}(q W)` to its
+    nearest prototypes and :math:`r_S(y)` the mean cosine of a prototype to its nearest mapped
+    fit-pool queries (:func:`neighbourhood_radius`).
 
     Parameters
     ----------
@@ -168,6 +207,10 @@ def csls_scores(sims: torch.Tensor, r_query: torch.Tensor, r_proto: torch.Tensor
         Each query's mean similarity to its nearest prototypes.
     r_proto : tensor of shape (n_classes,)
         Each prototype's mean similarity to its nearest (fit-pool) queries.
+
+    Returns
+    -------
+    tensor of shape (n_samples, n_classes)
     """
     if sims.ndim != 2 or r_query.shape != sims.shape[:1] or r_proto.shape != sims.shape[1:]:
         raise GPUAError(

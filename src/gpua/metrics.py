@@ -220,8 +220,19 @@ def score_summary(y_true, y_score, *, hubness_k: int = 10) -> dict[str, float]:
 def k_occurrence(scores, k: int = 10) -> np.ndarray:
     r"""How often each column is among a row's ``k`` best: :math:`N_k(c)`.
 
+    .. math::
+        N_k(c) = \#\{i : c \in \mathrm{top}_k(s_{i\cdot})\}
+
+
     For queries (rows) against prototypes (columns) a skewed :math:`N_k` marks hubs: prototypes
-    that are near everything.
+    that are near everything. Ties go to the lower column index. THS's training-time hubness
+    :math:`h_c` (:func:`gpua.hubness.hub_occupancy`) is :math:`N_k(c) / N` of a batch.
+
+    Parameters
+    ----------
+    scores : array of shape (n_samples, n_classes)
+    k : int >= 1
+        Clipped to ``n_classes``.
 
     Returns
     -------
@@ -241,7 +252,24 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
 
 
 def hubness_skewness(scores, k: int = 10) -> float:
-    r"""Skewness of the k-occurrence distribution (Radovanovic et al., 2010); 0 = no hubs."""
+    r"""Skewness of the k-occurrence distribution (Radovanovic et al., 2010); 0 = no hubs.
+
+    .. math::
+        S_{N_k} = \frac{\frac1K \sum_c (N_k(c) - \bar N_k)^3}
+                       {\big(\frac1K \sum_c (N_k(c) - \bar N_k)^2\big)^{3/2}}
+
+    over the :math:`K` columns (:func:`k_occurrence`; the population moments of
+    ``scipy.stats.skew``); 0 when every column occurs equally often.
+
+    Parameters
+    ----------
+    scores : array of shape (n_samples, n_classes)
+    k : int >= 1
+
+    Returns
+    -------
+    float
+    """
     from scipy.stats import skew
 
     counts = k_occurrence(scores, k).astype(np.float64)
@@ -255,6 +283,15 @@ def robin_hood_index(scores, k: int = 10) -> float:
 
     The share of k-occurrences that would have to move to make them uniform (Feldbauer et al.,
     2018).
+
+    Parameters
+    ----------
+    scores : array of shape (n_samples, n_classes)
+    k : int >= 1
+
+    Returns
+    -------
+    float
     """
     counts = k_occurrence(scores, k).astype(np.float64)
     return float(0.5 * np.abs(counts - counts.mean()).sum() / counts.sum())

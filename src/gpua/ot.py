@@ -1,4 +1,4 @@
-r"""Entropic optimal transport on an (N, K) score matrix, solved in the log domain.
+r"""Entropic optimal transport on an (N, K) score matrix, with log-stabilised Sinkhorn iterations.
 
 UCM's soft assignment of N images to K classes is
 
@@ -7,24 +7,34 @@ UCM's soft assignment of N images to K classes is
     \qquad \Pi(a, b) = \{P \ge 0 : P \mathbf 1_K = a,\ P^\top \mathbf 1_N = b\},
 
 with :math:`H(P) = -\sum_{ik} P_{ik} (\log P_{ik} - 1)`. Its solution is
-:math:`\log P_{ik} = S_{ik}/\varepsilon + u_i + v_k` for potentials found by Sinkhorn's
-alternating projections, done here on :math:`u, v` (log domain) so that small
-:math:`\varepsilon` never under- or overflows.
+:math:`\log P_{ik} = S_{ik}/\varepsilon + u_i + v_k` for potentials :math:`u, v` found by
+Sinkhorn's alternating projections. The potentials are kept in the log domain and absorbed into
+the kernel whenever the exp-domain scalings grow large (Schmitzer, 2019;
+:func:`_sinkhorn_torch`), so that small :math:`\varepsilon` never under- or overflows.
 
-Semi-relaxed variant (unknown or imbalanced class priors): the class marginal becomes a KL
-penalty :math:`\rho\, \mathrm{KL}(P^\top \mathbf 1 \,\|\, b)`, whose update is the balanced one
-damped by :math:`\rho / (\rho + \varepsilon)` (Chizat et al., 2018; POT's ``sinkhorn_unbalanced``
-with ``reg_m = (inf, rho)``).
+Semi-relaxed variant (unknown or imbalanced class priors): the *class* marginal (columns)
+becomes a KL penalty while the image marginal (rows) stays exact,
 
-Stopping rule: the *relative* class-marginal error
+.. math::
+    \max_{P \ge 0,\ P \mathbf 1_K = a} \langle P, S \rangle + \varepsilon H(P)
+    - \rho\, \mathrm{KL}(P^\top \mathbf 1_N \,\|\, b),
+
+whose class-potential update is the balanced one damped by :math:`\rho / (\rho + \varepsilon)`
+(Chizat et al., 2018; POT's ``sinkhorn_unbalanced`` with ``reg_m = (inf, rho)``).
+
+Stopping rule (balanced): the *relative* class-marginal error
 :math:`\max_k |(P^\top \mathbf 1)_k - b_k| / b_k` (rows are exact after each row update). An
 absolute tolerance on a matrix summing to one, as in the published code, stops after two
-iterations at N = 50k, K = 1000 with class marginals off by more than 100%.
+iterations at N = 50k, K = 1000 with class marginals off by more than 100%. The semi-relaxed
+problem does not hold the class marginal to :math:`b`, so it stops on the largest change of the
+class potential instead, :math:`\max_k |\Delta v_k|`.
 
-Two solvers: ``"torch"`` (our float32 kernel, CPU or GPU, memory ``O(N K)`` for the score plus
-one temporary) and ``"pot"`` (POT's ``ot.sinkhorn(..., method="sinkhorn_log")`` in float64 on
-the CPU). ``benchmarks/sinkhorn_speed.py`` compares them; the torch kernel is the default because
-it is several times faster there at equal accuracy.
+Two solvers: ``"torch"`` (our kernel, CPU or GPU: scores and potentials in float32, the
+kernel and its products in float64, memory ``O(N K)`` for the score, the kernel and one
+temporary) and ``"pot"`` (POT in float64 on the CPU: ``ot.sinkhorn(..., method="sinkhorn_log")``
+when balanced, ``ot.unbalanced.sinkhorn_unbalanced(..., method="sinkhorn_stabilized")`` when
+semi-relaxed). ``benchmarks/sinkhorn_speed.py`` compares them; the torch kernel is the default
+because it is several times faster there at equal accuracy.
 
 A third, ``"swav"``, reproduces the published GPUA code (SwAV's ``distributed_sinkhorn``, Caron
 et al., 2020) for :class:`gpua.reference.ReferenceGPUA`: exponential domain, float32, rows
@@ -51,21 +61,24 @@ __all__ = ["SinkhornResult", "sinkhorn", "marginal_error", "check_marginal"]
 
 @dataclass
 class SinkhornResult:
-    """Output of :func:`sinkhorn`.
+    r"""Output of :func:`sinkhorn`.
 
     Attributes
     ----------
-    plan : tensor of shape (n_samples, n_classes)
-        The transport plan :math:`P`; rows sum to ``a``.
+    plan : float32 tensor of shape (n_samples, n_classes)
+        The transport plan :math:`P`; rows sum to ``a`` (the whole plan to one).
     log_u : tensor of shape (n_samples,)
     log_v : tensor of shape (n_classes,)
-        Log-domain potentials (``log_v`` warm-starts the next solve).
+        Log-domain potentials, :math:`\log P_{ik} \approx S_{ik}/\varepsilon + u_i + v_k` for the
+        scores as given (``log_v`` warm-starts the next solve).
     n_iter : int
     marginal_error : float
-        Final relative class-marginal error (balanced) or relative potential change
-        (semi-relaxed; with ``solver="pot"``, POT's own measure, the relative change of the row
-        scaling).
+        Final relative class-marginal error (balanced, and ``"swav"``) or the last change of
+        the class potential :math:`\max_k |\Delta v_k|` (semi-relaxed; with ``solver="pot"``,
+        POT's own measure, the relative change of the row scaling).
     converged : bool
+    history : list of float
+        The stopping measure per iteration (``"torch"`` and ``"swav"``; empty for ``"pot"``).
     """
 
     plan: torch.Tensor
@@ -107,7 +120,22 @@ def sinkhorn(
     init_log_v: torch.Tensor | None = None,
     solver: str = "torch",
 ) -> SinkhornResult:
-    r"""Entropic OT plan maximising :math:`\langle P, S\rangle + \varepsilon H(P)`.
+    r"""Entropic OT plan: UCM's assignment step, balanced or semi-relaxed.
+
+    .. math::
+        P^\star = \arg\max_{P \in \Pi(a, b)} \langle P, S \rangle + \varepsilon H(P)
+        \quad (\rho = \text{None}),\qquad
+        P^\star = \arg\max_{P \ge 0,\ P \mathbf 1_K = a} \langle P, S \rangle + \varepsilon H(P)
+        - \rho\, \mathrm{KL}(P^\top \mathbf 1_N \,\|\, b),
+
+    with :math:`H(P) = -\sum_{ik} P_{ik}(\log P_{ik} - 1)`. The image marginal :math:`a` is
+    always exact; only the class marginal :math:`b` is relaxed. With the ``"torch"`` solver
+    each iteration sets :math:`u` so the rows are exact, then
+    :math:`v \leftarrow \delta\,(\log b - \log \sum_i e^{S_{ik}/\varepsilon + u_i})`,
+    :math:`\delta = \rho / (\rho + \varepsilon)` (1 when balanced), in the log-stabilised form
+    of :func:`_sinkhorn_torch`. Scores far from zero (``max |S| / eps`` above 4096, or float64
+    scores) are shifted by each row's maximum first; the plan does not change and ``log_u``
+    takes the shift back.
 
     Parameters
     ----------
@@ -116,7 +144,7 @@ def sinkhorn(
     eps : float
         Entropic regularisation :math:`\varepsilon` in the units of ``scores``.
     a : array of shape (n_samples,), optional
-        Row marginal (default uniform, :math:`1/N`).
+        Row marginal (default uniform, :math:`1/N`); user-given weights are normalised.
     b : array of shape (n_classes,), optional
         Class marginal (default uniform, :math:`1/K`); user-given priors are normalised.
     rho : float, optional
@@ -127,7 +155,8 @@ def sinkhorn(
         relative change of the row scaling), falls below ``tol``.
     max_iter : int
     init_log_v : tensor of shape (n_classes,), optional
-        Warm start for the class potential.
+        Warm start for the class potential (``solver="torch"`` only; ``"pot"`` and ``"swav"``
+        start cold).
     solver : {"torch", "pot", "swav"}
         ``"swav"`` (the published code's exponential-domain iteration, see the module docstring)
         stops when the largest change of a plan entry falls below ``tol`` (absolute, the plan
@@ -136,6 +165,8 @@ def sinkhorn(
     Returns
     -------
     SinkhornResult
+        ``plan`` sums to one (rows to ``a``); :func:`gpua.ucm.mine_correspondences` multiplies
+        it by :math:`N` so that each row sums to one.
     """
     # numpy scalars (np.float32(0.05), a value read from an array) are numbers too; booleans are not.
     if isinstance(eps, (bool, np.bool_)) or not (isinstance(eps, (int, float, np.integer, np.floating)) and eps > 0 and math.isfinite(eps)):
@@ -200,8 +231,16 @@ def _sinkhorn_torch(S, eps, a64, b64, rho, tol, max_iter, init_log_v, absorb_at:
     :math:`K = \exp(S/\varepsilon + f \oplus g)`; a log-domain pass costs an ``exp`` over
     the whole matrix, about ten times more. The scalings :math:`u, v` stay near one because the
     potentials :math:`f, g` are re-absorbed into the kernel whenever
-    :math:`\max |\log u|, |\log v|` exceeds ``absorb_at`` (Schmitzer, 2019), so nothing
-    overflows; entries that underflow are below 1e-38 of their row's mass.
+    :math:`\max |\log u|, |\log v|` exceeds ``absorb_at`` (checked every 10 iterations;
+    Schmitzer, 2019), so nothing overflows; entries that underflow are below 1e-38 of their
+    row's mass. :math:`S/\varepsilon` and the potentials are float32 in the exponent, the kernel
+    and its products float64; the returned plan is float32, its rows made exact by a last row
+    update.
+
+    The class update, with :math:`\delta = \rho/(\rho + \varepsilon)` (1 when balanced), is
+    :math:`\log v \leftarrow \delta(\log b - \log K^\top u) + (\delta - 1)\, g`, i.e. the
+    total class potential :math:`g + \log v` becomes :math:`\delta(\log b - \log \sum_i
+    e^{S_{ik}/\varepsilon + f_i + \log u_i})`.
     """
     # Scores and potentials in float32; the kernel and its products in float64, since float32
     # rounding alone leaves class marginals ~1e-5 off at N = 5000 and worse beyond.

@@ -100,17 +100,26 @@ def orthogonal_procrustes(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def procrustes_from_assignment(
     Q: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, assignment: str = "soft"
 ) -> torch.Tensor:
-    r"""GPA's initial map :math:`W_0 = U V^\top` from :math:`\mathrm{SVD}(Q^\top P Y)`.
+    r"""GPA's initial map: orthogonal Procrustes on UCM's correspondences.
+
+    .. math::
+        W_0 = U V^\top,\qquad U \Sigma V^\top = \mathrm{SVD}(Q^\top P Y)\ \text{(thin)},
+
+    the maximiser of :math:`\mathrm{tr}(W^\top Q^\top P Y)` over (semi-)orthogonal :math:`W`,
+    i.e. of :math:`\sum_{ik} P_{ik}\, (q_i W)^\top y_k`; for square :math:`W` also the minimiser
+    of :math:`\|Q W - P Y\|_F` (module docstring). Computed as :func:`polar_factor` of
+    :func:`cross_covariance`. No pull toward the identity.
 
     Parameters
     ----------
     Q : tensor of shape (n_samples, d_in)
     P : tensor of shape (n_samples, n_classes)
-        UCM's soft assignment.
+        UCM's soft assignment (its scale does not change :math:`W_0`).
     Y : tensor of shape (n_classes, d_out)
     assignment : {"soft", "hard"}
-        ``"hard"`` replaces each row of ``P`` by the one-hot of its argmax (the published code's
-        choice); ``"soft"`` keeps the full transport plan.
+        ``"hard"`` replaces each row of ``P`` by the one-hot of its argmax,
+        :math:`P_{ik} \leftarrow [k = \arg\max_l P_{il}]` (the published code's choice, target
+        row :math:`y_{l_i}`); ``"soft"`` keeps the full transport plan.
 
     Returns
     -------

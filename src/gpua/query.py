@@ -93,6 +93,14 @@ def build_query(
 ) -> torch.Tensor:
     r"""The query :math:`Q` that the map acts on, rows L2-normalised.
 
+    .. math::
+        Q = \tilde Z\ (\texttt{"vfm"}),\qquad
+        Q = \mathrm{normalize}\big([\tilde Z, \tilde X]\big)\ (\texttt{"fused"}),\qquad
+        Q \leftarrow \mathrm{normalize}(Q M)\ \text{when whitened},
+
+    with :math:`\tilde Z`, :math:`\tilde X` the rows of :func:`centre_rows` (normalised, centred
+    on ``mean`` / ``vlm_mean`` when given, normalised again).
+
     Parameters
     ----------
     Z : tensor of shape (n_samples, d_vfm)
@@ -188,9 +196,10 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
         \qquad \bar\sigma^2 = \frac1d \sum_{j \le d} \sigma_j^2,
 
     with :math:`(\sigma_j^2, v_j)` the top :math:`d` eigenpairs of the pool rows' second moment
-    :math:`Q^\top Q / n` (not their covariance, so that a map :math:`W` fitted on
-    :math:`\mathrm{normalize}(Q M)` is the map :math:`M W` on :math:`Q`: a row's scale does not
-    change its cosines after the final normalisation) and :math:`s` = ``shrink``, which
+    :math:`Q^\top Q / n` (not their covariance: no mean is subtracted, so the whitening stays
+    linear and a map :math:`W` fitted on :math:`\mathrm{normalize}(Q M)` is the map :math:`M W`
+    on :math:`Q`, since a row's scale does not change its cosines after the final
+    normalisation; :func:`gpua.fitting.unwhiten`) and :math:`s` = ``shrink``, which
     interpolates between full whitening of the :math:`d` directions (0) and a plain projection
     on them (large). (:math:`10^{-6}\bar\sigma^2` is added under the root, so that a direction of
     no variance stays finite at :math:`s = 0`.)
@@ -220,15 +229,28 @@ def whitening_map(Q: torch.Tensor, n_components: int, shrink: float) -> torch.Te
 
 
 def whitening_from_moment(gram: torch.Tensor, n_samples: int, n_components: int, shrink: float) -> torch.Tensor:
-    r""":func:`whitening_map` from the summed second moment :math:`Q^\top Q` of ``n_samples`` rows.
+    r""":func:`whitening_map` from the summed second moment :math:`G = Q^\top Q` of ``n_samples`` rows.
+
+    The one place :math:`M` is computed (the in-memory fit through :func:`whitening_map`, the
+    streamed and federated fits on :math:`G` summed over chunks or clients):
+
+    .. math::
+        M = V_d\,\mathrm{diag}\big((\sigma_j^2 + (s + 10^{-6})\,\bar\sigma^2)^{-1/2}\big),\qquad
+        (\sigma_j^2, v_j)_{j \le d} = \text{top eigenpairs of } G / n,
+
+    each :math:`v_j` signed so its largest-magnitude entry is positive (the same map whatever
+    order the moment was summed in); a pool with no variance at all is left unscaled.
 
     Parameters
     ----------
     gram : tensor of shape (d_q, d_q)
         :func:`second_moment_sum` of the pool (summed over chunks or clients).
     n_samples : int
+        :math:`n`.
     n_components : int
+        :math:`d` (clipped to ``min(n_samples, d_q)``).
     shrink : float
+        :math:`s \ge 0`.
 
     Returns
     -------

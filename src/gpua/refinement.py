@@ -4,12 +4,15 @@ r"""THS refinement of the Procrustes map, with label-free early stopping: one fu
     W^\star = \arg\min_W \; \mathcal L_{\mathrm{THS}}(Q W; Y, \hat l)
               \;[+\ \gamma \|W^\top W - I\|_F^2 / d]
 
-from :math:`W_0` by AdamW on mini-batches (cosine schedule to ``lr * 1e-3``), Gaussian noise and
-dropout on the batch each with probability 1/2, and early stopping on the THS loss of a held-out
-slice of the pool against its pseudo-labels :math:`\hat l` (:func:`split_pool`): the map with
-the lowest held-out loss is kept. Every fit driver (in memory, streamed, federated clients)
-calls :func:`refine` with its own ``rows(idx)`` reader, so the same arithmetic runs on arrays,
-shards or a client's rows.
+(:func:`refine`) from :math:`W_0` by AdamW on mini-batches (cosine schedule to ``lr * 1e-3``),
+Gaussian noise and dropout on the batch each with probability 1/2, and early stopping on the
+THS loss of a held-out slice of the pool against its pseudo-labels :math:`\hat l`
+(:func:`split_pool`): the map with the lowest held-out loss is kept. The bracketed penalty is
+``orthogonality="penalty"`` (:math:`\gamma` = ``ortho_weight``, :math:`d = \min(d_q, d_t)`,
+:math:`W W^\top` in place of :math:`W^\top W` when :math:`d_q < d_t`);
+``orthogonality="project"`` replaces :math:`W` by its polar factor after every step instead.
+Every fit driver (in memory, streamed, federated clients) calls :func:`refine` with its own
+``rows(idx)`` reader, so the same arithmetic runs on arrays, shards or a client's rows.
 """
 
 from __future__ import annotations
@@ -118,7 +121,26 @@ def refine(
     callback: Callable[[dict], Any] | None = None,
     augment: dict | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """THS fine-tuning of ``W0`` with label-free early stopping.
+    r"""THS fine-tuning of ``W0`` with label-free early stopping.
+
+    Each step draws a batch :math:`\mathcal B` of training rows (``batch_size`` with
+    replacement, or ``batch_fraction`` without), perturbs it, with probability 1/2 each,
+    by Gaussian noise :math:`q \leftarrow q + \sigma \xi` (:math:`\sigma` = ``noise_std``) and by
+    inverted dropout :math:`q \leftarrow q \odot m / (1 - p)`,
+    :math:`m_j \sim \mathrm{Bernoulli}(1 - p)` (:math:`p` = ``dropout``), and takes one AdamW
+    step on
+
+    .. math::
+        \mathcal L_{\mathrm{THS}}(Q_{\mathcal B} W; Y, \hat l_{\mathcal B})
+        \;[+\ \gamma\, \|W^\top W - I\|_F^2 / d]
+
+    (:func:`gpua.hubness.ths_loss`; the penalty only with ``orthogonality="penalty"``,
+    :math:`d = \min(d_q, d_t)`, :math:`W W^\top` when :math:`d_q < d_t`; with ``"project"``
+    :math:`W \leftarrow \mathrm{polar}(W)` after the step), the learning rate following a cosine
+    schedule from ``lr`` to ``lr_min`` (default ``lr * 1e-3``) over ``n_steps``. Every
+    ``eval_every`` steps the THS loss of the held-out rows (:func:`split_pool`) is taken; the map
+    with the lowest is kept, and the run stops after ``patience`` evaluations in a row that each
+    improve on the best by less than :math:`\max(\mathrm{refine\_tol} \cdot |\text{best}|, 10^{-6})`.
 
     Parameters
     ----------

@@ -1,19 +1,25 @@
 r"""Unsupervised correspondence mining (UCM): soft image-to-class assignments without labels.
 
-Alternates two closed-form steps from a confident initialisation:
+Alternates two steps from a confident initialisation (:func:`confident_centres`), all in
+:func:`mine_correspondences`:
 
 1. **Assignment** (entropic OT, :func:`gpua.ot.sinkhorn`) on the fused score
+   (:func:`fused_score`)
 
    .. math::
        S = (1 - \lambda)\, \mathrm{sim}(Q, C) + \lambda\, \mathrm{sim}(X, Y),
 
-   which trusts the VLM's zero-shot score :math:`X Y^\top` mostly and lets the VFM's cluster
-   structure (its distance to class centres :math:`C`) correct it.
-2. **Centres** :math:`C_k = \sum_i P_{ik} Q_i / \sum_i P_{ik}` (then L2-normalised).
+   which (with the default :math:`\lambda > 1/2`) trusts the VLM's zero-shot score
+   :math:`X Y^\top` mostly and lets the VFM's cluster structure (its similarity to class
+   centres :math:`C`) correct it. With ``sim`` the cosine and :math:`Q = Z` this is the paper's
+   :math:`(1 - \lambda) Z C^\top + \lambda X Y^\top`.
+2. **Centres** (closed form, :func:`class_centres`)
+   :math:`C_k = \sum_i P_{ik} Q_i / \sum_i P_{ik}`, then L2-normalised.
 
-The loop stops when the plan moves less than ``tol`` (the fraction of the mass that changed
-rows' argmax-free distribution, :math:`\tfrac12 \sum_{ik} |P_{ik} - P^{\text{old}}_{ik}|`),
-not after a per-dataset number of rounds.
+The loop stops when the plan moves less than ``tol``: the fraction of the plan's mass that
+moved, :math:`\tfrac{1}{2N} \sum_{ik} |P_{ik} - P^{\text{old}}_{ik}|` with each row of
+:math:`P` summing to one (the total-variation distance between successive plans), not after a
+per-dataset number of rounds.
 """
 
 from __future__ import annotations
@@ -44,10 +50,11 @@ INIT_LOGIT_SCALE = 100.0
 
 
 def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperature: float = 0.1) -> torch.Tensor:
-    r"""Pairwise similarity of (normally L2-normalised) rows.
+    r"""Pairwise similarity :math:`\mathrm{sim}(A, B)` of (normally L2-normalised) rows.
 
-    ``"cosine"``: :math:`A B^\top`. ``"neg_euclidean"``: :math:`-\|a - b\|_2 / \tau` (the
-    published code's form, with :math:`\tau` = ``temperature``), computed as
+    ``"cosine"``: :math:`A B^\top` (the cosine for unit rows). ``"neg_euclidean"``:
+    :math:`-\|a - b\|_2 / \tau` (the published code's form, with :math:`\tau` =
+    ``temperature``), computed as
     :math:`-\sqrt{\|a\|^2 + \|b\|^2 - 2 a^\top b} / \tau`: exact for rows of any norm too,
     such as the published code's unnormalised :math:`[\hat Z, \hat X]` queries (norm
     :math:`\sqrt 2`) against unit centres (:class:`gpua.reference.ReferenceGPUA`).
@@ -56,6 +63,9 @@ def similarity(A: torch.Tensor, B: torch.Tensor, kind: str = "cosine", temperatu
     ----------
     A : tensor of shape (n, d)
     B : tensor of shape (m, d)
+    kind : {"cosine", "neg_euclidean"}
+    temperature : float > 0
+        :math:`\tau` of ``"neg_euclidean"`` (ignored for ``"cosine"``).
 
     Returns
     -------
@@ -86,7 +96,13 @@ def fused_score(
     kind: str = "cosine",
     temperature: float = 0.1,
 ) -> torch.Tensor:
-    r""":math:`S = (1 - \lambda)\,\mathrm{sim}(Q, C) + \lambda\,\mathrm{sim}(X, Y)`.
+    r"""UCM's fused score, the cost of the OT assignment.
+
+    .. math::
+        S = (1 - \lambda)\,\mathrm{sim}(Q, C) + \lambda\,\mathrm{sim}(X, Y),
+
+    :math:`\mathrm{sim}` from :func:`similarity`. With :math:`\lambda = 1` the centre term is
+    not computed (its weight is zero).
 
     Parameters
     ----------
@@ -95,11 +111,15 @@ def fused_score(
     C : tensor of shape (n_classes, d_q)
         Class centres in the query space.
     X : tensor of shape (n_samples, d_t)
-        VLM image features.
+        VLM image features (in a self-learning round, the mapped queries
+        :math:`\mathrm{normalize}(Q W)` in their place).
     Y : tensor of shape (n_classes, d_t)
         Text prototypes.
     lam : float in [0, 1]
-        Weight of the VLM term.
+        Weight :math:`\lambda` of the VLM term.
+    kind : {"cosine", "neg_euclidean"}
+    temperature : float > 0
+        :math:`\tau` of ``"neg_euclidean"``.
 
     Returns
     -------
@@ -112,7 +132,12 @@ def fused_score(
 
 
 def class_centres(Q: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-    r"""Closed-form centres :math:`C_k = \sum_i P_{ik} Q_i / \sum_i P_{ik}`, L2-normalised.
+    r"""Closed-form centres from the plan, L2-normalised.
+
+    .. math::
+        C_k = \mathrm{normalize}\Big(\frac{\sum_i P_{ik} Q_i}{\sum_i P_{ik}}\Big)
+
+    (a class with no mass is divided by the smallest positive float, not by zero).
 
     Parameters
     ----------
@@ -171,15 +196,30 @@ def confident_centres(
 ) -> torch.Tensor:
     r"""Initial centres: for each class, the confidence-weighted mean of its most confident samples.
 
-    Confidence is the VLM's zero-shot posterior :math:`\mathrm{softmax}(s X Y^\top)` with the
-    CLIP logit scale :math:`s`; each class takes the ``n_per_class`` samples with the highest
-    posterior for it (a sample may serve several classes), so every class has a centre even
-    when the zero-shot argmax never picks it. Ties (a saturated posterior of exactly 1) go to the
-    smaller row id (:func:`top_rows`), as in the streamed fits.
+    .. math::
+        \pi = \mathrm{softmax}_k(s\, X Y^\top),\qquad
+        C_k = \mathrm{normalize}\Big(\sum_{i \in T_k} \pi_{ik}\, Q_i\Big),
+
+    :math:`T_k` the ``n_per_class`` rows with the largest :math:`\pi_{ik}` and :math:`s` the
+    CLIP logit scale (the weighted mean and the weighted sum have the same direction). Each
+    class takes its own top rows (a sample may serve several classes), so every class has a
+    centre even when the zero-shot argmax never picks it. Ties (a saturated posterior of exactly
+    1) go to the smaller row id (:func:`top_rows`), as in the streamed fits.
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+        Query rows, L2-normalised.
+    X : tensor of shape (n_samples, d_t)
+        VLM image features (in a self-learning round, :math:`\mathrm{normalize}(Q W)`).
+    Y : tensor of shape (n_classes, d_t)
+    n_per_class : int >= 1
+    logit_scale : float
+        :math:`s` (:data:`INIT_LOGIT_SCALE`).
 
     Returns
     -------
-    C : tensor of shape (n_classes, d_q)
+    C : tensor of shape (n_classes, d_q), rows L2-normalised
     """
     if int(n_per_class) < 1:
         raise GPUAError(f"n_per_class={n_per_class!r} must be at least 1 (samples averaged into each initial centre; try 8).")
@@ -196,8 +236,10 @@ class UCMResult:
     Attributes
     ----------
     plan : tensor of shape (n_samples, n_classes)
-        Soft assignment, rows summing to one.
+        Soft assignment :math:`P`, rows summing to one (:math:`N` times the OT plan).
     centres : tensor of shape (n_classes, d_q)
+        When converged, the centres the last plan was scored with; when stopped at
+        ``max_outer``, the centres of the last plan (:func:`class_centres`).
     n_outer : int
     converged : bool
     history : list of dict
@@ -236,6 +278,17 @@ def mine_correspondences(
 ) -> UCMResult:
     r"""Alternate entropic OT on the fused score with closed-form centres until the plan settles.
 
+    From :math:`C^{(0)}` = :func:`confident_centres`, round :math:`r = 1, 2, \dots` computes
+
+    .. math::
+        S^{(r)} &= (1 - \lambda)\,\mathrm{sim}(Q, C^{(r-1)}) + \lambda\,\mathrm{sim}(X, Y),\\
+        P^{(r)} &= N \cdot \mathrm{Sinkhorn}_\varepsilon(S^{(r)};\ a = \tfrac1N \mathbf 1,\ b,\ \rho),\\
+        C^{(r)}_k &= \mathrm{normalize}\Big(\sum_i P^{(r)}_{ik} Q_i \Big/ \sum_i P^{(r)}_{ik}\Big),
+
+    and stops once :math:`\tfrac{1}{2N} \sum_{ik} |P^{(r)}_{ik} - P^{(r-1)}_{ik}| <` ``tol``
+    (or at once when :math:`\lambda = 1`: the centres cannot change the score), or after
+    ``max_outer`` rounds. Each Sinkhorn solve starts from the previous one's class potential.
+
     Parameters
     ----------
     Q : tensor of shape (n_samples, d_q)
@@ -246,13 +299,21 @@ def mine_correspondences(
         VLM weight :math:`\lambda` of the fused score; 1 ignores the VFM, 0 ignores the VLM
         after initialisation.
     eps : float
-        Entropic regularisation of the OT problem, in score units.
+        Entropic regularisation :math:`\varepsilon` of the OT problem, in score units.
+    similarity_kind, temperature : str, float
+        :func:`similarity` of both terms.
     class_prior : array of shape (n_classes,), optional
-        Class marginal (default uniform).
+        Class marginal :math:`b` (default uniform).
     rho : float, optional
-        Semi-relaxed class marginal (KL weight); ``None`` keeps it exact.
+        Semi-relaxed class marginal (KL weight :math:`\rho`); ``None`` keeps it exact.
+    n_init_per_class : int
+        Rows per class of :func:`confident_centres`.
     max_outer, tol : int, float
         At most ``max_outer`` rounds; stop once the plan moves less than ``tol``.
+    sinkhorn_tol, sinkhorn_max_iter, solver
+        :func:`gpua.ot.sinkhorn`'s ``tol``, ``max_iter`` and ``solver``.
+    callback : callable, optional
+        Called with each round's history entry.
     init_log_v : tensor of shape (n_classes,), optional
         Class potential the first Sinkhorn solve starts from (a self-learning round passes the
         previous round's: the class marginals it balances are the same, so fewer iterations).

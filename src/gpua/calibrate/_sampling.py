@@ -1,11 +1,16 @@
 r"""Generate features along a class's covariance shape, around anchor points.
 
 .. math::
-    x_{\mathrm{new}} = a + s \sum_{j} \varepsilon_j \sqrt{\lambda_j}\, \xi_j
-                     = a + s\, L \varepsilon,\qquad \varepsilon \sim N(0, I)
+    x_{\mathrm{new}} = a + s \sum_{j} \varepsilon_j \sqrt{\lambda_j}\, \xi_j,
+    \qquad \varepsilon_j \sim N(0, 1),
 
-with :math:`a` a real sample of the class (or another client's class prototype) and
-:math:`L` the symmetric square root of the covariance, factorised once per class (:func:`~._shape.psd_factor`).
+drawn as :math:`a + s\, L \varepsilon`, :math:`\varepsilon \sim N(0, I)` (:func:`sample_around`):
+the same distribution for any :math:`L` with :math:`L L^\top = \sum_j \lambda_j \xi_j \xi_j^\top`
+(with :math:`L = \sum_j \sqrt{\lambda_j}\, \xi_j \xi_j^\top`, :math:`\varepsilon_j = \xi_j^\top
+\varepsilon`). Here :math:`a` is a real sample of the class (or another client's class
+prototype), :math:`s` a spread multiplier (1 in the paper), and :math:`L` the symmetric square
+root of the covariance, factorised once per class (:func:`~._shape.psd_factor`), or the OAS
+factor of :func:`~._shape.oas_factor`.
 The authors' code factorises the covariance again for every generated sample and scales by
 :math:`\lambda_j` taken in ascending order; here the factor is computed once and the
 eigenvalues are matched to their own eigenvectors.
@@ -45,7 +50,9 @@ def sample_around(
     scale: float = 1.0,
     random_state=None,
 ) -> np.ndarray:
-    r"""Draw ``n_samples`` points :math:`a + s L\varepsilon` around ``anchors``.
+    r"""Draw ``n_samples`` points :math:`x = a + s L\varepsilon` around ``anchors``.
+
+    :math:`a` an anchor row, :math:`\varepsilon \sim N(0, I_r)` drawn per point.
 
     Parameters
     ----------

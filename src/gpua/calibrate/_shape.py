@@ -51,7 +51,8 @@ class CovarianceShape:
     eigenvectors : array of shape (d, m)
         Orthonormal columns :math:`\xi_j`.
     trace : float
-        :math:`\operatorname{tr}\Sigma`, all :math:`d` eigenvalues (so :math:`\ge \sum_{j\le m}\lambda_j`).
+        :math:`\operatorname{tr}\Sigma`, the sum of all :math:`d` eigenvalues after negative ones
+        are clipped to zero (so :math:`\ge \sum_{j\le m}\lambda_j`).
     """
 
     eigenvalues: np.ndarray
@@ -121,7 +122,12 @@ def _clipped_eigh(C: np.ndarray, name: str, psd: PSDPolicy) -> tuple[np.ndarray,
 def covariance_shape(
     cov, n_components: int | None = None, *, psd: PSDPolicy = "clip", name: str = "covariance"
 ) -> CovarianceShape:
-    """Top eigenpairs of a covariance (descending), with negative eigenvalues clipped.
+    r"""Top eigenpairs of a covariance (descending), with negative eigenvalues clipped: its shape.
+
+    .. math::
+        \Sigma = \sum_{j=1}^{d} \lambda_j \xi_j \xi_j^\top,\quad
+        \lambda_1 \ge \dots \ge \lambda_d,\qquad
+        \text{shape} = \big(\{(\max(\lambda_j, 0), \xi_j)\}_{j \le m},\ \textstyle\sum_j \max(\lambda_j, 0)\big)
 
     Parameters
     ----------
@@ -160,6 +166,19 @@ def psd_factor(cov, n_components: int | None = None, *, psd: PSDPolicy = "clip",
     any orthonormal basis of it, and LAPACK picks a different one with a different thread count;
     the draws then differ while their distribution does not. :math:`V f(\Lambda) V^\top` is the same
     whatever basis was picked, so the samples are reproducible to rounding (1e-15).
+
+    Parameters
+    ----------
+    cov : array of shape (d, d)
+        Symmetric covariance :math:`\Sigma`.
+    n_components : int, optional
+        :math:`m`; all :math:`d` when omitted.
+    psd, name
+        As in :func:`covariance_shape`.
+
+    Returns
+    -------
+    L : float64 array of shape (d, d)
     """
     shape = covariance_shape(cov, n_components, psd=psd, name=name)
     V = shape.eigenvectors
@@ -220,7 +239,8 @@ def oas_shrinkage(cov, n_samples: int) -> tuple[np.ndarray, float]:
         \rho = \min\!\left(1, \frac{\overline{S^2} + \mu^2}{(n + 1)(\overline{S^2} - \mu^2 / d)}\right)
 
     with :math:`\mu = \operatorname{tr} S / d` and :math:`\overline{S^2}` the mean squared entry,
-    the form scikit-learn's ``oas`` uses (eq. 23 of the paper without its :math:`2/d` terms).
+    the form scikit-learn's ``oas`` uses (eq. 23 of the paper without its :math:`2/d` terms);
+    :math:`\rho = 1` when the denominator is not positive, and :math:`\rho = 0` when :math:`d = 1`.
 
     Why OAS and not Ledoit-Wolf: LW's optimal intensity needs fourth moments of the samples,
     OAS needs only :math:`S` and :math:`n`, exactly what federated clients share; and under
