@@ -1,6 +1,8 @@
 """What the commands say: a cached extract is "up to date"."""
 
 import numpy as np
+import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua.cli import main

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (6, 5), value: int = 100) -> Path:
     """Write a small solid image; the format follows the file ending."""
+    from PIL import Image  # here, not at the top: the data tests that write no image run without Pillow
+
     path.parent.mkdir(parents=True, exist_ok=True)
     if mode == "P":
         im = Image.new("P", size, 0)

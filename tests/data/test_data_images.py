@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua._errors import GPUAError

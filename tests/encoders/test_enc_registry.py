@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua._errors import GPUAError

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua.cli import main

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua._errors import GPUAError

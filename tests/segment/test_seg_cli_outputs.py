@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+pytest.importorskip("PIL")
 from PIL import Image
 
 from gpua.cli import main

@@ -129,6 +129,9 @@ def _normalised_sizes(d: dict[str, Any], name: str, kw: dict[str, Any]) -> dict[
     """
     if not any(isinstance(d.get(k), (int, float, list, tuple)) for k in ("size", "crop_size")):
         return d  # already (height, width) / shortest_edge dicts: nothing to interpret
+    # transformers' image processors need Pillow; without it the except below would keep a bare
+    # "size": 224, squashing photos instead of resizing the shortest edge and cropping
+    import_optional("PIL.Image", "reading an hf: checkpoint's image sizes")
     try:
         from transformers import AutoImageProcessor
 

