@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,19 +176,12 @@ def machine_line() -> str:
     return f"torch {m.get('torch', '?')}, {m.get('torch_threads', '?')} threads, {m['cores']} cores, load {load}"
 
 
-@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``, renamed onto it when the block ends without error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Yield a temporary path beside ``path``, renamed onto it when the block ends without error
+    (:func:`gpua._atomic.atomic_path`: the file gets a plain file's mode, or the one it replaces)."""
+    from gpua._atomic import atomic_path as package_atomic_path
+
+    return package_atomic_path(path, suffix, name="output")
 
 
 def write_json(path: str | os.PathLike, result: Any) -> Path:

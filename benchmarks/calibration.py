@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
-    results = {"argv": sys.argv[1:], "seeds": args.seeds, "data": {}}
+    results = {"argv": sys.argv[1:] if argv is None else list(argv), "seeds": args.seeds, "data": {}}
     for name in args.data:
         lt_runs, fl_runs = [], []
         t_lt = t_fl = 0.0

@@ -4,14 +4,17 @@ Runs the full patch-level GPUA pipeline: both encoders on every crop (common gri
 scores, VFM-affinity refinement, bilinear upsampling and overlap averaging into a
 (K, 1024, 2048) score map, with the 19 Cityscapes classes. The model is fitted first on patches
 of the image's own crops (no labels). Prints peak RSS of the process (``ru_maxrss``), which
-includes the Python interpreter, torch, both encoders' weights and the fit.
+includes the Python interpreter, torch, both encoders' weights and the fit, against the 4 GB
+budget, and the segmentation's peak (sampled every 5 ms) over the baseline measured in the same
+run: the RSS just before it, with the encoders, the image and the fitted model loaded.
 
 Usage::
 
     python benchmarks/segment_memory.py                       # offline stand-ins
-    python benchmarks/segment_memory.py --vfm planted:vfm --vlm planted:vlm --crop 64
+    python benchmarks/segment_memory.py --vfm planted:vfm --vlm planted:vlm --crop 64 --height 128 --width 256   # quick
+    python benchmarks/segment_memory.py --json results/segment_memory.json
 
-Timing, RSS and the machine record come from ``benchmarks/_harness.py``.
+Timing, RSS, the machine record and the JSON file (written atomically) come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _harness import machine_line, peak_rss_bytes, rss_bytes, timer
+from _harness import machine_line, peak_rss_bytes, rss_bytes, timer, write_json
 
 MB = 2**20
 
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=4, help="crops per encoder call")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--json", default=None, help="write the figures here (atomically, with the machine record)")
     args = ap.parse_args(argv)
 
     import torch
@@ -74,12 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         labels = seg.predict(image)
     t_seg = seg_time.seconds
     peak = peak_rss_bytes() / MB
+    seg_peak = seg_time.peak_rss / MB
+    ratio = seg_peak / max(rss_before, 1e-9)
 
     print(f"image {args.height}x{args.width}, {len(names)} classes, crop {args.crop}, stride {stride}: "
           f"{len(wins)} windows, encoders {args.vfm} + {args.vlm}")
     print(f"setup (encoders, prototypes, fit on {len(pool)} crops): {t_fit:.1f} s; RSS {rss_before:.0f} MB, peak {peak_before:.0f} MB")
     print(f"segmentation: {t_seg:.1f} s; labels {labels.shape}, {len(np.unique(labels))} classes used")
+    print(f"segmentation peak over the RSS before it (baseline, this run: encoders, image, fit): "
+          f"{ratio:.2f}x ({seg_peak:.0f} MB against {rss_before:.0f} MB)")
     print(f"peak RSS of the whole run: {peak:.0f} MB ({peak / 1024:.2f} GB; budget 4 GB)")
+    if args.json:
+        write_json(args.json, {
+            "args": vars(args), "windows": len(wins), "stride": stride, "classes": len(names), "pool_crops": len(pool),
+            "setup_seconds": t_fit, "segment_seconds": t_seg, "baseline_rss_mb": rss_before, "setup_peak_mb": peak_before,
+            "segment_peak_mb": seg_peak, "segment_peak_over_baseline": ratio, "peak_rss_mb": peak, "budget_mb": 4096,
+        })
     return 0 if peak < 4096 else 1
 
 

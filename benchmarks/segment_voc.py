@@ -14,9 +14,10 @@ pipeline runs on a real photo end to end and here is what it did", nothing more.
 
 Usage::
 
-    python benchmarks/segment_voc.py docs/voc_overlay.png [--pool self,skimage] [--json]
+    python benchmarks/segment_voc.py docs/voc_overlay.png [--pool self,skimage] [--json [PATH]]
+    python benchmarks/segment_voc.py /tmp/voc.png --pool self --patches-per-image 8   # quick (about 15 s)
 
-Timing, the machine record and the atomic PNG write come from ``benchmarks/_harness.py``.
+Timing, the machine record and the atomic PNG and JSON writes come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _harness import add_param_argument, atomic_path, machine_line, timer
+from _harness import add_param_argument, atomic_path, machine_line, timer, write_json
 
 # VOC's background is everything else: a prompt set of common scene stuff stands for it
 # (the first name labels the class).
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patches-per-image", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     add_param_argument(ap, "a GPUA parameter for the patch fit (repeatable; default GPUA(query='vfm'))")
-    ap.add_argument("--json", action="store_true", help="print the scores as JSON too")
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                    help="the scores as JSON: printed (no PATH), or written to PATH atomically with the machine record")
     args = ap.parse_args(argv)
     params = {"query": "vfm", **args.param}  # each pair checked by argparse already, before any encoder loads
 
@@ -134,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{c} {100 * v:.1f}" for c, v in r["IoU_of_present_classes"].items())
         print(f"  {name:<22} mIoU {100 * r['mIoU']:5.1f}  aAcc {100 * r['aAcc']:5.1f}  "
               f"({r['n_classes_predicted']} classes predicted; IoU: {per})")
-    if args.json:
+    if args.json == "-":
         print(json.dumps(results, indent=2))
+    elif args.json:
+        write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "json"}, "params": params, "results": results})
 
     panels = [
         imgviz.draw.text_in_rectangle(photo, loc="lt+", text="image", size=16, background=(255, 255, 255)),

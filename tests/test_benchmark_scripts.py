@@ -1,8 +1,11 @@
-"""benchmarks/devsets.py and accuracy.py on a small cache written here (no extraction); fit_speed.py on a small problem."""
+"""benchmarks/: devsets.py and accuracy.py on a small cache written here (no extraction), fit_speed.py, segment_memory.py
+and calibration.py on small problems, the harness's JSON files, and every README benchmark command parsed by its script."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -231,3 +234,155 @@ def test_accuracy_on_a_long_tailed_pool(scripts, tmp_path):
 
     zs = VLMZeroShot().fit(ds.pool.vfm_features, ds.pool.vlm_features, ds.pool.text_prototypes)
     assert row["pool"] == pytest.approx(zs.score(None, ds.pool.labels, ds.pool.vlm_features))
+
+
+README = BENCH.parent / "README.md"
+#: a README command that is a whole inline code span or fenced line: ``[.venv/bin/]python benchmarks/NAME.py ARGS``,
+#: or ``benchmarks/NAME.py ARGS`` where ARGS start with an option (``-``) or an optional part (``[``)
+_COMMAND = re.compile(r"^(?:(?:\.venv/bin/)?python\s+benchmarks/(\w+)\.py\b(.*)|benchmarks/(\w+)\.py\s+([-\[].*))$", re.S)
+#: placeholders the README's prose uses for a value -> a value of the right type
+_PLACEHOLDERS = {"--pool-imbalance R": "--pool-imbalance 10"}
+
+
+def _name_args(found: re.Match) -> tuple[str, str]:
+    return (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+
+
+def readme_benchmark_commands() -> list[tuple[int, str, list[str]]]:
+    """(line, script, argv) of every benchmark command in README.md: fenced lines, and inline code spans,
+    including spans that a line break splits (``.venv/bin/python`` at a line's end, its script and
+    arguments on the next): test_readme's line-by-line reading misses those arguments."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    out, in_block, paragraph, start = [], False, [], 0
+
+    def spans(par: list[str], first: int) -> None:
+        text = "\n".join(par)
+        for m in re.finditer(r"`([^`]+)`", text):
+            found = _COMMAND.match(" ".join(m.group(1).split()))
+            if found:
+                out.append((first + text.count("\n", 0, m.start()), *_name_args(found)))
+
+    for i, line in enumerate(lines, 1):
+        if line.lstrip().startswith("```"):
+            spans(paragraph, start)
+            paragraph, in_block = [], not in_block
+            continue
+        if in_block:
+            found = _COMMAND.match(line.strip().removeprefix("$ "))
+            if found:
+                out.append((i, *_name_args(found)))
+        elif line.strip():
+            if not paragraph:
+                start = i
+            paragraph.append(line)
+        else:
+            spans(paragraph, start)
+            paragraph = []
+    spans(paragraph, start)
+    result = []
+    for i, name, args in out:
+        for placeholder, value in _PLACEHOLDERS.items():
+            args = args.replace(placeholder, value)
+        result.append((i, name, shlex.split(args.replace("[", " ").replace("]", " "), comments=True)))
+    return result
+
+
+class _Parsed(Exception):
+    """Raised once a benchmark's parser has accepted its arguments, so nothing runs."""
+
+
+def test_every_readme_benchmark_command_parses_with_its_own_parser(monkeypatch):
+    """Each README benchmark command (one split over two lines too) names flags its script accepts."""
+    import argparse
+    import importlib
+
+    cmds = readme_benchmark_commands()
+    found = {(i, name, " ".join(argv)) for i, name, argv in cmds}
+    # commands a line break splits (arguments on the next line), which only this reading sees
+    assert any(n == "calibration" and "fashion-mnist" in a for _, n, a in found)
+    assert any(n == "fit_speed" and "cuda" in a for _, n, a in found)
+    assert any(n == "federated_gpua" and "--train" in a for _, n, a in found)
+    assert any(n == "pool_augment" and "--train" in a for _, n, a in found)
+    scripts = {p.stem for p in BENCH.glob("[a-z]*.py")}
+    assert {name for _, name, _ in cmds} <= scripts
+    original = argparse.ArgumentParser.parse_known_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        ns, extras = original(self, args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        raise _Parsed(ns)
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_then_stop)
+    failed = []
+    for i, name, argv in cmds:
+        try:
+            importlib.import_module(name).main(argv)
+        except _Parsed:
+            continue
+        except SystemExit as exc:
+            failed.append(f"README.md:{i}: benchmarks/{name}.py {shlex.join(argv)} -> exit {exc.code}")
+            continue
+        failed.append(f"README.md:{i}: benchmarks/{name}.py ran past its parser")  # pragma: no cover
+    assert not failed, "\n".join(failed)
+
+
+def test_json_files_get_a_plain_files_mode(scripts, tmp_path):
+    """write_json's atomic rename keeps the temporary file's mode: mkstemp's 0600 left results unreadable to others."""
+    import os
+
+    import _harness
+
+    mask = os.umask(0o022)
+    try:
+        path = _harness.write_json(tmp_path / "sub" / "r.json", {"x": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert json.loads(path.read_text())["machine"]["cores"] == os.cpu_count()
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary file left beside it
+
+
+def test_segment_memory_prints_a_ratio_against_its_baseline_and_writes_json(scripts, tmp_path, capsys):
+    """A memory target's figure is a ratio against a baseline of the same run, and --json holds the machine record."""
+    import segment_memory
+
+    out = tmp_path / "seg.json"
+    argv = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--crop", "64", "--height", "128", "--width", "256", "--threads", "1"]
+    assert segment_memory.main([*argv, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "segmentation peak over the RSS before it" in text and "budget 4 GB" in text
+    res = json.loads(out.read_text())
+    assert res["segment_peak_over_baseline"] == pytest.approx(res["segment_peak_mb"] / res["baseline_rss_mb"])
+    assert res["windows"] > 1 and "load_avg" in res["machine"]
+
+
+def test_segment_voc_json_prints_or_writes_a_file(scripts, monkeypatch):
+    """``--json`` alone prints the scores (as before); ``--json PATH`` writes them like every other script's --json."""
+    import argparse
+
+    import segment_voc
+
+    original = argparse.ArgumentParser.parse_known_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace)[0])
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_then_stop)
+    for argv, want in ((["o.png"], None), (["o.png", "--json"], "-"), (["o.png", "--json", "r.json"], "r.json")):
+        with pytest.raises(_Parsed) as got:
+            segment_voc.main(argv)
+        assert got.value.args[0].json == want and got.value.args[0].out == "o.png"
+
+
+def test_calibration_records_the_arguments_it_ran_with(scripts, tmp_path):
+    """Called as main(argv), the JSON's argv is that argv, not the calling process's command line."""
+    import calibration
+
+    out = tmp_path / "cal.json"
+    argv = ["--data", "synthetic", "--seeds", "0", "--imbalance", "10", "--alpha", "0.5", "--clients", "3", "--rounds", "2",
+            "--json", str(out)]
+    assert calibration.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["argv"] == argv and res["seeds"] == [0] and "machine" in res
