@@ -33,6 +33,7 @@ __all__ = [
     "format_table",
     "format_class_report",
     "plot_confusion_matrix",
+    "plot_format",
     "provenance_from_features",
     "encoders_of",
     "check_encoders",
@@ -328,6 +329,21 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ("meth
     return "\n".join(out)
 
 
+def _width(s: str) -> int:
+    """Columns ``s`` takes in a terminal: CJK and other wide characters count 2, combining marks 0."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
+def _ljust(s: str, w: int) -> str:
+    return s + " " * max(0, w - _width(s))
+
+
+def _rjust(s: str, w: int) -> str:
+    return " " * max(0, w - _width(s)) + s
+
+
 def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None = None, *, max_confusion_classes: int = 20) -> str:
     """Per-class precision / recall / F1 / support (percent), then the confusion matrix as a table.
 
@@ -347,12 +363,12 @@ def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None
     rows = [{"class": k, **{m: v[m] for m in ("precision", "recall", "f1-score")}, "support": v["support"]}
             for k, v in report.items() if isinstance(v, dict)]
     names = [r["class"] for r in rows]
-    w = max(len(n) for n in names + ["class"])
+    w = max(_width(n) for n in names + ["class"])  # in terminal columns: a CJK name is twice its length
     lines = [f"{'class':<{w}}  precision (%)  recall (%)  f1 (%)  support", "-" * (w + 42)]
     for r in rows:
         if r["class"] == "macro avg":
             lines.append(f"{'accuracy':<{w}}  {'':>13}  {'':>10}  {100 * report['accuracy']:6.2f}  {r['support']:7d}")
-        lines.append(f"{r['class']:<{w}}  {100 * r['precision']:13.2f}  {100 * r['recall']:10.2f}  {100 * r['f1-score']:6.2f}  {r['support']:7d}")
+        lines.append(f"{_ljust(r['class'], w)}  {100 * r['precision']:13.2f}  {100 * r['recall']:10.2f}  {100 * r['f1-score']:6.2f}  {r['support']:7d}")
     absent = sum(1 for r in rows if r["class"] not in ("macro avg", "weighted avg") and r["support"] == 0)
     if absent:  # the macro avg then differs from evaluate's mean_per_class_recall, which averages the classes present
         lines.append(f"{absent} {'class has' if absent == 1 else 'classes have'} no test images (support 0): recall and F1 0 "
@@ -365,47 +381,113 @@ def format_class_report(report: dict[str, Any], confusion: dict[str, Any] | None
             if len(set(short)) < len(short):  # names alike in their first 8 characters: number the columns
                 short = [str(k) for k in range(len(cn))]
                 labels = [f"{k:>{len(short[-1])}} {n}" for k, n in enumerate(cn)]
-                w = max(w, *(len(n) for n in labels))
-            cw = max(6, *(len(s) for s in short), *(len(str(v)) for row in C for v in row))
+                w = max(w, *(_width(n) for n in labels))
+            cw = max(6, *(_width(s) for s in short), *(len(str(v)) for row in C for v in row))
             lines += ["", "confusion matrix (rows: true class, columns: predicted)",
-                      f"{'':<{w}}  " + " ".join(f"{s:>{cw}}" for s in short)]
-            lines += [f"{n:<{w}}  " + " ".join(f"{v:>{cw}}" for v in row) for n, row in zip(labels, C)]
+                      f"{'':<{w}}  " + " ".join(_rjust(s, cw) for s in short)]
+            lines += [_ljust(n, w) + "  " + " ".join(f"{v:>{cw}}" for v in row) for n, row in zip(labels, C)]
         else:
             lines += ["", f"confusion matrix: {len(cn)} classes, too many to print (it is in the JSON and the plot)."]
     return "\n".join(lines)
 
 
-def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title: str = "") -> Path:
-    """Write the confusion matrix as a PNG (rows normalised to recall; counts annotated up to 20 classes).
+# Fonts with wide Unicode coverage that matplotlib falls back to, glyph by glyph, when installed
+# (DejaVu Sans, its default, has no CJK): Chinese, Japanese or Korean class names are then drawn.
+_FALLBACK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK TC", "Source Han Sans SC",
+                   "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "Noto Sans",
+                   "Arial Unicode MS", "Microsoft YaHei", "SimHei", "Malgun Gothic", "Hiragino Sans", "PingFang SC")
+_PLOT_NAME_CHARS = 40  # longer class names are cut (with "…") on the plot's axes
 
-    Needs matplotlib (``pip install gpua[plots]``). Written atomically. The figure is drawn
-    without pyplot, so the caller's backend (a notebook's, say) is left as it was; class names
-    and the title are written as they are (a ``$`` is not read as TeX math).
+
+def plot_format(path: str | Path) -> str:
+    """The file format a plot written to ``path`` gets: its suffix (``png``, ``pdf``, ``svg``, ``jpg``...), PNG without one.
+
+    Needs matplotlib. A suffix matplotlib cannot write raises :class:`GPUAError` naming the ones it can.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    FigureCanvasBase = import_optional("matplotlib.backend_bases", "the confusion-matrix plot").FigureCanvasBase
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise GPUAError(f"plot {str(path)!r}: matplotlib cannot write .{suffix} files; use one of "
+                        f"{', '.join('.' + k for k in sorted(supported))}, or no suffix for a PNG.")
+    return suffix
+
+
+def _plot_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans"] + [f for f in _FALLBACK_FONTS if f in have]
+
+
+def _short_name(name: Any, n: int = _PLOT_NAME_CHARS) -> str:
+    s = " ".join(str(name).split())  # a newline or tab in a name would break the axis
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title: str = "") -> Path:
+    """Write the confusion matrix as an image (rows normalised to recall; counts annotated up to 20 classes).
+
+    The format follows ``path``'s suffix (``.png``, ``.pdf``, ``.svg``, ``.jpg``...; PNG when it has
+    none); one matplotlib cannot write raises :class:`GPUAError` before anything is drawn. Needs
+    matplotlib (``pip install gpua[plots]``). Written atomically (a temp file renamed onto ``path``,
+    whose missing folders are made). The figure is drawn without pyplot, so the caller's backend (a
+    notebook's, say) is left as it was and nothing is kept once it is saved; class names and the
+    title are written as they are (a ``$`` is not read as TeX math), names longer than 40 characters
+    cut with "…". With many classes the labels get smaller, then only every n-th class is labelled
+    (the axis label says so). A class without test images is a row of zeros. Characters no installed
+    font has (CJK without a CJK font, say) give one warning, not one per character and draw.
     """
     Figure = import_optional("matplotlib.figure", "the confusion-matrix plot").Figure
+    import matplotlib
+    import textwrap
+
+    fmt = plot_format(path)
     names, C = confusion["classnames"], np.asarray(confusion["rows_true_columns_predicted"], dtype=np.float64)
     R = C / np.maximum(C.sum(1, keepdims=True), 1)
     K = len(names)
-    size = min(4 + 0.45 * K, 30)
-    fig = Figure(figsize=(size, size))
-    ax = fig.subplots()
-    im = ax.imshow(R, cmap="Blues", vmin=0, vmax=1)
-    # parse_math=False: "$5 or $10" was drawn as math, and a name like "$\foo$" stopped the plot
-    ax.set_xticks(range(K), [str(n) for n in names], rotation=90, fontsize=8, parse_math=False)
-    ax.set_yticks(range(K), [str(n) for n in names], fontsize=8, parse_math=False)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if K <= 20:
-        for i in range(K):
-            for j in range(K):
-                if C[i, j]:
-                    ax.text(j, i, int(C[i, j]), ha="center", va="center", fontsize=7, color="white" if R[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    ax.set_title(title or "confusion matrix", parse_math=False)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return Path(path)
+    labels = [_short_name(n) for n in names]
+    longest = max((len(s) for s in labels), default=0)
+    size = min(4 + 0.45 * K, 30) + min(longest, _PLOT_NAME_CHARS) * 0.06  # room for the tick labels
+    per = 0.7 * size * 72 / max(K, 1)  # points of axis per class, roughly
+    fontsize = min(8.0, max(5.0, 0.85 * per))
+    step = max(1, int(np.ceil(1.15 * fontsize / per)))  # label every step-th class, so that labels do not overlap
+    ticks = list(range(0, K, step))
+    every = "" if step == 1 else f" (every {step}th class labelled)" if step > 3 else f" (every {['', '', 'second', 'third'][step]} class labelled)"
+    glyphs: list[str] = []
+    with matplotlib.rc_context({"font.family": _plot_fonts()}), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = Figure(figsize=(size, size))
+        ax = fig.subplots()
+        im = ax.imshow(R, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        # parse_math=False: "$5 or $10" was drawn as math, and a name like "$\foo$" stopped the plot
+        ax.set_xticks(ticks, [labels[k] for k in ticks], rotation=90, fontsize=fontsize, parse_math=False)
+        ax.set_yticks(ticks, [labels[k] for k in ticks], fontsize=fontsize, parse_math=False)
+        ax.set_xlabel("predicted class" + every)
+        ax.set_ylabel("true class" + every)
+        if K <= 20:
+            for i in range(K):
+                for j in range(K):
+                    if C[i, j]:
+                        ax.text(j, i, int(C[i, j]), ha="center", va="center", fontsize=7, color="white" if R[i, j] > 0.5 else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+        ax.set_title(textwrap.fill(title or "confusion matrix", max(20, int(size * 72 / 9))), parse_math=False)
+        fig.tight_layout()
+        with atomic_path(path, suffix="." + fmt) as tmp:
+            fig.savefig(tmp, dpi=110, format=fmt)
+        fig.clear()  # drop the artists now, not at the next garbage collection
+    for w in caught:
+        m = str(w.message)
+        if issubclass(w.category, UserWarning) and m.startswith("Glyph ") and "missing from font" in m:
+            glyphs.append(m)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if glyphs:
+        warnings.warn(f"{path}: {len(set(glyphs))} character(s) of the class names or title are in no installed font and are "
+                      "drawn as boxes; install a font that has them (Noto Sans CJK for Chinese, Japanese, Korean).", UserWarning, stacklevel=2)
+    return Path(path).expanduser()
 
 
 def write_predictions(

@@ -185,9 +185,14 @@ def _cmd_evaluate(args) -> int:
 
 def _evaluate(args, out: JsonOutput) -> int:
     from .._base import load_model
-    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix
+    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix, plot_format
 
     check_device_flag(args.device)
+    if args.plot:
+        try:  # a suffix matplotlib cannot write is said before the evaluation, not after it
+            plot_format(args.plot)
+        except GPUAError as exc:  # "plot 'cm.txt': ..." with the flag's name
+            raise GPUAError(f"--{exc}") from None
     model = load_model(args.model, device=args.device)
     test = _read_features(args.test, require=("labels",))
     _check_widths(test, f"--test {args.test!r}", model, f"the model {args.model!r}")
@@ -203,14 +208,15 @@ def _evaluate(args, out: JsonOutput) -> int:
     if args.report:
         print()
         print(format_class_report(res["per_class"], res["confusion_matrix"]))
-    if args.plot:
-        plot_confusion_matrix(args.plot, res["confusion_matrix"], title=f"{res['dataset'] or Path(args.test).name}: {Path(args.model).name}")
-        print(f"wrote {args.plot}")
-    if args.json:
+    confusion = res.get("confusion_matrix")
+    if args.json:  # before the plot: a plot that fails (a missing font, a full disk) leaves the scores written
         if not args.report:
             res.pop("per_class", None)
             res.pop("confusion_matrix", None)
         out.write(res)
+    if args.plot:
+        plot_confusion_matrix(args.plot, confusion, title=f"{res['dataset'] or Path(args.test).name}: {Path(args.model).name}")
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -338,7 +344,8 @@ def add_subcommands(sub) -> None:
     add_json_argument(p, "write CLIP_benchmark-shaped results (dataset, vfm, vlm, task, metrics) to FILE")
     p.add_argument("--dataset", help="dataset name recorded in the JSON (default: the one the test features record)")
     p.add_argument("--report", action="store_true", help="also per-class precision, recall, F1 and the confusion matrix")
-    p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
+    p.add_argument("--plot", metavar="FILE", help="write the confusion matrix as an image, in the format its suffix names "
+                                                   "(.png, .pdf, .svg, .jpg...; PNG without one)")
     _add_model_device_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
