@@ -305,6 +305,7 @@ def test_every_readme_benchmark_command_parses_with_its_own_parser(monkeypatch):
     assert any(n == "pool_augment" and "--train" in a for _, n, a in found)
     scripts = {p.stem for p in BENCH.glob("[a-z]*.py")}
     assert {name for _, name, _ in cmds} <= scripts
+    assert len(cmds) >= 15 and {name for _, name, _ in cmds} >= {"accuracy", "headroom", "ablations", "fit_speed", "segment_voc"}
     original = argparse.ArgumentParser.parse_known_args
 
     def parse_then_stop(self, args=None, namespace=None):

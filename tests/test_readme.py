@@ -136,56 +136,5 @@ def test_runnable_readme_commands_run(tmp_path, monkeypatch, capsys):
         assert (tmp_path / f).exists(), f
 
 
-#: ``python benchmarks/NAME.py ARGS`` anywhere in README.md (code blocks and inline code)
-BENCHMARK_LINE = re.compile(r"python (benchmarks/(\w+)\.py)([^`\n#]*)")
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-class _Parsed(Exception):
-    """Raised once a benchmark's argparse has accepted its arguments, so nothing runs."""
-
-
-def readme_benchmark_lines() -> list[tuple[int, str, list[str]]]:
-    """(line number, script name, argv) of every benchmark command README.md gives.
-
-    ``[--opt value]`` (an optional part) is read as given.
-    """
-    out = []
-    for i, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
-        for m in BENCHMARK_LINE.finditer(line):
-            args = m.group(3).replace("[", " ").replace("]", " ")
-            out.append((i, m.group(2), shlex.split(args)))
-    return out
-
-
-def test_every_readme_benchmark_line_parses(monkeypatch):
-    """Each ``python benchmarks/X.py ...`` line of the README is accepted by that script's own parser."""
-    import argparse
-    import importlib
-    import sys
-
-    lines = readme_benchmark_lines()
-    assert len(lines) >= 15 and {name for _, name, _ in lines} >= {"accuracy", "headroom", "ablations", "fit_speed", "segment_voc"}
-    original = argparse.ArgumentParser.parse_known_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        ns, extras = original(self, args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        raise _Parsed(ns)
-
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_then_stop)
-    failed = []
-    for i, name, argv in lines:
-        module = importlib.import_module(name)
-        try:
-            module.main(argv)
-        except _Parsed:
-            continue
-        except SystemExit as exc:
-            failed.append(f"README line {i}: benchmarks/{name}.py {' '.join(argv)} -> exit {exc.code}")
-            continue
-        failed.append(f"README line {i}: benchmarks/{name}.py ran past its parser")  # pragma: no cover
-    assert not failed, "\n".join(failed)
-    assert sys.modules["accuracy"].__file__.startswith(str(BENCHMARKS))
+# README benchmark commands are parsed with each script's own parser in tests/test_benchmark_scripts.py
+# (test_every_readme_benchmark_command_parses_with_its_own_parser), which also reads commands a line break splits.
