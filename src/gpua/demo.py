@@ -24,7 +24,12 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["ALL_DEMO_METHODS", "ALL_DEMO_VFMS", "DEMO_METHODS", "DEMO_VFMS", "DEMO_VLM", "run_demo", "demo_features"]
+__all__ = ["ALL_DEMO_METHODS", "ALL_DEMO_VFMS", "DEMO_METHODS", "DEMO_VFMS", "DEMO_VLM", "RESULTS_NAME", "PLOT_NAME",
+           "check_demo_paths", "run_demo", "demo_features"]
+
+#: The fixed file names the demo writes into its output folder.
+RESULTS_NAME = "results.json"
+PLOT_NAME = "embedding_before_after.png"
 
 # The default run (one VFM, the table the issue asks for) stays under a minute once the features
 # are cached on a 2-core CPU; ``--vfm all --methods all`` adds EfficientNet-Lite2 and two more
@@ -34,6 +39,61 @@ ALL_DEMO_VFMS = ("offline:dinov2-s", "offline:efficientnet-lite2")
 DEMO_VLM = "offline:semantic-lite0"
 DEMO_METHODS = ("zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm")
 ALL_DEMO_METHODS = DEMO_METHODS + ("no_hubness", "lfa", "reference")
+
+
+def _is_demo_results(path: Path) -> bool:
+    """Whether ``path`` is a ``results.json`` an earlier demo run wrote (so a re-run may replace it)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and {"gpua_version", "runs", "vlm"} <= set(data) and "CIFAR-10" in str(data.get("data", ""))
+
+
+def _is_demo_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG that matplotlib wrote (an earlier demo's plot, maybe of a run stopped before its JSON)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Software\x00Matplotlib" in head
+
+
+def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: str = "out_dir", cache_name: str = "cache_dir") -> None:
+    """Refuse, before any extraction, an output folder or a feature cache the demo cannot use.
+
+    The demo writes ``results.json`` (and ``embedding_before_after.png``) into ``out_dir``: a file
+    of those names that an earlier demo did not write (a user's own ``results.json`` in
+    ``--out .``) is not replaced without a word. The feature cache (``cache_dir``, else
+    ``$GPUA_CACHE_DIR``, else the user cache folder) must be a folder that can be written; the
+    error names where it came from, not an inner file path.
+    """
+    from ._atomic import check_output
+    from ._errors import GPUAError
+    from .encoders import cache_dir as cache_root
+
+    out = Path(out_dir).expanduser()
+    check_output(out, out_name, kind="folder")
+    results, png = out / RESULTS_NAME, out / PLOT_NAME
+    ours = results.is_file() and _is_demo_results(results)
+    for f, is_ours in ((results, ours), (png, ours or _is_demo_plot(png))):
+        if (f.exists() or f.is_symlink()) and (not is_ours or not f.is_file()) and (plot or f is results):
+            raise GPUAError(f"{out_name} {str(out_dir)!r} already holds {f.name}, which an earlier gpua demo did not write; the demo "
+                            f"writes {RESULTS_NAME} and {PLOT_NAME} there: pass another {out_name} or move that file.")
+    if cache_dir is not None:
+        source = cache_name
+    elif os.environ.get("GPUA_CACHE_DIR"):
+        source = "$GPUA_CACHE_DIR"
+    else:
+        source = "the user cache folder"
+    root = cache_root(cache_dir)
+    hint = "the demo caches its features there; pass --cache-dir or set $GPUA_CACHE_DIR to another folder"
+    for where in (root, root / "demo"):
+        try:
+            check_output(where, source, kind="folder")
+        except GPUAError as exc:
+            raise GPUAError(f"{str(exc).rstrip('.')} ({hint}).") from None
 
 
 def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: str | None = None, progress: bool = True) -> dict[str, Path]:
@@ -121,7 +181,8 @@ def run_demo(
     methods = list(dict.fromkeys(check_methods(list(methods), "methods")))  # before any extraction; a name given twice runs once
     vfms = list(dict.fromkeys(vfms))
     overrides = dict(overrides or {})
-    out_dir = Path(out_dir)
+    check_demo_paths(out_dir, cache_dir, plot=plot)
+    out_dir = Path(out_dir).expanduser()
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "gpua_version": __version__,
@@ -154,7 +215,7 @@ def run_demo(
                 train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
             mapped = model.transform(test.vfm_features, test.vlm_features)
             png = embedding_plot(
-                out_dir / "embedding_before_after.png",
+                out_dir / PLOT_NAME,
                 [(f"before: {vfm} test features", test.vfm_features), ("VLM stand-in image features + text prototypes (*)", test.vlm_features),
                  ("after: GPUA-mapped VFM features + prototypes (*)", mapped)],
                 test.labels, test.classnames or [], model.text_prototypes_.cpu().numpy(),
@@ -162,6 +223,8 @@ def run_demo(
             results["plot"] = str(png)
             plot_done = True
     results["total_seconds"] = time.perf_counter() - t_start
-    path = write_json(out_dir / "results.json", results)
+    path = write_json(out_dir / RESULTS_NAME, results)
     print(f"wrote {path}" + (f" and {results['plot']}" if "plot" in results else "") + f" ({results['total_seconds']:.0f} s)")
+    if "plot" not in results and _is_demo_plot(out_dir / PLOT_NAME):
+        print(f"note: {out_dir / PLOT_NAME} is left from an earlier run, not this one (the plot was skipped)")
     return results

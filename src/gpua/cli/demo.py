@@ -34,6 +34,7 @@ def _check_encoders(specs: list[str]) -> None:
 
 
 def _cmd_demo(args) -> int:
+    from .._errors import GPUAError
     from ..classify import check_methods
 
     check_paths(args, outputs=(("out", "folder"),))
@@ -42,9 +43,13 @@ def _cmd_demo(args) -> int:
     vfms = [v for given in (_names(args.vfm) if args.vfm else demo.DEMO_VFMS)
             for v in (demo.ALL_DEMO_VFMS if given == "all" else (given,))]
     names = [m.strip() for m in (args.methods or "").split(",")]
+    if args.methods is not None and not any(names):  # --methods "" once ran the default five without a word
+        raise GPUAError(f"--methods names no method; pass e.g. {','.join(demo.DEMO_METHODS)} or 'all' (or leave --methods out).")
     methods = [m for given in names for m in (demo.ALL_DEMO_METHODS if given == "all" else (given,))] if args.methods else demo.DEMO_METHODS
     check_methods(list(methods), "--methods")  # the library names its argument, methods
     _check_encoders(vfms)
+    # The fixed file names in --out and the feature cache, named by their flag or $GPUA_CACHE_DIR.
+    demo.check_demo_paths(args.out, args.cache_dir, plot=not args.no_plot, out_name="--out", cache_name="--cache-dir")
     demo.run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,
                   overrides=parse_params(args.param), progress=not args.quiet)
     return 0
