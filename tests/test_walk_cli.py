@@ -331,3 +331,20 @@ def test_class_name_errors_name_the_flag_and_a_folder(tmp_path, capsys):
     assert "--classnames 'x' is neither a file" in err and "classnames=" not in err
     assert main(["evaluate-seg", "--pred", str(tmp_path), "--gt", str(tmp_path), "--classnames", str(tmp_path / "imgs")]) == 2
     assert "is a folder; pass the path of a text or JSON file" in capsys.readouterr().err
+
+
+def test_connect_timeout_without_cluster_is_said(photos, planted, tmp_path, capsys):
+    """--connect-timeout without --cluster was ignored without a word (its default was 10, so a
+    given value could not be told from none): extract and a streamed fit warn, an in-memory fit
+    refuses it with the other streamed-fit flags."""
+    argv = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(photos / "photos" / "train"),
+            "--classnames", str(photos / "classes.txt"), "--out", str(tmp_path / "f.npz"), "--quiet"]
+    assert main([*argv, "--connect-timeout", "5"]) == 0
+    assert "--connect-timeout 5 is used only with --cluster" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "g.npz")]) == 0  # the last --out is the one read
+    assert "--connect-timeout" not in capsys.readouterr().err  # not given: nothing said
+    train, _ = planted
+    feats = save_features(tmp_path / "t.npz", vfm_features=train.vfm_features, vlm_features=train.vlm_features,
+                          text_prototypes=train.text_prototypes)
+    assert main(["fit", "--train", str(feats), "--out", str(tmp_path / "m.gpua"), "--connect-timeout", "5"]) == 2
+    assert "--connect-timeout applies to a streamed fit" in capsys.readouterr().err

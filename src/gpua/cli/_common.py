@@ -24,6 +24,7 @@ __all__ = [
     "check_cache_dir",
     "check_device_flag",
     "check_seed_flag",
+    "connect_timeout_of",
     "add_quiet_argument",
     "add_json_argument",
     "JsonOutput",
@@ -306,6 +307,23 @@ def parse_cluster(value: str | None):
     if value == "local" or "://" in value or ":" in value:
         return value
     raise GPUAError(f"--cluster {value!r} is not understood; use 'local', a worker count, or tcp://HOST:8786.")
+
+
+#: Seconds to wait for ``--cluster`` when ``--connect-timeout`` is not given (the library's default).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def connect_timeout_of(args) -> float:
+    """``--connect-timeout``, or its default; given without ``--cluster`` (where nothing connects)
+    it is warned about rather than ignored without a word."""
+    import warnings
+
+    if args.connect_timeout is None:
+        return DEFAULT_CONNECT_TIMEOUT
+    if getattr(args, "cluster", None) is None:
+        warnings.warn(f"--connect-timeout {args.connect_timeout:g} is used only with --cluster (the seconds to wait for it); "
+                      "without --cluster nothing connects, so it changes nothing: leave it out, or add --cluster.", stacklevel=2)
+    return float(args.connect_timeout)
 
 
 class FitProgress:

@@ -7,7 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import add_quiet_argument, check_cache_dir, check_device_flag, check_paths, parse_cluster, positive_int, positive_seconds
+from ._common import (add_quiet_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, parse_cluster,
+                      positive_int, positive_seconds)
 
 __all__ = ["add_subcommands"]
 
@@ -56,7 +57,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
-    p.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    p.add_argument("--connect-timeout", type=positive_seconds, default=None, metavar="S",
+                   help="seconds to wait for --cluster (default 10; only with --cluster)")
     add_quiet_argument(p)
     p.set_defaults(func=_cmd_extract, on_interrupt="the finished parts are kept; the same command resumes from them")
 
@@ -74,6 +76,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
     check_device_flag(args.device)
     check_cache_dir(args)
+    timeout = connect_timeout_of(args)
     before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught, _flags_named():
         warnings.simplefilter("always")
@@ -82,7 +85,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
             resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
             split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
-            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=args.connect_timeout,
+            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
             image_root=args.image_root,
         )
     for w in caught:

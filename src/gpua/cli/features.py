@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
-from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths,
+from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of,
                       estimator_overrides, parse_cluster, positive_int, positive_seconds)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
@@ -82,7 +82,8 @@ def _cmd_fit(args) -> int:
     if not args.train:
         raise GPUAError("give --train FILE (a feature file) or --shards DIR (a shard set).")
     given = [flag for flag, value in (("--prototypes", args.prototypes), ("--max-memory", args.max_memory),
-                                      ("--cluster", args.cluster), ("--checkpoint", args.checkpoint)) if value is not None]
+                                      ("--cluster", args.cluster), ("--checkpoint", args.checkpoint),
+                                      ("--connect-timeout", args.connect_timeout)) if value is not None]
     if given:  # the in-memory fit would ignore them without a word
         raise GPUAError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a streamed fit of a shard set "
                         "(--shards DIR); --train fits in memory. "
@@ -114,7 +115,8 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
     g.add_argument("--max-memory", default=None, metavar="SIZE", help=f"memory budget per process (default {DEFAULT_MAX_MEMORY})")
     g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
-    g.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="S", help="seconds to wait for --cluster (default 10)")
+    g.add_argument("--connect-timeout", type=positive_seconds, default=None, metavar="S",
+                   help="seconds to wait for --cluster (default 10; only with --cluster)")
     g.add_argument("--checkpoint", metavar="DIR", help="save UCM state after every round; re-run with the same DIR to resume")
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars (in-memory fits too)")
 
@@ -158,11 +160,12 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
                             f"{shard_vlm}: text and image features must come from one VLM. Encode the prompts with {shard_vlm}.")
         # the model records the shards' encoders (what made its image features), the file's prompts
         meta = {**meta, **{k: fs.meta[k] for k in ("templates", "class_prompts") if k in fs.meta}}
+    timeout = connect_timeout_of(args)
     t0 = time.perf_counter()
     fit_streaming(
         model, shards, prototypes, classnames=classnames, max_memory=args.max_memory or DEFAULT_MAX_MEMORY,
         cluster=parse_cluster(args.cluster),
-        checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=args.connect_timeout,
+        checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=timeout,
     )
     dt = time.perf_counter() - t0
     model.provenance_ = provenance_from_features(meta, classnames=model.classnames_, source=str(Path(args.shards).resolve()))
