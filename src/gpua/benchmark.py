@@ -368,10 +368,10 @@ def _set_aside(path: Path, bad: list[tuple[int, str]]) -> None:
     import warnings
 
     rejected = _rejected_path(path)
-    have = set(rejected.read_text(encoding="utf-8").splitlines()) if rejected.is_file() else set()
+    old = rejected.read_text(encoding="utf-8") if rejected.is_file() else ""
+    have = set(old.splitlines())
     new = [line for _, line in bad if line not in have]
     if new:
-        old = rejected.read_text(encoding="utf-8") if rejected.is_file() else ""
         atomic_write_text(rejected, old + ("" if not old or old.endswith("\n") else "\n") + "".join(f"{line}\n" for line in new))
     warnings.warn(f"{path}: {len(bad)} line(s) that are not JSON rows (first: line {bad[0][0]}) moved to {rejected} as they were; "
                   f"{path.name} keeps the rows.", stacklevel=3)

@@ -24,6 +24,7 @@ __all__ = [
     "check_cache_dir",
     "check_device_flag",
     "check_seed_flag",
+    "with_flags",
     "connect_timeout_of",
     "add_quiet_argument",
     "add_json_argument",
@@ -246,6 +247,20 @@ class JsonOutput:
         else:
             write_json(self.path, obj)
             print(f"wrote {self.path}")
+
+
+def with_flags(message: str, flags: dict[str, str], *, bare_names: bool = False) -> str:
+    """``message`` with the library's argument names written as the command's flags: ``crop_size=8``
+    -> ``--crop 8`` (``flags`` maps names to flags). Whole names only, so a flag already written is
+    kept (not ``----crop``). ``bare_names`` also rewrites a name without ``=`` (``crop_size must
+    be...``): only for names that cannot be a word of the message's prose, unlike ``out``."""
+    import re
+
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+        if bare_names:
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+    return message
 
 
 def check_seed_flag(value: int, flag: str = "--seed") -> None:

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from ._common import (add_quiet_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, parse_cluster,
-                      positive_int, positive_seconds)
+                      positive_int, positive_seconds, with_flags)
 
 __all__ = ["add_subcommands"]
 
@@ -128,9 +128,7 @@ def _as_flags(message: str) -> str:
 
     # "format='shards' (--format shards)" names both already (and is kept as it is); a bare one is the flag
     message = re.sub(r"(?<![\w-])format='(\w+)'(?! \(--format)", r"--format \1", message)
-    for name, flag in _FLAGS.items():
-        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
-    return message
+    return with_flags(message, _FLAGS)
 
 
 class _flags_named:

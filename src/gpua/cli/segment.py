@@ -63,7 +63,7 @@ from .._optional import import_optional
 from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
 from ..params import COUNT
 from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag,
-                      parse_params)
+                      parse_params, with_flags)
 
 __all__ = ["add_subcommands"]
 
@@ -549,7 +549,7 @@ def _segmenter(args, classes=None):
         )
     except GPUAError as exc:  # said with the command's flags, not the Python arguments
         # Whole names only: a flag already written (--stride) is not rewritten (was "----stride").
-        raise GPUAError(_with_flags(str(exc), _SEGMENTER_FLAGS)) from None
+        raise GPUAError(with_flags(str(exc), _SEGMENTER_FLAGS, bare_names=True)) from None
     return seg, classnames
 
 
@@ -705,17 +705,6 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_flags(message: str, flags: dict[str, str]) -> str:
-    """``message`` with the Python argument names in ``flags`` written as the command's flags
-    (``crop_size=8`` -> ``--crop 8``); whole names only, so a flag already written is kept."""
-    import re
-
-    for name, flag in flags.items():
-        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
-        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
-    return message
-
-
 #: SegmentationDataset's arguments that `--dataset custom` sets by flags, for its error messages.
 _CUSTOM_DATASET_FLAGS = {"img_suffix": "--img-suffix", "seg_map_suffix": "--gt-suffix"}
 
@@ -732,7 +721,7 @@ def _open_dataset(args: argparse.Namespace, entries, overrides: dict):
     except GPUAError as exc:
         message = str(exc)
         if args.dataset == "custom":
-            message = _with_flags(message, _CUSTOM_DATASET_FLAGS)
+            message = with_flags(message, _CUSTOM_DATASET_FLAGS, bare_names=True)
         else:
             message = re.sub(r", or set img_suffix(?:=\S+?| to the one to read)(?=\.$)", "", message)
             message = re.sub(r" \(img_suffix names [^)]*\)", "", message)
