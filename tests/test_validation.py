@@ -108,3 +108,36 @@ def test_corrupt_feature_file(tmp_path, good):
     p.write_bytes(p.read_bytes()[:100])
     with pytest.raises(GPUAError, match="corrupt or truncated"):
         load_features(p)
+
+
+_NAMES = ("vfm_features", "vlm_features", "text_prototypes")
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["scipy_csr", "scipy_coo_array", "torch_coo", "torch_csr"])
+def test_sparse_input_names_the_densifying_call(good, which, kind):
+    # numpy wraps a scipy sparse matrix in a 0-d object array: the message used to be about dtype object
+    import warnings
+
+    import scipy.sparse as sp
+    import torch
+
+    args = list(good)
+    A = args[which]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+        args[which] = {"scipy_csr": lambda: sp.csr_matrix(A), "scipy_coo_array": lambda: sp.coo_array(A),
+                       "torch_coo": lambda: torch.from_numpy(A).to_sparse(),
+                       "torch_csr": lambda: torch.from_numpy(A).to_sparse_csr()}[kind]()
+    fix = "toarray()" if kind.startswith("scipy") else "to_dense()"
+    with pytest.raises(GPUAError, match=rf"{_NAMES[which]} is a .*sparse.*pass {_NAMES[which]}\.{fix.replace('(', '[(]').replace(')', '[)]')}"):
+        _fit(*args)
+
+
+def test_sparse_input_at_predict(good):
+    import scipy.sparse as sp
+
+    Z, X, Y = good
+    model = _fit(Z, X, Y)
+    with pytest.raises(GPUAError, match=r"vfm_features is a scipy sparse matrix .*vfm_features\.toarray"):
+        model.predict(sp.csr_matrix(Z), X)

@@ -14,7 +14,22 @@ import numpy as np
 
 from ._errors import GPUAError
 
-__all__ = ["check_matrix", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
+__all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
+
+
+def refuse_sparse(A, name: str) -> None:
+    """Refuse a scipy sparse matrix or a sparse torch tensor with the call that densifies it.
+
+    Foundation-model features are dense; without this, numpy wraps a sparse matrix in a 0-d
+    object array and the message would be about its dtype.
+    """
+    if type(A).__module__.startswith("scipy.sparse"):
+        raise GPUAError(f"{name} is a scipy sparse matrix ({type(A).__name__}); gpua works on dense features: "
+                        f"pass {name}.toarray().")
+    layout = getattr(A, "layout", None)
+    if layout is not None and hasattr(A, "detach") and str(layout) != "torch.strided":
+        raise GPUAError(f"{name} is a sparse torch tensor (layout {layout}); gpua works on dense features: "
+                        f"pass {name}.to_dense().")
 
 
 def _tensor_to_numpy(A):
@@ -57,6 +72,7 @@ def check_matrix(
     """
     if A is None:
         raise GPUAError(f"{name} is None: pass an array of shape (n, d).")
+    refuse_sparse(A, name)
     A = _tensor_to_numpy(A)
     try:
         A = np.asarray(A)

@@ -42,7 +42,7 @@ import torch
 
 from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError
-from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, row_scale_suspects
+from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, refuse_sparse, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .procrustes import orthogonality_error, procrustes_from_assignment
@@ -279,6 +279,7 @@ def _rescaled_rows(A: torch.Tensor, name: str) -> torch.Tensor:
 
 def _device_matrix(A: torch.Tensor, name: str, device: torch.device, n_rows: int | None = None, n_cols: int | None = None) -> torch.Tensor:
     """A torch tensor checked where it lives (no copy through the host), as float32 on ``device``."""
+    refuse_sparse(A, name)
     if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
         raise GPUAError(f"{name} must be a non-empty 2-D (n, d) tensor but has shape {tuple(A.shape)}.")
     if A.is_complex() or A.dtype == torch.bool:
