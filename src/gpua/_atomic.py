@@ -39,7 +39,7 @@ from typing import Iterable, Iterator
 
 from ._errors import GPUAError
 
-__all__ = ["atomic_path", "atomic_write_text", "check_output", "clean_stale_temps", "STALE_AFTER_S", "TEMP_MARK"]
+__all__ = ["atomic_path", "atomic_write_text", "check_output", "check_writable", "clean_stale_temps", "STALE_AFTER_S", "TEMP_MARK"]
 
 #: Temp files of a writer on another host (whose process cannot be checked) are stale after this.
 STALE_AFTER_S = 24 * 3600
@@ -194,7 +194,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path"
                 "fix or remove the link, or choose another path."
             )
         path = target
-    _check_writable(path, name, "file")
+    check_writable(path, name, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     try:
@@ -271,14 +271,16 @@ def _may_be_input(p: Path) -> bool:
     """Whether a file inside an input folder may be one the command reads: an image of the
     folder (any image ending, case-insensitive, also the photo formats counted but not decoded)
     or a feature, shard or dataset-index file. Other files (a predictions CSV, a JSON
-    report, notes) are never read as input, so an output may replace them."""
+    report, notes) are never read as input, so an output may replace them. A photo saved without
+    an extension is told by its content, as the folder's listing tells it."""
     from .data._datasets import IMAGE_EXTENSIONS
-    from .data._loaders import _UNREAD_PHOTO_EXTENSIONS
+    from .data._loaders import _UNREAD_PHOTO_EXTENSIONS, _is_image_file
 
     name = p.name.lower()
     suffix = p.suffix.lower()
     return (suffix in IMAGE_EXTENSIONS or suffix in _UNREAD_PHOTO_EXTENSIONS or suffix in _INPUT_SUFFIXES
-            or name in _INPUT_NAMES or name.startswith(_INPUT_PREFIXES) or "-ubyte" in name)
+            or name in _INPUT_NAMES or name.startswith(_INPUT_PREFIXES) or "-ubyte" in name
+            or (not suffix and _is_image_file(p.parent, p.name)))
 
 
 #: Inputs read as an image folder whose sub-folders are classes (``classify --images``,
@@ -292,19 +294,19 @@ def _is_labelled_folder(folder: Path) -> bool:
     """Whether ``folder`` reads as a labelled image folder: no loose images, and a sub-folder (not
     hidden, not one gpua wrote) with an image somewhere below it. Stops at the first image found
     (or after :data:`_LABELLED_SCAN_LIMIT` entries: then False, not known)."""
-    from .data._loaders import _is_image, _subdirs
+    from .data._loaders import _is_image_file, _subdirs
 
     try:
-        if any(e.is_file() and _is_image(e.name) for e in os.scandir(folder)):
+        if any(e.is_file() and _is_image_file(folder, e.name) for e in os.scandir(folder)):
             return False  # loose images: a flat (unlabelled) folder
         subs = _subdirs(folder)
     except OSError:
         return False
     seen = 0
     for sub in subs:
-        for _dirpath, dirnames, filenames in os.walk(folder / sub):
+        for dirpath, dirnames, filenames in os.walk(folder / sub):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            if any(_is_image(f) for f in filenames):
+            if any(_is_image_file(dirpath, f) for f in filenames):
                 return True
             seen += len(filenames) + len(dirnames)
             if seen > _LABELLED_SCAN_LIMIT:
@@ -326,7 +328,9 @@ def _new_class_folder(out: Path, src: Path, kind: str) -> str | None:
     return first
 
 
-def _check_writable(path: Path, name: str, kind: str) -> None:
+def check_writable(path: Path, name: str, kind: str) -> None:
+    """Refuse an output (resolved ``path``) that cannot be written as ``kind`` says: a folder where a
+    file goes or the reverse, a read-only file, a folder this process may not create files in."""
     if kind == "file" and path.is_dir():
         raise GPUAError(f"{name} {str(path)!r} is an existing folder, but a file is written there; give a file name.")
     # The rename would replace a read-only file as readily as any other: its owner's protection
@@ -360,6 +364,7 @@ def check_output(
     kind: str = "file",
     inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
     distinct_from: Iterable[tuple[str, str | os.PathLike | None]] = (),
+    writable: bool = True,
 ) -> Path:
     """Refuse an output path that would destroy an input or cannot be written; call before the work.
 
@@ -377,6 +382,9 @@ def check_output(
         template set names) are skipped.
     distinct_from : iterable of (name, path)
         Other outputs of the same command: the output may not be any of them.
+    writable : bool, default=True
+        Also check that the output can be written (:func:`check_writable`). False leaves that
+        check to the caller: an up-to-date output on read-only storage may need no writing.
 
     Returns
     -------
@@ -427,5 +435,6 @@ def check_output(
                     f"are its classes: the next run would read {new!r} as a class. Write {name} outside {in_name}, "
                     f"directly beside its class folders, or under a hidden folder ('.{new}')."
                 )
-    _check_writable(out, name, kind)
+    if writable:
+        check_writable(out, name, kind)
     return out

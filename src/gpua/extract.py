@@ -16,7 +16,8 @@ Long runs are safe to interrupt: work is written in parts of ``shard_size`` imag
 ``<out>.parts/`` (each part atomically), and a re-run with the same inputs continues after the
 last complete part. The parts can be encoded by the workers of a Dask cluster (``cluster=``);
 they then write to ``<out>.parts/`` themselves, so it must lie on storage the workers share. A
-re-run whose output already exists with the same cache key returns at once. The key hashes both
+re-run whose output already exists with the same cache key returns at once, writing nothing (so an
+output on read-only storage serves it too). The key hashes both
 encoders' metadata (model, weights, preprocessing, library versions), the dataset's identity
 (name, split, image ids, labels, and the files' sizes, modification and status-change times,
 or the pixel array and its shape), the class names and the templates.
@@ -36,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
-from ._atomic import TEMP_MARK, atomic_path, atomic_write_text, check_output
+from ._atomic import TEMP_MARK, _resolve, atomic_path, atomic_write_text, check_output, check_writable
 from ._errors import GPUAError
 from ._integrity import read_npz
 from .data._datasets import DECODE_VERSION
@@ -191,6 +192,15 @@ def _output_kind(out: Path, format: str) -> str:
             f"suffix (a shard set); for a folder whose name contains a dot, pass format='shards' (--format shards)."
         )
     return "shards"
+
+
+def _unwritable(path: Path, name: str, kind: str) -> GPUAError | None:
+    """:func:`check_writable`'s refusal of ``path``, returned instead of raised (None: it can be written)."""
+    try:
+        check_writable(_resolve(path), name, kind)
+    except GPUAError as exc:
+        return exc
+    return None
 
 
 def _read_meta(path: Path) -> dict:
@@ -590,12 +600,22 @@ def extract_features(
     out = Path(out).expanduser()
     kind = _output_kind(out, format)
     # Checked now, not after hours of encoding: the output may not destroy an input, its parts
-    # folder must be gpua's own, and both must be writable.
+    # folder must be gpua's own, and both must be writable. An existing output that may be up to
+    # date is the exception to the last: read-only storage (a shared dataset folder, a read-only
+    # mount) serves a cache hit as it is, so there the writability error waits for the key
+    # comparison below, which comes before any image is encoded.
     inputs = [(name, v) for name, v in (("dataset", dataset), ("classnames", classnames), ("templates", templates),
                                         ("image_root", image_root))
               if isinstance(v, (str, os.PathLike))]
-    check_output(out, "out", kind="file" if kind == "file" else "tree", inputs=inputs)
-    check_output(_Parts.of(out).dir, "out's parts folder", kind="tree", inputs=inputs)
+    outputs = [(out, "out", "file" if kind == "file" else "tree"), (_Parts.of(out).dir, "out's parts folder", "tree")]
+    for path, name, path_kind in outputs:
+        check_output(path, name, kind=path_kind, inputs=inputs, writable=False)
+    unwritable = next((e for e in (_unwritable(*o) for o in outputs) if e is not None), None)
+    stored = None
+    if unwritable is not None:
+        stored = _stored_meta(out) if resume and out.exists() else None
+        if stored is None or not isinstance(stored.get("cache_key"), str):
+            raise unwritable  # nothing there could be a cache hit: refused now, as any unwritable output
     _Parts.of(out).check()
     if kind == "shards":
         check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
@@ -653,10 +673,13 @@ def extract_features(
         "float16": bool(float16),
         **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
     })
-    stored = _stored_meta(out) if resume and out.exists() else None
+    if stored is None:  # read above only when the output cannot be written
+        stored = _stored_meta(out) if resume and out.exists() else None
     if stored is not None and stored.get("cache_key") == key:
         _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
         return out
+    if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
+        raise unwritable
 
     parts = _Parts.open(out, key, int(shard_size), resume)
     ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
