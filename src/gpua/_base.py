@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -85,6 +86,64 @@ class AlignmentEstimator(ParamsMixin):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
+
+    # --- pickling ------------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """The attributes, with every learned tensor on the CPU and its device recorded.
+
+        A pickle of CUDA tensors names their device, and torch cannot unpickle it where that
+        device is missing; so the learned state travels as CPU tensors (as a model file's does)
+        and :meth:`__setstate__` puts it back. ``copy.deepcopy`` and joblib go the same way.
+        """
+        state = dict(self.__dict__)
+        devices = {}
+        for name, value in self.__dict__.items():
+            moved, device = _tensors_to_cpu(value)
+            if device is not None:
+                state[name], devices[name] = moved, device
+        if devices:
+            state[_PICKLED_DEVICES] = devices
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickled estimator: the learned tensors go back to their recorded device.
+
+        When this machine lacks it (a model fitted on CUDA unpickled without a GPU), they stay
+        on the CPU, a ``device`` parameter this machine cannot use becomes ``"cpu"`` (as
+        :func:`load_model` with ``device="cpu"`` does), and one warning says so.
+        """
+        state = dict(state)
+        devices = state.pop(_PICKLED_DEVICES, None) or {}
+        self.__dict__.update(state)
+        if not devices:
+            return
+        missing = None
+        targets = {}
+        for name, device in devices.items():
+            try:
+                targets[name] = resolve_device(device)  # load_model's check of a device
+            except GPUAError as exc:
+                missing = missing or (device, str(exc).rstrip("."))
+        if missing is None:
+            for name, target in targets.items():
+                self.__dict__[name] = _tensors_to(self.__dict__[name], target)
+            return
+        # all of them stay on the CPU: one device for the whole learned state
+        device, why = missing
+        try:
+            resolve_device(getattr(self, "device", "cpu"))
+            now = ""
+        except GPUAError:
+            self.device = "cpu"
+            now = " and its device parameter is now 'cpu'"
+        name = type(self).__name__
+        warnings.warn(
+            f"this {name} was pickled with its learned tensors on {device!r}, which this machine cannot use ({why}); "
+            f"they were loaded on the CPU{now}. To move it to a GPU here, save it (model.save(path)) and load it with "
+            f"gpua.load_model(path, device='cuda') or {name}.load(path, device='cuda').",
+            UserWarning,
+            stacklevel=2,
+        )
 
     # --- fitted state ------------------------------------------------------------------------
     def _record_fit(self) -> None:
@@ -275,6 +334,39 @@ class AlignmentEstimator(ParamsMixin):
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
+
+
+#: The state key under which :meth:`AlignmentEstimator.__getstate__` records the learned tensors' devices.
+_PICKLED_DEVICES = "_pickled_tensor_devices"
+
+
+def _tensors_to_cpu(value):
+    """``(value with its tensors on the CPU, the device of the first that was not there or None)``.
+
+    Tensors directly, or in dicts, lists and tuples (a ``history_``); anything else is kept as is.
+    """
+    if isinstance(value, torch.Tensor):
+        return (value.detach().cpu(), str(value.device)) if value.device.type != "cpu" else (value, None)
+    if type(value) is dict:
+        items = [(k, *_tensors_to_cpu(v)) for k, v in value.items()]
+        device = next((d for _, _, d in items if d is not None), None)
+        return ({k: v for k, v, _ in items}, device) if device is not None else (value, None)
+    if type(value) in (list, tuple):
+        items = [_tensors_to_cpu(v) for v in value]
+        device = next((d for _, d in items if d is not None), None)
+        return (type(value)(v for v, _ in items), device) if device is not None else (value, None)
+    return value, None
+
+
+def _tensors_to(value, device: torch.device):
+    """``value`` with its tensors (directly, or in dicts, lists and tuples) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if type(value) is dict:
+        return {k: _tensors_to(v, device) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_tensors_to(v, device) for v in value)
+    return value
 
 
 def _json_param(value):
