@@ -14,7 +14,7 @@ the streaming fit reads chunks within ``--max-memory``. Both fit ``GPUA(query="v
 Usage::
 
     python benchmarks/scale.py                          # 50k: both fits, and the ratio
-    python benchmarks/scale.py --n 200000 --n 1000000 --mode stream
+    python benchmarks/scale.py --n 200000 --n 1000000 --mode stream   # time per sample at 1M / at 200k
     python benchmarks/scale.py --n 1000000 --mode stream --timeout 7200 --json out.json
 
 Memory sampling, the machine record and the JSON file come from ``benchmarks/_harness.py``.
@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.n or [BASE]:
         if ("memory", n) in by and ("stream", n) in by:
             print(f"N={n}: streaming / in-memory time ratio {by['stream', n]['seconds'] / by['memory', n]['seconds']:.2f}")
+    for mode in ("memory", "stream"):  # the scaling within one mode: time per sample against the smallest N of this run
+        ns = sorted(n for m, n in by if m == mode)
+        for n in ns[1:]:
+            print(f"{mode}: time per sample at N={n} / at N={ns[0]}: {by[mode, n]['us_per_sample'] / by[mode, ns[0]]['us_per_sample']:.2f} "
+                  "(1.00: linear in N)")
     if args.json:
         write_json(args.json, {"results": results})
     return 0

@@ -43,7 +43,8 @@ def readme_commands() -> list[tuple[int, str, list[str]]]:
         text = line.strip().removeprefix("$ ")
         text = text.removeprefix(".venv/bin/")
         if in_block and text.startswith("gpua "):
-            out.append((i, text, shlex.split(text[len("gpua "):], comments=True)))
+            argv = shlex.split(text[len("gpua "):], comments=True)
+            out.append((i, text, argv[:argv.index("|")] if "|" in argv else argv))  # gpua's part of a pipeline
     return out
 
 

@@ -193,7 +193,7 @@ def undecoded_photos(folder: str | os.PathLike) -> list[str]:
 
 def _scan_folder(folder: str | os.PathLike) -> tuple[list[str], int]:
     """``(undecoded photos, number of image files)`` below ``folder``, read as :func:`undecoded_photos` says."""
-    from .data._loaders import _is_image, _is_unread_photo, _subdirs, _walk_class_folders
+    from .data._loaders import _is_image_file, _is_unread_photo, _subdirs, _walk_class_folders
 
     base = Path(folder).expanduser()
     if not base.is_dir():
@@ -203,7 +203,7 @@ def _scan_folder(folder: str | os.PathLike) -> tuple[list[str], int]:
     with warnings.catch_warnings():  # the folder's listing says these (symlink loops); here only counted
         warnings.simplefilter("ignore")
         files = _walk_class_folders(base, _subdirs(base), unread=found)  # the listing's own walk
-    return found, sum(map(_is_image, loose)) + sum(map(len, files.values()))
+    return found, sum(_is_image_file(base, f) for f in loose) + sum(map(len, files.values()))
 
 
 def _format_counts(image_ids: Sequence[str]) -> str:

@@ -94,7 +94,8 @@ def test_malformed_split_files(tmp_path, make_image):
 def test_label_space_spans_all_splits(tmp_path, make_image):
     make_image(tmp_path / "images" / "a.png")
     make_image(tmp_path / "images" / "b.png")
-    split = {"train": [["a.png", 0, "a"]], "test": [["a.png", 0, "a"], ["b.png", 1, "b"]]}
+    make_image(tmp_path / "images" / "c.png")
+    split = {"train": [["a.png", 0, "a"]], "test": [["c.png", 0, "a"], ["b.png", 1, "b"]]}
     (tmp_path / "split_zhou_Y.json").write_text(json.dumps(split))
     assert load_dataset(tmp_path, "train").classnames == ["a", "b"]
 

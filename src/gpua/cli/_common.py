@@ -29,6 +29,8 @@ __all__ = [
     "add_quiet_argument",
     "add_json_argument",
     "JsonOutput",
+    "CsvOutput",
+    "check_stdout_flags",
     "positive_int",
     "positive_seconds",
     "FitProgress",
@@ -74,6 +76,11 @@ def check_paths(
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
     # --json - is stdout, not a file named "-"
     outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != "" and not (n == "--json" and str(p) == STDOUT)]
+    for name, path, kind in outs:  # commands that take "-" for stdout leave that output out of ``outputs``
+        if str(path) == STDOUT:
+            what = "a file" if kind == "file" else "a folder"
+            raise GPUAError(f"{name} - : this command writes {what} there, not to stdout; give a name (./- if a {what[2:]} "
+                            f"named '-' is meant).")
     for i, (name, path, kind) in enumerate(outs):
         check_output(path, name, kind=kind, inputs=ins, distinct_from=[(n, p) for n, p, _ in outs[:i]])
 
@@ -204,17 +211,10 @@ def add_json_argument(p, help: str) -> None:
                    help=f"{help} ('-' or no value: print the JSON on stdout, and the rest of the output on stderr)")
 
 
-class JsonOutput:
-    """Where a command's ``--json`` goes: a file (written atomically), or stdout alone.
-
-    With ``--json -`` everything the command prints inside the ``with`` block (tables, notes,
-    ``wrote ...``) goes to stderr, so that stdout holds the JSON alone (``gpua evaluate ... --json
-    - | jq .metrics``)::
-
-        with JsonOutput(args.json) as out:
-            ...  # prints
-            out.write(result)
-    """
+class _StdoutOrFile:
+    """An output flag that names a file, or ``-`` for stdout alone: inside the ``with`` block,
+    with ``-``, everything the command prints goes to stderr instead, so stdout holds the output
+    alone. Subclasses write the output itself."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -222,7 +222,7 @@ class JsonOutput:
         self._stdout = sys.stdout  # the real one, before the redirection
         self._redirect = None
 
-    def __enter__(self) -> "JsonOutput":
+    def __enter__(self):
         if self.to_stdout:
             import contextlib
 
@@ -234,6 +234,19 @@ class JsonOutput:
         if self._redirect is not None:
             self._redirect.__exit__(*exc)
             self._redirect = None
+
+
+class JsonOutput(_StdoutOrFile):
+    """Where a command's ``--json`` goes: a file (written atomically), or stdout alone.
+
+    With ``--json -`` everything the command prints inside the ``with`` block (tables, notes,
+    ``wrote ...``) goes to stderr, so that stdout holds the JSON alone (``gpua evaluate ... --json
+    - | jq .metrics``)::
+
+        with JsonOutput(args.json) as out:
+            ...  # prints
+            out.write(result)
+    """
 
     def write(self, obj) -> None:
         """Strict JSON of ``obj`` (non-finite numbers as null) to the file or to stdout; nothing without ``--json``."""
@@ -247,6 +260,53 @@ class JsonOutput:
         else:
             write_json(self.path, obj)
             print(f"wrote {self.path}")
+
+
+class CsvOutput(_StdoutOrFile):
+    """Where a command's ``--out FILE.csv`` goes: the file (written atomically), or stdout alone (``--out -``).
+
+    As :class:`JsonOutput`'s: with ``--out -`` everything the command prints inside the ``with``
+    block goes to stderr, so that stdout holds the CSV alone (``gpua predict ... --out - | head``);
+    no file named ``-`` is ever written::
+
+        with CsvOutput(args.out) as out:
+            n = out.write_with(lambda path: write_predictions(path, ...))
+            print(f"wrote {n} predictions to {out.name}")
+    """
+
+    @property
+    def name(self) -> str:
+        """How messages name the output: the file, or ``stdout``."""
+        return "stdout" if self.to_stdout else str(self.path)
+
+    def write_with(self, writer):
+        """``writer(path)`` (an atomic file writer) on the file, or on a temporary file then copied to stdout; its result."""
+        if not self.to_stdout:
+            return writer(self.path)
+        import os
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gpua-stdout-") as tmp:
+            path = os.path.join(tmp, "out.csv")
+            result = writer(path)  # the whole file first: a failure leaves stdout empty, not a partial CSV
+            self._stdout.flush()
+            raw = getattr(self._stdout, "buffer", None)
+            with open(path, "rb") as fh:
+                if raw is not None:  # the bytes a file gets (UTF-8, the CSV's own line ends)
+                    shutil.copyfileobj(fh, raw)
+                    raw.flush()
+                else:
+                    self._stdout.write(fh.read().decode("utf-8"))
+                    self._stdout.flush()
+        return result
+
+
+def check_stdout_flags(args: argparse.Namespace, flags: Sequence[str] = ("out", "json")) -> None:
+    """Refuse two output flags given ``-`` (stdout) at once (``--out - --json -``): one line naming both."""
+    on = [_flag(a) for a in flags if getattr(args, a, None) is not None and str(getattr(args, a)) == STDOUT]
+    if len(on) > 1:
+        raise GPUAError(f"{on[0]} - and {on[1]} - would both write to stdout; give one of them a file name.")
 
 
 def with_flags(message: str, flags: dict[str, str], *, bare_names: bool = False) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_paths, estimator_overrides, positive_int
+from ._common import (STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths, check_stdout_flags,
+                      estimator_overrides, positive_int)
 
 __all__ = ["add_subcommands"]
 
@@ -30,7 +31,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--images", required=True, metavar="DIR", help="folder of photos: flat, or one sub-folder per class")
     p.add_argument("--classnames", required=True, metavar="FILE",
                    help="class-name file: one class a line, 'name' or 'name: word, word' (a folder's name, then its prompt words)")
-    p.add_argument("--out", required=True, metavar="FILE.csv", help="predictions CSV to write")
+    p.add_argument("--out", required=True, metavar="FILE.csv",
+                   help="predictions CSV to write ('-': write the CSV to stdout, and the rest of the output to stderr)")
     p.add_argument("--vfm", default=_DEFAULT_VFM, metavar="ENCODER", help="vision foundation model")
     p.add_argument("--vlm", default=_DEFAULT_VLM, metavar="ENCODER", help="vision-language model")
     p.add_argument("--pool", metavar="DIR", help="folder of photos to fit on, read as unlabeled: every image below it, whatever its "
@@ -50,15 +52,16 @@ def _zero_shot_differs(ours: Counter, zero_shot: Counter, n: int) -> bool:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    import warnings
     from pathlib import Path
 
     from .._errors import GPUAError
-    from ..classify import (_format_counts, check_classes, check_method_overrides, check_methods, classify_folder, is_undecoded_format,
-                            unlabeled_pool)
-    from ._common import FitProgress, check_cache_dir
+    from ..classify import check_classes, check_method_overrides, check_methods, unlabeled_pool
+    from ._common import check_cache_dir
 
-    check_paths(args, inputs=("images", "classnames", "templates", "pool"), outputs=(("out", "file"), ("model_out", "file")))
+    check_stdout_flags(args)
+    # --out -: the CSV alone on stdout (no file named "-"), the summary on stderr
+    check_paths(args, inputs=("images", "classnames", "templates", "pool"),
+                outputs=(("model_out", "file"),) if args.out == STDOUT else (("out", "file"), ("model_out", "file")))
     if not Path(args.images).expanduser().is_dir():
         raise GPUAError(f"--images {args.images!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     check_cache_dir(args)
@@ -68,6 +71,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     overrides = estimator_overrides(args)
     check_method_overrides(args.method, overrides, len(names), f"--method {args.method}")
     device = overrides.pop("device", "cpu")
+    with CsvOutput(args.out) as out:
+        return _classify(args, pool, overrides, device, out)
+
+
+def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out: CsvOutput) -> int:
+    import warnings
+
+    from ..classify import _format_counts, classify_folder, is_undecoded_format
+    from ._common import FitProgress
+
     with FitProgress(None, not args.quiet) as progress, warnings.catch_warnings():
         # The summary below names the unreadable photos and those of formats gpua does not decode
         # (and the CSV lists them): not twice.
@@ -78,7 +91,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
             progress=not args.quiet, callback=progress,
         )
-    n = res.to_csv(args.out, top_k=args.top_k)
+    n = out.write_with(lambda path: res.to_csv(path, top_k=args.top_k))
     if args.model_out:
         res.model.save(args.model_out)
     counts = Counter(res.classnames[k] for k in res.predictions.tolist())
@@ -92,16 +105,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
           f"(VFM {args.vfm}, VLM {args.vlm}; {fitted}); extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
     scored = ", and the scores below leave them out" if res.labels is not None else ""
+    csv_name = "the CSV on stdout" if out.to_stdout else args.out
     undecoded = [image_id for image_id, _ in res.unreadable if is_undecoded_format(image_id)]
     unreadable = [(image_id, error) for image_id, error in res.unreadable if not is_undecoded_format(image_id)]
     if unreadable:
         first, error = unreadable[0]
         print(f"{len(unreadable)} photo(s) could not be read and were not classified (first: {first!r}: {error}); "
-              f"{args.out} lists them with an empty prediction and the error{scored}")
+              f"{csv_name} lists them with an empty prediction and the error{scored}")
     if undecoded:
         print(f"{len(undecoded)} photo(s) are in formats gpua does not decode and were not classified "
               f"({_format_counts(undecoded)}; first: {undecoded[0]!r}): convert them to JPEG or PNG to include them; "
-              f"{args.out} lists them with an empty prediction and the reason{scored}")
+              f"{csv_name} lists them with an empty prediction and the reason{scored}")
     if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not
         far = _zero_shot_differs(counts, zero_shot, n)
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
@@ -115,5 +129,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         print(f"the folder is labelled (class sub-folders): acc1 {100 * scores['acc1']:.2f}%, acc5 {100 * scores['acc5']:.2f}%{flag}, "
               f"mean per-class recall {100 * scores['mean_per_class_recall']:.2f}%{zs} (labels used only to score)")
     print(f"features cached in {res.features}" + ("" if res.pool_features == res.features else f" and {res.pool_features}"))
-    print(f"wrote {args.out}" + (f" and {args.model_out}" if args.model_out else ""))
+    wrote = ([] if out.to_stdout else [args.out]) + ([args.model_out] if args.model_out else [])
+    if wrote:
+        print(f"wrote {' and '.join(wrote)}")
     return 0

@@ -259,12 +259,21 @@ class _Widths:
 
 
 def _cmd_predict(args) -> int:
+    from ._common import STDOUT, CsvOutput, check_stdout_flags
+
+    check_stdout_flags(args)
+    # --out -: the CSV alone on stdout (no file named "-"), the notes on stderr
+    check_paths(args, inputs=("model", "features"), outputs=() if args.out == STDOUT else (("out", "file"),))
+    check_device_flag(args.device)
+    with CsvOutput(args.out) as out:
+        return _predict(args, out)
+
+
+def _predict(args, out) -> int:
     from .._base import load_model
     from ..data.classnames import match_classes
     from ..report import check_encoders, write_predictions
 
-    check_paths(args, inputs=("model", "features"), outputs=(("out", "file"),))
-    check_device_flag(args.device)
     model = load_model(args.model, device=args.device)
     chunks, file_names, file_k, meta = _prediction_chunks(model, args.features, f"the model {args.model!r}")
     check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
@@ -282,8 +291,8 @@ def _cmd_predict(args) -> int:
             names = file_names
         else:
             warnings.warn("the model names no classes; the predictions are class indices.", stacklevel=1)
-    n = write_predictions(args.out, chunks, names, top_k=args.top_k)
-    print(f"wrote {n} predictions to {args.out} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} classes)")
+    n = out.write_with(lambda path: write_predictions(path, chunks, names, top_k=args.top_k))
+    print(f"wrote {n} predictions to {out.name} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} classes)")
     return 0
 
 
@@ -357,7 +366,8 @@ def add_subcommands(sub) -> None:
                        "Warns when the features name other classes, or come from other encoders, than the model's.")
     p.add_argument("--model", required=True, help="model file (.gpua) from gpua fit")
     p.add_argument("--features", required=True, help="feature file or shard set")
-    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--out", required=True,
+                   help="CSV file to write ('-': write the CSV to stdout, and the rest of the output to stderr)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes listed per image")
     _add_model_device_argument(p)
     p.set_defaults(func=_cmd_predict)

@@ -245,12 +245,12 @@ def _list_images(folder: str, what: str = "--images") -> list[Path]:
     ``classify`` and ``extract`` leave them out (:mod:`gpua.data`'s own test), and sub-folders are
     not searched (:func:`_subfolder_note` says how many)."""
     from ..data import IMAGE_EXTENSIONS
-    from ..data._loaders import _is_image, _subdirs
+    from ..data._loaders import _is_image_file, _subdirs
 
     d = Path(folder)
     if not d.is_dir():
         raise GPUAError(f"{what} {folder!r} is not a folder; pass a folder of image files.")
-    files = sorted(d / e.name for e in os.scandir(d) if _is_image(e.name) and e.is_file())
+    files = sorted(d / e.name for e in os.scandir(d) if e.is_file() and _is_image_file(d, e.name))
     if not files:
         subs = _subdirs(d)
         where = (f"; its {len(subs)} sub-folder(s) (first: {subs[0]!r}) are not searched: pass the sub-folder itself as {what}"

@@ -14,6 +14,7 @@ Layouts, tried in this order:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -266,6 +267,7 @@ def _load_split_file(p: Path, split: str | None, user_names: list[str] | None, i
     root = _find_image_root(p.parent, info, relpaths, image_root, source)
     _all_listed_files_exist(root, relpaths, f"{source}, split {s!r}")
     ds_name = info.name if info else re.sub(r"^split_zhou_", "", p.stem)
+    _warn_split_overlap(source, s, relpaths, {k: [e[0] for e in entries[k]] for k in present if k != s})
     return FileImageDataset(root, relpaths, labels, names, ds_name, s)
 
 
@@ -284,6 +286,39 @@ def _no_repeated_images(located: list[tuple[str, str, int]], source: str) -> Non
             raise GPUAError(f"{source} lists the image {rel!r} twice ({where0} and {where}{labels}); list each image once "
                             "(remove the repeated entry).")
         seen[key] = (where, label)
+
+
+def _warn_split_overlap(source: str, split: str, paths: Sequence[str], others: dict[str, Sequence[str]],
+                        stacklevel: int = 4, same_folder: str = "") -> None:
+    """One warning when images of ``split`` are also in other splits (``{split: its paths}``): leakage.
+
+    An image in both the training pool and the test split makes the reported test score
+    optimistic. It is not refused (a transductive run may mean it), only said: the count, the
+    splits, one example and the fix. Paths are compared as strings, normalised as
+    :func:`_no_repeated_images` compares them (``./a.jpg`` is ``a.jpg``). ``stacklevel`` is the
+    caller's: 4 from a loader points at load_dataset's caller (loader < _load_path <
+    load_dataset < caller). ``same_folder`` ends the first sentence (why the paths coincide).
+    """
+    if not others:
+        return
+    own = {posixpath.normpath(r): r for r in paths}
+    found = []
+    for other, theirs in others.items():
+        common = own.keys() & {posixpath.normpath(r) for r in theirs}
+        if common:
+            first = next(own[k] for k in own if k in common)  # the first in this split's order
+            found.append((other, len(common), first))
+    if not found:
+        return
+    said = "; ".join(f"{n} image(s) of split {split!r} are also in split {other!r} (first: {first!r})"
+                     for other, n, first in found)
+    which = " or ".join(repr(other) for other, _, _ in found)
+    warnings.warn(
+        f"{source}: {said}{same_folder}. An image in both the training pool and the test split makes the test score "
+        f"optimistic (data leakage); remove it from {split!r} or from {which}, unless this transductive overlap is "
+        "meant.",
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _all_listed_files_exist(root: Path, relpaths: list[str], source: str) -> None:
@@ -418,7 +453,22 @@ def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_r
     _no_repeated_images(located, list_file.name)
     root = _find_image_root(p, dataset_info("fgvc_aircraft"), relpaths, image_root, list_file.name)
     _all_listed_files_exist(root, relpaths, list_file.name)
+    _warn_split_overlap(f"FGVC-Aircraft folder {str(p)!r}", s, relpaths, _fgvc_other_splits(p, prefix, present, s))
     return FileImageDataset(root, relpaths, labels, names, "fgvc_aircraft", s)
+
+
+def _fgvc_other_splits(p: Path, prefix: str, present: Sequence[str], split: str) -> dict[str, list[str]]:
+    """{other split: the image paths its list names}, for the leakage check; an unreadable list is left out."""
+    others = {}
+    for other in present:
+        if other == split:
+            continue
+        try:
+            text = read_text(p / f"{prefix}{other}.txt", "FGVC-Aircraft image list")
+        except (GPUAError, OSError):
+            continue  # that split's own load says what is wrong with it
+        others[other] = [line.split()[0] + ".jpg" for line in text.splitlines() if line.strip()]
+    return others
 
 
 def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> FileImageDataset:
@@ -438,8 +488,10 @@ def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> 
     found = _dedupe_clip_imagenet([mapping[f] for f in folders])
     _distinct_prompts(found, lambda i, j: f"classnames.txt names {folders[i]!r} {found[i]!r} and {folders[j]!r} {found[j]!r}")
     names = _match_classnames(user_names, found, "classnames.txt")
-    relpaths, labels = _collect_class_files(images / s, _walk_class_folders(images / s, folders), absent=absent)
+    files = _walk_class_folders(images / s, folders)
+    relpaths, labels = _collect_class_files(images / s, files, absent=absent)
     _utf8_names(images / s, relpaths)
+    _warn_shared_class_folders(images, present, s, files, f"ImageNet folder {str(images)!r}")
     return FileImageDataset(images / s, relpaths, labels, names, "imagenet", s)
 
 
@@ -484,6 +536,53 @@ def _match_count(names: list[str], folders: list[str], where: Path) -> list[str]
 
 def _is_image(filename: str) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_image_file(folder: str | os.PathLike, filename: str) -> bool:
+    """:func:`_is_image`, or a photo saved without a file extension (``IMG_0001`` from some downloads)
+    whose content is of a format gpua decodes (:func:`_sniff_image`). Hidden files never are."""
+    if _is_image(filename):
+        return True
+    if filename.startswith(".") or os.path.splitext(filename)[1]:
+        return False
+    return _sniff_image(os.path.join(os.fspath(folder), filename))
+
+
+@functools.lru_cache(maxsize=1)
+def _decoded_pil_formats() -> tuple[str, ...]:
+    """Pillow's names of the formats of :data:`IMAGE_EXTENSIONS` that this Pillow reads (JPEG, PNG, ... AVIF when it can)."""
+    from PIL import Image
+
+    Image.init()
+    by_ext = Image.registered_extensions()
+    return tuple(sorted({by_ext[e] for e in IMAGE_EXTENSIONS if e in by_ext and by_ext[e] in Image.OPEN}))
+
+
+def _sniff_image(path: str) -> bool:
+    """Whether a file without an extension is an image of a format gpua decodes, from its header only.
+
+    Pillow identifies it (``Image.open`` reads the header, decodes nothing), tried only against the
+    formats gpua reads by ending, so that an extensionless photo is read like its ``.jpg`` twin
+    and a file of another kind (text, a PSD, HEIC) stays out as before. Not a regular file, a
+    file that cannot be opened, or no Pillow (the core install decodes no image): not an image.
+    """
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            return False
+        from PIL import Image
+    except (OSError, ImportError):
+        return False
+    try:
+        with warnings.catch_warnings():  # a header's oddities (EXIF, large sizes) are for the decoding to say
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=_decoded_pil_formats()):
+                return True
+    except Image.DecompressionBombError:  # an image, too large to decode: the extraction names it with the reason
+        return True
+    except Exception:  # noqa: BLE001 - UnidentifiedImageError, or any error of a plugin on a header it half accepts
+        return False
 
 
 #: Photo formats cameras and phones write that gpua does not decode (Apple's HEIC, JPEG XL, raw
@@ -581,6 +680,38 @@ def _split_class_folders(root: Path, present: Sequence[str], split: str) -> tupl
     return sorted([*own, *absent], key=_class_order), absent
 
 
+def _warn_shared_class_folders(root: Path, present: Sequence[str], split: str, files: dict[str, list[str]],
+                               source: str) -> None:
+    """Warn when class folders of ``root/split`` are those of a sibling split (one folder, through a symlink).
+
+    The sibling splits are :func:`_split_class_folders`'. Split folders are separate trees, so
+    the same file name in two of them (``train/cat/0001.png``, ``test/cat/0001.png``: a CIFAR
+    export) is two images; one directory reached from both (``test/dog -> ../train/dog``, or
+    ``test -> train``) is the same images, counted from the walk already done: a few stat calls.
+    """
+    if split not in present:
+        return
+    siblings = [d for d in present if d != split and d.lower() in _SPLIT_NAMES]
+    if not siblings:
+        return
+    own = {}
+    for f, found in files.items():
+        ident = _dir_identity(os.fspath(root / split / f))
+        if found and ident is not None:
+            own.setdefault(ident, f)
+    others: dict[str, list[str]] = {}
+    shared: list[str] = []
+    for d in siblings:
+        same = [own[i] for i in (_dir_identity(os.fspath(root / d / g)) for g in _subdirs(root / d)) if i in own]
+        if same:
+            others[d] = [f"{f}/{x}" for f in same for x in files[f]]
+            shared.extend(f for f in same if f not in shared)
+    if others:
+        folders = ", ".join(repr(f) for f in shared[:3]) + (", ..." if len(shared) > 3 else "")
+        _warn_split_overlap(source, split, [f"{f}/{x}" for f, found in files.items() for x in found], others,
+                            stacklevel=5, same_folder=f" (their class folder(s) {folders} are one folder, through a symlink)")
+
+
 def _dir_identity(path: str) -> tuple | None:
     """What makes a directory the same one whatever path reaches it; None when it cannot be stat-ed."""
     try:
@@ -634,7 +765,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
                     visited.add(ident)
                 keep.append(d)
             dirnames[:] = keep
-            found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+            found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image_file(dirpath, f))
             unread.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_unread_photo(f))
         out[name] = found
     if report:
@@ -690,7 +821,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             )
     folders, absent = _split_class_folders(root, _subdirs(root), str(split)) if split is not None else (_subdirs(base), [])
     _utf8_names(base, folders)  # before they become class names
-    loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image(e.name))
+    loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image_file(base, e.name))
     _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)),
                         stacklevel=4)  # _load_image_folder < _load_path < load_dataset < caller
     if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
@@ -720,6 +851,8 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     names, order = _folder_classnames(folders, user_names, base)
     relpaths, labels = _collect_class_files(base, files, order, absent)
     _utf8_names(base, relpaths)
+    if split is not None:
+        _warn_shared_class_folders(root, _subdirs(root), str(split), files, f"image folder {str(root)!r}")
     return FileImageDataset(base, relpaths, labels, names, name, split)
 
 
