@@ -49,7 +49,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, file_fingerprint, hub_offline, layout_hint, missing_weights_error
+from ._registry import bad_local_error, error_summary, file_fingerprint, hub_offline, layout_hint, missing_weights_error
 from ._torch import TorchEncoder, resolve_dense, tokens_to_grid, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
@@ -229,6 +229,9 @@ class HFEncoder(TorchEncoder):
         if os.path.isfile(os.path.expanduser(body)):
             raise GPUAError(f"{spec!r} names the file {body!r}; the hf back end takes a folder (save_pretrained output: "
                             f"config.json next to the weights) or a hub id 'org/name'.{layout_hint(body, 'hf')}")
+        if local and revision is not None:  # from_pretrained ignores it for a folder: the folder's files are used
+            raise GPUAError(f"revision={revision!r} applies to hub ids, but {spec!r} names the local folder {name!r}, whose "
+                            "files are used as they are; leave revision out, or save that revision into its own folder.")
         if not local and (body.startswith(("/", ".", "~")) or body.count("/") > 1):
             raise GPUAError(f"hf model folder {body!r} does not exist; pass an existing folder (save_pretrained output) or a hub id 'org/name'.")
         try:
@@ -250,13 +253,22 @@ class HFEncoder(TorchEncoder):
         try:
             with quiet_loading():
                 model, loading = AutoModel.from_pretrained(name, dtype=torch.float32, output_loading_info=True, **kw)
-        except OSError as exc:
+        except GPUAError:
+            raise
+        except Exception as exc:  # OSError: absent; SafetensorError, UnpicklingError...: a damaged or foreign file
             from huggingface_hub import constants
 
             if local:
                 raise bad_local_error(f"the transformers weights of {spec!r}", name, exc,
                                       "Save the model there with model.save_pretrained(folder) (model.safetensors "
-                                      "or pytorch_model.bin next to config.json).", backend="hf") from None
+                                      "or pytorch_model.bin next to config.json); a damaged file (a transfer cut short) "
+                                      "must be copied there again.", backend="hf") from None
+            if not isinstance(exc, OSError):
+                raise GPUAError(
+                    f"could not read the cached transformers weights of {spec!r}: {error_summary(exc)}. The copy in "
+                    f"{hub_cache or constants.HF_HUB_CACHE} is damaged (an interrupted download?): delete the folder "
+                    f"models--{body.replace('/', '--')} there and download it again, or pass a local folder 'hf:/path'."
+                ) from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
         missing = sorted(loading.get("missing_keys") or ())
@@ -276,15 +288,30 @@ class HFEncoder(TorchEncoder):
 
             pdict, _ = ImageProcessingMixin.get_image_processor_dict(name, **kw)
             pp = preprocess_from_processor_dict(_normalised_sizes(pdict, name, kw), fallback)
-        except OSError:
+        except OSError as exc:
+            proc_file = os.path.join(name, "preprocessor_config.json")
+            if local and os.path.isfile(proc_file):  # there but unreadable: its values must not give way to defaults
+                raise bad_local_error(f"the image-processor file of {spec!r}", proc_file, exc,
+                                      "Fix the JSON, or save the model's processor there again: AutoImageProcessor"
+                                      ".from_pretrained(<the model's hub id>).save_pretrained(<folder>).") from None
             warnings.warn(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.",
                           stacklevel=3)
             pp = fallback
+        if config.model_type in ("clip", "siglip") and tuple(pp.input_size) != (s, s):
+            # their position embeddings are fixed: transformers refuses any other size at the first batch
+            raise GPUAError(
+                f"{spec!r}: its preprocessing makes {pp.input_size[0]}x{pp.input_size[1]} images (preprocessor_config.json "
+                f"size/crop_size), but the {config.model_type} vision tower takes {s}x{s} (config.json image_size) and "
+                f"cannot resize its position embeddings. Make them agree: save the processor this model was released "
+                f"with in the folder, or set its crop_size (and size) to {s}."
+            )
         tokenizer = _load_tokenizer(name, spec, local, kw) if is_vlm else None
+        if tokenizer is not None:
+            _check_tokenizer_fits(tokenizer, config, spec, name if local else None)
         if local:
             weights = {"folder": file_fingerprint(name)}
-        else:
-            weights = {"repo": body, "revision": revision or getattr(config, "_commit_hash", None)}
+        else:  # the snapshot's commit: a repository updated in the cache must change feature-cache keys
+            weights = {"repo": body, "revision": revision, "commit": _hub_commit(body, config, kw)}
         return cls(spec, model, config, pp, name=name, tokenizer=tokenizer, weights=weights, device=device, dense=dense)
 
     # -- images --------------------------------------------------------------------------------
@@ -331,6 +358,37 @@ class HFEncoder(TorchEncoder):
         return meta
 
 
+def _hub_commit(repo: str, config, kw: dict[str, Any]) -> str | None:
+    """The commit of the cached hub snapshot ``repo`` was loaded from, or None.
+
+    transformers 4 kept it as ``config._commit_hash``; transformers 5 no longer does, and the
+    requested revision (``None``, ``"main"``) names no fixed weights. The snapshot folder of the
+    cached ``config.json`` for that revision names the commit (``snapshots/<commit>/``), as
+    :func:`huggingface_hub.try_to_load_from_cache` resolves it.
+
+    Parameters
+    ----------
+    repo : str
+        The hub id.
+    config : PretrainedConfig
+        The loaded configuration.
+    kw : dict
+        ``from_pretrained`` keyword arguments (cache folder, revision).
+
+    Returns
+    -------
+    str or None
+    """
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    from huggingface_hub import try_to_load_from_cache
+    from transformers.utils.hub import extract_commit_hash
+
+    path = try_to_load_from_cache(repo, "config.json", cache_dir=kw.get("cache_dir"), revision=kw.get("revision"))
+    return extract_commit_hash(path, None) if isinstance(path, str) else None
+
+
 def _load_tokenizer(name: str, spec: str, local: bool, kw: dict[str, Any]):
     """The text tokenizer of a vision-language model, refusing one without a vocabulary.
 
@@ -370,6 +428,47 @@ def _load_tokenizer(name: str, spec: str, local: bool, kw: dict[str, Any]):
             + (fix if local else "Save the model with its tokenizer in a local folder and pass 'hf:/path/to/folder'.")
         )
     return tokenizer
+
+
+def _check_tokenizer_fits(tokenizer, config, spec: str, folder: str | None) -> None:
+    """Refuse a tokenizer that is not the text tower's (another model's tokenizer files).
+
+    Two mismatches give wrong text embeddings without an error of their own: token ids past
+    the text tower's embedding table (an index error at the first prompt), and a CLIP
+    tokenizer without the end token transformers' CLIP pools (``text_config.eos_token_id``;
+    the legacy id 2 pools the largest id instead): every prompt then pools its first token,
+    and all prompts get one and the same embedding.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+    config : PretrainedConfig
+        The CLIP or SigLIP configuration.
+    spec : str
+        The encoder spec, for the message.
+    folder : str or None
+        The local folder, or None for a hub repository.
+
+    Raises
+    ------
+    GPUAError
+    """
+    tcfg = config.text_config
+    ids = tokenizer(["a photo of a cat."])["input_ids"][0]
+    problem = None
+    if max(ids) >= int(tcfg.vocab_size):
+        problem = (f"it gives token id {max(ids)} for 'a photo of a cat.', past the text tower's {tcfg.vocab_size}-token "
+                   "embedding table")
+    elif config.model_type == "clip" and tcfg.eos_token_id not in (None, 2) and tcfg.eos_token_id not in ids:
+        problem = (f"its tokens for 'a photo of a cat.' ({list(ids)}) lack the end token {tcfg.eos_token_id} that the CLIP text "
+                   "tower pools, so every prompt would get the same embedding")
+    if problem:
+        where = f"the folder {folder!r}" if folder else "the hub repository"
+        raise GPUAError(
+            f"the tokenizer of {spec!r} does not fit its text tower: {problem}. The tokenizer files in {where} are another "
+            "model's; save this model's own tokenizer there: AutoTokenizer.from_pretrained(<the model's hub id>)"
+            f".save_pretrained(<folder>)."
+        )
 
 
 # model_type -> why MaskCLIP/SCLIP surgery does not apply (types absent here support it)

@@ -14,7 +14,8 @@ Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder
     A second node for :meth:`encode_patches` when ``output`` is already pooled.
 ``prefix_tokens``
     For token outputs: leading non-patch tokens (CLS, registers). Default: ``N - h*w`` with
-    ``h, w`` from ``patch_size`` (or the largest square grid that fits).
+    ``h, w`` from ``patch_size`` (or the largest grid that fits: square for a square input,
+    ``(H // P) x (W // P)`` for some patch size ``P`` for an ``H x W`` one).
 ``pool``
     For token outputs: ``"cls"`` (token 0; default when there are prefix tokens) or ``"mean"``
     (of the patch tokens). Feature maps are always average-pooled.
@@ -23,9 +24,13 @@ Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder
 ``optimize``
     onnxruntime graph optimisation: ``"all"`` (default), ``"extended"``, ``"basic"``, ``"none"``.
 ``size``, ``resize``, ``resize_mode``, ``interpolation``, ``mean``, ``std``
-    Preprocessing, see :class:`~gpua.encoders.ImagePreprocess`. ``size`` defaults to the
-    graph's static input size or 224; ``mean``/``std`` to ImageNet's (comma-separated in a spec
-    string). Give the values the model was trained with: an ONNX file does not record them.
+    Preprocessing, see :class:`~gpua.encoders.ImagePreprocess`. An export with a
+    ``preprocessor_config.json`` beside the .onnx file (optimum's layout) or one folder up
+    (``onnx/model.onnx``, transformers.js's) gets that file's resize, crop, interpolation,
+    mean and std, read as the ``hf:`` back end reads it; options given override it one by one.
+    Without such a file, ``size`` defaults to the graph's static input size or 224 and
+    ``mean``/``std`` to ImageNet's (comma-separated in a spec string): give the values the model
+    was trained with, as an ONNX file does not record them.
 
 Models whose weights live in external-data files (every export over 2 GB) are supported: those
 files (the initialisers' ``location`` entries, next to the model) are part of the weights
@@ -191,8 +196,8 @@ class OnnxEncoder(Encoder):
 
     def __init__(self, spec: str, path: str | os.PathLike, *, input: str | None = None, output: str | None = None,
                  patch_output: str | None = None, prefix_tokens: Any = None, pool: str | None = None,
-                 patch_size: Any = None, size: Any = None, resize: Any = None, resize_mode: str = "shortest",
-                 interpolation: str = "bicubic", mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD,
+                 patch_size: Any = None, size: Any = None, resize: Any = None, resize_mode: str | None = None,
+                 interpolation: str | None = None, mean: Any = None, std: Any = None,
                  optimize: str = "all", device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                  provenance: dict | None = None):
         import_optional("onnx", "ONNX encoders")
@@ -234,8 +239,16 @@ class OnnxEncoder(Encoder):
                 f"{static[0]}x{static[1]}; drop size= (it defaults to {static[0]},{static[1]}) or export the model with "
                 "dynamic height and width axes."
             )
-        pp = ImagePreprocess(input_size=hw, resize=_ints(resize, "resize"), resize_mode=resize_mode,
-                             interpolation=interpolation, mean=_floats(mean, "mean"), std=_floats(std, "std"))
+        given = {"resize": _ints(resize, "resize"), "resize_mode": resize_mode, "interpolation": interpolation,
+                 "mean": None if mean is None else _floats(mean, "mean"), "std": None if std is None else _floats(std, "std")}
+        base = ImagePreprocess(input_size=hw, resize=given["resize"], resize_mode=resize_mode or "shortest",
+                               interpolation=interpolation or "bicubic", mean=given["mean"] or IMAGENET_MEAN,
+                               std=given["std"] or IMAGENET_STD)
+        self._processor_file = _processor_file(src)
+        if self._processor_file is not None:  # an optimum / transformers.js export: the model's own preprocessing
+            pp = _merge_processor(self._processor_file, base, size, given, static, spec)
+        else:
+            pp = base
         device, providers = _providers(device, ort)
         levels = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
         if optimize not in levels:
@@ -302,7 +315,12 @@ class OnnxEncoder(Encoder):
         if self._patch_px:
             H, W = self.preprocess.input_size
             return n_tokens - (H // self._patch_px) * (W // self._patch_px)
-        side = int(np.floor(np.sqrt(n_tokens)))
+        H, W = self.preprocess.input_size
+        if H != W:  # a (H//P) x (W//P) grid: the largest one that fits, over patch sizes P
+            fits = [n_tokens - (H // P) * (W // P) for P in range(1, min(H, W) + 1) if (H // P) * (W // P) <= n_tokens]
+            if fits:
+                return min(fits)
+        side = int(np.floor(np.sqrt(n_tokens)))  # a square grid
         return n_tokens - side * side
 
     def _pool(self, out: np.ndarray) -> np.ndarray:
@@ -373,8 +391,71 @@ class OnnxEncoder(Encoder):
             "optimize": self.optimize,
             "versions": {"onnxruntime": onnxruntime.__version__},
         }
+        if self._processor_file is not None:  # only then: other models keep their metadata (and cache keys)
+            meta["preprocessor_config"] = file_fingerprint(self._processor_file)
         meta.update(self._provenance)
         return meta
+
+
+def _processor_file(src: Path) -> Path | None:
+    """The ``preprocessor_config.json`` of an exported model: beside the .onnx file (optimum's
+    layout) or one folder up (``onnx/model.onnx``, transformers.js's layout); else None."""
+    for folder in (src.parent, src.parent.parent):
+        f = folder / "preprocessor_config.json"
+        if f.is_file():
+            return f
+    return None
+
+
+def _merge_processor(path: Path, base: ImagePreprocess, size: Any, given: dict[str, Any], static, spec: str) -> ImagePreprocess:
+    """The preprocessing of the image-processor file ``path``, with the options given in the spec on top.
+
+    Parameters
+    ----------
+    path : Path
+        ``preprocessor_config.json`` next to (or one folder above) the .onnx file.
+    base : ImagePreprocess
+        What the options alone give (ImageNet mean/std by default); it serves the values the file lacks.
+    size : any
+        The ``size`` option as given (None when not given).
+    given : dict
+        The other preprocessing options as given (None when not given), parsed.
+    static : (int, int) or None
+        The graph's fixed input size.
+    spec : str
+        The encoder spec, for the messages.
+
+    Returns
+    -------
+    ImagePreprocess
+    """
+    import dataclasses
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        from ._hf import _normalised_sizes, preprocess_from_processor_dict
+
+        pp = preprocess_from_processor_dict(_normalised_sizes(d, str(path.parent), {"local_files_only": True}), base)
+    except ImportError as exc:
+        import warnings
+
+        warnings.warn(f"{spec!r}: {str(path)!r} was not read ({error_summary(exc)}); preprocessing comes from the spec's "
+                      f"options and defaults {base.to_dict()}.", stacklevel=4)
+        return base
+    except (OSError, ValueError) as exc:
+        raise GPUAError(f"the image-processor file {str(path)!r} beside the ONNX model of {spec!r} could not be read "
+                        f"({error_summary(exc)}); fix or remove it, or give the preprocessing as options (size=, mean=, std=).") from None
+    if size is not None:  # the spec's size wins, with its own resize unless one is given
+        pp = dataclasses.replace(pp, input_size=base.input_size, resize=None, resize_mode=given["resize_mode"] or "shortest")
+    elif static and tuple(pp.input_size) != tuple(static):
+        raise GPUAError(
+            f"{str(path)!r} makes {pp.input_size[0]}x{pp.input_size[1]} images but the ONNX model of {spec!r} takes "
+            f"{static[0]}x{static[1]}; fix the processor file or pass size={static[0]},{static[1]} (and mean=, std=)."
+        )
+    over = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(pp, **over) if over else pp
 
 
 def _float_input_dtype(elem_type: int) -> np.dtype:

@@ -207,17 +207,29 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """Identity of a local weights file or folder: resolved path, size in bytes, modification time.
 
-    Cheap (no hashing of gigabyte checkpoints); a copied file gets a new mtime, which only costs a
-    needless re-extraction, never a stale cache hit.
+    Cheap (no hashing of gigabyte checkpoints). The path is part of it, so a file moved or copied
+    elsewhere gets a new fingerprint (a needless re-extraction, never a stale cache hit). For a
+    folder, ``bytes`` and ``mtime_ns`` are the total size and the newest modification time, and
+    ``files`` hashes every file's relative name, size and modification time: one file replaced
+    by another of the same size and an older time (``cp -p`` / ``rsync -a`` of another
+    fine-tune's ``model.safetensors`` next to a newer ``config.json``) changes it, where the
+    total and the newest time stay the same.
     """
+    import hashlib
+    import json
+
     p = Path(path).expanduser().resolve()
     files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
     stats = [q.stat() for q in files]
-    return {
+    out: dict[str, Any] = {
         "path": str(p),
         "bytes": int(sum(s.st_size for s in stats)),
         "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0)),
     }
+    if not p.is_file():
+        listing = [[q.relative_to(p).as_posix(), int(s.st_size), int(s.st_mtime_ns)] for q, s in zip(files, stats)]
+        out["files"] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    return out
 
 
 def hub_offline() -> bool:
@@ -253,10 +265,12 @@ def missing_weights_error(what: str, looked: str, exc: BaseException, local_exam
     there the offline advice would be wrong.
     """
     offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+    # Without the flag huggingface_hub retries an unreachable hub for half a minute before failing.
+    retry = "" if hub_offline() else " Set HF_HUB_OFFLINE=1 to use the local cache at once, without network attempts."
     return GPUAError(
         f"could not load {what}: {error_summary(exc)}. "
         f"Looked in {looked}{offline}. Without internet access, download the weights elsewhere and pass "
-        f"a local path, e.g. {local_example!r}; or set GPUA_CACHE_DIR / HF_HOME to a cache that has them."
+        f"a local path, e.g. {local_example!r}; or set GPUA_CACHE_DIR / HF_HOME to a cache that has them.{retry}"
     )
 
 

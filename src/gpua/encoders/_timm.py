@@ -101,7 +101,10 @@ class TimmEncoder(TorchEncoder):
         if os.path.isdir(os.path.expanduser(body)):
             body = "local-dir:" + os.path.expanduser(body)
         if body.startswith(("hf-hub:", "local-dir:")):
-            name, checkpoint = body, None
+            if checkpoint is not None:  # it would be ignored: the folder or hub model holds its own weights
+                raise GPUAError(f"checkpoint={checkpoint!r} applies to 'timm:ARCH' specs, but {spec!r} names a model that "
+                                "holds its own weights; leave checkpoint out (or write 'timm:ARCH?checkpoint=PATH').")
+            name = body
         else:
             name, _, path = body.partition("/")
             checkpoint = checkpoint or path or None
@@ -116,6 +119,8 @@ class TimmEncoder(TorchEncoder):
                 raise GPUAError(f"checkpoint {checkpoint!r} of spec {spec!r} does not exist; pass a state-dict file (.pth/.safetensors).")
             model = _create(timm, name, spec, pretrained=False, **kw)
             _load_backbone_weights(model, ckpt, spec)
+            if "." not in name:  # no tag named: the preprocessing is the default tag's, which may not be the file's
+                _warn_if_tags_disagree(timm, name, spec, checkpoint)
             weights: dict[str, Any] = {"checkpoint": file_fingerprint(ckpt)}
         else:
             try:
@@ -167,6 +172,33 @@ class TimmEncoder(TorchEncoder):
         if self._options:  # absent without options: the metadata (and cache keys) of plain specs stay as they were
             meta["options"] = self._options
         return meta
+
+
+def _warn_if_tags_disagree(timm, arch: str, spec: str, checkpoint: str) -> None:
+    """Warn when the pretrained tags of ``arch`` preprocess differently (a checkpoint file gets the default tag's).
+
+    ``timm.create_model(arch)`` takes its ``pretrained_cfg`` (mean, std, crop) from the
+    architecture's default tag; ``vit_base_patch16_224``'s tags use mean 0.5, CLIP's and
+    ImageNet's mean, so a checkpoint of another tag would be fed the wrong normalisation. Naming
+    the tag (``timm:ARCH.TAG//path``) picks its preprocessing.
+    """
+    from timm.models import get_pretrained_cfg
+
+    keys = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+    variants: dict[tuple, list[str]] = {}
+    for full in timm.list_pretrained(f"{arch}.*"):
+        cfg = get_pretrained_cfg(full)
+        if cfg is not None:
+            variants.setdefault(tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                                      for v in (getattr(cfg, k, None) for k in keys)), []).append(full.partition(".")[2])
+    if len(variants) > 1:
+        shown = "; ".join(f"{', '.join(tags[:3])}{', ...' if len(tags) > 3 else ''}: mean {v[0]}, std {v[1]}, crop_pct {v[2]}"
+                          for v, tags in variants.items())
+        import warnings
+
+        warnings.warn(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({shown}); the checkpoint file gets "
+                      f"the default tag's. Name the tag its weights were trained as, 'timm:{arch}.TAG/{checkpoint}', to "
+                      "use that tag's preprocessing (metadata()['preprocess'] shows what is used).", stacklevel=4)
 
 
 def _json_safe(v: Any) -> Any:
