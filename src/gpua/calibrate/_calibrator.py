@@ -13,8 +13,8 @@ The estimator behind the long-tail experiment and the federated server. For each
       B_k = \sum_{j \in D_k} w_{kj}\, \hat\Sigma_j^{\mathrm{OAS}},\qquad
       w_{kj} \propto \max(\operatorname{sim}(k, j), 0)
 
-  so a one-sample class takes its donors' shape whole, and a head class (:math:`n_k \gg \nu`)
-  keeps essentially its own.
+  (equal weights when no donor has a positive similarity), so a one-sample class takes its
+  donors' shape whole, and a head class (:math:`n_k \gg \nu`) keeps essentially its own.
 
 Why donors are chosen by class similarity of *means* (or of text embeddings), not by shape
 similarity: the premise of the method is that similar classes share a shape, but a tail
@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import as_float64, check_matrix
+from .._validation import _tensor_to_numpy, as_float64, check_matrix
 from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
@@ -212,7 +212,18 @@ class DistributionCalibrator(ParamsMixin):
         borrow = self.borrow
         similarity = None
         if borrow == "text":
-            E = check_matrix(class_embeddings, "class_embeddings", n_rows=K)
+            # check_matrix alone told None to "pass an array of shape (n, d)" and a wrong count "one row per image"
+            if class_embeddings is None:
+                raise GPUAError(
+                    f"borrow='text' needs class_embeddings: one row per class ({K}), e.g. the text prototypes of the "
+                    "class names; pass them to fit, or use borrow='mean'."
+                )
+            E = check_matrix(class_embeddings, "class_embeddings")
+            if E.shape[0] != K:
+                raise GPUAError(
+                    f"class_embeddings has {E.shape[0]} rows for {K} classes; give one row per class, in label order "
+                    "(row k embeds the name of class k)."
+                )
             similarity = class_similarity(E)
         elif borrow == "mean" or (single.size and borrow is None):
             present = n > 0
@@ -306,8 +317,11 @@ class DistributionCalibrator(ParamsMixin):
         )
 
     def fit_resample(self, X, y, **fit_params) -> tuple[np.ndarray, np.ndarray]:
-        """Fit, then return real and generated samples together: (n + n_new, d), (n + n_new,)."""
+        """Fit, then return real and generated samples together: (n + n_new, d), (n + n_new,), float32 and int64."""
+        # Converted once: np.asarray of a torch tensor that requires grad (or lives on a GPU) raised
+        # RuntimeError after the fit had succeeded.
+        X, y = as_float64(X, "X"), _tensor_to_numpy(y)
         self.fit(X, y, **fit_params)
         X_new, y_new = self.sample(X, y)
-        X_real = np.asarray(X, dtype=np.float32)
-        return np.concatenate([X_real, X_new]), np.concatenate([np.asarray(y, dtype=np.int64), y_new])
+        y = check_class_labels(y, X.shape[0], self.n_classes_, name="y")
+        return np.concatenate([X.astype(np.float32), X_new]), np.concatenate([y, y_new])

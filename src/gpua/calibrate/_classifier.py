@@ -44,11 +44,37 @@ def balanced_sample_weight(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class _LinearModel:
-    """predict / predict_proba / score shared by the two classifiers (``coef_``, ``intercept_``)."""
+    """predict / predict_proba / score shared by the two classifiers (``coef_``, ``intercept_``).
+
+    Listed before :class:`~gpua.params.ParamsMixin` in the classifiers' bases, so that its
+    scikit-learn tags (a classifier) extend the mixin's defaults (no estimator type).
+    """
+
+    #: scikit-learn < 1.6 reads this; later versions read :meth:`__sklearn_tags__`.
+    _estimator_type = "classifier"
+
+    def __sklearn_tags__(self):
+        """A classifier to scikit-learn: ``is_classifier`` is true, so ``cross_val_score`` and
+        ``GridSearchCV`` split with ``StratifiedKFold`` (plain ``KFold`` on label-sorted rows gives
+        folds missing whole classes), and labels are required."""
+        from sklearn.utils import ClassifierTags
+
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "classifier"
+        tags.classifier_tags = ClassifierTags()
+        tags.target_tags.required = True
+        return tags
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first.")
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class labels, ``0 .. n_classes - 1`` (scikit-learn's ``cross_val_predict(method="predict_proba")``
+        and ``CalibratedClassifierCV`` read it to order the probability columns)."""
+        self._check_fitted()
+        return np.arange(self.coef_.shape[0])
 
     def decision_function(self, X) -> np.ndarray:
         """Class scores :math:`X W^\\top + b`, shape (n, K)."""
@@ -69,12 +95,15 @@ class _LinearModel:
 
     def score(self, X, y) -> float:
         """Top-1 accuracy."""
+        self._check_fitted()
         X = check_matrix(X, "X", allow_zero_rows=True)
-        y = check_labels(y, X.shape[0], self.coef_.shape[0], name="y")
+        K = self.coef_.shape[0]
+        y = check_labels(y, X.shape[0], K, name="y", beyond=f"the model was fitted for {K} classes: fit it with "
+                         "n_classes={needed} or more, or score only the classes it was fitted for")
         return float(np.mean(self.predict(X) == y))
 
 
-class LinearClassifier(ParamsMixin, _LinearModel):
+class LinearClassifier(_LinearModel, ParamsMixin):
     r"""Multinomial logistic regression (torch), optionally class re-weighted.
 
     Parameters
@@ -239,7 +268,7 @@ class LinearClassifier(ParamsMixin, _LinearModel):
         return self
 
 
-class ShrinkageLDA(ParamsMixin, _LinearModel):
+class ShrinkageLDA(_LinearModel, ParamsMixin):
     r"""Linear discriminant analysis with an OAS-shrunk pooled covariance.
 
     .. math::

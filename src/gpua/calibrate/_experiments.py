@@ -221,6 +221,10 @@ def head_tail_classes(counts, fraction: float = 0.3) -> tuple[np.ndarray, np.nda
 def group_accuracy(y_true, y_pred, head=None, tail=None) -> dict[str, float]:
     """Top-1 accuracy on all test samples, and on those whose true class is head / tail."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim != 1 or y_pred.shape != y_true.shape:
+        raise GPUAError(
+            f"y_pred has {y_pred.size} values for {y_true.size} in y_true; give one prediction per test sample (both 1-D)."
+        )
     out = {"all": float(np.mean(y_true == y_pred))}
     for name, group in (("head", head), ("tail", tail)):
         if group is not None:
@@ -318,6 +322,19 @@ def _check_training_options(*, weight_decay, lr=None, rounds=None, local_epochs=
             check_number(v, name, integer=True, low=1)
 
 
+def _as_list(values, name: str) -> list:
+    """A sequence option given as one value (``methods="plain"``, ``imbalance_ratios=10``) as a list of it.
+
+    A string was read letter by letter, a number raised "'int' object is not iterable".
+    """
+    if isinstance(values, (str, bytes, int, float, np.integer, np.floating)):
+        return [values]
+    try:
+        return list(values)
+    except TypeError:
+        raise GPUAError(f"{name}={values!r} must be a list of values (or a single one).") from None
+
+
 def _prepare(X, y, X_test, y_test, *, methods, known, l2, class_embeddings=None):
     """Checked, optionally L2-normalised train / test arrays, class count and embeddings."""
     unknown = set(methods) - set(known)
@@ -335,8 +352,13 @@ def _check_split(X, y, X_test, y_test, class_embeddings=None):
     y = check_labels(y, X.shape[0], K, name="labels")
     y_test = check_labels(y_test, X_test.shape[0], K, name="test labels")
     if class_embeddings is not None:
-        K = max(K, np.shape(class_embeddings)[0])
-        class_embeddings = check_matrix(class_embeddings, "class_embeddings", n_rows=K)
+        class_embeddings = check_matrix(class_embeddings, "class_embeddings")
+        if class_embeddings.shape[0] < K:  # check_matrix alone said "one row per image"
+            raise GPUAError(
+                f"class_embeddings has {class_embeddings.shape[0]} rows for {K} classes; give one row per class, in "
+                "label order (the text prototypes of the class names)."
+            )
+        K = class_embeddings.shape[0]
     return X, y, X_test, y_test, K, class_embeddings
 
 
@@ -347,7 +369,7 @@ def run_longtail(
     y_test,
     *,
     imbalance_ratios: Sequence[float] = (10, 50, 100),
-    methods: Sequence[str] = LONGTAIL_METHODS,
+    methods: Sequence[str] | None = None,
     class_embeddings=None,
     l2: bool = False,
     weight_decay: float = 1e-3,
@@ -363,12 +385,13 @@ def run_longtail(
     X, y : arrays of shape (n, d), (n,)
         Full (balanced) training set; a long-tailed subset is drawn per imbalance ratio.
     X_test, y_test : arrays of shape (m, d), (m,)
-    imbalance_ratios : sequence of float
-    methods : sequence of str
+    imbalance_ratios : float or sequence of float
+    methods : str or sequence of str, optional
         Any of :data:`LONGTAIL_METHODS`: ``plain`` logistic regression, ``reweight`` (balanced
         class weights), ``lda`` (OAS-shrinkage LDA, uniform priors), ``calibrate`` (own class
         shapes, OAS), ``calibrate+borrow`` (donors by class mean), ``calibrate+borrow-text``
-        (donors by ``class_embeddings``; skipped without them).
+        (donors by ``class_embeddings``, which it needs). Default: all of them,
+        ``calibrate+borrow-text`` only when ``class_embeddings`` are given.
     class_embeddings : array of shape (K, d_t), optional
         Text prototypes.
     l2 : bool
@@ -393,8 +416,18 @@ def run_longtail(
         For an option out of range, and when a class (of the ``K`` the labels, test labels and
         ``class_embeddings`` imply) has no training sample: the profile must give it a count.
     """
+    imbalance_ratios = _as_list(imbalance_ratios, "imbalance_ratios")
     for r in imbalance_ratios:
         _check_imbalance(r, "imbalance ratio")
+    if methods is None:
+        methods = [m for m in LONGTAIL_METHODS if m != "calibrate+borrow-text" or class_embeddings is not None]
+    methods = _as_list(methods, "methods")
+    if "calibrate+borrow-text" in methods and class_embeddings is None:
+        # It used to be skipped: asked for alone, the result was no row at all.
+        raise GPUAError(
+            "calibrate+borrow-text needs class_embeddings (one text prototype per class) to pick donors; pass them, "
+            "or use calibrate+borrow (donors by class mean)."
+        )
     _check_training_options(weight_decay=weight_decay)
     check_number(n_donors, "n_donors", integer=True, low=1)
     X, y, X_test, y_test, K, emb = _prepare(
@@ -412,8 +445,6 @@ def run_longtail(
         counts = np.bincount(yr, minlength=K)
         head, tail = head_tail_classes(counts)
         for m in methods:
-            if m == "calibrate+borrow-text" and emb is None:
-                continue
             t0 = time.perf_counter()
             n_gen = 0
             if m == "lda":
@@ -468,11 +499,11 @@ def run_federated(
     X, y, X_test, y_test : arrays
         Pooled training set (split among clients) and test set.
     n_clients : int
-    alphas : sequence of float
+    alphas : float or sequence of float
         Dirichlet concentrations, one federation each.
     domains : int array of shape (n,), optional
         Domain of each training sample: clients then hold one domain each (label and domain skew).
-    methods : sequence of str
+    methods : str or sequence of str
         Any of :data:`FEDERATED_METHODS`.
     share : {"covariance", "shape"}
         What clients send (see :func:`client_statistics`).
@@ -494,6 +525,8 @@ def run_federated(
         One row per (alpha, method): ``alpha, method, all, n_train, n_generated, seconds``.
     """
     check_number(n_clients, "n_clients", integer=True, low=1)
+    alphas = _as_list(alphas, "alphas")
+    methods = _as_list(methods, "methods")
     # An int: each client's stream is seeded with (random_state, client), so None cannot do.
     check_number(random_state, "random_state", integer=True, low=0, fix="a seed such as 0")
     for a in alphas:

@@ -203,6 +203,11 @@ class FederatedCalibration:
                 "covariance; check n_classes and the clients' labels, or pass missing='skip' to leave "
                 "them out of generation."
             )
+        if self.calibrator is not None and not isinstance(self.calibrator, DistributionCalibrator):
+            raise GPUAError(
+                f"calibrator is a {type(self.calibrator).__name__}; pass a DistributionCalibrator (its settings are "
+                "applied to the merged statistics), or None for DistributionCalibrator(borrow=None)."
+            )
         template = self.calibrator if self.calibrator is not None else DistributionCalibrator(borrow=None)
         self.statistics_ = merged
         self.calibrator_ = copy.deepcopy(template).fit_statistics(merged, class_embeddings=class_embeddings, missing="skip")
@@ -231,8 +236,10 @@ class FederatedCalibration:
             raise NotFittedError("FederatedCalibration is not fitted; call fit(messages) first.")
         if anchors not in ("local", "prototypes"):
             raise GPUAError(f"anchors={anchors!r} is not an option; use 'local' or 'prototypes'.")
-        if not 0 <= client < self.client_counts_.shape[0]:
-            raise GPUAError(f"client={client} is out of range for {self.client_counts_.shape[0]} clients.")
+        n_clients = self.client_counts_.shape[0]
+        # 1.5 matched no client (its own prototypes were added to its samples), True was client 1.
+        check_number(client, "client", integer=True, low=0, high=n_clients - 1,
+                     fix=f"the index of this client's message in the {n_clients} given to fit")
         protos = None
         if anchors == "prototypes":
             protos = {}
@@ -280,6 +287,12 @@ def fedavg(
     check_number(n_classes, "n_classes", integer=True, low=2, fix="the federation's class count")
     rng = as_rng(random_state)
     clients = list(clients)
+    for i, c in enumerate(clients):
+        if not (isinstance(c, (tuple, list)) and len(c) == 2):
+            raise GPUAError(
+                f"clients[{i}] is a {type(c).__name__}; pass (X_i, y_i) pairs, one per client: features (n_i, d) "
+                "and their labels (n_i,)."
+            )
     data = [(X, y) for X, y in clients if len(y) > 0]
     if not data:
         raise GPUAError("clients hold no samples; pass at least one non-empty (X, y).")

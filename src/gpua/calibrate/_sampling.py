@@ -18,13 +18,16 @@ eigenvalues are matched to their own eigenvectors.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .._errors import GPUAError
+from .._validation import as_float64
 from ..params import POSITIVE, check_param
 from ._params import RANDOM_STATE
+from ._stats import check_class_labels
 
 __all__ = ["sample_around", "fill_to_target", "as_rng"]
 
@@ -147,8 +150,9 @@ def fill_to_target(
         Their labels in ``[0, K)``.
     factors : sequence of K arrays of shape (d, r), or None
         Per-class factor :math:`L_k`; ``None`` for a class that cannot be generated.
-    target : int or array of shape (K,)
-        Wanted count per class; classes already at or above it get nothing.
+    target : int, array of shape (K,) or "max"
+        Wanted count per class (whole numbers >= 0); classes already at or above it get nothing.
+        ``"max"``: the largest class count in ``y``.
     prototypes : mapping class -> (anchors (P, d), weights (P,)), optional
         Extra anchors for a class: other clients' (other domains') class means, each weighted
         by its sample count. Anchors are then drawn with probability proportional to weight,
@@ -166,10 +170,13 @@ def fill_to_target(
     """
     rng = as_rng(random_state)
     K = len(factors)
+    X = as_float64(X, "X")  # a list of rows, NaN... are named here, not deep in numpy
     d = X.shape[1]
-    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (K,))
+    y = check_class_labels(y, X.shape[0], K, name="y")
     counts = np.bincount(y, minlength=K)
-    prototypes = dict(prototypes or {})
+    targets = _check_target(target, counts, K)
+    prototypes = _check_prototypes(prototypes, K, d)
+    _check_size(targets, counts, d, target)
     out_X, out_y = [], []
     for k in range(K):
         need = int(targets[k] - counts[k])
@@ -177,13 +184,6 @@ def fill_to_target(
             continue
         local = X[y == k]
         extra = prototypes.get(k)
-        if extra is not None and len(extra[0]) > 0:
-            P, w = np.asarray(extra[0]), np.asarray(extra[1])
-            if P.ndim != 2 or P.shape[1] != d or w.shape != (P.shape[0],):
-                raise GPUAError(
-                    f"prototypes for class {k} are anchors of shape {P.shape} with weights of shape {w.shape}; "
-                    f"give (anchors (P, {d}), weights (P,)): class means of this feature space, one weight each."
-                )
         if local.shape[0] == 0 and (extra is None or len(extra[0]) == 0):
             continue  # nothing of this class here to anchor on: left as it is
         if factors[k] is None:
@@ -202,3 +202,86 @@ def fill_to_target(
     if not out_X:
         return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
     return np.concatenate(out_X), np.concatenate(out_y)
+
+
+def _check_target(target, counts: np.ndarray, K: int) -> np.ndarray:
+    """``target`` as K whole counts >= 0 (``"max"``: the largest of ``counts``), or a :class:`GPUAError`.
+
+    A float was truncated (12.7 -> 12), a negative count generated nothing silently, and a
+    wrong number of counts raised numpy's broadcast error.
+    """
+    if isinstance(target, str) and target == "max":
+        return np.full(K, int(counts.max()) if counts.size else 0, np.int64)
+    t = np.asarray(target)
+    if t.shape not in ((), (K,)):
+        raise GPUAError(f"target has shape {t.shape}; give one count, or one per class ({K}), or 'max'.")
+    if t.dtype.kind not in "iuf" or not np.all(np.isfinite(t)) or np.any(t != np.round(t)) or np.any(t < 0):
+        shown = f"={target!r}" if t.ndim == 0 else f" {t.tolist()[:5]}"
+        raise GPUAError(
+            f"target{shown} must be a whole number >= 0 of samples per class (real ones included), one or one per "
+            "class, or 'max'."
+        )
+    return np.broadcast_to(t.astype(np.int64), (K,))
+
+
+def _check_prototypes(prototypes, K: int, d: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``prototypes`` as ``{class index: (anchors (P, d), weights (P,))}``, or a :class:`GPUAError` naming it.
+
+    A key that is no class index (a class name, an index of another class count) used to be
+    ignored: its anchors were never used, and nothing said so.
+    """
+    if prototypes is None:
+        return {}
+    if not isinstance(prototypes, Mapping):
+        raise GPUAError(
+            f"prototypes is a {type(prototypes).__name__}; pass a mapping {{class index: (anchors (P, {d}), "
+            "weights (P,))}, e.g. other clients' class means with their counts."
+        )
+    out = {}
+    for key, value in prototypes.items():
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or not 0 <= key < K:
+            raise GPUAError(
+                f"prototypes has key {key!r}, which is no class here; key them by class index 0..{K - 1} "
+                "(the labels of y, not class names)."
+            )
+        k = int(key)
+        if not (isinstance(value, (tuple, list)) and len(value) == 2):
+            raise GPUAError(
+                f"prototypes for class {k} is a {type(value).__name__}; give a pair (anchors (P, {d}), weights (P,)): "
+                "class means of this feature space, one weight (a sample count) each."
+            )
+        P, w = np.asarray(value[0]), np.asarray(value[1])
+        if P.size == 0:
+            continue  # no anchors: as if the class had no entry
+        if P.ndim != 2 or P.shape[1] != d or w.shape != (P.shape[0],):
+            raise GPUAError(
+                f"prototypes for class {k} are anchors of shape {P.shape} with weights of shape {w.shape}; "
+                f"give (anchors (P, {d}), weights (P,)): class means of this feature space, one weight each."
+            )
+        if w.dtype.kind not in "iuf" or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+            raise GPUAError(
+                f"prototypes for class {k} have weights {w.tolist()[:5]}; give finite, non-negative weights (the "
+                "sample count behind each anchor), not all zero."
+            )
+        out[k] = (P, w.astype(np.float64))
+    return out
+
+
+def _check_size(targets: np.ndarray, counts: np.ndarray, d: int, target) -> None:
+    """Refuse a fill whose output alone would not fit in this machine's memory.
+
+    ``target=10**12`` (a slip of the keyboard) otherwise runs a Python loop over billions of
+    anchor permutations and then dies of a ``MemoryError`` (or the OOM killer), saying nothing.
+    """
+    n_new = int(np.maximum(targets - counts, 0).sum())
+    nbytes = 4.0 * n_new * d  # the float32 output; drawing needs more on top
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no limit known
+        return
+    if nbytes > memory:
+        raise GPUAError(
+            f"target={target!r} would generate {n_new} samples of width {d} ({nbytes / 1e9:.3g} GB), more than this "
+            f"machine's memory ({memory / 1e9:.3g} GB); lower target (\"max\" fills every class to the largest "
+            "class count)."
+        )

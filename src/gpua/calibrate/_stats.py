@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import as_float64, check_labels
+from .._validation import as_float64, check_labels, check_number
 from ..params import COUNT, OptionalOf, check_param
 
 __all__ = ["ClassStatistics", "merge_statistics"]
@@ -235,8 +235,12 @@ class ClassStatistics:
         return self.covariance(ddof=0)
 
     def covariance(self, ddof: int = 0) -> np.ndarray:
-        """Covariances :math:`M_k / (n_k - \\mathrm{ddof})`, zero where that is not positive."""
+        """Covariances :math:`M_k / (n_k - \\mathrm{ddof})`, zero where that is not positive.
+
+        ``ddof``: 0 (population, what clients share) or 1 (unbiased); an integer >= 0.
+        """
         self.check_fitted()
+        check_number(ddof, "ddof", integer=True, low=0, fix="0 for the population covariance, 1 for the unbiased one")
         denom = self.count_ - ddof
         out = np.zeros_like(self.scatter_)
         ok = denom > 0
@@ -280,6 +284,8 @@ class ClassStatistics:
 
 def check_parts(parts, name: str = "parts") -> list[ClassStatistics]:
     """``parts`` as a non-empty list of fitted :class:`ClassStatistics`, or a :class:`GPUAError`."""
+    if isinstance(parts, ClassStatistics):  # iterating it raised "'ClassStatistics' object is not iterable"
+        raise GPUAError(f"{name} is one ClassStatistics; pass a list of them ([stats] for a single part).")
     parts = list(parts)
     if not parts:
         raise GPUAError(f"{name} is empty; pass at least one fitted ClassStatistics (see client_statistics).")
@@ -309,6 +315,7 @@ def merge_statistics(parts: Sequence[ClassStatistics], n_classes: int | None = N
     ClassStatistics
     """
     parts = check_parts(parts)
+    check_param("n_classes", n_classes, OptionalOf(COUNT))
     widths = {p.n_features_in_ for p in parts}
     if len(widths) > 1:
         detail = ", ".join(f"part {i}: {p.n_features_in_}" for i, p in enumerate(parts))

@@ -78,8 +78,9 @@ def add_subcommands(subparsers) -> None:
     lt = sub.add_parser("longtail", parents=[common], help="long-tailed training subsets, balanced test")
     lt.add_argument("--imbalance", action=_Several, convert=float, default=[10, 50, 100], metavar="R",
                     help="head/tail count ratios, space- or comma-separated")
-    lt.add_argument("--methods", action=_Several, allowed=LONGTAIL_METHODS, default=list(LONGTAIL_METHODS), metavar="M",
-                    help=f"rows to compute, space- or comma-separated: {', '.join(LONGTAIL_METHODS)} (default: all of them)")
+    lt.add_argument("--methods", action=_Several, allowed=LONGTAIL_METHODS, default=None, metavar="M",
+                    help=f"rows to compute, space- or comma-separated: {', '.join(LONGTAIL_METHODS)} (default: all of "
+                    "them; calibrate+borrow-text only when --features holds text_prototypes, one per class)")
     lt.add_argument("--donors", type=int, default=3, help="classes a class borrows its shape from")
     lt.add_argument("--class-order", choices=("index", "random"), default="index",
                     help="head = class 0 (CIFAR-10-LT convention), or a seeded random order")
@@ -90,7 +91,7 @@ def add_subcommands(subparsers) -> None:
     fl.add_argument("--alpha", action=_Several, convert=float, default=[0.1, 0.5], metavar="A",
                     help="Dirichlet concentrations, space- or comma-separated")
     fl.add_argument("--methods", action=_Several, allowed=FEDERATED_METHODS, default=list(FEDERATED_METHODS), metavar="M",
-                    help=f"columns to compute, space- or comma-separated: {', '.join(FEDERATED_METHODS)} (default: all of them)")
+                    help=f"rows to compute, space- or comma-separated: {', '.join(FEDERATED_METHODS)} (default: all of them)")
     fl.add_argument("--share", choices=("covariance", "shape"), default="covariance",
                     help="clients send full covariances or only their top-m shape")
     fl.add_argument("--components", type=int, default=5, help="m, eigenpairs sent with --share shape")
@@ -196,8 +197,21 @@ def _run_longtail(args, out: JsonOutput) -> int:
     _check_flags(args, ("--donors", "donors", dict(integer=True, low=1, fix="3 is typical")))
     D = _load(args)
     emb = D["emb"]
-    if emb is not None and emb.shape[0] != int(max(D["y"].max(), D["y_test"].max())) + 1:
+    n_classes = int(max(D["y"].max(), D["y_test"].max())) + 1
+    problem = None
+    if emb is None:
+        problem = "none are stored there"
+    elif emb.shape[0] != n_classes:
+        problem = f"it holds {emb.shape[0]} for the {n_classes} classes of the labels"
+    if problem and args.methods is not None and "calibrate+borrow-text" in args.methods:
+        # It used to be skipped: asked for alone, the table was empty.
+        raise GPUAError(
+            f"--methods calibrate+borrow-text needs text_prototypes (one per class) in --features {str(args.features)!r}, "
+            f"but {problem}; extract the file with a VLM (`gpua extract`), or drop calibrate+borrow-text from --methods."
+        )
+    if emb is not None and problem:
         print(f"note: text_prototypes has {emb.shape[0]} rows for a different class count; skipping borrowing by text.")
+    if problem:
         emb = None
     t0 = time.perf_counter()
     rows = run_longtail(
@@ -219,6 +233,18 @@ def _run_federated(args, out: JsonOutput) -> int:
         ("--lr", "lr", dict(low=0, low_open=True, fix="a step size such as 0.05")),
     )
     D = _load(args)
+    n_train = int(D["y"].shape[0])
+    if 2 * args.clients > n_train:  # dirichlet_split would name its min_size and n_clients, not the flag
+        raise GPUAError(
+            f"--clients={args.clients} cannot each hold the 2 samples a client needs: the training part has {n_train} "
+            f"rows; pass --clients {max(1, n_train // 2)} or fewer."
+        )
+    width = D["X"].shape[1]
+    if args.share == "shape" and args.components > width:  # the library would name n_components
+        raise GPUAError(
+            f"--components={args.components} eigenpairs with --share shape, but the features have width {width}, so "
+            f"at most {width}; pass --components {min(5, width)}, or --share covariance."
+        )
     t0 = time.perf_counter()
     rows = run_federated(
         D["X"], D["y"], D["X_test"], D["y_test"], n_clients=args.clients, alphas=args.alpha, methods=args.methods,
