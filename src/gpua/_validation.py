@@ -366,6 +366,7 @@ def check_number(
         rng = ""
         if low is not None or high is not None:
             left = "(" if low_open else "["
-            rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+            right = ")" if high is None else "]"  # a finite number never reaches an open infinity
+            rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
         raise GPUAError(f"{name}={value!r} must be {kind}{rng}{'; ' + fix if fix else ''}.")
     return int(value) if integer else float(value)

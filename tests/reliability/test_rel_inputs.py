@@ -231,7 +231,7 @@ def test_check_number():
     for bad in (True, "1", float("inf"), None):
         with pytest.raises(GPUAError, match="must be"):
             check_number(bad, "x")
-    with pytest.raises(GPUAError, match=r"x=0 must be a finite number in \(0, inf\]"):
+    with pytest.raises(GPUAError, match=r"x=0 must be a finite number in \(0, inf\)"):
         check_number(0, "x", low=0, low_open=True)
 
 
