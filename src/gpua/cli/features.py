@@ -160,6 +160,9 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
                             f"{shard_vlm}: text and image features must come from one VLM. Encode the prompts with {shard_vlm}.")
         # the model records the shards' encoders (what made its image features), the file's prompts
         meta = {**meta, **{k: fs.meta[k] for k in ("templates", "class_prompts") if k in fs.meta}}
+    elif shards.text_prototypes() is None:
+        raise GPUAError(f"--shards {args.shards!r} stores no text prototypes; pass --prototypes FILE (a feature file holding "
+                        "text_prototypes of the same VLM), or re-extract the set with --classnames FILE.")
     timeout = connect_timeout_of(args)
     t0 = time.perf_counter()
     fit_streaming(

@@ -374,9 +374,37 @@ class ShardedFeatures:
     def __getstate__(self):
         # Workers re-open the set from its path (shared storage); the layout is re-read there,
         # and the index's checksum tells them whether it is still the set the fit started on.
-        return {"path": str(self.path), "index_checksum": self._index_checksum}
+        # The path is absolute: a worker (and the scheduler) resolve a relative one against
+        # their own working folder.
+        if "_pickled" in self.__dict__:  # unpickled where the set is not visible (a Dask scheduler): passed on as is
+            return dict(self.__dict__["_pickled"])
+        return {"path": str(self.path.absolute()), "index_checksum": self._index_checksum}
 
     def __setstate__(self, state):
+        if not (Path(state["path"]) / INDEX_NAME).is_file():
+            # Not visible from this process: the Dask scheduler unpickles every task's arguments
+            # but reads no rows, and often has no access to the workers' shared storage. The
+            # set is opened at its first use instead (__getattr__), which says what is wrong.
+            self.__dict__["_pickled"] = dict(state)
+            return
+        self._reopen(state)
+
+    def __getattr__(self, name):
+        # Only for attributes not found the normal way: those of a set unpickled but not yet opened.
+        state = self.__dict__.get("_pickled")
+        if state is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            self._reopen(state)
+        except ModelFileError as exc:
+            raise ModelFileError(
+                f"{str(exc).rstrip('.')}. (This process was sent the shard set {state['path']!r} by a fit: every Dask "
+                "worker must see it at that same absolute path, on shared storage.)"
+            ) from None
+        del self.__dict__["_pickled"]
+        return getattr(self, name)
+
+    def _reopen(self, state) -> None:
         self.__init__(state["path"], check=False)
         expected = state.get("index_checksum")
         if expected is not None and expected != self._index_checksum:
@@ -655,9 +683,14 @@ class ShardedFeatures:
     def text_prototypes(self) -> np.ndarray | None:
         """The prototypes stored with the set, float32 array of shape (n_classes, d_vlm), or None."""
         p = self.path / PROTOTYPES_NAME
-        if not p.is_file():
-            return None
         what = f"{str(p)!r} of shard set {str(self.path)!r}"
+        if not p.is_file():
+            if PROTOTYPES_NAME in self._files:  # the writer stored them (the index records their checksum)
+                raise ModelFileError(
+                    f"{what} is missing, though the set was written with its text prototypes; restore it, re-write "
+                    "the shard set, or give the prototypes yourself (gpua fit --prototypes FILE, or text_prototypes=)."
+                )
+            return None
         self._checked(p)
         try:
             with open(p, "rb") as fh:

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from .._atomic import check_output
 from .._errors import GPUAError
 from .._validation import check_classnames, check_prototypes
 from ..fitting import PARAMETERS, FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
@@ -236,9 +237,15 @@ def fit_streaming(
     itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
     b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
-    ck = None
+    ck = state = None
     if checkpoint is not None:
         ck = Checkpoint(checkpoint, fingerprint({p: params[p] for p in UCM_PARAMS}, src.fingerprint(), Yt))
+        state = ck.load()  # another fit's state is refused now, before any cluster starts
+        # Its first save comes after the pool passes and a whole UCM round: a folder that cannot be
+        # written (or the shard folder itself, which the state file would make one that writers
+        # refuse to replace) is refused now. A finished state is only read.
+        check_output(checkpoint, "checkpoint", kind="folder", inputs=[("the shard set", getattr(src, "path", None))],
+                     writable=state is None or not state["meta"]["done"])
     if isinstance(src, K_.ArraySource) and cluster is not None:
         raise GPUAError("cluster= needs features on shared storage: write them with gpua.stream.write_shards and pass the folder.")
     release_freed_memory()  # freed chunk buffers must leave the process for the budget to hold
@@ -249,7 +256,6 @@ def fit_streaming(
                            chunk_rows=chunk_rows, whiten=config.whiten)
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
-        state = ck.load() if ck is not None else None
         pool_stats = (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None))
         wanted = [name for name, on in pool_stats if on]
         t_whiten = 0.0
