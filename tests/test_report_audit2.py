@@ -19,11 +19,11 @@ def _pair(vfm_a="offline:dinov2-s", vfm_b="offline:dinov2-s", vlm_b="offline:sem
 
     d = make_planted(120, 4, 8, 6, 4, random_state=0)
 
-    def fs(vfm, vlm):
-        return FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
-                          labels=d.labels, classnames=["a", "b", "c", "d"], meta={"vfm": {"spec": vfm}, "vlm": {"spec": vlm}})
+    def fs(vfm, vlm, rows):  # disjoint rows: the same rows would be warned about as leakage
+        return FeatureSet(vfm_features=d.vfm_features[rows], vlm_features=d.vlm_features[rows], text_prototypes=d.text_prototypes,
+                          labels=d.labels[rows], classnames=["a", "b", "c", "d"], meta={"vfm": {"spec": vfm}, "vlm": {"spec": vlm}})
 
-    return fs(vfm_a, "offline:semantic-lite0"), fs(vfm_b, vlm_b)
+    return fs(vfm_a, "offline:semantic-lite0", slice(0, 60)), fs(vfm_b, vlm_b, slice(60, None))
 
 
 @pytest.mark.parametrize("other", [{"vfm_b": "offline:other"}, {"vlm_b": "offline:other-vlm"}])

@@ -283,6 +283,11 @@ def compare_methods(
     for role, fitted_with, given in _other_encoders(encoders_of(train.meta or {}), encoders_of(test.meta or {})):
         warnings.warn(f"{test_name} holds {role} features of {given!r} but the methods are fitted on {train_name}, extracted with "
                       f"{fitted_with!r}; features of different encoders do not fit them: extract both with one.", stacklevel=2)
+    shared = _shared_rows(train.vfm_features, test.vfm_features)
+    if shared:
+        warnings.warn(f"{shared} row(s) of {test_name} are identical to rows of {train_name} (the same images?): the methods "
+                      "fit on them, so the test score is optimistic (data leakage). Extract the two from disjoint images.",
+                      stacklevel=2)
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
@@ -298,6 +303,19 @@ def compare_methods(
         if progress:
             print(f"  {name:<16} acc1 {100 * rep['acc1']:6.2f}%  fit {fit_s:.1f} s", flush=True)
     return (rows, fitted) if return_estimators else rows
+
+
+def _shared_rows(A: np.ndarray, B: np.ndarray) -> int:
+    """How many rows of ``B`` are bit for bit rows of ``A`` (the same image encoded twice), for the leakage warning.
+
+    Rows are compared as raw bytes (a void view: numpy sorts them, no per-row Python objects).
+    Different dtypes or widths share no rows.
+    """
+    A, B = np.ascontiguousarray(A), np.ascontiguousarray(B)
+    if A.dtype != B.dtype or A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
+        return 0
+    row = np.dtype((np.void, A.dtype.itemsize * A.shape[1]))
+    return int(np.isin(B.view(row).ravel(), A.view(row).ravel()).sum())
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "fit_seconds")) -> str:

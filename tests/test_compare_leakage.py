@@ -1,0 +1,48 @@
+"""``compare`` says when test rows are rows it fits on (the same images in both files): an optimistic score otherwise unsaid."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from gpua.cli import main
+from gpua.features import FeatureSet, save_features
+from gpua.report import compare_methods
+
+
+def _features(part, rows=slice(None)) -> FeatureSet:
+    return FeatureSet(vfm_features=part.vfm_features[rows], vlm_features=part.vlm_features[rows],
+                      text_prototypes=part.text_prototypes, labels=part.labels[rows], classnames=part.classnames)
+
+
+def test_test_rows_copied_from_the_pool_are_warned_about(planted):
+    train, test = planted
+    leaky = FeatureSet(vfm_features=np.vstack([test.vfm_features[:200], train.vfm_features[:5]]),
+                       vlm_features=np.vstack([test.vlm_features[:200], train.vlm_features[:5]]),
+                       text_prototypes=test.text_prototypes, labels=np.concatenate([test.labels[:200], train.labels[:5]]),
+                       classnames=test.classnames)
+    # was: scored without a word
+    with pytest.warns(UserWarning, match=r"5 row\(s\) of the test features are identical to rows of the training features"):
+        compare_methods(_features(train), leaky, ["zero_shot"])
+
+
+def test_disjoint_files_are_not_warned_about(planted):
+    train, test = planted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = compare_methods(_features(train), _features(test, slice(0, 200)), ["zero_shot"])
+    assert rows[0]["method"] == "zero_shot"
+
+
+def test_the_cli_names_both_files(planted, tmp_path, capsys):
+    train, test = planted
+    save_features(tmp_path / "train.npz", vfm_features=train.vfm_features, vlm_features=train.vlm_features,
+                  text_prototypes=train.text_prototypes, labels=train.labels, classnames=train.classnames)
+    save_features(tmp_path / "test.npz", vfm_features=train.vfm_features[:50], vlm_features=train.vlm_features[:50],
+                  text_prototypes=train.text_prototypes, labels=train.labels[:50], classnames=train.classnames)
+    assert main(["compare", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"),
+                 "--methods", "zero_shot", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "50 row(s) of --test" in err and "identical to rows of --train" in err and "data leakage" in err
