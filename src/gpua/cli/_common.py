@@ -34,6 +34,8 @@ __all__ = [
     "positive_int",
     "positive_seconds",
     "FitProgress",
+    "self_learning_line",
+    "fit_rounds_note",
 ]
 
 
@@ -401,6 +403,25 @@ def connect_timeout_of(args) -> float:
     return float(args.connect_timeout)
 
 
+def self_learning_line(entry: dict) -> str:
+    """The line a self-learning round's record (``history_["self_learning"]`` entry, round >= 1) prints."""
+    what = ("kept" if entry.get("kept") else "rolled back") if entry.get("refit") else "settled, not refitted"
+    return f"self-learning round {entry['round']}: {100 * float(entry['label_change']):.1f}% of the pseudo-labels changed; {what}"
+
+
+def fit_rounds_note(history: dict) -> str:
+    """``UCM 4 rounds`` for a fit's summary line, with its self-learning rounds when it ran any.
+
+    ``history["ucm"]`` holds the last mining's rounds: after self-learning, the summary says so.
+    """
+    rounds = [r for r in history.get("self_learning") or [] if r.get("round")]
+    note = f"UCM {len(history['ucm'])} rounds"
+    if rounds:
+        kept = sum(bool(r.get("kept") and r.get("refit")) for r in rounds)
+        note += f" in the last of {len(rounds) + 1} minings; self-learning kept {kept} of {len(rounds)} round(s)"
+    return note
+
+
 class FitProgress:
     """Progress bars for an in-memory fit, fed by ``GPUA.fit(..., callback=...)``.
 
@@ -443,9 +464,7 @@ class FitProgress:
             self._close()
             self._stage = "record"
             if entry.get("round"):
-                what = ("kept" if entry.get("kept") else "rolled back") if entry.get("refit") else "settled, not refitted"
-                tqdm.write(f"self-learning round {entry['round']}: {100 * float(entry['label_change']):.1f}% of the "
-                           f"pseudo-labels changed; {what}")
+                tqdm.write(self_learning_line(entry))
         elif "round" in entry:
             if self._stage in ("refine", "record"):  # a UCM after a refinement: the next self-learning round mines
                 self._close()

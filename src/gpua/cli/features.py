@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of,
-                      estimator_overrides, parse_cluster, positive_int, positive_seconds)
+                      estimator_overrides, fit_rounds_note, parse_cluster, positive_int, positive_seconds, self_learning_line)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -101,7 +101,7 @@ def _cmd_fit(args) -> int:
     h = model.history_
     print(
         f"fitted on {train.n_samples} images, {model.n_classes_} classes in {dt:.1f} s "
-        f"(UCM {len(h['ucm'])} rounds, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}; saved {args.out}"
+        f"({fit_rounds_note(h)}, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}; saved {args.out}"
     )
     if train.classnames is None:
         print("note: the feature file names no classes, so neither does the model; evaluate will match classes by index.")
@@ -165,10 +165,16 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
                         "text_prototypes of the same VLM), or re-extract the set with --classnames FILE.")
     timeout = connect_timeout_of(args)
     t0 = time.perf_counter()
+    def said(entry: dict) -> None:  # the streamed fit draws its own bars; the self-learning lines come from here
+        if entry.get("round") and "label_change" in entry and not args.no_progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self_learning_line(entry))
+
     fit_streaming(
         model, shards, prototypes, classnames=classnames, max_memory=args.max_memory or DEFAULT_MAX_MEMORY,
         cluster=parse_cluster(args.cluster),
-        checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=timeout,
+        checkpoint=args.checkpoint, progress=not args.no_progress, connect_timeout=timeout, callback=said,
     )
     dt = time.perf_counter() - t0
     model.provenance_ = provenance_from_features(meta, classnames=model.classnames_, source=str(Path(args.shards).resolve()))
@@ -176,9 +182,10 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     h = model.history_
     s = h["streaming"]
     print(
-        f"fitted on {s['n_samples']} images ({shards.n_shards} shards), {model.n_classes_} classes in {dt:.1f} s "
-        f"(UCM {len(h['ucm'])} rounds, {s['passes']} chunk passes, {s['n_chunks']} chunks of {s['chunk_rows']} rows, "
-        f"cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"
+        f"fitted on {s['n_samples']} images ({shards.n_shards} shards), {model.n_classes_} classes in {dt:.1f} s"
+        f"{' (resumed from --checkpoint: passes count the earlier runs too)' if s.get('resumed') else ''} "
+        f"({fit_rounds_note(h)}, {s['passes']} chunk passes, {s['n_chunks']} chunk{'s' if s['n_chunks'] != 1 else ''} of "
+        f"{s['chunk_rows']} rows, cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"
     )
     return 0
 

@@ -274,7 +274,7 @@ def fit_streaming(
     fitted.history["streaming"] = {
         "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
         "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
-        "passes": pool.passes, "processes": ex.n_processes,
+        "passes": pool.passes, "processes": ex.n_processes, "resumed": state is not None,
     }
     return set_fitted_state(est, fitted)
 
