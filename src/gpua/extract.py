@@ -126,7 +126,8 @@ def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, sto
         if asked:  # only the settings that differ from the stored set's are named
             warnings.warn(f"{str(out)!r} already holds these features ({layout_rows or sf.shard_rows[0]} rows per shard, "
                           f"{sf.storage}); {' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} when a set is "
-                          "written and change nothing here. Pass another out (or delete this set) to write that layout.",
+                          f"written and {'change' if len(asked) > 1 else 'changes'} nothing here. Pass another out (--out) "
+                          "(or delete this set) to write that layout.",
                           stacklevel=3)
     skipped = (meta.get("skipped") or {}).get("count", 0)
     if on_error == "fail" and skipped:

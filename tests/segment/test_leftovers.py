@@ -104,7 +104,7 @@ def test_a_label_map_suffix_mismatch_names_gt_suffix(scenes, gt_copy, capsys):
 def test_img_suffix_is_refused_with_a_preset(scenes, gt_copy, capsys):
     argv = ["evaluate-seg", "--pred", str(gt_copy), "--dataset", "voc", "--root", str(scenes), "--img-suffix", ".png"]
     assert main(argv) == 2
-    assert "--img-suffix apply to --gt and --dataset custom; --dataset voc sets its own" in capsys.readouterr().err
+    assert "--img-suffix applies to --gt and --dataset custom; --dataset voc sets its own" in capsys.readouterr().err
 
 
 def test_a_presets_suffix_error_gives_no_flag_it_refuses(scenes, gt_copy, capsys):

@@ -63,7 +63,7 @@ from .._optional import import_optional
 from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
 from ..params import COUNT
 from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag,
-                      parse_params, with_flags)
+                      parse_params, positive_int, with_flags)
 
 __all__ = ["add_subcommands"]
 
@@ -194,10 +194,12 @@ def _add_encoder_args(p, required: bool) -> None:
 
 
 def _add_inference_args(p) -> None:
-    p.add_argument("--crop", type=int, default=None, help="sliding-window crop size in pixels (default: whole image)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 of --crop)")
+    # Refused while parsing (README: counts are checked before any file is read), not once the
+    # model and the encoders have loaded.
+    p.add_argument("--crop", type=positive_int, default=None, help="sliding-window crop size in pixels (default: whole image)")
+    p.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default: 2/3 of --crop)")
     p.add_argument("--refine", choices=("none", "affinity"), default="none", help="smooth patch scores by VFM affinity")
-    p.add_argument("--affinity-topk", type=int, default=8, help="neighbours used by --refine affinity (default 8)")
+    p.add_argument("--affinity-topk", type=positive_int, default=8, help="neighbours used by --refine affinity (default 8)")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="a probability in [0, 1], not a cosine: pixels whose top class probability is below P get "
                         "--threshold-label. That probability is softmax(100 x score) over the classes (100: CLIP's logit "
@@ -604,6 +606,8 @@ def _fit_seg(args: argparse.Namespace) -> int:
     from ..segment.inference import fit_patch_gpua
     from ._common import FitProgress
 
+    if args.max_images is not None and args.max_images < 1:  # before any file is read
+        raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     from ..params import check_param
@@ -617,8 +621,6 @@ def _fit_seg(args: argparse.Namespace) -> int:
     if params.get("class_prior") is not None:
         params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
-    if args.max_images is not None and args.max_images < 1:
-        raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
     skipped: list[Path] = []
     read = list(_read_images(files, args.images, skipped, args.max_images))  # before the encoders load
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
@@ -766,7 +768,7 @@ def _ground_truth(args: argparse.Namespace):
             given = [flag for flag, on in (("--img-suffix", args.img_suffix is not None), ("--gt-suffix", args.gt_suffix is not None),
                                            ("--reduce-zero-label", args.reduce_zero_label)) if on]
             if given:
-                raise GPUAError(f"{' and '.join(given)} apply to --gt and --dataset custom; --dataset {args.dataset} sets its own. "
+                raise GPUAError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --gt and --dataset custom; --dataset {args.dataset} sets its own. "
                                 "Leave them out (or describe the layout with --dataset custom).")
             preset = DATASET_PRESETS.get(args.dataset)
             if entries is not None and preset is not None and len(entries) != len(preset.classnames):
