@@ -43,3 +43,14 @@ def test_in_memory_fit_says_its_self_learning_rounds(tmp_path, capsys):
                  "--no-progress", "--param", "self_learning=0"]) == 0
     summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fitted on"))
     assert "minings" not in summary and "(UCM " in summary
+
+
+def test_streamed_progress_bars_name_the_self_learning_round(tmp_path, capsys):
+    d = _data()
+    write_shards(tmp_path / "sh", d.vfm_features, d.vlm_features, d.labels, rows_per_shard=400,
+                 text_prototypes=d.text_prototypes, classnames=d.classnames)
+    assert main(["fit", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "m.gpua"), "--n-steps", "10"]) == 0
+    err = capsys.readouterr().err
+    # was: each self-learning mining's bars read "UCM round 1/20" again, as the first mining's
+    assert "self-learning 1: UCM round 1/" in err and "self-learning 2: THS refinement" in err
+    assert "self-learning 3:" not in err

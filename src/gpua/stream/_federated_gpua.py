@@ -318,6 +318,7 @@ class FederatedPool:
                 self.ex, self.parts, fit, fit, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer),
                 n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress, init_log_v=self.log_v,
+                label=f"self-learning {self.n_mined}: " if score_map is not None else "",
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:

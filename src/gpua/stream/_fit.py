@@ -325,10 +325,14 @@ class StreamedPool:
         self.n = fit.n_total
         self.passes = 0
         self.log_v: torch.Tensor | None = None
+        self.label = ""  # the progress bars' prefix: which self-learning round mines or refines
+        self._rounds = 0
 
     def mine(self, score_map, callback) -> Mined:
         fit, fit_b, ck = self.fit, self.fit_b, self.checkpoint
         if score_map is not None:  # a self-learning round: new tiles, scored by the map
+            self._rounds += 1
+            self.label = f"self-learning {self._rounds}: "
             fit = replace(self.fit, token=uuid.uuid4().hex, score_map=score_map.detach().float().cpu())
             fit_b, ck = self.ex.broadcast(fit), None
         m = self.config.mining
@@ -336,7 +340,7 @@ class StreamedPool:
             ucm = streamed_ucm(
                 self.ex, self.parts, fit, fit_b, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer), n_init_per_class=int(m.n_init_per_class),
-                checkpoint=ck, callback=callback, progress=self.progress, init_log_v=self.log_v,
+                checkpoint=ck, callback=callback, progress=self.progress, init_log_v=self.log_v, label=self.label,
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:
@@ -350,7 +354,7 @@ class StreamedPool:
 
     def refine(self, W0, labels, config: RefineConfig, callback):
         rows = rows_reader(self.source, self.fit, self.dev, memo_above=int(config.batch_size))
-        with Bar(self.progress, "THS refinement", int(config.n_steps), unit="step") as bar:
+        with Bar(self.progress, f"{self.label}THS refinement", int(config.n_steps), unit="step") as bar:
             def on_eval(entry):
                 bar.update(int(entry["step"]) - bar.n)
                 bar.postfix(val=f"{entry['val_loss']:.4f}")

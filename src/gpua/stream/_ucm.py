@@ -103,6 +103,7 @@ def streamed_ucm(
     callback=None,
     progress: bool = False,
     init_log_v: torch.Tensor | None = None,
+    label: str = "",
 ) -> StreamedUCM:
     r"""Alternate streamed Sinkhorn and closed-form centres until the plan settles.
 
@@ -123,6 +124,8 @@ def streamed_ucm(
         Called with each round's history entry (after the checkpoint is written).
     init_log_v : float64 tensor of shape (n_classes,), optional
         Class potential the first Sinkhorn pass starts from (as in :func:`gpua.ucm.mine_correspondences`).
+    label : str
+        Put before the progress bars' names (``"self-learning 1: "``): which mining they belong to.
 
     Returns
     -------
@@ -151,13 +154,13 @@ def streamed_ucm(
         C_prev, g_prev, g = state["centres"], state["g"], state["g"].clone()
         C, r0 = state["centres_next"], int(meta["round"]) + 1
     else:
-        with Bar(progress, "UCM init (confident centres)", 2 * n_chunks) as bar:
+        with Bar(progress, f"{label}UCM init (confident centres)", 2 * n_chunks) as bar:
             C = confident_centres_streamed(ex, parts, fit_b, k, n, n_init_per_class, bar)
         passes += 2
     result = None
     for r in range(r0, max_outer + 1):
         rnd_b = ex.broadcast(K_.RoundSpec(r, C, C_prev, g_prev))
-        with Bar(progress, f"UCM round {r}/{max_outer}", n_chunks * 4) as bar:
+        with Bar(progress, f"{label}UCM round {r}/{max_outer}", n_chunks * 4) as bar:
             # The first pass builds the tiles and is the log-domain sweep of gpua.ot.sinkhorn.
             col = K_.sum_tensors(ex.map(K_.part_build, parts, fit_b, rnd_b, g, on_done=bar.tick))
             g = damp * (log_b - col.log() + g)
