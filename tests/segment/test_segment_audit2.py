@@ -299,3 +299,15 @@ def test_a_prediction_turned_90_degrees_from_its_mask_is_not_told_to_resize():
         check_label_map(np.zeros((30, 40), np.uint8), 3, "pred", shape=(40, 30))
     with pytest.raises(GPUAError, match="resize with nearest-neighbour"):
         check_label_map(np.zeros((30, 40), np.uint8), 3, "pred", shape=(60, 80))
+
+
+def test_segment_threshold_computes_each_images_softmax_once(scenes, monkeypatch):
+    from gpua.segment.inference import DenseSegmenter
+
+    calls = []
+    original = DenseSegmenter.top_probability
+    monkeypatch.setattr(DenseSegmenter, "top_probability", lambda self, scores: calls.append(1) or original(self, scores))
+    argv = ["segment", "--zero-shot", *ENCODERS[2:], "--classnames", str(scenes / "classes.txt"),
+            "--images", str(scenes / "test"), "--out", str(scenes / "masks"), "--threshold", "0.5"]
+    assert main(argv) == 0
+    assert len(calls) == 2  # was: 4, the softmax over every pixel's classes twice per image

@@ -568,9 +568,9 @@ class _Labeller:
     def __call__(self, image):
         seg = self.seg
         scores = seg.predict_scores(image)
-        labels = seg.labels_from_scores(scores)
-        if seg.score_threshold is not None:
-            top = seg.top_probability(scores)
+        top = seg.top_probability(scores) if seg.score_threshold is not None else None
+        labels = seg.labels_from_scores(scores, top)  # the softmax once per image, not once here and once there
+        if top is not None:
             self.below += int((top < float(seg.score_threshold)).sum())
             self.pixels += int(top.numel())
             self.lowest = min(self.lowest, float(top.min()))

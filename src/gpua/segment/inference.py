@@ -665,8 +665,11 @@ class DenseSegmenter:
                 count[:, y1:y2, x1:x2] += 1
         return acc.div_(count)
 
-    def labels_from_scores(self, scores: torch.Tensor) -> np.ndarray:
+    def labels_from_scores(self, scores: torch.Tensor, top: torch.Tensor | None = None) -> np.ndarray:
         """(K, H, W) scores -> (H, W) int64 labels, with the score threshold applied.
+
+        ``top`` is :meth:`top_probability` of ``scores`` when the caller has it already (a softmax
+        over every pixel's classes is not computed twice).
 
         Raises
         ------
@@ -682,7 +685,8 @@ class DenseSegmenter:
             )
         labels = scores.argmax(0)
         if self.score_threshold is not None:
-            labels[self.top_probability(scores) < float(self.score_threshold)] = self.threshold_label
+            top = self.top_probability(scores) if top is None else top
+            labels[top < float(self.score_threshold)] = self.threshold_label
         return labels.numpy().astype(np.int64)
 
     def top_probability(self, scores: torch.Tensor) -> torch.Tensor:
