@@ -32,6 +32,19 @@ from ._stats import ClassStatistics, check_class_labels, infer_n_classes
 __all__ = ["LinearClassifier", "ShrinkageLDA", "balanced_sample_weight"]
 
 
+class _Diverged(GPUAError):
+    """An SGD or FedAvg fit that diverged: the learning rate is too large.
+
+    Private: :func:`~gpua.calibrate.fedavg` turns the local fit's into its own, and
+    ``gpua calibrate federated`` re-words it to name ``--lr`` (``lr`` is the value given,
+    ``detail`` what happened).
+    """
+
+    def __init__(self, message: str, *, lr: float, detail: str) -> None:
+        super().__init__(message)
+        self.lr, self.detail = lr, detail
+
+
 def balanced_sample_weight(y: np.ndarray, n_classes: int) -> np.ndarray:
     r"""Class re-weighting :math:`\omega_i = n / (K\, n_{y_i})`: every class weighs the same in total.
 
@@ -253,9 +266,10 @@ class LinearClassifier(_LinearModel, ParamsMixin):
         if not (np.all(np.isfinite(W_out)) and np.all(np.isfinite(b_out))):
             # A diverged fit would otherwise predict class 0 everywhere and NaN probabilities.
             if self.solver == "sgd":
-                raise GPUAError(
+                raise _Diverged(
                     f"the SGD fit diverged (its weights became NaN or inf) with lr={self.lr!r}; use a smaller lr "
-                    f"(try lr={min(float(self.lr) / 10, 0.1):g}), or standardise the features."
+                    f"(try lr={min(float(self.lr) / 10, 0.1):g}), or standardise the features.",
+                    lr=float(self.lr), detail="(its weights became NaN or inf)",
                 )
             raise GPUAError(
                 "the L-BFGS fit produced NaN or inf weights; standardise the features and check that "

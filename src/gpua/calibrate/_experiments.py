@@ -137,6 +137,21 @@ def _check_imbalance(value, name: str) -> float:
     return float(value)
 
 
+def _check_alpha(value, name: str) -> float:
+    """A Dirichlet concentration: a positive number or inf (the even split), or a :class:`GPUAError` naming ``name``."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    try:
+        ok = number and float(value) > 0  # NaN compares False; an int beyond float's range overflows
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise GPUAError(
+            f"{name}={value!r} must be a positive number or inf (in (0, inf]); a Dirichlet concentration "
+            "(0.1: strong label skew, inf: an even split)."
+        )
+    return float(value)
+
+
 def _check_every_class(counts: np.ndarray, name: str) -> None:
     """Refuse classes with no sample: a long-tail profile gives every class a rank and a count."""
     empty = np.nonzero(counts == 0)[0]
@@ -500,7 +515,9 @@ def run_federated(
         Pooled training set (split among clients) and test set.
     n_clients : int
     alphas : float or sequence of float
-        Dirichlet concentrations, one federation each.
+        Dirichlet concentrations (> 0), one federation each; ``inf`` (``float("inf")`` or
+        ``numpy.inf``) splits every class evenly among the clients (no label skew, the i.i.d.
+        baseline of a label-skew study).
     domains : int array of shape (n,), optional
         Domain of each training sample: clients then hold one domain each (label and domain skew).
     methods : str or sequence of str
@@ -523,14 +540,17 @@ def run_federated(
     -------
     list of dict
         One row per (alpha, method): ``alpha, method, all, n_train, n_generated, seconds``.
+        ``alpha`` is a float, or the string ``"inf"`` for the even split: strict JSON
+        (:func:`gpua.report.json_text`, ``gpua calibrate federated --json``) has no infinity and
+        would write a float inf as ``null``, which reads as a missing value. ``float(row["alpha"])``
+        gives the number back for every row.
     """
     check_number(n_clients, "n_clients", integer=True, low=1)
     alphas = _as_list(alphas, "alphas")
     methods = _as_list(methods, "methods")
     # An int: each client's stream is seeded with (random_state, client), so None cannot do.
     check_number(random_state, "random_state", integer=True, low=0, fix="a seed such as 0")
-    for a in alphas:
-        check_number(a, "alpha", low=0, low_open=True, fix="a Dirichlet concentration (0.1: strong label skew)")
+    alphas = [_check_alpha(a, "alpha") for a in alphas]  # inf: dirichlet_split's even (i.i.d.) split
     check_number(n_components, "n_components", integer=True, low=1)
     _check_training_options(weight_decay=weight_decay, lr=lr, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size)
     X, y, X_test, y_test, K, _ = _prepare(X, y, X_test, y_test, methods=methods, known=FEDERATED_METHODS, l2=l2)
@@ -569,7 +589,7 @@ def run_federated(
                 model = fedavg(clients, K, **fed_kw)
             acc = group_accuracy(y_test, model.predict(Xt))
             rows.append({
-                "setting": "federated", "alpha": float(alpha), "clients": n_clients, "method": m, **acc,
+                "setting": "federated", "alpha": alpha if math.isfinite(alpha) else "inf", "clients": n_clients, "method": m, **acc,
                 "n_train": n_train, "n_generated": n_gen, "seconds": round(time.perf_counter() - t0, 3),
             })
     return rows

@@ -28,11 +28,15 @@ import numpy as np
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_number
 from ._calibrator import DistributionCalibrator
-from ._classifier import LinearClassifier
+from ._classifier import LinearClassifier, _Diverged
 from ._sampling import as_rng
 from ._stats import ClassStatistics, check_parts, infer_n_classes, merge_statistics
 
 __all__ = ["dirichlet_split", "domain_split", "client_statistics", "FederatedCalibration", "fedavg"]
+
+#: FedAvg has diverged when the global model's mean training loss exceeds this many times
+#: :math:`\ln K`, the loss of its all-zero start (which predicts every class equally).
+DIVERGED_LOSS_RATIO = 10.0
 
 
 def dirichlet_split(
@@ -282,6 +286,20 @@ def fedavg(
     -------
     LinearClassifier
         The global model.
+
+    Raises
+    ------
+    GPUAError
+        When the training diverges (``lr`` too large): a local fit's weights become NaN or inf,
+        or, after a round, the global model's mean cross-entropy on all clients' training samples
+        is not finite or exceeds ``DIVERGED_LOSS_RATIO`` (10) times :math:`\ln K`, the loss of the
+        all-zero start. A linear model trained with a workable ``lr`` stays below :math:`\ln K`;
+        one ten times worse than guessing on its own training data has blown up (its weights grow
+        without bound while staying finite, and it scores chance or below on test data). The
+        check costs one forward pass over the clients' samples per round and stops the training
+        at the first round it fails. An error rather than a warning: the model is meaningless,
+        and in a sweep a warning scrolls by while the number lands in the results table; a sweep
+        over ``lr`` can catch :class:`GPUAError` and record the setting as diverged.
     """
     check_number(rounds, "rounds", integer=True, low=1, fix="FedAvg needs at least one round (30 is typical)")
     check_number(n_classes, "n_classes", integer=True, low=2, fix="the federation's class count")
@@ -313,18 +331,52 @@ def fedavg(
         solver="sgd", epochs=local_epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
         device=device, random_state=rng,
     )
-    for _ in range(int(rounds)):
+    limit = DIVERGED_LOSS_RATIO * np.log(n_classes)
+    for r in range(int(rounds)):
         Ws, bs = [], []
         for X, y in data:
-            local.fit(X, y, n_classes=n_classes, coef_init=W, intercept_init=b)
+            try:
+                local.fit(X, y, n_classes=n_classes, coef_init=W, intercept_init=b)
+            except _Diverged as e:
+                raise _fedavg_diverged(lr, f"in round {r + 1} of {int(rounds)} {e.detail}") from None
             Ws.append(local.coef_)
             bs.append(local.intercept_)
         W = np.einsum("c,ckd->kd", sizes, np.stack(Ws)) / sizes.sum()
         b = np.einsum("c,ck->k", sizes, np.stack(bs)) / sizes.sum()
+        loss = _mean_cross_entropy(data, W, b)
+        if not loss <= limit:  # NaN too
+            raise _fedavg_diverged(
+                lr, f"in round {r + 1} of {int(rounds)} (the global model's mean training loss is {loss:.3g}, more "
+                f"than {DIVERGED_LOSS_RATIO:g} x ln K = {limit:.3g}, the loss of its untrained start: its weights are "
+                "blowing up)",
+            )
     model = LinearClassifier(weight_decay=weight_decay, device=device)
     model.coef_, model.intercept_ = W.astype(np.float32), b.astype(np.float32)
     model.n_classes_, model.n_features_in_ = n_classes, d
     return model
+
+
+def _mean_cross_entropy(data, W: np.ndarray, b: np.ndarray) -> float:
+    """Mean cross-entropy of the linear model (W, b) over all the clients' samples (float64)."""
+    from scipy.special import logsumexp
+
+    total, n = 0.0, 0
+    W64, b64 = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    with np.errstate(all="ignore"):  # blown-up weights: inf / NaN here is the answer, not a warning
+        for X, y in data:
+            s = np.asarray(X) @ W64.T + b64
+            y = np.asarray(y, np.int64)
+            total += float((logsumexp(s, axis=1) - s[np.arange(y.size), y]).sum())
+            n += y.size
+    return total / n
+
+
+def _fedavg_diverged(lr, detail: str) -> _Diverged:
+    return _Diverged(
+        f"FedAvg diverged {detail} with lr={lr!r}; use a smaller lr (try lr={min(float(lr) / 10, 0.1):g}), "
+        "or standardise the features.",
+        lr=float(lr), detail=detail,
+    )
 
 
 # --- Extension point: federated GPUA from aggregated statistics ---------------------------

@@ -18,7 +18,8 @@ from .._errors import GPUAError
 from .._validation import check_number
 from ._common import JsonOutput, add_json_argument, check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
-from ..calibrate._experiments import _check_imbalance
+from ..calibrate._classifier import _Diverged
+from ..calibrate._experiments import _check_alpha, _check_imbalance
 from ..calibrate._stats import infer_n_classes
 
 __all__ = ["add_subcommands"]
@@ -89,7 +90,8 @@ def add_subcommands(subparsers) -> None:
     fl = sub.add_parser("federated", parents=[common], help="Dirichlet-split clients, FedAvg with/without calibration")
     fl.add_argument("--clients", type=int, default=10, help="number of simulated clients")
     fl.add_argument("--alpha", action=_Several, convert=float, default=[0.1, 0.5], metavar="A",
-                    help="Dirichlet concentrations, space- or comma-separated")
+                    help="Dirichlet concentrations, space- or comma-separated (0.1: strong label skew; inf: an even "
+                    "split, no label skew; written \"inf\" in --json)")
     fl.add_argument("--methods", action=_Several, allowed=FEDERATED_METHODS, default=list(FEDERATED_METHODS), metavar="M",
                     help=f"rows to compute, space- or comma-separated: {', '.join(FEDERATED_METHODS)} (default: all of them)")
     fl.add_argument("--share", choices=("covariance", "shape"), default="covariance",
@@ -223,10 +225,11 @@ def _run_longtail(args, out: JsonOutput) -> int:
 
 
 def _run_federated(args, out: JsonOutput) -> int:
+    for a in args.alpha:  # before any file is read, naming the flag; inf is the even split
+        _check_alpha(a, "--alpha")
     _check_flags(
         args,
         ("--clients", "clients", dict(integer=True, low=1, fix="10 is typical")),
-        ("--alpha", "alpha", dict(low=0, low_open=True, fix="a Dirichlet concentration (0.1: strong label skew)")),
         ("--components", "components", dict(integer=True, low=1, fix="5 is typical")),
         ("--rounds", "rounds", dict(integer=True, low=1, fix="30 is typical")),
         ("--local-epochs", "local_epochs", dict(integer=True, low=1)),
@@ -246,9 +249,14 @@ def _run_federated(args, out: JsonOutput) -> int:
             f"at most {width}; pass --components {min(5, width)}, or --share covariance."
         )
     t0 = time.perf_counter()
-    rows = run_federated(
-        D["X"], D["y"], D["X_test"], D["y_test"], n_clients=args.clients, alphas=args.alpha, methods=args.methods,
-        share=args.share, n_components=args.components, rounds=args.rounds, local_epochs=args.local_epochs,
-        lr=args.lr, weight_decay=args.weight_decay, l2=not args.no_l2, random_state=args.seed,
-    )
+    try:
+        rows = run_federated(
+            D["X"], D["y"], D["X_test"], D["y_test"], n_clients=args.clients, alphas=args.alpha, methods=args.methods,
+            share=args.share, n_components=args.components, rounds=args.rounds, local_epochs=args.local_epochs,
+            lr=args.lr, weight_decay=args.weight_decay, l2=not args.no_l2, random_state=args.seed,
+        )
+    except _Diverged as e:  # the library names lr=
+        raise GPUAError(
+            f"FedAvg diverged {e.detail} with --lr {e.lr:g}; pass a smaller --lr (try --lr {min(e.lr / 10, 0.1):g})."
+        ) from None
     return _finish(args, "federated", rows, time.perf_counter() - t0, out)
