@@ -38,7 +38,6 @@ in the joint image-text space:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from typing import Any
@@ -50,7 +49,7 @@ from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import bad_local_error, error_summary, file_fingerprint, hub_offline, layout_hint, missing_weights_error
-from ._torch import TorchEncoder, resolve_dense, tokens_to_grid, warn_truncated
+from ._torch import TorchEncoder, quiet_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
 
@@ -71,20 +70,6 @@ _FALLBACK_RESIZE = {"siglip": ("squash", "bicubic"), "dinov3_vit": ("squash", "b
 # Fewer tokens than this is no text vocabulary: transformers builds a CLIP tokenizer of only its
 # special tokens (2) from a folder without tokenizer files, and every prompt then maps to UNK.
 _MIN_VOCAB = 16
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """Hide transformers' per-load "Loading weights" bars: gpua shows its own progress."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _pooled(out) -> torch.Tensor:
@@ -220,6 +205,7 @@ class HFEncoder(TorchEncoder):
         # A bad value fails before any loading; whether the model type allows it is checked in
         # __init__, once the config is known.
         resolve_dense(dense, spec=spec, unsupported=None)
+        torch_device(device)  # an unusable device is refused before minutes of loading, not after
         local = os.path.isdir(os.path.expanduser(body))
         name = os.path.expanduser(body) if local else body
         hub_cache = None if cache_dir is None else str(_cache_dir(cache_dir) / "hf")

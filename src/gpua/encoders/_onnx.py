@@ -202,6 +202,8 @@ class OnnxEncoder(Encoder):
                  provenance: dict | None = None):
         import_optional("onnx", "ONNX encoders")
         ort = import_optional("onnxruntime", "ONNX encoders")
+        # onnxruntime's providers decide (not torch's CUDA); checked before the graph is read
+        device, providers = _providers(device, ort)
 
         src = Path(path).expanduser()
         if src.is_dir():
@@ -249,7 +251,6 @@ class OnnxEncoder(Encoder):
             pp = _merge_processor(self._processor_file, base, size, given, static, spec)
         else:
             pp = base
-        device, providers = _providers(device, ort)
         levels = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
         if optimize not in levels:
             raise GPUAError(f"optimize={optimize!r} must be one of {list(levels)}.")
@@ -467,6 +468,12 @@ def _float_input_dtype(elem_type: int) -> np.dtype:
     from onnx import TensorProto
 
     return np.dtype({TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}.get(elem_type, np.float32))
+
+
+def check_onnx_device(device: Any) -> None:
+    """:class:`OnnxEncoder`'s device check (:func:`_providers`), for callers that load or export
+    weights before they build one."""
+    _providers(device, import_optional("onnxruntime", "ONNX encoders"))
 
 
 def _providers(device: Any, ort) -> tuple[str, list]:

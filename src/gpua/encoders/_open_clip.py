@@ -49,7 +49,7 @@ from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import bad_local_error, file_fingerprint, layout_hint, missing_weights_error
-from ._torch import TorchEncoder, resolve_dense, tokens_to_grid, warn_truncated
+from ._torch import TorchEncoder, quiet_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["OpenCLIPEncoder"]
 
@@ -164,6 +164,7 @@ class OpenCLIPEncoder(TorchEncoder):
         # Reject a bad value before loading weights; whether the tower supports it is checked
         # once the model exists (in __init__).
         resolve_dense(dense, spec=spec, unsupported=None)
+        torch_device(device)  # an unusable device is refused before minutes of loading, not after
         quick = str(force_quick_gelu).lower() in ("1", "true", "yes")
         if os.path.isfile(os.path.expanduser(body)):  # a checkpoint without its architecture: open_clip needs both
             hint = layout_hint(body, "open_clip")
@@ -206,10 +207,12 @@ class OpenCLIPEncoder(TorchEncoder):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model, _, _ = open_clip.create_model_and_transforms(
-                    model_name, pretrained=ckpt or tag,
-                    device="cpu", force_quick_gelu=quick, cache_dir=None if where is None else str(where),
-                )
+                # open_clip logs "ERROR:root:..." before it raises; gpua's own error below says it better
+                with quiet_loading("open_clip"):
+                    model, _, _ = open_clip.create_model_and_transforms(
+                        model_name, pretrained=ckpt or tag,
+                        device="cpu", force_quick_gelu=quick, cache_dir=None if where is None else str(where),
+                    )
             except GPUAError:
                 raise
             except Exception as exc:  # download failures surface as RuntimeError/OSError/HF errors

@@ -33,7 +33,7 @@ from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import bad_local_error, error_summary, file_fingerprint, layout_hint, missing_weights_error
-from ._torch import TorchEncoder, tokens_to_grid
+from ._torch import TorchEncoder, tokens_to_grid, torch_device
 
 __all__ = ["TimmEncoder"]
 
@@ -90,6 +90,7 @@ class TimmEncoder(TorchEncoder):
         timm = import_optional("timm", "the timm: encoders")
 
         spec = spec or f"timm:{body}"
+        torch_device(device)  # an unusable device is refused before minutes of loading, not after
         kw: dict[str, Any] = {k: _literal(v) for k, v in model_kwargs.items()}
         kw["num_classes"] = 0
         if cache_dir is not None:

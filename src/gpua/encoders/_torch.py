@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -61,6 +64,63 @@ def resolve_dense(dense: Any, *, spec: str, unsupported: str | None) -> str:
     return method
 
 
+def torch_device(device: Any) -> torch.device:
+    """The device a :class:`TorchEncoder` runs on: :func:`gpua._backend.resolve_device`, MPS allowed.
+
+    The torch back ends call it before loading any weights, so that an unusable device
+    (``"cuda"`` without a GPU, ``"gpu"``) is refused at once, not after minutes of loading.
+    """
+    return resolve_device(device, allow_mps=True)
+
+
+@contextlib.contextmanager
+def quiet_loading(library: str = "transformers"):
+    """Hide a library's own reports while gpua loads a model with it: gpua shows its own progress and errors.
+
+    ``"transformers"``: its per-load "Loading weights" progress bars.
+    ``"open_clip"``: the ERROR records open_clip logs to the root logger just before it raises
+    (``ERROR:root:Failed to download weights for tag ...``). They are held while the block runs
+    and dropped if it raises an exception, which the caller turns into its own GPUAError; if it
+    does not raise they are passed on to the root logger's handlers. The filter that holds them
+    is on the root logger for the block only.
+    """
+    if library == "transformers":
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+    elif library == "open_clip":
+        import open_clip
+
+        package = os.path.dirname(os.path.abspath(open_clip.__file__)) + os.sep
+        held: list[logging.LogRecord] = []
+
+        def hold(record: logging.LogRecord) -> bool:  # open_clip logs with logging.error(...): the root logger
+            if record.levelno >= logging.ERROR and os.path.abspath(record.pathname).startswith(package):
+                held.append(record)
+                return False
+            return True
+
+        root = logging.getLogger()
+        root.addFilter(hold)
+        try:
+            yield
+        except Exception:
+            held.clear()  # the caller reports the failure itself
+            raise
+        finally:
+            root.removeFilter(hold)
+            for record in held:
+                root.handle(record)
+    else:
+        raise ValueError(f"quiet_loading: unknown library {library!r}")
+
+
 class TorchEncoder(Encoder):
     """An :class:`Encoder` around a torch module in eval mode, run under ``torch.inference_mode``.
 
@@ -70,7 +130,7 @@ class TorchEncoder(Encoder):
 
     def __init__(self, spec: str, preprocess: ImagePreprocess, embed_dim: int, model: torch.nn.Module, device: Any = "cpu", **kw: Any):
         super().__init__(spec, preprocess, embed_dim, **kw)
-        self.device = resolve_device(device, allow_mps=True)
+        self.device = torch_device(device)
         self.model = model.eval().to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
