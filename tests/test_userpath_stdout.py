@@ -5,7 +5,6 @@ Each test failed before its fix (noted as "was: ...").
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import shutil
@@ -90,18 +89,6 @@ def test_file_outputs_refuse_dash(fitted, tmp_path, capsys, command):
     # was: a model file (or a plot) named "-" in the working folder
     assert code != 0 and not (tmp_path / "-").exists()
     assert " - : this command writes a file there, not to stdout" in err and len(err.strip().splitlines()) == 1
-
-
-def test_out_dash_and_json_dash_are_refused_together():
-    from gpua._errors import GPUAError
-    from gpua.cli._common import check_stdout_flags
-
-    check_stdout_flags(argparse.Namespace(out="-", json="r.json"))
-    check_stdout_flags(argparse.Namespace(out="p.csv", json="-"))
-    check_stdout_flags(argparse.Namespace(out="-"))  # a command without --json
-    with pytest.raises(GPUAError, match=r"^--out - and --json - would both write to stdout") as caught:
-        check_stdout_flags(argparse.Namespace(out="-", json="-"))
-    assert "\n" not in str(caught.value)
 
 
 def test_out_help_says_dash_is_stdout(capsys):

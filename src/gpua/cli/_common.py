@@ -30,7 +30,6 @@ __all__ = [
     "add_json_argument",
     "JsonOutput",
     "CsvOutput",
-    "check_stdout_flags",
     "positive_int",
     "positive_seconds",
     "FitProgress",
@@ -302,13 +301,6 @@ class CsvOutput(_StdoutOrFile):
                     self._stdout.write(fh.read().decode("utf-8"))
                     self._stdout.flush()
         return result
-
-
-def check_stdout_flags(args: argparse.Namespace, flags: Sequence[str] = ("out", "json")) -> None:
-    """Refuse two output flags given ``-`` (stdout) at once (``--out - --json -``): one line naming both."""
-    on = [_flag(a) for a in flags if getattr(args, a, None) is not None and str(getattr(args, a)) == STDOUT]
-    if len(on) > 1:
-        raise GPUAError(f"{on[0]} - and {on[1]} - would both write to stdout; give one of them a file name.")
 
 
 def with_flags(message: str, flags: dict[str, str], *, bare_names: bool = False) -> str:

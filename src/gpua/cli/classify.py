@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import (STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths, check_stdout_flags,
+from ._common import (STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths,
                       estimator_overrides, positive_int)
 
 __all__ = ["add_subcommands"]
@@ -58,7 +58,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from ..classify import check_classes, check_method_overrides, check_methods, unlabeled_pool
     from ._common import check_cache_dir
 
-    check_stdout_flags(args)
     # --out -: the CSV alone on stdout (no file named "-"), the summary on stderr
     check_paths(args, inputs=("images", "classnames", "templates", "pool"),
                 outputs=(("model_out", "file"),) if args.out == STDOUT else (("out", "file"), ("model_out", "file")))

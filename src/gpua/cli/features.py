@@ -269,9 +269,8 @@ class _Widths:
 
 
 def _cmd_predict(args) -> int:
-    from ._common import STDOUT, CsvOutput, check_stdout_flags
+    from ._common import STDOUT, CsvOutput
 
-    check_stdout_flags(args)
     # --out -: the CSV alone on stdout (no file named "-"), the notes on stderr
     check_paths(args, inputs=("model", "features"), outputs=() if args.out == STDOUT else (("out", "file"),))
     check_device_flag(args.device)
