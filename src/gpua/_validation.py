@@ -335,6 +335,7 @@ def check_number(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    allow_inf: bool = False,
     fix: str = "",
 ) -> float | int:
     """Check a scalar option: a finite number (an integer if asked) within ``[low, high]``.
@@ -348,6 +349,9 @@ def check_number(
         Require an integer (booleans are refused either way).
     low, high : float, optional
         Bounds, inclusive; ``low_open=True`` excludes ``low``.
+    allow_inf : bool
+        Also accept ``+inf`` as the top of a range with no ``high`` (a Dirichlet concentration's
+        even split, say); ``-inf`` and NaN stay refused.
     fix : str
         Appended to the message (a typical value, say).
 
@@ -356,17 +360,20 @@ def check_number(
     int or float
     """
     ok_type = (np.integer, int) if integer else (np.integer, int, np.floating, float)
-    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type) or not _finite(value)
+    top = allow_inf and high is None and not integer
+    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type)
+    if not bad and not _finite(value):
+        bad = not (top and isinstance(value, (float, np.floating)) and value == math.inf)
     if not bad and low is not None:
         bad = value <= low if low_open else value < low
     if not bad and high is not None:
         bad = value > high
     if bad:
-        kind = "an integer" if integer else "a finite number"
+        kind = "an integer" if integer else "a number" if top else "a finite number"
         rng = ""
         if low is not None or high is not None:
             left = "(" if low_open else "["
-            right = ")" if high is None else "]"  # a finite number never reaches an open infinity
+            right = "]" if high is not None or top else ")"  # a finite number never reaches an open infinity
             rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
         raise GPUAError(f"{name}={value!r} must be {kind}{rng}{'; ' + fix if fix else ''}.")
     return int(value) if integer else float(value)

@@ -54,7 +54,7 @@ def test_run_federated_accepts_inf_alpha_and_says_inf(data):
 @pytest.mark.parametrize("alpha", [float("nan"), 0, -1.0, -np.inf, "inf", True])
 def test_run_federated_still_refuses_bad_alpha(data, alpha):
     X, y, Xt, yt = data
-    with pytest.raises(GPUAError, match=r"alpha=.*positive number or inf"):
+    with pytest.raises(GPUAError, match=r"alpha=.* must be a number in \(0, inf\]; a Dirichlet concentration"):
         run_federated(X, y, Xt, yt, n_clients=3, alphas=[alpha], methods=["fedavg"], rounds=1)
 
 
@@ -67,7 +67,7 @@ def test_cli_alpha_inf(feature_files, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "inf" in table.splitlines()[2]
     for bad in ("nan", "0", "-1"):
-        with pytest.raises(GPUAError, match=r"--alpha=.*positive number or inf"):
+        with pytest.raises(GPUAError, match=r"--alpha=.* must be a number in \(0, inf\]; a Dirichlet concentration"):
             _run(["calibrate", "federated", "--features", str(f / "train.npz"), "--alpha", bad])
 
 

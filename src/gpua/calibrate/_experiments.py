@@ -29,7 +29,7 @@ from .._validation import check_labels, check_matrix, check_number
 from ..params import Interval
 from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier, ShrinkageLDA
-from ._federated_calibration import FederatedCalibration, client_statistics, dirichlet_split, fedavg
+from ._federated_calibration import FederatedCalibration, check_alpha, client_statistics, dirichlet_split, fedavg
 from ._sampling import as_rng
 from ._stats import ClassStatistics, infer_n_classes, merge_statistics
 
@@ -133,21 +133,6 @@ def _check_imbalance(value, name: str) -> float:
     if not Interval(float, 1, None).accepts(value):
         raise GPUAError(
             f"{name}={value!r} must be a finite number >= 1; the head/tail count ratio, e.g. 10, 50 or 100."
-        )
-    return float(value)
-
-
-def _check_alpha(value, name: str) -> float:
-    """A Dirichlet concentration: a positive number or inf (the even split), or a :class:`GPUAError` naming ``name``."""
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    try:
-        ok = number and float(value) > 0  # NaN compares False; an int beyond float's range overflows
-    except OverflowError:
-        ok = False
-    if not ok:
-        raise GPUAError(
-            f"{name}={value!r} must be a positive number or inf (in (0, inf]); a Dirichlet concentration "
-            "(0.1: strong label skew, inf: an even split)."
         )
     return float(value)
 
@@ -550,7 +535,7 @@ def run_federated(
     methods = _as_list(methods, "methods")
     # An int: each client's stream is seeded with (random_state, client), so None cannot do.
     check_number(random_state, "random_state", integer=True, low=0, fix="a seed such as 0")
-    alphas = [_check_alpha(a, "alpha") for a in alphas]  # inf: dirichlet_split's even (i.i.d.) split
+    alphas = [check_alpha(a, "alpha") for a in alphas]  # inf: dirichlet_split's even (i.i.d.) split
     check_number(n_components, "n_components", integer=True, low=1)
     _check_training_options(weight_decay=weight_decay, lr=lr, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size)
     X, y, X_test, y_test, K, _ = _prepare(X, y, X_test, y_test, methods=methods, known=FEDERATED_METHODS, l2=l2)

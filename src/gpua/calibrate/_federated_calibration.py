@@ -32,11 +32,25 @@ from ._classifier import LinearClassifier, _Diverged
 from ._sampling import as_rng
 from ._stats import ClassStatistics, check_parts, infer_n_classes, merge_statistics
 
-__all__ = ["dirichlet_split", "domain_split", "client_statistics", "FederatedCalibration", "fedavg"]
+__all__ = ["dirichlet_split", "max_clients", "domain_split", "client_statistics", "FederatedCalibration", "fedavg"]
 
 #: FedAvg has diverged when the global model's mean training loss exceeds this many times
 #: :math:`\ln K`, the loss of its all-zero start (which predicts every class equally).
 DIVERGED_LOSS_RATIO = 10.0
+
+#: The fewest samples :func:`dirichlet_split` gives a client by default (``min_size``).
+MIN_CLIENT_SAMPLES = 2
+
+
+def check_alpha(value, name: str = "alpha") -> float:
+    """A Dirichlet concentration: a positive number or ``inf`` (the even split), else a :class:`GPUAError` naming ``name``."""
+    return check_number(value, name, low=0, low_open=True, allow_inf=True,
+                        fix="a Dirichlet concentration (0.1: strong label skew, inf: an even split)")
+
+
+def max_clients(n_samples: int, min_size: int = MIN_CLIENT_SAMPLES) -> int:
+    """The most clients among which ``n_samples`` rows can be split with ``min_size`` rows each."""
+    return int(n_samples) if min_size == 0 else int(n_samples) // int(min_size)
 
 
 def dirichlet_split(
@@ -45,7 +59,7 @@ def dirichlet_split(
     alpha: float,
     *,
     domains=None,
-    min_size: int = 2,
+    min_size: int = MIN_CLIENT_SAMPLES,
     max_tries: int = 1000,
     random_state=None,
 ) -> list[np.ndarray]:
@@ -82,10 +96,8 @@ def dirichlet_split(
     rng = as_rng(random_state)
     y = np.asarray(y)
     y = check_labels(y, y.shape[0], infer_n_classes(y), name="y")
-    if not (isinstance(n_clients, (int, np.integer)) and n_clients >= 1):
-        raise GPUAError(f"n_clients={n_clients!r} must be a positive integer.")
-    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not alpha > 0:
-        raise GPUAError(f"alpha={alpha!r} must be a positive number (0.1: strong label skew, 100: nearly i.i.d.).")
+    check_number(n_clients, "n_clients", integer=True, low=1)
+    alpha = check_alpha(alpha)
     check_number(min_size, "min_size", integer=True, low=0, fix="the fewest samples a client may hold, e.g. 2")
     check_number(max_tries, "max_tries", integer=True, low=1)
     dom = np.zeros(y.shape[0], np.int64) if domains is None else check_labels(
@@ -95,6 +107,18 @@ def dirichlet_split(
     if n_clients < n_domains:
         raise GPUAError(f"n_clients={n_clients} is fewer than the {n_domains} domains; give each domain a client.")
     owners = [np.arange(g, n_clients, n_domains) for g in range(n_domains)]
+    for g, cl in enumerate(owners):  # no draw can do it: say so now, not after max_tries draws
+        rows = int(np.count_nonzero(dom == g))
+        most = max_clients(rows, min_size)
+        if cl.size > most:
+            where = "" if n_domains == 1 else f" of domain {g}"
+            fewer = "" if most == 0 else (
+                f"pass n_clients={most} or fewer, " if n_domains == 1 else f"pass fewer n_clients (domain {g} can feed {most}), "
+            )
+            raise GPUAError(
+                f"the {rows} samples{where} cannot give each of its {cl.size} clients min_size={min_size} samples; "
+                f"{fewer}or a smaller min_size."
+            )
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
         for g in range(n_domains):

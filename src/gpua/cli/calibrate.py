@@ -19,7 +19,8 @@ from .._validation import check_number
 from ._common import JsonOutput, add_json_argument, check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
 from ..calibrate._classifier import _Diverged
-from ..calibrate._experiments import _check_alpha, _check_imbalance
+from ..calibrate._experiments import _check_imbalance
+from ..calibrate._federated_calibration import MIN_CLIENT_SAMPLES, check_alpha, max_clients
 from ..calibrate._stats import infer_n_classes
 
 __all__ = ["add_subcommands"]
@@ -226,7 +227,7 @@ def _run_longtail(args, out: JsonOutput) -> int:
 
 def _run_federated(args, out: JsonOutput) -> int:
     for a in args.alpha:  # before any file is read, naming the flag; inf is the even split
-        _check_alpha(a, "--alpha")
+        check_alpha(a, "--alpha")
     _check_flags(
         args,
         ("--clients", "clients", dict(integer=True, low=1, fix="10 is typical")),
@@ -237,10 +238,10 @@ def _run_federated(args, out: JsonOutput) -> int:
     )
     D = _load(args)
     n_train = int(D["y"].shape[0])
-    if 2 * args.clients > n_train:  # dirichlet_split would name its min_size and n_clients, not the flag
+    if args.clients > max_clients(n_train):  # dirichlet_split would name its min_size and n_clients, not the flag
         raise GPUAError(
-            f"--clients={args.clients} cannot each hold the 2 samples a client needs: the training part has {n_train} "
-            f"rows; pass --clients {max(1, n_train // 2)} or fewer."
+            f"--clients={args.clients} cannot each hold the {MIN_CLIENT_SAMPLES} samples a client needs: the training "
+            f"part has {n_train} rows; pass --clients {max(1, max_clients(n_train))} or fewer."
         )
     width = D["X"].shape[1]
     if args.share == "shape" and args.components > width:  # the library would name n_components
