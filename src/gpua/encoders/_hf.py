@@ -49,7 +49,7 @@ from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import bad_local_error, error_summary, file_fingerprint, hub_offline, layout_hint, missing_weights_error
-from ._torch import TorchEncoder, quiet_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
+from ._torch import TorchEncoder, quiet_transformers_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
 
@@ -237,7 +237,7 @@ class HFEncoder(TorchEncoder):
                 "Use the timm:, open_clip: or onnx: back end for other models." + (layout_hint(name, "hf") if local else "")
             )
         try:
-            with quiet_loading():
+            with quiet_transformers_loading():
                 model, loading = AutoModel.from_pretrained(name, dtype=torch.float32, output_loading_info=True, **kw)
         except GPUAError:
             raise

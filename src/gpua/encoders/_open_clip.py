@@ -49,7 +49,7 @@ from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import bad_local_error, file_fingerprint, layout_hint, missing_weights_error
-from ._torch import TorchEncoder, quiet_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
+from ._torch import TorchEncoder, held_open_clip_errors, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["OpenCLIPEncoder"]
 
@@ -208,7 +208,7 @@ class OpenCLIPEncoder(TorchEncoder):
             warnings.simplefilter("always")
             try:
                 # open_clip logs "ERROR:root:..." before it raises; gpua's own error below says it better
-                with quiet_loading("open_clip"):
+                with held_open_clip_errors():
                     model, _, _ = open_clip.create_model_and_transforms(
                         model_name, pretrained=ckpt or tag,
                         device="cpu", force_quick_gelu=quick, cache_dir=None if where is None else str(where),

@@ -74,51 +74,50 @@ def torch_device(device: Any) -> torch.device:
 
 
 @contextlib.contextmanager
-def quiet_loading(library: str = "transformers"):
-    """Hide a library's own reports while gpua loads a model with it: gpua shows its own progress and errors.
+def quiet_transformers_loading():
+    """Hide transformers' per-load "Loading weights" progress bars: gpua shows its own progress."""
+    from transformers.utils import logging as hf_logging
 
-    ``"transformers"``: its per-load "Loading weights" progress bars.
-    ``"open_clip"``: the ERROR records open_clip logs to the root logger just before it raises
-    (``ERROR:root:Failed to download weights for tag ...``). They are held while the block runs
-    and dropped if it raises an exception, which the caller turns into its own GPUAError; if it
-    does not raise they are passed on to the root logger's handlers. The filter that holds them
-    is on the root logger for the block only.
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def held_open_clip_errors():
+    """Hold the ERROR records open_clip logs to the root logger while gpua loads a model with it.
+
+    open_clip logs ``ERROR:root:Failed to download weights for tag ...`` just before it raises.
+    The records are held while the block runs and dropped if it raises an exception, which the
+    caller turns into its own GPUAError; if it does not raise they are passed on to the root
+    logger's handlers. The filter that holds them is on the root logger for the block only.
     """
-    if library == "transformers":
-        from transformers.utils import logging as hf_logging
+    import open_clip
 
-        was = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            if was:
-                hf_logging.enable_progress_bar()
-    elif library == "open_clip":
-        import open_clip
+    package = os.path.dirname(os.path.abspath(open_clip.__file__)) + os.sep
+    held: list[logging.LogRecord] = []
 
-        package = os.path.dirname(os.path.abspath(open_clip.__file__)) + os.sep
-        held: list[logging.LogRecord] = []
+    def hold(record: logging.LogRecord) -> bool:  # open_clip logs with logging.error(...): the root logger
+        if record.levelno >= logging.ERROR and os.path.abspath(record.pathname).startswith(package):
+            held.append(record)
+            return False
+        return True
 
-        def hold(record: logging.LogRecord) -> bool:  # open_clip logs with logging.error(...): the root logger
-            if record.levelno >= logging.ERROR and os.path.abspath(record.pathname).startswith(package):
-                held.append(record)
-                return False
-            return True
-
-        root = logging.getLogger()
-        root.addFilter(hold)
-        try:
-            yield
-        except Exception:
-            held.clear()  # the caller reports the failure itself
-            raise
-        finally:
-            root.removeFilter(hold)
-            for record in held:
-                root.handle(record)
-    else:
-        raise ValueError(f"quiet_loading: unknown library {library!r}")
+    root = logging.getLogger()
+    root.addFilter(hold)
+    try:
+        yield
+    except Exception:
+        held.clear()  # the caller reports the failure itself
+        raise
+    finally:
+        root.removeFilter(hold)
+        for record in held:
+            root.handle(record)
 
 
 class TorchEncoder(Encoder):
