@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gpua import GPUA, GPUAError
+from gpua._validation import check_number
 from gpua.features import load_features, save_features
 
 
@@ -141,3 +142,34 @@ def test_sparse_input_at_predict(good):
     model = _fit(Z, X, Y)
     with pytest.raises(GPUAError, match=r"vfm_features is a scipy sparse matrix .*vfm_features\.toarray"):
         model.predict(sp.csr_matrix(Z), X)
+
+
+def test_in_range_is_the_one_test_behind_check_number_and_interval():
+    from gpua._validation import INT64_MAX, in_range
+    from gpua.params import Interval
+
+    cases = [(3, dict(integer=True, low=1)), (0, dict(integer=True, low=0, low_open=True)), (np.int8(5), dict(integer=True)),
+             (True, dict(integer=True)), (2.0, dict(integer=True)), (INT64_MAX + 1, dict(integer=True)),
+             (-INT64_MAX, dict(integer=True)), (0.5, dict(low=0, high=1)), (1.0, dict(low=0, high=1, high_open=True)),
+             (float("nan"), {}), (float("inf"), {}), (10**400, {}), (np.float32(2.5), dict(low=2.5)), ("1", {})]
+    expect = [True, False, True, False, False, False, True, True, False, False, False, False, True, False]
+    assert [in_range(v, **kw) for v, kw in cases] == expect
+    for (v, kw), want in zip(cases, expect):
+        closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}[
+            (kw.get("low_open", False), kw.get("high_open", False))]
+        interval = Interval(int if kw.get("integer") else float, kw.get("low"), kw.get("high"), closed)
+        assert interval.accepts(v) == want, (v, kw)
+        if not kw.get("high_open"):
+            try:
+                check_number(v, "x", integer=kw.get("integer", False), low=kw.get("low"), high=kw.get("high"),
+                             low_open=kw.get("low_open", False))
+                accepted = True
+            except GPUAError:
+                accepted = False
+            assert accepted == want, (v, kw)
+
+
+def test_check_number_names_a_64_bit_overflow():
+    with pytest.raises(GPUAError, match=r"x=9223372036854775808 must be an integer in \[0, inf\) \(it is beyond a 64-bit integer\); a seed"):
+        check_number(2**63, "x", integer=True, low=0, fix="a seed")
+    assert check_number(2**63 - 1, "x", integer=True, low=0) == 2**63 - 1

@@ -16,7 +16,7 @@ from ._atomic import atomic_path
 from ._backend import as_tensor, resolve_device, to_numpy
 from ._errors import GPUAError, ModelFileError, NotFittedError
 from ._integrity import CHECKSUM_KEY, digest, verify
-from ._validation import check_classnames, check_matrix
+from ._validation import check_classnames, check_matrix, is_int
 from .query import query_width
 from .params import LOGIT_SCALE, DeviceName, ParamsMixin, check_param
 
@@ -399,9 +399,6 @@ def _check_provenance(value, what: str) -> dict:
     return value
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _other_file_kind(path: Path) -> str:
     """What a file that is not a safetensors file is, from its first bytes ("" when unknown)."""
@@ -517,7 +514,7 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
     if meta.get("format") != "gpua":
         raise ModelFileError(f"{str(path)!r} is a safetensors file but not a gpua model.")
     version = meta.get("format_version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise bad(f"has format_version {version!r}, not a positive integer")
     if version > FORMAT_VERSION:
         raise ModelFileError(
@@ -559,7 +556,7 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
             "(on the command line, --device cpu)."
         ) from None
     for key in ("n_features_vfm", "n_features_vlm", "n_classes"):
-        if not _is_int(meta.get(key)) or meta[key] < 1:
+        if not is_int(meta.get(key)) or meta[key] < 1:
             raise bad(f"has {key}={meta.get(key)!r}, not a positive integer")
     model.n_features_vfm_, model.n_features_vlm_, model.n_classes_ = meta["n_features_vfm"], meta["n_features_vlm"], meta["n_classes"]
     names = meta.get("classnames")

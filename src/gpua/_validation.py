@@ -327,6 +327,47 @@ def _finite(value) -> bool:
         return False
 
 
+#: The largest integer an option may hold: torch and numpy take signed 64-bit integers.
+INT64_MAX = 2**63 - 1
+
+
+def is_int(value) -> bool:
+    """A Python or numpy integer; booleans are not."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """A finite Python or numpy real number (integers included, booleans not)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) and _finite(value)
+
+
+def in_range(
+    value,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> bool:
+    """Whether ``value`` is a 64-bit integer (``integer=True``) or a finite real, between the bounds.
+
+    The one test behind :func:`check_number` and :class:`gpua.params.Interval`. A bound of None
+    is no bound; ``low_open`` / ``high_open`` exclude the bound itself.
+    """
+    if integer:
+        if not is_int(value) or abs(int(value)) > INT64_MAX:
+            return False
+        v: float | int = int(value)  # compared as an integer: float(2**63 - 1) rounds up past an int64 bound
+    elif is_real(value):
+        v = float(value)
+    else:
+        return False
+    if low is not None and (v <= low if low_open else v < low):
+        return False
+    return high is None or (v < high if high_open else v <= high)
+
+
 def check_number(
     value,
     name: str,
@@ -346,7 +387,7 @@ def check_number(
     name : str
         The option's name, for the message.
     integer : bool
-        Require an integer (booleans are refused either way).
+        Require an integer (booleans are refused either way; at most 64 bits).
     low, high : float, optional
         Bounds, inclusive; ``low_open=True`` excludes ``low``.
     allow_inf : bool
@@ -359,21 +400,17 @@ def check_number(
     -------
     int or float
     """
-    ok_type = (np.integer, int) if integer else (np.integer, int, np.floating, float)
     top = allow_inf and high is None and not integer
-    bad = isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_type)
-    if not bad and not _finite(value):
-        bad = not (top and isinstance(value, (float, np.floating)) and value == math.inf)
-    if not bad and low is not None:
-        bad = value <= low if low_open else value < low
-    if not bad and high is not None:
-        bad = value > high
-    if bad:
+    ok = in_range(value, integer=integer, low=low, high=high, low_open=low_open) or (
+        top and isinstance(value, (float, np.floating)) and value == math.inf
+    )
+    if not ok:
         kind = "an integer" if integer else "a number" if top else "a finite number"
         rng = ""
         if low is not None or high is not None:
             left = "(" if low_open else "["
             right = "]" if high is not None or top else ")"  # a finite number never reaches an open infinity
             rng = f" in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
-        raise GPUAError(f"{name}={value!r} must be {kind}{rng}{'; ' + fix if fix else ''}.")
+        big = " (it is beyond a 64-bit integer)" if integer and is_int(value) and abs(int(value)) > INT64_MAX else ""
+        raise GPUAError(f"{name}={value!r} must be {kind}{rng}{big}{'; ' + fix if fix else ''}.")
     return int(value) if integer else float(value)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._errors import GPUAError
-from ._validation import _finite
+from ._validation import INT64_MAX, in_range, is_int
 
 __all__ = [
     "Constraint",
@@ -85,18 +85,6 @@ def _from_text(text: str) -> Any:
     return {"true": True, "false": False, "none": None, "null": None}.get(text.strip().lower(), text)
 
 
-#: The largest integer a parameter may hold: torch and numpy take signed 64-bit integers.
-INT64_MAX = 2**63 - 1
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and _finite(v)
-
-
 @dataclass(frozen=True)
 class Interval(Constraint):
     """An int (``kind=int``; bools refused) or a finite real (``kind=float``; ints accepted) in a range.
@@ -110,20 +98,8 @@ class Interval(Constraint):
     closed: str = "both"  # "both", "left", "right", "neither"
 
     def accepts(self, value: Any) -> bool:
-        if self.kind is int:
-            if not _is_int(value) or abs(int(value)) > INT64_MAX:
-                return False
-        elif not _is_real(value):
-            return False
-        # Integers compared as integers: float(2**63 - 1) rounds up to 2**63, past an int64 bound.
-        v = int(value) if self.kind is int else float(value)
-        left = self.closed in ("both", "left")
-        right = self.closed in ("both", "right")
-        if self.low is not None and not (v >= self.low if left else v > self.low):
-            return False
-        if self.high is not None and not (v <= self.high if right else v < self.high):
-            return False
-        return True
+        return in_range(value, integer=self.kind is int, low=self.low, high=self.high,
+                        low_open=self.closed in ("right", "neither"), high_open=self.closed in ("left", "neither"))
 
     def describe(self) -> str:
         what = "an int" if self.kind is int else "a float"
@@ -252,7 +228,7 @@ LOGIT_SCALE = Interval(float, 0, 1e4, closed="right")
 def check_param(name: str, value: Any, constraint: Constraint) -> None:
     """Raise a :class:`~gpua.GPUAError` naming ``name`` unless ``constraint`` accepts ``value``."""
     if not constraint.accepts(value):
-        big = _is_int(value) and abs(int(value)) > INT64_MAX
+        big = is_int(value) and abs(int(value)) > INT64_MAX
         raise GPUAError(f"{name}={value!r} must be {constraint.describe()}{' (it is beyond a 64-bit integer)' if big else ''}.")
 
 

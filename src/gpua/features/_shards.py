@@ -53,7 +53,7 @@ from .._atomic import TEMP_MARK, atomic_path, atomic_write_text
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
-from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
+from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings, is_int
 from ._io import _check_precision
 
 __all__ = [
@@ -219,9 +219,6 @@ def _to_disk(A: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(A, dtype=_DISK[dtype][0])
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
 
 def _check_index(index: dict, where: str) -> None:
     """Check every key of a shard index a reader uses: present (when required) and of its type."""
@@ -234,12 +231,12 @@ def _check_index(index: dict, where: str) -> None:
     if index.get("dtype") not in FEATURE_DTYPES:
         raise bad("dtype", f"one of {FEATURE_DTYPES}")
     widths = index.get("widths")
-    if not (isinstance(widths, dict) and all(_is_int(widths.get(k)) and widths[k] >= 1 for k in _FEATURE_KEYS)):
+    if not (isinstance(widths, dict) and all(is_int(widths.get(k)) and widths[k] >= 1 for k in _FEATURE_KEYS)):
         raise bad("widths", f"an object with positive integer {list(_FEATURE_KEYS)}")
     rows = index.get("shard_rows")
-    if not (isinstance(rows, list) and rows and all(_is_int(r) and r >= 1 for r in rows)):
+    if not (isinstance(rows, list) and rows and all(is_int(r) and r >= 1 for r in rows)):
         raise bad("shard_rows", "a non-empty list of positive row counts")
-    if "n_samples" in index and not (_is_int(index["n_samples"]) and index["n_samples"] == sum(rows)):
+    if "n_samples" in index and not (is_int(index["n_samples"]) and index["n_samples"] == sum(rows)):
         raise bad("n_samples", f"the sum of shard_rows ({sum(rows)})")
     for key in ("labels", IDS_KEY):
         if not isinstance(index.get(key, False), bool):
@@ -325,7 +322,7 @@ class ShardedFeatures:
             fmt = index.get("format") if isinstance(index, dict) else type(index).__name__
             raise ModelFileError(f"{str(index_path)!r} is not a gpua shard index (format {fmt!r}).")
         version = index.get("format_version", 1)
-        if not _is_int(version) or version < 1:
+        if not is_int(version) or version < 1:
             raise ModelFileError(f"{where} has format_version {version!r}, not a positive integer; {_FIX_INDEX}.")
         if version > SHARD_FORMAT_VERSION:
             raise ModelFileError(f"{str(index_path)!r} has shard format {version}; this gpua reads {SHARD_FORMAT_VERSION} and older: upgrade gpua.")
