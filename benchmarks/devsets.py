@@ -153,6 +153,15 @@ def load_devset(name: str, *, cache_dir=None, extract_missing: bool = False, see
     return DevSet(name, fs["pool"], fs["dev"], fs["test"], "dev split (2,000 labelled train images outside the pool)")
 
 
+def cached_devsets(sets, cache_dir=None):
+    """Yield ``(name, DevSet)`` for each of ``sets`` whose features are cached, saying which are skipped and why."""
+    for name in sets:
+        try:
+            yield name, load_devset(name, cache_dir=cache_dir)
+        except FileNotFoundError as exc:
+            print(f"skipping {name}: {exc}", flush=True)
+
+
 def planted_devset(seed: int = 0) -> DevSet:
     """K = 50 planted classes, 16 unlabeled rows per class in the pool (see the module docstring)."""
     from gpua.features import FeatureSet

@@ -28,7 +28,7 @@ import argparse
 import numpy as np
 import torch
 from _harness import setup, write_json
-from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
+from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets
 
 from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
 
@@ -94,12 +94,7 @@ def main(argv=None) -> int:
     sets = chosen_sets(ap, args, REAL_SETS)
     setup(args)
     results = {}
-    for s in sets:
-        try:
-            ds = load_devset(s, cache_dir=args.cache_dir)
-        except FileNotFoundError as exc:
-            print(f"skipping {s}: {exc}", flush=True)
-            continue
+    for s, ds in cached_devsets(sets, args.cache_dir):
         results[s] = headroom(ds)
         print(f"\n{s}  (pool {ds.pool.n_samples}, test {ds.test.n_samples}; test top-1 %)")
         for name, acc in results[s].items():

@@ -236,6 +236,32 @@ def test_accuracy_on_a_long_tailed_pool(scripts, tmp_path):
     assert row["pool"] == pytest.approx(zs.score(None, ds.pool.labels, ds.pool.vlm_features))
 
 
+def test_imbalance_diagnosis_rows_and_oracles(scripts, tmp_path, capsys):
+    """Every row on a long-tailed planted pool; the oracle centring is the label-balanced mean, equal to the pool
+    mean when the pool is balanced; bad --ratios are refused with one line."""
+    import imbalance_diagnosis as diag
+
+    devsets, _ = scripts
+    _write_fmnist_cache(devsets, tmp_path)
+    out = tmp_path / "imb.json"
+    assert diag.main(["--sets", "fmnist-lite2", "--ratios", "1,10", "--cache-dir", str(tmp_path), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]["fmnist-lite2"]
+    assert set(results) == {"1", "10"} and all(set(r) == set(diag.ROWS) for r in results.values())
+    assert all(0 <= v <= 1 for r in results.values() for v in r.values())
+    assert "pool imbalance 10" in capsys.readouterr().out
+    # the oracle is the mean of the class means: on an exactly balanced set of rows, the pool mean
+    pool = devsets.load_devset("fmnist-lite2", cache_dir=tmp_path).pool
+    n = np.bincount(pool.labels).min()
+    rows = np.concatenate([np.flatnonzero(pool.labels == k)[:n] for k in range(10)])
+    from gpua.query import pool_mean
+
+    Z = diag._tensor(pool.vfm_features[rows])
+    np.testing.assert_allclose(diag.label_balanced_mean(Z, pool.labels[rows]).numpy(), pool_mean(Z).numpy(), atol=1e-6)
+    for bad in ("0.5", "ten", ""):
+        with pytest.raises(SystemExit):
+            diag.main(["--sets", "fmnist-lite2", "--ratios", bad, "--cache-dir", str(tmp_path)])
+
+
 README = BENCH.parent / "README.md"
 #: a README command that is a whole inline code span or fenced line: ``[.venv/bin/]python benchmarks/NAME.py ARGS``,
 #: or ``benchmarks/NAME.py ARGS`` where ARGS start with an option (``-``) or an optional part (``[``)

@@ -128,7 +128,8 @@ def test_docstring_defaults_and_ranges_match_the_table(cls):
             assert kind == "str", name
         elif isinstance(inner, AnyOf):  # e.g. whiten : "auto", int >= 1 or None
             for option in inner.options:
-                words = [f'"{v}"' for v in option.values] if isinstance(option, Options) else [_strip(option.describe())]
+                words = ([f'"{v}"' for v in option.values] if isinstance(option, Options)
+                         else ["array"] if isinstance(option, Weights) else [_strip(option.describe())])
                 assert all(w in kind for w in words), (name, kind)
         else:
             assert isinstance(inner, Weights) and kind.startswith("array"), name

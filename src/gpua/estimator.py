@@ -82,8 +82,13 @@ class GPUA(AlignmentEstimator):
         Score form; ``"neg_euclidean"`` is :math:`-\|a-b\|/\tau` with ``temperature``.
     temperature : float > 0, default=0.1
         :math:`\tau` of ``similarity="neg_euclidean"``.
-    class_prior : array of shape (n_classes,) or None, default=None
-        Class marginal for OT (None: uniform).
+    class_prior : array of shape (n_classes,), "estimate" or None, default=None
+        Class marginal for OT (None: uniform). ``"estimate"``, for a pool far from balanced (a
+        long-tailed folder of photos): fit once under the uniform prior, estimate the pool's
+        class frequencies from that fit's probabilities by EM (:func:`gpua.prior.em_class_prior`)
+        and centre each modality on the class-balanced mean (:func:`gpua.prior.balanced_mean`),
+        then fit again with both; twice the fit time, in-memory fits only. Labels are never
+        used. It costs a little on balanced pools (README, "Imbalanced folders").
     rho : float > 0 or None, default=0.03
         Semi-relaxed class marginal: the plan's class masses pay a KL penalty of weight
         :math:`\rho` for leaving ``class_prior`` instead of being held to it exactly (None).

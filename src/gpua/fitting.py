@@ -45,6 +45,7 @@ from ._errors import ConvergenceWarning, GPUAError
 from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, refuse_sparse, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .prior import balanced_mean, em_class_prior
 from .procrustes import orthogonality_error, procrustes_from_assignment
 from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes, whitening_map, whitening_width
 from .refinement import RefineConfig, refine
@@ -80,7 +81,7 @@ PARAMETERS: dict[str, Constraint] = {
     "eps": POSITIVE,
     "similarity": Options(SIMILARITIES),
     "temperature": POSITIVE,
-    "class_prior": OptionalOf(Weights()),
+    "class_prior": OptionalOf(AnyOf((Weights(), Options(("estimate",))))),
     "rho": OptionalOf(POSITIVE),
     "n_init_per_class": COUNT,
     "max_outer": COUNT,
@@ -246,6 +247,12 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         # width must exceed the classes"); a user's choice, so said, not refused.
         warnings.warn(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
                       f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.", UserWarning, stacklevel=3)
+    if driver != "memory" and isinstance(params["class_prior"], str):
+        raise GPUAError(
+            f"class_prior={params['class_prior']!r} fits twice and weighs every row by its estimated class, on in-memory "
+            f"rows only; a {driver} fit takes class_prior as weights: pass the class frequencies as a list "
+            "(counts or fractions, in class order), or fit GPUA on in-memory arrays."
+        )
     if driver == "streamed" and params["pool_augment"]:
         raise GPUAError(
             f"pool_augment={params['pool_augment']}: augmenting the pool is in-memory only (its per-pseudo-class "
@@ -826,10 +833,63 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     Z, X, Y = check_fit_arrays(vfm_features, vlm_features, text_prototypes, dev)
     config = check_entry(params, Z.shape[0], Y.shape[0], driver="memory")
     names = check_classnames(classnames, Y.shape[0])
-    normalize = torch.nn.functional.normalize
-    mean = pool_mean(Z)
-    vlm_mean = pool_mean(X)
+    mean, vlm_mean = pool_mean(Z), pool_mean(X)
     check_not_one_image(Z.shape[0], mean, vlm_mean if config.query == "fused" else None)
+    if not estimates_prior(config):
+        prepared = _prepared_pool(config, Z, X, Y, mean, vlm_mean)
+        del Z, X  # only the query, the normalised rows (and V) live on through the fit
+        return _fit_prepared(config, prepared, Y, names, callback)
+    # class_prior="estimate" (gpua.prior): a fit under the uniform prior, the pool's class frequencies
+    # and class-balanced means from its probabilities, then the fit with them.
+    t0 = time.perf_counter()
+    uniform = _with_prior(config, None)
+    first = _fit_prepared(uniform, _prepared_pool(uniform, Z, X, Y, mean, vlm_mean), Y, names, callback)
+    proba = torch.softmax(float(params["logit_scale"]) * pool_scores(first, Z, X, config), dim=1)
+    prior, resp = em_class_prior(proba)
+    mean, vlm_mean = balanced_mean(Z, resp), balanced_mean(X, resp)
+    seconds = time.perf_counter() - t0
+    estimated = _with_prior(config, prior.cpu().numpy())
+    state = _fit_prepared(estimated, _prepared_pool(estimated, Z, X, Y, mean, vlm_mean), Y, names, callback)
+    state.history["class_prior_estimate"] = {
+        "prior": [float(v) for v in prior.cpu()],
+        "first_fit_pseudo_label_counts": np.bincount(first.pseudo_labels, minlength=Y.shape[0]).tolist(),
+    }
+    state.history.setdefault("timings", {})["class_prior_estimate_s"] = seconds
+    return state
+
+
+def estimates_prior(config: FitConfig) -> bool:
+    """Whether the fit estimates the class prior from a first fit (``class_prior="estimate"``)."""
+    return isinstance(config.mining.class_prior, str)
+
+
+def _with_prior(config: FitConfig, prior) -> FitConfig:
+    return replace(config, mining=replace(config.mining, class_prior=prior))
+
+
+def pool_scores(state: FitState, Z: torch.Tensor, X: torch.Tensor, config: FitConfig) -> torch.Tensor:
+    """Cosine class scores of a fitted state on rows ``Z``, ``X`` (what ``GPUA.decision_function`` gives)."""
+    with torch.no_grad():
+        Q = build_query(Z, X, config.query, state.vfm_mean, state.vlm_mean)
+        M = torch.nn.functional.normalize(Q @ state.W.to(Q.device), dim=1)
+        return M @ target_prototypes(state.text_prototypes.to(Q.device), config.center_vlm).T
+
+
+@dataclass
+class _PreparedPool:
+    """An :class:`ArrayPool` and what the fit's result needs from its preparation."""
+
+    pool: "ArrayPool"
+    whiten: torch.Tensor | None
+    whiten_s: float
+    widths: tuple[int, int]
+    vfm_mean: torch.Tensor | None
+    vlm_mean: torch.Tensor | None
+
+
+def _prepared_pool(config: FitConfig, Z, X, Y, mean, vlm_mean) -> _PreparedPool:
+    """The query (centred on the means given when its options are on, whitened when asked) as an :class:`ArrayPool`."""
+    normalize = torch.nn.functional.normalize
     mean = mean if config.center else None
     vlm_mean = vlm_mean if config.center_vlm else None
     Xc = centre_rows(X, vlm_mean)
@@ -841,13 +901,14 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     if config.whiten is not None:
         M = whitening_map(Q, whitening_width(config.whiten, Q.shape[0], Y.shape[0], Q.shape[1]), config.whiten_shrink)
         Q = normalize(Q @ M, dim=1)
-    t_whiten = time.perf_counter() - t0
-    widths = (Z.shape[1], X.shape[1])
-    del Z, X  # only the query, the normalised rows (and V) live on through the fit
     pool = ArrayPool(Q, Xc, target_prototypes(Y, config.center_vlm), V, config)
-    state = run_fit(config, pool, Y=normalize(Y, dim=1), vfm_mean=mean, vlm_mean=vlm_mean, widths=widths, classnames=names,
-                    callback=callback)
-    return unwhiten(state, M, t_whiten)
+    return _PreparedPool(pool, M, time.perf_counter() - t0, (Z.shape[1], X.shape[1]), mean, vlm_mean)
+
+
+def _fit_prepared(config: FitConfig, prepared: _PreparedPool, Y, names, callback) -> FitState:
+    state = run_fit(config, prepared.pool, Y=torch.nn.functional.normalize(Y, dim=1), vfm_mean=prepared.vfm_mean,
+                    vlm_mean=prepared.vlm_mean, widths=prepared.widths, classnames=names, callback=callback)
+    return unwhiten(state, prepared.whiten, prepared.whiten_s)
 
 
 def unwhiten(state: FitState, M: torch.Tensor | None, seconds: float = 0.0) -> FitState:

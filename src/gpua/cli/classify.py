@@ -119,8 +119,9 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
         far = _zero_shot_differs(counts, zero_shot, n)
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
               + (" ..." if len(zero_shot) > 6 else "")
-              + (" (far apart: a folder whose classes are far from equally frequent can do that, see 'Imbalanced folders' "
-                 "in the README)" if far else ""))
+              + (" (far apart: a folder whose classes are far from equally frequent can do that"
+                 + ("" if "class_prior" in overrides else "; try --param class_prior=estimate")
+                 + ", see 'Imbalanced folders' in the README)" if far else ""))
     scores = res.scores()
     if scores is not None:
         flag = " (acc5 says nothing with 5 classes or fewer)" if scores["n_classes"] <= 5 else ""

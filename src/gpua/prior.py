@@ -1,0 +1,112 @@
+r"""The class frequencies of an unlabeled pool, and the pool mean a balanced pool would have.
+
+Two of GPUA's steps assume the pool holds every class about equally: UCM holds the plan's
+class masses near a prior (uniform unless ``class_prior`` is given), and ``center`` /
+``center_vlm`` subtract the pool's mean row, which a dominant class pulls toward itself, so that
+centring removes part of that class's own direction. On a long-tailed folder of photos both cost
+accuracy (README, "Imbalanced folders"). ``GPUA(class_prior="estimate")`` fits once under the
+uniform prior, then estimates both from that fit's class probabilities on the pool:
+
+* :func:`em_class_prior`: the class frequencies by EM (Saerens, Latinne & Decaestecker, 2002,
+  "Adjusting the outputs of a classifier to new a priori probabilities"), the label-shift
+  estimate for a classifier whose probabilities assume a uniform prior;
+* :func:`balanced_mean`: the mean row with each estimated class weighed the same,
+
+and fits again with them. Labels are never used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["em_class_prior", "balanced_mean"]
+
+
+def em_class_prior(proba: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Class frequencies of a pool from class probabilities computed under a uniform prior (EM).
+
+    The probabilities :math:`p_{ik}` (softmax of a classifier that assumes every class equally
+    likely) are re-weighted by the current estimate :math:`\pi`, and :math:`\pi` becomes the mean
+    of the re-weighted rows, until it settles (Saerens et al., 2002):
+
+    .. math::
+        r_{ik} = \frac{p_{ik}\,\pi_k}{\sum_l p_{il}\,\pi_l}, \qquad
+        \pi_k \leftarrow \max\Big(\frac{1}{N}\sum_i r_{ik},\ \frac{1}{2N}\Big)\ \text{(renormalised)}
+
+    The floor (half a row's mass) keeps every class possible: UCM's prior must be positive.
+
+    Parameters
+    ----------
+    proba : tensor of shape (n_samples, n_classes)
+        Rows summing to one.
+    max_iter : int
+    tol : float
+        Stop when no :math:`\pi_k` moves by more than this.
+
+    Returns
+    -------
+    prior : float64 tensor of shape (n_classes,)
+        Sums to one.
+    responsibilities : float64 tensor of shape (n_samples, n_classes)
+        :math:`r_{ik}` under ``prior``; rows sum to one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> proba = torch.tensor([[0.8, 0.2]] * 3 + [[0.2, 0.8]])
+    >>> [round(v, 2) for v in em_class_prior(proba)[0].tolist()]
+    [0.88, 0.12]
+    """
+    p = proba.to(torch.float64)
+    n, k = p.shape
+    prior = torch.full((k,), 1.0 / k, dtype=torch.float64, device=p.device)
+    for _ in range(max_iter):
+        r = p * prior
+        r = r / r.sum(1, keepdim=True)
+        new = r.mean(0).clamp_min(0.5 / n)
+        new = new / new.sum()
+        moved = float((new - prior).abs().max())
+        prior = new
+        if moved <= tol:
+            break
+    r = p * prior
+    return prior, r / r.sum(1, keepdim=True)
+
+
+def balanced_mean(A: torch.Tensor, responsibilities: torch.Tensor) -> torch.Tensor:
+    r"""The mean of the L2-normalised rows of ``A`` with each class weighed the same.
+
+    .. math::
+        \mu = \frac{1}{K}\sum_k \frac{\sum_i r_{ik}\,\bar a_i}{\sum_i r_{ik}}, \qquad
+        \bar a_i = \frac{a_i}{\lVert a_i \rVert}
+
+    On a balanced pool (:math:`\sum_i r_{ik} = N/K`) it is the pool mean
+    (:func:`gpua.query.pool_mean`); on a long-tailed one it is the mean a balanced pool of the
+    same classes would have. A class with less than half a row of mass in all is taken to be
+    absent and left out of the average (its "mean" would be a few rows' stray weights). Summed in
+    float64, returned as float32 (as ``pool_mean``).
+
+    Parameters
+    ----------
+    A : tensor of shape (n_samples, d)
+    responsibilities : tensor of shape (n_samples, n_classes)
+        Soft class memberships (:func:`em_class_prior`'s), rows summing to one.
+
+    Returns
+    -------
+    tensor of shape (d,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> r = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]])
+    >>> balanced_mean(A, r).tolist()
+    [0.5, 0.5]
+    """
+    An = torch.nn.functional.normalize(A, dim=1).to(torch.float64)
+    r = responsibilities.to(device=An.device, dtype=torch.float64)
+    mass = r.sum(0)
+    present = mass >= 0.5
+    class_means = (r.T[present] @ An) / mass[present][:, None]
+    return class_means.mean(0).float()

@@ -1,0 +1,111 @@
+"""gpua.prior (EM class frequencies, class-balanced mean) and GPUA(class_prior="estimate")."""
+
+import numpy as np
+import pytest
+import torch
+
+from gpua import GPUA, GPUAError
+from gpua.prior import balanced_mean, em_class_prior
+from gpua.query import pool_mean
+from gpua.synthetic import make_planted
+
+
+def _posteriors_under_uniform_prior(prior, n=20000, seed=0):
+    """Labels drawn from ``prior``; each row's exact class posterior under a uniform prior (1-D Gaussians)."""
+    rng = np.random.default_rng(seed)
+    K = len(prior)
+    y = rng.choice(K, size=n, p=prior)
+    x = y * 1.5 + rng.standard_normal(n)
+    loglik = -0.5 * (x[:, None] - 1.5 * np.arange(K)[None, :]) ** 2
+    p = np.exp(loglik - loglik.max(1, keepdims=True))
+    return torch.as_tensor(p / p.sum(1, keepdims=True)), y
+
+
+@pytest.mark.parametrize("prior", [[0.25, 0.25, 0.25, 0.25], [0.55, 0.25, 0.15, 0.05]])
+def test_em_recovers_the_class_frequencies(prior):
+    proba, y = _posteriors_under_uniform_prior(np.array(prior))
+    est, resp = em_class_prior(proba)
+    np.testing.assert_allclose(est.numpy(), prior, atol=0.02)
+    assert est.dtype == torch.float64 and abs(float(est.sum()) - 1) < 1e-12
+    np.testing.assert_allclose(resp.sum(1).numpy(), 1.0, atol=1e-12)
+    if prior[0] != prior[-1]:  # the argmax counts of the uniform-prior posteriors pull toward uniform: EM corrects them
+        counts = np.bincount(proba.argmax(1).numpy(), minlength=len(prior)) / len(y)
+        assert np.abs(est.numpy() - prior).sum() < 0.5 * np.abs(counts - prior).sum()
+
+
+def test_em_keeps_an_absent_class_possible():
+    proba = torch.tensor([[0.9, 0.1, 1e-9]] * 50 + [[0.1, 0.9, 1e-9]] * 50, dtype=torch.float64)
+    est, _ = em_class_prior(proba)
+    assert float(est[2]) >= 0.5 / 100 * 0.99 and float(est[2]) < 0.01  # floored at half a row, not zero
+    assert torch.all(est > 0)
+
+
+def test_balanced_mean_is_the_pool_mean_on_a_balanced_pool_and_leaves_out_absent_classes():
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(rng.standard_normal((30, 5)), dtype=torch.float32)
+    hard = torch.nn.functional.one_hot(torch.arange(30) % 3, 4).double()  # 3 classes of 10 rows, class 3 empty
+    np.testing.assert_allclose(balanced_mean(A, hard).numpy(), pool_mean(A).numpy(), atol=1e-6)
+    skewed = torch.nn.functional.one_hot(torch.tensor([0] * 27 + [1, 2, 2]), 4).double()
+    An = torch.nn.functional.normalize(A, dim=1).double()
+    want = (An[:27].mean(0) + An[27] + An[28:].mean(0)) / 3
+    np.testing.assert_allclose(balanced_mean(A, skewed).numpy(), want.numpy(), atol=1e-6)
+
+
+def _long_tailed(seed=0, K=8, ratio=20.0):
+    w = ratio ** (-np.arange(K) / (K - 1))
+    return make_planted(n_samples=600, n_classes=K, d_vfm=32, d_vlm=24, d_latent=8, class_weights=w, random_state=seed)
+
+
+def test_estimate_helps_on_a_long_tailed_pool_and_finds_its_head():
+    d = _long_tailed()
+    kw = dict(random_state=0, n_steps=100)
+    uniform = GPUA(**kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    est = GPUA(class_prior="estimate", **kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    acc = lambda m: m.score(d.vfm_features, d.labels, d.vlm_features)  # noqa: E731
+    assert acc(est) > acc(uniform) + 0.02  # measured: 0.690 -> 0.733
+    prior = np.array(est.history_["class_prior_estimate"]["prior"])
+    assert prior.shape == (8,) and abs(prior.sum() - 1) < 1e-9
+    assert prior[:2].sum() > 1.5 * prior[-2:].sum()  # the two head classes hold 58% of the pool, the two tail ones 5%
+    assert sum(est.history_["class_prior_estimate"]["first_fit_pseudo_label_counts"]) == 600
+    assert est.history_["timings"]["class_prior_estimate_s"] > 0
+    # the second fit is centred on the class-balanced means, which differ from the pool means
+    assert float((est.vlm_mean_ - uniform.vlm_mean_).norm()) > 1e-3
+    assert est.class_prior == "estimate"  # the parameter is left as given
+
+
+def test_estimate_on_a_balanced_pool_stays_close_to_the_uniform_fit():
+    d = make_planted(n_samples=600, n_classes=8, d_vfm=32, d_vlm=24, d_latent=8, random_state=0)
+    kw = dict(random_state=0, n_steps=100)
+    acc = [GPUA(class_prior=c, **kw).fit(d.vfm_features, d.vlm_features, d.text_prototypes).score(d.vfm_features, d.labels, d.vlm_features)
+           for c in (None, "estimate")]
+    assert abs(acc[1] - acc[0]) <= 0.03
+
+
+def test_estimate_model_saves_and_loads(tmp_path):
+    from gpua import load_model
+
+    d = _long_tailed()
+    m = GPUA(class_prior="estimate", random_state=0, n_steps=20).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    m.save(tmp_path / "m.gpua")
+    back = load_model(tmp_path / "m.gpua")
+    np.testing.assert_array_equal(back.predict(d.vfm_features, d.vlm_features), m.predict(d.vfm_features, d.vlm_features))
+    assert back.get_params()["class_prior"] == "estimate"
+
+
+@pytest.mark.parametrize("bad", ["uniform", "", ["estimate"]])
+def test_other_strings_are_refused(bad):
+    d = _long_tailed()
+    with pytest.raises(GPUAError, match=r"class_prior=.* must be None or a list of positive weights, one per class or 'estimate'"):
+        GPUA(class_prior=bad).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+
+
+def test_streamed_and_federated_fits_refuse_estimate(tmp_path):
+    from gpua.stream import fit_federated, fit_streaming
+
+    d = _long_tailed()
+    model = GPUA(class_prior="estimate", n_steps=5)
+    with pytest.raises(GPUAError, match=r"class_prior='estimate' fits twice .* a streamed fit takes class_prior as weights"):
+        fit_streaming(model, (d.vfm_features, d.vlm_features), d.text_prototypes)
+    clients = [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)]
+    with pytest.raises(GPUAError, match=r"a federated fit takes class_prior as weights"):
+        fit_federated(model, clients, d.text_prototypes)
