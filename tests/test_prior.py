@@ -95,7 +95,7 @@ def test_estimate_model_saves_and_loads(tmp_path):
 @pytest.mark.parametrize("bad", ["uniform", "", ["estimate"]])
 def test_other_strings_are_refused(bad):
     d = _long_tailed()
-    with pytest.raises(GPUAError, match=r"class_prior=.* must be None or a list of positive weights, one per class or 'estimate'"):
+    with pytest.raises(GPUAError, match=r"class_prior=.* must be None or 'estimate' or a list of positive weights, one per class"):
         GPUA(class_prior=bad).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
 
 
@@ -109,3 +109,17 @@ def test_streamed_and_federated_fits_refuse_estimate(tmp_path):
     clients = [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)]
     with pytest.raises(GPUAError, match=r"a federated fit takes class_prior as weights"):
         fit_federated(model, clients, d.text_prototypes)
+
+
+def test_a_convergence_warning_points_at_the_users_line(recwarn):
+    """It pointed inside gpua/fitting.py once class_prior="estimate" added a call between the fit and its warning."""
+    import warnings
+
+    from gpua import ConvergenceWarning
+
+    d = _long_tailed()
+    warnings.simplefilter("always")
+    for prior in (None, "estimate"):
+        GPUA(class_prior=prior, max_outer=1, n_steps=5, self_learning=0).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    caught = [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
+    assert len(caught) >= 2 and all(w.filename == __file__ for w in caught), [w.filename for w in caught]

@@ -4,7 +4,13 @@ Every error a user can cause is a :class:`GPUAError`, a subclass of :class:`Valu
 message names the offending argument and says how to fix it.
 """
 
-__all__ = ["GPUAError", "NotFittedError", "ModelFileError", "MissingDependencyError", "ConvergenceWarning"]
+import os
+import sys
+import warnings
+
+__all__ = ["GPUAError", "NotFittedError", "ModelFileError", "MissingDependencyError", "ConvergenceWarning", "warn_user"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class GPUAError(ValueError):
@@ -33,3 +39,13 @@ class ConvergenceWarning(UserWarning):
     The message names the parameter to raise (``sinkhorn_max_iter``, ``max_outer``...). Turn it
     into an error with ``warnings.simplefilter("error", gpua.ConvergenceWarning)``.
     """
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """:func:`warnings.warn` pointing at the first caller outside gpua: the user's line, however deep
+    gpua's own calls go (a fit's driver, its stages, a second fit), where a fixed ``stacklevel``
+    would point inside gpua as soon as a call is added between."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ._backend import as_tensor, resolve_device
-from ._errors import ConvergenceWarning, GPUAError
+from ._errors import ConvergenceWarning, GPUAError, warn_user
 from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, refuse_sparse, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
@@ -81,7 +81,7 @@ PARAMETERS: dict[str, Constraint] = {
     "eps": POSITIVE,
     "similarity": Options(SIMILARITIES),
     "temperature": POSITIVE,
-    "class_prior": OptionalOf(AnyOf((Weights(), Options(("estimate",))))),
+    "class_prior": OptionalOf(AnyOf((Options(("estimate",)), Weights()))),
     "rho": OptionalOf(POSITIVE),
     "n_init_per_class": COUNT,
     "max_outer": COUNT,
@@ -654,7 +654,7 @@ def run_fit(
         timings["self_learning_s"] = time.perf_counter() - t
     problems = convergence_problems(runs, config.mining)
     if problems:
-        warnings.warn("; ".join(problems) + ".", ConvergenceWarning, stacklevel=3)
+        warn_user("; ".join(problems) + ".", ConvergenceWarning)
     agreement, radius = driver.finish(kept.W, kept.mined.labels)
     dev = config.device
     history = {
