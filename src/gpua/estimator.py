@@ -248,7 +248,10 @@ class GPUA(AlignmentEstimator):
         ``refit``), ``pseudo_label_agreement`` (the fraction of the pool whose cosine argmax under
         ``W_`` is its pseudo-label, whatever ``retrieval``), ``orthogonality_error`` (of the map
         in the whitened coordinates), ``random_state`` (the seed used),
-        ``timings``; ``streaming`` or ``federated`` from those drivers.
+        ``timings``; ``streaming`` or ``federated`` from those drivers; with
+        ``class_prior="estimate"``, ``class_prior_estimate`` (``prior``: the estimated class
+        frequencies the second fit used; ``first_fit_pseudo_label_counts``) and
+        ``timings["class_prior_estimate_s"]`` (the first fit and the estimate).
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None
 
