@@ -835,7 +835,7 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     names = check_classnames(classnames, Y.shape[0])
     mean, vlm_mean = pool_mean(Z), pool_mean(X)
     check_not_one_image(Z.shape[0], mean, vlm_mean if config.query == "fused" else None)
-    if not estimates_prior(config):
+    if not _estimates_prior(config):
         prepared = _prepared_pool(config, Z, X, Y, mean, vlm_mean)
         del Z, X  # only the query, the normalised rows (and V) live on through the fit
         return _fit_prepared(config, prepared, Y, names, callback)
@@ -844,7 +844,7 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     t0 = time.perf_counter()
     uniform = _with_prior(config, None)
     first = _fit_prepared(uniform, _prepared_pool(uniform, Z, X, Y, mean, vlm_mean), Y, names, callback)
-    proba = torch.softmax(float(params["logit_scale"]) * pool_scores(first, Z, X, config), dim=1)
+    proba = torch.softmax(float(params["logit_scale"]) * _pool_scores(first, Z, X, config), dim=1)
     prior, resp = em_class_prior(proba)
     mean, vlm_mean = balanced_mean(Z, resp), balanced_mean(X, resp)
     seconds = time.perf_counter() - t0
@@ -858,7 +858,7 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     return state
 
 
-def estimates_prior(config: FitConfig) -> bool:
+def _estimates_prior(config: FitConfig) -> bool:
     """Whether the fit estimates the class prior from a first fit (``class_prior="estimate"``)."""
     return isinstance(config.mining.class_prior, str)
 
@@ -867,8 +867,8 @@ def _with_prior(config: FitConfig, prior) -> FitConfig:
     return replace(config, mining=replace(config.mining, class_prior=prior))
 
 
-def pool_scores(state: FitState, Z: torch.Tensor, X: torch.Tensor, config: FitConfig) -> torch.Tensor:
-    """Cosine class scores of a fitted state on rows ``Z``, ``X`` (what ``GPUA.decision_function`` gives)."""
+def _pool_scores(state: FitState, Z: torch.Tensor, X: torch.Tensor, config: FitConfig) -> torch.Tensor:
+    """Cosine class scores of a fitted state on rows ``Z``, ``X`` (``GPUA.decision_function`` with ``retrieval="cosine"``)."""
     with torch.no_grad():
         Q = build_query(Z, X, config.query, state.vfm_mean, state.vlm_mean)
         M = torch.nn.functional.normalize(Q @ state.W.to(Q.device), dim=1)
