@@ -399,7 +399,6 @@ def _check_provenance(value, what: str) -> dict:
     return value
 
 
-
 def _other_file_kind(path: Path) -> str:
     """What a file that is not a safetensors file is, from its first bytes ("" when unknown)."""
     try:

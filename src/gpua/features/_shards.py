@@ -219,7 +219,6 @@ def _to_disk(A: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(A, dtype=_DISK[dtype][0])
 
 
-
 def _check_index(index: dict, where: str) -> None:
     """Check every key of a shard index a reader uses: present (when required) and of its type."""
 
