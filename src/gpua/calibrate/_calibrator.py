@@ -30,12 +30,12 @@ from typing import Literal
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import _tensor_to_numpy, as_float64, check_matrix
+from .._validation import _tensor_to_numpy, as_float64
 from ..params import COUNT, NON_NEGATIVE, POSITIVE, AnyOf, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
 from ._sampling import as_rng, fill_to_target
 from ._shape import oas_shrinkage, psd_factor
-from ._stats import ClassStatistics, check_class_labels
+from ._stats import ClassStatistics, check_class_embeddings, check_class_labels
 
 __all__ = ["DistributionCalibrator", "class_similarity"]
 
@@ -218,13 +218,7 @@ class DistributionCalibrator(ParamsMixin):
                     f"borrow='text' needs class_embeddings: one row per class ({K}), e.g. the text prototypes of the "
                     "class names; pass them to fit, or use borrow='mean'."
                 )
-            E = check_matrix(class_embeddings, "class_embeddings")
-            if E.shape[0] != K:
-                raise GPUAError(
-                    f"class_embeddings has {E.shape[0]} rows for {K} classes; give one row per class, in label order "
-                    "(row k embeds the name of class k)."
-                )
-            similarity = class_similarity(E)
+            similarity = class_similarity(check_class_embeddings(class_embeddings, K))
         elif borrow == "mean" or (single.size and borrow is None):
             present = n > 0
             similarity = np.full((K, K), -np.inf)

@@ -45,6 +45,11 @@ class _Diverged(GPUAError):
         self.lr, self.detail = lr, detail
 
 
+def smaller_lr(lr) -> float:
+    """The learning rate a divergence message suggests instead of ``lr``: a tenth of it, at most 0.1."""
+    return min(float(lr) / 10, 0.1)
+
+
 def balanced_sample_weight(y: np.ndarray, n_classes: int) -> np.ndarray:
     r"""Class re-weighting :math:`\omega_i = n / (K\, n_{y_i})`: every class weighs the same in total.
 
@@ -268,7 +273,7 @@ class LinearClassifier(_LinearModel, ParamsMixin):
             if self.solver == "sgd":
                 raise _Diverged(
                     f"the SGD fit diverged (its weights became NaN or inf) with lr={self.lr!r}; use a smaller lr "
-                    f"(try lr={min(float(self.lr) / 10, 0.1):g}), or standardise the features.",
+                    f"(try lr={smaller_lr(self.lr):g}), or standardise the features.",
                     lr=float(self.lr), detail="(its weights became NaN or inf)",
                 )
             raise GPUAError(

@@ -31,7 +31,7 @@ from ._calibrator import DistributionCalibrator
 from ._classifier import LinearClassifier, ShrinkageLDA
 from ._federated_calibration import FederatedCalibration, check_alpha, client_statistics, dirichlet_split, fedavg
 from ._sampling import as_rng
-from ._stats import ClassStatistics, infer_n_classes, merge_statistics
+from ._stats import ClassStatistics, check_class_embeddings, infer_n_classes, merge_statistics
 
 __all__ = [
     "LONGTAIL_METHODS",
@@ -352,12 +352,7 @@ def _check_split(X, y, X_test, y_test, class_embeddings=None):
     y = check_labels(y, X.shape[0], K, name="labels")
     y_test = check_labels(y_test, X_test.shape[0], K, name="test labels")
     if class_embeddings is not None:
-        class_embeddings = check_matrix(class_embeddings, "class_embeddings")
-        if class_embeddings.shape[0] < K:  # check_matrix alone said "one row per image"
-            raise GPUAError(
-                f"class_embeddings has {class_embeddings.shape[0]} rows for {K} classes; give one row per class, in "
-                "label order (the text prototypes of the class names)."
-            )
+        class_embeddings = check_class_embeddings(class_embeddings, K, at_least=True)  # more rows: more classes
         K = class_embeddings.shape[0]
     return X, y, X_test, y_test, K, class_embeddings
 

@@ -28,7 +28,7 @@ import numpy as np
 from .._errors import GPUAError, NotFittedError
 from .._validation import check_labels, check_number
 from ._calibrator import DistributionCalibrator
-from ._classifier import LinearClassifier, _Diverged
+from ._classifier import LinearClassifier, _Diverged, smaller_lr
 from ._sampling import as_rng
 from ._stats import ClassStatistics, check_parts, infer_n_classes, merge_statistics
 
@@ -397,7 +397,7 @@ def _mean_cross_entropy(data, W: np.ndarray, b: np.ndarray) -> float:
 
 def _fedavg_diverged(lr, detail: str) -> _Diverged:
     return _Diverged(
-        f"FedAvg diverged {detail} with lr={lr!r}; use a smaller lr (try lr={min(float(lr) / 10, 0.1):g}), "
+        f"FedAvg diverged {detail} with lr={lr!r}; use a smaller lr (try lr={smaller_lr(lr):g}), "
         "or standardise the features.",
         lr=float(lr), detail=detail,
     )

@@ -13,10 +13,22 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import GPUAError, NotFittedError
-from .._validation import as_float64, check_labels, check_number
+from .._validation import as_float64, check_labels, check_matrix, check_number
 from ..params import COUNT, OptionalOf, check_param
 
 __all__ = ["ClassStatistics", "merge_statistics"]
+
+
+def check_class_embeddings(class_embeddings, n_classes: int, *, at_least: bool = False) -> np.ndarray:
+    """``class_embeddings`` as a matrix with one row per class (``at_least``: that many rows or more), or a
+    :class:`GPUAError` naming it (:func:`check_matrix` alone would ask for "one row per image")."""
+    E = check_matrix(class_embeddings, "class_embeddings")
+    if E.shape[0] < n_classes or (E.shape[0] != n_classes and not at_least):
+        raise GPUAError(
+            f"class_embeddings has {E.shape[0]} rows for {n_classes} classes; give one row per class, in label order "
+            "(row k embeds the name of class k: the text prototypes of the class names)."
+        )
+    return E
 
 
 def check_class_labels(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:

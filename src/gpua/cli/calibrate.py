@@ -18,7 +18,7 @@ from .._errors import GPUAError
 from .._validation import check_number
 from ._common import JsonOutput, add_json_argument, check_paths
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
-from ..calibrate._classifier import _Diverged
+from ..calibrate._classifier import _Diverged, smaller_lr
 from ..calibrate._experiments import _check_imbalance
 from ..calibrate._federated_calibration import MIN_CLIENT_SAMPLES, check_alpha, max_clients
 from ..calibrate._stats import infer_n_classes
@@ -258,6 +258,6 @@ def _run_federated(args, out: JsonOutput) -> int:
         )
     except _Diverged as e:  # the library names lr=
         raise GPUAError(
-            f"FedAvg diverged {e.detail} with --lr {e.lr:g}; pass a smaller --lr (try --lr {min(e.lr / 10, 0.1):g})."
+            f"FedAvg diverged {e.detail} with --lr {e.lr:g}; pass a smaller --lr (try --lr {smaller_lr(e.lr):g})."
         ) from None
     return _finish(args, "federated", rows, time.perf_counter() - t0, out)
