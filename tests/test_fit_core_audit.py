@@ -207,5 +207,7 @@ def test_the_largest_int64_seed_is_accepted():
 
 def test_a_whitening_narrower_than_the_classes_is_warned():
     data = make_planted(120, 8, 16, 12, 6, random_state=0)
-    with pytest.warns(UserWarning, match="whiten=4 keeps fewer directions than the 8 classes"):
+    with pytest.warns(UserWarning, match="whiten=4 keeps fewer directions than the 8 classes") as caught:
         gpua.GPUA(whiten=4, n_steps=2, self_learning=0).fit(data.vfm_features, data.vlm_features, data.text_prototypes)
+    # at the user's line (gpua._errors.warn_user), not inside gpua/estimator.py
+    assert [w.filename for w in caught if "whiten=4" in str(w.message)] == [__file__]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Protocol
 
@@ -245,8 +244,8 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
     if whiten is not None and not isinstance(whiten, str) and int(whiten) < n_classes:
         # Fewer whitened directions than classes cannot keep the classes apart (README: "The
         # width must exceed the classes"); a user's choice, so said, not refused.
-        warnings.warn(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
-                      f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.", UserWarning, stacklevel=3)
+        warn_user(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
+                  f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.")
     if driver != "memory" and isinstance(params["class_prior"], str):
         raise GPUAError(
             f"class_prior={params['class_prior']!r} fits twice and weighs every row by its estimated class, on in-memory "
