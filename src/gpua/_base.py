@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -14,7 +13,7 @@ import torch
 from . import __version__
 from ._atomic import atomic_path
 from ._backend import as_tensor, resolve_device, to_numpy
-from ._errors import GPUAError, ModelFileError, NotFittedError
+from ._errors import GPUAError, ModelFileError, NotFittedError, warn_user
 from ._integrity import CHECKSUM_KEY, digest, verify
 from ._validation import check_classnames, check_matrix, is_int
 from .query import query_width
@@ -137,13 +136,9 @@ class AlignmentEstimator(ParamsMixin):
             self.device = "cpu"
             now = " and its device parameter is now 'cpu'"
         name = type(self).__name__
-        warnings.warn(
-            f"this {name} was pickled with its learned tensors on {device!r}, which this machine cannot use ({why}); "
-            f"they were loaded on the CPU{now}. To move it to a GPU here, save it (model.save(path)) and load it with "
-            f"gpua.load_model(path, device='cuda') or {name}.load(path, device='cuda').",
-            UserWarning,
-            stacklevel=2,
-        )
+        warn_user(f"this {name} was pickled with its learned tensors on {device!r}, which this machine cannot use ({why}); "
+                  f"they were loaded on the CPU{now}. To move it to a GPU here, save it (model.save(path)) and load it with "
+                  f"gpua.load_model(path, device='cuda') or {name}.load(path, device='cuda').")
 
     # --- fitted state ------------------------------------------------------------------------
     def _record_fit(self) -> None:

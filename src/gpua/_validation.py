@@ -7,12 +7,11 @@ any arithmetic can hide them as NaN or as a shape error deep inside torch.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
 
-from ._errors import GPUAError
+from ._errors import GPUAError, warn_user
 
 __all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
 
@@ -211,13 +210,9 @@ def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
     i, j = np.unravel_index(int(np.argmax(cos)), cos.shape)
     if cos[i, j] > 1.0 - tol:
         i, j = sorted((int(i), int(j)))
-        warnings.warn(
-            f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart "
-            "and the later is never predicted. Give each class its own prompt, or merge the two classes "
-            "(harmless if both rows are prompts of one class).",
-            UserWarning,
-            stacklevel=4,
-        )
+        warn_user(f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart "
+                  "and the later is never predicted. Give each class its own prompt, or merge the two classes "
+                  "(harmless if both rows are prompts of one class).")
 
 
 def check_strings(values, name: str, per: str) -> list[str]:

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import __version__
 from ._atomic import atomic_write_text
-from ._errors import GPUAError
+from ._errors import GPUAError, warn_user
 
 __all__ = ["BENCHMARK_METRICS", "parse_pool", "open_benchmark_dataset", "run_benchmark", "build_tables", "read_results"]
 
@@ -303,13 +303,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     the file is next written, such lines are moved, as they were, to ``results.jsonl.rejected``
     beside it rather than dropped.
     """
-    import warnings
-
     path = Path(path)
     rows, bad = _read_lines(path)
     for i, _ in bad:
-        warnings.warn(f"{path}: line {i} is not a JSON row; it is skipped (and moved to {_rejected_path(path).name} when the "
-                      "file is next written).", stacklevel=2)
+        warn_user(f"{path}: line {i} is not a JSON row; it is skipped (and moved to {_rejected_path(path).name} when the "
+                  "file is next written).")
     return rows
 
 
@@ -365,16 +363,14 @@ def _set_aside(path: Path, bad: list[tuple[int, str]]) -> None:
     """Append the lines of ``path`` that are not rows to ``<path>.rejected`` (those not there yet), before a rewrite drops them."""
     if not bad:
         return
-    import warnings
-
     rejected = _rejected_path(path)
     old = rejected.read_text(encoding="utf-8") if rejected.is_file() else ""
     have = set(old.splitlines())
     new = [line for _, line in bad if line not in have]
     if new:
         atomic_write_text(rejected, old + ("" if not old or old.endswith("\n") else "\n") + "".join(f"{line}\n" for line in new))
-    warnings.warn(f"{path}: {len(bad)} line(s) that are not JSON rows (first: line {bad[0][0]}) moved to {rejected} as they were; "
-                  f"{path.name} keeps the rows.", stacklevel=3)
+    warn_user(f"{path}: {len(bad)} line(s) that are not JSON rows (first: line {bad[0][0]}) moved to {rejected} as they were; "
+              f"{path.name} keeps the rows.")
 
 
 def _add_row(path: Path, row: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:

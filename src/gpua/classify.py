@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._errors import GPUAError
+from ._errors import GPUAError, warn_user
 
 __all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods", "check_classes",
            "check_method_overrides", "unlabeled_pool", "undecoded_photos", "is_undecoded_format"]
@@ -440,9 +440,9 @@ def classify_folder(
                                           batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                           shard_size=CLASSIFY_PART_IMAGES)
     if undecoded:
-        warnings.warn(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
-                      f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "
-                      "with the reason. Convert them to JPEG or PNG to include them.", stacklevel=2)
+        warn_user(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
+                  f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "
+                  "with the reason. Convert them to JPEG or PNG to include them.")
     paths.setdefault("pool", paths["images"])
     extract_s = time.perf_counter() - t0
     feats = load_features(paths["images"])

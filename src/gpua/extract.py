@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import threading
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,7 +37,7 @@ import numpy as np
 
 from . import __version__
 from ._atomic import TEMP_MARK, _resolve, atomic_path, atomic_write_text, check_output, check_writable
-from ._errors import GPUAError
+from ._errors import GPUAError, warn_user
 from ._integrity import read_npz
 from .data._datasets import DECODE_VERSION
 from .features import save_features
@@ -124,11 +123,10 @@ def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, sto
         asked = ([f"rows_per_shard={rows_per_shard} (--rows-per-shard)"] if rows_differ else []) \
             + ([f"shard_storage={storage!r} (--shard-storage)"] if sf.storage != storage else [])
         if asked:  # only the settings that differ from the stored set's are named
-            warnings.warn(f"{str(out)!r} already holds these features ({layout_rows or sf.shard_rows[0]} rows per shard, "
-                          f"{sf.storage}); {' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} when a set is "
-                          f"written and {'change' if len(asked) > 1 else 'changes'} nothing here. Pass another out (--out) "
-                          "(or delete this set) to write that layout.",
-                          stacklevel=3)
+            warn_user(f"{str(out)!r} already holds these features ({layout_rows or sf.shard_rows[0]} rows per shard, "
+                      f"{sf.storage}); {' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} when a set is "
+                      f"written and {'change' if len(asked) > 1 else 'changes'} nothing here. Pass another out (--out) "
+                      "(or delete this set) to write that layout.")
     skipped = (meta.get("skipped") or {}).get("count", 0)
     if on_error == "fail" and skipped:
         first = ((meta.get("skipped") or {}).get("images") or [{}])[0].get("image_id")
@@ -467,11 +465,9 @@ def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges:
             client.cancel(list(futures))
             raise
         if differ:
-            warnings.warn(
-                f"the workers' {' and '.join(sorted(differ))} metadata differs from this process's (library versions, "
-                "weights or model files); the features may not match the cache key. Install the same versions and "
-                "model files on every worker.", stacklevel=3,
-            )
+            warn_user(f"the workers' {' and '.join(sorted(differ))} metadata differs from this process's (library versions, "
+                      "weights or model files); the features may not match the cache key. Install the same versions and "
+                      "model files on every worker.")
     finally:
         ex.close()
 
@@ -725,7 +721,7 @@ def extract_features(
         raise GPUAError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
     if skipped:
         shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).", stacklevel=2)
+        warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")
 
     Y = parts.load_text()
     if Y is None or Y.shape != (len(names), vlm.embed_dim):
@@ -737,7 +733,7 @@ def extract_features(
     y = np.asarray([labels[j] for j in index], dtype=np.int64)
     if (y < 0).any():
         if (y >= 0).any():
-            warnings.warn(f"{int((y < 0).sum())} of {y.size} images have no label; the output stores no labels.", stacklevel=2)
+            warn_user(f"{int((y < 0).sum())} of {y.size} images have no label; the output stores no labels.")
         y = None
     meta = {
         "gpua_version": __version__,

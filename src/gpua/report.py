@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ._atomic import atomic_path, atomic_write_text
-from ._errors import GPUAError
+from ._errors import GPUAError, warn_user
 from ._optional import import_optional
 from ._validation import check_classnames
 from .baselines import list_methods, make_method
@@ -103,7 +103,7 @@ def encoders_of(meta: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def check_encoders(
-    model, meta: dict[str, Any], *, model_source: str = "the model", data_source: str = "the features", stacklevel: int = 2
+    model, meta: dict[str, Any], *, model_source: str = "the model", data_source: str = "the features"
 ) -> tuple[tuple[str | None, str | None], tuple[str | None, str | None]]:
     """Warn when features come from other encoders than the ones ``model`` was fitted on.
 
@@ -119,8 +119,8 @@ def check_encoders(
     fitted_on = encoders_of(dict(getattr(model, "provenance_", None) or {}))
     used = encoders_of(meta or {})
     for role, fitted, given in _other_encoders(fitted_on, used):
-        warnings.warn(f"{data_source} holds {role} features of {given!r} but {model_source} was fitted on {fitted!r}; "
-                      f"features of different encoders do not fit the model: extract them with {fitted!r}.", stacklevel=stacklevel)
+        warn_user(f"{data_source} holds {role} features of {given!r} but {model_source} was fitted on {fitted!r}; "
+                  f"features of different encoders do not fit the model: extract them with {fitted!r}.")
     return fitted_on, used
 
 
@@ -201,10 +201,10 @@ def evaluate_model(
         model_source=model_src, data_source=test_name,
     )
     if match.note:
-        warnings.warn(match.note, stacklevel=2)
+        warn_user(match.note)
     y = _scored_labels(match, test, model.n_classes_, test_name)
     prov = dict(getattr(model, "provenance_", None) or {})
-    (vfm, vlm), (test_vfm, test_vlm) = check_encoders(model, test.meta, model_source=model_src, data_source=test_name, stacklevel=3)
+    (vfm, vlm), (test_vfm, test_vlm) = check_encoders(model, test.meta, model_source=model_src, data_source=test_name)
     t0 = time.perf_counter()
     scores = model.decision_function(test.vfm_features, test.vlm_features)
     seconds = time.perf_counter() - t0
@@ -277,17 +277,16 @@ def compare_methods(
     match = match_classes(train.classnames, test.classnames, n_model=_n_classes(train), n_data=_n_classes(test) or _n_classes(train),
                           model_source=train_name, data_source=test_name)
     if match.note:
-        warnings.warn(match.note, stacklevel=2)
+        warn_user(match.note)
     y = _scored_labels(match, test, _n_classes(train) or train.text_prototypes.shape[0], test_name)
     # as evaluate and predict check a model's encoders against the features it scores
     for role, fitted_with, given in _other_encoders(encoders_of(train.meta or {}), encoders_of(test.meta or {})):
-        warnings.warn(f"{test_name} holds {role} features of {given!r} but the methods are fitted on {train_name}, extracted with "
-                      f"{fitted_with!r}; features of different encoders do not fit them: extract both with one.", stacklevel=2)
+        warn_user(f"{test_name} holds {role} features of {given!r} but the methods are fitted on {train_name}, extracted with "
+                  f"{fitted_with!r}; features of different encoders do not fit them: extract both with one.")
     shared = _shared_rows(train.vfm_features, test.vfm_features)
     if shared:
-        warnings.warn(f"{shared} row(s) of {test_name} are identical to rows of {train_name} (the same images?): the methods "
-                      "fit on them, so the test score is optimistic (data leakage). Extract the two from disjoint images.",
-                      stacklevel=2)
+        warn_user(f"{shared} row(s) of {test_name} are identical to rows of {train_name} (the same images?): the methods "
+                  "fit on them, so the test score is optimistic (data leakage). Extract the two from disjoint images.")
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
@@ -503,8 +502,8 @@ def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if glyphs:
-        warnings.warn(f"{path}: {len(set(glyphs))} character(s) of the class names or title are in no installed font and are "
-                      "drawn as boxes; install a font that has them (Noto Sans CJK for Chinese, Japanese, Korean).", UserWarning, stacklevel=2)
+        warn_user(f"{path}: {len(set(glyphs))} character(s) of the class names or title are in no installed font and are "
+                  "drawn as boxes; install a font that has them (Noto Sans CJK for Chinese, Japanese, Korean).")
     return Path(path).expanduser()
 
 

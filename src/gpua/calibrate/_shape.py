@@ -14,13 +14,12 @@ the absolute value because an eigenvector's sign is arbitrary (arXiv 2508.13518,
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._validation import as_float64
 
 __all__ = [
@@ -115,7 +114,7 @@ def _clipped_eigh(C: np.ndarray, name: str, psd: PSDPolicy) -> tuple[np.ndarray,
         )
         if psd == "raise":
             raise GPUAError(msg + "; pass psd='clip' to set negative eigenvalues to zero, or recompute it.")
-        warnings.warn(msg + "; negative eigenvalues were clipped to zero.", RuntimeWarning, stacklevel=3)
+        warn_user(msg + "; negative eigenvalues were clipped to zero.", RuntimeWarning)
     return np.maximum(lam, 0.0), np.ascontiguousarray(V)
 
 

@@ -140,7 +140,7 @@ def _load(args) -> dict:
         y_test = match.map_labels(test.labels)
         # check_encoders reads a model's provenance_; the training file's meta records the same specs.
         check_encoders(SimpleNamespace(provenance_=train.meta), test.meta, model_source=train_name,
-                       data_source=test_name, stacklevel=2)
+                       data_source=test_name)
     else:
         tr, te = stratified_split(y, args.test_fraction, random_state=args.seed, name="--test-fraction")
         X, X_test, y, y_test = X[tr], X[te], y[tr], y[te]

@@ -28,7 +28,7 @@ from typing import IO, Callable, Sequence
 
 import numpy as np
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from ._datasets import IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset
 from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
 from ._textfiles import read_text
@@ -289,15 +289,14 @@ def _no_repeated_images(located: list[tuple[str, str, int]], source: str) -> Non
 
 
 def _warn_split_overlap(source: str, split: str, paths: Sequence[str], others: dict[str, Sequence[str]],
-                        stacklevel: int = 4, same_folder: str = "") -> None:
+                        same_folder: str = "") -> None:
     """One warning when images of ``split`` are also in other splits (``{split: its paths}``): leakage.
 
     An image in both the training pool and the test split makes the reported test score
     optimistic. It is not refused (a transductive run may mean it), only said: the count, the
     splits, one example and the fix. Paths are compared as strings, normalised as
-    :func:`_no_repeated_images` compares them (``./a.jpg`` is ``a.jpg``). ``stacklevel`` is the
-    caller's: 4 from a loader points at load_dataset's caller (loader < _load_path <
-    load_dataset < caller). ``same_folder`` ends the first sentence (why the paths coincide).
+    :func:`_no_repeated_images` compares them (``./a.jpg`` is ``a.jpg``). The warning points
+    at the first line outside gpua (:func:`gpua._errors.warn_user`). ``same_folder`` ends the first sentence (why the paths coincide).
     """
     if not others:
         return
@@ -313,12 +312,9 @@ def _warn_split_overlap(source: str, split: str, paths: Sequence[str], others: d
     said = "; ".join(f"{n} image(s) of split {split!r} are also in split {other!r} (first: {first!r})"
                      for other, n, first in found)
     which = " or ".join(repr(other) for other, _, _ in found)
-    warnings.warn(
-        f"{source}: {said}{same_folder}. An image in both the training pool and the test split makes the test score "
-        f"optimistic (data leakage); remove it from {split!r} or from {which}, unless this transductive overlap is "
-        "meant.",
-        stacklevel=stacklevel + 1,
-    )
+    warn_user(f"{source}: {said}{same_folder}. An image in both the training pool and the test split makes the test score "
+              f"optimistic (data leakage); remove it from {split!r} or from {which}, unless this transductive overlap is "
+              "meant.")
 
 
 def _all_listed_files_exist(root: Path, relpaths: list[str], source: str) -> None:
@@ -600,19 +596,16 @@ def _is_unread_photo(filename: str) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in _UNREAD_PHOTO_EXTENSIONS
 
 
-def _warn_unread_photos(base: Path, unread: list[str], stacklevel: int) -> None:
+def _warn_unread_photos(base: Path, unread: list[str]) -> None:
     """One warning naming the photos of a format gpua cannot decode that were left out."""
     if not unread:
         return
     from collections import Counter
 
     kinds = Counter(os.path.splitext(u)[1].lower() for u in unread)
-    warnings.warn(
-        f"left out {len(unread)} photo(s) of {str(base)!r} in formats gpua does not read "
-        f"({', '.join(f'{k}: {c}' for k, c in sorted(kinds.items()))}; first: {unread[0]!r}); convert them to JPEG or "
-        "PNG to include them.",
-        stacklevel=stacklevel + 1,
-    )
+    warn_user(f"left out {len(unread)} photo(s) of {str(base)!r} in formats gpua does not read "
+              f"({', '.join(f'{k}: {c}' for k, c in sorted(kinds.items()))}; first: {unread[0]!r}); convert them to JPEG or "
+              "PNG to include them.")
 
 
 #: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.
@@ -709,7 +702,7 @@ def _warn_shared_class_folders(root: Path, present: Sequence[str], split: str, f
     if others:
         folders = ", ".join(repr(f) for f in shared[:3]) + (", ..." if len(shared) > 3 else "")
         _warn_split_overlap(source, split, [f"{f}/{x}" for f, found in files.items() for x in found], others,
-                            stacklevel=5, same_folder=f" (their class folder(s) {folders} are one folder, through a symlink)")
+                            same_folder=f" (their class folder(s) {folders} are one folder, through a symlink)")
 
 
 def _dir_identity(path: str) -> tuple | None:
@@ -769,14 +762,11 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
             unread.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_unread_photo(f))
         out[name] = found
     if report:
-        _warn_unread_photos(base, unread, stacklevel=5)  # _walk_class_folders < loader < _load_path < load_dataset < caller
+        _warn_unread_photos(base, unread)
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(
-            f"skipped {len(skipped)} folder(s) of {str(base)!r} that symlinks lead back to (a symlink loop, or a "
-            f"second path to folders read elsewhere): {shown}. Each image is listed once.",
-            stacklevel=5,  # _walk_class_folders < loader < _load_path < load_dataset < caller
-        )
+        warn_user(f"skipped {len(skipped)} folder(s) of {str(base)!r} that symlinks lead back to (a symlink loop, or a "
+                  f"second path to folders read elsewhere): {shown}. Each image is listed once.")
     return out
 
 
@@ -793,18 +783,12 @@ def _collect_class_files(
         relpaths.extend(f"{folder}/{f}" for f in found)
         labels.extend([k if order is None else order[k]] * len(found))
     if absent:
-        warnings.warn(
-            f"{str(base)!r} has no folder for {len(absent)} class(es) of its sibling split folders (first: {absent[0]!r}); "
-            "they stay classes with no images here, so that a label means the same class in every split.",
-            stacklevel=5,  # _collect_class_files < loader < _load_path < load_dataset < caller
-        )
+        warn_user(f"{str(base)!r} has no folder for {len(absent)} class(es) of its sibling split folders (first: {absent[0]!r}); "
+                  "they stay classes with no images here, so that a label means the same class in every split.")
     empty = [folder for folder, found in files.items() if not found and folder not in absent]
     if empty:
-        warnings.warn(
-            f"{len(empty)} class folder(s) of {str(base)!r} hold no images (first: {empty[0]!r}); they stay classes "
-            "with no images.",
-            stacklevel=5,  # _collect_class_files < loader < _load_path < load_dataset < caller
-        )
+        warn_user(f"{len(empty)} class folder(s) of {str(base)!r} hold no images (first: {empty[0]!r}); they stay classes "
+                  "with no images.")
     return relpaths, labels
 
 
@@ -822,8 +806,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     folders, absent = _split_class_folders(root, _subdirs(root), str(split)) if split is not None else (_subdirs(base), [])
     _utf8_names(base, folders)  # before they become class names
     loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image_file(base, e.name))
-    _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)),
-                        stacklevel=4)  # _load_image_folder < _load_path < load_dataset < caller
+    _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)))
     if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.

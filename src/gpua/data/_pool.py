@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TypeVar
 
 import numpy as np
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from ._datasets import ImageDataset
 
 __all__ = ["sample_pool"]
@@ -78,8 +77,7 @@ def sample_pool(
         if not isinstance(n_total, (int, np.integer)) or isinstance(n_total, bool) or n_total < 1:
             raise GPUAError(f"size must be a positive integer, got {size!r}.")
         if size is not None and size > len(ds):
-            warnings.warn(f"size={size} is more than the {len(ds)} images of the dataset; the pool takes all of them.",
-                          stacklevel=2)
+            warn_user(f"size={size} is more than the {len(ds)} images of the dataset; the pool takes all of them.")
         picked = rng.choice(len(ds), size=min(int(n_total), len(ds)), replace=False)
         return ds.subset(np.sort(picked))
     if size is not None:
@@ -99,9 +97,6 @@ def sample_pool(
             short.append((ds.classnames[k], int(members.size)))
         chosen.append(rng.choice(members, size=min(int(n_per_class), members.size), replace=False))
     if short:
-        warnings.warn(
-            f"{len(short)} class(es) have fewer than {n_per_class} images (first: {short[0][0]!r} with "
-            f"{short[0][1]}); the pool takes all of theirs.",
-            stacklevel=2,
-        )
+        warn_user(f"{len(short)} class(es) have fewer than {n_per_class} images (first: {short[0][0]!r} with "
+                  f"{short[0][1]}); the pool takes all of theirs.")
     return ds.subset(np.sort(np.concatenate(chosen)))

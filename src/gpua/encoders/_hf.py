@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -260,9 +260,9 @@ class HFEncoder(TorchEncoder):
         missing = sorted(loading.get("missing_keys") or ())
         if missing:  # transformers fills them at random and only prints a report: the features would be part noise
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            warnings.warn(f"{spec!r}: {len(missing)} weight(s) of the {config.model_type} model are not in its checkpoint and "
-                          f"were initialised at random ({shown}); features that use them are noise. Save the whole "
-                          "model (model.save_pretrained) or pass the checkpoint this architecture was trained as.", stacklevel=3)
+            warn_user(f"{spec!r}: {len(missing)} weight(s) of the {config.model_type} model are not in its checkpoint and "
+                      f"were initialised at random ({shown}); features that use them are noise. Save the whole "
+                      "model (model.save_pretrained) or pass the checkpoint this architecture was trained as.")
         is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
         vcfg = getattr(config, "vision_config", config)
         s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
@@ -280,8 +280,7 @@ class HFEncoder(TorchEncoder):
                 raise bad_local_error(f"the image-processor file of {spec!r}", proc_file, exc,
                                       "Fix the JSON, or save the model's processor there again: AutoImageProcessor"
                                       ".from_pretrained(<the model's hub id>).save_pretrained(<folder>).") from None
-            warnings.warn(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.",
-                          stacklevel=3)
+            warn_user(f"{spec!r} has no preprocessor_config.json; using the {config.model_type} defaults {fallback.to_dict()}.")
             pp = fallback
         if config.model_type in ("clip", "siglip") and tuple(pp.input_size) != (s, s):
             # their position embeddings are fixed: transformers refuses any other size at the first batch

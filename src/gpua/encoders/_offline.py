@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
-from .._errors import GPUAError, MissingDependencyError
+from .._errors import GPUAError, MissingDependencyError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
 from ._onnx import OnnxEncoder, check_onnx_device
@@ -211,10 +211,7 @@ def _lite_encoder(name: str, device: Any, cache_dir: str | os.PathLike | None) -
     except GPUAError:
         raise
     except Exception as exc:  # e.g. a torch without the TorchScript exporter
-        import warnings
-
-        warnings.warn(f"offline:{name}: ONNX export failed ({type(exc).__name__}: {exc}); running it in torch (slower).",
-                      stacklevel=3)
+        warn_user(f"offline:{name}: ONNX export failed ({type(exc).__name__}: {exc}); running it in torch (slower).")
         return EfficientNetLiteEncoder(name, device)
     pp = _lite_preprocess(name)
     enc = OnnxEncoder(

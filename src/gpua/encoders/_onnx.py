@@ -54,7 +54,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from .._backend import resolve_device
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
@@ -440,10 +440,8 @@ def _merge_processor(path: Path, base: ImagePreprocess, size: Any, given: dict[s
 
         pp = preprocess_from_processor_dict(_normalised_sizes(d, str(path.parent), {"local_files_only": True}), base)
     except ImportError as exc:
-        import warnings
-
-        warnings.warn(f"{spec!r}: {str(path)!r} was not read ({error_summary(exc)}); preprocessing comes from the spec's "
-                      f"options and defaults {base.to_dict()}.", stacklevel=4)
+        warn_user(f"{spec!r}: {str(path)!r} was not read ({error_summary(exc)}); preprocessing comes from the spec's "
+                  f"options and defaults {base.to_dict()}.")
         return base
     except (OSError, ValueError) as exc:
         raise GPUAError(f"the image-processor file {str(path)!r} beside the ONNX model of {spec!r} could not be read "

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -106,9 +106,9 @@ def _tags_preprocess(open_clip, arch: str, spec: str) -> dict[str, Any]:
         elif len(values) > 1:
             differ[key] = {t: c.get(key) for t, c in cfgs.items()}
     if differ:
-        warnings.warn(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({differ}); the checkpoint file gets "
-                      f"open_clip's default {', '.join(differ)}. If it holds the weights of one of these tags, check that "
-                      "metadata()['preprocess'] is what they were trained with.", stacklevel=4)
+        warn_user(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({differ}); the checkpoint file gets "
+                  f"open_clip's default {', '.join(differ)}. If it holds the weights of one of these tags, check that "
+                  "metadata()['preprocess'] is what they were trained with.")
     return agreed
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -195,11 +195,9 @@ def _warn_if_tags_disagree(timm, arch: str, spec: str, checkpoint: str) -> None:
     if len(variants) > 1:
         shown = "; ".join(f"{', '.join(tags[:3])}{', ...' if len(tags) > 3 else ''}: mean {v[0]}, std {v[1]}, crop_pct {v[2]}"
                           for v, tags in variants.items())
-        import warnings
-
-        warnings.warn(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({shown}); the checkpoint file gets "
-                      f"the default tag's. Name the tag its weights were trained as, 'timm:{arch}.TAG/{checkpoint}', to "
-                      "use that tag's preprocessing (metadata()['preprocess'] shows what is used).", stacklevel=4)
+        warn_user(f"{spec!r}: the pretrained tags of {arch} preprocess differently ({shown}); the checkpoint file gets "
+                  f"the default tag's. Name the tag its weights were trained as, 'timm:{arch}.TAG/{checkpoint}', to "
+                  "use that tag's preprocessing (metadata()['preprocess'] shows what is used).")
 
 
 def _json_safe(v: Any) -> Any:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .._backend import resolve_device
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from ._base import Encoder
 from ._preprocess import ImagePreprocess
 
@@ -180,11 +179,9 @@ def warn_truncated(spec: str, texts: Sequence[str], cut: Sequence[bool], context
     """
     idx = [i for i, c in enumerate(cut) if c]
     if idx:
-        warnings.warn(
-            f"{spec!r}: {len(idx)} of {len(texts)} prompt(s) are longer than the text tower's {context_length}-token "
-            f"context and were cut to it, so the words past it do not count (first: {texts[idx[0]]!r}); shorten "
-            "the template or the class name.", stacklevel=5,
-        )
+        warn_user(f"{spec!r}: {len(idx)} of {len(texts)} prompt(s) are longer than the text tower's {context_length}-token "
+                  f"context and were cut to it, so the words past it do not count (first: {texts[idx[0]]!r}); shorten "
+                  "the template or the class name.")
 
 
 def tokens_to_grid(tokens: torch.Tensor, n_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
