@@ -255,3 +255,59 @@ def test_whitening_settings_that_make_no_sense(planted, params, match):
     train, _ = planted
     with pytest.raises(GPUAError, match=match):
         _fit(train, **params)
+
+
+# --- refine's per-row weights and kept rows (benchmarks/map_levers.py's confidence-weighted and curriculum levers) ---
+def _refine_problem(pool_augment: int = 0):
+    from gpua.refinement import RefineConfig
+
+    g = torch.Generator().manual_seed(0)
+    Q = torch.nn.functional.normalize(torch.randn(120, 6, generator=g), dim=1)
+    Y = torch.nn.functional.normalize(torch.randn(4, 5, generator=g), dim=1)
+    labels = torch.randint(0, 4, (120,), generator=g)
+    cfg = RefineConfig(n_steps=30, batch_size=32, lr=1e-2, weight_decay=0.0, k=2, margin_scale=2.0, hubness_weight=2.0,
+                       orthogonality="none", ortho_weight=1.0, noise_std=0.0, dropout=0.0, val_fraction=0.2, eval_every=5,
+                       patience=50, refine_tol=0.0, pool_augment=pool_augment, random_state=0)
+    W0 = torch.linalg.qr(torch.randn(6, 5, generator=g))[0]
+    return W0, Q, Y, labels, cfg
+
+
+def test_refine_sample_weight_and_rows_kept():
+    from gpua.refinement import refine
+
+    W0, Q, Y, labels, cfg = _refine_problem()
+    plain, _ = refine(W0, Q.__getitem__, 120, Y, labels, cfg)
+    # uniform weights and keeping every row are the plain refinement, to the bit
+    assert torch.equal(refine(W0, Q.__getitem__, 120, Y, labels, cfg, sample_weight=torch.full((120,), 3.0))[0], plain)
+    assert torch.equal(refine(W0, Q.__getitem__, 120, Y, labels, cfg, rows_kept=torch.ones(120, dtype=torch.bool))[0], plain)
+    weights = torch.linspace(0.1, 2.0, 120)
+    assert not torch.allclose(refine(W0, Q.__getitem__, 120, Y, labels, cfg, sample_weight=weights)[0], plain)
+    # the rows left out never count: relabelling them changes nothing
+    kept = torch.arange(120) % 3 != 0
+    relabelled = torch.where(kept, labels, (labels + 1) % 4)
+    a = refine(W0, Q.__getitem__, 120, Y, labels, cfg, rows_kept=kept)[0]
+    assert torch.equal(a, refine(W0, Q.__getitem__, 120, Y, relabelled, cfg, rows_kept=kept)[0])
+    assert not torch.equal(a, plain)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(sample_weight=torch.zeros(120)), "not all zero"),
+    (dict(sample_weight=torch.ones(7)), "one per pool row"),
+    (dict(sample_weight=-torch.ones(120)), "non-negative"),
+    (dict(sample_weight=torch.full((120,), float("nan"))), "finite"),
+    (dict(rows_kept=torch.zeros(120, dtype=torch.bool)), "keeps no training row"),
+])
+def test_refine_refuses_weights_that_make_no_loss(bad, match):
+    from gpua.refinement import refine
+
+    W0, Q, Y, labels, cfg = _refine_problem()
+    with pytest.raises(GPUAError, match=match):
+        refine(W0, Q.__getitem__, 120, Y, labels, cfg, **bad)
+
+
+def test_refine_weights_do_not_apply_to_synthetic_rows():
+    from gpua.refinement import refine
+
+    W0, Q, Y, labels, cfg = _refine_problem(pool_augment=1)
+    with pytest.raises(GPUAError, match="pool_augment=0"):
+        refine(W0, Q.__getitem__, 120, Y, labels, cfg, sample_weight=torch.ones(120))

@@ -120,6 +120,9 @@ def refine(
     config: RefineConfig,
     callback: Callable[[dict], Any] | None = None,
     augment: dict | None = None,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    rows_kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     r"""THS fine-tuning of ``W0`` with label-free early stopping.
 
@@ -160,6 +163,14 @@ def refine(
         Called with each held-out evaluation ``{"step", "train_loss", "val_loss"}``.
     augment : dict, optional
         Updated with the record of ``pool_augment`` (:func:`synthetic_rows`) when it is on.
+    sample_weight : tensor of shape (n,), optional
+        Non-negative per-row weights :math:`w` of the THS loss, in training and in the held-out
+        loss early stopping reads (:func:`gpua.hubness.ths_loss`'s ``sample_weight``): weighted
+        pseudo-labels. Not with ``pool_augment``.
+    rows_kept : bool tensor of shape (n,), optional
+        Train and hold out only these rows (the split of the whole pool, then filtered, so the
+        kept rows fall as they would without it): a subset of confident pseudo-labels. Not with
+        ``pool_augment``.
 
     Returns
     -------
@@ -186,9 +197,26 @@ def refine(
     >>> tuple(W.shape), [c["step"] for c in curve]
     ((4, 4), [0, 5])
     """
+    if (sample_weight is not None or rows_kept is not None) and config.pool_augment:
+        raise GPUAError("sample_weight and rows_kept weigh and pick the pool's own rows; they do not apply to "
+                        "pool_augment's synthetic rows: pass pool_augment=0 with them.")
     gen, val_idx, train_idx = split_pool(n, config)
+    if rows_kept is not None:
+        kept = rows_kept.cpu().bool()
+        val_idx, train_idx = val_idx[kept[val_idx]], train_idx[kept[train_idx]]
+        if not train_idx.numel():
+            raise GPUAError("rows_kept keeps no training row; keep at least one row outside the held-out split.")
     n_val = val_idx.numel()
     dev = Y.device
+    weight = None if sample_weight is None else sample_weight.detach().to(dtype=Y.dtype).cpu()
+    if weight is not None and (weight.shape != (n,) or not bool(torch.isfinite(weight).all())
+                               or bool((weight < 0).any()) or not float(weight.sum()) > 0):
+        raise GPUAError(f"sample_weight must be {n} finite non-negative weights, one per pool row, not all zero "
+                        f"(got shape {tuple(weight.shape)}).")
+
+    def row_weight(idx):
+        return None if weight is None else weight[idx].to(dev)
+
     margins = semantic_margins(Y, config.margin_scale)
     W = torch.nn.Parameter(W0.clone())
     opt = torch.optim.AdamW([W], lr=config.lr, weight_decay=config.weight_decay)
@@ -215,7 +243,7 @@ def refine(
     dropout = float(config.dropout)
 
     def loss_on(idx, Wm):
-        return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, **config.loss_kwargs())
+        return ths_loss(rows(idx) @ Wm, Y, labels[idx].to(dev), margins, sample_weight=row_weight(idx), **config.loss_kwargs())
 
     best_W, best_val, bad, curve, step = W.detach().clone(), float("inf"), 0, [], 0
     if n_val:
@@ -233,7 +261,7 @@ def refine(
         if dropout and torch.rand((), generator=gen) < 0.5:
             drop = (torch.rand(q.shape, generator=gen) < dropout).to(q.device)
             q = q.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - dropout))  # half the time of q * keep / (1 - p)
-        loss = ths_loss(q @ W, Y, train_labels[pick].to(dev), margins, **config.loss_kwargs())
+        loss = ths_loss(q @ W, Y, train_labels[pick].to(dev), margins, sample_weight=row_weight(pick), **config.loss_kwargs())
         if config.orthogonality == "penalty":
             loss = loss + config.ortho_weight * ((gram(W) - eye) ** 2).sum() / eye.shape[0]
         opt.zero_grad(set_to_none=True)
