@@ -1,0 +1,646 @@
+r"""Pseudo-label-side levers against today's ``GPUA()``: is the map or the pseudo-labels the bottleneck?
+
+For each development set of ``benchmarks/devsets.py`` (cached features; never extracted here)
+and each seed (``random_state``; for ``planted`` also the data draw), every method below is fit
+on the unlabeled pool (no labels, except the row marked **oracle**) and scored as in
+``benchmarks/accuracy.py``: ``test`` (top-1 on the test split; never used to choose anything),
+``dev`` (the labelled dev split, or for CIFAR-10 the transductive top-1 on the pool), ``pl``
+(the method's pseudo-labels on the pool against the pool's labels, a diagnostic) and ``pool``
+(its transductive top-1 on the pool). All GPUA parameters are at today's defaults.
+
+Methods (``--methods``, default all):
+
+* ``gpua``: ``GPUA(random_state=seed)`` as it is (the baseline row);
+* ``true_labels`` (**oracle** diagnostic): the same pipeline with the mined plan replaced by the
+  pool's **true** labels (a one-hot plan) for Procrustes and refinement, and no self-learning
+  (its re-mining would replace them): the best this map could do with perfect pseudo-labels;
+* ``gaussian_miner``: every UCM plan (the first and each self-learning round's) turned into the
+  responsibilities of a shared-covariance Gaussian mixture fitted by EM in the pool's top-64
+  principal subspace of the whitened query (:func:`gaussian_mixture_em`, started from the plan;
+  TransCLIP's mixture term without its Laplacian), then GPUA's Procrustes and refinement on
+  those responsibilities;
+* ``gaussian_classifier``: the mixture fitted from the **first** UCM plan used as a classifier
+  of its own (:func:`mixture_log_posterior` of the test rows in the same subspace): no map;
+* ``knn_propagation``: every UCM plan smoothed by label propagation over a symmetric 10-NN
+  cosine graph of the pool's VFM rows (:func:`label_propagation`, Zhou et al. 2004 with
+  alpha = 0.8, as ZLaP does for zero-shot CLIP), rows renormalised, then Procrustes and
+  refinement on it;
+* ``cotrain``: one co-training step (:func:`cotrain_classifier`): a logistic regression on the
+  L2-normalised VFM rows trained on the VLM's centred zero-shot argmax on the pool (its C chosen
+  by cross-validation on those pseudo-labels, label-free), used as the classifier: no map.
+
+A second, small table (``--kmeans``, on by default) is an **oracle** diagnostic of the pool's
+geometry: k-means with K clusters on the pool's Z, X and whitened query Q (each reduced to its
+top 64 principal directions), each cluster named by the best one-to-one matching **to the
+pool's labels** (:func:`headroom.matched_clusters`), scored on the pool: how much of the classes
+the geometry holds on its own.
+
+The last table is the mean dev (and test) over the four real sets per method, beside ``gpua``'s.
+
+    python benchmarks/mining_levers.py --sets planted                                   # quick
+    python benchmarks/mining_levers.py --sets cifar-dinov2 --methods gpua,true_labels --no-kmeans
+    python benchmarks/mining_levers.py --seeds 1 --json docs/measurements/mining_levers.json
+
+``--json`` gets every row (set, seed, method, oracle flag, test, dev, pl, pool, fit seconds, and
+the levers' first-mining pseudo-label accuracy beside UCM's), the per-(set, method) means, the
+mean dev over the real sets and the k-means figures, with the machine record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from _harness import setup, write_json
+from _levers import fit_with, prepare
+from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
+
+from gpua import GPUA
+from gpua.fitting import ArrayPool, Mined
+from gpua.query import centre_rows, pool_mean, target_prototypes
+from gpua.ucm import class_centres
+
+METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "cotrain")
+#: Rows that read the pool's labels (printed and stored as oracles).
+ORACLE_METHODS = ("true_labels",)
+#: Principal directions of the query the Gaussian mixture lives in.
+GAUSSIAN_COMPONENTS = 64
+#: Neighbours, propagation weight and similarity power of the kNN graph (ZLaP's k and alpha; Iscen et al.'s power).
+KNN_K, PROPAGATION_ALPHA, KNN_POWER = 10, 0.8, 3.0
+#: The co-training classifier's C grid (chosen by cross-validation on the pseudo-labels: label-free).
+COTRAIN_CS = (0.1, 1.0, 10.0, 100.0)
+#: The views k-means clusters (the oracle geometry table).
+KMEANS_VIEWS = ("Z", "X", "Q whitened")
+
+
+def _tensor(A) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
+
+
+# --- the oracle: true labels as the plan ---------------------------------------------------------
+class TrueLabelPool(ArrayPool):
+    """An :class:`ArrayPool` whose "mining" returns the pool's true labels as a one-hot plan (an oracle).
+
+    Parameters
+    ----------
+    Q, X, Y, V, config
+        As :class:`gpua.fitting.ArrayPool`.
+    labels : int array of shape (n_samples,)
+        The pool's true classes.
+    """
+
+    def __init__(self, Q, X, Y, V, config, labels):
+        super().__init__(Q, X, Y, V, config)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+    def mine(self, score_map, callback) -> Mined:
+        if score_map is not None:
+            raise RuntimeError("the true-label oracle runs without self-learning (its re-mining would replace the labels)")
+        P = torch.nn.functional.one_hot(self.labels, self.Y.shape[0]).to(device=self.Q.device, dtype=self.Q.dtype)
+        return Mined(self.labels.clone(), torch.ones(len(self.labels)), class_centres(self.Q, P), [], True, payload=P)
+
+
+# --- the Gaussian miner ---------------------------------------------------------------------------
+def principal_subspace(Q: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pool's mean and top principal directions (PCA by SVD of the centred rows, float64).
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+    n_components : int
+        Clipped to ``min(n_samples, d_q)``.
+
+    Returns
+    -------
+    mean : tensor of shape (d_q,)
+    basis : tensor of shape (d_q, m), orthonormal columns, by decreasing variance
+    """
+    Qd = Q.double()
+    mean = Qd.mean(0)
+    _, _, Vh = torch.linalg.svd(Qd - mean, full_matrices=False)
+    return mean, Vh[: min(int(n_components), *Q.shape)].T
+
+
+@dataclass
+class GaussianMixture:
+    """A shared-covariance Gaussian mixture (:func:`gaussian_mixture_em`); all float64."""
+
+    means: torch.Tensor  # (n_classes, m)
+    chol: torch.Tensor  # (m, m): Cholesky factor of the shared covariance
+    log_prior: torch.Tensor  # (n_classes,)
+    resp: torch.Tensor  # (n_samples, n_classes): the last E-step's responsibilities
+    n_iter: int
+    converged: bool
+
+
+def mixture_log_posterior(F: torch.Tensor, means: torch.Tensor, chol: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    r"""Log posterior of each class under a shared-covariance Gaussian mixture (LDA's discriminant).
+
+    .. math::
+        \log p(k \mid f) = \log \pi_k - \tfrac12 (f - \mu_k)^\top \Sigma^{-1} (f - \mu_k) - \log Z(f)
+
+    (the shared :math:`\log\det\Sigma` cancels in the normalisation).
+
+    Parameters
+    ----------
+    F : tensor of shape (n_samples, m)
+    means : tensor of shape (n_classes, m)
+    chol : tensor of shape (m, m)
+        Lower Cholesky factor :math:`L` of :math:`\Sigma = L L^\top`.
+    log_prior : tensor of shape (n_classes,)
+
+    Returns
+    -------
+    tensor of shape (n_samples, n_classes), float64, rows log-normalised
+    """
+    A = torch.linalg.solve_triangular(chol, F.double().T, upper=False).T  # whitened rows L^{-1} f
+    B = torch.linalg.solve_triangular(chol, means.T, upper=False).T
+    d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return torch.log_softmax(log_prior[None, :] - 0.5 * d2, dim=1)
+
+
+def gaussian_mixture_em(F: torch.Tensor, R0: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-4,
+                        reg: float = 1e-4) -> GaussianMixture:
+    r"""EM for a Gaussian mixture with one covariance shared by the classes (LDA-style), from responsibilities.
+
+    The Gaussian mixture term of TransCLIP (Zanella, Gérin & Ben Ayed, "Boosting Vision-Language
+    Models with Transduction", CVPR 2024 / NeurIPS 2024), without its Laplacian (and without its
+    KL term to the zero-shot posterior: the start ``R0``, a UCM plan, carries the text signal).
+    Here the shared covariance is full (LDA), in a low-dimensional principal subspace. Alternates
+
+    .. math::
+        N_k = \sum_i r_{ik},\quad \pi_k = N_k / n,\quad \mu_k = \frac{\sum_i r_{ik} f_i}{N_k},\quad
+        \Sigma = \frac1n \sum_{ik} r_{ik} (f_i - \mu_k)(f_i - \mu_k)^\top + \delta I,\\
+        r_{ik} \propto \pi_k\, \mathcal N(f_i; \mu_k, \Sigma),
+
+    (M-step first, from ``R0``), :math:`\delta` = ``reg`` times the mean variance, until the
+    responsibilities move less than ``tol`` (:math:`\tfrac{1}{2n}\sum_{ik} |r_{ik} - r^{\mathrm{old}}_{ik}|`)
+    or after ``max_iter`` E-steps.
+
+    Parameters
+    ----------
+    F : tensor of shape (n_samples, m)
+        The pool's rows in the subspace.
+    R0 : tensor of shape (n_samples, n_classes)
+        Starting responsibilities (rows summing to one: a UCM plan).
+    max_iter : int
+    tol : float
+    reg : float
+        Ridge on the covariance, relative to its mean variance.
+
+    Returns
+    -------
+    GaussianMixture
+    """
+    F = F.double()
+    R = R0.double() / R0.double().sum(1, keepdim=True).clamp_min(1e-300)
+    n, m = F.shape
+    G = F.T @ F
+    converged, it = False, 0
+    for it in range(1, max_iter + 1):
+        Nk = R.sum(0)
+        means = (R.T @ F) / Nk.clamp_min(1e-12)[:, None]
+        cov = (G - (means.T * Nk) @ means) / n  # sum_ik r_ik (f_i - mu_k)(f_i - mu_k)^T / n, rows of R summing to 1
+        cov = 0.5 * (cov + cov.T) + reg * float(torch.diagonal(cov).mean().clamp_min(1e-12)) * torch.eye(m, dtype=F.dtype)
+        chol = torch.linalg.cholesky(cov)
+        log_prior = torch.log((Nk / n).clamp_min(1e-300))
+        R_new = mixture_log_posterior(F, means, chol, log_prior).exp()
+        change = 0.5 * float((R_new - R).abs().sum()) / n
+        R = R_new
+        if change < tol:
+            converged = True
+            break
+    return GaussianMixture(means, chol, log_prior, R, it, converged)
+
+
+class GaussianPool(ArrayPool):
+    """An :class:`ArrayPool` whose every mining is UCM followed by :func:`gaussian_mixture_em` from its plan.
+
+    The mixture lives in the pool's top ``n_components`` principal directions of the (whitened)
+    query :math:`Q`; its responsibilities are the plan Procrustes and refinement fit to. The
+    first mining's mixture is kept (``first``) for the classifier row.
+    """
+
+    def __init__(self, Q, X, Y, V, config, n_components: int = GAUSSIAN_COMPONENTS):
+        super().__init__(Q, X, Y, V, config)
+        self.mean, self.basis = principal_subspace(Q, n_components)
+        self.F = (Q.double() - self.mean) @ self.basis
+        self.first: GaussianMixture | None = None
+        self.first_ucm_labels: torch.Tensor | None = None
+        self.minings: list[dict] = []
+
+    def project(self, Q: torch.Tensor) -> torch.Tensor:
+        return (Q.double() - self.mean) @ self.basis
+
+    def mine(self, score_map, callback) -> Mined:
+        ucm = super().mine(score_map, callback)
+        mix = gaussian_mixture_em(self.F, ucm.payload)
+        if self.first is None:
+            self.first, self.first_ucm_labels = mix, ucm.labels
+        self.minings.append({"em_iter": mix.n_iter, "em_converged": mix.converged,
+                             "labels_changed_by_em": float((mix.resp.argmax(1).cpu() != ucm.labels).double().mean())})
+        P = mix.resp.to(self.Q.dtype)
+        conf, labels = P.max(1)
+        return Mined(labels.cpu(), conf.cpu(), class_centres(self.Q, P), ucm.history, ucm.converged, payload=P)
+
+    def classify(self, Q: torch.Tensor) -> np.ndarray:
+        """The first mixture's MAP classes of query rows ``Q`` (n, d_q): the classifier row, no map."""
+        mix = self.first
+        return mixture_log_posterior(self.project(Q), mix.means, mix.chol, mix.log_prior).argmax(1).cpu().numpy()
+
+
+# --- kNN label propagation ------------------------------------------------------------------------
+def knn_graph(V: torch.Tensor, k: int = KNN_K, power: float = KNN_POWER) -> torch.Tensor:
+    r"""Symmetrically normalised affinity of a symmetric cosine kNN graph, dense.
+
+    :math:`A_{ij} = \max(0, v_i^\top v_j)^\gamma` for the :math:`k` nearest neighbours :math:`j`
+    of :math:`i` (itself excluded), 0 elsewhere; :math:`W = A + A^\top`;
+    :math:`S = D^{-1/2} W D^{-1/2}`, :math:`D = \mathrm{diag}(W \mathbf 1)`. The power
+    :math:`\gamma` = ``power`` is Iscen et al.'s ("Label Propagation for Deep Semi-supervised
+    Learning", CVPR 2019), which ZLaP (Stojnic, Kalantidis & Tolias, CVPR 2024) follows.
+
+    Parameters
+    ----------
+    V : tensor of shape (n_samples, d)
+        Rows L2-normalised.
+    k : int
+    power : float
+
+    Returns
+    -------
+    S : tensor of shape (n_samples, n_samples), float64, symmetric
+    """
+    Vd = V.double()
+    sims = Vd @ Vd.T
+    sims.fill_diagonal_(float("-inf"))
+    top = sims.topk(min(int(k), V.shape[0] - 1), dim=1)
+    A = torch.zeros_like(sims)
+    A.scatter_(1, top.indices, top.values.clamp_min(0.0).pow(power))
+    W = A + A.T
+    d = W.sum(1).clamp_min(1e-12).rsqrt()
+    return d[:, None] * W * d[None, :]
+
+
+def label_propagation(S: torch.Tensor, P0: torch.Tensor, alpha: float = PROPAGATION_ALPHA,
+                      lu: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    r"""Zhou et al.'s label spreading of a soft labelling, closed form, rows renormalised.
+
+    .. math::
+        F = (1 - \alpha)(I - \alpha S)^{-1} P_0,\qquad P_{ik} = F_{ik} / \textstyle\sum_l F_{il}
+
+    (Zhou, Bousquet, Lal, Weston & Schölkopf, "Learning with Local and Global Consistency",
+    NeurIPS 2004; ZLaP, Stojnic et al., CVPR 2024, propagates zero-shot CLIP labels so). ``F``
+    is the fixed point of :math:`F = \alpha S F + (1 - \alpha) P_0`; non-negative, as
+    :math:`(I - \alpha S)^{-1} = \sum_t \alpha^t S^t`.
+
+    Parameters
+    ----------
+    S : tensor of shape (n_samples, n_samples)
+        :func:`knn_graph`.
+    P0 : tensor of shape (n_samples, n_classes)
+        The labelling to spread (a UCM plan).
+    alpha : float in (0, 1)
+    lu : (LU, pivots), optional
+        :func:`torch.linalg.lu_factor` of :math:`I - \alpha S`, to reuse across calls.
+
+    Returns
+    -------
+    P : tensor of shape (n_samples, n_classes), float64, rows summing to one
+    """
+    if lu is None:
+        lu = torch.linalg.lu_factor(torch.eye(S.shape[0], dtype=torch.float64) - alpha * S.double())
+    F = (1.0 - alpha) * torch.linalg.lu_solve(*lu, P0.double().cpu())
+    F = F.clamp_min(0.0)
+    return F / F.sum(1, keepdim=True).clamp_min(1e-300)
+
+
+class PropagationPool(ArrayPool):
+    """An :class:`ArrayPool` whose every mining is UCM followed by :func:`label_propagation` of its plan.
+
+    The graph is the pool's VFM rows ``V_graph`` (normalised, centred as the fit centres them);
+    the propagated plan is what Procrustes and refinement fit to.
+    """
+
+    def __init__(self, Q, X, Y, V, config, V_graph: torch.Tensor, k: int = KNN_K, alpha: float = PROPAGATION_ALPHA):
+        super().__init__(Q, X, Y, V, config)
+        self.S = knn_graph(V_graph.cpu(), k)
+        self.alpha = alpha
+        self.lu = torch.linalg.lu_factor(torch.eye(self.S.shape[0], dtype=torch.float64) - alpha * self.S)
+        self.first_ucm_labels: torch.Tensor | None = None
+        self.first_labels: torch.Tensor | None = None
+        self.minings: list[dict] = []
+
+    def mine(self, score_map, callback) -> Mined:
+        ucm = super().mine(score_map, callback)
+        P = label_propagation(self.S, ucm.payload, self.alpha, self.lu).to(device=self.Q.device, dtype=self.Q.dtype)
+        conf, labels = P.max(1)
+        if self.first_labels is None:
+            self.first_ucm_labels, self.first_labels = ucm.labels, labels.cpu()
+        self.minings.append({"labels_changed_by_propagation": float((labels.cpu() != ucm.labels).double().mean())})
+        return Mined(labels.cpu(), conf.cpu(), class_centres(self.Q, P), ucm.history, ucm.converged, payload=P)
+
+
+# --- co-training ----------------------------------------------------------------------------------
+def centred_zero_shot_labels(fs, vlm_mean: torch.Tensor) -> np.ndarray:
+    """Argmax of cosine(centred X, centred Y): the image rows centred on ``vlm_mean``, the prototypes on their own mean."""
+    X = centre_rows(_tensor(fs.vlm_features), vlm_mean)
+    Y = target_prototypes(_tensor(fs.text_prototypes), True)
+    return (X @ Y.T).argmax(1).numpy()
+
+
+def cotrain_classifier(pool, *, Cs=COTRAIN_CS, max_iter: int = 3000):
+    r"""One co-training step from the VLM view to the VFM view: a classifier of the VFM rows.
+
+    Blum & Mitchell's co-training ("Combining Labeled and Unlabeled Data with Co-Training",
+    COLT 1998), one step: the VLM view labels the pool (its centred zero-shot argmax, the image
+    rows centred on the pool mean of the normalised X, the prototypes on their own mean, as
+    :func:`gpua.query.centre_rows` and :func:`gpua.query.target_prototypes`), and a multinomial
+    logistic regression on the L2-normalised VFM rows :math:`Z` learns them. Its inverse
+    regularisation :math:`C` is chosen label-free, by 5-fold cross-validated agreement with
+    those same pseudo-labels (the first best of ``Cs``).
+
+    Parameters
+    ----------
+    pool : FeatureSet
+        The unlabeled pool (its labels are not read).
+    Cs : sequence of float
+        The :math:`C` grid.
+    max_iter : int
+        L-BFGS iterations of the logistic regression.
+
+    Returns
+    -------
+    predict : callable
+        ``FeatureSet -> int array``: the classifier on a split's VFM rows.
+    pseudo : int array of shape (n_samples,)
+        The zero-shot labels it was trained on.
+    C : float
+        The chosen :math:`C`.
+    """
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    pseudo = centred_zero_shot_labels(pool, pool_mean(_tensor(pool.vlm_features)))
+
+    def rows(fs) -> np.ndarray:
+        return torch.nn.functional.normalize(_tensor(fs.vfm_features), dim=1).numpy()
+
+    Zp = rows(pool)
+    with warnings.catch_warnings():  # a pseudo-class with fewer rows than folds: sklearn says so; not an error
+        warnings.filterwarnings("ignore", message="The least populated class")
+        agreement = [cross_val_score(LogisticRegression(C=C, max_iter=max_iter), Zp, pseudo, cv=5, scoring="accuracy").mean()
+                     for C in Cs]
+    C = float(Cs[int(np.argmax(agreement))])  # the first best: the most regularised of equals
+    clf = LogisticRegression(C=C, max_iter=max_iter).fit(Zp, pseudo)
+    return (lambda fs: clf.predict(rows(fs))), pseudo, C
+
+
+# --- scoring --------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """A fitted method: how it labels a split, its pool pseudo-labels, its fit time, and extras for the JSON."""
+
+    predict: Callable[[Any], np.ndarray]
+    pseudo: np.ndarray
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _accuracy(pred, labels) -> float:
+    return float(np.mean(np.asarray(pred) == np.asarray(labels)))
+
+
+def score(ds, method: str, seed: int, outcome: Outcome) -> dict:
+    """One row: test, dev (the dev split, or the pool for CIFAR), pl and pool accuracies (fractions)."""
+    pool_acc = _accuracy(outcome.predict(ds.pool), ds.pool.labels)
+    return {
+        "set": ds.name, "seed": seed, "method": method, "oracle": method in ORACLE_METHODS,
+        "test": _accuracy(outcome.predict(ds.test), ds.test.labels),
+        "dev": _accuracy(outcome.predict(ds.dev), ds.dev.labels) if ds.dev is not None else pool_acc,
+        "pl": _accuracy(outcome.pseudo, ds.pool.labels), "pool": pool_acc, "fit_seconds": outcome.seconds,
+        **outcome.extra,
+    }
+
+
+def _model_outcome(model: GPUA, seconds: float, extra: dict | None = None) -> Outcome:
+    return Outcome(lambda fs: model.predict(fs.vfm_features, fs.vlm_features), np.asarray(model.pseudo_labels_), seconds, extra or {})
+
+
+def _self_learning(model: GPUA) -> dict:
+    rounds = model.history_.get("self_learning", [])
+    return {"self_learning_kept": sum(1 for r in rounds[1:] if r["kept"])}
+
+
+def fit_gpua(pool, seed: int) -> Outcome:
+    """The baseline row: ``GPUA(random_state=seed)`` as it is."""
+    t0 = time.perf_counter()
+    model = GPUA(random_state=seed).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames)
+    return _model_outcome(model, time.perf_counter() - t0, _self_learning(model))
+
+
+def fit_true_labels(pool, seed: int) -> Outcome:
+    """ORACLE: today's pipeline with the pool's true labels as the plan, no self-learning."""
+    t0 = time.perf_counter()
+    prep = prepare(GPUA(random_state=seed, self_learning=0).get_params(), pool)
+    model = fit_with(prep, TrueLabelPool(*prep.rows(), labels=pool.labels))
+    return _model_outcome(model, time.perf_counter() - t0)
+
+
+def fit_gaussian(pool, seed: int, with_map: bool = True) -> tuple[Outcome | None, Outcome]:
+    """``gaussian_miner`` (None unless ``with_map``) and ``gaussian_classifier``, from one :class:`GaussianPool`."""
+    t0 = time.perf_counter()
+    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    driver = GaussianPool(*prep.rows())
+    miner = None
+    if with_map:
+        model = fit_with(prep, driver)
+        miner = _model_outcome(model, time.perf_counter() - t0, {
+            "first_pl_ucm": _accuracy(driver.first_ucm_labels.numpy(), pool.labels),
+            "first_pl_lever": _accuracy(driver.first.resp.argmax(1).cpu().numpy(), pool.labels),
+            "minings": driver.minings, **_self_learning(model)})
+    else:
+        driver.mine(None, None)
+    classifier = Outcome(lambda fs: driver.classify(prep.query(fs)), driver.first.resp.argmax(1).cpu().numpy(),
+                         time.perf_counter() - t0, {"em_iter": driver.first.n_iter, "em_converged": driver.first.converged})
+    return miner, classifier
+
+
+def fit_propagation(pool, seed: int) -> Outcome:
+    """``knn_propagation``: every UCM plan spread over the VFM kNN graph, then today's Procrustes and refinement."""
+    t0 = time.perf_counter()
+    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    driver = PropagationPool(*prep.rows(), V_graph=prep.vfm_rows(pool))
+    model = fit_with(prep, driver)
+    return _model_outcome(model, time.perf_counter() - t0, {
+        "first_pl_ucm": _accuracy(driver.first_ucm_labels.numpy(), pool.labels),
+        "first_pl_lever": _accuracy(driver.first_labels.numpy(), pool.labels),
+        "minings": driver.minings, **_self_learning(model)})
+
+
+def fit_cotrain(pool) -> Outcome:
+    """``cotrain``: :func:`cotrain_classifier`."""
+    t0 = time.perf_counter()
+    predict, pseudo, C = cotrain_classifier(pool)
+    return Outcome(predict, pseudo, time.perf_counter() - t0, {"C": C})
+
+
+def run_methods(ds, methods: list[str], seed: int) -> dict[str, Outcome]:
+    """Fit every method of ``methods`` on ``ds.pool`` (its labels only for the oracle) with ``random_state=seed``."""
+    pool = ds.pool
+    out: dict[str, Outcome] = {}
+    if "gpua" in methods:
+        out["gpua"] = fit_gpua(pool, seed)
+    if "true_labels" in methods:
+        out["true_labels"] = fit_true_labels(pool, seed)
+    if "gaussian_miner" in methods or "gaussian_classifier" in methods:
+        out["gaussian_miner"], out["gaussian_classifier"] = fit_gaussian(pool, seed, "gaussian_miner" in methods)
+    if "knn_propagation" in methods:
+        out["knn_propagation"] = fit_propagation(pool, seed)
+    if "cotrain" in methods:
+        out["cotrain"] = fit_cotrain(pool)
+    return {m: out[m] for m in methods}
+
+
+def kmeans_geometry(pool, labels_for_naming: np.ndarray) -> dict[str, float]:
+    """ORACLE: pool accuracy of k-means on Z, X and the whitened query, clusters named with the pool's labels."""
+    from headroom import matched_clusters
+
+    prep = prepare(GPUA().get_params(), pool)
+    normalize = torch.nn.functional.normalize
+    views = {"Z": normalize(_tensor(pool.vfm_features), dim=1), "X": normalize(_tensor(pool.vlm_features), dim=1),
+             "Q whitened": prep.pool.Q.cpu()}
+    K = len(pool.text_prototypes)
+    return {name: matched_clusters(V.double().numpy(), labels_for_naming, K) for name, V in views.items()}
+
+
+# --- summaries and tables -------------------------------------------------------------------------
+FIELDS = ("test", "dev", "pl", "pool", "fit_seconds")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (set, method), in first-seen order."""
+    out = []
+    for s, m in dict.fromkeys((r["set"], r["method"]) for r in rows):
+        group = [r for r in rows if (r["set"], r["method"]) == (s, m)]
+        entry = {"set": s, "method": m, "oracle": m in ORACLE_METHODS, "seeds": [r["seed"] for r in group]}
+        for f in FIELDS:
+            vals = np.array([r[f] for r in group], dtype=float)
+            entry[f], entry[f"{f}_std"] = float(vals.mean()), float(vals.std())
+        out.append(entry)
+    return out
+
+
+def mean_over_real_sets(summary: list[dict]) -> dict[str, dict]:
+    """Per method: the mean dev and test over the real sets it ran on (``n_sets`` says how many of the four)."""
+    out = {}
+    for m in dict.fromkeys(e["method"] for e in summary):
+        group = [e for e in summary if e["method"] == m and e["set"] in REAL_SETS]
+        if group:
+            out[m] = {"dev": float(np.mean([e["dev"] for e in group])), "test": float(np.mean([e["test"] for e in group])),
+                      "n_sets": len(group), "sets": [e["set"] for e in group], "oracle": m in ORACLE_METHODS}
+    return out
+
+
+def _label(method: str) -> str:
+    return f"{method} (ORACLE)" if method in ORACLE_METHODS else method
+
+
+def table(summary: list[dict], means: dict[str, dict], notes: dict[str, str]) -> str:
+    """The per-set tables (test / dev / pl / pool) and the mean dev over the real sets."""
+    lines = []
+    for s in dict.fromkeys(e["set"] for e in summary):
+        group = [e for e in summary if e["set"] == s]
+        n = len(group[0]["seeds"])
+        base = next((e for e in group if e["method"] == "gpua"), None)
+        lines += ["", f"{s}  (dev: {notes[s]}; {n} seed{'s' if n > 1 else ''}, mean" + (" ± std)" if n > 1 else ")"), "",
+                  "| method | test | dev | dev vs gpua | pseudo-labels (pool) | pool (transductive) | fit s |",
+                  "|---|---|---|---|---|---|---|"]
+
+        def cell(e, f):
+            return f"{100 * e[f]:.2f}" + (f" ± {100 * e[f + '_std']:.2f}" if n > 1 else "")
+
+        for e in group:
+            delta = "" if base is None or e is base else f"{100 * (e['dev'] - base['dev']):+.2f}"
+            lines.append(f"| {_label(e['method'])} | {cell(e, 'test')} | {cell(e, 'dev')} | {delta} | {cell(e, 'pl')} | "
+                         f"{cell(e, 'pool')} | {e['fit_seconds']:.1f} |")
+    if means:
+        base = means.get("gpua")
+        lines += ["", "Mean over the real sets (dev criterion; test beside it, never used to choose)", "",
+                  "| method | mean dev | vs gpua | mean test | real sets |", "|---|---|---|---|---|"]
+        for m, e in means.items():
+            comparable = base is not None and m != "gpua" and e["sets"] == base["sets"]
+            delta = f"{100 * (e['dev'] - base['dev']):+.2f}" if comparable else ""
+            lines.append(f"| {_label(m)} | {100 * e['dev']:.2f} | {delta} | {100 * e['test']:.2f} | {e['n_sets']} of {len(REAL_SETS)} |")
+    return "\n".join(lines)
+
+
+def kmeans_table(kmeans: dict[str, list[dict]], summary: list[dict]) -> str:
+    """ORACLE: the k-means geometry per set (mean over seeds), beside GPUA's pseudo-labels when that row ran."""
+    gpua_pl = {e["set"]: e["pl"] for e in summary if e["method"] == "gpua"}
+    lines = ["", "ORACLE diagnostic: how much of the classes the pool's geometry holds (k-means, K clusters, top 64 "
+             "principal directions, clusters named by the best one-to-one matching to the POOL'S LABELS; pool top-1 %)", "",
+             "| set | " + " | ".join(f"k-means {v}" for v in KMEANS_VIEWS) + " | GPUA pseudo-labels |",
+             "|---|" + "---|" * (len(KMEANS_VIEWS) + 1)]
+    for s, per_seed in kmeans.items():
+        cells = [f"{100 * np.mean([r[v] for r in per_seed]):.2f}" for v in KMEANS_VIEWS]
+        pl = f"{100 * gpua_pl[s]:.2f}" if s in gpua_pl else ""
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {pl} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_set_arguments(ap)
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS} (true_labels is an oracle)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (GPUA's random_state; planted: also the data draw)")
+    ap.add_argument("--kmeans", action=argparse.BooleanOptionalAction, default=True,
+                    help="the ORACLE k-means geometry table (clusters named with the pool's labels)")
+    ap.add_argument("--json", default=None, help="write every row, the means and the k-means figures here (atomically)")
+    args = ap.parse_args(argv)
+    sets = chosen_sets(ap, args)
+    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        ap.error(f"unknown method(s) {bad}; choose a comma-separated subset of {METHODS}")
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
+    setup(args)
+    t_start = time.perf_counter()
+    rows, notes, kmeans = [], {}, {}
+    for s in sets:
+        for seed in range(args.seeds):
+            try:
+                ds = load_devset(s, cache_dir=args.cache_dir, seed=seed)
+            except FileNotFoundError as exc:
+                print(f"skipping {s}: {exc}", flush=True)
+                break
+            notes[s] = ds.dev_note
+            for m, outcome in run_methods(ds, methods, seed).items():
+                row = score(ds, m, seed, outcome)
+                rows.append(row)
+                print(f"{s:14s} seed {seed}  {_label(m):22s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
+                      f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+            if args.kmeans:
+                kmeans.setdefault(s, []).append({"seed": seed, **kmeans_geometry(ds.pool, ds.pool.labels)})
+    summary = summarise(rows)
+    means = mean_over_real_sets(summary)
+    print(table(summary, means, notes))
+    if kmeans:
+        print(kmeans_table(kmeans, summary))
+    wall = time.perf_counter() - t_start
+    print(f"\nwall time {wall:.0f} s")
+    if args.json:
+        write_json(args.json, {"args": {"sets": sets, "methods": methods, "seeds": args.seeds, "kmeans": args.kmeans},
+                               "oracle_methods": list(ORACLE_METHODS), "rows": rows, "summary": summary,
+                               "mean_over_real_sets": means, "kmeans_oracle": kmeans, "wall_seconds": wall})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""benchmarks/mining_levers.py: its fit pipeline is GPUA's, each lever does what its docstring says, the oracle is an
+oracle, and the script's JSON and argument errors (on planted data; nothing is extracted)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ml():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import mining_levers
+
+        yield mining_levers
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def small_pool():
+    from gpua.features import FeatureSet
+    from gpua.synthetic import make_planted
+
+    d = make_planted(n_samples=600, n_classes=8, random_state=0)
+    return FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
+                      labels=d.labels, classnames=list(d.classnames))
+
+
+@pytest.fixture(scope="module")
+def planted(ml):
+    return ml.load_devset("planted", seed=0)
+
+
+def test_the_prototype_pipeline_is_gpuas_fit(ml, small_pool):
+    """prepare + fit_with(plain ArrayPool) is GPUA.fit to the bit: a lever's row differs only by its driver."""
+    from gpua import GPUA
+    from gpua.fitting import ArrayPool
+
+    params = GPUA(random_state=0, n_steps=30).get_params()
+    prep = ml.prepare(params, small_pool)
+    ours = ml.fit_with(prep, ArrayPool(*prep.rows()))
+    ref = GPUA(random_state=0, n_steps=30).fit(small_pool.vfm_features, small_pool.vlm_features, small_pool.text_prototypes,
+                                               classnames=small_pool.classnames)
+    assert torch.equal(ours.W_, ref.W_)
+    np.testing.assert_array_equal(ours.pseudo_labels_, ref.pseudo_labels_)
+    np.testing.assert_array_equal(ours.predict(small_pool.vfm_features, small_pool.vlm_features),
+                                  ref.predict(small_pool.vfm_features, small_pool.vlm_features))
+    # the classifier rows' query of any split is the pool's own query, row for row
+    torch.testing.assert_close(prep.query(small_pool), prep.pool.Q, atol=1e-5, rtol=0)
+
+
+def test_true_label_oracle_beats_the_mined_labels_on_planted_data(ml, planted):
+    gpua = ml.score(planted, "gpua", 0, ml.fit_gpua(planted.pool, 0))
+    oracle = ml.score(planted, "true_labels", 0, ml.fit_true_labels(planted.pool, 0))
+    assert oracle["oracle"] and not gpua["oracle"]
+    assert oracle["pl"] == 1.0 and gpua["pl"] < 0.95
+    assert oracle["pool"] > gpua["pool"] + 0.05  # the map fits the true labels far better than the mined ones
+    assert oracle["test"] > gpua["test"]
+
+
+def test_true_label_driver_refuses_re_mining(ml, small_pool):
+    from gpua import GPUA
+
+    prep = ml.prepare(GPUA(self_learning=0).get_params(), small_pool)
+    driver = ml.TrueLabelPool(*prep.rows(), labels=small_pool.labels)
+    mined = driver.mine(None, None)
+    np.testing.assert_array_equal(mined.labels.numpy(), small_pool.labels)
+    assert torch.equal(mined.payload.sum(1), torch.ones(len(small_pool.labels)))
+    with pytest.raises(RuntimeError, match="without self-learning"):
+        driver.mine(torch.zeros(prep.pool.Q.shape[1], prep.pool.Y.shape[1]), None)
+
+
+def test_one_em_step_from_one_hot_labels_is_lda(ml):
+    """The M-step then E-step from hard labels is exactly scikit-learn's LDA posterior (shared covariance, class priors)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
+    y = rng.integers(0, 4, 300)
+    F[:, :2] += 2.0 * y[:, None]
+    mix = ml.gaussian_mixture_em(torch.tensor(F), torch.nn.functional.one_hot(torch.tensor(y), 4).double(), max_iter=1, reg=0.0)
+    lda = LinearDiscriminantAnalysis(solver="lsqr").fit(F, y)
+    np.testing.assert_allclose(mix.resp.numpy(), lda.predict_proba(F), atol=1e-6)
+
+
+def test_em_repairs_a_noisy_start_on_shared_covariance_blobs(ml):
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 200)
+    A = np.diag([3.0, 1.0, 0.3, 0.3])  # anisotropic, shared
+    F = rng.normal(size=(600, 4)) @ A + np.array([[0, 0, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 2.5]])[y]
+    noisy = np.where(rng.random(600) < 0.3, rng.integers(0, 3, 600), y)
+    R0 = 0.6 * torch.nn.functional.one_hot(torch.tensor(noisy), 3).double() + 0.4 / 3
+    mix = ml.gaussian_mixture_em(torch.tensor(F), R0)
+    assert mix.converged
+    assert np.mean(noisy == y) < 0.85 and np.mean(mix.resp.argmax(1).numpy() == y) > 0.95
+    post = ml.mixture_log_posterior(torch.tensor(F), mix.means, mix.chol, mix.log_prior)
+    torch.testing.assert_close(post.logsumexp(1), torch.zeros(600, dtype=torch.float64))
+
+
+def test_label_propagation_is_zhous_fixed_point_and_repairs_a_wrong_label(ml):
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    y = np.repeat([0, 1], 30)
+    V = torch.nn.functional.normalize(torch.tensor(centres[y] + 0.15 * rng.normal(size=(60, 3))), dim=1)
+    S = ml.knn_graph(V, k=5)
+    assert torch.allclose(S, S.T) and float(S.min()) >= 0
+    wrong = y.copy()
+    wrong[3] = 1  # one row of cluster 0 mislabelled
+    P0 = torch.nn.functional.one_hot(torch.tensor(wrong), 2).double()
+    P = ml.label_propagation(S, P0, alpha=0.8)
+    torch.testing.assert_close(P.sum(1), torch.ones(60, dtype=torch.float64))
+    assert float(P.min()) >= 0
+    F = P0.clone()
+    for _ in range(300):  # F = alpha S F + (1 - alpha) P0, iterated
+        F = 0.8 * S @ F + 0.2 * P0
+    torch.testing.assert_close(P, F / F.sum(1, keepdim=True))
+    assert (P.argmax(1).numpy() == y).all()
+
+
+def test_cotrain_learns_the_centred_zero_shot_labels(ml, small_pool):
+    from gpua.query import centre_rows, pool_mean, target_prototypes
+
+    predict, pseudo, C = ml.cotrain_classifier(small_pool)
+    X = torch.as_tensor(small_pool.vlm_features)
+    expected = (centre_rows(X, pool_mean(X)) @ target_prototypes(torch.as_tensor(small_pool.text_prototypes), True).T).argmax(1)
+    np.testing.assert_array_equal(pseudo, expected.numpy())
+    assert C in ml.COTRAIN_CS
+    pred = predict(small_pool)
+    assert pred.shape == small_pool.labels.shape
+    assert np.mean(pred == pseudo) > 0.6  # it learned its training labels
+    # the VFM view cleans the VLM's labels on planted data, whose classes are planted in the VFM
+    assert np.mean(pred == small_pool.labels) > np.mean(pseudo == small_pool.labels)
+
+
+def test_kmeans_oracle_geometry_on_planted(ml, planted):
+    figures = ml.kmeans_geometry(planted.pool, planted.pool.labels)
+    assert set(figures) == set(ml.KMEANS_VIEWS)
+    assert all(0 < v <= 1 for v in figures.values())
+    # planted classes are planted in the VFM: clusters of Z hold them far better than clusters of the noisy VLM rows
+    assert figures["Z"] > figures["X"] + 0.2
+
+
+def test_main_writes_rows_and_marks_the_oracle(ml, tmp_path, capsys):
+    out = tmp_path / "levers.json"
+    assert ml.main(["--sets", "planted", "--methods", "gaussian_classifier,true_labels,cotrain", "--no-kmeans",
+                    "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "true_labels (ORACLE)" in printed and "| method | test | dev |" in printed
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["rows"]] == ["gaussian_classifier", "true_labels", "cotrain"]
+    assert [r["oracle"] for r in data["rows"]] == [False, True, False]
+    for r in data["rows"]:
+        assert r["set"] == "planted" and r["seed"] == 0
+        assert all(0 <= r[f] <= 1 for f in ("test", "dev", "pl", "pool"))
+    assert data["mean_over_real_sets"] == {} and data["kmeans_oracle"] == {}
+    assert data["oracle_methods"] == ["true_labels"] and "machine" in data
+
+
+def test_mean_over_real_sets_and_its_table(ml):
+    summary = [{"set": s, "method": m, "oracle": False, "seeds": [0], "test": t, "dev": d, "pl": 0.5, "pool": 0.5,
+                "fit_seconds": 1.0, **{f"{f}_std": 0.0 for f in ml.FIELDS}}
+               for s, m, t, d in (("cifar-dinov2", "gpua", 0.6, 0.6), ("cifar-lite2", "gpua", 0.7, 0.8),
+                                  ("cifar-dinov2", "cotrain", 0.5, 0.7), ("cifar-lite2", "cotrain", 0.5, 0.5),
+                                  ("planted", "gpua", 0.9, 0.0), ("planted", "cotrain", 0.1, 1.0))]
+    means = ml.mean_over_real_sets(summary)
+    assert means["gpua"]["dev"] == pytest.approx(0.7) and means["cotrain"]["dev"] == pytest.approx(0.6)  # planted left out
+    assert means["gpua"]["n_sets"] == 2
+    text = ml.table(summary, means, {"cifar-dinov2": "pool", "cifar-lite2": "pool", "planted": "dev"})
+    assert "| cotrain | 60.00 | -10.00 | 50.00 | 2 of 4 |" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "gpua,oracle"], "unknown method"),
+    (["--methods", ","], "unknown method"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--sets", "mnist"], "unknown set"),
+])
+def test_bad_arguments_exit_with_a_usage_error(ml, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ml.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_docstring_commands_parse(ml, monkeypatch):
+    class Parsed(Exception):
+        pass
+
+    def stop(args):
+        raise Parsed
+
+    monkeypatch.setattr(ml, "setup", stop)
+    commands = [line.strip() for line in ml.__doc__.splitlines() if line.strip().startswith("python benchmarks/mining_levers.py")]
+    assert len(commands) == 3
+    for line in commands:
+        argv = shlex.split(line.split("#")[0])[2:]
+        with pytest.raises(Parsed):
+            ml.main(argv)
