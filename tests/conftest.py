@@ -272,6 +272,20 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+#: The benchmark scripts (``python benchmarks/NAME.py``), which import their siblings (``_harness``, ``devsets``).
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def import_benchmark():
+    """``importlib.import_module`` for the scripts of ``benchmarks/``, on ``sys.path`` while a test module runs."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
 @pytest.fixture(scope="session")
 def planted():
     """A planted train/test pair (zero-shot about 50%, an exact linear map exists)."""

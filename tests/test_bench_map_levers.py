@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def ml():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import map_levers
-
-        yield map_levers
-    finally:
-        sys.path.remove(str(BENCH))
+def ml(import_benchmark):
+    return import_benchmark("map_levers")
 
 
 @pytest.fixture(scope="module")

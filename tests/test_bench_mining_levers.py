@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def ml():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import mining_levers
-
-        yield mining_levers
-    finally:
-        sys.path.remove(str(BENCH))
+def ml(import_benchmark):
+    return import_benchmark("mining_levers")
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,15 @@ them (equal to GPUA's with the default completion), the row-order and perturbati
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def pc():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import procrustes_completion
-
-        yield procrustes_completion
-    finally:
-        sys.path.remove(str(BENCH))
+def pc(import_benchmark):
+    return import_benchmark("procrustes_completion")
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def sp():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import small_pools
-
-        yield small_pools
-    finally:
-        sys.path.remove(str(BENCH))
+def sp(import_benchmark):
+    return import_benchmark("small_pools")
 
 
 @pytest.fixture(scope="module")
