@@ -188,3 +188,14 @@ def test_open_clip_error_records_pass_when_the_load_succeeds(tiny_ckpt, monkeypa
     with caplog.at_level(logging.INFO):
         create_encoder(f"open_clip:gpua-tiny-vit/{tiny_ckpt}")
     assert [r.getMessage() for r in _open_clip_errors(caplog)] == ["a tower could not be loaded"]
+
+
+def test_open_clip_leaves_no_handler_on_a_bare_root_logger(monkeypatch):
+    """open_clip's logging.error() on a root logger without handlers runs basicConfig(): its stderr handler
+    would stay on the user's root logger after gpua's load, printing every later record of any library."""
+    pytest.importorskip("open_clip")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a script that configured no logging
+    with pytest.raises(GPUAError, match="could not load open_clip weights"):
+        create_encoder("open_clip:ViT-B-16/openai")
+    assert root.handlers == []

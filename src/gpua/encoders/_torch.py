@@ -94,6 +94,9 @@ def held_open_clip_errors():
     The records are held while the block runs and dropped if it raises an exception, which the
     caller turns into its own GPUAError; if it does not raise they are passed on to the root
     logger's handlers. The filter that holds them is on the root logger for the block only.
+    ``logging.error`` on a root logger without handlers also calls :func:`logging.basicConfig`,
+    which would leave a stderr handler on the user's root logger for good (every later INFO or
+    WARNING record of any library then printed): a handler added during the block is removed.
     """
     import open_clip
 
@@ -107,6 +110,7 @@ def held_open_clip_errors():
         return True
 
     root = logging.getLogger()
+    handlers = list(root.handlers)
     root.addFilter(hold)
     try:
         yield
@@ -115,6 +119,8 @@ def held_open_clip_errors():
         raise
     finally:
         root.removeFilter(hold)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
         for record in held:
             root.handle(record)
 
