@@ -291,11 +291,13 @@ def test_refine_sample_weight_and_rows_kept():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(sample_weight=torch.zeros(120)), "not all zero"),
+    (dict(sample_weight=torch.zeros(120)), "positive.*pass rows_kept"),
     (dict(sample_weight=torch.ones(7)), "one per pool row"),
-    (dict(sample_weight=-torch.ones(120)), "non-negative"),
+    (dict(sample_weight=-torch.ones(120)), "positive"),
     (dict(sample_weight=torch.full((120,), float("nan"))), "finite"),
     (dict(rows_kept=torch.zeros(120, dtype=torch.bool)), "keeps no training row"),
+    (dict(rows_kept=torch.ones(7, dtype=torch.bool)), "boolean mask of the 120"),
+    (dict(rows_kept=torch.ones(120)), "boolean mask"),
 ])
 def test_refine_refuses_weights_that_make_no_loss(bad, match):
     from gpua.refinement import refine

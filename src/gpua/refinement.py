@@ -164,7 +164,7 @@ def refine(
     augment : dict, optional
         Updated with the record of ``pool_augment`` (:func:`synthetic_rows`) when it is on.
     sample_weight : tensor of shape (n,), optional
-        Non-negative per-row weights :math:`w` of the THS loss, in training and in the held-out
+        Positive per-row weights :math:`w` of the THS loss, in training and in the held-out
         loss early stopping reads (:func:`gpua.hubness.ths_loss`'s ``sample_weight``): weighted
         pseudo-labels. Not with ``pool_augment``.
     rows_kept : bool tensor of shape (n,), optional
@@ -202,17 +202,19 @@ def refine(
                         "pool_augment's synthetic rows: pass pool_augment=0 with them.")
     gen, val_idx, train_idx = split_pool(n, config)
     if rows_kept is not None:
-        kept = rows_kept.cpu().bool()
+        kept = rows_kept.cpu()
+        if kept.dtype != torch.bool or kept.shape != (n,):
+            raise GPUAError(f"rows_kept must be a boolean mask of the {n} pool rows, got {kept.dtype} of shape {tuple(kept.shape)}.")
         val_idx, train_idx = val_idx[kept[val_idx]], train_idx[kept[train_idx]]
         if not train_idx.numel():
             raise GPUAError("rows_kept keeps no training row; keep at least one row outside the held-out split.")
     n_val = val_idx.numel()
     dev = Y.device
     weight = None if sample_weight is None else sample_weight.detach().to(dtype=Y.dtype).cpu()
-    if weight is not None and (weight.shape != (n,) or not bool(torch.isfinite(weight).all())
-                               or bool((weight < 0).any()) or not float(weight.sum()) > 0):
-        raise GPUAError(f"sample_weight must be {n} finite non-negative weights, one per pool row, not all zero "
-                        f"(got shape {tuple(weight.shape)}).")
+    # positive, not merely non-negative: a batch of zero-weight rows would make the loss 0/0 (rows_kept drops rows)
+    if weight is not None and (weight.shape != (n,) or not bool((torch.isfinite(weight) & (weight > 0)).all())):
+        raise GPUAError(f"sample_weight must be {n} finite positive weights, one per pool row (got shape "
+                        f"{tuple(weight.shape)}); to leave rows out, pass rows_kept.")
 
     def row_weight(idx):
         return None if weight is None else weight[idx].to(dev)
