@@ -35,6 +35,7 @@ from typing import Any, Callable
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
     "write_json", "atomic_path", "add_arguments", "add_param_argument", "setup", "gpua_param", "gpua_params",
+    "float_tensor",
 ]
 
 GB = 1e9
@@ -258,3 +259,11 @@ def gpua_params(text: str, what: str = "--params") -> dict[str, Any]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{what}: {exc}") from None
     return params
+
+
+def float_tensor(A):
+    """``A`` (an array, a list or a tensor) as a float32 torch tensor: how the scripts hand features to gpua's functions."""
+    import numpy as np
+    import torch
+
+    return torch.as_tensor(np.asarray(A), dtype=torch.float32)

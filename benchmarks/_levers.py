@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
+from _harness import float_tensor
 
 from gpua import GPUA
 from gpua._backend import resolve_device
@@ -32,10 +32,6 @@ from gpua.params import check_params
 from gpua.query import build_query, pool_mean
 
 __all__ = ["Prepared", "prepare", "fit_with", "fit_with_pool"]
-
-
-def _tensor(A) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
 
 
 @dataclass
@@ -61,12 +57,12 @@ class Prepared:
         """The (centred, whitened) query rows of any split, as the fit built the pool's: (n, d) tensor."""
         p = self.prepared
         dev = self.config.device
-        Z, X = _tensor(fs.vfm_features).to(dev), _tensor(fs.vlm_features).to(dev)
+        Z, X = float_tensor(fs.vfm_features).to(dev), float_tensor(fs.vlm_features).to(dev)
         return build_query(Z, X, self.config.query, p.vfm_mean, p.vlm_mean, whiten=p.whiten)
 
     def vfm_rows(self, fs) -> torch.Tensor:
         """The VFM rows of the self-learning criterion: normalised, centred on the pool mean when ``center``."""
-        return build_query(_tensor(fs.vfm_features).to(self.config.device), None, "vfm", self.prepared.vfm_mean)
+        return build_query(float_tensor(fs.vfm_features).to(self.config.device), None, "vfm", self.prepared.vfm_mean)
 
 
 def prepare(params: dict, pool) -> Prepared:

@@ -27,27 +27,28 @@ import argparse
 
 import numpy as np
 import torch
-from _harness import setup, write_json
+from _harness import float_tensor, setup, write_json
 from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets
 
 from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
 
 
-def _tensor(A) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
+def centred_zero_shot_scores(fs, vlm_mean: torch.Tensor) -> torch.Tensor:
+    """Cosine of the centred X rows of ``fs`` (on ``vlm_mean``) and the prototypes centred on their own mean: (n, K)."""
+    X = centre_rows(float_tensor(fs.vlm_features), vlm_mean)  # each of these normalises the rows first
+    Y = target_prototypes(float_tensor(fs.text_prototypes), True)
+    return X @ Y.T
 
 
 def centred_zero_shot(pool, test) -> float:
     """Top-1 of cosine(centred X, centred Y) on ``test``, the image mean taken on ``pool``."""
-    mean = pool_mean(_tensor(pool.vlm_features))  # each of these normalises the rows first
-    X = centre_rows(_tensor(test.vlm_features), mean)
-    Y = target_prototypes(_tensor(test.text_prototypes), True)
-    return float(((X @ Y.T).argmax(1).numpy() == test.labels).mean())
+    scores = centred_zero_shot_scores(test, pool_mean(float_tensor(pool.vlm_features)))
+    return float((scores.argmax(1).numpy() == test.labels).mean())
 
 
 def views(fs) -> dict[str, np.ndarray]:
     """The rows a supervised ceiling is measured on: Z, X and the fused query [Z, X], each part normalised."""
-    Z, X = _tensor(fs.vfm_features), _tensor(fs.vlm_features)
+    Z, X = float_tensor(fs.vfm_features), float_tensor(fs.vlm_features)
     normalize = torch.nn.functional.normalize
     return {"Z": normalize(Z, dim=1).numpy(), "X": normalize(X, dim=1).numpy(), "[Z, X]": build_query(Z, X, "fused").numpy()}
 

@@ -28,7 +28,7 @@ import argparse
 
 import numpy as np
 import torch
-from _harness import setup, write_json
+from _harness import float_tensor, setup, write_json
 from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets, long_tailed
 
 from gpua.prior import balanced_mean
@@ -46,18 +46,14 @@ ROWS = (
 )
 
 
-def _tensor(A) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
-
-
 def label_balanced_mean(A, labels: np.ndarray) -> torch.Tensor:
     """:func:`gpua.prior.balanced_mean` with the true classes as the responsibilities (the oracle)."""
-    return balanced_mean(_tensor(A), torch.nn.functional.one_hot(torch.as_tensor(labels)).double())
+    return balanced_mean(float_tensor(A), torch.nn.functional.one_hot(torch.as_tensor(labels)).double())
 
 
 def centred(A, mean: torch.Tensor) -> np.ndarray:
     """:func:`gpua.query.centre_rows` of ``A`` on ``mean``, as float32 numpy (a fit's input)."""
-    return centre_rows(_tensor(A), mean).numpy()
+    return centre_rows(float_tensor(A), mean).numpy()
 
 
 def diagnose(pool, seed: int = 0) -> dict[str, float]:
@@ -66,13 +62,13 @@ def diagnose(pool, seed: int = 0) -> dict[str, float]:
 
     y, K = pool.labels, len(pool.classnames)
     Z, X, Y = pool.vfm_features, pool.vlm_features, pool.text_prototypes
-    Yc = target_prototypes(_tensor(Y), True)  # the prototypes centred on their own mean: what center_vlm=True fits to
+    Yc = target_prototypes(float_tensor(Y), True)  # the prototypes centred on their own mean: what center_vlm=True fits to
 
     def top1(rows, prototypes: torch.Tensor = Yc) -> float:
-        return float(np.mean((_tensor(rows) @ prototypes.T).argmax(1).numpy() == y))
+        return float(np.mean((float_tensor(rows) @ prototypes.T).argmax(1).numpy() == y))
 
-    out = {"zero-shot": top1(centre_rows(_tensor(X), None), target_prototypes(_tensor(Y), False))}
-    out["zero-shot, centred (pool mean)"] = top1(centred(X, pool_mean(_tensor(X))))
+    out = {"zero-shot": top1(centre_rows(float_tensor(X), None), target_prototypes(float_tensor(Y), False))}
+    out["zero-shot, centred (pool mean)"] = top1(centred(X, pool_mean(float_tensor(X))))
     out["zero-shot, centred (class-balanced mean, oracle)"] = top1(centred(X, label_balanced_mean(X, y)))
     prior = np.bincount(y, minlength=K) / len(y)
     Zb, Xb, Yc = centred(Z, label_balanced_mean(Z, y)), centred(X, label_balanced_mean(X, y)), Yc.numpy()

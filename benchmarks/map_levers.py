@@ -61,7 +61,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from _harness import setup, write_json
+from _harness import float_tensor, setup, write_json
 from _levers import fit_with_pool
 from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
 
@@ -243,13 +243,9 @@ def reference_refinement(pool: ArrayPool, config: FitConfig, state: FitState) ->
 
 
 # --- pieces of the prediction-side levers ------------------------------------------------------
-def _tensor(A) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
-
-
 def mapped_rows(model: GPUA, fs) -> torch.Tensor:
     """:math:`\\mathrm{normalize}(Q W)` of a feature set's rows (``model.transform``), as a tensor."""
-    return _tensor(model.transform(fs.vfm_features, fs.vlm_features))
+    return float_tensor(model.transform(fs.vfm_features, fs.vlm_features))
 
 
 def fitted_prototypes(model: GPUA) -> torch.Tensor:
@@ -280,7 +276,7 @@ def zero_shot_ensemble_scores(model: GPUA, fs) -> torch.Tensor:
     tensor of shape (n_samples, n_classes)
     """
     Yt = fitted_prototypes(model)
-    Xc = centre_rows(_tensor(fs.vlm_features), model.vlm_mean_.cpu())
+    Xc = centre_rows(float_tensor(fs.vlm_features), model.vlm_mean_.cpu())
     return 0.5 * (mapped_rows(model, fs) @ Yt.T + Xc @ Yt.T)
 
 

@@ -55,13 +55,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from _harness import setup, write_json
+from _harness import float_tensor, setup, write_json
 from _levers import fit_with, prepare
 from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
 
 from gpua import GPUA
 from gpua.fitting import ArrayPool, Mined
-from gpua.query import centre_rows, pool_mean, target_prototypes
+from gpua.query import pool_mean
 from gpua.ucm import class_centres
 
 METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "cotrain")
@@ -75,10 +75,6 @@ KNN_K, PROPAGATION_ALPHA, KNN_POWER = 10, 0.8, 3.0
 COTRAIN_CS = (0.1, 1.0, 10.0, 100.0)
 #: The views k-means clusters (the oracle geometry table).
 KMEANS_VIEWS = ("Z", "X", "Q whitened")
-
-
-def _tensor(A) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(A), dtype=torch.float32)
 
 
 # --- the oracle: true labels as the plan ---------------------------------------------------------
@@ -345,13 +341,6 @@ class PropagationPool(ArrayPool):
 
 
 # --- co-training ----------------------------------------------------------------------------------
-def centred_zero_shot_labels(fs, vlm_mean: torch.Tensor) -> np.ndarray:
-    """Argmax of cosine(centred X, centred Y): the image rows centred on ``vlm_mean``, the prototypes on their own mean."""
-    X = centre_rows(_tensor(fs.vlm_features), vlm_mean)
-    Y = target_prototypes(_tensor(fs.text_prototypes), True)
-    return (X @ Y.T).argmax(1).numpy()
-
-
 def cotrain_classifier(pool, *, Cs=COTRAIN_CS, max_iter: int = 3000):
     r"""One co-training step from the VLM view to the VFM view: a classifier of the VFM rows.
 
@@ -386,10 +375,12 @@ def cotrain_classifier(pool, *, Cs=COTRAIN_CS, max_iter: int = 3000):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
-    pseudo = centred_zero_shot_labels(pool, pool_mean(_tensor(pool.vlm_features)))
+    from headroom import centred_zero_shot_scores
+
+    pseudo = centred_zero_shot_scores(pool, pool_mean(float_tensor(pool.vlm_features))).argmax(1).numpy()
 
     def rows(fs) -> np.ndarray:
-        return torch.nn.functional.normalize(_tensor(fs.vfm_features), dim=1).numpy()
+        return torch.nn.functional.normalize(float_tensor(fs.vfm_features), dim=1).numpy()
 
     Zp = rows(pool)
     with warnings.catch_warnings():  # a pseudo-class with fewer rows than folds: sklearn says so; not an error
@@ -513,7 +504,7 @@ def kmeans_geometry(pool, labels_for_naming: np.ndarray) -> dict[str, float]:
 
     prep = prepare(GPUA().get_params(), pool)
     normalize = torch.nn.functional.normalize
-    views = {"Z": normalize(_tensor(pool.vfm_features), dim=1), "X": normalize(_tensor(pool.vlm_features), dim=1),
+    views = {"Z": normalize(float_tensor(pool.vfm_features), dim=1), "X": normalize(float_tensor(pool.vlm_features), dim=1),
              "Q whitened": prep.pool.Q.cpu()}
     K = len(pool.text_prototypes)
     return {name: matched_clusters(V.double().numpy(), labels_for_naming, K) for name, V in views.items()}

@@ -255,7 +255,7 @@ def test_imbalance_diagnosis_rows_and_oracles(scripts, tmp_path, capsys):
     rows = np.concatenate([np.flatnonzero(pool.labels == k)[:n] for k in range(10)])
     from gpua.query import pool_mean
 
-    Z = diag._tensor(pool.vfm_features[rows])
+    Z = diag.float_tensor(pool.vfm_features[rows])
     np.testing.assert_allclose(diag.label_balanced_mean(Z, pool.labels[rows]).numpy(), pool_mean(Z).numpy(), atol=1e-6)
     for bad in ("0.5", "ten", ""):
         with pytest.raises(SystemExit):
