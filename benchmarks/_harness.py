@@ -35,7 +35,7 @@ from typing import Any, Callable
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
     "write_json", "atomic_path", "add_arguments", "add_param_argument", "setup", "gpua_param", "gpua_params",
-    "float_tensor",
+    "float_tensor", "read_results", "merge_rows_by",
 ]
 
 GB = 1e9
@@ -267,3 +267,29 @@ def float_tensor(A):
     import torch
 
     return torch.as_tensor(np.asarray(A), dtype=torch.float32)
+
+
+def read_results(ap: argparse.ArgumentParser, paths, script: str) -> list[dict]:
+    """The ``--json`` files of earlier runs of ``script`` (its ``--merge``), parsed; each must hold a list of ``rows``.
+
+    A file that is not one (unreadable, not JSON, no ``rows``) is a usage error (``ap.error``: exit 2).
+    """
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data["rows"], list):
+                raise TypeError(f"its rows are a {type(data['rows']).__name__}, not a list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--merge {path}: not a {script} --json file ({type(exc).__name__}: {exc})")
+        out.append(data)
+    return out
+
+
+def merge_rows_by(groups, key: Callable[[dict], tuple]) -> list[dict]:
+    """The rows of several runs, one per ``key(row)``: a later group's row replaces an earlier one's."""
+    merged: dict[tuple, dict] = {}
+    for group in groups:
+        for row in group:
+            merged[key(row)] = row
+    return list(merged.values())

@@ -61,7 +61,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from _harness import float_tensor, setup, write_json
+from _harness import float_tensor, read_results, setup, write_json
 from _levers import fit_with_pool
 from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
 
@@ -487,15 +487,11 @@ def table(summary: list[dict], means: dict[str, dict]) -> str:
 
 def merged_rows(ap: argparse.ArgumentParser, paths: list[str]) -> tuple[list[dict], float, list[dict]]:
     """The rows of earlier ``--json`` files of this script, joined (a (set, seed, method) found twice is a usage error)."""
-    import json
-
     rows, wall, parts, seen = [], 0.0, [], set()
-    for path in paths:
-        try:
-            data = json.loads(open(path, encoding="utf-8").read())
-            file_rows, file_args = data["rows"], data["args"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--merge {path}: not a map_levers.py --json file ({type(exc).__name__}: {exc})")
+    for path, data in zip(paths, read_results(ap, paths, "map_levers.py")):
+        if not isinstance(data.get("args"), dict):
+            ap.error(f"--merge {path}: not a map_levers.py --json file (KeyError: 'args')")
+        file_rows, file_args = data["rows"], data["args"]
         for r in file_rows:
             key = (r["set"], r["seed"], r["method"])
             if key in seen:

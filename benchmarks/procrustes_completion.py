@@ -72,14 +72,13 @@ file is rewritten after each row (``"complete": false`` until the run ends).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import setup, write_json
+from _harness import merge_rows_by, read_results, setup, write_json
 from devsets import REAL_SETS, SETS, add_set_arguments, cached_devsets, chosen_sets
 
 from gpua.fitting import ArrayPool
@@ -290,11 +289,7 @@ def evaluate(ds, completion: str, *, seed: int = 0, t: float = 0.0, rtol: float 
 
 def merge_rows(*groups) -> list[dict]:
     """One row per (set, completion); a later group's row replaces an earlier one's."""
-    merged: dict[tuple, dict] = {}
-    for group in groups:
-        for row in group:
-            merged[(row["set"], row["completion"])] = row
-    return list(merged.values())
+    return merge_rows_by(groups, lambda row: (row["set"], row["completion"]))
 
 
 def mean_dev(rows: list[dict]) -> dict[str, dict]:
@@ -348,12 +343,7 @@ def main(argv=None) -> int:
         ap.error(f"--order-modes {args.order_modes!r}: choose from {ORDER_MODES}")
     if args.crosscov_t < 0 or args.perturb <= 0 or not 0 < args.rank_rtol < 1:
         ap.error("--crosscov-t must be >= 0, --perturb > 0 and --rank-rtol in (0, 1)")
-    earlier = []
-    for path in args.merge:
-        try:
-            earlier.append(json.loads(path.read_text(encoding="utf-8"))["rows"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--merge {path}: not a procrustes_completion.py JSON file ({exc})")
+    earlier = [data["rows"] for data in read_results(ap, args.merge, "procrustes_completion.py")]
     setup(args)
     rows, t0 = [], time.perf_counter()
 

@@ -39,12 +39,11 @@ false`` until the run ends), so the sets finished before a stopped run are kept.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from _harness import setup, write_json
+from _harness import merge_rows_by, read_results, setup, write_json
 from devsets import REAL_SETS, SETS, add_set_arguments, cached_devsets, chosen_sets
 
 #: GPUA parameters of each setting (None: the zero-shot floor, not a GPUA fit).
@@ -124,11 +123,7 @@ def _key(row: dict) -> tuple:
 
 def merge_rows(*groups) -> list[dict]:
     """Rows of several runs, one per (set, per_class, draw, setting): a later group's row replaces an earlier one's."""
-    merged: dict[tuple, dict] = {}
-    for group in groups:
-        for row in group:
-            merged[_key(row)] = row
-    return list(merged.values())
+    return merge_rows_by(groups, _key)
 
 
 def cell_table(rows: list[dict]) -> dict:
@@ -240,12 +235,7 @@ def main(argv=None) -> int:
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or not settings:
         ap.error(f"--settings {args.settings!r}: choose from {tuple(SETTINGS)}")
-    earlier = []
-    for path in args.merge:
-        try:
-            earlier.append(json.loads(path.read_text(encoding="utf-8"))["rows"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--merge {path}: not a small_pools.py JSON file ({exc})")
+    earlier = [data["rows"] for data in read_results(ap, args.merge, "small_pools.py")]
     setup(args)
     rows: list[dict] = []
     t0 = time.perf_counter()
