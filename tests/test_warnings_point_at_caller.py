@@ -12,16 +12,8 @@ import pytest
 from gpua import GPUA
 from gpua.data import load_dataset, sample_pool
 
-Image = pytest.importorskip("PIL.Image")
-
-
-def _folder(root, classes=("cat", "dog"), n=2):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for j in range(n):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{j}.png")
-    return root
+pytest.importorskip("PIL")
+from test_extract_audit2 import _photos  # noqa: E402  (a folder of small random photos, one folder per class)
 
 
 def _caught(call, match: str) -> list[warnings.WarningMessage]:
@@ -39,7 +31,7 @@ def _through_a_user_helper(call):
 
 @pytest.mark.parametrize("depth", [_caught, lambda call, match: _caught(lambda: _through_a_user_helper(call), match)])
 def test_folder_walk_warnings_point_at_the_caller(tmp_path, depth):
-    photos = _folder(tmp_path / "photos")
+    photos = _photos(tmp_path / "photos", n=2)
     (photos / "bird").mkdir()  # a class folder with no images
     (photos / "cat" / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # a photo gpua does not read
     for match in ("hold no images", "left out 1 photo"):
@@ -53,6 +45,6 @@ def test_fit_and_pool_warnings_point_at_the_caller(tmp_path):
     Y[2] = Y[1]  # two classes with one prototype
     found = _caught(lambda: GPUA(refine=False, self_learning=0, whiten=None).fit(Z, X, Y), "point the same way")
     assert {w.filename for w in found} == {__file__}
-    ds = load_dataset(_folder(tmp_path / "small"))
+    ds = load_dataset(_photos(tmp_path / "small", n=2))
     found = _caught(lambda: sample_pool(ds, size=10, seed=0, class_balanced=False), "more than the 4 images")
     assert [w.filename for w in found] == [__file__]
