@@ -20,7 +20,7 @@ from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
 from .params import COUNT, LOGIT_SCALE, DeviceName, Options, check_params
-from .query import QUERY_MODES, build_query
+from .query import QUERY_MODES, build_query, mapped_cosines
 from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
 
@@ -132,7 +132,7 @@ class LFAAlternation(AlignmentEstimator):
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
         Q = build_query(self._tensor(Z), None if X is None else self._tensor(X), self.query)
-        return torch.nn.functional.normalize(Q @ self.W_, dim=1) @ self.text_prototypes_.T
+        return mapped_cosines(Q, self.W_, self.text_prototypes_)
 
 
 #: The GPUA variants among the named methods: the parameters each one sets itself.

@@ -25,7 +25,7 @@ from .features import ShardedFeatures
 from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
 from .hubness import csls_scores
 from .params import check_param
-from .query import build_query, target_prototypes
+from .query import build_query, mapped_cosines, mapped_rows, target_prototypes
 
 __all__ = ["GPUA", "ORTHOGONALITY"]
 
@@ -453,13 +453,12 @@ class GPUA(AlignmentEstimator):
         mapped : array of shape (n_samples, d_vlm)
         """
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
-        return torch.nn.functional.normalize(self._query(Z, X) @ self.W_, dim=1).cpu().numpy()
+        return mapped_rows(self._query(Z, X), self.W_).cpu().numpy()
 
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
         check_param("retrieval", self.retrieval, PARAMETERS["retrieval"])  # set_params after fit is not checked by fit
-        M = torch.nn.functional.normalize(self._query(Z, X) @ self.W_, dim=1)
-        sims = M @ target_prototypes(self.text_prototypes_, self.center_vlm).T
+        sims = mapped_cosines(self._query(Z, X), self.W_, target_prototypes(self.text_prototypes_, self.center_vlm))
         if self.retrieval == "csls":
             if self.proto_radius_ is None:
                 raise GPUAError(

@@ -46,7 +46,10 @@ from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .prior import balanced_mean, em_class_prior
 from .procrustes import orthogonality_error, procrustes_from_assignment
-from .query import QUERY_MODES, build_query, centre_rows, pool_mean, target_prototypes, whitening_map, whitening_width
+from .query import (
+    QUERY_MODES, build_query, centre_rows, mapped_cosines, mapped_rows, pool_mean, target_prototypes, whitening_map,
+    whitening_width,
+)
 from .refinement import RefineConfig, refine
 from .ucm import SIMILARITIES, mine_correspondences
 
@@ -784,7 +787,7 @@ class ArrayPool:
         self.log_v: torch.Tensor | None = None  # the last mining's class potential: the next one starts there
 
     def mine(self, score_map, callback) -> Mined:
-        S_rows = self.X if score_map is None else torch.nn.functional.normalize(self.Q @ score_map.to(self.Q.device), dim=1)
+        S_rows = self.X if score_map is None else mapped_rows(self.Q, score_map.to(self.Q.device))
         ucm = mine_correspondences(self.Q, S_rows, self.Y, callback=callback, init_log_v=self.log_v, **self.config.mining.ucm_kwargs())
         self.log_v = ucm.log_v
         conf, labels = ucm.plan.max(1)
@@ -803,7 +806,7 @@ class ArrayPool:
 
     def finish(self, W, labels):
         with torch.no_grad():
-            M = torch.nn.functional.normalize(self.Q @ W, dim=1)
+            M = mapped_rows(self.Q, W)
             pool_pred = (M @ self.Y.T).argmax(1).cpu()
             radius = neighbourhood_radius(self.Y, M, self.config.csls_k) if self.config.csls_k_used else None
         return float((pool_pred == labels.cpu()).double().mean()), radius
@@ -870,8 +873,7 @@ def _pool_scores(state: FitState, Z: torch.Tensor, X: torch.Tensor, config: FitC
     """Cosine class scores of a fitted state on rows ``Z``, ``X`` (``GPUA.decision_function`` with ``retrieval="cosine"``)."""
     with torch.no_grad():
         Q = build_query(Z, X, config.query, state.vfm_mean, state.vlm_mean)
-        M = torch.nn.functional.normalize(Q @ state.W.to(Q.device), dim=1)
-        return M @ target_prototypes(state.text_prototypes.to(Q.device), config.center_vlm).T
+        return mapped_cosines(Q, state.W.to(Q.device), target_prototypes(state.text_prototypes.to(Q.device), config.center_vlm))
 
 
 @dataclass

@@ -23,8 +23,8 @@ from ._errors import GPUAError
 from .params import COUNT, NON_NEGATIVE, check_param
 
 __all__ = [
-    "QUERY_MODES", "build_query", "centre_rows", "pool_mean", "query_width", "second_moment_sum", "target_prototypes",
-    "whitening_from_moment", "whitening_map", "whitening_width",
+    "QUERY_MODES", "build_query", "centre_rows", "mapped_cosines", "mapped_rows", "pool_mean", "query_width",
+    "second_moment_sum", "target_prototypes", "whitening_from_moment", "whitening_map", "whitening_width",
 ]
 
 QUERY_MODES = ("vfm", "fused")
@@ -81,6 +81,42 @@ def target_prototypes(Y: torch.Tensor, center: bool) -> torch.Tensor:
     """
     Yn = torch.nn.functional.normalize(Y, dim=1)
     return centre_rows(Yn, Yn.mean(0)) if center else Yn
+
+
+def mapped_rows(Q: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    r"""The query rows mapped into the VLM text space and L2-normalised: :math:`\mathrm{normalize}(Q W)`.
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+        Or any rows with ``Q @ W`` (the streamed fit's lazily whitened rows).
+    W : tensor of shape (d_q, d_vlm)
+        On ``Q``'s device.
+
+    Returns
+    -------
+    tensor of shape (n_samples, d_vlm)
+    """
+    return torch.nn.functional.normalize(Q @ W, dim=1)
+
+
+def mapped_cosines(Q: torch.Tensor, W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    r"""GPUA's class scores: the cosine of each mapped row with each target prototype.
+
+    .. math:: s_{ik} = \cos(q_i W, \tilde y_k) = \frac{(q_i W)^\top \tilde y_k}{\lVert q_i W \rVert}
+
+    Parameters
+    ----------
+    Q : tensor of shape (n_samples, d_q)
+    W : tensor of shape (d_q, d_vlm)
+    Y : tensor of shape (n_classes, d_vlm)
+        The target prototypes :math:`\tilde y_k` (unit rows, :func:`target_prototypes`); both on ``Q``'s device.
+
+    Returns
+    -------
+    tensor of shape (n_samples, n_classes)
+    """
+    return mapped_rows(Q, W) @ Y.T
 
 
 def build_query(

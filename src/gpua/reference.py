@@ -26,7 +26,7 @@ from ._validation import check_classnames, check_triplet
 from ._errors import GPUAError
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, DeviceName, Interval, OptionalOf
 from .procrustes import identity_pull, procrustes_from_assignment
-from .query import build_query
+from .query import build_query, mapped_cosines, mapped_rows
 from .refinement import RefineConfig, refine
 from .ucm import mine_correspondences
 
@@ -331,7 +331,7 @@ class ReferenceGPUA(AlignmentEstimator):
         W, _ = refine(W0, Q.__getitem__, Q.shape[0], Yt, labels, self.refine_config())
         t3 = time.perf_counter()
         with torch.no_grad():
-            pool_pred = (normalize(Q @ W, dim=1) @ Yt.T).argmax(1)
+            pool_pred = mapped_cosines(Q, W, Yt).argmax(1)
         timings.update(ucm_s=t1 - t0, procrustes_s=t2 - t1, refine_s=t3 - t2)
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
         self.classnames_ = names
@@ -358,7 +358,7 @@ class ReferenceGPUA(AlignmentEstimator):
 
     def _mapped(self, vfm_features, vlm_features) -> torch.Tensor:
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=True)
-        return torch.nn.functional.normalize(reference_query(self._tensor(Z), self._tensor(X)) @ self.W_, dim=1)
+        return mapped_rows(reference_query(self._tensor(Z), self._tensor(X)), self.W_)
 
     def _scores(self, vfm_features, vlm_features) -> torch.Tensor:
         return self._mapped(vfm_features, vlm_features) @ self.text_prototypes_.T

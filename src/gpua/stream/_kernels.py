@@ -35,7 +35,7 @@ import torch
 from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig, check_not_one_image
-from ..query import build_query, centre_rows, second_moment_sum, target_prototypes
+from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
 __all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "WhitenedRows", "merge_stats", "part_vfm_rows"]
@@ -325,7 +325,7 @@ def _read(part: Part, fit: FitSpec, dev: torch.device, check: bool = False):
     if fit.whiten is not None:
         M = fit.whiten.to(dev)
         Q = WhitenedRows(Q, M, _inverse_norms(part, fit, Q, M))
-    S = X if fit.score_map is None else torch.nn.functional.normalize(Q @ fit.score_map.to(dev), dim=1)
+    S = X if fit.score_map is None else mapped_rows(Q, fit.score_map.to(dev))
     if part.keep_rows:  # the score rows too: a self-learning mining's cost a product per read
         _STORE.setdefault((fit.token, part.index), _State()).rows = (stage, (Z, Q, S))
     return Z, Q, S
@@ -554,8 +554,7 @@ def part_final(part: Part, fit: FitSpec, W: torch.Tensor, k: int) -> tuple[torch
     """
     dev = _device(fit)
     _, Q, _ = _read(part, fit, dev)
-    M = torch.nn.functional.normalize(Q @ W.to(dev), dim=1)
-    sims = M @ fit.Y.to(dev).T
+    sims = mapped_cosines(Q, W.to(dev), fit.Y.to(dev))
     top = None
     if k:
         top = sims.T.topk(min(k, sims.shape[0]), dim=1).values.cpu()
