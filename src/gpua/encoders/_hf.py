@@ -48,7 +48,8 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, error_summary, file_fingerprint, hub_offline, layout_hint, missing_weights_error
+from ._registry import (bad_local_error, error_summary, file_fingerprint, hub_offline, hub_snapshot_commit, layout_hint,
+                        missing_weights_error)
 from ._torch import TorchEncoder, quiet_transformers_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
@@ -348,8 +349,7 @@ def _hub_commit(repo: str, config, kw: dict[str, Any]) -> str | None:
 
     transformers 4 kept it as ``config._commit_hash``; transformers 5 no longer does, and the
     requested revision (``None``, ``"main"``) names no fixed weights. The snapshot folder of the
-    cached ``config.json`` for that revision names the commit (``snapshots/<commit>/``), as
-    :func:`huggingface_hub.try_to_load_from_cache` resolves it.
+    cached ``config.json`` for that revision names the commit (:func:`hub_snapshot_commit`).
 
     Parameters
     ----------
@@ -367,11 +367,7 @@ def _hub_commit(repo: str, config, kw: dict[str, Any]) -> str | None:
     commit = getattr(config, "_commit_hash", None)
     if commit:
         return str(commit)
-    from huggingface_hub import try_to_load_from_cache
-    from transformers.utils.hub import extract_commit_hash
-
-    path = try_to_load_from_cache(repo, "config.json", cache_dir=kw.get("cache_dir"), revision=kw.get("revision"))
-    return extract_commit_hash(path, None) if isinstance(path, str) else None
+    return hub_snapshot_commit(repo, ["config.json"], cache_dir=kw.get("cache_dir"), revision=kw.get("revision"))
 
 
 def _load_tokenizer(name: str, spec: str, local: bool, kw: dict[str, Any]):

@@ -33,7 +33,10 @@ The exact architecture and pretrained strings are recorded verbatim in the metad
 model's ``quick_gelu`` flag: ``ViT-B-16`` with OpenAI weights and ``ViT-B-16-quickgelu`` are
 different functions, and open_clip only warns about the mismatch (the warning is kept too).
 The dense method is recorded as ``metadata()["dense"]``, so feature caches keyed by the
-metadata tell the methods apart.
+metadata tell the methods apart. Weights from the hub (``hf-hub:`` specs, and pretrained tags
+with an ``hf_hub`` entry, which open_clip prefers to their ``url``) record the commit of the
+cached snapshot beside the tag (``metadata()["weights"]["commit"]``): an update of the repository
+changes it; local checkpoints and folders record their file fingerprints.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, file_fingerprint, layout_hint, missing_weights_error
+from ._registry import bad_local_error, file_fingerprint, hub_snapshot_commit, layout_hint, missing_weights_error
 from ._torch import TorchEncoder, held_open_clip_errors, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["OpenCLIPEncoder"]
@@ -212,6 +215,9 @@ class OpenCLIPEncoder(TorchEncoder):
                     model, _, _ = open_clip.create_model_and_transforms(
                         model_name, pretrained=ckpt or tag,
                         device="cpu", force_quick_gelu=quick, cache_dir=None if where is None else str(where),
+                        # Without it a hub or folder model whose weights file is missing is built with
+                        # random weights, and open_clip only logs "Model initialized randomly".
+                        require_pretrained=True,
                     )
             except GPUAError:
                 raise
@@ -233,7 +239,10 @@ class OpenCLIPEncoder(TorchEncoder):
                     f"open_clip weights for {spec!r}", str(where or constants.HF_HUB_CACHE), exc,
                     f"open_clip:{model_name}//path/to/open_clip_pytorch_model.bin",
                 ) from None
-            tokenizer = open_clip.get_tokenizer(model_name)
+            # An hf-hub model's tokenizer is named in its open_clip_config.json, which lies in `where`
+            # like its weights; without cache_dir open_clip looks in huggingface_hub's default cache.
+            hub_kw = {"cache_dir": str(where)} if where is not None and model_name.startswith("hf-hub:") else {}
+            tokenizer = open_clip.get_tokenizer(model_name, **hub_kw)
         notes = [str(w.message) for w in caught if "gelu" in str(w.message).lower()]
         for w in caught:  # let the user see them as well
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -243,6 +252,9 @@ class OpenCLIPEncoder(TorchEncoder):
             weights = {"checkpoint": file_fingerprint(model_name[len("local-dir:"):])}
         else:
             weights = {"tag": tag or model_name}
+            hub = _hub_files(open_clip, model_name, tag)
+            if hub is not None:  # the repository's name stays when it is updated: its snapshot commit does not
+                weights["commit"] = hub_snapshot_commit(*hub, cache_dir=None if where is None else str(where))
         pp_cfg = dict(open_clip.get_model_preprocess_cfg(model))
         if ckpt:  # open_clip gives a checkpoint file its generic CLIP preprocessing: take the tags' own
             pp_cfg.update(_tags_preprocess(open_clip, model_name, spec))
@@ -311,6 +323,44 @@ class OpenCLIPEncoder(TorchEncoder):
         if self._notes:
             meta["warnings"] = self._notes
         return meta
+
+
+def _hub_files(open_clip, model_name: str, tag: str | None) -> tuple[str, list[str]] | None:
+    """The hub repository open_clip loads ``model_name`` / ``tag`` from and the files it reads there.
+
+    An ``hf-hub:org/repo`` spec reads ``open_clip_config.json`` and the default weights file; a
+    pretrained tag whose config has an ``hf_hub`` entry (``"org/repo/"``, or ``"org/repo/FILE"``
+    naming the weights file) is downloaded from there in preference to its ``url``, as
+    ``open_clip.pretrained.download_pretrained`` does with huggingface_hub installed. The weights
+    file is ``open_clip_pytorch_model.bin`` unless named, its safetensors alternative
+    (``open_clip_model.safetensors``) preferred.
+
+    Parameters
+    ----------
+    open_clip : module
+    model_name : str
+        The architecture, or an ``hf-hub:`` / ``local-dir:`` model name.
+    tag : str, optional
+        The pretrained tag of an architecture.
+
+    Returns
+    -------
+    (str, list of str) or None
+        The hub id and the file names, or None for weights not from the hub (a tag with only a
+        ``url``, a local file or folder).
+    """
+    from open_clip.constants import HF_CONFIG_NAME, HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives
+
+    if model_name.startswith("hf-hub:"):
+        repo, filename, extra = model_name[len("hf-hub:"):], HF_WEIGHTS_NAME, [HF_CONFIG_NAME]
+    else:
+        cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
+        if not cfg.get("hf_hub") or cfg.get("file"):
+            return None
+        repo, filename = os.path.split(cfg["hf_hub"])  # open_clip's own split of "org/repo/FILE"
+        filename, extra = filename or HF_WEIGHTS_NAME, []
+    return repo, [*_get_safe_alternatives(filename), filename, *extra]
 
 
 def _dense_unsupported(model) -> str | None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-from pathlib import Path
-from typing import Any, Callable
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable
 
 from .._errors import GPUAError
 from ._base import Encoder
 
-__all__ = ["create_encoder", "list_encoders", "register_encoder", "registry_entries", "parse_spec", "cache_dir", "file_fingerprint"]
+__all__ = ["create_encoder", "list_encoders", "register_encoder", "registry_entries", "parse_spec", "cache_dir", "file_fingerprint",
+           "hub_snapshot_commit"]
 
 Factory = Callable[..., Encoder]
 _REGISTRY: dict[str, Factory | str] = {}
@@ -230,6 +232,51 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         listing = [[q.relative_to(p).as_posix(), int(s.st_size), int(s.st_mtime_ns)] for q, s in zip(files, stats)]
         out["files"] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
     return out
+
+
+# A hub commit as huggingface_hub writes it in refs/ and names snapshot folders by.
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_snapshot_commit(repo_id: str, filenames: Iterable[str], *, cache_dir: str | os.PathLike | None = None,
+                        revision: str | None = None) -> str | None:
+    """The commit of the cached hub snapshot of ``repo_id`` at ``revision``, from the files it holds.
+
+    huggingface_hub keeps each downloaded revision in ``models--org--name/snapshots/<commit>/``
+    and the commit a branch or tag points at in ``refs/<revision>``; a download of a newer
+    revision adds a snapshot and moves the ref. The commit of the snapshot a model was just
+    loaded from therefore tells its weights apart from the repository's earlier or later
+    weights, which the repository name and a revision such as ``"main"`` do not.
+
+    Parameters
+    ----------
+    repo_id : str
+        The hub id, ``"org/name"``.
+    filenames : iterable of str
+        Files of the repository, as the loading library names them (``"model.safetensors"``,
+        ``"config.json"``...); the first one cached for ``revision`` names the snapshot. Give
+        every name the library may have loaded the weights from: a snapshot holding none of
+        them gives None.
+    cache_dir : str or path-like, optional
+        The hub cache folder the library was given (default: huggingface_hub's, ``HF_HUB_CACHE``).
+    revision : str, optional
+        A branch, tag or commit (default ``"main"``).
+
+    Returns
+    -------
+    str or None
+        The 40-hex-digit commit, or None when none of ``filenames`` is cached for ``revision``
+        (or the snapshot folder is not named by a commit).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+        if isinstance(path, str):  # not None (not cached) nor _CACHED_NO_EXIST (cached as absent)
+            # The path is <cache>/<repo folder>/snapshots/<commit>/<filename>, and filename may hold folders.
+            snapshot = Path(path).parents[len(PurePosixPath(filename).parts) - 1]
+            return snapshot.name if _COMMIT.fullmatch(snapshot.name) else None
+    return None
 
 
 def hub_offline() -> bool:

@@ -18,7 +18,10 @@ interpolation, mean, std).
 
 Every ``timm.create_model`` option the encoder was built with (from the spec's ``?key=value``
 part or from keyword arguments of ``create_encoder``) is recorded as ``metadata()["options"]``,
-so feature caches keyed by the metadata tell differently configured models apart.
+so feature caches keyed by the metadata tell differently configured models apart. Hub weights
+(a tag whose ``pretrained_cfg`` has an ``hf_hub_id``, and ``hf-hub:`` specs) record the commit
+of the cached snapshot they were loaded from as ``metadata()["weights"]["commit"]``: an update of
+the repository changes it; local checkpoints and folders record their file fingerprints.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, error_summary, file_fingerprint, layout_hint, missing_weights_error
+from ._registry import (bad_local_error, error_summary, file_fingerprint, hub_snapshot_commit, layout_hint,
+                        missing_weights_error)
 from ._torch import TorchEncoder, tokens_to_grid, torch_device
 
 __all__ = ["TimmEncoder"]
@@ -148,6 +152,8 @@ class TimmEncoder(TorchEncoder):
                 weights = {"folder": file_fingerprint(name[len("local-dir:"):])}
             else:
                 weights = {k: cfg.get(k) for k in ("architecture", "tag", "hf_hub_id", "url") if cfg.get(k)}
+                if cfg.get("hf_hub_id"):  # the repository's name stays when it is updated: its snapshot commit does not
+                    weights["commit"] = _hub_commit(cfg, kw.get("cache_dir"))
         return cls(spec, model, name=name, weights=weights, device=device, options=kw)
 
     def _embed_t(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +179,31 @@ class TimmEncoder(TorchEncoder):
         if self._options:  # absent without options: the metadata (and cache keys) of plain specs stay as they were
             meta["options"] = self._options
         return meta
+
+
+def _hub_commit(pretrained_cfg: dict[str, Any], hub_cache: str | None) -> str | None:
+    """The commit of the cached hub snapshot timm loaded the weights of ``pretrained_cfg`` from, or None.
+
+    timm loads hub weights (``load_state_dict_from_hf``) from ``pretrained_cfg["hf_hub_filename"]``,
+    by default ``pytorch_model.bin``, preferring its safetensors alternative (``model.safetensors``);
+    the ``hf_hub_id`` may name a revision after an ``@``.
+
+    Parameters
+    ----------
+    pretrained_cfg : dict
+        The model's ``pretrained_cfg``, with ``hf_hub_id``: a pretrained tag's or an ``hf-hub:`` spec's.
+    hub_cache : str, optional
+        The ``cache_dir`` given to ``timm.create_model`` (None: huggingface_hub's cache).
+
+    Returns
+    -------
+    str or None
+    """
+    from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives, hf_split
+
+    repo, revision = hf_split(pretrained_cfg["hf_hub_id"])
+    filename = pretrained_cfg.get("hf_hub_filename") or HF_WEIGHTS_NAME
+    return hub_snapshot_commit(repo, [*_get_safe_alternatives(filename), filename], cache_dir=hub_cache, revision=revision)
 
 
 def _warn_if_tags_disagree(timm, arch: str, spec: str, checkpoint: str) -> None:
