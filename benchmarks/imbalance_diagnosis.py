@@ -15,8 +15,9 @@ input), one at a time and together, on long-tailed subsets of the development po
 * **the class prior**: UCM's plan holds the class masses near uniform (``rho=0.03``). The
   oracle is ``class_prior`` = the pool's true class counts.
 
-Beside them, ``GPUA(class_prior="estimate")``, which estimates both without labels
-(:mod:`gpua.prior`: EM class frequencies from a first fit's probabilities, class-balanced means).
+Beside them, ``GPUA(class_prior="estimate")`` and ``GPUA(class_prior="zero_shot")``, which
+estimate both without labels (:mod:`gpua.prior`: EM class frequencies from a first fit's or from
+the VLM's zero-shot probabilities, class-balanced means from them).
 
     python benchmarks/imbalance_diagnosis.py --sets cifar-dinov2,cifar-lite2 --ratios 1,10,50
     python benchmarks/imbalance_diagnosis.py --json results/imbalance_diagnosis.json
@@ -43,6 +44,7 @@ ROWS = (
     "GPUA, class-balanced centring (oracle)",
     "GPUA, both oracles",
     "GPUA(class_prior=\"estimate\"), no labels",
+    "GPUA(class_prior=\"zero_shot\"), no labels",
 )
 
 
@@ -78,6 +80,7 @@ def diagnose(pool, seed: int = 0) -> dict[str, float]:
         "GPUA, class-balanced centring (oracle)": (dict(center=False, center_vlm=False), (Zb, Xb, Yc)),
         "GPUA, both oracles": (dict(center=False, center_vlm=False, class_prior=prior), (Zb, Xb, Yc)),
         'GPUA(class_prior="estimate"), no labels': (dict(class_prior="estimate"), (Z, X, Y)),
+        'GPUA(class_prior="zero_shot"), no labels': (dict(class_prior="zero_shot"), (Z, X, Y)),
     }
     for name, (params, (Zf, Xf, Yf)) in fits.items():
         model = GPUA(random_state=seed, **params).fit(Zf, Xf, Yf)

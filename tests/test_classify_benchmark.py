@@ -57,24 +57,27 @@ def test_classify_a_labelled_folder(photos, capsys):
     # the VLM's own zero-shot counts beside GPUA's, which assume balanced classes
     zs = next(line for line in out.splitlines() if line.startswith("VLM zero-shot would predict: "))
     counts = [int(part.rsplit(" ", 1)[1]) for part in zs.split(": ", 1)[1].split(" (")[0].split(", ")]
-    assert sum(counts) == 15 and "Imbalanced folders" in zs and "try --param class_prior=estimate" in zs
+    assert sum(counts) == 15 and "Imbalanced folders" in zs and "try --param class_prior=estimate, or class_prior=zero_shot" in zs
     from gpua import load_model
 
     prov = load_model(d / "m.gpua").provenance_
     assert prov["vfm"] == "planted:vfm" and prov["class_prompts"][0] == ["sky", "blue sky"]
 
 
-def test_classify_with_an_estimated_class_prior(photos, capsys):
-    """--param class_prior=estimate reaches the fit (two fits: the history records the estimate); no hint to try it."""
+@pytest.mark.parametrize("estimate", ["estimate", "zero_shot"])
+def test_classify_with_an_estimated_class_prior(photos, capsys, estimate):
+    """--param class_prior=estimate / zero_shot reaches the fit (the history records the estimate); no hint to try it."""
     d = photos
     assert _classify(d, "--images", str(d / "photos" / "test"), "--out", str(d / "pe.csv"), "--model-out", str(d / "me.gpua"),
-                     "--param", "class_prior=estimate") == 0
+                     "--param", f"class_prior={estimate}") == 0
     zs = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("VLM zero-shot would predict: "))
     assert "try --param" not in zs
     from gpua import load_model
 
     model = load_model(d / "me.gpua")
-    assert model.class_prior == "estimate" and len(model.history_["class_prior_estimate"]["prior"]) == 5
+    assert model.class_prior == estimate and len(model.history_["class_prior_estimate"]["prior"]) == 5
+    source = "first_fit_pseudo_label_counts" if estimate == "estimate" else "zero_shot_counts"
+    assert sum(model.history_["class_prior_estimate"][source]) == 15
 
 
 def test_classify_a_flat_folder_with_a_pool(photos, capsys):

@@ -1,4 +1,4 @@
-"""gpua.prior (EM class frequencies, class-balanced mean) and GPUA(class_prior="estimate")."""
+"""gpua.prior (EM class frequencies, class-balanced mean) and GPUA(class_prior="estimate" / "zero_shot")."""
 
 import numpy as np
 import pytest
@@ -81,30 +81,60 @@ def test_estimate_on_a_balanced_pool_stays_close_to_the_uniform_fit():
     assert abs(acc[1] - acc[0]) <= 0.03
 
 
-def test_estimate_model_saves_and_loads(tmp_path):
+@pytest.mark.parametrize("estimate", ["estimate", "zero_shot"])
+def test_estimate_model_saves_and_loads(tmp_path, estimate):
     from gpua import load_model
 
     d = _long_tailed()
-    m = GPUA(class_prior="estimate", random_state=0, n_steps=20).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    m = GPUA(class_prior=estimate, random_state=0, n_steps=20).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
     m.save(tmp_path / "m.gpua")
     back = load_model(tmp_path / "m.gpua")
     np.testing.assert_array_equal(back.predict(d.vfm_features, d.vlm_features), m.predict(d.vfm_features, d.vlm_features))
-    assert back.get_params()["class_prior"] == "estimate"
+    assert back.get_params()["class_prior"] == estimate
+
+
+def test_zero_shot_estimate_takes_the_vlms_probabilities_and_fits_once(monkeypatch):
+    """class_prior="zero_shot": EM on softmax(logit_scale cos(x, y)), the zero-shot's own
+    probabilities (no first fit), the class-balanced means from them, then one fit."""
+    from gpua import VLMZeroShot
+
+    d = _long_tailed()
+    Z, X, Y = d.vfm_features, d.vlm_features, d.text_prototypes
+    kw = dict(random_state=0, n_steps=100)
+    import gpua.fitting
+
+    fits = []
+    fit_prepared = gpua.fitting._fit_prepared
+    monkeypatch.setattr(gpua.fitting, "_fit_prepared", lambda *a, **k: fits.append(1) or fit_prepared(*a, **k))
+    est = GPUA(class_prior="zero_shot", logit_scale=50.0, **kw).fit(Z, X, Y)
+    zs = VLMZeroShot().fit(Z, X, Y)
+    proba = torch.softmax(50.0 * torch.as_tensor(zs.decision_function(None, X), dtype=torch.float32), dim=1)
+    want, resp = em_class_prior(proba)
+    history = est.history_["class_prior_estimate"]
+    np.testing.assert_allclose(history["prior"], want.numpy(), atol=1e-6)
+    assert history["zero_shot_counts"] == np.bincount(zs.predict(None, X), minlength=8).tolist()
+    assert "first_fit_pseudo_label_counts" not in history
+    np.testing.assert_allclose(est.vlm_mean_.cpu().numpy(), balanced_mean(torch.as_tensor(X), resp).numpy(), atol=1e-6)
+    assert len(fits) == 1  # one fit, where "estimate" runs two
+    prior = np.array(history["prior"])
+    assert prior[:2].sum() > 1.5 * prior[-2:].sum()  # the two head classes hold 58% of the pool, the two tail ones 5%
+    assert est.class_prior == "zero_shot"
 
 
 @pytest.mark.parametrize("bad", ["uniform", "", ["estimate"]])
 def test_other_strings_are_refused(bad):
     d = _long_tailed()
-    with pytest.raises(GPUAError, match=r"class_prior=.* must be None or 'estimate' or a list of positive weights, one per class"):
+    with pytest.raises(GPUAError, match=r"class_prior=.* must be None or one of 'estimate', 'zero_shot' or a list of positive weights, one per class"):
         GPUA(class_prior=bad).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
 
 
-def test_streamed_and_federated_fits_refuse_estimate(tmp_path):
+@pytest.mark.parametrize("estimate", ["estimate", "zero_shot"])
+def test_streamed_and_federated_fits_refuse_estimate(tmp_path, estimate):
     from gpua.stream import fit_federated, fit_streaming
 
     d = _long_tailed()
-    model = GPUA(class_prior="estimate", n_steps=5)
-    with pytest.raises(GPUAError, match=r"class_prior='estimate' fits twice .* a streamed fit takes class_prior as weights"):
+    model = GPUA(class_prior=estimate, n_steps=5)
+    with pytest.raises(GPUAError, match=rf"class_prior='{estimate}' estimates the prior .* a streamed fit takes class_prior as weights"):
         fit_streaming(model, (d.vfm_features, d.vlm_features), d.text_prototypes)
     clients = [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)]
     with pytest.raises(GPUAError, match=r"a federated fit takes class_prior as weights"):

@@ -82,13 +82,16 @@ class GPUA(AlignmentEstimator):
         Score form; ``"neg_euclidean"`` is :math:`-\|a-b\|/\tau` with ``temperature``.
     temperature : float > 0, default=0.1
         :math:`\tau` of ``similarity="neg_euclidean"``.
-    class_prior : array of shape (n_classes,), "estimate" or None, default=None
+    class_prior : array of shape (n_classes,), "estimate", "zero_shot" or None, default=None
         Class marginal for OT (None: uniform). ``"estimate"``, for a pool far from balanced (a
         long-tailed folder of photos): fit once under the uniform prior, estimate the pool's
         class frequencies from that fit's probabilities by EM (:func:`gpua.prior.em_class_prior`)
         and centre each modality on the class-balanced mean (:func:`gpua.prior.balanced_mean`),
-        then fit again with both; twice the fit time, in-memory fits only. Labels are never
-        used. It costs a little on balanced pools (README, "Imbalanced folders").
+        then fit again with both; twice the fit time, in-memory fits only. It costs a little on
+        balanced pools. ``"zero_shot"``: the same estimate from the VLM's zero-shot
+        probabilities instead of a first fit (one fit); far better on strongly long-tailed
+        pools, clearly worse on balanced ones, where the VLM's class biases read as imbalance.
+        Labels are never used (README, "Imbalanced folders").
     rho : float > 0 or None, default=0.03
         Semi-relaxed class marginal: the plan's class masses pay a KL penalty of weight
         :math:`\rho` for leaving ``class_prior`` instead of being held to it exactly (None).
@@ -249,9 +252,10 @@ class GPUA(AlignmentEstimator):
         ``W_`` is its pseudo-label, whatever ``retrieval``), ``orthogonality_error`` (of the map
         in the whitened coordinates), ``random_state`` (the seed used),
         ``timings``; ``streaming`` or ``federated`` from those drivers; with
-        ``class_prior="estimate"``, ``class_prior_estimate`` (``prior``: the estimated class
-        frequencies the second fit used; ``first_fit_pseudo_label_counts``) and
-        ``timings["class_prior_estimate_s"]`` (the first fit and the estimate).
+        ``class_prior="estimate"`` or ``"zero_shot"``, ``class_prior_estimate`` (``prior``: the
+        estimated class frequencies the fit used; ``first_fit_pseudo_label_counts`` or
+        ``zero_shot_counts``: the argmax counts of the probabilities it was estimated from) and
+        ``timings["class_prior_estimate_s"]`` (the first fit, if any, and the estimate).
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None
 

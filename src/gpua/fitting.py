@@ -44,11 +44,11 @@ from ._errors import ConvergenceWarning, GPUAError, warn_user
 from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, refuse_sparse, row_scale_suspects
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
-from .prior import balanced_mean, em_class_prior
+from .prior import PRIOR_ESTIMATES, balanced_mean, em_class_prior
 from .procrustes import orthogonality_error, procrustes_from_assignment
 from .query import (
     QUERY_MODES, build_query, centre_rows, mapped_cosines, mapped_rows, pool_mean, target_prototypes, whitening_map,
-    whitening_width,
+    whitening_width, zero_shot_cosines,
 )
 from .refinement import RefineConfig, refine
 from .ucm import SIMILARITIES, mine_correspondences
@@ -83,7 +83,7 @@ PARAMETERS: dict[str, Constraint] = {
     "eps": POSITIVE,
     "similarity": Options(SIMILARITIES),
     "temperature": POSITIVE,
-    "class_prior": OptionalOf(AnyOf((Options(("estimate",)), Weights()))),
+    "class_prior": OptionalOf(AnyOf((Options(PRIOR_ESTIMATES), Weights()))),
     "rho": OptionalOf(POSITIVE),
     "n_init_per_class": COUNT,
     "max_outer": COUNT,
@@ -251,8 +251,8 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
                   f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.")
     if driver != "memory" and isinstance(params["class_prior"], str):
         raise GPUAError(
-            f"class_prior={params['class_prior']!r} fits twice and weighs every row by its estimated class, on in-memory "
-            f"rows only; a {driver} fit takes class_prior as weights: pass the class frequencies as a list "
+            f"class_prior={params['class_prior']!r} estimates the prior from every row's class probabilities and weighs "
+            f"every row by its estimated class, on in-memory rows only; a {driver} fit takes class_prior as weights: pass the class frequencies as a list "
             "(counts or fractions, in class order), or fit GPUA on in-memory arrays."
         )
     if driver == "streamed" and params["pool_augment"]:
@@ -841,27 +841,30 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
         prepared = _prepared_pool(config, Z, X, Y, mean, vlm_mean)
         del Z, X  # only the query, the normalised rows (and V) live on through the fit
         return _fit_prepared(config, prepared, Y, names, callback)
-    # class_prior="estimate" (gpua.prior): a fit under the uniform prior, the pool's class frequencies
-    # and class-balanced means from its probabilities, then the fit with them.
+    # class_prior="estimate" / "zero_shot" (gpua.prior): the pool's class frequencies and
+    # class-balanced means from class probabilities, then the fit with them. "estimate" takes the
+    # probabilities of a first fit under the uniform prior, "zero_shot" the VLM's zero-shot ones.
     t0 = time.perf_counter()
-    uniform = _with_prior(config, None)
-    first = _fit_prepared(uniform, _prepared_pool(uniform, Z, X, Y, mean, vlm_mean), Y, names, callback)
-    proba = torch.softmax(float(params["logit_scale"]) * _pool_scores(first, Z, X, config), dim=1)
-    prior, resp = em_class_prior(proba)
+    if config.mining.class_prior == "estimate":
+        uniform = _with_prior(config, None)
+        first = _fit_prepared(uniform, _prepared_pool(uniform, Z, X, Y, mean, vlm_mean), Y, names, callback)
+        scores = _pool_scores(first, Z, X, config)
+        source = {"first_fit_pseudo_label_counts": np.bincount(first.pseudo_labels, minlength=Y.shape[0]).tolist()}
+    else:
+        scores = zero_shot_cosines(X, Y)
+        source = {"zero_shot_counts": torch.bincount(scores.argmax(1).cpu(), minlength=Y.shape[0]).tolist()}
+    prior, resp = em_class_prior(torch.softmax(float(params["logit_scale"]) * scores, dim=1))
     mean, vlm_mean = balanced_mean(Z, resp), balanced_mean(X, resp)
     seconds = time.perf_counter() - t0
     estimated = _with_prior(config, prior.cpu().numpy())
     state = _fit_prepared(estimated, _prepared_pool(estimated, Z, X, Y, mean, vlm_mean), Y, names, callback)
-    state.history["class_prior_estimate"] = {
-        "prior": [float(v) for v in prior.cpu()],
-        "first_fit_pseudo_label_counts": np.bincount(first.pseudo_labels, minlength=Y.shape[0]).tolist(),
-    }
+    state.history["class_prior_estimate"] = {"prior": [float(v) for v in prior.cpu()], **source}
     state.history.setdefault("timings", {})["class_prior_estimate_s"] = seconds
     return state
 
 
 def _estimates_prior(config: FitConfig) -> bool:
-    """Whether the fit estimates the class prior from a first fit (``class_prior="estimate"``)."""
+    """Whether the fit estimates the class prior (``class_prior`` one of :data:`PRIOR_ESTIMATES`)."""
     return isinstance(config.mining.class_prior, str)
 
 

@@ -4,22 +4,35 @@ Two of GPUA's steps assume the pool holds every class about equally: UCM holds t
 class masses near a prior (uniform unless ``class_prior`` is given), and ``center`` /
 ``center_vlm`` subtract the pool's mean row, which a dominant class pulls toward itself, so that
 centring removes part of that class's own direction. On a long-tailed folder of photos both cost
-accuracy (README, "Imbalanced folders"). ``GPUA(class_prior="estimate")`` fits once under the
-uniform prior, then estimates both from that fit's class probabilities on the pool:
+accuracy (README, "Imbalanced folders"). ``GPUA(class_prior=...)`` with one of
+:data:`PRIOR_ESTIMATES` estimates both from class probabilities of the pool's rows:
 
 * :func:`em_class_prior`: the class frequencies by EM (Saerens, Latinne & Decaestecker, 2002,
   "Adjusting the outputs of a classifier to new a priori probabilities"), the label-shift
   estimate for a classifier whose probabilities assume a uniform prior;
 * :func:`balanced_mean`: the mean row with each estimated class weighed the same,
 
-and fits again with them. Labels are never used.
+and fits with them. Labels are never used. The probabilities come from
+
+* ``"estimate"``: a first GPUA fit under the uniform prior. Close to right on a balanced pool;
+  on a strongly skewed one that fit has already spread the head class over the others, and the
+  estimate stays too flat.
+* ``"zero_shot"``: the VLM's zero-shot, :math:`\mathrm{softmax}(s \cos(x_i, y_k))` with ``logit_scale``
+  :math:`s`, which the pool's composition does not shape (the classifier Saerens et al.'s EM
+  assumes). One fit instead of two; but the VLM's own class biases read as imbalance, so on a
+  balanced pool the estimate is skewed and the fit loses points: for folders known to be
+  strongly long-tailed.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["em_class_prior", "balanced_mean"]
+__all__ = ["PRIOR_ESTIMATES", "em_class_prior", "balanced_mean"]
+
+#: The ``class_prior`` strings that estimate the prior from the pool (the probabilities EM starts from:
+#: a first fit's under the uniform prior, or the VLM's zero-shot).
+PRIOR_ESTIMATES = ("estimate", "zero_shot")
 
 
 def em_class_prior(proba: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:

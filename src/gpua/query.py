@@ -25,6 +25,7 @@ from .params import COUNT, NON_NEGATIVE, check_param
 __all__ = [
     "QUERY_MODES", "build_query", "centre_rows", "mapped_cosines", "mapped_rows", "pool_mean", "query_width",
     "second_moment_sum", "target_prototypes", "whitening_from_moment", "whitening_map", "whitening_width",
+    "zero_shot_cosines",
 ]
 
 QUERY_MODES = ("vfm", "fused")
@@ -117,6 +118,25 @@ def mapped_cosines(Q: torch.Tensor, W: torch.Tensor, Y: torch.Tensor) -> torch.T
     tensor of shape (n_samples, n_classes)
     """
     return mapped_rows(Q, W) @ Y.T
+
+
+def zero_shot_cosines(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    r"""The VLM's own zero-shot scores: the cosine of each image feature with each text prototype.
+
+    .. math:: s_{ik} = \cos(x_i, y_k)
+
+    Neither side is centred: these are the scores of :class:`gpua.VLMZeroShot`, which no pool shapes.
+
+    Parameters
+    ----------
+    X : tensor of shape (n_samples, d_vlm)
+    Y : tensor of shape (n_classes, d_vlm)
+
+    Returns
+    -------
+    tensor of shape (n_samples, n_classes)
+    """
+    return centre_rows(X, None) @ target_prototypes(Y, False).T
 
 
 def build_query(

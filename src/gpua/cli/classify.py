@@ -120,7 +120,8 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
               + (" ..." if len(zero_shot) > 6 else "")
               + (" (far apart: a folder whose classes are far from equally frequent can do that"
-                 + ("" if "class_prior" in overrides else "; try --param class_prior=estimate")
+                 + ("" if "class_prior" in overrides else "; try --param class_prior=estimate, or class_prior=zero_shot "
+                    "if the folder is strongly long-tailed")
                  + ", see 'Imbalanced folders' in the README)" if far else ""))
     scores = res.scores()
     if scores is not None:

@@ -618,7 +618,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
     check_device_flag(args.device)
     check_param("--patches-per-image", args.patches_per_image, COUNT)
     classnames, prompt_names, owner = _class_prompts(args.classnames)
-    if params.get("class_prior") is not None and not isinstance(params["class_prior"], str):  # "estimate" is per word already
+    if params.get("class_prior") is not None and not isinstance(params["class_prior"], str):  # "estimate" / "zero_shot" are per word already
         params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
     skipped: list[Path] = []
