@@ -146,7 +146,7 @@ def test_open_clip_hub_tag_records_the_snapshot_commit(tmp_path, tiny_ckpt, monk
     assert create_encoder("open_clip:gpua-tiny-vit/hub", cache_dir=tmp_path).metadata()["weights"] == {"tag": "hub", "commit": B}
 
 
-# --------------------------------------------------------------------------- weights missing
+# --------------------------------------------------------------------------- what a hub or folder model lacks
 
 @pytest.mark.parametrize("where", ["hub", "folder"])
 def test_open_clip_model_without_weights_is_refused(tmp_path, where):
@@ -161,3 +161,20 @@ def test_open_clip_model_without_weights_is_refused(tmp_path, where):
     spec = "open_clip:hf-hub:org/tiny" if where == "hub" else f"open_clip:{repo / 'snapshots' / A}"
     with pytest.raises(GPUAError, match=r"open_clip weights for .open_clip:.*tiny"):
         create_encoder(spec, cache_dir=tmp_path)
+
+
+def test_open_clip_tokenizer_not_in_the_cache_is_a_clear_error(tmp_path, tiny_ckpt, monkeypatch):
+    """A model whose config names a Hugging Face tokenizer (``text_cfg.hf_tokenizer_name``, as
+    SigLIP models do) that is not in the cache: transformers' ``ValueError: Couldn't instantiate
+    the backend tokenizer`` came out of ``create_encoder`` as a traceback from deep inside."""
+    import open_clip
+    from tiny_models import TINY
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save(open_clip.create_model("gpua-tiny-vit").state_dict(), folder / "open_clip_pytorch_model.bin")
+    cfg = {**TINY, "text_cfg": {**TINY["text_cfg"], "hf_tokenizer_name": "org/absent-tokenizer"}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    with pytest.raises(GPUAError, match=r"text tokenizer of 'open_clip:.*hf_tokenizer_name.*HF_HUB_OFFLINE is set.*local folder"):
+        create_encoder(f"open_clip:{folder}", cache_dir=tmp_path)

@@ -51,7 +51,8 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import bad_local_error, file_fingerprint, hub_snapshot_commit, layout_hint, missing_weights_error
+from ._registry import (bad_local_error, error_summary, file_fingerprint, hub_offline, hub_snapshot_commit, layout_hint,
+                        missing_weights_error)
 from ._torch import TorchEncoder, held_open_clip_errors, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["OpenCLIPEncoder"]
@@ -242,7 +243,16 @@ class OpenCLIPEncoder(TorchEncoder):
             # An hf-hub model's tokenizer is named in its open_clip_config.json, which lies in `where`
             # like its weights; without cache_dir open_clip looks in huggingface_hub's default cache.
             hub_kw = {"cache_dir": str(where)} if where is not None and model_name.startswith("hf-hub:") else {}
-            tokenizer = open_clip.get_tokenizer(model_name, **hub_kw)
+            try:
+                tokenizer = open_clip.get_tokenizer(model_name, **hub_kw)
+            except Exception as exc:  # a Hugging Face tokenizer not in the cache fails deep inside transformers
+                offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+                raise GPUAError(
+                    f"could not load the text tokenizer of {spec!r}: {error_summary(exc)}. open_clip takes it from the "
+                    f"Hugging Face tokenizer the model's config names (text_cfg.hf_tokenizer_name), from the hub or its "
+                    f"cache{offline}: put that tokenizer in the hub cache (HF_HOME), or, for a model folder, set "
+                    "hf_tokenizer_name in its open_clip_config.json to a local folder holding the tokenizer."
+                ) from None
         notes = [str(w.message) for w in caught if "gelu" in str(w.message).lower()]
         for w in caught:  # let the user see them as well
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
