@@ -252,8 +252,8 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
     if driver != "memory" and isinstance(params["class_prior"], str):
         raise GPUAError(
             f"class_prior={params['class_prior']!r} estimates the prior from every row's class probabilities and weighs "
-            f"every row by its estimated class, on in-memory rows only; a {driver} fit takes class_prior as weights: pass the class frequencies as a list "
-            "(counts or fractions, in class order), or fit GPUA on in-memory arrays."
+            f"every row by its estimated class, on in-memory rows only; a {driver} fit takes class_prior as weights: "
+            "pass the class frequencies as a list (counts or fractions, in class order), or fit GPUA on in-memory arrays."
         )
     if driver == "streamed" and params["pool_augment"]:
         raise GPUAError(
