@@ -103,6 +103,29 @@ def test_timm_hf_hub_spec_records_the_snapshot_commit(timm_hub, pinned):
     assert create_encoder(f"timm:{folder}", cache_dir=cache).metadata()["weights"] == {"folder": file_fingerprint(folder)}
 
 
+@pytest.mark.parametrize("cached", ["foreign", "damaged"])
+def test_timm_hub_weights_that_do_not_fit_are_refused(tmp_path, cached):
+    """Another architecture's weights in the cache (``foreign``): timm created the model with
+    ``num_classes=0``, which loads with ``strict=False``, so every backbone weight stayed at
+    random with an INFO log line and the encoder was made without a word. A cut-short file
+    (``damaged``) was reported as missing, with advice to download the weights elsewhere."""
+    timm = pytest.importorskip("timm")
+    if TIMM_TAG not in timm.list_pretrained("test_*"):
+        pytest.skip(f"this timm has no {TIMM_TAG}")
+    from timm.models import save_for_hf
+
+    def snapshot(folder: Path, seed: int) -> None:
+        if cached == "foreign":
+            save_for_hf(timm.create_model("test_efficientnet", pretrained=False), folder, safe_serialization=True)
+        else:
+            _timm_snapshot(folder, seed)
+            (folder / "model.safetensors").write_bytes(b"\0" * 100)
+
+    _fake_hub(tmp_path / "timm", f"timm/{TIMM_TAG}", snapshot)
+    with pytest.raises(GPUAError, match=rf"cached timm weights .* damaged .* delete the folder models--timm--{TIMM_TAG}"):
+        create_encoder(f"timm:{TIMM_TAG}", cache_dir=tmp_path)
+
+
 # --------------------------------------------------------------------------- open_clip
 
 def _open_clip_snapshot(folder: Path, seed: int, weights_name: str = "open_clip_pytorch_model.bin") -> None:

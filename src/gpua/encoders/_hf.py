@@ -48,8 +48,8 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import (bad_local_error, error_summary, file_fingerprint, hub_offline, hub_snapshot_commit, layout_hint,
-                        missing_weights_error)
+from ._registry import (bad_local_error, damaged_cache_error, file_fingerprint, hub_offline,
+                        hub_snapshot_commit, layout_hint, missing_weights_error)
 from ._torch import TorchEncoder, quiet_transformers_loading, resolve_dense, tokens_to_grid, torch_device, warn_truncated
 
 __all__ = ["HFEncoder", "SUPPORTED_MODEL_TYPES"]
@@ -250,12 +250,9 @@ class HFEncoder(TorchEncoder):
                                       "Save the model there with model.save_pretrained(folder) (model.safetensors "
                                       "or pytorch_model.bin next to config.json); a damaged file (a transfer cut short) "
                                       "must be copied there again.", backend="hf") from None
-            if not isinstance(exc, OSError):
-                raise GPUAError(
-                    f"could not read the cached transformers weights of {spec!r}: {error_summary(exc)}. The copy in "
-                    f"{hub_cache or constants.HF_HUB_CACHE} is damaged (an interrupted download?): delete the folder "
-                    f"models--{body.replace('/', '--')} there and download it again, or pass a local folder 'hf:/path'."
-                ) from None
+            if not isinstance(exc, OSError):  # the file is cached (absent ones raise OSError) but does not load
+                raise damaged_cache_error(f"transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, body, exc,
+                                          "hf:/path/to/folder") from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
         missing = sorted(loading.get("missing_keys") or ())

@@ -24,7 +24,7 @@ from .._errors import GPUAError
 from ._base import Encoder
 
 __all__ = ["create_encoder", "list_encoders", "register_encoder", "registry_entries", "parse_spec", "cache_dir", "file_fingerprint",
-           "hub_snapshot_commit"]
+           "hub_snapshot_commit", "damaged_cache_error"]
 
 Factory = Callable[..., Encoder]
 _REGISTRY: dict[str, Factory | str] = {}
@@ -318,6 +318,36 @@ def missing_weights_error(what: str, looked: str, exc: BaseException, local_exam
         f"could not load {what}: {error_summary(exc)}. "
         f"Looked in {looked}{offline}. Without internet access, download the weights elsewhere and pass "
         f"a local path, e.g. {local_example!r}; or set GPUA_CACHE_DIR / HF_HOME to a cache that has them.{retry}"
+    )
+
+
+def damaged_cache_error(what: str, looked: str, repo_id: str, exc: BaseException, local_example: str) -> GPUAError:
+    """The error for hub weights that are in the cache but do not load (a cut-short download, a foreign file).
+
+    The advice of :func:`missing_weights_error` (download them elsewhere) would be wrong: the
+    file is there, and what helps is deleting the repository's cache folder.
+
+    Parameters
+    ----------
+    what : str
+        What was being loaded, naming the spec (``"transformers weights of 'hf:org/m'"``).
+    looked : str
+        The hub cache folder.
+    repo_id : str
+        The hub id, ``"org/name"`` (its cache folder is ``models--org--name``).
+    exc : BaseException
+        The loader's error.
+    local_example : str
+        A spec that loads a local copy instead.
+
+    Returns
+    -------
+    GPUAError
+    """
+    return GPUAError(
+        f"could not read the cached {what}: {error_summary(exc, max_lines=2)}. The copy in {looked} is damaged (an "
+        f"interrupted download?) or not of this architecture: delete the folder models--{repo_id.replace('/', '--')} "
+        f"there and download it again, or pass a local copy, e.g. {local_example!r}."
     )
 
 

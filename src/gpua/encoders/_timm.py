@@ -35,8 +35,8 @@ from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._preprocess import ImagePreprocess
 from ._registry import cache_dir as _cache_dir
-from ._registry import (bad_local_error, error_summary, file_fingerprint, hub_snapshot_commit, layout_hint,
-                        missing_weights_error)
+from ._registry import (bad_local_error, damaged_cache_error, error_summary, file_fingerprint, hub_snapshot_commit,
+                        layout_hint, missing_weights_error)
 from ._torch import TorchEncoder, tokens_to_grid, torch_device
 
 __all__ = ["TimmEncoder"]
@@ -129,7 +129,12 @@ class TimmEncoder(TorchEncoder):
             weights: dict[str, Any] = {"checkpoint": file_fingerprint(ckpt)}
         else:
             try:
-                model = _create(timm, name, spec, pretrained=True, **kw)
+                # Built with its pretrained classifier, then the head removed: with num_classes=0 timm drops
+                # the head's weights and loads the rest with strict=False, so a backbone weight the file
+                # lacks stays at random with an INFO log line (features part noise); with the head it
+                # loads strictly, as timm.create_model(name, pretrained=True) does.
+                model = _create(timm, name, spec, pretrained=True, **{k: v for k, v in kw.items() if k != "num_classes"})
+                model.reset_classifier(0)
             except GPUAError:
                 raise
             except Exception as exc:  # offline hub errors, missing files
@@ -143,10 +148,11 @@ class TimmEncoder(TorchEncoder):
                         "'timm:ARCH//path/to/weights.pth' instead.",
                         backend="timm",
                     ) from None
-                raise missing_weights_error(
-                    f"timm weights for {spec!r}", kw.get("cache_dir") or constants.HF_HUB_CACHE, exc,
-                    f"timm:{name.split(':')[-1]}//path/to/weights.pth",
-                ) from None
+                looked, local = kw.get("cache_dir") or constants.HF_HUB_CACHE, f"timm:{name.split(':')[-1]}//path/to/weights.pth"
+                repo = _hub_repo(timm, name)
+                if repo is not None and not isinstance(exc, OSError):  # cached (absent files raise OSError) but not loadable
+                    raise damaged_cache_error(f"timm weights for {spec!r}", looked, repo, exc, local) from None
+                raise missing_weights_error(f"timm weights for {spec!r}", looked, exc, local) from None
             cfg = getattr(model, "pretrained_cfg", {}) or {}
             if name.startswith("local-dir:"):
                 weights = {"folder": file_fingerprint(name[len("local-dir:"):])}
@@ -179,6 +185,16 @@ class TimmEncoder(TorchEncoder):
         if self._options:  # absent without options: the metadata (and cache keys) of plain specs stay as they were
             meta["options"] = self._options
         return meta
+
+
+def _hub_repo(timm, name: str) -> str | None:
+    """The hub repository timm loads the weights of ``name`` (a tag or ``hf-hub:`` name) from, or None (a URL)."""
+    from timm.models._hub import hf_split
+
+    if name.startswith("hf-hub:"):
+        return hf_split(name[len("hf-hub:"):])[0]
+    cfg = timm.models.get_pretrained_cfg(name)
+    return hf_split(cfg.hf_hub_id)[0] if cfg is not None and cfg.hf_hub_id else None
 
 
 def _hub_commit(pretrained_cfg: dict[str, Any], hub_cache: str | None) -> str | None:
