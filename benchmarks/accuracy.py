@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 from _harness import gpua_params, setup, write_json
-from devsets import add_set_arguments, chosen_sets, load_devset, long_tailed
+from devsets import add_set_arguments, cached_devset_seeds, chosen_sets, long_tailed
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
 
@@ -190,19 +190,14 @@ def main(argv=None) -> int:
         ap.error("--pool-imbalance must be at least 1 (the largest class over the smallest)")
     setup(args)
     rows, notes, correct = [], {}, {}
-    for s in sets:
-        for seed in range(args.seeds):
-            try:
-                ds = long_tailed(load_devset(s, cache_dir=args.cache_dir, seed=seed), args.pool_imbalance, seed)
-            except FileNotFoundError as exc:
-                print(f"skipping {s}: {exc}", flush=True)
-                break
-            notes[s] = ds.dev_note
-            for m in methods + list(variants):
-                row, correct[s, seed, m] = evaluate(ds, m, seed, variants)
-                rows.append(row)
-                print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
-                      f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+    for s, seed, cached in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+        ds = long_tailed(cached, args.pool_imbalance, seed)
+        notes[s] = ds.dev_note
+        for m in methods + list(variants):
+            row, correct[s, seed, m] = evaluate(ds, m, seed, variants)
+            rows.append(row)
+            print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
+                  f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
     summary = summarise(rows, correct)
     print(table(summary, notes))
     if args.json:

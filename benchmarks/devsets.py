@@ -153,18 +153,27 @@ def load_devset(name: str, *, cache_dir=None, extract_missing: bool = False, see
     return DevSet(name, fs["pool"], fs["dev"], fs["test"], "dev split (2,000 labelled train images outside the pool)")
 
 
+def cached_devset_seeds(sets, seeds: int, cache_dir=None):
+    """Yield ``(name, seed, DevSet)`` for each of ``sets`` whose features are cached and each seed in
+    ``range(seeds)`` (:func:`load_devset`'s ``seed``), saying once which sets are skipped and why."""
+    for name in sets:
+        for seed in range(seeds):
+            try:
+                ds = load_devset(name, cache_dir=cache_dir, seed=seed)
+            except FileNotFoundError as exc:
+                print(f"skipping {name}: {exc}", flush=True)
+                break
+            yield name, seed, ds
+
+
 def cached_devsets(sets, cache_dir=None):
     """Yield ``(name, DevSet)`` for each of ``sets`` whose features are cached, saying which are skipped and why."""
-    for name in sets:
-        try:
-            yield name, load_devset(name, cache_dir=cache_dir)
-        except FileNotFoundError as exc:
-            print(f"skipping {name}: {exc}", flush=True)
+    for name, _, ds in cached_devset_seeds(sets, 1, cache_dir):
+        yield name, ds
 
 
 def planted_devset(seed: int = 0) -> DevSet:
     """K = 50 planted classes, 16 unlabeled rows per class in the pool (see the module docstring)."""
-    from gpua.features import FeatureSet
     from gpua.synthetic import make_planted
 
     d = make_planted(n_samples=PLANTED_SAMPLES, n_classes=PLANTED_CLASSES, random_state=seed)
@@ -177,11 +186,8 @@ def planted_devset(seed: int = 0) -> DevSet:
     pool, dev = np.sort(pool), np.sort(dev)
     test = np.setdiff1d(np.arange(PLANTED_SAMPLES), np.concatenate([pool, dev]))
 
-    def part(idx):
-        return FeatureSet(vfm_features=d.vfm_features[idx], vlm_features=d.vlm_features[idx], text_prototypes=d.text_prototypes,
-                          labels=d.labels[idx], classnames=list(d.classnames))
-
-    return DevSet("planted", part(pool), part(dev), part(test), "dev split (16 labelled rows per class outside the pool)")
+    return DevSet("planted", d.feature_set(pool), d.feature_set(dev), d.feature_set(test),
+                  "dev split (16 labelled rows per class outside the pool)")
 
 
 def zero_shot_accuracy(fs) -> float:

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from _harness import float_tensor, read_results, setup, write_json
 from _levers import fit_with_pool
-from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
+from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
 from gpua import GPUA
 from gpua.fitting import ArrayPool, FitConfig, FitState, Mined
@@ -529,23 +529,17 @@ def main(argv=None) -> int:
         setup(args)
         t_start = time.perf_counter()
         rows = []
-        for s in sets:
-            for seed in range(args.seeds):
-                try:
-                    ds = load_devset(s, cache_dir=args.cache_dir, seed=seed)
-                except FileNotFoundError as exc:
-                    print(f"skipping {s}: {exc}", flush=True)
-                    break
-                baseline = None
-                if any(m in PREDICTION_LEVERS for m in methods):
-                    pool = ds.pool
-                    baseline = _timed_fit(lambda: GPUA(random_state=seed).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes,
-                                                                              classnames=pool.classnames))
-                for m in methods:
-                    row = evaluate(ds, m, seed, baseline)
-                    rows.append(row)
-                    print(f"{s:14s} seed {seed}  {m:25s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
-                          f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+        for s, seed, ds in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+            baseline = None
+            if any(m in PREDICTION_LEVERS for m in methods):
+                pool = ds.pool
+                baseline = _timed_fit(lambda: GPUA(random_state=seed).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes,
+                                                                          classnames=pool.classnames))
+            for m in methods:
+                row = evaluate(ds, m, seed, baseline)
+                rows.append(row)
+                print(f"{s:14s} seed {seed}  {m:25s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
+                      f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
         wall = time.perf_counter() - t_start
         record = {"sets": sets, "methods": methods, "seeds": args.seeds}
     summary = summarise(rows)

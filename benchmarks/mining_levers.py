@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from _harness import float_tensor, setup, write_json
 from _levers import fit_with, prepare
-from devsets import REAL_SETS, add_set_arguments, chosen_sets, load_devset
+from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
 from gpua import GPUA
 from gpua.fitting import ArrayPool, Mined
@@ -604,21 +604,15 @@ def main(argv=None) -> int:
     setup(args)
     t_start = time.perf_counter()
     rows, notes, kmeans = [], {}, {}
-    for s in sets:
-        for seed in range(args.seeds):
-            try:
-                ds = load_devset(s, cache_dir=args.cache_dir, seed=seed)
-            except FileNotFoundError as exc:
-                print(f"skipping {s}: {exc}", flush=True)
-                break
-            notes[s] = ds.dev_note
-            for m, outcome in run_methods(ds, methods, seed).items():
-                row = score(ds, m, seed, outcome)
-                rows.append(row)
-                print(f"{s:14s} seed {seed}  {_label(m):22s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
-                      f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
-            if args.kmeans:
-                kmeans.setdefault(s, []).append({"seed": seed, **kmeans_geometry(ds.pool, ds.pool.labels)})
+    for s, seed, ds in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+        notes[s] = ds.dev_note
+        for m, outcome in run_methods(ds, methods, seed).items():
+            row = score(ds, m, seed, outcome)
+            rows.append(row)
+            print(f"{s:14s} seed {seed}  {_label(m):22s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
+                  f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+        if args.kmeans:
+            kmeans.setdefault(s, []).append({"seed": seed, **kmeans_geometry(ds.pool, ds.pool.labels)})
     summary = summarise(rows)
     means = mean_over_real_sets(summary)
     print(table(summary, means, notes))

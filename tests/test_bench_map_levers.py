@@ -19,16 +19,10 @@ def ml(import_benchmark):
 @pytest.fixture(scope="module")
 def planted():
     """A small planted problem: the pool (as a FeatureSet) and a test split."""
-    from gpua.features import FeatureSet
     from gpua.synthetic import make_planted
 
     d = make_planted(n_samples=900, n_classes=8, random_state=0)
-
-    def part(rows):
-        return FeatureSet(vfm_features=d.vfm_features[rows], vlm_features=d.vlm_features[rows], text_prototypes=d.text_prototypes,
-                          labels=d.labels[rows], classnames=list(d.classnames))
-
-    return part(slice(0, 600)), part(slice(600, 900))
+    return d.feature_set(slice(0, 600)), d.feature_set(slice(600, 900))
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,14 @@ def ml(import_benchmark):
 
 @pytest.fixture(scope="module")
 def small_pool():
-    from gpua.features import FeatureSet
     from gpua.synthetic import make_planted
 
-    d = make_planted(n_samples=600, n_classes=8, random_state=0)
-    return FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
-                      labels=d.labels, classnames=list(d.classnames))
+    return make_planted(n_samples=600, n_classes=8, random_state=0).feature_set()
 
 
 @pytest.fixture(scope="module")
-def planted(ml):
-    return ml.load_devset("planted", seed=0)
+def planted(import_benchmark):
+    return import_benchmark("devsets").load_devset("planted", seed=0)
 
 
 def test_the_prototype_pipeline_is_gpuas_fit(ml, small_pool):

@@ -129,13 +129,11 @@ def test_table_says_when_one_cell_has_several_rows():
 
 
 def _feature_paths(planted, tmp_path):
-    from gpua.features import FeatureSet, save_features
+    from gpua.features import save_features
 
     paths = {}
     for split, d in zip(("train", "test"), planted):
-        fs = FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
-                        labels=d.labels, classnames=d.classnames)
-        paths[split] = save_features(tmp_path / f"{split}.npz", fs)
+        paths[split] = save_features(tmp_path / f"{split}.npz", d.feature_set())
     return paths
 
 

@@ -12,8 +12,7 @@ from gpua.report import compare_methods
 
 
 def _feature_set(d) -> FeatureSet:
-    return FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
-                      labels=d.labels, classnames=d.classnames)
+    return d.feature_set()
 
 
 def test_compare_methods_returns_the_fitted_estimators(planted):

@@ -38,3 +38,22 @@ def test_label_out_of_range(tmp_path, rng):
 def test_bad_suffix(tmp_path):
     with pytest.raises(GPUAError, match=".npz or .safetensors"):
         save_features(tmp_path / "f.txt", vfm_features=np.ones((2, 2)))
+
+
+def test_planted_data_as_a_feature_set(tmp_path):
+    """PlantedData.feature_set: the chosen rows (slice, indices or mask) with their labels, every prototype."""
+    from gpua.features import FeatureSet, load_features, save_features
+    from gpua.synthetic import make_planted
+
+    d = make_planted(n_samples=40, n_classes=4, d_vfm=6, d_vlm=5, d_latent=3, random_state=0)
+    mask = d.labels == 2
+    for rows, n in ((slice(None), 40), (slice(10, 25), 15), (np.array([3, 1, 7]), 3), (mask, int(mask.sum()))):
+        fs = d.feature_set(rows)
+        assert isinstance(fs, FeatureSet) and fs.n_samples == n
+        np.testing.assert_array_equal(fs.vfm_features, d.vfm_features[rows])
+        np.testing.assert_array_equal(fs.vlm_features, d.vlm_features[rows])
+        np.testing.assert_array_equal(fs.labels, d.labels[rows])
+        np.testing.assert_array_equal(fs.text_prototypes, d.text_prototypes)
+        assert list(fs.classnames) == list(d.classnames)
+    back = load_features(save_features(tmp_path / "p.npz", d.feature_set(mask)), require=("labels",))
+    assert set(back.labels.tolist()) == {2}

@@ -12,7 +12,7 @@ import pytest
 from gpua import cli
 from gpua import demo as demo_mod
 from gpua._errors import GPUAError
-from gpua.features import FeatureSet, save_features
+from gpua.features import save_features
 
 PLOT = "embedding_before_after.png"  # the plot's fixed name in --out
 
@@ -23,9 +23,7 @@ def fake_features(planted, tmp_path, monkeypatch):
     calls = []
     paths = {}
     for split, d in zip(("train", "test"), planted):
-        fs = FeatureSet(vfm_features=d.vfm_features, vlm_features=d.vlm_features, text_prototypes=d.text_prototypes,
-                        labels=d.labels, classnames=d.classnames)
-        paths[split] = save_features(tmp_path / f"feat_{split}.npz", fs)
+        paths[split] = save_features(tmp_path / f"feat_{split}.npz", d.feature_set())
     monkeypatch.setattr(demo_mod, "demo_features", lambda *a, **k: calls.append(a) or paths)
     return calls
 

@@ -57,6 +57,19 @@ class PlantedData:
                                self.classnames, self.true_map, self.hub_classes)
         return part(slice(0, n_first)), part(slice(n_first, None))
 
+    def feature_set(self, rows=slice(None)):
+        """The rows ``rows`` (a slice, indices or a boolean mask) as a :class:`gpua.features.FeatureSet`, labelled.
+
+        Returns
+        -------
+        FeatureSet
+            Their VFM and VLM features, labels and class names, and all the text prototypes.
+        """
+        from ..features import FeatureSet  # the feature-file layer is not needed to make planted data
+
+        return FeatureSet(vfm_features=self.vfm_features[rows], vlm_features=self.vlm_features[rows],
+                          text_prototypes=self.text_prototypes, labels=self.labels[rows], classnames=list(self.classnames))
+
 
 def _isometry(rng: np.random.Generator, d_out: int, d_in: int) -> np.ndarray:
     Qm, _ = np.linalg.qr(rng.standard_normal((d_out, d_in)))
