@@ -25,6 +25,8 @@ Methods (``--methods``, default all):
   cosine graph of the pool's VFM rows (:func:`label_propagation`, Zhou et al. 2004 with
   alpha = 0.8, as ZLaP does for zero-shot CLIP), rows renormalised, then Procrustes and
   refinement on it;
+* ``knn_propagation_query``: the same on a 10-NN graph of the pool's whitened fused query rows
+  (the rows the map is fitted on), whose neighbourhoods carry the VLM half too;
 * ``cotrain``: one co-training step (:func:`cotrain_classifier`): a logistic regression on the
   L2-normalised VFM rows trained on the VLM's centred zero-shot argmax on the pool (its C chosen
   by cross-validation on those pseudo-labels, label-free), used as the classifier: no map.
@@ -64,7 +66,7 @@ from gpua.fitting import ArrayPool, Mined
 from gpua.query import pool_mean
 from gpua.ucm import class_centres
 
-METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "cotrain")
+METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain")
 #: Rows that read the pool's labels (printed and stored as oracles).
 ORACLE_METHODS = ("true_labels",)
 #: Principal directions of the query the Gaussian mixture lives in.
@@ -462,11 +464,13 @@ def fit_gaussian(pool, seed: int, with_map: bool = True) -> tuple[Outcome | None
     return miner, classifier
 
 
-def fit_propagation(pool, seed: int) -> Outcome:
-    """``knn_propagation``: every UCM plan spread over the VFM kNN graph, then today's Procrustes and refinement."""
+def fit_propagation(pool, seed: int, graph: str = "vfm") -> Outcome:
+    """``knn_propagation`` (``graph="vfm"``: the VFM rows) and ``knn_propagation_query`` (``"query"``: the
+    whitened fused query the fit maps): every UCM plan spread over that kNN graph, then today's
+    Procrustes and refinement."""
     t0 = time.perf_counter()
     prep = prepare(GPUA(random_state=seed).get_params(), pool)
-    driver = PropagationPool(*prep.rows(), V_graph=prep.vfm_rows(pool))
+    driver = PropagationPool(*prep.rows(), V_graph=prep.vfm_rows(pool) if graph == "vfm" else prep.pool.Q)
     model = fit_with(prep, driver)
     return _model_outcome(model, time.perf_counter() - t0, {
         "first_pl_ucm": _accuracy(driver.first_ucm_labels.numpy(), pool.labels),
@@ -493,6 +497,8 @@ def run_methods(ds, methods: list[str], seed: int) -> dict[str, Outcome]:
         out["gaussian_miner"], out["gaussian_classifier"] = fit_gaussian(pool, seed, "gaussian_miner" in methods)
     if "knn_propagation" in methods:
         out["knn_propagation"] = fit_propagation(pool, seed)
+    if "knn_propagation_query" in methods:
+        out["knn_propagation_query"] = fit_propagation(pool, seed, graph="query")
     if "cotrain" in methods:
         out["cotrain"] = fit_cotrain(pool)
     return {m: out[m] for m in methods}

@@ -193,3 +193,24 @@ def test_the_docstring_commands_parse(ml, monkeypatch):
         argv = shlex.split(line.split("#")[0])[2:]
         with pytest.raises(Parsed):
             ml.main(argv)
+
+
+def test_the_query_graph_lever_spreads_the_plan_over_the_fitted_rows(ml, small_pool, monkeypatch):
+    """``knn_propagation_query`` builds its graph on the whitened query the map is fitted on, ``knn_propagation`` on the VFM rows."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Recording(ml.PropagationPool):
+        def __init__(self, Q, X, Y, V, config, V_graph, **kw):
+            seen.append((Q.cpu().clone(), V_graph.cpu().clone()))
+            raise Stop
+
+    monkeypatch.setattr(ml, "PropagationPool", Recording)
+    for graph in ("query", "vfm"):
+        with pytest.raises(Stop):
+            ml.fit_propagation(small_pool, 0, graph=graph)
+    (Q, query_graph), (_, vfm_graph) = seen
+    assert torch.equal(query_graph, Q)  # the fitted rows themselves
+    assert vfm_graph.shape[1] == small_pool.vfm_features.shape[1] != Q.shape[1]

@@ -220,3 +220,43 @@ def test_an_interrupted_classify_says_the_same_command_resumes(folders, monkeypa
     argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm", "--vlm", "planted:vlm"]
     assert main(argv) == 130
     assert "interrupted; the photos encoded so far are saved (every 256); the same command resumes" in capsys.readouterr().err
+
+
+def test_nas_thumbnails_and_linked_photos_are_not_more_photos(folders):
+    from gpua.data import load_dataset
+
+    n = len(load_dataset("mine"))
+    thumbs = folders / "mine" / "sky" / "@eaDir" / "sky_0.png"  # a Synology NAS's thumbnail folder
+    thumbs.mkdir(parents=True)
+    shutil.copy(folders / "mine" / "sky" / "sky_0.png", thumbs / "SYNOPHOTO_THUMB_M.png")
+    (folders / "mine" / "grass" / "linked.png").symlink_to(folders / "mine" / "road" / "road_0.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 folder\(s\) or image\(s\) .*'grass/linked.png'.* Each image is listed once"):
+        ds = load_dataset("mine")  # was: 2 more photos, a road photo also labelled grass
+    assert len(ds) == n and not any("@eaDir" in i or "linked" in i for i in ds.image_ids)
+
+
+def test_an_output_with_an_image_ending_inside_the_photos_is_refused(folders, capsys):
+    from gpua.cli import main
+
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+            "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]
+    assert main([*argv, "--out", "mine/sky/preds.JPG"]) == 2  # was: written, then read as a photo by the next run
+    assert "would write a file with an image's ending inside --images" in capsys.readouterr().err
+    assert not (folders / "mine" / "sky" / "preds.JPG").exists()
+    assert main([*argv, "--out", "out.csv", "--cache-dir", "mine"]) == 2  # was: an error naming 'out' and 'dataset'
+    err = capsys.readouterr().err
+    assert "--cache-dir 'mine' lies in --images 'mine'" in err and "mine/.gpua-cache" in err
+
+
+def test_too_few_readable_photos_are_said_with_the_unreadable_count(folders):
+    from gpua._errors import GPUAError
+
+    few = folders / "few"
+    few.mkdir()
+    for p in sorted((folders / "more" / "2023").glob("*.png"))[:3]:
+        shutil.copy(p, few / p.name)
+    for i in range(3):
+        (few / f"broken{i}.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="unreadable"), \
+            pytest.raises(GPUAError, match=r"holds 3 readable photo\(s\) \(3 could not be read\) for 5 classes.*--pool"):
+        classify_folder("few", "classes.txt", cache_dir="cache", **PLANTED)  # was: "the unlabeled pool has 3 rows"

@@ -273,14 +273,28 @@ def _may_be_input(p: Path) -> bool:
     or a feature, shard or dataset-index file. Other files (a predictions CSV, a JSON
     report, notes) are never read as input, so an output may replace them. A photo saved without
     an extension is told by its content, as the folder's listing tells it."""
-    from .data._datasets import IMAGE_EXTENSIONS
-    from .data._loaders import _UNREAD_PHOTO_EXTENSIONS, _is_image_file
+    from .data._loaders import _is_image_file
 
     name = p.name.lower()
     suffix = p.suffix.lower()
-    return (suffix in IMAGE_EXTENSIONS or suffix in _UNREAD_PHOTO_EXTENSIONS or suffix in _INPUT_SUFFIXES
+    return (_has_image_ending(p) or suffix in _INPUT_SUFFIXES
             or name in _INPUT_NAMES or name.startswith(_INPUT_PREFIXES) or "-ubyte" in name
             or (not suffix and _is_image_file(p.parent, p.name)))
+
+
+def _is_gpua_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a shard set or an extraction's parts folder (:func:`gpua.data._loaders._is_gpua_output`)."""
+    from .data._loaders import _is_gpua_output
+
+    return _is_gpua_output(os.fspath(folder))
+
+
+def _has_image_ending(p: Path) -> bool:
+    """Whether a file name ends like an image's (any case; also the photo formats counted but not decoded)."""
+    from .data._datasets import IMAGE_EXTENSIONS
+    from .data._loaders import _UNREAD_PHOTO_EXTENSIONS
+
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS + tuple(_UNREAD_PHOTO_EXTENSIONS)
 
 
 #: Inputs read as an image folder whose sub-folders are classes (``classify --images``,
@@ -426,6 +440,18 @@ def check_output(
             raise GPUAError(
                 f"{name} {str(path)!r} {clash} {in_name} {str(value)!r}; writing there would destroy the input. "
                 f"Choose another {name}."
+            )
+        if src.is_dir() and _inside(out, src) and _is_gpua_folder(src):
+            raise GPUAError(
+                f"{name} {str(path)!r} lies inside {in_name} {str(value)!r}, a folder gpua wrote and replaces whole (a shard "
+                f"set, an extraction's parts): a file of another kind there would stop the next extraction into it. "
+                f"Choose a {name} outside it."
+            )
+        if kind == "file" and src.is_dir() and _inside(out, src) and not out.exists() and _has_image_ending(out):
+            raise GPUAError(
+                f"{name} {str(path)!r} would write a file with an image's ending inside {in_name} {str(value)!r}: the next "
+                f"run would read it as one of its images. Give {name} another ending (.csv, .json...), or write it outside "
+                f"{in_name}."
             )
         if in_name in _CLASS_FOLDER_INPUTS and src.is_dir() and _inside(out, src):
             new = _new_class_folder(out, src, kind)

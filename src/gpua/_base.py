@@ -313,6 +313,7 @@ class AlignmentEstimator(ParamsMixin):
             header = json.dumps(meta)
         except (TypeError, ValueError) as exc:
             raise GPUAError(f"the model's metadata cannot be written as JSON ({exc}); parameters and provenance_ must be JSON values.") from None
+        _check_replaceable(path)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"gpua": header})
         return path
@@ -329,6 +330,26 @@ class AlignmentEstimator(ParamsMixin):
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse a save over an existing file that is not a model gpua saved (a feature file, a shard
+    set's index, anything of the user's): a model replaces only a model."""
+    from safetensors import safe_open
+
+    from ._atomic import check_writable
+
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                is_model = "gpua" in (f.metadata() or {})
+        except Exception:  # noqa: BLE001 - not a safetensors file at all (npz, JSON, text...)
+            is_model = False
+        if not is_model:
+            raise GPUAError(f"save would replace {str(path)!r}, which is not a model gpua saved (a feature file, a shard set's "
+                            "file, or another file); nothing was written. Choose another path (models end in .gpua), or "
+                            "delete that file first if it may go.")
+    check_writable(path.absolute(), "path", "file")
 
 
 #: The state key under which :meth:`AlignmentEstimator.__getstate__` records the learned tensors' devices.

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._errors import GPUAError, warn_user
 
-__all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "l2_normalize", "ROW_NORM_RANGE"]
+__all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "check_callback", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def refuse_sparse(A, name: str) -> None:
@@ -307,6 +307,13 @@ def check_labels(labels, n_samples: int, n_classes: int, name: str = "labels",
         raise GPUAError(f"{name} holds values outside [0, {n_classes}) (largest: {int(y.max())}); "
                         + beyond.format(needed=int(y.max()) + 1) + ".")
     return y
+
+
+def check_callback(callback) -> None:
+    """Refuse a ``callback`` that cannot be called, before a fit runs (it is first called after a UCM round)."""
+    if callback is not None and not callable(callback):
+        raise GPUAError(f"callback={callback!r} is not callable; pass a function of one argument (a dict per UCM round and "
+                        "refinement evaluation), or None.")
 
 
 def l2_normalize(A: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -426,8 +426,7 @@ def classify_folder(
             more = (f" (and {len(undecoded)} in formats gpua does not decode: {_format_counts(undecoded)}; convert them to JPEG "
                     "or PNG)" if undecoded and "pool" not in sources else "")
             raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s)"
-                            f"{more} for {len(names)} classes; a fit needs at least one per class: add photos, fit on a larger "
-                            "folder (pool=), or use method='zero_shot'.")
+                            f"{more} for {len(names)} classes; a fit needs at least one per class: {_FEW_PHOTOS_FIX}.")
     t0 = time.perf_counter()
     paths = {}
     for key, where in sources.items():
@@ -447,6 +446,11 @@ def classify_folder(
     extract_s = time.perf_counter() - t0
     feats = load_features(paths["images"])
     pool_fs = feats if paths["pool"] == paths["images"] else load_features(paths["pool"])
+    if method != "zero_shot" and pool_fs.n_samples < len(names):  # photos listed, but too few of them readable
+        skipped = len((pool_fs.meta.get("skipped") or {}).get("images", []))
+        raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(sources.get('pool', folder)))!r} holds "
+                        f"{pool_fs.n_samples} readable photo(s) ({skipped} could not be read) for {len(names)} classes; a fit "
+                        f"needs at least one per class: {_FEW_PHOTOS_FIX}.")
     t1 = time.perf_counter()
     est = make_method(method, **(overrides or {}))
     kw = {"callback": callback} if callback is not None and "callback" in inspect.signature(est.fit).parameters else {}
@@ -474,6 +478,10 @@ def classify_folder(
                     for e in (feats.meta.get("skipped") or {}).get("images", [])]
         + [(image_id, _undecoded_reason(image_id)) for image_id in undecoded],
     )
+
+
+#: What to do when a folder has fewer photos than classes, in the Python and the command-line spelling.
+_FEW_PHOTOS_FIX = "add photos, fit on a larger folder (pool= / --pool), or use method='zero_shot' (--method zero_shot)"
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import torch
 
 from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._errors import GPUAError
+from ._validation import check_callback
 from .features import ShardedFeatures
 from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
 from .hubness import csls_scores
@@ -145,15 +146,15 @@ class GPUA(AlignmentEstimator):
         Refinement steps at most (0: none).
     batch_size : int >= 1, default=1024
         Rows per refinement step.
-    lr : float > 0, default=0.0005
+    lr : float in (0, 1000000], default=0.0005
         AdamW learning rate, on a cosine schedule to ``lr * 1e-3``.
-    weight_decay : float >= 0, default=0.0005
+    weight_decay : float in [0, 1000000], default=0.0005
         AdamW weight decay.
     k : int >= 1, default=3
         THS: wrong prototypes per sample (at most ``n_classes - 1`` are used).
-    margin_scale : float > 0, default=2.0
+    margin_scale : float in (0, 1000000], default=2.0
         THS: :math:`s` of the semantic margin :math:`(1 - y_l^\top y_c)/s`.
-    hubness_weight : float >= 0, default=2.0
+    hubness_weight : float in [0, 1000000], default=2.0
         THS: :math:`\beta` of the hubness term (0 drops it).
     orthogonality : {"none", "penalty", "project"}, default="none"
         Leave :math:`W` free during refinement (the label-free early stopping guards against
@@ -161,9 +162,9 @@ class GPUA(AlignmentEstimator):
         :math:`\gamma\|W^\top W - I\|_F^2 / d` (:math:`d` the map's smaller side), or project it
         on the nearest (semi-)orthogonal map after every step (an SVD per step: slow for wide
         maps).
-    ortho_weight : float >= 0, default=1.0
+    ortho_weight : float in [0, 1000000], default=1.0
         :math:`\gamma`.
-    noise_std : float >= 0, default=0.035
+    noise_std : float in [0, 1000000], default=0.035
         Gaussian input noise, applied to a batch with probability 1/2.
     dropout : float in [0, 1), default=0.05
         Input dropout, applied to a batch with probability 1/2.
@@ -428,6 +429,7 @@ class GPUA(AlignmentEstimator):
         -------
         self
         """
+        check_callback(callback)
         if isinstance(vfm_features, (str, os.PathLike)):
             vfm_features = _shard_set_at(vfm_features)
         if isinstance(vfm_features, ShardedFeatures):

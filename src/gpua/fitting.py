@@ -43,7 +43,7 @@ from ._backend import as_tensor, resolve_device
 from ._errors import ConvergenceWarning, GPUAError, warn_user
 from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, check_matrix, check_triplet, refuse_sparse, row_scale_suspects
 from .hubness import neighbourhood_radius
-from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
+from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, TRAINING_NON_NEGATIVE, TRAINING_POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .prior import PRIOR_ESTIMATES, balanced_mean, em_class_prior
 from .procrustes import orthogonality_error, procrustes_from_assignment
 from .query import (
@@ -99,14 +99,14 @@ PARAMETERS: dict[str, Constraint] = {
     "refine": Boolean(),
     "n_steps": Interval(int, 0, None),
     "batch_size": COUNT,
-    "lr": POSITIVE,
-    "weight_decay": NON_NEGATIVE,
+    "lr": TRAINING_POSITIVE,
+    "weight_decay": TRAINING_NON_NEGATIVE,
     "k": COUNT,
-    "margin_scale": POSITIVE,
-    "hubness_weight": NON_NEGATIVE,
+    "margin_scale": TRAINING_POSITIVE,
+    "hubness_weight": TRAINING_NON_NEGATIVE,
     "orthogonality": Options(ORTHOGONALITY),
-    "ortho_weight": NON_NEGATIVE,
-    "noise_std": NON_NEGATIVE,
+    "ortho_weight": TRAINING_NON_NEGATIVE,
+    "noise_std": TRAINING_NON_NEGATIVE,
     "dropout": Interval(float, 0, 1, closed="left"),
     "val_fraction": Interval(float, 0, 0.5, closed="left"),
     "eval_every": COUNT,

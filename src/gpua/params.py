@@ -218,6 +218,10 @@ class DeviceName(Constraint):
 POSITIVE = Interval(float, 0, None, closed="neither")
 NON_NEGATIVE = Interval(float, 0, None)
 COUNT = Interval(int, 1, None)
+#: A training weight or step (learning rate, loss weights, noise): far past any useful value
+#: (1e6) the optimiser's arithmetic overflows (``lr=1e300``: Adam's update is inf) deep inside torch.
+TRAINING_POSITIVE = Interval(float, 0, 1e6, closed="right")
+TRAINING_NON_NEGATIVE = Interval(float, 0, 1e6)
 #: A random seed: torch's generators take a signed 64-bit integer.
 SEED = Interval(int, 0, 2**63 - 1)
 #: A softmax temperature's inverse on cosine-like scores: CLIP's is 100; beyond 1e4 every row is

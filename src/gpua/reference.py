@@ -24,9 +24,10 @@ import torch
 from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._validation import check_classnames, check_triplet
 from ._errors import GPUAError
-from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, DeviceName, Interval, OptionalOf
+from .params import COUNT, LOGIT_SCALE, POSITIVE, SEED, TRAINING_NON_NEGATIVE, TRAINING_POSITIVE, DeviceName, Interval, OptionalOf
+from .fitting import check_not_one_image
 from .procrustes import identity_pull, procrustes_from_assignment
-from .query import build_query, mapped_cosines, mapped_rows
+from .query import build_query, mapped_cosines, mapped_rows, pool_mean
 from .refinement import RefineConfig, refine
 from .ucm import mine_correspondences
 
@@ -142,21 +143,21 @@ class ReferenceGPUA(AlignmentEstimator):
         Refinement steps (100 to 1000 per dataset in the published code; 0: none).
     batch_fraction : float in (0, 1], default=0.75
         Rows per refinement step, as a fraction of the pool.
-    lr : float > 0, default=0.0005
+    lr : float in (0, 1000000], default=0.0005
         AdamW learning rate.
-    lr_min : float >= 0, default=1e-07
+    lr_min : float in [0, 1000000], default=1e-07
         End of the cosine schedule.
-    weight_decay : float >= 0, default=0.0005
+    weight_decay : float in [0, 1000000], default=0.0005
         AdamW weight decay.
-    noise_std : float >= 0, default=0.035
+    noise_std : float in [0, 1000000], default=0.035
         Gaussian input noise, applied to a batch with probability 1/2.
     dropout : float in [0, 1), default=0.05
         Input dropout, applied to a batch with probability 1/2.
     k : int >= 1, default=3
         THS: nearest prototypes per sample.
-    margin_scale : float > 0, default=2.0
+    margin_scale : float in (0, 1000000], default=2.0
         THS: :math:`s` of the semantic margin.
-    hubness_weight : float >= 0, default=2.0
+    hubness_weight : float in [0, 1000000], default=2.0
         THS: :math:`\beta_h` of the hubness term.
     logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax (not used in fitting).
@@ -211,14 +212,14 @@ class ReferenceGPUA(AlignmentEstimator):
         "identity_pull": Interval(float, 0, 1),
         "n_steps": Interval(int, 0, None),
         "batch_fraction": Interval(float, 0, 1, closed="right"),
-        "lr": POSITIVE,
-        "lr_min": NON_NEGATIVE,
-        "weight_decay": NON_NEGATIVE,
-        "noise_std": NON_NEGATIVE,
+        "lr": TRAINING_POSITIVE,
+        "lr_min": TRAINING_NON_NEGATIVE,
+        "weight_decay": TRAINING_NON_NEGATIVE,
+        "noise_std": TRAINING_NON_NEGATIVE,
         "dropout": Interval(float, 0, 1, closed="left"),
         "k": COUNT,
-        "margin_scale": POSITIVE,
-        "hubness_weight": NON_NEGATIVE,
+        "margin_scale": TRAINING_POSITIVE,
+        "hubness_weight": TRAINING_NON_NEGATIVE,
         "logit_scale": LOGIT_SCALE,
         "device": DeviceName(),
         "random_state": OptionalOf(SEED),
@@ -315,7 +316,9 @@ class ReferenceGPUA(AlignmentEstimator):
         t0 = time.perf_counter()
         Xt = normalize(self._tensor(X), dim=1)
         Yt = normalize(self._tensor(Y), dim=1)
-        Q = reference_query(self._tensor(Z), Xt)
+        Zt = self._tensor(Z)
+        check_not_one_image(Zt.shape[0], pool_mean(Zt), pool_mean(Xt))  # as GPUA says it, not as NaN scores
+        Q = reference_query(Zt, Xt)
         # tol=0: never "converged", so exactly n_rounds rounds run.
         ucm = mine_correspondences(
             Q, Xt, Yt, lam=float(self.lam), eps=float(self.eps), similarity_kind="neg_euclidean",

@@ -205,3 +205,17 @@ def test_affine_refuses_non_finite_shift_and_scale(rng):
         stats.affine(np.array([np.nan, 0, 0, 0]), 1.0)
     with pytest.raises(GPUAError, match="scale"):
         stats.affine(0.0, np.inf)
+
+
+def test_tail_classes_without_test_samples_are_said(gaussians):
+    from gpua.calibrate import run_longtail
+
+    g = gaussians
+    keep = g["y_test"] < 9  # the tail at index order is classes 7, 8, 9: one without test samples
+    with pytest.warns(UserWarning, match=r"1 of the 3 tail class\(es\) have no test sample \(first: class 9\), so the tail "
+                                         r"accuracy averages over the others only"):
+        run_longtail(g["X"], g["y"], g["X_test"][keep], g["y_test"][keep], imbalance_ratios=[10], methods=["plain"])
+    keep = g["y_test"] < 7  # none of them
+    with pytest.warns(UserWarning, match=r"3 of the 3 tail class\(es\) .* so the tail accuracy is NaN"):
+        rows = run_longtail(g["X"], g["y"], g["X_test"][keep], g["y_test"][keep], imbalance_ratios=[10], methods=["plain"])
+    assert np.isnan(rows[0]["tail"])  # was: NaN without a word

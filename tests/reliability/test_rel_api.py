@@ -171,14 +171,15 @@ class TestSavePaths:
 
     def test_read_only_target_is_kept(self, model, tmp_path, monkeypatch):
         target = tmp_path / "protected.gpua"
-        target.write_bytes(b"the user's file")
+        model.save(target)  # a model: the one kind of file a save may replace, were it writable
+        before = target.read_bytes()
         target.chmod(0o444)
         real_access = os.access
         # root passes os.access whatever the mode: stand in for an ordinary user
         monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (str(p) == str(target) and mode == os.W_OK) else real_access(p, mode, **kw))
         with pytest.raises(GPUAError, match="is a read-only file"):
             model.save(target)
-        assert target.read_bytes() == b"the user's file"
+        assert target.read_bytes() == before
 
     def test_tilde_is_expanded(self, model, tmp_path, monkeypatch):
         monkeypatch.setenv("HOME", str(tmp_path))

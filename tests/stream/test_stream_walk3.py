@@ -80,6 +80,24 @@ def test_the_shard_folder_is_refused_as_the_checkpoint(small, tmp_path):
     _write(tmp_path / "s", small, overwrite=True)  # still replaceable
 
 
+def test_a_checkpoint_inside_the_shard_folder_is_refused(small, tmp_path):
+    """``--checkpoint feats/ck``: as the set itself, a folder of state inside it stopped the next
+    ``write_shards(..., overwrite=True)`` (a set holding other files is not replaced)."""
+    s = _write(tmp_path / "s", small)
+    with pytest.raises(GPUAError, match="checkpoint .* lies inside the shard set .* a folder gpua wrote and replaces whole"):
+        fit_streaming(GPUA(n_steps=5), s, checkpoint=tmp_path / "s" / "ck", progress=False)
+    assert not (tmp_path / "s" / "ck").exists()
+    _write(tmp_path / "s", small, overwrite=True)  # still replaceable
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, 0, "abc", True])
+def test_a_connect_timeout_that_is_no_duration_is_refused_by_name(small, tmp_path, timeout):
+    """It reached Dask as it was: a KeyError from inside distributed for NaN, a ValueError for a string."""
+    s = _write(tmp_path / "s", small)
+    with pytest.raises(GPUAError, match=r"connect_timeout=.* must be a positive number of seconds"):
+        fit_streaming(GPUA(n_steps=5), s, cluster="tcp://127.0.0.1:1", connect_timeout=timeout, progress=False)
+
+
 def test_a_finished_checkpoint_on_read_only_storage_still_resumes(small, tmp_path, monkeypatch):
     """A done state is only read: the up-front writability check must not refuse it."""
     from gpua import _atomic

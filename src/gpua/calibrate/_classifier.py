@@ -94,19 +94,26 @@ class _LinearModel:
         self._check_fitted()
         return np.arange(self.coef_.shape[0])
 
-    def decision_function(self, X) -> np.ndarray:
+    def _class_scores(self, X) -> np.ndarray:
         """Class scores :math:`X W^\\top + b`, shape (n, K)."""
         self._check_fitted()
         X = check_matrix(X, "X", n_cols=self.coef_.shape[1], allow_zero_rows=True)
         return X.astype(self.coef_.dtype) @ self.coef_.T + self.intercept_
 
+    def decision_function(self, X) -> np.ndarray:
+        """Class scores :math:`X W^\\top + b`, shape (n, K); with two classes, as scikit-learn's
+        classifiers give them, the second class's score minus the first's, shape (n,) (what
+        ``roc_auc_score`` and the ``"roc_auc"`` scoring read)."""
+        s = self._class_scores(X)
+        return s[:, 1] - s[:, 0] if s.shape[1] == 2 else s
+
     def predict(self, X) -> np.ndarray:
         """Predicted class indices, shape (n,)."""
-        return np.argmax(self.decision_function(X), axis=1)
+        return np.argmax(self._class_scores(X), axis=1)
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of the scores, shape (n, K)."""
-        s = self.decision_function(X)
+        s = self._class_scores(X)
         s = s - s.max(axis=1, keepdims=True)
         p = np.exp(s)
         return p / p.sum(axis=1, keepdims=True)

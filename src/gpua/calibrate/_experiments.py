@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._validation import check_labels, check_matrix, check_number
 from ..params import Interval
 from ._calibrator import DistributionCalibrator
@@ -233,6 +233,17 @@ def group_accuracy(y_true, y_pred, head=None, tail=None) -> dict[str, float]:
     return out
 
 
+def _warn_untested_groups(y_test: np.ndarray, groups: dict, imbalance) -> None:
+    """Say when head or tail classes have no test sample: their accuracy is NaN, or an average over fewer classes."""
+    tested = set(np.unique(y_test).tolist())
+    for name, group in groups.items():
+        missing = [int(k) for k in group if int(k) not in tested]
+        if missing:
+            what = "is NaN (no test sample of any)" if len(missing) == len(group) else "averages over the others only"
+            warn_user(f"at imbalance {imbalance:g}, {len(missing)} of the {len(group)} {name} class(es) have no test sample "
+                      f"(first: class {missing[0]}), so the {name} accuracy {what}; give the test split samples of every class.")
+
+
 def global_standardizer(statistics: ClassStatistics) -> tuple[np.ndarray, float]:
     r"""Global mean :math:`\mu` and scalar scale :math:`\sqrt{\operatorname{tr}\Sigma / d}` from class statistics.
 
@@ -439,6 +450,7 @@ def run_longtail(
         Xt = ((X_test - mu) / s).astype(np.float32)
         counts = np.bincount(yr, minlength=K)
         head, tail = head_tail_classes(counts)
+        _warn_untested_groups(y_test, {"head": head, "tail": tail}, r)
         for m in methods:
             t0 = time.perf_counter()
             n_gen = 0

@@ -166,8 +166,20 @@ def check_cache_dir(args) -> None:
     from .._errors import GPUAError
 
     where = getattr(args, "cache_dir", None)
-    if where is not None and Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
+    if where is None:
+        return
+    if Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
         raise GPUAError(f"--cache-dir {where!r} is a file; pass a folder for the cache (it is created if missing).")
+    cache = Path(where).expanduser().resolve()
+    for flag in ("images", "pool", "data"):
+        folder = getattr(args, flag, None)
+        if not isinstance(folder, str) or not Path(folder).expanduser().is_dir():
+            continue
+        top = Path(folder).expanduser().resolve()
+        if cache == top or (top in cache.parents and not any(p.startswith(".") for p in cache.relative_to(top).parts)):
+            # the cache's folders there would be read as classes (or its files as images) by the next run
+            raise GPUAError(f"--cache-dir {where!r} lies in --{flag} {folder!r}, whose sub-folders the next run would read "
+                            f"as classes; pass a cache folder outside it, or a hidden one inside ({str(Path(folder) / '.gpua-cache')!r}).")
 
 
 def int_at_least(minimum: int):

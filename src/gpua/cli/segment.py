@@ -775,7 +775,9 @@ def _ground_truth(args: argparse.Namespace):
                 raise GPUAError(f"--classnames has {len(entries)} classes but --dataset {args.dataset} has {len(preset.classnames)}; "
                                 "give one line per dataset class, in its label order (or leave --classnames out).")
         ds = _open_dataset(args, entries, overrides)
-        pairs = [(stem, img, ann) for stem, (img, ann) in zip(ds.stems, ds.items)]
+        # Masks are looked up by the image's path below the image folder (``scene1/0001.png``), and by its
+        # name alone where no other image of the dataset shares it (_prediction_names).
+        pairs = [(rel, img, ann) for rel, (img, ann) in zip(ds.rel_stems, ds.items)]
         preset = DATASET_PRESETS.get(args.dataset)
         split_file = Path(args.root) / preset.split_file.format(split=args.split) if preset and preset.split_file else None
 
@@ -872,6 +874,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _shared_names(pairs: list[tuple[str, Path | None, Path]]) -> set[str]:
+    """The names (file name without folders, or the image's own stem) that two or more images share."""
+    from collections import Counter
+
+    counts = Counter(n for stem, img, _ in pairs for n in {Path(stem).name, *([Path(img).stem] if img is not None else [])})
+    return {n for n, c in counts.items() if c > 1}
+
+
+def _prediction_names(stem: str, img_path: Path | None, shared: set[str]) -> list[str]:
+    """Where in --pred an image's mask may be, first match wins: ``<stem>.png`` (``stem`` may hold
+    sub-folders: ``scene1/0001``), then by file name alone, ``<name>.png`` (what `gpua segment`
+    writes) and ``<image's stem>.png`` (mmseg drops the image suffix), each only where no other
+    image has that name: two images of one name in two sub-folders would share one mask."""
+    names = [f"{stem}.png"]
+    for name in (Path(stem).name, Path(img_path).stem if img_path is not None else None):
+        if name is not None and name not in shared and f"{name}.png" not in names:
+            names.append(f"{name}.png")
+    return names
+
+
 def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -> str:
     """The error for a ground truth without its mask in --pred; when its image is unreadable
     (`gpua segment` skipped it) it says so, and what to do with the image."""
@@ -953,15 +975,20 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                             "pass --classnames with one line per ground-truth class.")
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
         labeller = _Labeller(seg, classnames)
+    shared_names = _shared_names(pairs)
     for stem, img_path, ann in pairs:
         # Read with the ignore index in effect: --reduce-zero-label turns 0 into it (it turned 0
         # into 255, a class of its own past 255 classes, and left --ignore-index's pixels scored).
         gt = load_gt(ann, ignore_index=ignore)
         if seg is None:
-            # `gpua segment` names masks after the image file; mmseg names drop the image suffix
-            names = [f"{stem}.png"] + ([f"{Path(img_path).stem}.png"] if img_path is not None else [])
+            names = _prediction_names(stem, img_path, shared_names)
             pred_path = next((Path(args.pred) / n for n in names if (Path(args.pred) / n).is_file()), Path(args.pred) / names[0])
             if not pred_path.is_file():
+                if len(names) == 1 and Path(stem).name in shared_names:
+                    raise GPUAError(f"--pred has no mask {names[0]} for image {str(img_path)!r}, and its file name is that of "
+                                    f"other images of the dataset in other sub-folders, so a mask {Path(names[0]).name} in --pred "
+                                    "could be any of theirs; put each mask at its image's path below the image folder "
+                                    f"({names[0]} here).")
                 raise GPUAError(_no_prediction(pred_path, img_path, stem, ann, leave_out))
             if _same_file(pred_path, ann):  # --pred pointed at the ground truth: 100% without a word
                 raise GPUAError(f"--pred's mask {str(pred_path)!r} is the ground truth {str(ann)!r} itself, which would score "

@@ -127,11 +127,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     TIFFs) are read by their range: values in [0, 1] are scaled to [0, 255], values in
     [0, 255] are kept, and any other range is stretched (min to 0, max to 255); NaN becomes 0.
     """
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     Image = _pil()
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")  # keeps a palette's transparency, which "RGB" would drop
+    if image.mode in ("P", "PA") or (image.mode in ("RGB", "L") and "transparency" in image.info):
+        # keeps a palette's transparency, or a grey / RGB PNG's transparent colour key (tRNS),
+        # which "RGB" would drop
+        image = image.convert("RGBA")
     if image.mode == "F":
         image = Image.fromarray(_float_to_uint8(np.asarray(image, dtype=np.float64)))
     elif image.mode.startswith("I;16"):

@@ -40,7 +40,16 @@ DEMO_DATASET = "cifar10-mini"
 DEMO_SPLITS = ("train", "test")
 
 # Sub-folder names that mean "a split", not "a class".
-_SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test", "trainval", "dev"})
+_SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test", "trainval", "dev",
+                          "training", "testing", "eval", "evaluation"})
+#: COCO-style split folders: train2017, val2014.
+_YEAR_SPLIT = re.compile(r"^(train|val|test|trainval)(19|20)\d\d$")
+
+
+def _is_split_name(folder: str) -> bool:
+    """Whether a folder name is a split's (``train``, ``Testing``, ``val2017``), not a class's."""
+    low = folder.lower()
+    return low in _SPLIT_NAMES or bool(_YEAR_SPLIT.match(low))
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -160,9 +169,12 @@ def _pick_split(split: str | None, present: Sequence[str], source: str) -> str:
 
 def _match_classnames(given: list[str] | None, found: list[str], source: str) -> list[str]:
     """``found`` (the source's names), after checking the user's ``given`` names against them."""
-    if given is None or given == found:
+    def nfc(names: list[str]) -> list[str]:  # macOS writes names decomposed (NFD): the same names
+        return [unicodedata.normalize("NFC", n) for n in names]
+
+    if given is None or nfc(given) == nfc(found):
         return found
-    for i, (g, f) in enumerate(zip(given, found)):
+    for i, (g, f) in enumerate(zip(nfc(given), nfc(found))):
         if g != f:
             raise GPUAError(
                 f"classnames do not match {source}: class {i} is {g!r} in classnames but {f!r} in {source}. "
@@ -456,8 +468,10 @@ def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_r
 def _fgvc_other_splits(p: Path, prefix: str, present: Sequence[str], split: str) -> dict[str, list[str]]:
     """{other split: the image paths its list names}, for the leakage check; an unreadable list is left out."""
     others = {}
+    # FGVC-Aircraft ships trainval = train + val: those overlaps are the dataset's own layout, not leakage.
+    nested = {"train": {"trainval"}, "val": {"trainval"}, "trainval": {"train", "val"}}.get(split, set())
     for other in present:
-        if other == split:
+        if other == split or other in nested:
             continue
         try:
             text = read_text(p / f"{prefix}{other}.txt", "FGVC-Aircraft image list")
@@ -596,6 +610,21 @@ def _is_unread_photo(filename: str) -> bool:
     return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in _UNREAD_PHOTO_EXTENSIONS
 
 
+def _is_misnamed_image(folder: str | os.PathLike, filename: str) -> bool:
+    """Whether a file whose ending is no image's (``x.jpg_large``, ``x.jpeg.1``, ``x.jif``) holds an
+    image gpua decodes (:func:`_sniff_image`): left out of the listing, but named."""
+    ext = os.path.splitext(filename)[1].lower()
+    return (bool(ext) and not filename.startswith(".") and ext not in IMAGE_EXTENSIONS
+            and ext not in _UNREAD_PHOTO_EXTENSIONS and _sniff_image(os.path.join(os.fspath(folder), filename)))
+
+
+def _warn_misnamed_images(base: Path, misnamed: list[str]) -> None:
+    """One warning naming the images left out for their file endings (a saved tweet's ``.jpg_large``)."""
+    if misnamed:
+        warn_user(f"left out {len(misnamed)} file(s) of {str(base)!r} that hold images but whose names end otherwise "
+                  f"(first: {misnamed[0]!r}); rename them to end in .jpg or .png (as their format is) to include them.")
+
+
 def _warn_unread_photos(base: Path, unread: list[str]) -> None:
     """One warning naming the photos of a format gpua cannot decode that were left out."""
     if not unread:
@@ -609,7 +638,10 @@ def _warn_unread_photos(base: Path, unread: list[str]) -> None:
 
 
 #: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.
-_ARCHIVE_LEFTOVERS = ("__MACOSX",)
+#: So are the metadata folders of NAS boxes and Windows (Synology's @eaDir thumbnails beside every
+#: photo, recycle bins), at any depth: their "photos" are thumbnails and deleted files.
+_ARCHIVE_LEFTOVERS = ("__MACOSX", "@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "$RECYCLE.BIN",
+                      "System Volume Information")
 
 
 #: What marks a folder gpua wrote (file, key, value): a shard set's index, an extraction's parts
@@ -660,7 +692,7 @@ def _split_class_folders(root: Path, present: Sequence[str], split: str) -> tupl
     own = _subdirs(root / split)
     if split not in present:  # a deeper path ("train/extra"): no siblings to agree with
         return own, []
-    siblings = [d for d in present if d != split and d.lower() in _SPLIT_NAMES]
+    siblings = [d for d in present if d != split and _is_split_name(d)]
     own_forms = {_nfc(f) for f in own}  # a sibling copied from macOS spells the same folders decomposed
     extra: dict[str, str] = {}
     for d in siblings:
@@ -684,7 +716,7 @@ def _warn_shared_class_folders(root: Path, present: Sequence[str], split: str, f
     """
     if split not in present:
         return
-    siblings = [d for d in present if d != split and d.lower() in _SPLIT_NAMES]
+    siblings = [d for d in present if d != split and _is_split_name(d)]
     if not siblings:
         return
     own = {}
@@ -721,29 +753,46 @@ def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
+def _links_into(path: str, trees: Sequence[str]) -> bool:
+    """Whether file ``path`` is a symlink to a file inside one of the real folders ``trees`` (listed there)."""
+    return os.path.islink(path) and any(_within(os.path.realpath(path), t) for t in trees)
+
+
 def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None = None) -> dict[str, list[str]]:
     """{class folder: its image files (recursively, sorted, relative to it, ``/``-separated)}.
 
     Symlinks are followed (CoOp's instructions symlink datasets into place), but every real
     directory is read once: a folder is skipped, with one warning naming it, when it is a
     symlink to a folder that encloses it (a loop) or into a class folder (whose images are
-    listed there), or when it was already read through another path. Photos of formats gpua
-    does not decode (:func:`_is_unread_photo`) are warned about, or, when ``unread`` is given,
-    appended to it (relative to ``base``) for the caller to report.
+    listed there), or when it was already read through another path; so is an image that is a
+    symlink to an image of a class folder (listed there, under its own class). Two class folders
+    that are one folder are refused. NAS and Windows metadata folders (``@eaDir``...) are left
+    out at every depth. Photos of formats gpua does not decode (:func:`_is_unread_photo`) are
+    warned about, or, when ``unread`` is given, appended to it (relative to ``base``) for the
+    caller to report; images under other file endings (:func:`_is_misnamed_image`) are warned about.
     """
     report = unread is None
     unread = [] if unread is None else unread
     tops = {f: base / f for f in folders}
-    visited = {i for i in (_dir_identity(os.fspath(t)) for t in tops.values()) if i is not None}
+    top_of: dict[tuple, str] = {}
+    for name, top in tops.items():
+        ident = _dir_identity(os.fspath(top))
+        if ident is not None and top_of.setdefault(ident, name) != name:
+            # kitty -> cat: every image of one folder would be listed twice, under two labels
+            raise GPUAError(f"class folders {top_of[ident]!r} and {name!r} of {str(base)!r} are one folder (through a symlink), "
+                            "so each of its images would be listed twice, under two classes; remove the symlink, or give the "
+                            "class one name.")
+    visited = set(top_of)
     class_trees = [os.path.realpath(t) for t in tops.values()]
     skipped: list[str] = []
+    misnamed: list[str] = []
     out: dict[str, list[str]] = {}
     for name, top in tops.items():
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
             rel = Path(dirpath).relative_to(top)
             keep = []
-            for d in sorted(d for d in dirnames if not d.startswith(".")):
+            for d in sorted(d for d in dirnames if not d.startswith(".") and d not in _ARCHIVE_LEFTOVERS):
                 sub = os.path.join(dirpath, d)
                 if os.path.islink(sub):
                     target, here = os.path.realpath(sub), os.path.realpath(dirpath)
@@ -758,15 +807,21 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
                     visited.add(ident)
                 keep.append(d)
             dirnames[:] = keep
-            found.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image_file(dirpath, f))
+            images = [f for f in sorted(filenames) if _is_image_file(dirpath, f)]
+            for f in [f for f in images if _links_into(os.path.join(dirpath, f), class_trees)]:
+                images.remove(f)  # cat/x.jpg -> ../ship/0.jpg: ship's image, listed there, not a cat too
+                skipped.append((Path(name) / rel / f).as_posix())
+            found.extend((rel / f).as_posix() for f in images)
             unread.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_unread_photo(f))
+            misnamed.extend((Path(name) / rel / f).as_posix() for f in sorted(filenames) if _is_misnamed_image(dirpath, f))
         out[name] = found
     if report:
         _warn_unread_photos(base, unread)
+    _warn_misnamed_images(base, misnamed)
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        warn_user(f"skipped {len(skipped)} folder(s) of {str(base)!r} that symlinks lead back to (a symlink loop, or a "
-                  f"second path to folders read elsewhere): {shown}. Each image is listed once.")
+        warn_user(f"skipped {len(skipped)} folder(s) or image(s) of {str(base)!r} that symlinks lead back to (a symlink "
+                  f"loop, or a second path to folders or images read elsewhere): {shown}. Each image is listed once.")
     return out
 
 
@@ -807,10 +862,16 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     _utf8_names(base, folders)  # before they become class names
     loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image_file(base, e.name))
     _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)))
-    if split is None and folders and not loose and set(f.lower() for f in folders) <= _SPLIT_NAMES:
+    _warn_misnamed_images(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_misnamed_image(base, e.name)))
+    splits = [f for f in folders if _is_split_name(f)] if split is None and not loose else []
+    if splits and len(splits) == len(folders):
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.
         raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
+    if len(splits) > 1:  # train/, test/ and a third folder: classes named like splits are rare, a stray folder is not
+        warn_user(f"image folder {str(base)!r} has folders named like splits ({', '.join(map(repr, splits))}) beside "
+                  f"{len(folders) - len(splits)} other(s); each is read as a class. If they are splits, pass split= one "
+                  "of them (and move the other folders out).")
     files = _walk_class_folders(base, folders)  # the one walk of the tree
     labeled = [f for f in folders if files[f]]
     name = root.resolve().name or str(root)

@@ -93,7 +93,9 @@ def load_json(text: str, path: str | os.PathLike, what: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise GPUAError(f"{what} file {str(path)!r} is not valid JSON ({exc}); write a JSON list of strings.") from None
+        text_hint = (" (or, for a text file of one entry a line whose first line starts with '[', begin it with a "
+                     "'# ...' comment line)" if text.lstrip()[:1] == "[" and Path(path).suffix.lower() != ".json" else "")
+        raise GPUAError(f"{what} file {str(path)!r} is not valid JSON ({exc}); write a JSON list of strings{text_hint}.") from None
     except RecursionError:
         raise GPUAError(f"{what} file {str(path)!r} holds JSON nested too deeply to read; write a JSON list of strings.") from None
 

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .._errors import GPUAError
 from .._validation import check_matrix
 from ._registry import KNOWN_DATASETS, canonical_name, dataset_info
-from ._textfiles import read_located
+from ._textfiles import clean_edges, read_located
 from .classnames import resolve_class_prompts
 
 __all__ = [
@@ -198,7 +198,7 @@ _TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}")
 # What fill_template replaces: literal braces, and the placeholder.
 _FILL = re.compile(r"\{\{|\}\}|\{\}")
 # A template line copied from Python source in quotes: "'a photo of a {}.',", '"a photo of a {}."'.
-_QUOTED = re.compile(r"""^(['"])(.*)\1\s*,?$""")
+_QUOTED = re.compile(r"""^(['"])(.*)\1\s*,?\s*(#.*)?$""")
 
 
 def check_templates(templates: Sequence[str], source: str = "templates") -> list[str]:
@@ -268,8 +268,9 @@ def _read_template_file(path: str, source: str) -> list[str]:
         if line.startswith("lambda ") or line.startswith("lambda:"):
             raise GPUAError(f"{source}, {where}: {line!r} is Python code; write the template itself, one a line "
                             "('a bad photo of a {}.').")
-        quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook
-        lines.append((where, quoted.group(2).strip() if quoted else line))
+        quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook, with its comment
+        # a trailing " # ..." comment is dropped, as in class-name files; a '#' inside a word stays
+        lines.append((where, quoted.group(2).strip() if quoted else clean_edges(re.split(r"\s#", line, maxsplit=1)[0])))
     if not lines:
         raise GPUAError(f"{source} holds only comments; write one template a line ('a photo of a {{}}.').")
     return _checked(lines, source)
@@ -310,6 +311,9 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
     canon = canonical_name(text)
     if canon is not None:
         return list(DATASET_TEMPLATES[canon])
+    if "{" in text:  # a template itself, not a name
+        raise GPUAError(f"templates {text!r} is a template, not a file or a template set's name; pass a list of templates "
+                        "(templates=[...]) or, on the command line, a file with one template a line.")
     if os.sep in text or "/" in text or os.path.splitext(text)[1]:
         raise GPUAError(f"template file {text!r} does not exist.")
     raise GPUAError(
@@ -400,7 +404,8 @@ def build_text_prototypes(
         rows, a changing width, NaN/inf, or an all-zero embedding.
     """
     # A str is a dataset name or class-name file (as in load_dataset), never a list of letters.
-    resolved = resolve_class_prompts(classnames if isinstance(classnames, (str, os.PathLike)) else list(classnames))
+    # A dict maps names to their prompt words (as in a class-name file).
+    resolved = resolve_class_prompts(classnames if isinstance(classnames, (str, os.PathLike, Mapping)) else list(classnames))
     if not resolved or not resolved[0]:
         raise GPUAError("classnames is empty; give at least one class name.")
     names, words = resolved

@@ -196,7 +196,16 @@ def as_image_list(images: Any, name: str = "images") -> list:
 
     if isinstance(images, Image.Image):
         images = [images]
-    elif isinstance(images, np.ndarray):
+    elif hasattr(images, "detach") and hasattr(images, "ndim"):  # a torch tensor: read as its array
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3 and images.shape[0] in (1, 3, 4) and images.shape[-1] not in (1, 3, 4):
+            # torchvision's read_image gives (C, H, W): read as a batch it would be C grey images
+            raise GPUAError(
+                f"{name} is one array of shape {images.shape}, which reads as one channels-first image or as "
+                f"{images.shape[0]} grey images; pass a list: [a.transpose(1, 2, 0)] for one (C, H, W) image, or "
+                "list(a) for grey images."
+            )
         if images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (3, 4)):
             images = list(images)
         else:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path, check_output
-from .._errors import GPUAError, ModelFileError
+from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
@@ -372,6 +372,21 @@ def _json(text: str, where: str, key: str) -> Any:
         raise ModelFileError(f"{where} holds {key!r} that is not valid JSON; {_FIX}.") from None
 
 
+def _check_keys(arrays: dict[str, Any], path: Path, where: str) -> None:
+    """Refuse a file with none of the feature keys (a misspelt key, a model file renamed), which would
+    read as an empty FeatureSet; warn about keys that are not read beside the ones that are."""
+    unknown = sorted(k for k in arrays if k not in _ARRAY_KEYS + _STRING_KEYS)
+    if not any(k in arrays for k in FEATURE_KEYS):
+        if unknown and all(k.endswith("_") for k in unknown):  # W_, proto_radius_: a fitted model's tensors
+            raise GPUAError(f"{where} holds a fitted model's arrays ({unknown[:4]}), not features; read it with "
+                            "gpua.load_model.")
+        raise GPUAError(f"{where} holds none of the feature keys {list(FEATURE_KEYS)} (its keys: {sorted(arrays)}); "
+                        f"save features with those names (gpua.save_features, or np.savez({path.name!r}, vfm_features=Z, ...)).")
+    if unknown:
+        warn_user(f"{where} holds key(s) {unknown} that are not read (the keys read are {list(_ARRAY_KEYS + _STRING_KEYS)}); "
+                  "rename them if they are misspelt.")
+
+
 def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: bool = True) -> FeatureSet:
     """Read a feature file written by :func:`save_features` (or by hand with named keys).
 
@@ -407,6 +422,7 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
             f"{str(path)!r} holds positional arrays {positional}; save with named keys "
             f"{list(FEATURE_KEYS)} (np.savez(path, vfm_features=Z, ...))."
         )
+    _check_keys(arrays, path, where)
     fs = FeatureSet(
         vfm_features=arrays.get("vfm_features"),
         vlm_features=arrays.get("vlm_features"),

@@ -186,6 +186,23 @@ def _image_suffixes(img_suffix) -> tuple[str, ...]:
     return suffixes
 
 
+def _walk_files(top: Path) -> Iterator[Path]:
+    """Every file below ``top``, symlinked folders followed (a dataset linked into place from
+    another disk), each real folder read once (a link back up the tree is not a loop)."""
+    from ..data._loaders import _dir_identity
+
+    visited = {_dir_identity(os.fspath(top))} - {None}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        keep = []
+        for d in dirnames:
+            ident = _dir_identity(os.path.join(dirpath, d))
+            if ident is None or ident not in visited:
+                keep.append(d)
+                visited.add(ident)
+        dirnames[:] = keep
+        yield from (Path(dirpath) / f for f in filenames)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as a uint8 (H, W, 3) RGB array (see :func:`gpua.data.open_image`)."""
     from ..data import open_image
@@ -271,6 +288,9 @@ class SegmentationDataset(Sequence):
     stems : list of str
         Each image's file name without its image suffix (``a`` for ``img_dir/val/x/a.jpg``,
         ``frankfurt_000000_000294`` for Cityscapes' ``..._leftImg8bit.png``).
+    rel_stems : list of str
+        Each image's path below the image folder without its suffix (``x/a``), ``/``-separated:
+        the split file's line, or what tells apart two images of one file name in two sub-folders.
     img_suffixes : tuple of str
         The suffixes images are found by.
 
@@ -315,8 +335,9 @@ class SegmentationDataset(Sequence):
         if not self.ann_dir.is_dir():
             raise GPUAError(f"label folder {self.ann_dir} does not exist; check the dataset root and split.")
         found = self._pair(Path(split_file) if split_file is not None else None)
-        self.items = [(img, ann) for img, ann, _ in found]
-        self.stems = [stem for _, _, stem in found]
+        self.items = [(img, ann) for img, ann, _, _ in found]
+        self.stems = [stem for _, _, stem, _ in found]
+        self.rel_stems = [rel for _, _, _, rel in found]
 
     def _looked_for(self) -> str:
         """The image suffixes, as a message shows them."""
@@ -345,12 +366,22 @@ class SegmentationDataset(Sequence):
                          f"{others[0].name}): check the dataset root and split, or convert the images to .png or .jpg "
                          "(img_suffix names another ending, of a format Pillow decodes).")
 
-    def _pair(self, split_file: Path | None) -> list[tuple[Path, Path, str]]:
-        """``(image, label map, stem)`` of every image, in dataset order."""
+    def _pair(self, split_file: Path | None) -> list[tuple[Path, Path, str, str]]:
+        """``(image, label map, stem, relative stem)`` of every image, in dataset order."""
         if split_file is not None:
             if not split_file.is_file():
                 raise GPUAError(f"split file {split_file} does not exist; check the dataset root and split name.")
-            stems = [s.strip() for s in split_file.read_text().splitlines() if s.strip()]
+            from ..data._textfiles import read_text
+
+            # read_text: a split file saved by a Windows editor (UTF-16, or UTF-8 with a byte-order
+            # mark) reads as its stems, not as a traceback or a stem that starts with the mark.
+            stems = [s.strip() for s in read_text(split_file, "split").splitlines() if s.strip()]
+            first_line: dict[str, int] = {}
+            for i, stem in enumerate(stems):
+                if stem in first_line:  # one image scored twice would weigh its pixels twice in the mIoU
+                    raise GPUAError(f"split file {split_file} lists {stem!r} twice (entries {first_line[stem] + 1} and "
+                                    f"{i + 1}); remove the repeat, so that each image is scored once.")
+                first_line[stem] = i
             found = []
             for stem in stems:
                 candidates = [self.img_dir / (stem + s) for s in self.img_suffixes]
@@ -366,7 +397,7 @@ class SegmentationDataset(Sequence):
             # leave them out: they have no label map and are not images.
             suffixes = sorted({s.lower() for s in self.img_suffixes}, key=len, reverse=True)
             found, others = [], []
-            for p in self.img_dir.rglob("*"):
+            for p in _walk_files(self.img_dir):
                 rel = p.relative_to(self.img_dir)
                 if any(part.startswith(".") for part in rel.parts):
                     continue
@@ -392,7 +423,7 @@ class SegmentationDataset(Sequence):
             if not img.is_file() or not ann.is_file():
                 missing.append(ann if img.is_file() else img)
                 continue
-            items.append((img, ann, name))
+            items.append((img, ann, name, Path(stem).as_posix()))
         if missing:
             first = missing[0]
             hint = (f" (label maps are <stem>{self.seg_map_suffix}: set seg_map_suffix if yours end otherwise)"

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from .._errors import GPUAError
 from .._optional import import_optional
+from .._validation import in_range
 from . import _kernels
 from ._kernels import Part, merge_stats
 
@@ -178,6 +179,9 @@ def connect(cluster, *, timeout: float = 10.0):
     """
     if cluster is None:
         return LocalExecutor()
+    if not in_range(timeout, low=0, low_open=True) or isinstance(timeout, bool):
+        raise GPUAError(f"connect_timeout={timeout!r} must be a positive number of seconds (the wait for a Dask scheduler "
+                        "to answer), e.g. 10.")
     distributed = import_optional("distributed", "cluster= (fitting on a Dask cluster; leave it None to fit here)")
     if isinstance(cluster, distributed.Client):
         return DaskExecutor(cluster)

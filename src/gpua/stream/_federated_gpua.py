@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .._errors import GPUAError
-from .._validation import check_classnames, check_prototypes
+from .._validation import check_callback, check_classnames, check_prototypes
 from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
@@ -166,6 +166,7 @@ def fit_federated(
     (:func:`gpua.stream._fit.pool_statistics`): aggregates of its features, no row.
     """
     check_gpua_instance(estimator, "fit_federated", "fit_federated(GPUA(self_learning=0), clients, text_prototypes)")
+    check_callback(callback)
     est = estimator
     if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
         raise GPUAError(f"rounds={rounds!r} must be a positive integer.")

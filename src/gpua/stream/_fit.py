@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 from .._atomic import check_output
-from .._errors import GPUAError
-from .._validation import check_classnames, check_prototypes
+from .._errors import GPUAError, warn_user
+from .._validation import check_callback, check_classnames, check_prototypes
 from ..fitting import PARAMETERS, FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import polar_factor
@@ -142,6 +142,14 @@ def check_gpua_instance(estimator, function: str, example: str) -> None:
         raise GPUAError(f"estimator is {what}; {function} fits a GPUA instance only, e.g. {example}.")
 
 
+def _same_prototypes(given, stored) -> bool:
+    """Whether prototypes passed to a streamed fit are the ones its shard set stores (same rows, same order)."""
+    if stored is None:
+        return False
+    a, b = torch.as_tensor(given).detach().cpu().float(), torch.as_tensor(stored).cpu().float()
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-6))
+
+
 def fit_streaming(
     estimator,
     source,
@@ -217,6 +225,7 @@ def fit_streaming(
     (:func:`gpua.stream.release_freed_memory`) so that freed chunk buffers leave the process.
     """
     check_gpua_instance(estimator, "fit_streaming", "fit_streaming(GPUA(), shards, text_prototypes)")
+    check_callback(callback)
     est = estimator
     params = est.get_params()
     if vlm_features is not None:
@@ -224,14 +233,21 @@ def fit_streaming(
     src = as_source(source)
     n = len(src)
     d_v, d_t = src.widths["vfm_features"], src.widths["vlm_features"]
+    stored_names = getattr(src, "classnames", None)
     if text_prototypes is None:
         text_prototypes = src.text_prototypes()
         if text_prototypes is None:
             raise GPUAError("text_prototypes is None and the source stores none; pass text_prototypes=(K, d_vlm) array.")
+    elif classnames is None and stored_names is not None and not _same_prototypes(text_prototypes, src.text_prototypes()):
+        # The stored names are the stored prototypes' order: put on other prototypes they would
+        # name the classes wrongly in predictions, the model file and `gpua evaluate`.
+        warn_user("the shard set's class names are not used: the text_prototypes passed are not the ones it stores, so "
+                  "the names could be in another order. Pass classnames= (one per prototype row) to name the classes.")
+        stored_names = None
     Y = check_prototypes(text_prototypes, d_t)
     k = Y.shape[0]
     config = check_entry(params, n, k, driver="streamed")
-    names = check_classnames(classnames if classnames is not None else getattr(src, "classnames", None), k)
+    names = check_classnames(classnames if classnames is not None else stored_names, k)
     dev = config.device
     d_q, r_bytes = _widths(est, n, k, d_v, d_t)
     itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2

@@ -248,7 +248,7 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
     if is_json(path, text):
         data = load_json(text, path, "class names")
         if isinstance(data, dict) and data and not all(str(k).strip().lstrip("-").isdigit() for k in data):
-            return _checked_classes(_json_mapping(data, path), source)
+            return _checked_classes(_mapping_entries(data, source), source)
     located, from_json = read_located(path, "class names", index_dict=True)
     if not from_json:
         # "# ..." lines and trailing " # ..." comments are dropped ("cat  # my pet" is the class cat);
@@ -263,8 +263,9 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
     return _parse_located(located, source)
 
 
-def _json_mapping(data: dict, path: str | os.PathLike) -> list[tuple[str, str, list[str]]]:
-    """``{"name": ["word", ...] | "word, word", ...}`` as ``(where, name, words)``.
+def _mapping_entries(data: Mapping, source: str) -> list[tuple[str, str, list[str]]]:
+    """``{"name": ["word", ...] | "word, word", ...}`` (a JSON object in a file, or a dict passed as
+    ``classnames=``) as ``(where, name, words)``.
 
     Names and the words of a list are taken as written (``:`` and ``,`` included); a string value
     is the words part of a line (``"car, automobile"``).
@@ -272,10 +273,11 @@ def _json_mapping(data: dict, path: str | os.PathLike) -> list[tuple[str, str, l
     out = []
     for i, (name, words) in enumerate(data.items()):
         words = [w for w in words.split(",") if clean_edges(w)] if isinstance(words, str) else words  # "car, automobile"
-        if not isinstance(words, list) or not words or not all(isinstance(w, str) and clean_edges(w) for w in words):
-            raise GPUAError(f"class-name file {str(path)!r}: class {name!r} maps to {words!r}; give a word or a list of words.")
+        if (not isinstance(words, (list, tuple)) or not words
+                or not all(isinstance(w, str) and clean_edges(w) for w in words)):
+            raise GPUAError(f"{source}: class {name!r} maps to {words!r}; give a word or a list of words.")
         if not clean_edges(str(name)):
-            raise GPUAError(f"class-name file {str(path)!r}: entry {i} ({name!r}) holds no class name; give each class a name.")
+            raise GPUAError(f"{source}: entry {i} ({name!r}) holds no class name; give each class a name.")
         out.append((f"entry {i}", clean_edges(str(name)), [clean_edges(w) for w in words]))
     return out
 
@@ -321,13 +323,8 @@ def resolve_class_prompts(
             f"classnames={str(classnames)!r} is neither a file nor a known dataset ({', '.join(KNOWN_DATASETS)}); "
             "pass a list of names, a class-name file, or a dataset name."
         )
-    if isinstance(classnames, Mapping):
-        entries = [(str(k), [v] if isinstance(v, str) else [str(w) for w in v]) for k, v in classnames.items()]
-        for name, words in entries:
-            if not words or any(not w.strip() for w in words):
-                raise GPUAError(f"classnames maps {name!r} to {words!r}; give each class at least one non-empty word.")
-        names = check_classnames([n for n, _ in entries], len(entries))
-        return names, [w for _, w in entries]
+    if isinstance(classnames, Mapping):  # read as the same object in a class-name file is
+        return _checked_classes(_mapping_entries(classnames, "classnames"), "classnames")
     names = [str(c) for c in classnames]
     if any(not n.strip() for n in names):
         raise GPUAError("classnames holds an empty name; every class needs a non-empty name.")
