@@ -11,14 +11,13 @@ from gpua import benchmark as bench_mod
 from gpua import demo as demo_mod
 from gpua.cli import main
 
-FAST = ["--n-steps", "20", "--param", "eval_every=5"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpua.ConvergenceWarning")
 
 
-def _argv(d, dataset, *extra):
+def _argv(d, dataset, *extra):  # zero_shot fits nothing: no GPUA parameter to give (one it would not apply is refused)
     return ["benchmark", "--datasets", str(dataset), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--methods", "zero_shot",
-            "--pool", "2-shot", "--out", str(d / "bench"), "--cache-dir", str(d / "cache"), "--templates", "simple", "--quiet", *FAST, *extra]
+            "--pool", "2-shot", "--out", str(d / "bench"), "--cache-dir", str(d / "cache"), "--templates", "simple", "--quiet", *extra]
 
 
 def _rows(d):
@@ -63,14 +62,19 @@ def test_two_runs_into_one_folder_keep_each_others_rows(photos, monkeypatch):
     def run_method(*a, **k):
         if not other_ran:  # the other run finishes while this one is fitting its first method
             other_ran.append(True)
-            assert main(_argv(d, d / "photos", "--param", "lam=0.5")) == 0
+            assert main(gpua(_argv(d, d / "photos", *fast, "--param", "lam=0.5"))) == 0
         return real(*a, **k)
 
+    def gpua(argv):  # a configuration of GPUA parameters: the method that applies them
+        argv[argv.index("--methods") + 1] = "gpua"
+        return argv
+
+    fast = ["--n-steps", "20", "--param", "eval_every=5", "--param", "self_learning=0"]
     monkeypatch.setattr(bench_mod, "_run_method", run_method)
-    assert main(_argv(d, d / "photos")) == 0
+    assert main(gpua(_argv(d, d / "photos", *fast))) == 0
     rows = _rows(d)
     assert len(rows) == 2 and sorted(json.dumps(r["params"], sort_keys=True) for r in rows) == [
-        '{"eval_every": 5, "lam": 0.5, "n_steps": 20}', '{"eval_every": 5, "n_steps": 20}']
+        '{"eval_every": 5, "lam": 0.5, "n_steps": 20, "self_learning": 0}', '{"eval_every": 5, "n_steps": 20, "self_learning": 0}']
 
 
 def test_repeated_method_runs_once(photos):
@@ -182,3 +186,17 @@ def test_other_templates_do_not_overwrite_the_cached_features(photos):
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert len(list((d / "cache" / "benchmark").glob("*.npz"))) == 2 * len(files)
     assert len(_rows(d)) == 2
+
+
+def test_a_parameter_no_method_applies_is_refused_and_partial_ones_are_said(photos, capsys):
+    """`--methods zero_shot,lambda_1 --lam 0.3` recorded lam=0.3 in both rows, which neither ran (as `compare` refuses)."""
+    d = photos
+    argv = _argv(d, d / "photos", "--lam", "0.3")
+    argv[argv.index("--methods") + 1] = "zero_shot,lambda_1"
+    assert main(argv) == 2
+    assert "lam=0.3: none of methods zero_shot,lambda_1 applies it" in capsys.readouterr().err
+    assert not (d / "cache").exists()  # before any image is encoded
+    from gpua.baselines import override_notes  # the one check `compare` uses too
+
+    notes = override_notes(["zero_shot", "gpua"], {"lam": 0.3})
+    assert notes == ["note: zero_shot does not apply lam=0.3 (its own setting, or not its parameter)"]

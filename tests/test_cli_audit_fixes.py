@@ -164,3 +164,15 @@ def files(planted, tmp_path):
     return {"train": save_features(tmp_path / "train.npz", vfm_features=train.vfm_features, vlm_features=train.vlm_features,
                                    text_prototypes=train.text_prototypes, classnames=train.classnames)}
 
+
+
+@pytest.mark.parametrize("flags", [["--rows-per-shard", "10"], ["--shard-storage", "safetensors"]])
+def test_shard_set_flags_with_one_feature_file_are_refused(tmp_path, capsys, flags):
+    """They were ignored without a word when --out named one .npz file."""
+    from gpua.cli import main
+
+    out = tmp_path / "x.npz"
+    assert main(["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", "cifar10-mini", "--out", str(out),
+                 "--quiet", *flags]) == 2
+    assert f"{flags[0]} apply to a shard set, but --out" in capsys.readouterr().err
+    assert not out.exists()

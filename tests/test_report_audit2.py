@@ -137,3 +137,38 @@ def test_benchmark_rows_and_calibrate_json_are_strict_json(tmp_path):
     # was: json.dumps wrote NaN, which strict readers (jq, JavaScript) refuse
     assert [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) for line in lines] == [
         {"metrics": {"acc1": None}}, {"metrics": {"acc1": 0.5}}]
+
+
+def test_evaluate_records_test_features_of_other_encoders_in_its_result():
+    """The warning went to stderr only; the JSON said the model's VFM as if it were the test features'."""
+    from gpua import GPUA
+    from gpua.report import evaluate_model
+
+    train, test = _pair(vfm_b="offline:other")
+    model = GPUA(n_steps=5, self_learning=0).fit(train.vfm_features, train.vlm_features, train.text_prototypes,
+                                                 classnames=train.classnames)
+    model.provenance_ = {"vfm": {"spec": "offline:dinov2-s"}, "vlm": {"spec": "offline:semantic-lite0"}}
+    with pytest.warns(UserWarning, match="offline:other"):
+        res = evaluate_model(model, test)
+    assert res["gpua"]["test_encoders_differ"] == {"vfm": {"model": "offline:dinov2-s", "test": "offline:other"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = evaluate_model(model, _pair()[1])
+    assert "test_encoders_differ" not in same["gpua"]
+
+
+def test_compare_json_says_the_encoders_version_and_notes(tmp_path, capsys):
+    from gpua import __version__
+    from gpua.cli import main
+    from gpua.features import save_features
+
+    train, test = _pair()
+    for name, fs in (("train", train), ("test", test)):
+        save_features(tmp_path / f"{name}.npz", vfm_features=fs.vfm_features, vlm_features=fs.vlm_features,
+                      text_prototypes=fs.text_prototypes, labels=fs.labels, classnames=fs.classnames, meta=fs.meta)
+    out = tmp_path / "cmp.json"
+    assert main(["compare", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--methods",
+                 "gpua,lambda_1", "--lam", "0.3", "--n-steps", "5", "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert (data["vfm"], data["vlm"], data["gpua_version"]) == ("offline:dinov2-s", "offline:semantic-lite0", __version__)
+    assert data["notes"] == ["lambda_1 does not apply lam=0.3 (its own setting, or not its parameter)"]  # was on stdout only

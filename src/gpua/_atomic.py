@@ -282,6 +282,51 @@ def _may_be_input(p: Path) -> bool:
             or (not suffix and _is_image_file(p.parent, p.name)))
 
 
+#: What a file output may hold (:func:`check_output`'s ``holds``).
+_HOLDS = ("report", "model", "features")
+#: Endings of array files: a user's features (or gpua's), never replaced by a report or a model.
+_ARRAY_SUFFIXES = (".npz", ".npy", ".safetensors")
+
+
+def _held_data(p: Path) -> str | None:
+    """What gpua data the existing file ``p`` holds ("model", "features"), or None for anything else."""
+    suffix = p.suffix.lower()
+    if suffix == ".gpua" or (suffix == ".safetensors" and _is_model_file(p)):
+        return "model"
+    return "features" if suffix in _ARRAY_SUFFIXES else None
+
+
+def _is_model_file(p: Path) -> bool:
+    """Whether ``p`` is a model gpua saved (a safetensors file whose metadata holds gpua's)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return "gpua" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not a safetensors file at all (npz, JSON, text...)
+        return False
+
+
+def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> None:
+    """Refuse an output that would replace gpua data of another kind, or write inside a shard set."""
+    enclosing = out.parent if kind == "file" else out
+    for folder in (enclosing, *enclosing.parents):
+        if folder.is_dir() and _is_gpua_folder(folder) and not (kind == "tree" and folder == out):
+            raise GPUAError(
+                f"{name} {str(path)!r} lies inside {str(folder)!r}, a folder gpua wrote and replaces whole (a shard set, an "
+                f"extraction's parts): a file of another kind there would break it or stop the next extraction into it. "
+                f"Choose a {name} outside it."
+            )
+    if kind != "file" or not out.is_file():
+        return
+    held = _held_data(out)
+    if held is not None and held != holds:
+        what = {"model": "a model", "features": "a feature or array file"}[held]
+        written = {"report": "a report", "model": "a model", "features": "features"}[holds]
+        raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; choose another "
+                        f"{name} (or delete that file first if it may go).")
+
+
 def _is_gpua_folder(folder: Path) -> bool:
     """Whether ``folder`` is a shard set or an extraction's parts folder (:func:`gpua.data._loaders._is_gpua_output`)."""
     from .data._loaders import _is_gpua_output
@@ -379,6 +424,7 @@ def check_output(
     inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
     distinct_from: Iterable[tuple[str, str | os.PathLike | None]] = (),
     writable: bool = True,
+    holds: str = "report",
 ) -> Path:
     """Refuse an output path that would destroy an input or cannot be written; call before the work.
 
@@ -399,6 +445,12 @@ def check_output(
     writable : bool, default=True
         Also check that the output can be written (:func:`check_writable`). False leaves that
         check to the caller: an up-to-date output on read-only storage may need no writing.
+    holds : {"report", "model", "features"}, default="report"
+        What a file output holds. An existing file of gpua data (a model, a feature or array
+        file: ``.gpua``, ``.npz``, ``.npy``, ``.safetensors``) is replaced only by an output
+        holding the same (a CSV or JSON report never replaces one); no file or folder output is
+        written inside a folder gpua replaces whole (a shard set, an extraction's parts) unless
+        it is that folder itself (``kind="tree"``).
 
     Returns
     -------
@@ -418,6 +470,8 @@ def check_output(
     """
     if kind not in _KINDS:
         raise ValueError(f"kind={kind!r}; use one of {_KINDS}.")
+    if holds not in _HOLDS:
+        raise ValueError(f"holds={holds!r}; use one of {_HOLDS}.")
     out = _resolve(path)
     for other_name, value in distinct_from:
         if value is not None and str(value) != "" and _same(out, _resolve(value)):
@@ -441,12 +495,6 @@ def check_output(
                 f"{name} {str(path)!r} {clash} {in_name} {str(value)!r}; writing there would destroy the input. "
                 f"Choose another {name}."
             )
-        if src.is_dir() and _inside(out, src) and _is_gpua_folder(src):
-            raise GPUAError(
-                f"{name} {str(path)!r} lies inside {in_name} {str(value)!r}, a folder gpua wrote and replaces whole (a shard "
-                f"set, an extraction's parts): a file of another kind there would stop the next extraction into it. "
-                f"Choose a {name} outside it."
-            )
         if kind == "file" and src.is_dir() and _inside(out, src) and not out.exists() and _has_image_ending(out):
             raise GPUAError(
                 f"{name} {str(path)!r} would write a file with an image's ending inside {in_name} {str(value)!r}: the next "
@@ -461,6 +509,7 @@ def check_output(
                     f"are its classes: the next run would read {new!r} as a class. Write {name} outside {in_name}, "
                     f"directly beside its class folders, or under a hidden folder ('.{new}')."
                 )
+    _check_not_gpua_data(out, path, name, kind, holds)
     if writable:
         check_writable(out, name, kind)
     return out

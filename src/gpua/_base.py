@@ -335,21 +335,14 @@ class AlignmentEstimator(ParamsMixin):
 def _check_replaceable(path: Path) -> None:
     """Refuse a save over an existing file that is not a model gpua saved (a feature file, a shard
     set's index, anything of the user's): a model replaces only a model."""
-    from safetensors import safe_open
-
-    from ._atomic import check_writable
+    from ._atomic import _is_model_file, check_output
 
     if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                is_model = "gpua" in (f.metadata() or {})
-        except Exception:  # noqa: BLE001 - not a safetensors file at all (npz, JSON, text...)
-            is_model = False
-        if not is_model:
+        if not _is_model_file(path):
             raise GPUAError(f"save would replace {str(path)!r}, which is not a model gpua saved (a feature file, a shard set's "
                             "file, or another file); nothing was written. Choose another path (models end in .gpua), or "
                             "delete that file first if it may go.")
-    check_writable(path.absolute(), "path", "file")
+    check_output(path.absolute(), "path", kind="file", holds="model")
 
 
 #: The state key under which :meth:`AlignmentEstimator.__getstate__` records the learned tensors' devices.

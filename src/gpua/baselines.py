@@ -12,7 +12,7 @@ r"""Baselines and ablations in the same estimator API as :class:`~gpua.GPUA`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
 
 __all__ = ["VLMZeroShot", "LFAAlternation", "METHODS", "GPUA_VARIANTS", "OTHER_METHOD_PARAMS", "list_methods", "make_method",
-           "unused_overrides"]
+           "unused_overrides", "override_notes"]
 
 
 class VLMZeroShot(AlignmentEstimator):
@@ -189,6 +189,29 @@ def unused_overrides(name: str, overrides: dict[str, Any]) -> list[str]:
     takes = OTHER_METHOD_PARAMS.get(name)
     fixed = GPUA_VARIANTS.get(name, {})
     return [k for k, v in overrides.items() if (takes is not None and k not in takes) or (k in fixed and v != fixed[k])]
+
+
+def override_notes(methods: Sequence[str], overrides: dict[str, Any], option: str = "methods") -> list[str]:
+    """Check one set of ``overrides`` given to every method of a comparison; the notes to print.
+
+    A setting that no listed method applies would be claimed by the command and run by none
+    (``lambda_1`` keeps ``lam=1``, ``zero_shot`` takes no ``rho``): refused. One that some
+    methods leave out gets a note per such method.
+
+    Raises
+    ------
+    GPUAError
+        When no method of ``methods`` applies an override.
+    """
+    from ._errors import GPUAError
+
+    unused = {m: unused_overrides(m, overrides) for m in methods}
+    applied_by_none = [k for k in overrides if all(k in unused[m] for m in methods)]
+    if applied_by_none:
+        raise GPUAError(f"{', '.join(f'{k}={overrides[k]!r}' for k in applied_by_none)}: none of {option} {','.join(methods)} "
+                        "applies it (they take no such parameter, or set it themselves); drop it, or add gpua to the methods.")
+    return [f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its "
+            "parameter)" for m in methods if (skipped := [k for k in unused[m] if k != "device"])]
 
 
 def list_methods() -> list[str]:

@@ -452,6 +452,7 @@ def run_benchmark(
     -------
     list of dict
     """
+    from .baselines import override_notes
     from .classify import check_methods, feature_cache_path
     from .extract import extract_features
     from .features import load_features
@@ -466,6 +467,9 @@ def run_benchmark(
     datasets, vfms, vlms = (list(dict.fromkeys(v)) for v in (datasets, vfms, vlms))
     if not datasets or not vfms or not vlms:
         raise GPUAError("give at least one dataset, one VFM and one VLM.")
+    # The rows record the parameters given; one that no method applies would be claimed and run by none.
+    for note in override_notes(methods, dict(overrides or {})):
+        say(note)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "results.jsonl"

@@ -606,7 +606,7 @@ def extract_features(
               if isinstance(v, (str, os.PathLike))]
     outputs = [(out, "out", "file" if kind == "file" else "tree"), (_Parts.of(out).dir, "out's parts folder", "tree")]
     for path, name, path_kind in outputs:
-        check_output(path, name, kind=path_kind, inputs=inputs, writable=False)
+        check_output(path, name, kind=path_kind, inputs=inputs, writable=False, holds="features")
     unwritable = next((e for e in (_unwritable(*o) for o in outputs) if e is not None), None)
     stored = None
     if unwritable is not None:

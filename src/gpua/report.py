@@ -229,6 +229,9 @@ def evaluate_model(
             "params": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in model.get_params().items()},
         },
     }
+    other = _other_encoders((vfm, vlm), (test_vfm, test_vlm))
+    if other:  # the warning goes to stderr; the result says it too, or it reads as the model's encoders' score
+        out["gpua"]["test_encoders_differ"] = {role.lower(): {"model": f, "test": g} for role, f, g in other}
     if test.vlm_features is not None and hasattr(model, "text_prototypes_"):
         zs = test.vlm_features / np.linalg.norm(test.vlm_features, axis=1, keepdims=True)
         zs_scores = zs @ model.text_prototypes_.cpu().numpy().T

@@ -218,3 +218,28 @@ def test_extract_never_deletes_a_parts_folder_it_did_not_make(tmp_path, capsys):
     shutil.rmtree(parts)
     assert main(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "results")]) == 0
     assert not parts.exists()
+
+
+def test_reports_never_replace_gpua_data_that_is_not_an_input(files, tmp_path, capsys):
+    """predict/evaluate/compare wrote their CSV or JSON over any file that was not one of their own
+    inputs: another feature file, another model, another shard set's index."""
+    from gpua.features import load_features
+    from gpua.stream import write_shards
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("spare.npz", "old.gpua"):
+        (other / name).write_bytes((files["train" if name.endswith(".npz") else "model"]).read_bytes())
+    fs = load_features(files["test"])
+    write_shards(tmp_path / "shards", fs.vfm_features, fs.vlm_features, dtype="float32", text_prototypes=fs.text_prototypes)
+    run = ["predict", "--model", str(files["model"]), "--features", str(files["test"]), "--out"]
+    err = _refused([*run, str(other / "spare.npz")], capsys, other, "--out", "is a feature or array file")
+    assert "which this command would replace with a report" in err
+    _refused([*run, str(other / "old.gpua")], capsys, other, "--out", "is a model")
+    _refused(["evaluate", "--model", str(files["model"]), "--test", str(files["test"]), "--json", str(other / "spare.npz")],
+             capsys, other, "--json")
+    _refused([*run, str(tmp_path / "shards" / "index.json")], capsys, tmp_path / "shards", "a folder gpua wrote and replaces whole")
+    _refused(["fit", "--train", str(files["train"]), "--out", str(tmp_path / "shards" / "new.gpua"), "--param", "refine=false"],
+             capsys, tmp_path / "shards", "lies inside")  # a new file in a shard set: the next extraction into it stopped
+    assert main([*run, str(other / "preds.csv")]) == 0  # a report beside them is fine
+    capsys.readouterr()

@@ -64,8 +64,10 @@ def check_paths(
     inputs : sequence of str
         Attributes of ``args`` holding paths the command reads (unset ones are skipped).
     outputs : sequence of (attribute, kind)
-        Attributes holding paths the command writes; kind ``"file"``, ``"folder"`` (files are
-        written into it) or ``"tree"`` (replaced as a whole).
+        Attributes holding paths the command writes; kind ``"file"`` (a report: CSV, JSON, a
+        plot), ``"model"`` or ``"features"`` (a file holding that: see ``holds`` of
+        :func:`gpua._atomic.check_output`), ``"folder"`` (files are written into it) or ``"tree"``
+        (replaced as a whole).
     extra_inputs : sequence of (name, path)
         Paths read that no argument names directly (a model's sidecar file).
     extra_outputs : sequence of (name, path, kind)
@@ -79,11 +81,13 @@ def check_paths(
     outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != "" and not (n == "--json" and str(p) == STDOUT)]
     for name, path, kind in outs:  # commands that take "-" for stdout leave that output out of ``outputs``
         if str(path) == STDOUT:
-            what = "a file" if kind == "file" else "a folder"
+            what = "a file" if kind in ("file", "model", "features") else "a folder"
             raise GPUAError(f"{name} - : this command writes {what} there, not to stdout; give a name (./- if a {what[2:]} "
                             f"named '-' is meant).")
     for i, (name, path, kind) in enumerate(outs):
-        check_output(path, name, kind=kind, inputs=ins, distinct_from=[(n, p) for n, p, _ in outs[:i]])
+        holds = kind if kind in ("model", "features") else "report"
+        check_output(path, name, kind="file" if holds != "report" else kind, inputs=ins,
+                     distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds)
 
 
 def parse_params(pairs: list[str] | None) -> dict:

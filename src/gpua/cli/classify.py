@@ -60,7 +60,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     # --out -: the CSV alone on stdout (no file named "-"), the summary on stderr
     check_paths(args, inputs=("images", "classnames", "templates", "pool"),
-                outputs=(("model_out", "file"),) if args.out == STDOUT else (("out", "file"), ("model_out", "file")))
+                outputs=(("model_out", "model"),) if args.out == STDOUT else (("out", "file"), ("model_out", "model")))
     if not Path(args.images).expanduser().is_dir():
         raise GPUAError(f"--images {args.images!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     check_cache_dir(args)

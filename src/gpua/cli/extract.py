@@ -48,8 +48,8 @@ def add_subcommands(subparsers) -> None:
     # (the library said "batch_size must be a positive integer").
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
-    p.add_argument("--rows-per-shard", type=positive_int, default=65536, help="rows per file of a shard set (default 65536)")
-    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default="npy", help="file format of a shard set's shards (default npy)")
+    p.add_argument("--rows-per-shard", type=positive_int, default=None, help="rows per file of a shard set (default 65536)")
+    p.add_argument("--shard-storage", choices=("npy", "safetensors"), default=None, help="file format of a shard set's shards (default npy)")
     p.add_argument("--device", default="cpu", help="torch device for the encoders: cpu, cuda, cuda:N or auto")
     p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--float16", action="store_true", help="store features in half precision")
@@ -72,7 +72,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         kind = _output_kind(Path(args.out).expanduser(), args.format)
     except GPUAError as exc:
         raise GPUAError(_as_flags(str(exc))) from None
-    check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "file" if kind == "file" else "tree"),))
+    check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "features" if kind == "file" else "tree"),))
+    shard_flags = [f for f, v in (("--rows-per-shard", args.rows_per_shard), ("--shard-storage", args.shard_storage)) if v is not None]
+    if kind == "file" and shard_flags:  # they would be ignored without a word: one file is written
+        raise GPUAError(f"{' and '.join(shard_flags)} apply to a shard set, but --out {args.out!r} is one feature file; write a "
+                        "shard set (--out DIR, or --format shards) or leave them out.")
+    shard_options = {k: v for k, v in (("rows_per_shard", args.rows_per_shard), ("shard_storage", args.shard_storage)) if v is not None}
     # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
     check_device_flag(args.device)
     check_cache_dir(args)
@@ -84,9 +89,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             args.vfm, args.vlm, args.data, classnames=args.classnames, templates=args.templates, out=args.out,
             format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
             resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
-            split=args.split, shard_size=args.shard_size, rows_per_shard=args.rows_per_shard,
-            shard_storage=args.shard_storage, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
-            image_root=args.image_root,
+            split=args.split, shard_size=args.shard_size, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
+            image_root=args.image_root, **shard_options,
         )
     for w in caught:
         print(f"gpua extract: warning: {w.message}", file=sys.stderr)

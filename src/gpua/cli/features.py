@@ -73,7 +73,7 @@ def _cmd_fit(args) -> int:
     from ..estimator import GPUA
     from ..report import provenance_from_features
 
-    check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "file"), ("checkpoint", "folder")))
+    check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "model"), ("checkpoint", "folder")))
     model = GPUA(**estimator_overrides(args))  # names and values checked against gpua.fitting.PARAMETERS
     if args.train and getattr(args, "shards", None):
         raise GPUAError("give --train FILE or --shards DIR, not both: the fit reads one of them.")
@@ -312,7 +312,7 @@ def _cmd_compare(args) -> int:
 
 
 def _compare(args, out: JsonOutput) -> int:
-    from ..baselines import list_methods, unused_overrides
+    from ..baselines import list_methods, override_notes
     from ..report import compare_methods, format_table
 
     methods = list_methods() if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -322,24 +322,21 @@ def _compare(args, out: JsonOutput) -> int:
     if unknown:  # before any file is read
         raise GPUAError(f"--methods: {unknown} unknown; choose from {list_methods()} or 'all'.")
     overrides = estimator_overrides(args)
-    # One set of overrides serves every row; a setting that no listed method applies would be
-    # claimed by the command line and run by none (lambda_1 keeps lam=1, zero_shot takes no rho).
-    unused = {m: unused_overrides(m, overrides) for m in methods}
-    applied_by_none = [k for k in overrides if all(k in unused[m] for m in methods)]
-    if applied_by_none:
-        raise GPUAError(f"{', '.join(f'{k}={overrides[k]!r}' for k in applied_by_none)}: none of --methods {','.join(methods)} "
-                        "applies it (they take no such parameter, or set it themselves); drop it, or add --methods gpua.")
-    for m in methods:
-        skipped = [k for k in unused[m] if k != "device"]
-        if skipped:
-            print(f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its parameter)")
+    notes = override_notes(methods, overrides, "--methods")  # one set of overrides serves every row
+    for note in notes:
+        print(note)
     train = _read_features(args.train)
     test = _read_features(args.test, require=("labels",))
     _check_widths(test, f"--test {args.test!r}", train, f"--train {args.train!r}")
     rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet,
                            train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
-    out.write({"train": str(args.train), "test": str(args.test), "params": overrides, "results": rows})
+    from .. import __version__
+    from ..report import encoders_of
+
+    vfm, vlm = encoders_of(train.meta or {})
+    out.write({"train": str(args.train), "test": str(args.test), "vfm": vfm, "vlm": vlm, "gpua_version": __version__,
+               "params": overrides, "notes": [n.removeprefix("note: ") for n in notes], "results": rows})
     return 0
 
 

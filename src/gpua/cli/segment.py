@@ -608,7 +608,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
 
     if args.max_images is not None and args.max_images < 1:  # before any file is read
         raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
-    check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "file"),),
+    check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "model"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     from ..params import check_param
     from ..segment.inference import min_image_side

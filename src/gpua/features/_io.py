@@ -169,7 +169,7 @@ def save_features(path: str | Path, features: FeatureSet | None = None, **arrays
         raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
     # A folder, a path under a file or an unwritable folder is refused before the checks and the
     # casts of large arrays, as the commands refuse their outputs before any work.
-    check_output(path, "path", kind="file")
+    check_output(path, "path", kind="file", holds="features")
     out, strings, meta_json = _stored_contents(features, float16)
     if suffix == ".npz":
         for k, v in strings.items():
