@@ -176,3 +176,22 @@ def test_shard_set_flags_with_one_feature_file_are_refused(tmp_path, capsys, fla
                  "--quiet", *flags]) == 2
     assert f"{flags[0]} apply to a shard set, but --out" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_extract_names_split_and_image_root_as_flags(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from gpua.cli import main
+
+    for split in ("train", "test"):
+        (tmp_path / "d" / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "d" / split / "cat" / "0.png")
+    argv = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(tmp_path / "d"), "--out",
+            str(tmp_path / "x.npz"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pass --split" in err and "split=" not in err  # was: "pass split= one of them"
+    assert main([*argv, "--split", "train", "--image-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--image-root applies to CoOp split files" in err and "image_root=" not in err

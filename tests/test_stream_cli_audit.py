@@ -141,3 +141,21 @@ def test_extract_names_its_flags_when_out_is_the_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--out" in err and "--data" in err and "dataset" not in err  # was: "out ... is the same path as dataset ..."
     assert (photos / "cat" / "a.png").is_file()
+
+
+def test_prototypes_of_another_width_or_without_names_are_said_with_the_flag(data, tmp_path, capsys):
+    from gpua.stream import write_shards
+
+    _, d = data
+    write_shards(tmp_path / "sh", d.vfm_features, d.vlm_features, text_prototypes=d.text_prototypes, dtype="float32",
+                 classnames=[f"c{k}" for k in range(5)])
+    argv = ["fit", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "m.gpua"), *FAST]
+    save_features(tmp_path / "wide.npz", text_prototypes=np.hstack([d.text_prototypes, d.text_prototypes]))
+    assert main([*argv, "--prototypes", str(tmp_path / "wide.npz")]) == 2  # was: "text_prototypes has width ... vlm_features"
+    assert "--prototypes" in capsys.readouterr().err
+    save_features(tmp_path / "unnamed.npz", text_prototypes=d.text_prototypes[::-1].copy())
+    assert main([*argv, "--prototypes", str(tmp_path / "unnamed.npz")]) == 2  # was: the set's names put on reversed rows
+    assert "names no classes" in capsys.readouterr().err
+    save_features(tmp_path / "same.npz", text_prototypes=d.text_prototypes)
+    assert main([*argv, "--prototypes", str(tmp_path / "same.npz")]) == 0  # the set's own rows: its names fit them
+    capsys.readouterr()

@@ -327,7 +327,7 @@ def with_flags(message: str, flags: dict[str, str], *, bare_names: bool = False)
     import re
 
     for name, flag in flags.items():
-        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+        message = re.sub(rf"(?<![\w-]){name}= ?", f"{flag} ", message)  # "split= one of" -> "--split one of"
         if bare_names:
             message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
     return message

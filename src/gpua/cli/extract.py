@@ -122,7 +122,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 #: gpua.extract's argument names that its messages write as ``name=value``, and the flags that set them.
 _FLAGS = {"out": "--out", "classnames": "--classnames", "vlm": "--vlm", "vfm": "--vfm", "on_error": "--on-error",
-          "shard_storage": "--shard-storage", "rows_per_shard": "--rows-per-shard"}
+          "shard_storage": "--shard-storage", "rows_per_shard": "--rows-per-shard", "image_root": "--image-root",
+          "split": "--split"}
 
 
 def _as_flags(message: str) -> str:

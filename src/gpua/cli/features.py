@@ -154,6 +154,15 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
 
         fs = load_features(args.prototypes, require=("text_prototypes",))
         prototypes, classnames = fs.text_prototypes, fs.classnames
+        if prototypes.shape[1] != shards.widths["vlm_features"]:
+            raise GPUAError(f"--prototypes {args.prototypes!r} holds {prototypes.shape[1]}-d text prototypes but the shards' VLM "
+                            f"image features are {shards.widths['vlm_features']}-d; encode the prompts with the shards' VLM.")
+        from ..stream._fit import _same_prototypes
+
+        if classnames is None and shards.classnames is not None and not _same_prototypes(prototypes, shards.text_prototypes()):
+            raise GPUAError(f"--prototypes {args.prototypes!r} names no classes, and the shards' class names may be in another "
+                            "order than its rows; write the prototypes with their class names (gpua extract --classnames, "
+                            "or save_features(..., classnames=...)).")
         (_, shard_vlm), (_, prototype_vlm) = encoders_of(meta), encoders_of(fs.meta)
         if shard_vlm and prototype_vlm and shard_vlm != prototype_vlm:
             raise GPUAError(f"--prototypes {args.prototypes!r} were encoded by {prototype_vlm} but the shards' image features by "
