@@ -219,3 +219,17 @@ def test_tail_classes_without_test_samples_are_said(gaussians):
     with pytest.warns(UserWarning, match=r"3 of the 3 tail class\(es\) .* so the tail accuracy is NaN"):
         rows = run_longtail(g["X"], g["y"], g["X_test"][keep], g["y_test"][keep], imbalance_ratios=[10], methods=["plain"])
     assert np.isnan(rows[0]["tail"])  # was: NaN without a word
+
+
+def test_shape_similarity_refuses_a_covariance_without_that_many_directions():
+    from gpua.calibrate import shape_similarity, shape_similarity_matrix
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(50, 8))
+    real = np.cov(A.T)
+    with pytest.raises(GPUAError, match=r"b has 0 direction\(s\) of variance, fewer than n_components=5"):
+        shape_similarity(real, np.zeros((8, 8)))  # was: 1.46, from arbitrary eigenvectors
+    two = np.cov(A[:3].T)  # three samples: two directions
+    with pytest.raises(GPUAError, match=r"covariances\[1\] has 2 direction"):
+        shape_similarity_matrix(np.stack([real, two]))
+    assert 0 < shape_similarity(real, two, n_components=2) <= 2

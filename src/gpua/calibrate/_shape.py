@@ -195,6 +195,18 @@ def _as_shape(a, n_components: int, name: str) -> CovarianceShape:
     return covariance_shape(a, n_components, name=name)
 
 
+def _check_has_shape(shape: CovarianceShape, n_components: int, name: str) -> None:
+    """Refuse a covariance with fewer than ``n_components`` directions of variance: the eigenvectors past its
+    rank are any basis of the null space (a zero covariance, from one sample or identical ones, has no shape at
+    all), and a score from them would be a number without meaning."""
+    lam = shape.eigenvalues[:n_components]
+    rank = int(np.sum(lam > 1e-12 * max(float(shape.trace), np.finfo(np.float64).tiny)))
+    if rank < n_components:
+        raise GPUAError(f"{name} has {rank} direction(s) of variance, fewer than n_components={n_components} (a covariance of "
+                        "fewer samples than that, or of identical samples), so its shape is not defined there; lower "
+                        "n_components, or compare classes with more distinct samples.")
+
+
 def shape_similarity(a, b, n_components: int = 5) -> float:
     r"""Shape similarity :math:`S(A, B) = \sum_{j \le m} |\xi_j^A \cdot \xi_j^B|`, in :math:`[0, m]`.
 
@@ -216,6 +228,8 @@ def shape_similarity(a, b, n_components: int = 5) -> float:
     B = _as_shape(b, n_components, "b")
     if A.n_features != B.n_features:
         raise GPUAError(f"a has width {A.n_features} but b has width {B.n_features}; compare shapes of one feature space.")
+    for name, shape in (("a", A), ("b", B)):
+        _check_has_shape(shape, n_components, name)
     dots = np.einsum("dj,dj->j", A.eigenvectors[:, :n_components], B.eigenvectors[:, :n_components])
     # |cos| <= 1 for unit vectors; rounding can exceed it by an ulp, and S then exceeds m.
     return float(np.minimum(np.abs(dots), 1.0).sum())
@@ -226,7 +240,10 @@ def shape_similarity_matrix(covariances, n_components: int = 5) -> np.ndarray:
     covs = np.asarray(covariances, dtype=np.float64)
     if covs.ndim != 3:
         raise GPUAError(f"covariances must have shape (K, d, d) but has shape {covs.shape}.")
-    V = np.stack([covariance_shape(c, n_components, name=f"covariances[{i}]").eigenvectors for i, c in enumerate(covs)])
+    shapes = [covariance_shape(c, n_components, name=f"covariances[{i}]") for i, c in enumerate(covs)]
+    for i, shape in enumerate(shapes):
+        _check_has_shape(shape, n_components, f"covariances[{i}]")
+    V = np.stack([shape.eigenvectors for shape in shapes])
     return np.minimum(np.abs(np.einsum("adj,bdj->abj", V, V)), 1.0).sum(axis=-1)  # in [0, m], as shape_similarity
 
 
