@@ -320,11 +320,11 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
     if kind != "file" or not out.is_file():
         return
     held = _held_data(out)
-    if held is not None and held != holds:
-        what = {"model": "a model", "features": "a feature or array file"}[held]
+    if held != holds and (held is not None or holds == "model"):  # a model replaces a model only
+        what = {"model": "a model", "features": "a feature or array file", None: "not a model gpua saved"}[held]
         written = {"report": "a report", "model": "a model", "features": "features"}[holds]
-        raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; choose another "
-                        f"{name} (or delete that file first if it may go).")
+        raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; nothing was "
+                        f"written. Choose another {name} (models end in .gpua), or delete that file first if it may go.")
 
 
 def _is_gpua_folder(folder: Path) -> bool:
@@ -448,7 +448,8 @@ def check_output(
     holds : {"report", "model", "features"}, default="report"
         What a file output holds. An existing file of gpua data (a model, a feature or array
         file: ``.gpua``, ``.npz``, ``.npy``, ``.safetensors``) is replaced only by an output
-        holding the same (a CSV or JSON report never replaces one); no file or folder output is
+        holding the same (a CSV or JSON report never replaces one), and a model replaces
+        nothing but a model (a user's ``notes.txt`` in its way is refused); no file or folder output is
         written inside a folder gpua replaces whole (a shard set, an extraction's parts) unless
         it is that folder itself (``kind="tree"``).
 

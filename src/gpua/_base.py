@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._atomic import atomic_path
+from ._atomic import atomic_path, check_output
 from ._backend import as_tensor, resolve_device, to_numpy
 from ._errors import GPUAError, ModelFileError, NotFittedError, warn_user
 from ._integrity import CHECKSUM_KEY, digest, verify
@@ -313,7 +313,9 @@ class AlignmentEstimator(ParamsMixin):
             header = json.dumps(meta)
         except (TypeError, ValueError) as exc:
             raise GPUAError(f"the model's metadata cannot be written as JSON ({exc}); parameters and provenance_ must be JSON values.") from None
-        _check_replaceable(path)
+        # A model replaces only a model: over a feature file, a shard set's file or a user's own file it is
+        # refused (checked now, after the fit: the command line checks its --out before the work).
+        check_output(path.absolute(), "path", kind="file", holds="model")
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"gpua": header})
         return path
@@ -330,19 +332,6 @@ class AlignmentEstimator(ParamsMixin):
         if not isinstance(model, cls):
             raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}; load it with gpua.load_model.")
         return model
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse a save over an existing file that is not a model gpua saved (a feature file, a shard
-    set's index, anything of the user's): a model replaces only a model."""
-    from ._atomic import _is_model_file, check_output
-
-    if path.is_file():
-        if not _is_model_file(path):
-            raise GPUAError(f"save would replace {str(path)!r}, which is not a model gpua saved (a feature file, a shard set's "
-                            "file, or another file); nothing was written. Choose another path (models end in .gpua), or "
-                            "delete that file first if it may go.")
-    check_output(path.absolute(), "path", kind="file", holds="model")
 
 
 #: The state key under which :meth:`AlignmentEstimator.__getstate__` records the learned tensors' devices.

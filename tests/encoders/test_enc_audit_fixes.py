@@ -277,7 +277,7 @@ def test_open_clip_checkpoint_of_another_architecture(tiny_ckpt, tmp_path):
     assert "exact architecture" in msg
 
 
-def test_hf_checkpoint_missing_weights_is_warned(tmp_path):
+def test_hf_checkpoint_missing_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder = _dino_folder(tmp_path / "dino")
@@ -287,8 +287,8 @@ def test_hf_checkpoint_missing_weights_is_warned(tmp_path):
     del sd[gone]
     save_file(sd, weights, metadata={"format": "pt"})
     # (named as the model calls it: transformers renames some checkpoint keys on loading)
-    with pytest.warns(UserWarning, match=r"1 weight\(s\) of the dinov2 model are not in its checkpoint .*attention"):
-        create_encoder(f"hf:{folder}")  # was: loaded with that weight at random, a load report on stdout only
+    with pytest.raises(GPUAError, match=r"1 weight\(s\) of the dinov2 model are not in its checkpoint .*attention.*at random"):
+        create_encoder(f"hf:{folder}")  # was: loaded with that weight at random (then: a warning), the command went on
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the defaults warning (no preprocessor_config.json) only
         _dino_folder(tmp_path / "whole")
@@ -303,3 +303,21 @@ def test_open_clip_pretrained_is_not_silently_ignored(tiny_ckpt, tmp_path):
         create_encoder(f"open_clip:{tmp_path}?pretrained=openai")  # a folder holds its own weights: was ignored
     with pytest.raises(GPUAError, match="names the weights twice"):
         create_encoder(f"open_clip:gpua-tiny-vit/{tiny_ckpt}?pretrained=openai")
+
+
+def test_open_clip_tokenizer_past_the_text_vocabulary_is_refused_at_load(tmp_path):
+    """A config naming no tokenizer gets open_clip's default CLIP one: a 1000-token text tower crashed
+    at the first prompt with torch's 'index out of range in self'."""
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    from tiny_models import TINY
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["text_cfg"]["vocab_size"] = 1000
+    (tmp_path / "gpua-small-vocab.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "gpua-small-vocab.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("gpua-small-vocab").state_dict(), tmp_path / "small.pt")
+    with pytest.raises(GPUAError, match=r"past the text tower's 1000-token embedding table.*hf_tokenizer_name"):
+        create_encoder(f"open_clip:gpua-small-vocab//{tmp_path / 'small.pt'}")

@@ -242,3 +242,16 @@ def test_a_crop_smaller_than_a_patch_names_the_crop(scenes, capsys):
     err = capsys.readouterr().err
     assert "--crop 3 is smaller than one" in err and "use a crop of at least" in err
     assert not (scenes / "zs").exists()
+
+
+def test_fit_seg_out_over_a_file_that_is_not_a_model_is_refused_before_the_fit(scenes, capsys, monkeypatch):
+    """It was refused by the model's save, after the patch encoding, UCM, refinement and self-learning."""
+    import gpua.segment.inference as inference
+
+    (scenes / "notes.txt").write_text("mine")
+    monkeypatch.setattr(inference, "fit_patch_gpua", lambda *a, **k: pytest.fail("the fit ran"))
+    argv = ["fit-seg", "--images", str(scenes / "pool"), "--classnames", str(scenes / "classes.txt"), "--out",
+            str(scenes / "notes.txt"), "--patches-per-image", "16", "--no-progress", *ENCODERS]
+    assert main(argv) == 2
+    assert "is not a model gpua saved, which this command would replace with a model" in capsys.readouterr().err
+    assert (scenes / "notes.txt").read_text() == "mine"

@@ -258,9 +258,10 @@ class HFEncoder(TorchEncoder):
         missing = sorted(loading.get("missing_keys") or ())
         if missing:  # transformers fills them at random and only prints a report: the features would be part noise
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            warn_user(f"{spec!r}: {len(missing)} weight(s) of the {config.model_type} model are not in its checkpoint and "
-                      f"were initialised at random ({shown}); features that use them are noise. Save the whole "
-                      "model (model.save_pretrained) or pass the checkpoint this architecture was trained as.")
+            raise GPUAError(f"{spec!r}: {len(missing)} weight(s) of the {config.model_type} model are not in its checkpoint "
+                            f"({shown}); transformers would initialise them at random, and features that use them would be "
+                            "noise. Save the whole model there (model.save_pretrained) or pass the checkpoint this "
+                            "architecture was trained as.")
         is_vlm, mean, std = SUPPORTED_MODEL_TYPES[config.model_type]
         vcfg = getattr(config, "vision_config", config)
         s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]

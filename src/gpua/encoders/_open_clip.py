@@ -116,6 +116,26 @@ def _tags_preprocess(open_clip, arch: str, spec: str) -> dict[str, Any]:
     return agreed
 
 
+
+def _check_tokenizer_fits(model, tokenizer, spec: str) -> None:
+    """Refuse a tokenizer whose ids run past the text tower's embedding table.
+
+    A folder or checkpoint whose config names no tokenizer gets open_clip's default CLIP one
+    (49,408 tokens); a text tower trained with a smaller vocabulary then fails at the first
+    prompt with an index error from inside torch. Towers without a token table of their own
+    (a Hugging Face text model) are not checked here.
+    """
+    table = getattr(model, "token_embedding", None) or getattr(getattr(model, "text", None), "token_embedding", None)
+    if table is None or not hasattr(table, "num_embeddings"):
+        return
+    ids = tokenizer(["a photo of a cat."])
+    top = int(ids.max())
+    if top >= int(table.num_embeddings):
+        raise GPUAError(f"{spec!r}: its tokenizer gives token id {top} for 'a photo of a cat.', past the text tower's "
+                        f"{table.num_embeddings}-token embedding table, so it is not this model's tokenizer (open_clip "
+                        "gives a config naming none its default CLIP tokenizer). Name the model's own tokenizer in its "
+                        "config (text_cfg.hf_tokenizer_name).")
+
 class OpenCLIPEncoder(TorchEncoder):
     """A CLIP-family model from open_clip: image and text towers in one space.
 
@@ -253,6 +273,7 @@ class OpenCLIPEncoder(TorchEncoder):
                     f"cache{offline}: put that tokenizer in the hub cache (HF_HOME), or, for a model folder, set "
                     "hf_tokenizer_name in its open_clip_config.json to a local folder holding the tokenizer."
                 ) from None
+        _check_tokenizer_fits(model, tokenizer, spec)
         notes = [str(w.message) for w in caught if "gelu" in str(w.message).lower()]
         for w in caught:  # let the user see them as well
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -495,9 +495,10 @@ class DenseSegmenter:
         if m is None and class_of_prototype is None:
             raise GPUAError("the model has no n_classes_ (is it fitted?) and no prototypes or class_of_prototype were given; "
                             "pass a fitted model, or class_of_prototype with the class of each of its prototype rows.")
-        if class_of_prototype is None and self.Y is None and model is not None:
+        if class_of_prototype is None and model is not None:
             # A `gpua fit-seg` model records which class each of its prompt rows belongs to
             # (synonyms share one); one class per row would shift every class after a synonym.
+            # The model scores its own rows, so that holds with prototypes passed too.
             recorded = (getattr(model, "provenance_", None) or {}).get("class_of_prototype")
             if recorded is not None and len(recorded) == m:
                 class_of_prototype = recorded
