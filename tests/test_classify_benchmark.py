@@ -58,6 +58,7 @@ def test_classify_a_labelled_folder(photos, capsys):
     zs = next(line for line in out.splitlines() if line.startswith("VLM zero-shot would predict: "))
     counts = [int(part.rsplit(" ", 1)[1]) for part in zs.split(": ", 1)[1].split(" (")[0].split(", ")]
     assert sum(counts) == 15 and "Imbalanced folders" in zs and "try --param class_prior=estimate, or class_prior=zero_shot" in zs
+    assert "the VLM favours some classes, common on balanced folders" in zs  # the other cause, as likely
     from gpua import load_model
 
     prov = load_model(d / "m.gpua").provenance_

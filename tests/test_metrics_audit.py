@@ -81,3 +81,19 @@ def test_predictions_csv_ranks_by_scores_not_underflowed_probabilities(fitted):
     order = np.argsort(-model.decision_function(d.vfm_features, d.vlm_features), axis=1, kind="stable")[:, :4]
     listed = np.array([[int(r[f"top{i}"]) for i in range(1, 5)] for r in rows])
     np.testing.assert_array_equal(listed, order)  # was: the zero-probability classes in index order
+
+
+def test_hubness_measures_default_to_a_k_below_the_class_count():
+    """With 10 classes the default k=10 counted every class in every row: 0.0 ("no hubs") whatever the scores."""
+    from gpua._errors import GPUAError
+    from gpua.metrics import hubness_skewness, robin_hood_index, score_summary
+
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(300, 10))
+    S[:, 3] += 2.0  # a hub
+    summary = score_summary(rng.integers(0, 10, 300), S)
+    assert hubness_skewness(S) == summary["hubness_skewness"] > 0.5  # k = 5, as score_summary (was 0.0)
+    assert robin_hood_index(S) == summary["robin_hood_index"] > 0.05
+    with pytest.raises(GPUAError, match=r"k=10 counts all 10 classes in every row.* use k < 10"):
+        hubness_skewness(S, k=10)
+    assert hubness_skewness(S, k=3) > 0

@@ -30,6 +30,7 @@ __all__ = [
     "k_occurrence",
     "hubness_skewness",
     "robin_hood_index",
+    "capped_hubness_k",
 ]
 
 
@@ -205,8 +206,7 @@ def score_summary(y_true, y_score, *, hubness_k: int = 10) -> dict[str, float]:
     """
     y, S = _labels_scores(y_true, y_score)
     acc1, acc5 = topk_accuracy(y, S, k=(1, 5))
-    # k-occurrence over k >= K columns is flat by construction: cap k at half the classes.
-    hubness_k = max(1, min(hubness_k, S.shape[1] // 2))
+    hubness_k = capped_hubness_k(hubness_k, S.shape[1])
     return {
         "acc1": acc1,
         "acc5": acc5,
@@ -251,7 +251,26 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
     return np.bincount(top.ravel(), minlength=S.shape[1])
 
 
-def hubness_skewness(scores, k: int = 10) -> float:
+def capped_hubness_k(k: int, n_classes: int) -> int:
+    """``k`` capped at half the classes (at least 1): k-occurrence over ``k >= K`` columns counts every
+    class in every row, flat whatever the scores. With 10 classes, ``k=10`` becomes 5."""
+    return max(1, min(int(k), n_classes // 2))
+
+
+def _hubness_k(scores, k: int | None) -> int:
+    """The ``k`` of :func:`hubness_skewness` and :func:`robin_hood_index`: ``None`` is
+    ``capped_hubness_k(10, K)``; a ``k`` of ``K`` or more is refused (it measures nothing)."""
+    K = np.asarray(scores).shape[-1] if np.ndim(scores) == 2 else None
+    if k is None:
+        return capped_hubness_k(10, K) if K else 10
+    k = check_number(k, "k", integer=True, low=1, fix="the number of nearest columns counted per row, e.g. 10")
+    if K is not None and K > 1 and k >= K:
+        raise GPUAError(f"k={k} counts all {K} classes in every row, so every class occurs equally often and the measure is 0 "
+                        f"whatever the scores; use k < {K} (leave it out: min(10, K // 2) = {capped_hubness_k(10, K)}).")
+    return k
+
+
+def hubness_skewness(scores, k: int | None = None) -> float:
     r"""Skewness of the k-occurrence distribution (Radovanovic et al., 2010); 0 = no hubs.
 
     .. math::
@@ -264,7 +283,8 @@ def hubness_skewness(scores, k: int = 10) -> float:
     Parameters
     ----------
     scores : array of shape (n_samples, n_classes)
-    k : int >= 1
+    k : int >= 1 and < n_classes, optional
+        Default ``min(10, n_classes // 2)`` (:func:`capped_hubness_k`), as :func:`score_summary`.
 
     Returns
     -------
@@ -272,13 +292,13 @@ def hubness_skewness(scores, k: int = 10) -> float:
     """
     from scipy.stats import skew
 
-    counts = k_occurrence(scores, k).astype(np.float64)
+    counts = k_occurrence(scores, _hubness_k(scores, k)).astype(np.float64)
     if np.allclose(counts, counts[0]):
         return 0.0
     return float(skew(counts))
 
 
-def robin_hood_index(scores, k: int = 10) -> float:
+def robin_hood_index(scores, k: int | None = None) -> float:
     r"""Robin Hood index :math:`\tfrac12 \sum_c |N_k(c) - \bar N_k| / \sum_c N_k(c)` in [0, 1).
 
     The share of k-occurrences that would have to move to make them uniform (Feldbauer et al.,
@@ -287,11 +307,12 @@ def robin_hood_index(scores, k: int = 10) -> float:
     Parameters
     ----------
     scores : array of shape (n_samples, n_classes)
-    k : int >= 1
+    k : int >= 1 and < n_classes, optional
+        Default ``min(10, n_classes // 2)``, as :func:`hubness_skewness`.
 
     Returns
     -------
     float
     """
-    counts = k_occurrence(scores, k).astype(np.float64)
+    counts = k_occurrence(scores, _hubness_k(scores, k)).astype(np.float64)
     return float(0.5 * np.abs(counts - counts.mean()).sum() / counts.sum())

@@ -119,10 +119,13 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
         far = _zero_shot_differs(counts, zero_shot, n)
         print("VLM zero-shot would predict: " + ", ".join(f"{name} {c}" for name, c in zero_shot.most_common(6))
               + (" ..." if len(zero_shot) > 6 else "")
-              + (" (far apart: a folder whose classes are far from equally frequent can do that"
-                 + ("" if "class_prior" in overrides else "; try --param class_prior=estimate, or class_prior=zero_shot "
-                    "if the folder is strongly long-tailed")
-                 + ", see 'Imbalanced folders' in the README)" if far else ""))
+              # The two causes look alike without labels: a VLM favouring some classes on a balanced
+              # folder (common: the zero-shot's counts are then the worse guess) or a skewed folder.
+              + (" (far apart: either the VLM favours some classes, common on balanced folders, where GPUA's counts "
+                 "are the better guess, or the folder's classes are far from equally frequent"
+                 + ("" if "class_prior" in overrides else ": if you know they are, try --param class_prior=estimate, or "
+                    "class_prior=zero_shot if the folder is strongly long-tailed")
+                 + "; see 'Imbalanced folders' in the README)" if far else ""))
     scores = res.scores()
     if scores is not None:
         flag = " (acc5 says nothing with 5 classes or fewer)" if scores["n_classes"] <= 5 else ""
