@@ -146,7 +146,10 @@ def _same_prototypes(given, stored) -> bool:
     """Whether prototypes passed to a streamed fit are the ones its shard set stores (same rows, same order)."""
     if stored is None:
         return False
-    a, b = torch.as_tensor(given).detach().cpu().float(), torch.as_tensor(stored).cpu().float()
+    try:
+        a, b = torch.as_tensor(given).detach().cpu().float(), torch.as_tensor(stored).cpu().float()
+    except (TypeError, ValueError, RuntimeError):  # not numbers: check_prototypes says what is wrong with them
+        return False
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-6))
 
 
