@@ -195,3 +195,14 @@ def test_extract_names_split_and_image_root_as_flags(tmp_path, capsys):
     assert main([*argv, "--split", "train", "--image-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--image-root applies to CoOp split files" in err and "image_root=" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("flags, named", [(["--device", "cuda"], "--device 'cuda'"), (["--param", "device=cuda"], "--param device")])
+def test_a_cuda_device_without_a_gpu_is_named_as_the_flag_before_any_work(tmp_path, capsys, flags, named):
+    """It said "device='cuda' ... use device='cpu'", the Python spelling, from inside the fit."""
+    from gpua.cli import main
+
+    assert main(["fit", "--train", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "m.gpua"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "no CUDA GPU is available here" in err and "device=" not in err.replace("--param device", "")

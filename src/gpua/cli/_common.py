@@ -346,11 +346,16 @@ def check_seed_flag(value: int, flag: str = "--seed") -> None:
 def check_device_flag(value: str | None, flag: str = "--device") -> None:
     """A ``--device`` given on the command line (cpu, cuda, cuda:N, auto), checked before any work:
     a typo such as ``tpu`` is said even where no tensor would reach the device."""
+    from .._backend import resolve_device
     from ..fitting import PARAMETERS
     from ..params import check_param
 
     if value is not None:
         check_param(flag, value, PARAMETERS["device"])
+        try:  # and there: `--device cuda` on a machine without a GPU is said now, naming the flag
+            resolve_device(value, allow_mps=True)
+        except GPUAError as exc:
+            raise GPUAError(with_flags(str(exc), {"device": flag})) from None
 
 
 def estimator_overrides(args) -> dict:
@@ -379,6 +384,8 @@ def estimator_overrides(args) -> dict:
             raise GPUAError(f"{flag if name == 'refine' else f'{flag} {v}'} and --param {name}={kw[name]!r} both set {name}, "
                             "to different values; give one of them.")
         kw[name] = v
+    if "device" in kw:  # given by --device or --param device=...: is it there?
+        check_device_flag(kw["device"], "--device" if getattr(args, "device", None) is not None else "--param device")
     return kw
 
 
