@@ -309,9 +309,11 @@ def _is_model_file(p: Path) -> bool:
 
 def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> None:
     """Refuse an output that would replace gpua data of another kind, or write inside a shard set."""
+    from .data._loaders import _is_gpua_output
+
     enclosing = out.parent if kind == "file" else out
     for folder in (enclosing, *enclosing.parents):
-        if folder.is_dir() and _is_gpua_folder(folder) and not (kind == "tree" and folder == out):
+        if folder.is_dir() and _is_gpua_output(os.fspath(folder)) and not (kind == "tree" and folder == out):
             raise GPUAError(
                 f"{name} {str(path)!r} lies inside {str(folder)!r}, a folder gpua wrote and replaces whole (a shard set, an "
                 f"extraction's parts): a file of another kind there would break it or stop the next extraction into it. "
@@ -325,13 +327,6 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
         written = {"report": "a report", "model": "a model", "features": "features"}[holds]
         raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; nothing was "
                         f"written. Choose another {name} (models end in .gpua), or delete that file first if it may go.")
-
-
-def _is_gpua_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a shard set or an extraction's parts folder (:func:`gpua.data._loaders._is_gpua_output`)."""
-    from .data._loaders import _is_gpua_output
-
-    return _is_gpua_output(os.fspath(folder))
 
 
 def _has_image_ending(p: Path) -> bool:

@@ -872,9 +872,10 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             )
     folders, absent = _split_class_folders(root, _subdirs(root), str(split)) if split is not None else (_subdirs(base), [])
     _utf8_names(base, folders)  # before they become class names
-    loose = sorted(e.name for e in os.scandir(base) if e.is_file() and _is_image_file(base, e.name))
-    _warn_unread_photos(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_unread_photo(e.name)))
-    _warn_misnamed_images(base, sorted(e.name for e in os.scandir(base) if e.is_file() and _is_misnamed_image(base, e.name)))
+    files_here = sorted(e.name for e in os.scandir(base) if e.is_file())  # one listing of a flat folder of a million
+    loose = [f for f in files_here if _is_image_file(base, f)]
+    _warn_unread_photos(base, [f for f in files_here if _is_unread_photo(f)])
+    _warn_misnamed_images(base, [f for f in files_here if _is_misnamed_image(base, f)])
     splits = [f for f in folders if _is_split_name(f)] if split is None and not loose else []
     if splits and len(splits) == len(folders):
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
