@@ -200,3 +200,22 @@ def test_a_parameter_no_method_applies_is_refused_and_partial_ones_are_said(phot
 
     notes = override_notes(["zero_shot", "gpua"], {"lam": 0.3})
     assert notes == ["note: zero_shot does not apply lam=0.3 (its own setting, or not its parameter)"]
+
+
+@pytest.mark.parametrize("name", ["results.md", "results.csv"])
+def test_a_results_file_of_ones_own_is_not_replaced(photos, capsys, name):
+    """`--out .` in a project: the benchmark replaced the project's own results.md / results.csv with
+    its table. Refused before any image is encoded, the flag named; its own tables are still rewritten."""
+    d = photos
+    (d / "bench").mkdir()
+    mine = d / "bench" / name
+    mine.write_text("# my results\n| a | b |\n")
+    capsys.readouterr()
+    assert main(_argv(d, d / "photos")) == 2
+    err = capsys.readouterr().err
+    assert f"--out {str(d / 'bench')!r} holds a {name} that `gpua benchmark` did not write" in err
+    assert mine.read_text() == "# my results\n| a | b |\n" and not (d / "cache").exists()
+    mine.unlink()
+    assert main(_argv(d, d / "photos")) == 0  # a second run replaces the tables the first wrote
+    assert main(_argv(d, d / "photos")) == 0
+    assert (d / "bench" / "results.md").read_text().startswith("acc1 (%) by dataset")

@@ -125,7 +125,7 @@ def test_docstring_defaults_and_ranges_match_the_table(cls):
         elif isinstance(inner, Boolean):
             assert kind == "bool", name
         elif isinstance(inner, DeviceName):
-            assert kind == "str", name
+            assert kind == "str or torch.device", name
         elif isinstance(inner, AnyOf):  # e.g. whiten : "auto", int >= 1 or None
             for option in inner.options:
                 words = ([f'"{v}"' for v in option.values] if isinstance(option, Options)

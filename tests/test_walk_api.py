@@ -276,3 +276,18 @@ def test_the_command_line_loads_a_cuda_model_with_device_cpu(data, tmp_path, mon
     assert main(["evaluate", "--model", str(path), "--test", str(feats), "--device", "cpu"]) == 0
     assert main(["predict", "--model", str(path), "--features", str(feats), "--out", str(tmp_path / "q.csv"), "--device", "tpu"]) == 2
     assert "--device" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
+
+
+def test_a_torch_device_is_a_device(data, tmp_path):
+    """``GPUA(device=torch.device("cpu"))``, as torch code writes it, was refused as "not a device
+    string"; it fits, clones, and its model file stores the device's string."""
+    from sklearn.base import clone
+
+    Z, X, Y = data
+    model = GPUA(n_steps=3, self_learning=0, device=torch.device("cpu")).fit(Z, X, Y)
+    assert clone(model).get_params()["device"] == torch.device("cpu")
+    loaded = load_model(model.save(tmp_path / "m.gpua"))
+    assert loaded.get_params()["device"] == "cpu"
+    np.testing.assert_array_equal(loaded.predict(Z, X), model.predict(Z, X))
+    with pytest.raises(GPUAError, match="or a torch.device"):
+        GPUA(device=3).fit(Z, X, Y)

@@ -368,7 +368,8 @@ def _tensors_to(value, device: torch.device):
 
 
 def _json_param(value):
-    """A parameter as its JSON value: numpy scalars and arrays, and tensors, as Python numbers and lists.
+    """A parameter as its JSON value: numpy scalars and arrays, and tensors, as Python numbers and
+    lists; a :class:`torch.device` as its string.
 
     ``np.arange`` grids give ``np.int64`` values and ``class_prior`` may be a tensor, or a list
     of numpy scalars (``list(counts / counts.sum())``); the parameter checks accept them, so the
@@ -381,6 +382,8 @@ def _json_param(value):
     """
     if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
         return value.tolist()
+    if isinstance(value, torch.device):
+        return str(value)
     if isinstance(value, (list, tuple)):
         return [_json_param(v) for v in value]
     return value

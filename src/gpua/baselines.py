@@ -39,7 +39,7 @@ class VLMZeroShot(AlignmentEstimator):
     ----------
     logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
-    device : str, default="cpu"
+    device : str or torch.device, default="cpu"
         Torch device of the prototypes.
     """
 
@@ -82,7 +82,7 @@ class LFAAlternation(AlignmentEstimator):
         Relabel-and-refit rounds at most.
     logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
-    device : str, default="cpu"
+    device : str or torch.device, default="cpu"
         Torch device of the fit.
     """
 

@@ -471,6 +471,7 @@ def run_benchmark(
     for note in override_notes(methods, dict(overrides or {})):
         say(note)
     out = Path(out_dir)
+    _check_tables_ours(out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "results.jsonl"
     rows = read_results(jsonl)
@@ -534,6 +535,29 @@ def run_benchmark(
     atomic_write_text(out / "results.csv", table_csv)
     say(f"wrote {jsonl}, {out / 'results.md'} and {out / 'results.csv'}")
     return rows
+
+
+def _check_tables_ours(out: Path) -> None:
+    """A ``results.md`` or ``results.csv`` already in ``out`` is replaced only when a benchmark wrote
+    it (its first line is :func:`build_tables`'): a folder of one's own (``--out .`` in a project)
+    keeps its own results files, checked before any image is encoded."""
+    for name, first in (("results.md", _MD_TITLE), ("results.csv", _CSV_HEAD)):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+        except (OSError, UnicodeDecodeError):
+            line = ""
+        if not first.match(line):
+            raise GPUAError(f"out_dir {str(out)!r} holds a {name} that `gpua benchmark` did not write, which the "
+                            f"benchmark's table would replace; pass another out_dir, or move {name} out of it.")
+
+
+#: The first lines :func:`build_tables` writes: what marks a results file as the benchmark's.
+_MD_TITLE = re.compile(r"^[a-z0-9_]+ \(%\) by dataset(;|$)")
+_CSV_HEAD = re.compile(r"^dataset(,|\r?$)")
 
 
 def _n_skipped(fs) -> int:

@@ -214,7 +214,7 @@ class GPUA(AlignmentEstimator):
         Neighbours of the CSLS radii.
     logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax.
-    device : str, default="cpu"
+    device : str or torch.device, default="cpu"
         Torch device of the fit and the learned tensors (``"cuda"``, ``"cuda:1"``, ``"auto"``).
     random_state : int in [0, 9223372036854775807] or None, default=0
         Seed of refinement (batches, noise, the held-out split, ``pool_augment``'s rows) and of

@@ -195,15 +195,18 @@ class Weights(Constraint):
 
 @dataclass(frozen=True)
 class DeviceName(Constraint):
-    """A torch device string: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``... (availability is checked at fit)."""
+    """A torch device: a string (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``...) or a
+    :class:`torch.device` (availability is checked at fit; a model file stores its string)."""
 
     def accepts(self, value: Any) -> bool:
-        if not isinstance(value, str):
-            return False
         if value == "auto":
             return True
         import torch
 
+        if isinstance(value, torch.device):
+            return True
+        if not isinstance(value, str):
+            return False
         try:
             torch.device(value)
         except (RuntimeError, TypeError):
@@ -211,7 +214,7 @@ class DeviceName(Constraint):
         return True
 
     def describe(self) -> str:
-        return "a device string ('cpu', 'cuda', 'cuda:N' or 'auto')"
+        return "a device string ('cpu', 'cuda', 'cuda:N' or 'auto') or a torch.device"
 
 
 #: The ranges most parameters share: a real > 0, a real >= 0, an integer >= 1.

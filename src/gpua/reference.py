@@ -161,7 +161,7 @@ class ReferenceGPUA(AlignmentEstimator):
         THS: :math:`\beta_h` of the hubness term.
     logit_scale : float in (0, 10000], default=100.0
         Scale of :meth:`predict_proba`'s softmax (not used in fitting).
-    device : str, default="cpu"
+    device : str or torch.device, default="cpu"
         Torch device of the fit and the learned tensors.
     random_state : int in [0, 9223372036854775807] or None, default=0
         Seed of the batches, noise and dropout (the original draws them from the global RNGs);

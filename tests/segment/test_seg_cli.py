@@ -110,7 +110,11 @@ def test_segment_reads_encoders_templates_and_classes_from_the_model(planted_dir
     capsys.readouterr()
     # an override is said (here a 16-d encoder for the model's 24-d one: then refused)
     assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m3"), "--vfm", "planted:vlm"]) == 2
-    assert "--vfm 'planted:vlm' overrides 'planted:vfm'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--vfm 'planted:vlm' overrides 'planted:vfm'" in err
+    # the refusal names the encoder and the way back (was the library's "vfm_features has width 16 but 24 was expected")
+    assert "the VFM encoder 'planted:vlm' gives patch features 16 wide but the model was fitted on 24-wide ones" in err
+    assert "when --vfm is left out" in err and "vfm_features" not in err
     capsys.readouterr()
     assert main(["segment", "--model", str(model), "--images", str(d / "test"), "--out", str(d / "m4"), "--templates", "openai_imagenet",
                  "--vlm", "planted:vlm"]) == 0

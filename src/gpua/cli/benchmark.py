@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_estimator_arguments, add_extraction_arguments, check_cache_dir, check_paths, estimator_overrides, int_at_least, positive_int
+from .._errors import GPUAError
+from ._common import (
+    add_estimator_arguments, add_extraction_arguments, check_cache_dir, check_paths, estimator_overrides, int_at_least, positive_int,
+    with_flags,
+)
 
 __all__ = ["add_subcommands"]
 
@@ -57,10 +61,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     check_paths(args, inputs=("dataset_root", "templates"), outputs=(("out", "folder"),))
     check_cache_dir(args)
     overrides = estimator_overrides(args)
-    run_benchmark(
-        args.datasets, args.vfm, args.vlm, args.methods, args.out, pool=args.pool, seed=args.pool_seed,
-        test_per_class=args.test_per_class, dataset_root=args.dataset_root, templates=args.templates, overrides=overrides,
-        cache_dir=args.cache_dir, device=overrides.get("device", "cpu"), batch_size=args.batch_size, progress=not args.quiet,
-    )
+    try:
+        run_benchmark(
+            args.datasets, args.vfm, args.vlm, args.methods, args.out, pool=args.pool, seed=args.pool_seed,
+            test_per_class=args.test_per_class, dataset_root=args.dataset_root, templates=args.templates, overrides=overrides,
+            cache_dir=args.cache_dir, device=overrides.get("device", "cpu"), batch_size=args.batch_size, progress=not args.quiet,
+        )
+    except GPUAError as exc:  # said with the command's flags
+        raise GPUAError(with_flags(str(exc), {"out_dir": "--out"}, bare_names=True)) from None
     print((Path(args.out) / "results.md").read_text())
     return 0

@@ -594,6 +594,7 @@ class DenseSegmenter:
             Xn = F.normalize(X.reshape(B * h * w, -1), dim=-1)
             s = Xn @ F.normalize(self.Y, dim=-1).T
         else:
+            self._check_model_widths(Z, X)
             Zf = Z.reshape(B * h * w, -1).numpy()
             Xf = X.reshape(B * h * w, -1).numpy() if self.uses_vlm else None
             s = torch.as_tensor(np.asarray(self.model.decision_function(Zf, Xf), dtype=np.float32))
@@ -604,6 +605,20 @@ class DenseSegmenter:
             s = torch.stack([self._affinity_smooth(si.reshape(h * w, -1), zi.reshape(h * w, -1)) for si, zi in zip(s, Z)])
             s = s.reshape(B, h, w, -1)
         return s.permute(0, 3, 1, 2).contiguous()
+
+    def _check_model_widths(self, Z: torch.Tensor | None, X: torch.Tensor | None) -> None:
+        """The encoders' patch widths against the model's: an encoder other than the fitted one is
+        named as the encoder (was the library's "vfm_features has width 16 but 24 was expected")."""
+        for kind, grid, attr in (("vfm", Z, "n_features_vfm_"), ("vlm", X, "n_features_vlm_")):
+            want = getattr(self.model, attr, None)
+            if grid is not None and want is not None and grid.shape[-1] != int(want):
+                encoder = getattr(self, kind)
+                raise GPUAError(
+                    f"the {kind.upper()} encoder {getattr(encoder, 'spec', type(encoder).__name__)!r} gives patch "
+                    f"features {grid.shape[-1]} wide but the model was fitted on {int(want)}-wide ones; use the "
+                    f"encoder it was fitted with (its .seg.json sidecar records it, and `--model` uses that one "
+                    f"when --{kind} is left out)."
+                )
 
     def _per_class(self, s: torch.Tensor) -> torch.Tensor:
         """(P, M) prompt scores -> (P, K) class scores, the max over each class's prompts."""
