@@ -128,17 +128,61 @@ def test_other_strings_are_refused(bad):
         GPUA(class_prior=bad).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
 
 
-@pytest.mark.parametrize("estimate", ["estimate", "zero_shot"])
-def test_streamed_and_federated_fits_refuse_estimate(tmp_path, estimate):
+def test_streamed_fit_refuses_estimate_and_federated_fit_both(tmp_path):
+    """A streamed fit estimates with the zero-shot (no first whole fit to score every row with);
+    a federated fit gathers no row's probabilities: each refusal names what to pass instead."""
     from gpua.stream import fit_federated, fit_streaming
 
     d = _long_tailed()
-    model = GPUA(class_prior=estimate, n_steps=5)
-    with pytest.raises(GPUAError, match=rf"class_prior='{estimate}' estimates the prior .* a streamed fit takes class_prior as weights"):
-        fit_streaming(model, (d.vfm_features, d.vlm_features), d.text_prototypes)
+    with pytest.raises(GPUAError, match=r"class_prior='estimate' needs a first whole fit .* use class_prior='zero_shot'"):
+        fit_streaming(GPUA(class_prior="estimate", n_steps=5), (d.vfm_features, d.vlm_features), d.text_prototypes)
     clients = [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)]
-    with pytest.raises(GPUAError, match=r"a federated fit takes class_prior as weights"):
-        fit_federated(model, clients, d.text_prototypes)
+    for estimate in ("estimate", "zero_shot"):
+        with pytest.raises(GPUAError, match=rf"class_prior='{estimate}' .* a federated fit never gathers; .* pass the class frequencies as a list"):
+            fit_federated(GPUA(class_prior=estimate, n_steps=5), clients, d.text_prototypes)
+
+
+def test_streamed_zero_shot_estimate_equals_the_in_memory_one(tmp_path):
+    """fit_streaming with class_prior="zero_shot" (it was refused): the same prior, class-balanced
+    means and map as GPUA.fit, chunk by chunk, and resumed from a checkpoint with the prior it had."""
+    from gpua.stream import fit_streaming
+
+    # Tie-free and with more classes than VLM dimensions, so that the map is unique (tests/stream/stream_helpers.py)
+    K = 32
+    d = make_planted(1500, K, 40, 20, 16, class_weights=10.0 ** (-np.arange(K) / (K - 1)), modality_gap=6.0, n_hubs=0, random_state=0)
+    Z, X = d.vfm_features, d.vlm_features
+    Y = (d.text_prototypes + 0.15 * np.random.default_rng(1).standard_normal(d.text_prototypes.shape) / np.sqrt(20)).astype(np.float32)
+    kw = dict(class_prior="zero_shot", random_state=0, n_steps=30)
+    want = GPUA(**kw).fit(Z, X, Y)
+    got = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=97, progress=False, checkpoint=tmp_path / "ck")
+    np.testing.assert_allclose(got.history_["class_prior_estimate"]["prior"], want.history_["class_prior_estimate"]["prior"], atol=1e-6)
+    assert got.history_["class_prior_estimate"]["zero_shot_counts"] == want.history_["class_prior_estimate"]["zero_shot_counts"]
+    assert got.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
+    for name in ("vfm_mean_", "vlm_mean_", "W_"):
+        np.testing.assert_allclose(getattr(got, name).numpy(), getattr(want, name).numpy(), atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(got.predict(Z, X), want.predict(Z, X))
+    again = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=97, progress=False, checkpoint=tmp_path / "ck")
+    assert again.history_["streaming"]["resumed"]
+    assert again.history_["class_prior_estimate"]["prior"] == got.history_["class_prior_estimate"]["prior"]
+    np.testing.assert_allclose(again.vlm_mean_.numpy(), got.vlm_mean_.numpy(), atol=1e-7)
+
+
+def test_streamed_zero_shot_estimate_from_a_sample_when_the_budget_is_small(monkeypatch):
+    """A pool whose probabilities do not fit half the budget: EM on a seeded sample of its rows,
+    close to the estimate from every row (the balanced means still sum every row)."""
+    import gpua.stream._fit as stream_fit
+    from gpua.stream import fit_streaming
+
+    d = _long_tailed()
+    Z, X, Y = d.vfm_features, d.vlm_features, d.text_prototypes
+    kw = dict(class_prior="zero_shot", random_state=0, n_steps=10)
+    full = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=128, progress=False).history_["class_prior_estimate"]
+    monkeypatch.setattr(stream_fit, "prior_rows", lambda budget, k: len(Z) // 2)
+    half = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=128, progress=False).history_["class_prior_estimate"]
+    assert half["rows_estimated_from"] == len(Z) // 2 and full["rows_estimated_from"] == len(Z)
+    assert half["prior"] != full["prior"]
+    np.testing.assert_allclose(half["prior"], full["prior"], atol=0.05)
+    assert half["zero_shot_counts"] == full["zero_shot_counts"]  # counted over every row
 
 
 def test_a_convergence_warning_points_at_the_users_line(recwarn):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PRIOR_ESTIMATES", "em_class_prior", "balanced_mean"]
+__all__ = ["PRIOR_ESTIMATES", "em_class_prior", "balanced_mean", "mean_of_class_means"]
 
 #: The ``class_prior`` strings that estimate the prior from the pool (the probabilities EM starts from:
 #: a first fit's under the uniform prior, or the VLM's zero-shot).
@@ -119,7 +119,23 @@ def balanced_mean(A: torch.Tensor, responsibilities: torch.Tensor) -> torch.Tens
     """
     An = torch.nn.functional.normalize(A, dim=1).to(torch.float64)
     r = responsibilities.to(device=An.device, dtype=torch.float64)
-    mass = r.sum(0)
+    return mean_of_class_means(r.T @ An, r.sum(0))
+
+
+def mean_of_class_means(class_sums: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    r""":func:`balanced_mean` from its sums, :math:`\sum_i r_{ik}\,ar a_i` and :math:`\sum_i r_{ik}`
+    (a pool read in chunks adds them up chunk by chunk): the mean of the classes' means, classes
+    with less than half a row of mass left out.
+
+    Parameters
+    ----------
+    class_sums : tensor of shape (n_classes, d)
+    mass : tensor of shape (n_classes,)
+
+    Returns
+    -------
+    float32 tensor of shape (d,)
+    """
+    class_sums, mass = class_sums.to(torch.float64), mass.to(torch.float64)
     present = mass >= 0.5
-    class_means = (r.T[present] @ An) / mass[present][:, None]
-    return class_means.mean(0).float()
+    return (class_sums[present] / mass[present][:, None]).mean(0).float()

@@ -36,3 +36,19 @@ def test_parse_cluster(value, parsed):
 def test_parse_cluster_refuses_nonsense():
     with pytest.raises(GPUAError, match="--cluster"):
         parse_cluster("somewhere")
+
+
+def test_fit_from_shards_estimates_the_class_prior_with_the_zero_shot(case, tmp_path, capsys):
+    """`gpua fit --shards DIR --param class_prior=zero_shot` (was refused): a model whose file keeps
+    the setting and the estimate; `--param class_prior=estimate` is refused by name, before a pass."""
+    from gpua.cli import main
+
+    Z, X, Y, labels = case
+    write_shards(tmp_path / "s", Z, X, text_prototypes=Y)
+    common = ["fit", "--shards", str(tmp_path / "s"), "--max-memory", "1GB", "--no-progress", "--param", "n_steps=5"]
+    assert main([*common, "--out", str(tmp_path / "m.gpua"), "--param", "class_prior=zero_shot"]) == 0
+    model = load_model(tmp_path / "m.gpua")
+    assert model.class_prior == "zero_shot" and model.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
+    assert main([*common, "--out", str(tmp_path / "e.gpua"), "--param", "class_prior=estimate"]) == 2
+    assert "class_prior='estimate' needs a first whole fit" in capsys.readouterr().err
+    assert not (tmp_path / "e.gpua").exists()

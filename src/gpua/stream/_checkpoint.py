@@ -131,7 +131,8 @@ class Checkpoint:
 #: (those that may be absent: None at save time).
 _META = {"round": int, "converged": bool, "done": bool, "history": list, "passes": int}
 _TENSORS = ("centres", "centres_final", "g", "cross_covariance")
-_OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean", "whiten")
+_OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean", "whiten",
+             "class_prior", "zero_shot_counts", "prior_rows")  # the last three: class_prior="zero_shot"
 
 
 def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
@@ -151,5 +152,9 @@ def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{where} holds NaN or inf in {name!r}; it is corrupt: {fix}.")
+        if name in ("class_prior", "zero_shot_counts") and tuple(t.shape) != (k,) or name == "prior_rows" and tuple(t.shape) != (1,):
+            raise ModelFileError(f"{where} holds {name!r} of shape {tuple(t.shape)} for {k} classes; it is corrupt: {fix}.")
+        if name == "class_prior" and not bool((t > 0).all()):
+            raise ModelFileError(f"{where} holds a class_prior that is not positive; it is corrupt: {fix}.")
         if name in ("centres", "centres_final", "centres_next") and (t.ndim != 2 or t.shape[0] != k):
             raise ModelFileError(f"{where} holds {name!r} of shape {tuple(t.shape)} for {k} classes; it is corrupt: {fix}.")

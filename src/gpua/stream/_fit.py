@@ -25,15 +25,20 @@ import uuid
 from dataclasses import replace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .._atomic import check_output
 from .._errors import GPUAError, warn_user
 from .._validation import check_callback, check_classnames, check_prototypes
-from ..fitting import PARAMETERS, FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
+from ..fitting import (
+    PARAMETERS, FitConfig, Mined, _with_prior, check_entry, check_not_one_image, consistency_sample, knn_label_consistency, run_fit,
+    set_fitted_state, unwhiten,
+)
+from ..prior import em_class_prior, mean_of_class_means
 from ..ot import check_marginal
 from ..procrustes import polar_factor
-from ..query import build_query, whitening_from_moment, whitening_width
+from ..query import build_query, whitening_from_moment, whitening_width, zero_shot_cosines
 from ..refinement import RefineConfig, refine
 from . import _kernels as K_
 from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
@@ -255,7 +260,8 @@ def fit_streaming(
     d_q, r_bytes = _widths(est, n, k, d_v, d_t)
     itemsize = 4 if getattr(src, "dtype", "float32") == "float32" else 2
     Yt = torch.nn.functional.normalize(torch.as_tensor(Y), dim=1)
-    b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
+    estimates_prior = isinstance(config.mining.class_prior, str)  # "zero_shot" (check_entry refuses "estimate")
+    b = None if estimates_prior else check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     ck = state = None
     if checkpoint is not None:
         ck = Checkpoint(checkpoint, fingerprint({p: params[p] for p in UCM_PARAMS}, src.fingerprint(), Yt))
@@ -275,21 +281,38 @@ def fit_streaming(
                            chunk_rows=chunk_rows, whiten=config.whiten)
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
-        pool_stats = (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None))
+        pool_stats = (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None),
+                      ("class_prior", estimates_prior))
         wanted = [name for name, on in pool_stats if on]
-        t_whiten = 0.0
+        t_whiten, estimate = 0.0, None
         if wanted and state is not None and all(name in state for name in wanted):
             fit.vfm_mean, fit.vlm_mean, fit.whiten = state.get("vfm_mean"), state.get("vlm_mean"), state.get("whiten")
+            if estimates_prior:
+                estimate = {"prior": state["class_prior"].tolist(), "zero_shot_counts": state["zero_shot_counts"].long().tolist(),
+                            "rows_estimated_from": int(state["prior_rows"][0])}
         else:
-            t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v, progress=progress)
+            if estimates_prior:
+                estimate = pool_class_prior(ex, parts, src, fit, config, Yt, n, d_v, logit_scale=float(params["logit_scale"]),
+                                            max_rows=prior_rows(plan.budget, k), progress=progress)
+            t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v, means=estimate is None, progress=progress)
+        if estimate is not None:
+            config = _with_prior(config, np.asarray(estimate["prior"]))
+            b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
         if ck is not None:
             ck.extra.update(vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, whiten=fit.whiten)
+            if estimate is not None:
+                ck.extra.update(class_prior=torch.tensor(estimate["prior"], dtype=torch.float64),
+                                zero_shot_counts=torch.tensor(estimate["zero_shot_counts"], dtype=torch.float64),
+                                prior_rows=torch.tensor([estimate["rows_estimated_from"]], dtype=torch.float64))
         pool = StreamedPool(ex, parts, src, fit, b, config, checkpoint=ck, progress=progress)
         fitted = unwhiten(run_fit(config, pool, Y=Yt.to(dev), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean, widths=(d_v, d_t),
                                   classnames=names, callback=callback), fit.whiten, t_whiten)
     finally:
         ex.drop(token)
         ex.close()
+    if estimate is not None:
+        fitted.history["class_prior_estimate"] = {k_: v for k_, v in estimate.items() if k_ != "seconds"}
+        fitted.history.setdefault("timings", {})["class_prior_estimate_s"] = estimate.get("seconds", 0.0)
     fitted.history["streaming"] = {
         "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
         "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
@@ -298,15 +321,19 @@ def fit_streaming(
     return set_fitted_state(est, fitted)
 
 
-def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, progress: bool = False) -> float:
+def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, means: bool = True,
+                    progress: bool = False) -> float:
     r"""Set ``fit``'s pool means (centering) and whitening map (``whiten``) from chunk sums, a pass over the pool each.
+
+    ``means=False``: the means are set already (:func:`pool_class_prior`'s class-balanced ones);
+    the whitening is computed around them.
 
     Returns the seconds spent on the whitening (its pass and eigendecomposition).
 
     A federated executor sums each client's chunks on the client: the server sees one
     :math:`d`-vector of means and one :math:`d_q \times d_q` second moment per client, no rows.
     """
-    if config.center or config.center_vlm:
+    if means and (config.center or config.center_vlm):
         with Bar(progress, "pool means", len(parts)) as bar:
             sums = ex.map(K_.part_mean, parts, fit, on_done=bar.tick)
         K_.set_pool_means(fit, config, sums, n, d_vfm)
@@ -316,6 +343,60 @@ def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: in
             gram = ex.reduce(K_.part_second_moment, parts, fit, merge=K_.sum_tensors, on_done=bar.tick)
         fit.whiten = whitening_from_moment(gram, n, whitening_width(config.whiten, n, k, gram.shape[0]), config.whiten_shrink)
     return time.perf_counter() - t0
+
+
+#: Bytes per row of :func:`pool_class_prior`'s sample, per class: its float32 probabilities and
+#: the float64 copies EM holds (probabilities, re-weighted rows, their normalised copy).
+_PRIOR_BYTES_PER_CELL = 4 + 3 * 8
+
+
+def prior_rows(budget: int, k: int) -> int:
+    """How many rows :func:`pool_class_prior` estimates the prior from: as many as half the budget
+    holds (every row of most pools; a seeded sample of a pool too large for it)."""
+    return max(1024, int(budget) // 2 // (_PRIOR_BYTES_PER_CELL * k))
+
+
+def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torch.Tensor, n: int, d_vfm: int, *,
+                     logit_scale: float, max_rows: int, progress: bool = False) -> dict:
+    r"""``class_prior="zero_shot"`` on a pool read in chunks: the class frequencies and the class-balanced means.
+
+    EM (:func:`gpua.prior.em_class_prior`) on the VLM's zero-shot probabilities
+    :math:`\mathrm{softmax}(s \cos(x_i, y_k))` of the pool's rows (a seeded sample of ``max_rows``
+    of them when the pool has more: :func:`gpua.fitting.consistency_sample`), then one pass for
+    :func:`gpua.prior.balanced_mean` of every row under that prior
+    (:func:`gpua.stream._kernels.part_class_sums`). With every row in the sample this is
+    ``GPUA.fit``'s estimate. Sets ``fit.vfm_mean`` / ``fit.vlm_mean`` (as ``config.center`` /
+    ``center_vlm`` ask).
+
+    Parameters
+    ----------
+    Y : tensor of shape (n_classes, d_vlm)
+        The text prototypes, L2-normalised, not centred.
+
+    Returns
+    -------
+    dict
+        ``prior`` (list of n_classes floats), ``zero_shot_counts``, ``rows_estimated_from`` and ``seconds``.
+    """
+    t0 = time.perf_counter()
+    sample = consistency_sample(n, max_rows, config.refinement.seed)
+    step = max(1, parts[0].stop - parts[0].start)
+    with Bar(progress, "zero-shot class prior", -(-sample.numel() // step)) as bar:
+        proba = []
+        for lo in range(0, sample.numel(), step):
+            X = src.take("vlm_features", sample[lo : lo + step], device=config.device)
+            proba.append(torch.softmax(float(logit_scale) * zero_shot_cosines(X, Y.to(config.device)), dim=1))
+            bar.update()
+    prior, _ = em_class_prior(torch.cat(proba))
+    del proba
+    with Bar(progress, "class-balanced means", len(parts)) as bar:
+        sums = ex.reduce(K_.part_class_sums, parts, fit, Y, prior.cpu(), float(logit_scale), merge=K_.sum_tensors, on_done=bar.tick)
+    means = mean_of_class_means(sums[:, :-2], sums[:, -2])
+    check_not_one_image(n, means[:d_vfm], means[d_vfm:] if config.query == "fused" else None)
+    fit.vfm_mean = means[:d_vfm] if config.center else None
+    fit.vlm_mean = means[d_vfm:] if config.center_vlm else None
+    return {"prior": [float(v) for v in prior.cpu()], "zero_shot_counts": sums[:, -1].long().tolist(),
+            "rows_estimated_from": int(sample.numel()), "seconds": time.perf_counter() - t0}
 
 
 class StreamedPool:

@@ -35,7 +35,7 @@ import torch
 from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig, check_not_one_image
-from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes
+from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes, zero_shot_cosines
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
 __all__ = ["FitSpec", "RoundSpec", "Part", "ArraySource", "WhitenedRows", "merge_stats", "part_vfm_rows"]
@@ -434,6 +434,32 @@ def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n:
     check_not_one_image(n, total[:d_vfm], total[d_vfm:] if config.query == "fused" else None)
     fit.vfm_mean = total[:d_vfm].float() if config.center else None
     fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
+
+
+def part_class_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    r"""The chunk's rows summed per class under the VLM's zero-shot responsibilities, for
+    :func:`gpua.prior.balanced_mean` over a pool read in chunks.
+
+    :math:`r_{ik} \propto p_{ik}\,\pi_k` with :math:`p_i = \mathrm{softmax}(s\,\cos(x_i, y_k))`
+    (:func:`gpua.prior.em_class_prior`'s responsibilities at the prior ``prior``).
+
+    Returns
+    -------
+    float64 tensor of shape (n_classes, d_vfm + d_vlm + 2)
+        Per class: :math:`\sum_i r_{ik} ar z_i`, :math:`\sum_i r_{ik} ar x_i` (L2-normalised
+        rows), the mass :math:`\sum_i r_{ik}`, and how many rows have the class as their zero-shot argmax.
+    """
+    dev = _device(fit)
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    _check_rows(part, Z, X)
+    scores = zero_shot_cosines(X, Y.to(dev))
+    r = torch.softmax(float(logit_scale) * scores, dim=1).to(torch.float64) * prior.to(device=dev, dtype=torch.float64)
+    r = r / r.sum(1, keepdim=True)
+    normalize = torch.nn.functional.normalize
+    rows = torch.cat([normalize(Z, dim=1), normalize(X, dim=1)], dim=1).to(torch.float64)
+    counts = torch.bincount(scores.argmax(1), minlength=Y.shape[0]).to(torch.float64)
+    return torch.cat([r.T @ rows, r.sum(0)[:, None], counts[:, None]], dim=1).cpu()
 
 
 def part_second_moment(part: Part, fit: FitSpec) -> torch.Tensor:
