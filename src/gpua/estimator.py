@@ -90,9 +90,11 @@ class GPUA(AlignmentEstimator):
         and centre each modality on the class-balanced mean (:func:`gpua.prior.balanced_mean`),
         then fit again with both; twice the fit time, in-memory fits only. It costs a little on
         balanced pools. ``"zero_shot"``: the same estimate from the VLM's zero-shot
-        probabilities instead of a first fit (one fit); far better on strongly long-tailed
-        pools, clearly worse on balanced ones, where the VLM's class biases read as imbalance.
-        Labels are never used (README, "Imbalanced folders").
+        probabilities instead of a first fit (one fit; streamed fits too, from a seeded sample of
+        rows when the pool's probabilities do not fit half of ``max_memory``); far better on
+        strongly long-tailed pools, clearly worse on balanced ones, where the VLM's class biases
+        read as imbalance. Federated fits take neither. Labels are never used (README,
+        "Imbalanced folders").
     rho : float > 0 or None, default=0.03
         Semi-relaxed class marginal: the plan's class masses pay a KL penalty of weight
         :math:`\rho` for leaving ``class_prior`` instead of being held to it exactly (None).
@@ -255,8 +257,9 @@ class GPUA(AlignmentEstimator):
         ``timings``; ``streaming`` or ``federated`` from those drivers; with
         ``class_prior="estimate"`` or ``"zero_shot"``, ``class_prior_estimate`` (``prior``: the
         estimated class frequencies the fit used; ``first_fit_pseudo_label_counts`` or
-        ``zero_shot_counts``: the argmax counts of the probabilities it was estimated from) and
-        ``timings["class_prior_estimate_s"]`` (the first fit, if any, and the estimate).
+        ``zero_shot_counts``: the argmax counts of the probabilities it was estimated from; a
+        streamed fit's also ``rows_estimated_from``) and ``timings["class_prior_estimate_s"]``
+        (the first fit, if any, and the estimate).
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None
 

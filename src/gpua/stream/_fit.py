@@ -219,8 +219,9 @@ def fit_streaming(
     ------
     GPUAError
         Missing or mismatched shards, a budget below the minimum (the message gives it), a
-        cluster that does not answer, ``pool_augment > 0`` (in-memory fits only), or inputs
-        ``GPUA.fit`` would refuse.
+        cluster that does not answer, ``pool_augment > 0`` or ``class_prior="estimate"``
+        (in-memory fits only; ``"zero_shot"`` is estimated here: :func:`pool_class_prior`), or
+        inputs ``GPUA.fit`` would refuse.
 
     Notes
     -----
