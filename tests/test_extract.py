@@ -256,3 +256,90 @@ def test_one_class_is_refused_before_encoding(tmp_path):
     with pytest.raises(GPUAError, match="classnames name 1 class"):
         _run(ds, tmp_path / "f.npz", vfm, vlm)
     assert vfm.calls == vlm.calls == 0
+
+
+# --- workers: images decoded and prepared in threads -------------------------------------------
+class _Recording:
+    """A dataset that records which threads decode its images."""
+
+    def __init__(self, ds):
+        import threading
+
+        self.ds, self.threads, self._lock = ds, set(), threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.ds, name)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def load_image(self, i):
+        import threading
+
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        return self.ds.load_image(i)
+
+
+class _Wide(Toy):
+    """A toy VLM with another preparation than the VFM's (16 px, bilinear): each encoder prepares its own."""
+
+    def __init__(self):
+        super().__init__("toy:wide", vlm=True)
+        self.preprocess = ImagePreprocess(input_size=16, resize=20, interpolation="bilinear", mean=0.4, std=0.3)
+
+    def _patches(self, pixels):
+        return super()._patches(pixels[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize("vlm", [None, "other preparation"])
+def test_workers_give_the_same_features_as_one_thread(tmp_path, vlm):
+    """Threads decode and prepare the images a batch ahead of the encoders; the rows, their order,
+    the skipped images and the cache key are those of a run in one thread."""
+    import threading
+
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    runs = {}
+    for workers in (1, 3):
+        ds = _Recording(load_dataset(str(root)))
+        with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+            path = _run(ds, tmp_path / f"w{workers}.npz", vlm=_Wide() if vlm else None, workers=workers, batch_size=2)
+        runs[workers] = (load_features(path), ds.threads)
+    (one, one_threads), (three, three_threads) = runs[1], runs[3]
+    np.testing.assert_array_equal(one.vfm_features, three.vfm_features)
+    np.testing.assert_array_equal(one.vlm_features, three.vlm_features)
+    assert list(one.image_ids) == list(three.image_ids) and one.meta["skipped"] == three.meta["skipped"]
+    assert one.meta["cache_key"] == three.meta["cache_key"]
+    assert one_threads == {threading.current_thread().name}
+    assert three_threads and all(t.startswith("gpua-images") for t in three_threads)
+    assert not any(t.name.startswith("gpua-images") for t in threading.enumerate())  # the pool is shut down
+
+
+def test_workers_with_encoders_that_are_not_encoder_objects(tmp_path):
+    """A registered factory may return any object with encode_images (the planted stand-ins):
+    the threads decode, the encoder prepares."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c in ("sky", "grass"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    feats = [load_features(extract_features("planted:vfm", "planted:vlm", str(root), templates=["a photo of {}."], out=tmp_path / f"p{w}.npz",
+                                            workers=w, progress=False)) for w in (1, 2)]
+    np.testing.assert_array_equal(feats[0].vfm_features, feats[1].vfm_features)
+    np.testing.assert_array_equal(feats[0].vlm_features, feats[1].vlm_features)
+
+
+def test_an_unreadable_image_fails_from_a_thread_as_from_one(tmp_path):
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.raises(GPUAError, match=r"(cat/9\.jpg|dog/2\.png).*on_error='skip'"):
+        _run(str(root), tmp_path / "f.npz", on_error="fail", workers=4, batch_size=2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", 1000])
+def test_bad_workers_are_refused_before_any_work(tmp_path, bad):
+    with pytest.raises(GPUAError, match=r"workers=.* must be an integer from 1 to 256"):
+        _run(_dataset(), tmp_path / "f.npz", workers=bad)
+    assert not (tmp_path / "f.npz").exists()

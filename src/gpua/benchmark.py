@@ -412,6 +412,7 @@ def run_benchmark(
     batch_size: int = 64,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) a benchmark; returns every row of ``out_dir/results.jsonl``.
 
@@ -447,6 +448,8 @@ def run_benchmark(
         As :func:`gpua.extract.extract_features`.
     log : callable or None
         Where progress lines go (default ``print``).
+    workers : int, optional
+        Threads that decode and prepare the images (:func:`gpua.extract.extract_features`).
 
     Returns
     -------
@@ -498,7 +501,7 @@ def run_benchmark(
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
                         vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
-                        device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                        device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, workers=workers,
                     )
                 extract_s = time.perf_counter() - t0
                 train_fs, test_fs = load_features(files["pool"]), load_features(files["test"], require=("labels",))

@@ -345,6 +345,7 @@ def classify_folder(
     batch_size: int = 64,
     progress: bool = True,
     callback=None,
+    workers: int | None = None,
 ) -> Classification:
     """Classify every photo of a folder into the given classes.
 
@@ -375,6 +376,8 @@ def classify_folder(
         As :func:`gpua.extract.extract_features`.
     callback : callable, optional
         Passed to GPUA's ``fit`` (progress display).
+    workers : int, optional
+        Threads that decode and prepare the photos (:func:`gpua.extract.extract_features`).
 
     Returns
     -------
@@ -437,7 +440,7 @@ def classify_folder(
         with _quiet_listing() if key == "images" else contextlib.nullcontext():
             paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
                                           batch_size=batch_size, cache_dir=cache_dir, progress=progress,
-                                          shard_size=CLASSIFY_PART_IMAGES)
+                                          shard_size=CLASSIFY_PART_IMAGES, workers=workers)
     if undecoded:
         warn_user(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
                   f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "

@@ -42,7 +42,7 @@ from ._integrity import read_npz
 from .data._datasets import DECODE_VERSION
 from .features import save_features
 
-__all__ = ["extract_features", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
+__all__ = ["extract_features", "default_workers", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
 
 #: Bumped when the feature-file layout or the extraction procedure changes (invalidates caches).
 FORMAT_VERSION = 1
@@ -351,19 +351,86 @@ class _Parts:
         shutil.rmtree(self.dir)
 
 
-def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar) -> dict[str, np.ndarray]:
-    """Encode images ``indices`` with both encoders; unreadable images are skipped or fail."""
-    from .encoders import as_image_list
+def default_workers() -> int:
+    """Threads that decode and prepare images when ``workers`` is not given: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
+
+class _ImageLoader:
+    """A dataset's images decoded and prepared for both encoders in ``workers`` threads, one
+    batch ahead of the encoding (Pillow's decoders and resampling release the GIL).
+
+    An item is ``(prepared, error)``: ``prepared`` holds, per encoder, the image prepared by
+    its ``preprocess`` (an :class:`gpua.encoders.Encoder`) or the RGB image (any other encoder
+    object); ``error`` is the exception of an image that cannot be read (``prepared`` None).
+    The rows do not depend on ``workers``: each image is prepared alone, and batched as before.
+    """
+
+    def __init__(self, ds, ids: list[str], encoders: tuple[Any, Any], workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .encoders import Encoder
+
+        self.ds, self.ids = ds, ids
+        self.prepare = [enc.preprocess.transform_one if isinstance(enc, Encoder) else None for enc in encoders]
+        if all(isinstance(enc, Encoder) for enc in encoders) and encoders[0].preprocess == encoders[1].preprocess:
+            self.prepare[1] = "same"  # one preparation serves both (the same float32 array)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="gpua-images") if workers > 1 else None
+
+    def one(self, i: int) -> tuple[tuple | None, BaseException | None]:
+        from .encoders import as_image_list
+
+        try:
+            image = as_image_list([self.ds.load_image(i)], name=f"image {self.ids[i]!r}")[0]
+        except (ValueError, OSError, SyntaxError) as exc:  # GPUAError is a ValueError; PIL raises the others
+            return None, exc
+        first = image if self.prepare[0] is None else self.prepare[0](image)
+        second = first if self.prepare[1] == "same" else image if self.prepare[1] is None else self.prepare[1](image)
+        return (first, second), None
+
+    def batches(self, indices: range, batch_size: int):
+        """``[(i, (prepared, error)), ...]`` per batch of ``indices``, the next batch prepared meanwhile."""
+        starts = range(indices.start, indices.stop, batch_size)
+
+        def submit(start: int):
+            idx = range(start, min(start + batch_size, indices.stop))
+            return idx, None if self.pool is None else [self.pool.submit(self.one, i) for i in idx]
+
+        pending = submit(starts[0]) if len(starts) else None
+        for j in range(len(starts)):
+            idx, futures = pending
+            pending = submit(starts[j + 1]) if j + 1 < len(starts) else None
+            yield list(zip(idx, [self.one(i) for i in idx] if futures is None else [f.result() for f in futures]))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _encode_prepared(encoder, prepared: list, batch_size: int) -> np.ndarray:
+    from .encoders import Encoder
+
+    if isinstance(encoder, Encoder):
+        return encoder.encode_prepared(np.stack(prepared))
+    return encoder.encode_images(prepared, batch_size=batch_size)
+
+
+def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar,
+                  workers: int = 1) -> dict[str, np.ndarray]:
+    """Encode images ``indices`` with both encoders; unreadable images are skipped or fail.
+
+    ``workers`` threads decode and prepare the images (:class:`_ImageLoader`); the rows are the
+    same whatever their number.
+    """
     Z, X, kept, bad_idx, bad_err = [], [], [], [], []
-    for start in range(indices.start, indices.stop, batch_size):
-        images, rows = [], []
-        for i in range(start, min(start + batch_size, indices.stop)):
-            try:
-                img = ds.load_image(i)
-                images.extend(as_image_list([img], name=f"image {ids[i]!r}"))
-                rows.append(i)
-            except (ValueError, OSError, SyntaxError) as exc:  # GPUAError is a ValueError; PIL raises the others
+    loader = _ImageLoader(ds, ids, (vfm, vlm), workers)
+    try:
+        for batch in loader.batches(indices, batch_size):
+            good = []
+            for i, (prepared, exc) in batch:
+                if exc is None:
+                    good.append((i, prepared))
+                    continue
                 if on_error == "fail":
                     raise GPUAError(
                         f"image {ids[i]!r} (index {i}) could not be read: {exc}. Fix or remove the file, or pass "
@@ -371,18 +438,21 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                     ) from exc
                 bad_idx.append(i)
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
-        if images:
-            # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
-            z = vfm.encode_images(images, batch_size=batch_size)
-            x = vlm.encode_images(images, batch_size=batch_size)
-            if z.shape[0] != len(rows) or x.shape[0] != len(rows):
-                raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
-                                "an encoder must return one row per image, in order.")
-            Z.append(z)
-            X.append(x)
-            kept.extend(rows)
-        if bar is not None:
-            bar.update(min(start + batch_size, indices.stop) - start)
+            if good:
+                # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
+                rows = [i for i, _ in good]
+                z = _encode_prepared(vfm, [p[0] for _, p in good], batch_size)
+                x = _encode_prepared(vlm, [p[1] for _, p in good], batch_size)
+                if z.shape[0] != len(rows) or x.shape[0] != len(rows):
+                    raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
+                                    "an encoder must return one row per image, in order.")
+                Z.append(z)
+                X.append(x)
+                kept.extend(rows)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        loader.close()
     return {
         "index": np.asarray(kept, dtype=np.int64),
         "image_ids": np.asarray([ids[i] for i in kept], dtype=str),
@@ -415,7 +485,8 @@ def _worker_encoder(spec: str, device: str, cache_dir, entries: dict[str, Any]):
 
 
 def _encode_part_task(i: int, start: int, stop: int, ds, specs: tuple[str, str], device: str, cache_dir,
-                      entries: dict[str, Any], batch_size: int, on_error: str, parts_dir: str, key: str) -> dict[str, Any]:
+                      entries: dict[str, Any], batch_size: int, on_error: str, parts_dir: str, key: str,
+                      workers: int = 1) -> dict[str, Any]:
     """Run on a Dask worker: encode images ``[start, stop)`` as part ``i`` and write it to ``parts_dir``.
 
     Returns only small metadata (rows kept and skipped, and the hashes of the worker's encoder
@@ -423,7 +494,7 @@ def _encode_part_task(i: int, start: int, stop: int, ds, specs: tuple[str, str],
     """
     vfm, vlm = (_worker_encoder(s, device, cache_dir, entries) for s in specs)
     ids = {j: str(ds.image_id(j)) for j in range(start, stop)}  # this part's ids only, not the dataset's
-    arrays = _encode_shard(vfm, vlm, ds, range(start, stop), ids, batch_size, on_error, None)
+    arrays = _encode_shard(vfm, vlm, ds, range(start, stop), ids, batch_size, on_error, None, workers)
     parts = _Parts(parts_dir)
     if (parts.manifest() or {}).get("cache_key") != key:
         # The client restarted with other inputs (or the folder is not shared): do not mix this part in.
@@ -436,7 +507,7 @@ def _encode_part_task(i: int, start: int, stop: int, ds, specs: tuple[str, str],
 
 def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges: list[range], ds, specs: tuple[str, str],
                        metadata: tuple[dict, dict], device: str, cache_dir, batch_size: int, on_error: str,
-                       parts: _Parts, key: str, on_part: Callable[[int], None]) -> None:
+                       parts: _Parts, key: str, on_part: Callable[[int], None], workers: int = 1) -> None:
     """Encode parts ``todo`` on a Dask cluster; ``on_part(i)`` as each finishes (completion order)."""
     from .encoders import registry_entries
     from .stream import connect
@@ -451,7 +522,7 @@ def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges:
         parts_dir = str(parts.dir.resolve())  # workers may run elsewhere: no relative paths
         futures = {
             client.submit(_encode_part_task, i, ranges[i].start, ranges[i].stop, ds_ref, specs, device, cache_dir, entries,
-                          batch_size, on_error, parts_dir, key, pure=False): i
+                          batch_size, on_error, parts_dir, key, workers, pure=False): i
             for i in todo
         }
         want = (_sha(metadata[0]), _sha(metadata[1]))
@@ -497,6 +568,7 @@ def extract_features(
     connect_timeout: float = 10.0,
     on_shard: Callable[[int, int], None] | None = None,
     image_root: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Encode a dataset with a VFM and a VLM and write a feature file or a shard set.
 
@@ -571,6 +643,12 @@ def extract_features(
         Where the images of a dataset path lie (:func:`gpua.data.load_dataset`): the folder a
         CoOp split file's relative paths start from, or the folder of Fashion-MNIST's idx files
         (``dataset="fashion-mnist"``).
+    workers : int, optional
+        Threads that decode the images and prepare them for the encoders (resize, crop,
+        normalise), a batch ahead of the encoding; default :func:`default_workers` (the CPU
+        count, at most 8). ``1`` does it all in this thread. The features are the same whatever
+        the number: it only sets how fast a GPU is fed (``benchmarks/extract_workers.py``). With
+        ``cluster``, per worker process.
 
     Returns
     -------
@@ -592,6 +670,11 @@ def extract_features(
     if on_error not in ON_ERROR:
         raise GPUAError(f"on_error={on_error!r} must be one of {ON_ERROR}.")
     batch_size = check_batch_size(batch_size)
+    if workers is None:
+        workers = default_workers()
+    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 256:
+        raise GPUAError(f"workers={workers!r} must be an integer from 1 to 256 (threads that decode images; 1: none).")
+    workers = int(workers)
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()
@@ -700,11 +783,11 @@ def extract_features(
     try:
         if cluster is None:
             for i in todo:
-                parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar))
+                parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar, workers))
                 part_done(i)
         elif todo:
             _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
-                               cache_dir, batch_size, on_error, parts, key, part_done)
+                               cache_dir, batch_size, on_error, parts, key, part_done, workers)
     finally:
         if bar is not None:
             bar.close()

@@ -154,7 +154,15 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
     p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    add_workers_argument(p)
     add_quiet_argument(p)
+
+
+def add_workers_argument(p) -> None:
+    """``--workers``: threads that decode and prepare images ahead of the encoders."""
+    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+                   help="threads that decode and prepare images while the encoders run (default: the CPU count, at most 8; "
+                        "1: none); the features are the same whatever N")
 
 
 def add_quiet_argument(p, dest: str = "quiet") -> None:

@@ -66,6 +66,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             args.datasets, args.vfm, args.vlm, args.methods, args.out, pool=args.pool, seed=args.pool_seed,
             test_per_class=args.test_per_class, dataset_root=args.dataset_root, templates=args.templates, overrides=overrides,
             cache_dir=args.cache_dir, device=overrides.get("device", "cpu"), batch_size=args.batch_size, progress=not args.quiet,
+            workers=args.workers,
         )
     except GPUAError as exc:  # said with the command's flags
         raise GPUAError(with_flags(str(exc), {"out_dir": "--out"}, bare_names=True)) from None

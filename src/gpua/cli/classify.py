@@ -88,7 +88,7 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
         res = classify_folder(
             args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
-            progress=not args.quiet, callback=progress,
+            progress=not args.quiet, callback=progress, workers=args.workers,
         )
     n = out.write_with(lambda path: res.to_csv(path, top_k=args.top_k))
     if args.model_out:

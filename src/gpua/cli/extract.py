@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (add_quiet_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, parse_cluster,
+from ._common import (add_quiet_argument, add_workers_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, parse_cluster,
                       positive_int, positive_seconds, with_flags)
 
 __all__ = ["add_subcommands"]
@@ -47,6 +47,7 @@ def add_subcommands(subparsers) -> None:
     # Counts are refused while parsing, naming the flag, as classify's and benchmark's --batch-size
     # (the library said "batch_size must be a positive integer").
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    add_workers_argument(p)
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable part (one task with --cluster); default 1024")
     p.add_argument("--rows-per-shard", type=positive_int, default=None, help="rows per file of a shard set (default 65536)")
     p.add_argument("--shard-storage", choices=("npy", "safetensors"), default=None, help="file format of a shard set's shards (default npy)")
@@ -90,7 +91,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
             resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
             split=args.split, shard_size=args.shard_size, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
-            image_root=args.image_root, **shard_options,
+            image_root=args.image_root, workers=args.workers, **shard_options,
         )
     for w in caught:
         print(f"gpua extract: warning: {w.message}", file=sys.stderr)

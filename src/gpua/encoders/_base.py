@@ -104,6 +104,23 @@ class Encoder(abc.ABC):
         """
         return self._run(images, batch_size, progress, self._embed, "encode_images")
 
+    def encode_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        """Pooled image embeddings of images already prepared by ``self.preprocess``: what
+        :meth:`encode_images` does after it, for callers that prepare images in other threads
+        (:func:`gpua.extract_features` with ``workers``).
+
+        Parameters
+        ----------
+        pixels : float32 array of shape (B, 3, H, W)
+            ``np.stack([self.preprocess.transform_one(im) for im in images])``.
+
+        Returns
+        -------
+        ndarray of float32, shape (B, embed_dim)
+            The rows :meth:`encode_images` gives for those images in one batch.
+        """
+        return self._as_output(self._embed(pixels), None, n_rows=len(pixels))
+
     def encode_patches(self, images: Any, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Patch-level features on the model's grid.
 
