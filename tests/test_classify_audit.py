@@ -260,3 +260,19 @@ def test_too_few_readable_photos_are_said_with_the_unreadable_count(folders):
     with pytest.warns(UserWarning, match="unreadable"), \
             pytest.raises(GPUAError, match=r"holds 3 readable photo\(s\) \(3 could not be read\) for 5 classes.*--pool"):
         classify_folder("few", "classes.txt", cache_dir="cache", **PLANTED)  # was: "the unlabeled pool has 3 rows"
+
+
+def test_other_class_files_keep_their_own_cached_features(folders, monkeypatch):
+    """Was: one cache file per folder and encoders, whatever the class names: runs with two class
+    files took turns replacing it (every photo encoded again each time), and two side by side read
+    each other's file (the second one's predictions made with the first one's text prototypes)."""
+    import gpua.extract
+
+    Path("other.txt").write_text("sky\ngrass: grass, green grass\nroad\nwater\nsand\n")  # the same classes, other prompts
+    zs = {**PLANTED, "overrides": None, "method": "zero_shot"}
+    first = classify_folder("mine", "classes.txt", cache_dir="cache", **zs)
+    second = classify_folder("mine", "other.txt", cache_dir="cache", **zs)
+    assert first.features != second.features and first.features.is_file()
+    monkeypatch.setattr(gpua.extract, "_encode_shard", lambda *a, **k: pytest.fail("photos were encoded again"))
+    again = classify_folder("mine", "classes.txt", cache_dir="cache", **zs)
+    assert again.features == first.features and again.classnames == first.classnames

@@ -343,3 +343,80 @@ def test_bad_workers_are_refused_before_any_work(tmp_path, bad):
     with pytest.raises(GPUAError, match=r"workers=.* must be an integer from 1 to 256"):
         _run(_dataset(), tmp_path / "f.npz", workers=bad)
     assert not (tmp_path / "f.npz").exists()
+
+
+# -- interruption and concurrency -----------------------------------------------------------------
+def test_two_runs_into_one_output_take_turns(tmp_path):
+    """Was: the second run emptied the first one's parts folder (another cache key) while the first
+    was still encoding into it: the first failed ('part 0 is missing', or 'damaged on disk'), or
+    the second took the first one's text prototypes and stored them under its own key."""
+    import threading
+
+    out, other = tmp_path / "f.npz", ["apple", "banana", "cherry"]
+    ref = load_features(_run(_dataset(), tmp_path / "ref.npz", classnames=other))
+    first_part, go, errors = threading.Event(), threading.Event(), []
+
+    def hold(i, done):  # the first run stops after its first part, holding the output
+        first_part.set()
+        assert go.wait(30)
+
+    def run(**kw):
+        try:
+            _run(_dataset(), out, shard_size=4, **kw)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    a = threading.Thread(target=run, kwargs={"on_shard": hold})
+    a.start()
+    assert first_part.wait(30)
+    with pytest.warns(UserWarning, match="another gpua run is writing .*f.npz.*; waiting for it to finish"):
+        b = threading.Thread(target=run, kwargs={"classnames": other})
+        b.start()
+        b.join(1.0)
+        assert b.is_alive()  # waiting for the first run
+        assert len(list((tmp_path / "f.npz.parts").glob("shard-*.npz"))) == 1  # the first run's part is still there
+        go.set()
+        a.join(30)
+        b.join(30)
+    assert not errors
+    got = load_features(out)  # the second run's features, whole: its own text prototypes
+    assert got.classnames == other and got.meta["cache_key"] == ref.meta["cache_key"]
+    np.testing.assert_array_equal(got.text_prototypes, ref.text_prototypes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz", "ref.npz"]  # no parts folder, no lock file left
+
+
+@pytest.mark.parametrize("leftover", [[], [".manifest.json.gpua-0badc0de-1-abc.tmp"]])
+def test_a_parts_folder_a_kill_left_without_its_manifest_is_replaced(tmp_path, leftover):
+    """Was: a run killed between making ``<out>.parts`` and writing its manifest left a folder that
+    every later run refused ('not a parts folder written by gpua extract')."""
+    parts = tmp_path / "f.npz.parts"
+    parts.mkdir()
+    for name in leftover:
+        (parts / name).write_bytes(b"")
+    _run(_dataset(), tmp_path / "f.npz")
+    assert load_features(tmp_path / "f.npz").n_samples == 10 and not parts.exists()
+
+
+def test_a_parts_removal_killed_part_way_leaves_resumable_parts(tmp_path, interrupt, monkeypatch):
+    """The manifest is removed last: a removal killed part way leaves a folder gpua still knows as its own."""
+    from pathlib import Path
+
+    from gpua.extract import _Parts
+
+    out = tmp_path / "f.npz"
+    interrupt(_run, _dataset(), out, shard_size=4, stop=lambda i, done: i == 1)
+    unlink, calls = Path.unlink, []
+
+    def killed_after_one(self, *a, **k):
+        calls.append(self.name)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return unlink(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _Parts.of(out).remove()
+    monkeypatch.undo()
+    assert calls[0] != "manifest.json" and (tmp_path / "f.npz.parts" / "manifest.json").is_file()
+    _run(_dataset(), out, shard_size=4)  # was (rmtree's order): a folder without its manifest, refused
+    assert load_features(out).n_samples == 10 and not (tmp_path / "f.npz.parts").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import os
 import time
 import warnings
@@ -253,6 +254,30 @@ def _folder_tag(folder: Path) -> str:
     return f"{folder.expanduser().resolve().name or 'root'}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
 
 
+def _prompts_tag(classnames: Any, templates: Any) -> str:
+    """A short hash of the text side of a classify run's features: the class names with their
+    prompt words, and the templates.
+
+    It names the cache file beside the folder's tag: runs of one folder with other class files
+    (or templates) keep a file each, instead of taking turns replacing one (re-encoding every
+    photo each time, and reading another run's file when two ran side by side). Only a name:
+    whether the file holds the right features is still its cache key's to say. Arguments that
+    cannot be read hash as given (the extraction reports them).
+    """
+    from .data.classnames import resolve_class_prompts
+    from .data.prompts import resolve_templates
+
+    try:
+        prompts: Any = resolve_class_prompts(classnames)
+    except (GPUAError, OSError):
+        prompts = repr(classnames)
+    try:
+        temps: Any = resolve_templates(templates)
+    except (GPUAError, OSError):
+        temps = repr(templates)
+    return hashlib.sha256(json.dumps([prompts, temps], default=str).encode()).hexdigest()[:8]
+
+
 @dataclass
 class Classification:
     """The result of :func:`classify_folder`.
@@ -432,10 +457,11 @@ def classify_folder(
                             f"{more} for {len(names)} classes; a fit needs at least one per class: {_FEW_PHOTOS_FIX}.")
     t0 = time.perf_counter()
     paths = {}
+    prompts_tag = _prompts_tag(classnames, templates)
     for key, where in sources.items():
         # The pool role has its own file: the same folder read as photos (with their labels)
         # and as a pool (unlabeled) has two cache keys, which would overwrite each other.
-        tag = _folder_tag(_folder_of(where)) + ("-pool" if key == "pool" else "")
+        tag = f"{_folder_tag(_folder_of(where))}{'-pool' if key == 'pool' else ''}-{prompts_tag}"
         out = feature_cache_path("classify", tag, vfm, vlm, cache_dir)
         with _quiet_listing() if key == "images" else contextlib.nullcontext():
             paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,

@@ -14,7 +14,9 @@ The result holds ``vfm_features``, ``vlm_features``, ``text_prototypes``, ``labe
 
 Long runs are safe to interrupt: work is written in parts of ``shard_size`` images under
 ``<out>.parts/`` (each part atomically), and a re-run with the same inputs continues after the
-last complete part. The parts can be encoded by the workers of a Dask cluster (``cluster=``);
+last complete part. Two runs into the same ``out`` take turns (an ``flock`` on
+``.<out>.gpua-lock`` beside it, removed by its holder): the second waits, then finds the
+first one's output. The parts can be encoded by the workers of a Dask cluster (``cluster=``);
 they then write to ``<out>.parts/`` themselves, so it must lie on storage the workers share. A
 re-run whose output already exists with the same cache key returns at once, writing nothing (so an
 output on read-only storage serves it too). The key hashes both
@@ -25,10 +27,10 @@ or the pixel array and its shape), the class names and the templates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -227,6 +229,71 @@ def _stored_meta(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+def _lock_path(out: Path) -> Path:
+    """The lock file of output ``out``: ``.<name>.gpua-lock`` beside it (hidden: no loader reads it)."""
+    return out.parent / f".{out.name}.gpua-lock"
+
+
+class _OutputLock:
+    """Hold ``out``'s lock (``flock`` on :func:`_lock_path`) exclusively: one writer of ``out`` at a time.
+
+    A second run into the same output (the same command started twice, or two ``gpua classify``
+    runs of one folder) would otherwise empty the first one's parts folder, mix its parts or text
+    prototypes into its own, or remove the parts it is still reading. It waits instead (saying
+    so once), then finds the first run's output, up to date or not. The lock file is removed
+    by its holder as it finishes (a waiter then locks the new one); a run that dies releases the
+    lock with its process and leaves the empty file, which the next run reuses and removes.
+    ``wait=False`` (an output on storage this process cannot write, which can only be read as
+    a cache hit) takes no lock; nor does a platform without ``flock`` or a folder where the
+    lock file cannot be made (best effort: written unlocked, as before locks existed).
+    """
+
+    def __init__(self, out: Path, *, wait: bool = True):
+        self.out, self.wait, self.file, self.fd = out, wait, _lock_path(out), None
+
+    def __enter__(self) -> "_OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        said = False
+        while self.wait and self.fd is None:
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)  # a new cache folder: made now, not by the parts
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                return self
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not said:
+                        warn_user(f"another gpua run is writing {str(self.out)!r} (it holds {str(self.file)!r}); waiting for it "
+                                  "to finish, then this run uses its features if they are the ones wanted, or replaces them.")
+                        said = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                held = os.fstat(fd)
+                try:
+                    now = os.stat(self.file)
+                except FileNotFoundError:
+                    now = None
+            except BaseException:
+                os.close(fd)
+                raise
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                self.fd = fd
+            else:
+                os.close(fd)  # its holder removed that file as it finished: lock the one there now
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.file)  # while still held: a waiter on this file sees it gone and locks anew
+            os.close(self.fd)
+            self.fd = None
+
+
 # -- shards -------------------------------------------------------------------------------------
 class _Parts:
     """The ``<out>.parts/`` folder: a manifest with the cache key, and one npz per part.
@@ -260,13 +327,21 @@ class _Parts:
             )
 
     def is_ours(self) -> bool:
-        """A folder with gpua's manifest that holds nothing but the files gpua writes there."""
+        """A folder with gpua's manifest that holds nothing but the files gpua writes there; or one
+        that holds nothing but gpua's temp files (or nothing): what a run killed between making
+        the folder and writing its manifest, or while removing it (:meth:`remove` takes the
+        manifest last), leaves. Removing such a folder loses nothing anyone made."""
         if not self.dir.is_dir() or self.dir.is_symlink():
             return False
-        m = self.manifest()
-        if not (isinstance(m, dict) and isinstance(m.get("cache_key"), str)):
+        files = list(self.dir.iterdir())
+        if not all(p.is_file() and not p.is_symlink() and self._own_name(p.name) for p in files):
             return False
-        return all(p.is_file() and not p.is_symlink() and self._own_name(p.name) for p in self.dir.iterdir())
+        m = self.manifest()
+        return (isinstance(m, dict) and isinstance(m.get("cache_key"), str)) or all(self._temp_name(p.name) for p in files)
+
+    @staticmethod
+    def _temp_name(name: str) -> bool:
+        return name.startswith(".") and TEMP_MARK in name
 
     @staticmethod
     def _own_name(name: str) -> bool:
@@ -348,7 +423,11 @@ class _Parts:
         if not self.dir.exists():
             return
         self.check()
-        shutil.rmtree(self.dir)
+        # The manifest last: a run killed part way leaves a folder that is still recognisably
+        # gpua's (the manifest, or nothing), which the next run replaces instead of refusing.
+        for p in sorted(self.dir.iterdir(), key=lambda p: p.name == "manifest.json"):
+            p.unlink(missing_ok=True)
+        self.dir.rmdir()
 
 
 def default_workers() -> int:
@@ -753,108 +832,112 @@ def extract_features(
         "float16": bool(float16),
         **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
     })
-    if stored is None:  # read above only when the output cannot be written
-        stored = _stored_meta(out) if resume and out.exists() else None
-    if stored is not None and stored.get("cache_key") == key:
-        _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
-        return out
-    if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
-        raise unwritable
+    # One writer per output at a time: from the cache check to the parts' removal, a second run
+    # into the same out (the same command twice, or classify with two class files side by side)
+    # waits here, then finds the first one's output (a cache hit) or replaces it whole.
+    with _OutputLock(out, wait=unwritable is None):
+        if stored is None:  # read above only when the output cannot be written
+            stored = _stored_meta(out) if resume and out.exists() else None
+        if stored is not None and stored.get("cache_key") == key:
+            _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
+            return out
+        if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
+            raise unwritable
 
-    parts = _Parts.open(out, key, int(shard_size), resume)
-    ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-    # Only the parts' small arrays are read to see what is done; features stay on disk until assembly.
-    todo = [i for i in range(len(ranges)) if parts.summary(i, ids) is None]
-    done = n - sum(len(ranges[i]) for i in todo)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        parts = _Parts.open(out, key, int(shard_size), resume)
+        ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+        # Only the parts' small arrays are read to see what is done; features stay on disk until assembly.
+        todo = [i for i in range(len(ranges)) if parts.summary(i, ids) is None]
+        done = n - sum(len(ranges[i]) for i in todo)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=done, desc=f"extract {getattr(ds, 'name', '')}", unit="img")
+            bar = tqdm(total=n, initial=done, desc=f"extract {getattr(ds, 'name', '')}", unit="img")
 
-    def part_done(i: int) -> None:
-        nonlocal done
-        done += len(ranges[i])
-        if bar is not None and cluster is not None:  # locally, _encode_shard ticks per batch
-            bar.update(len(ranges[i]))
-        if on_shard is not None:
-            on_shard(i, done)
+        def part_done(i: int) -> None:
+            nonlocal done
+            done += len(ranges[i])
+            if bar is not None and cluster is not None:  # locally, _encode_shard ticks per batch
+                bar.update(len(ranges[i]))
+            if on_shard is not None:
+                on_shard(i, done)
 
-    try:
-        if cluster is None:
-            for i in todo:
-                parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar, workers))
-                part_done(i)
-        elif todo:
-            _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
-                               cache_dir, batch_size, on_error, parts, key, part_done, workers)
-    finally:
-        if bar is not None:
-            bar.close()
+        try:
+            if cluster is None:
+                for i in todo:
+                    parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar, workers))
+                    part_done(i)
+            elif todo:
+                _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
+                                   cache_dir, batch_size, on_error, parts, key, part_done, workers)
+        finally:
+            if bar is not None:
+                bar.close()
 
-    summaries = [parts.summary(i, ids) for i in range(len(ranges))]
-    missing = [i for i, s in enumerate(summaries) if s is None]
-    if missing:
-        where = " (written by the workers: the folder must lie on storage this process and every worker share)" if cluster is not None else ""
-        raise GPUAError(f"part {missing[0]} is missing or unreadable in {str(parts.dir)!r}{where}; run again to redo it.")
-    index = np.concatenate([s["index"] for s in summaries])
-    skipped = [(int(j), str(e)) for s in summaries for j, e in zip(s["skipped_index"], s["skipped_error"])]
-    del summaries
-    if index.size == 0:
-        raise GPUAError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
-    if skipped:
-        shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")
+        summaries = [parts.summary(i, ids) for i in range(len(ranges))]
+        missing = [i for i, s in enumerate(summaries) if s is None]
+        if missing:
+            where = " (written by the workers: the folder must lie on storage this process and every worker share)" if cluster is not None else ""
+            raise GPUAError(f"part {missing[0]} is missing or unreadable in {str(parts.dir)!r}{where}; run again to redo it.")
+        index = np.concatenate([s["index"] for s in summaries])
+        skipped = [(int(j), str(e)) for s in summaries for j, e in zip(s["skipped_index"], s["skipped_error"])]
+        del summaries
+        if index.size == 0:
+            raise GPUAError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
+        if skipped:
+            shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+            warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")
 
-    Y = parts.load_text()
-    if Y is None or Y.shape != (len(names), vlm.embed_dim):
-        from .data.prompts import build_text_prototypes
+        Y = parts.load_text()
+        if Y is None or Y.shape != (len(names), vlm.embed_dim):
+            from .data.prompts import build_text_prototypes
 
-        Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
-        parts.save_text(Y)
+            Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
+            parts.save_text(Y)
 
-    y = np.asarray([labels[j] for j in index], dtype=np.int64)
-    if (y < 0).any():
-        if (y >= 0).any():
-            warn_user(f"{int((y < 0).sum())} of {y.size} images have no label; the output stores no labels.")
-        y = None
-    meta = {
-        "gpua_version": __version__,
-        "format": FORMAT_VERSION,
-        "cache_key": key,
-        "vfm": vfm.metadata(),
-        "vlm": vlm.metadata(),
-        # Where the images came from is provenance, not identity (a moved file keeps its cache key).
-        "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
-        "templates": temps,
-        "class_prompts": words or [[n] for n in names],
-        "float16": bool(float16),
-        "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
-    }
-    widths = (vfm.embed_dim, vlm.embed_dim)
-    if kind == "file":
-        # One matrix per encoder, filled part by part: the parts are never all in memory at once.
-        Z = np.empty((index.size, widths[0]), np.float32)
-        X = np.empty((index.size, widths[1]), np.float32)
-        for r0, r1, part in _assemble(parts, ranges, ids, widths):
-            Z[r0:r1], X[r0:r1] = part["vfm"], part["vlm"]
-        save_features(
-            out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
-            image_ids=[ids[j] for j in index], meta=meta, float16=float16,
-        )
-    else:
-        from .features import ShardWriter
-
-        # atomic: the rows go to a hidden sibling folder, renamed onto `out` once complete.
-        with ShardWriter(
-            out, dtype="float16" if float16 else "float32", rows_per_shard=rows_per_shard, storage=shard_storage,
-            text_prototypes=Y, classnames=names, meta=meta, overwrite=True, atomic=True,
-        ) as writer:
+        y = np.asarray([labels[j] for j in index], dtype=np.int64)
+        if (y < 0).any():
+            if (y >= 0).any():
+                warn_user(f"{int((y < 0).sum())} of {y.size} images have no label; the output stores no labels.")
+            y = None
+        meta = {
+            "gpua_version": __version__,
+            "format": FORMAT_VERSION,
+            "cache_key": key,
+            "vfm": vfm.metadata(),
+            "vlm": vlm.metadata(),
+            # Where the images came from is provenance, not identity (a moved file keeps its cache key).
+            "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
+            "templates": temps,
+            "class_prompts": words or [[n] for n in names],
+            "float16": bool(float16),
+            "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
+        }
+        widths = (vfm.embed_dim, vlm.embed_dim)
+        if kind == "file":
+            # One matrix per encoder, filled part by part: the parts are never all in memory at once.
+            Z = np.empty((index.size, widths[0]), np.float32)
+            X = np.empty((index.size, widths[1]), np.float32)
             for r0, r1, part in _assemble(parts, ranges, ids, widths):
-                if r1 > r0:  # a part whose images were all unreadable adds no rows
-                    writer.append(part["vfm"], part["vlm"], labels=None if y is None else y[r0:r1], image_ids=part["image_ids"])
-    parts.remove()
-    return out
+                Z[r0:r1], X[r0:r1] = part["vfm"], part["vlm"]
+            save_features(
+                out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
+                image_ids=[ids[j] for j in index], meta=meta, float16=float16,
+            )
+        else:
+            from .features import ShardWriter
+
+            # atomic: the rows go to a hidden sibling folder, renamed onto `out` once complete.
+            with ShardWriter(
+                out, dtype="float16" if float16 else "float32", rows_per_shard=rows_per_shard, storage=shard_storage,
+                text_prototypes=Y, classnames=names, meta=meta, overwrite=True, atomic=True,
+            ) as writer:
+                for r0, r1, part in _assemble(parts, ranges, ids, widths):
+                    if r1 > r0:  # a part whose images were all unreadable adds no rows
+                        writer.append(part["vfm"], part["vlm"], labels=None if y is None else y[r0:r1], image_ids=part["image_ids"])
+        parts.remove()
+        return out
 
 
 def _assemble(parts: _Parts, ranges: list[range], ids: list[str], widths: tuple[int, int]):
