@@ -4,9 +4,11 @@ The state of a streamed UCM after round :math:`r` is small: the centres used in 
 :math:`r` and the ones for round :math:`r + 1`, the class potential :math:`g` (its warm start),
 the pseudo-labels and confidences, the Procrustes cross-covariance, and the history. A fit
 interrupted at any point resumes after its last completed round and ends where an uninterrupted
-fit ends: every later round is a function of that state alone (to float rounding: where the
-Procrustes map is not unique, fewer classes than the VLM's width, the self-learning rounds after
-a resume can part from the uninterrupted fit's as the streamed and in-memory fits can).
+fit ends: every later round is a function of that state alone, to float rounding. Where the
+Procrustes map is not unique (fewer classes than the VLM's width), that rounding can pick another
+of the equally good maps: the resumed ``W_`` can then differ from the uninterrupted fit's in the
+directions no class pins down (up to O(1) entries; decision scores measured up to 0.1 apart), as
+the streamed and in-memory fits can, and the self-learning rounds after it can part from it.
 
 The file is ``<dir>/ucm_state.safetensors`` (tensors, with the JSON part in the metadata),
 replaced atomically, so an interruption during a write leaves the previous round's state. A
