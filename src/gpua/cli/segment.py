@@ -91,7 +91,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
     p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N readable images (default: all)")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="use only the first N readable images (default: all)")
     add_quiet_argument(p, dest="no_progress")
     add_param_arguments(p, defaults=FIT_SEG_DEFAULTS)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
@@ -606,8 +606,6 @@ def _fit_seg(args: argparse.Namespace) -> int:
     from ..segment.inference import fit_patch_gpua
     from ._common import FitProgress
 
-    if args.max_images is not None and args.max_images < 1:  # before any file is read
-        raise GPUAError(f"--max-images {args.max_images} must be 1 or more (leave it out to use every image).")
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "model"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
     from ..params import check_param
