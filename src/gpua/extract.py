@@ -246,6 +246,10 @@ class _OutputLock:
     ``wait=False`` (an output on storage this process cannot write, which can only be read as
     a cache hit) takes no lock; nor does a platform without ``flock`` or a folder where the
     lock file cannot be made (best effort: written unlocked, as before locks existed).
+
+    Not the ``filelock`` package's lock (the benchmark's results use it): its lock file stays,
+    and this one sits beside the user's own output, so its holder removes it, which needs the
+    check of :meth:`__enter__` (the file locked is the one still there) that ``filelock`` does not make.
     """
 
     def __init__(self, out: Path, *, wait: bool = True):
