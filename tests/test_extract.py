@@ -420,3 +420,24 @@ def test_a_parts_removal_killed_part_way_leaves_resumable_parts(tmp_path, interr
     assert calls[0] != "manifest.json" and (tmp_path / "f.npz.parts" / "manifest.json").is_file()
     _run(_dataset(), out, shard_size=4)  # was (rmtree's order): a folder without its manifest, refused
     assert load_features(out).n_samples == 10 and not (tmp_path / "f.npz.parts").exists()
+
+
+def test_default_workers_thread_gpuas_datasets_not_ones_own(tmp_path, monkeypatch):
+    """By default gpua's own datasets (a folder here) are decoded in threads; a dataset object of
+    one's own, whose load_image may read through one shared handle, only when workers is given."""
+    import threading
+
+    import gpua.extract
+    from gpua.data._datasets import FileImageDataset
+
+    monkeypatch.setattr(gpua.extract, "default_workers", lambda: 3)
+    seen = set()
+    load = FileImageDataset.load_image
+    monkeypatch.setattr(FileImageDataset, "load_image", lambda self, i: seen.add(threading.current_thread().name) or load(self, i))
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        _run(str(root), tmp_path / "a.npz")
+    assert seen and all(t.startswith("gpua-images") for t in seen)
+    own = _Recording(_dataset())
+    _run(own, tmp_path / "b.npz")
+    assert own.threads == {threading.current_thread().name}

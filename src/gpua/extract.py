@@ -729,9 +729,11 @@ def extract_features(
     workers : int, optional
         Threads that decode the images and prepare them for the encoders (resize, crop,
         normalise), a batch ahead of the encoding; default :func:`default_workers` (the CPU
-        count, at most 8). ``1`` does it all in this thread. The features are the same whatever
-        the number: it only sets how fast a GPU is fed (``benchmarks/extract_workers.py``). With
-        ``cluster``, per worker process.
+        count, at most 8) for gpua's datasets (image folders, split files, arrays), ``1`` for a
+        dataset object of one's own, whose ``load_image`` must be thread-safe for more. ``1``
+        does it all in this thread. The features are the same whatever the number: it only sets
+        how fast a GPU is fed (``benchmarks/extract_workers.py``). With ``cluster``, per worker
+        process.
 
     Returns
     -------
@@ -753,11 +755,8 @@ def extract_features(
     if on_error not in ON_ERROR:
         raise GPUAError(f"on_error={on_error!r} must be one of {ON_ERROR}.")
     batch_size = check_batch_size(batch_size)
-    if workers is None:
-        workers = default_workers()
-    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 256:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 256):
         raise GPUAError(f"workers={workers!r} must be an integer from 1 to 256 (threads that decode images; 1: none).")
-    workers = int(workers)
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()
@@ -793,6 +792,13 @@ def extract_features(
                 )
 
     ds = _open_dataset(dataset, split, classnames, image_root)
+    if workers is None:
+        # A dataset object of one's own may read through one shared handle (a zip or HDF5 file):
+        # its load_image runs in threads only when asked for.
+        from .data import ImageDataset
+
+        workers = default_workers() if isinstance(ds, ImageDataset) else 1
+    workers = int(workers)
     names = list(getattr(ds, "classnames", []) or [])
     words = _class_words(classnames, names)
     if not names:
