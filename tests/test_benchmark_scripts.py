@@ -413,3 +413,22 @@ def test_calibration_records_the_arguments_it_ran_with(scripts, tmp_path):
     assert calibration.main(argv) == 0
     res = json.loads(out.read_text())
     assert res["argv"] == argv and res["seeds"] == [0] and "machine" in res
+
+
+def test_extract_workers_prints_speedups_against_one_thread_and_checks_the_features(scripts, tmp_path, capsys, monkeypatch):
+    """The speed target's figure is a ratio against workers=1 of the same run; a run whose features
+    differ from the one-thread run's fails the script."""
+    import extract_workers
+
+    out = tmp_path / "w.json"
+    assert extract_workers.main(["--images", "6", "--side", "96", "--workers", "2", "--batch-size", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "workers  1:" in text and "x1.00 against workers=1" in text and "workers  2:" in text
+    res = json.loads(out.read_text())
+    assert [r["workers"] for r in res["rows"]] == [1, 2] and res["rows"][0]["speedup"] == 1.0
+    assert res["rows"][1]["speedup"] == pytest.approx(res["rows"][0]["seconds"] / res["rows"][1]["seconds"])
+    # a feature mismatch is an error, not a figure
+    real = extract_workers.FeedOnly._embed
+    monkeypatch.setattr(extract_workers.FeedOnly, "_embed", lambda self, px: real(self, px) + (len(px) % 2) * np.random.rand())
+    with pytest.raises(SystemExit, match="other features than workers=1"):
+        extract_workers.main(["--images", "5", "--side", "96", "--workers", "2", "--batch-size", "2"])
