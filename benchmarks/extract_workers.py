@@ -31,8 +31,7 @@ import numpy as np
 from _harness import machine_line, timer, write_json
 
 from gpua.extract import extract_features
-from gpua.encoders import Encoder, ImagePreprocess
-from gpua.encoders._preprocess import CLIP_MEAN, CLIP_STD
+from gpua.encoders import CLIP_MEAN, CLIP_STD, Encoder, ImagePreprocess
 from gpua.features import load_features
 
 #: scikit-image's colour photos (RGB, 300 to 600 px), cycled through to fill the folder.

@@ -16,7 +16,7 @@ Heavy libraries are imported only when an encoder of that back end is created.
 """
 
 from ._base import Encoder, check_batch_size
-from ._preprocess import ImagePreprocess, as_image_list
+from ._preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, as_image_list
 from ._registry import cache_dir, create_encoder, list_encoders, parse_spec, register_encoder, registry_entries
 
 __all__ = [
@@ -30,4 +30,8 @@ __all__ = [
     "cache_dir",
     "check_batch_size",
     "as_image_list",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
