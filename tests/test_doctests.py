@@ -47,3 +47,16 @@ def test_docstring_examples(name):
         runner.run(t)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (see the output above)"
+
+
+def test_no_module_has_an_invalid_escape_sequence():
+    """A docstring with LaTeX (``\\mathrm``) in a plain string compiles with a SyntaxWarning, an
+    error under ``-W error`` and in later Pythons: each must be a raw string."""
+    import warnings
+    from pathlib import Path
+
+    root = Path(gpua.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SyntaxWarning)
+            compile(path.read_text(encoding="utf-8"), str(path), "exec")

@@ -128,18 +128,45 @@ def test_other_strings_are_refused(bad):
         GPUA(class_prior=bad).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
 
 
-def test_streamed_fit_refuses_estimate_and_federated_fit_both(tmp_path):
-    """A streamed fit estimates with the zero-shot (no first whole fit to score every row with);
-    a federated fit gathers no row's probabilities: each refusal names what to pass instead."""
+@pytest.mark.parametrize("driver", ["streamed", "federated"])
+def test_streamed_and_federated_fits_refuse_estimate(driver):
+    """They estimate with the zero-shot (no first whole fit to score every row with): the
+    refusal names what to pass instead."""
     from gpua.stream import fit_federated, fit_streaming
 
     d = _long_tailed()
-    with pytest.raises(GPUAError, match=r"class_prior='estimate' needs a first whole fit .* use class_prior='zero_shot'"):
-        fit_streaming(GPUA(class_prior="estimate", n_steps=5), (d.vfm_features, d.vlm_features), d.text_prototypes)
-    clients = [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)]
-    for estimate in ("estimate", "zero_shot"):
-        with pytest.raises(GPUAError, match=rf"class_prior='{estimate}' .* a federated fit never gathers; .* pass the class frequencies as a list"):
-            fit_federated(GPUA(class_prior=estimate, n_steps=5), clients, d.text_prototypes)
+    model = GPUA(class_prior="estimate", n_steps=5)
+    with pytest.raises(GPUAError, match=rf"class_prior='estimate' needs a first whole fit .* a {driver} fit .* use class_prior='zero_shot'"):
+        if driver == "streamed":
+            fit_streaming(model, (d.vfm_features, d.vlm_features), d.text_prototypes)
+        else:
+            fit_federated(model, [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)], d.text_prototypes)
+
+
+def _unique_map_long_tailed(K=32):
+    """Tie-free and with more classes than VLM dimensions, so that the map is unique (tests/stream/stream_helpers.py)."""
+    d = make_planted(1500, K, 40, 20, 16, class_weights=10.0 ** (-np.arange(K) / (K - 1)), modality_gap=6.0, n_hubs=0, random_state=0)
+    Y = (d.text_prototypes + 0.15 * np.random.default_rng(1).standard_normal(d.text_prototypes.shape) / np.sqrt(20)).astype(np.float32)
+    return d.vfm_features, d.vlm_features, Y
+
+
+def test_federated_zero_shot_estimate_equals_the_in_memory_one():
+    """fit_federated with class_prior="zero_shot" (it was refused): each EM step sums the clients'
+    K responsibilities (no row leaves its client), the same prior, class-balanced means and map as
+    GPUA.fit on the pooled rows."""
+    from gpua.stream import fit_federated
+
+    Z, X, Y = _unique_map_long_tailed()
+    kw = dict(class_prior="zero_shot", random_state=0, refine=False, self_learning=0)
+    want = GPUA(**kw).fit(Z, X, Y)
+    cut = [0, 400, 1100, len(Z)]  # three clients of unequal size
+    got = fit_federated(GPUA(**kw), [(Z[a:b], X[a:b]) for a, b in zip(cut, cut[1:])], Y)
+    np.testing.assert_allclose(got.history_["class_prior_estimate"]["prior"], want.history_["class_prior_estimate"]["prior"], atol=1e-6)
+    assert got.history_["class_prior_estimate"]["zero_shot_counts"] == want.history_["class_prior_estimate"]["zero_shot_counts"]
+    assert got.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
+    for name in ("vfm_mean_", "vlm_mean_", "W_"):
+        np.testing.assert_allclose(getattr(got, name).numpy(), getattr(want, name).numpy(), atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(got.predict(Z, X), want.predict(Z, X))
 
 
 def test_streamed_zero_shot_estimate_equals_the_in_memory_one(tmp_path):
@@ -147,11 +174,7 @@ def test_streamed_zero_shot_estimate_equals_the_in_memory_one(tmp_path):
     means and map as GPUA.fit, chunk by chunk, and resumed from a checkpoint with the prior it had."""
     from gpua.stream import fit_streaming
 
-    # Tie-free and with more classes than VLM dimensions, so that the map is unique (tests/stream/stream_helpers.py)
-    K = 32
-    d = make_planted(1500, K, 40, 20, 16, class_weights=10.0 ** (-np.arange(K) / (K - 1)), modality_gap=6.0, n_hubs=0, random_state=0)
-    Z, X = d.vfm_features, d.vlm_features
-    Y = (d.text_prototypes + 0.15 * np.random.default_rng(1).standard_normal(d.text_prototypes.shape) / np.sqrt(20)).astype(np.float32)
+    Z, X, Y = _unique_map_long_tailed()
     kw = dict(class_prior="zero_shot", random_state=0, n_steps=30)
     want = GPUA(**kw).fit(Z, X, Y)
     got = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=97, progress=False, checkpoint=tmp_path / "ck")

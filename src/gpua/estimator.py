@@ -90,11 +90,11 @@ class GPUA(AlignmentEstimator):
         and centre each modality on the class-balanced mean (:func:`gpua.prior.balanced_mean`),
         then fit again with both; twice the fit time, in-memory fits only. It costs a little on
         balanced pools. ``"zero_shot"``: the same estimate from the VLM's zero-shot
-        probabilities instead of a first fit (one fit; streamed fits too, from a seeded sample of
-        rows when the pool's probabilities do not fit half of ``max_memory``); far better on
-        strongly long-tailed pools, clearly worse on balanced ones, where the VLM's class biases
-        read as imbalance. Federated fits take neither. Labels are never used (README,
-        "Imbalanced folders").
+        probabilities instead of a first fit (one fit; streamed and federated fits too, the
+        former from a seeded sample of rows when the pool's probabilities do not fit half of
+        ``max_memory``, the latter by EM steps summed client by client); far better on strongly
+        long-tailed pools, clearly worse on balanced ones, where the VLM's class biases read as
+        imbalance. Labels are never used (README, "Imbalanced folders").
     rho : float > 0 or None, default=0.03
         Semi-relaxed class marginal: the plan's class masses pay a KL penalty of weight
         :math:`\rho` for leaving ``class_prior`` instead of being held to it exactly (None).

@@ -249,15 +249,9 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         # width must exceed the classes"); a user's choice, so said, not refused.
         warn_user(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
                   f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.")
-    if driver == "federated" and isinstance(params["class_prior"], str):
+    if driver != "memory" and params["class_prior"] == "estimate":
         raise GPUAError(
-            f"class_prior={params['class_prior']!r} estimates the prior from the rows' class probabilities, which a "
-            "federated fit never gathers; it takes class_prior as weights: pass the class frequencies as a list "
-            "(counts or fractions, in class order), or fit GPUA on in-memory arrays."
-        )
-    if driver == "streamed" and params["class_prior"] == "estimate":
-        raise GPUAError(
-            "class_prior='estimate' needs a first whole fit and every row's scores under it, which a streamed fit "
+            f"class_prior='estimate' needs a first whole fit and every row's scores under it, which a {driver} fit "
             "does not repeat; use class_prior='zero_shot' (the VLM's zero-shot probabilities: for strongly long-tailed "
             "pools), pass the class frequencies as a list (counts or fractions, in class order), or fit GPUA on in-memory arrays."
         )

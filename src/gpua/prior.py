@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PRIOR_ESTIMATES", "em_class_prior", "balanced_mean", "mean_of_class_means"]
+__all__ = ["PRIOR_ESTIMATES", "em_class_prior", "prior_responsibilities", "em_prior_update", "balanced_mean", "mean_of_class_means"]
 
 #: The ``class_prior`` strings that estimate the prior from the pool (the probabilities EM starts from:
 #: a first fit's under the uniform prior, or the VLM's zero-shot).
 PRIOR_ESTIMATES = ("estimate", "zero_shot")
 
 
-def em_class_prior(proba: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+#: EM's cap and tolerance (the largest change of a class's frequency at which it stops).
+EM_MAX_ITER, EM_TOL = 1000, 1e-7
+
+
+def em_class_prior(proba: torch.Tensor, *, max_iter: int = EM_MAX_ITER, tol: float = EM_TOL) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Class frequencies of a pool from class probabilities computed under a uniform prior (EM).
 
     The probabilities :math:`p_{ik}` (softmax of a classifier that assumes every class equally
@@ -74,16 +78,42 @@ def em_class_prior(proba: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e
     n, k = p.shape
     prior = torch.full((k,), 1.0 / k, dtype=torch.float64, device=p.device)
     for _ in range(max_iter):
-        r = p * prior
-        r = r / r.sum(1, keepdim=True)
-        new = r.mean(0).clamp_min(0.5 / n)
-        new = new / new.sum()
-        moved = float((new - prior).abs().max())
-        prior = new
+        prior, moved = em_prior_update(prior, prior_responsibilities(p, prior).sum(0), n)
         if moved <= tol:
             break
-    r = p * prior
-    return prior, r / r.sum(1, keepdim=True)
+    return prior, prior_responsibilities(p, prior)
+
+
+def prior_responsibilities(proba: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    r"""The E step of :func:`em_class_prior`: :math:`r_{ik} = p_{ik}\pi_k / \sum_l p_{il}\pi_l`, float64.
+
+    Parameters
+    ----------
+    proba : tensor of shape (n_samples, n_classes)
+    prior : tensor of shape (n_classes,)
+
+    Returns
+    -------
+    float64 tensor of shape (n_samples, n_classes)
+    """
+    r = proba.to(torch.float64) * prior.to(device=proba.device, dtype=torch.float64)
+    return r / r.sum(1, keepdim=True)
+
+
+def em_prior_update(prior: torch.Tensor, resp_sum: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+    r"""The M step of :func:`em_class_prior` from the responsibilities' column sums (which a pool
+    read in chunks, or spread over clients, adds up part by part):
+    :math:`\pi_k \leftarrow \max(\sum_i r_{ik} / N,\ 1 / 2N)`, renormalised.
+
+    Returns
+    -------
+    prior : float64 tensor of shape (n_classes,)
+    moved : float
+        The largest change of a class's frequency (EM stops when it is below its tolerance).
+    """
+    new = (resp_sum.to(torch.float64) / n).clamp_min(0.5 / n)
+    new = new / new.sum()
+    return new, float((new - prior.to(new.device)).abs().max())
 
 
 def balanced_mean(A: torch.Tensor, responsibilities: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_callback, check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
+from ..fitting import FitConfig, Mined, _with_prior, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from ..query import build_query
@@ -50,7 +50,7 @@ from ..ucm import top_rows
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
-from ._fit import check_gpua_instance, on_device, pool_statistics, rows_reader
+from ._fit import check_gpua_instance, on_device, pool_class_prior, pool_statistics, record_prior_estimate, rows_reader
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_federated", "FederatedExecutor"]
@@ -163,7 +163,10 @@ def fit_federated(
 
     With ``center`` / ``center_vlm`` and ``whiten`` (the defaults) each client also sends, once,
     the sums of its normalised rows and its query's second moment :math:`Q^\top Q`
-    (:func:`gpua.stream._fit.pool_statistics`): aggregates of its features, no row.
+    (:func:`gpua.stream._fit.pool_statistics`): aggregates of its features, no row. With
+    ``class_prior="zero_shot"`` it sends, per EM step, its :math:`K` sums of zero-shot
+    responsibilities, then once its class-weighted row sums (:func:`gpua.stream._fit.pool_class_prior`);
+    ``class_prior="estimate"`` is refused (it needs a first whole fit's scores of every row).
     """
     check_gpua_instance(estimator, "fit_federated", "fit_federated(GPUA(self_learning=0), clients, text_prototypes)")
     check_callback(callback)
@@ -232,13 +235,20 @@ def fit_federated(
     token = f"federated-{uuid.uuid4().hex}"  # a self-learning mining's is this one and its number
     try:
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
-        t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v)
+        estimate = None
+        if isinstance(config.mining.class_prior, str):  # "zero_shot": EM steps summed client by client
+            estimate = pool_class_prior(ex, parts, None, fit, config, Yt, n, d_v, logit_scale=float(est.logit_scale),
+                                        max_rows=None, progress=progress)
+            config = _with_prior(config, np.asarray(estimate["prior"]))
+        t_whiten = pool_statistics(ex, parts, fit, config, n, k, d_v, means=estimate is None)
         b = check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
         pool = FederatedPool(ex, sources, fit, b, config, rounds=int(rounds), local_steps=local_steps, progress=progress)
         fitted = unwhiten(run_fit(config, pool, Y=Yt.to(config.device), vfm_mean=fit.vfm_mean, vlm_mean=fit.vlm_mean,
                                   widths=(d_v, d_t), classnames=names, callback=callback), fit.whiten, t_whiten)
     finally:
         ex.drop(token)  # a mining frees its own tiles; what the refinement and the last scores kept is freed here
+    if estimate is not None:
+        record_prior_estimate(fitted, estimate)
     fitted.history["federated"] = {"clients": sizes, "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
     return set_fitted_state(est, fitted)
 

@@ -35,7 +35,7 @@ from ..fitting import (
     PARAMETERS, FitConfig, Mined, _with_prior, check_entry, check_not_one_image, consistency_sample, knn_label_consistency, run_fit,
     set_fitted_state, unwhiten,
 )
-from ..prior import em_class_prior, mean_of_class_means
+from ..prior import EM_MAX_ITER, EM_TOL, em_class_prior, em_prior_update, mean_of_class_means
 from ..ot import check_marginal
 from ..procrustes import polar_factor
 from ..query import build_query, whitening_from_moment, whitening_width, zero_shot_cosines
@@ -312,8 +312,7 @@ def fit_streaming(
         ex.drop(token)
         ex.close()
     if estimate is not None:
-        fitted.history["class_prior_estimate"] = {k_: v for k_, v in estimate.items() if k_ != "seconds"}
-        fitted.history.setdefault("timings", {})["class_prior_estimate_s"] = estimate.get("seconds", 0.0)
+        record_prior_estimate(fitted, estimate)
     fitted.history["streaming"] = {
         "n_samples": n, "chunk_rows": plan.chunk_rows, "n_chunks": plan.n_chunks, "cache": plan.mode,
         "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
@@ -358,16 +357,20 @@ def prior_rows(budget: int, k: int) -> int:
 
 
 def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torch.Tensor, n: int, d_vfm: int, *,
-                     logit_scale: float, max_rows: int, progress: bool = False) -> dict:
+                     logit_scale: float, max_rows: int | None, progress: bool = False) -> dict:
     r"""``class_prior="zero_shot"`` on a pool read in chunks: the class frequencies and the class-balanced means.
 
     EM (:func:`gpua.prior.em_class_prior`) on the VLM's zero-shot probabilities
-    :math:`\mathrm{softmax}(s \cos(x_i, y_k))` of the pool's rows (a seeded sample of ``max_rows``
-    of them when the pool has more: :func:`gpua.fitting.consistency_sample`), then one pass for
+    :math:`\mathrm{softmax}(s \cos(x_i, y_k))` of the pool's rows, then one pass for
     :func:`gpua.prior.balanced_mean` of every row under that prior
-    (:func:`gpua.stream._kernels.part_class_sums`). With every row in the sample this is
-    ``GPUA.fit``'s estimate. Sets ``fit.vfm_mean`` / ``fit.vlm_mean`` (as ``config.center`` /
-    ``center_vlm`` ask).
+    (:func:`gpua.stream._kernels.part_class_sums`). Sets ``fit.vfm_mean`` / ``fit.vlm_mean`` (as
+    ``config.center`` / ``center_vlm`` ask).
+
+    The EM reads the probabilities of ``max_rows`` rows into memory (a seeded sample,
+    :func:`gpua.fitting.consistency_sample`, when the pool has more; with every row it is
+    ``GPUA.fit``'s estimate); ``max_rows=None`` runs each EM step as a pass over the chunks
+    instead (:func:`gpua.stream._kernels.part_prior_sums`: a federated fit, whose rows never
+    leave their client: each client sends :math:`K` sums per step), the same estimate.
 
     Parameters
     ----------
@@ -380,24 +383,42 @@ def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torc
         ``prior`` (list of n_classes floats), ``zero_shot_counts``, ``rows_estimated_from`` and ``seconds``.
     """
     t0 = time.perf_counter()
-    sample = consistency_sample(n, max_rows, config.refinement.seed)
-    step = max(1, parts[0].stop - parts[0].start)
-    with Bar(progress, "zero-shot class prior", -(-sample.numel() // step)) as bar:
-        proba = []
-        for lo in range(0, sample.numel(), step):
-            X = src.take("vlm_features", sample[lo : lo + step], device=config.device)
-            proba.append(torch.softmax(float(logit_scale) * zero_shot_cosines(X, Y.to(config.device)), dim=1))
-            bar.update()
-    prior, _ = em_class_prior(torch.cat(proba))
-    del proba
+    Y, logit_scale = Y.cpu(), float(logit_scale)
+    if max_rows is None:
+        prior, used = torch.full((Y.shape[0],), 1.0 / Y.shape[0], dtype=torch.float64), n
+        with Bar(progress, "zero-shot class prior (EM steps)", EM_MAX_ITER, unit="step") as bar:
+            for _ in range(EM_MAX_ITER):
+                sums = ex.reduce(K_.part_prior_sums, parts, fit, Y, prior, logit_scale, merge=K_.sum_tensors)
+                prior, moved = em_prior_update(prior, sums, n)
+                bar.update()
+                if moved <= EM_TOL:
+                    break
+    else:
+        sample = consistency_sample(n, max_rows, config.refinement.seed)
+        used, step = int(sample.numel()), max(1, parts[0].stop - parts[0].start)
+        with Bar(progress, "zero-shot class prior", -(-used // step)) as bar:
+            proba = []
+            for lo in range(0, used, step):
+                X = src.take("vlm_features", sample[lo : lo + step], device=config.device)
+                proba.append(torch.softmax(logit_scale * zero_shot_cosines(X, Y.to(config.device)), dim=1))
+                bar.update()
+        prior, _ = em_class_prior(torch.cat(proba))
+        del proba
+    prior = prior.cpu()
     with Bar(progress, "class-balanced means", len(parts)) as bar:
-        sums = ex.reduce(K_.part_class_sums, parts, fit, Y, prior.cpu(), float(logit_scale), merge=K_.sum_tensors, on_done=bar.tick)
+        sums = ex.reduce(K_.part_class_sums, parts, fit, Y, prior, logit_scale, merge=K_.sum_tensors, on_done=bar.tick)
     means = mean_of_class_means(sums[:, :-2], sums[:, -2])
     check_not_one_image(n, means[:d_vfm], means[d_vfm:] if config.query == "fused" else None)
     fit.vfm_mean = means[:d_vfm] if config.center else None
     fit.vlm_mean = means[d_vfm:] if config.center_vlm else None
-    return {"prior": [float(v) for v in prior.cpu()], "zero_shot_counts": sums[:, -1].long().tolist(),
-            "rows_estimated_from": int(sample.numel()), "seconds": time.perf_counter() - t0}
+    return {"prior": [float(v) for v in prior], "zero_shot_counts": sums[:, -1].long().tolist(),
+            "rows_estimated_from": used, "seconds": time.perf_counter() - t0}
+
+
+def record_prior_estimate(fitted, estimate: dict) -> None:
+    """:func:`pool_class_prior`'s estimate into the fit's history, as ``GPUA.fit`` records its own."""
+    fitted.history["class_prior_estimate"] = {k: v for k, v in estimate.items() if k != "seconds"}
+    fitted.history.setdefault("timings", {})["class_prior_estimate_s"] = estimate.get("seconds", 0.0)
 
 
 class StreamedPool:

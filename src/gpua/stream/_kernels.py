@@ -35,6 +35,7 @@ import torch
 from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig, check_not_one_image
+from ..prior import prior_responsibilities
 from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes, zero_shot_cosines
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
@@ -436,6 +437,23 @@ def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n:
     fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
 
 
+def _zero_shot_proba(part: Part, fit: FitSpec, Y: torch.Tensor, logit_scale: float, dev):
+    r"""The chunk's rows and the VLM's zero-shot probabilities :math:`\mathrm{softmax}(s\,\cos(x_i, y_k))`."""
+    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
+    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
+    _check_rows(part, Z, X)
+    scores = zero_shot_cosines(X, Y.to(dev))
+    return Z, X, scores, torch.softmax(float(logit_scale) * scores, dim=1)
+
+
+def part_prior_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    r"""One EM step's sums over the chunk (:func:`gpua.prior.em_class_prior` on rows that are never
+    gathered): :math:`\sum_i r_{ik}` under ``prior`` (:func:`gpua.prior.prior_responsibilities`),
+    float64 of shape (n_classes,)."""
+    *_, p = _zero_shot_proba(part, fit, Y, logit_scale, _device(fit))
+    return prior_responsibilities(p, prior).sum(0).cpu()
+
+
 def part_class_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tensor, logit_scale: float) -> torch.Tensor:
     r"""The chunk's rows summed per class under the VLM's zero-shot responsibilities, for
     :func:`gpua.prior.balanced_mean` over a pool read in chunks.
@@ -446,16 +464,11 @@ def part_class_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tens
     Returns
     -------
     float64 tensor of shape (n_classes, d_vfm + d_vlm + 2)
-        Per class: :math:`\sum_i r_{ik} ar z_i`, :math:`\sum_i r_{ik} ar x_i` (L2-normalised
+        Per class: :math:`\sum_i r_{ik} \bar z_i`, :math:`\sum_i r_{ik} \bar x_i` (L2-normalised
         rows), the mass :math:`\sum_i r_{ik}`, and how many rows have the class as their zero-shot argmax.
     """
-    dev = _device(fit)
-    Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
-    X = part.source.read("vlm_features", part.start, part.stop, device=dev)
-    _check_rows(part, Z, X)
-    scores = zero_shot_cosines(X, Y.to(dev))
-    r = torch.softmax(float(logit_scale) * scores, dim=1).to(torch.float64) * prior.to(device=dev, dtype=torch.float64)
-    r = r / r.sum(1, keepdim=True)
+    Z, X, scores, p = _zero_shot_proba(part, fit, Y, logit_scale, _device(fit))
+    r = prior_responsibilities(p, prior)
     normalize = torch.nn.functional.normalize
     rows = torch.cat([normalize(Z, dim=1), normalize(X, dim=1)], dim=1).to(torch.float64)
     counts = torch.bincount(scores.argmax(1), minlength=Y.shape[0]).to(torch.float64)
