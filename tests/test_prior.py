@@ -150,6 +150,16 @@ def _unique_map_long_tailed(K=32):
     return d.vfm_features, d.vlm_features, Y
 
 
+def _assert_same_estimate_and_fit(got, want, Z, X):
+    """A chunked or federated zero-shot estimate and fit against GPUA.fit's on every row."""
+    np.testing.assert_allclose(got.history_["class_prior_estimate"]["prior"], want.history_["class_prior_estimate"]["prior"], atol=1e-6)
+    assert got.history_["class_prior_estimate"]["zero_shot_counts"] == want.history_["class_prior_estimate"]["zero_shot_counts"]
+    assert got.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
+    for name in ("vfm_mean_", "vlm_mean_", "W_"):
+        np.testing.assert_allclose(getattr(got, name).numpy(), getattr(want, name).numpy(), atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(got.predict(Z, X), want.predict(Z, X))
+
+
 def test_federated_zero_shot_estimate_equals_the_in_memory_one():
     """fit_federated with class_prior="zero_shot" (it was refused): each EM step sums the clients'
     K responsibilities (no row leaves its client), the same prior, class-balanced means and map as
@@ -161,12 +171,7 @@ def test_federated_zero_shot_estimate_equals_the_in_memory_one():
     want = GPUA(**kw).fit(Z, X, Y)
     cut = [0, 400, 1100, len(Z)]  # three clients of unequal size
     got = fit_federated(GPUA(**kw), [(Z[a:b], X[a:b]) for a, b in zip(cut, cut[1:])], Y)
-    np.testing.assert_allclose(got.history_["class_prior_estimate"]["prior"], want.history_["class_prior_estimate"]["prior"], atol=1e-6)
-    assert got.history_["class_prior_estimate"]["zero_shot_counts"] == want.history_["class_prior_estimate"]["zero_shot_counts"]
-    assert got.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
-    for name in ("vfm_mean_", "vlm_mean_", "W_"):
-        np.testing.assert_allclose(getattr(got, name).numpy(), getattr(want, name).numpy(), atol=1e-5, err_msg=name)
-    np.testing.assert_array_equal(got.predict(Z, X), want.predict(Z, X))
+    _assert_same_estimate_and_fit(got, want, Z, X)
 
 
 def test_streamed_zero_shot_estimate_equals_the_in_memory_one(tmp_path):
@@ -178,12 +183,7 @@ def test_streamed_zero_shot_estimate_equals_the_in_memory_one(tmp_path):
     kw = dict(class_prior="zero_shot", random_state=0, n_steps=30)
     want = GPUA(**kw).fit(Z, X, Y)
     got = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=97, progress=False, checkpoint=tmp_path / "ck")
-    np.testing.assert_allclose(got.history_["class_prior_estimate"]["prior"], want.history_["class_prior_estimate"]["prior"], atol=1e-6)
-    assert got.history_["class_prior_estimate"]["zero_shot_counts"] == want.history_["class_prior_estimate"]["zero_shot_counts"]
-    assert got.history_["class_prior_estimate"]["rows_estimated_from"] == len(Z)
-    for name in ("vfm_mean_", "vlm_mean_", "W_"):
-        np.testing.assert_allclose(getattr(got, name).numpy(), getattr(want, name).numpy(), atol=1e-5, err_msg=name)
-    np.testing.assert_array_equal(got.predict(Z, X), want.predict(Z, X))
+    _assert_same_estimate_and_fit(got, want, Z, X)
     again = fit_streaming(GPUA(**kw), (Z, X), Y, chunk_rows=97, progress=False, checkpoint=tmp_path / "ck")
     assert again.history_["streaming"]["resumed"]
     assert again.history_["class_prior_estimate"]["prior"] == got.history_["class_prior_estimate"]["prior"]
