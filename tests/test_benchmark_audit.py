@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gpua import GPUAError
 from gpua import benchmark as bench_mod
 from gpua import demo as demo_mod
 from gpua.cli import main
@@ -219,3 +220,16 @@ def test_a_results_file_of_ones_own_is_not_replaced(photos, capsys, name):
     assert main(_argv(d, d / "photos")) == 0  # a second run replaces the tables the first wrote
     assert main(_argv(d, d / "photos")) == 0
     assert (d / "bench" / "results.md").read_text().startswith("acc1 (%) by dataset")
+
+
+def test_an_empty_results_file_is_replaced_and_a_binary_one_kept(tmp_path):
+    """Was: an empty results.md (what `gpua benchmark --out DIR | tee DIR/results.md` makes before
+    the benchmark starts) was refused as "not written by the benchmark", though it holds nothing."""
+    from gpua.benchmark import _check_tables_ours
+
+    (tmp_path / "results.md").write_bytes(b"")
+    (tmp_path / "results.csv").write_bytes(b"")
+    _check_tables_ours(tmp_path)
+    (tmp_path / "results.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(GPUAError, match="holds a results.csv that `gpua benchmark` did not write"):
+        _check_tables_ours(tmp_path)

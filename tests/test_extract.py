@@ -441,3 +441,75 @@ def test_default_workers_thread_gpuas_datasets_not_ones_own(tmp_path, monkeypatc
     own = _Recording(_dataset())
     _run(own, tmp_path / "b.npz")
     assert own.threads == {threading.current_thread().name}
+
+
+class _Flipped(Toy):
+    """An Encoder whose encode_images is its own (test-time augmentation: the mean over a flip)."""
+
+    def encode_images(self, images, batch_size=64, progress=False):
+        from gpua.encoders import as_image_list
+
+        images = as_image_list(images)
+        flipped = [im.transpose(0) for im in images]  # PIL.Image.FLIP_LEFT_RIGHT
+        return (super().encode_images(images, batch_size) + super().encode_images(flipped, batch_size)) / 2
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_an_encoder_with_its_own_encode_images_gives_its_own_features(tmp_path, workers):
+    """Was: extraction prepared the images and called encode_prepared (preprocess, then _embed),
+    so an Encoder subclass that overrides encode_images silently lost what it adds there."""
+    ds = _dataset()
+    vfm = _Flipped()
+    fs = load_features(_run(ds, tmp_path / "f.npz", vfm=vfm, workers=workers, batch_size=4))
+    np.testing.assert_allclose(fs.vfm_features, vfm.encode_images(ds.array()), atol=1e-6)
+    assert not np.allclose(fs.vfm_features, Toy().encode_images(ds.array()), atol=1e-3)
+
+
+def test_default_workers_do_not_thread_a_subclass_with_its_own_load_image(tmp_path, monkeypatch):
+    """A subclass of gpua's datasets with its own load_image (a zip or HDF5 handle) is a dataset of
+    one's own: was decoded in threads by default, as isinstance(ds, ImageDataset) held."""
+    import threading
+
+    import gpua.extract
+
+    class Own(ArrayImageDataset):
+        def load_image(self, i):
+            self.threads.add(threading.current_thread().name)
+            return super().load_image(i)
+
+    monkeypatch.setattr(gpua.extract, "default_workers", lambda: 3)
+    base = _dataset()
+    own = Own(base.array(), base.labels, CLASSES, name="toyset", split="train", image_ids=base.image_ids)
+    own.threads = set()
+    _run(own, tmp_path / "f.npz")
+    assert own.threads == {threading.current_thread().name}
+
+
+def test_a_parts_folder_another_run_is_writing_is_not_refused(tmp_path, monkeypatch):
+    """Was: the check of ``<out>.parts`` before the output's lock listed the folder while another
+    run saved a part (a temp file renamed) or removed it (files unlinked): a listed file gone by
+    the time it was looked at made it "not a parts folder written by gpua extract", and the second
+    run failed instead of waiting (seen about once in ten checks made while parts are written).
+    It is judged again under the lock; a folder of one's own is still refused."""
+    from gpua.extract import _Parts
+
+    is_ours, calls = _Parts.is_ours, []
+
+    def mid_write(self):  # the first look catches the other run's rename
+        calls.append(1)
+        return False if len(calls) == 1 else is_ours(self)
+
+    out = tmp_path / "f.npz"
+    parts = _Parts.of(out)
+    parts.dir.mkdir()
+    (parts.dir / "manifest.json").write_text(json.dumps({"cache_key": "another run's"}))
+    monkeypatch.setattr(_Parts, "is_ours", mid_write)
+    _run(_dataset(), out)
+    assert load_features(out).n_samples == 10 and len(calls) >= 2
+    monkeypatch.undo()
+    own = tmp_path / "g.npz.parts"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(GPUAError, match="is not a parts folder written by gpua extract"):
+        _run(_dataset(), tmp_path / "g.npz")
+    assert (own / "notes.txt").read_text() == "mine"

@@ -542,12 +542,12 @@ def run_benchmark(
 
 def _check_tables_ours(out: Path) -> None:
     """A ``results.md`` or ``results.csv`` already in ``out`` is replaced only when a benchmark wrote
-    it (its first line is :func:`build_tables`'): a folder of one's own (``--out .`` in a project)
+    it (its first line is :func:`build_tables`') or it is empty: a folder of one's own (``--out .`` in a project)
     keeps its own results files, checked before any image is encoded."""
     for name, first in (("results.md", _MD_TITLE), ("results.csv", _CSV_HEAD)):
         path = out / name
-        if not path.is_file():
-            continue
+        if not path.is_file() or path.stat().st_size == 0:
+            continue  # an empty file holds nothing to lose (what `> DIR/results.md` or `| tee` makes before the run)
         try:
             with open(path, encoding="utf-8") as f:
                 line = f.readline()

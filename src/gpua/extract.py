@@ -434,6 +434,15 @@ class _Parts:
         self.dir.rmdir()
 
 
+def _gpuas_loader(ds) -> bool:
+    """Whether ``ds`` reads its images with the ``load_image`` of one of gpua's datasets (files, or
+    an array): safe in threads. A subclass with a ``load_image`` of its own is one's own dataset."""
+    from .data import ArrayImageDataset, FileImageDataset
+
+    load = getattr(type(ds), "load_image", None)
+    return load is not None and any(load is base.load_image for base in (FileImageDataset, ArrayImageDataset))
+
+
 def default_workers() -> int:
     """Threads that decode and prepare images when ``workers`` is not given: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -444,19 +453,18 @@ class _ImageLoader:
     batch ahead of the encoding (Pillow's decoders and resampling release the GIL).
 
     An item is ``(prepared, error)``: ``prepared`` holds, per encoder, the image prepared by
-    its ``preprocess`` (an :class:`gpua.encoders.Encoder`) or the RGB image (any other encoder
-    object); ``error`` is the exception of an image that cannot be read (``prepared`` None).
+    its ``preprocess`` (an encoder :func:`_takes_prepared` accepts) or the RGB image (any other
+    encoder object, to its own ``encode_images``); ``error`` is the exception of an image that cannot be read (``prepared`` None).
     The rows do not depend on ``workers``: each image is prepared alone, and batched as before.
     """
 
     def __init__(self, ds, ids: list[str], encoders: tuple[Any, Any], workers: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        from .encoders import Encoder
-
         self.ds, self.ids = ds, ids
-        self.prepare = [enc.preprocess.transform_one if isinstance(enc, Encoder) else None for enc in encoders]
-        if all(isinstance(enc, Encoder) for enc in encoders) and encoders[0].preprocess == encoders[1].preprocess:
+        self.prepared = [_takes_prepared(enc) for enc in encoders]
+        self.prepare = [enc.preprocess.transform_one if ok else None for enc, ok in zip(encoders, self.prepared)]
+        if all(self.prepared) and encoders[0].preprocess == encoders[1].preprocess:
             self.prepare[1] = "same"  # one preparation serves both (the same float32 array)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="gpua-images") if workers > 1 else None
 
@@ -490,10 +498,23 @@ class _ImageLoader:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _encode_prepared(encoder, prepared: list, batch_size: int) -> np.ndarray:
-    from .encoders import Encoder
+def _takes_prepared(encoder) -> bool:
+    """Whether extraction may prepare ``encoder``'s images itself (in threads) and call its
+    :meth:`~gpua.encoders.Encoder.encode_prepared`: an :class:`~gpua.encoders.Encoder` whose
+    ``encode_images`` is the base class's (gpua's ``preprocess``, then ``_embed``), or one that
+    defines its own ``encode_prepared``. Any other (an ``encode_images`` of its own, a preparation
+    that is not an :class:`~gpua.encoders.ImagePreprocess` call) gets the RGB images, as before threads."""
+    from .encoders import Encoder, ImagePreprocess
 
-    if isinstance(encoder, Encoder):
+    pre = getattr(encoder, "preprocess", None)
+    if not isinstance(encoder, Encoder) or not isinstance(pre, ImagePreprocess) or type(pre).__call__ is not ImagePreprocess.__call__:
+        return False
+    cls = type(encoder)
+    return cls.encode_prepared is not Encoder.encode_prepared or (cls.encode_images is Encoder.encode_images and cls._run is Encoder._run)
+
+
+def _encode_prepared(encoder, prepared: list, batch_size: int, is_prepared: bool) -> np.ndarray:
+    if is_prepared:
         return encoder.encode_prepared(np.stack(prepared))
     return encoder.encode_images(prepared, batch_size=batch_size)
 
@@ -524,8 +545,8 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
             if good:
                 # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
                 rows = [i for i, _ in good]
-                z = _encode_prepared(vfm, [p[0] for _, p in good], batch_size)
-                x = _encode_prepared(vlm, [p[1] for _, p in good], batch_size)
+                z = _encode_prepared(vfm, [p[0] for _, p in good], batch_size, loader.prepared[0])
+                x = _encode_prepared(vlm, [p[1] for _, p in good], batch_size, loader.prepared[1])
                 if z.shape[0] != len(rows) or x.shape[0] != len(rows):
                     raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
                                     "an encoder must return one row per image, in order.")
@@ -778,7 +799,13 @@ def extract_features(
         stored = _stored_meta(out) if resume and out.exists() else None
         if stored is None or not isinstance(stored.get("cache_key"), str):
             raise unwritable  # nothing there could be a cache hit: refused now, as any unwritable output
-    _Parts.of(out).check()
+    try:
+        _Parts.of(out).check()
+    except GPUAError:
+        # Another run may be writing or removing that folder this instant (its listing then names
+        # a part it renames or a file it removes): judged again once that run is done.
+        with _OutputLock(out, wait=unwritable is None):
+            _Parts.of(out).check()
     if kind == "shards":
         check_writer_options("float16" if float16 else "float32", shard_storage, rows_per_shard)
         check_destination(out, overwrite=True, name="out")
@@ -795,9 +822,7 @@ def extract_features(
     if workers is None:
         # A dataset object of one's own may read through one shared handle (a zip or HDF5 file):
         # its load_image runs in threads only when asked for.
-        from .data import ImageDataset
-
-        workers = default_workers() if isinstance(ds, ImageDataset) else 1
+        workers = default_workers() if _gpuas_loader(ds) else 1
     workers = int(workers)
     names = list(getattr(ds, "classnames", []) or [])
     words = _class_words(classnames, names)
