@@ -75,6 +75,7 @@ _EXTRA_MODULES = {
     "seg": ["imgviz", "skimage", "PIL"],
     "plots": ["matplotlib", "sklearn"],
     "dist": ["dask", "distributed"],
+    "heif": ["pillow_heif"],
 }
 _EXTRA_MODULES["all"] = sorted({m for ms in _EXTRA_MODULES.values() for m in ms})
 
@@ -274,6 +275,15 @@ def _one_torch_thread():
 
 #: The benchmark scripts (``python benchmarks/NAME.py``), which import their siblings (``_harness``, ``devsets``).
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture
+def without_heif(monkeypatch):
+    """gpua as installed without pillow-heif: HEIC/HEIF photos are counted and named, not decoded
+    (the tests of that path; ``gpua.data.heif_decoder`` is what the listing and decoding ask)."""
+    import gpua.data._datasets as datasets
+
+    monkeypatch.setattr(datasets, "heif_decoder", lambda: False)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from gpua.extract import extract_features
 from gpua.features import load_features
 from test_extract import Toy  # the extraction tests' toy encoder (per-channel means; ``calls`` counts images)
 
+# Their HEIC files are gpua without pillow-heif (with it: tests/data/test_data_heif.py).
+pytestmark = pytest.mark.usefixtures("without_heif")
+
 
 def _run(ds, out, **kw):
     vfm, vlm = Toy(), Toy("toy:vlm", vlm=True)

@@ -20,6 +20,9 @@ from gpua import benchmark as bench_mod
 from gpua.classify import classify_folder
 from gpua.cli import main
 
+# Their HEIC files are gpua without pillow-heif (with it: tests/data/test_data_heif.py).
+pytestmark = pytest.mark.usefixtures("without_heif")
+
 PLANTED = {"vfm": "planted:vfm", "vlm": "planted:vlm", "templates": "simple", "progress": False,
            "overrides": {"n_steps": 10, "self_learning": 0}}
 CLI = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]

@@ -15,6 +15,9 @@ import pytest
 
 from gpua.cli import main
 
+# Their HEIC files are gpua without pillow-heif (with it: tests/data/test_data_heif.py).
+pytestmark = pytest.mark.usefixtures("without_heif")
+
 CLI = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]
 PLANTED = {"vfm": "planted:vfm", "vlm": "planted:vlm", "templates": "simple", "progress": False,
            "overrides": {"n_steps": 10, "self_learning": 0}}

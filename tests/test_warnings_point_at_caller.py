@@ -15,6 +15,9 @@ from gpua.data import load_dataset, sample_pool
 pytest.importorskip("PIL")
 from test_extract_audit2 import _photos  # noqa: E402  (a folder of small random photos, one folder per class)
 
+# Their HEIC files are gpua without pillow-heif (with it: tests/data/test_data_heif.py).
+pytestmark = pytest.mark.usefixtures("without_heif")
+
 
 def _caught(call, match: str) -> list[warnings.WarningMessage]:
     with warnings.catch_warnings(record=True) as caught:

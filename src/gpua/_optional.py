@@ -30,6 +30,7 @@ OPTIONAL_DEPENDENCIES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "plots"),
     "distributed": ("dask[distributed]", "dist"),
     "efficientnet_lite_pytorch": ("efficientnet-lite-pytorch", "offline"),
+    "pillow_heif": ("pillow-heif", "heif"),
 }
 
 

@@ -130,8 +130,8 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
 
 
 #: Endings among the formats gpua's image listing leaves out (``gpua.data._loaders._UNREAD_PHOTO_EXTENSIONS``:
-#: HEIC/HEIF, JPEG XL, camera raw, and others), told apart in the reason the CSV row of such a photo gives.
-_HEIF = (".heic", ".heif", ".hif")
+#: HEIC/HEIF without pillow-heif, JPEG XL, camera raw, and others), told apart in the reason the CSV row
+#: of such a photo gives (HEIC/HEIF: ``gpua.data.HEIF_EXTENSIONS``).
 _RAW = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".raf", ".rw2", ".pef", ".srw")
 
 
@@ -144,12 +144,14 @@ def is_undecoded_format(image_id: str | os.PathLike) -> bool:
 
 def _undecoded_reason(image_id: str) -> str:
     """The CSV ``error`` of a photo of a format gpua does not decode: the format, and how to include it."""
+    from .data import HEIF_EXTENSIONS
+
     ext = Path(image_id).suffix
     low = ext.lower()
-    if low in _HEIF:
-        return (f"UnsupportedFormat: {ext} is HEIC/HEIF (a phone's photo format), which gpua does not decode (installing "
-                "pillow-heif does not change that); convert it to JPEG or PNG (macOS: sips -s format jpeg; Linux: heif-convert) "
-                "and run again.")
+    if low in HEIF_EXTENSIONS:
+        return (f"UnsupportedFormat: {ext} is HEIC/HEIF (a phone's photo format), which gpua decodes with the pillow-heif "
+                "package, not installed here: pip install 'gpua[heif]' (or convert it to JPEG or PNG: macOS sips -s format "
+                "jpeg; Linux heif-convert) and run again.")
     if low == ".jxl":
         return (f"UnsupportedFormat: {ext} is JPEG XL, which gpua does not decode; convert it to JPEG or PNG (djxl FILE OUT.png) "
                 "and run again.")

@@ -22,6 +22,9 @@ from segment_helpers import write_scenes
 from gpua.cli import build_parser, main
 from gpua.segment.datasets import load_segmentation_dataset, read_label
 
+# Their HEIC files are gpua without pillow-heif (with it: tests/data/test_data_heif.py).
+pytestmark = pytest.mark.usefixtures("without_heif")
+
 PLANTED = ["sky", "grass", "road", "water", "sand"]
 ZERO_SHOT = ["--zero-shot", "--vlm", "planted:vlm", "--templates", "simple"]
 

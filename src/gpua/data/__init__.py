@@ -12,11 +12,14 @@ Submodules: :mod:`gpua.data.prompts` (templates, text prototypes) and
 
 from . import classnames, prompts
 from ._datasets import (
+    HEIF_EXTENSIONS,
     IMAGE_EXTENSIONS,
     ArrayImageDataset,
     FileImageDataset,
     ImageDataset,
     UnreadableImageError,
+    decoded_extensions,
+    heif_decoder,
     open_image,
     to_rgb,
 )
@@ -35,6 +38,9 @@ __all__ = [
     "open_image",
     "to_rgb",
     "IMAGE_EXTENSIONS",
+    "HEIF_EXTENSIONS",
+    "decoded_extensions",
+    "heif_decoder",
     "DEMO_DATASET",
     "DEMO_SPLITS",
     "FASHION_MNIST_DIR",

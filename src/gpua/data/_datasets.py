@@ -8,6 +8,7 @@ files costs a list of paths, not a million images.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
@@ -20,6 +21,9 @@ from .._validation import check_classnames
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "HEIF_EXTENSIONS",
+    "decoded_extensions",
+    "heif_decoder",
     "UnreadableImageError",
     "ImageDataset",
     "FileImageDataset",
@@ -41,7 +45,33 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
 )
 
+#: The endings of Apple's HEIC/HEIF photos (an iPhone's default): read as images when the optional
+#: ``pillow-heif`` package is installed (``pip install 'gpua[heif]'``, :func:`heif_decoder`).
+HEIF_EXTENSIONS: tuple[str, ...] = (".heic", ".heif", ".hif")
+
 _D = TypeVar("_D", bound="ImageDataset")
+
+
+@functools.lru_cache(maxsize=1)
+def heif_decoder() -> bool:
+    """Whether HEIC/HEIF photos are decoded here: ``pillow-heif`` imports, and its Pillow opener is
+    registered (once per process). It applies a photo's rotation itself, as :func:`open_image`
+    does a JPEG's EXIF Orientation."""
+    try:
+        import pillow_heif
+    except Exception:  # noqa: BLE001 - ImportError, or a wheel whose libheif does not load
+        return False
+    try:
+        pillow_heif.register_heif_opener()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def decoded_extensions() -> tuple[str, ...]:
+    """The endings read as images here: :data:`IMAGE_EXTENSIONS`, and :data:`HEIF_EXTENSIONS`
+    when :func:`heif_decoder` says so."""
+    return IMAGE_EXTENSIONS + HEIF_EXTENSIONS if heif_decoder() else IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     from PIL import Image

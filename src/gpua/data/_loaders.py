@@ -29,7 +29,7 @@ from typing import IO, Callable, Sequence
 import numpy as np
 
 from .._errors import GPUAError, warn_user
-from ._datasets import IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset
+from ._datasets import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset, decoded_extensions
 from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
 from ._textfiles import read_text
 from .classnames import _prompt_key, get_classnames, resolve_classnames
@@ -547,7 +547,7 @@ def _match_count(names: list[str], folders: list[str], where: Path) -> list[str]
 
 
 def _is_image(filename: str) -> bool:
-    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in decoded_extensions()
 
 
 def _is_image_file(folder: str | os.PathLike, filename: str) -> bool:
@@ -560,14 +560,19 @@ def _is_image_file(folder: str | os.PathLike, filename: str) -> bool:
     return _sniff_image(os.path.join(os.fspath(folder), filename))
 
 
-@functools.lru_cache(maxsize=1)
 def _decoded_pil_formats() -> tuple[str, ...]:
-    """Pillow's names of the formats of :data:`IMAGE_EXTENSIONS` that this Pillow reads (JPEG, PNG, ... AVIF when it can)."""
+    """Pillow's names of the formats of :func:`decoded_extensions` that this Pillow reads (JPEG, PNG,
+    ... AVIF when it can, HEIF with pillow-heif)."""
+    return _pil_formats_of(decoded_extensions())  # registers pillow-heif's opener first, where installed
+
+
+@functools.lru_cache(maxsize=2)
+def _pil_formats_of(extensions: tuple[str, ...]) -> tuple[str, ...]:
     from PIL import Image
 
     Image.init()
     by_ext = Image.registered_extensions()
-    return tuple(sorted({by_ext[e] for e in IMAGE_EXTENSIONS if e in by_ext and by_ext[e] in Image.OPEN}))
+    return tuple(sorted({by_ext[e] for e in extensions if e in by_ext and by_ext[e] in Image.OPEN}))
 
 
 def _sniff_image(path: str) -> bool:
@@ -575,7 +580,7 @@ def _sniff_image(path: str) -> bool:
 
     Pillow identifies it (``Image.open`` reads the header, decodes nothing), tried only against the
     formats gpua reads by ending, so that an extensionless photo is read like its ``.jpg`` twin
-    and a file of another kind (text, a PSD, HEIC) stays out as before. Not a regular file, a
+    and a file of another kind (text, a PSD, HEIC without pillow-heif) stays out as before. Not a regular file, a
     file that cannot be opened, or no Pillow (the core install decodes no image): not an image.
     """
     import stat
@@ -597,8 +602,8 @@ def _sniff_image(path: str) -> bool:
         return False
 
 
-#: Photo formats cameras and phones write that gpua does not decode (Apple's HEIC, JPEG XL, raw
-#: files): left out of a folder's images, but counted and named, not silently.
+#: Photo formats cameras and phones write that gpua does not decode (Apple's HEIC unless pillow-heif
+#: is installed, JPEG XL, raw files): left out of a folder's images, but counted and named, not silently.
 _UNREAD_PHOTO_EXTENSIONS = frozenset({
     ".heic", ".heif", ".hif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".raf", ".rw2", ".pef", ".srw",
     # Other image formats found in image collections (icons, textures, scans, layered and vector
@@ -609,7 +614,8 @@ _UNREAD_PHOTO_EXTENSIONS = frozenset({
 
 
 def _is_unread_photo(filename: str) -> bool:
-    return not filename.startswith(".") and os.path.splitext(filename)[1].lower() in _UNREAD_PHOTO_EXTENSIONS
+    ext = os.path.splitext(filename)[1].lower()
+    return not filename.startswith(".") and ext in _UNREAD_PHOTO_EXTENSIONS and ext not in decoded_extensions()
 
 
 #: Endings of the files datasets keep beside their images (annotations, arrays, archives, code):
@@ -644,9 +650,10 @@ def _warn_unread_photos(base: Path, unread: list[str]) -> None:
     from collections import Counter
 
     kinds = Counter(os.path.splitext(u)[1].lower() for u in unread)
+    heif = " (HEIC/HEIF: pip install 'gpua[heif]' reads them)" if any(k in HEIF_EXTENSIONS for k in kinds) else ""
     warn_user(f"left out {len(unread)} photo(s) of {str(base)!r} in formats gpua does not read "
               f"({', '.join(f'{k}: {c}' for k, c in sorted(kinds.items()))}; first: {unread[0]!r}); convert them to JPEG or "
-              "PNG to include them.")
+              f"PNG to include them{heif}.")
 
 
 #: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.

@@ -176,9 +176,9 @@ DATASET_PRESETS: dict[str, _Preset] = {
 def _image_suffixes(img_suffix) -> tuple[str, ...]:
     """``img_suffix`` as a tuple of suffixes: ``None`` is every image suffix gpua decodes."""
     if img_suffix is None:
-        from ..data import IMAGE_EXTENSIONS
+        from ..data import decoded_extensions
 
-        return tuple(IMAGE_EXTENSIONS)
+        return decoded_extensions()
     suffixes = (img_suffix,) if isinstance(img_suffix, str) else tuple(img_suffix)
     if not suffixes or not all(isinstance(x, str) and x.strip() for x in suffixes):
         raise GPUAError(f"img_suffix={img_suffix!r}; give the images' ending after the stem, e.g. '.jpg' (None: every "
@@ -352,13 +352,13 @@ class SegmentationDataset(Sequence):
         for, and what the folder holds instead (the ``img_suffix`` to set, when it holds images)."""
         from collections import Counter
 
-        from ..data import IMAGE_EXTENSIONS
+        from ..data import decoded_extensions
 
         head = f"no {self._looked_for()} under {self.img_dir}"
         others = sorted(p for p in others if p.is_file())
         if not others:
             return GPUAError(f"{head}; the folder holds no files: check the dataset root and split.")
-        ext = Counter(p.suffix.lower() for p in others if p.suffix.lower() in IMAGE_EXTENSIONS).most_common(1)
+        ext = Counter(p.suffix.lower() for p in others if p.suffix.lower() in decoded_extensions()).most_common(1)
         if ext and self.img_suffix is not None:
             return GPUAError(f"{head}; it holds {len(others)} other file(s) (first: {others[0].name}), most ending in "
                              f"{ext[0][0]!r}: check the layout, or set img_suffix={ext[0][0]!r}.")
