@@ -29,7 +29,20 @@ Methods (``--methods``, default all):
   (the rows the map is fitted on), whose neighbourhoods carry the VLM half too;
 * ``cotrain``: one co-training step (:func:`cotrain_classifier`): a logistic regression on the
   L2-normalised VFM rows trained on the VLM's centred zero-shot argmax on the pool (its C chosen
-  by cross-validation on those pseudo-labels, label-free), used as the classifier: no map.
+  by cross-validation on those pseudo-labels, label-free), used as the classifier: no map;
+* ``crossfit_logreg``: every UCM plan replaced by out-of-fold class probabilities
+  (:func:`out_of_fold_probs`, 5 folds): a multinomial logistic regression (C = 1) on the pool's
+  standardised whitened query, trained on the other folds' rows with the plan as soft targets
+  (:func:`logreg_probs`), labels each fold; then Procrustes and refinement on those. The
+  Confident-Learning / TURTLE idea (Northcutt et al., JAIR 2021; Gadetsky et al., ICML 2024):
+  keep the labelling a linear classifier trained on *other* rows generalises to;
+* ``crossfit_ridge``: the same with a ridge regression of the plan on [standardised query, 1]
+  (:func:`ridge_probs`, penalty 1, intercept free), its out-of-fold scores clipped at 1e-6 and
+  rows renormalised;
+* ``ridge_projection`` (a control for ``crossfit_ridge``): the same ridge fitted and predicted on
+  all rows (:func:`in_sample_probs`, no cross-fitting; each row's own target in its fit): the
+  plan's shrunk projection on the linear functions of the query, so that what cross-fitting
+  adds beside it shows.
 
 A second, small table (``--kmeans``, on by default) is an **oracle** diagnostic of the pool's
 geometry: k-means with K clusters on the pool's Z, X and whitened query Q (each reduced to its
@@ -66,7 +79,8 @@ from gpua.fitting import ArrayPool, Mined
 from gpua.query import pool_mean
 from gpua.ucm import class_centres
 
-METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain")
+METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain",
+           "crossfit_logreg", "crossfit_ridge", "ridge_projection")
 #: Rows that read the pool's labels (printed and stored as oracles).
 ORACLE_METHODS = ("true_labels",)
 #: Principal directions of the query the Gaussian mixture lives in.
@@ -75,6 +89,8 @@ GAUSSIAN_COMPONENTS = 64
 KNN_K, PROPAGATION_ALPHA, KNN_POWER = 10, 0.8, 3.0
 #: The co-training classifier's C grid (chosen by cross-validation on the pseudo-labels: label-free).
 COTRAIN_CS = (0.1, 1.0, 10.0, 100.0)
+#: Folds of the cross-fitted relabeling, the seed of their split, and the classifiers' inverse regularisation.
+CROSSFIT_FOLDS, CROSSFIT_SEED, CROSSFIT_C = 5, 0, 1.0
 #: The views k-means clusters (the oracle geometry table).
 KMEANS_VIEWS = ("Z", "X", "Q whitened")
 
@@ -394,6 +410,222 @@ def cotrain_classifier(pool, *, Cs=COTRAIN_CS, max_iter: int = 3000):
     return (lambda fs: clf.predict(rows(fs))), pseudo, C
 
 
+# --- cross-fitted relabeling ----------------------------------------------------------------------
+def _rows_normalised(P: torch.Tensor) -> torch.Tensor:
+    return P / P.sum(1, keepdim=True).clamp_min(1e-300)
+
+
+def soft_logreg(F: torch.Tensor, T: torch.Tensor, C: float = CROSSFIT_C, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Multinomial logistic regression on soft targets, L2 penalty as scikit-learn's ``C``.
+
+    Minimises, by full-batch L-BFGS (strong Wolfe line search) in float64 from zero,
+
+    .. math::
+        \frac1n \Big[ -\sum_i \sum_k T_{ik} \log \mathrm{softmax}(f_i^\top W + b)_k
+        + \frac{1}{2C} \|W\|_F^2 \Big],
+
+    scikit-learn's objective :math:`C \sum_i \mathrm{CE}_i + \tfrac12 \|W\|_F^2` divided by
+    :math:`Cn`, with soft targets (the intercept :math:`b` unpenalised).
+
+    Parameters
+    ----------
+    F : tensor of shape (n_samples, d)
+    T : tensor of shape (n_samples, n_classes)
+        Rows summing to one.
+    C : float
+        Inverse regularisation.
+    max_iter : int
+        L-BFGS iterations.
+
+    Returns
+    -------
+    W : tensor of shape (d, n_classes), float64
+    b : tensor of shape (n_classes,), float64
+    """
+    F, T = F.double(), T.double()
+    n, d = F.shape
+    W = torch.zeros(d, T.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(T.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -(T * torch.log_softmax(F @ W + b, dim=1)).sum() / n + (W * W).sum() / (2.0 * C * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def logreg_probs(F_train: torch.Tensor, T_train: torch.Tensor, F_test: torch.Tensor, C: float = CROSSFIT_C) -> torch.Tensor:
+    r""":func:`soft_logreg` fitted on ``(F_train, T_train)``; its class probabilities of ``F_test``.
+
+    .. math::
+        O_{ik} = \mathrm{softmax}(f_i^\top W + b)_k,\qquad (W, b) = \mathrm{soft\_logreg}(F_{\mathrm{train}}, T_{\mathrm{train}}, C)
+
+    Parameters
+    ----------
+    F_train : tensor of shape (n_train, d), float64
+    T_train : tensor of shape (n_train, n_classes), float64
+        Rows summing to one.
+    F_test : tensor of shape (n_test, d), float64
+    C : float
+
+    Returns
+    -------
+    tensor of shape (n_test, n_classes), float64, rows summing to one
+    """
+    W, b = soft_logreg(F_train, T_train, C)
+    return torch.softmax(F_test @ W + b, dim=1)
+
+
+def ridge_probs(F_train: torch.Tensor, T_train: torch.Tensor, F_test: torch.Tensor, C: float = CROSSFIT_C) -> torch.Tensor:
+    r"""Ridge regression of ``T_train`` on ``[F_train, 1]``; its scores of ``F_test`` clipped and renormalised.
+
+    With :math:`A = [F_{\mathrm{train}}, \mathbf 1]` and :math:`\Lambda = \mathrm{diag}(1, \dots, 1, 0)`
+    (the intercept unpenalised),
+
+    .. math::
+        B = \big(A^\top A + \Lambda / C\big)^{-1} A^\top T_{\mathrm{train}},\qquad
+        S = \max\big([F_{\mathrm{test}}, \mathbf 1]\, B,\ 10^{-6}\big),\qquad
+        O_{ik} = S_{ik} / \textstyle\sum_l S_{il}.
+
+    Parameters
+    ----------
+    F_train : tensor of shape (n_train, d), float64
+    T_train : tensor of shape (n_train, n_classes), float64
+    F_test : tensor of shape (n_test, d), float64
+    C : float
+        Inverse ridge penalty.
+
+    Returns
+    -------
+    tensor of shape (n_test, n_classes), float64, rows summing to one
+    """
+    A = torch.cat([F_train, torch.ones(F_train.shape[0], 1, dtype=torch.float64)], 1)
+    reg = torch.eye(A.shape[1], dtype=torch.float64) / C
+    reg[-1, -1] = 0.0
+    B = torch.linalg.solve(A.T @ A + reg, A.T @ T_train)
+    S = (torch.cat([F_test, torch.ones(F_test.shape[0], 1, dtype=torch.float64)], 1) @ B).clamp_min(1e-6)
+    return S / S.sum(1, keepdim=True)
+
+
+#: The classifiers of the relabeling: ``(F_train, T_train, F_test) -> probabilities of F_test``.
+CROSSFIT_CLASSIFIERS = {"logreg": logreg_probs, "ridge": ridge_probs}
+#: The relabeling methods: name -> (classifier, cross-fitted?).
+CROSSFIT_METHODS = {"crossfit_logreg": ("logreg", True), "crossfit_ridge": ("ridge", True), "ridge_projection": ("ridge", False)}
+
+
+def out_of_fold_probs(F: torch.Tensor, P: torch.Tensor, classify: Callable = logreg_probs, *,
+                      folds: int = CROSSFIT_FOLDS, seed: int = CROSSFIT_SEED) -> torch.Tensor:
+    r"""Every row's class probabilities from a classifier trained on the other folds' rows, with ``P`` as targets.
+
+    The rows are split at random (``seed``) into ``folds`` folds :math:`I_1, \dots, I_F` of equal
+    size (to one row); with :math:`g` = ``classify`` and :math:`\bar P` the rows of ``P``
+    normalised to sum to one,
+
+    .. math::
+        O_{I_f} = g\big(F_{-I_f},\ \bar P_{-I_f},\ F_{I_f}\big),\qquad f = 1, \dots, F,
+
+    so no row's probabilities depend on its own target.
+
+    Parameters
+    ----------
+    F : tensor of shape (n_samples, d)
+    P : tensor of shape (n_samples, n_classes)
+        The labelling to learn (a plan); non-negative rows.
+    classify : callable
+        :func:`logreg_probs` or :func:`ridge_probs` (or one like them).
+    folds : int
+    seed : int
+        The split's generator seed.
+
+    Returns
+    -------
+    O : tensor of shape (n_samples, n_classes), float64
+    """
+    n, K = P.shape
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    fold_of = torch.empty(n, dtype=torch.long)
+    fold_of[perm] = torch.arange(n) % folds
+    F, P = F.double(), P.double()
+    out = torch.zeros(n, K, dtype=torch.float64)
+    for f in range(folds):
+        test, train = fold_of == f, fold_of != f
+        out[test] = classify(F[train], _rows_normalised(P[train]), F[test])
+    return out
+
+
+def in_sample_probs(F: torch.Tensor, P: torch.Tensor, classify: Callable = ridge_probs) -> torch.Tensor:
+    r"""The control of :func:`out_of_fold_probs`: the classifier trained on all rows labels the same rows.
+
+    .. math::
+        O = g\big(F,\ \bar P,\ F\big)
+
+    (for :func:`ridge_probs`, :math:`\bar P`'s projection on the linear functions of :math:`F`,
+    shrunk, clipped and renormalised).
+
+    Parameters
+    ----------
+    F : tensor of shape (n_samples, d)
+    P : tensor of shape (n_samples, n_classes)
+    classify : callable
+
+    Returns
+    -------
+    O : tensor of shape (n_samples, n_classes), float64
+    """
+    F = F.double()
+    return classify(F, _rows_normalised(P.double()), F)
+
+
+class CrossFitPool(ArrayPool):
+    """An :class:`ArrayPool` whose every mining is UCM followed by relabeling its plan with a linear classifier.
+
+    The classifier's rows are the pool's whitened query standardised per column; its targets the
+    plan (rows normalised). With ``cross_fit`` the plan is replaced by :func:`out_of_fold_probs`
+    (the fold split is the same in every mining), without by :func:`in_sample_probs`; rows
+    renormalised, it is what Procrustes and refinement fit to. The pool's labels are not read.
+
+    Parameters
+    ----------
+    Q, X, Y, V, config
+        As :class:`gpua.fitting.ArrayPool`.
+    classifier : {"logreg", "ridge"}
+        :data:`CROSSFIT_CLASSIFIERS`.
+    cross_fit : bool
+    C : float
+        The classifier's inverse regularisation.
+    """
+
+    def __init__(self, Q, X, Y, V, config, classifier: str = "logreg", cross_fit: bool = True, C: float = CROSSFIT_C):
+        super().__init__(Q, X, Y, V, config)
+        Qd = Q.double().cpu()
+        self.F = (Qd - Qd.mean(0)) / Qd.std(0).clamp_min(1e-12)
+        base = CROSSFIT_CLASSIFIERS[classifier]
+        self.classify = lambda F_train, T_train, F_test: base(F_train, T_train, F_test, C)
+        self.cross_fit = bool(cross_fit)
+        self.first_ucm_labels: torch.Tensor | None = None
+        self.first_labels: torch.Tensor | None = None
+        self.minings: list[dict] = []
+
+    def mine(self, score_map, callback) -> Mined:
+        ucm = super().mine(score_map, callback)
+        plan = _rows_normalised(ucm.payload.double().cpu())
+        if self.cross_fit:
+            O = out_of_fold_probs(self.F, plan, self.classify)
+        else:
+            O = in_sample_probs(self.F, plan, self.classify)
+        P = _rows_normalised(O).to(device=self.Q.device, dtype=self.Q.dtype)
+        conf, labels = P.max(1)
+        if self.first_labels is None:
+            self.first_ucm_labels, self.first_labels = ucm.labels, labels.cpu()
+        self.minings.append({"labels_changed_by_relabeling": float((labels.cpu() != ucm.labels).double().mean())})
+        return Mined(labels.cpu(), conf.cpu(), class_centres(self.Q, P), ucm.history, ucm.converged, payload=P)
+
+
 # --- scoring --------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -478,6 +710,20 @@ def fit_propagation(pool, seed: int, graph: str = "vfm") -> Outcome:
         "minings": driver.minings, **_self_learning(model)})
 
 
+def fit_crossfit(pool, seed: int, method: str) -> Outcome:
+    """``crossfit_logreg``, ``crossfit_ridge`` or ``ridge_projection`` (:data:`CROSSFIT_METHODS`): every UCM plan
+    relabeled by a :class:`CrossFitPool`, then today's Procrustes and refinement."""
+    classifier, cross_fit = CROSSFIT_METHODS[method]
+    t0 = time.perf_counter()
+    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    driver = CrossFitPool(*prep.rows(), classifier=classifier, cross_fit=cross_fit)
+    model = fit_with(prep, driver)
+    return _model_outcome(model, time.perf_counter() - t0, {
+        "first_pl_ucm": _accuracy(driver.first_ucm_labels.numpy(), pool.labels),
+        "first_pl_lever": _accuracy(driver.first_labels.numpy(), pool.labels),
+        "minings": driver.minings, **_self_learning(model)})
+
+
 def fit_cotrain(pool) -> Outcome:
     """``cotrain``: :func:`cotrain_classifier`."""
     t0 = time.perf_counter()
@@ -501,6 +747,9 @@ def run_methods(ds, methods: list[str], seed: int) -> dict[str, Outcome]:
         out["knn_propagation_query"] = fit_propagation(pool, seed, graph="query")
     if "cotrain" in methods:
         out["cotrain"] = fit_cotrain(pool)
+    for m in CROSSFIT_METHODS:
+        if m in methods:
+            out[m] = fit_crossfit(pool, seed, m)
     return {m: out[m] for m in methods}
 
 

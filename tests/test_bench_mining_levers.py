@@ -214,3 +214,95 @@ def test_the_query_graph_lever_spreads_the_plan_over_the_fitted_rows(ml, small_p
     (Q, query_graph), (_, vfm_graph) = seen
     assert torch.equal(query_graph, Q)  # the fitted rows themselves
     assert vfm_graph.shape[1] == small_pool.vfm_features.shape[1] != Q.shape[1]
+
+
+def test_soft_logreg_on_hard_targets_is_sklearns_logistic_regression(ml):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    F = rng.normal(size=(200, 4)) + 1.5 * np.eye(3, 4)[y]
+    T = torch.nn.functional.one_hot(torch.tensor(y), 3).double()
+    probs = ml.logreg_probs(torch.tensor(F), T, torch.tensor(F), C=0.5)
+    ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(F, y).predict_proba(F)
+    np.testing.assert_allclose(probs.numpy(), ref, atol=1e-5)
+
+
+def test_ridge_projection_returns_an_exactly_linear_plan(ml):
+    """The in-sample ridge (``ridge_projection``'s relabeling) is sklearn's Ridge, intercept unpenalised: a plan
+    linear in the rows comes back (C large), a constant plan comes back at C = 1 (the intercept is not shrunk)."""
+    import functools
+
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    F = torch.tensor(rng.normal(size=(120, 5)))
+    F = (F - F.mean(0)) / F.std(0)  # as CrossFitPool standardises the query
+    G = torch.tensor(rng.normal(size=(5, 4)))
+    P = 0.25 + 0.02 * F @ (G - G.mean(1, keepdim=True))  # rows sum to one, all positive
+    assert float(P.min()) > 0
+    torch.testing.assert_close(ml.in_sample_probs(F, P, functools.partial(ml.ridge_probs, C=1e10)), P, atol=1e-8, rtol=0)
+    flat = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).expand(120, 4)
+    torch.testing.assert_close(ml.in_sample_probs(F, flat), flat, atol=1e-12, rtol=0)
+    # C = 1: the scores are sklearn's Ridge(alpha=1) predictions, clipped at 1e-6 and renormalised
+    T = torch.nn.functional.one_hot(torch.tensor(rng.integers(0, 4, 120)), 4).double()
+    S = np.clip(Ridge(alpha=1.0).fit(F.numpy(), T.numpy()).predict(F.numpy()), 1e-6, None)
+    np.testing.assert_allclose(ml.in_sample_probs(F, T).numpy(), S / S.sum(1, keepdims=True), atol=1e-10)
+
+
+@pytest.mark.parametrize("classifier", ["logreg", "ridge"])
+def test_out_of_fold_labels_of_a_row_do_not_depend_on_its_own_target(ml, classifier):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    F = torch.tensor(rng.normal(size=(150, 4)) + 2.0 * np.eye(3, 4)[y])
+    P = 0.7 * torch.nn.functional.one_hot(torch.tensor(y), 3).double() + 0.1
+    classify = ml.CROSSFIT_CLASSIFIERS[classifier]
+    O = ml.out_of_fold_probs(F, P, classify)
+    torch.testing.assert_close(O.sum(1), torch.ones(150, dtype=torch.float64))
+    for i in (0, 77):
+        flipped = P.clone()
+        flipped[i] = flipped[i].roll(1)  # another class as row i's target
+        O2 = ml.out_of_fold_probs(F, flipped, classify)
+        assert torch.equal(O2[i], O[i])  # fitted on the other folds only: to the bit
+        assert not torch.equal(O2, O)  # the other folds' rows did learn from it
+        assert not torch.equal(ml.in_sample_probs(F, flipped, classify)[i], ml.in_sample_probs(F, P, classify)[i])
+
+
+def test_out_of_fold_folds_partition_the_rows(ml):
+    seen = []
+
+    def record(F_train, T_train, F_test):
+        seen.append((F_train[:, 0].long().tolist(), F_test[:, 0].long().tolist()))
+        torch.testing.assert_close(T_train.sum(1), torch.ones(len(T_train), dtype=torch.float64))
+        return torch.full((len(F_test), 2), 0.5, dtype=torch.float64)
+
+    F = torch.arange(23.0)[:, None]  # the row index as its feature
+    ml.out_of_fold_probs(F, torch.rand(23, 2) + 0.1, record, folds=5)
+    assert len(seen) == 5
+    assert sorted(i for _, test in seen for i in test) == list(range(23))
+    assert sorted(len(test) for _, test in seen) == [4, 4, 5, 5, 5]
+    for train, test in seen:
+        assert sorted(train + test) == list(range(23))
+
+
+def test_crossfit_levers_run_and_never_read_the_pool_labels(ml, small_pool):
+    from types import SimpleNamespace
+
+    ds = SimpleNamespace(name="tiny", pool=small_pool, test=small_pool, dev=None)
+    methods = list(ml.CROSSFIT_METHODS)
+    assert set(methods) == {"crossfit_logreg", "crossfit_ridge", "ridge_projection"} and set(methods) <= set(ml.METHODS)
+    outcomes = ml.run_methods(ds, methods, 0)
+    assert list(outcomes) == methods
+    for m, outcome in outcomes.items():
+        row = ml.score(ds, m, 0, outcome)
+        assert not row["oracle"] and all(0 <= row[f] <= 1 for f in ("test", "dev", "pl", "pool", "first_pl_ucm", "first_pl_lever"))
+        assert len(row["minings"]) >= 1 and all(0 <= r["labels_changed_by_relabeling"] <= 1 for r in row["minings"])
+        assert row["minings"][0]["labels_changed_by_relabeling"] > 0  # the relabeling does relabel
+    # the cross-fitted and in-sample ridges are different levers
+    assert not np.array_equal(outcomes["crossfit_ridge"].pseudo, outcomes["ridge_projection"].pseudo)
+    # shuffled pool labels change the diagnostics only, never the fit
+    shuffled = SimpleNamespace(**{k: getattr(small_pool, k) for k in ("vfm_features", "vlm_features", "text_prototypes", "classnames")},
+                               labels=np.random.default_rng(0).permutation(small_pool.labels))
+    again = ml.fit_crossfit(shuffled, 0, "crossfit_ridge")
+    np.testing.assert_array_equal(again.pseudo, outcomes["crossfit_ridge"].pseudo)
+    np.testing.assert_array_equal(again.predict(small_pool), outcomes["crossfit_ridge"].predict(small_pool))
