@@ -84,3 +84,67 @@ def test_without_pillow_heif_the_listing_warning_says_how_to_read_them(tmp_path,
     (tmp_path / "a" / "IMG_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(32))
     with pytest.warns(UserWarning, match=r"left out 1 photo.*\.heic: 1.*pip install 'gpua\[heif\]' reads them"):
         assert len(load_dataset(str(tmp_path))) == 1
+
+
+@pytest.fixture
+def fresh_pillow(monkeypatch):
+    """Pillow as in a process that has listed no folder yet (a Dask worker, a split file's run):
+    pillow-heif's opener not registered, ``heif_decoder`` not yet asked."""
+    Image.init()
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})
+    monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "HEIF"])
+    heif_decoder.cache_clear()
+    yield
+    heif_decoder.cache_clear()
+
+
+def test_a_heic_photo_opens_with_no_listing_run_first(tmp_path, fresh_pillow):
+    """Was: UnreadableImageError "truncated, corrupt or not an image" for a good photo, in a process
+    (a Dask worker of extract_features(cluster=...)) or a path (a direct open_image) that had not
+    listed a folder, the only place that registered pillow-heif's opener."""
+    import pillow_heif
+    from PIL import UnidentifiedImageError
+
+    pillow_heif.from_pillow(Image.fromarray(np.full((12, 16, 3), 90, np.uint8))).save(tmp_path / "IMG_1.HEIC", quality=100)
+    with pytest.raises(UnidentifiedImageError):  # the fixture's setting: Pillow alone does not read it
+        Image.open(tmp_path / "IMG_1.HEIC")
+    got = np.asarray(open_image(tmp_path / "IMG_1.HEIC"), dtype=int)
+    assert got.shape == (12, 16, 3) and np.abs(got - 90).max() <= 3
+
+
+def test_a_segmentation_set_of_an_explicit_heic_suffix_reads_its_photos(tmp_path, fresh_pillow):
+    """img_suffix='.heic' (evaluate-seg / fit-seg --img-suffix .heic) lists nothing through decoded_extensions."""
+    import pillow_heif
+
+    from gpua.segment.datasets import SegmentationDataset
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann").mkdir()
+    pillow_heif.from_pillow(Image.fromarray(np.full((8, 8, 3), 50, np.uint8))).save(tmp_path / "img" / "a.HEIC", quality=100)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ann" / "a.png")
+    ds = SegmentationDataset(tmp_path, img_dir="img", ann_dir="ann", img_suffix=".heic", seg_map_suffix=".png", classnames=["x"])
+    image, label = ds[0]
+    assert image.shape == (8, 8, 3) and label.shape == (8, 8)
+
+
+def test_without_pillow_heif_a_folder_of_heic_photos_only_says_how_to_install_it(tmp_path, without_heif):
+    """An iPhone export (HEIC only): the error was "convert them to JPEG or PNG", no install line."""
+    from gpua import GPUAError
+
+    (tmp_path / "iphone").mkdir()
+    for i in range(2):
+        (tmp_path / "iphone" / f"IMG_{i}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(32))
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(GPUAError, match=r"holds no photo gpua decodes.*pip install 'gpua\[heif\]' reads them"):
+        classify_folder(tmp_path / "iphone", tmp_path / "classes.txt", cache_dir=tmp_path / "cache", **PLANTED)
+
+
+def test_without_pillow_heif_the_cli_summary_says_how_to_install_it(photos, monkeypatch, capsys, without_heif):
+    from gpua.cli import main
+
+    monkeypatch.chdir(photos)
+    (photos / "flat" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(32))
+    assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "out.csv", "--vfm", "planted:vfm",
+                 "--vlm", "planted:vlm", "--templates", "simple", "--method", "zero_shot", "--cache-dir", "cache", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 photo(s) are in formats gpua does not decode" in out and "pip install 'gpua[heif]' reads them" in out

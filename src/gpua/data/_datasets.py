@@ -204,7 +204,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file fully and return it in RGB, turned upright.
 
     An EXIF Orientation tag (as phones write) is applied, so the pixels are those a viewer
-    shows; a file whose EXIF block is malformed is returned as stored.
+    shows; a file whose EXIF block is malformed is returned as stored. HEIC/HEIF photos are
+    decoded when pillow-heif is installed (:func:`heif_decoder`).
 
     Raises
     ------
@@ -213,6 +214,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     """
     p = os.fspath(path)
     Image = _pil()
+    # pillow-heif's opener, where installed: a photo may be opened with no listing run first in this
+    # process (a Dask worker, a split file, an explicit img_suffix, a direct call).
+    heif_decoder()
     try:
         with Image.open(p) as im:
             im.load()  # decode now: truncation shows here, not later inside a transform

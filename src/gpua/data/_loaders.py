@@ -650,10 +650,17 @@ def _warn_unread_photos(base: Path, unread: list[str]) -> None:
     from collections import Counter
 
     kinds = Counter(os.path.splitext(u)[1].lower() for u in unread)
-    heif = " (HEIC/HEIF: pip install 'gpua[heif]' reads them)" if any(k in HEIF_EXTENSIONS for k in kinds) else ""
     warn_user(f"left out {len(unread)} photo(s) of {str(base)!r} in formats gpua does not read "
               f"({', '.join(f'{k}: {c}' for k, c in sorted(kinds.items()))}; first: {unread[0]!r}); convert them to JPEG or "
-              f"PNG to include them{heif}.")
+              f"PNG to include them{heif_install_note(unread)}.")
+
+
+def heif_install_note(names) -> str:
+    """`` (HEIC/HEIF: pip install 'gpua[heif]' reads them)`` when some of the photos ``names`` left
+    out are HEIC/HEIF (left out only where pillow-heif is not installed), else ``""``: said after
+    "convert them to JPEG or PNG" by every message that counts such photos."""
+    heif = any(os.path.splitext(os.fspath(n))[1].lower() in HEIF_EXTENSIONS for n in names)
+    return " (HEIC/HEIF: pip install 'gpua[heif]' reads them)" if heif else ""
 
 
 #: Folders archivers leave beside the photos (macOS's zip metadata): never classes, like hidden ones.
