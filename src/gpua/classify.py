@@ -111,7 +111,7 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
     gpua.data.FileImageDataset
         Without labels or class names (the caller's class names are given to the extraction).
     """
-    from .data import IMAGE_EXTENSIONS, FileImageDataset
+    from .data import FileImageDataset, decoded_extensions
     from .data._loaders import _walk_class_folders
 
     root = Path(folder).expanduser()
@@ -126,7 +126,7 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
                             f"does not read ({_format_counts(undecoded)}; first: {undecoded[0]!r}); convert them to JPEG or "
                             f"PNG{_heif_note(undecoded)}.")
         raise GPUAError(f"{option} {str(root)!r} holds no images (looked in every sub-folder); image files end in "
-                        f"{', '.join(IMAGE_EXTENSIONS)}.")
+                        f"{', '.join(decoded_extensions())}.")
     return FileImageDataset(root, files, None, [], top.name or str(root))
 
 

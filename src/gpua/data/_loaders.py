@@ -917,7 +917,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     if not labeled:
         raise GPUAError(
             f"image folder {str(base)!r} holds no images; put them in <folder>/<class>/ (labeled) or directly in "
-            f"the folder (unlabeled). Image files end in {', '.join(IMAGE_EXTENSIONS)}."
+            f"the folder (unlabeled). Image files end in {', '.join(decoded_extensions())}."
         )
     names, order = _folder_classnames(folders, user_names, base)
     relpaths, labels = _collect_class_files(base, files, order, absent)

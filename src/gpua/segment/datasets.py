@@ -266,7 +266,7 @@ class SegmentationDataset(Sequence):
     img_suffix : str, sequence of str or None
         An image ``<rel>/<stem><img_suffix>`` pairs with ``<rel>/<stem><seg_map_suffix>``. Several
         suffixes: an image may end in any of them (the longest that matches ends the stem).
-        ``None``: any image suffix gpua decodes (:data:`gpua.data.IMAGE_EXTENSIONS`), the
+        ``None``: any image suffix gpua decodes (:func:`gpua.data.decoded_extensions`), the
         ``custom`` preset's default. Without a split file, images are found by suffix ignoring
         case (``.JPG`` is a ``.jpg``), hidden files (``._x.jpg``) are left out, and two images of
         one stem (``a.jpg`` and ``a.png``, or ``a.jpg`` and ``a.JPG``) are refused: they would
@@ -342,9 +342,9 @@ class SegmentationDataset(Sequence):
     def _looked_for(self) -> str:
         """The image suffixes, as a message shows them."""
         if self.img_suffix is None:
-            from ..data import IMAGE_EXTENSIONS
+            from ..data import decoded_extensions
 
-            return f"image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...; any case)"
+            return f"image files ({', '.join(decoded_extensions()[:5])}, ...; any case)"
         return f"files ending in {' or '.join(repr(s) for s in self.img_suffixes)} (any case)"
 
     def _nothing_found(self, others: list[Path]) -> GPUAError:
