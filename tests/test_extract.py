@@ -513,3 +513,23 @@ def test_a_parts_folder_another_run_is_writing_is_not_refused(tmp_path, monkeypa
     with pytest.raises(GPUAError, match="is not a parts folder written by gpua extract"):
         _run(_dataset(), tmp_path / "g.npz")
     assert (own / "notes.txt").read_text() == "mine"
+
+
+def test_default_workers_on_a_cluster_are_one_per_process(tmp_path, monkeypatch, toy_specs):
+    """With cluster=, each worker process decodes its own parts: by default no threads on top
+    (the CPU count's threads in every process of a machine); workers= still sets them."""
+    import gpua.extract
+
+    seen = []
+
+    def fake_cluster(*args, **kwargs):  # records what each worker process would be told, encodes nothing
+        seen.append(args[-1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpua.extract, "_encode_on_cluster", fake_cluster)
+    monkeypatch.setattr(gpua.extract, "default_workers", lambda: 5)
+    for given, want in ((None, 1), (3, 3)):
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(*toy_specs, _dataset(), out=tmp_path / f"c{given}.npz", cluster=1,
+                             templates=["a {}."], progress=False, workers=given)
+        assert seen[-1] == want

@@ -754,7 +754,7 @@ def extract_features(
         dataset object of one's own, whose ``load_image`` must be thread-safe for more. ``1``
         does it all in this thread. The features are the same whatever the number: it only sets
         how fast a GPU is fed (``benchmarks/extract_workers.py``). With ``cluster``, per worker
-        process.
+        process, and ``1`` by default (the worker processes decode in parallel already).
 
     Returns
     -------
@@ -822,7 +822,9 @@ def extract_features(
     if workers is None:
         # A dataset object of one's own may read through one shared handle (a zip or HDF5 file):
         # its load_image runs in threads only when asked for.
-        workers = default_workers() if _gpuas_loader(ds) else 1
+        # On a cluster each worker process decodes its own parts already: threads on top would
+        # put the CPU count's threads in every process of a machine.
+        workers = default_workers() if _gpuas_loader(ds) and cluster is None else 1
     workers = int(workers)
     names = list(getattr(ds, "classnames", []) or [])
     words = _class_words(classnames, names)
