@@ -143,6 +143,19 @@ def test_streamed_and_federated_fits_refuse_estimate(driver):
             fit_federated(model, [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)], d.text_prototypes)
 
 
+@pytest.mark.parametrize("as_type", [np.asarray, torch.as_tensor, list])
+def test_streamed_and_federated_fits_take_a_prior_array(as_type):
+    """A class_prior given as an array or tensor (the estimate refusal compared it with a string:
+    "truth value of an array is ambiguous")."""
+    from gpua.stream import fit_federated, fit_streaming
+
+    d = _long_tailed()
+    prior = as_type([float(v) for v in np.bincount(d.labels, minlength=8) + 1])
+    kw = dict(class_prior=prior, n_steps=3, self_learning=0)
+    fit_streaming(GPUA(**kw), (d.vfm_features, d.vlm_features), d.text_prototypes, progress=False)
+    fit_federated(GPUA(**kw), [(d.vfm_features[i::2], d.vlm_features[i::2]) for i in range(2)], d.text_prototypes)
+
+
 def _unique_map_long_tailed(K=32):
     """Tie-free and with more classes than VLM dimensions, so that the map is unique (tests/stream/stream_helpers.py)."""
     d = make_planted(1500, K, 40, 20, 16, class_weights=10.0 ** (-np.arange(K) / (K - 1)), modality_gap=6.0, n_hubs=0, random_state=0)

@@ -249,7 +249,7 @@ def check_entry(params: dict[str, Any], n_samples: int, n_classes: int, *, drive
         # width must exceed the classes"); a user's choice, so said, not refused.
         warn_user(f"whiten={whiten} keeps fewer directions than the {n_classes} classes: classes will merge; "
                   f"use whiten='auto' (at least 2 x classes) or an int of {2 * n_classes} or more.")
-    if driver != "memory" and params["class_prior"] == "estimate":
+    if driver != "memory" and isinstance(params["class_prior"], str) and params["class_prior"] == "estimate":
         raise GPUAError(
             f"class_prior='estimate' needs a first whole fit and every row's scores under it, which a {driver} fit "
             "does not repeat; use class_prior='zero_shot' (the VLM's zero-shot probabilities: for strongly long-tailed "
