@@ -153,7 +153,7 @@ def balanced_mean(A: torch.Tensor, responsibilities: torch.Tensor) -> torch.Tens
 
 
 def mean_of_class_means(class_sums: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    r""":func:`balanced_mean` from its sums, :math:`\sum_i r_{ik}\,ar a_i` and :math:`\sum_i r_{ik}`
+    r""":func:`balanced_mean` from its sums, :math:`\sum_i r_{ik}\,\bar a_i` and :math:`\sum_i r_{ik}`
     (a pool read in chunks adds them up chunk by chunk): the mean of the classes' means, classes
     with less than half a row of mass left out.
 
