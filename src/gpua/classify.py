@@ -112,7 +112,7 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
         Without labels or class names (the caller's class names are given to the extraction).
     """
     from .data import FileImageDataset, decoded_extensions
-    from .data._loaders import _walk_class_folders
+    from .data._loaders import _walk_class_folders, heif_install_note
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -124,7 +124,7 @@ def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
         if undecoded:
             raise GPUAError(f"{option} {str(root)!r} holds no photo gpua decodes: its {len(undecoded)} photo(s) are in formats it "
                             f"does not read ({_format_counts(undecoded)}; first: {undecoded[0]!r}); convert them to JPEG or "
-                            f"PNG{_heif_note(undecoded)}.")
+                            f"PNG{heif_install_note(undecoded)}.")
         raise GPUAError(f"{option} {str(root)!r} holds no images (looked in every sub-folder); image files end in "
                         f"{', '.join(decoded_extensions())}.")
     return FileImageDataset(root, files, None, [], top.name or str(root))
@@ -208,13 +208,6 @@ def _scan_folder(folder: str | os.PathLike) -> tuple[list[str], int]:
         warnings.simplefilter("ignore")
         files = _walk_class_folders(base, _subdirs(base), unread=found)  # the listing's own walk
     return found, sum(_is_image_file(base, f) for f in loose) + sum(map(len, files.values()))
-
-
-def _heif_note(image_ids: Sequence[str]) -> str:
-    """:func:`gpua.data._loaders.heif_install_note`: the install line for undecoded HEIC/HEIF photos."""
-    from .data._loaders import heif_install_note
-
-    return heif_install_note(image_ids)
 
 
 def _format_counts(image_ids: Sequence[str]) -> str:
@@ -430,6 +423,7 @@ def classify_folder(
         of classes.
     """
     from .baselines import make_method
+    from .data._loaders import heif_install_note
     from .extract import extract_features
     from .features import load_features
     from .report import provenance_from_features
@@ -454,7 +448,7 @@ def classify_folder(
     if undecoded and not n_images:
         raise GPUAError(f"images={str(folder)!r} holds no photo gpua decodes: its {len(undecoded)} photo(s) are in formats it "
                         f"does not read ({_format_counts(undecoded)}; first: {undecoded[0]!r}); convert them to JPEG or "
-                        f"PNG{_heif_note(undecoded)}.")
+                        f"PNG{heif_install_note(undecoded)}.")
     if method != "zero_shot":  # before any photo is encoded: a fit needs a photo per class at least
         from .data import load_dataset
 
@@ -463,7 +457,7 @@ def classify_folder(
             n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=names))
         if n_photos < len(names):
             more = (f" (and {len(undecoded)} in formats gpua does not decode: {_format_counts(undecoded)}; "
-                    f"convert them to JPEG or PNG{_heif_note(undecoded)})" if undecoded and "pool" not in sources else "")
+                    f"convert them to JPEG or PNG{heif_install_note(undecoded)})" if undecoded and "pool" not in sources else "")
             raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s)"
                             f"{more} for {len(names)} classes; a fit needs at least one per class: {_FEW_PHOTOS_FIX}.")
     t0 = time.perf_counter()
@@ -481,7 +475,7 @@ def classify_folder(
     if undecoded:
         warn_user(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
                   f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "
-                  f"with the reason. Convert them to JPEG or PNG{_heif_note(undecoded)} to include them.")
+                  f"with the reason. Convert them to JPEG or PNG{heif_install_note(undecoded)} to include them.")
     paths.setdefault("pool", paths["images"])
     extract_s = time.perf_counter() - t0
     feats = load_features(paths["images"])

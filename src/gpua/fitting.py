@@ -858,9 +858,16 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     seconds = time.perf_counter() - t0
     estimated = _with_prior(config, prior.cpu().numpy())
     state = _fit_prepared(estimated, _prepared_pool(estimated, Z, X, Y, mean, vlm_mean), Y, names, callback)
-    state.history["class_prior_estimate"] = {"prior": [float(v) for v in prior.cpu()], **source}
-    state.history.setdefault("timings", {})["class_prior_estimate_s"] = seconds
+    record_prior_estimate(state, {"prior": [float(v) for v in prior.cpu()], **source, "seconds": seconds})
     return state
+
+
+def record_prior_estimate(state: FitState, estimate: dict) -> None:
+    """An estimated class prior into the fit's history: ``class_prior_estimate`` (the prior and the
+    counts it was estimated from) and ``timings["class_prior_estimate_s"]`` (``estimate["seconds"]``);
+    every driver's fit records its estimate so."""
+    state.history["class_prior_estimate"] = {k: v for k, v in estimate.items() if k != "seconds"}
+    state.history.setdefault("timings", {})["class_prior_estimate_s"] = estimate.get("seconds", 0.0)
 
 
 def _estimates_prior(config: FitConfig) -> bool:

@@ -77,7 +77,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out: CsvOutput) -> int:
     import warnings
 
-    from ..classify import _format_counts, _heif_note, classify_folder, is_undecoded_format
+    from ..classify import _format_counts, classify_folder, is_undecoded_format
+    from ..data._loaders import heif_install_note
     from ._common import FitProgress
 
     with FitProgress(None, not args.quiet) as progress, warnings.catch_warnings():
@@ -113,7 +114,7 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
               f"{csv_name} lists them with an empty prediction and the error{scored}")
     if undecoded:
         print(f"{len(undecoded)} photo(s) are in formats gpua does not decode and were not classified "
-              f"({_format_counts(undecoded)}; first: {undecoded[0]!r}): convert them to JPEG or PNG{_heif_note(undecoded)} "
+              f"({_format_counts(undecoded)}; first: {undecoded[0]!r}): convert them to JPEG or PNG{heif_install_note(undecoded)} "
               "to include them; "
               f"{csv_name} lists them with an empty prediction and the reason{scored}")
     if args.method != "zero_shot":  # GPUA's fit takes the classes as about equally frequent; zero-shot does not

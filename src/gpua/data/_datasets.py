@@ -48,6 +48,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 #: The endings of Apple's HEIC/HEIF photos (an iPhone's default): read as images when the optional
 #: ``pillow-heif`` package is installed (``pip install 'gpua[heif]'``, :func:`heif_decoder`).
 HEIF_EXTENSIONS: tuple[str, ...] = (".heic", ".heif", ".hif")
+_WITH_HEIF = IMAGE_EXTENSIONS + HEIF_EXTENSIONS  # built once: the listing asks once per file
 
 _D = TypeVar("_D", bound="ImageDataset")
 
@@ -71,7 +72,7 @@ def heif_decoder() -> bool:
 def decoded_extensions() -> tuple[str, ...]:
     """The endings read as images here: :data:`IMAGE_EXTENSIONS`, and :data:`HEIF_EXTENSIONS`
     when :func:`heif_decoder` says so."""
-    return IMAGE_EXTENSIONS + HEIF_EXTENSIONS if heif_decoder() else IMAGE_EXTENSIONS
+    return _WITH_HEIF if heif_decoder() else IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     from PIL import Image

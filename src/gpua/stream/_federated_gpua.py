@@ -41,7 +41,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_callback, check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, _with_prior, check_entry, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
+from ..fitting import FitConfig, Mined, _with_prior, check_entry, record_prior_estimate, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor
 from ..query import build_query
@@ -50,7 +50,7 @@ from ..ucm import top_rows
 from . import _kernels as K_
 from ._budget import plan_memory
 from ._executor import LocalExecutor
-from ._fit import check_gpua_instance, on_device, pool_class_prior, pool_statistics, record_prior_estimate, rows_reader
+from ._fit import check_gpua_instance, on_device, pool_class_prior, pool_statistics, rows_reader
 from ._ucm import streamed_ucm
 
 __all__ = ["fit_federated", "FederatedExecutor"]

@@ -32,8 +32,8 @@ from .._atomic import check_output
 from .._errors import GPUAError, warn_user
 from .._validation import check_callback, check_classnames, check_prototypes
 from ..fitting import (
-    PARAMETERS, FitConfig, Mined, _with_prior, check_entry, check_not_one_image, consistency_sample, knn_label_consistency, run_fit,
-    set_fitted_state, unwhiten,
+    PARAMETERS, FitConfig, Mined, _with_prior, check_entry, check_not_one_image, consistency_sample, knn_label_consistency,
+    record_prior_estimate, run_fit, set_fitted_state, unwhiten,
 )
 from ..prior import EM_MAX_ITER, EM_TOL, em_class_prior, em_prior_update, mean_of_class_means
 from ..ot import check_marginal
@@ -396,11 +396,12 @@ def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torc
     else:
         sample = consistency_sample(n, max_rows, config.refinement.seed)
         used, step = int(sample.numel()), max(1, parts[0].stop - parts[0].start)
+        Y_dev = Y.to(config.device)
         with Bar(progress, "zero-shot class prior", -(-used // step)) as bar:
             proba = []
             for lo in range(0, used, step):
                 X = src.take("vlm_features", sample[lo : lo + step], device=config.device)
-                proba.append(torch.softmax(logit_scale * zero_shot_cosines(X, Y.to(config.device)), dim=1))
+                proba.append(torch.softmax(logit_scale * zero_shot_cosines(X, Y_dev), dim=1))
                 bar.update()
         prior, _ = em_class_prior(torch.cat(proba))
         del proba
@@ -413,12 +414,6 @@ def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torc
     fit.vlm_mean = means[d_vfm:] if config.center_vlm else None
     return {"prior": [float(v) for v in prior], "zero_shot_counts": sums[:, -1].long().tolist(),
             "rows_estimated_from": used, "seconds": time.perf_counter() - t0}
-
-
-def record_prior_estimate(fitted, estimate: dict) -> None:
-    """:func:`pool_class_prior`'s estimate into the fit's history, as ``GPUA.fit`` records its own."""
-    fitted.history["class_prior_estimate"] = {k: v for k, v in estimate.items() if k != "seconds"}
-    fitted.history.setdefault("timings", {})["class_prior_estimate_s"] = estimate.get("seconds", 0.0)
 
 
 class StreamedPool:

@@ -437,7 +437,7 @@ def set_pool_means(fit: FitSpec, config: FitConfig, sums: list[torch.Tensor], n:
     fit.vlm_mean = total[d_vfm:].float() if config.center_vlm else None
 
 
-def _zero_shot_proba(part: Part, fit: FitSpec, Y: torch.Tensor, logit_scale: float, dev):
+def _zero_shot_proba(part: Part, Y: torch.Tensor, logit_scale: float, dev):
     r"""The chunk's rows and the VLM's zero-shot probabilities :math:`\mathrm{softmax}(s\,\cos(x_i, y_k))`."""
     Z = part.source.read("vfm_features", part.start, part.stop, device=dev)
     X = part.source.read("vlm_features", part.start, part.stop, device=dev)
@@ -450,7 +450,7 @@ def part_prior_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tens
     r"""One EM step's sums over the chunk (:func:`gpua.prior.em_class_prior` on rows that are never
     gathered): :math:`\sum_i r_{ik}` under ``prior`` (:func:`gpua.prior.prior_responsibilities`),
     float64 of shape (n_classes,)."""
-    *_, p = _zero_shot_proba(part, fit, Y, logit_scale, _device(fit))
+    *_, p = _zero_shot_proba(part, Y, logit_scale, _device(fit))
     return prior_responsibilities(p, prior).sum(0).cpu()
 
 
@@ -467,7 +467,7 @@ def part_class_sums(part: Part, fit: FitSpec, Y: torch.Tensor, prior: torch.Tens
         Per class: :math:`\sum_i r_{ik} \bar z_i`, :math:`\sum_i r_{ik} \bar x_i` (L2-normalised
         rows), the mass :math:`\sum_i r_{ik}`, and how many rows have the class as their zero-shot argmax.
     """
-    Z, X, scores, p = _zero_shot_proba(part, fit, Y, logit_scale, _device(fit))
+    Z, X, scores, p = _zero_shot_proba(part, Y, logit_scale, _device(fit))
     r = prior_responsibilities(p, prior)
     normalize = torch.nn.functional.normalize
     rows = torch.cat([normalize(Z, dim=1), normalize(X, dim=1)], dim=1).to(torch.float64)
