@@ -31,7 +31,37 @@ from gpua.fitting import (
 from gpua.params import check_params
 from gpua.query import build_query, pool_mean
 
-__all__ = ["Prepared", "prepare", "fit_with", "fit_with_pool"]
+__all__ = ["Prepared", "prepare", "fit_with", "fit_with_pool", "BASE_PARAMS", "add_base_argument", "set_base_params", "base_params"]
+
+#: GPUA parameters every method of a lever script starts from (``--base``; empty: today's defaults).
+BASE_PARAMS: dict[str, Any] = {}
+
+
+def add_base_argument(ap) -> None:
+    """``--base JSON``: the GPUA parameters under every method (a lever table measured against an older default)."""
+    ap.add_argument("--base", default="{}", metavar="JSON",
+                    help="GPUA parameters under every method, e.g. '{\"plan_ridge\": null}' for the defaults before the plan's "
+                         "ridge projection (default: today's defaults)")
+
+
+def set_base_params(ap, args) -> None:
+    """Parse and check ``args.base`` into :data:`BASE_PARAMS` (``ap.error`` on a bad one)."""
+    import json
+
+    try:
+        base = json.loads(args.base)
+        if not isinstance(base, dict):
+            raise ValueError("not a JSON object")
+        check_params(PARAMETERS, base, "GPUA")
+    except Exception as exc:  # JSON errors, GPUAError
+        ap.error(f"--base {args.base!r}: {exc}")
+    BASE_PARAMS.clear()
+    BASE_PARAMS.update(base)
+
+
+def base_params(seed: int, **overrides) -> dict[str, Any]:
+    """:data:`BASE_PARAMS` with ``random_state=seed`` and ``overrides`` on top."""
+    return {**BASE_PARAMS, "random_state": seed, **overrides}
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 The README's "what we tried" paragraphs cite figures for these levers from prototype scripts
 kept outside the repository; this script rebuilds them as one re-runnable measurement. Every
-lever changes one thing of ``GPUA(random_state=seed)`` (everything else at its default, same
-seed) and is scored as ``benchmarks/accuracy.py`` scores a method:
+lever changes one thing of ``GPUA(random_state=seed)`` (everything else at its default, or at
+the ``--base`` parameters: ``--base '{"plan_ridge": null}'`` measures against the defaults before
+the plan's ridge projection; same seed) and is scored as ``benchmarks/accuracy.py`` scores a method:
 
 * ``test``: top-1 on the test split (reported; never used to choose anything);
 * ``dev``: the criterion a lever would be chosen by: top-1 on the labelled dev split
@@ -62,7 +63,7 @@ from typing import Callable
 import numpy as np
 import torch
 from _harness import float_tensor, read_results, setup, write_json
-from _levers import fit_with_pool
+from _levers import add_base_argument, base_params, fit_with_pool, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
 from gpua import GPUA
@@ -372,9 +373,9 @@ def run_method(method: str, ds, seed: int, baseline: tuple[GPUA, float] | None =
     prediction-side levers re-score; it is fitted here when not given.
     """
     pool = ds.pool
-    params = {"random_state": seed}
+    params = base_params(seed)
     if method in PARAM_LEVERS:
-        model, seconds = _timed_fit(lambda: GPUA(**params, **PARAM_LEVERS[method]).fit(
+        model, seconds = _timed_fit(lambda: GPUA(**{**params, **PARAM_LEVERS[method]}).fit(
             pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames))
         return _model_scored(model, seconds)
     pools = {"confidence_weighted": ConfidenceWeightedPool, "curriculum": CurriculumPool, "seed_average": SeedAveragePool,
@@ -512,7 +513,9 @@ def main(argv=None) -> int:
                     help="fit nothing: join the rows of earlier --json files of this script (e.g. sets run one by one) and print "
                          "(and with --json write) their tables")
     ap.add_argument("--json", default=None, help="write every row, the means and the mean dev here (atomically)")
+    add_base_argument(ap)
     args = ap.parse_args(argv)
+    set_base_params(ap, args)
     sets = chosen_sets(ap, args)
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
@@ -533,7 +536,7 @@ def main(argv=None) -> int:
             baseline = None
             if any(m in PREDICTION_LEVERS for m in methods):
                 pool = ds.pool
-                baseline = _timed_fit(lambda: GPUA(random_state=seed).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes,
+                baseline = _timed_fit(lambda: GPUA(**base_params(seed)).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes,
                                                                           classnames=pool.classnames))
             for m in methods:
                 row = evaluate(ds, m, seed, baseline)
@@ -541,7 +544,7 @@ def main(argv=None) -> int:
                 print(f"{s:14s} seed {seed}  {m:25s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
                       f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
         wall = time.perf_counter() - t_start
-        record = {"sets": sets, "methods": methods, "seeds": args.seeds}
+        record = {"sets": sets, "methods": methods, "seeds": args.seeds, "base": base_params(0)}
     summary = summarise(rows)
     means = mean_dev(summary)
     print(table(summary, means))

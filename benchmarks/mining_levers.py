@@ -6,11 +6,13 @@ on the unlabeled pool (no labels, except the row marked **oracle**) and scored a
 ``benchmarks/accuracy.py``: ``test`` (top-1 on the test split; never used to choose anything),
 ``dev`` (the labelled dev split, or for CIFAR-10 the transductive top-1 on the pool), ``pl``
 (the method's pseudo-labels on the pool against the pool's labels, a diagnostic) and ``pool``
-(its transductive top-1 on the pool). All GPUA parameters are at today's defaults.
+(its transductive top-1 on the pool). All GPUA parameters are at today's defaults (or ``--base``).
 
 Methods (``--methods``, default all):
 
-* ``gpua``: ``GPUA(random_state=seed)`` as it is (the baseline row);
+* ``gpua``: ``GPUA(random_state=seed)`` as it is (the baseline row; every method starts from the
+  ``--base`` parameters when given, e.g. ``'{"plan_ridge": null}'`` for the defaults before the
+  plan's ridge projection);
 * ``true_labels`` (**oracle** diagnostic): the same pipeline with the mined plan replaced by the
   pool's **true** labels (a one-hot plan) for Procrustes and refinement, and no self-learning
   (its re-mining would replace them): the best this map could do with perfect pseudo-labels;
@@ -42,7 +44,8 @@ Methods (``--methods``, default all):
 * ``ridge_projection`` (a control for ``crossfit_ridge``): the same ridge fitted and predicted on
   all rows (:func:`in_sample_probs`, no cross-fitting; each row's own target in its fit): the
   plan's shrunk projection on the linear functions of the query, so that what cross-fitting
-  adds beside it shows.
+  adds beside it shows. It is the prototype of ``GPUA(plan_ridge=1.0)``, today's default
+  (:mod:`gpua.projection`; the prototype in float64, the package in the query's float32).
 
 A second, small table (``--kmeans``, on by default) is an **oracle** diagnostic of the pool's
 geometry: k-means with K clusters on the pool's Z, X and whitened query Q (each reduced to its
@@ -71,7 +74,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from _harness import float_tensor, setup, write_json
-from _levers import fit_with, prepare
+from _levers import add_base_argument, base_params, fit_with, prepare, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
 from gpua import GPUA
@@ -663,16 +666,16 @@ def _self_learning(model: GPUA) -> dict:
 
 
 def fit_gpua(pool, seed: int) -> Outcome:
-    """The baseline row: ``GPUA(random_state=seed)`` as it is."""
+    """The baseline row: ``GPUA(random_state=seed)`` as it is (on the ``--base`` parameters)."""
     t0 = time.perf_counter()
-    model = GPUA(random_state=seed).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames)
+    model = GPUA(**base_params(seed)).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes, classnames=pool.classnames)
     return _model_outcome(model, time.perf_counter() - t0, _self_learning(model))
 
 
 def fit_true_labels(pool, seed: int) -> Outcome:
     """ORACLE: today's pipeline with the pool's true labels as the plan, no self-learning."""
     t0 = time.perf_counter()
-    prep = prepare(GPUA(random_state=seed, self_learning=0).get_params(), pool)
+    prep = prepare(GPUA(**base_params(seed, self_learning=0)).get_params(), pool)
     model = fit_with(prep, TrueLabelPool(*prep.rows(), labels=pool.labels))
     return _model_outcome(model, time.perf_counter() - t0)
 
@@ -680,7 +683,7 @@ def fit_true_labels(pool, seed: int) -> Outcome:
 def fit_gaussian(pool, seed: int, with_map: bool = True) -> tuple[Outcome | None, Outcome]:
     """``gaussian_miner`` (None unless ``with_map``) and ``gaussian_classifier``, from one :class:`GaussianPool`."""
     t0 = time.perf_counter()
-    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    prep = prepare(GPUA(**base_params(seed)).get_params(), pool)
     driver = GaussianPool(*prep.rows())
     miner = None
     if with_map:
@@ -701,7 +704,7 @@ def fit_propagation(pool, seed: int, graph: str = "vfm") -> Outcome:
     whitened fused query the fit maps): every UCM plan spread over that kNN graph, then today's
     Procrustes and refinement."""
     t0 = time.perf_counter()
-    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    prep = prepare(GPUA(**base_params(seed)).get_params(), pool)
     driver = PropagationPool(*prep.rows(), V_graph=prep.vfm_rows(pool) if graph == "vfm" else prep.pool.Q)
     model = fit_with(prep, driver)
     return _model_outcome(model, time.perf_counter() - t0, {
@@ -712,10 +715,13 @@ def fit_propagation(pool, seed: int, graph: str = "vfm") -> Outcome:
 
 def fit_crossfit(pool, seed: int, method: str) -> Outcome:
     """``crossfit_logreg``, ``crossfit_ridge`` or ``ridge_projection`` (:data:`CROSSFIT_METHODS`): every UCM plan
-    relabeled by a :class:`CrossFitPool`, then today's Procrustes and refinement."""
+    relabeled by a :class:`CrossFitPool`, then today's Procrustes and refinement.
+
+    The relabeling starts from UCM's plan as mined (``plan_ridge=None`` under ``--base``): it takes
+    the place of the package's own projection (``ridge_projection`` is its prototype, in float64)."""
     classifier, cross_fit = CROSSFIT_METHODS[method]
     t0 = time.perf_counter()
-    prep = prepare(GPUA(random_state=seed).get_params(), pool)
+    prep = prepare(GPUA(**base_params(seed, plan_ridge=None)).get_params(), pool)
     driver = CrossFitPool(*prep.rows(), classifier=classifier, cross_fit=cross_fit)
     model = fit_with(prep, driver)
     return _model_outcome(model, time.perf_counter() - t0, {
@@ -757,7 +763,7 @@ def kmeans_geometry(pool, labels_for_naming: np.ndarray) -> dict[str, float]:
     """ORACLE: pool accuracy of k-means on Z, X and the whitened query, clusters named with the pool's labels."""
     from headroom import matched_clusters
 
-    prep = prepare(GPUA().get_params(), pool)
+    prep = prepare(GPUA(**base_params(0)).get_params(), pool)
     normalize = torch.nn.functional.normalize
     views = {"Z": normalize(float_tensor(pool.vfm_features), dim=1), "X": normalize(float_tensor(pool.vlm_features), dim=1),
              "Q whitened": prep.pool.Q.cpu()}
@@ -848,7 +854,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kmeans", action=argparse.BooleanOptionalAction, default=True,
                     help="the ORACLE k-means geometry table (clusters named with the pool's labels)")
     ap.add_argument("--json", default=None, help="write every row, the means and the k-means figures here (atomically)")
+    add_base_argument(ap)
     args = ap.parse_args(argv)
+    set_base_params(ap, args)
     sets = chosen_sets(ap, args)
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     bad = [m for m in methods if m not in METHODS]
@@ -876,7 +884,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t_start
     print(f"\nwall time {wall:.0f} s")
     if args.json:
-        write_json(args.json, {"args": {"sets": sets, "methods": methods, "seeds": args.seeds, "kmeans": args.kmeans},
+        write_json(args.json, {"args": {"sets": sets, "methods": methods, "seeds": args.seeds, "kmeans": args.kmeans, "base": base_params(0)},
                                "oracle_methods": list(ORACLE_METHODS), "rows": rows, "summary": summary,
                                "mean_over_real_sets": means, "kmeans_oracle": kmeans, "wall_seconds": wall})
     return 0

@@ -173,6 +173,7 @@ def test_merge_joins_runs_and_takes_the_mean_dev_over_the_real_sets(ml, tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--base", '{"lamda": 0.5}'], "did you mean 'lam'"),
     (["--methods", "gpua,bogus"], "unknown method(s) ['bogus']"),
     (["--methods", "gpua,gpua"], "each once"),
     (["--seeds", "0"], "--seeds must be at least 1"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 
 import numpy as np
 import pytest
@@ -166,7 +167,28 @@ def test_mean_over_real_sets_and_its_table(ml):
     assert "| cotrain | 60.00 | -10.00 | 50.00 | 2 of 4 |" in text
 
 
+def test_base_parameters_are_under_every_method(ml, tmp_path, monkeypatch):
+    # --base '{"plan_ridge": null}' re-measures a table against the defaults before the plan's
+    # projection: the gpua row is then GPUA(plan_ridge=None), and the JSON records the base.
+    seen = []
+    real = ml.GPUA.fit
+
+    def spy(self, *a, **k):
+        seen.append(self.plan_ridge)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ml.GPUA, "fit", spy)
+    monkeypatch.setattr(sys.modules["_levers"], "BASE_PARAMS", {})  # the module is shared by this file's tests
+    out = tmp_path / "levers.json"
+    assert ml.main(["--sets", "planted", "--methods", "gpua", "--no-kmeans", "--base", '{"plan_ridge": null}', "--json", str(out)]) == 0
+    assert seen == [None]
+    assert json.loads(out.read_text())["args"]["base"] == {"plan_ridge": None, "random_state": 0}
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--base", '{"plan_rige": null}'], "did you mean 'plan_ridge'"),
+    (["--base", "[1]"], "not a JSON object"),
+    (["--base", '{"plan_ridge": 0}'], "plan_ridge=0 must be"),
     (["--methods", "gpua,oracle"], "unknown method"),
     (["--methods", ","], "unknown method"),
     (["--seeds", "0"], "--seeds must be at least 1"),

@@ -109,8 +109,9 @@ def test_canonical_fits_are_stable_where_the_default_is_not(pc, few_classes):
         assert (got["pool_differ"], got["test_differ"]) == (0, 0) and got["W0_max_abs_diff"] < 1e-4, c
         # permuted rows: on these 200 rows UCM's plan itself moves by about 1e-4 (tr(W^T M) 80.873 against
         # 80.876), and the canonical W0 follows it continuously (about 0.03; the SVD's own completion moves by 2.5)
+        # (a row or two may flip: the plan's ridge projection sums the permuted rows in another order)
         got = pc.order_check(ds, c, "off_sl0", seed=0, shuffle_seed=1, t=0.0, rtol=pc.RANK_RTOL)
-        assert (got["pool_differ"], got["test_differ"]) == (0, 0) and got["W0_max_abs_diff"] < 0.1, c
+        assert got["pool_differ"] + got["test_differ"] <= 2 and got["W0_max_abs_diff"] < 0.1, c
         got = pc.order_check(ds, c, "aligned_sl0", seed=0, shuffle_seed=1, t=0.0, rtol=pc.RANK_RTOL)
         assert got["pool_differ"] + got["test_differ"] <= 2 and got["W0_max_abs_diff"] < 0.1, c  # refinement amplifies the 1e-4
     got = pc.order_check(ds, "default", "perturbed_sl0", seed=0, shuffle_seed=1, t=0.0, rtol=pc.RANK_RTOL)

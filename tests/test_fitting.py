@@ -128,7 +128,8 @@ def test_sinkhorn_at_its_cap_warns_once(planted):
     with pytest.warns(ConvergenceWarning, match=r"Sinkhorn reached sinkhorn_max_iter=3 .*raise sinkhorn_max_iter") as caught:
         m = _fit(train, sinkhorn_max_iter=3)
     assert len([w for w in caught if issubclass(w.category, ConvergenceWarning)]) == 1
-    assert all(h["sinkhorn_iter"] == 3 for h in m.history_["ucm"])
+    iters = [h["sinkhorn_iter"] for h in m.history_["ucm"]]
+    assert max(iters) == 3 and all(1 <= i <= 3 for i in iters)  # a relaxed round can settle before the cap
 
 
 def test_unconverged_ucm_warns(planted):

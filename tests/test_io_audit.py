@@ -247,10 +247,10 @@ def test_checkpoint_of_another_state_format_is_refused(tmp_path):
         meta = json.loads(f.metadata()["gpua_stream"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta.pop(CHECKSUM_KEY)
-    meta["version"] = 2  # a later layout, checksum and fingerprint in order
+    meta["version"] = 3  # a later layout, checksum and fingerprint in order
     meta[CHECKSUM_KEY] = digest(meta, tensors)
     save_file(tensors, str(ck.file), metadata={"gpua_stream": json.dumps(meta)})
-    with pytest.raises(GPUAError, match="state format 2.*format 1"):
+    with pytest.raises(GPUAError, match="state format 3.*format 2"):
         Checkpoint(tmp_path / "ck", "fp").load()
 
 
@@ -266,3 +266,28 @@ def test_bfloat16_safetensors_are_read_once_ml_dtypes_is_loaded(tmp_path, dtype)
     fs = load_features(tmp_path / "f.safetensors")
     assert fs.vfm_features.dtype == np.float32
     np.testing.assert_array_equal(fs.vfm_features, t.float().numpy())
+
+
+def test_checkpoint_waiting_for_its_projection_needs_the_plan_sums(tmp_path):
+    # A state saved after UCM's last round and before plan_ridge's pass must hold the plan's
+    # sums that pass is solved from; without them (or with a projected flag that is not a bool)
+    # it is called corrupt, not resumed into a KeyError.
+    import torch
+    from gpua import ModelFileError
+    from gpua.stream._checkpoint import Checkpoint
+
+    ck = Checkpoint(tmp_path / "ck", "fp")
+    k, q = 3, 5
+    base = dict(centres=torch.randn(k, q), centres_final=torch.randn(k, q), g=torch.randn(k).double(), cross_covariance=torch.randn(q, 4).double())
+    meta = {"round": 2, "converged": True, "done": True, "history": [], "passes": 9, "projected": False}
+    ck.save(meta, **base)
+    with pytest.raises(ModelFileError, match=r"lacking \['plan_query', 'plan_mass'\].*corrupt"):
+        ck.load()
+    ck.save({**meta, "projected": "no"}, **base, plan_query=torch.randn(k, q).double(), plan_mass=torch.rand(k).double())
+    with pytest.raises(ModelFileError, match="projected='no', not a bool"):
+        ck.load()
+    ck.save(meta, **base, plan_query=torch.randn(k, q).double(), plan_mass=torch.rand(k + 1).double())
+    with pytest.raises(ModelFileError, match="'plan_mass' of shape"):
+        ck.load()
+    ck.save(meta, **base, plan_query=torch.randn(k, q).double(), plan_mass=torch.rand(k).double())
+    assert ck.load()["meta"]["projected"] is False

@@ -101,6 +101,14 @@ class GPUA(AlignmentEstimator):
         A loose marginal lets the pseudo-labels follow the pool's own class frequencies and
         the scores' confidence (chosen on the development sets' dev criterion, the README's
         accuracy section; on long-tailed pools it loses far less than the exact marginal).
+    plan_ridge : float > 0 or None, default=1.0
+        Replace each mined plan by its ridge least-squares projection on the affine functions
+        of the standardised query, with this penalty (:func:`gpua.projection.ridge_projection`;
+        clipped at 1e-6, rows renormalised); None keeps the plan as mined. A least-squares
+        probe trained on the plan and read back on the same rows: it keeps the labelling a
+        linear function of the query can hold (chosen on the development sets' dev criterion,
+        the README's accuracy section). Streamed and federated fits sum its moments over
+        chunks and clients.
     n_init_per_class : int >= 1, default=8
         Samples per class for the confident centre initialisation.
     max_outer : int >= 1, default=20
@@ -290,7 +298,7 @@ class GPUA(AlignmentEstimator):
     )
     _parameter_constraints = PARAMETERS
     # Parameters a model file may lack (saved before they existed): the value those fits ran with.
-    _params_before_added = {"center_vlm": False, "whiten": None}
+    _params_before_added = {"center_vlm": False, "whiten": None, "plan_ridge": None}
     _fitted_layout = ("query", "center_vlm", "csls_k")
 
     def __init__(
@@ -303,6 +311,7 @@ class GPUA(AlignmentEstimator):
         temperature: float = 0.1,
         class_prior=None,
         rho: float | None = 0.03,
+        plan_ridge: float | None = 1.0,
         n_init_per_class: int = 8,
         max_outer: int = 20,
         tol: float = 5e-3,
@@ -347,6 +356,7 @@ class GPUA(AlignmentEstimator):
         self.temperature = temperature
         self.class_prior = class_prior
         self.rho = rho
+        self.plan_ridge = plan_ridge
         self.n_init_per_class = n_init_per_class
         self.max_outer = max_outer
         self.tol = tol

@@ -46,12 +46,13 @@ from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, TRAINING_NON_NEGATIVE, TRAINING_POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .prior import PRIOR_ESTIMATES, balanced_mean, em_class_prior
 from .procrustes import orthogonality_error, procrustes_from_assignment
+from .projection import projected_plan, query_moments, ridge_projection
 from .query import (
     QUERY_MODES, build_query, centre_rows, mapped_cosines, mapped_rows, pool_mean, target_prototypes, whitening_map,
     whitening_width, zero_shot_cosines,
 )
 from .refinement import RefineConfig, refine
-from .ucm import SIMILARITIES, mine_correspondences
+from .ucm import SIMILARITIES, class_centres, mine_correspondences
 
 __all__ = [
     "PARAMETERS",
@@ -85,6 +86,7 @@ PARAMETERS: dict[str, Constraint] = {
     "temperature": POSITIVE,
     "class_prior": OptionalOf(AnyOf((Options(PRIOR_ESTIMATES), Weights()))),
     "rho": OptionalOf(POSITIVE),
+    "plan_ridge": OptionalOf(POSITIVE),
     "n_init_per_class": COUNT,
     "max_outer": COUNT,
     "tol": POSITIVE,
@@ -139,6 +141,7 @@ class MiningConfig:
     temperature: float
     class_prior: Any
     rho: float | None
+    plan_ridge: float | None
     n_init_per_class: int
     max_outer: int
     tol: float
@@ -785,13 +788,23 @@ class ArrayPool:
     def __init__(self, Q: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, V: torch.Tensor | None, config: FitConfig):
         self.Q, self.X, self.Y, self.V, self.config = Q, X, Y, V, config
         self.log_v: torch.Tensor | None = None  # the last mining's class potential: the next one starts there
+        self._moments = None  # the query's sums for plan_ridge: the query is the same in every mining
 
     def mine(self, score_map, callback) -> Mined:
         S_rows = self.X if score_map is None else mapped_rows(self.Q, score_map.to(self.Q.device))
         ucm = mine_correspondences(self.Q, S_rows, self.Y, callback=callback, init_log_v=self.log_v, **self.config.mining.ucm_kwargs())
         self.log_v = ucm.log_v
-        conf, labels = ucm.plan.max(1)
-        return Mined(labels.cpu(), conf.cpu(), ucm.centres, ucm.history, ucm.converged, payload=ucm.plan)
+        P, centres = ucm.plan, ucm.centres
+        alpha = self.config.mining.plan_ridge
+        if alpha is not None:
+            if self._moments is None:
+                self._moments = query_moments(self.Q)
+            P = P / P.sum(1, keepdim=True)
+            projection = ridge_projection(self._moments, P.T.to(self.Q.dtype) @ self.Q, P.sum(0, dtype=torch.float64), alpha)
+            P = projected_plan(self.Q, projection)
+            centres = class_centres(self.Q, P)
+        conf, labels = P.max(1)
+        return Mined(labels.cpu(), conf.cpu(), centres, ucm.history, ucm.converged, payload=P)
 
     def procrustes(self, mined: Mined) -> torch.Tensor:
         return procrustes_from_assignment(self.Q, mined.payload, self.Y, self.config.mining.assignment)

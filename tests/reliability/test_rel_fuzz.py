@@ -129,15 +129,19 @@ def seg_sidecar(d: Path, rng):
     return [side], lambda: _read_sidecar(side)
 
 
-def checkpoint(d: Path, rng):
+def checkpoint(d: Path, rng, pending_projection: bool = False):
     from gpua.stream._checkpoint import Checkpoint
 
     ck = Checkpoint(d / "ck", "fingerprint-of-this-fit")
     k, q = 3, 5
     ck.extra["vfm_mean"] = torch.randn(4)
-    ck.save({"round": 2, "converged": False, "done": False, "history": [{"round": 1, "plan_change": 0.25}], "passes": 9},
-            centres=torch.randn(k, q), centres_next=torch.randn(k, q), centres_final=torch.randn(k, q), g=torch.randn(k).double(),
-            labels=torch.randint(0, k, (20,)), confidence=torch.rand(20), cross_covariance=torch.randn(q, 4).double())
+    meta = {"round": 2, "converged": False, "done": False, "history": [{"round": 1, "plan_change": 0.25}], "passes": 9}
+    extra = {}
+    if pending_projection:  # UCM done, plan_ridge's projection pass not yet run
+        meta.update(done=True, projected=False)
+        extra = dict(plan_query=torch.randn(k, q).double(), plan_mass=torch.rand(k).double())
+    ck.save(meta, centres=torch.randn(k, q), centres_next=torch.randn(k, q), centres_final=torch.randn(k, q), g=torch.randn(k).double(),
+            labels=torch.randint(0, k, (20,)), confidence=torch.rand(20), cross_covariance=torch.randn(q, 4).double(), **extra)
     return [ck.file], lambda: Checkpoint(d / "ck", "fingerprint-of-this-fit").load()
 
 
@@ -165,6 +169,7 @@ FORMATS = {
     "model.gpua": model_file,
     "sidecar.seg.json": seg_sidecar,
     "checkpoint": checkpoint,
+    "checkpoint_pending_projection": lambda d, rng: checkpoint(d, rng, pending_projection=True),
     "classnames.txt": text_file("classnames"),
     "templates.json": text_file("templates"),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gpua import GPUA, GPUAError
 from gpua.procrustes import orthogonality_error
@@ -20,11 +21,32 @@ def clients_of(Z, X):
     dict(refine=False),
     dict(refine=False, center=True, query="fused", retrieval="csls"),
     dict(refine=False, center=True, query="fused", whiten=24),  # clients send the query's second moment
+    dict(refine=False, plan_ridge=None),
 ])
 def test_without_refinement_equals_the_centralised_fit(case, params):
     Z, X, Y, _ = case
     fed = fit_federated(GPUA(**params), clients_of(Z, X), Y, max_memory="1GB")
     assert_same_fit(reference_fit(case, **params), fed)
+
+
+def test_projected_labels_stay_with_the_clients(case):
+    import gpua.stream._kernels as K_
+    from gpua.fitting import check_entry
+    from gpua.projection import PlanProjection
+    from gpua.stream._federated_gpua import FederatedExecutor
+    from gpua.stream._kernels import ArraySource, FitSpec, Part
+
+    Z, X, Y, _ = case
+    parts = [Part(i, ArraySource(Z[a:b], X[a:b], offset=a), a, b, client=i) for i, (a, b) in enumerate(zip(CUTS[:-1], CUTS[1:]))]
+    config = check_entry(GPUA(query="vfm", whiten=None, center=False, center_vlm=False).get_params(), len(Z), len(Y))
+    fit = FitSpec.from_config("t", torch.as_tensor(Y), config, len(Z))
+    ex = FederatedExecutor(parts)
+    g = torch.Generator().manual_seed(0)
+    proj = PlanProjection(torch.randn(Z.shape[1], len(Y), generator=g, dtype=torch.float64), torch.ones(len(Y), dtype=torch.float64))
+    out = ex.reduce(K_.part_projected_stats, parts, fit, proj, merge=K_.merge_stats)
+    assert out["parts"] == {} and sorted(ex.private) == [0, 1, 2]  # the server gets sums; labels stay per client
+    assert sum(len(lab) for c in ex.private.values() for lab, _ in c.values()) == len(Z)
+    assert float(out["col"].sum()) == pytest.approx(1.0)
 
 
 def test_with_refinement_stays_close_and_orthogonal(case):

@@ -32,9 +32,11 @@ def budget(data, extra_rows: int, **params) -> int:
         dict(refine=True, n_steps=20, center=True, query="fused", whiten=24, self_learning=2),
         dict(refine=False, query="fused", whiten="auto", whiten_shrink=0.5),
         dict(refine=False, similarity="neg_euclidean", eps=0.5, self_learning=1),  # -distance/0.1: ten times cosine units
+        dict(refine=False, plan_ridge=None, self_learning=1),  # the plan as mined, no projection pass
+        dict(refine=False, plan_ridge=30.0, assignment="hard", whiten=24),
     ],
     ids=["default", "center-fused-csls", "hard-semirelaxed", "refine", "self-learning", "self-learning-center-csls",
-         "whiten-self-learning", "whiten-auto", "whiten-neg-euclidean"],
+         "whiten-self-learning", "whiten-auto", "whiten-neg-euclidean", "plain-plan", "ridge30-hard-whiten"],
 )
 def test_equals_in_memory_fit(case, params, device):
     Z, X, Y, _ = case
@@ -168,6 +170,35 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(case, tmp_path):
     assert_same_fit(whole, again, atol=1e-6)
     with pytest.raises(GPUAError, match="another fit"):
         fit_streaming(GPUA(**params, lam=0.8), (Z, X), Y, checkpoint=ck, progress=False)
+
+
+def test_a_fit_stopped_before_the_plan_projection_resumes_with_that_pass_alone(case, tmp_path, monkeypatch):
+    import gpua.stream._kernels as K_
+
+    Z, X, Y, _ = case
+    params = dict(refine=False, whiten=24, self_learning=0)
+    whole = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", progress=False)
+    real = K_.part_projected_stats
+
+    def killed(*a, **k):
+        raise _Stop
+
+    monkeypatch.setattr(K_, "part_projected_stats", killed)
+    ck = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False)
+    monkeypatch.setattr(K_, "part_projected_stats", real)
+    seen = []
+    resumed = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False, callback=seen.append)
+    assert not [e for e in seen if "round" in e and "plan_change" in e]  # no UCM round ran again
+    assert_same_fit(whole, resumed, atol=1e-6)
+    assert resumed.history_["ucm"] == whole.history_["ucm"]
+    # The checkpoint now holds the projected result: a third run reads it and runs no pass of UCM.
+    again = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False)
+    assert_same_fit(whole, again, atol=1e-6)
+    # The projection is part of the fingerprint: another plan_ridge is another fit.
+    with pytest.raises(GPUAError, match="another fit"):
+        fit_streaming(GPUA(**params, plan_ridge=None), (Z, X), Y, checkpoint=ck, progress=False)
 
 
 def test_bad_inputs_are_clear_errors(case, tmp_path):

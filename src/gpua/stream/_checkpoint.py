@@ -36,10 +36,10 @@ __all__ = ["Checkpoint", "UCM_PARAMS"]
 
 STATE_NAME = "ucm_state.safetensors"
 #: The layout of the state this gpua writes and reads.
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: plan_ridge's pending projection (``projected``, ``plan_query``, ``plan_mass``)
 # Estimator parameters that change what UCM computes (refinement ones do not).
 UCM_PARAMS = (
-    "query", "lam", "eps", "similarity", "temperature", "class_prior", "rho", "n_init_per_class",
+    "query", "lam", "eps", "similarity", "temperature", "class_prior", "rho", "plan_ridge", "n_init_per_class",
     "max_outer", "tol", "sinkhorn_tol", "sinkhorn_max_iter", "assignment", "center",
     "center_vlm", "whiten", "whiten_shrink",
 )
@@ -134,29 +134,34 @@ class Checkpoint:
 _META = {"round": int, "converged": bool, "done": bool, "history": list, "passes": int}
 _TENSORS = ("centres", "centres_final", "g", "cross_covariance")
 _OPTIONAL = ("centres_next", "labels", "confidence", "vfm_mean", "vlm_mean", "whiten",
-             "class_prior", "zero_shot_counts", "prior_rows")  # the last three: class_prior="zero_shot"
+             "class_prior", "zero_shot_counts", "prior_rows",  # these three: class_prior="zero_shot"
+             "plan_query", "plan_mass")  # plan_ridge: the final plan's sums, for its projection
 
 
 def _check_state(meta: dict, tensors: dict, where: str, fix: str) -> None:
     """Every key a resumed fit reads: present, of its type, tensors finite and consistent in size."""
-    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version", "gpua_version"})
+    unknown_meta = sorted(set(meta) - set(_META) - {"fingerprint", "version", "gpua_version", "projected"})
     if unknown_meta:
         raise ModelFileError(f"{where} has unknown metadata keys {unknown_meta}; it is corrupt: {fix}.")
     for key, kind in _META.items():
         v = meta.get(key)
         if not isinstance(v, kind) or (kind is int and (isinstance(v, bool) or v < 0)):
             raise ModelFileError(f"{where} has {key}={str(v)[:40]!r}, not a {kind.__name__}; it is corrupt: {fix}.")
+    if "projected" in meta and not isinstance(meta["projected"], bool):
+        raise ModelFileError(f"{where} has projected={str(meta['projected'])[:40]!r}, not a bool; it is corrupt: {fix}.")
     unknown = sorted(set(tensors) - set(_TENSORS) - set(_OPTIONAL))
     missing = [k for k in _TENSORS if k not in tensors]
+    if meta.get("projected") is False:  # the projection's pass is left to run: it needs the plan's sums
+        missing += [k for k in ("plan_query", "plan_mass") if k not in tensors]
     if unknown or missing:
         raise ModelFileError(f"{where} holds tensors {sorted(tensors)} ({'lacking ' + str(missing) if missing else 'unknown ' + str(unknown)}); it is corrupt: {fix}.")
     k = tensors["g"].shape[0] if tensors["g"].ndim == 1 else -1
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{where} holds NaN or inf in {name!r}; it is corrupt: {fix}.")
-        if name in ("class_prior", "zero_shot_counts") and tuple(t.shape) != (k,) or name == "prior_rows" and tuple(t.shape) != (1,):
+        if name in ("class_prior", "zero_shot_counts", "plan_mass") and tuple(t.shape) != (k,) or name == "prior_rows" and tuple(t.shape) != (1,):
             raise ModelFileError(f"{where} holds {name!r} of shape {tuple(t.shape)} for {k} classes; it is corrupt: {fix}.")
         if name == "class_prior" and not bool((t > 0).all()):
             raise ModelFileError(f"{where} holds a class_prior that is not positive; it is corrupt: {fix}.")
-        if name in ("centres", "centres_final", "centres_next") and (t.ndim != 2 or t.shape[0] != k):
+        if name in ("centres", "centres_final", "centres_next", "plan_query") and (t.ndim != 2 or t.shape[0] != k):
             raise ModelFileError(f"{where} holds {name!r} of shape {tuple(t.shape)} for {k} classes; it is corrupt: {fix}.")

@@ -14,6 +14,10 @@ play the part of chunks:
   potentials never leave the client;
 * centres and Procrustes: each client returns :math:`P^\top Q` (:math:`K \times d_q`) and the
   plan change; the server forms :math:`C` and :math:`Q^\top P Y = (P^\top Q)^\top Y`;
+* the plan's ridge projection (``plan_ridge``): each client sends its query's augmented second
+  moment once (:func:`gpua.projection.query_moments`); the server solves the projection from it
+  and the last round's :math:`P^\top Q` and broadcasts it, and each client returns its projected
+  plan's :math:`\tilde P^\top Q` and class sums (the centres and Procrustes above, again);
 * refinement: federated averaging. Each round every client runs ``local_steps`` of THS
   (:func:`gpua.refinement.refine`, on its own pseudo-labels) from the broadcast map, the server
   averages the maps weighted by client size and projects the mean back onto the
@@ -97,7 +101,7 @@ class FederatedExecutor(LocalExecutor):
         for client in sorted({p.client for p in parts}):
             mine = [p for p in parts if p.client == client]
             merged = super().reduce(fn, mine, *args, merge=merge, on_done=on_done)  # on the client
-            if fn is K_.part_stats:
+            if fn in (K_.part_stats, K_.part_projected_stats):
                 self.private[client] = merged["parts"]  # labels stay on the client
                 merged = {**merged, "parts": {}}
             # On the server, each client's aggregate is folded in as it arrives (in client order,
@@ -314,6 +318,13 @@ class FederatedPool:
         self.n = fit.n_total
         self.n_mined = 0
         self.log_v: torch.Tensor | None = None
+        self._moments = None  # the query's sums for plan_ridge: each client sends its (d_q + 1)^2 matrix once
+
+    def moments(self) -> torch.Tensor | None:
+        """The pooled :func:`gpua.projection.query_moments` (summed over clients), or None without ``plan_ridge``."""
+        if self.config.mining.plan_ridge is not None and self._moments is None:
+            self._moments = self.ex.reduce(K_.part_query_moments, self.parts, self.fit, merge=K_.sum_tensors)
+        return self._moments
 
     def _client_parts(self, c: int) -> list[K_.Part]:
         return [p for p in self.parts if p.client == c]
@@ -330,6 +341,7 @@ class FederatedPool:
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer),
                 n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress, init_log_v=self.log_v,
                 label=f"self-learning {self.n_mined}: " if score_map is not None else "",
+                plan_ridge=m.plan_ridge, moments=self.moments(),
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:

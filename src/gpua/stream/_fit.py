@@ -5,7 +5,10 @@ budget, after a pass for the pool means (centering) and one for the query's seco
 (whitening; :func:`pool_statistics`, a :math:`d_q \times d_q` sum):
 
 1. UCM (:func:`gpua.stream._ucm.streamed_ucm`): Sinkhorn with only the class potential kept,
-   centres and the Procrustes cross-covariance accumulated chunk by chunk;
+   centres and the Procrustes cross-covariance accumulated chunk by chunk; with ``plan_ridge``
+   the final plan's ridge projection (:mod:`gpua.projection`) is solved from sums (the query's
+   augmented second moment, one pass per fit, and the last round's :math:`P^\top Q`) and one
+   more pass accumulates the projected plan's;
 2. Procrustes: :math:`W_0 = \mathrm{polar}(Q^\top P Y)` (:func:`gpua.procrustes.polar_factor`)
    from the accumulated :math:`(d_q, d_t)` matrix;
 3. THS refinement (:func:`gpua.refinement.refine`) on mini-batches read from the source;
@@ -444,6 +447,15 @@ class StreamedPool:
         self.log_v: torch.Tensor | None = None
         self.label = ""  # the progress bars' prefix: which self-learning round mines or refines
         self._rounds = 0
+        self._moments = None  # the query's sums for plan_ridge (the query is the same in every mining)
+
+    def moments(self) -> torch.Tensor | None:
+        """The pool's :func:`gpua.projection.query_moments` (one pass, the first time), or None without ``plan_ridge``."""
+        if self.config.mining.plan_ridge is not None and self._moments is None:
+            with Bar(self.progress, "query moments (plan projection)", len(self.parts)) as bar:
+                self._moments = self.ex.reduce(K_.part_query_moments, self.parts, self.fit_b, merge=K_.sum_tensors, on_done=bar.tick)
+            self.passes += 1
+        return self._moments
 
     def mine(self, score_map, callback) -> Mined:
         fit, fit_b, ck = self.fit, self.fit_b, self.checkpoint
@@ -458,6 +470,7 @@ class StreamedPool:
                 self.ex, self.parts, fit, fit_b, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer), n_init_per_class=int(m.n_init_per_class),
                 checkpoint=ck, callback=callback, progress=self.progress, init_log_v=self.log_v, label=self.label,
+                plan_ridge=m.plan_ridge, moments=self.moments(),
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:

@@ -36,6 +36,7 @@ from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig, check_not_one_image
 from ..prior import prior_responsibilities
+from ..projection import PlanProjection, projected_plan, query_moments
 from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes, zero_shot_cosines
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
 
@@ -269,6 +270,14 @@ class WhitenedRows:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.Q0.shape[0], self.M.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.Q0.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.Q0.device
 
     def __matmul__(self, B: torch.Tensor) -> torch.Tensor:
         """:math:`Q B` for ``B`` of shape (d, m)."""
@@ -539,6 +548,22 @@ def part_pass(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> torc
     return _columns(T, w, 1.0 / fit.n_total).cpu()
 
 
+def _plan_sums(part: Part, fit: FitSpec, P: torch.Tensor, Q) -> dict:
+    """:func:`part_stats`'s sums of a plan ``P`` (rows summing to one) over the chunk's query ``Q`` (``change`` left None)."""
+    conf, labels = P.max(1)
+    out = {
+        "col": P.sum(0, dtype=torch.float64).div_(fit.n_total).cpu(),
+        "centre_sums": _left(P.T, Q).double().cpu(),
+        "hard_sums": None,
+        "change": None,
+        "parts": {part.index: (labels.cpu(), conf.cpu())},
+    }
+    if fit.assignment == "hard":
+        hard = torch.zeros(P.shape[1], Q.shape[1], dtype=torch.float64, device=P.device)
+        out["hard_sums"] = hard.index_add_(0, labels, _formed(Q).double()).cpu()
+    return out
+
+
 def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dict:
     r"""End-of-round sums of this chunk's plan for the final class potential ``g``.
 
@@ -557,17 +582,7 @@ def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dic
     P = _plan(T, w)
     del T
     _, Q, S_rows = features
-    conf, labels = P.max(1)
-    out = {
-        "col": P.sum(0, dtype=torch.float64).div_(fit.n_total).cpu(),
-        "centre_sums": _left(P.T, Q).double().cpu(),
-        "hard_sums": None,
-        "change": None,
-        "parts": {part.index: (labels.cpu(), conf.cpu())},
-    }
-    if fit.assignment == "hard":
-        hard = torch.zeros(P.shape[1], Q.shape[1], dtype=torch.float64, device=dev)
-        out["hard_sums"] = hard.index_add_(0, labels, _formed(Q).double()).cpu()
+    out = _plan_sums(part, fit, P, Q)
     st = _STORE.get((fit.token, part.index))
     if rnd.prev_centres is not None:
         if st is not None and st.prev_round == rnd.round - 1 and st.prev_plan is not None:
@@ -579,6 +594,18 @@ def part_stats(part: Part, fit: FitSpec, rnd: RoundSpec, g: torch.Tensor) -> dic
     if part.keep_previous and st is not None:
         st.prev_plan, st.prev_round = P, rnd.round
     return out
+
+
+def part_query_moments(part: Part, fit: FitSpec) -> torch.Tensor:
+    r""":func:`gpua.projection.query_moments` of the chunk's (whitened) query, float64 of shape (d_q + 1, d_q + 1)."""
+    _, Q, _ = _read(part, fit, _device(fit))
+    return query_moments(Q).cpu()
+
+
+def part_projected_stats(part: Part, fit: FitSpec, projection: PlanProjection) -> dict:
+    r""":func:`part_stats`'s sums for the projected plan :func:`gpua.projection.projected_plan` of the chunk's query (``change`` None)."""
+    _, Q, _ = _read(part, fit, _device(fit))
+    return _plan_sums(part, fit, projected_plan(Q, projection), Q)
 
 
 def part_final(part: Part, fit: FitSpec, W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:

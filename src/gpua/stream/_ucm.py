@@ -20,11 +20,12 @@ change against the previous round, and each row's argmax and confidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .._errors import GPUAError
+from ..projection import PlanProjection, ridge_projection
 from ..ucm import top_rows
 from . import _kernels as K_
 from ._checkpoint import Checkpoint
@@ -104,6 +105,8 @@ def streamed_ucm(
     progress: bool = False,
     init_log_v: torch.Tensor | None = None,
     label: str = "",
+    plan_ridge: float | None = None,
+    moments: torch.Tensor | None = None,
 ) -> StreamedUCM:
     r"""Alternate streamed Sinkhorn and closed-form centres until the plan settles.
 
@@ -126,6 +129,11 @@ def streamed_ucm(
         Class potential the first Sinkhorn pass starts from (as in :func:`gpua.ucm.mine_correspondences`).
     label : str
         Put before the progress bars' names (``"self-learning 1: "``): which mining they belong to.
+    plan_ridge : float > 0, optional
+        Replace the final plan by its ridge projection (:mod:`gpua.projection`): one more pass
+        sums the projected plan's labels, centres and cross-covariance.
+    moments : float64 tensor of shape (d_q + 1, d_q + 1), optional
+        :func:`gpua.projection.query_moments` of the whole pool (needed with ``plan_ridge``).
 
     Returns
     -------
@@ -147,10 +155,15 @@ def streamed_ucm(
         meta = state["meta"]
         history, passes = meta["history"], int(meta["passes"])
         if meta["done"]:
-            return StreamedUCM(
+            result = StreamedUCM(
                 state["centres_final"], state["labels"], state["confidence"], state["cross_covariance"],
                 int(meta["round"]), bool(meta["converged"]), history, state["g"], passes,
             )
+            if plan_ridge is None or meta.get("projected"):
+                return result
+            # Interrupted between UCM's last round and the projection's pass: that pass alone is left.
+            projection = ridge_projection(moments, state["plan_query"], state["plan_mass"], plan_ridge)
+            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, progress, label)
         C_prev, g_prev, g = state["centres"], state["g"], state["g"].clone()
         C, r0 = state["centres_next"], int(meta["round"]) + 1
     else:
@@ -194,17 +207,47 @@ def streamed_ucm(
         labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
         conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
         result = StreamedUCM(C if converged else C_next, labels, conf, sums.T @ Y64, r, converged, history, g.clone(), passes)
+        done = converged or r == max_outer
+        meta = {"round": r, "converged": converged, "done": done, "history": history, "passes": passes}
+        projecting = done and plan_ridge is not None
+        if projecting:
+            meta["projected"] = False
+            plan_mass = stats["col"] * n
+            projection = ridge_projection(moments, stats["centre_sums"], plan_mass, plan_ridge)
         if checkpoint is not None:
             checkpoint.save(
-                {"round": r, "converged": converged, "done": converged or r == max_outer, "history": history, "passes": passes},
-                centres=C, centres_next=C_next, centres_final=result.centres, g=g, labels=labels, confidence=conf,
+                meta, centres=C, centres_next=C_next, centres_final=result.centres, g=g, labels=labels, confidence=conf,
                 cross_covariance=result.cross_covariance,
+                **({"plan_query": stats["centre_sums"], "plan_mass": plan_mass} if projecting else {}),
             )
         if callback is not None:
             callback(history[-1])
+        if projecting:
+            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, progress, label)
         if converged:
             break
         C_prev, g_prev, C = C, g.clone(), C_next
     if result is None:  # max_outer < the resumed round: nothing left to run
         raise GPUAError(f"max_outer={max_outer} is below the checkpoint's round; use the same max_outer or a new checkpoint folder.")
     return result
+
+
+def _projected(ex, parts, fit: K_.FitSpec, fit_b, projection: PlanProjection, result: StreamedUCM, checkpoint: Checkpoint | None,
+               meta: dict, progress: bool, label: str) -> StreamedUCM:
+    r"""``result`` with the projected plan's labels, confidences, centres and cross-covariance (one pass; ``plan_ridge``)."""
+    with Bar(progress, f"{label}plan projection", len(parts)) as bar:
+        stats = ex.reduce(K_.part_projected_stats, parts, fit_b, projection, merge=K_.merge_stats, on_done=bar.tick)
+    n = fit.n_total
+    counts = (stats["col"] * n).clamp_min(torch.finfo(torch.float32).tiny)
+    centres = torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
+    sums = stats["hard_sums"] if fit.assignment == "hard" else stats["centre_sums"]
+    order = sorted(stats["parts"])
+    labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
+    conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
+    passes = result.passes + 1
+    out = replace(result, centres=centres, labels=labels, confidence=conf, cross_covariance=sums.T @ fit.Y.double(), passes=passes)
+    if checkpoint is not None:
+        kept = {k: v for k, v in checkpoint.load().items() if k != "meta"}
+        kept.update(centres_final=out.centres, labels=labels, confidence=conf, cross_covariance=out.cross_covariance)
+        checkpoint.save({**meta, "projected": True, "passes": passes}, **kept)
+    return out
