@@ -55,6 +55,7 @@ method, with the machine record (``benchmarks/_harness.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import replace
@@ -488,11 +489,15 @@ def table(summary: list[dict], means: dict[str, dict]) -> str:
 
 def merged_rows(ap: argparse.ArgumentParser, paths: list[str]) -> tuple[list[dict], float, list[dict]]:
     """The rows of earlier ``--json`` files of this script, joined (a (set, seed, method) found twice is a usage error)."""
-    rows, wall, parts, seen = [], 0.0, [], set()
+    rows, wall, parts, seen, bases = [], 0.0, [], set(), {}
     for path, data in zip(paths, read_results(ap, paths, "map_levers.py")):
         if not isinstance(data.get("args"), dict):
             ap.error(f"--merge {path}: not a map_levers.py --json file (KeyError: 'args')")
         file_rows, file_args = data["rows"], data["args"]
+        # A file written before --base existed ran on the defaults of its day, before plan_ridge.
+        bases[str(path)] = file_args.get("base", {"plan_ridge": None, "random_state": 0})
+        if len({json.dumps(b, sort_keys=True) for b in bases.values()}) > 1:
+            ap.error(f"--merge: the files ran on different --base parameters ({bases}); merge runs of one base")
         for r in file_rows:
             key = (r["set"], r["seed"], r["method"])
             if key in seen:

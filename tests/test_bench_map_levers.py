@@ -170,6 +170,14 @@ def test_merge_joins_runs_and_takes_the_mean_dev_over_the_real_sets(ml, tmp_path
         ml.main(["--merge", str(a), str(a)])
     assert exc.value.code == 2
     assert "more than one file" in capsys.readouterr().err
+    # A run on today's defaults does not join one on older ones (a file without "base" predates plan_ridge).
+    today = json.loads(b.read_text())
+    today["args"]["base"] = {"random_state": 0}
+    b.write_text(json.dumps(today))
+    with pytest.raises(SystemExit) as exc:
+        ml.main(["--merge", str(a), str(b)])
+    assert exc.value.code == 2
+    assert "different --base parameters" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

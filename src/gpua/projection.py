@@ -33,6 +33,8 @@ __all__ = ["PLAN_FLOOR", "PlanProjection", "query_moments", "ridge_projection", 
 
 #: The floor of a projected score before the rows are renormalised (a least-squares fit can go below 0).
 PLAN_FLOOR = 1e-6
+#: A query column whose variance over the pool is below this fraction of its mean square is constant.
+CONSTANT_RTOL = 1e-10
 
 
 @dataclass
@@ -75,7 +77,8 @@ def ridge_projection(moments: torch.Tensor, plan_query: torch.Tensor, plan_mass:
 
     With :math:`N`, :math:`\mu = \tfrac1N \sum_i q_i` and :math:`Q^\top Q` read from
     ``moments``, :math:`D = \mathrm{diag}(\sigma)` the columns' standard deviations
-    (:math:`N - 1` in the denominator, floored at :math:`10^{-12}`),
+    (:math:`N - 1` in the denominator; a column constant over the pool, its variance below
+    :data:`CONSTANT_RTOL` of its mean square, gets :math:`\sigma = 1` and no coefficient),
 
     .. math::
         F^\top F = D^{-1}\big(Q^\top Q - N \mu\mu^\top\big) D^{-1},\qquad
@@ -104,10 +107,17 @@ def ridge_projection(moments: torch.Tensor, plan_query: torch.Tensor, plan_mass:
     dev = moments.device
     mu = moments[:-1, -1] / n
     cov = moments[:-1, :-1] - n * torch.outer(mu, mu)
-    sigma = (cov.diagonal().clamp_min(0.0) / max(n - 1.0, 1.0)).sqrt().clamp_min(1e-12)
+    # A column constant over the pool (to float rounding) carries no signal, only the rounding
+    # of its sums, which a tiny sigma would blow up: it gets no coefficient (scikit-learn's
+    # StandardScaler leaves such a column unscaled for the same reason).
+    constant = cov.diagonal() <= CONSTANT_RTOL * moments.diagonal()[:-1]
+    sigma = torch.where(constant, 1.0, cov.diagonal().clamp_min(0.0) / max(n - 1.0, 1.0)).sqrt()
     mass = plan_mass.to(dev, torch.float64)
     FtF = cov / sigma[:, None] / sigma[None, :]
     FtP = (plan_query.to(dev, torch.float64).T - torch.outer(mu, mass)) / sigma[:, None]
+    FtF[constant, :] = 0.0
+    FtF[:, constant] = 0.0
+    FtP[constant] = 0.0
     FtF.diagonal().add_(float(alpha))
     coef = torch.linalg.solve(FtF, FtP) / sigma[:, None]
     return PlanProjection(coef, mass / n - mu @ coef)

@@ -132,7 +132,23 @@ def test_streamed_fit_refuses_a_budget_too_small_for_its_whitening():
     Y = rng.standard_normal((k, d_t)).astype(np.float32)
     est = GPUA(refine=False, self_learning=0, query="vfm")  # whiten="auto", the default
     need = minimum_budget_for(est, n, k, d_v, d_t)
-    assert need == minimum_budget(n, k, d_v, d_t, d_v, whiten="auto")
+    assert need == minimum_budget(n, k, d_v, d_t, d_v, whiten="auto", plan_ridge=1.0)
     assert minimum_budget_for(GPUA(refine=False, self_learning=0, query="vfm", whiten=None), n, k, d_v, d_t) < need
     with pytest.raises(GPUAError, match=r"for the whitening's second moment"):  # refused before any pass
         fit_streaming(est, (Z, X), Y, max_memory=need - 1, progress=False)
+
+
+def test_the_plan_projection_is_in_the_budget():
+    # plan_ridge holds the query's (d + 1)^2 float64 moments for the whole fit and solves a
+    # d x d system: at K = 1000 and d_q = 1792 (whitened on every direction) about 100 MB more.
+    from gpua.stream._budget import _projection_bytes
+
+    n, k, d = 50_000, 1000, 1792
+    extra = _projection_bytes(1.0, "auto", n, k, d)
+    assert extra == 8 * (4 * (d + 1) ** 2 + 3 * d * k) and _projection_bytes(None, "auto", n, k, d) == 0
+    assert _projection_bytes(1.0, "auto", 2000, 10, 1664) == 8 * (4 * 129 ** 2 + 3 * 128 * 10)  # whitened to 128
+    need = minimum_budget(n, k, d, 512, d, whiten="auto", plan_ridge=1.0)
+    assert need == minimum_budget(n, k, d, 512, d, whiten="auto") + extra
+    with pytest.raises(GPUAError, match="too small"):
+        plan_memory(need - 1, n, k, d, 512, d, whiten="auto", plan_ridge=1.0)
+    assert plan_memory(need, n, k, d, 512, d, whiten="auto", plan_ridge=1.0).estimate <= need

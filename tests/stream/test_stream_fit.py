@@ -193,9 +193,13 @@ def test_a_fit_stopped_before_the_plan_projection_resumes_with_that_pass_alone(c
     assert not [e for e in seen if "round" in e and "plan_change" in e]  # no UCM round ran again
     assert_same_fit(whole, resumed, atol=1e-6)
     assert resumed.history_["ucm"] == whole.history_["ucm"]
-    # The checkpoint now holds the projected result: a third run reads it and runs no pass of UCM.
+    # The checkpoint now holds the projected result: a third run reads it and runs no pass of UCM,
+    # nor the query-moments pass only a projection still to solve needs.
+    moments_passes, real_moments = [], K_.part_query_moments
+    monkeypatch.setattr(K_, "part_query_moments", lambda *a: moments_passes.append(1) or real_moments(*a))
     again = fit_streaming(GPUA(**params), (Z, X), Y, max_memory="2GB", checkpoint=ck, progress=False)
     assert_same_fit(whole, again, atol=1e-6)
+    assert moments_passes == []
     # The projection is part of the fingerprint: another plan_ridge is another fit.
     with pytest.raises(GPUAError, match="another fit"):
         fit_streaming(GPUA(**params, plan_ridge=None), (Z, X), Y, checkpoint=ck, progress=False)

@@ -7,7 +7,8 @@ Peak memory of a streamed fit, for :math:`N` rows, :math:`K` classes, feature wi
     M = M_0 + M_{\text{fixed}}(N, K, d) + n_c\, m_{\text{row}}(K, d) + M_{\text{cache}},
 
 with :math:`M_0` the interpreter and libraries, :math:`M_{\text{fixed}}` the :math:`O(K d + N)`
-state (centres, cross-covariance, pseudo-labels), :math:`n_c` rows of one chunk in flight with
+state (centres, cross-covariance, pseudo-labels; with ``plan_ridge`` also the projection's
+:math:`(d + 1)^2` float64 moments and solve, :func:`_projection_bytes`), :math:`n_c` rows of one chunk in flight with
 their score temporaries, and :math:`M_{\text{cache}}` the Sinkhorn kernel chunks kept between
 passes. A fit that whitens (``GPUA(whiten=...)``) first has a phase of its own: the query's
 float64 :math:`d_q \times d_q` second moment, summed over chunks, and its eigendecomposition
@@ -189,6 +190,18 @@ def _map_bytes(whiten, n: int, k: int, d_q: int) -> int:
     return 4 * d_q * whitening_width(whiten, n, k, d_q)
 
 
+def _projection_bytes(plan_ridge, whiten, n: int, k: int, d_q: int) -> int:
+    # plan_ridge: the query's float64 (d + 1)^2 moments, held for the whole fit, and the solve of
+    # gpua.projection.ridge_projection (its covariance, scaled copy and LU: three more such
+    # matrices; the d x K right-hand side, solution and coefficients), d the whitened width.
+    if plan_ridge is None:
+        return 0
+    from ..query import whitening_width
+
+    d = d_q if whiten is None else whitening_width(whiten, n, k, d_q)
+    return 8 * (4 * (d + 1) ** 2 + 3 * d * k)
+
+
 def _moment_row_bytes(d_v: int, d_t: int, d_q: int, itemsize: int) -> int:
     # One chunk in the second-moment pass: raw and float32 features, the query and its
     # normalised copy, and its float64 copy (gpua.query.second_moment_sum).
@@ -231,9 +244,10 @@ def rows_per_process(n: int, chunk: int, n_processes: int = 1) -> int:
 
 def minimum_budget(
     n: int, k: int, d_v: int, d_t: int, d_q: int, *, itemsize: int = 4, refine: int = 0, whiten=None, n_processes: int = 1,
+    plan_ridge=None,
 ) -> int:
-    """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes (and ``whiten``, the estimator's)."""
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q)
+    """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes (and ``whiten``, ``plan_ridge``: the estimator's)."""
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q) + _projection_bytes(plan_ridge, whiten, n, k, d_q)
     min_rows = min(n, MIN_CHUNK_ROWS)
     need = max(fixed + min_rows * _row_bytes(k, d_v, d_t, d_q, itemsize), fixed + refine)
     if whiten is not None:
@@ -254,6 +268,7 @@ def plan_memory(
     n_processes: int = 1,
     chunk_rows: int | None = None,
     whiten=None,
+    plan_ridge=None,
 ) -> MemoryPlan:
     """Choose the chunk size and the kernel cache for a budget.
 
@@ -275,6 +290,9 @@ def plan_memory(
         The estimator's ``whiten``: when not None the whitening's d_q x d_q float64
         second moment and eigendecomposition (:func:`whitening_bytes`) must fit too, with the
         map it leaves; the chunk is made smaller where its pass would not fit otherwise.
+    plan_ridge : float or None
+        The estimator's ``plan_ridge``: when not None the projection's float64 moments (held for
+        the whole fit) and its solve must fit too.
 
     Returns
     -------
@@ -287,7 +305,7 @@ def plan_memory(
         whitening's matrices); the message gives the minimum budget.
     """
     total = parse_memory(budget)
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q)
+    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q) + _projection_bytes(plan_ridge, whiten, n, k, d_q)
     per_row = _row_bytes(k, d_v, d_t, d_q, itemsize)
     min_rows = min(n, MIN_CHUNK_ROWS)
     moment_row = _moment_row_bytes(d_v, d_t, d_q, itemsize)
@@ -295,7 +313,8 @@ def plan_memory(
     def whitening_peak(rows: int) -> int:  # the moment pass and eigendecomposition, chunks of `rows`
         return fixed + whitening_bytes(d_q, rows * moment_row, n_processes) if whiten is not None else 0
 
-    need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine, whiten=whiten, n_processes=n_processes)
+    need = minimum_budget(n, k, d_v, d_t, d_q, itemsize=itemsize, refine=refine, whiten=whiten, n_processes=n_processes,
+                          plan_ridge=plan_ridge)
     if need > total:
         # The process itself (RESERVE_BYTES) is most of a small fit's need: a component is named,
         # with its own fix, only where it is a real share of what the budget lacks.

@@ -171,6 +171,10 @@ def fit_federated(
     ``class_prior="zero_shot"`` it sends, per EM step, its :math:`K` sums of zero-shot
     responsibilities, then once its class-weighted row sums (:func:`gpua.stream._fit.pool_class_prior`);
     ``class_prior="estimate"`` is refused (it needs a first whole fit's scores of every row).
+    With ``plan_ridge`` (the default) it sends, once, its whitened query's augmented second
+    moment :math:`[Q, 1]^\top [Q, 1]` (:func:`gpua.projection.query_moments`; with
+    ``whiten=None``, that of the whole query), and per mining its projected plan's
+    :math:`\tilde P^\top Q` and class sums; its projected pseudo-labels stay with it.
     """
     check_gpua_instance(estimator, "fit_federated", "fit_federated(GPUA(self_learning=0), clients, text_prototypes)")
     check_callback(callback)
@@ -223,7 +227,7 @@ def fit_federated(
     d_q = d_v + (d_t if config.query == "fused" else 0)
     n_max = max(s.n_samples for s in sources)
     try:
-        plan = plan_memory(max_memory, n_max, k, d_v, d_t, d_q, whiten=config.whiten)
+        plan = plan_memory(max_memory, n_max, k, d_v, d_t, d_q, whiten=config.whiten, plan_ridge=config.mining.plan_ridge)
     except GPUAError as exc:  # the plan is of one client: say so, or "N=" reads as the whole federation's
         raise GPUAError(f"max_memory is the budget of each client (the largest holds {n_max} rows): {exc}") from None
     parts = []
@@ -341,7 +345,7 @@ class FederatedPool:
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer),
                 n_init_per_class=int(m.n_init_per_class), callback=callback, progress=self.progress, init_log_v=self.log_v,
                 label=f"self-learning {self.n_mined}: " if score_map is not None else "",
-                plan_ridge=m.plan_ridge, moments=self.moments(),
+                plan_ridge=m.plan_ridge, moments=self.moments,
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:

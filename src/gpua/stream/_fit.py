@@ -92,8 +92,9 @@ def minimum_budget_for(estimator, n: int, k: int, d_vfm: int, d_vlm: int, *, dty
         Storage dtype of the features.
     """
     d_q, refine = _widths(estimator, n, k, d_vfm, d_vlm)
+    params = estimator.get_params()
     return minimum_budget(n, k, d_vfm, d_vlm, d_q, itemsize=4 if dtype == "float32" else 2, refine=refine,
-                          whiten=estimator.get_params()["whiten"])
+                          whiten=params["whiten"], plan_ridge=params["plan_ridge"])
 
 
 def make_parts(source, plan: MemoryPlan, owners_fn, n: int) -> list[K_.Part]:
@@ -282,7 +283,7 @@ def fit_streaming(
     token = uuid.uuid4().hex
     try:
         plan = plan_memory(max_memory, n, k, d_v, d_t, d_q, itemsize=itemsize, refine=r_bytes, n_processes=ex.n_processes,
-                           chunk_rows=chunk_rows, whiten=config.whiten)
+                           chunk_rows=chunk_rows, whiten=config.whiten, plan_ridge=config.mining.plan_ridge)
         parts = make_parts(src, plan, ex.owners, n)
         fit = K_.FitSpec.from_config(token, Yt, config, n, plan.tile_dtype)
         pool_stats = (("vfm_mean", config.center), ("vlm_mean", config.center_vlm), ("whiten", config.whiten is not None),
@@ -470,7 +471,7 @@ class StreamedPool:
                 self.ex, self.parts, fit, fit_b, b=self.b, rho=m.rho, tol=float(m.tol), sinkhorn_tol=float(m.sinkhorn_tol),
                 sinkhorn_max_iter=int(m.sinkhorn_max_iter), max_outer=int(m.max_outer), n_init_per_class=int(m.n_init_per_class),
                 checkpoint=ck, callback=callback, progress=self.progress, init_log_v=self.log_v, label=self.label,
-                plan_ridge=m.plan_ridge, moments=self.moments(),
+                plan_ridge=m.plan_ridge, moments=self.moments,
             )
             self.log_v = ucm.log_v  # the next mining (a self-learning round) starts from this class potential
         finally:

@@ -21,6 +21,7 @@ change against the previous round, and each row's argmax and confidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
@@ -106,7 +107,7 @@ def streamed_ucm(
     init_log_v: torch.Tensor | None = None,
     label: str = "",
     plan_ridge: float | None = None,
-    moments: torch.Tensor | None = None,
+    moments: Callable[[], torch.Tensor] | None = None,
 ) -> StreamedUCM:
     r"""Alternate streamed Sinkhorn and closed-form centres until the plan settles.
 
@@ -132,8 +133,10 @@ def streamed_ucm(
     plan_ridge : float > 0, optional
         Replace the final plan by its ridge projection (:mod:`gpua.projection`): one more pass
         sums the projected plan's labels, centres and cross-covariance.
-    moments : float64 tensor of shape (d_q + 1, d_q + 1), optional
-        :func:`gpua.projection.query_moments` of the whole pool (needed with ``plan_ridge``).
+    moments : callable, optional
+        Returns :func:`gpua.projection.query_moments` of the whole pool, float64 of shape
+        (d_q + 1, d_q + 1) (needed with ``plan_ridge``; called only when a projection is solved,
+        so a finished checkpoint costs no pass over the data).
 
     Returns
     -------
@@ -162,7 +165,7 @@ def streamed_ucm(
             if plan_ridge is None or meta.get("projected"):
                 return result
             # Interrupted between UCM's last round and the projection's pass: that pass alone is left.
-            projection = ridge_projection(moments, state["plan_query"], state["plan_mass"], plan_ridge)
+            projection = ridge_projection(moments(), state["plan_query"], state["plan_mass"], plan_ridge)
             return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, progress, label)
         C_prev, g_prev, g = state["centres"], state["g"], state["g"].clone()
         C, r0 = state["centres_next"], int(meta["round"]) + 1
@@ -213,7 +216,7 @@ def streamed_ucm(
         if projecting:
             meta["projected"] = False
             plan_mass = stats["col"] * n
-            projection = ridge_projection(moments, stats["centre_sums"], plan_mass, plan_ridge)
+            projection = ridge_projection(moments(), stats["centre_sums"], plan_mass, plan_ridge)
         if checkpoint is not None:
             checkpoint.save(
                 meta, centres=C, centres_next=C_next, centres_final=result.centres, g=g, labels=labels, confidence=conf,
@@ -235,8 +238,9 @@ def streamed_ucm(
 def _projected(ex, parts, fit: K_.FitSpec, fit_b, projection: PlanProjection, result: StreamedUCM, checkpoint: Checkpoint | None,
                meta: dict, progress: bool, label: str) -> StreamedUCM:
     r"""``result`` with the projected plan's labels, confidences, centres and cross-covariance (one pass; ``plan_ridge``)."""
+    projection_b = ex.broadcast(projection)  # d_q x K coefficients: sent once, not with every chunk's task
     with Bar(progress, f"{label}plan projection", len(parts)) as bar:
-        stats = ex.reduce(K_.part_projected_stats, parts, fit_b, projection, merge=K_.merge_stats, on_done=bar.tick)
+        stats = ex.reduce(K_.part_projected_stats, parts, fit_b, projection_b, merge=K_.merge_stats, on_done=bar.tick)
     n = fit.n_total
     counts = (stats["col"] * n).clamp_min(torch.finfo(torch.float32).tiny)
     centres = torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
