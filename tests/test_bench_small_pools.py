@@ -39,10 +39,12 @@ def test_settings_are_valid_gpua_parameter_sets(sp):
     from gpua import GPUA, VLMZeroShot
 
     assert isinstance(sp.make_model("zero_shot"), VLMZeroShot)
-    today, white, unwhite = (sp.make_model(s) for s in ("today", "whitened", "unwhitened"))
+    today, relaxed, white, unwhite = (sp.make_model(s) for s in ("today", "relaxed", "whitened", "unwhitened"))
     assert today.get_params() == GPUA().get_params()
-    assert (white.rho, white.max_outer, white.whiten, white.center) == (None, 10, "auto", True)
-    assert (unwhite.rho, unwhite.max_outer, unwhite.whiten, unwhite.center) == (None, 10, None, False)
+    assert relaxed.get_params() == GPUA(plan_ridge=None).get_params()
+    # The older settings are the defaults of their day: none projected the plan.
+    assert (white.plan_ridge, white.rho, white.max_outer, white.whiten, white.center) == (None, None, 10, "auto", True)
+    assert (unwhite.plan_ridge, unwhite.rho, unwhite.max_outer, unwhite.whiten, unwhite.center) == (None, None, 10, None, False)
 
 
 def test_fit_and_score_is_the_transductive_accuracy_of_predict(sp, planted):
@@ -51,7 +53,7 @@ def test_fit_and_score_is_the_transductive_accuracy_of_predict(sp, planted):
     idx = sp.balanced_subset(planted.labels, 15, 0)
     Z, X, Y, y = planted.vfm_features[idx], planted.vlm_features[idx], planted.text_prototypes, planted.labels[idx]
     got = sp.fit_and_score("whitened", Z, X, Y, y)
-    model = GPUA(rho=None, max_outer=10, random_state=0).fit(Z, X, Y)
+    model = GPUA(plan_ridge=None, rho=None, max_outer=10, random_state=0).fit(Z, X, Y)
     assert got["acc"] == pytest.approx(np.mean(model.predict(Z, X) == y))
     # labels only score: the same fit against permuted labels scores the permuted agreement
     perm = np.random.default_rng(0).permutation(len(y))
