@@ -1,10 +1,11 @@
 r"""Ridge projection of UCM's plan: the labelling a linear classifier of the query can hold.
 
-UCM's plan :math:`P` (rows summing to one) comes from entropic OT on the fused score; its
-errors include rows a linear function of the query cannot separate from their neighbours. The
-projection replaces :math:`P` by its ridge least-squares fit on the affine functions of the
-standardised query :math:`F = (Q - \mathbf 1 \mu^\top) D^{-1}` (:math:`\mu`, :math:`D`: the
-pool's column means and standard deviations), clipped and renormalised:
+UCM's plan :math:`P` (rows summing to one) comes from entropic OT on the fused score, row by
+row; the map GPUA then fits is linear in the query. The projection replaces :math:`P` by its
+ridge least-squares fit on the affine functions of the standardised query
+:math:`F = (Q - \mathbf 1 \mu^\top) D^{-1}` (:math:`\mu`, :math:`D`: the pool's column means and
+standard deviations), clipped and renormalised, so that each row's labelling is the one a
+linear function of the whole pool's query gives it:
 
 .. math::
     B = (F^\top F + \alpha I)^{-1} F^\top P,\qquad
