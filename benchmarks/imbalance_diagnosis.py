@@ -30,6 +30,7 @@ import argparse
 import numpy as np
 import torch
 from _harness import float_tensor, setup, write_json
+from _levers import add_base_argument, base_params, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets, long_tailed
 
 from gpua.prior import balanced_mean
@@ -83,7 +84,7 @@ def diagnose(pool, seed: int = 0) -> dict[str, float]:
         'GPUA(class_prior="zero_shot"), no labels': (dict(class_prior="zero_shot"), (Z, X, Y)),
     }
     for name, (params, (Zf, Xf, Yf)) in fits.items():
-        model = GPUA(random_state=seed, **params).fit(Zf, Xf, Yf)
+        model = GPUA(**base_params(seed, **params)).fit(Zf, Xf, Yf)
         out[name] = float(np.mean(model.predict(Zf, Xf) == y))
     return out
 
@@ -93,7 +94,9 @@ def main(argv=None) -> int:
     add_set_arguments(ap, REAL_SETS)
     ap.add_argument("--ratios", default="10,50", help="comma-separated pool imbalances R >= 1 (largest class / smallest; 1: as it is)")
     ap.add_argument("--json", default=None, help="write the figures here (atomically)")
+    add_base_argument(ap)
     args = ap.parse_args(argv)
+    set_base_params(ap, args)
     sets = chosen_sets(ap, args, REAL_SETS)
     try:
         ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
             for name in ROWS:
                 print(f"  {name:<50} {100 * figures[name]:6.2f}", flush=True)
     if args.json:
-        write_json(args.json, {"sets": sets, "ratios": ratios, "results": results})
+        write_json(args.json, {"sets": sets, "ratios": ratios, "base": base_params(0), "results": results})
     return 0
 
 

@@ -236,7 +236,7 @@ def test_accuracy_on_a_long_tailed_pool(scripts, tmp_path):
     assert row["pool"] == pytest.approx(zs.score(None, ds.pool.labels, ds.pool.vlm_features))
 
 
-def test_imbalance_diagnosis_rows_and_oracles(scripts, tmp_path, capsys):
+def test_imbalance_diagnosis_rows_and_oracles(scripts, tmp_path, capsys, monkeypatch):
     """Every row on a long-tailed planted pool; the oracle centring is the label-balanced mean, equal to the pool
     mean when the pool is balanced; bad --ratios are refused with one line."""
     import imbalance_diagnosis as diag
@@ -260,6 +260,15 @@ def test_imbalance_diagnosis_rows_and_oracles(scripts, tmp_path, capsys):
     for bad in ("0.5", "ten", ""):
         with pytest.raises(SystemExit):
             diag.main(["--sets", "fmnist-lite2", "--ratios", bad, "--cache-dir", str(tmp_path)])
+    # --base puts parameters under every GPUA row (the README's table ran before plan_ridge), recorded in the JSON
+    import gpua
+
+    assert json.loads(out.read_text())["base"] == {"random_state": 0}
+    seen, real = [], gpua.GPUA.fit
+    monkeypatch.setattr(gpua.GPUA, "fit", lambda self, *a, **k: seen.append(self.plan_ridge) or real(self, *a, **k))
+    monkeypatch.setattr(sys.modules["_levers"], "BASE_PARAMS", {})
+    assert diag.main(["--sets", "fmnist-lite2", "--ratios", "10", "--cache-dir", str(tmp_path), "--base", '{"plan_ridge": null}']) == 0
+    assert seen and set(seen) == {None}
 
 
 README = BENCH.parent / "README.md"
