@@ -146,7 +146,6 @@ def streamed_ucm(
     eps, lam = float(fit.eps), float(fit.lam)
     damp = 1.0 if rho is None else rho / (rho + eps)
     log_b = b.log()
-    Y64 = fit.Y.double()
     n_chunks = len(parts)
     history: list[dict] = []
     passes = 0
@@ -202,14 +201,9 @@ def streamed_ucm(
         marginal = float(((stats["col"] - b).abs() / b).max()) if rho is None else err
         history.append({"round": r, "plan_change": change, "sinkhorn_iter": it, "marginal_error": marginal})
         converged = change < tol or lam == 1.0  # with lam = 1 the centres cannot change the score
-        counts = (stats["col"] * n).clamp_min(torch.finfo(torch.float32).tiny)
-        C_next = None if converged else torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
-        sums = stats["hard_sums"] if fit.assignment == "hard" else stats["centre_sums"]
-        # Per-row results (absent when they stay with federated clients), in row order.
-        order = sorted(stats["parts"])
-        labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
-        conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
-        result = StreamedUCM(C if converged else C_next, labels, conf, sums.T @ Y64, r, converged, history, g.clone(), passes)
+        centres, cross_covariance, labels, conf = _plan_results(stats, fit)
+        C_next = None if converged else centres
+        result = StreamedUCM(C if converged else C_next, labels, conf, cross_covariance, r, converged, history, g.clone(), passes)
         done = converged or r == max_outer
         meta = {"round": r, "converged": converged, "done": done, "history": history, "passes": passes}
         projecting = done and plan_ridge is not None
@@ -235,21 +229,28 @@ def streamed_ucm(
     return result
 
 
+def _plan_results(stats: dict, fit: K_.FitSpec):
+    r"""(centres, :math:`Q^\top P Y`, labels, confidences) of a plan from its merged chunk sums
+    (:func:`gpua.stream._kernels.merge_stats`); the per-row results, in row order, are None when
+    they stay with federated clients."""
+    counts = (stats["col"] * fit.n_total).clamp_min(torch.finfo(torch.float32).tiny)
+    centres = torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
+    sums = stats["hard_sums"] if fit.assignment == "hard" else stats["centre_sums"]
+    order = sorted(stats["parts"])
+    labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
+    conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
+    return centres, sums.T @ fit.Y.double(), labels, conf
+
+
 def _projected(ex, parts, fit: K_.FitSpec, fit_b, projection: PlanProjection, result: StreamedUCM, checkpoint: Checkpoint | None,
                meta: dict, progress: bool, label: str) -> StreamedUCM:
     r"""``result`` with the projected plan's labels, confidences, centres and cross-covariance (one pass; ``plan_ridge``)."""
     projection_b = ex.broadcast(projection)  # d_q x K coefficients: sent once, not with every chunk's task
     with Bar(progress, f"{label}plan projection", len(parts)) as bar:
         stats = ex.reduce(K_.part_projected_stats, parts, fit_b, projection_b, merge=K_.merge_stats, on_done=bar.tick)
-    n = fit.n_total
-    counts = (stats["col"] * n).clamp_min(torch.finfo(torch.float32).tiny)
-    centres = torch.nn.functional.normalize((stats["centre_sums"] / counts[:, None]).float(), dim=1)
-    sums = stats["hard_sums"] if fit.assignment == "hard" else stats["centre_sums"]
-    order = sorted(stats["parts"])
-    labels = torch.cat([stats["parts"][i][0] for i in order]) if order else None
-    conf = torch.cat([stats["parts"][i][1] for i in order]) if order else None
+    centres, cross_covariance, labels, conf = _plan_results(stats, fit)
     passes = result.passes + 1
-    out = replace(result, centres=centres, labels=labels, confidence=conf, cross_covariance=sums.T @ fit.Y.double(), passes=passes)
+    out = replace(result, centres=centres, labels=labels, confidence=conf, cross_covariance=cross_covariance, passes=passes)
     if checkpoint is not None:
         kept = {k: v for k, v in checkpoint.load().items() if k != "meta"}
         kept.update(centres_final=out.centres, labels=labels, confidence=conf, cross_covariance=out.cross_covariance)
