@@ -162,7 +162,7 @@ def fit_federated(
     with a map refined by federated averaging, and a round's rollback criterion is the kNN label
     consistency within each client (rows never leave one), so the fit can keep another round
     than the central fit would. On non-IID clients this costs accuracy (README, "Federated
-    GPUA": -2.6 to -3.4 points from the central fit on the demo's features, -0.3 to -0.7 with
+    GPUA": -4.4 to -5.0 points from the central fit on the demo's features, -1.3 to -2.6 with
     ``self_learning=0``): pass ``GPUA(self_learning=0)`` for federated fits.
 
     With ``center`` / ``center_vlm`` and ``whiten`` (the defaults) each client also sends, once,
