@@ -165,7 +165,8 @@ def streamed_ucm(
                 return result
             # Interrupted between UCM's last round and the projection's pass: that pass alone is left.
             projection = ridge_projection(moments(), state["plan_query"], state["plan_mass"], plan_ridge)
-            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, progress, label)
+            saved = {key: v for key, v in state.items() if key != "meta"}
+            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, saved, progress, label)
         C_prev, g_prev, g = state["centres"], state["g"], state["g"].clone()
         C, r0 = state["centres_next"], int(meta["round"]) + 1
     else:
@@ -211,16 +212,15 @@ def streamed_ucm(
             meta["projected"] = False
             plan_mass = stats["col"] * n
             projection = ridge_projection(moments(), stats["centre_sums"], plan_mass, plan_ridge)
+        saved = dict(centres=C, centres_next=C_next, centres_final=result.centres, g=g, labels=labels, confidence=conf,
+                     cross_covariance=result.cross_covariance,
+                     **({"plan_query": stats["centre_sums"], "plan_mass": plan_mass} if projecting else {}))
         if checkpoint is not None:
-            checkpoint.save(
-                meta, centres=C, centres_next=C_next, centres_final=result.centres, g=g, labels=labels, confidence=conf,
-                cross_covariance=result.cross_covariance,
-                **({"plan_query": stats["centre_sums"], "plan_mass": plan_mass} if projecting else {}),
-            )
+            checkpoint.save(meta, **saved)
         if callback is not None:
             callback(history[-1])
         if projecting:
-            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, progress, label)
+            return _projected(ex, parts, fit, fit_b, projection, result, checkpoint, meta, saved, progress, label)
         if converged:
             break
         C_prev, g_prev, C = C, g.clone(), C_next
@@ -243,8 +243,11 @@ def _plan_results(stats: dict, fit: K_.FitSpec):
 
 
 def _projected(ex, parts, fit: K_.FitSpec, fit_b, projection: PlanProjection, result: StreamedUCM, checkpoint: Checkpoint | None,
-               meta: dict, progress: bool, label: str) -> StreamedUCM:
-    r"""``result`` with the projected plan's labels, confidences, centres and cross-covariance (one pass; ``plan_ridge``)."""
+               meta: dict, saved: dict, progress: bool, label: str) -> StreamedUCM:
+    r"""``result`` with the projected plan's labels, confidences, centres and cross-covariance (one pass; ``plan_ridge``).
+
+    ``saved`` holds the tensors of the checkpoint state written before this pass; the state
+    after it is those with the projected plan's results in place."""
     projection_b = ex.broadcast(projection)  # d_q x K coefficients: sent once, not with every chunk's task
     with Bar(progress, f"{label}plan projection", len(parts)) as bar:
         stats = ex.reduce(K_.part_projected_stats, parts, fit_b, projection_b, merge=K_.merge_stats, on_done=bar.tick)
@@ -252,7 +255,7 @@ def _projected(ex, parts, fit: K_.FitSpec, fit_b, projection: PlanProjection, re
     passes = result.passes + 1
     out = replace(result, centres=centres, labels=labels, confidence=conf, cross_covariance=cross_covariance, passes=passes)
     if checkpoint is not None:
-        kept = {k: v for k, v in checkpoint.load().items() if k != "meta"}
-        kept.update(centres_final=out.centres, labels=labels, confidence=conf, cross_covariance=out.cross_covariance)
-        checkpoint.save({**meta, "projected": True, "passes": passes}, **kept)
+        checkpoint.save({**meta, "projected": True, "passes": passes},
+                        **{**saved, "centres_final": out.centres, "labels": labels, "confidence": conf,
+                           "cross_covariance": out.cross_covariance})
     return out
