@@ -45,3 +45,34 @@ def test_fit_seg_max_images_is_checked_before_any_file(tmp_path, capsys):
     err = _error(capsys, ["fit-seg", "--images", str(images), "--classnames", missing, "--vfm", "planted:vfm",
                           "--vlm", "planted:vlm", "--out", str(tmp_path / "seg.gpua"), "--max-images", "0"])
     assert "--max-images" in err and "missing" not in err, err
+
+
+# README, "Numbers in the README come from commands in the repo": the JSON each figure cites is kept
+# in docs/measurements/. Names the tools write into a user's folder are not measurements.
+_WRITTEN_BY_TOOLS = {".seg.json", "index.json", "preprocessor_config.json", "results.json", "results.jsonl",
+                     "split_zhou_<Dataset>.json"}
+
+
+def _expanded(name: str) -> list[str]:
+    """``a_{1,2}.json`` -> ``a_1.json``, ``a_2.json`` (the README's shorthand for sibling files)."""
+    import re
+
+    m = re.search(r"\{([^{}]*)\}", name)
+    if m is None:
+        return [name]
+    return [e for alt in m.group(1).split(",") for e in _expanded(name[:m.start()] + alt + name[m.end():])]
+
+
+def test_every_measurement_file_the_readme_cites_is_kept():
+    import fnmatch
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    kept = [p.name for p in (root / "docs" / "measurements").iterdir()]
+    cited = {m.group(1) for m in re.finditer(r"`([^`\s]+\.jsonl?)`", text)}
+    names = {c.removeprefix("docs/measurements/") for c in cited
+             if c.startswith("docs/measurements/") or ("/" not in c and not c.startswith(("~", "$", "...")))}
+    missing = [n for c in sorted(names - _WRITTEN_BY_TOOLS) for n in _expanded(c) if not fnmatch.filter(kept, n)]
+    assert len(names) > 30 and not missing, missing
