@@ -202,6 +202,12 @@ def _projection_bytes(plan_ridge, whiten, n: int, k: int, d_q: int) -> int:
     return 8 * (4 * (d + 1) ** 2 + 3 * d * k)
 
 
+def _held_bytes(n: int, k: int, d_t: int, d_q: int, whiten, plan_ridge) -> int:
+    # What a streamed fit holds whatever its chunk size: the process, the O(K d + N) state, the
+    # whitening map and the projection's moments (the fixed part of minimum_budget and plan_memory).
+    return RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q) + _projection_bytes(plan_ridge, whiten, n, k, d_q)
+
+
 def _moment_row_bytes(d_v: int, d_t: int, d_q: int, itemsize: int) -> int:
     # One chunk in the second-moment pass: raw and float32 features, the query and its
     # normalised copy, and its float64 copy (gpua.query.second_moment_sum).
@@ -247,7 +253,7 @@ def minimum_budget(
     plan_ridge=None,
 ) -> int:
     """The smallest ``max_memory`` (bytes) :func:`plan_memory` accepts for these sizes (and ``whiten``, ``plan_ridge``: the estimator's)."""
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q) + _projection_bytes(plan_ridge, whiten, n, k, d_q)
+    fixed = _held_bytes(n, k, d_t, d_q, whiten, plan_ridge)
     min_rows = min(n, MIN_CHUNK_ROWS)
     need = max(fixed + min_rows * _row_bytes(k, d_v, d_t, d_q, itemsize), fixed + refine)
     if whiten is not None:
@@ -305,7 +311,7 @@ def plan_memory(
         whitening's matrices); the message gives the minimum budget.
     """
     total = parse_memory(budget)
-    fixed = RESERVE_BYTES + _fixed_bytes(n, k, d_t, d_q) + _map_bytes(whiten, n, k, d_q) + _projection_bytes(plan_ridge, whiten, n, k, d_q)
+    fixed = _held_bytes(n, k, d_t, d_q, whiten, plan_ridge)
     per_row = _row_bytes(k, d_v, d_t, d_q, itemsize)
     min_rows = min(n, MIN_CHUNK_ROWS)
     moment_row = _moment_row_bytes(d_v, d_t, d_q, itemsize)
