@@ -9,6 +9,10 @@ been read. Here the inputs do not exist, so an error about them shows that the c
 
 from __future__ import annotations
 
+import fnmatch
+import re
+from pathlib import Path
+
 import pytest
 
 from gpua.cli import main
@@ -55,8 +59,6 @@ _WRITTEN_BY_TOOLS = {".seg.json", "index.json", "preprocessor_config.json", "res
 
 def _expanded(name: str) -> list[str]:
     """``a_{1,2}.json`` -> ``a_1.json``, ``a_2.json`` (the README's shorthand for sibling files)."""
-    import re
-
     m = re.search(r"\{([^{}]*)\}", name)
     if m is None:
         return [name]
@@ -64,10 +66,6 @@ def _expanded(name: str) -> list[str]:
 
 
 def test_every_measurement_file_the_readme_cites_is_kept():
-    import fnmatch
-    import re
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text(encoding="utf-8")
     kept = [p.name for p in (root / "docs" / "measurements").iterdir()]
