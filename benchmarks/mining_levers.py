@@ -16,6 +16,14 @@ Methods (``--methods``, default all):
 * ``true_labels`` (**oracle** diagnostic): the same pipeline with the mined plan replaced by the
   pool's **true** labels (a one-hot plan) for Procrustes and refinement, and no self-learning
   (its re-mining would replace them): the best this map could do with perfect pseudo-labels;
+* ``noisy_labels_uniform`` and ``noisy_labels_confusion`` (**oracles**): the same with the true
+  labels corrupted, on images drawn at random, exactly as often as the ``gpua`` row's
+  pseudo-labels err: as many rows, each to a uniformly drawn other class (uniform), or each true
+  class's pseudo-labels shuffled among that class's rows (the same confusion matrix;
+  :func:`image_independent_noise`). Beside ``gpua`` they tell whether its
+  pseudo-labels' errors cost the map more than random errors of the same rate would: errors a
+  linear map of the query reproduces on new photos (image-dependent) rather than noise it
+  averages out;
 * ``gaussian_miner``: every UCM plan (the first and each self-learning round's) turned into the
   responsibilities of a shared-covariance Gaussian mixture fitted by EM in the pool's top-64
   principal subspace of the whitened query (:func:`gaussian_mixture_em`, started from the plan;
@@ -82,10 +90,12 @@ from gpua.fitting import ArrayPool, Mined
 from gpua.query import pool_mean
 from gpua.ucm import class_centres
 
-METHODS = ("gpua", "true_labels", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain",
+METHODS = ("gpua", "true_labels", "noisy_labels_uniform", "noisy_labels_confusion", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain",
            "crossfit_logreg", "crossfit_ridge", "ridge_projection")
 #: Rows that read the pool's labels (printed and stored as oracles).
-ORACLE_METHODS = ("true_labels",)
+ORACLE_METHODS = ("true_labels", "noisy_labels_uniform", "noisy_labels_confusion")
+#: The noisy-label oracles and the kind of noise each draws (:func:`image_independent_noise`).
+NOISY_LABEL_METHODS = {"noisy_labels_uniform": "uniform", "noisy_labels_confusion": "confusion"}
 #: Principal directions of the query the Gaussian mixture lives in.
 GAUSSIAN_COMPONENTS = 64
 #: Neighbours, propagation weight and similarity power of the kNN graph (ZLaP's k and alpha; Iscen et al.'s power).
@@ -119,6 +129,44 @@ class TrueLabelPool(ArrayPool):
             raise RuntimeError("the true-label oracle runs without self-learning (its re-mining would replace the labels)")
         P = torch.nn.functional.one_hot(self.labels, self.Y.shape[0]).to(device=self.Q.device, dtype=self.Q.dtype)
         return Mined(self.labels.clone(), torch.ones(len(self.labels)), class_centres(self.Q, P), [], True, payload=P)
+
+
+def image_independent_noise(labels: np.ndarray, pseudo: np.ndarray, n_classes: int, kind: str, seed: int) -> np.ndarray:
+    """ORACLE: ``labels`` made exactly as wrong as ``pseudo``, on images drawn at random.
+
+    Parameters
+    ----------
+    labels : int array of shape (n_samples,)
+        The pool's true classes.
+    pseudo : int array of shape (n_samples,)
+        A method's pseudo-labels on the same rows; only their number of errors (``"uniform"``)
+        or their confusion matrix (``"confusion"``) is kept, not which rows they get wrong.
+    n_classes : int
+    kind : {"uniform", "confusion"}
+        ``"uniform"``: as many rows as ``pseudo`` gets wrong, drawn at random, each given a
+        uniformly drawn other class. ``"confusion"``: within each true class, ``pseudo``'s labels
+        of that class's rows shuffled among them, so the confusion matrix ``M[c, k] = #{labels =
+        c, pseudo = k}`` is ``pseudo``'s exactly, on other images of each class.
+    seed : int
+        Seeds the draws.
+
+    Returns
+    -------
+    int array of shape (n_samples,)
+    """
+    rng = np.random.default_rng(seed)
+    labels, pseudo = np.asarray(labels), np.asarray(pseudo)
+    noisy = labels.copy()
+    if kind == "uniform":
+        wrong = rng.choice(len(labels), int(np.sum(pseudo != labels)), replace=False)
+        noisy[wrong] = (labels[wrong] + rng.integers(1, n_classes, len(wrong))) % n_classes
+        return noisy
+    if kind != "confusion":
+        raise ValueError(f"kind must be 'uniform' or 'confusion', not {kind!r}")
+    for c in range(n_classes):
+        rows = np.flatnonzero(labels == c)
+        noisy[rows] = pseudo[rng.permutation(rows)]
+    return noisy
 
 
 # --- the Gaussian miner ---------------------------------------------------------------------------
@@ -672,12 +720,21 @@ def fit_gpua(pool, seed: int) -> Outcome:
     return _model_outcome(model, time.perf_counter() - t0, _self_learning(model))
 
 
-def fit_true_labels(pool, seed: int) -> Outcome:
-    """ORACLE: today's pipeline with the pool's true labels as the plan, no self-learning."""
+def fit_true_labels(pool, seed: int, labels: np.ndarray | None = None) -> Outcome:
+    """ORACLE: today's pipeline with the pool's true labels (or ``labels``) as the plan, no self-learning."""
     t0 = time.perf_counter()
     prep = prepare(GPUA(**base_params(seed, self_learning=0)).get_params(), pool)
-    model = fit_with(prep, TrueLabelPool(*prep.rows(), labels=pool.labels))
+    model = fit_with(prep, TrueLabelPool(*prep.rows(), labels=pool.labels if labels is None else labels))
     return _model_outcome(model, time.perf_counter() - t0)
+
+
+def fit_noisy_labels(pool, seed: int, kind: str, pseudo: np.ndarray) -> Outcome:
+    """ORACLE: :func:`fit_true_labels` on the true labels corrupted exactly as often as ``pseudo`` errs
+    (:func:`image_independent_noise`); ``label_accuracy`` records how right the drawn labels are."""
+    labels = image_independent_noise(pool.labels, pseudo, len(pool.text_prototypes), kind, seed)
+    outcome = fit_true_labels(pool, seed, labels)
+    outcome.extra["label_accuracy"] = _accuracy(labels, pool.labels)
+    return outcome
 
 
 def fit_gaussian(pool, seed: int, with_map: bool = True) -> tuple[Outcome | None, Outcome]:
@@ -745,6 +802,11 @@ def run_methods(ds, methods: list[str], seed: int) -> dict[str, Outcome]:
         out["gpua"] = fit_gpua(pool, seed)
     if "true_labels" in methods:
         out["true_labels"] = fit_true_labels(pool, seed)
+    for m, kind in NOISY_LABEL_METHODS.items():
+        if m in methods:
+            if "gpua" not in out:  # the noise copies the gpua row's error rates
+                out["gpua"] = fit_gpua(pool, seed)
+            out[m] = fit_noisy_labels(pool, seed, kind, out["gpua"].pseudo)
     if "gaussian_miner" in methods or "gaussian_classifier" in methods:
         out["gaussian_miner"], out["gaussian_classifier"] = fit_gaussian(pool, seed, "gaussian_miner" in methods)
     if "knn_propagation" in methods:
@@ -849,7 +911,7 @@ def kmeans_table(kmeans: dict[str, list[dict]], summary: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_set_arguments(ap)
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS} (true_labels is an oracle)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS} (the oracles: {ORACLE_METHODS})")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (GPUA's random_state; planted: also the data draw)")
     ap.add_argument("--kmeans", action=argparse.BooleanOptionalAction, default=True,
                     help="the ORACLE k-means geometry table (clusters named with the pool's labels)")

@@ -56,6 +56,44 @@ def test_true_label_oracle_beats_the_mined_labels_on_planted_data(ml, planted):
     assert oracle["test"] > gpua["test"]
 
 
+@pytest.mark.parametrize("kind", ["uniform", "confusion"])
+def test_image_independent_noise_copies_the_errors_not_the_rows(ml, kind):
+    rng = np.random.default_rng(1)
+    K, n = 5, 5_000
+    labels = rng.integers(0, K, n)
+    # systematic pseudo-labels: class 0 read as class 1 on its first 60% of rows, everything else right
+    pseudo = labels.copy()
+    zeros = np.flatnonzero(labels == 0)
+    pseudo[zeros[: int(0.6 * len(zeros))]] = 1
+    noisy = ml.image_independent_noise(labels, pseudo, K, kind, seed=0)
+    assert noisy.shape == labels.shape and noisy.min() >= 0 and noisy.max() < K
+    wrong = noisy != labels
+    assert wrong.sum() == (pseudo != labels).sum()  # exactly as many errors
+    if kind == "confusion":
+        confusion = np.zeros((K, K), int)
+        np.add.at(confusion, (labels, noisy), 1)
+        expected = np.zeros((K, K), int)
+        np.add.at(expected, (labels, pseudo), 1)
+        np.testing.assert_array_equal(confusion, expected)  # the same confusions, exactly
+    else:
+        assert len(np.unique(labels[wrong])) == K and len(np.unique(noisy[wrong])) == K  # spread over every class
+    # on other images than the pseudo-labels' errors: many wrong rows are rows the pseudo-labels got right
+    assert (wrong & (pseudo == labels)).sum() > 0.3 * wrong.sum()
+    np.testing.assert_array_equal(noisy, ml.image_independent_noise(labels, pseudo, K, kind, seed=0))  # seeded
+    with pytest.raises(ValueError, match="kind"):
+        ml.image_independent_noise(labels, pseudo, K, "gaussian", seed=0)
+
+
+def test_noisy_label_oracles_run_after_the_gpua_row_they_copy(ml, planted):
+    out = ml.run_methods(planted, ["noisy_labels_uniform", "noisy_labels_confusion"], 0)
+    assert list(out) == ["noisy_labels_uniform", "noisy_labels_confusion"]  # the gpua fit they need is not a row
+    gpua_pl = ml.score(planted, "gpua", 0, ml.fit_gpua(planted.pool, 0))["pl"]
+    for m, outcome in out.items():
+        row = ml.score(planted, m, 0, outcome)
+        assert row["oracle"] and row["label_accuracy"] == pytest.approx(gpua_pl)  # exactly as many errors
+        assert row["pl"] == row["label_accuracy"]  # the drawn labels are the plan the map is fitted on
+
+
 def test_true_label_driver_refuses_re_mining(ml, small_pool):
     from gpua import GPUA
 
@@ -151,7 +189,7 @@ def test_main_writes_rows_and_marks_the_oracle(ml, tmp_path, capsys):
         assert r["set"] == "planted" and r["seed"] == 0
         assert all(0 <= r[f] <= 1 for f in ("test", "dev", "pl", "pool"))
     assert data["mean_over_real_sets"] == {} and data["kmeans_oracle"] == {}
-    assert data["oracle_methods"] == ["true_labels"] and "machine" in data
+    assert data["oracle_methods"] == ["true_labels", "noisy_labels_uniform", "noisy_labels_confusion"] and "machine" in data
 
 
 def test_mean_over_real_sets_and_its_table(ml):
