@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gpua import GPUAError
+
 from gpua.classify import classify_folder
 
 PLANTED = {"vfm": "planted:vfm", "vlm": "planted:vlm", "templates": "simple", "progress": False,
@@ -67,6 +69,42 @@ def test_trailing_comments_in_a_class_file_are_dropped(tmp_path):
     path.write_text("# my classes\ncat   # my pet\ndog\nC#\nship  # boats too\n")
     names, prompts = load_class_prompts(path)
     assert names == ["cat", "dog", "C#", "ship"]  # was: 'cat   # my pet' the class and its prompt
+    # inside the quotes a line may be wrapped in, ' #' is part of the name (was cut to 'No.')
+    path.write_text('"No. #9 bus"\n\'hash # tag\'  # a comment\n"cat" # pet\n')
+    names, prompts = load_class_prompts(path)
+    assert names == ["No. #9 bus", "hash # tag", "cat"] and prompts[0] == ["No. #9 bus"]
+
+
+@pytest.mark.parametrize("text, why", [
+    ("class\ncat\nship\nairplane\n", "'class' reads as a spreadsheet's column header"),
+    ("id,name\n0,cat\n1,ship\n2,airplane\n", "'id,name' reads as a spreadsheet's column header"),
+    ("Class Index,Class Name\n0,cat\n1,ship\n", "column header"),
+    ("cat,3\nship,5\nairplane,7\n", "field 2 is a number on each"),
+    ("0,cat\n1,ship\n2,airplane\n", "field 1 is a number on each"),
+])
+def test_a_class_file_saved_from_a_spreadsheet_is_refused(tmp_path, text, why):
+    """A header row became a class (the balanced fit gave it photos) and an index or count column
+    became class names or prompt words ("0,cat": class '0'), without a word."""
+    from gpua.data.classnames import load_class_prompts
+
+    path = tmp_path / "classes.csv"
+    path.write_text(text)
+    with pytest.raises(GPUAError, match=why):
+        load_class_prompts(path)
+
+
+@pytest.mark.parametrize("text, names", [
+    ("background, sky, wall\ncat\ndog, puppy\n", ["background", "cat", "dog"]),  # the synonym shorthand
+    ("0\n1\n2\n", ["0", "1", "2"]),  # digits are classes (MNIST)
+    ("name: name\nlabel: label, tag\n", ["name", "label"]),  # header words as classes, in the name: words form
+    ("cat, kitten\ndog, 3 legged dog\n", ["cat", "dog"]),
+])
+def test_class_files_that_only_look_like_spreadsheets_are_read(tmp_path, text, names):
+    from gpua.data.classnames import load_class_prompts
+
+    path = tmp_path / "classes.txt"
+    path.write_text(text)
+    assert load_class_prompts(path)[0] == names
 
 
 def test_benchmark_reruns_rows_when_the_folder_changes(photos, capsys):
@@ -243,9 +281,30 @@ def test_an_output_with_an_image_ending_inside_the_photos_is_refused(folders, ca
     assert main([*argv, "--out", "mine/sky/preds.JPG"]) == 2  # was: written, then read as a photo by the next run
     assert "would write a file with an image's ending inside --images" in capsys.readouterr().err
     assert not (folders / "mine" / "sky" / "preds.JPG").exists()
+    # anywhere: a photo beside the folder was replaced by the CSV
+    photo = folders / "other.bmp"
+    photo.write_bytes(b"BM my photo")
+    assert main([*argv, "--out", str(photo)]) == 2
+    assert "ends like an image" in capsys.readouterr().err and photo.read_bytes() == b"BM my photo"
     assert main([*argv, "--out", "out.csv", "--cache-dir", "mine"]) == 2  # was: an error naming 'out' and 'dataset'
     err = capsys.readouterr().err
     assert "--cache-dir 'mine' lies in --images 'mine'" in err and "mine/.gpua-cache" in err
+
+
+def test_a_cache_setting_that_is_a_file_is_named_as_the_setting(folders, capsys, monkeypatch):
+    """$GPUA_CACHE_DIR on a file was reported as "out '.../classify/...npz' lies under ..." (an
+    argument the user never gave); only --cache-dir was checked up front."""
+    from gpua.cli import main
+
+    important = folders / "important.txt"
+    important.write_text("keep me")
+    monkeypatch.setenv("GPUA_CACHE_DIR", str(important))
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+            "--templates", "simple", "--out", "out.csv", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"$GPUA_CACHE_DIR {str(important)!r} is a file; set it to a folder, or pass --cache-dir" in err
+    assert important.read_text() == "keep me"
 
 
 def test_too_few_readable_photos_are_said_with_the_unreadable_count(folders):
@@ -276,3 +335,42 @@ def test_other_class_files_keep_their_own_cached_features(folders, monkeypatch):
     monkeypatch.setattr(gpua.extract, "_encode_shard", lambda *a, **k: pytest.fail("photos were encoded again"))
     again = classify_folder("mine", "classes.txt", cache_dir="cache", **zs)
     assert again.features == first.features and again.classnames == first.classnames
+
+
+@pytest.mark.parametrize("layout", ["labelled", "flat"])
+def test_a_symlink_whose_target_is_gone_is_named_as_such(tmp_path, layout):
+    """A dangling image link was called 'a symlink loop, or a second path to images read elsewhere'
+    in a labelled folder, and left out without a word in a flat one."""
+    import numpy as np
+    from PIL import Image
+
+    from gpua.data import load_dataset
+
+    folder = tmp_path / "photos"
+    where = folder / "cat" if layout == "labelled" else folder
+    where.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(where / f"{i}.png")
+    (where / "broken.png").symlink_to(where / "moved_away.png")
+    with pytest.warns(UserWarning, match=r"left out 1 symlink\(s\) of .* whose target is missing .*'(cat/)?broken.png'") as caught:
+        ds = load_dataset(str(folder), classnames=["cat"])
+    assert len(ds) == 2
+    assert not any("symlinks lead back" in str(w.message) for w in caught)
+
+
+def test_a_folder_of_dated_sub_folders_gets_the_way_forward(tmp_path):
+    """Sub-folders that are dates, not classes, got only "classnames must be the class-folder names"."""
+    import numpy as np
+    from PIL import Image
+
+    from gpua.data import load_dataset
+
+    for year in ("2023", "2024"):
+        (tmp_path / "photos" / year).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / year / "a.png")
+    with pytest.raises(GPUAError, match="If they are not classes .* move them into one flat folder"):
+        load_dataset(str(tmp_path / "photos"), classnames=["cat", "ship"])
+    (tmp_path / "photos" / "cat").mkdir()  # one folder is a class: then it is a typo, not a layout
+    with pytest.raises(GPUAError, match="is not in classnames") as e:
+        load_dataset(str(tmp_path / "photos"), classnames=["cat", "ship"])
+    assert "flat folder" not in str(e.value)

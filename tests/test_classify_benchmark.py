@@ -65,6 +65,54 @@ def test_classify_a_labelled_folder(photos, capsys):
     assert prov["vfm"] == "planted:vfm" and prov["class_prompts"][0] == ["sky", "blue sky"]
 
 
+@pytest.mark.parametrize("method", ["lfa", "reference", "gpua"])
+def test_no_class_prior_hint_for_a_method_that_refuses_it(photos, capsys, monkeypatch, method):
+    """The summary told lfa and reference users to try --param class_prior=estimate, which those methods refuse."""
+    import gpua.cli.classify as cli_classify
+
+    monkeypatch.setattr(cli_classify, "_zero_shot_differs", lambda *args: True)  # the counts far apart, as on a skewed folder
+    d = photos
+    assert main(["classify", "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+                 "--templates", "simple", "--cache-dir", str(d / "cache"), "--quiet", "--images", str(d / "photos" / "test"),
+                 "--out", str(d / "pm.csv"), "--method", method]) == 0
+    zs = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("VLM zero-shot would predict: "))
+    assert "far apart" in zs and "Imbalanced folders" in zs
+    assert ("try --param class_prior=estimate" in zs) == (method == "gpua")
+
+
+def test_an_interrupted_fit_says_the_features_are_cached(photos, capsys, monkeypatch):
+    """Ctrl-C during the fit said "the photos encoded so far are saved (every 256)": every photo was
+    already encoded and cached; only the fit runs again."""
+    from gpua.cli._common import FitProgress
+
+    def interrupt(self, entry):
+        raise KeyboardInterrupt
+
+    d = photos
+    monkeypatch.setattr(FitProgress, "__call__", interrupt)  # Ctrl-C at the fit's first report
+    assert _classify(d, "--images", str(d / "photos" / "test"), "--out", str(d / "pi.csv")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; every photo's features are cached; the same command reads them back and only the fit runs again" in err
+    monkeypatch.undo()
+    assert _classify(d, "--images", str(d / "photos" / "test"), "--out", str(d / "pi.csv")) == 0
+    assert "features cached in" in capsys.readouterr().out
+
+
+def test_a_warning_about_the_folder_is_said_once(photos, capsys):
+    """The photos folder is read as the photos and as the pool: its warnings (an empty class folder,
+    a file whose name ends otherwise) were printed twice."""
+    import shutil
+
+    d = photos
+    folder = d / "photos" / "test"
+    for f in (folder / "sand").iterdir():
+        f.unlink()
+    shutil.copy(folder / "sky" / "sky_0.png", folder / "sky" / "sky_9.png_large")
+    assert _classify(d, "--images", str(folder), "--out", str(d / "pw.csv")) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if ": warning: " in line]
+    assert len(warned) == 2 and any("hold no images" in w for w in warned) and any("end otherwise" in w for w in warned)
+
+
 @pytest.mark.parametrize("estimate", ["estimate", "zero_shot"])
 def test_classify_with_an_estimated_class_prior(photos, capsys, estimate):
     """--param class_prior=estimate / zero_shot reaches the fit (the history records the estimate); no hint to try it."""

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gpua.cli import main
@@ -148,6 +149,76 @@ def test_broken_pipe_ends_quietly(files, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_json_file_is_written_when_the_reader_of_stdout_stops_early(planted, tmp_path, monkeypatch):
+    """evaluate, compare and calibrate printed their table before writing --json FILE: with
+    `| head` or `| true` the work was done and the JSON lost (exit 141, no file)."""
+    train, test = planted
+    kw = dict(vfm_features=test.vfm_features, vlm_features=test.vlm_features, text_prototypes=test.text_prototypes,
+              classnames=test.classnames, labels=test.labels)
+    test_file = save_features(tmp_path / "test.npz", **kw)
+    train_file = save_features(tmp_path / "train.npz", **{**kw, "vfm_features": train.vfm_features,
+                                                          "vlm_features": train.vlm_features, "labels": train.labels})
+    assert main(["fit", "--train", str(train_file), "--out", str(tmp_path / "m.gpua"), "--n-steps", "5", "--no-progress",
+                 "--quiet"]) == 0
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    runs = {
+        "evaluate.json": ["evaluate", "--model", str(tmp_path / "m.gpua"), "--test", str(test_file), "--report"],
+        "compare.json": ["compare", "--train", str(train_file), "--test", str(test_file), "--methods", "zero_shot", "--quiet"],
+        "calibrate.json": ["calibrate", "longtail", "--features", str(train_file), "--test", str(test_file), "--imbalance", "10"],
+    }
+    for name, argv in runs.items():
+        assert main([*argv, "--json", str(tmp_path / name)]) == 141, name
+        assert json.loads((tmp_path / name).read_text()), name
+
+
+@pytest.mark.parametrize("damage", ["duplicate_classnames", "nan_row", "short_image_ids"])
+def test_a_damaged_feature_file_is_named_in_the_error(planted, tmp_path, capsys, damage):
+    """The checks of a file's contents said what was wrong but not in which file (fit, predict and
+    compare read two or three)."""
+    train, _ = planted
+    kw = dict(vfm_features=train.vfm_features.copy(), vlm_features=train.vlm_features, text_prototypes=train.text_prototypes,
+              classnames=list(train.classnames))
+    if damage == "duplicate_classnames":
+        kw["classnames"][1] = kw["classnames"][0]
+    elif damage == "nan_row":
+        kw["vfm_features"][10, 0] = np.nan
+    else:
+        kw["image_ids"] = ["a", "b", "c"]
+    bad = tmp_path / "damaged.npz"
+    np.savez(bad, **{k: np.asarray(v) for k, v in kw.items()})
+    assert main(["fit", "--train", str(bad), "--out", str(tmp_path / "m.gpua"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpua fit: error: feature file {str(bad)!r}: "), err
+    assert not (tmp_path / "m.gpua").exists()
+
+
+def test_a_model_given_as_a_feature_file_is_named(files, tmp_path, capsys):
+    model = tmp_path / "m.gpua"
+    assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--n-steps", "5", "--no-progress", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--test", str(model)]) == 2
+    assert f"feature file {str(model)!r} must end in .npz or .safetensors; it is a model file" in capsys.readouterr().err
+
+
+def test_a_parameter_given_twice_with_two_values_is_refused(files, tmp_path, capsys):
+    """--param lam=0.3 --param lam=0.5 fitted with 0.5 without a word (a flag and a --param that disagree were refused)."""
+    out = tmp_path / "m.gpua"
+    assert main(["fit", "--train", str(files["train"]), "--out", str(out), "--param", "lam=0.3", "--param", "lam=0.5"]) == 2
+    assert "--param lam=0.3 and --param lam=0.5 both set lam, to different values" in capsys.readouterr().err
+    assert not out.exists()
+    from gpua.cli._common import parse_params
+
+    assert parse_params(["lam=0.5", "lam=0.50"]) == {"lam": 0.5}  # the same value twice is no conflict
+
+
+def test_compare_runs_a_method_named_twice_once(planted, tmp_path):
+    from gpua.report import compare_methods
+
+    train, test = (part.feature_set() for part in planted)
+    rows = compare_methods(train, test, ["zero_shot", "zero_shot", "procrustes_only"], overrides={"n_steps": 5})
+    assert [r["method"] for r in rows] == ["zero_shot", "procrustes_only"]
+
+
 def test_list_params_into_a_closed_pipe(tmp_path):
     r, w = os.pipe()
     os.close(r)  # nobody reads: every write fails with EPIPE, as after `| head -1` has exited
@@ -206,3 +277,11 @@ def test_a_cuda_device_without_a_gpu_is_named_as_the_flag_before_any_work(tmp_pa
     assert main(["fit", "--train", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "m.gpua"), *flags]) == 2
     err = capsys.readouterr().err
     assert named in err and "no CUDA GPU is available here" in err and "device=" not in err.replace("--param device", "")
+
+
+@pytest.mark.parametrize("value, said", [("0", "0 must be 1 or more"), ("1000", "1000 must be from 1 to 256")])
+def test_workers_out_of_range_is_refused_by_its_flag(value, said, capsys):
+    """--workers 1000 got "workers=1000 must be ..." from the library, after the parsing, naming no flag."""
+    with pytest.raises(SystemExit) as e:
+        main(["classify", "--images", "x", "--classnames", "y", "--out", "z.csv", "--workers", value])
+    assert e.value.code == 2 and f"argument --workers: {said}" in capsys.readouterr().err

@@ -136,8 +136,12 @@ def test_unconverged_ucm_warns(planted):
     from gpua.stream import fit_streaming
 
     train, _ = planted
-    with pytest.warns(ConvergenceWarning, match=r"UCM ended after max_outer=1 rounds .*raise max_outer"):
+    with pytest.warns(ConvergenceWarning, match=r"UCM ended after max_outer=1 round before the plan could be compared "
+                                                r"with an earlier one .*raise max_outer") as caught:
         _fit(train, max_outer=1, refine=False)
+    assert not any("inf" in str(w.message) for w in caught)  # was "last change inf > tol": no earlier round to compare with
+    with pytest.warns(ConvergenceWarning, match=r"UCM ended after max_outer=2 rounds with the plan still moving \(last change "):
+        _fit(train, max_outer=2, tol=1e-9, refine=False)
     with pytest.warns(ConvergenceWarning, match=r"raise max_outer"):  # the streamed driver too
         fit_streaming(GPUA(max_outer=1, refine=False), (train.vfm_features, train.vlm_features), train.text_prototypes, progress=False)
     assert issubclass(ConvergenceWarning, UserWarning)

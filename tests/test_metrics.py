@@ -75,6 +75,17 @@ def test_k_occurrence_and_hubs():
     assert hubness_skewness(S2, 2) > hubness_skewness(np.random.default_rng(0).random((200, 20)), 2)
 
 
+def test_k_occurrence_defaults_to_half_the_classes_and_refuses_k_of_every_class():
+    S = np.random.default_rng(0).normal(size=(50, 10))
+    assert k_occurrence(S).sum() == 50 * 5  # min(10, K // 2) per row, as hubness_skewness and robin_hood_index
+    np.testing.assert_array_equal(k_occurrence(S), k_occurrence(S, 5))
+    S4 = np.random.default_rng(0).normal(size=(50, 4))
+    for k in (4, 10):  # was cut to 4 quietly: every class counted in every row, [50 50 50 50] whatever the scores
+        with pytest.raises(GPUAError, match=f"k={k} counts all 4 classes"):
+            k_occurrence(S4, k)
+    assert k_occurrence(S4, 3).sum() == 150
+
+
 def test_summary_keys():
     rep = score_summary(np.arange(4), np.eye(4))
     assert rep["acc1"] == rep["acc5"] == rep["mean_per_class_recall"] == 1.0

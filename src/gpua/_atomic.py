@@ -289,11 +289,39 @@ _ARRAY_SUFFIXES = (".npz", ".npy", ".safetensors")
 
 
 def _held_data(p: Path) -> str | None:
-    """What gpua data the existing file ``p`` holds ("model", "features"), or None for anything else."""
+    """What gpua data the existing file ``p`` holds ("model", "features"), or None for anything else.
+
+    A model is recognised by its contents whatever its name ends in: ``fit --out`` and
+    ``save`` accept any name (``cifar.model``, ``x.pt``), and a report written over one would lose it."""
     suffix = p.suffix.lower()
-    if suffix == ".gpua" or (suffix == ".safetensors" and _is_model_file(p)):
+    if suffix == ".gpua" or _is_model_file(p):
         return "model"
-    return "features" if suffix in _ARRAY_SUFFIXES else None
+    if suffix in _ARRAY_SUFFIXES:  # a user's own arrays (a dataset of images) are not features to re-extract over
+        return "features" if _is_feature_file(p) else "arrays"
+    return None
+
+
+def _is_feature_file(p: Path) -> bool:
+    """Whether ``p`` holds gpua features (a ``.npz`` or ``.safetensors`` with a feature key; read
+    from its index only, not its arrays)."""
+    from ._validation import FEATURE_KEYS
+
+    try:
+        if p.suffix.lower() == ".npz":
+            import numpy as np
+
+            with np.load(p, allow_pickle=False) as z:
+                names = z.files
+        elif p.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="np") as f:
+                names = list(f.keys())
+        else:
+            return False
+    except Exception:  # noqa: BLE001 - damaged or not an archive: not features gpua can read
+        return False
+    return any(k in names for k in FEATURE_KEYS)
 
 
 def _is_model_file(p: Path) -> bool:
@@ -323,7 +351,8 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
         return
     held = _held_data(out)
     if held != holds and (held is not None or holds == "model"):  # a model replaces a model only
-        what = {"model": "a model", "features": "a feature or array file", None: "not a model gpua saved"}[held]
+        what = {"model": "a model", "features": "a feature or array file", "arrays": "an array file that holds no gpua features",
+                None: "not a model gpua saved"}[held]
         written = {"report": "a report", "model": "a model", "features": "features"}[holds]
         raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; nothing was "
                         f"written. Choose another {name} (models end in .gpua), or delete that file first if it may go.")

@@ -274,6 +274,10 @@ class AlignmentEstimator(ParamsMixin):
         from safetensors.torch import save_file
 
         self._check_fitted()
+        try:  # load_model refuses a file with invalid parameters: never write one (set_params does not check)
+            self._validate_params()
+        except GPUAError as exc:
+            raise GPUAError(f"this {type(self).__name__} is not saved: {exc} Set a valid value with set_params, then save.") from None
         path = Path(path).expanduser()
         schema = self._schema
         dims = self._model_dims()

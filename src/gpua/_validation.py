@@ -13,6 +13,9 @@ import numpy as np
 
 from ._errors import GPUAError, warn_user
 
+#: The arrays a gpua feature file holds one or more of (:func:`gpua.features.load_features`).
+FEATURE_KEYS = ("vfm_features", "vlm_features", "text_prototypes")
+
 __all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "check_callback", "l2_normalize", "ROW_NORM_RANGE"]
 
 

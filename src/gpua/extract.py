@@ -54,6 +54,9 @@ _FILE_SUFFIXES = (".npz", ".safetensors")
 
 
 # -- inputs -------------------------------------------------------------------------------------
+#: The most image-decoding threads an extraction takes (``workers``, ``--workers``).
+MAX_WORKERS = 256
+
 def _open_dataset(dataset: Any, split: str | None, classnames: Any, image_root: Any = None):
     """A dataset object (``len``, ``image_id``, ``label``, ``load_image``, ``classnames``, ``name``)."""
     from .data import load_dataset
@@ -776,8 +779,8 @@ def extract_features(
     if on_error not in ON_ERROR:
         raise GPUAError(f"on_error={on_error!r} must be one of {ON_ERROR}.")
     batch_size = check_batch_size(batch_size)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 256):
-        raise GPUAError(f"workers={workers!r} must be an integer from 1 to 256 (threads that decode images; 1: none).")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= MAX_WORKERS):
+        raise GPUAError(f"workers={workers!r} must be an integer from 1 to {MAX_WORKERS} (threads that decode images; 1: none).")
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
     out = Path(out).expanduser()

@@ -31,6 +31,7 @@ This module imports neither :mod:`gpua.estimator` nor :mod:`gpua.stream`; both i
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -592,10 +593,12 @@ def convergence_problems(ucm_runs: Iterable[tuple[list[dict], bool]], mining: Mi
         )
     if unconverged:
         last = unconverged[-1]["plan_change"]
-        out.append(
-            f"UCM ended after max_outer={mining.max_outer} rounds with the plan still moving (last change {last:.2g} "
-            f"> tol={mining.tol:g}); raise max_outer, or tol"
-        )
+        if math.isfinite(last):
+            moving = f"with the plan still moving (last change {last:.2g} > tol={mining.tol:g})"
+        else:  # one round: no earlier plan to compare with
+            moving = f"before the plan could be compared with an earlier one (tol={mining.tol:g} needs two rounds)"
+        out.append(f"UCM ended after max_outer={mining.max_outer} round{'s' if mining.max_outer != 1 else ''} {moving}; "
+                   "raise max_outer, or tol")
     return out
 
 

@@ -217,7 +217,7 @@ def score_summary(y_true, y_score, *, hubness_k: int = 10) -> dict[str, float]:
     }
 
 
-def k_occurrence(scores, k: int = 10) -> np.ndarray:
+def k_occurrence(scores, k: int | None = None) -> np.ndarray:
     r"""How often each column is among a row's ``k`` best: :math:`N_k(c)`.
 
     .. math::
@@ -231,8 +231,9 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
     Parameters
     ----------
     scores : array of shape (n_samples, n_classes)
-    k : int >= 1
-        Clipped to ``n_classes``.
+    k : int >= 1 and < n_classes, optional
+        Default ``min(10, n_classes // 2)`` (:func:`capped_hubness_k`), as :func:`score_summary`;
+        a ``k`` of ``n_classes`` or more (every class in every row) is refused.
 
     Returns
     -------
@@ -241,10 +242,9 @@ def k_occurrence(scores, k: int = 10) -> np.ndarray:
     S = np.asarray(scores)
     if S.ndim != 2 or S.shape[0] == 0 or S.dtype.kind not in "fiub":
         raise GPUAError(f"scores must be a non-empty numeric (n_samples, n_classes) matrix, got shape {S.shape} and dtype {S.dtype}.")
-    k = check_number(k, "k", integer=True, low=1, fix="the number of nearest columns counted per row, e.g. 10")
+    k = _hubness_k(S, k)
     if S.dtype.kind == "f" and np.isnan(S).any():
         raise GPUAError("scores hold NaN; they cannot rank the classes: re-extract or drop those rows.")
-    k = min(k, S.shape[1])
     # a stable sort: tied scores go to the lower index, as predict()'s argmax does (argpartition
     # would break them arbitrarily)
     top = np.argsort(-S, axis=1, kind="stable")[:, :k]
@@ -258,7 +258,7 @@ def capped_hubness_k(k: int, n_classes: int) -> int:
 
 
 def _hubness_k(scores, k: int | None) -> int:
-    """The ``k`` of :func:`hubness_skewness` and :func:`robin_hood_index`: ``None`` is
+    """The ``k`` of :func:`k_occurrence`, :func:`hubness_skewness` and :func:`robin_hood_index`: ``None`` is
     ``capped_hubness_k(10, K)``; a ``k`` of ``K`` or more is refused (it measures nothing)."""
     K = np.asarray(scores).shape[-1] if np.ndim(scores) == 2 else None
     if k is None:
@@ -292,7 +292,7 @@ def hubness_skewness(scores, k: int | None = None) -> float:
     """
     from scipy.stats import skew
 
-    counts = k_occurrence(scores, _hubness_k(scores, k)).astype(np.float64)
+    counts = k_occurrence(scores, k).astype(np.float64)
     if np.allclose(counts, counts[0]):
         return 0.0
     return float(skew(counts))
@@ -314,5 +314,5 @@ def robin_hood_index(scores, k: int | None = None) -> float:
     -------
     float
     """
-    counts = k_occurrence(scores, _hubness_k(scores, k)).astype(np.float64)
+    counts = k_occurrence(scores, k).astype(np.float64)
     return float(0.5 * np.abs(counts - counts.mean()).sum() / counts.sum())

@@ -355,8 +355,19 @@ def format_parameter_table(cls, defaults: dict[str, Any] | None = None) -> str:
 
 
 def parse_params(pairs: Sequence[str] | None, constraints: dict[str, Constraint], owner: str = "GPUA") -> dict[str, Any]:
-    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}``, each checked (:func:`parse_param`)."""
-    return dict(parse_param(constraints, p, owner) for p in pairs or [])
+    """``["lam=0.8", "refine=false"]`` -> ``{"lam": 0.8, "refine": False}``, each checked (:func:`parse_param`).
+
+    A parameter given twice with different values is refused, as a flag and a ``--param`` that
+    disagree are: the last one winning without a word would hide a typo in a long command line.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, value = parse_param(constraints, pair, owner)
+        if name in out and out[name] != value:
+            raise GPUAError(f"--param {name}={out[name]!r} and --param {name}={value!r} both set {name}, to different values; "
+                            "give one of them.")
+        out[name] = value
+    return out
 
 
 def parse_param(constraints: dict[str, Constraint], pair: str, owner: str = "GPUA") -> tuple[str, Any]:

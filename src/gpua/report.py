@@ -273,7 +273,7 @@ def compare_methods(
     """
     train.require("vfm_features", "vlm_features", "text_prototypes", source=train_name)
     test.require("vfm_features", "vlm_features", "labels", source=test_name)
-    methods = list(methods) if methods else list_methods()
+    methods = list(dict.fromkeys(methods)) if methods else list_methods()  # a method named twice is one row
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:
         raise GPUAError(f"method(s) {unknown} are unknown; choose from {list_methods()}.")

@@ -39,6 +39,25 @@ def test_save_replaces_a_model(model, tmp_path):
     np.testing.assert_array_equal(load_model(target).W_, model.W_)
 
 
+@pytest.mark.parametrize("name, value", [("lam", 7), ("logit_scale", -5.0), ("retrieval", "bogus")])
+def test_save_refuses_parameters_load_would_call_corrupt(model, tmp_path, name, value):
+    """set_params does not check (scikit-learn's rule); save wrote the value, and load_model then
+    called the file corrupt and told the user to re-fit: the model was lost."""
+    import copy
+
+    bad = copy.deepcopy(model).set_params(**{name: value})
+    target = tmp_path / "m.gpua"
+    model.save(target)
+    before = target.read_bytes()
+    with pytest.raises(GPUAError, match=f"is not saved: {name}=.*Set a valid value with set_params"):
+        bad.save(target)
+    assert target.read_bytes() == before
+    with pytest.raises(GPUAError, match="is not saved"):
+        bad.save(tmp_path / "other.gpua")
+    assert not (tmp_path / "other.gpua").exists()
+    load_model(target)
+
+
 def test_feature_files_without_feature_keys_are_refused(model, tmp_path):
     path = tmp_path / "typo.npz"
     np.savez(path, vfm_feature=np.ones((3, 4)), vlm_feature=np.ones((3, 4)))

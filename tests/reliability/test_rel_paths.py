@@ -201,6 +201,36 @@ def test_extract_refuses_to_overwrite_its_dataset(tmp_path, capsys):
     assert main(["extract", *enc, "--data", str(data), "--out", str(tmp_path / "f.npz")]) == 0  # a free path works
 
 
+def test_features_never_replace_a_users_own_array_file(tmp_path, capsys):
+    """extract --out (and save_features) replaced any existing .npz: a user's own image dataset
+    (not the --data of this run) was overwritten with features."""
+    from gpua import GPUAError
+    from gpua.features import load_features, save_features
+
+    enc = _Mean.register()
+    data = _image_npz(tmp_path / "imgs.npz")
+    mine = tmp_path / "my_other_dataset"
+    mine.mkdir()
+    _image_npz(mine / "photos.npz")
+    np.save(mine / "embeddings.npy", np.ones((4, 3)))
+    for name in ("photos.npz", "embeddings.npy"):
+        target = mine / name
+        if target.suffix == ".npz":
+            _refused(["extract", *enc, "--data", str(data), "--out", str(target)], capsys, mine, "--out",
+                     "is an array file that holds no gpua features")
+            with pytest.raises(GPUAError, match="is an array file that holds no gpua features"):
+                save_features(target, vfm_features=np.ones((3, 4), np.float32))
+        else:  # the npy is not a feature name at all; a report over it is refused as before
+            _refused(["predict", "--model", str(tmp_path / "none.gpua"), "--features", str(data), "--out", str(target)],
+                     capsys, mine, "--out", "holds no gpua features")
+    # a feature file is still replaced by features (a re-extraction, a re-save)
+    out = tmp_path / "f.npz"
+    assert main(["extract", *enc, "--data", str(data), "--out", str(out)]) == 0
+    assert main(["extract", *enc, "--data", str(data), "--out", str(out), "--no-resume"]) == 0
+    save_features(out, vfm_features=np.ones((3, 4), np.float32))
+    assert load_features(out).vfm_features.shape == (3, 4)
+
+
 def test_extract_never_deletes_a_parts_folder_it_did_not_make(tmp_path, capsys):
     enc = _Mean.register()
     data = _image_npz(tmp_path / "imgs.npz")
@@ -242,4 +272,26 @@ def test_reports_never_replace_gpua_data_that_is_not_an_input(files, tmp_path, c
     _refused(["fit", "--train", str(files["train"]), "--out", str(tmp_path / "shards" / "new.gpua"), "--param", "refine=false"],
              capsys, tmp_path / "shards", "lies inside")  # a new file in a shard set: the next extraction into it stopped
     assert main([*run, str(other / "preds.csv")]) == 0  # a report beside them is fine
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["cifar.model", "x.pt", "model"])
+def test_a_model_saved_under_any_name_is_never_replaced_by_a_report(files, tmp_path, capsys, name):
+    """fit --out and save accept any name; a report over such a model replaced it (only .gpua and
+    safetensors names were recognised as models): the model was lost."""
+    from gpua import load_model
+
+    model = tmp_path / name
+    assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--param", "refine=false", "--quiet"]) == 0
+    capsys.readouterr()
+    kept = model.read_bytes()
+    run = ["--model", str(files["model"])]
+    _refused(["predict", *run, "--features", str(files["test"]), "--out", str(model)], capsys, tmp_path, "is a model")
+    _refused(["evaluate", *run, "--test", str(files["test"]), "--json", str(model)], capsys, tmp_path, "is a model")
+    _refused(["compare", "--train", str(files["train"]), "--test", str(files["test"]), "--methods", "zero_shot",
+              "--json", str(model)], capsys, tmp_path, "is a model")
+    assert model.read_bytes() == kept
+    load_model(model)
+    # a model still replaces it (the same kind)
+    assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--param", "refine=false", "--quiet"]) == 0
     capsys.readouterr()

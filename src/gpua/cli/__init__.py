@@ -118,8 +118,17 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         with warnings.catch_warnings():
-            # A library warning (classes matched by index, encoders that differ...) is one line.
-            warnings.showwarning = lambda message, *_a, **_k: print(f"gpua {args.command}: warning: {message}", file=sys.stderr)
+            # A library warning (classes matched by index, encoders that differ...) is one line, and
+            # said once: a folder read twice in one command (as the photos and as the pool) would
+            # repeat what it holds.
+            shown: set[str] = set()
+
+            def show(message, *_args, **_kwargs) -> None:
+                if str(message) not in shown:
+                    shown.add(str(message))
+                    print(f"gpua {args.command}: warning: {message}", file=sys.stderr)
+
+            warnings.showwarning = show
             return int(args.func(args) or 0)
     except GPUAError as exc:
         print(f"gpua {args.command}: error: {exc}", file=sys.stderr)

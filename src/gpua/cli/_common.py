@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .._errors import GPUAError
@@ -65,7 +66,8 @@ def check_paths(
         Attributes of ``args`` holding paths the command reads (unset ones are skipped).
     outputs : sequence of (attribute, kind)
         Attributes holding paths the command writes; kind ``"file"`` (a report: CSV, JSON, a
-        plot), ``"model"`` or ``"features"`` (a file holding that: see ``holds`` of
+        plot), ``"table"`` (a CSV or JSON file: as ``"file"``, and a name ending like an image's is
+        refused, since text there is a slip that could replace a photo), ``"model"`` or ``"features"`` (a file holding that: see ``holds`` of
         :func:`gpua._atomic.check_output`), ``"folder"`` (files are written into it) or ``"tree"``
         (replaced as a whole).
     extra_inputs : sequence of (name, path)
@@ -73,7 +75,7 @@ def check_paths(
     extra_outputs : sequence of (name, path, kind)
         Paths written that no argument names directly.
     """
-    from .._atomic import check_output
+    from .._atomic import _has_image_ending, check_output
 
     ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
@@ -86,8 +88,11 @@ def check_paths(
                             f"named '-' is meant).")
     for i, (name, path, kind) in enumerate(outs):
         holds = kind if kind in ("model", "features") else "report"
-        check_output(path, name, kind="file" if holds != "report" else kind, inputs=ins,
+        check_output(path, name, kind="file" if holds != "report" or kind == "table" else kind, inputs=ins,
                      distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds)
+        if kind == "table" and _has_image_ending(Path(path)):  # after: an input it would replace is named first
+            raise GPUAError(f"{name} {str(path)!r} ends like an image, but this command writes text (CSV or JSON) there; "
+                            "give a name ending in .csv or .json.")
 
 
 def parse_params(pairs: list[str] | None) -> dict:
@@ -160,7 +165,9 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_workers_argument(p) -> None:
     """``--workers``: threads that decode and prepare images ahead of the encoders."""
-    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+    from ..extract import MAX_WORKERS
+
+    p.add_argument("--workers", type=int_at_least(1, MAX_WORKERS), default=None, metavar="N",
                    help="threads that decode and prepare images while the encoders run (default: the CPU count, at most 8; "
                         "1: none); the features are the same whatever N")
 
@@ -172,16 +179,18 @@ def add_quiet_argument(p, dest: str = "quiet") -> None:
 
 
 def check_cache_dir(args) -> None:
-    """``--cache-dir`` must be a folder (or not exist yet): a file there is named now, not as a deep output path later."""
-    from pathlib import Path
+    """``--cache-dir`` (else ``$GPUA_CACHE_DIR``) must be a folder (or not exist yet): a file there is
+    named now, by the setting that gave it, not as a deep output path later."""
+    import os
 
-    from .._errors import GPUAError
-
-    where = getattr(args, "cache_dir", None)
+    where, name = getattr(args, "cache_dir", None), "--cache-dir"
     if where is None:
-        return
+        where, name = os.environ.get("GPUA_CACHE_DIR") or None, "$GPUA_CACHE_DIR"
+        if where is None:
+            return
     if Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
-        raise GPUAError(f"--cache-dir {where!r} is a file; pass a folder for the cache (it is created if missing).")
+        fix = "pass a folder" if name == "--cache-dir" else "set it to a folder, or pass --cache-dir"
+        raise GPUAError(f"{name} {where!r} is a file; {fix} for the cache (it is created if missing).")
     cache = Path(where).expanduser().resolve()
     for flag in ("images", "pool", "data"):
         folder = getattr(args, flag, None)
@@ -190,12 +199,13 @@ def check_cache_dir(args) -> None:
         top = Path(folder).expanduser().resolve()
         if cache == top or (top in cache.parents and not any(p.startswith(".") for p in cache.relative_to(top).parts)):
             # the cache's folders there would be read as classes (or its files as images) by the next run
-            raise GPUAError(f"--cache-dir {where!r} lies in --{flag} {folder!r}, whose sub-folders the next run would read "
+            raise GPUAError(f"{name} {where!r} lies in --{flag} {folder!r}, whose sub-folders the next run would read "
                             f"as classes; pass a cache folder outside it, or a hidden one inside ({str(Path(folder) / '.gpua-cache')!r}).")
 
 
-def int_at_least(minimum: int):
-    """An argparse ``type``: an integer of ``minimum`` or more, refused while parsing, not after the work."""
+def int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse ``type``: an integer of ``minimum`` or more (and ``maximum`` or less, when given),
+    refused while parsing, not after the work."""
 
     def parse(text: str) -> int:
         try:
@@ -204,6 +214,8 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} must be from {minimum} to {maximum}")
         return value
 
     return parse

@@ -118,7 +118,7 @@ def _load(args) -> dict:
     from ..data.classnames import match_classes
     from ..report import _n_classes, check_encoders
 
-    check_paths(args, inputs=("features", "test"), outputs=(("json", "file"),))
+    check_paths(args, inputs=("features", "test"), outputs=(("json", "table"),))
     key = f"{args.space}_features"
     train_name = f"--features {str(args.features)!r}"
     train = _read(args.features, key, train_name)
@@ -153,13 +153,11 @@ def _read(path, key: str, name: str):
 
     fs = load_features(path, require=(key, "labels"), validate=False)
     infer_n_classes(fs.labels, f"{name} labels")
-    return fs.validate()
+    return fs.validate(f"{name} {str(path)!r}")
 
 
 def _finish(args, command: str, rows: list[dict], seconds: float, out: JsonOutput) -> int:
-    print(format_table(rows))
-    print(f"({seconds:.1f} s)")
-    if args.json:
+    if args.json:  # first: a reader of stdout that stops early (| head) does not lose it
         payload = {
             "command": f"calibrate {command}",
             "features": str(args.features),
@@ -170,6 +168,8 @@ def _finish(args, command: str, rows: list[dict], seconds: float, out: JsonOutpu
             "rows": rows,
         }
         out.write(payload)  # strict JSON: NaN and inf as null; --json -: on stdout, alone
+    print(format_table(rows))
+    print(f"({seconds:.1f} s)")
     return 0
 
 

@@ -46,6 +46,22 @@ def add_subcommands(subparsers) -> None:
                    "resumes from them")
 
 
+#: What an interruption leaves once every photo is encoded (the fit's first report says so).
+FIT_INTERRUPTED = "every photo's features are cached; the same command reads them back and only the fit runs again"
+
+
+def _fit_started(args: argparse.Namespace, progress):
+    """``progress`` as the fit's callback, switching the interruption line to :data:`FIT_INTERRUPTED`
+    at the fit's first report (the encoding is then over: "photos saved every 256" is no longer what
+    a Ctrl-C leaves)."""
+
+    def callback(entry: dict) -> None:
+        args.on_interrupt = FIT_INTERRUPTED
+        progress(entry)
+
+    return callback
+
+
 def _zero_shot_differs(ours: Counter, zero_shot: Counter, n: int) -> bool:
     """Whether the two methods' class counts are far apart (total variation above 0.2)."""
     return n > 0 and sum(abs(ours[k] - zero_shot[k]) for k in set(ours) | set(zero_shot)) / (2 * n) > 0.2
@@ -60,7 +76,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     # --out -: the CSV alone on stdout (no file named "-"), the summary on stderr
     check_paths(args, inputs=("images", "classnames", "templates", "pool"),
-                outputs=(("model_out", "model"),) if args.out == STDOUT else (("out", "file"), ("model_out", "model")))
+                outputs=(("model_out", "model"),) if args.out == STDOUT else (("out", "table"), ("model_out", "model")))
     if not Path(args.images).expanduser().is_dir():
         raise GPUAError(f"--images {args.images!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     check_cache_dir(args)
@@ -77,6 +93,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out: CsvOutput) -> int:
     import warnings
 
+    from ..baselines import unused_overrides
     from ..classify import _format_counts, classify_folder, is_undecoded_format
     from ..data._loaders import heif_install_note
     from ._common import FitProgress
@@ -89,7 +106,7 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
         res = classify_folder(
             args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
             overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
-            progress=not args.quiet, callback=progress, workers=args.workers,
+            progress=not args.quiet, callback=_fit_started(args, progress), workers=args.workers,
         )
     n = out.write_with(lambda path: res.to_csv(path, top_k=args.top_k))
     if args.model_out:
@@ -125,7 +142,8 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
               # folder (common: the zero-shot's counts are then the worse guess) or a skewed folder.
               + (" (far apart: either the VLM favours some classes, common on balanced folders, where GPUA's counts "
                  "are the better guess, or the folder's classes are far from equally frequent"
-                 + ("" if "class_prior" in overrides else ": if you know they are, try --param class_prior=estimate, or "
+                 + ("" if "class_prior" in overrides or unused_overrides(args.method, {"class_prior": "estimate"})
+                    else ": if you know they are, try --param class_prior=estimate, or "
                     "class_prior=zero_shot if the folder is strongly long-tailed")
                  + "; see 'Imbalanced folders' in the README)" if far else ""))
     scores = res.scores()

@@ -40,7 +40,7 @@ def _read_features(path: str, require: tuple[str, ...] = ()):
             meta=sf.meta,
         )
         fs.require(*require, source=f"shard set {path!r}")
-        return fs.validate()
+        return fs.validate(f"shard set {path!r}")
     return load_features(path, require=require)
 
 
@@ -200,7 +200,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    check_paths(args, inputs=("model", "test"), outputs=(("json", "file"), ("plot", "file")))
+    check_paths(args, inputs=("model", "test"), outputs=(("json", "table"), ("plot", "file")))
     with JsonOutput(args.json) as out:  # --json -: the table goes to stderr, the JSON alone to stdout
         return _evaluate(args, out)
 
@@ -224,18 +224,18 @@ def _evaluate(args, out: JsonOutput) -> int:
     rows = [{"method": f"model ({res['gpua']['method']})", **res["metrics"], "hubness_skewness": res["gpua"]["hubness_skewness"], "n_classes": n_classes}]
     if "zero_shot_metrics" in res["gpua"]:
         rows.insert(0, {"method": "vlm_zero_shot", **res["gpua"]["zero_shot_metrics"], "n_classes": n_classes})
+    confusion, per_class = res.get("confusion_matrix"), res.get("per_class")
+    if args.json:  # first: a reader of stdout that stops early (| head) or a plot that fails leaves the scores written
+        if not args.report:
+            res.pop("per_class", None)
+            res.pop("confusion_matrix", None)
+        out.write(res)
     print(f"dataset {res['dataset'] or '?'}: {res['gpua']['n_samples']} images, {n_classes} classes (matched {res['gpua']['classes_matched']}); "
           f"VFM {res['vfm'] or '?'}, VLM {res['vlm'] or '?'}")
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness")))
     if args.report:
         print()
-        print(format_class_report(res["per_class"], res["confusion_matrix"]))
-    confusion = res.get("confusion_matrix")
-    if args.json:  # before the plot: a plot that fails (a missing font, a full disk) leaves the scores written
-        if not args.report:
-            res.pop("per_class", None)
-            res.pop("confusion_matrix", None)
-        out.write(res)
+        print(format_class_report(per_class, confusion))
     if args.plot:
         plot_confusion_matrix(args.plot, confusion, title=f"{res['dataset'] or Path(args.test).name}: {Path(args.model).name}")
         print(f"wrote {args.plot}")
@@ -281,7 +281,7 @@ def _cmd_predict(args) -> int:
     from ._common import STDOUT, CsvOutput
 
     # --out -: the CSV alone on stdout (no file named "-"), the notes on stderr
-    check_paths(args, inputs=("model", "features"), outputs=() if args.out == STDOUT else (("out", "file"),))
+    check_paths(args, inputs=("model", "features"), outputs=() if args.out == STDOUT else (("out", "table"),))
     check_device_flag(args.device)
     with CsvOutput(args.out) as out:
         return _predict(args, out)
@@ -315,7 +315,7 @@ def _predict(args, out) -> int:
 
 
 def _cmd_compare(args) -> int:
-    check_paths(args, inputs=("train", "test"), outputs=(("json", "file"),))
+    check_paths(args, inputs=("train", "test"), outputs=(("json", "table"),))
     with JsonOutput(args.json) as out:  # --json -: the table and notes go to stderr, the JSON alone to stdout
         return _compare(args, out)
 
@@ -324,7 +324,7 @@ def _compare(args, out: JsonOutput) -> int:
     from ..baselines import list_methods, override_notes
     from ..report import compare_methods, format_table
 
-    methods = list_methods() if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list_methods() if args.methods.strip() == "all" else list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if not methods:  # the library reads an empty list as every method: a typo would start them all
         raise GPUAError(f"--methods {args.methods!r} names no method; give comma-separated names from {list_methods()}, or 'all'.")
     unknown = [m for m in methods if m not in list_methods()]
@@ -339,13 +339,14 @@ def _compare(args, out: JsonOutput) -> int:
     _check_widths(test, f"--test {args.test!r}", train, f"--train {args.train!r}")
     rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet,
                            train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
-    print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     from .. import __version__
     from ..report import encoders_of
 
     vfm, vlm = encoders_of(train.meta or {})
+    # the JSON first: a reader of stdout that stops early (| head) does not lose it
     out.write({"train": str(args.train), "test": str(args.test), "vfm": vfm, "vlm": vlm, "gpua_version": __version__,
                "params": overrides, "notes": [n.removeprefix("note: ") for n in notes], "results": rows})
+    print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     return 0
 
 

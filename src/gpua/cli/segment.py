@@ -934,7 +934,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     from ..segment.metrics import SegmentationMetric, check_ignore_index
 
     check_paths(args, inputs=("pred", "model", "gt", "images", "classnames", "templates", "root"),
-                extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "file")] if args.json not in (None, "-") else [])
+                extra_inputs=_sidecar(args), extra_outputs=[("--json", args.json, "table")] if args.json not in (None, "-") else [])
     if args.limit is not None and args.limit < 1:
         raise GPUAError(f"--limit {args.limit} must be 1 or more (leave it out to score every image).")
     _warn_unused_evaluate_flags(args)
@@ -1023,7 +1023,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
     result["n_images"] = metric.n_images
     threshold_note = labeller.note() if labeller is not None else ""
     with JsonOutput(args.json) as out:  # --json -: the JSON alone on stdout, the table on stderr
+        out.write(result)  # first: a reader of stdout that stops early (| head) does not lose it
         print(scores.table())
         print(f"{metric.n_images} image(s){threshold_note}")
-        out.write(result)
     return 0

@@ -238,7 +238,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         # headers as SyntaxError/ValueError.
         raise UnreadableImageError(
             f"image file {p!r} could not be read ({type(exc).__name__}: {exc}); it is truncated, corrupt or "
-            "not an image. Skip it (catch gpua.data.UnreadableImageError) or replace the file.",
+            "not an image: replace the file, or remove it.",
             p,
         ) from exc
 

@@ -784,6 +784,15 @@ def _links_into(path: str, trees: Sequence[str]) -> bool:
     return os.path.islink(path) and any(_within(os.path.realpath(path), t) for t in trees)
 
 
+def _warn_dangling_links(base: Path, dangling: Sequence[str]) -> None:
+    """One warning naming the image-named symlinks of ``base`` whose target is missing (left out:
+    there is nothing to read, and they are no second path to an image listed elsewhere)."""
+    if dangling:
+        shown = ", ".join(repr(s) for s in dangling[:5]) + (", ..." if len(dangling) > 5 else "")
+        warn_user(f"left out {len(dangling)} symlink(s) of {str(base)!r} whose target is missing (moved or deleted): {shown}; "
+                  "restore the targets, or remove the links.")
+
+
 def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None = None) -> dict[str, list[str]]:
     """{class folder: its image files (recursively, sorted, relative to it, ``/``-separated)}.
 
@@ -812,6 +821,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
     class_trees = [os.path.realpath(t) for t in tops.values()]
     skipped: list[str] = []
     misnamed: list[str] = []
+    dangling: list[str] = []
     out: dict[str, list[str]] = {}
     for name, top in tops.items():
         found: list[str] = []
@@ -834,6 +844,9 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
                 keep.append(d)
             dirnames[:] = keep
             images = [f for f in sorted(filenames) if _is_image_file(dirpath, f)]
+            for f in [f for f in images if not os.path.exists(os.path.join(dirpath, f))]:
+                images.remove(f)  # a symlink whose target is gone: nothing to read, and not a second path to anything
+                dangling.append((Path(name) / rel / f).as_posix())
             for f in [f for f in images if _links_into(os.path.join(dirpath, f), class_trees)]:
                 images.remove(f)  # cat/x.jpg -> ../ship/0.jpg: ship's image, listed there, not a cat too
                 skipped.append((Path(name) / rel / f).as_posix())
@@ -844,6 +857,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
     if report:
         _warn_unread_photos(base, unread)
     _warn_misnamed_images(base, misnamed)
+    _warn_dangling_links(base, dangling)
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warn_user(f"skipped {len(skipped)} folder(s) or image(s) of {str(base)!r} that symlinks lead back to (a symlink "
@@ -886,8 +900,10 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             )
     folders, absent = _split_class_folders(root, _subdirs(root), str(split)) if split is not None else (_subdirs(base), [])
     _utf8_names(base, folders)  # before they become class names
-    files_here = sorted(e.name for e in os.scandir(base) if e.is_file())  # one listing of a flat folder of a million
+    entries = list(os.scandir(base))  # one listing of a flat folder of a million
+    files_here = sorted(e.name for e in entries if e.is_file())
     loose = [f for f in files_here if _is_image_file(base, f)]
+    _warn_dangling_links(base, sorted(e.name for e in entries if e.is_symlink() and not os.path.exists(e.path) and _is_image(e.name)))
     _warn_unread_photos(base, [f for f in files_here if _is_unread_photo(f)])
     _warn_misnamed_images(base, [f for f in files_here if _is_misnamed_image(base, f)])
     splits = [f for f in folders if _is_split_name(f)] if split is None and not loose else []
@@ -997,6 +1013,8 @@ def _folder_classnames(
         raise GPUAError(
             f"class folder {missing[0]!r} of {str(base)!r} is not in classnames; classnames must be the class-folder "
             f"names (in any order). Folders: {folders[:5]}{'...' if len(folders) > 5 else ''}."
+            + (" If they are not classes (dates, albums, events), the photos are unlabeled: move them into one flat "
+               "folder, which is read as unlabeled photos." if len(missing) == len(folders) else "")
         )
     extra = [c for c in user_names if _nfc(c) not in by_form]
     if extra:

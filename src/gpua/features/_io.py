@@ -31,11 +31,10 @@ import numpy as np
 from .._atomic import atomic_path, check_output
 from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
-from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings
+from .._validation import FEATURE_KEYS, check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
 __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
 
-FEATURE_KEYS = ("vfm_features", "vlm_features", "text_prototypes")
 _ARRAY_KEYS = FEATURE_KEYS + ("labels",)
 _STRING_KEYS = ("classnames", "image_ids")
 _FIX = "re-create it (gpua extract, or gpua.features.save_features)"
@@ -85,8 +84,20 @@ class FeatureSet:
                 "Write the file with gpua.features.save_features or `gpua extract`."
             )
 
-    def validate(self) -> "FeatureSet":
-        """Check shapes against each other (labels and class names included); return self."""
+    def validate(self, source: str | None = None) -> "FeatureSet":
+        """Check shapes against each other (labels and class names included); return self.
+
+        ``source`` (``"feature file 'x.npz'"``) starts each error's message, so that a command
+        reading several files says which one is damaged.
+        """
+        if source is None:
+            return self._validate()
+        try:
+            return self._validate()
+        except GPUAError as exc:
+            raise GPUAError(f"{source}: {exc}") from None
+
+    def _validate(self) -> "FeatureSet":
         n = None
         if self.vfm_features is not None:
             self.vfm_features = check_matrix(self.vfm_features, "vfm_features")
@@ -411,7 +422,8 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
     elif suffix == ".safetensors":
         arrays, meta = _read_safetensors(path, where)
     else:
-        raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
+        raise GPUAError(f"{where} must end in .npz or .safetensors"
+                        + ("; it is a model file, which is not read as features." if suffix == ".gpua" else "."))
     if not isinstance(meta, dict):
         raise ModelFileError(f"{where} has a 'meta' that is a JSON {type(meta).__name__}, not an object; {_FIX}.")
     if "text_embeddings" in arrays and "text_prototypes" not in arrays:
@@ -433,4 +445,4 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
         meta=meta,
     )
     fs.require(*require, source=f"feature file {str(path)!r}")
-    return fs.validate() if validate else fs
+    return fs.validate(where) if validate else fs

@@ -252,15 +252,53 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
     located, from_json = read_located(path, "class names", index_dict=True)
     if not from_json:
         # "# ..." lines and trailing " # ..." comments are dropped ("cat  # my pet" is the class cat);
-        # a '#' inside a word stays ("C#"). JSON has no comments: its strings are taken whole.
-        located = [(w, clean_edges(re.split(r"\s#", e, maxsplit=1)[0])) for w, e in located if not e.startswith("#")]
+        # a '#' inside a word stays ("C#"), and so does one inside quotes ('"No. #9 bus"'). JSON has
+        # no comments: its strings are taken whole.
+        located = [(w, clean_edges(_without_comment(e))) for w, e in located if not e.startswith("#")]
         located = [(w, e) for w, e in located if e]
         if not located:
             raise GPUAError(f"{source} holds only comments; write one class per line.")
+        _refuse_spreadsheet_columns(located, source)
     matches = [_WNID_LINE.match(e) for _, e in located]
     if all(matches):
         located = [(w, m.group(1).strip()) for (w, _), m in zip(located, matches)]  # type: ignore[union-attr]
     return _parse_located(located, source)
+
+
+#: Column headers a class-name file saved from a spreadsheet starts with (compared lower-case, "_" as " ").
+_HEADER_FIELD = re.compile(r"(?:class|classes|category|categories|label|labels|name|names|id|ids|index|idx|count|n|"
+                           r"(?:class|category|label) ?(?:name|names|id|index|idx)|description|synonyms|words|prompts?)")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _refuse_spreadsheet_columns(located: Sequence[tuple[str, str]], source: str) -> None:
+    """Refuse a class-name file that is a spreadsheet's columns saved as text (``.csv``): a header
+    row (``class``, ``id,name``) would be a class, and a column of numbers (an index, a count) a
+    class name or a prompt word, both without a word otherwise ("0,cat" is the class ``0``
+    prompted by "0" and "cat"). Lines with a ``:`` are the ``name: words`` form, never checked."""
+    if len(located) < 2 or any(":" in e for _, e in located):
+        return
+    rows = [[_unquote(clean_edges(f)) for f in e.split(",")] for _, e in located]
+    where, first = located[0]
+    if all(_HEADER_FIELD.fullmatch(f.lower().replace("_", " ")) for f in rows[0] if f) and any(rows[0]):
+        raise GPUAError(f"{source}, {where}: {first!r} reads as a spreadsheet's column header, not a class; delete that "
+                        "line (a class of that name: write it as 'name: words', or in a JSON file).")
+    body = rows[1:] if len(rows) > 2 else rows  # the first line may be a header of other words
+    widths = {len(r) for r in body}
+    if len(widths) == 1 and widths.pop() >= 2:
+        numeric = [j for j in range(len(body[0])) if all(_NUMBER.fullmatch(r[j]) for r in body)]
+        if numeric:
+            raise GPUAError(f"{source}: every line has {len(body[0])} comma-separated fields and field {numeric[0] + 1} is a "
+                            f"number on each (line {located[-1][1]!r}): a spreadsheet's columns (an index, a count), not a "
+                            "class and its prompt words; give the class names alone, one per line (or 'name: word, word').")
+
+
+def _without_comment(line: str) -> str:
+    """``line`` without a trailing `` # ...`` comment, outside the quotes a line may be wrapped in."""
+    quote = line[:1]
+    end = line.find(quote, 1) if quote in ('"', "'") else -1
+    head, tail = (line[: end + 1], line[end + 1:]) if end > 0 else ("", line)
+    return head + re.split(r"\s#", tail, maxsplit=1)[0]
 
 
 def _mapping_entries(data: Mapping, source: str) -> list[tuple[str, str, list[str]]]:
