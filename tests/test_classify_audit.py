@@ -374,3 +374,13 @@ def test_a_folder_of_dated_sub_folders_gets_the_way_forward(tmp_path):
     with pytest.raises(GPUAError, match="is not in classnames") as e:
         load_dataset(str(tmp_path / "photos"), classnames=["cat", "ship"])
     assert "flat folder" not in str(e.value)
+
+
+def test_a_pool_of_unreadable_files_is_named_as_the_pool(folders):
+    """'none of the 5 images could be read' did not say it was the pool, not the photos."""
+    junk = folders / "junk"
+    junk.mkdir()
+    for i in range(5):
+        (junk / f"b{i}.png").write_bytes(b"not a png")
+    with pytest.raises(GPUAError, match=r"^pool '.*junk': none of the 5 images could be read"):
+        classify_folder("mine", "classes.txt", pool="junk", cache_dir="cache", **PLANTED)

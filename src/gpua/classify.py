@@ -468,10 +468,16 @@ def classify_folder(
         # and as a pool (unlabeled) has two cache keys, which would overwrite each other.
         tag = f"{_folder_tag(_folder_of(where))}{'-pool' if key == 'pool' else ''}-{prompts_tag}"
         out = feature_cache_path("classify", tag, vfm, vlm, cache_dir)
-        with _quiet_listing() if key == "images" else contextlib.nullcontext():
-            paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out, device=device,
-                                          batch_size=batch_size, cache_dir=cache_dir, progress=progress,
-                                          shard_size=CLASSIFY_PART_IMAGES, workers=workers)
+        try:
+            with _quiet_listing() if key == "images" else contextlib.nullcontext():
+                paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out,
+                                              device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                                              shard_size=CLASSIFY_PART_IMAGES, workers=workers)
+        except GPUAError as exc:
+            if "could be read" not in str(exc):
+                raise
+            # "none of the 5 images could be read": of which folder, when two are encoded
+            raise GPUAError(f"{key} {str(_folder_of(where))!r}: {exc}") from None
     if undecoded:
         warn_user(f"{len(undecoded)} photo(s) of {str(folder)!r} are in formats gpua does not decode ({_format_counts(undecoded)}; "
                   f"first: {undecoded[0]!r}); they are not classified, and Classification.unreadable (the CSV) names each "

@@ -180,7 +180,7 @@ def _match_classnames(given: list[str] | None, found: list[str], source: str) ->
         if g != f:
             raise GPUAError(
                 f"classnames do not match {source}: class {i} is {g!r} in classnames but {f!r} in {source}. "
-                "Leave classnames=None to use the names of the source, or fix the list."
+                "Leave the class names out to use the names of the source, or fix the list."
             )
     n = min(len(given), len(found))
     extra = given[n] if len(given) > n else found[n]
