@@ -290,7 +290,8 @@ def _refuse_spreadsheet_columns(located: Sequence[tuple[str, str]], source: str)
         if numeric:
             raise GPUAError(f"{source}: every line has {len(body[0])} comma-separated fields and field {numeric[0] + 1} is a "
                             f"number on each (line {located[-1][1]!r}): a spreadsheet's columns (an index, a count), not a "
-                            "class and its prompt words; give the class names alone, one per line (or 'name: word, word').")
+                            "class and its prompt words; give the class names alone, one per line (or 'name: word, word'; classes "
+                            "named by a number: '0: zero').")
 
 
 def _without_comment(line: str) -> str:
