@@ -214,3 +214,22 @@ def test_benchmark_fashion_mnist_from_idx_files(tmp_path, idx_files, capsys):
     # the files are cached under their own key (not the system's /usr/share/datasets copy)
     cached = {p.name for p in (tmp_path / "cache" / "benchmark").iterdir()}
     assert cached and all(name.startswith("fashion-mnist-") for name in cached)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_benchmark_never_writes_a_new_folder_into_a_dataset_split(photos, capsys, flag):
+    """benchmark --out ds/train/res scored 'res' as a sixth class (n_classes 6) without a word, and a
+    --cache-dir there left a folder the next run read as a class."""
+    d = photos
+    split = d / "photos" / "train"
+    before = sorted(p.name for p in split.iterdir())
+    argv = ["benchmark", "--datasets", str(d / "photos"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--methods",
+            "zero_shot", "--quiet", "--out", str(d / "bench"), "--cache-dir", str(d / "cache")]
+    argv[argv.index(flag) + 1] = str(split / "new")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    if flag == "--cache-dir":
+        assert f"lies in --datasets {str(split)!r}" in err, err
+    else:
+        assert f"would create the folder 'new' inside --datasets {str(split)!r}" in err, err
+    assert sorted(p.name for p in split.iterdir()) == before

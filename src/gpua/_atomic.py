@@ -294,11 +294,27 @@ def _held_data(p: Path) -> str | None:
     A model is recognised by its contents whatever its name ends in: ``fit --out`` and
     ``save`` accept any name (``cifar.model``, ``x.pt``), and a report written over one would lose it."""
     suffix = p.suffix.lower()
-    if suffix == ".gpua" or _is_model_file(p):
+    if suffix == ".gpua" or _is_model_file(p) or _is_segmentation_sidecar(p):
         return "model"
     if suffix in _ARRAY_SUFFIXES:  # a user's own arrays (a dataset of images) are not features to re-extract over
         return "features" if _is_feature_file(p) else "arrays"
     return None
+
+
+def _is_segmentation_sidecar(p: Path) -> bool:
+    """Whether ``p`` is the ``.seg.json`` file ``gpua fit-seg`` writes beside its model (part of the
+    model: a report over it left the model unusable by ``segment``)."""
+    if not p.name.lower().endswith(".seg.json"):
+        return False
+    import json
+
+    from ._integrity import CHECKSUM_KEY
+
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and CHECKSUM_KEY in meta and meta.get("task") == "segmentation"
 
 
 def _is_feature_file(p: Path) -> bool:
@@ -368,7 +384,7 @@ def _has_image_ending(p: Path) -> bool:
 
 #: Inputs read as an image folder whose sub-folders are classes (``classify --images``,
 #: ``extract --data``): a new sub-folder written there would be a new class on the next run.
-_CLASS_FOLDER_INPUTS = frozenset({"--images", "--data", "images", "data", "dataset"})
+_CLASS_FOLDER_INPUTS = frozenset({"--images", "--data", "--datasets", "images", "data", "dataset"})
 #: How many directory entries the labelled-folder test looks at before giving up (then: not known).
 _LABELLED_SCAN_LIMIT = 20000
 

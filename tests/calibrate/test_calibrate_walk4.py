@@ -104,3 +104,35 @@ def test_cli_names_the_lr_flag(feature_files):
     with pytest.raises(GPUAError, match=r"FedAvg diverged.*--lr 1e\+06.*smaller --lr"):
         _run(["calibrate", "federated", "--features", str(f / "train.npz"), "--test", str(f / "test.npz"),
               "--clients", "3", "--alpha", "0.5", "--rounds", "3", "--methods", "fedavg", "--lr", "1e6"])
+
+
+def test_long_tail_counts_say_they_are_after_the_held_out_rows(tmp_path):
+    """'class(es) [0, 1] have [1, 1] sample(s)' of a file holding 2 per class: the default
+    --test-fraction had held one of each out, which the message did not say."""
+    from gpua.synthetic import make_planted
+
+    f = make_planted(n_samples=300, n_classes=5, random_state=0).feature_set()
+    idx = np.concatenate([np.flatnonzero(f.labels == k)[:2] for k in range(5)])
+    save_features(tmp_path / "two.npz", vfm_features=f.vfm_features[idx], labels=f.labels[idx])
+    with pytest.raises(GPUAError, match=r"Counted after --test-fraction 0.3 held out test rows; pass --test FILE"):
+        _run(["calibrate", "longtail", "--features", str(tmp_path / "two.npz"), "--imbalance", "10"])
+
+
+def test_a_dirichlet_split_that_cannot_be_drawn_names_what_the_command_line_can_change():
+    with pytest.raises(GPUAError, match=r"use fewer clients or a larger alpha") as e:
+        dirichlet_split(np.repeat(np.arange(5), 8), n_clients=10, alpha=1e-6, random_state=0)
+    assert "lower min_size or n_clients" not in str(e.value)
+
+
+def test_a_divergence_from_a_huge_weight_decay_names_it(tmp_path):
+    """--weight-decay 1e5 diverged with "pass a smaller --lr (try --lr 0.005)", and so on down a chain of --lr values."""
+    from gpua.synthetic import make_planted
+
+    f = make_planted(n_samples=300, n_classes=5, random_state=0).feature_set()
+    save_features(tmp_path / "f.npz", vfm_features=f.vfm_features, labels=f.labels)
+    run = ["calibrate", "federated", "--features", str(tmp_path / "f.npz"), "--alpha", "0.5", "--methods", "fedavg"]
+    with pytest.raises(GPUAError, match=r"--lr x --weight-decay = 5000 .* use a --weight-decay below 20") as e:
+        _run([*run, "--weight-decay", "1e5"])
+    assert "smaller --lr" not in str(e.value)
+    with pytest.raises(GPUAError, match=r"with --lr 10000; use a smaller --lr \(try --lr 0.1\)"):
+        _run([*run, "--lr", "1e4"])

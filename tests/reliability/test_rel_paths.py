@@ -152,6 +152,43 @@ def test_fit_seg_refuses_an_output_over_the_class_file(seg_dirs, capsys):
     _refused(argv, capsys, d / "classes.txt", "--out", "--classnames")
 
 
+def test_a_segmentation_models_sidecar_is_part_of_the_model(seg_dirs, capsys, tmp_path):
+    """Reports wrote over fit-seg's .seg.json (segment then refused the model), fit-seg replaced a
+    user's file of that name, and a sidecar left beside a model `gpua fit` wrote since named the new
+    model's classes with the old ones, without a word."""
+    from gpua import load_model
+    from gpua.cli.segment import _load_model
+    from gpua.features import save_features
+    from gpua.synthetic import make_planted
+
+    d = seg_dirs
+    fit_seg = ["fit-seg", "--images", str(d / "imgs"), "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm",
+               "--vlm", "planted:vlm", "--templates", "simple", "--param", "refine=false", "--no-progress"]
+    model = d / "seg.gpua"
+    sidecar = d / "seg.gpua.seg.json"
+    assert main([*fit_seg, "--out", str(model)]) == 0 and sidecar.is_file()
+    capsys.readouterr()
+    kept = sidecar.read_bytes()
+    _refused(["evaluate-seg", "--pred", str(d / "pred"), "--gt", str(d / "gt"), "--classnames", str(d / "classes.txt"),
+              "--json", str(sidecar)], capsys, d, "--json", "is a model")
+    assert sidecar.read_bytes() == kept
+    assert main([*fit_seg, "--out", str(model)]) == 0  # fit-seg replaces its own model and sidecar
+    capsys.readouterr()
+    (d / "mine.gpua.seg.json").write_text("my notes")
+    _refused([*fit_seg, "--out", str(d / "mine.gpua")], capsys, d, "sidecar", "not a model gpua saved")
+    # gpua fit over the segmentation model: the old sidecar no longer names its classes
+    m = load_model(model)
+    fs = make_planted(n_samples=200, n_classes=3, d_vfm=m.n_features_vfm_, d_vlm=m.n_features_vlm_, d_latent=4,
+                      random_state=0).feature_set()
+    train = save_features(tmp_path / "f.npz", vfm_features=fs.vfm_features, vlm_features=fs.vlm_features,
+                          text_prototypes=fs.text_prototypes, classnames=["cat", "dog", "car"])
+    assert main(["fit", "--train", str(train), "--out", str(model), "--query", "vfm", "--param", "refine=false", "--quiet"]) == 0
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="was written for another model .* it is ignored"):
+        _, rec = _load_model(str(model))
+    assert "prompt_names" not in rec or rec["prompt_names"] == ["cat", "dog", "car"]
+
+
 # -- extract --------------------------------------------------------------------------------------
 class _Mean:
     """A tiny deterministic encoder pair for extract: per-channel means of a 2x2 grid."""

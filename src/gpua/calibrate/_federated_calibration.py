@@ -133,8 +133,8 @@ def dirichlet_split(
         if min(o.size for o in out) >= min_size:
             return out
     raise GPUAError(
-        f"could not give every one of {n_clients} clients at least min_size={min_size} samples in "
-        f"{max_tries} draws at alpha={alpha}; lower min_size or n_clients, or raise alpha."
+        f"could not give every one of {n_clients} clients at least {min_size} samples in "
+        f"{max_tries} draws at alpha={alpha}; use fewer clients or a larger alpha (or a smaller min_size)."
     )
 
 
@@ -362,7 +362,7 @@ def fedavg(
             try:
                 local.fit(X, y, n_classes=n_classes, coef_init=W, intercept_init=b)
             except _Diverged as e:
-                raise _fedavg_diverged(lr, f"in round {r + 1} of {int(rounds)} {e.detail}") from None
+                raise _fedavg_diverged(lr, f"in round {r + 1} of {int(rounds)} {e.detail}", weight_decay) from None
             Ws.append(local.coef_)
             bs.append(local.intercept_)
         W = np.einsum("c,ckd->kd", sizes, np.stack(Ws)) / sizes.sum()
@@ -372,7 +372,7 @@ def fedavg(
             raise _fedavg_diverged(
                 lr, f"in round {r + 1} of {int(rounds)} (the global model's mean training loss is {loss:.3g}, more "
                 f"than {DIVERGED_LOSS_RATIO:g} x ln K = {limit:.3g}, the loss of its untrained start: its weights are "
-                "blowing up)",
+                "blowing up)", weight_decay,
             )
     model = LinearClassifier(weight_decay=weight_decay, device=device)
     model.coef_, model.intercept_ = W.astype(np.float32), b.astype(np.float32)
@@ -395,12 +395,14 @@ def _mean_cross_entropy(data, W: np.ndarray, b: np.ndarray) -> float:
     return total / n
 
 
-def _fedavg_diverged(lr, detail: str) -> _Diverged:
-    return _Diverged(
-        f"FedAvg diverged {detail} with lr={lr!r}; use a smaller lr (try lr={smaller_lr(lr):g}), "
-        "or standardise the features.",
-        lr=float(lr), detail=detail,
-    )
+def _fedavg_diverged(lr, detail: str, weight_decay: float = 0.0) -> _Diverged:
+    if weight_decay > 1 and lr * weight_decay >= 1:
+        # an unusual penalty: each step scales the weights by (1 - lr * weight_decay), which a smaller lr only delays
+        fix = (f"lr x weight_decay = {lr * weight_decay:g} makes every step overshoot the penalty's minimum; use a "
+               f"weight_decay below {1 / lr:g} (an L2 penalty such as 1e-3)")
+    else:
+        fix = f"use a smaller lr (try lr={smaller_lr(lr):g}), or standardise the features"
+    return _Diverged(f"FedAvg diverged {detail} with lr={float(lr):g}; {fix}.", lr=float(lr), detail=detail)
 
 
 # --- Extension point: federated GPUA from aggregated statistics ---------------------------

@@ -178,9 +178,11 @@ def add_quiet_argument(p, dest: str = "quiet") -> None:
     p.add_argument("--quiet", "--no-progress", dest=dest, action="store_true", help="no progress bars")
 
 
-def check_cache_dir(args) -> None:
+def check_cache_dir(args, folders: Sequence[tuple[str, str]] = ()) -> None:
     """``--cache-dir`` (else ``$GPUA_CACHE_DIR``) must be a folder (or not exist yet): a file there is
-    named now, by the setting that gave it, not as a deep output path later."""
+    named now, by the setting that gave it, not as a deep output path later. Nor may it lie in
+    ``--images``, ``--pool``, ``--data`` or one of ``folders`` (``(flag, folder)``), whose
+    sub-folders the next run would read as classes."""
     import os
 
     where, name = getattr(args, "cache_dir", None), "--cache-dir"
@@ -192,14 +194,14 @@ def check_cache_dir(args) -> None:
         fix = "pass a folder" if name == "--cache-dir" else "set it to a folder, or pass --cache-dir"
         raise GPUAError(f"{name} {where!r} is a file; {fix} for the cache (it is created if missing).")
     cache = Path(where).expanduser().resolve()
-    for flag in ("images", "pool", "data"):
-        folder = getattr(args, flag, None)
+    named = [(f"--{flag}", getattr(args, flag, None)) for flag in ("images", "pool", "data")]
+    for flag, folder in [*named, *folders]:
         if not isinstance(folder, str) or not Path(folder).expanduser().is_dir():
             continue
         top = Path(folder).expanduser().resolve()
         if cache == top or (top in cache.parents and not any(p.startswith(".") for p in cache.relative_to(top).parts)):
             # the cache's folders there would be read as classes (or its files as images) by the next run
-            raise GPUAError(f"{name} {where!r} lies in --{flag} {folder!r}, whose sub-folders the next run would read "
+            raise GPUAError(f"{name} {where!r} lies in {flag} {folder!r}, whose sub-folders the next run would read "
                             f"as classes; pass a cache folder outside it, or a hidden one inside ({str(Path(folder) / '.gpua-cache')!r}).")
 
 

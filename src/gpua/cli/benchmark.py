@@ -55,11 +55,27 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_cmd_benchmark, on_interrupt="finished rows are in results.jsonl; the same command skips them and goes on")
 
 
+def _dataset_folders(datasets: list[str]) -> list[tuple[str, str]]:
+    """``("--datasets", folder)`` for the split folders (``train/``, ``test/``) of each image folder
+    of ``datasets``, or the folder itself when it has none: a new folder written directly inside
+    one would be read as a class (one beside the splits is not read)."""
+    from ..data._loaders import _is_split_name
+
+    out = []
+    for name in datasets:
+        root = Path(name).expanduser()
+        if root.is_dir():
+            splits = [str(sub) for sub in sorted(root.iterdir()) if sub.is_dir() and _is_split_name(sub.name)]
+            out += [("--datasets", folder) for folder in splits or [str(root)]]
+    return out
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ..benchmark import run_benchmark
 
-    check_paths(args, inputs=("dataset_root", "templates"), outputs=(("out", "folder"),))
-    check_cache_dir(args)
+    folders = _dataset_folders(args.datasets)
+    check_paths(args, inputs=("dataset_root", "templates"), outputs=(("out", "folder"),), extra_inputs=folders)
+    check_cache_dir(args, folders)
     overrides = estimator_overrides(args)
     try:
         run_benchmark(

@@ -16,9 +16,9 @@ import warnings
 
 from .._errors import GPUAError
 from .._validation import check_number
-from ._common import JsonOutput, add_json_argument, check_paths
+from ._common import JsonOutput, add_json_argument, check_paths, with_flags
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
-from ..calibrate._classifier import _Diverged, smaller_lr
+from ..calibrate._classifier import _Diverged
 from ..calibrate._experiments import _check_imbalance
 from ..calibrate._federated_calibration import MIN_CLIENT_SAMPLES, check_alpha, max_clients
 from ..calibrate._stats import infer_n_classes
@@ -217,11 +217,18 @@ def _run_longtail(args, out: JsonOutput) -> int:
     if problem:
         emb = None
     t0 = time.perf_counter()
-    rows = run_longtail(
-        D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance, methods=args.methods,
-        class_embeddings=emb, l2=not args.no_l2, weight_decay=args.weight_decay, n_donors=args.donors,
-        class_order=args.class_order, random_state=args.seed,
-    )
+    try:
+        rows = run_longtail(
+            D["X"], D["y"], D["X_test"], D["y_test"], imbalance_ratios=args.imbalance, methods=args.methods,
+            class_embeddings=emb, l2=not args.no_l2, weight_decay=args.weight_decay, n_donors=args.donors,
+            class_order=args.class_order, random_state=args.seed,
+        )
+    except GPUAError as exc:
+        if args.test is not None or "long-tail profile" not in str(exc):
+            raise
+        # the counts are the training rows', after the held-out test rows: not the file's
+        raise GPUAError(f"{exc} (Counted after --test-fraction {args.test_fraction} held out test rows; pass --test FILE "
+                        "to keep every row of --features for training.)") from None
     return _finish(args, "longtail", rows, time.perf_counter() - t0, out)
 
 
@@ -256,8 +263,6 @@ def _run_federated(args, out: JsonOutput) -> int:
             share=args.share, n_components=args.components, rounds=args.rounds, local_epochs=args.local_epochs,
             lr=args.lr, weight_decay=args.weight_decay, l2=not args.no_l2, random_state=args.seed,
         )
-    except _Diverged as e:  # the library names lr=
-        raise GPUAError(
-            f"FedAvg diverged {e.detail} with --lr {e.lr:g}; pass a smaller --lr (try --lr {smaller_lr(e.lr):g})."
-        ) from None
+    except _Diverged as e:  # the library names lr= and weight_decay=
+        raise GPUAError(with_flags(str(e), {"lr": "--lr", "weight_decay": "--weight-decay"}, bare_names=True)) from None
     return _finish(args, "federated", rows, time.perf_counter() - t0, out)

@@ -472,6 +472,13 @@ def _load_model(path: str):
     model = load_model(path)
     meta_path = Path(path + _SEG_META_SUFFIX)
     meta = _read_sidecar(meta_path) if meta_path.is_file() else {}
+    names = getattr(model, "classnames_", None)
+    if meta.get("prompt_names") is not None and names is not None and list(meta["prompt_names"]) != list(names):
+        # a sidecar left beside a model another fit wrote since (gpua fit --out over a fit-seg model):
+        # its class list would name the new model's classes wrongly
+        warnings.warn(f"{str(meta_path)!r} was written for another model (its prompts {meta['prompt_names'][:4]}... are not "
+                      f"the model's {list(names)[:4]}...); it is ignored: delete it, or re-run `gpua fit-seg`.", stacklevel=2)
+        meta = {}
     meta = {**meta, **(getattr(model, "provenance_", None) or {})}
     return model, _check_seg_meta(meta, f"model {path!r}", "re-run `gpua fit-seg`")
 
@@ -607,7 +614,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
     from ._common import FitProgress
 
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "model"),),
-                extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "file"),))
+                extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "model"),))
     from ..params import check_param
     from ..segment.inference import min_image_side
 
