@@ -66,10 +66,10 @@ def check_paths(
         Attributes of ``args`` holding paths the command reads (unset ones are skipped).
     outputs : sequence of (attribute, kind)
         Attributes holding paths the command writes; kind ``"file"`` (a report: CSV, JSON, a
-        plot), ``"table"`` (a CSV or JSON file: as ``"file"``, and a name ending like an image's is
-        refused, since text there is a slip that could replace a photo), ``"model"`` or ``"features"`` (a file holding that: see ``holds`` of
-        :func:`gpua._atomic.check_output`), ``"folder"`` (files are written into it) or ``"tree"``
-        (replaced as a whole).
+        plot), ``"table"`` (a CSV or JSON file: as ``"file"``, and a name ending like an image's
+        is refused, since text there is a slip that could replace a photo), ``"model"`` or
+        ``"features"`` (a file holding that: see ``holds`` of :func:`gpua._atomic.check_output`),
+        ``"folder"`` (files are written into it) or ``"tree"`` (replaced as a whole).
     extra_inputs : sequence of (name, path)
         Paths read that no argument names directly (a model's sidecar file).
     extra_outputs : sequence of (name, path, kind)
