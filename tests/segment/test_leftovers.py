@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -338,3 +339,21 @@ def test_segment_commands_share_the_cli_conventions(scenes, capsys):
     out, err = capsys.readouterr()
     result = json.loads(out)  # stdout holds the JSON alone
     assert result["n_images"] == 3 and "mIoU" in err
+
+
+def test_evaluate_seg_finds_the_masks_segment_renamed_for_a_shared_stem(scenes, capsys):
+    """segment writes a_png.png and a_jpg.png for a.png and a.jpg; evaluate-seg --pred looked for
+    a.png only and said "segment every image first"."""
+    pics, gt = scenes / "pics", scenes / "gt2"
+    pics.mkdir()
+    gt.mkdir()
+    shutil.copy(scenes / "test" / "t0.png", pics / "a.png")
+    Image.open(scenes / "test" / "t1.png").convert("RGB").save(pics / "a.jpg", format="JPEG")
+    shutil.copy(scenes / "gt" / "t0.png", gt / "a.png")
+    assert main(["segment", *ZERO_SHOT, "--classnames", str(scenes / "classes.txt"), "--images", str(pics),
+                 "--out", str(scenes / "masks2")]) == 0
+    assert {"a_jpg.png", "a_png.png"} <= {p.name for p in (scenes / "masks2").iterdir()}
+    capsys.readouterr()
+    assert main(["evaluate-seg", "--pred", str(scenes / "masks2"), "--gt", str(gt), "--images", str(pics),
+                 "--classnames", str(scenes / "classes.txt")]) == 0, capsys.readouterr().err
+    assert "1 image(s)" in capsys.readouterr().out

@@ -887,15 +887,28 @@ def _shared_names(pairs: list[tuple[str, Path | None, Path]]) -> set[str]:
     return {n for n, c in counts.items() if c > 1}
 
 
-def _prediction_names(stem: str, img_path: Path | None, shared: set[str]) -> list[str]:
+def _shared_files(pairs: list[tuple[str, Path | None, Path]]) -> frozenset[str]:
+    """The image file names (extension kept) that two or more images share (in other sub-folders)."""
+    from collections import Counter
+
+    counts = Counter(Path(img).name for _, img, _ in pairs if img is not None)
+    return frozenset(n for n, c in counts.items() if c > 1)
+
+
+def _prediction_names(stem: str, img_path: Path | None, shared: set[str], shared_files: frozenset[str] = frozenset()) -> list[str]:
     """Where in --pred an image's mask may be, first match wins: ``<stem>.png`` (``stem`` may hold
     sub-folders: ``scene1/0001``), then by file name alone, ``<name>.png`` (what `gpua segment`
     writes) and ``<image's stem>.png`` (mmseg drops the image suffix), each only where no other
-    image has that name: two images of one name in two sub-folders would share one mask."""
+    image has that name: two images of one name in two sub-folders would share one mask; last
+    ``<image's stem>_<ext>.png``, what `gpua segment` writes for images that share a stem
+    (``pic.jpg`` beside ``pic.png``), unless another image has the same file name
+    (``shared_files``)."""
     names = [f"{stem}.png"]
     for name in (Path(stem).name, Path(img_path).stem if img_path is not None else None):
         if name is not None and name not in shared and f"{name}.png" not in names:
             names.append(f"{name}.png")
+    if img_path is not None and Path(img_path).suffix and Path(img_path).name not in shared_files:
+        names.append(f"{Path(img_path).stem}_{Path(img_path).suffix[1:]}.png")
     return names
 
 
@@ -980,13 +993,13 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                             "pass --classnames with one line per ground-truth class.")
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
         labeller = _Labeller(seg, classnames)
-    shared_names = _shared_names(pairs)
+    shared_names, shared_files = _shared_names(pairs), _shared_files(pairs)
     for stem, img_path, ann in pairs:
         # Read with the ignore index in effect: --reduce-zero-label turns 0 into it (it turned 0
         # into 255, a class of its own past 255 classes, and left --ignore-index's pixels scored).
         gt = load_gt(ann, ignore_index=ignore)
         if seg is None:
-            names = _prediction_names(stem, img_path, shared_names)
+            names = _prediction_names(stem, img_path, shared_names, shared_files)
             pred_path = next((Path(args.pred) / n for n in names if (Path(args.pred) / n).is_file()), Path(args.pred) / names[0])
             if not pred_path.is_file():
                 if len(names) == 1 and Path(stem).name in shared_names:
