@@ -90,8 +90,8 @@ from gpua.fitting import ArrayPool, Mined
 from gpua.query import pool_mean
 from gpua.ucm import class_centres
 
-METHODS = ("gpua", "true_labels", "noisy_labels_uniform", "noisy_labels_confusion", "gaussian_miner", "gaussian_classifier", "knn_propagation", "knn_propagation_query", "cotrain",
-           "crossfit_logreg", "crossfit_ridge", "ridge_projection")
+METHODS = ("gpua", "true_labels", "noisy_labels_uniform", "noisy_labels_confusion", "gaussian_miner", "gaussian_classifier",
+           "knn_propagation", "knn_propagation_query", "cotrain", "crossfit_logreg", "crossfit_ridge", "ridge_projection")
 #: Rows that read the pool's labels (printed and stored as oracles).
 ORACLE_METHODS = ("true_labels", "noisy_labels_uniform", "noisy_labels_confusion")
 #: The noisy-label oracles and the kind of noise each draws (:func:`image_independent_noise`).

@@ -88,7 +88,7 @@ def check_paths(
                             f"named '-' is meant).")
     for i, (name, path, kind) in enumerate(outs):
         holds = kind if kind in ("model", "features") else "report"
-        check_output(path, name, kind="file" if holds != "report" or kind == "table" else kind, inputs=ins,
+        check_output(path, name, kind="file" if kind in ("model", "features", "table") else kind, inputs=ins,
                      distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds)
         if kind == "table" and _has_image_ending(Path(path)):  # after: an input it would replace is named first
             raise GPUAError(f"{name} {str(path)!r} ends like an image, but this command writes text (CSV or JSON) there; "

@@ -90,11 +90,11 @@ class FeatureSet:
         ``source`` (``"feature file 'x.npz'"``) starts each error's message, so that a command
         reading several files says which one is damaged.
         """
-        if source is None:
-            return self._validate()
         try:
             return self._validate()
         except GPUAError as exc:
+            if source is None:
+                raise
             raise GPUAError(f"{source}: {exc}") from None
 
     def _validate(self) -> "FeatureSet":
