@@ -24,6 +24,22 @@ def test_lfa_alternation_improves_and_roundtrips(planted, tmp_path):
     np.testing.assert_array_equal(m2.predict(test.vfm_features), m.predict(test.vfm_features))
 
 
+def test_lfa_warns_when_it_collapses_and_not_when_it_works(planted):
+    """Was: `gpua classify --method lfa` put 176 of 200 photos in one class without a word."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((10, 32))
+    X = Y[rng.integers(0, 10, 400)] + 2.0 * rng.standard_normal((400, 32))
+    Z = rng.standard_normal((400, 8)) + 3 * rng.standard_normal(8)  # a VFM with no class structure, one common direction
+    with pytest.warns(UserWarning, match=r"LFAAlternation collapsed: its map puts \d+ of 400 pool images in class"):
+        LFAAlternation().fit(Z, X, Y, classnames=[f"c{i}" for i in range(10)])
+    train, _ = planted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LFAAlternation(query="vfm").fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+
+
 def test_registry():
     names = list_methods()
     for required in ("zero_shot", "gpua", "procrustes_only", "lfa", "lambda_1", "lambda_0", "query_vfm", "query_fused"):

@@ -127,6 +127,15 @@ def test_list_defaults_are_shown_as_they_are_typed_and_commas_work_too():
     assert parser.parse_args(["calibrate", "longtail", "--train", "f.npz"]).features == "f.npz"  # compare's name for it
 
 
+def test_a_value_given_twice_runs_once():
+    """Was: `--imbalance 10,10` ran the 10x experiment twice, and its table printed two identical rows."""
+    parser = build_parser()
+    args = parser.parse_args(["calibrate", "longtail", "--features", "f.npz", "--imbalance", "10,10", "50", "10.0"])
+    assert args.imbalance == [10.0, 50.0]
+    args = parser.parse_args(["calibrate", "federated", "--features", "f.npz", "--methods", "fedavg", "fedavg,centralised"])
+    assert args.methods == ["fedavg", "centralised"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "plain,bogus"], "argument --methods: invalid choice: 'bogus'"),
     (["--imbalance", "10,x"], "argument --imbalance: 'x' is not a number"),

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
+from ._errors import warn_user
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
 from .params import COUNT, LOGIT_SCALE, DeviceName, Options, check_params
@@ -113,6 +114,7 @@ class LFAAlternation(AlignmentEstimator):
         Xt, Yt = normalize(self._tensor(X), dim=1), normalize(self._tensor(Y), dim=1)
         Q = build_query(self._tensor(Z), Xt, self.query)
         labels = (Xt @ Yt.T).argmax(1)
+        zero_shot_classes = effective_classes(labels, Yt.shape[0])
         n_rounds = 0
         for r in range(1, self.n_rounds + 1):
             onehot = torch.nn.functional.one_hot(labels, Yt.shape[0]).to(Q.dtype)
@@ -122,6 +124,15 @@ class LFAAlternation(AlignmentEstimator):
             if torch.equal(new, labels):
                 break
             labels = new
+        final = new  # the last map's labels: its predictions on the pool
+        if effective_classes(final, Yt.shape[0]) < 0.5 * zero_shot_classes:
+            counts = torch.bincount(final, minlength=Yt.shape[0])
+            top = int(counts.argmax())
+            warn_user(
+                f"LFAAlternation collapsed: its map puts {int(counts[top])} of {len(final)} pool images in class "
+                f"{names[top] if names else top!r} (an effective {effective_classes(final, Yt.shape[0]):.1f} classes, against "
+                f"{zero_shot_classes:.1f} in the VLM's zero-shot labels); its predictions are unreliable on this pool. "
+                "GPUA's class-balanced assignment does not collapse (make_method('gpua')).")
         # Learned state set only once every check has passed: a refused refit leaves the previous fit whole.
         self.n_features_vfm_, self.n_features_vlm_, self.n_classes_ = Z.shape[1], X.shape[1], Y.shape[0]
         self.classnames_, self.n_rounds_ = names, n_rounds
@@ -133,6 +144,27 @@ class LFAAlternation(AlignmentEstimator):
         Z, X = self._check_query_inputs(vfm_features, vlm_features, needs_vfm=True, needs_vlm=self.query == "fused")
         Q = build_query(self._tensor(Z), None if X is None else self._tensor(X), self.query)
         return mapped_cosines(Q, self.W_, self.text_prototypes_)
+
+
+def effective_classes(labels: torch.Tensor, n_classes: int) -> float:
+    r"""The effective number of classes of a labelling: :math:`\exp H(c)`, :math:`c` its class frequencies.
+
+    :math:`K` for a balanced labelling of :math:`K` classes, 1 when every row has one label.
+
+    Parameters
+    ----------
+    labels : int64 tensor of shape (n_samples,)
+    n_classes : int
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(effective_classes(torch.tensor([0, 1, 2, 3]), 4), 6), effective_classes(torch.tensor([2, 2, 2]), 4)
+    (4.0, 1.0)
+    """
+    c = torch.bincount(labels.cpu(), minlength=n_classes).double() / len(labels)
+    c = c[c > 0]
+    return float(torch.exp(-(c * c.log()).sum()))
 
 
 #: The GPUA variants among the named methods: the parameters each one sets itself.

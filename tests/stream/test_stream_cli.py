@@ -22,7 +22,7 @@ def test_fit_from_shards_writes_a_model(case, tmp_path, capsys):
                               "--checkpoint", str(tmp_path / "ck"), "--no-progress"])
     assert run_streamed_fit(args, GPUA(refine=False, query="vfm")) == 0
     out = capsys.readouterr().out
-    assert "fitted on 1500 images (1 shards), 32 classes" in out
+    assert "fitted on 1500 images (1 shard), 32 classes" in out
     model = load_model(tmp_path / "m.gpua")
     assert model.score(Z, labels, X) > 0.8
     assert (tmp_path / "ck" / "ucm_state.safetensors").is_file()

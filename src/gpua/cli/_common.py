@@ -43,6 +43,11 @@ def _flag(attr: str) -> str:
     return "--" + attr.replace("_", "-")
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``counted(1, "image") == "1 image"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_paths(
     args: argparse.Namespace,
     *,

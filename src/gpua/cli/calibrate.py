@@ -31,7 +31,8 @@ class _Several(argparse.Action):
     ``--methods plain,lda``, as ``compare``'s and ``benchmark``'s ``--methods`` take them; the help
     showed the defaults comma-separated, and ``--imbalance 10,50,100`` was refused).
 
-    ``convert`` reads each value (``float``); ``allowed`` lists the admissible ones.
+    ``convert`` reads each value (``float``); ``allowed`` lists the admissible ones. A value given
+    twice is kept once, in the order first given (as ``compare`` runs a repeated method once).
     """
 
     def __init__(self, option_strings, dest, convert=str, allowed=None, **kwargs):
@@ -49,7 +50,8 @@ class _Several(argparse.Action):
                 parser.error(f"argument {option_string}: {part!r} is not a number")
             if self.allowed is not None and value not in self.allowed:
                 parser.error(f"argument {option_string}: invalid choice: {part!r} (choose from {', '.join(self.allowed)})")
-            out.append(value)
+            if value not in out:  # a repeated value would run the same experiment twice
+                out.append(value)
         if not out:
             parser.error(f"argument {option_string}: expected at least one value")
         setattr(namespace, self.dest, out)

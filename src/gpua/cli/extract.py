@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (add_quiet_argument, add_workers_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, parse_cluster,
+from ._common import (add_quiet_argument, add_workers_argument, check_cache_dir, check_device_flag, check_paths, connect_timeout_of, counted, parse_cluster,
                       positive_int, positive_seconds, with_flags)
 
 __all__ = ["add_subcommands"]
@@ -114,7 +114,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if unchanged:
         hint += " (same encoders, images, class names and templates: nothing was extracted; --no-resume recomputes)"
     print(
-        f"{'up to date' if unchanged else 'wrote'} {path}: {what}{n_rows} images, vfm {d_vfm}-d, vlm {d_vlm}-d, {n_classes} classes, "
+        f"{'up to date' if unchanged else 'wrote'} {path}: {what}{counted(n_rows, 'image')}, vfm {d_vfm}-d, vlm {d_vlm}-d, {counted(n_classes, 'class')}, "
         f"{len(meta.get('templates') or [])} prompt template(s)"
         + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
     )

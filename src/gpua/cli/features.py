@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .._errors import GPUAError
-from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of,
+from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of, counted,
                       estimator_overrides, fit_rounds_note, parse_cluster, positive_int, positive_seconds, self_learning_line)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
@@ -100,7 +100,7 @@ def _cmd_fit(args) -> int:
     model.save(args.out)
     h = model.history_
     print(
-        f"fitted on {train.n_samples} images, {model.n_classes_} classes in {dt:.1f} s "
+        f"fitted on {counted(train.n_samples, 'image')}, {model.n_classes_} classes in {dt:.1f} s "
         f"({fit_rounds_note(h)}, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}; saved {args.out}"
     )
     if train.classnames is None:
@@ -191,7 +191,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     h = model.history_
     s = h["streaming"]
     print(
-        f"fitted on {s['n_samples']} images ({shards.n_shards} shards), {model.n_classes_} classes in {dt:.1f} s"
+        f"fitted on {counted(s['n_samples'], 'image')} ({counted(shards.n_shards, 'shard')}), {model.n_classes_} classes in {dt:.1f} s"
         f"{' (resumed from --checkpoint: passes count the earlier runs too)' if s.get('resumed') else ''} "
         f"({fit_rounds_note(h)}, {s['passes']} chunk passes, {s['n_chunks']} chunk{'s' if s['n_chunks'] != 1 else ''} of "
         f"{s['chunk_rows']} rows, cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"

@@ -62,7 +62,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
 from ..params import COUNT
-from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag,
+from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag, counted,
                       parse_params, positive_int, with_flags)
 
 __all__ = ["add_subcommands"]
@@ -659,7 +659,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
     }
     model.provenance_ = meta
     _save_model(model, args.out, meta)
-    print(f"fitted patch-level GPUA on {len(images)} images ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
+    print(f"fitted patch-level GPUA on {counted(len(images), 'image')} ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
           f"{_skipped_note(skipped, small)}{_subfolder_note(args.images)}")
     return 0
 
