@@ -33,6 +33,21 @@ class MissingDependencyError(GPUAError, ImportError):
     """
 
 
+class NoReadableImageError(GPUAError):
+    """Not one image of a source could be decoded (``gpua.extract.extract_features``).
+
+    A caller that reads several sources (``gpua classify``: the photos and the pool) catches it to
+    say which source it was.
+    """
+
+
+class LongTailCountsError(GPUAError):
+    """A class has too few samples for its place in a long-tail profile (``gpua.calibrate``).
+
+    ``gpua calibrate longtail`` catches it to add that the counts were taken after its hold-out.
+    """
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative step stopped at its cap before its tolerance (as in scikit-learn and POT).
 

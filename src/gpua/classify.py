@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._errors import GPUAError, warn_user
+from ._errors import GPUAError, NoReadableImageError, warn_user
 
 __all__ = ["DEFAULT_VFM", "DEFAULT_VLM", "Classification", "classify_folder", "feature_cache_path", "check_methods", "check_classes",
            "check_method_overrides", "unlabeled_pool", "undecoded_photos", "is_undecoded_format"]
@@ -473,9 +473,7 @@ def classify_folder(
                 paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out,
                                               device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                               shard_size=CLASSIFY_PART_IMAGES, workers=workers)
-        except GPUAError as exc:
-            if "could be read" not in str(exc):
-                raise
+        except NoReadableImageError as exc:
             # "none of the 5 images could be read": of which folder, when two are encoded
             raise GPUAError(f"{key} {str(_folder_of(where))!r}: {exc}") from None
     if undecoded:

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import __version__
 from ._atomic import TEMP_MARK, _resolve, atomic_path, atomic_write_text, check_output, check_writable
-from ._errors import GPUAError, warn_user
+from ._errors import GPUAError, NoReadableImageError, warn_user
 from ._integrity import read_npz
 from .data._datasets import DECODE_VERSION
 from .features import save_features
@@ -924,7 +924,7 @@ def extract_features(
         skipped = [(int(j), str(e)) for s in summaries for j, e in zip(s["skipped_index"], s["skipped_error"])]
         del summaries
         if index.size == 0:
-            raise GPUAError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
+            raise NoReadableImageError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
         if skipped:
             shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
             warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._errors import GPUAError, warn_user
+from .._errors import GPUAError, LongTailCountsError, warn_user
 from .._validation import check_labels, check_matrix, check_number
 from ..params import Interval
 from ._calibrator import DistributionCalibrator
@@ -109,7 +109,7 @@ def longtail_indices(
         n_max = int(np.floor(room.min()))
         if n_max < 2 and K > 1:
             few = np.nonzero(room < 2)[0]
-            raise GPUAError(
+            raise LongTailCountsError(
                 f"class(es) {few.tolist()} have {counts[few].tolist()} sample(s), too few for their place in the "
                 f"long-tail profile: the head could keep only {n_max} sample, which cuts every class to one. "
                 "Add samples of those classes, or leave them out (and number the other classes 0..K-1)."
@@ -141,7 +141,7 @@ def _check_every_class(counts: np.ndarray, name: str) -> None:
     """Refuse classes with no sample: a long-tail profile gives every class a rank and a count."""
     empty = np.nonzero(counts == 0)[0]
     if empty.size:
-        raise GPUAError(
+        raise LongTailCountsError(
             f"no sample of class(es) {empty.tolist()} in {name} (of {counts.size} classes), so the long-tail "
             "profile cannot give them their count; add training samples of those classes, or leave the classes "
             "out (and number the others 0..K-1)."

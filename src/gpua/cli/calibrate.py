@@ -14,7 +14,7 @@ import argparse
 import time
 import warnings
 
-from .._errors import GPUAError
+from .._errors import GPUAError, LongTailCountsError
 from .._validation import check_number
 from ._common import JsonOutput, add_json_argument, check_paths, with_flags
 from ..calibrate import FEDERATED_METHODS, LONGTAIL_METHODS, format_table, run_federated, run_longtail, stratified_split
@@ -225,8 +225,8 @@ def _run_longtail(args, out: JsonOutput) -> int:
             class_embeddings=emb, l2=not args.no_l2, weight_decay=args.weight_decay, n_donors=args.donors,
             class_order=args.class_order, random_state=args.seed,
         )
-    except GPUAError as exc:
-        if args.test is not None or "long-tail profile" not in str(exc):
+    except LongTailCountsError as exc:
+        if args.test is not None:
             raise
         # the counts are the training rows', after the held-out test rows: not the file's
         raise GPUAError(f"{exc} (Counted after --test-fraction {args.test_fraction} held out test rows; pass --test FILE "
