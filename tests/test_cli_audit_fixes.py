@@ -197,7 +197,7 @@ def test_a_model_given_as_a_feature_file_is_named(files, tmp_path, capsys):
     assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--n-steps", "5", "--no-progress", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model), "--test", str(model)]) == 2
-    assert f"feature file {str(model)!r} must end in .npz or .safetensors; it is a model file" in capsys.readouterr().err
+    assert f"feature file {str(model)!r} is a gpua model (written by model.save or gpua fit), not features" in capsys.readouterr().err
 
 
 def test_a_parameter_given_twice_with_two_values_is_refused(files, tmp_path, capsys):

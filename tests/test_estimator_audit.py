@@ -2,6 +2,8 @@
 drives them: each test failed before its fix (stale fitted state, parameters accepted and then not
 saved, inputs that raised from deep inside torch, command-line values refused or ignored)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,36 @@ def test_a_streamed_pool_of_one_image_copied_is_refused():
         fit_streaming(GPUA(n_steps=2), (Z, X), rng.normal(size=(3, 5)), max_memory="1GB")
     with pytest.raises(GPUAError, match="points the same way"):
         fit_federated(GPUA(n_steps=2), [(Z[:15], X[:15]), (Z[15:], X[15:])], rng.normal(size=(3, 5)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(d_latent=0), "d_latent=0 must be an integer in"),  # was: all-NaN features, numpy warnings only
+    (dict(class_weights=[1, 1]), "class_weights must be 4 finite non-negative numbers"),  # was: numpy's "a and p must have same size"
+    (dict(class_weights=[1, 1, -1, 1]), "class_weights must be 4 finite non-negative numbers"),
+    (dict(n_hubs=-1), "n_hubs=-1 must be an integer in"),
+    (dict(random_state=-1), "random_state=-1 must be an integer in"),
+    (dict(n_samples=100.5), "n_samples=100.5 must be an integer"),
+    (dict(dtype=np.int32), "dtype=int32 is not a floating type"),  # was: all-zero features
+    (dict(vlm_noise=float("nan")), "vlm_noise=nan must be a finite number"),
+])
+def test_make_planted_refuses_bad_arguments_naming_them(kwargs, message):
+    from gpua.synthetic import make_planted
+
+    args = {"n_samples": 100, "n_classes": 4, **kwargs}
+    with pytest.raises(GPUAError, match=re.escape(message)):
+        make_planted(**args)
+
+
+def test_labels_given_as_vlm_features_at_prediction_are_named_as_labels():
+    """Was: 'reshape it with .reshape(1, -1) if it is one row', advice that leads to a row-count error."""
+    from gpua.synthetic import make_planted
+
+    tr = make_planted(n_samples=200, n_classes=4, random_state=0)
+    m = GPUA(refine=False, self_learning=0).fit(tr.vfm_features, tr.vlm_features, tr.text_prototypes)
+    for labels in (tr.labels, list(tr.labels), torch.as_tensor(tr.labels)):
+        for call in (m.predict, m.decision_function, m.predict_proba):
+            with pytest.raises(GPUAError, match=r"vlm_features has shape \(200,\), one value per image of vfm_features: "
+                                                r"that looks like class labels"):
+                call(tr.vfm_features, labels)
+    with pytest.raises(GPUAError, match="reshape it with"):  # one VLM row of another length: still the reshape advice
+        m.predict(tr.vfm_features[:1], tr.vlm_features[0])

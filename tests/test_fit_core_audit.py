@@ -211,3 +211,17 @@ def test_a_whitening_narrower_than_the_classes_is_warned():
         gpua.GPUA(whiten=4, n_steps=2, self_learning=0).fit(data.vfm_features, data.vlm_features, data.text_prototypes)
     # at the user's line (gpua._errors.warn_user), not inside gpua/estimator.py
     assert [w.filename for w in caught if "whiten=4" in str(w.message)] == [__file__]
+
+
+def test_a_pool_of_fewer_distinct_images_than_classes_is_refused():
+    """Was: 3 photos copied 100 times fitted 8 classes without a word, at chance (the row count passed)."""
+    tr = make_planted(n_samples=300, n_classes=8, random_state=0)
+    Z, X, Y = tr.vfm_features, tr.vlm_features, tr.text_prototypes
+    with pytest.raises(GPUAError, match="has 300 rows but only 3 distinct images .* for 8 classes"):
+        gpua.GPUA().fit(np.repeat(Z[:3], 100, 0), np.repeat(X[:3], 100, 0), Y)
+    # Distinct in their first columns or not, rows that differ anywhere count as distinct images.
+    Z2 = np.repeat(Z[:8], 10, 0)
+    Z2[:, -1] += np.arange(80)
+    fitting.check_distinct_images(torch.as_tensor(Z2), torch.as_tensor(np.repeat(X[:1], 80, 0)), 8)
+    with pytest.raises(GPUAError, match="only 8 distinct images"):
+        fitting.check_distinct_images(torch.as_tensor(np.repeat(Z[:8], 10, 0)), torch.as_tensor(np.repeat(X[:1], 80, 0)), 9)

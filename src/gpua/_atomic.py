@@ -294,11 +294,23 @@ def _held_data(p: Path) -> str | None:
     A model is recognised by its contents whatever its name ends in: ``fit --out`` and
     ``save`` accept any name (``cifar.model``, ``x.pt``), and a report written over one would lose it."""
     suffix = p.suffix.lower()
-    if suffix == ".gpua" or _is_model_file(p) or _is_segmentation_sidecar(p):
+    if (suffix == ".gpua" and _starts_like_safetensors(p)) or _is_model_file(p) or _is_segmentation_sidecar(p):
         return "model"
     if suffix in _ARRAY_SUFFIXES:  # a user's own arrays (a dataset of images) are not features to re-extract over
         return "features" if _is_feature_file(p) else "arrays"
     return None
+
+
+def _starts_like_safetensors(p: Path) -> bool:
+    """Whether ``p`` is empty or opens as a safetensors file does (an 8-byte header length, then
+    ``{``): a ``.gpua`` file gpua wrote, damaged further on perhaps, which a new model may replace;
+    a user's own ``notes.gpua`` is not."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 0 or (len(head) == 9 and head[8:9] == b"{")
 
 
 def _is_segmentation_sidecar(p: Path) -> bool:

@@ -191,6 +191,13 @@ class AlignmentEstimator(ParamsMixin):
                     f"vlm_features is required: this {type(self).__name__} uses the VLM image features at "
                     f"prediction (query='fused' or zero-shot); {fix}"
                 )
+            if n is not None and n > 1 and _ndim(vlm_features) == 1 and len(vlm_features) == n:
+                # one value per image: class labels (predict(X, y), a scikit-learn habit), not one feature row
+                raise GPUAError(
+                    f"vlm_features has shape {tuple(np.shape(vlm_features))}, one value per image of vfm_features: that "
+                    f"looks like class labels, not VLM image features of shape (n_samples, {self.n_features_vlm_}). "
+                    "Prediction takes (vfm_features, vlm_features); labels go to score(vfm_features, labels, vlm_features)."
+                )
             X = check_matrix(vlm_features, "vlm_features", n_rows=n, n_cols=self.n_features_vlm_)
         return Z, X
 

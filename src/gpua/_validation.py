@@ -203,9 +203,11 @@ def check_prototypes(Y, d_vlm: int) -> np.ndarray:
 def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
     """Warn when two rows point the same way (cosine above ``1 - tol``): their classes cannot be told apart.
 
-    Scores against normalised prototypes tie for such classes on every image, and the argmax
-    then never predicts the later one: a class silently missing from the predictions. A warning,
-    not an error: two synonyms of one class (segmentation's prompt sets) may coincide harmlessly.
+    Scores against such prototypes tie on every image up to float rounding (a matrix product
+    does not promise bit-equal columns for equal rows), so the predictions, and GPUA's balanced
+    pseudo-labels, fall on either class arbitrarily: two classes that are one. A warning, not an
+    error: two synonyms of one class (segmentation's prompt sets, merged per class) may coincide
+    harmlessly.
     """
     Yn = l2_normalize(np.asarray(Y, dtype=np.float64))
     cos = Yn @ Yn.T
@@ -213,9 +215,9 @@ def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
     i, j = np.unravel_index(int(np.argmax(cos)), cos.shape)
     if cos[i, j] > 1.0 - tol:
         i, j = sorted((int(i), int(j)))
-        warn_user(f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart "
-                  "and the later is never predicted. Give each class its own prompt, or merge the two classes "
-                  "(harmless if both rows are prompts of one class).")
+        warn_user(f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart, "
+                  "and images fall on either of the two arbitrarily. Give each class its own prompt, or merge the two "
+                  "classes (harmless if both rows are prompts of one class).")
 
 
 def check_strings(values, name: str, per: str) -> list[str]:

@@ -403,7 +403,7 @@ class GPUA(AlignmentEstimator):
     def fit(
         self,
         vfm_features,
-        vlm_features,
+        vlm_features=None,
         text_prototypes=None,
         classnames=None,
         callback: Callable | None = None,
@@ -418,10 +418,10 @@ class GPUA(AlignmentEstimator):
         ----------
         vfm_features : array or tensor of shape (n_samples, d_vfm), or ShardedFeatures
             A shard set (:class:`gpua.features.ShardedFeatures`, or the path of its folder) is
-            fitted chunk by chunk by :func:`gpua.stream.fit_streaming`, with
-            ``vlm_features=None`` (the shards hold both) and the streaming options below.
+            fitted chunk by chunk by :func:`gpua.stream.fit_streaming` (``GPUA().fit(shards)``),
+            with ``vlm_features=None`` (the shards hold both) and the streaming options below.
         vlm_features : array or tensor of shape (n_samples, d_vlm), or None
-            Same images, same order.
+            Same images, same order (None for a shard set).
         text_prototypes : array or tensor of shape (n_classes, d_vlm)
             (Optional for a shard set that stores them.)
         classnames : sequence of str, optional
@@ -460,6 +460,12 @@ class GPUA(AlignmentEstimator):
                 "gpua.stream.fit_streaming(model, (vfm_features, vlm_features), text_prototypes, max_memory=...) to fit them in chunks."
             )
         check_fit_arguments(vlm_features, text_prototypes)
+        if vlm_features is None:
+            raise GPUAError(
+                "vlm_features is None: fit needs the VLM image features of the same images, an array of shape "
+                "(n_samples, d_vlm) (UCM scores them against text_prototypes, whatever the query); only a shard set "
+                "is fitted without them, GPUA().fit(shards), since its shards hold both."
+            )
         state = fit_arrays(self.get_params(), vfm_features, vlm_features, text_prototypes, classnames, callback)
         return set_fitted_state(self, state)
 

@@ -332,6 +332,29 @@ def check_not_one_image(n_samples: int, vfm_mean: torch.Tensor, vlm_mean: torch.
                         "and every image would get one class; fit on a pool of distinct images.")
 
 
+def check_distinct_images(Z: torch.Tensor, X: torch.Tensor, n_classes: int) -> None:
+    """Refuse an in-memory pool of fewer distinct images than classes (a few photos copied many times).
+
+    The balanced plan would still give every class its share of the copies, and the fit would run
+    to a map that predicts at chance, silently; :func:`check_entry` refuses fewer *rows* than
+    classes, this the same for distinct ``(vfm, vlm)`` rows. Rows that differ in their first
+    columns are distinct, so the whole rows are compared only when those leave too few.
+    """
+    def distinct(width: int | None) -> int:
+        rows = torch.cat([Z[:, :width], X[:, :width]], dim=1)
+        return int(torch.unique(rows, dim=0).shape[0])
+
+    if distinct(16) >= n_classes:
+        return
+    n_distinct = distinct(None)
+    if n_distinct < n_classes:
+        raise GPUAError(
+            f"the unlabeled pool has {Z.shape[0]} rows but only {n_distinct} distinct images (the others are copies) for "
+            f"{n_classes} classes; it needs at least one image per class (16 per class is the paper's few-shot pool): "
+            "fit on distinct images."
+        )
+
+
 def check_fit_arrays(Z, X, Y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three inputs of an in-memory fit as float32 tensors on ``device``, checked.
 
@@ -853,6 +876,7 @@ def fit_arrays(params: dict[str, Any], vfm_features, vlm_features, text_prototyp
     names = check_classnames(classnames, Y.shape[0])
     mean, vlm_mean = pool_mean(Z), pool_mean(X)
     check_not_one_image(Z.shape[0], mean, vlm_mean if config.query == "fused" else None)
+    check_distinct_images(Z, X, Y.shape[0])
     if not _estimates_prior(config):
         prepared = _prepared_pool(config, Z, X, Y, mean, vlm_mean)
         del Z, X  # only the query, the normalised rows (and V) live on through the fit

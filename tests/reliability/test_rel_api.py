@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpua import GPUA, GPUAError, make_method
+from gpua import GPUA, GPUAError, load_model, make_method
 
 FAST = dict(n_steps=20, self_learning=0)
 
@@ -124,7 +124,8 @@ def test_duplicate_prototypes_are_reported(small):
     Y = train.text_prototypes.copy()
     Y[2] = 3.0 * Y[0]  # the same direction
     for Yi in (Y, torch.tensor(Y)):
-        with pytest.warns(UserWarning, match="rows 0 and 2 point the same way"):
+        with pytest.warns(UserWarning, match="rows 0 and 2 point the same way .*: their classes cannot be told apart, and "
+                                             "images fall on either of the two arbitrarily"):
             GPUA(**FAST).fit(train.vfm_features, train.vlm_features, Yi)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -138,10 +139,19 @@ def test_fit_takes_a_shard_folder_path_and_refuses_other_paths(small, tmp_path):
     write_shards(tmp_path / "s", train.vfm_features, train.vlm_features, text_prototypes=train.text_prototypes, dtype="float32")
     by_path = GPUA(**FAST).fit(str(tmp_path / "s"), None)
     assert by_path.predict(test.vfm_features, test.vlm_features).shape == (test.vfm_features.shape[0],)
+    # Was: GPUA().fit(shards), the call the federated fit's message recommends, a TypeError (vlm_features had no default).
+    alone = GPUA(**FAST).fit(str(tmp_path / "s"))
+    np.testing.assert_array_equal(alone.predict(test.vfm_features, test.vlm_features),
+                                  by_path.predict(test.vfm_features, test.vlm_features))
     (tmp_path / "f.npz").write_bytes(b"x")
     for path, what in ((tmp_path / "f.npz", "is a file"), (tmp_path / "missing", "does not exist")):
         with pytest.raises(GPUAError, match=f"{what}; a path given to fit must be a shard set folder"):
             GPUA(**FAST).fit(str(path), None, train.text_prototypes)
+        with pytest.raises(GPUAError, match=f"{what}; a path given to fit must be a shard set folder"):
+            GPUA(**FAST).fit(str(path))
+    with pytest.raises(GPUAError, match=r"vlm_features is None: fit needs the VLM image features .* only a shard set is "
+                                        r"fitted without them, GPUA\(\).fit\(shards\)"):
+        GPUA(**FAST, query="vfm").fit(train.vfm_features, None, train.text_prototypes)
 
 
 def test_read_only_memmap_fits_without_torch_warnings(small, tmp_path):
@@ -180,6 +190,31 @@ class TestSavePaths:
         with pytest.raises(GPUAError, match="is a read-only file"):
             model.save(target)
         assert target.read_bytes() == before
+
+    def test_a_users_file_named_like_a_model_is_kept_and_a_damaged_model_replaced(self, model, tmp_path):
+        """Was: the .gpua ending alone made a file a model, so model.save() replaced a user's notes.gpua."""
+        notes = tmp_path / "notes.gpua"
+        notes.write_text("my notes\n")
+        with pytest.raises(GPUAError, match="is not a model gpua saved, which this command would replace with a model"):
+            model.save(notes)
+        assert notes.read_text() == "my notes\n"
+        damaged, empty = tmp_path / "damaged.gpua", tmp_path / "empty.gpua"
+        model.save(damaged)
+        damaged.write_bytes(damaged.read_bytes()[:300])  # truncated: its header starts as a model's does
+        empty.write_bytes(b"")
+        for path in (damaged, empty):
+            model.save(path)
+            assert load_model(path).n_classes_ == model.n_classes_
+
+    def test_a_model_under_a_feature_name_is_named_as_a_model(self, model, tmp_path):
+        """Was: load_features called a model saved as model.npz a corrupt npz archive."""
+        from gpua.features import load_features
+
+        for name in ("model.npz", "model.safetensors", "model.gpua"):
+            model.save(tmp_path / name)
+            with pytest.raises(GPUAError, match="is a gpua model \\(written by model.save or gpua fit\\), not features; pass "
+                                                "it where a model goes \\(gpua.load_model, --model\\)"):
+                load_features(tmp_path / name)
 
     def test_tilde_is_expanded(self, model, tmp_path, monkeypatch):
         monkeypatch.setenv("HOME", str(tmp_path))

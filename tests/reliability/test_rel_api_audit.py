@@ -66,8 +66,12 @@ def test_feature_files_without_feature_keys_are_refused(model, tmp_path):
     renamed = tmp_path / "model.safetensors"
     model.save(tmp_path / "m.gpua")
     renamed.write_bytes((tmp_path / "m.gpua").read_bytes())
-    with pytest.raises(GPUAError, match="holds a fitted model's arrays .* gpua.load_model"):
+    with pytest.raises(GPUAError, match="is a gpua model .*gpua.load_model"):
         load_features(renamed)
+    arrays = tmp_path / "arrays.npz"  # a model's tensors saved by hand: still not features
+    np.savez(arrays, W_=np.ones((4, 3), np.float32), text_prototypes_=np.ones((2, 3), np.float32))
+    with pytest.raises(GPUAError, match="holds a fitted model's arrays .* gpua.load_model"):
+        load_features(arrays)
     mixed = tmp_path / "mixed.npz"
     np.savez(mixed, vfm_features=np.ones((3, 4), np.float32), vlm_feature=np.ones((3, 4), np.float32))
     with pytest.warns(UserWarning, match=r"holds key\(s\) \['vlm_feature'\] that are not read"):

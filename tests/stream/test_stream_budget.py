@@ -49,6 +49,8 @@ def test_budget_too_small_gives_the_minimum(case):
     # A small fit's need is mostly the process itself: said, not blamed on a few-KB chunk
     with pytest.raises(GPUAError, match=r"too small: .*needs at least .* bytes\): [0-9.]+ MB for the process itself.*; raise max_memory"):
         fit_streaming(GPUA(refine=False), (Z, X), Y, max_memory="100MB", progress=False)
+    with pytest.raises(GPUAError, match=r"max_memory=10 \(10 bytes\) is too small"):  # was: "(0.1 MB)"
+        fit_streaming(GPUA(refine=False), (Z, X), Y, max_memory=10, progress=False)
     with pytest.raises(GPUAError, match="one chunk of 256 rows") as err:  # where a chunk is the need, it is named
         plan_memory(minimum_budget(10_000, 10, 100_000, 512, 100_000) - 1, 10_000, 10, 100_000, 512, 100_000)
     assert "without whitening" not in str(err.value)

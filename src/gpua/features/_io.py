@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, check_output
+from .._atomic import _is_model_file, atomic_path, check_output
 from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
 from .._validation import FEATURE_KEYS, check_classnames, check_labels, check_matrix, check_prototypes, check_strings
@@ -416,6 +416,9 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
         raise GPUAError(f"{where} does not exist; check the path.")
     if path.is_dir():
         raise GPUAError(f"{where} is a folder; a shard set is read with gpua.features.ShardedFeatures (gpua fit --shards DIR).")
+    if _is_model_file(path):  # whatever its name: model.save() takes any suffix
+        raise GPUAError(f"{where} is a gpua model (written by model.save or gpua fit), not features; pass it where a model "
+                        "goes (gpua.load_model, --model).")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         arrays, meta = _read_npz(path, where)

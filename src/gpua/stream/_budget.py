@@ -122,7 +122,10 @@ def parse_memory(value) -> int:
 
 
 def _fmt(n: float) -> str:
-    """Bytes as GB/MB, rounded up (a minimum printed rounded down would not be enough)."""
+    """Bytes as GB/MB, rounded up (a minimum printed rounded down would not be enough); under 0.1 MB,
+    the bytes themselves (``max_memory=10`` read "0.1 MB")."""
+    if n < 1e5:
+        return f"{math.ceil(n)} bytes"
     return f"{math.ceil(n / 1e6) / 1e3:.3f} GB" if n >= 1e9 else f"{math.ceil(n / 1e5) / 10:.1f} MB"
 
 

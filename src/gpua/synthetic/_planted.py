@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import GPUAError
+from .._validation import check_number
 
 __all__ = ["PlantedData", "make_planted"]
 
@@ -107,12 +108,30 @@ def make_planted(
     n_hubs, hub_strength : int, float
         How many prototypes are pulled toward the image mean, and how far.
     class_weights : array of shape (n_classes,), optional
-        Class frequencies (default balanced).
+        Class frequencies (default balanced): non-negative, not all zero.
+    dtype : numpy floating dtype
+    random_state : int >= 0 or None
 
     Returns
     -------
     PlantedData
     """
+    for name, value in (("n_samples", n_samples), ("n_classes", n_classes), ("d_vfm", d_vfm), ("d_vlm", d_vlm),
+                        ("d_latent", d_latent)):
+        check_number(value, name, integer=True, low=1)
+    for name, value in (("latent_noise", latent_noise), ("vfm_noise", vfm_noise), ("vlm_noise", vlm_noise),
+                        ("modality_gap", modality_gap), ("hub_strength", hub_strength)):
+        check_number(value, name, low=0)
+    check_number(n_hubs, "n_hubs", integer=True, low=0)
+    if random_state is not None:
+        check_number(random_state, "random_state", integer=True, low=0, fix="or None for a fresh draw")
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise GPUAError(f"dtype={np.dtype(dtype)} is not a floating type: the features are unit vectors; use np.float32 or np.float64.")
+    if class_weights is not None:
+        w = np.asarray(class_weights, dtype=np.float64)
+        if w.shape != (n_classes,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise GPUAError(f"class_weights must be {n_classes} finite non-negative numbers, not all zero (one per class); "
+                            f"got {np.asarray(class_weights).tolist()!r}.")
     if d_latent > d_vfm or d_latent >= d_vlm:
         raise GPUAError(f"d_latent={d_latent} must be <= d_vfm={d_vfm} and < d_vlm={d_vlm}.")
     if n_classes < 2 or n_samples < n_classes:
