@@ -26,8 +26,15 @@ images, so the interval is of the difference, not of each accuracy; with several
 per-image difference averaged over the seeds). An interval that holds 0 is a difference the
 test split cannot tell from noise.
 
+``--sets`` also takes ``cifar-dinov2-swapped`` and ``cifar-lite2-swapped`` (never by default):
+CIFAR-10 with pool and test swapped, reported only. Run beside their unswapped sets they add a
+two-fold summary (:func:`two_fold`), every photo scored by the model fitted on the other half:
+
+    python benchmarks/accuracy.py --sets cifar-dinov2,cifar-dinov2-swapped --methods reference,gpua --seeds 3
+
 ``--json`` gets every row (set, seed, method) and the per-(set, method) means (with
-``vs_reference`` and ``vs_reference_ci95``), with the machine record (``benchmarks/_harness.py``).
+``vs_reference`` and ``vs_reference_ci95``), the two-fold entries (``two_fold``), with the machine
+record (``benchmarks/_harness.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import time
 
 import numpy as np
 from _harness import gpua_params, setup, write_json
-from devsets import add_set_arguments, cached_devset_seeds, chosen_sets, long_tailed
+from devsets import ALL_SETS, SWAPPED, add_set_arguments, cached_devset_seeds, chosen_sets, long_tailed
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
 
@@ -139,6 +146,41 @@ def summarise(rows: list[dict], correct: dict[tuple[str, int, str], np.ndarray] 
     return out
 
 
+def two_fold(rows: list[dict], correct: dict[tuple[str, int, str], np.ndarray]) -> list[dict]:
+    """Summary entries over both folds of each CIFAR set that ran with its swapped twin (``devsets``).
+
+    The set ``s`` scores its 1,000 test photos with a model fitted on the 1,000 train photos, its
+    twin ``s-swapped`` the train photos with a model fitted on the test photos: together every
+    photo is scored once, by a model that never saw it. Per method and seed the two folds'
+    per-image correctness is concatenated: ``test`` is the top-1 over the 2,000 photos (mean over
+    seeds, ``test_std`` across them) and ``vs_reference`` its :func:`paired_difference` to the
+    reference on the same photos; ``dev``, ``pl``, ``pool`` and ``fit_seconds`` are the two folds'
+    means. The entries' set is ``"<s> two-fold"``.
+    """
+    names = list(dict.fromkeys(r["set"] for r in rows))
+    out = []
+    for s in (n for n in names if n + SWAPPED in names):
+        twin = s + SWAPPED
+        for m in dict.fromkeys(r["method"] for r in rows if r["set"] == s):
+            folds = [[r for r in rows if (r["set"], r["method"]) == (name, m)] for name in (s, twin)]
+            seeds = [r["seed"] for r in folds[0]]
+            if [r["seed"] for r in folds[1]] != seeds:
+                continue
+            both = np.stack([np.concatenate([correct[s, seed, m], correct[twin, seed, m]]) for seed in seeds])
+            per_seed = both.mean(1)
+            entry = {"set": f"{s} two-fold", "method": m, "seeds": seeds, "test": float(per_seed.mean()),
+                     "test_std": float(per_seed.std())}
+            for field in ("dev", "pl", "pool", "fit_seconds"):
+                vals = np.array([[r[field] for r in fold] for fold in folds], dtype=float).mean(0)
+                entry[field], entry[f"{field}_std"] = float(vals.mean()), float(vals.std())
+            if m != "reference" and all((name, seed, "reference") in correct for name in (s, twin) for seed in seeds):
+                ref = np.stack([np.concatenate([correct[s, seed, "reference"], correct[twin, seed, "reference"]]) for seed in seeds])
+                diff, low, high = paired_difference(both, ref)
+                entry["vs_reference"], entry["vs_reference_ci95"] = diff, [low, high]
+            out.append(entry)
+    return out
+
+
 def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
     """One Markdown table per set: test, difference to the reference [95% interval], dev, pseudo-labels, fit seconds."""
     lines = []
@@ -175,7 +217,7 @@ def main(argv=None) -> int:
                          "drawn with the seed); 'pool' is then the transductive accuracy on it, what `gpua classify` reports")
     ap.add_argument("--json", default=None, help="write every row and the means here (atomically)")
     args = ap.parse_args(argv)
-    sets = chosen_sets(ap, args)
+    sets = chosen_sets(ap, args, ALL_SETS)
     methods = [m for m in args.methods.split(",") if m]
     variants = dict(args.variant)
     bad = [m for m in methods if m not in BASE_METHODS]
@@ -199,11 +241,14 @@ def main(argv=None) -> int:
             print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
                   f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
     summary = summarise(rows, correct)
-    print(table(summary, notes))
+    folds = two_fold(rows, correct)
+    for e in folds:
+        notes[e["set"]] = "both folds' means; test: every photo scored once, by the model fitted on the other half"
+    print(table(summary + folds, notes))
     if args.json:
         write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds,
                                         "pool_imbalance": args.pool_imbalance},
-                               "rows": rows, "summary": summary})
+                               "rows": rows, "summary": summary, "two_fold": folds})
     return 0
 
 

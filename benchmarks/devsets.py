@@ -12,6 +12,13 @@ Sets (VLM stand-in ``offline:semantic-lite0`` throughout; VFM ``offline:dinov2-s
   1,000 train = pool, 1,000 test) with CLIP's 18 CIFAR templates. There is no separate dev
   split: the dev criterion is the transductive accuracy on the pool, scored with the pool's own
   labels (never the test labels).
+* ``cifar-dinov2-swapped`` / ``cifar-lite2-swapped``: the same two CIFAR-10 sets with their
+  splits swapped: fit on the 1,000 test photos (unlabeled), score the 1,000 train photos. They
+  are **reported only, never used to choose a default**: their pool is the other sets' test
+  split, whose labels the dev criterion (the pool's transductive accuracy) would read. With the
+  unswapped sets they score all 2,000 photos, each by a model fitted on the other half (a
+  two-fold estimate: one 1,000-photo test split cannot tell apart methods a few points apart).
+  Not among the default ``--sets``; name them.
 * ``planted``: ``gpua.synthetic.make_planted(n_samples=4000, n_classes=50, random_state=seed)``
   (default widths); pool = 16 rows per class (drawn with the labels, as the paper's 16-shot pool;
   the labels never reach a fit), dev = another 16 per class, test = the other 2,400 rows.
@@ -47,6 +54,11 @@ VLM = "offline:semantic-lite0"
 VFMS = {"dinov2": "offline:dinov2-s", "lite2": "offline:efficientnet-lite2"}
 REAL_SETS = ("cifar-dinov2", "cifar-lite2", "fmnist-dinov2", "fmnist-lite2")
 SETS = REAL_SETS + ("planted",)
+#: CIFAR-10's sets with pool and test swapped: reported only (:func:`load_devset`), never in a default's criterion.
+SWAPPED = "-swapped"
+SWAPPED_SETS = ("cifar-dinov2" + SWAPPED, "cifar-lite2" + SWAPPED)
+#: Every name ``--sets`` takes where a script allows the swapped sets (they are never a default).
+ALL_SETS = SETS + SWAPPED_SETS
 FMNIST_TRAIN, FMNIST_POOL, FMNIST_DEV, FMNIST_SEED = 60000, 2000, 2000, 0
 PLANTED_SAMPLES, PLANTED_CLASSES, PLANTED_PER_CLASS = 4000, 50, 16
 
@@ -139,6 +151,10 @@ def load_devset(name: str, *, cache_dir=None, extract_missing: bool = False, see
 
     if name == "planted":
         return planted_devset(seed)
+    if name in SWAPPED_SETS:
+        ds = load_devset(name[: -len(SWAPPED)], cache_dir=cache_dir, extract_missing=extract_missing)
+        return DevSet(name, ds.test, None, ds.pool, "pool accuracy (transductive) of the swapped set: reported only, "
+                      "never a criterion (its pool is the unswapped set's test split)")
     data, _ = _split(name)
     paths = extract(name, cache_dir, progress=False) if extract_missing else feature_paths(name, cache_dir)
     missing = [str(p) for p in paths.values() if not p.is_file()]

@@ -125,6 +125,38 @@ def test_accuracy_reference_row_and_bad_arguments(scripts, tmp_path, capsys):
     assert "lam=2" in err and "not JSON" in err and "new and distinct" in err and "mnist" in err
 
 
+def test_swapped_cifar_sets_and_their_two_fold_summary(scripts, tmp_path, capsys):
+    """The swapped set fits on the test photos and scores the train photos; beside its twin, a two-fold summary."""
+    from gpua.features import save_features
+    from gpua.synthetic import make_planted
+
+    devsets, accuracy = scripts
+    d = make_planted(n_samples=400, n_classes=10, d_vfm=12, d_vlm=8, d_latent=4, random_state=1)
+    paths = devsets.feature_paths("cifar-lite2", tmp_path)
+    for part, rows in (("pool", slice(0, 200)), ("test", slice(200, 400))):
+        save_features(paths[part], vfm_features=d.vfm_features[rows], vlm_features=d.vlm_features[rows],
+                      text_prototypes=d.text_prototypes, labels=d.labels[rows], classnames=list(d.classnames))
+    plain, swapped = (devsets.load_devset(n, cache_dir=tmp_path) for n in ("cifar-lite2", "cifar-lite2-swapped"))
+    np.testing.assert_array_equal(swapped.pool.vfm_features, plain.test.vfm_features)
+    np.testing.assert_array_equal(swapped.test.labels, plain.pool.labels)
+    assert swapped.dev is None and "never a criterion" in swapped.dev_note
+    assert "cifar-lite2-swapped" not in devsets.SETS  # never a default set: its pool is the other's test split
+    out = tmp_path / "acc.json"
+    argv = ["--sets", "cifar-lite2,cifar-lite2-swapped", "--methods", "zero_shot,reference", "--seeds", "2",
+            "--variant", 'short={"n_steps": 5}', "--cache-dir", str(tmp_path), "--json", str(out)]
+    assert accuracy.main(argv) == 0
+    res = json.loads(out.read_text())
+    folds = {e["method"]: e for e in res["two_fold"]}
+    assert set(folds) == {"zero_shot", "reference", "short"} and all(e["set"] == "cifar-lite2 two-fold" for e in folds.values())
+    by = {(r["set"], r["method"], r["seed"]): r for r in res["rows"]}
+    for m, e in folds.items():  # equal halves: the two-fold accuracy is the mean of the folds' test accuracies
+        per_seed = [np.mean([by[s, m, seed]["test"] for s in ("cifar-lite2", "cifar-lite2-swapped")]) for seed in (0, 1)]
+        assert e["test"] == pytest.approx(np.mean(per_seed)) and e["test_std"] == pytest.approx(np.std(per_seed))
+    low, high = folds["short"]["vs_reference_ci95"]
+    assert low <= folds["short"]["vs_reference"] <= high and "vs_reference" not in folds["reference"]
+    assert "cifar-lite2 two-fold" in capsys.readouterr().out
+
+
 def test_paired_difference_interval(scripts):
     _, accuracy = scripts
     rng = np.random.default_rng(0)
