@@ -20,7 +20,20 @@ def test_a_cached_extract_says_up_to_date(tmp_path, capsys):
     second = capsys.readouterr().out
     assert second.startswith("up to date ") and "nothing was extracted" in second
     assert main(argv + ["--templates", "simple"]) == 0  # other templates: extracted again
-    assert capsys.readouterr().out.startswith("wrote ")
+    out = capsys.readouterr().out
+    assert out.startswith("wrote ") and "2 images, " in out and "2 classes, " in out  # was: "2 classs"
+
+
+def test_a_cache_inside_the_shard_set_extract_writes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Was: the whole extraction ran, then 'path=... is a folder that is not a gpua shard set' (the cache's own
+    files), and every re-run failed the same way."""
+    (tmp_path / "imgs" / "sky").mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 60, np.uint8)).save(tmp_path / "imgs" / "sky" / "a.png")
+    monkeypatch.setattr("gpua.extract.extract_features", lambda *a, **k: pytest.fail("extraction started"))
+    base = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(tmp_path / "imgs"), "--quiet"]
+    for out, cache, where in (("fe", "fe", "--out"), ("fe", "fe/cache", "--out"), ("f.npz", "f.npz.parts/c", "the parts folder")):
+        assert main(base + ["--out", str(tmp_path / out), "--cache-dir", str(tmp_path / cache)]) == 2
+        assert f"lies in {where} " in capsys.readouterr().err
 
 
 def test_fit_progress_gives_each_self_learning_round_its_own_bars(capsys):

@@ -221,6 +221,19 @@ def test_streamed_zero_shot_estimate_from_a_sample_when_the_budget_is_small(monk
     assert half["zero_shot_counts"] == full["zero_shot_counts"]  # counted over every row
 
 
+def test_the_prior_sample_fits_in_the_budget_beyond_the_process_itself():
+    """Was: half of the whole budget, the process reserve ignored: 958 MB resident under max_memory='700MB' (K = 100)."""
+    from gpua.stream._budget import RESERVE_BYTES
+    from gpua.stream._fit import _PRIOR_BYTES_PER_CELL, prior_rows
+
+    k = 100
+    for budget in (700 * 10**6, 10**9, 4 * 10**9):
+        rows = prior_rows(budget, k)
+        assert rows * _PRIOR_BYTES_PER_CELL * k <= (budget - RESERVE_BYTES) / 2 + _PRIOR_BYTES_PER_CELL * k
+        assert rows > 1024  # above the floor here: the budget, not the floor, sized it
+    assert prior_rows(RESERVE_BYTES, k) == 1024  # nothing beyond the reserve: the floor
+
+
 def test_a_convergence_warning_points_at_the_users_line(recwarn):
     """It pointed inside gpua/fitting.py once class_prior="estimate" added a call between the fit and its warning."""
     import warnings

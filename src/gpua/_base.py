@@ -175,6 +175,8 @@ class AlignmentEstimator(ParamsMixin):
 
     def _check_query_inputs(self, vfm_features, vlm_features, *, needs_vfm: bool, needs_vlm: bool):
         self._check_fitted()
+        for name, A in (("vfm_features", vfm_features), ("vlm_features", vlm_features)):
+            _refuse_stored_features(A, name)
         Z = X = None
         n = None
         if needs_vfm:
@@ -435,6 +437,23 @@ def _ndim(A) -> int | None:
         return int(np.ndim(A))
     except Exception:  # ragged lists and the like: check_matrix says what is wrong with them
         return None
+
+
+def _refuse_stored_features(A, name: str) -> None:
+    """Refuse a shard set or a path where prediction takes arrays (``fit`` takes both: a user passes
+    the same object to ``predict``, and its message was "has dtype object")."""
+    import os
+
+    if hasattr(A, "iter_rows") and hasattr(A, "n_shards"):  # a gpua.features.ShardedFeatures
+        raise GPUAError(
+            f"{name} is a shard set: prediction takes arrays. Score a shard set in chunks with `gpua predict --features "
+            "DIR` (or `gpua evaluate --test DIR`), or predict each chunk of shards.iter_rows(chunk_rows)."
+        )
+    if isinstance(A, (str, os.PathLike)):
+        raise GPUAError(
+            f"{name} is a path ({str(A)!r}): prediction takes arrays. Read a feature file with "
+            "gpua.features.load_features(path) and pass its vfm_features and vlm_features, or use `gpua predict`."
+        )
 
 
 def check_fit_arguments(vlm_features, text_prototypes) -> None:

@@ -456,7 +456,7 @@ class GPUA(AlignmentEstimator):
         given = [n for n, v in (("max_memory", max_memory), ("cluster", cluster), ("checkpoint", checkpoint)) if v is not None]
         if given:
             raise GPUAError(
-                f"{', '.join(given)} apply to a shard set (gpua.features.ShardedFeatures) only; for arrays, call "
+                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a shard set (gpua.features.ShardedFeatures) only; for arrays, call "
                 "gpua.stream.fit_streaming(model, (vfm_features, vlm_features), text_prototypes, max_memory=...) to fit them in chunks."
             )
         check_fit_arguments(vlm_features, text_prototypes)

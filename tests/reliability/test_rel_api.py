@@ -154,6 +154,23 @@ def test_fit_takes_a_shard_folder_path_and_refuses_other_paths(small, tmp_path):
         GPUA(**FAST, query="vfm").fit(train.vfm_features, None, train.text_prototypes)
 
 
+def test_prediction_given_a_shard_set_or_a_path_says_it_takes_arrays(small, tmp_path):
+    """Was: "vfm_features has dtype object" (a shard set) or "has dtype <U2" (its path): fit takes both."""
+    from gpua.stream import write_shards
+
+    train, test = small
+    shards = write_shards(tmp_path / "s", test.vfm_features, test.vlm_features, labels=test.labels, dtype="float32")
+    model = GPUA(**FAST).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+    for call in (lambda A: model.predict(A, test.vlm_features), lambda A: model.transform(A, test.vlm_features),
+                 lambda A: model.score(A, test.labels, test.vlm_features), lambda A: model.predict(test.vfm_features, A)):
+        with pytest.raises(GPUAError, match=r"is a shard set: prediction takes arrays. .*gpua predict --features DIR"):
+            call(shards)
+        with pytest.raises(GPUAError, match=r"is a path \(.*\): prediction takes arrays. .*load_features"):
+            call(str(tmp_path / "s"))
+    chunks = [model.predict(z.numpy(), x.numpy()) for _, _, (z, x) in shards.iter_rows(64)]  # the way the message gives
+    np.testing.assert_array_equal(np.concatenate(chunks), model.predict(test.vfm_features, test.vlm_features))
+
+
 def test_read_only_memmap_fits_without_torch_warnings(small, tmp_path):
     train, test = small
     np.save(tmp_path / "z.npy", train.vfm_features)

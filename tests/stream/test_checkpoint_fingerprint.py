@@ -127,3 +127,18 @@ def test_shard_image_ids_must_be_strings_that_survive_the_file(tmp_path, bad):
     data = make_planted(n_samples=4, n_classes=2, random_state=0)
     with pytest.raises(GPUAError, match="image_ids"):
         write_shards(tmp_path / "s", data.vfm_features, data.vlm_features, image_ids=bad, dtype="float32")
+
+
+def test_an_estimated_prior_from_another_logit_scale_is_another_fit(small, tmp_path):
+    """Was: a class_prior='zero_shot' checkpoint of logit_scale=100 resumed a logit_scale=2 fit with the
+    stored prior: the model said logit_scale=2 and held the other fit. With a fixed prior the scale
+    shapes prediction only, and the checkpoint still resumes."""
+    Z, X, Y, _ = small
+    s, ck = tmp_path / "s", tmp_path / "ck"
+    write_shards(s, Z, X, text_prototypes=Y, dtype="float32", rows_per_shard=128)
+    _fit_shards(s, ck, class_prior="zero_shot", logit_scale=100.0)
+    with pytest.raises(GPUAError, match="written by another fit"):
+        _fit_shards(s, ck, class_prior="zero_shot", logit_scale=2.0)
+    ck2 = tmp_path / "ck2"
+    first = _fit_shards(s, ck2, logit_scale=100.0)
+    assert_same_fit(first, _fit_shards(s, ck2, logit_scale=2.0))

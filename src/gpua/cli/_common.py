@@ -44,8 +44,12 @@ def _flag(attr: str) -> str:
 
 
 def counted(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1: ``counted(1, "image") == "1 image"``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """``n`` and ``noun``, plural unless ``n`` is 1.
+
+    >>> counted(1, "image"), counted(3, "shard"), counted(10, "class")
+    ('1 image', '3 shards', '10 classes')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 def check_paths(
@@ -183,11 +187,13 @@ def add_quiet_argument(p, dest: str = "quiet") -> None:
     p.add_argument("--quiet", "--no-progress", dest=dest, action="store_true", help="no progress bars")
 
 
-def check_cache_dir(args, folders: Sequence[tuple[str, str]] = ()) -> None:
+def check_cache_dir(args, folders: Sequence[tuple[str, str]] = (), replaced: Sequence[tuple[str, str]] = ()) -> None:
     """``--cache-dir`` (else ``$GPUA_CACHE_DIR``) must be a folder (or not exist yet): a file there is
     named now, by the setting that gave it, not as a deep output path later. Nor may it lie in
     ``--images``, ``--pool``, ``--data`` or one of ``folders`` (``(flag, folder)``), whose
-    sub-folders the next run would read as classes."""
+    sub-folders the next run would read as classes, nor in one of ``replaced`` (``(what,
+    folder)``, existing or not): a folder the command writes and replaces whole (a shard set, an
+    extraction's parts), which then refuses the cache's files in it after all the work."""
     import os
 
     where, name = getattr(args, "cache_dir", None), "--cache-dir"
@@ -199,6 +205,11 @@ def check_cache_dir(args, folders: Sequence[tuple[str, str]] = ()) -> None:
         fix = "pass a folder" if name == "--cache-dir" else "set it to a folder, or pass --cache-dir"
         raise GPUAError(f"{name} {where!r} is a file; {fix} for the cache (it is created if missing).")
     cache = Path(where).expanduser().resolve()
+    for what, folder in replaced:
+        top = Path(folder).expanduser().resolve()
+        if cache == top or top in cache.parents:
+            raise GPUAError(f"{name} {where!r} lies in {what} {folder!r}, a folder this command writes and replaces whole; "
+                            "pass a cache folder outside it.")
     named = [(f"--{flag}", getattr(args, flag, None)) for flag in ("images", "pool", "data")]
     for flag, folder in [*named, *folders]:
         if not isinstance(folder, str) or not Path(folder).expanduser().is_dir():

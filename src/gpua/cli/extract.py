@@ -81,7 +81,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     shard_options = {k: v for k, v in (("rows_per_shard", args.rows_per_shard), ("shard_storage", args.shard_storage)) if v is not None}
     # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
     check_device_flag(args.device)
-    check_cache_dir(args)
+    # The shard set, and the parts folder beside any output, are gpua's and replaced whole.
+    check_cache_dir(args, replaced=[*((("--out", args.out),) if kind != "file" else ()), ("the parts folder", f"{args.out}.parts")])
     timeout = connect_timeout_of(args)
     before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught, _flags_named():

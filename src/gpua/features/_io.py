@@ -75,13 +75,16 @@ class FeatureSet:
         return 0
 
     def require(self, *keys: str, source: str = "the feature file") -> None:
-        """Raise a :class:`GPUAError` naming the missing keys and the keys present."""
+        """Raise a :class:`GPUAError` naming the missing keys and the keys present (and how to write
+        them: a ``source`` that starts with "shard set" is written by ``write_shards``)."""
         missing = [k for k in keys if getattr(self, k) is None]
         if missing:
             present = [k for k in _ARRAY_KEYS + _STRING_KEYS if getattr(self, k) is not None]
+            writer = ("gpua.stream.write_shards(..., labels=...)" if source.startswith("shard set")
+                      else "gpua.features.save_features")
             raise GPUAError(
                 f"{source} has no {', '.join(repr(k) for k in missing)}; it holds {present}. "
-                "Write the file with gpua.features.save_features or `gpua extract`."
+                f"Write it with {writer} or `gpua extract`."
             )
 
     def validate(self, source: str | None = None) -> "FeatureSet":

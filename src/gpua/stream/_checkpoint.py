@@ -32,7 +32,7 @@ from .._atomic import atomic_path
 from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, verify
 
-__all__ = ["Checkpoint", "UCM_PARAMS"]
+__all__ = ["Checkpoint", "UCM_PARAMS", "ucm_params"]
 
 STATE_NAME = "ucm_state.safetensors"
 #: The layout of the state this gpua writes and reads.
@@ -43,6 +43,16 @@ UCM_PARAMS = (
     "max_outer", "tol", "sinkhorn_tol", "sinkhorn_max_iter", "assignment", "center",
     "center_vlm", "whiten", "whiten_shrink",
 )
+
+
+def ucm_params(params: dict) -> dict:
+    """The estimator parameters a checkpoint's state depends on: :data:`UCM_PARAMS`, and
+    ``logit_scale`` when the class prior is estimated (``"zero_shot"``, ``"estimate"``: the EM
+    reads softmax(logit_scale * scores), and the state stores the prior it found)."""
+    out = {p: params[p] for p in UCM_PARAMS}
+    if isinstance(params["class_prior"], str):
+        out["logit_scale"] = params["logit_scale"]
+    return out
 
 
 def fingerprint(params: dict, data_id: str, Y: torch.Tensor) -> str:

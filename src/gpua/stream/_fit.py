@@ -44,8 +44,8 @@ from ..procrustes import polar_factor
 from ..query import build_query, whitening_from_moment, whitening_width, zero_shot_cosines
 from ..refinement import RefineConfig, refine
 from . import _kernels as K_
-from ._budget import MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
-from ._checkpoint import UCM_PARAMS, Checkpoint, fingerprint
+from ._budget import RESERVE_BYTES, MemoryPlan, minimum_budget, plan_memory, refine_bytes, release_freed_memory
+from ._checkpoint import Checkpoint, fingerprint, ucm_params
 from ._executor import connect
 from ._progress import Bar
 from ..features import ShardedFeatures
@@ -269,7 +269,7 @@ def fit_streaming(
     b = None if estimates_prior else check_marginal(config.mining.class_prior, k, "class_prior", torch.device("cpu"))
     ck = state = None
     if checkpoint is not None:
-        ck = Checkpoint(checkpoint, fingerprint({p: params[p] for p in UCM_PARAMS}, src.fingerprint(), Yt))
+        ck = Checkpoint(checkpoint, fingerprint(ucm_params(params), src.fingerprint(), Yt))
         state = ck.load()  # another fit's state is refused now, before any cluster starts
         # Its first save comes after the pool passes and a whole UCM round: a folder that cannot be
         # written (or the shard folder itself, which the state file would make one that writers
@@ -356,8 +356,10 @@ _PRIOR_BYTES_PER_CELL = 4 + 3 * 8
 
 def prior_rows(budget: int, k: int) -> int:
     """How many rows :func:`pool_class_prior` estimates the prior from: as many as half the budget
-    holds (every row of most pools; a seeded sample of a pool too large for it)."""
-    return max(1024, int(budget) // 2 // (_PRIOR_BYTES_PER_CELL * k))
+    holds beyond the process itself (:data:`~gpua.stream._budget.RESERVE_BYTES`; every row of most
+    pools, a seeded sample of a pool too large for it). Half of the whole budget overshot it near
+    the minimum: 958 MB resident under ``max_memory="700MB"`` at K = 100."""
+    return max(1024, max(int(budget) - RESERVE_BYTES, 0) // 2 // (_PRIOR_BYTES_PER_CELL * k))
 
 
 def pool_class_prior(ex, parts, src, fit: K_.FitSpec, config: FitConfig, Y: torch.Tensor, n: int, d_vfm: int, *,
