@@ -52,3 +52,19 @@ def test_fit_from_shards_estimates_the_class_prior_with_the_zero_shot(case, tmp_
     assert main([*common, "--out", str(tmp_path / "e.gpua"), "--param", "class_prior=estimate"]) == 2
     assert "class_prior='estimate' needs a first whole fit" in capsys.readouterr().err
     assert not (tmp_path / "e.gpua").exists()
+
+
+def test_prototypes_from_another_shard_set(tmp_path, capsys):
+    """Was: "a shard set is read with gpua.features.ShardedFeatures (gpua fit --shards DIR)", with --shards given."""
+    from gpua.cli import main
+    from gpua.synthetic import make_planted
+
+    d = make_planted(400, 4, random_state=0)
+    write_shards(tmp_path / "withp", d.vfm_features, d.vlm_features, text_prototypes=d.text_prototypes,
+                 classnames=["a", "b", "c", "d"], dtype="float32")
+    write_shards(tmp_path / "nop", d.vfm_features, d.vlm_features, dtype="float32")
+    base = ["fit", "--no-progress", "--param", "self_learning=0", "--param", "refine=false"]
+    assert main(base + ["--shards", str(tmp_path / "nop"), "--prototypes", str(tmp_path / "withp"), "--out", str(tmp_path / "m.gpua")]) == 0
+    assert load_model(tmp_path / "m.gpua").classnames_ == ["a", "b", "c", "d"]
+    assert main(base + ["--shards", str(tmp_path / "withp"), "--prototypes", str(tmp_path / "nop"), "--out", str(tmp_path / "n.gpua")]) == 2
+    assert f"shard set {str(tmp_path / 'nop')!r} (--prototypes) has no 'text_prototypes'" in capsys.readouterr().err

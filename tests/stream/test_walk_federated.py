@@ -109,6 +109,8 @@ def test_the_usual_slips_in_clients(small):
         fit_federated(GPUA(), None, Y)
     with pytest.raises(GPUAError, match="clients is of type ndarray"):
         fit_federated(GPUA(), Z, Y)
+    with pytest.raises(GPUAError, match=r"clients is a dict; pass its pairs as a list, list\(clients.values\(\)\)"):
+        fit_federated(GPUA(), {"a": (Z, X)}, Y)  # was: "clients[0] must be a pair" (the name 'a')
 
 
 def test_the_budget_error_says_it_is_each_clients(small):

@@ -112,7 +112,8 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the streaming options to ``gpua fit``'s parser."""
     g = parser.add_argument_group("streaming and distributed fits (gpua.stream)")
     g.add_argument("--shards", metavar="DIR", help="fit on a shard set (gpua extract / gpua.stream.write_shards) instead of --train")
-    g.add_argument("--prototypes", metavar="FILE", help="feature file with text_prototypes (default: those stored with the shards)")
+    g.add_argument("--prototypes", metavar="FILE", help="feature file (or shard set) with text_prototypes (default: those stored "
+                                                         "with the shards)")
     g.add_argument("--max-memory", default=None, metavar="SIZE", help=f"memory budget per process (default {DEFAULT_MAX_MEMORY})")
     g.add_argument("--cluster", metavar="ADDRESS", help="run chunk sums on Dask: 'local', a worker count, or tcp://HOST:8786")
     g.add_argument("--connect-timeout", type=positive_seconds, default=None, metavar="S",
@@ -130,7 +131,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
         Exit code 0 (errors are raised as :class:`GPUAError` for the CLI to print).
     """
     from ..stream import fit_streaming
-    from ..features import ShardedFeatures
+    from ..features import FeatureSet, ShardedFeatures
     from ..report import provenance_from_features
 
     if args.max_memory is not None:  # checked now, by its flag, not after the shard set is opened
@@ -152,7 +153,12 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
         from ..features import load_features
         from ..report import encoders_of
 
-        fs = load_features(args.prototypes, require=("text_prototypes",))
+        if Path(args.prototypes).expanduser().is_dir():  # another shard set's prompts: its prototypes alone, not its rows
+            other = ShardedFeatures(args.prototypes)
+            fs = FeatureSet(text_prototypes=other.text_prototypes(), classnames=other.classnames, meta=other.meta)
+            fs.require("text_prototypes", source=f"shard set {args.prototypes!r} (--prototypes)")
+        else:
+            fs = load_features(args.prototypes, require=("text_prototypes",))
         prototypes, classnames = fs.text_prototypes, fs.classnames
         if prototypes.shape[1] != shards.widths["vlm_features"]:
             raise GPUAError(f"--prototypes {args.prototypes!r} holds {prototypes.shape[1]}-d text prototypes but the shards' VLM "

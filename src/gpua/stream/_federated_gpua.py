@@ -277,6 +277,9 @@ def _client_list(clients) -> list:
     if isinstance(clients, (np.ndarray, torch.Tensor, str, bytes)) or hasattr(clients, "n_shards"):
         raise GPUAError(f"clients is of type {type(clients).__name__}; pass a list of (vfm_features, vlm_features) "
                         "pairs, one per client.")
+    if isinstance(clients, dict):  # iterating it would give the names: clients[0] 'a' is not a pair
+        raise GPUAError("clients is a dict; pass its pairs as a list, list(clients.values()), one (vfm_features, "
+                        "vlm_features) pair per client (the fit numbers clients by their place in the list).")
     try:
         clients = list(clients)
     except TypeError:
