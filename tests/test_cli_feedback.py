@@ -73,3 +73,22 @@ def test_fit_progress_gives_each_self_learning_round_its_own_bars(capsys):
     assert all(b.closed for b in made)
     out = capsys.readouterr().out
     assert all(f"self-learning round {rec['round']}:" in out for rec in records)
+
+
+def test_a_large_photo_read_whole_gets_no_nameless_bomb_warning(tmp_path, capsys, monkeypatch):
+    """Was: "warning: Image size (108000000 pixels) exceeds limit ..., could be decompression bomb DOS attack.",
+    naming no file, for a 108-megapixel photo gpua read and classified normally."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # a 40 x 40 photo is then "large" (under twice: decoded)
+    for k, name in enumerate(("sky", "grass")):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.fromarray(np.full((40, 40, 3), 60 + 100 * k, np.uint8)).save(tmp_path / "imgs" / name / "a.png")
+    argv = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "f.npz"),
+            "--quiet", "--workers", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("wrote ") and "2 images" in captured.out
+    assert "decompression bomb" not in captured.err
+    with pytest.warns(PILImage.DecompressionBombWarning):  # the library leaves Pillow's own warning alone
+        PILImage.open(tmp_path / "imgs" / "sky" / "a.png").load()

@@ -533,3 +533,42 @@ def test_default_workers_on_a_cluster_are_one_per_process(tmp_path, monkeypatch,
             extract_features(*toy_specs, _dataset(), out=tmp_path / f"c{given}.npz", cluster=1,
                              templates=["a {}."], progress=False, workers=given)
         assert seen[-1] == want
+
+
+def test_an_extreme_aspect_ratio_is_prepared_from_its_crop_alone(monkeypatch):
+    """Was: a 60000 x 1 strip resized whole (short side 256: 15.4M x 256 pixels, about 16 GB) before the crop."""
+    import tracemalloc
+
+    from PIL import Image
+
+    import gpua.encoders._preprocess as pre
+
+    prep = ImagePreprocess(input_size=224, resize=256)
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1, 60000, 3), dtype=np.uint8))
+    tracemalloc.start()
+    assert prep.transform_one(strip).shape == (3, 224, 224)
+    assert tracemalloc.get_traced_memory()[1] < 50 * 2**20  # Pillow's buffers are traced: a whole resize would be GBs
+    tracemalloc.stop()
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 20000, 3), dtype=np.uint8))
+    from_the_crop = prep.transform_one(wide)  # 128,000 x 256 resized: over 64 crops, so the crop alone
+    monkeypatch.setattr(pre, "_HUGE_RESIZE", 10**9)
+    np.testing.assert_allclose(from_the_crop, prep.transform_one(wide), atol=1e-6)  # the same pixels as resize-then-crop
+
+
+def test_an_image_that_cannot_be_prepared_is_skipped_with_its_name(tmp_path, monkeypatch):
+    """Was: a MemoryError in one image's preparation ended the whole extraction with a traceback."""
+    images = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)  # 255 nowhere
+    images[2, 0, 0] = 255  # one image, marked
+    ds = ArrayImageDataset(images, np.arange(6) % 3, CLASSES, name="toyset", split="train", image_ids=[f"img{i:03d}" for i in range(6)])
+    real = ImagePreprocess.transform_one
+
+    def fails_on_a_white_corner(self, image):
+        if np.asarray(image)[0, 0, 0] == 255:
+            raise MemoryError()
+        return real(self, image)
+
+    monkeypatch.setattr(ImagePreprocess, "transform_one", fails_on_a_white_corner)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) of 6: img002"):
+        fs = load_features(_run(ds, tmp_path / "f.npz"))
+    assert fs.n_samples == 5 and "img002" not in fs.image_ids
+    assert "could not be prepared for the encoders (MemoryError" in fs.meta["skipped"]["images"][0]["error"]

@@ -478,8 +478,12 @@ class _ImageLoader:
             image = as_image_list([self.ds.load_image(i)], name=f"image {self.ids[i]!r}")[0]
         except (ValueError, OSError, SyntaxError) as exc:  # GPUAError is a ValueError; PIL raises the others
             return None, exc
-        first = image if self.prepare[0] is None else self.prepare[0](image)
-        second = first if self.prepare[1] == "same" else image if self.prepare[1] is None else self.prepare[1](image)
+        try:  # one image that cannot be prepared (memory, a resampling error) is skipped, named, as an unreadable one
+            first = image if self.prepare[0] is None else self.prepare[0](image)
+            second = first if self.prepare[1] == "same" else image if self.prepare[1] is None else self.prepare[1](image)
+        except (MemoryError, ValueError, OSError) as exc:
+            return None, OSError(f"image {self.ids[i]!r} ({image.size[0]}x{image.size[1]} pixels) could not be prepared for "
+                                 f"the encoders ({type(exc).__name__}: {exc})")
         return (first, second), None
 
     def batches(self, indices: range, batch_size: int):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import warnings
 
@@ -26,6 +27,11 @@ _SUBCOMMAND_MODULES = (
     "gpua.cli.classify",  # classify
     "gpua.cli.benchmark",  # benchmark
 )
+
+
+#: Pillow's DecompressionBombWarning: it names no file, and gpua reads such a photo whole (one over
+#: twice the limit is refused per file, named): a 108-megapixel photo is no attack to warn about.
+_PILLOW_SIZE_WARNING = re.compile(r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -124,6 +130,8 @@ def _main(argv: list[str] | None) -> int:
             shown: set[str] = set()
 
             def show(message, *_args, **_kwargs) -> None:
+                if _PILLOW_SIZE_WARNING.match(str(message)):
+                    return
                 if str(message) not in shown:
                     shown.add(str(message))
                     print(f"gpua {args.command}: warning: {message}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -94,8 +93,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             split=args.split, shard_size=args.shard_size, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
             image_root=args.image_root, workers=args.workers, **shard_options,
         )
-    for w in caught:
-        print(f"gpua extract: warning: {w.message}", file=sys.stderr)
+    for w in caught:  # through the command line's own display: said once, Pillow's nameless size warning left out
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     unchanged = before is not None and before == _stamp(path)
     if path.is_dir():
         from ..features import ShardedFeatures

@@ -156,10 +156,17 @@ class ImagePreprocess:
                 nw, nh = (new_short, new_long) if w0 <= h0 else (new_long, new_short)
             else:
                 nh, nw = self.resize  # type: ignore[misc]
-            if (nw, nh) != (w0, h0):
-                image = image.resize((nw, nh), self._resample())
-            if (nh, nw) != (H, W):
-                image = _center_crop(image, H, W, self.fill)
+            if nw >= W and nh >= H and nw * nh > _HUGE_RESIZE * H * W:
+                # An extreme aspect ratio (a 60000 x 1 strip: 15.4M x 256 resized, about 16 GB):
+                # resample only the pixels the centre crop keeps, straight from the source.
+                top, left = int(round((nh - H) / 2.0)), int(round((nw - W) / 2.0))
+                sx, sy = w0 / nw, h0 / nh
+                image = image.resize((W, H), self._resample(), box=(left * sx, top * sy, (left + W) * sx, (top + H) * sy))
+            else:
+                if (nw, nh) != (w0, h0):
+                    image = image.resize((nw, nh), self._resample())
+                if (nh, nw) != (H, W):
+                    image = _center_crop(image, H, W, self.fill)
         a = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
         a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
@@ -167,6 +174,11 @@ class ImagePreprocess:
     def __call__(self, images: Any) -> np.ndarray:
         """Images (see :func:`as_image_list`) -> float32 array of shape (B, 3, H, W)."""
         return np.stack([self.transform_one(im) for im in as_image_list(images)])
+
+
+#: A resize whose result would hold this many times the crop's pixels resamples only the crop
+#: (normal photos, a few times the crop, take the exact resize-then-crop path).
+_HUGE_RESIZE = 64
 
 
 def _center_crop(image, H: int, W: int, fill: int):
