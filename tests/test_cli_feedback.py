@@ -31,7 +31,8 @@ def test_a_cache_inside_the_shard_set_extract_writes_is_refused_before_any_work(
     Image.fromarray(np.full((16, 16, 3), 60, np.uint8)).save(tmp_path / "imgs" / "sky" / "a.png")
     monkeypatch.setattr("gpua.extract.extract_features", lambda *a, **k: pytest.fail("extraction started"))
     base = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", str(tmp_path / "imgs"), "--quiet"]
-    for out, cache, where in (("fe", "fe", "--out"), ("fe", "fe/cache", "--out"), ("f.npz", "f.npz.parts/c", "the parts folder")):
+    for out, cache, where in (("fe", "fe", "--out"), ("fe", "fe/cache", "--out"), ("f.npz", "f.npz.parts/c", "the parts folder"),
+                              ("fe2/", "fe2.parts/c", "the parts folder")):  # a trailing slash: the parts folder is fe2.parts
         assert main(base + ["--out", str(tmp_path / out), "--cache-dir", str(tmp_path / cache)]) == 2
         assert f"lies in {where} " in capsys.readouterr().err
 

@@ -227,3 +227,11 @@ def test_labels_given_as_vlm_features_at_prediction_are_named_as_labels():
                 call(tr.vfm_features, labels)
     with pytest.raises(GPUAError, match="reshape it with"):  # one VLM row of another length: still the reshape advice
         m.predict(tr.vfm_features[:1], tr.vlm_features[0])
+
+
+def test_make_planted_takes_a_numpy_generator():
+    from gpua.synthetic import make_planted
+
+    a = make_planted(100, 4, random_state=np.random.default_rng(3))
+    b = make_planted(100, 4, random_state=np.random.default_rng(3))
+    np.testing.assert_array_equal(a.vfm_features, b.vfm_features)

@@ -289,13 +289,16 @@ _ARRAY_SUFFIXES = (".npz", ".npy", ".safetensors")
 
 
 def _held_data(p: Path) -> str | None:
-    """What gpua data the existing file ``p`` holds ("model", "features"), or None for anything else.
+    """What gpua data the existing file ``p`` holds ("model", "features", "arrays"; "model-named": a
+    ``.gpua`` file gpua did not write, which no output replaces), or None for anything else.
 
     A model is recognised by its contents whatever its name ends in: ``fit --out`` and
     ``save`` accept any name (``cifar.model``, ``x.pt``), and a report written over one would lose it."""
     suffix = p.suffix.lower()
     if (suffix == ".gpua" and _starts_like_safetensors(p)) or _is_model_file(p) or _is_segmentation_sidecar(p):
         return "model"
+    if suffix == ".gpua":  # named like a model, but not one gpua wrote: the user's, replaced by no output
+        return "model-named"
     if suffix in _ARRAY_SUFFIXES:  # a user's own arrays (a dataset of images) are not features to re-extract over
         return "features" if _is_feature_file(p) else "arrays"
     return None
@@ -380,7 +383,7 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
     held = _held_data(out)
     if held != holds and (held is not None or holds == "model"):  # a model replaces a model only
         what = {"model": "a model", "features": "a feature or array file", "arrays": "an array file that holds no gpua features",
-                None: "not a model gpua saved"}[held]
+                "model-named": "named like a model but not one gpua saved", None: "not a model gpua saved"}[held]
         written = {"report": "a report", "model": "a model", "features": "features"}[holds]
         raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; nothing was "
                         f"written. Choose another {name} (models end in .gpua), or delete that file first if it may go.")

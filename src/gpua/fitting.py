@@ -338,15 +338,18 @@ def check_distinct_images(Z: torch.Tensor, X: torch.Tensor, n_classes: int) -> N
     The balanced plan would still give every class its share of the copies, and the fit would run
     to a map that predicts at chance, silently; :func:`check_entry` refuses fewer *rows* than
     classes, this the same for distinct ``(vfm, vlm)`` rows. Rows that differ in their first
-    columns are distinct, so the whole rows are compared only when those leave too few.
+    columns are distinct; only when those leave too few are whole rows told apart, by a random
+    projection summed in float64 chunk by chunk (no copy of the pool; equal rows project equally,
+    and distinct ones collide with probability zero).
     """
-    def distinct(width: int | None) -> int:
-        rows = torch.cat([Z[:, :width], X[:, :width]], dim=1)
-        return int(torch.unique(rows, dim=0).shape[0])
-
-    if distinct(16) >= n_classes:
+    prefix = torch.cat([Z[:, :16], X[:, :16]], dim=1)
+    if int(torch.unique(prefix, dim=0).shape[0]) >= n_classes:
         return
-    n_distinct = distinct(None)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r_z, r_x = (torch.randn(A.shape[1], generator=g, dtype=torch.float64).to(A.device) for A in (Z, X))
+    step = 4096
+    proj = torch.cat([Z[i:i + step].double() @ r_z + X[i:i + step].double() @ r_x for i in range(0, Z.shape[0], step)])
+    n_distinct = int(torch.unique(proj).shape[0])
     if n_distinct < n_classes:
         raise GPUAError(
             f"the unlabeled pool has {Z.shape[0]} rows but only {n_distinct} distinct images (the others are copies) for "

@@ -212,8 +212,13 @@ class TestSavePaths:
         """Was: the .gpua ending alone made a file a model, so model.save() replaced a user's notes.gpua."""
         notes = tmp_path / "notes.gpua"
         notes.write_text("my notes\n")
-        with pytest.raises(GPUAError, match="is not a model gpua saved, which this command would replace with a model"):
+        with pytest.raises(GPUAError, match="is named like a model but not one gpua saved, which this command would replace"):
             model.save(notes)
+        from gpua._atomic import check_output
+
+        for holds in ("report", "features"):  # nor by a report or features (they never replaced a .gpua file)
+            with pytest.raises(GPUAError, match="is named like a model but not one gpua saved"):
+                check_output(notes, "--out", holds=holds)
         assert notes.read_text() == "my notes\n"
         damaged, empty = tmp_path / "damaged.gpua", tmp_path / "empty.gpua"
         model.save(damaged)

@@ -81,7 +81,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
     check_device_flag(args.device)
     # The shard set, and the parts folder beside any output, are gpua's and replaced whole.
-    check_cache_dir(args, replaced=[*((("--out", args.out),) if kind != "file" else ()), ("the parts folder", f"{args.out}.parts")])
+    check_cache_dir(args, replaced=[*((("--out", args.out),) if kind != "file" else ()), ("the parts folder", str(Path(args.out).expanduser()) + ".parts")])
     timeout = connect_timeout_of(args)
     before = _stamp(args.out)
     with warnings.catch_warnings(record=True) as caught, _flags_named():

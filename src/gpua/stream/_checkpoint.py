@@ -36,7 +36,9 @@ __all__ = ["Checkpoint", "UCM_PARAMS", "ucm_params"]
 
 STATE_NAME = "ucm_state.safetensors"
 #: The layout of the state this gpua writes and reads.
-STATE_VERSION = 2  # 2: plan_ridge's pending projection (``projected``, ``plan_query``, ``plan_mass``)
+# 2: plan_ridge's pending projection (``projected``, ``plan_query``, ``plan_mass``); 3: ``logit_scale``
+# in the fingerprint of an estimated prior (a format-2 checkpoint is named as another format, not another fit).
+STATE_VERSION = 3
 # Estimator parameters that change what UCM computes (refinement ones do not).
 UCM_PARAMS = (
     "query", "lam", "eps", "similarity", "temperature", "class_prior", "rho", "plan_ridge", "n_init_per_class",

@@ -110,7 +110,7 @@ def make_planted(
     class_weights : array of shape (n_classes,), optional
         Class frequencies (default balanced): non-negative, not all zero.
     dtype : numpy floating dtype
-    random_state : int >= 0 or None
+    random_state : int >= 0, numpy.random.Generator or None
 
     Returns
     -------
@@ -123,8 +123,8 @@ def make_planted(
                         ("modality_gap", modality_gap), ("hub_strength", hub_strength)):
         check_number(value, name, low=0)
     check_number(n_hubs, "n_hubs", integer=True, low=0)
-    if random_state is not None:
-        check_number(random_state, "random_state", integer=True, low=0, fix="or None for a fresh draw")
+    if random_state is not None and not isinstance(random_state, np.random.Generator):
+        check_number(random_state, "random_state", integer=True, low=0, fix="or a numpy Generator, or None for a fresh draw")
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise GPUAError(f"dtype={np.dtype(dtype)} is not a floating type: the features are unit vectors; use np.float32 or np.float64.")
     if class_weights is not None:
