@@ -295,3 +295,36 @@ def test_folders_differing_only_in_unicode_form_are_reported(tmp_path, make_imag
         pytest.skip("this file system treats the two spellings as one name")
     with pytest.raises(GPUAError, match="differ only in their Unicode form"):
         load_dataset(root, classnames=["café"])
+
+
+# ---------------------------------------------------------------- TIFF layouts Pillow decodes wrongly
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "RGB"])
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_an_uncompressed_transposed_tiff_decodes_as_its_compressed_twin(tmp_path, mode, orientation):
+    """Was: raw strips with orientation 5-8 decoded to diagonal stripes, of the wrong shape, in every mode but RGB."""
+    rng = np.random.default_rng(orientation)
+    picture = Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)).convert(mode)
+    exif = Image.Exif()
+    exif[274] = orientation
+    picture.save(tmp_path / "raw.tif", exif=exif)
+    picture.save(tmp_path / "lzw.tif", exif=exif, compression="tiff_lzw")  # Pillow's libtiff path: right
+    expected = np.asarray(open_image(tmp_path / "lzw.tif"))
+    assert expected.shape == (45, 30, 3)  # turned upright
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "raw.tif")), expected)
+
+
+def test_tiff_layouts_pillow_misreads_are_refused_by_name(tmp_path):
+    """Was: a 16-bit per-channel (planar) TIFF read as a striped crop, a 16-bit min-is-white one as its negative."""
+    tifffile = pytest.importorskip("tifffile")
+    from gpua.data import UnreadableImageError
+
+    rgb = np.random.default_rng(0).integers(0, 65535, (3, 20, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "white.tif", rgb[0], photometric="miniswhite")
+    for name, layout in (("planar.tif", "16-bit samples stored as separate planes"), ("white.tif", "16-bit min-is-white grey")):
+        with pytest.raises(UnreadableImageError, match=rf"is a TIFF whose layout \({layout}.*\) Pillow decodes wrongly; re-save"):
+            open_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "interleaved.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")  # the layout the message asks for
+    assert np.asarray(open_image(tmp_path / "interleaved.tif")).shape == (20, 30, 3)

@@ -201,6 +201,39 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def _tiff_layout(image: Image.Image, path: str) -> None:
+    """Work around, or refuse, the uncompressed TIFF layouts Pillow (13.0) decodes wrongly, before
+    the pixels are read: each would otherwise reach the encoders as a normal photo.
+
+    - Orientation 5 to 8 (a transposed image) with raw strips: Pillow reports the displayed size,
+      and its raw decoder then fills that transposed frame with the stored rows (diagonal
+      stripes; every mode but RGB). The stored size is restored, and :func:`_upright` turns it.
+    - 16 bits per sample stored as separate planes (Photoshop's "per channel"), raw: each plane
+      is read as 8-bit. Refused.
+    - 16-bit min-is-white grey: decoded as its negative. Refused.
+    """
+    if getattr(image, "format", None) != "TIFF":
+        return
+    tags = image.tag_v2
+    bits = tags.get(258, (1,))
+    bits = max(bits) if isinstance(bits, tuple) and bits else int(bits or 1)
+    raw = bool(image.tile) and all(t[0] == "raw" for t in image.tile)
+    stored = getattr(image, "_tile_size", None)
+    if raw and tags.get(274) in (5, 6, 7, 8) and stored and tuple(image.size) == tuple(stored)[::-1]:
+        image._size = tuple(stored)
+    if raw and bits >= 16 and tags.get(284, 1) == 2 and tags.get(277, 1) > 1:
+        layout = "16-bit samples stored as separate planes, uncompressed"
+    elif bits >= 16 and tags.get(262) == 0:
+        layout = "16-bit min-is-white grey"
+    else:
+        return
+    raise UnreadableImageError(
+        f"image file {path!r} is a TIFF whose layout ({layout}) Pillow decodes wrongly; re-save it as PNG, or as a "
+        "TIFF with interleaved samples (min-is-black for grey), and run again.",
+        path,
+    )
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file fully and return it in RGB, turned upright.
 
@@ -220,8 +253,11 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     heif_decoder()
     try:
         with Image.open(p) as im:
+            _tiff_layout(im, p)
             im.load()  # decode now: truncation shows here, not later inside a transform
             return to_rgb(_upright(im))
+    except UnreadableImageError:
+        raise  # _tiff_layout's refusal says why already
     except FileNotFoundError:
         raise UnreadableImageError(f"image file {p!r} does not exist.", p) from None
     except Image.DecompressionBombError as exc:
