@@ -572,3 +572,13 @@ def test_an_image_that_cannot_be_prepared_is_skipped_with_its_name(tmp_path, mon
         fs = load_features(_run(ds, tmp_path / "f.npz"))
     assert fs.n_samples == 5 and "img002" not in fs.image_ids
     assert "could not be prepared for the encoders (MemoryError" in fs.meta["skipped"]["images"][0]["error"]
+
+
+def test_an_unreadable_images_message_is_kept_whole_in_a_deep_folder(tmp_path):
+    """Was: the stored error was cut at 300 characters, before its fix ("...; it is truncated, corrupt or not")."""
+    deep = tmp_path / ("Photos Library Exports " * 4).strip() / ("2023-08-14 Summer holiday in Brittany " * 3).strip()
+    root = _folder_with_a_bad_image(deep)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        fs = load_features(_run(str(root), tmp_path / "f.npz"))
+    errors = [s["error"] for s in fs.meta["skipped"]["images"]]
+    assert all(len(e) > 300 and e.endswith("replace the file, or remove it.") for e in errors)

@@ -526,6 +526,11 @@ def _encode_prepared(encoder, prepared: list, batch_size: int, is_prepared: bool
     return encoder.encode_images(prepared, batch_size=batch_size)
 
 
+#: Characters of an unreadable image's error kept in the features' ``meta["skipped"]`` (and in
+#: ``gpua classify``'s CSV): 300 cut a deep folder's message before its fix.
+_ERROR_CHARS = 2000
+
+
 def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar,
                   workers: int = 1) -> dict[str, np.ndarray]:
     """Encode images ``indices`` with both encoders; unreadable images are skipped or fail.
@@ -548,7 +553,8 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                         "on_error='skip' (--on-error skip) to leave unreadable images out."
                     ) from exc
                 bad_idx.append(i)
-                bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                # Bounded (it is stored with the features), but long enough for a deep path and the fix after it.
+                bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
             if good:
                 # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
                 rows = [i for i, _ in good]
