@@ -328,3 +328,16 @@ def test_tiff_layouts_pillow_misreads_are_refused_by_name(tmp_path):
             open_image(tmp_path / name)
     tifffile.imwrite(tmp_path / "interleaved.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")  # the layout the message asks for
     assert np.asarray(open_image(tmp_path / "interleaved.tif")).shape == (20, 30, 3)
+
+
+def test_a_heic_photo_under_a_jpeg_name_is_named_as_heic_without_pillow_heif(tmp_path, without_heif):
+    """Was: "could not be read (UnidentifiedImageError ...); it is truncated, corrupt or not an image"."""
+    from gpua.data import UnreadableImageError
+
+    fake = tmp_path / "IMG_1234.jpg"  # an ISO media header of brand heic; the rest is not decoded
+    fake.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    with pytest.raises(UnreadableImageError, match=r"is a HEIC/HEIF photo \(whatever its name says\).*pip install 'gpua\[heif\]'"):
+        open_image(fake)
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(UnreadableImageError, match="truncated, corrupt or not an image"):
+        open_image(tmp_path / "junk.jpg")

@@ -201,6 +201,20 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+#: ISO base media ``ftyp`` brands of HEIC/HEIF still images.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
+def _is_heif_file(path: str) -> bool:
+    """Whether ``path`` starts as a HEIC/HEIF file does (``....ftyp<brand>``), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
 def _tiff_layout(image: Image.Image, path: str) -> None:
     """Work around, or refuse, the uncompressed TIFF layouts Pillow (13.0) decodes wrongly, before
     the pixels are read: each would otherwise reach the encoders as a normal photo.
@@ -272,6 +286,12 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports truncation and unknown formats (UnidentifiedImageError) as OSError, bad
         # headers as SyntaxError/ValueError.
+        if _is_heif_file(p) and not heif_decoder():  # a HEIC photo under another name (IMG_1234.jpg)
+            raise UnreadableImageError(
+                f"image file {p!r} is a HEIC/HEIF photo (whatever its name says), which this installation does not "
+                "decode: pip install 'gpua[heif]' reads it, or convert it to JPEG or PNG.",
+                p,
+            ) from exc
         raise UnreadableImageError(
             f"image file {p!r} could not be read ({type(exc).__name__}: {exc}); it is truncated, corrupt or "
             "not an image: replace the file, or remove it.",
