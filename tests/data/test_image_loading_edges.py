@@ -341,3 +341,13 @@ def test_a_heic_photo_under_a_jpeg_name_is_named_as_heic_without_pillow_heif(tmp
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(UnreadableImageError, match="truncated, corrupt or not an image"):
         open_image(tmp_path / "junk.jpg")
+
+
+def test_a_16_bit_grey_pngs_transparent_value_is_put_on_white_as_an_8_bit_ones(tmp_path):
+    """Was: black in the 16-bit file, white in the 8-bit one (the tRNS key was dropped for mode I;16)."""
+    g = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    Image.fromarray(g).save(tmp_path / "g16.png", transparency=0)
+    Image.fromarray((g // 257).astype(np.uint8)).save(tmp_path / "g8.png", transparency=0)
+    sixteen, eight = np.asarray(open_image(tmp_path / "g16.png")), np.asarray(open_image(tmp_path / "g8.png"))
+    assert (sixteen[:, 0] == 255).all() and (eight[:, 0] == 255).all()
+    assert np.abs(sixteen.astype(int) - eight).max() <= 1  # 65535 -> 255 rounding

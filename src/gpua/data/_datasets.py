@@ -36,8 +36,9 @@ __all__ = [
 #: How image files become pixels (:func:`open_image`, :func:`to_rgb`): part of the feature cache
 #: key, bumped when decoding changes so that features of the old pixels are not served again
 #: (2: EXIF orientation applied, float images in [0, 1] scaled to [0, 255]; 3: 16-bit images
-#: always scaled by 255 / 65535, also when their values are all <= 255).
-DECODE_VERSION = 3
+#: always scaled by 255 / 65535, also when their values are all <= 255; 4: uncompressed TIFFs
+#: stored transposed decoded upright, a 16-bit grey PNG's transparent value put on white).
+DECODE_VERSION = 4
 
 #: File endings read as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -171,7 +172,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # 16 bits by the file's own account (16-bit PNG, TIFF): always 65535 -> 255. Guessing
         # from the values would show a dark frame (max <= 255) at full brightness, and a frame
         # one level brighter almost black.
-        image = Image.fromarray(_int_to_uint8(np.asarray(image), bits=16))
+        values, key = np.asarray(image), image.info.get("transparency")
+        image = Image.fromarray(_int_to_uint8(values, bits=16))
+        if isinstance(key, int):  # a 16-bit grey PNG's transparent value (tRNS): on white, as an 8-bit one's
+            image = Image.merge("LA", (image, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))))
     elif image.mode == "I":
         image = Image.fromarray(_int_to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
