@@ -247,10 +247,12 @@ def test_checkpoint_of_another_state_format_is_refused(tmp_path):
         meta = json.loads(f.metadata()["gpua_stream"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta.pop(CHECKSUM_KEY)
-    meta["version"] = 3  # a later layout, checksum and fingerprint in order
+    from gpua.stream._checkpoint import STATE_VERSION
+
+    meta["version"] = STATE_VERSION + 1  # a later layout, checksum and fingerprint in order
     meta[CHECKSUM_KEY] = digest(meta, tensors)
     save_file(tensors, str(ck.file), metadata={"gpua_stream": json.dumps(meta)})
-    with pytest.raises(GPUAError, match="state format 3.*format 2"):
+    with pytest.raises(GPUAError, match=f"state format {STATE_VERSION + 1}.*format {STATE_VERSION}"):
         Checkpoint(tmp_path / "ck", "fp").load()
 
 
