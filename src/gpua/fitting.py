@@ -339,8 +339,10 @@ def check_distinct_images(Z: torch.Tensor, X: torch.Tensor, n_classes: int) -> N
     to a map that predicts at chance, silently; :func:`check_entry` refuses fewer *rows* than
     classes, this the same for distinct ``(vfm, vlm)`` rows. Rows that differ in their first
     columns are distinct; only when those leave too few are whole rows told apart, by a random
-    projection summed in float64 chunk by chunk (no copy of the pool; equal rows project equally,
-    and distinct ones collide with probability zero).
+    projection summed in float64 chunk by chunk (no copy of the pool). Distinct rows collide with
+    probability zero; copies project equally, unless a kernel rounds one row apart from another,
+    which can only count a copy as distinct: the check may then pass a bad pool, never refuse a
+    good one.
     """
     prefix = torch.cat([Z[:, :16], X[:, :16]], dim=1)
     if int(torch.unique(prefix, dim=0).shape[0]) >= n_classes:
