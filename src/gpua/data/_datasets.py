@@ -220,7 +220,7 @@ def _is_heif_file(path: str) -> bool:
 
 
 def _tiff_layout(image: Image.Image, path: str) -> None:
-    """Work around, or refuse, the uncompressed TIFF layouts Pillow (13.0) decodes wrongly, before
+    """Work around, or refuse, the TIFF layouts Pillow (13.0) decodes wrongly, before
     the pixels are read: each would otherwise reach the encoders as a normal photo.
 
     - Orientation 5 to 8 (a transposed image) with raw strips: Pillow reports the displayed size,
@@ -228,7 +228,7 @@ def _tiff_layout(image: Image.Image, path: str) -> None:
       stripes; every mode but RGB). The stored size is restored, and :func:`_upright` turns it.
     - 16 bits per sample stored as separate planes (Photoshop's "per channel"), raw: each plane
       is read as 8-bit. Refused.
-    - 16-bit min-is-white grey: decoded as its negative. Refused.
+    - 16-bit min-is-white grey, compressed or not: decoded as its negative. Refused.
     """
     if getattr(image, "format", None) != "TIFF":
         return
