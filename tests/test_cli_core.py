@@ -221,6 +221,11 @@ def test_compare_says_which_overrides_a_method_does_not_apply(files, tmp_path, c
     assert main(base + ["--methods", "lambda_1,zero_shot", "--lam", "0.5", "--param", "rho=0.1"]) == 2
     assert "none of --methods lambda_1,zero_shot applies it" in capsys.readouterr().err
     out = tmp_path / "c.json"
-    assert main(base + ["--methods", "zero_shot,procrustes_only", "--n-steps", "5", "--json", str(out)]) == 0
-    assert "note: zero_shot does not apply n_steps=5" in capsys.readouterr().out
+    assert main(base + ["--methods", "zero_shot,gpua,procrustes_only", "--n-steps", "5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: zero_shot does not apply n_steps=5" in printed and "note: procrustes_only does not apply n_steps=5" in printed
     assert json.loads(out.read_text())["params"] == {"n_steps": 5}
+    # was: refinement settings taken, and without effect, where no refinement runs
+    for refuses in (["--methods", "procrustes_only", "--n-steps", "5"], ["--methods", "gpua", "--no-refine", "--param", "lr=1000"]):
+        assert main(base + refuses) == 2
+        assert "applies it (they take no such parameter, set it themselves, or do not refine)" in capsys.readouterr().err

@@ -49,6 +49,20 @@ def test_demo_command_line(monkeypatch, argv, vfms, methods):
     assert seen["plot"] is False
 
 
+def test_demo_refuses_an_empty_vfm_and_a_param_no_method_applies(monkeypatch, tmp_path, capsys):
+    """Was: --vfm "" ran nothing, exit 0, and replaced results.json with one of no runs; --param rho=0.5 with
+    --methods zero_shot was claimed in the table's heading and applied by no method."""
+    monkeypatch.setattr(demo_mod, "run_demo", lambda out, **kw: pytest.fail("the demo ran"))
+    for argv, message in ((["--vfm", ""], "--vfm names no encoder"), (["--vfm", ","], "--vfm names no encoder"),
+                          (["--methods", "zero_shot", "--param", "rho=0.5"], "rho=0.5: none of --methods zero_shot applies it")):
+        assert cli.main(["demo", "--no-plot", "--out", str(tmp_path / "d"), *argv]) == 2
+        assert message in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(demo_mod, "run_demo", lambda out, **kw: seen.update(kw))
+    assert cli.main(["demo", "--no-plot", "--out", str(tmp_path / "d"), "--methods", "zero_shot,gpua", "--param", "rho=0.5"]) == 0
+    assert "note: zero_shot does not apply rho=0.5" in capsys.readouterr().out and seen["overrides"] == {"rho": 0.5}
+
+
 def test_default_demo_is_the_table_the_issue_names():
     assert demo_mod.DEMO_VFMS == ("offline:dinov2-s",)
     assert set(demo_mod.DEMO_METHODS) == {"zero_shot", "gpua", "procrustes_only", "lambda_1", "query_vfm"}

@@ -12,6 +12,7 @@ r"""Baselines and ablations in the same estimator API as :class:`~gpua.GPUA`.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -20,7 +21,9 @@ from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._errors import warn_user
 from ._validation import check_classnames, check_triplet
 from .estimator import GPUA
+from .fitting import PARAMETERS
 from .params import COUNT, LOGIT_SCALE, DeviceName, Options, check_params
+from .refinement import RefineConfig
 from .query import QUERY_MODES, build_query, mapped_cosines
 from .procrustes import procrustes_from_assignment
 from .reference import ReferenceGPUA
@@ -167,6 +170,10 @@ def effective_classes(labels: torch.Tensor, n_classes: int) -> float:
     return float(torch.exp(-(c * c.log()).sum()))
 
 
+#: GPUA parameters that shape its THS refinement alone: a fit without refinement (``refine=False``,
+#: ``procrustes_only``) does not apply them (``random_state`` also seeds the self-learning criterion's sample).
+REFINEMENT_ONLY = frozenset(f.name for f in fields(RefineConfig)) & frozenset(PARAMETERS) - {"random_state"}
+
 #: The GPUA variants among the named methods: the parameters each one sets itself.
 GPUA_VARIANTS: dict[str, dict[str, Any]] = {
     "gpua": {},
@@ -212,15 +219,20 @@ METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
 
 
 def unused_overrides(name: str, overrides: dict[str, Any]) -> list[str]:
-    """The ``overrides`` that method ``name`` would not apply: parameters it does not take, or
-    that it sets itself to another value (``lambda_1`` keeps ``lam=1``).
+    """The ``overrides`` that method ``name`` would not apply: parameters it does not take, that
+    it sets itself to another value (``lambda_1`` keeps ``lam=1``), or that shape a refinement it
+    does not run (``procrustes_only``, or ``refine=False`` among the overrides).
 
     >>> unused_overrides("lambda_1", {"lam": 0.5, "eps": 0.02}), unused_overrides("zero_shot", {"device": "cpu", "rho": 0.1})
     (['lam'], ['rho'])
+    >>> unused_overrides("procrustes_only", {"n_steps": 5, "lam": 0.5}), unused_overrides("gpua", {"refine": False, "lr": 1.0})
+    (['n_steps'], ['lr'])
     """
     takes = OTHER_METHOD_PARAMS.get(name)
     fixed = GPUA_VARIANTS.get(name, {})
-    return [k for k, v in overrides.items() if (takes is not None and k not in takes) or (k in fixed and v != fixed[k])]
+    refines = takes is None and {**overrides, **fixed}.get("refine", True) is not False
+    return [k for k, v in overrides.items() if (takes is not None and k not in takes) or (k in fixed and v != fixed[k])
+            or (takes is None and not refines and k in REFINEMENT_ONLY)]
 
 
 def override_notes(methods: Sequence[str], overrides: dict[str, Any], option: str = "methods") -> list[str]:
@@ -241,7 +253,8 @@ def override_notes(methods: Sequence[str], overrides: dict[str, Any], option: st
     applied_by_none = [k for k in overrides if all(k in unused[m] for m in methods)]
     if applied_by_none:
         raise GPUAError(f"{', '.join(f'{k}={overrides[k]!r}' for k in applied_by_none)}: none of {option} {','.join(methods)} "
-                        "applies it (they take no such parameter, or set it themselves); drop it, or add gpua to the methods.")
+                        "applies it (they take no such parameter, set it themselves, or do not refine); drop it, or add gpua "
+                        "(with refinement) to the methods.")
     return [f"note: {m} does not apply {', '.join(f'{k}={overrides[k]!r}' for k in skipped)} (its own setting, or not its "
             "parameter)" for m in methods if (skipped := [k for k in unused[m] if k != "device"])]
 

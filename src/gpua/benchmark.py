@@ -188,7 +188,7 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
     pool_tag = "train" if n_shot is None else f"train-{n_shot}shot-seed{seed}"
     test_tag = "test"
     if test_per_class is not None:
-        test = sample_pool(test, n_per_class=test_per_class, seed=seed)
+        test = sample_pool(test, n_per_class=test_per_class, seed=seed, role="the test subset")
         test_tag = f"test-{test_per_class}pc-seed{seed}"
     return _Prepared(name, pool, test, pool_tag, test_tag, _slug(name, dataset_root), _data_source(name, dataset_root), contents,
                      prompts)

@@ -35,11 +35,14 @@ def _check_encoders(specs: list[str]) -> None:
 
 def _cmd_demo(args) -> int:
     from .._errors import GPUAError
+    from ..baselines import override_notes
     from ..classify import check_methods
 
     check_paths(args, outputs=(("out", "folder"),))
     check_cache_dir(args)
     # 'all' stands for its list where it is given, beside any other name (which is kept, not dropped).
+    if args.vfm is not None and not _names(args.vfm):  # --vfm "" ran nothing and replaced results.json with no runs
+        raise GPUAError(f"--vfm names no encoder; pass e.g. {','.join(demo.DEMO_VFMS)} or 'all' (or leave --vfm out).")
     vfms = [v for given in (_names(args.vfm) if args.vfm else demo.DEMO_VFMS)
             for v in (demo.ALL_DEMO_VFMS if given == "all" else (given,))]
     names = [m.strip() for m in (args.methods or "").split(",")]
@@ -47,11 +50,15 @@ def _cmd_demo(args) -> int:
         raise GPUAError(f"--methods names no method; pass e.g. {','.join(demo.DEMO_METHODS)} or 'all' (or leave --methods out).")
     methods = [m for given in names for m in (demo.ALL_DEMO_METHODS if given == "all" else (given,))] if args.methods else demo.DEMO_METHODS
     check_methods(list(methods), "--methods")  # the library names its argument, methods
+    overrides = parse_params(args.param)
+    notes = override_notes(list(methods), overrides, "--methods")  # refused when no method applies one, as compare does
     _check_encoders(vfms)
     # The fixed file names in --out and the feature cache, named by their flag or $GPUA_CACHE_DIR.
     demo.check_demo_paths(args.out, args.cache_dir, plot=not args.no_plot, out_name="--out", cache_name="--cache-dir")
+    for note in notes:
+        print(note)
     demo.run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,
-                  overrides=parse_params(args.param), progress=not args.quiet)
+                  overrides=overrides, progress=not args.quiet)
     return 0
 
 

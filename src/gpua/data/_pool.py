@@ -21,6 +21,7 @@ def sample_pool(
     class_balanced: bool = True,
     *,
     size: int | None = None,
+    role: str = "the pool",
 ) -> _D:
     """Draw a fit pool from a dataset (typically its train split).
 
@@ -45,6 +46,8 @@ def sample_pool(
         Pool size for ``class_balanced=False`` (default ``n_per_class * n_classes``, capped at
         ``len(ds)``; a ``size`` above ``len(ds)`` takes every image, with a warning). Needed when
         the dataset has no class names.
+    role : str
+        What the draw is, in the warnings (``"the test subset"`` where a benchmark draws one).
 
     Returns
     -------
@@ -77,7 +80,7 @@ def sample_pool(
         if not isinstance(n_total, (int, np.integer)) or isinstance(n_total, bool) or n_total < 1:
             raise GPUAError(f"size must be a positive integer, got {size!r}.")
         if size is not None and size > len(ds):
-            warn_user(f"size={size} is more than the {len(ds)} images of the dataset; the pool takes all of them.")
+            warn_user(f"size={size} is more than the {len(ds)} images of the dataset; {role} takes all of them.")
         picked = rng.choice(len(ds), size=min(int(n_total), len(ds)), replace=False)
         return ds.subset(np.sort(picked))
     if size is not None:
@@ -98,5 +101,5 @@ def sample_pool(
         chosen.append(rng.choice(members, size=min(int(n_per_class), members.size), replace=False))
     if short:
         warn_user(f"{len(short)} class(es) have fewer than {n_per_class} images (first: {short[0][0]!r} with "
-                  f"{short[0][1]}); the pool takes all of theirs.")
+                  f"{short[0][1]}); {role} takes all of theirs.")
     return ds.subset(np.sort(np.concatenate(chosen)))
