@@ -67,4 +67,6 @@ def test_prototypes_from_another_shard_set(tmp_path, capsys):
     assert main(base + ["--shards", str(tmp_path / "nop"), "--prototypes", str(tmp_path / "withp"), "--out", str(tmp_path / "m.gpua")]) == 0
     assert load_model(tmp_path / "m.gpua").classnames_ == ["a", "b", "c", "d"]
     assert main(base + ["--shards", str(tmp_path / "withp"), "--prototypes", str(tmp_path / "nop"), "--out", str(tmp_path / "n.gpua")]) == 2
-    assert f"shard set {str(tmp_path / 'nop')!r} (--prototypes) has no 'text_prototypes'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"shard set {str(tmp_path / 'nop')!r} (--prototypes) has no 'text_prototypes'" in err
+    assert "Write it with gpua.stream.write_shards(..., text_prototypes=...)" in err  # was: save_features, for a shard set

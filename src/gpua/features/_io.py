@@ -80,7 +80,7 @@ class FeatureSet:
         missing = [k for k in keys if getattr(self, k) is None]
         if missing:
             present = [k for k in _ARRAY_KEYS + _STRING_KEYS if getattr(self, k) is not None]
-            writer = ("gpua.stream.write_shards(..., labels=...)" if source.startswith("shard set")
+            writer = (f"gpua.stream.write_shards(..., {missing[0]}=...)" if source.startswith("shard set")
                       else "gpua.features.save_features")
             raise GPUAError(
                 f"{source} has no {', '.join(repr(k) for k in missing)}; it holds {present}. "
