@@ -128,12 +128,13 @@ class LFAAlternation(AlignmentEstimator):
                 break
             labels = new
         final = new  # the last map's labels: its predictions on the pool
-        if effective_classes(final, Yt.shape[0]) < 0.5 * zero_shot_classes:
+        final_classes = effective_classes(final, Yt.shape[0])
+        if final_classes < 0.5 * zero_shot_classes:
             counts = torch.bincount(final, minlength=Yt.shape[0])
             top = int(counts.argmax())
             warn_user(
                 f"LFAAlternation collapsed: its map puts {int(counts[top])} of {len(final)} pool images in class "
-                f"{names[top] if names else top!r} (an effective {effective_classes(final, Yt.shape[0]):.1f} classes, against "
+                f"{names[top] if names else top!r} (an effective {final_classes:.1f} classes, against "
                 f"{zero_shot_classes:.1f} in the VLM's zero-shot labels); its predictions are unreliable on this pool. "
                 "GPUA's class-balanced assignment does not collapse (make_method('gpua')).")
         # Learned state set only once every check has passed: a refused refit leaves the previous fit whole.
@@ -230,9 +231,9 @@ def unused_overrides(name: str, overrides: dict[str, Any]) -> list[str]:
     """
     takes = OTHER_METHOD_PARAMS.get(name)
     fixed = GPUA_VARIANTS.get(name, {})
-    refines = takes is None and {**overrides, **fixed}.get("refine", True) is not False
+    skips_refinement = takes is None and {**overrides, **fixed}.get("refine", True) is False  # a GPUA variant, not refining
     return [k for k, v in overrides.items() if (takes is not None and k not in takes) or (k in fixed and v != fixed[k])
-            or (takes is None and not refines and k in REFINEMENT_ONLY)]
+            or (skips_refinement and k in REFINEMENT_ONLY)]
 
 
 def override_notes(methods: Sequence[str], overrides: dict[str, Any], option: str = "methods") -> list[str]:

@@ -39,7 +39,7 @@ def _read_features(path: str, require: tuple[str, ...] = ()):
             image_ids=sf.image_ids(),
             meta=sf.meta,
         )
-        fs.require(*require, source=f"shard set {path!r}")
+        fs.require(*require, source=f"shard set {path!r}", shard_set=True)
         return fs.validate(f"shard set {path!r}")
     return load_features(path, require=require)
 
@@ -156,7 +156,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
         if Path(args.prototypes).expanduser().is_dir():  # another shard set's prompts: its prototypes alone, not its rows
             other = ShardedFeatures(args.prototypes)
             fs = FeatureSet(text_prototypes=other.text_prototypes(), classnames=other.classnames, meta=other.meta)
-            fs.require("text_prototypes", source=f"shard set {args.prototypes!r} (--prototypes)")
+            fs.require("text_prototypes", source=f"shard set {args.prototypes!r} (--prototypes)", shard_set=True)
         else:
             fs = load_features(args.prototypes, require=("text_prototypes",))
         prototypes, classnames = fs.text_prototypes, fs.classnames
@@ -199,7 +199,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
     print(
         f"fitted on {counted(s['n_samples'], 'image')} ({counted(shards.n_shards, 'shard')}), {model.n_classes_} classes in {dt:.1f} s"
         f"{' (resumed from --checkpoint: passes count the earlier runs too)' if s.get('resumed') else ''} "
-        f"({fit_rounds_note(h)}, {s['passes']} chunk passes, {s['n_chunks']} chunk{'s' if s['n_chunks'] != 1 else ''} of "
+        f"({fit_rounds_note(h)}, {s['passes']} chunk passes, {counted(s['n_chunks'], 'chunk')} of "
         f"{s['chunk_rows']} rows, cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"
     )
     return 0

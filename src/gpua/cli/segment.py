@@ -879,23 +879,24 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _shared_names(pairs: list[tuple[str, Path | None, Path]]) -> set[str]:
-    """The names (file name without folders, or the image's own stem) that two or more images share."""
+def _repeated(names) -> frozenset[str]:
+    """The names that occur two or more times in ``names``."""
     from collections import Counter
 
-    counts = Counter(n for stem, img, _ in pairs for n in {Path(stem).name, *([Path(img).stem] if img is not None else [])})
-    return {n for n, c in counts.items() if c > 1}
+    return frozenset(n for n, c in Counter(names).items() if c > 1)
+
+
+def _shared_names(pairs: list[tuple[str, Path | None, Path]]) -> frozenset[str]:
+    """The names (file name without folders, or the image's own stem) that two or more images share."""
+    return _repeated(n for stem, img, _ in pairs for n in {Path(stem).name, *([Path(img).stem] if img is not None else [])})
 
 
 def _shared_files(pairs: list[tuple[str, Path | None, Path]]) -> frozenset[str]:
     """The image file names (extension kept) that two or more images share (in other sub-folders)."""
-    from collections import Counter
-
-    counts = Counter(Path(img).name for _, img, _ in pairs if img is not None)
-    return frozenset(n for n, c in counts.items() if c > 1)
+    return _repeated(Path(img).name for _, img, _ in pairs if img is not None)
 
 
-def _prediction_names(stem: str, img_path: Path | None, shared: set[str], shared_files: frozenset[str] = frozenset()) -> list[str]:
+def _prediction_names(stem: str, img_path: Path | None, shared: frozenset[str], shared_files: frozenset[str] = frozenset()) -> list[str]:
     """Where in --pred an image's mask may be, first match wins: ``<stem>.png`` (``stem`` may hold
     sub-folders: ``scene1/0001``), then by file name alone, ``<name>.png`` (what `gpua segment`
     writes) and ``<image's stem>.png`` (mmseg drops the image suffix), each only where no other

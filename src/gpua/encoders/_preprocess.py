@@ -159,7 +159,7 @@ class ImagePreprocess:
             if nw >= W and nh >= H and nw * nh > _HUGE_RESIZE * H * W:
                 # An extreme aspect ratio (a 60000 x 1 strip: 15.4M x 256 resized, about 16 GB):
                 # resample only the pixels the centre crop keeps, straight from the source.
-                top, left = int(round((nh - H) / 2.0)), int(round((nw - W) / 2.0))
+                top, left = _crop_offsets(nh, nw, H, W)
                 sx, sy = w0 / nw, h0 / nh
                 image = image.resize((W, H), self._resample(), box=(left * sx, top * sy, (left + W) * sx, (top + H) * sy))
             else:
@@ -190,8 +190,13 @@ def _center_crop(image, H: int, W: int, fill: int):
         canvas = Image.new("RGB", (max(w, W), max(h, H)), (fill,) * 3)
         canvas.paste(image, ((max(w, W) - w) // 2, (max(h, H) - h) // 2))
         image, (w, h) = canvas, canvas.size
-    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
+    top, left = _crop_offsets(h, w, H, W)
     return image.crop((left, top, left + W, top + H))
+
+
+def _crop_offsets(h: int, w: int, H: int, W: int) -> tuple[int, int]:
+    """``(top, left)`` of torchvision's ``CenterCrop`` of ``H x W`` from an ``h x w`` image (its rounding)."""
+    return int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
 
 
 def as_image_list(images: Any, name: str = "images") -> list:

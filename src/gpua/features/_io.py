@@ -74,14 +74,13 @@ class FeatureSet:
                 return int(a.shape[0])
         return 0
 
-    def require(self, *keys: str, source: str = "the feature file") -> None:
-        """Raise a :class:`GPUAError` naming the missing keys and the keys present (and how to write
-        them: a ``source`` that starts with "shard set" is written by ``write_shards``)."""
+    def require(self, *keys: str, source: str = "the feature file", shard_set: bool = False) -> None:
+        """Raise a :class:`GPUAError` naming the missing keys and the keys present, and how to write
+        them (``shard_set``: the rows were read from a shard set, which ``write_shards`` writes)."""
         missing = [k for k in keys if getattr(self, k) is None]
         if missing:
             present = [k for k in _ARRAY_KEYS + _STRING_KEYS if getattr(self, k) is not None]
-            writer = (f"gpua.stream.write_shards(..., {missing[0]}=...)" if source.startswith("shard set")
-                      else "gpua.features.save_features")
+            writer = f"gpua.stream.write_shards(..., {missing[0]}=...)" if shard_set else "gpua.features.save_features"
             raise GPUAError(
                 f"{source} has no {', '.join(repr(k) for k in missing)}; it holds {present}. "
                 f"Write it with {writer} or `gpua extract`."

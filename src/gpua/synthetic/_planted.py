@@ -127,8 +127,8 @@ def make_planted(
         check_number(random_state, "random_state", integer=True, low=0, fix="or a numpy Generator, or None for a fresh draw")
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise GPUAError(f"dtype={np.dtype(dtype)} is not a floating type: the features are unit vectors; use np.float32 or np.float64.")
-    if class_weights is not None:
-        w = np.asarray(class_weights, dtype=np.float64)
+    w = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+    if w is not None:
         if w.shape != (n_classes,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise GPUAError(f"class_weights must be {n_classes} finite non-negative numbers, not all zero (one per class); "
                             f"got {np.asarray(class_weights).tolist()!r}.")
@@ -139,11 +139,10 @@ def make_planted(
     rng = np.random.default_rng(random_state)
     mu = rng.standard_normal((n_classes, d_latent))
     mu /= np.linalg.norm(mu, axis=1, keepdims=True)
-    if class_weights is None:
+    if w is None:
         labels = np.arange(n_samples) % n_classes
         rng.shuffle(labels)
     else:
-        w = np.asarray(class_weights, dtype=np.float64)
         labels = rng.choice(n_classes, size=n_samples, p=w / w.sum())
     h = mu[labels] + latent_noise / np.sqrt(d_latent) * rng.standard_normal((n_samples, d_latent))
     B = _isometry(rng, d_vfm, d_latent)
