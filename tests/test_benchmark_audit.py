@@ -233,3 +233,17 @@ def test_an_empty_results_file_is_replaced_and_a_binary_one_kept(tmp_path):
     (tmp_path / "results.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(GPUAError, match="holds a results.csv that `gpua benchmark` did not write"):
         _check_tables_ours(tmp_path)
+
+
+def test_a_csv_of_datasets_of_ones_own_is_not_taken_for_the_benchmarks(tmp_path):
+    """Was: any results.csv whose header began with `dataset` (`dataset,price`) was replaced by the table."""
+    from gpua.benchmark import _check_tables_ours
+
+    own = tmp_path / "results.csv"
+    own.write_text("dataset,price\nfoo,3\n")
+    with pytest.raises(GPUAError, match="holds a results.csv that `gpua benchmark` did not write"):
+        _check_tables_ours(tmp_path)
+    own.write_text("dataset,zero_shot\nplanted_cifar,50.00\nmean,50.00\n")  # what build_tables writes
+    _check_tables_ours(tmp_path)
+    own.write_text("dataset,zero_shot\r\nplanted_cifar,50.00\r\nmean,50.00\r\n\r\n")
+    _check_tables_ours(tmp_path)

@@ -384,3 +384,52 @@ def test_a_pool_of_unreadable_files_is_named_as_the_pool(folders):
         (junk / f"b{i}.png").write_bytes(b"not a png")
     with pytest.raises(GPUAError, match=r"^pool '.*junk': none of the 5 images could be read"):
         classify_folder("mine", "classes.txt", pool="junk", cache_dir="cache", **PLANTED)
+
+
+def test_auto_templates_follow_the_classes_not_the_folder_names(folders):
+    """Was: `auto` read the folders' names as benchmarks: photos in `flowers/` got Flowers-102's one
+    template, a pool in `sun/` SUN397's, and the fit's prototypes were not the zero-shot's."""
+    from gpua.classify import _classify_templates
+    from gpua.data.prompts import CIFAR_TEMPLATES, OPENAI_IMAGENET_TEMPLATES
+
+    shutil.copytree("mine", "flowers")
+    shutil.copytree("more", "sun")
+    kw = {**PLANTED, "templates": "auto"}
+    res = classify_folder("flowers", "classes.txt", pool="sun", cache_dir="cache", **kw)
+    assert res.model.provenance_["templates"] == list(OPENAI_IMAGENET_TEMPLATES)
+    from gpua.features import load_features
+
+    assert [load_features(f).meta["templates"] for f in (res.features, res.pool_features)] == [list(OPENAI_IMAGENET_TEMPLATES)] * 2
+    assert _classify_templates("auto", "cifar10") == list(CIFAR_TEMPLATES)  # the benchmark --classnames names
+    assert _classify_templates("auto", "classes.txt") == list(OPENAI_IMAGENET_TEMPLATES)  # a file, even one named so
+
+
+def test_a_folder_of_split_folders_says_how_classify_reads_one(folders, capsys):
+    """Was: "pass split= one of them", an option `gpua classify` does not have."""
+    from gpua.cli import main
+
+    assert main(["classify", "--images", "photos", "--classnames", "classes.txt", "--out", "p.csv", "--vfm", "planted:vfm",
+                 "--vlm", "planted:vlm", "--cache-dir", "cache", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the split folders ['test', 'train']" in err and "or give the folder of one ('photos/test')" in err
+
+
+def test_cache_names_of_deep_local_model_paths_fit_the_file_system(tmp_path):
+    """Was: two local models' paths made a 300-byte cache file name, and classify failed with "File name too long"."""
+    from gpua.classify import feature_cache_path
+
+    deep = "hf:/models/" + "experiments_2026_december/" * 6
+    a = feature_cache_path("classify", "photos-0123456789-abcd1234", deep + "dino", deep + "clip", tmp_path)
+    b = feature_cache_path("classify", "photos-0123456789-abcd1234", deep + "dino", deep + "clip_v2", tmp_path)
+    assert a != b and len(a.name.encode()) <= 204 and a.name.startswith("photos-0123456789-abcd1234__hf--models-")
+    a.parent.mkdir(parents=True)
+    for name in (a.name, f".{a.name}.gpua-lock", f"{a.name}.parts"):  # what extraction writes beside it
+        (a.parent / name).touch()
+    short = feature_cache_path("classify", "photos", "planted:vfm", "planted:vlm", tmp_path)
+    assert short.name == "photos__planted-vfm__planted-vlm.npz"  # short names as before: existing caches stay found
+
+
+def test_refinement_settings_without_refinement_name_the_cause(folders):
+    """Was: "method 'gpua' does not apply lr=0.1 ...; drop it, or use --method gpua" to a gpua run."""
+    with pytest.raises(GPUAError, match=r"overrides: lr=0.1 shape\(s\) the THS refinement, which refine=False turns off; drop it, or refine"):
+        classify_folder("mine", "classes.txt", cache_dir="cache", **{**PLANTED, "overrides": {"refine": False, "lr": 0.1}})

@@ -226,6 +226,15 @@ def test_compare_says_which_overrides_a_method_does_not_apply(files, tmp_path, c
     assert "note: zero_shot does not apply n_steps=5" in printed and "note: procrustes_only does not apply n_steps=5" in printed
     assert json.loads(out.read_text())["params"] == {"n_steps": 5}
     # was: refinement settings taken, and without effect, where no refinement runs
-    for refuses in (["--methods", "procrustes_only", "--n-steps", "5"], ["--methods", "gpua", "--no-refine", "--param", "lr=1000"]):
-        assert main(base + refuses) == 2
-        assert "applies it (they take no such parameter, set it themselves, or do not refine)" in capsys.readouterr().err
+    assert main(base + ["--methods", "procrustes_only", "--n-steps", "5"]) == 2
+    assert "applies it (they take no such parameter, set it themselves, or do not refine)" in capsys.readouterr().err
+    assert main(base + ["--methods", "gpua", "--no-refine", "--param", "lr=1000"]) == 2
+    assert "lr=1000: a setting of the THS refinement, which --no-refine turns off; drop it, or refine." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--param", "lr=0.1"], ["--n-steps", "50", "--param", "k=5"]])
+def test_fit_refuses_refinement_settings_with_no_refine(files, tmp_path, capsys, extra):
+    """Was: `fit --no-refine --param lr=0.1` fitted without the setting (which no refinement ran) and said nothing."""
+    assert main(["fit", "--train", str(files["train"]), "--out", str(tmp_path / "m.gpua"), "--no-refine"] + extra) == 2
+    err = capsys.readouterr().err
+    assert "of the THS refinement, which --no-refine turns off; drop it, or refine." in err and not (tmp_path / "m.gpua").exists()

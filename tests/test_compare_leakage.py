@@ -46,3 +46,44 @@ def test_the_cli_names_both_files(planted, tmp_path, capsys):
                  "--methods", "zero_shot", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "50 row(s) of --test" in err and "identical to rows of --train" in err and "data leakage" in err
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError("out of memory")])
+def test_compare_keeps_the_rows_scored_before_a_method_stops(stop, planted, tmp_path, monkeypatch, capsys):
+    """Was: the JSON was written only after every method, so a failing or interrupted third method lost two fits."""
+    import json
+
+    import gpua.report as report
+
+    train, test = planted
+    paths = [save_features(tmp_path / f"{n}.npz", vfm_features=p.vfm_features, vlm_features=p.vlm_features,
+                           text_prototypes=p.text_prototypes, labels=p.labels) for n, p in (("train", train), ("test", test))]
+    real = report.make_method
+
+    def failing(name, **kw):
+        if name == "gpua":
+            raise stop
+        return real(name, **kw)
+
+    monkeypatch.setattr(report, "make_method", failing)
+    out = tmp_path / "c.json"
+    argv = ["compare", "--train", str(paths[0]), "--test", str(paths[1]), "--methods", "zero_shot,procrustes_only,gpua,reference",
+            "--no-refine", "--json", str(out)]
+    if isinstance(stop, type):
+        assert main(argv) == 130
+    else:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            main(argv)
+    saved = json.loads(out.read_text())
+    assert [r["method"] for r in saved["results"]] == ["zero_shot", "procrustes_only"] and saved["complete"] is False
+    assert saved["stopped"] == {"method": "gpua", "error": "KeyboardInterrupt" if isinstance(stop, type) else "out of memory",
+                                "not_run": ["reference"]}
+    assert "gpua stopped the comparison; the JSON holds the 2 methods scored before it" in capsys.readouterr().err
+    monkeypatch.setattr(report, "make_method", real)
+    assert main(argv[:6] + ["zero_shot", "--json", str(out)]) == 0 and json.loads(out.read_text())["complete"] is True
+
+
+def test_compare_refuses_an_empty_json_name(planted, tmp_path, capsys):
+    """Was: `--json ""` ran every method, then failed on "path '.' is an existing folder", not naming --json."""
+    assert main(["compare", "--train", str(tmp_path / "a.npz"), "--test", str(tmp_path / "b.npz"), "--json", ""]) == 2
+    assert "--json '': an empty name; give a file or folder name." in capsys.readouterr().err

@@ -315,17 +315,22 @@ def test_workers_give_the_same_features_as_one_thread(tmp_path, vlm):
     assert not any(t.name.startswith("gpua-images") for t in threading.enumerate())  # the pool is shut down
 
 
-def test_workers_with_encoders_that_are_not_encoder_objects(tmp_path):
-    """A registered factory may return any object with encode_images (the planted stand-ins):
-    the threads decode, the encoder prepares."""
+def _planted_folder(root):
+    """Three random 16x16 photos in each of the planted classes ``sky`` and ``grass``."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
     for c in ("sky", "grass"):
         (root / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_workers_with_encoders_that_are_not_encoder_objects(tmp_path):
+    """A registered factory may return any object with encode_images (the planted stand-ins):
+    the threads decode, the encoder prepares."""
+    root = _planted_folder(tmp_path / "imgs")
     feats = [load_features(extract_features("planted:vfm", "planted:vlm", str(root), templates=["a photo of {}."], out=tmp_path / f"p{w}.npz",
                                             workers=w, progress=False)) for w in (1, 2)]
     np.testing.assert_array_equal(feats[0].vfm_features, feats[1].vfm_features)
@@ -582,3 +587,42 @@ def test_an_unreadable_images_message_is_kept_whole_in_a_deep_folder(tmp_path):
         fs = load_features(_run(str(root), tmp_path / "f.npz"))
     errors = [s["error"] for s in fs.meta["skipped"]["images"]]
     assert all(len(e) > 300 and e.endswith("replace the file, or remove it.") for e in errors)
+
+
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+def test_an_image_an_encoder_refuses_is_named_and_the_batch_kept(tmp_path, on_error):
+    """Was: a 1x1 photo beside others made the planted encoders refuse the whole batch ("images are
+    1x1 pixels, smaller than one 4x4 patch"), naming no file and keeping none of the batch."""
+    from PIL import Image
+
+    root = _planted_folder(tmp_path / "imgs")
+    Image.new("RGB", (1, 1)).save(root / "grass" / "tiny.png")
+    run = dict(templates=["a photo of {}."], progress=False, batch_size=8, on_error=on_error)
+    if on_error == "fail":
+        with pytest.raises(GPUAError, match=r"image 'grass/tiny\.png' \(index \d\) could not be encoded: images are 1x1 pixels"):
+            extract_features("planted:vfm", "planted:vlm", str(root), out=tmp_path / "f.npz", **run)
+        return
+    fs = load_features(extract_features("planted:vfm", "planted:vlm", str(root), out=tmp_path / "f.npz", **run))
+    assert sorted(fs.image_ids) == sorted(f"{c}/{i}.png" for c in ("sky", "grass") for i in range(3))
+    skipped = fs.meta["skipped"]["images"]
+    assert [s["image_id"] for s in skipped] == ["grass/tiny.png"] and "smaller than one 4x4 patch" in skipped[0]["error"]
+
+
+class AsciiToy(Toy):
+    """A VLM whose tokenizer drops what it does not know, as an uncased WordPiece one maps emoji to [UNK]."""
+
+    def _encode_text_batch(self, texts):
+        return super()._encode_text_batch([t.encode("ascii", "ignore").decode() for t in texts])
+
+
+def test_classes_the_vlm_reads_as_one_text_are_refused_by_name(tmp_path):
+    """Was: '🐱' and '🐶' got one prototype, and every photo went to the first of them, with a warning
+    at the fit naming "rows 0 and 1" only."""
+    rng = np.random.default_rng(0)
+    names = ["🐱", "🐶", "ship"]
+    ds = ArrayImageDataset(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.array([0, 1, 2] * 2), names, name="emoji")
+    vlm = AsciiToy("toy:vlm", vlm=True, scale=2.0)
+    with pytest.raises(GPUAError, match=r"encodes the prompts of the classes '🐱', '🐶' identically.*'🐱: cat'"):
+        _run(ds, tmp_path / "f.npz", vlm=vlm)
+    fs = load_features(_run(ds, tmp_path / "f.npz", vlm=vlm, classnames={"🐱": ["cat"], "🐶": ["dog"], "ship": ["ship"]}))
+    assert fs.classnames == names and fs.text_prototypes.shape == (3, 12)  # the fix the message gives

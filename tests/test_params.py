@@ -187,3 +187,21 @@ def test_cli_lists_the_parameters(command, capsys):
     out = capsys.readouterr().out
     for row in parameter_table(GPUA):
         assert re.search(rf"^  {row['name']} +default={re.escape(repr(row['default']))} +{re.escape(row['constraint'])}$", out, re.M), row
+
+
+@pytest.mark.parametrize(("pair", "expected"), [
+    ("=3", "--param '=3' has no name before '='; it must look like NAME=VALUE"),  # was: "not a parameter ... 'whiten_shrink'"
+    ("seed=3", "--param seed: not a parameter of GPUA ('random_state' is; its flag is --seed)"),  # was: "did you mean 'noise_std'?"
+])
+def test_cli_param_without_a_name_or_by_its_flag_name(pair, expected, tmp_path, capsys):
+    assert main(["fit", "--train", str(tmp_path / "t.npz"), "--out", str(tmp_path / "m.gpua"), "--param", pair]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_an_option_named_none_is_that_option_on_the_command_line():
+    """Was: `--param orthogonality=none` was read as None and refused ("must be one of 'penalty', 'project', 'none'")."""
+    from gpua.params import parse_params
+
+    assert parse_params(["orthogonality=none"], PARAMETERS) == {"orthogonality": "none"}
+    assert parse_params(["orthogonality=project"], PARAMETERS) == {"orthogonality": "project"}
+    assert parse_params(["whiten=none"], PARAMETERS) == {"whiten": None}  # an optional setting's none is still None

@@ -116,3 +116,27 @@ def test_the_table_says_what_its_numbers_are(fake_features, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "acc1 (%)" in out and "unlabeled train photos, scored on" in out and "test photos" in out
     assert demo_mod.DEMO_VFMS[0] in out and demo_mod.DEMO_VLM in out
+
+
+def test_a_plot_without_matplotlib_is_refused_before_any_extraction(fake_features, tmp_path, capsys, monkeypatch):
+    """Was: the demo extracted and fitted every method, then stopped on the plot's missing matplotlib
+    and wrote nothing, not naming --no-plot."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what an environment without matplotlib imports
+    assert _run(["--out", str(tmp_path / "d")], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "the demo's embedding plot needs matplotlib" in err and "Or skip the plot: --no-plot." in err
+    assert not fake_features and not (tmp_path / "d").exists()
+    assert _run(["--out", str(tmp_path / "d"), "--no-plot"], tmp_path) == 0 and (tmp_path / "d" / "results.json").is_file()
+
+
+def test_evaluate_plot_without_matplotlib_names_the_flag(planted, tmp_path, capsys, monkeypatch):
+    """Was: "--the confusion-matrix plot needs matplotlib"."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backend_bases", None)
+    feats = save_features(tmp_path / "t.npz", planted[1].feature_set())
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m.gpua"), "--test", str(feats), "--plot", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --plot {str(tmp_path / 'c.png')!r}: the confusion-matrix plot needs matplotlib" in err and "Or drop --plot." in err

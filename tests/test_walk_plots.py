@@ -48,6 +48,17 @@ def test_plot_is_written_in_the_format_its_suffix_names(tmp_path, name, magic):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temp file left
 
 
+def test_svgz_plot_names_itself_in_its_gzip_header(tmp_path):
+    """Was: the header named the temporary file, the name `gunzip -N` restores."""
+    import gzip
+
+    out = plot_confusion_matrix(tmp_path / "cm.svgz", _conf(["cat", "dog"]))
+    raw = out.read_bytes()
+    assert raw[3] & 0x08 and raw[10:].split(b"\0", 1)[0] == b"cm.svgz"  # FNAME flag, then the name
+    assert gzip.decompress(raw).lstrip().startswith(b"<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.svgz"]
+
+
 def test_plot_suffix_matplotlib_cannot_write_is_a_clear_error(tmp_path):
     with pytest.raises(GPUAError, match=r"cannot write \.txt.*\.pdf.*\.png"):
         plot_confusion_matrix(tmp_path / "c.txt", _conf(["cat", "dog"]))
@@ -168,3 +179,16 @@ def test_evaluate_refuses_a_plot_suffix_before_evaluating(tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--test", str(feats), "--plot", str(tmp_path / "cm.svg"),
                  "--json", str(tmp_path / "r.json")]) == 0
     assert (tmp_path / "r.json").is_file() and (tmp_path / "cm.svg").read_bytes().lstrip().startswith(b"<")
+
+
+def test_pgf_without_latex_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Was: .pgf was listed as writable, and evaluate --plot c.pgf ended in a traceback ('xelatex' not found) after the evaluation."""
+    import gpua.report as report
+    from gpua.report import plot_format
+
+    monkeypatch.setattr(report, "_has_latex", lambda: False)
+    with pytest.raises(GPUAError, match=r"writes \.pgf files by running xelatex, which is not installed; use one of .*\.pdf") as caught:
+        plot_format(tmp_path / "c.pgf")
+    assert ".pgf" not in str(caught.value).split("use one of", 1)[1]
+    monkeypatch.setattr(report, "_has_latex", lambda: True)
+    assert plot_format(tmp_path / "c.pgf") == "pgf"

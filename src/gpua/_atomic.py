@@ -386,7 +386,8 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
                 "model-named": "named like a model but not one gpua saved", None: "not a model gpua saved"}[held]
         written = {"report": "a report", "model": "a model", "features": "features"}[holds]
         raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with {written}; nothing was "
-                        f"written. Choose another {name} (models end in .gpua), or delete that file first if it may go.")
+                        f"written. Choose another {name}{' (models end in .gpua)' if holds == 'model' else ''}, or delete that "
+                        "file first if it may go.")
 
 
 def _has_image_ending(p: Path) -> bool:

@@ -209,15 +209,32 @@ def check_distinct_rows(Y: np.ndarray, name: str, tol: float = 1e-6) -> None:
     error: two synonyms of one class (segmentation's prompt sets, merged per class) may coincide
     harmlessly.
     """
+    groups = coinciding_rows(Y, tol)
+    if groups:
+        i, j = groups[0][:2]
+        Yn = l2_normalize(np.asarray(Y[[i, j]], dtype=np.float64))
+        warn_user(f"{name} rows {i} and {j} point the same way (cosine {float(Yn[0] @ Yn[1]):.7f}): their classes cannot be "
+                  "told apart, and images fall on either of the two arbitrarily. Give each class its own prompt, or merge "
+                  "the two classes (harmless if both rows are prompts of one class).")
+
+
+def coinciding_rows(Y: np.ndarray, tol: float = 1e-6) -> list[list[int]]:
+    """The groups of rows of ``Y`` that point the same way (cosine above ``1 - tol`` with the
+    group's first row), each sorted, in the order of their first row; rows alone are left out.
+
+    >>> coinciding_rows(np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]))
+    [[0, 2]]
+    """
     Yn = l2_normalize(np.asarray(Y, dtype=np.float64))
-    cos = Yn @ Yn.T
-    np.fill_diagonal(cos, -np.inf)
-    i, j = np.unravel_index(int(np.argmax(cos)), cos.shape)
-    if cos[i, j] > 1.0 - tol:
-        i, j = sorted((int(i), int(j)))
-        warn_user(f"{name} rows {i} and {j} point the same way (cosine {cos[i, j]:.7f}): their classes cannot be told apart, "
-                  "and images fall on either of the two arbitrarily. Give each class its own prompt, or merge the two "
-                  "classes (harmless if both rows are prompts of one class).")
+    same = (Yn @ Yn.T) > 1.0 - tol
+    groups, taken = [], np.zeros(len(Yn), dtype=bool)
+    for i in range(len(Yn)):
+        if not taken[i]:
+            members = np.flatnonzero(same[i] & ~taken)
+            taken[members] = True
+            if members.size > 1:
+                groups.append([int(k) for k in members])
+    return groups
 
 
 def check_strings(values, name: str, per: str) -> list[str]:

@@ -542,18 +542,20 @@ def run_benchmark(
 
 def _check_tables_ours(out: Path) -> None:
     """A ``results.md`` or ``results.csv`` already in ``out`` is replaced only when a benchmark wrote
-    it (its first line is :func:`build_tables`') or it is empty: a folder of one's own (``--out .`` in a project)
+    it (its first line is :func:`build_tables`', and a CSV's last row is its ``mean``) or it is empty: a folder of one's own (``--out .`` in a project)
     keeps its own results files, checked before any image is encoded."""
-    for name, first in (("results.md", _MD_TITLE), ("results.csv", _CSV_HEAD)):
+    for name, first, last in (("results.md", _MD_TITLE, None), ("results.csv", _CSV_HEAD, _CSV_LAST)):
         path = out / name
         if not path.is_file() or path.stat().st_size == 0:
             continue  # an empty file holds nothing to lose (what `> DIR/results.md` or `| tee` makes before the run)
         try:
             with open(path, encoding="utf-8") as f:
                 line = f.readline()
+                # a CSV's first line says little ("dataset,price" is anyone's): the table ends in its mean row
+                final = None if last is None else ([row for row in f.read(_OWN_TABLE_BYTES).splitlines() if row.strip()] or [""])[-1]
         except (OSError, UnicodeDecodeError):
-            line = ""
-        if not first.match(line):
+            line, final = "", ""
+        if not first.match(line) or (last is not None and not last.match(final or "")):
             raise GPUAError(f"out_dir {str(out)!r} holds a {name} that `gpua benchmark` did not write, which the "
                             f"benchmark's table would replace; pass another out_dir, or move {name} out of it.")
 
@@ -561,6 +563,9 @@ def _check_tables_ours(out: Path) -> None:
 #: The first lines :func:`build_tables` writes: what marks a results file as the benchmark's.
 _MD_TITLE = re.compile(r"^[a-z0-9_]+ \(%\) by dataset(;|$)")
 _CSV_HEAD = re.compile(r"^dataset(,|\r?$)")
+_CSV_LAST = re.compile(r"^mean(,|$)")
+#: The most of a results.csv read to find its last row (a benchmark's table is a row per dataset).
+_OWN_TABLE_BYTES = 1 << 22
 
 
 def _n_skipped(fs) -> int:

@@ -61,16 +61,25 @@ def check_method_overrides(method: str, overrides: Mapping[str, Any] | None, n_c
     A ``class_prior`` must give one weight per class (checked at fit time otherwise, after
     the encoding).
     """
-    from .baselines import unused_overrides
+    from .baselines import REFINEMENT_ONLY, unused_overrides
     from .fitting import check_class_prior_size
 
     overrides = dict(overrides or {})
     unused = unused_overrides(method, overrides)
     if unused:
         shown = ", ".join(f"{k}={overrides[k]!r}" for k in unused)
+        if method == "gpua" and set(unused) <= REFINEMENT_ONLY:  # was: "... or use --method gpua", to a gpua run
+            raise GPUAError(f"{option}: {shown} shape(s) the THS refinement, which refine=False turns off; drop it, or refine.")
         raise GPUAError(f"{option}: method {method!r} does not apply {shown} (it takes no such parameter, or sets it itself); "
                         "drop it, or use --method gpua.")
     check_class_prior_size(overrides.get("class_prior"), n_classes, f"{option}: class_prior")
+
+
+def _shell_word(text: str) -> str:
+    """``text`` quoted for a POSIX shell when it needs it (a class name in a suggested command)."""
+    import shlex
+
+    return shlex.quote(text.strip())
 
 
 def check_classes(classnames: Any, option: str = "classnames", hint: str = "give two or more classes, one a line") -> list[str]:
@@ -91,7 +100,13 @@ def check_classes(classnames: Any, option: str = "classnames", hint: str = "give
     except GPUAError as exc:  # said with the caller's name for the argument (the flag, on the command line)
         if option == "classnames":
             raise
-        raise GPUAError(re.sub(r"(?<![\w-])classnames=", f"{option} ", str(exc))) from None
+        message = re.sub(r"(?<![\w-])classnames=", f"{option} ", str(exc))
+        # a flag takes no Python list: say how to make the file the names were meant for
+        message = message.replace("pass a list of names, a class-name file, or a dataset name.",
+                                  "give a class-name file (one class a line) or a dataset name"
+                                  + (f"; for these names: printf '%s\\n' {' '.join(_shell_word(n) for n in str(classnames).split(','))} "
+                                     f"> classes.txt, then {option} classes.txt." if "," in str(classnames) else "."))
+        raise GPUAError(message) from None
     if len(names) < 2:
         shown = f" {str(classnames)!r}" if isinstance(classnames, (str, os.PathLike)) else ""
         raise GPUAError(f"{option}{shown} names {len(names)} class ({', '.join(map(repr, names)) or 'none'}); at least 2 classes are "
@@ -234,7 +249,16 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
     tag = f"{name}__{vfm}__{vlm}"
     for ch in ':/\\?&=" ':
         tag = tag.replace(ch, "-")
+    raw = tag.encode("utf-8", "surrogateescape")
+    if len(raw) > _CACHE_NAME_BYTES:  # local models' specs are paths: two deep ones passed the 255-byte name limit
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        tag = f"{raw[:_CACHE_NAME_BYTES - 17].decode('utf-8', 'ignore')}-{digest}"
     return cache_root(cache_dir) / kind / f"{tag}.npz"
+
+
+#: The longest cache file stem, in bytes: a file name stops at 255 on most file systems, and the
+#: cache's lock file (``.<name>.gpua-lock``) and parts folder (``<name>.parts``) add to it.
+_CACHE_NAME_BYTES = 200
 
 
 #: Photos encoded between two saves of a classify run's work: an interrupted run resumes from
@@ -255,6 +279,20 @@ def _folder_tag(folder: Path) -> str:
     """A readable, unique cache name for a folder: its name plus a hash of its absolute path."""
     resolved = str(folder.expanduser().resolve())
     return f"{folder.expanduser().resolve().name or 'root'}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
+
+
+def _classify_templates(templates: Any, classnames: Any) -> list[str]:
+    """The one template list of a classify run, for its photos and its pool alike.
+
+    ``"auto"`` takes a benchmark's templates only when ``classnames`` names the benchmark: a
+    user's folder called ``sun`` or ``flowers`` (which :func:`gpua.extract.extract_features`
+    would read as SUN397's or Flowers-102's name) is not that benchmark, and a pool folder named
+    otherwise than the photos' would have given the fit other prototypes than the zero-shot.
+    """
+    from .data.prompts import resolve_templates
+
+    named = isinstance(classnames, str) and not os.path.isfile(classnames)
+    return resolve_templates(templates, classnames if named else None)
 
 
 def _prompts_tag(classnames: Any, templates: Any) -> str:
@@ -387,8 +425,9 @@ def classify_folder(
     vfm, vlm : str
         Encoder specs (:func:`gpua.encoders.list_encoders`); default the offline ones.
     templates : name, file or list, optional
-        Prompt templates; default ``"auto"`` (:func:`gpua.data.prompts.resolve_templates`: CLIP's
-        80 ImageNet templates for a folder).
+        Prompt templates; default ``"auto"`` (:func:`gpua.data.prompts.resolve_templates`): a
+        benchmark's own when ``classnames`` names one (``"cifar10"``), else CLIP's 80 ImageNet
+        templates, whatever the folders are called; one list for the photos and the pool.
     pool : path or dataset, optional
         Folder of photos to fit on, read as one unlabeled pool (every image below it, whatever
         its sub-folders are called: :func:`unlabeled_pool`), or what :func:`unlabeled_pool`
@@ -454,12 +493,13 @@ def classify_folder(
 
         fit_on = sources.get("pool", folder)
         with _quiet_listing():
-            n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=names))
+            n_photos = len(fit_on) if not isinstance(fit_on, (str, os.PathLike)) else len(load_dataset(fit_on, classnames=classnames))
         if n_photos < len(names):
             more = (f" (and {len(undecoded)} in formats gpua does not decode: {_format_counts(undecoded)}; "
                     f"convert them to JPEG or PNG{heif_install_note(undecoded)})" if undecoded and "pool" not in sources else "")
             raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(fit_on))!r} holds {n_photos} photo(s)"
                             f"{more} for {len(names)} classes; a fit needs at least one per class: {_FEW_PHOTOS_FIX}.")
+    templates = _classify_templates(templates, classnames)
     t0 = time.perf_counter()
     paths = {}
     prompts_tag = _prompts_tag(classnames, templates)

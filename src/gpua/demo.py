@@ -60,8 +60,10 @@ def _is_demo_plot(path: Path) -> bool:
     return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Software\x00Matplotlib" in head
 
 
-def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: str = "out_dir", cache_name: str = "cache_dir") -> None:
-    """Refuse, before any extraction, an output folder or a feature cache the demo cannot use.
+def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: str = "out_dir", cache_name: str = "cache_dir",
+                     no_plot_name: str = "plot=False") -> None:
+    """Refuse, before any extraction, an output folder or a feature cache the demo cannot use, or a
+    plot whose packages (matplotlib, scikit-learn) do not import (``no_plot_name``: how to skip it).
 
     The demo writes ``results.json`` (and ``embedding_before_after.png``) into ``out_dir``: a file
     of those names that an earlier demo did not write (a user's own ``results.json`` in
@@ -70,9 +72,16 @@ def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: st
     error names where it came from, not an inner file path.
     """
     from ._atomic import check_output
-    from ._errors import GPUAError
+    from ._errors import GPUAError, MissingDependencyError
+    from ._optional import import_optional
     from .encoders import cache_dir as cache_root
 
+    if plot:  # was: found missing after minutes of extraction and every fit, and nothing written
+        try:
+            import_optional("matplotlib.figure", "the demo's embedding plot")
+            import_optional("sklearn.manifold", "the demo's embedding plot (t-SNE)")
+        except MissingDependencyError as exc:
+            raise MissingDependencyError(f"{exc} Or skip the plot: {no_plot_name}.") from None
     out = Path(out_dir).expanduser()
     check_output(out, out_name, kind="folder")
     results, png = out / RESULTS_NAME, out / PLOT_NAME

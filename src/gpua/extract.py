@@ -94,6 +94,27 @@ def _class_words(classnames: Any, names: list[str]) -> list[list[str]] | None:
     return resolved[1]
 
 
+def _refuse_coinciding_classes(Y: np.ndarray, names: list[str], vlm) -> None:
+    """Refuse classes whose text prototypes point the same way: no image could ever be told to be
+    one rather than the other. It happens when the VLM's tokenizer reads their prompts as one text
+    (an uncased WordPiece vocabulary maps emoji and most CJK characters to ``[UNK]``, and drops
+    accents: "café" is "cafe"), and a warning at the fit came too late to say which classes."""
+    from ._validation import coinciding_rows
+
+    groups = coinciding_rows(Y)
+    if not groups:
+        return
+    shown = ", ".join(repr(names[k]) for k in groups[0][:6]) + (" ..." if len(groups[0]) > 6 else "")
+    more = f" ({len(groups) - 1} more such group(s))" if len(groups) > 1 else ""
+    raise GPUAError(
+        f"the VLM {getattr(vlm, 'spec', None) or getattr(vlm, 'name', 'encoder')!r} encodes the prompts of the classes "
+        f"{shown} identically{more}: its tokenizer reads them as one text (characters it does not know, such as emoji or "
+        f"many non-Latin scripts, or accents it drops), so they could never be told apart. Give each class prompt words "
+        f"this VLM reads, in a class-name file: one line per class, the name, ':', then its words ('{names[groups[0][0]]}: "
+        "cat' names the class by its folder and prompts it with 'cat')."
+    )
+
+
 def _label(ds, i: int) -> int:
     """Image ``i``'s class index, -1 when unknown (unlabeled sets, or objects without ``label``)."""
     y = ds.label(i) if hasattr(ds, "label") else None
@@ -526,6 +547,33 @@ def _encode_prepared(encoder, prepared: list, batch_size: int, is_prepared: bool
     return encoder.encode_images(prepared, batch_size=batch_size)
 
 
+def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool, bool]):
+    """Encode a batch's readable images ``good`` (``(index, (vfm_input, vlm_input))`` pairs) with both encoders.
+
+    Yields ``(rows, Z, X, None)`` for encoded rows, or ``([index], None, None, error)`` for an
+    image an encoder refuses (a :class:`GPUAError`, e.g. smaller than one of its patches): when
+    the whole batch is refused, each image is encoded alone, so that the error names the image
+    and the rest of the batch is kept.
+    """
+    if not good:
+        return
+    rows = [i for i, _ in good]
+    try:
+        z = _encode_prepared(vfm, [p[0] for _, p in good], batch_size, is_prepared[0])
+        x = _encode_prepared(vlm, [p[1] for _, p in good], batch_size, is_prepared[1])
+    except GPUAError as exc:
+        if len(good) == 1:
+            yield rows, None, None, exc
+        else:
+            for one in good:
+                yield from _encode_batch(vfm, vlm, [one], batch_size, is_prepared)
+        return
+    if z.shape[0] != len(rows) or x.shape[0] != len(rows):
+        raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
+                        "an encoder must return one row per image, in order.")
+    yield rows, z, x, None
+
+
 #: Characters of an unreadable image's error kept in the features' ``meta["skipped"]`` (and in
 #: ``gpua classify``'s CSV): 300 cut a deep folder's message before its fix.
 _ERROR_CHARS = 2000
@@ -555,17 +603,18 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                 bad_idx.append(i)
                 # Bounded (it is stored with the features), but long enough for a deep path and the fix after it.
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
-            if good:
-                # Both encoders see the very same decoded images, so their rows share the ids in `rows`.
-                rows = [i for i, _ in good]
-                z = _encode_prepared(vfm, [p[0] for _, p in good], batch_size, loader.prepared[0])
-                x = _encode_prepared(vlm, [p[1] for _, p in good], batch_size, loader.prepared[1])
-                if z.shape[0] != len(rows) or x.shape[0] != len(rows):
-                    raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
-                                    "an encoder must return one row per image, in order.")
-                Z.append(z)
-                X.append(x)
-                kept.extend(rows)
+            for rows, z, x, exc in _encode_batch(vfm, vlm, good, batch_size, loader.prepared):
+                if exc is None:  # both encoders saw the very same decoded images, so their rows share the ids in `rows`
+                    Z.append(z)
+                    X.append(x)
+                    kept.extend(rows)
+                    continue
+                i = rows[0]
+                if on_error == "fail":
+                    raise GPUAError(f"image {ids[i]!r} (index {i}) could not be encoded: {exc} Fix or remove the file, or "
+                                    "pass on_error='skip' (--on-error skip) to leave such images out.") from exc
+                bad_idx.append(i)
+                bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -619,7 +668,18 @@ def _encode_part_task(i: int, start: int, stop: int, ds, specs: tuple[str, str],
                         "cache key, or this worker does not see it); it must lie on storage every worker shares.")
     parts.save(i, arrays)
     return {"kept": int(arrays["index"].size), "skipped": int(arrays["skipped_index"].size),
-            "metadata": (_sha(vfm.metadata()), _sha(vlm.metadata()))}
+            "metadata": (_sha(_portable(vfm.metadata())), _sha(_portable(vlm.metadata())))}
+
+
+def _portable(meta: Any) -> Any:
+    """Encoder metadata without the local files' identity (``changed``: status-change time and inode,
+    :func:`gpua.encoders.file_fingerprint`), which differs between two copies of one file: what a
+    worker's encoder is compared by (a worker may hold its own copy of the weights)."""
+    if isinstance(meta, dict):
+        return {k: _portable(v) for k, v in meta.items() if k != "changed"}
+    if isinstance(meta, (list, tuple)):
+        return [_portable(v) for v in meta]
+    return meta
 
 
 def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges: list[range], ds, specs: tuple[str, str],
@@ -642,7 +702,7 @@ def _encode_on_cluster(cluster, connect_timeout: float, todo: list[int], ranges:
                           batch_size, on_error, parts_dir, key, workers, pure=False): i
             for i in todo
         }
-        want = (_sha(metadata[0]), _sha(metadata[1]))
+        want = (_sha(_portable(metadata[0])), _sha(_portable(metadata[1])))
         differ = set()
         try:
             for fut in as_completed(list(futures), loop=client.loop):  # loop: our client is not the default one
@@ -944,6 +1004,7 @@ def extract_features(
             from .data.prompts import build_text_prototypes
 
             Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
+            _refuse_coinciding_classes(Y, names, vlm)
             parts.save_text(Y)
 
         y = np.asarray([labels[j] for j in index], dtype=np.int64)

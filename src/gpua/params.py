@@ -132,6 +132,10 @@ class Options(Constraint):
             return repr(self.values[0])
         return "one of " + ", ".join(repr(v) for v in self.values)
 
+    def parse(self, name: str, text: str) -> Any:
+        # An option's own word is that option: orthogonality=none is 'none', not the bare word None.
+        return text.strip() if text.strip() in self.values else super().parse(name, text)
+
 
 @dataclass(frozen=True)
 class Boolean(Constraint):
@@ -370,6 +374,10 @@ def parse_params(pairs: Sequence[str] | None, constraints: dict[str, Constraint]
     return out
 
 
+#: Names a user may reach for from a flag: ``--param seed=3`` is ``--seed 3``, which sets ``random_state``.
+_FLAG_ALIASES = {"seed": ("random_state", "--seed")}
+
+
 def parse_param(constraints: dict[str, Constraint], pair: str, owner: str = "GPUA") -> tuple[str, Any]:
     """``"lam=0.8"`` -> ``("lam", 0.8)``, checked against ``constraints``.
 
@@ -379,10 +387,13 @@ def parse_param(constraints: dict[str, Constraint], pair: str, owner: str = "GPU
     if "=" not in pair:
         raise GPUAError(f"--param {pair!r} must look like NAME=VALUE, e.g. --param lam=0.8.")
     name, text = (s.strip() for s in pair.split("=", 1))
+    if not name:
+        raise GPUAError(f"--param {pair!r} has no name before '='; it must look like NAME=VALUE, e.g. --param lam=0.8.")
     if name not in constraints:
-        raise GPUAError(
-            f"--param {name}: not a parameter of {owner}{suggest_name(name, constraints)}; list them with --list-params."
-        )
+        alias = _FLAG_ALIASES.get(name)
+        hint = (f" ({alias[0]!r} is; its flag is {alias[1]})" if alias and alias[0] in constraints
+                else suggest_name(name, constraints))
+        raise GPUAError(f"--param {name}: not a parameter of {owner}{hint}; list them with --list-params.")
     try:
         return name, constraints[name].parse(name, text)
     except GPUAError as exc:

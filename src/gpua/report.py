@@ -14,7 +14,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -260,6 +260,7 @@ def compare_methods(
     return_estimators: bool = False,
     train_name: str = "the training features",
     test_name: str = "the test features",
+    on_row: Callable[[dict], None] | None = None,
 ):
     """Fit each named method on ``train`` (no labels) and score it on ``test``.
 
@@ -269,7 +270,9 @@ def compare_methods(
     classes by name first (:func:`gpua.data.classnames.match_classes`), and every method name is
     checked before the first fit; a warning says when the two files record other encoders (as
     :func:`check_encoders` does for a model). With ``return_estimators``, also a dictionary of the fitted
-    estimators by method name (as scikit-learn's ``cross_validate``).
+    estimators by method name (as scikit-learn's ``cross_validate``). ``on_row`` is called with
+    each row as soon as its method is scored, so that a caller keeps the rows done when a later
+    method fails or is interrupted (``gpua compare`` writes them).
     """
     train.require("vfm_features", "vlm_features", "text_prototypes", source=train_name)
     test.require("vfm_features", "vlm_features", "labels", source=test_name)
@@ -302,6 +305,8 @@ def compare_methods(
         if hasattr(est, "pseudo_labels_") and train.labels is not None:
             row["pseudo_label_acc"] = float(np.mean(est.pseudo_labels_ == train.labels))
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if progress:
             print(f"  {name:<16} acc1 {100 * rep['acc1']:6.2f}%  fit {fit_s:.1f} s", flush=True)
     return (rows, fitted) if return_estimators else rows
@@ -428,11 +433,29 @@ def plot_format(path: str | Path) -> str:
     if not suffix:
         return "png"
     FigureCanvasBase = import_optional("matplotlib.backend_bases", "the confusion-matrix plot").FigureCanvasBase
-    supported = FigureCanvasBase.get_supported_filetypes()
+    supported = dict(FigureCanvasBase.get_supported_filetypes())
+    if not _has_latex():  # .pgf is written by running LaTeX: without it, a traceback after the evaluation
+        supported.pop("pgf", None)
     if suffix not in supported:
-        raise GPUAError(f"plot {str(path)!r}: matplotlib cannot write .{suffix} files; use one of "
+        why = (f"matplotlib writes .pgf files by running {_texsystem()}, which is not installed" if suffix == "pgf"
+               else f"matplotlib cannot write .{suffix} files")
+        raise GPUAError(f"plot {str(path)!r}: {why}; use one of "
                         f"{', '.join('.' + k for k in sorted(supported))}, or no suffix for a PNG.")
     return suffix
+
+
+def _texsystem() -> str:
+    """The LaTeX program matplotlib's PGF writer runs (``rcParams["pgf.texsystem"]``, xelatex by default)."""
+    import matplotlib
+
+    return str(matplotlib.rcParams["pgf.texsystem"])
+
+
+def _has_latex() -> bool:
+    """Whether :func:`_texsystem` is installed."""
+    import shutil
+
+    return shutil.which(_texsystem()) is not None
 
 
 def _plot_fonts() -> list[str]:
@@ -496,7 +519,16 @@ def plot_confusion_matrix(path: str | Path, confusion: dict[str, Any], *, title:
         ax.set_title(textwrap.fill(title or "confusion matrix", max(20, int(size * 72 / 9))), parse_math=False)
         fig.tight_layout()
         with atomic_path(path, suffix="." + fmt) as tmp:
-            fig.savefig(tmp, dpi=110, format=fmt)
+            if fmt == "svgz":  # matplotlib's gzip header would name the temporary file (gunzip -N restores that name)
+                import gzip
+                import io
+
+                svg = io.BytesIO()
+                fig.savefig(svg, dpi=110, format="svg")
+                with open(tmp, "wb") as raw, gzip.GzipFile(Path(path).name, "wb", fileobj=raw, mtime=0) as packed:
+                    packed.write(svg.getvalue())
+            else:
+                fig.savefig(tmp, dpi=110, format=fmt)
         fig.clear()  # drop the artists now, not at the next garbage collection
     for w in caught:
         m = str(w.message)

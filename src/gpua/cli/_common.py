@@ -88,8 +88,11 @@ def check_paths(
 
     ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
+    for name, path, _ in outs:  # an empty name would be resolved to the working folder, late and unnamed
+        if path is not None and str(path) == "":
+            raise GPUAError(f"{name} '': an empty name; give a file or folder name.")
     # --json - is stdout, not a file named "-"
-    outs = [(n, p, k) for n, p, k in outs if p is not None and str(p) != "" and not (n == "--json" and str(p) == STDOUT)]
+    outs = [(n, p, k) for n, p, k in outs if p is not None and not (n == "--json" and str(p) == STDOUT)]
     for name, path, kind in outs:  # commands that take "-" for stdout leave that output out of ``outputs``
         if str(path) == STDOUT:
             what = "a file" if kind in ("file", "model", "features") else "a folder"
@@ -162,10 +165,11 @@ def add_estimator_arguments(p: argparse.ArgumentParser) -> None:
     add_param_arguments(g)
 
 
-def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of commands that extract features on the way (classify, benchmark)."""
+def add_extraction_arguments(p: argparse.ArgumentParser, benchmark: str = "a known benchmark's own") -> None:
+    """The options of commands that extract features on the way (classify, benchmark); ``benchmark``:
+    which benchmark's templates ``auto`` takes (``classify`` goes by ``--classnames``, not the folder)."""
     p.add_argument("--templates", default="auto", metavar="NAME|FILE",
-                   help="prompt templates ('auto': a known benchmark's own, else CLIP's 80 ImageNet templates)")
+                   help=f"prompt templates ('auto': {benchmark}, else CLIP's 80 ImageNet templates)")
     p.add_argument("--cache-dir", help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     add_workers_argument(p)
@@ -424,6 +428,13 @@ def estimator_overrides(args) -> dict:
         kw[name] = v
     if "device" in kw:  # given by --device or --param device=...: is it there?
         check_device_flag(kw["device"], "--device" if getattr(args, "device", None) is not None else "--param device")
+    if kw.get("refine", True) is False:  # was: `fit --no-refine --param lr=0.1` ran without the setting, and said nothing
+        from ..baselines import REFINEMENT_ONLY
+
+        idle = [k for k in kw if k in REFINEMENT_ONLY]
+        if idle:
+            raise GPUAError(f"{', '.join(f'{k}={kw[k]!r}' for k in idle)}: {'settings' if len(idle) > 1 else 'a setting'} of the "
+                            "THS refinement, which --no-refine turns off; drop it, or refine.")
     return kw
 
 

@@ -40,7 +40,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--method", default="gpua", help="a method of gpua.list_methods(): gpua, zero_shot, procrustes_only...")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes listed per photo")
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
-    add_extraction_arguments(p)
+    add_extraction_arguments(p, benchmark="those of the benchmark --classnames names, e.g. cifar10")
     add_estimator_arguments(p)
     p.set_defaults(func=_cmd_classify, on_interrupt="the photos encoded so far are saved (every 256); the same command "
                    "resumes from them")
@@ -127,7 +127,7 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
     unreadable = [(image_id, error) for image_id, error in res.unreadable if not is_undecoded_format(image_id)]
     if unreadable:
         first, error = unreadable[0]
-        print(f"{len(unreadable)} photo(s) could not be read and were not classified (first: {first!r}: {error}); "
+        print(f"{len(unreadable)} photo(s) could not be read or encoded and were not classified (first: {first!r}: {error}); "
               f"{csv_name} lists them with an empty prediction and the error{scored}")
     if undecoded:
         print(f"{len(undecoded)} photo(s) are in formats gpua does not decode and were not classified "

@@ -54,7 +54,8 @@ def _cmd_demo(args) -> int:
     notes = override_notes(list(methods), overrides, "--methods")  # refused when no method applies one, as compare does
     _check_encoders(vfms)
     # The fixed file names in --out and the feature cache, named by their flag or $GPUA_CACHE_DIR.
-    demo.check_demo_paths(args.out, args.cache_dir, plot=not args.no_plot, out_name="--out", cache_name="--cache-dir")
+    demo.check_demo_paths(args.out, args.cache_dir, plot=not args.no_plot, out_name="--out", cache_name="--cache-dir",
+                          no_plot_name="--no-plot")
     for note in notes:
         print(note)
     demo.run_demo(args.out, vfms=vfms, methods=methods, cache_dir=args.cache_dir, plot=not args.no_plot,

@@ -10,11 +10,12 @@ shard set (a folder written by ``gpua extract --out DIR``). ``gpua fit --shards 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from pathlib import Path
 
-from .._errors import GPUAError
+from .._errors import GPUAError, MissingDependencyError
 from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of, counted,
                       estimator_overrides, fit_rounds_note, parse_cluster, positive_int, positive_seconds, self_learning_line)
 
@@ -219,6 +220,8 @@ def _evaluate(args, out: JsonOutput) -> int:
     if args.plot:
         try:  # a suffix matplotlib cannot write is said before the evaluation, not after it
             plot_format(args.plot)
+        except MissingDependencyError as exc:  # was: "--the confusion-matrix plot needs matplotlib"
+            raise MissingDependencyError(f"--plot {args.plot!r}: {exc} Or drop --plot.") from None
         except GPUAError as exc:  # "plot 'cm.txt': ..." with the flag's name
             raise GPUAError(f"--{exc}") from None
     model = load_model(args.model, device=args.device)
@@ -343,15 +346,27 @@ def _compare(args, out: JsonOutput) -> int:
     train = _read_features(args.train)
     test = _read_features(args.test, require=("labels",))
     _check_widths(test, f"--test {args.test!r}", train, f"--train {args.train!r}")
-    rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet,
-                           train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     from .. import __version__
     from ..report import encoders_of
 
     vfm, vlm = encoders_of(train.meta or {})
+    head = {"train": str(args.train), "test": str(args.test), "vfm": vfm, "vlm": vlm, "gpua_version": __version__,
+            "params": overrides, "notes": [n.removeprefix("note: ") for n in notes]}
+    done: list[dict] = []
+    try:
+        rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet, on_row=done.append,
+                               train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
+    except (Exception, KeyboardInterrupt) as exc:  # minutes of fits done: keep their rows, say which method stopped
+        if done:
+            stopped = methods[len(done)]
+            out.write({**head, "results": done, "complete": False,
+                       "stopped": {"method": stopped, "error": str(exc) or type(exc).__name__,
+                                   "not_run": methods[len(done) + 1:]}})
+            print(f"{stopped} stopped the comparison; the JSON holds the {counted(len(done), 'method')} scored before it "
+                  "(\"complete\": false).", file=sys.stderr)
+        raise
     # the JSON first: a reader of stdout that stops early (| head) does not lose it
-    out.write({"train": str(args.train), "test": str(args.test), "vfm": vfm, "vlm": vlm, "gpua_version": __version__,
-               "params": overrides, "notes": [n.removeprefix("note: ") for n in notes], "results": rows})
+    out.write({**head, "results": rows, "complete": True})
     print(format_table(rows, ("method", "acc1", "acc5", "mean_per_class_recall", "hubness_skewness", "pseudo_label_acc", "fit_seconds")))
     return 0
 

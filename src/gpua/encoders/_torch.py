@@ -73,15 +73,31 @@ def torch_device(device: Any) -> torch.device:
 
 
 @contextlib.contextmanager
-def quiet_transformers_loading():
-    """Hide transformers' per-load "Loading weights" progress bars: gpua shows its own progress."""
+def quiet_transformers_loading(*, logs: bool = False):
+    """Hide transformers' per-load "Loading weights" progress bars: gpua shows its own progress.
+
+    Parameters
+    ----------
+    logs : bool
+        Also hide transformers' log records below ERROR while the block runs: the "LOAD REPORT"
+        table (80 lines for a folder of another architecture's weights, ending in "newly
+        initialized ... Consider training", and one on every load of a classification checkpoint
+        for its unused head). Only for callers that check the loading info themselves
+        (``output_loading_info=True``) and refuse missing weights with their own message, as the
+        ``hf:`` back end does; the level is restored afterwards.
+    """
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if logs:
+        hf_logging.set_verbosity(max(level, hf_logging.ERROR))
     try:
         yield
     finally:
+        if logs:
+            hf_logging.set_verbosity(level)
         if was:
             hf_logging.enable_progress_bar()
 

@@ -53,6 +53,11 @@ class PlantedData:
 
     def split(self, n_first: int) -> tuple["PlantedData", "PlantedData"]:
         """Split rows into the first ``n_first`` and the rest (same prototypes)."""
+        from .._validation import check_number
+
+        check_number(n_first, "n_first", integer=True, low=0, high=len(self.labels),
+                     fix=f"a row count (split(0.5) is split({len(self.labels) // 2}) here)")
+
         def part(sl):
             return PlantedData(self.vfm_features[sl], self.vlm_features[sl], self.text_prototypes, self.labels[sl],
                                self.classnames, self.true_map, self.hub_classes)

@@ -23,7 +23,8 @@ text prototype (each word ensembled over the templates, then the words averaged)
 segmentation keeps one prototype per word and scores a class by its best word. A JSON list of
 such lines, a JSON object ``{"automobile": ["car", "automobile"], ...}``, a JSON object keyed
 by class index (Flowers-102's ``cat_to_name.json``) and CoOp's ImageNet ``classnames.txt``
-(``n01440764 tench``) are read too. Names cannot contain ``,`` or ``:`` in the text form (a
+(``n01440764 tench``; :func:`gpua.data.load_dataset` labels class folders named by those ids
+through their lines, in any order) are read too. Names cannot contain ``,`` or ``:`` in the text form (a
 ``:`` inside a name, ``12:00 clock`` or a URL, is refused rather than split); a JSON object
 takes its names, and the words of its lists, as written.
 
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 # CoOp's ImageNet classnames.txt prefixes every line with the WordNet id: "n01440764 tench".
-_WNID_LINE = re.compile(r"^n\d{8}\s+(\S.*)$")
+_WNID_LINE = re.compile(r"^(n\d{8})\s+(\S.*)$")
 
 
 @lru_cache(maxsize=None)
@@ -192,19 +193,24 @@ def _prompt_key(text: str) -> str:
 
 def _checked_classes(parsed: Sequence[tuple[str, str, list[str]]], source: str) -> tuple[list[str], list[list[str]]]:
     """Names and words of ``(where, name, words)`` classes, refusing names and words that collide."""
-    first: dict[str, tuple[str, str]] = {}
-    for where, name, _ in parsed:
+    first: dict[str, tuple[str, str, list[str]]] = {}
+    for where, name, words in parsed:
         key = _prompt_key(name)
         if key in first:
-            where0, name0 = first[key]
+            where0, name0, words0 = first[key]
             if name0 == name:
                 raise GPUAError(f"{source}: the duplicate name {name!r} ({where0} and {where}); class names must be unique.")
+            if {_prompt_key(w) for w in words0} == {_prompt_key(w) for w in words}:
+                why = "so their prompts are the same and the two classes cannot be told apart; merge them or rename one."
+            else:  # "Sky: sky" and "sky: blue sky": other prompts, but one name wherever names are matched
+                why = ("so, though their prompt words differ, the two would be taken for one class wherever class names "
+                       "are matched (a model's classes to a test file's, which ignores such differences); rename one (its "
+                       "prompt words can stay).")
             raise GPUAError(
                 f"{source}: the class names {name0!r} ({where0}) and {name!r} ({where}) differ only in case, '_' versus "
-                "space, white space or Unicode form, so their prompts are the same and the two classes cannot be told "
-                "apart; merge them or rename one."
+                f"space, white space or Unicode form, {why}"
             )
-        first[key] = (where, name)
+        first[key] = (where, name, words)
     names = [n for _, n, _ in parsed]
     try:
         check_classnames(names, len(names))
@@ -243,12 +249,26 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
         When the file is missing, empty or malformed, names a class twice, or gives a word to
         two classes; the message names the line.
     """
+    names, prompts, _ = _read_class_file(path)
+    return names, prompts
+
+
+def _read_class_file(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[str] | None]:
+    """:func:`load_class_prompts`, with the WordNet id of each class when every line starts with one
+    (CoOp's ImageNet ``n01440764 tench``; else None): an image folder whose class folders are named
+    by those ids is labeled through them, not by position (:func:`gpua.data.load_dataset`).
+
+    Raises
+    ------
+    GPUAError
+        As :func:`load_class_prompts`, and for two lines with one id (one folder, two classes).
+    """
     source = f"class-name file {str(path)!r}"
     text = read_text(path, "class names")
     if is_json(path, text):
         data = load_json(text, path, "class names")
         if isinstance(data, dict) and data and not all(str(k).strip().lstrip("-").isdigit() for k in data):
-            return _checked_classes(_mapping_entries(data, source), source)
+            return (*_checked_classes(_mapping_entries(data, source), source), None)
     located, from_json = read_located(path, "class names", index_dict=True)
     if not from_json:
         # "# ..." lines and trailing " # ..." comments are dropped ("cat  # my pet" is the class cat);
@@ -260,9 +280,17 @@ def load_class_prompts(path: str | os.PathLike) -> tuple[list[str], list[list[st
             raise GPUAError(f"{source} holds only comments; write one class per line.")
         _refuse_spreadsheet_columns(located, source)
     matches = [_WNID_LINE.match(e) for _, e in located]
-    if all(matches):
-        located = [(w, m.group(1).strip()) for (w, _), m in zip(located, matches)]  # type: ignore[union-attr]
-    return _parse_located(located, source)
+    if not all(matches):
+        return (*_parse_located(located, source), None)
+    ids = [m.group(1) for m in matches]  # type: ignore[union-attr]
+    line_of: dict[str, str] = {}
+    for (where, _), wnid in zip(located, ids):
+        where0 = line_of.setdefault(wnid, where)
+        if where0 != where:
+            raise GPUAError(f"{source}: {where0} and {where} both name the folder {wnid!r}, which would be two classes of "
+                            "one folder; give each WordNet id one line.")
+    located = [(w, m.group(2).strip()) for (w, _), m in zip(located, matches)]  # type: ignore[union-attr]
+    return (*_parse_located(located, source), ids)
 
 
 #: Column headers a class-name file saved from a spreadsheet starts with (compared lower-case, "_" as " ").
@@ -330,7 +358,8 @@ def load_classnames(path: str | os.PathLike) -> list[str]:
         A text file with one class per line (``automobile: car, automobile`` gives the name
         ``automobile``; blank lines and ``#`` comments skipped; CoOp's ImageNet
         ``classnames.txt`` lines ``"n01440764 tench"`` lose their WordNet id when every line has
-        one), a JSON list of such lines, or a JSON object keyed by class name or by class index
+        one, though :func:`gpua.data.load_dataset` labels class folders named by those ids
+        through them), a JSON list of such lines, or a JSON object keyed by class name or by class index
         (Flowers-102's ``cat_to_name.json``).
 
     Raises
@@ -350,24 +379,33 @@ def resolve_class_prompts(
     a path to an existing file is read with :func:`load_class_prompts`; any other string is
     taken as a dataset name for :func:`get_classnames`.
     """
+    resolved = _resolve_classes(classnames)
+    return None if resolved is None else (resolved[0], resolved[1])
+
+
+def _resolve_classes(
+    classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike | None,
+) -> tuple[list[str], list[list[str]], list[str] | None] | None:
+    """:func:`resolve_class_prompts`, with the WordNet ids of a class-name file that gives them
+    (:func:`_read_class_file`; None for every other argument)."""
     if classnames is None:
         return None
     if isinstance(classnames, (str, os.PathLike)):
         if os.path.isfile(classnames):
-            return load_class_prompts(classnames)
+            return _read_class_file(classnames)
         if canonical_name(str(classnames)) is not None:
             names = get_classnames(str(classnames))
-            return names, [[n] for n in names]
+            return names, [[n] for n in names], None
         raise GPUAError(
             f"classnames={str(classnames)!r} is neither a file nor a known dataset ({', '.join(KNOWN_DATASETS)}); "
             "pass a list of names, a class-name file, or a dataset name."
         )
     if isinstance(classnames, Mapping):  # read as the same object in a class-name file is
-        return _checked_classes(_mapping_entries(classnames, "classnames"), "classnames")
+        return (*_checked_classes(_mapping_entries(classnames, "classnames"), "classnames"), None)
     names = [str(c) for c in classnames]
     if any(not n.strip() for n in names):
         raise GPUAError("classnames holds an empty name; every class needs a non-empty name.")
-    return check_classnames(names, len(names)), [[n] for n in names]
+    return check_classnames(names, len(names)), [[n] for n in names], None
 
 
 def resolve_classnames(classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike | None) -> list[str] | None:
