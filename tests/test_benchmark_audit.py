@@ -247,3 +247,43 @@ def test_a_csv_of_datasets_of_ones_own_is_not_taken_for_the_benchmarks(tmp_path)
     _check_tables_ours(tmp_path)
     own.write_text("dataset,zero_shot\r\nplanted_cifar,50.00\r\nmean,50.00\r\n\r\n")
     _check_tables_ours(tmp_path)
+
+
+class _WeightedPlanted:
+    """``planted:vfm`` with a weights file: its metadata holds the file's fingerprint, as a real encoder's does."""
+
+    def __init__(self, path):
+        from gpua.segment.planted import planted_encoder
+
+        self._enc, self.path, self.spec = planted_encoder("vfm"), path, f"weighted:{path}"
+
+    def __getattr__(self, name):
+        return getattr(self._enc, name)
+
+    def metadata(self):
+        from gpua.encoders._registry import file_fingerprint
+
+        return {**self._enc.metadata(), "spec": self.spec, "weights": file_fingerprint(self.path)}
+
+
+def test_weights_replaced_at_the_same_path_are_a_new_row(photos, capsys):
+    """Was: the rows' key held the encoder spec, not its weights: a checkpoint replaced at the same path
+    (same size, same time) was "already in results.jsonl ... skipped", the old model's numbers kept."""
+    import os
+
+    from gpua.encoders import register_encoder
+
+    register_encoder("weighted:", lambda body, device="cpu", cache_dir=None, spec=None: _WeightedPlanted(body), overwrite=True)
+    d = photos
+    w = d / "w.bin"
+    w.write_bytes(b"A" * 64)
+    argv = _argv(d, d / "photos")
+    argv[argv.index("planted:vfm")] = f"weighted:{w}"
+    assert main(argv) == 0 and len(_rows(d)) == 1
+    assert main(argv) == 0 and "already in" in capsys.readouterr().out and len(_rows(d)) == 1  # unchanged: skipped
+    st = w.stat()
+    w.write_bytes(b"B" * 64)  # other weights, same size, and the same time set back
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main(argv) == 0 and "already in" not in capsys.readouterr().out
+    rows = _rows(d)
+    assert len(rows) == 2 and rows[0]["encoders"] != rows[1]["encoders"]

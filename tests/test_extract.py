@@ -626,3 +626,67 @@ def test_classes_the_vlm_reads_as_one_text_are_refused_by_name(tmp_path):
         _run(ds, tmp_path / "f.npz", vlm=vlm)
     fs = load_features(_run(ds, tmp_path / "f.npz", vlm=vlm, classnames={"🐱": ["cat"], "🐶": ["dog"], "ship": ["ship"]}))
     assert fs.classnames == names and fs.text_prototypes.shape == (3, 12)  # the fix the message gives
+
+
+def test_parts_of_a_skipping_run_resumed_with_on_error_fail_fail(tmp_path, monkeypatch):
+    """Was: a run with on_error='skip' interrupted after its parts, resumed with on_error='fail', skipped
+    the unreadable image anyway (a warning, exit 0), where a fresh 'fail' run stops on it."""
+    import gpua.extract as extract_mod
+
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_mod._Parts, "load_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(str(root), tmp_path / "f.npz", on_error="skip", shard_size=2)
+    monkeypatch.undo()
+    assert (tmp_path / "f.npz.parts").is_dir()
+    with pytest.raises(GPUAError, match=r"image '(cat/9\.jpg|dog/2\.png)' \(index \d\) could not be read or encoded: .*on_error='skip'"):
+        _run(str(root), tmp_path / "f.npz", on_error="fail", shard_size=2)
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_the_fail_message_gives_the_fix_once(tmp_path):
+    """Was: "...replace the file, or remove it.. Fix or remove the file, or pass on_error='skip' (--on-error skip)"."""
+    root = _folder_with_a_bad_image(tmp_path / "imgs")
+    with pytest.raises(GPUAError) as caught:
+        _run(str(root), tmp_path / "f.npz", on_error="fail")
+    text = str(caught.value)
+    assert ".." not in text and text.count("remove") == 1 and "(--on-error skip)" not in text, text
+
+
+def test_an_up_to_date_run_removes_what_a_kill_after_publishing_left(tmp_path, monkeypatch):
+    """Was: killed after the output's rename, a run left `<out>.parts` (a second full copy) and, over
+    a shard set, the hidden old set `.<out>.old`; later "up to date" runs kept both for ever."""
+    import gpua.extract as extract_mod
+    import gpua.features._shards as shards_mod
+
+    ds = _dataset()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_mod._Parts, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, tmp_path / "f.npz", shard_size=4)
+    monkeypatch.undo()
+    assert (tmp_path / "f.npz").is_file() and (tmp_path / "f.npz.parts").is_dir()
+    _run(ds, tmp_path / "f.npz", shard_size=4)  # up to date
+    assert not (tmp_path / "f.npz.parts").exists()
+
+    _run(ds, tmp_path / "set")  # a shard set, then another one over it, killed before the old one goes
+    real, calls = shards_mod._remove_set, []
+
+    def removed_then_killed(p):  # the writer clears .set.old before the swap, and is killed when removing it after
+        calls.append(p.name)
+        return killed() if calls.count(".set.old") == 2 else real(p)
+
+    monkeypatch.setattr(shards_mod, "_remove_set", removed_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, tmp_path / "set", templates=["a sketch of a {}."])
+    monkeypatch.undo()
+    assert (tmp_path / ".set.old").is_dir()
+    _run(ds, tmp_path / "set", templates=["a sketch of a {}."])  # up to date
+    assert not (tmp_path / ".set.old").exists() and (tmp_path / "set" / "index.json").is_file()

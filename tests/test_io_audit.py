@@ -293,3 +293,18 @@ def test_checkpoint_waiting_for_its_projection_needs_the_plan_sums(tmp_path):
         ck.load()
     ck.save(meta, **base, plan_query=torch.randn(k, q).double(), plan_mass=torch.rand(k).double())
     assert ck.load()["meta"]["projected"] is False
+
+
+def test_a_short_write_without_an_errno_is_named_a_full_disk(tmp_path, monkeypatch):
+    """Was: numpy's tofile reports a full disk as OSError("9600 requested and 7136 written") with no
+    errno, which reached the user as "... (no file named); free space or fix the permissions"."""
+    f = tmp_path / "f.npz"
+    Z = np.ones((4, 3), np.float32)
+
+    def short(*args, **kwargs):
+        raise OSError("9600 requested and 7136 written")
+
+    monkeypatch.setattr(np.lib.format, "write_array", short)
+    with pytest.raises(OSError, match="No space left") as err:
+        save_features(f, vfm_features=Z)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(f) and not _temps(tmp_path)

@@ -172,7 +172,7 @@ def test_undecoded_photos_are_found_where_the_listing_finds_images(tmp_path):
 def _row(writer: int, i: int) -> dict:
     """A row with every key field set, one of its own (`seed`) per writer and index."""
     return {"dataset": "d", "vfm": "v", "vlm": "l", "method": f"m{writer}", "pool": "16-shot", "seed": i, "test_subset": None,
-            "data": None, "contents": "c", "prompts": "p", "gpua_defaults": "g", "params": {}, "prompt_templates": "auto",
+            "data": None, "contents": "c", "prompts": "p", "encoders": "e", "gpua_defaults": "g", "params": {}, "prompt_templates": "auto",
             "metrics": {"acc1": 0.5, "acc5": 1.0, "mean_per_class_recall": 0.5}}
 
 

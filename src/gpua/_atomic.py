@@ -144,6 +144,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: numpy's message for a write the file system cut short (a full disk), given without an errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
 def _os_error_code(exc: BaseException) -> int | None:
     """The system error number inside a writer's non-OSError failure (safetensors reports a full
     disk as ``SafetensorError('... I/O error: No space left on device (os error 28)')``)."""
@@ -219,9 +223,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path"
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        # A full disk surfaces deep inside the writer, naming the temp file or nothing.
-        if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp_path)):
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        # A full disk surfaces deep inside the writer, naming the temp file or nothing; numpy's
+        # tofile (np.save of a large array) says only "9600 requested and 7136 written", no errno.
+        code = exc.errno if exc.errno is not None else errno.ENOSPC if _SHORT_WRITE.match(str(exc)) else None
+        if code is not None and (exc.filename is None or str(exc.filename) == str(tmp_path)):
+            raise OSError(code, exc.strerror or os.strerror(code), str(path)) from exc
         raise
     except Exception as exc:
         code = _os_error_code(exc)

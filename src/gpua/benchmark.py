@@ -195,8 +195,8 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
 
 
 #: What a row's numbers depend on: a re-run skips a row only when all of these are the same.
-_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "prompts", "gpua_defaults",
-        "params", "prompt_templates")
+_KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "prompts", "encoders",
+        "gpua_defaults", "params", "prompt_templates")
 #: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
 _NOT_SETTINGS = ("device", "verbose")
 
@@ -209,6 +209,15 @@ def _key(row: dict[str, Any]) -> tuple:
 def _settings(row: dict[str, Any]) -> tuple:
     """The run-wide settings of a row (defaults, parameters and templates), comparable; unknown for older rows."""
     return _key(row)[-3:]
+
+
+def _encoders_setting(vfm, vlm) -> str:
+    """A short hash of the two encoders' metadata: what their specs name (weights files' fingerprints,
+    hub snapshots, preprocessing), so that a checkpoint replaced at the same path is a new row, not
+    "already done" (the feature cache keys on the same metadata)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([vfm.metadata(), vlm.metadata()], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _defaults_setting() -> str:
@@ -457,6 +466,7 @@ def run_benchmark(
     """
     from .baselines import override_notes
     from .classify import check_methods, feature_cache_path
+    from .encoders import create_encoder
     from .extract import extract_features
     from .features import load_features
     say = log or (lambda s: None)
@@ -487,11 +497,19 @@ def run_benchmark(
                 for d in datasets]
     contents = {prep.name: prep.contents for prep in prepared}
     prompts = {prep.name: prep.prompts for prep in prepared}
+    encoders: dict[str, Any] = {}  # each spec loaded once: its metadata is part of the rows' key, its model extracts
+
+    def encoder(spec: str):
+        if spec not in encoders:
+            encoders[spec] = create_encoder(spec, device=device, cache_dir=cache_dir)
+        return encoders[spec]
+
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
                 base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
-                        "data": prep.data, "contents": contents[prep.name], "prompts": prompts[prep.name], **settings}
+                        "data": prep.data, "contents": contents[prep.name], "prompts": prompts[prep.name],
+                        "encoders": _encoders_setting(encoder(vfm), encoder(vlm)), **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
@@ -500,7 +518,7 @@ def run_benchmark(
                 files = {}
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
-                        vfm, vlm, ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
+                        encoder(vfm), encoder(vlm), ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, workers=workers,
                     )
                 extract_s = time.perf_counter() - t0

@@ -131,6 +131,21 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _remove_leftovers(out: Path, key: str) -> None:
+    """Delete what a run killed after publishing ``out`` left beside it (called under ``out``'s
+    lock, with ``out`` up to date): its parts (``<out>.parts``, a second full copy of the
+    features; only when their manifest holds ``out``'s own cache key, so another extraction's
+    resumable work stays) and the set it replaced (``.<out>.old``, hidden, a whole old shard set)."""
+    from .features._shards import _hidden, _is_shard_set, _only_shard_files, _remove_set
+
+    parts = _Parts(str(out) + ".parts")
+    if parts.dir.is_dir() and parts.is_ours() and (parts.manifest() or {}).get("cache_key") == key:
+        parts.remove()
+    old = _hidden(out, "old")
+    if _is_shard_set(out) and _is_shard_set(old) and _only_shard_files(old):
+        _remove_set(old)
+
+
 def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, storage: str, on_error: str) -> None:
     """What an up-to-date output's options say but its stored features cannot honour, said rather than ignored.
 
@@ -547,6 +562,15 @@ def _encode_prepared(encoder, prepared: list, batch_size: int, is_prepared: bool
     return encoder.encode_images(prepared, batch_size=batch_size)
 
 
+def _image_error(image_id: str, i: int, what: str, reason: str) -> GPUAError:
+    """``on_error="fail"``'s error for image ``i``, which could not be ``what`` (read, encoded): the
+    reason, then the fix (the reason's own, when it gives one)."""
+    reason = reason.strip().rstrip(".")
+    fix = "Or pass" if "remove it" in reason else "Fix or remove the file, or pass"
+    return GPUAError(f"image {image_id!r} (index {i}) could not be {what}: {reason}. {fix} on_error='skip' to leave such "
+                     "images out.")
+
+
 def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool, bool]):
     """Encode a batch's readable images ``good`` (``(index, (vfm_input, vlm_input))`` pairs) with both encoders.
 
@@ -596,10 +620,7 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                     good.append((i, prepared))
                     continue
                 if on_error == "fail":
-                    raise GPUAError(
-                        f"image {ids[i]!r} (index {i}) could not be read: {exc}. Fix or remove the file, or pass "
-                        "on_error='skip' (--on-error skip) to leave unreadable images out."
-                    ) from exc
+                    raise _image_error(ids[i], i, "read", str(exc)) from exc
                 bad_idx.append(i)
                 # Bounded (it is stored with the features), but long enough for a deep path and the fix after it.
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
@@ -611,8 +632,7 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                     continue
                 i = rows[0]
                 if on_error == "fail":
-                    raise GPUAError(f"image {ids[i]!r} (index {i}) could not be encoded: {exc} Fix or remove the file, or "
-                                    "pass on_error='skip' (--on-error skip) to leave such images out.") from exc
+                    raise _image_error(ids[i], i, "encoded", str(exc)) from exc
                 bad_idx.append(i)
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
             if bar is not None:
@@ -950,6 +970,8 @@ def extract_features(
             stored = _stored_meta(out) if resume and out.exists() else None
         if stored is not None and stored.get("cache_key") == key:
             _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
+            if unwritable is None:
+                _remove_leftovers(out, key)
             return out
         if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
             raise unwritable
@@ -995,6 +1017,9 @@ def extract_features(
         del summaries
         if index.size == 0:
             raise NoReadableImageError(f"none of the {n} images could be read (first: {ids[skipped[0][0]]!r}: {skipped[0][1]}).")
+        if skipped and on_error == "fail":  # parts written by a run that skipped, resumed by one that must not
+            j, err = skipped[0]
+            raise _image_error(ids[j], j, "read or encoded", err.split(": ", 1)[-1])
         if skipped:
             shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
             warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")

@@ -206,3 +206,30 @@ def test_an_output_that_would_destroy_an_input_is_still_refused_up_front(tmp_pat
     make_read_only(shared)
     with pytest.raises(GPUAError, match="not a parts folder written by gpua"):
         _run(shared / "feats.npz")
+
+
+@pytest.mark.parametrize("name", ["feats.npz", "feats"])  # a file and a shard set
+def test_the_cli_serves_an_up_to_date_output_on_read_only_storage(tmp_path, make_read_only, name, capsys):
+    """Was: `gpua extract` refused the output up front ("is a read-only file; make it writable (chmod u+w)",
+    or "cannot be written ... read-only file system"), where the library serves it as the README says."""
+    from PIL import Image
+
+    from gpua.cli import main
+
+    rng = np.random.default_rng(0)
+    for c in ("sky", "grass"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    argv = ["extract", "--data", str(tmp_path / "imgs"), "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple",
+            "--quiet", "--out", str(shared / name), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    before = tree_bytes(shared)
+    make_read_only(shared)
+    capsys.readouterr()
+    assert main(argv) == 0 and "up to date" in capsys.readouterr().out
+    assert tree_bytes(shared) == before
+    assert main(argv[:-4] + ["--templates", "imagenet_select", "--out", str(shared / name), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "cannot be written" in capsys.readouterr().err  # a stale one is still refused, by the library

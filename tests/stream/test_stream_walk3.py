@@ -134,3 +134,25 @@ def test_the_cli_asks_for_prototypes_by_its_flag(small, tmp_path, capsys):
     assert main(["fit", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "m.gpua"), "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "--prototypes FILE" in err and "text_prototypes=" not in err
+
+
+def test_the_cli_resumes_a_finished_checkpoint_on_read_only_storage(small, tmp_path, monkeypatch, capsys):
+    """Was: `gpua fit --checkpoint` refused it up front ("cannot be written ... read-only file system")."""
+    from gpua import _atomic
+    from gpua.cli import main
+
+    _write(tmp_path / "s", small)
+    argv = ["fit", "--shards", str(tmp_path / "s"), "--n-steps", "5", "--checkpoint", str(tmp_path / "ck"), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "a.gpua")]) == 0
+    real = _atomic.check_writable
+
+    def read_only_checkpoint(path, name, kind):
+        if str(path).startswith(str(tmp_path / "ck")):
+            raise GPUAError(f"{name} {str(path)!r} cannot be written: read-only file system")
+        return real(path, name, kind)
+
+    monkeypatch.setattr(_atomic, "check_writable", read_only_checkpoint)
+    assert main(argv + ["--out", str(tmp_path / "b.gpua")]) == 0, capsys.readouterr().err
+    from gpua import load_model
+
+    np.testing.assert_allclose(np.asarray(load_model(tmp_path / "a.gpua").W_), np.asarray(load_model(tmp_path / "b.gpua").W_), atol=1e-5)

@@ -7,6 +7,7 @@ checks), and ``--list-params`` prints that table with the defaults.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -59,6 +60,7 @@ def check_paths(
     outputs: Sequence[tuple[str, str]] = (),
     extra_inputs: Sequence[tuple[str, str | None]] = (),
     extra_outputs: Sequence[tuple[str, str | None, str]] = (),
+    served: Sequence[str] = (),
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input or cannot be written.
 
@@ -83,6 +85,10 @@ def check_paths(
         Paths read that no argument names directly (a model's sidecar file).
     extra_outputs : sequence of (name, path, kind)
         Paths written that no argument names directly.
+    served : sequence of str
+        Attributes of outputs that an up-to-date copy may serve as they are (``extract --out``, a
+        finished ``fit --checkpoint``): on read-only storage they are not refused here; the
+        library refuses them only when it must write there.
     """
     from .._atomic import _has_image_ending, check_output
 
@@ -98,10 +104,12 @@ def check_paths(
             what = "a file" if kind in ("file", "model", "features") else "a folder"
             raise GPUAError(f"{name} - : this command writes {what} there, not to stdout; give a name (./- if a {what[2:]} "
                             f"named '-' is meant).")
+    served_flags = {_flag(a) for a in served}
     for i, (name, path, kind) in enumerate(outs):
         holds = kind if kind in ("model", "features") else "report"
         check_output(path, name, kind="file" if kind in ("model", "features", "table") else kind, inputs=ins,
-                     distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds)
+                     distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds,
+                     writable=not (name in served_flags and os.path.lexists(path)))
         if kind == "table" and _has_image_ending(Path(path)):  # after: an input it would replace is named first
             raise GPUAError(f"{name} {str(path)!r} ends like an image, but this command writes text (CSV or JSON) there; "
                             "give a name ending in .csv or .json.")

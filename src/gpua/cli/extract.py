@@ -72,7 +72,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         kind = _output_kind(Path(args.out).expanduser(), args.format)
     except GPUAError as exc:
         raise GPUAError(_as_flags(str(exc))) from None
-    check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "features" if kind == "file" else "tree"),))
+    check_paths(args, inputs=("data", "classnames", "templates", "image_root"), outputs=(("out", "features" if kind == "file" else "tree"),),
+                served=("out",))
     shard_flags = [f for f, v in (("--rows-per-shard", args.rows_per_shard), ("--shard-storage", args.shard_storage)) if v is not None]
     if kind == "file" and shard_flags:  # they would be ignored without a word: one file is written
         raise GPUAError(f"{' and '.join(shard_flags)} {'apply' if len(shard_flags) > 1 else 'applies'} to a shard set, but --out {args.out!r} is one feature file; write a "

@@ -74,7 +74,8 @@ def _cmd_fit(args) -> int:
     from ..estimator import GPUA
     from ..report import provenance_from_features
 
-    check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "model"), ("checkpoint", "folder")))
+    check_paths(args, inputs=("train", "shards", "prototypes"), outputs=(("out", "model"), ("checkpoint", "folder")),
+                served=("checkpoint",))
     model = GPUA(**estimator_overrides(args))  # names and values checked against gpua.fitting.PARAMETERS
     if args.train and getattr(args, "shards", None):
         raise GPUAError("give --train FILE or --shards DIR, not both: the fit reads one of them.")

@@ -122,7 +122,8 @@ def create_encoder(spec: str | Encoder, device: str = "cpu", *, cache_dir: str |
         ``"open_clip:ViT-B-16//path/to/ckpt.pt"``, ``"hf:openai/clip-vit-base-patch16"``,
         ``"hf:/path/to/saved/model"``, ``"timm:vit_small_patch14_dinov2.lvd142m"``,
         ``"onnx:/path/model.onnx?input=pixel_values&output=last_hidden_state"``,
-        ``"offline:dinov2-s"``. An :class:`Encoder` is returned as is.
+        ``"offline:dinov2-s"``. An :class:`Encoder`, or another object with ``encode_images`` (what
+        a registered factory may return), is returned as is.
     device : str
         Torch device ("cpu", "cuda", "cuda:1"); ONNX models use the matching execution provider.
     cache_dir : str or path-like, optional
@@ -137,8 +138,8 @@ def create_encoder(spec: str | Encoder, device: str = "cpu", *, cache_dir: str |
         For an unknown back end or name (listing the known ones), or weights that cannot be
         found offline (saying where it looked and how to pass a local path).
     """
-    if isinstance(spec, Encoder):
-        return spec
+    if isinstance(spec, Encoder) or (not isinstance(spec, (str, os.PathLike)) and hasattr(spec, "encode_images")):
+        return spec  # an encoder already built (a registered factory may return any object with encode_images)
     backend, body, spec_options = parse_spec(spec)
     spec_options.update(options)
     full = f"{backend}:{body}"
