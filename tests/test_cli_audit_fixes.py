@@ -245,7 +245,7 @@ def test_shard_set_flags_with_one_feature_file_are_refused(tmp_path, capsys, fla
     out = tmp_path / "x.npz"
     assert main(["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", "cifar10-mini", "--out", str(out),
                  "--quiet", *flags]) == 2
-    assert f"{flags[0]} apply to a shard set, but --out" in capsys.readouterr().err
+    assert f"{flags[0]} applies to a shard set, but --out" in capsys.readouterr().err  # was: "apply", and "leave them out"
     assert not out.exists()
 
 

@@ -205,3 +205,25 @@ def test_an_option_named_none_is_that_option_on_the_command_line():
     assert parse_params(["orthogonality=none"], PARAMETERS) == {"orthogonality": "none"}
     assert parse_params(["orthogonality=project"], PARAMETERS) == {"orthogonality": "project"}
     assert parse_params(["whiten=none"], PARAMETERS) == {"whiten": None}  # an optional setting's none is still None
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    (["temperature=0.5"], "temperature=0.5 changes nothing: similarity='cosine' (the default) takes no temperature"),
+    (["whiten=none", "whiten_shrink=3"], "whiten_shrink=3 changes nothing: whiten=None whitens nothing"),
+    (["csls_k=3"], "csls_k=3 changes nothing: retrieval='cosine' (the default) ranks by plain cosine"),
+    (["self_learning=0", "self_learning_tol=0.5"], "self_learning_tol=0.5 changes nothing: self_learning=0 runs no"),
+])
+def test_cli_settings_that_change_nothing_are_refused(params, expected, tmp_path, capsys):
+    """Was: accepted, fitted without effect, and recorded in the model's parameters as if applied."""
+    argv = ["fit", "--train", str(tmp_path / "t.npz"), "--out", str(tmp_path / "m.gpua")]
+    assert main(argv + [a for p in params for a in ("--param", p)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_cli_settings_that_apply_are_taken(tmp_path, capsys):
+    from gpua.cli import build_parser
+    from gpua.cli._common import estimator_overrides
+
+    args = build_parser().parse_args(["fit", "--train", "t.npz", "--out", "m.gpua", "--param", "similarity=neg_euclidean",
+                                      "--param", "temperature=0.5", "--param", "retrieval=csls", "--param", "csls_k=3"])
+    assert estimator_overrides(args) == {"similarity": "neg_euclidean", "temperature": 0.5, "retrieval": "csls", "csls_k": 3}

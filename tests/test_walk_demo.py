@@ -140,3 +140,9 @@ def test_evaluate_plot_without_matplotlib_names_the_flag(planted, tmp_path, caps
     assert cli.main(["evaluate", "--model", str(tmp_path / "m.gpua"), "--test", str(feats), "--plot", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err
     assert f"error: --plot {str(tmp_path / 'c.png')!r}: the confusion-matrix plot needs matplotlib" in err and "Or drop --plot." in err
+
+
+def test_a_demo_setting_that_changes_nothing_is_refused_before_any_extraction(fake_features, tmp_path, capsys):
+    """Was: `--param temperature=2` (cosine similarity takes none) was printed in the heading and applied by no method."""
+    assert _run(["--out", str(tmp_path / "d"), "--param", "temperature=2", "--methods", "gpua"], tmp_path) == 2
+    assert "temperature=2 changes nothing" in capsys.readouterr().err and not fake_features

@@ -126,6 +126,16 @@ PARAMETERS: dict[str, Constraint] = {
     "verbose": Boolean(),
 }
 
+#: Settings that change nothing while another parameter has one of some values: name ->
+#: (the other parameter, those values, why). A command line that gives one there is refused
+#: (:func:`gpua.cli._common.estimator_overrides`), as a refinement setting with ``refine=False`` is.
+IDLE_UNDER: dict[str, tuple[str, tuple, str]] = {
+    "whiten_shrink": ("whiten", (None,), "whitens nothing"),
+    "csls_k": ("retrieval", ("cosine",), "ranks by plain cosine, with no neighbourhoods"),
+    "self_learning_tol": ("self_learning", (0,), "runs no self-learning round"),
+    "temperature": ("similarity", ("cosine",), "takes no temperature (only neg_euclidean does)"),
+}
+
 #: Neighbours per row of the self-learning criterion, and its subsample's size at most.
 CONSISTENCY_K = 10
 CONSISTENCY_ROWS = 2000

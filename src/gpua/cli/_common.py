@@ -21,6 +21,7 @@ __all__ = [
     "add_estimator_arguments",
     "add_extraction_arguments",
     "estimator_overrides",
+    "refuse_idle_settings",
     "parse_cluster",
     "check_paths",
     "check_cache_dir",
@@ -436,14 +437,32 @@ def estimator_overrides(args) -> dict:
         kw[name] = v
     if "device" in kw:  # given by --device or --param device=...: is it there?
         check_device_flag(kw["device"], "--device" if getattr(args, "device", None) is not None else "--param device")
-    if kw.get("refine", True) is False:  # was: `fit --no-refine --param lr=0.1` ran without the setting, and said nothing
-        from ..baselines import REFINEMENT_ONLY
+    refuse_idle_settings(kw)
+    return kw
 
+
+def refuse_idle_settings(kw: dict) -> None:
+    """Refuse settings that would change nothing: was, `fit --no-refine --param lr=0.1` or
+    `--param temperature=0.5` (cosine similarity, the default, takes none) ran without them, and
+    the model file recorded them as if they had."""
+    from ..baselines import REFINEMENT_ONLY
+    from ..estimator import GPUA
+    from ..fitting import IDLE_UNDER
+
+    if kw.get("refine", True) is False:
         idle = [k for k in kw if k in REFINEMENT_ONLY]
         if idle:
             raise GPUAError(f"{', '.join(f'{k}={kw[k]!r}' for k in idle)}: {'settings' if len(idle) > 1 else 'a setting'} of the "
                             "THS refinement, which --no-refine turns off; drop it, or refine.")
-    return kw
+    defaults = GPUA().get_params()
+    for name in kw:
+        if name in IDLE_UNDER:
+            other, values, why = IDLE_UNDER[name]
+            value = kw.get(other, defaults[other])
+            if value in values:
+                given = "" if other in kw else " (the default)"
+                raise GPUAError(f"{name}={kw[name]!r} changes nothing: {other}={value!r}{given} {why}; drop it, or set "
+                                f"{other} to another value.")
 
 
 def parse_cluster(value: str | None):

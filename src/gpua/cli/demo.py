@@ -8,7 +8,7 @@ a table, results.json and a before/after embedding plot.
 from __future__ import annotations
 
 from .. import demo
-from ._common import add_param_arguments, add_quiet_argument, check_cache_dir, check_paths, parse_params
+from ._common import add_param_arguments, add_quiet_argument, check_cache_dir, check_paths, parse_params, refuse_idle_settings
 
 __all__ = ["add_subcommands"]
 
@@ -51,6 +51,7 @@ def _cmd_demo(args) -> int:
     methods = [m for given in names for m in (demo.ALL_DEMO_METHODS if given == "all" else (given,))] if args.methods else demo.DEMO_METHODS
     check_methods(list(methods), "--methods")  # the library names its argument, methods
     overrides = parse_params(args.param)
+    refuse_idle_settings(overrides)
     notes = override_notes(list(methods), overrides, "--methods")  # refused when no method applies one, as compare does
     _check_encoders(vfms)
     # The fixed file names in --out and the feature cache, named by their flag or $GPUA_CACHE_DIR.

@@ -76,8 +76,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 served=("out",))
     shard_flags = [f for f, v in (("--rows-per-shard", args.rows_per_shard), ("--shard-storage", args.shard_storage)) if v is not None]
     if kind == "file" and shard_flags:  # they would be ignored without a word: one file is written
-        raise GPUAError(f"{' and '.join(shard_flags)} {'apply' if len(shard_flags) > 1 else 'applies'} to a shard set, but --out {args.out!r} is one feature file; write a "
-                        "shard set (--out DIR, or --format shards) or leave them out.")
+        several = len(shard_flags) > 1
+        raise GPUAError(f"{' and '.join(shard_flags)} {'apply' if several else 'applies'} to a shard set, but --out {args.out!r} is "
+                        f"one feature file; write a shard set (--out DIR, or --format shards) or leave {'them' if several else 'it'} out.")
     shard_options = {k: v for k, v in (("rows_per_shard", args.rows_per_shard), ("shard_storage", args.shard_storage)) if v is not None}
     # Before any encoder loads (and even when the output is up to date: a typo is said, not skipped).
     check_device_flag(args.device)
