@@ -87,3 +87,27 @@ def test_compare_refuses_an_empty_json_name(planted, tmp_path, capsys):
     """Was: `--json ""` ran every method, then failed on "path '.' is an existing folder", not naming --json."""
     assert main(["compare", "--train", str(tmp_path / "a.npz"), "--test", str(tmp_path / "b.npz"), "--json", ""]) == 2
     assert "--json '': an empty name; give a file or folder name." in capsys.readouterr().err
+
+
+def test_compare_writes_the_whole_result_when_the_last_progress_line_fails(planted, tmp_path, monkeypatch):
+    """Was (reviewer): an error after the last row (its progress print) raised IndexError from the
+    handler, hiding the error, and wrote no JSON."""
+    import builtins
+    import json
+
+    train, test = planted
+    paths = [save_features(tmp_path / f"{n}.npz", vfm_features=p.vfm_features, vlm_features=p.vlm_features,
+                           text_prototypes=p.text_prototypes, labels=p.labels) for n, p in (("train", train), ("test", test))]
+    real_print = builtins.print
+
+    def failing_print(*args, **kwargs):
+        if args and str(args[0]).lstrip().startswith("procrustes_only"):
+            raise BrokenPipeError
+        return real_print(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "print", failing_print)
+    out = tmp_path / "c.json"
+    main(["compare", "--train", str(paths[0]), "--test", str(paths[1]), "--methods", "zero_shot,procrustes_only", "--json", str(out)])
+    monkeypatch.setattr(builtins, "print", real_print)
+    saved = json.loads(out.read_text())
+    assert [r["method"] for r in saved["results"]] == ["zero_shot", "procrustes_only"] and saved["complete"] is True

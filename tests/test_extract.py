@@ -621,28 +621,26 @@ def test_classes_the_vlm_reads_as_one_text_are_refused_by_name(tmp_path):
     rng = np.random.default_rng(0)
     names = ["🐱", "🐶", "ship"]
     ds = ArrayImageDataset(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.array([0, 1, 2] * 2), names, name="emoji")
-    vlm = AsciiToy("toy:vlm", vlm=True, scale=2.0)
+    vlm, vfm = AsciiToy("toy:vlm", vlm=True, scale=2.0), Toy()
     with pytest.raises(GPUAError, match=r"encodes the prompts of the classes '🐱', '🐶' identically.*'🐱: cat'"):
-        _run(ds, tmp_path / "f.npz", vlm=vlm)
+        _run(ds, tmp_path / "f.npz", vfm=vfm, vlm=vlm)
+    assert vfm.calls == 0  # refused before any image is encoded: the fix changes the key, and the parts would be lost
     fs = load_features(_run(ds, tmp_path / "f.npz", vlm=vlm, classnames={"🐱": ["cat"], "🐶": ["dog"], "ship": ["ship"]}))
     assert fs.classnames == names and fs.text_prototypes.shape == (3, 12)  # the fix the message gives
 
 
-def test_parts_of_a_skipping_run_resumed_with_on_error_fail_fail(tmp_path, monkeypatch):
+def test_parts_of_a_skipping_run_resumed_with_on_error_fail_fail(tmp_path):
     """Was: a run with on_error='skip' interrupted after its parts, resumed with on_error='fail', skipped
     the unreadable image anyway (a warning, exit 0), where a fresh 'fail' run stops on it."""
-    import gpua.extract as extract_mod
-
     root = _folder_with_a_bad_image(tmp_path / "imgs")
 
-    def interrupted(self):
-        raise KeyboardInterrupt
+    def interrupted_after_the_last_part(i, done):
+        if done == 7:  # every image: the parts are written, the output is not
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_mod._Parts, "load_text", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _run(str(root), tmp_path / "f.npz", on_error="skip", shard_size=2)
-    monkeypatch.undo()
-    assert (tmp_path / "f.npz.parts").is_dir()
+        _run(str(root), tmp_path / "f.npz", on_error="skip", shard_size=2, on_shard=interrupted_after_the_last_part)
+    assert (tmp_path / "f.npz.parts").is_dir() and not (tmp_path / "f.npz").exists()
     with pytest.raises(GPUAError, match=r"image '(cat/9\.jpg|dog/2\.png)' \(index \d\) could not be read or encoded: .*on_error='skip'"):
         _run(str(root), tmp_path / "f.npz", on_error="fail", shard_size=2)
     assert not (tmp_path / "f.npz").exists()
@@ -690,3 +688,17 @@ def test_an_up_to_date_run_removes_what_a_kill_after_publishing_left(tmp_path, m
     assert (tmp_path / ".set.old").is_dir()
     _run(ds, tmp_path / "set", templates=["a sketch of a {}."])  # up to date
     assert not (tmp_path / ".set.old").exists() and (tmp_path / "set" / "index.json").is_file()
+
+
+def test_an_encoder_that_refuses_every_image_is_not_blamed_on_one(tmp_path):
+    """Was: any encoder error was taken for the image's: a broken encoder's error said "image
+    'cat/0.png' could not be encoded ... Fix or remove the file", or, skipping, encoded every image
+    alone before "none of the images could be read"."""
+
+    class Broken(Toy):
+        def _embed(self, pixels):
+            raise GPUAError("the encoder returned shape (1, 384), not its declared width 12")
+
+    vfm = Broken()
+    with pytest.raises(GPUAError, match=r"^the encoder returned shape \(1, 384\)"):
+        _run(_dataset(), tmp_path / "f.npz", vfm=vfm, batch_size=4)

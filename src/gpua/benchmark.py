@@ -497,19 +497,17 @@ def run_benchmark(
                 for d in datasets]
     contents = {prep.name: prep.contents for prep in prepared}
     prompts = {prep.name: prep.prompts for prep in prepared}
-    encoders: dict[str, Any] = {}  # each spec loaded once: its metadata is part of the rows' key, its model extracts
-
-    def encoder(spec: str):
-        if spec not in encoders:
-            encoders[spec] = create_encoder(spec, device=device, cache_dir=cache_dir)
-        return encoders[spec]
-
+    pair: tuple[Any, Any] | None = None
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
+                # One pair of models loaded at a time (the last released first): their metadata is part
+                # of the rows' key (a checkpoint replaced at the same path runs again), and they extract.
+                pair = None
+                pair = (create_encoder(vfm, device=device, cache_dir=cache_dir), create_encoder(vlm, device=device, cache_dir=cache_dir))
                 base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
                         "data": prep.data, "contents": contents[prep.name], "prompts": prompts[prep.name],
-                        "encoders": _encoders_setting(encoder(vfm), encoder(vlm)), **settings}
+                        "encoders": _encoders_setting(*pair), **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
@@ -518,7 +516,7 @@ def run_benchmark(
                 files = {}
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
-                        encoder(vfm), encoder(vlm), ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
+                        pair[0], pair[1], ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, workers=workers,
                     )
                 extract_s = time.perf_counter() - t0
@@ -542,6 +540,7 @@ def run_benchmark(
                     say(f"  {method:<16} acc1 {100 * row['metrics']['acc1']:6.2f}%  fit {row['seconds']['fit']:.1f} s"
                         + ("" if added else f"  (another run wrote this row into {jsonl} meanwhile: its row is kept)"))
                     extract_s = 0.0  # counted once per (dataset, encoders)
+    del pair  # the last models, before the tables
     # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
     rows = _current_rows(jsonl)  # with the rows another run into this folder may have written meanwhile
     ours, data = _settings(settings), {p.name: p.data for p in prepared}

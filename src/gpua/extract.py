@@ -571,13 +571,15 @@ def _image_error(image_id: str, i: int, what: str, reason: str) -> GPUAError:
                      "images out.")
 
 
-def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool, bool]):
+def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool, bool], encoded_before: bool = True):
     """Encode a batch's readable images ``good`` (``(index, (vfm_input, vlm_input))`` pairs) with both encoders.
 
     Yields ``(rows, Z, X, None)`` for encoded rows, or ``([index], None, None, error)`` for an
     image an encoder refuses (a :class:`GPUAError`, e.g. smaller than one of its patches): when
     the whole batch is refused, each image is encoded alone, so that the error names the image
-    and the rest of the batch is kept.
+    and the rest of the batch is kept. When every image of a batch fails alone too and no image
+    was ``encoded_before`` (in this part), the encoder itself is at fault, not the images: its
+    error is raised as it is, rather than pinned on each image in turn.
     """
     if not good:
         return
@@ -588,9 +590,11 @@ def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool
     except GPUAError as exc:
         if len(good) == 1:
             yield rows, None, None, exc
-        else:
-            for one in good:
-                yield from _encode_batch(vfm, vlm, [one], batch_size, is_prepared)
+            return
+        alone = [r for one in good for r in _encode_batch(vfm, vlm, [one], batch_size, is_prepared)]
+        if not encoded_before and all(r[3] is not None for r in alone):
+            raise
+        yield from alone
         return
     if z.shape[0] != len(rows) or x.shape[0] != len(rows):
         raise GPUAError(f"the encoders returned {z.shape[0]} and {x.shape[0]} rows for {len(rows)} images; "
@@ -624,7 +628,7 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                 bad_idx.append(i)
                 # Bounded (it is stored with the features), but long enough for a deep path and the fix after it.
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
-            for rows, z, x, exc in _encode_batch(vfm, vlm, good, batch_size, loader.prepared):
+            for rows, z, x, exc in _encode_batch(vfm, vlm, good, batch_size, loader.prepared, encoded_before=bool(kept)):
                 if exc is None:  # both encoders saw the very same decoded images, so their rows share the ids in `rows`
                     Z.append(z)
                     X.append(x)
@@ -977,6 +981,15 @@ def extract_features(
             raise unwritable
 
         parts = _Parts.open(out, key, int(shard_size), resume)
+        # The text side first (seconds): classes the VLM cannot tell apart are refused before any
+        # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
+        Y = parts.load_text()
+        if Y is None or Y.shape != (len(names), vlm.embed_dim):
+            from .data.prompts import build_text_prototypes
+
+            Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
+            _refuse_coinciding_classes(Y, names, vlm)
+            parts.save_text(Y)
         ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
         # Only the parts' small arrays are read to see what is done; features stay on disk until assembly.
         todo = [i for i in range(len(ranges)) if parts.summary(i, ids) is None]
@@ -1023,14 +1036,6 @@ def extract_features(
         if skipped:
             shown = ", ".join(ids[j] for j, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
             warn_user(f"skipped {len(skipped)} unreadable image(s) of {n}: {shown} (all listed in meta['skipped']).")
-
-        Y = parts.load_text()
-        if Y is None or Y.shape != (len(names), vlm.embed_dim):
-            from .data.prompts import build_text_prototypes
-
-            Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
-            _refuse_coinciding_classes(Y, names, vlm)
-            parts.save_text(Y)
 
         y = np.asarray([labels[j] for j in index], dtype=np.int64)
         if (y < 0).any():

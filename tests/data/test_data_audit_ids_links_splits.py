@@ -219,3 +219,18 @@ def test_an_f_string_template_line_is_read_like_a_quoted_line(tmp_path):
     (tmp_path / "bad.txt").write_text("f'a photo of a {name}.',\n")  # another variable: refused, as before
     with pytest.raises(GPUAError, match=r"has the placeholder \{name\}"):
         get_templates(str(tmp_path / "bad.txt"))
+
+
+def test_coops_imagenet_class_file_with_clips_repeated_names_reads_as_the_shipped_names(tmp_path):
+    """Was (reviewer): the id-labelled path refused CoOp's classnames.txt, whose CLIP names call two
+    pairs of classes alike ("crane" twice), though the ImageNet loader already knew them apart."""
+    from gpua.data.classnames import get_classnames, load_class_prompts
+
+    shipped = get_classnames("imagenet")
+    clip = ["crane" if n in ("crane bird", "construction crane") else n for n in shipped]
+    f = tmp_path / "classnames.txt"
+    f.write_text("".join(f"n{k:08d} {n}\n" for k, n in enumerate(clip)))
+    assert load_class_prompts(f)[0] == shipped
+    f.write_text("".join(f"n{k:08d} {n}\n" for k, n in enumerate(clip[:10] + ["tench"])))  # a repeat of another file
+    with pytest.raises(GPUAError, match="duplicate name 'tench'"):
+        load_class_prompts(f)

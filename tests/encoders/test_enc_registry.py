@@ -173,3 +173,16 @@ def test_as_image_list_converts_modes():
     out = as_image_list([rgba, np.zeros((4, 4), np.uint8), Image.new("P", (4, 4))])
     assert [im.mode for im in out] == ["RGB"] * 3
     assert np.asarray(out[0]).min() == 255
+
+
+def test_an_encoder_object_without_the_interface_is_named():
+    """Was (reviewer): passed through, then AttributeError 'metadata' deep inside extraction."""
+    from gpua import GPUAError
+    from gpua.encoders import create_encoder
+
+    class Duck:
+        def encode_images(self, images):
+            return images
+
+    with pytest.raises(GPUAError, match=r"encoder Duck has encode_images but no metadata, embed_dim, is_vlm"):
+        create_encoder(Duck())

@@ -358,7 +358,9 @@ def _compare(args, out: JsonOutput) -> int:
         rows = compare_methods(train, test, methods, overrides=overrides, progress=not args.quiet, on_row=done.append,
                                train_name=f"--train {args.train!r}", test_name=f"--test {args.test!r}")
     except (Exception, KeyboardInterrupt) as exc:  # minutes of fits done: keep their rows, say which method stopped
-        if done:
+        if len(done) == len(methods):  # every method scored (the last one's progress line failed): the whole result
+            out.write({**head, "results": done, "complete": True})
+        elif done:
             stopped = methods[len(done)]
             out.write({**head, "results": done, "complete": False,
                        "stopped": {"method": stopped, "error": str(exc) or type(exc).__name__,

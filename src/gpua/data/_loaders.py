@@ -32,7 +32,7 @@ from .._errors import GPUAError, warn_user
 from ._datasets import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, ArrayImageDataset, FileImageDataset, ImageDataset, decoded_extensions
 from ._registry import DatasetInfo, canonical_name, dataset_info, split_file_info
 from ._textfiles import clean_edges, read_text
-from .classnames import _prompt_key, _resolve_classes, get_classnames
+from .classnames import _dedupe_clip_imagenet, _prompt_key, _resolve_classes, get_classnames
 
 __all__ = ["load_dataset", "DEMO_DATASET", "DEMO_SPLITS"]
 
@@ -457,9 +457,9 @@ def _find_image_root(
         if not root.is_dir():
             raise GPUAError(f"image_root {str(root)!r} is not a folder.")
         if probes and not any((root / r).exists() for r in probes):
-            raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source} (nor the "
-                            f"next {len(probes) - 1}); pass the folder its paths start from, or fix the paths (letter case "
-                            "counts).")
+            nor = f" (nor the next {len(probes) - 1})" if len(probes) > 1 else ""
+            raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source}{nor}; pass "
+                            "the folder its paths start from, or fix the paths (letter case counts).")
         return root
     candidates = ([base / info.image_dir] if info else []) + [base / "images", base]
     candidates = list(dict.fromkeys(candidates))  # unique, in order
@@ -584,18 +584,6 @@ def _place_of(base: Path, root: Path, absent: Sequence[str]) -> Callable[[str], 
             return base
         return next((root / d for d in _subdirs(root) if root / d != base and (root / d / folder).is_dir()), root)
     return place
-
-
-def _dedupe_clip_imagenet(names: list[str]) -> list[str]:
-    """CLIP's ImageNet names (copied into CoOp's classnames.txt) call two pairs of classes alike;
-    the shipped list differs from them exactly there, so use it when that is the only difference."""
-    if len(set(names)) == len(names):
-        return names
-    shipped = get_classnames("imagenet")
-    dup = {n for n in names if names.count(n) > 1}
-    if len(names) == len(shipped) and all(a == b or a in dup for a, b in zip(names, shipped)):
-        return shipped
-    return names  # ImageDataset reports the duplicate
 
 
 def _match_count(names: list[str], folders: list[str], where: Path) -> list[str]:
@@ -763,17 +751,20 @@ def _class_order(name: str) -> tuple[str, str]:
     return unicodedata.normalize("NFC", name), name
 
 
-def _is_loop_link(folder: str | os.PathLike, entry: os.DirEntry) -> bool:
-    """Whether ``entry`` of ``folder`` is a symlink to ``folder`` itself or to a folder above it
-    (``ln -s . self``): a loop, whose "images" are the folder's own, never a class or a split."""
-    return entry.is_symlink() and _within(os.path.realpath(folder), os.path.realpath(entry.path))
+def _is_loop_link(real_folder: str, entry: os.DirEntry) -> bool:
+    """Whether ``entry`` (of a folder whose real path is ``real_folder``) is a symlink to that folder
+    itself or to one above it (``ln -s . self``): a loop, whose "images" are the folder's own, never
+    a class or a split. Links to files (a pool of linked photos) are told apart first, without a
+    path resolution each."""
+    return entry.is_symlink() and entry.is_dir() and _within(real_folder, os.path.realpath(entry.path))
 
 
 def _loop_links(folder: str | os.PathLike, entries) -> list[str]:
     """The names of the loop links (:func:`_is_loop_link`) among ``entries`` (``os.scandir(folder)``)
     that would otherwise be read (hidden and metadata folders never are)."""
+    real = os.path.realpath(folder)
     return sorted(e.name for e in entries if not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
-                  and _is_loop_link(folder, e))
+                  and _is_loop_link(real, e))
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -781,9 +772,10 @@ def _subdirs(folder: Path) -> list[str]:
     metadata (:data:`_ARCHIVE_LEFTOVERS`), gpua output, or a symlink back to ``folder`` or above."""
     if not folder.is_dir():
         return []
+    real = os.path.realpath(folder)
     return sorted((e.name for e in os.scandir(folder)
                    if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
-                   and not _is_loop_link(folder, e) and not _is_gpua_output(e.path)), key=_class_order)
+                   and not _is_loop_link(real, e) and not _is_gpua_output(e.path)), key=_class_order)
 
 
 def _split_class_folders(root: Path, present: Sequence[str], split: str) -> tuple[list[str], list[str]]:
@@ -1133,13 +1125,14 @@ def _wnid_labels(folders: list[str], names: list[str], ids: list[str], base: Pat
     """The label of each WordNet-id class folder: the position of its own line among the user's
     ``names`` (``ids``: each line's id, unique); a folder without a line, or a line without a
     folder, is refused rather than assigned by position."""
-    if not set(ids) & set(folders):
+    present = set(folders)
+    if not set(ids) & present:
         raise GPUAError(
             f"the WordNet ids of classnames (first: {ids[0]!r}) name none of the class folders of {str(base)!r} (first: "
             f"{folders[0]!r}); fix the ids, or remove them to name the folders in sorted-folder order."
         )
     found = _names_by_folder(folders, dict(zip(ids, names)), place, "classnames")
-    extra = next((k for k, wnid in enumerate(ids) if wnid not in set(folders)), None)
+    extra = next((k for k, wnid in enumerate(ids) if wnid not in present), None)
     if extra is not None:
         raise GPUAError(f"classnames names the folder {ids[extra]!r} ({names[extra]!r}), which is not a class folder of "
                         f"{str(base)!r}; create an (empty) folder {ids[extra]!r} there to keep the class, or drop its line.")

@@ -138,8 +138,15 @@ def create_encoder(spec: str | Encoder, device: str = "cpu", *, cache_dir: str |
         For an unknown back end or name (listing the known ones), or weights that cannot be
         found offline (saying where it looked and how to pass a local path).
     """
-    if isinstance(spec, Encoder) or (not isinstance(spec, (str, os.PathLike)) and hasattr(spec, "encode_images")):
-        return spec  # an encoder already built (a registered factory may return any object with encode_images)
+    if isinstance(spec, Encoder):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)) and hasattr(spec, "encode_images"):
+        # an encoder already built: a registered factory may return any object with the encoder's interface
+        lacks = [a for a in ("metadata", "embed_dim", "is_vlm") if not hasattr(spec, a)]
+        if lacks:
+            raise GPUAError(f"encoder {type(spec).__name__} has encode_images but no {', '.join(lacks)}; an encoder object "
+                            "needs encode_images, metadata(), embed_dim and is_vlm (subclass gpua.encoders.Encoder).")
+        return spec
     backend, body, spec_options = parse_spec(spec)
     spec_options.update(options)
     full = f"{backend}:{body}"
@@ -218,8 +225,10 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     same time (``touch -r``, ``rsync -a`` / ``cp -p`` of another fine-tune's weights, builds with
     ``SOURCE_DATE_EPOCH``): ``changed`` hashes each file's status-change time (which no tool can
     set back: every write, rename onto the file or ``utime`` renews it) and inode (a file
-    replaced by a rename gets a new one), as the image-cache keys of :mod:`gpua.extract` do. It
-    also changes on ``chmod`` or a hard link, a needless re-extraction, never a stale hit.
+    replaced by a rename gets a new one); the image-cache keys of :mod:`gpua.extract` hold the
+    status-change time for the same reason. It also changes on ``chmod`` or a hard link, and on
+    a file system whose inodes are not stable (some network and FUSE mounts) on every mount: a
+    needless re-extraction, never a stale hit.
 
     For a folder, ``bytes`` and ``mtime_ns`` are the total size and the newest modification time,
     and ``files`` hashes every file's relative name, size and modification time: one file

@@ -289,8 +289,21 @@ def _read_class_file(path: str | os.PathLike) -> tuple[list[str], list[list[str]
         if where0 != where:
             raise GPUAError(f"{source}: {where0} and {where} both name the folder {wnid!r}, which would be two classes of "
                             "one folder; give each WordNet id one line.")
-    located = [(w, m.group(2).strip()) for (w, _), m in zip(located, matches)]  # type: ignore[union-attr]
-    return (*_parse_located(located, source), ids)
+    # CoOp's own ImageNet file (CLIP's names) calls two pairs of classes alike: the shipped names there
+    names = _dedupe_clip_imagenet([m.group(2).strip() for m in matches])  # type: ignore[union-attr]
+    return (*_parse_located([(w, n) for (w, _), n in zip(located, names)], source), ids)
+
+
+def _dedupe_clip_imagenet(names: list[str]) -> list[str]:
+    """CLIP's ImageNet names (copied into CoOp's classnames.txt) call two pairs of classes alike;
+    the shipped list differs from them exactly there, so use it when that is the only difference."""
+    if len(set(names)) == len(names):
+        return names
+    shipped = get_classnames("imagenet")
+    dup = {n for n in names if names.count(n) > 1}
+    if len(names) == len(shipped) and all(a == b or a in dup for a, b in zip(names, shipped)):
+        return shipped
+    return names  # the caller reports the duplicate
 
 
 #: Column headers a class-name file saved from a spreadsheet starts with (compared lower-case, "_" as " ").
