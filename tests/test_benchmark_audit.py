@@ -287,3 +287,32 @@ def test_weights_replaced_at_the_same_path_are_a_new_row(photos, capsys):
     assert main(argv) == 0 and "already in" not in capsys.readouterr().out
     rows = _rows(d)
     assert len(rows) == 2 and rows[0]["encoders"] != rows[1]["encoders"]
+
+
+def test_rows_of_replaced_weights_are_left_out_of_the_tables(photos, capsys):
+    """Was (upgrade audit): a dataset not re-run kept its row of the old weights in the table, and the
+    mean averaged two models; the note blamed "data, contents, class names or GPUA defaults"."""
+    import os
+    import shutil
+
+    from gpua.encoders import register_encoder
+
+    register_encoder("weighted:", lambda body, device="cpu", cache_dir=None, spec=None: _WeightedPlanted(body), overwrite=True)
+    d = photos
+    shutil.copytree(d / "photos", d / "photos2")
+    w = d / "w.bin"
+    w.write_bytes(b"A" * 64)
+    both = _argv(d, f"{d / 'photos'},{d / 'photos2'}")
+    both[both.index("planted:vfm")] = f"weighted:{w}"
+    assert main(both) == 0
+    st = w.stat()
+    w.write_bytes(b"B" * 64)
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    one = _argv(d, d / "photos")
+    one[one.index("planted:vfm")] = f"weighted:{w}"
+    capsys.readouterr()
+    assert main(one) == 0
+    assert "or the encoders' weights" in capsys.readouterr().out
+    table = (d / "bench" / "results.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table] == ["dataset", str(d / "photos"), "mean"]  # photos2's old-weights row left out
+    assert len(_rows(d)) == 3  # kept in the jsonl

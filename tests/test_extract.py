@@ -702,3 +702,43 @@ def test_an_encoder_that_refuses_every_image_is_not_blamed_on_one(tmp_path):
     vfm = Broken()
     with pytest.raises(GPUAError, match=r"^the encoder returned shape \(1, 384\)"):
         _run(_dataset(), tmp_path / "f.npz", vfm=vfm, batch_size=4)
+
+
+class _Fingerprinted(Toy):
+    """A VFM whose metadata holds a weights fingerprint, with or without the ``changed`` field an
+    earlier release did not record."""
+
+    def __init__(self, changed=None):
+        super().__init__()
+        self.changed = changed
+
+    def metadata(self):
+        weights = {"path": "/models/w.pt", "bytes": 10, "mtime_ns": 1}
+        return {**super().metadata(), "weights": weights if self.changed is None else {**weights, "changed": self.changed}}
+
+
+def test_outputs_and_parts_of_the_release_before_changed_are_not_re_encoded(tmp_path):
+    """Was (upgrade audit): the fingerprints' new ``changed`` field changed every real encoder's
+    cache key, so each cached output was encoded again, and an interrupted run's parts were
+    deleted without a word, though the features are bit-identical."""
+    ds = _dataset()
+    old = _Fingerprinted()  # as the release before wrote them
+    _run(ds, tmp_path / "f.npz", vfm=old)
+    new = _Fingerprinted(changed="c1")
+    _run(ds, tmp_path / "f.npz", vfm=new)
+    assert new.calls == 0  # up to date
+
+    def stop_after_first(i, done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, tmp_path / "g.npz", vfm=_Fingerprinted(), shard_size=4, on_shard=stop_after_first)
+    resumed = _Fingerprinted(changed="c1")
+    _run(ds, tmp_path / "g.npz", vfm=resumed, shard_size=4)
+    assert resumed.calls == 6  # the first part (4 images) kept
+    np.testing.assert_array_equal(load_features(tmp_path / "g.npz").vfm_features, load_features(tmp_path / "f.npz").vfm_features)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, tmp_path / "h.npz", vfm=Toy(), shard_size=4, on_shard=stop_after_first)
+    with pytest.warns(UserWarning, match=r"discarding the 1 finished part\(s\) in .*h\.npz\.parts.: they are an earlier run's"):
+        _run(ds, tmp_path / "h.npz", vfm=Toy(), shard_size=4, templates=["a sketch of a {}."])

@@ -211,6 +211,10 @@ def _settings(row: dict[str, Any]) -> tuple:
     return _key(row)[-3:]
 
 
+#: What a row that does not record a field reads as: never equal to a value (None included).
+_UNRECORDED = object()
+
+
 def _encoders_setting(vfm, vlm) -> str:
     """A short hash of the two encoders' metadata: what their specs name (weights files' fingerprints,
     hub snapshots, preprocessing), so that a checkpoint replaced at the same path is a new row, not
@@ -498,6 +502,7 @@ def run_benchmark(
     contents = {prep.name: prep.contents for prep in prepared}
     prompts = {prep.name: prep.prompts for prep in prepared}
     pair: tuple[Any, Any] | None = None
+    pair_encoders: dict[tuple[str, str], str] = {}  # (vfm, vlm) -> their metadata's hash (the rows' "encoders")
     for prep in prepared:
         for vfm in vfms:
             for vlm in vlms:
@@ -505,9 +510,10 @@ def run_benchmark(
                 # of the rows' key (a checkpoint replaced at the same path runs again), and they extract.
                 pair = None
                 pair = (create_encoder(vfm, device=device, cache_dir=cache_dir), create_encoder(vlm, device=device, cache_dir=cache_dir))
+                pair_encoders[(vfm, vlm)] = _encoders_setting(*pair)
                 base = {"dataset": prep.name, "vfm": vfm, "vlm": vlm, "pool": pool, "seed": seed, "test_subset": test_subset,
                         "data": prep.data, "contents": contents[prep.name], "prompts": prompts[prep.name],
-                        "encoders": _encoders_setting(*pair), **settings}
+                        "encoders": pair_encoders[(vfm, vlm)], **settings}
                 todo = [m for m in methods if _key({**base, "method": m}) not in done]
                 if not todo:
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
@@ -544,12 +550,15 @@ def run_benchmark(
     # The tables are this run's settings (and data): rows of others stay in the jsonl, out of the tables.
     rows = _current_rows(jsonl)  # with the rows another run into this folder may have written meanwhile
     ours, data = _settings(settings), {p.name: p.data for p in prepared}
-    shown = [r for r in rows if _settings(r) == ours and (r.get("dataset") not in data or (
-        r.get("data") == data[r.get("dataset")] and r.get("contents") == contents[r.get("dataset")]
-        and r.get("prompts") == prompts[r.get("dataset")]))]
+    # A pair of this run is shown with its encoders of now only: rows of weights since replaced at
+    # the same path (or from before the rows recorded them) would mix two models in one mean.
+    shown = [r for r in rows if _settings(r) == ours and r.get("encoders", _UNRECORDED) == pair_encoders.get(
+        (r.get("vfm"), r.get("vlm")), r.get("encoders", _UNRECORDED)) and (r.get("dataset") not in data or (
+            r.get("data") == data[r.get("dataset")] and r.get("contents") == contents[r.get("dataset")]
+            and r.get("prompts") == prompts[r.get("dataset")]))]
     if len(shown) < len(rows):
-        say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates, class names or "
-            "data, or written before gpua recorded them); kept there, left out of the tables")
+        say(f"{jsonl} also holds {len(rows) - len(shown)} row(s) of other settings (GPUA parameters, templates, class names, "
+            "data or the encoders' weights, or written before gpua recorded them); kept there, left out of the tables")
     md, table_csv = build_tables(shown)
     atomic_write_text(out / "results.md", md)
     atomic_write_text(out / "results.csv", table_csv)
@@ -659,7 +668,7 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[
     md.append("| **mean** | " + " | ".join(mean_cells) + " |")
     if several:
         cells = "; ".join(f"{d} / {header[runs.index(run)]}: {n} rows" for (d, run), n in several.items())
-        md += ["", f"\\* several rows in one cell ({cells}): rows of other data, contents, class names or GPUA defaults; "
+        md += ["", f"\\* several rows in one cell ({cells}): rows of other data, contents, class names, encoders' weights or GPUA defaults; "
                    "the latest is shown (all are in results.jsonl)."]
     buf = io.StringIO()
     w = csv.writer(buf)

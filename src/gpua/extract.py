@@ -33,7 +33,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -131,15 +131,15 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _remove_leftovers(out: Path, key: str) -> None:
+def _remove_leftovers(out: Path, keys: set[str]) -> None:
     """Delete what a run killed after publishing ``out`` left beside it (called under ``out``'s
     lock, with ``out`` up to date): its parts (``<out>.parts``, a second full copy of the
-    features; only when their manifest holds ``out``'s own cache key, so another extraction's
+    features; only when their manifest holds ``out``'s own cache key (``keys``), so another extraction's
     resumable work stays) and the set it replaced (``.<out>.old``, hidden, a whole old shard set)."""
     from .features._shards import _hidden, _is_shard_set, _only_shard_files, _remove_set
 
     parts = _Parts(str(out) + ".parts")
-    if parts.dir.is_dir() and parts.is_ours() and (parts.manifest() or {}).get("cache_key") == key:
+    if parts.dir.is_dir() and parts.is_ours() and (parts.manifest() or {}).get("cache_key") in keys:
         parts.remove()
     old = _hidden(out, "old")
     if _is_shard_set(out) and _is_shard_set(old) and _only_shard_files(old):
@@ -350,6 +350,7 @@ class _Parts:
 
     def __init__(self, folder: str | os.PathLike):
         self.dir = Path(folder)
+        self.key: str | None = None  # the manifest's cache key, once opened
 
     #: The mark of a parts folder: its manifest says who wrote it.
     MARK = "gpua extract parts"
@@ -395,19 +396,27 @@ class _Parts:
         )
 
     @classmethod
-    def open(cls, out: Path, key: str, shard_size: int, resume: bool) -> "_Parts":
-        """The parts folder of ``out``, emptied unless it holds this run's (``key``) resumable work."""
+    def open(cls, out: Path, key: str, shard_size: int, resume: bool, also: Collection[str] = ()) -> "_Parts":
+        """The parts folder of ``out``, emptied unless it holds this run's resumable work (its
+        manifest has ``key``, or one of ``also``: the key an earlier release gave the same inputs);
+        ``parts.key`` is the manifest's key."""
         parts = cls.of(out)
         parts.check()
         manifest = parts.dir / "manifest.json"
+        have = parts.manifest() or {}
+        key = have["cache_key"] if have.get("cache_key") in also else key
         want = {"cache_key": key, "shard_size": shard_size, "format": FORMAT_VERSION, "written_by": cls.MARK}
-        have = parts.manifest()
-        if parts.dir.exists() and (not resume or have is None or {k: have.get(k) for k in want if k != "written_by"}
+        if parts.dir.exists() and (not resume or not have or {k: have.get(k) for k in want if k != "written_by"}
                                    != {k: v for k, v in want.items() if k != "written_by"}):
+            done = len(list(parts.dir.glob("shard-*.npz")))
+            if resume and done:  # was: hours of encoding dropped without a word
+                warn_user(f"discarding the {done} finished part(s) in {str(parts.dir)!r}: they are an earlier run's, with "
+                          "other inputs (images, encoders or their weights, class names, templates, or --shard-size).")
             parts.remove()  # another run's (or a stale) work: never mix it in
         parts.dir.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
             atomic_write_text(manifest, json.dumps(want))
+        parts.key = key
         return parts
 
     def manifest(self) -> dict | None:
@@ -955,32 +964,39 @@ def extract_features(
 
     identity = _dataset_identity(ds, ids, labels)
     # The same key for a file and a shard set: it identifies the features, not their container.
-    key = _sha({
-        "format": FORMAT_VERSION,
-        "decode": DECODE_VERSION,
-        "vfm": vfm.metadata(),
-        "vlm": vlm.metadata(),
-        "dataset": identity,
-        "classnames": names,
-        "templates": temps,
-        "float16": bool(float16),
-        **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
-    })
+    def key_of(encoder_meta: Callable[[Any], Any]) -> str:
+        return _sha({
+            "format": FORMAT_VERSION,
+            "decode": DECODE_VERSION,
+            "vfm": encoder_meta(vfm.metadata()),
+            "vlm": encoder_meta(vlm.metadata()),
+            "dataset": identity,
+            "classnames": names,
+            "templates": temps,
+            "float16": bool(float16),
+            **({"class_prompts": words} if words else {}),  # absent when every class is its own prompt: keys stay as they were
+        })
+
+    key = key_of(lambda meta: meta)
+    # The key the release before the fingerprints' ``changed`` field (status-change time, inode)
+    # gave the same inputs: its outputs and parts are taken as that release took them, not
+    # re-encoded (hours with a large VFM). Equal to ``key`` for encoders without local files.
+    keys = {key, key_of(_portable)}
     # One writer per output at a time: from the cache check to the parts' removal, a second run
     # into the same out (the same command twice, or classify with two class files side by side)
     # waits here, then finds the first one's output (a cache hit) or replaces it whole.
     with _OutputLock(out, wait=unwritable is None):
         if stored is None:  # read above only when the output cannot be written
             stored = _stored_meta(out) if resume and out.exists() else None
-        if stored is not None and stored.get("cache_key") == key:
+        if stored is not None and stored.get("cache_key") in keys:
             _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
             if unwritable is None:
-                _remove_leftovers(out, key)
+                _remove_leftovers(out, keys)
             return out
         if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
             raise unwritable
 
-        parts = _Parts.open(out, key, int(shard_size), resume)
+        parts = _Parts.open(out, key, int(shard_size), resume, also=keys)
         # The text side first (seconds): classes the VLM cannot tell apart are refused before any
         # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
         Y = parts.load_text()
@@ -1015,7 +1031,7 @@ def extract_features(
                     part_done(i)
             elif todo:
                 _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
-                                   cache_dir, batch_size, on_error, parts, key, part_done, workers)
+                                   cache_dir, batch_size, on_error, parts, parts.key, part_done, workers)
         finally:
             if bar is not None:
                 bar.close()
