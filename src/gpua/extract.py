@@ -708,8 +708,10 @@ def _portable(meta: Any) -> Any:
     """Encoder metadata without the local files' identity (``changed``: status-change time and inode,
     :func:`gpua.encoders.file_fingerprint`), which differs between two copies of one file: what a
     worker's encoder is compared by (a worker may hold its own copy of the weights)."""
+    from .encoders._registry import FILE_IDENTITY
+
     if isinstance(meta, dict):
-        return {k: _portable(v) for k, v in meta.items() if k != "changed"}
+        return {k: _portable(v) for k, v in meta.items() if k != FILE_IDENTITY}
     if isinstance(meta, (list, tuple)):
         return [_portable(v) for v in meta]
     return meta
@@ -963,13 +965,16 @@ def extract_features(
         raise GPUAError(f"vlm={vlm.spec!r} is vision-only; the VLM must encode text, e.g. 'open_clip:ViT-B-16/openai'.")
 
     identity = _dataset_identity(ds, ids, labels)
+    # Read once: a local model's metadata stats every file of its folder.
+    vfm_meta, vlm_meta = vfm.metadata(), vlm.metadata()
+
     # The same key for a file and a shard set: it identifies the features, not their container.
     def key_of(encoder_meta: Callable[[Any], Any]) -> str:
         return _sha({
             "format": FORMAT_VERSION,
             "decode": DECODE_VERSION,
-            "vfm": encoder_meta(vfm.metadata()),
-            "vlm": encoder_meta(vlm.metadata()),
+            "vfm": encoder_meta(vfm_meta),
+            "vlm": encoder_meta(vlm_meta),
             "dataset": identity,
             "classnames": names,
             "templates": temps,
@@ -1030,7 +1035,7 @@ def extract_features(
                     parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar, workers))
                     part_done(i)
             elif todo:
-                _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm.metadata(), vlm.metadata()), device,
+                _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm_meta, vlm_meta), device,
                                    cache_dir, batch_size, on_error, parts, parts.key, part_done, workers)
         finally:
             if bar is not None:
@@ -1062,8 +1067,8 @@ def extract_features(
             "gpua_version": __version__,
             "format": FORMAT_VERSION,
             "cache_key": key,
-            "vfm": vfm.metadata(),
-            "vlm": vlm.metadata(),
+            "vfm": vfm_meta,
+            "vlm": vlm_meta,
             # Where the images came from is provenance, not identity (a moved file keeps its cache key).
             "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
             "templates": temps,

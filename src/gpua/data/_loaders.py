@@ -722,6 +722,12 @@ _ARCHIVE_LEFTOVERS = ("__MACOSX", "@eaDir", "#recycle", "#snapshot", "@Recycle",
                       "System Volume Information")
 
 
+def _never_read(name: str) -> bool:
+    """Whether a folder called ``name`` is never read, as a class or below one: hidden ones and
+    :data:`_ARCHIVE_LEFTOVERS`."""
+    return name.startswith(".") or name in _ARCHIVE_LEFTOVERS
+
+
 #: What marks a folder gpua wrote (file, key, value): a shard set's index, an extraction's parts
 #: manifest. Such a folder beside the class folders (``--out photos/feats``, or the
 #: ``photos/feats.npz.parts`` an interrupted run leaves) holds features, not a class.
@@ -763,8 +769,7 @@ def _loop_links(folder: str | os.PathLike, entries) -> list[str]:
     """The names of the loop links (:func:`_is_loop_link`) among ``entries`` (``os.scandir(folder)``)
     that would otherwise be read (hidden and metadata folders never are)."""
     real = os.path.realpath(folder)
-    return sorted(e.name for e in entries if not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
-                  and _is_loop_link(real, e))
+    return sorted(e.name for e in entries if not _never_read(e.name) and _is_loop_link(real, e))
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -774,7 +779,7 @@ def _subdirs(folder: Path) -> list[str]:
         return []
     real = os.path.realpath(folder)
     return sorted((e.name for e in os.scandir(folder)
-                   if e.is_dir() and not e.name.startswith(".") and e.name not in _ARCHIVE_LEFTOVERS
+                   if e.is_dir() and not _never_read(e.name)
                    and not _is_loop_link(real, e) and not _is_gpua_output(e.path)), key=_class_order)
 
 
@@ -902,7 +907,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
             rel = Path(dirpath).relative_to(top)
             keep = []
-            for d in sorted(d for d in dirnames if not d.startswith(".") and d not in _ARCHIVE_LEFTOVERS):
+            for d in sorted(d for d in dirnames if not _never_read(d)):
                 sub = os.path.join(dirpath, d)
                 if os.path.islink(sub):
                     target, here = os.path.realpath(sub), os.path.realpath(dirpath)
@@ -1106,7 +1111,7 @@ def _folder_classnames(
         _unnamed_folder_error(missing, folders, index, place)
     extra = [c for c in user_names if _nfc(c) not in by_form]
     if extra:
-        if (extra[0].startswith(".") or extra[0] in _ARCHIVE_LEFTOVERS) and (base / extra[0]).is_dir():
+        if _never_read(extra[0]) and (base / extra[0]).is_dir():
             raise GPUAError(
                 f"classnames names {extra[0]!r}, a folder of {str(base)!r} that is never read as a class: hidden folders "
                 "(starting with '.') and NAS or Windows metadata folders ('@eaDir', '#recycle'...) hold no class's photos. "

@@ -214,6 +214,12 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(user_cache_dir("gpua"))
 
 
+#: The field of :func:`file_fingerprint` that names the files themselves (status-change time and
+#: inode), not their contents: two copies of one file differ in it, and the releases before it
+#: recorded none (:func:`gpua.extract.extract_features` compares keys with and without it).
+FILE_IDENTITY = "changed"
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """Identity of a local weights file or folder: resolved path, size, modification time and
     status-change time and inode.
@@ -258,7 +264,7 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0)),
         # A separate key (not folded into "files"): callers that compare fingerprints across
         # machines holding copies of one file (gpua.extract's worker check) can leave it out.
-        "changed": hashlib.sha256(json.dumps([[int(s.st_ctime_ns), int(s.st_ino)] for s in stats]).encode()).hexdigest()[:16],
+        FILE_IDENTITY: hashlib.sha256(json.dumps([[int(s.st_ctime_ns), int(s.st_ino)] for s in stats]).encode()).hexdigest()[:16],
     }
     if not p.is_file():
         listing = [[q.relative_to(p).as_posix(), int(s.st_size), int(s.st_mtime_ns)] for q, s in zip(files, stats)]
