@@ -283,7 +283,8 @@ class _OutputLock:
     by its holder as it finishes (a waiter then locks the new one); a run that dies releases the
     lock with its process and leaves the empty file, which the next run reuses and removes.
     ``wait=False`` (an output on storage this process cannot write, which can only be read as
-    a cache hit) takes no lock; nor does a platform without ``flock`` or a folder where the
+    a cache hit) takes no lock; ``block=False`` takes it only if no other run holds it (then
+    :attr:`busy` is set and :attr:`fd` stays None); nor does a platform without ``flock`` or a folder where the
     lock file cannot be made (best effort: written unlocked, as before locks existed).
 
     Not the ``filelock`` package's lock (the benchmark's results use it): its lock file stays,
@@ -291,8 +292,10 @@ class _OutputLock:
     check of :meth:`__enter__` (the file locked is the one still there) that ``filelock`` does not make.
     """
 
-    def __init__(self, out: Path, *, wait: bool = True):
-        self.out, self.wait, self.file, self.fd = out, wait, _lock_path(out), None
+    def __init__(self, out: Path, *, wait: bool = True, block: bool = True):
+        self.out, self.wait, self.block, self.file, self.fd = out, wait, block, _lock_path(out), None
+        #: Whether another run held the lock (``block=False``: this one returned without it).
+        self.busy = False
 
     def __enter__(self) -> "_OutputLock":
         try:
@@ -310,6 +313,10 @@ class _OutputLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    if not self.block:  # `gpua cache clean`: a run is writing this output; leave it
+                        os.close(fd)
+                        self.busy = True
+                        return self
                     if not said:
                         warn_user(f"another gpua run is writing {str(self.out)!r} (it holds {str(self.file)!r}); waiting for it "
                                   "to finish, then this run uses its features if they are the ones wanted, or replaces them.")

@@ -26,6 +26,7 @@ _SUBCOMMAND_MODULES = (
     "gpua.cli.calibrate",  # calibrate longtail | federated
     "gpua.cli.classify",  # classify
     "gpua.cli.benchmark",  # benchmark
+    "gpua.cli.cache",  # cache list | clean
 )
 
 

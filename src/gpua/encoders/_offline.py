@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
 from .._errors import GPUAError, MissingDependencyError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
+from ._derived import derived_file
 from ._onnx import OnnxEncoder, check_onnx_device
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -151,7 +151,8 @@ def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
     import warnings
 
     weights = _lite_weights(name)
-    key = hashlib.sha256(json.dumps([name, file_fingerprint(weights), _LITE_EXPORT_VERSION]).encode()).hexdigest()[:16]
+    fingerprint = file_fingerprint(weights)
+    key = hashlib.sha256(json.dumps([name, fingerprint, _LITE_EXPORT_VERSION]).encode()).hexdigest()[:16]
     target = _cache_dir(cache_dir) / "offline" / f"{name}-{key}.onnx"
     if target.is_file():
         return target
@@ -165,7 +166,8 @@ def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
             return self.net.extract_features(x)
 
     size = _LITE[name][1]
-    with atomic_path(target, suffix=".onnx") as tmp, warnings.catch_warnings():
+    # The recipe leaves out the export's version: a newer export supersedes the older one's file.
+    with derived_file(target, [name, str(weights)], [fingerprint], suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(_Features(_lite_torch_model(name)), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=False,
                           opset_version=17, input_names=["pixels"], output_names=["features"],
@@ -333,7 +335,8 @@ class SemanticLite0Encoder(Encoder):
 
             names = get_classnames("imagenet")
             _, _, folder = self._sentence_model()
-            key = hashlib.sha256(json.dumps([names, SEMANTIC_NAME_TEMPLATE, file_fingerprint(folder)]).encode()).hexdigest()[:16]
+            fingerprint = file_fingerprint(folder)
+            key = hashlib.sha256(json.dumps([names, SEMANTIC_NAME_TEMPLATE, fingerprint]).encode()).hexdigest()[:16]
             path = _cache_dir(self._cache_dir) / "semantic-lite0" / f"imagenet-minilm-{key}.npy"
             emb = None
             if path.is_file():
@@ -344,7 +347,7 @@ class SemanticLite0Encoder(Encoder):
             if emb is None or emb.shape != (len(names), 384):
                 with torch.inference_mode():
                     emb = self._embed_sentences([SEMANTIC_NAME_TEMPLATE.format(n) for n in names]).cpu().numpy()
-                with atomic_path(path, suffix=".npy") as tmp:
+                with derived_file(path, ["imagenet-minilm", str(Path(folder).resolve())], [fingerprint], suffix=".npy") as tmp:
                     np.save(tmp, emb)
             self._names_emb = torch.from_numpy(np.asarray(emb, np.float32)).to(self.device)
         return self._names_emb

