@@ -354,6 +354,8 @@ def test_evaluate_seg_finds_the_masks_segment_renamed_for_a_shared_stem(scenes, 
                  "--out", str(scenes / "masks2")]) == 0
     assert {"a_jpg.png", "a_png.png"} <= {p.name for p in (scenes / "masks2").iterdir()}
     capsys.readouterr()
-    assert main(["evaluate-seg", "--pred", str(scenes / "masks2"), "--gt", str(gt), "--images", str(pics),
+    # --img-suffix says which of the two the ground truth describes (without it: refused,
+    # tests/segment/test_seg_audit20.py)
+    assert main(["evaluate-seg", "--pred", str(scenes / "masks2"), "--gt", str(gt), "--images", str(pics), "--img-suffix", ".png",
                  "--classnames", str(scenes / "classes.txt")]) == 0, capsys.readouterr().err
     assert "1 image(s)" in capsys.readouterr().out

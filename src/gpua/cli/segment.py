@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import os
 import warnings
@@ -304,6 +305,8 @@ def _unreadable_why(exc) -> str:
     cause = exc.__cause__
     if cause is None:
         return str(exc).rstrip(".")
+    if type(cause).__name__ == "DecompressionBombError":  # a genuine photo, too many pixels for Pillow's guard
+        return f"{str(cause).split(', could be')[0]}: more pixels than Pillow decodes; downscale it"
     return f"{type(cause).__name__}: {cause}"
 
 
@@ -374,6 +377,7 @@ def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], ov
             continue
         by_id[(st.st_dev, st.st_ino)] = f
     existing = []
+    inside = out.resolve()
     for n in (n for ns in names for n in ns):
         p = out / n
         if not os.path.lexists(p):
@@ -386,6 +390,12 @@ def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], ov
             image = None
         if image is not None or overwrite:  # the same file as an input: check_output names both
             check_output(p, "--out", kind="file", inputs=[("--images", str(image))] if image is not None else ())
+        target = Path(os.path.realpath(p))
+        if overwrite and p.is_symlink() and inside not in target.parents:
+            # A write goes through a link (atomic_path replaces the file it points to): --overwrite
+            # replaces the masks in --out, never a file elsewhere that a link there names.
+            raise GPUAError(f"--out {str(out)!r} holds {n}, a link to {str(target)!r} outside --out, which --overwrite would "
+                            "replace; remove the link (or choose another --out).")
     if existing and not overwrite:
         shown = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
         raise GPUAError(f"--out {str(out)!r} already holds {len(existing)} of the files this run writes ({shown}); "
@@ -535,9 +545,9 @@ def _segmenter(args, classes=None):
         fitted_templates = rec.get("templates")
         if isinstance(fitted_templates, str):  # older sidecars record the set's name
             fitted_templates = resolve_templates(fitted_templates)
-        if args.templates is not None and fitted_templates and resolve_templates(args.templates) != fitted_templates:
-            warnings.warn(f"--templates is not used with --model: the model holds its text prototypes, built from "
-                          f"{_show_templates(fitted_templates)}.", stacklevel=2)
+        if args.templates is not None and (not fitted_templates or resolve_templates(args.templates) != fitted_templates):
+            built = f"built from {_show_templates(fitted_templates)}" if fitted_templates else "with templates it does not record"
+            warnings.warn(f"--templates is not used with --model: the model holds its text prototypes, {built}.", stacklevel=2)
         if args.vlm is not None and not uses_vlm:
             warnings.warn("--vlm is not used with this model: it maps the VFM's patch features alone (query='vfm').", stacklevel=2)
     try:
@@ -627,21 +637,31 @@ def _fit_seg(args: argparse.Namespace) -> int:
         params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
     skipped: list[Path] = []
-    read = list(_read_images(files, args.images, skipped, args.max_images))  # before the encoders load
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
     small: list[Path] = []
     side = min_image_side((vfm, vlm))
-    images = [image for f, image in read if not _too_small(f, image, side, small)]
-    if not images:
-        raise GPUAError(f"every readable image in --images {args.images!r} is smaller than one {side}x{side} encoder patch; "
-                        "upscale them or pass larger images.")
+    used = 0
+
+    def pool():
+        """The readable images large enough to encode, read as the encoders take them: a pool of
+        large photos is never in memory at once (was: every one read whole first, about 14 MB of
+        memory per 2-megapixel photo)."""
+        nonlocal used
+        for f, image in _read_images(files, args.images, skipped, args.max_images):
+            if not _too_small(f, image, side, small):
+                used += 1
+                yield image
+        if not used:
+            raise GPUAError(f"every readable image in --images {args.images!r} is smaller than one {side}x{side} encoder patch; "
+                            "upscale them or pass larger images.")
+
     templates = resolve_templates(args.templates)
     Y = _prototypes(vlm, prompt_names, templates)
     estimator = GPUA(**params)
     with FitProgress(estimator, not args.no_progress) as progress:
         model = fit_patch_gpua(
-            vfm, vlm, images, Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names,
-            estimator=estimator, callback=progress, progress=not args.no_progress,
+            vfm, vlm, pool(), Y, patches_per_image=args.patches_per_image, seed=args.seed, grid=args.grid, classnames=prompt_names,
+            class_of_prototype=owner, estimator=estimator, callback=progress, progress=not args.no_progress,
         )
     meta = {
         "task": "segmentation",
@@ -654,12 +674,12 @@ def _fit_seg(args: argparse.Namespace) -> int:
         "grid": args.grid,
         "patches_per_image": args.patches_per_image,
         "seed": args.seed,
-        "n_images": len(images),
+        "n_images": used,
         "images": str(args.images),
     }
     model.provenance_ = meta
     _save_model(model, args.out, meta)
-    print(f"fitted patch-level GPUA on {counted(len(images), 'image')} ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
+    print(f"fitted patch-level GPUA on {counted(used, 'image')} ({len(classnames)} classes, {len(prompt_names)} prompts); wrote {args.out}"
           f"{_skipped_note(skipped, small)}{_subfolder_note(args.images)}")
     return 0
 
@@ -691,11 +711,11 @@ def _segment(args: argparse.Namespace) -> int:
         if _too_small(f, image, side, small):
             continue
         label = labeller(image)
-        write_label_png(out / by_file[f][0], label)  # creates --out with the first mask
+        write_label_png(out / by_file[f][0], label, len(classnames))  # creates --out with the first mask
         if not args.no_overlay:
             write_overlay_png(out / by_file[f][1], image, label, classnames)
         n += 1
-    print(f"segmented {n} image(s) into {len(classnames)} classes; masks in {out}"
+    print(f"segmented {n} image(s) into {counted(len(classnames), 'class')}; masks in {out}"
           f"{_skipped_note(skipped, small)}{labeller.note()}{_subfolder_note(args.images, skip=out)}")
     # Without --overwrite an existing output is refused before any work, so a mask of a skipped
     # image in --out is an earlier run's: `evaluate-seg --pred` would score it as this run's.
@@ -817,7 +837,9 @@ def _ground_truth(args: argparse.Namespace):
             raise GPUAError(f"--gt holds {seen[stem]} and {entry.name}, two masks of one image {stem!r}; keep one of them.")
         seen[stem] = entry.name
         found = images.get(stem, [])
-        if len(found) > 1 and not args.pred:  # pic.jpg and pic.png: which one pic.png's mask describes is a guess
+        # pic.jpg and pic.png: which one pic.png's mask describes is a guess, and with --pred which
+        # of `segment`'s pic_jpg.png and pic_png.png to score (was: the first, without a word)
+        if len(found) > 1:
             raise GPUAError(f"--images holds {' and '.join(f.name for f in found)}, {len(found)} images for the ground truth "
                             f"{entry.name}; keep one image per mask name in --images, or choose one with --img-suffix.")
         pairs.append((stem, found[0] if found else None, gt_dir / entry.name))
@@ -925,6 +947,13 @@ def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -
         except UnreadableImageError as exc:
             return (f"{message}: its image {str(img_path)!r} is not a readable image ({_unreadable_why(exc)}), which `gpua "
                     f"segment` skipped; replace it with a readable copy and segment it, or {leave_out(stem, img_path, ann)}.")
+    if img_path is None:
+        # `segment` names the masks of pic.jpg and pic.png pic_jpg.png and pic_png.png: which one is
+        # this ground truth's only the images say.
+        kept = sorted(p.name for p in pred_path.parent.glob(f"{glob.escape(Path(stem).name)}_*.png") if not p.name.endswith("_overlay.png"))
+        if kept:
+            return (f"{message}, but holds {', '.join(kept[:4])}: the masks `gpua segment` writes for images that share the "
+                    "name; pass their folder as --images (and --img-suffix to say which image the ground truth describes).")
     return f"{message}; segment every image first."
 
 
@@ -990,8 +1019,13 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
             classes = parse_class_prompts([prompt_name(c) for c in classnames])
         seg, model_classes = _segmenter(args, classes)
         if len(model_classes) != len(classnames):
-            raise GPUAError(f"the model segments into {len(model_classes)} classes but the ground truth has {len(classnames)}; "
-                            "pass --classnames with one line per ground-truth class.")
+            # A model's classes are its own (--classnames may only name them): the fix is another
+            # model or another ground truth, not another class file (was: "pass --classnames", which
+            # the class check then refused).
+            gt = f"--dataset {args.dataset}" if args.dataset else "the ground truth"
+            raise GPUAError(f"the model segments into {counted(len(model_classes), 'class')} but {gt} has {len(classnames)}; "
+                            f"score it on ground truth of its own classes, or fit a model with {gt}'s classes in their label "
+                            "order (`gpua fit-seg --classnames`; VOC's 20 classes without background for voc20).")
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
         labeller = _Labeller(seg, classnames)
     shared_names, shared_files = _shared_names(pairs), _shared_files(pairs)

@@ -34,13 +34,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Iterable, Iterator
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._validation import check_matrix
 from ..data.classnames import parse_class_entries
 from ..params import COUNT, POSITIVE, check_param
@@ -109,23 +110,31 @@ def _as_images(images) -> list[np.ndarray]:
     stored, as encoders take them: an EXIF orientation is not applied (read files with
     :func:`gpua.segment.read_image` for the upright photo a viewer shows).
     """
-    from ..data._datasets import as_uint8, to_rgb
-
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
-    out = []
-    for i, im in enumerate(images):
-        a = np.asarray(to_rgb(im)) if hasattr(im, "convert") else np.asarray(im)
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=-1)
-        if a.ndim != 3 or a.shape[-1] != 3:
-            raise GPUAError(f"images[{i}] has shape {a.shape}; pass (H, W, 3) RGB images.")
-        if a.dtype.kind not in "buif":
-            raise GPUAError(f"images[{i}] has dtype {a.dtype}; pass numeric pixel values (uint8, uint16 or float).")
-        out.append(as_uint8(a))
+    out = [_as_image(im, i) for i, im in enumerate(images)]
     if not out:
         raise GPUAError("images is empty; pass at least one image.")
     return out
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two prototype matrices have the same rows up to their lengths (a model keeps its own normalised)."""
+    return tuple(a.shape) == tuple(b.shape) and bool(torch.allclose(F.normalize(a.double(), dim=-1), F.normalize(b.double(), dim=-1), atol=1e-5))
+
+
+def _as_image(im, i: int) -> np.ndarray:
+    """``images[i]`` as a uint8 (H, W, 3) array (see :func:`_as_images`)."""
+    from ..data._datasets import as_uint8, to_rgb
+
+    a = np.asarray(to_rgb(im)) if hasattr(im, "convert") else np.asarray(im)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise GPUAError(f"images[{i}] has shape {a.shape}; pass (H, W, 3) RGB images.")
+    if a.dtype.kind not in "buif":
+        raise GPUAError(f"images[{i}] has dtype {a.dtype}; pass numeric pixel values (uint8, uint16 or float).")
+    return as_uint8(a)
 
 
 def _patch_size(encoder) -> int:
@@ -140,9 +149,10 @@ def min_image_side(encoders: Sequence) -> int:
     return max(_patch_size(e) for e in encoders if e is not None)
 
 
-def _check_image_size(images: list[np.ndarray], encoders: Sequence, what: str = "images") -> None:
+def _check_image_size(images: list[np.ndarray], encoders: Sequence, what: str = "images", first: int = 0) -> None:
+    """Refuse an image smaller than one encoder patch; ``first``: the index of ``images[0]`` in the caller's sequence."""
     need = min_image_side(encoders)
-    for i, im in enumerate(images):
+    for i, im in enumerate(images, start=first):
         if im.shape[0] < need or im.shape[1] < need:
             raise GPUAError(
                 f"{what}[{i}] is {im.shape[0]}x{im.shape[1]} pixels, smaller than one {need}x{need} "
@@ -200,15 +210,17 @@ def encode_grids(vfm, vlm, images, *, grid: str | tuple[int, int] = "coarser") -
     return resample_grid(Z, hw), resample_grid(X, hw)
 
 
-def _same_size_batches(images: list[np.ndarray], batch_size: int):
-    """Consecutive runs of same-size images, at most ``batch_size`` long, in input order."""
-    start = 0
-    while start < len(images):
-        end = start + 1
-        while end < len(images) and end - start < batch_size and images[end].shape == images[start].shape:
-            end += 1
-        yield images[start:end]
-        start = end
+def _same_size_batches(images: Iterable[np.ndarray], batch_size: int):
+    """Consecutive runs of same-size images, at most ``batch_size`` long, in input order; an
+    iterator is read as the batches are taken (one batch of it in memory at a time)."""
+    batch: list[np.ndarray] = []
+    for im in images:
+        if batch and (len(batch) == batch_size or im.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(im)
+    if batch:
+        yield batch
 
 
 # --------------------------------------------------------------------------- fitting
@@ -230,7 +242,10 @@ def sample_patch_features(
     Parameters
     ----------
     vfm, vlm : encoders with ``encode_patches``
-    images : sequence of uint8 (H, W, 3) arrays
+    images : sequence or iterator of uint8 (H, W, 3) arrays
+        A sequence is checked whole before any encoding; an iterator (a generator reading image
+        files, say) is read batch by batch, so that a large pool of large photos is never in
+        memory at once, and each image is checked as it comes. The result is the same.
     patches_per_image : int
         Cells drawn per image without replacement (all of them when the grid is smaller).
     seed : int
@@ -250,16 +265,23 @@ def sample_patch_features(
     """
     if int(patches_per_image) < 1:
         raise GPUAError(f"patches_per_image={patches_per_image}; draw at least 1 patch per image.")
-    imgs = _as_images(images)
-    _check_image_size(imgs, (vfm, vlm))  # all first: the batches' own check would number images within a batch
+    if isinstance(images, Iterator):
+        imgs: Iterable[np.ndarray] = (_as_image(im, i) for i, im in enumerate(images))
+        total = None
+    else:
+        imgs = _as_images(images)
+        _check_image_size(imgs, (vfm, vlm))  # all first: the batches' own check would number images within a batch
+        total = len(imgs)
     rng = np.random.default_rng(seed)
     zs, xs = [], []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(imgs), desc="patch features", unit="img", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc="patch features", unit="img", leave=False, dynamic_ncols=True)
     for batch in _same_size_batches(imgs, batch_size):
+        if total is None:
+            _check_image_size(batch, (vfm, vlm), first=len(zs))  # zs: one entry per image so far
         Zg, Xg = encode_grids(vfm, vlm, batch, grid=grid)
         if bar is not None:
             bar.update(len(batch))
@@ -270,6 +292,8 @@ def sample_patch_features(
             xs.append(x[idx].numpy())
     if bar is not None:
         bar.close()
+    if not zs:
+        raise GPUAError("images is empty; pass at least one image.")
     return np.concatenate(zs), np.concatenate(xs)
 
 
@@ -285,6 +309,7 @@ def fit_patch_gpua(
     estimator=None,
     batch_size: int = 16,
     classnames: Sequence[str] | None = None,
+    class_of_prototype: Sequence[int] | None = None,
     callback=None,
     progress: bool = False,
 ):
@@ -293,8 +318,9 @@ def fit_patch_gpua(
     Parameters
     ----------
     vfm, vlm : encoders with ``encode_patches``
-    images : sequence of uint8 (H, W, 3) arrays
-        The unlabeled pool; no masks are used.
+    images : sequence or iterator of uint8 (H, W, 3) arrays
+        The unlabeled pool; no masks are used. An iterator is read batch by batch
+        (:func:`sample_patch_features`).
     prototypes : array of shape (M, d_vlm)
         Text prototypes (one row per prompt set; see :class:`DenseSegmenter` for synonyms).
     patches_per_image, seed, grid, batch_size
@@ -303,6 +329,12 @@ def fit_patch_gpua(
         Default ``gpua.GPUA(query="vfm")``.
     classnames : sequence of str, optional
         One name per prototype row, stored in the model (``fit(..., classnames=...)``).
+    class_of_prototype : sequence of int of shape (M,), optional
+        The class of each prototype row, when a class has several (synonyms, or a background
+        of several prompts: :func:`parse_class_prompts`' third result). Recorded in the model's
+        ``provenance_``, where :class:`DenseSegmenter` finds it: without it each row is a class
+        of its own, and the labels of a model whose first class has three prompts count rows,
+        not classes.
     callback : callable, optional
         Passed to the estimator's ``fit`` (GPUA calls it after each UCM round and refinement
         evaluation: progress display).
@@ -320,10 +352,19 @@ def fit_patch_gpua(
 
         estimator = GPUA(query="vfm")
     Y = check_matrix(prototypes, "prototypes", n_cols=X.shape[1])
+    owner = None
+    if class_of_prototype is not None:
+        owner = np.asarray(class_of_prototype)
+        if owner.shape != (Y.shape[0],) or owner.dtype.kind not in "iu" or owner.min() < 0:
+            raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({Y.shape[0]}); "
+                            f"got {owner.shape[0] if owner.ndim == 1 else owner.shape} value(s) of dtype {owner.dtype}.")
     kw = {} if callback is None else {"callback": callback}
     if classnames is not None:
-        return estimator.fit(Z, X, Y, classnames=list(classnames), **kw)
-    return estimator.fit(Z, X, Y, **kw)
+        kw["classnames"] = list(classnames)
+    model = estimator.fit(Z, X, Y, **kw)
+    if owner is not None:
+        model.provenance_ = {**(getattr(model, "provenance_", None) or {}), "class_of_prototype": owner.tolist()}
+    return model
 
 
 def parse_class_prompts(entries: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -421,7 +462,9 @@ class DenseSegmenter:
     vlm : encoder or None
         Needed for zero-shot and by models whose query reads the VLM features.
     prototypes : array of shape (M, d_vlm)
-        Text prototypes, one row per prompt set.
+        Text prototypes, one row per prompt set. With a ``model`` only their row count is read
+        (it may be None): the model scores the prototypes it was fitted with, and other ones
+        than those get a warning.
     model : fitted GPUA (or any object with ``decision_function(Z, X)``), optional
         ``None`` gives dense VLM zero-shot: ``cos(X, Y)``.
     class_of_prototype : sequence of int of shape (M,), optional
@@ -490,6 +533,12 @@ class DenseSegmenter:
         self.Y = None if prototypes is None else torch.as_tensor(check_matrix(prototypes, "prototypes"))
         if self.Y is None and model is None:
             raise GPUAError("prototypes is None; zero-shot segmentation needs the text prototypes.")
+        own = getattr(model, "text_prototypes_", None) if model is not None else None
+        if self.Y is not None and own is not None and not _same_rows(torch.as_tensor(own).detach().cpu(), self.Y):
+            # A model scores its own text prototypes; others given here would only set the class count.
+            warn_user(f"prototypes is not used with a model: it scores the {own.shape[0]} text prototypes it was fitted with, "
+                      "not these. To segment into other classes, fit a model on their prototypes, or pass model=None "
+                      "(zero-shot).")
         # Without prototypes the model's own classes are the rows (one class each, by default).
         m = self.Y.shape[0] if self.Y is not None else getattr(model, "n_classes_", None)
         if m is None and class_of_prototype is None:

@@ -41,7 +41,7 @@ def _write_png(path: Path, array, palette=None) -> None:
         im.save(tmp, format="PNG")
 
 
-def write_label_png(path: str | os.PathLike, label) -> None:
+def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None) -> None:
     """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
     a 16-bit greyscale PNG beyond.
 
@@ -51,6 +51,11 @@ def write_label_png(path: str | os.PathLike, label) -> None:
     label : array-like of shape (H, W)
         Integer class indices in ``[0, 65535]`` (255, the datasets' ignore / "no class" label,
         included); integer-valued floats and bools are accepted.
+    n_classes : int, optional
+        The classes the map is of. With more than 255 (where 255 is a class and "no class" is
+        65535: :func:`no_class_label`) the PNG is 16-bit whatever the values, so that every mask
+        of one run has one format and class 255 is never read as another tool's "ignore" (was:
+        8-bit whenever this image's labels stayed at or below 255). Default: by the values.
 
     Raises
     ------
@@ -78,7 +83,7 @@ def write_label_png(path: str | os.PathLike, label) -> None:
         shown = ", ".join(str(v) for v in np.unique(label[(label < 0) | (label > 65535)])[:8])
         raise GPUAError(f"label holds {shown} outside [0, 65535], which a PNG cannot store (a 16-bit one at most); "
                         "map such pixels to a class index first, e.g. 255 for \"no class\".")
-    if hi <= 255:
+    if hi <= 255 and (n_classes is None or int(n_classes) <= NO_CLASS):
         colours = import_optional("imgviz", "writing label PNGs (their VOC palette)").label_colormap()
         _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist())
     else:
