@@ -293,3 +293,25 @@ def merge_rows_by(groups, key: Callable[[dict], tuple]) -> list[dict]:
         for row in group:
             merged[key(row)] = row
     return list(merged.values())
+
+
+def demo_features(split: str) -> Path:
+    """The demo's cached CIFAR-10 feature file of ``split`` (DINOv2-S + the semantic stand-in), in
+    the cache `gpua demo` writes it to: ``$GPUA_CACHE_DIR`` or the user cache (was: a fixed
+    ``~/.cache/gpua``, so a run after ``GPUA_CACHE_DIR=... gpua demo`` found no file)."""
+    from gpua.classify import feature_cache_path
+
+    return feature_cache_path("demo", f"cifar10-mini_{split}", "offline:dinov2-s", "offline:semantic-lite0")
+
+
+def load_feature_files(*paths):
+    """:func:`gpua.features.load_features` of each path; a missing or unreadable one ends the
+    script with one line saying which, and how the demo's files are made."""
+    from gpua._errors import GPUAError
+    from gpua.features import load_features
+
+    try:
+        return [load_features(p) for p in paths]
+    except GPUAError as exc:
+        raise SystemExit(f"error: {exc} (the demo's files: run `gpua demo` first, with the same $GPUA_CACHE_DIR, or pass "
+                         "--train and --test)") from None

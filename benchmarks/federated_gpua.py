@@ -46,22 +46,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import add_param_argument, machine_line, measure, timer, write_json
+from _harness import demo_features, load_feature_files, add_param_argument, machine_line, measure, timer, write_json
 
 from gpua import GPUA
 from gpua.calibrate import dirichlet_split
-from gpua.features import load_features
 from gpua.query import target_prototypes
 from gpua.stream import fit_federated
 
-DEMO = Path.home() / ".cache" / "gpua" / "demo"
-STEM = "cifar10-mini_{}__offline-dinov2-s__offline-semantic-lite0.npz"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=Path, default=DEMO / STEM.format("train"), help="training feature file (the unlabeled pool)")
-    ap.add_argument("--test", type=Path, default=DEMO / STEM.format("test"), help="test feature file (scored with its labels)")
+    ap.add_argument("--train", type=Path, default=None, help="training feature file (the unlabeled pool; default: the demo's cached train features)")
+    ap.add_argument("--test", type=Path, default=None, help="test feature file (scored with its labels; default: the demo's cached test features)")
     ap.add_argument("--clients", type=int, default=10, help="number of clients (default 10)")
     ap.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.5], help="Dirichlet concentrations of the label split")
     ap.add_argument("--rounds", type=int, default=5, help="federated-averaging rounds of the refinement (default 5)")
@@ -102,7 +99,7 @@ def compare(central: GPUA, fed: GPUA, test) -> dict:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    train, test = load_features(args.train), load_features(args.test)
+    train, test = load_feature_files(args.train or demo_features("train"), args.test or demo_features("test"))
     Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
     base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed, **args.param)
     central = {}

@@ -42,20 +42,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import machine_line, measure, timer, write_json
+from _harness import demo_features, load_feature_files, machine_line, measure, timer, write_json
 
 from gpua import GPUA
-from gpua.features import load_features
 
-DEMO = Path.home() / ".cache" / "gpua" / "demo"
-STEM = "cifar10-mini_{}__offline-dinov2-s__offline-semantic-lite0.npz"
 POOLS = ("16shot", "random160", "full")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=Path, default=DEMO / STEM.format("train"), help="training feature file (pools are drawn from it)")
-    ap.add_argument("--test", type=Path, default=DEMO / STEM.format("test"), help="test feature file (scored with its labels)")
+    ap.add_argument("--train", type=Path, default=None, help="training feature file (pools are drawn from it; default: the demo's cached train features)")
+    ap.add_argument("--test", type=Path, default=None, help="test feature file (scored with its labels; default: the demo's cached test features)")
     ap.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS), help="pools to measure")
     ap.add_argument("--augment", type=int, nargs="+", default=[0, 16, 64], help="pool_augment values (0 must come first for the paired change)")
     ap.add_argument("--seeds", type=int, default=3, help="draws of each small pool (default 3)")
@@ -78,7 +75,7 @@ def draw_pool(kind: str, labels: np.ndarray, seed: int) -> np.ndarray:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    train, test = load_features(args.train), load_features(args.test)
+    train, test = load_feature_files(args.train or demo_features("train"), args.test or demo_features("test"))
     Y = train.text_prototypes
     records = []
     for kind in args.pools:

@@ -53,7 +53,7 @@ def test_fit_seg_max_images_is_checked_before_any_file(tmp_path, capsys):
 
 # README, "Numbers in the README come from commands in the repo": the JSON each figure cites is kept
 # in docs/measurements/. Names the tools write into a user's folder are not measurements.
-_WRITTEN_BY_TOOLS = {".seg.json", "index.json", "preprocessor_config.json", "results.json", "results.jsonl",
+_WRITTEN_BY_TOOLS = {".seg.json", ".gpua-source.json", "index.json", "preprocessor_config.json", "results.json", "results.jsonl",
                      "split_zhou_<Dataset>.json"}
 
 

@@ -38,12 +38,15 @@ def reference_fit(data, **params) -> GPUA:
 
 
 def assert_same_fit(a: GPUA, b: GPUA, atol: float = 1e-5, exact_iterations: bool = True) -> None:
-    """The learned attributes of two fits agree (maps to ``atol``, pseudo-labels exactly)."""
+    """The learned attributes of two fits agree (maps to ``atol`` relative to their largest entry
+    when that exceeds 1, pseudo-labels exactly). Relative: a whitened map's entries reach 1.7 on
+    the planted cases, and float32 sums in another order (another CPU) differ there by 1.05e-5."""
     import torch
 
     for name in ("W_", "W0_", "centres_", "text_prototypes_"):
-        diff = float((getattr(a, name).cpu() - getattr(b, name).cpu()).abs().max())
-        assert diff < atol, f"{name} differs by {diff}"
+        ref = getattr(a, name).cpu()
+        diff = float((ref - getattr(b, name).cpu()).abs().max())
+        assert diff < atol * max(1.0, float(ref.abs().max())), f"{name} differs by {diff}"
     np.testing.assert_array_equal(a.pseudo_labels_, b.pseudo_labels_)
     np.testing.assert_allclose(a.pseudo_confidence_, b.pseudo_confidence_, atol=atol)
     assert (a.vfm_mean_ is None) == (b.vfm_mean_ is None)

@@ -55,6 +55,15 @@ def class_similarity(vectors: np.ndarray, *, center: bool = True) -> np.ndarray:
     return V @ V.T
 
 
+def _copies_of_one(S: np.ndarray, n: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Classes of two or more samples whose covariance ``S`` (K, d, d) is zero up to rounding: every
+    sample the same row. Rounding is measured against the features' own scale (the largest class
+    spread or squared mean norm), since moments summed in floating point leave ~1e-16 of it."""
+    traces = np.einsum("kii->k", S)
+    scale = max(float(traces.max(initial=0.0)), float(np.square(means).sum(axis=1).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return (n >= 2) & (traces <= 1e-10 * scale)
+
+
 class DistributionCalibrator(ParamsMixin):
     r"""Fill every class to a target count with samples drawn along calibrated class shapes.
 
@@ -198,16 +207,20 @@ class DistributionCalibrator(ParamsMixin):
                 f"class(es) {absent.tolist()} have no samples, so no mean or covariance; give each class at "
                 "least one sample, lower n_classes, or pass missing='skip' to leave them out of generation."
             )
-        single = np.nonzero(n == 1)[0]
+        S = statistics.covariance_
+        # Distinct samples, as far as a covariance sees them: a class of copies of one row (one
+        # photo saved four times) has no spread either, and counts as a single sample (was: its
+        # zero covariance, shrunk to zero, generated copies of that row without a word).
+        n_eff = np.where(_copies_of_one(S, n, statistics.mean_), 1, n)
+        single = np.nonzero(n_eff == 1)[0]
         if single.size and self.single_sample == "raise":
             raise GPUAError(
-                f"class(es) {single.tolist()} have a single sample, so no covariance; pass "
+                f"class(es) {single.tolist()} have a single sample (or copies of one), so no covariance; pass "
                 "single_sample='borrow' to borrow one from similar classes, or add samples."
             )
-        S = statistics.covariance_
         own = np.empty_like(S)
         for k in range(K):
-            own[k] = oas_shrinkage(S[k], int(n[k]))[0] if self.shrinkage == "oas" and n[k] >= 2 else S[k]
+            own[k] = oas_shrinkage(S[k], int(n[k]))[0] if self.shrinkage == "oas" and n_eff[k] >= 2 else S[k]
 
         borrow = self.borrow
         similarity = None
@@ -240,12 +253,12 @@ class DistributionCalibrator(ParamsMixin):
         for k in borrowers:
             if n[k] == 0:
                 continue
-            cand = np.nonzero((n > n[k]) & (n >= 2))[0]
+            cand = np.nonzero((n_eff > n_eff[k]) & (n_eff >= 2))[0]
             if cand.size == 0:
-                if n[k] == 1:
+                if n_eff[k] == 1:
                     raise GPUAError(
-                        f"class {k} has a single sample and no class has two or more to borrow a "
-                        "covariance from; add samples (a covariance needs at least two per class somewhere)."
+                        f"class {k} has a single sample (or copies of one) and no class has two or more distinct ones to "
+                        "borrow a covariance from; add samples (a covariance needs at least two per class somewhere)."
                     )
                 continue
             sims = similarity[k, cand]
@@ -253,7 +266,7 @@ class DistributionCalibrator(ParamsMixin):
             w = np.maximum(similarity[k, top], 0.0)
             w = w / w.sum() if w.sum() > 0 else np.full(top.size, 1.0 / top.size)
             B = np.einsum("j,jab->ab", w, own[top])
-            a = n[k] / (n[k] + nu)
+            a = n_eff[k] / (n_eff[k] + nu)
             cov[k] = a * S[k] + (1 - a) * B  # the posterior mixes the *unshrunk* S: B is the prior
             donors[k], weights[k], own_weight[k] = top, w, a
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._backend import as_tensor, resolve_device, to_numpy
-from .._errors import GPUAError, NotFittedError
+from .._errors import ConvergenceWarning, GPUAError, NotFittedError, warn_user
 from .._validation import check_labels, check_matrix
 from ..params import COUNT, NON_NEGATIVE, POSITIVE, DeviceName, Interval, OptionalOf, Options, ParamsMixin, check_param
 from ._params import RANDOM_STATE
@@ -251,6 +251,10 @@ class LinearClassifier(_LinearModel, ParamsMixin):
             theta = res.x
             W_out, b_out = theta[: K * d].reshape(K, d), theta[K * d :]
             self.n_iter_ = int(res.nit)
+            if self.n_iter_ >= int(self.max_iter):  # scikit-learn's LogisticRegression says so too
+                warn_user(f"LinearClassifier stopped at max_iter={self.max_iter} L-BFGS iterations before converging "
+                          f"(gradient norm {float(np.abs(res.jac).max()):.2g} > 1e-5); raise max_iter, or scale the features.",
+                          ConvergenceWarning)
         else:
             Xt = as_tensor(X, dev)
             wt = as_tensor(w / w.mean(), dev)

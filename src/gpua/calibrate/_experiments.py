@@ -116,7 +116,14 @@ def longtail_indices(
             )
     else:
         n_max = check_number(n_max, "n_max", integer=True, low=1)
-    keep = np.maximum(np.floor(n_max * share).astype(np.int64), 1)
+    wanted = np.floor(n_max * share).astype(np.int64)
+    keep = np.maximum(wanted, 1)
+    if (wanted < 1).any():
+        # The profile asked for less than one sample of its tail: every class keeps one, so the
+        # cut's head/tail ratio is not the one asked (was: the row reported the ratio asked).
+        warn_user(f"imbalance {imbalance:g} asks the tail class(es) for less than one of the head's {n_max} sample(s): "
+                  f"{int((wanted < 1).sum())} class(es) keep one each, so this cut's head/tail ratio is {keep.max() / keep.min():g}, "
+                  "and its profile is no longer exponential. Use a ratio of at most the head count, or more data.")
     over = np.nonzero(keep > counts)[0]
     if over.size:
         raise GPUAError(

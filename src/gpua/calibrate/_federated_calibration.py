@@ -163,13 +163,22 @@ def client_statistics(
     share : {"covariance", "shape"}
         Send the full :math:`d \\times d` covariance, or only ``n_components`` eigenpairs and the
         trace (:math:`m(d + 1) + 1` numbers; the server rebuilds an isotropic remainder).
+
+    A client without rows (``X`` of shape (0, d), ``y`` empty: what :func:`dirichlet_split`
+    gives with ``min_size=0``) sends zero counts, which the merge weighs by 0; its index stays
+    its own, as :meth:`FederatedCalibration.augment` needs (was: refused as empty, so that
+    dropping it renumbered the clients after it).
     """
-    stats = ClassStatistics(n_classes).fit(X, y)
-    if share == "covariance":
-        return stats
-    if share == "shape":
-        return stats.compress(n_components)
-    raise GPUAError(f"share={share!r} is not an option; use 'covariance' or 'shape'.")
+    if share not in ("covariance", "shape"):
+        raise GPUAError(f"share={share!r} is not an option; use 'covariance' or 'shape'.")
+    shape = getattr(X, "shape", None) or np.shape(X)
+    if len(shape) == 2 and shape[0] == 0 and shape[1] > 0 and np.size(y) == 0:
+        check_number(n_classes, "n_classes", integer=True, low=1)
+        k, d = int(n_classes), int(shape[1])
+        stats = ClassStatistics.from_moments(np.zeros(k, np.int64), np.zeros((k, d)), np.zeros((k, d, d)))
+    else:
+        stats = ClassStatistics(n_classes).fit(X, y)
+    return stats if share == "covariance" else stats.compress(n_components)
 
 
 class FederatedCalibration:
@@ -259,6 +268,12 @@ class FederatedCalibration:
         ``anchors="local"`` fills the classes the client has; ``"prototypes"`` fills every class,
         anchoring on local samples (weight 1 each) and other clients' prototypes (weight
         :math:`n_{jk}` each).
+
+        ``random_state`` (None, an int or a Generator) seeds this call; None takes the
+        calibrator's ``random_state``, and when that is an int each client gets its own stream
+        of it, ``default_rng((seed, client))``, as :func:`run_federated` seeds them (was: the
+        one seed gave every client the same noise and anchor draws, so the pooled synthetic
+        samples of two clients moved together).
         """
         if not hasattr(self, "calibrator_"):
             raise NotFittedError("FederatedCalibration is not fitted; call fit(messages) first.")
@@ -276,7 +291,14 @@ class FederatedCalibration:
                 has = others & (self.client_counts_[:, k] > 0)
                 if has.any():
                     protos[k] = (self.client_means_[has, k], self.client_counts_[has, k].astype(np.float64))
+        if random_state is None and _is_seed(self.calibrator_.random_state):
+            random_state = np.random.default_rng((int(self.calibrator_.random_state), int(client)))
         return self.calibrator_.sample(X, y, target=target, prototypes=protos, random_state=random_state)
+
+
+def _is_seed(value) -> bool:
+    """An int seed (numpy's integers too), not a bool, None or a Generator."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def fedavg(
@@ -405,11 +427,4 @@ def _fedavg_diverged(lr, detail: str, weight_decay: float = 0.0) -> _Diverged:
     return _Diverged(f"FedAvg diverged {detail} with lr={float(lr):g}; {fix}.", lr=float(lr), detail=detail)
 
 
-# --- Extension point: federated GPUA from aggregated statistics ---------------------------
-# The merged statistics above (FederatedCalibration.statistics_: per-class n, mean, covariance
-# of the pooled data, exact) are what an unlabeled federated GPUA would consume: class means as
-# the VFM centres C_k of the fused score and the Procrustes cross-covariance from per-class
-# moments. That needs the core engine (gpua.ucm for the correspondences, gpua.procrustes for
-# the map) and pseudo-label-weighted statistics instead of labelled ones; it is deliberately
-# not implemented here. Add it as `federated_gpua(messages, text_prototypes, ...)` in this
-# module once those exist, reusing ClassStatistics / merge_statistics for the messages.
+# Federated GPUA itself (unlabeled clients, one map) is gpua.stream.fit_federated.

@@ -202,7 +202,17 @@ def _run_longtail(args, out: JsonOutput) -> int:
     _check_flags(args, ("--donors", "donors", dict(integer=True, low=1, fix="3 is typical")))
     D = _load(args)
     emb = D["emb"]
-    n_classes = int(max(D["y"].max(), D["y_test"].max())) + 1
+    names = list(D["names"] or [])
+    # The file's classes are its class names (and prototypes), not only those its labels reach:
+    # a last class without a row was dropped, and its prototypes blamed (was: "text_prototypes
+    # has 5 rows for a different class count").
+    n_classes = max(int(max(D["y"].max(), D["y_test"].max())) + 1, len(names))
+    empty = [k for k in range(n_classes) if not (D["y"] == k).any()]
+    if empty:
+        shown = ", ".join(f"{names[k]!r} ({k})" if k < len(names) else str(k) for k in empty[:6]) + (" ..." if len(empty) > 6 else "")
+        held = "" if args.test is not None else f" after --test-fraction {args.test_fraction} held out test rows"
+        raise GPUAError(f"--features {str(args.features)!r} has no training row of class(es) {shown}{held}, so the long-tail "
+                        "profile cannot give them their count; add rows of those classes, or extract the file without them.")
     problem = None
     if emb is None:
         problem = "none are stored there"
