@@ -164,7 +164,10 @@ def test_fit_records_provenance_and_evaluate_names_the_encoders(files, tmp_path,
     fs = load_features(files["train"])
     fs.meta = {"vfm": {"spec": "offline:dinov2-s"}, "vlm": {"spec": "offline:semantic-lite0"}, "templates": ["a {}."],
                "cache_key": "abc", "dataset": {"name": "planted", "split": "train"}}
-    save_features(tmp_path / "train.npz", fs)
+    from gpua.features._io import writing_extraction
+
+    with writing_extraction():  # as gpua extract writes it: the one writer whose cache key stays
+        save_features(tmp_path / "train.npz", fs)
     test = load_features(files["test"])
     test.meta = {**fs.meta, "dataset": {"name": "planted", "split": "test"}}
     save_features(tmp_path / "test.npz", test)

@@ -210,3 +210,39 @@ def test_cli_image_root_for_a_split_file_whose_images_lie_elsewhere(tmp_path, to
     with pytest.raises(GPUAError, match="image_root"):
         extract_features(Toy(), Toy("toy:vlm", vlm=True), load_dataset(photos), out=tmp_path / "g.npz", image_root=photos,
                          progress=False)
+
+
+
+@pytest.mark.parametrize("kind", ["file", "shards"])
+def test_a_feature_file_saved_again_is_not_taken_for_up_to_date(tmp_path, kind):
+    """Was: a file loaded, trimmed, then saved with its meta kept extract's cache key, and
+    `extract` into that path said "up to date" and kept the trimmed features."""
+    from gpua.features import save_features, write_shards
+
+    from gpua.features import ShardedFeatures
+
+    def read(path):
+        if kind == "file":
+            return load_features(path)
+        return ShardedFeatures(path)
+
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / ("f.npz" if kind == "file" else "f")
+    _run(photos, out)
+    full = load_features(out) if kind == "file" else None
+    if kind == "shards":
+        _run(photos, tmp_path / "g.npz")
+        full = load_features(tmp_path / "g.npz")
+    assert isinstance(read(out).meta.get("cache_key"), str)
+    _, calls = _run(photos, out)
+    assert calls == 0  # unchanged: up to date
+    if kind == "file":
+        save_features(out, vfm_features=full.vfm_features[:2], vlm_features=full.vlm_features[:2], labels=full.labels[:2],
+                      text_prototypes=full.text_prototypes, classnames=full.classnames, image_ids=full.image_ids[:2], meta=full.meta)
+    else:
+        write_shards(out, full.vfm_features[:2], full.vlm_features[:2], full.labels[:2], image_ids=full.image_ids[:2],
+                     text_prototypes=full.text_prototypes, classnames=full.classnames, meta=full.meta, overwrite=True)
+    assert "cache_key" not in read(out).meta
+    _, calls = _run(photos, out)
+    rows = read(out).vfm_features.shape[0] if kind == "file" else read(out).n_samples
+    assert calls == 6 and rows == 6 and "cache_key" in read(out).meta

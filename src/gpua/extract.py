@@ -43,6 +43,7 @@ from ._errors import GPUAError, NoReadableImageError, warn_user
 from ._integrity import read_npz
 from .data._datasets import DECODE_VERSION
 from .features import save_features
+from .features._io import writing_extraction
 
 __all__ = ["extract_features", "default_workers", "FORMAT_VERSION", "FORMATS", "ON_ERROR"]
 
@@ -1090,15 +1091,16 @@ def extract_features(
             X = np.empty((index.size, widths[1]), np.float32)
             for r0, r1, part in _assemble(parts, ranges, ids, widths):
                 Z[r0:r1], X[r0:r1] = part["vfm"], part["vlm"]
-            save_features(
-                out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
-                image_ids=[ids[j] for j in index], meta=meta, float16=float16,
-            )
+            with writing_extraction():  # the one writer whose cache key stays: it certifies these arrays
+                save_features(
+                    out, vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=y, classnames=names,
+                    image_ids=[ids[j] for j in index], meta=meta, float16=float16,
+                )
         else:
             from .features import ShardWriter
 
             # atomic: the rows go to a hidden sibling folder, renamed onto `out` once complete.
-            with ShardWriter(
+            with writing_extraction(), ShardWriter(
                 out, dtype="float16" if float16 else "float32", rows_per_shard=rows_per_shard, storage=shard_storage,
                 text_prototypes=Y, classnames=names, meta=meta, overwrite=True, atomic=True,
             ) as writer:

@@ -21,7 +21,9 @@ read through torch, exactly.)
 
 from __future__ import annotations
 
+import contextlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,35 @@ from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
 from .._validation import FEATURE_KEYS, check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
 __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
+
+#: Set while :mod:`gpua.extract` writes its output, the one writer whose ``meta["cache_key"]``
+#: certifies the arrays: the key says which images, encoders and prompts made them.
+_WRITING_EXTRACTION: ContextVar[bool] = ContextVar("gpua_writing_extraction", default=False)
+
+
+@contextlib.contextmanager
+def writing_extraction():
+    """Within: :func:`save_features` and shard writers keep a ``meta["cache_key"]`` (gpua.extract's own writes)."""
+    token = _WRITING_EXTRACTION.set(True)
+    try:
+        yield
+    finally:
+        _WRITING_EXTRACTION.reset(token)
+
+
+def certified_meta(meta: dict) -> dict:
+    """``meta`` as a feature file written outside an extraction stores it: without ``cache_key``.
+
+    A file saved with :func:`save_features` (or a shard set written by :func:`write_shards`)
+    holds the arrays given, which need not be those the key describes (a loaded file trimmed or
+    edited, then saved with its ``meta``); with the key kept, ``gpua extract`` into that path
+    took it for up to date and kept the edited features. Without it, the next extraction there
+    extracts again.
+    """
+    if "cache_key" in meta and not _WRITING_EXTRACTION.get():
+        return {k: v for k, v in meta.items() if k != "cache_key"}
+    return meta
+
 
 _ARRAY_KEYS = FEATURE_KEYS + ("labels",)
 _STRING_KEYS = ("classnames", "image_ids")
@@ -228,7 +259,7 @@ def _stored_contents(features: FeatureSet, float16: bool) -> tuple[dict[str, np.
     have rescaled).
     """
     image_ids = None if features.image_ids is None else check_strings(features.image_ids, "image_ids", "row")
-    meta_json = _meta_json({} if features.meta is None else features.meta)
+    meta_json = _meta_json(certified_meta({} if features.meta is None else features.meta))
     checked = replace(features, image_ids=image_ids).validate()  # replace: validate() sets the copy's attributes
     if checked.classnames is not None:
         check_strings(checked.classnames, "classnames", "class")

@@ -54,7 +54,7 @@ from .._errors import GPUAError, ModelFileError
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings, is_int
-from ._io import _check_precision
+from ._io import _check_precision, certified_meta
 
 __all__ = [
     "SHARD_FORMAT", "FEATURE_DTYPES", "ShardedFeatures", "ShardWriter", "write_shards", "check_destination",
@@ -948,7 +948,7 @@ class ShardWriter:
             "shard_rows": self._shard_rows,
             "n_samples": self.n_written,
             "classnames": self.classnames,
-            "meta": self.meta,
+            "meta": certified_meta(self.meta),
             "files": dict(sorted(self._digests.items())),
         }
         try:
