@@ -2,12 +2,17 @@
 
 Was: no command said what the cache held or removed anything from it; a user's only tool was
 ``rm -rf`` of a folder that also holds downloads a machine without network cannot fetch again.
+The audit of the first version found it removing files gpua never wrote in a folder that was no
+cache of gpua's, racing a cut in progress, and hiding temp files; each is a test below.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,45 +20,74 @@ import pytest
 from gpua._errors import GPUAError
 from gpua.cache import cache_entries, clean_cache
 from gpua.cli import main
-from gpua.encoders._derived import derived_file, record_path
+from gpua.encoders._derived import CACHE_TAG, derived_file, record_path
 from gpua.encoders._registry import file_fingerprint
 from gpua.extract import _OutputLock
+from gpua.features import save_features
+from gpua.features._io import writing_extraction
+
+ONNX = b"\x08\x07" + b"x" * 998  # an ONNX model's first bytes: field 1 (ir_version), a varint
+KEY = "0123456789abcdef"
+OLD = time.time() - 3600
 
 
-def _derive(cache, folder: str, name: str, source) -> object:
+def _derive(cache: Path, folder: str, name: str, source: Path) -> Path:
     target = cache / folder / name
     with derived_file(target, [str(source)], [file_fingerprint(source)]) as tmp:
-        tmp.write_bytes(b"x" * 1000)
+        tmp.write_bytes(ONNX)
     return target
 
 
-def _parts(folder, payload: bytes) -> None:
+def _features(path: Path, **meta) -> Path:
+    """A feature cache as gpua extract writes it (its meta holds the cache key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_extraction():
+        save_features(path, vfm_features=np.ones((3, 2)), meta={"cache_key": "k", **meta})
+    return path
+
+
+def _parts(folder: Path, payload: bytes) -> None:
     """A parts folder as gpua extract writes it: a manifest with the cache key, and a part."""
     folder.mkdir()
     (folder / "manifest.json").write_text('{"cache_key": "k"}')
     (folder / "shard-000000.npz").write_bytes(payload)
 
 
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
 @pytest.fixture
 def cache(tmp_path):
-    """A cache with a current, a stale and an unrecorded derived file, two feature caches (one
-    complete with its parts, one an interrupted run's parts only), a download and a stranger."""
+    """A tagged cache: a current, a stale and an unrecorded derived file, two feature caches (one
+    complete with its parts, one an interrupted run's parts only), a download and strangers."""
     root = tmp_path / "cache"
     kept_src, gone_src = tmp_path / "kept.onnx", tmp_path / "gone.onnx"
     kept_src.write_bytes(b"a")
     gone_src.write_bytes(b"b")
-    _derive(root, "onnx", "kept-0123456789abcdef.onnx", kept_src)
-    _derive(root, "onnx", "gone-0123456789abcdef.onnx", gone_src)
+    _derive(root, "onnx", f"kept-{KEY}.onnx", kept_src)
+    _derive(root, "onnx", f"gone-{KEY}.onnx", gone_src)
     gone_src.unlink()
     (root / "offline").mkdir()
-    (root / "offline" / "efficientnet-lite0-0123456789abcdef.onnx").write_bytes(b"y" * 500)  # an earlier release's: no record
+    old = root / "offline" / f"efficientnet-lite0-{KEY}.onnx"  # an earlier release's: no record
+    old.write_bytes(ONNX[:500])
+    os.utime(old, (OLD, OLD))
     (root / "offline" / "my-export.onnx").write_bytes(b"z")  # not a name gpua gives: someone else's
+    (root / "offline" / f"junk-{KEY}.onnx").write_bytes(b"not onnx")  # gpua's name, not its format
     feats = root / "classify"
-    feats.mkdir()
-    np.savez(feats / "photos.npz", vfm_features=np.zeros((3, 2)))
-    _parts(feats / "photos.npz.parts", b"p")
-    _parts(feats / "halfway.npz.parts", b"q" * 10)
+    _features(feats / "photos__offline-a__offline-b.npz")
+    _parts(feats / "photos__offline-a__offline-b.npz.parts", b"p")
+    _parts(feats / "halfway__offline-a__offline-b.npz.parts", b"q" * 10)
     np.savez(feats / "mine.npz", weights=np.zeros(3))  # not features: a user's file
+    _features(feats / "train.npz")  # features, but not a cache's name: a user's `gpua extract --out`
     (feats / "stranger.npz.parts").mkdir()
     (feats / "stranger.npz.parts" / "notes.txt").write_text("mine")
     (root / "hf" / "models--x--y").mkdir(parents=True)
@@ -66,56 +100,161 @@ def _by_name(entries):
     return {e.path.name: e for e in entries}
 
 
+def _removable(cache):
+    return sorted(e.path.name for e in cache_entries(cache) if e.removable)
+
+
 def test_entries_say_kind_state_and_size(cache):
     got = _by_name(cache_entries(cache))
-    assert set(got) == {"kept-0123456789abcdef.onnx", "gone-0123456789abcdef.onnx", "efficientnet-lite0-0123456789abcdef.onnx",
-                        "my-export.onnx", "photos.npz", "halfway.npz.parts", "mine.npz", "stranger.npz.parts", "hf", "notes.txt"}
-    assert (got["kept-0123456789abcdef.onnx"].kind, got["kept-0123456789abcdef.onnx"].state, got["kept-0123456789abcdef.onnx"].bytes) == ("derived", "current", 1000)
-    assert (got["gone-0123456789abcdef.onnx"].state, got["efficientnet-lite0-0123456789abcdef.onnx"].state) == ("stale", "unrecorded")
-    photos = got["photos.npz"]
+    assert set(got) == {f"kept-{KEY}.onnx", f"gone-{KEY}.onnx", f"efficientnet-lite0-{KEY}.onnx", "my-export.onnx", f"junk-{KEY}.onnx",
+                        "photos__offline-a__offline-b.npz", "halfway__offline-a__offline-b.npz.parts", "mine.npz", "train.npz",
+                        "stranger.npz.parts", "hf", "notes.txt"}
+    kept = got[f"kept-{KEY}.onnx"]
+    assert (kept.kind, kept.state, kept.bytes) == ("derived", "current", 1000)
+    assert (got[f"gone-{KEY}.onnx"].state, got[f"efficientnet-lite0-{KEY}.onnx"].state) == ("stale", "unrecorded")
+    photos = got["photos__offline-a__offline-b.npz"]
     assert (photos.kind, photos.state) == ("features", "complete")
-    assert photos.bytes == (cache / "classify" / "photos.npz").stat().st_size + 1 + 18  # with its parts
-    assert (got["halfway.npz.parts"].state, got["halfway.npz.parts"].bytes) == ("partial", 10 + 18)
-    assert {got[n].kind for n in ("my-export.onnx", "mine.npz", "stranger.npz.parts")} == {"other"}
+    assert photos.bytes == photos.path.stat().st_size + 1 + 18  # with its parts
+    halfway = got["halfway__offline-a__offline-b.npz.parts"]
+    assert (halfway.state, halfway.bytes) == ("partial", 10 + 18)
+    assert {got[n].kind for n in ("my-export.onnx", f"junk-{KEY}.onnx", "mine.npz", "train.npz", "stranger.npz.parts", "notes.txt")} == {"other"}
     assert (got["hf"].kind, got["hf"].bytes) == ("download", 2000)
-    assert got["notes.txt"].kind == "other"
-    assert sorted(e.path.name for e in cache_entries(cache) if e.removable) == ["efficientnet-lite0-0123456789abcdef.onnx", "gone-0123456789abcdef.onnx"]
+    assert _removable(cache) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"]
 
 
 def test_clean_removes_stale_derived_files_only_by_default(cache):
-    before = sorted(p for p in cache.rglob("*"))
-    removed, skipped = clean_cache(cache, dry_run=True)
-    assert sorted(e.path.name for e in removed) == ["efficientnet-lite0-0123456789abcdef.onnx", "gone-0123456789abcdef.onnx"] and not skipped
-    assert sorted(p for p in cache.rglob("*")) == before  # a dry run removes nothing
-    removed, _ = clean_cache(cache)
-    assert sorted(e.path.name for e in removed) == ["efficientnet-lite0-0123456789abcdef.onnx", "gone-0123456789abcdef.onnx"]
-    assert not (cache / "onnx" / "gone-0123456789abcdef.onnx").exists() and not record_path(cache / "onnx" / "gone-0123456789abcdef.onnx").exists()
-    assert (cache / "onnx" / "kept-0123456789abcdef.onnx").is_file() and record_path(cache / "onnx" / "kept-0123456789abcdef.onnx").is_file()
-    for kept in ("classify/photos.npz", "classify/photos.npz.parts/shard-000000.npz", "classify/halfway.npz.parts/shard-000000.npz",
-                 "hf/models--x--y/model.safetensors", "notes.txt", "offline/my-export.onnx"):
-        assert (cache / kept).is_file(), kept
+    before = sorted(cache.rglob("*"))
+    removed, skipped, failed = clean_cache(cache, dry_run=True)
+    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"] and not skipped and not failed
+    assert sorted(cache.rglob("*")) == before  # a dry run removes nothing
+    removed, _, _ = clean_cache(cache)
+    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"]
+    assert not (cache / "onnx" / f"gone-{KEY}.onnx").exists() and not record_path(cache / "onnx" / f"gone-{KEY}.onnx").exists()
+    assert (cache / "onnx" / f"kept-{KEY}.onnx").is_file() and record_path(cache / "onnx" / f"kept-{KEY}.onnx").is_file()
+    assert sorted(cache.rglob("*")) == [p for p in before if "gone-" not in p.name and "efficientnet" not in p.name]
 
 
-def test_clean_features_by_age_and_never_downloads(cache):
+def test_clean_features_by_age_and_never_downloads_or_strangers(cache):
+    photos = cache / "classify" / "photos__offline-a__offline-b.npz"
     old = time.time() - 40 * 24 * 3600
-    os.utime(cache / "classify" / "photos.npz", (old, old))
-    removed, _ = clean_cache(cache, features=True, older_than_days=30)
-    assert sorted(e.path.name for e in removed) == ["efficientnet-lite0-0123456789abcdef.onnx", "gone-0123456789abcdef.onnx", "photos.npz"]
-    assert not (cache / "classify" / "photos.npz").exists() and not (cache / "classify" / "photos.npz.parts").exists()
-    assert (cache / "classify" / "halfway.npz.parts").is_dir()  # written just now
-    removed, _ = clean_cache(cache, features=True)
-    assert [e.path.name for e in removed] == ["halfway.npz.parts"]
-    for kept in ("hf/models--x--y/model.safetensors", "notes.txt", "classify/mine.npz", "classify/stranger.npz.parts/notes.txt"):
+    os.utime(photos, (old, old))
+    removed, _, _ = clean_cache(cache, features=True, older_than_days=30)
+    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx", photos.name]
+    assert not photos.exists() and not photos.with_name(photos.name + ".parts").exists()
+    assert (cache / "classify" / "halfway__offline-a__offline-b.npz.parts").is_dir()  # written just now
+    removed, _, _ = clean_cache(cache, features=True)
+    assert [e.path.name for e in removed] == ["halfway__offline-a__offline-b.npz.parts"]
+    for kept in ("hf/models--x--y/model.safetensors", "notes.txt", "classify/mine.npz", "classify/train.npz",
+                 "classify/stranger.npz.parts/notes.txt", "offline/my-export.onnx", f"offline/junk-{KEY}.onnx"):
         assert (cache / kept).is_file(), kept
 
 
-def test_clean_leaves_a_feature_cache_a_running_extraction_holds(cache):
-    out = cache / "classify" / "photos.npz"
+def test_a_folder_gpua_did_not_tag_is_left_alone(tmp_path):
+    """Was: any folder passed as the cache was cleaned by name patterns (a user's project with
+    folders called onnx/ and classify/ lost its files)."""
+    proj = tmp_path / "proj"
+    _features(proj / "classify" / "photos__offline-a__offline-b.npz")
+    (proj / "onnx").mkdir()
+    (proj / "onnx" / f"encoder-{KEY}.onnx").write_bytes(ONNX)
+    os.utime(proj / "onnx" / f"encoder-{KEY}.onnx", (OLD, OLD))
+    before = sorted(proj.rglob("*"))
+    with pytest.raises(GPUAError, match="not tagged as gpua's cache folder"):
+        clean_cache(proj, features=True)
+    assert sorted(proj.rglob("*")) == before
+    (proj / CACHE_TAG).write_text("This folder is a gpua cache.\n")
+    assert len(clean_cache(proj, features=True)[0]) == 2
+
+
+def test_clean_leaves_what_a_running_gpua_writes(cache):
+    out = cache / "classify" / "photos__offline-a__offline-b.npz"
     with _OutputLock(out):
-        removed, skipped = clean_cache(cache, features=True)
-    assert [e.path.name for e in skipped] == ["photos.npz"] and out.is_file()
-    assert "halfway.npz.parts" in [e.path.name for e in removed]
+        assert _by_name(cache_entries(cache))[out.name].state == "busy"
+        removed, skipped, _ = clean_cache(cache, features=True, dry_run=True)  # the dry run says what the run would do
+        assert [e.path.name for e in skipped] == [out.name] and out.name not in [e.path.name for e in removed]
+        removed, skipped, _ = clean_cache(cache, features=True)
+    assert [e.path.name for e in skipped] == [out.name] and out.is_file()
+    assert "halfway__offline-a__offline-b.npz.parts" in [e.path.name for e in removed]
     assert not list((cache / "classify").glob(".*gpua-lock"))  # the holder removed its lock as it finished
+    # an unrecorded file minutes old may be an earlier release's cut in progress: kept
+    fresh = cache / "offline" / f"fresh-{KEY}.onnx"
+    fresh.write_bytes(ONNX)
+    assert _by_name(cache_entries(cache))[fresh.name].state == "busy" and fresh.name not in _removable(cache)
+
+
+def test_a_derived_file_is_recorded_before_it_takes_its_name(tmp_path, monkeypatch):
+    """Was: renamed onto its final name, then recorded: a clean in between removed it as
+    unrecorded, and the run that cut it then failed to load it."""
+    import gpua._atomic as atomic
+
+    seen = []
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".onnx"):
+            seen.append(record_path(dst).is_file())
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"m")
+    _derive(tmp_path / "cache", "onnx", f"m-{KEY}.onnx", source)
+    assert seen == [True]
+
+
+def test_temp_files_orphan_records_and_failures(cache, monkeypatch, capsys):
+    dead = cache / "onnx" / f".big-{KEY}.onnx.gpua-00000000-{_dead_pid()}-abcd.tmp.onnx"
+    from gpua._atomic import _HOST
+
+    dead = dead.with_name(dead.name.replace("00000000", _HOST))
+    dead.write_bytes(b"t" * 100)
+    orphan = record_path(cache / "onnx" / f"lost-{KEY}.onnx")
+    orphan.write_text("{}")
+    got = _by_name(cache_entries(cache))
+    assert (got[dead.name].kind, got[dead.name].state) == ("temp", "stale") and got[orphan.name].state == "orphan"
+    assert {dead.name, orphan.name} <= set(_removable(cache))
+    # one file that will not go is said, and the others go all the same
+    real = Path.unlink
+
+    def unlink(self, *a, **k):
+        if self.name == f"gone-{KEY}.onnx":
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert main(["cache", "clean", "--cache-dir", str(cache)]) == 2
+    out, err = capsys.readouterr()
+    assert f"could not remove onnx/gone-{KEY}.onnx: Operation not permitted" in err
+    assert "removed 3 entries" in out and not dead.exists() and not orphan.exists()
+    assert not (cache / "offline" / f"efficientnet-lite0-{KEY}.onnx").exists()
+
+
+def test_records_of_another_machine_are_neither_checked_nor_evicted(tmp_path):
+    """Was: in a cache shared over the network, where one source path holds other files on each
+    machine, each machine's cut removed the other's at every turn."""
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"one")
+    cache = tmp_path / "cache"
+    theirs = _derive(cache, "onnx", f"m-{KEY}.onnx", source)
+    record = json.loads(record_path(theirs).read_text())
+    record["host"] = socket.gethostname() + "-other"
+    record_path(theirs).write_text(json.dumps(record))
+    source.write_bytes(b"two, here")
+    ours = _derive(cache, "onnx", f"m-{'f' * 16}.onnx", source)
+    assert theirs.is_file() and ours.is_file()
+    assert _by_name(cache_entries(cache))[theirs.name].state == "elsewhere" and theirs.name not in _removable(cache)
+
+
+def test_a_linked_sub_folder_is_read_through(tmp_path):
+    big = tmp_path / "big"
+    (big / "onnx").mkdir(parents=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "onnx").symlink_to(big / "onnx")
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"m")
+    _derive(cache, "onnx", f"m-{KEY}.onnx", source)
+    got = _by_name(cache_entries(cache))
+    assert got[f"m-{KEY}.onnx"].state == "current" and (big / "onnx" / f"m-{KEY}.onnx").is_file()
 
 
 def test_bad_settings(cache, tmp_path):
@@ -131,15 +270,15 @@ def test_bad_settings(cache, tmp_path):
 def test_cli_lists_and_cleans(cache, capsys):
     assert main(["cache", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert f"gpua cache: {cache}" in out and "onnx/gone-0123456789abcdef.onnx" in out and "stale" in out and "hf" in out
-    assert "of which no run reads 1.5 kB again" in out
+    assert f"gpua cache: {cache}\n" in out and f"onnx/gone-{KEY}.onnx" in out and "stale" in out and "hf" in out
+    assert "stale, unrecorded or left over 1.5 kB" in out
     assert main(["cache", "clean", "--cache-dir", str(cache), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "would remove onnx/gone-0123456789abcdef.onnx" in out and (cache / "onnx" / "gone-0123456789abcdef.onnx").is_file()
+    assert f"would remove onnx/gone-{KEY}.onnx" in out and (cache / "onnx" / f"gone-{KEY}.onnx").is_file()
     assert main(["cache", "clean", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "removed 2 entries, 1.5 kB" in out and "feature caches kept" in out
-    assert not (cache / "onnx" / "gone-0123456789abcdef.onnx").exists()
+    assert not (cache / "onnx" / f"gone-{KEY}.onnx").exists()
     assert main(["cache", "clean", "--cache-dir", str(cache), "--older-than", "1"]) == 2
     assert "add --features" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -147,9 +286,19 @@ def test_cli_lists_and_cleans(cache, capsys):
     assert "0 or more" in capsys.readouterr().err
 
 
-def test_cli_empty_and_missing_cache(tmp_path, capsys, monkeypatch):
+def test_cli_empty_missing_and_untagged(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GPUA_CACHE_DIR", str(tmp_path / "none"))
     assert main(["cache"]) == 0
     assert "not made yet" in capsys.readouterr().out
     assert main(["cache", "clean"]) == 0
     assert "removed 0 entries" in capsys.readouterr().out
+    (tmp_path / "proj" / "onnx").mkdir(parents=True)
+    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj")]) == 0  # nothing to remove: nothing to refuse
+    assert "removed 0 entries" in capsys.readouterr().out
+    (tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx").write_bytes(ONNX)
+    os.utime(tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx", (OLD, OLD))
+    assert main(["cache", "--cache-dir", str(tmp_path / "proj")]) == 0
+    assert "not tagged as gpua's cache" in capsys.readouterr().out
+    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj")]) == 2
+    assert "not tagged as gpua's cache folder" in capsys.readouterr().err
+    assert (tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx").is_file()

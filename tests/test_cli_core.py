@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpua.cli import main
-from gpua.features import save_features
+from gpua.features import load_features, save_features
 
 
 @pytest.fixture
@@ -241,3 +241,14 @@ def test_fit_refuses_refinement_settings_with_no_refine(files, tmp_path, capsys,
     assert main(["fit", "--train", str(files["train"]), "--out", str(tmp_path / "m.gpua"), "--no-refine"] + extra) == 2
     err = capsys.readouterr().err
     assert "of the THS refinement, which --no-refine turns off; drop it, or refine." in err and not (tmp_path / "m.gpua").exists()
+
+
+def test_predict_says_a_top_k_above_the_class_count(files, tmp_path, capsys):
+    """Was: --top-k 11 of a 10-class model wrote the top-10 without a word."""
+    model = tmp_path / "m.gpua"
+    assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--no-refine"]) == 0
+    capsys.readouterr()
+    n_classes = len(load_features(files["train"]).classnames)
+    assert main(["predict", "--model", str(model), "--features", str(files["test"]), "--out", str(tmp_path / "p.csv"),
+                 "--top-k", str(n_classes + 1)]) == 0
+    assert f"--top-k {n_classes + 1} is more than the model's {n_classes} classes" in capsys.readouterr().out

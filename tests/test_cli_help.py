@@ -2,6 +2,8 @@
 
 import argparse
 
+import pytest
+
 from gpua.cli import build_parser
 from gpua.cli import iter_parsers as walk_parsers
 
@@ -37,3 +39,16 @@ def test_every_command_is_walked():
     names = {p.prog.split()[-1] for p in walk_parsers(build_parser())}
     assert {"extract", "fit", "evaluate", "predict", "compare", "classify", "benchmark", "fit-seg", "segment", "evaluate-seg",
             "longtail", "federated", "demo"} <= names
+
+
+def test_an_unknown_flag_is_said_by_its_command(capsys):
+    """Was: gpua's top-level usage and "gpua: error: unrecognized arguments", naming no command."""
+    from gpua.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--train", "x.npz", "--out", "y.gpua", "--bogus"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: gpua fit" in err and "gpua fit: error: unrecognized arguments: --bogus" in err
+    with pytest.raises(SystemExit):
+        main(["calibrate", "longtail", "--features", "x.npz", "--nope"])
+    assert "gpua calibrate longtail: error: unrecognized arguments: --nope" in capsys.readouterr().err

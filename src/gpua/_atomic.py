@@ -39,7 +39,7 @@ from typing import Iterable, Iterator
 
 from ._errors import GPUAError
 
-__all__ = ["atomic_path", "atomic_write_text", "check_output", "check_writable", "clean_stale_temps", "STALE_AFTER_S", "TEMP_MARK"]
+__all__ = ["atomic_path", "atomic_write_text", "check_output", "check_writable", "clean_stale_temps", "gpua_temps", "STALE_AFTER_S", "TEMP_MARK"]
 
 #: Temp files of a writer on another host (whose process cannot be checked) are stale after this.
 STALE_AFTER_S = 24 * 3600
@@ -72,18 +72,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder: str | os.PathLike, *, now: float | None = None) -> list[Path]:
-    """Remove the temp files that killed gpua writers left in ``folder``; return what was removed.
-
-    Only names of gpua's own pattern are touched, and only when their writer is dead (same host)
-    or they are older than :data:`STALE_AFTER_S` (another host's writer cannot be checked).
-    """
+def gpua_temps(folder: str | os.PathLike, *, now: float | None = None) -> list[tuple[Path, bool]]:
+    """The temp files of gpua writers in ``folder``, each with whether it is stale: its writer is
+    dead (same host) or it is older than :data:`STALE_AFTER_S` (another host's writer cannot be
+    checked). Only names of gpua's own pattern count."""
     now = time.time() if now is None else now
-    removed = []
+    found = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return removed
+        return found
     for e in entries:
         if not (e.name.startswith(".") and TEMP_MARK in e.name):
             continue
@@ -97,10 +95,19 @@ def clean_stale_temps(folder: str | os.PathLike, *, now: float | None = None) ->
         except OSError:
             continue
         dead = m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
-        if dead or age > STALE_AFTER_S:
+        found.append((Path(e.path), dead or age > STALE_AFTER_S))
+    return found
+
+
+def clean_stale_temps(folder: str | os.PathLike, *, now: float | None = None) -> list[Path]:
+    """Remove the temp files that killed gpua writers left in ``folder`` (:func:`gpua_temps`);
+    return what was removed."""
+    removed = []
+    for path, stale in gpua_temps(folder, now=now):
+        if stale:
             with contextlib.suppress(OSError):
-                os.unlink(e.path)
-                removed.append(Path(e.path))
+                os.unlink(path)
+                removed.append(path)
     return removed
 
 

@@ -5,19 +5,22 @@ The cache (``cache_dir``, else ``$GPUA_CACHE_DIR``, else the user cache folder:
 
 - **derived model files** (``onnx/``, ``offline/``, ``semantic-lite0/``): graphs cut or exported
   from local weights, re-made from them on the next use (:mod:`gpua.encoders._derived`). Each
-  is ``current``, ``stale`` (a source changed or is gone: no run will read it again) or
-  ``unrecorded`` (written by a release before the records; re-made on use if still needed).
-- **feature caches** (``classify/``, ``benchmark/``, ``demo/``, ``devsets/``): the features the
-  commands extract on the way, each an ``.npz`` and, while a run is resumable, its ``.parts``
-  folder; re-extracted on the next use, which takes time but loses nothing.
+  is ``current``, ``stale`` (a source changed or is gone), ``unrecorded`` (written by a release
+  before the records and not used since: a run that uses it records it) or ``elsewhere``
+  (recorded by another machine sharing the cache, which this one cannot check).
+- **feature caches** (``classify/``, ``benchmark/``, ``demo/``): the features those commands
+  extract on the way, each an ``.npz`` and, while a run is resumable, its ``.parts`` folder;
+  re-extracted on the next use, which takes time but loses nothing.
 - **downloads** (``hf/``, ``open_clip/``, ``timm/``): weights fetched from a hub. Never removed
   here: a machine without network access cannot fetch them again.
 
-:func:`clean_cache` removes the stale and unrecorded derived files always, and the feature
-caches only when asked (``features=True``, optionally only those unused for ``older_than_days``),
-skipping any a running extraction holds. Nothing else is touched: not the downloads, not a file
-in these folders that gpua did not write (a derived file by its name, a feature file by its
-keys, a parts folder by its manifest), nor anything else in the cache folder.
+:func:`clean_cache` removes the stale and unrecorded derived files, records without their file
+and temp files that killed writers left, and the feature caches only when asked
+(``features=True``, optionally only those not written for ``older_than_days``), skipping any a
+running extraction holds. It cleans the default cache folder, or another that gpua tagged as its
+cache (:data:`~gpua.encoders._derived.CACHE_TAG`, written with the first file gpua puts there),
+and only what gpua writes there: a derived file by its name and format, a feature file by its
+name and its extraction's cache key, a parts folder by its manifest. Nothing else is touched.
 """
 
 from __future__ import annotations
@@ -34,11 +37,19 @@ from ._errors import GPUAError
 
 __all__ = ["CacheEntry", "DOWNLOAD_FOLDERS", "FEATURE_FOLDERS", "cache_entries", "clean_cache"]
 
-#: Cache sub-folders of feature files that the commands extract on the way.
-FEATURE_FOLDERS = ("classify", "benchmark", "demo", "devsets")
+#: Cache sub-folders of the feature files that the commands extract on the way (and re-extract
+#: when missing). ``benchmarks/devsets.py``'s ``devsets/`` is not one: it never re-extracts.
+FEATURE_FOLDERS = ("classify", "benchmark", "demo")
 #: Cache sub-folders of weights downloaded from a hub (never removed by :func:`clean_cache`).
 DOWNLOAD_FOLDERS = ("hf", "open_clip", "timm")
 _DAY_S = 24 * 3600
+#: An unrecorded derived file this recent may be an earlier release's write in progress: kept.
+_UNRECORDED_GRACE_S = 600
+#: The name of a derived file (:mod:`gpua.encoders._derived`): a stem, a 16-digit key, the format's ending.
+_DERIVED_NAME = re.compile(r"^.+-[0-9a-f]{16}\.(onnx|npy)$")
+#: The name of a feature cache (:func:`gpua.classify.feature_cache_path`): ``<name>__<vfm>__<vlm>.npz``,
+#: or a long one shortened to 200 bytes and a 16-digit hash.
+_FEATURE_NAME = re.compile(r"^(.+__.+__.+|.+-[0-9a-f]{16})\.npz$")
 
 
 @dataclass(frozen=True)
@@ -49,11 +60,12 @@ class CacheEntry:
     ----------
     path : Path
         The file or folder.
-    kind : {"derived", "features", "download", "other"}
+    kind : {"derived", "features", "download", "temp", "other"}
     state : str
-        ``derived``: ``current``, ``stale`` or ``unrecorded``; ``features``: ``complete`` or
-        ``partial`` (a resumable run's parts without their output); ``download`` and ``other``:
-        ``kept``.
+        ``derived``: ``current``, ``stale``, ``unrecorded``, ``elsewhere`` or ``orphan`` (a
+        record whose file is gone); ``features``: ``complete``, ``partial`` (a resumable run's
+        parts without their output) or ``busy`` (a running extraction holds it); ``temp``:
+        ``stale`` (its writer is gone) or ``busy``; ``download`` and ``other``: ``kept``.
     bytes : int
         Size on disk (a folder's files summed; a feature cache with its parts).
     why : str
@@ -73,7 +85,7 @@ class CacheEntry:
     @property
     def removable(self) -> bool:
         """Whether :func:`clean_cache` removes it without being asked for feature caches."""
-        return self.kind == "derived" and self.state != "current"
+        return (self.kind == "derived" and self.state in ("stale", "unrecorded", "orphan")) or (self.kind, self.state) == ("temp", "stale")
 
 
 def _size(path: Path) -> int:
@@ -96,64 +108,133 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _visible(folder: Path) -> list[Path]:
-    """``folder``'s entries, without hidden ones (locks, temp files) and records."""
-    from .encoders._derived import RECORD_SUFFIX
-
+def _names(folder: Path) -> list[str]:
     try:
-        names = sorted(os.listdir(folder))
+        return sorted(os.listdir(folder))
     except OSError:
         return []
-    return [folder / n for n in names if not n.startswith(".") and not n.endswith(RECORD_SUFFIX)]
 
 
-#: The name of a derived file (:mod:`gpua.encoders._derived`): a stem, a 16-digit key, the format's ending.
-_DERIVED_NAME = re.compile(r"^.+-[0-9a-f]{16}\.(onnx|npy)$")
+def _temp_entries(folder: Path) -> Iterator[CacheEntry]:
+    from ._atomic import gpua_temps
+
+    for path, stale in gpua_temps(folder):
+        why = "left by a writer that was killed" if stale else "a running gpua is writing it"
+        yield CacheEntry(path, "temp", "stale" if stale else "busy", _size(path), why, _mtime(path))
 
 
 def _other(p: Path) -> CacheEntry:
     return CacheEntry(p, "other", "kept", _size(p), "not gpua's (not removed)", _mtime(p))
 
 
-def _derived_entries(folder: Path) -> Iterator[CacheEntry]:
-    from .encoders._derived import derived_state
+def _looks_derived(p: Path) -> bool:
+    """A file of a derived file's name and format: an .npy array, or an ONNX model (a protobuf
+    whose first field, ir_version, is a varint: byte 0x08)."""
+    if not (p.is_file() and not p.is_symlink() and _DERIVED_NAME.match(p.name)):
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return False
+    return head == b"\x93NUMPY" if p.suffix == ".npy" else head[:1] == b"\x08"
 
-    for p in _visible(folder):
-        if not (p.is_file() and not p.is_symlink() and _DERIVED_NAME.match(p.name)):
-            yield _other(p)  # a file of a name gpua never gives is someone else's: never removed
+
+def _derived_entries(folder: Path, now: float) -> Iterator[CacheEntry]:
+    from .encoders._derived import RECORD_SUFFIX, derived_state
+
+    names = _names(folder)
+    present = set(names)
+    for name in names:
+        p = folder / name
+        if name.startswith("."):
+            continue  # temp files (listed apart) and hidden files, which gpua never writes here
+        if name.endswith(RECORD_SUFFIX):
+            if name[: -len(RECORD_SUFFIX)] not in present and p.is_file() and not p.is_symlink():
+                yield CacheEntry(p, "derived", "orphan", _size(p), "a record whose file is gone", _mtime(p))
+            continue
+        if not _looks_derived(p):
+            yield _other(p)  # a file of a name or format gpua never gives is someone else's: never removed
             continue
         state, why = derived_state(p)
+        if state == "unrecorded" and now - _mtime(p) < _UNRECORDED_GRACE_S:
+            state, why = "busy", "unrecorded and minutes old: maybe an earlier release writing it"
         yield CacheEntry(p, "derived", state, _size(p), why, _mtime(p))
+    yield from _temp_entries(folder)
+
+
+def _held(out: Path) -> bool:
+    """Whether a running extraction holds output ``out``'s lock."""
+    from .extract import _OutputLock
+
+    with _OutputLock(out, block=False) as lock:
+        return lock.busy
+
+
+def _is_extraction_output(p: Path) -> bool:
+    """A feature file of a feature cache's name that ``gpua extract`` wrote (its meta holds the cache key)."""
+    from ._atomic import _is_feature_file
+    from .extract import _stored_meta
+
+    if not (p.is_file() and not p.is_symlink() and _FEATURE_NAME.match(p.name) and _is_feature_file(p)):
+        return False
+    return isinstance((_stored_meta(p) or {}).get("cache_key"), str)
 
 
 def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
-    """The feature files in ``folder`` and their parts folders (:class:`gpua.extract._Parts`); only
-    what gpua writes there counts (a feature file by its keys, parts by their manifest)."""
-    from ._atomic import _is_feature_file
+    """The feature caches in ``folder`` and their parts folders (:class:`gpua.extract._Parts`)."""
     from .extract import _Parts
 
-    entries = _visible(folder)
-    outputs = {p for p in entries if p.is_file() and not p.is_symlink() and _is_feature_file(p)}
-    for p in entries:
-        parts = _Parts(p if p.name.endswith(".parts") else p.with_name(p.name + ".parts"))
-        if p in outputs:
+    names = [n for n in _names(folder) if not n.startswith(".")]  # locks and temp files: hidden
+    outputs = {n for n in names if _is_extraction_output(folder / n)}
+    for name in names:
+        p = folder / name
+        parts = _Parts(p if name.endswith(".parts") else p.with_name(name + ".parts"))
+        if name in outputs:
             size = _size(p) + (_size(parts.dir) if parts.is_ours() else 0)
-            yield CacheEntry(p, "features", "complete", size, "re-extracted on its next use", _mtime(p))
-        elif p.name.endswith(".parts") and parts.is_ours():
-            if p.with_name(p.name[: -len(".parts")]) not in outputs:
-                yield CacheEntry(p, "features", "partial", _size(p), "an interrupted extraction's parts (a rerun resumes from them)", _mtime(p))
+            if _held(p):
+                yield CacheEntry(p, "features", "busy", size, "a running extraction is writing it", _mtime(p))
+            else:
+                yield CacheEntry(p, "features", "complete", size, "re-extracted on its next use", _mtime(p))
+        elif name.endswith(".parts") and parts.is_ours() and _FEATURE_NAME.match(name[: -len(".parts")]):
+            if name[: -len(".parts")] in outputs:
+                continue  # counted with its output
+            out = p.with_name(name[: -len(".parts")])
+            if _held(out):
+                yield CacheEntry(p, "features", "busy", _size(p), "a running extraction is writing it", _mtime(p))
+            else:
+                yield CacheEntry(p, "features", "partial", _size(p), "an interrupted extraction's parts (a rerun resumes from them)",
+                                 _mtime(p))
         else:
             yield _other(p)
+    yield from _temp_entries(folder)
 
 
-def _root(cache_dir) -> Path:
+def _root(cache_dir) -> tuple[Path, bool]:
+    """The cache folder, and whether it is the default one (no ``cache_dir``, no ``$GPUA_CACHE_DIR``)."""
     from .encoders import cache_dir as cache_root
 
-    root = cache_root(cache_dir)
+    try:
+        root = cache_root(cache_dir)
+    except RuntimeError as exc:  # expanduser of ~nosuchuser
+        raise GPUAError(f"cache_dir {str(cache_dir)!r} cannot be read as a folder ({exc}); pass the cache folder's path.") from None
     if root.exists() and not root.is_dir():
         raise GPUAError(f"cache_dir {str(root)!r} is a file, not gpua's cache folder; pass the cache folder (or none: "
                         "$GPUA_CACHE_DIR, else the user cache).")
-    return root
+    default = cache_dir is None and not os.environ.get("GPUA_CACHE_DIR")
+    return root, default
+
+
+def _is_ours(root: Path, default: bool) -> bool:
+    """The default cache folder is gpua's by its place; another one by gpua's cache tag."""
+    from .encoders._derived import CACHE_TAG
+
+    if default:
+        return True
+    try:
+        return "gpua cache" in (root / CACHE_TAG).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry]:
@@ -167,55 +248,78 @@ def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry
     Returns
     -------
     list of CacheEntry
-        Derived model files and feature caches one by one; each download folder and each other
-        top-level entry as one.
+        Derived model files, feature caches and temp files one by one; each download folder and
+        each other top-level entry as one. Sub-folders that are links to folders elsewhere (a
+        cache spread over disks) are read through.
     """
     from .encoders._derived import DERIVED_FOLDERS
 
-    root = _root(cache_dir)
+    root, _ = _root(cache_dir)
+    now = time.time()
     out: list[CacheEntry] = []
-    for top in _visible(root):
-        if top.is_dir() and not top.is_symlink() and top.name in DERIVED_FOLDERS:
-            out.extend(_derived_entries(top))
-        elif top.is_dir() and not top.is_symlink() and top.name in FEATURE_FOLDERS:
+    for name in _names(root):
+        top = root / name
+        if name.startswith("."):  # the cache's tag, locks, temp files (listed below)
+            continue
+        if name in DERIVED_FOLDERS and top.is_dir():
+            out.extend(_derived_entries(top, now))
+        elif name in FEATURE_FOLDERS and top.is_dir():
             out.extend(_feature_entries(top))
-        elif top.name in DOWNLOAD_FOLDERS:
-            out.append(CacheEntry(top, "download", "kept", _size(top), "downloaded weights (not removed: they may not be fetched again)", _mtime(top)))
+        elif name in DOWNLOAD_FOLDERS and top.is_dir():
+            where = top.resolve() if top.is_symlink() else top
+            out.append(CacheEntry(top, "download", "kept", _size(where), "downloaded weights (not removed: they may not be fetched again)",
+                                  _mtime(top)))
         else:
             out.append(_other(top))
+    out.extend(_temp_entries(root))
     return out
 
 
-def _remove_features(entry: CacheEntry) -> bool:
-    """Remove a feature cache (its output and parts) unless a running extraction holds it."""
-    from ._atomic import _is_feature_file
+def _remove(entry: CacheEntry) -> None:
+    from .encoders._derived import record_path
+
+    if entry.kind == "derived" and entry.state != "orphan":
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            record_path(entry.path).unlink()
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
+
+
+def _remove_features(entry: CacheEntry, cutoff: float | None) -> bool:
+    """Remove a feature cache (its output and parts) unless a running extraction holds it, or it
+    was written since ``cutoff`` (checked again under the lock)."""
     from .extract import _OutputLock, _Parts
 
     out = entry.path if entry.state == "complete" else entry.path.with_name(entry.path.name[: -len(".parts")])
     with _OutputLock(out, block=False) as lock:
-        if lock.busy:
+        if lock.busy or (cutoff is not None and _mtime(entry.path) >= cutoff):
             return False
         parts = _Parts.of(out)
         if parts.is_ours():
             parts.remove()
-        if out.is_file() and not out.is_symlink() and _is_feature_file(out):
+        if _is_extraction_output(out):
             out.unlink()
     return True
 
 
 def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = False, older_than_days: float | None = None,
-                dry_run: bool = False) -> tuple[list[CacheEntry], list[CacheEntry]]:
+                dry_run: bool = False) -> tuple[list[CacheEntry], list[CacheEntry], list[tuple[CacheEntry, str]]]:
     """Remove what the cache holds and no run needs: stale and unrecorded derived model files,
-    and, when asked, feature caches.
+    records without their file, killed writers' temp files, and, when asked, feature caches.
 
     Parameters
     ----------
     cache_dir : path, optional
-        Default :func:`gpua.encoders.cache_dir`.
+        Default :func:`gpua.encoders.cache_dir`. Other than the default cache folder, it must
+        be one gpua tagged as its cache (it does with the first file it writes there).
     features : bool
         Also remove feature caches (complete and partial), which the next run re-extracts.
     older_than_days : float, optional
-        With ``features``: only those not written for this many days.
+        With ``features``: only those not written for this many days (a run that reuses a
+        cache does not rewrite it).
     dry_run : bool
         Remove nothing; return what would go.
 
@@ -225,6 +329,8 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
         What was removed (with ``dry_run``, what would be).
     skipped : list of CacheEntry
         Feature caches that a running extraction holds, left as they are.
+    failed : list of (CacheEntry, str)
+        What could not be removed, and why; the others were removed all the same.
     """
     if older_than_days is not None:
         from ._validation import check_number
@@ -232,22 +338,35 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
         older_than_days = check_number(older_than_days, "older_than_days", low=0, fix="days, e.g. 30")
         if not features:
             raise GPUAError("older_than_days applies to feature caches only; pass features=True (--features) with it.")
+    root, default = _root(cache_dir)
     cutoff = None if older_than_days is None else time.time() - older_than_days * _DAY_S
     removed: list[CacheEntry] = []
     skipped: list[CacheEntry] = []
-    from .encoders._derived import record_path
+    failed: list[tuple[CacheEntry, str]] = []
+    chosen = [e for e in cache_entries(cache_dir)
+              if e.removable or (e.kind == "features" and features and (e.state == "busy" or cutoff is None or e.mtime < cutoff))]
+    if any(e.state != "busy" for e in chosen) and not _is_ours(root, default):
+        from .encoders._derived import CACHE_TAG
 
-    for entry in cache_entries(cache_dir):
-        if entry.removable:
-            if not dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.path.unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    record_path(entry.path).unlink()
+        raise GPUAError(f"{str(root)!r} is not tagged as gpua's cache folder (no {CACHE_TAG} written by gpua), so nothing there is "
+                        "removed: check the folder (cache_dir / --cache-dir / $GPUA_CACHE_DIR). gpua tags a cache folder with "
+                        "the first model file or features it writes there.")
+    for entry in chosen:
+        if entry.state == "busy":
+            skipped.append(entry)
+            continue
+        if dry_run:
             removed.append(entry)
-        elif entry.kind == "features" and features and (cutoff is None or entry.mtime < cutoff):
-            if dry_run or _remove_features(entry):
-                removed.append(entry)
+            continue
+        try:
+            if entry.kind == "features":
+                if not _remove_features(entry, cutoff):
+                    skipped.append(entry)
+                    continue
             else:
-                skipped.append(entry)
-    return removed, skipped
+                _remove(entry)
+        except OSError as exc:  # one that will not go (permissions, a read-only disk): said, and the rest go on
+            failed.append((entry, exc.strerror or str(exc)))
+            continue
+        removed.append(entry)
+    return removed, skipped, failed

@@ -245,6 +245,7 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
     right features is decided by its cache key (:func:`gpua.extract.extract_features`).
     """
     from .encoders import cache_dir as cache_root
+    from .encoders._derived import mark_cache
 
     tag = f"{name}__{vfm}__{vlm}"
     for ch in ':/\\?&=" ':
@@ -253,7 +254,10 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
     if len(raw) > _CACHE_NAME_BYTES:  # local models' specs are paths: two deep ones passed the 255-byte name limit
         digest = hashlib.sha256(raw).hexdigest()[:16]
         tag = f"{raw[:_CACHE_NAME_BYTES - 17].decode('utf-8', 'ignore')}-{digest}"
-    return cache_root(cache_dir) / kind / f"{tag}.npz"
+    root = cache_root(cache_dir)
+    if root.is_dir():  # gpua's cache from now on (`gpua cache clean` cleans only a folder so tagged); a new one is tagged by its first file
+        mark_cache(root)
+    return root / kind / f"{tag}.npz"
 
 
 #: The longest cache file stem, in bytes: a file name stops at 255 on most file systems, and the

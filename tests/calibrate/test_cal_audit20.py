@@ -119,3 +119,12 @@ def test_benchmark_demo_paths_follow_the_cache_setting(tmp_path, monkeypatch):
     assert path.parent == tmp_path / "demo" and path.name.startswith("cifar10-mini_train__offline-dinov2-s")
     with pytest.raises(SystemExit, match="run `gpua demo` first"):
         _harness.load_feature_files(path)
+
+
+def test_tables_say_their_accuracies_are_percent():
+    """Was: headers 'all head tail' over 35.0 while the JSON held 0.35: the scale was a guess."""
+    from gpua.calibrate import format_table
+
+    table = format_table([{"imbalance": 10.0, "method": "plain", "all": 0.35, "head": 0.5, "tail": 0.2, "n_train": 3}])
+    assert table.splitlines()[0].split() == ["imbalance", "method", "all", "(%)", "head", "(%)", "tail", "(%)", "n_train"]
+    assert "35.0" in table

@@ -84,3 +84,39 @@ def test_lite_export_of_reinstalled_weights_replaces_the_old_export(tmp_path, mo
     second = _offline._lite_onnx("efficientnet-lite0", tmp_path)
     assert second != first and second.is_file() and not first.exists()
     assert [p.name for p in (tmp_path / "offline").glob("*.onnx")] == [second.name]
+
+
+def test_a_cut_an_earlier_release_wrote_is_recorded_when_used(tiny_onnx, tmp_path):
+    """Was: a current cut without a record (an earlier release's) stayed "unrecorded", and
+    `gpua cache clean` removed the graph every run used."""
+    src_path, tokens, _ = tiny_onnx
+    cache = tmp_path / "cache"
+    cut = cut_onnx_graph(src_path, "pixel_values", [tokens], cache)
+    record_path(cut).unlink()
+    (cache / ".gpua-cache").unlink()
+    assert derived_state(cut)[0] == "unrecorded"
+    assert cut_onnx_graph(src_path, "pixel_values", [tokens], cache) == cut  # a cache hit...
+    assert derived_state(cut)[0] == "current" and (cache / ".gpua-cache").is_file()  # ...records it, and tags the cache
+
+
+def test_a_superseded_cut_that_will_not_go_is_a_warning(tiny_onnx, tmp_path, monkeypatch):
+    """Was: the PermissionError of removing another user's old cut (a shared cache) failed the
+    encoder's creation, though the new cut was written."""
+    from pathlib import Path
+
+    src_path, tokens, _ = tiny_onnx
+    src = tmp_path / "model.onnx"
+    shutil.copy2(src_path, src)
+    first = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
+    _resave(src)
+    real = Path.unlink
+
+    def unlink(self, *a, **k):
+        if self == first:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.warns(UserWarning, match="could not remove .*Operation not permitted"):
+        second = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
+    assert second.is_file() and first.is_file() and record_path(first).is_file()

@@ -611,7 +611,9 @@ def format_table(rows: Sequence[dict]) -> str:
             return f"{v:.2f}" if k == "seconds" else f"{v:.0f}"
         return str(v)
 
-    table = [keys] + [[cell(r, k) for k in keys] for r in rows]
+    # The headers say the scale, as `gpua evaluate`'s "acc1 (%)" does (the JSON holds fractions).
+    header = [f"{k} (%)" if k in ("all", "head", "tail", "all_std") else k for k in keys]
+    table = [header] + [[cell(r, k) for k in keys] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
     lines = ["  ".join(c.rjust(w) if i != keys.index("method") else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in table]

@@ -5,7 +5,7 @@ Examples::
     gpua cache                          # what is there: derived models, feature caches, downloads
     gpua cache clean --dry-run          # what `clean` would remove
     gpua cache clean                    # stale and unrecorded derived model files
-    gpua cache clean --features --older-than 30   # and feature caches unused for 30 days
+    gpua cache clean --features --older-than 30   # and feature caches not written for 30 days
 
 See :mod:`gpua.cache`.
 """
@@ -13,6 +13,7 @@ See :mod:`gpua.cache`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_subcommands"]
@@ -53,9 +54,13 @@ def _where(args) -> str:
 def _list(args) -> int:
     from ..cache import cache_entries
 
+    from ..cache import _is_ours, _root
+
     root = _where(args)
     entries = cache_entries(_cache_dir(args))
-    print(f"gpua cache: {root}")
+    folder, default = _root(_cache_dir(args))
+    tagged = "" if not folder.is_dir() or _is_ours(folder, default) else " (not tagged as gpua's cache: `clean` leaves it alone)"
+    print(f"gpua cache: {root}{tagged}")
     if not entries:
         print("empty" if Path(root).is_dir() else "not made yet (the first run that needs it makes it)")
         return 0
@@ -64,10 +69,10 @@ def _list(args) -> int:
     def total(kind: str) -> str:
         return _size(sum(e.bytes for e in entries if e.kind == kind))
 
-    print(f"total {_size(sum(e.bytes for e in entries))}: derived model files {total('derived')}, of which no run reads "
-          f"{_size(sum(e.bytes for e in entries if e.removable))} again (`gpua cache clean` removes those); feature caches "
-          f"{total('features')} (`gpua cache clean --features`: re-extracted on their next use); downloads {total('download')} "
-          "(kept)")
+    print(f"total {_size(sum(e.bytes for e in entries))}: derived model files {total('derived')}; stale, unrecorded or left "
+          f"over {_size(sum(e.bytes for e in entries if e.removable))} (`gpua cache clean` removes those: a run that needs one "
+          f"makes it anew); feature caches {total('features')} (`gpua cache clean --features`: re-extracted on their next "
+          f"use); downloads {total('download')} (kept)")
     return 0
 
 
@@ -80,15 +85,18 @@ def _clean(args) -> int:
         raise GPUAError("--older-than selects feature caches by age; add --features (derived model files go by their "
                         "sources, not their age).")
     root = _where(args)
-    removed, skipped = clean_cache(_cache_dir(args), features=args.features, older_than_days=args.older_than, dry_run=args.dry_run)
+    removed, skipped, failed = clean_cache(_cache_dir(args), features=args.features, older_than_days=args.older_than,
+                                           dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
         print(f"{verb} {e.path.relative_to(root)} ({_size(e.bytes)}: {e.kind}, {e.state})")
     for e in skipped:
-        print(f"kept {e.path.relative_to(root)}: a running extraction is writing it")
+        print(f"kept {e.path.relative_to(root)}: a running gpua is writing it (or wrote it just now)")
+    for e, why in failed:
+        print(f"gpua cache clean: could not remove {e.path.relative_to(root)}: {why}", file=sys.stderr)
     print(f"gpua cache clean: {verb} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_size(sum(e.bytes for e in removed))}, "
           f"from {root}" + ("" if args.features else "; feature caches kept (--features removes them)"))
-    return 0
+    return 2 if failed else 0
 
 
 def add_subcommands(subparsers) -> None:
@@ -112,6 +120,6 @@ def add_subcommands(subparsers) -> None:
                         "which the next run re-extracts. Downloads are never removed.")
     cl.add_argument("--features", action="store_true", help="also remove feature caches (skipping any a running extraction holds)")
     cl.add_argument("--older-than", type=_days, metavar="DAYS",
-                    help="with --features: only feature caches not written for DAYS days")
+                    help="with --features: only feature caches not written for DAYS days (a run that reuses one does not rewrite it)")
     cl.add_argument("--dry-run", action="store_true", help="remove nothing; print what would go")
     cl.set_defaults(func=_clean)

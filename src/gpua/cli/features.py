@@ -320,7 +320,10 @@ def _predict(args, out) -> int:
         else:
             warnings.warn("the model names no classes; the predictions are class indices.", stacklevel=1)
     n = out.write_with(lambda path: write_predictions(path, chunks, names, top_k=args.top_k))
-    print(f"wrote {n} predictions to {out.name} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} classes)")
+    cut = (f"; --top-k {args.top_k} is more than the model's {model.n_classes_} classes, so every class is listed"
+           if args.top_k > model.n_classes_ else "")
+    print(f"wrote {n} predictions to {out.name} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} "
+          f"classes){cut}")
     return 0
 
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .._atomic import atomic_path, atomic_write_text
+from .._errors import GPUAError, warn_user
 from ._registry import file_fingerprint
 
-__all__ = ["DERIVED_FOLDERS", "RECORD_SUFFIX", "derived_file", "derived_state", "record_path"]
+__all__ = ["CACHE_TAG", "DERIVED_FOLDERS", "RECORD_SUFFIX", "adopt", "derived_file", "derived_state", "mark_cache", "record_path"]
 
 #: The cache's sub-folders that hold derived model files (each re-made from its sources on use).
 DERIVED_FOLDERS = ("onnx", "offline", "semantic-lite0")
@@ -49,19 +51,45 @@ def _read_record(record: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
 
 
+#: The file that marks a folder as gpua's cache: ``gpua cache clean`` cleans a folder other than
+#: the default cache only when it holds one. Not the Cache Directory Tagging Specification's
+#: ``CACHEDIR.TAG``: backup tools skip a folder holding that, and a ``--cache-dir`` pointed at a
+#: project folder would have dropped the project from its backups.
+CACHE_TAG = ".gpua-cache"
+CACHE_TAG_TEXT = "This folder is a gpua cache: models derived from local weights, and extracted features.\n"
+
+
+def mark_cache(root: str | os.PathLike) -> None:
+    """Tag ``root`` as gpua's cache folder (:data:`CACHE_TAG`), once; best effort (a read-only
+    cache is used as it is)."""
+    tag = Path(root) / CACHE_TAG
+    if tag.is_file():
+        return
+    with contextlib.suppress(OSError, GPUAError):
+        tag.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(tag, CACHE_TAG_TEXT)
+
+
+def _record_text(recipe: Any, fingerprints: Sequence[dict[str, Any]]) -> str:
+    return json.dumps({"format": _FORMAT, "recipe": recipe, "host": socket.gethostname(), "sources": list(fingerprints)}, indent=1)
+
+
 @contextlib.contextmanager
 def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[dict[str, Any]], suffix: str = "") -> Iterator[Path]:
-    """Write derived file ``target`` atomically (:func:`~gpua._atomic.atomic_path`), then record it
-    and remove what the same recipe derived from earlier versions of its sources.
+    """Write derived file ``target`` atomically (:func:`~gpua._atomic.atomic_path`) with its
+    record, then remove what the same recipe derived on this machine from earlier versions of its
+    sources.
 
     Parameters
     ----------
     target : path
-        The derived file; its name holds a key of ``recipe`` and ``fingerprints``.
+        The derived file, in a sub-folder of the cache folder; its name holds a key of
+        ``recipe`` and ``fingerprints``.
     recipe : JSON-able
         What was derived from what, without the sources' versions (``[source path, input node,
-        output nodes]``): two files of one recipe differ only by the sources' fingerprints, and
-        the newer one supersedes the other.
+        output nodes]``): two files of one recipe and one machine differ only by the sources'
+        fingerprints, and the newer one supersedes the other. Files another machine recorded
+        (a cache shared over the network, where one path may hold other files) are left alone.
     fingerprints : sequence of dict
         :func:`~gpua.encoders._registry.file_fingerprint` of each source, as the key used them.
     suffix : str
@@ -73,20 +101,43 @@ def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[
         The temp path to write.
     """
     target = Path(target)
+    recipe = json.loads(json.dumps(recipe))  # as it reads back (tuples become lists), for the comparison below
     with atomic_path(target, suffix=suffix) as tmp:
         yield tmp
-    recipe = json.loads(json.dumps(recipe))  # as it reads back (tuples become lists), for the comparison below
-    atomic_write_text(record_path(target), json.dumps({"format": _FORMAT, "recipe": recipe, "sources": list(fingerprints)}, indent=1))
+        # The record first, then the file's rename: a file of ours is never seen without its
+        # record (`gpua cache clean` removes unrecorded files, and one between the two steps
+        # would have been taken for an earlier release's).
+        atomic_write_text(record_path(target), _record_text(recipe, fingerprints))
+    mark_cache(target.parent.parent)
+    here = socket.gethostname()
     for other in target.parent.glob("*" + RECORD_SUFFIX):
         superseded = other.with_name(other.name[: -len(RECORD_SUFFIX)])
-        if superseded == target or (_read_record(other) or {}).get("recipe") != recipe:
+        was = _read_record(other) or {}
+        if superseded == target or was.get("recipe") != recipe or was.get("host", here) != here:
             continue
         # The file first: a record without its file is nothing, a file without its record is
         # an unrecorded one (that `gpua cache clean` removes), never a file taken for current.
-        with contextlib.suppress(FileNotFoundError):
-            superseded.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            other.unlink()
+        # Removing is tidying: a file that will not go (another user's, in a shared cache) stays.
+        for path in (superseded, other):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                warn_user(f"could not remove {str(path)!r}, made from an earlier version of {recipe[0] if isinstance(recipe, list) else recipe!r} "
+                          f"({exc.strerror or exc}); it takes space until `gpua cache clean` or its owner removes it.")
+                break
+
+
+def adopt(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[dict[str, Any]]) -> None:
+    """Record derived file ``target`` found in the cache under the key of ``fingerprints`` without a
+    record (an earlier release wrote it): the key match proves what it was made from. Best effort."""
+    record = record_path(target)
+    if record.exists():
+        return
+    with contextlib.suppress(OSError, GPUAError):
+        atomic_write_text(record, _record_text(json.loads(json.dumps(recipe)), fingerprints))
+    mark_cache(Path(target).parent.parent)
 
 
 def derived_state(path: str | os.PathLike) -> tuple[str, str]:
@@ -94,13 +145,17 @@ def derived_state(path: str | os.PathLike) -> tuple[str, str]:
 
     Returns
     -------
-    state : {"current", "stale", "unrecorded"}
+    state : {"current", "stale", "unrecorded", "elsewhere"}
+        ``elsewhere``: recorded on another machine, whose sources cannot be checked here.
     why : str
         In words: the sources, or the one that changed or is gone.
     """
     record = _read_record(record_path(path))
     if record is None:
-        return "unrecorded", "written before gpua recorded the sources of what it derives"
+        return "unrecorded", "written before gpua recorded the sources of what it derives, and not used since"
+    host = record.get("host")
+    if host is not None and host != socket.gethostname():
+        return "elsewhere", f"made on {host!r}, whose files this machine cannot check"
     sources = [s for s in record.get("sources") or () if isinstance(s, dict)]
     for was in sources:
         where = was.get("path")

@@ -42,7 +42,7 @@ import torch
 from .._errors import GPUAError, MissingDependencyError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
-from ._derived import derived_file
+from ._derived import adopt, derived_file
 from ._onnx import OnnxEncoder, check_onnx_device
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
@@ -154,7 +154,10 @@ def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
     fingerprint = file_fingerprint(weights)
     key = hashlib.sha256(json.dumps([name, fingerprint, _LITE_EXPORT_VERSION]).encode()).hexdigest()[:16]
     target = _cache_dir(cache_dir) / "offline" / f"{name}-{key}.onnx"
+    # The recipe leaves out the export's version: a newer export supersedes the older one's file.
+    recipe = [name, str(weights)]
     if target.is_file():
+        adopt(target, recipe, [fingerprint])  # an earlier release's export, recorded now that its key matched
         return target
 
     class _Features(torch.nn.Module):
@@ -166,8 +169,7 @@ def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
             return self.net.extract_features(x)
 
     size = _LITE[name][1]
-    # The recipe leaves out the export's version: a newer export supersedes the older one's file.
-    with derived_file(target, [name, str(weights)], [fingerprint], suffix=".onnx") as tmp, warnings.catch_warnings():
+    with derived_file(target, recipe, [fingerprint], suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(_Features(_lite_torch_model(name)), (torch.zeros(1, 3, size, size),), str(tmp), dynamo=False,
                           opset_version=17, input_names=["pixels"], output_names=["features"],
@@ -338,6 +340,7 @@ class SemanticLite0Encoder(Encoder):
             fingerprint = file_fingerprint(folder)
             key = hashlib.sha256(json.dumps([names, SEMANTIC_NAME_TEMPLATE, fingerprint]).encode()).hexdigest()[:16]
             path = _cache_dir(self._cache_dir) / "semantic-lite0" / f"imagenet-minilm-{key}.npy"
+            recipe = ["imagenet-minilm", str(Path(folder).resolve())]
             emb = None
             if path.is_file():
                 try:
@@ -347,8 +350,10 @@ class SemanticLite0Encoder(Encoder):
             if emb is None or emb.shape != (len(names), 384):
                 with torch.inference_mode():
                     emb = self._embed_sentences([SEMANTIC_NAME_TEMPLATE.format(n) for n in names]).cpu().numpy()
-                with derived_file(path, ["imagenet-minilm", str(Path(folder).resolve())], [fingerprint], suffix=".npy") as tmp:
+                with derived_file(path, recipe, [fingerprint], suffix=".npy") as tmp:
                     np.save(tmp, emb)
+            else:
+                adopt(path, recipe, [fingerprint])  # an earlier release's table, recorded now that its key matched
             self._names_emb = torch.from_numpy(np.asarray(emb, np.float32)).to(self.device)
         return self._names_emb
 

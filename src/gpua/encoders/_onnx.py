@@ -69,7 +69,7 @@ from .._backend import resolve_device
 from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
-from ._derived import derived_file
+from ._derived import adopt, derived_file
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import error_summary, file_fingerprint, layout_hint, local_layout
@@ -191,10 +191,11 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
     key_src = json.dumps(key_parts)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     target = _cache_dir(cache_dir) / "onnx" / f"{src.stem}-{key}.onnx"
+    recipe, fingerprints = [str(src), input_name, list(output_names)], [key_parts[0], *(key_parts[3] if external else ())]
     if target.is_file():
+        adopt(target, recipe, fingerprints)  # an earlier release's cut, recorded now that its key matched
         return target
-    fingerprints = [key_parts[0], *(key_parts[3] if external else ())]
-    with derived_file(target, [str(src), input_name, list(output_names)], fingerprints, suffix=".onnx") as tmp:
+    with derived_file(target, recipe, fingerprints, suffix=".onnx") as tmp:
         try:
             # Shape inference first (inside extract_model): the extractor needs the cut tensor's type.
             onnx.utils.extract_model(str(src), str(tmp), [input_name], list(output_names), check_model=False)
