@@ -44,17 +44,20 @@ def test_a_class_of_copies_of_one_row_borrows_like_a_single_sample():
 
 
 def test_augment_gives_each_client_its_own_stream_of_a_seeded_calibrator():
-    """Was: a calibrator with random_state=0 gave every client the same noise and anchor draws."""
+    """Was: a calibrator with random_state=0 gave every client the same noise and anchor draws:
+    each generated row of client 0 minus client 1's was exactly a difference of their anchors."""
     rng = np.random.default_rng(1)
-    clients = [(rng.standard_normal((12, 4)) + c, np.repeat([0, 1], [7, 5])) for c in range(2)]
+    y = np.repeat([0, 1], [12, 4])
+    clients = [(rng.standard_normal((16, 4)) + 3 * c, y) for c in range(2)]
     server = FederatedCalibration(2, calibrator=DistributionCalibrator(borrow=None, random_state=0))
     server.fit([client_statistics(Xc, yc, 2) for Xc, yc in clients])
     (g0, y0), (g1, y1) = (server.augment(c, *clients[c]) for c in range(2))
-    assert y0.tolist() == y1.tolist()
-    noise0, noise1 = g0 - g0.mean(axis=0), g1 - g1.mean(axis=0)
-    assert not np.allclose(noise0, noise1, atol=1e-3)
-    again = server.augment(0, *clients[0])
-    np.testing.assert_array_equal(again[0], g0)  # still reproducible
+    assert y0.tolist() == y1.tolist() == [1] * 8
+    anchor_gaps = clients[0][0][y == 1] - clients[1][0][y == 1]  # (4, d): one per shared anchor index
+    same_draws = [np.abs(anchor_gaps - (a - b)).max(axis=1).min() < 1e-5 for a, b in zip(g0, g1)]
+    assert not any(same_draws)
+    np.testing.assert_array_equal(server.augment(0, *clients[0])[0], g0)  # still reproducible
+    # an explicit random_state is taken as given, for every client alike
     np.testing.assert_array_equal(server.augment(0, *clients[0], random_state=5)[0], server.augment(1, *clients[0], random_state=5)[0])
 
 
