@@ -11,6 +11,7 @@ from PIL import Image
 
 from gpua._errors import GPUAError
 from gpua.cli import main
+from segment_helpers import write_pool_scenes
 from gpua.segment.datasets import VOC_CLASSES
 
 PLANTED = ["sky", "grass", "road", "water", "sand"]
@@ -20,17 +21,7 @@ ENCODERS = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simp
 @pytest.fixture
 def scenes(tmp_path, world):
     """Pool photos, test photos with masks (5 planted classes) and the class file."""
-    pool, _ = world.sample(8, (48, 48), seed=1)
-    test, labels = world.sample(3, (48, 48), seed=2)
-    for name, images in (("pool", pool), ("test", test)):
-        (tmp_path / name).mkdir()
-        for i, im in enumerate(images):
-            Image.fromarray(im).save(tmp_path / name / f"{name[0]}{i}.png")
-    (tmp_path / "gt").mkdir()
-    for i, lab in enumerate(labels):
-        Image.fromarray(lab.astype(np.uint8)).save(tmp_path / "gt" / f"t{i}.png")
-    (tmp_path / "classes.txt").write_text("\n".join(world.classnames) + "\n")
-    return tmp_path
+    return write_pool_scenes(tmp_path, world, 3)
 
 
 def _voc(root, scenes):
