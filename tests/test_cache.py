@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -107,31 +106,59 @@ def _removable(cache):
 def test_entries_say_kind_state_and_size(cache):
     got = _by_name(cache_entries(cache))
     assert set(got) == {f"kept-{KEY}.onnx", f"gone-{KEY}.onnx", f"efficientnet-lite0-{KEY}.onnx", "my-export.onnx", f"junk-{KEY}.onnx",
-                        "photos__offline-a__offline-b.npz", "halfway__offline-a__offline-b.npz.parts", "mine.npz", "train.npz",
+                        "photos__offline-a__offline-b.npz", "photos__offline-a__offline-b.npz.parts",
+                        "halfway__offline-a__offline-b.npz.parts", "mine.npz", "train.npz",
                         "stranger.npz.parts", "hf", "notes.txt"}
     kept = got[f"kept-{KEY}.onnx"]
     assert (kept.kind, kept.state, kept.bytes) == ("derived", "current", 1000)
     assert (got[f"gone-{KEY}.onnx"].state, got[f"efficientnet-lite0-{KEY}.onnx"].state) == ("stale", "unrecorded")
     photos = got["photos__offline-a__offline-b.npz"]
-    assert (photos.kind, photos.state) == ("features", "complete")
-    assert photos.bytes == photos.path.stat().st_size + 1 + 18  # with its parts
+    assert (photos.kind, photos.state, photos.bytes) == ("features", "complete", photos.path.stat().st_size)
+    # parts beside an output are a later extraction's work: their own entry, with their own age
+    assert (got["photos__offline-a__offline-b.npz.parts"].state, got["photos__offline-a__offline-b.npz.parts"].bytes) == ("partial", 1 + 18)
     halfway = got["halfway__offline-a__offline-b.npz.parts"]
     assert (halfway.state, halfway.bytes) == ("partial", 10 + 18)
     assert {got[n].kind for n in ("my-export.onnx", f"junk-{KEY}.onnx", "mine.npz", "train.npz", "stranger.npz.parts", "notes.txt")} == {"other"}
     assert (got["hf"].kind, got["hf"].bytes) == ("download", 2000)
-    assert _removable(cache) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"]
+    assert _removable(cache) == [f"gone-{KEY}.onnx"]  # unrecorded files go when asked
 
 
 def test_clean_removes_stale_derived_files_only_by_default(cache):
     before = sorted(cache.rglob("*"))
     removed, skipped, failed = clean_cache(cache, dry_run=True)
-    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"] and not skipped and not failed
+    assert [e.path.name for e in removed] == [f"gone-{KEY}.onnx"] and not skipped and not failed
     assert sorted(cache.rglob("*")) == before  # a dry run removes nothing
     removed, _, _ = clean_cache(cache)
-    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx"]
+    assert [e.path.name for e in removed] == [f"gone-{KEY}.onnx"]
     assert not (cache / "onnx" / f"gone-{KEY}.onnx").exists() and not record_path(cache / "onnx" / f"gone-{KEY}.onnx").exists()
     assert (cache / "onnx" / f"kept-{KEY}.onnx").is_file() and record_path(cache / "onnx" / f"kept-{KEY}.onnx").is_file()
-    assert sorted(cache.rglob("*")) == [p for p in before if "gone-" not in p.name and "efficientnet" not in p.name]
+    assert sorted(cache.rglob("*")) == [p for p in before if "gone-" not in p.name]
+    # an earlier release's file, unused since: only when asked (a run that uses one records it)
+    removed, _, _ = clean_cache(cache, unrecorded=True)
+    assert [e.path.name for e in removed] == [f"efficientnet-lite0-{KEY}.onnx"]
+
+
+def test_an_old_output_and_a_fresh_interrupted_run_beside_it(cache):
+    """Was: the parts beside an output counted with it, by the output's age: --older-than removed
+    a re-extraction's fresh parts with the old output."""
+    photos = cache / "classify" / "photos__offline-a__offline-b.npz"
+    old = time.time() - 60 * 24 * 3600
+    os.utime(photos, (old, old))
+    removed, _, _ = clean_cache(cache, features=True, older_than_days=30)
+    assert sorted(e.path.name for e in removed) == [f"gone-{KEY}.onnx", photos.name]
+    assert not photos.exists() and (cache / "classify" / (photos.name + ".parts") / "shard-000000.npz").is_file()
+
+
+def test_removing_parts_never_removes_an_output(cache):
+    """Was: a partial entry's removal also unlinked the output that a resumed run had written
+    between the listing and the removal."""
+    from gpua.cache import _remove_features
+
+    parts = cache / "classify" / "halfway__offline-a__offline-b.npz.parts"
+    entry = _by_name(cache_entries(cache))[parts.name]
+    _features(parts.with_name("halfway__offline-a__offline-b.npz"))  # the resumed run finished meanwhile
+    assert _remove_features(entry, None)
+    assert not parts.exists() and parts.with_name("halfway__offline-a__offline-b.npz").is_file()
 
 
 def test_clean_features_by_age_and_never_downloads_or_strangers(cache):
@@ -139,11 +166,11 @@ def test_clean_features_by_age_and_never_downloads_or_strangers(cache):
     old = time.time() - 40 * 24 * 3600
     os.utime(photos, (old, old))
     removed, _, _ = clean_cache(cache, features=True, older_than_days=30)
-    assert sorted(e.path.name for e in removed) == [f"efficientnet-lite0-{KEY}.onnx", f"gone-{KEY}.onnx", photos.name]
-    assert not photos.exists() and not photos.with_name(photos.name + ".parts").exists()
+    assert sorted(e.path.name for e in removed) == [f"gone-{KEY}.onnx", photos.name]
+    assert not photos.exists()
     assert (cache / "classify" / "halfway__offline-a__offline-b.npz.parts").is_dir()  # written just now
     removed, _, _ = clean_cache(cache, features=True)
-    assert [e.path.name for e in removed] == ["halfway__offline-a__offline-b.npz.parts"]
+    assert sorted(e.path.name for e in removed) == ["halfway__offline-a__offline-b.npz.parts", photos.name + ".parts"]
     for kept in ("hf/models--x--y/model.safetensors", "notes.txt", "classify/mine.npz", "classify/train.npz",
                  "classify/stranger.npz.parts/notes.txt", "offline/my-export.onnx", f"offline/junk-{KEY}.onnx"):
         assert (cache / kept).is_file(), kept
@@ -159,10 +186,11 @@ def test_a_folder_gpua_did_not_tag_is_left_alone(tmp_path):
     os.utime(proj / "onnx" / f"encoder-{KEY}.onnx", (OLD, OLD))
     before = sorted(proj.rglob("*"))
     with pytest.raises(GPUAError, match="not tagged as gpua's cache folder"):
-        clean_cache(proj, features=True)
+        clean_cache(proj, features=True, unrecorded=True)
     assert sorted(proj.rglob("*")) == before
-    (proj / CACHE_TAG).write_text("This folder is a gpua cache.\n")
-    assert len(clean_cache(proj, features=True)[0]) == 2
+    (proj / CACHE_TAG).touch()  # tagged by hand
+    removed = clean_cache(proj, features=True, unrecorded=True)[0]
+    assert sorted(e.path.name for e in removed) == [f"encoder-{KEY}.onnx", "photos__offline-a__offline-b.npz"]
 
 
 def test_clean_leaves_what_a_running_gpua_writes(cache):
@@ -170,9 +198,9 @@ def test_clean_leaves_what_a_running_gpua_writes(cache):
     with _OutputLock(out):
         assert _by_name(cache_entries(cache))[out.name].state == "busy"
         removed, skipped, _ = clean_cache(cache, features=True, dry_run=True)  # the dry run says what the run would do
-        assert [e.path.name for e in skipped] == [out.name] and out.name not in [e.path.name for e in removed]
+        assert sorted(e.path.name for e in skipped) == [out.name, out.name + ".parts"] and out.name not in [e.path.name for e in removed]
         removed, skipped, _ = clean_cache(cache, features=True)
-    assert [e.path.name for e in skipped] == [out.name] and out.is_file()
+    assert sorted(e.path.name for e in skipped) == [out.name, out.name + ".parts"] and out.is_file()
     assert "halfway__offline-a__offline-b.npz.parts" in [e.path.name for e in removed]
     assert not list((cache / "classify").glob(".*gpua-lock"))  # the holder removed its lock as it finished
     # an unrecorded file minutes old may be an earlier release's cut in progress: kept
@@ -209,8 +237,12 @@ def test_temp_files_orphan_records_and_failures(cache, monkeypatch, capsys):
     dead.write_bytes(b"t" * 100)
     orphan = record_path(cache / "onnx" / f"lost-{KEY}.onnx")
     orphan.write_text("{}")
+    os.utime(orphan, (OLD, OLD))
+    young = record_path(cache / "onnx" / f"coming-{KEY}.onnx")  # written before its file takes its name
+    young.write_text("{}")
     got = _by_name(cache_entries(cache))
     assert (got[dead.name].kind, got[dead.name].state) == ("temp", "stale") and got[orphan.name].state == "orphan"
+    assert got[young.name].state == "busy" and young.name not in _removable(cache)
     assert {dead.name, orphan.name} <= set(_removable(cache))
     # one file that will not go is said, and the others go all the same
     real = Path.unlink
@@ -224,8 +256,7 @@ def test_temp_files_orphan_records_and_failures(cache, monkeypatch, capsys):
     assert main(["cache", "clean", "--cache-dir", str(cache)]) == 2
     out, err = capsys.readouterr()
     assert f"could not remove onnx/gone-{KEY}.onnx: Operation not permitted" in err
-    assert "removed 3 entries" in out and not dead.exists() and not orphan.exists()
-    assert not (cache / "offline" / f"efficientnet-lite0-{KEY}.onnx").exists()
+    assert "removed 2 entries" in out and not dead.exists() and not orphan.exists() and young.exists()
 
 
 def test_records_of_another_machine_are_neither_checked_nor_evicted(tmp_path):
@@ -236,12 +267,19 @@ def test_records_of_another_machine_are_neither_checked_nor_evicted(tmp_path):
     cache = tmp_path / "cache"
     theirs = _derive(cache, "onnx", f"m-{KEY}.onnx", source)
     record = json.loads(record_path(theirs).read_text())
-    record["host"] = socket.gethostname() + "-other"
+    record["host"], record["machine"] = "other-box", "00000000"
     record_path(theirs).write_text(json.dumps(record))
     source.write_bytes(b"two, here")
     ours = _derive(cache, "onnx", f"m-{'f' * 16}.onnx", source)
     assert theirs.is_file() and ours.is_file()
     assert _by_name(cache_entries(cache))[theirs.name].state == "elsewhere" and theirs.name not in _removable(cache)
+    # unused there for over a week (a container that started under another name): stale, and superseded
+    week = time.time() - 8 * 24 * 3600
+    os.utime(record_path(theirs), (week, week))
+    assert _by_name(cache_entries(cache))[theirs.name].state == "stale"
+    source.write_bytes(b"three, here")
+    _derive(cache, "onnx", f"m-{'e' * 16}.onnx", source)
+    assert not theirs.exists() and not ours.exists()
 
 
 def test_a_linked_sub_folder_is_read_through(tmp_path):
@@ -271,13 +309,13 @@ def test_cli_lists_and_cleans(cache, capsys):
     assert main(["cache", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert f"gpua cache: {cache}\n" in out and f"onnx/gone-{KEY}.onnx" in out and "stale" in out and "hf" in out
-    assert "stale, unrecorded or left over 1.5 kB" in out
+    assert "stale or left over 1.0 kB" in out and "an earlier release's, unused since 500 B (`--unrecorded`)" in out
     assert main(["cache", "clean", "--cache-dir", str(cache), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"would remove onnx/gone-{KEY}.onnx" in out and (cache / "onnx" / f"gone-{KEY}.onnx").is_file()
     assert main(["cache", "clean", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert "removed 2 entries, 1.5 kB" in out and "feature caches kept" in out
+    assert "removed 1 entry, 1.0 kB" in out and "feature caches kept" in out
     assert not (cache / "onnx" / f"gone-{KEY}.onnx").exists()
     assert main(["cache", "clean", "--cache-dir", str(cache), "--older-than", "1"]) == 2
     assert "add --features" in capsys.readouterr().err
@@ -299,6 +337,6 @@ def test_cli_empty_missing_and_untagged(tmp_path, capsys, monkeypatch):
     os.utime(tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx", (OLD, OLD))
     assert main(["cache", "--cache-dir", str(tmp_path / "proj")]) == 0
     assert "not tagged as gpua's cache" in capsys.readouterr().out
-    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj")]) == 2
+    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj"), "--unrecorded"]) == 2
     assert "not tagged as gpua's cache folder" in capsys.readouterr().err
     assert (tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx").is_file()

@@ -433,3 +433,17 @@ def test_refinement_settings_without_refinement_name_the_cause(folders):
     """Was: "method 'gpua' does not apply lr=0.1 ...; drop it, or use --method gpua" to a gpua run."""
     with pytest.raises(GPUAError, match=r"overrides: lr=0.1 shape\(s\) the THS refinement, which refine=False turns off; drop it, or refine"):
         classify_folder("mine", "classes.txt", cache_dir="cache", **{**PLANTED, "overrides": {"refine": False, "lr": 0.1}})
+
+
+def test_a_cache_is_tagged_when_features_are_written_there_not_when_a_path_is_asked(folders):
+    """The tag `gpua cache clean` needs (a folder other than the default cache is cleaned only
+    when gpua tagged it): written by the extraction, not by computing a path (was: any existing
+    folder named as a cache was tagged, a new one never)."""
+    from gpua.classify import feature_cache_path
+    from gpua.encoders._derived import CACHE_TAG
+
+    Path("elsewhere").mkdir()
+    feature_cache_path("demo", "x", "a", "b", cache_dir="elsewhere")
+    assert not Path("elsewhere", CACHE_TAG).exists()
+    classify_folder("mine", "classes.txt", cache_dir="fresh-cache", **PLANTED)
+    assert Path("fresh-cache", CACHE_TAG).is_file()

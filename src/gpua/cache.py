@@ -7,20 +7,23 @@ The cache (``cache_dir``, else ``$GPUA_CACHE_DIR``, else the user cache folder:
   from local weights, re-made from them on the next use (:mod:`gpua.encoders._derived`). Each
   is ``current``, ``stale`` (a source changed or is gone), ``unrecorded`` (written by a release
   before the records and not used since: a run that uses it records it) or ``elsewhere``
-  (recorded by another machine sharing the cache, which this one cannot check).
+  (another machine's or container's, sharing the cache, in use there).
 - **feature caches** (``classify/``, ``benchmark/``, ``demo/``): the features those commands
-  extract on the way, each an ``.npz`` and, while a run is resumable, its ``.parts`` folder;
-  re-extracted on the next use, which takes time but loses nothing.
+  extract on the way, each an ``.npz``, and the ``.parts`` folders of extractions into them
+  (listed apart: a resumable run's work); re-extracted on the next use, which takes time but
+  loses nothing.
 - **downloads** (``hf/``, ``open_clip/``, ``timm/``): weights fetched from a hub. Never removed
   here: a machine without network access cannot fetch them again.
 
-:func:`clean_cache` removes the stale and unrecorded derived files, records without their file
-and temp files that killed writers left, and the feature caches only when asked
-(``features=True``, optionally only those not written for ``older_than_days``), skipping any a
-running extraction holds. It cleans the default cache folder, or another that gpua tagged as its
-cache (:data:`~gpua.encoders._derived.CACHE_TAG`, written with the first file gpua puts there),
-and only what gpua writes there: a derived file by its name and format, a feature file by its
-name and its extraction's cache key, a parts folder by its manifest. Nothing else is touched.
+:func:`clean_cache` removes the stale derived files (another machine's once unused for a week),
+records without their file and temp files that killed writers left; unrecorded derived files
+(``unrecorded=True``) and feature caches (``features=True``, optionally only those not written
+for ``older_than_days``) only when asked, skipping any a running gpua writes. It cleans the
+default cache folder, or another that gpua tagged as its cache
+(:data:`~gpua.encoders._derived.CACHE_TAG`, written when gpua writes a model file or features
+there), and only what gpua writes there: a derived file by its name and format, a feature file
+by its name and its extraction's cache key, a parts folder by its manifest. Nothing else is
+touched.
 """
 
 from __future__ import annotations
@@ -84,8 +87,9 @@ class CacheEntry:
 
     @property
     def removable(self) -> bool:
-        """Whether :func:`clean_cache` removes it without being asked for feature caches."""
-        return (self.kind == "derived" and self.state in ("stale", "unrecorded", "orphan")) or (self.kind, self.state) == ("temp", "stale")
+        """Whether :func:`clean_cache` removes it unasked: a stale derived file, a record without its
+        file, a killed writer's temp file (unrecorded files and feature caches go when asked)."""
+        return (self.kind == "derived" and self.state in ("stale", "orphan")) or (self.kind, self.state) == ("temp", "stale")
 
 
 def _size(path: Path) -> int:
@@ -141,17 +145,26 @@ def _looks_derived(p: Path) -> bool:
 
 
 def _derived_entries(folder: Path, now: float) -> Iterator[CacheEntry]:
+    from ._atomic import gpua_temps
     from .encoders._derived import RECORD_SUFFIX, derived_state
 
     names = _names(folder)
     present = set(names)
+    temps = gpua_temps(folder)
     for name in names:
         p = folder / name
         if name.startswith("."):
             continue  # temp files (listed apart) and hidden files, which gpua never writes here
         if name.endswith(RECORD_SUFFIX):
-            if name[: -len(RECORD_SUFFIX)] not in present and p.is_file() and not p.is_symlink():
-                yield CacheEntry(p, "derived", "orphan", _size(p), "a record whose file is gone", _mtime(p))
+            target = name[: -len(RECORD_SUFFIX)]
+            if target not in present and p.is_file() and not p.is_symlink():
+                # A derived file's record is written before the file takes its name: a young
+                # record, or one whose file a live writer is still writing, is no orphan.
+                writing = any(not stale and t.name.startswith(f".{target}") for t, stale in temps)
+                if writing or now - _mtime(p) < _UNRECORDED_GRACE_S:
+                    yield CacheEntry(p, "derived", "busy", _size(p), "the record of a file being written", _mtime(p))
+                else:
+                    yield CacheEntry(p, "derived", "orphan", _size(p), "a record whose file is gone", _mtime(p))
             continue
         if not _looks_derived(p):
             yield _other(p)  # a file of a name or format gpua never gives is someone else's: never removed
@@ -182,29 +195,21 @@ def _is_extraction_output(p: Path) -> bool:
 
 
 def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
-    """The feature caches in ``folder`` and their parts folders (:class:`gpua.extract._Parts`)."""
+    """The feature caches in ``folder``, and the parts folders (:class:`gpua.extract._Parts`) of
+    extractions into them, each its own entry with its own age: parts beside a complete output
+    are a later extraction's work (or a killed run's leftovers), not part of that output."""
     from .extract import _Parts
 
-    names = [n for n in _names(folder) if not n.startswith(".")]  # locks and temp files: hidden
-    outputs = {n for n in names if _is_extraction_output(folder / n)}
-    for name in names:
+    for name in (n for n in _names(folder) if not n.startswith(".")):  # locks and temp files: hidden
         p = folder / name
-        parts = _Parts(p if name.endswith(".parts") else p.with_name(name + ".parts"))
-        if name in outputs:
-            size = _size(p) + (_size(parts.dir) if parts.is_ours() else 0)
-            if _held(p):
-                yield CacheEntry(p, "features", "busy", size, "a running extraction is writing it", _mtime(p))
-            else:
-                yield CacheEntry(p, "features", "complete", size, "re-extracted on its next use", _mtime(p))
-        elif name.endswith(".parts") and parts.is_ours() and _FEATURE_NAME.match(name[: -len(".parts")]):
-            if name[: -len(".parts")] in outputs:
-                continue  # counted with its output
-            out = p.with_name(name[: -len(".parts")])
-            if _held(out):
-                yield CacheEntry(p, "features", "busy", _size(p), "a running extraction is writing it", _mtime(p))
-            else:
-                yield CacheEntry(p, "features", "partial", _size(p), "an interrupted extraction's parts (a rerun resumes from them)",
-                                 _mtime(p))
+        if _is_extraction_output(p):
+            busy = _held(p)
+            yield CacheEntry(p, "features", "busy" if busy else "complete", _size(p),
+                             "a running extraction is writing it" if busy else "re-extracted on its next use", _mtime(p))
+        elif name.endswith(".parts") and _FEATURE_NAME.match(name[: -len(".parts")]) and _Parts(p).is_ours():
+            busy = _held(p.with_name(name[: -len(".parts")]))
+            why = "a running extraction is writing it" if busy else "an extraction's parts, kept for a rerun to resume from"
+            yield CacheEntry(p, "features", "busy" if busy else "partial", _size(p), why, _mtime(p))
         else:
             yield _other(p)
     yield from _temp_entries(folder)
@@ -231,10 +236,7 @@ def _is_ours(root: Path, default: bool) -> bool:
 
     if default:
         return True
-    try:
-        return "gpua cache" in (root / CACHE_TAG).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
+    return (root / CACHE_TAG).is_file()  # any content: `touch DIR/.gpua-cache` tags a folder by hand
 
 
 def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry]:
@@ -275,40 +277,54 @@ def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry
     return out
 
 
-def _remove(entry: CacheEntry) -> None:
-    from .encoders._derived import record_path
+def _remove(entry: CacheEntry) -> bool:
+    """Remove a derived file (with its record), a record or a temp file; False when its state
+    changed since it was listed (a run recorded or re-made it meanwhile): then it stays."""
+    from .encoders._derived import RECORD_SUFFIX, derived_state, record_path
 
     if entry.kind == "derived" and entry.state != "orphan":
+        if derived_state(entry.path)[0] != entry.state:
+            return False
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
         with contextlib.suppress(FileNotFoundError):
             record_path(entry.path).unlink()
     else:
+        if entry.state == "orphan" and entry.path.with_name(entry.path.name[: -len(RECORD_SUFFIX)]).exists():
+            return False  # its file has come
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
-
-
-def _remove_features(entry: CacheEntry, cutoff: float | None) -> bool:
-    """Remove a feature cache (its output and parts) unless a running extraction holds it, or it
-    was written since ``cutoff`` (checked again under the lock)."""
-    from .extract import _OutputLock, _Parts
-
-    out = entry.path if entry.state == "complete" else entry.path.with_name(entry.path.name[: -len(".parts")])
-    with _OutputLock(out, block=False) as lock:
-        if lock.busy or (cutoff is not None and _mtime(entry.path) >= cutoff):
-            return False
-        parts = _Parts.of(out)
-        if parts.is_ours():
-            parts.remove()
-        if _is_extraction_output(out):
-            out.unlink()
     return True
 
 
-def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = False, older_than_days: float | None = None,
-                dry_run: bool = False) -> tuple[list[CacheEntry], list[CacheEntry], list[tuple[CacheEntry, str]]]:
-    """Remove what the cache holds and no run needs: stale and unrecorded derived model files,
-    records without their file, killed writers' temp files, and, when asked, feature caches.
+def _remove_features(entry: CacheEntry, cutoff: float | None) -> bool:
+    """Remove a feature cache (the output alone, or the parts folder alone) unless a running
+    extraction holds it or it was written since ``cutoff`` (both checked again under the lock)."""
+    from .extract import _OutputLock, _Parts
+
+    partial = entry.state == "partial"
+    out = entry.path.with_name(entry.path.name[: -len(".parts")]) if partial else entry.path
+    with _OutputLock(out, block=False) as lock:
+        if lock.busy or not entry.path.exists() or (cutoff is not None and _mtime(entry.path) >= cutoff):
+            return False
+        if partial:
+            parts = _Parts(entry.path)
+            if not parts.is_ours():
+                return False
+            parts.remove()
+        elif _is_extraction_output(out):
+            out.unlink()
+        else:
+            return False
+    return True
+
+
+def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = False, unrecorded: bool = False,
+                older_than_days: float | None = None, dry_run: bool = False,
+                ) -> tuple[list[CacheEntry], list[CacheEntry], list[tuple[CacheEntry, str]]]:
+    """Remove what the cache holds and no run needs: stale derived model files, records without
+    their file, killed writers' temp files, and, when asked, unrecorded derived files and feature
+    caches.
 
     Parameters
     ----------
@@ -317,6 +333,10 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
         be one gpua tagged as its cache (it does with the first file it writes there).
     features : bool
         Also remove feature caches (complete and partial), which the next run re-extracts.
+    unrecorded : bool
+        Also remove derived files an earlier release wrote that no run has used since (a run
+        that uses one records it; one removed is made anew when needed: seconds of CPU). Not by
+        default: an older gpua sharing the cache never records its files.
     older_than_days : float, optional
         With ``features``: only those not written for this many days (a run that reuses a
         cache does not rewrite it).
@@ -344,13 +364,14 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
     skipped: list[CacheEntry] = []
     failed: list[tuple[CacheEntry, str]] = []
     chosen = [e for e in cache_entries(cache_dir)
-              if e.removable or (e.kind == "features" and features and (e.state == "busy" or cutoff is None or e.mtime < cutoff))]
+              if e.removable or (unrecorded and (e.kind, e.state) == ("derived", "unrecorded"))
+              or (e.kind == "features" and features and (e.state == "busy" or cutoff is None or e.mtime < cutoff))]
     if any(e.state != "busy" for e in chosen) and not _is_ours(root, default):
         from .encoders._derived import CACHE_TAG
 
-        raise GPUAError(f"{str(root)!r} is not tagged as gpua's cache folder (no {CACHE_TAG} written by gpua), so nothing there is "
-                        "removed: check the folder (cache_dir / --cache-dir / $GPUA_CACHE_DIR). gpua tags a cache folder with "
-                        "the first model file or features it writes there.")
+        raise GPUAError(f"{str(root)!r} is not tagged as gpua's cache folder (it holds no {CACHE_TAG}), so nothing there is "
+                        "removed: check the folder (cache_dir / --cache-dir / $GPUA_CACHE_DIR). gpua tags a cache folder when it "
+                        f"writes a model file or features there; to tag this one by hand, create the empty file {str(root / CACHE_TAG)!r}.")
     for entry in chosen:
         if entry.state == "busy":
             skipped.append(entry)
@@ -363,8 +384,8 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
                 if not _remove_features(entry, cutoff):
                     skipped.append(entry)
                     continue
-            else:
-                _remove(entry)
+            elif not _remove(entry):
+                continue  # a run recorded, used or finished it since it was listed: it stays
         except OSError as exc:  # one that will not go (permissions, a read-only disk): said, and the rest go on
             failed.append((entry, exc.strerror or str(exc)))
             continue

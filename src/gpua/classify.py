@@ -242,10 +242,11 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
 
     ``<cache>`` is ``cache_dir``, else ``$GPUA_CACHE_DIR``, else the user cache folder
     (:func:`gpua.encoders.cache_dir`). The file is only a location: whether it still holds the
-    right features is decided by its cache key (:func:`gpua.extract.extract_features`).
+    right features is decided by its cache key (:func:`gpua.extract.extract_features`). A command
+    that extracted there tags the cache folder as gpua's (:func:`gpua.encoders._derived.mark_cache`:
+    `gpua cache clean` cleans only such a folder); a path asked only to read a file tags nothing.
     """
     from .encoders import cache_dir as cache_root
-    from .encoders._derived import mark_cache
 
     tag = f"{name}__{vfm}__{vlm}"
     for ch in ':/\\?&=" ':
@@ -254,10 +255,7 @@ def feature_cache_path(kind: str, name: str, vfm: str, vlm: str, cache_dir: str 
     if len(raw) > _CACHE_NAME_BYTES:  # local models' specs are paths: two deep ones passed the 255-byte name limit
         digest = hashlib.sha256(raw).hexdigest()[:16]
         tag = f"{raw[:_CACHE_NAME_BYTES - 17].decode('utf-8', 'ignore')}-{digest}"
-    root = cache_root(cache_dir)
-    if root.is_dir():  # gpua's cache from now on (`gpua cache clean` cleans only a folder so tagged); a new one is tagged by its first file
-        mark_cache(root)
-    return root / kind / f"{tag}.npz"
+    return cache_root(cache_dir) / kind / f"{tag}.npz"
 
 
 #: The longest cache file stem, in bytes: a file name stops at 255 on most file systems, and the
@@ -467,6 +465,7 @@ def classify_folder(
     """
     from .baselines import make_method
     from .data._loaders import heif_install_note
+    from .encoders._derived import mark_cache
     from .extract import extract_features
     from .features import load_features
     from .report import provenance_from_features
@@ -517,6 +516,7 @@ def classify_folder(
                 paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out,
                                               device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                               shard_size=CLASSIFY_PART_IMAGES, workers=workers)
+            mark_cache(out.parent.parent)  # gpua's cache, for `gpua cache clean`
         except NoReadableImageError as exc:
             # "none of the 5 images could be read": of which folder, when two are encoded
             raise GPUAError(f"{key} {str(_folder_of(where))!r}: {exc}") from None

@@ -120,3 +120,26 @@ def test_a_superseded_cut_that_will_not_go_is_a_warning(tiny_onnx, tmp_path, mon
     with pytest.warns(UserWarning, match="could not remove .*Operation not permitted"):
         second = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
     assert second.is_file() and first.is_file() and record_path(first).is_file()
+
+
+def test_a_long_stem_leaves_room_for_the_record(tiny_onnx, tmp_path):
+    """Was: an ONNX file of a 220-byte stem cut into a 242-byte name, whose record (17 bytes
+    longer) could not be written: the encoder failed where the release before worked."""
+    src_path, tokens, _ = tiny_onnx
+    src = tmp_path / ("v" * 220 + ".onnx")
+    shutil.copy2(src_path, src)
+    cut = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
+    assert len(record_path(cut).name.encode()) <= 255 and derived_state(cut)[0] == "current"
+    assert cut.name.startswith("v" * 100) and cut.name.endswith(".onnx")
+
+
+def test_each_use_touches_the_record(tiny_onnx, tmp_path):
+    """A record's age is the time since its file was last used: another machine's file is
+    superseded, and cleaned, only once unused for a week there."""
+    import os
+
+    src_path, tokens, _ = tiny_onnx
+    cut = cut_onnx_graph(src_path, "pixel_values", [tokens], tmp_path / "cache")
+    os.utime(record_path(cut), (1, 1))
+    cut_onnx_graph(src_path, "pixel_values", [tokens], tmp_path / "cache")
+    assert record_path(cut).stat().st_mtime > 1e9

@@ -206,3 +206,34 @@ def test_a_model_of_other_classes_than_the_dataset_names_the_fix(scenes, capsys)
     err = capsys.readouterr().err
     assert "the model segments into 5 classes but --dataset voc has 21" in err
     assert "fit a model with --dataset voc's classes" in err and "pass --classnames" not in err
+
+
+def test_fit_seg_says_an_unreadable_folder_before_loading_encoders(tmp_path, monkeypatch, capsys):
+    """Was (with the streamed pool): "none of the images could be read" came after both encoders
+    had loaded and the text prototypes were built."""
+    import gpua.cli.segment as cli_segment
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "a.png").write_bytes(b"not an image")
+    (tmp_path / "classes.txt").write_text("sky\ngrass\n")
+
+    def no_encoders(*a, **k):
+        raise AssertionError("an encoder was loaded")
+
+    monkeypatch.setattr(cli_segment, "make_encoder", no_encoders)
+    argv = ["fit-seg", "--images", str(tmp_path / "pool"), "--classnames", str(tmp_path / "classes.txt"), "--out",
+            str(tmp_path / "m.gpua"), "--no-progress", *ENCODERS]
+    assert main(argv) == 2
+    assert "could be read" in capsys.readouterr().err
+
+
+def test_the_missing_mask_hint_names_only_segments_renamed_masks(scenes, capsys):
+    """pic_2.png is another photo's mask, not a renamed mask of pic.png."""
+    from gpua.cli.segment import _no_prediction
+
+    pred = scenes / "pred"
+    pred.mkdir()
+    for name in ("pic_2.png", "pic_jpg.png", "pic_overlay.png"):
+        (pred / name).write_bytes(b"x")
+    message = _no_prediction(pred / "pic.png", None, "pic", scenes / "gt" / "pic.png", lambda *a: "")
+    assert "holds pic_jpg.png:" in message and "pic_2.png" not in message

@@ -69,10 +69,12 @@ def _list(args) -> int:
     def total(kind: str) -> str:
         return _size(sum(e.bytes for e in entries if e.kind == kind))
 
-    print(f"total {_size(sum(e.bytes for e in entries))}: derived model files {total('derived')}; stale, unrecorded or left "
-          f"over {_size(sum(e.bytes for e in entries if e.removable))} (`gpua cache clean` removes those: a run that needs one "
-          f"makes it anew); feature caches {total('features')} (`gpua cache clean --features`: re-extracted on their next "
-          f"use); downloads {total('download')} (kept)")
+    unrecorded = sum(e.bytes for e in entries if (e.kind, e.state) == ("derived", "unrecorded"))
+    print(f"total {_size(sum(e.bytes for e in entries))}: derived model files {total('derived')}; stale or left over "
+          f"{_size(sum(e.bytes for e in entries if e.removable))} (`gpua cache clean` removes those: a run that needs one "
+          f"makes it anew)" + (f"; an earlier release's, unused since {_size(unrecorded)} (`--unrecorded`)" if unrecorded else "")
+          + f"; feature caches {total('features')} (`gpua cache clean --features`: re-extracted on their next use); "
+          f"downloads {total('download')} (kept)")
     return 0
 
 
@@ -85,8 +87,8 @@ def _clean(args) -> int:
         raise GPUAError("--older-than selects feature caches by age; add --features (derived model files go by their "
                         "sources, not their age).")
     root = _where(args)
-    removed, skipped, failed = clean_cache(_cache_dir(args), features=args.features, older_than_days=args.older_than,
-                                           dry_run=args.dry_run)
+    removed, skipped, failed = clean_cache(_cache_dir(args), features=args.features, unrecorded=args.unrecorded,
+                                           older_than_days=args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
         print(f"{verb} {e.path.relative_to(root)} ({_size(e.bytes)}: {e.kind}, {e.state})")
@@ -114,11 +116,15 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_list)
     ls = sub.add_parser("list", parents=[common], help="what the cache holds, with sizes (the default)")
     ls.set_defaults(func=_list)
-    cl = sub.add_parser("clean", parents=[common], help="remove stale derived model files (and feature caches, when asked)",
-                        description="Remove the derived model files no run reads again (their source changed or is gone, "
-                        "or an earlier release wrote them without a record); with --features, also the feature caches, "
-                        "which the next run re-extracts. Downloads are never removed.")
+    cl = sub.add_parser("clean", parents=[common], help="remove stale derived model files (and unrecorded ones and feature caches, when asked)",
+                        description="Remove the derived model files no run reads again (their source changed or is gone), "
+                        "records without their file and temp files killed runs left; with --unrecorded, also an earlier "
+                        "release's model files no run has used since; with --features, also the feature caches, which the "
+                        "next run re-extracts. Downloads are never removed.")
     cl.add_argument("--features", action="store_true", help="also remove feature caches (skipping any a running extraction holds)")
+    cl.add_argument("--unrecorded", action="store_true",
+                    help="also remove derived model files an earlier release wrote and no run has used since (made anew "
+                         "when needed; an older gpua sharing the cache never records its files)")
     cl.add_argument("--older-than", type=_days, metavar="DAYS",
                     help="with --features: only feature caches not written for DAYS days (a run that reuses one does not rewrite it)")
     cl.add_argument("--dry-run", action="store_true", help="remove nothing; print what would go")

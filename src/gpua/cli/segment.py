@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
+import itertools
 import json
 import os
 import warnings
@@ -637,6 +638,8 @@ def _fit_seg(args: argparse.Namespace) -> int:
         params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
     skipped: list[Path] = []
+    reader = _read_images(files, args.images, skipped, args.max_images)
+    first = next(reader)  # before the encoders load: a folder of no readable image is said at once
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
     small: list[Path] = []
     side = min_image_side((vfm, vlm))
@@ -647,7 +650,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
         large photos is never in memory at once (was: every one read whole first, about 14 MB of
         memory per 2-megapixel photo)."""
         nonlocal used
-        for f, image in _read_images(files, args.images, skipped, args.max_images):
+        for f, image in itertools.chain([first], reader):
             if not _too_small(f, image, side, small):
                 used += 1
                 yield image
@@ -950,7 +953,11 @@ def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -
     if img_path is None:
         # `segment` names the masks of pic.jpg and pic.png pic_jpg.png and pic_png.png: which one is
         # this ground truth's only the images say.
-        kept = sorted(p.name for p in pred_path.parent.glob(f"{glob.escape(Path(stem).name)}_*.png") if not p.name.endswith("_overlay.png"))
+        from ..data import decoded_extensions
+
+        base = Path(stem).name
+        kept = sorted(p.name for p in pred_path.parent.glob(f"{glob.escape(base)}_*.png")
+                      if p.name[len(base) + 1: -len(".png")].lower() in {e.lstrip(".").lower() for e in decoded_extensions()})
         if kept:
             return (f"{message}, but holds {', '.join(kept[:4])}: the masks `gpua segment` writes for images that share the "
                     "name; pass their folder as --images (and --img-suffix to say which image the ground truth describes).")

@@ -8,11 +8,18 @@ sentence embeddings of the ImageNet names (``<cache>/semantic-lite0``). Each is 
 the old one could go: every reinstall of the offline weights left another 85 MB graph behind.
 
 :func:`derived_file` writes such a file atomically with a record beside it
-(``<file>.gpua-source.json``: the recipe, i.e. what was derived from which path, and the
-sources' fingerprints), then removes the files of the same recipe that older fingerprints
-made: one file per recipe stays. :func:`derived_state` reads a record back for ``gpua cache``:
-``current`` while every source keeps its fingerprint, ``stale`` once one changed or is gone,
-``unrecorded`` for a file written before records existed.
+(``<file>.gpua-source.json``: the recipe, i.e. what was derived from which path, the machine,
+and the sources' fingerprints), then removes the files of the same recipe that older
+fingerprints made: one file per recipe and machine stays. A machine is a host name and a pid
+namespace (:data:`gpua._atomic._HOST`): a cache shared over the network, where one path holds
+other files on each machine (or in each container), keeps each one's file; another machine's
+file of the same recipe is removed once unused for :data:`OTHER_MACHINE_UNUSED_S` (a container
+gets a new name at each start, and its files would otherwise stay for ever). Each use of a file
+(:func:`adopt`) touches its record, so the record's age is the time since the file was last
+used. :func:`derived_state` reads a record back for ``gpua cache``: ``current`` while every
+source keeps its fingerprint, ``stale`` once one changed or is gone (or, another machine's,
+once unused that long), ``elsewhere`` for another machine's file in use, ``unrecorded`` for a
+file written before records existed.
 """
 
 from __future__ import annotations
@@ -21,20 +28,39 @@ import contextlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .._atomic import atomic_path, atomic_write_text
+from .._atomic import _HOST, atomic_path, atomic_write_text
 from .._errors import GPUAError, warn_user
 from ._registry import file_fingerprint
 
-__all__ = ["CACHE_TAG", "DERIVED_FOLDERS", "RECORD_SUFFIX", "adopt", "derived_file", "derived_state", "mark_cache", "record_path"]
+__all__ = ["CACHE_TAG", "DERIVED_FOLDERS", "OTHER_MACHINE_UNUSED_S", "RECORD_SUFFIX", "adopt", "derived_file", "derived_name",
+           "derived_state", "mark_cache", "record_path"]
 
 #: The cache's sub-folders that hold derived model files (each re-made from its sources on use).
 DERIVED_FOLDERS = ("onnx", "offline", "semantic-lite0")
 #: What a derived file's record adds to its name.
 RECORD_SUFFIX = ".gpua-source.json"
+#: Another machine's file of a recipe is superseded, and `gpua cache clean` removes it, once its
+#: record has not been touched (used) for this long.
+OTHER_MACHINE_UNUSED_S = 7 * 24 * 3600
 _FORMAT = "gpua-derived/1"
+#: The longest file name most file systems allow, in bytes.
+_NAME_MAX = 255
+
+
+def derived_name(stem: str, key: str, suffix: str) -> str:
+    """``<stem>-<key><suffix>``, the stem shortened (whole characters) so that the record's name,
+    ``RECORD_SUFFIX`` longer, still fits in 255 bytes (was: a model file of a 220-byte stem cut,
+    then failed on its record's name)."""
+    tail = f"-{key}{suffix}"
+    room = _NAME_MAX - len(os.fsencode(tail + RECORD_SUFFIX))
+    raw = os.fsencode(stem)
+    if len(raw) > room:
+        stem = raw[:room].decode("utf-8", "ignore") or "model"
+    return stem + tail
 
 
 def record_path(target: str | os.PathLike) -> Path:
@@ -71,7 +97,16 @@ def mark_cache(root: str | os.PathLike) -> None:
 
 
 def _record_text(recipe: Any, fingerprints: Sequence[dict[str, Any]]) -> str:
-    return json.dumps({"format": _FORMAT, "recipe": recipe, "host": socket.gethostname(), "sources": list(fingerprints)}, indent=1)
+    return json.dumps({"format": _FORMAT, "recipe": recipe, "machine": _HOST, "host": socket.gethostname(),
+                       "sources": list(fingerprints)}, indent=1)
+
+
+def _unused_for(record: Path) -> float:
+    """Seconds since the file of ``record`` was last made or used (the record's modification time)."""
+    try:
+        return time.time() - record.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 @contextlib.contextmanager
@@ -88,8 +123,8 @@ def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[
     recipe : JSON-able
         What was derived from what, without the sources' versions (``[source path, input node,
         output nodes]``): two files of one recipe and one machine differ only by the sources'
-        fingerprints, and the newer one supersedes the other. Files another machine recorded
-        (a cache shared over the network, where one path may hold other files) are left alone.
+        fingerprints, and the newer one supersedes the other (another machine's, once unused
+        for :data:`OTHER_MACHINE_UNUSED_S`).
     fingerprints : sequence of dict
         :func:`~gpua.encoders._registry.file_fingerprint` of each source, as the key used them.
     suffix : str
@@ -109,14 +144,15 @@ def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[
         # would have been taken for an earlier release's).
         atomic_write_text(record_path(target), _record_text(recipe, fingerprints))
     mark_cache(target.parent.parent)
-    here = socket.gethostname()
     for other in target.parent.glob("*" + RECORD_SUFFIX):
         superseded = other.with_name(other.name[: -len(RECORD_SUFFIX)])
         was = _read_record(other) or {}
-        if superseded == target or was.get("recipe") != recipe or was.get("host", here) != here:
+        if superseded == target or was.get("recipe") != recipe:
             continue
+        if was.get("machine", _HOST) != _HOST and _unused_for(other) < OTHER_MACHINE_UNUSED_S:
+            continue  # another machine's file, in use there
         # The file first: a record without its file is nothing, a file without its record is
-        # an unrecorded one (that `gpua cache clean` removes), never a file taken for current.
+        # an unrecorded one, never a file taken for current.
         # Removing is tidying: a file that will not go (another user's, in a shared cache) stays.
         for path in (superseded, other):
             try:
@@ -130,13 +166,17 @@ def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[
 
 
 def adopt(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[dict[str, Any]]) -> None:
-    """Record derived file ``target`` found in the cache under the key of ``fingerprints`` without a
-    record (an earlier release wrote it): the key match proves what it was made from. Best effort."""
+    """A use of derived file ``target``, found in the cache under the key of ``fingerprints``:
+    touch its record (its age is the time since the last use), or write the record an earlier
+    release did not (the key match proves what the file was made from). Best effort: a
+    read-only cache is used as it is."""
     record = record_path(target)
-    if record.exists():
-        return
+    was = _read_record(record)
     with contextlib.suppress(OSError, GPUAError):
-        atomic_write_text(record, _record_text(json.loads(json.dumps(recipe)), fingerprints))
+        if was is not None and was.get("machine") == _HOST:
+            os.utime(record)
+        else:  # none, an unreadable one, or another machine's: the file is this machine's too now
+            atomic_write_text(record, _record_text(json.loads(json.dumps(recipe)), fingerprints))
     mark_cache(Path(target).parent.parent)
 
 
@@ -146,16 +186,19 @@ def derived_state(path: str | os.PathLike) -> tuple[str, str]:
     Returns
     -------
     state : {"current", "stale", "unrecorded", "elsewhere"}
-        ``elsewhere``: recorded on another machine, whose sources cannot be checked here.
+        ``elsewhere``: another machine's file in use, whose sources cannot be checked here.
     why : str
         In words: the sources, or the one that changed or is gone.
     """
     record = _read_record(record_path(path))
     if record is None:
         return "unrecorded", "written before gpua recorded the sources of what it derives, and not used since"
-    host = record.get("host")
-    if host is not None and host != socket.gethostname():
-        return "elsewhere", f"made on {host!r}, whose files this machine cannot check"
+    if record.get("machine", _HOST) != _HOST:
+        days = _unused_for(record_path(path)) / 86400
+        where = f"made on {record.get('host')!r}"
+        if days * 86400 >= OTHER_MACHINE_UNUSED_S:
+            return "stale", f"{where} and unused for {days:.0f} days"
+        return "elsewhere", f"{where} (another machine or container), whose files this one cannot check; used {days:.1f} days ago"
     sources = [s for s in record.get("sources") or () if isinstance(s, dict)]
     for was in sources:
         where = was.get("path")

@@ -69,7 +69,7 @@ from .._backend import resolve_device
 from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
-from ._derived import adopt, derived_file
+from ._derived import adopt, derived_file, derived_name
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import error_summary, file_fingerprint, layout_hint, local_layout
@@ -190,7 +190,7 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
         key_parts.append([file_fingerprint(f) for f in external])
     key_src = json.dumps(key_parts)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    target = _cache_dir(cache_dir) / "onnx" / f"{src.stem}-{key}.onnx"
+    target = _cache_dir(cache_dir) / "onnx" / derived_name(src.stem, key, ".onnx")
     recipe, fingerprints = [str(src), input_name, list(output_names)], [key_parts[0], *(key_parts[3] if external else ())]
     if target.is_file():
         adopt(target, recipe, fingerprints)  # an earlier release's cut, recorded now that its key matched
