@@ -9,7 +9,10 @@ for what it measures, so a figure means the same thing in every script:
   peak is the largest sample in its time window (``ru_maxrss`` only ever grows);
 * :func:`machine`: torch version and threads, cores, the 1/5/15-minute load averages (a busy
   machine's figures are not an idle machine's: every report carries them);
-* :func:`write_json`: results plus the machine record, written atomically;
+* :func:`write_json`: results plus the machine record, written atomically, as strict JSON;
+* :class:`OutputPath` / :func:`check_output_path`: an output path (``--json``, a PNG) checked when
+  the arguments are parsed, so that a path no file can be written to ends the script with one
+  line before any work, not with a traceback once the figures are measured;
 * :func:`add_arguments` / :func:`setup`: ``--threads``, ``--warmup``, ``--repeats``, ``--json``;
 * :func:`gpua_params`: GPUA parameters given as a JSON object on the command line, checked.
 
@@ -35,7 +38,7 @@ from typing import Any, Callable
 __all__ = [
     "rss_bytes", "peak_rss_bytes", "PeakRSS", "Measurement", "measure", "timer", "machine", "machine_line",
     "write_json", "atomic_path", "add_arguments", "add_param_argument", "setup", "gpua_param", "gpua_params",
-    "float_tensor", "read_results", "merge_rows_by",
+    "float_tensor", "read_results", "merge_rows_by", "OutputPath", "check_output_path", "strict_json",
 ]
 
 GB = 1e9
@@ -185,14 +188,63 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     return package_atomic_path(path, suffix, name="output")
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also in numpy scalars and arrays) made None, numpy
+    values made Python ones: what ``json.dumps(allow_nan=False)`` accepts. A mean over no runs is
+    NaN, which ``json.dumps`` wrote as ``NaN``, a token strict JSON readers refuse."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":  # numpy scalar or array
+        return strict_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str | os.PathLike, result: Any) -> Path:
-    """Write ``result`` (with ``"machine": machine()`` added to a dict) as JSON, atomically."""
+    """Write ``result`` (with ``"machine": machine()`` added to a dict) as strict JSON (:func:`strict_json`), atomically."""
     if isinstance(result, dict):
         result = {**result, "machine": machine()}
+    text = json.dumps(strict_json(result), indent=1, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     print(f"wrote {path}")
     return Path(path)
+
+
+def check_output_path(ap: argparse.ArgumentParser, path, name: str, kind: str = "file") -> None:
+    """End the script with ``ap.error`` (one line, exit 2) when ``path`` cannot be written as ``kind``
+    (:func:`gpua._atomic.check_output`: a folder where a file goes, a path under a file, an unwritable
+    folder, gpua data a report would replace). None is no output."""
+    if path is None:
+        return
+    from gpua._atomic import check_output
+    from gpua._errors import GPUAError
+
+    try:
+        check_output(path, name, kind=kind)
+    except GPUAError as exc:
+        ap.error(str(exc))
+
+
+class OutputPath(argparse.Action):
+    """``action=OutputPath`` for an output argument: the value is stored as given (after its ``type``)
+    once :func:`check_output_path` accepts it, right as it is parsed. ``kind="folder"`` for a folder
+    that files are written into; a value equal to the argument's ``const`` (``--json`` alone: print)
+    is no path."""
+
+    def __init__(self, option_strings, dest, kind: str = "file", **kwargs):
+        self.kind = kind
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is not None and not (self.const is not None and values == self.const):
+            check_output_path(parser, values, option_string or self.metavar or self.dest, self.kind)
+        setattr(namespace, self.dest, values)
 
 
 def add_arguments(ap, *, threads: int | None = None, repeats: int = 1, warmup: int = 0, json_out: bool = True) -> None:
@@ -201,7 +253,7 @@ def add_arguments(ap, *, threads: int | None = None, repeats: int = 1, warmup: i
     ap.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls before timing (default {warmup})")
     ap.add_argument("--repeats", type=int, default=repeats, help=f"timed calls; the median is reported (default {repeats})")
     if json_out:
-        ap.add_argument("--json", type=Path, default=None, help="write the figures here (with the machine record)")
+        ap.add_argument("--json", type=Path, action=OutputPath, default=None, help="write the figures here (with the machine record)")
 
 
 def setup(args) -> None:

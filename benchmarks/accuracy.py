@@ -32,9 +32,11 @@ two-fold summary (:func:`two_fold`), every photo scored by the model fitted on t
 
     python benchmarks/accuracy.py --sets cifar-dinov2,cifar-dinov2-swapped --methods reference,gpua --seeds 3
 
-``--json`` gets every row (set, seed, method) and the per-(set, method) means (with
-``vs_reference`` and ``vs_reference_ci95``), the two-fold entries (``two_fold``), with the machine
-record (``benchmarks/_harness.py``).
+``--json`` gets every row (set, seed, method; with ``--pool-imbalance``, ``pool_imbalance_achieved``,
+the largest class over the smallest of the pool it fitted, which a small pool keeps below R) and the
+per-(set, method) means (with ``vs_reference`` and ``vs_reference_ci95``), the two-fold entries
+(``two_fold``), the sets of ``--sets`` that were not extracted (``missing_sets``), with the machine
+record (``benchmarks/_harness.py``). A run that measured no set writes nothing and exits 1.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ import argparse
 import time
 
 import numpy as np
-from _harness import gpua_params, setup, write_json
-from devsets import ALL_SETS, SWAPPED, add_set_arguments, cached_devset_seeds, chosen_sets, long_tailed
+from _harness import OutputPath, gpua_params, setup, write_json
+from devsets import ALL_SETS, SETS, SWAPPED, add_set_arguments, cached_devset_seeds, chosen_sets, long_tailed
 
 BASE_METHODS = ("zero_shot", "reference", "gpua")
 
@@ -86,6 +88,7 @@ def evaluate(ds, method: str, seed: int, variants: dict[str, dict]) -> tuple[dic
         "dev": float(np.mean(_correct(model, ds.dev))) if ds.dev is not None else pool_acc,
         "pl": pool_acc if pseudo is None else float(np.mean(pseudo == pool.labels)),
         "pool": pool_acc,
+        "pool_imbalance_achieved": ds.pool_imbalance,  # None: the pool as it is (--pool-imbalance 1)
         "fit_seconds": seconds,
     }
     return row, test_correct
@@ -207,15 +210,16 @@ def table(summary: list[dict], dev_notes: dict[str, str]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_set_arguments(ap)
+    add_set_arguments(ap, ALL_SETS, SETS)
     ap.add_argument("--methods", default=",".join(BASE_METHODS), help=f"comma-separated subset of {BASE_METHODS} (variants are added)")
     ap.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=JSON",
                     help="a GPUA variant: NAME='{\"self_learning\": 2}' (repeatable)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (random_state; planted: also the data draw)")
     ap.add_argument("--pool-imbalance", type=float, default=1.0, metavar="R",
                     help="fit on a long-tailed subset of each pool, the largest class R times the smallest (devsets.long_tailed; "
-                         "drawn with the seed); 'pool' is then the transductive accuracy on it, what `gpua classify` reports")
-    ap.add_argument("--json", default=None, help="write every row and the means here (atomically)")
+                         "drawn with the seed; every class keeps at least 2 rows, so planted's 16 per class reach 8 at most: the rows "
+                         "record the ratio reached); 'pool' is then the transductive accuracy on it, what `gpua classify` reports")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write every row and the means here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args, ALL_SETS)
     methods = [m for m in args.methods.split(",") if m]
@@ -232,7 +236,8 @@ def main(argv=None) -> int:
         ap.error("--pool-imbalance must be at least 1 (the largest class over the smallest)")
     setup(args)
     rows, notes, correct = [], {}, {}
-    for s, seed, cached in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+    devsets = cached_devset_seeds(sets, args.seeds, args.cache_dir)
+    for s, seed, cached in devsets:
         ds = long_tailed(cached, args.pool_imbalance, seed)
         notes[s] = ds.dev_note
         for m in methods + list(variants):
@@ -240,6 +245,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{s:14s} seed {seed}  {m:16s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
                   f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+    devsets.finish(bool(rows), args.json)
     summary = summarise(rows, correct)
     folds = two_fold(rows, correct)
     for e in folds:
@@ -248,7 +254,7 @@ def main(argv=None) -> int:
     if args.json:
         write_json(args.json, {"args": {"sets": sets, "methods": methods, "variants": variants, "seeds": args.seeds,
                                         "pool_imbalance": args.pool_imbalance},
-                               "rows": rows, "summary": summary, "two_fold": folds})
+                               "missing_sets": devsets.missing_sets, "rows": rows, "summary": summary, "two_fold": folds})
     return 0
 
 

@@ -16,6 +16,9 @@ Data sets (``--data``, several allowed):
   layout), PCA to ``--pca`` dimensions fitted on the training images;
 * a path to a gpua feature file (``train.npz``, with ``--test test.npz`` or a stratified split).
 
+Every entry (and ``--test``) is checked before the first one runs: a name that is neither a
+built-in set nor an existing file ends the script with one line.
+
 Usage::
 
     python benchmarks/calibration.py --data synthetic digits [--json results.json]
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import machine_line, timer, write_json
+from _harness import OutputPath, machine_line, timer, write_json
 
 from gpua.calibrate import (
     ClassStatistics,
@@ -43,6 +46,35 @@ from gpua.calibrate import (
     shape_similarity_matrix,
     stratified_split,
 )
+
+
+#: The ``--data`` entries that are not a feature file.
+BUILT_IN = ("synthetic", "synthetic-domains", "digits", "fashion-mnist")
+#: The idx files ``fashion-mnist`` reads under ``--fashion-mnist DIR``.
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz")
+
+
+def check_data(p: argparse.ArgumentParser, args) -> None:
+    """Refuse (``p.error``: one line, exit 2) a ``--data`` entry that is neither a built-in set nor an
+    existing file, ``fashion-mnist`` without its idx files, and a ``--test`` that is no file, before
+    any set runs (a typo was found only when its turn came, after the sets before it had run)."""
+    import difflib
+
+    for name in args.data:
+        if name == "fashion-mnist":
+            root = Path(args.fashion_mnist)
+            absent = [f for f in FASHION_MNIST_FILES if not (root / f).is_file()]
+            if absent:
+                p.error(f"--data fashion-mnist: no {', '.join(absent)} under --fashion-mnist {str(root)!r}; pass --fashion-mnist DIR "
+                        "(Debian's dataset-fashion-mnist layout)")
+        elif name not in BUILT_IN and not Path(name).expanduser().is_file():
+            near = difflib.get_close_matches(name, BUILT_IN, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            p.error(f"--data {name!r} is neither a built-in data set ({', '.join(BUILT_IN)}) nor an existing feature file; {hint}"
+                    "give a built-in name or the path of a gpua feature file")
+    if args.test and not Path(args.test).expanduser().is_file():
+        p.error(f"--test {args.test!r} is not an existing file; give the test feature file of the feature-file --data entry")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -134,7 +166,8 @@ def _shape_premise(X: np.ndarray, y: np.ndarray, m: int = 5) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", default=["synthetic", "synthetic-domains", "digits"])
+    p.add_argument("--data", nargs="+", default=["synthetic", "synthetic-domains", "digits"],
+                   help=f"data sets, run in turn: {', '.join(BUILT_IN)}, or the path of a gpua feature file")
     p.add_argument("--test", help="test feature file for a feature-file data set")
     p.add_argument("--space", choices=("vfm", "vlm"), default="vfm")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist")
@@ -149,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", choices=("longtail", "federated"), action="append", default=[])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="results are averaged over these")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small SGD steps run best on one)")
-    p.add_argument("--json")
+    p.add_argument("--json", action=OutputPath)
     args = p.parse_args(argv)
+    check_data(p, args)
     torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
     results = {"argv": sys.argv[1:] if argv is None else list(argv), "seeds": args.seeds, "data": {}}

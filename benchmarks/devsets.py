@@ -76,6 +76,8 @@ class DevSet:
     dev: Any | None
     test: Any
     dev_note: str
+    #: The pool's largest class count over its smallest where :func:`long_tailed` drew it; None: the pool as it is.
+    pool_imbalance: float | None = None
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -169,23 +171,63 @@ def load_devset(name: str, *, cache_dir=None, extract_missing: bool = False, see
     return DevSet(name, fs["pool"], fs["dev"], fs["test"], "dev split (2,000 labelled train images outside the pool)")
 
 
-def cached_devset_seeds(sets, seeds: int, cache_dir=None):
-    """Yield ``(name, seed, DevSet)`` for each of ``sets`` whose features are cached and each seed in
-    ``range(seeds)`` (:func:`load_devset`'s ``seed``), saying once which sets are skipped and why."""
-    for name in sets:
-        for seed in range(seeds):
-            try:
-                ds = load_devset(name, cache_dir=cache_dir, seed=seed)
-            except FileNotFoundError as exc:
-                print(f"skipping {name}: {exc}", flush=True)
-                break
-            yield name, seed, ds
+class CachedDevsets:
+    """The development sets a script measures: iterating yields ``(name, seed, DevSet)`` (``(name,
+    DevSet)`` with ``pairs``) for each of ``sets`` whose features are cached and each seed in
+    ``range(seeds)`` (:func:`load_devset`'s ``seed``), and remembers the sets that are not.
+
+    A set named in ``--sets`` but not extracted used to be one "skipping" line among the figures,
+    and a run that measured nothing wrote ``"rows": []`` over the results file it was pointed at,
+    exiting 0. Every development-set script ends its loop with :meth:`finish`.
+
+    Attributes
+    ----------
+    missing : dict
+        ``{name: why}`` of the sets skipped so far, in ``sets``' order.
+    """
+
+    def __init__(self, sets, seeds: int = 1, cache_dir=None, pairs: bool = False):
+        self.sets, self.seeds, self.cache_dir, self.pairs = list(sets), seeds, cache_dir, pairs
+        self.missing: dict[str, str] = {}
+
+    def __iter__(self):
+        for name in self.sets:
+            for seed in range(self.seeds):
+                try:
+                    ds = load_devset(name, cache_dir=self.cache_dir, seed=seed)
+                except FileNotFoundError as exc:
+                    self.missing[name] = str(exc)
+                    print(f"skipping {name}: {exc}", flush=True)
+                    break
+                yield (name, ds) if self.pairs else (name, seed, ds)
+
+    @property
+    def missing_sets(self) -> list[str]:
+        """The names of the sets skipped (for the JSON's ``"missing_sets"``)."""
+        return list(self.missing)
+
+    def finish(self, measured: bool, json_path=None) -> None:
+        """Call after the loop: name the skipped sets again (stderr, one line), and when nothing at all
+        was ``measured`` end the script (exit 1) before anything is written: an existing results
+        file is never replaced by an empty one."""
+        if self.missing:
+            names = ",".join(self.missing)
+            print(f"warning: not measured, features not extracted: {names} (run python benchmarks/devsets.py --sets {names} "
+                  "--extract)", file=sys.stderr, flush=True)
+        if not measured:
+            why = f"the features of --sets {','.join(self.missing)} are not extracted" if self.missing else "--sets names no set"
+            kept = f"; {str(json_path)!r} not written" if json_path else ""
+            raise SystemExit(f"error: nothing was measured: {why}{kept}.")
 
 
-def cached_devsets(sets, cache_dir=None):
-    """Yield ``(name, DevSet)`` for each of ``sets`` whose features are cached, saying which are skipped and why."""
-    for name, _, ds in cached_devset_seeds(sets, 1, cache_dir):
-        yield name, ds
+def cached_devset_seeds(sets, seeds: int, cache_dir=None) -> CachedDevsets:
+    """:class:`CachedDevsets` of ``sets`` and seeds ``0..seeds-1``: iterate for ``(name, seed, DevSet)``."""
+    return CachedDevsets(sets, seeds, cache_dir)
+
+
+def cached_devsets(sets, cache_dir=None) -> CachedDevsets:
+    """:class:`CachedDevsets` of ``sets``, one seed: iterate for ``(name, DevSet)``."""
+    return CachedDevsets(sets, 1, cache_dir, pairs=True)
 
 
 def planted_devset(seed: int = 0) -> DevSet:
@@ -220,6 +262,11 @@ def long_tailed(ds: DevSet, ratio: float, seed: int = 0) -> DevSet:
     1 keeps ``ds`` as it is); each class keeps at least 2 rows. The labels choose the rows only,
     as a user's folder happens to hold more of some classes: the fit never sees them. The dev
     and test splits are unchanged (a set without a dev split is then scored on this pool).
+
+    The ratio the pool gets, its largest class count over its smallest, is the returned set's
+    ``pool_imbalance`` and is in its ``dev_note``. It falls short of ``ratio`` where the floor of
+    2 rows binds (``planted``'s 16 rows per class reach 8 at most) or rounding to whole rows
+    does: a line on stderr says so when it is more than 5% short.
     """
     if ratio < 1:
         raise ValueError(f"ratio={ratio}; the largest class over the smallest is at least 1.")
@@ -232,16 +279,40 @@ def long_tailed(ds: DevSet, ratio: float, seed: int = 0) -> DevSet:
     order = rng.permutation(classes)
     keep = {c: max(2, int(round(n * ratio ** (-i / (len(classes) - 1))))) for i, c in enumerate(order)}
     idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), keep[c], replace=False) for c in classes]))
+    achieved = max(keep.values()) / min(keep.values())
+    note = f"; pool long-tailed, ratio {achieved:.3g} (asked {ratio:g})"
+    if achieved < LONG_TAIL_SHORT * ratio:
+        smallest = min(keep.values())
+        why = (f"the largest class keeps its {n} rows and every class at least 2" if n / ratio < 1.5
+               else f"rounded to whole rows, the smallest class keeps {smallest} of {n}")
+        _warn_once(f"warning: {ds.name}: pool imbalance {ratio:g} asked, {achieved:.3g} reached ({why}); "
+                   "the rows record the ratio reached")
     from dataclasses import replace
 
     rows = replace(pool, vfm_features=pool.vfm_features[idx], vlm_features=pool.vlm_features[idx], labels=pool.labels[idx],
                    image_ids=None if pool.image_ids is None else [pool.image_ids[i] for i in idx])
-    return DevSet(ds.name, rows, ds.dev, ds.test, ds.dev_note + f"; pool long-tailed, ratio {ratio:g}")
+    return DevSet(ds.name, rows, ds.dev, ds.test, ds.dev_note + note, pool_imbalance=achieved)
 
 
-def add_set_arguments(ap: argparse.ArgumentParser, choices: tuple[str, ...] = SETS) -> None:
-    """``--sets``, ``--cache-dir`` and ``--threads``: what every development-set script takes."""
-    ap.add_argument("--sets", default=",".join(choices), help=f"comma-separated subset of {choices}")
+#: :func:`long_tailed` warns when the ratio it reaches is below this fraction of the one asked.
+LONG_TAIL_SHORT = 0.95
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Print ``message`` on stderr the first time (a script draws a long-tailed pool per seed)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def add_set_arguments(ap: argparse.ArgumentParser, choices: tuple[str, ...] = SETS, default: tuple[str, ...] | None = None) -> None:
+    """``--sets``, ``--cache-dir`` and ``--threads``: what every development-set script takes.
+
+    ``--sets`` defaults to ``default`` (``choices`` when None); its help lists ``choices``."""
+    default = choices if default is None else default
+    ap.add_argument("--sets", default=",".join(default),
+                    help=f"comma-separated subset of {choices}" + (f" (default {','.join(default)})" if default != choices else ""))
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: $GPUA_CACHE_DIR or the user cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: these sets are small, and two threads on a busy 2-core machine run many times slower)")
 
@@ -257,14 +328,15 @@ def chosen_sets(ap: argparse.ArgumentParser, args: argparse.Namespace, choices: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_set_arguments(ap)
+    add_set_arguments(ap, ALL_SETS, SETS)  # every set accuracy.py takes; the swapped ones only when named
     ap.add_argument("--extract", action="store_true", help="extract the missing feature files (slow; cached ones are kept)")
     args = ap.parse_args(argv)
-    names = chosen_sets(ap, args)
+    names = chosen_sets(ap, args, ALL_SETS)
     setup(args)
     if args.extract:
-        # Cheapest first, so experiments can start while DINOv2-S runs.
-        for name in sorted((n for n in names if n in REAL_SETS), key=lambda s: ("dinov2" in s, "fmnist" in s)):
+        # Cheapest first, so experiments can start while DINOv2-S runs; a swapped set is its unswapped set's files.
+        real = {n.removesuffix(SWAPPED) for n in names} & set(REAL_SETS)
+        for name in sorted(real, key=lambda s: ("dinov2" in s, "fmnist" in s, s)):
             t0 = time.perf_counter()
             extract(name, args.cache_dir, progress=sys.stderr.isatty())
             print(f"{name}: features ready ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _harness import machine_line, timer, write_json
+from _harness import OutputPath, machine_line, timer, write_json
 
 from gpua.extract import extract_features
 from gpua.encoders import CLIP_MEAN, CLIP_STD, Encoder, ImagePreprocess
@@ -84,13 +84,13 @@ def encoders(kind: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph: its first line stops mid-sentence
     ap.add_argument("--encoders", choices=("feed", "offline"), default="feed")
     ap.add_argument("--images", type=int, default=256, help="photos in the folder (default 256)")
     ap.add_argument("--side", type=int, default=1600, help="long edge of each photo in pixels (default 1600)")
     ap.add_argument("--workers", default="1,2,4", help="comma-separated thread counts; 1 (the baseline) is always run first")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--json", type=Path, default=None, help="write the figures here (with the machine record)")
+    ap.add_argument("--json", type=Path, action=OutputPath, default=None, help="write the figures here (with the machine record)")
     args = ap.parse_args(argv)
     try:
         counts = sorted({1, *(int(w) for w in args.workers.split(","))})

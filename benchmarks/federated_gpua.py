@@ -26,8 +26,8 @@ Usage::
 
     python benchmarks/federated_gpua.py                      # DINOv2-S demo features
     python benchmarks/federated_gpua.py \
-        --train ~/.cache/gpua/demo/cifar10-mini_train__offline-efficientnet-lite2__offline-semantic-lite0.npz \
-        --test ~/.cache/gpua/demo/cifar10-mini_test__offline-efficientnet-lite2__offline-semantic-lite0.npz
+        --train ${GPUA_CACHE_DIR:-~/.cache/gpua}/demo/cifar10-mini_train__offline-efficientnet-lite2__offline-semantic-lite0.npz \
+        --test ${GPUA_CACHE_DIR:-~/.cache/gpua}/demo/cifar10-mini_test__offline-efficientnet-lite2__offline-semantic-lite0.npz
 
 Defaults keep a run of 1,000 training rows under about 5 minutes on a shared 2-core machine:
 ``--query vfm`` (the map :math:`Z \to` text space, 384 x 1280 for DINOv2-S; ``--query fused`` is
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import demo_features, load_feature_files, add_param_argument, machine_line, measure, timer, write_json
+from _harness import OutputPath, add_param_argument, demo_features, load_feature_files, machine_line, measure, timer, write_json
 
 from gpua import GPUA
 from gpua.calibrate import dirichlet_split
@@ -68,11 +68,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of the client split and of GPUA")
     add_param_argument(ap, "another GPUA parameter for both fits (repeatable), e.g. self_learning=0")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--json", type=Path, action=OutputPath, default=None, help="write the results here")
     args = ap.parse_args(argv)
     taken = {"refine", "query", "n_steps", "random_state"} & set(args.param)
     if taken:
         ap.error(f"--param {sorted(taken)}: set by the script itself (refine both ways) or by its own option (--query, --n-steps, --seed)")
+    # The files read, resolved once: the JSON and the report name them (they said "None" for the demo's).
+    args.train = args.train or demo_features("train")
+    args.test = args.test or demo_features("test")
     return args
 
 
@@ -99,7 +102,7 @@ def compare(central: GPUA, fed: GPUA, test) -> dict:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    train, test = load_feature_files(args.train or demo_features("train"), args.test or demo_features("test"))
+    train, test = load_feature_files(args.train, args.test)
     Z, X, Y = train.vfm_features, train.vlm_features, train.text_prototypes
     base = dict(query=args.query, n_steps=args.n_steps, random_state=args.seed, **args.param)
     central = {}

@@ -27,7 +27,7 @@ import argparse
 
 import numpy as np
 import torch
-from _harness import float_tensor, setup, write_json
+from _harness import OutputPath, float_tensor, setup, write_json
 from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets
 
 from gpua.query import build_query, centre_rows, pool_mean, target_prototypes
@@ -90,18 +90,20 @@ def headroom(ds) -> dict[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_set_arguments(ap, REAL_SETS)
-    ap.add_argument("--json", default=None, help="write the figures here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write the figures here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args, REAL_SETS)
     setup(args)
     results = {}
-    for s, ds in cached_devsets(sets, args.cache_dir):
+    devsets = cached_devsets(sets, args.cache_dir)
+    for s, ds in devsets:
         results[s] = headroom(ds)
         print(f"\n{s}  (pool {ds.pool.n_samples}, test {ds.test.n_samples}; test top-1 %)")
         for name, acc in results[s].items():
             print(f"  {name:<31} {100 * acc:6.2f}")
+    devsets.finish(bool(results), args.json)
     if args.json:
-        write_json(args.json, {"sets": sets, "results": results})
+        write_json(args.json, {"sets": sets, "missing_sets": devsets.missing_sets, "results": results})
     return 0
 
 

@@ -29,7 +29,7 @@ import argparse
 
 import numpy as np
 import torch
-from _harness import float_tensor, setup, write_json
+from _harness import OutputPath, float_tensor, setup, write_json
 from _levers import add_base_argument, base_params, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devsets, chosen_sets, long_tailed
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_set_arguments(ap, REAL_SETS)
     ap.add_argument("--ratios", default="10,50", help="comma-separated pool imbalances R >= 1 (largest class / smallest; 1: as it is)")
-    ap.add_argument("--json", default=None, help="write the figures here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write the figures here (atomically)")
     add_base_argument(ap)
     args = ap.parse_args(argv)
     set_base_params(ap, args)
@@ -106,15 +106,22 @@ def main(argv=None) -> int:
         ap.error(f"--ratios {args.ratios!r}: each ratio is at least 1 (the largest class over the smallest)")
     setup(args)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for s, base in cached_devsets(sets, args.cache_dir):
+    achieved: dict[str, dict[str, float | None]] = {}  # the ratio each pool reached (a small pool falls short of R)
+    devsets = cached_devsets(sets, args.cache_dir)
+    for s, base in devsets:
         for r in ratios:
-            pool = long_tailed(base, r, 0).pool
+            drawn = long_tailed(base, r, 0)
+            pool = drawn.pool
+            achieved.setdefault(s, {})[f"{r:g}"] = drawn.pool_imbalance
             results.setdefault(s, {})[f"{r:g}"] = figures = diagnose(pool)
-            print(f"\n{s}, pool imbalance {r:g} ({pool.n_samples} rows; pool top-1 %)")
+            reached = "" if drawn.pool_imbalance is None else f", {drawn.pool_imbalance:.3g} reached"
+            print(f"\n{s}, pool imbalance {r:g} ({pool.n_samples} rows{reached}; pool top-1 %)")
             for name in ROWS:
                 print(f"  {name:<50} {100 * figures[name]:6.2f}", flush=True)
+    devsets.finish(bool(results), args.json)
     if args.json:
-        write_json(args.json, {"sets": sets, "ratios": ratios, "base": base_params(0), "results": results})
+        write_json(args.json, {"sets": sets, "ratios": ratios, "base": base_params(0), "missing_sets": devsets.missing_sets,
+                               "pool_imbalance_achieved": achieved, "results": results})
     return 0
 
 

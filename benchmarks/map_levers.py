@@ -63,7 +63,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from _harness import float_tensor, read_results, setup, write_json
+from _harness import OutputPath, float_tensor, read_results, setup, write_json
 from _levers import add_base_argument, base_params, fit_with_pool, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
@@ -517,7 +517,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="fit nothing: join the rows of earlier --json files of this script (e.g. sets run one by one) and print "
                          "(and with --json write) their tables")
-    ap.add_argument("--json", default=None, help="write every row, the means and the mean dev here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write every row, the means and the mean dev here (atomically)")
     add_base_argument(ap)
     args = ap.parse_args(argv)
     set_base_params(ap, args)
@@ -537,7 +537,8 @@ def main(argv=None) -> int:
         setup(args)
         t_start = time.perf_counter()
         rows = []
-        for s, seed, ds in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+        devsets = cached_devset_seeds(sets, args.seeds, args.cache_dir)
+        for s, seed, ds in devsets:
             baseline = None
             if any(m in PREDICTION_LEVERS for m in methods):
                 pool = ds.pool
@@ -548,8 +549,9 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{s:14s} seed {seed}  {m:25s} test {100 * row['test']:.2f}  dev {100 * row['dev']:.2f}  "
                       f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
+        devsets.finish(bool(rows), args.json)
         wall = time.perf_counter() - t_start
-        record = {"sets": sets, "methods": methods, "seeds": args.seeds, "base": base_params(0)}
+        record = {"sets": sets, "missing_sets": devsets.missing_sets, "methods": methods, "seeds": args.seeds, "base": base_params(0)}
     summary = summarise(rows)
     means = mean_dev(summary)
     print(table(summary, means))

@@ -81,7 +81,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from _harness import float_tensor, setup, write_json
+from _harness import OutputPath, float_tensor, setup, write_json
 from _levers import add_base_argument, base_params, fit_with, prepare, set_base_params
 from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
@@ -915,7 +915,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (GPUA's random_state; planted: also the data draw)")
     ap.add_argument("--kmeans", action=argparse.BooleanOptionalAction, default=True,
                     help="the ORACLE k-means geometry table (clusters named with the pool's labels)")
-    ap.add_argument("--json", default=None, help="write every row, the means and the k-means figures here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write every row, the means and the k-means figures here (atomically)")
     add_base_argument(ap)
     args = ap.parse_args(argv)
     set_base_params(ap, args)
@@ -929,7 +929,8 @@ def main(argv=None) -> int:
     setup(args)
     t_start = time.perf_counter()
     rows, notes, kmeans = [], {}, {}
-    for s, seed, ds in cached_devset_seeds(sets, args.seeds, args.cache_dir):
+    devsets = cached_devset_seeds(sets, args.seeds, args.cache_dir)
+    for s, seed, ds in devsets:
         notes[s] = ds.dev_note
         for m, outcome in run_methods(ds, methods, seed).items():
             row = score(ds, m, seed, outcome)
@@ -938,6 +939,7 @@ def main(argv=None) -> int:
                   f"pl {100 * row['pl']:.2f}  pool {100 * row['pool']:.2f}  ({row['fit_seconds']:.1f} s)", flush=True)
         if args.kmeans:
             kmeans.setdefault(s, []).append({"seed": seed, **kmeans_geometry(ds.pool, ds.pool.labels)})
+    devsets.finish(bool(rows), args.json)
     summary = summarise(rows)
     means = mean_over_real_sets(summary)
     print(table(summary, means, notes))
@@ -947,6 +949,7 @@ def main(argv=None) -> int:
     print(f"\nwall time {wall:.0f} s")
     if args.json:
         write_json(args.json, {"args": {"sets": sets, "methods": methods, "seeds": args.seeds, "kmeans": args.kmeans, "base": base_params(0)},
+                               "missing_sets": devsets.missing_sets,
                                "oracle_methods": list(ORACLE_METHODS), "rows": rows, "summary": summary,
                                "mean_over_real_sets": means, "kmeans_oracle": kmeans, "wall_seconds": wall})
     return 0

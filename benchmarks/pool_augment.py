@@ -25,8 +25,8 @@ Usage::
 
     python benchmarks/pool_augment.py                        # DINOv2-S demo features
     python benchmarks/pool_augment.py \
-        --train ~/.cache/gpua/demo/cifar10-mini_train__offline-efficientnet-lite2__offline-semantic-lite0.npz \
-        --test ~/.cache/gpua/demo/cifar10-mini_test__offline-efficientnet-lite2__offline-semantic-lite0.npz
+        --train ${GPUA_CACHE_DIR:-~/.cache/gpua}/demo/cifar10-mini_train__offline-efficientnet-lite2__offline-semantic-lite0.npz \
+        --test ${GPUA_CACHE_DIR:-~/.cache/gpua}/demo/cifar10-mini_test__offline-efficientnet-lite2__offline-semantic-lite0.npz
 
 The labels of the training file are used only to draw the 16-shot pool and to report the
 pseudo-label accuracy of the pool; the test labels only to score. Timing, the machine record and
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _harness import demo_features, load_feature_files, machine_line, measure, timer, write_json
+from _harness import OutputPath, demo_features, load_feature_files, machine_line, measure, timer, write_json
 
 from gpua import GPUA
 
@@ -54,13 +54,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train", type=Path, default=None, help="training feature file (pools are drawn from it; default: the demo's cached train features)")
     ap.add_argument("--test", type=Path, default=None, help="test feature file (scored with its labels; default: the demo's cached test features)")
     ap.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS), help="pools to measure")
-    ap.add_argument("--augment", type=int, nargs="+", default=[0, 16, 64], help="pool_augment values (0 must come first for the paired change)")
+    ap.add_argument("--augment", type=int, nargs="+", default=[0, 16, 64],
+                    help="pool_augment values, in any order (include 0 for the change column: the paired change against m=0)")
     ap.add_argument("--seeds", type=int, default=3, help="draws of each small pool (default 3)")
     ap.add_argument("--query", choices=("vfm", "fused"), default="fused", help="GPUA query (default fused, the estimator's)")
     ap.add_argument("--n-steps", type=int, default=300, help="GPUA n_steps (default 300, the estimator's)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: faster on a busy 2-core machine)")
-    ap.add_argument("--json", type=Path, default=None, help="write the results here")
-    return ap.parse_args(argv)
+    ap.add_argument("--json", type=Path, action=OutputPath, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    # The files read, resolved once: the JSON and the report name them (they said "None" for the demo's).
+    args.train = args.train or demo_features("train")
+    args.test = args.test or demo_features("test")
+    return args
 
 
 def draw_pool(kind: str, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -75,7 +80,7 @@ def draw_pool(kind: str, labels: np.ndarray, seed: int) -> np.ndarray:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    train, test = load_feature_files(args.train or demo_features("train"), args.test or demo_features("test"))
+    train, test = load_feature_files(args.train, args.test)
     Y = train.text_prototypes
     records = []
     for kind in args.pools:

@@ -66,7 +66,9 @@ of :math:`|W_a - W_b|`, :math:`|W_{0,a} - W_{0,b}|`), in these modes (``--order-
 
 ``--merge FILE...``: earlier runs' rows join this run's (a later row replaces an earlier one for
 the same set and completion), and the table and mean dev are of them all. With ``--json`` the
-file is rewritten after each row (``"complete": false`` until the run ends).
+file is rewritten after each row (``"complete": false`` until the run ends). Sets of ``--sets``
+whose features are not extracted are named at the end and in ``"missing_sets"``; a run with no
+row at all (none measured, none merged) writes nothing and exits 1.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import merge_rows_by, read_results, setup, write_json
+from _harness import OutputPath, merge_rows_by, read_results, setup, write_json
 from devsets import REAL_SETS, SETS, add_set_arguments, cached_devsets, chosen_sets
 
 from gpua.fitting import ArrayPool
@@ -332,7 +334,7 @@ def main(argv=None) -> int:
     ap.add_argument("--perturb", type=float, default=PERTURB, help=f"perturbed_sl0's noise, times M's RMS entry (default {PERTURB:g})")
     ap.add_argument("--rank-rtol", type=float, default=RANK_RTOL, help=f"singular values below this times the largest count as zero (default {RANK_RTOL:g})")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON", help="earlier runs' --json files whose rows join this run's")
-    ap.add_argument("--json", default=None, help="write the rows and mean dev here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write the rows and mean dev here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args, SETS)
     completions = [c for c in args.completions.split(",") if c]
@@ -352,9 +354,11 @@ def main(argv=None) -> int:
         write_json(args.json, {"sets": list(dict.fromkeys(r["set"] for r in all_rows)), "completions": completions, "order_modes": modes,
                                "seed": args.seed, "shuffle_seed": args.shuffle_seed, "crosscov_t": args.crosscov_t,
                                "rank_rtol": args.rank_rtol, "perturb": args.perturb, "merged": [str(p) for p in args.merge],
-                               "complete": done, "wall_s": time.perf_counter() - t0, "rows": all_rows, "mean_dev": mean_dev(all_rows)})
+                               "complete": done, "missing_sets": devsets.missing_sets, "wall_s": time.perf_counter() - t0,
+                               "rows": all_rows, "mean_dev": mean_dev(all_rows)})
 
-    for name, ds in cached_devsets(sets, args.cache_dir):
+    devsets = cached_devsets(sets, args.cache_dir)
+    for name, ds in devsets:
         for c in completions:
             row = evaluate(ds, c, seed=args.seed, t=args.crosscov_t, rtol=args.rank_rtol, order_modes=modes, shuffle_seed=args.shuffle_seed,
                            perturb=args.perturb)
@@ -364,6 +368,7 @@ def main(argv=None) -> int:
                   f"({row['seconds']:.0f} s; row order {order or '-'}, {row['order_seconds']:.0f} s)", flush=True)
             if args.json:
                 record(False)  # each finished row is on disk, should the run be stopped
+    devsets.finish(bool(rows) or any(earlier), args.json)
     wall = time.perf_counter() - t0
     all_rows = merge_rows(*earlier, rows)
     print_table(all_rows, modes or list(ORDER_MODES))

@@ -17,6 +17,11 @@ Usage::
     python benchmarks/scale.py --n 200000 --n 1000000 --mode stream   # time per sample at 1M / at 200k
     python benchmarks/scale.py --n 1000000 --mode stream --timeout 7200 --json out.json
 
+The shard sets are kept under ``--root`` for re-runs, named by every argument that makes them
+(``planted-n{N}-k{K}-{d_vfm}x{d_vlm}-l{d_latent}-{dtype}``); a set is reused only when the
+planted settings stored in its index match the run's, and rebuilt otherwise. The exit status is 1
+when no fit gave figures (each failed or was stopped by ``--timeout``): nothing is written then.
+
 Memory sampling, the machine record and the JSON file come from ``benchmarks/_harness.py``.
 """
 
@@ -30,21 +35,52 @@ import sys
 import time
 from pathlib import Path
 
+from _harness import OutputPath
+
 BASE = 50_000
 GB = 1e9
 
 
+def planted_settings(n: int, k: int, d_vfm: int, d_vlm: int, d_latent: int) -> dict:
+    """What a shard set of :func:`make_shards` is made from, as stored in its index (``meta["planted"]``)."""
+    return {"base": BASE, "latent": d_latent, "repeats": n / BASE, "k": k, "d_vfm": d_vfm, "d_vlm": d_vlm, "random_state": 0}
+
+
+def reusable(path: Path, n: int, dtype: str, planted: dict) -> str | None:
+    """Why the shard set at ``path`` cannot stand for ``planted`` (None: it can be reused as it is)."""
+    from gpua import GPUAError
+    from gpua.stream import ShardedFeatures
+
+    if not (path / "index.json").is_file():
+        return "none there"
+    try:
+        shards = ShardedFeatures(path)
+    except GPUAError as exc:
+        return f"unreadable ({exc})"
+    stored = shards.meta.get("planted")
+    if stored != planted:  # a set made with another --d-latent was reused: the name did not hold it
+        return f"made with {stored}, not {planted}"
+    if shards.n_samples != n or shards.dtype != dtype:
+        return f"{shards.n_samples} rows of {shards.dtype}, not {n} of {dtype}"
+    return None
+
+
 def make_shards(root: Path, n: int, k: int, d_vfm: int, d_vlm: int, d_latent: int, dtype: str) -> Path:
-    """Write (once) the shard set of ``n`` rows: the planted base set repeated."""
+    """Write (once) the shard set of ``n`` rows: the planted base set repeated; an existing set is
+    reused only when its stored planted settings are these (:func:`reusable`), else rebuilt."""
     from gpua.synthetic import make_planted
     from gpua.stream import ShardedFeatures, ShardWriter
 
-    path = root / f"planted-n{n}-k{k}-{d_vfm}x{d_vlm}-{dtype}"
-    if (path / "index.json").is_file():
+    path = root / f"planted-n{n}-k{k}-{d_vfm}x{d_vlm}-l{d_latent}-{dtype}"
+    planted = planted_settings(n, k, d_vfm, d_vlm, d_latent)
+    why = reusable(path, n, dtype, planted)
+    if why is None:
         return path
-    d = make_planted(BASE, k, d_vfm, d_vlm, d_latent, random_state=0)
+    if why != "none there":
+        print(f"  rebuilding {path}: {why}", flush=True)
+    d = make_planted(BASE, k, d_vfm, d_vlm, d_latent, random_state=planted["random_state"])
     with ShardWriter(path, dtype=dtype, rows_per_shard=65536, text_prototypes=d.text_prototypes, classnames=d.classnames,
-                     overwrite=True, meta={"planted": {"base": BASE, "latent": d_latent, "repeats": n / BASE}}) as w:
+                     overwrite=True, meta={"planted": planted}) as w:
         done = 0
         while done < n:
             m = min(BASE, n - done)
@@ -89,7 +125,7 @@ def run_one(args) -> dict:
         "start_rss_gb": base_rss / GB, "timings": h["timings"], "ucm_rounds": len(h["ucm"]),
         "sinkhorn_iters": [r["sinkhorn_iter"] for r in h["ucm"]], "refine_evals": len(h["refine"]),
         "pseudo_label_acc": float(np.mean(model.pseudo_labels_ == labels)), "streaming": h.get("streaming"),
-        "max_memory": args.max_memory if args.one == "stream" else None,
+        "max_memory": args.max_memory if args.one == "stream" else None, "planted": shards.meta.get("planted"),
     }
 
 
@@ -105,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["both", "stream", "memory"], default="both")
     ap.add_argument("--max-memory", default="4GB")
     ap.add_argument("--cluster", default=None)
-    ap.add_argument("--root", default="/tmp/gpua-scale", help="where the shard sets are written (kept for re-runs)")
+    ap.add_argument("--root", default="/tmp/gpua-scale", action=OutputPath, kind="folder",
+                    help="where the shard sets are written (kept for re-runs)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per fit before it is stopped")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--json")
+    ap.add_argument("--json", action=OutputPath)
     ap.add_argument("--one", choices=["stream", "memory"], help=argparse.SUPPRESS)
     ap.add_argument("--shards", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -118,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(run_one(args)), encoding="utf-8")
         return 0
 
-    from _harness import machine_line, write_json
+    from _harness import check_output_path, machine_line, write_json
 
+    check_output_path(ap, args.root, "--root", "folder")  # the default too: no argument checked it
     print(machine_line(), flush=True)
     results = []
     for n in args.n or [BASE]:
@@ -163,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in ns[1:]:
             print(f"{mode}: time per sample at N={n} / at N={ns[0]}: {by[mode, n]['us_per_sample'] / by[mode, ns[0]]['us_per_sample']:.2f} "
                   "(1.00: linear in N)")
+    if not by:  # every fit failed or was stopped: no figure, and no file to replace a good one with
+        print(f"error: no fit gave figures ({len(results)} failed or stopped; their logs are under {args.root})"
+              + (f"; {args.json} not written" if args.json else ""), file=sys.stderr, flush=True)
+        return 1
     if args.json:
-        write_json(args.json, {"results": results})
+        settings = {"k": args.k, "d_vfm": args.d_vfm, "d_vlm": args.d_vlm, "d_latent": args.d_latent, "dtype": args.dtype,
+                    "query": args.query, "base": BASE}
+        write_json(args.json, {"planted": settings, "results": results})
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _harness import machine_line, peak_rss_bytes, rss_bytes, timer, write_json
+from _harness import OutputPath, machine_line, peak_rss_bytes, rss_bytes, timer, write_json
 
 MB = 2**20
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=4, help="crops per encoder call")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--json", default=None, help="write the figures here (atomically, with the machine record)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write the figures here (atomically, with the machine record)")
     args = ap.parse_args(argv)
 
     import torch

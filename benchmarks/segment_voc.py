@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _harness import add_param_argument, atomic_path, machine_line, timer, write_json
+from _harness import OutputPath, add_param_argument, atomic_path, machine_line, timer, write_json
 
 # VOC's background is everything else: a prompt set of common scene stuff stands for it
 # (the first name labels the class).
@@ -73,7 +73,7 @@ def _panel(image: np.ndarray, label: np.ndarray, names: list[str], title: str) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", help="where to save the overlay PNG (image | truth | zero-shot | GPUA)")
+    ap.add_argument("out", action=OutputPath, help="where to save the overlay PNG (image | truth | zero-shot | GPUA)")
     ap.add_argument("--vfm", default="offline:dinov2-s")
     ap.add_argument("--vlm", default="offline:semantic-lite0")
     ap.add_argument("--pool", default="self,skimage", help="fit pool, comma-separated: self (crops of the photo), skimage, cifar")
@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patches-per-image", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     add_param_argument(ap, "a GPUA parameter for the patch fit (repeatable; default GPUA(query='vfm'))")
-    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH", action=OutputPath,
                     help="the scores as JSON: printed (no PATH), or written to PATH atomically with the machine record")
     args = ap.parse_args(argv)
+    if args.json not in (None, "-") and Path(args.json).resolve() == Path(args.out).resolve():
+        ap.error(f"--json {args.json!r} is the overlay's path too; give the scores their own file")
     params = {"query": "vfm", **args.param}  # each pair checked by argparse already, before any encoder loads
 
     import imgviz

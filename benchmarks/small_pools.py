@@ -36,7 +36,9 @@ all of it restricted to the two README statements' cells (20 and 50 per class on
 one's for the same set, size, draw and setting), adds this run's rows (none when ``--sets`` is
 empty: ``--sets ''``) and prints and writes the summary of them all, so a long grid can run as
 several shorter processes. With ``--json`` the file is rewritten after each set (``"complete":
-false`` until the run ends), so the sets finished before a stopped run are kept.
+false`` until the run ends), so the sets finished before a stopped run are kept. Sets of
+``--sets`` whose features are not extracted are named at the end and in ``"missing_sets"``; a run
+with no row at all (none measured, none merged) writes nothing and exits 1.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _harness import merge_rows_by, read_results, setup, write_json
+from _harness import OutputPath, merge_rows_by, read_results, setup, write_json
 from devsets import REAL_SETS, SETS, add_set_arguments, cached_devsets, chosen_sets
 
 #: GPUA parameters of each setting (None: the zero-shot floor, not a GPUA fit).
@@ -67,11 +69,15 @@ CLAIMS = {
 }
 
 
+class TooFewRows(ValueError):
+    """A class of the pool holds fewer rows than ``--per-class`` (:func:`balanced_subset`)."""
+
+
 def balanced_subset(labels: np.ndarray, per_class: int, draw: int) -> np.ndarray:
     """Sorted row ids of ``per_class`` rows of each class, drawn with ``numpy.random.default_rng(draw)``.
 
     Classes are visited in increasing order; each draws ``per_class`` of its rows without
-    replacement. Raises ValueError when a class has fewer rows.
+    replacement. Raises :class:`TooFewRows` (a ValueError) when a class has fewer rows.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(draw)
@@ -79,7 +85,7 @@ def balanced_subset(labels: np.ndarray, per_class: int, draw: int) -> np.ndarray
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         if len(rows) < per_class:
-            raise ValueError(f"class {c} has {len(rows)} pool rows, fewer than --per-class {per_class}")
+            raise TooFewRows(f"class {c} has {len(rows)} pool rows, fewer than --per-class {per_class}")
         picked.append(rng.choice(rows, per_class, replace=False))
     return np.sort(np.concatenate(picked))
 
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {tuple(SETTINGS)}")
     ap.add_argument("--seed", type=int, default=0, help="the GPUA fits' random_state (default 0)")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON", help="earlier runs' --json files whose rows join this run's")
-    ap.add_argument("--json", default=None, help="write the rows and the summary here (atomically)")
+    ap.add_argument("--json", action=OutputPath, default=None, help="write the rows and the summary here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args, SETS)
     sizes = _int_list(args.per_class, "--per-class", ap)
@@ -249,15 +255,18 @@ def main(argv=None) -> int:
         all_rows = merge_rows(*earlier, rows)
         write_json(args.json, {"sets": list(dict.fromkeys(r["set"] for r in all_rows)), "per_class": sizes, "draws": args.draws,
                                "settings": {s: SETTINGS[s] for s in settings}, "seed": args.seed, "merged": [str(p) for p in args.merge],
-                               "complete": done, "wall_s": time.perf_counter() - t0, "rows": all_rows, "summary": summary(all_rows)})
+                               "complete": done, "missing_sets": devsets.missing_sets, "wall_s": time.perf_counter() - t0,
+                               "rows": all_rows, "summary": summary(all_rows)})
 
-    for name, ds in cached_devsets(sets, args.cache_dir):
+    devsets = cached_devsets(sets, args.cache_dir)
+    for name, ds in devsets:
         try:
             rows += run_set(ds, sizes, args.draws, settings, args.seed)
-        except ValueError as exc:
+        except TooFewRows as exc:  # --per-class above a class's pool rows; any other error is a bug, shown as one
             ap.error(f"{name}: {exc}")
         if args.json:
             record(False)  # each finished set is on disk, should a later one be stopped
+    devsets.finish(bool(rows) or any(earlier), args.json)
     wall = time.perf_counter() - t0
     print_summary(summary(merge_rows(*earlier, rows)), settings)
     print(f"\nwall time of this run's fits: {wall:.0f} s")
