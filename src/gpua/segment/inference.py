@@ -345,6 +345,12 @@ def fit_patch_gpua(
     -------
     The fitted estimator.
     """
+    owner = None
+    if class_of_prototype is not None:  # before any image is encoded
+        owner, rows = np.asarray(class_of_prototype), np.shape(prototypes)[0] if np.ndim(prototypes) == 2 else None
+        if owner.ndim != 1 or owner.shape[0] != rows or owner.dtype.kind not in "iu" or owner.min(initial=0) < 0:
+            raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({rows}); "
+                            f"got {owner.shape[0] if owner.ndim == 1 else owner.shape} value(s) of dtype {owner.dtype}.")
     Z, X = sample_patch_features(vfm, vlm, images, patches_per_image=patches_per_image, seed=seed, grid=grid, batch_size=batch_size,
                                  progress=progress)
     if estimator is None:
@@ -352,12 +358,6 @@ def fit_patch_gpua(
 
         estimator = GPUA(query="vfm")
     Y = check_matrix(prototypes, "prototypes", n_cols=X.shape[1])
-    owner = None
-    if class_of_prototype is not None:
-        owner = np.asarray(class_of_prototype)
-        if owner.shape != (Y.shape[0],) or owner.dtype.kind not in "iu" or owner.min() < 0:
-            raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({Y.shape[0]}); "
-                            f"got {owner.shape[0] if owner.ndim == 1 else owner.shape} value(s) of dtype {owner.dtype}.")
     kw = {} if callback is None else {"callback": callback}
     if classnames is not None:
         kw["classnames"] = list(classnames)
