@@ -157,7 +157,7 @@ def test_removing_parts_never_removes_an_output(cache):
     parts = cache / "classify" / "halfway__offline-a__offline-b.npz.parts"
     entry = _by_name(cache_entries(cache))[parts.name]
     _features(parts.with_name("halfway__offline-a__offline-b.npz"))  # the resumed run finished meanwhile
-    assert _remove_features(entry, None)
+    assert _remove_features(entry)
     assert not parts.exists() and parts.with_name("halfway__offline-a__offline-b.npz").is_file()
 
 
@@ -340,3 +340,41 @@ def test_cli_empty_missing_and_untagged(tmp_path, capsys, monkeypatch):
     assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj"), "--unrecorded"]) == 2
     assert "not tagged as gpua's cache folder" in capsys.readouterr().err
     assert (tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx").is_file()
+
+
+def test_a_feature_cache_rewritten_since_listing_stays(cache, monkeypatch):
+    """Was: without --older-than, a cache an extraction rewrote between the listing and the
+    removal lost its fresh output (nothing compared it with what was listed)."""
+    import gpua.cache as cache_module
+
+    photos = cache / "classify" / "photos__offline-a__offline-b.npz"
+    listed = cache_module.cache_entries
+
+    def listed_then_rewritten(*a, **k):
+        entries = listed(*a, **k)
+        later = time.time() + 5
+        os.utime(photos, (later, later))
+        return entries
+
+    monkeypatch.setattr(cache_module, "cache_entries", listed_then_rewritten)
+    removed, skipped, _ = clean_cache(cache, features=True)
+    assert photos.is_file() and photos.name in [e.path.name for e in skipped]
+
+
+def test_a_reused_feature_cache_counts_as_used(tmp_path):
+    """Was: a cache's age was the time since it was written; `--older-than 30` removed one reused
+    every day (and one a running command had just reused)."""
+    from gpua.cache import feature_cache_used
+
+    photos = _features(tmp_path / "c" / "classify" / "photos__offline-a__offline-b.npz")
+    os.utime(photos, (OLD, OLD))
+    feature_cache_used(photos)
+    assert time.time() - photos.stat().st_mtime < 60 and (tmp_path / "c" / CACHE_TAG).is_file()
+    assert clean_cache(tmp_path / "c", features=True, older_than_days=30)[0] == []
+
+
+def test_an_empty_cache_dir_is_refused(capsys, monkeypatch, tmp_path):
+    """Was: `--cache-dir ""` (an unset variable) cleaned the default cache."""
+    monkeypatch.setenv("GPUA_CACHE_DIR", str(tmp_path / "c"))
+    assert main(["cache", "clean", "--cache-dir", "", "--features"]) == 2
+    assert "--cache-dir is empty" in capsys.readouterr().err

@@ -471,7 +471,7 @@ def run_benchmark(
     from .baselines import override_notes
     from .classify import check_methods, feature_cache_path
     from .encoders import create_encoder
-    from .encoders._derived import mark_cache
+    from .cache import feature_cache_used
     from .extract import extract_features
     from .features import load_features
     say = log or (lambda s: None)
@@ -527,7 +527,8 @@ def run_benchmark(
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, workers=workers,
                     )
                 extract_s = time.perf_counter() - t0
-                mark_cache(Path(files["pool"]).parent.parent)  # gpua's cache, for `gpua cache clean`
+                for used in files.values():  # gpua's cache, and its age for `gpua cache clean` is the time since this use
+                    feature_cache_used(used)
                 train_fs, test_fs = load_features(files["pool"]), load_features(files["test"], require=("labels",))
                 # Images the extraction could not read are left out of the scores: said on every run (cached
                 # features included) and recorded in each row, never a silently smaller test split.

@@ -38,7 +38,7 @@ from typing import Iterator
 
 from ._errors import GPUAError
 
-__all__ = ["CacheEntry", "DOWNLOAD_FOLDERS", "FEATURE_FOLDERS", "cache_entries", "clean_cache"]
+__all__ = ["CacheEntry", "DOWNLOAD_FOLDERS", "FEATURE_FOLDERS", "cache_entries", "clean_cache", "feature_cache_used"]
 
 #: Cache sub-folders of the feature files that the commands extract on the way (and re-extract
 #: when missing). ``benchmarks/devsets.py``'s ``devsets/`` is not one: it never re-extracts.
@@ -215,6 +215,19 @@ def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
     yield from _temp_entries(folder)
 
 
+def feature_cache_used(path: str | os.PathLike) -> None:
+    """A command wrote or reused feature cache ``path`` (``<cache>/<kind>/<name>.npz``): tag the cache
+    folder as gpua's, and touch the file, so that its age is the time since its last use (was:
+    since it was written; ``clean --features --older-than 30`` removed a cache used every day,
+    and one a running command had just reused). Best effort: a read-only cache stays as it is."""
+    from .encoders._derived import mark_cache
+
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    mark_cache(path.parent.parent)
+
+
 def _root(cache_dir) -> tuple[Path, bool]:
     """The cache folder, and whether it is the default one (no ``cache_dir``, no ``$GPUA_CACHE_DIR``)."""
     from .encoders import cache_dir as cache_root
@@ -297,15 +310,16 @@ def _remove(entry: CacheEntry) -> bool:
     return True
 
 
-def _remove_features(entry: CacheEntry, cutoff: float | None) -> bool:
+def _remove_features(entry: CacheEntry) -> bool:
     """Remove a feature cache (the output alone, or the parts folder alone) unless a running
-    extraction holds it or it was written since ``cutoff`` (both checked again under the lock)."""
+    extraction holds it, or it was written or used since it was listed (checked under the lock)."""
     from .extract import _OutputLock, _Parts
 
     partial = entry.state == "partial"
     out = entry.path.with_name(entry.path.name[: -len(".parts")]) if partial else entry.path
     with _OutputLock(out, block=False) as lock:
-        if lock.busy or not entry.path.exists() or (cutoff is not None and _mtime(entry.path) >= cutoff):
+        # Written or used since it was listed (its time moved): a run needs it now.
+        if lock.busy or not entry.path.exists() or _mtime(entry.path) != entry.mtime:
             return False
         if partial:
             parts = _Parts(entry.path)
@@ -338,8 +352,8 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
         that uses one records it; one removed is made anew when needed: seconds of CPU). Not by
         default: an older gpua sharing the cache never records its files.
     older_than_days : float, optional
-        With ``features``: only those not written for this many days (a run that reuses a
-        cache does not rewrite it).
+        With ``features``: only those no command has written or reused for this many days
+        (:func:`feature_cache_used` touches a cache at each use).
     dry_run : bool
         Remove nothing; return what would go.
 
@@ -381,7 +395,7 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
             continue
         try:
             if entry.kind == "features":
-                if not _remove_features(entry, cutoff):
+                if not _remove_features(entry):
                     skipped.append(entry)
                     continue
             elif not _remove(entry):

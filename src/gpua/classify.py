@@ -465,7 +465,7 @@ def classify_folder(
     """
     from .baselines import make_method
     from .data._loaders import heif_install_note
-    from .encoders._derived import mark_cache
+    from .cache import feature_cache_used
     from .extract import extract_features
     from .features import load_features
     from .report import provenance_from_features
@@ -516,7 +516,7 @@ def classify_folder(
                 paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out,
                                               device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                               shard_size=CLASSIFY_PART_IMAGES, workers=workers)
-            mark_cache(out.parent.parent)  # gpua's cache, for `gpua cache clean`
+            feature_cache_used(out)  # gpua's cache, and its age for `gpua cache clean` is the time since this use
         except NoReadableImageError as exc:
             # "none of the 5 images could be read": of which folder, when two are encoded
             raise GPUAError(f"{key} {str(_folder_of(where))!r}: {exc}") from None

@@ -113,7 +113,7 @@ def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: s
     CLIP's 18 CIFAR templates here.
     """
     from .classify import feature_cache_path
-    from .encoders._derived import mark_cache
+    from .cache import feature_cache_used
     from .extract import extract_features
 
     paths = {}
@@ -122,7 +122,8 @@ def demo_features(vfm: str, vlm: str = DEMO_VLM, *, cache_dir=None, templates: s
             vfm, vlm, "cifar10-mini", split=split, templates=templates, out=feature_cache_path("demo", f"cifar10-mini_{split}", vfm, vlm, cache_dir),
             cache_dir=cache_dir, progress=progress,
         )
-    mark_cache(Path(paths["train"]).parent.parent)  # gpua's cache, for `gpua cache clean`
+    for used in paths.values():  # gpua's cache, and its age for `gpua cache clean` is the time since this use
+        feature_cache_used(used)
     return paths
 
 

@@ -143,3 +143,13 @@ def test_each_use_touches_the_record(tiny_onnx, tmp_path):
     os.utime(record_path(cut), (1, 1))
     cut_onnx_graph(src_path, "pixel_values", [tokens], tmp_path / "cache")
     assert record_path(cut).stat().st_mtime > 1e9
+
+
+def test_a_hidden_source_name_gives_a_visible_derived_file(tiny_onnx, tmp_path):
+    """Was: `.hidden.onnx` was cut into `onnx/.hidden-<key>.onnx`, which `gpua cache` never listed
+    nor cleaned (hidden names are temp files and locks there)."""
+    src_path, tokens, _ = tiny_onnx
+    src = tmp_path / ".hidden.onnx"
+    shutil.copy2(src_path, src)
+    cut = cut_onnx_graph(src, "pixel_values", [tokens], tmp_path / "cache")
+    assert cut.name.startswith("hidden-")

@@ -237,3 +237,13 @@ def test_the_missing_mask_hint_names_only_segments_renamed_masks(scenes, capsys)
         (pred / name).write_bytes(b"x")
     message = _no_prediction(pred / "pic.png", None, "pic", scenes / "gt" / "pic.png", lambda *a: "")
     assert "holds pic_jpg.png:" in message and "pic_2.png" not in message
+
+
+def test_class_of_prototype_with_a_gap_is_refused_before_any_image_is_encoded(world):
+    """Was: [0, 1, 2, 3, 9] was encoded, fitted and stored, then refused by DenseSegmenter."""
+    def no_images():
+        raise AssertionError("an image was read")
+        yield
+
+    with pytest.raises(GPUAError, match=r"class\(es\) \[4, 5, 6, 7, 8\] have no prototype row"):
+        fit_patch_gpua(world.vfm, world.vlm, no_images(), world.prototypes, class_of_prototype=[0, 1, 2, 3, 9])

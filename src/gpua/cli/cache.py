@@ -5,7 +5,7 @@ Examples::
     gpua cache                          # what is there: derived models, feature caches, downloads
     gpua cache clean --dry-run          # what `clean` would remove
     gpua cache clean                    # stale and unrecorded derived model files
-    gpua cache clean --features --older-than 30   # and feature caches not written for 30 days
+    gpua cache clean --features --older-than 30   # and feature caches unused for 30 days
 
 See :mod:`gpua.cache`.
 """
@@ -33,8 +33,16 @@ def _days(text: str) -> float:
 
 
 def _cache_dir(args) -> str | None:
-    """``--cache-dir``, given before the action (``gpua cache --cache-dir D clean``) or after it."""
-    return getattr(args, "cache_dir", None) or args.cache_dir_before
+    """``--cache-dir``, given before the action (``gpua cache --cache-dir D clean``) or after it.
+    An empty one is refused: ``--cache-dir "$CACHE"`` with ``CACHE`` unset would have cleaned the
+    default cache."""
+    from .._errors import GPUAError
+
+    given = [v for v in (getattr(args, "cache_dir", None), args.cache_dir_before) if v is not None]
+    if any(not v.strip() for v in given):
+        raise GPUAError("--cache-dir is empty; pass the cache folder (or leave --cache-dir out for $GPUA_CACHE_DIR, else the "
+                        "user cache).")
+    return given[0] if given else None
 
 
 def _size(n: int) -> str:
@@ -126,6 +134,6 @@ def add_subcommands(subparsers) -> None:
                     help="also remove derived model files an earlier release wrote and no run has used since (made anew "
                          "when needed; an older gpua sharing the cache never records its files)")
     cl.add_argument("--older-than", type=_days, metavar="DAYS",
-                    help="with --features: only feature caches not written for DAYS days (a run that reuses one does not rewrite it)")
+                    help="with --features: only feature caches no command has written or reused for DAYS days")
     cl.add_argument("--dry-run", action="store_true", help="remove nothing; print what would go")
     cl.set_defaults(func=_clean)

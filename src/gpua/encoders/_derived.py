@@ -57,6 +57,7 @@ def derived_name(stem: str, key: str, suffix: str) -> str:
     then failed on its record's name)."""
     tail = f"-{key}{suffix}"
     room = _NAME_MAX - len(os.fsencode(tail + RECORD_SUFFIX))
+    stem = stem.lstrip(".") or "model"  # a hidden name would hide the file from `gpua cache` too
     raw = os.fsencode(stem)
     if len(raw) > room:
         stem = raw[:room].decode("utf-8", "ignore") or "model"

@@ -346,11 +346,16 @@ def fit_patch_gpua(
     The fitted estimator.
     """
     owner = None
-    if class_of_prototype is not None:  # before any image is encoded
-        owner, rows = np.asarray(class_of_prototype), np.shape(prototypes)[0] if np.ndim(prototypes) == 2 else None
+    if class_of_prototype is not None:  # before any image is encoded, as DenseSegmenter will read it
+        rows = check_matrix(prototypes, "prototypes").shape[0]
+        owner = np.asarray(class_of_prototype)
         if owner.ndim != 1 or owner.shape[0] != rows or owner.dtype.kind not in "iu" or owner.min(initial=0) < 0:
             raise GPUAError(f"class_of_prototype must hold one non-negative class index per prototype row ({rows}); "
                             f"got {owner.shape[0] if owner.ndim == 1 else owner.shape} value(s) of dtype {owner.dtype}.")
+        missing = np.setdiff1d(np.arange(int(owner.max()) + 1), owner)
+        if missing.size:
+            raise GPUAError(f"class_of_prototype numbers the classes 0..{int(owner.max())} but class(es) "
+                            f"{missing[:8].tolist()} have no prototype row; renumber the classes without gaps.")
     Z, X = sample_patch_features(vfm, vlm, images, patches_per_image=patches_per_image, seed=seed, grid=grid, batch_size=batch_size,
                                  progress=progress)
     if estimator is None:
