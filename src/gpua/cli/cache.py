@@ -4,7 +4,8 @@ Examples::
 
     gpua cache                          # what is there: derived models, feature caches, downloads
     gpua cache clean --dry-run          # what `clean` would remove
-    gpua cache clean                    # stale and unrecorded derived model files
+    gpua cache clean                    # stale derived model files, orphan records, dead temp files
+    gpua cache clean --unrecorded       # and an earlier release's model files, unused since
     gpua cache clean --features --older-than 30   # and feature caches unused for 30 days
 
 See :mod:`gpua.cache`.
