@@ -447,3 +447,25 @@ def test_a_cache_is_tagged_when_features_are_written_there_not_when_a_path_is_as
     assert not Path("elsewhere", CACHE_TAG).exists()
     classify_folder("mine", "classes.txt", cache_dir="fresh-cache", **PLANTED)
     assert Path("fresh-cache", CACHE_TAG).is_file()
+
+
+def test_a_clean_between_two_extractions_does_not_fail_the_run(folders, monkeypatch):
+    """Was: classify returned the photos' cached features unread, extracted the pool, then read
+    them: a `gpua cache clean --features` in between removed them and the run failed after all
+    its encoding. Each file is read as soon as it is extracted now."""
+    import gpua.extract
+    from gpua.cache import clean_cache
+
+    calls = []
+    real = gpua.extract.extract_features
+
+    def extract_then_clean(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the pool's extraction starts: a clean runs meanwhile
+            clean_cache("cache", features=True)
+        return real(*a, **k)
+
+    classify_folder("mine", "classes.txt", pool="more", cache_dir="cache", **PLANTED)  # both cached
+    monkeypatch.setattr(gpua.extract, "extract_features", extract_then_clean)
+    res = classify_folder("mine", "classes.txt", pool="more", cache_dir="cache", **PLANTED)
+    assert len(calls) == 2 and len(res.image_ids) == sum(1 for _ in Path("mine").rglob("*.png"))

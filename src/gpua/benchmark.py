@@ -520,16 +520,20 @@ def run_benchmark(
                     say(f"{prep.name}  {vfm} + {vlm}: all {len(methods)} method(s) already in {jsonl} with these settings; skipped")
                     continue
                 t0 = time.perf_counter()
-                files = {}
+                files, loaded, load_s = {}, {}, 0.0
                 for part, ds, tag in (("pool", prep.pool, prep.pool_tag), ("test", prep.test, prep.test_tag)):
                     files[part] = extract_features(
                         pair[0], pair[1], ds, templates=templates, out=feature_cache_path("benchmark", f"{prep.slug}_{tag}{templates_tag}", vfm, vlm, cache_dir),
                         device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress, workers=workers,
                     )
-                extract_s = time.perf_counter() - t0
-                for used in files.values():  # gpua's cache, and its age for `gpua cache clean` is the time since this use
-                    feature_cache_used(used)
-                train_fs, test_fs = load_features(files["pool"]), load_features(files["test"], require=("labels",))
+                    # Read at once, before the next extraction: a `gpua cache clean --features` meanwhile
+                    # would remove a cache this run reused and had not read yet.
+                    t_load = time.perf_counter()
+                    loaded[part] = load_features(files[part], require=("labels",) if part == "test" else ())
+                    load_s += time.perf_counter() - t_load
+                    feature_cache_used(files[part])  # gpua's cache, and its age for `gpua cache clean` is the time since this use
+                extract_s = time.perf_counter() - t0 - load_s
+                train_fs, test_fs = loaded["pool"], loaded["test"]
                 # Images the extraction could not read are left out of the scores: said on every run (cached
                 # features included) and recorded in each row, never a silently smaller test split.
                 unreadable = {"pool": _n_skipped(train_fs), "test": _n_skipped(test_fs)}

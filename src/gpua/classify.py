@@ -504,7 +504,7 @@ def classify_folder(
                             f"{more} for {len(names)} classes; a fit needs at least one per class: {_FEW_PHOTOS_FIX}.")
     templates = _classify_templates(templates, classnames)
     t0 = time.perf_counter()
-    paths = {}
+    paths, loaded = {}, {}
     prompts_tag = _prompts_tag(classnames, templates)
     for key, where in sources.items():
         # The pool role has its own file: the same folder read as photos (with their labels)
@@ -516,6 +516,9 @@ def classify_folder(
                 paths[key] = extract_features(vfm, vlm, where, classnames=classnames, templates=templates, out=out,
                                               device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                                               shard_size=CLASSIFY_PART_IMAGES, workers=workers)
+            # Read at once, before the next extraction: a `gpua cache clean --features` meanwhile
+            # would remove a cache this run reused and had not read yet.
+            loaded[key] = load_features(paths[key])
             feature_cache_used(out)  # gpua's cache, and its age for `gpua cache clean` is the time since this use
         except NoReadableImageError as exc:
             # "none of the 5 images could be read": of which folder, when two are encoded
@@ -526,8 +529,8 @@ def classify_folder(
                   f"with the reason. Convert them to JPEG or PNG{heif_install_note(undecoded)} to include them.")
     paths.setdefault("pool", paths["images"])
     extract_s = time.perf_counter() - t0
-    feats = load_features(paths["images"])
-    pool_fs = feats if paths["pool"] == paths["images"] else load_features(paths["pool"])
+    feats = loaded["images"]
+    pool_fs = loaded.get("pool", feats)
     if method != "zero_shot" and pool_fs.n_samples < len(names):  # photos listed, but too few of them readable
         skipped = len((pool_fs.meta.get("skipped") or {}).get("images", []))
         raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(sources.get('pool', folder)))!r} holds "
