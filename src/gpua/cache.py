@@ -119,10 +119,11 @@ def _names(folder: Path) -> list[str]:
         return []
 
 
-def _temp_entries(folder: Path) -> Iterator[CacheEntry]:
+def _temp_entries(folder: Path, temps: list[tuple[Path, bool]] | None = None) -> Iterator[CacheEntry]:
+    """``folder``'s gpua temp files (``temps``: :func:`gpua._atomic.gpua_temps` of it, when already listed)."""
     from ._atomic import gpua_temps
 
-    for path, stale in gpua_temps(folder):
+    for path, stale in gpua_temps(folder) if temps is None else temps:
         why = "left by a writer that was killed" if stale else "a running gpua is writing it"
         yield CacheEntry(path, "temp", "stale" if stale else "busy", _size(path), why, _mtime(path))
 
@@ -173,7 +174,7 @@ def _derived_entries(folder: Path, now: float) -> Iterator[CacheEntry]:
         if state == "unrecorded" and now - _mtime(p) < _UNRECORDED_GRACE_S:
             state, why = "busy", "unrecorded and minutes old: maybe an earlier release writing it"
         yield CacheEntry(p, "derived", state, _size(p), why, _mtime(p))
-    yield from _temp_entries(folder)
+    yield from _temp_entries(folder, temps)
 
 
 def _held(out: Path) -> bool:

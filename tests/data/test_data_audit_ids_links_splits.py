@@ -58,18 +58,19 @@ def test_wordnet_id_lines_name_their_own_folders_in_any_order(tmp_path, wnid_fol
 
 def test_wordnet_ids_that_disagree_with_the_folders_are_refused(tmp_path, wnid_folder):
     """was: assigned by sorted position, whatever ids the lines gave."""
-    (tmp_path / "none.txt").write_text("n09000000 sky\nn08000000 grass\nn07000000 road\n")
-    with pytest.raises(GPUAError, match=r"WordNet ids of classnames \(first: 'n09000000'\) name none of the class folders"):
-        load_dataset(wnid_folder, classnames=tmp_path / "none.txt")
-    (tmp_path / "some.txt").write_text("n02000000 sky\nn01000000 grass\nn07000000 road\n")
-    with pytest.raises(GPUAError, match=r"classnames has no line for the folder 'n03000000' of .*t14'; add the line"):
-        load_dataset(wnid_folder, classnames=tmp_path / "some.txt")
-    (tmp_path / "extra.txt").write_text("n02000000 sky\nn01000000 grass\nn03000000 road\nn04000000 sand\n")
-    with pytest.raises(GPUAError, match=r"names the folder 'n04000000' \('sand'\), which is not a class folder"):
-        load_dataset(wnid_folder, classnames=tmp_path / "extra.txt")
-    (tmp_path / "twice.txt").write_text("n02000000 sky\nn01000000 grass\nn02000000 road\n")
-    with pytest.raises(GPUAError, match=r"line 1 and line 3 both name the folder 'n02000000'"):
-        load_dataset(wnid_folder, classnames=tmp_path / "twice.txt")
+    cases = {
+        "none.txt": ("n09000000 sky\nn08000000 grass\nn07000000 road\n",
+                     r"WordNet ids of classnames \(first: 'n09000000'\) name none of the class folders"),
+        "some.txt": ("n02000000 sky\nn01000000 grass\nn07000000 road\n",
+                     r"classnames has no line for the folder 'n03000000' of .*t14'; add the line"),
+        "extra.txt": ("n02000000 sky\nn01000000 grass\nn03000000 road\nn04000000 sand\n",
+                      r"names the folder 'n04000000' \('sand'\), which is not a class folder"),
+        "twice.txt": ("n02000000 sky\nn01000000 grass\nn02000000 road\n", r"line 1 and line 3 both name the folder 'n02000000'"),
+    }
+    for name, (lines, message) in cases.items():
+        (tmp_path / name).write_text(lines)
+        with pytest.raises(GPUAError, match=message):
+            load_dataset(wnid_folder, classnames=tmp_path / name)
 
 
 def test_names_without_ids_still_follow_sorted_wordnet_folders(tmp_path, wnid_folder):

@@ -54,24 +54,22 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _where(args) -> str:
-    from ..encoders import cache_dir
+def _where(args) -> tuple[Path, bool]:
+    """The cache folder ``--cache-dir`` names, and whether it is the default one (:func:`gpua.cache._root`)."""
+    from ..cache import _root
 
-    return str(cache_dir(_cache_dir(args)))
+    return _root(_cache_dir(args))
 
 
 def _list(args) -> int:
-    from ..cache import cache_entries
+    from ..cache import _is_ours, cache_entries
 
-    from ..cache import _is_ours, _root
-
-    root = _where(args)
+    root, default = _where(args)
     entries = cache_entries(_cache_dir(args))
-    folder, default = _root(_cache_dir(args))
-    tagged = "" if not folder.is_dir() or _is_ours(folder, default) else " (not tagged as gpua's cache: `clean` leaves it alone)"
+    tagged = "" if not root.is_dir() or _is_ours(root, default) else " (not tagged as gpua's cache: `clean` leaves it alone)"
     print(f"gpua cache: {root}{tagged}")
     if not entries:
-        print("empty" if Path(root).is_dir() else "not made yet (the first run that needs it makes it)")
+        print("empty" if root.is_dir() else "not made yet (the first run that needs it makes it)")
         return 0
     for e in entries:
         print(f"  {e.kind:9s} {e.state:10s} {_size(e.bytes):>9s}  {e.path.relative_to(root)}  ({e.why})")
@@ -95,7 +93,7 @@ def _clean(args) -> int:
     if args.older_than is not None and not args.features:
         raise GPUAError("--older-than selects feature caches by age; add --features (derived model files go by their "
                         "sources, not their age).")
-    root = _where(args)
+    root = _where(args)[0]
     removed, skipped, failed = clean_cache(_cache_dir(args), features=args.features, unrecorded=args.unrecorded,
                                            older_than_days=args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

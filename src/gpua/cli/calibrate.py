@@ -14,6 +14,8 @@ import argparse
 import time
 import warnings
 
+import numpy as np
+
 from .._errors import GPUAError, LongTailCountsError
 from .._validation import check_number
 from ._common import JsonOutput, add_json_argument, check_paths, with_flags
@@ -207,7 +209,7 @@ def _run_longtail(args, out: JsonOutput) -> int:
     # a last class without a row was dropped, and its prototypes blamed (was: "text_prototypes
     # has 5 rows for a different class count").
     n_classes = max(int(max(D["y"].max(), D["y_test"].max())) + 1, len(names))
-    empty = [k for k in range(n_classes) if not (D["y"] == k).any()]
+    empty = np.flatnonzero(np.bincount(D["y"], minlength=n_classes) == 0).tolist()  # one pass, not one per class
     if empty:
         shown = ", ".join(f"{names[k]!r} ({k})" if k < len(names) else str(k) for k in empty[:6]) + (" ..." if len(empty) > 6 else "")
         held = "" if args.test is not None else f" after --test-fraction {args.test_fraction} held out test rows"

@@ -955,9 +955,9 @@ def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -
         # this ground truth's only the images say.
         from ..data import decoded_extensions
 
-        base = Path(stem).name
+        base, endings = Path(stem).name, {e.lstrip(".").lower() for e in decoded_extensions()}
         kept = sorted(p.name for p in pred_path.parent.glob(f"{glob.escape(base)}_*.png")
-                      if p.name[len(base) + 1: -len(".png")].lower() in {e.lstrip(".").lower() for e in decoded_extensions()})
+                      if p.name[len(base) + 1: -len(".png")].lower() in endings)
         if kept:
             return (f"{message}, but holds {', '.join(kept[:4])}: the masks `gpua segment` writes for images that share the "
                     "name; pass their folder as --images (and --img-suffix to say which image the ground truth describes).")

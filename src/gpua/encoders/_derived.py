@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .._atomic import _HOST, atomic_path, atomic_write_text
+from .._atomic import _HOST, _NAME_MAX, atomic_path, atomic_write_text
 from .._errors import GPUAError, warn_user
 from ._registry import file_fingerprint
 
@@ -47,8 +47,6 @@ RECORD_SUFFIX = ".gpua-source.json"
 #: record has not been touched (used) for this long.
 OTHER_MACHINE_UNUSED_S = 7 * 24 * 3600
 _FORMAT = "gpua-derived/1"
-#: The longest file name most file systems allow, in bytes.
-_NAME_MAX = 255
 
 
 def derived_name(stem: str, key: str, suffix: str) -> str:
