@@ -6,7 +6,10 @@ scores, VFM-affinity refinement, bilinear upsampling and overlap averaging into 
 of the image's own crops (no labels). Prints peak RSS of the process (``ru_maxrss``), which
 includes the Python interpreter, torch, both encoders' weights and the fit, against the 4 GB
 budget, and the segmentation's peak (sampled every 5 ms) over the baseline measured in the same
-run: the RSS just before it, with the encoders, the image and the fitted model loaded.
+run: the RSS just before it, with the encoders, the image and the fitted model loaded. Then the
+same image scored whole (``predict_scores``: every pixel's (K, H, W) scores at once, as
+``predict`` did before it scored a band of rows at a time), and the memory each needs above the
+RSS before it.
 
 Usage::
 
@@ -77,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     with timer() as seg_time:
         labels = seg.predict(image)
     t_seg = seg_time.seconds
-    peak = peak_rss_bytes() / MB
     seg_peak = seg_time.peak_rss / MB
     ratio = seg_peak / max(rss_before, 1e-9)
+    # The same image scored whole, (K, H, W) at once (predict_scores, as predict did before it
+    # scored a band of rows at a time), measured in the same run: what the bands save.
+    rss_before_whole = rss_bytes() / MB
+    with timer() as whole_time:
+        whole_labels = seg.labels_from_scores(seg.predict_scores(image))
+    whole_peak = whole_time.peak_rss / MB
+    agree = float(np.mean(whole_labels == labels))
+    del whole_labels
+    extra_bands, extra_whole = max(seg_peak - rss_before, 0.0), max(whole_peak - rss_before_whole, 0.0)
+    peak = peak_rss_bytes() / MB
 
     print(f"image {args.height}x{args.width}, {len(names)} classes, crop {args.crop}, stride {stride}: "
           f"{len(wins)} windows, encoders {args.vfm} + {args.vlm}")
@@ -87,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"segmentation: {t_seg:.1f} s; labels {labels.shape}, {len(np.unique(labels))} classes used")
     print(f"segmentation peak over the RSS before it (baseline, this run: encoders, image, fit): "
           f"{ratio:.2f}x ({seg_peak:.0f} MB against {rss_before:.0f} MB)")
+    print(f"scores a band of rows at a time: {extra_bands:.0f} MB above the baseline; the (K, H, W) scores whole "
+          f"(baseline of the same run): {extra_whole:.0f} MB above it, {whole_time.seconds:.1f} s; "
+          f"labels equal on {100 * agree:.3f}% of pixels")
     print(f"peak RSS of the whole run: {peak:.0f} MB ({peak / 1024:.2f} GB; budget 4 GB)")
     if args.json:
         write_json(args.json, {
             "args": vars(args), "windows": len(wins), "stride": stride, "classes": len(names), "pool_crops": len(pool),
             "setup_seconds": t_fit, "segment_seconds": t_seg, "baseline_rss_mb": rss_before, "setup_peak_mb": peak_before,
             "segment_peak_mb": seg_peak, "segment_peak_over_baseline": ratio, "peak_rss_mb": peak, "budget_mb": 4096,
+            "bands_extra_mb": extra_bands, "whole_scores_extra_mb": extra_whole, "whole_scores_seconds": whole_time.seconds,
+            "labels_agree": agree,
         })
     return 0 if peak < 4096 else 1
 

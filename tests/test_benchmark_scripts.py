@@ -424,6 +424,9 @@ def test_segment_memory_prints_a_ratio_against_its_baseline_and_writes_json(scri
     res = json.loads(out.read_text())
     assert res["segment_peak_over_baseline"] == pytest.approx(res["segment_peak_mb"] / res["baseline_rss_mb"])
     assert res["windows"] > 1 and "load_avg" in res["machine"]
+    # The banded labels against the whole (K, H, W) scores of the same run (the baseline they save memory on).
+    assert "scores a band of rows at a time" in text and res["labels_agree"] > 0.999
+    assert res["bands_extra_mb"] >= 0 and res["whole_scores_extra_mb"] >= 0 and res["whole_scores_seconds"] > 0
 
 
 def test_segment_voc_json_prints_or_writes_a_file(scripts, monkeypatch):

@@ -584,15 +584,18 @@ class _Labeller:
         self.lowest = 1.0
 
     def __call__(self, image):
+        import numpy as np
+
         seg = self.seg
-        scores = seg.predict_scores(image)
-        top = seg.top_probability(scores) if seg.score_threshold is not None else None
-        labels = seg.labels_from_scores(scores, top)  # the softmax once per image, not once here and once there
-        if top is not None:
-            self.below += int((top < float(seg.score_threshold)).sum())
-            self.pixels += int(top.numel())
-            self.lowest = min(self.lowest, float(top.min()))
-        return labels
+        bands = []
+        for _, scores in seg.iter_scores(image):  # a band of rows at a time: a large photo's whole scores are GBs
+            top = seg.top_probability(scores) if seg.score_threshold is not None else None
+            bands.append(seg.labels_from_scores(scores, top))  # the softmax once per band, not here and there
+            if top is not None:
+                self.below += int((top < float(seg.score_threshold)).sum())
+                self.pixels += int(top.numel())
+                self.lowest = min(self.lowest, float(top.min()))
+        return np.concatenate(bands, axis=0)
 
     def note(self) -> str:
         """``"; --threshold 0.5 labelled 812 of 5,376 pixels (15.1%) as no class (255)"`` (or that it labelled

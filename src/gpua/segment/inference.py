@@ -445,6 +445,14 @@ def _check_stride(crop: tuple[int, int], stride: tuple[int, int], crop_name: str
         )
 
 
+def _linear_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation from ``n_in`` to ``n_out`` samples,
+    ``align_corners=False``: the per-axis weights of ``F.interpolate(mode="bilinear")``, got by
+    interpolating the unit vectors (channel ``i`` of the identity is sample ``i``'s weight)."""
+    eye = torch.eye(n_in, dtype=torch.float32)[None]  # (1, n_in, n_in)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+
+
 def _pair(v, name: str) -> tuple[int, int] | None:
     if v is None:
         return None
@@ -703,8 +711,86 @@ class DenseSegmenter:
 
     # -- pixels
 
+    #: Bytes of float32 scores one band of rows may hold: a 12-megapixel photo of 150 classes
+    #: holds 7 GB of scores whole (and its softmax as much again), a band of them 64 MB.
+    band_bytes: int = 64 * 2**20
+
+    def iter_scores(self, image) -> Iterator[tuple[int, torch.Tensor]]:
+        """Per-pixel class scores of one image, one band of rows at a time.
+
+        Scores are made and handed out band by band, so memory grows with the image's width
+        and the number of classes, not with its area (:meth:`predict` holds one band of
+        scores and the (H, W) labels; :meth:`predict_scores` joins every band).
+
+        Parameters
+        ----------
+        image : uint8 array of shape (H, W, 3)
+
+        Yields
+        ------
+        y0 : int
+            The first image row of the band.
+        scores : torch.Tensor of shape (K, rows, W), float32
+            Patch scores upsampled bilinearly (``align_corners=False``, as ``F.interpolate``)
+            to the band's pixels; with ``crop_size``, averaged over the overlapping windows
+            (a band is handed out once no later window covers it). Bands cover the image
+            top to bottom, without gaps.
+        """
+        (img,) = _as_images([image])
+        _check_image_size([img], self._encoders(), what="image")
+        H, W = img.shape[:2]
+        if self.crop_size is None:
+            yield from self._whole_image_bands(self.grid_scores([img])[0], H, W)
+        else:
+            yield from self._window_bands(img)
+
+    def _band_rows(self, width: int) -> int:
+        return max(1, self.band_bytes // (4 * self.n_classes * width))
+
+    def _whole_image_bands(self, s: torch.Tensor, H: int, W: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(K, h, w) grid scores -> bands of (K, rows, W) bilinear pixel scores.
+
+        Bilinear upsampling is separable, ``S_pix = A_y S A_x^T`` with ``A`` the (out, in) 1-D
+        interpolation weights; ``S A_x^T`` is (K, h, W), small, and each band is ``A_y[rows]``
+        times it, so the (K, H, W) whole is never held.
+        """
+        cols = s @ _linear_weights(s.shape[2], W).T  # (K, h, W)
+        rows = _linear_weights(s.shape[1], H)  # (H, h)
+        step = self._band_rows(W)
+        for y0 in range(0, H, step):
+            yield y0, rows[y0 : y0 + step] @ cols
+
+    def _window_bands(self, img: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """Sliding-window scores averaged where windows overlap, handed out a band at a time.
+
+        Windows come row of windows by row of windows (:func:`sliding_windows`), so when a
+        window starts at row ``y1`` no later one covers a row above it: the rows above are
+        final and leave the buffer, which spans at most a crop's height plus a stride.
+        """
+        H, W = img.shape[:2]
+        windows = sliding_windows(H, W, self.crop_size, self.stride)
+        top = 0  # the image row of the buffer's first row
+        acc = torch.zeros((self.n_classes, 0, W), dtype=torch.float32)
+        count = torch.zeros((1, 0, W), dtype=torch.float32)
+        for b in range(0, len(windows), self.batch_size):
+            wins = windows[b : b + self.batch_size]
+            crops = [img[y1:y2, x1:x2] for y1, y2, x1, x2 in wins]
+            s = self.grid_scores(crops)
+            s = F.interpolate(s, size=crops[0].shape[:2], mode="bilinear", align_corners=False)
+            for (y1, y2, x1, x2), si in zip(wins, s):
+                if y1 > top:  # rows above y1 get no more windows
+                    yield top, acc[:, : y1 - top].div(count[:, : y1 - top])
+                    acc, count, top = acc[:, y1 - top :], count[:, y1 - top :], y1
+                grow = y2 - top - acc.shape[1]
+                if grow > 0:
+                    acc = torch.cat([acc, acc.new_zeros((self.n_classes, grow, W))], dim=1)
+                    count = torch.cat([count, count.new_zeros((1, grow, W))], dim=1)
+                acc[:, y1 - top : y2 - top, x1:x2] += si
+                count[:, y1 - top : y2 - top, x1:x2] += 1
+        yield top, acc.div_(count)
+
     def predict_scores(self, image) -> torch.Tensor:
-        """Per-pixel class scores of one image.
+        """Per-pixel class scores of one image, whole (:meth:`iter_scores` joined).
 
         Parameters
         ----------
@@ -714,26 +800,10 @@ class DenseSegmenter:
         -------
         torch.Tensor of shape (K, H, W), float32
             Patch scores upsampled bilinearly to each window's pixels and averaged over
-            overlapping windows.
+            overlapping windows. A large image's whole scores are large (4 K H W bytes):
+            :meth:`predict` and :meth:`iter_scores` hold one band at a time.
         """
-        (img,) = _as_images([image])
-        _check_image_size([img], self._encoders(), what="image")
-        H, W = img.shape[:2]
-        if self.crop_size is None:
-            s = self.grid_scores([img])
-            return F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)[0]
-        windows = sliding_windows(H, W, self.crop_size, self.stride)
-        acc = torch.zeros((self.n_classes, H, W), dtype=torch.float32)
-        count = torch.zeros((1, H, W), dtype=torch.float32)
-        for b in range(0, len(windows), self.batch_size):
-            wins = windows[b : b + self.batch_size]
-            crops = [img[y1:y2, x1:x2] for y1, y2, x1, x2 in wins]
-            s = self.grid_scores(crops)
-            s = F.interpolate(s, size=crops[0].shape[:2], mode="bilinear", align_corners=False)
-            for (y1, y2, x1, x2), si in zip(wins, s):
-                acc[:, y1:y2, x1:x2] += si
-                count[:, y1:y2, x1:x2] += 1
-        return acc.div_(count)
+        return torch.cat([band for _, band in self.iter_scores(image)], dim=1)
 
     def labels_from_scores(self, scores: torch.Tensor, top: torch.Tensor | None = None) -> np.ndarray:
         """(K, H, W) scores -> (H, W) int64 labels, with the score threshold applied.
@@ -777,5 +847,6 @@ class DenseSegmenter:
         return torch.softmax((scores - scores.amax(0)) / self.temperature, dim=0).amax(0)
 
     def predict(self, image) -> np.ndarray:
-        """(H, W) int64 class labels of one uint8 (H, W, 3) image."""
-        return self.labels_from_scores(self.predict_scores(image))
+        """(H, W) int64 class labels of one uint8 (H, W, 3) image (scored a band of rows at a
+        time: :meth:`iter_scores`)."""
+        return np.concatenate([self.labels_from_scores(band) for _, band in self.iter_scores(image)], axis=0)
