@@ -136,6 +136,23 @@ def test_fit_seg_skips_hidden_and_unreadable_images(mixed, tmp_path, classes, ca
     assert load_model(tmp_path / "one.gpua").provenance_["n_images"] == 1
 
 
+def test_fit_seg_max_images_counts_images_it_can_encode(tmp_path, world, classes, capsys):
+    """Was: --max-images counted readable images, so with a too-small image first, --max-images 1
+    fitted on no image ("every readable image ... is smaller than one encoder patch") though a
+    usable one came next."""
+    from gpua import load_model
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "a_tiny.png")  # below one 8x8 VLM patch
+    _save(world, d / "b.png", (32, 32), 0)
+    _save(world, d / "c.png", (32, 32), 1)
+    assert main(_fit(d, tmp_path / "one.gpua", classes, "--max-images", "1")) == 0
+    out = capsys.readouterr().out
+    assert load_model(tmp_path / "one.gpua").provenance_["n_images"] == 1
+    assert "1 image(s) smaller than one encoder patch skipped" in out
+
+
 def test_no_readable_image_is_a_clear_error(tmp_path, classes, capsys):
     d = tmp_path / "junk"
     d.mkdir()

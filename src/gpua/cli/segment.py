@@ -93,7 +93,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
     p.add_argument("--grid", default="coarser", choices=("coarser", "finer"),
                    help="common grid of the two encoders' patch maps (default: the coarser, by area pooling)")
-    p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="use only the first N readable images (default: all)")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="use only the first N usable images: readable, and at least one encoder patch wide (default: all)")
     add_quiet_argument(p, dest="no_progress")
     add_param_arguments(p, defaults=FIT_SEG_DEFAULTS)  # the patch fit is GPUA(query="vfm", **params)
     p.set_defaults(func=_fit_seg)
@@ -276,16 +276,14 @@ def _subfolder_note(folder: str, what: str = "--images", skip: Path | None = Non
     return f"; {len(subs)} sub-folder(s) of {what} not searched ({shown})"
 
 
-def _read_images(files: list[Path], folder: str, skipped: list[Path], limit: int | None = None):
-    """Yield ``(file, RGB array)`` for each readable file, at most ``limit``; an unreadable one
+def _read_images(files: list[Path], folder: str, skipped: list[Path]):
+    """Yield ``(file, RGB array)`` for each readable file; an unreadable one
     (:class:`gpua.data.UnreadableImageError`) is skipped with a warning naming it and appended to
     ``skipped``. When none is readable, a :class:`GPUAError` says so at the end."""
     from ..data import UnreadableImageError
 
     n = 0
     for f in files:
-        if limit is not None and n >= limit:
-            break
         try:
             image = _load_image(f)
         except UnreadableImageError as exc:
@@ -641,7 +639,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
         params["class_prior"] = _prior_per_prompt(params["class_prior"], owner, len(classnames))
     files = _list_images(args.images)
     skipped: list[Path] = []
-    reader = _read_images(files, args.images, skipped, args.max_images)
+    reader = _read_images(files, args.images, skipped)
     first = next(reader)  # before the encoders load: a folder of no readable image is said at once
     vfm, vlm = make_encoder(args.vfm, args.device), make_encoder(args.vlm, args.device)
     small: list[Path] = []
@@ -654,6 +652,8 @@ def _fit_seg(args: argparse.Namespace) -> int:
         memory per 2-megapixel photo)."""
         nonlocal used
         for f, image in itertools.chain([first], reader):
+            if args.max_images is not None and used >= args.max_images:
+                break  # counted in images used, not read: one too small to encode is not one of the N (was)
             if not _too_small(f, image, side, small):
                 used += 1
                 yield image
