@@ -122,10 +122,26 @@ def _label(ds, i: int) -> int:
     return -1 if y is None else int(y)
 
 
-def _resolve_templates(templates: Any, ds) -> list[str]:
+def _resolve_templates(templates: Any, ds, dataset: Any = None, classnames: Any = None) -> list[str]:
+    """The templates of an extraction; ``"auto"`` takes a benchmark's own only for a benchmark.
+
+    A benchmark is known by a CoOp split file, the embedded demo data or Fashion-MNIST (their
+    names are the benchmark's), or by ``classnames`` naming one (``classnames="cifar10"``), as
+    ``classify`` knows it; never by an image folder's or an .npz file's own name (was: a folder
+    called ``pets``, ``food`` or ``flowers`` took that benchmark's one CoOp prompt, and
+    ``classnames="cifar10"`` on a folder called ``photos`` did not take CIFAR's 18).
+    """
+    from .data._registry import canonical_name
     from .data.prompts import resolve_templates
 
-    return resolve_templates(templates, getattr(ds, "name", None))
+    named_by_file = False
+    if isinstance(dataset, (str, os.PathLike)):
+        p = Path(dataset).expanduser()
+        named_by_file = p.is_dir() or p.suffix.lower() == ".npz"
+    benchmark = None if named_by_file else getattr(ds, "name", None)
+    if (benchmark is None or canonical_name(str(benchmark)) is None) and isinstance(classnames, str) and not os.path.isfile(classnames):
+        benchmark = classnames
+    return resolve_templates(templates, benchmark)
 
 
 def _sha(obj: Any) -> str:
@@ -954,7 +970,7 @@ def extract_features(
             f"classnames name {len(names)} class ({names[0]!r}); a feature file holds text prototypes of at least 2 classes "
             "to tell apart: pass classnames= with every class the images may belong to."
         )
-    temps = _resolve_templates(templates, ds)
+    temps = _resolve_templates(templates, ds, dataset, classnames)
     n = len(ds)
     if n == 0:
         raise GPUAError("dataset holds no images; check the path and split.")

@@ -586,7 +586,10 @@ def write_predictions(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise GPUAError(f"top_k={top_k!r} must be a positive integer.")
+    from .data.classnames import _prompt_key
+
     n = 0
+    folder_label: dict[str, str] = {}  # class folder -> the label its readable photos carry
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -608,20 +611,34 @@ def write_predictions(
                 for i, row in enumerate(order):
                     tops = [c for j in row for c in (name(j), f"{proba[i, j]:.6f}")]
                     extra = [name(labels[i])] if with_labels and labels is not None else []
+                    if extra and unreadable:
+                        folder_label.setdefault(_class_folder(ids[i]), extra[0])
                     w.writerow([ids[i], name(row[0]), f"{proba[i, row[0]]:.6f}", *tops, *extra] + ([""] if unreadable else []))
                 n += proba.shape[0]
             if unreadable:
                 if not header_done:
                     raise GPUAError("write_predictions: no predicted rows to write beside the unreadable images.")
+                keyed = {_prompt_key(c): c for c in names or []}
                 for image_id, error in unreadable:
-                    # A labelled folder names the class of an unreadable photo too: <class>/<file>.
-                    parts = str(image_id).replace("\\", "/").split("/")
-                    label = parts[0] if with_labels and names and len(parts) > 1 and parts[0] in names else ""
+                    # A labelled folder names the class of an unreadable photo too: <class>/<file>; its
+                    # readable photos' label (was the folder's name only when it was a class name as
+                    # spelled, so a WordNet-id or decomposed-accent folder's unreadable photo had none),
+                    # else the class its name spells.
+                    folder = _class_folder(image_id)
+                    label = ""
+                    if with_labels and folder is not None:
+                        label = folder_label.get(folder) or keyed.get(_prompt_key(folder), "")
                     cells = [image_id] + [""] * (len(header) - 1)
                     if with_labels:
                         cells[-1] = label
                     w.writerow(cells + [error])
     return n
+
+
+def _class_folder(image_id) -> str | None:
+    """The class folder of an image id ``<class>/<file>`` (None for a flat folder's ``<file>``)."""
+    parts = str(image_id).replace("\\", "/").split("/")
+    return parts[0] if len(parts) > 1 else None
 
 
 def json_text(obj: Any, indent: int | None = 2) -> str:

@@ -99,7 +99,7 @@ def test_classnames_must_match(tmp_path, idx_files):
     names = get_classnames("fashion_mnist")
     assert load_dataset("fashion-mnist", split="test", image_root=tmp_path, classnames=names).classnames == names
     with pytest.raises(GPUAError, match="class 0"):
-        load_dataset("fashion-mnist", split="test", image_root=tmp_path, classnames=["shirt"] + names[1:])
+        load_dataset("fashion-mnist", split="test", image_root=tmp_path, classnames=["jumper"] + names[1:])
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")

@@ -224,6 +224,28 @@ def _load_npz_path(p: Path, split: str | None, user_names: list[str] | None) -> 
         return _dataset_from_npz(f, p.name, p.stem, None, user_names)
 
 
+def _npz_strings(z, key: str, source: str) -> list[str]:
+    """An .npz's 1-D string array as a list of str: bytes (``dtype='S'``) decoded as UTF-8.
+
+    Was: ``str()`` of each entry, so bytes became ``"b'airplane'"`` in every class name, prompt
+    and image id, and a single string (a 0-d array) was walked letter by letter, one class per
+    character.
+    """
+    a = z[key]
+    if a.ndim != 1:
+        raise GPUAError(f"{source!r}: {key} is an array of shape {a.shape}; store one entry per "
+                        f"{'class' if key == 'classnames' else 'image'}: np.asarray(names, dtype=str), 1-D.")
+    if a.dtype.kind == "S":
+        try:
+            return [v.decode("utf-8") for v in a.tolist()]
+        except UnicodeDecodeError as exc:
+            raise GPUAError(f"{source!r}: {key} holds bytes that are not UTF-8 ({exc}); store text: "
+                            "np.asarray(names, dtype=str).") from None
+    if a.dtype.kind != "U":
+        raise GPUAError(f"{source!r}: {key} has dtype {a.dtype}, not text; store np.asarray(names, dtype=str).")
+    return [str(v) for v in a.tolist()]
+
+
 def _dataset_from_npz(
     f: IO[bytes], source: str, name: str, split: str | None, user_names: list[str] | None
 ) -> ArrayImageDataset:
@@ -241,9 +263,9 @@ def _dataset_from_npz(
             # Read everything now: the file handle closes when this function returns.
             images = z["images"]
             labels = z["labels"] if "labels" in keys else None
-            file_names = [str(c) for c in z["classnames"].tolist()] if "classnames" in keys else None
+            file_names = _npz_strings(z, "classnames", source) if "classnames" in keys else None
             id_key = next((k for k in ("source_paths", "image_ids") if k in keys), None)
-            ids = [str(i) for i in z[id_key].tolist()] if id_key else None
+            ids = _npz_strings(z, id_key, source) if id_key else None
         except ValueError as exc:  # object arrays need pickle, which we never enable
             raise GPUAError(
                 f"{source!r} stores strings as Python objects ({exc}); save them as numpy string arrays, "
@@ -1104,12 +1126,29 @@ def _folder_classnames(
     index = {_nfc(c): i for i, c in enumerate(user_names)}
     if len(index) == len(user_names) and set(index) == set(by_form):
         return user_names, [index[_nfc(f)] for f in folders]
+    # Up to case, '_' versus space and white space too (the spellings that give one prompt):
+    # was "class folder 'Cat' is not in classnames" for a folder Cat/ and the class cat.
+    keyed = {_prompt_key(c): i for i, c in enumerate(user_names)}
+    folder_keys = [_prompt_key(f) for f in folders]
+    if len(keyed) == len(user_names) and len(set(folder_keys)) == len(folders) and set(keyed) == set(folder_keys):
+        return user_names, [keyed[k] for k in folder_keys]
     if all(_WNID.match(f) for f in folders):
-        return _match_count(user_names, folders, base), None
-    missing = [f for f in folders if _nfc(f) not in index]
+        names = _match_count(user_names, folders, base)
+        if names == get_classnames("imagenet"):  # the shipped list is in sorted-id order by construction
+            return names, None
+        # Plain names for WordNet-id folders can only pair by position; a list in another order
+        # scored every photo against another class without a word (was).
+        shown = ", ".join(f"{f} -> {c!r}" for f, c in zip(folders[:3], names[:3])) + (", ..." if len(folders) > 3 else "")
+        warn_user(f"the class folders of {str(base)!r} are WordNet ids and the class names are plain names, so they are "
+                  f"paired by sorted-folder position: {shown}. If that is not each folder's class, the labels and every "
+                  "score are wrong; write the names as 'n02121808 cat' lines (the folder's id, then its name) to pair "
+                  "them by id.")
+        return names, None
+    missing = [f for f, k in zip(folders, folder_keys) if _nfc(f) not in index and k not in keyed]
     if missing:
         _unnamed_folder_error(missing, folders, index, place)
-    extra = [c for c in user_names if _nfc(c) not in by_form]
+    present = set(folder_keys)
+    extra = [c for c in user_names if _nfc(c) not in by_form and _prompt_key(c) not in present]
     if extra:
         if _never_read(extra[0]) and (base / extra[0]).is_dir():
             raise GPUAError(
@@ -1121,8 +1160,9 @@ def _folder_classnames(
         raise GPUAError(f"classnames names {extra[0]!r}, which is not a class folder of {str(base)!r}; create an (empty) "
                         f"folder {extra[0]!r} there to keep the class, or drop it from the class names.")
     raise GPUAError(
-        f"classnames holds names that differ only in their Unicode form (composed vs decomposed accents), so they "
-        f"cannot each name one class folder of {str(base)!r}; give each name once."
+        f"classnames holds names, or {str(base)!r} class folders, that differ only in case, '_' versus space or "
+        f"their Unicode form (composed vs decomposed accents), so each name cannot name one class folder; give each "
+        "name once, and rename folders that differ only so."
     )
 
 

@@ -271,8 +271,9 @@ def _read_template_file(path: str, source: str) -> list[str]:
             raise GPUAError(f"{source}, {where}: {line!r} is Python code; write the template itself, one a line "
                             "('a bad photo of a {}.').")
         quoted = _QUOTED.match(line)  # "'a bad photo of a {}.'," from CLIP's notebook (or f'...'), with its comment
-        # a trailing " # ..." comment is dropped, as in class-name files; a '#' inside a word stays
-        lines.append((where, quoted.group(2).strip() if quoted else clean_edges(re.split(r"\s#", line, maxsplit=1)[0])))
+        # a trailing " # ..." comment is dropped, as in class-name files; a '#' inside a word stays, and so
+        # does a hashtag placeholder " #{}" (was cut as a comment: "a photo tagged #{}" lost its '{}')
+        lines.append((where, quoted.group(2).strip() if quoted else clean_edges(re.split(r"\s#(?!\{)", line, maxsplit=1)[0])))
     if not lines:
         raise GPUAError(f"{source} holds only comments; write one template a line ('a photo of a {{}}.').")
     return _checked(lines, source)

@@ -418,7 +418,9 @@ def _resolve_classes(
     names = [str(c) for c in classnames]
     if any(not n.strip() for n in names):
         raise GPUAError("classnames holds an empty name; every class needs a non-empty name.")
-    return check_classnames(names, len(names)), [[n] for n in names], None
+    # Checked as a file's or a dict's names are (was: exact duplicates only, so ['Cat', 'cat'] went
+    # on to a tokenizer that read them as one prompt, and its error blamed the characters).
+    return (*_checked_classes([(f"entry {i}", n, [n]) for i, n in enumerate(names)], "classnames"), None)
 
 
 def resolve_classnames(classnames: Sequence[str] | Mapping[str, Sequence[str]] | str | os.PathLike | None) -> list[str] | None:
