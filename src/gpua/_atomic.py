@@ -456,11 +456,32 @@ def _new_class_folder(out: Path, src: Path, kind: str) -> str | None:
     return first
 
 
+def _special_file_kind(path: Path) -> str | None:
+    """``"a character device"`` (``/dev/null``), a block device, a FIFO or a socket at ``path``
+    (links followed); None for a regular file, a folder or nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None
+
+
 def check_writable(path: Path, name: str, kind: str) -> None:
     """Refuse an output (resolved ``path``) that cannot be written as ``kind`` says: a folder where a
     file goes or the reverse, a read-only file, a folder this process may not create files in."""
     if kind == "file" and path.is_dir():
         raise GPUAError(f"{name} {str(path)!r} is an existing folder, but a file is written there; give a file name.")
+    special = _special_file_kind(path)
+    if special is not None:
+        # The rename would put a regular file in its place (was: as root, `--out /dev/null`
+        # replaced the machine's /dev/null with a model file).
+        raise GPUAError(f"{name} {str(path)!r} is {special}, not a regular file, and writing there would replace it with "
+                        "one; nothing was written. Give a file name (to discard the output, write it to a temporary "
+                        "folder).")
     # The rename would replace a read-only file as readily as any other: its owner's protection
     # is honoured here instead (root passes os.access, as it passes the permission itself).
     if kind == "file" and path.is_file() and not os.access(path, os.W_OK):

@@ -187,7 +187,8 @@ class AlignmentEstimator(ParamsMixin):
                 fix = (
                     "pass them, or fit with query='vfm'."
                     if "query" in self._get_param_names()
-                    else f"pass them (a {type(self).__name__} always reads them)."
+                    else f"pass them as the second argument or vlm_features= (a {type(self).__name__} always reads them; "
+                    "the first argument, vfm_features, it does not use)."
                 )
                 raise GPUAError(
                     f"vlm_features is required: this {type(self).__name__} uses the VLM image features at "

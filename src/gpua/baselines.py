@@ -188,10 +188,17 @@ GPUA_VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: The GPUA parameters the other named methods take from ``overrides`` (the rest they do not use).
 OTHER_METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "zero_shot": ("device",),
-    "reference": ("device", "random_state"),
-    "lfa": ("query", "device"),
+    "zero_shot": ("device", "logit_scale"),
+    "reference": ("device", "random_state", "logit_scale"),
+    "lfa": ("query", "device", "logit_scale"),
 }
+
+
+def _taken(name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """The overrides ``kw`` that the non-GPUA method ``name`` takes (:data:`OTHER_METHOD_PARAMS`):
+    passed on, not re-listed by hand per method (was: ``logit_scale`` was listed nowhere, so
+    ``make_method("zero_shot", logit_scale=50)`` gave probabilities at 100 without a word)."""
+    return {k: v for k, v in kw.items() if k in OTHER_METHOD_PARAMS[name]}
 
 
 def _gpua_variant(fixed: dict[str, Any]) -> Callable[..., AlignmentEstimator]:
@@ -202,10 +209,10 @@ def _gpua_variant(fixed: dict[str, Any]) -> Callable[..., AlignmentEstimator]:
 #: (the baselines and the reference take only what :data:`OTHER_METHOD_PARAMS` lists; a GPUA
 #: variant's own setting wins over an override: :func:`unused_overrides` says which).
 METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
-    "zero_shot": (lambda **kw: VLMZeroShot(device=kw.get("device", "cpu")), "VLM zero-shot, X Y^T"),
+    "zero_shot": (lambda **kw: VLMZeroShot(**_taken("zero_shot", kw)), "VLM zero-shot, X Y^T"),
     "gpua": (_gpua_variant(GPUA_VARIANTS["gpua"]), "GPUA, default settings"),
     "reference": (
-        lambda **kw: ReferenceGPUA(device=kw.get("device", "cpu"), random_state=kw.get("random_state", 0)),
+        lambda **kw: ReferenceGPUA(**{"random_state": 0, **_taken("reference", kw)}),
         "the published code's method (gpua.reference.ReferenceGPUA), the yardstick",
     ),
     "procrustes_only": (_gpua_variant(GPUA_VARIANTS["procrustes_only"]), "UCM + Procrustes, no THS refinement"),
@@ -215,7 +222,7 @@ METHODS: dict[str, tuple[Callable[..., AlignmentEstimator], str]] = {
     "hard_assignment": (_gpua_variant(GPUA_VARIANTS["hard_assignment"]), "Procrustes on argmax pseudo-labels"),
     "query_vfm": (_gpua_variant(GPUA_VARIANTS["query_vfm"]), "query = VFM features alone"),
     "query_fused": (_gpua_variant(GPUA_VARIANTS["query_fused"]), "query = [VFM, VLM] features"),
-    "lfa": (lambda **kw: LFAAlternation(query=kw.get("query", "vfm"), device=kw.get("device", "cpu")), "LFA-style hard alternation"),
+    "lfa": (lambda **kw: LFAAlternation(**_taken("lfa", kw)), "LFA-style hard alternation"),
 }
 
 
@@ -269,7 +276,10 @@ def make_method(name: str, **overrides: Any) -> AlignmentEstimator:
     """A fresh estimator for a named method; ``overrides`` are GPUA parameters.
 
     Overrides a method does not use are left out (so that one set can be given to every row of
-    a comparison); :func:`unused_overrides` names them, for callers that run one method.
+    a comparison); :func:`unused_overrides` names them, for callers that run one method. The
+    baselines and the reference take only :data:`OTHER_METHOD_PARAMS` (``device`` and
+    ``logit_scale``; the reference ``random_state``, ``lfa`` ``query``): the reference is the
+    published method as published, whatever GPUA settings the overrides hold.
     """
     from ._errors import GPUAError
 

@@ -292,9 +292,10 @@ def hubness_skewness(scores, k: int | None = None) -> float:
     """
     from scipy.stats import skew
 
-    counts = k_occurrence(scores, k).astype(np.float64)
-    if np.allclose(counts, counts[0]):
+    counts = k_occurrence(scores, k)
+    if np.all(counts == counts[0]):  # integer counts: exactly equal, not allclose's 1e-5 relative (a million rows and 10 more was 0.0)
         return 0.0
+    counts = counts.astype(np.float64)
     return float(skew(counts))
 
 

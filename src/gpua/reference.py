@@ -165,7 +165,7 @@ class ReferenceGPUA(AlignmentEstimator):
         Torch device of the fit and the learned tensors.
     random_state : int in [0, 9223372036854775807] or None, default=0
         Seed of the batches, noise and dropout (the original draws them from the global RNGs);
-        None draws a fresh seed each fit.
+        None draws a fresh seed each fit (kept in ``history_["random_state"]``).
 
     Attributes
     ----------
@@ -331,7 +331,8 @@ class ReferenceGPUA(AlignmentEstimator):
         W0 = identity_pull(procrustes_from_assignment(Q, ucm.plan, Yt, "hard"), float(self.identity_pull))
         del ucm.plan
         t2 = time.perf_counter()
-        W, _ = refine(W0, Q.__getitem__, Q.shape[0], Yt, labels, self.refine_config())
+        config = self.refine_config()  # its seed drawn once here when random_state is None, and recorded below
+        W, _ = refine(W0, Q.__getitem__, Q.shape[0], Yt, labels, config)
         t3 = time.perf_counter()
         with torch.no_grad():
             pool_pred = mapped_cosines(Q, W, Yt).argmax(1)
@@ -346,6 +347,7 @@ class ReferenceGPUA(AlignmentEstimator):
             "sinkhorn_capped": sum(h["sinkhorn_iter"] >= int(self.sinkhorn_max_iter) for h in ucm.history),
             "pseudo_label_agreement": float((pool_pred == labels).float().mean()),
             "timings": timings,
+            "random_state": config.seed,  # replays this fit with random_state=None's draw (was not kept)
         }
         self._record_fit()  # as every estimator's fit: a refit forgets the provenance of the data fitted before
         return self

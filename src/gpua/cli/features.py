@@ -340,6 +340,9 @@ def _compare(args, out: JsonOutput) -> int:
     methods = list_methods() if args.methods.strip() == "all" else list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if not methods:  # the library reads an empty list as every method: a typo would start them all
         raise GPUAError(f"--methods {args.methods!r} names no method; give comma-separated names from {list_methods()}, or 'all'.")
+    if "all" in methods:  # was "['all'] unknown; choose from ... or 'all'"
+        raise GPUAError(f"--methods {args.methods!r}: 'all' (every method) cannot be combined with other names; give 'all' "
+                        "alone, or the names.")
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:  # before any file is read
         raise GPUAError(f"--methods: {unknown} unknown; choose from {list_methods()} or 'all'.")

@@ -1,0 +1,77 @@
+"""Session 21's audit of the Python API: each test says what happened before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpua import make_method
+from gpua._errors import GPUAError
+from gpua.synthetic import make_planted
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_planted(n_samples=200, n_classes=5, random_state=0)
+
+
+@pytest.mark.parametrize("name", ["zero_shot", "reference", "lfa"])
+def test_make_method_passes_logit_scale_to_methods_that_have_it(name, planted):
+    """Was: dropped without a word, so probabilities came at scale 100 whatever was asked."""
+    est = make_method(name, logit_scale=50.0, lam=0.5)
+    assert est.logit_scale == 50.0
+    if name == "reference":
+        assert est.lam == 0.9 and est.random_state == 0  # the published settings stay, whatever GPUA overrides say
+    d = planted
+    if name == "reference":
+        est.set_params(n_steps=3)
+    est.fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    scores = est.decision_function(d.vfm_features[:7], d.vlm_features[:7])
+    z = 50.0 * scores
+    want = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(est.predict_proba(d.vfm_features[:7], d.vlm_features[:7]), want / want.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_reference_records_the_seed_it_drew(planted):
+    """Was: random_state=None's draw was thrown away, so the fit could not be replayed."""
+    from gpua import ReferenceGPUA
+
+    d = planted
+    a = ReferenceGPUA(n_steps=5, random_state=None).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    seed = a.history_["random_state"]
+    assert isinstance(seed, int)
+    b = ReferenceGPUA(n_steps=5, random_state=seed).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    np.testing.assert_array_equal(a.W_.cpu().numpy(), b.W_.cpu().numpy())
+    assert ReferenceGPUA(n_steps=5).fit(d.vfm_features, d.vlm_features, d.text_prototypes).history_["random_state"] == 0
+
+
+def test_hubness_skewness_of_integer_counts_is_not_rounded_to_zero():
+    """Was: 0.0 for counts 1,000,000 / 1,000,000 / 1,000,010 (allclose's relative tolerance); the skew is 0.71."""
+    from scipy.stats import skew
+
+    from gpua.metrics import hubness_skewness, k_occurrence
+
+    lab = np.repeat([0, 1, 2], [100_000, 100_000, 100_001])
+    S = np.zeros((lab.size, 3), np.float32)
+    S[np.arange(lab.size), lab] = 1
+    counts = k_occurrence(S, 1)
+    assert hubness_skewness(S, 1) == pytest.approx(skew(counts.astype(float))) and hubness_skewness(S, 1) > 0.7
+    even = np.eye(3, dtype=np.float32)[np.repeat([0, 1, 2], 1000)]
+    assert hubness_skewness(even, 1) == 0.0  # equal counts: 0, as before
+
+
+def test_zero_shot_given_its_vlm_features_first_says_which_slot(planted):
+    """Was: "vlm_features is required ... pass them", though they had been passed, in the first slot."""
+    d = planted
+    est = make_method("zero_shot").fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    with pytest.raises(GPUAError, match=r"as the second argument or vlm_features=.*the first argument, vfm_features, it does not use"):
+        est.predict(d.vlm_features)
+
+
+def test_compare_all_with_other_names_says_so(tmp_path, capsys):
+    """Was: "--methods: ['all'] unknown; choose from [...] or 'all'"."""
+    from gpua.cli import main
+
+    assert main(["compare", "--train", str(tmp_path / "none.npz"), "--test", str(tmp_path / "none.npz"), "--methods", "all,gpua"]) == 2
+    err = capsys.readouterr().err
+    assert "'all' (every method) cannot be combined with other names" in err and "unknown" not in err
