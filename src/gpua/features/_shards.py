@@ -152,7 +152,7 @@ def recover_shard_set(path: str | os.PathLike) -> bool:
     bool
         Whether a set was put back.
     """
-    final = Path(path)
+    final = Path(path).expanduser()
     if final.exists() and not (final.is_dir() and not final.is_symlink() and not any(final.iterdir())):
         return False  # a finished set, or something else that is not ours to move
     for tag in ("partial", "old"):  # the newer set first: its writer had finished writing it
@@ -189,7 +189,7 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
     recover : bool
         First put back a set that a killed atomic writer left hidden (:func:`recover_shard_set`).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if recover:
         recover_shard_set(path)
     if not path.exists():
@@ -302,7 +302,7 @@ class ShardedFeatures:
     _gpua_streaming_source = True
 
     def __init__(self, path: str | os.PathLike, *, check: bool = True, verify: bool = True):
-        path = Path(path)
+        path = Path(path).expanduser()
         if path.name == INDEX_NAME:
             path = path.parent
         self.path = path
@@ -763,7 +763,13 @@ class ShardWriter:
         atomic: bool = False,
     ):
         check_writer_options(dtype, storage, rows_per_shard)
-        self.path = Path(path)
+        # Expanded here as atomic_path expands each file's name (was: the files went to
+        # $HOME/.<name>.partial, and a literal ./~/<name> folder was made and found empty).
+        self.path = Path(path).expanduser()
+        if self.path.name == INDEX_NAME:  # the reader takes the set's index.json for the set: so does the writer
+            self.path = self.path.parent
+        if meta is not None and not isinstance(meta, dict):
+            raise GPUAError(f"meta is a {type(meta).__name__}; pass a dict of JSON values (or None).")
         self._final: Path | None = None
         self._overwrite = bool(overwrite)
         if not atomic:
@@ -772,6 +778,13 @@ class ShardWriter:
                 if not overwrite:
                     raise GPUAError(f"{str(self.path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
                 atomic = True  # replacing a set in place would destroy it before the new one exists
+            elif self.path.is_dir() and any(p.name.startswith("shard-") for p in self.path.iterdir()):
+                # An interrupted writer's shards without an index: this set's index would list its
+                # own and the reader refuse the rest as "stale or edited" (was, after all the work).
+                if not _only_shard_files(self.path):
+                    raise GPUAError(f"{str(self.path)!r} holds shard files without an {INDEX_NAME} (an interrupted writer's) "
+                                    "beside other files; move them away, or write to another folder.")
+                _remove_set(self.path)
         if atomic:
             check_destination(self.path, overwrite=overwrite)  # puts back a set a killed writer left hidden
             self._final = self.path

@@ -77,7 +77,7 @@ class Checkpoint:
     """
 
     def __init__(self, path: str | os.PathLike, fingerprint: str):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # as atomic_path expands it when saving (was: saved, never found)
         self.fingerprint = fingerprint
         self.extra: dict[str, torch.Tensor | None] = {}  # saved with every state (e.g. the VFM mean)
         if self.path.exists() and not self.path.is_dir():

@@ -185,10 +185,14 @@ def connect(cluster, *, timeout: float = 10.0):
     distributed = import_optional("distributed", "cluster= (fitting on a Dask cluster; leave it None to fit here)")
     if isinstance(cluster, distributed.Client):
         return DaskExecutor(cluster)
-    if cluster == "local" or (isinstance(cluster, int) and not isinstance(cluster, bool)):
+    import numpy as np
+
+    if isinstance(cluster, str) and cluster.strip().lower() == "local":  # "LOCAL" was taken for a host name
+        cluster = "local"
+    if cluster == "local" or (isinstance(cluster, (int, np.integer)) and not isinstance(cluster, (bool, np.bool_))):
         import os
 
-        n = int(cluster) if isinstance(cluster, int) else (os.cpu_count() or 1)
+        n = int(cluster) if not isinstance(cluster, str) else (os.cpu_count() or 1)
         if n < 1:
             raise GPUAError(f"cluster={cluster!r}: a local cluster needs at least one worker.")
         lc = distributed.LocalCluster(
@@ -198,6 +202,7 @@ def connect(cluster, *, timeout: float = 10.0):
         client.run(_set_threads, 1)  # one BLAS thread per single-threaded worker: no oversubscription
         return DaskExecutor(client, own_cluster=lc)
     if isinstance(cluster, str):
+        _check_scheduler_address(cluster, distributed)
         try:
             client = distributed.Client(cluster, timeout=f"{float(timeout)}s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -214,6 +219,21 @@ def connect(cluster, *, timeout: float = 10.0):
     if hasattr(cluster, "scheduler_address"):
         return DaskExecutor(distributed.Client(cluster, set_as_default=False), own_cluster=_ClientOnly(None))
     raise GPUAError(f"cluster={cluster!r} is not understood; pass None, 'local', a worker count, 'tcp://host:port' or a distributed.Client.")
+
+
+def _check_scheduler_address(address: str, distributed) -> None:
+    """Refuse a scheduler address that names no port (``tcp://HOST`` without ``:8786``) or is empty
+    before any connection: was "did not answer within 2 s (missing port number ...)", though
+    nothing was tried, then a traceback from the half-built client at exit."""
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = distributed.comm.parse_address(address.strip())
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise GPUAError(f"cluster={address!r} is not a scheduler address ({exc}); give tcp://HOST:PORT (a `dask scheduler` "
+                        "listens on port 8786), 'local' or a worker count.") from None
 
 
 class _ClientOnly:
