@@ -274,7 +274,7 @@ def _folder_of(source) -> Path:
     Paths are told apart by type, not by a ``root`` attribute: every :class:`pathlib.Path` has
     one too (``""`` for a relative path), which once named the working directory for them.
     """
-    return Path(source) if isinstance(source, (str, os.PathLike)) else Path(source.root)
+    return Path(source).expanduser() if isinstance(source, (str, os.PathLike)) else Path(source.root)
 
 
 def _folder_tag(folder: Path) -> str:
@@ -293,7 +293,7 @@ def _classify_templates(templates: Any, classnames: Any) -> list[str]:
     """
     from .data.prompts import resolve_templates
 
-    named = isinstance(classnames, str) and not os.path.isfile(classnames)
+    named = isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames))
     return resolve_templates(templates, classnames if named else None)
 
 
@@ -473,7 +473,8 @@ def classify_folder(
     check_methods([method])
     names = check_classes(classnames)
     check_method_overrides(method, overrides, len(names))
-    folder = Path(images)
+    folder = Path(images).expanduser()  # "~/photos" from Python, as the shell expands it (was: "is not a folder")
+    images = str(folder) if isinstance(images, str) else folder
     if not folder.is_dir():
         raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     if pool is not None and not isinstance(pool, (str, os.PathLike)) and getattr(pool, "root", None) is None:

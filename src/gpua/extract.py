@@ -139,7 +139,7 @@ def _resolve_templates(templates: Any, ds, dataset: Any = None, classnames: Any 
         p = Path(dataset).expanduser()
         named_by_file = p.is_dir() or p.suffix.lower() == ".npz"
     benchmark = None if named_by_file else getattr(ds, "name", None)
-    if (benchmark is None or canonical_name(str(benchmark)) is None) and isinstance(classnames, str) and not os.path.isfile(classnames):
+    if (benchmark is None or canonical_name(str(benchmark)) is None) and isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames)):
         benchmark = classnames
     return resolve_templates(templates, benchmark)
 

@@ -128,3 +128,23 @@ def test_a_hashtag_placeholder_mid_line_is_not_a_comment(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("a photo tagged #{} on instagram.\na photo of a {}. # the plain one\n#{c} of the day\n")
     assert get_templates(f) == ["a photo tagged #{} on instagram.", "a photo of a {}.", "#{} of the day"]  # {c} reads as {}
+
+
+def test_tilde_paths_from_python_are_the_home_folder(tmp_path, monkeypatch, make_image):
+    """Was: classify_folder("~/photos", "~/classes.txt") said "images='~/photos' is not a folder",
+    classnames='~/classes.txt' "is neither a file nor a known dataset", and templates='~/t.txt'
+    was looked up as a template set's name (the shell expands ~ for the command line only)."""
+    from gpua.classify import classify_folder
+    from gpua.data.prompts import get_templates
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for c in ("sky", "grass"):
+        for i in range(2):
+            make_image(tmp_path / "photos" / c / f"{i}.png", size=(32, 32), value=40 * i + (0 if c == "sky" else 120))
+    (tmp_path / "classes.txt").write_text("sky\ngrass\n")
+    (tmp_path / "t.txt").write_text("a photo of a {}.\n")
+    assert len(load_dataset("~/photos", classnames="~/classes.txt")) == 4
+    assert get_templates("~/t.txt") == ["a photo of a {}."]
+    res = classify_folder("~/photos", "~/classes.txt", method="zero_shot", vfm="planted:vfm", vlm="planted:vlm",
+                          templates="~/t.txt", progress=False, cache_dir="~/cache")
+    assert len(res.image_ids) == 4 and (tmp_path / "cache").is_dir()

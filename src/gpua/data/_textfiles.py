@@ -42,7 +42,7 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         When the file is missing, not UTF-8 (the message names the line and says to save it as
         UTF-8), or holds NUL characters (UTF-16 without a byte-order mark, or not text).
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
         raise GPUAError(f"{what} file {str(p)!r} is a folder; pass the path of a text or JSON file.")
     if not p.is_file():

@@ -303,6 +303,8 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
     if not isinstance(name_or_path, (str, os.PathLike)):
         return check_templates(list(name_or_path))
     text = os.fspath(name_or_path)
+    if text.startswith("~") and os.path.exists(os.path.expanduser(text)):  # a Python caller's "~/t.txt", as the shell's
+        text = os.path.expanduser(text)
     if os.path.isfile(text):
         return _read_template_file(text, f"template file {text!r}")
     if os.path.isdir(text):

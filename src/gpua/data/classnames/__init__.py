@@ -404,7 +404,8 @@ def _resolve_classes(
     if classnames is None:
         return None
     if isinstance(classnames, (str, os.PathLike)):
-        if os.path.isfile(classnames):
+        if os.path.isfile(os.path.expanduser(classnames)):  # "~/classes.txt" from Python, as the shell expands it
+            classnames = os.path.expanduser(classnames)
             return _read_class_file(classnames)
         if canonical_name(str(classnames)) is not None:
             names = get_classnames(str(classnames))
