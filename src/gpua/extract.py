@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
@@ -283,6 +284,22 @@ def _stored_meta(path: Path) -> dict | None:
     except Exception:  # unreadable or foreign output: not a cache hit, it will be rewritten
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _damage(out: Path) -> str | None:
+    """Why an output whose metadata makes it a cache hit cannot be used (a checksum that does not
+    match, a file that cannot be read), or None when it is whole. Reads the whole output once:
+    seconds for gigabytes, against the hours of the extraction it saves."""
+    from .features import ShardedFeatures, load_features
+
+    try:
+        if out.is_dir():
+            ShardedFeatures(out, check=True, verify=True).verify_all()
+        else:
+            load_features(out, validate=False)  # checks the file's checksum (and reads every array)
+    except (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        return str(exc).rstrip(".")
+    return None
 
 
 def _lock_path(out: Path) -> Path:
@@ -663,6 +680,19 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                 bad_err.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:_ERROR_CHARS])
             for rows, z, x, exc in _encode_batch(vfm, vlm, good, batch_size, loader.prepared, encoded_before=bool(kept)):
                 if exc is None:  # both encoders saw the very same decoded images, so their rows share the ids in `rows`
+                    finite = np.isfinite(z).all(1) & np.isfinite(x).all(1)
+                    for j in np.flatnonzero(~finite):
+                        # Was: kept, and the whole run refused at the end ("vfm_features contains NaN or inf in 1
+                        # row(s) (first: row 10)"), naming no image, and every resume refused again.
+                        i, which = rows[j], " and ".join(n for n, a in (("VFM", z), ("VLM", x)) if not np.isfinite(a[j]).all())
+                        reason = (f"the {which} encoder gave NaN or inf features for it (a blank or constant image can make an "
+                                  "encoder that normalises its input divide by zero)")
+                        if on_error == "fail":
+                            raise _image_error(ids[i], i, "encoded", reason)
+                        bad_idx.append(i)
+                        bad_err.append(f"GPUAError: {reason}"[:_ERROR_CHARS])
+                    if not finite.all():
+                        z, x, rows = z[finite], x[finite], [r for r, ok in zip(rows, finite) if ok]
                     Z.append(z)
                     X.append(x)
                     kept.extend(rows)
@@ -1017,6 +1047,14 @@ def extract_features(
     with _OutputLock(out, wait=unwritable is None):
         if stored is None:  # read above only when the output cannot be written
             stored = _stored_meta(out) if resume and out.exists() else None
+        damage = _damage(out) if stored is not None and stored.get("cache_key") in keys else None
+        if damage is not None:
+            # Was a cache hit: every run said "up to date", and then failed on the damage.
+            if unwritable is not None:
+                raise GPUAError(f"{str(out)!r} holds these features but is damaged ({damage}), and it cannot be rewritten "
+                                f"here ({unwritable}); extract to another --out.")
+            warn_user(f"{str(out)!r} holds these features but is damaged ({damage}); extracting them again.")
+            stored = None
         if stored is not None and stored.get("cache_key") in keys:
             _check_up_to_date(out, stored, kind, rows_per_shard, shard_storage, on_error)
             if unwritable is None:

@@ -148,3 +148,17 @@ def test_tilde_paths_from_python_are_the_home_folder(tmp_path, monkeypatch, make
     res = classify_folder("~/photos", "~/classes.txt", method="zero_shot", vfm="planted:vfm", vlm="planted:vlm",
                           templates="~/t.txt", progress=False, cache_dir="~/cache")
     assert len(res.image_ids) == 4 and (tmp_path / "cache").is_dir()
+
+
+def test_a_fifo_named_like_an_image_in_a_class_folder_is_skipped_with_a_warning(tmp_path, make_image):
+    """Was: listed as an image, and extraction waited forever opening it (Ctrl-C did not stop it)."""
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    make_image(tmp_path / "d" / "cat" / "a.png")
+    make_image(tmp_path / "d" / "dog" / "b.png")
+    os.mkfifo(tmp_path / "d" / "cat" / "pipe.jpg")
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) .* not regular files .*'cat/pipe.jpg'"):
+        ds = load_dataset(tmp_path / "d")
+    assert sorted(ds.image_ids) == ["cat/a.png", "dog/b.png"]

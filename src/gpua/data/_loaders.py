@@ -19,6 +19,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import unicodedata
 import warnings
 import zipfile
@@ -923,6 +924,7 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
     skipped: list[str] = list(loops)
     misnamed: list[str] = []
     dangling: list[str] = []
+    special: list[str] = []
     out: dict[str, list[str]] = {}
     for name, top in tops.items():
         found: list[str] = []
@@ -945,9 +947,16 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
                 keep.append(d)
             dirnames[:] = keep
             images = [f for f in sorted(filenames) if _is_image_file(dirpath, f)]
-            for f in [f for f in images if not os.path.exists(os.path.join(dirpath, f))]:
-                images.remove(f)  # a symlink whose target is gone: nothing to read, and not a second path to anything
-                dangling.append((Path(name) / rel / f).as_posix())
+            for f in list(images):
+                try:
+                    mode = os.stat(os.path.join(dirpath, f)).st_mode
+                except OSError:
+                    images.remove(f)  # a symlink whose target is gone: nothing to read, and not a second path to anything
+                    dangling.append((Path(name) / rel / f).as_posix())
+                    continue
+                if not stat.S_ISREG(mode):
+                    images.remove(f)  # a FIFO named pic.jpg: opening it waited forever, and Ctrl-C could not stop it (was)
+                    special.append((Path(name) / rel / f).as_posix())
             for f in [f for f in images if _links_into(os.path.join(dirpath, f), class_trees)]:
                 images.remove(f)  # cat/x.jpg -> ../ship/0.jpg: ship's image, listed there, not a cat too
                 skipped.append((Path(name) / rel / f).as_posix())
@@ -959,6 +968,9 @@ def _walk_class_folders(base: Path, folders: list[str], unread: list[str] | None
         _warn_unread_photos(base, unread)
     _warn_misnamed_images(base, misnamed)
     _warn_dangling_links(base, dangling)
+    if special:
+        warn_user(f"skipped {len(special)} file(s) of {str(base)!r} named like images that are not regular files (a named pipe, a "
+                  f"device or a socket; first: {special[0]!r}): nothing to read there.")
     if skipped:
         shown = ", ".join(repr(s) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warn_user(f"skipped {len(skipped)} folder(s) or image(s) of {str(base)!r} that symlinks lead back to (a symlink "

@@ -532,6 +532,17 @@ class ShardedFeatures:
             raise ModelFileError(f"{what} is unreadable ({exc}); re-write the shard set.") from None
         self._verified.add(f.name)
 
+    def verify_all(self) -> None:
+        """Verify every file the index records against its checksum now (one read of the whole set).
+
+        Raises
+        ------
+        ModelFileError
+            Naming the first file that is missing, unreadable or does not match.
+        """
+        for name in self._files:
+            self._checked(self.path / name)
+
     def _map(self, i: int, key: str) -> np.ndarray:
         """Shard ``i``'s array ``key``, memory-mapped; a file changed since its layout was read is refused.
 
