@@ -69,3 +69,15 @@ def test_an_image_an_encoder_gives_non_finite_features_is_skipped_by_name(tmp_pa
     assert entry["image_id"] == "img003" and "VFM encoder gave NaN or inf features" in entry["error"]
     with pytest.raises(GPUAError, match=r"image 'img003' \(index 3\) could not be encoded: the VFM encoder gave NaN or inf"):
         _run(_with_a_constant_image(), tmp_path / "g.npz", _NaNOnDark(), on_error="fail")
+
+
+def test_an_output_check_names_the_out_flag(tmp_path, capsys, monkeypatch):
+    """Was: "error: out '/x/notes' is an existing file ...": the command line has no out."""
+    from gpua.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").write_text("mine\n")
+    assert main(["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", "nothing.npz", "--out", "notes"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --out '" in err and "notes' is an existing file" in err
+    assert (tmp_path / "notes").read_text() == "mine\n"

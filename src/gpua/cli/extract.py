@@ -136,6 +136,7 @@ def _as_flags(message: str) -> str:
 
     # "format='shards' (--format shards)" names both already (and is kept as it is); a bare one is the flag
     message = re.sub(r"(?<![\w-])format='(\w+)'(?! \(--format)", r"--format \1", message)
+    message = re.sub(r"^out(?='| ')", "--out", message)  # the output checks' "out '/x/notes' is an existing file"
     return with_flags(message, _FLAGS)
 
 
