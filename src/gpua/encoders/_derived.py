@@ -18,8 +18,15 @@ gets a new name at each start, and its files would otherwise stay for ever). Eac
 (:func:`adopt`) touches its record, so the record's age is the time since the file was last
 used. :func:`derived_state` reads a record back for ``gpua cache``: ``current`` while every
 source keeps its fingerprint, ``stale`` once one changed or is gone (or, another machine's,
-once unused that long), ``elsewhere`` for another machine's file in use, ``unrecorded`` for a
-file written before records existed.
+once unused that long, or the file no longer has the size it was written with),
+``elsewhere`` for another machine's file in use, ``unrecorded`` for a file written before
+records existed.
+
+A derived file found damaged (:func:`damage`: cut short since it was written; or the reader's
+own check failed) is removed with its record by :func:`discard`, with a warning naming it, and
+its maker makes it again: was, a truncated cut graph gave onnxruntime's InvalidProtobuf
+traceback, or an "ONNX file ... could not be read; pass an .onnx model file" for
+``offline:semantic-lite0``, which names no file.
 """
 
 from __future__ import annotations
@@ -36,8 +43,8 @@ from .._atomic import _HOST, _NAME_MAX, atomic_path, atomic_write_text
 from .._errors import GPUAError, warn_user
 from ._registry import file_fingerprint
 
-__all__ = ["CACHE_TAG", "DERIVED_FOLDERS", "OTHER_MACHINE_UNUSED_S", "RECORD_SUFFIX", "adopt", "derived_file", "derived_name",
-           "derived_state", "mark_cache", "record_path"]
+__all__ = ["CACHE_TAG", "DERIVED_FOLDERS", "OTHER_MACHINE_UNUSED_S", "RECORD_SUFFIX", "adopt", "damage", "derived_file",
+           "derived_name", "derived_state", "discard", "mark_cache", "record_path"]
 
 #: The cache's sub-folders that hold derived model files (each re-made from its sources on use).
 DERIVED_FOLDERS = ("onnx", "offline", "semantic-lite0")
@@ -95,9 +102,45 @@ def mark_cache(root: str | os.PathLike) -> None:
         atomic_write_text(tag, CACHE_TAG_TEXT)
 
 
-def _record_text(recipe: Any, fingerprints: Sequence[dict[str, Any]]) -> str:
-    return json.dumps({"format": _FORMAT, "recipe": recipe, "machine": _HOST, "host": socket.gethostname(),
-                       "sources": list(fingerprints)}, indent=1)
+def _record_text(recipe: Any, fingerprints: Sequence[dict[str, Any]], size: int | None = None) -> str:
+    record = {"format": _FORMAT, "recipe": recipe, "machine": _HOST, "host": socket.gethostname(), "sources": list(fingerprints)}
+    if size is not None:  # the size the file was written with: a file cut short since is told by it (see damage)
+        record["bytes"] = size
+    return json.dumps(record, indent=1)
+
+
+def damage(target: str | os.PathLike) -> str | None:
+    """Why derived file ``target`` is damaged, in words, or None when the cheap checks pass.
+
+    Only what costs no read of the file: it is empty, or its size differs from the one its
+    record says it was written with (a copy or a disk cut short; records of earlier releases
+    say none). The readers check the rest by loading it, and :func:`discard` what fails.
+    """
+    target = Path(target)
+    try:
+        size = target.stat().st_size
+    except OSError:
+        return None  # gone: nothing to discard, the maker makes it
+    if size == 0:
+        return "it is empty"
+    written = (_read_record(record_path(target)) or {}).get("bytes")
+    if isinstance(written, int) and not isinstance(written, bool) and written != size:
+        return f"it has {size} bytes, not the {written} it was written with"
+    return None
+
+
+def discard(target: str | os.PathLike, why: str) -> None:
+    """Remove damaged derived file ``target`` and its record, with a warning naming it and ``why``;
+    its maker then makes it again.
+
+    A file that will not go (another user's, in a shared cache) stays: the new one replaces it
+    atomically when it is made.
+    """
+    target = Path(target)
+    warn_user(f"gpua's derived file {str(target)!r} is damaged ({why}); it is removed and made again.")
+    for path in (target, record_path(target)):  # the file first, as in derived_file
+        with contextlib.suppress(OSError):  # gone already, or not ours: the new file is renamed over it
+            path.unlink()
 
 
 def _unused_for(record: Path) -> float:
@@ -141,7 +184,7 @@ def derived_file(target: str | os.PathLike, recipe: Any, fingerprints: Sequence[
         # The record first, then the file's rename: a file of ours is never seen without its
         # record (`gpua cache clean` removes unrecorded files, and one between the two steps
         # would have been taken for an earlier release's).
-        atomic_write_text(record_path(target), _record_text(recipe, fingerprints))
+        atomic_write_text(record_path(target), _record_text(recipe, fingerprints, Path(tmp).stat().st_size))
     mark_cache(target.parent.parent)
     for other in target.parent.glob("*" + RECORD_SUFFIX):
         superseded = other.with_name(other.name[: -len(RECORD_SUFFIX)])
@@ -185,7 +228,9 @@ def derived_state(path: str | os.PathLike) -> tuple[str, str]:
     Returns
     -------
     state : {"current", "stale", "unrecorded", "elsewhere"}
-        ``elsewhere``: another machine's file in use, whose sources cannot be checked here.
+        ``elsewhere``: another machine's file in use, whose sources cannot be checked here;
+        ``stale`` also for a file whose size is no longer the one it was written with
+        (:func:`damage`).
     why : str
         In words: the sources, or the one that changed or is gone.
     """
@@ -198,6 +243,9 @@ def derived_state(path: str | os.PathLike) -> tuple[str, str]:
         if days * 86400 >= OTHER_MACHINE_UNUSED_S:
             return "stale", f"{where} and unused for {days:.0f} days"
         return "elsewhere", f"{where} (another machine or container), whose files this one cannot check; used {days:.1f} days ago"
+    damaged = damage(path)
+    if damaged:  # was: listed as current, while every use failed on it
+        return "stale", f"damaged: {damaged}; made again at its next use"
     sources = [s for s in record.get("sources") or () if isinstance(s, dict)]
     for was in sources:
         where = was.get("path")

@@ -17,7 +17,9 @@ rescale factor, mean, std), a bare ``"size": 224`` read as the processor class r
 shortest edge for CLIP and DINOv2; ``"do_resize": false`` is refused, as every image must reach
 the network at one size); a folder without one falls back to the family's defaults at the model's
 ``image_size`` (CLIP mean/std for CLIP, 0.5 for SigLIP, ImageNet for DINO; SigLIP and DINOv3
-squash to the square input, CLIP and DINOv2 crop the centre), with a warning.
+squash to the square input, CLIP and DINOv2 crop the centre), with a warning. The centre crop
+starts where the processors start it, ``(h - H) // 2``: torchvision's rounding (open_clip's and
+timm's) is one pixel off that when the margin ``h - H`` is odd.
 
 Options (``?key=value`` in the spec, or keyword arguments of ``create_encoder``): ``revision``
 (a hub revision) and ``dense``, how ``encode_patches`` of a vision-language model puts patches
@@ -153,6 +155,8 @@ def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess,
         ``do_rescale`` / ``rescale_factor`` (pixels times ``r`` before the normalisation, 1/255 by
         default) are folded into the mean and std, which :class:`ImagePreprocess` applies to
         pixels scaled to [0, 1]: ``(p * r - m) / s == (p / 255 - m / (255 r)) / (s / (255 r))``.
+        A centre crop starts where the processors' ``center_crop`` starts it,
+        ``(h - H) // 2`` (``crop_rounding="floor"``), not at torchvision's rounding.
 
     Raises
     ------
@@ -190,11 +194,21 @@ def preprocess_from_processor_dict(d: dict[str, Any], fallback: ImagePreprocess,
     if isinstance(size, dict) and "shortest_edge" in size:
         s = int(size["shortest_edge"])
         # Without a crop the outputs would differ in shape; crop the centre square, as CLIP does.
-        return ImagePreprocess(input_size=crop or (s, s), resize=s, resize_mode="shortest", interpolation=interp, mean=mean, std=std)
+        return ImagePreprocess(input_size=crop or (s, s), resize=s, resize_mode="shortest", interpolation=interp, mean=mean,
+                               std=std, crop_rounding="floor")
     hw = _hw(size)
     if hw is None:
         raise GPUAError(f"the image-processor size {size!r} is not supported; pass an onnx/timm model or a processor with height/width.")
-    return ImagePreprocess(input_size=crop or hw, resize=hw, resize_mode="squash", interpolation=interp, mean=mean, std=std)
+    return ImagePreprocess(input_size=crop or hw, resize=hw, resize_mode="squash", interpolation=interp, mean=mean, std=std,
+                           crop_rounding=_hf_crop(crop, hw))
+
+
+def _hf_crop(crop: tuple[int, int] | None, resized: tuple[int, int]) -> str:
+    """The ``crop_rounding`` of a squash to ``resized`` then a crop to ``crop``: ``"floor"`` (Hugging
+    Face's ``center_crop``) when there is a crop; ``"round"``, the default, when nothing is cropped,
+    so that the metadata (and feature-cache keys) of models such as SigLIP, whose features do not
+    depend on it, stay as they were."""
+    return "floor" if crop is not None and tuple(crop) != tuple(resized) else "round"
 
 
 class HFEncoder(TorchEncoder):
@@ -317,8 +331,9 @@ class HFEncoder(TorchEncoder):
         vcfg = getattr(config, "vision_config", config)
         s = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
         mode, interp = _FALLBACK_RESIZE.get(config.model_type, ("shortest", "bicubic"))
+        # Crops (CLIP's, DINOv2's) start where the family's processor starts them: (h - H) // 2.
         fallback = ImagePreprocess(input_size=s, resize=s if mode == "shortest" else (s, s), resize_mode=mode,
-                                   interpolation=interp, mean=mean, std=std)
+                                   interpolation=interp, mean=mean, std=std, crop_rounding="floor" if mode == "shortest" else "round")
         try:
             from transformers.image_processing_base import ImageProcessingMixin
 

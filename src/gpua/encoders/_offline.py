@@ -42,8 +42,8 @@ import torch
 from .._errors import GPUAError, MissingDependencyError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
-from ._derived import adopt, derived_file
-from ._onnx import OnnxEncoder, check_onnx_device
+from ._derived import adopt, damage, derived_file, discard
+from ._onnx import OnnxEncoder, OnnxLoadError, check_onnx_device
 from ._preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import file_fingerprint
@@ -140,23 +140,33 @@ def _lite_provenance(name: str) -> dict[str, Any]:
                                        "package_version": _package_version(pkg)}}
 
 
-def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
-    """The network up to its final 1280-channel map, exported to ONNX once and cached.
-
-    onnxruntime runs these depthwise-separable networks about 7x faster than eager torch on a
-    CPU (0.8 vs 5.7 CPU-seconds for 32 images at 224 px); outputs agree to 4e-5.
-    """
+def _lite_target(name: str, cache_dir: str | os.PathLike | None) -> tuple[Path, list, dict[str, Any]]:
+    """Where :func:`_lite_onnx` keeps the export of the installed weights, its recipe and the
+    weights' fingerprint."""
     import hashlib
     import json
-    import warnings
 
     weights = _lite_weights(name)
     fingerprint = file_fingerprint(weights)
     key = hashlib.sha256(json.dumps([name, fingerprint, _LITE_EXPORT_VERSION]).encode()).hexdigest()[:16]
-    target = _cache_dir(cache_dir) / "offline" / f"{name}-{key}.onnx"
     # The recipe leaves out the export's version: a newer export supersedes the older one's file.
-    recipe = [name, str(weights)]
-    if target.is_file():
+    return _cache_dir(cache_dir) / "offline" / f"{name}-{key}.onnx", [name, str(weights)], fingerprint
+
+
+def _lite_onnx(name: str, cache_dir: str | os.PathLike | None) -> Path:
+    """The network up to its final 1280-channel map, exported to ONNX once and cached.
+
+    onnxruntime runs these depthwise-separable networks about 7x faster than eager torch on a
+    CPU (0.8 vs 5.7 CPU-seconds for 32 images at 224 px); outputs agree to 4e-5. An export
+    cut short since it was written (:func:`~gpua.encoders._derived.damage`) is exported again.
+    """
+    import warnings
+
+    target, recipe, fingerprint = _lite_target(name, cache_dir)
+    damaged = damage(target) if target.is_file() else None
+    if damaged:  # cut short since it was written: exported again below
+        discard(target, damaged)
+    elif target.is_file():
         adopt(target, recipe, [fingerprint])  # an earlier release's export, recorded now that its key matched
         return target
 
@@ -208,23 +218,37 @@ class EfficientNetLiteEncoder(TorchEncoder):
 
 
 def _lite_encoder(name: str, device: Any, cache_dir: str | os.PathLike | None) -> Encoder:
-    """onnxruntime on the exported graph; eager torch when this torch cannot export it."""
+    """onnxruntime on the exported graph; eager torch when this torch cannot export it.
+
+    An export in the cache that does not load (damaged since it was written) is removed and
+    exported again, once, with a warning naming it: was, "ONNX file '<cache>/offline/...onnx'
+    could not be read ...; pass an .onnx model file" for a spec that names no file.
+    """
     check_onnx_device(device)  # the ONNX encoder's check, before the weights load for the export
-    try:
-        path = _lite_onnx(name, cache_dir)
-    except GPUAError:
-        raise
-    except Exception as exc:  # e.g. a torch without the TorchScript exporter
-        warn_user(f"offline:{name}: ONNX export failed ({type(exc).__name__}: {exc}); running it in torch (slower).")
-        return EfficientNetLiteEncoder(name, device)
     pp = _lite_preprocess(name)
-    enc = OnnxEncoder(
-        f"offline:{name}", path, input="pixels", output="features", patch_size=32, size=pp.input_size, resize=pp.resize,
-        resize_mode=pp.resize_mode, interpolation=pp.interpolation, mean=pp.mean, std=pp.std, device=device,
-        cache_dir=cache_dir, provenance={**_lite_provenance(name), "runtime": "onnxruntime (graph exported from the torch weights)"},
-    )
-    enc.backend = "offline"
-    return enc
+    for attempt in (1, 2):
+        try:
+            reused = attempt == 1 and _lite_target(name, cache_dir)[0].is_file()
+            path = _lite_onnx(name, cache_dir)
+        except GPUAError:
+            raise
+        except Exception as exc:  # e.g. a torch without the TorchScript exporter
+            warn_user(f"offline:{name}: ONNX export failed ({type(exc).__name__}: {exc}); running it in torch (slower).")
+            return EfficientNetLiteEncoder(name, device)
+        try:
+            enc = OnnxEncoder(
+                f"offline:{name}", path, input="pixels", output="features", patch_size=32, size=pp.input_size, resize=pp.resize,
+                resize_mode=pp.resize_mode, interpolation=pp.interpolation, mean=pp.mean, std=pp.std, device=device,
+                cache_dir=cache_dir, provenance={**_lite_provenance(name), "runtime": "onnxruntime (graph exported from the torch weights)"},
+            )
+        except OnnxLoadError as exc:
+            if not reused:  # a fresh export that does not load is no damage: said as it is
+                raise
+            discard(path, exc.reason)
+            continue
+        enc.backend = "offline"
+        return enc
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def efficientnet_lite0(device: Any = "cpu", cache_dir: str | os.PathLike | None = None, **options: Any) -> Encoder:
@@ -342,12 +366,18 @@ class SemanticLite0Encoder(Encoder):
             path = _cache_dir(self._cache_dir) / "semantic-lite0" / f"imagenet-minilm-{key}.npy"
             recipe = ["imagenet-minilm", str(Path(folder).resolve())]
             emb = None
-            if path.is_file():
+            damaged = damage(path) if path.is_file() else None
+            if path.is_file() and not damaged:
                 try:
                     emb = np.load(path)
-                except (OSError, ValueError):
-                    emb = None  # corrupt cache: recompute and overwrite
-            if emb is None or emb.shape != (len(names), 384):
+                except (OSError, ValueError) as exc:
+                    damaged = f"it does not load: {type(exc).__name__}: {exc}"
+                else:
+                    if emb.shape != (len(names), 384):
+                        damaged, emb = f"its table has shape {emb.shape}, not {(len(names), 384)}", None
+            if damaged:  # recomputed and written anew below
+                discard(path, damaged)
+            if emb is None:
                 with torch.inference_mode():
                     emb = self._embed_sentences([SEMANTIC_NAME_TEMPLATE.format(n) for n in names]).cpu().numpy()
                 with derived_file(path, recipe, [fingerprint], suffix=".npy") as tmp:

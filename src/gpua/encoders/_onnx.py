@@ -52,7 +52,14 @@ weights in a ``model.onnx.data`` file are never served from a cache made with th
 
 Cut graphs go to ``<cache>/onnx/<name>-<key>.onnx`` where the key hashes the source file's
 fingerprint (path, size, modification and status-change times, inode; and those of its
-external-data files) and the node names; they are written atomically, once.
+external-data files) and the node names; they are written atomically, once. A cut found damaged
+(cut short since, or not loadable while its source is) is removed and cut again, with a warning
+(:func:`~gpua.encoders._derived.discard`).
+
+A model onnxruntime refuses (an opset or IR version newer than it knows, an operator it lacks) is
+a :class:`~gpua.GPUAError` naming the file, its opset and IR versions and onnxruntime's version.
+An output that looks like a classifier's (a Softmax, an ImageNet-sized ``Gemm``/``MatMul`` head,
+or rows that are probabilities) is used, with a warning naming ``output=`` and feature nodes.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,7 +77,7 @@ from .._backend import resolve_device
 from .._errors import GPUAError, warn_user
 from .._optional import import_optional
 from ._base import Encoder
-from ._derived import adopt, derived_file, derived_name
+from ._derived import adopt, damage, derived_file, derived_name, discard
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from ._registry import cache_dir as _cache_dir
 from ._registry import error_summary, file_fingerprint, layout_hint, local_layout
@@ -95,6 +103,18 @@ def _ints(v: Any, name: str) -> Any:
     return int(t[0]) if len(t) == 1 else tuple(int(x) for x in t)
 
 
+class OnnxLoadError(GPUAError):
+    """An ONNX file that does not load (not ONNX, damaged, or refused by onnxruntime): the offline
+    stand-ins make their exported graph again on it (:func:`gpua.encoders._offline._lite_encoder`).
+
+    ``reason`` is why, without the advice (for the warning of :func:`~gpua.encoders._derived.discard`).
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 def _load_graph_proto(src: Path):
     """The model proto of ``src`` without its external data (names, shapes and data locations only)."""
     import onnx
@@ -102,9 +122,10 @@ def _load_graph_proto(src: Path):
     try:
         return onnx.load(str(src), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError / json ParseError for a file that is not ONNX
-        raise GPUAError(
+        raise OnnxLoadError(
             f"ONNX file {str(src)!r} could not be read as an ONNX model ({error_summary(exc)}); pass an .onnx "
-            "model file (torch.onnx.export or optimum output), e.g. 'onnx:/models/vit.onnx'."
+            "model file (torch.onnx.export or optimum output), e.g. 'onnx:/models/vit.onnx'.",
+            f"it does not read as an ONNX model: {error_summary(exc)}",
         ) from None
 
 
@@ -192,7 +213,10 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     target = _cache_dir(cache_dir) / "onnx" / derived_name(src.stem, key, ".onnx")
     recipe, fingerprints = [str(src), input_name, list(output_names)], [key_parts[0], *(key_parts[3] if external else ())]
-    if target.is_file():
+    damaged = damage(target) if target.is_file() else None
+    if damaged:  # was: used as it was, and onnxruntime's InvalidProtobuf traceback at every run
+        discard(target, damaged)
+    elif target.is_file():
         adopt(target, recipe, fingerprints)  # an earlier release's cut, recorded now that its key matched
         return target
     with derived_file(target, recipe, fingerprints, suffix=".onnx") as tmp:
@@ -288,7 +312,19 @@ class OnnxEncoder(Encoder):
         # "all" (layout and fusion rewrites) halves CPU time of convolutional models against "basic".
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[optimize])
         self.optimize = optimize
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        except Exception as exc:  # was: onnxruntime's raw Fail / InvalidGraph traceback
+            if model_path == src or _parses(model_path):
+                raise _unloadable(src, proto, exc, ort.__version__, spec) from None
+            # The cut graph in gpua's cache does not parse while its source does: damaged since it
+            # was cut (a disk full, a copy cut short). Cut again, once.
+            discard(model_path, f"onnxruntime cannot load it: {_ort_reason(exc)}")
+            model_path = cut_onnx_graph(src, self.input_name, wanted, cache_dir)
+            try:
+                self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+            except Exception as exc2:
+                raise _unloadable(src, proto, exc2, ort.__version__, spec) from None
         self.pool = pool
         self._prefix = _ints(prefix_tokens, "prefix_tokens")
         self._patch_px = _ints(patch_size, "patch_size")
@@ -318,6 +354,12 @@ class OnnxEncoder(Encoder):
                 f"image features. Pass output=<node> naming a feature node (spec '?output=...'): "
                 f"{_feature_node_hint(graph, self.output_name)}."
             )
+        head, head_input = _classifier_output(graph, self.output_name, probe[0])
+        if head:  # was: class probabilities (or logits) used as "VFM features" without a word
+            before = f"the head's input {head_input!r} is one; " if head_input else ""
+            warn_user(f"{spec!r}: output {self.output_name!r} of {str(src)!r} looks like a classifier's output ({head}), not "
+                      f"image features; a backbone's features come from a node before its head. Pass output=<node> naming "
+                      f"a feature node (spec '?output=...'): {before}{_feature_node_hint(graph, self.output_name)}.")
         patch_px = None
         if self._has_grid(probe):
             grid = self._grid(probe)
@@ -546,6 +588,93 @@ def _feature_node_hint(graph, chosen: str) -> str:
         parts.append(f"its last normalisation layers give {norms}")
     parts.append("[o for n in onnx.load(path).graph.node for o in n.output] lists every node")
     return "; ".join(parts)
+
+
+#: Class counts of the usual classifier heads: ImageNet-1k (with TF's background class), ImageNet-21k
+#: (timm's 21841 / 21843), ImageNet-21k-P (11221), ImageNet-12k (11821).
+_CLASSIFIER_WIDTHS = frozenset({1000, 1001, 11221, 11821, 21841, 21843})
+
+
+def _classifier_output(graph, name: str, value: np.ndarray) -> tuple[str | None, str | None]:
+    """Why output ``name`` (its probe ``value``) looks like a classifier's output, and the input
+    of the classifier's ``Gemm``/``MatMul`` (the pooled features), each None when not found.
+
+    Cheap, from what the encoder has at hand: the node that makes ``name`` is a Softmax, or a
+    ``Gemm``/``MatMul`` (its bias ``Add`` included) whose width is a usual class count (a CLIP
+    projection is also a MatMul, of width 512-1280); or the probe's rows are probabilities
+    (non-negative, summing to 1).
+
+    Parameters
+    ----------
+    graph : onnx.GraphProto
+        The source graph.
+    name : str
+        The chosen output node.
+    value : numpy.ndarray
+        Its value for the probe batch, channels first.
+
+    Returns
+    -------
+    why : str or None
+    head_input : str or None
+    """
+    producers = {o: n for n in graph.node for o in n.output}
+    weights = {t.name for t in graph.initializer}
+    node = producers.get(name)
+    op = node.op_type if node is not None else None
+    # Back from the output over the head (Softmax, the bias Add of a MatMul) to its Gemm / MatMul.
+    head, walk = None, node
+    for _ in range(3):
+        if walk is None or walk.op_type not in ("Softmax", "LogSoftmax", "Add", "Gemm", "MatMul"):
+            break
+        data = next((i for i in walk.input if i and i not in weights), None)
+        if walk.op_type in ("Gemm", "MatMul"):
+            head = walk.op_type, data
+            break
+        walk = producers.get(data) if data else None
+    width = value.shape[1] if value.ndim >= 2 else 0
+    why = None
+    if op in ("Softmax", "LogSoftmax"):
+        why = f"a {op} node"
+    elif head and op in ("Gemm", "MatMul", "Add") and width in _CLASSIFIER_WIDTHS:
+        why = f"a {head[0]} of width {width}, an ImageNet classifier head's"
+    elif value.ndim == 2 and width > 1 and (value >= 0).all() and np.allclose(value.sum(axis=1), 1.0, rtol=0, atol=1e-3):
+        why = "its values are non-negative and each row sums to 1: class probabilities"
+    return why, (head[1] if why and head else None)
+
+
+def _parses(path: str | os.PathLike) -> bool:
+    """Whether ``path`` reads as an ONNX model (without its external data)."""
+    try:
+        _load_graph_proto(Path(path))
+    except GPUAError:
+        return False
+    return True
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """onnxruntime's reason for refusing a model, without its error code, the model path and the
+    C++ source location and signature it prefixes that with."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .*? failed:\s*", "", text)
+    text = re.sub(r"^\S+:\d+ .*?\) (?=[A-Z])", "", text)  # "/onnxruntime_src/...h:46 void f(...) "
+    text = text.strip().rstrip(".") or type(exc).__name__
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _unloadable(src: Path, proto, exc: BaseException, ort_version: str, spec: str) -> GPUAError:
+    """The error for ONNX file ``src`` (its graph ``proto``) that onnxruntime refuses to load."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    stamps = ([f"opset {opset}"] if opset else []) + ([f"IR version {proto.ir_version}"] if proto.ir_version else [])
+    stamped = f" ({', '.join(stamps)})" if stamps else ""
+    reason = _ort_reason(exc)
+    return OnnxLoadError(
+        f"onnxruntime {ort_version} cannot load ONNX file {str(src)!r}{stamped} of {spec!r}: {reason}. Re-export "
+        "the model with a lower opset_version (torch.onnx.export(..., opset_version=17)) and standard operators only, or "
+        "upgrade onnxruntime (pip install -U onnxruntime) to one that supports its opset, IR version and operators.",
+        f"onnxruntime {ort_version} cannot load it: {reason}",
+    )
 
 
 def _processor_file(src: Path) -> Path | None:

@@ -1,6 +1,7 @@
 """Image input handling shared by every back end: RGB conversion, resize, crop, normalise.
 
-One implementation (PIL resampling, torchvision's rounding) serves every back end, so that the
+One implementation (PIL resampling, torchvision's rounding; Hugging Face's for the crop of
+``hf:`` models, see ``crop_rounding``) serves every back end, so that the
 preprocessing an encoder reports in :meth:`~gpua.encoders.Encoder.metadata` is exactly the one
 it ran. Each back end fills an :class:`ImagePreprocess` from its model's own configuration
 (open_clip ``preprocess_cfg``, the Hugging Face image-processor file, timm's ``pretrained_cfg``):
@@ -27,6 +28,7 @@ HALF = (0.5, 0.5, 0.5)
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 _RESIZE_MODES = ("shortest", "squash", "longest")
+_CROP_ROUNDINGS = ("round", "floor")
 # PIL's integer resample codes, as Hugging Face image-processor files store them.
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -75,6 +77,13 @@ class ImagePreprocess:
         Per-channel normalisation applied to pixels scaled to [0, 1].
     fill : int
         Padding value (0-255) for ``resize_mode="longest"``.
+    crop_rounding : {"round", "floor"}
+        Where the centre crop starts when the resized edge exceeds the crop by an odd number of
+        pixels: ``"round"`` (torchvision's ``CenterCrop``, ``round((h - H) / 2)``, as open_clip
+        and timm preprocess) or ``"floor"`` (``(h - H) // 2``, as Hugging Face image processors
+        crop: ``transformers.image_transforms.center_crop``). One pixel apart, which moves every
+        pixel of the crop. Reported by :meth:`to_dict` only when ``"floor"``, so the metadata
+        (and feature-cache keys) of the torchvision-rounding back ends stay as they were.
     """
 
     input_size: tuple[int, int]
@@ -84,9 +93,13 @@ class ImagePreprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     fill: int = 0
+    crop_rounding: str = "round"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", _pair(self.input_size, "input_size"))
+        if self.crop_rounding not in _CROP_ROUNDINGS:
+            raise GPUAError(f"crop_rounding={self.crop_rounding!r} is not one of {_CROP_ROUNDINGS} ('round': torchvision's "
+                            "CenterCrop, 'floor': Hugging Face image processors).")
         if self.resize_mode not in _RESIZE_MODES:
             raise GPUAError(f"resize_mode={self.resize_mode!r} is not one of {_RESIZE_MODES}.")
         resize = self.resize if self.resize is not None else self.input_size
@@ -134,6 +147,10 @@ class ImagePreprocess:
         if isinstance(self.resize, tuple):
             d["resize"] = list(self.resize)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_rounding == "round":
+            # Only a floor crop is reported: the metadata, and so the feature-cache keys, of every
+            # encoder that crops as torchvision does stay those of the releases before the field.
+            del d["crop_rounding"]
         return d
 
     # -- the transform -------------------------------------------------------------------------
@@ -166,14 +183,14 @@ class ImagePreprocess:
             if nw >= W and nh >= H and nw * nh > _HUGE_RESIZE * H * W:
                 # An extreme aspect ratio (a 60000 x 1 strip: 15.4M x 256 resized, about 16 GB):
                 # resample only the pixels the centre crop keeps, straight from the source.
-                top, left = _crop_offsets(nh, nw, H, W)
+                top, left = _crop_offsets(nh, nw, H, W, self.crop_rounding)
                 sx, sy = w0 / nw, h0 / nh
                 image = image.resize((W, H), self._resample(), box=(left * sx, top * sy, (left + W) * sx, (top + H) * sy))
             else:
                 if (nw, nh) != (w0, h0):
                     image = image.resize((nw, nh), self._resample())
                 if (nh, nw) != (H, W):
-                    image = _center_crop(image, H, W, self.fill)
+                    image = _center_crop(image, H, W, self.fill, self.crop_rounding)
         a = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
         a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
@@ -188,8 +205,9 @@ class ImagePreprocess:
 _HUGE_RESIZE = 64
 
 
-def _center_crop(image, H: int, W: int, fill: int):
-    """torchvision's ``CenterCrop`` rounding; pads (centred) when the image is smaller."""
+def _center_crop(image, H: int, W: int, fill: int, rounding: str = "round"):
+    """The centre ``H x W`` of ``image`` (offsets rounded as :func:`_crop_offsets` says); pads
+    (centred) when the image is smaller."""
     Image = import_optional("PIL.Image", "preparing images for an encoder")
 
     w, h = image.size
@@ -197,12 +215,19 @@ def _center_crop(image, H: int, W: int, fill: int):
         canvas = Image.new("RGB", (max(w, W), max(h, H)), (fill,) * 3)
         canvas.paste(image, ((max(w, W) - w) // 2, (max(h, H) - h) // 2))
         image, (w, h) = canvas, canvas.size
-    top, left = _crop_offsets(h, w, H, W)
+    top, left = _crop_offsets(h, w, H, W, rounding)
     return image.crop((left, top, left + W, top + H))
 
 
-def _crop_offsets(h: int, w: int, H: int, W: int) -> tuple[int, int]:
-    """``(top, left)`` of torchvision's ``CenterCrop`` of ``H x W`` from an ``h x w`` image (its rounding)."""
+def _crop_offsets(h: int, w: int, H: int, W: int, rounding: str = "round") -> tuple[int, int]:
+    """``(top, left)`` of the centre ``H x W`` crop of an ``h x w`` image.
+
+    ``rounding="round"``: torchvision's ``CenterCrop`` (``round((h - H) / 2)``, half to even);
+    ``"floor"``: Hugging Face's ``center_crop`` (``(h - H) // 2``). They differ by one pixel
+    when ``h - H`` is odd (a 640x427 photo resized to 335x224 for a 224 crop: 56 or 55).
+    """
+    if rounding == "floor":
+        return (h - H) // 2, (w - W) // 2
     return int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
 
 
