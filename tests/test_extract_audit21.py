@@ -46,7 +46,8 @@ class _NaNOnDark(Toy):
     def _embed(self, pixels):
         out = super()._embed(pixels)
         spread = pixels.reshape(pixels.shape[0], -1).std(1, keepdims=True)
-        return out / np.where(spread > 1e-6, 1.0, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return out / np.where(spread > 1e-6, 1.0, 0.0)
 
 
 def _with_a_constant_image():
