@@ -126,19 +126,21 @@ def _label(ds, i: int) -> int:
 def _resolve_templates(templates: Any, ds, dataset: Any = None, classnames: Any = None) -> list[str]:
     """The templates of an extraction; ``"auto"`` takes a benchmark's own only for a benchmark.
 
-    A benchmark is known by a CoOp split file, the embedded demo data or Fashion-MNIST (their
-    names are the benchmark's), or by ``classnames`` naming one (``classnames="cifar10"``), as
+    A benchmark is known by a CoOp split file (or a benchmark folder holding one, FGVC-Aircraft's
+    or CoOp ImageNet's layout), the embedded demo data or Fashion-MNIST (their names are the
+    benchmark's), or by ``classnames`` naming one (``classnames="cifar10"``), as
     ``classify`` knows it; never by an image folder's or an .npz file's own name (was: a folder
     called ``pets``, ``food`` or ``flowers`` took that benchmark's one CoOp prompt, and
     ``classnames="cifar10"`` on a folder called ``photos`` did not take CIFAR's 18).
     """
+    from .data._loaders import benchmark_layout
     from .data._registry import canonical_name
     from .data.prompts import resolve_templates
 
     named_by_file = False
     if isinstance(dataset, (str, os.PathLike)):
         p = Path(dataset).expanduser()
-        named_by_file = p.is_dir() or p.suffix.lower() == ".npz"
+        named_by_file = (p.is_dir() and benchmark_layout(p) is None) or p.suffix.lower() == ".npz"
     benchmark = None if named_by_file else getattr(ds, "name", None)
     if (benchmark is None or canonical_name(str(benchmark)) is None) and isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames)):
         benchmark = classnames

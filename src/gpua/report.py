@@ -589,7 +589,7 @@ def write_predictions(
     from .data.classnames import _prompt_key
 
     n = 0
-    folder_label: dict[str, str] = {}  # class folder -> the label its readable photos carry
+    folder_label: dict[str, str] = {}  # top folder -> the label its readable photos carry ("" when they differ)
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -612,7 +612,10 @@ def write_predictions(
                     tops = [c for j in row for c in (name(j), f"{proba[i, j]:.6f}")]
                     extra = [name(labels[i])] if with_labels and labels is not None else []
                     if extra and unreadable:
-                        folder_label.setdefault(_class_folder(ids[i]), extra[0])
+                        # A folder is a class folder when all its photos share a label (SUN397's a/abbey/x.jpg: not "a")
+                        folder = _class_folder(ids[i])
+                        if folder_label.setdefault(folder, extra[0]) != extra[0]:
+                            folder_label[folder] = ""
                     w.writerow([ids[i], name(row[0]), f"{proba[i, row[0]]:.6f}", *tops, *extra] + ([""] if unreadable else []))
                 n += proba.shape[0]
             if unreadable:
@@ -627,7 +630,7 @@ def write_predictions(
                     folder = _class_folder(image_id)
                     label = ""
                     if with_labels and folder is not None:
-                        label = folder_label.get(folder) or keyed.get(_prompt_key(folder), "")
+                        label = folder_label[folder] if folder in folder_label else keyed.get(_prompt_key(folder), "")
                     cells = [image_id] + [""] * (len(header) - 1)
                     if with_labels:
                         cells[-1] = label

@@ -162,3 +162,38 @@ def test_a_fifo_named_like_an_image_in_a_class_folder_is_skipped_with_a_warning(
     with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) .* not regular files .*'cat/pipe.jpg'"):
         ds = load_dataset(tmp_path / "d")
     assert sorted(ds.image_ids) == ["cat/a.png", "dog/b.png"]
+
+
+def test_extract_auto_templates_of_a_coop_benchmark_folder_are_the_benchmarks(coop_pets):
+    """Was (in this session's first fix): a folder holding its split_zhou_*.json was taken for a
+    user's folder, and got the 80 ImageNet templates instead of Oxford Pets' CoOp prompt."""
+    from gpua.data.prompts import DATASET_TEMPLATES
+    from gpua.extract import _resolve_templates
+
+    ds = load_dataset(coop_pets, split="test")
+    assert _resolve_templates("auto", ds, str(coop_pets), None) == list(DATASET_TEMPLATES["oxford_pets"])
+
+
+def test_npz_numbered_image_ids_still_load_and_a_bad_dtype_is_said_as_such(tmp_path):
+    """Was (in this session's first fix): integer image_ids refused, with a message about Python objects."""
+    p = tmp_path / "ids.npz"
+    np.savez(p, images=_images(3), labels=np.array([0, 1, 0]), classnames=np.array(["cat", "dog"]), image_ids=np.arange(3))
+    assert [load_dataset(p).image_id(i) for i in range(3)] == ["0", "1", "2"]
+    np.savez(p, images=_images(3), labels=np.array([0, 1, 0]), classnames=np.array([1.5, 2.5]))
+    with pytest.raises(GPUAError, match="classnames has dtype float64, not text") as info:
+        load_dataset(p)
+    assert "Python objects" not in str(info.value)
+
+
+def test_an_unreadable_photos_label_is_not_taken_from_a_folder_of_several_classes(tmp_path):
+    """Was (in this session's first fix): SUN397-style ids a/abbey/1.jpg, a/airport/2.jpg gave an
+    unreadable a/airport/3.jpg the label of the first photo under "a" (abbey)."""
+    import csv
+
+    from gpua.report import write_predictions
+
+    out = tmp_path / "p.csv"
+    write_predictions(out, [(["a/abbey/1.jpg", "a/airport/2.jpg"], np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]))],
+                      ["abbey", "airport"], top_k=1, unreadable=[("a/airport/3.jpg", "broken")])
+    rows = {r["image"]: r["label"] for r in csv.DictReader(out.open(encoding="utf-8"))}
+    assert rows["a/airport/3.jpg"] == ""

@@ -147,10 +147,12 @@ def test_fit_seg_max_images_counts_images_it_can_encode(tmp_path, world, classes
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "a_tiny.png")  # below one 8x8 VLM patch
     _save(world, d / "b.png", (32, 32), 0)
     _save(world, d / "c.png", (32, 32), 1)
+    (d / "b_broken.png").write_bytes(b"not a png")  # right after b.png, the one image used
     assert main(_fit(d, tmp_path / "one.gpua", classes, "--max-images", "1")) == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
     assert load_model(tmp_path / "one.gpua").provenance_["n_images"] == 1
-    assert "1 image(s) smaller than one encoder patch skipped" in out
+    assert "1 image(s) smaller than one encoder patch skipped" in cap.out
+    assert "b_broken" not in cap.err + cap.out  # not read at all: the one image was found before it
 
 
 def test_no_readable_image_is_a_clear_error(tmp_path, classes, capsys):

@@ -55,8 +55,9 @@ def test_a_writer_after_an_interrupted_one_clears_its_leftover_shards(tmp_path):
                 w.append(Z[s : s + 100], X[s : s + 100])
                 if s == 300:
                     raise KeyboardInterrupt
-    with ShardWriter(tmp_path / "w", rows_per_shard=100) as w:
-        w.append(Z[:200], X[:200])
+    with pytest.warns(UserWarning, match=r"removing the 8 shard file\(s\) an interrupted writer left"):
+        with ShardWriter(tmp_path / "w", rows_per_shard=100) as w:
+            w.append(Z[:200], X[:200])
     fs = ShardedFeatures(tmp_path / "w")
     assert fs.n_samples == 200
     np.testing.assert_allclose(fs.read("vfm_features", 0, 200).numpy(), Z[:200], rtol=2e-3)
@@ -111,3 +112,22 @@ def test_local_is_read_in_any_case_and_numpy_worker_counts_are_counts(monkeypatc
     monkeypatch.setattr(_executor, "DaskExecutor", lambda client, own_cluster=None: "dask")
     assert _executor.connect(np.int64(2)) == "dask" and _executor.connect(" LOCAL ") == "dask"
     assert made[0] == 2
+
+
+def test_a_folder_of_someone_elses_shard_files_is_never_deleted(tmp_path):
+    """Was (in this session's first fix): a WebDataset's shard-000000.tar and a shard-notes.txt were
+    taken for an interrupted writer's leftovers and deleted without a word."""
+    d = tmp_path / "wds"
+    d.mkdir()
+    (d / "shard-000000.tar").write_text("data")
+    (d / "shard-notes.txt").write_text("x")
+    ShardWriter(d, dtype="float32")  # no leftovers of gpua's: writes beside them, as before
+    assert sorted(p.name for p in d.iterdir()) == ["shard-000000.tar", "shard-notes.txt"]
+    (d / "shard-000001.vfm_features.npy").write_bytes(b"x")  # a gpua leftover beside them: refused, nothing deleted
+    with pytest.raises(GPUAError, match="holds shard files without an index.json"):
+        ShardWriter(d)
+    assert len(list(d.iterdir())) == 3
+    from gpua.features import check_destination
+
+    with pytest.raises(GPUAError, match="is a folder that is not a gpua shard set"):
+        check_destination(d, overwrite=True)  # an extraction with format='shards' into it: refused, as any user folder

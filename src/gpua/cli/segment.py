@@ -651,9 +651,13 @@ def _fit_seg(args: argparse.Namespace) -> int:
         large photos is never in memory at once (was: every one read whole first, about 14 MB of
         memory per 2-megapixel photo)."""
         nonlocal used
-        for f, image in itertools.chain([first], reader):
-            if args.max_images is not None and used >= args.max_images:
-                break  # counted in images used, not read: one too small to encode is not one of the N (was)
+        source = itertools.chain([first], reader)
+        # Counted in images used, not read: one too small to encode is not one of the N (was); and
+        # checked before the next is read, which would be decoded (or warned about) for nothing.
+        while args.max_images is None or used < args.max_images:
+            f, image = next(source, (None, None))
+            if f is None:
+                break
             if not _too_small(f, image, side, small):
                 used += 1
                 yield image

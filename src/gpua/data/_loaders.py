@@ -146,19 +146,34 @@ def _load_path(
             f"{str(p)!r} is a {suffix or 'suffix-less'} file; load_dataset reads folders, CoOp split files "
             "(.json) and .npz files. To read one image use gpua.data.open_image."
         )
-    split_files = sorted(p.glob("split_zhou_*.json"))
-    if len(split_files) > 1:
-        raise GPUAError(
-            f"folder {str(p)!r} holds several split files ({[f.name for f in split_files]}); pass the one to read."
-        )
-    if split_files:
+    layout = benchmark_layout(p)
+    if layout == "split file":
+        split_files = sorted(p.glob("split_zhou_*.json"))
+        if len(split_files) > 1:
+            raise GPUAError(
+                f"folder {str(p)!r} holds several split files ({[f.name for f in split_files]}); pass the one to read."
+            )
         return _load_split_file(split_files[0], split, user_names, image_root)
-    if (p / "variants.txt").is_file() and any(p.glob("images_variant_*.txt")):
+    if layout == "fgvc":
         return _load_fgvc(p, split, user_names, image_root)
     _no_image_root(image_root, "an image folder")
-    if (p / "classnames.txt").is_file() and (p / "images").is_dir():
+    if layout == "imagenet":
         return _load_imagenet(p, split, user_names)
     return _load_image_folder(p, split, user_names, user_ids)
+
+
+def benchmark_layout(p: Path) -> str | None:
+    """How :func:`load_dataset` reads folder ``p`` when it is a benchmark's own layout, whose name is
+    then the benchmark's: ``"split file"`` (it holds a CoOp ``split_zhou_*.json``), ``"fgvc"``
+    (FGVC-Aircraft's ``variants.txt`` and ``images_variant_*.txt``), ``"imagenet"`` (CoOp ImageNet's
+    ``classnames.txt`` and ``images/``); None for a plain image folder, named by its user."""
+    if any(p.glob("split_zhou_*.json")):
+        return "split file"
+    if (p / "variants.txt").is_file() and any(p.glob("images_variant_*.txt")):
+        return "fgvc"
+    if (p / "classnames.txt").is_file() and (p / "images").is_dir():
+        return "imagenet"
+    return None
 
 
 def _no_image_root(image_root, what: str) -> None:
@@ -242,9 +257,9 @@ def _npz_strings(z, key: str, source: str) -> list[str]:
         except UnicodeDecodeError as exc:
             raise GPUAError(f"{source!r}: {key} holds bytes that are not UTF-8 ({exc}); store text: "
                             "np.asarray(names, dtype=str).") from None
-    if a.dtype.kind != "U":
-        raise GPUAError(f"{source!r}: {key} has dtype {a.dtype}, not text; store np.asarray(names, dtype=str).")
-    return [str(v) for v in a.tolist()]
+    if a.dtype.kind == "U" or (a.dtype.kind in "iu" and key != "classnames"):  # numbered images: ids 0, 1, ... as before
+        return [str(v) for v in a.tolist()]
+    raise GPUAError(f"{source!r}: {key} has dtype {a.dtype}, not text; store np.asarray(names, dtype=str).")
 
 
 def _dataset_from_npz(
@@ -267,6 +282,8 @@ def _dataset_from_npz(
             file_names = _npz_strings(z, "classnames", source) if "classnames" in keys else None
             id_key = next((k for k in ("source_paths", "image_ids") if k in keys), None)
             ids = _npz_strings(z, id_key, source) if id_key else None
+        except GPUAError:  # a ValueError too: said as it is, not as "stores strings as Python objects"
+            raise
         except ValueError as exc:  # object arrays need pickle, which we never enable
             raise GPUAError(
                 f"{source!r} stores strings as Python objects ({exc}); save them as numpy string arrays, "

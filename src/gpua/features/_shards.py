@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .._atomic import TEMP_MARK, atomic_path, atomic_write_text
-from .._errors import GPUAError, ModelFileError
+from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
 from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings, is_int
@@ -74,6 +74,9 @@ IDS_KEY = "image_ids"
 _DISK = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.bfloat16), "float32": (np.float32, torch.float32)}
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I64": "int64"}
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.")
+#: The whole names of the shard files a writer makes (:func:`_shard_file`): only these are gpua's
+#: to delete (was: any name starting "shard-", so a WebDataset's shard-000000.tar went too).
+_OWN_SHARD_RE = re.compile(r"^shard-\d{6,}\.(?:safetensors|[a-z_]+\.npy|[a-z_]+\.json)$")
 _FIX_INDEX = "re-write the shard set (or, if you edited index.json on purpose, delete its 'checksum' entry)"
 
 #: Files verified against their recorded checksum in this process, as ``(path, checksum, identity)``
@@ -117,7 +120,7 @@ def _only_shard_files(path: Path) -> bool:
     """Whether every entry of folder ``path`` is a file of a name a shard writer makes (gpua's marker)."""
     return all(
         p.is_file() and not p.is_symlink()
-        and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or p.name.startswith("shard-") or (p.name.startswith(".") and TEMP_MARK in p.name))
+        and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or _OWN_SHARD_RE.match(p.name) or (p.name.startswith(".") and TEMP_MARK in p.name))
         for p in path.iterdir()
     )
 
@@ -789,12 +792,14 @@ class ShardWriter:
                 if not overwrite:
                     raise GPUAError(f"{str(self.path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
                 atomic = True  # replacing a set in place would destroy it before the new one exists
-            elif self.path.is_dir() and any(p.name.startswith("shard-") for p in self.path.iterdir()):
+            elif self.path.is_dir() and (left := [p.name for p in self.path.iterdir() if _OWN_SHARD_RE.match(p.name)]):
                 # An interrupted writer's shards without an index: this set's index would list its
                 # own and the reader refuse the rest as "stale or edited" (was, after all the work).
                 if not _only_shard_files(self.path):
-                    raise GPUAError(f"{str(self.path)!r} holds shard files without an {INDEX_NAME} (an interrupted writer's) "
-                                    "beside other files; move them away, or write to another folder.")
+                    raise GPUAError(f"{str(self.path)!r} holds shard files without an {INDEX_NAME} (an interrupted writer's, "
+                                    f"first: {sorted(left)[0]!r}) beside other files; move them away, or write to another folder.")
+                warn_user(f"removing the {len(left)} shard file(s) an interrupted writer left in {str(self.path)!r} (no "
+                          f"{INDEX_NAME}), before writing the new set there.")
                 _remove_set(self.path)
         if atomic:
             check_destination(self.path, overwrite=overwrite)  # puts back a set a killed writer left hidden
