@@ -75,3 +75,52 @@ def test_compare_all_with_other_names_says_so(tmp_path, capsys):
     assert main(["compare", "--train", str(tmp_path / "none.npz"), "--test", str(tmp_path / "none.npz"), "--methods", "all,gpua"]) == 2
     err = capsys.readouterr().err
     assert "'all' (every method) cannot be combined with other names" in err and "unknown" not in err
+
+
+def test_a_flags_prefix_is_not_the_flag(tmp_path, capsys):
+    """Was: `gpua classify --model m.gpua` (predict's input flag) was taken for --model-out, and a new
+    model was written over the user's m.gpua without a word."""
+    from gpua.cli import main
+
+    model = tmp_path / "m.gpua"
+    model.write_bytes(b"the user's model")
+    with pytest.raises(SystemExit) as exit_:
+        main(["classify", "--images", str(tmp_path), "--classnames", "x.txt", "--out", str(tmp_path / "p.csv"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --model" in err and "gpua predict --model" in err
+    assert model.read_bytes() == b"the user's model"
+    with pytest.raises(SystemExit):  # no prefix matching anywhere
+        main(["predict", "--mod", str(model), "--features", "f.npz", "--out", "p.csv"])
+    assert "the following arguments are required: --model" in capsys.readouterr().err  # --mod is not --model
+
+
+def test_photos_where_features_go_are_named_as_photos(tmp_path, capsys):
+    """Was: "--train 'ph' is a folder; for a shard set use --shards ph", then "shard set 'ph' has no
+    index.json; write one with gpua extract --out DIR", sending a new user round in circles."""
+    from PIL import Image
+
+    from gpua.cli import main
+
+    (tmp_path / "ph" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ph" / "cat" / "a.png")
+    for argv in (["fit", "--train", str(tmp_path / "ph")], ["fit", "--shards", str(tmp_path / "ph")]):
+        assert main([*argv, "--out", str(tmp_path / "m.gpua")]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder of images, not features; encode it first: gpua extract" in err and "index.json" not in err
+
+
+def test_a_vision_only_vlm_is_named_by_its_flag_with_an_offline_example(tmp_path, capsys):
+    """Was: "vlm='offline:dinov2-s' is vision-only; ... e.g. 'open_clip:ViT-B-16/openai'" (a hub download)."""
+    from PIL import Image
+
+    from gpua.cli import main
+
+    (tmp_path / "ph").mkdir()
+    for n in "ab":
+        Image.fromarray(np.full((16, 16, 3), 9, np.uint8)).save(tmp_path / "ph" / f"{n}.png")
+    (tmp_path / "c.txt").write_text("sky\ngrass\n")
+    assert main(["classify", "--images", str(tmp_path / "ph"), "--classnames", str(tmp_path / "c.txt"), "--out",
+                 str(tmp_path / "p.csv"), "--vfm", "planted:vfm", "--vlm", "planted:vfm", "--cache-dir", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--vlm 'planted:vfm' is vision-only" in err and "offline:semantic-lite0" in err

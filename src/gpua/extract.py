@@ -1018,7 +1018,8 @@ def extract_features(
     vfm = create_encoder(vfm, device=device, cache_dir=cache_dir)
     vlm = create_encoder(vlm, device=device, cache_dir=cache_dir)
     if not vlm.is_vlm:
-        raise GPUAError(f"vlm={vlm.spec!r} is vision-only; the VLM must encode text, e.g. 'open_clip:ViT-B-16/openai'.")
+        raise GPUAError(f"vlm={vlm.spec!r} is vision-only; the VLM must encode text, e.g. 'offline:semantic-lite0' (offline) or "
+                        "'open_clip:ViT-B-16/openai'.")
 
     identity = _dataset_identity(ds, ids, labels)
     # Read once: a local model's metadata stats every file of its folder.

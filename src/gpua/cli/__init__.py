@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_subcommands(sub)
     for p in iter_parsers(parser):
         p.formatter_class = HelpFormatter
+        # A flag's prefix is not the flag: `classify --model m.gpua` (predict's input flag) was read as
+        # classify's --model-out and wrote a new model over the user's (an output may replace a model).
+        p.allow_abbrev = False
     return parser
 
 
@@ -133,7 +136,11 @@ def _main(argv: list[str] | None) -> int:
     if unknown:
         # Said by the command that was given them, under its usage (was: gpua's top-level usage and
         # "gpua: error: unrecognized arguments", which named no command).
-        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        hint = ""
+        if getattr(args, "command", None) == "classify" and "--model" in unknown:
+            hint = ("; classify fits its own model (--model-out FILE keeps it): to classify with a fitted model, encode the "
+                    "photos with `gpua extract`, then run `gpua predict --model FILE --features ...`")
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -93,21 +93,25 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out: CsvOutput) -> int:
     import warnings
 
+    from .._errors import GPUAError
     from ..baselines import unused_overrides
     from ..classify import _format_counts, classify_folder, is_undecoded_format
     from ..data._loaders import heif_install_note
-    from ._common import FitProgress
+    from ._common import FitProgress, with_flags
 
     with FitProgress(None, not args.quiet) as progress, warnings.catch_warnings():
         # The summary below names the unreadable photos and those of formats gpua does not decode
         # (and the CSV lists them): not twice.
         warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable image")
         warnings.filterwarnings("ignore", message=r"\d+ photo\(s\) of .* are in formats gpua does not decode")
-        res = classify_folder(
-            args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
-            overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
-            progress=not args.quiet, callback=_fit_started(args, progress), workers=args.workers,
-        )
+        try:
+            res = classify_folder(
+                args.images, args.classnames, vfm=args.vfm, vlm=args.vlm, templates=args.templates, pool=pool, method=args.method,
+                overrides={**overrides, "device": device}, cache_dir=args.cache_dir, device=device, batch_size=args.batch_size,
+                progress=not args.quiet, callback=_fit_started(args, progress), workers=args.workers,
+            )
+        except GPUAError as exc:  # the encoders' checks name the flags (was "vlm='offline:dinov2-s' is vision-only")
+            raise GPUAError(with_flags(str(exc), {"vlm": "--vlm", "vfm": "--vfm"})) from None
     n = out.write_with(lambda path: res.to_csv(path, top_k=args.top_k))
     if args.model_out:
         res.model.save(args.model_out)

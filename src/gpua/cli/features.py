@@ -91,6 +91,12 @@ def _cmd_fit(args) -> int:
                         "(--shards DIR); --train fits in memory. "
                         "Leave them out, or write the features as a shard set (gpua extract --out DIR).")
     if Path(args.train).is_dir():
+        from ..features._shards import _holds_images
+
+        if _holds_images(Path(args.train)):
+            raise GPUAError(f"--train {args.train!r} is a folder of images, not features; encode it first: gpua extract --vfm ... "
+                            f"--vlm ... --data {args.train} --out train.npz (or classify it at once: gpua classify --images "
+                            f"{args.train}).")
         raise GPUAError(f"--train {args.train!r} is a folder; for a shard set use --shards {args.train}.")
     train = _read_features(args.train, require=("vfm_features", "vlm_features", "text_prototypes"))
     t0 = time.perf_counter()

@@ -38,6 +38,7 @@ memory.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -123,6 +124,25 @@ def _only_shard_files(path: Path) -> bool:
         and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or _OWN_SHARD_RE.match(p.name) or (p.name.startswith(".") and TEMP_MARK in p.name))
         for p in path.iterdir()
     )
+
+
+def _holds_images(path: Path, look: int = 200) -> bool:
+    """Whether folder ``path`` holds image files (or class folders of them) among its first ``look``
+    entries: photos given where features go."""
+    from ..data._loaders import _is_image
+
+    try:
+        for n, e in enumerate(os.scandir(path)):
+            if n >= look:
+                return False
+            if e.is_file() and _is_image(e.name):
+                return True
+            if e.is_dir() and not e.name.startswith("."):
+                if any(_is_image(name) for name in itertools.islice(os.listdir(e.path), look)):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def _hidden(final: Path, tag: str) -> Path:
@@ -313,6 +333,10 @@ class ShardedFeatures:
         if not index_path.is_file():
             recover_shard_set(path)
         if not index_path.is_file():
+            if _holds_images(path):  # photos where features go: was sent to "write an index.json" into the photo folder
+                raise ModelFileError(f"{str(path)!r} is a folder of images, not features; encode it first: gpua extract --vfm ... "
+                                     f"--vlm ... --data {str(path)!r} --out feats.npz (or classify it at once: gpua classify "
+                                     f"--images {str(path)!r}).")
             hint = " (it holds shard files but no index: the writer did not finish; re-run it)" if path.is_dir() and any(path.glob("shard-*")) else ""
             raise ModelFileError(f"shard set {str(path)!r} has no {INDEX_NAME}{hint}; write one with `gpua extract --out DIR` or gpua.stream.write_shards.")
         where = f"shard index {str(index_path)!r}"
