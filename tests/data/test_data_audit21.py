@@ -197,3 +197,17 @@ def test_an_unreadable_photos_label_is_not_taken_from_a_folder_of_several_classe
                       ["abbey", "airport"], top_k=1, unreadable=[("a/airport/3.jpg", "broken")])
     rows = {r["image"]: r["label"] for r in csv.DictReader(out.open(encoding="utf-8"))}
     assert rows["a/airport/3.jpg"] == ""
+
+
+def test_a_split_file_of_another_machines_absolute_paths_is_said_so(tmp_path, make_image):
+    """Was: "pass image_root= the folder its paths start from", which failed again: a root joined
+    with an absolute path is the absolute path."""
+    import json
+
+    make_image(tmp_path / "images" / "cat" / "a.jpg")
+    split = {"train": [["/home/someone/data/images/cat/a.jpg", 0, "cat"]], "test": []}
+    (tmp_path / "split_zhou_Mine.json").write_text(json.dumps(split))
+    for kw in ({}, {"image_root": tmp_path / "images"}):
+        with pytest.raises(GPUAError, match=r"lists absolute paths \(first: '/home/someone/data/images/cat/a.jpg'\) that are "
+                                            r"not on this machine"):
+            load_dataset(tmp_path / "split_zhou_Mine.json", split="train", **kw)

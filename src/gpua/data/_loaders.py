@@ -497,6 +497,7 @@ def _find_image_root(
         if not root.is_dir():
             raise GPUAError(f"image_root {str(root)!r} is not a folder.")
         if probes and not any((root / r).exists() for r in probes):
+            _no_absolute_paths(relpaths, source)
             nor = f" (nor the next {len(probes) - 1})" if len(probes) > 1 else ""
             raise GPUAError(f"image_root {str(root)!r} does not hold {relpaths[0]!r}, the first image of {source}{nor}; pass "
                             "the folder its paths start from, or fix the paths (letter case counts).")
@@ -508,12 +509,24 @@ def _find_image_root(
     for c in candidates:
         if any((c / r).exists() for r in probes):
             return c
+    _no_absolute_paths(relpaths, source)
     tried = ", ".join(repr(str(c)) for c in candidates)
     nor = f" (nor are the next {len(probes) - 1})" if len(probes) > 1 else ""
     raise GPUAError(
         f"the first image of {source}, {relpaths[0]!r}, is not under {tried}{nor}; pass image_root= the folder its "
         "paths start from, or fix the paths of the list (letter case counts)."
     )
+
+
+def _no_absolute_paths(relpaths: list[str], source: str) -> None:
+    """Refuse a list of absolute paths that are not on this machine (another machine's), saying so:
+    image_root= cannot help there, since joining a root with an absolute path drops the root (was
+    "pass image_root= the folder its paths start from", which then failed again)."""
+    first = relpaths[0]
+    if posixpath.isabs(first.replace("\\", "/")) or re.match(r"^[A-Za-z]:[\\/]", first):
+        raise GPUAError(f"{source} lists absolute paths (first: {first!r}) that are not on this machine; a split file lists "
+                        "paths relative to its image folder: rewrite them relative to it (drop the leading folders up to "
+                        "the image folder), then pass image_root= that folder if it is not beside the file.")
 
 
 # ---------------------------------------------------------------- CoOp FGVC-Aircraft and ImageNet
