@@ -82,3 +82,13 @@ def test_an_output_check_names_the_out_flag(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "error: --out '" in err and "notes' is an existing file" in err
     assert (tmp_path / "notes").read_text() == "mine\n"
+
+
+def test_an_extraction_device_that_is_no_device_is_not_told_about_fits(tmp_path, capsys):
+    """Was: "gpua fits run on 'cpu' or 'cuda' devices (float64 sums)" for `gpua extract --device meta`."""
+    from gpua.cli import main
+
+    assert main(["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--data", "x.npz", "--out", str(tmp_path / "f.npz"),
+                 "--device", "meta"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'meta' is not a device gpua runs on" in err and "float64" not in err

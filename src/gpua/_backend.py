@@ -25,6 +25,9 @@ def resolve_device(device: str | torch.device | None, *, allow_mps: bool = False
     except (RuntimeError, TypeError):
         raise GPUAError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if dev.type not in (("cpu", "cuda", "mps") if allow_mps else ("cpu", "cuda")):
+        if allow_mps:  # an encoder's or a flag's device (an extraction was told about the fits' float64 sums)
+            raise GPUAError(f"device={device!r} is not a device gpua runs on: 'cpu' or 'cuda' (the encoders also 'mps'); use "
+                            "device='cpu', 'cuda' or 'auto'.")
         raise GPUAError(f"device={device!r}: gpua fits run on 'cpu' or 'cuda' devices (float64 sums); use device='cpu', 'cuda' or 'auto'.")
     mps = getattr(torch.backends, "mps", None)
     if dev.type == "mps" and not (mps is not None and mps.is_available()):
