@@ -92,3 +92,21 @@ def test_an_extraction_device_that_is_no_device_is_not_told_about_fits(tmp_path,
                  "--device", "meta"]) == 2
     err = capsys.readouterr().err
     assert "--device 'meta' is not a device gpua runs on" in err and "float64" not in err
+
+
+def test_extract_messages_give_what_a_flag_can_give(tmp_path, capsys):
+    """Was: "pass --classnames (a list, ...)" (no list fits a flag) and "use gpua.data.open_image"
+    (a Python function) for `gpua extract --data photo.png`."""
+    from PIL import Image
+
+    from gpua.cli import main
+
+    (tmp_path / "ph").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ph" / "a.png")
+    base = ["extract", "--vfm", "planted:vfm", "--vlm", "planted:vlm", "--out", str(tmp_path / "f.npz")]
+    assert main([*base, "--data", str(tmp_path / "ph")]) == 2
+    assert "pass --classnames (a class-name file, or a dataset name" in capsys.readouterr().err
+    (tmp_path / "c.txt").write_text("sky\ngrass\n")
+    assert main([*base, "--data", str(tmp_path / "ph" / "a.png"), "--classnames", str(tmp_path / "c.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--data takes a folder of images" in err and "open_image" not in err

@@ -137,6 +137,11 @@ def _as_flags(message: str) -> str:
     # "format='shards' (--format shards)" names both already (and is kept as it is); a bare one is the flag
     message = re.sub(r"(?<![\w-])format='(\w+)'(?! \(--format)", r"--format \1", message)
     message = re.sub(r"^out(?='| ')", "--out", message)  # the output checks' "out '/x/notes' is an existing file"
+    # The library's ways to give what a flag cannot (a Python list of names, one image read in Python):
+    message = message.replace("classnames= (a list, a file, or a dataset name", "classnames= (a class-name file, or a dataset name")
+    message = message.replace("load_dataset reads folders, CoOp split files (.json) and .npz files. To read one image use "
+                              "gpua.data.open_image.", "--data takes a folder of images, a CoOp split file (.json) or an .npz "
+                              "file: put the image in a folder and pass the folder.")
     return with_flags(message, _FLAGS)
 
 
