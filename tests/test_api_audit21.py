@@ -124,3 +124,18 @@ def test_a_vision_only_vlm_is_named_by_its_flag_with_an_offline_example(tmp_path
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--vlm 'planted:vfm' is vision-only" in err and "offline:semantic-lite0" in err
+
+
+def test_save_features_without_a_feature_matrix_is_refused(tmp_path):
+    """Was: written, then refused by load_features, and a later save of features over it refused as
+    someone else's array file: neither readable nor replaceable."""
+    from gpua.features import load_features, save_features
+
+    for path, kw in ((tmp_path / "lab.npz", {"labels": np.arange(3)}), (tmp_path / "n.safetensors", {"classnames": ["a", "b"]}),
+                     (tmp_path / "empty.npz", {})):
+        with pytest.raises(GPUAError, match="save_features got none of the feature keys"):
+            save_features(path, **kw)
+        assert not path.exists()
+    np.savez(tmp_path / "x.npz", foo=np.ones(3))
+    with pytest.raises(GPUAError, match=r"gpua\.features\.save_features"):
+        load_features(tmp_path / "x.npz")

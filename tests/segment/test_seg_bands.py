@@ -85,3 +85,20 @@ def test_threshold_is_applied_per_band_like_the_whole(world4):
     want = whole.labels_from_scores(_whole_scores_the_old_way(whole, img[0]))
     assert (want == 255).any() and (want != 255).any()  # the threshold bites somewhere, not everywhere
     assert np.mean(got == want) > 0.999
+
+
+@pytest.mark.parametrize("grid", [(0, 5), (5,), "fine", (2.5, 3), True])
+def test_a_bad_grid_is_refused_where_it_is_given(world4, grid):
+    """Was: stored unchecked; (0, 5) failed on a reshape and (5,) on an index at the first predict,
+    and zero-shot never said anything."""
+    from gpua._errors import GPUAError
+    from gpua.segment.inference import encode_grids, sample_patch_features
+
+    img, _ = world4.sample(1, (32, 32), seed=1)
+    with pytest.raises(GPUAError, match=r"grid=.*use 'coarser', 'finer' or an \(h, w\) pair of positive ints"):
+        DenseSegmenter(world4.vfm, world4.vlm, world4.prototypes, grid=grid)
+    with pytest.raises(GPUAError, match="grid="):
+        encode_grids(world4.vfm, world4.vlm, img, grid=grid)
+    with pytest.raises(GPUAError, match="grid="):
+        sample_patch_features(world4.vfm, world4.vlm, img, grid=grid)
+    assert DenseSegmenter(world4.vfm, world4.vlm, world4.prototypes, grid=[4, 4]).grid == (4, 4)

@@ -14,7 +14,8 @@ key                     shape               meaning
 ======================  ==================  ===========================================
 
 Formats: ``.npz`` (numpy) and ``.safetensors`` (string arrays go to the JSON metadata there).
-Arrays may be float16 or float32; they are returned as float32. (A safetensors file written by
+Arrays may be float16 or float32; they are returned as float32 (as stored with
+``load_features(..., validate=False)``). (A safetensors file written by
 another tool may also hold bfloat16 or float8 arrays, which numpy has no type for: they are
 read through torch, exactly.)
 """
@@ -207,6 +208,11 @@ def save_features(path: str | Path, features: FeatureSet | None = None, **arrays
             f"save_features got either a FeatureSet or the arrays by keyword, not both (also got {sorted(arrays)}); "
             "set them on the FeatureSet (dataclasses.replace(features, ...)) or pass everything by keyword."
         )
+    if all(getattr(features, k) is None for k in FEATURE_KEYS):
+        # load_features refuses such a file, and a later save of features over it was refused as a
+        # file of someone else's arrays (was: written, then neither readable nor replaceable).
+        raise GPUAError(f"save_features got none of the feature keys {list(FEATURE_KEYS)}; a feature file holds at least one "
+                        "of them (labels, class names and ids are stored beside features, not alone).")
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".safetensors"):
@@ -425,7 +431,7 @@ def _check_keys(arrays: dict[str, Any], path: Path, where: str) -> None:
             raise GPUAError(f"{where} holds a fitted model's arrays ({unknown[:4]}), not features; read it with "
                             "gpua.load_model.")
         raise GPUAError(f"{where} holds none of the feature keys {list(FEATURE_KEYS)} (its keys: {sorted(arrays)}); "
-                        f"save features with those names (gpua.save_features, or np.savez({path.name!r}, vfm_features=Z, ...)).")
+                        f"save features with those names (gpua.features.save_features, or np.savez({path.name!r}, vfm_features=Z, ...)).")
     if unknown:
         warn_user(f"{where} holds key(s) {unknown} that are not read (the keys read are {list(_ARRAY_KEYS + _STRING_KEYS)}); "
                   "rename them if they are misspelt.")
@@ -441,7 +447,8 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
     require : tuple of str
         Keys that must be present (a clear error lists the keys the file has).
     validate : bool
-        Check shapes, finiteness and label ranges.
+        Check shapes, finiteness and label ranges, and cast the feature matrices to float32;
+        ``False`` returns them as stored (float16 included) and unchecked.
     """
     path = Path(path).expanduser()
     where = f"feature file {str(path)!r}"

@@ -49,6 +49,7 @@ from .io import NO_CLASS, NO_CLASS_16BIT, no_class_label
 
 __all__ = [
     "DenseSegmenter",
+    "check_grid",
     "common_grid",
     "dense_view",
     "encode_grids",
@@ -89,6 +90,18 @@ def resample_grid(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     else:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+def check_grid(grid) -> str | tuple[int, int]:
+    """``grid`` as the segmentation functions take it: ``"coarser"``, ``"finer"`` or an (h, w) pair of
+    positive ints; anything else a :class:`GPUAError` naming it (was: stored unchecked, and an (h,)
+    or (0, w) pair failed deep inside on a reshape or an index)."""
+    if isinstance(grid, str) and grid in ("coarser", "finer"):
+        return grid
+    if isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in grid):
+        return (int(grid[0]), int(grid[1]))
+    raise GPUAError(f"grid={grid!r}; use 'coarser', 'finer' or an (h, w) pair of positive ints.")
 
 
 def common_grid(a: tuple[int, int], b: tuple[int, int], how: str = "coarser") -> tuple[int, int]:
@@ -203,10 +216,11 @@ def encode_grids(vfm, vlm, images, *, grid: str | tuple[int, int] = "coarser") -
     Z : torch.Tensor of shape (N, h, w, d_vfm)
     X : torch.Tensor of shape (N, h, w, d_vlm)
     """
+    grid = check_grid(grid)
     imgs = _as_images(images)
     _check_image_size(imgs, (vfm, vlm))
     Z, X = _patches(vfm, imgs, "vfm"), _patches(vlm, imgs, "vlm")
-    hw = tuple(grid) if isinstance(grid, (tuple, list)) else common_grid(tuple(Z.shape[1:3]), tuple(X.shape[1:3]), grid)
+    hw = grid if isinstance(grid, tuple) else common_grid(tuple(Z.shape[1:3]), tuple(X.shape[1:3]), grid)
     return resample_grid(Z, hw), resample_grid(X, hw)
 
 
@@ -265,6 +279,7 @@ def sample_patch_features(
     """
     if int(patches_per_image) < 1:
         raise GPUAError(f"patches_per_image={patches_per_image}; draw at least 1 patch per image.")
+    grid = check_grid(grid)  # before any image is encoded
     if isinstance(images, Iterator):
         imgs: Iterable[np.ndarray] = (_as_image(im, i) for i, im in enumerate(images))
         total = None
@@ -591,7 +606,7 @@ class DenseSegmenter:
             if min(self.crop_size) < side:
                 raise GPUAError(f"crop_size={crop_size!r} is smaller than one {side}x{side} encoder patch, so no window could be "
                                 f"encoded; use a crop of at least {side} pixels (a few patches wide), or leave it unset.")
-        self.grid = grid
+        self.grid = check_grid(grid)
         if refine not in (None, "none", "affinity"):
             raise GPUAError(f"refine={refine!r}; use None or 'affinity'.")
         self.refine = None if refine == "none" else refine
