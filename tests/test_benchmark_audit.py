@@ -244,6 +244,11 @@ def test_a_csv_of_datasets_of_ones_own_is_not_taken_for_the_benchmarks(tmp_path)
     with pytest.raises(GPUAError, match="holds a results.csv that `gpua benchmark` did not write"):
         _check_tables_ours(tmp_path)
     own.write_text("dataset,zero_shot\nplanted_cifar,50.00\nmean,50.00\n")  # what build_tables writes
+    # ... and what anyone's per-dataset table looks like: the benchmark's only beside its rows (session 21;
+    # was replaced without a word)
+    with pytest.raises(GPUAError, match="holds a results.csv that `gpua benchmark` did not write .no results.jsonl"):
+        _check_tables_ours(tmp_path)
+    (tmp_path / "results.jsonl").write_text('{"dataset": "planted_cifar", "method": "zero_shot", "metrics": {}, "gpua_version": "0"}\n')
     _check_tables_ours(tmp_path)
     own.write_text("dataset,zero_shot\r\nplanted_cifar,50.00\r\nmean,50.00\r\n\r\n")
     _check_tables_ours(tmp_path)

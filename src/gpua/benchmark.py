@@ -115,6 +115,14 @@ def _data_source(name: str, dataset_root: str | Path | None) -> str | None:
     return None if folder is None else str(folder.resolve())
 
 
+def _same_data(name: str, data: str | None) -> tuple[str, str]:
+    """What makes two ``--datasets`` entries one dataset: the folder read (resolved), else the
+    embedded or system copy's canonical name."""
+    from .data import canonical_name
+
+    return ("path", data) if data is not None else ("name", canonical_name(name) or name.strip().lower())
+
+
 def _idx_folder(name: str, dataset_root: str | Path | None) -> Path | None:
     """Fashion-MNIST's idx folder under ``dataset_root`` (``fashion-mnist/`` or an alias), if there is one."""
     from .data import canonical_name, dataset_info
@@ -500,6 +508,14 @@ def run_benchmark(
     # Every dataset opened (and its pool drawn) before the first image is encoded: a typo fails now.
     prepared = [_prepare(d, n_shot, seed, None if test_per_class is None else int(test_per_class), dataset_root, templates)
                 for d in datasets]
+    # One dataset spelled two ways (ds1, ./ds1, /abs/ds1; cifar10-mini, CIFAR10-mini) runs once, as first
+    # written: was run twice and counted twice in the mean.
+    first: dict[Any, _Prepared] = {}
+    for prep in prepared:
+        same = first.setdefault(_same_data(prep.name, prep.data), prep)
+        if same is not prep:
+            say(f"note: --datasets {prep.name!r} is {same.name!r} again (the same data); it runs once, as {same.name!r}")
+    prepared = list(first.values())
     contents = {prep.name: prep.contents for prep in prepared}
     prompts = {prep.name: prep.prompts for prep in prepared}
     pair: tuple[Any, Any] | None = None
@@ -577,10 +593,25 @@ def _check_tables_ours(out: Path) -> None:
     """A ``results.md`` or ``results.csv`` already in ``out`` is replaced only when a benchmark wrote
     it (its first line is :func:`build_tables`', and a CSV's last row is its ``mean``) or it is empty: a folder of one's own (``--out .`` in a project)
     keeps its own results files, checked before any image is encoded."""
+    for name in ("results.jsonl", "results.md", "results.csv", "results.jsonl.lock"):
+        path = out / name
+        if path.exists() and not path.is_file():  # was: said after every fit, and the rows lost
+            raise GPUAError(f"out_dir {str(out)!r} holds a folder {name!r} where the benchmark writes a file; pass another "
+                            f"out_dir, or move {name} out of it.")
+    jsonl = out / "results.jsonl"
+    ours = jsonl.is_file() and _holds_benchmark_rows(jsonl)
+    if jsonl.is_file() and jsonl.stat().st_size and not ours:
+        # Was: rewritten row by row (NaN and Infinity became null, comments moved away).
+        raise GPUAError(f"out_dir {str(out)!r} holds a results.jsonl that holds no `gpua benchmark` row, which the benchmark "
+                        "would rewrite; pass another out_dir, or move results.jsonl out of it.")
     for name, first, last in (("results.md", _MD_TITLE, None), ("results.csv", _CSV_HEAD, _CSV_LAST)):
         path = out / name
         if not path.is_file() or path.stat().st_size == 0:
             continue  # an empty file holds nothing to lose (what `> DIR/results.md` or `| tee` makes before the run)
+        if not ours:  # a table is the benchmark's only beside the rows it was made from (was: any "dataset ... mean" CSV)
+            raise GPUAError(f"out_dir {str(out)!r} holds a {name} that `gpua benchmark` did not write (no results.jsonl of "
+                            f"benchmark rows beside it), which the benchmark's table would replace; pass another out_dir, or "
+                            f"move {name} out of it.")
         try:
             with open(path, encoding="utf-8") as f:
                 line = f.readline()
@@ -591,6 +622,23 @@ def _check_tables_ours(out: Path) -> None:
         if not first.match(line) or (last is not None and not last.match(final or "")):
             raise GPUAError(f"out_dir {str(out)!r} holds a {name} that `gpua benchmark` did not write, which the "
                             f"benchmark's table would replace; pass another out_dir, or move {name} out of it.")
+
+
+def _holds_benchmark_rows(path: Path) -> bool:
+    """Whether ``results.jsonl`` ``path`` holds a row :func:`run_benchmark` wrote (a JSON object with its
+    ``dataset``, ``method``, ``metrics`` and ``gpua_version``), reading lines until the first one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and {"dataset", "method", "metrics", "gpua_version"} <= row.keys():
+                    return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    return False
 
 
 #: The first lines :func:`build_tables` writes: what marks a results file as the benchmark's.
