@@ -51,3 +51,14 @@ def test_one_dataset_given_two_ways_runs_once(tmp_path, monkeypatch):
     assert sum("is 'ds1' again (the same data); it runs once" in s for s in said) == 2
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["dataset"] == "ds1"
+
+
+def test_benchmark_errors_name_the_flags(tmp_path, capsys):
+    """Was: "methods names no method" and "give at least one dataset, one VFM and one VLM"."""
+    from gpua.cli import main
+
+    base = ["benchmark", "--datasets", "x", "--vlm", "planted:vlm", "--out", str(tmp_path / "b")]
+    assert main([*base, "--vfm", "planted:vfm", "--methods", ","]) == 2
+    assert "--methods names no method" in capsys.readouterr().err
+    assert main([*base, "--vfm", ",", "--methods", "zero_shot"]) == 2
+    assert "--vfm names nothing" in capsys.readouterr().err

@@ -73,6 +73,9 @@ def _dataset_folders(datasets: list[str]) -> list[tuple[str, str]]:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ..benchmark import run_benchmark
 
+    for flag, given in (("--datasets", args.datasets), ("--vfm", args.vfm), ("--vlm", args.vlm)):
+        if not given:  # was "give at least one dataset, one VFM and one VLM", naming no flag
+            raise GPUAError(f"{flag} names nothing; give one or more comma-separated names.")
     folders = _dataset_folders(args.datasets)
     check_paths(args, inputs=("dataset_root", "templates"), outputs=(("out", "folder"),), extra_inputs=folders)
     check_cache_dir(args, folders)
@@ -85,6 +88,6 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     except GPUAError as exc:  # said with the command's flags
-        raise GPUAError(with_flags(str(exc), {"out_dir": "--out"}, bare_names=True)) from None
+        raise GPUAError(with_flags(str(exc), {"out_dir": "--out", "methods": "--methods"}, bare_names=True)) from None
     print((Path(args.out) / "results.md").read_text())
     return 0
