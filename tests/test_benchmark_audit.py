@@ -195,7 +195,7 @@ def test_a_parameter_no_method_applies_is_refused_and_partial_ones_are_said(phot
     argv = _argv(d, d / "photos", "--lam", "0.3")
     argv[argv.index("--methods") + 1] = "zero_shot,lambda_1"
     assert main(argv) == 2
-    assert "lam=0.3: none of methods zero_shot,lambda_1 applies it" in capsys.readouterr().err
+    assert "lam=0.3: none of --methods zero_shot,lambda_1 applies it" in capsys.readouterr().err
     assert not (d / "cache").exists()  # before any image is encoded
     from gpua.baselines import override_notes  # the one check `compare` uses too
 
