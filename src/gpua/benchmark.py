@@ -591,8 +591,10 @@ def run_benchmark(
 
 def _check_tables_ours(out: Path) -> None:
     """A ``results.md`` or ``results.csv`` already in ``out`` is replaced only when a benchmark wrote
-    it (its first line is :func:`build_tables`', and a CSV's last row is its ``mean``) or it is empty: a folder of one's own (``--out .`` in a project)
-    keeps its own results files, checked before any image is encoded."""
+    it (a ``results.jsonl`` of benchmark rows lies beside it, its first line is :func:`build_tables`',
+    and a CSV's last row is its ``mean``) or it is empty; a ``results.jsonl`` only when it holds a
+    benchmark row (or nothing); a folder under any of these names never. A folder of one's own
+    (``--out .`` in a project) keeps its own results files, checked before any image is encoded."""
     for name in ("results.jsonl", "results.md", "results.csv", "results.jsonl.lock"):
         path = out / name
         if path.exists() and not path.is_file():  # was: said after every fit, and the rows lost
