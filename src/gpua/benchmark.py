@@ -475,6 +475,9 @@ def run_benchmark(
     Returns
     -------
     list of dict
+        Every row ``out_dir/results.jsonl`` holds after the run, rows of other settings, data
+        or encoder weights included: the tables (``results.md``, ``results.csv``) show only
+        those of this run's settings, so :func:`build_tables` of these rows may mix settings.
     """
     from .baselines import override_notes
     from .classify import check_methods, feature_cache_path
