@@ -631,19 +631,12 @@ def _check_tables_ours(out: Path) -> None:
 
 def _holds_benchmark_rows(path: Path) -> bool:
     """Whether ``results.jsonl`` ``path`` holds a row :func:`run_benchmark` wrote (a JSON object with its
-    ``dataset`` and its ``metrics``, as every release wrote them), reading lines until the first one."""
+    ``dataset`` and its ``metrics``, as every release wrote them)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and {"dataset", "metrics"} <= row.keys():
-                    return True
+        rows = _read_lines(path)[0]  # the JSON objects among its lines, as the run reads them
     except (OSError, UnicodeDecodeError):
         return False
-    return False
+    return any({"dataset", "metrics"} <= row.keys() for row in rows)
 
 
 #: The first lines :func:`build_tables` writes: what marks a results file as the benchmark's.

@@ -287,14 +287,12 @@ def _classify_templates(templates: Any, classnames: Any) -> list[str]:
     """The one template list of a classify run, for its photos and its pool alike.
 
     ``"auto"`` takes a benchmark's templates only when ``classnames`` names the benchmark: a
-    user's folder called ``sun`` or ``flowers`` (which :func:`gpua.extract.extract_features`
-    would read as SUN397's or Flowers-102's name) is not that benchmark, and a pool folder named
+    user's folder called ``sun`` or ``flowers`` is not that benchmark, and a pool folder named
     otherwise than the photos' would have given the fit other prototypes than the zero-shot.
     """
-    from .data.prompts import resolve_templates
+    from .data.prompts import benchmark_named_by, resolve_templates
 
-    named = isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames))
-    return resolve_templates(templates, classnames if named else None)
+    return resolve_templates(templates, benchmark_named_by(classnames))
 
 
 def _prompts_tag(classnames: Any, templates: Any) -> str:
@@ -474,7 +472,6 @@ def classify_folder(
     names = check_classes(classnames)
     check_method_overrides(method, overrides, len(names))
     folder = Path(images).expanduser()  # "~/photos" from Python, as the shell expands it (was: "is not a folder")
-    images = str(folder) if isinstance(images, str) else folder
     if not folder.is_dir():
         raise GPUAError(f"images={str(folder)!r} is not a folder; pass a folder of photos (flat, or one sub-folder per class).")
     if pool is not None and not isinstance(pool, (str, os.PathLike)) and getattr(pool, "root", None) is None:

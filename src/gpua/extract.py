@@ -135,15 +135,15 @@ def _resolve_templates(templates: Any, ds, dataset: Any = None, classnames: Any 
     """
     from .data._loaders import benchmark_layout
     from .data._registry import canonical_name
-    from .data.prompts import resolve_templates
+    from .data.prompts import benchmark_named_by, resolve_templates
 
     named_by_file = False
     if isinstance(dataset, (str, os.PathLike)):
         p = Path(dataset).expanduser()
         named_by_file = (p.is_dir() and benchmark_layout(p) is None) or p.suffix.lower() == ".npz"
     benchmark = None if named_by_file else getattr(ds, "name", None)
-    if (benchmark is None or canonical_name(str(benchmark)) is None) and isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames)):
-        benchmark = classnames
+    if benchmark is None or canonical_name(str(benchmark)) is None:
+        benchmark = benchmark_named_by(classnames) or benchmark
     return resolve_templates(templates, benchmark)
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "get_templates",
     "resolve_templates",
+    "benchmark_named_by",
     "check_templates",
     "fill_template",
     "build_text_prototypes",
@@ -325,6 +326,14 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
         f"unknown template set {text!r}; use one of {', '.join(TEMPLATE_SETS)}, a dataset name "
         f"({', '.join(DATASET_TEMPLATES)}), or a file of templates."
     )
+
+
+def benchmark_named_by(classnames) -> str | None:
+    """``classnames`` when it is a dataset's name (``"cifar10"``: a string that names no file), whose
+    templates ``"auto"`` then takes; None for a class-name file, a list or a dict."""
+    if isinstance(classnames, str) and not os.path.isfile(os.path.expanduser(classnames)):
+        return classnames
+    return None
 
 
 def resolve_templates(templates: str | os.PathLike | Sequence[str] | None = DEFAULT_TEMPLATES, dataset: str | None = None) -> list[str]:
