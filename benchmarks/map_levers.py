@@ -32,13 +32,23 @@ Methods (rows):
 * ``prototype_reestimation``: InMaP-style prototypes re-estimated from the softly assigned
   mapped pool, one step (:func:`reestimated_prototypes`);
 * ``transductive``: the fit on pool + test features together (no labels), predicting test and dev;
-* ``csls``, ``pool_augment``: the GPUA parameters ``retrieval="csls"`` and ``pool_augment=2``.
+* ``csls``, ``pool_augment``: the GPUA parameters ``retrieval="csls"`` and ``pool_augment=2``;
+* ``reference_map``: the published method's map stage (:class:`gpua.ReferenceGPUA`'s query
+  :math:`[Z, X]`, hard Procrustes, identity pull, 400-step THS refinement) fitted on the pseudo-labels
+  of the ``gpua`` fit (:func:`reference_map`): does the published map generalise beyond GPUA's
+  labels as it does beyond its own?
+* ``first_mining_lam``: the first mining at ``lam=0.9`` (the published weight of the VLM term),
+  the self-learning re-minings at the default ``lam`` (:class:`FirstMiningLamPool`);
+* ``lam_ensemble``: at prediction, the sum of the cosine scores of the ``gpua`` fit and of a
+  second fit at ``lam=0.9`` (twice the fit time).
 
 The fit-side levers subclass :class:`gpua.fitting.ArrayPool` (the in-memory fit driver) and run
 the steps of :func:`gpua.fitting.fit_arrays` around it (:func:`_levers.fit_with_pool`); the
-prediction-side levers (``zero_shot_ensemble``, ``per_class_bias``, ``prototype_reestimation``)
-re-score the ``gpua`` fit of the same set and seed (fits are deterministic given the seed), so
-their ``fit_seconds`` is that fit's plus their own post-processing.
+prediction-side levers (``zero_shot_ensemble``, ``per_class_bias``, ``prototype_reestimation``,
+``reference_map``, ``lam_ensemble``) re-score or re-map the ``gpua`` fit of the same set and seed
+(fits are deterministic given the seed), so their ``fit_seconds`` is that fit's plus their own
+post-processing. ``--sets`` also takes the swapped CIFAR-10 sets (``benchmarks/devsets.py``:
+fitted on the test photos, scoring the train photos; reported only, outside the mean dev).
 
     python benchmarks/map_levers.py --sets planted                       # quick
     python benchmarks/map_levers.py --sets cifar-lite2 --methods gpua,per_class_bias,zero_shot_ensemble
@@ -65,7 +75,7 @@ import numpy as np
 import torch
 from _harness import OutputPath, float_tensor, read_results, setup, write_json
 from _levers import add_base_argument, base_params, fit_with_pool, set_base_params
-from devsets import REAL_SETS, add_set_arguments, cached_devset_seeds, chosen_sets
+from devsets import ALL_SETS, REAL_SETS, SETS, add_set_arguments, cached_devset_seeds, chosen_sets
 
 from gpua import GPUA
 from gpua.fitting import ArrayPool, FitConfig, FitState, Mined
@@ -76,15 +86,18 @@ from gpua.refinement import RefineConfig, refine
 METHODS = (
     "gpua", "confidence_weighted", "curriculum", "seed_average", "procrustes_self_learning", "reference_last_round",
     "zero_shot_ensemble", "per_class_bias", "prototype_reestimation", "transductive", "csls", "pool_augment",
+    "reference_map", "first_mining_lam", "lam_ensemble",
 )
 #: Levers that are pure GPUA parameters.
 PARAM_LEVERS = {"gpua": {}, "csls": {"retrieval": "csls"}, "pool_augment": {"pool_augment": 2}}
 #: Levers applied at prediction to the ``gpua`` fit.
-PREDICTION_LEVERS = ("zero_shot_ensemble", "per_class_bias", "prototype_reestimation")
+PREDICTION_LEVERS = ("zero_shot_ensemble", "per_class_bias", "prototype_reestimation", "reference_map", "lam_ensemble")
 #: Refinement seeds averaged by ``seed_average``.
 SEED_AVERAGE_RUNS = 3
 #: The published code's refinement (``reference_last_round``): steps and batch fraction.
 REFERENCE_STEPS, REFERENCE_BATCH_FRACTION = 400, 0.75
+#: The VLM term's weight of ``first_mining_lam``'s first mining and of ``lam_ensemble``'s second fit (the published method's).
+PUBLISHED_LAM = 0.9
 normalize = torch.nn.functional.normalize
 
 
@@ -215,6 +228,26 @@ class ProcrustesSelfLearningPool(ArrayPool):
         return super().mine(score_map, callback)
 
 
+class FirstMiningLamPool(ArrayPool):
+    r"""The first mining at :data:`PUBLISHED_LAM`, the self-learning re-minings at the fit's ``lam`` (``first_mining_lam``).
+
+    On CIFAR-10 the published weight of the VLM term wins, on Fashion-MNIST the default's; the
+    first mining sets the classes' identities (which cluster is which class) and the re-minings,
+    which score with the fitted map in place of :math:`X Y^\top`, sharpen them. This asks whether
+    the first plan's weight alone carries CIFAR-10's gain and the re-minings keep Fashion-MNIST's.
+    """
+
+    def mine(self, score_map, callback) -> Mined:
+        if score_map is not None:
+            return super().mine(score_map, callback)
+        fitted = self.config
+        self.config = replace(fitted, mining=replace(fitted.mining, lam=PUBLISHED_LAM))
+        try:
+            return super().mine(score_map, callback)
+        finally:
+            self.config = fitted
+
+
 def reference_refinement(pool: ArrayPool, config: FitConfig, state: FitState) -> FitState:
     r"""The kept round's refinement redone the published code's way (``reference_last_round``).
 
@@ -245,6 +278,36 @@ def reference_refinement(pool: ArrayPool, config: FitConfig, state: FitState) ->
 
 
 # --- pieces of the prediction-side levers ------------------------------------------------------
+def reference_map(model: GPUA, pool_fs, seed: int) -> Callable[[object], np.ndarray]:
+    r"""The published method's map stage fitted on a GPUA fit's pseudo-labels (``reference_map``).
+
+    With :math:`Q = [Z, X]` the published query (:func:`gpua.reference.reference_query`), :math:`Y`
+    the L2-normalised text prototypes and :math:`l_i` the fit's pseudo-labels: the hard Procrustes map
+    :math:`W_0 = \mathrm{polar}(Q^\top Y_{l})` with :class:`~gpua.ReferenceGPUA`'s identity pull, then
+    its THS refinement (:meth:`gpua.ReferenceGPUA.refine_config`, ``random_state=seed``).
+
+    Returns
+    -------
+    predict : callable
+        A feature set -> its top-1 classes under :math:`\mathrm{normalize}(Q W) Y^\top`.
+    """
+    from gpua import ReferenceGPUA
+    from gpua.procrustes import identity_pull, procrustes_from_assignment
+    from gpua.query import mapped_cosines
+    from gpua.reference import reference_query
+
+    def query(fs):
+        return reference_query(float_tensor(fs.vfm_features), normalize(float_tensor(fs.vlm_features), dim=1))
+
+    published = ReferenceGPUA(random_state=seed)
+    Q, Y = query(pool_fs), normalize(float_tensor(pool_fs.text_prototypes), dim=1)
+    labels = torch.as_tensor(np.asarray(model.pseudo_labels_))
+    plan = torch.nn.functional.one_hot(labels, Y.shape[0]).float()
+    W0 = identity_pull(procrustes_from_assignment(Q, plan, Y, "hard"), float(published.identity_pull))
+    W, _ = refine(W0, Q.__getitem__, Q.shape[0], Y, labels, published.refine_config())
+    return lambda fs: mapped_cosines(query(fs), W, Y).argmax(1).numpy()
+
+
 def mapped_rows(model: GPUA, fs) -> torch.Tensor:
     """:math:`\\mathrm{normalize}(Q W)` of a feature set's rows (``model.transform``), as a tensor."""
     return float_tensor(model.transform(fs.vfm_features, fs.vlm_features))
@@ -385,6 +448,8 @@ def run_method(method: str, ds, seed: int, baseline: tuple[GPUA, float] | None =
         return _model_scored(*_timed_fit(lambda: fit_with_pool(params, pool, pools[method])))
     if method == "reference_last_round":
         return _model_scored(*_timed_fit(lambda: fit_with_pool(params, pool, ArrayPool, after=reference_refinement)))
+    if method == "first_mining_lam":
+        return _model_scored(*_timed_fit(lambda: fit_with_pool(params, pool, FirstMiningLamPool)))
     if method == "transductive":
         both = _concat(pool, ds.test)
         model, seconds = _timed_fit(lambda: GPUA(**params).fit(both.vfm_features, both.vlm_features, both.text_prototypes,
@@ -398,6 +463,15 @@ def run_method(method: str, ds, seed: int, baseline: tuple[GPUA, float] | None =
     if method == "zero_shot_ensemble":
         def predict(fs):
             return zero_shot_ensemble_scores(model, fs).argmax(1).numpy()
+    elif method == "reference_map":
+        predict = reference_map(model, pool, seed)
+    elif method == "lam_ensemble":
+        second = GPUA(**{**params, "lam": PUBLISHED_LAM}).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes,
+                                                            classnames=pool.classnames)
+
+        def predict(fs):
+            return (model.decision_function(fs.vfm_features, fs.vlm_features)
+                    + second.decision_function(fs.vfm_features, fs.vlm_features)).argmax(1)
     elif method == "per_class_bias":
         bias = balanced_class_bias(model, pool)
 
@@ -511,7 +585,7 @@ def merged_rows(ap: argparse.ArgumentParser, paths: list[str]) -> tuple[list[dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_set_arguments(ap)
+    add_set_arguments(ap, ALL_SETS, SETS)
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (GPUA random_state; planted: also the data draw)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -521,7 +595,7 @@ def main(argv=None) -> int:
     add_base_argument(ap)
     args = ap.parse_args(argv)
     set_base_params(ap, args)
-    sets = chosen_sets(ap, args)
+    sets = chosen_sets(ap, args, ALL_SETS)
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad:

@@ -193,3 +193,40 @@ def test_bad_arguments_exit_2_with_a_clear_message(ml, argv, message, capsys):
         ml.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_first_mining_lam_changes_only_the_first_mining(ml, planted, monkeypatch):
+    """The first mining runs at the published lam, the self-learning re-minings at the fit's own;
+    the fit's config is the fit's again afterwards (a lever of session 22: new behaviour, not a bug)."""
+    from gpua.fitting import ArrayPool
+
+    seen = []
+    mine = ArrayPool.mine
+
+    def spy(self, score_map, callback):
+        seen.append((score_map is None, self.config.mining.lam))
+        return mine(self, score_map, callback)
+
+    monkeypatch.setattr(ArrayPool, "mine", spy)
+    model = ml.fit_with_pool({"random_state": 0, "n_steps": 40, "lam": 0.6}, planted[0], ml.FirstMiningLamPool)
+    assert seen[0] == (True, ml.PUBLISHED_LAM)
+    assert len(seen) > 1 and all(lam == 0.6 for first, lam in seen[1:] if not first)
+    assert model.get_params()["lam"] == 0.6
+
+
+def test_reference_map_and_lam_ensemble_rows(ml, planted, tmp_path):
+    """``reference_map`` fits the published map stage on the gpua fit's pseudo-labels (same pl,
+    its own predictions); ``lam_ensemble`` sums two fits' scores (new levers, not a bug)."""
+    from gpua import GPUA
+
+    pool, test = planted
+    model = GPUA(random_state=0, n_steps=40).fit(pool.vfm_features, pool.vlm_features, pool.text_prototypes)
+    predict = ml.reference_map(model, pool, 0)
+    pred = predict(test)
+    assert pred.shape == (test.n_samples,) and np.mean(pred == test.labels) > 0.3
+    assert not np.array_equal(pred, model.predict(test.vfm_features, test.vlm_features))
+    out = tmp_path / "levers.json"
+    assert ml.main(["--sets", "planted", "--methods", "gpua,reference_map,lam_ensemble", "--json", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["reference_map"]["pl"] == rows["lam_ensemble"]["pl"] == rows["gpua"]["pl"]
+    assert rows["reference_map"]["pool"] != rows["gpua"]["pool"]
