@@ -297,7 +297,7 @@ def reference_map(model: GPUA, pool_fs, seed: int) -> Callable[[object], np.ndar
     from gpua.reference import reference_query
 
     def query(fs):
-        return reference_query(float_tensor(fs.vfm_features), normalize(float_tensor(fs.vlm_features), dim=1))
+        return reference_query(float_tensor(fs.vfm_features), float_tensor(fs.vlm_features))  # it normalises each part
 
     published = ReferenceGPUA(random_state=seed)
     Q, Y = query(pool_fs), normalize(float_tensor(pool_fs.text_prototypes), dim=1)
