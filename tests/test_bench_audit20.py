@@ -149,6 +149,7 @@ WRITERS = {
     "accuracy": ["--sets", "planted", "--methods", "zero_shot"],
     "ablations": ["--seeds", "1"],
     "calibration": ["--data", "synthetic", "--seeds", "0", "--imbalance", "10", "--skip", "federated"],
+    "extract_reuse": ["--encoders", "feed", "--images", "2", "--side", "64"],
     "extract_workers": ["--images", "2", "--side", "64", "--workers", "1"],
     "federated_gpua": ["--n-steps", "4", "--rounds", "1", "--clients", "2", "--alpha", "1"],
     "fit_speed": ["--n", "200", "--k", "4", "--d-vfm", "8", "--d-vlm", "6", "--d-latent", "3", "--no-reference"],

@@ -459,6 +459,29 @@ def test_calibration_records_the_arguments_it_ran_with(scripts, tmp_path):
     assert res["argv"] == argv and res["seeds"] == [0] and "machine" in res
 
 
+def test_extract_reuse_prints_each_run_against_the_full_extraction_and_checks_the_rows(scripts, tmp_path, capsys, monkeypatch):
+    """The re-extraction's figure is a fraction of the full extraction of the same run; copied rows
+    that differ from an extraction of every photo fail the script."""
+    import extract_reuse
+
+    import gpua.extract
+
+    monkeypatch.setattr(gpua.extract, "REUSE_MARGIN_NS", 0)  # the photos settle in 1 s, not 11
+    out = tmp_path / "r.json"
+    assert extract_reuse.main(["--encoders", "feed", "--images", "6", "--side", "64", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1.000 of the full extraction" in text and "largest difference" in text
+    res = json.loads(out.read_text())
+    assert [(r["run"], r["images"], r["encoded"]) for r in res["rows"]] == [
+        ("full", 6, 6), ("one_added", 7, 1), ("other_prompts", 7, 0), ("no_resume", 7, 7)]
+    assert res["rows"][1]["of_full"] == pytest.approx(res["rows"][1]["seconds"] / res["rows"][0]["seconds"])
+    real = gpua.extract._ReusedRows.merged
+    monkeypatch.setattr(gpua.extract._ReusedRows, "merged", lambda self, part, rows, ids: {
+        **(m := real(self, part, rows, ids)), "vfm": m["vfm"] + (rows.stop > rows.start)})
+    with pytest.raises(SystemExit, match="other features than an extraction of every photo"):
+        extract_reuse.main(["--encoders", "feed", "--images", "4", "--side", "64"])
+
+
 def test_extract_workers_prints_speedups_against_one_thread_and_checks_the_features(scripts, tmp_path, capsys, monkeypatch):
     """The speed target's figure is a ratio against workers=1 of the same run; a run whose features
     differ from the one-thread run's fails the script."""

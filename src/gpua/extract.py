@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
@@ -196,8 +197,23 @@ def _check_up_to_date(out: Path, meta: dict, kind: str, rows_per_shard: int, sto
                         "or allow skipping with on_error='skip'.")
 
 
-def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
-    """What identifies the images: names, ids, labels, and the files' stat or the pixels."""
+def _file_stamps(ds, n: int) -> list[tuple[int, ...] | None] | None:
+    """Each image file's :func:`_file_stamp` (None for one that cannot be stat'ed), or None when
+    ``ds`` has no files (no ``path``)."""
+    if not callable(getattr(ds, "path", None)):
+        return None
+    stamps: list[tuple[int, ...] | None] = []
+    for i in range(n):
+        try:
+            stamps.append(_file_stamp(os.stat(ds.path(i))))
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
+def _dataset_identity(ds, ids: list[str], labels: list[int], stamps: list | None = None) -> dict[str, Any]:
+    """What identifies the images: names, ids, labels, and the files' stat (``stamps``, from
+    :func:`_file_stamps`; taken here when not given) or the pixels."""
     ident: dict[str, Any] = {
         "type": type(ds).__name__,
         "name": getattr(ds, "name", None),
@@ -209,14 +225,7 @@ def _dataset_identity(ds, ids: list[str], labels: list[int]) -> dict[str, Any]:
     if getattr(ds, "root", None) is not None:
         ident["root"] = str(Path(ds.root).resolve())
     if callable(getattr(ds, "path", None)):
-        stats = []
-        for i in range(len(ids)):
-            try:
-                st = os.stat(ds.path(i))
-                stats.append(_file_stamp(st))
-            except OSError:
-                stats.append(None)
-        ident["files_sha256"] = _sha(stats)
+        ident["files_sha256"] = _sha(_file_stamps(ds, len(ids)) if stamps is None else stamps)
     elif callable(getattr(ds, "array", None)):
         a = np.ascontiguousarray(ds.array())
         # The shape too: the same bytes read as other image sizes are other images.
@@ -574,12 +583,12 @@ class _ImageLoader:
                                  f"the encoders ({type(exc).__name__}: {exc})")
         return (first, second), None
 
-    def batches(self, indices: range, batch_size: int):
+    def batches(self, indices: Sequence[int], batch_size: int):
         """``[(i, (prepared, error)), ...]`` per batch of ``indices``, the next batch prepared meanwhile."""
-        starts = range(indices.start, indices.stop, batch_size)
+        starts = range(0, len(indices), batch_size)
 
         def submit(start: int):
-            idx = range(start, min(start + batch_size, indices.stop))
+            idx = indices[start:start + batch_size]
             return idx, None if self.pool is None else [self.pool.submit(self.one, i) for i in idx]
 
         pending = submit(starts[0]) if len(starts) else None
@@ -659,7 +668,7 @@ def _encode_batch(vfm, vlm, good: list, batch_size: int, is_prepared: tuple[bool
 _ERROR_CHARS = 2000
 
 
-def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int, on_error: str, bar,
+def _encode_shard(vfm, vlm, ds, indices: Sequence[int], ids: list[str], batch_size: int, on_error: str, bar,
                   workers: int = 1) -> dict[str, np.ndarray]:
     """Encode images ``indices`` with both encoders; unreadable images are skipped or fail.
 
@@ -708,14 +717,237 @@ def _encode_shard(vfm, vlm, ds, indices: range, ids: list[str], batch_size: int,
                 bar.update(len(batch))
     finally:
         loader.close()
+    part = _empty_part((vfm.embed_dim, vlm.embed_dim))
+    part.update(index=np.asarray(kept, dtype=np.int64), image_ids=np.asarray([ids[i] for i in kept], dtype=str),
+                skipped_index=np.asarray(bad_idx, dtype=np.int64), skipped_error=np.asarray(bad_err, dtype=str))
+    if Z:
+        part.update(vfm=np.concatenate(Z), vlm=np.concatenate(X))
+    return part
+
+
+def _empty_part(widths: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A part with no rows (every image of its range lent, or none readable)."""
     return {
-        "index": np.asarray(kept, dtype=np.int64),
-        "image_ids": np.asarray([ids[i] for i in kept], dtype=str),
-        "vfm": np.concatenate(Z) if Z else np.zeros((0, vfm.embed_dim), np.float32),
-        "vlm": np.concatenate(X) if X else np.zeros((0, vlm.embed_dim), np.float32),
-        "skipped_index": np.asarray(bad_idx, dtype=np.int64),
-        "skipped_error": np.asarray(bad_err, dtype=str),
+        "index": np.zeros(0, np.int64),
+        "image_ids": np.zeros(0, dtype=str),
+        "vfm": np.zeros((0, widths[0]), np.float32),
+        "vlm": np.zeros((0, widths[1]), np.float32),
+        "skipped_index": np.zeros(0, np.int64),
+        "skipped_error": np.zeros(0, dtype=str),
     }
+
+
+# -- rows of earlier extractions ----------------------------------------------------------------
+#: How long before an earlier output stat'ed its images a file must have last changed for that
+#: output's row of it to be reused: file systems keep coarse times (FAT: 2 s) and a file server's
+#: clock may run behind this machine's, so a file changed just before (or, by those clocks, just
+#: after) is encoded again rather than trusted.
+REUSE_MARGIN_NS = 10 * 10**9
+
+#: What reading an earlier output may raise; such an output lends no rows (it is only a shortcut).
+_UNREADABLE = (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _reuse_paths(reuse: Any) -> list[Path]:
+    """``reuse=`` as paths, or a :class:`GPUAError` naming what is wrong with it."""
+    if reuse is None:
+        return []
+    if isinstance(reuse, (str, os.PathLike)):
+        reuse = [reuse]
+    try:
+        paths = list(reuse)
+    except TypeError:
+        raise GPUAError(f"reuse={reuse!r} must be a list of feature files or shard sets (paths).") from None
+    bad = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
+    if bad is not None:
+        raise GPUAError(f"reuse holds {bad!r}, which is not a path; pass earlier feature files or shard sets (paths).")
+    missing = next((p for p in paths if not Path(p).expanduser().exists()), None)
+    if missing is not None:
+        raise GPUAError(f"reuse: {str(missing)!r} does not exist; pass an earlier feature file or shard set, or drop it.")
+    return [Path(p).expanduser() for p in paths]
+
+
+def _beside(out: Path) -> list[Path]:
+    """The feature files in ``out``'s folder other than ``out``, newest first (rows they may lend)."""
+    try:
+        found = [(p.stat().st_mtime_ns, p) for p in out.parent.iterdir()
+                 if p.suffix.lower() in _FILE_SUFFIXES and p.name != out.name and not p.name.startswith(".") and p.is_file()]
+    except OSError:
+        return []
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def _lendable(meta: dict | None, encoders: tuple[dict, dict], float16: bool) -> str | None:
+    """Why an earlier output's rows cannot stand for this extraction's (None: they can, image by image)."""
+    if meta is None:
+        return "it is not a feature output gpua can read"
+    if meta.get("format") != FORMAT_VERSION or meta.get("decode") != DECODE_VERSION or not isinstance(meta.get("stat_time_ns"), int):
+        return "it was written by another gpua release (its images' decoding or stat time is not recorded)"
+    if not isinstance((meta.get("dataset") or {}).get("root"), str):
+        return "its images are not files under a folder"
+    if bool(meta.get("float16")) != bool(float16):
+        return "it stores the features in another precision (float16)"
+    for name, mine in zip(("vfm", "vlm"), encoders):
+        if _sha(_portable(meta.get(name))) != _sha(_portable(mine)):
+            return f"it was encoded with another {name.upper()} (or other weights)"
+    return None
+
+
+class _ReusedRows:
+    r"""Rows of earlier extractions that stand for encoding their images again.
+
+    An earlier output (a feature file or shard set written by :func:`extract_features`) lends its
+    row of an image when it was encoded by the same encoders (their metadata as the cache key
+    compares it, :func:`_portable`), the same image decoding and precision, from the same file
+    (its absolute path), and that file has not changed since the output stat'ed its images: its
+    modification and status-change times lie more than :data:`REUSE_MARGIN_NS` before that
+    moment (a write or a rename onto the file always renews the latter). Class names, prompts,
+    labels and the other images play no part: a new class file, or one photo added to a folder,
+    encodes only what is new.
+
+    A feature file's lent rows are held here (the file is read whole, as a file output is
+    assembled whole); a shard set's are read part by part (:meth:`merged`), so that re-extracting
+    a shard set holds one part in memory, as extracting it does.
+
+    Attributes
+    ----------
+    index : array of shape (n_lent,)
+        Dataset indices with a lent row, sorted.
+    where : array of shape (n_lent, 2)
+        For each, the lending output (its number in :attr:`stores`) and the row there.
+    stores : list of callables
+        ``store(rows) -> (vfm rows, vlm rows)``, float32, one per lending output.
+    sources : list of str
+        The lending outputs, with how many rows each.
+    """
+
+    def __init__(self):
+        self.index = np.zeros(0, np.int64)
+        self.where = np.zeros((0, 2), np.int64)
+        self.stores: list[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = []
+        self.sources: list[str] = []
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    @classmethod
+    def find(cls, candidates: Sequence[tuple[Path, bool]], *, root: str | None, ids: list[str], stamps: list | None,
+             encoders: tuple[dict, dict], float16: bool, widths: tuple[int, int]) -> "_ReusedRows":
+        """The rows ``candidates`` lend, the first to hold an image lending it.
+
+        ``candidates`` are ``(path, explicit)``: an output the caller named (``reuse=``) that
+        lends nothing gets a warning saying why; one found by gpua (``out`` itself, the feature
+        files beside it) does not.
+        """
+        found = cls()
+        if root is None or stamps is None:
+            return found
+        need = {str(Path(root) / image_id): j for j, image_id in enumerate(ids) if stamps[j] is not None}
+        index, where = [], []
+        seen: set[Path] = set()
+        for path, explicit in candidates:
+            resolved = _resolve(path)
+            if resolved in seen or not need:
+                continue
+            seen.add(resolved)
+            lent = _rows_lent(path, need, Path(root), stamps, encoders, float16, widths)
+            if isinstance(lent, str) or lent[0].size == 0:
+                if explicit:
+                    why = lent if isinstance(lent, str) else ("none of its images is one of these, unchanged since it was "
+                                                              "written")
+                    warn_user(f"reuse: {str(path)!r} lends no features ({why}); its images are encoded again.")
+                continue
+            j, rows, store = lent
+            for k in j:
+                del need[str(Path(root) / ids[k])]
+            index.append(j)
+            where.append(np.stack([np.full(j.size, len(found.stores)), rows], 1))
+            found.stores.append(store)
+            found.sources.append(f"{path} ({j.size} rows)")
+        if index:
+            j = np.concatenate(index)
+            order = np.argsort(j)
+            found.index, found.where = j[order], np.concatenate(where)[order]
+        return found
+
+    def split(self, indices: range) -> tuple[slice, list[int] | range]:
+        """Where in :attr:`index` the lent rows of ``indices`` are, and the indices left to encode."""
+        lo, hi = (int(k) for k in np.searchsorted(self.index, [indices.start, indices.stop]))
+        if lo == hi:
+            return slice(lo, hi), indices
+        lent = set(self.index[lo:hi].tolist())
+        return slice(lo, hi), [i for i in indices if i not in lent]
+
+    def merged(self, part: dict[str, np.ndarray], lent: slice, ids: list[str]) -> dict[str, np.ndarray]:
+        """An encoded part with the lent rows ``lent`` (a slice of :attr:`index`) put in their places (dataset order)."""
+        if lent.start == lent.stop:
+            return part
+        where = self.where[lent]
+        Z = np.empty((where.shape[0], part["vfm"].shape[1]), np.float32)
+        X = np.empty((where.shape[0], part["vlm"].shape[1]), np.float32)
+        for s in np.unique(where[:, 0]):
+            mine = where[:, 0] == s
+            Z[mine], X[mine] = self.stores[s](where[mine, 1])
+        index = np.concatenate([part["index"], self.index[lent]])
+        order = np.argsort(index, kind="stable")
+        index = index[order]
+        return {
+            **part,
+            "index": index,
+            "image_ids": np.asarray([ids[i] for i in index], dtype=str),
+            "vfm": np.concatenate([part["vfm"], Z])[order],
+            "vlm": np.concatenate([part["vlm"], X])[order],
+        }
+
+
+def _rows_lent(path: Path, need: dict[str, int], root: Path, stamps: list, encoders: tuple[dict, dict], float16: bool,
+               widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
+    """``(dataset indices, their rows there, store)`` that the output at ``path`` lends
+    (:class:`_ReusedRows`), or why it lends none. Its features are read only when its images'
+    folder holds ``root`` or lies in it (no image can be shared otherwise)."""
+    from .features import ShardedFeatures, load_features
+
+    if not path.exists():
+        return "it does not exist"
+    meta = _stored_meta(path)
+    why = _lendable(meta, encoders, float16)
+    if why is not None:
+        return why
+    limit = meta["stat_time_ns"] - REUSE_MARGIN_NS
+    src_root = Path(meta["dataset"]["root"])
+    if not (src_root == root or src_root in root.parents or root in src_root.parents):
+        return f"its images lie in {str(src_root)!r}, apart from these"
+    try:
+        if path.is_dir():
+            sf = ShardedFeatures(path, check=True, verify=True)
+            sf.verify_all()  # a damaged shard found now lends nothing, not half a run later
+            src_ids, widths_there = sf.image_ids() or [], (sf.widths.get("vfm_features"), sf.widths.get("vlm_features"))
+        else:
+            fs = load_features(path, validate=False)  # checks the file's checksum
+            src_ids = fs.image_ids or []
+            widths_there = tuple(None if a is None else a.shape[1] for a in (fs.vfm_features, fs.vlm_features))
+        if tuple(widths_there) != tuple(widths):
+            return "its features have other widths"
+        rows, idx = [], []
+        for r, image_id in enumerate(src_ids):
+            j = need.get(str(src_root / image_id))
+            if j is not None and max(stamps[j][1], stamps[j][2]) < limit:  # (size, mtime, ctime)
+                rows.append(r)
+                idx.append(j)
+        if path.is_dir():
+            def store(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                try:
+                    return tuple(sf.take(key, r).numpy() for key in ("vfm_features", "vlm_features"))
+                except _UNREADABLE as exc:  # removed or replaced since (it was whole): the run stops, its parts kept
+                    raise GPUAError(f"reuse: {str(path)!r} could not be read part way ({str(exc).rstrip('.')}); run the "
+                                    "same command again: it resumes, and takes from that output only what is there then.") from exc
+
+            return np.asarray(idx, np.int64), np.asarray(rows, np.int64), store
+        # A file is read whole: keep its lent rows, numbered 0.., and drop the rest.
+        Z, X = (np.asarray(a[rows], dtype=np.float32) for a in (fs.vfm_features, fs.vlm_features))
+    except _UNREADABLE as exc:
+        return f"it cannot be read: {str(exc).rstrip('.')}"
+    return np.asarray(idx, np.int64), np.arange(len(rows), dtype=np.int64), lambda r: (Z[r], X[r])
 
 
 # -- Dask ---------------------------------------------------------------------------------------
@@ -837,6 +1069,7 @@ def extract_features(
     on_shard: Callable[[int, int], None] | None = None,
     image_root: str | os.PathLike | None = None,
     workers: int | None = None,
+    reuse: Sequence[str | os.PathLike] | None = None,
 ) -> Path:
     """Encode a dataset with a VFM and a VLM and write a feature file or a shard set.
 
@@ -874,7 +1107,9 @@ def extract_features(
         ``"float16"``, else ``"float32"``).
     resume : bool
         Continue from the parts of an interrupted run and return at once when ``out`` already
-        holds these features. ``False`` recomputes everything.
+        holds these features; when it holds features of other images or class names (a photo
+        added, a class file edited), copy its rows of the images that have not changed instead of
+        encoding them again (and those of ``reuse``). ``False`` recomputes everything.
     on_error : {"skip", "fail"}
         Unreadable or truncated images are left out (counted, named in a warning and in
         ``meta["skipped"]``) or stop the run with an error naming the image.
@@ -919,6 +1154,18 @@ def extract_features(
         does it all in this thread. The features are the same whatever the number: it only sets
         how fast a GPU is fed (``benchmarks/extract_workers.py``). With ``cluster``, per worker
         process, and ``1`` by default (the worker processes decode in parallel already).
+    reuse : list of paths, optional
+        Earlier feature files or shard sets whose rows may stand for encoding an image again:
+        a row is copied when that output was extracted with the same encoders, image decoding and
+        precision, from the same image file, and the file has not changed since (its modification
+        and status-change times lie more than :data:`REUSE_MARGIN_NS` before the moment that
+        output stat'ed its images; outputs of releases before this key are not used). Class names
+        and prompts play no part: the text prototypes are built for this run. ``out`` itself is
+        always tried first (with ``resume``), and the feature files beside ``out`` last, newest
+        first (a classify run's cache files of the folder with other class files); an output named
+        here that lends nothing gets a warning saying why. Only images stored as files (folders, split files) are reused; the
+        rows taken are counted in ``meta["reused"]``. On a cluster, parts whose every image is
+        lent are written here and the others encoded whole by the workers.
 
     Returns
     -------
@@ -944,6 +1191,10 @@ def extract_features(
         raise GPUAError(f"workers={workers!r} must be an integer from 1 to {MAX_WORKERS} (threads that decode images; 1: none).")
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise GPUAError(f"shard_size must be a positive integer, got {shard_size!r}.")
+    reuse = _reuse_paths(reuse)
+    if reuse and not resume:
+        raise GPUAError("reuse= copies earlier rows and resume=False encodes every image again; pass one of them "
+                        "(--reuse or --no-resume).")
     out = Path(out).expanduser()
     kind = _output_kind(out, format)
     # Checked now, not after hours of encoding: the output may not destroy an input, its parts
@@ -1021,7 +1272,9 @@ def extract_features(
         raise GPUAError(f"vlm={vlm.spec!r} is vision-only; the VLM must encode text, e.g. 'offline:semantic-lite0' (offline) or "
                         "'open_clip:ViT-B-16/openai'.")
 
-    identity = _dataset_identity(ds, ids, labels)
+    stat_time_ns = time.time_ns()  # before the stat: a file changed after this moment may differ from its row
+    stamps = _file_stamps(ds, n)
+    identity = _dataset_identity(ds, ids, labels, stamps)
     # Read once: a local model's metadata stats every file of its folder.
     vfm_meta, vlm_meta = vfm.metadata(), vlm.metadata()
 
@@ -1080,6 +1333,20 @@ def extract_features(
         # Only the parts' small arrays are read to see what is done; features stay on disk until assembly.
         todo = [i for i in range(len(ranges)) if parts.summary(i, ids) is None]
         done = n - sum(len(ranges[i]) for i in todo)
+        widths = (vfm.embed_dim, vlm.embed_dim)
+        lent = _ReusedRows()
+        if resume and todo:
+            # `out` first: it holds the last run's rows of this folder (before a photo was added);
+            # then the outputs named, then the feature files beside `out` (classify's cache files
+            # of this folder with other class files), newest first.
+            candidates = [(out, False)] + [(p, True) for p in reuse] + [(p, False) for p in _beside(out)]
+            lent = _ReusedRows.find(candidates, root=identity.get("root"), ids=ids, stamps=stamps,
+                                    encoders=(vfm_meta, vlm_meta), float16=float16, widths=widths)
+        if len(lent) and progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"reusing the features of {len(lent)} of {n} images from {'; '.join(lent.sources)}")
+        reused = 0
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -1094,14 +1361,29 @@ def extract_features(
             if on_shard is not None:
                 on_shard(i, done)
 
+        def encode_here(i: int) -> None:
+            """Part ``i`` in this process: its lent rows copied, the others encoded (the bar ticks per batch)."""
+            nonlocal reused
+            rows, rest = lent.split(ranges[i])
+            part = _encode_shard(vfm, vlm, ds, rest, ids, batch_size, on_error, bar, workers) if len(rest) else _empty_part(widths)
+            parts.save(i, lent.merged(part, rows, ids))
+            reused += rows.stop - rows.start
+            if bar is not None and cluster is None:  # on a cluster, part_done ticks whole parts
+                bar.update(rows.stop - rows.start)
+            part_done(i)
+
         try:
             if cluster is None:
                 for i in todo:
-                    parts.save(i, _encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, bar, workers))
-                    part_done(i)
-            elif todo:
-                _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm_meta, vlm_meta), device,
-                                   cache_dir, batch_size, on_error, parts, parts.key, part_done, workers)
+                    encode_here(i)
+            else:
+                lent_whole = {i for i in todo if not len(lent.split(ranges[i])[1])}  # nothing to send to a worker
+                for i in sorted(lent_whole):
+                    encode_here(i)
+                todo = [i for i in todo if i not in lent_whole]
+                if todo:
+                    _encode_on_cluster(cluster, connect_timeout, todo, ranges, ds, specs, (vfm_meta, vlm_meta), device,
+                                       cache_dir, batch_size, on_error, parts, parts.key, part_done, workers)
         finally:
             if bar is not None:
                 bar.close()
@@ -1140,8 +1422,12 @@ def extract_features(
             "class_prompts": words or [[n] for n in names],
             "float16": bool(float16),
             "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
+            # What lets a later run reuse these rows (_ReusedRows): how the images were decoded,
+            # and when their files were stat'ed for this key.
+            "decode": DECODE_VERSION,
+            **({"stat_time_ns": stat_time_ns} if stamps is not None else {}),
+            **({"reused": {"rows": reused, "from": lent.sources}} if reused else {}),
         }
-        widths = (vfm.embed_dim, vlm.embed_dim)
         if kind == "file":
             # One matrix per encoder, filled part by part: the parts are never all in memory at once.
             Z = np.empty((index.size, widths[0]), np.float32)

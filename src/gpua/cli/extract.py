@@ -54,6 +54,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--cache-dir", default=None, help="model cache (default: $GPUA_CACHE_DIR or the user cache)")
     p.add_argument("--float16", action="store_true", help="store features in half precision")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
+    p.add_argument("--reuse", action="append", default=None, metavar="FILE|DIR",
+                   help="an earlier feature file or shard set whose rows of unchanged image files are copied instead of "
+                        "encoded again (same encoders; repeatable). --out itself and the feature files beside it are "
+                        "always tried")
     p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
@@ -93,7 +97,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             format=args.format, batch_size=args.batch_size, device=args.device, float16=args.float16,
             resume=args.resume, on_error=args.on_error, cache_dir=args.cache_dir, progress=not args.quiet,
             split=args.split, shard_size=args.shard_size, cluster=parse_cluster(args.cluster), connect_timeout=timeout,
-            image_root=args.image_root, workers=args.workers, **shard_options,
+            image_root=args.image_root, workers=args.workers, reuse=args.reuse, **shard_options,
         )
     for w in caught:  # through the command line's own display: said once, Pillow's nameless size warning left out
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -113,12 +117,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         meta, n_rows, d_vfm, d_vlm = fs.meta, fs.n_samples, fs.vfm_features.shape[1], fs.vlm_features.shape[1]
         n_classes, what, hint = fs.text_prototypes.shape[0], "", ""
     skipped = meta.get("skipped", {}).get("count", 0)
+    reused = 0 if unchanged else (meta.get("reused") or {}).get("rows", 0)
     if unchanged:
         hint += " (same encoders, images, class names and templates: nothing was extracted; --no-resume recomputes)"
     print(
         f"{'up to date' if unchanged else 'wrote'} {path}: {what}{counted(n_rows, 'image')}, vfm {d_vfm}-d, vlm {d_vlm}-d, {counted(n_classes, 'class')}, "
         f"{len(meta.get('templates') or [])} prompt template(s)"
-        + (f", {skipped} unreadable image(s) skipped" if skipped else "") + hint
+        + (f", {skipped} unreadable image(s) skipped" if skipped else "")
+        + (f", {reused} of them copied from earlier outputs (unchanged files)" if reused else "") + hint
     )
     return 0
 
@@ -137,6 +143,7 @@ def _as_flags(message: str) -> str:
     # "format='shards' (--format shards)" names both already (and is kept as it is); a bare one is the flag
     message = re.sub(r"(?<![\w-])format='(\w+)'(?! \(--format)", r"--format \1", message)
     message = re.sub(r"^out(?='| ')", "--out", message)  # the output checks' "out '/x/notes' is an existing file"
+    message = re.sub(r"^reuse: ", "--reuse ", message)
     # The library's ways to give what a flag cannot (a Python list of names, one image read in Python):
     message = message.replace("classnames= (a list, a file, or a dataset name", "classnames= (a class-name file, or a dataset name")
     message = message.replace("load_dataset reads folders, CoOp split files (.json) and .npz files. To read one image use "

@@ -53,17 +53,25 @@ def writing_extraction():
         _WRITING_EXTRACTION.reset(token)
 
 
+#: The entries of an extraction's ``meta`` that vouch for its arrays: ``cache_key`` (which images,
+#: encoders and prompts made them) and ``stat_time_ns`` (since when each image file is known
+#: unchanged, which lets a later extraction copy its rows: ``gpua.extract.extract_features``'s ``reuse``).
+CERTIFYING_META = ("cache_key", "stat_time_ns")
+
+
 def certified_meta(meta: dict) -> dict:
-    """``meta`` as a feature file written outside an extraction stores it: without ``cache_key``.
+    """``meta`` as a feature file written outside an extraction stores it: without the entries of
+    :data:`CERTIFYING_META`.
 
     A file saved with :func:`save_features` (or a shard set written by :func:`write_shards`)
     holds the arrays given, which need not be those the key describes (a loaded file trimmed or
     edited, then saved with its ``meta``); with the key kept, ``gpua extract`` into that path
-    took it for up to date and kept the edited features. Without it, the next extraction there
+    took it for up to date and kept the edited features, and with the stat time kept a later
+    extraction would copy the edited rows as encodings. Without them, the next extraction there
     extracts again.
     """
-    if "cache_key" in meta and not _WRITING_EXTRACTION.get():
-        return {k: v for k, v in meta.items() if k != "cache_key"}
+    if any(k in meta for k in CERTIFYING_META) and not _WRITING_EXTRACTION.get():
+        return {k: v for k, v in meta.items() if k not in CERTIFYING_META}
     return meta
 
 

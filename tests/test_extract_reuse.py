@@ -1,0 +1,275 @@
+"""gpua.extract: rows of earlier extractions reused for unchanged image files (a photo added, a class file edited)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gpua.extract as extract
+from gpua._errors import GPUAError
+from gpua.extract import extract_features
+from gpua.features import ShardedFeatures, load_features
+
+from test_extract import Toy
+
+CLASSES = ["cat", "dog", "car"]
+
+
+@pytest.fixture
+def no_margin(monkeypatch):
+    """Files written by the test a moment ago count as unchanged (the real margin is 10 s)."""
+    monkeypatch.setattr(extract, "REUSE_MARGIN_NS", 0)
+
+
+def _photo(path, seed):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+
+
+def _folder(root, n=6, flat=False):
+    """Photos in class folders, or all in ``root`` (``flat``: any class names go with them)."""
+    for i in range(n):
+        _photo(root / ("" if flat else CLASSES[i % 3]) / f"p{i}.png", i)
+    return root
+
+
+def _run(folder, out, classnames=CLASSES, vfm=None, vlm=None, **kw):
+    vfm = vfm or Toy()
+    vlm = vlm or Toy("toy:vlm", vlm=True, scale=2.0)
+    kw.setdefault("progress", False)
+    path = extract_features(vfm, vlm, str(folder), classnames=classnames, templates=["a photo of a {}."], out=out, **kw)
+    return path, vfm, vlm
+
+
+def _same_as_fresh(path, folder, tmp_path, classnames=CLASSES):
+    fresh, _, _ = _run(folder, tmp_path / "fresh" / "f.npz", classnames=classnames, resume=False)
+    got, want = load_features(path), load_features(fresh)
+    assert got.image_ids == want.image_ids
+    np.testing.assert_allclose(got.vfm_features, want.vfm_features, atol=1e-6)
+    np.testing.assert_allclose(got.vlm_features, want.vlm_features, atol=1e-6)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    return got
+
+
+def test_one_photo_added_encodes_that_photo_only(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos")
+    out = tmp_path / "cache" / "f.npz"
+    _, vfm, _ = _run(folder, out)
+    assert vfm.calls == 6
+    _photo(folder / "dog" / "new.png", 99)
+    _, vfm, vlm = _run(folder, out)
+    assert vfm.calls == 1 and vlm.calls == 1  # was 7: the whole folder again
+    got = _same_as_fresh(out, folder, tmp_path)
+    assert got.n_samples == 7 and got.meta["reused"]["rows"] == 6
+
+
+def test_an_edited_photo_is_encoded_again(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos")
+    out = tmp_path / "f.npz"
+    _run(folder, out)
+    time.sleep(0.01)
+    _photo(folder / "cat" / "p0.png", 1234)  # new pixels under the old name
+    _, vfm, _ = _run(folder, out)
+    assert vfm.calls == 1
+    _same_as_fresh(out, folder, tmp_path)
+
+
+def test_a_new_class_file_reuses_every_photo_of_another_output(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos", flat=True)
+    first, _, _ = _run(folder, tmp_path / "a" / "three.npz")
+    more = CLASSES + ["bird"]
+    out, vfm, vlm = _run(folder, tmp_path / "b" / "four.npz", classnames=more, reuse=[first])
+    assert vfm.calls == 0 and vlm.calls == 0
+    got = _same_as_fresh(out, folder, tmp_path, classnames=more)
+    assert got.text_prototypes.shape[0] == 4 and str(first) in got.meta["reused"]["from"][0]
+
+
+def test_feature_files_beside_out_lend_their_rows(tmp_path, no_margin):
+    # classify keeps one cache file per class file in one folder: the second class file encodes nothing.
+    folder = _folder(tmp_path / "photos", flat=True)
+    _run(folder, tmp_path / "cache" / "three.npz")
+    _, vfm, _ = _run(folder, tmp_path / "cache" / "two.npz", classnames=["cat", "dog"])
+    assert vfm.calls == 0
+
+
+def test_a_file_changed_just_before_the_earlier_run_is_encoded_again(tmp_path):
+    # With the real margin, files written a moment before the first run are not trusted.
+    folder = _folder(tmp_path / "photos")
+    out = tmp_path / "f.npz"
+    _run(folder, out)
+    _photo(folder / "dog" / "new.png", 99)
+    _, vfm, _ = _run(folder, out)
+    assert vfm.calls == 7
+
+
+def test_a_shard_set_lends_its_rows(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos")
+    shards, _, _ = _run(folder, tmp_path / "set")
+    assert isinstance(ShardedFeatures(shards).image_ids(), list)
+    _photo(folder / "car" / "new.png", 7)
+    out, vfm, _ = _run(folder, tmp_path / "other" / "f.npz", reuse=[shards])
+    assert vfm.calls == 1
+    _same_as_fresh(out, folder, tmp_path)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"vfm": "other"}, "another VFM"),
+    ({"float16": True}, "another precision"),
+])
+def test_an_output_that_cannot_lend_says_why(tmp_path, no_margin, change, why):
+    folder = _folder(tmp_path / "photos")
+    kw = {"vfm": Toy("toy:other")} if "vfm" in change else {"float16": True}
+    first, _, _ = _run(folder, tmp_path / "a" / "f.npz", **kw)
+    with pytest.warns(UserWarning, match=why):
+        _, vfm, _ = _run(folder, tmp_path / "b" / "f.npz", reuse=[first])
+    assert vfm.calls == 6
+
+
+def test_an_output_of_the_release_before_lends_nothing(tmp_path, no_margin):
+    from gpua.features import save_features
+
+    folder = _folder(tmp_path / "photos")
+    first, _, _ = _run(folder, tmp_path / "a" / "f.npz")
+    fs = load_features(first)
+    meta = {k: v for k, v in fs.meta.items() if k not in ("decode", "stat_time_ns")}
+    old = tmp_path / "old" / "f.npz"
+    old.parent.mkdir()
+    save_features(old, vfm_features=fs.vfm_features, vlm_features=fs.vlm_features, text_prototypes=fs.text_prototypes,
+                  labels=fs.labels, classnames=fs.classnames, image_ids=fs.image_ids, meta=meta)
+    with pytest.warns(UserWarning, match="another gpua release"):
+        _, vfm, _ = _run(folder, tmp_path / "b" / "f.npz", reuse=[old])
+    assert vfm.calls == 6
+
+
+def test_bad_reuse_arguments_are_refused_before_encoding(tmp_path):
+    folder = _folder(tmp_path / "photos")
+    with pytest.raises(GPUAError, match="reuse: .*does not exist"):
+        _run(folder, tmp_path / "f.npz", reuse=[tmp_path / "nope.npz"])
+    with pytest.raises(GPUAError, match="reuse holds 3"):
+        _run(folder, tmp_path / "f.npz", reuse=[3])
+    (tmp_path / "x.npz").write_bytes(b"")
+    with pytest.raises(GPUAError, match="resume=False"):
+        _run(folder, tmp_path / "f.npz", reuse=[tmp_path / "x.npz"], resume=False)
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_no_resume_encodes_everything_again(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos")
+    out = tmp_path / "f.npz"
+    _run(folder, out)
+    _photo(folder / "dog" / "new.png", 99)
+    _, vfm, _ = _run(folder, out, resume=False)
+    assert vfm.calls == 7
+
+
+def test_classify_with_an_edited_class_file_encodes_no_photo_again(photos, no_margin, monkeypatch):
+    from gpua.classify import classify_folder
+
+    encoded = []
+    real = extract._encode_shard
+    monkeypatch.setattr(extract, "_encode_shard", lambda vfm, vlm, ds, indices, *a, **k: encoded.append(len(indices)) or real(vfm, vlm, ds, indices, *a, **k))
+    run = {"vfm": "planted:vfm", "vlm": "planted:vlm", "templates": "simple", "progress": False, "cache_dir": photos / "cache",
+           "overrides": {"n_steps": 10, "self_learning": 0}}
+    first = classify_folder(photos / "flat", photos / "classes.txt", **run)
+    assert sum(encoded) == 15
+    (photos / "fewer.txt").write_text("sky: sky, blue sky\ngrass\nroad\nwater\n")
+    encoded.clear()
+    second = classify_folder(photos / "flat", photos / "fewer.txt", **run)
+    assert sum(encoded) == 0  # was 15: every photo encoded again for the other class file
+    assert second.features != first.features and len(second.classnames) == 4
+    np.testing.assert_allclose(load_features(second.features).vfm_features, load_features(first.features).vfm_features)
+    encoded.clear()
+    # The folder as another run's --pool: its own cache file, copied (was: encoded again); the photos' 15 are new.
+    third = classify_folder(photos / "photos" / "test", photos / "classes.txt", pool=photos / "flat", **run)
+    assert sum(encoded) == 15 and load_features(third.pool_features).meta["reused"]["rows"] == 15
+
+
+def test_cli_reuse_copies_rows_and_says_how_many(tmp_path, no_margin, capsys):
+    from gpua.cli import main
+    from gpua.encoders import register_encoder
+
+    register_encoder("toy-reuse:vfm", lambda device="cpu", cache_dir=None: Toy("toy-reuse:vfm"), overwrite=True)
+    register_encoder("toy-reuse:vlm", lambda device="cpu", cache_dir=None: Toy("toy-reuse:vlm", vlm=True, scale=2.0), overwrite=True)
+    folder = _folder(tmp_path / "photos", flat=True)
+    (tmp_path / "three.txt").write_text("cat\ndog\ncar\n")
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    base = ["extract", "--vfm", "toy-reuse:vfm", "--vlm", "toy-reuse:vlm", "--data", str(folder), "--templates", "simple", "--quiet"]
+    first = tmp_path / "a" / "f.npz"
+    assert main(base + ["--classnames", str(tmp_path / "three.txt"), "--out", str(first)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "b" / "f.npz"
+    assert main(base + ["--classnames", str(tmp_path / "two.txt"), "--out", str(out), "--reuse", str(first)]) == 0
+    assert "6 of them copied from earlier outputs" in capsys.readouterr().out
+    assert load_features(out).meta["reused"]["rows"] == 6
+    assert main(base + ["--classnames", str(tmp_path / "two.txt"), "--out", str(tmp_path / "c.npz"), "--reuse",
+                        str(tmp_path / "missing.npz")]) == 2
+    assert "--reuse '" in capsys.readouterr().err
+
+
+def test_a_file_edited_and_saved_with_its_meta_lends_nothing(tmp_path, no_margin):
+    from gpua.features import save_features
+
+    folder = _folder(tmp_path / "photos")
+    first, _, _ = _run(folder, tmp_path / "a" / "f.npz")
+    fs = load_features(first)
+    assert isinstance(fs.meta["stat_time_ns"], int)
+    edited = tmp_path / "edited" / "f.npz"
+    edited.parent.mkdir()
+    save_features(edited, vfm_features=fs.vfm_features * 2, vlm_features=fs.vlm_features, text_prototypes=fs.text_prototypes,
+                  labels=fs.labels, classnames=fs.classnames, image_ids=fs.image_ids, meta=fs.meta)
+    assert "stat_time_ns" not in load_features(edited).meta
+    with pytest.warns(UserWarning, match="lends no features"):
+        _, vfm, _ = _run(folder, tmp_path / "b" / "f.npz", reuse=[edited])
+    assert vfm.calls == 6  # the doubled rows are not taken for encodings
+
+
+@pytest.mark.parametrize("kind", ["file", "shards"])
+def test_a_damaged_output_lends_nothing_and_says_so(tmp_path, no_margin, kind):
+    folder = _folder(tmp_path / "photos")
+    first, _, _ = _run(folder, tmp_path / "a" / ("f.npz" if kind == "file" else "set"))
+    victim = first if kind == "file" else sorted(first.glob("shard-*vfm*"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the features
+    victim.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="lends no features .*(cannot be read|not a feature output)"):
+        out, vfm, _ = _run(folder, tmp_path / "b" / "f.npz", reuse=[first])
+    assert vfm.calls == 6
+    _same_as_fresh(out, folder, tmp_path)
+
+
+def test_on_a_cluster_only_parts_with_new_photos_are_sent(tmp_path, no_margin, monkeypatch):
+    from gpua.encoders import register_encoder
+
+    register_encoder("toy-reuse:vfm", lambda device="cpu", cache_dir=None: Toy("toy-reuse:vfm"), overwrite=True)
+    register_encoder("toy-reuse:vlm", lambda device="cpu", cache_dir=None: Toy("toy-reuse:vlm", vlm=True, scale=2.0), overwrite=True)
+    sent = []
+
+    def fake_cluster(cluster, timeout, todo, ranges, ds, specs, metadata, device, cache_dir, batch_size, on_error, parts, key,
+                     part_done, workers):  # a worker's job, done here: encode each part sent
+        vfm, vlm = Toy("toy-reuse:vfm"), Toy("toy-reuse:vlm", vlm=True, scale=2.0)
+        ids = [str(ds.image_id(i)) for i in range(len(ds))]
+        for i in todo:
+            sent.append(i)
+            parts.save(i, extract._encode_shard(vfm, vlm, ds, ranges[i], ids, batch_size, on_error, None))
+            part_done(i)
+
+    monkeypatch.setattr(extract, "_encode_on_cluster", fake_cluster)
+    folder = _folder(tmp_path / "photos")  # cat/p0 p3, dog/p1 p4, car/p2 p5: listed car, cat, dog
+    out = tmp_path / "f.npz"
+    specs = ("toy-reuse:vfm", "toy-reuse:vlm")
+    extract_features(*specs, str(folder), classnames=CLASSES, templates=["a photo of a {}."], out=out, progress=False, shard_size=2)
+    _photo(folder / "dog" / "z.png", 99)  # the last of 7: part 3 alone holds it
+    extract_features(*specs, str(folder), classnames=CLASSES, templates=["a photo of a {}."], out=out, progress=False, shard_size=2,
+                     cluster=1)
+    assert sent == [3]
+    fs = load_features(out)
+    assert fs.n_samples == 7 and fs.meta["reused"]["rows"] == 6
+    want = {i: z for i, z in zip(fs.image_ids, Toy().encode_images([np.asarray(Image.open(folder / i).convert("RGB")) for i in fs.image_ids]))}
+    np.testing.assert_allclose(fs.vfm_features, np.stack([want[i] for i in fs.image_ids]), atol=1e-6)
