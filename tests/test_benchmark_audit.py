@@ -123,6 +123,18 @@ def _row(contents, acc1, **kw):
             "metrics": {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1}, **kw}
 
 
+@pytest.mark.parametrize("bad, what", [
+    ({"metrics": {"acc1": 0.5}}, "rows\\[1\\] has no 'dataset' name"),
+    ({"dataset": "photos"}, "rows\\[1\\] has no number metrics\\['acc1'\\]"),
+    ({"dataset": "photos", "metrics": {"acc1": None}}, "has no number metrics"),
+    ("photos,0.5", "rows\\[1\\] is a str"),
+])
+def test_rows_that_are_not_benchmark_rows_are_named(bad, what):
+    """Was: a KeyError ('dataset') from deep inside build_tables for a row of one's own."""
+    with pytest.raises(GPUAError, match=what):
+        bench_mod.build_tables([_row("a", 0.5), bad])
+
+
 def test_table_says_when_one_cell_has_several_rows():
     """Rows of one dataset and run that differ in data or contents (photos replaced between runs) fall into one
     cell: the table says the latest is shown, rather than picking one silently."""

@@ -688,6 +688,13 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1") -> tuple[
     """
     if metric not in BENCHMARK_METRICS:
         raise GPUAError(f"metric={metric!r}; choose from {BENCHMARK_METRICS}.")
+    for i, r in enumerate(rows):  # was: a KeyError ('dataset') from deep inside
+        value = r.get("metrics", {}).get(metric) if isinstance(r, dict) and isinstance(r.get("metrics"), dict) else None
+        if not isinstance(r, dict) or not isinstance(r.get("dataset"), str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            what = (f"is a {type(r).__name__}" if not isinstance(r, dict) else "has no 'dataset' name" if not isinstance(r.get("dataset"), str)
+                    else f"has no number metrics[{metric!r}]")
+            raise GPUAError(f"rows[{i}] {what}; build_tables takes benchmark rows (gpua.benchmark.read_results of a "
+                            f"results.jsonl, or run_benchmark's), each with a 'dataset' and its 'metrics'.")
     parts = ("method", "vfm", "vlm", "pool", "seed", "test_subset", "params", "templates")
 
     def run_of(r):
