@@ -29,6 +29,9 @@ def test_fit_evaluate_predict(files, tmp_path, capsys):
     assert res["metrics"]["acc1"] > res["gpua"]["zero_shot_metrics"]["acc1"] + 0.2
     printed = capsys.readouterr().out
     assert "vlm_zero_shot" in printed and "acc1" in printed
+    # The zero-shot row has its hubness too (was: an empty cell beside the model's)
+    zero_shot_line = next(line for line in printed.splitlines() if line.lstrip("| ").startswith("vlm_zero_shot"))
+    assert f"{res['gpua']['zero_shot_metrics']['hubness_skewness']:.2f}"[:4] in zero_shot_line, printed
     pred = tmp_path / "p.csv"
     assert main(["predict", "--model", str(model), "--features", str(files["test"]), "--out", str(pred)]) == 0
     rows = list(csv.DictReader(pred.open()))

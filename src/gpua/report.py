@@ -236,7 +236,8 @@ def evaluate_model(
         zs = test.vlm_features / np.linalg.norm(test.vlm_features, axis=1, keepdims=True)
         zs_scores = zs @ model.text_prototypes_.cpu().numpy().T
         zs_rep = score_summary(y, zs_scores)
-        out["gpua"]["zero_shot_metrics"] = {k: zs_rep[k] for k in ("acc1", "acc5", "mean_per_class_recall")}
+        # With its hubness, as the model's row: the hubness the map removes is read against the zero-shot's.
+        out["gpua"]["zero_shot_metrics"] = {k: zs_rep[k] for k in ("acc1", "acc5", "mean_per_class_recall", "hubness_skewness")}
         out["gpua"]["agreement_with_zero_shot"] = float(np.mean(zs_scores.argmax(1) == scores.argmax(1)))
     hist = getattr(model, "history_", None)
     if hist:
