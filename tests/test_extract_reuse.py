@@ -273,3 +273,44 @@ def test_on_a_cluster_only_parts_with_new_photos_are_sent(tmp_path, no_margin, m
     assert fs.n_samples == 7 and fs.meta["reused"]["rows"] == 6
     want = {i: z for i, z in zip(fs.image_ids, Toy().encode_images([np.asarray(Image.open(folder / i).convert("RGB")) for i in fs.image_ids]))}
     np.testing.assert_allclose(fs.vfm_features, np.stack([want[i] for i in fs.image_ids]), atol=1e-6)
+
+
+class CountingToy(Toy):
+    """The toy VLM, counting the prompts it encodes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts: list[str] = []
+
+    def _encode_text_batch(self, texts):
+        self.prompts.extend(texts)
+        return super()._encode_text_batch(texts)
+
+
+def test_a_class_added_encodes_that_class_s_prompts_only(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos", flat=True)
+    first = tmp_path / "cache" / "three.npz"
+    _run(folder, first, vlm=CountingToy("toy:vlm", vlm=True, scale=2.0))
+    vlm = CountingToy("toy:vlm", vlm=True, scale=2.0)
+    more = ["cat", "bird", "dog", "car"]  # one class added, in the middle: rows follow the names, not the positions
+    out, _, _ = _run(folder, tmp_path / "cache" / "four.npz", classnames=more, vlm=vlm)
+    assert vlm.prompts == ["a photo of a bird."]  # was: every class's prompts again
+    fresh, _, _ = _run(folder, tmp_path / "fresh" / "four.npz", classnames=more, resume=False)
+    np.testing.assert_allclose(load_features(out).text_prototypes, load_features(fresh).text_prototypes, atol=1e-6)
+    assert load_features(out).meta["reused"]["prototypes"] == 3
+    other = CountingToy("toy:vlm", vlm=True, scale=2.0)  # other templates: every class's prompts are new
+    extract_features(Toy(), other, str(folder), classnames=more, templates=["art of a {}."], out=tmp_path / "cache" / "art.npz",
+                     progress=False)
+    assert sorted(other.prompts) == sorted(f"art of a {c}." for c in more)
+
+
+def test_prompt_words_decide_which_prototype_is_lent(tmp_path, no_margin):
+    folder = _folder(tmp_path / "photos", flat=True)
+    (tmp_path / "a.txt").write_text("cat\ndog\ncar: car, automobile\n")
+    (tmp_path / "b.txt").write_text("cat\ndog: dog, puppy\ncar: car, automobile\n")
+    _run(folder, tmp_path / "cache" / "a.npz", classnames=str(tmp_path / "a.txt"))
+    vlm = CountingToy("toy:vlm", vlm=True, scale=2.0)
+    out, _, _ = _run(folder, tmp_path / "cache" / "b.npz", classnames=str(tmp_path / "b.txt"), vlm=vlm)
+    assert sorted(vlm.prompts) == ["a photo of a dog.", "a photo of a puppy."]  # dog's words changed; car's did not
+    fresh, _, _ = _run(folder, tmp_path / "fresh" / "b.npz", classnames=str(tmp_path / "b.txt"), resume=False)
+    np.testing.assert_allclose(load_features(out).text_prototypes, load_features(fresh).text_prototypes, atol=1e-6)

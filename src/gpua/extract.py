@@ -748,6 +748,55 @@ REUSE_MARGIN_NS = 10 * 10**9
 _UNREADABLE = (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
+def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templates: list[str], vlm_meta: dict,
+                     float16: bool, width: int) -> dict[int, np.ndarray]:
+    """Text prototypes of earlier outputs for the classes prompted as here: ``{class index: row}``.
+
+    A class's prototype depends on its prompt words, the templates and the VLM alone
+    (:func:`gpua.data.prompts.build_text_prototypes` encodes each class's prompts apart), so an
+    output of the same VLM (weights compared as the cache key does), templates, precision and
+    extraction procedure lends the row of each class whose words it prompted the same; one
+    class added to a class file encodes that class's prompts only. Outputs that cannot be read
+    lend nothing (they are only a shortcut).
+    """
+    want = {tuple(words): k for k, words in enumerate(prompts)}
+    got: dict[int, np.ndarray] = {}
+    for path in candidates:
+        if len(got) == len(want):
+            break
+        meta = _stored_meta(path) if path.exists() else None
+        if (meta is None or meta.get("format") != FORMAT_VERSION or meta.get("templates") != list(templates)
+                or bool(meta.get("float16")) != bool(float16) or _sha(_portable(meta.get("vlm"))) != _sha(_portable(vlm_meta))
+                or not isinstance(meta.get("class_prompts"), list)):
+            continue
+        try:
+            Y = _stored_prototypes(path)
+        except _UNREADABLE:
+            continue
+        if Y is None or Y.ndim != 2 or Y.shape != (len(meta["class_prompts"]), width):
+            continue
+        for r, words in enumerate(meta["class_prompts"]):
+            k = want.get(tuple(words)) if isinstance(words, list) else None
+            if k is not None and k not in got and np.isfinite(Y[r]).all():
+                got[k] = np.asarray(Y[r], np.float32)
+    return got
+
+
+def _stored_prototypes(path: Path) -> np.ndarray | None:
+    """An output's text prototypes, read alone (not its features)."""
+    if path.is_dir():
+        from .features import ShardedFeatures
+
+        return ShardedFeatures(path, check=True).text_prototypes()
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as f:  # one member read: zip checks its CRC
+            return np.asarray(f["text_prototypes"], np.float32) if "text_prototypes" in f.files else None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return np.asarray(f.get_tensor("text_prototypes"), np.float32) if "text_prototypes" in f.keys() else None
+
+
 def _reuse_paths(reuse: Any) -> list[Path]:
     """``reuse=`` as paths, or a :class:`GPUAError` naming what is wrong with it."""
     if reuse is None:
@@ -1320,13 +1369,26 @@ def extract_features(
             raise unwritable
 
         parts = _Parts.open(out, key, int(shard_size), resume, also=keys)
+        # `out` first: it holds the last run's rows of this folder (before a photo was added);
+        # then the outputs named, then the feature files beside `out` (classify's cache files of
+        # this folder with other class files), newest first.
+        candidates = [(out, False)] + [(p, True) for p in reuse] + [(p, False) for p in _beside(out)] if resume else []
         # The text side first (seconds): classes the VLM cannot tell apart are refused before any
         # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
         Y = parts.load_text()
+        lent_text: dict[int, np.ndarray] = {}
         if Y is None or Y.shape != (len(names), vlm.embed_dim):
             from .data.prompts import build_text_prototypes
 
-            Y = build_text_prototypes(vlm.encode_text, names, temps, progress=progress, synonyms=words)
+            prompts = words or [[c] for c in names]
+            lent_text = _lent_prototypes([p for p, _ in candidates], prompts, temps, vlm_meta, float16, vlm.embed_dim)
+            Y = np.empty((len(names), vlm.embed_dim), np.float32)
+            for k, row in lent_text.items():
+                Y[k] = row
+            todo_text = [k for k in range(len(names)) if k not in lent_text]
+            if todo_text:  # each class's prototype is its own prompts' alone: the others' need not be encoded again
+                Y[todo_text] = build_text_prototypes(vlm.encode_text, [names[k] for k in todo_text], temps, progress=progress,
+                                                     synonyms=None if words is None else [words[k] for k in todo_text])
             _refuse_coinciding_classes(Y, names, vlm)
             parts.save_text(Y)
         ranges = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
@@ -1335,17 +1397,14 @@ def extract_features(
         done = n - sum(len(ranges[i]) for i in todo)
         widths = (vfm.embed_dim, vlm.embed_dim)
         lent = _ReusedRows()
-        if resume and todo:
-            # `out` first: it holds the last run's rows of this folder (before a photo was added);
-            # then the outputs named, then the feature files beside `out` (classify's cache files
-            # of this folder with other class files), newest first.
-            candidates = [(out, False)] + [(p, True) for p in reuse] + [(p, False) for p in _beside(out)]
+        if todo and candidates:
             lent = _ReusedRows.find(candidates, root=identity.get("root"), ids=ids, stamps=stamps,
                                     encoders=(vfm_meta, vlm_meta), float16=float16, widths=widths)
-        if len(lent) and progress:
+        if (len(lent) or lent_text) and progress:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"reusing the features of {len(lent)} of {n} images from {'; '.join(lent.sources)}")
+            tqdm.write(f"reusing the features of {len(lent)} of {n} images and the text prototypes of {len(lent_text)} of "
+                       f"{len(names)} classes from earlier outputs" + (f": {'; '.join(lent.sources)}" if lent.sources else ""))
         reused = 0
         bar = None
         if progress:
@@ -1426,7 +1485,7 @@ def extract_features(
             # and when their files were stat'ed for this key.
             "decode": DECODE_VERSION,
             **({"stat_time_ns": stat_time_ns} if stamps is not None else {}),
-            **({"reused": {"rows": reused, "from": lent.sources}} if reused else {}),
+            **({"reused": {"rows": reused, "prototypes": len(lent_text), "from": lent.sources}} if reused or lent_text else {}),
         }
         if kind == "file":
             # One matrix per encoder, filled part by part: the parts are never all in memory at once.
