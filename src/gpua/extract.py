@@ -1208,13 +1208,15 @@ def extract_features(
         a row is copied when that output was extracted with the same encoders, image decoding and
         precision, from the same image file, and the file has not changed since (its modification
         and status-change times lie more than :data:`REUSE_MARGIN_NS` before the moment that
-        output stat'ed its images; outputs of releases before this key are not used). Class names
-        and prompts play no part: the text prototypes are built for this run. ``out`` itself is
-        always tried first (with ``resume``), and the feature files beside ``out`` last, newest
-        first (a classify run's cache files of the folder with other class files); an output named
-        here that lends nothing gets a warning saying why. Only images stored as files (folders, split files) are reused; the
-        rows taken are counted in ``meta["reused"]``. On a cluster, parts whose every image is
-        lent are written here and the others encoded whole by the workers.
+        output stat'ed its images; outputs of earlier releases, which do not record that moment,
+        lend no rows). Class names play no part in it. The text prototype of a class is copied
+        from an output of the same VLM, templates and precision that prompted the class with the
+        same words. ``out`` itself is always tried first (with ``resume``), and the feature files
+        beside ``out`` last, newest first (a classify run's cache files of the folder with other
+        class files); an output named here that lends no row gets a warning saying why. Only
+        images stored as files (folders, split files) are copied; ``meta["reused"]`` counts the
+        rows and prototypes taken. On a cluster, parts whose every image is lent are written
+        here and the others encoded whole by the workers.
 
     Returns
     -------
