@@ -9,7 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-from PIL import Image
+
+pytest.importorskip("PIL")  # every test here writes photos
+
+from PIL import Image  # noqa: E402
 
 import gpua.extract as extract
 from gpua._errors import GPUAError
