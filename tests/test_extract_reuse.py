@@ -300,7 +300,8 @@ def test_a_class_added_encodes_that_class_s_prompts_only(tmp_path, no_margin):
     assert vlm.prompts == ["a photo of a bird."]  # was: every class's prompts again
     fresh, _, _ = _run(folder, tmp_path / "fresh" / "four.npz", classnames=more, resume=False)
     np.testing.assert_allclose(load_features(out).text_prototypes, load_features(fresh).text_prototypes, atol=1e-6)
-    assert load_features(out).meta["reused"]["prototypes"] == 3
+    reused = load_features(out).meta["reused"]
+    assert reused["prototypes"] == 3 and reused["from"] == [f"{first} (3 prototypes)", f"{first} (6 rows)"]
     other = CountingToy("toy:vlm", vlm=True, scale=2.0)  # other templates: every class's prompts are new
     extract_features(Toy(), other, str(folder), classnames=more, templates=["art of a {}."], out=tmp_path / "cache" / "art.npz",
                      progress=False)

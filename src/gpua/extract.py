@@ -749,8 +749,9 @@ _UNREADABLE = (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZi
 
 
 def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templates: list[str], vlm_meta: dict,
-                     float16: bool, width: int) -> dict[int, np.ndarray]:
-    """Text prototypes of earlier outputs for the classes prompted as here: ``{class index: row}``.
+                     float16: bool, width: int) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Text prototypes of earlier outputs for the classes prompted as here: ``{class index: row}``,
+    and the outputs that lent them (with how many each).
 
     A class's prototype depends on its prompt words, the templates and the VLM alone
     (:func:`gpua.data.prompts.build_text_prototypes` encodes each class's prompts apart), so an
@@ -761,6 +762,7 @@ def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templ
     """
     want = {tuple(words): k for k, words in enumerate(prompts)}
     got: dict[int, np.ndarray] = {}
+    sources: list[str] = []
     for path in candidates:
         if len(got) == len(want):
             break
@@ -775,11 +777,14 @@ def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templ
             continue
         if Y is None or Y.ndim != 2 or Y.shape != (len(meta["class_prompts"]), width):
             continue
+        before = len(got)
         for r, words in enumerate(meta["class_prompts"]):
             k = want.get(tuple(words)) if isinstance(words, list) else None
             if k is not None and k not in got and np.isfinite(Y[r]).all():
                 got[k] = np.asarray(Y[r], np.float32)
-    return got
+        if len(got) > before:
+            sources.append(f"{path} ({len(got) - before} prototypes)")
+    return got, sources
 
 
 def _stored_prototypes(path: Path) -> np.ndarray | None:
@@ -1379,11 +1384,12 @@ def extract_features(
         # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
         Y = parts.load_text()
         lent_text: dict[int, np.ndarray] = {}
+        text_sources: list[str] = []
         if Y is None or Y.shape != (len(names), vlm.embed_dim):
             from .data.prompts import build_text_prototypes
 
             prompts = words or [[c] for c in names]
-            lent_text = _lent_prototypes([p for p, _ in candidates], prompts, temps, vlm_meta, float16, vlm.embed_dim)
+            lent_text, text_sources = _lent_prototypes([p for p, _ in candidates], prompts, temps, vlm_meta, float16, vlm.embed_dim)
             Y = np.empty((len(names), vlm.embed_dim), np.float32)
             for k, row in lent_text.items():
                 Y[k] = row
@@ -1406,7 +1412,7 @@ def extract_features(
             from tqdm.auto import tqdm
 
             tqdm.write(f"reusing the features of {len(lent)} of {n} images and the text prototypes of {len(lent_text)} of "
-                       f"{len(names)} classes from earlier outputs" + (f": {'; '.join(lent.sources)}" if lent.sources else ""))
+                       f"{len(names)} classes from earlier outputs: {'; '.join(text_sources + lent.sources)}")
         reused = 0
         bar = None
         if progress:
@@ -1487,7 +1493,9 @@ def extract_features(
             # and when their files were stat'ed for this key.
             "decode": DECODE_VERSION,
             **({"stat_time_ns": stat_time_ns} if stamps is not None else {}),
-            **({"reused": {"rows": reused, "prototypes": len(lent_text), "from": lent.sources}} if reused or lent_text else {}),
+            # Rows and prototypes copied from earlier outputs (provenance; the arrays equal an encoding's).
+            **({"reused": {"rows": reused, "prototypes": len(lent_text), "from": text_sources + lent.sources}}
+               if reused or lent_text else {}),
         }
         if kind == "file":
             # One matrix per encoder, filled part by part: the parts are never all in memory at once.

@@ -91,7 +91,9 @@ def _assert_same(shards: ShardedFeatures, ref) -> None:
     np.testing.assert_array_equal(shards.labels(), ref.labels)
     np.testing.assert_array_equal(shards.text_prototypes(), ref.text_prototypes)
     assert shards.image_ids() == ref.image_ids and shards.classnames == ref.classnames
-    assert shards.meta == ref.meta
+    # The same record, but for what was copied from an earlier output (a set written beside a
+    # file takes its text prototypes: meta["reused"] says so; the arrays are equal above).
+    assert {k: v for k, v in shards.meta.items() if k != "reused"} == {k: v for k, v in ref.meta.items() if k != "reused"}
 
 
 def test_shards_equal_the_file_output(tmp_path):
