@@ -748,8 +748,8 @@ REUSE_MARGIN_NS = 10 * 10**9
 _UNREADABLE = (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templates: list[str], vlm_meta: dict,
-                     float16: bool, width: int) -> tuple[dict[int, np.ndarray], list[str]]:
+def _lent_prototypes(candidates: Sequence[tuple[Path, dict | None]], prompts: list[list[str]], templates: list[str],
+                     vlm_meta: dict, float16: bool, width: int) -> tuple[dict[int, np.ndarray], list[str]]:
     """Text prototypes of earlier outputs for the classes prompted as here: ``{class index: row}``,
     and the outputs that lent them (with how many each).
 
@@ -758,17 +758,16 @@ def _lent_prototypes(candidates: Sequence[Path], prompts: list[list[str]], templ
     output of the same VLM (weights compared as the cache key does), templates, precision and
     extraction procedure lends the row of each class whose words it prompted the same; one
     class added to a class file encodes that class's prompts only. Outputs that cannot be read
-    lend nothing (they are only a shortcut).
+    lend nothing (they are only a shortcut). ``candidates`` are ``(path, its stored meta or None)``.
     """
     want = {tuple(words): k for k, words in enumerate(prompts)}
     got: dict[int, np.ndarray] = {}
     sources: list[str] = []
-    for path in candidates:
+    for path, meta in candidates:
         if len(got) == len(want):
             break
-        meta = _stored_meta(path) if path.exists() else None
         if (meta is None or meta.get("format") != FORMAT_VERSION or meta.get("templates") != list(templates)
-                or bool(meta.get("float16")) != bool(float16) or _sha(_portable(meta.get("vlm"))) != _sha(_portable(vlm_meta))
+                or bool(meta.get("float16")) != bool(float16) or not _same_encoder(meta.get("vlm"), vlm_meta)
                 or not isinstance(meta.get("class_prompts"), list)):
             continue
         try:
@@ -831,6 +830,16 @@ def _beside(out: Path) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
+def _candidate_meta(path: Path) -> dict | None:
+    """An earlier output's stored meta, read once for both the text and the image rows it may lend (None: no output there)."""
+    return _stored_meta(path) if path.exists() else None
+
+
+def _same_encoder(theirs: Any, mine: dict) -> bool:
+    """Whether an output's encoder metadata is this run's encoder's, as the cache key compares them (:func:`_portable`)."""
+    return _sha(_portable(theirs)) == _sha(_portable(mine))
+
+
 def _lendable(meta: dict | None, encoders: tuple[dict, dict], float16: bool) -> str | None:
     """Why an earlier output's rows cannot stand for this extraction's (None: they can, image by image)."""
     if meta is None:
@@ -842,7 +851,7 @@ def _lendable(meta: dict | None, encoders: tuple[dict, dict], float16: bool) -> 
     if bool(meta.get("float16")) != bool(float16):
         return "it stores the features in another precision (float16)"
     for name, mine in zip(("vfm", "vlm"), encoders):
-        if _sha(_portable(meta.get(name))) != _sha(_portable(mine)):
+        if not _same_encoder(meta.get(name), mine):
             return f"it was encoded with another {name.upper()} (or other weights)"
     return None
 
@@ -885,13 +894,13 @@ class _ReusedRows:
         return int(self.index.size)
 
     @classmethod
-    def find(cls, candidates: Sequence[tuple[Path, bool]], *, root: str | None, ids: list[str], stamps: list | None,
+    def find(cls, candidates: Sequence[tuple[Path, bool, dict | None]], *, root: str | None, ids: list[str], stamps: list | None,
              encoders: tuple[dict, dict], float16: bool, widths: tuple[int, int]) -> "_ReusedRows":
         """The rows ``candidates`` lend, the first to hold an image lending it.
 
-        ``candidates`` are ``(path, explicit)``: an output the caller named (``reuse=``) that
-        lends nothing gets a warning saying why; one found by gpua (``out`` itself, the feature
-        files beside it) does not.
+        ``candidates`` are ``(path, explicit, its stored meta or None)``: an output the caller named
+        (``reuse=``) that lends nothing gets a warning saying why; one found by gpua (``out``
+        itself, the feature files beside it) does not.
         """
         found = cls()
         if root is None or stamps is None:
@@ -899,12 +908,12 @@ class _ReusedRows:
         need = {str(Path(root) / image_id): j for j, image_id in enumerate(ids) if stamps[j] is not None}
         index, where = [], []
         seen: set[Path] = set()
-        for path, explicit in candidates:
+        for path, explicit, meta in candidates:
             resolved = _resolve(path)
             if resolved in seen or not need:
                 continue
             seen.add(resolved)
-            lent = _rows_lent(path, need, Path(root), stamps, encoders, float16, widths)
+            lent = _rows_lent(path, meta, need, Path(root), stamps, encoders, float16, widths)
             if isinstance(lent, str) or lent[0].size == 0:
                 if explicit:
                     why = lent if isinstance(lent, str) else ("none of its images is one of these, unchanged since it was "
@@ -954,16 +963,15 @@ class _ReusedRows:
         }
 
 
-def _rows_lent(path: Path, need: dict[str, int], root: Path, stamps: list, encoders: tuple[dict, dict], float16: bool,
-               widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
-    """``(dataset indices, their rows there, store)`` that the output at ``path`` lends
-    (:class:`_ReusedRows`), or why it lends none. Its features are read only when its images'
-    folder holds ``root`` or lies in it (no image can be shared otherwise)."""
+def _rows_lent(path: Path, meta: dict | None, need: dict[str, int], root: Path, stamps: list, encoders: tuple[dict, dict],
+               float16: bool, widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
+    """``(dataset indices, their rows there, store)`` that the output at ``path`` (its stored
+    ``meta``) lends (:class:`_ReusedRows`), or why it lends none. Its features are read only when
+    its images' folder holds ``root`` or lies in it (no image can be shared otherwise)."""
     from .features import ShardedFeatures, load_features
 
-    if not path.exists():
+    if meta is None and not path.exists():
         return "it does not exist"
-    meta = _stored_meta(path)
     why = _lendable(meta, encoders, float16)
     if why is not None:
         return why
@@ -1379,7 +1387,9 @@ def extract_features(
         # `out` first: it holds the last run's rows of this folder (before a photo was added);
         # then the outputs named, then the feature files beside `out` (classify's cache files of
         # this folder with other class files), newest first.
-        candidates = [(out, False)] + [(p, True) for p in reuse] + [(p, False) for p in _beside(out)] if resume else []
+        # Each one's meta is read once here (`out`'s was, above), for the text and the image rows alike.
+        candidates = ([(out, False, stored)] + [(p, True, _candidate_meta(p)) for p in reuse]
+                      + [(p, False, _candidate_meta(p)) for p in _beside(out)]) if resume else []
         # The text side first (seconds): classes the VLM cannot tell apart are refused before any
         # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
         Y = parts.load_text()
@@ -1389,7 +1399,8 @@ def extract_features(
             from .data.prompts import build_text_prototypes
 
             prompts = words or [[c] for c in names]
-            lent_text, text_sources = _lent_prototypes([p for p, _ in candidates], prompts, temps, vlm_meta, float16, vlm.embed_dim)
+            lent_text, text_sources = _lent_prototypes([(p, meta) for p, _, meta in candidates], prompts, temps, vlm_meta,
+                                                       float16, vlm.embed_dim)
             Y = np.empty((len(names), vlm.embed_dim), np.float32)
             for k, row in lent_text.items():
                 Y[k] = row
