@@ -2,10 +2,10 @@
 
 Runs the full patch-level GPUA pipeline: both encoders on every crop (common grid), GPUA
 scores, VFM-affinity refinement, bilinear upsampling and overlap averaging into a
-(K, 1024, 2048) score map, with the 19 Cityscapes classes. The model is fitted first on patches
+(K, 1024, 2048) score map, with the 19 Cityscapes classes (``--classes ade20k``: 150). The model is fitted first on patches
 of the image's own crops (no labels). Prints peak RSS of the process (``ru_maxrss``), which
-includes the Python interpreter, torch, both encoders' weights and the fit, against the 4 GB
-budget, and the segmentation's peak (sampled every 5 ms) over the baseline measured in the same
+includes the Python interpreter, torch, both encoders' weights and the fit, during the
+segmentation against the 4 GB budget (the exit status is 1 above it), and the segmentation's peak (sampled every 5 ms) over the baseline measured in the same
 run: the RSS just before it, with the encoders, the image and the fitted model loaded. Then the
 same image scored whole (``predict_scores``: every pixel's (K, H, W) scores at once, as
 ``predict`` did before it scored a band of rows at a time), and the memory each needs above the
@@ -16,6 +16,7 @@ Usage::
     python benchmarks/segment_memory.py                       # offline stand-ins
     python benchmarks/segment_memory.py --vfm planted:vfm --vlm planted:vlm --crop 64 --height 128 --width 256   # quick
     python benchmarks/segment_memory.py --json results/segment_memory.json
+    python benchmarks/segment_memory.py --classes ade20k --height 3000 --width 4000   # 150 classes, 12 MP
 
 Timing, RSS, the machine record and the JSON file (written atomically) come from ``benchmarks/_harness.py``.
 """
@@ -28,6 +29,13 @@ import numpy as np
 from _harness import OutputPath, machine_line, peak_rss_bytes, rss_bytes, timer, write_json
 
 MB = 2**20
+_CLASS_LISTS = {"cityscapes": "CITYSCAPES_CLASSES", "ade20k": "ADE20K_CLASSES", "voc": "VOC_CLASSES"}
+
+
+def _class_list(name: str) -> tuple[str, ...]:
+    from gpua.segment import datasets
+
+    return getattr(datasets, _CLASS_LISTS[name])
 
 
 def _cityscapes_size_photo(height: int, width: int) -> np.ndarray:
@@ -44,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vlm", default="offline:semantic-lite0")
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--classes", choices=sorted(_CLASS_LISTS), default="cityscapes",
+                    help="the class list prompted (default: Cityscapes' 19; ade20k: 150)")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--stride", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=4, help="crops per encoder call")
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gpua.data.prompts import build_text_prototypes, get_templates
     from gpua.segment import make_encoder
-    from gpua.segment.datasets import CITYSCAPES_CLASSES, prompt_name
+    from gpua.segment.datasets import prompt_name
     from gpua.segment.inference import DenseSegmenter, fit_patch_gpua, sliding_windows
 
     if args.threads:
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with timer() as fit_time:
         vfm, vlm = make_encoder(args.vfm, "cpu"), make_encoder(args.vlm, "cpu")
         image = _cityscapes_size_photo(args.height, args.width)
-        names = [prompt_name(c) for c in CITYSCAPES_CLASSES]
+        names = [prompt_name(c) for c in _class_list(args.classes)]
         if args.vlm.startswith("planted:"):
             names = vlm.classnames
         Y = build_text_prototypes(vlm.encode_text, names, get_templates("simple"))
@@ -102,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scores a band of rows at a time: {extra_bands:.0f} MB above the baseline; the (K, H, W) scores whole "
           f"(baseline of the same run): {extra_whole:.0f} MB above it, {whole_time.seconds:.1f} s; "
           f"labels equal on {100 * agree:.3f}% of pixels")
-    print(f"peak RSS of the whole run: {peak:.0f} MB ({peak / 1024:.2f} GB; budget 4 GB)")
+    # The budget is the segmentation's: the whole-image baseline after it may exceed it (150 classes, 6 MP: 9 GB).
+    print(f"peak RSS of the segmentation: {seg_peak:.0f} MB ({seg_peak / 1024:.2f} GB; budget 4 GB); of the whole run, "
+          f"the whole-image baseline included: {peak:.0f} MB")
     if args.json:
         write_json(args.json, {
             "args": vars(args), "windows": len(wins), "stride": stride, "classes": len(names), "pool_crops": len(pool),
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "bands_extra_mb": extra_bands, "whole_scores_extra_mb": extra_whole, "whole_scores_seconds": whole_time.seconds,
             "labels_agree": agree,
         })
-    return 0 if peak < 4096 else 1
+    return 0 if seg_peak < 4096 else 1
 
 
 if __name__ == "__main__":

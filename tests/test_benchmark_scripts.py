@@ -427,6 +427,8 @@ def test_segment_memory_prints_a_ratio_against_its_baseline_and_writes_json(scri
     # The banded labels against the whole (K, H, W) scores of the same run (the baseline they save memory on).
     assert "scores a band of rows at a time" in text and res["labels_agree"] > 0.999
     assert res["bands_extra_mb"] >= 0 and res["whole_scores_extra_mb"] >= 0 and res["whole_scores_seconds"] > 0
+    assert res["args"]["classes"] == "cityscapes"  # the planted VLM prompts its own class names, not the list
+    assert [len(segment_memory._class_list(c)) for c in ("cityscapes", "ade20k", "voc")] == [19, 150, 21]
 
 
 def test_segment_voc_json_prints_or_writes_a_file(scripts, monkeypatch):

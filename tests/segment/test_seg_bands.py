@@ -49,7 +49,7 @@ def test_bands_join_to_the_whole_image_scores(world4, crop, band_bytes):
     heights = [b.shape[1] for _, b in bands]
     assert starts[0] == 0 and all(a + h == b for a, h, b in zip(starts, heights, starts[1:]))  # no gap, no overlap
     assert sum(heights) == 37 and all(b.shape == (4, b.shape[1], 53) for _, b in bands)
-    if crop is None and band_bytes == 1:
+    if band_bytes == 1:  # sliding windows too: was a stride of rows whatever the budget
         assert max(heights) == 1
     joined = seg.predict_scores(img[0])
     old = _whole_scores_the_old_way(seg, img[0])
@@ -65,6 +65,17 @@ def test_window_bands_hold_about_a_crop_of_rows_not_the_image(world4):
     heights = [b.shape[1] for _, b in seg.iter_scores(img[0])]
     assert sum(heights) == 200
     assert len(heights) > 5 and max(heights) <= 24  # a stride of rows at a time, the last crop at the end
+
+
+def test_window_bands_follow_the_byte_budget(world4):
+    """Was: a band of final rows was handed out whole, a stride of rows however wide the image
+    and however many the classes, from a buffer of a crop plus a stride of full-width rows."""
+    img, _ = world4.sample(1, (64, 32), seed=5)
+    seg = DenseSegmenter(world4.vfm, world4.vlm, world4.prototypes, crop_size=(24, 24), stride=(16, 16))
+    seg.band_bytes = 4 * 4 * 32 * 5  # five rows of 4 classes x 32 float32 columns
+    bands = list(seg.iter_scores(img[0]))
+    assert max(b.shape[1] for _, b in bands) == 5 and sum(b.shape[1] for _, b in bands) == 64
+    torch.testing.assert_close(torch.cat([b for _, b in bands], dim=1), _whole_scores_the_old_way(seg, img[0]), rtol=1e-5, atol=1e-6)
 
 
 def test_whole_image_bands_follow_the_byte_budget(world4):
