@@ -14,7 +14,10 @@ file changed less than that before an extraction stat'ed it is never reused), th
    again;
 4. ``no_resume``: 2's command with ``resume=False`` (every photo encoded), into another file: its
    features must equal 2's (checked, to ``--atol``: the encoders see the copied photos in other
-   batches; a mismatch fails the script).
+   batches; a mismatch fails the script);
+5. ``interrupted_other_prompts``: an extraction into a folder of its own stopped after its first
+   part (half the photos; untimed), then the same output with other prompt templates: the
+   stopped run's parts lend their rows (they were discarded before), the other half is encoded.
 
 Prints each run's seconds, the photos it encoded, and its time as a fraction of ``full``.
 
@@ -39,6 +42,11 @@ from gpua.extract import extract_features
 from gpua.features import load_features
 
 TEMPLATES = ["a photo of a {}."]
+
+
+class _Stopped(Exception):
+    """Raised from ``on_shard`` after the first part, as Ctrl-C would stop the run."""
+
 OTHER_TEMPLATES = ["a photo of a {}.", "a picture of a {}."]
 
 
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"run": name, "images": fs.n_samples, "encoded": encoded, "seconds": m.seconds, "of_full": m.seconds / full,
                    "cpu_seconds": m.cpu_seconds}
             rows.append(row)
-            print(f"{name:<14} {fs.n_samples:>6} photos, {encoded:>6} encoded: {m.seconds:8.2f} s  "
+            print(f"{name:<26} {fs.n_samples:>6} photos, {encoded:>6} encoded: {m.seconds:8.2f} s  "
                   f"({row['of_full']:.3f} of the full extraction)", flush=True)
 
         first = tmp / "cache" / "photos.npz"
@@ -92,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largest difference between the copied-and-encoded rows and an extraction of every photo: {diff:.2e}", flush=True)
         if got.image_ids != want.image_ids or diff > args.atol:
             raise SystemExit(f"run one_added gave other features than an extraction of every photo (largest difference {diff:.2e})")
+        half = (got.n_samples + 1) // 2
+        stopped = tmp / "stopped" / "photos.npz"  # a folder of its own: the files beside the first would lend every row
+
+        def stop(part: int, done: int) -> None:
+            raise _Stopped
+
+        try:
+            extract_features(vfm, vlm, str(folder), classnames=classes, templates=TEMPLATES, out=stopped, progress=False,
+                             batch_size=args.batch_size, shard_size=half, on_shard=stop)
+        except _Stopped:
+            pass
+        run("interrupted_other_prompts", stopped, OTHER_TEMPLATES, shard_size=half)
     if args.json:
         write_json(args.json, {"encoders": args.encoders, "images": args.images, "side": args.side, "batch_size": args.batch_size,
                                "largest_difference": diff, "rows": rows})

@@ -475,7 +475,8 @@ def test_extract_reuse_prints_each_run_against_the_full_extraction_and_checks_th
     assert "1.000 of the full extraction" in text and "largest difference" in text
     res = json.loads(out.read_text())
     assert [(r["run"], r["images"], r["encoded"]) for r in res["rows"]] == [
-        ("full", 6, 6), ("one_added", 7, 1), ("other_prompts", 7, 0), ("no_resume", 7, 7)]
+        ("full", 6, 6), ("one_added", 7, 1), ("other_prompts", 7, 0), ("no_resume", 7, 7),
+        ("interrupted_other_prompts", 7, 3)]  # the stopped run's part of 4 lent
     assert res["rows"][1]["of_full"] == pytest.approx(res["rows"][1]["seconds"] / res["rows"][0]["seconds"])
     real = gpua.extract._ReusedRows.merged
     monkeypatch.setattr(gpua.extract._ReusedRows, "merged", lambda self, part, rows, ids: {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -318,3 +319,80 @@ def test_prompt_words_decide_which_prototype_is_lent(tmp_path, no_margin):
     assert sorted(vlm.prompts) == ["a photo of a dog.", "a photo of a puppy."]  # dog's words changed; car's did not
     fresh, _, _ = _run(folder, tmp_path / "fresh" / "b.npz", classnames=str(tmp_path / "b.txt"), resume=False)
     np.testing.assert_allclose(load_features(out).text_prototypes, load_features(fresh).text_prototypes, atol=1e-6)
+
+
+# -- an interrupted run's parts lend their rows (were discarded, or left unread beside)
+
+
+def test_an_interrupted_run_s_parts_lend_to_a_run_with_other_inputs(tmp_path, no_margin, interrupt, capsys):
+    """Was: "discarding the 2 finished part(s)": a class file fixed after Ctrl-C encoded every photo again."""
+    folder = _folder(tmp_path / "photos", n=9, flat=True)
+    out = tmp_path / "f.npz"
+    interrupt(_run, folder, out, shard_size=2, stop=lambda i, done: i == 1)  # 4 of 9 photos encoded
+    assert sorted(p.name for p in (tmp_path / "f.npz.parts").glob("shard-*")) == ["shard-000000.npz", "shard-000001.npz"]
+    other = ["cat", "dog", "bird"]
+    capsys.readouterr()
+    path, vfm, _ = _run(folder, out, classnames=other, shard_size=2, progress=True)
+    assert vfm.calls == 5  # was 9
+    assert "reusing the features of 4 of 9 images from earlier outputs: " in capsys.readouterr().out  # no prototypes: not named
+    got = _same_as_fresh(path, folder, tmp_path, classnames=other)
+    assert got.meta["reused"]["rows"] == 4 and got.meta["reused"]["from"] == [f"{tmp_path / 'f.npz.parts'} (4 rows)"]
+    assert not (tmp_path / "f.npz.parts").exists()  # the set-aside parts go with the folder once the output is written
+
+
+def test_set_aside_parts_survive_a_second_interruption_and_a_changed_photo_is_not_lent(tmp_path, no_margin, interrupt):
+    folder = _folder(tmp_path / "photos", n=9, flat=True)
+    out = tmp_path / "f.npz"
+    interrupt(_run, folder, out, shard_size=2, stop=lambda i, done: i == 1)
+    interrupt(_run, folder, out, classnames=["cat", "dog", "bird"], shard_size=2, stop=lambda i, done: i == 0)
+    names = sorted(p.name for p in (tmp_path / "f.npz.parts").iterdir())
+    assert "lend-1.json" in names and "lend-1-000001.npz" in names and "shard-000000.npz" in names
+    time.sleep(0.01)
+    _photo(folder / "p1.png", 77)  # in the first run's first part: its row is stale now
+    path, vfm, _ = _run(folder, out, classnames=["cow", "dog", "bird"], shard_size=2)
+    assert vfm.calls == 9 - 3  # p0, p2, p3 lent (the second run's part 0 holds p0, p1; the first's p0..p3); p1 encoded
+    _same_as_fresh(path, folder, tmp_path, classnames=["cow", "dog", "bird"])
+    assert not (tmp_path / "f.npz.parts").exists()
+
+
+def test_parts_of_another_output_beside_lend_and_are_left_alone(tmp_path, no_margin, interrupt):
+    """classify with another class file writes another cache file: the first one's interrupted parts lend."""
+    folder = _folder(tmp_path / "photos", n=9, flat=True)
+    interrupt(_run, folder, tmp_path / "cache" / "a.npz", shard_size=2, stop=lambda i, done: i == 2)  # 6 of 9
+    before = sorted(p.name for p in (tmp_path / "cache" / "a.npz.parts").iterdir())
+    path, vfm, _ = _run(folder, tmp_path / "cache" / "b.npz", classnames=["cat", "dog", "bird"], shard_size=2)
+    assert vfm.calls == 3
+    _same_as_fresh(path, folder, tmp_path, classnames=["cat", "dog", "bird"])
+    assert sorted(p.name for p in (tmp_path / "cache" / "a.npz.parts").iterdir()) == before  # still resumable
+    path, vfm, _ = _run(folder, tmp_path / "cache" / "a.npz", shard_size=2)
+    assert vfm.calls == 0  # resumed 6, and the finished b.npz lent the other 3
+
+
+def test_parts_named_with_reuse_lend_and_a_folder_of_an_earlier_release_is_discarded_with_a_warning(tmp_path, no_margin, interrupt):
+    folder = _folder(tmp_path / "photos", n=5, flat=True)
+    interrupt(_run, folder, tmp_path / "x" / "a.npz", shard_size=2, stop=lambda i, done: i == 0)
+    path, vfm, _ = _run(folder, tmp_path / "y" / "b.npz", reuse=[tmp_path / "x" / "a.npz.parts"], shard_size=2)
+    assert vfm.calls == 3
+    # A manifest without the lend record (an earlier release's): its parts are discarded, as before, and said so.
+    out = tmp_path / "z" / "c.npz"
+    interrupt(_run, folder, out, shard_size=2, stop=lambda i, done: i == 0)
+    manifest = out.parent / "c.npz.parts" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["lend"]
+    manifest.write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match=r"discarding the 1 finished part\(s\).*cannot lend rows"):
+        _, vfm, _ = _run(folder, out, classnames=["cat", "dog", "bird"], shard_size=2)
+    assert vfm.calls == 5
+
+
+def test_a_folder_killed_while_setting_aside_is_still_gpuas(tmp_path, no_margin, interrupt):
+    """Between emptying the folder and writing the new manifest only set-aside parts are left: not refused."""
+    folder = _folder(tmp_path / "photos", n=5, flat=True)
+    out = tmp_path / "f.npz"
+    interrupt(_run, folder, out, shard_size=2, stop=lambda i, done: i == 0)
+    parts = extract._Parts.of(out)
+    parts._set_aside(parts.manifest()["lend"], sorted(parts.dir.glob("shard-*.npz")))
+    parts.remove(keep_lent=True)
+    assert sorted(p.name for p in parts.dir.iterdir()) == ["lend-1-000000.npz", "lend-1.json"] and parts.is_ours()
+    path, vfm, _ = _run(folder, out, classnames=["cat", "dog", "bird"], shard_size=2)
+    assert vfm.calls == 3 and not parts.dir.exists()

@@ -14,7 +14,8 @@ The result holds ``vfm_features``, ``vlm_features``, ``text_prototypes``, ``labe
 
 Long runs are safe to interrupt: work is written in parts of ``shard_size`` images under
 ``<out>.parts/`` (each part atomically), and a re-run with the same inputs continues after the
-last complete part. Two runs into the same ``out`` take turns (an ``flock`` on
+last complete part; one with other inputs (a class file fixed) copies those parts' rows of the
+images that have not changed (``reuse=``). Two runs into the same ``out`` take turns (an ``flock`` on
 ``.<out>.gpua-lock`` beside it, removed by its holder): the second waits, then finds the
 first one's output. The parts can be encoded by the workers of a Dask cluster (``cluster=``);
 they then write to ``<out>.parts/`` themselves, so it must lie on storage the workers share. A
@@ -394,7 +395,12 @@ class _Parts:
     """The ``<out>.parts/`` folder: a manifest with the cache key, and one npz per part.
 
     ``_Parts(folder)`` only names the folder (what a Dask worker needs to write a part);
-    :meth:`open` prepares it for a run.
+    :meth:`open` prepares it for a run. The manifest also records what lets the parts lend
+    their rows to another extraction (``"lend"``: the encoders, decoding, precision, image
+    folder and stat time, as an output's meta records them): when a run with other inputs opens
+    the folder, an interrupted run's finished parts are set aside in it as ``lend-<g>-*.npz``
+    (with ``lend-<g>.json``) rather than deleted, and lend the rows of the images that have not
+    changed (:class:`_PartFiles`); the folder goes, those files with it, once its output is written.
     """
 
     #: The small arrays of a part: which images it holds and which it skipped.
@@ -424,34 +430,44 @@ class _Parts:
 
     def is_ours(self) -> bool:
         """A folder with gpua's manifest that holds nothing but the files gpua writes there; or one
-        that holds nothing but gpua's temp files (or nothing): what a run killed between making
-        the folder and writing its manifest, or while removing it (:meth:`remove` takes the
-        manifest last), leaves. Removing such a folder loses nothing anyone made."""
+        that holds nothing but gpua's temp files and set-aside parts (or nothing): what a run
+        killed between making the folder and writing its manifest, or while removing or resetting
+        it (:meth:`remove` takes the manifest last), leaves. Removing such a folder loses nothing
+        anyone made."""
         if not self.dir.is_dir() or self.dir.is_symlink():
             return False
         files = list(self.dir.iterdir())
         if not all(p.is_file() and not p.is_symlink() and self._own_name(p.name) for p in files):
             return False
         m = self.manifest()
-        return (isinstance(m, dict) and isinstance(m.get("cache_key"), str)) or all(self._temp_name(p.name) for p in files)
+        return (isinstance(m, dict) and isinstance(m.get("cache_key"), str)) or all(
+            self._temp_name(p.name) or self._lend_name(p.name) for p in files)
 
     @staticmethod
     def _temp_name(name: str) -> bool:
         return name.startswith(".") and TEMP_MARK in name
 
     @staticmethod
-    def _own_name(name: str) -> bool:
+    def _lend_name(name: str) -> bool:
+        return name.startswith("lend-") and name.endswith((".npz", ".json"))
+
+    @classmethod
+    def _own_name(cls, name: str) -> bool:
         return (
             name in ("manifest.json", "text_prototypes.npy")
             or (name.startswith("shard-") and name.endswith(".npz"))
             or (name.startswith(".") and TEMP_MARK in name)
+            or cls._lend_name(name)
         )
 
     @classmethod
-    def open(cls, out: Path, key: str, shard_size: int, resume: bool, also: Collection[str] = ()) -> "_Parts":
+    def open(cls, out: Path, key: str, shard_size: int, resume: bool, also: Collection[str] = (),
+             lend: dict | None = None) -> "_Parts":
         """The parts folder of ``out``, emptied unless it holds this run's resumable work (its
         manifest has ``key``, or one of ``also``: the key an earlier release gave the same inputs);
-        ``parts.key`` is the manifest's key."""
+        ``parts.key`` is the manifest's key. With ``resume``, another run's finished parts that
+        can lend rows are set aside in the folder (:meth:`_set_aside`), not deleted; ``lend`` is
+        this run's record of that kind, written to a new manifest."""
         parts = cls.of(out)
         parts.check()
         manifest = parts.dir / "manifest.json"
@@ -460,16 +476,53 @@ class _Parts:
         want = {"cache_key": key, "shard_size": shard_size, "format": FORMAT_VERSION, "written_by": cls.MARK}
         if parts.dir.exists() and (not resume or not have or {k: have.get(k) for k in want if k != "written_by"}
                                    != {k: v for k, v in want.items() if k != "written_by"}):
-            done = len(list(parts.dir.glob("shard-*.npz")))
-            if resume and done:  # was: hours of encoding dropped without a word
-                warn_user(f"discarding the {done} finished part(s) in {str(parts.dir)!r}: they are an earlier run's, with "
-                          "other inputs (images, encoders or their weights, class names, templates, or --shard-size).")
-            parts.remove()  # another run's (or a stale) work: never mix it in
+            done = sorted(parts.dir.glob("shard-*.npz"))
+            if resume and done and isinstance(have.get("lend"), dict):
+                parts._set_aside(have["lend"], done)  # their rows stand for unchanged images (_PartFiles)
+            elif resume and done:  # was: hours of encoding dropped without a word
+                warn_user(f"discarding the {len(done)} finished part(s) in {str(parts.dir)!r}: they are an earlier "
+                          "run's, with other inputs (images, encoders or their weights, class names, templates, or "
+                          "--shard-size), and cannot lend rows (their images are not files, or an earlier gpua "
+                          "release wrote them).")
+            parts.remove(keep_lent=resume)  # another run's (or a stale) work: never mixed in, only lent
         parts.dir.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
-            atomic_write_text(manifest, json.dumps(want))
+            # default=str as the cache key hashes them (_sha): an encoder's metadata compares the same once read back.
+            atomic_write_text(manifest, json.dumps({**want, **({"lend": lend} if lend else {})}, default=str))
         parts.key = key
         return parts
+
+    def _set_aside(self, lend: dict, done: list[Path]) -> None:
+        """Keep another run's finished parts ``done`` as generation ``g`` of lending parts:
+        ``lend-<g>.json`` (their ``lend`` record) first, then each part renamed to ``lend-<g>-<i>.npz``.
+        A run killed in between leaves the rest as parts, which the next run sets aside in turn."""
+        g = 1 + max((gen for gen, _ in self.lend_generations()), default=0)
+        atomic_write_text(self.dir / f"lend-{g}.json", json.dumps({"written_by": self.MARK, "lend": lend}, default=str))
+        for p in done:
+            os.replace(p, self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
+
+    def lend_generations(self) -> list[tuple[int, dict | None]]:
+        """The set-aside generations ``(g, their lend record or None when unreadable)``, newest first."""
+        found = []
+        for p in self.dir.glob("lend-*.json"):
+            g = p.name[len("lend-") : -len(".json")]
+            if not g.isdigit():
+                continue
+            try:
+                rec = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                rec = None
+            lend = rec.get("lend") if isinstance(rec, dict) and rec.get("written_by") == self.MARK else None
+            found.append((int(g), lend if isinstance(lend, dict) else None))
+        return sorted(found, reverse=True)
+
+    def lenders(self, *, own: bool) -> list[tuple["_PartFiles", dict]]:
+        """The sources of rows this folder holds, ``(files, lend record)``, newest first: its
+        set-aside generations, and with ``own=False`` (another output's folder) its own parts too."""
+        found = []
+        if not own and isinstance((self.manifest() or {}).get("lend"), dict):
+            found.append((_PartFiles(self.dir, "shard-"), self.manifest()["lend"]))
+        return found + [(_PartFiles(self.dir, f"lend-{g}-"), lend) for g, lend in self.lend_generations() if lend is not None]
 
     def manifest(self) -> dict | None:
         try:
@@ -522,16 +575,20 @@ class _Parts:
         with atomic_path(self.dir / "text_prototypes.npy", suffix=".npy") as tmp:
             np.save(tmp, Y)
 
-    def remove(self) -> None:
-        """Delete the folder, which must be gpua's own (:meth:`is_ours`); anything else is refused."""
+    def remove(self, keep_lent: bool = False) -> None:
+        """Delete the folder, which must be gpua's own (:meth:`is_ours`); anything else is refused.
+        ``keep_lent``: empty it but for its set-aside parts (``lend-*``), and keep the folder."""
         if not self.dir.exists():
             return
         self.check()
         # The manifest last: a run killed part way leaves a folder that is still recognisably
-        # gpua's (the manifest, or nothing), which the next run replaces instead of refusing.
+        # gpua's (the manifest, or nothing but temp files and set-aside parts), which the next run
+        # replaces instead of refusing.
         for p in sorted(self.dir.iterdir(), key=lambda p: p.name == "manifest.json"):
-            p.unlink(missing_ok=True)
-        self.dir.rmdir()
+            if not (keep_lent and self._lend_name(p.name)):
+                p.unlink(missing_ok=True)
+        if not keep_lent:
+            self.dir.rmdir()
 
 
 def _gpuas_loader(ds) -> bool:
@@ -830,6 +887,38 @@ def _beside(out: Path) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
+def _beside_parts(out: Path) -> list[tuple["_PartFiles", dict]]:
+    """The lending parts (:meth:`_Parts.lenders`) of the other outputs in ``out``'s folder: an
+    interrupted extraction's, newest first. A folder whose extraction is running now is left
+    alone (it may finish and remove the folder while its rows are being read)."""
+    try:
+        folders = [q for q in out.parent.iterdir() if q.name.endswith(".parts") and not q.name.startswith(".")
+                   and q.name != f"{out.name}.parts" and q.is_dir()]
+    except OSError:
+        return []
+    found = []
+    for q in folders:
+        parts = _Parts(q)
+        try:
+            if not parts.is_ours():
+                continue
+            with _OutputLock(q.with_name(q.name[: -len(".parts")]), block=False) as lock:
+                if lock.busy:
+                    continue
+            found.append(((q / "manifest.json").stat().st_mtime_ns, parts.lenders(own=False)))
+        except OSError:
+            continue
+    return [src for _, srcs in sorted(found, key=lambda t: t[0], reverse=True) for src in srcs]
+
+
+def _named_candidates(path: Path) -> list[tuple[Any, bool, dict | None]]:
+    """The lenders of a ``reuse=`` path: the output there, or an interrupted extraction's parts folder's parts."""
+    parts = _Parts(path)
+    if path.is_dir() and parts.is_ours() and parts.manifest() is not None:
+        return [(src, True, meta) for src, meta in parts.lenders(own=False)] or [(path, True, None)]
+    return [(path, True, _candidate_meta(path))]
+
+
 def _candidate_meta(path: Path) -> dict | None:
     """An earlier output's stored meta, read once for both the text and the image rows it may lend (None: no output there)."""
     return _stored_meta(path) if path.exists() else None
@@ -907,9 +996,9 @@ class _ReusedRows:
             return found
         need = {str(Path(root) / image_id): j for j, image_id in enumerate(ids) if stamps[j] is not None}
         index, where = [], []
-        seen: set[Path] = set()
+        seen: set[Any] = set()
         for path, explicit, meta in candidates:
-            resolved = _resolve(path)
+            resolved = (_resolve(path.folder), path.prefix) if isinstance(path, _PartFiles) else _resolve(path)
             if resolved in seen or not need:
                 continue
             seen.add(resolved)
@@ -963,14 +1052,15 @@ class _ReusedRows:
         }
 
 
-def _rows_lent(path: Path, meta: dict | None, need: dict[str, int], root: Path, stamps: list, encoders: tuple[dict, dict],
-               float16: bool, widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
+def _rows_lent(path: "Path | _PartFiles", meta: dict | None, need: dict[str, int], root: Path, stamps: list,
+               encoders: tuple[dict, dict], float16: bool, widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
     """``(dataset indices, their rows there, store)`` that the output at ``path`` (its stored
-    ``meta``) lends (:class:`_ReusedRows`), or why it lends none. Its features are read only when
-    its images' folder holds ``root`` or lies in it (no image can be shared otherwise)."""
+    ``meta``), or an interrupted run's parts (:class:`_PartFiles`, their lend record), lends
+    (:class:`_ReusedRows`), or why it lends none. Its features are read only when its images'
+    folder holds ``root`` or lies in it (no image can be shared otherwise)."""
     from .features import ShardedFeatures, load_features
 
-    if meta is None and not path.exists():
+    if meta is None and not (isinstance(path, _PartFiles) or path.exists()):
         return "it does not exist"
     why = _lendable(meta, encoders, float16)
     if why is not None:
@@ -979,6 +1069,8 @@ def _rows_lent(path: Path, meta: dict | None, need: dict[str, int], root: Path, 
     src_root = Path(meta["dataset"]["root"])
     if not (src_root == root or src_root in root.parents or root in src_root.parents):
         return f"its images lie in {str(src_root)!r}, apart from these"
+    if isinstance(path, _PartFiles):
+        return path.rows_lent(need, src_root, stamps, meta["stat_time_ns"] - REUSE_MARGIN_NS, widths)
     try:
         if path.is_dir():
             sf = ShardedFeatures(path, check=True, verify=True)
@@ -990,26 +1082,83 @@ def _rows_lent(path: Path, meta: dict | None, need: dict[str, int], root: Path, 
             widths_there = tuple(None if a is None else a.shape[1] for a in (fs.vfm_features, fs.vlm_features))
         if tuple(widths_there) != tuple(widths):
             return "its features have other widths"
-        rows, idx = [], []
-        for r, image_id in enumerate(src_ids):
-            j = need.get(str(src_root / image_id))
-            if j is not None and max(stamps[j][1], stamps[j][2]) < limit:  # (size, mtime, ctime)
-                rows.append(r)
-                idx.append(j)
+        idx, rows = _unchanged_rows(src_ids, need, src_root, stamps, limit)
         if path.is_dir():
             def store(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 try:
                     return tuple(sf.take(key, r).numpy() for key in ("vfm_features", "vlm_features"))
                 except _UNREADABLE as exc:  # removed or replaced since (it was whole): the run stops, its parts kept
-                    raise GPUAError(f"reuse: {str(path)!r} could not be read part way ({str(exc).rstrip('.')}); run the "
-                                    "same command again: it resumes, and takes from that output only what is there then.") from exc
+                    raise _gone_part_way(path, exc) from exc
 
-            return np.asarray(idx, np.int64), np.asarray(rows, np.int64), store
+            return idx, rows, store
         # A file is read whole: keep its lent rows, numbered 0.., and drop the rest.
         Z, X = (np.asarray(a[rows], dtype=np.float32) for a in (fs.vfm_features, fs.vlm_features))
     except _UNREADABLE as exc:
         return f"it cannot be read: {str(exc).rstrip('.')}"
-    return np.asarray(idx, np.int64), np.arange(len(rows), dtype=np.int64), lambda r: (Z[r], X[r])
+    return idx, np.arange(len(rows), dtype=np.int64), lambda r: (Z[r], X[r])
+
+
+def _unchanged_rows(src_ids: Sequence, need: dict[str, int], src_root: Path, stamps: list, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(dataset indices, rows)`` of a lender's images ``src_ids`` (relative to ``src_root``)
+    that this run needs and whose files changed before ``limit`` (mtime and ctime, ns)."""
+    idx, rows = [], []
+    for r, image_id in enumerate(src_ids):
+        j = need.get(str(src_root / str(image_id)))
+        if j is not None and max(stamps[j][1], stamps[j][2]) < limit:  # (size, mtime, ctime)
+            rows.append(r)
+            idx.append(j)
+    return np.asarray(idx, np.int64), np.asarray(rows, np.int64)
+
+
+def _gone_part_way(source: Any, exc: BaseException) -> GPUAError:
+    return GPUAError(f"reuse: {str(source)!r} could not be read part way ({str(exc).rstrip('.')}); run the same command "
+                     "again: it resumes, and takes from that output only what is there then.")
+
+
+class _PartFiles:
+    """One run's finished parts in a parts folder (:class:`_Parts`), as a lender of rows: another
+    output's ``shard-*.npz``, or a generation set aside, ``lend-<g>-*.npz``. Each part's image ids
+    are read to find the rows (its features stay on disk); the features of a part are read when
+    its rows are copied, one part at a time."""
+
+    def __init__(self, folder: Path, prefix: str):
+        self.folder, self.prefix = Path(folder), prefix
+
+    def __str__(self) -> str:  # the folder (its name ends in .parts): a set-aside generation is part of it
+        return str(self.folder)
+
+    def rows_lent(self, need: dict[str, int], src_root: Path, stamps: list, limit: int,
+                  widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
+        """As :func:`_rows_lent`: the rows are numbered through the parts in order; a part that
+        cannot be read lends nothing."""
+        spans, idx, rows, first = [], [], [], 0
+        for f in sorted(self.folder.glob(f"{self.prefix}*.npz")):
+            try:
+                src_ids = read_npz(f, "part", ("image_ids",))["image_ids"]
+            except _UNREADABLE:
+                continue
+            j, r = _unchanged_rows(src_ids, need, src_root, stamps, limit)
+            idx.append(j)
+            rows.append(r + first)
+            spans.append((f, first, len(src_ids)))
+            first += len(src_ids)
+        if not spans:
+            return "none of its parts can be read"
+
+        def store(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            Z, X = np.empty((r.size, widths[0]), np.float32), np.empty((r.size, widths[1]), np.float32)
+            for f, a, m in spans:
+                mine = (r >= a) & (r < a + m)
+                if not mine.any():
+                    continue
+                try:
+                    part = read_npz(f, "part", ("vfm", "vlm"))
+                    Z[mine], X[mine] = part["vfm"][r[mine] - a], part["vlm"][r[mine] - a]
+                except (*_UNREADABLE, IndexError) as exc:  # removed since, or damaged: the run stops, its own parts kept
+                    raise _gone_part_way(self, exc) from exc
+            return Z, X
+
+        return np.concatenate(idx), np.concatenate(rows), store
 
 
 # -- Dask ---------------------------------------------------------------------------------------
@@ -1224,9 +1373,12 @@ def extract_features(
         output stat'ed its images; outputs of earlier releases, which do not record that moment,
         lend no rows). Class names play no part in it. The text prototype of a class is copied
         from an output of the same VLM, templates and precision that prompted the class with the
-        same words. ``out`` itself is always tried first (with ``resume``), and the feature files
-        beside ``out`` last, newest first (a classify run's cache files of the folder with other
-        class files); an output named here that lends no row gets a warning saying why. Only
+        same words. ``out`` itself is always tried first (with ``resume``), then the finished
+        parts of an interrupted run into ``out`` with other inputs (set aside, not discarded), and
+        the feature files beside ``out`` last, newest first (a classify run's cache files of the
+        folder with other class files), then the parts folders of interrupted extractions beside
+        it (a parts folder may be named here too); an output named here that lends no row gets a
+        warning saying why. Only
         images stored as files (folders, split files) are copied; ``meta["reused"]`` counts the
         rows and prototypes taken. On a cluster, parts whose every image is lent are written
         here and the others encoded whole by the workers.
@@ -1383,13 +1535,21 @@ def extract_features(
         if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
             raise unwritable
 
-        parts = _Parts.open(out, key, int(shard_size), resume, also=keys)
-        # `out` first: it holds the last run's rows of this folder (before a photo was added);
-        # then the outputs named, then the feature files beside `out` (classify's cache files of
-        # this folder with other class files), newest first.
+        # What lets these parts lend their rows to a run with other inputs, should this one be interrupted.
+        lend = {"format": FORMAT_VERSION, "decode": DECODE_VERSION, "float16": bool(float16), "vfm": vfm_meta,
+                "vlm": vlm_meta, "dataset": {"root": identity["root"]}, "stat_time_ns": stat_time_ns} \
+            if stamps is not None and isinstance(identity.get("root"), str) else None
+        parts = _Parts.open(out, key, int(shard_size), resume, also=keys, lend=lend)
+        # `out` first: it holds the last run's rows of this folder (before a photo was added); then
+        # the parts of an interrupted run into `out` with other inputs, set aside in its parts
+        # folder; then the outputs named, then the feature files beside `out` (classify's cache
+        # files of this folder with other class files), newest first, and the parts of interrupted
+        # extractions into them.
         # Each one's meta is read once here (`out`'s was, above), for the text and the image rows alike.
-        candidates = ([(out, False, stored)] + [(p, True, _candidate_meta(p)) for p in reuse]
-                      + [(p, False, _candidate_meta(p)) for p in _beside(out)]) if resume else []
+        candidates = ([(out, False, stored)] + [(src, False, meta) for src, meta in parts.lenders(own=True)]
+                      + [c for p in reuse for c in _named_candidates(p)]
+                      + [(p, False, _candidate_meta(p)) for p in _beside(out)]
+                      + [(src, False, meta) for src, meta in _beside_parts(out)]) if resume else []
         # The text side first (seconds): classes the VLM cannot tell apart are refused before any
         # image is encoded (their fix, prompt words, changes the key: encoded parts would be lost).
         Y = parts.load_text()
@@ -1422,8 +1582,9 @@ def extract_features(
         if (len(lent) or lent_text) and progress:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"reusing the features of {len(lent)} of {n} images and the text prototypes of {len(lent_text)} of "
-                       f"{len(names)} classes from earlier outputs: {'; '.join(text_sources + lent.sources)}")
+            what = ([f"the features of {len(lent)} of {n} images"] if len(lent) else []) + \
+                ([f"the text prototypes of {len(lent_text)} of {len(names)} classes"] if lent_text else [])
+            tqdm.write(f"reusing {' and '.join(what)} from earlier outputs: {'; '.join(text_sources + lent.sources)}")
         reused = 0
         bar = None
         if progress:

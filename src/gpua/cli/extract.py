@@ -55,9 +55,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--float16", action="store_true", help="store features in half precision")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="recompute everything")
     p.add_argument("--reuse", action="append", default=None, metavar="FILE|DIR",
-                   help="an earlier feature file or shard set whose rows of unchanged image files are copied instead of "
-                        "encoded again (same encoders; repeatable). --out itself and the feature files beside it are "
-                        "always tried")
+                   help="an earlier feature file, shard set or interrupted run's .parts folder whose rows of unchanged "
+                        "image files are copied instead of encoded again (same encoders; repeatable). --out itself, its "
+                        "interrupted parts and the feature files and parts folders beside it are always tried")
     p.add_argument("--on-error", choices=_ON_ERROR, default="skip", help="unreadable images: skip them or stop")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="encode parts on Dask: 'local', a worker count, or tcp://HOST:8786 (OUT.parts/ must be on shared storage)")
