@@ -148,6 +148,7 @@ def test_long_tailed_pool_records_the_ratio_it_reaches(tmp_path, capsys, monkeyp
 WRITERS = {
     "accuracy": ["--sets", "planted", "--methods", "zero_shot"],
     "ablations": ["--seeds", "1"],
+    "cache_check_memory": ["--rows", "10"],
     "calibration": ["--data", "synthetic", "--seeds", "0", "--imbalance", "10", "--skip", "federated"],
     "extract_reuse": ["--encoders", "feed", "--images", "2", "--side", "64"],
     "extract_workers": ["--images", "2", "--side", "64", "--workers", "1"],

@@ -485,6 +485,26 @@ def test_extract_reuse_prints_each_run_against_the_full_extraction_and_checks_th
         extract_reuse.main(["--encoders", "feed", "--images", "4", "--side", "64"])
 
 
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_cache_check_memory_prints_a_ratio_against_the_whole_read_and_writes_json(scripts, tmp_path, capsys, monkeypatch, fmt):
+    """The memory figure of the cache check is a ratio against loading the file whole, in the same run;
+    a check that calls a whole file damaged fails the script."""
+    import cache_check_memory
+
+    out = tmp_path / "c.json"
+    assert cache_check_memory.main(["--rows", "300", "--format", fmt, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "memory of the check against the baseline" in text and "baseline of the same run" in text
+    res = json.loads(out.read_text())
+    assert res["ratio"] == pytest.approx(res["streamed_extra_mb"] / max(res["whole_extra_mb"], 1e-9))
+    assert res["file_mb"] > 0 and res["streamed_seconds"] > 0 and "machine" in res
+    import gpua.extract
+
+    monkeypatch.setattr(gpua.extract, "_damage", lambda path: "it does not match its checksum")
+    with pytest.raises(SystemExit, match="called a whole file damaged"):
+        cache_check_memory.main(["--rows", "30", "--format", fmt])
+
+
 def test_extract_workers_prints_speedups_against_one_thread_and_checks_the_features(scripts, tmp_path, capsys, monkeypatch):
     """The speed target's figure is a ratio against workers=1 of the same run; a run whose features
     differ from the one-thread run's fails the script."""

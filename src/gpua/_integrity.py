@@ -34,11 +34,16 @@ __all__ = [
     "read_npy_header",
     "read_npz",
     "safetensors_layout",
+    "streamed_digest",
 ]
 
 #: The metadata key (or npz member) holding a file's checksum.
 CHECKSUM_KEY = "checksum"
 _PREFIX = "sha256:"
+#: safetensors dtypes as numpy spells them (``dtype.str``), which :func:`digest` hashes; BF16 has no numpy twin.
+_ST_NUMPY = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "|i1", "U8": "|u1",
+             "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "|b1"}
+_BLOCK = 8 << 20
 _ST_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
                 "U32": 4, "U64": 8, "BOOL": 1}
 
@@ -208,6 +213,73 @@ def read_npz(path: str | os.PathLike, what: str, keys: Iterable[str] | None = No
         # zipfile checks each member's CRC-32 as it is read: flipped bits end here.
         raise ModelFileError(f"{what} is not a readable npz archive ({type(exc).__name__}: {exc}); it is corrupt or truncated.") from None
     return out
+
+
+def streamed_digest(path: str | os.PathLike, what: str) -> tuple[str | None, str] | None:
+    """A feature file's stored checksum and the :func:`digest` of what it holds, read in blocks of
+    8 MiB: one block in memory, not the file's arrays (what :func:`read_npz` and a safetensors
+    load hold). ``(None, digest)`` for a file without a checksum; ``None`` when the file holds an
+    array this cannot hash without loading it (Fortran order, a dtype numpy lacks): read it whole.
+
+    Raises
+    ------
+    ModelFileError
+        For a truncated or corrupt file, as :func:`read_npz` and :func:`safetensors_layout`.
+    """
+    if str(path).lower().endswith(".safetensors"):
+        return _streamed_digest_safetensors(path, what)
+    size = os.path.getsize(path)
+    h = hashlib.sha256(canonical_json({}))
+    stored = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = _zip_declared_entries(path, size)
+            if declared is not None and declared != len(zf.infolist()):
+                raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(zf.infolist())}; it is corrupt.")
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                name = info.filename[:-4]
+                if not info.filename.endswith(".npy") or info.compress_size > size:
+                    raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array it can read; it is corrupt.")
+                with zf.open(info) as fh:
+                    shape, fortran, dtype, _ = read_npy_header(fh, info.file_size, f"{what} member {name!r}")
+                    if fortran and len(shape) > 1:
+                        return None
+                    if name == CHECKSUM_KEY:
+                        a = np.frombuffer(fh.read(), dtype=dtype).reshape(shape)
+                        stored = str(a) if a.ndim == 0 and a.dtype.kind == "U" else repr(a)
+                        continue
+                    # digest() hashes np.ascontiguousarray(a), which makes a 0-d array 1-d
+                    h.update(canonical_json([name, dtype.str, list(shape) or [1]]))
+                    for block in iter(lambda: fh.read(_BLOCK), b""):  # zipfile checks the CRC-32 at the end
+                        h.update(block)
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, struct.error, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{what} is not a readable npz archive ({type(exc).__name__}: {exc}); it is corrupt or truncated.") from None
+    return stored, _PREFIX + h.hexdigest()
+
+
+def _streamed_digest_safetensors(path: str | os.PathLike, what: str) -> tuple[str | None, str] | None:
+    header, metadata, start = safetensors_layout(path, what)
+    if any(t["dtype"] not in _ST_NUMPY for t in header.values()):
+        return None
+    metadata = dict(metadata)
+    stored = metadata.pop(CHECKSUM_KEY, None)
+    h = hashlib.sha256(canonical_json(metadata))
+    with open(path, "rb") as fh:
+        for name in sorted(header):
+            t = header[name]
+            h.update(canonical_json([name, _ST_NUMPY[t["dtype"]], list(t["shape"]) or [1]]))
+            b, e = t["data_offsets"]
+            fh.seek(start + b)
+            while b < e:
+                block = fh.read(min(_BLOCK, e - b))
+                if not block:
+                    raise ModelFileError(f"{what}: {name!r} ends early; the file is truncated.")
+                h.update(block)
+                b += len(block)
+    return stored, _PREFIX + h.hexdigest()
 
 
 # -- safetensors ----------------------------------------------------------------------------------

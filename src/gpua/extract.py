@@ -300,15 +300,23 @@ def _stored_meta(path: Path) -> dict | None:
 
 def _damage(out: Path) -> str | None:
     """Why an output whose metadata makes it a cache hit cannot be used (a checksum that does not
-    match, a file that cannot be read), or None when it is whole. Reads the whole output once:
-    seconds for gigabytes, against the hours of the extraction it saves."""
+    match, a file that cannot be read), or None when it is whole. Reads the whole output once,
+    a block or a shard at a time (memory of one, not of the features): seconds for gigabytes,
+    against the hours of the extraction it saves."""
+    from ._integrity import streamed_digest, verify
     from .features import ShardedFeatures, load_features
+    from .features._io import _FIX
 
     try:
         if out.is_dir():
             ShardedFeatures(out, check=True, verify=True).verify_all()
         else:
-            load_features(out, validate=False)  # checks the file's checksum (and reads every array)
+            where = f"feature file {str(out)!r}"
+            got = streamed_digest(out, where)
+            if got is None or got[0] is None:  # an array it cannot hash in blocks, or no checksum: read whole
+                load_features(out, validate=False)
+            else:
+                verify(got[0], got[1], where, _FIX)
     except (GPUAError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         return str(exc).rstrip(".")
     return None
