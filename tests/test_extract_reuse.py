@@ -332,11 +332,16 @@ def test_an_interrupted_run_s_parts_lend_to_a_run_with_other_inputs(tmp_path, no
     assert sorted(p.name for p in (tmp_path / "f.npz.parts").glob("shard-*")) == ["shard-000000.npz", "shard-000001.npz"]
     other = ["cat", "dog", "bird"]
     capsys.readouterr()
-    path, vfm, _ = _run(folder, out, classnames=other, shard_size=2, progress=True)
-    assert vfm.calls == 5  # was 9
-    assert "reusing the features of 4 of 9 images from earlier outputs: " in capsys.readouterr().out  # no prototypes: not named
+    vlm = CountingToy("toy:vlm", vlm=True, scale=2.0)
+    path, vfm, _ = _run(folder, out, classnames=other, shard_size=2, progress=True, vlm=vlm)
+    assert vfm.calls == 5 and vlm.prompts == ["a photo of a bird."]  # was 9, and every class's prompts
+    assert "reusing the features of 4 of 9 images and the text prototypes of 2 of 3 classes from earlier outputs: " \
+        in capsys.readouterr().out
     got = _same_as_fresh(path, folder, tmp_path, classnames=other)
-    assert got.meta["reused"]["rows"] == 4 and got.meta["reused"]["from"] == [f"{tmp_path / 'f.npz.parts'} (4 rows)"]
+    parts = tmp_path / "f.npz.parts"
+    assert got.meta["reused"] == {"rows": 4, "prototypes": 2, "from": [f"{parts} (2 prototypes)", f"{parts} (4 rows)"]}
+    fresh = load_features(tmp_path / "fresh" / "f.npz")
+    np.testing.assert_allclose(got.text_prototypes, fresh.text_prototypes, atol=1e-6)
     assert not (tmp_path / "f.npz.parts").exists()  # the set-aside parts go with the folder once the output is written
 
 
@@ -360,8 +365,9 @@ def test_parts_of_another_output_beside_lend_and_are_left_alone(tmp_path, no_mar
     folder = _folder(tmp_path / "photos", n=9, flat=True)
     interrupt(_run, folder, tmp_path / "cache" / "a.npz", shard_size=2, stop=lambda i, done: i == 2)  # 6 of 9
     before = sorted(p.name for p in (tmp_path / "cache" / "a.npz.parts").iterdir())
-    path, vfm, _ = _run(folder, tmp_path / "cache" / "b.npz", classnames=["cat", "dog", "bird"], shard_size=2)
-    assert vfm.calls == 3
+    vlm = CountingToy("toy:vlm", vlm=True, scale=2.0)
+    path, vfm, _ = _run(folder, tmp_path / "cache" / "b.npz", classnames=["cat", "dog", "bird"], shard_size=2, vlm=vlm)
+    assert vfm.calls == 3 and vlm.prompts == ["a photo of a bird."]
     _same_as_fresh(path, folder, tmp_path, classnames=["cat", "dog", "bird"])
     assert sorted(p.name for p in (tmp_path / "cache" / "a.npz.parts").iterdir()) == before  # still resumable
     path, vfm, _ = _run(folder, tmp_path / "cache" / "a.npz", shard_size=2)
@@ -393,6 +399,6 @@ def test_a_folder_killed_while_setting_aside_is_still_gpuas(tmp_path, no_margin,
     parts = extract._Parts.of(out)
     parts._set_aside(parts.manifest()["lend"], sorted(parts.dir.glob("shard-*.npz")))
     parts.remove(keep_lent=True)
-    assert sorted(p.name for p in parts.dir.iterdir()) == ["lend-1-000000.npz", "lend-1.json"] and parts.is_ours()
+    assert sorted(p.name for p in parts.dir.iterdir()) == ["lend-1-000000.npz", "lend-1-text.npy", "lend-1.json"] and parts.is_ours()
     path, vfm, _ = _run(folder, out, classnames=["cat", "dog", "bird"], shard_size=2)
     assert vfm.calls == 3 and not parts.dir.exists()

@@ -407,8 +407,10 @@ class _Parts:
     their rows to another extraction (``"lend"``: the encoders, decoding, precision, image
     folder and stat time, as an output's meta records them): when a run with other inputs opens
     the folder, an interrupted run's finished parts are set aside in it as ``lend-<g>-*.npz``
-    (with ``lend-<g>.json``) rather than deleted, and lend the rows of the images that have not
-    changed (:class:`_PartFiles`); the folder goes, those files with it, once its output is written.
+    (with ``lend-<g>.json``, and its text prototypes as ``lend-<g>-text.npy``) rather than
+    deleted, and lend the rows of the images that have not changed and the prototypes of the
+    classes prompted the same (:class:`_PartFiles`); the folder goes, those files with it, once
+    its output is written.
     """
 
     #: The small arrays of a part: which images it holds and which it skipped.
@@ -457,7 +459,7 @@ class _Parts:
 
     @staticmethod
     def _lend_name(name: str) -> bool:
-        return name.startswith("lend-") and name.endswith((".npz", ".json"))
+        return name.startswith("lend-") and name.endswith((".npz", ".npy", ".json"))
 
     @classmethod
     def _own_name(cls, name: str) -> bool:
@@ -506,8 +508,10 @@ class _Parts:
         A run killed in between leaves the rest as parts, which the next run sets aside in turn."""
         g = 1 + max((gen for gen, _ in self.lend_generations()), default=0)
         atomic_write_text(self.dir / f"lend-{g}.json", json.dumps({"written_by": self.MARK, "lend": lend}, default=str))
-        for p in done:
-            os.replace(p, self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
+        for p in done + [self.dir / "text_prototypes.npy"]:
+            with contextlib.suppress(FileNotFoundError):  # no text prototypes: a run stopped before its parts had none
+                os.replace(p, _PartFiles(self.dir, f"lend-{g}-").text_file() if p.suffix == ".npy"
+                           else self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
 
     def lend_generations(self) -> list[tuple[int, dict | None]]:
         """The set-aside generations ``(g, their lend record or None when unreadable)``, newest first."""
@@ -851,8 +855,11 @@ def _lent_prototypes(candidates: Sequence[tuple[Path, dict | None]], prompts: li
     return got, sources
 
 
-def _stored_prototypes(path: Path) -> np.ndarray | None:
+def _stored_prototypes(path: "Path | _PartFiles") -> np.ndarray | None:
     """An output's text prototypes, read alone (not its features)."""
+    if isinstance(path, _PartFiles):
+        text = path.text_file()
+        return np.asarray(np.load(text, allow_pickle=False), np.float32) if text.is_file() else None
     if path.is_dir():
         from .features import ShardedFeatures
 
@@ -1134,6 +1141,10 @@ class _PartFiles:
 
     def __str__(self) -> str:  # the folder (its name ends in .parts): a set-aside generation is part of it
         return str(self.folder)
+
+    def text_file(self) -> Path:
+        """The text prototypes of these parts' run (``text_prototypes.npy``, or ``lend-<g>-text.npy`` set aside)."""
+        return self.folder / ("text_prototypes.npy" if self.prefix == "shard-" else f"{self.prefix}text.npy")
 
     def rows_lent(self, need: dict[str, int], src_root: Path, stamps: list, limit: int,
                   widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Callable] | str:
@@ -1545,7 +1556,8 @@ def extract_features(
 
         # What lets these parts lend their rows to a run with other inputs, should this one be interrupted.
         lend = {"format": FORMAT_VERSION, "decode": DECODE_VERSION, "float16": bool(float16), "vfm": vfm_meta,
-                "vlm": vlm_meta, "dataset": {"root": identity["root"]}, "stat_time_ns": stat_time_ns} \
+                "vlm": vlm_meta, "dataset": {"root": identity["root"]}, "stat_time_ns": stat_time_ns,
+                "templates": temps, "class_prompts": words or [[c] for c in names]} \
             if stamps is not None and isinstance(identity.get("root"), str) else None
         parts = _Parts.open(out, key, int(shard_size), resume, also=keys, lend=lend)
         # `out` first: it holds the last run's rows of this folder (before a photo was added); then
