@@ -402,3 +402,15 @@ def test_a_folder_killed_while_setting_aside_is_still_gpuas(tmp_path, no_margin,
     assert sorted(p.name for p in parts.dir.iterdir()) == ["lend-1-000000.npz", "lend-1-text.npy", "lend-1.json"] and parts.is_ours()
     path, vfm, _ = _run(folder, out, classnames=["cat", "dog", "bird"], shard_size=2)
     assert vfm.calls == 3 and not parts.dir.exists()
+
+
+def test_a_shard_set_s_interrupted_parts_lend_too(tmp_path, no_margin, interrupt):
+    folder = _folder(tmp_path / "photos", n=7, flat=True)
+    out = tmp_path / "feats"
+    interrupt(_run, folder, out, format="shards", shard_size=3, stop=lambda i, done: i == 0)
+    path, vfm, _ = _run(folder, out, classnames=["cat", "dog", "bird"], format="shards", shard_size=3)
+    assert vfm.calls == 4
+    sf = ShardedFeatures(path)
+    assert sf.meta["reused"]["rows"] == 3 and not (tmp_path / "feats.parts").exists()
+    fresh, _, _ = _run(folder, tmp_path / "fresh.npz", classnames=["cat", "dog", "bird"], resume=False)
+    np.testing.assert_allclose(sf.take("vfm_features", np.arange(7)).numpy(), load_features(fresh).vfm_features, atol=1e-6)
