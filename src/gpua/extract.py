@@ -509,7 +509,7 @@ class _Parts:
         g = 1 + max((gen for gen, _ in self.lend_generations()), default=0)
         atomic_write_text(self.dir / f"lend-{g}.json", json.dumps({"written_by": self.MARK, "lend": lend}, default=str))
         for p in done + [self.dir / "text_prototypes.npy"]:
-            with contextlib.suppress(FileNotFoundError):  # no text prototypes: a run stopped before its parts had none
+            with contextlib.suppress(FileNotFoundError):  # no text prototypes: a run stopped before it saved them
                 os.replace(p, _PartFiles(self.dir, f"lend-{g}-").text_file() if p.suffix == ".npy"
                            else self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
 
