@@ -32,7 +32,8 @@ def test_equals_the_stored_checksum_of_a_saved_file(tmp_path, suffix, float16):
 def test_hashes_each_member_as_digest_does(tmp_path):
     """0-d arrays (digest hashes them as ascontiguousarray makes them, 1-d), strings, ints, bools, empty arrays."""
     arrays = {"z": np.arange(12, dtype=np.float32).reshape(3, 4), "meta": np.asarray('{"a": 1}'), "ids": np.asarray(["a", "bcd"]),
-              "n": np.asarray(7), "mask": np.array([True, False]), "empty": np.zeros((0, 5), np.float16), "i8": np.arange(3, dtype=np.int8)}
+              "n": np.asarray(7), "mask": np.array([True, False]), "empty": np.zeros((0, 5), np.float16), "i8": np.arange(3, dtype=np.int8),
+              "x": np.ones(2), "x-y": np.zeros(2)}  # "x-y.npy" sorts before "x.npy": the digest sorts by name
     np.savez(tmp_path / "a.npz", **arrays, **{CHECKSUM_KEY: np.asarray(digest(None, arrays))})
     stored, actual = streamed_digest(tmp_path / "a.npz", "a")
     assert stored == actual == digest(None, arrays)

@@ -236,7 +236,7 @@ def streamed_digest(path: str | os.PathLike, what: str) -> tuple[str | None, str
             declared = _zip_declared_entries(path, size)
             if declared is not None and declared != len(zf.infolist()):
                 raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(zf.infolist())}; it is corrupt.")
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            for info in sorted(zf.infolist(), key=lambda i: i.filename[:-4]):  # digest()'s order: by name, not file name
                 name = info.filename[:-4]
                 if not info.filename.endswith(".npy") or info.compress_size > size:
                     raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array it can read; it is corrupt.")

@@ -785,7 +785,7 @@ class DenseSegmenter:
         each, and a band of final rows is upsampled from them when it is handed out
         (:meth:`_band_of_windows`), so memory is one band of ``band_bytes`` plus the grids of
         about two rows of windows, not a crop's height of full-width pixel scores (that was
-        K x (crop + stride) x W float32: 900 MB for a 4000-pixel-wide photo of 150 classes).
+        K x (crop + stride) x W float32: 900 MB for a 4000-pixel-wide photo of 150 classes, crop 224, stride 149).
         """
         H, W = img.shape[:2]
         windows = sliding_windows(H, W, self.crop_size, self.stride)
