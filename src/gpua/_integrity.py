@@ -165,6 +165,23 @@ def _zip_declared_entries(path: str | os.PathLike, size: int) -> int | None:
     return None if count == 0xFFFF else count
 
 
+def _npz_members(zf: zipfile.ZipFile, path: str | os.PathLike, size: int, what: str) -> list[zipfile.ZipInfo]:
+    """An open npz archive's members, each checked to be an ``.npy`` no larger than the file, and
+    their count against the count the archive declares."""
+    infos = zf.infolist()
+    declared = _zip_declared_entries(path, size)
+    if declared is not None and declared != len(infos):
+        # zipfile lists what its central directory parse reached, silently: a damaged
+        # length field there hides members.
+        raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(infos)}; it is corrupt.")
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array; it is not an npz feature file.")
+        if info.compress_size > size:
+            raise ModelFileError(f"{what}: member {info.filename!r} declares more bytes than the file holds; it is truncated.")
+    return infos
+
+
 def read_npz(path: str | os.PathLike, what: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file (all, or ``keys``), each header checked before its data is read.
 
@@ -180,16 +197,7 @@ def read_npz(path: str | os.PathLike, what: str, keys: Iterable[str] | None = No
     out: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf:
-            declared = _zip_declared_entries(path, size)
-            if declared is not None and declared != len(zf.infolist()):
-                # zipfile lists what its central directory parse reached, silently: a damaged
-                # length field there hides members.
-                raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(zf.infolist())}; it is corrupt.")
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array; it is not an npz feature file.")
-                if info.compress_size > size:
-                    raise ModelFileError(f"{what}: member {info.filename!r} declares more bytes than the file holds; it is truncated.")
+            for info in _npz_members(zf, path, size, what):
                 name = info.filename[:-4]
                 if wanted is not None and name not in wanted:
                     continue
@@ -233,13 +241,8 @@ def streamed_digest(path: str | os.PathLike, what: str) -> tuple[str | None, str
     stored = None
     try:
         with zipfile.ZipFile(path) as zf:
-            declared = _zip_declared_entries(path, size)
-            if declared is not None and declared != len(zf.infolist()):
-                raise ModelFileError(f"{what} declares {declared} arrays but its directory lists {len(zf.infolist())}; it is corrupt.")
-            for info in sorted(zf.infolist(), key=lambda i: i.filename[:-4]):  # digest()'s order: by name, not file name
+            for info in sorted(_npz_members(zf, path, size, what), key=lambda i: i.filename[:-4]):  # digest()'s order: by name
                 name = info.filename[:-4]
-                if not info.filename.endswith(".npy") or info.compress_size > size:
-                    raise ModelFileError(f"{what} holds {info.filename!r}, which is not an array it can read; it is corrupt.")
                 with zf.open(info) as fh:
                     shape, fortran, dtype, _ = read_npy_header(fh, info.file_size, f"{what} member {name!r}")
                     if fortran and len(shape) > 1:

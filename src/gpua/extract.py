@@ -508,10 +508,10 @@ class _Parts:
         A run killed in between leaves the rest as parts, which the next run sets aside in turn."""
         g = 1 + max((gen for gen, _ in self.lend_generations()), default=0)
         atomic_write_text(self.dir / f"lend-{g}.json", json.dumps({"written_by": self.MARK, "lend": lend}, default=str))
-        for p in done + [self.dir / "text_prototypes.npy"]:
-            with contextlib.suppress(FileNotFoundError):  # no text prototypes: a run stopped before it saved them
-                os.replace(p, _PartFiles(self.dir, f"lend-{g}-").text_file() if p.suffix == ".npy"
-                           else self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
+        for p in done:
+            os.replace(p, self.dir / f"lend-{g}-{p.name[len('shard-'):]}")
+        with contextlib.suppress(FileNotFoundError):  # no text prototypes: a run stopped before it saved them
+            os.replace(self.dir / "text_prototypes.npy", _PartFiles(self.dir, f"lend-{g}-").text_file())
 
     def lend_generations(self) -> list[tuple[int, dict | None]]:
         """The set-aside generations ``(g, their lend record or None when unreadable)``, newest first."""
@@ -532,8 +532,9 @@ class _Parts:
         """The sources of rows this folder holds, ``(files, lend record)``, newest first: its
         set-aside generations, and with ``own=False`` (another output's folder) its own parts too."""
         found = []
-        if not own and isinstance((self.manifest() or {}).get("lend"), dict):
-            found.append((_PartFiles(self.dir, "shard-"), self.manifest()["lend"]))
+        lend = None if own else (self.manifest() or {}).get("lend")
+        if isinstance(lend, dict):
+            found.append((_PartFiles(self.dir, "shard-"), lend))
         return found + [(_PartFiles(self.dir, f"lend-{g}-"), lend) for g, lend in self.lend_generations() if lend is not None]
 
     def manifest(self) -> dict | None:
@@ -1085,7 +1086,7 @@ def _rows_lent(path: "Path | _PartFiles", meta: dict | None, need: dict[str, int
     if not (src_root == root or src_root in root.parents or root in src_root.parents):
         return f"its images lie in {str(src_root)!r}, apart from these"
     if isinstance(path, _PartFiles):
-        return path.rows_lent(need, src_root, stamps, meta["stat_time_ns"] - REUSE_MARGIN_NS, widths)
+        return path.rows_lent(need, src_root, stamps, limit, widths)
     try:
         if path.is_dir():
             sf = ShardedFeatures(path, check=True, verify=True)
@@ -1554,10 +1555,11 @@ def extract_features(
         if unwritable is not None:  # not up to date, so it would be rewritten: still before any image is encoded
             raise unwritable
 
+        prompts = words or [[c] for c in names]  # each class's prompt words
         # What lets these parts lend their rows to a run with other inputs, should this one be interrupted.
         lend = {"format": FORMAT_VERSION, "decode": DECODE_VERSION, "float16": bool(float16), "vfm": vfm_meta,
                 "vlm": vlm_meta, "dataset": {"root": identity["root"]}, "stat_time_ns": stat_time_ns,
-                "templates": temps, "class_prompts": words or [[c] for c in names]} \
+                "templates": temps, "class_prompts": prompts} \
             if stamps is not None and isinstance(identity.get("root"), str) else None
         parts = _Parts.open(out, key, int(shard_size), resume, also=keys, lend=lend)
         # `out` first: it holds the last run's rows of this folder (before a photo was added); then
@@ -1578,7 +1580,6 @@ def extract_features(
         if Y is None or Y.shape != (len(names), vlm.embed_dim):
             from .data.prompts import build_text_prototypes
 
-            prompts = words or [[c] for c in names]
             lent_text, text_sources = _lent_prototypes([(p, meta) for p, _, meta in candidates], prompts, temps, vlm_meta,
                                                        float16, vlm.embed_dim)
             Y = np.empty((len(names), vlm.embed_dim), np.float32)
@@ -1620,10 +1621,12 @@ def extract_features(
             if on_shard is not None:
                 on_shard(i, done)
 
+        split = {i: lent.split(ranges[i]) for i in todo}  # each part's lent rows and the images left to encode
+
         def encode_here(i: int) -> None:
             """Part ``i`` in this process: its lent rows copied, the others encoded (the bar ticks per batch)."""
             nonlocal reused
-            rows, rest = lent.split(ranges[i])
+            rows, rest = split[i]
             part = _encode_shard(vfm, vlm, ds, rest, ids, batch_size, on_error, bar, workers) if len(rest) else _empty_part(widths)
             parts.save(i, lent.merged(part, rows, ids))
             reused += rows.stop - rows.start
@@ -1636,7 +1639,7 @@ def extract_features(
                 for i in todo:
                     encode_here(i)
             else:
-                lent_whole = {i for i in todo if not len(lent.split(ranges[i])[1])}  # nothing to send to a worker
+                lent_whole = {i for i in todo if not len(split[i][1])}  # nothing to send to a worker
                 for i in sorted(lent_whole):
                     encode_here(i)
                 todo = [i for i in todo if i not in lent_whole]
@@ -1678,7 +1681,7 @@ def extract_features(
             # Where the images came from is provenance, not identity (a moved file keeps its cache key).
             "dataset": {**identity, "source": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None},
             "templates": temps,
-            "class_prompts": words or [[n] for n in names],
+            "class_prompts": prompts,
             "float16": bool(float16),
             "skipped": {"count": len(skipped), "images": [{"index": j, "image_id": ids[j], "error": e} for j, e in skipped]},
             # What lets a later run reuse these rows (_ReusedRows): how the images were decoded,
