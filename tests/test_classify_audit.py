@@ -257,7 +257,8 @@ def test_an_interrupted_classify_says_the_same_command_resumes(folders, monkeypa
     monkeypatch.setattr("gpua.classify.classify_folder", stop)
     argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm", "--vlm", "planted:vlm"]
     assert main(argv) == 130
-    assert "interrupted; the photos encoded so far are saved (every 256); the same command resumes" in capsys.readouterr().err
+    assert ("interrupted; the photos are saved in parts of 256 as they are encoded; the same command resumes from the last part "
+            "saved (a run stopped before its first 256 starts again)") in capsys.readouterr().err
 
 
 def test_nas_thumbnails_and_linked_photos_are_not_more_photos(folders):
@@ -289,6 +290,37 @@ def test_an_output_with_an_image_ending_inside_the_photos_is_refused(folders, ca
     assert main([*argv, "--out", "out.csv", "--cache-dir", "mine"]) == 2  # was: an error naming 'out' and 'dataset'
     err = capsys.readouterr().err
     assert "--cache-dir 'mine' lies in --images 'mine'" in err and "mine/.gpua-cache" in err
+
+
+def test_a_report_never_replaces_a_photo_a_script_or_a_class_file(folders, capsys):
+    """Was: --out IMG_0001 (a photo saved without an ending, which gpua itself reads as a photo)
+    was replaced by the CSV, and so were --out train.py and --out classes2.txt, without a word."""
+    from PIL import Image
+
+    from gpua.cli import main
+
+    argv = ["classify", "--images", "mine", "--classnames", "classes.txt", "--vfm", "planted:vfm", "--vlm", "planted:vlm",
+            "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache", "--quiet"]
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folders / "IMG_0001", format="JPEG")
+    (folders / "blob").write_bytes(b"\x00\x01 not text")
+    (folders / "train.py").write_text("print('mine')\n")
+    (folders / "classes2.txt").write_text("sky\ngrass\n")
+    for name, what in (("IMG_0001", "is a photo"), ("blob", "is a binary file"), ("train.py", "is a text file ending in '.py'"),
+                       ("classes2.txt", "is a text file ending in '.txt'")):
+        before = (folders / name).read_bytes()
+        assert main([*argv, "--out", name]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {name!r} {what}" in err and "nothing was written" in err and "delete that file first" in err
+        assert (folders / name).read_bytes() == before
+    # A report replaces a report: an earlier CSV, one without an ending (it starts with gpua's header), a JSON, an empty file
+    (folders / "old.csv").write_text("someone's,table\n")
+    (folders / "empty").write_text("")
+    for name in ("old.csv", "preds", "preds", "empty"):
+        assert main([*argv, "--out", name]) == 0, capsys.readouterr().err
+        assert (folders / name).read_text().startswith("image,prediction,probability")
+    (folders / "r").write_text('{"acc1": 0.5}')
+    assert main(["evaluate", "--model", "m.gpua", "--test", "t.npz", "--json", "r"]) == 2  # no such model: the report is not the refusal
+    assert "'r'" not in capsys.readouterr().err
 
 
 def test_a_cache_setting_that_is_a_file_is_named_as_the_setting(folders, capsys, monkeypatch):
@@ -469,3 +501,32 @@ def test_a_clean_between_two_extractions_does_not_fail_the_run(folders, monkeypa
     monkeypatch.setattr(gpua.extract, "extract_features", extract_then_clean)
     res = classify_folder("mine", "classes.txt", pool="more", cache_dir="cache", **PLANTED)
     assert len(calls) == 2 and len(res.image_ids) == sum(1 for _ in Path("mine").rglob("*.png"))
+
+
+def test_messages_a_users_folder_met(folders, capsys):
+    """Four messages of a walk with a user's folder: "classified 1 photos"; a class file of one line
+    `sky,grass,road` named one class with no hint why; an empty class folder was said to "stay a class",
+    though the fit still gives it a share of the photos; a --pool's unreadable photos went unsaid."""
+    from gpua.cli import main
+
+    argv = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple", "--n-steps", "10", "--cache-dir", "cache",
+            "--quiet", "--out", "x.csv"]
+    Path("one.txt").write_text("# my classes\nsky,grass,road\n")
+    assert main(["classify", "--images", "mine", "--classnames", "one.txt", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "names 1 class ('sky')" in err and "its one line 'sky,grass,road' is one class" in err and "a line of its own" in err
+    shutil.rmtree("mine/sand")
+    Path("mine/sand").mkdir()
+    assert main(["classify", "--images", "mine", "--classnames", "classes.txt", *argv]) == 0
+    err = capsys.readouterr().err
+    assert "hold no images (first: 'sand')" in err and "still gives such a class its share of the photos" in err
+    Path("solo").mkdir()
+    shutil.copy("mine/sky/sky_0.png", "solo/a.png")
+    # a pool's unreadable photos were left out of the fit without a word (the images' are rows of the CSV)
+    Path("more/2023/broken.png").write_bytes(b"")
+    assert main(["classify", "--images", "mine", "--pool", "more", "--classnames", "classes.txt", *argv]) == 0
+    err = capsys.readouterr().err
+    assert "the pool 'more': 1 of 16 photo(s) could not be read and were left out of the fit (first: '2023/broken.png'" in err
+    zero_shot = [a for a in argv if a not in ("--n-steps", "10")]  # zero_shot refines nothing: --n-steps is refused
+    assert main(["classify", "--images", "solo", "--classnames", "classes.txt", "--method", "zero_shot", *zero_shot]) == 0
+    assert "classified 1 photo into 5 classes" in capsys.readouterr().out

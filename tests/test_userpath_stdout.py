@@ -133,8 +133,12 @@ def test_an_output_may_not_replace_an_extensionless_photo(photos, monkeypatch, c
     # was: allowed (the input check knew photos by their ending), the photo replaced by the CSV
     assert code != 0 and "would overwrite a file inside --images" in err
     assert (photos / "flat" / "IMG_0001").read_bytes() == before
-    # a file without an extension that is not a photo may still be replaced, as any non-input file
-    assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "flat/notes", *CLI]) == 0
+    # nor a user's text file without an ending (was: replaced, "as any non-input file"); a report gpua wrote there may be
+    assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "flat/notes", *CLI]) == 2
+    assert "is a text file with no ending that is not a CSV or JSON report" in capsys.readouterr().err
+    assert (photos / "flat" / "notes").read_text() == "not a photo\n"
+    for _ in range(2):
+        assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "flat/preds", *CLI]) == 0
 
 
 def test_the_listing_reads_extensionless_photos_in_class_folders_too(photos):

@@ -403,6 +403,44 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
                         "file first if it may go.")
 
 
+#: Endings of the text reports a table output writes: an existing text file with one of them is a report to replace.
+_REPORT_SUFFIXES = frozenset({".csv", ".json", ".tsv"})
+#: The first line of the predictions CSV gpua writes (:func:`gpua.report.write_predictions`), whatever the file's name.
+_PREDICTIONS_HEADER = "image,prediction,probability"
+
+
+def _reads_like_report(head: bytes) -> bool:
+    """Whether text starts as a report gpua writes: its predictions CSV's header, or a JSON object or list."""
+    return head.startswith(_PREDICTIONS_HEADER.encode()) or head.lstrip()[:1] in (b"{", b"[")
+
+
+def check_report_target(out: Path, path, name: str) -> None:
+    """Refuse a CSV or JSON report over an existing file that is not one: a photo (an extensionless
+    ``IMG_0001`` too), any other binary file, or a text file of another kind (a script, a class file).
+
+    Replaced as before: nothing there, an empty file, a text file ending in .csv, .json or .tsv, or one
+    that starts as gpua's reports do (its predictions header, a JSON object or list). Was: ``--out IMG_0001`` replaced that photo with a
+    CSV, and ``--out train.py`` that script, without a word."""
+    try:
+        if not out.is_file() or out.stat().st_size == 0:
+            return
+        with open(out, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return  # what cannot be read is for the write to report
+    what = None
+    if b"\0" in head:
+        from .data._loaders import _sniff_image
+
+        what = "a photo" if _sniff_image(os.fspath(out)) else "a binary file, not a text report"
+    elif out.suffix.lower() not in _REPORT_SUFFIXES and not _reads_like_report(head.lstrip(b"\xef\xbb\xbf")):
+        ending = f"ending in {out.suffix!r}" if out.suffix else "with no ending"
+        what = f"a text file {ending} that is not a CSV or JSON report"
+    if what is not None:
+        raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with its report; nothing was "
+                        f"written. Choose another {name} (ending in .csv or .json), or delete that file first if it may go.")
+
+
 def _has_image_ending(p: Path) -> bool:
     """Whether a file name ends like an image's (any case; also the photo formats counted but not decoded)."""
     from .data._datasets import IMAGE_EXTENSIONS

@@ -110,8 +110,24 @@ def check_classes(classnames: Any, option: str = "classnames", hint: str = "give
     if len(names) < 2:
         shown = f" {str(classnames)!r}" if isinstance(classnames, (str, os.PathLike)) else ""
         raise GPUAError(f"{option}{shown} names {len(names)} class ({', '.join(map(repr, names)) or 'none'}); at least 2 classes are "
-                        f"needed to classify anything: {hint}.")
+                        f"needed to classify anything: {hint}{_one_line_of_words(classnames)}.")
     return names
+
+
+def _one_line_of_words(classnames) -> str:
+    """A hint when a class-name file's one class came from a line of commas (``cat, dog, ship``: the
+    class ``cat`` prompted by three words, not three classes); '' otherwise."""
+    if not isinstance(classnames, (str, os.PathLike)) or not os.path.isfile(classnames):
+        return ""
+    try:
+        lines = [ln.strip() for ln in Path(classnames).read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeError):
+        return ""
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if len(lines) != 1 or "," not in lines[0]:
+        return ""
+    return (f" (its one line {lines[0]!r} is one class, prompted by each of its comma-separated words: put each class on a "
+            "line of its own)")
 
 
 def unlabeled_pool(folder: str | os.PathLike, option: str = "pool"):
@@ -534,6 +550,12 @@ def classify_folder(
         raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(sources.get('pool', folder)))!r} holds "
                         f"{pool_fs.n_samples} readable photo(s) ({skipped} could not be read) for {len(names)} classes; a fit "
                         f"needs at least one per class: {_FEW_PHOTOS_FIX}.")
+    pool_skipped = (pool_fs.meta.get("skipped") or {}).get("images", []) if "pool" in sources and method != "zero_shot" else []
+    if pool_skipped:  # the images' own are rows of the CSV; the pool's are said here or nowhere
+        first = pool_skipped[0]
+        warn_user(f"the pool {str(_folder_of(sources['pool']))!r}: {len(pool_skipped)} of {pool_fs.n_samples + len(pool_skipped)} "
+                  f"photo(s) could not be read and were left out of the fit (first: {str(first.get('image_id'))!r}: "
+                  f"{_explain_unreadable(str(first.get('image_id')), str(first.get('error', ''))).rstrip('.')}).")
     t1 = time.perf_counter()
     est = make_method(method, **(overrides or {}))
     kw = {"callback": callback} if callback is not None and "callback" in inspect.signature(est.fit).parameters else {}

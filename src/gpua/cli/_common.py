@@ -91,7 +91,7 @@ def check_paths(
         finished ``fit --checkpoint``): on read-only storage they are not refused here; the
         library refuses them only when it must write there.
     """
-    from .._atomic import _has_image_ending, check_output
+    from .._atomic import _has_image_ending, check_output, check_report_target
 
     ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
@@ -114,6 +114,8 @@ def check_paths(
         if kind == "table" and _has_image_ending(Path(path)):  # after: an input it would replace is named first
             raise GPUAError(f"{name} {str(path)!r} ends like an image, but this command writes text (CSV or JSON) there; "
                             "give a name ending in .csv or .json.")
+        if kind == "table":
+            check_report_target(Path(path), path, name)
 
 
 def parse_params(pairs: list[str] | None) -> dict:

@@ -42,8 +42,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model-out", metavar="FILE.gpua", help="also save the fitted model (for gpua predict / evaluate)")
     add_extraction_arguments(p, benchmark="those of the benchmark --classnames names, e.g. cifar10")
     add_estimator_arguments(p)
-    p.set_defaults(func=_cmd_classify, on_interrupt="the photos encoded so far are saved (every 256); the same command "
-                   "resumes from them")
+    p.set_defaults(func=_cmd_classify, on_interrupt="the photos are saved in parts of 256 as they are encoded; the same command "
+                   "resumes from the last part saved (a run stopped before its first 256 starts again)")
 
 
 #: What an interruption leaves once every photo is encoded (the fit's first report says so).
@@ -122,7 +122,8 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
     fitted = ("zero-shot: nothing fitted" + ("; --pool not used" if args.pool else "") if args.method == "zero_shot"
               else "fitted on " + ("--pool " + args.pool if args.pool else "the photos themselves, no labels"))
     of = f" of {n + len(res.unreadable)}" if res.unreadable else ""  # the others are named below, and in the CSV
-    print(f"classified {n}{of} photos into {len(res.classnames)} classes with {args.method} "
+    photos = "photo" if n + len(res.unreadable) == 1 else "photos"
+    print(f"classified {n}{of} {photos} into {len(res.classnames)} classes with {args.method} "
           f"(VFM {args.vfm}, VLM {args.vlm}; {fitted}); extract {s['extract']:.1f} s, fit {s['fit']:.1f} s")
     print(f"predicted: {shown}{' ...' if len(counts) > 6 else ''}")
     scored = ", and the scores below leave them out" if res.labels is not None else ""

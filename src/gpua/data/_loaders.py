@@ -1026,7 +1026,8 @@ def _collect_class_files(
     empty = [folder for folder, found in files.items() if not found and folder not in absent]
     if empty:
         warn_user(f"{len(empty)} class folder(s) of {str(base)!r} hold no images (first: {empty[0]!r}); they stay classes "
-                  "with no images.")
+                  "with no images, and a fit without labels still gives such a class its share of the photos (GPUA expects "
+                  "every class in the pool): remove it from the class names if the photos hold none of it.")
     return relpaths, labels
 
 
