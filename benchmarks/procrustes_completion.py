@@ -13,7 +13,9 @@ order, grouping or precision can complete it otherwise).
 This script fits GPUA with three completions (``ArrayPool.procrustes`` overridden; everything
 else is ``gpua.fitting.fit_arrays``' own sequence, self-learning rounds included):
 
-* ``default``: ``GPUA()`` as it is (whatever ``torch.linalg.svd`` returns);
+* ``default``: the SVD's own completion (whatever ``torch.linalg.svd`` returns): ``GPUA()``'s
+  until 2026-12-01, ``GPUA(procrustes_completion="svd")`` since (the name is kept so that the
+  JSON of earlier runs merges);
 * ``complete_crosscov``: :math:`W_0 = U_r V_r^\top + \mathrm{polar}_{m-r}\big(\Pi_U\, Q^\top X\, \Pi_V\big)`
   with :math:`X` the pool's own (centred, normalised) VLM image rows, :math:`Q^\top X` the
   query-to-VLM cross-covariance of the pool, :math:`\Pi_U = I - U_r U_r^\top`,
@@ -27,6 +29,10 @@ else is ``gpua.fitting.fit_arrays``' own sequence, self-learning rounds included
   top-left block, ones on the diagonal of the rectangular matrix) in place of :math:`Q^\top X`.
   In the whitened coordinates input :math:`j` is the pool query's :math:`j`-th principal
   direction, so :math:`E` sends it to VLM coordinate :math:`j`: canonical, not meaningful.
+
+``complete_crosscov`` is the prototype of today's default, ``procrustes_completion="crosscov"``
+(:func:`gpua.procrustes.procrustes_map`, which fills from :math:`E` whatever :math:`Q^\top X`
+leaves free: a pool of fewer rows than the query's width); the tests check that the two fit alike.
 
 The rank :math:`r` is the number of singular values above ``--rank-rtol`` (1e-4) times the largest
 (the rest are float rounding: about 1e-7 of the largest for float32 prototypes); where

@@ -217,6 +217,37 @@ def print_summary(summ: dict, settings) -> None:
             print("\n".join(lines))
 
 
+def add_draw_arguments(ap: argparse.ArgumentParser, settings: tuple[str, ...], *, per_class: str, default_settings: str) -> None:
+    """``--per-class``, ``--draws`` and ``--settings`` (a comma-separated subset of ``settings``): the class-balanced draws of a small-pool script."""
+    ap.add_argument("--per-class", default=per_class, help=f"comma-separated photos per class (default {per_class})")
+    ap.add_argument("--draws", type=int, default=3, help="random subsets per size: draws 0..N-1 (default 3)")
+    ap.add_argument("--settings", default=default_settings, help=f"comma-separated subset of {settings} (default {default_settings})")
+
+
+def checked_draws(ap: argparse.ArgumentParser, args: argparse.Namespace, settings: tuple[str, ...]) -> tuple[list[int], list[str]]:
+    """The sizes of ``--per-class`` and the names of ``--settings``, checked (a usage error, exit 2, otherwise)."""
+    sizes = _int_list(args.per_class, "--per-class", ap)
+    if args.draws < 1:
+        ap.error(f"--draws {args.draws}: at least 1")
+    chosen = [s for s in args.settings.split(",") if s]
+    if not chosen or any(s not in settings for s in chosen):
+        ap.error(f"--settings {args.settings!r}: choose from {settings}")
+    return sizes, chosen
+
+
+def each_set(ap: argparse.ArgumentParser, devsets, run, rows: list[dict], after_set=None) -> list[dict]:
+    """``rows`` extended by ``run(ds)`` for each cached set of ``devsets``, ``after_set()`` after each
+    (a partial results file); a set with fewer pool rows than ``--per-class`` is a usage error."""
+    for name, ds in devsets:
+        try:
+            rows += run(ds)
+        except TooFewRows as exc:  # --per-class above a class's pool rows; any other error is a bug, shown as one
+            ap.error(f"{name}: {exc}")
+        if after_set is not None:
+            after_set()  # each finished set is on disk, should a later one be stopped
+    return rows
+
+
 def _int_list(text: str, what: str, ap) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
@@ -231,21 +262,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_set_arguments(ap, SETS)
     ap.set_defaults(sets=",".join(REAL_SETS))
-    ap.add_argument("--per-class", default="10,20,50", help="comma-separated photos per class (default 10,20,50)")
-    ap.add_argument("--draws", type=int, default=3, help="random subsets per size: draws 0..N-1 (default 3)")
-    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {tuple(SETTINGS)}")
+    add_draw_arguments(ap, tuple(SETTINGS), per_class="10,20,50", default_settings=",".join(SETTINGS))
     ap.add_argument("--seed", type=int, default=0, help="the GPUA fits' random_state (default 0)")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON", help="earlier runs' --json files whose rows join this run's")
     ap.add_argument("--json", action=OutputPath, default=None, help="write the rows and the summary here (atomically)")
     args = ap.parse_args(argv)
     sets = chosen_sets(ap, args, SETS)
-    sizes = _int_list(args.per_class, "--per-class", ap)
-    if args.draws < 1:
-        ap.error(f"--draws {args.draws}: at least 1")
-    settings = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown or not settings:
-        ap.error(f"--settings {args.settings!r}: choose from {tuple(SETTINGS)}")
+    sizes, settings = checked_draws(ap, args, tuple(SETTINGS))
     earlier = [data["rows"] for data in read_results(ap, args.merge, "small_pools.py")]
     setup(args)
     rows: list[dict] = []
@@ -259,13 +282,8 @@ def main(argv=None) -> int:
                                "rows": all_rows, "summary": summary(all_rows)})
 
     devsets = cached_devsets(sets, args.cache_dir)
-    for name, ds in devsets:
-        try:
-            rows += run_set(ds, sizes, args.draws, settings, args.seed)
-        except TooFewRows as exc:  # --per-class above a class's pool rows; any other error is a bug, shown as one
-            ap.error(f"{name}: {exc}")
-        if args.json:
-            record(False)  # each finished set is on disk, should a later one be stopped
+    each_set(ap, devsets, lambda ds: run_set(ds, sizes, args.draws, settings, args.seed), rows,
+             (lambda: record(False)) if args.json else None)
     devsets.finish(bool(rows) or any(earlier), args.json)
     wall = time.perf_counter() - t0
     print_summary(summary(merge_rows(*earlier, rows)), settings)

@@ -153,6 +153,7 @@ WRITERS = {
     "extract_reuse": ["--encoders", "feed", "--images", "2", "--side", "64"],
     "extract_workers": ["--images", "2", "--side", "64", "--workers", "1"],
     "federated_gpua": ["--n-steps", "4", "--rounds", "1", "--clients", "2", "--alpha", "1"],
+    "fit_agreement": ["--sets", "fmnist-lite2"],
     "fit_speed": ["--n", "200", "--k", "4", "--d-vfm", "8", "--d-vlm", "6", "--d-latent", "3", "--no-reference"],
     "headroom": ["--sets", "fmnist-lite2"],
     "imbalance_diagnosis": ["--sets", "fmnist-lite2", "--ratios", "1"],
@@ -270,7 +271,7 @@ def test_ablations_checks_train_and_test_first(tmp_path, capsys):
 
 DEVSET_SCRIPTS = {
     "accuracy": ["--methods", "zero_shot"], "headroom": [], "imbalance_diagnosis": [], "small_pools": [], "map_levers": [],
-    "mining_levers": ["--no-kmeans"], "procrustes_completion": [],
+    "mining_levers": ["--no-kmeans"], "procrustes_completion": [], "fit_agreement": [],
 }
 
 

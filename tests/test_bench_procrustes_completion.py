@@ -81,13 +81,16 @@ def test_canonical_completions_do_not_follow_rounding_in_the_null_space(pc):
     assert float((a - b).abs().max()) > 0.05  # the SVD's own completion is the noise's
 
 
-def test_default_completion_is_gpuas_own_fit(pc, few_classes):
+@pytest.mark.parametrize("completion, package", [("default", "svd"), ("complete_crosscov", "crosscov")])
+def test_the_prototypes_are_gpuas_own_fits(pc, few_classes, completion, package):
+    """"default" is the SVD's completion (GPUA's until 2026-12-01, ``procrustes_completion="svd"``); the
+    cross-covariance prototype is today's package default, which fills from Q^T X as the prototype does."""
     from gpua import GPUA
 
     d = few_classes
-    model, records = pc.fit_completed({"random_state": 0}, d.vfm_features, d.vlm_features, d.text_prototypes, "default")
-    ref = GPUA(random_state=0).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
-    assert torch.allclose(model.W_, ref.W_, atol=1e-6) and torch.allclose(model.W0_, ref.W0_, atol=1e-6)
+    model, records = pc.fit_completed({"random_state": 0}, d.vfm_features, d.vlm_features, d.text_prototypes, completion)
+    ref = GPUA(random_state=0, procrustes_completion=package).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    assert torch.allclose(model.W_, ref.W_, atol=1e-5) and torch.allclose(model.W0_, ref.W0_, atol=1e-5)
     assert np.array_equal(model.predict(d.vfm_features, d.vlm_features), ref.predict(d.vfm_features, d.vlm_features))
     assert records and all(r["rank"] == 4 < r["width"] for r in records)  # K - 1 = 4 of 16: not unique
     assert len(records) == 1 + sum(1 for h in ref.history_["self_learning"] if h["refit"] and h["round"] > 0)

@@ -21,7 +21,7 @@ ESTIMATORS = [GPUA, LFAAlternation, VLMZeroShot, ReferenceGPUA]
 BAD = {
     "query": "both", "lam": 1.5, "eps": 0.0, "similarity": "dot", "temperature": -1.0, "class_prior": [1.0, -1.0],
     "rho": 0.0, "plan_ridge": 0.0, "n_init_per_class": 0, "max_outer": 0, "tol": -1e-3, "sinkhorn_tol": 0.0, "sinkhorn_max_iter": 0,
-    "solver": "numpy", "assignment": "fuzzy", "center": "yes", "center_vlm": "no", "whiten": 0, "whiten_shrink": -1.0, "refine": 1, "n_steps": -1, "batch_size": 0,
+    "solver": "numpy", "assignment": "fuzzy", "procrustes_completion": "qr", "center": "yes", "center_vlm": "no", "whiten": 0, "whiten_shrink": -1.0, "refine": 1, "n_steps": -1, "batch_size": 0,
     "lr": float("nan"), "weight_decay": -0.1, "k": 0, "margin_scale": 0.0, "hubness_weight": -1.0,
     "orthogonality": "strict", "ortho_weight": -1.0, "noise_std": -0.1, "dropout": 1.0, "val_fraction": 0.5,
     "eval_every": 0, "patience": 0, "refine_tol": 1.0, "pool_augment": -1, "self_learning": -1,

@@ -54,7 +54,9 @@ class GPUA(AlignmentEstimator):
        :math:`(1-\lambda)\,\mathrm{sim}(Q, C) + \lambda\, \mathrm{sim}(X, Y)`, alternating with
        closed-form centres :math:`C` (:func:`gpua.ucm.mine_correspondences`);
     2. GPA: :math:`W_0 = U V^\top` from :math:`\mathrm{SVD}(Q^\top P Y)`
-       (:func:`gpua.procrustes.procrustes_from_assignment`);
+       (:func:`gpua.procrustes.procrustes_from_assignment`), completed from the pool's
+       query-to-VLM cross-covariance where :math:`Q^\top P Y` leaves it free
+       (:func:`gpua.procrustes.procrustes_map`);
     3. THS refinement of :math:`W` on mini-batches (:func:`gpua.refinement.refine`), stopped by
        a label-free rule: the THS loss on a held-out slice of the pool, against its
        pseudo-labels;
@@ -126,6 +128,14 @@ class GPUA(AlignmentEstimator):
         Sinkhorn kernel: gpua's own, or POT's ``sinkhorn_log`` (in-memory fits only).
     assignment : {"soft", "hard"}, default="soft"
         Procrustes target from the full plan or its argmax.
+    procrustes_completion : {"crosscov", "svd"}, default="crosscov"
+        With fewer classes than the widths, :math:`Q^\top P Y` fixes :math:`W_0` only on the
+        span it reaches. ``"crosscov"`` fills the rest from the pool's query-to-VLM
+        cross-covariance :math:`Q^\top X` (:func:`gpua.procrustes.procrustes_map`): the same
+        for every driver and summation order, so in-memory, streamed and federated fits of one
+        pool predict alike. ``"svd"``: whatever the SVD returns (releases up to 2026-12-01; a
+        perturbation of the sum's last bits, another chunking, moved it, and refinement carried
+        that into other predictions).
     center : bool, default=True
         Subtract the pool mean of the normalised VFM features (VecMap's "center"). The
         whitening's directions come from the query's second moment, so it is meant to run on
@@ -319,6 +329,7 @@ class GPUA(AlignmentEstimator):
         sinkhorn_max_iter: int = 2000,
         solver: str = "torch",
         assignment: str = "soft",
+        procrustes_completion: str = "crosscov",
         center: bool = True,
         center_vlm: bool = True,
         whiten: int | str | None = "auto",
@@ -364,6 +375,7 @@ class GPUA(AlignmentEstimator):
         self.sinkhorn_max_iter = sinkhorn_max_iter
         self.solver = solver
         self.assignment = assignment
+        self.procrustes_completion = procrustes_completion
         self.center = center
         self.center_vlm = center_vlm
         self.whiten = whiten

@@ -46,7 +46,7 @@ from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, 
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, TRAINING_NON_NEGATIVE, TRAINING_POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .prior import PRIOR_ESTIMATES, balanced_mean, em_class_prior
-from .procrustes import orthogonality_error, procrustes_from_assignment
+from .procrustes import COMPLETIONS, orthogonality_error, procrustes_from_assignment, query_vlm_cross
 from .projection import projected_plan, query_moments, ridge_projection
 from .query import (
     QUERY_MODES, build_query, centre_rows, mapped_cosines, mapped_rows, pool_mean, target_prototypes, whitening_map,
@@ -95,6 +95,7 @@ PARAMETERS: dict[str, Constraint] = {
     "sinkhorn_max_iter": COUNT,
     "solver": Options(("torch", "pot")),
     "assignment": Options(("soft", "hard")),
+    "procrustes_completion": Options(COMPLETIONS),
     "center": Boolean(),
     "center_vlm": Boolean(),
     "whiten": OptionalOf(AnyOf((COUNT, Options(("auto",))))),
@@ -160,6 +161,7 @@ class MiningConfig:
     sinkhorn_max_iter: int
     solver: str
     assignment: str
+    procrustes_completion: str  # Procrustes' as ``assignment`` is: both shape W0 from the mined plan
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "MiningConfig":
@@ -830,6 +832,7 @@ class ArrayPool:
         self.Q, self.X, self.Y, self.V, self.config = Q, X, Y, V, config
         self.log_v: torch.Tensor | None = None  # the last mining's class potential: the next one starts there
         self._moments = None  # the query's sums for plan_ridge: the query is the same in every mining
+        self._cross = None  # Q^T X for the Procrustes completion: the same in every round
 
     def mine(self, score_map, callback) -> Mined:
         S_rows = self.X if score_map is None else mapped_rows(self.Q, score_map.to(self.Q.device))
@@ -848,7 +851,14 @@ class ArrayPool:
         return Mined(labels.cpu(), conf.cpu(), centres, ucm.history, ucm.converged, payload=P)
 
     def procrustes(self, mined: Mined) -> torch.Tensor:
-        return procrustes_from_assignment(self.Q, mined.payload, self.Y, self.config.mining.assignment)
+        m = self.config.mining
+        return procrustes_from_assignment(self.Q, mined.payload, self.Y, m.assignment, m.procrustes_completion, self.cross)
+
+    def cross(self) -> torch.Tensor:
+        """:func:`gpua.procrustes.query_vlm_cross` of the pool (once: the same in every round)."""
+        if self._cross is None:
+            self._cross = query_vlm_cross(self.Q, self.X)
+        return self._cross
 
     def refine(self, W0, labels, config: RefineConfig, callback):
         augment: dict[str, Any] = {"n_rows": 0}

@@ -240,3 +240,41 @@ def test_bad_inputs_are_clear_errors(case, tmp_path):
     unverified = ShardedFeatures(tmp_path / "s", verify=False)
     with pytest.raises(GPUAError, match=r"row 777 \(shard 1, local row 277\)"):
         fit_streaming(GPUA(**FAST), unverified, Y, progress=False)
+
+
+@pytest.mark.parametrize("completion", ["crosscov", "svd"])
+def test_a_map_the_classes_leave_free_is_completed_alike_by_both_fits(completion):
+    """Was: with fewer classes than the widths, Q^T P Y fixes W0 on K - 1 directions only and the SVD
+    completed the rest from the sum's rounding, so the streamed fit (other chunk sums) started refinement
+    from another map (W0_ apart by about 1; 18 of 200 predictions of a CIFAR-10 folder differed). The
+    default completes it from the pool's Q^T X, which both fits sum alike; the SVD's completion still parts."""
+    Z, X, Y, _ = planted_case(600, 6, 40, 20, 8)  # 6 classes: rank 5 of the 20 columns
+    params = dict(n_steps=30, self_learning=1, procrustes_completion=completion)
+    ref = GPUA(**params).fit(Z, X, Y)
+    got = fit_streaming(GPUA(**params), (Z, X), Y, chunk_rows=211, progress=False)
+    assert got.history_["streaming"]["n_chunks"] == 3
+    if completion == "crosscov":
+        assert_same_fit(ref, got)
+        np.testing.assert_array_equal(ref.predict(Z, X), got.predict(Z, X))
+    else:
+        assert float((ref.W0_ - got.W0_).abs().max()) > 1e-2
+
+
+def test_a_resumed_fit_whose_map_the_classes_leave_free_equals_the_uninterrupted_one(tmp_path):
+    """Where the classes leave part of the map free, the completion's Q^T X pass runs after the resumed UCM
+    as in the uninterrupted fit: the two are one fit, self-learning rounds included."""
+    Z, X, Y, _ = planted_case(600, 6, 40, 20, 8)
+    params = dict(n_steps=30, self_learning=2, whiten=24)
+    whole = fit_streaming(GPUA(**params), (Z, X), Y, chunk_rows=211, progress=False)
+
+    def stop_at_round_2(entry):
+        if entry.get("round") == 2 and "plan_change" in entry:
+            raise _Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        fit_streaming(GPUA(**params), (Z, X), Y, chunk_rows=211, checkpoint=ck, progress=False, callback=stop_at_round_2)
+    resumed = fit_streaming(GPUA(**params), (Z, X), Y, chunk_rows=211, checkpoint=ck, progress=False)
+    assert len(whole.history_["self_learning"]) > 1
+    assert_same_fit(whole, resumed)
+    np.testing.assert_array_equal(whole.predict(Z, X), resumed.predict(Z, X))

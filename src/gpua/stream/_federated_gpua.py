@@ -13,7 +13,10 @@ play the part of chunks:
   :math:`\sum_i P_{ik}` (a :math:`K`-vector) for the broadcast class potential :math:`g`; row
   potentials never leave the client;
 * centres and Procrustes: each client returns :math:`P^\top Q` (:math:`K \times d_q`) and the
-  plan change; the server forms :math:`C` and :math:`Q^\top P Y = (P^\top Q)^\top Y`;
+  plan change; the server forms :math:`C` and :math:`Q^\top P Y = (P^\top Q)^\top Y`; where
+  the classes leave part of the map free, each client sends its :math:`Q^\top X` (a
+  :math:`d_q \times d_{vlm}` matrix) once, whose sum completes it
+  (:func:`gpua.procrustes.procrustes_map`);
 * the plan's ridge projection (``plan_ridge``): each client sends its query's augmented second
   moment once (:func:`gpua.projection.query_moments`); the server solves the projection from it
   and the last round's :math:`P^\top Q` and broadcasts it, and each client returns its projected
@@ -47,7 +50,7 @@ from .._errors import GPUAError
 from .._validation import check_callback, check_classnames, check_prototypes
 from ..fitting import FitConfig, Mined, _with_prior, check_entry, record_prior_estimate, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
-from ..procrustes import orthogonality_error, polar_factor
+from ..procrustes import orthogonality_error, polar_factor, procrustes_map
 from ..query import build_query
 from ..refinement import RefineConfig, refine
 from ..ucm import top_rows
@@ -326,6 +329,7 @@ class FederatedPool:
         self.n_mined = 0
         self.log_v: torch.Tensor | None = None
         self._moments = None  # the query's sums for plan_ridge: each client sends its (d_q + 1)^2 matrix once
+        self._cross = None  # Q^T X for the Procrustes completion: each client sends its d_q x d_vlm matrix once
 
     def moments(self) -> torch.Tensor | None:
         """The pooled :func:`gpua.projection.query_moments` (summed over clients), or None without ``plan_ridge``."""
@@ -361,8 +365,14 @@ class FederatedPool:
             conf.append(torch.cat([mine[i][1] for i in sorted(mine)]))
         return Mined(torch.cat(labels), torch.cat(conf), ucm.centres.to(self.dev), ucm.history, ucm.converged, payload=ucm.cross_covariance)
 
+    def cross(self) -> torch.Tensor:
+        """The pooled :func:`gpua.procrustes.query_vlm_cross` (summed over clients, the first time it is needed)."""
+        if self._cross is None:
+            self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit, merge=K_.sum_tensors)
+        return self._cross
+
     def procrustes(self, mined: Mined) -> torch.Tensor:
-        return polar_factor(mined.payload).float().to(self.dev)
+        return procrustes_map(mined.payload, self.config.mining.procrustes_completion, self.cross).float().to(self.dev)
 
     def _client_rows(self, src):
         rows = rows_reader(src, self.fit, self.dev, memo_above=int(self.config.refinement.batch_size))

@@ -9,8 +9,9 @@ budget, after a pass for the pool means (centering) and one for the query's seco
    the final plan's ridge projection (:mod:`gpua.projection`) is solved from sums (the query's
    augmented second moment, one pass per fit, and the last round's :math:`P^\top Q`) and one
    more pass accumulates the projected plan's;
-2. Procrustes: :math:`W_0 = \mathrm{polar}(Q^\top P Y)` (:func:`gpua.procrustes.polar_factor`)
-   from the accumulated :math:`(d_q, d_t)` matrix;
+2. Procrustes: :math:`W_0 = \mathrm{polar}(Q^\top P Y)` (:func:`gpua.procrustes.procrustes_map`)
+   from the accumulated :math:`(d_q, d_t)` matrix, completed from the pool's :math:`Q^\top X`
+   (one pass per fit, when the classes leave part of the map free);
 3. THS refinement (:func:`gpua.refinement.refine`) on mini-batches read from the source;
 
 and the self-learning rounds, with the map's scores computed chunk by chunk. The sequence is
@@ -40,7 +41,7 @@ from ..fitting import (
 )
 from ..prior import EM_MAX_ITER, EM_TOL, em_class_prior, em_prior_update, mean_of_class_means
 from ..ot import check_marginal
-from ..procrustes import polar_factor
+from ..procrustes import procrustes_map
 from ..query import build_query, whitening_from_moment, whitening_width, zero_shot_cosines
 from ..refinement import RefineConfig, refine
 from . import _kernels as K_
@@ -451,6 +452,7 @@ class StreamedPool:
         self.label = ""  # the progress bars' prefix: which self-learning round mines or refines
         self._rounds = 0
         self._moments = None  # the query's sums for plan_ridge (the query is the same in every mining)
+        self._cross = None  # Q^T X for the Procrustes completion (the same in every round)
 
     def moments(self) -> torch.Tensor | None:
         """The pool's :func:`gpua.projection.query_moments` (one pass, the first time), or None without ``plan_ridge``."""
@@ -482,8 +484,16 @@ class StreamedPool:
         self.passes += ucm.passes
         return Mined(ucm.labels, ucm.confidence, ucm.centres.to(self.dev), ucm.history, ucm.converged, payload=ucm.cross_covariance)
 
+    def cross(self) -> torch.Tensor:
+        """The pool's :func:`gpua.procrustes.query_vlm_cross` (one pass, the first time it is needed)."""
+        if self._cross is None:
+            with Bar(self.progress, "query-VLM cross-covariance (Procrustes completion)", len(self.parts)) as bar:
+                self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit_b, merge=K_.sum_tensors, on_done=bar.tick)
+            self.passes += 1
+        return self._cross
+
     def procrustes(self, mined: Mined) -> torch.Tensor:
-        return polar_factor(mined.payload).float().to(self.dev)
+        return procrustes_map(mined.payload, self.config.mining.procrustes_completion, self.cross).float().to(self.dev)
 
     def refine(self, W0, labels, config: RefineConfig, callback):
         rows = rows_reader(self.source, self.fit, self.dev, memo_above=int(config.batch_size))

@@ -36,6 +36,7 @@ from .._backend import as_tensor
 from .._errors import GPUAError
 from ..fitting import FitConfig, check_not_one_image
 from ..prior import prior_responsibilities
+from ..procrustes import query_vlm_cross
 from ..projection import PlanProjection, projected_plan, query_moments
 from ..query import build_query, centre_rows, mapped_cosines, mapped_rows, second_moment_sum, target_prototypes, zero_shot_cosines
 from ..ucm import INIT_LOGIT_SCALE, fused_score, top_rows
@@ -600,6 +601,14 @@ def part_query_moments(part: Part, fit: FitSpec) -> torch.Tensor:
     r""":func:`gpua.projection.query_moments` of the chunk's (whitened) query, float64 of shape (d_q + 1, d_q + 1)."""
     _, Q, _ = _read(part, fit, _device(fit))
     return query_moments(Q).cpu()
+
+
+def part_query_vlm_cross(part: Part, fit: FitSpec) -> torch.Tensor:
+    r""":func:`gpua.procrustes.query_vlm_cross` of the chunk's (whitened) query and its VLM rows, float64 of shape (d_q, d_vlm)."""
+    if fit.score_map is not None:
+        raise GPUAError("part_query_vlm_cross reads the VLM rows: pass the fit spec of the first mining.")  # pragma: no cover - internal
+    _, Q, X = _read(part, fit, _device(fit))
+    return query_vlm_cross(Q, X).cpu()
 
 
 def part_projected_stats(part: Part, fit: FitSpec, projection: PlanProjection) -> dict:
