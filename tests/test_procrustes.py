@@ -155,3 +155,13 @@ def test_gpua_parameter_chooses_the_completion_and_the_default_fills_from_the_po
     a = GPUA(random_state=0, n_steps=40).fit(*args)
     b = GPUA(random_state=0, n_steps=40).fit(1e-3 * d.vfm_features, 1e-3 * d.vlm_features, d.text_prototypes)
     assert float((a.W_ - b.W_).abs().max()) < 1e-4
+
+
+def test_a_model_file_saved_before_the_completion_loads_as_fitted(tmp_path):
+    from gpua import GPUA, load_model
+    from gpua.synthetic import make_planted
+
+    assert GPUA._params_before_added["procrustes_completion"] == "svd"  # fits saved before it completed by the SVD
+    d = make_planted(n_samples=200, n_classes=4, d_vfm=16, d_vlm=12, d_latent=4, random_state=0)
+    m = GPUA(n_steps=10, self_learning=0).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    assert load_model(m.save(tmp_path / "m.gpua")).procrustes_completion == "crosscov"

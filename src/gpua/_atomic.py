@@ -418,9 +418,10 @@ def check_report_target(out: Path, path, name: str) -> None:
     """Refuse a CSV or JSON report over an existing file that is not one: a photo (an extensionless
     ``IMG_0001`` too), any other binary file, or a text file of another kind (a script, a class file).
 
-    Replaced as before: nothing there, an empty file, a text file ending in .csv, .json or .tsv, or one
-    that starts as gpua's reports do (its predictions header, a JSON object or list). Was: ``--out IMG_0001`` replaced that photo with a
-    CSV, and ``--out train.py`` that script, without a word."""
+    Replaced as before: nothing there, an empty file, a text file ending in .csv, .json or .tsv, or
+    one that starts as gpua's reports do (its predictions header, a JSON object or list). Was:
+    ``--out IMG_0001`` replaced that photo with a CSV, and ``--out train.py`` that script, without
+    a word."""
     try:
         if not out.is_file() or out.stat().st_size == 0:
             return

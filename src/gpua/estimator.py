@@ -308,7 +308,7 @@ class GPUA(AlignmentEstimator):
     )
     _parameter_constraints = PARAMETERS
     # Parameters a model file may lack (saved before they existed): the value those fits ran with.
-    _params_before_added = {"center_vlm": False, "whiten": None, "plan_ridge": None}
+    _params_before_added = {"center_vlm": False, "whiten": None, "plan_ridge": None, "procrustes_completion": "svd"}
     _fitted_layout = ("query", "center_vlm", "csls_k")
 
     def __init__(

@@ -28,6 +28,8 @@ scipy's ``orthogonal_procrustes`` only handles square maps, hence the thin-SVD s
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ._errors import GPUAError
@@ -155,7 +157,8 @@ def completed_polar_factor(M: torch.Tensor, fillers=(), rtol: float = RANK_RTOL)
     return W
 
 
-def procrustes_map(M: torch.Tensor, completion: str = "crosscov", cross: torch.Tensor | None = None) -> torch.Tensor:
+def procrustes_map(M: torch.Tensor, completion: str = "crosscov",
+                   cross: torch.Tensor | Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     r"""GPUA's :math:`W_0` from :math:`M = Q^\top P Y`: its polar factor, completed as ``completion`` says.
 
     ``"crosscov"``: :func:`completed_polar_factor` with the fillers :math:`Q^\top X` (``cross``,
@@ -243,7 +246,7 @@ def orthogonal_procrustes(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 def procrustes_from_assignment(
     Q: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, assignment: str = "soft", completion: str = "svd",
-    cross: torch.Tensor | None = None,
+    cross: torch.Tensor | Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""GPA's initial map: orthogonal Procrustes on UCM's correspondences.
 

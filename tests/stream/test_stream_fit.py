@@ -278,3 +278,30 @@ def test_a_resumed_fit_whose_map_the_classes_leave_free_equals_the_uninterrupted
     assert len(whole.history_["self_learning"]) > 1
     assert_same_fit(whole, resumed)
     np.testing.assert_array_equal(whole.predict(Z, X), resumed.predict(Z, X))
+
+
+def test_the_completion_pass_keeps_no_rows_into_refinement(monkeypatch):
+    """The Q^T X pass runs after the mining freed its tiles; chunk rows it kept (where the plan has room)
+    stayed in memory through refinement, outside the budget the plan made for it."""
+    import gpua.stream._fit as F
+    import gpua.stream._kernels as K_
+
+    Z, X, Y, _ = planted_case(600, 6, 40, 20, 8)
+    held, real = [], F.refine
+
+    def refine_watched(*args, **kwargs):
+        held.append(sum(1 for st in K_._STORE.values() if st.rows is not None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "refine", refine_watched)
+    kept = []
+    real_read = K_._read
+
+    def read_watched(part, fit, dev, check=False):
+        kept.append(part.keep_rows)
+        return real_read(part, fit, dev, check)
+
+    monkeypatch.setattr(K_, "_read", read_watched)
+    fit_streaming(GPUA(n_steps=10, self_learning=0), (Z, X), Y, chunk_rows=211, progress=False)
+    assert any(kept)  # the plan had room: chunks kept their rows between passes
+    assert held == [0]

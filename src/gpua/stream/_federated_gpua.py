@@ -368,7 +368,10 @@ class FederatedPool:
     def cross(self) -> torch.Tensor:
         """The pooled :func:`gpua.procrustes.query_vlm_cross` (summed over clients, the first time it is needed)."""
         if self._cross is None:
-            self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit, merge=K_.sum_tensors)
+            try:
+                self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit, merge=K_.sum_tensors)
+            finally:  # the clients read their rows again: free what they kept before refinement
+                self.ex.drop(self.fit.token)
         return self._cross
 
     def procrustes(self, mined: Mined) -> torch.Tensor:

@@ -487,8 +487,13 @@ class StreamedPool:
     def cross(self) -> torch.Tensor:
         """The pool's :func:`gpua.procrustes.query_vlm_cross` (one pass, the first time it is needed)."""
         if self._cross is None:
-            with Bar(self.progress, "query-VLM cross-covariance (Procrustes completion)", len(self.parts)) as bar:
-                self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit_b, merge=K_.sum_tensors, on_done=bar.tick)
+            try:
+                with Bar(self.progress, "query-VLM cross-covariance (Procrustes completion)", len(self.parts)) as bar:
+                    self._cross = self.ex.reduce(K_.part_query_vlm_cross, self.parts, self.fit_b, merge=K_.sum_tensors,
+                                                 on_done=bar.tick)
+            finally:  # the pass read the chunks again (rows kept where the plan has room): free them before refinement
+                self.ex.drop(self.fit.token)
+                release_freed_memory()
             self.passes += 1
         return self._cross
 
