@@ -69,6 +69,7 @@ def test_polar_factor_is_nearest_orthogonal(d_in, d_out):
     assert np.linalg.eigvalsh((WtM + WtM.T) / 2).min() > -1e-10
     assert orthogonality_error(W) < 1e-10
 
+
 # --- the completion of a map the classes leave free (procrustes_map) ---
 
 
