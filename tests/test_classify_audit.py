@@ -530,3 +530,19 @@ def test_messages_a_users_folder_met(folders, capsys):
     zero_shot = [a for a in argv if a not in ("--n-steps", "10")]  # zero_shot refines nothing: --n-steps is refused
     assert main(["classify", "--images", "solo", "--classnames", "classes.txt", "--method", "zero_shot", *zero_shot]) == 0
     assert "classified 1 photo into 5 classes" in capsys.readouterr().out
+
+
+def test_evaluating_a_flat_folders_features_says_what_holds_labels(folders, capsys):
+    """`gpua evaluate` on a flat folder's extraction said only "Write it with gpua.features.save_features or
+    `gpua extract`": the fix for a command-line user is a folder with class sub-folders."""
+    from gpua.cli import main
+
+    planted = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple", "--cache-dir", "cache", "--quiet"]
+    assert main(["classify", "--images", "mine", "--classnames", "classes.txt", "--n-steps", "10", "--out", "x.csv",
+                 "--model-out", "m.gpua", *planted]) == 0
+    assert main(["extract", "--data", "more/2023", "--classnames", "classes.txt", "--out", "flat.npz", *planted[:6],
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "m.gpua", "--test", "flat.npz"]) == 2
+    err = capsys.readouterr().err
+    assert "has no 'labels'" in err and "extract a folder with one sub-folder per class" in err

@@ -121,9 +121,12 @@ class FeatureSet:
         if missing:
             present = [k for k in _ARRAY_KEYS + _STRING_KEYS if getattr(self, k) is not None]
             writer = f"gpua.stream.write_shards(..., {missing[0]}=...)" if shard_set else "gpua.features.save_features"
+            # A flat folder's extraction has no labels: the fix is another folder layout, not another writer.
+            flat = (" (an extraction of a folder without class sub-folders has none: extract a folder with one sub-folder "
+                    "per class, or a dataset with labels)" if "labels" in missing else "")
             raise GPUAError(
                 f"{source} has no {', '.join(repr(k) for k in missing)}; it holds {present}. "
-                f"Write it with {writer} or `gpua extract`."
+                f"Write it with {writer} or `gpua extract`{flat}."
             )
 
     def validate(self, source: str | None = None) -> "FeatureSet":
