@@ -405,13 +405,14 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
 
 #: Endings of the text reports a table output writes: an existing text file with one of them is a report to replace.
 _REPORT_SUFFIXES = frozenset({".csv", ".json", ".tsv"})
-#: The first line of the predictions CSV gpua writes (:func:`gpua.report.write_predictions`), whatever the file's name.
-_PREDICTIONS_HEADER = "image,prediction,probability"
+#: The first columns of the predictions CSV gpua writes (:func:`gpua.report.write_predictions`, which
+#: takes them from here), whatever the file's name: a file that starts with them is a report.
+PREDICTIONS_COLUMNS = ("image", "prediction", "probability")
 
 
 def _reads_like_report(head: bytes) -> bool:
     """Whether text starts as a report gpua writes: its predictions CSV's header, or a JSON object or list."""
-    return head.startswith(_PREDICTIONS_HEADER.encode()) or head.lstrip()[:1] in (b"{", b"[")
+    return head.startswith(",".join(PREDICTIONS_COLUMNS).encode()) or head.lstrip()[:1] in (b"{", b"[")
 
 
 def check_report_target(out: Path, path, name: str) -> None:

@@ -202,6 +202,12 @@ def _pillow_reads_avif() -> bool:
     return "avif" in getattr(features, "modules", {}) and bool(features.check_module("avif"))
 
 
+def _unreadable_rows(fs) -> list[tuple[str, str]]:
+    """``(image_id, reason)`` of each photo an extraction skipped as unreadable (``meta["skipped"]``), the reason explained."""
+    return [(str(e.get("image_id")), _explain_unreadable(str(e.get("image_id")), str(e.get("error", ""))))
+            for e in (fs.meta.get("skipped") or {}).get("images", [])]
+
+
 def _explain_unreadable(image_id: str, error: str) -> str:
     """An extraction's error for an unreadable photo, with the cause when it is a missing decoder (AVIF)."""
     if Path(image_id).suffix.lower() == ".avif" and not _pillow_reads_avif():
@@ -546,16 +552,15 @@ def classify_folder(
     feats = loaded["images"]
     pool_fs = loaded.get("pool", feats)
     if method != "zero_shot" and pool_fs.n_samples < len(names):  # photos listed, but too few of them readable
-        skipped = len((pool_fs.meta.get("skipped") or {}).get("images", []))
+        skipped = len(_unreadable_rows(pool_fs))
         raise GPUAError(f"{'the pool' if 'pool' in sources else 'images'} {str(_folder_of(sources.get('pool', folder)))!r} holds "
                         f"{pool_fs.n_samples} readable photo(s) ({skipped} could not be read) for {len(names)} classes; a fit "
                         f"needs at least one per class: {_FEW_PHOTOS_FIX}.")
-    pool_skipped = (pool_fs.meta.get("skipped") or {}).get("images", []) if "pool" in sources and method != "zero_shot" else []
+    pool_skipped = _unreadable_rows(pool_fs) if "pool" in sources and method != "zero_shot" else []
     if pool_skipped:  # the images' own are rows of the CSV; the pool's are said here or nowhere
-        first = pool_skipped[0]
+        first, reason = pool_skipped[0]
         warn_user(f"the pool {str(_folder_of(sources['pool']))!r}: {len(pool_skipped)} of {pool_fs.n_samples + len(pool_skipped)} "
-                  f"photo(s) could not be read and were left out of the fit (first: {str(first.get('image_id'))!r}: "
-                  f"{_explain_unreadable(str(first.get('image_id')), str(first.get('error', ''))).rstrip('.')}).")
+                  f"photo(s) could not be read and were left out of the fit (first: {first!r}: {reason.rstrip('.')}).")
     t1 = time.perf_counter()
     est = make_method(method, **(overrides or {}))
     kw = {"callback": callback} if callback is not None and "callback" in inspect.signature(est.fit).parameters else {}
@@ -579,9 +584,7 @@ def classify_folder(
         seconds={"extract": extract_s, "fit": fit_s, "predict": predict_s},
         zero_shot=zero_shot.predict(feats.vfm_features, feats.vlm_features),
         class_scores=scores,
-        unreadable=[(str(e.get("image_id")), _explain_unreadable(str(e.get("image_id")), str(e.get("error", ""))))
-                    for e in (feats.meta.get("skipped") or {}).get("images", [])]
-        + [(image_id, _undecoded_reason(image_id)) for image_id in undecoded],
+        unreadable=_unreadable_rows(feats) + [(image_id, _undecoded_reason(image_id)) for image_id in undecoded],
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_path, atomic_write_text
+from ._atomic import PREDICTIONS_COLUMNS, atomic_path, atomic_write_text
 from ._errors import GPUAError, warn_user
 from ._optional import import_optional
 from ._validation import check_classnames
@@ -605,7 +605,7 @@ def write_predictions(
                     names = check_classnames(classnames, proba.shape[1])
                     name = (lambda c: names[c]) if names is not None else (lambda c: str(int(c)))  # noqa: E731
                     tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
-                    header = ["image", "prediction", "probability", *tops] + (["label"] if labels is not None else [])
+                    header = [*PREDICTIONS_COLUMNS, *tops] + (["label"] if labels is not None else [])
                     w.writerow(header + (["error"] if unreadable else []))
                     header_done, with_labels = True, labels is not None
                 order = np.argsort(-rank_by, axis=1, kind="stable")[:, :k]
