@@ -26,7 +26,7 @@ from gpua._backend import resolve_device
 from gpua._validation import check_classnames
 from gpua.fitting import (
     PARAMETERS, ArrayPool, FitConfig, FitState, _fit_prepared, _prepared_pool, check_entry, check_fit_arrays,
-    check_not_one_image, run_fit, set_fitted_state, unwhiten,
+    check_not_one_image, proba_sample, run_fit, set_fitted_state, unwhiten,
 )
 from gpua.params import check_params
 from gpua.query import build_query, pool_mean
@@ -73,6 +73,8 @@ class Prepared:
     prepared: Any  # gpua.fitting._PreparedPool
     Y: torch.Tensor
     names: list[str] | None
+    vfm_features: torch.Tensor  # the pool's rows as given: proba_scale="auto" is chosen on them
+    vlm_features: torch.Tensor
 
     @property
     def pool(self) -> ArrayPool:
@@ -113,7 +115,7 @@ def prepare(params: dict, pool) -> Prepared:
     names = check_classnames(pool.classnames, Y.shape[0])
     mean, vlm_mean = pool_mean(Z), pool_mean(X)
     check_not_one_image(Z.shape[0], mean, vlm_mean if config.query == "fused" else None)
-    return Prepared(params, config, _prepared_pool(config, Z, X, Y, mean, vlm_mean), Y, names)
+    return Prepared(params, config, _prepared_pool(config, Z, X, Y, mean, vlm_mean), Y, names, Z, X)
 
 
 def fit_with(prep: Prepared, driver: ArrayPool,
@@ -131,7 +133,8 @@ def fit_with(prep: Prepared, driver: ArrayPool,
         state = run_fit(prep.config, driver, Y=torch.nn.functional.normalize(prep.Y, dim=1), vfm_mean=p.vfm_mean,
                         vlm_mean=p.vlm_mean, widths=p.widths, classnames=prep.names)
         state = unwhiten(after(driver, prep.config, state), p.whiten, p.whiten_s)
-    return set_fitted_state(GPUA(**prep.params), state)
+    idx = proba_sample(len(state.pseudo_labels), state.history["random_state"])
+    return set_fitted_state(GPUA(**prep.params), state, lambda: [(prep.vfm_features[idx], prep.vlm_features[idx])])
 
 
 def fit_with_pool(params: dict, pool, pool_class: type[ArrayPool] = ArrayPool,

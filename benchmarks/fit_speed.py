@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         with mem.stage("predict"):
             pred = model.predict(Z, X)
     tm = model.history_["timings"]
-    stages = ["ucm", "procrustes", "refine"] + (["self_learning"] if "self_learning_s" in tm else [])
+    stages = ["ucm", "procrustes", "refine"] + [name for name in ("self_learning", "proba_scale") if f"{name}_s" in tm]
     # The whitening runs first (and its folding last, a few seconds counted in it too): the
     # other stages' peak-memory windows start after it.
     gpua = stage_records(mem, tm, stages, t0 + tm.get("whiten_s", 0.0))

@@ -161,6 +161,7 @@ WRITERS = {
     "mining_levers": ["--sets", "fmnist-lite2", "--no-kmeans"],
     "pool_augment": ["--pools", "full", "--augment", "0", "--n-steps", "4"],
     "procrustes_completion": ["--sets", "fmnist-lite2"],
+    "probabilities": ["--sets", "fmnist-lite2"],
     "scale": ["--n", "300", "--k", "4", "--d-vfm", "8", "--d-vlm", "6", "--d-latent", "3", "--mode", "memory"],
     "segment_memory": ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--crop", "32", "--height", "64", "--width", "64"],
     "segment_voc": ["overlay.png"],

@@ -189,6 +189,7 @@ def test_fit_speed_times_the_reference_in_the_same_run(scripts, tmp_path, capsys
     assert ref["fit"]["seconds"] == pytest.approx(ref["ucm"]["seconds"] + ref["procrustes"]["seconds"] + ref["refine"]["seconds"])
     assert res["reference_over_gpua"] == pytest.approx(ref["fit"]["seconds"] / res["gpua"]["fit"]["seconds"])
     assert "self_learning" in res["gpua"]  # the rounds are a stage of GPUA's whole fit
+    assert "proba_scale" in res["gpua"]  # and so is the choice of predict_proba's scale
     # GPU memory is recorded only for a CUDA fit (the H200 run's JSON holds it), never as 0 here
     assert res["gpua_info"]["cuda_peak_bytes"] is None and res["reference_info"]["cuda_peak_bytes"] is None
     assert "issue 12 target" in capsys.readouterr().out

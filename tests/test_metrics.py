@@ -5,6 +5,7 @@ from gpua._errors import GPUAError
 from gpua.metrics import (
     classification_report,
     confusion_matrix,
+    expected_calibration_error,
     hubness_skewness,
     k_occurrence,
     mean_per_class_recall,
@@ -90,3 +91,27 @@ def test_summary_keys():
     rep = score_summary(np.arange(4), np.eye(4))
     assert rep["acc1"] == rep["acc5"] == rep["mean_per_class_recall"] == 1.0
     assert rep["n_classes"] == 4
+
+
+def test_expected_calibration_error_by_hand_and_its_extremes():
+    # bins of 1/10: a right row at 0.9 and a wrong one at 0.8, each half the rows
+    assert expected_calibration_error([0, 1], [[0.9, 0.1], [0.8, 0.2]], n_bins=10) == pytest.approx(0.45)
+    # a model sure of every row and right in 60% of them: 0.4
+    y = np.array([0, 0, 0, 1, 1])
+    P = np.tile([1.0, 0.0], (5, 1))
+    assert expected_calibration_error(y, P) == pytest.approx(0.4)
+    # calibrated by construction: in each bin the accuracy is the mean top probability
+    rng = np.random.default_rng(0)
+    top = rng.choice([0.55, 0.75, 0.95], size=20000)
+    P = np.stack([top, 1 - top], axis=1)
+    y = np.where(rng.random(20000) < top, 0, 1)
+    assert expected_calibration_error(y, P) < 0.02
+
+
+def test_expected_calibration_error_refuses_scores_and_bad_bins():
+    with pytest.raises(GPUAError, match="not a probability distribution.*predict_proba"):
+        expected_calibration_error([0, 1], [[0.3, 0.1], [0.2, 0.25]])
+    with pytest.raises(GPUAError, match="n_bins"):
+        expected_calibration_error([0], [[1.0, 0.0]], n_bins=0)
+    with pytest.raises(GPUAError, match="scikit-learn's order"):
+        expected_calibration_error([[1.0, 0.0]], [0])

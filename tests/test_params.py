@@ -25,7 +25,7 @@ BAD = {
     "lr": float("nan"), "weight_decay": -0.1, "k": 0, "margin_scale": 0.0, "hubness_weight": -1.0,
     "orthogonality": "strict", "ortho_weight": -1.0, "noise_std": -0.1, "dropout": 1.0, "val_fraction": 0.5,
     "eval_every": 0, "patience": 0, "refine_tol": 1.0, "pool_augment": -1, "self_learning": -1,
-    "self_learning_tol": 1.0, "retrieval": "knn", "csls_k": 0, "logit_scale": 0.0, "device": "gpu0",
+    "self_learning_tol": 1.0, "retrieval": "knn", "csls_k": 0, "logit_scale": 0.0, "proba_scale": "calibrated", "device": "gpu0",
     "random_state": -1, "verbose": "loud",
 }
 

@@ -227,7 +227,7 @@ class AlignmentEstimator(ParamsMixin):
         return to_numpy(self._scores(vfm_features, vlm_features).argmax(1))
 
     def predict_proba(self, vfm_features=None, vlm_features=None) -> np.ndarray:
-        """``softmax(logit_scale * scores)`` (CLIP's logit scale, 100 by default).
+        """``softmax(s * scores)``: ``s`` is ``logit_scale`` (CLIP's 100), or GPUA's ``proba_scale``.
 
         Returns
         -------
@@ -247,9 +247,13 @@ class AlignmentEstimator(ParamsMixin):
         -------
         proba : array of shape (n_samples, n_classes), rows summing to one
         """
+        return to_numpy(torch.softmax(self._proba_scale() * torch.as_tensor(scores), dim=1))
+
+    def _proba_scale(self) -> float:
+        """The scale of :meth:`predict_proba`'s softmax: ``logit_scale`` (a subclass may choose its own)."""
         scale = getattr(self, "logit_scale", 100.0)
         check_param("logit_scale", scale, LOGIT_SCALE)  # set_params after fit is not checked by fit
-        return to_numpy(torch.softmax(scale * torch.as_tensor(scores), dim=1))
+        return float(scale)
 
     def score(self, vfm_features, labels, vlm_features=None) -> float:
         """Top-1 accuracy against ``labels`` (labels are used here only)."""
@@ -317,7 +321,7 @@ class AlignmentEstimator(ParamsMixin):
             "n_features_vlm": self.n_features_vlm_,
             "n_classes": self.n_classes_,
             "classnames": self.classnames_,
-            "state": {k: getattr(self, k) for k in schema.state if hasattr(self, k)},
+            "state": {k: getattr(self, k) for k in schema.state if getattr(self, k, None) is not None},
         }
         provenance = getattr(self, "provenance_", None)
         if provenance is not None:

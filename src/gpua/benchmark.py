@@ -206,7 +206,8 @@ def _prepare(name: str, n_shot: int | None, seed: int, test_per_class: int | Non
 _KEY = ("dataset", "vfm", "vlm", "method", "pool", "seed", "test_subset", "data", "contents", "prompts", "encoders",
         "gpua_defaults", "params", "prompt_templates")
 #: GPUA parameters that do not change the numbers (beyond float rounding): not part of the key.
-_NOT_SETTINGS = ("device", "verbose")
+#: (``proba_scale`` sets predict_proba's softmax, which no figure of a row reads.)
+_NOT_SETTINGS = ("device", "verbose", "proba_scale")
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -233,7 +234,7 @@ def _encoders_setting(vfm, vlm) -> str:
 
 
 def _defaults_setting() -> str:
-    """A short hash of GPUA's default parameters (``device`` and ``verbose`` left out).
+    """A short hash of GPUA's default parameters (:data:`_NOT_SETTINGS` left out).
 
     ``params`` records only the parameters given; a release that changes a default (say, ``rho``)
     changes the numbers too, so its rows are not taken for an older release's.
@@ -247,7 +248,7 @@ def _defaults_setting() -> str:
 
 
 def _param_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The GPUA parameters as a row records them (JSON values; ``device`` and ``verbose`` left out)."""
+    """The GPUA parameters as a row records them (JSON values; :data:`_NOT_SETTINGS` left out)."""
     return json.loads(json.dumps({k: v for k, v in (overrides or {}).items() if k not in _NOT_SETTINGS}, default=str))
 
 

@@ -23,7 +23,7 @@ from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._errors import GPUAError
 from ._validation import check_callback
 from .features import ShardedFeatures
-from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
+from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, proba_sample, set_fitted_state
 from .hubness import csls_scores
 from .params import check_param
 from .query import build_query, mapped_cosines, mapped_rows, target_prototypes
@@ -233,7 +233,14 @@ class GPUA(AlignmentEstimator):
     csls_k : int >= 1, default=10
         Neighbours of the CSLS radii.
     logit_scale : float in (0, 10000], default=100.0
-        Scale of :meth:`predict_proba`'s softmax.
+        The VLM's logit scale (CLIP's 100): the scale of its zero-shot probabilities, which
+        ``class_prior="zero_shot"`` estimates from and ``proba_scale="auto"`` matches.
+    proba_scale : "auto", float in (0, 10000] or None, default="auto"
+        Scale of :meth:`predict_proba`'s softmax of the class scores. ``"auto"``: chosen by the
+        fit without labels, the scale at which GPUA's mean top probability on the pool equals
+        the VLM zero-shot's at ``logit_scale`` (:mod:`gpua.probability`; ``proba_scale_``,
+        ``history_["proba_scale"]``). A number: that scale. None: ``logit_scale``, as before
+        2026-12-02, at which GPUA's mapped cosines give a top probability near 1 in most rows.
     device : str or torch.device, default="cpu"
         Torch device of the fit and the learned tensors (``"cuda"``, ``"cuda:1"``, ``"auto"``).
     random_state : int in [0, 9223372036854775807] or None, default=0
@@ -266,6 +273,8 @@ class GPUA(AlignmentEstimator):
         do not hold them (a loaded model has none; predict the pool to label it).
     pseudo_confidence_ : array of shape (n_samples,)
         Their plan mass (not in model files either).
+    proba_scale_ : float or None
+        The scale ``proba_scale="auto"`` chose (None when the fit had another ``proba_scale``).
     history_ : dict
         ``ucm`` (rounds), ``ucm_converged``, ``refine`` (held-out curve), ``pool_augment``,
         ``self_learning`` (per round: ``round``, ``label_change``, ``criterion``, ``kept``,
@@ -277,7 +286,9 @@ class GPUA(AlignmentEstimator):
         estimated class frequencies the fit used; ``first_fit_pseudo_label_counts`` or
         ``zero_shot_counts``: the argmax counts of the probabilities it was estimated from; a
         streamed fit's also ``rows_estimated_from``) and ``timings["class_prior_estimate_s"]``
-        (the first fit, if any, and the estimate).
+        (the first fit, if any, and the estimate); with ``proba_scale="auto"``, ``proba_scale``
+        (``scale``, ``zero_shot_mean_top_probability``, ``rows``: :func:`gpua.probability.matched_scale`)
+        and ``timings["proba_scale_s"]``.
     n_features_vfm_, n_features_vlm_, n_classes_ : int
     classnames_ : list of str or None
 
@@ -304,11 +315,11 @@ class GPUA(AlignmentEstimator):
             "proto_radius_": ("n_classes",),
         },
         optional=("vfm_mean_", "vlm_mean_", "proto_radius_"),
-        state={"history_": dict},
+        state={"history_": dict, "proba_scale_": float},
     )
     _parameter_constraints = PARAMETERS
     # Parameters a model file may lack (saved before they existed): the value those fits ran with.
-    _params_before_added = {"center_vlm": False, "whiten": None, "plan_ridge": None, "procrustes_completion": "svd"}
+    _params_before_added = {"center_vlm": False, "whiten": None, "plan_ridge": None, "procrustes_completion": "svd", "proba_scale": None}
     _fitted_layout = ("query", "center_vlm", "csls_k")
 
     def __init__(
@@ -356,6 +367,7 @@ class GPUA(AlignmentEstimator):
         retrieval: str = "cosine",
         csls_k: int = 10,
         logit_scale: float = 100.0,
+        proba_scale: float | str | None = "auto",
         device: str = "cpu",
         random_state: int | None = 0,
         verbose: bool = False,
@@ -402,6 +414,7 @@ class GPUA(AlignmentEstimator):
         self.retrieval = retrieval
         self.csls_k = csls_k
         self.logit_scale = logit_scale
+        self.proba_scale = proba_scale
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -479,7 +492,8 @@ class GPUA(AlignmentEstimator):
                 "is fitted without them, GPUA().fit(shards), since its shards hold both."
             )
         state = fit_arrays(self.get_params(), vfm_features, vlm_features, text_prototypes, classnames, callback)
-        return set_fitted_state(self, state)
+        idx = proba_sample(len(state.pseudo_labels), state.history["random_state"])
+        return set_fitted_state(self, state, lambda: [(_rows(vfm_features, idx), _rows(vlm_features, idx))])
 
     # ------------------------------------------------------------------------------------------
     def transform(self, vfm_features, vlm_features=None) -> np.ndarray:
@@ -505,3 +519,23 @@ class GPUA(AlignmentEstimator):
             r_query = sims.topk(min(self.csls_k, sims.shape[1]), dim=1).values.mean(1)
             return csls_scores(sims, r_query, self.proto_radius_)
         return sims
+
+    def _proba_scale(self) -> float:
+        check_param("proba_scale", self.proba_scale, PARAMETERS["proba_scale"])  # set_params after fit is not checked by fit
+        if self.proba_scale != "auto":
+            return super()._proba_scale() if self.proba_scale is None else float(self.proba_scale)
+        scale = getattr(self, "proba_scale_", None)
+        if scale is None:
+            raise GPUAError(
+                "proba_scale='auto' reads the scale a fit chooses on its pool, and this model's fit chose none (it was fitted, "
+                "or saved by a gpua before 2026-12-02, with another proba_scale); set a number or None (logit_scale) with "
+                "set_params, or fit again."
+            )
+        return float(scale)
+
+
+def _rows(A, idx: torch.Tensor):
+    """Rows ``idx`` of a fit's input (an array, a tensor, or nested lists), without copying the rest."""
+    if isinstance(A, torch.Tensor):
+        return A[idx.to(A.device)]
+    return np.asarray(A)[idx.numpy()]

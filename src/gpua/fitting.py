@@ -46,6 +46,7 @@ from ._validation import _fix_row_scale, check_classnames, check_distinct_rows, 
 from .hubness import neighbourhood_radius
 from .params import COUNT, LOGIT_SCALE, NON_NEGATIVE, POSITIVE, SEED, TRAINING_NON_NEGATIVE, TRAINING_POSITIVE, AnyOf, Boolean, Constraint, DeviceName, Interval, OptionalOf, Options, Weights, check_params
 from .prior import PRIOR_ESTIMATES, balanced_mean, em_class_prior
+from .probability import PROBA_SCALE_ROWS, estimator_confidence_sums, matched_scale
 from .procrustes import COMPLETIONS, orthogonality_error, procrustes_from_assignment, query_vlm_cross
 from .projection import projected_plan, query_moments, ridge_projection
 from .query import (
@@ -72,6 +73,7 @@ __all__ = [
     "label_consistency",
     "convergence_problems",
     "set_fitted_state",
+    "proba_sample",
     "ArrayPool",
     "fit_arrays",
 ]
@@ -122,6 +124,7 @@ PARAMETERS: dict[str, Constraint] = {
     "retrieval": Options(("cosine", "csls")),
     "csls_k": COUNT,
     "logit_scale": LOGIT_SCALE,
+    "proba_scale": OptionalOf(AnyOf((LOGIT_SCALE, Options(("auto",))))),
     "device": DeviceName(),
     "random_state": OptionalOf(SEED),
     "verbose": Boolean(),
@@ -470,15 +473,37 @@ class FitState:
     history: dict = field(default_factory=dict)
 
 
-def set_fitted_state(estimator, state: FitState):
-    """Set ``W_``, ``W0_``, ``centres_``... ``history_`` from ``state``; return ``estimator``.
+def set_fitted_state(estimator, state: FitState, proba_rows: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]):
+    """Set ``W_``, ``W0_``, ``centres_``... ``history_`` from ``state``, then ``proba_scale_``; return ``estimator``.
 
     The one place where a fit's learned attributes are written, for every driver.
+
+    Parameters
+    ----------
+    estimator : GPUA
+    state : FitState
+    proba_rows : callable
+        ``() -> iterable of (vfm_rows, vlm_rows)``: the pool rows ``proba_scale="auto"`` is chosen
+        on (:func:`proba_sample` of the pool; one pair per federated client, each its own
+        sample), called only then.
     """
     for f in fields(state):
         setattr(estimator, f.name + "_", getattr(state, f.name))
     estimator._record_fit()
+    estimator.proba_scale_ = None
+    if estimator.proba_scale == "auto":  # the map and the radii are set: the scale is of the fitted scores
+        t = time.perf_counter()
+        found = matched_scale(estimator_confidence_sums(estimator, Z, X) for Z, X in proba_rows())
+        estimator.proba_scale_ = found["scale"]
+        estimator.history_["proba_scale"] = found
+        estimator.history_.setdefault("timings", {})["proba_scale_s"] = time.perf_counter() - t
     return estimator
+
+
+def proba_sample(n: int, random_state: int | None) -> torch.Tensor:
+    """Sorted ids of the pool rows ``proba_scale="auto"`` is chosen on: a seeded sample of at most
+    :data:`gpua.probability.PROBA_SCALE_ROWS` of ``n`` (the fit's own seed, ``history_["random_state"]``)."""
+    return consistency_sample(n, PROBA_SCALE_ROWS, 0 if random_state is None else int(random_state))
 
 
 # --- verbose lines ---------------------------------------------------------------------------

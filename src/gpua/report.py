@@ -25,7 +25,7 @@ from ._validation import check_classnames
 from .baselines import list_methods, make_method
 from .data.classnames import match_classes
 from .features import FeatureSet
-from .metrics import classification_report, confusion_matrix, score_summary
+from .metrics import classification_report, confusion_matrix, expected_calibration_error, score_summary
 
 __all__ = [
     "evaluate_model",
@@ -222,6 +222,9 @@ def evaluate_model(
             "robin_hood_index": rep["robin_hood_index"],
             "n_samples": int(scores.shape[0]),
             "n_classes": int(scores.shape[1]),
+            # the probability column's calibration against these labels (gpua.probability: label-free for GPUA)
+            "expected_calibration_error": expected_calibration_error(y, model.proba_from_scores(scores)),
+            "proba_scale": model._proba_scale(),
             "classes_matched": "by name" + (" (reordered)" if match.reordered else "") if match.by_name else "by index (no names)",
             "predict_seconds": seconds,
             "templates": prov.get("templates"),

@@ -35,7 +35,7 @@ def test_logit_scale_is_bounded_and_checked_at_predict_proba(small):
     train, test = small
     with pytest.raises(GPUAError, match="logit_scale"):
         GPUA(**FAST, logit_scale=1e40).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
-    model = GPUA(**FAST, logit_scale=1e4).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+    model = GPUA(**FAST, logit_scale=1e4, proba_scale=None).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
     assert np.isfinite(model.predict_proba(test.vfm_features, test.vlm_features)).all()
     model.set_params(logit_scale=-5)
     with pytest.raises(GPUAError, match="logit_scale=-5"):

@@ -115,8 +115,8 @@ def _old_format_writer(model, path):
 
 def test_format_1_files_without_checksum_still_load(small, tmp_path):
     train, test = small
-    # Fitted as format 1's gpua fitted: no centering, no whitening.
-    model = GPUA(refine=False, center=False, center_vlm=False, whiten=None).fit(
+    # Fitted as format 1's gpua fitted: no centering, no whitening, probabilities at logit_scale.
+    model = GPUA(refine=False, center=False, center_vlm=False, whiten=None, proba_scale=None).fit(
         train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
     _old_format_writer(model, tmp_path / "old.gpua")
     back = load_model(tmp_path / "old.gpua")

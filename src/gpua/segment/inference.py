@@ -22,8 +22,9 @@ Classes and background
     probability ``softmax(scores / temperature)`` falls below ``score_threshold`` get
     ``threshold_label`` (background, or 255 for "no class"). The threshold is a probability,
     not a score: the temperature is CLIP's (0.01, a logit scale of 100) or a model's own
-    ``1 / logit_scale``, the scale of its ``predict_proba``; cosines of 0.1-0.3 a few
-    hundredths apart then give top probabilities from about 1 / K to near 1.
+    ``1 / logit_scale`` (a GPUA's image ``predict_proba`` uses its ``proba_scale`` instead);
+    cosines of 0.1-0.3 a few hundredths apart then give top probabilities from about 1 / K to
+    near 1.
 
 Encoders are anything with ``encode_patches(images) -> (N, h, w, d)`` (numpy or torch), e.g.
 ``gpua.encoders.create_encoder(spec)`` or :class:`gpua.segment.planted.PlantedPatchEncoder`.
@@ -522,8 +523,8 @@ class DenseSegmenter:
         or more, 255 is a class and "no class" is 65535).
     temperature : float > 0, optional
         Score temperature for probabilities. Default: ``1 / model.logit_scale`` for a model that
-        has one (the scale of its ``predict_proba``; GPUA's default 100 gives 0.01), else 0.01,
-        CLIP's logit scale of 100.
+        has one (GPUA's default 100 gives 0.01; not its ``proba_scale``, which is chosen on an
+        image pool), else 0.01, CLIP's logit scale of 100.
     batch_size : int
         Crops per encoder call.
     """
@@ -628,8 +629,8 @@ class DenseSegmenter:
                             f"threshold_label={NO_CLASS_16BIT} for no class (masks of this many classes are 16-bit), or a "
                             "background class's index.")
         if temperature is None:
-            # The scale the model's own predict_proba uses (fit-seg --param logit_scale=...): a
-            # fixed 0.01 thresholded another probability than the model reports.
+            # The model's own logit scale (fit-seg --param logit_scale=...): a fixed 0.01 ignored it.
+            # Not GPUA's proba_scale: the threshold's documented scale is the VLM's.
             scale = getattr(model, "logit_scale", None) if model is not None else None
             ok = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool) and 0 < float(scale) < math.inf
             temperature = 1.0 / float(scale) if ok else 0.01
