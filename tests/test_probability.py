@@ -74,6 +74,12 @@ def test_a_target_the_grid_cannot_reach_gives_its_end():
     assert matched_scale(confidence_sums(torch.eye(4).repeat(3, 1)[:10], flat, 100.0))["scale"] == pytest.approx(float(SCALE_GRID[0]))
 
 
+def test_scores_that_are_not_finite_are_refused_not_matched_to_the_grids_end():
+    g = torch.tensor([[0.3, 0.0], [0.0, 0.2]])
+    with pytest.raises(GPUAError, match="not finite.*proba_scale to a number"):
+        matched_scale(confidence_sums(g, torch.tensor([[float("nan"), 0.0], [0.0, 0.1]]), 100.0))
+
+
 # --- GPUA(proba_scale=...) ------------------------------------------------------------------------
 def test_the_default_puts_the_pool_on_the_zero_shot_confidence(planted):
     train, test = planted
@@ -120,6 +126,17 @@ def test_bad_values_are_refused_at_fit(planted, bad):
     train, _ = planted
     with pytest.raises(GPUAError, match="proba_scale"):
         GPUA(**FAST, proba_scale=bad).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+
+
+def test_vlm_rows_too_large_for_float32_give_the_scale_of_the_unscaled_rows():
+    """Was: the zero-shot side cast float64 rows of 1e300 to float32 (inf), its target was NaN, and the scale
+    was silently the grid's top, 10,000 (the fit itself rescales such rows)."""
+    d = make_planted(n_samples=300, n_classes=4, d_vfm=12, d_vlm=8, d_latent=4, random_state=1)
+    plain = GPUA(**FAST).fit(d.vfm_features, d.vlm_features, d.text_prototypes)
+    big = np.asarray(d.vlm_features, np.float64) * 1e300
+    for X in (big, torch.tensor(big)):
+        model = GPUA(**FAST).fit(d.vfm_features, X, d.text_prototypes)
+        assert model.proba_scale_ == pytest.approx(plain.proba_scale_, rel=1e-4)
 
 
 def test_the_scale_is_of_csls_scores_under_csls(planted):

@@ -26,11 +26,13 @@ sends :func:`confidence_sums` of its own sample, numbers only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 
+from ._errors import GPUAError
 from .query import zero_shot_cosines
 
 __all__ = [
@@ -144,12 +146,16 @@ def matched_scale(sums: ConfidenceSums | Iterable[ConfidenceSums]) -> dict:
             sums = sums + more
     mean_top = sums.mapped / sums.n_rows
     target = sums.zero_shot / sums.n_rows
+    if not (math.isfinite(target) and bool(torch.isfinite(mean_top).all())):
+        raise GPUAError(
+            "proba_scale='auto' could not choose a scale: the pool's class scores or zero-shot cosines are not finite; "
+            "check the features for NaN or inf, or set proba_scale to a number."
+        )
     above = torch.nonzero(mean_top >= target).flatten()
     log_s = SCALE_GRID.log()
-    if above.numel() == 0:
-        i = len(SCALE_GRID) - 1
-        value = log_s[i]
-    elif int(above[0]) == 0:
+    if above.numel() == 0:  # never as confident as the VLM: the grid's top
+        value = log_s[-1]
+    elif int(above[0]) == 0:  # as confident at the grid's bottom already
         value = log_s[0]
     else:
         i = int(above[0])
@@ -176,6 +182,8 @@ def estimator_confidence_sums(estimator, vfm_rows, vlm_rows) -> ConfidenceSums:
     """
     with torch.no_grad():
         scores = estimator._scores(vfm_rows, vlm_rows)
-        X = torch.as_tensor(vlm_rows, dtype=scores.dtype).to(scores.device)
+        # checked as prediction checks them: rows too large for float32 come back rescaled, not inf
+        _, X = estimator._check_query_inputs(None, vlm_rows, needs_vfm=False, needs_vlm=True)
+        X = estimator._tensor(X).to(scores.device, scores.dtype)
         zero_shot = zero_shot_cosines(X, estimator.text_prototypes_.to(scores.device, scores.dtype))
     return confidence_sums(scores, zero_shot, float(estimator.logit_scale))
