@@ -26,7 +26,7 @@ from gpua._backend import resolve_device
 from gpua._validation import check_classnames
 from gpua.fitting import (
     PARAMETERS, ArrayPool, FitConfig, FitState, _fit_prepared, _prepared_pool, check_entry, check_fit_arrays,
-    check_not_one_image, proba_sample, run_fit, set_fitted_state, unwhiten,
+    check_not_one_image, run_fit, set_fitted_state, unwhiten,
 )
 from gpua.params import check_params
 from gpua.query import build_query, pool_mean
@@ -133,8 +133,8 @@ def fit_with(prep: Prepared, driver: ArrayPool,
         state = run_fit(prep.config, driver, Y=torch.nn.functional.normalize(prep.Y, dim=1), vfm_mean=p.vfm_mean,
                         vlm_mean=p.vlm_mean, widths=p.widths, classnames=prep.names)
         state = unwhiten(after(driver, prep.config, state), p.whiten, p.whiten_s)
-    idx = proba_sample(len(state.pseudo_labels), state.history["random_state"])
-    return set_fitted_state(GPUA(**prep.params), state, lambda: [(prep.vfm_features[idx], prep.vlm_features[idx])])
+    pool = [(len(state.pseudo_labels), lambda idx: (prep.vfm_features[idx], prep.vlm_features[idx]))]
+    return set_fitted_state(GPUA(**prep.params), state, pool)
 
 
 def fit_with_pool(params: dict, pool, pool_class: type[ArrayPool] = ArrayPool,

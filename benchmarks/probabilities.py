@@ -39,6 +39,7 @@ from scipy.optimize import brentq, minimize_scalar
 
 from gpua import GPUA, make_method
 from gpua.metrics import expected_calibration_error
+from gpua.probability import top_probability_sums
 
 RULES = ("auto", "logit_scale", "plan_confidence", "mixup", "oracle_dev")
 #: PseudoCal's share of the row whose label a mixed row keeps.
@@ -50,7 +51,8 @@ def softmax(scale: float, scores: np.ndarray) -> np.ndarray:
 
 
 def mean_top(scale: float, scores: np.ndarray) -> float:
-    return float(softmax(scale, scores).max(1).mean())
+    """Mean top probability of ``softmax(scale * scores)``: the package's own sum, over the rows."""
+    return float(top_probability_sums(torch.as_tensor(scores), torch.tensor([float(scale)]))[0]) / len(scores)
 
 
 def nll(scale: float, scores: np.ndarray, labels: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from ._base import AlignmentEstimator, ModelSchema, check_fit_arguments
 from ._errors import GPUAError
 from ._validation import check_callback
 from .features import ShardedFeatures
-from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, proba_sample, set_fitted_state
+from .fitting import ORTHOGONALITY, PARAMETERS, fit_arrays, set_fitted_state
 from .hubness import csls_scores
 from .params import check_param
 from .query import build_query, mapped_cosines, mapped_rows, target_prototypes
@@ -492,8 +492,7 @@ class GPUA(AlignmentEstimator):
                 "is fitted without them, GPUA().fit(shards), since its shards hold both."
             )
         state = fit_arrays(self.get_params(), vfm_features, vlm_features, text_prototypes, classnames, callback)
-        idx = proba_sample(len(state.pseudo_labels), state.history["random_state"])
-        return set_fitted_state(self, state, lambda: [(_rows(vfm_features, idx), _rows(vlm_features, idx))])
+        return set_fitted_state(self, state, [(len(state.pseudo_labels), lambda idx: (_rows(vfm_features, idx), _rows(vlm_features, idx)))])
 
     # ------------------------------------------------------------------------------------------
     def transform(self, vfm_features, vlm_features=None) -> np.ndarray:

@@ -35,7 +35,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -473,7 +473,7 @@ class FitState:
     history: dict = field(default_factory=dict)
 
 
-def set_fitted_state(estimator, state: FitState, proba_rows: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]):
+def set_fitted_state(estimator, state: FitState, proba_pool: Sequence[tuple[int, Callable[[torch.Tensor], tuple[Any, Any]]]]):
     """Set ``W_``, ``W0_``, ``centres_``... ``history_`` from ``state``, then ``proba_scale_``; return ``estimator``.
 
     The one place where a fit's learned attributes are written, for every driver.
@@ -482,10 +482,11 @@ def set_fitted_state(estimator, state: FitState, proba_rows: Callable[[], Iterab
     ----------
     estimator : GPUA
     state : FitState
-    proba_rows : callable
-        ``() -> iterable of (vfm_rows, vlm_rows)``: the pool rows ``proba_scale="auto"`` is chosen
-        on (:func:`proba_sample` of the pool; one pair per federated client, each its own
-        sample), called only then.
+    proba_pool : sequence of (int, callable)
+        Where the pool's rows are, for ``proba_scale="auto"``: ``(n_rows, rows)`` per part (the
+        pool, or each federated client), ``rows(ids) -> (vfm_rows, vlm_rows)`` of the part's own
+        row ids. Each part's :func:`proba_sample` under the fit's seed is read (with
+        ``proba_scale="auto"`` only).
     """
     for f in fields(state):
         setattr(estimator, f.name + "_", getattr(state, f.name))
@@ -493,7 +494,8 @@ def set_fitted_state(estimator, state: FitState, proba_rows: Callable[[], Iterab
     estimator.proba_scale_ = None
     if estimator.proba_scale == "auto":  # the map and the radii are set: the scale is of the fitted scores
         t = time.perf_counter()
-        found = matched_scale(estimator_confidence_sums(estimator, Z, X) for Z, X in proba_rows())
+        seed = estimator.history_["random_state"]
+        found = matched_scale(estimator_confidence_sums(estimator, *rows(proba_sample(n, seed))) for n, rows in proba_pool)
         estimator.proba_scale_ = found["scale"]
         estimator.history_["proba_scale"] = found
         estimator.history_.setdefault("timings", {})["proba_scale_s"] = time.perf_counter() - t

@@ -48,7 +48,7 @@ import torch
 
 from .._errors import GPUAError
 from .._validation import check_callback, check_classnames, check_prototypes
-from ..fitting import FitConfig, Mined, _with_prior, check_entry, record_prior_estimate, consistency_sample, knn_label_consistency, proba_sample, run_fit, set_fitted_state, unwhiten
+from ..fitting import FitConfig, Mined, _with_prior, check_entry, record_prior_estimate, consistency_sample, knn_label_consistency, run_fit, set_fitted_state, unwhiten
 from ..ot import check_marginal
 from ..procrustes import orthogonality_error, polar_factor, procrustes_map
 from ..query import build_query
@@ -262,12 +262,10 @@ def fit_federated(
         record_prior_estimate(fitted, estimate)
     fitted.history["federated"] = {"clients": sizes, "rounds": fitted.history["refine"], "chunk_rows": plan.chunk_rows}
 
-    def client_rows():  # each client's own sample, scored where it is: only the sums of confidence_sums leave it
-        for src in sources:
-            idx = proba_sample(src.n_samples, fitted.history["random_state"]) + src.offset
-            yield src.take("vfm_features", idx), src.take("vlm_features", idx)
+    def rows_of(src):  # a client's own rows, scored where they are: only the sums of confidence_sums leave it
+        return lambda idx: (src.take("vfm_features", idx + src.offset), src.take("vlm_features", idx + src.offset))
 
-    return set_fitted_state(est, fitted, client_rows)
+    return set_fitted_state(est, fitted, [(src.n_samples, rows_of(src)) for src in sources])
 
 
 def _shape(a) -> tuple:

@@ -37,7 +37,7 @@ from .._errors import GPUAError, warn_user
 from .._validation import check_callback, check_classnames, check_prototypes
 from ..fitting import (
     PARAMETERS, FitConfig, Mined, _with_prior, check_entry, check_not_one_image, consistency_sample, knn_label_consistency,
-    proba_sample, record_prior_estimate, run_fit, set_fitted_state, unwhiten,
+    record_prior_estimate, run_fit, set_fitted_state, unwhiten,
 )
 from ..prior import EM_MAX_ITER, EM_TOL, em_class_prior, em_prior_update, mean_of_class_means
 from ..ot import check_marginal
@@ -323,8 +323,7 @@ def fit_streaming(
         "tile_dtype": plan.tile_dtype, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.estimate,
         "passes": pool.passes, "processes": ex.n_processes, "resumed": state is not None,
     }
-    idx = proba_sample(n, fitted.history["random_state"])
-    return set_fitted_state(est, fitted, lambda: [(src.take("vfm_features", idx), src.take("vlm_features", idx))])
+    return set_fitted_state(est, fitted, [(n, lambda idx: (src.take("vfm_features", idx), src.take("vlm_features", idx)))])
 
 
 def pool_statistics(ex, parts, fit: K_.FitSpec, config: FitConfig, n: int, k: int, d_vfm: int, *, means: bool = True,
