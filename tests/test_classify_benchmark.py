@@ -61,8 +61,11 @@ def test_classify_a_labelled_folder(photos, capsys):
     assert "the VLM favours some classes, common on balanced folders" in zs  # the other cause, as likely
     from gpua import load_model
 
-    prov = load_model(d / "m.gpua").provenance_
+    model = load_model(d / "m.gpua")
+    prov = model.provenance_
     assert prov["vfm"] == "planted:vfm" and prov["class_prompts"][0] == ["sky", "blue sky"]
+    # the probability column's scale, chosen on the photos (was: only in the model file)
+    assert f"no labels; probabilities at softmax scale {model.proba_scale_:.3g}, chosen on the pool" in out
 
 
 @pytest.mark.parametrize("method", ["lfa", "reference", "gpua"])

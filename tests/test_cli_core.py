@@ -179,6 +179,11 @@ def test_fit_records_provenance_and_evaluate_names_the_encoders(files, tmp_path,
     out = capsys.readouterr()
     assert "UCM rounds" in out.err  # progress bars, as the streamed fit shows
     assert "not an accuracy" in out.out
+    # the probability column's scale, said where it was chosen (was: only in the model file)
+    assert f"probabilities at softmax scale {load_model(model).proba_scale_:.3g}, chosen on the pool without labels" in out.out
+    assert main(["fit", "--train", str(tmp_path / "train.npz"), "--out", str(tmp_path / "m2.gpua"), "--n-steps", "10",
+                 "--param", "proba_scale=none"]) == 0
+    assert "softmax scale" not in capsys.readouterr().out  # no scale chosen: CLIP's logit_scale, as before
     prov = load_model(model).provenance_
     assert prov["vfm"] == "offline:dinov2-s" and prov["vlm"] == "offline:semantic-lite0" and prov["templates"] == ["a {}."]
     assert prov["features"]["cache_key"] == "abc" and prov["classnames"] == fs.classnames
@@ -255,3 +260,60 @@ def test_predict_says_a_top_k_above_the_class_count(files, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--features", str(files["test"]), "--out", str(tmp_path / "p.csv"),
                  "--top-k", str(n_classes + 1)]) == 0
     assert f"--top-k {n_classes + 1} is more than the model's {n_classes} classes" in capsys.readouterr().out
+
+
+def _predicted(tmp_path, model, features, *extra):
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model), "--features", str(features), "--out", str(out), *extra]) == 0
+    return list(csv.DictReader(out.open()))
+
+
+def test_predict_writes_the_files_labels_named_as_the_models_classes(planted, fitted, tmp_path, capsys):
+    """Was: predict on a labelled feature file wrote no label column (classify writes one for a labelled folder)."""
+    from gpua.features import write_shards
+
+    _, test = planted
+    truth = [test.classnames[int(c)] for c in test.labels]
+    capsys.readouterr()
+    rows = _predicted(tmp_path, fitted, _save(tmp_path / "test.npz", test))
+    printed = capsys.readouterr()
+    assert [r["label"] for r in rows] == truth and "warning" not in printed.err
+    assert ", label (the file's labels" in printed.out
+    # the file's classes in another order: the labels are renumbered, the names still the true ones
+    order = np.random.default_rng(2).permutation(10)
+    assert [r["label"] for r in _predicted(tmp_path, fitted, _save(tmp_path / "shuffled.npz", test, order))] == truth
+    # a shard set, read in chunks
+    shards = tmp_path / "shards"
+    write_shards(shards, test.vfm_features, test.vlm_features, labels=test.labels, text_prototypes=test.text_prototypes,
+                 classnames=test.classnames, rows_per_shard=500, dtype="float32")
+    sharded = _predicted(tmp_path, fitted, shards)
+    assert [r["label"] for r in sharded] == truth
+    assert [r["prediction"] for r in sharded] == [r["prediction"] for r in rows]
+    # a file naming no classes: matched by index, said so
+    capsys.readouterr()
+    assert [r["label"] for r in _predicted(tmp_path, fitted, _save(tmp_path / "anon.npz", test, classnames=False))] == truth
+    assert "the label column: " in capsys.readouterr().err
+
+
+def test_predict_leaves_out_labels_it_cannot_name(planted, fitted, tmp_path, capsys):
+    _, test = planted
+    capsys.readouterr()
+    # other classes than the model's: no label column, the predictions still written
+    rows = _predicted(tmp_path, fitted, _save(tmp_path / "five.npz", test, k=5))
+    err = capsys.readouterr().err
+    assert "label" not in rows[0] and len(rows) == int((test.labels < 5).sum())
+    assert "(and its labels) are not used" in err
+    # a label beyond the classes of a file naming none: refused for the column, not for the predictions
+    y = test.labels.copy()
+    y[0] = 10
+    bad = save_features(tmp_path / "bad.npz", vfm_features=test.vfm_features, vlm_features=test.vlm_features, labels=y)
+    rows = _predicted(tmp_path, fitted, bad)
+    err = capsys.readouterr().err
+    assert "label" not in rows[0] and len(rows) == len(y)
+    assert "outside [0, 10)" in err and "The label column is left out" in err
+    # a file without labels: no column, no warning about labels
+    plain = save_features(tmp_path / "plain.npz", vfm_features=test.vfm_features, vlm_features=test.vlm_features,
+                          text_prototypes=test.text_prototypes, classnames=test.classnames)
+    rows = _predicted(tmp_path, fitted, plain)
+    printed = capsys.readouterr()
+    assert "label" not in rows[0] and "label" not in printed.err and ", label (" not in printed.out

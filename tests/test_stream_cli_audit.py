@@ -67,7 +67,10 @@ def test_prototypes_of_another_vlm_are_refused_and_provenance_keeps_the_shards(d
     assert main([*argv, "--prototypes", str(root / "same.npz")]) == 0
     from gpua.report import encoders_of
 
-    prov = load_model(str(root / "m.gpua")).provenance_
+    model = load_model(str(root / "m.gpua"))
+    # the scale the streamed fit chose for the probability column, in its summary
+    assert f"probabilities at softmax scale {model.proba_scale_:.3g}, chosen on the pool" in capsys.readouterr().out
+    prov = model.provenance_
     assert encoders_of(prov)[1] == "toy:vlm" and prov["templates"] == ["a {}."]
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "FitProgress",
     "self_learning_line",
     "fit_rounds_note",
+    "proba_scale_note",
 ]
 
 
@@ -513,6 +514,18 @@ def fit_rounds_note(history: dict) -> str:
         kept = sum(bool(r.get("kept") and r.get("refit")) for r in rounds)
         note += f" in the last of {len(rounds) + 1} minings; self-learning kept {kept} of {len(rounds)} round(s)"
     return note
+
+
+def proba_scale_note(model) -> str:
+    """``; probabilities at softmax scale 41.3 ...`` for a fit's summary line, or "" when the fit chose no scale.
+
+    The scale ``proba_scale="auto"`` chose on the pool (:mod:`gpua.probability`): the figure the
+    probability column of ``predict`` and ``classify`` is read at, which a user would otherwise
+    find only in the model file.
+    """
+    scale = getattr(model, "proba_scale_", None)
+    return "" if scale is None else (f"; probabilities at softmax scale {scale:.3g}, chosen on the pool without labels "
+                                     "(proba_scale=auto: as confident as the VLM's zero-shot there)")
 
 
 class FitProgress:

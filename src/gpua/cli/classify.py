@@ -10,7 +10,7 @@ import argparse
 from collections import Counter
 
 from ._common import (STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths,
-                      estimator_overrides, positive_int)
+                      estimator_overrides, positive_int, proba_scale_note)
 
 __all__ = ["add_subcommands"]
 
@@ -120,7 +120,8 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
     zero_shot = Counter(res.classnames[k] for k in res.zero_shot.tolist())
     s = res.seconds
     fitted = ("zero-shot: nothing fitted" + ("; --pool not used" if args.pool else "") if args.method == "zero_shot"
-              else "fitted on " + ("--pool " + args.pool if args.pool else "the photos themselves, no labels"))
+              else "fitted on " + ("--pool " + args.pool if args.pool else "the photos themselves, no labels")
+              + proba_scale_note(res.model))
     of = f" of {n + len(res.unreadable)}" if res.unreadable else ""  # the others are named below, and in the CSV
     photos = "photo" if n + len(res.unreadable) == 1 else "photos"
     print(f"classified {n}{of} {photos} into {len(res.classnames)} classes with {args.method} "

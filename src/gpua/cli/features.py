@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .._errors import GPUAError, MissingDependencyError
 from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of, counted,
-                      estimator_overrides, fit_rounds_note, parse_cluster, positive_int, positive_seconds, self_learning_line)
+                      estimator_overrides, fit_rounds_note, parse_cluster, proba_scale_note, positive_int, positive_seconds, self_learning_line)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -109,7 +109,8 @@ def _cmd_fit(args) -> int:
     h = model.history_
     print(
         f"fitted on {counted(train.n_samples, 'image')}, {model.n_classes_} classes in {dt:.1f} s "
-        f"({fit_rounds_note(h)}, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}; saved {args.out}"
+        f"({fit_rounds_note(h)}, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}{proba_scale_note(model)}; "
+        f"saved {args.out}"
     )
     if train.classnames is None:
         print("note: the feature file names no classes, so neither does the model; evaluate will match classes by index.")
@@ -208,7 +209,8 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
         f"fitted on {counted(s['n_samples'], 'image')} ({counted(shards.n_shards, 'shard')}), {model.n_classes_} classes in {dt:.1f} s"
         f"{' (resumed from --checkpoint: passes count the earlier runs too)' if s.get('resumed') else ''} "
         f"({fit_rounds_note(h)}, {s['passes']} chunk passes, {counted(s['n_chunks'], 'chunk')} of "
-        f"{s['chunk_rows']} rows, cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}; saved {args.out}"
+        f"{s['chunk_rows']} rows, cache {s['cache']}, {s['processes']} process(es)); {_agreement_note(h)}{proba_scale_note(model)}; "
+        f"saved {args.out}"
     )
     return 0
 
@@ -259,7 +261,12 @@ def _evaluate(args, out: JsonOutput) -> int:
 
 
 def _prediction_chunks(model, source: str, model_name: str = "the model"):
-    """``(image ids, probabilities, None, scores)`` chunks of a feature file or a shard set, its class names, class count and meta."""
+    """``(image ids, probabilities, labels or None, scores)`` chunks of a feature file or a shard set, its class names, class count, meta and labels.
+
+    The labels (all of them, and each chunk's) are the file's own class indices, in its class
+    list's order, as stored: :func:`_predict` checks them and maps them onto the model's classes,
+    or leaves them out.
+    """
     from ..features import ShardedFeatures, load_features
 
     if Path(source).is_dir():
@@ -267,19 +274,21 @@ def _prediction_chunks(model, source: str, model_name: str = "the model"):
         names = sf.classnames
         _check_widths(_Widths(sf.widths), f"--features {source!r}", model, model_name)
 
+        labels = sf.labels() if sf.has_labels else None
+
         def gen():
             for s, e, (Z, X) in sf.iter_rows(_CHUNK_ROWS):
                 ids = sf.image_ids(s, e) or [str(i) for i in range(s, e)]
                 scores = model.decision_function(Z.numpy(), X.numpy())
-                yield ids, model.proba_from_scores(scores), None, scores
+                yield ids, model.proba_from_scores(scores), None if labels is None else labels[s:e], scores
 
-        return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta
+        return gen(), names, (None if sf.text_prototypes() is None else sf.text_prototypes().shape[0]), sf.meta, labels
     fs = load_features(source, require=("vfm_features",))
     _check_widths(fs, f"--features {source!r}", model, model_name)
     ids = fs.image_ids or [str(i) for i in range(fs.n_samples)]
     n_k = None if fs.text_prototypes is None else fs.text_prototypes.shape[0]
     scores = model.decision_function(fs.vfm_features, fs.vlm_features)
-    return iter([(ids, model.proba_from_scores(scores), None, scores)]), fs.classnames, n_k, fs.meta
+    return iter([(ids, model.proba_from_scores(scores), fs.labels, scores)]), fs.classnames, n_k, fs.meta, fs.labels
 
 
 class _Widths:
@@ -305,19 +314,35 @@ def _cmd_predict(args) -> int:
 
 def _predict(args, out) -> int:
     from .._base import load_model
+    from .._validation import check_labels
     from ..data.classnames import match_classes
     from ..report import check_encoders, write_predictions
 
     model = load_model(args.model, device=args.device)
-    chunks, file_names, file_k, meta = _prediction_chunks(model, args.features, f"the model {args.model!r}")
+    chunks, file_names, file_k, meta, labels = _prediction_chunks(model, args.features, f"the model {args.model!r}")
     check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
     names = model.classnames_
+    match = None
     if file_names is not None or file_k is not None:
         try:
-            match_classes(names, file_names, n_model=model.n_classes_, n_data=len(file_names) if file_names else file_k,
-                          model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
+            match = match_classes(names, file_names, n_model=model.n_classes_, n_data=len(file_names) if file_names else file_k,
+                                  model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
         except GPUAError as exc:
-            warnings.warn(f"{exc} The predictions are the model's classes; the file's class list is not used.", stacklevel=1)
+            warnings.warn(f"{exc} The predictions are the model's classes; the file's class list (and its labels) "
+                          "are not used.", stacklevel=1)
+    else:  # a file naming no classes: its labels index the model's, unchecked (the predictions are too)
+        match = match_classes(None, None, n_model=model.n_classes_, n_data=model.n_classes_)
+    if labels is not None and match is not None:
+        try:  # the file's labels index its own classes, as many as the model's once matched
+            check_labels(labels, labels.shape[0], model.n_classes_, name=f"--features {args.features!r}'s labels")
+        except GPUAError as exc:
+            warnings.warn(f"{exc} The label column is left out; the predictions are written.", stacklevel=1)
+            match = None
+    # A label column beside the predictions, as gpua classify writes for a labelled folder, named as the model's classes
+    with_labels = labels is not None and match is not None
+    if with_labels and match.note:
+        warnings.warn(f"the label column: {match.note}", stacklevel=1)
+    chunks = ((ids, proba, match.map_labels(y) if with_labels else None, scores) for ids, proba, y, scores in chunks)
     if names is None:
         if file_names is not None and len(file_names) == model.n_classes_:
             warnings.warn("the model names no classes; naming its predictions with the feature file's class names, "
@@ -328,9 +353,11 @@ def _predict(args, out) -> int:
     n = out.write_with(lambda path: write_predictions(path, chunks, names, top_k=args.top_k))
     cut = (f"; --top-k {args.top_k} is more than the model's {model.n_classes_} classes, so every class is listed"
            if args.top_k > model.n_classes_ else "")
+    label = ", label (the file's labels, named as the model's classes; gpua evaluate scores them)" if with_labels else ""
     print(f"wrote {n} predictions to {out.name} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} "
-          f"classes){cut}")
+          f"classes{label}){cut}")
     return 0
+
 
 
 def _cmd_compare(args) -> int:
