@@ -154,3 +154,31 @@ def test_class_prompt_files_with_synonyms():
     with pytest.raises(GPUAError, match="holds no class name"):
         parse_class_prompts(["cat", " , "])
     assert parse_class_prompts(["automobile: car, automobile"])[1] == ["car", "automobile"]
+
+
+def test_segment_takes_one_image_file(planted_dirs, capsys):
+    """Was: `segment --images photo.png` was refused as "not a folder"; one photo is the common first try."""
+    d = planted_dirs
+    assert main(["segment", "--zero-shot", "--images", str(d / "test"), "--out", str(d / "all"), *_common(d)]) == 0
+    capsys.readouterr()
+    assert main(["segment", "--zero-shot", "--images", str(d / "test" / "t1.png"), "--out", str(d / "one"), *_common(d)]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (d / "one").iterdir()) == ["t1.png", "t1_overlay.png"]
+    assert "segmented 1 image(s)" in out and "not searched" not in out  # the folder beside it was not meant
+    np.testing.assert_array_equal(read_label(d / "one" / "t1.png"), read_label(d / "all" / "t1.png"))
+    # the masks may go beside the photo, which is never replaced (a PNG's mask would have its name: refused)
+    Image.open(d / "test" / "t2.png").save(d / "test" / "street.jpg", quality=95)
+    assert main(["segment", "--zero-shot", "--images", str(d / "test" / "street.jpg"), "--out", str(d / "test"), *_common(d)]) == 0
+    assert (d / "test" / "street.png").is_file() and (d / "test" / "street_overlay.png").is_file()
+    before = (d / "test" / "t2.png").read_bytes()
+    assert main(["segment", "--zero-shot", "--images", str(d / "test" / "t2.png"), "--out", str(d / "test"), *_common(d)]) == 2
+    assert "would destroy the input" in capsys.readouterr().err and (d / "test" / "t2.png").read_bytes() == before
+    (d / "notes.txt").write_text("a sky\n")
+    assert main(["segment", "--zero-shot", "--images", str(d / "notes.txt"), "--out", str(d / "x"), *_common(d)]) == 2
+    assert "is a file but not an image" in capsys.readouterr().err and not (d / "x").exists()
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["segment", "--zero-shot", "--images", str(d / "broken.png"), "--out", str(d / "x"), *_common(d)]) == 2
+    assert "--images" in (err := capsys.readouterr().err) and "could not be read; it is truncated, corrupt or not an image" in err
+    # fit-seg's pool stays a folder
+    assert main(["fit-seg", "--images", str(d / "test" / "t1.png"), "--out", str(d / "m.gpua"), *_common(d)]) == 2
+    assert "is not a folder" in capsys.readouterr().err

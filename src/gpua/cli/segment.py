@@ -109,7 +109,8 @@ def add_subcommands(subparsers) -> None:
     )
     _add_model_args(p)
     p.add_argument("--images", required=True,
-                   help="folder of images to segment: the files directly in it (hidden files and sub-folders are not read)")
+                   help="folder of images to segment: the files directly in it (hidden files and sub-folders are not read); "
+                        "or one image file")
     _add_class_args(p, required=False)
     _add_encoder_args(p, required=False)
     _add_inference_args(p)
@@ -244,16 +245,23 @@ def _show_templates(t: list[str]) -> str:
     return f"{len(t)} template(s): {t[0]!r}{', ...' if len(t) > 1 else ''}"
 
 
-def _list_images(folder: str, what: str = "--images") -> list[Path]:
+def _list_images(folder: str, what: str = "--images", one_image: bool = False) -> list[Path]:
     """The image files directly in ``folder``, sorted; hidden files (``._x.jpg``) are left out, as
     ``classify`` and ``extract`` leave them out (:mod:`gpua.data`'s own test), and sub-folders are
-    not searched (:func:`_subfolder_note` says how many)."""
+    not searched (:func:`_subfolder_note` says how many). With ``one_image``, ``folder`` may
+    also be one image file (``segment --images street.jpg``): the list of that file."""
     from ..data import IMAGE_EXTENSIONS
     from ..data._loaders import _is_image_file, _subdirs
 
     d = Path(folder)
+    if one_image and d.is_file():
+        if not _is_image_file(d.parent, d.name):
+            raise GPUAError(f"{what} {folder!r} is a file but not an image ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); pass an "
+                            "image file or a folder of them.")
+        return [d]
     if not d.is_dir():
-        raise GPUAError(f"{what} {folder!r} is not a folder; pass a folder of image files.")
+        raise GPUAError(f"{what} {folder!r} is not a folder; pass a folder of image files"
+                        + (" or one image file." if one_image else "."))
     files = sorted(d / e.name for e in os.scandir(d) if e.is_file() and _is_image_file(d, e.name))
     if not files:
         subs = _subdirs(d)
@@ -269,6 +277,8 @@ def _subfolder_note(folder: str, what: str = "--images", skip: Path | None = Non
     from ..data._loaders import _subdirs
 
     d = Path(folder)
+    if not d.is_dir():  # one image file (segment --images street.jpg): nothing beside it was meant
+        return ""
     subs = [s for s in _subdirs(d) if skip is None or (d / s).resolve() != skip.resolve()]
     if not subs:
         return ""
@@ -294,6 +304,9 @@ def _read_images(files: list[Path], folder: str, skipped: list[Path]):
         yield f, image
     if n == 0:
         first = f" (first: {skipped[0].name!r})" if skipped else ""
+        if Path(folder).is_file():
+            raise GPUAError(f"--images {folder!r} could not be read; it is truncated, corrupt or not an image: replace it, or "
+                            "point --images at a readable image or a folder of them.")
         raise GPUAError(f"none of the {len(skipped)} image(s) in --images {folder!r} could be read{first}; they are truncated, "
                         "corrupt or not images: replace them, or point --images at a folder of readable images.")
 
@@ -701,7 +714,7 @@ def _segment(args: argparse.Namespace) -> int:
     classes = _class_prompts(args.classnames) if args.classnames else None
     if classes is None and not args.model:  # said before the output checks, as _segmenter says it
         raise GPUAError("--zero-shot needs --classnames (one class a line), the classes to segment into.")
-    files = _list_images(args.images)
+    files = _list_images(args.images, one_image=True)
     out = Path(args.out)
     names = _output_names(files, overlay=not args.no_overlay)
     _check_mask_outputs(out, files, names, args.overwrite)
