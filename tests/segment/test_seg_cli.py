@@ -182,3 +182,25 @@ def test_segment_takes_one_image_file(planted_dirs, capsys):
     # fit-seg's pool stays a folder
     assert main(["fit-seg", "--images", str(d / "test" / "t1.png"), "--out", str(d / "m.gpua"), *_common(d)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_fit_seg_defaults_to_the_offline_encoders(tmp_path, capsys):
+    """Was: fit-seg required --vfm and --vlm, where classify defaults to the offline encoders."""
+    pytest.importorskip("onnxruntime")
+    skimage_data = pytest.importorskip("skimage.data")
+    from gpua import load_model
+    from gpua.classify import DEFAULT_VFM, DEFAULT_VLM
+    from gpua.cli import build_parser
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        Image.fromarray(getattr(skimage_data, name)()).resize((112, 112)).save(pool / f"{name}.png")
+    (tmp_path / "classes.txt").write_text("cat\ncup\nperson\n")
+    argv = ["fit-seg", "--images", str(pool), "--classnames", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "seg.gpua"),
+            "--patches-per-image", "16", "--quiet", "--param", "n_steps=5"]
+    args = build_parser().parse_args(argv)
+    assert (args.vfm, args.vlm) == (DEFAULT_VFM, DEFAULT_VLM)  # the library's defaults, spelled once for the parser
+    assert main(argv) == 0
+    prov = load_model(tmp_path / "seg.gpua").provenance_
+    assert (prov["vfm"], prov["vlm"]) == ("offline:dinov2-s", "offline:semantic-lite0")

@@ -15,6 +15,8 @@ from typing import Sequence
 from .._errors import GPUAError
 
 __all__ = [
+    "DEFAULT_VFM",
+    "DEFAULT_VLM",
     "parse_params",
     "add_param_arguments",
     "parameter_listing",
@@ -40,6 +42,12 @@ __all__ = [
     "fit_rounds_note",
     "proba_scale_note",
 ]
+
+#: The encoders a command uses when not told (``classify``, ``fit-seg``): the offline stand-ins,
+#: which need no download. As :data:`gpua.classify.DEFAULT_VFM` / ``DEFAULT_VLM``, not imported
+#: from there: building the parser stays cheap (a test holds them equal).
+DEFAULT_VFM = "offline:dinov2-s"
+DEFAULT_VLM = "offline:semantic-lite0"
 
 
 def _flag(attr: str) -> str:

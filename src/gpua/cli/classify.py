@@ -9,14 +9,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import (STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths,
+from ._common import (DEFAULT_VFM, DEFAULT_VLM, STDOUT, CsvOutput, add_estimator_arguments, add_extraction_arguments, check_paths,
                       estimator_overrides, positive_int, proba_scale_note)
 
 __all__ = ["add_subcommands"]
-
-# As gpua.classify.DEFAULT_VFM / DEFAULT_VLM (not imported here: building the parser stays cheap).
-_DEFAULT_VFM = "offline:dinov2-s"
-_DEFAULT_VLM = "offline:semantic-lite0"
 
 
 def add_subcommands(subparsers) -> None:
@@ -33,8 +29,8 @@ def add_subcommands(subparsers) -> None:
                    help="class-name file: one class a line, 'name' or 'name: word, word' (a folder's name, then its prompt words)")
     p.add_argument("--out", required=True, metavar="FILE.csv",
                    help="predictions CSV to write ('-': write the CSV to stdout, and the rest of the output to stderr)")
-    p.add_argument("--vfm", default=_DEFAULT_VFM, metavar="ENCODER", help="vision foundation model")
-    p.add_argument("--vlm", default=_DEFAULT_VLM, metavar="ENCODER", help="vision-language model")
+    p.add_argument("--vfm", default=DEFAULT_VFM, metavar="ENCODER", help="vision foundation model")
+    p.add_argument("--vlm", default=DEFAULT_VLM, metavar="ENCODER", help="vision-language model")
     p.add_argument("--pool", metavar="DIR", help="folder of photos to fit on, read as unlabeled: every image below it, whatever its "
                    "sub-folders are called (default: --images itself)")
     p.add_argument("--method", default="gpua", help="a method of gpua.list_methods(): gpua, zero_shot, procrustes_only...")

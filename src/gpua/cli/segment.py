@@ -87,7 +87,7 @@ def add_subcommands(subparsers) -> None:
                    help="folder of unlabeled images (the fit pool): the files directly in it; hidden files and sub-folders "
                         "are not read, unreadable images are skipped with a warning")
     _add_class_args(p, required=True)
-    _add_encoder_args(p, required=True)
+    _add_encoder_args(p, required=False, defaults=True)
     p.add_argument("--out", required=True, help="model file to write (e.g. model.gpua)")
     p.add_argument("--patches-per-image", type=int, default=64, help="patch cells drawn per image (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patch draws (default 0)")
@@ -189,10 +189,16 @@ def _add_class_args(p, required: bool) -> None:
                         f"(CLIP's 80 ImageNet templates for folders{recorded})")
 
 
-def _add_encoder_args(p, required: bool) -> None:
-    recorded = "" if required else " (default: the one the model records)"
-    p.add_argument("--vfm", required=required, metavar="ENCODER", help=f"VFM encoder spec, e.g. offline:dinov2-s{recorded}")
-    p.add_argument("--vlm", required=required, metavar="ENCODER", help=f"VLM encoder spec, e.g. offline:semantic-lite0{recorded}")
+def _add_encoder_args(p, required: bool, defaults: bool = False) -> None:
+    """``--vfm``, ``--vlm`` and ``--device``; ``defaults``: the offline encoders when not given, as ``classify`` has
+    (``fit-seg``), else the ones the model records (``segment``, ``evaluate-seg``)."""
+    from ._common import DEFAULT_VFM, DEFAULT_VLM
+
+    for flag, role, default in (("--vfm", "VFM", DEFAULT_VFM), ("--vlm", "VLM", DEFAULT_VLM)):
+        said = (f" (default: {default}, offline)" if defaults else f", e.g. {default}"
+                + ("" if required else " (default: the one the model records)"))
+        p.add_argument(flag, required=required, default=default if defaults else None, metavar="ENCODER",
+                       help=f"{role} encoder spec{said}")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
 
 
