@@ -123,6 +123,27 @@ def test_entries_say_kind_state_and_size(cache):
     assert _removable(cache) == [f"gone-{KEY}.onnx"]  # unrecorded files go when asked
 
 
+def test_a_feature_cache_names_the_folder_it_holds(tmp_path, capsys):
+    """Was: every feature cache's line said "re-extracted on its next use", and its name gives only the
+    folder's base name and a hash (two folders called photos, one cache per class file)."""
+    root, photos = tmp_path / "cache", tmp_path / "home" / "photos"
+    photos.mkdir(parents=True)
+    folder = {"type": "FileImageDataset", "name": "photos", "n_images": 9, "root": str(photos)}
+    _features(root / "classify" / "photos-aa-1__offline-a__offline-b.npz", dataset=folder, class_prompts=[["cat"], ["dog"]])
+    _features(root / "classify" / "old-bb-1__offline-a__offline-b.npz",
+              dataset={**folder, "n_images": 1, "root": str(tmp_path / "gone")}, class_prompts=[["cat"]])
+    _features(root / "demo" / "cifar10-mini_test__offline-a__offline-b.npz",
+              dataset={"type": "ArrayImageDataset", "name": "cifar10-mini", "split": "test", "n_images": 1000})
+    _features(root / "demo" / "bare__offline-a__offline-b.npz")
+    got = {e.path.name: e.why for e in cache_entries(root)}
+    assert got["photos-aa-1__offline-a__offline-b.npz"] == f"9 images of {str(photos)!r}, 2 classes"
+    assert got["old-bb-1__offline-a__offline-b.npz"] == f"1 image of {str(tmp_path / 'gone')!r}, 1 class; the folder is gone"
+    assert got["cifar10-mini_test__offline-a__offline-b.npz"] == "1000 images of cifar10-mini test"
+    assert got["bare__offline-a__offline-b.npz"] == "its images unrecorded"
+    assert main(["cache", "--cache-dir", str(root)]) == 0
+    assert f"(9 images of {str(photos)!r}, 2 classes)" in capsys.readouterr().out
+
+
 def test_clean_removes_stale_derived_files_only_by_default(cache):
     before = sorted(cache.rglob("*"))
     removed, skipped, failed = clean_cache(cache, dry_run=True)

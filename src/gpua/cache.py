@@ -206,7 +206,7 @@ def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
         if _is_extraction_output(p):
             busy = _held(p)
             yield CacheEntry(p, "features", "busy" if busy else "complete", _size(p),
-                             "a running extraction is writing it" if busy else "re-extracted on its next use", _mtime(p))
+                             "a running extraction is writing it" if busy else _feature_source(p), _mtime(p))
         elif name.endswith(".parts") and _FEATURE_NAME.match(name[: -len(".parts")]) and _Parts(p).is_ours():
             busy = _held(p.with_name(name[: -len(".parts")]))
             why = "a running extraction is writing it" if busy else "an extraction's parts, kept for a rerun to resume from"
@@ -214,6 +214,30 @@ def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
         else:
             yield _other(p)
     yield from _temp_entries(folder)
+
+
+def _feature_source(p: Path) -> str:
+    """Whose features a cache file holds, from its meta: ``"9 images of '/home/me/photos'"``.
+
+    A classify cache's name holds only its folder's name and a hash of its path (two folders
+    called ``photos`` get two caches): the listing names the folder itself, and says when it is
+    gone (the cache then serves no run, and ``clean --features`` is the way to drop it).
+    """
+    from .extract import _stored_meta
+
+    meta = _stored_meta(p) or {}
+    dataset, prompts = meta.get("dataset"), meta.get("class_prompts")
+    # one cache per class file (and templates) of a folder: the class count tells them apart
+    classes = f", {len(prompts)} class{'' if len(prompts) == 1 else 'es'}" if isinstance(prompts, list) else ""
+    if not isinstance(dataset, dict):
+        return "its images unrecorded" + classes
+    n = dataset.get("n_images")
+    images = f"{n} image{'' if n == 1 else 's'}" if isinstance(n, int) else "the images"
+    root = dataset.get("root")
+    if isinstance(root, str) and root:
+        return f"{images} of {root!r}{classes}" + ("" if Path(root).is_dir() else "; the folder is gone")
+    name = " ".join(str(dataset[k]) for k in ("name", "split") if dataset.get(k))
+    return (f"{images} of {name}" if name else images) + classes
 
 
 def feature_cache_used(path: str | os.PathLike) -> None:
