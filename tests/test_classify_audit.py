@@ -349,7 +349,7 @@ def test_too_few_readable_photos_are_said_with_the_unreadable_count(folders):
     for i in range(3):
         (few / f"broken{i}.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="unreadable"), \
-            pytest.raises(GPUAError, match=r"holds 3 readable photo\(s\) \(3 could not be read\) for 5 classes.*--pool"):
+            pytest.raises(GPUAError, match=r"holds 3 readable photo\(s\) \(3 could not be read\) for 5 classes.*pool=FOLDER"):
         classify_folder("few", "classes.txt", cache_dir="cache", **PLANTED)  # was: "the unlabeled pool has 3 rows"
 
 
@@ -546,3 +546,23 @@ def test_evaluating_a_flat_folders_features_says_what_holds_labels(folders, caps
     assert main(["evaluate", "--model", "m.gpua", "--test", "flat.npz"]) == 2
     err = capsys.readouterr().err
     assert "has no 'labels'" in err and "extract a folder with one sub-folder per class" in err
+
+
+def test_too_few_photos_is_said_in_the_callers_spelling(folders, capsys):
+    """Was: one message for both, "(pool= / --pool) ... method='zero_shot' (--method zero_shot)"."""
+    from gpua.cli import main
+
+    few = Path("few")
+    few.mkdir()
+    for p in sorted(Path("more/2023").iterdir())[:2]:
+        shutil.copy(p, few / p.name)
+    n_classes = sum(1 for line in Path("classes.txt").read_text().splitlines() if line.strip())
+    assert n_classes > 2
+    with pytest.raises(GPUAError, match=r"holds 2 photo\(s\) for .* classes") as e:
+        classify_folder("few", "classes.txt", cache_dir="cache", **PLANTED)
+    assert "(pool=FOLDER), or use method='zero_shot'" in str(e.value) and "--" not in str(e.value)
+    argv = ["classify", "--images", "few", "--classnames", "classes.txt", "--out", "x.csv", "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", "--cache-dir", "cache"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "(--pool FOLDER), or use --method 'zero_shot'" in err and "pool=" not in err and "method=" not in err

@@ -588,8 +588,8 @@ def classify_folder(
     )
 
 
-#: What to do when a folder has fewer photos than classes, in the Python and the command-line spelling.
-_FEW_PHOTOS_FIX = "add photos, fit on a larger folder (pool= / --pool), or use method='zero_shot' (--method zero_shot)"
+#: What to do when a folder has fewer photos than classes (``gpua classify`` writes the arguments as its flags).
+_FEW_PHOTOS_FIX = "add photos, fit on a larger folder (pool=FOLDER), or use method='zero_shot'"
 
 
 @contextlib.contextmanager

@@ -107,7 +107,7 @@ def _classify(args: argparse.Namespace, pool, overrides: dict, device: str, out:
                 progress=not args.quiet, callback=_fit_started(args, progress), workers=args.workers,
             )
         except GPUAError as exc:  # the encoders' checks name the flags (was "vlm='offline:dinov2-s' is vision-only")
-            raise GPUAError(with_flags(str(exc), {"vlm": "--vlm", "vfm": "--vfm"})) from None
+            raise GPUAError(with_flags(str(exc), {"vlm": "--vlm", "vfm": "--vfm", "pool": "--pool", "method": "--method"})) from None
     n = out.write_with(lambda path: res.to_csv(path, top_k=args.top_k))
     if args.model_out:
         res.model.save(args.model_out)
