@@ -204,3 +204,38 @@ def test_fit_seg_defaults_to_the_offline_encoders(tmp_path, capsys):
     assert main(argv) == 0
     prov = load_model(tmp_path / "seg.gpua").provenance_
     assert (prov["vfm"], prov["vlm"]) == ("offline:dinov2-s", "offline:semantic-lite0")
+
+
+def test_overwrite_never_replaces_a_photo_named_like_a_mask(planted_dirs, capsys):
+    """Was: `segment --images f/pic.jpg --out f --overwrite` replaced the user's own f/pic.png with a mask
+    (the refusal without --overwrite invited the flag)."""
+    from gpua.segment.io import write_label_png, write_overlay_png, written_by_segment
+
+    d = planted_dirs
+    f = d / "f"
+    f.mkdir()
+    Image.open(d / "test" / "t1.png").convert("RGB").save(f / "pic.jpg", quality=95)
+    Image.open(d / "test" / "t2.png").save(f / "pic.png")  # the user's photo, of the mask's name
+    photo = (f / "pic.png").read_bytes()
+    argv = ["segment", "--zero-shot", "--images", str(f / "pic.jpg"), "--out", str(f), *_common(d)]
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "pic.png: a photo, or another tool's file" in err and "--overwrite included" in err
+        assert (f / "pic.png").read_bytes() == photo and not (f / "pic_overlay.png").exists()
+    # the masks and overlays a run writes are marked, and a later run replaces them
+    (f / "pic.png").rename(d / "photo_moved.png")
+    assert main(argv) == 0 and written_by_segment(f / "pic.png") and written_by_segment(f / "pic_overlay.png")
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    # an earlier release's mask (a VOC-palette PNG without the mark) is still an earlier run's
+    write_label_png(d / "m.png", np.zeros((4, 4), np.uint8))
+    write_overlay_png(d / "o.png", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
+    legacy = Image.open(d / "m.png")
+    legacy.save(d / "legacy.png")  # re-saved by Pillow: the palette kept, the text mark dropped
+    assert Image.open(d / "legacy.png").info.get("gpua") is None and written_by_segment(d / "legacy.png")
+    assert written_by_segment(d / "o.png") and not written_by_segment(d / "photo_moved.png")
+    Image.open(d / "photo_moved.png").convert("P").save(d / "paletted.png")  # a palette of its own: a photo
+    (d / "junk.png").write_bytes(b"not a png")
+    assert not written_by_segment(d / "paletted.png") and not written_by_segment(d / "junk.png")
+    assert not written_by_segment(d / "nothing_here.png")

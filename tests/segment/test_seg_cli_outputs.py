@@ -96,9 +96,11 @@ def test_out_never_replaces_a_users_file_or_an_input(tmp_path, world, classes, c
     assert main(_zs(scenes / "sub", out, classes)) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(_zs(scenes / "sub", out, classes, "--overwrite")) == 0
-    # --overwrite replaces the user's file when asked to
-    assert main(_zs(scenes / "sub", scenes, classes, "--overwrite")) == 0
-    assert read_label(scenes / "pic.png").shape == (32, 32) and Image.open(scenes / "pic.png").mode == "P"
+    # --overwrite replaces a segment run's masks only, never the user's photo of a mask's name (was: replaced)
+    assert main(_zs(scenes / "sub", scenes, classes, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "pic.png: a photo, or another tool's file" in err and "never replaced, --overwrite included" in err
+    assert (scenes / "pic.png").read_bytes() == photo and not (scenes / "pic_overlay.png").exists()
 
 
 # -- bug 2: unreadable and hidden files ------------------------------------------------------------

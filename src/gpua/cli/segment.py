@@ -6,7 +6,8 @@
   (``pic.jpg`` and ``pic.png``, or ``pic_overlay.jpg`` beside ``pic.jpg``) keep their extension
   (``pic_jpg.png``, ``pic_png.png``), and names that clash even so (``A.png`` and ``a.png`` on a
   case-insensitive disk) are refused. Files already in ``--out`` are refused before any work
-  unless ``--overwrite``; an input image never is replaced.
+  unless ``--overwrite``, which replaces a segment run's own (marked) files only; an input image,
+  or a photo named like a mask, never is replaced.
 - ``evaluate-seg``: mIoU / pixel accuracy / per-class IoU of saved masks (``--pred``) or of a
   model run on the fly, against a folder of masks (``--gt``) or an mmseg-layout dataset
   (``--dataset``); ``--json FILE`` writes the scores as JSON (``--json -`` or ``--json`` alone
@@ -62,7 +63,7 @@ from pathlib import Path
 
 from .._errors import GPUAError
 from .._optional import import_optional
-from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png
+from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png, written_by_segment
 from ..params import COUNT
 from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag, counted,
                       parse_params, positive_int, with_flags)
@@ -105,7 +106,8 @@ def add_subcommands(subparsers) -> None:
         "one pair per image directly in --images (hidden files and sub-folders are not read; unreadable images are "
         "skipped with a warning). Images whose output names would clash (pic.jpg and pic.png, or pic_overlay.jpg beside "
         "pic.jpg) keep their extension: pic_jpg.png, pic_png.png. Files already in --out are refused before any work "
-        "unless --overwrite; an input image is never replaced.",
+        "unless --overwrite, which replaces only the masks and overlays a segment run wrote; an input image, or any "
+        "other file, is never replaced.",
     )
     _add_model_args(p)
     p.add_argument("--images", required=True,
@@ -117,8 +119,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="write the label masks only")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace files of the same names already in --out (e.g. an earlier run's masks); without it they "
-                        "are refused before any work. Input images are never replaced.")
+                   help="replace an earlier segment run's masks and overlays of the same names in --out; without it they "
+                        "are refused before any work. Input images, and any file a segment run did not write (a photo "
+                        "named like a mask), are never replaced.")
     p.set_defaults(func=_segment)
 
     p = subparsers.add_parser(
@@ -382,7 +385,9 @@ def _output_names(files: list[Path], overlay: bool) -> list[list[str]]:
 
 def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], overwrite: bool) -> None:
     """Refuse, before any work, an output that is one of the input images (also through links,
-    even with --overwrite) and, without --overwrite, any output file that already exists."""
+    even with --overwrite), one that a segment run did not write (:func:`written_by_segment`: a
+    photo named like a mask, even with --overwrite) and, without --overwrite, any output file
+    that already exists."""
     from .._atomic import check_output
 
     if not out.is_dir():
@@ -414,6 +419,14 @@ def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], ov
             # replaces the masks in --out, never a file elsewhere that a link there names.
             raise GPUAError(f"--out {str(out)!r} holds {n}, a link to {str(target)!r} outside --out, which --overwrite would "
                             "replace; remove the link (or choose another --out).")
+    # --overwrite replaces what a segment run wrote (marked PNGs), never a photo that shares a mask's
+    # name (was: `--images f/pic.jpg --out f --overwrite` replaced the user's f/pic.png with a mask)
+    foreign = [p for p in existing if os.path.isfile(p) and not written_by_segment(p)]
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise GPUAError(f"--out {str(out)!r} holds {len(foreign)} file(s) under the names this run writes that gpua's segment "
+                        f"did not write ({shown}: a photo, or another tool's file); they are never replaced, --overwrite "
+                        "included. Move them, or choose another --out.")
     if existing and not overwrite:
         shown = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
         raise GPUAError(f"--out {str(out)!r} already holds {len(existing)} of the files this run writes ({shown}); "

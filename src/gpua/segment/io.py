@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .._optional import import_optional
 
-__all__ = ["NO_CLASS", "NO_CLASS_16BIT", "no_class_label", "make_encoder", "write_label_png", "write_overlay_png"]
+__all__ = ["NO_CLASS", "NO_CLASS_16BIT", "no_class_label", "make_encoder", "write_label_png", "write_overlay_png",
+           "written_by_segment"]
 
 #: "No class" in a label mask: mmseg's 255 in 8-bit masks (at most 255 classes); with 256
 #: classes or more, 255 is a class and the masks are 16-bit, so "no class" is 65535.
@@ -31,14 +32,51 @@ def make_encoder(spec: str, device: str | None = None):
     return create_encoder(spec, device=device) if device else create_encoder(spec)
 
 
-def _write_png(path: Path, array, palette=None) -> None:
+#: The PNG text key that marks a file gpua's segmentation wrote, and its values: ``segment
+#: --overwrite`` replaces such files only (a photo of the same name in ``--out`` is the user's).
+PNG_MARK_KEY = "gpua"
+PNG_MARKS = ("segment mask", "segment overlay")
+
+
+def _write_png(path: Path, array, palette=None, mark: str | None = None) -> None:
     from .._atomic import atomic_path
 
-    im = import_optional("PIL.Image", "writing PNGs").fromarray(array)
+    PIL = import_optional("PIL.Image", "writing PNGs")
+    im = PIL.fromarray(array)
     if palette is not None:
         im.putpalette(palette)
+    info = None
+    if mark is not None:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(PNG_MARK_KEY, mark)
     with atomic_path(path, suffix=".png") as tmp:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format="PNG", pnginfo=info)
+
+
+def written_by_segment(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a mask or an overlay that gpua's segmentation wrote.
+
+    Those files carry a PNG text mark (:data:`PNG_MARK_KEY`); masks of releases before the mark
+    are palette PNGs with the VOC colours, which are taken as gpua's too. Anything else (a
+    photo, an unreadable file) is not: ``gpua segment --overwrite`` never replaces it.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return False
+            if im.info.get(PNG_MARK_KEY) in PNG_MARKS:
+                return True
+            palette = im.getpalette() if im.mode == "P" else None
+    except Exception:  # unreadable, or not an image: not a file gpua wrote
+        return False
+    if palette is None:
+        return False
+    voc = import_optional("imgviz", "reading label PNGs (their VOC palette)").label_colormap().flatten().tolist()
+    return palette[: len(voc)] == voc[: len(palette)]
 
 
 def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None) -> None:
@@ -85,9 +123,9 @@ def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None
                         "map such pixels to a class index first, e.g. 255 for \"no class\".")
     if hi <= 255 and (n_classes is None or int(n_classes) <= NO_CLASS):
         colours = import_optional("imgviz", "writing label PNGs (their VOC palette)").label_colormap()
-        _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist())
+        _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist(), mark="segment mask")
     else:
-        _write_png(Path(path), label.astype(np.uint16))
+        _write_png(Path(path), label.astype(np.uint16), mark="segment mask")
 
 
 def _label_colours(n: int):
@@ -136,4 +174,4 @@ def write_overlay_png(path: str | os.PathLike, image, label, classnames: list[st
     names = {k: n for k, n in enumerate(classnames or [])}  # 255 / 65535 ("no class") stays unnamed
     rgb = imgviz.label2rgb(label, image=image, alpha=0.5, label_names=names or None,
                            font_size=max(10, image.shape[0] // 30), colormap=colours)
-    _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8))
+    _write_png(Path(path), np.ascontiguousarray(rgb[..., :3]).astype(np.uint8), mark="segment overlay")
