@@ -37,6 +37,8 @@ __all__ = [
     "provenance_from_features",
     "encoders_of",
     "check_encoders",
+    "check_model_task",
+    "model_task",
     "write_json",
     "write_predictions",
 ]
@@ -100,6 +102,36 @@ def encoders_of(meta: dict[str, Any]) -> tuple[str | None, str | None]:
         return v.get("spec") if isinstance(v, dict) else v
 
     return spec(meta.get("vfm")), spec(meta.get("vlm"))
+
+
+def model_task(model) -> str | None:
+    """What a fitted model was fitted for, by its ``provenance_``: ``"segmentation"`` (patch tokens:
+    ``gpua fit-seg``, :func:`gpua.segment.inference.fit_patch_gpua`), ``"classification"``
+    (whole-image features of a feature file: ``gpua fit``, ``classify``, ``benchmark``), or None
+    when it records neither (a model fitted in Python on arrays)."""
+    prov = getattr(model, "provenance_", None) or {}
+    if prov.get("task") == "segmentation" or "class_of_prototype" in prov:
+        return "segmentation"
+    return "classification" if isinstance(prov.get("features"), dict) else None
+
+
+def check_model_task(model, task: str, model_source: str = "the model") -> None:
+    """Refuse a model fitted for the other task, before any work (:func:`model_task`).
+
+    A patch-level model's classes are the prompt words of its classes (``background: wall,
+    floor`` gives two), fitted on patch tokens: scoring whole-image features with it named the
+    words as classes. An image-level model segmented patches it was never fitted on.
+    """
+    got = model_task(model)
+    if got is None or got == task:
+        return
+    if task == "classification":
+        raise GPUAError(f"{model_source} is a patch-level model from `gpua fit-seg` (fitted on patch tokens; its classes are "
+                        "its prompt words): it segments images. Use it with `gpua segment` or `gpua evaluate-seg`; to "
+                        "classify images, fit a model with `gpua fit` (or `gpua classify --model-out`).")
+    raise GPUAError(f"{model_source} was fitted on whole-image features (`gpua fit`, `gpua classify`), not on patch tokens: "
+                    "segmentation needs a model from `gpua fit-seg --images POOL --classnames FILE --out seg.gpua`, or "
+                    "--zero-shot.")
 
 
 def check_encoders(

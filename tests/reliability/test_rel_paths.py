@@ -184,6 +184,15 @@ def test_a_segmentation_models_sidecar_is_part_of_the_model(seg_dirs, capsys, tm
                           text_prototypes=fs.text_prototypes, classnames=["cat", "dog", "car"])
     assert main(["fit", "--train", str(train), "--out", str(model), "--query", "vfm", "--param", "refine=false", "--quiet"]) == 0
     capsys.readouterr()
+    from gpua import GPUAError
+
+    # an image-level model now: refused for segmentation, whatever the sidecar says (was: its class list ignored, with a warning)
+    with pytest.raises(GPUAError, match="was fitted on whole-image features"):
+        _load_model(str(model))
+    # a patch-level model fitted over it, without a sidecar: the old sidecar's class list is still ignored
+    m = load_model(model)
+    m.provenance_ = {"task": "segmentation"}
+    m.save(model)
     with pytest.warns(UserWarning, match="was written for another model .* it is ignored"):
         _, rec = _load_model(str(model))
     assert "prompt_names" not in rec or rec["prompt_names"] == ["cat", "dog", "car"]

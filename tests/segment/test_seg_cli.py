@@ -239,3 +239,41 @@ def test_overwrite_never_replaces_a_photo_named_like_a_mask(planted_dirs, capsys
     (d / "junk.png").write_bytes(b"not a png")
     assert not written_by_segment(d / "paletted.png") and not written_by_segment(d / "junk.png")
     assert not written_by_segment(d / "nothing_here.png")
+
+
+def test_each_kind_of_model_is_refused_by_the_other_tasks_commands(planted_dirs, tmp_path, capsys):
+    """Was: `predict` with a fit-seg model named its prompt words as classes (`background: wall, floor`
+    gave wall and floor), and `segment` with a `gpua fit` model said it "records no class list"."""
+    from gpua import load_model
+    from gpua.features import save_features
+    from gpua.report import model_task
+    from gpua.synthetic import make_planted
+
+    d = planted_dirs
+    seg = d / "seg.gpua"
+    assert main(["fit-seg", "--images", str(d / "pool"), "--out", str(seg), "--patches-per-image", "16", *_common(d),
+                 "--param", "refine=false", "--no-progress"]) == 0
+    m = load_model(seg)
+    assert model_task(m) == "segmentation"
+    fs = make_planted(n_samples=60, n_classes=5, d_vfm=m.n_features_vfm_, d_vlm=m.n_features_vlm_, d_latent=4,
+                      random_state=0).feature_set()
+    feats = save_features(tmp_path / "f.npz", vfm_features=fs.vfm_features, vlm_features=fs.vlm_features,
+                          text_prototypes=fs.text_prototypes, labels=fs.labels, classnames=list(m.classnames_))
+    capsys.readouterr()
+    for argv in (["predict", "--model", str(seg), "--features", str(feats), "--out", str(tmp_path / "p.csv")],
+                 ["evaluate", "--model", str(seg), "--test", str(feats)]):
+        assert main(argv) == 2
+        assert "is a patch-level model from `gpua fit-seg`" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+    image_model = tmp_path / "image.gpua"
+    assert main(["fit", "--train", str(feats), "--out", str(image_model), "--param", "refine=false", "--quiet"]) == 0
+    assert model_task(load_model(image_model)) == "classification"
+    capsys.readouterr()
+    for argv in (["segment", "--model", str(image_model), "--images", str(d / "test"), "--out", str(tmp_path / "masks")],
+                 ["evaluate-seg", "--model", str(image_model), "--gt", str(d / "gt"), "--images", str(d / "test")]):
+        assert main([*argv, *_common(d)]) == 2
+        assert "was fitted on whole-image features" in capsys.readouterr().err and not (tmp_path / "masks").exists()
+    # a model fitted in Python on arrays records neither task: taken as given, as before
+    from gpua import GPUA
+
+    plain = GPUA(n_steps=5).fit(fs.vfm_features, fs.vlm_features, fs.text_prototypes)
+    assert model_task(plain) is None

@@ -223,7 +223,7 @@ def _cmd_evaluate(args) -> int:
 
 def _evaluate(args, out: JsonOutput) -> int:
     from .._base import load_model
-    from ..report import evaluate_model, format_class_report, format_table, plot_confusion_matrix, plot_format
+    from ..report import check_model_task, evaluate_model, format_class_report, format_table, plot_confusion_matrix, plot_format
 
     check_device_flag(args.device)
     if args.plot:
@@ -234,6 +234,7 @@ def _evaluate(args, out: JsonOutput) -> int:
         except GPUAError as exc:  # "plot 'cm.txt': ..." with the flag's name
             raise GPUAError(f"--{exc}") from None
     model = load_model(args.model, device=args.device)
+    check_model_task(model, "classification", f"--model {args.model!r}")
     test = _read_features(args.test, require=("labels",))
     _check_widths(test, f"--test {args.test!r}", model, f"the model {args.model!r}")
     res = evaluate_model(model, test, dataset=args.dataset or "", model_name=str(args.model), test_name=f"--test {args.test!r}",
@@ -316,9 +317,10 @@ def _predict(args, out) -> int:
     from .._base import load_model
     from .._validation import check_labels
     from ..data.classnames import match_classes
-    from ..report import check_encoders, write_predictions
+    from ..report import check_encoders, check_model_task, write_predictions
 
     model = load_model(args.model, device=args.device)
+    check_model_task(model, "classification", f"--model {args.model!r}")
     chunks, file_names, file_k, meta, labels = _prediction_chunks(model, args.features, f"the model {args.model!r}")
     check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
     names = model.classnames_

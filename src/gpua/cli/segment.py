@@ -505,12 +505,14 @@ def _check_seg_meta(meta: dict, where: str, fix: str) -> dict:
 def _load_model(path: str):
     """The model and what it records (its ``provenance_``, over the ``.seg.json`` sidecar of older files)."""
     from .. import load_model
+    from ..report import check_model_task
 
     if os.path.isdir(path):
         raise GPUAError(f"--model {path!r} is a folder, not a model file; pass the .gpua file `gpua fit-seg --out` wrote.")
     if not os.path.isfile(path):
         raise GPUAError(f"--model {path!r} does not exist; fit one with `gpua fit-seg`.")
     model = load_model(path)
+    check_model_task(model, "segmentation", f"--model {path!r}")
     meta_path = Path(path + _SEG_META_SUFFIX)
     meta = _read_sidecar(meta_path) if meta_path.is_file() else {}
     names = getattr(model, "classnames_", None)

@@ -383,8 +383,9 @@ def fit_patch_gpua(
     if classnames is not None:
         kw["classnames"] = list(classnames)
     model = estimator.fit(Z, X, Y, **kw)
-    if owner is not None:
-        model.provenance_ = {**(getattr(model, "provenance_", None) or {}), "class_of_prototype": owner.tolist()}
+    # a patch-level model says so: `gpua predict` and `evaluate` refuse it (gpua.report.check_model_task)
+    model.provenance_ = {**(getattr(model, "provenance_", None) or {}), "task": "segmentation",
+                         **({} if owner is None else {"class_of_prototype": owner.tolist()})}
     return model
 
 
