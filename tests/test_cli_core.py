@@ -153,7 +153,11 @@ def test_predict_warns_when_the_file_names_other_classes(planted, fitted, tmp_pa
     shuffled = _save(tmp_path / "shuffled.npz", test, np.random.default_rng(2).permutation(10))
     capsys.readouterr()
     assert main(["predict", "--model", str(fitted), "--features", str(_save(tmp_path / "five.npz", test, k=5)), "--out", str(tmp_path / "p.csv")]) == 0
-    assert "warning:" in capsys.readouterr().err
+    assert "warning:" not in capsys.readouterr().err  # some of the model's classes: nothing to say (was: a warning)
+    other = save_features(tmp_path / "other.npz", vfm_features=test.vfm_features, vlm_features=test.vlm_features,
+                          classnames=[f"thing_{k}" for k in range(10)])
+    assert main(["predict", "--model", str(fitted), "--features", str(other), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "warning:" in capsys.readouterr().err  # classes the model does not have
     assert main(["predict", "--model", str(fitted), "--features", str(shuffled), "--out", str(tmp_path / "p.csv"), "--top-k", "2"]) == 0
     assert "warning" not in capsys.readouterr().err  # same classes, other order: the model's names are right
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
@@ -298,11 +302,28 @@ def test_predict_writes_the_files_labels_named_as_the_models_classes(planted, fi
 def test_predict_leaves_out_labels_it_cannot_name(planted, fitted, tmp_path, capsys):
     _, test = planted
     capsys.readouterr()
-    # other classes than the model's: no label column, the predictions still written
-    rows = _predicted(tmp_path, fitted, _save(tmp_path / "five.npz", test, k=5))
+    # five of the model's ten classes, in another order: labelled by name, nothing to warn about
+    # (was: no label column, and a warning that "scores would compare unrelated classes")
+    five = test.labels < 5
+    rows = _predicted(tmp_path, fitted, _save(tmp_path / "five.npz", test, order=[3, 1, 4, 0, 2], k=5))
+    assert [r["label"] for r in rows] == [test.classnames[int(c)] for c in test.labels[five]]
+    assert "warning" not in capsys.readouterr().err
+    # a class the model lacks: said; its rows keep the column only while no row is labelled with it
+    names = list(test.classnames)
+    names[9] = "frog"
+    odd = save_features(tmp_path / "odd.npz", vfm_features=test.vfm_features, vlm_features=test.vlm_features,
+                        text_prototypes=test.text_prototypes, labels=test.labels, classnames=names)
+    rows = _predicted(tmp_path, fitted, odd)
     err = capsys.readouterr().err
-    assert "label" not in rows[0] and len(rows) == int((test.labels < 5).sum())
-    assert "(and its labels) are not used" in err
+    assert "names 1 class(es) that model" in err and "'frog'" in err and "label column is left out" in err
+    assert "label" not in rows[0] and len(rows) == len(test.labels)
+    nine = test.labels < 9
+    odd9 = save_features(tmp_path / "odd9.npz", vfm_features=test.vfm_features[nine], vlm_features=test.vlm_features[nine],
+                         text_prototypes=test.text_prototypes, labels=test.labels[nine], classnames=names)
+    rows = _predicted(tmp_path, fitted, odd9)
+    err = capsys.readouterr().err
+    assert "'frog'" in err and "left out" not in err
+    assert [r["label"] for r in rows] == [test.classnames[int(c)] for c in test.labels[nine]]
     # a label beyond the classes of a file naming none: refused for the column, not for the predictions
     y = test.labels.copy()
     y[0] = 10

@@ -292,6 +292,50 @@ def _prediction_chunks(model, source: str, model_name: str = "the model"):
     return iter([(ids, model.proba_from_scores(scores), fs.labels, scores)]), fs.classnames, n_k, fs.meta, fs.labels
 
 
+def _label_match(model, file_names, file_k, labels, model_source: str, data_source: str):
+    """How a feature file's labels name the model's classes, for ``predict``'s label column; None
+    when the column is left out (a warning says why where there are labels).
+
+    The file's classes are matched to the model's by name (:func:`match_classes`), in any order;
+    a file of some of the model's classes, or with classes the model lacks but no row labelled
+    with one, keeps its column (:func:`classes_by_name`). A file naming no classes is matched by
+    index, with a warning. Predictions never depend on it: they are the model's classes.
+    """
+    from .._validation import check_labels
+    from ..data.classnames import ClassMatch, classes_by_name, match_classes
+
+    names, n_model = model.classnames_, model.n_classes_
+    n_data = n_model if file_names is None and file_k is None else len(file_names) if file_names else file_k
+    try:
+        match = match_classes(names, file_names, n_model=n_model, n_data=n_data, model_source=model_source,
+                              data_source=data_source)
+    except GPUAError as exc:
+        if names is None or file_names is None:  # class counts differ, no names to match by
+            warnings.warn(f"{exc} The predictions are the model's classes; the file's labels are not used.", stacklevel=2)
+            return None
+        match = ClassMatch(classes_by_name(names, file_names), True)
+        lacking = [c for c, k in zip(file_names, match.index) if k < 0]
+        if lacking:
+            shown = ", ".join(repr(c) for c in lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+            warnings.warn(f"{data_source} names {len(lacking)} class(es) that {model_source} does not have ({shown}); every "
+                          "image is predicted among the model's classes.", stacklevel=2)
+    if labels is None:
+        return None
+    try:  # the file's labels index its own classes
+        check_labels(labels, labels.shape[0], n_data, name=f"{data_source}'s labels")
+    except GPUAError as exc:
+        warnings.warn(f"{exc} The label column is left out; the predictions are written.", stacklevel=2)
+        return None
+    if match.index is not None and (match.index[labels] < 0).any():
+        first = file_names[int(labels[match.index[labels] < 0][0])]
+        warnings.warn(f"{data_source} labels images with classes {model_source} does not have (first: {first!r}); the "
+                      "label column is left out, the predictions are written.", stacklevel=2)
+        return None
+    if match.note:
+        warnings.warn(f"the label column: {match.note}", stacklevel=2)
+    return match
+
+
 class _Widths:
     """A shard set's widths, shaped as :func:`_check_widths` reads them (``.vfm_features.shape[1]``)."""
 
@@ -315,8 +359,6 @@ def _cmd_predict(args) -> int:
 
 def _predict(args, out) -> int:
     from .._base import load_model
-    from .._validation import check_labels
-    from ..data.classnames import match_classes
     from ..report import check_encoders, check_model_task, write_predictions
 
     model = load_model(args.model, device=args.device)
@@ -324,26 +366,9 @@ def _predict(args, out) -> int:
     chunks, file_names, file_k, meta, labels = _prediction_chunks(model, args.features, f"the model {args.model!r}")
     check_encoders(model, meta, model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
     names = model.classnames_
-    match = None
-    if file_names is not None or file_k is not None:
-        try:
-            match = match_classes(names, file_names, n_model=model.n_classes_, n_data=len(file_names) if file_names else file_k,
-                                  model_source=f"model {args.model!r}", data_source=f"--features {args.features!r}")
-        except GPUAError as exc:
-            warnings.warn(f"{exc} The predictions are the model's classes; the file's class list (and its labels) "
-                          "are not used.", stacklevel=1)
-    else:  # a file naming no classes: its labels index the model's, unchecked (the predictions are too)
-        match = match_classes(None, None, n_model=model.n_classes_, n_data=model.n_classes_)
-    if labels is not None and match is not None:
-        try:  # the file's labels index its own classes, as many as the model's once matched
-            check_labels(labels, labels.shape[0], model.n_classes_, name=f"--features {args.features!r}'s labels")
-        except GPUAError as exc:
-            warnings.warn(f"{exc} The label column is left out; the predictions are written.", stacklevel=1)
-            match = None
     # A label column beside the predictions, as gpua classify writes for a labelled folder, named as the model's classes
-    with_labels = labels is not None and match is not None
-    if with_labels and match.note:
-        warnings.warn(f"the label column: {match.note}", stacklevel=1)
+    match = _label_match(model, file_names, file_k, labels, f"model {args.model!r}", f"--features {args.features!r}")
+    with_labels = match is not None
     chunks = ((ids, proba, match.map_labels(y) if with_labels else None, scores) for ids, proba, y, scores in chunks)
     if names is None:
         if file_names is not None and len(file_names) == model.n_classes_:
@@ -355,7 +380,7 @@ def _predict(args, out) -> int:
     n = out.write_with(lambda path: write_predictions(path, chunks, names, top_k=args.top_k))
     cut = (f"; --top-k {args.top_k} is more than the model's {model.n_classes_} classes, so every class is listed"
            if args.top_k > model.n_classes_ else "")
-    label = ", label (the file's labels, named as the model's classes; gpua evaluate scores them)" if with_labels else ""
+    label = ", label (the file's labels, named as the model's classes)" if with_labels else ""
     print(f"wrote {n} predictions to {out.name} (columns image, prediction, probability, top-{min(args.top_k, model.n_classes_)} "
           f"classes{label}){cut}")
     return 0

@@ -67,6 +67,7 @@ __all__ = [
     "resolve_classnames",
     "resolve_class_prompts",
     "match_classes",
+    "classes_by_name",
 ]
 
 # CoOp's ImageNet classnames.txt prefixes every line with the WordNet id: "n01440764 tench".
@@ -536,6 +537,26 @@ def match_classes(
         f"taken to be class k of {model_source} (matched by index, unchecked); store class names to match them by name."
     )
     return ClassMatch(None, False, note)
+
+
+def classes_by_name(model_classnames: Sequence[str], data_classnames: Sequence[str]) -> np.ndarray:
+    """Each class of some data as one of a model's classes by name, where the two lists need not
+    be the same classes (a test file of a subset of the model's classes, or with classes it lacks).
+
+    Names are compared as :func:`match_classes` compares them (case, ``_``, white space, Unicode
+    form), or exactly when that would merge two names of one list.
+
+    Returns
+    -------
+    int array of shape (len(data_classnames),)
+        The model's class index of each data class, -1 where the model has no class of that name.
+    """
+    m_keys = [_name_key(c) for c in model_classnames]
+    d_keys = [_name_key(c) for c in data_classnames]
+    if len(set(m_keys)) != len(m_keys) or len(set(d_keys)) != len(d_keys):
+        m_keys, d_keys = [str(c) for c in model_classnames], [str(c) for c in data_classnames]
+    pos = {k: i for i, k in enumerate(m_keys)}
+    return np.asarray([pos.get(k, -1) for k in d_keys], dtype=np.int64)
 
 
 def _shown(names: Sequence[str], n: int = 8) -> str:
