@@ -237,6 +237,26 @@ def test_threshold_follows_the_models_logit_scale():
         scores).item() == 0  # an explicit temperature wins
 
 
+def test_threshold_reads_the_models_probability_scale(world):
+    """Was: the threshold read logit_scale (100) even for a GPUA whose fit chose its probability scale on
+    its pool of patches; the map's cosines, tenths apart, saturated (0.9 marked under 1% of a photo)."""
+    from gpua import GPUA
+    from gpua.segment import DenseSegmenter
+    from gpua.segment.inference import fit_patch_gpua, model_probability_scale
+
+    vfm, vlm = world.vfm, world.vlm
+    images, _ = world.sample(6, (32, 32), seed=1)
+    model = fit_patch_gpua(vfm, vlm, images, world.prototypes, patches_per_image=32, estimator=GPUA(query="vfm", n_steps=5))
+    assert 0 < model.proba_scale_ < 100
+    seg = DenseSegmenter(vfm, vlm, model=model, score_threshold=0.5)
+    assert seg.temperature == pytest.approx(1 / model.proba_scale_) and model_probability_scale(model) == model.proba_scale_
+    scores = torch.tensor([0.50, 0.30]).reshape(2, 1, 1)  # a map's cosines, 0.2 apart
+    assert float(seg.top_probability(scores)) == pytest.approx(1 / (1 + np.exp(-0.2 * model.proba_scale_)), abs=1e-6)
+    model.set_params(proba_scale=None)  # a model of before the scale: its logit_scale, as then
+    assert DenseSegmenter(vfm, vlm, model=model, score_threshold=0.5).temperature == pytest.approx(0.01)
+    assert model_probability_scale(object()) == 100.0
+
+
 def test_threshold_help_states_its_scale():
     sub = build_parser()._subparsers._group_actions[0].choices
     for command in ("segment", "evaluate-seg"):

@@ -214,11 +214,12 @@ def _add_inference_args(p) -> None:
     p.add_argument("--affinity-topk", type=positive_int, default=8, help="neighbours used by --refine affinity (default 8)")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="a probability in [0, 1], not a cosine: pixels whose top class probability is below P get "
-                        "--threshold-label. That probability is softmax(100 x score) over the classes (100: CLIP's logit "
-                        "scale; with --model, the model's logit_scale, 100 unless fitted otherwise), and the scores are "
-                        "cosines with the text prototypes (often 0.1-0.3, a few hundredths apart): a class 0.01 above the "
-                        "next gets about 0.73, 0.03 above about 0.95. The summary says how many pixels it labelled "
-                        "(default: off)")
+                        "--threshold-label. With --zero-shot that probability is softmax(100 x score) over the classes "
+                        "(100: CLIP's logit scale), the scores being cosines with the text prototypes (often 0.1-0.3, a few "
+                        "hundredths apart): a class 0.01 above the next gets about 0.73, 0.03 above about 0.95. With "
+                        "--model it is softmax(s x score), s the scale the model's fit chose on its pool of patches "
+                        "(proba_scale, as confident as the VLM's zero-shot there; its logit_scale for a model fitted "
+                        "before 2026-12-02). The summary says the scale and how many pixels it labelled (default: off)")
     p.add_argument("--threshold-label", type=int, default=255,
                    help="label for those pixels: a background class index, or 255, no class (default; with more than 255 "
                         "classes pass 65535, the no class of 16-bit masks)")
@@ -639,10 +640,10 @@ class _Labeller:
         what = f"as {self.classnames[k]!r}" if 0 <= k < len(self.classnames) else f"as no class ({k})"
         if not self.below:
             return (f"; --threshold {seg.score_threshold:g} labelled no pixel: every top class probability was at least "
-                    f"{self.lowest:.3f} (softmax({1 / seg.temperature:g} x score) over the classes, not a cosine), so only a "
+                    f"{self.lowest:.3f} (softmax({1 / seg.temperature:.3g} x score) over the classes, not a cosine), so only a "
                     "--threshold above that labels some")
         return (f"; --threshold {seg.score_threshold:g} labelled {self.below:,} of {self.pixels:,} pixels "
-                f"({100 * self.below / self.pixels:.1f}%) {what}")
+                f"({100 * self.below / self.pixels:.1f}%) {what} (top class probability softmax({1 / seg.temperature:.3g} x score))")
 
 
 #: DenseSegmenter's arguments and the flags that set them, for its error messages.

@@ -21,10 +21,10 @@ Classes and background
     classes and a class scores the max over its prompts. Optionally, pixels whose top
     probability ``softmax(scores / temperature)`` falls below ``score_threshold`` get
     ``threshold_label`` (background, or 255 for "no class"). The threshold is a probability,
-    not a score: the temperature is CLIP's (0.01, a logit scale of 100) or a model's own
-    ``1 / logit_scale`` (a GPUA's image ``predict_proba`` uses its ``proba_scale`` instead);
+    not a score: the temperature is CLIP's (0.01, a logit scale of 100) for the zero-shot, whose
     cosines of 0.1-0.3 a few hundredths apart then give top probabilities from about 1 / K to
-    near 1.
+    near 1, or one over a model's probability scale (its ``predict_proba``'s: a GPUA's
+    ``proba_scale_``, chosen by its fit on the pool of patches).
 
 Encoders are anything with ``encode_patches(images) -> (N, h, w, d)`` (numpy or torch), e.g.
 ``gpua.encoders.create_encoder(spec)`` or :class:`gpua.segment.planted.PlantedPatchEncoder`.
@@ -56,6 +56,7 @@ __all__ = [
     "encode_grids",
     "fit_patch_gpua",
     "min_image_side",
+    "model_probability_scale",
     "parse_class_prompts",
     "flatten_class_prompts",
     "resample_grid",
@@ -389,6 +390,22 @@ def fit_patch_gpua(
     return model
 
 
+def model_probability_scale(model) -> float:
+    """The softmax scale of a model's probabilities, which ``DenseSegmenter``'s threshold reads.
+
+    The scale of the model's own ``predict_proba`` (``_proba_scale``): for a GPUA with
+    ``proba_scale="auto"``, the one its fit chose on its pool, which for a patch-level model
+    (:func:`fit_patch_gpua`, ``gpua fit-seg``) is a pool of patches; else ``logit_scale`` (a
+    model saved before 2026-12-02). At CLIP's 100 the map's cosines, whose top class leads the
+    next by tenths, saturate: a threshold of 0.999 marked 1% of a photo's pixels. A model
+    without either (a duck-typed one) gets CLIP's 100.
+    """
+    read = getattr(model, "_proba_scale", None)
+    scale = read() if callable(read) else getattr(model, "logit_scale", None)
+    ok = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool) and 0 < float(scale) < math.inf
+    return float(scale) if ok else 100.0
+
+
 def parse_class_prompts(entries: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
     """Lines of a class-name file -> class names, prompt names, class of each.
 
@@ -523,9 +540,9 @@ class DenseSegmenter:
         Label for those pixels (a background class index, or 255 "no class"; with 256 classes
         or more, 255 is a class and "no class" is 65535).
     temperature : float > 0, optional
-        Score temperature for probabilities. Default: ``1 / model.logit_scale`` for a model that
-        has one (GPUA's default 100 gives 0.01; not its ``proba_scale``, which is chosen on an
-        image pool), else 0.01, CLIP's logit scale of 100.
+        Score temperature for probabilities. Default: one over the model's probability scale
+        (:func:`model_probability_scale`: its ``predict_proba``'s, for a GPUA the scale its fit
+        chose on its pool of patches), else 0.01, CLIP's logit scale of 100 (zero-shot).
     batch_size : int
         Crops per encoder call.
     """
@@ -630,11 +647,7 @@ class DenseSegmenter:
                             f"threshold_label={NO_CLASS_16BIT} for no class (masks of this many classes are 16-bit), or a "
                             "background class's index.")
         if temperature is None:
-            # The model's own logit scale (fit-seg --param logit_scale=...): a fixed 0.01 ignored it.
-            # Not GPUA's proba_scale: the threshold's documented scale is the VLM's.
-            scale = getattr(model, "logit_scale", None) if model is not None else None
-            ok = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool) and 0 < float(scale) < math.inf
-            temperature = 1.0 / float(scale) if ok else 0.01
+            temperature = 1.0 / model_probability_scale(model) if model is not None else 0.01
         check_param("temperature", temperature, POSITIVE)
         self.temperature = float(temperature)
         self.batch_size = max(1, int(batch_size))
