@@ -164,8 +164,13 @@ def test_the_scale_survives_a_model_file(planted, tmp_path):
     assert back.proba_scale == "auto" and back.proba_scale_ == pytest.approx(model.proba_scale_)
     np.testing.assert_allclose(back.predict_proba(test.vfm_features, test.vlm_features),
                                model.predict_proba(test.vfm_features, test.vlm_features), rtol=1e-6)
-    none = GPUA(**FAST, proba_scale=None).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
-    assert not hasattr(load_model(none.save(tmp_path / "n.gpua")), "proba_scale_")  # None is not written
+    # a fit that chose no scale loads as it was fitted: proba_scale_ None (was: no attribute at all, an AttributeError)
+    for given in (None, 5.0):
+        fitted = GPUA(**FAST, proba_scale=given).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+        back = load_model(fitted.save(tmp_path / "n.gpua"))
+        assert back.proba_scale_ is None and back.proba_scale == given
+        np.testing.assert_allclose(back.predict_proba(test.vfm_features, test.vlm_features),
+                                   fitted.predict_proba(test.vfm_features, test.vlm_features), rtol=1e-6)
 
 
 def test_a_model_file_saved_before_the_scale_existed_keeps_logit_scale(planted, tmp_path, monkeypatch):

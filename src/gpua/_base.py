@@ -631,6 +631,8 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
         if not isinstance(value, kind):
             raise bad(f"holds the state {key!r} as a {type(value).__name__}, not a {kind.__name__}")
         setattr(model, key, value)
+    for key in set(schema.state) - set(state):  # saved as None (save skips it), or by a release before it: None, as fitted
+        setattr(model, key, None)
     model._record_fit()
     if "provenance" in meta:
         try:
