@@ -277,3 +277,43 @@ def test_each_kind_of_model_is_refused_by_the_other_tasks_commands(planted_dirs,
 
     plain = GPUA(n_steps=5).fit(fs.vfm_features, fs.vlm_features, fs.text_prototypes)
     assert model_task(plain) is None
+
+
+def test_segment_inputs_are_named_when_they_cannot_be_segmented(planted_dirs, tmp_path, monkeypatch, capsys):
+    """Was: a missing file was "not a folder", a hidden .jpg "not an image", `--images ''` read the working
+    folder, and a folder of images all too small gave "segmented 0 image(s)" with exit status 0."""
+    d = planted_dirs
+    seg = ["segment", "--zero-shot", "--classnames", str(d / "classes.txt"), "--vlm", "planted:vlm", "--templates", "simple"]
+    assert main([*seg, "--images", str(d / "test" / "nope.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "'" + str(d / "test" / "nope.png") + "' does not exist" in capsys.readouterr().err
+    (d / "test" / "t1.png").rename(d / ".hidden.png")
+    assert main([*seg, "--images", str(d / ".hidden.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "is a hidden file, which gpua never reads as an image" in capsys.readouterr().err
+    monkeypatch.chdir(d / "test")  # images here: an empty name must not read them
+    for command in (seg, ["fit-seg", "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm", "--vlm", "planted:vlm"],
+                    ["classify", "--classnames", str(d / "classes.txt")]):
+        assert main([*command, "--images", "", "--out", str(tmp_path / "o.csv" if command[0] == "classify" else tmp_path / "o")]) == 2
+        assert "--images '': an empty name (an unset shell variable?)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.csv").exists()
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.new("RGB", (3, 3)).save(tiny / "dot.png")
+    assert main([*seg, "--images", str(tiny), "--out", str(tmp_path / "o")]) == 2
+    assert "every readable image in --images" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_zero_shot_segment_defaults_to_the_offline_vlm(planted_dirs, tmp_path, monkeypatch, capsys):
+    """Was: `segment --zero-shot` without --vlm stopped ("--vlm is required"), where fit-seg and classify
+    default to the offline encoders."""
+    import gpua.cli.segment as cli_segment
+
+    made = []
+    real = cli_segment.make_encoder
+    monkeypatch.setattr(cli_segment, "make_encoder", lambda spec, device=None: made.append(spec) or real(
+        {"offline:semantic-lite0": "planted:vlm", "offline:dinov2-s": "planted:vfm"}.get(spec, spec), device))
+    d = planted_dirs
+    argv = ["segment", "--zero-shot", "--classnames", str(d / "classes.txt"), "--templates", "simple", "--images", str(d / "test")]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0 and made == ["offline:semantic-lite0"]
+    assert main([*argv, "--out", str(tmp_path / "b"), "--refine", "affinity"]) == 0
+    assert made[1:] == ["offline:semantic-lite0", "offline:dinov2-s"]
+    assert "warning" not in capsys.readouterr().err

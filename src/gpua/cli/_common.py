@@ -107,6 +107,10 @@ def check_paths(
     for name, path, _ in outs:  # an empty name would be resolved to the working folder, late and unnamed
         if path is not None and str(path) == "":
             raise GPUAError(f"{name} '': an empty name; give a file or folder name.")
+    for name, path in ins:  # was: `--images ''` (an unset shell variable) read the working folder
+        if path is not None and str(path) == "":
+            raise GPUAError(f"{name} '': an empty name (an unset shell variable?); give a file or folder name, or "
+                            f"./ for the working folder.")
     # --json - is stdout, not a file named "-"
     outs = [(n, p, k) for n, p, k in outs if p is not None and not (n == "--json" and str(p) == STDOUT)]
     for name, path, kind in outs:  # commands that take "-" for stdout leave that output out of ``outputs``

@@ -65,7 +65,7 @@ from .._errors import GPUAError
 from .._optional import import_optional
 from ..segment.io import make_encoder, no_class_label, write_label_png, write_overlay_png, written_by_segment
 from ..params import COUNT
-from ._common import (JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag, counted,
+from ._common import (DEFAULT_VFM, DEFAULT_VLM, JsonOutput, add_param_arguments, add_quiet_argument, check_device_flag, check_paths, check_seed_flag, counted,
                       parse_params, positive_int, with_flags)
 
 __all__ = ["add_subcommands"]
@@ -195,11 +195,9 @@ def _add_class_args(p, required: bool) -> None:
 def _add_encoder_args(p, required: bool, defaults: bool = False) -> None:
     """``--vfm``, ``--vlm`` and ``--device``; ``defaults``: the offline encoders when not given, as ``classify`` has
     (``fit-seg``), else the ones the model records (``segment``, ``evaluate-seg``)."""
-    from ._common import DEFAULT_VFM, DEFAULT_VLM
-
     for flag, role, default in (("--vfm", "VFM", DEFAULT_VFM), ("--vlm", "VLM", DEFAULT_VLM)):
         said = (f" (default: {default}, offline)" if defaults else f", e.g. {default}"
-                + ("" if required else " (default: the one the model records)"))
+                + ("" if required else f" (default: the one the model records; with --zero-shot, {default})"))
         p.add_argument(flag, required=required, default=default if defaults else None, metavar="ENCODER",
                        help=f"{role} encoder spec{said}")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
@@ -264,7 +262,12 @@ def _list_images(folder: str, what: str = "--images", one_image: bool = False) -
     from ..data._loaders import _is_image_file, _subdirs
 
     d = Path(folder)
+    if one_image and not os.path.exists(d):
+        raise GPUAError(f"{what} {folder!r} does not exist; pass a folder of image files or one image file.")
     if one_image and d.is_file():
+        if d.name.startswith("."):  # as a folder's listing leaves them out (macOS's ._x.jpg copies are no photos)
+            raise GPUAError(f"{what} {folder!r} is a hidden file, which gpua never reads as an image (macOS's ._x.jpg "
+                            "AppleDouble copies are named so); rename it without the leading dot.")
         if not _is_image_file(d.parent, d.name):
             raise GPUAError(f"{what} {folder!r} is a file but not an image ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); pass an "
                             "image file or a folder of them.")
@@ -280,6 +283,12 @@ def _list_images(folder: str, what: str = "--images", one_image: bool = False) -
         raise GPUAError(f"{what} {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...; hidden files "
                         f"are left out){where}.")
     return files
+
+
+def _all_too_small(images: str, side: int) -> GPUAError:
+    """The error of an ``--images`` whose every readable image is too small to encode (``fit-seg``, ``segment``)."""
+    return GPUAError(f"every readable image in --images {images!r} is smaller than one {side}x{side} encoder patch; "
+                     "upscale them or pass larger images.")
 
 
 def _subfolder_note(folder: str, what: str = "--images", skip: Path | None = None) -> str:
@@ -563,15 +572,14 @@ def _segmenter(args, classes=None):
     classnames, prompt_names, owner = classes
     vlm = vfm = Y = None
     if uses_vlm or model is None:
-        spec = _recorded(args.vlm, rec.get("vlm"), "--vlm", args.model) if model is not None else args.vlm
-        if not spec:
-            raise GPUAError("--vlm is required" + (" (the model records none)" if model is not None else "") + "; pass the VLM encoder spec.")
+        spec = _recorded(args.vlm, rec.get("vlm"), "--vlm", args.model) if model is not None else args.vlm or DEFAULT_VLM
+        if not spec:  # a model that records none (--zero-shot takes the offline one)
+            raise GPUAError("--vlm is required (the model records none); pass the VLM encoder spec.")
         vlm = make_encoder(spec, args.device)
     if uses_vfm:
-        spec = _recorded(args.vfm, rec.get("vfm"), "--vfm", args.model) if model is not None else args.vfm
-        if not spec:
-            why = "the model records none" if model is not None else "--refine affinity uses the VFM's patch affinities"
-            raise GPUAError(f"--vfm is required ({why}); pass the VFM encoder spec.")
+        spec = _recorded(args.vfm, rec.get("vfm"), "--vfm", args.model) if model is not None else args.vfm or DEFAULT_VFM
+        if not spec:  # a model that records none (--zero-shot takes the offline one)
+            raise GPUAError("--vfm is required (the model records none); pass the VFM encoder spec.")
         vfm = make_encoder(spec, args.device)
     if model is None:
         Y = _prototypes(vlm, prompt_names, resolve_templates(args.templates))
@@ -697,8 +705,7 @@ def _fit_seg(args: argparse.Namespace) -> int:
                 used += 1
                 yield image
         if not used:
-            raise GPUAError(f"every readable image in --images {args.images!r} is smaller than one {side}x{side} encoder patch; "
-                            "upscale them or pass larger images.")
+            raise _all_too_small(args.images, side)
 
     templates = resolve_templates(args.templates)
     Y = _prototypes(vlm, prompt_names, templates)
@@ -760,6 +767,8 @@ def _segment(args: argparse.Namespace) -> int:
         if not args.no_overlay:
             write_overlay_png(out / by_file[f][1], image, label, classnames)
         n += 1
+    if not n:  # was: "segmented 0 image(s)", exit 0, and no --out (fit-seg says this as an error)
+        raise _all_too_small(args.images, side)
     print(f"segmented {n} image(s) into {counted(len(classnames), 'class')}; masks in {out}"
           f"{_skipped_note(skipped, small)}{labeller.note()}{_subfolder_note(args.images, skip=out)}")
     # Without --overwrite an existing output is refused before any work, so a mask of a skipped
