@@ -352,8 +352,12 @@ def test_cli_empty_missing_and_untagged(tmp_path, capsys, monkeypatch):
     assert main(["cache", "clean"]) == 0
     assert "removed 0 entries" in capsys.readouterr().out
     (tmp_path / "proj" / "onnx").mkdir(parents=True)
-    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj")]) == 0  # nothing to remove: nothing to refuse
+    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj")]) == 0  # an empty folder: nothing to refuse
     assert "removed 0 entries" in capsys.readouterr().out
+    (tmp_path / "proj" / "notes.txt").write_text("mine")  # a project folder given by mistake: refused, not "removed 0"
+    assert main(["cache", "clean", "--cache-dir", str(tmp_path / "proj"), "--features"]) == 2
+    assert "not tagged as gpua's cache folder" in capsys.readouterr().err
+    assert (tmp_path / "proj" / "notes.txt").read_text() == "mine"
     (tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx").write_bytes(ONNX)
     os.utime(tmp_path / "proj" / "onnx" / f"old-{KEY}.onnx", (OLD, OLD))
     assert main(["cache", "--cache-dir", str(tmp_path / "proj")]) == 0

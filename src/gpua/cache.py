@@ -402,10 +402,13 @@ def clean_cache(cache_dir: str | os.PathLike | None = None, *, features: bool = 
     removed: list[CacheEntry] = []
     skipped: list[CacheEntry] = []
     failed: list[tuple[CacheEntry, str]] = []
-    chosen = [e for e in cache_entries(cache_dir)
+    entries = cache_entries(cache_dir)
+    chosen = [e for e in entries
               if e.removable or (unrecorded and (e.kind, e.state) == ("derived", "unrecorded"))
               or (e.kind == "features" and features and (e.state == "busy" or cutoff is None or e.mtime < cutoff))]
-    if any(e.state != "busy" for e in chosen) and not _is_ours(root, default):
+    # An untagged folder holding anything is refused even with nothing to remove: "removed 0 entries"
+    # from a mistyped --cache-dir (a project folder) read as a clean cache. An empty one has nothing to say.
+    if entries and not _is_ours(root, default):
         from .encoders._derived import CACHE_TAG
 
         raise GPUAError(f"{str(root)!r} is not tagged as gpua's cache folder (it holds no {CACHE_TAG}), so nothing there is "
