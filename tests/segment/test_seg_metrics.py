@@ -41,7 +41,7 @@ def test_known_example_with_absent_and_ignored_classes():
     np.testing.assert_allclose(s.acc, [0.75, 2 / 3, np.nan, np.nan, np.nan])
     d = s.to_dict()
     assert d["per_class"]["c"]["IoU"] is None and d["n_pixels"] == 7
-    assert "mIoU 41.67" in s.table()
+    assert "mIoU 41.67%" in s.table() and "IoU (%)" in s.table()  # percent, said (the JSON holds fractions)
 
 
 def test_confusion_accumulates_over_images_not_a_mean_of_images():

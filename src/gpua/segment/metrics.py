@@ -172,10 +172,11 @@ class SegmentationScores:
         """A plain-text table of per-class IoU/accuracy (percent) and the headline scores."""
         names = self.classnames or [str(i) for i in range(self.iou.size)]
         width = max(8, max(len(n) for n in names))
-        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
+        # percent, said in the headers: the JSON holds fractions (mIoU 0.41 here is 0.0041 there)
+        lines = [f"{'class':<{width}}  {'IoU (%)':>7}  {'Acc (%)':>7}"]
         for n, i, a in zip(names, self.iou, self.acc):
-            lines.append(f"{n:<{width}}  {_pct(i):>6}  {_pct(a):>6}")
-        lines.append(f"mIoU {_pct(self.mIoU)}  aAcc {_pct(self.aAcc)}  mAcc {_pct(self.mAcc)}")
+            lines.append(f"{n:<{width}}  {_pct(i):>7}  {_pct(a):>7}")
+        lines.append(f"mIoU {_pct(self.mIoU)}%  aAcc {_pct(self.aAcc)}%  mAcc {_pct(self.mAcc)}%")
         return "\n".join(lines)
 
 
