@@ -386,7 +386,6 @@ def _predict(args, out) -> int:
     return 0
 
 
-
 def _cmd_compare(args) -> int:
     check_paths(args, inputs=("train", "test"), outputs=(("json", "table"),))
     with JsonOutput(args.json) as out:  # --json -: the table and notes go to stderr, the JSON alone to stdout

@@ -62,8 +62,7 @@ def written_by_segment(path: str | os.PathLike) -> bool:
     are palette PNGs with the VOC colours, which are taken as gpua's too. Anything else (a
     photo, an unreadable file) is not: ``gpua segment --overwrite`` never replaces it.
     """
-    from PIL import Image
-
+    Image = import_optional("PIL.Image", "reading the files already in segment's --out")
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
@@ -75,7 +74,7 @@ def written_by_segment(path: str | os.PathLike) -> bool:
         return False
     if palette is None:
         return False
-    voc = import_optional("imgviz", "reading label PNGs (their VOC palette)").label_colormap().flatten().tolist()
+    voc = _label_colours(256).flatten().tolist()  # imgviz's VOC palette, which the masks were written with
     return palette[: len(voc)] == voc[: len(palette)]
 
 
