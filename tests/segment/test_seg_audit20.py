@@ -83,7 +83,7 @@ def test_overwrite_does_not_write_through_a_link_to_a_file_outside_out(scenes, c
     (out / "old.png").write_bytes(b"old")
     (out / "t0.png").symlink_to("old.png")  # a link within --out, to a file no segment run wrote: refused
     assert main([*argv, "--overwrite"]) == 2
-    assert "t0.png: a photo, or another tool's file" in capsys.readouterr().err and (out / "old.png").read_bytes() == b"old"
+    assert "t0.png: a photo, a ground-truth mask" in capsys.readouterr().err and (out / "old.png").read_bytes() == b"old"
     write_label_png(out / "old.png", np.zeros((4, 4), np.uint8))  # an earlier run's mask, through the link: replaced as before
     assert main([*argv, "--overwrite"]) == 0
     assert Image.open(out / "old.png").size == (48, 48)

@@ -221,23 +221,23 @@ def test_overwrite_never_replaces_a_photo_named_like_a_mask(planted_dirs, capsys
     for extra in ([], ["--overwrite"]):
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err
-        assert "pic.png: a photo, or another tool's file" in err and "--overwrite included" in err
+        assert "pic.png: a photo, a ground-truth mask" in err and "--overwrite included" in err
         assert (f / "pic.png").read_bytes() == photo and not (f / "pic_overlay.png").exists()
     # the masks and overlays a run writes are marked, and a later run replaces them
     (f / "pic.png").rename(d / "photo_moved.png")
     assert main(argv) == 0 and written_by_segment(f / "pic.png") and written_by_segment(f / "pic_overlay.png")
     assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
-    # an earlier release's mask (a VOC-palette PNG without the mark) is still an earlier run's
+    # a VOC-palette PNG without the mark is a data set's ground truth as well as an earlier release's mask: never replaced
     write_label_png(d / "m.png", np.zeros((4, 4), np.uint8))
     write_overlay_png(d / "o.png", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
-    legacy = Image.open(d / "m.png")
-    legacy.save(d / "legacy.png")  # re-saved by Pillow: the palette kept, the text mark dropped
-    assert Image.open(d / "legacy.png").info.get("gpua") is None and written_by_segment(d / "legacy.png")
-    assert written_by_segment(d / "o.png") and not written_by_segment(d / "photo_moved.png")
-    Image.open(d / "photo_moved.png").convert("P").save(d / "paletted.png")  # a palette of its own: a photo
+    assert written_by_segment(d / "m.png") and written_by_segment(d / "o.png")
+    Image.open(d / "m.png").save(f / "pic.png")  # re-saved by Pillow: the palette kept, the text mark dropped
+    assert Image.open(f / "pic.png").getpalette()[:6] == [0, 0, 0, 128, 0, 0] and not written_by_segment(f / "pic.png")
+    assert main([*argv, "--overwrite"]) == 2
+    assert "a ground-truth mask" in capsys.readouterr().err
     (d / "junk.png").write_bytes(b"not a png")
-    assert not written_by_segment(d / "paletted.png") and not written_by_segment(d / "junk.png")
+    assert not written_by_segment(d / "photo_moved.png") and not written_by_segment(d / "junk.png")
     assert not written_by_segment(d / "nothing_here.png")
 
 

@@ -99,7 +99,7 @@ def test_out_never_replaces_a_users_file_or_an_input(tmp_path, world, classes, c
     # --overwrite replaces a segment run's masks only, never the user's photo of a mask's name (was: replaced)
     assert main(_zs(scenes / "sub", scenes, classes, "--overwrite")) == 2
     err = capsys.readouterr().err
-    assert "pic.png: a photo, or another tool's file" in err and "never replaced, --overwrite included" in err
+    assert "pic.png: a photo, a ground-truth mask" in err and "never replaced, --overwrite included" in err
     assert (scenes / "pic.png").read_bytes() == photo and not (scenes / "pic_overlay.png").exists()
 
 

@@ -435,8 +435,9 @@ def _check_mask_outputs(out: Path, files: list[Path], names: list[list[str]], ov
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise GPUAError(f"--out {str(out)!r} holds {len(foreign)} file(s) under the names this run writes that gpua's segment "
-                        f"did not write ({shown}: a photo, or another tool's file); they are never replaced, --overwrite "
-                        "included. Move them, or choose another --out.")
+                        f"did not write ({shown}: a photo, a ground-truth mask, or another tool's file); they are never "
+                        "replaced, --overwrite included. Move them, or choose another --out (masks of a gpua before "
+                        "2026-12-02 carry no mark: delete those yourself).")
     if existing and not overwrite:
         shown = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
         raise GPUAError(f"--out {str(out)!r} already holds {len(existing)} of the files this run writes ({shown}); "

@@ -58,24 +58,17 @@ def _write_png(path: Path, array, palette=None, mark: str | None = None) -> None
 def written_by_segment(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a mask or an overlay that gpua's segmentation wrote.
 
-    Those files carry a PNG text mark (:data:`PNG_MARK_KEY`); masks of releases before the mark
-    are palette PNGs with the VOC colours, which are taken as gpua's too. Anything else (a
-    photo, an unreadable file) is not: ``gpua segment --overwrite`` never replaces it.
+    Those files carry a PNG text mark (:data:`PNG_MARK_KEY`). Anything else is not: a photo, an
+    unreadable file, and also a palette PNG of the VOC colours without the mark, which is what a
+    data set's ground-truth masks look like (as do the masks of releases before the mark, which
+    ``gpua segment --overwrite`` therefore leaves to be removed by hand).
     """
     Image = import_optional("PIL.Image", "reading the files already in segment's --out")
     try:
         with Image.open(path) as im:
-            if im.format != "PNG":
-                return False
-            if im.info.get(PNG_MARK_KEY) in PNG_MARKS:
-                return True
-            palette = im.getpalette() if im.mode == "P" else None
+            return im.format == "PNG" and im.info.get(PNG_MARK_KEY) in PNG_MARKS
     except Exception:  # unreadable, or not an image: not a file gpua wrote
         return False
-    if palette is None:
-        return False
-    voc = _label_colours(256).flatten().tolist()  # imgviz's VOC palette, which the masks were written with
-    return palette[: len(voc)] == voc[: len(palette)]
 
 
 def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None) -> None:
