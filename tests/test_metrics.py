@@ -115,3 +115,13 @@ def test_expected_calibration_error_refuses_scores_and_bad_bins():
         expected_calibration_error([0], [[1.0, 0.0]], n_bins=0)
     with pytest.raises(GPUAError, match="scikit-learn's order"):
         expected_calibration_error([[1.0, 0.0]], [0])
+
+
+def test_calibration_error_names_its_argument_and_a_top_probability_vector():
+    """Was: "y_true (n,) and y_score (n, K) do not match: (2,) vs (2,)" for predict_proba's top column alone."""
+    from gpua.metrics import expected_calibration_error
+
+    with pytest.raises(GPUAError, match=r"y_proba \(n, K\) do not match: \(2,\) vs \(2,\); pass one y_proba row per sample"):
+        expected_calibration_error([0, 1], [0.9, 0.8])
+    with pytest.raises(GPUAError, match="y_proba holds NaN"):
+        expected_calibration_error([0, 1], [[np.nan, 0.5], [0.5, 0.5]])

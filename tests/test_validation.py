@@ -173,3 +173,13 @@ def test_check_number_names_a_64_bit_overflow():
     with pytest.raises(GPUAError, match=r"x=9223372036854775808 must be an integer in \[0, inf\) \(it is beyond a 64-bit integer\); a seed"):
         check_number(2**63, "x", integer=True, low=0, fix="a seed")
     assert check_number(2**63 - 1, "x", integer=True, low=0) == 2**63 - 1
+
+
+def test_labels_given_where_class_names_go_are_said_to_be_unused(planted):
+    """Was: GPUA().fit(Z, X, Y, y) said only "classnames must hold strings but holds ['int']"."""
+    train, _ = planted
+    with pytest.raises(GPUAError, match="if these are labels, leave them out: the fit is unsupervised"):
+        GPUA().fit(train.vfm_features, train.vlm_features, train.text_prototypes, train.labels)
+    with pytest.raises(GPUAError, match=r"holds \['NoneType'\]; pass one name") as e:
+        GPUA().fit(train.vfm_features, train.vlm_features, train.text_prototypes, [None] * len(train.classnames))
+    assert "labels" not in str(e.value)

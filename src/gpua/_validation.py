@@ -278,7 +278,11 @@ def check_classnames(classnames: Sequence[str] | None, n_classes: int) -> list[s
         raise GPUAError(f"classnames must be a flat list (one name per class) but has shape {arr.shape}; flatten it first.")
     kinds = {type(c).__name__ for c in arr.tolist() if not isinstance(c, (str, np.str_))}
     if kinds:
-        raise GPUAError(f"classnames must hold strings but holds {sorted(kinds)}; pass one name (a str) per class.")
+        # GPUA().fit(Z, X, Y, y): labels in classnames' place (a fit takes no labels; was not said)
+        numbers = all(isinstance(c, (int, float, np.number)) and not isinstance(c, bool) for c in arr.tolist())
+        labels = (" (numbers: if these are labels, leave them out: the fit is unsupervised, and labels only score "
+                  "its predictions)") if numbers else ""
+        raise GPUAError(f"classnames must hold strings but holds {sorted(kinds)}{labels}; pass one name (a str) per class.")
     names = [str(c) for c in arr.tolist()]
     if len(names) != n_classes:
         raise GPUAError(f"classnames has {len(names)} entries but there are {n_classes} text prototypes; give one name per class.")

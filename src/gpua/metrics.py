@@ -37,26 +37,28 @@ __all__ = [
 ]
 
 
-def _labels_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+def _labels_scores(y_true, y_score, name: str = "y_score") -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and the scores (named ``name`` in messages: ``y_proba`` for probabilities), checked."""
     y = np.asarray(y_true)
     S = np.asarray(y_score)
     if y.ndim == 2 and S.ndim == 1:
         raise GPUAError(
-            f"y_true has shape {y.shape} and y_score {S.shape}: pass (y_true, y_score) in scikit-learn's order, "
+            f"y_true has shape {y.shape} and {name} {S.shape}: pass (y_true, {name}) in scikit-learn's order, "
             "the labels first."
         )
     if S.ndim != 2 or y.ndim != 1 or S.shape[0] != y.shape[0]:
-        raise GPUAError(f"y_true (n,) and y_score (n, K) do not match: {y.shape} vs {S.shape}.")
+        raise GPUAError(f"y_true (n,) and {name} (n, K) do not match: {y.shape} vs {S.shape}"
+                        + (f"; pass one {name} row per sample, over the K classes, not only the top value." if S.ndim == 1 else "."))
     if y.shape[0] == 0:
-        raise GPUAError("y_true and y_score have no rows: there is nothing to score; pass at least one sample.")
+        raise GPUAError(f"y_true and {name} have no rows: there is nothing to score; pass at least one sample.")
     if S.dtype.kind not in "fiub":
         # strings compare alphabetically, and the ranks would be of the text
-        raise GPUAError(f"y_score has dtype {S.dtype}; pass numeric class scores (one float per class).")
+        raise GPUAError(f"{name} has dtype {S.dtype}; pass numeric class scores (one float per class).")
     if S.dtype.kind == "f" and np.isnan(S).any():
         rows = np.unique(np.nonzero(np.isnan(S))[0])
         # NaN compares False with everything: such a row ranked its true class first, a sure top-1 hit
         raise GPUAError(
-            f"y_score holds NaN in {rows.size} row(s) (first: row {rows[0]}); the scores cannot rank the classes: "
+            f"{name} holds NaN in {rows.size} row(s) (first: row {rows[0]}); the scores cannot rank the classes: "
             "re-extract or drop those rows."
         )
     return check_labels(y, y.shape[0], S.shape[1], name="y_true"), S
@@ -157,7 +159,7 @@ def expected_calibration_error(y_true, y_proba, *, n_bins: int = 15) -> float:
     >>> expected_calibration_error([0, 1], [[0.9, 0.1], [0.8, 0.2]], n_bins=10)
     0.45
     """
-    y, P = _labels_scores(y_true, y_proba)
+    y, P = _labels_scores(y_true, y_proba, "y_proba")
     n_bins = int(check_number(n_bins, "n_bins", integer=True, low=1))
     P = P.astype(np.float64)
     sums = P.sum(1)
