@@ -69,6 +69,15 @@ def test_rows_that_underflow_to_zero_in_float16_are_refused(good_file, planted):
              **{**_base(planted), "vlm_features": X}, float16=True)
 
 
+def test_rows_below_float16s_normal_range_are_refused(good_file, planted):
+    X = planted.vlm_features.astype(np.float64)
+    X[4] *= 1e-5 / np.abs(X[4]).max()  # every entry subnormal in float16: a few bits each
+    _refused(good_file, r"vlm_features has 1 row\(s\) whose entries all fall below float16's normal range \(first: row 4",
+             **{**_base(planted), "vlm_features": X}, float16=True)
+    X[4] *= 10  # its largest entry normal: stored
+    save_features(good_file, **{**_base(planted), "vlm_features": X}, float16=True)
+
+
 def test_float64_values_beyond_float32_are_refused(good_file, planted):
     Y = planted.text_prototypes.astype(np.float64) * 1e300
     _refused(good_file, "text_prototypes .* too large for float32", **{**_base(planted), "text_prototypes": Y})

@@ -137,7 +137,9 @@ def test_writer_puts_back_a_set_hidden_by_a_killed_swap(tmp_path, arrays):
 
 @pytest.mark.filterwarnings("error")  # the cast's RuntimeWarning gives way to the error
 @pytest.mark.parametrize(
-    "scale, what", [(1e6, "with values too large for float16"), (1e-9, "that become all zeros in float16")],
+    "scale, what", [(1e6, "with values too large for float16"), (1e-9, "that become all zeros in float16"),
+                    # was stored without a word, a few bits an entry (17 distinct values over a matrix scaled by 1e-6)
+                    (1e-5, "whose entries all fall below float16's normal range")],
 )
 def test_float16_refuses_unstorable_rows(tmp_path, arrays, scale, what):
     Z, X, y, Y = arrays

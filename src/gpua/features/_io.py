@@ -319,10 +319,15 @@ def _check_precision(stored: np.ndarray, given: np.ndarray, name: str, float16: 
         "L2-normalised when used, so this keeps what they mean)" + ("; or save without float16=True" if float16 else "")
     )
     limits = np.finfo(stored.dtype)
+    with np.errstate(invalid="ignore"):
+        top = np.abs(stored.astype(np.float64)).max(axis=1)
     problems = (
         (~np.isfinite(stored).all(axis=1), f"with values too large for {dt}", f"{dt} holds at most {float(limits.max):.5g}", ""),
         (~np.any(stored != 0, axis=1), f"that become all zeros in {dt}", f"{dt}'s smallest is {float(limits.smallest_subnormal):.3g}",
          ", and a zero row cannot be normalised"),
+        # every entry subnormal: a few bits each (a row of entries near 1e-6 kept 17 distinct values, cosine 0.987 to itself)
+        ((top > 0) & (top < float(limits.smallest_normal)), f"whose entries all fall below {dt}'s normal range",
+         f"{dt}'s smallest normal is {float(limits.smallest_normal):.3g}", ", where its entries keep only a few bits"),
     )
     for bad, what, limit, why in problems:
         if bad.any():
