@@ -112,6 +112,9 @@ def test_wrong_rows_or_dtype_and_missing_index(tmp_path, arrays):
     (tmp_path / "b" / "index.json").unlink()
     with pytest.raises(ModelFileError, match="no index.json .*did not finish"):
         ShardedFeatures(tmp_path / "b")
+    (tmp_path / "c.npz").write_bytes(b"x")  # a feature file given as a set (was: "shard set 'c.npz' has no index.json")
+    with pytest.raises(ModelFileError, match=r"c.npz' is a file, not a shard set .*fit a feature file in memory"):
+        ShardedFeatures(tmp_path / "c.npz")
 
 
 def test_shards_pickle_by_path(tmp_path, arrays):

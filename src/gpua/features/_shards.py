@@ -337,6 +337,10 @@ class ShardedFeatures:
                 raise ModelFileError(f"{str(path)!r} is a folder of images, not features; encode it first: gpua extract --vfm ... "
                                      f"--vlm ... --data {str(path)!r} --out feats.npz (or classify it at once: gpua classify "
                                      f"--images {str(path)!r}).")
+            if path.is_file():  # a feature file where a shard set goes (was: "shard set 'a.npz' has no index.json")
+                raise ModelFileError(f"{str(path)!r} is a file, not a shard set (a folder with {INDEX_NAME}); fit a feature file in "
+                                     "memory (GPUA().fit, gpua fit --train FILE), or write it as shards first with "
+                                     "gpua.stream.write_shards.")
             hint = " (it holds shard files but no index: the writer did not finish; re-run it)" if path.is_dir() and any(path.glob("shard-*")) else ""
             raise ModelFileError(f"shard set {str(path)!r} has no {INDEX_NAME}{hint}; write one with `gpua extract --out DIR` or gpua.stream.write_shards.")
         where = f"shard index {str(index_path)!r}"
