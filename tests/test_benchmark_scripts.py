@@ -523,3 +523,21 @@ def test_extract_workers_prints_speedups_against_one_thread_and_checks_the_featu
     monkeypatch.setattr(extract_workers.FeedOnly, "_embed", lambda self, px: real(self, px) + (len(px) % 2) * np.random.rand())
     with pytest.raises(SystemExit, match="other features than workers=1"):
         extract_workers.main(["--images", "5", "--side", "96", "--workers", "2", "--batch-size", "2"])
+
+
+def test_segment_threshold_prints_both_scales_and_writes_json(scripts, tmp_path, capsys):
+    """The threshold's figure: pixels marked at the model's scale against CLIP's 100, in one run."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import segment_threshold
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "t.json"
+    assert segment_threshold.main(["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "marked at 100 (before)" in text and "marked at the model scale (today)" in text
+    res = json.loads(out.read_text())
+    assert res["clip_scale"] == 100.0 and 0 < res["model_scale"] < 1e4
+    for rule in ("marked_at_model_scale", "marked_at_clip_scale"):
+        shares = list(res[rule].values())
+        assert all(0 <= a <= b <= 1 for a, b in zip(shares, shares[1:]))  # a higher threshold marks more

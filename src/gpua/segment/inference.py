@@ -397,8 +397,8 @@ def model_probability_scale(model) -> float:
     ``proba_scale="auto"``, the one its fit chose on its pool, which for a patch-level model
     (:func:`fit_patch_gpua`, ``gpua fit-seg``) is a pool of patches; else ``logit_scale`` (a
     model saved before 2026-12-02). At CLIP's 100 the map's cosines, whose top class leads the
-    next by tenths, saturate: a threshold of 0.999 marked 1% of a photo's pixels. A model
-    without either (a duck-typed one) gets CLIP's 100.
+    next by tenths, saturate: a threshold of 0.999 marked 2% of a photo's pixels
+    (``benchmarks/segment_threshold.py``). A model without either (a duck-typed one) gets CLIP's 100.
     """
     read = getattr(model, "_proba_scale", None)
     scale = read() if callable(read) else getattr(model, "logit_scale", None)
