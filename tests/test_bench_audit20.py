@@ -164,6 +164,7 @@ WRITERS = {
     "probabilities": ["--sets", "fmnist-lite2"],
     "scale": ["--n", "300", "--k", "4", "--d-vfm", "8", "--d-vlm", "6", "--d-latent", "3", "--mode", "memory"],
     "segment_memory": ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--crop", "32", "--height", "64", "--width", "64"],
+    "segment_threshold": ["--vfm", "planted:vfm", "--vlm", "planted:vlm"],
     "segment_voc": ["overlay.png"],
     "sinkhorn_speed": ["--n", "100", "--k", "4", "--skip-pot"],
     "small_pools": ["--sets", "fmnist-lite2"],
