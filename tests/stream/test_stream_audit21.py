@@ -131,3 +131,16 @@ def test_a_folder_of_someone_elses_shard_files_is_never_deleted(tmp_path):
 
     with pytest.raises(GPUAError, match="is a folder that is not a gpua shard set"):
         check_destination(d, overwrite=True)  # an extraction with format='shards' into it: refused, as any user folder
+
+
+def test_a_folder_with_another_tools_index_is_not_said_to_lack_one(tmp_path):
+    """Was: "it has no index.json" for a folder that holds one (not gpua's)."""
+    from gpua.features import check_destination
+
+    d = tmp_path / "userdir"
+    d.mkdir()
+    (d / "index.json").write_text("x")
+    (d / "notes.txt").write_text("precious")
+    with pytest.raises(GPUAError, match="its index.json is not gpua's and it holds other files"):
+        check_destination(d, overwrite=True)
+    assert (d / "notes.txt").read_text() == "precious" and (d / "index.json").read_text() == "x"

@@ -229,8 +229,10 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
             )
         return
     if not _only_shard_files(path):
+        # a folder with an index.json of another tool has one: say whose it is not (was: "it has no index.json")
+        index = f"its {INDEX_NAME} is not gpua's" if (path / INDEX_NAME).exists() else f"it has no {INDEX_NAME}"
         raise GPUAError(
-            f"{name}={str(path)!r} is a folder that is not a gpua shard set (it has no {INDEX_NAME} and holds other "
+            f"{name}={str(path)!r} is a folder that is not a gpua shard set ({index} and it holds other "
             "files); refusing to replace it. Pass a new or empty folder, or move that folder away."
         )
 
