@@ -338,3 +338,14 @@ def test_predict_leaves_out_labels_it_cannot_name(planted, fitted, tmp_path, cap
     rows = _predicted(tmp_path, fitted, plain)
     printed = capsys.readouterr()
     assert "label" not in rows[0] and "label" not in printed.err and ", label (" not in printed.out
+
+
+def test_the_fit_summary_says_when_refinement_kept_the_procrustes_map():
+    """Was: "6 refinement checkpoints" whether or not any was kept (a GPUA row equal to procrustes_only's looked like a bug)."""
+    from gpua.cli._common import refinement_note
+
+    rising = {"refine": [{"step": 0, "val_loss": 1.0}, {"step": 5, "train_loss": 0.9, "val_loss": 1.1}, {"step": 10, "val_loss": 1.2}]}
+    assert refinement_note(rising) == "3 refinement checkpoints, the Procrustes map kept: no step lowered the held-out THS loss"
+    falling = {"refine": [{"step": 0, "val_loss": 1.0}, {"step": 5, "val_loss": 0.8}, {"step": 10, "val_loss": 0.9}]}
+    assert refinement_note(falling) == "3 refinement checkpoints"
+    assert refinement_note({"refine": []}) == "0 refinement checkpoints"

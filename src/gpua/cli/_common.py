@@ -40,6 +40,7 @@ __all__ = [
     "FitProgress",
     "self_learning_line",
     "fit_rounds_note",
+    "refinement_note",
     "proba_scale_note",
 ]
 
@@ -525,6 +526,20 @@ def fit_rounds_note(history: dict) -> str:
     if rounds:
         kept = sum(bool(r.get("kept") and r.get("refit")) for r in rounds)
         note += f" in the last of {len(rounds) + 1} minings; self-learning kept {kept} of {len(rounds)} round(s)"
+    return note
+
+
+def refinement_note(history: dict) -> str:
+    """``6 refinement checkpoints`` for a fit's summary line, saying when the map kept is the Procrustes start.
+
+    Refinement keeps the checkpoint of least held-out THS loss; when that is step 0, no step
+    improved on the Procrustes map, and a GPUA row equal to ``procrustes_only``'s is that, not
+    a bug (was: said nowhere).
+    """
+    curve = [c for c in history.get("refine") or [] if c.get("val_loss") is not None]
+    note = f"{len(history.get('refine') or [])} refinement checkpoints"
+    if len(curve) > 1 and min(curve, key=lambda c: c["val_loss"])["step"] == 0:
+        note += ", the Procrustes map kept: no step lowered the held-out THS loss"
     return note
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .._errors import GPUAError, MissingDependencyError
 from ._common import (FitProgress, JsonOutput, add_estimator_arguments, add_json_argument, check_device_flag, check_paths, connect_timeout_of, counted,
-                      estimator_overrides, fit_rounds_note, parse_cluster, proba_scale_note, positive_int, positive_seconds, self_learning_line)
+                      estimator_overrides, fit_rounds_note, parse_cluster, proba_scale_note, positive_int, refinement_note, positive_seconds, self_learning_line)
 
 __all__ = ["add_subcommands", "add_streaming_arguments", "run_streamed_fit"]
 
@@ -109,7 +109,7 @@ def _cmd_fit(args) -> int:
     h = model.history_
     print(
         f"fitted on {counted(train.n_samples, 'image')}, {model.n_classes_} classes in {dt:.1f} s "
-        f"({fit_rounds_note(h)}, {len(h['refine'])} refinement checkpoints); {_agreement_note(h)}{proba_scale_note(model)}; "
+        f"({fit_rounds_note(h)}, {refinement_note(h)}); {_agreement_note(h)}{proba_scale_note(model)}; "
         f"saved {args.out}"
     )
     if train.classnames is None:
