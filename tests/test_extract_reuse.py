@@ -414,3 +414,21 @@ def test_a_shard_set_s_interrupted_parts_lend_too(tmp_path, no_margin, interrupt
     assert sf.meta["reused"]["rows"] == 3 and not (tmp_path / "feats.parts").exists()
     fresh, _, _ = _run(folder, tmp_path / "fresh.npz", classnames=["cat", "dog", "bird"], resume=False)
     np.testing.assert_allclose(sf.take("vfm_features", np.arange(7)).numpy(), load_features(fresh).vfm_features, atol=1e-6)
+
+
+def test_reuse_of_an_array_data_set_says_it_lends_nothing(tmp_path):
+    """Was: `--reuse` of a cifar10-mini feature file encoded every image again without a word (rows are lent by
+    image file, and a data set of pixel arrays has none), where the README promises a warning."""
+    from gpua.data import ArrayImageDataset
+
+    rng = np.random.default_rng(0)
+    ds = ArrayImageDataset(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 3, CLASSES, name="arrays")
+    def run(out, **kw):
+        vfm = Toy()
+        extract_features(vfm, Toy("toy:vlm", vlm=True, scale=2.0), ds, templates=["a photo of a {}."], out=out, progress=False, **kw)
+        return vfm
+
+    run(tmp_path / "a" / "f.npz")
+    with pytest.warns(UserWarning, match=r"lends no features \(this data set's images are not files"):
+        vfm = run(tmp_path / "b" / "f.npz", reuse=[tmp_path / "a" / "f.npz"])
+    assert vfm.calls == 6

@@ -1009,6 +1009,12 @@ class _ReusedRows:
         """
         found = cls()
         if root is None or stamps is None:
+            # rows are lent by image file: a data set of pixel arrays (cifar10-mini) has none (was: no word)
+            for path, explicit, _ in candidates:
+                if explicit:
+                    warn_user(f"reuse: {str(path)!r} lends no features (this data set's images are not files, and rows are "
+                              "lent by image file: only image folders and split files reuse rows); its images are encoded "
+                              "again.")
             return found
         need = {str(Path(root) / image_id): j for j, image_id in enumerate(ids) if stamps[j] is not None}
         index, where = [], []
