@@ -185,14 +185,21 @@ def _held(out: Path) -> bool:
         return lock.busy
 
 
-def _is_extraction_output(p: Path) -> bool:
-    """A feature file of a feature cache's name that ``gpua extract`` wrote (its meta holds the cache key)."""
+def _extraction_meta(p: Path) -> dict | None:
+    """The meta of a feature file of a feature cache's name that ``gpua extract`` wrote (it holds the
+    cache key), or None for anything else."""
     from ._atomic import _is_feature_file
     from .extract import _stored_meta
 
     if not (p.is_file() and not p.is_symlink() and _FEATURE_NAME.match(p.name) and _is_feature_file(p)):
-        return False
-    return isinstance((_stored_meta(p) or {}).get("cache_key"), str)
+        return None
+    meta = _stored_meta(p)
+    return meta if isinstance((meta or {}).get("cache_key"), str) else None
+
+
+def _is_extraction_output(p: Path) -> bool:
+    """A feature file of a feature cache's name that ``gpua extract`` wrote (its meta holds the cache key)."""
+    return _extraction_meta(p) is not None
 
 
 def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
@@ -203,10 +210,11 @@ def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
 
     for name in (n for n in _names(folder) if not n.startswith(".")):  # locks and temp files: hidden
         p = folder / name
-        if _is_extraction_output(p):
+        meta = _extraction_meta(p)
+        if meta is not None:
             busy = _held(p)
             yield CacheEntry(p, "features", "busy" if busy else "complete", _size(p),
-                             "a running extraction is writing it" if busy else _feature_source(p), _mtime(p))
+                             "a running extraction is writing it" if busy else _feature_source(meta), _mtime(p))
         elif name.endswith(".parts") and _FEATURE_NAME.match(name[: -len(".parts")]) and _Parts(p).is_ours():
             busy = _held(p.with_name(name[: -len(".parts")]))
             why = "a running extraction is writing it" if busy else "an extraction's parts, kept for a rerun to resume from"
@@ -216,16 +224,13 @@ def _feature_entries(folder: Path) -> Iterator[CacheEntry]:
     yield from _temp_entries(folder)
 
 
-def _feature_source(p: Path) -> str:
+def _feature_source(meta: dict) -> str:
     """Whose features a cache file holds, from its meta: ``"9 images of '/home/me/photos'"``.
 
     A classify cache's name holds only its folder's name and a hash of its path (two folders
     called ``photos`` get two caches): the listing names the folder itself, and says when it is
     gone (the cache then serves no run, and ``clean --features`` is the way to drop it).
     """
-    from .extract import _stored_meta
-
-    meta = _stored_meta(p) or {}
     dataset, prompts = meta.get("dataset"), meta.get("class_prompts")
     # one cache per class file (and templates) of a folder: the class count tells them apart
     classes = f", {len(prompts)} class{'' if len(prompts) == 1 else 'es'}" if isinstance(prompts, list) else ""

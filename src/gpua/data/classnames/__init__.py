@@ -510,10 +510,7 @@ def match_classes(
         raise GPUAError("match_classes needs class names or a class count for both sides (n_model=, n_data=).")
     both = model_classnames is not None and data_classnames is not None
     if both:
-        m_keys = [_name_key(c) for c in model_classnames]  # type: ignore[union-attr]
-        d_keys = [_name_key(c) for c in data_classnames]  # type: ignore[union-attr]
-        if len(set(m_keys)) != len(m_keys) or len(set(d_keys)) != len(d_keys):  # names that differ only in spelling
-            m_keys, d_keys = [str(c) for c in model_classnames], [str(c) for c in data_classnames]  # type: ignore[union-attr]
+        m_keys, d_keys = _match_keys(model_classnames, data_classnames)  # type: ignore[arg-type]
         only_data = [c for c, k in zip(data_classnames, d_keys) if k not in set(m_keys)]  # type: ignore[arg-type]
         only_model = [c for c, k in zip(model_classnames, m_keys) if k not in set(d_keys)]  # type: ignore[arg-type]
         if only_data or only_model or n_model != n_data:
@@ -551,12 +548,19 @@ def classes_by_name(model_classnames: Sequence[str], data_classnames: Sequence[s
     int array of shape (len(data_classnames),)
         The model's class index of each data class, -1 where the model has no class of that name.
     """
+    m_keys, d_keys = _match_keys(model_classnames, data_classnames)
+    pos = {k: i for i, k in enumerate(m_keys)}
+    return np.asarray([pos.get(k, -1) for k in d_keys], dtype=np.int64)
+
+
+def _match_keys(model_classnames: Sequence[str], data_classnames: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The two lists' names as compared (:func:`_name_key`), or exactly when that would merge two
+    names of one list (names that differ only in spelling)."""
     m_keys = [_name_key(c) for c in model_classnames]
     d_keys = [_name_key(c) for c in data_classnames]
     if len(set(m_keys)) != len(m_keys) or len(set(d_keys)) != len(d_keys):
-        m_keys, d_keys = [str(c) for c in model_classnames], [str(c) for c in data_classnames]
-    pos = {k: i for i, k in enumerate(m_keys)}
-    return np.asarray([pos.get(k, -1) for k in d_keys], dtype=np.int64)
+        return [str(c) for c in model_classnames], [str(c) for c in data_classnames]
+    return m_keys, d_keys
 
 
 def _shown(names: Sequence[str], n: int = 8) -> str:
