@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ._errors import GPUAError
+from ._validation import as_path
 
 __all__ = ["atomic_path", "atomic_write_text", "check_output", "check_writable", "clean_stale_temps", "gpua_temps", "STALE_AFTER_S", "TEMP_MARK"]
 
@@ -194,7 +195,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", *, name: str = "path"
     that would fail or replace a file its owner protected. A write the system refuses raises
     an :class:`OSError` naming ``path``; the old file is left as it was.
     """
-    path = Path(path).expanduser()
+    path = as_path(path, name)
     if path.is_symlink():
         # Replacing the link itself would turn it into a copy and leave the file it points to
         # (which other links may share) stale: write that file instead, as open() would.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -15,7 +16,7 @@ from ._atomic import atomic_path, check_output
 from ._backend import as_tensor, resolve_device, to_numpy
 from ._errors import GPUAError, ModelFileError, NotFittedError, warn_user
 from ._integrity import CHECKSUM_KEY, digest, verify
-from ._validation import check_classnames, check_matrix, is_int
+from ._validation import as_path, check_classnames, check_matrix, is_int
 from .query import query_width
 from .params import LOGIT_SCALE, DeviceName, ParamsMixin, check_param
 
@@ -43,14 +44,23 @@ class ModelSchema:
         ``SCHEMA_DIMS`` (``("n_features_query", "n_features_vlm")``).
     optional : tuple of str
         Names of ``tensors`` that may be None after a fit (then absent from the file).
+    needed_by : dict of str to str
+        Optional tensor -> the boolean parameter under which every fit sets it: a file whose
+        parameters set it true but which lacks the tensor is refused (predictions would
+        silently change).
     state : dict of str to type
         JSON state attributes saved in the metadata -> their JSON type (``dict``, ``list``,
         ``int``...). They may be absent from older files.
+    positive : tuple of str
+        Names of ``float`` entries of ``state`` that must be finite and positive when present
+        (a scale: NaN or a negative one would turn every probability into NaN or reverse it).
     """
 
     tensors: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
+    needed_by: Mapping[str, str] = field(default_factory=dict)
     state: Mapping[str, type] = field(default_factory=dict)
+    positive: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name, shape in self.tensors.items():
@@ -59,6 +69,10 @@ class ModelSchema:
                 raise TypeError(f"ModelSchema: tensor {name!r} must end in '_' and use sizes from {SCHEMA_DIMS} (got {bad}).")
         if set(self.optional) - set(self.tensors):
             raise TypeError(f"ModelSchema: optional {sorted(set(self.optional) - set(self.tensors))} are not declared tensors.")
+        if set(self.needed_by) - set(self.optional):
+            raise TypeError(f"ModelSchema: needed_by {sorted(set(self.needed_by) - set(self.optional))} are not optional tensors.")
+        if any(self.state.get(name) is not float for name in self.positive):
+            raise TypeError(f"ModelSchema: positive {list(self.positive)} must name float state entries.")
 
     def shape(self, name: str, dims: Mapping[str, int]) -> tuple[int, ...]:
         """The expected shape of tensor ``name`` for the sizes ``dims``."""
@@ -292,7 +306,7 @@ class AlignmentEstimator(ParamsMixin):
             self._validate_params()
         except GPUAError as exc:
             raise GPUAError(f"this {type(self).__name__} is not saved: {exc} Set a valid value with set_params, then save.") from None
-        path = Path(path).expanduser()
+        path = as_path(path)
         schema = self._schema
         dims = self._model_dims()
         tensors = {}
@@ -516,7 +530,7 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
         device = str(device) if isinstance(device, torch.device) else device
         check_param("device", device, DeviceName())
         resolve_device(device)  # its own clear error (say, device="cuda" on a machine without a GPU)
-    path = Path(path).expanduser()  # as save() and the writers expand it
+    path = as_path(path)  # as save() and the writers expand it
     where = f"model file {str(path)!r}"
     if path.is_dir():
         raise ModelFileError(f"{where} is a folder, not a model file; pass the .gpua file `gpua fit` wrote.")
@@ -611,6 +625,9 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
         raise bad(f"holds tensors {extra} that a {cls.__name__} does not have")
     for tname in schema.tensors:
         if tname not in tensors:
+            needed_by = schema.needed_by.get(tname)
+            if needed_by is not None and getattr(model, needed_by):
+                raise bad(f"lacks the tensor {tname!r}, which every fit with its {needed_by}=True sets")
             if tname in schema.optional:
                 setattr(model, tname, None)
                 continue
@@ -630,6 +647,8 @@ def load_model(path: str | Path, *, device: str | None = None) -> AlignmentEstim
             raise bad(f"holds the state {key!r}, which a {cls.__name__} does not have")
         if not isinstance(value, kind):
             raise bad(f"holds the state {key!r} as a {type(value).__name__}, not a {kind.__name__}")
+        if key in schema.positive and not (math.isfinite(value) and value > 0):
+            raise bad(f"holds the state {key!r} = {value!r}, not a finite positive number")
         setattr(model, key, value)
     for key in set(schema.state) - set(state):  # saved as None (save skips it), or by a release before it: None, as fitted
         setattr(model, key, None)

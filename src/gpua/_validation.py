@@ -7,6 +7,8 @@ any arithmetic can hide them as NaN or as a shape error deep inside torch.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ from ._errors import GPUAError, warn_user
 #: The arrays a gpua feature file holds one or more of (:func:`gpua.features.load_features`).
 FEATURE_KEYS = ("vfm_features", "vlm_features", "text_prototypes")
 
-__all__ = ["check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "check_callback", "l2_normalize", "ROW_NORM_RANGE"]
+__all__ = ["as_path", "check_matrix", "refuse_sparse", "check_triplet", "check_prototypes", "check_distinct_rows", "check_strings", "check_classnames", "check_labels", "check_number", "check_callback", "l2_normalize", "ROW_NORM_RANGE"]
 
 
 def refuse_sparse(A, name: str) -> None:
@@ -116,6 +118,18 @@ def check_matrix(
                 "normalised; remove them or re-extract those features."
             )
     return A
+
+
+def as_path(path, name: str = "path") -> Path:
+    """``path`` as a :class:`~pathlib.Path` with ``~`` expanded, or a :class:`GPUAError` naming ``name``.
+
+    Bytes, open file objects and numbers are refused here, by name (``Path()`` reports them
+    with a bare ``TypeError``).
+    """
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and isinstance(os.fspath(path), str)):
+        return Path(path).expanduser()
+    hint = " (an open file: pass its name, f.name)" if hasattr(path, "read") or hasattr(path, "write") else ""
+    raise GPUAError(f"{name} must be a file name, a str or a pathlib.Path, not a {type(path).__name__}{hint}.")
 
 
 #: Row L2 norms outside this range cannot be normalised in float32 (squares overflow above it,

@@ -315,7 +315,9 @@ class GPUA(AlignmentEstimator):
             "proto_radius_": ("n_classes",),
         },
         optional=("vfm_mean_", "vlm_mean_", "proto_radius_"),
+        needed_by={"vfm_mean_": "center", "vlm_mean_": "center_vlm"},
         state={"history_": dict, "proba_scale_": float},
+        positive=("proba_scale_",),
     )
     _parameter_constraints = PARAMETERS
     # Parameters a model file may lack (saved before they existed): the value those fits ran with.

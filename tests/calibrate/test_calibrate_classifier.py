@@ -58,8 +58,12 @@ def test_classifier_bad_input(rng):
         LinearClassifier(solver="adam").fit(X, y)
     with pytest.raises(GPUAError, match="sample_weight"):
         LinearClassifier().fit(X, y, sample_weight=np.ones(3))
-    with pytest.raises(GPUAError, match="at least 2 classes"):
+    with pytest.raises(GPUAError, match=r"at least 2 classes: give labels of two classes or more, or pass fit\(\.\.\., n_classes=K\)"):
         LinearClassifier().fit(X, np.zeros(len(y), int))
+    with pytest.raises(GPUAError, match="y must hold integer class indices"):  # regression targets, not classes
+        LinearClassifier().fit(X, rng.random(len(y)))
+    with pytest.raises(GPUAError, match="y must hold integer class indices"):
+        ShrinkageLDA().fit(X, y + 0.5)
     with pytest.raises(GPUAError, match="coef_init"):
         LinearClassifier().fit(X, y, coef_init=np.zeros((2, 5)))
     with pytest.raises(NotFittedError):

@@ -49,6 +49,10 @@ EDITS = {
     "unknown state key": (lambda m, t: m["state"].update(evil_=1), "state 'evil_'"),
     "state of the wrong type": (lambda m, t: m["state"].update(history_=[1]), "'history_' as a list"),
     "NaN in the map": (lambda m, t: t["W_"].__setitem__((0, 0), float("nan")), "NaN or inf in 'W_'"),
+    "NaN probability scale": (lambda m, t: m["state"].update(proba_scale_=float("nan")), "'proba_scale_' = nan, not a finite positive"),
+    "negative probability scale": (lambda m, t: m["state"].update(proba_scale_=-40.0), "'proba_scale_' = -40.0, not a finite positive"),
+    "centred without its VFM mean": (lambda m, t: t.pop("vfm_mean_"), "lacks the tensor 'vfm_mean_', which every fit with its center=True"),
+    "centred without its VLM mean": (lambda m, t: t.pop("vlm_mean_"), "lacks the tensor 'vlm_mean_', which every fit with its center_vlm=True"),
     "provenance not an object": (lambda m, t: m.update(provenance=[1, 2]), "provenance"),
 }
 
@@ -70,6 +74,14 @@ def test_malformed_metadata_and_tensors_are_named(files, tmp_path, capsys, case)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.gpua" in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_an_uncentred_model_needs_no_means(small, tmp_path):
+    train, test = small
+    model = GPUA(refine=False, center=False, center_vlm=False).fit(train.vfm_features, train.vlm_features, train.text_prototypes)
+    assert model.vfm_mean_ is None and model.vlm_mean_ is None
+    loaded = load_model(model.save(tmp_path / "u.gpua"))
+    np.testing.assert_array_equal(loaded.predict(test.vfm_features, test.vlm_features), model.predict(test.vfm_features, test.vlm_features))
 
 
 def test_any_edit_of_a_checksummed_file_is_noticed(files, tmp_path):
@@ -179,3 +191,18 @@ def test_save_refuses_a_non_finite_fit(files, tmp_path):
     with pytest.raises(GPUAError, match="not saved"):
         model.save(tmp_path / "inf.gpua")
     assert not (tmp_path / "inf.gpua").exists()
+
+
+@pytest.mark.parametrize("bad", [b"m.gpua", 3, None], ids=["bytes", "int", "None"])
+def test_a_path_that_is_not_a_name_is_refused_by_name(files, small, tmp_path, bad):
+    from gpua.features import load_features, save_features
+
+    model = load_model(files["model"])
+    train = small[0]
+    calls = [lambda: model.save(bad), lambda: load_model(bad), lambda: load_features(bad),
+             lambda: save_features(bad, vfm_features=train.vfm_features)]
+    for call in calls:
+        with pytest.raises(GPUAError, match="path must be a file name, a str or a pathlib.Path, not a"):
+            call()
+    with open(files["model"], "rb") as handle, pytest.raises(GPUAError, match=r"an open file: pass its name, f\.name"):
+        load_model(handle)

@@ -213,7 +213,7 @@ class LinearClassifier(_LinearModel, ParamsMixin):
         X = check_matrix(X, "X", allow_zero_rows=True)
         K = int(n_classes) if n_classes is not None else infer_n_classes(y)
         if K < 2:
-            raise GPUAError(f"n_classes={K}; a classifier needs at least 2 classes (pass n_classes).")
+            raise GPUAError(f"n_classes={K}; a classifier needs at least 2 classes: give labels of two classes or more, or pass fit(..., n_classes=K).")
         y = check_class_labels(y, X.shape[0], K, name="y")
         n, d = X.shape
         w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)

@@ -51,6 +51,8 @@ def infer_n_classes(y, name: str = "y") -> int:
         raise GPUAError(f"{name} must be a non-empty 1-D array of class indices but has shape {y.shape}.")
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
         raise GPUAError(f"{name} has dtype {y.dtype} or non-finite values; pass integer class indices.")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):  # continuous targets: not classes at all
+        raise GPUAError(f"{name} must hold integer class indices; cast them with .astype(int) if they are indices stored as floats.")
     if y.min() < 0:
         raise GPUAError(
             f"{name} has negative values (smallest: {y.min():g}); labels must be class indices >= 0: "

@@ -34,7 +34,7 @@ import numpy as np
 from .._atomic import _is_model_file, atomic_path, check_output
 from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, read_npz, verify
-from .._validation import FEATURE_KEYS, check_classnames, check_labels, check_matrix, check_prototypes, check_strings
+from .._validation import FEATURE_KEYS, as_path, check_classnames, check_labels, check_matrix, check_prototypes, check_strings
 
 __all__ = ["FEATURE_KEYS", "FeatureSet", "load_features", "save_features"]
 
@@ -224,7 +224,7 @@ def save_features(path: str | Path, features: FeatureSet | None = None, **arrays
         # file of someone else's arrays (was: written, then neither readable nor replaceable).
         raise GPUAError(f"save_features got none of the feature keys {list(FEATURE_KEYS)}; a feature file holds at least one "
                         "of them (labels, class names and ids are stored beside features, not alone).")
-    path = Path(path).expanduser()
+    path = as_path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".safetensors"):
         raise GPUAError(f"path {str(path)!r} must end in .npz or .safetensors.")
@@ -466,7 +466,7 @@ def load_features(path: str | Path, *, require: tuple[str, ...] = (), validate: 
         Check shapes, finiteness and label ranges, and cast the feature matrices to float32;
         ``False`` returns them as stored (float16 included) and unchecked.
     """
-    path = Path(path).expanduser()
+    path = as_path(path)
     where = f"feature file {str(path)!r}"
     if not path.exists():
         raise GPUAError(f"{where} does not exist; check the path.")

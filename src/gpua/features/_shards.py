@@ -54,7 +54,7 @@ from .._atomic import TEMP_MARK, atomic_path, atomic_write_text
 from .._errors import GPUAError, ModelFileError, warn_user
 from .._integrity import CHECKSUM_KEY, digest, file_digest, read_npy_header, safetensors_layout
 from .._integrity import verify as verify_checksum
-from .._validation import check_classnames, check_labels, check_matrix, check_prototypes, check_strings, is_int
+from .._validation import as_path, check_classnames, check_labels, check_matrix, check_prototypes, check_strings, is_int
 from ._io import _check_precision, certified_meta
 
 __all__ = [
@@ -327,7 +327,7 @@ class ShardedFeatures:
     _gpua_streaming_source = True
 
     def __init__(self, path: str | os.PathLike, *, check: bool = True, verify: bool = True):
-        path = Path(path).expanduser()
+        path = as_path(path)
         if path.name == INDEX_NAME:
             path = path.parent
         self.path = path
@@ -809,7 +809,7 @@ class ShardWriter:
         check_writer_options(dtype, storage, rows_per_shard)
         # Expanded here as atomic_path expands each file's name (was: the files went to
         # $HOME/.<name>.partial, and a literal ./~/<name> folder was made and found empty).
-        self.path = Path(path).expanduser()
+        self.path = as_path(path)
         if self.path.name == INDEX_NAME:  # the reader takes the set's index.json for the set: so does the writer
             self.path = self.path.parent
         if meta is not None and not isinstance(meta, dict):
