@@ -81,6 +81,11 @@ def test_trailing_comments_in_a_class_file_are_dropped(tmp_path):
     ("Class Index,Class Name\n0,cat\n1,ship\n", "column header"),
     ("cat,3\nship,5\nairplane,7\n", "field 2 is a number on each"),
     ("0,cat\n1,ship\n2,airplane\n", "field 1 is a number on each"),
+    # was: read as the classes '1 ApplyEyeMakeup'..., prompted "a photo of a 1 cat." (UCF101's classInd.txt)
+    ("1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n", r"every line starts with its number \(line 1: '1 ApplyEyeMakeup'\)"),
+    ("0 cat\n1 ship\n", "every line starts with its number"),
+    ("1. cat\n2. ship\n", "every line starts with its number"),
+    ("- cat\n- ship\n", "every line starts with a bullet"),
 ])
 def test_a_class_file_saved_from_a_spreadsheet_is_refused(tmp_path, text, why):
     """A header row became a class (the balanced fit gave it photos) and an index or count column
@@ -98,6 +103,8 @@ def test_a_class_file_saved_from_a_spreadsheet_is_refused(tmp_path, text, why):
     ("0\n1\n2\n", ["0", "1", "2"]),  # digits are classes (MNIST)
     ("name: name\nlabel: label, tag\n", ["name", "label"]),  # header words as classes, in the name: words form
     ("cat, kitten\ndog, 3 legged dog\n", ["cat", "dog"]),
+    ("3 musketeers\n7 dwarfs\n", ["3 musketeers", "7 dwarfs"]),  # numbers, but not an index
+    ("1 star: 1 star\n2 stars: 2 stars\n", ["1 star", "2 stars"]),  # classes named by a number: the name: words form
 ])
 def test_class_files_that_only_look_like_spreadsheets_are_read(tmp_path, text, names):
     from gpua.data.classnames import load_class_prompts
@@ -305,22 +312,30 @@ def test_a_report_never_replaces_a_photo_a_script_or_a_class_file(folders, capsy
     (folders / "blob").write_bytes(b"\x00\x01 not text")
     (folders / "train.py").write_text("print('mine')\n")
     (folders / "classes2.txt").write_text("sky\ngrass\n")
+    (folders / "labels.csv").write_text("file,label,notes\na.jpg,cat,hand-made\n")
+    (folders / "settings.json").write_text('{"my": "settings"}')
     for name, what in (("IMG_0001", "is a photo"), ("blob", "is a binary file"), ("train.py", "is a text file ending in '.py'"),
-                       ("classes2.txt", "is a text file ending in '.txt'")):
+                       ("classes2.txt", "is a text file ending in '.txt'"),
+                       # was: any file ending in .csv or .json was taken for a report and replaced
+                       ("labels.csv", "is a text file ending in '.csv' that is not a report gpua wrote"),
+                       ("settings.json", "is a text file ending in '.json' that is not a report gpua wrote (its JSON reports start "
+                                         "with the key 'written_by'; one written before 2026-12-02 has none: delete it by hand)")):
         before = (folders / name).read_bytes()
         assert main([*argv, "--out", name]) == 2
         err = capsys.readouterr().err
         assert f"--out {name!r} {what}" in err and "nothing was written" in err and "delete that file first" in err
         assert (folders / name).read_bytes() == before
-    # A report replaces a report: an earlier CSV, one without an ending (it starts with gpua's header), a JSON, an empty file
-    (folders / "old.csv").write_text("someone's,table\n")
+    # A report replaces a report: an earlier CSV, one without an ending (it starts with gpua's header), an empty file
     (folders / "empty").write_text("")
-    for name in ("old.csv", "preds", "preds", "empty"):
+    for name in ("old.csv", "old.csv", "preds", "preds", "empty"):
         assert main([*argv, "--out", name]) == 0, capsys.readouterr().err
         assert (folders / name).read_text().startswith("image,prediction,probability")
-    (folders / "r").write_text('{"acc1": 0.5}')
+    (folders / "r").write_text('{\n  "written_by": "gpua 0.1.0",\n  "acc1": 0.5\n}\n')
     assert main(["evaluate", "--model", "m.gpua", "--test", "t.npz", "--json", "r"]) == 2  # no such model: the report is not the refusal
     assert "'r'" not in capsys.readouterr().err
+    (folders / "r2").write_text('{"acc1": 0.5}')  # unmarked: a user's JSON, or a report of a gpua before the mark
+    assert main(["evaluate", "--model", "m.gpua", "--test", "t.npz", "--json", "r2"]) == 2
+    assert "--json 'r2' is a text file with no ending that is not a report gpua wrote" in capsys.readouterr().err
 
 
 def test_a_cache_setting_that_is_a_file_is_named_as_the_setting(folders, capsys, monkeypatch):
@@ -443,7 +458,7 @@ def test_a_folder_of_split_folders_says_how_classify_reads_one(folders, capsys):
     assert main(["classify", "--images", "photos", "--classnames", "classes.txt", "--out", "p.csv", "--vfm", "planted:vfm",
                  "--vlm", "planted:vlm", "--cache-dir", "cache", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "holds the split folders ['test', 'train']" in err and "or give the folder of one ('photos/test')" in err
+    assert "holds the split folders ['test', 'train']; give the folder of one ('photos/test': `gpua classify --images photos/test`)" in err
 
 
 def test_cache_names_of_deep_local_model_paths_fit_the_file_system(tmp_path):

@@ -135,7 +135,7 @@ def test_an_output_may_not_replace_an_extensionless_photo(photos, monkeypatch, c
     assert (photos / "flat" / "IMG_0001").read_bytes() == before
     # nor a user's text file without an ending (was: replaced, "as any non-input file"); a report gpua wrote there may be
     assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "flat/notes", *CLI]) == 2
-    assert "is a text file with no ending that is not a CSV or JSON report" in capsys.readouterr().err
+    assert "is a text file with no ending that is not a report gpua wrote" in capsys.readouterr().err
     assert (photos / "flat" / "notes").read_text() == "not a photo\n"
     for _ in range(2):
         assert main(["classify", "--images", "flat", "--classnames", "classes.txt", "--out", "flat/preds", *CLI]) == 0

@@ -404,26 +404,32 @@ def _check_not_gpua_data(out: Path, path, name: str, kind: str, holds: str) -> N
                         "file first if it may go.")
 
 
-#: Endings of the text reports a table output writes: an existing text file with one of them is a report to replace.
-_REPORT_SUFFIXES = frozenset({".csv", ".json", ".tsv"})
 #: The first columns of the predictions CSV gpua writes (:func:`gpua.report.write_predictions`, which
 #: takes them from here), whatever the file's name: a file that starts with them is a report.
 PREDICTIONS_COLUMNS = ("image", "prediction", "probability")
+#: The first key of every JSON report gpua writes (:func:`gpua.report.mark_report`), its value
+#: ``"gpua <version>"``: a JSON file that starts with it is a report gpua wrote.
+REPORT_MARK_KEY = "written_by"
+#: Reports of a gpua before this date carry no mark (named when one is refused).
+_REPORT_MARK_SINCE = "2026-12-02"
 
 
-def _reads_like_report(head: bytes) -> bool:
-    """Whether text starts as a report gpua writes: its predictions CSV's header, or a JSON object or list."""
-    return head.startswith(",".join(PREDICTIONS_COLUMNS).encode()) or head.lstrip()[:1] in (b"{", b"[")
+def _written_by_gpua(head: bytes) -> bool:
+    """Whether text starts as a report gpua writes: its predictions CSV's header, or a JSON object
+    whose first key is :data:`REPORT_MARK_KEY` with a ``"gpua ..."`` value."""
+    mark = rb'^\s*\{\s*"' + REPORT_MARK_KEY.encode() + rb'"\s*:\s*"gpua[ "]'
+    return head.startswith(",".join(PREDICTIONS_COLUMNS).encode()) or re.match(mark, head) is not None
 
 
 def check_report_target(out: Path, path, name: str) -> None:
     """Refuse a CSV or JSON report over an existing file that is not one: a photo (an extensionless
     ``IMG_0001`` too), any other binary file, or a text file of another kind (a script, a class file).
 
-    Replaced as before: nothing there, an empty file, a text file ending in .csv, .json or .tsv, or
-    one that starts as gpua's reports do (its predictions header, a JSON object or list). Was:
+    Replaced: nothing there, an empty file, or one that starts as gpua's reports do (its
+    predictions header, a JSON object marked :data:`REPORT_MARK_KEY`), whatever its ending. Was:
     ``--out IMG_0001`` replaced that photo with a CSV, and ``--out train.py`` that script, without
-    a word."""
+    a word; and until 2026-12-02 any file ending in .csv, .json or .tsv (a user's labels
+    spreadsheet, a settings file) was taken for a report and replaced."""
     try:
         if not out.is_file() or out.stat().st_size == 0:
             return
@@ -436,9 +442,12 @@ def check_report_target(out: Path, path, name: str) -> None:
         from .data._loaders import _sniff_image
 
         what = "a photo" if _sniff_image(os.fspath(out)) else "a binary file, not a text report"
-    elif out.suffix.lower() not in _REPORT_SUFFIXES and not _reads_like_report(head.lstrip(b"\xef\xbb\xbf")):
+    elif not _written_by_gpua(head.lstrip(b"\xef\xbb\xbf")):
         ending = f"ending in {out.suffix!r}" if out.suffix else "with no ending"
-        what = f"a text file {ending} that is not a CSV or JSON report"
+        what = f"a text file {ending} that is not a report gpua wrote"
+        if out.suffix.lower() == ".json" or head.lstrip(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"["):
+            what += (f" (its JSON reports start with the key {REPORT_MARK_KEY!r}; one written before {_REPORT_MARK_SINCE} "
+                     "has none: delete it by hand)")
     if what is not None:
         raise GPUAError(f"{name} {str(path)!r} is {what}, which this command would replace with its report; nothing was "
                         f"written. Choose another {name} (ending in .csv or .json), or delete that file first if it may go.")

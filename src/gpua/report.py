@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._atomic import PREDICTIONS_COLUMNS, atomic_path, atomic_write_text
+from . import __version__
+from ._atomic import PREDICTIONS_COLUMNS, REPORT_MARK_KEY, atomic_path, atomic_write_text
 from ._errors import GPUAError, warn_user
 from ._optional import import_optional
 from ._validation import check_classnames
@@ -688,11 +689,22 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_plain(obj), indent=indent, default=_json_default, allow_nan=False)
 
 
+def mark_report(obj: Any) -> Any:
+    """``obj`` with ``"written_by": "gpua <version>"`` as its first key when it is a dict (else as it is).
+
+    The mark is how a later run knows a JSON file for a report it may replace
+    (:func:`gpua._atomic.check_report_target`); any other file at that path is left alone.
+    """
+    if not isinstance(obj, dict):
+        return obj
+    return {REPORT_MARK_KEY: f"gpua {__version__}", **{k: v for k, v in obj.items() if k != REPORT_MARK_KEY}}
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write :func:`json_text` of ``obj`` atomically."""
+    """Write :func:`json_text` of ``obj``, marked by :func:`mark_report`, atomically."""
     if path is None:
         raise GPUAError("path is None; give a file name for the JSON output.")
-    atomic_write_text(path, json_text(obj) + "\n")
+    atomic_write_text(path, json_text(mark_report(obj)) + "\n")
     return Path(path)
 
 

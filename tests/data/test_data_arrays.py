@@ -69,6 +69,19 @@ def test_npz_without_ids_or_labels_grey(tmp_path):
     assert np.all(np.asarray(ds.load_image(1)) == 9) and ds.load_image(1).mode == "RGB"
 
 
+def test_npz_arrays_not_read_are_named(tmp_path):
+    """Was: labels saved as 'label' (or 'targets', 'y') were dropped without a word: an unlabelled set."""
+    p = tmp_path / "mine.npz"
+    np.savez(p, images=np.zeros((2, 3, 3, 3), np.uint8), label=np.array([0, 1]), classnames=np.array(["a", "b"]))
+    with pytest.warns(UserWarning, match=r"'mine.npz' holds \['label'\], which are not read.*save it as 'labels'"):
+        ds = load_dataset(p)
+    assert ds.labels.tolist() == [-1, -1]
+    np.savez(p, images=np.zeros((2, 3, 3, 3), np.uint8), labels=np.array([0, 1]), classnames=np.array(["a", "b"]), extra=np.ones(2))
+    with pytest.warns(UserWarning, match=r"holds \['extra'\], which are not read") as caught:
+        load_dataset(p)
+    assert "save it as 'labels'" not in str(caught[0].message)
+
+
 def test_npz_errors(tmp_path, npz_file):
     with pytest.raises(GPUAError, match="class 1 is 'wolf' in classnames but 'dog'"):
         load_dataset(npz_file, classnames=["cat", "wolf"])

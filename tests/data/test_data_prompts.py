@@ -168,3 +168,32 @@ def test_synonyms_average_their_word_prototypes():
     np.testing.assert_allclose(both[1], one[2], atol=1e-6)
     with pytest.raises(GPUAError, match="synonyms has 1 entries for 2 classes"):
         build_text_prototypes(encode, ["automobile", "cat"], temps, synonyms=[["car"]])
+
+
+def test_a_file_named_like_a_builtin_set_is_read_and_said(tmp_path, monkeypatch):
+    """Was: a file `simple` (or `cifar10`) in the working folder replaced the built-in set without a word."""
+    import warnings
+
+    from gpua.data.classnames import resolve_classnames
+    from gpua.data.prompts import get_templates
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "simple").write_text("a drawing of a {}.\n")
+    (tmp_path / "cifar10").write_text("x\ny\n")
+    with pytest.warns(UserWarning, match=r"templates='simple' reads the file 'simple' in the working folder, not the built-in "
+                                         r"template set of that name; write ./simple to mean the file"):
+        assert get_templates("simple") == ["a drawing of a {}."]
+    with pytest.warns(UserWarning, match=r"classnames='cifar10' reads the file 'cifar10' in the working folder, not the built-in class list"):
+        assert resolve_classnames("cifar10") == ["x", "y"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert get_templates("./simple") == ["a drawing of a {}."] and resolve_classnames("./cifar10") == ["x", "y"]
+
+
+def test_a_repeated_template_is_kept_and_said(tmp_path):
+    from gpua.data.prompts import get_templates
+
+    path = tmp_path / "t.txt"
+    path.write_text("a photo of a {}.\na sketch of a {}.\na photo of a {}.\n")
+    with pytest.warns(UserWarning, match=r"lists 1 template\(s\) more than once \(first: 'a photo of a \{\}.'\); each copy counts"):
+        assert get_templates(str(path)) == ["a photo of a {}.", "a sketch of a {}.", "a photo of a {}."]

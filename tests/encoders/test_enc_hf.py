@@ -201,6 +201,17 @@ def test_unsupported_model_type(tmp_path):
         create_encoder(f"hf:{tmp_path}")
 
 
+def test_one_tower_of_a_clip_model_is_named_as_such(tmp_path):
+    """Was: "use the timm:, open_clip: or onnx: back end", none of which reads a CLIP tower folder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION, projection_dim=16)).save_pretrained(tmp_path)
+    with pytest.raises(GPUAError, match=r"'clip_vision_model': the vision tower of a 'clip' model alone.*pass the folder \(or hub id\) "
+                                        r"of the full model") as e:
+        create_encoder(f"hf:{tmp_path}")
+    assert "timm:" not in str(e.value)
+
+
 # --------------------------------------------------------------------------- dense features
 
 @pytest.mark.parametrize("method", ["maskclip", "sclip", "none"])

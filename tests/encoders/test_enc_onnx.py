@@ -75,8 +75,11 @@ def test_errors(tiny_onnx, tmp_path):
     path, _, _ = tiny_onnx
     with pytest.raises(GPUAError, match="does not exist"):
         create_encoder(f"onnx:{tmp_path}/missing.onnx")
-    with pytest.raises(GPUAError, match="cannot cut"):
+    with pytest.raises(GPUAError, match=r"cannot cut.*output \['/no/such/node'\] is no tensor of the graph; name existing node outputs"):
         create_encoder(f"onnx:{path}?output=/no/such/node", cache_dir=tmp_path)
+    # was: told to name node outputs; an input= is one of the graph's inputs
+    with pytest.raises(GPUAError, match=r"input='nope' is no tensor of the graph: its inputs are \['pixel_values'\]"):
+        create_encoder(f"onnx:{path}?input=nope&output=embedding", cache_dir=tmp_path)
     with pytest.raises(GPUAError, match="unknown option"):
         create_encoder(f"onnx:{path}?colour=red")
     with pytest.raises(GPUAError, match="comma-separated"):

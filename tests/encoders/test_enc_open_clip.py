@@ -76,7 +76,7 @@ def test_missing_weights_offline_says_where_and_how():
     with pytest.raises(GPUAError) as e:
         create_encoder("open_clip:ViT-B-16/openai")
     msg = str(e.value)
-    assert "Looked in" in msg and "local path" in msg and "open_clip:ViT-B-16//path/to" in msg
+    assert "Looked in" in msg and "local path" in msg and "open_clip:ViT-B-16/PATH (PATH the checkpoint file, relative or absolute)" in msg
 
 
 # --------------------------------------------------------------------------- dense features

@@ -186,3 +186,15 @@ def test_an_encoder_object_without_the_interface_is_named():
 
     with pytest.raises(GPUAError, match=r"encoder Duck has encode_images but no metadata, embed_dim, is_vlm"):
         create_encoder(Duck())
+
+
+@pytest.mark.parametrize("name", ["w.pth", "w_no_ending"])
+def test_a_state_dict_given_to_hf_or_onnx_names_the_specs_that_load_it(tmp_path, monkeypatch, name):
+    """Was: hf: said only "takes a folder", onnx: only "could not be read as an ONNX model"."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    monkeypatch.chdir(tmp_path)
+    torch.save({"weight": torch.zeros(2)}, name)
+    for spec in (f"hf:{name}", f"onnx:{name}"):
+        with pytest.raises(GPUAError, match=rf"It is a PyTorch checkpoint .*pass 'timm:ARCH/{name}' or 'open_clip:ARCH/{name}'"):
+            create_encoder(spec, cache_dir=tmp_path / "cache")

@@ -54,4 +54,4 @@ def test_errors(tmp_path, reg_ckpt):
         create_encoder(f"timm:test_vit?checkpoint={reg_ckpt}")
     with pytest.raises(GPUAError) as e:
         create_encoder("timm:test_vit")  # pretrained weights, not downloadable offline
-    assert "Looked in" in str(e.value) and "timm:test_vit//path/to/weights.pth" in str(e.value)
+    assert "Looked in" in str(e.value) and "timm:test_vit/PATH (PATH the weights file, relative or absolute)" in str(e.value)

@@ -334,12 +334,12 @@ class JsonOutput(_StdoutOrFile):
 
     def write(self, obj) -> None:
         """Strict JSON of ``obj`` (non-finite numbers as null) to the file or to stdout; nothing without ``--json``."""
-        from ..report import json_text, write_json
+        from ..report import json_text, mark_report, write_json
 
         if self.path is None:
             return
         if self.to_stdout:
-            self._stdout.write(json_text(obj) + "\n")
+            self._stdout.write(json_text(mark_report(obj)) + "\n")
             self._stdout.flush()
         else:
             write_json(self.path, obj)

@@ -262,6 +262,10 @@ def _npz_strings(z, key: str, source: str) -> list[str]:
     raise GPUAError(f"{source!r}: {key} has dtype {a.dtype}, not text; store np.asarray(names, dtype=str).")
 
 
+#: The arrays an image .npz may hold (``source_paths`` or ``image_ids``: the images' names).
+_NPZ_KEYS = ("images", "labels", "classnames", "source_paths", "image_ids")
+
+
 def _dataset_from_npz(
     f: IO[bytes], source: str, name: str, split: str | None, user_names: list[str] | None
 ) -> ArrayImageDataset:
@@ -275,6 +279,10 @@ def _dataset_from_npz(
         keys = set(z.files)
         if "images" not in keys:
             raise GPUAError(f"{source!r} has no 'images' array (it holds {sorted(keys)}); save images=(N, H, W, 3) uint8.")
+        unread = sorted(keys - set(_NPZ_KEYS))
+        if unread:  # was: labels saved as 'label', 'targets' or 'y' were dropped without a word (an unlabelled set)
+            hint = " (if one holds each image's class, save it as 'labels')" if "labels" not in keys else ""
+            warn_user(f"{source!r} holds {unread}, which are not read; gpua reads {list(_NPZ_KEYS)}{hint}.")
         try:
             # Read everything now: the file handle closes when this function returns.
             images = z["images"]
@@ -1055,8 +1063,9 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
     if splits and len(splits) == len(folders):
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.
-        raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; pass split= one of them (--split "
-                        f"on `gpua extract`), or give the folder of one ({str(base / folders[0])!r}).")
+        raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; give the folder of one "
+                        f"({str(base / folders[0])!r}: `gpua classify --images {base / folders[0]}`), or name one (`gpua extract "
+                        f"--split {folders[0]}`, load_dataset(..., split={folders[0]!r})).")
     if len(splits) > 1:  # train/, test/ and a third folder: classes named like splits are rare, a stray folder is not
         warn_user(f"image folder {str(base)!r} has folders named like splits ({', '.join(map(repr, splits))}) beside "
                   f"{len(folders) - len(splits)} other(s); each is read as a class. If they are splits, pass split= one "

@@ -8,9 +8,9 @@ import re
 import os
 from pathlib import Path
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 
-__all__ = ["read_string_list", "read_located", "read_text", "load_json", "is_json", "clean_edges"]
+__all__ = ["warn_file_over_builtin", "read_string_list", "read_located", "read_text", "load_json", "is_json", "clean_edges"]
 
 # White space and the invisible characters editors leave at a line's ends: a byte-order mark
 # (two Windows-saved files concatenated put one before a line), zero-width spaces and word joiners.
@@ -166,3 +166,13 @@ def _json_strings(data, p: Path, what: str, index_dict: bool) -> list[str]:
             raise GPUAError(f"{what} file {str(p)!r}: entry {i} is {entry!r}; every entry must be a non-empty string.")
         out.append(clean_edges(entry))
     return out
+
+
+def warn_file_over_builtin(text: str, argument: str, builtin: str) -> None:
+    """Say that a bare name (no folder part) read as a file of the working folder is not the built-in
+    ``builtin`` of that name (was: a file ``simple`` beside the user replaced the template set
+    ``simple`` without a word). The caller has found both."""
+    if "/" in text or os.sep in text:
+        return  # "./simple": the file is meant
+    warn_user(f"{argument}={text!r} reads the file {text!r} in the working folder, not the built-in {builtin} of that name; "
+              f"write ./{text} to mean the file (and silence this), or rename the file to use the built-in {builtin}.")

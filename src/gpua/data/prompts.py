@@ -41,10 +41,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import GPUAError
+from .._errors import GPUAError, warn_user
 from .._validation import check_matrix
 from ._registry import KNOWN_DATASETS, canonical_name, dataset_info
-from ._textfiles import clean_edges, read_located
+from ._textfiles import clean_edges, read_located, warn_file_over_builtin
 from .classnames import resolve_class_prompts
 
 __all__ = [
@@ -256,6 +256,10 @@ def _checked(located: Sequence[tuple[int | str, object]], source: str) -> list[s
         out.append(t)
     if not out:
         raise GPUAError(f"{source} is empty; give at least one template.")
+    repeated = sorted({t for t in out if out.count(t) > 1}, key=out.index)
+    if repeated:  # kept (a weighting may be meant), but said: the ensemble averages every line
+        warn_user(f"{source} lists {len(repeated)} template(s) more than once (first: {repeated[0]!r}); each copy counts in the "
+                  "ensemble's average, so it weighs more. Delete the copies unless that is meant.")
     return out
 
 
@@ -306,12 +310,14 @@ def get_templates(name_or_path: str | os.PathLike | Sequence[str]) -> list[str]:
     text = os.fspath(name_or_path)
     if text.startswith("~") and os.path.exists(os.path.expanduser(text)):  # a Python caller's "~/t.txt", as the shell's
         text = os.path.expanduser(text)
+    key = text.strip().lower().replace("-", "_")
     if os.path.isfile(text):
+        if key in TEMPLATE_SETS or canonical_name(text) is not None:
+            warn_file_over_builtin(text, "templates", "template set")
         return _read_template_file(text, f"template file {text!r}")
     if os.path.isdir(text):
         raise GPUAError(f"templates {text!r} is a folder; pass a file of templates (a JSON list, or one template a line), "
                         "or a template set's name.")
-    key = text.strip().lower().replace("-", "_")
     if key in TEMPLATE_SETS:
         return list(TEMPLATE_SETS[key])
     canon = canonical_name(text)

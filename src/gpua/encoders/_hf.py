@@ -42,6 +42,7 @@ in the joint image-text space:
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Any
 
@@ -288,6 +289,13 @@ class HFEncoder(TorchEncoder):
             raise missing_weights_error(f"the transformers config of {spec!r}", hub_cache or constants.HF_HUB_CACHE, exc,
                                         "hf:/path/to/folder/with/config.json") from None
         if config.model_type not in SUPPORTED_MODEL_TYPES:
+            tower = re.fullmatch(r"(clip|siglip)_(vision|text)_model", config.model_type or "")
+            if tower:  # a diffusion pipeline's image_encoder/ or text_encoder/: no other back end reads it either
+                raise GPUAError(
+                    f"{spec!r} is a {config.model_type!r}: the {tower.group(2)} tower of a {tower.group(1)!r} model alone. The hf "
+                    f"back end reads the whole model (both towers, model_type {tower.group(1)!r}), whose text tower gives the "
+                    "class prototypes: pass the folder (or hub id) of the full model."
+                )
             raise GPUAError(
                 f"{spec!r} is a {config.model_type!r} model; the hf back end supports {sorted(SUPPORTED_MODEL_TYPES)}. "
                 "Use the timm:, open_clip: or onnx: back end for other models." + (layout_hint(name, "hf") if local else "")

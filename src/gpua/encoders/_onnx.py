@@ -124,7 +124,7 @@ def _load_graph_proto(src: Path):
     except Exception as exc:  # protobuf DecodeError / json ParseError for a file that is not ONNX
         raise OnnxLoadError(
             f"ONNX file {str(src)!r} could not be read as an ONNX model ({error_summary(exc)}); pass an .onnx "
-            "model file (torch.onnx.export or optimum output), e.g. 'onnx:/models/vit.onnx'.",
+            f"model file (torch.onnx.export or optimum output), e.g. 'onnx:/models/vit.onnx'.{layout_hint(src, 'onnx')}",
             f"it does not read as an ONNX model: {error_summary(exc)}",
         ) from None
 
@@ -224,11 +224,28 @@ def cut_onnx_graph(source: str | os.PathLike, input_name: str, output_names: Seq
             # Shape inference first (inside extract_model): the extractor needs the cut tensor's type.
             onnx.utils.extract_model(str(src), str(tmp), [input_name], list(output_names), check_model=False)
         except ValueError as exc:
-            raise GPUAError(
-                f"cannot cut ONNX file {str(src)!r} from {input_name!r} to {list(output_names)} ({exc}); name "
-                "existing node outputs, listed by [o for n in onnx.load(path).graph.node for o in n.output]."
-            ) from None
+            raise GPUAError(f"cannot cut ONNX file {str(src)!r} from {input_name!r} to {list(output_names)} ({exc}); "
+                            + _cut_fix(src, input_name, output_names)) from None
     return target
+
+
+def _cut_fix(src: Path, input_name: str, output_names: Sequence[str]) -> str:
+    """What to name instead when a cut of ``src`` fails: the graph's inputs for an unknown ``input=``
+    (was: told to name node outputs, which an input is not), the way to list node outputs for an
+    unknown ``output=``."""
+    import onnx
+
+    listing = "name existing node outputs, listed by [o for n in onnx.load(path).graph.node for o in n.output]."
+    try:
+        graph = onnx.load(str(src), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - the cut's own error is said already; this only adds the fix
+        return listing
+    inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    tensors = set(inputs) | {o for n in graph.node for o in n.output}
+    if input_name not in tensors:
+        return f"input={input_name!r} is no tensor of the graph: its inputs are {inputs} (or cut from a node output)."
+    missing = [o for o in output_names if o not in tensors]
+    return f"output {missing} {'is' if len(missing) == 1 else 'are'} no tensor of the graph; {listing}" if missing else listing
 
 
 class OnnxEncoder(Encoder):

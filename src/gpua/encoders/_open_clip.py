@@ -219,7 +219,7 @@ class OpenCLIPEncoder(TorchEncoder):
                 raise GPUAError(
                     f"spec {spec!r} names no weights; write 'open_clip:{arch}/TAG' with a tag from "
                     f"{open_clip.list_pretrained_tags_by_model(arch) or ['(none known)']} or a local checkpoint "
-                    f"'open_clip:{arch}//path/to/ckpt.pt'."
+                    f"'open_clip:{arch}/PATH' (PATH the checkpoint file, relative or absolute: 'open_clip:{arch}//abs/ckpt.pt')."
                 )
             if not os.path.isfile(os.path.expanduser(tag)) and tag not in open_clip.list_pretrained_tags_by_model(arch):
                 raise GPUAError(
@@ -258,7 +258,7 @@ class OpenCLIPEncoder(TorchEncoder):
                     ) from None
                 raise missing_weights_error(
                     f"open_clip weights for {spec!r}", str(where or constants.HF_HUB_CACHE), exc,
-                    f"open_clip:{model_name}//path/to/open_clip_pytorch_model.bin",
+                    f"open_clip:{model_name}/PATH (PATH the checkpoint file, relative or absolute)",
                 ) from None
             # An hf-hub model's tokenizer is named in its open_clip_config.json, which lies in `where`
             # like its weights; without cache_dir open_clip looks in huggingface_hub's default cache.

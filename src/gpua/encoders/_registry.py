@@ -119,7 +119,7 @@ def create_encoder(spec: str | Encoder, device: str = "cpu", *, cache_dir: str |
     ----------
     spec : str or Encoder
         ``"backend:name"``; see :func:`list_encoders`. Examples: ``"open_clip:ViT-B-16/openai"``,
-        ``"open_clip:ViT-B-16//path/to/ckpt.pt"``, ``"hf:openai/clip-vit-base-patch16"``,
+        ``"open_clip:ViT-B-16/ckpt.pt"`` (a checkpoint file after the first ``/``, relative or absolute: ``"open_clip:ViT-B-16//abs/ckpt.pt"``), ``"hf:openai/clip-vit-base-patch16"``,
         ``"hf:/path/to/saved/model"``, ``"timm:vit_small_patch14_dinov2.lvd142m"``,
         ``"onnx:/path/model.onnx?input=pixel_values&output=last_hidden_state"``,
         ``"offline:dinov2-s"``. An :class:`Encoder`, or another object with ``encode_images`` (what
@@ -420,6 +420,26 @@ def local_layout(path: str | os.PathLike) -> str | None:
     return f"onnx:{graphs[0]}" if len(graphs) == 1 else None
 
 
+#: Endings of a bare PyTorch checkpoint file (a state dict), loaded by the timm: and open_clip: back ends.
+_CHECKPOINT_ENDINGS = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def _is_checkpoint_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that reads as a PyTorch checkpoint: its ending, or torch.save's zip
+    or pickle start."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return False
+    if p.suffix.lower() in _CHECKPOINT_ENDINGS:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def layout_hint(path: str | os.PathLike, backend: str) -> str:
     """A sentence naming the back end that loads ``path`` when it is not ``backend``, else ``""``.
 
@@ -436,6 +456,9 @@ def layout_hint(path: str | os.PathLike, backend: str) -> str:
         E.g. ``" It holds a timm model: pass 'timm:/models/vit'."`` (with a leading space).
     """
     spec = local_layout(path)
+    if spec is None and backend in ("hf", "onnx") and _is_checkpoint_file(path):
+        return (f" It is a PyTorch checkpoint (weights without their architecture): pass 'timm:ARCH/{path}' or "
+                f"'open_clip:ARCH/{path}' with the architecture it was saved from.")
     if spec is None or spec.partition(":")[0] == backend:
         return ""
     kind = {"onnx": "an ONNX model", "open_clip": "an open_clip model", "timm": "a timm model",

@@ -145,10 +145,10 @@ class TimmEncoder(TorchEncoder):
                         f"the timm model of {spec!r}", name[len("local-dir:"):], exc,
                         "A timm model folder holds config.json (with 'architecture') and model.safetensors or "
                         "pytorch_model.bin, as timm's save_for_hf writes; for a bare state dict pass "
-                        "'timm:ARCH//path/to/weights.pth' instead.",
+                        "'timm:ARCH/PATH' instead (PATH the weights file, relative or absolute: 'timm:ARCH//abs/w.pth').",
                         backend="timm",
                     ) from None
-                looked, local = kw.get("cache_dir") or constants.HF_HUB_CACHE, f"timm:{name.split(':')[-1]}//path/to/weights.pth"
+                looked, local = kw.get("cache_dir") or constants.HF_HUB_CACHE, f"timm:{name.split(':')[-1]}/PATH (PATH the weights file, relative or absolute)"
                 repo = _hub_repo(timm, name)
                 if repo is not None and not isinstance(exc, OSError):  # cached (absent files raise OSError) but not loadable
                     raise damaged_cache_error(f"timm weights for {spec!r}", looked, repo, exc, local) from None
@@ -228,7 +228,7 @@ def _warn_if_tags_disagree(timm, arch: str, spec: str, checkpoint: str) -> None:
     ``timm.create_model(arch)`` takes its ``pretrained_cfg`` (mean, std, crop) from the
     architecture's default tag; ``vit_base_patch16_224``'s tags use mean 0.5, CLIP's and
     ImageNet's mean, so a checkpoint of another tag would be fed the wrong normalisation. Naming
-    the tag (``timm:ARCH.TAG//path``) picks its preprocessing.
+    the tag (``timm:ARCH.TAG/PATH``) picks its preprocessing.
     """
     from timm.models import get_pretrained_cfg
 

@@ -54,7 +54,7 @@ import numpy as np
 from ..._errors import GPUAError
 from ..._validation import check_classnames
 from .._registry import COOP_DATASETS, KNOWN_DATASETS, canonical_name
-from .._textfiles import clean_edges, is_json, load_json, read_located, read_text
+from .._textfiles import clean_edges, is_json, load_json, read_located, read_text, warn_file_over_builtin
 
 __all__ = [
     "COOP_DATASETS",
@@ -280,6 +280,7 @@ def _read_class_file(path: str | os.PathLike) -> tuple[list[str], list[list[str]
         if not located:
             raise GPUAError(f"{source} holds only comments; write one class per line.")
         _refuse_spreadsheet_columns(located, source)
+        _refuse_numbered_lines(located, source)
     matches = [_WNID_LINE.match(e) for _, e in located]
     if not all(matches):
         return (*_parse_located(located, source), None)
@@ -334,6 +335,31 @@ def _refuse_spreadsheet_columns(located: Sequence[tuple[str, str]], source: str)
                             f"number on each (line {located[-1][1]!r}): a spreadsheet's columns (an index, a count), not a "
                             "class and its prompt words; give the class names alone, one per line (or 'name: word, word'; classes "
                             "named by a number: '0: zero').")
+
+
+_NUMBERED_LINE = re.compile(r"(\d+)[.)]?\s+\S")
+_BULLET_LINE = re.compile(r"[-*\u2022]\s+\S")
+
+
+def _refuse_numbered_lines(located: Sequence[tuple[str, str]], source: str) -> None:
+    """Refuse a class-name file whose lines are numbered 0, 1, 2... or 1, 2, 3... (UCF101's
+    ``classInd.txt``: ``1 ApplyEyeMakeup``; a list ``1. cat``) or bulleted (``- cat``): the number or
+    the bullet would be part of every class name and of its prompts ("a photo of a 1 cat."), without
+    a word otherwise. Lines with a ``:`` are the ``name: words`` form, never checked."""
+    if len(located) < 2 or any(":" in e for _, e in located):
+        return
+    numbers = [_NUMBERED_LINE.match(e) for _, e in located]
+    if all(numbers):
+        index = [int(m.group(1)) for m in numbers]  # type: ignore[union-attr]
+        if index in (list(range(len(index))), list(range(1, len(index) + 1))):
+            where, first = located[0]
+            raise GPUAError(f"{source}: every line starts with its number ({where}: {first!r}), which would be part of each class "
+                            "name and its prompts; give the class names alone, one per line, in class order (e.g. "
+                            "cut -d' ' -f2- FILE), or, for classes named so, 'name: words' lines.")
+    if all(_BULLET_LINE.match(e) for _, e in located):
+        where, first = located[0]
+        raise GPUAError(f"{source}: every line starts with a bullet ({where}: {first!r}), which would be part of each class "
+                        "name; give the class names alone, one per line.")
 
 
 def _without_comment(line: str) -> str:
@@ -406,6 +432,8 @@ def _resolve_classes(
         return None
     if isinstance(classnames, (str, os.PathLike)):
         if os.path.isfile(os.path.expanduser(classnames)):  # "~/classes.txt" from Python, as the shell expands it
+            if canonical_name(str(classnames)) is not None:
+                warn_file_over_builtin(str(classnames), "classnames", "class list")
             classnames = os.path.expanduser(classnames)
             return _read_class_file(classnames)
         if canonical_name(str(classnames)) is not None:
