@@ -458,7 +458,7 @@ def test_a_folder_of_split_folders_says_how_classify_reads_one(folders, capsys):
     assert main(["classify", "--images", "photos", "--classnames", "classes.txt", "--out", "p.csv", "--vfm", "planted:vfm",
                  "--vlm", "planted:vlm", "--cache-dir", "cache", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "holds the split folders ['test', 'train']; give the folder of one ('photos/test': `gpua classify --images photos/test`)" in err
+    assert "holds the split folders ['test', 'train']; give the folder of one ('photos/test'), or (with `gpua extract`, or in Python)" in err
 
 
 def test_cache_names_of_deep_local_model_paths_fit_the_file_system(tmp_path):

@@ -111,3 +111,21 @@ def test_compare_writes_the_whole_result_when_the_last_progress_line_fails(plant
     monkeypatch.setattr(builtins, "print", real_print)
     saved = json.loads(out.read_text())
     assert [r["method"] for r in saved["results"]] == ["zero_shot", "procrustes_only"] and saved["complete"] is True
+
+
+def test_a_methods_warnings_are_kept_with_its_row(planted, monkeypatch):
+    """Was: a collapsed LFA's warning was printed, but its row (and `compare --json`) carried no word of it."""
+    from gpua.baselines import VLMZeroShot
+
+    fit = VLMZeroShot.fit
+
+    def warning_fit(self, *a, **k):
+        warnings.warn("this method collapsed", UserWarning)
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(VLMZeroShot, "fit", warning_fit)
+    train, test = planted
+    with pytest.warns(UserWarning, match="this method collapsed"):  # still shown
+        rows = compare_methods(_features(train), _features(test, slice(0, 200)), ["zero_shot", "procrustes_only"],
+                               overrides={"n_steps": 3})
+    assert rows[0]["warnings"] == ["this method collapsed"] and "warnings" not in rows[1]

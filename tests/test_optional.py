@@ -127,3 +127,24 @@ def test_segment_command_says_it_before_loading_a_model(monkeypatch, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gpua segment: error: gpua segment (its masks' palette and overlays) needs imgviz" in err
     assert "pip install 'gpua[seg]'" in err and not (tmp_path / "masks").exists()
+
+
+def test_a_package_whose_import_fails_on_its_settings_names_the_setting(monkeypatch):
+    """Was: MPLBACKEND=typo gave matplotlib's ValueError traceback from deep inside its import."""
+    import importlib
+
+    from gpua._errors import GPUAError, MissingDependencyError
+    from gpua._optional import import_optional
+
+    def broken(name):
+        raise ValueError("Key backend: 'typo' is not a valid value for backend")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    monkeypatch.setenv("MPLBACKEND", "typo")
+    with pytest.raises(GPUAError, match=r"the plot needs matplotlib, which is installed but fails to import here \(ValueError: "
+                                        r"Key backend.*\); check MPLBACKEND='typo' in the environment") as caught:
+        import_optional("matplotlib.figure", "the plot")
+    assert not isinstance(caught.value, MissingDependencyError)  # installed: not a missing package
+    monkeypatch.delenv("MPLBACKEND")
+    with pytest.raises(GPUAError, match=r"fails to import here .*; reinstall it"):
+        import_optional("matplotlib.figure", "the plot")

@@ -99,6 +99,10 @@ def test_write_json_writes_strict_json(tmp_path):
     # was: NaN / Infinity / -Infinity (invalid JSON for strict readers: JavaScript, jq), np.bool_ as the string "True",
     # and a TypeError for a numpy integer key
     back = json.loads(text, parse_constant=refuse)
+    from gpua import __version__
+
+    # the first key marks a report gpua wrote (a later run may replace it, and only it)
+    assert list(back)[0] == "written_by" and back.pop("written_by") == f"gpua {__version__}"
     assert back == {"a": None, "b": [None, None], "c": 0.5, "d": True, "e": {"3": [0, 1]}}
 
 

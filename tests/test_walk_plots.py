@@ -192,3 +192,57 @@ def test_pgf_without_latex_is_refused_before_any_work(tmp_path, monkeypatch):
     assert ".pgf" not in str(caught.value).split("use one of", 1)[1]
     monkeypatch.setattr(report, "_has_latex", lambda: True)
     assert plot_format(tmp_path / "c.pgf") == "pgf"
+
+
+@pytest.mark.parametrize("name", ["c.png", "c.pdf", "c.svg", "c.svgz", "c.eps", "c.ps", "confusion"])
+def test_plots_in_formats_that_carry_metadata_are_marked_as_gpuas(tmp_path, name):
+    from gpua._atomic import written_by_gpua_plot
+
+    out = plot_confusion_matrix(tmp_path / name, _conf(["cat", "dog"]))
+    assert written_by_gpua_plot(out)
+    (tmp_path / "other.png").write_bytes(b"\x89PNG\r\n\x1a\nSoftware\x00Matplotlib")  # a user's own figure
+    assert not written_by_gpua_plot(tmp_path / "other.png")
+
+
+def test_evaluate_plot_replaces_only_a_plot_gpua_wrote(tmp_path, capsys):
+    """Was: `evaluate --plot NOTES` (or a photo, a script) replaced that file with the PNG, without a word."""
+    from PIL import Image
+
+    from gpua import GPUA
+    from gpua.cli import main
+    from gpua.features import save_features
+
+    rng = np.random.default_rng(0)
+    Z, X, Y = rng.normal(size=(40, 8)), rng.normal(size=(40, 6)), rng.normal(size=(3, 6))
+    feats = save_features(tmp_path / "f.npz", vfm_features=Z, vlm_features=X, text_prototypes=Y, labels=np.arange(40) % 3,
+                          classnames=["a", "b", "c"])
+    model = GPUA(n_steps=3, self_learning=0).fit(Z, X, Y, classnames=["a", "b", "c"]).save(tmp_path / "m.gpua")
+    argv = ["evaluate", "--model", str(model), "--test", str(feats), "--plot"]
+    (tmp_path / "NOTES").write_text("my notes\n")
+    Image.new("RGB", (4, 4)).save(tmp_path / "holiday.png")
+    for name in ("NOTES", "holiday.png"):
+        before = (tmp_path / name).read_bytes()
+        assert main([*argv, str(tmp_path / name)]) == 2
+        assert "is a file gpua did not write, which this command would replace with its plot; nothing was written" in capsys.readouterr().err
+        assert (tmp_path / name).read_bytes() == before
+    for name in ("cm.png", "cm.png", "cm.svgz", "cm.svgz"):  # its own plots: replaced
+        assert main([*argv, str(tmp_path / name)]) == 0, capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "cm.jpg")]) == 0
+    assert main([*argv, str(tmp_path / "cm.jpg")]) == 2  # a JPEG carries no mark: gpua's own is not told from a photo
+    assert "a .jpg file cannot carry gpua's mark" in capsys.readouterr().err
+
+
+def test_a_plot_inside_a_shard_set_is_named_as_such(tmp_path, capsys):
+    """Was: "would write a file with an image's ending inside --test ... give --plot another ending (.csv, .json...)"
+    for a shard set, which holds no images, and endings no plot can have."""
+    from gpua import GPUA
+    from gpua.cli import main
+    from gpua.stream import write_shards
+
+    rng = np.random.default_rng(0)
+    Z, X, Y = rng.normal(size=(40, 8)), rng.normal(size=(40, 6)), rng.normal(size=(3, 6))
+    write_shards(tmp_path / "set", Z, X, labels=np.arange(40) % 3, text_prototypes=Y, classnames=["a", "b", "c"], rows_per_shard=20)
+    model = GPUA(n_steps=3, self_learning=0).fit(Z, X, Y, classnames=["a", "b", "c"]).save(tmp_path / "m.gpua")
+    assert main(["evaluate", "--model", str(model), "--test", str(tmp_path / "set"), "--plot", str(tmp_path / "set" / "r.png")]) == 2
+    err = capsys.readouterr().err
+    assert "lies inside" in err and "a folder gpua wrote and replaces whole" in err and ".csv" not in err

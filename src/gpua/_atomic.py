@@ -453,6 +453,56 @@ def check_report_target(out: Path, path, name: str) -> None:
                         f"written. Choose another {name} (ending in .csv or .json), or delete that file first if it may go.")
 
 
+#: The text every plot gpua writes carries (:func:`plot_metadata`): a later run replaces only a file that holds it.
+PLOT_MARK = "gpua plot"
+#: The formats whose files can carry :data:`PLOT_MARK` -> the metadata key matplotlib writes it under
+#: (a PNG text chunk; the Creator of a PDF, SVG or PostScript file). matplotlib writes no metadata
+#: into the others (JPEG, TIFF, WebP, GIF, AVIF, raw, PGF).
+_PLOT_MARK_KEYS = {"png": "gpua", "pdf": "Creator", "svg": "Creator", "svgz": "Creator", "eps": "Creator", "ps": "Creator"}
+#: Plots larger than this are not read for the mark (then: not gpua's).
+_PLOT_READ_LIMIT = 64 << 20
+
+
+def plot_metadata(fmt: str) -> dict[str, str] | None:
+    """The ``metadata=`` of ``Figure.savefig`` that marks a plot of format ``fmt`` as gpua's (None where it cannot)."""
+    key = _PLOT_MARK_KEYS.get(fmt)
+    return None if key is None else {key: PLOT_MARK}
+
+
+def written_by_gpua_plot(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a plot gpua wrote: a file holding :data:`PLOT_MARK` (an .svgz's once unpacked)."""
+    try:
+        p = Path(path)
+        if not p.is_file() or p.stat().st_size > _PLOT_READ_LIMIT:
+            return False
+        data = p.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            import gzip
+
+            data = gzip.decompress(data)
+    except (OSError, EOFError, ValueError):
+        return False
+    return PLOT_MARK.encode() in data
+
+
+def check_plot_target(out: Path, path, name: str) -> None:
+    """Refuse a plot over an existing file that is not a plot gpua wrote (a photo, a script, a
+    user's own figure): was replaced by the plot without a word, whatever it held."""
+    try:
+        if not out.is_file() or out.stat().st_size == 0 or written_by_gpua_plot(out):
+            return
+    except OSError:
+        return  # what cannot be read is for the write to report
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix and suffix not in _PLOT_MARK_KEYS:  # a .jpg of gpua's own is not told from a photo
+        raise GPUAError(f"{name} {str(path)!r} exists, and a .{suffix} file cannot carry gpua's mark, so a plot gpua wrote there "
+                        f"is not told from a file of yours; nothing was written. Delete it first if it may go, or write a .png, "
+                        ".pdf or .svg plot (marked: the next run replaces it).")
+    raise GPUAError(f"{name} {str(path)!r} is a file gpua did not write, which this command would replace with its plot; nothing "
+                    f"was written. Choose another {name}, or delete that file first if it may go (gpua marks its .png, .pdf, "
+                    ".svg, .svgz, .eps and .ps plots since 2026-12-02: earlier ones carry no mark).")
+
+
 def _has_image_ending(p: Path) -> bool:
     """Whether a file name ends like an image's (any case; also the photo formats counted but not decoded)."""
     from .data._datasets import IMAGE_EXTENSIONS
@@ -609,10 +659,17 @@ def check_output(
         or when the output is a folder where a file is wanted (or the reverse), lies under a
         file, or cannot be written.
     """
+    from .data._loaders import _is_gpua_output
+
     if kind not in _KINDS:
         raise ValueError(f"kind={kind!r}; use one of {_KINDS}.")
     if holds not in _HOLDS:
         raise ValueError(f"holds={holds!r}; use one of {_HOLDS}.")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+    if kind == "file" and text.endswith(("/", os.sep)) and text.strip("/" + os.sep):
+        # was: Path() drops the slash, so `--out results/` wrote a file named results
+        raise GPUAError(f"{name} {text!r} ends with '/', a folder, but this command writes one file there; give a file name "
+                        f"({text.rstrip('/' + os.sep)}/<name>).")
     out = _resolve(path)
     for other_name, value in distinct_from:
         if value is not None and str(value) != "" and _same(out, _resolve(value)):
@@ -636,11 +693,12 @@ def check_output(
                 f"{name} {str(path)!r} {clash} {in_name} {str(value)!r}; writing there would destroy the input. "
                 f"Choose another {name}."
             )
-        if kind == "file" and src.is_dir() and _inside(out, src) and not out.exists() and _has_image_ending(out):
+        if (kind == "file" and src.is_dir() and _inside(out, src) and not out.exists() and _has_image_ending(out)
+                and not _is_gpua_output(os.fspath(src))):  # a shard set is not read for images: said below, as gpua's folder
             raise GPUAError(
                 f"{name} {str(path)!r} would write a file with an image's ending inside {in_name} {str(value)!r}: the next "
-                f"run would read it as one of its images. Give {name} another ending (.csv, .json...), or write it outside "
-                f"{in_name}."
+                f"run would read it as one of its images. Write {name} outside {in_name} (or give it an ending no image "
+                "file has)."
             )
         if in_name in _CLASS_FOLDER_INPUTS and src.is_dir() and _inside(out, src):
             new = _new_class_folder(out, src, kind)

@@ -11,9 +11,10 @@ one line).
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
-from ._errors import MissingDependencyError
+from ._errors import GPUAError, MissingDependencyError
 
 __all__ = ["OPTIONAL_DEPENDENCIES", "import_optional"]
 
@@ -32,6 +33,10 @@ OPTIONAL_DEPENDENCIES: dict[str, tuple[str, str]] = {
     "efficientnet_lite_pytorch": ("efficientnet-lite-pytorch", "offline"),
     "pillow_heif": ("pillow-heif", "heif"),
 }
+
+
+#: The environment variables a package reads as it is imported (a bad value stops the import).
+_SETTINGS_PREFIX = {"matplotlib": "MPL"}
 
 
 def import_optional(module: str, purpose: str) -> ModuleType:
@@ -62,3 +67,10 @@ def import_optional(module: str, purpose: str) -> ModuleType:
             f"{purpose} needs {distribution}, which does not import here ({exc}); install it with "
             f"pip install '{distribution}' or pip install 'gpua[{extra}]'."
         ) from exc
+    except Exception as exc:  # installed, but its import fails on its settings (MPLBACKEND=typo): was a traceback
+        top = module.partition(".")[0]
+        setting = [k for k in os.environ if k.upper().startswith(_SETTINGS_PREFIX.get(top, "\0"))]
+        hint = (f"check {', '.join(f'{k}={os.environ[k]!r}' for k in setting)} in the environment (unset it, or set a "
+                "valid value)" if setting else f"reinstall it (pip install --force-reinstall '{distribution}')")
+        raise GPUAError(f"{purpose} needs {distribution}, which is installed but fails to import here "
+                        f"({type(exc).__name__}: {exc}); {hint}.") from exc

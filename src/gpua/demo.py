@@ -50,16 +50,6 @@ def _is_demo_results(path: Path) -> bool:
     return isinstance(data, dict) and {"gpua_version", "runs", "vlm"} <= set(data) and "CIFAR-10" in str(data.get("data", ""))
 
 
-def _is_demo_plot(path: Path) -> bool:
-    """Whether ``path`` is a PNG that matplotlib wrote (an earlier demo's plot, maybe of a run stopped before its JSON)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Software\x00Matplotlib" in head
-
-
 def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: str = "out_dir", cache_name: str = "cache_dir",
                      no_plot_name: str = "plot=False") -> None:
     """Refuse, before any extraction, an output folder or a feature cache the demo cannot use, or a
@@ -71,7 +61,7 @@ def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: st
     ``$GPUA_CACHE_DIR``, else the user cache folder) must be a folder that can be written; the
     error names where it came from, not an inner file path.
     """
-    from ._atomic import check_output
+    from ._atomic import check_output, written_by_gpua_plot
     from ._errors import GPUAError, MissingDependencyError
     from ._optional import import_optional
     from .encoders import cache_dir as cache_root
@@ -86,7 +76,8 @@ def check_demo_paths(out_dir, cache_dir=None, *, plot: bool = True, out_name: st
     check_output(out, out_name, kind="folder")
     results, png = out / RESULTS_NAME, out / PLOT_NAME
     ours = results.is_file() and _is_demo_results(results)
-    for f, is_ours in ((results, ours), (png, ours or _is_demo_plot(png))):
+    # the plot: beside the demo's results.json, or marked as gpua's (was: any matplotlib PNG, a user's own figure too)
+    for f, is_ours in ((results, ours), (png, ours or written_by_gpua_plot(png))):
         if (f.exists() or f.is_symlink()) and (not is_ours or not f.is_file()) and (plot or f is results):
             raise GPUAError(f"{out_name} {str(out_dir)!r} already holds {f.name}, which an earlier gpua demo did not write; the demo "
                             f"writes {RESULTS_NAME} and {PLOT_NAME} there: pass another {out_name} or move that file.")
@@ -143,7 +134,7 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
 
     TSNE = import_optional("sklearn.manifold", "the demo's embedding plot (t-SNE)").TSNE
 
-    from ._atomic import atomic_path
+    from ._atomic import atomic_path, plot_metadata
 
     labels = np.asarray(labels)
     if len(labels) > max_points:
@@ -169,7 +160,7 @@ def embedding_plot(path: Path, panels: Sequence[tuple[str, np.ndarray]], labels:
     fig.legend(handles=handles, loc="lower center", ncol=min(10, len(classnames)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata=plot_metadata("png"))
     return Path(path)
 
 
@@ -185,6 +176,7 @@ def run_demo(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns (and writes) the results dictionary."""
+    from ._atomic import written_by_gpua_plot
     from .baselines import make_method
     from .classify import check_methods
     from .features import load_features
@@ -237,6 +229,6 @@ def run_demo(
     results["total_seconds"] = time.perf_counter() - t_start
     path = write_json(out_dir / RESULTS_NAME, results)
     print(f"wrote {path}" + (f" and {results['plot']}" if "plot" in results else "") + f" ({results['total_seconds']:.0f} s)")
-    if "plot" not in results and _is_demo_plot(out_dir / PLOT_NAME):
+    if "plot" not in results and written_by_gpua_plot(out_dir / PLOT_NAME):
         print(f"note: {out_dir / PLOT_NAME} is left from an earlier run, not this one (the plot was skipped)")
     return results

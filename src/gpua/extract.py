@@ -1029,7 +1029,9 @@ class _ReusedRows:
                 if explicit:
                     why = lent if isinstance(lent, str) else ("none of its images is one of these, unchanged since it was "
                                                               "written")
-                    warn_user(f"reuse: {str(path)!r} lends no features ({why}); its images are encoded again.")
+                    # the other sources may still lend the rows (was: "its images are encoded again" beside
+                    # a summary that counted them copied)
+                    warn_user(f"reuse: {str(path)!r} lends no features ({why}); it is ignored.")
                 continue
             j, rows, store = lent
             for k in j:

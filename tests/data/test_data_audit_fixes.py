@@ -31,7 +31,7 @@ def test_flat_split_folders_are_not_read_as_two_classes(tmp_path):
         (tmp_path / split).mkdir()
         for i in range(2):
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / f"{i}.png")
-    with pytest.raises(GPUAError, match=r"holds the split folders \['test', 'train'\]; give the folder of one .*\(`gpua extract --split test`, load_dataset\(\.\.\., split='test'\)\)"):
+    with pytest.raises(GPUAError, match=r"holds the split folders \['test', 'train'\]; give the folder of one .*, or \(with `gpua extract`, or in Python\) pass split= one of them"):
         load_dataset(str(tmp_path))  # was: classes ['test', 'train'], labels 0 and 1
     ds = load_dataset(str(tmp_path), split="train")
     assert len(ds) == 2 and ds.n_classes == 0  # an unlabeled pool

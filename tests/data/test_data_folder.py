@@ -70,7 +70,7 @@ def test_split_subfolder_and_missing_split_lists_present(tmp_path, make_image):
     with pytest.raises(GPUAError, match=r"no split folder 'val'.*\['test', 'train'\]"):
         load_dataset(tmp_path / "d", split="val")
     # Without split= the split folders must not silently become classes.
-    with pytest.raises(GPUAError, match=r"split folders \['test', 'train'\]; pass split="):
+    with pytest.raises(GPUAError, match=r"split folders \['test', 'train'\]; give the folder of one .*pass split="):
         load_dataset(tmp_path / "d")
 
 

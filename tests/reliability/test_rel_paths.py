@@ -175,7 +175,7 @@ def test_a_segmentation_models_sidecar_is_part_of_the_model(seg_dirs, capsys, tm
     assert main([*fit_seg, "--out", str(model)]) == 0  # fit-seg replaces its own model and sidecar
     capsys.readouterr()
     (d / "mine.gpua.seg.json").write_text("my notes")
-    _refused([*fit_seg, "--out", str(d / "mine.gpua")], capsys, d, "sidecar", "not a model gpua saved")
+    _refused([*fit_seg, "--out", str(d / "mine.gpua")], capsys, d, "sidecar", "is a file gpua did not write")
     # gpua fit over the segmentation model: the old sidecar no longer names its classes
     m = load_model(model)
     fs = make_planted(n_samples=200, n_classes=3, d_vfm=m.n_features_vfm_, d_vlm=m.n_features_vlm_, d_latent=4,
@@ -341,3 +341,27 @@ def test_a_model_saved_under_any_name_is_never_replaced_by_a_report(files, tmp_p
     # a model still replaces it (the same kind)
     assert main(["fit", "--train", str(files["train"]), "--out", str(model), "--param", "refine=false", "--quiet"]) == 0
     capsys.readouterr()
+
+
+def test_a_file_output_ending_in_a_slash_is_refused(files, tmp_path, capsys):
+    """Was: `--out results/` wrote a file named results (the slash dropped), and so did --json, --plot and fit --out."""
+    tr, te, m = str(files["train"]), str(files["test"]), str(files["model"])
+    for argv, flag in ((["predict", "--model", m, "--features", te, "--out"], "--out"),
+                       (["fit", "--train", tr, "--no-refine", "--out"], "--out"),
+                       (["evaluate", "--model", m, "--test", te, "--json"], "--json")):
+        target = tmp_path / "results"
+        assert main([*argv, f"{target}/"]) == 2
+        assert f"{flag} '{target}/' ends with '/', a folder, but this command writes one file there" in capsys.readouterr().err
+        assert not target.exists()
+
+
+def test_fit_seg_names_a_users_file_where_its_sidecar_goes(seg_dirs, capsys):
+    """Was: "... Choose another --out's sidecar (models end in .gpua)", an argument there is none of."""
+    d = seg_dirs
+    (d / "my.gpua.seg.json").write_text('{"mine": 1}')
+    argv = ["fit-seg", "--images", str(d / "imgs"), "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm",
+            "--vlm", "planted:vlm", "--templates", "simple", "--out", str(d / "my.gpua")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "where fit-seg writes the model's sidecar, is a file gpua did not write; nothing was written. Choose another --out" in err
+    assert "--out's sidecar" not in err and (d / "my.gpua.seg.json").read_text() == '{"mine": 1}' and not (d / "my.gpua").exists()

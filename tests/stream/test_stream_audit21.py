@@ -63,7 +63,7 @@ def test_a_writer_after_an_interrupted_one_clears_its_leftover_shards(tmp_path):
     np.testing.assert_allclose(fs.read("vfm_features", 0, 200).numpy(), Z[:200], rtol=2e-3)
     # leftovers beside a user's file: said up front, nothing deleted
     (tmp_path / "v").mkdir()
-    (tmp_path / "v" / "shard-000003.vfm.npy").write_bytes(b"x")
+    (tmp_path / "v" / "shard-000003.vfm_features.npy").write_bytes(b"x")
     (tmp_path / "v" / "notes.txt").write_text("mine")
     with pytest.raises(GPUAError, match="holds shard files without an index.json .* beside other files"):
         ShardWriter(tmp_path / "v")
@@ -144,3 +144,20 @@ def test_a_folder_with_another_tools_index_is_not_said_to_lack_one(tmp_path):
     with pytest.raises(GPUAError, match="its index.json is not gpua's and it holds other files"):
         check_destination(d, overwrite=True)
     assert (d / "notes.txt").read_text() == "precious" and (d / "index.json").read_text() == "x"
+
+
+def test_a_users_side_file_named_like_a_shard_is_not_deleted_with_the_set(tmp_path):
+    """Was: any shard-NNNNNN.<word>.npy or .json counted as gpua's, so replacing a set deleted a user's
+    shard-000000.captions.json and shard-000000.clip.npy without a word."""
+    from gpua.features import check_destination
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "feats"
+    write_shards(d, rng.normal(size=(6, 4)), rng.normal(size=(6, 3)), labels=np.arange(6) % 2, image_ids=[f"{i}" for i in range(6)],
+                 rows_per_shard=3)
+    check_destination(d, overwrite=True)  # gpua's own files alone: may be replaced
+    (d / "shard-000000.captions.json").write_text('{"captions": ["a cat"]}')
+    (d / "shard-000000.clip.npy").write_bytes(b"mine")
+    with pytest.raises(GPUAError, match=r"not written by gpua: 'shard-000000.captions.json', 'shard-000000.clip.npy'\); refusing"):
+        check_destination(d, overwrite=True)
+    assert (d / "shard-000000.captions.json").is_file() and (d / "shard-000000.clip.npy").read_bytes() == b"mine"

@@ -87,9 +87,11 @@ def check_paths(
     inputs : sequence of str
         Attributes of ``args`` holding paths the command reads (unset ones are skipped).
     outputs : sequence of (attribute, kind)
-        Attributes holding paths the command writes; kind ``"file"`` (a report: CSV, JSON, a
-        plot), ``"table"`` (a CSV or JSON file: as ``"file"``, and a name ending like an image's
-        is refused, since text there is a slip that could replace a photo), ``"model"`` or
+        Attributes holding paths the command writes; kind ``"file"`` (one file), ``"table"`` (a
+        CSV or JSON report: as ``"file"``, and a name ending like an image's is refused, since text
+        there is a slip that could replace a photo, as is an existing file that is not a report gpua
+        wrote), ``"plot"`` (as ``"file"``, and an existing file that is not a plot gpua wrote is
+        refused: :func:`gpua._atomic.check_plot_target`), ``"model"`` or
         ``"features"`` (a file holding that: see ``holds`` of :func:`gpua._atomic.check_output`),
         ``"folder"`` (files are written into it) or ``"tree"`` (replaced as a whole).
     extra_inputs : sequence of (name, path)
@@ -101,7 +103,7 @@ def check_paths(
         finished ``fit --checkpoint``): on read-only storage they are not refused here; the
         library refuses them only when it must write there.
     """
-    from .._atomic import _has_image_ending, check_output, check_report_target
+    from .._atomic import _has_image_ending, check_output, check_plot_target, check_report_target
 
     ins = [(_flag(a), getattr(args, a, None)) for a in inputs] + list(extra_inputs)
     outs = [(_flag(a), getattr(args, a, None), kind) for a, kind in outputs] + list(extra_outputs)
@@ -122,7 +124,7 @@ def check_paths(
     served_flags = {_flag(a) for a in served}
     for i, (name, path, kind) in enumerate(outs):
         holds = kind if kind in ("model", "features") else "report"
-        check_output(path, name, kind="file" if kind in ("model", "features", "table") else kind, inputs=ins,
+        check_output(path, name, kind="file" if kind in ("model", "features", "table", "plot") else kind, inputs=ins,
                      distinct_from=[(n, p) for n, p, _ in outs[:i]], holds=holds,
                      writable=not (name in served_flags and os.path.lexists(path)))
         if kind == "table" and _has_image_ending(Path(path)):  # after: an input it would replace is named first
@@ -130,6 +132,8 @@ def check_paths(
                             "give a name ending in .csv or .json.")
         if kind == "table":
             check_report_target(Path(path), path, name)
+        if kind == "plot":
+            check_plot_target(Path(path).expanduser(), path, name)
 
 
 def parse_params(pairs: list[str] | None) -> dict:

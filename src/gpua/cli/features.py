@@ -216,7 +216,7 @@ def run_streamed_fit(args: argparse.Namespace, model) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    check_paths(args, inputs=("model", "test"), outputs=(("json", "table"), ("plot", "file")))
+    check_paths(args, inputs=("model", "test"), outputs=(("json", "table"), ("plot", "plot")))
     with JsonOutput(args.json) as out:  # --json -: the table goes to stderr, the JSON alone to stdout
         return _evaluate(args, out)
 
@@ -231,8 +231,8 @@ def _evaluate(args, out: JsonOutput) -> int:
             plot_format(args.plot)
         except MissingDependencyError as exc:  # was: "--the confusion-matrix plot needs matplotlib"
             raise MissingDependencyError(f"--plot {args.plot!r}: {exc} Or drop --plot.") from None
-        except GPUAError as exc:  # "plot 'cm.txt': ..." with the flag's name
-            raise GPUAError(f"--{exc}") from None
+        except GPUAError as exc:  # "plot 'cm.txt': ..." with the flag's name; any other (matplotlib's settings) after it
+            raise GPUAError(f"--{exc}" if str(exc).startswith("plot ") else f"--plot {args.plot!r}: {exc}") from None
     model = load_model(args.model, device=args.device)
     check_model_task(model, "classification", f"--model {args.model!r}")
     test = _read_features(args.test, require=("labels",))

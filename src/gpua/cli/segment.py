@@ -669,6 +669,13 @@ def _fit_seg(args: argparse.Namespace) -> int:
     from ..segment.inference import fit_patch_gpua
     from ._common import FitProgress
 
+    from .._atomic import _is_segmentation_sidecar
+
+    sidecar = Path(args.out + _SEG_META_SUFFIX).expanduser()
+    if (sidecar.exists() or sidecar.is_symlink()) and not (sidecar.is_file() and _is_segmentation_sidecar(sidecar)):
+        # was: "... Choose another --out's sidecar (models end in .gpua)"
+        raise GPUAError(f"--out {args.out!r}: {str(sidecar)!r}, where fit-seg writes the model's sidecar, is a file gpua did not "
+                        "write; nothing was written. Choose another --out, or delete that file first if it may go.")
     check_paths(args, inputs=("images", "classnames", "templates"), outputs=(("out", "model"),),
                 extra_outputs=(("--out's sidecar", args.out + _SEG_META_SUFFIX, "model"),))
     from ..params import check_param

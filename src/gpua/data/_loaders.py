@@ -1064,8 +1064,7 @@ def _load_image_folder(root: Path, split: str | None, user_names: list[str] | No
         # root/train/<class>/x.jpg (or flat root/train/x.jpg) read without split= would silently
         # make "train" and "test" classes.
         raise GPUAError(f"image folder {str(base)!r} holds the split folders {folders}; give the folder of one "
-                        f"({str(base / folders[0])!r}: `gpua classify --images {base / folders[0]}`), or name one (`gpua extract "
-                        f"--split {folders[0]}`, load_dataset(..., split={folders[0]!r})).")
+                        f"({str(base / folders[0])!r}), or (with `gpua extract`, or in Python) pass split= one of them.")
     if len(splits) > 1:  # train/, test/ and a third folder: classes named like splits are rare, a stray folder is not
         warn_user(f"image folder {str(base)!r} has folders named like splits ({', '.join(map(repr, splits))}) beside "
                   f"{len(folders) - len(splits)} other(s); each is read as a class. If they are splits, pass split= one "

@@ -76,8 +76,9 @@ _DISK = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.b
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I64": "int64"}
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.")
 #: The whole names of the shard files a writer makes (:func:`_shard_file`): only these are gpua's
-#: to delete (was: any name starting "shard-", so a WebDataset's shard-000000.tar went too).
-_OWN_SHARD_RE = re.compile(r"^shard-\d{6,}\.(?:safetensors|[a-z_]+\.npy|[a-z_]+\.json)$")
+#: to delete (was: any name starting "shard-", so a WebDataset's shard-000000.tar went too; then
+#: any shard-000000.<word>.npy or .json, so a user's shard-000000.captions.json went too).
+_OWN_SHARD_RE = re.compile(rf"^shard-\d{{6,}}\.(?:safetensors|(?:{'|'.join((*_FEATURE_KEYS, 'labels'))})\.npy|{IDS_KEY}\.json)$")
 _FIX_INDEX = "re-write the shard set (or, if you edited index.json on purpose, delete its 'checksum' entry)"
 
 #: Files verified against their recorded checksum in this process, as ``(path, checksum, identity)``
@@ -117,13 +118,19 @@ def _is_shard_set(path: Path) -> bool:
         return False
 
 
+def _foreign_entries(path: Path) -> list[str]:
+    """The entries of folder ``path`` (sorted names) that are not files of a name a shard writer makes (gpua's marker)."""
+    return sorted(
+        p.name for p in path.iterdir()
+        if not (p.is_file() and not p.is_symlink()
+                and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or _OWN_SHARD_RE.match(p.name)
+                     or (p.name.startswith(".") and TEMP_MARK in p.name)))
+    )
+
+
 def _only_shard_files(path: Path) -> bool:
     """Whether every entry of folder ``path`` is a file of a name a shard writer makes (gpua's marker)."""
-    return all(
-        p.is_file() and not p.is_symlink()
-        and (p.name in (INDEX_NAME, PROTOTYPES_NAME) or _OWN_SHARD_RE.match(p.name) or (p.name.startswith(".") and TEMP_MARK in p.name))
-        for p in path.iterdir()
-    )
+    return not _foreign_entries(path)
 
 
 def _holds_images(path: Path, look: int = 200) -> bool:
@@ -222,10 +229,12 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool, name: str = "
     if _is_shard_set(path):
         if not overwrite:
             raise GPUAError(f"{str(path)!r} already holds a shard set; pass overwrite=True or write to another folder.")
-        if not _only_shard_files(path):
+        foreign = _foreign_entries(path)
+        if foreign:
+            shown = ", ".join(map(repr, foreign[:3])) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise GPUAError(
-                f"{name}={str(path)!r} is a shard set that also holds other files (not written by gpua); refusing to "
-                "replace it with everything in it. Move those files away, or write to another folder."
+                f"{name}={str(path)!r} is a shard set that also holds other files (not written by gpua: {shown}); refusing "
+                "to replace it with everything in it. Move those files away, or write to another folder."
             )
         return
     if not _only_shard_files(path):
