@@ -118,7 +118,7 @@ def check_paths(
     outs = [(n, p, k) for n, p, k in outs if p is not None and not (n == "--json" and str(p) == STDOUT)]
     for name, path, kind in outs:  # commands that take "-" for stdout leave that output out of ``outputs``
         if str(path) == STDOUT:
-            what = "a file" if kind in ("file", "model", "features") else "a folder"
+            what = "a file" if kind in ("file", "model", "features", "table", "plot") else "a folder"
             raise GPUAError(f"{name} - : this command writes {what} there, not to stdout; give a name (./- if a {what[2:]} "
                             f"named '-' is meant).")
     served_flags = {_flag(a) for a in served}
