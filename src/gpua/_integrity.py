@@ -30,6 +30,7 @@ __all__ = [
     "canonical_json",
     "digest",
     "file_digest",
+    "file_head",
     "verify",
     "read_npy_header",
     "read_npz",
@@ -82,6 +83,16 @@ def digest(meta: Mapping[str, Any] | None = None, arrays: Mapping[str, Any] | No
         h.update(canonical_json([name, dtype, list(shape)]))
         h.update(raw)
     return _PREFIX + h.hexdigest()
+
+
+def file_head(path: str | os.PathLike, n: int) -> bytes:
+    """The first ``n`` bytes of a file (fewer when it is shorter), or ``b""`` when it cannot be read:
+    enough to tell a format by its magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
 
 
 def file_digest(path: str | os.PathLike) -> str:

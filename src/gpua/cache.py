@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ._errors import GPUAError
+from ._integrity import file_head
 
 __all__ = ["CacheEntry", "DOWNLOAD_FOLDERS", "FEATURE_FOLDERS", "cache_entries", "clean_cache", "feature_cache_used"]
 
@@ -137,11 +138,7 @@ def _looks_derived(p: Path) -> bool:
     whose first field, ir_version, is a varint: byte 0x08)."""
     if not (p.is_file() and not p.is_symlink() and _DERIVED_NAME.match(p.name)):
         return False
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(6)
-    except OSError:
-        return False
+    head = file_head(p, 6)
     return head == b"\x93NUMPY" if p.suffix == ".npy" else head[:1] == b"\x08"
 
 

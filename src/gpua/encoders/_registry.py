@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable
 
 from .._errors import GPUAError
+from .._integrity import file_head
 from ._base import Encoder
 
 __all__ = ["create_encoder", "list_encoders", "register_encoder", "registry_entries", "parse_spec", "cache_dir", "file_fingerprint",
@@ -432,11 +433,7 @@ def _is_checkpoint_file(path: str | os.PathLike) -> bool:
         return False
     if p.suffix.lower() in _CHECKPOINT_ENDINGS:
         return True
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return False
+    head = file_head(p, 4)
     return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
