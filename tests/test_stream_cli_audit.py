@@ -162,3 +162,26 @@ def test_prototypes_of_another_width_or_without_names_are_said_with_the_flag(dat
     save_features(tmp_path / "same.npz", text_prototypes=d.text_prototypes)
     assert main([*argv, "--prototypes", str(tmp_path / "same.npz")]) == 0  # the set's own rows: its names fit them
     capsys.readouterr()
+
+
+def test_an_interrupted_fit_says_what_its_checkpoint_holds(data, capsys, monkeypatch):
+    """Was: "with --checkpoint, the UCM rounds done are saved there" when no round had finished and
+    no checkpoint folder existed."""
+    import gpua.stream as stream
+
+    root, _ = data
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream, "fit_streaming", interrupted)
+    argv = ["fit", "--shards", str(root / "sh"), "--out", str(root / "m.gpua"), *FAST]
+    assert main([*argv, "--checkpoint", str(root / "ck_none")]) == 130
+    assert "no UCM round had finished, so --checkpoint" in capsys.readouterr().err
+    (root / "ck_some").mkdir()
+    assert main([*argv, "--checkpoint", str(root / "ck_some")]) == 130
+    assert "the UCM rounds done are saved there" in capsys.readouterr().err
+    assert main(argv) == 130
+    assert "pass --checkpoint FOLDER" in capsys.readouterr().err
+    assert main(["fit", "--train", str(root / "train.npz"), "--out", str(root / "m.gpua"), *FAST]) in (0, 130)
+    assert "--checkpoint" not in capsys.readouterr().err  # an in-memory fit has no checkpoint to offer

@@ -365,3 +365,45 @@ def test_fit_seg_names_a_users_file_where_its_sidecar_goes(seg_dirs, capsys):
     err = capsys.readouterr().err
     assert "where fit-seg writes the model's sidecar, is a file gpua did not write; nothing was written. Choose another --out" in err
     assert "--out's sidecar" not in err and (d / "my.gpua.seg.json").read_text() == '{"mine": 1}' and not (d / "my.gpua").exists()
+
+
+def test_evaluate_seg_checks_the_class_file_against_the_classes_the_masks_record(seg_dirs, capsys):
+    """Was: masks of a 5-class model scored against a class file with `background` prepended: each
+    class's IoU printed one name off, without a word (mIoU unchanged, so nothing looked wrong)."""
+    from gpua.segment.io import mask_classnames
+
+    d = seg_dirs
+    common = ["--vfm", "planted:vfm", "--vlm", "planted:vlm", "--templates", "simple"]
+    assert main(["fit-seg", "--images", str(d / "imgs"), "--classnames", str(d / "classes.txt"), *common,
+                 "--param", "refine=false", "--no-progress", "--out", str(d / "seg.gpua")]) == 0
+    assert main(["segment", "--model", str(d / "seg.gpua"), "--images", str(d / "imgs"), "--out", str(d / "masks"),
+                 "--no-overlay"]) == 0
+    names = (d / "classes.txt").read_text().split()
+    assert mask_classnames(next((d / "masks").glob("*.png"))) == names
+    (d / "bg.txt").write_text("background\n" + "\n".join(names) + "\n")
+    (d / "rev.txt").write_text("\n".join(names[::-1]) + "\n")
+    capsys.readouterr()
+    base = ["evaluate-seg", "--pred", str(d / "masks"), "--gt", str(d / "gt")]
+    assert main([*base, "--classnames", str(d / "bg.txt")]) == 2
+    assert f"were written by `gpua segment` for {len(names)} classes" in capsys.readouterr().err
+    assert main([*base, "--classnames", str(d / "rev.txt")]) == 2
+    assert "in another order" in capsys.readouterr().err
+    assert main([*base, "--classnames", str(d / "classes.txt")]) == 0
+
+
+def test_evaluate_seg_with_a_model_names_an_image_and_mask_of_different_sizes(seg_dirs, capsys):
+    """Was: "pred is 32x32 but the ground truth is 16x16; predict at the ground truth's resolution",
+    a fix for --pred masks: with --model gpua makes the prediction, at the image's size."""
+    d = seg_dirs
+    assert main(["fit-seg", "--images", str(d / "imgs"), "--classnames", str(d / "classes.txt"), "--vfm", "planted:vfm",
+                 "--vlm", "planted:vlm", "--templates", "simple", "--param", "refine=false", "--no-progress",
+                 "--out", str(d / "seg.gpua")]) == 0
+    (d / "small").mkdir()
+    for f in (d / "gt").glob("*.png"):
+        Image.open(f).resize((16, 16), Image.NEAREST).save(d / "small" / f.name)
+    capsys.readouterr()
+    assert main(["evaluate-seg", "--model", str(d / "seg.gpua"), "--images", str(d / "imgs"), "--gt", str(d / "small"),
+                 "--classnames", str(d / "classes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "is 32x32 but its ground truth" in err and "is 16x16; a mask has its image's size" in err
+    assert "predict at the ground truth's resolution" not in err

@@ -279,6 +279,10 @@ def test_segment_says_how_many_pixels_the_threshold_labelled(scenes, capsys):
     assert "--threshold 0.999 labelled" in out and "as no class (255)" in out
     n = sum(int((read_label(scenes / "high" / f"t{i}.png") == 255).sum()) for i in range(3))
     assert f"labelled {n:,} of {3 * 40 * 48:,} pixels" in out and n > 0
+    # was: accepted without --threshold, and nothing labelled with it
+    assert main([*base, "--out", str(scenes / "label_only"), "--threshold-label", "0"]) == 2
+    assert "--threshold-label 0 labels the pixels below --threshold, and no --threshold is given" in capsys.readouterr().err
+    assert not (scenes / "label_only").exists()
 
 
 # --------------------------------------------------------------------------- other silent paths

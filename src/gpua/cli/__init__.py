@@ -171,6 +171,8 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         hint = getattr(args, "on_interrupt", None)
+        if callable(hint):  # a hint that depends on what the command had done (fit's checkpoint)
+            hint = hint(args)
         print(f"gpua {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 

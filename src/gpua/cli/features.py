@@ -70,6 +70,16 @@ def _agreement_note(h: dict) -> str:
             "(a label-free consistency check, not an accuracy)")
 
 
+def _fit_interrupt_hint(args) -> str | None:
+    """What an interrupted ``gpua fit`` left: the UCM rounds saved in ``--checkpoint``, or, before the
+    first round had finished, nothing (was: "the rounds done are saved there" for a folder never made)."""
+    if getattr(args, "checkpoint", None) is None:  # a streamed fit may keep them; an in-memory one has nothing to keep
+        return "pass --checkpoint FOLDER to keep the UCM rounds done when a fit is interrupted" if args.shards else None
+    if not Path(args.checkpoint).expanduser().exists():
+        return f"no UCM round had finished, so --checkpoint {args.checkpoint!r} holds nothing yet; the same command starts again"
+    return "with --checkpoint, the UCM rounds done are saved there; the same command resumes from them"
+
+
 def _cmd_fit(args) -> int:
     from ..estimator import GPUA
     from ..report import provenance_from_features
@@ -450,8 +460,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", required=True, help="model file to write (.gpua)")
     add_estimator_arguments(p)
     add_streaming_arguments(p)
-    p.set_defaults(func=_cmd_fit, on_interrupt="with --checkpoint, the UCM rounds done are saved there; the same command resumes "
-                   "from them")
+    p.set_defaults(func=_cmd_fit, on_interrupt=_fit_interrupt_hint)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled feature file",
                        description="Top-1/top-5/mean per-class recall, hubness, and the VLM zero-shot baseline on the same images. "

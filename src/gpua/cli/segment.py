@@ -218,7 +218,7 @@ def _add_inference_args(p) -> None:
                         "--model it is softmax(s x score), s the scale the model's fit chose on its pool of patches "
                         "(proba_scale, as confident as the VLM's zero-shot there; its logit_scale for a model fitted "
                         "before 2026-12-02). The summary says the scale and how many pixels it labelled (default: off)")
-    p.add_argument("--threshold-label", type=int, default=255,
+    p.add_argument("--threshold-label", type=int, default=None,
                    help="label for those pixels: a background class index, or 255, no class (default; with more than 255 "
                         "classes pass 65535, the no class of 16-bit masks)")
 
@@ -548,6 +548,9 @@ def _segmenter(args, classes=None):
     from ..data.prompts import resolve_templates
     from ..segment.inference import DenseSegmenter
 
+    if args.threshold is None and args.threshold_label is not None:  # was: accepted, and nothing labelled with it
+        raise GPUAError(f"--threshold-label {args.threshold_label} labels the pixels below --threshold, and no --threshold is "
+                        "given: add --threshold P, or drop --threshold-label.")
     model, rec = None, {}
     if getattr(args, "model", None):
         model, rec = _load_model(args.model)
@@ -607,7 +610,7 @@ def _segmenter(args, classes=None):
             refine=None if args.refine == "none" else args.refine,
             affinity_topk=args.affinity_topk,
             score_threshold=args.threshold,
-            threshold_label=args.threshold_label,
+            threshold_label=255 if args.threshold_label is None else args.threshold_label,
         )
     except GPUAError as exc:  # said with the command's flags, not the Python arguments
         # Whole names only: a flag already written (--stride) is not rewritten (was "----stride").
@@ -771,7 +774,7 @@ def _segment(args: argparse.Namespace) -> int:
         if _too_small(f, image, side, small):
             continue
         label = labeller(image)
-        write_label_png(out / by_file[f][0], label, len(classnames))  # creates --out with the first mask
+        write_label_png(out / by_file[f][0], label, len(classnames), classnames)  # creates --out with the first mask
         if not args.no_overlay:
             write_overlay_png(out / by_file[f][1], image, label, classnames)
         n += 1
@@ -956,6 +959,23 @@ def _check_same_classes(model_classes: list[str], gt_classes: list[str], gt_what
                       f"index, so it scores {shown}.", stacklevel=2)
 
 
+def _check_mask_classes(mask: Path, gt_classes: list[str], gt_what: str) -> None:
+    """Refuse ``--pred`` masks whose recorded classes (:func:`gpua.segment.io.mask_classnames`) are
+    not ``gt_what``'s: was scored one name off without a word when a class file had an extra
+    ``background`` line. Masks that record none (another tool's, an earlier release's) are taken as given."""
+    from ..segment.io import mask_classnames
+
+    recorded = mask_classnames(mask)
+    if recorded is None:
+        return
+    if len(recorded) != len(gt_classes):
+        shown = ", ".join(map(repr, recorded[:5])) + (", ..." if len(recorded) > 5 else "")
+        raise GPUAError(f"--pred's masks were written by `gpua segment` for {counted(len(recorded), 'class')} ({shown}; "
+                        f"{str(mask)!r} records them) but {gt_what} gives {len(gt_classes)}: their labels would be scored as "
+                        f"other classes. Give the class file the masks were segmented with, in its order.")
+    _check_same_classes(recorded, gt_classes, gt_what)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -1025,7 +1045,7 @@ def _no_prediction(pred_path: Path, img_path, stem: str, ann: Path, leave_out) -
 
 #: evaluate-seg's flags that only a model run on the fly reads, with their defaults.
 _INFERENCE_DEFAULTS = {"vfm": None, "vlm": None, "templates": None, "device": None, "crop": None, "stride": None,
-                       "refine": "none", "affinity_topk": 8, "threshold": None, "threshold_label": 255}
+                       "refine": "none", "affinity_topk": 8, "threshold": None, "threshold_label": None}
 
 
 def _warn_unused_evaluate_flags(args: argparse.Namespace) -> None:
@@ -1095,6 +1115,7 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
         _check_same_classes(list(model_classes), list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
         labeller = _Labeller(seg, classnames)
     shared_names, shared_files = _shared_names(pairs), _shared_files(pairs)
+    pred_classes_checked = False
     for stem, img_path, ann in pairs:
         # Read with the ignore index in effect: --reduce-zero-label turns 0 into it (it turned 0
         # into 255, a class of its own past 255 classes, and left --ignore-index's pixels scored).
@@ -1112,6 +1133,9 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
             if _same_file(pred_path, ann):  # --pred pointed at the ground truth: 100% without a word
                 raise GPUAError(f"--pred's mask {str(pred_path)!r} is the ground truth {str(ann)!r} itself, which would score "
                                 "100%; pass the folder `gpua segment` wrote as --pred (to check the masks, score a copy).")
+            if not pred_classes_checked:  # segment records its masks' classes: the class file must be those
+                _check_mask_classes(pred_path, list(classnames), f"--dataset {args.dataset}" if args.dataset else "--classnames")
+                pred_classes_checked = True
             pred = read_label(pred_path)
         else:
             if img_path is None:
@@ -1123,6 +1147,13 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                 # truth's score, as --pred refuses a missing mask. One line, no Python advice.
                 raise GPUAError(f"{str(img_path)!r} is not a readable image ({_unreadable_why(exc)}); it is truncated, corrupt "
                                 f"or not an image: replace it with a readable copy, or {leave_out(stem, img_path, ann)}.") from None
+            if np.asarray(gt).shape != np.asarray(image).shape[:2]:
+                # was: "pred is HxW but the ground truth ...; predict at the ground truth's resolution", a fix
+                # for --pred masks: with --model gpua predicts, at the image's size
+                (gh, gw), (ih, iw) = np.asarray(gt).shape, np.asarray(image).shape[:2]
+                raise GPUAError(f"{stem}: the image {str(img_path)!r} is {ih}x{iw} but its ground truth "
+                                f"{str(ann)!r} is {gh}x{gw}; a mask has its image's size: pair each image with its own mask, "
+                                "or resize the mask to the image (nearest-neighbour).")
             try:
                 pred = labeller(image)
             except GPUAError as exc:  # e.g. "image[0] is 3x60 pixels, smaller than one patch": name the file

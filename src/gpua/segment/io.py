@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .._optional import import_optional
 
 __all__ = ["NO_CLASS", "NO_CLASS_16BIT", "no_class_label", "make_encoder", "write_label_png", "write_overlay_png",
-           "written_by_segment"]
+           "written_by_segment", "mask_classnames"]
 
 #: "No class" in a label mask: mmseg's 255 in 8-bit masks (at most 255 classes); with 256
 #: classes or more, 255 is a class and the masks are 16-bit, so "no class" is 65535.
@@ -36,9 +37,11 @@ def make_encoder(spec: str, device: str | None = None):
 #: --overwrite`` replaces such files only (a photo of the same name in ``--out`` is the user's).
 PNG_MARK_KEY = "gpua"
 PNG_MARKS = ("segment mask", "segment overlay")
+#: The PNG text key of a mask's class names (a JSON list, index by index): what its labels mean.
+PNG_CLASSES_KEY = "gpua classes"
 
 
-def _write_png(path: Path, array, palette=None, mark: str | None = None) -> None:
+def _write_png(path: Path, array, palette=None, mark: str | None = None, classnames=None) -> None:
     from .._atomic import atomic_path
 
     PIL = import_optional("PIL.Image", "writing PNGs")
@@ -51,6 +54,8 @@ def _write_png(path: Path, array, palette=None, mark: str | None = None) -> None
 
         info = PngInfo()
         info.add_text(PNG_MARK_KEY, mark)
+        if classnames is not None:  # UTF-8 (an iTXt chunk): class names need not be Latin-1
+            info.add_itxt(PNG_CLASSES_KEY, json.dumps([str(c) for c in classnames], ensure_ascii=False))
     with atomic_path(path, suffix=".png") as tmp:
         im.save(tmp, format="PNG", pnginfo=info)
 
@@ -71,7 +76,20 @@ def written_by_segment(path: str | os.PathLike) -> bool:
         return False
 
 
-def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None) -> None:
+def mask_classnames(path: str | os.PathLike) -> list[str] | None:
+    """The class names a mask ``gpua segment`` wrote records (label ``k`` is ``names[k]``), or None
+    for any other file (a ground-truth mask, a mask of a release before 2026-12-02)."""
+    Image = import_optional("PIL.Image", "reading a mask's class names")
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(PNG_CLASSES_KEY) if im.format == "PNG" and im.info.get(PNG_MARK_KEY) == "segment mask" else None
+        names = None if text is None else json.loads(text)
+    except Exception:  # unreadable, not an image, or a damaged record: no names to check against
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None, classnames=None) -> None:
     """Save an (H, W) label map atomically: a palette PNG (VOC colours) for up to 256 labels,
     a 16-bit greyscale PNG beyond.
 
@@ -86,6 +104,9 @@ def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None
         65535: :func:`no_class_label`) the PNG is 16-bit whatever the values, so that every mask
         of one run has one format and class 255 is never read as another tool's "ignore" (was:
         8-bit whenever this image's labels stayed at or below 255). Default: by the values.
+    classnames : sequence of str, optional
+        The name of each label, recorded in the PNG (:func:`mask_classnames`): ``gpua
+        evaluate-seg --pred`` checks its class file against them.
 
     Raises
     ------
@@ -115,9 +136,9 @@ def write_label_png(path: str | os.PathLike, label, n_classes: int | None = None
                         "map such pixels to a class index first, e.g. 255 for \"no class\".")
     if hi <= 255 and (n_classes is None or int(n_classes) <= NO_CLASS):
         colours = import_optional("imgviz", "writing label PNGs (their VOC palette)").label_colormap()
-        _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist(), mark="segment mask")
+        _write_png(Path(path), label.astype(np.uint8), colours.flatten().tolist(), mark="segment mask", classnames=classnames)
     else:
-        _write_png(Path(path), label.astype(np.uint16), mark="segment mask")
+        _write_png(Path(path), label.astype(np.uint16), mark="segment mask", classnames=classnames)
 
 
 def _label_colours(n: int):
