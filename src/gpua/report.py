@@ -334,14 +334,17 @@ def compare_methods(
     rows, fitted = [], {}
     for name in methods:
         est = make_method(name, **(overrides or {}))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            t0 = time.perf_counter()
-            est.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
-            fit_s = time.perf_counter() - t0
-            rep = score_summary(y, est.decision_function(test.vfm_features, test.vlm_features))
-        for w in caught:  # shown as before, and kept with the row they qualify
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        caught: list = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                est.fit(train.vfm_features, train.vlm_features, train.text_prototypes, classnames=train.classnames)
+                fit_s = time.perf_counter() - t0
+                rep = score_summary(y, est.decision_function(test.vfm_features, test.vlm_features))
+        finally:  # shown as before (a failed fit's too), and kept with the row they qualify
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         fitted[name] = est
         row = {"method": name, **rep, "fit_seconds": fit_s}
         if caught:  # was: a collapsed LFA's 11% row in `compare --json` without the warning that it is unreliable
