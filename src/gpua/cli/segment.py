@@ -1147,10 +1147,10 @@ def _evaluate_seg(args: argparse.Namespace) -> int:
                 # truth's score, as --pred refuses a missing mask. One line, no Python advice.
                 raise GPUAError(f"{str(img_path)!r} is not a readable image ({_unreadable_why(exc)}); it is truncated, corrupt "
                                 f"or not an image: replace it with a readable copy, or {leave_out(stem, img_path, ann)}.") from None
-            if np.asarray(gt).shape != np.asarray(image).shape[:2]:
+            if gt.shape != image.shape[:2]:  # both arrays (read_label, read_image)
                 # was: "pred is HxW but the ground truth ...; predict at the ground truth's resolution", a fix
                 # for --pred masks: with --model gpua predicts, at the image's size
-                (gh, gw), (ih, iw) = np.asarray(gt).shape, np.asarray(image).shape[:2]
+                (gh, gw), (ih, iw) = gt.shape, image.shape[:2]
                 raise GPUAError(f"{stem}: the image {str(img_path)!r} is {ih}x{iw} but its ground truth "
                                 f"{str(ann)!r} is {gh}x{gw}; a mask has its image's size: pair each image with its own mask, "
                                 "or resize the mask to the image (nearest-neighbour).")

@@ -68,23 +68,30 @@ def written_by_segment(path: str | os.PathLike) -> bool:
     data set's ground-truth masks look like (as do the masks of releases before the mark, which
     ``gpua segment --overwrite`` therefore leaves to be removed by hand).
     """
-    Image = import_optional("PIL.Image", "reading the files already in segment's --out")
+    return _segment_png_text(path).get(PNG_MARK_KEY) in PNG_MARKS
+
+
+def _segment_png_text(path: str | os.PathLike) -> dict:
+    """The text chunks of a PNG gpua's segmentation wrote (``{}`` for anything else: another PNG,
+    a photo, an unreadable file)."""
+    Image = import_optional("PIL.Image", "reading the PNGs gpua's segmentation wrote")
     try:
         with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get(PNG_MARK_KEY) in PNG_MARKS
+            text = dict(im.info) if im.format == "PNG" else {}
     except Exception:  # unreadable, or not an image: not a file gpua wrote
-        return False
+        return {}
+    return text if text.get(PNG_MARK_KEY) in PNG_MARKS else {}
 
 
 def mask_classnames(path: str | os.PathLike) -> list[str] | None:
     """The class names a mask ``gpua segment`` wrote records (label ``k`` is ``names[k]``), or None
     for any other file (a ground-truth mask, a mask of a release before 2026-12-02)."""
-    Image = import_optional("PIL.Image", "reading a mask's class names")
+    text = _segment_png_text(path)
+    if text.get(PNG_MARK_KEY) != "segment mask" or not isinstance(text.get(PNG_CLASSES_KEY), str):
+        return None
     try:
-        with Image.open(path) as im:
-            text = im.info.get(PNG_CLASSES_KEY) if im.format == "PNG" and im.info.get(PNG_MARK_KEY) == "segment mask" else None
-        names = None if text is None else json.loads(text)
-    except Exception:  # unreadable, not an image, or a damaged record: no names to check against
+        names = json.loads(text[PNG_CLASSES_KEY])
+    except (ValueError, RecursionError):  # a damaged record: no names to check against
         return None
     return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 

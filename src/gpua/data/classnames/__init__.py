@@ -279,8 +279,9 @@ def _read_class_file(path: str | os.PathLike) -> tuple[list[str], list[list[str]
         located = [(w, e) for w, e in located if e]
         if not located:
             raise GPUAError(f"{source} holds only comments; write one class per line.")
-        _refuse_spreadsheet_columns(located, source)
-        _refuse_numbered_lines(located, source)
+        if len(located) >= 2 and not any(":" in e for _, e in located):  # the `name: words` form is never checked
+            _refuse_spreadsheet_columns(located, source)
+            _refuse_numbered_lines(located, source)
     matches = [_WNID_LINE.match(e) for _, e in located]
     if not all(matches):
         return (*_parse_located(located, source), None)
@@ -318,9 +319,7 @@ def _refuse_spreadsheet_columns(located: Sequence[tuple[str, str]], source: str)
     """Refuse a class-name file that is a spreadsheet's columns saved as text (``.csv``): a header
     row (``class``, ``id,name``) would be a class, and a column of numbers (an index, a count) a
     class name or a prompt word, both without a word otherwise ("0,cat" is the class ``0``
-    prompted by "0" and "cat"). Lines with a ``:`` are the ``name: words`` form, never checked."""
-    if len(located) < 2 or any(":" in e for _, e in located):
-        return
+    prompted by "0" and "cat"). The caller passes two lines or more, none of the ``name: words`` form."""
     rows = [[_unquote(clean_edges(f)) for f in e.split(",")] for _, e in located]
     where, first = located[0]
     if all(_HEADER_FIELD.fullmatch(f.lower().replace("_", " ")) for f in rows[0] if f) and any(rows[0]):
@@ -345,9 +344,7 @@ def _refuse_numbered_lines(located: Sequence[tuple[str, str]], source: str) -> N
     """Refuse a class-name file whose lines are numbered 0, 1, 2... or 1, 2, 3... (UCF101's
     ``classInd.txt``: ``1 ApplyEyeMakeup``; a list ``1. cat``) or bulleted (``- cat``): the number or
     the bullet would be part of every class name and of its prompts ("a photo of a 1 cat."), without
-    a word otherwise. Lines with a ``:`` are the ``name: words`` form, never checked."""
-    if len(located) < 2 or any(":" in e for _, e in located):
-        return
+    a word otherwise. The caller passes two lines or more, none of the ``name: words`` form."""
     numbers = [_NUMBERED_LINE.match(e) for _, e in located]
     if all(numbers):
         index = [int(m.group(1)) for m in numbers]  # type: ignore[union-attr]
